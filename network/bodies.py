@@ -1,0 +1,666 @@
+"""Typed message bodies: one frozen record per message type, and the parser that builds them.
+
+The body is what travels sealed end to end (DESIGN.md, "Message types"). Its
+fields follow these sources:
+
+- Budapest Convention (ETS No. 185): Art. 29 (expedited preservation of stored
+  computer data; 29(3) what a request specifies, 29(5) the grounds of refusal,
+  29(6) the notice that preservation would not secure the data, 29(7) at least
+  60 days, and on until the mutual legal assistance request is decided),
+  Art. 30 (expedited disclosure of preserved traffic data: the service providers
+  and the path), Art. 35 (the 24/7 network: technical advice, preservation,
+  evidence, locating suspects);
+- the T-CY data preservation request template (requesting authority, offence
+  and summary of facts, data and its relation to the offence, custodian or
+  location, necessity, intended MLA request, conditions attached);
+- the UN Convention against Cybercrime, Art. 41 (24/7 network, emergencies),
+  Art. 42 (expedited preservation) and Art. 43 (expedited disclosure of
+  preserved traffic data), which mirror Budapest.
+
+Rules `parse_body` applies to untrusted JSON (as `records.parse_json` yields it):
+
+- a body and every nested record is a JSON object; unknown fields are refused;
+  required fields must be present; optional ones may be absent or null, and
+  `body_to_json` omits them;
+- strings must not be empty or blank; a line (names, phones, references) holds
+  at most MAX_LINE characters and no control character; free text (summary,
+  facts, notes) at most MAX_TEXT characters, newlines and tabs allowed; message
+  ids, dates, date-times, e-mail addresses, time zones and language tags are
+  checked for shape;
+- integers are integers (not booleans, within their range), booleans are
+  booleans (not 0 or 1), closed sets are `StrEnum` values, arrays hold at most
+  MAX_ITEMS items (JSON arrays become tuples, so records stay immutable);
+- per-field checks run in field order, then the record's cross-field rules
+  (e.g. `extends` iff `status` is `extension`); the first failure raises
+  `BodyError(field, problem)` with the dotted path of the field, such as
+  `data.identifiers[2].timestamp`.
+
+The cross-field rules live in each record's `__post_init__`, so they hold for
+every instance, however built. `parse_body(t, body_to_json(b)) == b` for every
+body `b` that `parse_body` returns. Priority is not in the body: it is in the
+signed envelope header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from types import MappingProxyType, NoneType
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    TypeAlias,
+    TypeVar,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+from network.errors import BodyError
+from network.records import MAX_SAFE_INTEGER, MessageId, MessageType
+
+__all__ = [
+    "BODY_TYPES",
+    "MAX_ITEMS",
+    "MAX_LINE",
+    "MAX_TEXT",
+    "Acknowledgement",
+    "Authority",
+    "Body",
+    "Contact",
+    "DataCategory",
+    "DataToPreserve",
+    "Emergency",
+    "Evidence",
+    "Handling",
+    "Identifier",
+    "IdentifierKind",
+    "Locate",
+    "MlaNotice",
+    "Preservation",
+    "PreservationStatus",
+    "RefusalGround",
+    "ReplyChannel",
+    "Request",
+    "Response",
+    "ResponseStatus",
+    "TechnicalAdvice",
+    "TrafficDisclosure",
+    "body_to_json",
+    "body_type",
+    "parse_body",
+]
+
+MAX_LINE = 200
+MAX_TEXT = 20_000
+MAX_ITEMS = 100
+
+
+# --- Field rules, attached to types with Annotated and read by the converter ---
+
+
+@dataclass(frozen=True, slots=True)
+class _Str:
+    max_len: int = MAX_LINE
+    multiline: bool = False
+    check: Callable[[str], str | None] | None = None  # returns the problem, or None
+
+
+@dataclass(frozen=True, slots=True)
+class _Int:
+    low: int = -MAX_SAFE_INTEGER
+    high: int = MAX_SAFE_INTEGER
+
+
+@dataclass(frozen=True, slots=True)
+class _Items:
+    low: int = 0
+    high: int = MAX_ITEMS
+    unique: bool = False
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_TIME_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
+# C0 and C1 controls, DEL, and lone surrogates (which no UTF-8 encoding can carry).
+_BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _message_id_problem(value: str) -> str | None:
+    if _UUID.fullmatch(value):
+        return None
+    return "must be a message id: a UUID in lower-case 8-4-4-4-12 hex form"
+
+
+def _email_problem(value: str) -> str | None:
+    local, at, domain = value.partition("@")
+    if at and local and domain and "@" not in domain and " " not in value:
+        return None
+    return "must be an e-mail address: one @ with text either side, no spaces"
+
+
+def _full_date_problem(value: str) -> str | None:
+    if _FULL_DATE.fullmatch(value):
+        try:
+            date.fromisoformat(value)
+            return None
+        except ValueError:
+            pass
+    return "must be a date as YYYY-MM-DD (RFC 3339 full-date), such as 2027-02-18"
+
+
+def _date_time_problem(value: str) -> str | None:
+    if _DATE_TIME.fullmatch(value):
+        try:
+            datetime.fromisoformat(value.removesuffix("Z") + ("+00:00" if value[-1] == "Z" else ""))
+            return None
+        except ValueError:
+            pass
+    return (
+        "must be an RFC 3339 date-time with a time zone designator, "
+        "such as 2026-11-20T14:03:00Z or 2026-11-20T15:03:00+01:00"
+    )
+
+
+def _time_zone_problem(value: str) -> str | None:
+    if _TIME_ZONE.fullmatch(value):
+        return None
+    return "must be an IANA time zone name, such as Europe/Paris or UTC"
+
+
+def _language_problem(value: str) -> str | None:
+    if _LANGUAGE.fullmatch(value):
+        return None
+    return "must be a language tag, such as en, fr or pt-BR"
+
+
+Text = Annotated[str, _Str(MAX_TEXT, multiline=True)]
+Ref = Annotated[MessageId, _Str(check=_message_id_problem)]
+Email = Annotated[str, _Str(check=_email_problem)]
+FullDate = Annotated[str, _Str(check=_full_date_problem)]
+DateTime = Annotated[str, _Str(check=_date_time_problem)]
+TimeZone = Annotated[str, _Str(check=_time_zone_problem)]
+Language = Annotated[str, _Str(check=_language_problem)]
+IdentifierValue = Annotated[str, _Str(2048)]  # URLs run longer than a line
+
+
+# --- Closed sets ---
+
+
+class ReplyChannel(StrEnum):
+    CPN = "cpn"
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+class PreservationStatus(StrEnum):
+    NEW = "new"
+    EXTENSION = "extension"  # Budapest 29(7): a further period, citing the earlier request
+
+
+class IdentifierKind(StrEnum):
+    ACCOUNT = "account"
+    IP_ADDRESS = "ip_address"
+    URL = "url"
+    EMAIL = "email"
+    PHONE = "phone"
+    DOMAIN = "domain"
+    DEVICE = "device"
+    OTHER = "other"
+
+
+class DataCategory(StrEnum):
+    SUBSCRIBER = "subscriber"
+    TRAFFIC = "traffic"
+    CONTENT = "content"
+
+
+class ResponseStatus(StrEnum):
+    PRESERVED = "preserved"
+    PARTIALLY_PRESERVED = "partially_preserved"
+    NOT_POSSIBLE = "not_possible"  # data not held, provider unknown
+    REFUSED = "refused"  # Budapest 29(5)
+    RISK_NOTICE = "risk_notice"  # Budapest 29(6): the sender decides whether to go on
+    NEEDS_INFO = "needs_info"
+    COMPLETED = "completed"
+
+
+class RefusalGround(StrEnum):
+    """Budapest 29(5): the grounds on which preservation may be refused."""
+
+    POLITICAL_OFFENCE = "political_offence"
+    SOVEREIGNTY = "sovereignty"
+    SECURITY = "security"
+    PUBLIC_ORDER = "public_order"
+    OTHER_ESSENTIAL_INTERESTS = "other_essential_interests"
+
+
+# --- Nested records ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contact:
+    name: str
+    phone: str
+    email: Email
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authority:
+    """The requesting authority (Budapest 29(3)(a); T-CY template, section 1)."""
+
+    organisation: str
+    unit: str | None = None
+    officer: str
+    phone: str
+    email: Email
+    office_hours: str | None = None
+    time_zone: TimeZone
+    reply_channel: ReplyChannel | None = None
+    second_contact: Contact | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handling:
+    """Conditions the sender attaches to the request and to what it yields."""
+
+    confidential: bool
+    do_not_notify_subject: bool
+    use_limited_to_investigation: bool
+    other_conditions: Text | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identifier:
+    """One identifier of the data: an account, an IP address with its time, a URL..."""
+
+    kind: IdentifierKind
+    value: IdentifierValue
+    timestamp: DateTime | None = None
+    time_zone: TimeZone | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == IdentifierKind.IP_ADDRESS:
+            if self.timestamp is None:
+                raise BodyError(
+                    "timestamp",
+                    "required for an IP address, which without a time identifies no one",
+                )
+            try:
+                ipaddress.ip_address(self.value)
+            except ValueError:
+                raise BodyError("value", "must be an IP address when kind is ip_address") from None
+        elif self.kind == IdentifierKind.EMAIL and (problem := _email_problem(self.value)):
+            raise BodyError("value", problem)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataToPreserve:
+    """The stored data to preserve and its relation to the offence (Budapest 29(3)(c))."""
+
+    description: Text
+    identifiers: Annotated[tuple[Identifier, ...], _Items(low=1)]
+    categories: Annotated[tuple[DataCategory, ...], _Items(low=1, unique=True)]
+
+
+# --- Bodies ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """What every request carries (all types but acknowledgement and response)."""
+
+    message_type: ClassVar[MessageType]
+
+    case_ref: str
+    authority: Authority
+    language: Language
+    summary: Text
+    handling: Handling
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Preservation(Request):
+    """Expedited preservation of stored data: Budapest 29, UN 42."""
+
+    message_type: ClassVar[MessageType] = MessageType.PRESERVATION
+
+    status: PreservationStatus
+    extends: Ref | None = None
+    offence: Text
+    facts: Text
+    data: DataToPreserve
+    custodian: Text | None = None
+    necessity: Text
+    mla_intended: bool
+    period_days: Annotated[int, _Int(low=60, high=365)]  # Budapest 29(7): not less than 60 days
+
+    def __post_init__(self) -> None:
+        if self.status == PreservationStatus.EXTENSION and self.extends is None:
+            raise BodyError("extends", "required when status is extension")
+        if self.status == PreservationStatus.NEW and self.extends is not None:
+            raise BodyError("extends", "not allowed when status is new")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficDisclosure(Request):
+    """Expedited disclosure of preserved traffic data: Budapest 30, UN 43."""
+
+    message_type: ClassVar[MessageType] = MessageType.TRAFFIC_DISCLOSURE
+
+    follows: Ref
+    traffic_data: Text
+    providers: Annotated[tuple[str, ...], _Items(low=1)]
+    path: Text | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MlaNotice(Request):
+    """The MLA request is sent: the data stays preserved until it is decided (Budapest 29(7))."""
+
+    message_type: ClassVar[MessageType] = MessageType.MLA_NOTICE
+
+    follows: Ref
+    mla_reference: str
+    mla_date: FullDate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Assistance(Request):
+    request: Text  # what is asked
+    concerned: Text  # the systems or persons concerned
+    grounds: Text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TechnicalAdvice(_Assistance):
+    """Technical advice: Budapest 35(1)(a), UN 41."""
+
+    message_type: ClassVar[MessageType] = MessageType.TECHNICAL_ADVICE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence(_Assistance):
+    """Collection of evidence, provision of legal information: Budapest 35(1)(c), UN 41."""
+
+    message_type: ClassVar[MessageType] = MessageType.EVIDENCE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Locate(_Assistance):
+    """Locating suspects: Budapest 35(1)(c), UN 41."""
+
+    message_type: ClassVar[MessageType] = MessageType.LOCATE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Emergency(Request):
+    """A significant and imminent risk to life or safety: UN 41."""
+
+    message_type: ClassVar[MessageType] = MessageType.EMERGENCY
+
+    risk: Text
+    data_needed: Text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acknowledgement:
+    """A human has taken the request on."""
+
+    message_type: ClassVar[MessageType] = MessageType.ACKNOWLEDGEMENT
+
+    in_reply_to: Ref
+    officer: str
+    case_ref: str | None = None  # the receiver's own reference
+    note: Text | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """The answer to a request; what it must carry depends on `status`."""
+
+    message_type: ClassVar[MessageType] = MessageType.RESPONSE
+
+    in_reply_to: Ref
+    status: ResponseStatus
+    case_ref: str | None = None
+    note: Text | None = None
+    preserved_until: FullDate | None = None
+    provider_reference: str | None = None
+    refusal_ground: RefusalGround | None = None
+    missing: Text | None = None
+
+    def __post_init__(self) -> None:
+        preserved = self.status in (ResponseStatus.PRESERVED, ResponseStatus.PARTIALLY_PRESERVED)
+        _only_when(self, "preserved_until", preserved, "preserved or partially_preserved")
+        _only_when(self, "provider_reference", preserved, "", required=False)  # optional even then
+        _only_when(self, "refusal_ground", self.status == ResponseStatus.REFUSED, "refused")
+        _only_when(self, "missing", self.status == ResponseStatus.NEEDS_INFO, "needs_info")
+
+
+def _only_when(
+    response: Response, name: str, allowed: bool, statuses: str, *, required: bool = True
+) -> None:
+    value = getattr(response, name)
+    if allowed and required and value is None:
+        raise BodyError(name, f"required when status is {statuses}")
+    if not allowed and value is not None:
+        raise BodyError(name, f"not allowed when status is {response.status}")
+
+
+Body: TypeAlias = (
+    Preservation
+    | TrafficDisclosure
+    | MlaNotice
+    | TechnicalAdvice
+    | Evidence
+    | Locate
+    | Emergency
+    | Acknowledgement
+    | Response
+)
+
+BODY_TYPES: Mapping[MessageType, type[Body]] = MappingProxyType(
+    {
+        cls.message_type: cls
+        for cls in (
+            Preservation,
+            TrafficDisclosure,
+            MlaNotice,
+            TechnicalAdvice,
+            Evidence,
+            Locate,
+            Emergency,
+            Acknowledgement,
+            Response,
+        )
+    }
+)
+assert set(BODY_TYPES) == set(MessageType), "every message type needs a body"
+
+
+# --- Public functions ---
+
+
+def parse_body(message_type: MessageType | str, value: object) -> Body:
+    """Validate an untrusted JSON body of the given type and build its typed record.
+
+    Raises BodyError naming the first bad field (field `type` for an unknown
+    message type, an empty field when the body itself is not an object).
+    """
+    try:
+        cls = BODY_TYPES[MessageType(message_type)]
+    except ValueError:
+        raise BodyError("type", f"must be one of: {_choices(MessageType)}") from None
+    return _record_from(cls, value, "")
+
+
+def body_to_json(body: Body) -> dict[str, Any]:
+    """The JSON model of `body`: None fields omitted, enums as plain strings, tuples as lists."""
+    result = _to_json(body)
+    assert isinstance(result, dict)
+    return result
+
+
+def body_type(body: Body) -> MessageType:
+    """The message type `body` is the body of."""
+    return body.message_type
+
+
+# --- The converter, driven by the records' type hints ---
+
+_T = TypeVar("_T")
+
+# One entry per field, in declaration order: (name, type without `| None`, required).
+_Spec = tuple[tuple[str, Any, bool], ...]
+_SPECS: dict[type, _Spec] = {}
+
+
+def _spec(cls: type) -> _Spec:
+    if (cached := _SPECS.get(cls)) is not None:
+        return cached
+    hints = get_type_hints(cls, include_extras=True)
+    spec = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        required = field.default is dataclasses.MISSING
+        if not required:  # `X | None = None`
+            (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
+        spec.append((field.name, hint, required))
+    _SPECS[cls] = tuple(spec)
+    return _SPECS[cls]
+
+
+def _record_from(cls: type[_T], value: object, path: str) -> _T:
+    if not isinstance(value, dict):
+        raise BodyError(path, f"must be an object, got {_kind(value)}")
+    spec = _spec(cls)
+    names = {name for name, _, _ in spec}
+    for key in value:
+        if key not in names:
+            raise BodyError(_join(path, str(key)), "unknown field")
+    kwargs: dict[str, Any] = {}
+    for name, hint, required in spec:
+        item = value.get(name)
+        if name not in value and required:
+            raise BodyError(_join(path, name), "required field is missing")
+        if item is not None or required:
+            kwargs[name] = _convert(hint, item, _join(path, name))
+    try:
+        return cls(**kwargs)
+    except BodyError as exc:  # a cross-field rule, named relative to this record
+        raise BodyError(_join(path, exc.field), exc.problem) from None
+
+
+def _convert(hint: Any, value: object, path: str) -> Any:
+    rule: Any = None
+    if get_origin(hint) is Annotated:
+        hint, rule = get_args(hint)
+    hint = getattr(hint, "__supertype__", hint)  # a NewType such as MessageId
+    if hint is str:
+        return _string(value, path, rule or _Str())
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise BodyError(path, f"must be a boolean, got {_kind(value)}")
+        return value
+    if hint is int:
+        return _integer(value, path, rule or _Int())
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        if not isinstance(value, str):
+            raise BodyError(path, f"must be a string, got {_kind(value)}")
+        try:
+            return hint(value)
+        except ValueError:
+            raise BodyError(path, f"must be one of: {_choices(hint)}") from None
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _record_from(hint, value, path)
+    if get_origin(hint) is tuple:
+        return _array(get_args(hint)[0], value, path, rule or _Items())
+    raise TypeError(f"bodies: no converter for {hint!r} at {path}")  # a bug here, not in the input
+
+
+def _string(value: object, path: str, rule: _Str) -> str:
+    if not isinstance(value, str):
+        raise BodyError(path, f"must be a string, got {_kind(value)}")
+    if len(value) > rule.max_len:
+        raise BodyError(path, f"must be at most {rule.max_len} characters, got {len(value)}")
+    if not value.strip():
+        raise BodyError(path, "must not be empty")
+    if (_BAD_IN_TEXT if rule.multiline else _BAD_IN_LINE).search(value):
+        what = (
+            "control characters other than newline and tab"
+            if rule.multiline
+            else "line breaks or control characters"
+        )
+        raise BodyError(path, f"must not contain {what}")
+    if rule.check is not None and (problem := rule.check(value)):
+        raise BodyError(path, problem)
+    return value
+
+
+def _integer(value: object, path: str, rule: _Int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BodyError(path, f"must be an integer, got {_kind(value)}")
+    if value < rule.low:
+        raise BodyError(path, f"must be at least {rule.low}")
+    if value > rule.high:
+        raise BodyError(path, f"must be at most {rule.high}")
+    return value
+
+
+def _array(item_hint: Any, value: object, path: str, rule: _Items) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise BodyError(path, f"must be an array, got {_kind(value)}")
+    if len(value) < rule.low:
+        raise BodyError(path, f"must have at least {rule.low} item{'s' * (rule.low != 1)}")
+    if len(value) > rule.high:
+        raise BodyError(path, f"must have at most {rule.high} items, got {len(value)}")
+    items = tuple(_convert(item_hint, item, f"{path}[{i}]") for i, item in enumerate(value))
+    if rule.unique:
+        for i, item in enumerate(items):
+            if item in items[:i]:
+                raise BodyError(f"{path}[{i}]", f"repeats {item!s}")
+    return items
+
+
+def _to_json(value: object) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: _to_json(item)
+            for field in dataclasses.fields(value)
+            if (item := getattr(value, field.name)) is not None
+        }
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    return value
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path and name else path or name
+
+
+def _choices(enum: type[StrEnum]) -> str:
+    return ", ".join(member.value for member in enum)
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a value's kind, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    names = {str: "string", int: "integer", float: "number", dict: "object", list: "array"}
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)

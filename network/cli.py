@@ -1,0 +1,278 @@
+"""The `cpn` command (also `python -m network`).
+
+Each subcommand parses its arguments, calls one function, and prints. Errors
+from cpn end the command with exit status 2 and a one-line message naming
+what is wrong; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from network.config import NodeConfig, load_config
+from network.crypto import HpkeSuite
+from network.errors import CpnError, KeyFileError, RosterError
+from network.keys import (
+    init_keeper,
+    init_node_keys,
+    load_keeper,
+    load_keeper_public,
+    read_card,
+)
+from network.records import NodeId, is_node_id
+from network.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
+
+__all__ = ["main"]
+
+DAY_MS = 24 * 3600 * 1000
+SUITES = {"hybrid": HpkeSuite.MLKEM768_X25519, "x25519": HpkeSuite.X25519}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _passphrase(ask: bool) -> bytes | None:
+    """The key passphrase: prompted for with --passphrase, else CPN_KEY_PASSPHRASE, else none."""
+    if ask:
+        first = getpass.getpass("key passphrase: ")
+        if first != getpass.getpass("again: "):
+            raise KeyFileError("the two passphrases differ")
+        return first.encode() or None
+    value = os.environ.get("CPN_KEY_PASSPHRASE")
+    return value.encode() if value else None
+
+
+# -- keys --------------------------------------------------------------------
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    node_id = args.id.upper()
+    if not is_node_id(node_id):
+        raise KeyFileError(f"ID: {args.id!r} is not an ISO 3166-1 alpha-3 code")
+    url = args.url or f"wss://127.0.0.1:7000/{node_id}"
+    card = init_node_keys(
+        Path(args.dir) / node_id,
+        NodeId(node_id),
+        url=url,
+        name=args.name,
+        suite=SUITES[args.suite],
+        passphrase=_passphrase(args.passphrase),
+        force=args.force,
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    print(json.dumps(card.to_json(), indent=2))
+    return 0
+
+
+# -- roster ------------------------------------------------------------------
+
+
+def _cards_in(keys_dir: Path) -> list[Card]:
+    cards = []
+    for card_path in sorted(keys_dir.glob("*/card.json")):
+        if is_node_id(card_path.parent.name):
+            cards.append(read_card(card_path))
+    return cards
+
+
+def _held_roster(path: Path, keeper_public: Path) -> Roster | None:
+    if not path.exists():
+        return None
+    keeper = load_keeper_public(keeper_public)
+    return load_roster(path.read_bytes(), keeper=keeper, now=_now_ms())
+
+
+def build_roster_file(
+    keys_dir: Path,
+    out: Path,
+    *,
+    valid_days: int,
+    revoke: Sequence[str] = (),
+    passphrase: bytes | None = None,
+) -> Roster:
+    """Sign a new roster version from the cards under `keys_dir` and write it to `out`."""
+    authority = keys_dir / "authority"
+    if not (authority / "keeper.key").exists():
+        init_keeper(authority, passphrase=passphrase)
+        print(f"created the register keeper key in {authority}", file=sys.stderr)
+    keeper = load_keeper(authority, passphrase)
+    cards = _cards_in(keys_dir)
+    if not cards:
+        raise RosterError(f"no cards found under {keys_dir}/*/card.json (run cpn keys init ID)")
+    held = _held_roster(out, authority / "keeper.json") if out.exists() else None
+    revoked = set(revoke)
+    if held is not None:
+        revoked |= {i for i, e in held.entries.items() if not e.active}
+    now = _now_ms()
+    data = build_roster(
+        cards,
+        keeper=keeper,
+        version=(held.version + 1) if held else 1,
+        issued=now,
+        valid_until=now + valid_days * DAY_MS,
+        revoked=sorted(revoked),
+    )
+    roster = load_roster(data, keeper=keeper.verify_key(), now=now, held=held)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return roster
+
+
+def cmd_roster_build(args: argparse.Namespace) -> int:
+    roster = build_roster_file(
+        Path(args.keys),
+        Path(args.out) if args.out else Path(args.keys) / "roster.json",
+        valid_days=args.valid_days,
+        revoke=[r.upper() for r in args.revoke],
+        passphrase=_passphrase(False),
+    )
+    print(f"roster version {roster.version}: {len(roster.entries)} contact points, signed")
+    return 0
+
+
+def _format_time(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cmd_roster_show(args: argparse.Namespace) -> int:
+    path = Path(args.roster)
+    keeper = load_keeper_public(Path(args.keeper))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RosterError(f"{path}: cannot read roster: {exc.strerror}") from exc
+    if len(data) > MAX_ROSTER_BYTES:
+        raise RosterError(f"{path}: over {MAX_ROSTER_BYTES} bytes")
+    roster = load_roster(data, keeper=keeper, now=_now_ms())
+    if args.json:
+        print(json.dumps(roster.to_json(), indent=2))
+        return 0
+    print(f"roster version {roster.version}, signed by register keeper {roster.keeper_kid}: valid")
+    print(f"issued {_format_time(roster.issued)}, valid until {_format_time(roster.valid_until)}")
+    print(f"{'id':<4} {'status':<8} {'name':<28} {'peer url':<28} {'signing kid':<17} hpke suite")
+    for node_id, entry in sorted(roster.entries.items()):
+        card = entry.card
+        suite = card.hpke_key.suite.value.split("/")[0]
+        print(
+            f"{node_id:<4} {entry.status.value:<8} {card.name[:28]:<28} {card.url[:28]:<28} "
+            f"{card.signing_key.kid:<17} {suite}"
+        )
+    return 0
+
+
+# -- up ----------------------------------------------------------------------
+
+
+def prepare_network(nodes_dir: Path) -> tuple[list[NodeConfig], Roster]:
+    """Create whatever is missing for every node config: keys, keeper key, signed roster.
+
+    The roster is re-signed (as a new version) when a card is missing from it
+    or differs from it, so `cpn up` after `cpn keys init --force` rotates keys.
+    """
+    configs = [load_config(p) for p in sorted(nodes_dir.glob("*.toml"))]
+    if not configs:
+        raise CpnError(f"no node configs in {nodes_dir}/*.toml")
+    roster_paths = {c.roster_path.resolve() for c in configs}
+    if len(roster_paths) != 1:
+        raise CpnError(f"node configs in {nodes_dir} name different rosters")
+    roster_path = roster_paths.pop()
+    keys_dirs = {c.keys_dir.resolve().parent for c in configs}
+    if len(keys_dirs) != 1:
+        raise CpnError(f"node configs in {nodes_dir} keep keys in different folders")
+    keys_root = keys_dirs.pop()
+    passphrase = _passphrase(False)
+    now = datetime.datetime.now(datetime.UTC)
+    for config in configs:
+        if not (config.keys_dir / "signing.key").exists():
+            init_node_keys(
+                config.keys_dir, config.id, url=config.peer_url, passphrase=passphrase, now=now
+            )
+            print(f"{config.id}: created keys in {config.keys_dir}")
+    held = None
+    if roster_path.exists():
+        try:
+            held = _held_roster(roster_path, keys_root / "authority" / "keeper.json")
+        except (RosterError, KeyFileError) as exc:
+            print(f"roster {roster_path} not usable ({exc}); signing a new one", file=sys.stderr)
+    cards = {c.id: c.to_json() for c in _cards_in(keys_root)}
+    current = {} if held is None else {i: e.card.to_json() for i, e in held.entries.items()}
+    if held is None or any(current.get(i) != card for i, card in cards.items()):
+        roster = build_roster_file(keys_root, roster_path, valid_days=365, passphrase=passphrase)
+        print(f"signed roster version {roster.version} with {len(roster.entries)} contact points")
+    else:
+        roster = held
+    return configs, roster
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    configs, roster = prepare_network(Path(args.nodes_dir))
+    print(f"roster version {roster.version} holds {', '.join(sorted(roster.entries))}")
+    for config in configs:
+        print(
+            f"{config.id}: peer {config.peer_url}  api http://{config.api_host}:{config.api_port}"
+        )
+    return 0
+
+
+# -- parser ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cpn",
+        description="cpn: the 24/7 contact-point network (UN Convention against Cybercrime)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = commands.add_parser("keys", help="node keys").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    init = keys.add_parser("init", help="create a node's keys and print its contact-point card")
+    init.add_argument("id", metavar="ID", help="ISO 3166-1 alpha-3 code, e.g. FRA")
+    init.add_argument("--dir", default="keys", help="keys folder (default: keys)")
+    init.add_argument("--url", help="peer URL other nodes reach this node at (wss://host:port)")
+    init.add_argument("--name", help="contact point name (default: the UN member state's name)")
+    init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
+    init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    init.add_argument("--force", action="store_true", help="replace existing keys")
+    init.set_defaults(func=cmd_keys_init)
+
+    roster = commands.add_parser("roster", help="the signed roster").add_subparsers(
+        dest="roster_command", required=True, metavar="COMMAND"
+    )
+    build = roster.add_parser("build", help="sign a new roster version from keys/*/card.json")
+    build.add_argument("--keys", default="keys", help="keys folder (default: keys)")
+    build.add_argument("--out", help="roster file (default: KEYS/roster.json)")
+    build.add_argument("--valid-days", type=int, default=365)
+    build.add_argument("--revoke", action="append", default=[], metavar="ID")
+    build.set_defaults(func=cmd_roster_build)
+    show = roster.add_parser("show", help="verify a roster and print it")
+    show.add_argument("roster", nargs="?", default="keys/roster.json")
+    show.add_argument("--keeper", default="keys/authority/keeper.json", help="pinned keeper key")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_roster_show)
+
+    up = commands.add_parser("up", help="prepare and run the demo network")
+    up.add_argument("nodes_dir", nargs="?", default="nodes", metavar="NODES_DIR")
+    up.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except CpnError as exc:
+        print(f"cpn: error: {exc}", file=sys.stderr)
+        return 2
+    return result

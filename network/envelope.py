@@ -1,0 +1,519 @@
+"""The sealed, doubly signed envelope and the signed receipt. Pure: no I/O.
+
+Wire form of an envelope (canonical JSON, RFC 8785)::
+
+    {"header": {...}, "sealed": b64url(HPKE enc ‖ ciphertext), "sig": b64url(outer)}
+
+- The header travels in clear because relays need it: protocol version `v`,
+  message `id` (UUIDv7), `from`, `to`, `created` and `expires` (ms since the
+  epoch), `priority`, `kind`, `hop_limit`, the signature `alg` and the
+  sender's key id `kid`, and the recipient's HPKE `suite` and key id `rkid`.
+- The plaintext sealed to the recipient (HPKE base mode, RFC 9180) is
+  ``{"body": ..., "sig": b64url(inner), "type": ...}``. The HPKE `info` binds
+  the protocol version, the recipient key id and SHA-256 of the canonical
+  header, since the library offers no `aad`.
+- Inner signature: Ed25519 over ``cpn/v1 inner\\n`` ‖ canonical
+  {"body", "header", "type"}: it survives decryption, so an auditor holding the
+  body can prove who wrote it.
+- Outer signature: Ed25519 over ``cpn/v1 outer\\n`` ‖ canonical
+  {"header", "sealed"}: any relay can refuse a forgery without decrypting.
+
+A receipt is a signed statement by the node that received an envelope:
+the message id, SHA-256 of the envelope bytes exactly as received, the time,
+and the outcome (`accepted`, `duplicate`, `rejected` with a reason)::
+
+    {"receipt": {...}, "sig": b64url(Ed25519 over "cpn/v1 receipt\\n" ‖ canonical receipt)}
+
+Checks on receipt, in order, each with its own error: size, JSON and
+canonical form, protocol version, header fields, signer known to the roster,
+outer signature, clock skew and expiry; then, at the recipient only:
+recipient, decryption, inner signature, body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final, TypeVar
+
+from network.bodies import BODY_TYPES, Body, body_to_json, body_type, parse_body
+from network.crypto import HpkePrivateKey, HpkePublicKey, HpkeSuite, SigningKey, sha256
+from network.errors import (
+    BodyError,
+    ClockSkewError,
+    DigestMismatchError,
+    ExpiredError,
+    MalformedError,
+    UnsupportedVersionError,
+    WrongRecipientError,
+)
+from network.records import (
+    PROTOCOL_VERSION,
+    Fields,
+    Json,
+    MessageId,
+    MessageKind,
+    MessageType,
+    NodeId,
+    Outcome,
+    Priority,
+    b64encode,
+    canonical,
+    canonical_object,
+    is_node_id,
+    new_message_id,
+    parse_canonical,
+)
+from network.roster import Roster
+
+__all__ = [
+    "DEFAULT_HOP_LIMIT",
+    "DEFAULT_SKEW_MS",
+    "DEFAULT_TTL_MS",
+    "MAX_BODY_BYTES",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_RECEIPT_BYTES",
+    "Envelope",
+    "Header",
+    "OpenedMessage",
+    "Receipt",
+    "ReceiptScope",
+    "check_receipt_for",
+    "make_receipt",
+    "open_envelope",
+    "seal",
+    "verify_envelope",
+    "verify_receipt",
+]
+
+MAX_BODY_BYTES: Final = 64 * 1024
+# base64 of the largest body plus the hybrid KEM output, the inner signature and the header.
+MAX_ENVELOPE_BYTES: Final = 96 * 1024
+MAX_RECEIPT_BYTES: Final = 4 * 1024
+MAX_TTL_MS: Final = 30 * 24 * 3600 * 1000  # bounds how long seen ids must be kept
+DEFAULT_SKEW_MS: Final = 5 * 60 * 1000
+DEFAULT_HOP_LIMIT: Final = 8
+MAX_HOP_LIMIT: Final = 32
+DEFAULT_TTL_MS: Final = {
+    Priority.FLASH: 24 * 3600 * 1000,
+    Priority.URGENT: 3 * 24 * 3600 * 1000,
+    Priority.ROUTINE: 14 * 24 * 3600 * 1000,
+}
+
+_INNER: Final = b"cpn/v1 inner\n"
+_OUTER: Final = b"cpn/v1 outer\n"
+_SEAL: Final = b"cpn/v1 seal\n"
+_RECEIPT: Final = b"cpn/v1 receipt\n"
+_ALG: Final = "Ed25519"
+
+E = TypeVar("E", bound=StrEnum)
+_BODY_CLASSES = tuple(BODY_TYPES.values())
+
+
+def _node_id(f: Fields, key: str, path: str) -> NodeId:
+    value = f.str(key, max_len=3)
+    if not is_node_id(value):
+        raise MalformedError(f"{path}.{key}: {value!r} is not an ISO 3166-1 alpha-3 code")
+    return NodeId(value)
+
+
+def _message_id(f: Fields, key: str, path: str) -> MessageId:
+    value = f.str(key, max_len=36)
+    if len(value) != 36 or value.count("-") != 4 or value != value.lower():
+        raise MalformedError(f"{path}.{key}: not a UUID in canonical form")
+    return MessageId(value)
+
+
+def _enum(f: Fields, key: str, path: str, enum: type[E]) -> E:
+    value = f.str(key)
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise MalformedError(f"{path}.{key}: {value!r} is not one of {allowed}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The clear header of an envelope; signed inside and out, bound into the seal."""
+
+    id: MessageId
+    sender: NodeId
+    recipient: NodeId
+    created: int
+    expires: int
+    priority: Priority
+    kid: str
+    suite: HpkeSuite
+    rkid: str
+    hop_limit: int = DEFAULT_HOP_LIMIT
+    kind: MessageKind = MessageKind.MESSAGE
+    v: int = PROTOCOL_VERSION
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "v": self.v,
+            "id": self.id,
+            "from": self.sender,
+            "to": self.recipient,
+            "created": self.created,
+            "expires": self.expires,
+            "priority": str(self.priority),
+            "kind": str(self.kind),
+            "hop_limit": self.hop_limit,
+            "alg": _ALG,
+            "kid": self.kid,
+            "suite": str(self.suite),
+            "rkid": self.rkid,
+        }
+
+    @classmethod
+    def from_json(cls, value: Json) -> Header:
+        """Parse an untrusted header; MalformedError names the field, version checked first."""
+        p = "header"
+        f = Fields(value, p)
+        v = f.int("v")
+        if v != PROTOCOL_VERSION:
+            raise UnsupportedVersionError(
+                f"header.v: protocol version {v} is not supported (we speak {PROTOCOL_VERSION})"
+            )
+        if f.str("alg") != _ALG:
+            raise UnsupportedVersionError("header.alg: only Ed25519 signatures are supported")
+        suite = f.str("suite")
+        try:
+            hpke_suite = HpkeSuite(suite)
+        except ValueError:
+            raise UnsupportedVersionError(f"header.suite: unknown HPKE suite {suite!r}") from None
+        header = cls(
+            id=_message_id(f, "id", p),
+            sender=_node_id(f, "from", p),
+            recipient=_node_id(f, "to", p),
+            created=f.int("created"),
+            expires=f.int("expires"),
+            priority=_enum(f, "priority", p, Priority),
+            kind=_enum(f, "kind", p, MessageKind),
+            hop_limit=f.int("hop_limit", low=1, high=MAX_HOP_LIMIT),
+            kid=f.str("kid", max_len=64),
+            suite=hpke_suite,
+            rkid=f.str("rkid", max_len=64),
+            v=v,
+        )
+        f.done()
+        if header.kind is not MessageKind.MESSAGE:
+            raise MalformedError("header.kind: an envelope must be of kind message")
+        if not header.created < header.expires <= header.created + MAX_TTL_MS:
+            raise MalformedError("header.expires: must be after created, within 30 days")
+        return header
+
+    def encoded(self) -> bytes:
+        return canonical(self.to_json())
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An envelope whose outer signature holds. `raw` is the exact bytes; `digest` their SHA-256."""
+
+    header: Header
+    sealed: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedMessage:
+    """An envelope opened by its recipient, both signatures checked."""
+
+    envelope: Envelope
+    message_type: MessageType
+    body: Body
+    plaintext: bytes = field(repr=False)  # what the inner signature covers, for auditors
+    inner_signature: bytes = field(repr=False)
+
+    @property
+    def header(self) -> Header:
+        return self.envelope.header
+
+
+def _seal_info(header_bytes: bytes, rkid: str) -> bytes:
+    # RFC 9180 §5.1: `info` is the application's context; it also stands in for aad here.
+    return _SEAL + b"%d\n%s\n" % (PROTOCOL_VERSION, rkid.encode()) + sha256(header_bytes)
+
+
+def seal(
+    *,
+    sender: NodeId,
+    recipient: NodeId,
+    message_type: MessageType | str,
+    body: Body | Json,
+    priority: Priority,
+    now: int,
+    random_bytes: bytes,
+    signing_key: SigningKey,
+    recipient_key: HpkePublicKey,
+    ttl_ms: int | None = None,
+    hop_limit: int = DEFAULT_HOP_LIMIT,
+) -> Envelope:
+    """Validate, sign, seal and sign a message. Nothing leaves here unvalidated.
+
+    `body` is a typed Body or its JSON (validated here). Raises BodyError
+    naming the field, before anything is signed.
+    """
+    typed = body if isinstance(body, _BODY_CLASSES) else parse_body(message_type, body)
+    kind = body_type(typed)
+    if str(message_type) != kind:
+        raise BodyError("type", f"body is a {kind}, not a {message_type}")
+    body_bytes = canonical(body_to_json(typed))
+    if len(body_bytes) > MAX_BODY_BYTES:
+        raise BodyError("body", f"{len(body_bytes)} bytes, over the limit of {MAX_BODY_BYTES}")
+    ttl = DEFAULT_TTL_MS[priority] if ttl_ms is None else ttl_ms
+    if not 0 < ttl <= MAX_TTL_MS:
+        raise BodyError("ttl", "must be between 1 ms and 30 days")
+    header = Header(
+        id=new_message_id(now, random_bytes),
+        sender=sender,
+        recipient=recipient,
+        created=now,
+        expires=now + ttl,
+        priority=priority,
+        kid=signing_key.kid,
+        suite=recipient_key.suite,
+        rkid=recipient_key.kid,
+        hop_limit=hop_limit,
+    )
+    header_bytes = header.encoded()
+    type_bytes = b'"%s"' % kind.encode()
+    inner = {"body": body_bytes, "header": header_bytes, "type": type_bytes}
+    inner_sig = signing_key.sign(_INNER + canonical_object(inner))
+    plaintext = canonical_object(
+        {"body": body_bytes, "sig": b'"%s"' % b64encode(inner_sig).encode(), "type": type_bytes}
+    )
+    sealed = recipient_key.seal(plaintext, _seal_info(header_bytes, recipient_key.kid))
+    sealed_json = b'"%s"' % b64encode(sealed).encode()
+    outer = {"header": header_bytes, "sealed": sealed_json}
+    outer_sig = signing_key.sign(_OUTER + canonical_object(outer))
+    raw = canonical_object({**outer, "sig": b'"%s"' % b64encode(outer_sig).encode()})
+    return Envelope(header, sealed, outer_sig, raw, sha256(raw))
+
+
+def verify_envelope(
+    raw: bytes, *, roster: Roster, now: int, skew_ms: int = DEFAULT_SKEW_MS
+) -> Envelope:
+    """The checks anyone can make (a relay too): form, signer, outer signature, time.
+
+    Raises OversizeError, MalformedError, UnsupportedVersionError,
+    UnknownSignerError, BadSignatureError, ClockSkewError or ExpiredError.
+    """
+    doc = Fields(parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope"), "envelope")
+    header_value = doc.any("header")
+    sealed_text = doc.any("sealed")
+    header = Header.from_json(header_value)
+    sealed = doc.bytes("sealed")
+    signature = doc.bytes("sig")
+    doc.done()
+    key = roster.verify_key(header.sender, header.kid)
+    signed = canonical_object({"header": canonical(header_value), "sealed": canonical(sealed_text)})
+    key.verify(signature, _OUTER + signed, what="outer signature")
+    if header.created > now + skew_ms:
+        raise ClockSkewError(
+            f"created {header.created - now} ms ahead of our clock (allowed skew {skew_ms} ms)"
+        )
+    if now > header.expires:
+        raise ExpiredError(f"message {header.id} expired {now - header.expires} ms ago")
+    return Envelope(header, sealed, signature, raw, sha256(raw))
+
+
+def open_envelope(
+    envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: Roster
+) -> OpenedMessage:
+    """The recipient's checks: addressed to us, opens with our key, inner signature, body.
+
+    Raises WrongRecipientError, DecryptError, MalformedError, BadSignatureError
+    or UnknownSignerError; a body that fails validation is a MalformedError
+    naming the field (the sender's node should never have sealed it).
+    """
+    header = envelope.header
+    if header.recipient != me:
+        raise WrongRecipientError(f"message {header.id} is for {header.recipient}, not {me}")
+    if header.rkid != hpke_key.public.kid or header.suite is not hpke_key.suite:
+        raise WrongRecipientError(
+            f"message {header.id} is sealed to key {header.rkid}, ours is {hpke_key.public.kid}"
+        )
+    header_bytes = header.encoded()
+    plaintext = hpke_key.open(envelope.sealed, _seal_info(header_bytes, header.rkid))
+    inner = Fields(parse_canonical(plaintext, limit=MAX_BODY_BYTES * 2, what="plaintext"), "plain")
+    type_name = inner.str("type")
+    body_value = inner.any("body")
+    inner_sig = inner.bytes("sig")
+    inner.done()
+    try:
+        message_type = MessageType(type_name)
+    except ValueError:
+        raise MalformedError(f"plain.type: unknown message type {type_name!r}") from None
+    body_bytes = canonical(body_value)
+    signed = canonical_object(
+        {"body": body_bytes, "header": header_bytes, "type": canonical(type_name)}
+    )
+    key = roster.verify_key(header.sender, header.kid)
+    key.verify(inner_sig, _INNER + signed, what="inner signature")
+    try:
+        body = parse_body(message_type, body_value)
+    except BodyError as exc:
+        raise MalformedError(f"plain.body.{exc.field}: {exc.problem}") from exc
+    return OpenedMessage(envelope, message_type, body, plaintext, inner_sig)
+
+
+class ReceiptScope(StrEnum):
+    END_TO_END = "end_to_end"  # from the recipient: the message arrived where it was sent
+    HOP = "hop"  # from a relay: it took the envelope on
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A signed statement that `sender` (the receiving node) got the envelope with `digest`."""
+
+    id: MessageId  # the receipt's own id
+    message_id: MessageId
+    sender: NodeId  # the node that received the message and signs this receipt
+    recipient: NodeId  # the node that sent the message
+    received: int
+    digest: bytes
+    outcome: Outcome
+    kid: str
+    scope: ReceiptScope = ReceiptScope.END_TO_END
+    reason: str | None = None
+    raw: bytes = field(default=b"", repr=False, compare=False)
+    signature: bytes = field(default=b"", repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Json]:
+        value: dict[str, Json] = {
+            "v": PROTOCOL_VERSION,
+            "kind": str(MessageKind.RECEIPT),
+            "id": self.id,
+            "for": self.message_id,
+            "from": self.sender,
+            "to": self.recipient,
+            "received": self.received,
+            "digest": b64encode(self.digest),
+            "outcome": str(self.outcome),
+            "scope": str(self.scope),
+            "alg": _ALG,
+            "kid": self.kid,
+        }
+        if self.reason is not None:
+            value["reason"] = self.reason
+        return value
+
+
+def make_receipt(
+    *,
+    message_id: MessageId,
+    message_sender: NodeId,
+    envelope_raw: bytes,
+    me: NodeId,
+    signing_key: SigningKey,
+    now: int,
+    random_bytes: bytes,
+    outcome: Outcome,
+    reason: str | None = None,
+    scope: ReceiptScope = ReceiptScope.END_TO_END,
+) -> Receipt:
+    """Sign a receipt for the envelope bytes exactly as received."""
+    if (outcome is Outcome.REJECTED) != (reason is not None):
+        raise ValueError("a reason goes with a rejected outcome, and only with it")
+    unsigned = Receipt(
+        id=new_message_id(now, random_bytes),
+        message_id=message_id,
+        sender=me,
+        recipient=message_sender,
+        received=now,
+        digest=sha256(envelope_raw),
+        outcome=outcome,
+        kid=signing_key.kid,
+        scope=scope,
+        reason=reason,
+    )
+    statement = unsigned.to_json()
+    signature = signing_key.sign(_RECEIPT + canonical(statement))
+    raw = canonical({"receipt": statement, "sig": b64encode(signature)})
+    return Receipt(
+        **{
+            k: getattr(unsigned, k)
+            for k in Receipt.__dataclass_fields__
+            if k not in ("raw", "signature")
+        },
+        raw=raw,
+        signature=signature,
+    )
+
+
+def verify_receipt(
+    raw: bytes, *, roster: Roster, now: int, skew_ms: int = DEFAULT_SKEW_MS
+) -> Receipt:
+    """Parse and verify a receipt's form, signer and signature (fail closed).
+
+    Raises OversizeError, MalformedError, UnsupportedVersionError,
+    UnknownSignerError, BadSignatureError or ClockSkewError.
+    """
+    doc = Fields(parse_canonical(raw, limit=MAX_RECEIPT_BYTES, what="receipt"), "receipt")
+    statement = doc.any("receipt")
+    signature = doc.bytes("sig")
+    doc.done()
+    p = "receipt.receipt"
+    f = Fields(statement, p)
+    v = f.int("v")
+    if v != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(f"{p}.v: protocol version {v} is not supported")
+    if f.str("alg") != _ALG:
+        raise UnsupportedVersionError(f"{p}.alg: only Ed25519 signatures are supported")
+    if f.str("kind") != MessageKind.RECEIPT:
+        raise MalformedError(f"{p}.kind: must be receipt")
+    digest = f.bytes("digest")
+    if len(digest) != 32:
+        raise MalformedError(f"{p}.digest: must be a SHA-256 digest")
+    outcome = _enum(f, "outcome", p, Outcome)
+    reason = f.str("reason", max_len=500) if f.has("reason") else None
+    if (outcome is Outcome.REJECTED) != (reason is not None):
+        raise MalformedError(f"{p}.reason: required with outcome rejected, and only then")
+    receipt = Receipt(
+        id=_message_id(f, "id", p),
+        message_id=_message_id(f, "for", p),
+        sender=_node_id(f, "from", p),
+        recipient=_node_id(f, "to", p),
+        received=f.int("received"),
+        digest=digest,
+        outcome=outcome,
+        kid=f.str("kid", max_len=64),
+        scope=_enum(f, "scope", p, ReceiptScope),
+        reason=reason,
+        raw=raw,
+        signature=signature,
+    )
+    f.done()
+    key = roster.verify_key(receipt.sender, receipt.kid)
+    key.verify(signature, _RECEIPT + canonical(statement), what="receipt signature")
+    if receipt.received > now + skew_ms:
+        raise ClockSkewError(
+            f"receipt time {receipt.received - now} ms ahead of our clock (allowed {skew_ms} ms)"
+        )
+    return receipt
+
+
+def check_receipt_for(receipt: Receipt, envelope: Envelope) -> None:
+    """Return None if `receipt` answers exactly `envelope` (AS4 non-repudiation of receipt)."""
+    header = envelope.header
+    if receipt.message_id != header.id:
+        raise DigestMismatchError(f"receipt is for {receipt.message_id}, not {header.id}")
+    if receipt.recipient != header.sender:
+        raise DigestMismatchError(
+            f"receipt is addressed to {receipt.recipient}, not {header.sender}"
+        )
+    if receipt.scope is ReceiptScope.END_TO_END and receipt.sender != header.recipient:
+        raise DigestMismatchError(
+            f"end-to-end receipt signed by {receipt.sender}, not the recipient {header.recipient}"
+        )
+    if receipt.digest != envelope.digest:
+        raise DigestMismatchError(
+            f"receipt digest {b64encode(receipt.digest)} is not that of the envelope sent "
+            f"({b64encode(envelope.digest)})"
+        )

@@ -1,0 +1,152 @@
+"""Every error cpn raises, in one tree with one root.
+
+    CpnError
+    ├── ConfigError (ValueError)          a damaged or incomplete config file
+    ├── KeyFileError (ValueError)         a missing, damaged or unprotected key file
+    ├── BodyError (ValueError)            a message body that fails validation (names the field)
+    ├── RosterError (ValueError)          a roster that must not be used
+    │   ├── RosterSignatureError          not signed by the pinned register keeper
+    │   ├── RosterStaleError              older than (or as old as) the roster held
+    │   ├── RosterExpiredError            outside its validity period
+    │   └── UnknownNodeError              a node id the roster does not list (or lists as revoked)
+    └── PeerError (ValueError)            what a remote party sent us, refused
+        ├── OversizeError                 over the size limit
+        ├── MalformedError                not JSON, not canonical, or missing/ill-typed field
+        ├── UnsupportedVersionError       a protocol version we do not speak
+        ├── UnknownSignerError            signer or key id not in the current roster, or revoked
+        ├── BadSignatureError             a signature that does not verify (anything changed)
+        ├── WrongRecipientError           addressed to another node
+        ├── ClockSkewError                created too far from our clock
+        ├── ExpiredError                  past its expiry
+        ├── DecryptError                  the sealed body does not open
+        └── DigestMismatchError           a receipt for other bytes than those we sent
+
+`PeerError` is what someone else did wrong; the others are ours or our
+operator's. Every error carries `reason`, a short stable code that goes into
+receipts and the audit log, and a human message saying what failed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignatureError",
+    "BodyError",
+    "ClockSkewError",
+    "ConfigError",
+    "CpnError",
+    "DecryptError",
+    "DigestMismatchError",
+    "ExpiredError",
+    "KeyFileError",
+    "MalformedError",
+    "OversizeError",
+    "PeerError",
+    "RosterError",
+    "RosterExpiredError",
+    "RosterSignatureError",
+    "RosterStaleError",
+    "UnknownNodeError",
+    "UnknownSignerError",
+    "UnsupportedVersionError",
+    "WrongRecipientError",
+]
+
+
+class CpnError(Exception):
+    """Root of every cpn error. `reason` is a short, stable code."""
+
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(CpnError, ValueError):
+    reason = "bad_config"
+
+
+class KeyFileError(CpnError, ValueError):
+    reason = "bad_key_file"
+
+
+class BodyError(CpnError, ValueError):
+    """A message body that fails validation; `field` is the dotted path to it."""
+
+    reason = "bad_body"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+class RosterError(CpnError, ValueError):
+    reason = "bad_roster"
+
+
+class RosterSignatureError(RosterError):
+    reason = "roster_bad_signature"
+
+
+class RosterStaleError(RosterError):
+    reason = "roster_stale"
+
+
+class RosterExpiredError(RosterError):
+    reason = "roster_expired"
+
+
+class UnknownNodeError(RosterError):
+    reason = "unknown_node"
+
+
+class PeerError(CpnError, ValueError):
+    """Something a remote party sent that we refuse."""
+
+    reason = "refused"
+
+
+class OversizeError(PeerError):
+    reason = "oversize"
+
+
+class MalformedError(PeerError):
+    reason = "malformed"
+
+
+class UnsupportedVersionError(PeerError):
+    reason = "unsupported_version"
+
+
+class UnknownSignerError(PeerError):
+    reason = "unknown_signer"
+
+
+class BadSignatureError(PeerError):
+    reason = "bad_signature"
+
+
+class WrongRecipientError(PeerError):
+    reason = "wrong_recipient"
+
+
+class ClockSkewError(PeerError):
+    reason = "clock_skew"
+
+
+class ExpiredError(PeerError):
+    reason = "expired"
+
+
+class DecryptError(PeerError):
+    reason = "decrypt_failed"
+
+
+class DigestMismatchError(PeerError):
+    reason = "digest_mismatch"

@@ -1,0 +1,316 @@
+"""Ids, closed sets, canonical JSON and size-limited parsing: the vocabulary.
+
+Canonical JSON is RFC 8785 (JCS) restricted as the design says: strings,
+integers within ±(2^53-1), booleans, null, arrays and objects; no floats;
+binary as base64url without padding; times as integer milliseconds since the
+Unix epoch (UTC). Within that restriction and with ASCII keys, orjson's
+sorted-key compact output is byte-for-byte JCS (tests/test_records.py proves
+it against the `rfc8785` package with hypothesis) at a hundredth of the cost;
+documents with non-ASCII keys fall back to `rfc8785`, because JCS sorts keys
+by UTF-16 code units and orjson by UTF-8 bytes.
+
+Parsing refuses what we would never produce: oversize input, invalid UTF-8,
+duplicate keys, floats, NaN, out-of-range integers. `parse_canonical` also
+insists that the bytes are exactly the canonical encoding of what they hold,
+so a signature over them is a signature over one meaning.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+from enum import StrEnum
+from typing import Any, NewType
+
+import orjson
+import rfc8785
+
+from network.errors import MalformedError, OversizeError
+
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "PROTOCOL_VERSION",
+    "Fields",
+    "Json",
+    "MessageId",
+    "MessageKind",
+    "MessageType",
+    "NodeId",
+    "Outcome",
+    "Priority",
+    "b64decode",
+    "b64encode",
+    "canonical",
+    "canonical_object",
+    "check_json_value",
+    "is_node_id",
+    "new_message_id",
+    "parse_canonical",
+    "parse_json",
+]
+
+PROTOCOL_VERSION = 1
+MAX_SAFE_INTEGER = 2**53 - 1
+
+# Values that canonical JSON may hold, as parsed: dict, list, str, int, bool, None.
+Json = Any
+
+NodeId = NewType("NodeId", str)
+"""ISO 3166-1 alpha-3 code of a contact point, e.g. ``FRA``."""
+
+MessageId = NewType("MessageId", str)
+"""A UUIDv7 in its canonical text form: time-ordered, unique."""
+
+
+class Priority(StrEnum):
+    FLASH = "flash"  # life or safety at risk
+    URGENT = "urgent"  # data may be lost within hours
+    ROUTINE = "routine"
+
+
+class MessageKind(StrEnum):
+    MESSAGE = "message"
+    RECEIPT = "receipt"
+
+
+class MessageType(StrEnum):
+    PRESERVATION = "preservation"
+    TRAFFIC_DISCLOSURE = "traffic_disclosure"
+    MLA_NOTICE = "mla_notice"
+    TECHNICAL_ADVICE = "technical_advice"
+    EVIDENCE = "evidence"
+    LOCATE = "locate"
+    EMERGENCY = "emergency"
+    ACKNOWLEDGEMENT = "acknowledgement"
+    RESPONSE = "response"
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+def is_node_id(value: object) -> bool:
+    """True for three upper-case ASCII letters (ISO 3166-1 alpha-3 shape)."""
+    return (
+        isinstance(value, str)
+        and len(value) == 3
+        and value.isascii()
+        and value.isalpha()
+        and value.isupper()
+    )
+
+
+def new_message_id(now_ms: int, random_bytes: bytes) -> MessageId:
+    """A UUIDv7 (RFC 9562 §5.7) from a millisecond time and 10 random bytes."""
+    if len(random_bytes) < 10:
+        raise ValueError("new_message_id needs 10 random bytes")
+    rand = int.from_bytes(random_bytes[:10], "big")
+    rand_a = rand >> 68 & 0xFFF
+    rand_b = rand & (2**62 - 1)
+    value = (now_ms & (2**48 - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    h = f"{value:032x}"
+    return MessageId(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+
+
+def b64encode(data: bytes) -> str:
+    """base64url without padding (RFC 4648 §5), as binary travels in JSON."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: object, *, field: str = "value") -> bytes:
+    """Inverse of `b64encode`; refuses padding, other alphabets and non-canonical tails."""
+    if not isinstance(text, str) or not text.isascii():
+        raise MalformedError(f"{field}: expected a base64url string")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise MalformedError(f"{field}: not valid base64url") from exc
+    if b64encode(data) != text:
+        raise MalformedError(f"{field}: not canonical base64url (padding or stray bits)")
+    return data
+
+
+def check_json_value(value: Json, path: str = "") -> bool:
+    """Check that `value` fits the restricted JSON model; return True if all keys are ASCII.
+
+    Raises MalformedError naming the path of the first value that does not fit.
+    """
+    if value is None or value is True or value is False or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise MalformedError(f"{path or 'value'}: integer outside ±(2^53-1)")
+        return True
+    if isinstance(value, dict):
+        ascii_keys = True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise MalformedError(f"{path or 'value'}: object key {key!r} is not a string")
+            ascii_keys &= key.isascii()
+            ascii_keys &= check_json_value(item, f"{path}.{key}" if path else key)
+        return ascii_keys
+    if isinstance(value, list):
+        ascii_keys = True
+        for index, item in enumerate(value):
+            ascii_keys &= check_json_value(item, f"{path}[{index}]")
+        return ascii_keys
+    if isinstance(value, float):
+        raise MalformedError(f"{path or 'value'}: floats are not allowed")
+    raise MalformedError(f"{path or 'value'}: {type(value).__name__} is not a JSON value")
+
+
+def canonical(value: Json) -> bytes:
+    """The RFC 8785 encoding of `value` (restricted model; see module docstring)."""
+    ascii_keys = check_json_value(value)
+    try:
+        if ascii_keys:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return rfc8785.dumps(value)
+    except (orjson.JSONEncodeError, rfc8785.CanonicalizationError, UnicodeError) as exc:
+        # Lone surrogates in a str are the only way left to get here.
+        raise MalformedError(f"cannot encode as canonical JSON: {exc}") from exc
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Json]]) -> dict[str, Json]:
+    result: dict[str, Json] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _refuse_float(text: str) -> Json:
+    raise MalformedError(f"floats are not allowed ({text})")
+
+
+def _refuse_constant(text: str) -> Json:
+    raise MalformedError(f"{text} is not allowed")
+
+
+def parse_json(data: bytes, *, limit: int, what: str = "document") -> Json:
+    """Parse untrusted JSON bytes of at most `limit` bytes into the restricted model.
+
+    Raises OversizeError or MalformedError saying what is wrong.
+    """
+    if len(data) > limit:
+        raise OversizeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedError(f"{what} is not valid UTF-8: {exc.reason}") from exc
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_refuse_duplicates,
+            parse_float=_refuse_float,
+            parse_constant=_refuse_constant,
+        )
+    except MalformedError as exc:
+        raise MalformedError(f"{what}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedError(f"{what} is not valid JSON: {exc}") from exc
+    try:
+        check_json_value(value)
+    except MalformedError as exc:
+        raise MalformedError(f"{what}: {exc}") from exc
+    return value
+
+
+def parse_canonical(data: bytes, *, limit: int, what: str = "document") -> Json:
+    """Parse bytes that must be exactly the canonical encoding of their value.
+
+    The fast path parses with orjson and compares the re-encoding byte for
+    byte; on a mismatch the slow path finds the precise reason to report.
+    """
+    if len(data) > limit:
+        raise OversizeError(f"{what} is {len(data)} bytes, over the limit of {limit}")
+    try:
+        value = orjson.loads(data)
+        if canonical(value) == data:
+            return value
+    except (orjson.JSONDecodeError, MalformedError):
+        pass
+    value = parse_json(data, limit=limit, what=what)
+    if canonical(value) != data:
+        raise MalformedError(f"{what} is not in canonical form (RFC 8785)")
+    return value  # pragma: no cover - orjson and json disagree on validity
+
+
+def canonical_object(members: dict[str, bytes]) -> bytes:
+    """Join already-canonical member values into a canonical object.
+
+    For the hot path: each value is encoded once and reused in every signed
+    structure that holds it. Keys must be plain ASCII identifiers (ours).
+    """
+    return b"{" + b",".join(b'"%s":%s' % (k.encode(), members[k]) for k in sorted(members)) + b"}"
+
+
+class Fields:
+    """Typed access to the members of an untrusted JSON object, naming what is wrong.
+
+    `Fields(value, "header")` refuses non-objects; each getter refuses a missing
+    or ill-typed member with MalformedError("header.created: ..."); `done()`
+    refuses members nobody asked for.
+    """
+
+    __slots__ = ("_obj", "_path", "_seen")
+
+    def __init__(self, value: Json, path: str) -> None:
+        if not isinstance(value, dict):
+            raise MalformedError(f"{path}: expected an object, got {_kind(value)}")
+        self._obj: dict[str, Json] = value
+        self._path = path
+        self._seen: set[str] = set()
+
+    def _get(self, key: str) -> Json:
+        self._seen.add(key)
+        if key not in self._obj:
+            raise MalformedError(f"{self._path}.{key}: required field is missing")
+        return self._obj[key]
+
+    def has(self, key: builtins.str) -> bool:
+        return key in self._obj
+
+    def str(self, key: builtins.str, *, max_len: builtins.int = 200) -> builtins.str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise MalformedError(f"{self._path}.{key}: expected a string, got {_kind(value)}")
+        if not value or len(value) > max_len:
+            raise MalformedError(f"{self._path}.{key}: length must be 1..{max_len}")
+        return value
+
+    def int(
+        self, key: builtins.str, *, low: builtins.int = 0, high: builtins.int = MAX_SAFE_INTEGER
+    ) -> builtins.int:
+        value = self._get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MalformedError(f"{self._path}.{key}: expected an integer, got {_kind(value)}")
+        if not low <= value <= high:
+            raise MalformedError(f"{self._path}.{key}: must be within {low}..{high}")
+        return value
+
+    def bytes(self, key: builtins.str) -> builtins.bytes:
+        return b64decode(self._get(key), field=f"{self._path}.{key}")
+
+    def any(self, key: builtins.str) -> Json:
+        return self._get(key)
+
+    def done(self) -> None:
+        extra = sorted(set(self._obj) - self._seen)
+        if extra:
+            raise MalformedError(f"{self._path}.{extra[0]}: unknown field")
+
+
+def _kind(value: Json) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

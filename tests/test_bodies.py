@@ -1,0 +1,509 @@
+"""network.bodies: the round trip for every type, one test per refusal, and properties."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from network.bodies import (
+    BODY_TYPES,
+    MAX_ITEMS,
+    MAX_LINE,
+    MAX_TEXT,
+    Identifier,
+    IdentifierKind,
+    Preservation,
+    Response,
+    ResponseStatus,
+    body_to_json,
+    body_type,
+    parse_body,
+)
+from network.errors import BodyError
+from network.records import MessageId, MessageType
+from network.samples import SAMPLE_REQUEST_ID, sample_body
+
+
+def refusal(message_type: MessageType | str, body: object) -> BodyError:
+    with pytest.raises(BodyError) as info:
+        parse_body(message_type, body)
+    return info.value
+
+
+def preservation_data(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = sample_body(MessageType.PRESERVATION)["data"]
+    data.update(overrides)
+    return data
+
+
+# --- Valid bodies ---
+
+
+@pytest.mark.parametrize("message_type", list(MessageType))
+def test_round_trip(message_type: MessageType) -> None:
+    body = parse_body(message_type, sample_body(message_type))
+
+    again = parse_body(message_type, body_to_json(body))
+
+    assert again == body
+    assert body_to_json(body) == sample_body(message_type)
+    assert body_type(body) is message_type
+    assert type(body) is BODY_TYPES[message_type]
+
+
+def test_body_types_cover_every_message_type() -> None:
+    assert set(BODY_TYPES) == set(MessageType)
+
+
+def test_parse_builds_typed_records() -> None:
+    body = parse_body("preservation", sample_body("preservation"))
+
+    assert isinstance(body, Preservation)
+    assert body.period_days == 90
+    assert body.authority.second_contact is not None
+    assert body.data.identifiers[1] == Identifier(
+        kind=IdentifierKind.IP_ADDRESS,
+        value="203.0.113.45",
+        timestamp="2026-11-20T14:03:00Z",
+        time_zone="UTC",
+    )
+    assert isinstance(body.data.identifiers, tuple)
+
+
+def test_to_json_omits_none_and_gives_plain_strings() -> None:
+    body = parse_body("preservation", sample_body("preservation", custodian=None))
+
+    result = body_to_json(body)
+
+    assert "custodian" not in result
+    assert "extends" not in result
+    assert type(result["status"]) is str
+    assert type(result["data"]["categories"][0]) is str
+    assert type(result["data"]["identifiers"]) is list
+
+
+def test_optional_fields_may_be_absent() -> None:
+    authority = sample_body("preservation")["authority"]
+    for key in ("unit", "office_hours", "reply_channel", "second_contact"):
+        del authority[key]
+
+    body = parse_body("preservation", sample_body("preservation", authority=authority))
+
+    assert isinstance(body, Preservation)
+    assert body.authority.unit is None
+
+
+def test_extension_with_extends_is_accepted() -> None:
+    body = parse_body(
+        "preservation", sample_body("preservation", status="extension", extends=SAMPLE_REQUEST_ID)
+    )
+
+    assert isinstance(body, Preservation)
+    assert body.extends == SAMPLE_REQUEST_ID
+
+
+def test_refused_with_ground_is_accepted() -> None:
+    body = parse_body(
+        "response",
+        {"in_reply_to": SAMPLE_REQUEST_ID, "status": "refused", "refusal_ground": "sovereignty"},
+    )
+
+    assert isinstance(body, Response)
+    assert body.status is ResponseStatus.REFUSED
+
+
+# --- Refusals, one per reason ---
+
+
+def test_missing_offence() -> None:
+    body = sample_body("preservation")
+    del body["offence"]
+
+    error = refusal("preservation", body)
+
+    assert (error.field, error.problem) == ("offence", "required field is missing")
+
+
+def test_period_below_sixty_days() -> None:
+    error = refusal("preservation", sample_body("preservation", period_days=59))
+
+    assert (error.field, error.problem) == ("period_days", "must be at least 60")
+
+
+def test_period_above_a_year() -> None:
+    error = refusal("preservation", sample_body("preservation", period_days=366))
+
+    assert (error.field, error.problem) == ("period_days", "must be at most 365")
+
+
+def test_period_as_string() -> None:
+    error = refusal("preservation", sample_body("preservation", period_days="90"))
+
+    assert (error.field, error.problem) == ("period_days", "must be an integer, got string")
+
+
+def test_bool_where_int_expected() -> None:
+    error = refusal("preservation", sample_body("preservation", period_days=True))
+
+    assert (error.field, error.problem) == ("period_days", "must be an integer, got boolean")
+
+
+def test_int_where_bool_expected() -> None:
+    error = refusal("preservation", sample_body("preservation", mla_intended=1))
+
+    assert (error.field, error.problem) == ("mla_intended", "must be a boolean, got integer")
+
+
+def test_null_for_required_field() -> None:
+    error = refusal("preservation", sample_body("preservation", offence=None))
+
+    assert (error.field, error.problem) == ("offence", "must be a string, got null")
+
+
+def test_unknown_field() -> None:
+    error = refusal("preservation", sample_body("preservation", priority="flash"))
+
+    assert (error.field, error.problem) == ("priority", "unknown field")
+
+
+def test_unknown_nested_field() -> None:
+    authority = sample_body("preservation")["authority"] | {"fax": "+33 1 99 00 42 19"}
+
+    error = refusal("preservation", sample_body("preservation", authority=authority))
+
+    assert (error.field, error.problem) == ("authority.fax", "unknown field")
+
+
+def test_unknown_type() -> None:
+    error = refusal("subpoena", sample_body("preservation"))
+
+    assert error.field == "type"
+    assert "preservation" in error.problem
+
+
+def test_enum_value_outside_the_set() -> None:
+    error = refusal("preservation", sample_body("preservation", status="renewal"))
+
+    assert (error.field, error.problem) == ("status", "must be one of: new, extension")
+
+
+def test_extension_without_extends() -> None:
+    error = refusal("preservation", sample_body("preservation", status="extension"))
+
+    assert (error.field, error.problem) == ("extends", "required when status is extension")
+
+
+def test_new_with_extends() -> None:
+    error = refusal("preservation", sample_body("preservation", extends=SAMPLE_REQUEST_ID))
+
+    assert (error.field, error.problem) == ("extends", "not allowed when status is new")
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    ["not-a-uuid", SAMPLE_REQUEST_ID.upper(), SAMPLE_REQUEST_ID.replace("-", ""), ""],
+)
+def test_bad_message_id(message_id: str) -> None:
+    error = refusal("mla_notice", sample_body("mla_notice", follows=message_id))
+
+    assert error.field == "follows"
+
+
+def test_ip_identifier_without_timestamp() -> None:
+    identifiers = [
+        {"kind": "email", "value": "a@b.example"},
+        {"kind": "ip_address", "value": "1.2.3.4"},
+    ]
+
+    error = refusal(
+        "preservation",
+        sample_body("preservation", data=preservation_data(identifiers=identifiers)),
+    )
+
+    assert error.field == "data.identifiers[1].timestamp"
+    assert error.problem.startswith("required for an IP address")
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["2026-11-20T14:03:00", "2026-11-20 14:03:00Z", "2026-13-20T14:03:00Z"]
+)
+def test_bad_timestamp(timestamp: str) -> None:
+    identifiers = [{"kind": "url", "value": "https://x.example/", "timestamp": timestamp}]
+
+    error = refusal(
+        "preservation",
+        sample_body("preservation", data=preservation_data(identifiers=identifiers)),
+    )
+
+    assert error.field == "data.identifiers[0].timestamp"
+
+
+def test_nested_path_is_reported() -> None:
+    identifiers = [
+        {"kind": "ip_address", "value": "203.0.113.300", "timestamp": "2026-11-20T14:03:00Z"}
+    ]
+
+    error = refusal(
+        "preservation",
+        sample_body("preservation", data=preservation_data(identifiers=identifiers)),
+    )
+
+    assert (error.field, error.problem) == (
+        "data.identifiers[0].value",
+        "must be an IP address when kind is ip_address",
+    )
+
+
+@pytest.mark.parametrize(
+    "email", ["ofac.interieur.example", "a@b@c.example", "@b.example", "a@", "a b@c.example"]
+)
+def test_bad_email(email: str) -> None:
+    authority = sample_body("preservation")["authority"] | {"email": email}
+
+    error = refusal("preservation", sample_body("preservation", authority=authority))
+
+    assert error.field == "authority.email"
+    assert error.problem.startswith("must be an e-mail address")
+
+
+def test_bad_email_in_second_contact() -> None:
+    authority = sample_body("preservation")["authority"]
+    authority["second_contact"]["email"] = "nobody"
+
+    error = refusal("preservation", sample_body("preservation", authority=authority))
+
+    assert error.field == "authority.second_contact.email"
+
+
+@pytest.mark.parametrize("time_zone", ["Europe Paris", "+01:00", ""])
+def test_bad_time_zone(time_zone: str) -> None:
+    authority = sample_body("preservation")["authority"] | {"time_zone": time_zone}
+
+    error = refusal("preservation", sample_body("preservation", authority=authority))
+
+    assert error.field == "authority.time_zone"
+
+
+@pytest.mark.parametrize(
+    "mla_date", ["12/01/2027", "2027-02-30", "2027-1-12", "2027-01-12T00:00:00Z"]
+)
+def test_bad_date(mla_date: str) -> None:
+    error = refusal("mla_notice", sample_body("mla_notice", mla_date=mla_date))
+
+    assert error.field == "mla_date"
+    assert error.problem.startswith("must be a date as YYYY-MM-DD")
+
+
+def test_preserved_without_preserved_until() -> None:
+    body = sample_body("response")
+    del body["preserved_until"]
+
+    error = refusal("response", body)
+
+    assert (error.field, error.problem) == (
+        "preserved_until",
+        "required when status is preserved or partially_preserved",
+    )
+
+
+def test_refused_without_refusal_ground() -> None:
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "refused"}
+
+    error = refusal("response", body)
+
+    assert (error.field, error.problem) == ("refusal_ground", "required when status is refused")
+
+
+def test_refusal_ground_on_preserved() -> None:
+    error = refusal("response", sample_body("response", refusal_ground="security"))
+
+    assert (error.field, error.problem) == (
+        "refusal_ground",
+        "not allowed when status is preserved",
+    )
+
+
+def test_preserved_until_on_not_possible() -> None:
+    body = sample_body("response", status="not_possible")
+    del body["provider_reference"]
+
+    error = refusal("response", body)
+
+    assert (error.field, error.problem) == (
+        "preserved_until",
+        "not allowed when status is not_possible",
+    )
+
+
+def test_needs_info_without_missing() -> None:
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "needs_info"}
+
+    error = refusal("response", body)
+
+    assert (error.field, error.problem) == ("missing", "required when status is needs_info")
+
+
+def test_too_long_line() -> None:
+    error = refusal("preservation", sample_body("preservation", case_ref="x" * (MAX_LINE + 1)))
+
+    assert (error.field, error.problem) == ("case_ref", "must be at most 200 characters, got 201")
+
+
+def test_too_long_text() -> None:
+    error = refusal("preservation", sample_body("preservation", summary="x" * (MAX_TEXT + 1)))
+
+    assert (error.field, error.problem) == (
+        "summary",
+        "must be at most 20000 characters, got 20001",
+    )
+
+
+def test_blank_string() -> None:
+    error = refusal("preservation", sample_body("preservation", necessity=" \n\t "))
+
+    assert (error.field, error.problem) == ("necessity", "must not be empty")
+
+
+def test_line_break_in_a_line() -> None:
+    error = refusal("preservation", sample_body("preservation", case_ref="OFAC\n2026"))
+
+    assert (error.field, error.problem) == (
+        "case_ref",
+        "must not contain line breaks or control characters",
+    )
+
+
+def test_newline_allowed_in_text() -> None:
+    body = parse_body("preservation", sample_body("preservation", facts="One.\nTwo.\n\tThree."))
+
+    assert isinstance(body, Preservation)
+
+
+def test_lone_surrogate() -> None:
+    error = refusal("preservation", sample_body("preservation", facts="broken \ud800 text"))
+
+    assert error.field == "facts"
+
+
+def test_too_many_list_items() -> None:
+    providers = [f"Provider {i}" for i in range(MAX_ITEMS + 1)]
+
+    error = refusal("traffic_disclosure", sample_body("traffic_disclosure", providers=providers))
+
+    assert (error.field, error.problem) == ("providers", "must have at most 100 items, got 101")
+
+
+def test_empty_list() -> None:
+    error = refusal(
+        "preservation", sample_body("preservation", data=preservation_data(categories=[]))
+    )
+
+    assert (error.field, error.problem) == ("data.categories", "must have at least 1 item")
+
+
+def test_repeated_category() -> None:
+    categories = ["subscriber", "traffic", "subscriber"]
+
+    error = refusal(
+        "preservation", sample_body("preservation", data=preservation_data(categories=categories))
+    )
+
+    assert (error.field, error.problem) == ("data.categories[2]", "repeats subscriber")
+
+
+def test_list_item_of_wrong_kind() -> None:
+    error = refusal("traffic_disclosure", sample_body("traffic_disclosure", providers=["A", 7]))
+
+    assert (error.field, error.problem) == ("providers[1]", "must be a string, got integer")
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [([], "array"), ("preserve", "string"), (None, "null"), (3, "integer")]
+)
+def test_non_dict_body(value: object, kind: str) -> None:
+    error = refusal("preservation", value)
+
+    assert (error.field, error.problem) == ("", f"must be an object, got {kind}")
+
+
+def test_nested_record_not_an_object() -> None:
+    error = refusal("preservation", sample_body("preservation", handling=[True, True, True]))
+
+    assert (error.field, error.problem) == ("handling", "must be an object, got array")
+
+
+def test_direct_construction_checks_cross_field_rules() -> None:
+    with pytest.raises(BodyError) as info:
+        Response(in_reply_to=MessageId(SAMPLE_REQUEST_ID), status=ResponseStatus.NEEDS_INFO)
+
+    assert info.value.field == "missing"
+
+
+# --- Properties ---
+
+
+def required_fields(message_type: MessageType) -> list[str]:
+    return [
+        field.name
+        for field in dataclasses.fields(BODY_TYPES[message_type])
+        if field.default is dataclasses.MISSING
+    ]
+
+
+def key_paths(value: object, path: str = "") -> list[str]:
+    """The dotted path of every object member in a JSON value, nested ones included."""
+    paths: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            step = f"{path}.{key}" if path else key
+            paths.append(step)
+            paths.extend(key_paths(item, step))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            paths.extend(key_paths(item, f"{path}[{index}]"))
+    return paths
+
+
+@given(data=st.data())
+def test_removing_a_required_top_level_field_names_it(data: st.DataObject) -> None:
+    message_type = data.draw(st.sampled_from(list(MessageType)))
+    name = data.draw(st.sampled_from(required_fields(message_type)))
+    body = sample_body(message_type)
+    del body[name]
+
+    error = refusal(message_type, body)
+
+    assert error.field == name
+    assert error.problem == "required field is missing"
+
+
+def remove(body: dict[str, Any], dotted: str) -> None:
+    """Delete the member at a dotted path such as `data.identifiers[1].timestamp`."""
+    target: Any = body
+    *parents, last = dotted.replace("[", ".[").split(".")
+    for step in parents:
+        target = target[int(step[1:-1])] if step.startswith("[") else target[step]
+    del target[last]
+
+
+@given(data=st.data())
+def test_removing_any_field_anywhere_parses_or_names_it(data: st.DataObject) -> None:
+    message_type = data.draw(st.sampled_from(list(MessageType)))
+    body = sample_body(message_type)
+    dotted = data.draw(st.sampled_from(key_paths(body)))
+    remove(body, dotted)
+
+    named: str | None
+    try:
+        parsed = parse_body(message_type, body)
+    except BodyError as error:
+        named = error.field
+    else:
+        named = None
+        assert parse_body(message_type, body_to_json(parsed)) == parsed
+
+    assert named in (None, dotted)

@@ -1,0 +1,158 @@
+"""The installed `cpn` command, run as a subprocess on real files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from network.config import load_config
+from network.errors import ConfigError
+
+CPN = str(Path(sys.executable).parent / "cpn")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpn(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [CPN, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Path:
+    """A copy of the demo node configs, with a fresh keys folder beside them."""
+    shutil.copytree(REPO / "nodes", tmp_path / "nodes")
+    return tmp_path
+
+
+def test_keys_init_prints_the_card_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    first = cpn("keys", "init", "fra", "--url", "wss://127.0.0.1:7101", cwd=tmp_path)
+
+    card = json.loads(first.stdout)
+    assert card["id"] == "FRA"
+    assert card["name"] == "France"
+    assert card["hpke_key"]["suite"].startswith("MLKEM768-X25519")
+    again = cpn("keys", "init", "FRA", cwd=tmp_path, ok=False)
+    assert again.returncode == 2
+    assert "exists; use --force" in again.stderr
+
+
+def test_keys_init_refuses_a_bad_id(tmp_path: Path) -> None:
+    result = cpn("keys", "init", "FRANCE", cwd=tmp_path, ok=False)
+
+    assert result.returncode == 2
+    assert "not an ISO 3166-1 alpha-3 code" in result.stderr
+
+
+def test_roster_build_show_and_revoke(tmp_path: Path) -> None:
+    for node_id in ("FRA", "DEU"):
+        cpn("keys", "init", node_id, "--suite", "x25519", cwd=tmp_path)
+
+    built = cpn("roster", "build", cwd=tmp_path)
+    shown = cpn("roster", "show", cwd=tmp_path)
+    revoked = cpn("roster", "build", "--revoke", "DEU", cwd=tmp_path)
+    shown_after = cpn("roster", "show", "--json", cwd=tmp_path)
+
+    assert "roster version 1: 2 contact points" in built.stdout
+    assert "created the register keeper key" in built.stderr
+    assert "valid" in shown.stdout
+    assert "FRA" in shown.stdout
+    assert "X25519" in shown.stdout
+    assert "roster version 2" in revoked.stdout
+    doc = json.loads(shown_after.stdout)
+    statuses = {e["id"]: e["status"] for e in doc["roster"]["contact_points"]}
+    assert statuses == {"DEU": "revoked", "FRA": "active"}
+
+
+def test_roster_show_names_the_failed_check(tmp_path: Path) -> None:
+    cpn("keys", "init", "FRA", cwd=tmp_path)
+    cpn("roster", "build", cwd=tmp_path)
+    roster = tmp_path / "keys" / "roster.json"
+    roster.write_bytes(roster.read_bytes().replace(b"France", b"Frankr"))
+
+    result = cpn("roster", "show", cwd=tmp_path, ok=False)
+
+    assert result.returncode == 2
+    assert "roster signature does not verify" in result.stderr
+
+
+def test_up_creates_keys_and_roster_once_and_resigns_after_rotation(demo: Path) -> None:
+    first = cpn("up", "nodes", cwd=demo)
+    second = cpn("up", "nodes", cwd=demo)
+    cpn("keys", "init", "FRA", "--force", "--url", "wss://127.0.0.1:7101", cwd=demo)
+    third = cpn("up", cwd=demo)
+
+    assert first.stdout.count("created keys") == 5
+    assert "signed roster version 1 with 5 contact points" in first.stdout
+    assert "created keys" not in second.stdout
+    assert "signed roster" not in second.stdout
+    assert "signed roster version 2" in third.stdout
+    for node_id in ("FRA", "DEU", "USA", "BRA", "KEN"):
+        assert (demo / "keys" / node_id / "signing.key").stat().st_mode & 0o077 == 0
+
+
+def test_up_names_the_broken_config(demo: Path) -> None:
+    config = demo / "nodes" / "KEN.toml"
+    config.write_text(config.read_text().replace("[api]", "[apx]"))
+
+    result = cpn("up", "nodes", cwd=demo, ok=False)
+
+    assert result.returncode == 2
+    assert "KEN.toml: [api] table is missing" in result.stderr
+    assert not (demo / "keys" / "FRA").exists()  # nothing half-made
+
+
+def test_python_dash_m_network_is_cpn(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "network", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert "roster" in result.stdout
+    assert "keys" in result.stdout
+
+
+def test_config_paths_resolve_beside_the_file() -> None:
+    config = load_config(REPO / "nodes" / "FRA.toml")
+
+    assert config.id == "FRA"
+    assert config.keys_dir == REPO / "keys" / "FRA"
+    assert config.peer_url == "wss://127.0.0.1:7101"
+    assert config.peers == ("DEU", "USA")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('id = "FR"', "id: expected an ISO 3166-1 alpha-3 code"),
+        ('id = "FRA"\n[peer]\nlisten = "nohost"', "peer.listen"),
+        ("id = ", "not valid TOML"),
+        (
+            'id = "FRA"\nbogus = 1\n[peer]\nlisten="127.0.0.1:1"\n[api]\nlisten="127.0.0.1:2"\n'
+            '[store]\npath="s"\n[keys]\ndir="k"\nroster="r"\nkeeper="p"',
+            "bogus: unknown key",
+        ),
+        (
+            'id = "FRA"\n[peer]\nlisten="127.0.0.1:1"\n[api]\nlisten="127.0.0.1:2"\n'
+            '[store]\npath="s"\n[keys]\ndir="k"\nroster="r"\nkeeper="p"\n[links]\npeers=["FRA"]',
+            "cannot link to itself",
+        ),
+    ],
+)
+def test_bad_config_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
