@@ -519,94 +519,146 @@ def body_type(body: Body) -> MessageType:
 
 
 # --- The converter, driven by the records' type hints ---
+#
+# Each type hint is compiled once into a function (value, path) -> typed value,
+# so parsing a body costs a few dict lookups and checks per field, not a walk
+# through `typing` per field.
 
 _T = TypeVar("_T")
-
-# One entry per field, in declaration order: (name, type without `| None`, required).
-_Spec = tuple[tuple[str, Any, bool], ...]
-_SPECS: dict[type, _Spec] = {}
-
-
-def _spec(cls: type) -> _Spec:
-    if (cached := _SPECS.get(cls)) is not None:
-        return cached
-    hints = get_type_hints(cls, include_extras=True)
-    spec = []
-    for field in dataclasses.fields(cls):
-        hint = hints[field.name]
-        required = field.default is dataclasses.MISSING
-        if not required:  # `X | None = None`
-            (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
-        spec.append((field.name, hint, required))
-    _SPECS[cls] = tuple(spec)
-    return _SPECS[cls]
+_Converter = Callable[[object, str], Any]
+_Encoder = Callable[[Any], Any]
+_CONVERTERS: dict[Any, _Converter] = {}
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
 
 
 def _record_from(cls: type[_T], value: object, path: str) -> _T:
-    if not isinstance(value, dict):
-        raise BodyError(path, f"must be an object, got {_kind(value)}")
-    spec = _spec(cls)
-    names = {name for name, _, _ in spec}
-    for key in value:
-        if key not in names:
-            raise BodyError(_join(path, str(key)), "unknown field")
-    kwargs: dict[str, Any] = {}
-    for name, hint, required in spec:
-        item = value.get(name)
-        if name not in value and required:
-            raise BodyError(_join(path, name), "required field is missing")
-        if item is not None or required:
-            kwargs[name] = _convert(hint, item, _join(path, name))
-    try:
-        return cls(**kwargs)
-    except BodyError as exc:  # a cross-field rule, named relative to this record
-        raise BodyError(_join(path, exc.field), exc.problem) from None
+    result: _T = _converter(cls)(value, path)
+    return result
 
 
-def _convert(hint: Any, value: object, path: str) -> Any:
+def _converter(hint: Any) -> _Converter:
+    conv = _CONVERTERS.get(hint)
+    if conv is None:
+        conv = _CONVERTERS[hint] = _compile(hint)
+    return conv
+
+
+def _compile(hint: Any) -> _Converter:
     rule: Any = None
     if get_origin(hint) is Annotated:
         hint, rule = get_args(hint)
     hint = getattr(hint, "__supertype__", hint)  # a NewType such as MessageId
     if hint is str:
-        return _string(value, path, rule or _Str())
+        return _string_converter(rule or _Str())
     if hint is bool:
-        if not isinstance(value, bool):
-            raise BodyError(path, f"must be a boolean, got {_kind(value)}")
-        return value
+        return _boolean
     if hint is int:
-        return _integer(value, path, rule or _Int())
+        int_rule: _Int = rule or _Int()
+        return lambda value, path: _integer(value, path, int_rule)
     if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return _enum_converter(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _record_converter(hint)
+    if get_origin(hint) is tuple:
+        item = _converter(get_args(hint)[0])
+        items_rule: _Items = rule or _Items()
+        return lambda value, path: _array(item, value, path, items_rule)
+    raise TypeError(f"bodies: no converter for {hint!r}")  # a bug here, not in the input
+
+
+def _record_converter(cls: type) -> _Converter:
+    hints = get_type_hints(cls, include_extras=True)
+    # (name, converter, required), in declaration order.
+    spec: list[tuple[str, _Converter, bool]] = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        required = field.default is dataclasses.MISSING
+        if not required:  # `X | None = None`
+            (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
+        spec.append((field.name, _LazyConverter(hint), required))
+    names = frozenset(name for name, _, _ in spec)
+
+    def convert(value: object, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise BodyError(path, f"must be an object, got {_kind(value)}")
+        for key in value:
+            if key not in names:
+                raise BodyError(_join(path, str(key)), "unknown field")
+        kwargs: dict[str, Any] = {}
+        for name, conv, required in spec:
+            item = value.get(name)
+            if item is not None:
+                kwargs[name] = conv(item, f"{path}.{name}" if path else name)
+            elif required:
+                if name not in value:
+                    raise BodyError(_join(path, name), "required field is missing")
+                kwargs[name] = conv(item, _join(path, name))
+        try:
+            return cls(**kwargs)
+        except BodyError as exc:  # a cross-field rule, named relative to this record
+            raise BodyError(_join(path, exc.field), exc.problem) from None
+
+    return convert
+
+
+class _LazyConverter:
+    """Compiles its hint on first use, so records may refer to records defined later."""
+
+    __slots__ = ("_conv", "_hint")
+
+    def __init__(self, hint: Any) -> None:
+        self._hint = hint
+        self._conv: _Converter | None = None
+
+    def __call__(self, value: object, path: str) -> Any:
+        if self._conv is None:
+            self._conv = _converter(self._hint)
+        return self._conv(value, path)
+
+
+def _enum_converter(enum: type[StrEnum]) -> _Converter:
+    members = {member.value: member for member in enum}
+
+    def convert(value: object, path: str) -> Any:
         if not isinstance(value, str):
             raise BodyError(path, f"must be a string, got {_kind(value)}")
-        try:
-            return hint(value)
-        except ValueError:
-            raise BodyError(path, f"must be one of: {_choices(hint)}") from None
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _record_from(hint, value, path)
-    if get_origin(hint) is tuple:
-        return _array(get_args(hint)[0], value, path, rule or _Items())
-    raise TypeError(f"bodies: no converter for {hint!r} at {path}")  # a bug here, not in the input
+        member = members.get(value)
+        if member is None:
+            raise BodyError(path, f"must be one of: {_choices(enum)}")
+        return member
+
+    return convert
 
 
-def _string(value: object, path: str, rule: _Str) -> str:
-    if not isinstance(value, str):
-        raise BodyError(path, f"must be a string, got {_kind(value)}")
-    if len(value) > rule.max_len:
-        raise BodyError(path, f"must be at most {rule.max_len} characters, got {len(value)}")
-    if not value.strip():
-        raise BodyError(path, "must not be empty")
-    if (_BAD_IN_TEXT if rule.multiline else _BAD_IN_LINE).search(value):
-        what = (
-            "control characters other than newline and tab"
-            if rule.multiline
-            else "line breaks or control characters"
-        )
-        raise BodyError(path, f"must not contain {what}")
-    if rule.check is not None and (problem := rule.check(value)):
-        raise BodyError(path, problem)
+def _boolean(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise BodyError(path, f"must be a boolean, got {_kind(value)}")
     return value
+
+
+def _string_converter(rule: _Str) -> _Converter:
+    max_len, check = rule.max_len, rule.check
+    bad = _BAD_IN_TEXT if rule.multiline else _BAD_IN_LINE
+    what = (
+        "control characters other than newline and tab"
+        if rule.multiline
+        else "line breaks or control characters"
+    )
+
+    def convert(value: object, path: str) -> str:
+        if not isinstance(value, str):
+            raise BodyError(path, f"must be a string, got {_kind(value)}")
+        if len(value) > max_len:
+            raise BodyError(path, f"must be at most {max_len} characters, got {len(value)}")
+        if not value or value.isspace():
+            raise BodyError(path, "must not be empty")
+        if bad.search(value):
+            raise BodyError(path, f"must not contain {what}")
+        if check is not None and (problem := check(value)):
+            raise BodyError(path, problem)
+        return value
+
+    return convert
 
 
 def _integer(value: object, path: str, rule: _Int) -> int:
@@ -619,33 +671,39 @@ def _integer(value: object, path: str, rule: _Int) -> int:
     return value
 
 
-def _array(item_hint: Any, value: object, path: str, rule: _Items) -> tuple[Any, ...]:
+def _array(item: _Converter, value: object, path: str, rule: _Items) -> tuple[Any, ...]:
     if not isinstance(value, list):
         raise BodyError(path, f"must be an array, got {_kind(value)}")
     if len(value) < rule.low:
         raise BodyError(path, f"must have at least {rule.low} item{'s' * (rule.low != 1)}")
     if len(value) > rule.high:
         raise BodyError(path, f"must have at most {rule.high} items, got {len(value)}")
-    items = tuple(_convert(item_hint, item, f"{path}[{i}]") for i, item in enumerate(value))
+    items = tuple(item(entry, f"{path}[{i}]") for i, entry in enumerate(value))
     if rule.unique:
-        for i, item in enumerate(items):
-            if item in items[:i]:
-                raise BodyError(f"{path}[{i}]", f"repeats {item!s}")
+        for i, entry in enumerate(items):
+            if entry in items[:i]:
+                raise BodyError(f"{path}[{i}]", f"repeats {entry!s}")
     return items
 
 
 def _to_json(value: object) -> Any:
     if isinstance(value, StrEnum):
         return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            field.name: _to_json(item)
-            for field in dataclasses.fields(value)
-            if (item := getattr(value, field.name)) is not None
-        }
     if isinstance(value, tuple):
         return [_to_json(item) for item in value]
-    return value
+    encode = _ENCODERS.get(type(value))
+    if encode is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = tuple(field.name for field in dataclasses.fields(value))
+
+        def encode(record: Any) -> dict[str, Any]:
+            return {
+                name: item if type(item) is str else _to_json(item)
+                for name in names
+                if (item := getattr(record, name)) is not None
+            }
+
+        _ENCODERS[type(value)] = encode
+    return value if encode is None else encode(value)
 
 
 def _join(path: str, name: str) -> str:

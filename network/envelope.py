@@ -57,9 +57,11 @@ from network.records import (
     NodeId,
     Outcome,
     Priority,
+    b64decode,
     b64encode,
     canonical,
     canonical_object,
+    canonical_trusted,
     is_node_id,
     new_message_id,
     parse_canonical,
@@ -78,10 +80,12 @@ __all__ = [
     "OpenedMessage",
     "Receipt",
     "ReceiptScope",
+    "Unsealed",
     "check_receipt_for",
     "make_receipt",
     "open_envelope",
     "seal",
+    "unseal",
     "verify_envelope",
     "verify_receipt",
 ]
@@ -206,7 +210,7 @@ class Header:
         return header
 
     def encoded(self) -> bytes:
-        return canonical(self.to_json())
+        return canonical_trusted(self.to_json())
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +218,15 @@ class Envelope:
     """An envelope whose outer signature holds. `raw` is the exact bytes; `digest` their SHA-256."""
 
     header: Header
-    sealed: bytes = field(repr=False)
+    sealed_text: str = field(repr=False)  # base64url, decoded only by the recipient
     signature: bytes = field(repr=False)
     raw: bytes = field(repr=False)
     digest: bytes = field(repr=False)
+
+    @property
+    def sealed(self) -> bytes:
+        """HPKE enc ‖ ciphertext. Relays never need it, so it is decoded on demand."""
+        return b64decode(self.sealed_text, field="envelope.sealed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +272,7 @@ def seal(
     kind = body_type(typed)
     if str(message_type) != kind:
         raise BodyError("type", f"body is a {kind}, not a {message_type}")
-    body_bytes = canonical(body_to_json(typed))
+    body_bytes = canonical_trusted(body_to_json(typed))
     if len(body_bytes) > MAX_BODY_BYTES:
         raise BodyError("body", f"{len(body_bytes)} bytes, over the limit of {MAX_BODY_BYTES}")
     ttl = DEFAULT_TTL_MS[priority] if ttl_ms is None else ttl_ms
@@ -289,11 +298,11 @@ def seal(
         {"body": body_bytes, "sig": b'"%s"' % b64encode(inner_sig).encode(), "type": type_bytes}
     )
     sealed = recipient_key.seal(plaintext, _seal_info(header_bytes, recipient_key.kid))
-    sealed_json = b'"%s"' % b64encode(sealed).encode()
-    outer = {"header": header_bytes, "sealed": sealed_json}
+    sealed_text = b64encode(sealed)
+    outer = {"header": header_bytes, "sealed": b'"%s"' % sealed_text.encode()}
     outer_sig = signing_key.sign(_OUTER + canonical_object(outer))
     raw = canonical_object({**outer, "sig": b'"%s"' % b64encode(outer_sig).encode()})
-    return Envelope(header, sealed, outer_sig, raw, sha256(raw))
+    return Envelope(header, sealed_text, outer_sig, raw, sha256(raw))
 
 
 def verify_envelope(
@@ -306,13 +315,14 @@ def verify_envelope(
     """
     doc = Fields(parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope"), "envelope")
     header_value = doc.any("header")
-    sealed_text = doc.any("sealed")
     header = Header.from_json(header_value)
-    sealed = doc.bytes("sealed")
+    sealed_text = doc.str("sealed", max_len=MAX_ENVELOPE_BYTES)
     signature = doc.bytes("sig")
     doc.done()
     key = roster.verify_key(header.sender, header.kid)
-    signed = canonical_object({"header": canonical(header_value), "sealed": canonical(sealed_text)})
+    signed = canonical_object(
+        {"header": canonical_trusted(header_value), "sealed": canonical_trusted(sealed_text)}
+    )
     key.verify(signature, _OUTER + signed, what="outer signature")
     if header.created > now + skew_ms:
         raise ClockSkewError(
@@ -320,17 +330,25 @@ def verify_envelope(
         )
     if now > header.expires:
         raise ExpiredError(f"message {header.id} expired {now - header.expires} ms ago")
-    return Envelope(header, sealed, signature, raw, sha256(raw))
+    return Envelope(header, sealed_text, signature, raw, sha256(raw))
 
 
-def open_envelope(
-    envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: Roster
-) -> OpenedMessage:
-    """The recipient's checks: addressed to us, opens with our key, inner signature, body.
+@dataclass(frozen=True, slots=True)
+class Unsealed:
+    """The plaintext of an envelope, both signatures checked, body not yet typed."""
+
+    envelope: Envelope
+    message_type: MessageType
+    body_json: Json = field(repr=False)
+    plaintext: bytes = field(repr=False)  # what the inner signature covers, for auditors
+    inner_signature: bytes = field(repr=False)
+
+
+def unseal(envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: Roster) -> Unsealed:
+    """The recipient's envelope checks: addressed to us, opens with our key, inner signature.
 
     Raises WrongRecipientError, DecryptError, MalformedError, BadSignatureError
-    or UnknownSignerError; a body that fails validation is a MalformedError
-    naming the field (the sender's node should never have sealed it).
+    or UnknownSignerError.
     """
     header = envelope.header
     if header.recipient != me:
@@ -350,17 +368,31 @@ def open_envelope(
         message_type = MessageType(type_name)
     except ValueError:
         raise MalformedError(f"plain.type: unknown message type {type_name!r}") from None
-    body_bytes = canonical(body_value)
+    body_bytes = canonical_trusted(body_value)  # checked by parse_canonical above
     signed = canonical_object(
-        {"body": body_bytes, "header": header_bytes, "type": canonical(type_name)}
+        {"body": body_bytes, "header": header_bytes, "type": canonical_trusted(type_name)}
     )
     key = roster.verify_key(header.sender, header.kid)
     key.verify(inner_sig, _INNER + signed, what="inner signature")
+    return Unsealed(envelope, message_type, body_value, plaintext, inner_sig)
+
+
+def open_envelope(
+    envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: Roster
+) -> OpenedMessage:
+    """`unseal`, then type the body.
+
+    Raises what `unseal` raises; a body that fails validation is a
+    MalformedError naming the field (the sender's node should never have sealed it).
+    """
+    unsealed = unseal(envelope, me=me, hpke_key=hpke_key, roster=roster)
     try:
-        body = parse_body(message_type, body_value)
+        body = parse_body(unsealed.message_type, unsealed.body_json)
     except BodyError as exc:
         raise MalformedError(f"plain.body.{exc.field}: {exc.problem}") from exc
-    return OpenedMessage(envelope, message_type, body, plaintext, inner_sig)
+    return OpenedMessage(
+        envelope, unsealed.message_type, body, unsealed.plaintext, unsealed.inner_signature
+    )
 
 
 class ReceiptScope(StrEnum):
@@ -491,7 +523,7 @@ def verify_receipt(
     )
     f.done()
     key = roster.verify_key(receipt.sender, receipt.kid)
-    key.verify(signature, _RECEIPT + canonical(statement), what="receipt signature")
+    key.verify(signature, _RECEIPT + canonical_trusted(statement), what="receipt signature")
     if receipt.received > now + skew_ms:
         raise ClockSkewError(
             f"receipt time {receipt.received - now} ms ahead of our clock (allowed {skew_ms} ms)"
