@@ -38,12 +38,16 @@ __all__ = [
     "HpkeSuite",
     "SigningKey",
     "VerifyKey",
+    "certificate_pem",
+    "check_certificate",
     "generate_hpke_key",
     "generate_signing_key",
     "generate_tls_identity",
     "key_id",
+    "load_hpke_key",
     "load_pem_key",
-    "load_tls_fingerprint",
+    "load_signing_key",
+    "load_tls_certificate",
     "sha256",
     "write_private_file",
     "write_public_file",
@@ -283,8 +287,8 @@ def generate_tls_identity(
 ) -> tuple[bytes, bytes, bytes]:
     """A self-signed ECDSA P-256 certificate for a node's peer links.
 
-    Peers pin it by SHA-256 fingerprint from the roster, so no CA is
-    involved. Returns (key PEM, certificate PEM, SHA-256 of the DER certificate).
+    The roster carries it and peers pin it, so no CA is involved.
+    Returns (key PEM, certificate PEM, certificate DER).
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cpn node {node_id}")])
@@ -309,13 +313,27 @@ def generate_tls_identity(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(passphrase)
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    return key_pem, cert_pem, sha256(cert.public_bytes(serialization.Encoding.DER))
+    return key_pem, cert_pem, cert.public_bytes(serialization.Encoding.DER)
 
 
-def load_tls_fingerprint(cert_path: Path) -> bytes:
-    """SHA-256 of a PEM certificate's DER form: what the roster pins."""
+def load_tls_certificate(cert_path: Path) -> bytes:
+    """The DER form of a PEM certificate file: what the roster carries."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"{cert_path}: cannot load certificate: {exc}") from exc
-    return sha256(cert.public_bytes(serialization.Encoding.DER))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def check_certificate(der: bytes) -> None:
+    """Raise MalformedError unless `der` is an X.509 certificate."""
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise MalformedError(f"not an X.509 certificate: {exc}") from exc
+
+
+def certificate_pem(der: bytes) -> str:
+    """PEM text of a DER certificate, as ssl's `cadata` takes it."""
+    cert = x509.load_der_x509_certificate(der)
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")

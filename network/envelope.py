@@ -82,9 +82,14 @@ __all__ = [
     "ReceiptScope",
     "Unsealed",
     "check_receipt_for",
+    "check_receipt_matches",
     "make_receipt",
     "open_envelope",
+    "open_from_self",
+    "read_plaintext",
+    "read_stored",
     "seal",
+    "seal_to_self",
     "unseal",
     "verify_envelope",
     "verify_receipt",
@@ -108,6 +113,7 @@ _INNER: Final = b"cpn/v1 inner\n"
 _OUTER: Final = b"cpn/v1 outer\n"
 _SEAL: Final = b"cpn/v1 seal\n"
 _RECEIPT: Final = b"cpn/v1 receipt\n"
+_SELF: Final = b"cpn/v1 self\n"
 _ALG: Final = "Ed25519"
 
 E = TypeVar("E", bound=StrEnum)
@@ -222,6 +228,7 @@ class Envelope:
     signature: bytes = field(repr=False)
     raw: bytes = field(repr=False)
     digest: bytes = field(repr=False)
+    plaintext: bytes | None = field(default=None, repr=False)  # known to the composer only
 
     @property
     def sealed(self) -> bytes:
@@ -302,7 +309,7 @@ def seal(
     outer = {"header": header_bytes, "sealed": b'"%s"' % sealed_text.encode()}
     outer_sig = signing_key.sign(_OUTER + canonical_object(outer))
     raw = canonical_object({**outer, "sig": b'"%s"' % b64encode(outer_sig).encode()})
-    return Envelope(header, sealed_text, outer_sig, raw, sha256(raw))
+    return Envelope(header, sealed_text, outer_sig, raw, sha256(raw), plaintext)
 
 
 def verify_envelope(
@@ -534,18 +541,65 @@ def verify_receipt(
 def check_receipt_for(receipt: Receipt, envelope: Envelope) -> None:
     """Return None if `receipt` answers exactly `envelope` (AS4 non-repudiation of receipt)."""
     header = envelope.header
-    if receipt.message_id != header.id:
-        raise DigestMismatchError(f"receipt is for {receipt.message_id}, not {header.id}")
-    if receipt.recipient != header.sender:
+    check_receipt_matches(
+        receipt,
+        message_id=header.id,
+        sender=header.sender,
+        recipient=header.recipient,
+        digest=envelope.digest,
+    )
+
+
+def check_receipt_matches(
+    receipt: Receipt, *, message_id: str, sender: str, recipient: str, digest: bytes
+) -> None:
+    """Return None if `receipt` is for message `message_id` with exactly `digest`.
+
+    Raises DigestMismatchError naming what differs.
+    """
+    if receipt.message_id != message_id:
+        raise DigestMismatchError(f"receipt is for {receipt.message_id}, not {message_id}")
+    if receipt.recipient != sender:
+        raise DigestMismatchError(f"receipt is addressed to {receipt.recipient}, not {sender}")
+    if receipt.scope is ReceiptScope.END_TO_END and receipt.sender != recipient:
         raise DigestMismatchError(
-            f"receipt is addressed to {receipt.recipient}, not {header.sender}"
+            f"end-to-end receipt signed by {receipt.sender}, not the recipient {recipient}"
         )
-    if receipt.scope is ReceiptScope.END_TO_END and receipt.sender != header.recipient:
-        raise DigestMismatchError(
-            f"end-to-end receipt signed by {receipt.sender}, not the recipient {header.recipient}"
-        )
-    if receipt.digest != envelope.digest:
+    if receipt.digest != digest:
         raise DigestMismatchError(
             f"receipt digest {b64encode(receipt.digest)} is not that of the envelope sent "
-            f"({b64encode(envelope.digest)})"
+            f"({b64encode(digest)})"
         )
+
+
+def seal_to_self(plaintext: bytes, message_id: str, key: HpkePublicKey) -> bytes:
+    """The composer's copy of a plaintext, sealed to its own node key for its readers."""
+    return key.seal(plaintext, _SELF + message_id.encode())
+
+
+def open_from_self(sealed: bytes, message_id: str, key: HpkePrivateKey) -> bytes:
+    return key.open(sealed, _SELF + message_id.encode())
+
+
+def read_stored(raw: bytes, hpke_key: HpkePrivateKey) -> tuple[MessageType, Json, bytes]:
+    """Open an envelope from our own store (verified when it arrived) for a reader.
+
+    Signatures and times are not checked again here: keys rotate and messages
+    age, and the store holds only what passed every check on arrival.
+    Returns (type, body JSON, plaintext).
+    """
+    doc = Fields(parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope"), "envelope")
+    header = Header.from_json(doc.any("header"))
+    sealed = b64decode(doc.any("sealed"), field="envelope.sealed")
+    plaintext = hpke_key.open(sealed, _seal_info(header.encoded(), header.rkid))
+    return (*read_plaintext(plaintext), plaintext)
+
+
+def read_plaintext(plaintext: bytes) -> tuple[MessageType, Json]:
+    """The type and body JSON held in a plaintext (no signature check)."""
+    inner = Fields(parse_canonical(plaintext, limit=MAX_BODY_BYTES * 2, what="plaintext"), "plain")
+    type_name = inner.str("type")
+    try:
+        return MessageType(type_name), inner.any("body")
+    except ValueError:
+        raise MalformedError(f"plain.type: unknown message type {type_name!r}") from None

@@ -32,7 +32,7 @@ from network.crypto import (
     generate_tls_identity,
     load_hpke_key,
     load_signing_key,
-    load_tls_fingerprint,
+    load_tls_certificate,
     write_private_file,
     write_public_file,
 )
@@ -92,7 +92,7 @@ def init_node_keys(
         raise KeyFileError(f"{key_dir}/signing.key exists; use --force to replace the keys")
     signing = generate_signing_key()
     hpke = generate_hpke_key(suite)
-    tls_key, tls_cert, tls_sha256 = generate_tls_identity(node_id, now=now, passphrase=None)
+    tls_key, tls_cert, tls_der = generate_tls_identity(node_id, now=now, passphrase=None)
     write_private_file(key_dir / "signing.key", signing.to_pem(passphrase), force=force)
     for file_name, pem in hpke.part_pems(passphrase).items():
         write_private_file(key_dir / file_name, pem, force=force)
@@ -107,7 +107,7 @@ def init_node_keys(
         url=url,
         signing_key=signing.verify_key(),
         hpke_key=hpke.public,
-        tls_sha256=tls_sha256,
+        tls_cert=tls_der,
     )
     write_public_file(key_dir / "card.json", json.dumps(card.to_json(), indent=2).encode() + b"\n")
     return card
@@ -134,7 +134,7 @@ def load_node_keys(key_dir: Path, node_id: NodeId, passphrase: bytes | None = No
     if card.signing_key.kid != signing.kid or card.hpke_key.kid != hpke.public.kid:
         raise KeyFileError(f"{key_dir}: card.json does not match the private keys")
     tls_cert = key_dir / "tls.crt"
-    if load_tls_fingerprint(tls_cert) != card.tls_sha256:
+    if load_tls_certificate(tls_cert) != card.tls_cert:
         raise KeyFileError(f"{tls_cert}: certificate does not match card.json")
     return NodeKeys(node_id, signing, hpke, tls_cert, key_dir / "tls.key", card)
 

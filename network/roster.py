@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from network.crypto import HpkePublicKey, HpkeSuite, SigningKey, VerifyKey, sha256
+from network.crypto import (
+    HpkePublicKey,
+    HpkeSuite,
+    SigningKey,
+    VerifyKey,
+    check_certificate,
+    sha256,
+)
 from network.errors import (
     BadSignatureError,
     MalformedError,
@@ -75,7 +82,11 @@ class Card:
     url: str
     signing_key: VerifyKey = field(compare=False)
     hpke_key: HpkePublicKey = field(compare=False)
-    tls_sha256: bytes
+    tls_cert: bytes  # DER; peers trust it and pin its SHA-256
+
+    @property
+    def tls_sha256(self) -> bytes:
+        return sha256(self.tls_cert)
 
     def to_json(self) -> dict[str, Json]:
         return {
@@ -92,6 +103,7 @@ class Card:
                 "kid": self.hpke_key.kid,
                 "public": b64encode(self.hpke_key.public_raw),
             },
+            "tls_cert": b64encode(self.tls_cert),
             "tls_sha256": b64encode(self.tls_sha256),
         }
 
@@ -121,10 +133,14 @@ def _parse_card(f: Fields, path: str) -> Card:
     if hk.str("kid") != hpke_key.kid:
         raise MalformedError(f"{path}.hpke_key.kid: does not match the key")
     hk.done()
-    tls = f.bytes("tls_sha256")
-    if len(tls) != 32:
-        raise MalformedError(f"{path}.tls_sha256: must be a SHA-256 digest")
-    return Card(NodeId(node_id), name, url, signing_key, hpke_key, tls)
+    tls_cert = f.bytes("tls_cert")
+    try:
+        check_certificate(tls_cert)
+    except MalformedError as exc:
+        raise MalformedError(f"{path}.tls_cert: {exc}") from exc
+    if f.bytes("tls_sha256") != sha256(tls_cert):
+        raise MalformedError(f"{path}.tls_sha256: does not match tls_cert")
+    return Card(NodeId(node_id), name, url, signing_key, hpke_key, tls_cert)
 
 
 def parse_card(value: Json, path: str = "card") -> Card:

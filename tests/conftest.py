@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import datetime
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +13,7 @@ from network.crypto import (
     SigningKey,
     generate_hpke_key,
     generate_signing_key,
+    generate_tls_identity,
 )
 from network.keys import country_name
 from network.records import NodeId
@@ -40,6 +41,16 @@ class Pki:
         return self.nodes[node_id]
 
 
+_TLS: dict[str, bytes] = {}
+
+
+def tls_cert(node_id: str) -> bytes:
+    """A real certificate (DER) per id, made once: generating EC keys is not free."""
+    if node_id not in _TLS:
+        _TLS[node_id] = generate_tls_identity(node_id, now=datetime.datetime.now(datetime.UTC))[2]
+    return _TLS[node_id]
+
+
 def make_node(node_id: str, suite: HpkeSuite = HpkeSuite.MLKEM768_X25519, port: int = 7000) -> Node:
     signing = generate_signing_key()
     hpke = generate_hpke_key(suite)
@@ -49,7 +60,7 @@ def make_node(node_id: str, suite: HpkeSuite = HpkeSuite.MLKEM768_X25519, port: 
         url=f"wss://127.0.0.1:{port}",
         signing_key=signing.verify_key(),
         hpke_key=hpke.public,
-        tls_sha256=os.urandom(32),
+        tls_cert=tls_cert(node_id),
     )
     return Node(NodeId(node_id), signing, hpke, card)
 

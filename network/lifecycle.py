@@ -1,0 +1,98 @@
+"""Message states, as tables. Pure: no I/O.
+
+Rules:
+- A state changes only through a listed (state, event) pair; anything else
+  raises IllegalTransition, which is our bug, never the peer's.
+- The sender's message is `queued` once committed to the outbox, `sent` once
+  written to a link, `delivered` only on a valid end-to-end receipt for the
+  exact bytes sent. A receipt that arrives late still moves an `expired`
+  message to `delivered` (the data did arrive). `rejected` is final but a
+  later accepting receipt for the same bytes is still believed.
+- The receiver's message is `received` once committed (before its receipt
+  is sent), `opened` once an officer read it.
+- `acknowledged` and `answered` follow the officers' acts on either side.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+from network.records import Priority
+
+__all__ = [
+    "INBOUND",
+    "OUTBOUND",
+    "PRIORITY_RANK",
+    "Event",
+    "IllegalTransition",
+    "State",
+    "next_state",
+]
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    ANSWERED = "answered"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    RECEIVED = "received"
+    OPENED = "opened"
+
+
+class Event(StrEnum):
+    SEND = "send"  # written to a link
+    RESEND = "resend"  # written again (reconnect, no receipt yet)
+    LINK_LOST = "link_lost"  # the link dropped before a receipt: back to the queue
+    RECEIPT = "receipt"  # a valid accepted or duplicate end-to-end receipt
+    REFUSED = "refused"  # a valid rejected receipt
+    EXPIRE = "expire"
+    OPEN = "open"
+    ACKNOWLEDGE = "acknowledge"
+    ANSWER = "answer"
+
+
+class IllegalTransition(Exception):
+    def __init__(self, state: State, event: Event) -> None:
+        super().__init__(f"no transition from {state} on {event}")
+        self.state = state
+        self.event = event
+
+
+S, E = State, Event
+
+OUTBOUND: Final[dict[State, dict[Event, State]]] = {
+    S.QUEUED: {E.SEND: S.SENT, E.EXPIRE: S.EXPIRED, E.RECEIPT: S.DELIVERED, E.REFUSED: S.REJECTED},
+    S.SENT: {
+        E.RESEND: S.SENT,
+        E.LINK_LOST: S.QUEUED,
+        E.RECEIPT: S.DELIVERED,
+        E.REFUSED: S.REJECTED,
+        E.EXPIRE: S.EXPIRED,
+    },
+    S.DELIVERED: {E.RECEIPT: S.DELIVERED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
+    S.ACKNOWLEDGED: {E.RECEIPT: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
+    S.ANSWERED: {E.RECEIPT: S.ANSWERED, E.ANSWER: S.ANSWERED},
+    S.EXPIRED: {E.RECEIPT: S.DELIVERED, E.EXPIRE: S.EXPIRED},
+    S.REJECTED: {E.RECEIPT: S.DELIVERED, E.REFUSED: S.REJECTED},
+}
+
+INBOUND: Final[dict[State, dict[Event, State]]] = {
+    S.RECEIVED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
+    S.OPENED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
+    S.ACKNOWLEDGED: {E.OPEN: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
+    S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED},
+}
+
+PRIORITY_RANK: Final = {Priority.FLASH: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
+
+
+def next_state(table: dict[State, dict[Event, State]], state: State, event: Event) -> State:
+    """The state after `event`; raises IllegalTransition when the table has no such move."""
+    try:
+        return table[state][event]
+    except KeyError:
+        raise IllegalTransition(state, event) from None

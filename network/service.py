@@ -1,0 +1,539 @@
+"""The use cases: submit, accept envelopes and receipts, read, list, expire, users.
+
+The only module that turns decisions into writes. Each use case takes what
+the edges parsed, calls the pure core (envelope, lifecycle), and commits the
+change with its audit entries in one transaction. Receipts leave only after
+the commit of what they acknowledge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from network.envelope import (
+    DEFAULT_SKEW_MS,
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    Header,
+    OpenedMessage,
+    Receipt,
+    check_receipt_matches,
+    make_receipt,
+    open_envelope,
+    open_from_self,
+    read_plaintext,
+    read_stored,
+    seal,
+    seal_to_self,
+    verify_envelope,
+    verify_receipt,
+)
+from network.errors import BodyError, CpnError, PeerError, UnknownNodeError
+from network.keys import NodeKeys
+from network.lifecycle import PRIORITY_RANK, Event, State
+from network.records import (
+    MessageType,
+    NodeId,
+    Outcome,
+    Priority,
+    b64encode,
+    is_node_id,
+    parse_canonical,
+)
+from network.roster import Roster
+from network.store import AuditEntry, MessageRow, ReceiptRow, Store, UserRow
+
+__all__ = ["ROLES", "Service", "hash_token"]
+
+log = logging.getLogger("cpn.service")
+
+ROLES = ("officer", "auditor", "admin")
+
+
+def hash_token(token: str) -> bytes:
+    """Tokens are 256-bit random strings, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass
+class _Inbound:
+    raw: bytes
+    envelope: Envelope | None = None
+    opened: OpenedMessage | None = None
+    receipt: Receipt | None = None
+    audit: list[AuditEntry] = field(default_factory=list)
+
+
+class Service:
+    """One node's use cases, over its keys, roster and store."""
+
+    def __init__(
+        self,
+        *,
+        keys: NodeKeys,
+        roster: Roster,
+        store: Store,
+        clock: Callable[[], int],
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        skew_ms: int = DEFAULT_SKEW_MS,
+    ) -> None:
+        self.me = keys.node_id
+        self.keys = keys
+        self.roster = roster
+        self.store = store
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.skew_ms = skew_ms
+        self.actor = f"node:{self.me}"
+        self._outbox_signals: dict[str, asyncio.Event] = {}
+        self.linked: dict[str, int] = {}  # peer -> linked since (ms), kept by the link layer
+
+    # -- signals for the link layer ----------------------------------------------
+
+    def outbox_signal(self, peer: str) -> asyncio.Event:
+        """Set whenever something is queued for `peer`."""
+        return self._outbox_signals.setdefault(peer, asyncio.Event())
+
+    # -- users -------------------------------------------------------------------
+
+    async def add_user(self, name: str, role: str) -> str:
+        """Create or replace a user; returns the token, which is shown once and stored hashed."""
+        if role not in ROLES:
+            raise BodyError("role", f"must be one of: {', '.join(ROLES)}")
+        if not name or len(name) > 100 or not name.isprintable():
+            raise BodyError("name", "must be 1..100 printable characters")
+        token = "cpn_" + secrets.token_urlsafe(32)
+        async with self.store.transaction(self.clock()) as tx:
+            await tx.add_user(name, role, hash_token(token))
+            await tx.audit(
+                [AuditEntry(self.actor, "token_issued", detail={"user": name, "role": role})]
+            )
+        return token
+
+    async def authenticate(self, token: str) -> UserRow | None:
+        return await self.store.user_by_token_hash(hash_token(token))
+
+    async def audit(self, entries: Sequence[AuditEntry]) -> None:
+        async with self.store.transaction(self.clock()) as tx:
+            await tx.audit(entries)
+
+    # -- submit ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        user: str,
+        to: object,
+        message_type: object,
+        priority: object,
+        body: object,
+        ttl_ms: int | None = None,
+    ) -> MessageRow:
+        """Validate, seal and queue a message; committed before this returns.
+
+        Raises BodyError naming the field (`to`, `type`, `priority`, `body.<field>`).
+        """
+        if not isinstance(to, str) or not is_node_id(to):
+            raise BodyError("to", "must be a contact point id (ISO 3166-1 alpha-3, e.g. DEU)")
+        if to == self.me:
+            raise BodyError("to", f"cannot send to this node ({self.me}) itself")
+        try:
+            card = self.roster.active_card(to)
+        except UnknownNodeError as exc:
+            raise BodyError("to", str(exc)) from None
+        if (
+            not isinstance(message_type, str)
+            or message_type not in MessageType.__members__.values()
+        ):
+            raise BodyError("type", f"must be one of: {', '.join(MessageType)}")
+        if not isinstance(priority, str) or priority not in set(Priority):
+            raise BodyError("priority", f"must be one of: {', '.join(Priority)}")
+        if not isinstance(body, dict):
+            raise BodyError("body", "must be an object")
+        now = self.clock()
+        try:
+            envelope = seal(
+                sender=self.me,
+                recipient=NodeId(to),
+                message_type=MessageType(message_type),
+                body=body,
+                priority=Priority(priority),
+                now=now,
+                random_bytes=self.random_bytes(10),
+                signing_key=self.keys.signing,
+                recipient_key=card.hpke_key,
+                ttl_ms=ttl_ms,
+            )
+        except BodyError as exc:
+            raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
+        header = envelope.header
+        assert envelope.plaintext is not None
+        self_sealed = seal_to_self(envelope.plaintext, header.id, self.keys.hpke.public)
+        detail: dict[str, Any] = {"to": to, "type": message_type, "priority": priority}
+        async with self.store.transaction(now) as tx:
+            await tx.insert_message(
+                id=header.id,
+                box="out",
+                peer=to,
+                type=message_type,
+                priority=priority,
+                priority_rank=PRIORITY_RANK[header.priority],
+                state=State.QUEUED,
+                created=header.created,
+                expires=header.expires,
+                envelope=envelope.raw,
+                digest=envelope.digest,
+                self_sealed=self_sealed,
+                composed_by=user,
+            )
+            await tx.audit(
+                [
+                    AuditEntry(user, "composed", header.id, detail),
+                    AuditEntry(
+                        self.actor,
+                        "sealed",
+                        header.id,
+                        {"digest": b64encode(envelope.digest), "suite": str(header.suite)},
+                    ),
+                    AuditEntry(self.actor, "queued", header.id, {"to": to}),
+                ]
+            )
+        self.outbox_signal(to).set()
+        row = await self.store.message(header.id)
+        assert row is not None
+        return row
+
+    # -- the link layer's use cases ------------------------------------------------
+
+    async def outbox(self, peer: str, limit: int, exclude: Sequence[str] = ()) -> list[MessageRow]:
+        return await self.store.outbox(peer, limit, exclude)
+
+    async def mark_sent(self, peer: str, ids: Sequence[str]) -> None:
+        async with self.store.transaction(self.clock()) as tx:
+            entries = []
+            for message_id in ids:
+                row = await tx.message(message_id)
+                if row is None or row.state not in (State.QUEUED, State.SENT):
+                    continue  # a receipt or the expiry scan got there first
+                event = Event.SEND if row.state is State.QUEUED else Event.RESEND
+                await tx.transition(row, event)
+                entries.append(
+                    AuditEntry(
+                        self.actor, "sent", message_id, {"to": peer, "attempt": row.attempts + 1}
+                    )
+                )
+            await tx.audit(entries)
+
+    async def accept_envelopes(self, peer: str, raws: Sequence[bytes]) -> list[bytes]:
+        """Verify, open and commit envelopes from a linked peer; return the receipts to send.
+
+        Every envelope gets a signed receipt when its id and sender can be
+        read: `accepted` once committed, `duplicate` when its id is already
+        stored, `rejected` with the reason otherwise. Refusals are audited.
+        """
+        now = self.clock()
+        items = [_Inbound(raw) for raw in raws]
+        seen_in_batch: set[str] = set()
+        for item in items:
+            await self._check_inbound(peer, item, now, seen_in_batch)
+        async with self.store.transaction(now) as tx:
+            for item in items:
+                if item.opened is not None:
+                    header = item.opened.header
+                    inserted = await tx.insert_message(
+                        id=header.id,
+                        box="in",
+                        peer=header.sender,
+                        type=str(item.opened.message_type),
+                        priority=str(header.priority),
+                        priority_rank=PRIORITY_RANK[header.priority],
+                        state=State.RECEIVED,
+                        created=header.created,
+                        expires=header.expires,
+                        received=now,
+                        envelope=item.raw,
+                        digest=item.opened.envelope.digest,
+                    )
+                    assert inserted, "dedup is checked under the same lock"
+                if item.receipt is not None:
+                    await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
+                await tx.audit(item.audit)
+            await tx.peer_contact(peer)
+        return [item.receipt.raw for item in items if item.receipt is not None]
+
+    async def _check_inbound(
+        self, peer: str, item: _Inbound, now: int, seen_in_batch: set[str]
+    ) -> None:
+        link_actor = f"node:{peer}"
+        try:
+            envelope = verify_envelope(item.raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
+            item.envelope = envelope
+            header = envelope.header
+            if header.id in seen_in_batch or await self.store.message(header.id) is not None:
+                item.receipt = self._receipt(header, item.raw, Outcome.DUPLICATE, None, now)
+                item.audit.append(
+                    AuditEntry(link_actor, "duplicate", header.id, {"from": header.sender})
+                )
+                return
+            item.opened = open_envelope(
+                envelope, me=self.me, hpke_key=self.keys.hpke, roster=self.roster
+            )
+        except PeerError as exc:
+            item.opened = None
+            readable = item.envelope.header if item.envelope else _readable_header(item.raw)
+            item.audit.append(
+                AuditEntry(
+                    link_actor,
+                    "rejected",
+                    readable.id if readable else None,
+                    {
+                        "reason": exc.reason,
+                        "error": str(exc)[:500],
+                        "size": len(item.raw),
+                        "digest": b64encode(hashlib.sha256(item.raw).digest()),
+                    },
+                )
+            )
+            log.warning("refused an envelope from %s: %s", peer, exc)
+            if readable is not None:
+                item.receipt = self._receipt(readable, item.raw, Outcome.REJECTED, exc.reason, now)
+            return
+        seen_in_batch.add(header.id)
+        item.receipt = self._receipt(header, item.raw, Outcome.ACCEPTED, None, now)
+        item.audit.append(
+            AuditEntry(
+                link_actor,
+                "received",
+                header.id,
+                {
+                    "from": header.sender,
+                    "type": str(item.opened.message_type),
+                    "priority": str(header.priority),
+                    "digest": b64encode(envelope.digest),
+                },
+            )
+        )
+
+    def _receipt(
+        self, header: Header, raw: bytes, outcome: Outcome, reason: str | None, now: int
+    ) -> Receipt:
+        return make_receipt(
+            message_id=header.id,
+            message_sender=header.sender,
+            envelope_raw=raw,
+            me=self.me,
+            signing_key=self.keys.signing,
+            now=now,
+            random_bytes=self.random_bytes(10),
+            outcome=outcome,
+            reason=reason,
+        )
+
+    async def accept_receipts(self, peer: str, raws: Sequence[bytes]) -> list[str]:
+        """Verify receipts and move their messages; returns the ids they settled."""
+        now = self.clock()
+        settled: list[str] = []
+        link_actor = f"node:{peer}"
+        async with self.store.transaction(now) as tx:
+            entries: list[AuditEntry] = []
+            for raw in raws:
+                try:
+                    receipt = verify_receipt(raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
+                    row = await tx.message(receipt.message_id)
+                    if row is None or row.box != "out":
+                        raise UnknownReceiptError(
+                            f"receipt for unknown message {receipt.message_id}"
+                        )
+                    check_receipt_matches(
+                        receipt,
+                        message_id=row.id,
+                        sender=self.me,
+                        recipient=row.peer,
+                        digest=row.digest,
+                    )
+                except PeerError as exc:
+                    entries.append(
+                        AuditEntry(
+                            link_actor,
+                            "receipt_rejected",
+                            None,
+                            {"reason": exc.reason, "error": str(exc)[:500]},
+                        )
+                    )
+                    log.warning("refused a receipt from %s: %s", peer, exc)
+                    continue
+                await tx.insert_receipt(_receipt_row(receipt, "received"))
+                event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
+                state = await tx.transition(row, event)
+                detail: dict[str, Any] = {"outcome": str(receipt.outcome), "from": receipt.sender}
+                if receipt.reason:
+                    detail["reason"] = receipt.reason
+                entries.append(AuditEntry(link_actor, "receipt_received", row.id, detail))
+                if state is not row.state or event is Event.REFUSED:
+                    entries.append(AuditEntry(self.actor, str(state), row.id, {}))
+                settled.append(row.id)
+            await tx.audit(entries)
+            await tx.peer_contact(peer)
+        return settled
+
+    async def peer_contact(self, peer: str) -> None:
+        async with self.store.transaction(self.clock()) as tx:
+            await tx.peer_contact(peer)
+
+    async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
+        async with self.store.transaction(self.clock()) as tx:
+            await tx.peer_failure(peer, retry_at, error)
+
+    # -- periodic ------------------------------------------------------------------
+
+    async def expire_due(self) -> list[str]:
+        """Mark queued or sent messages past their expiry as expired, and raise them."""
+        now = self.clock()
+        due = await self.store.due_to_expire(now)
+        if not due:
+            return []
+        async with self.store.transaction(now) as tx:
+            expired = []
+            for row in due:
+                current = await tx.message(row.id)
+                if current is None or current.state not in (State.QUEUED, State.SENT):
+                    continue
+                await tx.transition(current, Event.EXPIRE)
+                expired.append(current.id)
+                log.error(
+                    "message %s to %s expired undelivered after %d attempts",
+                    current.id,
+                    current.peer,
+                    current.attempts,
+                )
+            await tx.audit(AuditEntry(self.actor, "expired", i, {"raised": "log"}) for i in expired)
+        return expired
+
+    # -- reading -------------------------------------------------------------------
+
+    async def read_message(self, message_id: str, user: UserRow) -> dict[str, Any] | None:
+        """One message for a reader: header, decrypted body, state, receipts, timeline.
+
+        Opening is audited (who read which message when); an officer's first
+        reading moves an inbound message to `opened`.
+        """
+        row = await self.store.message(message_id)
+        if row is None:
+            return None
+        if row.box == "in":
+            message_type, body, _ = read_stored(row.envelope, self.keys.hpke)
+        else:
+            assert row.self_sealed is not None
+            plaintext = open_from_self(row.self_sealed, row.id, self.keys.hpke)
+            message_type, body = read_plaintext(plaintext)
+        async with self.store.transaction(self.clock()) as tx:
+            current = await tx.message(row.id)
+            assert current is not None
+            if current.box == "in" and user.role == "officer":
+                await tx.transition(current, Event.OPEN)
+            await tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
+        row = await self.store.message(message_id)
+        assert row is not None
+        header = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
+        return {
+            **summary(row),
+            "type": str(message_type),
+            "header": header["header"],
+            "body": body,
+            "receipts": [
+                {
+                    "direction": r.direction,
+                    "signer": r.signer,
+                    "outcome": r.outcome,
+                    "reason": r.reason,
+                    "time": r.time,
+                    "receipt": parse_canonical(r.raw, limit=len(r.raw), what="receipt"),
+                }
+                for r in await self.store.receipts(row.id)
+            ],
+            "timeline": await self.store.audit_for(row.id),
+        }
+
+    async def list_messages(
+        self, *, box: str | None, state: str | None, priority: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = await self.store.messages(box=box, state=state, priority=priority, limit=limit)
+        return [summary(r) for r in rows]
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Each contact point in the roster but us: linked or not, last seen, queued count."""
+        stored = await self.store.peers()
+        queued = await self.store.queued_counts()
+        result = []
+        for node_id, entry in sorted(self.roster.entries.items()):
+            if node_id == self.me:
+                continue
+            info = stored.get(node_id, {})
+            result.append(
+                {
+                    "id": node_id,
+                    "name": entry.card.name,
+                    "status": str(entry.status),
+                    "linked": node_id in self.linked,
+                    "linked_since": self.linked.get(node_id),
+                    "last_seen": info.get("last_seen"),
+                    "failures": info.get("failures", 0),
+                    "last_error": info.get("last_error"),
+                    "queued": queued.get(node_id, 0),
+                }
+            )
+        return result
+
+
+class UnknownReceiptError(PeerError):
+    reason = "unknown_message"
+
+
+def summary(row: MessageRow) -> dict[str, Any]:
+    """What a listing shows of a message (no body)."""
+    return {
+        "id": row.id,
+        "box": row.box,
+        "peer": row.peer,
+        "from": row.peer if row.box == "in" else None,
+        "to": row.peer if row.box == "out" else None,
+        "type": row.type,
+        "priority": row.priority,
+        "state": str(row.state),
+        "created": row.created,
+        "expires": row.expires,
+        "received": row.received,
+        "updated": row.updated,
+        "attempts": row.attempts,
+        "composed_by": row.composed_by,
+    }
+
+
+def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:
+    return ReceiptRow(
+        id=receipt.id,
+        message_id=receipt.message_id,
+        direction=direction,
+        signer=receipt.sender,
+        scope=str(receipt.scope),
+        outcome=str(receipt.outcome),
+        reason=receipt.reason,
+        time=receipt.received,
+        raw=receipt.raw,
+    )
+
+
+def _readable_header(raw: bytes) -> Header | None:
+    """The header of a refused envelope, if it can be read at all (for a rejected receipt)."""
+    try:
+        value = parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope")
+        return Header.from_json(value["header"]) if isinstance(value, dict) else None
+    except (CpnError, KeyError):
+        return None

@@ -1,0 +1,478 @@
+"""The node's store: one SQLite file (WAL), through aiosqlite. The store is the queue.
+
+- Schema versions migrate forward on open (`MIGRATIONS`); a file from a newer
+  cpn is refused rather than guessed at.
+- Every change and the audit entries recording it commit in one transaction
+  (`transaction()`), so a crash can never separate them.
+- Envelopes are kept exactly as sent and as received; the body stays sealed
+  at rest (outbound bodies are also sealed to the node's own key, so that its
+  officers can read what they sent).
+- `synchronous=FULL`: a commit is on disk before a receipt says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from network.errors import CpnError
+from network.lifecycle import INBOUND, OUTBOUND, Event, State, next_state
+from network.records import Json
+
+__all__ = [
+    "AuditEntry",
+    "MessageRow",
+    "ReceiptRow",
+    "Store",
+    "StoreError",
+    "Tx",
+    "UserRow",
+]
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        box TEXT NOT NULL CHECK (box IN ('out', 'in')),
+        peer TEXT NOT NULL,             -- recipient of an outbound message, sender of an inbound
+        type TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        priority_rank INTEGER NOT NULL, -- 0 flash, 1 urgent, 2 routine: the outbox order
+        state TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        received INTEGER,
+        updated INTEGER NOT NULL,
+        envelope BLOB NOT NULL,         -- exactly as sent / as received
+        digest BLOB NOT NULL,
+        self_sealed BLOB,               -- outbound: the plaintext sealed to our own key
+        composed_by TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX messages_outbox ON messages (peer, priority_rank, created)
+        WHERE box = 'out' AND state IN ('queued', 'sent');
+    CREATE INDEX messages_list ON messages (box, created);
+    CREATE INDEX messages_expiry ON messages (expires) WHERE state IN ('queued', 'sent');
+    CREATE TABLE receipts (
+        id TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('issued', 'received')),
+        signer TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        time INTEGER NOT NULL,
+        raw BLOB NOT NULL
+    );
+    CREATE INDEX receipts_message ON receipts (message_id);
+    CREATE TABLE peers (
+        id TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL DEFAULT 0,
+        retry_at INTEGER NOT NULL DEFAULT 0,
+        last_seen INTEGER,
+        last_error TEXT
+    );
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        message_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_message ON audit (message_id);
+    """,
+}
+
+
+class StoreError(CpnError, OSError):
+    """The store cannot be used (damaged, newer schema, disk full, read-only)."""
+
+    reason = "store_error"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    actor: str  # a user name, or "node:FRA" for the node itself or a peer
+    action: str
+    message_id: str | None = None
+    detail: dict[str, Json] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: str
+    box: str
+    peer: str
+    type: str
+    priority: str
+    state: State
+    created: int
+    expires: int
+    received: int | None
+    updated: int
+    envelope: bytes
+    digest: bytes
+    self_sealed: bytes | None
+    composed_by: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRow:
+    id: str
+    message_id: str
+    direction: str
+    signer: str
+    scope: str
+    outcome: str
+    reason: str | None
+    time: int
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    name: str
+    role: str
+    created: int
+
+
+_MESSAGE_COLUMNS = (
+    "id, box, peer, type, priority, state, created, expires, received, updated,"
+    " envelope, digest, self_sealed, composed_by, attempts"
+)
+
+
+def _message(row: Sequence[Any]) -> MessageRow:
+    values = list(row)
+    values[5] = State(values[5])
+    return MessageRow(*values)
+
+
+class Tx:
+    """The writes of one transaction. Only the store hands these out."""
+
+    def __init__(self, db: aiosqlite.Connection, now: int) -> None:
+        self.db = db
+        self.now = now
+
+    async def audit(self, entries: Iterable[AuditEntry]) -> None:
+        await self.db.executemany(
+            "INSERT INTO audit (time, actor, action, message_id, detail) VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    self.now,
+                    e.actor,
+                    e.action,
+                    e.message_id,
+                    json.dumps(e.detail or {}, sort_keys=True),
+                )
+                for e in entries
+            ],
+        )
+
+    async def insert_message(
+        self,
+        *,
+        id: str,
+        box: str,
+        peer: str,
+        type: str,
+        priority: str,
+        priority_rank: int,
+        state: State,
+        created: int,
+        expires: int,
+        envelope: bytes,
+        digest: bytes,
+        received: int | None = None,
+        self_sealed: bytes | None = None,
+        composed_by: str | None = None,
+    ) -> bool:
+        """Insert a message; False (and nothing written) when its id is already stored."""
+        cursor = await self.db.execute(
+            "INSERT OR IGNORE INTO messages (id, box, peer, type, priority, priority_rank, state,"
+            " created, expires, received, updated, envelope, digest, self_sealed, composed_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                id,
+                box,
+                peer,
+                type,
+                priority,
+                priority_rank,
+                str(state),
+                created,
+                expires,
+                received,
+                self.now,
+                envelope,
+                digest,
+                self_sealed,
+                composed_by,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    async def message(self, message_id: str) -> MessageRow | None:
+        async with self.db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _message(row)
+
+    async def transition(self, message: MessageRow, event: Event) -> State:
+        """Move a message by the lifecycle table; returns the new state."""
+        table = OUTBOUND if message.box == "out" else INBOUND
+        state = next_state(table, message.state, event)
+        attempts = message.attempts + (event in (Event.SEND, Event.RESEND))
+        await self.db.execute(
+            "UPDATE messages SET state = ?, updated = ?, attempts = ? WHERE id = ?",
+            (str(state), self.now, attempts, message.id),
+        )
+        return state
+
+    async def insert_receipt(self, row: ReceiptRow) -> bool:
+        cursor = await self.db.execute(
+            "INSERT OR IGNORE INTO receipts (id, message_id, direction, signer, scope, outcome,"
+            " reason, time, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.message_id,
+                row.direction,
+                row.signer,
+                row.scope,
+                row.outcome,
+                row.reason,
+                row.time,
+                row.raw,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    async def peer_contact(self, peer: str) -> None:
+        """Any contact from a peer resets its backoff (Matrix's lesson)."""
+        await self.db.execute(
+            "INSERT INTO peers (id, failures, retry_at, last_seen) VALUES (?, 0, 0, ?)"
+            " ON CONFLICT (id) DO UPDATE SET failures = 0, retry_at = 0,"
+            " last_seen = excluded.last_seen, last_error = NULL",
+            (peer, self.now),
+        )
+
+    async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
+        await self.db.execute(
+            "INSERT INTO peers (id, failures, retry_at, last_error) VALUES (?, 1, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET failures = failures + 1, retry_at = excluded.retry_at,"
+            " last_error = excluded.last_error",
+            (peer, retry_at, error[:500]),
+        )
+
+    async def add_user(self, name: str, role: str, token_hash: bytes) -> None:
+        await self.db.execute(
+            "INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET role = excluded.role,"
+            " token_hash = excluded.token_hash, created = excluded.created",
+            (name, role, token_hash, self.now),
+        )
+
+
+class Store:
+    """One node's SQLite file. Reads go straight through; writes through `transaction()`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate; StoreError says what is wrong."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except Exception as exc:  # aiosqlite re-raises sqlite3 errors from its thread
+            raise StoreError(f"{path}: cannot open store: {exc}") from exc
+        store = cls(db, path)
+        try:
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        try:
+            await self.db.execute("PRAGMA journal_mode = WAL")
+            await self.db.execute("PRAGMA synchronous = FULL")
+            await self.db.execute("PRAGMA foreign_keys = ON")
+            await self.db.execute("PRAGMA busy_timeout = 5000")
+            async with self.db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+        except aiosqlite.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a cpn store: {exc}") from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this cpn ({SCHEMA_VERSION})"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[target]):
+                    await self.db.execute(statement)
+                await self.db.execute(f"PRAGMA user_version = {target}")
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self.db.close()
+
+    @asynccontextmanager
+    async def transaction(self, now: int) -> AsyncIterator[Tx]:
+        """One write transaction: everything in it commits together, or nothing does."""
+        async with self._lock:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+            except aiosqlite.Error as exc:
+                raise StoreError(f"{self.path}: cannot write: {exc}") from exc
+            try:
+                yield Tx(self.db, now)
+                await self.db.execute("COMMIT")
+            except aiosqlite.OperationalError as exc:
+                await self._rollback()
+                raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
+            except BaseException:
+                await self._rollback()
+                raise
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(aiosqlite.Error):  # SQLite may have rolled back already
+            await self.db.execute("ROLLBACK")
+
+    # -- reads -----------------------------------------------------------------
+
+    async def message(self, message_id: str) -> MessageRow | None:
+        async with self.db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _message(row)
+
+    async def messages(
+        self,
+        *,
+        box: str | None = None,
+        state: str | None = None,
+        priority: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[MessageRow]:
+        """Newest first, by urgency within the inbox listing order of the caller."""
+        clauses, params = [], []
+        for column, value in (("box", box), ("state", state), ("priority", priority)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self.db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages {where}"
+            " ORDER BY priority_rank, created DESC LIMIT ?",
+            (*params, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_message(r) for r in rows]
+
+    async def outbox(self, peer: str, limit: int, exclude: Sequence[str] = ()) -> list[MessageRow]:
+        """What is still to go to `peer`: flash, then urgent, then routine, oldest first."""
+        async with self.db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE box = 'out' AND peer = ? AND state IN ('queued', 'sent')"
+            " ORDER BY priority_rank, created LIMIT ?",
+            (peer, limit + len(exclude)),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        skip = set(exclude)
+        return [_message(r) for r in rows if r[0] not in skip][:limit]
+
+    async def queued_counts(self) -> dict[str, int]:
+        async with self.db.execute(
+            "SELECT peer, COUNT(*) FROM messages WHERE box = 'out' AND state IN ('queued', 'sent')"
+            " GROUP BY peer"
+        ) as cursor:
+            return {peer: count for peer, count in await cursor.fetchall()}
+
+    async def due_to_expire(self, now: int, limit: int = 500) -> list[MessageRow]:
+        async with self.db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE state IN ('queued', 'sent') AND expires < ? LIMIT ?",
+            (now, limit),
+        ) as cursor:
+            return [_message(r) for r in await cursor.fetchall()]
+
+    async def receipts(self, message_id: str) -> list[ReceiptRow]:
+        async with self.db.execute(
+            "SELECT id, message_id, direction, signer, scope, outcome, reason, time, raw"
+            " FROM receipts WHERE message_id = ? ORDER BY time, id",
+            (message_id,),
+        ) as cursor:
+            return [ReceiptRow(*r) for r in await cursor.fetchall()]
+
+    async def audit_for(self, message_id: str) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT seq, time, actor, action, detail FROM audit WHERE message_id = ? ORDER BY seq",
+            (message_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {"seq": s, "time": t, "actor": a, "action": act, "detail": json.loads(d)}
+            for s, t, a, act, d in rows
+        ]
+
+    async def peers(self) -> dict[str, dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT id, failures, retry_at, last_seen, last_error FROM peers"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {
+            r[0]: {"failures": r[1], "retry_at": r[2], "last_seen": r[3], "last_error": r[4]}
+            for r in rows
+        }
+
+    async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
+        async with self.db.execute(
+            "SELECT name, role, created FROM users WHERE token_hash = ?", (token_hash,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else UserRow(*row)
+
+
+def _detail(detail: dict[str, Json] | None) -> str:
+    return json.dumps(detail or {}, sort_keys=True, ensure_ascii=False)
+
+
+def _statements(script: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
