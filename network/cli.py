@@ -8,10 +8,14 @@ what is wrong; nothing is half-written.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import getpass
 import json
+import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +33,8 @@ from network.keys import (
 )
 from network.records import NodeId, is_node_id
 from network.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
+from network.service import ROLES, issue_token
+from network.store import Store
 
 __all__ = ["main"]
 
@@ -214,13 +220,95 @@ def prepare_network(nodes_dir: Path) -> tuple[list[NodeConfig], Roster]:
     return configs, roster
 
 
+async def _demo_users(config: NodeConfig) -> list[tuple[str, str, str]]:
+    """One officer and one auditor for a node whose store has no users yet: (name, role, token)."""
+    store = await Store.open(config.store_path)
+    try:
+        if await store.user_count():
+            return []
+        actor = f"node:{config.id}"
+        now = _now_ms()
+        made = []
+        for name, role in (
+            (f"officer-{config.id.lower()}", "officer"),
+            (f"auditor-{config.id.lower()}", "auditor"),
+        ):
+            made.append((name, role, await issue_token(store, name, role, actor=actor, now=now)))
+        return made
+    finally:
+        await store.close()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     configs, roster = prepare_network(Path(args.nodes_dir))
     print(f"roster version {roster.version} holds {', '.join(sorted(roster.entries))}")
     for config in configs:
+        users = asyncio.run(_demo_users(config))
+        for name, role, token in users:
+            print(f"{config.id}: {role} {name} token (shown once): {token}")
+    if args.prepare_only:
+        return 0
+    children = [
+        subprocess.Popen([sys.executable, "-m", "network", "node", "run", str(c.path)])  # noqa: S603
+        for c in configs
+    ]
+    for config in configs:
         print(
-            f"{config.id}: peer {config.peer_url}  api http://{config.api_host}:{config.api_port}"
+            f"{config.id}: console and API http://{config.api_host}:{config.api_port}/"
+            f"  peer {config.peer_url}"
         )
+    print("the demo network is running; Ctrl-C stops it", flush=True)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    while not stopping:
+        if any(child.poll() is not None for child in children):
+            print("cpn: a node stopped; stopping the others", file=sys.stderr)
+            status = 1
+            break
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return status
+
+
+def cmd_node_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from network.node import serve_until_signalled  # aiohttp and websockets load only here
+
+    serve_until_signalled(load_config(Path(args.config)))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    config = load_config(Path(args.config))
+
+    async def add() -> str:
+        store = await Store.open(config.store_path)
+        try:
+            return await issue_token(
+                store, args.name, args.role, actor=f"admin:{getpass.getuser()}", now=_now_ms()
+            )
+        finally:
+            await store.close()
+
+    token = asyncio.run(add())
+    print(f"{args.role} {args.name} on {config.id}; token (shown once, stored hashed):")
+    print(token)
     return 0
 
 
@@ -264,7 +352,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="prepare and run the demo network")
     up.add_argument("nodes_dir", nargs="?", default="nodes", metavar="NODES_DIR")
+    up.add_argument(
+        "--prepare-only", action="store_true", help="create what is missing, run nothing"
+    )
     up.set_defaults(func=cmd_up)
+
+    node = commands.add_parser("node", help="run a node").add_subparsers(
+        dest="node_command", required=True, metavar="COMMAND"
+    )
+    run = node.add_parser("run", help="run one node until SIGTERM or SIGINT")
+    run.add_argument("config", metavar="CONFIG", help="node config, e.g. nodes/FRA.toml")
+    run.set_defaults(func=cmd_node_run)
+
+    user = commands.add_parser("user", help="API users").add_subparsers(
+        dest="user_command", required=True, metavar="COMMAND"
+    )
+    add = user.add_parser("add", help="create a user and print its token once")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--config", required=True, metavar="CONFIG")
+    add.set_defaults(func=cmd_user_add)
     return parser
 
 

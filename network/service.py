@@ -50,7 +50,7 @@ from network.records import (
 from network.roster import Roster
 from network.store import AuditEntry, MessageRow, ReceiptRow, Store, UserRow
 
-__all__ = ["ROLES", "Service", "hash_token"]
+__all__ = ["ROLES", "Service", "hash_token", "issue_token", "summary"]
 
 log = logging.getLogger("cpn.service")
 
@@ -60,6 +60,19 @@ ROLES = ("officer", "auditor", "admin")
 def hash_token(token: str) -> bytes:
     """Tokens are 256-bit random strings, so one SHA-256 is enough to store them safely."""
     return hashlib.sha256(token.encode()).digest()
+
+
+async def issue_token(store: Store, name: str, role: str, *, actor: str, now: int) -> str:
+    """Create or replace user `name` with a new token; only the token's hash is stored."""
+    if role not in ROLES:
+        raise BodyError("role", f"must be one of: {', '.join(ROLES)}")
+    if not name or len(name) > 100 or not name.isprintable():
+        raise BodyError("name", "must be 1..100 printable characters")
+    token = "cpn_" + secrets.token_urlsafe(32)
+    async with store.transaction(now) as tx:
+        await tx.add_user(name, role, hash_token(token))
+        await tx.audit([AuditEntry(actor, "token_issued", detail={"user": name, "role": role})])
+    return token
 
 
 @dataclass
@@ -104,18 +117,8 @@ class Service:
     # -- users -------------------------------------------------------------------
 
     async def add_user(self, name: str, role: str) -> str:
-        """Create or replace a user; returns the token, which is shown once and stored hashed."""
-        if role not in ROLES:
-            raise BodyError("role", f"must be one of: {', '.join(ROLES)}")
-        if not name or len(name) > 100 or not name.isprintable():
-            raise BodyError("name", "must be 1..100 printable characters")
-        token = "cpn_" + secrets.token_urlsafe(32)
-        async with self.store.transaction(self.clock()) as tx:
-            await tx.add_user(name, role, hash_token(token))
-            await tx.audit(
-                [AuditEntry(self.actor, "token_issued", detail={"user": name, "role": role})]
-            )
-        return token
+        """Create or replace a user; returns the token, shown once and stored hashed."""
+        return await issue_token(self.store, name, role, actor=self.actor, now=self.clock())
 
     async def authenticate(self, token: str) -> UserRow | None:
         return await self.store.user_by_token_hash(hash_token(token))

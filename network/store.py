@@ -461,6 +461,11 @@ class Store:
             for r in rows
         }
 
+    async def user_count(self) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM users") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
         async with self.db.execute(
             "SELECT name, role, created FROM users WHERE token_hash = ?", (token_hash,)

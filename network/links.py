@@ -1,0 +1,394 @@
+"""Peer links: the websockets server and clients, TLS with pinned certificates, delivery.
+
+The one module that imports websockets. Each end trusts only the roster's
+certificates (mutual TLS, TLS 1.3), then checks that the certificate the
+other end presented is the one the roster pins for the id it claims, and
+runs the signed handshake of `protocol` before any envelope flows.
+
+One link per peer. Both ends may dial; when two links to the same peer come
+up, the one dialled by the smaller id stays (both ends decide the same).
+A link drains its outbox from the store on every (re)connect, keeps at most
+`window` envelopes in flight without a receipt, and is dropped (then
+redialled) if the oldest waits longer than `receipt_timeout`. Incoming
+frames go through a bounded queue, so a fast peer is slowed by TCP rather
+than by our memory. Envelopes that arrive together are committed together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
+
+from network.crypto import certificate_pem, sha256
+from network.errors import CpnError, PeerError
+from network.keys import NodeKeys
+from network.protocol import (
+    FRAME_ENVELOPE,
+    FRAME_RECEIPT,
+    MAX_FRAME_BYTES,
+    LinkHandshake,
+    Role,
+    backoff_delays,
+    frame,
+    split_frame,
+)
+from network.records import NodeId
+from network.roster import Roster
+from network.service import Service
+from network.store import AuditEntry
+
+__all__ = ["LinkSettings", "Links"]
+
+log = logging.getLogger("cpn.links")
+
+Connection = ClientConnection | ServerConnection
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    window: int = 64  # envelopes in flight without a receipt, per link
+    batch: int = 64  # frames committed in one transaction
+    handshake_timeout: float = 10.0
+    receipt_timeout: float = 60.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 20.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    poll_interval: float = 1.0
+
+
+@dataclass(eq=False)
+class _Link:
+    peer: NodeId
+    ws: Connection
+    dialler: NodeId
+    since: int
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Links:
+    """The node's peer server and one dialler per configured peer."""
+
+    def __init__(
+        self,
+        service: Service,
+        keys: NodeKeys,
+        roster: Roster,
+        *,
+        host: str,
+        port: int,
+        peers: tuple[NodeId, ...],
+        settings: LinkSettings = LinkSettings(),
+    ) -> None:
+        self.service = service
+        self.keys = keys
+        self.roster = roster
+        self.host = host
+        self.port = port
+        self.peers = peers
+        self.settings = settings
+        self.me = keys.node_id
+        self.active: dict[NodeId, _Link] = {}
+        self._wake: dict[NodeId, asyncio.Event] = {}
+        self._my_cert = keys.card.tls_sha256
+        self._server: Server | None = None
+        self._server_ssl = self._ssl_context(server=True)
+        self._client_ssl = self._ssl_context(server=False)
+
+    # -- TLS ---------------------------------------------------------------------
+
+    def _ssl_context(self, *, server: bool) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.check_hostname = False  # peers are pinned by certificate, not by name
+        context.verify_mode = ssl.CERT_REQUIRED  # the server requires a client certificate too
+        anchors = [
+            certificate_pem(entry.card.tls_cert)
+            for entry in self.roster.entries.values()
+            if entry.active
+        ]
+        context.load_verify_locations(cadata="".join(anchors))
+        context.load_cert_chain(self.keys.tls_cert, self.keys.tls_key)
+        return context
+
+    @staticmethod
+    def _peer_cert(ws: Connection) -> bytes:
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            raise PeerError("no TLS client certificate", reason="no_certificate")
+        return sha256(der)
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "compression": None,  # ciphertext does not compress; decompression is a bomb
+            "max_size": MAX_FRAME_BYTES,
+            "max_queue": self.settings.batch,
+            "ping_interval": self.settings.ping_interval,
+            "ping_timeout": self.settings.ping_timeout,
+            "open_timeout": self.settings.handshake_timeout,
+        }
+
+    # -- running -----------------------------------------------------------------
+
+    async def listen(self) -> None:
+        """Bind the peer server (before the node says it is healthy)."""
+        self._server = await serve(
+            self._accept, self.host, self.port, ssl=self._server_ssl, **self._options()
+        )
+
+    async def run(self) -> None:
+        """Serve and dial until cancelled; closes every link with a close frame on the way out."""
+        if self._server is None:
+            await self.listen()
+        assert self._server is not None
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._server.serve_forever(), name="peer server")
+                for peer in self.peers:
+                    group.create_task(self._dial_forever(peer), name=f"dial {peer}")
+        finally:
+            self._server.close(close_connections=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    @property
+    def bound_port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _accept(self, ws: ServerConnection) -> None:
+        remote = ws.remote_address[0] if ws.remote_address else "?"
+        try:
+            peer_cert = self._peer_cert(ws)
+            handshake = self._handshake(Role.SERVER, peer_cert, None)
+            await self._run_handshake(ws, handshake)
+        except (PeerError, TimeoutError) as exc:
+            await self._refused(ws, remote, exc)
+            return
+        except ConnectionClosed:
+            return
+        assert handshake.peer is not None
+        wake = self._wake.get(handshake.peer)
+        if wake is not None:
+            wake.set()  # any contact resets the dialler's backoff
+        await self._link(ws, handshake.peer, dialler=handshake.peer)
+
+    async def _dial_forever(self, peer: NodeId) -> None:
+        delays = backoff_delays(base=self.settings.backoff_base, cap=self.settings.backoff_cap)
+        wake = self._wake.setdefault(peer, asyncio.Event())
+        while True:
+            existing = self.active.get(peer)
+            if existing is not None:
+                await existing.closed.wait()
+                delays = backoff_delays(
+                    base=self.settings.backoff_base, cap=self.settings.backoff_cap
+                )
+                continue
+            try:
+                await self._dial(peer)
+                delays = backoff_delays(
+                    base=self.settings.backoff_base, cap=self.settings.backoff_cap
+                )
+                delay = self.settings.backoff_base  # the link ran and closed: dial again soon
+            except (OSError, TimeoutError, WebSocketException, CpnError) as exc:
+                delay = next(delays)
+                log.info("%s: link to %s failed (%s); retry in %.1fs", self.me, peer, exc, delay)
+                await self.service.peer_failure(
+                    peer, self.service.clock() + int(delay * 1000), _describe(exc)
+                )
+                if isinstance(exc, CpnError):
+                    await self._record_refusal(peer, "link_refused", exc)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            if wake.is_set():
+                delays = backoff_delays(
+                    base=self.settings.backoff_base, cap=self.settings.backoff_cap
+                )
+
+    async def _dial(self, peer: NodeId) -> None:
+        card = self.roster.active_card(peer)
+        async with connect(card.url, ssl=self._client_ssl, proxy=None, **self._options()) as ws:
+            peer_cert = self._peer_cert(ws)
+            handshake = self._handshake(Role.CLIENT, peer_cert, peer)
+            try:
+                await self._run_handshake(ws, handshake)
+            except PeerError as exc:
+                await ws.close(1008, exc.reason)
+                raise
+            await self._link(ws, peer, dialler=self.me)
+
+    def _handshake(self, role: Role, peer_cert: bytes, peer: NodeId | None) -> LinkHandshake:
+        return LinkHandshake(
+            role=role,
+            me=self.me,
+            signing_key=self.keys.signing,
+            roster=self.roster,
+            my_cert_sha256=self._my_cert,
+            peer_cert_sha256=peer_cert,
+            nonce=os.urandom(32),
+            expected_peer=peer,
+        )
+
+    async def _run_handshake(self, ws: Connection, handshake: LinkHandshake) -> None:
+        async with asyncio.timeout(self.settings.handshake_timeout):
+            for out in handshake.start():
+                await ws.send(out)
+            while not handshake.done:
+                for out in handshake.receive(await ws.recv()):
+                    await ws.send(out)
+
+    async def _refused(self, ws: ServerConnection, remote: str, exc: Exception) -> None:
+        reason = exc.reason if isinstance(exc, CpnError) else "handshake_timeout"
+        log.warning("%s: refused a link from %s: %s", self.me, remote, exc or reason)
+        await self._record_refusal(remote, "link_refused", exc)
+        with contextlib.suppress(Exception):
+            await ws.close(1008, reason[:100])
+
+    async def _record_refusal(self, who: str, action: str, exc: Exception) -> None:
+        reason = exc.reason if isinstance(exc, CpnError) else type(exc).__name__
+        detail = {"remote": who, "reason": reason, "error": str(exc)[:500]}
+        with contextlib.suppress(CpnError):
+            await self.service.audit([AuditEntry(f"peer:{who}", action, None, detail)])
+
+    # -- an established link ---------------------------------------------------------
+
+    async def _link(self, ws: Connection, peer: NodeId, *, dialler: NodeId) -> None:
+        link = _Link(peer, ws, dialler, self.service.clock())
+        existing = self.active.get(peer)
+        keep_dialler = min(self.me, peer)
+        if existing is not None:
+            if existing.dialler == keep_dialler:
+                await ws.close(1000, "duplicate link")
+                return
+            await existing.ws.close(1000, "duplicate link")
+        self.active[peer] = link
+        self.service.linked[peer] = link.since
+        await self.service.peer_contact(peer)
+        await self.service.audit(
+            [AuditEntry(f"node:{self.me}", "link_up", None, {"peer": peer, "dialler": dialler})]
+        )
+        log.info("%s: linked with %s", self.me, peer)
+        try:
+            await self._carry(link)
+        finally:
+            if self.active.get(peer) is link:
+                del self.active[peer]
+                self.service.linked.pop(peer, None)
+            link.closed.set()
+            with contextlib.suppress(Exception):
+                await ws.close()
+            log.info("%s: link with %s closed", self.me, peer)
+
+    async def _carry(self, link: _Link) -> None:
+        inflight: dict[str, float] = {}
+        room = asyncio.Event()
+        incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=self.settings.batch * 2)
+        tasks = [
+            asyncio.create_task(self._read(link, incoming)),
+            asyncio.create_task(self._process(link, incoming, inflight, room)),
+            asyncio.create_task(self._write(link, inflight, room)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, PeerError):
+                await self._record_refusal(link.peer, "link_protocol_error", result)
+                with contextlib.suppress(Exception):
+                    await link.ws.close(1002, result.reason[:100])
+            elif isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError | ConnectionClosed | _Stalled
+            ):
+                raise result
+
+    async def _read(self, link: _Link, incoming: asyncio.Queue[bytes]) -> None:
+        try:
+            async for message in link.ws:
+                split_frame(message)  # refuse text, unknown kinds, oversize frames at once
+                assert isinstance(message, bytes)
+                await incoming.put(message)
+        except ConnectionClosed:
+            return
+
+    async def _process(
+        self,
+        link: _Link,
+        incoming: asyncio.Queue[bytes],
+        inflight: dict[str, float],
+        room: asyncio.Event,
+    ) -> None:
+        while True:
+            batch = [await incoming.get()]
+            while len(batch) < self.settings.batch and not incoming.empty():
+                batch.append(incoming.get_nowait())
+            envelopes, receipts = [], []
+            for message in batch:
+                kind, payload = split_frame(message)
+                if kind == FRAME_ENVELOPE:
+                    envelopes.append(payload)
+                elif kind == FRAME_RECEIPT:
+                    receipts.append(payload)
+                else:
+                    raise PeerError(f"{kind.decode()} frame after the handshake", reason="protocol")
+            if envelopes:
+                for receipt in await self.service.accept_envelopes(link.peer, envelopes):
+                    await link.ws.send(frame(FRAME_RECEIPT, receipt))
+            if receipts:
+                for message_id in await self.service.accept_receipts(link.peer, receipts):
+                    inflight.pop(message_id, None)
+                room.set()
+
+    async def _write(self, link: _Link, inflight: dict[str, float], room: asyncio.Event) -> None:
+        signal = self.service.outbox_signal(link.peer)
+        while True:
+            signal.clear()
+            room.clear()
+            free = self.settings.window - len(inflight)
+            if free > 0:
+                rows = await self.service.outbox(link.peer, free, exclude=list(inflight))
+                if rows:
+                    for row in rows:
+                        await link.ws.send(frame(FRAME_ENVELOPE, row.envelope))
+                        inflight[row.id] = time.monotonic()
+                    await self.service.mark_sent(link.peer, [row.id for row in rows])
+                    continue
+            limit = self.settings.receipt_timeout
+            if inflight and time.monotonic() - min(inflight.values()) > limit:
+                raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
+            await _first(signal.wait, room.wait, timeout=self.settings.poll_interval)
+
+
+class _Stalled(Exception):
+    """A peer stopped answering with receipts: drop the link and dial again."""
+
+
+async def _first(*waits: Callable[[], Awaitable[Any]], timeout: float) -> None:
+    tasks = [asyncio.ensure_future(wait()) for wait in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidHandshake) and exc.__cause__ is not None:
+        return f"{exc} ({exc.__cause__})"
+    return str(exc) or type(exc).__name__

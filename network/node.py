@@ -1,0 +1,124 @@
+"""One node: config, keys, roster, store, and the task group that runs it all.
+
+`run_node` runs until `stop` is set (SIGTERM or SIGINT in `cpn node run`),
+then shuts down in order: the HTTP API stops taking requests, links close
+with a close frame (messages without a receipt stay queued in the store and
+go again on the next link), the store is closed last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from network.config import NodeConfig
+from network.errors import RosterError
+from network.keys import load_keeper_public, load_node_keys
+from network.links import Links, LinkSettings
+from network.roster import MAX_ROSTER_BYTES, Roster, load_roster
+from network.service import Service
+from network.store import AuditEntry, Store
+from network.web import build_app
+
+__all__ = ["NodeSettings", "run_node", "serve_until_signalled"]
+
+log = logging.getLogger("cpn.node")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    links: LinkSettings = field(default_factory=LinkSettings)
+    expiry_scan_interval: float = 5.0
+
+
+def load_current_roster(config: NodeConfig) -> Roster:
+    keeper = load_keeper_public(config.keeper_path)
+    try:
+        data = config.roster_path.read_bytes()
+    except OSError as exc:
+        raise RosterError(f"{config.roster_path}: cannot read roster: {exc.strerror}") from exc
+    if len(data) > MAX_ROSTER_BYTES:
+        raise RosterError(f"{config.roster_path}: over {MAX_ROSTER_BYTES} bytes")
+    return load_roster(data, keeper=keeper, now=now_ms())
+
+
+async def run_node(
+    config: NodeConfig, stop: asyncio.Event, settings: NodeSettings = NodeSettings()
+) -> None:
+    """Run one node until `stop` is set. Raises CpnError if it cannot start."""
+    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
+    keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
+    roster = load_current_roster(config)
+    roster.active_card(config.id)  # refuses to run a node the roster does not list as active
+    store = await Store.open(config.store_path)
+    try:
+        service = Service(keys=keys, roster=roster, store=store, clock=now_ms)
+        await service.audit(
+            [AuditEntry(service.actor, "node_started", None, {"roster": roster.version})]
+        )
+        links = Links(
+            service,
+            keys,
+            roster,
+            host=config.peer_host,
+            port=config.peer_port,
+            peers=config.peers,
+            settings=settings.links,
+        )
+        await links.listen()
+        runner = web.AppRunner(build_app(service), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, config.api_host, config.api_port)
+        await site.start()
+        log.info(
+            "%s: peer %s, api http://%s:%d",
+            config.id,
+            config.peer_url,
+            config.api_host,
+            config.api_port,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                link_task = group.create_task(links.run(), name="links")
+                scan_task = group.create_task(
+                    _expiry_scan(service, settings.expiry_scan_interval), name="expiry"
+                )
+                await stop.wait()
+                link_task.cancel()
+                scan_task.cancel()
+        finally:
+            await runner.cleanup()
+            with contextlib.suppress(Exception):
+                await service.audit([AuditEntry(service.actor, "node_stopped", None, {})])
+    finally:
+        await store.close()
+
+
+async def _expiry_scan(service: Service, interval: float) -> None:
+    while True:
+        await service.expire_due()
+        await asyncio.sleep(interval)
+
+
+def serve_until_signalled(config: NodeConfig) -> None:
+    """`cpn node run`: run the node until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_node(config, stop)
+
+    asyncio.run(main())

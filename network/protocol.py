@@ -1,0 +1,236 @@
+"""The link protocol between two nodes, sans I/O: frames, the signed handshake, backoff.
+
+Frames are binary WebSocket messages: one ASCII letter saying what follows,
+then the payload. Envelopes and receipts travel as their exact bytes, so that
+digests computed on either side agree.
+
+    H  hello      canonical JSON {"v", "node", "to", "nonce", "roster"}
+    A  auth       canonical JSON {"sig"}
+    E  envelope   the envelope bytes
+    R  receipt    the receipt bytes
+
+The handshake (after TLS, where each end already presented the certificate
+the roster lists for it):
+
+    client -> server   H  client hello (fresh 32-byte nonce)
+    server -> client   H  server hello (fresh nonce)
+    client -> server   A  client's Ed25519 signature over the transcript
+    server -> client   A  server's signature over the transcript
+
+The transcript binds both ids, both nonces and both certificate
+fingerprints, with the signer's role in the signed bytes, so a signature can
+be neither replayed nor reflected. Each side checks the other's id against
+the roster (present, active), the certificate it saw against the one the
+roster pins for that id, and the signature against the roster's key. No
+envelope may flow before both signatures verified.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Final
+
+from network.crypto import SigningKey
+from network.envelope import MAX_ENVELOPE_BYTES, MAX_RECEIPT_BYTES
+from network.errors import BadSignatureError, MalformedError, OversizeError, PeerError
+from network.records import (
+    PROTOCOL_VERSION,
+    Fields,
+    NodeId,
+    b64encode,
+    canonical,
+    is_node_id,
+    parse_canonical,
+)
+from network.roster import Roster
+
+__all__ = [
+    "FRAME_AUTH",
+    "FRAME_ENVELOPE",
+    "FRAME_HELLO",
+    "FRAME_RECEIPT",
+    "MAX_FRAME_BYTES",
+    "HandshakeError",
+    "LinkHandshake",
+    "Role",
+    "backoff_delays",
+    "frame",
+    "split_frame",
+]
+
+FRAME_HELLO: Final = b"H"
+FRAME_AUTH: Final = b"A"
+FRAME_ENVELOPE: Final = b"E"
+FRAME_RECEIPT: Final = b"R"
+MAX_FRAME_BYTES: Final = 1 + max(MAX_ENVELOPE_BYTES, MAX_RECEIPT_BYTES)
+_MAX_HANDSHAKE_BYTES: Final = 1024
+_KINDS: Final = {FRAME_HELLO, FRAME_AUTH, FRAME_ENVELOPE, FRAME_RECEIPT}
+
+
+class HandshakeError(PeerError):
+    reason = "handshake_failed"
+
+
+class Role(StrEnum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return kind + payload
+
+
+def split_frame(data: bytes | str) -> tuple[bytes, bytes]:
+    """(kind, payload) of a received frame; refuses text, unknown kinds and oversize frames."""
+    if isinstance(data, str):
+        raise MalformedError("text frame: links carry binary frames only")
+    if len(data) > MAX_FRAME_BYTES:
+        raise OversizeError(f"frame of {len(data)} bytes, over the limit of {MAX_FRAME_BYTES}")
+    kind = data[:1]
+    if kind not in _KINDS:
+        raise MalformedError(f"unknown frame kind {kind!r}")
+    return kind, data[1:]
+
+
+class LinkHandshake:
+    """One side of the signed handshake. Feed it frames; it returns frames to send.
+
+    `done` turns True once the peer's signature verified; `peer` is then its
+    authenticated id. Any violation raises HandshakeError (or another
+    PeerError) saying what failed; the caller closes the link and records it.
+    """
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        me: NodeId,
+        signing_key: SigningKey,
+        roster: Roster,
+        my_cert_sha256: bytes,
+        peer_cert_sha256: bytes,
+        nonce: bytes,
+        expected_peer: NodeId | None = None,
+    ) -> None:
+        if role is Role.CLIENT and expected_peer is None:
+            raise ValueError("a client knows which peer it dialled")
+        self.role = role
+        self.me = me
+        self._key = signing_key
+        self._roster = roster
+        self._my_cert = my_cert_sha256
+        self._peer_cert = peer_cert_sha256
+        self._nonce = nonce
+        self._peer_nonce: bytes | None = None
+        self.peer: NodeId | None = expected_peer
+        self.done = False
+        self._sent_auth = False
+
+    def start(self) -> list[bytes]:
+        """The frames to send first: the client speaks first."""
+        return [self._hello()] if self.role is Role.CLIENT else []
+
+    def receive(self, data: bytes | str) -> list[bytes]:
+        """Take one frame; return the frames to send in answer."""
+        if self.done:
+            raise HandshakeError("handshake already complete")
+        kind, payload = split_frame(data)
+        if len(payload) > _MAX_HANDSHAKE_BYTES:
+            raise HandshakeError("handshake frame too large")
+        if kind == FRAME_HELLO and self._peer_nonce is None:
+            self._take_hello(payload)
+            if self.role is Role.SERVER:
+                return [self._hello()]
+            self._sent_auth = True
+            return [self._auth()]
+        if kind == FRAME_AUTH and self._peer_nonce is not None:
+            if self.role is Role.SERVER and self._sent_auth:
+                raise HandshakeError("second auth frame")
+            self._take_auth(payload)
+            self.done = True
+            if self.role is Role.SERVER:
+                self._sent_auth = True
+                return [self._auth()]
+            return []
+        raise HandshakeError(f"unexpected {kind.decode()} frame during the handshake")
+
+    def _hello(self) -> bytes:
+        assert self.role is Role.CLIENT or self.peer is not None
+        hello = {
+            "v": PROTOCOL_VERSION,
+            "node": self.me,
+            "to": self.peer,
+            "nonce": b64encode(self._nonce),
+            "roster": self._roster.version,
+        }
+        return frame(FRAME_HELLO, canonical(hello))
+
+    def _take_hello(self, payload: bytes) -> None:
+        f = Fields(parse_canonical(payload, limit=_MAX_HANDSHAKE_BYTES, what="hello"), "hello")
+        v = f.int("v")
+        if v != PROTOCOL_VERSION:
+            raise HandshakeError(f"hello.v: protocol version {v} is not supported")
+        node = f.str("node", max_len=3)
+        to = f.str("to", max_len=3)
+        nonce = f.bytes("nonce")
+        f.int("roster")
+        f.done()
+        if not is_node_id(node):
+            raise HandshakeError(f"hello.node: {node!r} is not a node id")
+        if len(nonce) != 32:
+            raise HandshakeError("hello.nonce: must be 32 bytes")
+        if to != self.me:
+            raise HandshakeError(f"hello.to: peer meant to reach {to}, this is {self.me}")
+        if self.peer is not None and node != self.peer:
+            raise HandshakeError(f"dialled {self.peer} but {node} answered")
+        if nonce == self._nonce:
+            raise HandshakeError("hello.nonce: our own nonce reflected")
+        card = self._roster.active_card(node)  # UnknownNodeError: unknown or revoked
+        if card.tls_sha256 != self._peer_cert:
+            raise HandshakeError(f"{node}'s TLS certificate is not the one the roster pins")
+        self.peer = NodeId(node)
+        self._peer_nonce = nonce
+
+    def _transcript(self, signer: Role) -> bytes:
+        assert self.peer is not None
+        assert self._peer_nonce is not None
+        mine = (self.me, self._nonce, self._my_cert)
+        theirs = (self.peer, self._peer_nonce, self._peer_cert)
+        client, server = (mine, theirs) if self.role is Role.CLIENT else (theirs, mine)
+        transcript = {
+            "purpose": "cpn/v1 link",
+            "client": client[0],
+            "server": server[0],
+            "client_nonce": b64encode(client[1]),
+            "server_nonce": b64encode(server[1]),
+            "client_cert": b64encode(client[2]),
+            "server_cert": b64encode(server[2]),
+        }
+        return b"cpn/v1 link " + signer.encode() + b"\n" + canonical(transcript)
+
+    def _auth(self) -> bytes:
+        signature = self._key.sign(self._transcript(self.role))
+        return frame(FRAME_AUTH, canonical({"sig": b64encode(signature)}))
+
+    def _take_auth(self, payload: bytes) -> None:
+        f = Fields(parse_canonical(payload, limit=_MAX_HANDSHAKE_BYTES, what="auth"), "auth")
+        signature = f.bytes("sig")
+        f.done()
+        assert self.peer is not None
+        peer_role = Role.SERVER if self.role is Role.CLIENT else Role.CLIENT
+        key = self._roster.active_card(self.peer).signing_key
+        try:
+            key.verify(signature, self._transcript(peer_role), what=f"{self.peer}'s link signature")
+        except BadSignatureError as exc:
+            raise HandshakeError(str(exc), reason="bad_signature") from exc
+
+
+def backoff_delays(*, base: float, cap: float, rng: random.Random | None = None) -> Iterator[float]:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**n)), forever."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+    attempt = 0
+    while True:
+        yield rng.uniform(0, min(cap, base * 2**attempt))
+        attempt = min(attempt + 1, 62)

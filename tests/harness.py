@@ -1,0 +1,257 @@
+"""A real network for tests: node processes on 127.0.0.1 with real TLS, SQLite and sockets.
+
+`Network(tmp_path, links={...})` makes keys, the keeper, a signed roster,
+node configs on free ports and one officer and one auditor per node; then
+`start`, `stop` (SIGTERM), `kill` (SIGKILL) and `api` drive the nodes as a
+user would. Every process it starts is killed in `close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from network.crypto import HpkeSuite
+from network.keys import init_keeper, init_node_keys, load_keeper
+from network.records import NodeId
+from network.roster import build_roster
+from network.service import issue_token
+from network.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Node:
+    id: str
+    config: Path
+    store: Path
+    api: str
+    peer_port: int
+    log: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+
+class Network:
+    def __init__(
+        self,
+        root: Path,
+        links: dict[str, list[str]],
+        *,
+        suite: HpkeSuite = HpkeSuite.X25519,
+        extra_nodes: tuple[str, ...] = (),
+    ) -> None:
+        self.root = root
+        self.keys = root / "keys"
+        self.nodes: dict[str, Node] = {}
+        now = datetime.datetime.now(datetime.UTC)
+        init_keeper(self.keys / "authority")
+        ids = sorted(set(links) | {p for peers in links.values() for p in peers} | set(extra_nodes))
+        cards = []
+        for node_id in ids:
+            peer_port, api_port = free_port(), free_port()
+            cards.append(
+                init_node_keys(
+                    self.keys / node_id,
+                    NodeId(node_id),
+                    url=f"wss://127.0.0.1:{peer_port}",
+                    suite=suite,
+                    now=now,
+                )
+            )
+            config = root / "nodes" / f"{node_id}.toml"
+            config.parent.mkdir(exist_ok=True)
+            config.write_text(
+                f'id = "{node_id}"\n'
+                f'[peer]\nlisten = "127.0.0.1:{peer_port}"\n'
+                f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
+                f'[store]\npath = "../var/{node_id}.sqlite"\n'
+                f'[keys]\ndir = "../keys/{node_id}"\nroster = "../keys/roster.json"\n'
+                f'keeper = "../keys/authority/keeper.json"\n'
+                f"[links]\npeers = {json.dumps(links.get(node_id, []))}\n"
+            )
+            self.nodes[node_id] = Node(
+                node_id,
+                config,
+                root / "var" / f"{node_id}.sqlite",
+                f"http://127.0.0.1:{api_port}",
+                peer_port,
+                root / "var" / f"{node_id}.log",
+            )
+        self.keeper = load_keeper(self.keys / "authority")
+        self.write_roster(cards, version=1)
+        for node in self.nodes.values():
+            node.tokens = asyncio.run(self._users(node))
+
+    def write_roster(
+        self, cards: list[Any], *, version: int, revoked: tuple[str, ...] = ()
+    ) -> None:
+        now = int(time.time() * 1000)
+        data = build_roster(
+            cards,
+            keeper=self.keeper,
+            version=version,
+            issued=now - 60_000,
+            valid_until=now + 86_400_000,
+            revoked=revoked,
+        )
+        (self.keys / "roster.json").write_bytes(data)
+
+    @staticmethod
+    async def _users(node: Node) -> dict[str, str]:
+        store = await Store.open(node.store)
+        try:
+            now = int(time.time() * 1000)
+            return {
+                role: await issue_token(store, f"{role}-{node.id}", role, actor="test", now=now)
+                for role in ("officer", "auditor")
+            }
+        finally:
+            await store.close()
+
+    # -- processes ---------------------------------------------------------------
+
+    def start(self, node_id: str, *, wait: bool = True) -> None:
+        node = self.nodes[node_id]
+        node.log.parent.mkdir(exist_ok=True)
+        log = node.log.open("ab")
+        node.process = subprocess.Popen(
+            [sys.executable, "-m", "network", "node", "run", str(node.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        if wait:
+            self.wait_healthy(node_id)
+
+    def wait_healthy(self, node_id: str, timeout: float = 20.0) -> None:
+        node = self.nodes[node_id]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.process is not None and node.process.poll() is not None:
+                raise AssertionError(f"{node_id} exited: {node.log.read_text()[-3000:]}")
+            try:
+                status, _ = self.api(node_id, "GET", "/healthz", token=None)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{node_id} not healthy after {timeout}s: {node.log.read_text()[-3000:]}"
+        )
+
+    def stop(self, node_id: str, timeout: float = 20.0) -> int:
+        node = self.nodes[node_id]
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        code = node.process.wait(timeout=timeout)
+        node.process = None
+        return code
+
+    def kill(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        assert node.process is not None
+        node.process.kill()
+        node.process.wait(timeout=10)
+        node.process = None
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                node.process.kill()
+                node.process.wait(timeout=10)
+            node.process = None
+
+    # -- the API -----------------------------------------------------------------
+
+    def api(
+        self,
+        node_id: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = "officer",
+    ) -> tuple[int, Any]:
+        node = self.nodes[node_id]
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(node.api + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {node.tokens.get(token, token)}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def send(
+        self, sender: str, to: str, message_type: str, body: Any, priority: str = "urgent"
+    ) -> str:
+        status, answer = self.api(
+            sender,
+            "POST",
+            "/api/messages",
+            {"to": to, "type": message_type, "priority": priority, "body": body},
+        )
+        assert status == 202, answer
+        message_id: str = answer["id"]
+        return message_id
+
+    def wait_state(
+        self, node_id: str, message_id: str, states: set[str], timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Poll the listing (reading the message itself would audit an `opened` each time)."""
+        deadline = time.monotonic() + timeout
+        seen: Any = None
+        while time.monotonic() < deadline:
+            for box in ("out", "in"):
+                for message in self.list(node_id, box):
+                    if message["id"] == message_id:
+                        seen = message
+                        if message["state"] in states:
+                            return message
+            time.sleep(0.1)
+        raise AssertionError(f"{message_id} on {node_id} never reached {states}: {seen}")
+
+    def wait_all(
+        self, node_id: str, box: str, count: int, states: set[str], timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        messages: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            messages = self.list(node_id, box)
+            if len(messages) >= count and all(m["state"] in states for m in messages):
+                return messages
+            time.sleep(0.2)
+        states_seen = sorted({m["state"] for m in messages})
+        raise AssertionError(f"{node_id} {box}: {len(messages)} messages, states {states_seen}")
+
+    def list(self, node_id: str, box: str, limit: int = 500) -> list[dict[str, Any]]:
+        status, answer = self.api(node_id, "GET", f"/api/messages?box={box}&limit={limit}")
+        assert status == 200, answer
+        messages: list[dict[str, Any]] = answer["messages"]
+        return messages

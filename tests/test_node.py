@@ -1,0 +1,269 @@
+"""Real nodes in their own processes on 127.0.0.1: TLS links, SQLite stores, delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidMessage
+
+from network.config import load_config
+from network.crypto import sha256
+from network.envelope import seal, verify_receipt
+from network.keys import load_node_keys
+from network.node import load_current_roster
+from network.protocol import FRAME_ENVELOPE, FRAME_RECEIPT, LinkHandshake, Role, frame, split_frame
+from network.records import MessageType, NodeId, Outcome, Priority
+from network.samples import sample_body
+from tests.harness import Network
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]})
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+def store_rows(path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute(query).fetchall()
+
+
+def test_preservation_request_is_delivered_end_to_end(pair: Network) -> None:
+    pair.start("FRA")
+    pair.start("DEU")
+    body = sample_body("preservation", summary="Operator of the Lyon ransomware panel")
+
+    message_id = pair.send("FRA", "DEU", "preservation", body)
+    delivered = pair.wait_state("FRA", message_id, {"delivered"})
+    status, seen = pair.api("DEU", "GET", f"/api/messages/{message_id}")
+    status_out, sent = pair.api("FRA", "GET", f"/api/messages/{message_id}")
+
+    assert delivered["state"] == "delivered"
+    assert status == 200 and seen["body"] == body and seen["type"] == "preservation"
+    assert seen["state"] == "opened" and seen["header"]["from"] == "FRA"
+    actions = [entry["action"] for entry in sent["timeline"]]
+    assert actions[:6] == ["composed", "sealed", "queued", "sent", "receipt_received", "delivered"]
+    assert status_out == 200 and sent["receipts"][0]["outcome"] == "accepted"
+    assert (
+        sent["receipts"][0]["receipt"]["receipt"]["digest"]
+        == seen["receipts"][0]["receipt"]["receipt"]["digest"]
+    )
+    pair.stop("DEU")
+    pair.stop("FRA")
+    for node_id in ("DEU", "FRA"):
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(str(pair.nodes[node_id].store) + suffix)
+            if path.exists():
+                data = path.read_bytes()
+                assert b"Lyon ransomware" not in data, path
+                assert body["case_ref"].encode() not in data, path
+
+
+def test_receiver_killed_mid_stream_loses_nothing_and_stores_nothing_twice(pair: Network) -> None:
+    pair.start("FRA")
+    pair.start("DEU")
+    count = 80
+    ids = []
+
+    for index in range(count):
+        ids.append(pair.send("FRA", "DEU", "emergency", sample_body("emergency"), "routine"))
+        if index == 20:
+            pair.kill("DEU")
+    pair.start("DEU")
+    pair.wait_all("FRA", "out", count, {"delivered"}, timeout=60)
+    pair.stop("DEU")
+
+    rows = store_rows(pair.nodes["DEU"].store, "SELECT id FROM messages WHERE box = 'in'")
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    received = store_rows(
+        pair.nodes["DEU"].store, "SELECT COUNT(*) FROM audit WHERE action = 'received'"
+    )
+    assert received == [(count,)]
+
+
+def test_sender_killed_with_queued_messages_resumes_after_restart(pair: Network) -> None:
+    pair.start("FRA")
+    ids = [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(15)]
+    assert {m["state"] for m in pair.list("FRA", "out")} == {"queued"}
+
+    pair.kill("FRA")
+    pair.start("DEU")
+    pair.start("FRA")
+    delivered = pair.wait_all("FRA", "out", len(ids), {"delivered"}, timeout=60)
+
+    assert sorted(m["id"] for m in delivered) == sorted(ids)
+    assert len(pair.list("DEU", "in")) == len(ids)
+
+
+def test_flash_goes_before_routine(pair: Network) -> None:
+    pair.start("FRA")
+    routine = [
+        pair.send("FRA", "DEU", "emergency", sample_body("emergency"), "routine") for _ in range(5)
+    ]
+    flash = pair.send("FRA", "DEU", "emergency", sample_body("emergency"), "flash")
+
+    pair.start("DEU")
+    pair.wait_all("FRA", "out", 6, {"delivered"})
+    pair.stop("DEU")
+
+    order = store_rows(pair.nodes["DEU"].store, "SELECT id FROM messages ORDER BY received, rowid")
+    assert order[0][0] == flash
+    assert {r[0] for r in order[1:]} == set(routine)
+
+
+def test_unknown_recipient_and_bad_fields_are_refused_at_composition(pair: Network) -> None:
+    pair.start("FRA")
+    body = sample_body("preservation")
+    del body["offence"]
+
+    missing = pair.api(
+        "FRA",
+        "POST",
+        "/api/messages",
+        {"to": "DEU", "type": "preservation", "priority": "urgent", "body": body},
+    )
+    unknown = pair.api(
+        "FRA",
+        "POST",
+        "/api/messages",
+        {"to": "CHE", "type": "emergency", "priority": "urgent", "body": sample_body("emergency")},
+    )
+
+    assert missing[0] == 400 and missing[1]["field"] == "body.offence"
+    assert unknown[0] == 400 and unknown[1]["field"] == "to"
+    assert pair.list("FRA", "out") == []
+
+
+# -- a peer speaking the protocol by hand ----------------------------------------------
+
+
+def client_context(network: Network, node_id: str, cert_of: str | None = None) -> ssl.SSLContext:
+    """The TLS context a node would use, optionally presenting another node's certificate."""
+    keys = network.keys / (cert_of or node_id)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(
+        cadata="".join((network.keys / n / "tls.crt").read_text() for n in network.nodes)
+    )
+    context.load_cert_chain(keys / "tls.crt", keys / "tls.key")
+    return context
+
+
+async def speak_as(
+    network: Network, me: str, peer: str, envelopes: list[bytes], *, signing_of: Path | None = None
+) -> list[bytes]:
+    """Dial `peer` as `me` with the project's own protocol code; send envelopes, return receipts."""
+    keys = load_node_keys(network.keys / me, NodeId(me))
+    signing = (
+        load_node_keys(signing_of, NodeId(signing_of.name)).signing if signing_of else keys.signing
+    )
+    roster = load_current_roster(load_config(network.nodes[me].config))
+    url = f"wss://127.0.0.1:{network.nodes[peer].peer_port}"
+    async with connect(url, ssl=client_context(network, me), proxy=None, compression=None) as ws:
+        der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        handshake = LinkHandshake(
+            role=Role.CLIENT,
+            me=NodeId(me),
+            signing_key=signing,
+            roster=roster,
+            my_cert_sha256=keys.card.tls_sha256,
+            peer_cert_sha256=sha256(der),
+            nonce=os.urandom(32),
+            expected_peer=NodeId(peer),
+        )
+        for out in handshake.start():
+            await ws.send(out)
+        while not handshake.done:
+            for out in handshake.receive(await ws.recv()):
+                await ws.send(out)
+        for raw in envelopes:
+            await ws.send(frame(FRAME_ENVELOPE, raw))
+        receipts = []
+        while len(receipts) < len(envelopes):
+            kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
+            assert kind == FRAME_RECEIPT
+            receipts.append(payload)
+        return receipts
+
+
+def test_replayed_envelope_gets_a_duplicate_receipt_and_is_stored_once(pair: Network) -> None:
+    pair.start("DEU")
+    fra = load_node_keys(pair.keys / "FRA", NodeId("FRA"))
+    roster = load_current_roster(load_config(pair.nodes["FRA"].config))
+    envelope = seal(
+        sender=NodeId("FRA"),
+        recipient=NodeId("DEU"),
+        message_type=MessageType.EMERGENCY,
+        body=sample_body("emergency"),
+        priority=Priority.FLASH,
+        now=int(time.time() * 1000),
+        random_bytes=os.urandom(10),
+        signing_key=fra.signing,
+        recipient_key=roster.active_card("DEU").hpke_key,
+    )
+
+    first = asyncio.run(speak_as(pair, "FRA", "DEU", [envelope.raw, envelope.raw]))
+    again = asyncio.run(speak_as(pair, "FRA", "DEU", [envelope.raw]))
+
+    now = int(time.time() * 1000)
+    outcomes = [verify_receipt(r, roster=roster, now=now).outcome for r in [*first, *again]]
+    assert outcomes == [Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.DUPLICATE]
+    assert all(verify_receipt(r, roster=roster, now=now).digest == envelope.digest for r in first)
+    assert len(pair.list("DEU", "in")) == 1
+
+
+def test_peer_signing_with_a_key_the_roster_does_not_hold_is_refused(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": [], "DEU": []}, extra_nodes=("USA",))
+    try:
+        network.start("DEU")
+        # USA's certificate (stolen), FRA's signing key: the roster pins another key for USA.
+        with pytest.raises(Exception) as refused:
+            asyncio.run(speak_as(network, "USA", "DEU", [], signing_of=network.keys / "FRA"))
+        status, peers = network.api("DEU", "GET", "/api/peers")
+        network.stop("DEU")
+    finally:
+        network.close()
+
+    assert status == 200
+    assert "1008" in str(refused.value) or "bad_signature" in str(refused.value)
+    assert not any(p["linked"] for p in peers["peers"])
+    refusals = store_rows(
+        network.nodes["DEU"].store, "SELECT actor, detail FROM audit WHERE action = 'link_refused'"
+    )
+    assert refusals and "bad_signature" in str(refusals[0][1])
+
+
+def test_peer_with_a_certificate_outside_the_roster_is_cut_off_by_tls(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": [], "DEU": []})
+    outsider = Network(tmp_path / "outsider", {"FRA": []})  # same id, keys no roster holds
+    try:
+        network.start("DEU")
+        context = client_context(outsider, "FRA")
+        context.load_verify_locations(cadata=(network.keys / "DEU" / "tls.crt").read_text())
+        url = f"wss://127.0.0.1:{network.nodes['DEU'].peer_port}"
+
+        async def dial() -> None:
+            async with connect(url, ssl=context, proxy=None, open_timeout=5):
+                pass
+
+        with pytest.raises((InvalidMessage, OSError, ssl.SSLError)):
+            asyncio.run(dial())
+        status, peers = network.api("DEU", "GET", "/api/peers")
+    finally:
+        network.close()
+
+    assert status == 200 and not any(p["linked"] for p in peers["peers"])
