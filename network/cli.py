@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import datetime
 import getpass
 import json
@@ -249,7 +251,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.prepare_only:
         return 0
     children = [
-        subprocess.Popen([sys.executable, "-m", "network", "node", "run", str(c.path)])  # noqa: S603
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "network", "node", "run", str(c.path)],
+            preexec_fn=_die_with_parent,
+        )
         for c in configs
     ]
     for config in configs:
@@ -282,6 +287,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
     return status
+
+
+def _die_with_parent() -> None:
+    """Linux: a node started by `cpn up` gets SIGTERM if `cpn up` itself dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def cmd_node_run(args: argparse.Namespace) -> int:

@@ -57,8 +57,9 @@ Connection = ClientConnection | ServerConnection
 
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
-    window: int = 64  # envelopes in flight without a receipt, per link
-    batch: int = 64  # frames committed in one transaction
+    window: int = 32  # envelopes in flight without a receipt, per link
+    flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
+    batch: int = 32  # frames committed in one transaction
     handshake_timeout: float = 10.0
     receipt_timeout: float = 60.0
     ping_interval: float = 10.0
@@ -296,7 +297,9 @@ class Links:
     async def _carry(self, link: _Link) -> None:
         inflight: dict[str, float] = {}
         room = asyncio.Event()
-        incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=self.settings.batch * 2)
+        # Room for a whole window: a flash that arrives behind it is seen at the next batch.
+        size = self.settings.window + self.settings.flash_reserve + self.settings.batch
+        incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=size)
         tasks = [
             asyncio.create_task(self._read(link, incoming)),
             asyncio.create_task(self._process(link, incoming, inflight, room)),
@@ -334,26 +337,33 @@ class Links:
         inflight: dict[str, float],
         room: asyncio.Event,
     ) -> None:
+        pending: list[bytes] = []  # envelopes taken from the queue, not yet handled
         while True:
-            batch = [await incoming.get()]
-            while len(batch) < self.settings.batch and not incoming.empty():
-                batch.append(incoming.get_nowait())
-            envelopes, receipts = [], []
-            for message in batch:
-                kind, payload = split_frame(message)
-                if kind == FRAME_ENVELOPE:
-                    envelopes.append(payload)
-                elif kind == FRAME_RECEIPT:
-                    receipts.append(payload)
-                else:
-                    raise PeerError(f"{kind.decode()} frame after the handshake", reason="protocol")
-            if envelopes:
-                for receipt in await self.service.accept_envelopes(link.peer, envelopes):
+            if not pending or not incoming.empty():
+                frames = [] if pending else [await incoming.get()]
+                while not incoming.empty():
+                    frames.append(incoming.get_nowait())
+                receipts = []
+                for message in frames:
+                    kind, payload = split_frame(message)
+                    if kind == FRAME_ENVELOPE:
+                        pending.append(payload)
+                    elif kind == FRAME_RECEIPT:
+                        receipts.append(payload)
+                    else:
+                        raise PeerError(
+                            f"{kind.decode()} frame after the handshake", reason="protocol"
+                        )
+                if receipts:
+                    for message_id in await self.service.accept_receipts(link.peer, receipts):
+                        inflight.pop(message_id, None)
+                    room.set()
+            if pending:
+                # Flash first (a scheduling hint read from the clear header; checks come later).
+                pending.sort(key=_rank_hint)
+                batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
+                for receipt in await self.service.accept_envelopes(link.peer, batch):
                     await link.ws.send(frame(FRAME_RECEIPT, receipt))
-            if receipts:
-                for message_id in await self.service.accept_receipts(link.peer, receipts):
-                    inflight.pop(message_id, None)
-                room.set()
 
     async def _write(self, link: _Link, inflight: dict[str, float], room: asyncio.Event) -> None:
         signal = self.service.outbox_signal(link.peer)
@@ -361,8 +371,11 @@ class Links:
             signal.clear()
             room.clear()
             free = self.settings.window - len(inflight)
-            if free > 0:
-                rows = await self.service.outbox(link.peer, free, exclude=list(inflight))
+            reserve = free + self.settings.flash_reserve
+            if reserve > 0:
+                rows = await self.service.outbox(
+                    link.peer, max(free, reserve), exclude=list(inflight), flash_only=free <= 0
+                )
                 if rows:
                     for row in rows:
                         await link.ws.send(frame(FRAME_ENVELOPE, row.envelope))
@@ -373,6 +386,16 @@ class Links:
             if inflight and time.monotonic() - min(inflight.values()) > limit:
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
             await _first(signal.wait, room.wait, timeout=self.settings.poll_interval)
+
+
+_FLASH_HINT = b'"priority":"flash"'
+_URGENT_HINT = b'"priority":"urgent"'
+
+
+def _rank_hint(envelope: bytes) -> int:
+    """0 for flash, 1 for urgent, 2 otherwise, from where the canonical header puts it."""
+    head = envelope[:600]
+    return 0 if _FLASH_HINT in head else 1 if _URGENT_HINT in head else 2
 
 
 class _Stalled(Exception):

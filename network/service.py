@@ -215,11 +215,14 @@ class Service:
 
     # -- the link layer's use cases ------------------------------------------------
 
-    async def outbox(self, peer: str, limit: int, exclude: Sequence[str] = ()) -> list[MessageRow]:
-        return await self.store.outbox(peer, limit, exclude)
+    async def outbox(
+        self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
+    ) -> list[MessageRow]:
+        max_rank = PRIORITY_RANK[Priority.FLASH] if flash_only else max(PRIORITY_RANK.values())
+        return await self.store.outbox(peer, limit, exclude, max_rank)
 
     async def mark_sent(self, peer: str, ids: Sequence[str]) -> None:
-        async with self.store.transaction(self.clock()) as tx:
+        async with self.store.transaction(self.clock(), durable=False) as tx:
             entries = []
             for message_id in ids:
                 row = await tx.message(message_id)
@@ -243,9 +246,10 @@ class Service:
         """
         now = self.clock()
         items = [_Inbound(raw) for raw in raws]
-        seen_in_batch: set[str] = set()
+        # Ids already stored, read in one query; ids seen earlier in this batch join them.
+        seen = await self.store.known_ids([i for i in (_peek_id(item.raw) for item in items) if i])
         for item in items:
-            await self._check_inbound(peer, item, now, seen_in_batch)
+            self._check_inbound(peer, item, now, seen)
         async with self.store.transaction(now) as tx:
             for item in items:
                 if item.opened is not None:
@@ -271,15 +275,13 @@ class Service:
             await tx.peer_contact(peer)
         return [item.receipt.raw for item in items if item.receipt is not None]
 
-    async def _check_inbound(
-        self, peer: str, item: _Inbound, now: int, seen_in_batch: set[str]
-    ) -> None:
+    def _check_inbound(self, peer: str, item: _Inbound, now: int, seen: set[str]) -> None:
         link_actor = f"node:{peer}"
         try:
             envelope = verify_envelope(item.raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
             item.envelope = envelope
             header = envelope.header
-            if header.id in seen_in_batch or await self.store.message(header.id) is not None:
+            if header.id in seen:
                 item.receipt = self._receipt(header, item.raw, Outcome.DUPLICATE, None, now)
                 item.audit.append(
                     AuditEntry(link_actor, "duplicate", header.id, {"from": header.sender})
@@ -308,7 +310,7 @@ class Service:
             if readable is not None:
                 item.receipt = self._receipt(readable, item.raw, Outcome.REJECTED, exc.reason, now)
             return
-        seen_in_batch.add(header.id)
+        seen.add(header.id)
         item.receipt = self._receipt(header, item.raw, Outcome.ACCEPTED, None, now)
         item.audit.append(
             AuditEntry(
@@ -531,6 +533,12 @@ def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:
         time=receipt.received,
         raw=receipt.raw,
     )
+
+
+def _peek_id(raw: bytes) -> str | None:
+    """The message id of an envelope, if it reads at all (checked properly later)."""
+    header = _readable_header(raw)
+    return header.id if header else None
 
 
 def _readable_header(raw: bytes) -> Header | None:

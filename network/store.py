@@ -348,16 +348,25 @@ class Store:
             await self.db.close()
 
     @asynccontextmanager
-    async def transaction(self, now: int) -> AsyncIterator[Tx]:
-        """One write transaction: everything in it commits together, or nothing does."""
+    async def transaction(self, now: int, *, durable: bool = True) -> AsyncIterator[Tx]:
+        """One write transaction: everything in it commits together, or nothing does.
+
+        `durable=False` skips the fsync for changes that a crash may lose
+        harmlessly (a `sent` mark: the message goes again and is deduplicated);
+        the next durable commit makes them durable too (WAL).
+        """
         async with self._lock:
             try:
+                if not durable:
+                    await self.db.execute("PRAGMA synchronous = NORMAL")
                 await self.db.execute("BEGIN IMMEDIATE")
             except aiosqlite.Error as exc:
                 raise StoreError(f"{self.path}: cannot write: {exc}") from exc
             try:
                 yield Tx(self.db, now)
                 await self.db.execute("COMMIT")
+                if not durable:
+                    await self.db.execute("PRAGMA synchronous = FULL")
             except aiosqlite.OperationalError as exc:
                 await self._rollback()
                 raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
@@ -368,6 +377,18 @@ class Store:
     async def _rollback(self) -> None:
         with contextlib.suppress(aiosqlite.Error):  # SQLite may have rolled back already
             await self.db.execute("ROLLBACK")
+        with contextlib.suppress(aiosqlite.Error):
+            await self.db.execute("PRAGMA synchronous = FULL")
+
+    async def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the store already holds (one query for a batch)."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        async with self.db.execute(
+            f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids)
+        ) as cursor:
+            return {row[0] for row in await cursor.fetchall()}
 
     # -- reads -----------------------------------------------------------------
 
@@ -405,13 +426,15 @@ class Store:
             rows = await cursor.fetchall()
         return [_message(r) for r in rows]
 
-    async def outbox(self, peer: str, limit: int, exclude: Sequence[str] = ()) -> list[MessageRow]:
+    async def outbox(
+        self, peer: str, limit: int, exclude: Sequence[str] = (), max_rank: int = 2
+    ) -> list[MessageRow]:
         """What is still to go to `peer`: flash, then urgent, then routine, oldest first."""
         async with self.db.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE box = 'out' AND peer = ? AND state IN ('queued', 'sent')"
+            " WHERE box = 'out' AND peer = ? AND state IN ('queued', 'sent') AND priority_rank <= ?"
             " ORDER BY priority_rank, created LIMIT ?",
-            (peer, limit + len(exclude)),
+            (peer, max_rank, limit + len(exclude)),
         ) as cursor:
             rows = await cursor.fetchall()
         skip = set(exclude)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from network.config import load_config
 from network.errors import ConfigError
+from tests.harness import free_port
 
 CPN = str(Path(sys.executable).parent / "cpn")
 REPO = Path(__file__).resolve().parent.parent
@@ -85,10 +91,10 @@ def test_roster_show_names_the_failed_check(tmp_path: Path) -> None:
 
 
 def test_up_creates_keys_and_roster_once_and_resigns_after_rotation(demo: Path) -> None:
-    first = cpn("up", "nodes", cwd=demo)
-    second = cpn("up", "nodes", cwd=demo)
+    first = cpn("up", "nodes", "--prepare-only", cwd=demo)
+    second = cpn("up", "nodes", "--prepare-only", cwd=demo)
     cpn("keys", "init", "FRA", "--force", "--url", "wss://127.0.0.1:7101", cwd=demo)
-    third = cpn("up", cwd=demo)
+    third = cpn("up", "--prepare-only", cwd=demo)
 
     assert first.stdout.count("created keys") == 5
     assert "signed roster version 1 with 5 contact points" in first.stdout
@@ -103,11 +109,45 @@ def test_up_names_the_broken_config(demo: Path) -> None:
     config = demo / "nodes" / "KEN.toml"
     config.write_text(config.read_text().replace("[api]", "[apx]"))
 
-    result = cpn("up", "nodes", cwd=demo, ok=False)
+    result = cpn("up", "nodes", "--prepare-only", cwd=demo, ok=False)
 
     assert result.returncode == 2
     assert "KEN.toml: [api] table is missing" in result.stderr
     assert not (demo / "keys" / "FRA").exists()  # nothing half-made
+
+
+def test_up_runs_every_node_until_interrupted(demo: Path) -> None:
+    ports = {}
+    for config in (demo / "nodes").glob("*.toml"):
+        text = config.read_text()
+        for old in re.findall(r'listen = "127\.0\.0\.1:(\d+)"', text):
+            ports[old] = str(free_port())
+            text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{ports[old]}")
+        config.write_text(text)
+    up = subprocess.Popen([CPN, "up", "nodes"], cwd=demo, stdout=subprocess.PIPE, text=True)
+    try:
+        api_ports = [p for old, p in ports.items() if old.startswith("81")]
+        deadline = time.monotonic() + 60
+        healthy: set[str] = set()
+        while time.monotonic() < deadline and len(healthy) < len(api_ports):
+            for port in api_ports:
+                url = f"http://127.0.0.1:{port}/healthz"
+                with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
+                    healthy.add(port)
+            time.sleep(0.2)
+        up.send_signal(signal.SIGINT)
+        code = up.wait(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    output = up.stdout.read() if up.stdout else ""
+
+    assert len(healthy) == 5
+    assert code == 0
+    assert output.count("token (shown once)") == 10
+    assert "Ctrl-C stops it" in output
+    left = subprocess.run(["pgrep", "-f", str(demo / "nodes")], capture_output=True, check=False)
+    assert left.stdout == b""
 
 
 def test_python_dash_m_network_is_cpn(tmp_path: Path) -> None:

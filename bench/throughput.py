@@ -1,0 +1,258 @@
+"""Two nodes, one stream: delivered-with-verified-receipt rate and latency, beside the floor.
+
+    .venv/bin/python bench/throughput.py [--messages 10000] [--concurrency 32] [--flash-every 50]
+
+Starts FRA and DEU as separate processes on 127.0.0.1 (real TLS, SQLite,
+WebSockets), posts the messages to FRA's HTTP API as an officer would
+(urgent preservation requests of ~2 KiB, one `flash` every N), and waits
+until FRA holds a verified end-to-end receipt for every one. Latency is
+composed (the header's `created`) to delivered (the sender's state change on
+the verified receipt), both on this machine's clock.
+
+The floor is measured in this same run, in one process, back to back: the
+same seal+sign, verify+open, receipt sign and receipt verify calls, and the
+same three durable SQLite commits a message needs at least (queued at the
+sender, received at the receiver, delivered at the sender), with
+synchronous=FULL as the node uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from network.config import load_config
+from network.envelope import (
+    check_receipt_for,
+    make_receipt,
+    open_envelope,
+    seal,
+    verify_envelope,
+    verify_receipt,
+)
+from network.keys import load_node_keys
+from network.node import load_current_roster
+from network.records import MessageType, NodeId, Outcome, Priority
+from network.samples import sample_body
+from tests.harness import Network
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def floor_per_message(network: Network, rounds: int = 300) -> dict[str, float]:
+    """Median seconds of each primitive step a delivered message needs, in one process."""
+    fra = load_node_keys(network.keys / "FRA", NodeId("FRA"))
+    deu = load_node_keys(network.keys / "DEU", NodeId("DEU"))
+    roster = load_current_roster(load_config(network.nodes["FRA"].config))
+    body = sample_body("preservation")
+    folder = Path(tempfile.mkdtemp())
+    db = sqlite3.connect(folder / "floor.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, state TEXT, envelope BLOB)")
+    steps: dict[str, list[float]] = {
+        k: [] for k in ("seal", "open", "receipt", "verify_receipt", "commits")
+    }
+    for index in range(rounds):
+        now = int(time.time() * 1000)
+        t0 = time.perf_counter()
+        envelope = seal(
+            sender=NodeId("FRA"),
+            recipient=NodeId("DEU"),
+            message_type=MessageType.PRESERVATION,
+            body=body,
+            priority=Priority.URGENT,
+            now=now,
+            random_bytes=os.urandom(10),
+            signing_key=fra.signing,
+            recipient_key=roster.active_card("DEU").hpke_key,
+        )
+        t1 = time.perf_counter()
+        opened = open_envelope(
+            verify_envelope(envelope.raw, roster=roster, now=now),
+            me=NodeId("DEU"),
+            hpke_key=deu.hpke,
+            roster=roster,
+        )
+        t2 = time.perf_counter()
+        receipt = make_receipt(
+            message_id=opened.header.id,
+            message_sender=opened.header.sender,
+            envelope_raw=envelope.raw,
+            me=NodeId("DEU"),
+            signing_key=deu.signing,
+            now=now,
+            random_bytes=os.urandom(10),
+            outcome=Outcome.ACCEPTED,
+        )
+        t3 = time.perf_counter()
+        check_receipt_for(verify_receipt(receipt.raw, roster=roster, now=now), envelope)
+        t4 = time.perf_counter()
+        for statement, params in (
+            ("INSERT INTO m VALUES (?, 'queued', ?)", (f"o{index}", envelope.raw)),
+            ("INSERT INTO m VALUES (?, 'received', ?)", (f"i{index}", envelope.raw)),
+            ("UPDATE m SET state = 'delivered' WHERE id = ?", (f"o{index}",)),
+        ):
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(statement, params)
+            db.execute("COMMIT")
+        t5 = time.perf_counter()
+        for key, spent in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            steps[key].append(spent)
+    db.close()
+    return {key: statistics.median(values) for key, values in steps.items()}
+
+
+async def post(session: aiohttp.ClientSession, api: str, priority: str) -> None:
+    request = {"to": "DEU", "type": "preservation", "priority": priority, "body": BODY}
+    async with session.post(f"{api}/api/messages", json=request) as response:
+        if response.status != 202:
+            raise RuntimeError(f"POST answered {response.status}: {await response.text()}")
+
+
+def session_for(network: Network) -> aiohttp.ClientSession:
+    token = network.nodes["FRA"].tokens["officer"]
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+
+
+async def post_flat_out(network: Network, count: int, concurrency: int) -> None:
+    """Closed loop: `concurrency` officers posting urgent requests back to back."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(count):
+        queue.put_nowait(index)
+    api = network.nodes["FRA"].api
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            await post(session, api, "urgent")
+
+    async with session_for(network) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+
+
+async def post_paced(network: Network, rate: float, seconds: float, flash_every: int) -> int:
+    """Open loop: urgent requests at a steady `rate`, one flash every `flash_every`."""
+    api = network.nodes["FRA"].api
+    count = int(rate * seconds)
+    async with session_for(network) as session:
+        tasks = []
+        start = time.monotonic()
+        for index in range(count):
+            await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
+            priority = "flash" if index % flash_every == 0 else "urgent"
+            tasks.append(asyncio.create_task(post(session, api, priority)))
+        await asyncio.gather(*tasks)
+    return count
+
+
+BODY = sample_body("preservation")
+
+
+def delivered(store: Path, since: int = 0) -> list[tuple[str, int, int]]:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        return db.execute(
+            "SELECT priority, created, updated FROM messages"
+            " WHERE box = 'out' AND state = 'delivered' AND created >= ?",
+            (since,),
+        ).fetchall()
+
+
+def wait_delivered(
+    store: Path, count: int, since: int, timeout: float
+) -> list[tuple[str, int, int]]:
+    deadline = time.monotonic() + timeout
+    rows: list[tuple[str, int, int]] = []
+    while time.monotonic() < deadline:
+        rows = delivered(store, since)
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.5)
+    raise SystemExit(f"only {len(rows)} of {count} delivered in {timeout}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--paced-share", type=float, default=0.5, help="of the measured rate")
+    parser.add_argument("--paced-seconds", type=float, default=30)
+    parser.add_argument("--flash-every", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="cpn-bench-"))
+    network = Network(root, {"FRA": ["DEU"], "DEU": ["FRA"]})
+    store = network.nodes["FRA"].store
+    try:
+        network.start("FRA")
+        network.start("DEU")
+        started = time.monotonic()
+        asyncio.run(post_flat_out(network, args.messages, args.concurrency))
+        posted = time.monotonic() - started
+        rows = wait_delivered(store, args.messages, 0, args.timeout)
+        first = min(created for _, created, _ in rows)
+        last = max(updated for _, _, updated in rows)
+        rate = len(rows) / ((last - first) / 1000)
+        latency = [float(updated - created) for _, created, updated in rows]
+
+        paced_rate = rate * args.paced_share
+        since = int(time.time() * 1000)
+        paced = asyncio.run(post_paced(network, paced_rate, args.paced_seconds, args.flash_every))
+        paced_rows = wait_delivered(store, paced, since, args.timeout)
+        network.stop("DEU")
+        network.stop("FRA")
+    finally:
+        network.close()
+    flash = [float(u - c) for p, c, u in paced_rows if p == "flash"]
+    urgent = [float(u - c) for p, c, u in paced_rows if p == "urgent"]
+    floor = floor_per_message(network)
+    floor_rate = 1 / sum(floor.values())
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"machine: {machine}")
+    print(
+        f"phase 1: {args.messages} urgent preservation requests FRA->DEU through the API, {args.concurrency} posting at once"
+    )
+    print(
+        f"  posting took {posted:.1f}s; first composed to last delivered {(last - first) / 1e3:.1f}s"
+    )
+    print(
+        f"phase 2: {paced} requests at {paced_rate:.0f}/s ({args.paced_share:.0%} of phase 1's rate), one flash in {args.flash_every}\n"
+    )
+    print(f"{'figure':<52} {'cpn':>9} {'floor':>9} {'ratio':>7}")
+    print(
+        f"{'delivered with verified receipt (msg/s)':<52} {rate:>9.0f} {floor_rate:>9.0f} {rate / floor_rate:>7.0%}"
+    )
+    print(
+        f"{'phase 1 latency p50 / p99 (ms), saturated':<52} {statistics.median(latency):>9.0f} {percentile(latency, 0.99):>9.0f}"
+    )
+    print(
+        f"{'phase 2 urgent latency p50 / p99 (ms)':<52} {statistics.median(urgent):>9.0f} {percentile(urgent, 0.99):>9.0f}"
+    )
+    print(
+        f"{'phase 2 flash latency p50 / p99 (ms), ' + str(len(flash)) + ' flash':<52} {statistics.median(flash):>9.0f} {percentile(flash, 0.99):>9.0f}"
+    )
+    print("\nfloor per message (median, one process, back to back):")
+    for key, value in floor.items():
+        print(f"  {key:<16} {value * 1e6:>8.0f} us")
+    print(f"  {'total':<16} {sum(floor.values()) * 1e6:>8.0f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The use cases over a real SQLite store, with the clock passed in."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from network.errors import BodyError
+from network.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
+from network.lifecycle import State
+from network.records import NodeId
+from network.roster import build_roster, load_roster
+from network.samples import sample_body
+from network.service import Service
+from network.store import SCHEMA_VERSION, Store, StoreError
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_795_000_000_000
+
+
+@dataclass
+class Clock:
+    now: int = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@dataclass
+class Pair:
+    fra: Service
+    deu: Service
+    clock: Clock
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    now = datetime.datetime.now(datetime.UTC)
+    init_keeper(tmp_path / "authority")
+    cards = [
+        init_node_keys(tmp_path / i, NodeId(i), url=f"wss://127.0.0.1:{p}", now=now)
+        for i, p in (("FRA", 1), ("DEU", 2))
+    ]
+    keeper = load_keeper(tmp_path / "authority")
+    data = build_roster(cards, keeper=keeper, version=1, issued=T0 - 1, valid_until=T0 + 10**10)
+    roster = load_roster(data, keeper=keeper.verify_key(), now=T0)
+    clock = Clock()
+    services = []
+    for node_id in ("FRA", "DEU"):
+        store = await Store.open(tmp_path / f"{node_id}.sqlite")
+        keys = load_node_keys(tmp_path / node_id, NodeId(node_id))
+        services.append(Service(keys=keys, roster=roster, store=store, clock=clock))
+    try:
+        yield Pair(services[0], services[1], clock)
+    finally:
+        for service in services:
+            await service.store.close()
+
+
+async def submit(service: Service, ttl_ms: int | None = None) -> str:
+    row = await service.submit(
+        user="olivia",
+        to="DEU",
+        message_type="emergency",
+        priority="urgent",
+        body=sample_body("emergency"),
+        ttl_ms=ttl_ms,
+    )
+    return row.id
+
+
+async def test_expired_message_is_raised_and_a_late_receipt_still_delivers(pair: Pair) -> None:
+    message_id = await submit(pair.fra, ttl_ms=60_000)
+    outbox = await pair.fra.outbox("DEU", 10)
+
+    pair.clock.now += 60_001
+    expired = await pair.fra.expire_due()
+    row = await pair.fra.store.message(message_id)
+    assert expired == [message_id] and row is not None and row.state is State.EXPIRED
+
+    pair.clock.now = T0 + 1000  # the receiver got it in time; its receipt comes late
+    receipts = await pair.deu.accept_envelopes("FRA", [outbox[0].envelope])
+    pair.clock.now = T0 + 120_000
+    settled = await pair.fra.accept_receipts("DEU", receipts)
+
+    row = await pair.fra.store.message(message_id)
+    assert settled == [message_id] and row is not None and row.state is State.DELIVERED
+    actions = [e["action"] for e in await pair.fra.store.audit_for(message_id)]
+    assert actions == ["composed", "sealed", "queued", "expired", "receipt_received", "delivered"]
+
+
+async def test_receiver_refuses_an_expired_envelope_with_a_signed_rejection(pair: Pair) -> None:
+    message_id = await submit(pair.fra, ttl_ms=60_000)
+    outbox = await pair.fra.outbox("DEU", 10)
+    pair.clock.now += 60_001
+
+    receipts = await pair.deu.accept_envelopes("FRA", [outbox[0].envelope])
+    await pair.fra.accept_receipts("DEU", receipts)
+
+    assert await pair.deu.store.message(message_id) is None
+    row = await pair.fra.store.message(message_id)
+    assert row is not None and row.state is State.REJECTED
+    stored = await pair.fra.store.receipts(message_id)
+    assert stored[0].outcome == "rejected" and stored[0].reason == "expired"
+    rejected = [e for e in await pair.deu.store.audit_for(message_id) if e["action"] == "rejected"]
+    assert rejected and rejected[0]["detail"]["reason"] == "expired"
+
+
+async def test_garbage_from_a_peer_is_audited_and_gets_no_receipt(pair: Pair) -> None:
+    receipts = await pair.deu.accept_envelopes("FRA", [b"{not json", b"\x00" * 10])
+
+    assert receipts == []
+    async with pair.deu.store.db.execute(
+        "SELECT actor, detail FROM audit WHERE action = 'rejected'"
+    ) as cursor:
+        rows = await cursor.fetchall()
+    assert len(rows) == 2 and rows[0][0] == "node:FRA" and "malformed" in rows[0][1]
+
+
+async def test_receipt_for_other_bytes_changes_nothing(pair: Pair) -> None:
+    first = await submit(pair.fra)
+    second = await submit(pair.fra)
+    outbox = {row.id: row for row in await pair.fra.outbox("DEU", 10)}
+    receipts = await pair.deu.accept_envelopes("FRA", [outbox[second].envelope])
+    forged = receipts[0].replace(second.encode(), first.encode())
+
+    settled = await pair.fra.accept_receipts("DEU", [forged])
+
+    assert settled == []
+    row = await pair.fra.store.message(first)
+    assert row is not None and row.state is State.QUEUED
+
+
+async def test_submit_names_the_bad_field_and_stores_nothing(pair: Pair) -> None:
+    body = sample_body("preservation", period_days=30)
+
+    with pytest.raises(BodyError) as refused:
+        await pair.fra.submit(
+            user="olivia", to="DEU", message_type="preservation", priority="urgent", body=body
+        )
+
+    assert refused.value.field == "body.period_days"
+    assert await pair.fra.store.messages(box="out") == []
+
+
+async def test_store_from_a_newer_cpn_is_refused(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "node.sqlite")
+    await store.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    await store.close()
+
+    with pytest.raises(StoreError, match="newer than this cpn"):
+        await Store.open(tmp_path / "node.sqlite")
+
+
+async def test_damaged_store_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(StoreError, match=r"node\.sqlite"):
+        await Store.open(path)
