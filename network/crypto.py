@@ -27,6 +27,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 from network.errors import BadSignatureError, DecryptError, KeyFileError, MalformedError
@@ -37,6 +39,7 @@ __all__ = [
     "HpkePublicKey",
     "HpkeSuite",
     "SigningKey",
+    "StorageKey",
     "VerifyKey",
     "certificate_pem",
     "check_certificate",
@@ -192,6 +195,16 @@ class HpkePrivateKey:
                 "sealed body does not open with our key (changed or not ours)"
             ) from exc
 
+    def storage_key(self) -> StorageKey:
+        """A symmetric key for this node's own data at rest, derived from its X25519 part.
+
+        HKDF-SHA256 (RFC 5869) with a fixed label: the same key files give the
+        same storage key, and it is never written anywhere.
+        """
+        secret = self._x25519.private_bytes_raw()
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cpn/v1 storage")
+        return StorageKey(derived.derive(secret))
+
     def part_pems(self, passphrase: bytes | None = None) -> dict[str, bytes]:
         """The PEM files this key is stored as: file name -> contents."""
         enc = _encryption(passphrase)
@@ -201,6 +214,25 @@ class HpkePrivateKey:
         if self._mlkem is not None:
             parts["hpke-mlkem768.key"] = self._mlkem.private_bytes(pem, pkcs8, enc)
         return parts
+
+
+class StorageKey:
+    """AES-256-GCM for a node's own copies (what it sent), bound to a context string."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, context: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, context)
+
+    def open(self, sealed: bytes, context: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], context)
+        except (InvalidTag, ValueError) as exc:
+            raise DecryptError("stored copy does not open with this node's key") from exc
 
 
 def generate_hpke_key(suite: HpkeSuite = HpkeSuite.MLKEM768_X25519) -> HpkePrivateKey:

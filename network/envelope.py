@@ -37,7 +37,14 @@ from enum import StrEnum
 from typing import Final, TypeVar
 
 from network.bodies import BODY_TYPES, Body, body_to_json, body_type, parse_body
-from network.crypto import HpkePrivateKey, HpkePublicKey, HpkeSuite, SigningKey, sha256
+from network.crypto import (
+    HpkePrivateKey,
+    HpkePublicKey,
+    HpkeSuite,
+    SigningKey,
+    StorageKey,
+    sha256,
+)
 from network.errors import (
     BodyError,
     ClockSkewError,
@@ -572,12 +579,12 @@ def check_receipt_matches(
         )
 
 
-def seal_to_self(plaintext: bytes, message_id: str, key: HpkePublicKey) -> bytes:
-    """The composer's copy of a plaintext, sealed to its own node key for its readers."""
+def seal_to_self(plaintext: bytes, message_id: str, key: StorageKey) -> bytes:
+    """The composer's copy of a plaintext, sealed with its own storage key for its readers."""
     return key.seal(plaintext, _SELF + message_id.encode())
 
 
-def open_from_self(sealed: bytes, message_id: str, key: HpkePrivateKey) -> bytes:
+def open_from_self(sealed: bytes, message_id: str, key: StorageKey) -> bytes:
     return key.open(sealed, _SELF + message_id.encode())
 
 

@@ -105,6 +105,7 @@ class Service:
         self.random_bytes = random_bytes
         self.skew_ms = skew_ms
         self.actor = f"node:{self.me}"
+        self._storage = keys.hpke.storage_key()
         self._outbox_signals: dict[str, asyncio.Event] = {}
         self.linked: dict[str, int] = {}  # peer -> linked since (ms), kept by the link layer
 
@@ -178,7 +179,7 @@ class Service:
             raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
         header = envelope.header
         assert envelope.plaintext is not None
-        self_sealed = seal_to_self(envelope.plaintext, header.id, self.keys.hpke.public)
+        self_sealed = seal_to_self(envelope.plaintext, header.id, self._storage)
         detail: dict[str, Any] = {"to": to, "type": message_type, "priority": priority}
         async with self.store.transaction(now) as tx:
             await tx.insert_message(
@@ -436,7 +437,7 @@ class Service:
             message_type, body, _ = read_stored(row.envelope, self.keys.hpke)
         else:
             assert row.self_sealed is not None
-            plaintext = open_from_self(row.self_sealed, row.id, self.keys.hpke)
+            plaintext = open_from_self(row.self_sealed, row.id, self._storage)
             message_type, body = read_plaintext(plaintext)
         async with self.store.transaction(self.clock()) as tx:
             current = await tx.message(row.id)
