@@ -507,7 +507,7 @@ def parse_body(message_type: MessageType | str, value: object) -> Body:
 
 
 def body_to_json(body: Body) -> dict[str, Any]:
-    """The JSON model of `body`: None fields omitted, enums as plain strings, tuples as lists."""
+    """The JSON model of `body`: None fields omitted, enums as (str) members, tuples as lists."""
     result = _to_json(body)
     assert isinstance(result, dict)
     return result
@@ -526,7 +526,6 @@ def body_type(body: Body) -> MessageType:
 
 _T = TypeVar("_T")
 _Converter = Callable[[object, str], Any]
-_Encoder = Callable[[Any], Any]
 _CONVERTERS: dict[Any, _Converter] = {}
 _ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
 
@@ -687,23 +686,55 @@ def _array(item: _Converter, value: object, path: str, rule: _Items) -> tuple[An
 
 
 def _to_json(value: object) -> Any:
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_to_json(item) for item in value]
     encode = _ENCODERS.get(type(value))
-    if encode is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = tuple(field.name for field in dataclasses.fields(value))
+    if encode is None:
+        encode = _ENCODERS[type(value)] = _record_encoder(type(value))
+    return encode(value)
 
-        def encode(record: Any) -> dict[str, Any]:
-            return {
-                name: item if type(item) is str else _to_json(item)
-                for name in names
-                if (item := getattr(record, name)) is not None
-            }
 
-        _ENCODERS[type(value)] = encode
-    return value if encode is None else encode(value)
+def _record_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """A record's JSON encoder, planned once from its type hints.
+
+    Strings, integers, booleans and StrEnum members (a str subclass, so JSON
+    strings as they are) pass through; records and tuples are converted.
+    """
+    hints = get_type_hints(cls, include_extras=True)
+    plan: list[tuple[str, Callable[[Any], Any] | None]] = []
+    for field in dataclasses.fields(cls):
+        hint = _bare(hints[field.name])
+        convert: Callable[[Any], Any] | None = None
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            convert = _to_json
+        elif get_origin(hint) is tuple:
+            item = _bare(get_args(hint)[0])
+            if isinstance(item, type) and dataclasses.is_dataclass(item):
+                convert = _records_to_json
+            else:
+                convert = list
+        plan.append((field.name, convert))
+
+    def encode(record: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, convert in plan:
+            item = getattr(record, name)
+            if item is not None:
+                out[name] = item if convert is None else convert(item)
+        return out
+
+    return encode
+
+
+def _records_to_json(items: tuple[Any, ...]) -> list[Any]:
+    return [_to_json(item) for item in items]
+
+
+def _bare(hint: Any) -> Any:
+    """A type hint without `| None`, `Annotated` or NewType around it."""
+    if get_origin(hint) is not None and NoneType in get_args(hint):
+        (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
+    if get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    return getattr(hint, "__supertype__", hint)
 
 
 def _join(path: str, name: str) -> str:

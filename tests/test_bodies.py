@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
+import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ from network.bodies import (
     parse_body,
 )
 from network.errors import BodyError
-from network.records import MessageId, MessageType
+from network.records import MessageId, MessageType, canonical
 from network.samples import SAMPLE_REQUEST_ID, sample_body
 
 
@@ -74,16 +76,17 @@ def test_parse_builds_typed_records() -> None:
     assert isinstance(body.data.identifiers, tuple)
 
 
-def test_to_json_omits_none_and_gives_plain_strings() -> None:
+def test_to_json_omits_none_and_gives_json_strings() -> None:
     body = parse_body("preservation", sample_body("preservation", custodian=None))
 
     result = body_to_json(body)
 
     assert "custodian" not in result
     assert "extends" not in result
-    assert type(result["status"]) is str
-    assert type(result["data"]["categories"][0]) is str
+    assert isinstance(result["status"], str)  # a StrEnum member is a str
+    assert json.dumps(result["data"]["categories"]) == '["subscriber", "traffic", "content"]'
     assert type(result["data"]["identifiers"]) is list
+    assert canonical(result) == rfc8785.dumps(json.loads(json.dumps(result)))
 
 
 def test_optional_fields_may_be_absent() -> None:
