@@ -28,6 +28,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/envelope.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
