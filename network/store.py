@@ -166,6 +166,14 @@ def _message(row: Sequence[Any]) -> MessageRow:
     return MessageRow(*values)
 
 
+async def _fetch_message(db: aiosqlite.Connection, message_id: str) -> MessageRow | None:
+    async with db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else _message(row)
+
+
 class Tx:
     """The writes of one transaction. Only the store hands these out."""
 
@@ -232,11 +240,7 @@ class Tx:
         return cursor.rowcount == 1
 
     async def message(self, message_id: str) -> MessageRow | None:
-        async with self.db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _message(row)
+        return await _fetch_message(self.db, message_id)
 
     async def transition(self, message: MessageRow, event: Event) -> State:
         """Move a message by the lifecycle table; returns the new state."""
@@ -393,11 +397,7 @@ class Store:
     # -- reads -----------------------------------------------------------------
 
     async def message(self, message_id: str) -> MessageRow | None:
-        async with self.db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _message(row)
+        return await _fetch_message(self.db, message_id)
 
     async def messages(
         self,

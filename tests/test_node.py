@@ -61,8 +61,10 @@ def test_preservation_request_is_delivered_end_to_end(pair: Network) -> None:
         sent["receipts"][0]["receipt"]["receipt"]["digest"]
         == seen["receipts"][0]["receipt"]["receipt"]["digest"]
     )
-    pair.stop("DEU")
-    pair.stop("FRA")
+    assert pair.stop("DEU") == 0  # SIGTERM: a clean stop
+    assert pair.stop("FRA") == 0
+    stopped = store_rows(pair.nodes["FRA"].store, "SELECT action FROM audit ORDER BY seq")
+    assert stopped[-1] == ("node_stopped",) and ("link_up",) in stopped
     for node_id in ("DEU", "FRA"):
         for suffix in ("", "-wal", "-shm"):
             path = Path(str(pair.nodes[node_id].store) + suffix)
