@@ -17,6 +17,8 @@ ConfigError naming the file and the key.
     keeper = "../keys/authority/keeper.json"
     [links]
     peers = ["DEU", "USA"]
+    [delivery]
+    retry_seconds = 60               # no end-to-end receipt by then: send again
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class NodeConfig:
     roster_path: Path
     keeper_path: Path
     peers: tuple[NodeId, ...]
+    retry_seconds: float = 60.0  # a message without an end-to-end receipt goes again after this
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -108,7 +111,11 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"{path}: links.peers: expected a list of alpha-3 codes, got {peers!r}")
     if node_id in peers:
         raise ConfigError(f"{path}: links.peers: a node cannot link to itself")
-    known = {"id", "peer", "api", "store", "keys", "links"}
+    delivery = doc.get("delivery", {})
+    retry = delivery.get("retry_seconds", 60) if isinstance(delivery, dict) else None
+    if isinstance(retry, bool) or not isinstance(retry, int | float) or not 1 <= retry <= 86_400:
+        raise ConfigError(f"{path}: delivery.retry_seconds: expected 1..86400 seconds")
+    known = {"id", "peer", "api", "store", "keys", "links", "delivery"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(f"{path}: {extra[0]}: unknown key")
@@ -130,4 +137,5 @@ def load_config(path: Path) -> NodeConfig:
         roster_path=resolve(_str(keys, "roster", where + "keys")),
         keeper_path=resolve(_str(keys, "keeper", where + "keys")),
         peers=tuple(NodeId(p) for p in peers),
+        retry_seconds=float(retry),
     )

@@ -81,6 +81,7 @@ __all__ = [
     "DEFAULT_TTL_MS",
     "MAX_BODY_BYTES",
     "MAX_ENVELOPE_BYTES",
+    "MAX_HOP_LIMIT",
     "MAX_RECEIPT_BYTES",
     "Envelope",
     "Header",
@@ -428,6 +429,7 @@ class Receipt:
     kid: str
     scope: ReceiptScope = ReceiptScope.END_TO_END
     reason: str | None = None
+    path: tuple[NodeId, ...] = ()  # the relays the message came through, as the receiver saw
     raw: bytes = field(default=b"", repr=False, compare=False)
     signature: bytes = field(default=b"", repr=False, compare=False)
 
@@ -448,6 +450,8 @@ class Receipt:
         }
         if self.reason is not None:
             value["reason"] = self.reason
+        if self.path:
+            value["path"] = list(self.path)
         return value
 
 
@@ -463,8 +467,13 @@ def make_receipt(
     outcome: Outcome,
     reason: str | None = None,
     scope: ReceiptScope = ReceiptScope.END_TO_END,
+    path: tuple[NodeId, ...] = (),
 ) -> Receipt:
-    """Sign a receipt for the envelope bytes exactly as received."""
+    """Sign a receipt for the envelope bytes exactly as received.
+
+    `message_sender` is whom the receipt answers: the message's sender for an
+    end-to-end receipt, the previous hop for a hop receipt.
+    """
     if (outcome is Outcome.REJECTED) != (reason is not None):
         raise ValueError("a reason goes with a rejected outcome, and only with it")
     unsigned = Receipt(
@@ -478,6 +487,7 @@ def make_receipt(
         kid=signing_key.kid,
         scope=scope,
         reason=reason,
+        path=path,
     )
     statement = unsigned.to_json()
     signature = signing_key.sign(_RECEIPT + canonical(statement))
@@ -519,6 +529,13 @@ def verify_receipt(
         raise MalformedError(f"{p}.digest: must be a SHA-256 digest")
     outcome = _enum(f, "outcome", p, Outcome)
     reason = f.str("reason", max_len=500) if f.has("reason") else None
+    path_value = f.any("path") if f.has("path") else []
+    if (
+        not isinstance(path_value, list)
+        or len(path_value) > MAX_HOP_LIMIT
+        or not all(is_node_id(n) for n in path_value)
+    ):
+        raise MalformedError(f"{p}.path: expected a list of at most {MAX_HOP_LIMIT} node ids")
     if (outcome is Outcome.REJECTED) != (reason is not None):
         raise MalformedError(f"{p}.reason: required with outcome rejected, and only then")
     receipt = Receipt(
@@ -532,6 +549,7 @@ def verify_receipt(
         kid=f.str("kid", max_len=64),
         scope=_enum(f, "scope", p, ReceiptScope),
         reason=reason,
+        path=tuple(NodeId(n) for n in path_value),
         raw=raw,
         signature=signature,
     )
@@ -566,7 +584,7 @@ def check_receipt_matches(
     """
     if receipt.message_id != message_id:
         raise DigestMismatchError(f"receipt is for {receipt.message_id}, not {message_id}")
-    if receipt.recipient != sender:
+    if receipt.scope is ReceiptScope.END_TO_END and receipt.recipient != sender:
         raise DigestMismatchError(f"receipt is addressed to {receipt.recipient}, not {sender}")
     if receipt.scope is ReceiptScope.END_TO_END and receipt.sender != recipient:
         raise DigestMismatchError(

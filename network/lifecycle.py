@@ -10,6 +10,10 @@ Rules:
   later accepting receipt for the same bytes is still believed.
 - The receiver's message is `received` once committed (before its receipt
   is sent), `opened` once an officer read it.
+- A relay's copy is `queued` once committed (before its hop receipt), `sent`
+  once written to the next hop, `forwarded` once the next hop took it on (its
+  hop receipt, or the recipient's end-to-end receipt). A forwarded copy goes
+  `queued` again when its sender sends it again (the end-to-end receipt was lost).
 - `acknowledged` and `answered` follow the officers' acts on either side.
 """
 
@@ -24,6 +28,8 @@ __all__ = [
     "INBOUND",
     "OUTBOUND",
     "PRIORITY_RANK",
+    "RELAY",
+    "TABLES",
     "Event",
     "IllegalTransition",
     "State",
@@ -41,6 +47,7 @@ class State(StrEnum):
     REJECTED = "rejected"
     RECEIVED = "received"
     OPENED = "opened"
+    FORWARDED = "forwarded"
 
 
 class Event(StrEnum):
@@ -50,6 +57,8 @@ class Event(StrEnum):
     RECEIPT = "receipt"  # a valid accepted or duplicate end-to-end receipt
     REFUSED = "refused"  # a valid rejected receipt
     EXPIRE = "expire"
+    HOP_RECEIPT = "hop_receipt"  # a relay took it on
+    REQUEUE = "requeue"  # the sender asks again for a relayed copy already forwarded
     OPEN = "open"
     ACKNOWLEDGE = "acknowledge"
     ANSWER = "answer"
@@ -69,6 +78,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
     S.SENT: {
         E.RESEND: S.SENT,
         E.LINK_LOST: S.QUEUED,
+        E.HOP_RECEIPT: S.SENT,
         E.RECEIPT: S.DELIVERED,
         E.REFUSED: S.REJECTED,
         E.EXPIRE: S.EXPIRED,
@@ -80,12 +90,35 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
     S.REJECTED: {E.RECEIPT: S.DELIVERED, E.REFUSED: S.REJECTED},
 }
 
+RELAY: Final[dict[State, dict[Event, State]]] = {
+    S.QUEUED: {
+        E.SEND: S.SENT,
+        E.EXPIRE: S.EXPIRED,
+        E.HOP_RECEIPT: S.FORWARDED,
+        E.RECEIPT: S.FORWARDED,
+        E.REQUEUE: S.QUEUED,
+    },
+    S.SENT: {
+        E.RESEND: S.SENT,
+        E.HOP_RECEIPT: S.FORWARDED,
+        E.RECEIPT: S.FORWARDED,
+        E.REFUSED: S.REJECTED,
+        E.EXPIRE: S.EXPIRED,
+        E.REQUEUE: S.SENT,
+    },
+    S.FORWARDED: {E.HOP_RECEIPT: S.FORWARDED, E.RECEIPT: S.FORWARDED, E.REQUEUE: S.QUEUED},
+    S.EXPIRED: {E.RECEIPT: S.FORWARDED, E.EXPIRE: S.EXPIRED, E.HOP_RECEIPT: S.FORWARDED},
+    S.REJECTED: {E.RECEIPT: S.FORWARDED, E.REFUSED: S.REJECTED, E.REQUEUE: S.REJECTED},
+}
+
 INBOUND: Final[dict[State, dict[Event, State]]] = {
     S.RECEIVED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
     S.OPENED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
     S.ACKNOWLEDGED: {E.OPEN: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
     S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED},
 }
+
+TABLES: Final = {"out": OUTBOUND, "in": INBOUND, "relay": RELAY}
 
 PRIORITY_RANK: Final = {Priority.FLASH: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import ssl
@@ -34,13 +35,17 @@ from network.crypto import certificate_pem, sha256
 from network.errors import CpnError, PeerError
 from network.keys import NodeKeys
 from network.protocol import (
+    FRAME_ANNOUNCE,
     FRAME_ENVELOPE,
     FRAME_RECEIPT,
+    FRAME_ROSTER,
     MAX_FRAME_BYTES,
     LinkHandshake,
     Role,
     backoff_delays,
+    envelope_frame,
     frame,
+    split_envelope,
     split_frame,
 )
 from network.records import NodeId
@@ -85,16 +90,16 @@ class Links:
         self,
         service: Service,
         keys: NodeKeys,
-        roster: Roster,
         *,
         host: str,
         port: int,
         peers: tuple[NodeId, ...],
         settings: LinkSettings = LinkSettings(),
+        on_roster: Callable[[Roster], Awaitable[None]] | None = None,
     ) -> None:
         self.service = service
         self.keys = keys
-        self.roster = roster
+        self.on_roster = on_roster
         self.host = host
         self.port = port
         self.peers = peers
@@ -114,14 +119,15 @@ class Links:
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.check_hostname = False  # peers are pinned by certificate, not by name
         context.verify_mode = ssl.CERT_REQUIRED  # the server requires a client certificate too
-        anchors = [
-            certificate_pem(entry.card.tls_cert)
-            for entry in self.roster.entries.values()
-            if entry.active
-        ]
-        context.load_verify_locations(cadata="".join(anchors))
+        context.load_verify_locations(cadata=self._anchors())
         context.load_cert_chain(self.keys.tls_cert, self.keys.tls_key)
         return context
+
+    def _anchors(self) -> str:
+        roster = self.service.roster
+        return "".join(
+            certificate_pem(e.card.tls_cert) for e in roster.entries.values() if e.active
+        )
 
     @staticmethod
     def _peer_cert(ws: Connection) -> bytes:
@@ -185,7 +191,7 @@ class Links:
         wake = self._wake.get(handshake.peer)
         if wake is not None:
             wake.set()  # any contact resets the dialler's backoff
-        await self._link(ws, handshake.peer, dialler=handshake.peer)
+        await self._link(ws, handshake.peer, handshake.peer, handshake.peer_roster_version)
 
     async def _dial_forever(self, peer: NodeId) -> None:
         delays = backoff_delays(base=self.settings.backoff_base, cap=self.settings.backoff_cap)
@@ -221,7 +227,7 @@ class Links:
                 )
 
     async def _dial(self, peer: NodeId) -> None:
-        card = self.roster.active_card(peer)
+        card = self.service.roster.active_card(peer)
         async with connect(card.url, ssl=self._client_ssl, proxy=None, **self._options()) as ws:
             peer_cert = self._peer_cert(ws)
             handshake = self._handshake(Role.CLIENT, peer_cert, peer)
@@ -230,14 +236,14 @@ class Links:
             except PeerError as exc:
                 await ws.close(1008, exc.reason)
                 raise
-            await self._link(ws, peer, dialler=self.me)
+            await self._link(ws, peer, self.me, handshake.peer_roster_version)
 
     def _handshake(self, role: Role, peer_cert: bytes, peer: NodeId | None) -> LinkHandshake:
         return LinkHandshake(
             role=role,
             me=self.me,
             signing_key=self.keys.signing,
-            roster=self.roster,
+            roster=self.service.roster,
             my_cert_sha256=self._my_cert,
             peer_cert_sha256=peer_cert,
             nonce=os.urandom(32),
@@ -267,7 +273,7 @@ class Links:
 
     # -- an established link ---------------------------------------------------------
 
-    async def _link(self, ws: Connection, peer: NodeId, *, dialler: NodeId) -> None:
+    async def _link(self, ws: Connection, peer: NodeId, dialler: NodeId, peer_roster: int) -> None:
         link = _Link(peer, ws, dialler, self.service.clock())
         existing = self.active.get(peer)
         keep_dialler = min(self.me, peer)
@@ -284,15 +290,54 @@ class Links:
         )
         log.info("%s: linked with %s", self.me, peer)
         try:
+            # What the new peer should know: the roster if ours is newer, every announcement.
+            if self.service.roster.version > peer_roster:
+                await ws.send(frame(FRAME_ROSTER, self.service.roster.raw))
+            for raw in self.service.announcements():
+                await ws.send(frame(FRAME_ANNOUNCE, raw))
+            await self._announce()
             await self._carry(link)
+        except ConnectionClosed:
+            pass
         finally:
             if self.active.get(peer) is link:
                 del self.active[peer]
                 self.service.linked.pop(peer, None)
+                with contextlib.suppress(CpnError, ConnectionClosed):
+                    await self._announce()
             link.closed.set()
             with contextlib.suppress(Exception):
                 await ws.close()
             log.info("%s: link with %s closed", self.me, peer)
+
+    async def _announce(self) -> None:
+        """Tell every peer which links we have now."""
+        announcement = self.service.links_changed()
+        await self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
+
+    async def _broadcast(self, data: bytes, *, but: NodeId | None = None) -> None:
+        for peer, link in list(self.active.items()):
+            if peer != but:
+                with contextlib.suppress(ConnectionClosed):
+                    await link.ws.send(data)
+
+    async def adopt_roster(self, raw: bytes, source: str) -> Roster | None:
+        """A roster from a peer or the operator: adopt it if newer, pass it on, act on it."""
+        roster = await self.service.accept_roster(raw, source)
+        if roster is None:
+            return None
+        anchors = self._anchors()
+        for context in (self._server_ssl, self._client_ssl):
+            context.load_verify_locations(cadata=anchors)  # new contact points' certificates
+        if self.on_roster is not None:
+            await self.on_roster(roster)
+        await self._broadcast(frame(FRAME_ROSTER, raw), but=NodeId(source))
+        for peer, link in list(self.active.items()):
+            entry = roster.entries.get(peer)
+            if entry is None or not entry.active:
+                log.warning("%s: closing the link with %s: no longer in the roster", self.me, peer)
+                await link.ws.close(1008, "revoked")
+        return roster
 
     async def _carry(self, link: _Link) -> None:
         inflight: dict[str, float] = {}
@@ -311,6 +356,8 @@ class Links:
             for task in tasks:
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(CpnError):
+                await self.service.release(list(inflight))
         for result in results:
             if isinstance(result, PeerError):
                 await self._record_refusal(link.peer, "link_protocol_error", result)
@@ -337,7 +384,7 @@ class Links:
         inflight: dict[str, float],
         room: asyncio.Event,
     ) -> None:
-        pending: list[bytes] = []  # envelopes taken from the queue, not yet handled
+        pending: list[tuple[tuple[NodeId, ...], bytes]] = []  # envelopes not yet handled
         while True:
             if not pending or not incoming.empty():
                 frames = [] if pending else [await incoming.get()]
@@ -347,29 +394,43 @@ class Links:
                 for message in frames:
                     kind, payload = split_frame(message)
                     if kind == FRAME_ENVELOPE:
-                        pending.append(payload)
+                        pending.append(split_envelope(payload))
                     elif kind == FRAME_RECEIPT:
                         receipts.append(payload)
+                    elif kind == FRAME_ANNOUNCE:
+                        await self._take_announcement(link.peer, payload)
+                    elif kind == FRAME_ROSTER:
+                        await self.adopt_roster(payload, link.peer)
                     else:
-                        raise PeerError(
-                            f"{kind.decode()} frame after the handshake", reason="protocol"
-                        )
+                        problem = f"{kind.decode()} frame after the handshake"
+                        raise PeerError(problem, reason="protocol")
                 if receipts:
                     for message_id in await self.service.accept_receipts(link.peer, receipts):
                         inflight.pop(message_id, None)
                     room.set()
             if pending:
                 # Flash first (a scheduling hint read from the clear header; checks come later).
-                pending.sort(key=_rank_hint)
+                pending.sort(key=lambda item: _rank_hint(item[1]))
                 batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
-                for receipt in await self.service.accept_envelopes(link.peer, batch):
-                    await link.ws.send(frame(FRAME_RECEIPT, receipt))
+                for answer in await self.service.accept_envelopes(link.peer, batch):
+                    await link.ws.send(frame(FRAME_RECEIPT, answer))
+
+    async def _take_announcement(self, peer: NodeId, payload: bytes) -> None:
+        try:
+            news = self.service.accept_announcement(payload)
+        except CpnError as exc:  # unknown or revoked node, bad signature: not passed on
+            log.info("%s: ignored an announcement from %s: %s", self.me, peer, exc)
+            return
+        if news:
+            await self._broadcast(frame(FRAME_ANNOUNCE, payload), but=peer)
 
     async def _write(self, link: _Link, inflight: dict[str, float], room: asyncio.Event) -> None:
         signal = self.service.outbox_signal(link.peer)
         while True:
             signal.clear()
             room.clear()
+            for receipt in self.service.take_receipts_for(link.peer):
+                await link.ws.send(frame(FRAME_RECEIPT, receipt))
             free = self.settings.window - len(inflight)
             reserve = free + self.settings.flash_reserve
             if reserve > 0:
@@ -378,7 +439,10 @@ class Links:
                 )
                 if rows:
                     for row in rows:
-                        await link.ws.send(frame(FRAME_ENVELOPE, row.envelope))
+                        path = (
+                            [NodeId(n) for n in json.loads(row.path)] if row.box == "relay" else []
+                        )
+                        await link.ws.send(envelope_frame(path, row.envelope))
                         inflight[row.id] = time.monotonic()
                     await self.service.mark_sent(link.peer, [row.id for row in rows])
                     continue

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -40,6 +41,7 @@ def now_ms() -> int:
 class NodeSettings:
     links: LinkSettings = field(default_factory=LinkSettings)
     expiry_scan_interval: float = 5.0
+    roster_poll_interval: float = 1.0
 
 
 def load_current_roster(config: NodeConfig) -> Roster:
@@ -59,22 +61,39 @@ async def run_node(
     """Run one node until `stop` is set. Raises CpnError if it cannot start."""
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
     keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
+    keeper = load_keeper_public(config.keeper_path)
     roster = load_current_roster(config)
-    roster.active_card(config.id)  # refuses to run a node the roster does not list as active
     store = await Store.open(config.store_path)
     try:
-        service = Service(keys=keys, roster=roster, store=store, clock=now_ms)
+        kept = await store.latest_roster()
+        if kept is not None:  # a newer roster than the file may have reached us by a peer
+            with contextlib.suppress(RosterError):
+                roster = load_roster(kept, keeper=keeper, now=now_ms(), held=roster)
+        roster.active_card(config.id)  # refuses to run a node the roster does not list as active
+        service = Service(
+            keys=keys,
+            roster=roster,
+            store=store,
+            clock=now_ms,
+            keeper=keeper,
+            retry_ms=int(config.retry_seconds * 1000),
+        )
         await service.audit(
             [AuditEntry(service.actor, "node_started", None, {"roster": roster.version})]
         )
+        roster_file = RosterFile(config.roster_path)
+
+        async def save_roster(adopted: Roster) -> None:
+            roster_file.write(adopted.raw)
+
         links = Links(
             service,
             keys,
-            roster,
             host=config.peer_host,
             port=config.peer_port,
             peers=config.peers,
             settings=settings.links,
+            on_roster=save_roster,
         )
         await links.listen()
         runner = web.AppRunner(build_app(service), access_log=None)
@@ -94,15 +113,55 @@ async def run_node(
                 scan_task = group.create_task(
                     _expiry_scan(service, settings.expiry_scan_interval), name="expiry"
                 )
+                watch_task = group.create_task(
+                    _watch_roster(roster_file, links, settings.roster_poll_interval), name="roster"
+                )
                 await stop.wait()
-                link_task.cancel()
-                scan_task.cancel()
+                for task in (link_task, scan_task, watch_task):
+                    task.cancel()
         finally:
             await runner.cleanup()
             with contextlib.suppress(Exception):
                 await service.audit([AuditEntry(service.actor, "node_stopped", None, {})])
     finally:
         await store.close()
+
+
+class RosterFile:
+    """The node's roster file: the operator drops a new version here; adopted ones land here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size)
+
+    def changed(self) -> bytes | None:
+        stamp = self._stamp()
+        if stamp == self._seen or stamp is None:
+            return None
+        self._seen = stamp
+        data = self.path.read_bytes()
+        return data if len(data) <= MAX_ROSTER_BYTES else None
+
+    def write(self, data: bytes) -> None:
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+        self._seen = self._stamp()
+
+
+async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        data = roster_file.changed()
+        if data is not None:
+            await links.adopt_roster(data, "file")
 
 
 async def _expiry_scan(service: Service, interval: float) -> None:

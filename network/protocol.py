@@ -4,10 +4,12 @@ Frames are binary WebSocket messages: one ASCII letter saying what follows,
 then the payload. Envelopes and receipts travel as their exact bytes, so that
 digests computed on either side agree.
 
-    H  hello      canonical JSON {"v", "node", "to", "nonce", "roster"}
-    A  auth       canonical JSON {"sig"}
-    E  envelope   the envelope bytes
-    R  receipt    the receipt bytes
+    H  hello          canonical JSON {"v", "node", "to", "nonce", "roster"}
+    A  auth           canonical JSON {"sig"}
+    E  envelope       n (1 byte), the n relays it came through (3 bytes each), the envelope
+    R  receipt        the receipt bytes (hop or end to end)
+    N  announcement   a node's signed list of its live links (`routing`)
+    S  roster         a roster document (the register keeper's signature decides)
 
 The handshake (after TLS, where each end already presented the certificate
 the roster lists for it):
@@ -28,12 +30,12 @@ envelope may flow before both signatures verified.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Final
 
 from network.crypto import SigningKey
-from network.envelope import MAX_ENVELOPE_BYTES, MAX_RECEIPT_BYTES
+from network.envelope import MAX_ENVELOPE_BYTES, MAX_HOP_LIMIT, MAX_RECEIPT_BYTES
 from network.errors import BadSignatureError, MalformedError, OversizeError, PeerError
 from network.records import (
     PROTOCOL_VERSION,
@@ -44,19 +46,24 @@ from network.records import (
     is_node_id,
     parse_canonical,
 )
-from network.roster import Roster
+from network.roster import MAX_ROSTER_BYTES, Roster
+from network.routing import MAX_ANNOUNCEMENT_BYTES
 
 __all__ = [
+    "FRAME_ANNOUNCE",
     "FRAME_AUTH",
     "FRAME_ENVELOPE",
     "FRAME_HELLO",
     "FRAME_RECEIPT",
+    "FRAME_ROSTER",
     "MAX_FRAME_BYTES",
     "HandshakeError",
     "LinkHandshake",
     "Role",
     "backoff_delays",
+    "envelope_frame",
     "frame",
+    "split_envelope",
     "split_frame",
 ]
 
@@ -64,9 +71,18 @@ FRAME_HELLO: Final = b"H"
 FRAME_AUTH: Final = b"A"
 FRAME_ENVELOPE: Final = b"E"
 FRAME_RECEIPT: Final = b"R"
-MAX_FRAME_BYTES: Final = 1 + max(MAX_ENVELOPE_BYTES, MAX_RECEIPT_BYTES)
+FRAME_ANNOUNCE: Final = b"N"
+FRAME_ROSTER: Final = b"S"
 _MAX_HANDSHAKE_BYTES: Final = 1024
-_KINDS: Final = {FRAME_HELLO, FRAME_AUTH, FRAME_ENVELOPE, FRAME_RECEIPT}
+_LIMITS: Final = {
+    FRAME_HELLO: _MAX_HANDSHAKE_BYTES,
+    FRAME_AUTH: _MAX_HANDSHAKE_BYTES,
+    FRAME_ENVELOPE: 1 + 3 * MAX_HOP_LIMIT + MAX_ENVELOPE_BYTES,
+    FRAME_RECEIPT: MAX_RECEIPT_BYTES,
+    FRAME_ANNOUNCE: MAX_ANNOUNCEMENT_BYTES,
+    FRAME_ROSTER: MAX_ROSTER_BYTES,
+}
+MAX_FRAME_BYTES: Final = 1 + max(_LIMITS.values())
 
 
 class HandshakeError(PeerError):
@@ -86,12 +102,36 @@ def split_frame(data: bytes | str) -> tuple[bytes, bytes]:
     """(kind, payload) of a received frame; refuses text, unknown kinds and oversize frames."""
     if isinstance(data, str):
         raise MalformedError("text frame: links carry binary frames only")
-    if len(data) > MAX_FRAME_BYTES:
-        raise OversizeError(f"frame of {len(data)} bytes, over the limit of {MAX_FRAME_BYTES}")
     kind = data[:1]
-    if kind not in _KINDS:
+    limit = _LIMITS.get(kind)
+    if limit is None:
         raise MalformedError(f"unknown frame kind {kind!r}")
+    if len(data) - 1 > limit:
+        raise OversizeError(f"{kind.decode()} frame of {len(data)} bytes, over its limit {limit}")
     return kind, data[1:]
+
+
+def envelope_frame(path: Sequence[NodeId], envelope: bytes) -> bytes:
+    """An E frame: the relays so far, then the envelope bytes exactly."""
+    return FRAME_ENVELOPE + bytes([len(path)]) + "".join(path).encode("ascii") + envelope
+
+
+def split_envelope(payload: bytes) -> tuple[tuple[NodeId, ...], bytes]:
+    """(path, envelope) of an E frame's payload."""
+    if not payload:
+        raise MalformedError("empty envelope frame")
+    count = payload[0]
+    if count > MAX_HOP_LIMIT:
+        raise MalformedError(f"envelope frame claims {count} relays, over {MAX_HOP_LIMIT}")
+    ids = payload[1 : 1 + 3 * count]
+    try:
+        text = ids.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedError("envelope frame path is not ASCII") from None
+    path = tuple(NodeId(text[i : i + 3]) for i in range(0, len(text), 3))
+    if len(path) != count or not all(is_node_id(n) for n in path):
+        raise MalformedError("envelope frame path is not a list of node ids")
+    return path, payload[1 + 3 * count :]
 
 
 class LinkHandshake:
@@ -127,6 +167,7 @@ class LinkHandshake:
         self.peer: NodeId | None = expected_peer
         self.done = False
         self._sent_auth = False
+        self.peer_roster_version = 0
 
     def start(self) -> list[bytes]:
         """The frames to send first: the client speaks first."""
@@ -175,7 +216,7 @@ class LinkHandshake:
         node = f.str("node", max_len=3)
         to = f.str("to", max_len=3)
         nonce = f.bytes("nonce")
-        f.int("roster")
+        self.peer_roster_version = f.int("roster")
         f.done()
         if not is_node_id(node):
             raise HandshakeError(f"hello.node: {node!r} is not a node id")

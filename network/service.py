@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from network.crypto import VerifyKey
 from network.envelope import (
     DEFAULT_SKEW_MS,
     MAX_ENVELOPE_BYTES,
@@ -24,6 +27,7 @@ from network.envelope import (
     Header,
     OpenedMessage,
     Receipt,
+    ReceiptScope,
     check_receipt_matches,
     make_receipt,
     open_envelope,
@@ -35,7 +39,14 @@ from network.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.errors import BodyError, CpnError, PeerError, UnknownNodeError
+from network.errors import (
+    BodyError,
+    CpnError,
+    DigestMismatchError,
+    PeerError,
+    RosterError,
+    UnknownNodeError,
+)
 from network.keys import NodeKeys
 from network.lifecycle import PRIORITY_RANK, Event, State
 from network.records import (
@@ -47,8 +58,9 @@ from network.records import (
     is_node_id,
     parse_canonical,
 )
-from network.roster import Roster
-from network.store import AuditEntry, MessageRow, ReceiptRow, Store, UserRow
+from network.roster import Roster, load_roster
+from network.routing import Announcement, RoutingTable, make_announcement, verify_announcement
+from network.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow
 
 __all__ = ["ROLES", "Service", "hash_token", "issue_token", "summary"]
 
@@ -77,11 +89,28 @@ async def issue_token(store: Store, name: str, role: str, *, actor: str, now: in
 
 @dataclass
 class _Inbound:
+    """One envelope from a link, as the checks leave it."""
+
     raw: bytes
+    path: tuple[NodeId, ...]
+    link: NodeId  # the peer it came from: the previous hop
     envelope: Envelope | None = None
-    opened: OpenedMessage | None = None
+    opened: OpenedMessage | None = None  # for us, checked and opened
+    relay: bool = False  # for another node: to store and forward
+    requeue: MessageRow | None = None  # a forwarded copy its sender asks for again
     receipt: Receipt | None = None
     audit: list[AuditEntry] = field(default_factory=list)
+
+
+class HopLimitError(PeerError):
+    reason = "hop_limit"
+
+
+class NoSuchRecipientError(PeerError):
+    reason = "unknown_recipient"
+
+
+MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 
 
 class Service:
@@ -96,6 +125,8 @@ class Service:
         clock: Callable[[], int],
         random_bytes: Callable[[int], bytes] = os.urandom,
         skew_ms: int = DEFAULT_SKEW_MS,
+        retry_ms: int = 60_000,
+        keeper: VerifyKey | None = None,
     ) -> None:
         self.me = keys.node_id
         self.keys = keys
@@ -106,14 +137,69 @@ class Service:
         self.skew_ms = skew_ms
         self.actor = f"node:{self.me}"
         self._storage = keys.hpke.storage_key()
+        self.retry_ms = retry_ms
+        self.keeper = keeper  # the pinned register keeper key: new rosters need its signature
         self._outbox_signals: dict[str, asyncio.Event] = {}
         self.linked: dict[str, int] = {}  # peer -> linked since (ms), kept by the link layer
+        self.routing = RoutingTable(self.me)
+        self._announce_seq = 0
+        self._pending_receipts: dict[NodeId, deque[bytes]] = {}
 
     # -- signals for the link layer ----------------------------------------------
 
     def outbox_signal(self, peer: str) -> asyncio.Event:
-        """Set whenever something is queued for `peer`."""
+        """Set whenever something may have become sendable over the link to `peer`."""
         return self._outbox_signals.setdefault(peer, asyncio.Event())
+
+    def wake(self, destination: str | None = None) -> None:
+        """Wake the link that now carries traffic for `destination` (all links if None)."""
+        hops = self.routing.next_hops(NodeId(destination)) if destination else ()
+        for peer in hops[:1] or list(self.linked):
+            self.outbox_signal(peer).set()
+
+    # -- routing -----------------------------------------------------------------
+
+    def links_changed(self) -> Announcement:
+        """Our live links changed: recompute routes and sign a new announcement."""
+        self.routing.set_linked(NodeId(p) for p in self.linked)
+        self.wake()
+        self._announce_seq = max(self._announce_seq + 1, self.clock())
+        return make_announcement(
+            self.me, self._announce_seq, self.routing.linked, self.keys.signing
+        )
+
+    def accept_announcement(self, raw: bytes) -> bool:
+        """Take a peer's flooded announcement; True when it is news to pass on."""
+        announcement = verify_announcement(raw, self.roster)
+        if announcement.node == self.me:
+            return False
+        if not self.routing.accept(announcement):
+            return False
+        self.wake()
+        return True
+
+    def announcements(self) -> list[bytes]:
+        return [a.raw for a in self.routing.announcements.values()]
+
+    def _first_hop(self, destination: str) -> NodeId | None:
+        hops = self.routing.next_hops(NodeId(destination))
+        return hops[0] if hops else None
+
+    def take_receipts_for(self, peer: str) -> list[bytes]:
+        """End-to-end receipts passing through us whose route now starts at `peer`."""
+        taken: list[bytes] = []
+        for destination, queue in self._pending_receipts.items():
+            if queue and self._first_hop(destination) == peer:
+                taken.extend(queue)
+                queue.clear()
+        return taken
+
+    def _pass_on(self, receipt: Receipt) -> None:
+        queue = self._pending_receipts.setdefault(
+            receipt.recipient, deque(maxlen=MAX_PENDING_RECEIPTS)
+        )
+        queue.append(receipt.raw)
+        self.wake(receipt.recipient)
 
     # -- users -------------------------------------------------------------------
 
@@ -219,46 +305,63 @@ class Service:
     async def outbox(
         self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
     ) -> list[MessageRow]:
+        """Ours and relayed messages whose best route now starts with the link to `peer`."""
+        destinations = [
+            d for d, hops in self.routing.reachable().items() if hops and hops[0] == peer
+        ]
         max_rank = PRIORITY_RANK[Priority.FLASH] if flash_only else max(PRIORITY_RANK.values())
-        return await self.store.outbox(peer, limit, exclude, max_rank)
+        rows = await self.store.outbox(destinations, limit + len(exclude), self.clock(), max_rank)
+        skip = set(exclude)
+        return [row for row in rows if row.id not in skip][:limit]
 
     async def mark_sent(self, peer: str, ids: Sequence[str]) -> None:
-        async with self.store.transaction(self.clock(), durable=False) as tx:
+        """Written to the link to `peer`; without a receipt they go again after `retry_ms`."""
+        now = self.clock()
+        async with self.store.transaction(now, durable=False) as tx:
             entries = []
             for message_id in ids:
                 row = await tx.message(message_id)
                 if row is None or row.state not in (State.QUEUED, State.SENT):
                     continue  # a receipt or the expiry scan got there first
-                event = Event.SEND if row.state is State.QUEUED else Event.RESEND
-                await tx.transition(row, event)
-                entries.append(
-                    AuditEntry(
-                        self.actor, "sent", message_id, {"to": peer, "attempt": row.attempts + 1}
-                    )
-                )
+                await tx.sent(row, peer, now + self.retry_ms)
+                detail = {"to": peer, "attempt": row.attempts + 1}
+                action = "sent" if row.box == "out" else "forwarded_to"
+                entries.append(AuditEntry(self.actor, action, message_id, detail))
             await tx.audit(entries)
 
-    async def accept_envelopes(self, peer: str, raws: Sequence[bytes]) -> list[bytes]:
-        """Verify, open and commit envelopes from a linked peer; return the receipts to send.
+    async def release(self, ids: Sequence[str]) -> None:
+        """A link went down with these in flight and no receipt: they may go again at once."""
+        if ids:
+            async with self.store.transaction(self.clock(), durable=False) as tx:
+                await tx.retry_now(ids)
+            self.wake()
 
-        Every envelope gets a signed receipt when its id and sender can be
-        read: `accepted` once committed, `duplicate` when its id is already
-        stored, `rejected` with the reason otherwise. Refusals are audited.
+    async def accept_envelopes(
+        self, peer: str, frames: Sequence[tuple[tuple[NodeId, ...], bytes]]
+    ) -> list[bytes]:
+        """Verify and commit envelopes from a linked peer; return what to send back on the link.
+
+        For us: opened, checked, committed, then a signed end-to-end receipt
+        (`accepted`, `duplicate`, or `rejected` with the reason). For another
+        node: the outer signature and times checked (the body stays sealed: we
+        hold no key for it), committed to our outbox, then a signed hop receipt.
+        Refusals are audited.
         """
         now = self.clock()
-        items = [_Inbound(raw) for raw in raws]
-        # Ids already stored, read in one query; ids seen earlier in this batch join them.
-        seen = await self.store.known_ids([i for i in (_peek_id(item.raw) for item in items) if i])
+        items = [_Inbound(raw, path, NodeId(peer)) for path, raw in frames]
+        known = await self.store.known_ids([i for i in (_peek_id(it.raw) for it in items) if i])
+        stored = {i: await self.store.message(i) for i in known}
         for item in items:
-            self._check_inbound(peer, item, now, seen)
+            self._check_inbound(NodeId(peer), item, now, known, stored)
         async with self.store.transaction(now) as tx:
             for item in items:
                 if item.opened is not None:
                     header = item.opened.header
-                    inserted = await tx.insert_message(
+                    await tx.insert_message(
                         id=header.id,
                         box="in",
                         peer=header.sender,
+                        origin=header.sender,
                         type=str(item.opened.message_type),
                         priority=str(header.priority),
                         priority_rank=PRIORITY_RANK[header.priority],
@@ -268,22 +371,57 @@ class Service:
                         received=now,
                         envelope=item.raw,
                         digest=item.opened.envelope.digest,
+                        path=json.dumps(list(item.path)),
                     )
-                    assert inserted, "dedup is checked under the same lock"
+                elif item.relay and item.envelope is not None:
+                    header = item.envelope.header
+                    await tx.insert_message(
+                        id=header.id,
+                        box="relay",
+                        peer=header.recipient,
+                        origin=header.sender,
+                        type="",  # sealed: a relay cannot know
+                        priority=str(header.priority),
+                        priority_rank=PRIORITY_RANK[header.priority],
+                        state=State.QUEUED,
+                        created=header.created,
+                        expires=header.expires,
+                        received=now,
+                        envelope=item.raw,
+                        digest=item.envelope.digest,
+                        path=json.dumps([*item.path, self.me]),
+                    )
+                if item.requeue is not None:
+                    await tx.transition(item.requeue, Event.REQUEUE)
+                    await tx.retry_now([item.requeue.id])
                 if item.receipt is not None:
                     await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 await tx.audit(item.audit)
             await tx.peer_contact(peer)
+        for item in items:
+            if item.relay or item.requeue is not None:
+                assert item.envelope is not None
+                self.wake(item.envelope.header.recipient)
         return [item.receipt.raw for item in items if item.receipt is not None]
 
-    def _check_inbound(self, peer: str, item: _Inbound, now: int, seen: set[str]) -> None:
+    def _check_inbound(
+        self,
+        peer: NodeId,
+        item: _Inbound,
+        now: int,
+        known: set[str],
+        stored: dict[str, MessageRow | None],
+    ) -> None:
         link_actor = f"node:{peer}"
         try:
             envelope = verify_envelope(item.raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
             item.envelope = envelope
             header = envelope.header
-            if header.id in seen:
-                item.receipt = self._receipt(header, item.raw, Outcome.DUPLICATE, None, now)
+            if header.recipient != self.me:
+                self._check_relay(peer, item, now, known, stored)
+                return
+            if header.id in known:
+                item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
                 item.audit.append(
                     AuditEntry(link_actor, "duplicate", header.id, {"from": header.sender})
                 )
@@ -293,6 +431,7 @@ class Service:
             )
         except PeerError as exc:
             item.opened = None
+            item.relay = False
             readable = item.envelope.header if item.envelope else _readable_header(item.raw)
             item.audit.append(
                 AuditEntry(
@@ -309,10 +448,10 @@ class Service:
             )
             log.warning("refused an envelope from %s: %s", peer, exc)
             if readable is not None:
-                item.receipt = self._receipt(readable, item.raw, Outcome.REJECTED, exc.reason, now)
+                item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
             return
-        seen.add(header.id)
-        item.receipt = self._receipt(header, item.raw, Outcome.ACCEPTED, None, now)
+        known.add(header.id)
+        item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
         item.audit.append(
             AuditEntry(
                 link_actor,
@@ -323,27 +462,87 @@ class Service:
                     "type": str(item.opened.message_type),
                     "priority": str(header.priority),
                     "digest": b64encode(envelope.digest),
+                    "path": list(item.path),
+                },
+            )
+        )
+
+    def _check_relay(
+        self,
+        peer: NodeId,
+        item: _Inbound,
+        now: int,
+        known: set[str],
+        stored: dict[str, MessageRow | None],
+    ) -> None:
+        """An envelope for another node: take it on to pass it on, or say why not."""
+        assert item.envelope is not None
+        header = item.envelope.header
+        if len(item.path) + 1 >= header.hop_limit:
+            raise HopLimitError(
+                f"message {header.id} has come through {len(item.path)} relays;"
+                f" its hop limit is {header.hop_limit}"
+            )
+        try:
+            self.roster.active_card(header.recipient)
+        except CpnError as exc:
+            raise NoSuchRecipientError(f"cannot relay to {header.recipient}: {exc}") from None
+        link_actor = f"node:{peer}"
+        if header.id in known:
+            item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
+            row = stored.get(header.id)
+            detail: dict[str, Any] = {"from": header.sender, "to": header.recipient}
+            if row is not None and row.box == "relay" and row.state is State.FORWARDED:
+                # Its sender asks again: pass on the end-to-end receipt we hold, or send it again.
+                item.requeue = row
+                detail["again"] = True
+            item.audit.append(AuditEntry(link_actor, "relay_duplicate", header.id, detail))
+            return
+        known.add(header.id)
+        item.relay = True
+        item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
+        item.audit.append(
+            AuditEntry(
+                link_actor,
+                "relay_accepted",
+                header.id,
+                {
+                    "from": header.sender,
+                    "to": header.recipient,
+                    "priority": str(header.priority),
+                    "digest": b64encode(item.envelope.digest),
+                    "path": list(item.path),
                 },
             )
         )
 
     def _receipt(
-        self, header: Header, raw: bytes, outcome: Outcome, reason: str | None, now: int
+        self, header: Header, item: _Inbound, outcome: Outcome, reason: str | None, now: int
     ) -> Receipt:
+        """End-to-end to the message's sender when it is for us; else a hop receipt."""
+        for_us = header.recipient == self.me
         return make_receipt(
             message_id=header.id,
-            message_sender=header.sender,
-            envelope_raw=raw,
+            message_sender=header.sender if for_us else item.link,
+            envelope_raw=item.raw,
             me=self.me,
             signing_key=self.keys.signing,
             now=now,
             random_bytes=self.random_bytes(10),
             outcome=outcome,
             reason=reason,
+            scope=ReceiptScope.END_TO_END if for_us else ReceiptScope.HOP,
+            path=item.path if for_us else (),
         )
 
     async def accept_receipts(self, peer: str, raws: Sequence[bytes]) -> list[str]:
-        """Verify receipts and move their messages; returns the ids they settled."""
+        """Verify receipts and move their messages; returns the ids no longer in flight.
+
+        A hop receipt from the hop we sent to: it took the message on. An
+        end-to-end receipt for us: the message is delivered. An end-to-end
+        receipt for another node, for a message we relayed: our copy is
+        forwarded, and the receipt goes on towards its recipient.
+        """
         now = self.clock()
         settled: list[str] = []
         link_actor = f"node:{peer}"
@@ -353,17 +552,31 @@ class Service:
                 try:
                     receipt = verify_receipt(raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
                     row = await tx.message(receipt.message_id)
-                    if row is None or row.box != "out":
-                        raise UnknownReceiptError(
-                            f"receipt for unknown message {receipt.message_id}"
+                    if row is None or row.box == "in":
+                        raise UnknownReceiptError(f"no sent message {receipt.message_id}")
+                    if row.digest != receipt.digest:
+                        raise DigestMismatchError(
+                            f"receipt for {row.id} is for other bytes than those we sent"
                         )
-                    check_receipt_matches(
-                        receipt,
-                        message_id=row.id,
-                        sender=self.me,
-                        recipient=row.peer,
-                        digest=row.digest,
-                    )
+                    if receipt.scope is ReceiptScope.HOP:
+                        if receipt.recipient != self.me or receipt.sender != row.via:
+                            raise DigestMismatchError(
+                                f"hop receipt from {receipt.sender} to {receipt.recipient};"
+                                f" we sent {row.id} to {row.via}"
+                            )
+                    elif row.box == "out":
+                        check_receipt_matches(
+                            receipt,
+                            message_id=row.id,
+                            sender=self.me,
+                            recipient=row.peer,
+                            digest=row.digest,
+                        )
+                    elif receipt.sender != row.peer or receipt.recipient != row.origin:
+                        raise DigestMismatchError(
+                            f"end-to-end receipt for {row.id} from {receipt.sender} to"
+                            f" {receipt.recipient}; it went from {row.origin} to {row.peer}"
+                        )
                 except PeerError as exc:
                     entries.append(
                         AuditEntry(
@@ -376,18 +589,82 @@ class Service:
                     log.warning("refused a receipt from %s: %s", peer, exc)
                     continue
                 await tx.insert_receipt(_receipt_row(receipt, "received"))
-                event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
-                state = await tx.transition(row, event)
-                detail: dict[str, Any] = {"outcome": str(receipt.outcome), "from": receipt.sender}
-                if receipt.reason:
-                    detail["reason"] = receipt.reason
-                entries.append(AuditEntry(link_actor, "receipt_received", row.id, detail))
-                if state is not row.state or event is Event.REFUSED:
-                    entries.append(AuditEntry(self.actor, str(state), row.id, {}))
                 settled.append(row.id)
+                entries.extend(await self._settle(tx, row, receipt, link_actor))
             await tx.audit(entries)
             await tx.peer_contact(peer)
         return settled
+
+    async def _settle(
+        self, tx: Tx, row: MessageRow, receipt: Receipt, link_actor: str
+    ) -> list[AuditEntry]:
+        detail: dict[str, Any] = {"outcome": str(receipt.outcome), "from": receipt.sender}
+        if receipt.reason:
+            detail["reason"] = receipt.reason
+        if receipt.scope is ReceiptScope.HOP:
+            if receipt.outcome is Outcome.REJECTED:
+                # A relay that will not take it now (no route, hop limit): try again later.
+                return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
+            await tx.hop_acked(row.id)
+            if row.state in (State.QUEUED, State.SENT):
+                await tx.transition(row, Event.HOP_RECEIPT)
+            return [AuditEntry(link_actor, "hop_receipt", row.id, detail)]
+        detail["path"] = list(receipt.path)
+        entries = [AuditEntry(link_actor, "receipt_received", row.id, detail)]
+        event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
+        state = await tx.transition(row, event)
+        if row.box == "relay":
+            self._pass_on(receipt)
+            entries.append(AuditEntry(self.actor, "receipt_passed_on", row.id, {"to": row.origin}))
+        elif state is not row.state or event is Event.REFUSED:
+            entries.append(AuditEntry(self.actor, str(state), row.id, {}))
+        return entries
+
+    # -- the roster ------------------------------------------------------------------
+
+    async def accept_roster(self, raw: bytes, source: str) -> Roster | None:
+        """Adopt a roster newer than ours, signed by the pinned keeper; None if not adopted.
+
+        An older roster, or a version we hold with other content, or one the
+        keeper did not sign, is refused and audited; the one we hold is kept.
+        """
+        held = self.roster
+        try:
+            if self.keeper is None:
+                raise RosterError("this node has no pinned register keeper key")
+            roster = load_roster(raw, keeper=self.keeper, now=self.clock(), held=held)
+        except RosterError as exc:
+            log.warning("refused a roster from %s: %s", source, exc)
+            await self.audit(
+                [
+                    AuditEntry(
+                        f"node:{source}" if is_node_id(source) else source,
+                        "roster_refused",
+                        None,
+                        {"reason": exc.reason, "error": str(exc)[:500], "held": held.version},
+                    )
+                ]
+            )
+            return None
+        if roster.version == held.version:
+            return None  # the one we hold
+        revoked = sorted(
+            node
+            for node, entry in held.entries.items()
+            if entry.active and (node not in roster.entries or not roster.entries[node].active)
+        )
+        async with self.store.transaction(self.clock()) as tx:
+            await tx.keep_roster(roster.version, raw)
+            detail = {"from": held.version, "to": roster.version, "source": source}
+            await tx.audit(
+                [AuditEntry(self.actor, "roster_changed", None, {**detail, "revoked": revoked})]
+            )
+        self.roster = roster
+        for node in revoked:
+            self.routing.forget(NodeId(node))
+        self.wake()
+        log.info("%s: roster version %d adopted (from %s)", self.me, roster.version, source)
+        return roster
 
     async def peer_contact(self, peer: str) -> None:
         async with self.store.transaction(self.clock()) as tx:

@@ -24,7 +24,7 @@ from typing import Any
 import aiosqlite
 
 from network.errors import CpnError
-from network.lifecycle import INBOUND, OUTBOUND, Event, State, next_state
+from network.lifecycle import TABLES, Event, State, next_state
 from network.records import Json
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "UserRow",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -98,6 +98,51 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX audit_message ON audit (message_id);
     """,
+    # 2: relaying. Relayed envelopes are messages of box 'relay' (peer: the final
+    # recipient); `via` is the hop last tried, `retry_at` when a message without an
+    # end-to-end receipt may go again, `hop_acked` whether the hop took it on;
+    # `path` the relays an inbound message came through. Accepted rosters are kept.
+    2: """
+    CREATE TABLE messages_v2 (
+        id TEXT PRIMARY KEY,
+        box TEXT NOT NULL CHECK (box IN ('out', 'in', 'relay')),
+        peer TEXT NOT NULL,
+        origin TEXT NOT NULL DEFAULT '',
+        type TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        priority_rank INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        received INTEGER,
+        updated INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        digest BLOB NOT NULL,
+        self_sealed BLOB,
+        composed_by TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        via TEXT,
+        retry_at INTEGER NOT NULL DEFAULT 0,
+        hop_acked INTEGER NOT NULL DEFAULT 0,
+        path TEXT NOT NULL DEFAULT '[]'
+    );
+    INSERT INTO messages_v2 (id, box, peer, type, priority, priority_rank, state, created,
+        expires, received, updated, envelope, digest, self_sealed, composed_by, attempts)
+        SELECT id, box, peer, type, priority, priority_rank, state, created, expires, received,
+        updated, envelope, digest, self_sealed, composed_by, attempts FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    CREATE INDEX messages_outbox ON messages (peer, priority_rank, created)
+        WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent');
+    CREATE INDEX messages_list ON messages (box, created);
+    CREATE INDEX messages_expiry ON messages (expires) WHERE state IN ('queued', 'sent');
+    UPDATE messages SET origin = CASE box WHEN 'in' THEN peer ELSE '' END;
+    CREATE TABLE rosters (
+        version INTEGER PRIMARY KEY,
+        raw BLOB NOT NULL,
+        accepted INTEGER NOT NULL
+    );
+    """,
 }
 
 
@@ -132,6 +177,11 @@ class MessageRow:
     self_sealed: bytes | None
     composed_by: str | None
     attempts: int
+    origin: str  # who composed it: the sender of an inbound or relayed message, '' for ours
+    via: str | None  # the hop it was last sent to
+    retry_at: int  # when it may go again without an end-to-end receipt
+    hop_acked: bool  # the hop it was last sent to took it on
+    path: str  # JSON list of the relays it came through (inbound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +206,14 @@ class UserRow:
 
 _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
-    " envelope, digest, self_sealed, composed_by, attempts"
+    " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path"
 )
 
 
 def _message(row: Sequence[Any]) -> MessageRow:
     values = list(row)
     values[5] = State(values[5])
+    values[18] = bool(values[18])
     return MessageRow(*values)
 
 
@@ -213,12 +264,14 @@ class Tx:
         received: int | None = None,
         self_sealed: bytes | None = None,
         composed_by: str | None = None,
+        origin: str = "",
+        path: str = "[]",
     ) -> bool:
         """Insert a message; False (and nothing written) when its id is already stored."""
         cursor = await self.db.execute(
             "INSERT OR IGNORE INTO messages (id, box, peer, type, priority, priority_rank, state,"
-            " created, expires, received, updated, envelope, digest, self_sealed, composed_by)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created, expires, received, updated, envelope, digest, self_sealed, composed_by,"
+            " origin, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 id,
                 box,
@@ -235,6 +288,8 @@ class Tx:
                 digest,
                 self_sealed,
                 composed_by,
+                origin,
+                path,
             ),
         )
         return cursor.rowcount == 1
@@ -244,14 +299,40 @@ class Tx:
 
     async def transition(self, message: MessageRow, event: Event) -> State:
         """Move a message by the lifecycle table; returns the new state."""
-        table = OUTBOUND if message.box == "out" else INBOUND
-        state = next_state(table, message.state, event)
-        attempts = message.attempts + (event in (Event.SEND, Event.RESEND))
+        state = next_state(TABLES[message.box], message.state, event)
         await self.db.execute(
-            "UPDATE messages SET state = ?, updated = ?, attempts = ? WHERE id = ?",
-            (str(state), self.now, attempts, message.id),
+            "UPDATE messages SET state = ?, updated = ? WHERE id = ?",
+            (str(state), self.now, message.id),
         )
         return state
+
+    async def sent(self, message: MessageRow, via: str, retry_at: int) -> State:
+        """Written to the link to `via`; may go again at `retry_at` without a receipt."""
+        event = Event.SEND if message.state is State.QUEUED else Event.RESEND
+        state = next_state(TABLES[message.box], message.state, event)
+        await self.db.execute(
+            "UPDATE messages SET state = ?, updated = ?, attempts = attempts + 1, via = ?,"
+            " retry_at = ?, hop_acked = 0 WHERE id = ?",
+            (str(state), self.now, via, retry_at, message.id),
+        )
+        return state
+
+    async def hop_acked(self, message_id: str) -> None:
+        await self.db.execute("UPDATE messages SET hop_acked = 1 WHERE id = ?", (message_id,))
+
+    async def retry_now(self, message_ids: Sequence[str]) -> None:
+        """Make messages sent without any receipt eligible at once (their link went down)."""
+        await self.db.executemany(
+            "UPDATE messages SET retry_at = 0 WHERE id = ? AND hop_acked = 0"
+            " AND state IN ('queued', 'sent')",
+            [(i,) for i in message_ids],
+        )
+
+    async def keep_roster(self, version: int, raw: bytes) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO rosters (version, raw, accepted) VALUES (?, ?, ?)",
+            (version, raw, self.now),
+        )
 
     async def insert_receipt(self, row: ReceiptRow) -> bool:
         cursor = await self.db.execute(
@@ -427,22 +508,32 @@ class Store:
         return [_message(r) for r in rows]
 
     async def outbox(
-        self, peer: str, limit: int, exclude: Sequence[str] = (), max_rank: int = 2
+        self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2
     ) -> list[MessageRow]:
-        """What is still to go to `peer`: flash, then urgent, then routine, oldest first."""
+        """What may go now to any of `destinations`, ours and relayed: by priority, oldest first."""
+        if not destinations:
+            return []
+        marks = ",".join("?" * len(destinations))
         async with self.db.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE box = 'out' AND peer = ? AND state IN ('queued', 'sent') AND priority_rank <= ?"
+            f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
+            " AND retry_at <= ? AND priority_rank <= ?"
             " ORDER BY priority_rank, created LIMIT ?",
-            (peer, max_rank, limit + len(exclude)),
+            (*destinations, now, max_rank, limit),
         ) as cursor:
-            rows = await cursor.fetchall()
-        skip = set(exclude)
-        return [_message(r) for r in rows if r[0] not in skip][:limit]
+            return [_message(r) for r in await cursor.fetchall()]
+
+    async def latest_roster(self) -> bytes | None:
+        async with self.db.execute(
+            "SELECT raw FROM rosters ORDER BY version DESC LIMIT 1"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else bytes(row[0])
 
     async def queued_counts(self) -> dict[str, int]:
         async with self.db.execute(
-            "SELECT peer, COUNT(*) FROM messages WHERE box = 'out' AND state IN ('queued', 'sent')"
+            "SELECT peer, COUNT(*) FROM messages"
+            " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             " GROUP BY peer"
         ) as cursor:
             return {peer: count for peer, count in await cursor.fetchall()}

@@ -19,7 +19,7 @@ from network.crypto import sha256
 from network.envelope import seal, verify_receipt
 from network.keys import load_node_keys
 from network.node import load_current_roster
-from network.protocol import FRAME_ENVELOPE, FRAME_RECEIPT, LinkHandshake, Role, frame, split_frame
+from network.protocol import FRAME_RECEIPT, LinkHandshake, Role, envelope_frame, split_frame
 from network.records import MessageType, NodeId, Outcome, Priority
 from network.samples import sample_body
 from tests.harness import Network
@@ -193,12 +193,12 @@ async def speak_as(
             for out in handshake.receive(await ws.recv()):
                 await ws.send(out)
         for raw in envelopes:
-            await ws.send(frame(FRAME_ENVELOPE, raw))
+            await ws.send(envelope_frame([], raw))
         receipts = []
         while len(receipts) < len(envelopes):
             kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
-            assert kind == FRAME_RECEIPT
-            receipts.append(payload)
+            if kind == FRAME_RECEIPT:
+                receipts.append(payload)
         return receipts
 
 

@@ -1,0 +1,180 @@
+"""Link announcements and routes. Pure: no I/O.
+
+Each node announces the peers it is linked to right now, in a signed,
+versioned statement (`seq` only grows; a node's newer announcement replaces
+its older one). Announcements flood: a node passes on every announcement
+newer than the one it holds, to every peer but the one it came from, and
+hands all it holds to a peer that just linked.
+
+Routes: the graph has an edge between two nodes when each announces the
+other (a one-sided claim does not carry traffic), plus this node's own live
+links. For each destination the candidate next hops are this node's linked
+peers, ordered by their distance to the destination in the graph without
+this node (so a route never comes back through us), then by id. A message
+goes to the first candidate that is up and has not failed it; when none is
+left it stays queued until a route appears.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from network.crypto import SigningKey
+from network.errors import MalformedError, PeerError
+from network.records import (
+    PROTOCOL_VERSION,
+    Fields,
+    NodeId,
+    b64encode,
+    canonical,
+    is_node_id,
+    parse_canonical,
+)
+from network.roster import Roster
+
+__all__ = [
+    "MAX_ANNOUNCEMENT_BYTES",
+    "Announcement",
+    "RoutingTable",
+    "StaleAnnouncementError",
+    "make_announcement",
+    "verify_announcement",
+]
+
+MAX_ANNOUNCEMENT_BYTES: Final = 8 * 1024
+_CONTEXT: Final = b"cpn/v1 announce\n"
+
+
+class StaleAnnouncementError(PeerError):
+    reason = "stale_announcement"
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    node: NodeId
+    seq: int
+    links: frozenset[NodeId]
+    raw: bytes = field(repr=False, compare=False)
+
+
+def make_announcement(
+    node: NodeId, seq: int, links: Iterable[NodeId], key: SigningKey
+) -> Announcement:
+    listed = sorted(set(links))
+    body = {"v": PROTOCOL_VERSION, "node": node, "seq": seq, "links": listed}
+    signature = key.sign(_CONTEXT + canonical(body))
+    raw = canonical({"announce": body, "sig": b64encode(signature)})
+    return Announcement(node, seq, frozenset(listed), raw)
+
+
+def verify_announcement(raw: bytes, roster: Roster) -> Announcement:
+    """Parse and verify an announcement against the roster; PeerError says why not."""
+    doc = Fields(parse_canonical(raw, limit=MAX_ANNOUNCEMENT_BYTES, what="announcement"), "doc")
+    body = doc.any("announce")
+    signature = doc.bytes("sig")
+    doc.done()
+    f = Fields(body, "announce")
+    if f.int("v") != PROTOCOL_VERSION:
+        raise MalformedError("announce.v: unsupported protocol version")
+    node = f.str("node", max_len=3)
+    seq = f.int("seq")
+    links = f.any("links")
+    f.done()
+    if not is_node_id(node):
+        raise MalformedError(f"announce.node: {node!r} is not a node id")
+    if not isinstance(links, list) or len(links) > 1000 or not all(is_node_id(n) for n in links):
+        raise MalformedError("announce.links: expected a list of node ids")
+    key = roster.active_card(node).signing_key
+    key.verify(signature, _CONTEXT + canonical(body), what=f"{node}'s announcement")
+    return Announcement(NodeId(node), seq, frozenset(NodeId(n) for n in links), raw)
+
+
+class RoutingTable:
+    """What this node knows of the network's links, and the next hops it implies."""
+
+    def __init__(self, me: NodeId) -> None:
+        self.me = me
+        self.announcements: dict[NodeId, Announcement] = {}
+        self._routes: dict[NodeId, tuple[NodeId, ...]] | None = None
+        self._linked: frozenset[NodeId] = frozenset()
+
+    def accept(self, announcement: Announcement) -> bool:
+        """Keep `announcement` if newer than the one held; True when it changed something."""
+        held = self.announcements.get(announcement.node)
+        if held is not None and held.seq >= announcement.seq:
+            return False
+        self.announcements[announcement.node] = announcement
+        self._routes = None
+        return True
+
+    def forget(self, node: NodeId) -> None:
+        """Drop a node's announcement (it was revoked)."""
+        if self.announcements.pop(node, None) is not None:
+            self._routes = None
+
+    def set_linked(self, linked: Iterable[NodeId]) -> None:
+        linked = frozenset(linked)
+        if linked != self._linked:
+            self._linked = linked
+            self._routes = None
+
+    @property
+    def linked(self) -> frozenset[NodeId]:
+        return self._linked
+
+    def next_hops(self, destination: NodeId) -> tuple[NodeId, ...]:
+        """The linked peers that can reach `destination`, best first (may be empty)."""
+        if self._routes is None:
+            self._routes = self._compute()
+        return self._routes.get(destination, ())
+
+    def reachable(self) -> Mapping[NodeId, tuple[NodeId, ...]]:
+        if self._routes is None:
+            self._routes = self._compute()
+        return self._routes
+
+    def _compute(self) -> dict[NodeId, tuple[NodeId, ...]]:
+        # One breadth-first search per linked peer (a handful), not per destination.
+        graph = self._graph()
+        reach = {peer: _distances_from(peer, graph, avoid=self.me) for peer in self._linked}
+        ranked: dict[NodeId, list[tuple[int, NodeId]]] = {}
+        for peer, distances in reach.items():
+            for destination, hops in distances.items():
+                ranked.setdefault(destination, []).append((hops, peer))
+        return {
+            destination: tuple(peer for _, peer in sorted(options))
+            for destination, options in ranked.items()
+            if destination != self.me
+        }
+
+    def _graph(self) -> dict[NodeId, set[NodeId]]:
+        claims = {node: a.links for node, a in self.announcements.items()}
+        graph: dict[NodeId, set[NodeId]] = {node: set() for node in claims}
+        for node, links in claims.items():
+            for other in links:
+                if node in claims.get(other, frozenset()):
+                    graph[node].add(other)
+                    graph.setdefault(other, set()).add(node)
+        graph.setdefault(self.me, set())
+        for peer in self._linked:
+            graph[self.me].add(peer)
+            graph.setdefault(peer, set()).add(self.me)
+        return graph
+
+
+def _distances_from(
+    start: NodeId, graph: Mapping[NodeId, set[NodeId]], *, avoid: NodeId
+) -> dict[NodeId, int]:
+    """Hops from `start` to every node it reaches without passing through `avoid`."""
+    distance = {start: 0}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for other in graph.get(node, ()):
+            if other != avoid and other not in distance:
+                distance[other] = distance[node] + 1
+                queue.append(other)
+    return distance
