@@ -40,7 +40,8 @@ def now_ms() -> int:
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     links: LinkSettings = field(default_factory=LinkSettings)
-    expiry_scan_interval: float = 5.0
+    expiry_scan_interval: float = 2.0
+    route_grace: float = 3.0  # after start, before a destination without a route is raised
     roster_poll_interval: float = 1.0
 
 
@@ -111,7 +112,8 @@ async def run_node(
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(links.run(), name="links")
                 scan_task = group.create_task(
-                    _expiry_scan(service, settings.expiry_scan_interval), name="expiry"
+                    _expiry_scan(service, settings.expiry_scan_interval, settings.route_grace),
+                    name="expiry",
                 )
                 watch_task = group.create_task(
                     _watch_roster(roster_file, links, settings.roster_poll_interval), name="roster"
@@ -164,9 +166,13 @@ async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) 
             await links.adopt_roster(data, "file")
 
 
-async def _expiry_scan(service: Service, interval: float) -> None:
+async def _expiry_scan(service: Service, interval: float, grace: float) -> None:
+    """Deadlines are checked by a periodic scan, not only when a message is taken."""
+    started = time.monotonic()
     while True:
         await service.expire_due()
+        if time.monotonic() - started > grace:  # routes take a moment to be learned
+            await service.raise_unroutable()
         await asyncio.sleep(interval)
 
 

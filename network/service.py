@@ -144,6 +144,7 @@ class Service:
         self.routing = RoutingTable(self.me)
         self._announce_seq = 0
         self._pending_receipts: dict[NodeId, deque[bytes]] = {}
+        self._unroutable: set[str] = set()
 
     # -- signals for the link layer ----------------------------------------------
 
@@ -698,6 +699,31 @@ class Service:
                 )
             await tx.audit(AuditEntry(self.actor, "expired", i, {"raised": "log"}) for i in expired)
         return expired
+
+    async def raise_unroutable(self) -> list[str]:
+        """Queued messages with no route at all: raised once each (log and audit), kept queued.
+
+        They go as soon as a route appears; nothing is dropped.
+        """
+        destinations = await self.store.queued_destinations()
+        stranded = sorted(d for d in destinations if not self.routing.next_hops(NodeId(d)))
+        fresh = [d for d in stranded if d not in self._unroutable]
+        self._unroutable = set(stranded)
+        if fresh:
+            for destination in fresh:
+                log.error(
+                    "%s: no route to %s; %d message(s) stay queued until one appears",
+                    self.me,
+                    destination,
+                    destinations[destination],
+                )
+            await self.audit(
+                [
+                    AuditEntry(self.actor, "no_route", None, {"to": d, "queued": destinations[d]})
+                    for d in fresh
+                ]
+            )
+        return fresh
 
     # -- reading -------------------------------------------------------------------
 

@@ -530,6 +530,15 @@ class Store:
             row = await cursor.fetchone()
         return None if row is None else bytes(row[0])
 
+    async def queued_destinations(self) -> dict[str, int]:
+        """Destinations with messages waiting to go (ours or relayed), and how many."""
+        async with self.db.execute(
+            "SELECT peer, COUNT(*) FROM messages"
+            " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent') AND hop_acked = 0"
+            " GROUP BY peer"
+        ) as cursor:
+            return {peer: count for peer, count in await cursor.fetchall()}
+
     async def queued_counts(self) -> dict[str, int]:
         async with self.db.execute(
             "SELECT peer, COUNT(*) FROM messages"

@@ -60,7 +60,10 @@ class Network:
         *,
         suite: HpkeSuite = HpkeSuite.X25519,
         extra_nodes: tuple[str, ...] = (),
+        retry_seconds: float = 60,
+        own_rosters: bool = False,
     ) -> None:
+        """`own_rosters`: each node reads its own copy of the roster (to watch one spread)."""
         self.root = root
         self.keys = root / "keys"
         self.nodes: dict[str, Node] = {}
@@ -81,14 +84,16 @@ class Network:
             )
             config = root / "nodes" / f"{node_id}.toml"
             config.parent.mkdir(exist_ok=True)
+            roster = f"../var/{node_id}-roster.json" if own_rosters else "../keys/roster.json"
             config.write_text(
                 f'id = "{node_id}"\n'
                 f'[peer]\nlisten = "127.0.0.1:{peer_port}"\n'
                 f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
                 f'[store]\npath = "../var/{node_id}.sqlite"\n'
-                f'[keys]\ndir = "../keys/{node_id}"\nroster = "../keys/roster.json"\n'
+                f'[keys]\ndir = "../keys/{node_id}"\nroster = "{roster}"\n'
                 f'keeper = "../keys/authority/keeper.json"\n'
                 f"[links]\npeers = {json.dumps(links.get(node_id, []))}\n"
+                f"[delivery]\nretry_seconds = {retry_seconds}\n"
             )
             self.nodes[node_id] = Node(
                 node_id,
@@ -99,13 +104,22 @@ class Network:
                 root / "var" / f"{node_id}.log",
             )
         self.keeper = load_keeper(self.keys / "authority")
+        self.cards = cards
+        self.own_rosters = own_rosters
+        (root / "var").mkdir(exist_ok=True)
         self.write_roster(cards, version=1)
         for node in self.nodes.values():
             node.tokens = asyncio.run(self._users(node))
 
     def write_roster(
-        self, cards: list[Any], *, version: int, revoked: tuple[str, ...] = ()
-    ) -> None:
+        self,
+        cards: list[Any],
+        *,
+        version: int,
+        revoked: tuple[str, ...] = (),
+        only: str | None = None,
+    ) -> bytes:
+        """Sign a roster; write it where every node (or only node `only`) reads it."""
         now = int(time.time() * 1000)
         data = build_roster(
             cards,
@@ -115,7 +129,17 @@ class Network:
             valid_until=now + 86_400_000,
             revoked=revoked,
         )
-        (self.keys / "roster.json").write_bytes(data)
+        if not self.own_rosters:
+            (self.keys / "roster.json").write_bytes(data)
+            return data
+        for node_id in self.nodes if only is None else [only]:
+            self.roster_path(node_id).write_bytes(data)
+        return data
+
+    def roster_path(self, node_id: str) -> Path:
+        if self.own_rosters:
+            return self.root / "var" / f"{node_id}-roster.json"
+        return self.keys / "roster.json"
 
     @staticmethod
     async def _users(node: Node) -> dict[str, str]:

@@ -1,0 +1,232 @@
+"""Relaying, routing and roster spreading, with real nodes in their own processes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from network.samples import sample_body
+from tests.harness import Network
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def rows(path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute(query).fetchall()
+
+
+def wait_for(check: object, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def line(tmp_path: Path) -> Iterator[Network]:
+    """FRA - DEU - KEN: FRA and KEN have no direct link."""
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA", "KEN"], "KEN": ["DEU"]})
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+def test_message_crosses_a_relay_that_cannot_read_it(line: Network) -> None:
+    for node_id in ("FRA", "DEU", "KEN"):
+        line.start(node_id)
+    body = sample_body("preservation", summary="Operator of the Nairobi phishing kit")
+
+    message_id = line.send("FRA", "KEN", "preservation", body)
+    line.wait_state("FRA", message_id, {"delivered"}, timeout=30)
+    status, seen = line.api("KEN", "GET", f"/api/messages/{message_id}")
+    status_out, sent = line.api("FRA", "GET", f"/api/messages/{message_id}")
+    line.stop("DEU")
+
+    assert status == 200 and seen["body"] == body
+    assert status_out == 200
+    actions = [(e["action"], e["detail"]) for e in sent["timeline"]]
+    assert ("sent", {"to": "DEU", "attempt": 1}) in actions
+    hops = [d for a, d in actions if a == "hop_receipt"]
+    assert hops and hops[0]["from"] == "DEU"
+    end = [d for a, d in actions if a == "receipt_received"]
+    assert end[0]["from"] == "KEN" and end[0]["path"] == ["DEU"]
+    relayed = rows(line.nodes["DEU"].store, "SELECT box, state, peer, origin FROM messages")
+    assert relayed == [("relay", "forwarded", "KEN", "FRA")]
+    for suffix in ("", "-wal"):
+        path = Path(str(line.nodes["DEU"].store) + suffix)
+        if path.exists():
+            assert b"Nairobi phishing" not in path.read_bytes()
+            assert body["case_ref"].encode() not in path.read_bytes()
+
+
+def test_message_to_an_unreachable_node_waits_and_goes_when_it_comes_back(line: Network) -> None:
+    line.start("FRA")
+    line.start("DEU")
+
+    message_id = line.send("FRA", "KEN", "emergency", sample_body("emergency"), "flash")
+    wait_for(
+        lambda: rows(line.nodes["FRA"].store, "SELECT 1 FROM audit WHERE action = 'no_route'"),
+        what="the no-route alert",
+    )
+    assert line.wait_state("FRA", message_id, {"queued"})["state"] == "queued"
+    line.start("KEN")
+    delivered = line.wait_state("FRA", message_id, {"delivered"}, timeout=30)
+
+    assert delivered["state"] == "delivered"
+    assert [m["id"] for m in line.list("KEN", "in")] == [message_id]
+
+
+def test_killing_the_relay_mid_stream_reroutes_and_loses_nothing(tmp_path: Path) -> None:
+    links = {"FRA": ["DEU", "USA"], "DEU": ["FRA", "KEN"], "USA": ["FRA", "KEN"], "KEN": []}
+    network = Network(tmp_path, links, retry_seconds=3)
+    try:
+        for node_id in ("FRA", "DEU", "USA", "KEN"):
+            network.start(node_id)
+        first = network.send("FRA", "KEN", "emergency", sample_body("emergency"))
+        network.wait_state("FRA", first, {"delivered"}, timeout=30)  # routes are known
+        ids = [first]
+
+        for index in range(40):
+            ids.append(network.send("FRA", "KEN", "emergency", sample_body("emergency")))
+            if index == 10:
+                network.kill("DEU")  # the preferred relay (DEU before USA)
+        delivered = network.wait_all("FRA", "out", len(ids), {"delivered"}, timeout=90)
+        network.stop("KEN")
+        via_usa = rows(network.nodes["USA"].store, "SELECT COUNT(*) FROM messages")[0][0]
+    finally:
+        network.close()
+
+    assert sorted(m["id"] for m in delivered) == sorted(ids)
+    stored = rows(network.nodes["KEN"].store, "SELECT id FROM messages WHERE box = 'in'")
+    assert sorted(r[0] for r in stored) == sorted(ids)  # each exactly once
+    assert isinstance(via_usa, int) and via_usa > 0
+
+
+def test_revoked_node_is_cut_off_once_the_new_roster_spreads(tmp_path: Path) -> None:
+    links = {"FRA": ["DEU"], "DEU": ["FRA", "KEN"], "KEN": ["DEU"]}
+    network = Network(tmp_path, links, own_rosters=True)
+    try:
+        for node_id in ("FRA", "DEU", "KEN"):
+            network.start(node_id)
+        wait_for(
+            lambda: any(
+                p["id"] == "KEN" and p["linked"]
+                for p in network.api("DEU", "GET", "/api/peers")[1]["peers"]
+            ),
+            what="DEU linked with KEN",
+        )
+
+        network.write_roster(network.cards, version=2, revoked=("KEN",), only="FRA")
+        wait_for(
+            lambda: json.loads(network.roster_path("DEU").read_bytes())["roster"]["version"] == 2,
+            what="roster version 2 reaching DEU",
+        )
+        wait_for(
+            lambda: (
+                not any(
+                    p["linked"]
+                    for p in network.api("DEU", "GET", "/api/peers")[1]["peers"]
+                    if p["id"] == "KEN"
+                )
+            ),
+            what="DEU cutting KEN off",
+        )
+        status, refused = network.api(
+            "FRA",
+            "POST",
+            "/api/messages",
+            {
+                "to": "KEN",
+                "type": "emergency",
+                "priority": "urgent",
+                "body": sample_body("emergency"),
+            },
+        )
+        peers = network.api("DEU", "GET", "/api/peers")[1]["peers"]
+        time.sleep(1.5)  # KEN keeps dialling; DEU keeps refusing
+        network.stop("DEU")
+    finally:
+        network.close()
+
+    assert status == 400 and refused["field"] == "to" and "revoked" in refused["error"]
+    assert [p["status"] for p in peers if p["id"] == "KEN"] == ["revoked"]
+    changes = rows(
+        network.nodes["DEU"].store, "SELECT detail FROM audit WHERE action = 'roster_changed'"
+    )
+    assert changes and json.loads(str(changes[0][0]))["revoked"] == ["KEN"]
+
+
+def test_an_older_roster_is_refused_and_the_newer_one_kept(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": [], "DEU": []}, own_rosters=True)
+    try:
+        network.start("FRA")
+        version_1 = network.roster_path("FRA").read_bytes()
+        network.write_roster(network.cards, version=2, only="FRA")
+        wait_for(
+            lambda: rows(
+                network.nodes["FRA"].store, "SELECT 1 FROM audit WHERE action = 'roster_changed'"
+            ),
+            what="version 2 adopted",
+        )
+        network.roster_path("FRA").write_bytes(version_1)
+        wait_for(
+            lambda: rows(
+                network.nodes["FRA"].store, "SELECT 1 FROM audit WHERE action = 'roster_refused'"
+            ),
+            what="version 1 refused",
+        )
+        network.stop("FRA")
+        network.start("FRA")  # the file still holds version 1; the store holds version 2
+        network.stop("FRA")
+    finally:
+        network.close()
+
+    refusals = rows(
+        network.nodes["FRA"].store, "SELECT detail FROM audit WHERE action = 'roster_refused'"
+    )
+    assert json.loads(str(refusals[0][0]))["reason"] == "roster_stale"
+    kept = rows(network.nodes["FRA"].store, "SELECT MAX(version) FROM rosters")
+    assert kept == [(2,)]
+    started = rows(
+        network.nodes["FRA"].store, "SELECT detail FROM audit WHERE action = 'node_started'"
+    )
+    assert [json.loads(str(d[0]))["roster"] for d in started] == [1, 2]
+
+
+def test_twelve_nodes_every_one_to_every_other(tmp_path: Path) -> None:
+    hubs = ["FRA", "BRA"]
+    countries = ["DEU", "KEN", "USA", "IND", "JPN", "ZAF", "MEX", "EGY", "AUS", "CAN"]
+    links: dict[str, list[str]] = {hub: [] for hub in hubs}
+    for index, country in enumerate(countries):
+        neighbour = countries[(index + 1) % len(countries)]
+        links[country] = [hubs[index % 2], neighbour]  # one hub, one neighbour: a sparse mesh
+    network = Network(tmp_path, links)
+    ids = sorted(links)
+    try:
+        for node_id in ids:
+            network.start(node_id, wait=False)
+        for node_id in ids:
+            network.wait_healthy(node_id)
+        sent = [
+            network.send(a, b, "emergency", sample_body("emergency"))
+            for a in ids
+            for b in ids
+            if a != b
+        ]
+        for node_id in ids:
+            network.wait_all(node_id, "out", len(ids) - 1, {"delivered"}, timeout=120)
+        inboxes = {node_id: len(network.list(node_id, "in")) for node_id in ids}
+    finally:
+        network.close()
+
+    assert len(sent) == 132
+    assert inboxes == {node_id: 11 for node_id in ids}
