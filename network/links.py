@@ -72,6 +72,7 @@ class LinkSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     poll_interval: float = 1.0
+    announce_delay: float = 0.2
 
 
 @dataclass(eq=False)
@@ -107,6 +108,7 @@ class Links:
         self.me = keys.node_id
         self.active: dict[NodeId, _Link] = {}
         self._wake: dict[NodeId, asyncio.Event] = {}
+        self._links_changed = asyncio.Event()
         self._my_cert = keys.card.tls_sha256
         self._server: Server | None = None
         self._server_ssl = self._ssl_context(server=True)
@@ -163,6 +165,7 @@ class Links:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._server.serve_forever(), name="peer server")
+                group.create_task(self._announcer(), name="announcer")
                 for peer in self.peers:
                     group.create_task(self._dial_forever(peer), name=f"dial {peer}")
         finally:
@@ -295,7 +298,7 @@ class Links:
                 await ws.send(frame(FRAME_ROSTER, self.service.roster.raw))
             for raw in self.service.announcements():
                 await ws.send(frame(FRAME_ANNOUNCE, raw))
-            await self._announce()
+            self._links_changed.set()
             await self._carry(link)
         except ConnectionClosed:
             pass
@@ -303,17 +306,20 @@ class Links:
             if self.active.get(peer) is link:
                 del self.active[peer]
                 self.service.linked.pop(peer, None)
-                with contextlib.suppress(CpnError, ConnectionClosed):
-                    await self._announce()
+                self._links_changed.set()
             link.closed.set()
             with contextlib.suppress(Exception):
                 await ws.close()
             log.info("%s: link with %s closed", self.me, peer)
 
-    async def _announce(self) -> None:
-        """Tell every peer which links we have now."""
-        announcement = self.service.links_changed()
-        await self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
+    async def _announcer(self) -> None:
+        """Tell every peer which links we have, once per burst of changes."""
+        while True:
+            await self._links_changed.wait()
+            await asyncio.sleep(self.settings.announce_delay)  # let a burst of changes settle
+            self._links_changed.clear()
+            announcement = self.service.links_changed()
+            await self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
 
     async def _broadcast(self, data: bytes, *, but: NodeId | None = None) -> None:
         for peer, link in list(self.active.items()):
@@ -341,14 +347,13 @@ class Links:
 
     async def _carry(self, link: _Link) -> None:
         inflight: dict[str, float] = {}
-        room = asyncio.Event()
         # Room for a whole window: a flash that arrives behind it is seen at the next batch.
         size = self.settings.window + self.settings.flash_reserve + self.settings.batch
         incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=size)
         tasks = [
             asyncio.create_task(self._read(link, incoming)),
-            asyncio.create_task(self._process(link, incoming, inflight, room)),
-            asyncio.create_task(self._write(link, inflight, room)),
+            asyncio.create_task(self._process(link, incoming, inflight)),
+            asyncio.create_task(self._write(link, inflight)),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -382,8 +387,8 @@ class Links:
         link: _Link,
         incoming: asyncio.Queue[bytes],
         inflight: dict[str, float],
-        room: asyncio.Event,
     ) -> None:
+        room = self.service.outbox_signal(link.peer)  # the writer also waits for room
         pending: list[tuple[tuple[NodeId, ...], bytes]] = []  # envelopes not yet handled
         while True:
             if not pending or not incoming.empty():
@@ -424,11 +429,15 @@ class Links:
         if news:
             await self._broadcast(frame(FRAME_ANNOUNCE, payload), but=peer)
 
-    async def _write(self, link: _Link, inflight: dict[str, float], room: asyncio.Event) -> None:
+    async def _write(self, link: _Link, inflight: dict[str, float]) -> None:
+        """Send what routes through this link, flash first, at most `window` without receipts.
+
+        Wakes when something is queued for this link, when receipts free room,
+        and every `poll_interval` for retries that came due.
+        """
         signal = self.service.outbox_signal(link.peer)
         while True:
             signal.clear()
-            room.clear()
             for receipt in self.service.take_receipts_for(link.peer):
                 await link.ws.send(frame(FRAME_RECEIPT, receipt))
             free = self.settings.window - len(inflight)
@@ -449,7 +458,9 @@ class Links:
             limit = self.settings.receipt_timeout
             if inflight and time.monotonic() - min(inflight.values()) > limit:
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
-            await _first(signal.wait, room.wait, timeout=self.settings.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await signal.wait()
 
 
 _FLASH_HINT = b'"priority":"flash"'
@@ -464,15 +475,6 @@ def _rank_hint(envelope: bytes) -> int:
 
 class _Stalled(Exception):
     """A peer stopped answering with receipts: drop the link and dial again."""
-
-
-async def _first(*waits: Callable[[], Awaitable[Any]], timeout: float) -> None:
-    tasks = [asyncio.ensure_future(wait()) for wait in waits]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,9 +58,16 @@ def load_current_roster(config: NodeConfig) -> Roster:
 
 
 async def run_node(
-    config: NodeConfig, stop: asyncio.Event, settings: NodeSettings = NodeSettings()
+    config: NodeConfig,
+    stop: asyncio.Event,
+    settings: NodeSettings = NodeSettings(),
+    ready: Callable[[Service], Awaitable[None]] | None = None,
 ) -> None:
-    """Run one node until `stop` is set. Raises CpnError if it cannot start."""
+    """Run one node until `stop` is set. Raises CpnError if it cannot start.
+
+    `ready` is called with the node's service once it serves (for the
+    simulation, which sends through the node's own use cases).
+    """
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
     keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
     keeper = load_keeper_public(config.keeper_path)
@@ -118,6 +126,8 @@ async def run_node(
                 watch_task = group.create_task(
                     _watch_roster(roster_file, links, settings.roster_poll_interval), name="roster"
                 )
+                if ready is not None:
+                    await ready(service)
                 await stop.wait()
                 for task in (link_task, scan_task, watch_task):
                     task.cancel()

@@ -319,6 +319,7 @@ class Service:
         """Written to the link to `peer`; without a receipt they go again after `retry_ms`."""
         now = self.clock()
         async with self.store.transaction(now, durable=False) as tx:
+            await tx.prefetch(ids)
             entries = []
             for message_id in ids:
                 row = await tx.message(message_id)
@@ -340,103 +341,71 @@ class Service:
     async def accept_envelopes(
         self, peer: str, frames: Sequence[tuple[tuple[NodeId, ...], bytes]]
     ) -> list[bytes]:
-        """Verify and commit envelopes from a linked peer; return what to send back on the link.
+        """Verify and commit envelopes from a linked peer; return the receipts to send back.
 
         For us: opened, checked, committed, then a signed end-to-end receipt
         (`accepted`, `duplicate`, or `rejected` with the reason). For another
         node: the outer signature and times checked (the body stays sealed: we
         hold no key for it), committed to our outbox, then a signed hop receipt.
-        Refusals are audited.
+        Duplicates are decided under the store's lock, so a message is stored
+        once however many links bring it. Refusals are audited.
         """
         now = self.clock()
-        items = [_Inbound(raw, path, NodeId(peer)) for path, raw in frames]
-        known = await self.store.known_ids([i for i in (_peek_id(it.raw) for it in items) if i])
-        stored = {i: await self.store.message(i) for i in known}
+        link = NodeId(peer)
+        items = [_Inbound(raw, path, link) for path, raw in frames]
+        # Ids stored already are duplicates for sure: no need to open them again.
+        stored = await self.store.known_ids([i for i in (_peek_id(it.raw) for it in items) if i])
         for item in items:
-            self._check_inbound(NodeId(peer), item, now, known, stored)
+            self._verify_inbound(item, now, stored)
         async with self.store.transaction(now) as tx:
+            fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
+            known = await tx.known_ids(fresh)
+            await tx.prefetch(list(known))
             for item in items:
-                if item.opened is not None:
-                    header = item.opened.header
-                    await tx.insert_message(
-                        id=header.id,
-                        box="in",
-                        peer=header.sender,
-                        origin=header.sender,
-                        type=str(item.opened.message_type),
-                        priority=str(header.priority),
-                        priority_rank=PRIORITY_RANK[header.priority],
-                        state=State.RECEIVED,
-                        created=header.created,
-                        expires=header.expires,
-                        received=now,
-                        envelope=item.raw,
-                        digest=item.opened.envelope.digest,
-                        path=json.dumps(list(item.path)),
-                    )
-                elif item.relay and item.envelope is not None:
-                    header = item.envelope.header
-                    await tx.insert_message(
-                        id=header.id,
-                        box="relay",
-                        peer=header.recipient,
-                        origin=header.sender,
-                        type="",  # sealed: a relay cannot know
-                        priority=str(header.priority),
-                        priority_rank=PRIORITY_RANK[header.priority],
-                        state=State.QUEUED,
-                        created=header.created,
-                        expires=header.expires,
-                        received=now,
-                        envelope=item.raw,
-                        digest=item.envelope.digest,
-                        path=json.dumps([*item.path, self.me]),
-                    )
-                if item.requeue is not None:
-                    await tx.transition(item.requeue, Event.REQUEUE)
-                    await tx.retry_now([item.requeue.id])
+                if item.receipt is None and item.envelope is not None:
+                    await self._take_inbound(tx, item, now, known)
                 if item.receipt is not None:
                     await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 await tx.audit(item.audit)
             await tx.peer_contact(peer)
         for item in items:
-            if item.relay or item.requeue is not None:
-                assert item.envelope is not None
+            if (item.relay or item.requeue is not None) and item.envelope is not None:
                 self.wake(item.envelope.header.recipient)
         return [item.receipt.raw for item in items if item.receipt is not None]
 
-    def _check_inbound(
-        self,
-        peer: NodeId,
-        item: _Inbound,
-        now: int,
-        known: set[str],
-        stored: dict[str, MessageRow | None],
-    ) -> None:
-        link_actor = f"node:{peer}"
+    def _verify_inbound(self, item: _Inbound, now: int, stored: set[str]) -> None:
+        """The checks that need no store: signatures, times, hop limit; open what is ours.
+
+        A refusal sets a `rejected` receipt (when the header can be read at all).
+        """
         try:
             envelope = verify_envelope(item.raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
             item.envelope = envelope
             header = envelope.header
             if header.recipient != self.me:
-                self._check_relay(peer, item, now, known, stored)
-                return
-            if header.id in known:
-                item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
-                item.audit.append(
-                    AuditEntry(link_actor, "duplicate", header.id, {"from": header.sender})
+                if len(item.path) + 1 >= header.hop_limit:
+                    raise HopLimitError(
+                        f"message {header.id} has come through {len(item.path)} relays;"
+                        f" its hop limit is {header.hop_limit}"
+                    )
+                try:
+                    self.roster.active_card(header.recipient)
+                except CpnError as exc:
+                    raise NoSuchRecipientError(
+                        f"cannot relay to {header.recipient}: {exc}"
+                    ) from None
+                item.relay = True
+            elif header.id not in stored:
+                item.opened = open_envelope(
+                    envelope, me=self.me, hpke_key=self.keys.hpke, roster=self.roster
                 )
-                return
-            item.opened = open_envelope(
-                envelope, me=self.me, hpke_key=self.keys.hpke, roster=self.roster
-            )
         except PeerError as exc:
             item.opened = None
             item.relay = False
             readable = item.envelope.header if item.envelope else _readable_header(item.raw)
             item.audit.append(
                 AuditEntry(
-                    link_actor,
+                    f"node:{item.link}",
                     "rejected",
                     readable.id if readable else None,
                     {
@@ -447,75 +416,66 @@ class Service:
                     },
                 )
             )
-            log.warning("refused an envelope from %s: %s", peer, exc)
+            log.warning("refused an envelope from %s: %s", item.link, exc)
             if readable is not None:
                 item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
-            return
-        known.add(header.id)
-        item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
-        item.audit.append(
-            AuditEntry(
-                link_actor,
-                "received",
-                header.id,
-                {
-                    "from": header.sender,
-                    "type": str(item.opened.message_type),
-                    "priority": str(header.priority),
-                    "digest": b64encode(envelope.digest),
-                    "path": list(item.path),
-                },
-            )
-        )
 
-    def _check_relay(
-        self,
-        peer: NodeId,
-        item: _Inbound,
-        now: int,
-        known: set[str],
-        stored: dict[str, MessageRow | None],
-    ) -> None:
-        """An envelope for another node: take it on to pass it on, or say why not."""
+    async def _take_inbound(self, tx: Tx, item: _Inbound, now: int, known: set[str]) -> None:
+        """Store a verified envelope once, or answer `duplicate`; under the store's lock."""
         assert item.envelope is not None
-        header = item.envelope.header
-        if len(item.path) + 1 >= header.hop_limit:
-            raise HopLimitError(
-                f"message {header.id} has come through {len(item.path)} relays;"
-                f" its hop limit is {header.hop_limit}"
-            )
-        try:
-            self.roster.active_card(header.recipient)
-        except CpnError as exc:
-            raise NoSuchRecipientError(f"cannot relay to {header.recipient}: {exc}") from None
-        link_actor = f"node:{peer}"
+        envelope = item.envelope
+        header = envelope.header
+        link_actor = f"node:{item.link}"
+        detail: dict[str, Any] = {"from": header.sender, "path": list(item.path)}
         if header.id in known:
             item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
-            row = stored.get(header.id)
-            detail: dict[str, Any] = {"from": header.sender, "to": header.recipient}
-            if row is not None and row.box == "relay" and row.state is State.FORWARDED:
-                # Its sender asks again: pass on the end-to-end receipt we hold, or send it again.
+            row = await tx.message(header.id)
+            forwarded = row is not None and row.box == "relay" and row.state is State.FORWARDED
+            if item.relay and row is not None and forwarded:
+                # Its sender asks again: the end-to-end receipt was lost; pass it on again.
                 item.requeue = row
+                await tx.transition(row, Event.REQUEUE)
+                await tx.requeue_now(row)
                 detail["again"] = True
-            item.audit.append(AuditEntry(link_actor, "relay_duplicate", header.id, detail))
+            item.audit.append(AuditEntry(link_actor, "duplicate", header.id, detail))
             return
         known.add(header.id)
-        item.relay = True
-        item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
-        item.audit.append(
-            AuditEntry(
-                link_actor,
-                "relay_accepted",
-                header.id,
-                {
-                    "from": header.sender,
-                    "to": header.recipient,
-                    "priority": str(header.priority),
-                    "digest": b64encode(item.envelope.digest),
-                    "path": list(item.path),
-                },
+        detail.update(priority=str(header.priority), digest=b64encode(envelope.digest))
+        common: dict[str, Any] = {
+            "id": header.id,
+            "origin": header.sender,
+            "priority": str(header.priority),
+            "priority_rank": PRIORITY_RANK[header.priority],
+            "created": header.created,
+            "expires": header.expires,
+            "received": now,
+            "envelope": item.raw,
+            "digest": envelope.digest,
+        }
+        if item.relay:
+            await tx.insert_message(
+                **common,
+                box="relay",
+                peer=header.recipient,
+                type="",  # sealed: a relay cannot know
+                state=State.QUEUED,
+                path=json.dumps([*item.path, self.me]),
             )
-        )
+            detail["to"] = header.recipient
+            item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
+        else:
+            assert item.opened is not None
+            await tx.insert_message(
+                **common,
+                box="in",
+                peer=header.sender,
+                type=str(item.opened.message_type),
+                state=State.RECEIVED,
+                path=json.dumps(list(item.path)),
+            )
+            detail["type"] = str(item.opened.message_type)
+            item.audit.append(AuditEntry(link_actor, "received", header.id, detail))
+        item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
 
     def _receipt(
         self, header: Header, item: _Inbound, outcome: Outcome, reason: str | None, now: int
@@ -547,11 +507,22 @@ class Service:
         now = self.clock()
         settled: list[str] = []
         link_actor = f"node:{peer}"
+        checked: list[Receipt | PeerError] = []
+        for raw in raws:
+            try:
+                checked.append(
+                    verify_receipt(raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
+                )
+            except PeerError as exc:
+                checked.append(exc)
         async with self.store.transaction(now) as tx:
+            await tx.prefetch([r.message_id for r in checked if isinstance(r, Receipt)])
             entries: list[AuditEntry] = []
-            for raw in raws:
+            for result in checked:
                 try:
-                    receipt = verify_receipt(raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
+                    if isinstance(result, PeerError):
+                        raise result
+                    receipt = result
                     row = await tx.message(receipt.message_id)
                     if row is None or row.box == "in":
                         raise UnknownReceiptError(f"no sent message {receipt.message_id}")
@@ -606,7 +577,7 @@ class Service:
             if receipt.outcome is Outcome.REJECTED:
                 # A relay that will not take it now (no route, hop limit): try again later.
                 return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
-            await tx.hop_acked(row.id)
+            await tx.hop_acked(row)
             if row.state in (State.QUEUED, State.SENT):
                 await tx.transition(row, Event.HOP_RECEIPT)
             return [AuditEntry(link_actor, "hop_receipt", row.id, detail)]

@@ -17,7 +17,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,26 +226,34 @@ async def _fetch_message(db: aiosqlite.Connection, message_id: str) -> MessageRo
 
 
 class Tx:
-    """The writes of one transaction. Only the store hands these out."""
+    """The writes of one transaction. Only the store hands these out.
+
+    Writes are collected and sent at commit, one `executemany` per kind of
+    statement (a thread hop each through aiosqlite, not one per row); rows read
+    through the transaction see its own changes.
+    """
 
     def __init__(self, db: aiosqlite.Connection, now: int) -> None:
         self.db = db
         self.now = now
+        self._writes: dict[str, list[tuple[Any, ...]]] = {}
+        self._rows: dict[str, MessageRow | None] = {}
+
+    def _write(self, statement: str, params: tuple[Any, ...]) -> None:
+        self._writes.setdefault(statement, []).append(params)
+
+    async def flush(self) -> None:
+        for statement, rows in self._writes.items():
+            await self.db.executemany(statement, rows)
+        self._writes.clear()
 
     async def audit(self, entries: Iterable[AuditEntry]) -> None:
-        await self.db.executemany(
-            "INSERT INTO audit (time, actor, action, message_id, detail) VALUES (?, ?, ?, ?, ?)",
-            [
-                (
-                    self.now,
-                    e.actor,
-                    e.action,
-                    e.message_id,
-                    json.dumps(e.detail or {}, sort_keys=True),
-                )
-                for e in entries
-            ],
-        )
+        for e in entries:
+            self._write(
+                "INSERT INTO audit (time, actor, action, message_id, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self.now, e.actor, e.action, e.message_id, _detail(e.detail)),
+            )
 
     async def insert_message(
         self,
@@ -266,9 +274,9 @@ class Tx:
         composed_by: str | None = None,
         origin: str = "",
         path: str = "[]",
-    ) -> bool:
-        """Insert a message; False (and nothing written) when its id is already stored."""
-        cursor = await self.db.execute(
+    ) -> None:
+        """Insert a message (the caller has checked, in this transaction, that its id is new)."""
+        self._write(
             "INSERT OR IGNORE INTO messages (id, box, peer, type, priority, priority_rank, state,"
             " created, expires, received, updated, envelope, digest, self_sealed, composed_by,"
             " origin, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -292,50 +300,94 @@ class Tx:
                 path,
             ),
         )
-        return cursor.rowcount == 1
+
+    async def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the store holds: read under the transaction's lock, so dedup is exact."""
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        async with self.db.execute(
+            f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids)
+        ) as cursor:
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def prefetch(self, ids: Sequence[str]) -> None:
+        """Read the rows of `ids` in one query, for the `message` calls that follow."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
+        if not wanted:
+            return
+        marks = ",".join("?" * len(wanted))
+        async with self.db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(wanted)
+        ) as cursor:
+            found = {row[0]: _message(row) for row in await cursor.fetchall()}
+        for i in wanted:
+            self._rows[i] = found.get(i)
 
     async def message(self, message_id: str) -> MessageRow | None:
-        return await _fetch_message(self.db, message_id)
+        if message_id not in self._rows:
+            self._rows[message_id] = await _fetch_message(self.db, message_id)
+        return self._rows[message_id]
 
     async def transition(self, message: MessageRow, event: Event) -> State:
         """Move a message by the lifecycle table; returns the new state."""
         state = next_state(TABLES[message.box], message.state, event)
-        await self.db.execute(
+        self._write(
             "UPDATE messages SET state = ?, updated = ? WHERE id = ?",
             (str(state), self.now, message.id),
         )
+        self._rows[message.id] = replace(message, state=state, updated=self.now)
         return state
 
     async def sent(self, message: MessageRow, via: str, retry_at: int) -> State:
         """Written to the link to `via`; may go again at `retry_at` without a receipt."""
         event = Event.SEND if message.state is State.QUEUED else Event.RESEND
         state = next_state(TABLES[message.box], message.state, event)
-        await self.db.execute(
+        self._write(
             "UPDATE messages SET state = ?, updated = ?, attempts = attempts + 1, via = ?,"
             " retry_at = ?, hop_acked = 0 WHERE id = ?",
             (str(state), self.now, via, retry_at, message.id),
         )
+        self._rows[message.id] = replace(
+            message,
+            state=state,
+            updated=self.now,
+            attempts=message.attempts + 1,
+            via=via,
+            retry_at=retry_at,
+            hop_acked=False,
+        )
         return state
 
-    async def hop_acked(self, message_id: str) -> None:
-        await self.db.execute("UPDATE messages SET hop_acked = 1 WHERE id = ?", (message_id,))
+    async def hop_acked(self, message: MessageRow) -> None:
+        self._write("UPDATE messages SET hop_acked = 1 WHERE id = ?", (message.id,))
+        current = self._rows.get(message.id) or message
+        self._rows[message.id] = replace(current, hop_acked=True)
 
     async def retry_now(self, message_ids: Sequence[str]) -> None:
         """Make messages sent without any receipt eligible at once (their link went down)."""
-        await self.db.executemany(
-            "UPDATE messages SET retry_at = 0 WHERE id = ? AND hop_acked = 0"
-            " AND state IN ('queued', 'sent')",
-            [(i,) for i in message_ids],
-        )
+        for i in message_ids:
+            self._write(
+                "UPDATE messages SET retry_at = 0 WHERE id = ? AND hop_acked = 0"
+                " AND state IN ('queued', 'sent')",
+                (i,),
+            )
+            self._rows.pop(i, None)
+
+    async def requeue_now(self, message: MessageRow) -> None:
+        """A forwarded copy to send again at once (its sender asked again)."""
+        self._write("UPDATE messages SET retry_at = 0, hop_acked = 0 WHERE id = ?", (message.id,))
+        current = self._rows.get(message.id) or message
+        self._rows[message.id] = replace(current, retry_at=0, hop_acked=False)
 
     async def keep_roster(self, version: int, raw: bytes) -> None:
-        await self.db.execute(
+        self._write(
             "INSERT OR IGNORE INTO rosters (version, raw, accepted) VALUES (?, ?, ?)",
             (version, raw, self.now),
         )
 
-    async def insert_receipt(self, row: ReceiptRow) -> bool:
-        cursor = await self.db.execute(
+    async def insert_receipt(self, row: ReceiptRow) -> None:
+        self._write(
             "INSERT OR IGNORE INTO receipts (id, message_id, direction, signer, scope, outcome,"
             " reason, time, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -350,11 +402,10 @@ class Tx:
                 row.raw,
             ),
         )
-        return cursor.rowcount == 1
 
     async def peer_contact(self, peer: str) -> None:
         """Any contact from a peer resets its backoff (Matrix's lesson)."""
-        await self.db.execute(
+        self._write(
             "INSERT INTO peers (id, failures, retry_at, last_seen) VALUES (?, 0, 0, ?)"
             " ON CONFLICT (id) DO UPDATE SET failures = 0, retry_at = 0,"
             " last_seen = excluded.last_seen, last_error = NULL",
@@ -362,7 +413,7 @@ class Tx:
         )
 
     async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
-        await self.db.execute(
+        self._write(
             "INSERT INTO peers (id, failures, retry_at, last_error) VALUES (?, 1, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET failures = failures + 1, retry_at = excluded.retry_at,"
             " last_error = excluded.last_error",
@@ -370,7 +421,7 @@ class Tx:
         )
 
     async def add_user(self, name: str, role: str, token_hash: bytes) -> None:
-        await self.db.execute(
+        self._write(
             "INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET role = excluded.role,"
             " token_hash = excluded.token_hash, created = excluded.created",
@@ -448,7 +499,9 @@ class Store:
             except aiosqlite.Error as exc:
                 raise StoreError(f"{self.path}: cannot write: {exc}") from exc
             try:
-                yield Tx(self.db, now)
+                tx = Tx(self.db, now)
+                yield tx
+                await tx.flush()
                 await self.db.execute("COMMIT")
                 if not durable:
                     await self.db.execute("PRAGMA synchronous = FULL")

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,10 +34,22 @@ from network.store import Store
 REPO = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A free port below the ephemeral range (32768+), where outgoing connections take theirs:
+    a port picked there could be taken by a dialling socket before its node listens."""
+    while True:
+        port = random.randrange(20_000, 32_000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
 
 

@@ -1,0 +1,339 @@
+"""The whole network on one machine: 193 contact points, every one sending to every other.
+
+    .venv/bin/python bench/network_sim.py [--nodes 193] [--workers 4] [--hubs 8]
+
+Makes keys, a signed roster and a config for each UN member state (ISO
+3166-1 alpha-3 ids), links them sparsely (a few regional hubs linked to each
+other; each country linked to two hubs and its two neighbours), and runs them
+in `--workers` processes, each running its share of nodes in one event loop;
+every node keeps its own SQLite store, keys and TLS links on 127.0.0.1. Once
+every node has a route to every other, each sends one `urgent` preservation
+request to every other through its own use case (`Service.submit`), and the
+run waits for every end-to-end receipt to be back.
+
+Reports: time until the last receipt, messages/s beside the floor (the
+per-message crypto and durable commits of `bench/throughput.py`, spread over
+the machine's cores), the peak memory (sum of the workers' peak RSS), and
+the longest path used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from network.config import load_config
+from network.crypto import HpkeSuite
+from network.keys import init_keeper, init_node_keys, load_keeper
+from network.node import NodeSettings, run_node
+from network.records import NodeId
+from network.roster import build_roster
+from network.samples import sample_body
+from network.service import Service
+from tests.harness import free_port
+
+MEMBER_STATES = Path(__file__).resolve().parent.parent / "network" / "data" / "un-member-states.csv"
+
+
+def member_states() -> list[str]:
+    with MEMBER_STATES.open(encoding="utf-8") as f:
+        return sorted(row["alpha3"] for row in csv.DictReader(f))
+
+
+def topology(ids: list[str], hubs: int, neighbours: int) -> dict[str, set[str]]:
+    """Regional hubs in a full mesh; each country linked to two hubs and its neighbours."""
+    size = len(ids)
+    hub_ids = [ids[i * size // hubs] for i in range(hubs)]
+    links: dict[str, set[str]] = {i: set() for i in ids}
+
+    def link(a: str, b: str) -> None:
+        if a != b:
+            links[a].add(b)
+            links[b].add(a)
+
+    for a in hub_ids:
+        for b in hub_ids:
+            link(a, b)
+    for index, node in enumerate(ids):
+        region = index * hubs // size
+        link(node, hub_ids[region])
+        link(node, hub_ids[(region + 1) % hubs])
+        for step in range(1, neighbours // 2 + 1):
+            link(node, ids[(index + step) % size])
+    return links
+
+
+def prepare(root: Path, ids: list[str], links: dict[str, set[str]], suite: HpkeSuite) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    keys = root / "keys"
+    init_keeper(keys / "authority")
+    cards = []
+    for node_id in ids:
+        peer_port, api_port = free_port(), free_port()
+        cards.append(
+            init_node_keys(
+                keys / node_id,
+                NodeId(node_id),
+                url=f"wss://127.0.0.1:{peer_port}",
+                suite=suite,
+                now=now,
+            )
+        )
+        # Each link is dialled from one end only (the smaller id), to halve the handshakes.
+        dial = sorted(p for p in links[node_id] if node_id < p)
+        (root / "nodes").mkdir(exist_ok=True)
+        (root / "nodes" / f"{node_id}.toml").write_text(
+            f'id = "{node_id}"\n'
+            f'[peer]\nlisten = "127.0.0.1:{peer_port}"\n'
+            f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
+            f'[store]\npath = "../var/{node_id}.sqlite"\n'
+            f'[keys]\ndir = "../keys/{node_id}"\nroster = "../keys/roster.json"\n'
+            f'keeper = "../keys/authority/keeper.json"\n'
+            f"[links]\npeers = {json.dumps(dial)}\n"
+            f"[delivery]\nretry_seconds = 600\n"
+        )
+    now_ms = int(time.time() * 1000)
+    data = build_roster(
+        cards,
+        keeper=load_keeper(keys / "authority"),
+        version=1,
+        issued=now_ms - 60_000,
+        valid_until=now_ms + 86_400_000,
+    )
+    (keys / "roster.json").write_bytes(data)
+
+
+# -- a worker process: some of the nodes -------------------------------------------
+
+
+def say(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
+    services: dict[str, Service] = {}
+    stop = asyncio.Event()
+
+    async def ready(service: Service) -> None:
+        services[service.me] = service
+
+    tasks = [
+        asyncio.create_task(
+            run_node(load_config(root / "nodes" / f"{i}.toml"), stop, NodeSettings(), ready)
+        )
+        for i in ids
+    ]
+    try:
+        while len(services) < len(ids) or not all(
+            len(s.routing.reachable()) >= len(all_ids) - 1 for s in services.values()
+        ):
+            for task in tasks:
+                if task.done():
+                    task.result()  # a node that failed to start fails the run
+            await asyncio.sleep(0.5)
+        say("ready", nodes=len(ids))
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if line.strip() != "go":
+            return
+        body = sample_body("preservation")
+        for offset in range(1, len(all_ids)):
+            for node_id in ids:
+                to = all_ids[(all_ids.index(node_id) + offset) % len(all_ids)]
+                await services[node_id].submit(
+                    user="sim", to=to, message_type="preservation", priority="urgent", body=body
+                )
+        say("sent")
+        expected = len(ids) * (len(all_ids) - 1)
+        while True:
+            delivered = 0
+            for service in services.values():
+                async with service.store.db.execute(
+                    "SELECT COUNT(*) FROM messages WHERE box = 'out' AND state = 'delivered'"
+                ) as cursor:
+                    row = await cursor.fetchone()
+                delivered += int(row[0]) if row else 0
+            say("progress", delivered=delivered, expected=expected)
+            if delivered >= expected:
+                break
+            await asyncio.sleep(1)
+        longest = 0
+        for service in services.values():
+            async with service.store.db.execute(
+                "SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'"
+            ) as cursor:
+                row = await cursor.fetchone()
+            longest = max(longest, int(row[0] or 0) if row else 0)
+        say("done", longest_relays=longest)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- the coordinator ---------------------------------------------------------------
+
+
+def peak_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=193)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--hubs", type=int, default=8)
+    parser.add_argument("--neighbours", type=int, default=2)
+    parser.add_argument("--suite", choices=["hybrid", "x25519"], default="hybrid")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--ids", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    ids = member_states()[: args.nodes]
+    if args.worker:
+        profile = os.environ.get("CPN_SIM_PROFILE")  # a file to dump one worker's cProfile to
+        if profile and not Path(profile).exists():
+            import cProfile
+
+            Path(profile).touch()
+            cProfile.runctx(
+                "asyncio.run(worker(Path(args.root), args.ids.split(','), ids))",
+                globals(),
+                {"args": args, "ids": ids, "worker": worker, "asyncio": asyncio, "Path": Path},
+                profile,
+            )
+            return
+        asyncio.run(worker(Path(args.root), args.ids.split(","), ids))
+        return
+
+    suite = HpkeSuite.MLKEM768_X25519 if args.suite == "hybrid" else HpkeSuite.X25519
+    root = Path(tempfile.mkdtemp(prefix="cpn-sim-"))
+    links = topology(ids, min(args.hubs, len(ids)), args.neighbours)
+    started = time.monotonic()
+    prepare(root, ids, links, suite)
+    prepared = time.monotonic() - started
+    shares = [ids[i :: args.workers] for i in range(args.workers)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--root",
+                str(root),
+                "--ids",
+                ",".join(share),
+                "--nodes",
+                str(args.nodes),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for share in shares
+        if share
+    ]
+    try:
+        events = [_read_event(w) for w in workers]
+        assert all(e["event"] == "ready" for e in events), events
+        converged = time.monotonic() - started - prepared
+        go = time.monotonic()
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        longest = 0
+        pending = set(range(len(workers)))
+        progress = [0] * len(workers)
+        expected = len(ids) * (len(ids) - 1)
+        last_print = 0.0
+        while pending:
+            if time.monotonic() - go > args.timeout:
+                raise SystemExit(f"timed out: {sum(progress)} of {expected} delivered")
+            for index in list(pending):
+                event = _read_event(workers[index])
+                if event["event"] == "progress":
+                    progress[index] = event["delivered"]
+                elif event["event"] == "done":
+                    longest = max(longest, event["longest_relays"])
+                    pending.discard(index)
+            if time.monotonic() - last_print > 10:
+                last_print = time.monotonic()
+                print(
+                    f"  {time.monotonic() - go:6.0f}s  {sum(progress):>6} of {expected} delivered",
+                    flush=True,
+                )
+        elapsed = time.monotonic() - go
+        peak = sum(peak_rss_mib(w.pid) for w in workers)
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("stop\n")
+            w.stdin.flush()
+        for w in workers:
+            w.wait(timeout=120)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+
+    link_count = sum(len(p) for p in links.values()) // 2
+    rate = expected / elapsed
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"{len(ids)} nodes in {len(workers)} processes, {link_count} links ({args.hubs} hubs), suite {suite}"
+    )
+    print(
+        f"keys, roster and configs made in {prepared:.0f}s; all routes known {converged:.0f}s after start\n"
+    )
+    print(f"{'figure':<48} {'cpn':>10} {'floor':>10} {'ratio':>7}")
+    print(f"{'messages, every node to every other':<48} {expected:>10}")
+    print(f"{'time until every end-to-end receipt is back (s)':<48} {elapsed:>10.0f}")
+    if args.floor:
+        from bench.throughput import floor_per_message
+        from tests.harness import Network
+
+        floor = floor_per_message(Network(Path(tempfile.mkdtemp()), {"FRA": ["DEU"], "DEU": []}))
+        floor_rate = (os.cpu_count() or 1) / sum(floor.values())
+        print(
+            f"{'delivered with end-to-end receipts (msg/s)':<48} {rate:>10.0f} {floor_rate:>10.0f} {rate / floor_rate:>7.0%}"
+        )
+    else:
+        print(f"{'delivered with end-to-end receipts (msg/s)':<48} {rate:>10.0f}")
+    print(f"{'peak memory, all workers (MiB)':<48} {peak:>10.0f}")
+    print(f"{'longest path used (relays between the two ends)':<48} {longest:>10}")
+    print("all delivered")
+
+
+def _read_event(process: subprocess.Popen[str]) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise SystemExit(f"a worker stopped (exit {process.wait()})")
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
+if __name__ == "__main__":
+    main()
