@@ -436,16 +436,24 @@ class Links:
         and every `poll_interval` for retries that came due.
         """
         signal = self.service.outbox_signal(link.peer)
+        drained = False  # the last look found less than it could take: nothing more waits
+        last_poll = 0.0
         while True:
             signal.clear()
             for receipt in self.service.take_receipts_for(link.peer):
                 await link.ws.send(frame(FRAME_RECEIPT, receipt))
             free = self.settings.window - len(inflight)
             reserve = free + self.settings.flash_reserve
-            if reserve > 0:
+            due = time.monotonic() - last_poll >= self.settings.poll_interval  # retries
+            news = self.service.take_dirty(link.peer)
+            if reserve > 0 and (news or due or not drained):
+                if due:
+                    last_poll = time.monotonic()
+                want, flash_only = max(free, reserve), free <= 0
                 rows = await self.service.outbox(
-                    link.peer, max(free, reserve), exclude=list(inflight), flash_only=free <= 0
+                    link.peer, want, exclude=list(inflight), flash_only=flash_only
                 )
+                drained = len(rows) < want and not flash_only
                 if rows:
                     for row in rows:
                         path = (

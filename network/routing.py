@@ -70,8 +70,14 @@ def make_announcement(
     return Announcement(node, seq, frozenset(listed), raw)
 
 
-def verify_announcement(raw: bytes, roster: Roster) -> Announcement:
-    """Parse and verify an announcement against the roster; PeerError says why not."""
+def verify_announcement(
+    raw: bytes, roster: Roster, held: Mapping[NodeId, Announcement] | None = None
+) -> Announcement:
+    """Parse and verify an announcement against the roster; PeerError says why not.
+
+    With `held`, one no newer than the held one raises StaleAnnouncementError
+    before its signature is checked: floods bring many copies of each.
+    """
     doc = Fields(parse_canonical(raw, limit=MAX_ANNOUNCEMENT_BYTES, what="announcement"), "doc")
     body = doc.any("announce")
     signature = doc.bytes("sig")
@@ -87,6 +93,9 @@ def verify_announcement(raw: bytes, roster: Roster) -> Announcement:
         raise MalformedError(f"announce.node: {node!r} is not a node id")
     if not isinstance(links, list) or len(links) > 1000 or not all(is_node_id(n) for n in links):
         raise MalformedError("announce.links: expected a list of node ids")
+    known = held.get(NodeId(node)) if held is not None else None
+    if known is not None and known.seq >= seq:
+        raise StaleAnnouncementError(f"{node}'s announcement {seq} is not newer than {known.seq}")
     key = roster.active_card(node).signing_key
     key.verify(signature, _CONTEXT + canonical(body), what=f"{node}'s announcement")
     return Announcement(NodeId(node), seq, frozenset(NodeId(n) for n in links), raw)

@@ -59,7 +59,13 @@ from network.records import (
     parse_canonical,
 )
 from network.roster import Roster, load_roster
-from network.routing import Announcement, RoutingTable, make_announcement, verify_announcement
+from network.routing import (
+    Announcement,
+    RoutingTable,
+    StaleAnnouncementError,
+    make_announcement,
+    verify_announcement,
+)
 from network.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow
 
 __all__ = ["ROLES", "Service", "hash_token", "issue_token", "summary"]
@@ -145,6 +151,8 @@ class Service:
         self._announce_seq = 0
         self._pending_receipts: dict[NodeId, deque[bytes]] = {}
         self._unroutable: set[str] = set()
+        self._dirty: set[str] = set()  # links with news in their outbox
+        self._last_contact: dict[str, int] = {}
 
     # -- signals for the link layer ----------------------------------------------
 
@@ -156,7 +164,15 @@ class Service:
         """Wake the link that now carries traffic for `destination` (all links if None)."""
         hops = self.routing.next_hops(NodeId(destination)) if destination else ()
         for peer in hops[:1] or list(self.linked):
+            self._dirty.add(peer)
             self.outbox_signal(peer).set()
+
+    def take_dirty(self, peer: str) -> bool:
+        """Whether something may have been queued for the link to `peer` since it last looked."""
+        if peer in self._dirty:
+            self._dirty.discard(peer)
+            return True
+        return False
 
     # -- routing -----------------------------------------------------------------
 
@@ -171,7 +187,10 @@ class Service:
 
     def accept_announcement(self, raw: bytes) -> bool:
         """Take a peer's flooded announcement; True when it is news to pass on."""
-        announcement = verify_announcement(raw, self.roster)
+        try:
+            announcement = verify_announcement(raw, self.roster, self.routing.announcements)
+        except StaleAnnouncementError:
+            return False  # a copy of one we have
         if announcement.node == self.me:
             return False
         if not self.routing.accept(announcement):
@@ -367,7 +386,7 @@ class Service:
                 if item.receipt is not None:
                     await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 await tx.audit(item.audit)
-            await tx.peer_contact(peer)
+            self._contact(tx, peer)
         for item in items:
             if (item.relay or item.requeue is not None) and item.envelope is not None:
                 self.wake(item.envelope.header.recipient)
@@ -564,7 +583,7 @@ class Service:
                 settled.append(row.id)
                 entries.extend(await self._settle(tx, row, receipt, link_actor))
             await tx.audit(entries)
-            await tx.peer_contact(peer)
+            self._contact(tx, peer)
         return settled
 
     async def _settle(
@@ -637,6 +656,13 @@ class Service:
         self.wake()
         log.info("%s: roster version %d adopted (from %s)", self.me, roster.version, source)
         return roster
+
+    def _contact(self, tx: Tx, peer: str) -> None:
+        """Record contact from a peer, at most every few seconds (it is a write per batch)."""
+        now = self.clock()
+        if now - self._last_contact.get(peer, 0) >= 5_000:
+            self._last_contact[peer] = now
+            tx.peer_contact_now(peer)
 
     async def peer_contact(self, peer: str) -> None:
         async with self.store.transaction(self.clock()) as tx:

@@ -218,10 +218,10 @@ def _message(row: Sequence[Any]) -> MessageRow:
 
 
 async def _fetch_message(db: aiosqlite.Connection, message_id: str) -> MessageRow | None:
-    async with db.execute(
+    found = await db.execute_fetchall(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
+    row = next(iter(found), None)
     return None if row is None else _message(row)
 
 
@@ -306,10 +306,10 @@ class Tx:
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids)
-        ) as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+        )
+        return {row[0] for row in rows}
 
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
@@ -317,10 +317,10 @@ class Tx:
         if not wanted:
             return
         marks = ",".join("?" * len(wanted))
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(wanted)
-        ) as cursor:
-            found = {row[0]: _message(row) for row in await cursor.fetchall()}
+        )
+        found = {row[0]: _message(row) for row in rows}
         for i in wanted:
             self._rows[i] = found.get(i)
 
@@ -405,6 +405,9 @@ class Tx:
 
     async def peer_contact(self, peer: str) -> None:
         """Any contact from a peer resets its backoff (Matrix's lesson)."""
+        self.peer_contact_now(peer)
+
+    def peer_contact_now(self, peer: str) -> None:
         self._write(
             "INSERT INTO peers (id, failures, retry_at, last_seen) VALUES (?, 0, 0, ?)"
             " ON CONFLICT (id) DO UPDATE SET failures = 0, retry_at = 0,"
@@ -459,8 +462,8 @@ class Store:
             await self.db.execute("PRAGMA synchronous = FULL")
             await self.db.execute("PRAGMA foreign_keys = ON")
             await self.db.execute("PRAGMA busy_timeout = 5000")
-            async with self.db.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
+            found = await self.db.execute_fetchall("PRAGMA user_version")
+            row = next(iter(found), None)
             version = int(row[0]) if row else 0
         except aiosqlite.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a cpn store: {exc}") from exc
@@ -523,10 +526,10 @@ class Store:
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids)
-        ) as cursor:
-            return {row[0] for row in await cursor.fetchall()}
+        )
+        return {row[0] for row in rows}
 
     # -- reads -----------------------------------------------------------------
 
@@ -552,12 +555,12 @@ class Store:
             clauses.append("id < ?")
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages {where}"
             " ORDER BY priority_rank, created DESC LIMIT ?",
             (*params, limit),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
+        rows = rows
         return [_message(r) for r in rows]
 
     async def outbox(
@@ -567,86 +570,86 @@ class Store:
         if not destinations:
             return []
         marks = ",".join("?" * len(destinations))
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
             f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             " AND retry_at <= ? AND priority_rank <= ?"
             " ORDER BY priority_rank, created LIMIT ?",
             (*destinations, now, max_rank, limit),
-        ) as cursor:
-            return [_message(r) for r in await cursor.fetchall()]
+        )
+        return [_message(r) for r in rows]
 
     async def latest_roster(self) -> bytes | None:
-        async with self.db.execute(
+        found = await self.db.execute_fetchall(
             "SELECT raw FROM rosters ORDER BY version DESC LIMIT 1"
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
+        row = next(iter(found), None)
         return None if row is None else bytes(row[0])
 
     async def queued_destinations(self) -> dict[str, int]:
         """Destinations with messages waiting to go (ours or relayed), and how many."""
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT peer, COUNT(*) FROM messages"
             " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent') AND hop_acked = 0"
             " GROUP BY peer"
-        ) as cursor:
-            return {peer: count for peer, count in await cursor.fetchall()}
+        )
+        return {peer: count for peer, count in rows}
 
     async def queued_counts(self) -> dict[str, int]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT peer, COUNT(*) FROM messages"
             " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             " GROUP BY peer"
-        ) as cursor:
-            return {peer: count for peer, count in await cursor.fetchall()}
+        )
+        return {peer: count for peer, count in rows}
 
     async def due_to_expire(self, now: int, limit: int = 500) -> list[MessageRow]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
             " WHERE state IN ('queued', 'sent') AND expires < ? LIMIT ?",
             (now, limit),
-        ) as cursor:
-            return [_message(r) for r in await cursor.fetchall()]
+        )
+        return [_message(r) for r in rows]
 
     async def receipts(self, message_id: str) -> list[ReceiptRow]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT id, message_id, direction, signer, scope, outcome, reason, time, raw"
             " FROM receipts WHERE message_id = ? ORDER BY time, id",
             (message_id,),
-        ) as cursor:
-            return [ReceiptRow(*r) for r in await cursor.fetchall()]
+        )
+        return [ReceiptRow(*r) for r in rows]
 
     async def audit_for(self, message_id: str) -> list[dict[str, Any]]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT seq, time, actor, action, detail FROM audit WHERE message_id = ? ORDER BY seq",
             (message_id,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
+        rows = rows
         return [
             {"seq": s, "time": t, "actor": a, "action": act, "detail": json.loads(d)}
             for s, t, a, act, d in rows
         ]
 
     async def peers(self) -> dict[str, dict[str, Any]]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT id, failures, retry_at, last_seen, last_error FROM peers"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
+        rows = rows
         return {
             r[0]: {"failures": r[1], "retry_at": r[2], "last_seen": r[3], "last_error": r[4]}
             for r in rows
         }
 
     async def user_count(self) -> int:
-        async with self.db.execute("SELECT COUNT(*) FROM users") as cursor:
-            row = await cursor.fetchone()
+        found = await self.db.execute_fetchall("SELECT COUNT(*) FROM users")
+        row = next(iter(found), None)
         return int(row[0]) if row else 0
 
     async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
-        async with self.db.execute(
+        found = await self.db.execute_fetchall(
             "SELECT name, role, created FROM users WHERE token_hash = ?", (token_hash,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
+        row = next(iter(found), None)
         return None if row is None else UserRow(*row)
 
 
