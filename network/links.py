@@ -71,7 +71,7 @@ class LinkSettings:
     ping_timeout: float = 20.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
-    poll_interval: float = 1.0
+    poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
     announce_delay: float = 0.2
 
 

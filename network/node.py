@@ -41,7 +41,7 @@ def now_ms() -> int:
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     links: LinkSettings = field(default_factory=LinkSettings)
-    expiry_scan_interval: float = 2.0
+    expiry_scan_interval: float = 5.0
     route_grace: float = 3.0  # after start, before a destination without a route is raised
     roster_poll_interval: float = 1.0
 

@@ -372,10 +372,15 @@ class Service:
         now = self.clock()
         link = NodeId(peer)
         items = [_Inbound(raw, path, link) for path, raw in frames]
-        # Ids stored already are duplicates for sure: no need to open them again.
-        stored = await self.store.known_ids([i for i in (_peek_id(it.raw) for it in items) if i])
         for item in items:
-            self._verify_inbound(item, now, stored)
+            self._verify_outer(item, now)
+        # Ids stored already are duplicates for sure: no need to open them again.
+        stored = await self.store.known_ids(
+            [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
+        )
+        for item in items:
+            if item.envelope is not None and item.receipt is None:
+                self._open_inbound(item, now, stored)
         async with self.store.transaction(now) as tx:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)
@@ -392,11 +397,8 @@ class Service:
                 self.wake(item.envelope.header.recipient)
         return [item.receipt.raw for item in items if item.receipt is not None]
 
-    def _verify_inbound(self, item: _Inbound, now: int, stored: set[str]) -> None:
-        """The checks that need no store: signatures, times, hop limit; open what is ours.
-
-        A refusal sets a `rejected` receipt (when the header can be read at all).
-        """
+    def _verify_outer(self, item: _Inbound, now: int) -> None:
+        """The checks anyone can make: form, signer, outer signature, times, hop limit."""
         try:
             envelope = verify_envelope(item.raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
             item.envelope = envelope
@@ -414,30 +416,42 @@ class Service:
                         f"cannot relay to {header.recipient}: {exc}"
                     ) from None
                 item.relay = True
-            elif header.id not in stored:
-                item.opened = open_envelope(
-                    envelope, me=self.me, hpke_key=self.keys.hpke, roster=self.roster
-                )
         except PeerError as exc:
-            item.opened = None
-            item.relay = False
-            readable = item.envelope.header if item.envelope else _readable_header(item.raw)
-            item.audit.append(
-                AuditEntry(
-                    f"node:{item.link}",
-                    "rejected",
-                    readable.id if readable else None,
-                    {
-                        "reason": exc.reason,
-                        "error": str(exc)[:500],
-                        "size": len(item.raw),
-                        "digest": b64encode(hashlib.sha256(item.raw).digest()),
-                    },
-                )
+            self._refuse(item, exc, now)
+
+    def _open_inbound(self, item: _Inbound, now: int, stored: set[str]) -> None:
+        """Open what is for us and not stored yet (stored ones are answered `duplicate`)."""
+        assert item.envelope is not None
+        if item.relay or item.envelope.header.id in stored:
+            return
+        try:
+            item.opened = open_envelope(
+                item.envelope, me=self.me, hpke_key=self.keys.hpke, roster=self.roster
             )
-            log.warning("refused an envelope from %s: %s", item.link, exc)
-            if readable is not None:
-                item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
+        except PeerError as exc:
+            self._refuse(item, exc, now)
+
+    def _refuse(self, item: _Inbound, exc: PeerError, now: int) -> None:
+        """Audit a refused envelope and answer `rejected` when its header can be read."""
+        item.opened = None
+        item.relay = False
+        readable = item.envelope.header if item.envelope else _readable_header(item.raw)
+        item.audit.append(
+            AuditEntry(
+                f"node:{item.link}",
+                "rejected",
+                readable.id if readable else None,
+                {
+                    "reason": exc.reason,
+                    "error": str(exc)[:500],
+                    "size": len(item.raw),
+                    "digest": b64encode(hashlib.sha256(item.raw).digest()),
+                },
+            )
+        )
+        log.warning("refused an envelope from %s: %s", item.link, exc)
+        if readable is not None:
+            item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
 
     async def _take_inbound(self, tx: Tx, item: _Inbound, now: int, known: set[str]) -> None:
         """Store a verified envelope once, or answer `duplicate`; under the store's lock."""
@@ -834,12 +848,6 @@ def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:
         time=receipt.received,
         raw=receipt.raw,
     )
-
-
-def _peek_id(raw: bytes) -> str | None:
-    """The message id of an envelope, if it reads at all (checked properly later)."""
-    header = _readable_header(raw)
-    return header.id if header else None
 
 
 def _readable_header(raw: bytes) -> Header | None:
