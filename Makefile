@@ -29,6 +29,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/envelope.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/network_sim.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -24,6 +24,7 @@ import asyncio
 import csv
 import datetime
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -124,6 +125,11 @@ def say(event: str, **fields: Any) -> None:
 
 
 async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
+    logging.basicConfig(
+        filename=root / f"worker-{ids[0]}.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     services: dict[str, Service] = {}
     stop = asyncio.Event()
 
@@ -143,7 +149,9 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
             for task in tasks:
                 if task.done():
                     task.result()  # a node that failed to start fails the run
-            await asyncio.sleep(0.5)
+            reach = sorted(len(s.routing.reachable()) for s in services.values())
+            logging.info("waiting: %d of %d nodes up; routes %s", len(services), len(ids), reach[:5])
+            await asyncio.sleep(2)
         say("ready", nodes=len(ids))
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         if line.strip() != "go":

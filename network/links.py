@@ -466,8 +466,10 @@ class Links:
             limit = self.settings.receipt_timeout
             if inflight and time.monotonic() - min(inflight.values()) > limit:
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
+            # Routes waiting on a burst of announcements are looked at again soon.
+            wait = 0.3 if self.service.routing.stale else self.settings.poll_interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.poll_interval):
+                async with asyncio.timeout(wait):
                     await signal.wait()
 
 

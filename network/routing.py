@@ -109,25 +109,36 @@ class RoutingTable:
         self.announcements: dict[NodeId, Announcement] = {}
         self._routes: dict[NodeId, tuple[NodeId, ...]] | None = None
         self._linked: frozenset[NodeId] = frozenset()
+        self.stale = False  # announcements changed since the routes were computed
 
     def accept(self, announcement: Announcement) -> bool:
-        """Keep `announcement` if newer than the one held; True when it changed something."""
+        """Keep `announcement` if newer than the one held; True when it changed something.
+
+        Routes follow at the next `refresh` (floods bring announcements in bursts;
+        the caller decides how often to pay for the computation).
+        """
         held = self.announcements.get(announcement.node)
         if held is not None and held.seq >= announcement.seq:
             return False
         self.announcements[announcement.node] = announcement
-        self._routes = None
+        self.stale = True
         return True
 
     def forget(self, node: NodeId) -> None:
-        """Drop a node's announcement (it was revoked)."""
+        """Drop a node's announcement (it was revoked); routes change at once."""
         if self.announcements.pop(node, None) is not None:
             self._routes = None
 
     def set_linked(self, linked: Iterable[NodeId]) -> None:
+        """Our own live links: routes change at once (a link that is down is never used)."""
         linked = frozenset(linked)
         if linked != self._linked:
             self._linked = linked
+            self._routes = None
+
+    def refresh(self) -> None:
+        """Recompute the routes if announcements changed since the last time."""
+        if self.stale:
             self._routes = None
 
     @property
@@ -147,6 +158,7 @@ class RoutingTable:
 
     def _compute(self) -> dict[NodeId, tuple[NodeId, ...]]:
         # One breadth-first search per linked peer (a handful), not per destination.
+        self.stale = False
         graph = self._graph()
         reach = {peer: _distances_from(peer, graph, avoid=self.me) for peer in self._linked}
         ranked: dict[NodeId, list[tuple[int, NodeId]]] = {}

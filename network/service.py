@@ -116,6 +116,7 @@ class NoSuchRecipientError(PeerError):
     reason = "unknown_recipient"
 
 
+ROUTE_REFRESH_MS = 300  # announcements come in bursts: routes follow at most this often
 MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 
 
@@ -153,6 +154,7 @@ class Service:
         self._unroutable: set[str] = set()
         self._dirty: set[str] = set()  # links with news in their outbox
         self._last_contact: dict[str, int] = {}
+        self._routes_at = 0
 
     # -- signals for the link layer ----------------------------------------------
 
@@ -160,8 +162,17 @@ class Service:
         """Set whenever something may have become sendable over the link to `peer`."""
         return self._outbox_signals.setdefault(peer, asyncio.Event())
 
+    def _fresh_routes(self) -> None:
+        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`."""
+        now = self.clock()
+        if self.routing.stale and now - self._routes_at >= ROUTE_REFRESH_MS:
+            self._routes_at = now
+            self.routing.refresh()
+            self._dirty.update(self.linked)  # a destination may have moved to another link
+
     def wake(self, destination: str | None = None) -> None:
         """Wake the link that now carries traffic for `destination` (all links if None)."""
+        self._fresh_routes()
         hops = self.routing.next_hops(NodeId(destination)) if destination else ()
         for peer in hops[:1] or list(self.linked):
             self._dirty.add(peer)
@@ -326,6 +337,7 @@ class Service:
         self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
     ) -> list[MessageRow]:
         """Ours and relayed messages whose best route now starts with the link to `peer`."""
+        self._fresh_routes()
         destinations = [
             d for d, hops in self.routing.reachable().items() if hops and hops[0] == peer
         ]
