@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from network.config import load_config
 from network.crypto import HpkeSuite
 from network.keys import init_keeper, init_node_keys, load_keeper
+from network.links import LinkSettings
 from network.node import NodeSettings, run_node
 from network.records import NodeId
 from network.roster import build_roster
@@ -132,28 +133,39 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     )
     services: dict[str, Service] = {}
     stop = asyncio.Event()
+    dial = asyncio.Event()  # every node of every worker listens before anyone dials
+    # One loop carries dozens of nodes here: allow for its pauses.
+    links = LinkSettings(handshake_timeout=60, ping_timeout=120, receipt_timeout=300)
+    settings = NodeSettings(links=links, dial_after=dial)
+    loop = asyncio.get_running_loop()
 
     async def ready(service: Service) -> None:
         services[service.me] = service
 
     tasks = [
         asyncio.create_task(
-            run_node(load_config(root / "nodes" / f"{i}.toml"), stop, NodeSettings(), ready)
+            run_node(load_config(root / "nodes" / f"{i}.toml"), stop, settings, ready)
         )
         for i in ids
     ]
     try:
-        while len(services) < len(ids) or not all(
-            len(s.routing.reachable()) >= len(all_ids) - 1 for s in services.values()
-        ):
+        while len(services) < len(ids):
             for task in tasks:
                 if task.done():
                     task.result()  # a node that failed to start fails the run
+            await asyncio.sleep(0.2)
+        say("up", nodes=len(ids))
+        if (await loop.run_in_executor(None, sys.stdin.readline)).strip() != "link":
+            return
+        dial.set()
+        while not all(len(s.routing.reachable()) >= len(all_ids) - 1 for s in services.values()):
             reach = sorted(len(s.routing.reachable()) for s in services.values())
-            logging.info("waiting: %d of %d nodes up; routes %s", len(services), len(ids), reach[:5])
+            logging.info(
+                "waiting: %d of %d nodes up; routes %s", len(services), len(ids), reach[:5]
+            )
             await asyncio.sleep(2)
         say("ready", nodes=len(ids))
-        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        line = await loop.run_in_executor(None, sys.stdin.readline)
         if line.strip() != "go":
             return
         body = sample_body("preservation")
@@ -185,7 +197,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
                 row = await cursor.fetchone()
             longest = max(longest, int(row[0] or 0) if row else 0)
         say("done", longest_relays=longest)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await loop.run_in_executor(None, sys.stdin.readline)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -263,8 +275,15 @@ def main() -> None:
     ]
     try:
         events = [_read_event(w) for w in workers]
+        assert all(e["event"] == "up" for e in events), events
+        started_up = time.monotonic() - started - prepared
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("link\n")
+            w.stdin.flush()
+        events = [_read_event(w) for w in workers]
         assert all(e["event"] == "ready" for e in events), events
-        converged = time.monotonic() - started - prepared
+        converged = time.monotonic() - started - prepared - started_up
         go = time.monotonic()
         for w in workers:
             assert w.stdin is not None

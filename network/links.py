@@ -157,8 +157,12 @@ class Links:
             self._accept, self.host, self.port, ssl=self._server_ssl, **self._options()
         )
 
-    async def run(self) -> None:
-        """Serve and dial until cancelled; closes every link with a close frame on the way out."""
+    async def run(self, dial_after: asyncio.Event | None = None) -> None:
+        """Serve and dial until cancelled; closes every link with a close frame on the way out.
+
+        `dial_after`: start dialling only once it is set (a simulation starting
+        many nodes in one process lets them all finish starting first).
+        """
         if self._server is None:
             await self.listen()
         assert self._server is not None
@@ -166,6 +170,8 @@ class Links:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._server.serve_forever(), name="peer server")
                 group.create_task(self._announcer(), name="announcer")
+                if dial_after is not None:
+                    await dial_after.wait()
                 for peer in self.peers:
                     group.create_task(self._dial_forever(peer), name=f"dial {peer}")
         finally:
@@ -481,6 +487,21 @@ def _rank_hint(envelope: bytes) -> int:
     """0 for flash, 1 for urgent, 2 otherwise, from where the canonical header puts it."""
     head = envelope[:600]
     return 0 if _FLASH_HINT in head else 1 if _URGENT_HINT in head else 2
+
+
+_ANCHORS: dict[bytes, str] = {}
+
+
+def _anchors(roster: Roster) -> str:
+    """The PEM certificates of a roster's active contact points (made once per roster)."""
+    pem = _ANCHORS.get(roster.digest)
+    if pem is None:
+        certs = [e.card.tls_cert for e in roster.entries.values() if e.active]
+        pem = "".join(certificate_pem(der) for der in certs)
+        if len(_ANCHORS) >= 4:
+            _ANCHORS.clear()
+        _ANCHORS[roster.digest] = pem
+    return pem
 
 
 class _Stalled(Exception):

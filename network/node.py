@@ -42,6 +42,7 @@ def now_ms() -> int:
 class NodeSettings:
     links: LinkSettings = field(default_factory=LinkSettings)
     expiry_scan_interval: float = 5.0
+    dial_after: asyncio.Event | None = None  # hold dialling until set (simulations)
     route_grace: float = 3.0  # after start, before a destination without a route is raised
     roster_poll_interval: float = 1.0
 
@@ -118,7 +119,7 @@ async def run_node(
         )
         try:
             async with asyncio.TaskGroup() as group:
-                link_task = group.create_task(links.run(), name="links")
+                link_task = group.create_task(links.run(settings.dial_after), name="links")
                 scan_task = group.create_task(
                     _expiry_scan(service, settings.expiry_scan_interval, settings.route_grace),
                     name="expiry",

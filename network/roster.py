@@ -261,6 +261,10 @@ def load_roster(
     RosterStaleError: not newer than `held`;
     RosterError: malformed.
     """
+    cache_key = sha256(data) + keeper.public_raw
+    cached = _VERIFIED.get(cache_key)
+    if cached is not None:  # the same bytes under the same keeper verified before
+        return _check_roster_use(cached, now=now, held=held, skew_ms=skew_ms)
     try:
         doc = Fields(parse_json(data, limit=MAX_ROSTER_BYTES, what="roster"), "roster")
         body_value = doc.any("roster")
@@ -310,19 +314,33 @@ def load_roster(
         raise
     except PeerError as exc:
         raise RosterError(f"malformed roster: {exc}") from exc
-    if now < issued - skew_ms:
-        raise RosterExpiredError(f"roster version {version} is not valid yet (issued in future)")
-    if now > valid_until:
-        raise RosterExpiredError(f"roster version {version} expired")
     digest = sha256(ROSTER_CONTEXT + canonical(body_value))
+    roster = Roster(version, issued, valid_until, keeper_kid, entries, data, digest)
+    if len(_VERIFIED) >= 8:
+        _VERIFIED.clear()
+    _VERIFIED[cache_key] = roster  # a simulation's nodes in one process share one roster
+    return _check_roster_use(roster, now=now, held=held, skew_ms=skew_ms)
+
+
+# Rosters whose signature and form were verified: sha256(bytes) + keeper key -> Roster.
+_VERIFIED: dict[bytes, Roster] = {}
+
+
+def _check_roster_use(roster: Roster, *, now: int, held: Roster | None, skew_ms: int) -> Roster:
+    """The checks that depend on the moment and on the roster held, not on the bytes."""
+    version = roster.version
+    if now < roster.issued - skew_ms:
+        raise RosterExpiredError(f"roster version {version} is not valid yet (issued in future)")
+    if now > roster.valid_until:
+        raise RosterExpiredError(f"roster version {version} expired")
     if held is not None:
         if version < held.version:
             raise RosterStaleError(
                 f"roster version {version} is older than version {held.version} held"
             )
-        if version == held.version and digest != held.digest:
+        if version == held.version and roster.digest != held.digest:
             raise RosterStaleError(
                 f"roster version {version} differs from the version {held.version} held; "
                 "a change needs a new version"
             )
-    return Roster(version, issued, valid_until, keeper_kid, entries, data, digest)
+    return roster
