@@ -82,6 +82,13 @@ class _Link:
     dialler: NodeId
     since: int
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Frames to send, in order, by one sender task. Whoever reads never waits on a send:
+    # two nodes each blocked sending to the other while neither reads would deadlock.
+    # Bounded in practice by the peer's window (receipts) and our own (envelopes).
+    outgoing: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+    def send(self, data: bytes) -> None:
+        self.outgoing.put_nowait(data)
 
 
 class Links:
@@ -301,9 +308,9 @@ class Links:
         try:
             # What the new peer should know: the roster if ours is newer, every announcement.
             if self.service.roster.version > peer_roster:
-                await ws.send(frame(FRAME_ROSTER, self.service.roster.raw))
+                link.send(frame(FRAME_ROSTER, self.service.roster.raw))
             for raw in self.service.announcements():
-                await ws.send(frame(FRAME_ANNOUNCE, raw))
+                link.send(frame(FRAME_ANNOUNCE, raw))
             self._links_changed.set()
             await self._carry(link)
         except ConnectionClosed:
@@ -325,13 +332,12 @@ class Links:
             await asyncio.sleep(self.settings.announce_delay)  # let a burst of changes settle
             self._links_changed.clear()
             announcement = self.service.links_changed()
-            await self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
+            self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
 
-    async def _broadcast(self, data: bytes, *, but: NodeId | None = None) -> None:
+    def _broadcast(self, data: bytes, *, but: NodeId | None = None) -> None:
         for peer, link in list(self.active.items()):
             if peer != but:
-                with contextlib.suppress(ConnectionClosed):
-                    await link.ws.send(data)
+                link.send(data)
 
     async def adopt_roster(self, raw: bytes, source: str) -> Roster | None:
         """A roster from a peer or the operator: adopt it if newer, pass it on, act on it."""
@@ -343,7 +349,7 @@ class Links:
             context.load_verify_locations(cadata=anchors)  # new contact points' certificates
         if self.on_roster is not None:
             await self.on_roster(roster)
-        await self._broadcast(frame(FRAME_ROSTER, raw), but=NodeId(source))
+        self._broadcast(frame(FRAME_ROSTER, raw), but=NodeId(source))
         for peer, link in list(self.active.items()):
             entry = roster.entries.get(peer)
             if entry is None or not entry.active:
@@ -357,6 +363,7 @@ class Links:
         size = self.settings.window + self.settings.flash_reserve + self.settings.batch
         incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=size)
         tasks = [
+            asyncio.create_task(self._send(link)),
             asyncio.create_task(self._read(link, incoming)),
             asyncio.create_task(self._process(link, incoming, inflight)),
             asyncio.create_task(self._write(link, inflight)),
@@ -378,6 +385,13 @@ class Links:
                 result, asyncio.CancelledError | ConnectionClosed | _Stalled
             ):
                 raise result
+
+    async def _send(self, link: _Link) -> None:
+        try:
+            while True:
+                await link.ws.send(await link.outgoing.get())
+        except ConnectionClosed:
+            return
 
     async def _read(self, link: _Link, incoming: asyncio.Queue[bytes]) -> None:
         try:
@@ -424,7 +438,7 @@ class Links:
                 pending.sort(key=lambda item: _rank_hint(item[1]))
                 batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
                 for answer in await self.service.accept_envelopes(link.peer, batch):
-                    await link.ws.send(frame(FRAME_RECEIPT, answer))
+                    link.send(frame(FRAME_RECEIPT, answer))
 
     async def _take_announcement(self, peer: NodeId, payload: bytes) -> None:
         try:
@@ -433,7 +447,7 @@ class Links:
             log.info("%s: ignored an announcement from %s: %s", self.me, peer, exc)
             return
         if news:
-            await self._broadcast(frame(FRAME_ANNOUNCE, payload), but=peer)
+            self._broadcast(frame(FRAME_ANNOUNCE, payload), but=peer)
 
     async def _write(self, link: _Link, inflight: dict[str, float]) -> None:
         """Send what routes through this link, flash first, at most `window` without receipts.
@@ -447,10 +461,11 @@ class Links:
         while True:
             signal.clear()
             for receipt in self.service.take_receipts_for(link.peer):
-                await link.ws.send(frame(FRAME_RECEIPT, receipt))
+                link.send(frame(FRAME_RECEIPT, receipt))
             free = self.settings.window - len(inflight)
             reserve = free + self.settings.flash_reserve
             due = time.monotonic() - last_poll >= self.settings.poll_interval  # retries
+            self.service.refresh_routes()
             news = self.service.take_dirty(link.peer)
             if reserve > 0 and (news or due or not drained):
                 if due:
@@ -465,7 +480,7 @@ class Links:
                         path = (
                             [NodeId(n) for n in json.loads(row.path)] if row.box == "relay" else []
                         )
-                        await link.ws.send(envelope_frame(path, row.envelope))
+                        link.send(envelope_frame(path, row.envelope))
                         inflight[row.id] = time.monotonic()
                     await self.service.mark_sent(link.peer, [row.id for row in rows])
                     continue

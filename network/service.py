@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +112,10 @@ class HopLimitError(PeerError):
     reason = "hop_limit"
 
 
+class LoopError(PeerError):
+    reason = "loop"
+
+
 class NoSuchRecipientError(PeerError):
     reason = "unknown_recipient"
 
@@ -150,7 +154,10 @@ class Service:
         self.linked: dict[str, int] = {}  # peer -> linked since (ms), kept by the link layer
         self.routing = RoutingTable(self.me)
         self._announce_seq = 0
-        self._pending_receipts: dict[NodeId, deque[bytes]] = {}
+        # End-to-end receipts passing through: recipient -> (preferred next hop, bytes).
+        self._pending_receipts: dict[NodeId, deque[tuple[str | None, bytes]]] = {}
+        self._passed: OrderedDict[str, None] = OrderedDict()  # receipt ids passed on
+        self._avoid: OrderedDict[str, set[str]] = OrderedDict()  # message -> hops that refused
         self._unroutable: set[str] = set()
         self._dirty: set[str] = set()  # links with news in their outbox
         self._last_contact: dict[str, int] = {}
@@ -162,7 +169,7 @@ class Service:
         """Set whenever something may have become sendable over the link to `peer`."""
         return self._outbox_signals.setdefault(peer, asyncio.Event())
 
-    def _fresh_routes(self) -> None:
+    def refresh_routes(self) -> None:
         """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`."""
         now = self.clock()
         if self.routing.stale and now - self._routes_at >= ROUTE_REFRESH_MS:
@@ -172,7 +179,7 @@ class Service:
 
     def wake(self, destination: str | None = None) -> None:
         """Wake the link that now carries traffic for `destination` (all links if None)."""
-        self._fresh_routes()
+        self.refresh_routes()
         hops = self.routing.next_hops(NodeId(destination)) if destination else ()
         for peer in hops[:1] or list(self.linked):
             self._dirty.add(peer)
@@ -217,20 +224,44 @@ class Service:
         return hops[0] if hops else None
 
     def take_receipts_for(self, peer: str) -> list[bytes]:
-        """End-to-end receipts passing through us whose route now starts at `peer`."""
+        """End-to-end receipts passing through us that should now go over the link to `peer`.
+
+        A receipt goes back the way its message came (to the node we had it
+        from) while that link is up; otherwise by the best route to its recipient.
+        """
         taken: list[bytes] = []
         for destination, queue in self._pending_receipts.items():
-            if queue and self._first_hop(destination) == peer:
-                taken.extend(queue)
-                queue.clear()
+            if not queue:
+                continue
+            first_hop = self._first_hop(destination)
+            keep: deque[tuple[str | None, bytes]] = deque(maxlen=MAX_PENDING_RECEIPTS)
+            for prefer, raw in queue:
+                by_path = prefer == peer and peer in self.linked
+                by_route = (prefer is None or prefer not in self.linked) and first_hop == peer
+                if by_path or by_route:
+                    taken.append(raw)
+                else:
+                    keep.append((prefer, raw))
+            self._pending_receipts[destination] = keep
         return taken
 
-    def _pass_on(self, receipt: Receipt) -> None:
+    def _pass_on(self, receipt: Receipt, prefer: str | None) -> bool:
+        """Queue an end-to-end receipt for another node, once; False if seen before."""
+        if receipt.id in self._passed:
+            return False
+        self._passed[receipt.id] = None
+        if len(self._passed) > MAX_PENDING_RECEIPTS * 10:
+            self._passed.popitem(last=False)
         queue = self._pending_receipts.setdefault(
             receipt.recipient, deque(maxlen=MAX_PENDING_RECEIPTS)
         )
-        queue.append(receipt.raw)
-        self.wake(receipt.recipient)
+        queue.append((prefer, receipt.raw))
+        if prefer is not None and prefer in self.linked:
+            self._dirty.add(prefer)
+            self.outbox_signal(prefer).set()
+        else:
+            self.wake(receipt.recipient)
+        return True
 
     # -- users -------------------------------------------------------------------
 
@@ -337,14 +368,33 @@ class Service:
         self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
     ) -> list[MessageRow]:
         """Ours and relayed messages whose best route now starts with the link to `peer`."""
-        self._fresh_routes()
-        destinations = [
-            d for d, hops in self.routing.reachable().items() if hops and hops[0] == peer
-        ]
+        self.refresh_routes()
+        routes = self.routing.reachable()
+        destinations = [d for d, hops in routes.items() if peer in hops]
         max_rank = PRIORITY_RANK[Priority.FLASH] if flash_only else max(PRIORITY_RANK.values())
-        rows = await self.store.outbox(destinations, limit + len(exclude), self.clock(), max_rank)
+        rows = await self.store.outbox(
+            destinations, 3 * (limit + len(exclude)), self.clock(), max_rank
+        )
         skip = set(exclude)
-        return [row for row in rows if row.id not in skip][:limit]
+        chosen = []
+        for row in rows:
+            if row.id not in skip and self._next_hop(row, routes.get(NodeId(row.peer), ())) == peer:
+                chosen.append(row)
+                if len(chosen) == limit:
+                    break
+        return chosen
+
+    def _next_hop(self, row: MessageRow, hops: Sequence[NodeId]) -> NodeId | None:
+        """The best live hop for a message: never back to a node it has been through
+        (its sender and the relays on its path: no loops), nor one that refused it."""
+        banned = set(self._avoid.get(row.id, ()))
+        if row.box == "relay":
+            banned.update(json.loads(row.path))
+            banned.add(row.origin)
+        for hop in hops:
+            if hop not in banned and hop in self.linked:
+                return hop
+        return None
 
     async def mark_sent(self, peer: str, ids: Sequence[str]) -> None:
         """Written to the link to `peer`; without a receipt they go again after `retry_ms`."""
@@ -415,6 +465,8 @@ class Service:
             envelope = verify_envelope(item.raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
             item.envelope = envelope
             header = envelope.header
+            if header.sender == self.me or self.me in item.path:
+                raise LoopError(f"message {header.id} came back to {self.me}, where it has been")
             if header.recipient != self.me:
                 if len(item.path) + 1 >= header.hop_limit:
                     raise HopLimitError(
@@ -569,6 +621,21 @@ class Service:
                         raise result
                     receipt = result
                     row = await tx.message(receipt.message_id)
+                    passing = (
+                        receipt.scope is ReceiptScope.END_TO_END and receipt.recipient != self.me
+                    )
+                    if passing and (row is None or row.box != "relay"):
+                        # Coming back by another way than the message went: pass it on.
+                        if self._pass_on(receipt, None):
+                            entries.append(
+                                AuditEntry(
+                                    link_actor,
+                                    "receipt_passed_on",
+                                    receipt.message_id,
+                                    {"to": receipt.recipient, "from": receipt.sender},
+                                )
+                            )
+                        continue
                     if row is None or row.box == "in":
                         raise UnknownReceiptError(f"no sent message {receipt.message_id}")
                     if row.digest != receipt.digest:
@@ -620,7 +687,13 @@ class Service:
             detail["reason"] = receipt.reason
         if receipt.scope is ReceiptScope.HOP:
             if receipt.outcome is Outcome.REJECTED:
-                # A relay that will not take it now (no route, hop limit): try again later.
+                # That hop will not take it (a loop, the hop limit): another route, at once.
+                avoid = self._avoid.setdefault(row.id, set())
+                avoid.add(receipt.sender)
+                if len(self._avoid) > MAX_PENDING_RECEIPTS:
+                    self._avoid.popitem(last=False)
+                await tx.retry_now([row.id])
+                self._dirty.update(self.linked)
                 return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
             await tx.hop_acked(row)
             if row.state in (State.QUEUED, State.SENT):
@@ -631,8 +704,11 @@ class Service:
         event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
         state = await tx.transition(row, event)
         if row.box == "relay":
-            self._pass_on(receipt)
-            entries.append(AuditEntry(self.actor, "receipt_passed_on", row.id, {"to": row.origin}))
+            relays = json.loads(row.path)  # ... the node we had it from, then us
+            back = relays[-2] if len(relays) >= 2 else row.origin
+            if self._pass_on(receipt, back):
+                detail = {"to": row.origin, "via": back}
+                entries.append(AuditEntry(self.actor, "receipt_passed_on", row.id, detail))
         elif state is not row.state or event is Event.REFUSED:
             entries.append(AuditEntry(self.actor, str(state), row.id, {}))
         return entries
