@@ -498,28 +498,27 @@ class Store:
             try:
                 if not durable:
                     await self.db.execute("PRAGMA synchronous = NORMAL")
+                # Anything from here on, cancellation included, must end in COMMIT or
+                # ROLLBACK: a BEGIN left open would refuse every later transaction.
                 await self.db.execute("BEGIN IMMEDIATE")
-            except aiosqlite.Error as exc:
-                raise StoreError(f"{self.path}: cannot write: {exc}") from exc
-            try:
                 tx = Tx(self.db, now)
                 yield tx
                 await tx.flush()
                 await self.db.execute("COMMIT")
-                if not durable:
-                    await self.db.execute("PRAGMA synchronous = FULL")
             except aiosqlite.OperationalError as exc:
                 await self._rollback()
                 raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
             except BaseException:
                 await self._rollback()
                 raise
+            finally:
+                if not durable:
+                    with contextlib.suppress(aiosqlite.Error):
+                        await self.db.execute("PRAGMA synchronous = FULL")
 
     async def _rollback(self) -> None:
-        with contextlib.suppress(aiosqlite.Error):  # SQLite may have rolled back already
+        with contextlib.suppress(aiosqlite.Error, ValueError):  # none open, or store closed
             await self.db.execute("ROLLBACK")
-        with contextlib.suppress(aiosqlite.Error):
-            await self.db.execute("PRAGMA synchronous = FULL")
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from network.records import NodeId
 from network.roster import build_roster, load_roster
 from network.samples import sample_body
 from network.service import Service
-from network.store import SCHEMA_VERSION, Store, StoreError
+from network.store import SCHEMA_VERSION, AuditEntry, Store, StoreError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,6 +148,34 @@ async def test_submit_names_the_bad_field_and_stores_nothing(pair: Pair) -> None
 
     assert refused.value.field == "body.period_days"
     assert await pair.fra.store.messages(box="out") == []
+
+
+async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair) -> None:
+    store = pair.fra.store
+    entered = asyncio.Event()
+
+    async def interrupted() -> None:
+        async with store.transaction(T0) as tx:
+            await tx.audit([AuditEntry("test", "half_done")])
+            entered.set()
+            await asyncio.sleep(10)
+
+    for _ in range(3):  # cancel at BEGIN, inside the body, and again
+        task = asyncio.create_task(interrupted())
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    task = asyncio.create_task(interrupted())
+    await entered.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+    message_id = await submit(pair.fra)
+    assert (await pair.fra.store.message(message_id)) is not None
+    async with store.db.execute("SELECT COUNT(*) FROM audit WHERE action = 'half_done'") as cursor:
+        assert await cursor.fetchone() == (0,)
 
 
 async def test_store_from_a_newer_cpn_is_refused(tmp_path: Path) -> None:
