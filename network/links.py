@@ -55,6 +55,10 @@ from network.store import AuditEntry
 
 __all__ = ["LinkSettings", "Links"]
 
+# Frames waiting to be processed on one link: far above what the windows allow
+# (envelopes and receipts) plus one announcement per contact point.
+MAX_QUEUED_FRAMES = 4096
+
 log = logging.getLogger("cpn.links")
 
 Connection = ClientConnection | ServerConnection
@@ -86,6 +90,8 @@ class _Link:
     # two nodes each blocked sending to the other while neither reads would deadlock.
     # Bounded in practice by the peer's window (receipts) and our own (envelopes).
     outgoing: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+    unanswered: int = 0  # envelopes received and not yet answered with a receipt
 
     def send(self, data: bytes) -> None:
         self.outgoing.put_nowait(data)
@@ -359,9 +365,10 @@ class Links:
 
     async def _carry(self, link: _Link) -> None:
         inflight: dict[str, float] = {}
-        # Room for a whole window: a flash that arrives behind it is seen at the next batch.
-        size = self.settings.window + self.settings.flash_reserve + self.settings.batch
-        incoming: asyncio.Queue[bytes] = asyncio.Queue(maxsize=size)
+        # The reader never waits: a reader held up by slow processing would stop
+        # websockets reading the socket, pongs included, and a busy link would be
+        # dropped as dead. The queue is bounded by the peer's window instead (`_read`).
+        incoming: asyncio.Queue[bytes] = asyncio.Queue()
         tasks = [
             asyncio.create_task(self._send(link)),
             asyncio.create_task(self._read(link, incoming)),
@@ -394,11 +401,23 @@ class Links:
             return
 
     async def _read(self, link: _Link, incoming: asyncio.Queue[bytes]) -> None:
+        """Take every frame at once; a peer past its window, or flooding, is cut off."""
+        envelope_cap = self.settings.window + self.settings.flash_reserve + self.settings.batch
         try:
             async for message in link.ws:
-                split_frame(message)  # refuse text, unknown kinds, oversize frames at once
+                kind, _ = split_frame(message)  # refuse text, unknown kinds, oversize frames
                 assert isinstance(message, bytes)
-                await incoming.put(message)
+                if kind == FRAME_ENVELOPE:
+                    link.unanswered += 1
+                    if link.unanswered > envelope_cap:
+                        raise PeerError(
+                            f"{link.peer} sent {link.unanswered} envelopes without waiting for"
+                            f" receipts (window {self.settings.window})",
+                            reason="window_exceeded",
+                        )
+                if incoming.qsize() >= MAX_QUEUED_FRAMES:
+                    raise PeerError(f"{link.peer} floods the link", reason="flood")
+                incoming.put_nowait(message)
         except ConnectionClosed:
             return
 
@@ -439,6 +458,7 @@ class Links:
                 batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
                 for answer in await self.service.accept_envelopes(link.peer, batch):
                     link.send(frame(FRAME_RECEIPT, answer))
+                link.unanswered -= len(batch)
 
     async def _take_announcement(self, peer: NodeId, payload: bytes) -> None:
         try:
@@ -488,7 +508,7 @@ class Links:
             if inflight and time.monotonic() - min(inflight.values()) > limit:
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
             # Routes waiting on a burst of announcements are looked at again soon.
-            wait = 0.3 if self.service.routing.stale else self.settings.poll_interval
+            wait = 1.0 if self.service.routing.stale else self.settings.poll_interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await signal.wait()

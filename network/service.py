@@ -120,7 +120,7 @@ class NoSuchRecipientError(PeerError):
     reason = "unknown_recipient"
 
 
-ROUTE_REFRESH_MS = 300  # announcements come in bursts: routes follow at most this often
+ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most this often
 MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 
 
