@@ -252,7 +252,11 @@ def main() -> None:
     started = time.monotonic()
     prepare(root, ids, links, suite)
     prepared = time.monotonic() - started
-    shares = [ids[i :: args.workers] for i in range(args.workers)]
+    # Spread the hubs over the workers first: they carry most of the relaying.
+    hub_ids = [i for i in ids if len(links[i]) > 2 + args.neighbours]
+    others = [i for i in ids if i not in hub_ids]
+    order = hub_ids + others
+    shares = [order[i :: args.workers] for i in range(args.workers)]
     workers = [
         subprocess.Popen(
             [
