@@ -259,7 +259,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     ]
     for config in configs:
         print(
-            f"{config.id}: console and API http://{config.api_host}:{config.api_port}/"
+            f"{config.id}: API http://{config.api_host}:{config.api_port}/api/"
             f"  peer {config.peer_url}"
         )
     print("the demo network is running; Ctrl-C stops it", flush=True)
