@@ -27,7 +27,7 @@ from network.crypto import (
     HpkeSuite,
     generate_signing_key,
 )
-from network.envelope import open_envelope, seal, unseal, verify_envelope
+from network.envelope import Envelope, open_envelope, seal, unseal, verify_envelope
 from network.records import MessageType, NodeId, Priority, canonical
 from network.roster import build_roster, load_roster
 from network.samples import sample_body
@@ -69,12 +69,12 @@ def main() -> None:
     body = parse_body(MessageType.PRESERVATION, body_json)
     recipient_key = roster.active_card("DEU").hpke_key
 
-    def seal_typed() -> object:
-        return seal(
+    def sealing(of: object) -> Callable[[], Envelope]:
+        return lambda: seal(
             sender=NodeId("FRA"),
             recipient=NodeId("DEU"),
             message_type=MessageType.PRESERVATION,
-            body=body,
+            body=of,
             priority=Priority.URGENT,
             now=NOW,
             random_bytes=os.urandom(10),
@@ -82,21 +82,8 @@ def main() -> None:
             recipient_key=recipient_key,
         )
 
-    def compose_json() -> object:
-        return seal(
-            sender=NodeId("FRA"),
-            recipient=NodeId("DEU"),
-            message_type=MessageType.PRESERVATION,
-            body=body_json,
-            priority=Priority.URGENT,
-            now=NOW,
-            random_bytes=os.urandom(10),
-            signing_key=fra.signing,
-            recipient_key=recipient_key,
-        )
-
-    envelope = seal_typed()
-    raw = envelope.raw  # type: ignore[attr-defined]
+    seal_typed, compose_json = sealing(body), sealing(body_json)
+    raw = seal_typed().raw
 
     def open_verify() -> object:
         checked = verify_envelope(raw, roster=roster, now=NOW)

@@ -177,25 +177,25 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
                 )
         say("sent")
         expected = len(ids) * (len(all_ids) - 1)
+
+        async def each(query: str) -> list[int]:
+            """One number per local node, from its own store."""
+            found = [await s.store.db.execute_fetchall(query) for s in services.values()]
+            return [int(next(iter(rows))[0] or 0) for rows in found]
+
         while True:
-            delivered = 0
-            for service in services.values():
-                async with service.store.db.execute(
+            delivered = sum(
+                await each(
                     "SELECT COUNT(*) FROM messages WHERE box = 'out' AND state = 'delivered'"
-                ) as cursor:
-                    row = await cursor.fetchone()
-                delivered += int(row[0]) if row else 0
+                )
+            )
             say("progress", delivered=delivered, expected=expected)
             if delivered >= expected:
                 break
             await asyncio.sleep(1)
-        longest = 0
-        for service in services.values():
-            async with service.store.db.execute(
-                "SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'"
-            ) as cursor:
-                row = await cursor.fetchone()
-            longest = max(longest, int(row[0] or 0) if row else 0)
+        longest = max(
+            await each("SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'")
+        )
         say("done", longest_relays=longest)
         await loop.run_in_executor(None, sys.stdin.readline)
     finally:
@@ -281,18 +281,12 @@ def main() -> None:
         events = [_read_event(w) for w in workers]
         assert all(e["event"] == "up" for e in events), events
         started_up = time.monotonic() - started - prepared
-        for w in workers:
-            assert w.stdin is not None
-            w.stdin.write("link\n")
-            w.stdin.flush()
+        _tell(workers, "link")
         events = [_read_event(w) for w in workers]
         assert all(e["event"] == "ready" for e in events), events
         converged = time.monotonic() - started - prepared - started_up
         go = time.monotonic()
-        for w in workers:
-            assert w.stdin is not None
-            w.stdin.write("go\n")
-            w.stdin.flush()
+        _tell(workers, "go")
         longest = 0
         pending = set(range(len(workers)))
         progress = [0] * len(workers)
@@ -316,10 +310,7 @@ def main() -> None:
                 )
         elapsed = time.monotonic() - go
         peak = sum(peak_rss_mib(w.pid) for w in workers)
-        for w in workers:
-            assert w.stdin is not None
-            w.stdin.write("stop\n")
-            w.stdin.flush()
+        _tell(workers, "stop")
         for w in workers:
             w.wait(timeout=120)
     finally:
@@ -355,6 +346,13 @@ def main() -> None:
     print(f"{'peak memory, all workers (MiB)':<48} {peak:>10.0f}")
     print(f"{'longest path used (relays between the two ends)':<48} {longest:>10}")
     print("all delivered")
+
+
+def _tell(workers: list[subprocess.Popen[str]], word: str) -> None:
+    for worker_process in workers:
+        assert worker_process.stdin is not None
+        worker_process.stdin.write(word + "\n")
+        worker_process.stdin.flush()
 
 
 def _read_event(process: subprocess.Popen[str]) -> dict[str, Any]:

@@ -53,7 +53,6 @@ class State(StrEnum):
 class Event(StrEnum):
     SEND = "send"  # written to a link
     RESEND = "resend"  # written again (reconnect, no receipt yet)
-    LINK_LOST = "link_lost"  # the link dropped before a receipt: back to the queue
     RECEIPT = "receipt"  # a valid accepted or duplicate end-to-end receipt
     REFUSED = "refused"  # a valid rejected receipt
     EXPIRE = "expire"
@@ -77,7 +76,6 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
     S.QUEUED: {E.SEND: S.SENT, E.EXPIRE: S.EXPIRED, E.RECEIPT: S.DELIVERED, E.REFUSED: S.REJECTED},
     S.SENT: {
         E.RESEND: S.SENT,
-        E.LINK_LOST: S.QUEUED,
         E.HOP_RECEIPT: S.SENT,
         E.RECEIPT: S.DELIVERED,
         E.REFUSED: S.REJECTED,

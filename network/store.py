@@ -225,6 +225,14 @@ async def _fetch_message(db: aiosqlite.Connection, message_id: str) -> MessageRo
     return None if row is None else _message(row)
 
 
+async def _known_ids(db: aiosqlite.Connection, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    marks = ",".join("?" * len(ids))
+    rows = await db.execute_fetchall(f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids))
+    return {row[0] for row in rows}
+
+
 class Tx:
     """The writes of one transaction. Only the store hands these out.
 
@@ -303,13 +311,7 @@ class Tx:
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store holds: read under the transaction's lock, so dedup is exact."""
-        if not ids:
-            return set()
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.execute_fetchall(
-            f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids)
-        )
-        return {row[0] for row in rows}
+        return await _known_ids(self.db, ids)
 
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
@@ -403,11 +405,8 @@ class Tx:
             ),
         )
 
-    async def peer_contact(self, peer: str) -> None:
+    def peer_contact(self, peer: str) -> None:
         """Any contact from a peer resets its backoff (Matrix's lesson)."""
-        self.peer_contact_now(peer)
-
-    def peer_contact_now(self, peer: str) -> None:
         self._write(
             "INSERT INTO peers (id, failures, retry_at, last_seen) VALUES (?, 0, 0, ?)"
             " ON CONFLICT (id) DO UPDATE SET failures = 0, retry_at = 0,"
@@ -522,13 +521,7 @@ class Store:
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""
-        if not ids:
-            return set()
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.execute_fetchall(
-            f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids)
-        )
-        return {row[0] for row in rows}
+        return await _known_ids(self.db, ids)
 
     # -- reads -----------------------------------------------------------------
 
@@ -585,19 +578,13 @@ class Store:
         row = next(iter(found), None)
         return None if row is None else bytes(row[0])
 
-    async def queued_destinations(self) -> dict[str, int]:
-        """Destinations with messages waiting to go (ours or relayed), and how many."""
-        rows = await self.db.execute_fetchall(
-            "SELECT peer, COUNT(*) FROM messages"
-            " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent') AND hop_acked = 0"
-            " GROUP BY peer"
-        )
-        return {peer: count for peer, count in rows}
-
-    async def queued_counts(self) -> dict[str, int]:
+    async def queued_counts(self, *, not_taken_on: bool = False) -> dict[str, int]:
+        """Messages waiting to go (ours or relayed) by destination; with `not_taken_on`,
+        only those no hop has taken on yet."""
         rows = await self.db.execute_fetchall(
             "SELECT peer, COUNT(*) FROM messages"
             " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent')"
+            f"{' AND hop_acked = 0' if not_taken_on else ''}"
             " GROUP BY peer"
         )
         return {peer: count for peer, count in rows}
