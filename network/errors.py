@@ -19,7 +19,10 @@
         ├── ClockSkewError                created too far from our clock
         ├── ExpiredError                  past its expiry
         ├── DecryptError                  the sealed body does not open
-        └── DigestMismatchError           a receipt for other bytes than those we sent
+        ├── DigestMismatchError           a receipt for other bytes than those we sent
+        └── ProofError                    a Merkle proof that does not prove what it claims
+            ├── InclusionProofError       the leaf is not in the tree with that root
+            └── ConsistencyProofError     the newer tree does not extend the older one
 
 `PeerError` is what someone else did wrong; the others are ours or our
 operator's. Every error carries `reason`, a short stable code that goes into
@@ -33,14 +36,17 @@ __all__ = [
     "BodyError",
     "ClockSkewError",
     "ConfigError",
+    "ConsistencyProofError",
     "CpnError",
     "DecryptError",
     "DigestMismatchError",
     "ExpiredError",
+    "InclusionProofError",
     "KeyFileError",
     "MalformedError",
     "OversizeError",
     "PeerError",
+    "ProofError",
     "RosterError",
     "RosterExpiredError",
     "RosterSignatureError",
@@ -150,3 +156,15 @@ class DecryptError(PeerError):
 
 class DigestMismatchError(PeerError):
     reason = "digest_mismatch"
+
+
+class ProofError(PeerError):
+    reason = "bad_proof"
+
+
+class InclusionProofError(ProofError):
+    reason = "bad_inclusion_proof"
+
+
+class ConsistencyProofError(ProofError):
+    reason = "bad_consistency_proof"
