@@ -116,6 +116,7 @@ def prepare(root: Path, ids: list[str], links: dict[str, set[str]], suite: HpkeS
         valid_until=now_ms + 86_400_000,
     )
     (keys / "roster.json").write_bytes(data)
+    (root / "links.json").write_text(json.dumps({n: sorted(p) for n, p in links.items()}))
 
 
 # -- a worker process: some of the nodes -------------------------------------------
@@ -134,8 +135,10 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     services: dict[str, Service] = {}
     stop = asyncio.Event()
     dial = asyncio.Event()  # every node of every worker listens before anyone dials
-    # One loop carries dozens of nodes here: allow for its pauses.
-    links = LinkSettings(handshake_timeout=60, ping_timeout=120, receipt_timeout=300)
+    # One loop carries dozens of nodes here, and a loop that falls behind would
+    # take its peers for dead: no keepalive pings between processes on one
+    # machine (a dead process closes its sockets), and time for its pauses.
+    links = LinkSettings(handshake_timeout=60, ping_interval=None, receipt_timeout=300)
     settings = NodeSettings(links=links, dial_after=dial)
     loop = asyncio.get_running_loop()
 
@@ -158,24 +161,38 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
         if (await loop.run_in_executor(None, sys.stdin.readline)).strip() != "link":
             return
         dial.set()
-        while not all(len(s.routing.reachable()) >= len(all_ids) - 1 for s in services.values()):
-            reach = sorted(len(s.routing.reachable()) for s in services.values())
-            logging.info(
-                "waiting: %d of %d nodes up; routes %s", len(services), len(ids), reach[:5]
-            )
-            await asyncio.sleep(2)
+        # Every link up and every route known, and the announcements settled: a link
+        # coming up later would flood announcements through the run.
+        degree = json.loads((root / "links.json").read_text())
+        settled = 0
+        while settled < 3:
+            missing = sum(len(degree[i]) - len(s.linked) for i, s in services.items())
+            unrouted = sum(len(s.routing.reachable()) < len(all_ids) - 1 for s in services.values())
+            stale = sum(s.routing.stale for s in services.values())
+            settled = settled + 1 if not (missing or unrouted or stale) else 0
+            logging.info("waiting: %d links, %d nodes' routes, %d stale", missing, unrouted, stale)
+            await asyncio.sleep(1)
         say("ready", nodes=len(ids))
         line = await loop.run_in_executor(None, sys.stdin.readline)
         if line.strip() != "go":
             return
         body = sample_body("preservation")
-        for offset in range(1, len(all_ids)):
-            for node_id in ids:
-                to = all_ids[(all_ids.index(node_id) + offset) % len(all_ids)]
+
+        async def send_all(node_id: str) -> None:
+            """One country's officers send to every other, one after another."""
+            start = all_ids.index(node_id)
+            for offset in range(1, len(all_ids)):
+                to = all_ids[(start + offset) % len(all_ids)]
                 await services[node_id].submit(
                     user="sim", to=to, message_type="preservation", priority="urgent", body=body
                 )
-        say("sent")
+
+        # The countries send at the same time, each through its own store, while
+        # the messages already sent travel.
+        senders = [asyncio.create_task(send_all(node_id)) for node_id in ids]
+        profile = os.environ.get("CPN_SIM_PROFILE")  # a file for one worker's profile
+        if profile and all_ids[0] in ids:
+            senders.append(asyncio.create_task(_profile(Path(profile), 60)))
         expected = len(ids) * (len(all_ids) - 1)
 
         async def each(query: str) -> list[int]:
@@ -189,6 +206,9 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
                     "SELECT COUNT(*) FROM messages WHERE box = 'out' AND state = 'delivered'"
                 )
             )
+            for sender in senders:
+                if sender.done():
+                    sender.result()  # a refused submit fails the run
             say("progress", delivered=delivered, expected=expected)
             if delivered >= expected:
                 break
@@ -201,6 +221,19 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _profile(path: Path, seconds: float) -> None:
+    """Profile this worker's loop for `seconds` once sending starts."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
 
 
 # -- the coordinator ---------------------------------------------------------------
@@ -231,18 +264,6 @@ def main() -> None:
     args = parser.parse_args()
     ids = member_states()[: args.nodes]
     if args.worker:
-        profile = os.environ.get("CPN_SIM_PROFILE")  # a file to dump one worker's cProfile to
-        if profile and not Path(profile).exists():
-            import cProfile
-
-            Path(profile).touch()
-            cProfile.runctx(
-                "asyncio.run(worker(Path(args.root), args.ids.split(','), ids))",
-                globals(),
-                {"args": args, "ids": ids, "worker": worker, "asyncio": asyncio, "Path": Path},
-                profile,
-            )
-            return
         asyncio.run(worker(Path(args.root), args.ids.split(","), ids))
         return
 

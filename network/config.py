@@ -19,22 +19,56 @@ ConfigError naming the file and the key.
     peers = ["DEU", "USA"]
     [delivery]
     retry_seconds = 60               # no end-to-end receipt by then: send again
+    [deadlines]                      # optional; durations "30s", "15m", "4h", "10d" or seconds
+    preservation_warning = "10d"     # warn this long before a preservation lapses
+    preservation_repeat = "1d"
+    [deadlines.flash]                # and .urgent, .routine; a key left out keeps its default
+    receipt = "5m"
+    acknowledgement = "15m"
+    response = "4h"
+    repeat = "5m"                    # alert again this often while a deadline stays unmet
+    [alerts]                         # optional
+    webhook = "https://alerts.example/cpn"   # http only to a loopback address
+    webhook_timeout = 10             # seconds per attempt
+    webhook_retries = 5              # attempts in all
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
+from network.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
 from network.errors import ConfigError
-from network.records import NodeId, is_node_id
+from network.records import NodeId, Priority, is_node_id
 
-__all__ = ["NodeConfig", "load_config", "parse_listen"]
+__all__ = ["NodeConfig", "load_config", "parse_duration", "parse_listen"]
 
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_DURATION_MS: Final = 365 * 24 * 3600 * 1000
+MAX_WEBHOOK_TIMEOUT: Final = 300
+MAX_WEBHOOK_RETRIES: Final = 20
+
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
+_UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+# TOML key -> PriorityDeadlines field.
+_PRIORITY_KEYS: Final = {
+    "receipt": "receipt_ms",
+    "acknowledgement": "ack_ms",
+    "response": "response_ms",
+    "repeat": "repeat_ms",
+}
+_PRESERVATION_KEYS: Final = {
+    "preservation_warning": "preservation_warning_ms",
+    "preservation_repeat": "preservation_repeat_ms",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +86,10 @@ class NodeConfig:
     keeper_path: Path
     peers: tuple[NodeId, ...]
     retry_seconds: float = 60.0  # a message without an end-to-end receipt goes again after this
+    deadlines: Deadlines = DEFAULT_DEADLINES
+    webhook_url: str | None = None  # alerts are POSTed here as JSON, when set
+    webhook_timeout: float = 10.0  # seconds per attempt
+    webhook_retries: int = 5  # attempts in all, the first included
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -62,6 +100,133 @@ def parse_listen(value: object, where: str) -> tuple[str, int]:
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f'{where}: expected "host:port" with a port 0..65535, got {value!r}')
     return host.strip("[]"), int(port_text)
+
+
+def parse_duration(value: object, where: str) -> int:
+    """A duration in ms from "30s", "15m", "4h", "10d" or whole seconds; more than
+    zero and at most 365 days. `where` names the file and key in the ConfigError."""
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        ms = int(match[1]) * _UNIT_MS[match[2]]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms = value * 1000
+    else:
+        raise ConfigError(
+            f'{where}: expected a duration such as "15m" (units s, m, h, d) or whole seconds,'
+            f" got {value!r}"
+        )
+    if ms <= 0:
+        raise ConfigError(f"{where}: must be more than zero, got {value!r}")
+    if ms > MAX_DURATION_MS:
+        raise ConfigError(f"{where}: must be at most 365 days, got {value!r}")
+    return ms
+
+
+def _deadlines(section: object, file: Path) -> Deadlines:
+    if section is None:
+        return DEFAULT_DEADLINES
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: deadlines: expected a table")
+    known = {p.value for p in Priority} | set(_PRESERVATION_KEYS)
+    extra = sorted(set(section) - known)
+    if extra:
+        raise ConfigError(f"{file}: deadlines.{extra[0]}: unknown key")
+    per_priority: dict[Priority, PriorityDeadlines] = {}
+    for priority in Priority:
+        where = f"{file}: deadlines.{priority}"
+        table = section.get(priority.value, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        extra = sorted(set(table) - set(_PRIORITY_KEYS))
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: unknown key")
+        default = DEFAULT_DEADLINES.per_priority[priority]
+        values = {
+            attr: parse_duration(table[key], f"{where}.{key}")
+            if key in table
+            else getattr(default, attr)
+            for key, attr in _PRIORITY_KEYS.items()
+        }
+        chain = ("receipt", "acknowledgement", "response")
+        for shorter, longer in itertools.pairwise(chain):
+            if values[_PRIORITY_KEYS[longer]] < values[_PRIORITY_KEYS[shorter]]:
+                raise ConfigError(
+                    f"{where}.{longer}: must not be shorter than deadlines.{priority}.{shorter}"
+                )
+        per_priority[priority] = PriorityDeadlines(**values)
+    preservation = {
+        attr: parse_duration(section[key], f"{file}: deadlines.{key}")
+        if key in section
+        else getattr(DEFAULT_DEADLINES, attr)
+        for key, attr in _PRESERVATION_KEYS.items()
+    }
+    return Deadlines(per_priority=per_priority, **preservation)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _webhook_url(value: object, where: str) -> str:
+    """An http(s) URL with a host; plain http only to a loopback address, since
+    alerts name messages, priorities and countries."""
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise ConfigError(f"{where}: expected an http(s) URL")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ConfigError(f"{where}: the URL holds spaces, control or non-ASCII characters")
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # a bad port raises ValueError
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"{where}: the scheme must be https (or http to loopback), got {parts.scheme!r}"
+        )
+    if not host:
+        raise ConfigError(f"{where}: the URL has no host")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(f"{where}: plain http is allowed only to a loopback address; use https")
+    if parts.username is not None or parts.fragment:
+        raise ConfigError(f"{where}: the URL may not hold user info or a fragment")
+    return value
+
+
+def _alerts(section: object, file: Path) -> tuple[str | None, float, int]:
+    if section is None:
+        return None, 10.0, 5
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: alerts: expected a table")
+    extra = sorted(set(section) - {"webhook", "webhook_timeout", "webhook_retries"})
+    if extra:
+        raise ConfigError(f"{file}: alerts.{extra[0]}: unknown key")
+    url = (
+        _webhook_url(section["webhook"], f"{file}: alerts.webhook")
+        if "webhook" in section
+        else None
+    )
+    timeout = section.get("webhook_timeout", 10)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_WEBHOOK_TIMEOUT
+    ):
+        raise ConfigError(
+            f"{file}: alerts.webhook_timeout: expected seconds, more than 0 and at most"
+            f" {MAX_WEBHOOK_TIMEOUT}, got {timeout!r}"
+        )
+    retries = section.get("webhook_retries", 5)
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise ConfigError(f"{file}: alerts.webhook_retries: expected a whole number of attempts")
+    if not 1 <= retries <= MAX_WEBHOOK_RETRIES:
+        raise ConfigError(
+            f"{file}: alerts.webhook_retries: expected 1..{MAX_WEBHOOK_RETRIES}, got {retries}"
+        )
+    return url, float(timeout), retries
 
 
 def _table(doc: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
@@ -115,7 +280,9 @@ def load_config(path: Path) -> NodeConfig:
     retry = delivery.get("retry_seconds", 60) if isinstance(delivery, dict) else None
     if isinstance(retry, bool) or not isinstance(retry, int | float) or not 1 <= retry <= 86_400:
         raise ConfigError(f"{path}: delivery.retry_seconds: expected 1..86400 seconds")
-    known = {"id", "peer", "api", "store", "keys", "links", "delivery"}
+    deadlines = _deadlines(doc.get("deadlines"), path)
+    webhook_url, webhook_timeout, webhook_retries = _alerts(doc.get("alerts"), path)
+    known = {"id", "peer", "api", "store", "keys", "links", "delivery", "deadlines", "alerts"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(f"{path}: {extra[0]}: unknown key")
@@ -138,4 +305,8 @@ def load_config(path: Path) -> NodeConfig:
         keeper_path=resolve(_str(keys, "keeper", where + "keys")),
         peers=tuple(NodeId(p) for p in peers),
         retry_seconds=float(retry),
+        deadlines=deadlines,
+        webhook_url=webhook_url,
+        webhook_timeout=webhook_timeout,
+        webhook_retries=webhook_retries,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import os
 import stat
 from enum import StrEnum
@@ -219,10 +220,16 @@ class HpkePrivateKey:
 class StorageKey:
     """AES-256-GCM for a node's own copies (what it sent), bound to a context string."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_tag_key")
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        self._tag_key = hashlib.sha256(b"cpn/v1 tag key\n" + key).digest()
+
+    def tag(self, text: str) -> str:
+        """A keyed digest of `text`: equal texts match, yet the store holds no clear text
+        (a case reference threads a case without being readable at rest)."""
+        return hmac.new(self._tag_key, text.encode(), hashlib.sha256).hexdigest()[:32]
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         nonce = os.urandom(12)

@@ -80,6 +80,9 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.RECEIPT: S.DELIVERED,
         E.REFUSED: S.REJECTED,
         E.EXPIRE: S.EXPIRED,
+        # The answer can overtake the receipt on another route: it did arrive.
+        E.ACKNOWLEDGE: S.ACKNOWLEDGED,
+        E.ANSWER: S.ANSWERED,
     },
     S.DELIVERED: {E.RECEIPT: S.DELIVERED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
     S.ACKNOWLEDGED: {E.RECEIPT: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},

@@ -36,6 +36,8 @@ from network.errors import CpnError, PeerError
 from network.keys import NodeKeys
 from network.protocol import (
     FRAME_ANNOUNCE,
+    FRAME_CHECKPOINT,
+    FRAME_COSIGNATURE,
     FRAME_ENVELOPE,
     FRAME_RECEIPT,
     FRAME_ROSTER,
@@ -43,15 +45,20 @@ from network.protocol import (
     LinkHandshake,
     Role,
     backoff_delays,
+    checkpoint_frame,
     envelope_frame,
     frame,
+    parse_checkpoint_offer,
+    parse_witness_answer,
     split_envelope,
     split_frame,
+    witness_frame,
 )
 from network.records import NodeId
 from network.roster import Roster
-from network.service import Service
+from network.service import ROUTE_REFRESH_MS, Service
 from network.store import AuditEntry
+from network.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
 
@@ -71,8 +78,8 @@ class LinkSettings:
     batch: int = 32  # frames committed in one transaction
     handshake_timeout: float = 10.0
     receipt_timeout: float = 60.0
-    ping_interval: float = 10.0
-    ping_timeout: float = 20.0
+    ping_interval: float | None = 10.0  # None: no keepalive pings (the receipt timeout stays)
+    ping_timeout: float | None = 20.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
@@ -110,8 +117,10 @@ class Links:
         peers: tuple[NodeId, ...],
         settings: LinkSettings = LinkSettings(),
         on_roster: Callable[[Roster], Awaitable[None]] | None = None,
+        witnessing: Witnessing | None = None,
     ) -> None:
         self.service = service
+        self.witnessing = witnessing
         self.keys = keys
         self.on_roster = on_roster
         self.host = host
@@ -183,6 +192,7 @@ class Links:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._server.serve_forever(), name="peer server")
                 group.create_task(self._announcer(), name="announcer")
+                group.create_task(self._route_refresher(), name="routes")
                 if dial_after is not None:
                     await dial_after.wait()
                 for peer in self.peers:
@@ -311,16 +321,18 @@ class Links:
             [AuditEntry(f"node:{self.me}", "link_up", None, {"peer": peer, "dialler": dialler})]
         )
         log.info("%s: linked with %s", self.me, peer)
+        why = "stopped"
         try:
             # What the new peer should know: the roster if ours is newer, every announcement.
             if self.service.roster.version > peer_roster:
                 link.send(frame(FRAME_ROSTER, self.service.roster.raw))
             for raw in self.service.announcements():
                 link.send(frame(FRAME_ANNOUNCE, raw))
+            self._offer_checkpoint(link)
             self._links_changed.set()
-            await self._carry(link)
-        except ConnectionClosed:
-            pass
+            why = await self._carry(link)
+        except ConnectionClosed as exc:
+            why = _describe(exc)
         finally:
             if self.active.get(peer) is link:
                 del self.active[peer]
@@ -329,7 +341,7 @@ class Links:
             link.closed.set()
             with contextlib.suppress(Exception):
                 await ws.close()
-            log.info("%s: link with %s closed", self.me, peer)
+            log.info("%s: link with %s closed: %s", self.me, peer, why)
 
     async def _announcer(self) -> None:
         """Tell every peer which links we have, once per burst of changes."""
@@ -339,6 +351,23 @@ class Links:
             self._links_changed.clear()
             announcement = self.service.links_changed()
             self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
+
+    async def _route_refresher(self) -> None:
+        """Routes follow announcements once per burst, not once per announcement."""
+        while True:
+            await self.service.routes_stale.wait()
+            await asyncio.sleep(ROUTE_REFRESH_MS / 1000)
+            self.service.refresh_routes()
+
+    def offer_checkpoint(self) -> None:
+        """Offer our newest checkpoint to every linked peer, each with its own proof."""
+        for link in list(self.active.values()):
+            self._offer_checkpoint(link)
+
+    def _offer_checkpoint(self, link: _Link) -> None:
+        offer = self.witnessing.offer_for(link.peer) if self.witnessing is not None else None
+        if offer is not None:
+            link.send(checkpoint_frame(offer))
 
     def _broadcast(self, data: bytes, *, but: NodeId | None = None) -> None:
         for peer, link in list(self.active.items()):
@@ -363,7 +392,8 @@ class Links:
                 await link.ws.close(1008, "revoked")
         return roster
 
-    async def _carry(self, link: _Link) -> None:
+    async def _carry(self, link: _Link) -> str:
+        """Run a link until one of its tasks ends; says why it ended."""
         inflight: dict[str, float] = {}
         # The reader never waits: a reader held up by slow processing would stop
         # websockets reading the socket, pongs included, and a busy link would be
@@ -383,7 +413,12 @@ class Links:
             results = await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(CpnError):
                 await self.service.release(list(inflight))
+        why = "stopped"
         for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                why = _describe(result)
+            elif result is None and why == "stopped":
+                why = _describe(link.ws.close_exc) if link.ws.close_code else "closed"
             if isinstance(result, PeerError):
                 await self._record_refusal(link.peer, "link_protocol_error", result)
                 with contextlib.suppress(Exception):
@@ -392,6 +427,7 @@ class Links:
                 result, asyncio.CancelledError | ConnectionClosed | _Stalled
             ):
                 raise result
+        return why
 
     async def _send(self, link: _Link) -> None:
         try:
@@ -445,6 +481,16 @@ class Links:
                         await self._take_announcement(link.peer, payload)
                     elif kind == FRAME_ROSTER:
                         await self.adopt_roster(payload, link.peer)
+                    elif kind == FRAME_CHECKPOINT and self.witnessing is not None:
+                        offer = parse_checkpoint_offer(payload)
+                        verdict = await self.witnessing.witness(link.peer, offer)
+                        if verdict is not None:
+                            link.send(witness_frame(verdict))
+                    elif kind == FRAME_COSIGNATURE and self.witnessing is not None:
+                        cosigned = parse_witness_answer(payload)
+                        again = await self.witnessing.take_answer(link.peer, cosigned)
+                        if again is not None:
+                            link.send(checkpoint_frame(again))
                     else:
                         problem = f"{kind.decode()} frame after the handshake"
                         raise PeerError(problem, reason="protocol")
@@ -487,12 +533,13 @@ class Links:
             due = time.monotonic() - last_poll >= self.settings.poll_interval  # retries
             self.service.refresh_routes()
             news = self.service.take_dirty(link.peer)
-            if reserve > 0 and (news or due or not drained):
+            detours = self.service.take_detours(link.peer) or due
+            if reserve > 0 and (news or detours or not drained):
                 if due:
                     last_poll = time.monotonic()
                 want, flash_only = max(free, reserve), free <= 0
                 rows = await self.service.outbox(
-                    link.peer, want, exclude=list(inflight), flash_only=flash_only
+                    link.peer, want, exclude=list(inflight), flash_only=flash_only, detours=detours
                 )
                 drained = len(rows) < want and not flash_only
                 if rows:
@@ -507,10 +554,8 @@ class Links:
             limit = self.settings.receipt_timeout
             if inflight and time.monotonic() - min(inflight.values()) > limit:
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
-            # Routes waiting on a burst of announcements are looked at again soon.
-            wait = 1.0 if self.service.routing.stale else self.settings.poll_interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(self.settings.poll_interval):
                     await signal.wait()
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from network.config import NodeConfig
+from network.crypto import sha256
 from network.errors import RosterError
 from network.keys import load_keeper_public, load_node_keys
 from network.links import Links, LinkSettings
@@ -28,6 +29,7 @@ from network.roster import MAX_ROSTER_BYTES, Roster, load_roster
 from network.service import Service
 from network.store import AuditEntry, Store
 from network.web import build_app
+from network.witnessing import CheckpointPolicy, Witnessing
 
 __all__ = ["NodeSettings", "run_node", "serve_until_signalled"]
 
@@ -38,6 +40,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+CHECKPOINT_LOOK_SECONDS = 0.25
+RACY_NS = 2_000_000_000  # a roster file younger than this is compared by content
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     links: LinkSettings = field(default_factory=LinkSettings)
@@ -45,6 +51,7 @@ class NodeSettings:
     dial_after: asyncio.Event | None = None  # hold dialling until set (simulations)
     route_grace: float = 3.0  # after start, before a destination without a route is raised
     roster_poll_interval: float = 1.0
+    checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
 
 
 def load_current_roster(config: NodeConfig) -> Roster:
@@ -87,11 +94,14 @@ async def run_node(
             clock=now_ms,
             keeper=keeper,
             retry_ms=int(config.retry_seconds * 1000),
+            deadlines=config.deadlines,
         )
         await service.audit(
             [AuditEntry(service.actor, "node_started", None, {"roster": roster.version})]
         )
         roster_file = RosterFile(config.roster_path)
+        witnessing = Witnessing(service, settings.checkpoints)
+        await witnessing.load()
 
         async def save_roster(adopted: Roster) -> None:
             roster_file.write(adopted.raw)
@@ -104,6 +114,7 @@ async def run_node(
             peers=config.peers,
             settings=settings.links,
             on_roster=save_roster,
+            witnessing=witnessing,
         )
         await links.listen()
         runner = web.AppRunner(build_app(service), access_log=None)
@@ -127,15 +138,19 @@ async def run_node(
                 watch_task = group.create_task(
                     _watch_roster(roster_file, links, settings.roster_poll_interval), name="roster"
                 )
+                checkpoint_task = group.create_task(
+                    _checkpoints(service, witnessing, links), name="checkpoints"
+                )
                 if ready is not None:
                     await ready(service)
                 await stop.wait()
-                for task in (link_task, scan_task, watch_task):
+                for task in (link_task, scan_task, watch_task, checkpoint_task):
                     task.cancel()
         finally:
             await runner.cleanup()
             with contextlib.suppress(Exception):
                 await service.audit([AuditEntry(service.actor, "node_stopped", None, {})])
+                await witnessing.sign(now_ms())  # the log's end, signed
     finally:
         await store.close()
 
@@ -146,20 +161,36 @@ class RosterFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen = self._stamp()
+        self._digest = self._read_digest()
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, int, int] | None:
         try:
             info = self.path.stat()
         except OSError:
             return None
-        return (info.st_mtime_ns, info.st_size)
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def _read_digest(self) -> bytes | None:
+        try:
+            return sha256(self.path.read_bytes())
+        except OSError:
+            return None
 
     def changed(self) -> bytes | None:
         stamp = self._stamp()
-        if stamp == self._seen or stamp is None:
+        if stamp is None:
+            return None
+        # Two writes within one clock tick leave the same stamp (git's "racy" files):
+        # while the file is that fresh, its content decides.
+        fresh = time.time_ns() - stamp[0] < RACY_NS
+        if stamp == self._seen and not fresh:
             return None
         self._seen = stamp
         data = self.path.read_bytes()
+        digest = sha256(data)
+        if digest == self._digest:
+            return None
+        self._digest = digest
         return data if len(data) <= MAX_ROSTER_BYTES else None
 
     def write(self, data: bytes) -> None:
@@ -167,6 +198,7 @@ class RosterFile:
         tmp.write_bytes(data)
         os.replace(tmp, self.path)
         self._seen = self._stamp()
+        self._digest = sha256(data)
 
 
 async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) -> None:
@@ -175,6 +207,17 @@ async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) 
         data = roster_file.changed()
         if data is not None:
             await links.adopt_roster(data, "file")
+
+
+async def _checkpoints(service: Service, witnessing: Witnessing, links: Links) -> None:
+    """Sign a checkpoint when one is due and offer it to the witnesses (our peers)."""
+    while True:
+        await asyncio.sleep(CHECKPOINT_LOOK_SECONDS)
+        now = now_ms()
+        if witnessing.due(now, urgent=service.urgent_pending):
+            service.urgent_pending = False
+            await witnessing.sign(now)
+            links.offer_checkpoint()
 
 
 async def _expiry_scan(service: Service, interval: float, grace: float) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
@@ -40,7 +41,9 @@ from network.errors import BadSignatureError, MalformedError, OversizeError, Pee
 from network.records import (
     PROTOCOL_VERSION,
     Fields,
+    Json,
     NodeId,
+    b64decode,
     b64encode,
     canonical,
     is_node_id,
@@ -52,6 +55,8 @@ from network.routing import MAX_ANNOUNCEMENT_BYTES
 __all__ = [
     "FRAME_ANNOUNCE",
     "FRAME_AUTH",
+    "FRAME_CHECKPOINT",
+    "FRAME_COSIGNATURE",
     "FRAME_ENVELOPE",
     "FRAME_HELLO",
     "FRAME_RECEIPT",
@@ -73,6 +78,10 @@ FRAME_ENVELOPE: Final = b"E"
 FRAME_RECEIPT: Final = b"R"
 FRAME_ANNOUNCE: Final = b"N"
 FRAME_ROSTER: Final = b"S"
+FRAME_CHECKPOINT: Final = b"C"  # our audit log's newest signed checkpoint, for witnessing
+FRAME_COSIGNATURE: Final = b"K"  # a witness's answer: its cosignature, or the proof it needs
+MAX_CHECKPOINT_FRAME_BYTES: Final = 16 * 1024
+MAX_PROOF_HASHES: Final = 128  # a consistency proof is at most about 2 log2(size) hashes
 _MAX_HANDSHAKE_BYTES: Final = 1024
 _LIMITS: Final = {
     FRAME_HELLO: _MAX_HANDSHAKE_BYTES,
@@ -81,6 +90,8 @@ _LIMITS: Final = {
     FRAME_RECEIPT: MAX_RECEIPT_BYTES,
     FRAME_ANNOUNCE: MAX_ANNOUNCEMENT_BYTES,
     FRAME_ROSTER: MAX_ROSTER_BYTES,
+    FRAME_CHECKPOINT: MAX_CHECKPOINT_FRAME_BYTES,
+    FRAME_COSIGNATURE: MAX_CHECKPOINT_FRAME_BYTES,
 }
 MAX_FRAME_BYTES: Final = 1 + max(_LIMITS.values())
 
@@ -275,3 +286,72 @@ def backoff_delays(*, base: float, cap: float, rng: random.Random | None = None)
     while True:
         yield rng.uniform(0, min(cap, base * 2**attempt))
         attempt = min(attempt + 1, 62)
+
+
+# -- witnessing: checkpoints offered, cosignatures returned ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOffer:
+    """A node's signed checkpoint, with a consistency proof from the size the witness holds."""
+
+    note: str
+    proof_from: int
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessAnswer:
+    """A witness's answer: its cosignature line for `size`, or the size it needs a proof from."""
+
+    size: int
+    cosignature: str | None = None
+    need_from: int | None = None
+
+
+def checkpoint_frame(offer: CheckpointOffer) -> bytes:
+    body = {
+        "note": offer.note,
+        "from": offer.proof_from,
+        "proof": [b64encode(h) for h in offer.proof],
+    }
+    return frame(FRAME_CHECKPOINT, canonical(body))
+
+
+def parse_checkpoint_offer(payload: bytes) -> CheckpointOffer:
+    f = Fields(
+        parse_canonical(payload, limit=MAX_CHECKPOINT_FRAME_BYTES, what="checkpoint"), "checkpoint"
+    )
+    note = f.str("note", max_len=MAX_CHECKPOINT_FRAME_BYTES)
+    proof_from = f.int("from", low=0)
+    proof = f.any("proof")
+    f.done()
+    if not isinstance(proof, list) or len(proof) > MAX_PROOF_HASHES:
+        raise MalformedError(f"checkpoint.proof: expected a list of at most {MAX_PROOF_HASHES}")
+    hashes = tuple(b64decode(h, field="checkpoint.proof") for h in proof)
+    if any(len(h) != 32 for h in hashes):
+        raise MalformedError("checkpoint.proof: every hash must be 32 bytes")
+    return CheckpointOffer(note, proof_from, hashes)
+
+
+def witness_frame(answer: WitnessAnswer) -> bytes:
+    body: dict[str, Json] = {"size": answer.size}
+    if answer.cosignature is not None:
+        body["cosignature"] = answer.cosignature
+    if answer.need_from is not None:
+        body["need_from"] = answer.need_from
+    return frame(FRAME_COSIGNATURE, canonical(body))
+
+
+def parse_witness_answer(payload: bytes) -> WitnessAnswer:
+    f = Fields(
+        parse_canonical(payload, limit=MAX_CHECKPOINT_FRAME_BYTES, what="cosignature"),
+        "cosignature",
+    )
+    size = f.int("size", low=0)
+    line = f.str("cosignature", max_len=1024) if f.has("cosignature") else None
+    need = f.int("need_from", low=0) if f.has("need_from") else None
+    f.done()
+    if (line is None) == (need is None):
+        raise MalformedError("cosignature: expected exactly one of cosignature and need_from")
+    return WitnessAnswer(size, line, need)

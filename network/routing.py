@@ -17,7 +17,7 @@ left it stays queued until a route appears.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 MAX_ANNOUNCEMENT_BYTES: Final = 8 * 1024
+MAX_SEEN_ANNOUNCEMENTS: Final = 4096  # copies recognised without parsing (a few per node)
 _CONTEXT: Final = b"cpn/v1 announce\n"
 
 
@@ -110,6 +111,7 @@ class RoutingTable:
         self._routes: dict[NodeId, tuple[NodeId, ...]] | None = None
         self._linked: frozenset[NodeId] = frozenset()
         self.stale = False  # announcements changed since the routes were computed
+        self._seen: OrderedDict[bytes, None] = OrderedDict()  # announcements already checked
 
     def accept(self, announcement: Announcement) -> bool:
         """Keep `announcement` if newer than the one held; True when it changed something.
@@ -123,6 +125,15 @@ class RoutingTable:
         self.announcements[announcement.node] = announcement
         self.stale = True
         return True
+
+    def seen(self, raw: bytes) -> bool:
+        """Whether these exact bytes were checked already (a flooded copy)."""
+        return raw in self._seen
+
+    def remember(self, raw: bytes) -> None:
+        self._seen[raw] = None
+        if len(self._seen) > MAX_SEEN_ANNOUNCEMENTS:
+            self._seen.popitem(last=False)
 
     def forget(self, node: NodeId) -> None:
         """Drop a node's announcement (it was revoked); routes change at once."""
@@ -157,17 +168,33 @@ class RoutingTable:
         return self._routes
 
     def _compute(self) -> dict[NodeId, tuple[NodeId, ...]]:
-        # One breadth-first search per linked peer (a handful), not per destination.
+        """Every destination's linked peers, nearest first (ties by id), never through us.
+
+        One breadth-first search from all linked peers at once: each node carries
+        a bit set of the peers that have reached it, so a hub with fifty links
+        pays for one search, not fifty.
+        """
         self.stale = False
         graph = self._graph()
-        reach = {peer: _distances_from(peer, graph, avoid=self.me) for peer in self._linked}
-        ranked: dict[NodeId, list[tuple[int, NodeId]]] = {}
-        for peer, distances in reach.items():
-            for destination, hops in distances.items():
-                ranked.setdefault(destination, []).append((hops, peer))
+        peers = sorted(self._linked)
+        seen: dict[NodeId, int] = {}
+        ranked: dict[NodeId, list[int]] = {}  # per destination, the peers reaching it per level
+        frontier = {peer: 1 << index for index, peer in enumerate(peers)}
+        while frontier:
+            for node, arrived in frontier.items():
+                seen[node] = seen.get(node, 0) | arrived
+                ranked.setdefault(node, []).append(arrived)
+            reached: dict[NodeId, int] = {}
+            for node, arrived in frontier.items():
+                for other in graph.get(node, ()):
+                    if other != self.me:
+                        new = arrived & ~seen.get(other, 0)
+                        if new:
+                            reached[other] = reached.get(other, 0) | new
+            frontier = reached
         return {
-            destination: tuple(peer for _, peer in sorted(options))
-            for destination, options in ranked.items()
+            destination: tuple(peers[index] for level in levels for index in _bits(level))
+            for destination, levels in ranked.items()
             if destination != self.me
         }
 
@@ -186,16 +213,11 @@ class RoutingTable:
         return graph
 
 
-def _distances_from(
-    start: NodeId, graph: Mapping[NodeId, set[NodeId]], *, avoid: NodeId
-) -> dict[NodeId, int]:
-    """Hops from `start` to every node it reaches without passing through `avoid`."""
-    distance = {start: 0}
-    queue = deque([start])
-    while queue:
-        node = queue.popleft()
-        for other in graph.get(node, ()):
-            if other != avoid and other not in distance:
-                distance[other] = distance[node] + 1
-                queue.append(other)
-    return distance
+def _bits(mask: int) -> list[int]:
+    """The positions of the set bits of `mask`, lowest first."""
+    positions = []
+    while mask:
+        low = mask & -mask
+        positions.append(low.bit_length() - 1)
+        mask ^= low
+    return positions

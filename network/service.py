@@ -15,11 +15,25 @@ import logging
 import os
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from network.bodies import Acknowledgement, Body, Response, parse_body
 from network.crypto import VerifyKey
+from network.deadlines import (
+    DEFAULT_DEADLINES,
+    Box,
+    Deadlines,
+    Tracked,
+    due_times,
+    expects_reply,
+    format_overdue,
+    next_alert,
+    parse_overdue,
+    preserved_until_ms,
+    reschedule,
+)
 from network.envelope import (
     DEFAULT_SKEW_MS,
     MAX_ENVELOPE_BYTES,
@@ -48,7 +62,7 @@ from network.errors import (
     UnknownNodeError,
 )
 from network.keys import NodeKeys
-from network.lifecycle import PRIORITY_RANK, Event, State
+from network.lifecycle import PRIORITY_RANK, TABLES, Event, State
 from network.records import (
     MessageType,
     NodeId,
@@ -124,6 +138,32 @@ ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most t
 MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 
 
+_ACTED = (State.ACKNOWLEDGED, State.ANSWERED)
+
+
+def _refers_to(typed: Body) -> str | None:
+    """The message this one answers, extends or follows (threads a case)."""
+    for name in ("in_reply_to", "extends", "follows"):
+        value = getattr(typed, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _tracked(row: MessageRow) -> Tracked:
+    return Tracked(
+        box="out" if row.box == "out" else "in",
+        state=row.state,
+        priority=Priority(row.priority),
+        receipt_due=row.receipt_due,
+        ack_due=row.ack_due,
+        response_due=row.response_due,
+        preserved_until=row.preserved_until,
+        overdue=parse_overdue(row.overdue),
+        alert_at=row.alert_at,
+    )
+
+
 class Service:
     """One node's use cases, over its keys, roster and store."""
 
@@ -138,8 +178,10 @@ class Service:
         skew_ms: int = DEFAULT_SKEW_MS,
         retry_ms: int = 60_000,
         keeper: VerifyKey | None = None,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
     ) -> None:
         self.me = keys.node_id
+        self.deadlines = deadlines
         self.keys = keys
         self.roster = roster
         self.store = store
@@ -160,8 +202,16 @@ class Service:
         self._avoid: OrderedDict[str, set[str]] = OrderedDict()  # message -> hops that refused
         self._unroutable: set[str] = set()
         self._dirty: set[str] = set()  # links with news in their outbox
+        self._detours: set[str] = set()  # links that should look for detours at once
         self._last_contact: dict[str, int] = {}
         self._routes_at = 0
+        self.urgent_pending = False  # a flash or urgent message since the last checkpoint
+        self._first_hops: dict[NodeId, NodeId] = {}
+        self._destinations_cache: dict[
+            tuple[str, bool], tuple[Mapping[NodeId, tuple[NodeId, ...]], list[NodeId]]
+        ] = {}
+        # Set when announcements changed the routes; the link layer refreshes them soon.
+        self.routes_stale = asyncio.Event()
 
     # -- signals for the link layer ----------------------------------------------
 
@@ -171,11 +221,21 @@ class Service:
 
     def refresh_routes(self) -> None:
         """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`."""
+        if not self.routing.stale:
+            self.routes_stale.clear()
+            return
         now = self.clock()
-        if self.routing.stale and now - self._routes_at >= ROUTE_REFRESH_MS:
+        if now - self._routes_at >= ROUTE_REFRESH_MS:
             self._routes_at = now
             self.routing.refresh()
-            self._dirty.update(self.linked)  # a destination may have moved to another link
+            self.routes_stale.clear()
+            # Wake only the links that destinations moved to: the others have nothing new.
+            first = {d: hops[0] for d, hops in self.routing.reachable().items() if hops}
+            moved = {hop for d, hop in first.items() if self._first_hops.get(d) != hop}
+            self._first_hops = first
+            for peer in moved:
+                self._dirty.add(peer)
+                self.outbox_signal(peer).set()
 
     def wake(self, destination: str | None = None) -> None:
         """Wake the link that now carries traffic for `destination` (all links if None)."""
@@ -192,6 +252,13 @@ class Service:
             return True
         return False
 
+    def take_detours(self, peer: str) -> bool:
+        """Whether a hop refused something since the link to `peer` last looked wide."""
+        if peer in self._detours:
+            self._detours.discard(peer)
+            return True
+        return False
+
     # -- routing -----------------------------------------------------------------
 
     def links_changed(self) -> Announcement:
@@ -205,15 +272,19 @@ class Service:
 
     def accept_announcement(self, raw: bytes) -> bool:
         """Take a peer's flooded announcement; True when it is news to pass on."""
+        if self.routing.seen(raw):
+            return False  # floods bring each announcement once per link: copies cost nothing
         try:
             announcement = verify_announcement(raw, self.roster, self.routing.announcements)
         except StaleAnnouncementError:
-            return False  # a copy of one we have
+            self.routing.remember(raw)
+            return False  # older than the one we have
+        self.routing.remember(raw)
         if announcement.node == self.me:
             return False
         if not self.routing.accept(announcement):
             return False
-        self.wake()
+        self.routes_stale.set()
         return True
 
     def announcements(self) -> list[bytes]:
@@ -309,13 +380,18 @@ class Service:
             raise BodyError("priority", f"must be one of: {', '.join(Priority)}")
         if not isinstance(body, dict):
             raise BodyError("body", "must be an object")
+        try:
+            typed = parse_body(MessageType(message_type), body)
+        except BodyError as exc:
+            raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
+        answered = await self._answered(typed, NodeId(to))
         now = self.clock()
         try:
             envelope = seal(
                 sender=self.me,
                 recipient=NodeId(to),
                 message_type=MessageType(message_type),
-                body=body,
+                body=typed,
                 priority=Priority(priority),
                 now=now,
                 random_bytes=self.random_bytes(10),
@@ -344,9 +420,16 @@ class Service:
                 digest=envelope.digest,
                 self_sealed=self_sealed,
                 composed_by=user,
+                case_ref=self._case_tag(typed),
+                in_reply_to=_refers_to(typed),
+                **self._deadlines_for("out", header, MessageType(message_type)),
             )
+            acted = []
+            if answered is not None:
+                acted = await self._act_on(tx, answered, typed, actor=user, reply=header.id)
             await tx.audit(
                 [
+                    *acted,
                     AuditEntry(user, "composed", header.id, detail),
                     AuditEntry(
                         self.actor,
@@ -358,23 +441,96 @@ class Service:
                 ]
             )
         self.outbox_signal(to).set()
+        self.urgent_pending |= header.priority is not Priority.ROUTINE
         row = await self.store.message(header.id)
         assert row is not None
         return row
 
+    def _case_tag(self, typed: Body) -> str | None:
+        """The case a message belongs to, as a keyed digest of its `case_ref`."""
+        case_ref = getattr(typed, "case_ref", None)
+        return self._storage.tag(case_ref) if isinstance(case_ref, str) else None
+
+    def _deadlines_for(self, box: Box, header: Header, message_type: MessageType) -> dict[str, Any]:
+        """A new message's deadlines, and when the deadline watch first looks at it."""
+        due = due_times(
+            self.deadlines,
+            header.priority,
+            header.created,
+            box,
+            reply=expects_reply(message_type),
+        )
+        state = State.QUEUED if box == "out" else State.RECEIVED
+        tracked = Tracked(box, state, header.priority, *due)
+        return {"due": due, "alert_at": next_alert(tracked, self.deadlines, self.clock(), False)}
+
+    async def _track(self, tx: Tx, row: MessageRow) -> None:
+        """After a state change: the overdue flags still standing, and the next look."""
+        decision = reschedule(_tracked(row), self.deadlines, self.clock())
+        tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
+
+    async def _answered(self, typed: Body, to: NodeId) -> MessageRow | None:
+        """The received request an acknowledgement or response answers; BodyError if none."""
+        if not isinstance(typed, Acknowledgement | Response):
+            return None
+        original = await self.store.message(typed.in_reply_to)
+        if original is None or original.box != "in" or original.peer != to:
+            raise BodyError("body.in_reply_to", f"is not a message received from {to}")
+        if isinstance(typed, Acknowledgement) and original.state in _ACTED:
+            raise BodyError("body.in_reply_to", f"that message is already {original.state}")
+        return original
+
+    async def _act_on(
+        self, tx: Tx, original: MessageRow, typed: Body, *, actor: str, reply: str
+    ) -> list[AuditEntry]:
+        """An acknowledgement or a response moves the request it answers, on either side."""
+        current = await tx.message(original.id) or original
+        detail: dict[str, Any] = {"reply": reply}
+        event = Event.ACKNOWLEDGE if isinstance(typed, Acknowledgement) else Event.ANSWER
+        if event not in TABLES[current.box].get(current.state, {}):
+            return []  # already answered, or expired unread: the state does not go back
+        if isinstance(typed, Acknowledgement):
+            await tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
+            detail["officer"] = typed.officer
+            action = "acknowledged"
+        else:
+            assert isinstance(typed, Response)
+            await tx.acted(current, Event.ANSWER)
+            detail["status"] = str(typed.status)
+            action = "replied" if current.box == "in" else "answered"
+            if typed.preserved_until is not None and current.box == "out":
+                until = preserved_until_ms(typed.preserved_until)
+                detail["preserved_until"] = typed.preserved_until
+                # The request answered, and the preservation it extends or follows.
+                for message_id in filter(None, (current.id, current.in_reply_to)):
+                    tx.preserved(message_id, until)
+        await self._track(tx, await tx.message(current.id) or current)
+        return [AuditEntry(actor, action, current.id, detail)]
+
     # -- the link layer's use cases ------------------------------------------------
 
     async def outbox(
-        self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
+        self,
+        peer: str,
+        limit: int,
+        exclude: Sequence[str] = (),
+        *,
+        flash_only: bool = False,
+        detours: bool = True,
     ) -> list[MessageRow]:
-        """Ours and relayed messages whose best route now starts with the link to `peer`."""
+        """Ours and relayed messages whose best route now starts with the link to `peer`.
+
+        With `detours`, also those for which `peer` is a later choice (their
+        better hops are on their path or refused them): a wider and dearer look,
+        which the link takes when it polls, not on every wake.
+        """
         self.refresh_routes()
         routes = self.routing.reachable()
-        destinations = [d for d, hops in routes.items() if peer in hops]
+        destinations = self._destinations(peer, routes, detours)
         max_rank = PRIORITY_RANK[Priority.FLASH] if flash_only else max(PRIORITY_RANK.values())
-        rows = await self.store.outbox(
-            destinations, 3 * (limit + len(exclude)), self.clock(), max_rank
-        )
+        # In-flight messages wait for their retry time, so `exclude` rarely takes a row.
+        fetch = (3 if detours else 1) * (limit + len(exclude))
+        rows = await self.store.outbox(destinations, fetch, self.clock(), max_rank)
         skip = set(exclude)
         chosen = []
         for row in rows:
@@ -383,6 +539,21 @@ class Service:
                 if len(chosen) == limit:
                     break
         return chosen
+
+    def _destinations(
+        self, peer: str, routes: Mapping[NodeId, tuple[NodeId, ...]], detours: bool
+    ) -> list[NodeId]:
+        """Destinations routed through `peer` first (or at all, with `detours`); kept
+        until the routes change, since a hub asks for them on every wake."""
+        cached = self._destinations_cache.get((peer, detours))
+        if cached is not None and cached[0] is routes:
+            return cached[1]
+        if detours:
+            found = [d for d, hops in routes.items() if peer in hops]
+        else:
+            found = [d for d, hops in routes.items() if hops and hops[0] == peer]
+        self._destinations_cache[(peer, detours)] = (routes, found)
+        return found
 
     def _next_hop(self, row: MessageRow, hops: Sequence[NodeId]) -> NodeId | None:
         """The best live hop for a message: never back to a node it has been through
@@ -562,6 +733,7 @@ class Service:
             item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
         else:
             assert item.opened is not None
+            typed = item.opened.body
             await tx.insert_message(
                 **common,
                 box="in",
@@ -569,9 +741,23 @@ class Service:
                 type=str(item.opened.message_type),
                 state=State.RECEIVED,
                 path=json.dumps(list(item.path)),
+                case_ref=self._case_tag(typed),
+                in_reply_to=_refers_to(typed),
+                **self._deadlines_for("in", header, item.opened.message_type),
             )
             detail["type"] = str(item.opened.message_type)
             item.audit.append(AuditEntry(link_actor, "received", header.id, detail))
+            if isinstance(typed, Acknowledgement | Response):
+                original = await tx.message(typed.in_reply_to)
+                if (
+                    original is not None
+                    and original.box == "out"
+                    and original.peer == header.sender
+                ):
+                    item.audit += await self._act_on(
+                        tx, original, typed, actor=link_actor, reply=header.id
+                    )
+            self.urgent_pending |= header.priority is not Priority.ROUTINE
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
 
     def _receipt(
@@ -689,6 +875,7 @@ class Service:
                     self._avoid.popitem(last=False)
                 await tx.retry_now([row.id])
                 self._dirty.update(self.linked)
+                self._detours.update(self.linked)
                 return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
             await tx.hop_acked(row)
             if row.state in (State.QUEUED, State.SENT):

@@ -19,13 +19,16 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 
+from network.audit import entry_leaf
+from network.deadlines import Due
 from network.errors import CpnError
 from network.lifecycle import TABLES, Event, State, next_state
-from network.records import Json
+from network.records import Json, canonical
+from network.tlog import MerkleLog
 
 __all__ = [
     "AuditEntry",
@@ -37,7 +40,7 @@ __all__ = [
     "UserRow",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -143,7 +146,65 @@ MIGRATIONS: dict[int, str] = {
         accepted INTEGER NOT NULL
     );
     """,
+    # 3: the outbox index covers what the outbox and the queue counts read, so that
+    # a relay holding thousands of messages in flight never reads their rows (whose
+    # envelopes span overflow pages) to find the few that are due.
+    3: """
+    DROP INDEX messages_outbox;
+    CREATE INDEX messages_outbox
+        ON messages (peer, retry_at, priority_rank, created, hop_acked, box, state)
+        WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent');
+    """,
+    # 4: the audit log as a Merkle tree (each entry's leaf hash; the node's signed
+    # checkpoints and its witnesses' cosignatures; the checkpoints peers showed us and
+    # any two of them that no history explains), threads, deadlines and preservations.
+    4: """
+    ALTER TABLE audit ADD COLUMN leaf BLOB;
+    CREATE INDEX audit_time ON audit (time);
+    CREATE TABLE checkpoints (
+        size INTEGER PRIMARY KEY,
+        root BLOB NOT NULL,
+        time INTEGER NOT NULL,
+        note TEXT NOT NULL              -- C2SP tlog-checkpoint signed note
+    );
+    CREATE TABLE cosignatures (
+        size INTEGER NOT NULL,
+        witness TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        line TEXT NOT NULL,             -- C2SP tlog-cosignature line
+        PRIMARY KEY (size, witness)
+    );
+    CREATE TABLE witnessed (
+        node TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        note TEXT NOT NULL,
+        received INTEGER NOT NULL
+    );
+    CREATE TABLE inconsistencies (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        held TEXT NOT NULL,             -- the checkpoint we held
+        shown TEXT NOT NULL,            -- the one that contradicts it
+        problem TEXT NOT NULL,
+        detected INTEGER NOT NULL
+    );
+    ALTER TABLE messages ADD COLUMN case_ref TEXT;
+    ALTER TABLE messages ADD COLUMN in_reply_to TEXT;
+    ALTER TABLE messages ADD COLUMN acked_by TEXT;
+    ALTER TABLE messages ADD COLUMN receipt_due INTEGER;
+    ALTER TABLE messages ADD COLUMN ack_due INTEGER;
+    ALTER TABLE messages ADD COLUMN response_due INTEGER;
+    ALTER TABLE messages ADD COLUMN preserved_until INTEGER;
+    ALTER TABLE messages ADD COLUMN overdue TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN alert_at INTEGER;
+    CREATE INDEX messages_alerts ON messages (alert_at) WHERE alert_at IS NOT NULL;
+    CREATE INDEX messages_thread ON messages (in_reply_to) WHERE in_reply_to IS NOT NULL;
+    """,
 }
+
+
+_NO_DEADLINES: Final = Due(None, None, None)
 
 
 class StoreError(CpnError, OSError):
@@ -182,6 +243,15 @@ class MessageRow:
     retry_at: int  # when it may go again without an end-to-end receipt
     hop_acked: bool  # the hop it was last sent to took it on
     path: str  # JSON list of the relays it came through (inbound)
+    case_ref: str | None = None  # the composing side's case reference (threads a case)
+    in_reply_to: str | None = None  # the request an acknowledgement or response answers
+    acked_by: str | None = None  # who acknowledged it (the officer, or the other side's)
+    receipt_due: int | None = None
+    ack_due: int | None = None
+    response_due: int | None = None
+    preserved_until: int | None = None  # a preservation: when the preserved data may go
+    overdue: str = ""  # the deadlines passed and unmet, comma-separated
+    alert_at: int | None = None  # when the deadline scan looks at it next
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +276,9 @@ class UserRow:
 
 _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
-    " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path"
+    " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
+    " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
+    " overdue, alert_at"
 )
 
 
@@ -241,11 +313,13 @@ class Tx:
     through the transaction see its own changes.
     """
 
-    def __init__(self, db: aiosqlite.Connection, now: int) -> None:
+    def __init__(self, db: aiosqlite.Connection, now: int, audit_size: int) -> None:
         self.db = db
         self.now = now
         self._writes: dict[str, list[tuple[Any, ...]]] = {}
         self._rows: dict[str, MessageRow | None] = {}
+        self._audit_size = audit_size
+        self.leaves: list[bytes] = []  # this transaction's audit entries, in order
 
     def _write(self, statement: str, params: tuple[Any, ...]) -> None:
         self._writes.setdefault(statement, []).append(params)
@@ -256,12 +330,52 @@ class Tx:
         self._writes.clear()
 
     async def audit(self, entries: Iterable[AuditEntry]) -> None:
+        """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1."""
         for e in entries:
+            detail = e.detail or {}
+            leaf = entry_leaf(self.now, e.actor, e.action, e.message_id, detail)
+            self.leaves.append(leaf)
             self._write(
-                "INSERT INTO audit (time, actor, action, message_id, detail)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (self.now, e.actor, e.action, e.message_id, _detail(e.detail)),
+                "INSERT INTO audit (seq, time, actor, action, message_id, detail, leaf)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._audit_size + len(self.leaves),
+                    self.now,
+                    e.actor,
+                    e.action,
+                    e.message_id,
+                    canonical(detail).decode(),
+                    leaf,
+                ),
             )
+
+    def checkpoint(self, size: int, root: bytes, note: str) -> None:
+        self._write(
+            "INSERT OR IGNORE INTO checkpoints (size, root, time, note) VALUES (?, ?, ?, ?)",
+            (size, root, self.now, note),
+        )
+
+    def cosignature(self, size: int, witness: str, time: int, line: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO cosignatures (size, witness, time, line) VALUES (?, ?, ?, ?)",
+            (size, witness, time, line),
+        )
+
+    def witnessed(self, node: str, size: int, root: bytes, note: str) -> None:
+        """The newest checkpoint `node` showed us, consistent with the one held before."""
+        self._write(
+            "INSERT OR REPLACE INTO witnessed (node, size, root, note, received)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (node, size, root, note, self.now),
+        )
+
+    def inconsistency(self, node: str, held: str, shown: str, problem: str) -> None:
+        """Two signed checkpoints of `node`'s log that no honest history explains: proof."""
+        self._write(
+            "INSERT INTO inconsistencies (node, held, shown, problem, detected)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (node, held, shown, problem, self.now),
+        )
 
     async def insert_message(
         self,
@@ -282,12 +396,17 @@ class Tx:
         composed_by: str | None = None,
         origin: str = "",
         path: str = "[]",
+        case_ref: str | None = None,
+        in_reply_to: str | None = None,
+        due: Due = _NO_DEADLINES,
+        alert_at: int | None = None,
     ) -> None:
         """Insert a message (the caller has checked, in this transaction, that its id is new)."""
         self._write(
             "INSERT OR IGNORE INTO messages (id, box, peer, type, priority, priority_rank, state,"
             " created, expires, received, updated, envelope, digest, self_sealed, composed_by,"
-            " origin, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " origin, path, case_ref, in_reply_to, receipt_due, ack_due, response_due, alert_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 id,
                 box,
@@ -306,8 +425,40 @@ class Tx:
                 composed_by,
                 origin,
                 path,
+                case_ref,
+                in_reply_to,
+                due.receipt,
+                due.acknowledgement,
+                due.response,
+                alert_at,
             ),
         )
+
+    async def acted(
+        self, message: MessageRow, event: Event, *, acked_by: str | None = None
+    ) -> State:
+        """An acknowledgement or an answer, on either side: the state moves; who did it is kept."""
+        state = await self.transition(message, event)
+        if acked_by is not None:
+            self._write("UPDATE messages SET acked_by = ? WHERE id = ?", (acked_by, message.id))
+            self._rows[message.id] = replace(message, state=state, acked_by=acked_by)
+        return state
+
+    def preserved(self, message_id: str, until: int) -> None:
+        """The other side says the data is preserved until `until`."""
+        self._write(
+            "UPDATE messages SET preserved_until = ?, updated = ? WHERE id = ?",
+            (until, self.now, message_id),
+        )
+        self._rows.pop(message_id, None)
+
+    def alerts(self, message_id: str, overdue: str, alert_at: int | None) -> None:
+        """Which deadlines are passed and unmet, and when to look again (None: never)."""
+        self._write(
+            "UPDATE messages SET overdue = ?, alert_at = ? WHERE id = ?",
+            (overdue, alert_at, message_id),
+        )
+        self._rows.pop(message_id, None)
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store holds: read under the transaction's lock, so dedup is exact."""
@@ -438,6 +589,7 @@ class Store:
         self.db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self.audit_log = MerkleLog()  # the audit entries' leaf hashes, as a Merkle tree
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -450,6 +602,7 @@ class Store:
         store = cls(db, path)
         try:
             await store._migrate()
+            await store._load_audit_log()
         except BaseException:
             await db.close()
             raise
@@ -481,6 +634,32 @@ class Store:
                 await self.db.execute("ROLLBACK")
                 raise
 
+    async def _load_audit_log(self) -> None:
+        """The tree of the stored entries (leaf hashes filled in for entries from before v4)."""
+        missing = await self.db.execute_fetchall(
+            "SELECT seq, time, actor, action, message_id, detail FROM audit WHERE leaf IS NULL"
+        )
+        if missing:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq, time, actor, action, message_id, detail in missing:
+                    parsed = json.loads(detail)
+                    await self.db.execute(
+                        "UPDATE audit SET detail = ?, leaf = ? WHERE seq = ?",
+                        (
+                            canonical(parsed).decode(),
+                            entry_leaf(time, actor, action, message_id, parsed),
+                            seq,
+                        ),
+                    )
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+        async with self.db.execute("SELECT leaf FROM audit ORDER BY seq") as cursor:
+            while batch := await cursor.fetchmany(10_000):
+                self.audit_log.extend(bytes(row[0]) for row in batch)
+
     async def close(self) -> None:
         async with self._lock:
             await self.db.close()
@@ -500,10 +679,11 @@ class Store:
                 # Anything from here on, cancellation included, must end in COMMIT or
                 # ROLLBACK: a BEGIN left open would refuse every later transaction.
                 await self.db.execute("BEGIN IMMEDIATE")
-                tx = Tx(self.db, now)
+                tx = Tx(self.db, now, self.audit_log.size)
                 yield tx
                 await tx.flush()
                 await self.db.execute("COMMIT")
+                self.audit_log.extend(tx.leaves)  # only what is committed joins the tree
             except aiosqlite.OperationalError as exc:
                 await self._rollback()
                 raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
@@ -562,11 +742,13 @@ class Store:
         if not destinations:
             return []
         marks = ",".join("?" * len(destinations))
+        # Chosen on the index alone; only the chosen rows are read.
         rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE rowid IN ("
+            " SELECT rowid FROM messages INDEXED BY messages_outbox"
             f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
-            " AND retry_at <= ? AND priority_rank <= ?"
-            " ORDER BY priority_rank, created LIMIT ?",
+            " AND retry_at <= ? AND priority_rank <= ? ORDER BY priority_rank, created LIMIT ?)"
+            " ORDER BY priority_rank, created",
             (*destinations, now, max_rank, limit),
         )
         return [_message(r) for r in rows]
@@ -582,7 +764,7 @@ class Store:
         """Messages waiting to go (ours or relayed) by destination; with `not_taken_on`,
         only those no hop has taken on yet."""
         rows = await self.db.execute_fetchall(
-            "SELECT peer, COUNT(*) FROM messages"
+            "SELECT peer, COUNT(*) FROM messages INDEXED BY messages_outbox"
             " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             f"{' AND hop_acked = 0' if not_taken_on else ''}"
             " GROUP BY peer"
@@ -637,10 +819,6 @@ class Store:
         )
         row = next(iter(found), None)
         return None if row is None else UserRow(*row)
-
-
-def _detail(detail: dict[str, Json] | None) -> str:
-    return json.dumps(detail or {}, sort_keys=True, ensure_ascii=False)
 
 
 def _statements(script: str) -> list[str]:

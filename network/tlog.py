@@ -11,6 +11,11 @@ Pure code: bytes and text in; hashes, text and decisions out. No I/O, no clock
 - Inclusion and consistency proofs: generated from the leaf hashes as
   §2.1.3.1 and §2.1.4.1 define them (O(n)), verified with the §2.1.3.2 and
   §2.1.4.2 algorithms step by step.
+- `MerkleLog`, the node's own log in memory: a hash pyramid (the leaf hashes,
+  then the roots of the complete aligned subtrees of 2, 4, 8... leaves, each
+  level one bytearray, about 64 bytes a leaf) that appends in amortized O(1)
+  and gives the root, a leaf, an inclusion or a consistency proof for any
+  size it has had in O(log n), equal to what the sequence functions give.
 - Checkpoints (c2sp.org/tlog-checkpoint), signed notes with Ed25519
   signatures (c2sp.org/signed-note, signature type 0x01), verifier keys
   ("vkeys", `<name>+<hex key id>+<base64(type ‖ public key)>`), and timestamped

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
+from itertools import chain, repeat
+from typing import TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from network import tlog
 from network.crypto import SigningKey, VerifyKey, generate_signing_key
 from network.errors import (
     BadSignatureError,
@@ -35,6 +39,7 @@ from network.tlog import (
     MAX_NOTE_BYTES,
     MAX_TREE_SIZE,
     Checkpoint,
+    MerkleLog,
     SignatureType,
     TreeBuilder,
     consistency_proof,
@@ -56,6 +61,7 @@ from network.tlog import (
     verify_inclusion,
 )
 
+T = TypeVar("T")
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -517,6 +523,213 @@ def test_consistency_proof_needs_sizes_in_order() -> None:
         consistency_proof(LEAVES, 5, 4)
     with pytest.raises(ValueError, match="no proof"):
         consistency_proof(LEAVES, 1, 9)
+
+
+# -- the log's own tree: MerkleLog -----------------------------------------------
+
+
+def numbered_leaves(count: int, salt: bytes = b"") -> list[bytes]:
+    return [leaf_hash(salt + i.to_bytes(4, "big")) for i in range(count)]
+
+
+def build_log(leaves: list[bytes], data: st.DataObject) -> MerkleLog:
+    """A MerkleLog of `leaves`, taken in drawn runs, each by `append` or by `extend`."""
+    log = MerkleLog()
+    while log.size < len(leaves):
+        run = leaves[log.size : log.size + data.draw(st.integers(1, 70), label="run")]
+        if data.draw(st.booleans(), label="one by one"):
+            for leaf in run:
+                log.append(leaf)
+        else:
+            log.extend(iter(run))
+    return log
+
+
+class NodeHashCounter:
+    """Stands in for tlog.node_hash, counting the calls made by each answer it runs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, left: bytes, right: bytes) -> bytes:
+        self.calls += 1
+        return node_hash(left, right)
+
+    def run(self, ask: Callable[[], T]) -> tuple[T, int]:
+        self.calls = 0
+        return ask(), self.calls
+
+
+def test_merkle_log_gives_the_known_roots_and_leaves() -> None:
+    log = MerkleLog()
+    roots = [log.root()]
+    sizes = []
+    for leaf in LEAVES:
+        sizes.append(log.append(leaf))
+        roots.append(log.root())
+    assert sizes == list(range(1, 9))
+    assert roots == ROOTS
+    assert [log.root(size) for size in range(9)] == ROOTS
+    assert [log.leaf(index) for index in range(8)] == LEAVES
+
+
+def test_an_empty_merkle_log_has_the_empty_root_and_nothing_to_prove() -> None:
+    log = MerkleLog()
+    assert (log.size, log.root(), log.root(0)) == (0, EMPTY_ROOT, EMPTY_ROOT)
+    assert log.consistency_proof(0) == []
+
+
+@pytest.mark.parametrize(("index", "size", "proof"), INCLUSION_VECTORS)
+def test_merkle_log_gives_the_known_inclusion_proofs(
+    index: int, size: int, proof: list[bytes]
+) -> None:
+    whole, exact = MerkleLog(), MerkleLog()
+    whole.extend(LEAVES)
+    exact.extend(LEAVES[:size])
+    assert whole.inclusion_proof(index, size) == proof
+    assert exact.inclusion_proof(index) == proof
+
+
+@pytest.mark.parametrize(("old", "new", "proof"), CONSISTENCY_VECTORS)
+def test_merkle_log_gives_the_known_consistency_proofs(
+    old: int, new: int, proof: list[bytes]
+) -> None:
+    whole, exact = MerkleLog(), MerkleLog()
+    whole.extend(LEAVES)
+    exact.extend(LEAVES[:new])
+    assert whole.consistency_proof(old, new) == proof
+    assert exact.consistency_proof(old) == proof
+
+
+def test_merkle_log_matches_the_sequence_functions_for_every_size_and_index() -> None:
+    # Every tree up to 70 leaves (past 64, so a ragged right edge under a full
+    # subtree of 64), every leaf and every older size, built one leaf at a time
+    # and in one go.
+    leaves = numbered_leaves(70)
+    one_by_one, at_once = MerkleLog(), MerkleLog()
+    for leaf in leaves:
+        one_by_one.append(leaf)
+    at_once.extend(leaves)
+    for log in (one_by_one, at_once):
+        for size in range(len(leaves) + 1):
+            root = root_hash(leaves[:size])
+            assert log.root(size) == root
+            for index in range(size):
+                proof = log.inclusion_proof(index, size)
+                assert proof == inclusion_proof(leaves, index, size)
+                verify_inclusion(leaves[index], index, size, proof, root)
+            for old in range(size + 1):
+                proof = log.consistency_proof(old, size)
+                assert proof == consistency_proof(leaves, old, size)
+                verify_consistency(old, size, root_hash(leaves[:old]), root, proof)
+
+
+@settings(PROPERTY, max_examples=25)
+@given(count=st.integers(1, 300), salt=st.binary(max_size=4), data=st.data())
+def test_merkle_log_matches_the_sequence_functions_and_its_proofs_verify(
+    count: int, salt: bytes, data: st.DataObject
+) -> None:
+    # Every size gets its root checked and proofs for a drawn leaf and older
+    # size; the whole log, proofs for every leaf and every older size.
+    leaves = numbered_leaves(count, salt)
+    log = build_log(leaves, data)
+    rng = data.draw(st.randoms(use_true_random=False), label="rng")
+    roots = [root_hash(leaves[:size]) for size in range(count + 1)]
+    assert log.size == count
+    assert [log.root(size) for size in range(count + 1)] == roots
+    assert [log.leaf(index) for index in range(count)] == leaves
+    asked = [(size, rng.randrange(size), rng.randrange(size + 1)) for size in range(1, count)]
+    asked += [(count, index, index) for index in range(count)]
+    for size, index, old in [*asked, (count, 0, count)]:
+        inclusion = log.inclusion_proof(index, size)
+        assert inclusion == inclusion_proof(leaves, index, size)
+        verify_inclusion(leaves[index], index, size, inclusion, roots[size])
+        consistency = log.consistency_proof(old, size)
+        assert consistency == consistency_proof(leaves, old, size)
+        verify_consistency(old, size, roots[old], roots[size], consistency)
+
+
+def test_a_large_merkle_log_answers_with_a_few_node_hashes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rebuilding a subtree of the tree of 100,000 would take up to 100,000
+    # node hashes; the pyramid answers each question with one per set bit of
+    # the size at most (and the proofs are the RFC's, so at most 17 hashes long).
+    size, old, index = 100_000, 65_537, 12_345
+    leaves = numbered_leaves(size)
+    log = MerkleLog()
+    log.extend(leaves)
+    builder = TreeBuilder()
+    builder.extend(leaves[:old])
+    old_root = builder.root()
+    builder.extend(leaves[old:])
+    root = builder.root()
+    counter = NodeHashCounter()
+    monkeypatch.setattr(tlog, "node_hash", counter)
+
+    root_answer, root_hashes = counter.run(log.root)
+    old_root_answer, old_root_hashes = counter.run(lambda: log.root(old))
+    inclusion, inclusion_hashes = counter.run(lambda: log.inclusion_proof(index))
+    consistency, consistency_hashes = counter.run(lambda: log.consistency_proof(old))
+
+    monkeypatch.undo()
+    for hashes in (root_hashes, old_root_hashes, inclusion_hashes, consistency_hashes):
+        assert 0 < hashes <= size.bit_length()
+    assert (root_answer, old_root_answer) == (root, old_root)
+    assert len(inclusion) == 17
+    assert inclusion == inclusion_proof(leaves, index, size)
+    verify_inclusion(leaves[index], index, size, inclusion, root)
+    assert consistency == consistency_proof(leaves, old, size)
+    verify_consistency(old, size, old_root, root, consistency)
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "argument"),
+    [
+        ("leaf", (8,), "index"),
+        ("leaf", (-1,), "index"),
+        ("root", (9,), "size"),
+        ("root", (-1,), "size"),
+        ("inclusion_proof", (8,), "index"),
+        ("inclusion_proof", (-1,), "index"),
+        ("inclusion_proof", (3, 3), "index"),
+        ("inclusion_proof", (0, 0), "index"),
+        ("inclusion_proof", (0, 9), "size"),
+        ("inclusion_proof", (0, -1), "size"),
+        ("consistency_proof", (9,), "old_size"),
+        ("consistency_proof", (5, 4), "old_size"),
+        ("consistency_proof", (-1,), "old_size"),
+        ("consistency_proof", (1, 9), "new_size"),
+        ("consistency_proof", (0, -1), "new_size"),
+    ],
+)
+def test_merkle_log_refuses_arguments_outside_the_log(
+    method: str, args: tuple[int, ...], argument: str
+) -> None:
+    log = MerkleLog()
+    log.extend(LEAVES)
+    with pytest.raises(ValueError, match=rf"^{argument} ") as caught:
+        getattr(log, method)(*args)
+    assert not isinstance(caught.value, CpnError)  # the caller's mistake, not a peer's
+
+
+def test_merkle_log_refuses_leaf_hashes_of_the_wrong_length() -> None:
+    log = MerkleLog()
+    with pytest.raises(ValueError, match="32 bytes"):
+        log.append(b"raw data, not a leaf hash")
+    with pytest.raises(ValueError, match="32 bytes"):
+        log.extend([*LEAVES[:3], b"short", LEAVES[4]])
+    assert (log.size, log.root()) == (3, ROOTS[3])  # as if appended one by one
+
+
+def test_merkle_log_extend_keeps_what_came_before_a_bad_leaf_in_a_long_iterable() -> None:
+    log = MerkleLog()
+    with pytest.raises(ValueError, match="32 bytes"):
+        log.extend(chain(repeat(LEAVES[0], 70_000), [b"short"], LEAVES))
+    builder = TreeBuilder()
+    builder.extend(repeat(LEAVES[0], 70_000))
+    assert (log.size, log.root()) == (70_000, builder.root())
+    assert log.append(LEAVES[1]) == 70_001
 
 
 # -- checkpoints -----------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""Checkpoints of our audit log, and witnessing our peers' (the use cases; links carry the frames).
+
+- We sign a C2SP checkpoint of our audit tree (every `every_entries` entries,
+  every `every_ms` when the log grew, and soon after a flash or urgent
+  message), commit it durably (so every entry it covers is on disk), and
+  offer it to each peer with a consistency proof from the size that peer last
+  cosigned.
+- A peer's checkpoint is checked against the one we hold for it: same origin,
+  its signature under its roster key, never smaller, and an extension of ours
+  by the proof. Then we keep it and cosign it. A checkpoint that contradicts
+  the one held is kept beside it, signed by the same key: portable proof that
+  the peer rewrote or truncated its log. It is audited and logged as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from network.audit import checkpoint_origin, witness_name
+from network.errors import ConsistencyProofError, CpnError, PeerError
+from network.protocol import CheckpointOffer, WitnessAnswer
+from network.records import NodeId
+from network.service import Service
+from network.store import AuditEntry
+from network.tlog import (
+    Checkpoint,
+    cosign,
+    open_checkpoint,
+    sign_note,
+    verify_consistency,
+    verify_cosignature,
+)
+
+__all__ = ["CheckpointPolicy", "Witnessing"]
+
+log = logging.getLogger("cpn.witnessing")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    every_entries: int = 1000
+    every_ms: int = 60_000
+    urgent_delay_ms: int = 1000  # after a flash or urgent message: soon, and once per burst
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    checkpoint: Checkpoint
+    note: str
+
+
+class Witnessing:
+    def __init__(self, service: Service, policy: CheckpointPolicy | None = None) -> None:
+        self.service = service
+        self.store = service.store
+        self.policy = policy or CheckpointPolicy()
+        self.origin = checkpoint_origin(service.me)
+        self.latest: _Signed | None = None
+        self._cosigned: dict[str, int] = {}  # peer -> largest size it cosigned
+        self._signed_at = 0
+
+    async def load(self) -> None:
+        """Our newest checkpoint and what each witness last cosigned, from the store."""
+        rows = await self.store.db.execute_fetchall(
+            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
+        )
+        for (note,) in rows:
+            self.latest = _Signed(self._open_own(note), note)
+        for witness, size in await self.store.db.execute_fetchall(
+            "SELECT witness, MAX(size) FROM cosignatures GROUP BY witness"
+        ):
+            self._cosigned[witness] = size
+
+    def _open_own(self, note: str) -> Checkpoint:
+        key = self.service.keys.signing.verify_key()
+        return open_checkpoint(note, self.origin, {self.origin: key})
+
+    # -- our own checkpoints --------------------------------------------------------
+
+    def due(self, now: int, urgent: bool) -> bool:
+        """Whether the log has grown enough, or long enough ago, to sign a checkpoint now."""
+        size = self.store.audit_log.size
+        signed = self.latest.checkpoint.size if self.latest else 0
+        if size <= signed:
+            return False
+        if size - signed >= self.policy.every_entries:
+            return True
+        waited = now - self._signed_at
+        return waited >= self.policy.every_ms or (urgent and waited >= self.policy.urgent_delay_ms)
+
+    async def sign(self, now: int) -> Checkpoint:
+        """Sign a checkpoint of the whole log and commit it durably before anyone sees it."""
+        log_tree = self.store.audit_log
+        async with self.store.transaction(now) as tx:
+            # Under the store's lock: no entry can join between the size and the root.
+            checkpoint = Checkpoint(self.origin, log_tree.size, log_tree.root())
+            note = sign_note(checkpoint.to_text(), self.origin, self.service.keys.signing)
+            tx.checkpoint(checkpoint.size, checkpoint.root, note)
+        self.latest = _Signed(checkpoint, note)
+        self._signed_at = now
+        return checkpoint
+
+    def offer_for(self, peer: str) -> CheckpointOffer | None:
+        """Our newest checkpoint for `peer`, proven consistent with what it last cosigned."""
+        if self.latest is None:
+            return None
+        return self._offer(self.latest, self._cosigned.get(peer, 0))
+
+    def _offer(self, signed: _Signed, proof_from: int) -> CheckpointOffer | None:
+        size = signed.checkpoint.size
+        if proof_from > size:
+            return None  # the witness holds more of our log than we do: it will say so
+        proof = self.store.audit_log.consistency_proof(proof_from, size) if proof_from else []
+        return CheckpointOffer(signed.note, proof_from, tuple(proof))
+
+    async def take_answer(self, peer: str, answer: WitnessAnswer) -> CheckpointOffer | None:
+        """A witness's answer: keep its cosignature, or offer the proof it asked for."""
+        if answer.need_from is not None:
+            if self.latest is None or answer.need_from > self.latest.checkpoint.size:
+                log.error(
+                    "%s holds our log at size %d, larger than ours: our log was rolled back",
+                    peer,
+                    answer.need_from,
+                )
+                return None
+            return self._offer(self.latest, answer.need_from)
+        assert answer.cosignature is not None
+        rows = await self.store.db.execute_fetchall(
+            "SELECT note FROM checkpoints WHERE size = ?", (answer.size,)
+        )
+        if not rows:
+            raise PeerError(f"cosignature for size {answer.size}, which we never signed")
+        note = str(next(iter(rows))[0])
+        key = self.service.roster.active_card(peer).signing_key
+        when = verify_cosignature(note + answer.cosignature, witness_name(peer), key)
+        async with self.store.transaction(self.service.clock(), durable=False) as tx:
+            tx.cosignature(answer.size, peer, when, answer.cosignature)
+        self._cosigned[peer] = max(self._cosigned.get(peer, 0), answer.size)
+        return None
+
+    # -- witnessing our peers ---------------------------------------------------------
+
+    async def witness(self, peer: NodeId, offer: CheckpointOffer) -> WitnessAnswer | None:
+        """Check a peer's checkpoint against the one we hold; cosign it if it extends it.
+
+        Raises PeerError for a checkpoint that is not the peer's (bad origin or
+        signature); returns None, after keeping the proof, for one that
+        contradicts what we hold.
+        """
+        origin = checkpoint_origin(peer)
+        key = self.service.roster.active_card(peer).signing_key
+        try:
+            checkpoint = open_checkpoint(offer.note, origin, {origin: key})
+        except CpnError as exc:
+            raise PeerError(f"{peer}'s checkpoint: {exc}", reason=exc.reason) from exc
+        rows = await self.store.db.execute_fetchall(
+            "SELECT size, root, note FROM witnessed WHERE node = ?", (peer,)
+        )
+        held = next(iter(rows), None)
+        now = self.service.clock()
+        if held is not None:
+            held_size, held_root, held_note = int(held[0]), bytes(held[1]), str(held[2])
+            problem = None
+            if checkpoint.size < held_size:
+                problem = f"truncated: size {checkpoint.size} after {held_size}"
+            elif checkpoint.size == held_size and checkpoint.root != held_root:
+                problem = f"rewritten: another root at size {held_size}"
+            elif checkpoint.size > held_size:
+                if offer.proof_from != held_size:
+                    return WitnessAnswer(checkpoint.size, need_from=held_size)
+                try:
+                    verify_consistency(
+                        held_size, checkpoint.size, held_root, checkpoint.root, list(offer.proof)
+                    )
+                except ConsistencyProofError as exc:
+                    problem = (
+                        f"rewritten: size {checkpoint.size} does not extend {held_size} ({exc})"
+                    )
+            if problem is not None:
+                await self._inconsistent(peer, held_note, offer.note, problem, now)
+                return None
+        async with self.store.transaction(now) as tx:
+            tx.witnessed(peer, checkpoint.size, checkpoint.root, offer.note)
+        line = cosign(
+            checkpoint, witness_name(self.service.me), self.service.keys.signing, now // 1000
+        )
+        return WitnessAnswer(checkpoint.size, cosignature=line)
+
+    async def _inconsistent(self, peer: str, held: str, shown: str, problem: str, now: int) -> None:
+        log.error("%s's audit log is inconsistent with its checkpoints: %s", peer, problem)
+        async with self.store.transaction(now) as tx:
+            tx.inconsistency(peer, held, shown, problem)
+            await tx.audit(
+                [
+                    AuditEntry(
+                        f"node:{self.service.me}",
+                        "log_inconsistent",
+                        None,
+                        {"node": peer, "problem": problem},
+                    )
+                ]
+            )

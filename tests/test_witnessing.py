@@ -1,0 +1,142 @@
+"""Checkpoints of each node's audit log, witnessed by its peers, with real nodes."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from network.audit import checkpoint_origin, witness_name
+from network.crypto import VerifyKey
+from network.errors import MalformedError
+from network.protocol import (
+    CheckpointOffer,
+    WitnessAnswer,
+    checkpoint_frame,
+    parse_checkpoint_offer,
+    parse_witness_answer,
+    split_frame,
+    witness_frame,
+)
+from network.samples import sample_body
+from network.tlog import open_checkpoint, verify_cosignature
+from tests.harness import Network
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute(query, params).fetchall()
+
+
+def wait_for(check: object, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def signing_key(network: Network, node_id: str) -> VerifyKey:
+    card = next(c for c in network.cards if c.id == node_id)
+    return card.signing_key
+
+
+def test_frames_round_trip_and_refuse_what_is_wrong() -> None:
+    offer = CheckpointOffer("cpn/audit/FRA\n3\nAAAA\n", 2, (b"\x01" * 32, b"\x02" * 32))
+    _, payload = split_frame(checkpoint_frame(offer))
+    assert parse_checkpoint_offer(payload) == offer
+    for answer in (WitnessAnswer(3, cosignature="— x y\n"), WitnessAnswer(3, need_from=2)):
+        _, payload = split_frame(witness_frame(answer))
+        assert parse_witness_answer(payload) == answer
+    with pytest.raises(MalformedError, match="exactly one"):
+        parse_witness_answer(b'{"size":3}')
+    with pytest.raises(MalformedError, match="32 bytes"):
+        parse_checkpoint_offer(b'{"from":1,"note":"n","proof":["AAAA"]}')
+
+
+def test_checkpoints_are_signed_and_cosigned_by_the_peer(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        network.send("FRA", "DEU", "preservation", sample_body("preservation"), priority="flash")
+        fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
+        wait_for(
+            lambda: rows(fra, "SELECT 1 FROM cosignatures WHERE witness = 'DEU'"),
+            what="DEU's cosignature of FRA's checkpoint",
+        )
+        wait_for(
+            lambda: rows(deu, "SELECT 1 FROM cosignatures WHERE witness = 'FRA'"),
+            what="FRA's cosignature of DEU's checkpoint",
+        )
+    finally:
+        network.close()
+
+    origin = checkpoint_origin("FRA")
+    size, note, line = rows(
+        fra,
+        "SELECT c.size, c.note, s.line FROM checkpoints c JOIN cosignatures s USING (size)"
+        " ORDER BY c.size DESC LIMIT 1",
+    )[0]
+    checkpoint = open_checkpoint(str(note), origin, {origin: signing_key(network, "FRA")})
+    assert checkpoint.size == size > 0
+    when = verify_cosignature(
+        str(note) + str(line), witness_name("DEU"), signing_key(network, "DEU")
+    )
+    assert abs(when - time.time()) < 300
+    held = rows(deu, "SELECT size FROM witnessed WHERE node = 'FRA'")
+    assert held and int(held[0][0]) >= 1  # type: ignore[call-overload]
+
+
+def test_a_node_whose_log_was_rolled_back_is_caught_by_its_witness(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        network.stop("FRA")
+        earlier = tmp_path / "FRA-earlier.sqlite"
+        shutil.copy(fra, earlier)  # the intruder's copy, taken before what they will hide
+        network.start("FRA")
+        for _ in range(3):
+            network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_all("FRA", "out", 3, {"delivered"})
+
+        def witnessed_size() -> int:
+            found = rows(deu, "SELECT size FROM witnessed WHERE node = 'FRA'")
+            return int(found[0][0]) if found else 0  # type: ignore[call-overload]
+
+        hidden = len(rows(earlier, "SELECT seq FROM audit")) + 3
+        wait_for(lambda: witnessed_size() > hidden, what="DEU to witness what FRA will hide")
+        network.stop("FRA")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(fra) + suffix).unlink(missing_ok=True)
+        shutil.copy(earlier, fra)  # FRA's log rolled back
+        network.start("FRA")
+        wait_for(
+            lambda: rows(deu, "SELECT 1 FROM inconsistencies WHERE node = 'FRA'"),
+            what="DEU to catch FRA's rolled-back log",
+        )
+    finally:
+        network.close()
+
+    held, shown, problem = rows(
+        deu, "SELECT held, shown, problem FROM inconsistencies WHERE node = 'FRA'"
+    )[0]
+    assert "truncated" in str(problem) or "rewritten" in str(problem)
+    origin = checkpoint_origin("FRA")
+    key = {origin: signing_key(network, "FRA")}
+    # Both checkpoints are FRA's own signed statements: portable proof of the rollback.
+    first, second = (
+        open_checkpoint(str(held), origin, key),
+        open_checkpoint(str(shown), origin, key),
+    )
+    assert first != second
+    audited = rows(deu, "SELECT detail FROM audit WHERE action = 'log_inconsistent'")
+    assert audited and "FRA" in str(audited[0][0])
