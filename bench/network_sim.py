@@ -45,6 +45,7 @@ from network.records import NodeId
 from network.roster import build_roster
 from network.samples import sample_body
 from network.service import Service
+from network.witnessing import CheckpointPolicy
 from tests.harness import free_port
 
 MEMBER_STATES = Path(__file__).resolve().parent.parent / "network" / "data" / "un-member-states.csv"
@@ -139,7 +140,10 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     # take its peers for dead: no keepalive pings between processes on one
     # machine (a dead process closes its sockets), and time for its pauses.
     links = LinkSettings(handshake_timeout=60, ping_interval=None, receipt_timeout=300)
-    settings = NodeSettings(links=links, dial_after=dial)
+    # Every message here is urgent: a checkpoint at most every 10 s per node while
+    # traffic flows (1 s by default), or witnessing would outweigh the messages.
+    checkpoints = CheckpointPolicy(urgent_delay_ms=10_000)
+    settings = NodeSettings(links=links, dial_after=dial, checkpoints=checkpoints)
     loop = asyncio.get_running_loop()
 
     async def ready(service: Service) -> None:

@@ -1,21 +1,105 @@
-"""The audit log as a transparency log: what an entry hashes to, and the names it is signed under.
+"""The audit log as a transparency log: what an entry hashes to, the names it is signed under,
+and the auditor's tools that read a store file: verify, export, prove.
 
 Each entry (time, actor, action, message id, detail) is a leaf of an RFC 6962
 Merkle tree: its leaf hash is SHA-256(0x00 ‖ the canonical JSON of the
-entry), and its position in the log is its index in the tree. The node signs
-checkpoints of the tree in the C2SP `tlog-checkpoint` format under the origin
-`cpn/audit/<ID>`; its peers cosign them (C2SP `tlog-cosignature`) under
-`cpn/witness/<ID>`. Pure: no I/O.
+entry), and its position in the log is its index in the tree (index = seq - 1).
+The node signs checkpoints of the tree in the C2SP `tlog-checkpoint` format
+under the origin `cpn/audit/<ID>`; its peers cosign them (C2SP
+`tlog-cosignature`) under `cpn/witness/<ID>`.
+
+`entry_bytes`, `entry_leaf`, `checkpoint_origin` and `witness_name` are pure.
+The rest reads a node's SQLite store file directly with the standard library,
+read-only (`mode=ro`) and in one read transaction, so it sees one consistent
+snapshot whether the node is running (WAL) or stopped; rows are streamed,
+never loaded all at once.
+
+- `verify_store` recomputes every leaf from its columns and the tree from those
+  leaves, and checks the whole store against itself, the roster and the
+  checkpoints other nodes hold: see its docstring for the list.
+- `export_entries` writes the entries (JSONL or CSV) with their leaf hashes,
+  and the signed checkpoints with their cosignatures, for anyone's own RFC 6962
+  implementation. Hashes in exports and proofs are standard base64 with
+  padding (RFC 4648 §4), as in C2SP checkpoints.
+- `inclusion_proof` and `consistency_proof` prove an entry or an older tree
+  against a tree size (by default the newest signed checkpoint's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import bisect
+import contextlib
+import csv
+import datetime
+import hashlib
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any, Final
 
-from network.records import Json, canonical
-from network.tlog import leaf_hash
+from network.crypto import VerifyKey, sha256
+from network.envelope import verify_envelope, verify_receipt
+from network.errors import (
+    BadSignatureError,
+    CpnError,
+    PeerError,
+    RosterError,
+    UnknownSignerError,
+)
+from network.records import (
+    Json,
+    NodeId,
+    canonical,
+    canonical_trusted,
+    parse_json,
+)
+from network.roster import MAX_ROSTER_BYTES, NodeStatus, Roster, RosterEntry, load_roster
+from network.tlog import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    Checkpoint,
+    MerkleLog,
+    leaf_hash,
+    open_checkpoint,
+    verify_cosignature,
+)
 
-__all__ = ["checkpoint_origin", "entry_bytes", "entry_leaf", "witness_name"]
+__all__ = [
+    "MAX_PAGE",
+    "AuditReadError",
+    "EntryFilter",
+    "Problem",
+    "ProblemKind",
+    "VerifyReport",
+    "Witnessed",
+    "checkpoint_origin",
+    "consistency_proof",
+    "entry_bytes",
+    "entry_leaf",
+    "export_entries",
+    "inclusion_proof",
+    "list_entries",
+    "parse_time",
+    "read_witnessed",
+    "rfc3339",
+    "verify_store",
+    "witness_name",
+]
+
+MAX_PAGE: Final = 1000
+"""The most entries `list_entries` returns at once."""
+
+MAX_PROBLEMS: Final = 1000
+"""The most problems a report lists (it counts them all)."""
+
+_BATCH: Final = 4096  # rows fetched at a time
+_MAX_REORDER_SCAN: Final = 100_000  # mismatched leaves looked for among all stored ones
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
 
 
 def checkpoint_origin(node: str) -> str:
@@ -48,3 +132,1432 @@ def entry_leaf(
 ) -> bytes:
     """The RFC 6962 leaf hash of one entry."""
     return leaf_hash(entry_bytes(time, actor, action, message_id, detail))
+
+
+# -- reading a store file ---------------------------------------------------------
+
+
+class AuditReadError(CpnError, OSError):
+    """A store file (or a witnessed checkpoint file) that cannot be read as one."""
+
+    reason = "store_unreadable"
+
+
+@contextlib.contextmanager
+def _snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """The store opened read-only, inside one read transaction: one consistent snapshot.
+
+    Raises AuditReadError if the file is missing, not SQLite, or not a cpn
+    store with the Merkle audit log (schema version 4 or later).
+    """
+    if not path.is_file():
+        raise AuditReadError(f"{path}: no such store file")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise AuditReadError(f"{path}: cannot open the store: {exc}") from exc
+    try:
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("BEGIN")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise AuditReadError(f"{path}: not a cpn store: {exc}") from exc
+        if version < 4 or not {"audit", "checkpoints", "cosignatures"} <= tables:
+            raise AuditReadError(
+                f"{path}: schema version {version} has no Merkle audit log"
+                " (start the node once to migrate it)"
+            )
+        yield db
+    except sqlite3.DatabaseError as exc:
+        raise AuditReadError(f"{path}: cannot read the store: {exc}") from exc
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        db.close()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def rfc3339(ms: int) -> str | None:
+    """`ms` since the epoch as RFC 3339 UTC with milliseconds; None if out of range."""
+    try:
+        moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+            milliseconds=ms
+        )
+    except (OverflowError, TypeError):
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the epoch from digits (ms) or an RFC 3339 / ISO 8601 time.
+
+    A time without an offset is taken as UTC; a bare date is its midnight UTC.
+    Raises ValueError saying what it expected.
+    """
+    value = text.strip()
+    if value.isascii() and value.isdigit() and len(value) <= 16:
+        return int(value)
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r} is not a time: expected milliseconds since the epoch or RFC 3339"
+            " (2026-11-18T09:30:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (moment - epoch) // datetime.timedelta(milliseconds=1)
+
+
+# -- entries as records -------------------------------------------------------------
+
+_ENTRY_COLUMNS: Final = "seq, time, actor, action, message_id, detail, leaf"
+
+
+def _entry_record(row: Sequence[Any]) -> dict[str, Any]:
+    """One audit row as JSON: seq, index, time (ms and RFC 3339), ..., leaf_hash (base64).
+
+    `leaf_hash` is the hash stored with the entry (what the node's tree and
+    checkpoints are built from); `verify_store` checks it is the entry's own.
+    """
+    seq, time, actor, action, message_id, detail, leaf = row
+    try:
+        parsed: Any = json.loads(detail)
+    except (TypeError, ValueError):
+        parsed = detail  # a damaged row is exported as it stands
+    return {
+        "seq": seq,
+        "index": seq - 1,
+        "time": time,
+        "time_rfc3339": rfc3339(time) if isinstance(time, int) else None,
+        "actor": actor,
+        "action": action,
+        "message_id": message_id,
+        "detail": parsed,
+        "leaf_hash": _b64(leaf) if isinstance(leaf, bytes) else None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFilter:
+    """Which entries to read: `since` <= time < `until` (ms), and exact message, actor, action."""
+
+    since: int | None = None
+    until: int | None = None
+    message: str | None = None
+    actor: str | None = None
+    action: str | None = None
+
+    def where(self, after: int | None = None) -> tuple[str, list[Any]]:
+        """The WHERE clause (possibly empty) and its parameters; `after`: seq > after."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("time >= ?", self.since),
+            ("time < ?", self.until),
+            ("message_id = ?", self.message),
+            ("actor = ?", self.actor),
+            ("action = ?", self.action),
+            ("seq > ?", after),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def list_entries(
+    path: Path, filters: EntryFilter = EntryFilter(), *, after: int = 0, limit: int = 100
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of entries in seq order after seq `after`, and the cursor for the next page.
+
+    The cursor is the last seq returned when more entries match, else None.
+    Raises ValueError for a limit outside 1..MAX_PAGE, AuditReadError for an
+    unreadable store.
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be 1..{MAX_PAGE}")
+    where, params = filters.where(after)
+    with _snapshot(path) as db:
+        rows = db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM audit{where} ORDER BY seq LIMIT ?",  # noqa: S608
+            (*params, limit + 1),
+        ).fetchall()
+    entries = [_entry_record(r) for r in rows[:limit]]
+    return entries, (entries[-1]["seq"] if len(rows) > limit else None)
+
+
+def _cosignatures_by_size(db: sqlite3.Connection) -> dict[int, list[tuple[str, int, str]]]:
+    found: dict[int, list[tuple[str, int, str]]] = {}
+    for size, witness, time, line in db.execute(
+        "SELECT size, witness, time, line FROM cosignatures ORDER BY size, witness"
+    ):
+        found.setdefault(size, []).append((witness, time, line))
+    return found
+
+
+def _checkpoint_records(db: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    """Each stored checkpoint: size, root, time, its signed note and its cosignature lines.
+
+    `cosigned_note` is the note with every cosignature line appended: the C2SP
+    form a witness-aware verifier reads in one go.
+    """
+    cosignatures = _cosignatures_by_size(db)
+    cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
+    while batch := cursor.fetchmany(_BATCH):
+        for size, root, time, note in batch:
+            lines = cosignatures.get(size, [])
+            yield {
+                "type": "checkpoint",
+                "size": size,
+                "root": _b64(root) if isinstance(root, bytes) else None,
+                "time": time,
+                "time_rfc3339": rfc3339(time) if isinstance(time, int) else None,
+                "note": note,
+                "cosignatures": [{"witness": w, "time": t, "line": line} for w, t, line in lines],
+                "cosigned_note": note + "".join(line for _, _, line in lines),
+            }
+
+
+_CSV_FIELDS: Final = (
+    "seq",
+    "index",
+    "time",
+    "time_rfc3339",
+    "actor",
+    "action",
+    "message_id",
+    "detail",
+    "leaf_hash",
+)
+
+
+def export_entries(
+    path: Path,
+    out: IO[str],
+    format: str = "jsonl",
+    *,
+    filters: EntryFilter = EntryFilter(),
+    checkpoints_out: IO[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write the matching entries to `out`; return how many.
+
+    JSONL: one object per line, `{"type": "entry", seq, index, time,
+    time_rfc3339, actor, action, message_id, detail, leaf_hash}`, then one
+    `{"type": "checkpoint", size, root, time, time_rfc3339, note,
+    cosignatures, cosigned_note}` per signed checkpoint (all of them, whatever
+    the filters). CSV: the entry columns only, with `detail` as its canonical
+    JSON text; the checkpoints go to `checkpoints_out` as JSONL when given.
+    Hashes are standard base64. `progress(done, total)` is called after each
+    batch. Raises ValueError for an unknown format, AuditReadError for an
+    unreadable store.
+    """
+    if format not in ("jsonl", "csv"):
+        raise ValueError(f"format must be jsonl or csv, not {format!r}")
+    where, params = filters.where()
+    with _snapshot(path) as db:
+        total = int(db.execute(f"SELECT COUNT(*) FROM audit{where}", params).fetchone()[0])  # noqa: S608
+        writer = csv.writer(out, lineterminator="\n") if format == "csv" else None
+        if writer is not None:
+            writer.writerow(_CSV_FIELDS)
+        done = 0
+        cursor = db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM audit{where} ORDER BY seq",  # noqa: S608
+            params,
+        )
+        while batch := cursor.fetchmany(_BATCH):
+            for row in batch:
+                record = _entry_record(row)
+                if writer is not None:
+                    record["detail"] = row[5]
+                    writer.writerow([record[name] for name in _CSV_FIELDS])
+                else:
+                    out.write(_json_line({"type": "entry", **record}))
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        trailer = out if writer is None else checkpoints_out
+        if trailer is not None:
+            for checkpoint in _checkpoint_records(db):
+                trailer.write(_json_line(checkpoint))
+    return done
+
+
+def _json_line(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+# -- proofs -------------------------------------------------------------------------
+
+
+def _stored_log(db: sqlite3.Connection) -> MerkleLog:
+    """The tree of the stored leaf hashes (the one the node signs), streamed in."""
+    tree = MerkleLog()
+    cursor = db.execute("SELECT seq, leaf FROM audit ORDER BY seq")
+    while batch := cursor.fetchmany(_BATCH * 4):
+        for seq, leaf in batch:
+            if seq != tree.size + 1 or not isinstance(leaf, bytes) or len(leaf) != HASH_SIZE:
+                raise AuditReadError(
+                    f"entry {tree.size + 1} is missing or has no leaf hash: run cpn audit verify"
+                )
+        tree.extend(row[1] for row in batch)
+    return tree
+
+
+def _checkpoint_at(db: sqlite3.Connection, size: int) -> str | None:
+    """The cosigned note of the checkpoint at `size`, if the node signed one."""
+    row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+    if row is None:
+        return None
+    lines = db.execute(
+        "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,)
+    ).fetchall()
+    return str(row[0]) + "".join(str(line) for (line,) in lines)
+
+
+def _default_size(db: sqlite3.Connection, tree: MerkleLog, at_least: int) -> int:
+    """The newest signed checkpoint's size if it is at least `at_least`, else the whole log."""
+    row = db.execute("SELECT MAX(size) FROM checkpoints").fetchone()
+    latest = row[0] if row else None
+    if isinstance(latest, int) and at_least <= latest <= tree.size:
+        return latest
+    return tree.size
+
+
+def inclusion_proof(path: Path, index: int, size: int | None = None) -> dict[str, Any]:
+    """An RFC 9162 inclusion proof of entry `index` (seq - 1) in the tree of `size` leaves.
+
+    `size` defaults to the newest signed checkpoint's size when it covers the
+    entry, else the whole log. Returns JSON: index, seq, size, the entry,
+    leaf_hash, root, proof (hashes from the leaf's sibling up, base64) and
+    `checkpoint`: the cosigned note at that size, or None if none was signed.
+    Raises ValueError for an index or size outside the log.
+    """
+    with _snapshot(path) as db:
+        tree = _stored_log(db)
+        if not 0 <= index < tree.size:
+            raise ValueError(f"index {index} is outside the log's entries 0..{tree.size - 1}")
+        tree_size = _default_size(db, tree, index + 1) if size is None else size
+        if not index < tree_size <= tree.size:
+            raise ValueError(f"size {tree_size} must be within {index + 1}..{tree.size}")
+        query = f"SELECT {_ENTRY_COLUMNS} FROM audit WHERE seq = ?"  # noqa: S608
+        row = db.execute(query, (index + 1,)).fetchone()
+        return {
+            "index": index,
+            "seq": index + 1,
+            "size": tree_size,
+            "entry": _entry_record(row),
+            "leaf_hash": _b64(tree.leaf(index)),
+            "root": _b64(tree.root(tree_size)),
+            "proof": [_b64(h) for h in tree.inclusion_proof(index, tree_size)],
+            "checkpoint": _checkpoint_at(db, tree_size),
+        }
+
+
+def consistency_proof(path: Path, old_size: int, new_size: int | None = None) -> dict[str, Any]:
+    """An RFC 9162 consistency proof that the tree of `new_size` extends the one of `old_size`.
+
+    `new_size` defaults as `inclusion_proof`'s size does. Returns JSON:
+    old_size, new_size, old_root, new_root, proof (base64) and the cosigned
+    checkpoint notes at both sizes (None where none was signed). Raises
+    ValueError for sizes outside the log.
+    """
+    with _snapshot(path) as db:
+        tree = _stored_log(db)
+        target = _default_size(db, tree, old_size) if new_size is None else new_size
+        if not 0 <= old_size <= target <= tree.size:
+            raise ValueError(
+                f"sizes must satisfy 0 <= old size ({old_size}) <= size ({target})"
+                f" <= {tree.size} (the log)"
+            )
+        return {
+            "old_size": old_size,
+            "new_size": target,
+            "old_root": _b64(tree.root(old_size)),
+            "new_root": _b64(tree.root(target)),
+            "proof": [_b64(h) for h in tree.consistency_proof(old_size, target)],
+            "old_checkpoint": _checkpoint_at(db, old_size),
+            "new_checkpoint": _checkpoint_at(db, target),
+        }
+
+
+# -- verification: the report ---------------------------------------------------------
+
+
+class ProblemKind(StrEnum):
+    """What `verify_store` found wrong (the `kind` of a problem in its JSON)."""
+
+    EDITED = "edited"  # an entry's columns no longer hash to its leaf
+    DELETED = "deleted"  # a seq missing from 1..n, or a signed checkpoint row gone
+    REORDERED = "reordered"  # an entry holds the content whose leaf another seq stores
+    CHANGED = "changed"  # the tree's root at a checkpoint's size is not the signed one
+    TRUNCATED = "truncated"  # the log is shorter than what was signed or written
+    BAD_SIGNATURE = "bad_signature"  # a checkpoint, cosignature, envelope or receipt
+    MALFORMED = "malformed"  # a stored envelope or receipt that does not parse
+    MISMATCH = "mismatch"  # a stored column disagrees with the signed bytes it came from
+    INCONSISTENT = "inconsistent"  # a witness holds a checkpoint this log contradicts
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: ProblemKind
+    message: str
+    seq: int | None = None  # the (first) audit entry concerned
+    message_id: str | None = None  # the message whose envelope or receipt is concerned
+    order: tuple[int, int] = field(default=(0, 0), compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "kind": str(self.kind),
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What `verify_store` checked, and what it found. `ok` when no problem."""
+
+    node: str
+    entries: int
+    checkpoints: int
+    cosignatures: int
+    envelopes: int
+    receipts: int
+    witnessed: int  # checkpoints of this log held by witnesses, checked
+    problems: tuple[Problem, ...]
+    problem_count: int  # all problems found (`problems` lists at most MAX_PROBLEMS)
+    warnings: tuple[str, ...]
+    latest_checkpoint: int  # the largest signed tree size (0: none)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    @property
+    def first(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
+
+    def to_json(self) -> dict[str, Json]:
+        first = self.first
+        return {
+            "ok": self.ok,
+            "node": self.node,
+            "entries": self.entries,
+            "checkpoints": self.checkpoints,
+            "latest_checkpoint": self.latest_checkpoint,
+            "cosignatures": self.cosignatures,
+            "envelopes": self.envelopes,
+            "receipts": self.receipts,
+            "witnessed": self.witnessed,
+            "first_problem": None if first is None else first.to_json(),
+            "problems": [p.to_json() for p in self.problems],
+            "problem_count": self.problem_count,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """A checkpoint of this node's log as a witness holds it: who (`source`) and the note."""
+
+    source: str
+    note: str
+
+
+def read_witnessed(path: Path, node_id: str) -> list[Witnessed]:
+    """The checkpoint of `node_id`'s log held in `path`: a peer's store, or a note file.
+
+    From a store: its `witnessed` row for `node_id` (none if it holds none),
+    named after the store's own node. From a text file: the signed note it
+    holds, named after the file. Raises AuditReadError if it is neither.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise AuditReadError(f"{path}: cannot read: {exc.strerror}") from exc
+    if head == _SQLITE_HEADER:
+        with _snapshot(path) as db:
+            owner = _store_owner(db) or path.name
+            rows = db.execute("SELECT note FROM witnessed WHERE node = ?", (node_id,)).fetchall()
+        return [Witnessed(owner, str(note)) for (note,) in rows]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditReadError(f"{path}: neither a store nor a signed checkpoint note") from exc
+    return [Witnessed(path.name, text)]
+
+
+def _store_owner(db: sqlite3.Connection) -> str | None:
+    """Whose store this is, from the origin of its own checkpoints."""
+    row = db.execute("SELECT note FROM checkpoints LIMIT 1").fetchone()
+    prefix = checkpoint_origin("")
+    if row and isinstance(row[0], str) and row[0].startswith(prefix):
+        return row[0][len(prefix) :].split("\n", 1)[0] or None
+    return None
+
+
+# -- verification: keys over roster versions -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    node: str
+    key: VerifyKey
+    version: int  # the newest roster version known to hold it
+    current: bool  # held for an active node by the current roster
+
+
+class _Keys:
+    """Signing keys by (node, kid) over every roster version known, the current one first."""
+
+    def __init__(self, rosters: Sequence[Roster]) -> None:
+        ordered = sorted(rosters, key=lambda r: r.version, reverse=True)
+        self.current = ordered[0]
+        self._by_kid: dict[tuple[str, str], _Key] = {}
+        self._by_node: dict[str, list[_Key]] = {}
+        self._rosters: dict[tuple[str, str], Roster] = {}
+        for roster in ordered:
+            for node_id, entry in roster.entries.items():
+                key = entry.card.signing_key
+                if (node_id, key.kid) in self._by_kid:
+                    continue
+                current = roster is self.current and entry.active
+                found = _Key(node_id, key, roster.version, current)
+                self._by_kid[node_id, key.kid] = found
+                self._by_node.setdefault(node_id, []).append(found)
+                # A roster holding only this node's card, active: verify_envelope and
+                # verify_receipt check a key the current roster no longer vouches for.
+                self._rosters[node_id, key.kid] = Roster(
+                    roster.version,
+                    roster.issued,
+                    roster.valid_until,
+                    roster.keeper_kid,
+                    {NodeId(node_id): RosterEntry(entry.card, NodeStatus.ACTIVE)},
+                    roster.raw,
+                    roster.digest,
+                )
+
+    def find(self, node: str, kid: str) -> _Key | None:
+        return self._by_kid.get((node, kid))
+
+    def of(self, node: str) -> list[_Key]:
+        return self._by_node.get(node, [])
+
+    def roster_for(self, found: _Key) -> Roster:
+        return self.current if found.current else self._rosters[found.node, found.key.kid]
+
+
+def _stored_rosters(db: sqlite3.Connection, keeper: VerifyKey) -> list[Roster]:
+    """The roster versions the node adopted, each checked against the keeper's signature.
+
+    Validity periods are not checked: an audit looks at the past.
+    """
+    found = []
+    for (raw,) in db.execute("SELECT raw FROM rosters ORDER BY version"):
+        try:
+            found.append(_roster_as_issued(bytes(raw), keeper))
+        except (CpnError, TypeError):
+            continue  # not one the keeper signed: it vouches for nothing
+    return found
+
+
+def _roster_as_issued(data: bytes, keeper: VerifyKey) -> Roster:
+    """A roster checked as of its own issue time (the keeper's signature decides)."""
+    value = parse_json(data, limit=MAX_ROSTER_BYTES, what="roster")
+    try:
+        issued = int(value["roster"]["issued"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RosterError("roster.roster.issued: missing") from exc
+    return load_roster(data, keeper=keeper, now=issued)
+
+
+def load_roster_file(path: Path, keeper: VerifyKey) -> Roster:
+    """A roster file checked against the keeper's signature, whatever its validity period.
+
+    Raises RosterError saying what is wrong.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RosterError(f"{path}: cannot read roster: {exc.strerror}") from exc
+    try:
+        return _roster_as_issued(data, keeper)
+    except RosterError as exc:
+        raise RosterError(f"{path}: {exc}") from exc
+    except PeerError as exc:
+        raise RosterError(f"{path}: not a roster: {exc}") from exc
+
+
+# -- verification: the log walk (pure: rows in, problems and roots out) --------------------
+
+_NODE: Final = b"\x01"
+
+
+def _perfect_root(leaves: list[bytes]) -> bytes:
+    """MTH of 2^k leaf hashes (RFC 9162 §2.1.1), one list comprehension per level."""
+    sha = hashlib.sha256
+    level = leaves
+    while len(level) > 1:
+        pairs = iter(level)
+        level = [sha(_NODE + a + b).digest() for a, b in zip(pairs, pairs, strict=False)]
+    return level[0]
+
+
+class _Tree:
+    """The right edge of a Merkle tree (as `tlog.TreeBuilder` keeps it), grown a block at a time.
+
+    Leaves come in aligned blocks of 2^k (the largest that the size so far and
+    the leaves at hand allow), each hashed level by level in bulk, then merged
+    into the edge like a binary carry: the same tree, without a Python loop
+    iteration per leaf and level.
+    """
+
+    __slots__ = ("heights", "nodes", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.nodes: list[bytes] = []  # roots of perfect subtrees, largest first
+        self.heights: list[int] = []
+
+    def extend(self, leaves: list[bytes]) -> None:
+        sha = hashlib.sha256
+        position, count = 0, len(leaves)
+        while position < count:
+            aligned = (self.size & -self.size).bit_length() - 1 if self.size else 62
+            height = min(aligned, (count - position).bit_length() - 1)
+            width = 1 << height
+            node = _perfect_root(leaves[position : position + width])
+            position += width
+            self.size += width
+            while self.heights and self.heights[-1] == height:
+                node = sha(_NODE + self.nodes.pop() + node).digest()
+                self.heights.pop()
+                height += 1
+            self.nodes.append(node)
+            self.heights.append(height)
+
+    def root(self) -> bytes:
+        if not self.nodes:
+            return EMPTY_ROOT
+        node = self.nodes[-1]
+        for left in reversed(self.nodes[:-1]):
+            node = hashlib.sha256(_NODE + left + node).digest()
+        return node
+
+
+@dataclass(slots=True)
+class _Signed:
+    """A stored checkpoint as read: its row, and its checkpoint if the signature holds."""
+
+    size: int
+    time: int
+    checkpoint: Checkpoint | None
+
+
+class _Walk:
+    """Recompute the leaves of audit rows in seq order, grow the tree, and meet the targets.
+
+    Targets are tree sizes where the root matters: each stored checkpoint (its
+    signed root must be the tree's) and each witnessed size (recorded).
+    """
+
+    def __init__(
+        self,
+        checkpoints: Iterator[_Signed],
+        witnessed_sizes: Iterable[int],
+        problems: _Problems,
+        refetch: Callable[[int], Sequence[Any]],
+    ) -> None:
+        self.builder = _Tree()
+        self._refetch = refetch  # an audit row by seq, its columns as stored
+        self.expected = 1  # the next seq
+        self.problems = problems
+        self.mismatched: dict[int, tuple[bytes, object]] = {}  # seq -> (recomputed, stored)
+        # Tree positions (1-based, in order) where an entry has a problem of its own: a root
+        # that fails after one of them is its consequence, not news.
+        self._problem_positions: list[int] = []
+        self.roots: dict[int, bytes] = {}
+        self._wanted = sorted(set(witnessed_sizes), reverse=True)
+        self._checkpoints = checkpoints
+        self._next_checkpoint: _Signed | None = next(checkpoints, None)
+        self.checked_checkpoints = 0
+        self.matched_size = 0  # the largest checkpoint size whose root held
+        self.latest: _Signed | None = None  # the largest checkpoint seen
+        self.beyond: list[_Signed] = []  # checkpoints larger than the log
+        self._changed = False  # a root failed since the last one that held
+        self._encoded: dict[str, bytes] = {}
+        self._last_id: tuple[object, bytes] = (None, b"null")
+
+    # The hot path: one row is one leaf. Rows come as _WALK_QUERY selects them: `time` is
+    # None unless it is an integer canonical JSON can hold.
+    def rows(self, batch: Sequence[Sequence[Any]]) -> None:
+        leaves: list[bytes] = []
+        append = leaves.append
+        encoded = self._encoded
+        digest = hashlib.sha256
+        last_id, last_quoted = self._last_id
+        expected = self.expected
+        for row in batch:
+            seq, time, actor, action, message_id, detail, stored = row
+            if seq != expected:
+                self._gap(expected, seq, self.builder.size + len(leaves) + 1)
+            expected = seq + 1
+            try:
+                a = encoded.get(action) or self._encode(action)
+                b = encoded.get(actor) or self._encode(actor)
+                if message_id == last_id and type(message_id) is str:
+                    m = last_quoted
+                elif message_id is None:
+                    m = b"null"
+                else:
+                    m = self._encode(message_id, cache=False)
+                    last_id, last_quoted = message_id, m
+                leaf = digest(
+                    b'\x00{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%d}'
+                    % (a, b, detail, m, time)
+                ).digest()
+            except (TypeError, ValueError, CpnError):
+                leaf = b""
+            if leaf != stored:
+                leaf = self._mismatch(seq, self.builder.size + len(leaves) + 1)
+            append(leaf)
+        self.expected = expected
+        self._last_id = (last_id, last_quoted)
+        self._grow(leaves)
+
+    def _encode(self, text: object, *, cache: bool = True) -> bytes:
+        """A string column as canonical JSON (RFC 8785 §3.2.2.2); TypeError for another type."""
+        if type(text) is not str:
+            raise TypeError("not a string")
+        value = canonical_trusted(text)
+        if cache and len(self._encoded) < 4096:
+            self._encoded[text] = value
+        return value
+
+    def _gap(self, first: int, seq: int, position: int) -> None:
+        last = seq - 1
+        what = f"entry {first}" if first == last else f"entries {first} to {last}"
+        self.problems.add(
+            ProblemKind.DELETED,
+            f"{what} deleted: seq jumps from {first - 1} to {seq}",
+            seq=first,
+            order=(first, 0),
+        )
+        self._problem_positions.append(position)
+
+    def _mismatch(self, seq: int, position: int) -> bytes:
+        """The leaf a row whose fast-path hash differs from its stored one really has."""
+        row = self._refetch(seq)
+        _, time, actor, action, message_id, detail, stored = row
+        problem: str | None = None
+        try:
+            text = bytes(detail)
+            parsed = parse_json(text, limit=len(text) + 1, what="detail")
+            if not isinstance(parsed, dict):
+                problem = "its detail is not a JSON object"
+            elif canonical(parsed) != text:
+                problem = "its detail is not canonical JSON"
+            leaf = entry_leaf(time, actor, action, message_id, parsed)
+        except (CpnError, TypeError, ValueError) as exc:
+            problem = f"it cannot be hashed ({exc})"
+            leaf = hashlib.sha256(b"\x00" + repr(tuple(row)).encode()).digest()
+        if leaf == stored and problem is None:
+            return leaf  # columns of unexpected types that the definition still hashes
+        if problem is None and (not isinstance(stored, bytes) or len(stored) != HASH_SIZE):
+            problem = "its stored leaf hash is missing or not 32 bytes"
+        self._problem_positions.append(position)
+        if problem is not None:
+            self.problems.add(
+                ProblemKind.EDITED, f"entry {seq} edited: {problem}", seq=seq, order=(seq, 0)
+            )
+        elif len(self.mismatched) < _MAX_REORDER_SCAN:
+            self.mismatched[seq] = (leaf, stored)
+        else:
+            self.problems.add(
+                ProblemKind.EDITED,
+                f"entry {seq} edited: its columns do not hash to its stored leaf",
+                seq=seq,
+                order=(seq, 0),
+            )
+        return leaf
+
+    def _grow(self, leaves: list[bytes]) -> None:
+        builder = self.builder
+        position = 0
+        while True:
+            self._meet_targets()
+            if position == len(leaves):
+                return
+            target = self._next_target()
+            take = len(leaves) - position
+            if target is not None:
+                take = min(take, target - builder.size)
+            builder.extend(leaves[position : position + take])
+            position += take
+
+    def _next_target(self) -> int | None:
+        sizes = [s for s in (self._wanted[-1] if self._wanted else None,) if s is not None]
+        if self._next_checkpoint is not None:
+            sizes.append(self._next_checkpoint.size)
+        return min(sizes) if sizes else None
+
+    def _meet_targets(self) -> None:
+        size = self.builder.size
+        while self._wanted and self._wanted[-1] <= size:
+            if self._wanted.pop() == size:
+                self.roots[size] = self.builder.root()
+        while self._next_checkpoint is not None and self._next_checkpoint.size <= size:
+            self._check(self._next_checkpoint)
+            self._next_checkpoint = next(self._checkpoints, None)
+
+    def _check(self, signed: _Signed) -> None:
+        self.checked_checkpoints += 1
+        self.latest = signed
+        if signed.checkpoint is None:
+            return  # its signature failed: reported, and its root vouches for nothing
+        if signed.size != self.builder.size:
+            return  # pragma: no cover - targets are met in order
+        if self.builder.root() == signed.checkpoint.root:
+            self.matched_size = signed.size
+            self._changed = False
+            return
+        positions = self._problem_positions
+        explained = bisect.bisect_right(positions, signed.size) > bisect.bisect_right(
+            positions, self.matched_size
+        )
+        if not self._changed and not explained:
+            low, high = self.matched_size, signed.size
+            self.problems.add(
+                ProblemKind.CHANGED,
+                f"entries between checkpoint sizes {low} and {high} changed: the tree of"
+                f" {high} entries does not have the root signed at {_when(signed.time)}",
+                seq=low + 1,
+                order=(low + 1, 1),
+            )
+        self._changed = True
+
+    def finish(self) -> None:
+        """Meet the targets beyond the log: they are what it no longer holds."""
+        self._meet_targets()
+        while self._next_checkpoint is not None:
+            self.checked_checkpoints += 1
+            self.beyond.append(self._next_checkpoint)
+            self.latest = self._next_checkpoint
+            self._next_checkpoint = next(self._checkpoints, None)
+
+    def classify(self, stored_leaves: Callable[[], Iterator[tuple[int, object]]]) -> None:
+        """Name each mismatched entry: reordered if its content is another seq's, else edited."""
+        if not self.mismatched:
+            return
+        by_stored = {stored: seq for seq, (_, stored) in self.mismatched.items()}
+        partner = {
+            seq: by_stored[leaf]
+            for seq, (leaf, _) in self.mismatched.items()
+            if by_stored.get(leaf, seq) != seq
+        }
+        unmatched = {leaf: seq for seq, (leaf, _) in self.mismatched.items() if seq not in partner}
+        if unmatched:  # content moved from a row that is itself intact: one more pass
+            for other, stored in stored_leaves():
+                moved = unmatched.get(stored) if isinstance(stored, bytes) else None
+                if moved is not None and moved != other:
+                    partner[moved] = other
+        named: set[int] = set()
+        for seq in sorted(self.mismatched):
+            if seq in named:
+                continue
+            found = partner.get(seq)
+            if found is None:
+                self.problems.add(
+                    ProblemKind.EDITED,
+                    f"entry {seq} edited: its columns do not hash to its stored leaf",
+                    seq=seq,
+                    order=(seq, 0),
+                )
+                continue
+            named.add(seq)
+            other = found
+            if partner.get(other) == seq:
+                named.add(other)
+            low, high = sorted((seq, other))
+            self.problems.add(
+                ProblemKind.REORDERED,
+                f"entries {low} and {high} reordered: entry {seq} holds the content"
+                f" that entry {other}'s leaf was hashed from",
+                seq=seq,
+                order=(seq, 0),
+            )
+
+
+def _when(ms: object) -> str:
+    return (rfc3339(ms) if isinstance(ms, int) else None) or f"time {ms!r}"
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+        self.count = 0
+
+    def add(
+        self,
+        kind: ProblemKind,
+        message: str,
+        *,
+        seq: int | None = None,
+        message_id: str | None = None,
+        order: tuple[int, int],
+    ) -> None:
+        self.count += 1
+        if len(self.items) < MAX_PROBLEMS * 4:
+            self.items.append(Problem(kind, message, seq, message_id, order))
+
+    def first(self) -> tuple[Problem, ...]:
+        return tuple(sorted(self.items, key=lambda p: p.order)[:MAX_PROBLEMS])
+
+
+# -- verification: the store -------------------------------------------------------
+
+_AFTER_LOG: Final = 1 << 62  # orders problems outside the log after every entry's
+
+
+def verify_store(
+    path: Path,
+    *,
+    roster: Roster,
+    node_id: str,
+    witnessed: Iterable[Witnessed] = (),
+    keeper: VerifyKey | None = None,
+) -> VerifyReport:
+    """Verify a node's store file against itself, the roster and what witnesses hold.
+
+    Checks, on one read-only snapshot:
+    - the audit rows: seq 1..n with no gap (a gap: "entry N deleted"), each
+      row's leaf recomputed from its columns and compared with the stored one
+      ("edited", or "reordered" when it is the leaf another seq stores); the
+      tree is built from the recomputed leaves;
+    - every stored checkpoint: signed by `node_id`'s key under origin
+      cpn/audit/<ID>, its size and root columns those of its note, its root
+      the tree's at its size ("entries between checkpoint sizes a and b
+      changed"); a log shorter than a checkpoint or than the entries the store
+      ever numbered is "truncated";
+    - every cosignature, against the witness's roster key and the note at its
+      size;
+    - every stored envelope (outer signature, by its sender) and receipt
+      (signature, by its signer), and that receipts name the digest of the
+      envelope stored; a key that the current roster no longer holds is
+      checked with the roster version that held it, and reported as a warning;
+    - each `witnessed` checkpoint (a peer's copy of this node's checkpoint):
+      signed by this node, no larger than the log, and with the tree's root at
+      its size ("inconsistent" otherwise: the log was rolled back or rewritten);
+    - the checkpoints of other nodes this node holds as their witness.
+
+    `keeper` (the pinned register keeper key) lets the roster versions held in
+    the store vouch for keys rotated out since. Problems come first-bad-entry
+    first. Raises AuditReadError for a file that is not a readable store.
+    """
+    problems = _Problems()
+    warnings: list[str] = []
+    origin = checkpoint_origin(node_id)
+    witnessed = list(witnessed)
+    with _snapshot(path) as db:
+        rosters = [roster]
+        if keeper is not None and _has_table(db, "rosters"):
+            rosters.extend(_stored_rosters(db, keeper))
+        keys = _Keys(rosters)
+        own_keys = keys.of(node_id)
+        if not own_keys:
+            raise RosterError(f"{node_id} is in no roster known: its signatures cannot be checked")
+        walk = _Walk(
+            _signed_checkpoints(db, origin, own_keys, problems, warnings),
+            _witnessed_sizes(witnessed, origin, own_keys),
+            problems,
+            lambda seq: _refetch(db, seq),
+        )
+        _walk_audit(db, walk)
+        walk.finish()
+        entries = walk.builder.size
+        walk.classify(lambda: _stored_leaves(db))
+        _check_length(db, walk, problems)
+        signed_size = walk.latest.size if walk.latest is not None else 0
+        if signed_size < entries:
+            warnings.append(
+                f"entries {signed_size + 1} to {entries} are not yet covered by a signed"
+                " checkpoint (a running node signs one within a minute, and one on stopping):"
+                " they can be checked only against themselves"
+            )
+        witnessed_count = _check_witnessed(witnessed, origin, own_keys, walk, problems)
+        cosignatures = _check_cosignatures(db, keys, walk, problems, warnings)
+        signers: Counter[tuple[str, str, int, bool]] = Counter()
+        envelopes = _check_envelopes(db, keys, problems, signers)
+        receipts = _check_receipts(db, keys, problems, signers)
+        _check_held(db, keys, problems, warnings)
+    warnings.extend(_signer_warnings(signers, keys))
+    return VerifyReport(
+        node=node_id,
+        entries=entries,
+        checkpoints=walk.checked_checkpoints,
+        cosignatures=cosignatures,
+        envelopes=envelopes,
+        receipts=receipts,
+        witnessed=witnessed_count,
+        problems=problems.first(),
+        problem_count=problems.count,
+        warnings=tuple(warnings),
+        latest_checkpoint=signed_size,
+    )
+
+
+# What the walk reads: the columns as stored, but `time` only when canonical JSON can hold it
+# (an integer within ±(2^53-1)), so that the hot path's "%d" never meets anything else.
+_WALK_QUERY: Final = (
+    "SELECT seq, CASE WHEN typeof(time) = 'integer' AND time BETWEEN -9007199254740991"
+    " AND 9007199254740991 THEN time END, actor, action, message_id, CAST(detail AS BLOB), leaf"
+    " FROM audit WHERE seq > ? ORDER BY seq"
+)
+# The same rows with the text columns as bytes, for the few a text decode refuses.
+_RAW_QUERY: Final = (
+    "SELECT seq, time, CAST(actor AS BLOB), CAST(action AS BLOB), CAST(message_id AS BLOB),"
+    " CAST(detail AS BLOB), leaf, typeof(actor), typeof(action), typeof(message_id)"
+    " FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def _walk_audit(db: sqlite3.Connection, walk: _Walk) -> None:
+    """Feed every audit row to the walk, in seq order, a batch at a time."""
+    while True:
+        cursor = db.execute(_WALK_QUERY, (walk.expected - 1,))
+        try:
+            while batch := cursor.fetchmany(_BATCH):
+                walk.rows(batch)
+            return
+        except sqlite3.OperationalError:  # text that is not UTF-8: read those rows as bytes
+            raw = db.execute(_RAW_QUERY, (walk.expected - 1, 256)).fetchall()
+            walk.rows([_typed(row) for row in raw])
+
+
+def _refetch(db: sqlite3.Connection, seq: int) -> Sequence[Any]:
+    """An audit row as stored (text columns that are not UTF-8 come as bytes)."""
+    return _typed(db.execute(_RAW_QUERY.replace("seq > ?", "seq = ?"), (seq, 1)).fetchone())
+
+
+def _typed(row: Sequence[Any]) -> list[Any]:
+    """A _RAW_QUERY row with each text column decoded, where it decodes, and numbers as such."""
+    values = list(row[:7])
+    for column, kind in zip((2, 3, 4), row[7:], strict=True):
+        if kind == "text":
+            with contextlib.suppress(UnicodeDecodeError):
+                values[column] = values[column].decode("utf-8")
+        elif kind == "null":
+            values[column] = None
+        elif kind in ("integer", "real"):
+            values[column] = (int if kind == "integer" else float)(values[column].decode())
+    return values
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return bool(
+        db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+    )
+
+
+def _stored_leaves(db: sqlite3.Connection) -> Iterator[tuple[int, object]]:
+    cursor = db.execute("SELECT seq, leaf FROM audit ORDER BY seq")
+    while batch := cursor.fetchmany(_BATCH * 4):
+        yield from batch
+
+
+def _open_own(note: str, origin: str, own_keys: Sequence[_Key]) -> tuple[Checkpoint, _Key]:
+    """The checkpoint in a note signed by one of this node's keys, and which.
+
+    Raises BadSignatureError, MalformedError or OversizeError; UnknownSignerError
+    when no key of this node signed it.
+    """
+    unknown = "no roster known holds a key for it"
+    for found in own_keys:
+        try:
+            return open_checkpoint(note, origin, {origin: found.key}), found
+        except UnknownSignerError as exc:
+            unknown = str(exc)
+    raise UnknownSignerError(f"not signed by any key the rosters hold for {origin} ({unknown})")
+
+
+def _signed_checkpoints(
+    db: sqlite3.Connection,
+    origin: str,
+    own_keys: Sequence[_Key],
+    problems: _Problems,
+    warnings: list[str],
+) -> Iterator[_Signed]:
+    """The stored checkpoints in size order, each with its note's signature checked."""
+    old_keys: Counter[int] = Counter()
+    cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
+    while batch := cursor.fetchmany(256):
+        for size, root, time, note in batch:
+            where = f"the checkpoint at size {size} (signed {_when(time)})"
+            checkpoint: Checkpoint | None = None
+            try:
+                checkpoint, found = _open_own(str(note), origin, own_keys)
+            except CpnError as exc:
+                problems.add(
+                    ProblemKind.BAD_SIGNATURE,
+                    f"{where} does not verify: {exc}",
+                    order=(size, 2),
+                )
+            else:
+                if not found.current:
+                    old_keys[found.version] += 1
+                if checkpoint.size != size or checkpoint.root != root:
+                    problems.add(
+                        ProblemKind.MISMATCH,
+                        f"{where}: its stored size and root are not those of its signed note"
+                        f" (size {checkpoint.size})",
+                        order=(min(size, checkpoint.size), 2),
+                    )
+                    checkpoint = None if checkpoint.size != size else checkpoint
+            yield _Signed(size, time, checkpoint)
+    for version, count in sorted(old_keys.items()):
+        warnings.append(
+            f"{count} checkpoint(s) signed with the key of {origin} that roster version"
+            f" {version} held, not the current one (the key was rotated)"
+        )
+
+
+def _witnessed_sizes(
+    witnessed: Sequence[Witnessed], origin: str, own_keys: Sequence[_Key]
+) -> list[int]:
+    sizes = []
+    for item in witnessed:
+        with contextlib.suppress(CpnError):
+            sizes.append(_open_own(item.note, origin, own_keys)[0].size)
+    return sizes
+
+
+def _check_length(db: sqlite3.Connection, walk: _Walk, problems: _Problems) -> None:
+    """Truncation: checkpoints beyond the log, or seqs numbered beyond it."""
+    entries = walk.builder.size
+    if walk.beyond:
+        largest = walk.beyond[-1]
+        problems.add(
+            ProblemKind.TRUNCATED,
+            f"truncated: the log has {entries} entries, the checkpoint signed at"
+            f" {_when(largest.time)} covers {largest.size}",
+            seq=entries + 1,
+            order=(entries + 1, 0),
+        )
+        return
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+    numbered = row[0] if row else None
+    last_seq = walk.expected - 1
+    if isinstance(numbered, int) and numbered > last_seq:
+        problems.add(
+            ProblemKind.TRUNCATED,
+            f"truncated: the log ends at entry {last_seq}, but the store numbered entries up to"
+            f" {numbered} (entries {last_seq + 1} to {numbered} were deleted)",
+            seq=last_seq + 1,
+            order=(entries + 1, 0),
+        )
+
+
+def _check_witnessed(
+    witnessed: Sequence[Witnessed],
+    origin: str,
+    own_keys: Sequence[_Key],
+    walk: _Walk,
+    problems: _Problems,
+) -> int:
+    entries = walk.builder.size
+    for item in witnessed:
+        try:
+            checkpoint, _ = _open_own(item.note, origin, own_keys)
+        except CpnError as exc:
+            problems.add(
+                ProblemKind.BAD_SIGNATURE,
+                f"the checkpoint witness {item.source} holds is not this log's: {exc}",
+                order=(_AFTER_LOG, 0),
+            )
+            continue
+        size = checkpoint.size
+        if size > entries:
+            problems.add(
+                ProblemKind.INCONSISTENT,
+                f"rolled back: witness {item.source} holds size {size} signed by {origin},"
+                f" the log has {entries} entries",
+                seq=entries + 1,
+                order=(entries + 1, 0),
+            )
+        elif walk.roots.get(size) != checkpoint.root:
+            problems.add(
+                ProblemKind.INCONSISTENT,
+                f"rolled back/rewritten: witness {item.source} holds size {size} with another"
+                " root than this log's",
+                seq=None,
+                order=(size, 1),
+            )
+    return len(witnessed)
+
+
+def _check_cosignatures(
+    db: sqlite3.Connection, keys: _Keys, walk: _Walk, problems: _Problems, warnings: list[str]
+) -> int:
+    count = 0
+    old: Counter[tuple[str, int]] = Counter()
+    entries = walk.builder.size
+    cursor = db.execute(
+        "SELECT c.size, c.witness, c.time, c.line, k.note FROM cosignatures c"
+        " LEFT JOIN checkpoints k ON k.size = c.size ORDER BY c.size, c.witness"
+    )
+    while batch := cursor.fetchmany(256):
+        for size, witness, time, line, note in batch:
+            count += 1
+            where = f"the cosignature by {witness} of size {size}"
+            if note is None:
+                if size > entries:
+                    problems.add(
+                        ProblemKind.TRUNCATED,
+                        f"truncated: the log has {entries} entries, {witness} cosigned a"
+                        f" checkpoint of size {size} at {_when(time * 1000)}",
+                        seq=entries + 1,
+                        order=(entries + 1, 0),
+                    )
+                else:
+                    problems.add(
+                        ProblemKind.DELETED,
+                        f"the checkpoint at size {size} is deleted; {witness}'s cosignature"
+                        " of it remains",
+                        order=(size, 2),
+                    )
+                continue
+            verified = _cosigned_by(str(note) + str(line), witness, keys)
+            if isinstance(verified, str):
+                problems.add(
+                    ProblemKind.BAD_SIGNATURE,
+                    f"{where} does not verify: {verified}",
+                    order=(size, 3),
+                )
+                continue
+            when, found = verified
+            if when != time:
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"{where}: its stored time {time} is not its signed time {when}",
+                    order=(size, 3),
+                )
+            if not found.current:
+                old[witness, found.version] += 1
+    for (witness, version), n in sorted(old.items()):
+        warnings.append(
+            f"{n} cosignature(s) by {witness} with the key roster version {version} held,"
+            " not the current one (the key was rotated)"
+        )
+    return count
+
+
+def _cosigned_by(note: str, witness: str, keys: _Keys) -> tuple[int, _Key] | str:
+    """(time, key) of the witness's cosignature on `note`, or why it does not verify."""
+    candidates = keys.of(witness)
+    if not candidates:
+        return f"{witness} is in no roster known"
+    last = ""
+    for found in candidates:
+        try:
+            return verify_cosignature(note, witness_name(witness), found.key), found
+        except UnknownSignerError as exc:
+            last = f"by no key the rosters hold for {witness} ({exc})"
+        except CpnError as exc:
+            return str(exc)
+    return last
+
+
+def _header_hint(raw: bytes, section: str) -> tuple[str, str, int] | None:
+    """(signer, kid, time) from untrusted JSON: only to pick the key and clock to check with."""
+    try:
+        value = json.loads(raw)[section]
+        signer, kid = value["from"], value["kid"]
+        time = value["created" if section == "header" else "received"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(signer, str) and isinstance(kid, str) and type(time) is int:
+        return signer, kid, time
+    return None
+
+
+def _check_envelopes(
+    db: sqlite3.Connection,
+    keys: _Keys,
+    problems: _Problems,
+    signers: Counter[tuple[str, str, int, bool]],
+) -> int:
+    count = 0
+    cursor = db.execute("SELECT rowid, id, envelope, digest FROM messages ORDER BY rowid")
+    while batch := cursor.fetchmany(64):
+        for rowid, message_id, envelope, digest in batch:
+            count += 1
+            order = (_AFTER_LOG, rowid)
+            raw = envelope if isinstance(envelope, bytes) else str(envelope).encode()
+            hint = _header_hint(raw, "header")
+            roster = _roster_for(keys, hint, signers)
+            if sha256(raw) != digest:
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"message {message_id}: the stored digest is not the envelope's",
+                    message_id=message_id,
+                    order=order,
+                )
+            if roster is None:
+                continue
+            try:
+                checked = verify_envelope(raw, roster=roster, now=hint[2] if hint else 0)
+            except CpnError as exc:
+                bad = isinstance(exc, BadSignatureError)
+                problems.add(
+                    ProblemKind.BAD_SIGNATURE if bad else ProblemKind.MALFORMED,
+                    f"the envelope of message {message_id}"
+                    f" {'does not verify' if bad else 'is damaged'}: {exc}",
+                    message_id=message_id,
+                    order=order,
+                )
+                continue
+            if checked.header.id != message_id:
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"message {message_id} holds the envelope of message {checked.header.id}",
+                    message_id=message_id,
+                    order=order,
+                )
+    return count
+
+
+def _roster_for(
+    keys: _Keys,
+    hint: tuple[str, str, int] | None,
+    signers: Counter[tuple[str, str, int, bool]],
+) -> Roster | None:
+    """The roster to check a signature by `hint`'s signer with; None: no roster holds the key.
+
+    Signatures by keys the current roster does not hold for an active node are
+    counted in `signers` for the warnings.
+    """
+    if hint is None:
+        return keys.current  # the parse itself will say what is wrong
+    signer, kid, _ = hint
+    found = keys.find(signer, kid)
+    if found is None:
+        signers[signer, kid, 0, False] += 1
+        return None
+    if not found.current:
+        signers[signer, kid, found.version, True] += 1
+    return keys.roster_for(found)
+
+
+def _check_receipts(
+    db: sqlite3.Connection,
+    keys: _Keys,
+    problems: _Problems,
+    signers: Counter[tuple[str, str, int, bool]],
+) -> int:
+    count = 0
+    cursor = db.execute(
+        "SELECT r.rowid, r.id, r.message_id, r.outcome, r.raw, m.digest FROM receipts r"
+        " LEFT JOIN messages m ON m.id = r.message_id ORDER BY r.rowid"
+    )
+    while batch := cursor.fetchmany(256):
+        for rowid, receipt_id, message_id, outcome, raw, digest in batch:
+            count += 1
+            order = (_AFTER_LOG + 1, rowid)
+            data = bytes(raw) if isinstance(raw, bytes) else str(raw).encode()
+            hint = _header_hint(data, "receipt")
+            roster = _roster_for(keys, hint, signers)
+            if roster is None:
+                continue
+            try:
+                receipt = verify_receipt(data, roster=roster, now=hint[2] if hint else 0)
+            except CpnError as exc:
+                bad = isinstance(exc, BadSignatureError)
+                problems.add(
+                    ProblemKind.BAD_SIGNATURE if bad else ProblemKind.MALFORMED,
+                    f"receipt {receipt_id} for message {message_id}"
+                    f" {'does not verify' if bad else 'is damaged'}: {exc}",
+                    message_id=message_id,
+                    order=order,
+                )
+                continue
+            if receipt.message_id != message_id:
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"receipt {receipt_id} is stored for message {message_id}"
+                    f" but signed for {receipt.message_id}",
+                    message_id=message_id,
+                    order=order,
+                )
+            elif digest is not None and outcome == "accepted" and receipt.digest != digest:
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"message {message_id}: receipt {receipt_id} signed by {receipt.sender}"
+                    " names other envelope bytes than those stored",
+                    message_id=message_id,
+                    order=order,
+                )
+    return count
+
+
+def _check_held(
+    db: sqlite3.Connection, keys: _Keys, problems: _Problems, warnings: list[str]
+) -> None:
+    """The checkpoints of other nodes this node keeps as their witness, and their proofs."""
+    if _has_table(db, "witnessed"):
+        for node, size, root, note in db.execute(
+            "SELECT node, size, root, note FROM witnessed ORDER BY node"
+        ):
+            origin = checkpoint_origin(node)
+            try:
+                checkpoint, _ = _open_own(str(note), origin, keys.of(node))
+            except CpnError as exc:
+                problems.add(
+                    ProblemKind.BAD_SIGNATURE,
+                    f"the checkpoint of {node} held as its witness does not verify: {exc}",
+                    order=(_AFTER_LOG + 2, 0),
+                )
+                continue
+            if (checkpoint.size, checkpoint.root) != (size, root):
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"the checkpoint of {node} held as its witness: its stored size and root"
+                    " are not those of its note",
+                    order=(_AFTER_LOG + 2, 0),
+                )
+    if _has_table(db, "inconsistencies"):
+        for node, problem, detected in db.execute(
+            "SELECT node, problem, detected FROM inconsistencies ORDER BY id"
+        ):
+            warnings.append(
+                f"this store holds proof that {node}'s audit log is inconsistent"
+                f" (detected {_when(detected)}): {problem}"
+            )
+
+
+def _signer_warnings(signers: Counter[tuple[str, str, int, bool]], keys: _Keys) -> list[str]:
+    current = keys.current.version
+    out = []
+    for (signer, kid, version, checked), n in sorted(signers.items()):
+        if checked:
+            out.append(
+                f"{n} envelope(s) or receipt(s) signed by {signer} with key {kid}, which roster"
+                f" version {version} holds but the current roster (version {current}) does not"
+                " hold for an active node: checked with version"
+                f" {version}"
+            )
+        else:
+            out.append(
+                f"{n} envelope(s) or receipt(s) signed by {signer} with key {kid}, which no"
+                " roster known holds: signature not checked"
+            )
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from network.alerts import WebhookSender
 from network.config import NodeConfig
 from network.crypto import sha256
 from network.errors import RosterError
@@ -52,6 +54,7 @@ class NodeSettings:
     route_grace: float = 3.0  # after start, before a destination without a route is raised
     roster_poll_interval: float = 1.0
     checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    deadline_scan_interval: float = 1.0
 
 
 def load_current_roster(config: NodeConfig) -> Roster:
@@ -117,6 +120,15 @@ async def run_node(
             witnessing=witnessing,
         )
         await links.listen()
+        webhook = (
+            WebhookSender(
+                config.webhook_url,
+                timeout=config.webhook_timeout,
+                retries=config.webhook_retries,
+            )
+            if config.webhook_url
+            else None
+        )
         runner = web.AppRunner(build_app(service), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.api_host, config.api_port)
@@ -141,13 +153,19 @@ async def run_node(
                 checkpoint_task = group.create_task(
                     _checkpoints(service, witnessing, links), name="checkpoints"
                 )
+                deadline_task = group.create_task(
+                    _watch_deadlines(service, webhook, settings.deadline_scan_interval),
+                    name="deadlines",
+                )
                 if ready is not None:
                     await ready(service)
                 await stop.wait()
-                for task in (link_task, scan_task, watch_task, checkpoint_task):
+                for task in (link_task, scan_task, watch_task, checkpoint_task, deadline_task):
                     task.cancel()
         finally:
             await runner.cleanup()
+            if webhook is not None:
+                await webhook.aclose()
             with contextlib.suppress(Exception):
                 await service.audit([AuditEntry(service.actor, "node_stopped", None, {})])
                 await witnessing.sign(now_ms())  # the log's end, signed
@@ -218,6 +236,24 @@ async def _checkpoints(service: Service, witnessing: Witnessing, links: Links) -
             service.urgent_pending = False
             await witnessing.sign(now)
             links.offer_checkpoint()
+
+
+async def _watch_deadlines(
+    service: Service, webhook: WebhookSender | None, interval: float
+) -> None:
+    """Raise what is overdue: the console (the service keeps it), the log and the webhook.
+
+    The webhook posts run beside the scan (a slow receiver is retried, never waited on).
+    """
+    posting: set[asyncio.Task[bool]] = set()
+    while True:
+        for alert in await service.review_deadlines():
+            log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
+            if webhook is not None:
+                task = asyncio.create_task(webhook.post(alert))
+                posting.add(task)
+                task.add_done_callback(posting.discard)
+        await asyncio.sleep(interval)
 
 
 async def _expiry_scan(service: Service, interval: float, grace: float) -> None:

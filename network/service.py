@@ -16,9 +16,10 @@ import os
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from network.alerts import alert_kind, alert_record
 from network.bodies import Acknowledgement, Body, Response, parse_body
 from network.crypto import VerifyKey
 from network.deadlines import (
@@ -26,6 +27,7 @@ from network.deadlines import (
     Box,
     Deadlines,
     Tracked,
+    describe,
     due_times,
     expects_reply,
     format_overdue,
@@ -33,6 +35,7 @@ from network.deadlines import (
     parse_overdue,
     preserved_until_ms,
     reschedule,
+    review,
 )
 from network.envelope import (
     DEFAULT_SKEW_MS,
@@ -64,6 +67,7 @@ from network.errors import (
 from network.keys import NodeKeys
 from network.lifecycle import PRIORITY_RANK, TABLES, Event, State
 from network.records import (
+    Json,
     MessageType,
     NodeId,
     Outcome,
@@ -139,6 +143,7 @@ MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 
 
 _ACTED = (State.ACKNOWLEDGED, State.ANSWERED)
+MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
 
 
 def _refers_to(typed: Body) -> str | None:
@@ -206,6 +211,7 @@ class Service:
         self._last_contact: dict[str, int] = {}
         self._routes_at = 0
         self.urgent_pending = False  # a flash or urgent message since the last checkpoint
+        self.recent_alerts: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
         self._first_hops: dict[NodeId, NodeId] = {}
         self._destinations_cache: dict[
             tuple[str, bool], tuple[Mapping[NodeId, tuple[NodeId, ...]], list[NodeId]]
@@ -486,6 +492,7 @@ class Service:
         """An acknowledgement or a response moves the request it answers, on either side."""
         current = await tx.message(original.id) or original
         detail: dict[str, Any] = {"reply": reply}
+        preserved = current.preserved_until
         event = Event.ACKNOWLEDGE if isinstance(typed, Acknowledgement) else Event.ANSWER
         if event not in TABLES[current.box].get(current.state, {}):
             return []  # already answered, or expired unread: the state does not go back
@@ -499,12 +506,19 @@ class Service:
             detail["status"] = str(typed.status)
             action = "replied" if current.box == "in" else "answered"
             if typed.preserved_until is not None and current.box == "out":
-                until = preserved_until_ms(typed.preserved_until)
                 detail["preserved_until"] = typed.preserved_until
-                # The request answered, and the preservation it extends or follows.
-                for message_id in filter(None, (current.id, current.in_reply_to)):
-                    tx.preserved(message_id, until)
-        await self._track(tx, await tx.message(current.id) or current)
+                # The date belongs to the first request: an extension or an MLA notice
+                # answered moves it there (and only there, so that one warning goes out).
+                first = await tx.message(current.in_reply_to or current.id)
+                if first is not None and first.box == "out":
+                    until = preserved_until_ms(typed.preserved_until)
+                    tx.preserved(first.id, until)
+                    if first.id != current.id:
+                        await self._track(tx, replace(first, preserved_until=until))
+                    else:
+                        preserved = until
+        row = await tx.message(current.id) or current
+        await self._track(tx, replace(row, preserved_until=preserved))
         return [AuditEntry(actor, action, current.id, detail)]
 
     # -- the link layer's use cases ------------------------------------------------
@@ -956,7 +970,105 @@ class Service:
         async with self.store.transaction(self.clock()) as tx:
             await tx.peer_failure(peer, retry_at, error)
 
+    # -- officers' acts -----------------------------------------------------------
+
+    async def acknowledge(
+        self, message_id: str, user: str, note: object = None
+    ) -> MessageRow | None:
+        """An officer takes a received request on: an `acknowledgement` goes to its sender.
+
+        None if there is no such received message; BodyError if it cannot be acknowledged.
+        """
+        row = await self.store.message(message_id)
+        if row is None or row.box != "in":
+            return None
+        body: dict[str, Any] = {"in_reply_to": message_id, "officer": user}
+        if note is not None:
+            body["note"] = note
+        return await self.submit(
+            user=user, to=row.peer, message_type="acknowledgement", priority=row.priority, body=body
+        )
+
+    async def reply(self, message_id: str, user: str, fields: dict[str, Any]) -> MessageRow | None:
+        """An officer answers a received request: a `response` goes to its sender."""
+        row = await self.store.message(message_id)
+        if row is None or row.box != "in":
+            return None
+        if "in_reply_to" in fields:
+            raise BodyError("in_reply_to", "is the message replied to; leave it out")
+        return await self.submit(
+            user=user,
+            to=row.peer,
+            message_type="response",
+            priority=row.priority,
+            body={"in_reply_to": message_id, **fields},
+        )
+
+    async def open_preservations(self) -> list[dict[str, Any]]:
+        """Our preservation requests the other side preserved, soonest to lapse first."""
+        rows = await self.store.db.execute_fetchall(
+            "SELECT id FROM messages WHERE box = 'out' AND type = 'preservation'"
+            " AND preserved_until IS NOT NULL AND in_reply_to IS NULL"
+            " ORDER BY preserved_until"
+        )
+        found = [await self.store.message(str(r[0])) for r in rows]
+        return [summary(row) for row in found if row is not None]
+
+    async def overdue(self) -> list[dict[str, Any]]:
+        """Messages with a deadline passed and unmet, the most urgent first."""
+        rows = await self.store.db.execute_fetchall(
+            "SELECT id FROM messages WHERE overdue != '' ORDER BY priority_rank, created LIMIT 500"
+        )
+        found = [await self.store.message(str(r[0])) for r in rows]
+        return [summary(row) for row in found if row is not None]
+
     # -- periodic ------------------------------------------------------------------
+
+    async def review_deadlines(self, limit: int = 200) -> list[dict[str, Json]]:
+        """Flag, audit and return the alerts due now; the next look is kept with each message.
+
+        Deadlines live in the store, so they fire after a restart as before it.
+        """
+        now = self.clock()
+        found = await self.store.db.execute_fetchall(
+            "SELECT id FROM messages WHERE alert_at IS NOT NULL AND alert_at <= ?"
+            " ORDER BY alert_at LIMIT ?",
+            (now, limit),
+        )
+        if not found:
+            return []
+        alerts: list[dict[str, Json]] = []
+        async with self.store.transaction(now) as tx:
+            entries: list[AuditEntry] = []
+            for (message_id,) in found:
+                row = await tx.message(str(message_id))
+                if row is None:
+                    continue
+                tracked = _tracked(row)
+                decision = review(tracked, self.deadlines, now)
+                tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
+                for item in decision.newly:
+                    entries.append(
+                        AuditEntry(self.actor, "overdue", row.id, {"deadline": str(item)})
+                    )
+                for item in decision.alert:
+                    record = alert_record(
+                        alert_kind(item),
+                        node=self.me,
+                        message_id=row.id,
+                        box=tracked.box,
+                        priority=tracked.priority,
+                        peer=NodeId(row.peer),
+                        detail=describe(item, tracked, now),
+                        now=now,
+                    )
+                    alerts.append(record)
+                    entries.append(
+                        AuditEntry(self.actor, "escalated", row.id, {"alert": record["alert"]})
+                    )
+            await tx.audit(entries)
+        self.recent_alerts.extend(alerts)
+        return alerts
 
     async def expire_due(self) -> list[str]:
         """Mark queued or sent messages past their expiry as expired, and raise them."""
@@ -1103,6 +1215,15 @@ def summary(row: MessageRow) -> dict[str, Any]:
         "updated": row.updated,
         "attempts": row.attempts,
         "composed_by": row.composed_by,
+        "in_reply_to": row.in_reply_to,
+        "acknowledged_by": row.acked_by,
+        "overdue": [item for item in row.overdue.split(",") if item],
+        "deadlines": {
+            "receipt": row.receipt_due,
+            "acknowledgement": row.ack_due,
+            "response": row.response_due,
+        },
+        "preserved_until": row.preserved_until,
     }
 
 

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
+from network.audit import MAX_PAGE, EntryFilter, list_entries, parse_time, verify_store
 from network.errors import BodyError, CpnError, MalformedError, OversizeError
 from network.lifecycle import State
 from network.records import Priority, parse_json
@@ -127,20 +129,99 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
 
 async def get_message(request: web.Request) -> web.StreamResponse:
     """One message with its decrypted body, receipts and timeline; 404 if unknown."""
-    message_id = request.match_info["id"]
-    if len(message_id) != 36 or not _MESSAGE_ID.fullmatch(message_id):
-        raise BodyError("id", "must be a message id (a UUID: 36 characters, 8-4-4-4-12 hex)")
-    message_id = message_id.lower()
+    message_id = _message_id(request)
     message = await request.app[SERVICE].read_message(message_id, request[USER])
     if message is None:
         raise _Refusal(404, f"no message {message_id}")
     return web.json_response(message)
 
 
+def _message_id(request: web.Request) -> str:
+    message_id = request.match_info["id"]
+    if len(message_id) != 36 or not _MESSAGE_ID.fullmatch(message_id):
+        raise BodyError("id", "must be a message id (a UUID: 36 characters, 8-4-4-4-12 hex)")
+    return message_id.lower()
+
+
+async def acknowledge_message(request: web.Request) -> web.StreamResponse:
+    """Take a received request on: sends an `acknowledgement`; 202 with its summary."""
+    message_id = _message_id(request)
+    fields = await _json_object(request, empty_ok=True)
+    unknown = sorted(set(fields) - {"note"})
+    if unknown:
+        raise BodyError(unknown[0], "unknown field (expected: note)")
+    row = await request.app[SERVICE].acknowledge(message_id, request[USER].name, fields.get("note"))
+    if row is None:
+        raise _Refusal(404, f"no received message {message_id}")
+    return web.json_response(summary(row), status=202)
+
+
+async def reply_message(request: web.Request) -> web.StreamResponse:
+    """Answer a received request: sends a `response` (`status`, `note`, and the fields
+    its status needs); 202 with its summary."""
+    message_id = _message_id(request)
+    fields = await _json_object(request)
+    row = await request.app[SERVICE].reply(message_id, request[USER].name, fields)
+    if row is None:
+        raise _Refusal(404, f"no received message {message_id}")
+    return web.json_response(summary(row), status=202)
+
+
+async def get_alerts(request: web.Request) -> web.StreamResponse:
+    """What is overdue now, and the latest alerts raised."""
+    service = request.app[SERVICE]
+    return web.json_response(
+        {"overdue": await service.overdue(), "alerts": list(service.recent_alerts)[::-1]}
+    )
+
+
+async def get_preservations(request: web.Request) -> web.StreamResponse:
+    """Our preservation requests the other side preserved, soonest to lapse first."""
+    return web.json_response({"preservations": await request.app[SERVICE].open_preservations()})
+
+
 async def get_peers(request: web.Request) -> web.StreamResponse:
     """Each peer in the roster: linked or not, last seen, queued count."""
     service = request.app[SERVICE]
     return web.json_response({"node": service.me, "peers": await service.peers()})
+
+
+_AUDIT_PARAMS: Final = ("since", "until", "message", "actor", "action", "limit", "after")
+
+
+async def list_audit(request: web.Request) -> web.StreamResponse:
+    """The audit log in seq order, a page at a time: `{"entries": [...], "next": seq | null}`.
+
+    Filters: `since` (inclusive) and `until` (exclusive) as RFC 3339 or ms,
+    `message`, `actor`, `action`; `limit` (1..1000) and the cursor `after` (a
+    seq: the `next` of the page before). Each entry carries its leaf hash.
+    """
+    query = _query(request, _AUDIT_PARAMS)
+    filters = EntryFilter(
+        since=_time_param(query, "since"),
+        until=_time_param(query, "until"),
+        message=query.get("message"),
+        actor=query.get("actor"),
+        action=query.get("action"),
+    )
+    limit = _count_param(query, "limit", 1, MAX_PAGE, DEFAULT_LIMIT)
+    after = _count_param(query, "after", 0, 2**53 - 1, 0)
+    path = request.app[SERVICE].store.path
+    entries, cursor = await asyncio.to_thread(list_entries, path, filters, after=after, limit=limit)
+    return web.json_response({"entries": entries, "next": cursor})
+
+
+async def verify_audit(request: web.Request) -> web.StreamResponse:
+    """`cpn audit verify` on this node's store, in a thread: the report as JSON (`ok`, ...)."""
+    service = request.app[SERVICE]
+    report = await asyncio.to_thread(
+        verify_store,
+        service.store.path,
+        roster=service.roster,
+        node_id=service.me,
+        keeper=service.keeper,
+    )
+    return web.json_response(report.to_json())
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -161,6 +242,7 @@ class Route:
 
 
 _OFFICER: Final = frozenset({"officer"})
+_AUDITOR: Final = frozenset({"auditor"})
 _READERS: Final = frozenset({"officer", "auditor"})
 _ANY_ROLE: Final = frozenset(ROLES)
 
@@ -168,7 +250,13 @@ ROUTES: Final = (
     Route("POST", "/api/messages", post_message, _OFFICER, "send messages"),
     Route("GET", "/api/messages", list_messages, _READERS, "list messages"),
     Route("GET", "/api/messages/{id}", get_message, _READERS, "read messages"),
+    Route("POST", "/api/messages/{id}/ack", acknowledge_message, _OFFICER, "acknowledge messages"),
+    Route("POST", "/api/messages/{id}/reply", reply_message, _OFFICER, "reply to messages"),
+    Route("GET", "/api/alerts", get_alerts, _READERS, "see alerts"),
+    Route("GET", "/api/preservations", get_preservations, _READERS, "list preservations"),
     Route("GET", "/api/peers", get_peers, _ANY_ROLE, "list peers"),
+    Route("GET", "/api/audit", list_audit, _AUDITOR, "read the audit log"),
+    Route("GET", "/api/audit/verify", verify_audit, _AUDITOR, "verify the audit log"),
     Route("GET", "/healthz", healthz, None, "check liveness"),
 )
 
@@ -257,9 +345,14 @@ def _bearer_token(header: str | None) -> str:
     return token
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past the size limit, 400 if not an object."""
+async def _json_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past the size limit, 400 if not an object.
+
+    With `empty_ok`, no body at all reads as `{}`.
+    """
     data = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    if empty_ok and not data.strip():
+        return {}
     try:
         value = parse_json(data, limit=MAX_REQUEST_BYTES, what="request body")
     except OversizeError as exc:
@@ -309,6 +402,27 @@ def _limit(value: str | None) -> int:
         1 <= int(value) <= MAX_LIMIT
     ):
         raise BodyError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(value)
+
+
+def _time_param(query: Mapping[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise BodyError(name, str(exc)) from None
+
+
+def _count_param(query: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit() and len(value) <= 16) or not (
+        low <= int(value) <= high
+    ):
+        raise BodyError(name, f"must be an integer from {low} to {high}")
     return int(value)
 
 

@@ -75,8 +75,10 @@ class Network:
         extra_nodes: tuple[str, ...] = (),
         retry_seconds: float = 60,
         own_rosters: bool = False,
+        extra_config: dict[str, str] | None = None,
     ) -> None:
-        """`own_rosters`: each node reads its own copy of the roster (to watch one spread)."""
+        """`own_rosters`: each node reads its own copy of the roster (to watch one spread);
+        `extra_config`: TOML appended to a node's config (deadlines, alerts)."""
         self.root = root
         self.keys = root / "keys"
         self.nodes: dict[str, Node] = {}
@@ -107,6 +109,7 @@ class Network:
                 f'keeper = "../keys/authority/keeper.json"\n'
                 f"[links]\npeers = {json.dumps(links.get(node_id, []))}\n"
                 f"[delivery]\nretry_seconds = {retry_seconds}\n"
+                + (extra_config or {}).get(node_id, "")
             )
             self.nodes[node_id] = Node(
                 node_id,

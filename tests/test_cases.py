@@ -1,0 +1,236 @@
+"""A case through its steps, deadlines and escalation, preservations: real nodes, a real webhook."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from network.samples import sample_body
+from tests.harness import Network, free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Webhook:
+    """A real HTTP receiver on 127.0.0.1 that keeps every alert posted to it."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        received = self.alerts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/cpn-alerts"
+
+    def about(self, message_id: str, kind: str, node: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.alerts
+            if a["message_id"] == message_id and a["alert"] == kind and a["node"] == node
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    try:
+        yield hook
+    finally:
+        hook.close()
+
+
+def fast_deadlines(url: str) -> str:
+    """Flash deadlines of seconds, so that a test sees them pass."""
+    return (
+        "[deadlines.flash]\n"
+        'receipt = "2s"\nacknowledgement = "3s"\nresponse = "60s"\nrepeat = "2s"\n'
+        f'[alerts]\nwebhook = "{url}"\nwebhook_retries = 3\n'
+    )
+
+
+def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def in_days(days: int) -> str:
+    return (datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=days)).isoformat()
+
+
+def test_a_preservation_goes_through_receipt_acknowledgement_and_response(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", request, {"received"})
+        status, taken = network.api(
+            "DEU", "POST", f"/api/messages/{request}/ack", {"note": "On it"}
+        )
+        assert status == 202 and taken["type"] == "acknowledgement", taken
+        network.wait_state("FRA", request, {"acknowledged"})
+        status, again = network.api("DEU", "POST", f"/api/messages/{request}/ack")
+        assert status == 400 and again["field"] == "body.in_reply_to", again
+        answer = {
+            "status": "preserved",
+            "preserved_until": in_days(90),
+            "provider_reference": "EMS-LE-1",
+            "note": "Preserved.",
+        }
+        status, replied = network.api("DEU", "POST", f"/api/messages/{request}/reply", answer)
+        assert status == 202, replied
+        network.wait_state("FRA", request, {"answered"})
+        status, wrong = network.api(
+            "DEU", "POST", f"/api/messages/{request}/reply", {"status": "refused"}
+        )
+        assert status == 400 and wrong["field"] == "body.refusal_ground", wrong
+        status, sent = network.api("FRA", "GET", f"/api/messages/{request}")
+        status_in, seen = network.api("DEU", "GET", f"/api/messages/{request}")
+    finally:
+        network.close()
+
+    assert status == 200 and status_in == 200
+    steps = [entry["action"] for entry in sent["timeline"]]
+    for step in ("composed", "sealed", "queued", "sent", "delivered", "acknowledged", "answered"):
+        assert step in steps, steps
+    assert steps.index("delivered") < steps.index("acknowledged") < steps.index("answered")
+    assert sent["state"] == "answered" and sent["acknowledged_by"] == "officer-DEU"
+    assert sent["preserved_until"] is not None
+    received_steps = [entry["action"] for entry in seen["timeline"]]
+    assert "acknowledged" in received_steps and "replied" in received_steps
+    assert seen["state"] == "answered"
+
+
+def test_an_unacknowledged_flash_message_escalates_to_the_webhook(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    config = fast_deadlines(webhook.url)
+    network = Network(
+        tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config, "DEU": config}
+    )
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send(
+            "FRA", "DEU", "emergency", sample_body("emergency"), priority="flash"
+        )
+        # Both sides: FRA waits on DEU, and DEU's own officers have not acted.
+        wait_for(
+            lambda: len(webhook.about(request, "overdue_acknowledgement", "FRA")) >= 2,
+            what="FRA's alert, repeated",
+        )
+        wait_for(
+            lambda: webhook.about(request, "overdue_acknowledgement", "DEU"),
+            what="DEU's alert to its own officers",
+        )
+        status, alerts = network.api("FRA", "GET", "/api/alerts")
+        assert status == 200
+        assert any(
+            m["id"] == request and "acknowledgement" in m["overdue"] for m in alerts["overdue"]
+        )
+        status, _ = network.api("DEU", "POST", f"/api/messages/{request}/ack")
+        assert status == 202
+        network.wait_state("FRA", request, {"acknowledged"})
+        time.sleep(1.5)  # one scan: the flag is lifted
+        settled = len(webhook.about(request, "overdue_acknowledgement", "FRA"))
+        time.sleep(4.5)  # past two repeats: nothing more about the acknowledgement
+        assert len(webhook.about(request, "overdue_acknowledgement", "FRA")) == settled
+        status, alerts = network.api("FRA", "GET", "/api/alerts")
+        flagged = [m for m in alerts["overdue"] if m["id"] == request]
+        assert not flagged or "acknowledgement" not in flagged[0]["overdue"]
+        status, audit_seen = network.api("FRA", "GET", f"/api/messages/{request}", token="auditor")
+    finally:
+        network.close()
+
+    actions = [entry["action"] for entry in audit_seen["timeline"]]
+    assert "overdue" in actions and "escalated" in actions
+
+
+def test_deadlines_fire_after_a_restart(tmp_path: Path, webhook: Webhook) -> None:
+    config = fast_deadlines(webhook.url)
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send(
+            "FRA", "DEU", "emergency", sample_body("emergency"), priority="flash"
+        )
+        network.stop("FRA")  # before the acknowledgement deadline
+        assert not webhook.about(request, "overdue_acknowledgement", "FRA")
+        time.sleep(3.5)
+        network.start("FRA")
+        wait_for(
+            lambda: webhook.about(request, "overdue_acknowledgement", "FRA"),
+            what="the deadline to fire after the restart",
+        )
+    finally:
+        network.close()
+
+
+def test_a_preservation_near_its_end_warns_and_an_answered_extension_moves_the_date(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    config = f'[alerts]\nwebhook = "{webhook.url}"\n'
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", request, {"received"})
+        soon = {"status": "preserved", "preserved_until": in_days(5), "note": "Preserved."}
+        status, _ = network.api("DEU", "POST", f"/api/messages/{request}/reply", soon)
+        assert status == 202
+        wait_for(
+            lambda: webhook.about(request, "preservation_expiring", "FRA"),
+            what="the warning before the preservation lapses",
+        )
+        status, listed = network.api("FRA", "GET", "/api/preservations")
+        assert [p["id"] for p in listed["preservations"]] == [request]
+        before = listed["preservations"][0]["preserved_until"]
+
+        extension = sample_body("preservation", status="extension", extends=request)
+        extension_id = network.send("FRA", "DEU", "preservation", extension)
+        network.wait_state("DEU", extension_id, {"received"})
+        later = {"status": "preserved", "preserved_until": in_days(120), "note": "Extended."}
+        status, _ = network.api("DEU", "POST", f"/api/messages/{extension_id}/reply", later)
+        assert status == 202
+        network.wait_state("FRA", extension_id, {"answered"})
+        status, listed = network.api("FRA", "GET", "/api/preservations")
+    finally:
+        network.close()
+
+    (moved,) = listed["preservations"]
+    assert moved["id"] == request and moved["preserved_until"] > before
+    assert moved["preserved_until"] - before >= 100 * 86_400_000
