@@ -106,7 +106,8 @@ __all__ = [
 MAX_BODY_BYTES: Final = 64 * 1024
 # base64 of the largest body plus the hybrid KEM output, the inner signature and the header.
 MAX_ENVELOPE_BYTES: Final = 96 * 1024
-MAX_RECEIPT_BYTES: Final = 4 * 1024
+MAX_RECEIPT_BYTES: Final = 8 * 1024
+MAX_CHECKPOINT_NOTE: Final = 2 * 1024  # a checkpoint and a few signatures
 MAX_TTL_MS: Final = 30 * 24 * 3600 * 1000  # bounds how long seen ids must be kept
 DEFAULT_SKEW_MS: Final = 5 * 60 * 1000
 DEFAULT_HOP_LIMIT: Final = 8
@@ -430,6 +431,7 @@ class Receipt:
     scope: ReceiptScope = ReceiptScope.END_TO_END
     reason: str | None = None
     path: tuple[NodeId, ...] = ()  # the relays the message came through, as the receiver saw
+    checkpoint: str | None = None  # the receiver's latest signed audit checkpoint (C2SP note)
     raw: bytes = field(default=b"", repr=False, compare=False)
     signature: bytes = field(default=b"", repr=False, compare=False)
 
@@ -452,6 +454,8 @@ class Receipt:
             value["reason"] = self.reason
         if self.path:
             value["path"] = list(self.path)
+        if self.checkpoint is not None:
+            value["checkpoint"] = self.checkpoint
         return value
 
 
@@ -468,6 +472,7 @@ def make_receipt(
     reason: str | None = None,
     scope: ReceiptScope = ReceiptScope.END_TO_END,
     path: tuple[NodeId, ...] = (),
+    checkpoint: str | None = None,
 ) -> Receipt:
     """Sign a receipt for the envelope bytes exactly as received.
 
@@ -488,6 +493,7 @@ def make_receipt(
         scope=scope,
         reason=reason,
         path=path,
+        checkpoint=checkpoint,
     )
     statement = unsigned.to_json()
     signature = signing_key.sign(_RECEIPT + canonical(statement))
@@ -550,6 +556,9 @@ def verify_receipt(
         scope=_enum(f, "scope", p, ReceiptScope),
         reason=reason,
         path=tuple(NodeId(n) for n in path_value),
+        checkpoint=f.str("checkpoint", max_len=MAX_CHECKPOINT_NOTE)
+        if f.has("checkpoint")
+        else None,
         raw=raw,
         signature=signature,
     )
@@ -561,6 +570,10 @@ def verify_receipt(
             f"receipt time {receipt.received - now} ms ahead of our clock (allowed {skew_ms} ms)"
         )
     return receipt
+
+
+def _checkpoint(f: Fields) -> str:
+    return f.str("checkpoint", max_len=MAX_CHECKPOINT_NOTE)
 
 
 def check_receipt_for(receipt: Receipt, envelope: Envelope) -> None:

@@ -211,6 +211,8 @@ class Service:
         self._last_contact: dict[str, int] = {}
         self._routes_at = 0
         self.urgent_pending = False  # a flash or urgent message since the last checkpoint
+        self.latest_checkpoint: str | None = None  # our newest signed one; receipts carry it
+        self.logged_in: set[str] = set()  # users whose token was used in this run
         self.recent_alerts: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
         self._first_hops: dict[NodeId, NodeId] = {}
         self._destinations_cache: dict[
@@ -791,6 +793,7 @@ class Service:
             reason=reason,
             scope=ReceiptScope.END_TO_END if for_us else ReceiptScope.HOP,
             path=item.path if for_us else (),
+            checkpoint=self.latest_checkpoint if for_us else None,
         )
 
     async def accept_receipts(self, peer: str, raws: Sequence[bytes]) -> list[str]:

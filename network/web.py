@@ -9,10 +9,11 @@ Rules:
 - Every answer is JSON with `Cache-Control: no-store`, errors included:
   `{"error": "...", "field": "..."}`, where `field` names the request body
   field or query parameter that is wrong. Bad input is a 4xx, never a 500.
-- Audited here, through `Service.audit`: a refused token (`login_failed`), a
+- Audited here, through `Service.audit`: a token's first use in a run (`login`),
+  a refused token (`login_failed`), a
   role refused a route (`access_denied`) and a refused request from an
   authenticated user (`request_refused`): bad input from outside leaves a
-  trace. A successful authentication is not audited per request.
+  trace. A successful authentication is not audited on every request.
 """
 
 from __future__ import annotations
@@ -323,6 +324,11 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
             headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'},
         )
     request[USER] = user
+    if user.name not in service.logged_in:
+        # A token's first use in this run is its login (per request would flood the log).
+        service.logged_in.add(user.name)
+        detail = {"role": user.role, "remote": request.remote}
+        await service.audit([AuditEntry(actor=user.name, action="login", detail=detail)])
     if route is not None and route.roles is not None and user.role not in route.roles:
         detail = {"role": user.role, "method": request.method, "path": request.path[:200]}
         await service.audit([AuditEntry(actor=user.name, action="access_denied", detail=detail)])

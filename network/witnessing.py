@@ -67,6 +67,7 @@ class Witnessing:
         )
         for (note,) in rows:
             self.latest = _Signed(self._open_own(note), note)
+            self.service.latest_checkpoint = note
         for witness, size in await self.store.db.execute_fetchall(
             "SELECT witness, MAX(size) FROM cosignatures GROUP BY witness"
         ):
@@ -98,6 +99,7 @@ class Witnessing:
             note = sign_note(checkpoint.to_text(), self.origin, self.service.keys.signing)
             tx.checkpoint(checkpoint.size, checkpoint.root, note)
         self.latest = _Signed(checkpoint, note)
+        self.service.latest_checkpoint = note
         self._signed_at = now
         return checkpoint
 

@@ -264,7 +264,8 @@ async def test_api_routes_refuse_a_bad_token_and_audit_it(api: Api, method: str,
     assert failed == [("anonymous", {"remote": "127.0.0.1", "path": path})]
 
 
-async def test_successful_authentication_is_not_audited(api: Api) -> None:
+async def test_a_login_is_audited_once_not_on_every_request(api: Api) -> None:
+    await api.get("/api/peers")
     async with api.service.store.db.execute("SELECT COUNT(*) FROM audit") as cursor:
         before = await cursor.fetchone()
 
@@ -273,6 +274,8 @@ async def test_successful_authentication_is_not_audited(api: Api) -> None:
     async with api.service.store.db.execute("SELECT COUNT(*) FROM audit") as cursor:
         after = await cursor.fetchone()
     assert after == before
+    logins = await api.audit_actions("login")
+    assert len(logins) == 1 and logins[0][1]["role"] == "officer"
 
 
 async def test_auditor_may_not_send_but_may_list(api: Api) -> None:

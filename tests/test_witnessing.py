@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -90,6 +91,12 @@ def test_checkpoints_are_signed_and_cosigned_by_the_peer(tmp_path: Path) -> None
         str(note) + str(line), witness_name("DEU"), signing_key(network, "DEU")
     )
     assert abs(when - time.time()) < 300
+    # Receipts carry the receiver's latest checkpoint, under its signature.
+    (raw,) = rows(fra, "SELECT raw FROM receipts WHERE signer = 'DEU' AND scope = 'end_to_end'")[0]
+    carried = json.loads(bytes(raw))["receipt"]["checkpoint"]  # type: ignore[arg-type]
+    deu_origin = checkpoint_origin("DEU")
+    deu_key = signing_key(network, "DEU")
+    assert open_checkpoint(carried, deu_origin, {deu_origin: deu_key}).size >= 1
     held = rows(deu, "SELECT size FROM witnessed WHERE node = 'FRA'")
     assert held and int(held[0][0]) >= 1  # type: ignore[call-overload]
 
