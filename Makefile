@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/envelope.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/network_sim.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -142,7 +142,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     links = LinkSettings(handshake_timeout=60, ping_interval=None, receipt_timeout=300)
     # Every message here is urgent: a checkpoint at most every 10 s per node while
     # traffic flows (1 s by default), or witnessing would outweigh the messages.
-    checkpoints = CheckpointPolicy(urgent_delay_ms=10_000)
+    checkpoints = CheckpointPolicy(urgent_delay_ms=60_000, every_entries=100_000)
     settings = NodeSettings(links=links, dial_after=dial, checkpoints=checkpoints)
     loop = asyncio.get_running_loop()
 

@@ -33,6 +33,7 @@ import contextlib
 import csv
 import datetime
 import hashlib
+import heapq
 import json
 import sqlite3
 from collections import Counter
@@ -52,6 +53,7 @@ from network.errors import (
     UnknownSignerError,
 )
 from network.records import (
+    MAX_SAFE_INTEGER,
     Json,
     NodeId,
     canonical,
@@ -84,6 +86,7 @@ __all__ = [
     "export_entries",
     "inclusion_proof",
     "list_entries",
+    "load_roster_file",
     "parse_time",
     "read_witnessed",
     "rfc3339",
@@ -402,10 +405,10 @@ def _stored_log(db: sqlite3.Connection) -> MerkleLog:
     tree = MerkleLog()
     cursor = db.execute("SELECT seq, leaf FROM audit ORDER BY seq")
     while batch := cursor.fetchmany(_BATCH * 4):
-        for seq, leaf in batch:
-            if seq != tree.size + 1 or not isinstance(leaf, bytes) or len(leaf) != HASH_SIZE:
+        for expected, (seq, leaf) in enumerate(batch, start=tree.size + 1):
+            if seq != expected or not isinstance(leaf, bytes) or len(leaf) != HASH_SIZE:
                 raise AuditReadError(
-                    f"entry {tree.size + 1} is missing or has no leaf hash: run cpn audit verify"
+                    f"entry {expected} is missing or has no leaf hash: run cpn audit verify"
                 )
         tree.extend(row[1] for row in batch)
     return tree
@@ -574,9 +577,10 @@ class Witnessed:
 
 
 def read_witnessed(path: Path, node_id: str) -> list[Witnessed]:
-    """The checkpoint of `node_id`'s log held in `path`: a peer's store, or a note file.
+    """The checkpoints of `node_id`'s log held in `path`: a peer's store, or a note file.
 
-    From a store: its `witnessed` row for `node_id` (none if it holds none),
+    From a store: its `witnessed` row for `node_id` and the largest checkpoint
+    that receipts signed by `node_id` carried to it (none if it holds none),
     named after the store's own node. From a text file: the signed note it
     holds, named after the file. Raises AuditReadError if it is neither.
     """
@@ -589,12 +593,36 @@ def read_witnessed(path: Path, node_id: str) -> list[Witnessed]:
         with _snapshot(path) as db:
             owner = _store_owner(db) or path.name
             rows = db.execute("SELECT note FROM witnessed WHERE node = ?", (node_id,)).fetchall()
-        return [Witnessed(owner, str(note)) for (note,) in rows]
+            found = [Witnessed(owner, str(note)) for (note,) in rows]
+            carried = _carried_checkpoint(db, node_id)
+            if carried is not None:
+                found.append(Witnessed(f"{owner} (in a receipt from {node_id})", carried))
+        return found
     try:
         text = path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditReadError(f"{path}: neither a store nor a signed checkpoint note") from exc
     return [Witnessed(path.name, text)]
+
+
+def _carried_checkpoint(db: sqlite3.Connection, node_id: str) -> str | None:
+    """The largest checkpoint note that receipts signed by `node_id` carried into this store.
+
+    Read, not verified: `verify_store` checks the note's own signature.
+    """
+    best: tuple[int, str] | None = None
+    cursor = db.execute(
+        "SELECT raw FROM receipts WHERE signer = ? AND direction = 'received'", (node_id,)
+    )
+    for (raw,) in cursor:
+        try:
+            note = json.loads(raw)["receipt"]["checkpoint"]
+            size = int(note.split("\n", 2)[1])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            continue
+        if best is None or size > best[0]:
+            best = (size, note)
+    return None if best is None else best[1]
 
 
 def _store_owner(db: sqlite3.Connection) -> str | None:
@@ -797,6 +825,7 @@ class _Walk:
         self._changed = False  # a root failed since the last one that held
         self._encoded: dict[str, bytes] = {}
         self._last_id: tuple[object, bytes] = (None, b"null")
+        self._slow_paths = 0
 
     # The hot path: one row is one leaf. Rows come as _WALK_QUERY selects them: `time` is
     # None unless it is an integer canonical JSON can hold.
@@ -829,7 +858,7 @@ class _Walk:
             except (TypeError, ValueError, CpnError):
                 leaf = b""
             if leaf != stored:
-                leaf = self._mismatch(seq, self.builder.size + len(leaves) + 1)
+                leaf = self._mismatch(seq, self.builder.size + len(leaves) + 1, leaf, stored)
             append(leaf)
         self.expected = expected
         self._last_id = (last_id, last_quoted)
@@ -855,8 +884,18 @@ class _Walk:
         )
         self._problem_positions.append(position)
 
-    def _mismatch(self, seq: int, position: int) -> bytes:
-        """The leaf a row whose fast-path hash differs from its stored one really has."""
+    def _mismatch(self, seq: int, position: int, fast: bytes, stored: object) -> bytes:
+        """The leaf a row whose fast-path hash differs from its stored one really has.
+
+        The row is read again and hashed by the definition (`entry_leaf`), to say
+        what is wrong with it; past MAX_PROBLEMS such rows, a fast-path leaf is
+        taken as it is (a log rewritten wholesale is not read twice).
+        """
+        if fast and self._slow_paths >= MAX_PROBLEMS:
+            self._problem_positions.append(position)
+            self._edited(seq, fast, stored)
+            return fast
+        self._slow_paths += 1
         row = self._refetch(seq)
         _, time, actor, action, message_id, detail, stored = row
         problem: str | None = None
@@ -880,7 +919,13 @@ class _Walk:
             self.problems.add(
                 ProblemKind.EDITED, f"entry {seq} edited: {problem}", seq=seq, order=(seq, 0)
             )
-        elif len(self.mismatched) < _MAX_REORDER_SCAN:
+        else:
+            self._edited(seq, leaf, stored)
+        return leaf
+
+    def _edited(self, seq: int, leaf: bytes, stored: object) -> None:
+        """An entry whose columns hash to `leaf`, not to its `stored` one: named in `classify`."""
+        if len(self.mismatched) < _MAX_REORDER_SCAN:
             self.mismatched[seq] = (leaf, stored)
         else:
             self.problems.add(
@@ -889,7 +934,6 @@ class _Walk:
                 seq=seq,
                 order=(seq, 0),
             )
-        return leaf
 
     def _grow(self, leaves: list[bytes]) -> None:
         builder = self.builder
@@ -1003,8 +1047,10 @@ def _when(ms: object) -> str:
 
 
 class _Problems:
+    """The problems found, keeping the MAX_PROBLEMS that come first (and counting them all)."""
+
     def __init__(self) -> None:
-        self.items: list[Problem] = []
+        self._heap: list[tuple[tuple[int, int], int, Problem]] = []  # max-heap by order
         self.count = 0
 
     def add(
@@ -1017,11 +1063,15 @@ class _Problems:
         order: tuple[int, int],
     ) -> None:
         self.count += 1
-        if len(self.items) < MAX_PROBLEMS * 4:
-            self.items.append(Problem(kind, message, seq, message_id, order))
+        key = (-order[0], -order[1])  # ties keep the order they were found in
+        item = (key, self.count, Problem(kind, message, seq, message_id, order))
+        if len(self._heap) < MAX_PROBLEMS:
+            heapq.heappush(self._heap, item)
+        elif item[0] > self._heap[0][0]:
+            heapq.heapreplace(self._heap, item)
 
     def first(self) -> tuple[Problem, ...]:
-        return tuple(sorted(self.items, key=lambda p: p.order)[:MAX_PROBLEMS])
+        return tuple(p for _, _, p in sorted(self._heap, key=lambda i: (i[2].order, i[1])))
 
 
 # -- verification: the store -------------------------------------------------------
@@ -1036,6 +1086,7 @@ def verify_store(
     node_id: str,
     witnessed: Iterable[Witnessed] = (),
     keeper: VerifyKey | None = None,
+    older_rosters: Iterable[Roster] = (),
 ) -> VerifyReport:
     """Verify a node's store file against itself, the roster and what witnesses hold.
 
@@ -1061,7 +1112,9 @@ def verify_store(
     - the checkpoints of other nodes this node holds as their witness.
 
     `keeper` (the pinned register keeper key) lets the roster versions held in
-    the store vouch for keys rotated out since. Problems come first-bad-entry
+    the store vouch for keys rotated out since; `older_rosters` (verified by the
+    caller) do the same. A signature by a key that no roster known holds is
+    not checked, and said so in a warning: it is not taken as forged. Problems come first-bad-entry
     first. Raises AuditReadError for a file that is not a readable store.
     """
     problems = _Problems()
@@ -1069,7 +1122,7 @@ def verify_store(
     origin = checkpoint_origin(node_id)
     witnessed = list(witnessed)
     with _snapshot(path) as db:
-        rosters = [roster]
+        rosters = [roster, *older_rosters]
         if keeper is not None and _has_table(db, "rosters"):
             rosters.extend(_stored_rosters(db, keeper))
         keys = _Keys(rosters)
@@ -1094,7 +1147,7 @@ def verify_store(
                 " checkpoint (a running node signs one within a minute, and one on stopping):"
                 " they can be checked only against themselves"
             )
-        witnessed_count = _check_witnessed(witnessed, origin, own_keys, walk, problems)
+        witnessed_count = _check_witnessed(witnessed, origin, own_keys, walk, problems, warnings)
         cosignatures = _check_cosignatures(db, keys, walk, problems, warnings)
         signers: Counter[tuple[str, str, int, bool]] = Counter()
         envelopes = _check_envelopes(db, keys, problems, signers)
@@ -1140,8 +1193,11 @@ def _walk_audit(db: sqlite3.Connection, walk: _Walk) -> None:
                 walk.rows(batch)
             return
         except sqlite3.OperationalError:  # text that is not UTF-8: read those rows as bytes
-            raw = db.execute(_RAW_QUERY, (walk.expected - 1, 256)).fetchall()
-            walk.rows([_typed(row) for row in raw])
+            raw = [_typed(row) for row in db.execute(_RAW_QUERY, (walk.expected - 1, 256))]
+            for row in raw:  # as _WALK_QUERY has it: a time canonical JSON cannot hold is None
+                if type(row[1]) is not int or abs(row[1]) > MAX_SAFE_INTEGER:
+                    row[1] = None
+            walk.rows(raw)
 
 
 def _refetch(db: sqlite3.Connection, seq: int) -> Sequence[Any]:
@@ -1190,6 +1246,9 @@ def _open_own(note: str, origin: str, own_keys: Sequence[_Key]) -> tuple[Checkpo
     raise UnknownSignerError(f"not signed by any key the rosters hold for {origin} ({unknown})")
 
 
+_ROSTER_HINT: Final = "(give the roster version that held the key: cpn audit verify --roster)"
+
+
 def _signed_checkpoints(
     db: sqlite3.Connection,
     origin: str,
@@ -1199,6 +1258,7 @@ def _signed_checkpoints(
 ) -> Iterator[_Signed]:
     """The stored checkpoints in size order, each with its note's signature checked."""
     old_keys: Counter[int] = Counter()
+    unknown = 0
     cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
     while batch := cursor.fetchmany(256):
         for size, root, time, note in batch:
@@ -1206,6 +1266,8 @@ def _signed_checkpoints(
             checkpoint: Checkpoint | None = None
             try:
                 checkpoint, found = _open_own(str(note), origin, own_keys)
+            except UnknownSignerError:
+                unknown += 1
             except CpnError as exc:
                 problems.add(
                     ProblemKind.BAD_SIGNATURE,
@@ -1228,6 +1290,11 @@ def _signed_checkpoints(
         warnings.append(
             f"{count} checkpoint(s) signed with the key of {origin} that roster version"
             f" {version} held, not the current one (the key was rotated)"
+        )
+    if unknown:
+        warnings.append(
+            f"{unknown} checkpoint(s) signed with a key of {origin} that no roster known holds:"
+            f" not checked, so they protect nothing here {_ROSTER_HINT}"
         )
 
 
@@ -1273,11 +1340,18 @@ def _check_witnessed(
     own_keys: Sequence[_Key],
     walk: _Walk,
     problems: _Problems,
+    warnings: list[str],
 ) -> int:
     entries = walk.builder.size
     for item in witnessed:
         try:
             checkpoint, _ = _open_own(item.note, origin, own_keys)
+        except UnknownSignerError:
+            warnings.append(
+                f"the checkpoint witness {item.source} holds is signed with a key of {origin}"
+                f" that no roster known holds: not checked {_ROSTER_HINT}"
+            )
+            continue
         except CpnError as exc:
             problems.add(
                 ProblemKind.BAD_SIGNATURE,
@@ -1310,6 +1384,7 @@ def _check_cosignatures(
 ) -> int:
     count = 0
     old: Counter[tuple[str, int]] = Counter()
+    unknown: Counter[str] = Counter()
     entries = walk.builder.size
     cursor = db.execute(
         "SELECT c.size, c.witness, c.time, c.line, k.note FROM cosignatures c"
@@ -1324,7 +1399,8 @@ def _check_cosignatures(
                     problems.add(
                         ProblemKind.TRUNCATED,
                         f"truncated: the log has {entries} entries, {witness} cosigned a"
-                        f" checkpoint of size {size} at {_when(time * 1000)}",
+                        f" checkpoint of size {size} at"
+                        f" {_when(time * 1000 if isinstance(time, int) else time)}",
                         seq=entries + 1,
                         order=(entries + 1, 0),
                     )
@@ -1337,7 +1413,10 @@ def _check_cosignatures(
                     )
                 continue
             verified = _cosigned_by(str(note) + str(line), witness, keys)
-            if isinstance(verified, str):
+            if isinstance(verified, UnknownSignerError):
+                unknown[witness] += 1
+                continue
+            if isinstance(verified, CpnError):
                 problems.add(
                     ProblemKind.BAD_SIGNATURE,
                     f"{where} does not verify: {verified}",
@@ -1358,23 +1437,28 @@ def _check_cosignatures(
             f"{n} cosignature(s) by {witness} with the key roster version {version} held,"
             " not the current one (the key was rotated)"
         )
+    for witness, n in sorted(unknown.items()):
+        warnings.append(
+            f"{n} cosignature(s) by {witness} with a key that no roster known holds:"
+            f" not checked {_ROSTER_HINT}"
+        )
     return count
 
 
-def _cosigned_by(note: str, witness: str, keys: _Keys) -> tuple[int, _Key] | str:
-    """(time, key) of the witness's cosignature on `note`, or why it does not verify."""
-    candidates = keys.of(witness)
-    if not candidates:
-        return f"{witness} is in no roster known"
-    last = ""
-    for found in candidates:
+def _cosigned_by(note: str, witness: str, keys: _Keys) -> tuple[int, _Key] | CpnError:
+    """(time, key) of the witness's cosignature on `note`, or the error saying why not.
+
+    UnknownSignerError: by no key of the witness that a roster known holds.
+    """
+    error: CpnError = UnknownSignerError(f"{witness} holds no key in any roster known")
+    for found in keys.of(witness):
         try:
             return verify_cosignature(note, witness_name(witness), found.key), found
         except UnknownSignerError as exc:
-            last = f"by no key the rosters hold for {witness} ({exc})"
+            error = exc
         except CpnError as exc:
-            return str(exc)
-    return last
+            return exc
+    return error
 
 
 def _header_hint(raw: bytes, section: str) -> tuple[str, str, int] | None:
@@ -1405,17 +1489,10 @@ def _check_envelopes(
             raw = envelope if isinstance(envelope, bytes) else str(envelope).encode()
             hint = _header_hint(raw, "header")
             roster = _roster_for(keys, hint, signers)
-            if sha256(raw) != digest:
-                problems.add(
-                    ProblemKind.MISMATCH,
-                    f"message {message_id}: the stored digest is not the envelope's",
-                    message_id=message_id,
-                    order=order,
-                )
-            if roster is None:
-                continue
+            checked = None
             try:
-                checked = verify_envelope(raw, roster=roster, now=hint[2] if hint else 0)
+                if roster is not None:
+                    checked = verify_envelope(raw, roster=roster, now=hint[2] if hint else 0)
             except CpnError as exc:
                 bad = isinstance(exc, BadSignatureError)
                 problems.add(
@@ -1425,8 +1502,14 @@ def _check_envelopes(
                     message_id=message_id,
                     order=order,
                 )
-                continue
-            if checked.header.id != message_id:
+            if sha256(raw) != digest:
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"message {message_id}: the stored digest is not the envelope's",
+                    message_id=message_id,
+                    order=order,
+                )
+            if checked is not None and checked.header.id != message_id:
                 problems.add(
                     ProblemKind.MISMATCH,
                     f"message {message_id} holds the envelope of message {checked.header.id}",
@@ -1520,6 +1603,12 @@ def _check_held(
             origin = checkpoint_origin(node)
             try:
                 checkpoint, _ = _open_own(str(note), origin, keys.of(node))
+            except UnknownSignerError:
+                warnings.append(
+                    f"the checkpoint of {node} held as its witness is signed with a key that no"
+                    f" roster known holds: not checked {_ROSTER_HINT}"
+                )
+                continue
             except CpnError as exc:
                 problems.add(
                     ProblemKind.BAD_SIGNATURE,
@@ -1558,6 +1647,6 @@ def _signer_warnings(signers: Counter[tuple[str, str, int, bool]], keys: _Keys) 
         else:
             out.append(
                 f"{n} envelope(s) or receipt(s) signed by {signer} with key {kid}, which no"
-                " roster known holds: signature not checked"
+                f" roster known holds: signature not checked {_ROSTER_HINT}"
             )
     return out

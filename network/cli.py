@@ -349,8 +349,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if not held:
             print(f"cpn: {source} holds no checkpoint of {config.id}'s log", file=sys.stderr)
         witnessed.extend(held)
+    older = [load_roster_file(Path(p), keeper) for p in args.roster]
     report = verify_store(
-        config.store_path, roster=roster, node_id=config.id, witnessed=witnessed, keeper=keeper
+        config.store_path,
+        roster=roster,
+        node_id=config.id,
+        witnessed=witnessed,
+        keeper=keeper,
+        older_rosters=older,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
@@ -368,11 +374,12 @@ def _print_report(report: VerifyReport) -> None:
     )
     first = report.first
     if first is None:
-        print("verified: every entry, checkpoint, signature and receipt holds")
+        noted = f" ({len(report.warnings)} warnings below)" if report.warnings else ""
+        print(f"verified: no entry, checkpoint, signature or receipt is wrong{noted}")
     else:
         print(f"FAILED: {first.message}")
         for problem in report.problems[1:]:
-            print(f"  {problem.kind}: {problem.message}")
+            print(f"  also: {problem.message}")
         hidden = report.problem_count - len(report.problems)
         if hidden > 0:
             print(f"  ... and {hidden} more")
@@ -549,8 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE_OR_STORE",
-        help="a witness's copy of this node's checkpoint: the peer's store file, or a text"
-        " file holding the signed note (repeatable)",
+        help="a witness's copy of this node's checkpoint: the peer's store file (the"
+        " checkpoint it witnessed, and the newest one our receipts carried to it), or a text"
+        " file holding a signed note (repeatable)",
+    )
+    verify.add_argument(
+        "--roster",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an older roster version (signed by the keeper), for signatures by keys rotated"
+        " out since that the store does not hold (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="the report as JSON")
     verify.set_defaults(func=cmd_audit_verify)

@@ -24,7 +24,7 @@ from aiohttp import web
 from network.alerts import WebhookSender
 from network.config import NodeConfig
 from network.crypto import sha256
-from network.errors import RosterError
+from network.errors import CpnError, RosterError
 from network.keys import load_keeper_public, load_node_keys
 from network.links import Links, LinkSettings
 from network.roster import MAX_ROSTER_BYTES, Roster, load_roster
@@ -90,6 +90,9 @@ async def run_node(
             with contextlib.suppress(RosterError):
                 roster = load_roster(kept, keeper=keeper, now=now_ms(), held=roster)
         roster.active_card(config.id)  # refuses to run a node the roster does not list as active
+        if kept is None:  # the store keeps every roster it used, for auditors to check old keys
+            async with store.transaction(now_ms()) as tx:
+                await tx.keep_roster(roster.version, roster.raw)
         service = Service(
             keys=keys,
             roster=roster,
@@ -166,9 +169,14 @@ async def run_node(
             await runner.cleanup()
             if webhook is not None:
                 await webhook.aclose()
-            with contextlib.suppress(Exception):
+            try:
                 await service.audit([AuditEntry(service.actor, "node_stopped", None, {})])
+            except CpnError as exc:
+                log.error("%s: could not audit the stop: %s", config.id, exc)
+            try:
                 await witnessing.sign(now_ms())  # the log's end, signed
+            except CpnError as exc:
+                log.error("%s: could not sign the final checkpoint: %s", config.id, exc)
     finally:
         await store.close()
 

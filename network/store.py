@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -313,13 +313,23 @@ class Tx:
     through the transaction see its own changes.
     """
 
-    def __init__(self, db: aiosqlite.Connection, now: int, audit_size: int) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, now: int, catch_up: Callable[[], Awaitable[int]]
+    ) -> None:
         self.db = db
         self.now = now
         self._writes: dict[str, list[tuple[Any, ...]]] = {}
         self._rows: dict[str, MessageRow | None] = {}
-        self._audit_size = audit_size
+        self._catch_up = catch_up
+        self._audit_size: int | None = None
         self.leaves: list[bytes] = []  # this transaction's audit entries, in order
+
+    async def audit_size(self) -> int:
+        """The log's size before this transaction's entries, counting entries another
+        process (`cpn user add` beside a running node) committed meanwhile."""
+        if self._audit_size is None:
+            self._audit_size = await self._catch_up()
+        return self._audit_size
 
     def _write(self, statement: str, params: tuple[Any, ...]) -> None:
         self._writes.setdefault(statement, []).append(params)
@@ -331,6 +341,7 @@ class Tx:
 
     async def audit(self, entries: Iterable[AuditEntry]) -> None:
         """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1."""
+        base = await self.audit_size()
         for e in entries:
             detail = e.detail or {}
             leaf = entry_leaf(self.now, e.actor, e.action, e.message_id, detail)
@@ -339,7 +350,7 @@ class Tx:
                 "INSERT INTO audit (seq, time, actor, action, message_id, detail, leaf)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    self._audit_size + len(self.leaves),
+                    base + len(self.leaves),
                     self.now,
                     e.actor,
                     e.action,
@@ -634,6 +645,19 @@ class Store:
                 await self.db.execute("ROLLBACK")
                 raise
 
+    async def _catch_up_audit(self) -> int:
+        """Add to the tree the entries other processes committed (in a write transaction,
+        so none can be added meanwhile); the log's size."""
+        size = self.audit_log.size
+        rows = await self.db.execute_fetchall(
+            "SELECT seq, leaf FROM audit WHERE seq > ? ORDER BY seq", (size,)
+        )
+        for seq, leaf in rows:
+            if seq != self.audit_log.size + 1 or leaf is None:
+                raise StoreError(f"{self.path}: audit entry {seq} is not where the log ends")
+            self.audit_log.append(bytes(leaf))
+        return self.audit_log.size
+
     async def _load_audit_log(self) -> None:
         """The tree of the stored entries (leaf hashes filled in for entries from before v4)."""
         missing = await self.db.execute_fetchall(
@@ -679,12 +703,12 @@ class Store:
                 # Anything from here on, cancellation included, must end in COMMIT or
                 # ROLLBACK: a BEGIN left open would refuse every later transaction.
                 await self.db.execute("BEGIN IMMEDIATE")
-                tx = Tx(self.db, now, self.audit_log.size)
+                tx = Tx(self.db, now, self._catch_up_audit)
                 yield tx
                 await tx.flush()
                 await self.db.execute("COMMIT")
                 self.audit_log.extend(tx.leaves)  # only what is committed joins the tree
-            except aiosqlite.OperationalError as exc:
+            except (aiosqlite.OperationalError, aiosqlite.IntegrityError) as exc:
                 await self._rollback()
                 raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
             except BaseException:

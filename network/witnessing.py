@@ -94,8 +94,9 @@ class Witnessing:
         """Sign a checkpoint of the whole log and commit it durably before anyone sees it."""
         log_tree = self.store.audit_log
         async with self.store.transaction(now) as tx:
-            # Under the store's lock: no entry can join between the size and the root.
-            checkpoint = Checkpoint(self.origin, log_tree.size, log_tree.root())
+            # In a write transaction: no entry can join between the size and the root.
+            size = await tx.audit_size()
+            checkpoint = Checkpoint(self.origin, size, log_tree.root(size))
             note = sign_note(checkpoint.to_text(), self.origin, self.service.keys.signing)
             tx.checkpoint(checkpoint.size, checkpoint.root, note)
         self.latest = _Signed(checkpoint, note)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +149,50 @@ def test_a_node_whose_log_was_rolled_back_is_caught_by_its_witness(tmp_path: Pat
     assert first != second
     audited = rows(deu, "SELECT detail FROM audit WHERE action = 'log_inconsistent'")
     assert audited and "FRA" in str(audited[0][0])
+
+
+def test_an_entry_written_by_another_process_joins_the_running_nodes_log(
+    tmp_path: Path,
+) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    fra = network.nodes["FRA"]
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        added = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "network",
+                "user",
+                "add",
+                "night-duty",
+                "--role",
+                "officer",
+                "--config",
+                str(fra.config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert added.returncode == 0, added.stderr
+        network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_all("FRA", "out", 1, {"delivered"})
+        network.stop("FRA")
+        verified = subprocess.run(
+            [sys.executable, "-m", "network", "audit", "verify", "--config", str(fra.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        network.close()
+
+    seqs = [int(r[0]) for r in rows(fra.store, "SELECT seq FROM audit ORDER BY seq")]  # type: ignore[call-overload]
+    assert seqs == list(range(1, len(seqs) + 1))
+    actions = [r[0] for r in rows(fra.store, "SELECT action FROM audit ORDER BY seq")]
+    assert "token_issued" in actions and actions.index("token_issued") < actions.index("composed")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
