@@ -1164,12 +1164,23 @@ class Service:
                 for r in await self.store.receipts(row.id)
             ],
             "timeline": await self.store.audit_for(row.id),
+            "thread": [summary(r) for r in await self.store.thread(row)],
         }
 
     async def list_messages(
-        self, *, box: str | None, state: str | None, priority: str | None, limit: int
+        self,
+        *,
+        box: str | None,
+        state: str | None,
+        priority: str | None,
+        limit: int,
+        case_ref: str | None = None,
     ) -> list[dict[str, Any]]:
-        rows = await self.store.messages(box=box, state=state, priority=priority, limit=limit)
+        """A listing; with `case_ref`, the messages of that case (either side's reference)."""
+        case = self._storage.tag(case_ref) if case_ref is not None else None
+        rows = await self.store.messages(
+            box=box, state=state, priority=priority, limit=limit, case=case
+        )
         return [summary(r) for r in rows]
 
     async def peers(self) -> list[dict[str, Any]]:

@@ -740,10 +740,16 @@ class Store:
         priority: str | None = None,
         limit: int = 100,
         before: str | None = None,
+        case: str | None = None,
     ) -> list[MessageRow]:
         """Newest first, by urgency within the inbox listing order of the caller."""
         clauses, params = [], []
-        for column, value in (("box", box), ("state", state), ("priority", priority)):
+        for column, value in (
+            ("box", box),
+            ("state", state),
+            ("priority", priority),
+            ("case_ref", case),
+        ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -758,6 +764,15 @@ class Store:
         )
         rows = rows
         return [_message(r) for r in rows]
+
+    async def thread(self, row: MessageRow) -> list[MessageRow]:
+        """The messages that answer, extend or follow `row`, and the one it answers."""
+        found = await self.db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE in_reply_to = ? OR id = ?"
+            " ORDER BY created",
+            (row.id, row.in_reply_to or ""),
+        )
+        return [_message(r) for r in found]
 
     async def outbox(
         self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2

@@ -68,7 +68,7 @@ _CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "state": tuple(State),
     "priority": tuple(Priority),
 }
-_LIST_PARAMS: Final = (*_CHOICES, "limit")
+_LIST_PARAMS: Final = (*_CHOICES, "limit", "case")
 
 
 class _Refusal(Exception):
@@ -119,11 +119,15 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     """List messages, most urgent and newest first: `{"messages": [...]}`."""
     query = _query(request, _LIST_PARAMS)
     choices = {name: _choice(query, name, allowed) for name, allowed in _CHOICES.items()}
+    case_ref = query.get("case")
+    if case_ref is not None and not 0 < len(case_ref) <= 200:
+        raise BodyError("case", "must be a case reference of 1 to 200 characters")
     messages = await request.app[SERVICE].list_messages(
         box=choices["box"],
         state=choices["state"],
         priority=choices["priority"],
         limit=_limit(query.get("limit")),
+        case_ref=case_ref,
     )
     return web.json_response({"messages": messages})
 

@@ -118,8 +118,15 @@ def test_a_preservation_goes_through_receipt_acknowledgement_and_response(tmp_pa
         assert status == 400 and wrong["field"] == "body.refusal_ground", wrong
         status, sent = network.api("FRA", "GET", f"/api/messages/{request}")
         status_in, seen = network.api("DEU", "GET", f"/api/messages/{request}")
+        case_ref = sample_body("preservation")["case_ref"]
+        status_case, case = network.api("FRA", "GET", f"/api/messages?case={case_ref}")
     finally:
         network.close()
+
+    # The case: the request, and on each side the replies threaded to it.
+    assert status_case == 200 and [m["id"] for m in case["messages"]] == [request]
+    assert sorted(m["type"] for m in sent["thread"]) == ["acknowledgement", "response"]
+    assert all(m["in_reply_to"] == request for m in sent["thread"])
 
     assert status == 200 and status_in == 200
     steps = [entry["action"] for entry in sent["timeline"]]
