@@ -90,6 +90,7 @@ __all__ = [
     "parse_time",
     "read_witnessed",
     "rfc3339",
+    "stored_entry",
     "verify_store",
     "witness_name",
 ]
@@ -119,14 +120,19 @@ def entry_bytes(
     time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
 ) -> bytes:
     """The canonical JSON of one entry: what its leaf hash covers."""
-    return canonical(
-        {
-            "time": time,
-            "actor": actor,
-            "action": action,
-            "message": message_id,
-            "detail": dict(detail),
-        }
+    return _entry_json(time, actor, action, message_id, canonical(dict(detail)))
+
+
+def _entry_json(
+    time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
+) -> bytes:
+    # RFC 8785 orders the members by name: action, actor, detail, message, time.
+    return b'{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%b}' % (
+        canonical(action),
+        canonical(actor),
+        detail_json,
+        canonical(message_id),
+        canonical(time),
     )
 
 
@@ -135,6 +141,15 @@ def entry_leaf(
 ) -> bytes:
     """The RFC 6962 leaf hash of one entry."""
     return leaf_hash(entry_bytes(time, actor, action, message_id, detail))
+
+
+def stored_entry(
+    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
+) -> tuple[bytes, bytes]:
+    """(the detail's canonical JSON, the entry's leaf hash): what the store keeps of an
+    entry, the detail encoded once for both."""
+    detail_json = canonical(dict(detail))
+    return detail_json, leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
 
 
 # -- reading a store file ---------------------------------------------------------
@@ -1494,14 +1509,7 @@ def _check_envelopes(
                 if roster is not None:
                     checked = verify_envelope(raw, roster=roster, now=hint[2] if hint else 0)
             except CpnError as exc:
-                bad = isinstance(exc, BadSignatureError)
-                problems.add(
-                    ProblemKind.BAD_SIGNATURE if bad else ProblemKind.MALFORMED,
-                    f"the envelope of message {message_id}"
-                    f" {'does not verify' if bad else 'is damaged'}: {exc}",
-                    message_id=message_id,
-                    order=order,
-                )
+                _refused(problems, exc, f"the envelope of message {message_id}", message_id, order)
             if sha256(raw) != digest:
                 problems.add(
                     ProblemKind.MISMATCH,
@@ -1517,6 +1525,19 @@ def _check_envelopes(
                     order=order,
                 )
     return count
+
+
+def _refused(
+    problems: _Problems, exc: CpnError, what: str, message_id: str, order: tuple[int, int]
+) -> None:
+    """A stored envelope or receipt that fails its check: a bad signature, or damage."""
+    bad = isinstance(exc, BadSignatureError)
+    problems.add(
+        ProblemKind.BAD_SIGNATURE if bad else ProblemKind.MALFORMED,
+        f"{what} {'does not verify' if bad else 'is damaged'}: {exc}",
+        message_id=message_id,
+        order=order,
+    )
 
 
 def _roster_for(
@@ -1564,14 +1585,8 @@ def _check_receipts(
             try:
                 receipt = verify_receipt(data, roster=roster, now=hint[2] if hint else 0)
             except CpnError as exc:
-                bad = isinstance(exc, BadSignatureError)
-                problems.add(
-                    ProblemKind.BAD_SIGNATURE if bad else ProblemKind.MALFORMED,
-                    f"receipt {receipt_id} for message {message_id}"
-                    f" {'does not verify' if bad else 'is damaged'}: {exc}",
-                    message_id=message_id,
-                    order=order,
-                )
+                what = f"receipt {receipt_id} for message {message_id}"
+                _refused(problems, exc, what, message_id, order)
                 continue
             if receipt.message_id != message_id:
                 problems.add(

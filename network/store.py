@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import aiosqlite
 
-from network.audit import entry_leaf
+from network.audit import entry_leaf, stored_entry
 from network.deadlines import Due
 from network.errors import CpnError
 from network.lifecycle import TABLES, Event, State, next_state
@@ -397,8 +397,7 @@ class Tx:
         """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1."""
         base = await self.audit_size()
         for e in entries:
-            detail = e.detail or {}
-            leaf = entry_leaf(self.now, e.actor, e.action, e.message_id, detail)
+            detail, leaf = stored_entry(self.now, e.actor, e.action, e.message_id, e.detail or {})
             self.leaves.append(leaf)
             self._write(
                 "INSERT INTO audit (seq, time, actor, action, message_id, detail, leaf)"
@@ -409,7 +408,7 @@ class Tx:
                     e.actor,
                     e.action,
                     e.message_id,
-                    canonical(detail).decode(),
+                    detail.decode(),
                     leaf,
                 ),
             )
