@@ -15,14 +15,16 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from network.crypto import HpkeSuite
 from network.keys import init_keeper, init_node_keys, load_keeper
@@ -35,6 +37,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 _handed_out: set[int] = set()
+
+T = TypeVar("T")
+
+
+def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a node's store, read as an auditor would: read-only, beside a running node."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute(query, params).fetchall()
+
+
+def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll `check` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:

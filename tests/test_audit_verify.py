@@ -36,23 +36,9 @@ from network.roster import Card, build_roster
 from network.samples import sample_body
 from network.store import AuditEntry, Store
 from network.tlog import Checkpoint, sign_note, verify_consistency
-from tests.harness import REPO, Network
+from tests.harness import REPO, Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return db.execute(query, params).fetchall()
-
-
-def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def copy_store(source: Path, target: Path) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from network.samples import sample_body
-from tests.harness import Network, free_port
+from tests.harness import Network, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,16 +73,6 @@ def fast_deadlines(url: str) -> str:
         'receipt = "2s"\nacknowledgement = "3s"\nresponse = "60s"\nrepeat = "2s"\n'
         f'[alerts]\nwebhook = "{url}"\nwebhook_retries = 3\n'
     )
-
-
-def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def in_days(days: int) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from network.node import load_current_roster
 from network.protocol import FRAME_RECEIPT, LinkHandshake, Role, envelope_frame, split_frame
 from network.records import MessageType, NodeId, Outcome, Priority
 from network.samples import sample_body
-from tests.harness import Network
+from tests.harness import Network, rows
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,11 +33,6 @@ def pair(tmp_path: Path) -> Iterator[Network]:
         yield network
     finally:
         network.close()
-
-
-def store_rows(path: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return db.execute(query).fetchall()
 
 
 def test_preservation_request_is_delivered_end_to_end(pair: Network) -> None:
@@ -63,7 +57,7 @@ def test_preservation_request_is_delivered_end_to_end(pair: Network) -> None:
     )
     assert pair.stop("DEU") == 0  # SIGTERM: a clean stop
     assert pair.stop("FRA") == 0
-    stopped = store_rows(pair.nodes["FRA"].store, "SELECT action FROM audit ORDER BY seq")
+    stopped = rows(pair.nodes["FRA"].store, "SELECT action FROM audit ORDER BY seq")
     assert stopped[-1] == ("node_stopped",) and ("link_up",) in stopped
     for node_id in ("DEU", "FRA"):
         for suffix in ("", "-wal", "-shm"):
@@ -88,11 +82,9 @@ def test_receiver_killed_mid_stream_loses_nothing_and_stores_nothing_twice(pair:
     pair.wait_all("FRA", "out", count, {"delivered"}, timeout=60)
     pair.stop("DEU")
 
-    rows = store_rows(pair.nodes["DEU"].store, "SELECT id FROM messages WHERE box = 'in'")
-    assert sorted(r[0] for r in rows) == sorted(ids)
-    received = store_rows(
-        pair.nodes["DEU"].store, "SELECT COUNT(*) FROM audit WHERE action = 'received'"
-    )
+    stored = rows(pair.nodes["DEU"].store, "SELECT id FROM messages WHERE box = 'in'")
+    assert sorted(r[0] for r in stored) == sorted(ids)
+    received = rows(pair.nodes["DEU"].store, "SELECT COUNT(*) FROM audit WHERE action = 'received'")
     assert received == [(count,)]
 
 
@@ -121,7 +113,7 @@ def test_flash_goes_before_routine(pair: Network) -> None:
     pair.wait_all("FRA", "out", 6, {"delivered"})
     pair.stop("DEU")
 
-    order = store_rows(pair.nodes["DEU"].store, "SELECT id FROM messages ORDER BY received, rowid")
+    order = rows(pair.nodes["DEU"].store, "SELECT id FROM messages ORDER BY received, rowid")
     assert order[0][0] == flash
     assert {r[0] for r in order[1:]} == set(routine)
 
@@ -243,7 +235,7 @@ def test_peer_signing_with_a_key_the_roster_does_not_hold_is_refused(tmp_path: P
     assert status == 200
     assert "1008" in str(refused.value) or "bad_signature" in str(refused.value)
     assert not any(p["linked"] for p in peers["peers"])
-    refusals = store_rows(
+    refusals = rows(
         network.nodes["DEU"].store, "SELECT actor, detail FROM audit WHERE action = 'link_refused'"
     )
     assert refusals and "bad_signature" in str(refusals[0][1])

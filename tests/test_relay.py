@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,23 +10,9 @@ from pathlib import Path
 import pytest
 
 from network.samples import sample_body
-from tests.harness import Network
+from tests.harness import Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def rows(path: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return db.execute(query).fetchall()
-
-
-def wait_for(check: object, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,23 +25,9 @@ from network.protocol import (
 )
 from network.samples import sample_body
 from network.tlog import open_checkpoint, verify_cosignature
-from tests.harness import Network
+from tests.harness import Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return db.execute(query, params).fetchall()
-
-
-def wait_for(check: object, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def signing_key(network: Network, node_id: str) -> VerifyKey:
