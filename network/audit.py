@@ -29,13 +29,18 @@ from __future__ import annotations
 
 import base64
 import bisect
+import collections
+import concurrent.futures
 import contextlib
 import csv
 import datetime
 import hashlib
 import heapq
+import itertools
 import json
+import multiprocessing
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +107,8 @@ MAX_PROBLEMS: Final = 1000
 """The most problems a report lists (it counts them all)."""
 
 _BATCH: Final = 4096  # rows fetched at a time
+PARALLEL_CHUNK: Final = 65_536
+"""Rows a worker process hashes at a time; a log of fewer is hashed without workers."""
 _MAX_REORDER_SCAN: Final = 100_000  # mismatched leaves looked for among all stored ones
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 
@@ -746,7 +753,7 @@ def load_roster_file(path: Path, keeper: VerifyKey) -> Roster:
 _NODE: Final = b"\x01"
 
 
-def _perfect_root(leaves: list[bytes]) -> bytes:
+def _perfect_root(leaves: Sequence[bytes]) -> bytes:
     """MTH of 2^k leaf hashes (RFC 9162 §2.1.1), one list comprehension per level."""
     sha = hashlib.sha256
     level = leaves
@@ -754,6 +761,31 @@ def _perfect_root(leaves: list[bytes]) -> bytes:
         pairs = iter(level)
         level = [sha(_NODE + a + b).digest() for a, b in zip(pairs, pairs, strict=False)]
     return level[0]
+
+
+class _Pyramid:
+    """Every aligned perfect subtree over a chunk of leaves: level h holds the roots of its
+    2^h-leaf blocks, 32 bytes each, in order (level 0: the leaves). Built in a worker."""
+
+    __slots__ = ("levels",)
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        sha = hashlib.sha256
+        level = b"".join(leaves)
+        self.levels = [level]
+        while len(level) >= 2 * HASH_SIZE:
+            step = 2 * HASH_SIZE
+            level = b"".join(
+                [sha(_NODE + level[i : i + step]).digest() for i in range(0, len(level) - 63, step)]
+            )
+            self.levels.append(level)
+
+    def node(self, height: int, index: int) -> bytes:
+        return self.levels[height][index * HASH_SIZE : (index + 1) * HASH_SIZE]
+
+    def leaves(self) -> list[bytes]:
+        level = self.levels[0]
+        return [level[i : i + HASH_SIZE] for i in range(0, len(level), HASH_SIZE)]
 
 
 class _Tree:
@@ -772,16 +804,26 @@ class _Tree:
         self.nodes: list[bytes] = []  # roots of perfect subtrees, largest first
         self.heights: list[int] = []
 
-    def extend(self, leaves: list[bytes]) -> None:
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        self._blocks(
+            len(leaves), lambda start, height: _perfect_root(leaves[start : start + (1 << height)])
+        )
+
+    def extend_from(self, pyramid: _Pyramid, start: int, count: int) -> None:
+        """Add `count` leaves from `start` of the pyramid's chunk, which begins at this size
+        less `start` and is aligned to a power of two no smaller than itself."""
+        self._blocks(count, lambda offset, height: pyramid.node(height, (start + offset) >> height))
+
+    def _blocks(self, count: int, block_root: Callable[[int, int], bytes]) -> None:
+        """Add `count` leaves as aligned perfect blocks, `block_root(offset, height)` of each."""
         sha = hashlib.sha256
-        position, count = 0, len(leaves)
+        position = 0
         while position < count:
             aligned = (self.size & -self.size).bit_length() - 1 if self.size else 62
             height = min(aligned, (count - position).bit_length() - 1)
-            width = 1 << height
-            node = _perfect_root(leaves[position : position + width])
-            position += width
-            self.size += width
+            node = block_root(position, height)
+            position += 1 << height
+            self.size += 1 << height
             while self.heights and self.heights[-1] == height:
                 node = sha(_NODE + self.nodes.pop() + node).digest()
                 self.heights.pop()
@@ -796,6 +838,83 @@ class _Tree:
         for left in reversed(self.nodes[:-1]):
             node = hashlib.sha256(_NODE + left + node).digest()
         return node
+
+
+@dataclass(slots=True)
+class _Hashed:
+    """Rows hashed by the fast path: their leaves, and where they were not as expected.
+
+    `gaps` holds (index, first missing seq, seq found) where seqs jump inside the
+    rows; `mismatches` holds (index, seq, stored leaf) where the recomputed leaf
+    (b"" if it could not be) is not the stored one. `first` and `last` are the
+    first and last seq (None for no rows).
+    """
+
+    leaves: list[bytes]
+    pyramid: _Pyramid | None = None  # a worker's: it sends this instead of `leaves`
+    first: int | None = None
+    last: int | None = None
+    gaps: list[tuple[int, int, int]] = field(default_factory=list)
+    mismatches: list[tuple[int, int, object]] = field(default_factory=list)
+
+
+class _LeafHasher:
+    """The verifier's hot path: one audit row to its leaf hash, building the canonical
+    JSON from the stored columns (the detail is stored canonical) instead of parsing."""
+
+    def __init__(self) -> None:
+        self._encoded: dict[str, bytes] = {}
+        self._last_id: tuple[object, bytes] = (None, b"null")
+
+    # Rows come as _WALK_QUERY selects them: `time` is None unless it is an integer canonical
+    # JSON can hold.
+    def hash(self, batch: Sequence[Sequence[Any]], out: _Hashed | None = None) -> _Hashed:
+        """Hash `batch` into `out` (a new `_Hashed` if None), after the rows it holds."""
+        out = _Hashed([]) if out is None else out
+        leaves = out.leaves
+        append = leaves.append
+        encoded = self._encoded
+        digest = hashlib.sha256
+        last_id, last_quoted = self._last_id
+        expected = None if out.last is None else out.last + 1
+        for row in batch:
+            seq, time, actor, action, message_id, detail, stored = row
+            if seq != expected and expected is not None:
+                out.gaps.append((len(leaves), expected, seq))
+            expected = seq + 1
+            try:
+                a = encoded.get(action) or self._encode(action)
+                b = encoded.get(actor) or self._encode(actor)
+                if message_id == last_id and type(message_id) is str:
+                    m = last_quoted
+                elif message_id is None:
+                    m = b"null"
+                else:
+                    m = self._encode(message_id, cache=False)
+                    last_id, last_quoted = message_id, m
+                leaf = digest(
+                    b'\x00{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%d}'
+                    % (a, b, detail, m, time)
+                ).digest()
+            except (TypeError, ValueError, CpnError):
+                leaf = b""
+            if leaf != stored:
+                out.mismatches.append((len(leaves), seq, stored))
+            append(leaf)
+        self._last_id = (last_id, last_quoted)
+        if batch:
+            out.first = batch[0][0] if out.first is None else out.first
+            out.last = batch[-1][0]
+        return out
+
+    def _encode(self, text: object, *, cache: bool = True) -> bytes:
+        """A string column as canonical JSON (RFC 8785 §3.2.2.2); TypeError for another type."""
+        if type(text) is not str:
+            raise TypeError("not a string")
+        value = canonical_trusted(text)
+        if cache and len(self._encoded) < 4096:
+            self._encoded[text] = value
+        return value
 
 
 @dataclass(slots=True)
@@ -838,55 +957,42 @@ class _Walk:
         self.latest: _Signed | None = None  # the largest checkpoint seen
         self.beyond: list[_Signed] = []  # checkpoints larger than the log
         self._changed = False  # a root failed since the last one that held
-        self._encoded: dict[str, bytes] = {}
-        self._last_id: tuple[object, bytes] = (None, b"null")
+        self._hasher = _LeafHasher()
         self._slow_paths = 0
 
-    # The hot path: one row is one leaf. Rows come as _WALK_QUERY selects them: `time` is
-    # None unless it is an integer canonical JSON can hold.
     def rows(self, batch: Sequence[Sequence[Any]]) -> None:
-        leaves: list[bytes] = []
-        append = leaves.append
-        encoded = self._encoded
-        digest = hashlib.sha256
-        last_id, last_quoted = self._last_id
-        expected = self.expected
-        for row in batch:
-            seq, time, actor, action, message_id, detail, stored = row
-            if seq != expected:
-                self._gap(expected, seq, self.builder.size + len(leaves) + 1)
-            expected = seq + 1
-            try:
-                a = encoded.get(action) or self._encode(action)
-                b = encoded.get(actor) or self._encode(actor)
-                if message_id == last_id and type(message_id) is str:
-                    m = last_quoted
-                elif message_id is None:
-                    m = b"null"
-                else:
-                    m = self._encode(message_id, cache=False)
-                    last_id, last_quoted = message_id, m
-                leaf = digest(
-                    b'\x00{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%d}'
-                    % (a, b, detail, m, time)
-                ).digest()
-            except (TypeError, ValueError, CpnError):
-                leaf = b""
-            if leaf != stored:
-                leaf = self._mismatch(seq, self.builder.size + len(leaves) + 1, leaf, stored)
-            append(leaf)
-        self.expected = expected
-        self._last_id = (last_id, last_quoted)
-        self._grow(leaves)
+        """Take rows in seq order (as _WALK_QUERY selects them)."""
+        self.take(self._hasher.hash(batch))
 
-    def _encode(self, text: object, *, cache: bool = True) -> bytes:
-        """A string column as canonical JSON (RFC 8785 §3.2.2.2); TypeError for another type."""
-        if type(text) is not str:
-            raise TypeError("not a string")
-        value = canonical_trusted(text)
-        if cache and len(self._encoded) < 4096:
-            self._encoded[text] = value
-        return value
+    def take(self, hashed: _Hashed) -> None:
+        """Take rows hashed by a `_LeafHasher` (here or in a worker), in seq order."""
+        pyramid = hashed.pyramid
+        base = self.builder.size
+        if (
+            pyramid is not None
+            and hashed.first == base + 1 == self.expected
+            and not hashed.gaps
+            and not hashed.mismatches
+        ):  # an intact chunk at its place in the tree: its subtrees are the tree's
+            assert hashed.last is not None
+            self.expected = hashed.last + 1
+            self._grow(
+                hashed.last - base,
+                lambda start, count: self.builder.extend_from(pyramid, start, count),
+            )
+            return
+        leaves = hashed.leaves if pyramid is None else pyramid.leaves()
+        if hashed.first is not None and hashed.first != self.expected:
+            self._gap(self.expected, hashed.first, base + 1)
+        for index, first, seq in hashed.gaps:
+            self._gap(first, seq, base + index + 1)
+        for index, seq, stored in hashed.mismatches:
+            leaves[index] = self._mismatch(seq, base + index + 1, leaves[index], stored)
+        if hashed.last is not None:
+            self.expected = hashed.last + 1
+        self._grow(
+            len(leaves), lambda start, count: self.builder.extend(leaves[start : start + count])
+        )
 
     def _gap(self, first: int, seq: int, position: int) -> None:
         last = seq - 1
@@ -950,18 +1056,19 @@ class _Walk:
                 order=(seq, 0),
             )
 
-    def _grow(self, leaves: list[bytes]) -> None:
-        builder = self.builder
+    def _grow(self, count: int, extend: Callable[[int, int], None]) -> None:
+        """Grow the tree by `count` leaves, `extend(start, count)` adding some, stopping at
+        each target size to meet it."""
         position = 0
         while True:
             self._meet_targets()
-            if position == len(leaves):
+            if position == count:
                 return
             target = self._next_target()
-            take = len(leaves) - position
+            take = count - position
             if target is not None:
-                take = min(take, target - builder.size)
-            builder.extend(leaves[position : position + take])
+                take = min(take, target - self.builder.size)
+            extend(position, take)
             position += take
 
     def _next_target(self) -> int | None:
@@ -1102,6 +1209,8 @@ def verify_store(
     witnessed: Iterable[Witnessed] = (),
     keeper: VerifyKey | None = None,
     older_rosters: Iterable[Roster] = (),
+    workers: int = 1,
+    chunk: int = PARALLEL_CHUNK,
 ) -> VerifyReport:
     """Verify a node's store file against itself, the roster and what witnesses hold.
 
@@ -1130,7 +1239,9 @@ def verify_store(
     the store vouch for keys rotated out since; `older_rosters` (verified by the
     caller) do the same. A signature by a key that no roster known holds is
     not checked, and said so in a warning: it is not taken as forged. Problems come first-bad-entry
-    first. Raises AuditReadError for a file that is not a readable store.
+    first. With `workers` > 1, a log of more than `chunk` entries has its
+    leaves hashed by that many processes, `chunk` rows at a time. Raises
+    AuditReadError for a file that is not a readable store.
     """
     problems = _Problems()
     warnings: list[str] = []
@@ -1150,7 +1261,7 @@ def verify_store(
             problems,
             lambda seq: _refetch(db, seq),
         )
-        _walk_audit(db, walk)
+        _walk_audit(db, walk, path, workers, chunk)
         walk.finish()
         entries = walk.builder.size
         walk.classify(lambda: _stored_leaves(db))
@@ -1189,26 +1300,84 @@ def verify_store(
 _WALK_QUERY: Final = (
     "SELECT seq, CASE WHEN typeof(time) = 'integer' AND time BETWEEN -9007199254740991"
     " AND 9007199254740991 THEN time END, actor, action, message_id, CAST(detail AS BLOB), leaf"
-    " FROM audit WHERE seq > ? ORDER BY seq"
+    " FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq"
 )
 # The same rows with the text columns as bytes, for the few a text decode refuses.
 _RAW_QUERY: Final = (
     "SELECT seq, time, CAST(actor AS BLOB), CAST(action AS BLOB), CAST(message_id AS BLOB),"
     " CAST(detail AS BLOB), leaf, typeof(actor), typeof(action), typeof(message_id)"
-    " FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+    " FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 )
 
 
-def _walk_audit(db: sqlite3.Connection, walk: _Walk) -> None:
-    """Feed every audit row to the walk, in seq order, a batch at a time."""
+def _walk_audit(db: sqlite3.Connection, walk: _Walk, path: Path, workers: int, chunk: int) -> None:
+    """Feed every audit row to the walk, in seq order.
+
+    On a large log the leaves are hashed by `workers` processes, a chunk of
+    seqs each, while this one builds the tree. A worker reads the file on its
+    own connection, outside this snapshot: the rows it reads are bounded by the
+    snapshot's last seq, and the log is append-only, so they are the snapshot's
+    (a row that differs is read again here, on the snapshot, before it is named).
+    """
+    last = db.execute("SELECT max(seq) FROM audit").fetchone()[0]
+    if last is None:
+        return
+    chunk = 1 << (max(chunk, 2).bit_length() - 1)  # aligned chunks are subtrees of the tree
+    chunks = [(lo, min(lo + chunk, last)) for lo in range(0, last, chunk)]
+    if workers < 2 or len(chunks) < 2:
+        _walk_rows(db, walk, last)
+        return
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    # A fork starts at once and shares the parent's pages; in a process with other threads
+    # (one may hold a lock the child needs) the workers start from scratch instead.
+    single = threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if single else "spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: collections.deque[tuple[int, concurrent.futures.Future[_Hashed | None]]]
+        pending = collections.deque()
+        queue = iter(chunks)
+        for _ in range(workers * 2):  # a bounded window: results are taken in seq order
+            for lo, hi in itertools.islice(queue, 1):
+                pending.append((hi, pool.submit(_hash_chunk, uri, lo, hi)))
+        while pending:
+            hi, future = pending.popleft()
+            hashed = future.result()
+            for lo_next, hi_next in itertools.islice(queue, 1):
+                pending.append((hi_next, pool.submit(_hash_chunk, uri, lo_next, hi_next)))
+            if hashed is None:  # text that is not UTF-8: this chunk the slow way, here
+                _walk_rows(db, walk, hi)
+            else:
+                walk.take(hashed)
+
+
+def _hash_chunk(uri: str, after: int, upto: int) -> _Hashed | None:
+    """In a worker: the leaves of the audit rows after..upto, or None if one is not UTF-8."""
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        hasher = _LeafHasher()
+        hashed = _Hashed([])
+        cursor = db.execute(_WALK_QUERY, (after, upto))
+        while batch := cursor.fetchmany(_BATCH):
+            hasher.hash(batch, hashed)
+        hashed.pyramid, hashed.leaves = _Pyramid(hashed.leaves), []
+        return hashed
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+
+
+def _walk_rows(db: sqlite3.Connection, walk: _Walk, upto: int) -> None:
+    """Feed the audit rows up to seq `upto` to the walk, a batch at a time."""
     while True:
-        cursor = db.execute(_WALK_QUERY, (walk.expected - 1,))
+        cursor = db.execute(_WALK_QUERY, (walk.expected - 1, upto))
         try:
             while batch := cursor.fetchmany(_BATCH):
                 walk.rows(batch)
             return
         except sqlite3.OperationalError:  # text that is not UTF-8: read those rows as bytes
-            raw = [_typed(row) for row in db.execute(_RAW_QUERY, (walk.expected - 1, 256))]
+            query = (walk.expected - 1, upto, 256)
+            raw = [_typed(row) for row in db.execute(_RAW_QUERY, query)]
             for row in raw:  # as _WALK_QUERY has it: a time canonical JSON cannot hold is None
                 if type(row[1]) is not int or abs(row[1]) > MAX_SAFE_INTEGER:
                     row[1] = None
@@ -1217,7 +1386,7 @@ def _walk_audit(db: sqlite3.Connection, walk: _Walk) -> None:
 
 def _refetch(db: sqlite3.Connection, seq: int) -> Sequence[Any]:
     """An audit row as stored (text columns that are not UTF-8 come as bytes)."""
-    return _typed(db.execute(_RAW_QUERY.replace("seq > ?", "seq = ?"), (seq, 1)).fetchone())
+    return _typed(db.execute(_RAW_QUERY, (seq - 1, seq, 1)).fetchone())
 
 
 def _typed(row: Sequence[Any]) -> list[Any]:

@@ -357,6 +357,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         witnessed=witnessed,
         keeper=keeper,
         older_rosters=older,
+        workers=max(1, args.workers),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
@@ -567,6 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="an older roster version (signed by the keeper), for signatures by keys rotated"
         " out since that the store does not hold (repeatable)",
+    )
+    verify.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes hashing the leaves of a large log (default: one per core)",
     )
     verify.add_argument("--json", action="store_true", help="the report as JSON")
     verify.set_defaults(func=cmd_audit_verify)

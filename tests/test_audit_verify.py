@@ -19,6 +19,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from network.audit import checkpoint_origin
+from network.audit import checkpoint_origin, load_roster_file, verify_store
+from network.config import load_config
 from network.crypto import generate_signing_key
-from network.keys import load_node_keys
+from network.keys import load_keeper_public, load_node_keys
 from network.records import NodeId
 from network.roster import Card, build_roster
 from network.samples import sample_body
@@ -651,3 +653,48 @@ def test_the_auditor_reads_and_verifies_through_the_api_and_an_officer_may_not(r
     assert run.api["officer"][1]["error"] == "role officer may not read the audit log"
     assert run.api["officer_verify"][0] == 403
     assert run.api["anonymous"][0] == 401
+
+
+def test_worker_processes_find_what_one_process_finds(run: Run) -> None:
+    """The leaves hashed in parallel chunks give the report the serial walk gives, problems too."""
+    sizes = checkpoint_sizes(run.fra)
+    deleted = seq_of(run.fra, "sealed", run.sent[0])
+    edited = seq_of(run.fra, "composed", run.sent[1])
+    not_utf8 = seq_of(run.fra, "queued", run.sent[2])
+
+    def tamper(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM audit WHERE seq = ?", (deleted,))
+        db.execute('UPDATE audit SET detail = \'{"to":"USA"}\' WHERE seq = ?', (edited,))
+        db.execute("UPDATE audit SET actor = CAST(X'ff00' AS TEXT) WHERE seq = ?", (not_utf8,))
+
+    config = load_config(run.tampered("parallel", tamper))
+    keeper = load_keeper_public(config.keeper_path)
+    roster = load_roster_file(config.roster_path, keeper)
+    untouched = copy_store(run.fra, run.tmp / "parallel-untouched.sqlite")
+    entries = audit_size(untouched)
+    chunk = max(8, entries // 7)  # several chunks, and a deleted or edited entry inside some
+
+    def verify(store: Path, workers: int) -> dict[str, Any]:
+        report = verify_store(
+            store, roster=roster, node_id="FRA", keeper=keeper, workers=workers, chunk=chunk
+        )
+        return report.to_json()
+
+    serial, parallel = verify(config.store_path, 1), verify(config.store_path, 2)
+    clean_serial, clean_parallel = verify(untouched, 1), verify(untouched, 2)
+    other_thread = threading.Event()  # as in a node: workers are spawned, not forked
+    waiting = threading.Thread(target=other_thread.wait)
+    waiting.start()
+    try:
+        spawned = verify(config.store_path, 2)
+    finally:
+        other_thread.set()
+        waiting.join()
+
+    assert parallel == serial
+    assert spawned == serial
+    assert clean_parallel == clean_serial
+    assert clean_parallel["ok"] is True and clean_parallel["entries"] == entries
+    assert sizes and clean_parallel["checkpoints"] == len(sizes)
+    named = {(p["kind"], p["seq"]) for p in parallel["problems"]}
+    assert {("deleted", deleted), ("edited", edited), ("edited", not_utf8)} <= named
