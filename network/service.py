@@ -634,10 +634,12 @@ class Service:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)
             await tx.prefetch(list(known))
+            issued: list[Receipt] = []  # in this batch, not yet readable from the store
             for item in items:
                 if item.receipt is None and item.envelope is not None:
-                    await self._take_inbound(tx, item, now, known)
+                    await self._take_inbound(tx, item, now, known, issued)
                 if item.receipt is not None:
+                    issued.append(item.receipt)
                     await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 await tx.audit(item.audit)
             self._contact(tx, peer)
@@ -704,7 +706,9 @@ class Service:
         if readable is not None:
             item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
 
-    async def _take_inbound(self, tx: Tx, item: _Inbound, now: int, known: set[str]) -> None:
+    async def _take_inbound(
+        self, tx: Tx, item: _Inbound, now: int, known: set[str], issued: Sequence[Receipt]
+    ) -> None:
         """Store a verified envelope once, or answer `duplicate`; under the store's lock."""
         assert item.envelope is not None
         envelope = item.envelope
@@ -712,7 +716,12 @@ class Service:
         link_actor = f"node:{item.link}"
         detail: dict[str, Any] = {"from": header.sender, "path": list(item.path)}
         if header.id in known:
-            item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
+            # The same bytes again from the same peer get the receipt they got the first time
+            # (AS4: never a new one); other bytes under a known id, or another link, `duplicate`.
+            item.receipt = await self._original_receipt(tx, header, item, now, issued)
+            detail["original_receipt"] = item.receipt is not None
+            if item.receipt is None:
+                item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
             row = await tx.message(header.id)
             forwarded = row is not None and row.box == "relay" and row.state is State.FORWARDED
             if item.relay and row is not None and forwarded:
@@ -775,6 +784,31 @@ class Service:
                     )
             self.urgent_pending |= header.priority is not Priority.ROUTINE
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
+
+    async def _original_receipt(
+        self, tx: Tx, header: Header, item: _Inbound, now: int, issued: Sequence[Receipt]
+    ) -> Receipt | None:
+        """The receipt we issued when these exact bytes first came over this link, if any
+        (`issued`: those of the batch at hand, which the store does not show yet)."""
+        assert item.envelope is not None
+        addressee = header.sender if header.recipient == self.me else item.link
+        candidates = [r for r in issued if r.message_id == header.id]
+        for raw in await tx.issued_receipts(header.id):
+            try:
+                candidates.append(
+                    verify_receipt(raw, roster=self.roster, now=now, skew_ms=self.skew_ms)
+                )
+            except CpnError:
+                continue  # signed with a key rotated out since: answer afresh
+        for receipt in candidates:
+            accepted = receipt.outcome is Outcome.ACCEPTED
+            if (
+                accepted
+                and receipt.recipient == addressee
+                and receipt.digest == item.envelope.digest
+            ):
+                return receipt
+        return None
 
     def _receipt(
         self, header: Header, item: _Inbound, outcome: Outcome, reason: str | None, now: int

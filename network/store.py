@@ -528,6 +528,15 @@ class Tx:
         """Which of `ids` the store holds: read under the transaction's lock, so dedup is exact."""
         return await _known_ids(self.db, ids)
 
+    async def issued_receipts(self, message_id: str) -> list[bytes]:
+        """The receipts we signed for `message_id` that accepted it, oldest first."""
+        rows = await self.db.execute_fetchall(
+            "SELECT raw FROM receipts WHERE message_id = ? AND direction = 'issued'"
+            " AND outcome = 'accepted' ORDER BY time",
+            (message_id,),
+        )
+        return [bytes(r[0]) for r in rows]
+
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]

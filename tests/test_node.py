@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import time
@@ -15,7 +16,7 @@ from websockets.exceptions import InvalidMessage
 
 from network.config import load_config
 from network.crypto import sha256
-from network.envelope import seal, verify_receipt
+from network.envelope import Envelope, seal, verify_receipt
 from network.keys import load_node_keys
 from network.node import load_current_roster
 from network.protocol import FRAME_RECEIPT, LinkHandshake, Role, envelope_frame, split_frame
@@ -194,30 +195,45 @@ async def speak_as(
         return receipts
 
 
-def test_replayed_envelope_gets_a_duplicate_receipt_and_is_stored_once(pair: Network) -> None:
+def test_a_replay_gets_the_original_receipt_and_other_bytes_under_its_id_a_duplicate(
+    pair: Network,
+) -> None:
     pair.start("DEU")
     fra = load_node_keys(pair.keys / "FRA", NodeId("FRA"))
     roster = load_current_roster(load_config(pair.nodes["FRA"].config))
-    envelope = seal(
-        sender=NodeId("FRA"),
-        recipient=NodeId("DEU"),
-        message_type=MessageType.EMERGENCY,
-        body=sample_body("emergency"),
-        priority=Priority.FLASH,
-        now=int(time.time() * 1000),
-        random_bytes=os.urandom(10),
-        signing_key=fra.signing,
-        recipient_key=roster.active_card("DEU").hpke_key,
-    )
+    created, random_bytes = int(time.time() * 1000), os.urandom(10)
+
+    def sealed() -> Envelope:  # the same id each time; HPKE makes the bytes differ
+        return seal(
+            sender=NodeId("FRA"),
+            recipient=NodeId("DEU"),
+            message_type=MessageType.EMERGENCY,
+            body=sample_body("emergency"),
+            priority=Priority.FLASH,
+            now=created,
+            random_bytes=random_bytes,
+            signing_key=fra.signing,
+            recipient_key=roster.active_card("DEU").hpke_key,
+        )
+
+    envelope, forged_twin = sealed(), sealed()
+    assert envelope.header.id == forged_twin.header.id and envelope.raw != forged_twin.raw
 
     first = asyncio.run(speak_as(pair, "FRA", "DEU", [envelope.raw, envelope.raw]))
     again = asyncio.run(speak_as(pair, "FRA", "DEU", [envelope.raw]))
+    twin = asyncio.run(speak_as(pair, "FRA", "DEU", [forged_twin.raw]))
 
     now = int(time.time() * 1000)
-    outcomes = [verify_receipt(r, roster=roster, now=now).outcome for r in [*first, *again]]
-    assert outcomes == [Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.DUPLICATE]
-    assert all(verify_receipt(r, roster=roster, now=now).digest == envelope.digest for r in first)
+    original = verify_receipt(first[0], roster=roster, now=now)
+    assert original.outcome is Outcome.ACCEPTED and original.digest == envelope.digest
+    assert first[1] == first[0] and again == [first[0]]  # byte for byte: the stored original
+    answer = verify_receipt(twin[0], roster=roster, now=now)
+    assert answer.outcome is Outcome.DUPLICATE and answer.digest == forged_twin.digest
     assert len(pair.list("DEU", "in")) == 1
+    duplicates = rows(
+        pair.nodes["DEU"].store, "SELECT detail FROM audit WHERE action = 'duplicate' ORDER BY seq"
+    )
+    assert [json.loads(d)["original_receipt"] for (d,) in duplicates] == [True, True, False]
 
 
 def test_peer_signing_with_a_key_the_roster_does_not_hold_is_refused(tmp_path: Path) -> None:
