@@ -63,7 +63,7 @@ from typing import (
 )
 
 from network.errors import BodyError
-from network.records import MAX_SAFE_INTEGER, MessageId, MessageType
+from network.records import MAX_SAFE_INTEGER, MessageId, MessageType, NodeId, Priority, is_node_id
 
 __all__ = [
     "BODY_TYPES",
@@ -95,6 +95,7 @@ __all__ = [
     "body_to_json",
     "body_type",
     "parse_body",
+    "parse_request",
 ]
 
 MAX_LINE = 200
@@ -504,6 +505,31 @@ def parse_body(message_type: MessageType | str, value: object) -> Body:
     except ValueError:
         raise BodyError("type", f"must be one of: {_choices(MessageType)}") from None
     return _record_from(cls, value, "")
+
+
+def parse_request(
+    to: object, message_type: object, priority: object, body: object
+) -> tuple[NodeId, MessageType, Priority, Body]:
+    """Validate what an officer sends (`POST /api/messages`, `cpn send`) and type it.
+
+    The node checks a request with this before sealing it, and `cpn send` before
+    sending it, so both refuse the same requests naming the same field. Raises
+    BodyError naming `to`, `type`, `priority` or `body.<field>`. Whether `to` is
+    in the roster is for the node to say.
+    """
+    if not is_node_id(to):
+        raise BodyError("to", "must be a contact point id (ISO 3166-1 alpha-3, e.g. DEU)")
+    if not isinstance(message_type, str) or message_type not in set(MessageType):
+        raise BodyError("type", f"must be one of: {_choices(MessageType)}")
+    if not isinstance(priority, str) or priority not in set(Priority):
+        raise BodyError("priority", f"must be one of: {_choices(Priority)}")
+    if not isinstance(body, dict):
+        raise BodyError("body", "must be an object")
+    try:
+        typed = parse_body(message_type, body)
+    except BodyError as exc:
+        raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
+    return NodeId(str(to)), MessageType(message_type), Priority(priority), typed
 
 
 def body_to_json(body: Body) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """The `cpn` command (also `python -m network`).
 
 Each subcommand parses its arguments, calls one function, and prints. Errors
-from cpn end the command with exit status 2 and a one-line message naming
-what is wrong; nothing is half-written.
+end the command with a one-line message naming what is wrong, and nothing is
+half-written. Exit status: 0 done; 1 refused by the node (`send`, `inbox`,
+`show`, `ack`, `reply`: the node answered with an error) or, for `audit
+verify`, a problem found; 2 a usage error or a local one (a draft missing a
+field, a bad file or config); 3 the node's API cannot be reached.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ctypes
 import datetime
@@ -20,23 +22,31 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from network.audit import (
-    EntryFilter,
-    VerifyReport,
-    consistency_proof,
-    export_entries,
-    inclusion_proof,
-    load_roster_file,
-    parse_time,
-    read_witnessed,
-    verify_store,
-)
+from network.bodies import RefusalGround, ResponseStatus, body_to_json, parse_body
+from network.client import Client
 from network.config import NodeConfig, load_config
 from network.crypto import HpkeSuite
-from network.errors import CpnError, KeyFileError, RosterError
+from network.drafts import (
+    Assignment,
+    apply,
+    check_note,
+    check_reply,
+    check_request,
+    parse_assignment,
+    read_document,
+)
+from network.errors import (
+    ApiError,
+    BodyError,
+    CpnError,
+    KeyFileError,
+    RosterError,
+    UnreachableError,
+)
 from network.keys import (
     init_keeper,
     init_node_keys,
@@ -44,15 +54,28 @@ from network.keys import (
     load_keeper_public,
     read_card,
 )
-from network.records import NodeId, is_node_id
+from network.lifecycle import PRIORITY_RANK, State
+from network.records import ROLES, MessageType, NodeId, Priority, is_node_id
 from network.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
-from network.service import ROLES, issue_token
-from network.store import Store
+
+if TYPE_CHECKING:
+    from network.audit import EntryFilter, VerifyReport
+
+# The audit log, the store and the use cases load in the commands that use them, so
+# that `cpn send` and the other officer commands start in a fraction of a second.
 
 __all__ = ["main"]
 
+T = TypeVar("T")
+
 DAY_MS = 24 * 3600 * 1000
 SUITES = {"hybrid": HpkeSuite.MLKEM768_X25519, "x25519": HpkeSuite.X25519}
+
+
+def _run(job: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # loaded only by the commands that open a store
+
+    return asyncio.run(job)
 
 
 def _now_ms() -> int:
@@ -235,6 +258,9 @@ def prepare_network(nodes_dir: Path) -> tuple[list[NodeConfig], Roster]:
 
 async def _demo_users(config: NodeConfig) -> list[tuple[str, str, str]]:
     """One officer and one auditor for a node whose store has no users yet: (name, role, token)."""
+    from network.service import issue_token
+    from network.store import Store
+
     store = await Store.open(config.store_path)
     try:
         if await store.user_count():
@@ -256,7 +282,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     configs, roster = prepare_network(Path(args.nodes_dir))
     print(f"roster version {roster.version} holds {', '.join(sorted(roster.entries))}")
     for config in configs:
-        users = asyncio.run(_demo_users(config))
+        users = _run(_demo_users(config))
         for name, role, token in users:
             print(f"{config.id}: {role} {name} token (shown once): {token}")
     if args.prepare_only:
@@ -318,6 +344,9 @@ def cmd_node_run(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
+    from network.service import issue_token
+    from network.store import Store
+
     config = load_config(Path(args.config))
 
     async def add() -> str:
@@ -329,7 +358,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    token = asyncio.run(add())
+    token = _run(add())
     print(f"{args.role} {args.name} on {config.id}; token (shown once, stored hashed):")
     print(token)
     return 0
@@ -340,6 +369,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the whole store verifies, 1 naming the first problem."""
+    from network.audit import load_roster_file, read_witnessed, verify_store
+
     config = load_config(Path(args.config))
     keeper = load_keeper_public(config.keeper_path)
     roster = load_roster_file(config.roster_path, keeper)
@@ -389,6 +420,8 @@ def _print_report(report: VerifyReport) -> None:
 
 
 def _time_arg(text: str) -> int:
+    from network.audit import parse_time
+
     try:
         return parse_time(text)
     except ValueError as exc:
@@ -396,6 +429,8 @@ def _time_arg(text: str) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
+    from network.audit import EntryFilter
+
     config = load_config(Path(args.config))
     if args.checkpoints and args.format != "csv":
         print(
@@ -428,6 +463,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def _export(
     args: argparse.Namespace, config: NodeConfig, filters: EntryFilter, written: list[Path]
 ) -> int:
+    from network.audit import export_entries
+
     with contextlib.ExitStack() as stack:
         files = {
             path: stack.enter_context(_tmp(path).open("w", encoding="utf-8", newline=""))
@@ -468,6 +505,8 @@ def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def cmd_audit_proof(args: argparse.Namespace) -> int:
+    from network.audit import consistency_proof, inclusion_proof
+
     config = load_config(Path(args.config))
     try:
         if args.index is not None:
@@ -479,6 +518,255 @@ def cmd_audit_proof(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(proof, indent=2, ensure_ascii=False))
     return 0
+
+
+# -- officer work, through a node's HTTP API -------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """The node's API from --api/--token, else CPN_API/CPN_TOKEN (the flags win)."""
+    api = args.api if args.api is not None else os.environ.get("CPN_API")
+    token = args.token if args.token is not None else os.environ.get("CPN_TOKEN")
+    if not api:
+        raise CpnError("no node API: give --api URL or set CPN_API (e.g. http://127.0.0.1:8101)")
+    if not token:
+        raise CpnError("no token: set CPN_TOKEN or give --token")
+    return Client(api, token)
+
+
+def _print_json(answer: object) -> None:
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+
+
+def _assignment_arg(text: str) -> Assignment:
+    try:
+        return parse_assignment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _draft(
+    source: str | None, assignments: Sequence[Assignment], into: str | None
+) -> dict[str, Any]:
+    """A draft from a file (or stdin), with the assignments applied to it (or its `into`)."""
+    draft = read_document(source, sys.stdin.buffer) if source else {}
+    target = draft
+    if into is not None and assignments:
+        target = draft.setdefault(into, {})
+        if not isinstance(target, dict):
+            raise BodyError(into, "must be an object")
+    for assignment in assignments:
+        apply(target, assignment)
+    return draft
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Checked here as the node will check it, then sent: nothing leaves with a field wrong."""
+    shortcuts = [
+        Assignment(name, (name,), value)
+        for name, value in (("case_ref", args.case_ref), ("summary", args.summary))
+        if value is not None
+    ]
+    request = _draft(args.file, [*args.set, *shortcuts], into="body")
+    for key, value in (
+        ("to", args.to),
+        ("type", args.type),
+        ("priority", args.priority),
+        ("ttl_seconds", args.ttl),
+    ):
+        if value is not None:
+            request[key] = value
+    check_request(request)
+    answer = _client(args).send(request)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(
+            f"{answer['state']} {answer['id']}: {answer['type']} ({answer['priority']})"
+            f" to {answer['to']}"
+        )
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    box = "out" if args.out else args.box
+    answer = _client(args).messages(
+        box=box, state=args.state, priority=args.priority, limit=args.limit, case=args.case
+    )
+    if args.json:
+        _print_json(answer)
+        return 0
+    from network.views import print_messages  # rich loads only for a table
+
+    messages = sorted(
+        answer["messages"],
+        key=lambda m: (PRIORITY_RANK.get(m["priority"], len(PRIORITY_RANK)), not m["overdue"]),
+    )
+    print_messages(messages, box)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    answer = _client(args).message(args.id.lower())
+    if args.json:
+        _print_json(answer)
+        return 0
+    from network.views import print_message
+
+    print_message({**answer, "body": _in_field_order(answer.get("type"), answer.get("body"))})
+    return 0
+
+
+def _in_field_order(message_type: object, body: object) -> object:
+    """The body with its fields in the order of the design (the node sends them sorted)."""
+    if not isinstance(message_type, str):
+        return body
+    try:
+        return body_to_json(parse_body(message_type, body))
+    except BodyError:  # a body this version would not write: shown as it came
+        return body
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    message_id = args.id.lower()
+    check_note(message_id, args.note)
+    answer = _client(args).acknowledge(message_id, args.note)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(f"acknowledged {message_id}: acknowledgement {answer['id']} {answer['state']}")
+    return 0
+
+
+_REPLY_FIELDS: Final = (
+    "status",
+    "note",
+    "case_ref",
+    "preserved_until",
+    "provider_reference",
+    "refusal_ground",
+    "missing",
+)
+
+
+def cmd_reply(args: argparse.Namespace) -> int:
+    message_id = args.id.lower()
+    flags = [
+        Assignment(name, (name,), getattr(args, name))
+        for name in _REPLY_FIELDS
+        if getattr(args, name) is not None
+    ]
+    fields = _draft(args.file, [*args.set, *flags], into=None)
+    check_reply(message_id, fields)
+    answer = _client(args).reply(message_id, fields)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(
+            f"answered {message_id} ({fields['status']}): response {answer['id']} {answer['state']}"
+        )
+    return 0
+
+
+def _add_officer_commands(commands: Any) -> None:
+    """`cpn send`, `inbox`, `show`, `ack`, `reply`: officer work through a node's API."""
+    node = argparse.ArgumentParser(add_help=False)
+    where = node.add_argument_group("the node")
+    where.add_argument(
+        "--api",
+        metavar="URL",
+        help="the node's API, e.g. http://127.0.0.1:8101 (default: $CPN_API)",
+    )
+    where.add_argument(
+        "--token",
+        help="an officer's API token (default: $CPN_TOKEN, which is better: arguments show in ps)",
+    )
+    where.add_argument("--json", action="store_true", help="print the node's JSON answer as it is")
+    exits = (
+        "Exit status: 0 done, 1 refused by the node, 2 usage error or a field wrong here"
+        " (nothing sent), 3 the node cannot be reached."
+    )
+    assign = {
+        "action": "append",
+        "default": [],
+        "type": _assignment_arg,
+        "metavar": "PATH=TEXT|PATH:=JSON",
+    }
+
+    send = commands.add_parser(
+        "send",
+        parents=[node],
+        help="send a request (checked here first: nothing leaves with a field wrong)",
+        description="Send a request: from a JSON or TOML file ({to, type, priority, body}),"
+        " from flags, or a file with flags on top. --set PATH=TEXT sets a body field to a"
+        " string, --set PATH:=JSON to any JSON value; PATH is dotted, with [N] for array items"
+        " (data.identifiers[0].kind). " + exits,
+    )
+    send.add_argument("--file", metavar="PATH", help="the request as JSON or TOML; - for stdin")
+    send.add_argument("--to", type=str.upper, metavar="ID", help="the contact point, e.g. DEU")
+    send.add_argument("--type", choices=tuple(MessageType), help="the message type")
+    send.add_argument("--priority", choices=tuple(Priority))
+    send.add_argument("--ttl", type=int, metavar="SECONDS", help="expiry (default: by priority)")
+    send.add_argument("--case-ref", metavar="TEXT", help="your case reference (body.case_ref)")
+    send.add_argument("--summary", metavar="TEXT", help="body.summary")
+    send.add_argument("--set", **assign, help="set a body field (repeatable)")
+    send.set_defaults(func=cmd_send)
+
+    inbox = commands.add_parser(
+        "inbox",
+        parents=[node],
+        help="received messages, most urgent first, overdue marked",
+        description="The messages received (or, with --out, sent), most urgent first and"
+        " overdue ones first within a priority. " + exits,
+    )
+    inbox.add_argument("--box", choices=("in", "out"), default="in")
+    inbox.add_argument("--out", action="store_true", help="the messages sent (--box out)")
+    inbox.add_argument("--state", choices=tuple(State))
+    inbox.add_argument("--priority", choices=tuple(Priority))
+    inbox.add_argument("--limit", type=int, metavar="N", help="at most N (1 to 500; default 100)")
+    inbox.add_argument("--case", metavar="CASE_REF", help="the messages of one case")
+    inbox.set_defaults(func=cmd_inbox)
+
+    show = commands.add_parser(
+        "show",
+        parents=[node],
+        help="one message: header, state, body, receipts, timeline, thread",
+        description="One message, its body decrypted; reading it is audited, and an"
+        " officer's first reading marks a received message opened. " + exits,
+    )
+    show.add_argument("id", metavar="ID")
+    show.set_defaults(func=cmd_show)
+
+    ack = commands.add_parser(
+        "ack",
+        parents=[node],
+        help="acknowledge a received request (sends an acknowledgement)",
+        description="Take a received request on: an acknowledgement goes to its sender. " + exits,
+    )
+    ack.add_argument("id", metavar="ID")
+    ack.add_argument("--note", metavar="TEXT")
+    ack.set_defaults(func=cmd_ack)
+
+    reply = commands.add_parser(
+        "reply",
+        parents=[node],
+        help="answer a received request (sends a response)",
+        description="Answer a received request: a response goes to its sender. Its fields"
+        " come from flags, --set, or a JSON or TOML --file. preserved and"
+        " partially_preserved need --preserved-until; refused needs --refusal-ground;"
+        " needs_info needs --missing. " + exits,
+    )
+    reply.add_argument("id", metavar="ID")
+    reply.add_argument("--file", metavar="PATH", help="the fields as JSON or TOML; - for stdin")
+    reply.add_argument("--status", choices=tuple(ResponseStatus))
+    reply.add_argument("--note", metavar="TEXT")
+    reply.add_argument("--case-ref", metavar="TEXT", help="your own case reference")
+    reply.add_argument("--preserved-until", metavar="YYYY-MM-DD")
+    reply.add_argument("--provider-reference", metavar="TEXT")
+    reply.add_argument("--refusal-ground", choices=tuple(RefusalGround))
+    reply.add_argument("--missing", metavar="TEXT", help="what is missing (needs_info)")
+    reply.add_argument("--set", **assign, help="set any field of the response (repeatable)")
+    reply.set_defaults(func=cmd_reply)
 
 
 # -- parser ------------------------------------------------------------------
@@ -611,6 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proof.add_argument("--size", type=int, metavar="S", help="the tree size to prove against")
     proof.set_defaults(func=cmd_audit_proof)
+    _add_officer_commands(commands)
     return parser
 
 
@@ -618,6 +907,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
+    except ApiError as exc:
+        print(f"cpn: error: {exc}", file=sys.stderr)
+        return 1
+    except UnreachableError as exc:
+        print(f"cpn: error: {exc}", file=sys.stderr)
+        return 3
     except CpnError as exc:
         print(f"cpn: error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@
     ├── ConfigError (ValueError)          a damaged or incomplete config file
     ├── KeyFileError (ValueError)         a missing, damaged or unprotected key file
     ├── BodyError (ValueError)            a message body that fails validation (names the field)
+    ├── ApiError                          a node's HTTP API refused a request (status, field)
+    ├── UnreachableError                  a node's HTTP API cannot be reached, or does not answer
     ├── RosterError (ValueError)          a roster that must not be used
     │   ├── RosterSignatureError          not signed by the pinned register keeper
     │   ├── RosterStaleError              older than (or as old as) the roster held
@@ -32,6 +34,7 @@ receipts and the audit log, and a human message saying what failed.
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
     "BadSignatureError",
     "BodyError",
     "ClockSkewError",
@@ -53,6 +56,7 @@ __all__ = [
     "RosterStaleError",
     "UnknownNodeError",
     "UnknownSignerError",
+    "UnreachableError",
     "UnsupportedVersionError",
     "WrongRecipientError",
 ]
@@ -90,6 +94,27 @@ class BodyError(CpnError, ValueError):
         super().__init__(f"{field}: {problem}" if field else problem)
         self.field = field
         self.problem = problem
+
+
+class ApiError(CpnError):
+    """What a node's HTTP API answered to a request it refused (`cpn send` and the like).
+
+    `status` is the HTTP status; `field` the request field or query parameter the
+    node named, if any.
+    """
+
+    reason = "api_refused"
+
+    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+class UnreachableError(CpnError):
+    """A node's HTTP API could not be reached (refused, unknown host, timed out)."""
+
+    reason = "unreachable"
 
 
 class RosterError(CpnError, ValueError):

@@ -32,6 +32,7 @@ from network.errors import MalformedError, OversizeError
 __all__ = [
     "MAX_SAFE_INTEGER",
     "PROTOCOL_VERSION",
+    "ROLES",
     "Fields",
     "Json",
     "MessageId",
@@ -63,6 +64,10 @@ NodeId = NewType("NodeId", str)
 
 MessageId = NewType("MessageId", str)
 """A UUIDv7 in its canonical text form: time-ordered, unique."""
+
+
+ROLES = ("officer", "auditor", "admin")
+"""The roles of a node's users (DESIGN.md, "Who uses it")."""
 
 
 class Priority(StrEnum):

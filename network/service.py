@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from network.alerts import alert_kind, alert_record
-from network.bodies import Acknowledgement, Body, Response, parse_body
+from network.bodies import Acknowledgement, Body, Response, parse_request
 from network.crypto import VerifyKey
 from network.deadlines import (
     DEFAULT_DEADLINES,
@@ -67,6 +67,7 @@ from network.errors import (
 from network.keys import NodeKeys
 from network.lifecycle import PRIORITY_RANK, TABLES, Event, State
 from network.records import (
+    ROLES,
     Json,
     MessageType,
     NodeId,
@@ -89,8 +90,6 @@ from network.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow
 __all__ = ["ROLES", "Service", "hash_token", "issue_token", "summary"]
 
 log = logging.getLogger("cpn.service")
-
-ROLES = ("officer", "auditor", "admin")
 
 
 def hash_token(token: str) -> bytes:
@@ -371,36 +370,22 @@ class Service:
 
         Raises BodyError naming the field (`to`, `type`, `priority`, `body.<field>`).
         """
-        if not isinstance(to, str) or not is_node_id(to):
-            raise BodyError("to", "must be a contact point id (ISO 3166-1 alpha-3, e.g. DEU)")
-        if to == self.me:
+        node, kind, urgency, typed = parse_request(to, message_type, priority, body)
+        if node == self.me:
             raise BodyError("to", f"cannot send to this node ({self.me}) itself")
         try:
-            card = self.roster.active_card(to)
+            card = self.roster.active_card(node)
         except UnknownNodeError as exc:
             raise BodyError("to", str(exc)) from None
-        if (
-            not isinstance(message_type, str)
-            or message_type not in MessageType.__members__.values()
-        ):
-            raise BodyError("type", f"must be one of: {', '.join(MessageType)}")
-        if not isinstance(priority, str) or priority not in set(Priority):
-            raise BodyError("priority", f"must be one of: {', '.join(Priority)}")
-        if not isinstance(body, dict):
-            raise BodyError("body", "must be an object")
-        try:
-            typed = parse_body(MessageType(message_type), body)
-        except BodyError as exc:
-            raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
-        answered = await self._answered(typed, NodeId(to))
+        answered = await self._answered(typed, node)
         now = self.clock()
         try:
             envelope = seal(
                 sender=self.me,
-                recipient=NodeId(to),
-                message_type=MessageType(message_type),
+                recipient=node,
+                message_type=kind,
                 body=typed,
-                priority=Priority(priority),
+                priority=urgency,
                 now=now,
                 random_bytes=self.random_bytes(10),
                 signing_key=self.keys.signing,
@@ -412,14 +397,14 @@ class Service:
         header = envelope.header
         assert envelope.plaintext is not None
         self_sealed = seal_to_self(envelope.plaintext, header.id, self._storage)
-        detail: dict[str, Any] = {"to": to, "type": message_type, "priority": priority}
+        detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
         async with self.store.transaction(now) as tx:
             await tx.insert_message(
                 id=header.id,
                 box="out",
-                peer=to,
-                type=message_type,
-                priority=priority,
+                peer=node,
+                type=str(kind),
+                priority=str(urgency),
                 priority_rank=PRIORITY_RANK[header.priority],
                 state=State.QUEUED,
                 created=header.created,
@@ -430,7 +415,7 @@ class Service:
                 composed_by=user,
                 case_ref=self._case_tag(typed),
                 in_reply_to=_refers_to(typed),
-                **self._deadlines_for("out", header, MessageType(message_type)),
+                **self._deadlines_for("out", header, kind),
             )
             acted = []
             if answered is not None:
@@ -445,10 +430,10 @@ class Service:
                         header.id,
                         {"digest": b64encode(envelope.digest), "suite": str(header.suite)},
                     ),
-                    AuditEntry(self.actor, "queued", header.id, {"to": to}),
+                    AuditEntry(self.actor, "queued", header.id, {"to": node}),
                 ]
             )
-        self.outbox_signal(to).set()
+        self.outbox_signal(node).set()
         self.urgent_pending |= header.priority is not Priority.ROUTINE
         row = await self.store.message(header.id)
         assert row is not None

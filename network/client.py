@@ -1,0 +1,172 @@
+"""A synchronous client of a node's HTTP API, for `cpn send`, `inbox`, `show`, `ack`, `reply`.
+
+Rules:
+- One method per route an officer uses; each returns the node's JSON answer as
+  it is (a dict), so `--json` can print exactly what the node said.
+- A refusal (any 3xx, 4xx or 5xx) raises `ApiError` with the status and the
+  field the node named; no answer at all raises `UnreachableError`.
+- The token goes only into the `Authorization` header of requests to the
+  configured URL: never into a message, never along a redirect (redirects are
+  not followed: the API has none).
+- Answers are read up to MAX_ANSWER_BYTES.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any, Final
+
+from network.errors import ApiError, CpnError, UnreachableError
+
+__all__ = ["MAX_ANSWER_BYTES", "Client"]
+
+MAX_ANSWER_BYTES: Final = 16 * 1024 * 1024
+"""The largest answer read: a listing of 500 messages is well under 1 MiB."""
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect as the refusal it is, instead of following it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class Client:
+    """The API of the node at `api` (such as http://127.0.0.1:8101), called with `token`."""
+
+    def __init__(self, api: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Raises CpnError naming `--api` or `--token` when either cannot be used."""
+        parts = urllib.parse.urlsplit(api)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CpnError(f"--api: {api!r} is not an http:// or https:// URL of a node")
+        if parts.username or parts.password:
+            raise CpnError("--api: the URL must not carry a user name or password")
+        # Printable ASCII without spaces: anything else could not travel in a header.
+        if not token or not all("!" <= c <= "~" for c in token):
+            raise CpnError("--token: must be printable ASCII without spaces")
+        self.api = api.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirects)
+
+    def __repr__(self) -> str:  # never the token
+        return f"Client({self.api!r})"
+
+    # -- the routes ------------------------------------------------------------------
+
+    def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /api/messages: the new message's summary (`id`, `state`, ...)."""
+        return self._call("POST", "/api/messages", request)
+
+    def messages(
+        self,
+        *,
+        box: str = "in",
+        state: str | None = None,
+        priority: str | None = None,
+        limit: int | None = None,
+        case: str | None = None,
+    ) -> dict[str, Any]:
+        """GET /api/messages: `{"messages": [...]}`, most urgent and newest first."""
+        query = {"box": box, "state": state, "priority": priority, "limit": limit, "case": case}
+        given = {name: str(value) for name, value in query.items() if value is not None}
+        return self._call("GET", f"/api/messages?{urllib.parse.urlencode(given)}")
+
+    def message(self, message_id: str) -> dict[str, Any]:
+        """GET /api/messages/{id}: header, decrypted body, state, receipts, timeline, thread."""
+        return self._call("GET", f"/api/messages/{_segment(message_id)}")
+
+    def acknowledge(self, message_id: str, note: str | None = None) -> dict[str, Any]:
+        """POST /api/messages/{id}/ack: the summary of the `acknowledgement` sent."""
+        body = {} if note is None else {"note": note}
+        return self._call("POST", f"/api/messages/{_segment(message_id)}/ack", body)
+
+    def reply(self, message_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /api/messages/{id}/reply: the summary of the `response` sent."""
+        return self._call("POST", f"/api/messages/{_segment(message_id)}/reply", fields)
+
+    # -- the wire --------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        # The scheme was checked to be http or https in __init__.
+        request = urllib.request.Request(self.api + path, data=data, method=method)  # noqa: S310
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        request.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                status, raw = response.status, _read(response)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise _refusal(exc.code, _read(exc), exc.headers.get("Location")) from None
+        except urllib.error.URLError as exc:
+            raise self._unreachable(exc.reason) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        answer = _json(status, raw)
+        if answer is None:
+            raise ApiError(status, f"the answer is not JSON: is {self.api} a cpn node's API?")
+        return answer
+
+    def _unreachable(self, reason: object) -> UnreachableError:
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused (is the node running? check --api or CPN_API)"
+        elif isinstance(reason, TimeoutError | socket.timeout):
+            why = f"no answer within {self._timeout:g} s"
+        elif isinstance(reason, socket.gaierror):
+            why = f"unknown host ({reason.strerror})"
+        elif isinstance(reason, OSError) and reason.strerror:
+            why = reason.strerror
+        else:
+            why = str(reason) or type(reason).__name__
+        return UnreachableError(f"cannot reach the node at {self.api}: {why}")
+
+
+def _segment(message_id: str) -> str:
+    """A message id as one path segment: the node checks its shape, this keeps it one segment."""
+    return urllib.parse.quote(message_id, safe="")
+
+
+def _read(response: Any) -> bytes:
+    data: bytes = response.read(MAX_ANSWER_BYTES + 1)
+    if len(data) > MAX_ANSWER_BYTES:
+        raise ApiError(response.status, f"the answer is over {MAX_ANSWER_BYTES} bytes")
+    return data
+
+
+def _json(status: int, raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _refusal(status: int, raw: bytes, location: str | None) -> ApiError:
+    """The error the node answered with, in words a duty officer can act on."""
+    answer = _json(status, raw) or {}
+    error = answer.get("error")
+    field = answer.get("field")
+    message = error if isinstance(error, str) and error else f"HTTP {status}"
+    field = field if isinstance(field, str) and field else None
+    if status == 401:
+        message = f"the node refused the token ({message}): check --token or CPN_TOKEN"
+    elif status == 403:
+        message = f"the node refused: {message} (HTTP 403)"
+    elif 300 <= status < 400:
+        message = f"the node answered with a redirect (HTTP {status} to {location}): check --api"
+    elif field is not None and not message.startswith(f"{field}:"):
+        message = f"{field}: {message}"
+    return ApiError(status, message, field=field)
