@@ -141,7 +141,11 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     network: Network, context: BrowserContext
 ) -> None:
     body = sample_body("preservation")
+    for message_type, priority in (("evidence", "routine"), ("locate", "urgent")):
+        earlier = network.send("FRA", "DEU", message_type, sample_body(message_type), priority)
+        network.wait_state("FRA", earlier, {"delivered"})
     deu = Console(context, network, "DEU", "officer")
+    expect(deu.page.locator("table.messages tbody tr")).to_have_count(2)
     fra = Console(context, network, "FRA", "officer")
     deu.page.evaluate("window.stayed = true")  # gone if the page reloads
 
@@ -156,7 +160,7 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
         expect(summary).to_contain_text(missing)
         expect(fra.error_for(missing)).to_have_text("required field is missing")
     expect(fra.error_for("body.data.identifiers[0].kind")).to_have_text("required field is missing")
-    assert network.list("FRA", "out") == []
+    assert len(network.list("FRA", "out")) == 2  # nothing was sent
     fill_preservation(fra, body)
     fra.field("body.period_days").fill("30")
     fra.page.click("text=Check and send")
@@ -172,9 +176,12 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     sent_at = time.monotonic()
 
     # DEU's inbox shows it live, without a reload, with the flash banner and its sound.
-    row = deu.page.locator("table.messages tbody tr")
-    expect(row).to_have_count(1, timeout=2000)
+    rows = deu.page.locator("table.messages tbody tr")
+    expect(rows).to_have_count(3, timeout=2000)
     arrived = time.monotonic() - sent_at
+    row = rows.first  # the most urgent first
+    expect(rows.nth(1)).to_contain_text("urgent")
+    expect(rows.nth(2)).to_contain_text("routine")
     expect(row).to_contain_text("Preservation")
     expect(row).to_contain_text("flash")
     expect(deu.page.locator("#banner")).to_be_visible()
@@ -212,6 +219,7 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     snap(fra.page, "message")
     fra.page.click("#nav >> text=Preservations")
     expect(fra.page.locator("main table")).to_contain_text("2027-02-18")
+    expect(fra.page.locator("#banner")).to_be_hidden()  # answers to a flash request: no alarm
     fra.check_clean()
     deu.check_clean()
 

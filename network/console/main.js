@@ -128,7 +128,8 @@ function page(title, ...children) {
 // -- live events --------------------------------------------------------------------
 
 function onEvent(kind, event) {
-  if (kind === 'message' && event.priority === 'flash') flash(event);
+  // A flash request (not the answers to ours, which carry its priority too).
+  if (kind === 'message' && event.priority === 'flash' && REQUESTS.includes(event.type)) flash(event);
   current.refresh?.(event);
 }
 
@@ -187,7 +188,7 @@ async function messagesPage(box) {
         h('td', {}, badge(m.state, 'state')),
         h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : ''),
         h('td', {}, when(m.created)),
-        h('td', { class: 'mono' }, m.id.slice(0, 8)));
+        h('td', { class: 'mono' }, m.id.slice(-12)));
     });
     clear(holder, messages.length
       ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Id'], rows, { class: 'messages' })
@@ -257,6 +258,7 @@ async function composePage() {
 }
 
 async function messagePage(id) {
+  if (session.me.role === 'officer') await describedTypes();
   const details = h('div');
   const actions = h('div');
   page('Message', details, actions);
@@ -271,6 +273,21 @@ async function messagePage(id) {
   };
   current.refresh = (event) => (!event || event.id === id || event.in_reply_to === id ? load() : null);
   await load();
+}
+
+/** A body's fields in the order its type declares them (the node sends them sorted). */
+function ordered(value, desc) {
+  if (!desc || value === null || typeof value !== 'object' || Array.isArray(value)) return value;
+  const out = {};
+  for (const field of desc.fields) {
+    if (!(field.name in value)) continue;
+    const item = value[field.name];
+    const inner = field.kind === 'list' ? field.items : field;
+    out[field.name] = Array.isArray(item) ? item.map((one) => ordered(one, inner.kind === 'record' ? inner : null))
+      : ordered(item, field.kind === 'record' ? field : null);
+  }
+  for (const [key, item] of Object.entries(value)) if (!(key in out)) out[key] = item;
+  return out;
 }
 
 function renderMessage(holder, m) {
@@ -290,7 +307,10 @@ function renderMessage(holder, m) {
   const thread = m.thread.map((t) => h('li', {},
     h('a', { href: `#/message/${encodeURIComponent(t.id)}` }, label(t.type)),
     ` ${t.box === 'in' ? 'from' : 'to'} ${t.peer} · `, badge(t.state, 'state'), ` · ${when(t.created)}`));
-  const timeline = m.timeline.map((step) => h('li', { 'data-action': step.action },
+  // Each reading is audited; the timeline shows a reader's first (the audit log has all).
+  const readers = new Set();
+  const steps = m.timeline.filter((step) => step.action !== 'opened' || !readers.has(step.actor) && readers.add(step.actor));
+  const timeline = steps.map((step) => h('li', { 'data-action': step.action },
     h('span', { class: 'time' }, when(step.time)), ' ',
     h('strong', {}, step.action.replace(/_/g, ' ')), ' ',
     h('span', { class: 'muted' }, step.actor), ' ',
@@ -298,7 +318,7 @@ function renderMessage(holder, m) {
   clear(holder,
     h('section', { class: 'card' }, h('h2', {}, 'Header'),
       h('dl', { class: 'facts' }, facts.map(([key, value]) => [h('dt', {}, key), h('dd', { 'data-fact': key }, value)]))),
-    h('section', { class: 'card body' }, h('h2', {}, 'Body'), show(m.body)),
+    h('section', { class: 'card body' }, h('h2', {}, 'Body'), show(ordered(m.body, types?.[m.type]))),
     h('section', { class: 'card' }, h('h2', {}, 'Thread'),
       thread.length ? h('ul', { class: 'thread' }, thread) : h('p', { class: 'muted' }, 'No other message in this thread.')),
     h('section', { class: 'card' }, h('h2', {}, 'Receipts'),
@@ -362,7 +382,7 @@ async function alertsPage() {
       h('td', {}, m.overdue.join(', '))));
     const alertRows = alerts.map((a) => h('tr', {},
       h('td', {}, a.time), h('td', {}, a.alert.replace(/_/g, ' ')), h('td', {}, badge(a.priority)),
-      h('td', {}, h('a', { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(0, 8))),
+      h('td', {}, h('a', { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(-12))),
       h('td', {}, a.peer), h('td', {}, typeof a.detail === 'string' ? a.detail : brief(a.detail))));
     clear(holder,
       h('h2', {}, 'Overdue now'),
@@ -378,7 +398,7 @@ async function preservationsPage() {
   const { preservations } = await api('/api/preservations');
   const rows = preservations.map((p) => h('tr', {},
     h('td', {}, when(p.preserved_until).slice(0, 10)), h('td', {}, p.peer),
-    h('td', {}, h('a', { href: `#/message/${encodeURIComponent(p.id)}` }, p.id.slice(0, 8))),
+    h('td', {}, h('a', { href: `#/message/${encodeURIComponent(p.id)}` }, p.id.slice(-12))),
     h('td', {}, badge(p.state, 'state')), h('td', {}, p.overdue.length ? badge(p.overdue.join(', '), 'overdue') : '')));
   page('Preservations',
     h('p', { class: 'muted' }, 'Data the other side preserved for us, soonest to lapse first: send the extension or the MLA notice in time.'),
@@ -422,7 +442,7 @@ async function auditPage() {
     return params;
   };
   const results = h('div');
-  const pager = h('div', { class: 'actions' });
+  const pager = h('div', { class: 'actions pager' });
   const cursors = [0]; // `after` of each page seen
   const load = async (after) => {
     const params = query();
@@ -438,7 +458,7 @@ async function auditPage() {
     form.clearErrors();
     const rows = answer.entries.map((e) => h('tr', { 'data-seq': e.seq },
       h('td', {}, String(e.seq)), h('td', {}, e.time_rfc3339), h('td', {}, e.actor), h('td', {}, e.action),
-      h('td', { class: 'mono' }, e.message_id ? e.message_id.slice(0, 8) : ''),
+      h('td', { class: 'mono' }, e.message_id ? e.message_id.slice(-12) : ''),
       h('td', { class: 'detail' }, JSON.stringify(e.detail))));
     clear(results, rows.length
       ? table(['Seq', 'Time', 'Actor', 'Action', 'Message', 'Detail'], rows, { class: 'audit' })
@@ -503,7 +523,8 @@ async function auditPage() {
         verify, verdict),
       h('section', { class: 'card' }, h('h2', {}, 'Export'),
         h('p', { class: 'muted' }, 'The entries matching the filters above, each with its leaf hash.'),
-        h('label', { for: 'export-format' }, 'Format'), format, ' ', exportButton, ' ', exported)));
+        h('div', { class: 'field' }, h('label', { for: 'export-format' }, 'Format'), format),
+        h('div', { class: 'actions' }, exportButton, exported))));
   await load(0);
 }
 
