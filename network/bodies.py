@@ -92,8 +92,10 @@ __all__ = [
     "ResponseStatus",
     "TechnicalAdvice",
     "TrafficDisclosure",
+    "When",
     "body_to_json",
     "body_type",
+    "describe_types",
     "parse_body",
     "parse_request",
 ]
@@ -111,6 +113,7 @@ class _Str:
     max_len: int = MAX_LINE
     multiline: bool = False
     check: Callable[[str], str | None] | None = None  # returns the problem, or None
+    format: str | None = None  # the shape `check` wants, named for clients (describe_types)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,40 @@ class _Items:
     low: int = 0
     high: int = MAX_ITEMS
     unique: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A cross-field rule: field `name` goes with field `on` holding one of `values`.
+
+    Then `name` is required (unless not `required`); with another value it is
+    not allowed (unless not `only`). `problem` replaces the message for a
+    missing field. Records list their rules in `rules`; `describe_types` hands
+    them to clients, so a form shows and asks for the same fields.
+    """
+
+    name: str
+    on: str
+    values: tuple[str, ...]
+    required: bool = True
+    only: bool = True
+    problem: str | None = None
+
+    def check(self, record: object) -> None:
+        """Raises BodyError(name, ...) when `record` breaks the rule."""
+        value = getattr(record, self.name)
+        current = getattr(record, self.on)
+        if current in self.values:
+            if self.required and value is None:
+                wanted = " or ".join(self.values)
+                raise BodyError(self.name, self.problem or f"required when {self.on} is {wanted}")
+        elif self.only and value is not None:
+            raise BodyError(self.name, f"not allowed when {self.on} is {current}")
+
+
+def _check_rules(record: Any) -> None:
+    for rule in record.rules:
+        rule.check(record)
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -187,12 +224,12 @@ def _language_problem(value: str) -> str | None:
 
 
 Text = Annotated[str, _Str(MAX_TEXT, multiline=True)]
-Ref = Annotated[MessageId, _Str(check=_message_id_problem)]
-Email = Annotated[str, _Str(check=_email_problem)]
-FullDate = Annotated[str, _Str(check=_full_date_problem)]
-DateTime = Annotated[str, _Str(check=_date_time_problem)]
-TimeZone = Annotated[str, _Str(check=_time_zone_problem)]
-Language = Annotated[str, _Str(check=_language_problem)]
+Ref = Annotated[MessageId, _Str(check=_message_id_problem, format="message-id")]
+Email = Annotated[str, _Str(check=_email_problem, format="email")]
+FullDate = Annotated[str, _Str(check=_full_date_problem, format="date")]
+DateTime = Annotated[str, _Str(check=_date_time_problem, format="date-time")]
+TimeZone = Annotated[str, _Str(check=_time_zone_problem, format="time-zone")]
+Language = Annotated[str, _Str(check=_language_problem, format="language")]
 IdentifierValue = Annotated[str, _Str(2048)]  # URLs run longer than a line
 
 
@@ -291,13 +328,19 @@ class Identifier:
     timestamp: DateTime | None = None
     time_zone: TimeZone | None = None
 
+    rules: ClassVar[tuple[When, ...]] = (
+        When(
+            "timestamp",
+            "kind",
+            (IdentifierKind.IP_ADDRESS,),
+            only=False,
+            problem="required for an IP address, which without a time identifies no one",
+        ),
+    )
+
     def __post_init__(self) -> None:
+        _check_rules(self)
         if self.kind == IdentifierKind.IP_ADDRESS:
-            if self.timestamp is None:
-                raise BodyError(
-                    "timestamp",
-                    "required for an IP address, which without a time identifies no one",
-                )
             try:
                 ipaddress.ip_address(self.value)
             except ValueError:
@@ -347,11 +390,12 @@ class Preservation(Request):
     mla_intended: bool
     period_days: Annotated[int, _Int(low=60, high=365)]  # Budapest 29(7): not less than 60 days
 
+    rules: ClassVar[tuple[When, ...]] = (
+        When("extends", "status", (PreservationStatus.EXTENSION,)),
+    )
+
     def __post_init__(self) -> None:
-        if self.status == PreservationStatus.EXTENSION and self.extends is None:
-            raise BodyError("extends", "required when status is extension")
-        if self.status == PreservationStatus.NEW and self.extends is not None:
-            raise BodyError("extends", "not allowed when status is new")
+        _check_rules(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -427,6 +471,9 @@ class Acknowledgement:
     note: Text | None = None
 
 
+_PRESERVED = (ResponseStatus.PRESERVED, ResponseStatus.PARTIALLY_PRESERVED)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
     """The answer to a request; what it must carry depends on `status`."""
@@ -442,22 +489,15 @@ class Response:
     refusal_ground: RefusalGround | None = None
     missing: Text | None = None
 
+    rules: ClassVar[tuple[When, ...]] = (
+        When("preserved_until", "status", _PRESERVED),
+        When("provider_reference", "status", _PRESERVED, required=False),  # optional even then
+        When("refusal_ground", "status", (ResponseStatus.REFUSED,)),
+        When("missing", "status", (ResponseStatus.NEEDS_INFO,)),
+    )
+
     def __post_init__(self) -> None:
-        preserved = self.status in (ResponseStatus.PRESERVED, ResponseStatus.PARTIALLY_PRESERVED)
-        _only_when(self, "preserved_until", preserved, "preserved or partially_preserved")
-        _only_when(self, "provider_reference", preserved, "", required=False)  # optional even then
-        _only_when(self, "refusal_ground", self.status == ResponseStatus.REFUSED, "refused")
-        _only_when(self, "missing", self.status == ResponseStatus.NEEDS_INFO, "needs_info")
-
-
-def _only_when(
-    response: Response, name: str, allowed: bool, statuses: str, *, required: bool = True
-) -> None:
-    value = getattr(response, name)
-    if allowed and required and value is None:
-        raise BodyError(name, f"required when status is {statuses}")
-    if not allowed and value is not None:
-        raise BodyError(name, f"not allowed when status is {response.status}")
+        _check_rules(self)
 
 
 Body: TypeAlias = (
@@ -542,6 +582,81 @@ def body_to_json(body: Body) -> dict[str, Any]:
 def body_type(body: Body) -> MessageType:
     """The message type `body` is the body of."""
     return body.message_type
+
+
+def describe_types() -> dict[str, Any]:
+    """Every body type as JSON, for clients that build forms: what `parse_body` checks.
+
+    `{type: {"title", "fields": [field, ...], "rules": [...]}}`, where a field is
+    `{"name", "kind", "required", ...}` with `kind` one of line, text, integer,
+    boolean, choice (with `choices`), record (with `title`, `fields`, `rules`)
+    and list (with `items`, `min_items`, `max_items`, `unique`); lines and text
+    carry `max_length` and a `format` (email, date, date-time, message-id,
+    time-zone, language) when their shape is checked; integers `min` and `max`.
+    A rule is `{"name", "on", "values", "required", "only"}` (see `When`).
+    """
+    return {str(t): _describe_record(cls) for t, cls in BODY_TYPES.items()}
+
+
+def _describe_record(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls, include_extras=True)
+    fields = []
+    for field in dataclasses.fields(cls):
+        required = field.default is dataclasses.MISSING
+        hint = hints[field.name]
+        if not required:
+            (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
+        fields.append({"name": field.name, "required": required, **_describe_hint(hint)})
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return {
+        "title": doc[0] if doc else cls.__name__,
+        "fields": fields,
+        "rules": [
+            {
+                "name": rule.name,
+                "on": rule.on,
+                "values": [str(v) for v in rule.values],
+                "required": rule.required,
+                "only": rule.only,
+            }
+            for rule in getattr(cls, "rules", ())
+        ],
+    }
+
+
+def _describe_hint(hint: Any) -> dict[str, Any]:
+    rule: Any = None
+    if get_origin(hint) is Annotated:
+        hint, rule = get_args(hint)
+    hint = getattr(hint, "__supertype__", hint)
+    if hint is str:
+        text: _Str = rule or _Str()
+        described: dict[str, Any] = {
+            "kind": "text" if text.multiline else "line",
+            "max_length": text.max_len,
+        }
+        if text.format:
+            described["format"] = text.format
+        return described
+    if hint is bool:
+        return {"kind": "boolean"}
+    if hint is int:
+        bounds: _Int = rule or _Int()
+        return {"kind": "integer", "min": bounds.low, "max": bounds.high}
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return {"kind": "choice", "choices": [member.value for member in hint]}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return {"kind": "record", **_describe_record(hint)}
+    if get_origin(hint) is tuple:
+        items: _Items = rule or _Items()
+        return {
+            "kind": "list",
+            "items": _describe_hint(get_args(hint)[0]),
+            "min_items": items.low,
+            "max_items": items.high,
+            "unique": items.unique,
+        }
+    raise TypeError(f"bodies: cannot describe {hint!r}")
 
 
 # --- The converter, driven by the records' type hints ---

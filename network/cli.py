@@ -296,8 +296,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     ]
     for config in configs:
         print(
-            f"{config.id}: API http://{config.api_host}:{config.api_port}/api/"
-            f"  peer {config.peer_url}"
+            f"{config.id}: console http://{config.api_host}:{config.api_port}/"
+            f"  API http://{config.api_host}:{config.api_port}/api/  peer {config.peer_url}"
         )
     print("the demo network is running; Ctrl-C stops it", flush=True)
     stopping = False

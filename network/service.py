@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,6 +64,7 @@ from network.errors import (
     RosterError,
     UnknownNodeError,
 )
+from network.events import Hub
 from network.keys import NodeKeys
 from network.lifecycle import PRIORITY_RANK, TABLES, Event, State
 from network.records import (
@@ -142,6 +143,22 @@ MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 
 
 _ACTED = (State.ACKNOWLEDGED, State.ANSWERED)
+
+# Audit actions the console hears about live (network/events.py), by the kind of event.
+_LIVE: dict[str, str] = {
+    "received": "message",
+    "receipt_received": "receipt",
+    "hop_receipt": "receipt",
+    "composed": "state",
+    "delivered": "state",
+    "rejected": "state",
+    "acknowledged": "state",
+    "answered": "state",
+    "replied": "state",
+    "expired": "state",
+    "overdue": "state",
+}
+_LIVE_DETAIL = ("from", "to", "type", "priority", "outcome", "deadline", "status")
 MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
 
 
@@ -213,6 +230,7 @@ class Service:
         self.latest_checkpoint: str | None = None  # our newest signed one; receipts carry it
         self.logged_in: set[str] = set()  # users whose token was used in this run
         self.recent_alerts: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
+        self.events = Hub()  # live news for the console; fed after each commit
         self._first_hops: dict[NodeId, NodeId] = {}
         self._destinations_cache: dict[
             tuple[str, bool], tuple[Mapping[NodeId, tuple[NodeId, ...]], list[NodeId]]
@@ -350,6 +368,25 @@ class Service:
     async def authenticate(self, token: str) -> UserRow | None:
         return await self.store.user_by_token_hash(hash_token(token))
 
+    def _publish(self, entries: Iterable[AuditEntry]) -> None:
+        """Tell live readers what was just committed (no body, only what a listing shows)."""
+        if not len(self.events):
+            return
+        now = self.clock()
+        for entry in entries:
+            kind = _LIVE.get(entry.action)
+            if kind is None or entry.message_id is None:
+                continue
+            event: dict[str, Any] = {
+                "kind": kind,
+                "action": entry.action,
+                "id": entry.message_id,
+                "time": now,
+            }
+            detail = entry.detail or {}
+            event.update((k, detail[k]) for k in _LIVE_DETAIL if k in detail)
+            self.events.publish(event)
+
     async def audit(self, entries: Sequence[AuditEntry]) -> None:
         async with self.store.transaction(self.clock()) as tx:
             await tx.audit(entries)
@@ -420,10 +457,11 @@ class Service:
             acted = []
             if answered is not None:
                 acted = await self._act_on(tx, answered, typed, actor=user, reply=header.id)
+            composed = AuditEntry(user, "composed", header.id, detail)
             await tx.audit(
                 [
                     *acted,
-                    AuditEntry(user, "composed", header.id, detail),
+                    composed,
                     AuditEntry(
                         self.actor,
                         "sealed",
@@ -433,7 +471,8 @@ class Service:
                     AuditEntry(self.actor, "queued", header.id, {"to": node}),
                 ]
             )
-        self.outbox_signal(node).set()
+        self._publish([*acted, composed])
+        self.wake(node)  # marks the link dirty: a bare signal waited for the link's next poll
         self.urgent_pending |= header.priority is not Priority.ROUTINE
         row = await self.store.message(header.id)
         assert row is not None
@@ -628,6 +667,7 @@ class Service:
                     await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 await tx.audit(item.audit)
             self._contact(tx, peer)
+        self._publish(entry for item in items for entry in item.audit)
         for item in items:
             if (item.relay or item.requeue is not None) and item.envelope is not None:
                 self.wake(item.envelope.header.recipient)
@@ -894,6 +934,7 @@ class Service:
                 entries.extend(await self._settle(tx, row, receipt, link_actor))
             await tx.audit(entries)
             self._contact(tx, peer)
+        self._publish(entries)
         return settled
 
     async def _settle(
@@ -1090,6 +1131,9 @@ class Service:
                     )
             await tx.audit(entries)
         self.recent_alerts.extend(alerts)
+        self._publish(entries)
+        for record in alerts:
+            self.events.publish({"kind": "alert", "id": record["message_id"], **record})
         return alerts
 
     async def expire_due(self) -> list[str]:
@@ -1112,7 +1156,9 @@ class Service:
                     current.peer,
                     current.attempts,
                 )
-            await tx.audit(AuditEntry(self.actor, "expired", i, {"raised": "log"}) for i in expired)
+            entries = [AuditEntry(self.actor, "expired", i, {"raised": "log"}) for i in expired]
+            await tx.audit(entries)
+        self._publish(entries)
         return expired
 
     async def raise_unroutable(self) -> list[str]:

@@ -9,6 +9,13 @@ Rules:
 - Every answer is JSON with `Cache-Control: no-store`, errors included:
   `{"error": "...", "field": "..."}`, where `field` names the request body
   field or query parameter that is wrong. Bad input is a 4xx, never a 500.
+- The console (network/console/: HTML, ES modules, CSS; no build step) is
+  served at `/` and `/console/...`, public; everything it fetches is under
+  /api/ with the bearer token. Every answer carries a Content-Security-Policy
+  allowing nothing but this origin (no inline script or style, no framing)
+  and `X-Content-Type-Options: nosniff`.
+- Live events (`GET /api/events`) are server-sent events fed by the node's
+  hub (network/events.py), with a keepalive comment every KEEPALIVE_SECONDS.
 - Audited here, through `Service.audit`: a token's first use in a run (`login`),
   a refused token (`login_failed`), a
   role refused a route (`access_denied`) and a refused request from an
@@ -19,17 +26,32 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
+import json
 import logging
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from pathlib import Path
+from typing import IO, Any, Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
-from network.audit import MAX_PAGE, EntryFilter, list_entries, parse_time, verify_store
+from network.audit import (
+    MAX_PAGE,
+    EntryFilter,
+    export_entries,
+    list_entries,
+    parse_time,
+    rfc3339,
+    verify_store,
+)
+from network.bodies import describe_types
 from network.errors import BodyError, CpnError, MalformedError, OversizeError
+from network.events import HubFullError
 from network.lifecycle import State
 from network.records import Priority, parse_json
 from network.service import ROLES, Service, summary
@@ -48,6 +70,27 @@ log = logging.getLogger("cpn.web")
 
 MAX_REQUEST_BYTES: Final = 256 * 1024
 """The largest request body accepted; larger ones get 413."""
+
+KEEPALIVE_SECONDS: Final = 15.0
+"""How often a live event stream carries a comment when nothing happens (proxies, dead peers)."""
+
+EXPORT_CHUNK: Final = 256 * 1024
+
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+CONSOLE_DIR: Final = Path(__file__).resolve().parent / "console"
+_CONSOLE_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 MIN_TTL_SECONDS: Final = 60
 MAX_TTL_SECONDS: Final = 30 * 24 * 3600
@@ -202,18 +245,150 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
     seq: the `next` of the page before). Each entry carries its leaf hash.
     """
     query = _query(request, _AUDIT_PARAMS)
-    filters = EntryFilter(
+    filters = _audit_filters(query)
+    limit = _count_param(query, "limit", 1, MAX_PAGE, DEFAULT_LIMIT)
+    after = _count_param(query, "after", 0, 2**53 - 1, 0)
+    path = request.app[SERVICE].store.path
+    entries, cursor = await asyncio.to_thread(list_entries, path, filters, after=after, limit=limit)
+    return web.json_response({"entries": entries, "next": cursor})
+
+
+def _audit_filters(query: Mapping[str, str]) -> EntryFilter:
+    return EntryFilter(
         since=_time_param(query, "since"),
         until=_time_param(query, "until"),
         message=query.get("message"),
         actor=query.get("actor"),
         action=query.get("action"),
     )
-    limit = _count_param(query, "limit", 1, MAX_PAGE, DEFAULT_LIMIT)
-    after = _count_param(query, "after", 0, 2**53 - 1, 0)
-    path = request.app[SERVICE].store.path
-    entries, cursor = await asyncio.to_thread(list_entries, path, filters, after=after, limit=limit)
-    return web.json_response({"entries": entries, "next": cursor})
+
+
+_EXPORT_PARAMS: Final = ("format", "since", "until", "message", "actor", "action")
+_EXPORT_TYPES: Final = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
+
+
+async def export_audit(request: web.Request) -> web.StreamResponse:
+    """`cpn audit export` as a download: `format` jsonl (default) or csv, and the log's filters.
+
+    The export is written in a thread to a temporary file (the store is read
+    as a snapshot), then streamed; the export itself is audited.
+    """
+    query = _query(request, _EXPORT_PARAMS)
+    format = _choice(query, "format", tuple(_EXPORT_TYPES)) or "jsonl"
+    filters = _audit_filters(query)
+    service = request.app[SERVICE]
+    with tempfile.TemporaryFile() as spool:
+        count = await asyncio.to_thread(_export_to, spool, service.store.path, format, filters)
+        detail: dict[str, Any] = {"format": format, "entries": count}
+        detail.update((name, query[name]) for name in _EXPORT_PARAMS[1:] if name in query)
+        user = request[USER].name
+        await service.audit([AuditEntry(actor=user, action="audit_exported", detail=detail)])
+        stamp = (rfc3339(service.clock()) or "").replace(":", "").replace("-", "")[:15]
+        response = web.StreamResponse(
+            headers={
+                hdrs.CONTENT_TYPE: _EXPORT_TYPES[format],
+                hdrs.CONTENT_DISPOSITION: (
+                    f'attachment; filename="cpn-audit-{service.me}-{stamp}Z.{format}"'
+                ),
+                hdrs.CACHE_CONTROL: "no-store",
+            }
+        )
+        response.content_length = spool.seek(0, io.SEEK_END)
+        spool.seek(0)
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(spool.read, EXPORT_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
+def _export_to(spool: IO[bytes], path: Path, format: str, filters: EntryFilter) -> int:
+    text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
+    try:
+        return export_entries(path, text, format, filters=filters)
+    finally:
+        text.flush()
+        text.detach()  # the spool stays open for the answer
+
+
+async def get_me(request: web.Request) -> web.StreamResponse:
+    """Who the token is: `{"user", "role", "node"}`."""
+    user = request[USER]
+    return web.json_response(
+        {"user": user.name, "role": user.role, "node": request.app[SERVICE].me}
+    )
+
+
+async def get_types(request: web.Request) -> web.StreamResponse:
+    """Every message type's body as `parse_body` checks it: the console builds its forms from it."""
+    return web.json_response({"types": _described_types()})
+
+
+@functools.cache
+def _described_types() -> dict[str, Any]:
+    return describe_types()
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `event: <kind>` and `data: <JSON>` as things happen.
+
+    Ends with `event: dropped` when this reader fell too far behind (or the
+    node stops): the reader reconnects and reloads. 503 when too many read.
+    """
+    try:
+        subscription = request.app[SERVICE].events.subscribe()
+    except HubFullError as exc:
+        raise _Refusal(503, str(exc)) from None
+    response = web.StreamResponse(
+        headers={hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-store"}
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b": live\n\n")
+        while True:
+            event = await subscription.next(KEEPALIVE_SECONDS)
+            if event is None:
+                await response.write(b"event: dropped\ndata: {}\n\n")
+                break
+            if event is False:
+                await response.write(b": keepalive\n\n")
+                continue
+            assert isinstance(event, dict)
+            data = json.dumps(event, separators=(",", ":"))
+            await response.write(f"event: {event['kind']}\ndata: {data}\n\n".encode())
+    except ConnectionResetError:
+        pass  # the reader went away
+    finally:
+        subscription.close()
+    return response
+
+
+async def console_page(request: web.Request) -> web.StreamResponse:
+    """The console's page (public: it holds no data; it asks for a token)."""
+    return _console_file("index.html")
+
+
+async def console_asset(request: web.Request) -> web.StreamResponse:
+    """The console's scripts and style sheet."""
+    return _console_file(request.match_info["name"])
+
+
+def _console_file(name: str) -> web.Response:
+    found = _console_files().get(name)
+    if found is None:
+        raise _Refusal(404, f"no such console file: {name[:100]}")
+    body, content_type = found
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+
+@functools.cache
+def _console_files() -> dict[str, tuple[bytes, str]]:
+    """The console's files, read once: only these names are ever served."""
+    return {
+        path.name: (path.read_bytes(), _CONSOLE_TYPES[path.suffix])
+        for path in sorted(CONSOLE_DIR.iterdir())
+        if path.suffix in _CONSOLE_TYPES
+    }
 
 
 async def verify_audit(request: web.Request) -> web.StreamResponse:
@@ -262,7 +437,13 @@ ROUTES: Final = (
     Route("GET", "/api/peers", get_peers, _ANY_ROLE, "list peers"),
     Route("GET", "/api/audit", list_audit, _AUDITOR, "read the audit log"),
     Route("GET", "/api/audit/verify", verify_audit, _AUDITOR, "verify the audit log"),
+    Route("GET", "/api/audit/export", export_audit, _AUDITOR, "export the audit log"),
+    Route("GET", "/api/me", get_me, _ANY_ROLE, "say who they are"),
+    Route("GET", "/api/types", get_types, _OFFICER, "read the message types"),
+    Route("GET", "/api/events", stream_events, _READERS, "follow live events"),
     Route("GET", "/healthz", healthz, None, "check liveness"),
+    Route("GET", "/", console_page, None, "open the console"),
+    Route("GET", "/console/{name}", console_asset, None, "load the console"),
 )
 
 _BY_HANDLER: Final[dict[Handler, Route]] = {route.handler: route for route in ROUTES}
@@ -274,11 +455,22 @@ def build_app(service: Service) -> web.Application:
         client_max_size=MAX_REQUEST_BYTES, middlewares=[_answer_errors, _authenticate]
     )
     app[SERVICE] = service
+    app.on_response_prepare.append(_secure_headers)
+    app.on_shutdown.append(_end_live_events)
     for route in ROUTES:
         if route.roles is None and route.path.startswith("/api/"):
             raise ValueError(f"{route.path}: routes under /api/ must declare their roles")
         app.router.add_route(route.method, route.path, route.handler)
     return app
+
+
+async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
+async def _end_live_events(app: web.Application) -> None:
+    """The node stops: end the event streams, or shutting down would wait for them."""
+    app[SERVICE].events.close()
 
 
 # -- middlewares -------------------------------------------------------------------
@@ -305,7 +497,8 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         response = _error(500, "internal error")
-    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    if not response.prepared:  # a stream (events, an export) set its own
+        response.headers[hdrs.CACHE_CONTROL] = "no-store"
     return response
 
 

@@ -1,0 +1,541 @@
+// The console: sign in, then the officer's or the auditor's pages, chosen by the hash
+// (#/inbox, #/compose, #/message/ID, #/audit, ...). Live events refresh what is shown.
+
+import { api, ApiError, download, follow, session, signIn, signOut } from './api.js';
+import { append, badge, brief, byUrgency, clear, h, label, show, table, when } from './dom.js';
+import { Form, control, record } from './forms.js';
+
+const main = document.getElementById('main');
+const banner = document.getElementById('banner');
+const liveMark = document.getElementById('live');
+
+const PAGES = {
+  officer: [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
+    ['preservations', 'Preservations'], ['peers', 'Peers']],
+  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['peers', 'Peers']],
+  admin: [['peers', 'Peers']],
+};
+
+let stopFollowing = null;
+let current = { refresh: null }; // the page shown: refresh(event) reloads what an event changes
+let types = null;
+
+// -- start, sign in, sign out ------------------------------------------------------
+
+session.onExpired = () => leave('Your session ended: sign in again.');
+document.getElementById('signout').addEventListener('click', () => leave('Signed out.'));
+window.addEventListener('hashchange', route);
+start();
+
+async function start() {
+  if (!session.token) return signInPage();
+  try {
+    session.me = await api('/api/me');
+  } catch (error) {
+    return signInPage(error.message);
+  }
+  enter();
+}
+
+function signInPage(message = '') {
+  document.getElementById('top').hidden = true;
+  const token = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true, placeholder: 'cpn_…' });
+  const error = h('p', { class: 'error', role: 'alert' }, message);
+  const form = h('form', { class: 'signin card', novalidate: true },
+    h('h1', {}, 'cpn console'),
+    h('p', { class: 'muted' }, 'The 24/7 contact-point network. Sign in with your API token.'),
+    h('label', { for: 'token' }, 'Token'), token, error,
+    h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    unlockSound(); // a click: the browser lets the page make sound from now on
+    signIn(token.value.trim());
+    try {
+      session.me = await api('/api/me');
+    } catch (failure) {
+      signOut();
+      error.textContent = failure instanceof ApiError && failure.status === 401
+        ? 'This token is not valid (or was revoked).' : failure.message;
+      return;
+    }
+    enter();
+  });
+  clear(main, form);
+  token.focus();
+}
+
+function enter() {
+  const { user, role, node } = session.me;
+  document.getElementById('top').hidden = false;
+  document.getElementById('node').textContent = node;
+  document.getElementById('who').textContent = `${user} (${role})`;
+  const nav = document.getElementById('nav');
+  clear(nav, (PAGES[role] || []).map(([page, text]) => h('a', { href: `#/${page}`, 'data-page': page }, text)));
+  if (role === 'officer' || role === 'auditor') {
+    stopFollowing?.();
+    stopFollowing = follow(onEvent, (live) => {
+      liveMark.textContent = live ? 'live' : 'reconnecting…';
+      liveMark.classList.toggle('on', live);
+      if (live) current.refresh?.(null); // what happened while away
+    });
+  }
+  if (!location.hash || location.hash === '#/') location.hash = `#/${PAGES[role]?.[0]?.[0] || 'peers'}`;
+  else route();
+}
+
+function leave(message) {
+  stopFollowing?.();
+  stopFollowing = null;
+  signOut();
+  liveMark.textContent = 'offline';
+  liveMark.classList.remove('on');
+  banner.hidden = true;
+  history.replaceState(null, '', '#/');
+  signInPage(message);
+}
+
+// -- routing -------------------------------------------------------------------------
+
+const VIEWS = {
+  inbox: () => messagesPage('in'),
+  outbox: () => messagesPage('out'),
+  compose: composePage,
+  message: messagePage,
+  alerts: alertsPage,
+  preservations: preservationsPage,
+  peers: peersPage,
+  audit: auditPage,
+};
+
+function route() {
+  if (!session.me) return;
+  const [page, arg] = location.hash.replace(/^#\/?/, '').split('/');
+  for (const link of document.querySelectorAll('#nav a')) {
+    link.classList.toggle('current', link.dataset.page === page);
+  }
+  current = { refresh: null };
+  const view = VIEWS[page];
+  if (!view) return clear(main, h('p', {}, 'No such page.'));
+  view(arg ? decodeURIComponent(arg) : undefined).catch((error) => {
+    clear(main, h('p', { class: 'error', role: 'alert' }, error.message));
+  });
+}
+
+function page(title, ...children) {
+  clear(main, h('h1', {}, title), children);
+}
+
+// -- live events --------------------------------------------------------------------
+
+function onEvent(kind, event) {
+  // A flash request (not the answers to ours, which carry its priority too).
+  if (kind === 'message' && event.priority === 'flash' && REQUESTS.includes(event.type)) flash(event);
+  current.refresh?.(event);
+}
+
+function flash(event) {
+  clear(banner,
+    h('strong', {}, 'FLASH'), ` ${label(event.type || 'message')} from ${event.from || '?'} — life or safety at risk. `,
+    h('a', { href: `#/message/${encodeURIComponent(event.id)}` }, 'Open it'),
+    h('button', { type: 'button', class: 'quiet', onclick: () => { banner.hidden = true; } }, 'Dismiss'));
+  banner.hidden = false;
+  banner.dataset.sound = beep() ? 'played' : 'muted';
+}
+
+let audio = null;
+
+function unlockSound() {
+  try {
+    audio ??= new AudioContext();
+    audio.resume();
+  } catch {
+    audio = null;
+  }
+}
+
+/** Three short two-tone beeps (an oscillator: no sound files). */
+function beep() {
+  unlockSound();
+  if (!audio) return false;
+  const start = audio.currentTime;
+  for (let i = 0; i < 6; i++) {
+    const tone = audio.createOscillator();
+    const gain = audio.createGain();
+    tone.type = 'square';
+    tone.frequency.value = i % 2 ? 660 : 880;
+    gain.gain.value = 0.08;
+    tone.connect(gain).connect(audio.destination);
+    tone.start(start + i * 0.2);
+    tone.stop(start + i * 0.2 + 0.16);
+  }
+  return true;
+}
+
+// -- messages -----------------------------------------------------------------------
+
+async function messagesPage(box) {
+  const holder = h('div');
+  page(box === 'in' ? 'Inbox' : 'Outbox', holder);
+  const load = async () => {
+    const { messages } = await api(`/api/messages?box=${box}&limit=500`);
+    messages.sort(byUrgency);
+    const rows = messages.map((m) => {
+      const link = `#/message/${encodeURIComponent(m.id)}`;
+      return h('tr', { class: m.overdue.length ? 'overdue' : '', 'data-id': m.id, onclick: () => { location.hash = link; } },
+        h('td', {}, badge(m.priority)),
+        h('td', {}, h('a', { href: link }, label(m.type))),
+        h('td', {}, m.peer),
+        h('td', {}, badge(m.state, 'state')),
+        h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : ''),
+        h('td', {}, when(m.created)),
+        h('td', { class: 'mono' }, m.id.slice(-12)));
+    });
+    clear(holder, messages.length
+      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Id'], rows, { class: 'messages' })
+      : h('p', { class: 'muted' }, box === 'in' ? 'Nothing received yet.' : 'Nothing sent yet.'));
+  };
+  current.refresh = load;
+  await load();
+}
+
+async function describedTypes() {
+  types ??= (await api('/api/types')).types;
+  return types;
+}
+
+const REQUESTS = ['preservation', 'traffic_disclosure', 'mla_notice', 'emergency', 'technical_advice', 'evidence', 'locate'];
+
+async function composePage() {
+  const [described, { peers }] = await Promise.all([describedTypes(), api('/api/peers')]);
+  const form = new Form();
+  const select = (name, choices, text) => {
+    const input = h('select', { id: `compose-${name}`, name, 'data-path': name },
+      h('option', { value: '' }, '— choose —'), choices.map(([value, shown]) => h('option', { value }, shown)));
+    const error = h('span', { class: 'error', 'data-error-for': name });
+    form.slot(name, error);
+    return [input, h('div', { class: 'field required' }, h('label', { for: input.id }, text), input, error)];
+  };
+  const [to, toField] = select('to', peers.map((p) => [p.id, `${p.id} — ${p.name}`]), 'To');
+  const [type, typeField] = select('type', REQUESTS.map((t) => [t, label(t)]), 'Type');
+  const [priority, priorityField] = select('priority',
+    [['flash', 'Flash: life or safety at risk'], ['urgent', 'Urgent: data may be lost within hours'], ['routine', 'Routine']], 'Priority');
+  const title = h('p', { class: 'muted' });
+  const holder = h('div');
+  let body = null;
+  type.addEventListener('change', () => {
+    form.clearErrors();
+    const desc = described[type.value];
+    title.textContent = desc ? desc.title : '';
+    body = desc ? record(desc, 'body', form) : null;
+    clear(holder, body?.el);
+  });
+  const status = h('p', { class: 'muted', role: 'status' });
+  const element = h('form', { class: 'compose card', novalidate: true },
+    form.summary, h('div', { class: 'row' }, toField, typeField, priorityField), title, holder,
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Check and send'), status));
+  element.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const errors = [];
+    for (const [name, input] of [['to', to], ['type', type], ['priority', priority]]) {
+      if (!input.value) errors.push([name, 'required field is missing']);
+    }
+    body?.check(errors);
+    if (errors.length) return form.showErrors(errors);
+    form.clearErrors();
+    status.textContent = 'Sending…';
+    try {
+      const sent = await api('/api/messages', {
+        method: 'POST',
+        body: { to: to.value, type: type.value, priority: priority.value, body: body.read() ?? {} },
+      });
+      location.hash = `#/message/${encodeURIComponent(sent.id)}`;
+    } catch (error) {
+      status.textContent = '';
+      form.showServerError(error);
+    }
+  });
+  page('Compose a request', element);
+}
+
+async function messagePage(id) {
+  if (session.me.role === 'officer') await describedTypes();
+  const details = h('div');
+  const actions = h('div');
+  page('Message', details, actions);
+  let state = null;
+  const load = async () => {
+    const message = await api(`/api/messages/${encodeURIComponent(id)}`);
+    renderMessage(details, message);
+    if (message.state !== state) {
+      state = message.state;
+      await renderActions(actions, message, load);
+    }
+  };
+  current.refresh = (event) => (!event || event.id === id || event.in_reply_to === id ? load() : null);
+  await load();
+}
+
+/** A body's fields in the order its type declares them (the node sends them sorted). */
+function ordered(value, desc) {
+  if (!desc || value === null || typeof value !== 'object' || Array.isArray(value)) return value;
+  const out = {};
+  for (const field of desc.fields) {
+    if (!(field.name in value)) continue;
+    const item = value[field.name];
+    const inner = field.kind === 'list' ? field.items : field;
+    out[field.name] = Array.isArray(item) ? item.map((one) => ordered(one, inner.kind === 'record' ? inner : null))
+      : ordered(item, field.kind === 'record' ? field : null);
+  }
+  for (const [key, item] of Object.entries(value)) if (!(key in out)) out[key] = item;
+  return out;
+}
+
+function renderMessage(holder, m) {
+  const header = m.header || {};
+  const facts = [
+    ['Id', m.id], ['Type', label(m.type)], [m.box === 'in' ? 'From' : 'To', m.peer],
+    ['Priority', badge(m.priority)], ['State', badge(m.state, 'state')],
+    ['Overdue', m.overdue.length ? badge(m.overdue.join(', '), 'overdue') : 'no'],
+    ['Created', when(m.created)], ['Expires', when(m.expires)],
+    ['Composed by', m.composed_by], ['Acknowledged by', m.acknowledged_by],
+    ['Preserved until', m.preserved_until ? when(m.preserved_until).slice(0, 10) : null],
+    ['Hop limit', header.hop_limit], ['Suite', header.suite],
+  ].filter(([, value]) => value !== null && value !== undefined);
+  const receipts = m.receipts.map((r) => h('tr', {},
+    h('td', {}, r.direction), h('td', {}, r.signer), h('td', {}, badge(r.outcome, 'state')),
+    h('td', {}, r.reason || ''), h('td', {}, when(r.time))));
+  const thread = m.thread.map((t) => h('li', {},
+    h('a', { href: `#/message/${encodeURIComponent(t.id)}` }, label(t.type)),
+    ` ${t.box === 'in' ? 'from' : 'to'} ${t.peer} · `, badge(t.state, 'state'), ` · ${when(t.created)}`));
+  // Each reading is audited; the timeline shows a reader's first (the audit log has all).
+  const readers = new Set();
+  const steps = m.timeline.filter((step) => step.action !== 'opened' || !readers.has(step.actor) && readers.add(step.actor));
+  const timeline = steps.map((step) => h('li', { 'data-action': step.action },
+    h('span', { class: 'time' }, when(step.time)), ' ',
+    h('strong', {}, step.action.replace(/_/g, ' ')), ' ',
+    h('span', { class: 'muted' }, step.actor), ' ',
+    h('span', { class: 'detail' }, brief(step.detail))));
+  clear(holder,
+    h('section', { class: 'card' }, h('h2', {}, 'Header'),
+      h('dl', { class: 'facts' }, facts.map(([key, value]) => [h('dt', {}, key), h('dd', { 'data-fact': key }, value)]))),
+    h('section', { class: 'card body' }, h('h2', {}, 'Body'), show(ordered(m.body, types?.[m.type]))),
+    h('section', { class: 'card' }, h('h2', {}, 'Thread'),
+      thread.length ? h('ul', { class: 'thread' }, thread) : h('p', { class: 'muted' }, 'No other message in this thread.')),
+    h('section', { class: 'card' }, h('h2', {}, 'Receipts'),
+      receipts.length ? table(['Direction', 'Signer', 'Outcome', 'Reason', 'Time'], receipts) : h('p', { class: 'muted' }, 'No receipt yet.')),
+    h('section', { class: 'card' }, h('h2', {}, 'Timeline'), h('ol', { class: 'timeline' }, timeline)));
+}
+
+async function renderActions(holder, m, reload) {
+  clear(holder);
+  const takesAction = session.me.role === 'officer' && m.box === 'in' && REQUESTS.includes(m.type);
+  if (!takesAction || ['answered', 'expired', 'rejected'].includes(m.state)) return;
+  const described = await describedTypes();
+  const status = h('p', { class: 'muted', role: 'status' });
+  if (m.state !== 'acknowledged') {
+    const note = h('input', { id: 'ack-note', type: 'text', maxlength: 2000, placeholder: 'optional note to the sender' });
+    const ack = h('form', { class: 'card', novalidate: true }, h('h2', {}, 'Acknowledge'),
+      h('div', { class: 'field' }, h('label', { for: 'ack-note' }, 'Note'), note),
+      h('button', { type: 'submit', class: 'primary' }, 'Acknowledge'));
+    ack.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      try {
+        await api(`/api/messages/${encodeURIComponent(m.id)}/ack`, { method: 'POST', body: note.value.trim() ? { note: note.value.trim() } : {} });
+        status.textContent = 'Acknowledged: the sender is told.';
+        await reload();
+      } catch (error) {
+        status.textContent = error.message;
+      }
+    });
+    holder.append(ack);
+  }
+  const form = new Form();
+  const reply = record(described.response, 'body', form, { omit: ['in_reply_to'] });
+  const element = h('form', { class: 'card reply', novalidate: true }, h('h2', {}, 'Reply'), form.summary, reply.el,
+    h('button', { type: 'submit', class: 'primary' }, 'Send the reply'));
+  element.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const errors = [];
+    reply.check(errors);
+    if (errors.length) return form.showErrors(errors);
+    try {
+      await api(`/api/messages/${encodeURIComponent(m.id)}/reply`, { method: 'POST', body: reply.read() ?? {} });
+      status.textContent = 'Reply sent.';
+      await reload();
+    } catch (error) {
+      form.showServerError(error);
+    }
+  });
+  append(holder, element, status);
+}
+
+// -- the node --------------------------------------------------------------------------
+
+async function alertsPage() {
+  const holder = h('div');
+  page('Alerts', holder);
+  const load = async () => {
+    const { overdue, alerts } = await api('/api/alerts');
+    const overdueRows = overdue.map((m) => h('tr', { class: 'overdue' },
+      h('td', {}, badge(m.priority)), h('td', {}, h('a', { href: `#/message/${encodeURIComponent(m.id)}` }, label(m.type))),
+      h('td', {}, m.box === 'in' ? `from ${m.peer}` : `to ${m.peer}`), h('td', {}, badge(m.state, 'state')),
+      h('td', {}, m.overdue.join(', '))));
+    const alertRows = alerts.map((a) => h('tr', {},
+      h('td', {}, a.time), h('td', {}, a.alert.replace(/_/g, ' ')), h('td', {}, badge(a.priority)),
+      h('td', {}, h('a', { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(-12))),
+      h('td', {}, a.peer), h('td', {}, typeof a.detail === 'string' ? a.detail : brief(a.detail))));
+    clear(holder,
+      h('h2', {}, 'Overdue now'),
+      overdueRows.length ? table(['Priority', 'Type', 'Peer', 'State', 'Overdue'], overdueRows) : h('p', { class: 'muted' }, 'Nothing is overdue.'),
+      h('h2', {}, 'Latest alerts'),
+      alertRows.length ? table(['Time', 'Alert', 'Priority', 'Message', 'Peer', 'Detail'], alertRows) : h('p', { class: 'muted' }, 'No alert raised.'));
+  };
+  current.refresh = load;
+  await load();
+}
+
+async function preservationsPage() {
+  const { preservations } = await api('/api/preservations');
+  const rows = preservations.map((p) => h('tr', {},
+    h('td', {}, when(p.preserved_until).slice(0, 10)), h('td', {}, p.peer),
+    h('td', {}, h('a', { href: `#/message/${encodeURIComponent(p.id)}` }, p.id.slice(-12))),
+    h('td', {}, badge(p.state, 'state')), h('td', {}, p.overdue.length ? badge(p.overdue.join(', '), 'overdue') : '')));
+  page('Preservations',
+    h('p', { class: 'muted' }, 'Data the other side preserved for us, soonest to lapse first: send the extension or the MLA notice in time.'),
+    rows.length ? table(['Preserved until', 'Country', 'Request', 'State', 'Warning'], rows) : h('p', { class: 'muted' }, 'No preservation open.'));
+}
+
+async function peersPage() {
+  const holder = h('div');
+  page('Peers', holder);
+  const load = async () => {
+    const { node, peers } = await api('/api/peers');
+    const rows = peers.map((p) => h('tr', { 'data-peer': p.id },
+      h('td', {}, p.id), h('td', {}, p.name), h('td', {}, badge(p.linked ? 'linked' : 'not linked', p.linked ? 'ok' : 'bad')),
+      h('td', {}, p.status), h('td', {}, when(p.last_seen)), h('td', {}, String(p.queued)),
+      h('td', {}, String(p.failures)), h('td', {}, p.last_error || '')));
+    clear(holder, h('p', { class: 'muted' }, `The contact points ${node} knows from the signed roster.`),
+      table(['Id', 'Name', 'Link', 'Roster', 'Last seen', 'Queued', 'Failures', 'Last error'], rows));
+  };
+  current.refresh = (event) => (event ? null : load());
+  await load();
+}
+
+// -- the auditor ------------------------------------------------------------------------
+
+const FILTERS = [['since', 'Since', '2026-11-18T00:00:00Z'], ['until', 'Until', '2026-11-19T00:00:00Z'],
+  ['message', 'Message id', ''], ['actor', 'Actor', 'e.g. node:DEU'], ['action', 'Action', 'e.g. received']];
+
+async function auditPage() {
+  const form = new Form();
+  const inputs = {};
+  const fields = FILTERS.map(([name, text, hint]) => {
+    const input = h('input', { id: `filter-${name}`, name, type: 'text', placeholder: hint, autocomplete: 'off' });
+    inputs[name] = input;
+    const error = h('span', { class: 'error', 'data-error-for': name });
+    form.slot(name, error);
+    return h('div', { class: 'field' }, h('label', { for: input.id }, text), input, error);
+  });
+  const query = () => {
+    const params = new URLSearchParams();
+    for (const [name, input] of Object.entries(inputs)) if (input.value.trim()) params.set(name, input.value.trim());
+    return params;
+  };
+  const results = h('div');
+  const pager = h('div', { class: 'actions pager' });
+  const cursors = [0]; // `after` of each page seen
+  const load = async (after) => {
+    const params = query();
+    params.set('limit', '50');
+    if (after) params.set('after', String(after));
+    let answer;
+    try {
+      answer = await api(`/api/audit?${params}`);
+    } catch (error) {
+      form.showServerError(error);
+      return;
+    }
+    form.clearErrors();
+    const rows = answer.entries.map((e) => h('tr', { 'data-seq': e.seq },
+      h('td', {}, String(e.seq)), h('td', {}, e.time_rfc3339), h('td', {}, e.actor), h('td', {}, e.action),
+      h('td', { class: 'mono' }, e.message_id ? e.message_id.slice(-12) : ''),
+      h('td', { class: 'detail' }, JSON.stringify(e.detail))));
+    clear(results, rows.length
+      ? table(['Seq', 'Time', 'Actor', 'Action', 'Message', 'Detail'], rows, { class: 'audit' })
+      : h('p', { class: 'muted' }, 'No entry matches.'));
+    const pageNo = cursors.indexOf(after);
+    clear(pager,
+      h('button', { type: 'button', class: 'quiet', disabled: pageNo <= 0, onclick: () => load(cursors[pageNo - 1]) }, '← Previous'),
+      h('span', { class: 'muted' }, `page ${pageNo + 1}`),
+      h('button', { type: 'button', class: 'quiet', disabled: answer.next === null, onclick: () => {
+        if (!cursors.includes(answer.next)) cursors.push(answer.next);
+        load(answer.next);
+      } }, 'Next →'));
+  };
+  const filters = h('form', { class: 'card filters', novalidate: true }, form.summary, h('div', { class: 'row' }, fields),
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Filter'),
+      h('button', { type: 'reset', class: 'quiet' }, 'Clear')));
+  filters.addEventListener('submit', (event) => {
+    event.preventDefault();
+    cursors.splice(1);
+    load(0);
+  });
+  filters.addEventListener('reset', () => setTimeout(() => { cursors.splice(1); load(0); }));
+
+  const verdict = h('div', { class: 'verdict', role: 'status' });
+  const verify = h('button', { type: 'button', class: 'primary', onclick: async () => {
+    verify.disabled = true;
+    clear(verdict, h('p', { class: 'muted' }, 'Verifying the whole log…'));
+    try {
+      showVerdict(verdict, await api('/api/audit/verify'));
+    } catch (error) {
+      clear(verdict, h('p', { class: 'error' }, error.message));
+    } finally {
+      verify.disabled = false;
+    }
+  } }, 'Run the verification');
+
+  const format = h('select', { id: 'export-format' }, h('option', { value: 'jsonl' }, 'JSONL (entries and signed checkpoints)'),
+    h('option', { value: 'csv' }, 'CSV (entries)'));
+  const exported = h('span', { class: 'muted', role: 'status' });
+  const exportButton = h('button', { type: 'button', class: 'primary', onclick: async () => {
+    const params = query();
+    params.set('format', format.value);
+    exported.textContent = 'Exporting…';
+    try {
+      const { blob, name } = await download(`/api/audit/export?${params}`);
+      const link = h('a', { href: URL.createObjectURL(blob), download: name });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      exported.textContent = `Downloaded ${name}.`;
+    } catch (error) {
+      exported.textContent = '';
+      form.showServerError(error);
+    }
+  } }, 'Download the export');
+
+  page('Audit log', filters, results, pager,
+    h('div', { class: 'row' },
+      h('section', { class: 'card' }, h('h2', {}, 'Verification'),
+        h('p', { class: 'muted' }, 'Recomputes the Merkle tree, checks every signed checkpoint, cosignature, envelope and receipt.'),
+        verify, verdict),
+      h('section', { class: 'card' }, h('h2', {}, 'Export'),
+        h('p', { class: 'muted' }, 'The entries matching the filters above, each with its leaf hash.'),
+        h('div', { class: 'field' }, h('label', { for: 'export-format' }, 'Format'), format),
+        h('div', { class: 'actions' }, exportButton, exported))));
+  await load(0);
+}
+
+function showVerdict(holder, report) {
+  const counts = ['entries', 'checkpoints', 'cosignatures', 'envelopes', 'receipts', 'witnessed']
+    .map((key) => [h('dt', {}, label(key)), h('dd', {}, String(report[key]))]);
+  const first = report.first_problem;
+  clear(holder,
+    h('p', { class: report.ok ? 'ok' : 'bad', 'data-ok': String(report.ok) },
+      report.ok ? `The log of ${report.node} holds: every check passed.` : `${report.problem_count} problem(s) found.`),
+    first ? h('p', { class: 'error' }, brief(first)) : null,
+    h('dl', { class: 'facts' }, counts),
+    report.warnings.length ? h('ul', { class: 'warnings' }, report.warnings.map((w) => h('li', {}, w))) : null);
+}
