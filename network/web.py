@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -96,6 +97,9 @@ USER: Final = web.RequestKey("user", UserRow)
 QUERY: Final = web.RequestKey("query", dict[str, str])
 """The query parameters, checked against the route's `Param`s; empty ones left out."""
 
+# RFC 6750 §2.1 b64token, bounded: anything else (bytes that are not UTF-8 included) is
+# no token of ours.
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # -- what the routes take: query parameters and request bodies ---------------------
@@ -575,7 +579,7 @@ def _bearer_token(header: str | None) -> str:
         raise _Refusal(401, "missing Authorization: Bearer TOKEN header", headers=challenge)
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    if scheme.lower() != "bearer" or not _B64TOKEN.fullmatch(token):
         raise _Refusal(401, "Authorization header must be 'Bearer TOKEN'", headers=challenge)
     return token
 

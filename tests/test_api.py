@@ -226,6 +226,15 @@ def test_every_documented_route_without_a_token_is_401_or_public(api: Api) -> No
     assert wrong == []
 
 
+@pytest.mark.parametrize("token", ["\xff\xfe\xed", "cpn_" + "a" * 600, "cpn_a\tb", "cpn_é"])
+def test_a_token_that_cannot_be_ours_is_401(api: Api, token: str) -> None:
+    status, headers, data = api.call("FRA", "GET", "/api/peers", token=token)
+
+    assert status == 401
+    assert headers["www-authenticate"] == "Bearer"
+    assert json.loads(data) == {"error": "Authorization header must be 'Bearer TOKEN'"}
+
+
 def test_role_matrix_holds_on_every_documented_route(api: Api) -> None:
     document = api.document()
 
