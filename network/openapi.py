@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
@@ -132,9 +132,7 @@ class Doc:
     path: tuple[Param, ...] = ()
     body: Schema | None = None  # the request body's schema
     body_required: bool = True
-    media_type: str = "application/json"  # of the success answer
-    notes: str = ""  # added to the handler's docstring in the description
-    extra: Mapping[int, str] = field(default_factory=dict)  # further statuses it answers
+    media_type: str = "application/json"  # of the success answer (text/html, text/event-stream)
 
 
 class DocumentedRoute(Protocol):
@@ -280,7 +278,7 @@ def _operation(route: DocumentedRoute) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": route.handler.__name__,
         "summary": route.does[0].upper() + route.does[1:],
-        "description": f"{description} {doc.notes}".strip(),
+        "description": description,
         "parameters": [
             *(_parameter(p, "path") for p in doc.path),
             *(_parameter(p, "query") for p in doc.query),
@@ -328,6 +326,4 @@ def _responses(route: DocumentedRoute) -> dict[str, Any]:
     }
     for status in sorted(statuses):
         responses[str(status)] = {"description": _STATUS_TEXT[status], "content": error}
-    for status, text in doc.extra.items():
-        responses[str(status)] = {"description": text, "content": error}
     return responses

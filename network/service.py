@@ -1222,13 +1222,15 @@ class UnknownReceiptError(PeerError):
 @contextmanager
 def _fields_as_given() -> Iterator[None]:
     """An acknowledgement's or reply's fields are given as they are, not under `body`:
-    its BodyError names them so (`status`, not `body.status`)."""
+    its BodyError names them so (`status`, not `body.status`), and `in_reply_to` as
+    the message `id` it was given as."""
     try:
         yield
     except BodyError as exc:
         if not exc.field.startswith("body."):
             raise
-        raise BodyError(exc.field.removeprefix("body."), exc.problem) from None
+        field = exc.field.removeprefix("body.")
+        raise BodyError("id" if field == "in_reply_to" else field, exc.problem) from None
 
 
 def summary(row: MessageRow) -> dict[str, Any]:
