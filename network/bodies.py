@@ -96,6 +96,7 @@ __all__ = [
     "body_to_json",
     "body_type",
     "describe_types",
+    "json_schemas",
     "parse_body",
     "parse_request",
 ]
@@ -114,6 +115,7 @@ class _Str:
     multiline: bool = False
     check: Callable[[str], str | None] | None = None  # returns the problem, or None
     format: str | None = None  # the shape `check` wants, named for clients (describe_types)
+    schema: tuple[tuple[str, str], ...] = ()  # what `check` wants, as JSON Schema keywords
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,13 +225,32 @@ def _language_problem(value: str) -> str | None:
     return "must be a language tag, such as en, fr or pt-BR"
 
 
+def _pattern(regex: re.Pattern[str]) -> tuple[str, str]:
+    return ("pattern", f"^{regex.pattern}$")
+
+
 Text = Annotated[str, _Str(MAX_TEXT, multiline=True)]
-Ref = Annotated[MessageId, _Str(check=_message_id_problem, format="message-id")]
-Email = Annotated[str, _Str(check=_email_problem, format="email")]
-FullDate = Annotated[str, _Str(check=_full_date_problem, format="date")]
-DateTime = Annotated[str, _Str(check=_date_time_problem, format="date-time")]
-TimeZone = Annotated[str, _Str(check=_time_zone_problem, format="time-zone")]
-Language = Annotated[str, _Str(check=_language_problem, format="language")]
+Ref = Annotated[
+    MessageId, _Str(check=_message_id_problem, format="message-id", schema=(_pattern(_UUID),))
+]
+Email = Annotated[str, _Str(check=_email_problem, format="email", schema=(("format", "email"),))]
+FullDate = Annotated[
+    str,
+    _Str(
+        check=_full_date_problem,
+        format="date",
+        schema=(("format", "date"), _pattern(_FULL_DATE)),
+    ),
+]
+DateTime = Annotated[
+    str, _Str(check=_date_time_problem, format="date-time", schema=(("format", "date-time"),))
+]
+TimeZone = Annotated[
+    str, _Str(check=_time_zone_problem, format="time-zone", schema=(_pattern(_TIME_ZONE),))
+]
+Language = Annotated[
+    str, _Str(check=_language_problem, format="language", schema=(_pattern(_LANGUAGE),))
+]
 IdentifierValue = Annotated[str, _Str(2048)]  # URLs run longer than a line
 
 
@@ -376,7 +397,8 @@ class Request:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Preservation(Request):
-    """Expedited preservation of stored data: Budapest 29, UN 42."""
+    """Expedited preservation of stored data: Budapest 29, UN 42. `extends` (the earlier
+    request's id) is required when `status` is extension, and refused when it is new."""
 
     message_type: ClassVar[MessageType] = MessageType.PRESERVATION
 
@@ -476,7 +498,10 @@ _PRESERVED = (ResponseStatus.PRESERVED, ResponseStatus.PARTIALLY_PRESERVED)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
-    """The answer to a request; what it must carry depends on `status`."""
+    """The answer to a request; what it must carry depends on `status`: `preserved_until`
+    when preserved or partially_preserved (`provider_reference` then optional),
+    `refusal_ground` when refused, `missing` when needs_info; each is refused with any
+    other status."""
 
     message_type: ClassVar[MessageType] = MessageType.RESPONSE
 
@@ -657,6 +682,79 @@ def _describe_hint(hint: Any) -> dict[str, Any]:
             "unique": items.unique,
         }
     raise TypeError(f"bodies: cannot describe {hint!r}")
+
+
+def json_schemas(ref: str = "#/components/schemas/") -> dict[str, dict[str, Any]]:
+    """The JSON Schema (2020-12) of every body and of the records inside them, by class
+    name, each nested record referred to as `{ref}<Name>`: derived from the same type
+    hints and field rules `parse_body` applies. Cross-field rules (`extends` with
+    `status`, a response's fields per `status`) are in each record's description;
+    `parse_body` checks them and names the field.
+    """
+    schemas: dict[str, dict[str, Any]] = {}
+    pending: list[type] = list(BODY_TYPES.values())
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ not in schemas:
+            schemas[cls.__name__] = _record_schema(cls, ref, pending)
+    return dict(sorted(schemas.items()))
+
+
+def _record_schema(cls: type, ref: str, pending: list[type]) -> dict[str, Any]:
+    hints = get_type_hints(cls, include_extras=True)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        if field.default is dataclasses.MISSING:
+            required.append(field.name)
+            properties[field.name] = _hint_schema(hint, ref, pending)
+        else:  # `X | None = None`: absent or null
+            (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
+            properties[field.name] = {"anyOf": [_hint_schema(hint, ref, pending), {"type": "null"}]}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+    doc = cls.__doc__ or ""
+    if doc and not doc.startswith(f"{cls.__name__}("):  # not dataclass's generated signature
+        schema["description"] = " ".join(doc.split())
+    return schema
+
+
+def _hint_schema(hint: Any, ref: str, pending: list[type]) -> dict[str, Any]:
+    """The JSON Schema of one type hint; mirrors `_compile`."""
+    rule: Any = None
+    if get_origin(hint) is Annotated:
+        hint, rule = get_args(hint)
+    hint = getattr(hint, "__supertype__", hint)
+    if hint is str:
+        text: _Str = rule or _Str()
+        return {"type": "string", "minLength": 1, "maxLength": text.max_len, **dict(text.schema)}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        limits: _Int = rule or _Int()
+        return {"type": "integer", "minimum": limits.low, "maximum": limits.high}
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return {"type": "string", "enum": [member.value for member in hint]}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        pending.append(hint)
+        return {"$ref": f"{ref}{hint.__name__}"}
+    if get_origin(hint) is tuple:
+        items: _Items = rule or _Items()
+        schema: dict[str, Any] = {
+            "type": "array",
+            "items": _hint_schema(get_args(hint)[0], ref, pending),
+            "minItems": items.low,
+            "maxItems": items.high,
+        }
+        if items.unique:
+            schema["uniqueItems"] = True
+        return schema
+    raise TypeError(f"bodies: no schema for {hint!r}")
 
 
 # --- The converter, driven by the records' type hints ---

@@ -9,6 +9,9 @@ ConfigError naming the file and the key.
     listen = "127.0.0.1:7101"        # url defaults to wss://<listen>
     [api]
     listen = "127.0.0.1:8101"
+    login_failures = 5               # optional: consecutive refused tokens from one address
+    login_penalty = "1s"             #   before it waits this long, doubled with each further
+    login_penalty_max = "5m"         #   refused token, at most this long (see network/throttle.py)
     [store]
     path = "../var/FRA.sqlite"
     [keys]
@@ -48,6 +51,7 @@ from urllib.parse import urlsplit
 from network.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
 from network.errors import ConfigError
 from network.records import NodeId, Priority, is_node_id
+from network.throttle import DEFAULT_LOGIN, LoginPolicy
 
 __all__ = ["NodeConfig", "load_config", "parse_duration", "parse_listen"]
 
@@ -90,6 +94,7 @@ class NodeConfig:
     webhook_url: str | None = None  # alerts are POSTed here as JSON, when set
     webhook_timeout: float = 10.0  # seconds per attempt
     webhook_retries: int = 5  # attempts in all, the first included
+    login: LoginPolicy = DEFAULT_LOGIN  # when repeated failed logins are slowed down
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -229,6 +234,25 @@ def _alerts(section: object, file: Path) -> tuple[str | None, float, int]:
     return url, float(timeout), retries
 
 
+def _login(api: dict[str, Any], file: Path) -> LoginPolicy:
+    extra = sorted(set(api) - {"listen", "login_failures", "login_penalty", "login_penalty_max"})
+    if extra:
+        raise ConfigError(f"{file}: api.{extra[0]}: unknown key")
+    failures = api.get("login_failures", DEFAULT_LOGIN.failures)
+    if isinstance(failures, bool) or not isinstance(failures, int) or not 1 <= failures <= 100:
+        raise ConfigError(f"{file}: api.login_failures: expected 1..100, got {failures!r}")
+    penalty, most = (
+        parse_duration(api[key], f"{file}: api.{key}") if key in api else default
+        for key, default in (
+            ("login_penalty", DEFAULT_LOGIN.penalty_ms),
+            ("login_penalty_max", DEFAULT_LOGIN.max_penalty_ms),
+        )
+    )
+    if most < penalty:
+        raise ConfigError(f"{file}: api.login_penalty_max: must not be shorter than login_penalty")
+    return LoginPolicy(failures=failures, penalty_ms=penalty, max_penalty_ms=most)
+
+
 def _table(doc: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
     value = doc.get(key)
     if not isinstance(value, dict):
@@ -266,6 +290,7 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"{path}: peer.url: must start with wss://, got {peer_url!r}")
     api = _table(doc, "api", path)
     api_host, api_port = parse_listen(api.get("listen"), f"{path}: api.listen")
+    login = _login(api, path)
     store = _table(doc, "store", path)
     keys = _table(doc, "keys", path)
     links = doc.get("links", {})
@@ -309,4 +334,5 @@ def load_config(path: Path) -> NodeConfig:
         webhook_url=webhook_url,
         webhook_timeout=webhook_timeout,
         webhook_retries=webhook_retries,
+        login=login,
     )

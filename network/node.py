@@ -132,7 +132,7 @@ async def run_node(
             if config.webhook_url
             else None
         )
-        runner = web.AppRunner(build_app(service), access_log=None)
+        runner = web.AppRunner(build_app(service, login=config.login), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.api_host, config.api_port)
         await site.start()

@@ -15,7 +15,8 @@ import logging
 import os
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -1048,9 +1049,14 @@ class Service:
         body: dict[str, Any] = {"in_reply_to": message_id, "officer": user}
         if note is not None:
             body["note"] = note
-        return await self.submit(
-            user=user, to=row.peer, message_type="acknowledgement", priority=row.priority, body=body
-        )
+        with _fields_as_given():
+            return await self.submit(
+                user=user,
+                to=row.peer,
+                message_type="acknowledgement",
+                priority=row.priority,
+                body=body,
+            )
 
     async def reply(self, message_id: str, user: str, fields: dict[str, Any]) -> MessageRow | None:
         """An officer answers a received request: a `response` goes to its sender."""
@@ -1059,13 +1065,14 @@ class Service:
             return None
         if "in_reply_to" in fields:
             raise BodyError("in_reply_to", "is the message replied to; leave it out")
-        return await self.submit(
-            user=user,
-            to=row.peer,
-            message_type="response",
-            priority=row.priority,
-            body={"in_reply_to": message_id, **fields},
-        )
+        with _fields_as_given():
+            return await self.submit(
+                user=user,
+                to=row.peer,
+                message_type="response",
+                priority=row.priority,
+                body={"in_reply_to": message_id, **fields},
+            )
 
     async def open_preservations(self) -> list[dict[str, Any]]:
         """Our preservation requests the other side preserved, soonest to lapse first."""
@@ -1275,6 +1282,20 @@ class Service:
 
 class UnknownReceiptError(PeerError):
     reason = "unknown_message"
+
+
+@contextmanager
+def _fields_as_given() -> Iterator[None]:
+    """An acknowledgement's or reply's fields are given as they are, not under `body`:
+    its BodyError names them so (`status`, not `body.status`), and `in_reply_to` as
+    the message `id` it was given as."""
+    try:
+        yield
+    except BodyError as exc:
+        if not exc.field.startswith("body."):
+            raise
+        field = exc.field.removeprefix("body.")
+        raise BodyError("id" if field == "in_reply_to" else field, exc.problem) from None
 
 
 def summary(row: MessageRow) -> dict[str, Any]:

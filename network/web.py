@@ -5,6 +5,10 @@ Rules:
   A route with roles (and any path under /api/, matched or not) needs
   `Authorization: Bearer TOKEN`; a route without roles is public and may not
   live under /api/.
+- Each route carries its `Doc` (parameters, request body, answer), from which
+  `/api/openapi.json` is built: adding a route is adding one entry to `ROUTES`.
+  Query parameters are checked against the route's declared `Param`s before its
+  handler runs: an unknown, repeated or ill-formed one is a 400 naming it.
 - Handlers are thin: they parse, call one use case of `Service`, and answer.
 - Every answer is JSON with `Cache-Control: no-store`, errors included:
   `{"error": "...", "field": "..."}`, where `field` names the request body
@@ -17,10 +21,13 @@ Rules:
 - Live events (`GET /api/events`) are server-sent events fed by the node's
   hub (network/events.py), with a keepalive comment every KEEPALIVE_SECONDS.
 - Audited here, through `Service.audit`: a token's first use in a run (`login`),
-  a refused token (`login_failed`), a
+  a refused token (`login_failed`), a penalty window opened for an address after
+  repeated refused tokens (`login_throttled`, once per window; see `throttle`), a
   role refused a route (`access_denied`) and a refused request from an
   authenticated user (`request_refused`): bad input from outside leaves a
   trace. A successful authentication is not audited on every request.
+- Counted for `/metrics` (see `metrics`): every answer by method, route template
+  and status; refused tokens; penalty windows.
 """
 
 from __future__ import annotations
@@ -30,16 +37,18 @@ import functools
 import io
 import json
 import logging
+import math
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NoReturn
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
+from network import __version__
 from network.audit import (
     MAX_PAGE,
     EntryFilter,
@@ -49,18 +58,34 @@ from network.audit import (
     rfc3339,
     verify_store,
 )
-from network.bodies import describe_types
+from network.bodies import BODY_TYPES, describe_types, json_schemas
 from network.errors import BodyError, CpnError, MalformedError, OversizeError
 from network.events import HubFullError
 from network.lifecycle import State
-from network.records import Priority, parse_json
+from network.metrics import CONTENT_TYPE, Metrics
+from network.openapi import (
+    ID_PARAM,
+    Doc,
+    Param,
+    array_of,
+    document,
+    enum,
+    integer,
+    obj,
+    ref,
+    string,
+)
+from network.records import MessageType, Priority, parse_json
 from network.service import ROLES, Service, summary
 from network.store import AuditEntry, StoreError, UserRow
+from network.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "METRICS",
     "ROUTES",
     "SERVICE",
+    "THROTTLE",
     "USER",
     "Route",
     "build_app",
@@ -100,18 +125,96 @@ MAX_LIMIT: Final = 500
 SERVICE: Final = web.AppKey("service", Service)
 """The node's use cases, set by `build_app`."""
 
+METRICS: Final = web.AppKey("metrics", Metrics)
+"""The node's Prometheus figures, counted by the middlewares and served at /metrics."""
+
+THROTTLE: Final = web.AppKey("throttle", LoginThrottle)
+"""Failed logins per remote address, and their penalty windows."""
+
+_OPENAPI: Final = web.AppKey("openapi", dict[str, Any])
+
 USER: Final = web.RequestKey("user", UserRow)
 """The authenticated caller, set by the authentication middleware."""
 
-_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-_REQUIRED_KEYS: Final = ("to", "type", "priority", "body")
-_OPTIONAL_KEYS: Final = ("ttl_seconds",)
-_CHOICES: Final[dict[str, tuple[str, ...]]] = {
-    "box": ("in", "out"),
-    "state": tuple(State),
-    "priority": tuple(Priority),
+QUERY: Final = web.RequestKey("query", dict[str, str])
+"""The query parameters, checked against the route's `Param`s; empty ones left out."""
+
+# RFC 6750 §2.1 b64token, bounded: anything else (bytes that are not UTF-8 included) is
+# no token of ours.
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# -- what the routes take: query parameters and request bodies ---------------------
+
+LIST_QUERY: Final = (
+    Param("box", enum(("in", "out")), "`in`: received; `out`: sent."),
+    Param("state", enum(State), "Only messages in this state."),
+    Param("priority", enum(Priority), "Only messages of this priority."),
+    Param("limit", integer(1, MAX_LIMIT, default=DEFAULT_LIMIT), "At most this many."),
+    Param("case", string(200), "A case reference (either side's): the messages of that case."),
+)
+
+AUDIT_QUERY: Final = (
+    Param("since", string(40), "Entries at or after this time: RFC 3339, or ms since the epoch."),
+    Param("until", string(40), "Entries before this time: RFC 3339, or ms since the epoch."),
+    Param("message", string(36), "Entries about this message id."),
+    Param("actor", string(200), "Entries by this actor (a user, or `node:ID`)."),
+    Param("action", string(64), "Entries of this action (`composed`, `login_failed`, ...)."),
+    Param("limit", integer(1, MAX_PAGE, default=DEFAULT_LIMIT), "At most this many."),
+    Param("after", integer(0, 2**53 - 1, default=0), "The cursor: `next` of the page before."),
+)
+
+_FILTERS: Final = ("since", "until", "message", "actor", "action")
+
+EXPORT_QUERY: Final = (
+    Param("format", enum(("jsonl", "csv")), "`jsonl` (the default) or `csv`."),
+    *(param for param in AUDIT_QUERY if param.name in _FILTERS),
+)
+
+_EXPORT_TYPES: Final = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
+
+CONSOLE_FILE: Final = Param("name", string(64), "A file of the console (script, style sheet).")
+
+_BODIES: Final = json_schemas()
+
+SUBMISSION: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "to": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "The recipient node."},
+        "type": enum(MessageType),
+        "priority": enum(Priority),
+        "body": {"type": "object", "description": "The body of its `type`."},
+        "ttl_seconds": {
+            "anyOf": [integer(MIN_TTL_SECONDS, MAX_TTL_SECONDS), {"type": "null"}],
+            "description": "Lifetime before it expires undelivered; null: the priority's default.",
+        },
+    },
+    "required": ["to", "type", "priority", "body"],
+    "additionalProperties": False,
+    "allOf": [  # the body's schema follows from its type
+        {
+            "if": {"properties": {"type": {"const": str(t)}}, "required": ["type"]},
+            "then": {"properties": {"body": ref(cls.__name__)}},
+        }
+        for t, cls in BODY_TYPES.items()
+    ],
 }
-_LIST_PARAMS: Final = (*_CHOICES, "limit", "case")
+"""POST /api/messages; `post_message` refuses fields this does not name."""
+
+ACKNOWLEDGEMENT: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"note": _BODIES["Acknowledgement"]["properties"]["note"]},
+    "additionalProperties": False,
+}
+
+REPLY: Final[dict[str, Any]] = {
+    **_BODIES["Response"],
+    "properties": {
+        k: v for k, v in _BODIES["Response"]["properties"].items() if k != "in_reply_to"
+    },
+    "required": [k for k in _BODIES["Response"]["required"] if k != "in_reply_to"],
+}
+"""A `response` body without `in_reply_to`, which the route's `{id}` gives."""
 
 
 class _Refusal(Exception):
@@ -138,11 +241,11 @@ class _Refusal(Exception):
 async def post_message(request: web.Request) -> web.StreamResponse:
     """Compose and queue a message: 202 with its summary (`id`, `state`, ...)."""
     fields = await _json_object(request)
-    unknown = sorted(set(fields) - {*_REQUIRED_KEYS, *_OPTIONAL_KEYS})
+    known = SUBMISSION["properties"]
+    unknown = sorted(set(fields) - set(known))
     if unknown:
-        expected = ", ".join((*_REQUIRED_KEYS, *_OPTIONAL_KEYS))
-        raise BodyError(unknown[0], f"unknown field (expected: {expected})")
-    for key in _REQUIRED_KEYS:
+        raise BodyError(unknown[0], f"unknown field (expected: {', '.join(known)})")
+    for key in SUBMISSION["required"]:
         if key not in fields:
             raise BodyError(key, "missing")
     row = await request.app[SERVICE].submit(
@@ -160,17 +263,13 @@ async def post_message(request: web.Request) -> web.StreamResponse:
 
 async def list_messages(request: web.Request) -> web.StreamResponse:
     """List messages, most urgent and newest first: `{"messages": [...]}`."""
-    query = _query(request, _LIST_PARAMS)
-    choices = {name: _choice(query, name, allowed) for name, allowed in _CHOICES.items()}
-    case_ref = query.get("case")
-    if case_ref is not None and not 0 < len(case_ref) <= 200:
-        raise BodyError("case", "must be a case reference of 1 to 200 characters")
+    query = request[QUERY]
     messages = await request.app[SERVICE].list_messages(
-        box=choices["box"],
-        state=choices["state"],
-        priority=choices["priority"],
-        limit=_limit(query.get("limit")),
-        case_ref=case_ref,
+        box=query.get("box"),
+        state=query.get("state"),
+        priority=query.get("priority"),
+        limit=int(query.get("limit", DEFAULT_LIMIT)),
+        case_ref=query.get("case"),
     )
     return web.json_response({"messages": messages})
 
@@ -186,7 +285,7 @@ async def get_message(request: web.Request) -> web.StreamResponse:
 
 def _message_id(request: web.Request) -> str:
     message_id = request.match_info["id"]
-    if len(message_id) != 36 or not _MESSAGE_ID.fullmatch(message_id):
+    if ID_PARAM.problem(message_id) or len(message_id) != 36:
         raise BodyError("id", "must be a message id (a UUID: 36 characters, 8-4-4-4-12 hex)")
     return message_id.lower()
 
@@ -234,9 +333,6 @@ async def get_peers(request: web.Request) -> web.StreamResponse:
     return web.json_response({"node": service.me, "peers": await service.peers()})
 
 
-_AUDIT_PARAMS: Final = ("since", "until", "message", "actor", "action", "limit", "after")
-
-
 async def list_audit(request: web.Request) -> web.StreamResponse:
     """The audit log in seq order, a page at a time: `{"entries": [...], "next": seq | null}`.
 
@@ -244,10 +340,10 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
     `message`, `actor`, `action`; `limit` (1..1000) and the cursor `after` (a
     seq: the `next` of the page before). Each entry carries its leaf hash.
     """
-    query = _query(request, _AUDIT_PARAMS)
+    query = request[QUERY]
     filters = _audit_filters(query)
-    limit = _count_param(query, "limit", 1, MAX_PAGE, DEFAULT_LIMIT)
-    after = _count_param(query, "after", 0, 2**53 - 1, 0)
+    limit = int(query.get("limit", DEFAULT_LIMIT))
+    after = int(query.get("after", 0))
     path = request.app[SERVICE].store.path
     entries, cursor = await asyncio.to_thread(list_entries, path, filters, after=after, limit=limit)
     return web.json_response({"entries": entries, "next": cursor})
@@ -263,24 +359,20 @@ def _audit_filters(query: Mapping[str, str]) -> EntryFilter:
     )
 
 
-_EXPORT_PARAMS: Final = ("format", "since", "until", "message", "actor", "action")
-_EXPORT_TYPES: Final = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
-
-
 async def export_audit(request: web.Request) -> web.StreamResponse:
     """`cpn audit export` as a download: `format` jsonl (default) or csv, and the log's filters.
 
     The export is written in a thread to a temporary file (the store is read
     as a snapshot), then streamed; the export itself is audited.
     """
-    query = _query(request, _EXPORT_PARAMS)
-    format = _choice(query, "format", tuple(_EXPORT_TYPES)) or "jsonl"
+    query = request[QUERY]
+    format = query.get("format", "jsonl")
     filters = _audit_filters(query)
     service = request.app[SERVICE]
     with tempfile.TemporaryFile() as spool:
         count = await asyncio.to_thread(_export_to, spool, service.store.path, format, filters)
         detail: dict[str, Any] = {"format": format, "entries": count}
-        detail.update((name, query[name]) for name in _EXPORT_PARAMS[1:] if name in query)
+        detail.update((name, query[name]) for name in _FILTERS if name in query)
         user = request[USER].name
         await service.audit([AuditEntry(actor=user, action="audit_exported", detail=detail)])
         stamp = (rfc3339(service.clock()) or "").replace(":", "").replace("-", "")[:15]
@@ -409,6 +501,17 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "node": request.app[SERVICE].me})
 
 
+async def get_openapi(request: web.Request) -> web.StreamResponse:
+    """This API's OpenAPI 3.1 document, built from its route table."""
+    return web.json_response(request.app[_OPENAPI])
+
+
+async def get_metrics(request: web.Request) -> web.StreamResponse:
+    """The node's figures in the Prometheus text format, without authentication."""
+    text = await request.app[METRICS].render()
+    return web.Response(body=text, content_type=CONTENT_TYPE, charset="utf-8")
+
+
 # -- the route table: the one place that says who may call what -------------------
 
 
@@ -418,7 +521,8 @@ class Route:
     path: str
     handler: Handler
     roles: frozenset[str] | None  # None: public (never under /api/)
-    does: str  # what the route does, for "role X may not <does>"
+    does: str  # what the route does, for "role X may not <does>" and its summary
+    doc: Doc  # its parameters, body and answer, for the check and the document
 
 
 _OFFICER: Final = frozenset({"officer"})
@@ -426,41 +530,118 @@ _AUDITOR: Final = frozenset({"auditor"})
 _READERS: Final = frozenset({"officer", "auditor"})
 _ANY_ROLE: Final = frozenset(ROLES)
 
+_SUMMARY: Final = ref("MessageSummary")
+_SUMMARIES: Final = array_of(_SUMMARY)
+
 ROUTES: Final = (
-    Route("POST", "/api/messages", post_message, _OFFICER, "send messages"),
-    Route("GET", "/api/messages", list_messages, _READERS, "list messages"),
-    Route("GET", "/api/messages/{id}", get_message, _READERS, "read messages"),
-    Route("POST", "/api/messages/{id}/ack", acknowledge_message, _OFFICER, "acknowledge messages"),
-    Route("POST", "/api/messages/{id}/reply", reply_message, _OFFICER, "reply to messages"),
-    Route("GET", "/api/alerts", get_alerts, _READERS, "see alerts"),
-    Route("GET", "/api/preservations", get_preservations, _READERS, "list preservations"),
-    Route("GET", "/api/peers", get_peers, _ANY_ROLE, "list peers"),
-    Route("GET", "/api/audit", list_audit, _AUDITOR, "read the audit log"),
-    Route("GET", "/api/audit/verify", verify_audit, _AUDITOR, "verify the audit log"),
-    Route("GET", "/api/audit/export", export_audit, _AUDITOR, "export the audit log"),
-    Route("GET", "/api/me", get_me, _ANY_ROLE, "say who they are"),
-    Route("GET", "/api/types", get_types, _OFFICER, "read the message types"),
-    Route("GET", "/api/events", stream_events, _READERS, "follow live events"),
-    Route("GET", "/healthz", healthz, None, "check liveness"),
-    Route("GET", "/", console_page, None, "open the console"),
-    Route("GET", "/console/{name}", console_asset, None, "load the console"),
-)
+    Route(
+        "POST", "/api/messages", post_message, _OFFICER, "send messages",
+        Doc(_SUMMARY, status=202, body=SUBMISSION),
+    ),
+    Route(
+        "GET", "/api/messages", list_messages, _READERS, "list messages",
+        Doc(obj({"messages": _SUMMARIES}), query=LIST_QUERY),
+    ),
+    Route(
+        "GET", "/api/messages/{id}", get_message, _READERS, "read messages",
+        Doc(ref("Message"), path=(ID_PARAM,)),
+    ),
+    Route(
+        "POST", "/api/messages/{id}/ack", acknowledge_message, _OFFICER, "acknowledge messages",
+        Doc(_SUMMARY, status=202, path=(ID_PARAM,), body=ACKNOWLEDGEMENT, body_required=False),
+    ),
+    Route(
+        "POST", "/api/messages/{id}/reply", reply_message, _OFFICER, "reply to messages",
+        Doc(_SUMMARY, status=202, path=(ID_PARAM,), body=REPLY),
+    ),
+    Route(
+        "GET", "/api/alerts", get_alerts, _READERS, "see alerts",
+        Doc(obj({"overdue": _SUMMARIES, "alerts": array_of({"type": "object"})})),
+    ),
+    Route(
+        "GET", "/api/preservations", get_preservations, _READERS, "list preservations",
+        Doc(obj({"preservations": _SUMMARIES})),
+    ),
+    Route(
+        "GET", "/api/peers", get_peers, _ANY_ROLE, "list peers",
+        Doc(obj({"node": {"type": "string"}, "peers": array_of(ref("Peer"))})),
+    ),
+    Route(
+        "GET", "/api/audit", list_audit, _AUDITOR, "read the audit log",
+        Doc(
+            obj({"entries": array_of(ref("AuditEntry")), "next": {"type": ["integer", "null"]}}),
+            query=AUDIT_QUERY,
+        ),
+    ),
+    Route(
+        "GET", "/api/audit/verify", verify_audit, _AUDITOR, "verify the audit log",
+        Doc(obj({"ok": {"type": "boolean"}, "first_problem": {"type": ["object", "null"]}})),
+    ),
+    Route(
+        "GET", "/api/openapi.json", get_openapi, _ANY_ROLE, "read the API description",
+        Doc({"type": "object", "description": "An OpenAPI 3.1 document"}),
+    ),
+    Route(
+        "GET", "/healthz", healthz, None, "check liveness",
+        Doc(obj({"status": enum(("ok",)), "node": {"type": "string"}})),
+    ),
+    Route(
+        "GET", "/metrics", get_metrics, None, "read the metrics",
+        Doc({"type": "string"}, media_type=CONTENT_TYPE),
+    ),
+    Route(
+        "GET", "/api/audit/export", export_audit, _AUDITOR, "export the audit log",
+        Doc({"type": "string"}, query=EXPORT_QUERY, media_type="application/jsonl"),
+    ),
+    Route(
+        "GET", "/api/me", get_me, _ANY_ROLE, "say who they are",
+        Doc(obj({"user": {"type": "string"}, "role": enum(ROLES), "node": {"type": "string"}})),
+    ),
+    Route(
+        "GET", "/api/types", get_types, _OFFICER, "read the message types",
+        Doc(obj({"types": {"type": "object"}})),
+    ),
+    Route(
+        "GET", "/api/events", stream_events, _READERS, "follow live events",
+        Doc({"type": "string"}, media_type="text/event-stream"),
+    ),
+    Route(
+        "GET", "/", console_page, None, "open the console",
+        Doc({"type": "string"}, media_type="text/html"),
+    ),
+    Route(
+        "GET", "/console/{name}", console_asset, None, "load the console",
+        Doc({"type": "string"}, path=(CONSOLE_FILE,), media_type="text/plain"),
+    ),
+)  # fmt: skip
 
 _BY_HANDLER: Final[dict[Handler, Route]] = {route.handler: route for route in ROUTES}
 
 
-def build_app(service: Service) -> web.Application:
-    """The node's HTTP API over `service`; the caller runs it (runner and site apart)."""
+def build_app(service: Service, *, login: LoginPolicy = DEFAULT_LOGIN) -> web.Application:
+    """The node's HTTP API over `service`; the caller runs it (runner and site apart).
+
+    `login`: when repeated failed logins from an address are slowed down.
+    """
     app = web.Application(
-        client_max_size=MAX_REQUEST_BYTES, middlewares=[_answer_errors, _authenticate]
+        client_max_size=MAX_REQUEST_BYTES,
+        middlewares=[_count_requests, _answer_errors, _authenticate, _check_query],
     )
     app[SERVICE] = service
     app.on_response_prepare.append(_secure_headers)
     app.on_shutdown.append(_end_live_events)
+    app[METRICS] = Metrics(service)
+    app[THROTTLE] = LoginThrottle(login)
     for route in ROUTES:
         if route.roles is None and route.path.startswith("/api/"):
             raise ValueError(f"{route.path}: routes under /api/ must declare their roles")
         app.router.add_route(route.method, route.path, route.handler)
+    app[_OPENAPI] = document(
+        ROUTES,
+        title=f"cpn node {service.me}",
+        version=__version__,
+        description="The HTTP API of a node of the 24/7 contact-point network.",
+    )
     return app
 
 
@@ -474,6 +655,25 @@ async def _end_live_events(app: web.Application) -> None:
 
 
 # -- middlewares -------------------------------------------------------------------
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by method, route template and status (see `metrics`)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # what `_answer_errors` lets through (no errors)
+        _count(request, exc.status)
+        raise
+    _count(request, response.status)
+    return response
+
+
+def _count(request: web.Request, status: int) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    request.app[METRICS].requests.labels(method, route, str(status)).inc()
 
 
 @web.middleware
@@ -511,15 +711,19 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     service = request.app[SERVICE]
     token = _bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+    throttle, address, now = request.app[THROTTLE], request.remote or "unknown", service.clock()
+    wait = throttle.blocked(address, now)
+    if wait is not None:  # the token is not even looked at
+        seconds = math.ceil(wait / 1000)
+        raise _Refusal(
+            429,
+            f"too many failed logins from {address}: try again in {seconds} s",
+            headers={hdrs.RETRY_AFTER: str(seconds)},
+        )
     user = await service.authenticate(token)
     if user is None:
-        detail = {"remote": request.remote, "path": request.path[:200]}
-        await service.audit([AuditEntry(actor="anonymous", action="login_failed", detail=detail)])
-        raise _Refusal(
-            401,
-            "invalid or revoked token",
-            headers={hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'},
-        )
+        await _login_failed(request, address, now)
+    throttle.succeeded(address)
     request[USER] = user
     if user.name not in service.logged_in:
         # A token's first use in this run is its login (per request would flood the log).
@@ -533,7 +737,56 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
+@web.middleware
+async def _check_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse query parameters the route does not declare, or values its `Param`s refuse."""
+    route = _BY_HANDLER.get(request.match_info.route.handler)
+    params = {p.name: p for p in route.doc.query} if route is not None else {}
+    values: dict[str, str] = {}
+    for name, value in request.query.items():
+        param = params.get(name)
+        if param is None:
+            expected = f"expected: {', '.join(params)}" if params else "it takes none"
+            raise BodyError(name[:100], f"unknown query parameter ({expected})")
+        if name in values:
+            raise BodyError(name, "given more than once")
+        values[name] = value
+        if value and (problem := param.problem(value)):
+            raise BodyError(name, problem)
+    request[QUERY] = {name: value for name, value in values.items() if value}
+    return await handler(request)
+
+
 # -- helpers -----------------------------------------------------------------------
+
+
+async def _login_failed(request: web.Request, address: str, now: int) -> NoReturn:
+    """A refused token: audited, counted, and maybe the start of a penalty window. Raises
+    the 401."""
+    service, metrics = request.app[SERVICE], request.app[METRICS]
+    metrics.failed_logins.inc()
+    entries = [
+        AuditEntry(
+            actor="anonymous",
+            action="login_failed",
+            detail={"remote": request.remote, "path": request.path[:200]},
+        )
+    ]
+    headers = {hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'}
+    window = request.app[THROTTLE].failed(address, now)
+    if window is not None:  # audited once per window, not per refused request
+        metrics.throttled.inc()
+        seconds = math.ceil(window / 1000)
+        headers[hdrs.RETRY_AFTER] = str(seconds)
+        entries.append(
+            AuditEntry(
+                actor="anonymous",
+                action="login_throttled",
+                detail={"remote": request.remote, "seconds": seconds},
+            )
+        )
+    await service.audit(entries)
+    raise _Refusal(401, "invalid or revoked token", headers=headers)
 
 
 def _bearer_token(header: str | None) -> str:
@@ -543,7 +796,7 @@ def _bearer_token(header: str | None) -> str:
         raise _Refusal(401, "missing Authorization: Bearer TOKEN header", headers=challenge)
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    if scheme.lower() != "bearer" or not _B64TOKEN.fullmatch(token):
         raise _Refusal(401, "Authorization header must be 'Bearer TOKEN'", headers=challenge)
     return token
 
@@ -579,35 +832,6 @@ def _ttl_ms(value: object) -> int | None:
     return value * 1000
 
 
-def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The query parameters, each at most once and all known; empty values count as absent."""
-    values: dict[str, str] = {}
-    for name, value in request.query.items():
-        if name not in allowed:
-            raise BodyError(name, f"unknown query parameter (expected: {', '.join(allowed)})")
-        if name in values:
-            raise BodyError(name, "given more than once")
-        values[name] = value
-    return {name: value for name, value in values.items() if value}
-
-
-def _choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
-    value = query.get(name)
-    if value is not None and value not in allowed:
-        raise BodyError(name, f"must be one of: {', '.join(allowed)}")
-    return value
-
-
-def _limit(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_LIMIT
-    if not (value.isascii() and value.isdigit() and len(value) <= 4) or not (
-        1 <= int(value) <= MAX_LIMIT
-    ):
-        raise BodyError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    return int(value)
-
-
 def _time_param(query: Mapping[str, str], name: str) -> int | None:
     value = query.get(name)
     if value is None:
@@ -616,17 +840,6 @@ def _time_param(query: Mapping[str, str], name: str) -> int | None:
         return parse_time(value)
     except ValueError as exc:
         raise BodyError(name, str(exc)) from None
-
-
-def _count_param(query: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
-    value = query.get(name)
-    if value is None:
-        return default
-    if not (value.isascii() and value.isdigit() and len(value) <= 16) or not (
-        low <= int(value) <= high
-    ):
-        raise BodyError(name, f"must be an integer from {low} to {high}")
-    return int(value)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> _Refusal:

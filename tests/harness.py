@@ -97,9 +97,11 @@ class Network:
         retry_seconds: float = 60,
         own_rosters: bool = False,
         extra_config: dict[str, str] | None = None,
+        api_config: str = "",
     ) -> None:
         """`own_rosters`: each node reads its own copy of the roster (to watch one spread);
-        `extra_config`: TOML appended to a node's config (deadlines, alerts)."""
+        `extra_config`: TOML appended to a node's config (deadlines, alerts);
+        `api_config`: TOML lines added to every node's [api] table."""
         self.root = root
         self.keys = root / "keys"
         self.nodes: dict[str, Node] = {}
@@ -124,7 +126,7 @@ class Network:
             config.write_text(
                 f'id = "{node_id}"\n'
                 f'[peer]\nlisten = "127.0.0.1:{peer_port}"\n'
-                f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
+                f'[api]\nlisten = "127.0.0.1:{api_port}"\n{api_config}'
                 f'[store]\npath = "../var/{node_id}.sqlite"\n'
                 f'[keys]\ndir = "../keys/{node_id}"\nroster = "{roster}"\n'
                 f'keeper = "../keys/authority/keeper.json"\n'

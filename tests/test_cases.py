@@ -92,7 +92,7 @@ def test_a_preservation_goes_through_receipt_acknowledgement_and_response(tmp_pa
         assert status == 202 and taken["type"] == "acknowledgement", taken
         network.wait_state("FRA", request, {"acknowledged"})
         status, again = network.api("DEU", "POST", f"/api/messages/{request}/ack")
-        assert status == 400 and again["field"] == "body.in_reply_to", again
+        assert status == 400 and again["field"] == "id", again
         answer = {
             "status": "preserved",
             "preserved_until": in_days(90),
@@ -105,7 +105,7 @@ def test_a_preservation_goes_through_receipt_acknowledgement_and_response(tmp_pa
         status, wrong = network.api(
             "DEU", "POST", f"/api/messages/{request}/reply", {"status": "refused"}
         )
-        assert status == 400 and wrong["field"] == "body.refusal_ground", wrong
+        assert status == 400 and wrong["field"] == "refusal_ground", wrong
         status, sent = network.api("FRA", "GET", f"/api/messages/{request}")
         status_in, seen = network.api("DEU", "GET", f"/api/messages/{request}")
         case_ref = sample_body("preservation")["case_ref"]

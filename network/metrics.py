@@ -1,0 +1,141 @@
+"""The node's Prometheus metrics (`GET /metrics`), in the app's own registry.
+
+prometheus-client is imported here only. Two kinds of figure:
+- counted as things happen, by the web layer: HTTP requests by method, route
+  template and status (never the raw path: unmatched paths share one label, so
+  nobody can grow the series by asking for made-up URLs), failed logins, and
+  penalty windows opened;
+- read at scrape time: messages by box and state, queued messages per
+  destination, overdue messages (each one aggregate over a small index), links
+  up (memory), audit log size (memory) and the latest checkpoint's size. They are
+  read at most once per `min_interval` seconds; scrapes in between get the same
+  figures, so a flood of scrapes on this public endpoint costs the store nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from network.lifecycle import State
+from network.service import Service
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST.split(";")[0]  # text/plain; the charset goes apart
+MIN_INTERVAL_SECONDS: Final = 1.0
+_BOXES: Final = ("in", "out", "relay")
+
+
+@dataclass(slots=True)
+class _Figures:
+    """What the store said at the last reading."""
+
+    messages: dict[tuple[str, str], int] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)
+    overdue: int = 0
+    checkpoint_size: int = 0
+
+
+class Metrics:
+    """One node's figures, and their rendering in the Prometheus text format."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        min_interval: float = MIN_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "cpn_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.failed_logins = Counter(
+            "cpn_login_failures", "Requests with a refused token", registry=self.registry
+        )
+        self.throttled = Counter(
+            "cpn_login_throttled",
+            "Penalty windows opened for an address after repeated failed logins",
+            registry=self.registry,
+        )
+        self._store = service.store
+        self._read_at: float | None = None
+        self._min_interval = min_interval
+        self._clock = clock
+        self._collector = _StoreCollector(service)
+        self.registry.register(self._collector)
+
+    async def render(self) -> bytes:
+        """The text exposition of every figure, reading the store if its figures are stale."""
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= self._min_interval:
+            store = self._store
+            self._collector.figures = _Figures(
+                messages=await store.message_counts(),
+                queued=await store.queued_counts(),
+                overdue=await store.overdue_count(),
+                checkpoint_size=await store.checkpoint_size(),
+            )
+            self._read_at = now
+        return generate_latest(self.registry)
+
+
+class _StoreCollector(Collector):
+    """The scrape-time figures, from the last reading and from the service's memory."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.figures = _Figures()
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # nothing to check against other collectors' names at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        service, figures = self.service, self.figures
+        info = GaugeMetricFamily("cpn_node", "This node (value 1)", labels=["node"])
+        info.add_metric([service.me], 1)
+        yield info
+        messages = GaugeMetricFamily(
+            "cpn_messages", "Messages in the store, by box and state", labels=["box", "state"]
+        )
+        for box in _BOXES:  # every pair, zeros too: a series that vanishes is hard to alert on
+            for state in State:
+                messages.add_metric([box, state.value], figures.messages.get((box, state), 0))
+        yield messages
+        peers = sorted(node for node in service.roster.entries if node != service.me)
+        queued = GaugeMetricFamily(
+            "cpn_queued_messages",
+            "Messages waiting to go (ours or relayed), by destination",
+            labels=["peer"],
+        )
+        for peer in sorted({*peers, *figures.queued}):
+            queued.add_metric([peer], figures.queued.get(peer, 0))
+        yield queued
+        link = GaugeMetricFamily("cpn_link_up", "1 while a peer link is up", labels=["peer"])
+        for peer in peers:
+            link.add_metric([peer], 1 if peer in service.linked else 0)
+        yield link
+        yield GaugeMetricFamily("cpn_links_up", "Peer links up", value=len(service.linked))
+        yield GaugeMetricFamily(
+            "cpn_overdue_messages",
+            "Messages with a deadline passed and unmet",
+            value=figures.overdue,
+        )
+        yield GaugeMetricFamily(
+            "cpn_audit_entries", "Entries in the audit log", value=service.store.audit_log.size
+        )
+        yield GaugeMetricFamily(
+            "cpn_checkpoint_size",
+            "Tree size of the latest signed audit checkpoint (0 before the first)",
+            value=figures.checkpoint_size,
+        )

@@ -1,0 +1,421 @@
+"""The whole HTTP API against its OpenAPI document, over two real node processes.
+
+One network (FRA and DEU, linked) serves the module: the document's routes
+without a token, the role matrix, bad input on every route, /metrics, and the
+slowdown of repeated failed logins (from a loopback address of its own,
+127.0.0.2, so it cannot throttle the other tests' requests from 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_openapi
+from prometheus_client.parser import text_string_to_metric_families
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from network.keys import load_keeper_public, load_node_keys
+from network.records import MessageType, NodeId
+from network.roster import load_roster
+from network.samples import sample_body
+from network.service import Service, issue_token
+from network.store import Store
+from network.web import MAX_REQUEST_BYTES, ROUTES, build_app
+from tests.harness import Network, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+UNKNOWN_ID = "01a1f94a-eec0-75c3-9e17-b2d40f68a1e7"
+ROLES = ("officer", "auditor", "admin")
+# Short windows: the third refused token opens 1 s, then 2 s (the cap).
+LOGIN_POLICY = "login_failures = 3\nlogin_penalty = 1\nlogin_penalty_max = 2\n"
+
+
+class Api:
+    """The module's network, and a client that can speak from another loopback address."""
+
+    def __init__(self, net: Network, received: str) -> None:
+        self.net = net
+        self.received = received  # a preservation FRA sent and DEU received
+
+    def call(
+        self,
+        node: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        token: str | None = None,
+        source: str = "127.0.0.1",
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request: status, headers (lower-case names), body bytes. `token` is a role
+        of the node's users or a literal token."""
+        node_info = self.net.nodes[node]
+        host, port = node_info.api.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(
+            host, int(port), timeout=10, source_address=(source, 0)
+        )
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {node_info.tokens.get(token, token)}"
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        finally:
+            connection.close()
+
+    def json(
+        self, node: str, method: str, path: str, value: Any = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        body = None if value is None else json.dumps(value).encode()
+        status, _, data = self.call(node, method, path, body, **kwargs)
+        return status, json.loads(data)
+
+    def document(self) -> dict[str, Any]:
+        status, document = self.json("FRA", "GET", "/api/openapi.json", token="auditor")
+        assert status == 200, document
+        return document
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    net = Network(
+        tmp_path_factory.mktemp("api"), {"FRA": ["DEU"], "DEU": ["FRA"]}, api_config=LOGIN_POLICY
+    )
+    try:
+        for node in net.nodes.values():
+            node.tokens["admin"] = asyncio.run(_admin_token(node.store, node.id))
+        net.start("FRA")
+        net.start("DEU")
+        message_id = net.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        net.wait_state("DEU", message_id, {"received"})
+        yield Api(net, message_id)
+    finally:
+        net.close()
+
+
+async def _admin_token(path: Path, node_id: str) -> str:
+    store = await Store.open(path)
+    try:
+        now = int(time.time() * 1000)
+        return await issue_token(store, f"admin-{node_id}", "admin", actor="test", now=now)
+    finally:
+        await store.close()
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            yield method.upper(), path, operation
+
+
+def concrete(path: str) -> str:
+    return path.replace("{id}", UNKNOWN_ID)
+
+
+# -- the document ---------------------------------------------------------------------
+
+
+def test_document_is_valid_openapi_3_1_naming_every_route_and_no_other(api: Api) -> None:
+    document = api.document()
+
+    validate_openapi(document)
+    assert document["openapi"].startswith("3.1")
+    documented = {(method, path) for method, path, _ in operations(document)}
+    assert documented == {(route.method, route.path) for route in ROUTES}
+
+
+async def test_document_names_exactly_the_routes_the_app_serves(api: Api, tmp_path: Path) -> None:
+    keys = api.net.keys
+    roster = load_roster(
+        (keys / "roster.json").read_bytes(),
+        keeper=load_keeper_public(keys / "authority" / "keeper.json"),
+        now=int(time.time() * 1000),
+    )
+    store = await Store.open(tmp_path / "fra.sqlite")
+    try:
+        service = Service(
+            keys=load_node_keys(keys / "FRA", NodeId("FRA")),
+            roster=roster,
+            store=store,
+            clock=lambda: int(time.time() * 1000),
+        )
+        app = build_app(service)
+    finally:
+        await store.close()
+
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None  # HEAD: aiohttp's, per GET
+    }
+    documented = {(method, path) for method, path, _ in operations(api.document())}
+    assert served == documented
+
+
+def test_document_gives_each_route_its_roles_and_security(api: Api) -> None:
+    document = api.document()
+
+    by_route = {(r.method, r.path): r for r in ROUTES}
+    for method, path, operation in operations(document):
+        route = by_route[(method, path)]
+        if route.roles is None:
+            assert operation["security"] == [] and "x-roles" not in operation, path
+        else:
+            assert operation["security"] == [{"bearer": []}], path
+            assert operation["x-roles"] == sorted(route.roles), path
+            assert {"400", "401", "403", "429"} <= set(operation["responses"]), path
+        if "requestBody" in operation:
+            assert "413" in operation["responses"], path
+        if "{id}" in path:
+            assert "404" in operation["responses"], path
+
+
+def test_sample_bodies_of_every_type_match_the_documented_submission(api: Api) -> None:
+    document = api.document()
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:cpn", Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    submission = document["paths"]["/api/messages"]["post"]["requestBody"]["content"]
+    schema = {**submission["application/json"]["schema"]}
+    schema["allOf"] = [
+        json.loads(json.dumps(rule).replace('"#/components', '"urn:cpn#/components'))
+        for rule in schema["allOf"]
+    ]
+    validator = Draft202012Validator(schema, registry=registry)
+
+    for message_type in MessageType:
+        good = {"to": "DEU", "type": message_type, "priority": "routine"}
+        good["body"] = sample_body(message_type)
+        bad = {**good, "body": {**good["body"], "colour": "blue"}}
+        assert list(validator.iter_errors(good)) == [], message_type
+        assert list(validator.iter_errors(bad)) != [], message_type
+    assert list(validator.iter_errors({"to": "DEU", "type": "preservation"})) != []
+
+
+# -- authentication and roles -----------------------------------------------------------
+
+
+def test_every_documented_route_without_a_token_is_401_or_public(api: Api) -> None:
+    document = api.document()
+
+    wrong = []
+    for method, path, operation in operations(document):
+        body = b"{}" if method == "POST" else None
+        status, headers, data = api.call("FRA", method, concrete(path), body)
+        if operation["security"] == []:
+            if status != 200:
+                wrong.append((method, path, status))
+        elif (
+            status != 401
+            or "error" not in json.loads(data)
+            or not headers.get("www-authenticate", "").startswith("Bearer")
+        ):
+            wrong.append((method, path, status))
+    assert wrong == []
+
+
+@pytest.mark.parametrize("token", ["\xff\xfe\xed", "cpn_" + "a" * 600, "cpn_a\tb", "cpn_é"])
+def test_a_token_that_cannot_be_ours_is_401(api: Api, token: str) -> None:
+    status, headers, data = api.call("FRA", "GET", "/api/peers", token=token)
+
+    assert status == 401
+    assert headers["www-authenticate"] == "Bearer"
+    assert json.loads(data) == {"error": "Authorization header must be 'Bearer TOKEN'"}
+
+
+def test_role_matrix_holds_on_every_documented_route(api: Api) -> None:
+    document = api.document()
+
+    wrong = []
+    for method, path, operation in operations(document):
+        for role in ROLES:
+            body = b"{}" if method == "POST" else None
+            status, _, data = api.call("FRA", method, concrete(path), body, token=role)
+            answer = data.decode()
+            allowed = operation["security"] == [] or role in operation["x-roles"]
+            served = status != 405 and "no such endpoint" not in answer
+            if not served or (status == 403) == allowed or status in (401, 500):
+                wrong.append((method, path, role, status, answer[:100]))
+    assert wrong == []
+
+
+# -- bad input ------------------------------------------------------------------------
+
+
+def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
+    """(node, method, path, body (bytes as is, else JSON), status, field)."""
+    send = {"to": "DEU", "type": "preservation", "priority": "urgent"}
+    send["body"] = sample_body("preservation")
+    ack, reply = f"/api/messages/{received}/ack", f"/api/messages/{received}/reply"
+    oversize = b'{"note": "' + b"x" * MAX_REQUEST_BYTES + b'"}'
+    return [
+        ("FRA", "POST", "/api/messages", b'{"to": "DEU",', 400, "body"),
+        ("FRA", "POST", "/api/messages", b"[1, 2]", 400, "body"),
+        ("FRA", "POST", "/api/messages", b"", 400, "body"),
+        ("FRA", "POST", "/api/messages", {**send, "to": 276}, 400, "to"),
+        ("FRA", "POST", "/api/messages", {**send, "priority": ["urgent"]}, 400, "priority"),
+        ("FRA", "POST", "/api/messages", {**send, "body": "preserve it"}, 400, "body"),
+        ("FRA", "POST", "/api/messages", {**send, "ttl_seconds": "3600"}, 400, "ttl_seconds"),
+        ("FRA", "POST", "/api/messages", {**send, "colour": "blue"}, 400, "colour"),
+        ("FRA", "POST", "/api/messages", oversize, 413, "body"),
+        ("DEU", "POST", ack, b"{note", 400, "body"),
+        ("DEU", "POST", ack, {"note": 5}, 400, "note"),
+        ("DEU", "POST", ack, {"note": "ok", "officer": "mallory"}, 400, "officer"),
+        ("DEU", "POST", ack, oversize, 413, "body"),
+        ("DEU", "POST", reply, b'"preserved"', 400, "body"),
+        ("DEU", "POST", reply, {"status": "maybe"}, 400, "status"),
+        ("DEU", "POST", reply, {"status": "preserved"}, 400, "preserved_until"),
+        ("DEU", "POST", reply, {"status": "completed", "note": ["x"]}, 400, "note"),
+        ("DEU", "POST", reply, {"status": "needs_info", "in_reply_to": ""}, 400, "in_reply_to"),
+        ("DEU", "POST", reply, {"status": "completed", "colour": "blue"}, 400, "colour"),
+        ("DEU", "POST", reply, oversize, 413, "body"),
+        ("FRA", "GET", "/api/messages/not-a-message-id", None, 400, "id"),
+        ("FRA", "GET", "/api/messages?limit=ten", None, 400, "limit"),
+        ("FRA", "GET", "/api/messages?box=sideways", None, 400, "box"),
+        ("FRA", "GET", "/api/messages?colour=blue", None, 400, "colour"),
+        ("FRA", "GET", "/api/alerts?box=in", None, 400, "box"),
+        ("FRA", "GET", "/api/preservations?limit=1", None, 400, "limit"),
+        ("FRA", "GET", "/api/peers?all=1", None, 400, "all"),
+        ("FRA", "GET", "/api/openapi.json?v=2", None, 400, "v"),
+        ("FRA", "GET", "/healthz?verbose=1", None, 400, "verbose"),
+        ("FRA", "GET", "/metrics?name=cpn", None, 400, "name"),
+    ]  # fmt: skip
+
+
+def _audit_bad_inputs() -> list[tuple[str, str, str, Any, int, str]]:
+    return [
+        ("FRA", "GET", "/api/audit?since=yesterday", None, 400, "since"),
+        ("FRA", "GET", "/api/audit?after=-1", None, 400, "after"),
+        ("FRA", "GET", "/api/audit?limit=100000", None, 400, "limit"),
+        ("FRA", "GET", "/api/audit?action=" + "x" * 100, None, 400, "action"),
+        ("FRA", "GET", "/api/audit/verify?deep=1", None, 400, "deep"),
+    ]
+
+
+@pytest.mark.parametrize("role", ["officer", "auditor"])
+def test_bad_input_on_every_route_is_400_or_413_naming_the_field(api: Api, role: str) -> None:
+    cases = _bad_inputs(api.received) if role == "officer" else _audit_bad_inputs()
+
+    wrong = []
+    for node, method, path, body, status, field in cases:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        got, headers, raw = api.call(node, method, path, data, token=role)
+        answer = json.loads(raw)
+        if (got, answer.get("field")) != (status, field) or headers["content-type"] != (
+            "application/json; charset=utf-8"
+        ):
+            wrong.append((method, path, got, answer))
+    assert wrong == []
+
+
+def test_a_refused_acknowledgement_left_the_message_as_it_was(api: Api) -> None:
+    status, message = api.json("DEU", "GET", "/api/messages?box=in&limit=500", token="auditor")
+
+    [received] = [m for m in message["messages"] if m["id"] == api.received]
+    assert status == 200
+    assert received["state"] in ("received", "opened")
+    assert received["acknowledged_by"] is None
+
+
+# -- metrics ------------------------------------------------------------------------
+
+
+def _metrics(api: Api, node: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, headers, data = api.call(node, "GET", "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(data.decode())
+        for sample in family.samples
+    }
+
+
+def test_metrics_need_no_token_and_show_a_sent_message(api: Api) -> None:
+    def delivered() -> Any:
+        found = _metrics(api, "FRA")
+        return found if found[("cpn_messages", (("box", "out"), ("state", "delivered")))] else None
+
+    figures = wait_for(delivered, timeout=20, what="a delivered message in FRA's metrics")
+
+    assert figures[("cpn_node", (("node", "FRA"),))] == 1
+    assert figures[("cpn_links_up", ())] == 1
+    assert figures[("cpn_link_up", (("peer", "DEU"),))] == 1
+    assert figures[("cpn_queued_messages", (("peer", "DEU"),))] == 0
+    assert figures[("cpn_audit_entries", ())] > 5
+    assert ("cpn_checkpoint_size", ()) in figures
+    assert ("cpn_overdue_messages", ()) in figures
+    sent = (("method", "POST"), ("route", "/api/messages"), ("status", "202"))
+    assert figures[("cpn_http_requests_total", sent)] >= 1
+    assert ("cpn_login_failures_total", ()) in figures
+    deu = _metrics(api, "DEU")
+    assert (
+        deu[("cpn_messages", (("box", "in"), ("state", "received")))]
+        + deu[("cpn_messages", (("box", "in"), ("state", "opened")))]
+        >= 1
+    )
+
+
+def test_metrics_label_unknown_paths_as_one_series(api: Api) -> None:
+    for n in range(3):
+        api.call("FRA", "GET", f"/made-up-{n}")
+
+    figures = _metrics(api, "FRA")
+
+    routes = {
+        dict(labels)["route"] for name, labels in figures if name == "cpn_http_requests_total"
+    }
+    assert "unmatched" in routes
+    assert not any(route.startswith("/made-up") for route in routes)
+
+
+# -- failed logins ------------------------------------------------------------------
+
+
+def _throttled_entries(api: Api) -> list[dict[str, Any]]:
+    status, answer = api.json("FRA", "GET", "/api/audit?action=login_throttled", token="auditor")
+    assert status == 200
+    return [e["detail"] for e in answer["entries"] if e["detail"]["remote"] == "127.0.0.2"]
+
+
+def test_repeated_failed_logins_are_slowed_down_audited_and_forgiven(api: Api) -> None:
+    def attempt(token: str) -> tuple[int, str | None]:
+        status, headers, _ = api.call("FRA", "GET", "/api/peers", token=token, source="127.0.0.2")
+        return status, headers.get("retry-after")
+
+    first = [attempt("cpn_wrong") for _ in range(3)]
+    inside = [attempt("cpn_wrong"), attempt("officer"), attempt("cpn_wrong")]
+    elsewhere, _ = api.json("FRA", "GET", "/api/peers", token="officer")  # from 127.0.0.1
+    audited_once = _throttled_entries(api)
+    time.sleep(1.1)
+    doubled = attempt("cpn_wrong")
+    time.sleep(2.1)
+    capped = attempt("cpn_wrong")
+    time.sleep(2.1)
+    forgiven = attempt("officer")
+    afresh = attempt("cpn_wrong")
+
+    assert first == [(401, None), (401, None), (401, "1")]
+    assert inside == [(429, "1")] * 3
+    assert elsewhere == 200
+    assert audited_once == [{"remote": "127.0.0.2", "seconds": 1}]
+    assert doubled == (401, "2")
+    assert capped == (401, "2")
+    assert forgiven == (200, None)
+    assert afresh == (401, None)
+    assert [e["seconds"] for e in _throttled_entries(api)] == [1, 2, 2]
+    figures = _metrics(api, "FRA")
+    assert figures[("cpn_login_throttled_total", ())] >= 3
+    assert figures[("cpn_login_failures_total", ())] >= 6  # a 429 checks no token

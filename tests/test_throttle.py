@@ -1,0 +1,110 @@
+"""The failed-login throttle (pure, `now` passed in) and its `[api]` config keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from network.config import load_config
+from network.errors import ConfigError
+from network.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+
+POLICY = LoginPolicy(failures=3, penalty_ms=1000, max_penalty_ms=4000, forget_ms=60_000)
+
+
+def fail(throttle: LoginThrottle, address: str, times: int, now: int = 0) -> list[int | None]:
+    return [throttle.failed(address, now) for _ in range(times)]
+
+
+def test_the_third_failure_opens_a_window_that_doubles_up_to_the_cap() -> None:
+    throttle = LoginThrottle(POLICY)
+
+    windows = fail(throttle, "192.0.2.1", 3)
+    later = [throttle.failed("192.0.2.1", now) for now in (1000, 3000, 7000, 11_000)]
+
+    assert windows == [None, None, 1000]
+    assert later == [2000, 4000, 4000, 4000]
+
+
+def test_an_address_waits_out_its_window_and_others_do_not_wait() -> None:
+    throttle = LoginThrottle(POLICY)
+    fail(throttle, "192.0.2.1", 3, now=10_000)
+
+    assert throttle.blocked("192.0.2.1", 10_000) == 1000
+    assert throttle.blocked("192.0.2.1", 10_999) == 1
+    assert throttle.blocked("192.0.2.1", 11_000) is None
+    assert throttle.blocked("192.0.2.2", 10_000) is None
+
+
+def test_a_success_forgets_the_failures() -> None:
+    throttle = LoginThrottle(POLICY)
+    fail(throttle, "192.0.2.1", 2)
+
+    throttle.succeeded("192.0.2.1")
+
+    assert fail(throttle, "192.0.2.1", 2) == [None, None]
+
+
+def test_the_table_is_bounded_dropping_the_oldest_failure() -> None:
+    throttle = LoginThrottle(LoginPolicy(failures=2, max_addresses=100))
+    throttle.failed("victim", 0)
+
+    for n in range(500):
+        throttle.failed(f"198.51.100.{n}", 1 + n)
+
+    assert len(throttle) == 100
+    assert throttle.failed("victim", 1000) is None  # counted afresh: its first failure
+
+
+def test_quiet_addresses_are_forgotten_but_not_inside_a_window() -> None:
+    throttle = LoginThrottle(LoginPolicy(failures=1, penalty_ms=1000, forget_ms=10_000))
+    throttle.failed("quiet", 0)  # a window until 1000
+    throttle.failed("busy", 9_000)
+
+    throttle.failed("new", 12_000)
+
+    assert len(throttle) == 2  # "quiet" went; "busy" (3 s ago) stays
+    assert throttle.failed("quiet", 12_000) == 1000  # afresh: its first window again
+
+
+def _config(tmp_path: Path, api: str) -> Path:
+    path = tmp_path / "FRA.toml"
+    path.write_text(
+        'id = "FRA"\n[peer]\nlisten = "127.0.0.1:7101"\n'
+        f'[api]\nlisten = "127.0.0.1:8101"\n{api}'
+        '[store]\npath = "s.sqlite"\n'
+        '[keys]\ndir = "k"\nroster = "r.json"\nkeeper = "keeper.json"\n'
+    )
+    return path
+
+
+def test_config_reads_the_login_policy(tmp_path: Path) -> None:
+    config = load_config(
+        _config(tmp_path, 'login_failures = 3\nlogin_penalty = 2\nlogin_penalty_max = "1m"\n')
+    )
+    default = load_config(_config(tmp_path, ""))
+
+    assert (config.login.failures, config.login.penalty_ms, config.login.max_penalty_ms) == (
+        3,
+        2000,
+        60_000,
+    )
+    assert default.login == DEFAULT_LOGIN
+
+
+@pytest.mark.parametrize(
+    ("api", "key"),
+    [
+        ("login_failures = 0\n", "api.login_failures"),
+        ("login_failures = true\n", "api.login_failures"),
+        ('login_penalty = "soon"\n', "api.login_penalty"),
+        ('login_penalty = "10m"\n', "api.login_penalty_max"),
+        ("login_lockout = 5\n", "api.login_lockout"),
+    ],
+)
+def test_config_refuses_a_bad_login_policy_naming_the_key(
+    tmp_path: Path, api: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(_config(tmp_path, api))
