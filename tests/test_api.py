@@ -70,7 +70,8 @@ class Api:
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
-            data = response.read()
+            live = response.getheader("Content-Type", "").startswith("text/event-stream")
+            data = response.read1(64) if live else response.read()  # a stream: its first bytes
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data
         finally:
             connection.close()
@@ -121,7 +122,7 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 
 def concrete(path: str) -> str:
-    return path.replace("{id}", UNKNOWN_ID)
+    return path.replace("{id}", UNKNOWN_ID).replace("{name}", "main.js")
 
 
 # -- the document ---------------------------------------------------------------------
