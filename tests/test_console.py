@@ -170,8 +170,8 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     fra.field("body.authority.email").fill("not an address")
     fra.page.click("text=Check and send")
     expect(fra.error_for("body.authority.email")).to_contain_text("must be an e-mail address")
+    snap(fra.page, "compose")  # the node's refusal beside the field it names
     fra.field("body.authority.email").fill(body["authority"]["email"])
-    snap(fra.page, "compose")
     fra.page.click("text=Check and send")
     sent_at = time.monotonic()
 
@@ -180,6 +180,7 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     expect(rows).to_have_count(3, timeout=2000)
     arrived = time.monotonic() - sent_at
     row = rows.first  # the most urgent first
+    expect(row).to_contain_text("acknowledgement by")  # the deadline it waits on
     expect(rows.nth(1)).to_contain_text("urgent")
     expect(rows.nth(2)).to_contain_text("routine")
     expect(row).to_contain_text("Preservation")

@@ -173,6 +173,18 @@ function beep() {
 
 // -- messages -----------------------------------------------------------------------
 
+// Which deadline a message waits on in each state: the one an officer has to beat next.
+const WAITS_ON = {
+  queued: 'receipt', sent: 'receipt', delivered: 'acknowledgement',
+  received: 'acknowledgement', opened: 'acknowledgement', acknowledged: 'response',
+};
+
+function nextDeadline(m) {
+  const kind = WAITS_ON[m.state];
+  const due = kind && m.deadlines[kind];
+  return due ? `${kind} by ${when(due)}` : '';
+}
+
 async function messagesPage(box) {
   const holder = h('div');
   page(box === 'in' ? 'Inbox' : 'Outbox', holder);
@@ -186,7 +198,7 @@ async function messagesPage(box) {
         h('td', {}, h('a', { href: link }, label(m.type))),
         h('td', {}, m.peer),
         h('td', {}, badge(m.state, 'state')),
-        h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : ''),
+        h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : nextDeadline(m)),
         h('td', {}, when(m.created)),
         h('td', { class: 'mono' }, m.id.slice(-12)));
     });
