@@ -337,6 +337,7 @@ class Links:
             if self.active.get(peer) is link:
                 del self.active[peer]
                 self.service.linked.pop(peer, None)
+                self.service.link_closed(peer)
                 self._links_changed.set()
             link.closed.set()
             with contextlib.suppress(Exception):
@@ -532,25 +533,35 @@ class Links:
             reserve = free + self.settings.flash_reserve
             due = time.monotonic() - last_poll >= self.settings.poll_interval  # retries
             self.service.refresh_routes()
-            news = self.service.take_dirty(link.peer)
-            detours = self.service.take_detours(link.peer) or due
-            if reserve > 0 and (news or detours or not drained):
-                if due:
-                    last_poll = time.monotonic()
-                want, flash_only = max(free, reserve), free <= 0
-                rows = await self.service.outbox(
-                    link.peer, want, exclude=list(inflight), flash_only=flash_only, detours=detours
+            want, flash_only = max(free, reserve), free <= 0
+            rows = []
+            if reserve > 0 and not due and self.service.has_news(link.peer):
+                rows = await self.service.take_news(  # by id: no sorting of all that waits
+                    link.peer, want, exclude=list(inflight), flash_only=flash_only
                 )
-                drained = len(rows) < want and not flash_only
-                if rows:
-                    for row in rows:
-                        path = (
-                            [NodeId(n) for n in json.loads(row.path)] if row.box == "relay" else []
-                        )
-                        link.send(envelope_frame(path, row.envelope))
-                        inflight[row.id] = time.monotonic()
-                    await self.service.mark_sent(link.peer, [row.id for row in rows])
-                    continue
+            # A look through the whole outbox: each poll (retries come due), after routes or
+            # links changed (dirty), and while the last look left some behind.
+            if not rows and reserve > 0:
+                dirty = self.service.take_dirty(link.peer)
+                detours = self.service.take_detours(link.peer) or due
+                if dirty or detours or not drained:
+                    if due:
+                        last_poll = time.monotonic()
+                    rows = await self.service.outbox(
+                        link.peer,
+                        want,
+                        exclude=list(inflight),
+                        flash_only=flash_only,
+                        detours=detours,
+                    )
+                    drained = len(rows) < want and not flash_only
+            if rows:
+                for row in rows:
+                    path = [NodeId(n) for n in json.loads(row.path)] if row.box == "relay" else []
+                    link.send(envelope_frame(path, row.envelope))
+                    inflight[row.id] = time.monotonic()
+                await self.service.mark_sent(link.peer, [row.id for row in rows])
+                continue
             limit = self.settings.receipt_timeout
             if inflight and time.monotonic() - min(inflight.values()) > limit:
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")

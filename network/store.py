@@ -357,6 +357,16 @@ async def _fetch_message(db: aiosqlite.Connection, message_id: str) -> MessageRo
     return None if row is None else _message(row)
 
 
+async def _fetch_messages(db: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, MessageRow]:
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = await db.execute_fetchall(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(ids)
+    )
+    return {row[0]: _message(row) for row in rows}
+
+
 async def _known_ids(db: aiosqlite.Connection, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
@@ -546,13 +556,7 @@ class Tx:
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
-        if not wanted:
-            return
-        marks = ",".join("?" * len(wanted))
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(wanted)
-        )
-        found = {row[0]: _message(row) for row in rows}
+        found = await _fetch_messages(self.db, wanted)
         for i in wanted:
             self._rows[i] = found.get(i)
 
@@ -794,6 +798,11 @@ class Store:
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""
         return await _known_ids(self.db, ids)
+
+    async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
+        """The rows of `ids` the store holds, in the order of `ids` (one query)."""
+        found = await _fetch_messages(self.db, ids)
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     # -- reads -----------------------------------------------------------------
 
