@@ -433,7 +433,9 @@ class Service:
                     AuditEntry(self.actor, "queued", header.id, {"to": node}),
                 ]
             )
-        self.outbox_signal(node).set()
+        # Mark it news for the link that carries it: a link that found its outbox drained
+        # looks again only for news (a bare signal would leave it to the next poll).
+        self.wake(node)
         self.urgent_pending |= header.priority is not Priority.ROUTINE
         row = await self.store.message(header.id)
         assert row is not None
