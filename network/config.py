@@ -7,6 +7,7 @@ ConfigError naming the file and the key.
     id = "FRA"
     [peer]
     listen = "127.0.0.1:7101"        # url defaults to wss://<listen>
+    handshake_timeout = 10           # seconds a connecting peer has for each handshake step
     [api]
     listen = "127.0.0.1:8101"
     login_failures = 5               # optional: consecutive refused tokens from one address
@@ -59,6 +60,7 @@ MAX_CONFIG_BYTES = 64 * 1024
 MAX_DURATION_MS: Final = 365 * 24 * 3600 * 1000
 MAX_WEBHOOK_TIMEOUT: Final = 300
 MAX_WEBHOOK_RETRIES: Final = 20
+MAX_HANDSHAKE_TIMEOUT: Final = 120
 
 _DURATION = re.compile(r"([0-9]{1,9})([smhd])")
 _UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -95,6 +97,7 @@ class NodeConfig:
     webhook_timeout: float = 10.0  # seconds per attempt
     webhook_retries: int = 5  # attempts in all, the first included
     login: LoginPolicy = DEFAULT_LOGIN  # when repeated failed logins are slowed down
+    handshake_timeout: float = 10.0  # seconds for each of TLS, the WebSocket upgrade, the hello
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -288,6 +291,16 @@ def load_config(path: Path) -> NodeConfig:
     peer_url = peer.get("url", f"wss://{peer_host}:{peer_port}")
     if not isinstance(peer_url, str) or not peer_url.startswith("wss://"):
         raise ConfigError(f"{path}: peer.url: must start with wss://, got {peer_url!r}")
+    handshake_timeout = peer.get("handshake_timeout", 10)
+    if (
+        isinstance(handshake_timeout, bool)
+        or not isinstance(handshake_timeout, int | float)
+        or not 0 < handshake_timeout <= MAX_HANDSHAKE_TIMEOUT
+    ):
+        raise ConfigError(
+            f"{path}: peer.handshake_timeout: expected seconds, more than 0 and at most"
+            f" {MAX_HANDSHAKE_TIMEOUT}, got {handshake_timeout!r}"
+        )
     api = _table(doc, "api", path)
     api_host, api_port = parse_listen(api.get("listen"), f"{path}: api.listen")
     login = _login(api, path)
@@ -335,4 +348,5 @@ def load_config(path: Path) -> NodeConfig:
         webhook_timeout=webhook_timeout,
         webhook_retries=webhook_retries,
         login=login,
+        handshake_timeout=float(handshake_timeout),
     )

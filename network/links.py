@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -30,9 +31,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
+from websockets.frames import CloseCode
 
 from network.crypto import certificate_pem, sha256
-from network.errors import CpnError, PeerError
+from network.errors import CpnError, MalformedError, OversizeError, PeerError
 from network.keys import NodeKeys
 from network.protocol import (
     FRAME_ANNOUNCE,
@@ -42,6 +44,7 @@ from network.protocol import (
     FRAME_RECEIPT,
     FRAME_ROSTER,
     MAX_FRAME_BYTES,
+    HandshakeError,
     LinkHandshake,
     Role,
     backoff_delays,
@@ -65,6 +68,9 @@ __all__ = ["LinkSettings", "Links"]
 # Frames waiting to be processed on one link: far above what the windows allow
 # (envelopes and receipts) plus one announcement per contact point.
 MAX_QUEUED_FRAMES = 4096
+# Connections accepted whose handshakes (TLS, WebSocket, signed) have not finished.
+# Far above what 193 peers redialling need; a peer that holds more pushes its oldest out.
+MAX_PENDING_HANDSHAKES = 128
 
 log = logging.getLogger("cpn.links")
 
@@ -133,6 +139,7 @@ class Links:
         self._links_changed = asyncio.Event()
         self._my_cert = keys.card.tls_sha256
         self._server: Server | None = None
+        self._listener: _Listener | None = None
         self._server_ssl = self._ssl_context(server=True)
         self._client_ssl = self._ssl_context(server=False)
 
@@ -175,8 +182,9 @@ class Links:
 
     async def listen(self) -> None:
         """Bind the peer server (before the node says it is healthy)."""
+        self._listener = _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
         self._server = await serve(
-            self._accept, self.host, self.port, ssl=self._server_ssl, **self._options()
+            self._accept, sock=self._listener, ssl=self._server_ssl, **self._options()
         )
 
     async def run(self, dial_after: asyncio.Event | None = None) -> None:
@@ -214,11 +222,17 @@ class Links:
             peer_cert = self._peer_cert(ws)
             handshake = self._handshake(Role.SERVER, peer_cert, None)
             await self._run_handshake(ws, handshake)
-        except (PeerError, TimeoutError) as exc:
+        except PeerError as exc:
             await self._refused(ws, remote, exc)
             return
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            fault = _peer_fault(exc)
+            if fault is not None:
+                await self._refused(ws, remote, fault)
             return
+        finally:
+            assert self._listener is not None
+            self._listener.settled(ws)
         assert handshake.peer is not None
         wake = self._wake.get(handshake.peer)
         if wake is not None:
@@ -283,16 +297,22 @@ class Links:
         )
 
     async def _run_handshake(self, ws: Connection, handshake: LinkHandshake) -> None:
-        async with asyncio.timeout(self.settings.handshake_timeout):
-            for out in handshake.start():
-                await ws.send(out)
-            while not handshake.done:
-                for out in handshake.receive(await ws.recv()):
+        limit = self.settings.handshake_timeout
+        try:
+            async with asyncio.timeout(limit):
+                for out in handshake.start():
                     await ws.send(out)
+                while not handshake.done:
+                    for out in handshake.receive(await ws.recv()):
+                        await ws.send(out)
+        except TimeoutError:
+            raise HandshakeError(
+                f"no signed handshake within {limit}s", reason="handshake_timeout"
+            ) from None
 
-    async def _refused(self, ws: ServerConnection, remote: str, exc: Exception) -> None:
-        reason = exc.reason if isinstance(exc, CpnError) else "handshake_timeout"
-        log.warning("%s: refused a link from %s: %s", self.me, remote, exc or reason)
+    async def _refused(self, ws: ServerConnection, remote: str, exc: PeerError) -> None:
+        reason = exc.reason
+        log.warning("%s: refused a link from %s: %s", self.me, remote, exc)
         await self._record_refusal(remote, "link_refused", exc)
         with contextlib.suppress(Exception):
             await ws.close(1008, reason[:100])
@@ -455,8 +475,10 @@ class Links:
                 if incoming.qsize() >= MAX_QUEUED_FRAMES:
                     raise PeerError(f"{link.peer} floods the link", reason="flood")
                 incoming.put_nowait(message)
-        except ConnectionClosed:
-            return
+        except ConnectionClosed as exc:
+            fault = _peer_fault(exc)
+            if fault is not None:
+                raise fault from exc
 
     async def _process(
         self,
@@ -595,8 +617,61 @@ def _anchors(roster: Roster) -> str:
     return pem
 
 
+class _Listener(socket.socket):
+    """The peer server's listening socket: it holds at most `limit` accepted connections
+    whose handshakes have not finished, and shuts the oldest when one more arrives.
+
+    Each handshake has its own timeout (TLS, WebSocket upgrade, signed hello);
+    this bounds how many a peer opening connections and never finishing them
+    makes us hold in the meantime. Dropping the oldest, not refusing the
+    newest, lets a genuine peer in while they wait.
+    """
+
+    limit = MAX_PENDING_HANDSHAKES
+
+    @classmethod
+    def open(cls, host: str, port: int, limit: int) -> _Listener:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = cls(family, kind, proto)
+        listener.limit = limit
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(socket.SOMAXCONN)
+        return listener
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.pending: list[socket.socket] = []
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        conn, address = super().accept()
+        live = [s for s in self.pending if s.fileno() != -1]  # closed ones read -1
+        while len(live) >= self.limit:
+            with contextlib.suppress(OSError):
+                live.pop(0).shutdown(socket.SHUT_RDWR)  # its transport sees EOF and closes
+        self.pending = [*live, conn]
+        return conn, address
+
+    def settled(self, ws: Connection) -> None:
+        """`ws` finished its handshake (or failed it): no longer pending."""
+        sock = ws.transport.get_extra_info("socket")
+        fileno = sock.fileno() if sock is not None else -1
+        self.pending = [s for s in self.pending if s.fileno() not in (-1, fileno)]
+
+
 class _Stalled(Exception):
     """A peer stopped answering with receipts: drop the link and dial again."""
+
+
+def _peer_fault(closed: ConnectionClosed) -> PeerError | None:
+    """What the peer did wrong when websockets closed the connection on us, if anything:
+    a frame over `max_size`, or bytes that are not WebSocket frames."""
+    code = closed.sent.code if closed.sent is not None else None
+    if code == CloseCode.MESSAGE_TOO_BIG:
+        return OversizeError(f"a WebSocket frame over the limit of {MAX_FRAME_BYTES} bytes")
+    if code in (CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA):
+        return MalformedError(f"not WebSocket frames: {closed.sent}")
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -282,6 +282,7 @@ def serve_until_signalled(config: NodeConfig) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_node(config, stop)
+        links = LinkSettings(handshake_timeout=config.handshake_timeout)
+        await run_node(config, stop, NodeSettings(links=links))
 
     asyncio.run(main())

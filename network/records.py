@@ -30,6 +30,7 @@ import rfc8785
 from network.errors import MalformedError, OversizeError
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_SAFE_INTEGER",
     "PROTOCOL_VERSION",
     "ROLES",
@@ -55,6 +56,9 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_SAFE_INTEGER = 2**53 - 1
+# Our documents nest a few levels; a limit far below Python's stack keeps a deeply
+# nested document from raising RecursionError instead of a refusal.
+MAX_JSON_DEPTH = 64
 
 # Values that canonical JSON may hold, as parsed: dict, list, str, int, bool, None.
 Json = Any
@@ -154,11 +158,14 @@ def b64decode(text: object, *, field: str = "value") -> bytes:
     return data
 
 
-def check_json_value(value: Json, path: str = "") -> bool:
+def check_json_value(value: Json, path: str = "", depth: int = 0) -> bool:
     """Check that `value` fits the restricted JSON model; return True if all keys are ASCII.
 
-    Raises MalformedError naming the path of the first value that does not fit.
+    Raises MalformedError naming the path of the first value that does not fit
+    (nesting deeper than MAX_JSON_DEPTH included).
     """
+    if depth > MAX_JSON_DEPTH:
+        raise MalformedError(f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or value is True or value is False or isinstance(value, str):
         return True
     if isinstance(value, int):
@@ -171,12 +178,12 @@ def check_json_value(value: Json, path: str = "") -> bool:
             if not isinstance(key, str):
                 raise MalformedError(f"{path or 'value'}: object key {key!r} is not a string")
             ascii_keys &= key.isascii()
-            ascii_keys &= check_json_value(item, f"{path}.{key}" if path else key)
+            ascii_keys &= check_json_value(item, f"{path}.{key}" if path else key, depth + 1)
         return ascii_keys
     if isinstance(value, list):
         ascii_keys = True
         for index, item in enumerate(value):
-            ascii_keys &= check_json_value(item, f"{path}[{index}]")
+            ascii_keys &= check_json_value(item, f"{path}[{index}]", depth + 1)
         return ascii_keys
     if isinstance(value, float):
         raise MalformedError(f"{path or 'value'}: floats are not allowed")

@@ -177,3 +177,12 @@ def test_fields_names_the_missing_the_ill_typed_and_the_unknown() -> None:
         f.str("missing")
     with pytest.raises(MalformedError, match=r"doc\.extra: unknown field"):
         f.done()
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 5000])
+def test_deeply_nested_documents_are_refused_not_a_recursion_error(depth: int) -> None:
+    data = b"[" * depth + b"1" + b"]" * depth
+
+    for parse in (parse_json, parse_canonical):
+        with pytest.raises(MalformedError):
+            parse(data, limit=len(data))

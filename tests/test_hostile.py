@@ -1,0 +1,412 @@
+"""Hostile peers against a real node: it refuses, records it, stays up, and its links carry on.
+
+DEU is the node under attack, FRA its genuine peer; each test measures the
+FRA -> DEU stream without an attack, then again while a hostile peer written
+here (real TLS, real WebSockets) attacks DEU, and asserts that every message
+is delivered at no less than a fraction of the baseline rate (loose: the
+attacker shares the machine's two cores). USA is a contact point turned
+hostile (its own keys, so it gets past the handshake); the thief holds FRA's
+TLS certificate and key but not FRA's signing key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from network.config import load_config
+from network.crypto import SigningKey, generate_signing_key, sha256
+from network.envelope import MAX_RECEIPT_BYTES, seal
+from network.keys import load_node_keys
+from network.node import load_current_roster
+from network.protocol import (
+    FRAME_CHECKPOINT,
+    FRAME_RECEIPT,
+    MAX_FRAME_BYTES,
+    LinkHandshake,
+    Role,
+    envelope_frame,
+    split_frame,
+)
+from network.records import MessageType, NodeId, Priority, b64encode, canonical
+from network.samples import sample_body
+from tests.harness import Network, rows, wait_for
+from tests.test_node import client_context
+
+pytestmark = pytest.mark.timeout(120)
+
+STREAM = 20  # messages FRA -> DEU per measurement
+HANDSHAKE_TIMEOUT = 2  # DEU's, shortened so that stalled handshakes time out within the test
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]}, extra_nodes=("USA",))
+    deu = network.nodes["DEU"].config
+    deu.write_text(
+        deu.read_text().replace("[peer]\n", f"[peer]\nhandshake_timeout = {HANDSHAKE_TIMEOUT}\n")
+    )
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        wait_for(lambda: linked(network, "FRA"), what="FRA linked to DEU")
+        yield network
+    finally:
+        network.close()
+
+
+# -- the genuine stream, and the measure of it -------------------------------------------
+
+
+def linked(network: Network, peer: str) -> bool:
+    status, answer = network.api("DEU", "GET", "/api/peers")
+    return status == 200 and any(p["id"] == peer and p["linked"] for p in answer["peers"])
+
+
+def stream(network: Network) -> float:
+    """Send STREAM messages FRA -> DEU through FRA's API; the rate at which all were delivered."""
+    start = time.monotonic()
+    ids = {network.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(STREAM)}
+
+    def delivered() -> bool:
+        out = network.list("FRA", "out")
+        return ids <= {m["id"] for m in out if m["state"] == "delivered"}
+
+    wait_for(delivered, timeout=60, what=f"{STREAM} messages delivered")
+    return STREAM / (time.monotonic() - start)
+
+
+def under_attack(network: Network, attack: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Measure the stream, then measure it again while `attack` runs over and over."""
+    baseline = stream(network)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    async def repeat() -> None:
+        while not stop.is_set():
+            await attack()
+            await asyncio.sleep(0.02)  # leave the nodes some of the two cores
+
+    def run() -> None:
+        try:
+            asyncio.run(repeat())
+        except BaseException as exc:  # the test asserts on it below
+            failures.append(exc)
+
+    attacker = threading.Thread(target=run)
+    attacker.start()
+    try:
+        time.sleep(0.3)  # the attack is under way before the stream starts
+        attacked = stream(network)
+    finally:
+        stop.set()
+        attacker.join(timeout=30)
+    assert not failures, failures
+    assert network.api("DEU", "GET", "/healthz", token=None)[0] == 200
+    assert network.nodes["DEU"].process is not None
+    assert network.nodes["DEU"].process.poll() is None
+    assert linked(network, "FRA")
+    assert attacked >= baseline / 4, f"{attacked:.1f} msg/s under attack, {baseline:.1f} without"
+
+
+def audited(network: Network, action: str) -> list[tuple[str, dict[str, Any]]]:
+    entries = rows(
+        network.nodes["DEU"].store, "SELECT actor, detail FROM audit WHERE action = ?", (action,)
+    )
+    return [(actor, json.loads(detail)) for actor, detail in entries]
+
+
+# -- a hostile peer ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def hostile(
+    network: Network,
+    me: str = "USA",
+    *,
+    signing: SigningKey | None = None,
+) -> AsyncIterator[ClientConnection]:
+    """A link to DEU as `me` (its certificate), the hello signed by `signing` (default: its key)."""
+    keys = load_node_keys(network.keys / me, NodeId(me))
+    roster = load_current_roster(load_config(network.nodes[me].config))
+    url = f"wss://127.0.0.1:{network.nodes['DEU'].peer_port}"
+    context = client_context(network, me)
+    async with connect(url, ssl=context, proxy=None, compression=None, max_size=None) as ws:
+        der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        handshake = LinkHandshake(
+            role=Role.CLIENT,
+            me=NodeId(me),
+            signing_key=signing or keys.signing,
+            roster=roster,
+            my_cert_sha256=keys.card.tls_sha256,
+            peer_cert_sha256=sha256(der),
+            nonce=os.urandom(32),
+            expected_peer=NodeId("DEU"),
+        )
+        for out in handshake.start():
+            await ws.send(out)
+        while not handshake.done:
+            for out in handshake.receive(await asyncio.wait_for(ws.recv(), 10)):
+                await ws.send(out)
+        yield ws
+
+
+async def receipts(ws: ClientConnection, count: int) -> list[bytes]:
+    found = []
+    while len(found) < count:
+        kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
+        if kind == FRAME_RECEIPT:
+            found.append(payload)
+    return found
+
+
+async def closed_by_node(ws: ClientConnection) -> None:
+    """Wait until DEU closes the link (reading what it sends meanwhile)."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+
+
+def usa_to_deu(network: Network, created: int | None = None) -> bytes:
+    usa = load_node_keys(network.keys / "USA", NodeId("USA"))
+    roster = load_current_roster(load_config(network.nodes["USA"].config))
+    return seal(
+        sender=NodeId("USA"),
+        recipient=NodeId("DEU"),
+        message_type=MessageType.EMERGENCY,
+        body=sample_body("emergency"),
+        priority=Priority.ROUTINE,
+        now=created or int(time.time() * 1000),
+        random_bytes=os.urandom(10),
+        signing_key=usa.signing,
+        recipient_key=roster.active_card("DEU").hpke_key,
+    ).raw
+
+
+def resigned(network: Network, doc: dict[str, Any]) -> bytes:
+    """An envelope document with its outer signature made again by USA over what it holds."""
+    usa = load_node_keys(network.keys / "USA", NodeId("USA"))
+    signed = canonical({"header": doc["header"], "sealed": doc["sealed"]})
+    doc["sig"] = b64encode(usa.signing.sign(b"cpn/v1 outer\n" + signed))
+    return canonical(doc)
+
+
+# -- the attacks ---------------------------------------------------------------------
+
+
+def test_a_stolen_certificate_without_the_signing_key_is_refused(net: Network) -> None:
+    # FRA's certificate and TLS key, stolen; FRA's signing key is not: the thief signs with its own.
+    thief_key = generate_signing_key()
+
+    async def attack() -> None:
+        with pytest.raises(Exception) as refused:
+            async with hostile(net, "FRA", signing=thief_key):
+                pass
+        assert "bad_signature" in str(refused.value) or "1008" in str(refused.value)
+
+    under_attack(net, attack)
+
+    refusals = audited(net, "link_refused")
+    assert refusals and all(d["reason"] == "bad_signature" for _, d in refusals)
+    assert all(actor == "peer:127.0.0.1" for actor, _ in refusals)
+
+
+def test_forged_envelopes_are_refused_with_a_signed_rejection(net: Network) -> None:
+    seen: dict[str, int] = {}
+
+    async def attack() -> None:
+        valid = orjson.loads(usa_to_deu(net))
+        bad_signature = {**valid, "sig": b64encode(b"\x00" * 64)}
+        unknown_signer = {**valid, "header": {**valid["header"], "from": "CHE"}}
+        sealed = valid["sealed"]
+        swap = "B" if sealed[40] != "B" else "C"
+        tampered = {**valid, "sealed": sealed[:40] + swap + sealed[41:]}
+        forgeries = [canonical(bad_signature), resigned(net, unknown_signer)]
+        forgeries.append(resigned(net, tampered))
+        async with hostile(net) as ws:
+            for raw in forgeries:
+                await ws.send(envelope_frame([], raw))
+            for raw in await receipts(ws, len(forgeries)):
+                statement = orjson.loads(raw)["receipt"]
+                assert statement["outcome"] == "rejected"
+                seen[statement["reason"]] = seen.get(statement["reason"], 0) + 1
+
+    under_attack(net, attack)
+
+    assert set(seen) == {"bad_signature", "unknown_signer", "decrypt_failed"}
+    reasons = {d["reason"] for actor, d in audited(net, "rejected") if actor == "node:USA"}
+    assert reasons == {"bad_signature", "unknown_signer", "decrypt_failed"}
+    assert not [m for m in net.list("DEU", "in") if m["from"] != "FRA"]
+
+
+def test_replayed_envelopes_get_the_original_receipt_byte_for_byte(net: Network) -> None:
+    envelope = usa_to_deu(net)
+    answers: list[bytes] = []
+
+    async def attack() -> None:
+        async with hostile(net) as ws:
+            for _ in range(5):
+                await ws.send(envelope_frame([], envelope))
+            answers.extend(await receipts(ws, 5))
+
+    under_attack(net, attack)
+
+    first = orjson.loads(answers[0])["receipt"]
+    assert first["outcome"] == "accepted"
+    assert len(answers) >= 10 and set(answers) == {answers[0]}  # the stored original, every time
+    assert len([m for m in net.list("DEU", "in") if m["from"] == "USA"]) == 1
+    duplicates = [d for actor, d in audited(net, "duplicate") if actor == "node:USA"]
+    assert len(duplicates) == len(answers) - 1
+    assert all(d["original_receipt"] for d in duplicates)
+
+
+def test_frames_over_the_size_limits_cut_the_link(net: Network) -> None:
+    oversize = [
+        FRAME_RECEIPT + b"x" * (MAX_RECEIPT_BYTES + 1),  # over its kind's limit
+        FRAME_RECEIPT + b"x" * MAX_FRAME_BYTES,  # over the WebSocket limit: websockets cuts it
+    ]
+    sent = itertools.cycle(oversize)
+
+    async def attack() -> None:
+        async with hostile(net) as ws:
+            await ws.send(next(sent))
+            await closed_by_node(ws)
+
+    under_attack(net, attack)
+
+    cut = [d for actor, d in audited(net, "link_protocol_error") if actor == "peer:USA"]
+    assert len(cut) >= 2 and {d["reason"] for d in cut} == {"oversize"}
+    assert {"websocket" in d["error"].lower() for d in cut} == {True, False}
+
+
+GARBAGE: list[Callable[[ClientConnection], Coroutine[Any, Any, None]]] = [
+    lambda ws: ws.send("a text frame"),
+    lambda ws: ws.send(b"Z" + b"an unknown kind"),
+    lambda ws: ws.send(FRAME_CHECKPOINT + b'{"note":'),  # JSON cut short
+    lambda ws: asyncio.sleep(0, ws.transport.write(b"\x8f\xff" + os.urandom(64))),  # not frames
+]
+
+
+def test_malformed_and_garbage_frames_cut_the_link(net: Network) -> None:
+    sent = itertools.cycle(GARBAGE)
+
+    async def attack() -> None:
+        async with hostile(net) as ws:
+            await next(sent)(ws)
+            await closed_by_node(ws)
+
+    under_attack(net, attack)
+
+    cut = [d for actor, d in audited(net, "link_protocol_error") if actor == "peer:USA"]
+    assert len(cut) >= len(GARBAGE) and {d["reason"] for d in cut} == {"malformed"}
+    assert any("not WebSocket frames" in d["error"] for d in cut)
+
+
+def test_a_flood_of_envelopes_past_the_window_cuts_the_link(net: Network) -> None:
+    envelope = usa_to_deu(net)
+
+    async def attack() -> None:
+        async with hostile(net) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(2000):  # far past the window of 32 (+8 flash +32 batch)
+                    await ws.send(envelope_frame([], envelope))
+            await closed_by_node(ws)
+
+    under_attack(net, attack)
+
+    cut = [d for actor, d in audited(net, "link_protocol_error") if actor == "peer:USA"]
+    assert cut and {d["reason"] for d in cut} <= {"window_exceeded", "flood"}
+
+
+# -- connections that never finish their handshake ---------------------------------------
+
+
+def open_fds(network: Network) -> int:
+    process = network.nodes["DEU"].process
+    assert process is not None
+    return len(os.listdir(f"/proc/{process.pid}/fd"))
+
+
+def closed(sock: socket.socket) -> bool:
+    """True once the other end closed (or reset) the connection."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(1024):
+            pass  # a TLS session ticket, say
+        return True
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_that_never_finish_the_handshake_are_bounded_and_timed_out(
+    net: Network,
+) -> None:
+    port = net.nodes["DEU"].peer_port
+    before = open_fds(net)
+    baseline = stream(net)
+    net.stop("FRA")  # FRA must connect anew while the node holds the stalled connections
+
+    # Plain TCP that never starts TLS, many more than the node holds at once.
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+    # TLS done, then nothing: neither the WebSocket upgrade nor the signed hello.
+    context = client_context(net, "USA")
+    tls = [
+        context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="DEU")
+        for _ in range(10)
+    ]
+
+    async def upgraded_then_silent() -> list[ClientConnection]:
+        url = f"wss://127.0.0.1:{port}"
+        return [await connect(url, ssl=context, proxy=None) for _ in range(10)]
+
+    async def all_closed_by_node(links: list[ClientConnection]) -> None:
+        await asyncio.gather(*(closed_by_node(ws) for ws in links))
+
+    async def close(links: list[ClientConnection]) -> None:
+        await asyncio.gather(*(ws.close() for ws in links))
+
+    loop = asyncio.new_event_loop()
+    hellos: list[ClientConnection] = []
+    try:
+        hellos = loop.run_until_complete(upgraded_then_silent())
+        time.sleep(1)
+        held = sum(not closed(s) for s in silent + tls) + len(hellos)
+        fds_held = open_fds(net)
+        net.start("FRA")
+        wait_for(lambda: linked(net, "FRA"), what="FRA linked again despite the stalled ones")
+        attacked = stream(net)
+        time.sleep(HANDSHAKE_TIMEOUT * 2 + 1)  # TLS, then upgrade, then hello: each timed out
+        still_open = [s for s in silent + tls if not closed(s)]
+        loop.run_until_complete(all_closed_by_node(hellos))
+    finally:
+        loop.run_until_complete(close(hellos))
+        loop.close()
+        for s in silent + tls:
+            s.close()
+
+    assert held <= 128 + 5, f"the node held {held} unfinished handshakes"
+    assert fds_held <= before + 128 + 20
+    assert not still_open, f"{len(still_open)} stalled connections never timed out"
+    assert attacked >= baseline / 4
+    assert net.api("DEU", "GET", "/healthz", token=None)[0] == 200
+    timeouts = [
+        d for actor, d in audited(net, "link_refused") if d["reason"] == "handshake_timeout"
+    ]
+    assert len(timeouts) >= len(hellos)
