@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 from network.config import load_config
-from network.envelope import verify_receipt
+from network.envelope import DEFAULT_SKEW_MS, verify_receipt
 from network.node import load_current_roster
 from network.records import Outcome
 from tests.harness import REPO, Network, rows
@@ -38,21 +38,30 @@ def undelivered(network: Network, sender: str) -> int:
     return int(found[0][0])
 
 
-def exactly_once(network: Network, senders: list[str], accepted: set[str]) -> int:
+def exactly_once(
+    network: Network, senders: list[str], accepted: set[str], refused: frozenset[str] = frozenset()
+) -> int:
     """Raise AssertionError unless each outbox message arrived exactly once; the count.
 
     `accepted`: ids the API answered 202 for: each must be in the outbox
-    (more may be, posted as the sender was killed, before its answer).
+    (more may be, posted as the sender was killed, before its answer);
+    `refused`: ids the recipient must have refused (`rejected`, in no inbox).
     """
     sent: dict[str, str] = {}  # message id -> recipient
+    rejected: set[str] = set()
     for sender in senders:
         for message_id, peer, state in rows(
             network.nodes[sender].store, "SELECT id, peer, state FROM messages WHERE box = 'out'"
         ):
+            if message_id in refused:
+                assert state == "rejected", f"{sender}: {message_id} to {peer} is {state}"
+                rejected.add(message_id)
+                continue
             assert state in DELIVERED, f"{sender}: {message_id} to {peer} is {state}"
             sent[message_id] = peer
     missing = accepted - set(sent)
     assert not missing, f"answered 202 but not in an outbox: {sorted(missing)[:5]}"
+    assert rejected == refused, f"not in an outbox: {sorted(refused - rejected)[:5]}"
     for node_id, node in network.nodes.items():
         inbox = {
             message_id: origin
@@ -77,14 +86,17 @@ def exactly_once(network: Network, senders: list[str], accepted: set[str]) -> in
     return len(sent)
 
 
-def receipts_valid(network: Network) -> int:
-    """Verify every receipt every node holds; each delivered message has one for its bytes."""
+def receipts_valid(network: Network, skew_ms: int = DEFAULT_SKEW_MS) -> int:
+    """Verify every receipt every node holds; each delivered message has one for its bytes.
+
+    `skew_ms`: how far ahead a receipt's time may be (more, where a test moved a node's clock).
+    """
     now = time.time_ns() // 1_000_000
     count = 0
     for node_id, node in network.nodes.items():
         roster = load_current_roster(load_config(node.config))
         for raw, message_id in rows(node.store, "SELECT raw, message_id FROM receipts"):
-            receipt = verify_receipt(bytes(raw), roster=roster, now=now)
+            receipt = verify_receipt(bytes(raw), roster=roster, now=now, skew_ms=skew_ms)
             assert receipt.message_id == message_id, f"{node_id}: receipt filed under another id"
             count += 1
         marks = ",".join("?" * len(DELIVERED))
@@ -94,7 +106,7 @@ def receipts_valid(network: Network) -> int:
             DELIVERED,
         ):
             proofs = [
-                verify_receipt(bytes(raw), roster=roster, now=now)
+                verify_receipt(bytes(raw), roster=roster, now=now, skew_ms=skew_ms)
                 for (raw,) in rows(
                     node.store,
                     "SELECT raw FROM receipts WHERE message_id = ? AND direction = 'received'"
@@ -126,9 +138,15 @@ def audit_clean(network: Network) -> None:
         assert check.returncode == 0, f"{node_id}: cpn audit verify: {output}"
 
 
-def check_run(network: Network, senders: list[str], accepted: set[str]) -> int:
+def check_run(
+    network: Network,
+    senders: list[str],
+    accepted: set[str],
+    refused: set[str] | frozenset[str] = frozenset(),
+    skew_ms: int = DEFAULT_SKEW_MS,
+) -> int:
     """All three checks; the number of messages delivered."""
-    delivered = exactly_once(network, senders, accepted)
-    receipts_valid(network)
+    delivered = exactly_once(network, senders, accepted, frozenset(refused))
+    receipts_valid(network, skew_ms)
     audit_clean(network)
     return delivered
