@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/network_sim.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/faults.py --runs 300
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

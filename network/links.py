@@ -60,7 +60,7 @@ from network.protocol import (
 from network.records import NodeId
 from network.roster import Roster
 from network.service import ROUTE_REFRESH_MS, Service
-from network.store import AuditEntry
+from network.store import AuditEntry, StoreError
 from network.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
@@ -259,9 +259,10 @@ class Links:
             except (OSError, TimeoutError, WebSocketException, CpnError) as exc:
                 delay = next(delays)
                 log.info("%s: link to %s failed (%s); retry in %.1fs", self.me, peer, exc, delay)
-                await self.service.peer_failure(
-                    peer, self.service.clock() + int(delay * 1000), _describe(exc)
-                )
+                with contextlib.suppress(StoreError):  # a full disk: the dialler goes on
+                    await self.service.peer_failure(
+                        peer, self.service.clock() + int(delay * 1000), _describe(exc)
+                    )
                 if isinstance(exc, CpnError):
                     await self._record_refusal(peer, "link_refused", exc)
             wake.clear()
@@ -336,13 +337,13 @@ class Links:
             await existing.ws.close(1000, "duplicate link")
         self.active[peer] = link
         self.service.linked[peer] = link.since
-        await self.service.peer_contact(peer)
-        await self.service.audit(
-            [AuditEntry(f"node:{self.me}", "link_up", None, {"peer": peer, "dialler": dialler})]
-        )
-        log.info("%s: linked with %s", self.me, peer)
         why = "stopped"
-        try:
+        try:  # from here on, however it ends, the link is no longer counted as active
+            await self.service.peer_contact(peer)
+            await self.service.audit(
+                [AuditEntry(f"node:{self.me}", "link_up", None, {"peer": peer, "dialler": dialler})]
+            )
+            log.info("%s: linked with %s", self.me, peer)
             # What the new peer should know: the roster if ours is newer, every announcement.
             if self.service.roster.version > peer_roster:
                 link.send(frame(FRAME_ROSTER, self.service.roster.raw))
@@ -353,6 +354,13 @@ class Links:
             why = await self._carry(link)
         except ConnectionClosed as exc:
             why = _describe(exc)
+        except StoreError as exc:
+            # Our disk is full or read-only: take nothing we cannot keep. The peer keeps
+            # its messages queued and dials again; the link comes back with the disk.
+            why = str(exc)
+            log.error("%s: closing the link with %s: %s", self.me, peer, exc)
+            with contextlib.suppress(Exception):
+                await ws.close(1011, exc.reason)
         finally:
             if self.active.get(peer) is link:
                 del self.active[peer]

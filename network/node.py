@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +27,10 @@ from network.crypto import sha256
 from network.errors import CpnError, RosterError
 from network.keys import load_keeper_public, load_node_keys
 from network.links import Links, LinkSettings
+from network.records import Json
 from network.roster import MAX_ROSTER_BYTES, Roster, load_roster
 from network.service import Service
-from network.store import AuditEntry, Store
+from network.store import AuditEntry, Store, StoreError
 from network.web import build_app
 from network.witnessing import CheckpointPolicy, Witnessing
 
@@ -227,12 +228,23 @@ class RosterFile:
         self._digest = sha256(data)
 
 
+@contextlib.contextmanager
+def _store_may_fail(task: str) -> Iterator[None]:
+    """A full or read-only disk fails this round of a background task, not the node:
+    the API answers 503 meanwhile, and the task tries again on its next round."""
+    try:
+        yield
+    except StoreError as exc:
+        log.error("%s: %s", task, exc)
+
+
 async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         data = roster_file.changed()
         if data is not None:
-            await links.adopt_roster(data, "file")
+            with _store_may_fail("roster"):
+                await links.adopt_roster(data, "file")
 
 
 async def _checkpoints(service: Service, witnessing: Witnessing, links: Links) -> None:
@@ -241,9 +253,10 @@ async def _checkpoints(service: Service, witnessing: Witnessing, links: Links) -
         await asyncio.sleep(CHECKPOINT_LOOK_SECONDS)
         now = now_ms()
         if witnessing.due(now, urgent=service.urgent_pending):
-            service.urgent_pending = False
-            await witnessing.sign(now)
-            links.offer_checkpoint()
+            with _store_may_fail("checkpoint"):
+                await witnessing.sign(now)
+                service.urgent_pending = False
+                links.offer_checkpoint()
 
 
 async def _watch_deadlines(
@@ -255,7 +268,10 @@ async def _watch_deadlines(
     """
     posting: set[asyncio.Task[bool]] = set()
     while True:
-        for alert in await service.review_deadlines():
+        alerts: list[dict[str, Json]] = []
+        with _store_may_fail("deadlines"):
+            alerts = await service.review_deadlines()
+        for alert in alerts:
             log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
             if webhook is not None:
                 task = asyncio.create_task(webhook.post(alert))
@@ -268,9 +284,10 @@ async def _expiry_scan(service: Service, interval: float, grace: float) -> None:
     """Deadlines are checked by a periodic scan, not only when a message is taken."""
     started = time.monotonic()
     while True:
-        await service.expire_due()
-        if time.monotonic() - started > grace:  # routes take a moment to be learned
-            await service.raise_unroutable()
+        with _store_may_fail("expiry"):
+            await service.expire_due()
+            if time.monotonic() - started > grace:  # routes take a moment to be learned
+                await service.raise_unroutable()
         await asyncio.sleep(interval)
 
 

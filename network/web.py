@@ -685,9 +685,13 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         response = await _refused(request, exc)
     except BodyError as exc:
         response = await _refused(request, _Refusal(400, str(exc), field=exc.field or None))
-    except StoreError:
+    except StoreError as exc:
         log.exception("store failure in %s %s", request.method, request.path)
-        response = _error(503, "the node's store is unavailable; try again")
+        # The cause (SQLite's words: disk I/O error, disk full, read-only), not the path.
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        response = _error(
+            503, f"the node's store is unavailable{cause}; try again", headers={"Retry-After": "5"}
+        )
     except CpnError as exc:
         response = await _refused(request, _Refusal(400, str(exc)))
     except web.HTTPException as exc:

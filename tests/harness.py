@@ -80,8 +80,9 @@ class Node:
     config: Path
     store: Path
     api: str
-    peer_port: int
+    peer_port: int  # where the roster says it is
     log: Path
+    listen_port: int = 0  # where it listens, if not there (a proxy sits on `peer_port`)
     tokens: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -98,10 +99,13 @@ class Network:
         own_rosters: bool = False,
         extra_config: dict[str, str] | None = None,
         api_config: str = "",
+        proxied: tuple[str, ...] = (),
     ) -> None:
         """`own_rosters`: each node reads its own copy of the roster (to watch one spread);
         `extra_config`: TOML appended to a node's config (deadlines, alerts);
-        `api_config`: TOML lines added to every node's [api] table."""
+        `api_config`: TOML lines added to every node's [api] table;
+        `proxied`: nodes that listen on a port of their own while the roster points
+        their peers at `peer_port`, where a test puts a proxy (tests/faults/proxy.py)."""
         self.root = root
         self.keys = root / "keys"
         self.nodes: dict[str, Node] = {}
@@ -111,6 +115,7 @@ class Network:
         cards = []
         for node_id in ids:
             peer_port, api_port = free_port(), free_port()
+            listen_port = free_port() if node_id in proxied else peer_port
             cards.append(
                 init_node_keys(
                     self.keys / node_id,
@@ -125,7 +130,8 @@ class Network:
             roster = f"../var/{node_id}-roster.json" if own_rosters else "../keys/roster.json"
             config.write_text(
                 f'id = "{node_id}"\n'
-                f'[peer]\nlisten = "127.0.0.1:{peer_port}"\n'
+                f'[peer]\nlisten = "127.0.0.1:{listen_port}"\n'
+                f'url = "wss://127.0.0.1:{peer_port}"\n'
                 f'[api]\nlisten = "127.0.0.1:{api_port}"\n{api_config}'
                 f'[store]\npath = "../var/{node_id}.sqlite"\n'
                 f'[keys]\ndir = "../keys/{node_id}"\nroster = "{roster}"\n'
@@ -141,6 +147,7 @@ class Network:
                 f"http://127.0.0.1:{api_port}",
                 peer_port,
                 root / "var" / f"{node_id}.log",
+                listen_port,
             )
         self.keeper = load_keeper(self.keys / "authority")
         self.cards = cards
@@ -194,7 +201,16 @@ class Network:
 
     # -- processes ---------------------------------------------------------------
 
-    def start(self, node_id: str, *, wait: bool = True) -> None:
+    def start(
+        self,
+        node_id: str,
+        *,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
+        """`env` adds to the node's environment (LD_PRELOAD, FAKETIME); `preexec_fn` runs in
+        the child before it executes (setrlimit)."""
         node = self.nodes[node_id]
         node.log.parent.mkdir(exist_ok=True)
         log = node.log.open("ab")
@@ -203,7 +219,8 @@ class Network:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=preexec_fn,
         )
         log.close()
         if wait:

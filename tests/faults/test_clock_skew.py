@@ -1,0 +1,107 @@
+"""Clock skew between nodes, injected for real: the node's process runs under libfaketime.
+
+libfaketime (Debian's `faketime` package, which .ci/run installs when it is
+missing) moves what the process reads from the wall clock (`time.time_ns`,
+and OpenSSL's certificate checks) by the offset given; the monotonic clock
+is left alone, so that asyncio's timers run as they should. Within the
+allowed skew (5 minutes) messages flow; beyond it they are refused with the
+reason `clock_skew`, audited, and flow again once the clock is right.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from network.samples import sample_body
+from tests.faults.checks import check_run
+from tests.harness import Network, rows, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+# Debian's multiarch path (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+
+
+def skewed(offset: str) -> dict[str, str]:
+    """The environment that runs a node with its wall clock moved by `offset` ("+10m")."""
+    assert LIBFAKETIME is not None, "libfaketime is missing: apt-get install -y faketime"
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]}, retry_seconds=2)
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+def audited(network: Network, node_id: str, action: str) -> list[dict[str, object]]:
+    found = rows(
+        network.nodes[node_id].store, "SELECT detail FROM audit WHERE action = ?", (action,)
+    )
+    return [json.loads(detail) for (detail,) in found]
+
+
+def test_a_sender_clock_ahead_is_refused_beyond_the_allowed_skew_and_flows_once_right(
+    pair: Network,
+) -> None:
+    pair.start("DEU")
+    pair.start("FRA", env=skewed("+2m"))  # within the allowed 5 minutes
+    within = pair.send("FRA", "DEU", "emergency", sample_body("emergency"))
+    pair.wait_state("FRA", within, {"delivered"})
+    pair.stop("FRA")
+
+    pair.start("FRA", env=skewed("+10m"))
+    beyond = pair.send("FRA", "DEU", "emergency", sample_body("emergency"))
+    refused = pair.wait_state("FRA", beyond, {"rejected", "delivered"})
+    status, shown = pair.api("FRA", "GET", f"/api/messages/{beyond}")
+    pair.stop("FRA")
+
+    pair.start("FRA")  # the clock set right
+    after = pair.send("FRA", "DEU", "emergency", sample_body("emergency"))
+    pair.wait_state("FRA", after, {"delivered"})
+    pair.stop("FRA")
+    pair.stop("DEU")
+
+    assert refused["state"] == "rejected"
+    assert status == 200 and shown["receipts"][0]["outcome"] == "rejected"
+    assert shown["receipts"][0]["reason"] == "clock_skew"
+    rejections = audited(pair, "DEU", "rejected")
+    assert [r["reason"] for r in rejections] == ["clock_skew"]
+    assert "ahead of our clock" in str(rejections[0]["error"])
+    assert check_run(pair, ["FRA"], {within, after}, refused={beyond}) == 2
+
+
+def test_a_receiver_clock_ahead_has_its_receipts_refused_until_it_is_right(pair: Network) -> None:
+    pair.start("FRA")
+    pair.start("DEU", env=skewed("+10m"))
+    message_id = pair.send("FRA", "DEU", "emergency", sample_body("emergency"))
+    wait_for(lambda: audited(pair, "FRA", "receipt_rejected"), what="the receipt refused")
+    held = pair.wait_state("FRA", message_id, {"sent", "queued", "delivered"})
+    pair.stop("DEU")
+
+    # The clock set right: the message goes again; the receipt kept from then is 10 minutes
+    # ahead, so DEU answers afresh (`duplicate`: it holds the message already).
+    pair.start("DEU")
+    pair.wait_state("FRA", message_id, {"delivered"}, timeout=30)
+    pair.stop("FRA")
+    pair.stop("DEU")
+
+    assert held["state"] in {"sent", "queued"}
+    refusals = audited(pair, "FRA", "receipt_rejected")
+    assert {r["reason"] for r in refusals} == {"clock_skew"}
+    receipts = rows(pair.nodes["FRA"].store, "SELECT outcome FROM receipts")
+    assert receipts == [("duplicate",)]
+    # DEU's first receipt carries its clock of then: valid, 10 minutes ahead.
+    assert check_run(pair, ["FRA"], {message_id}, skew_ms=11 * 60_000) == 1

@@ -1,0 +1,149 @@
+"""The store's disk full or read-only: the node refuses new work with a clear error and
+loses nothing; with room (or write permission) again it carries on.
+
+The disk fills for real at the process edge: RLIMIT_FSIZE, lowered to 0 on
+the running node (prlimit, no privileges needed for our own processes), makes
+every write(2) that would put a byte in a file fail with EFBIG, as a full
+disk fails them with ENOSPC: SQLite's commits, the WAL's growth, the log.
+Raised again, the disk has room again. A read-only store is a read-only bind
+mount in a mount namespace of the node's own (`read_only`): its writes fail
+with EROFS, as on a filesystem the kernel remounted read-only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from network.samples import sample_body
+from tests.faults.checks import check_run, undelivered
+from tests.harness import Network, rows, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def disk_full(network: Network, node_id: str, full: bool) -> None:
+    process = network.nodes[node_id].process
+    assert process is not None
+    _, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (0 if full else hard, hard))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]}, retry_seconds=2)
+    try:
+        network.start("FRA", wait=False)
+        network.start("DEU")
+        network.wait_healthy("FRA")
+        yield network
+    finally:
+        network.close()
+
+
+def post(network: Network, sender: str, to: str) -> tuple[int, dict[str, object]]:
+    request = {"to": to, "type": "emergency", "priority": "urgent"}
+    return network.api(
+        sender, "POST", "/api/messages", {**request, "body": sample_body("emergency")}
+    )
+
+
+def test_a_full_disk_refuses_new_work_loses_nothing_and_carries_on_with_room(
+    pair: Network,
+) -> None:
+    before = {pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(5)}
+    before.add(pair.send("DEU", "FRA", "emergency", sample_body("emergency")))
+    pair.wait_all("FRA", "out", 5, {"delivered"})
+    pair.wait_all("DEU", "out", 1, {"delivered"})
+    stored_before = rows(pair.nodes["DEU"].store, "SELECT id, state FROM messages ORDER BY id")
+
+    disk_full(pair, "DEU", True)
+    refused, answer = post(pair, "DEU", "FRA")  # DEU's officer: nothing can be queued
+    during = {pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(10)}
+    time.sleep(1.5)  # FRA offers them; DEU cannot keep them and closes the link
+    wait_for(lambda: undelivered(pair, "FRA") == 10, what="FRA holding the ten")
+    healthy = pair.api("DEU", "GET", "/healthz", token=None)[0]
+    listed, inbox = pair.api("DEU", "GET", "/api/messages?box=in")  # reads still work
+    stored_during = rows(pair.nodes["DEU"].store, "SELECT id, state FROM messages ORDER BY id")
+    alive = pair.nodes["DEU"].process.poll()  # type: ignore[union-attr]
+    held = {m["state"] for m in pair.list("FRA", "out") if m["id"] in during}
+
+    disk_full(pair, "DEU", False)
+    pair.wait_all("FRA", "out", 15, {"delivered"}, timeout=40)
+    after = pair.send("DEU", "FRA", "emergency", sample_body("emergency"))
+    pair.wait_state("DEU", after, {"delivered"})
+    pair.stop("FRA")
+    pair.stop("DEU")
+
+    assert refused == 503 and answer["error"].startswith("the node's store is unavailable (")
+    assert healthy == 200 and listed == 200 and len(inbox["messages"]) == 5
+    assert stored_during == stored_before  # nothing half-written, nothing lost
+    assert held <= {"queued", "sent"}
+    assert alive is None, "DEU exited when its disk filled"
+    assert "store_error" in pair.nodes["FRA"].log.read_text()  # DEU closed the link, saying why
+    assert check_run(pair, ["FRA", "DEU"], before | during | {after}) == 17
+
+
+# -- read-only --------------------------------------------------------------------------
+
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+
+
+def read_only(folder: Path) -> Callable[[], None]:
+    """A preexec hook: the child gets a mount namespace of its own where `folder` is a
+    read-only bind mount, so that its writes there fail with EROFS, as on a filesystem the
+    kernel remounted read-only. Root (as CI runs) needs nothing more; another user gets a
+    user namespace of its own, where it may mount."""
+    path = str(folder).encode()
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        uid, gid = os.geteuid(), os.getegid()
+        if libc.unshare(CLONE_NEWNS | (0 if uid == 0 else CLONE_NEWUSER)) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+        if uid != 0:
+            Path("/proc/self/setgroups").write_text("deny")
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+        for source, target, flags in (
+            (None, b"/", MS_REC | MS_PRIVATE),  # what we mount stays in our namespace
+            (path, path, MS_BIND),
+            (None, path, MS_BIND | MS_REMOUNT | MS_RDONLY),
+        ):
+            if libc.mount(source, target, None, flags, None) != 0:
+                raise OSError(ctypes.get_errno(), f"mount {target!r}")
+
+    return enter
+
+
+def test_a_read_only_store_refuses_to_serve_loses_nothing_and_starts_once_writable(
+    pair: Network,
+) -> None:
+    sent = {pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(3)}
+    pair.wait_all("FRA", "out", 3, {"delivered"})
+    pair.stop("DEU")
+    stored = rows(pair.nodes["DEU"].store, "SELECT id, state FROM messages ORDER BY id")
+    later = {pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(3)}
+
+    deu = pair.nodes["DEU"]
+    with pytest.raises(AssertionError, match="exited") as refused:
+        pair.start("DEU", preexec_fn=read_only(deu.store.parent))
+    code = deu.process.wait(timeout=10) if deu.process else None
+    pair.start("DEU")  # writable again
+    pair.wait_all("FRA", "out", 6, {"delivered"}, timeout=40)
+    pair.stop("FRA")
+    pair.stop("DEU")
+
+    assert code != 0
+    assert "read-only" in str(refused.value) or "readonly" in str(refused.value), refused.value
+    assert str(deu.store) in str(refused.value)  # the error names the store
+    kept = rows(deu.store, "SELECT id, state FROM messages WHERE box = 'in' ORDER BY id")
+    assert kept[: len(stored)] == stored  # nothing lost (ids are time-ordered: the later ones last)
+    assert check_run(pair, ["FRA"], sent | later) == 6
