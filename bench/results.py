@@ -46,7 +46,7 @@ def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {_processor()}, {_memory()},"
         f" Python {platform.python_version()}, cryptography {cryptography.__version__},"
-        f" SQLite {sqlite3.sqlite_version}; load average {os.getloadavg()[0]:.1f}"
+        f" SQLite {sqlite3.sqlite_version}"
     )
 
 
@@ -118,7 +118,12 @@ def record(
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "quick": quick}
+    stamp = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "load": round(os.getloadavg()[0], 1),  # when the script ended: was the machine idle?
+        "quick": quick,
+    }
     with path.open("a", encoding="utf-8") as out:
         for figure in figures:
             line = {"kind": "figure", **asdict(figure), "ratio": figure.ratio, **stamp}

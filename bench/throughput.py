@@ -303,7 +303,13 @@ def main() -> None:
         args.results,
         figures,
         quick=args.quick,
-        series={"name": "latency_vs_load", "saturated": rate, "points": points},
+        series={
+            "name": "latency_vs_load",
+            "saturated": rate,
+            "messages": args.messages,
+            "paced_seconds": args.paced_seconds,
+            "points": points,
+        },
     )
 
 
