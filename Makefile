@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 # `make bench` writes every figure here, then prints them in one table;
-# `make bench QUICK=1` is a smoke run of the whole suite (small counts, minutes).
+# `make bench QUICK=1` is a smoke run of the whole suite (small counts, minutes);
+# `make bench APPEND=1` adds the table and the machine to docs/PERFORMANCE.md.
 RESULTS := var/bench/results.jsonl
 BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
@@ -44,7 +45,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/recovery.py $(BENCH_ARGS)
 	$(BIN)/python bench/audit.py $(BENCH_ARGS)
 	$(BIN)/python bench/network_sim.py $(BENCH_ARGS)
-	$(BIN)/python bench/report.py $(RESULTS) $(if $(QUICK),,--plot docs/latency-vs-load.png)
+	$(BIN)/python bench/report.py $(RESULTS) $(if $(QUICK),,--plot docs/latency-vs-load.png) \
+		$(if $(APPEND),--append docs/PERFORMANCE.md)
 
 bench-quick:
 	$(MAKE) bench QUICK=1
