@@ -4,14 +4,25 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# `make bench` writes every figure here, then prints them in one table;
+# `make bench QUICK=1` is a smoke run of the whole suite (small counts, minutes);
+# `make bench APPEND=1` adds the table and the machine to docs/PERFORMANCE.md.
+RESULTS := var/bench/results.jsonl
+BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+
+# matplotlib only for the benchmarks' plot: kept out of the core and the tests.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
 
 run: $(STAMP)
 	$(BIN)/cpn up nodes
@@ -26,12 +37,21 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python bench/envelope.py
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/network_sim.py
-	$(BIN)/python bench/audit.py
-	$(BIN)/python bench/faults.py --runs 300
+bench: $(BENCH_STAMP)
+	@mkdir -p $(dir $(RESULTS)) && rm -f $(RESULTS)
+	$(BIN)/python bench/envelope.py $(BENCH_ARGS)
+	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+	$(BIN)/python bench/relay.py $(BENCH_ARGS)
+	$(BIN)/python bench/recovery.py $(BENCH_ARGS)
+	$(BIN)/python bench/audit.py $(BENCH_ARGS)
+	$(BIN)/python bench/network_sim.py $(BENCH_ARGS)
+	$(BIN)/python bench/faults.py --runs $(if $(QUICK),25,300)
+	$(BIN)/python bench/fuzz.py $(if $(QUICK),--examples 500)
+	$(BIN)/python bench/report.py $(RESULTS) $(if $(QUICK),,--plot docs/latency-vs-load.png) \
+		$(if $(APPEND),--append docs/PERFORMANCE.md)
+
+bench-quick:
+	$(MAKE) bench QUICK=1
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -1,6 +1,7 @@
 """Audit log: `verify_store` rate on a large store beside the floor, and the cost of appending.
 
     .venv/bin/python bench/audit.py [--entries 1000000] [--checkpoint-every 1000] [--appends 300]
+        [--results FILE] [--quick]
 
 Builds a store of N entries the fast way (the schema from `Store.open`, then
 rows written directly with sqlite3 `executemany`, each leaf from
@@ -33,7 +34,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import resource
 import sqlite3
 import statistics
@@ -44,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import Figure, add_arguments, machine, record
 from network.audit import checkpoint_origin, entry_bytes, entry_leaf, verify_store
 from network.crypto import (
     HpkeSuite,
@@ -248,7 +249,10 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--appends", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.entries, args.appends, args.rounds = 20_000, 20, 1
     with tempfile.TemporaryDirectory(prefix="cpn-bench-audit-") as tmp:
         root = Path(tmp)
         path = root / "FRA.sqlite"
@@ -282,16 +286,14 @@ def main() -> None:
         assert report is not None
         assert report.ok, report
         costs = append_costs(root, args.appends, args.rounds)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" SQLite {sqlite3.sqlite_version}; load average {os.getloadavg()[0]:.1f}"
-    )
+    print(f"machine: {machine()}")
     print(
         f"store: {args.entries} entries, a checkpoint every {args.checkpoint_every}"
         f" ({report.checkpoints} checkpoints), {size_mb:.0f} MB, built in {built:.1f} s"
     )
     print(f"median of {args.rounds} rounds, verifier and floor back to back\n")
     print(f"{'figure':<72} {'cpn':>11} {'floor':>11} {'ratio':>6}")
+    figures = []
     for label, key in (
         ("wall clock, 1 process", "one"),
         (f"wall clock, {cores} worker processes (floor: {cores} x 1 core)", "all"),
@@ -304,10 +306,15 @@ def main() -> None:
         print(
             f"{'verify_store, entries/s, ' + label:<72} {ours:>11,.0f} {floor:>11,.0f} {ratio:>6.0%}"
         )
+        figures.append(Figure("audit", f"audit verify, {label}", "entry/s", ours, ours / ratio))
     print("\nappend cost, µs per entry: Store.transaction + tx.audit vs bare sqlite3 INSERT")
     print(f"{'case':<58} {'cpn':>11} {'bare':>11} {'ratio':>6}")
     for case, ours_us, bare_us in costs:
         print(f"{case:<58} {ours_us:>11.1f} {bare_us:>11.1f} {bare_us / ours_us:>6.0%}")
+        figures.append(
+            Figure("audit", f"audit append, {case}", "µs", ours_us, bare_us, higher_is_better=False)
+        )
+    record(args.results, figures, quick=args.quick)
 
 
 if __name__ == "__main__":

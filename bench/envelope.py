@@ -1,6 +1,7 @@
 """Envelope rates beside the raw primitive floor measured in the same run.
 
-    .venv/bin/python bench/envelope.py [--rounds 15] [--batch 200] [--suite hybrid|x25519]
+    .venv/bin/python bench/envelope.py [--rounds 31] [--batch 100] [--suite hybrid|x25519]
+        [--results FILE] [--quick]
 
 For each figure: the envelope's rate (operations/s, median of the rounds),
 the floor (the same HPKE and Ed25519 calls alone, on the same plaintext
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import Figure, add_arguments, machine, record
 from network.bodies import parse_body
 from network.crypto import (
     HpkeSuite,
@@ -48,7 +49,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--suite", choices=["hybrid", "x25519"], default="hybrid")
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.batch = 3, 20
     suite = HpkeSuite.MLKEM768_X25519 if args.suite == "hybrid" else HpkeSuite.X25519
 
     keeper = generate_signing_key()
@@ -124,18 +128,20 @@ def main() -> None:
             results[name][0].append(rate(project, args.batch))
             results[name][1].append(rate(floor, args.batch))
 
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     print(f"suite: {suite}; body {len(canonical(body_json))} B canonical; envelope {len(raw)} B")
     print(f"median of {args.rounds} rounds x {args.batch} operations, interleaved\n")
     print(f"{'figure':<44} {'cpn /s':>9} {'floor /s':>9} {'ratio':>7}")
+    figures = []
     for name, (ours, floors) in results.items():
         mine, base = statistics.median(ours), statistics.median(floors)
         # The ratio is the median of each round's ratio: both sides of a round ran
         # back to back, so machine drift cancels out.
         ratio = statistics.median(o / f for o, f in zip(ours, floors, strict=True))
         print(f"{name:<44} {mine:>9.0f} {base:>9.0f} {ratio:>7.0%}")
+        # Recorded with the floor that gives this ratio against the median rate.
+        figures.append(Figure("envelope", f"envelope: {name}", "op/s", mine, mine / ratio))
+    record(args.results, figures, quick=args.quick)
 
 
 if __name__ == "__main__":

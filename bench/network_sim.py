@@ -1,6 +1,7 @@
 """The whole network on one machine: 193 contact points, every one sending to every other.
 
     .venv/bin/python bench/network_sim.py [--nodes 193] [--workers 4] [--hubs 8]
+        [--results FILE] [--quick]
 
 Makes keys, a signed roster and a config for each UN member state (ISO
 3166-1 alpha-3 ids), links them sparsely (a few regional hubs linked to each
@@ -26,7 +27,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import Figure, add_arguments, machine, record
 from network.config import load_config
 from network.crypto import HpkeSuite
 from network.keys import init_keeper, init_node_keys, load_keeper
@@ -265,7 +266,10 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:  # the size of tests/test_network_sim.py
+        args.nodes, args.workers, args.hubs, args.suite, args.timeout = 12, 2, 2, "x25519", 300
     ids = member_states()[: args.nodes]
     if args.worker:
         asyncio.run(worker(Path(args.root), args.ids.split(","), ids))
@@ -345,9 +349,7 @@ def main() -> None:
 
     link_count = sum(len(p) for p in links.values()) // 2
     rate = expected / elapsed
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     print(
         f"{len(ids)} nodes in {len(workers)} processes, {link_count} links ({args.hubs} hubs), suite {suite}"
     )
@@ -357,6 +359,8 @@ def main() -> None:
     print(f"{'figure':<48} {'cpn':>10} {'floor':>10} {'ratio':>7}")
     print(f"{'messages, every node to every other':<48} {expected:>10}")
     print(f"{'time until every end-to-end receipt is back (s)':<48} {elapsed:>10.0f}")
+    name = f"{len(ids)} nodes, every one to every other"
+    floor_rate = None
     if args.floor:
         from bench.throughput import floor_per_message
         from tests.harness import Network
@@ -371,6 +375,12 @@ def main() -> None:
     print(f"{'peak memory, all workers (MiB)':<48} {peak:>10.0f}")
     print(f"{'longest path used (relays between the two ends)':<48} {longest:>10}")
     print("all delivered")
+    figures = [
+        Figure("network_sim", f"{name}: until every receipt is back", "s", elapsed),
+        Figure("network_sim", f"{name}: delivered with receipts", "msg/s", rate, floor_rate),
+        Figure("network_sim", f"{name}: peak memory, all workers", "MiB", peak),
+    ]
+    record(args.results, figures, quick=args.quick)
 
 
 def _tell(workers: list[subprocess.Popen[str]], word: str) -> None:

@@ -1,11 +1,16 @@
 """Two nodes, one stream: delivered-with-verified-receipt rate and latency, beside the floor.
 
-    .venv/bin/python bench/throughput.py [--messages 10000] [--concurrency 32] [--flash-every 50]
+    .venv/bin/python bench/throughput.py [--messages 10000] [--concurrency 32]
+        [--loads 0.25,0.5,0.75,0.9] [--paced-seconds 30] [--flash-every 10]
+        [--results FILE] [--quick]
 
 Starts FRA and DEU as separate processes on 127.0.0.1 (real TLS, SQLite,
-WebSockets), posts the messages to FRA's HTTP API as an officer would
-(urgent preservation requests of ~2 KiB, one `flash` every N), and waits
-until FRA holds a verified end-to-end receipt for every one. Latency is
+WebSockets). Phase 1 posts the messages to FRA's HTTP API as fast as
+`--concurrency` officers can (urgent preservation requests of ~2 KiB) and
+waits until FRA holds a verified end-to-end receipt for every one: the
+saturated rate. Phase 2 offers an open-loop load at each share of that rate
+in `--loads` (one `flash` every N, the others urgent) and takes the latency
+percentiles at each: the points of docs/latency-vs-load.png. Latency is
 composed (the header's `created`) to delivered (the sender's state change on
 the verified receipt), both on this machine's clock.
 
@@ -13,7 +18,8 @@ The floor is measured in this same run, in one process, back to back: the
 same seal+sign, verify+open, receipt sign and receipt verify calls, and the
 same three durable SQLite commits a message needs at least (queued at the
 sender, received at the receiver, delivered at the sender), with
-synchronous=FULL as the node uses.
+synchronous=FULL as the node uses. The latency floor is that work for one
+message, back to back (no queue, no network).
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sqlite3
 import statistics
 import sys
@@ -33,6 +38,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import Figure, add_arguments, machine, record, table
 from network.config import load_config
 from network.envelope import (
     check_receipt_for,
@@ -54,17 +60,29 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def floor_db() -> sqlite3.Connection:
+    """A bare SQLite file set up as the node's store is (WAL, an fsync per commit)."""
+    db = sqlite3.connect(Path(tempfile.mkdtemp()) / "floor.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, state TEXT, envelope BLOB)")
+    return db
+
+
+def commit(db: sqlite3.Connection, statement: str, params: tuple[object, ...]) -> None:
+    """One durable transaction of one statement: what a step of a message costs at least."""
+    db.execute("BEGIN IMMEDIATE")
+    db.execute(statement, params)
+    db.execute("COMMIT")
+
+
 def floor_per_message(network: Network, rounds: int = 300) -> dict[str, float]:
     """Median seconds of each primitive step a delivered message needs, in one process."""
     fra = load_node_keys(network.keys / "FRA", NodeId("FRA"))
     deu = load_node_keys(network.keys / "DEU", NodeId("DEU"))
     roster = load_current_roster(load_config(network.nodes["FRA"].config))
     body = sample_body("preservation")
-    folder = Path(tempfile.mkdtemp())
-    db = sqlite3.connect(folder / "floor.sqlite", isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, state TEXT, envelope BLOB)")
+    db = floor_db()
     steps: dict[str, list[float]] = {
         k: [] for k in ("seal", "open", "receipt", "verify_receipt", "commits")
     }
@@ -108,9 +126,7 @@ def floor_per_message(network: Network, rounds: int = 300) -> dict[str, float]:
             ("INSERT INTO m VALUES (?, 'received', ?)", (f"i{index}", envelope.raw)),
             ("UPDATE m SET state = 'delivered' WHERE id = ?", (f"o{index}",)),
         ):
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(statement, params)
-            db.execute("COMMIT")
+            commit(db, statement, params)
         t5 = time.perf_counter()
         for key, spent in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             steps[key].append(spent)
@@ -118,8 +134,8 @@ def floor_per_message(network: Network, rounds: int = 300) -> dict[str, float]:
     return {key: statistics.median(values) for key, values in steps.items()}
 
 
-async def post(session: aiohttp.ClientSession, api: str, priority: str) -> None:
-    request = {"to": "DEU", "type": "preservation", "priority": priority, "body": BODY}
+async def post(session: aiohttp.ClientSession, api: str, priority: str, to: str = "DEU") -> None:
+    request = {"to": to, "type": "preservation", "priority": priority, "body": BODY}
     async with session.post(f"{api}/api/messages", json=request) as response:
         if response.status != 202:
             raise RuntimeError(f"POST answered {response.status}: {await response.text()}")
@@ -130,8 +146,8 @@ def session_for(network: Network) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
 
 
-async def post_flat_out(network: Network, count: int, concurrency: int) -> None:
-    """Closed loop: `concurrency` officers posting urgent requests back to back."""
+async def post_flat_out(network: Network, count: int, concurrency: int, to: str = "DEU") -> None:
+    """Closed loop: `concurrency` officers at FRA posting urgent requests back to back."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(count):
         queue.put_nowait(index)
@@ -140,7 +156,7 @@ async def post_flat_out(network: Network, count: int, concurrency: int) -> None:
     async def worker(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
             queue.get_nowait()
-            await post(session, api, "urgent")
+            await post(session, api, "urgent", to)
 
     async with session_for(network) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
@@ -186,19 +202,32 @@ def wait_delivered(
     raise SystemExit(f"only {len(rows)} of {count} delivered in {timeout}s")
 
 
+def latencies(rows: list[tuple[str, int, int]], priority: str) -> list[float]:
+    return [float(updated - created) for p, created, updated in rows if p == priority]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--paced-share", type=float, default=0.5, help="of the measured rate")
-    parser.add_argument("--paced-seconds", type=float, default=30)
+    parser.add_argument(
+        "--loads", default="0.25,0.5,0.75,0.9", help="shares of phase 1's rate, comma-separated"
+    )
+    parser.add_argument("--paced-seconds", type=float, default=30, help="at each load")
     parser.add_argument("--flash-every", type=int, default=10)
+    parser.add_argument("--floor-rounds", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=900)
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.messages, args.paced_seconds, args.floor_rounds = 300, 4, 30
+        args.loads = "0.5,0.9"
+    loads = [float(share) for share in args.loads.split(",")]
 
     root = Path(tempfile.mkdtemp(prefix="cpn-bench-"))
     network = Network(root, {"FRA": ["DEU"], "DEU": ["FRA"]})
     store = network.nodes["FRA"].store
+    paced: list[tuple[float, float, list[tuple[str, int, int]]]] = []  # share, rate, rows
     try:
         network.start("FRA")
         network.start("DEU")
@@ -211,21 +240,50 @@ def main() -> None:
         rate = len(rows) / ((last - first) / 1000)
         latency = [float(updated - created) for _, created, updated in rows]
 
-        paced_rate = rate * args.paced_share
-        since = int(time.time() * 1000)
-        paced = asyncio.run(post_paced(network, paced_rate, args.paced_seconds, args.flash_every))
-        paced_rows = wait_delivered(store, paced, since, args.timeout)
+        for share in loads:  # each load once the one before has drained
+            since = int(time.time() * 1000)
+            count = asyncio.run(
+                post_paced(network, rate * share, args.paced_seconds, args.flash_every)
+            )
+            paced.append((share, rate * share, wait_delivered(store, count, since, args.timeout)))
         network.stop("DEU")
         network.stop("FRA")
     finally:
         network.close()
-    flash = [float(u - c) for p, c, u in paced_rows if p == "flash"]
-    urgent = [float(u - c) for p, c, u in paced_rows if p == "urgent"]
-    floor = floor_per_message(network)
-    floor_rate = 1 / sum(floor.values())
+    floor = floor_per_message(network, args.floor_rounds)
+    floor_seconds = sum(floor.values())
+    floor_rate, floor_ms = 1 / floor_seconds, floor_seconds * 1000
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"machine: {machine}")
+    figures = [
+        Figure(
+            "throughput", "two nodes: delivered with verified receipt", "msg/s", rate, floor_rate
+        ),
+        Figure("throughput", "phase 1 latency p50, saturated", "ms", statistics.median(latency)),
+        Figure("throughput", "phase 1 latency p99, saturated", "ms", percentile(latency, 0.99)),
+    ]
+    points = []
+    for share, offered, paced_rows in paced:
+        point: dict[str, float] = {"share": share, "offered": offered}
+        for priority in ("flash", "urgent"):
+            values = latencies(paced_rows, priority)
+            if not values:  # a short run may offer no flash at all
+                continue
+            point[f"{priority}_p50"] = statistics.median(values)
+            point[f"{priority}_p99"] = percentile(values, 0.99)
+            for name in ("p50", "p99"):
+                figures.append(
+                    Figure(
+                        "throughput",
+                        f"{priority} latency {name} at {share:.0%} load ({offered:.0f} msg/s)",
+                        "ms",
+                        point[f"{priority}_{name}"],
+                        floor_ms,
+                        higher_is_better=False,
+                    )
+                )
+        points.append(point)
+
+    print(f"machine: {machine()}")
     print(
         f"phase 1: {args.messages} urgent preservation requests FRA->DEU through the API, {args.concurrency} posting at once"
     )
@@ -233,25 +291,26 @@ def main() -> None:
         f"  posting took {posted:.1f}s; first composed to last delivered {(last - first) / 1e3:.1f}s"
     )
     print(
-        f"phase 2: {paced} requests at {paced_rate:.0f}/s ({args.paced_share:.0%} of phase 1's rate), one flash in {args.flash_every}\n"
+        f"phase 2: at {', '.join(f'{s:.0%}' for s in loads)} of phase 1's rate, {args.paced_seconds:.0f}s each, one flash in {args.flash_every}"
     )
-    print(f"{'figure':<52} {'cpn':>9} {'floor':>9} {'ratio':>7}")
-    print(
-        f"{'delivered with verified receipt (msg/s)':<52} {rate:>9.0f} {floor_rate:>9.0f} {rate / floor_rate:>7.0%}"
-    )
-    print(
-        f"{'phase 1 latency p50 / p99 (ms), saturated':<52} {statistics.median(latency):>9.0f} {percentile(latency, 0.99):>9.0f}"
-    )
-    print(
-        f"{'phase 2 urgent latency p50 / p99 (ms)':<52} {statistics.median(urgent):>9.0f} {percentile(urgent, 0.99):>9.0f}"
-    )
-    print(
-        f"{'phase 2 flash latency p50 / p99 (ms), ' + str(len(flash)) + ' flash':<52} {statistics.median(flash):>9.0f} {percentile(flash, 0.99):>9.0f}"
-    )
+    print(f"latency floor: one message's work back to back, {floor_ms:.1f} ms\n")
+    print(table(figures))
     print("\nfloor per message (median, one process, back to back):")
     for key, value in floor.items():
         print(f"  {key:<16} {value * 1e6:>8.0f} us")
-    print(f"  {'total':<16} {sum(floor.values()) * 1e6:>8.0f} us")
+    print(f"  {'total':<16} {floor_seconds * 1e6:>8.0f} us")
+    record(
+        args.results,
+        figures,
+        quick=args.quick,
+        series={
+            "name": "latency_vs_load",
+            "saturated": rate,
+            "messages": args.messages,
+            "paced_seconds": args.paced_seconds,
+            "points": points,
+        },
+    )
 
 
 if __name__ == "__main__":

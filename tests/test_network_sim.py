@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_twelve_node_simulation_delivers_every_message() -> None:
+def test_twelve_node_simulation_delivers_every_message(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
     result = subprocess.run(
         [
             sys.executable,
@@ -29,6 +31,8 @@ def test_twelve_node_simulation_delivers_every_message() -> None:
             "--no-floor",
             "--timeout",
             "120",
+            "--results",
+            str(results),
         ],
         capture_output=True,
         text=True,
@@ -39,3 +43,21 @@ def test_twelve_node_simulation_delivers_every_message() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all delivered" in result.stdout
     assert "messages, every node to every other                     132" in result.stdout
+    # The figures bench/report.py reads: no floor without --floor, so no ratio.
+    written = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(f["unit"], f["floor"], f["ratio"]) for f in written] == [
+        ("s", None, None),
+        ("msg/s", None, None),
+        ("MiB", None, None),
+    ]
+    assert all(f["bench"] == "network_sim" and f["value"] > 0 for f in written)
+    report = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "report.py"), str(results)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    table = [line.split() for line in report.stdout.splitlines() if line.startswith("12 nodes")]
+    assert [row[-2] for row in table] == ["s", "msg/s", "MiB"]  # each with its value, no floor
