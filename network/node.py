@@ -103,9 +103,7 @@ async def run_node(
             retry_ms=int(config.retry_seconds * 1000),
             deadlines=config.deadlines,
         )
-        await service.audit(
-            [AuditEntry(service.actor, "node_started", None, {"roster": roster.version})]
-        )
+        await service.start()
         roster_file = RosterFile(config.roster_path)
         witnessing = Witnessing(service, settings.checkpoints)
         await witnessing.load()

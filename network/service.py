@@ -681,6 +681,13 @@ class Service:
                 entries.append(AuditEntry(self.actor, action, message_id, detail))
             await tx.audit(entries)
 
+    async def start(self) -> None:
+        """Audit the start; what was in flight when the node last stopped goes again at once."""
+        async with self.store.transaction(self.clock()) as tx:
+            released = await tx.release_in_flight()
+            detail = {"roster": self.roster.version, "released": released}
+            await tx.audit([AuditEntry(self.actor, "node_started", None, detail)])
+
     async def release(self, ids: Sequence[str]) -> None:
         """A link went down with these in flight and no receipt: they may go again at once."""
         if ids:

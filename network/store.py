@@ -610,6 +610,15 @@ class Tx:
             )
             self._rows.pop(i, None)
 
+    async def release_in_flight(self) -> int:
+        """At start: no link outlives its process, so every message sent without any
+        receipt may go again at once (not at its retry time); returns how many."""
+        where = "box IN ('out', 'relay') AND state = 'sent' AND hop_acked = 0 AND retry_at > 0"
+        found = await self.db.execute_fetchall(f"SELECT COUNT(*) FROM messages WHERE {where}")
+        self._write(f"UPDATE messages SET retry_at = 0 WHERE {where}", ())
+        self._rows.clear()
+        return int(next(iter(found))[0])
+
     async def requeue_now(self, message: MessageRow) -> None:
         """A forwarded copy to send again at once (its sender asked again)."""
         self._write("UPDATE messages SET retry_at = 0, hop_acked = 0 WHERE id = ?", (message.id,))

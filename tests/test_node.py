@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -101,6 +102,32 @@ def test_sender_killed_with_queued_messages_resumes_after_restart(pair: Network)
 
     assert sorted(m["id"] for m in delivered) == sorted(ids)
     assert len(pair.list("DEU", "in")) == len(ids)
+
+
+def test_messages_in_flight_when_the_sender_died_go_again_at_once_when_it_restarts(
+    pair: Network,
+) -> None:
+    pair.start("FRA")
+    ids = [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(5)]
+    pair.kill("FRA")
+    # As a SIGKILL between sending and the receipt leaves them: sent, due again in an hour.
+    store = pair.nodes["FRA"].store
+    with sqlite3.connect(store) as db:
+        db.execute(
+            "UPDATE messages SET state = 'sent', attempts = 1, retry_at = ? WHERE box = 'out'",
+            (int(time.time() * 1000) + 3_600_000,),
+        )
+    db.close()
+
+    pair.start("DEU")
+    pair.start("FRA")
+    delivered = pair.wait_all("FRA", "out", len(ids), {"delivered"}, timeout=30)
+
+    assert sorted(m["id"] for m in delivered) == sorted(ids)
+    (started,) = rows(
+        store, "SELECT detail FROM audit WHERE action = 'node_started' ORDER BY seq DESC LIMIT 1"
+    )
+    assert json.loads(started[0])["released"] == len(ids)
 
 
 def test_flash_goes_before_routine(pair: Network) -> None:
