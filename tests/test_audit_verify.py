@@ -15,6 +15,7 @@ import base64
 import csv
 import hashlib
 import io
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -350,8 +351,11 @@ def test_two_swapped_entries_are_named_reordered(run: Run) -> None:
 
 def test_a_truncated_tail_is_named(run: Run) -> None:
     sizes = checkpoint_sizes(run.fra)
-    last, before = sizes[-1], sizes[-2]
-    cut_between = before + 1  # the log ends between the last two checkpoints
+    last = sizes[-1]
+    # The log ends between two checkpoints: the latest pair with an entry to spare between
+    # them (the checkpoint signed on stopping may follow the one before by a single entry).
+    before = next(a for a, b in reversed(list(itertools.pairwise(sizes))) if b - a >= 2)
+    cut_between = before + 1
     cut_before = sizes[0] - 1  # ... or before the first one
 
     between = run.tampered(
