@@ -650,10 +650,7 @@ def _describe_record(cls: type) -> dict[str, Any]:
 
 
 def _describe_hint(hint: Any) -> dict[str, Any]:
-    rule: Any = None
-    if get_origin(hint) is Annotated:
-        hint, rule = get_args(hint)
-    hint = getattr(hint, "__supertype__", hint)
+    hint, rule = _rule_of(hint)
     if hint is str:
         text: _Str = rule or _Str()
         described: dict[str, Any] = {
@@ -726,10 +723,7 @@ def _record_schema(cls: type, ref: str, pending: list[type]) -> dict[str, Any]:
 
 def _hint_schema(hint: Any, ref: str, pending: list[type]) -> dict[str, Any]:
     """The JSON Schema of one type hint; mirrors `_compile`."""
-    rule: Any = None
-    if get_origin(hint) is Annotated:
-        hint, rule = get_args(hint)
-    hint = getattr(hint, "__supertype__", hint)
+    hint, rule = _rule_of(hint)
     if hint is str:
         text: _Str = rule or _Str()
         return {"type": "string", "minLength": 1, "maxLength": text.max_len, **dict(text.schema)}
@@ -781,11 +775,17 @@ def _converter(hint: Any) -> _Converter:
     return conv
 
 
-def _compile(hint: Any) -> _Converter:
+def _rule_of(hint: Any) -> tuple[Any, Any]:
+    """A type hint without `Annotated` or NewType (such as MessageId) around it, and the
+    rule `Annotated` attached (None if none): what validation, forms and schemas read."""
     rule: Any = None
     if get_origin(hint) is Annotated:
         hint, rule = get_args(hint)
-    hint = getattr(hint, "__supertype__", hint)  # a NewType such as MessageId
+    return getattr(hint, "__supertype__", hint), rule
+
+
+def _compile(hint: Any) -> _Converter:
+    hint, rule = _rule_of(hint)
     if hint is str:
         return _string_converter(rule or _Str())
     if hint is bool:
@@ -971,9 +971,7 @@ def _bare(hint: Any) -> Any:
     """A type hint without `| None`, `Annotated` or NewType around it."""
     if get_origin(hint) is not None and NoneType in get_args(hint):
         (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
-    if get_origin(hint) is Annotated:
-        hint = get_args(hint)[0]
-    return getattr(hint, "__supertype__", hint)
+    return _rule_of(hint)[0]
 
 
 def _join(path: str, name: str) -> str:
