@@ -166,12 +166,12 @@ AUDIT_QUERY: Final = (
 
 _FILTERS: Final = ("since", "until", "message", "actor", "action")
 
+_EXPORT_TYPES: Final = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
+
 EXPORT_QUERY: Final = (
-    Param("format", enum(("jsonl", "csv")), "`jsonl` (the default) or `csv`."),
+    Param("format", enum(tuple(_EXPORT_TYPES)), "`jsonl` (the default) or `csv`."),
     *(param for param in AUDIT_QUERY if param.name in _FILTERS),
 )
-
-_EXPORT_TYPES: Final = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
 
 CONSOLE_FILE: Final = Param("name", string(64), "A file of the console (script, style sheet).")
 
