@@ -211,10 +211,11 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
                     "SELECT COUNT(*) FROM messages WHERE box = 'out' AND state = 'delivered'"
                 )
             )
+            submitted = sum(await each("SELECT COUNT(*) FROM messages WHERE box = 'out'"))
             for sender in senders:
                 if sender.done():
                     sender.result()  # a refused submit fails the run
-            say("progress", delivered=delivered, expected=expected)
+            say("progress", delivered=delivered, submitted=submitted, expected=expected)
             if delivered >= expected:
                 break
             await asyncio.sleep(1)
@@ -319,6 +320,7 @@ def main() -> None:
         longest = 0
         pending = set(range(len(workers)))
         progress = [0] * len(workers)
+        submitted = [0] * len(workers)
         expected = len(ids) * (len(ids) - 1)
         last_print = 0.0
         while pending:
@@ -328,13 +330,15 @@ def main() -> None:
                 event = _read_event(workers[index])
                 if event["event"] == "progress":
                     progress[index] = event["delivered"]
+                    submitted[index] = event["submitted"]
                 elif event["event"] == "done":
                     longest = max(longest, event["longest_relays"])
                     pending.discard(index)
             if time.monotonic() - last_print > 10:
                 last_print = time.monotonic()
                 print(
-                    f"  {time.monotonic() - go:6.0f}s  {sum(progress):>6} of {expected} delivered",
+                    f"  {time.monotonic() - go:6.0f}s  {sum(progress):>6} of {expected} delivered"
+                    f" ({sum(submitted)} submitted)",
                     flush=True,
                 )
         elapsed = time.monotonic() - go

@@ -87,7 +87,7 @@ from network.routing import (
     make_announcement,
     verify_announcement,
 )
-from network.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow
+from network.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow, Waiting
 
 __all__ = ["ROLES", "Service", "hash_token", "issue_token", "summary"]
 
@@ -463,7 +463,7 @@ class Service:
         self_sealed = seal_to_self(envelope.plaintext, header.id, self._storage)
         detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
         async with self.store.transaction(now) as tx:
-            await tx.insert_message(
+            row = await tx.insert_message(
                 id=header.id,
                 box="out",
                 peer=node,
@@ -501,8 +501,6 @@ class Service:
         self._publish([*acted, composed])
         self._queued(node, header.id, PRIORITY_RANK[header.priority])
         self.urgent_pending |= header.priority is not Priority.ROUTINE
-        row = await self.store.message(header.id)
-        assert row is not None
         return row
 
     def _case_tag(self, typed: Body) -> str | None:
@@ -597,15 +595,16 @@ class Service:
         max_rank = PRIORITY_RANK[Priority.FLASH] if flash_only else max(PRIORITY_RANK.values())
         # In-flight messages wait for their retry time, so `exclude` rarely takes a row.
         fetch = (3 if detours else 1) * (limit + len(exclude))
-        rows = await self.store.outbox(destinations, fetch, self.clock(), max_rank)
+        waiting = await self.store.waiting(destinations, fetch, self.clock(), max_rank)
         skip = set(exclude)
         chosen = []
-        for row in rows:
+        for row in waiting:
             if row.id not in skip and self._next_hop(row, routes.get(NodeId(row.peer), ())) == peer:
-                chosen.append(row)
+                chosen.append(row.id)
                 if len(chosen) == limit:
                     break
-        return chosen
+        rows = await self.store.messages_by_id(chosen)
+        return [row for row in rows if row.state in (State.QUEUED, State.SENT)]  # still
 
     async def take_news(
         self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
@@ -653,7 +652,7 @@ class Service:
         self._destinations_cache[(peer, detours)] = (routes, found)
         return found
 
-    def _next_hop(self, row: MessageRow, hops: Sequence[NodeId]) -> NodeId | None:
+    def _next_hop(self, row: MessageRow | Waiting, hops: Sequence[NodeId]) -> NodeId | None:
         """The best live hop for a message: never back to a node it has been through
         (its sender and the relays on its path: no loops), nor one that refused it."""
         banned = set(self._avoid.get(row.id, ()))
@@ -721,8 +720,7 @@ class Service:
                 self._open_inbound(item, now, stored)
         async with self.store.transaction(now) as tx:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
-            known = await tx.known_ids(fresh)
-            await tx.prefetch(list(known))
+            known = await tx.known_ids(fresh)  # their rows are read too
             issued: list[Receipt] = []  # in this batch, not yet readable from the store
             for item in items:
                 if item.receipt is None and item.envelope is not None:

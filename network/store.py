@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, TypeVar
 
 import aiosqlite
 
@@ -38,6 +40,7 @@ __all__ = [
     "StoreError",
     "Tx",
     "UserRow",
+    "Waiting",
 ]
 
 SCHEMA_VERSION = 6
@@ -266,6 +269,8 @@ MIGRATIONS: dict[int, str] = {
 
 _NO_DEADLINES: Final = Due(None, None, None)
 
+T = TypeVar("T")
+
 
 class StoreError(CpnError, OSError):
     """The store cannot be used (damaged, newer schema, disk full, read-only)."""
@@ -314,6 +319,16 @@ class MessageRow:
     alert_at: int | None = None  # when the deadline scan looks at it next
 
 
+class Waiting(NamedTuple):
+    """A message that may go now, as far as routing it needs (`MessageRow`'s fields)."""
+
+    id: str
+    peer: str
+    box: str
+    origin: str
+    path: str
+
+
 @dataclass(frozen=True, slots=True)
 class ReceiptRow:
     id: str
@@ -349,85 +364,158 @@ def _message(row: Sequence[Any]) -> MessageRow:
     return MessageRow(*values)
 
 
-async def _fetch_message(db: aiosqlite.Connection, message_id: str) -> MessageRow | None:
-    found = await db.execute_fetchall(
+def _stored(row: MessageRow) -> tuple[Any, ...]:
+    """A row's values in `_MESSAGE_COLUMNS` order, as SQLite keeps them (`_message` reversed)."""
+    values = [getattr(row, name) for name in MessageRow.__slots__]
+    values[5] = str(row.state)
+    values[18] = int(row.hop_acked)
+    return tuple(values)
+
+
+# The reads below are plain functions on the connection, run on its thread (`_on_thread`),
+# so that a transaction can make them with its BEGIN in the same hop.
+
+
+def _fetch_message(conn: sqlite3.Connection, message_id: str) -> MessageRow | None:
+    row = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-    )
-    row = next(iter(found), None)
+    ).fetchone()
     return None if row is None else _message(row)
 
 
-async def _fetch_messages(db: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, MessageRow]:
+def _fetch_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, MessageRow]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
-    rows = await db.execute_fetchall(
+    rows = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(ids)
-    )
+    ).fetchall()
     return {row[0]: _message(row) for row in rows}
 
 
-async def _known_ids(db: aiosqlite.Connection, ids: Sequence[str]) -> set[str]:
+def _known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
     marks = ",".join("?" * len(ids))
-    rows = await db.execute_fetchall(f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids))
+    rows = conn.execute(f"SELECT id FROM messages WHERE id IN ({marks})", tuple(ids))
     return {row[0] for row in rows}
+
+
+def _entries_after(conn: sqlite3.Connection, size: int, path: Path) -> list[bytes]:
+    """The leaves of the audit entries after the first `size`: those other processes
+    (`cpn user add` beside a running node) committed since the tree last grew."""
+    rows = conn.execute("SELECT seq, leaf FROM audit WHERE seq > ? ORDER BY seq", (size,))
+    leaves: list[bytes] = []
+    for seq, leaf in rows:
+        if seq != size + len(leaves) + 1 or leaf is None:
+            raise StoreError(f"{path}: audit entry {seq} is not where the log ends")
+        leaves.append(bytes(leaf))
+    return leaves
+
+
+async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `work` on the connection's own thread, in one hop.
+
+    aiosqlite makes each statement a hop between the event loop and that
+    thread, and with dozens of nodes in one process (the network simulation)
+    the hops, not SQLite, were the cost; a transaction's writes and COMMIT go
+    as one function instead. aiosqlite has no public call for this: `_execute`
+    and `_conn` are the ones its own statements use.
+    """
+    result: T = await db._execute(lambda: work(db._conn))  # type: ignore[no-untyped-call]
+    return result
+
+
+_INSERT_AUDIT: Final = (
+    "INSERT INTO audit (seq, time, actor, action, message_id, detail, leaf)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class Tx:
     """The writes of one transaction. Only the store hands these out.
 
-    Writes are collected and sent at commit, one `executemany` per kind of
-    statement (a thread hop each through aiosqlite, not one per row); rows read
-    through the transaction see its own changes.
+    The transaction begins (BEGIN IMMEDIATE) with its first read, in the same
+    hop to the connection's thread; writes are collected and sent at commit,
+    with the COMMIT, as one function on that thread. Reads through the
+    transaction see the rows it changed (`message`), not its other writes.
     """
 
-    def __init__(
-        self, db: aiosqlite.Connection, now: int, catch_up: Callable[[], Awaitable[int]]
-    ) -> None:
-        self.db = db
+    def __init__(self, store: Store, now: int, durable: bool) -> None:
+        self.db = store.db
         self.now = now
+        self._store = store
+        self._durable = durable
         self._writes: dict[str, list[tuple[Any, ...]]] = {}
+        self._entries: list[tuple[Any, ...]] = []  # audit rows, numbered at commit
         self._rows: dict[str, MessageRow | None] = {}
-        self._catch_up = catch_up
+        self._begun = False
         self._audit_size: int | None = None
         self.leaves: list[bytes] = []  # this transaction's audit entries, in order
+
+    # -- on the connection's thread ---------------------------------------------------
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        if not self._begun:
+            if not self._durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            self._begun = True
+
+    def _commit(self, conn: sqlite3.Connection, log_size: int) -> list[bytes]:
+        """Write everything and COMMIT; the leaves of others' entries found on the way."""
+        try:
+            self._begin(conn)
+            # Under the write lock now: no entry can join between these and ours.
+            others = _entries_after(conn, log_size, self._store.path)
+            base = log_size + len(others)
+            if self._entries:
+                numbered = [(base + i, *row) for i, row in enumerate(self._entries, 1)]
+                conn.executemany(_INSERT_AUDIT, numbered)
+            for statement, rows in self._writes.items():
+                conn.executemany(statement, rows)
+            conn.execute("COMMIT")
+            return others
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            if not self._durable:
+                conn.execute("PRAGMA synchronous = FULL")
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """A read under the transaction's lock (beginning it, in the same hop)."""
+
+        def work(conn: sqlite3.Connection) -> T:
+            self._begin(conn)
+            return query(conn)
+
+        return await _on_thread(self.db, work)
+
+    # -- on the event loop --------------------------------------------------------------
 
     async def audit_size(self) -> int:
         """The log's size before this transaction's entries, counting entries another
         process (`cpn user add` beside a running node) committed meanwhile."""
         if self._audit_size is None:
-            self._audit_size = await self._catch_up()
+            log_tree = self._store.audit_log
+            size = log_tree.size
+            others = await self._read(lambda conn: _entries_after(conn, size, self._store.path))
+            log_tree.extend(others)
+            self._audit_size = log_tree.size
         return self._audit_size
 
     def _write(self, statement: str, params: tuple[Any, ...]) -> None:
         self._writes.setdefault(statement, []).append(params)
 
-    async def flush(self) -> None:
-        for statement, rows in self._writes.items():
-            await self.db.executemany(statement, rows)
-        self._writes.clear()
-
     async def audit(self, entries: Iterable[AuditEntry]) -> None:
-        """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1."""
-        base = await self.audit_size()
+        """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1
+        (numbered at commit, after any entries other processes added)."""
         for e in entries:
             detail, leaf = stored_entry(self.now, e.actor, e.action, e.message_id, e.detail or {})
             self.leaves.append(leaf)
-            self._write(
-                "INSERT INTO audit (seq, time, actor, action, message_id, detail, leaf)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    base + len(self.leaves),
-                    self.now,
-                    e.actor,
-                    e.action,
-                    e.message_id,
-                    detail.decode(),
-                    leaf,
-                ),
-            )
+            self._entries.append((self.now, e.actor, e.action, e.message_id, detail.decode(), leaf))
 
     def checkpoint(self, size: int, root: bytes, note: str) -> None:
         self._write(
@@ -480,39 +568,44 @@ class Tx:
         in_reply_to: str | None = None,
         due: Due = _NO_DEADLINES,
         alert_at: int | None = None,
-    ) -> None:
-        """Insert a message (the caller has checked, in this transaction, that its id is new)."""
-        self._write(
-            "INSERT OR IGNORE INTO messages (id, box, peer, type, priority, priority_rank, state,"
-            " created, expires, received, updated, envelope, digest, self_sealed, composed_by,"
-            " origin, path, case_ref, in_reply_to, receipt_due, ack_due, response_due, alert_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                id,
-                box,
-                peer,
-                type,
-                priority,
-                priority_rank,
-                str(state),
-                created,
-                expires,
-                received,
-                self.now,
-                envelope,
-                digest,
-                self_sealed,
-                composed_by,
-                origin,
-                path,
-                case_ref,
-                in_reply_to,
-                due.receipt,
-                due.acknowledgement,
-                due.response,
-                alert_at,
-            ),
+    ) -> MessageRow:
+        """Insert a message (the caller has checked, in this transaction, that its id is
+        new); the row as stored."""
+        row = MessageRow(
+            id=id,
+            box=box,
+            peer=peer,
+            type=type,
+            priority=priority,
+            state=state,
+            created=created,
+            expires=expires,
+            received=received,
+            updated=self.now,
+            envelope=envelope,
+            digest=digest,
+            self_sealed=self_sealed,
+            composed_by=composed_by,
+            attempts=0,
+            origin=origin,
+            via=None,
+            retry_at=0,
+            hop_acked=False,
+            path=path,
+            case_ref=case_ref,
+            in_reply_to=in_reply_to,
+            receipt_due=due.receipt,
+            ack_due=due.acknowledgement,
+            response_due=due.response,
+            alert_at=alert_at,
         )
+        marks = ", ".join("?" * (len(MessageRow.__slots__) + 1))
+        self._write(
+            f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}, priority_rank) VALUES ({marks})",
+            (*_stored(row), priority_rank),
+        )
+        self._rows[id] = row
+        return row
 
     async def acted(
         self, message: MessageRow, event: Event, *, acked_by: str | None = None
@@ -541,28 +634,34 @@ class Tx:
         self._rows.pop(message_id, None)
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of `ids` the store holds: read under the transaction's lock, so dedup is exact."""
-        return await _known_ids(self.db, ids)
+        """Which of `ids` the store holds, read under the transaction's lock so that dedup
+        is exact; their rows are kept for the `message` calls that follow."""
+        await self.prefetch(ids)
+        return {i for i in ids if self._rows[i] is not None}
 
     async def issued_receipts(self, message_id: str) -> list[bytes]:
         """The receipts we signed for `message_id` that accepted it, oldest first."""
-        rows = await self.db.execute_fetchall(
+        query = (
             "SELECT raw FROM receipts WHERE message_id = ? AND direction = 'issued'"
-            " AND outcome = 'accepted' ORDER BY time",
-            (message_id,),
+            " AND outcome = 'accepted' ORDER BY time"
         )
+        rows = await self._read(lambda conn: conn.execute(query, (message_id,)).fetchall())
         return [bytes(r[0]) for r in rows]
 
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
-        found = await _fetch_messages(self.db, wanted)
+        if not wanted:
+            return
+        found = await self._read(partial(_fetch_messages, ids=wanted))
         for i in wanted:
             self._rows[i] = found.get(i)
 
     async def message(self, message_id: str) -> MessageRow | None:
         if message_id not in self._rows:
-            self._rows[message_id] = await _fetch_message(self.db, message_id)
+            self._rows[message_id] = await self._read(
+                partial(_fetch_message, message_id=message_id)
+            )
         return self._rows[message_id]
 
     async def transition(self, message: MessageRow, event: Event) -> State:
@@ -614,10 +713,11 @@ class Tx:
         """At start: no link outlives its process, so every message sent without any
         receipt may go again at once (not at its retry time); returns how many."""
         where = "box IN ('out', 'relay') AND state = 'sent' AND hop_acked = 0 AND retry_at > 0"
-        found = await self.db.execute_fetchall(f"SELECT COUNT(*) FROM messages WHERE {where}")
+        query = f"SELECT COUNT(*) FROM messages WHERE {where}"
+        (count,) = await self._read(lambda conn: conn.execute(query).fetchone())
         self._write(f"UPDATE messages SET retry_at = 0 WHERE {where}", ())
         self._rows.clear()
-        return int(next(iter(found))[0])
+        return int(count)
 
     async def requeue_now(self, message: MessageRow) -> None:
         """A forwarded copy to send again at once (its sender asked again)."""
@@ -726,19 +826,6 @@ class Store:
                 await self.db.execute("ROLLBACK")
                 raise
 
-    async def _catch_up_audit(self) -> int:
-        """Add to the tree the entries other processes committed (in a write transaction,
-        so none can be added meanwhile); the log's size."""
-        size = self.audit_log.size
-        rows = await self.db.execute_fetchall(
-            "SELECT seq, leaf FROM audit WHERE seq > ? ORDER BY seq", (size,)
-        )
-        for seq, leaf in rows:
-            if seq != self.audit_log.size + 1 or leaf is None:
-                raise StoreError(f"{self.path}: audit entry {seq} is not where the log ends")
-            self.audit_log.append(bytes(leaf))
-        return self.audit_log.size
-
     async def _load_audit_log(self) -> None:
         """The tree of the stored entries (leaf hashes filled in for entries from before v4)."""
         missing = await self.db.execute_fetchall(
@@ -778,45 +865,49 @@ class Store:
         the next durable commit makes them durable too (WAL).
         """
         async with self._lock:
+            tx = Tx(self, now, durable)
             try:
-                if not durable:
-                    await self.db.execute("PRAGMA synchronous = NORMAL")
-                # Anything from here on, cancellation included, must end in COMMIT or
-                # ROLLBACK: a BEGIN left open would refuse every later transaction.
-                await self.db.execute("BEGIN IMMEDIATE")
-                tx = Tx(self.db, now, self._catch_up_audit)
                 yield tx
-                await tx.flush()
-                await self.db.execute("COMMIT")
-                self.audit_log.extend(tx.leaves)  # only what is committed joins the tree
-            except (aiosqlite.OperationalError, aiosqlite.IntegrityError) as exc:
-                await self._rollback()
+                if tx._begun or tx._writes or tx._entries:
+                    size = self.audit_log.size
+                    others = await _on_thread(self.db, partial(tx._commit, log_size=size))
+                    # Only what is committed joins the tree. (A commit whose caller was
+                    # cancelled meanwhile is caught up by the next one, from the store.)
+                    self.audit_log.extend(others)
+                    self.audit_log.extend(tx.leaves)
+            except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+                await self._rollback(durable)
                 raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
             except BaseException:
-                await self._rollback()
+                await self._rollback(durable)
                 raise
-            finally:
-                if not durable:
-                    with contextlib.suppress(aiosqlite.Error):
-                        await self.db.execute("PRAGMA synchronous = FULL")
 
-    async def _rollback(self) -> None:
-        with contextlib.suppress(aiosqlite.Error, ValueError):  # none open, or store closed
-            await self.db.execute("ROLLBACK")
+    async def _rollback(self, durable: bool = True) -> None:
+        """End whatever transaction is open (none, if the commit itself failed)."""
+
+        def rollback(conn: sqlite3.Connection) -> None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if not durable:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA synchronous = FULL")
+
+        with contextlib.suppress(ValueError):  # the store is closed
+            await _on_thread(self.db, rollback)
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""
-        return await _known_ids(self.db, ids)
+        return await _on_thread(self.db, partial(_known_ids, ids=ids))
 
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""
-        found = await _fetch_messages(self.db, ids)
+        found = await _on_thread(self.db, partial(_fetch_messages, ids=ids))
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
-    # -- reads -----------------------------------------------------------------
-
     async def message(self, message_id: str) -> MessageRow | None:
-        return await _fetch_message(self.db, message_id)
+        return await _on_thread(self.db, partial(_fetch_message, message_id=message_id))
+
+    # -- reads -----------------------------------------------------------------
 
     async def messages(
         self,
@@ -848,7 +939,6 @@ class Store:
             " ORDER BY priority_rank, created DESC LIMIT ?",
             (*params, limit),
         )
-        rows = rows
         return [_message(r) for r in rows]
 
     async def thread(self, row: MessageRow) -> list[MessageRow]:
@@ -860,23 +950,25 @@ class Store:
         )
         return [_message(r) for r in found]
 
-    async def outbox(
+    async def waiting(
         self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2
-    ) -> list[MessageRow]:
-        """What may go now to any of `destinations`, ours and relayed: by priority, oldest first."""
+    ) -> list[Waiting]:
+        """What may go now to any of `destinations`, ours and relayed: by priority, oldest
+        first. Only what routing needs is read: a hub looks through thousands of rows
+        to send a few, whose whole rows it then reads by id."""
         if not destinations:
             return []
         marks = ",".join("?" * len(destinations))
-        # Chosen on the index alone; only the chosen rows are read.
+        # Chosen on the index alone; the columns read come before the envelope in a row.
         rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE rowid IN ("
+            "SELECT id, peer, box, origin, path FROM messages WHERE rowid IN ("
             " SELECT rowid FROM messages INDEXED BY messages_outbox"
             f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             " AND retry_at <= ? AND priority_rank <= ? ORDER BY priority_rank, created LIMIT ?)"
             " ORDER BY priority_rank, created",
             (*destinations, now, max_rank, limit),
         )
-        return [_message(r) for r in rows]
+        return [Waiting(*r) for r in rows]
 
     async def latest_roster(self) -> bytes | None:
         found = await self.db.execute_fetchall(
@@ -937,7 +1029,6 @@ class Store:
             "SELECT seq, time, actor, action, detail FROM audit WHERE message_id = ? ORDER BY seq",
             (message_id,),
         )
-        rows = rows
         return [
             {"seq": s, "time": t, "actor": a, "action": act, "detail": json.loads(d)}
             for s, t, a, act, d in rows
@@ -947,7 +1038,6 @@ class Store:
         rows = await self.db.execute_fetchall(
             "SELECT id, failures, retry_at, last_seen, last_error FROM peers"
         )
-        rows = rows
         return {
             r[0]: {"failures": r[1], "retry_at": r[2], "last_seen": r[3], "last_error": r[4]}
             for r in rows

@@ -78,7 +78,8 @@ async def submit(service: Service, ttl_ms: int | None = None) -> str:
 
 async def test_expired_message_is_raised_and_a_late_receipt_still_delivers(pair: Pair) -> None:
     message_id = await submit(pair.fra, ttl_ms=60_000)
-    outbox = await pair.fra.store.outbox(["DEU"], 10, pair.clock.now)
+    sent = await pair.fra.store.message(message_id)
+    assert sent is not None
 
     pair.clock.now += 60_001
     expired = await pair.fra.expire_due()
@@ -86,7 +87,7 @@ async def test_expired_message_is_raised_and_a_late_receipt_still_delivers(pair:
     assert expired == [message_id] and row is not None and row.state is State.EXPIRED
 
     pair.clock.now = T0 + 1000  # the receiver got it in time; its receipt comes late
-    receipts = await pair.deu.accept_envelopes("FRA", [((), outbox[0].envelope)])
+    receipts = await pair.deu.accept_envelopes("FRA", [((), sent.envelope)])
     pair.clock.now = T0 + 120_000
     settled = await pair.fra.accept_receipts("DEU", receipts)
 
@@ -98,10 +99,11 @@ async def test_expired_message_is_raised_and_a_late_receipt_still_delivers(pair:
 
 async def test_receiver_refuses_an_expired_envelope_with_a_signed_rejection(pair: Pair) -> None:
     message_id = await submit(pair.fra, ttl_ms=60_000)
-    outbox = await pair.fra.store.outbox(["DEU"], 10, pair.clock.now)
+    sent = await pair.fra.store.message(message_id)
+    assert sent is not None
     pair.clock.now += 60_001
 
-    receipts = await pair.deu.accept_envelopes("FRA", [((), outbox[0].envelope)])
+    receipts = await pair.deu.accept_envelopes("FRA", [((), sent.envelope)])
     await pair.fra.accept_receipts("DEU", receipts)
 
     assert await pair.deu.store.message(message_id) is None
@@ -127,8 +129,9 @@ async def test_garbage_from_a_peer_is_audited_and_gets_no_receipt(pair: Pair) ->
 async def test_receipt_for_other_bytes_changes_nothing(pair: Pair) -> None:
     first = await submit(pair.fra)
     second = await submit(pair.fra)
-    outbox = {row.id: row for row in await pair.fra.store.outbox(["DEU"], 10, pair.clock.now)}
-    receipts = await pair.deu.accept_envelopes("FRA", [((), outbox[second].envelope)])
+    sent = await pair.fra.store.message(second)
+    assert sent is not None
+    receipts = await pair.deu.accept_envelopes("FRA", [((), sent.envelope)])
     forged = receipts[0].replace(second.encode(), first.encode())
 
     settled = await pair.fra.accept_receipts("DEU", [forged])
