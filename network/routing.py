@@ -10,13 +10,17 @@ Routes: the graph has an edge between two nodes when each announces the
 other (a one-sided claim does not carry traffic), plus this node's own live
 links. For each destination the candidate next hops are this node's linked
 peers, ordered by their distance to the destination in the graph without
-this node (so a route never comes back through us), then by id. A message
+this node (so a route never comes back through us); equally near peers in
+an order of their own for each destination (a hash of the two ids), so
+that traffic spreads over equal hubs instead of all going to the one with
+the lowest id, and every node orders the same destination the same way. A message
 goes to the first candidate that is up and has not failed it; when none is
 left it stays queued until a route appears.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -168,7 +172,7 @@ class RoutingTable:
         return self._routes
 
     def _compute(self) -> dict[NodeId, tuple[NodeId, ...]]:
-        """Every destination's linked peers, nearest first (ties by id), never through us.
+        """Every destination's linked peers, nearest first, never through us.
 
         One breadth-first search from all linked peers at once: each node carries
         a bit set of the peers that have reached it, so a hub with fifty links
@@ -193,7 +197,9 @@ class RoutingTable:
                             reached[other] = reached.get(other, 0) | new
             frontier = reached
         return {
-            destination: tuple(peers[index] for level in levels for index in _bits(level))
+            destination: tuple(
+                peer for level in levels for peer in _spread(destination, peers, _bits(level))
+            )
             for destination, levels in ranked.items()
             if destination != self.me
         }
@@ -211,6 +217,15 @@ class RoutingTable:
             graph[self.me].add(peer)
             graph.setdefault(peer, set()).add(self.me)
         return graph
+
+
+def _spread(destination: NodeId, peers: list[NodeId], indexes: list[int]) -> list[NodeId]:
+    """Equally near peers in the order of a hash of (destination, peer): fixed for each
+    destination, and different from one destination to the next."""
+    if len(indexes) == 1:
+        return [peers[indexes[0]]]
+    tied = [peers[i] for i in indexes]
+    return sorted(tied, key=lambda peer: zlib.crc32(f"{destination}>{peer}".encode()))
 
 
 def _bits(mask: int) -> list[int]:

@@ -79,21 +79,24 @@ def test_killing_the_relay_mid_stream_reroutes_and_loses_nothing(tmp_path: Path)
         first = network.send("FRA", "KEN", "emergency", sample_body("emergency"))
         network.wait_state("FRA", first, {"delivered"}, timeout=30)  # routes are known
         ids = [first]
+        relays = ("DEU", "USA")
+        carried = [rows(network.nodes[r].store, "SELECT COUNT(*) FROM messages") for r in relays]
+        preferred, other = relays if carried[0][0][0] else reversed(relays)
 
         for index in range(40):
             ids.append(network.send("FRA", "KEN", "emergency", sample_body("emergency")))
             if index == 10:
-                network.kill("DEU")  # the preferred relay (DEU before USA)
+                network.kill(preferred)  # the relay that carried the first one
         delivered = network.wait_all("FRA", "out", len(ids), {"delivered"}, timeout=90)
         network.stop("KEN")
-        via_usa = rows(network.nodes["USA"].store, "SELECT COUNT(*) FROM messages")[0][0]
+        via_other = rows(network.nodes[other].store, "SELECT COUNT(*) FROM messages")[0][0]
     finally:
         network.close()
 
     assert sorted(m["id"] for m in delivered) == sorted(ids)
     stored = rows(network.nodes["KEN"].store, "SELECT id FROM messages WHERE box = 'in'")
     assert sorted(r[0] for r in stored) == sorted(ids)  # each exactly once
-    assert isinstance(via_usa, int) and via_usa > 0
+    assert isinstance(via_other, int) and via_other > 0
 
 
 def test_revoked_node_is_cut_off_once_the_new_roster_spreads(tmp_path: Path) -> None:
