@@ -19,6 +19,7 @@ from network.roster import build_roster, load_roster
 from network.samples import sample_body
 from network.service import Service
 from network.store import SCHEMA_VERSION, AuditEntry, Store, StoreError
+from network.tlog import root_hash
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,6 +180,40 @@ async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair
     assert (await pair.fra.store.message(message_id)) is not None
     async with store.db.execute("SELECT COUNT(*) FROM audit WHERE action = 'half_done'") as cursor:
         assert await cursor.fetchone() == (0,)
+
+
+async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_another_writer(
+    pair: Pair,
+) -> None:
+    """Commits are queued and awaited after the lock is free, and a transaction may catch
+    up entries whose callers have not seen their commit yet: none is in the tree twice."""
+    store = pair.fra.store
+    other = await Store.open(store.path)  # a second writer, as `cpn user add` beside a node
+
+    async def ours(n: int) -> None:
+        async with store.transaction(T0 + n) as tx:
+            if n % 3 == 0:
+                await tx.audit_size()  # a read first, as a checkpoint does
+            await tx.audit([AuditEntry("test", "ours", None, {"n": n})])
+
+    async def theirs(n: int) -> None:
+        async with other.transaction(T0 + n) as tx:
+            await tx.audit([AuditEntry("cli", "theirs", None, {"n": n})])
+
+    try:
+        await asyncio.gather(*(ours(n) for n in range(90)), *(theirs(n) for n in range(30)))
+        for _ in range(3):
+            await submit(pair.fra)
+    finally:
+        await other.close()
+    async with store.transaction(T0) as tx:
+        size = await tx.audit_size()
+
+    async with store.db.execute("SELECT seq, leaf FROM audit ORDER BY seq") as cursor:
+        stored = list(await cursor.fetchall())
+    assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+    assert size == store.audit_log.size == len(stored) == 90 + 30 + 3 * 3
+    assert store.audit_log.root() == root_hash([bytes(leaf) for _, leaf in stored])
 
 
 async def test_store_from_a_newer_cpn_is_refused(tmp_path: Path) -> None:
