@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from network.bodies import RefusalGround, ResponseStatus, body_to_json, parse_body
 from network.client import Client
+from network.clock import now_ms
 from network.config import NodeConfig, load_config
 from network.crypto import HpkeSuite
 from network.drafts import (
@@ -78,10 +79,6 @@ def _run(job: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(job)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _passphrase(ask: bool) -> bytes | None:
     """The key passphrase: prompted for with --passphrase, else CPN_KEY_PASSPHRASE, else none."""
     if ask:
@@ -130,7 +127,7 @@ def _held_roster(path: Path, keeper_public: Path) -> Roster | None:
     if not path.exists():
         return None
     keeper = load_keeper_public(keeper_public)
-    return load_roster(path.read_bytes(), keeper=keeper, now=_now_ms())
+    return load_roster(path.read_bytes(), keeper=keeper, now=now_ms())
 
 
 def build_roster_file(
@@ -154,7 +151,7 @@ def build_roster_file(
     revoked = set(revoke)
     if held is not None:
         revoked |= {i for i, e in held.entries.items() if not e.active}
-    now = _now_ms()
+    now = now_ms()
     data = build_roster(
         cards,
         keeper=keeper,
@@ -195,7 +192,7 @@ def cmd_roster_show(args: argparse.Namespace) -> int:
         raise RosterError(f"{path}: cannot read roster: {exc.strerror}") from exc
     if len(data) > MAX_ROSTER_BYTES:
         raise RosterError(f"{path}: over {MAX_ROSTER_BYTES} bytes")
-    roster = load_roster(data, keeper=keeper, now=_now_ms())
+    roster = load_roster(data, keeper=keeper, now=now_ms())
     if args.json:
         print(json.dumps(roster.to_json(), indent=2))
         return 0
@@ -266,7 +263,7 @@ async def _demo_users(config: NodeConfig) -> list[tuple[str, str, str]]:
         if await store.user_count():
             return []
         actor = f"node:{config.id}"
-        now = _now_ms()
+        now = now_ms()
         made = []
         for name, role in (
             (f"officer-{config.id.lower()}", "officer"),
@@ -353,7 +350,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         store = await Store.open(config.store_path)
         try:
             return await issue_token(
-                store, args.name, args.role, actor=f"admin:{getpass.getuser()}", now=_now_ms()
+                store, args.name, args.role, actor=f"admin:{getpass.getuser()}", now=now_ms()
             )
         finally:
             await store.close()

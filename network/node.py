@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from network.alerts import WebhookSender
+from network.clock import now_ms
 from network.config import NodeConfig
 from network.crypto import sha256
 from network.errors import CpnError, RosterError
@@ -37,10 +38,6 @@ from network.witnessing import CheckpointPolicy, Witnessing
 __all__ = ["NodeSettings", "run_node", "serve_until_signalled"]
 
 log = logging.getLogger("cpn.node")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 CHECKPOINT_LOOK_SECONDS = 0.25
