@@ -462,7 +462,7 @@ class Service:
         assert envelope.plaintext is not None
         self_sealed = seal_to_self(envelope.plaintext, header.id, self._storage)
         detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
-        async with self.store.transaction(now) as tx:
+        async with self.store.transaction(now, officer=True) as tx:
             row = await tx.insert_message(
                 id=header.id,
                 box="out",
@@ -1273,7 +1273,7 @@ class Service:
             assert row.self_sealed is not None
             plaintext = open_from_self(row.self_sealed, row.id, self._storage)
             message_type, body = read_plaintext(plaintext)
-        async with self.store.transaction(self.clock()) as tx:
+        async with self.store.transaction(self.clock(), officer=True) as tx:
             current = await tx.message(row.id)
             assert current is not None
             if current.box == "in" and user.role == "officer":

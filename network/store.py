@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from asyncio import Future
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -774,13 +776,61 @@ class Tx:
         )
 
 
+class _WriteLock:
+    """One write transaction at a time, those an officer waits on first.
+
+    At a busy relay dozens of links queue transactions; a duty officer's
+    submit waits for the one under way, not for all of those queued before
+    it. Among equals, first come, first served.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._queues: tuple[deque[Future[None]], deque[Future[None]]] = (deque(), deque())
+
+    async def acquire(self, first: bool) -> None:
+        if not self._held and not any(self._queues):
+            self._held = True
+            return
+        waiter: Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._queues[0 if first else 1]
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over just as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the next waiter (it stays held), or free it."""
+        for queue in self._queues:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._held = False
+
+    @asynccontextmanager
+    async def held(self, *, first: bool = False) -> AsyncIterator[None]:
+        await self.acquire(first)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class Store:
     """One node's SQLite file. Reads go straight through; writes through `transaction()`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
-        self._lock = asyncio.Lock()
+        self._lock = _WriteLock()
         self.audit_log = MerkleLog()  # the audit entries' leaf hashes, as a Merkle tree
 
     @classmethod
@@ -853,18 +903,21 @@ class Store:
                 self.audit_log.extend(bytes(row[0]) for row in batch)
 
     async def close(self) -> None:
-        async with self._lock:
+        async with self._lock.held():
             await self.db.close()
 
     @asynccontextmanager
-    async def transaction(self, now: int, *, durable: bool = True) -> AsyncIterator[Tx]:
+    async def transaction(
+        self, now: int, *, durable: bool = True, officer: bool = False
+    ) -> AsyncIterator[Tx]:
         """One write transaction: everything in it commits together, or nothing does.
 
         `durable=False` skips the fsync for changes that a crash may lose
         harmlessly (a `sent` mark: the message goes again and is deduplicated);
-        the next durable commit makes them durable too (WAL).
+        the next durable commit makes them durable too (WAL). `officer`: an
+        officer waits on it, so it goes before the links' queued transactions.
         """
-        async with self._lock:
+        async with self._lock.held(first=officer):
             tx = Tx(self, now, durable)
             try:
                 yield tx
