@@ -595,7 +595,8 @@ class Service:
         max_rank = PRIORITY_RANK[Priority.FLASH] if flash_only else max(PRIORITY_RANK.values())
         # In-flight messages wait for their retry time, so `exclude` rarely takes a row.
         fetch = (3 if detours else 1) * (limit + len(exclude))
-        waiting = await self.store.waiting(destinations, fetch, self.clock(), max_rank)
+        now = self.clock()
+        waiting = await self.store.waiting(destinations, fetch, now, max_rank)
         skip = set(exclude)
         chosen = []
         for row in waiting:
@@ -603,8 +604,7 @@ class Service:
                 chosen.append(row.id)
                 if len(chosen) == limit:
                     break
-        rows = await self.store.messages_by_id(chosen)
-        return [row for row in rows if row.state in (State.QUEUED, State.SENT)]  # still
+        return [row for row in await self.store.messages_by_id(chosen) if _may_go(row, now)]
 
     async def take_news(
         self, peer: str, limit: int, exclude: Sequence[str] = (), *, flash_only: bool = False
@@ -627,8 +627,7 @@ class Service:
             routes = self.routing.reachable()
             now = self.clock()
             for row in await self.store.messages_by_id(ids):
-                waiting = row.state in (State.QUEUED, State.SENT) and row.retry_at <= now
-                if row.id in skip or row.box not in ("out", "relay") or not waiting:
+                if row.id in skip or row.box not in ("out", "relay") or not _may_go(row, now):
                     continue  # sent already (by a look through the outbox), or settled
                 hop = self._next_hop(row, routes.get(NodeId(row.peer), ()))
                 if hop == peer:
@@ -1388,6 +1387,12 @@ def summary(row: MessageRow) -> dict[str, Any]:
         },
         "preserved_until": row.preserved_until,
     }
+
+
+def _may_go(row: MessageRow, now: int) -> bool:
+    """Still waiting to go (queued, or sent and due again), as read just now: a row chosen
+    a moment earlier may have been sent by another look, or settled, since."""
+    return row.state in (State.QUEUED, State.SENT) and row.retry_at <= now
 
 
 def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:

@@ -378,13 +378,6 @@ def _stored(row: MessageRow) -> tuple[Any, ...]:
 # so that a transaction can make them with its BEGIN in the same hop.
 
 
-def _fetch_message(conn: sqlite3.Connection, message_id: str) -> MessageRow | None:
-    row = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-    ).fetchone()
-    return None if row is None else _message(row)
-
-
 def _fetch_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, MessageRow]:
     if not ids:
         return {}
@@ -661,9 +654,7 @@ class Tx:
 
     async def message(self, message_id: str) -> MessageRow | None:
         if message_id not in self._rows:
-            self._rows[message_id] = await self._read(
-                partial(_fetch_message, message_id=message_id)
-            )
+            await self.prefetch([message_id])
         return self._rows[message_id]
 
     async def transition(self, message: MessageRow, event: Event) -> State:
@@ -957,10 +948,11 @@ class Store:
         found = await _on_thread(self.db, partial(_fetch_messages, ids=ids))
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
-    async def message(self, message_id: str) -> MessageRow | None:
-        return await _on_thread(self.db, partial(_fetch_message, message_id=message_id))
-
     # -- reads -----------------------------------------------------------------
+
+    async def message(self, message_id: str) -> MessageRow | None:
+        found = await _on_thread(self.db, partial(_fetch_messages, ids=[message_id]))
+        return found.get(message_id)
 
     async def messages(
         self,
