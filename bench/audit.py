@@ -45,17 +45,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record
-from network.audit import checkpoint_origin, entry_bytes, entry_leaf, verify_store
-from network.crypto import (
+from network.core.crypto import (
     HpkeSuite,
     generate_hpke_key,
     generate_signing_key,
     generate_tls_identity,
 )
-from network.records import NodeId, b64encode, canonical
-from network.roster import Card, Roster, build_roster, load_roster
-from network.store import AuditEntry, Store
-from network.tlog import Checkpoint, TreeBuilder, sign_note
+from network.core.records import NodeId, b64encode, canonical
+from network.core.roster import Card, Roster, build_roster, load_roster
+from network.core.tlog import Checkpoint, TreeBuilder, sign_note
+from network.node.audit import checkpoint_origin, entry_bytes, entry_leaf, verify_store
+from network.node.store import AuditEntry, Store
 
 NOW = 1_795_000_000_000
 ACTIONS = (

@@ -23,14 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record
-from network.bodies import parse_body
-from network.crypto import (
+from network.core.bodies import parse_body
+from network.core.crypto import (
     HpkeSuite,
     generate_signing_key,
 )
-from network.envelope import Envelope, open_envelope, seal, unseal, verify_envelope
-from network.records import MessageType, NodeId, Priority, canonical
-from network.roster import build_roster, load_roster
+from network.core.envelope import Envelope, open_envelope, seal, unseal, verify_envelope
+from network.core.records import MessageType, NodeId, Priority, canonical
+from network.core.roster import build_roster, load_roster
 from network.samples import sample_body
 from tests.conftest import make_node
 

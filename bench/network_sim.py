@@ -37,16 +37,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record
-from network.config import load_config
-from network.crypto import HpkeSuite
-from network.keys import init_keeper, init_node_keys, load_keeper
-from network.links import LinkSettings
-from network.node import NodeSettings, run_node
-from network.records import NodeId
-from network.roster import build_roster
+from network.api.site import api_site
+from network.core.crypto import HpkeSuite
+from network.core.records import NodeId
+from network.core.roster import build_roster
+from network.node.config import load_config
+from network.node.keys import init_keeper, init_node_keys, load_keeper
+from network.node.links import LinkSettings
+from network.node.runner import NodeSettings, run_node
+from network.node.service import Service
+from network.node.witnessing import CheckpointPolicy
 from network.samples import sample_body
-from network.service import Service
-from network.witnessing import CheckpointPolicy
 from tests.harness import free_port
 
 MEMBER_STATES = Path(__file__).resolve().parent.parent / "network" / "data" / "un-member-states.csv"
@@ -150,11 +151,10 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     async def ready(service: Service) -> None:
         services[service.me] = service
 
+    configs = [load_config(root / "nodes" / f"{i}.toml") for i in ids]
     tasks = [
-        asyncio.create_task(
-            run_node(load_config(root / "nodes" / f"{i}.toml"), stop, settings, ready)
-        )
-        for i in ids
+        asyncio.create_task(run_node(config, stop, settings, ready, api=api_site(config)))
+        for config in configs
     ]
     try:
         while len(services) < len(ids):

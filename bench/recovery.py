@@ -18,7 +18,7 @@ is delivered, and the drain rate after the restart. After each run every
 message must be in DEU's inbox exactly once and delivered at FRA.
 
 The floor, measured in this same run: starting a Python process that imports
-the node (`python -c "import network.node"`) plus the per-message work of
+the node (`python -c "import network.node.runner"`) plus the per-message work of
 `bench/throughput.py` that is left once a message is queued (open, receipt,
 receipt verification, and two of the three durable commits: sealing and the
 `queued` commit were done before the kill).
@@ -47,7 +47,7 @@ def start_floor(rounds: int = 3) -> float:
     spent = []
     for _ in range(rounds):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import network.node"], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-c", "import network.node.runner"], cwd=REPO, check=True)
         spent.append(time.perf_counter() - started)
     return statistics.median(spent)
 

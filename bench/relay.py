@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record, table
 from bench.throughput import commit, floor_db, floor_per_message, post_flat_out, wait_delivered
-from network.config import load_config
-from network.envelope import (
+from network.core.envelope import (
     ReceiptScope,
     check_receipt_for,
     make_receipt,
@@ -45,9 +44,10 @@ from network.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.keys import load_node_keys
-from network.node import load_current_roster
-from network.records import MessageType, NodeId, Outcome, Priority
+from network.core.records import MessageType, NodeId, Outcome, Priority
+from network.node.config import load_config
+from network.node.keys import load_node_keys
+from network.node.runner import load_current_roster
 from network.samples import sample_body
 from tests.harness import Network, rows
 

@@ -39,8 +39,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record, table
-from network.config import load_config
-from network.envelope import (
+from network.core.envelope import (
     check_receipt_for,
     make_receipt,
     open_envelope,
@@ -48,9 +47,10 @@ from network.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.keys import load_node_keys
-from network.node import load_current_roster
-from network.records import MessageType, NodeId, Outcome, Priority
+from network.core.records import MessageType, NodeId, Outcome, Priority
+from network.node.config import load_config
+from network.node.keys import load_node_keys
+from network.node.runner import load_current_roster
 from network.samples import sample_body
 from tests.harness import Network
 

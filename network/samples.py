@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from network.records import MessageType
+from network.core.records import MessageType
 
 __all__ = ["SAMPLE_REQUEST_ID", "sample_body"]
 

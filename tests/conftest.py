@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from network.crypto import (
+from network.core.crypto import (
     HpkePrivateKey,
     HpkeSuite,
     SigningKey,
@@ -15,9 +15,9 @@ from network.crypto import (
     generate_signing_key,
     generate_tls_identity,
 )
-from network.keys import country_name
-from network.records import NodeId
-from network.roster import Card, Roster, build_roster, load_roster
+from network.core.records import NodeId
+from network.core.roster import Card, Roster, build_roster, load_roster
+from network.node.keys import country_name
 
 NOW = 1_795_000_000_000  # 2026-11-18, ms since the epoch
 DAY = 24 * 3600 * 1000

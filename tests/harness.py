@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from network.crypto import HpkeSuite
-from network.keys import init_keeper, init_node_keys, load_keeper
-from network.records import NodeId
-from network.roster import build_roster
-from network.service import issue_token
-from network.store import Store
+from network.core.crypto import HpkeSuite
+from network.core.records import NodeId
+from network.core.roster import build_roster
+from network.node.keys import init_keeper, init_node_keys, load_keeper
+from network.node.service import issue_token
+from network.node.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 
 from network import __version__
-from network.alerts import (
+from network.core.deadlines import Overdue
+from network.core.records import NodeId, Priority
+from network.node.alerts import (
     AlertKind,
     WebhookSender,
     alert_kind,
     alert_record,
     rfc3339,
 )
-from network.deadlines import Overdue
-from network.records import NodeId, Priority
 from tests.harness import free_port
 
 NOW = 1_795_000_000_123  # 2026-11-18T11:06:40.123Z

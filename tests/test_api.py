@@ -23,13 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from network.keys import load_keeper_public, load_node_keys
-from network.records import MessageType, NodeId
-from network.roster import load_roster
+from network.api.web import MAX_REQUEST_BYTES, ROUTES, build_app
+from network.core.records import MessageType, NodeId
+from network.core.roster import load_roster
+from network.node.keys import load_keeper_public, load_node_keys
+from network.node.service import Service, issue_token
+from network.node.store import Store
 from network.samples import sample_body
-from network.service import Service, issue_token
-from network.store import Store
-from network.web import MAX_REQUEST_BYTES, ROUTES, build_app
 from tests.harness import Network, wait_for
 
 pytestmark = pytest.mark.timeout(90)

@@ -5,7 +5,7 @@ checkpoints and DEU witnesses and cosigns them; the nodes stop, and every test
 then works on its own copy of FRA's store, tampered with as an intruder with
 sqlite3 would, and runs the command as a user would (`python -m network audit ...`).
 The export and proofs are checked with a minimal RFC 6962 implementation
-written here, independent of network.tlog.
+written here, independent of network.core.tlog.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from network.audit import checkpoint_origin, load_roster_file, verify_store
-from network.config import load_config
-from network.crypto import generate_signing_key
-from network.keys import load_keeper_public, load_node_keys
-from network.records import NodeId
-from network.roster import Card, build_roster
+from network.core.crypto import generate_signing_key
+from network.core.records import NodeId
+from network.core.roster import Card, build_roster
+from network.core.tlog import Checkpoint, sign_note, verify_consistency
+from network.node.audit import checkpoint_origin, load_roster_file, verify_store
+from network.node.config import load_config
+from network.node.keys import load_keeper_public, load_node_keys
+from network.node.store import AuditEntry, Store
 from network.samples import sample_body
-from network.store import AuditEntry, Store
-from network.tlog import Checkpoint, sign_note, verify_consistency
 from tests.harness import REPO, Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(300)

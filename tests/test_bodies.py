@@ -1,4 +1,4 @@
-"""network.bodies: the round trip for every type, one test per refusal, and properties."""
+"""network.core.bodies: the round trip for every type, one test per refusal, and properties."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from network.bodies import (
+from network.core.bodies import (
     BODY_TYPES,
     MAX_ITEMS,
     MAX_LINE,
@@ -25,8 +25,8 @@ from network.bodies import (
     body_type,
     parse_body,
 )
-from network.errors import BodyError
-from network.records import MessageId, MessageType, canonical
+from network.core.errors import BodyError
+from network.core.records import MessageId, MessageType, canonical
 from network.samples import SAMPLE_REQUEST_ID, sample_body
 
 

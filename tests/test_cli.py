@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from network.config import load_config
-from network.errors import ConfigError
+from network.core.errors import ConfigError
+from network.node.config import load_config
 from tests.harness import free_port
 
 CPN = str(Path(sys.executable).parent / "cpn")

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from network.bodies import describe_types
+from network.api.web import SECURITY_HEADERS
+from network.core.bodies import describe_types
 from network.samples import sample_body
-from network.web import SECURITY_HEADERS
 from tests.harness import Network, wait_for
 
 pytestmark = pytest.mark.timeout(90)

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from network.config import load_config, parse_duration
-from network.deadlines import (
+from network.core.deadlines import (
     DAY,
     DEFAULT_DEADLINES,
     HOUR,
@@ -34,9 +33,10 @@ from network.deadlines import (
     reschedule,
     review,
 )
-from network.errors import ConfigError
-from network.lifecycle import State
-from network.records import MessageType, Priority
+from network.core.errors import ConfigError
+from network.core.lifecycle import State
+from network.core.records import MessageType, Priority
+from network.node.config import load_config, parse_duration
 
 CREATED = 1_795_000_000_000
 D = DEFAULT_DEADLINES

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from network.drafts import (
+from network.cli.drafts import (
     MAX_DRAFT_BYTES,
     apply,
     check_note,
@@ -17,7 +17,7 @@ from network.drafts import (
     parse_assignment,
     read_document,
 )
-from network.errors import BodyError, CpnError
+from network.core.errors import BodyError, CpnError
 from network.samples import SAMPLE_REQUEST_ID, sample_body
 
 NO_STDIN = io.BytesIO()

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from network.bodies import Preservation, body_to_json
-from network.crypto import SigningKey, sha256
-from network.envelope import (
+from network.core.bodies import Preservation, body_to_json
+from network.core.crypto import SigningKey, sha256
+from network.core.envelope import (
     DEFAULT_SKEW_MS,
     MAX_ENVELOPE_BYTES,
     Envelope,
@@ -24,7 +24,7 @@ from network.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.errors import (
+from network.core.errors import (
     BadSignatureError,
     BodyError,
     ClockSkewError,
@@ -38,7 +38,7 @@ from network.errors import (
     UnsupportedVersionError,
     WrongRecipientError,
 )
-from network.records import (
+from network.core.records import (
     MessageType,
     NodeId,
     Outcome,
@@ -47,7 +47,7 @@ from network.records import (
     canonical,
     canonical_object,
 )
-from network.roster import load_roster
+from network.core.roster import load_roster
 from network.samples import sample_body
 from tests.conftest import NOW, Pki, make_node, sign_roster
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from network.events import Hub, HubFullError
+from network.node.events import Hub, HubFullError
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -29,9 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from network.config import load_config
-from network.crypto import HpkeSuite, SigningKey, generate_signing_key
-from network.envelope import (
+from network.core.crypto import HpkeSuite, SigningKey, generate_signing_key
+from network.core.envelope import (
     _INNER,
     _OUTER,
     _seal_info,
@@ -41,8 +40,8 @@ from network.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.errors import CpnError
-from network.protocol import (
+from network.core.errors import CpnError
+from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_COSIGNATURE,
     FRAME_ENVELOPE,
@@ -53,9 +52,10 @@ from network.protocol import (
     split_envelope,
     split_frame,
 )
-from network.records import MessageType, NodeId, Outcome, Priority, b64encode
-from network.roster import ROSTER_CONTEXT, Roster, load_roster
-from network.routing import make_announcement, verify_announcement
+from network.core.records import MessageType, NodeId, Outcome, Priority, b64encode
+from network.core.roster import ROSTER_CONTEXT, Roster, load_roster
+from network.core.routing import make_announcement, verify_announcement
+from network.node.config import load_config
 from network.samples import sample_body
 from tests.conftest import NOW, Node, make_node, sign_roster
 

@@ -29,12 +29,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from network.config import load_config
-from network.crypto import SigningKey, generate_signing_key, sha256
-from network.envelope import MAX_RECEIPT_BYTES, seal
-from network.keys import load_node_keys
-from network.node import load_current_roster
-from network.protocol import (
+from network.core.crypto import SigningKey, generate_signing_key, sha256
+from network.core.envelope import MAX_RECEIPT_BYTES, seal
+from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_RECEIPT,
     MAX_FRAME_BYTES,
@@ -43,7 +40,10 @@ from network.protocol import (
     envelope_frame,
     split_frame,
 )
-from network.records import MessageType, NodeId, Priority, b64encode, canonical
+from network.core.records import MessageType, NodeId, Priority, b64encode, canonical
+from network.node.config import load_config
+from network.node.keys import load_node_keys
+from network.node.runner import load_current_roster
 from network.samples import sample_body
 from tests.harness import Network, rows, wait_for
 from tests.test_node import client_context

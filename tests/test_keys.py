@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from network.crypto import HpkeSuite
-from network.errors import KeyFileError
-from network.keys import (
+from network.core.crypto import HpkeSuite
+from network.core.errors import KeyFileError
+from network.core.records import NodeId
+from network.node.keys import (
     init_keeper,
     init_node_keys,
     load_keeper,
@@ -19,7 +20,6 @@ from network.keys import (
     load_node_keys,
     read_card,
 )
-from network.records import NodeId
 
 NOW = datetime.datetime(2026, 11, 27, tzinfo=datetime.UTC)
 PRIVATE = ("signing.key", "hpke-mlkem768.key", "hpke-x25519.key", "tls.key")

@@ -15,13 +15,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage
 
-from network.config import load_config
-from network.crypto import sha256
-from network.envelope import Envelope, seal, verify_receipt
-from network.keys import load_node_keys
-from network.node import load_current_roster
-from network.protocol import FRAME_RECEIPT, LinkHandshake, Role, envelope_frame, split_frame
-from network.records import MessageType, NodeId, Outcome, Priority
+from network.core.crypto import sha256
+from network.core.envelope import Envelope, seal, verify_receipt
+from network.core.protocol import FRAME_RECEIPT, LinkHandshake, Role, envelope_frame, split_frame
+from network.core.records import MessageType, NodeId, Outcome, Priority
+from network.node.config import load_config
+from network.node.keys import load_node_keys
+from network.node.runner import load_current_roster
 from network.samples import sample_body
 from tests.harness import Network, rows
 

@@ -10,8 +10,8 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from network.errors import MalformedError, OversizeError
-from network.records import (
+from network.core.errors import MalformedError, OversizeError
+from network.core.records import (
     MAX_SAFE_INTEGER,
     Fields,
     b64decode,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from network.crypto import generate_signing_key
-from network.errors import (
+from network.core.crypto import generate_signing_key
+from network.core.errors import (
     RosterError,
     RosterExpiredError,
     RosterSignatureError,
@@ -14,8 +14,8 @@ from network.errors import (
     UnknownNodeError,
     UnknownSignerError,
 )
-from network.records import b64encode, canonical
-from network.roster import NodeStatus, Roster, build_roster, load_roster
+from network.core.records import b64encode, canonical
+from network.core.roster import NodeStatus, Roster, build_roster, load_roster
 from tests.conftest import DAY, NOW, Pki, make_node, sign_roster
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from bench.network_sim import member_states
-from network.crypto import HpkeSuite, generate_signing_key
-from network.errors import BadSignatureError, MalformedError, UnknownNodeError
-from network.records import NodeId
-from network.roster import load_roster
-from network.routing import RoutingTable, make_announcement, verify_announcement
+from network.core.crypto import HpkeSuite, generate_signing_key
+from network.core.errors import BadSignatureError, MalformedError, UnknownNodeError
+from network.core.records import NodeId
+from network.core.roster import load_roster
+from network.core.routing import RoutingTable, make_announcement, verify_announcement
 from tests.conftest import NOW, Pki, make_node, sign_roster
 
 

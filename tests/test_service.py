@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from network.errors import BodyError
-from network.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.lifecycle import State
-from network.records import NodeId
-from network.roster import build_roster, load_roster
+from network.core.errors import BodyError
+from network.core.lifecycle import State
+from network.core.records import NodeId
+from network.core.roster import build_roster, load_roster
+from network.core.tlog import root_hash
+from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
+from network.node.service import Service
+from network.node.store import SCHEMA_VERSION, AuditEntry, Store, StoreError
 from network.samples import sample_body
-from network.service import Service
-from network.store import SCHEMA_VERSION, AuditEntry, Store, StoreError
-from network.tlog import root_hash
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from network.config import load_config
-from network.errors import ConfigError
-from network.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+from network.core.errors import ConfigError
+from network.node.config import load_config
 
 POLICY = LoginPolicy(failures=3, penalty_ms=1000, max_penalty_ms=4000, forget_ms=60_000)
 

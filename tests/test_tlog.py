@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from network import tlog
-from network.crypto import SigningKey, VerifyKey, generate_signing_key
-from network.errors import (
+from network.core import tlog
+from network.core.crypto import SigningKey, VerifyKey, generate_signing_key
+from network.core.errors import (
     BadSignatureError,
     ConsistencyProofError,
     CpnError,
@@ -33,7 +33,7 @@ from network.errors import (
     PeerError,
     UnknownSignerError,
 )
-from network.tlog import (
+from network.core.tlog import (
     EMPTY_ROOT,
     MAX_CHECKPOINT_BYTES,
     MAX_NOTE_BYTES,

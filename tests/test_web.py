@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from network.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.records import NodeId
-from network.roster import build_roster, load_roster
+from network.api.web import build_app
+from network.core.records import NodeId
+from network.core.roster import build_roster, load_roster
+from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
+from network.node.service import Service
+from network.node.store import Store
 from network.samples import sample_body
-from network.service import Service
-from network.store import Store
-from network.web import build_app
 
 pytestmark = pytest.mark.timeout(60)
 

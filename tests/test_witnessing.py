@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from network.audit import checkpoint_origin, witness_name
-from network.crypto import VerifyKey
-from network.errors import MalformedError
-from network.protocol import (
+from network.core.crypto import VerifyKey
+from network.core.errors import MalformedError
+from network.core.protocol import (
     CheckpointOffer,
     WitnessAnswer,
     checkpoint_frame,
@@ -23,8 +22,9 @@ from network.protocol import (
     split_frame,
     witness_frame,
 )
+from network.core.tlog import open_checkpoint, verify_cosignature
+from network.node.audit import checkpoint_origin, witness_name
 from network.samples import sample_body
-from network.tlog import open_checkpoint, verify_cosignature
 from tests.harness import Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)

@@ -3,7 +3,7 @@
 - exactly once: every message in a sender's outbox is `delivered` (or later),
   its recipient holds it once, and recorded its arrival (`received`) once;
   nothing arrived that no outbox sent;
-- every receipt either side holds verifies (network.envelope.verify_receipt),
+- every receipt either side holds verifies (network.core.envelope.verify_receipt),
   and each delivered message has an end-to-end receipt for the bytes it sent;
 - `cpn audit verify` is clean on every node's store.
 """
@@ -15,10 +15,10 @@ import sys
 import time
 from collections import Counter
 
-from network.config import load_config
-from network.envelope import DEFAULT_SKEW_MS, verify_receipt
-from network.node import load_current_roster
-from network.records import Outcome
+from network.core.envelope import DEFAULT_SKEW_MS, verify_receipt
+from network.core.records import Outcome
+from network.node.config import load_config
+from network.node.runner import load_current_roster
 from tests.harness import REPO, Network, rows
 
 __all__ = ["audit_clean", "check_run", "exactly_once", "receipts_valid", "undelivered"]

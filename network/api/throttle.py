@@ -20,23 +20,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final
+
+from network.node.config import DEFAULT_LOGIN, LoginPolicy
 
 __all__ = ["DEFAULT_LOGIN", "LoginPolicy", "LoginThrottle"]
-
-DEFAULT_MAX_ADDRESSES: Final = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class LoginPolicy:
-    failures: int = 5  # the consecutive failure that opens the first window
-    penalty_ms: int = 1_000  # the first window; each further failure doubles it
-    max_penalty_ms: int = 300_000  # the cap: 5 minutes
-    max_addresses: int = DEFAULT_MAX_ADDRESSES
-    forget_ms: int = 3_600_000  # an address quiet for this long starts afresh
-
-
-DEFAULT_LOGIN: Final = LoginPolicy()
 
 
 @dataclass(slots=True)

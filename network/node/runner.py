@@ -16,32 +16,35 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
+from network.core.crypto import sha256
+from network.core.errors import CpnError, RosterError
+from network.core.records import Json
+from network.core.roster import MAX_ROSTER_BYTES, Roster, load_roster
+from network.node.alerts import WebhookSender
+from network.node.clock import now_ms
+from network.node.config import NodeConfig
+from network.node.keys import load_keeper_public, load_node_keys
+from network.node.links import Links, LinkSettings
+from network.node.service import Service
+from network.node.store import AuditEntry, Store, StoreError
+from network.node.witnessing import CheckpointPolicy, Witnessing
 
-from network.alerts import WebhookSender
-from network.clock import now_ms
-from network.config import NodeConfig
-from network.crypto import sha256
-from network.errors import CpnError, RosterError
-from network.keys import load_keeper_public, load_node_keys
-from network.links import Links, LinkSettings
-from network.records import Json
-from network.roster import MAX_ROSTER_BYTES, Roster, load_roster
-from network.service import Service
-from network.store import AuditEntry, Store, StoreError
-from network.web import build_app
-from network.witnessing import CheckpointPolicy, Witnessing
-
-__all__ = ["NodeSettings", "run_node", "serve_until_signalled"]
+__all__ = ["ApiSite", "NodeSettings", "run_node", "serve_until_signalled"]
 
 log = logging.getLogger("cpn.node")
 
 
 CHECKPOINT_LOOK_SECONDS = 0.25
 RACY_NS = 2_000_000_000  # a roster file younger than this is compared by content
+
+
+# The HTTP API, served while the node runs (network.api.site): the runner knows it only
+# as something to enter and leave, so that the node layer never imports the web layer.
+ApiSite = Callable[[Service], AbstractAsyncContextManager[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +74,13 @@ async def run_node(
     stop: asyncio.Event,
     settings: NodeSettings = NodeSettings(),
     ready: Callable[[Service], Awaitable[None]] | None = None,
+    api: ApiSite | None = None,
 ) -> None:
     """Run one node until `stop` is set. Raises CpnError if it cannot start.
 
     `ready` is called with the node's service once it serves (for the
-    simulation, which sends through the node's own use cases).
+    simulation, which sends through the node's own use cases); `api` serves
+    the HTTP API over that service while the node runs.
     """
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
     keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
@@ -128,10 +133,9 @@ async def run_node(
             if config.webhook_url
             else None
         )
-        runner = web.AppRunner(build_app(service, login=config.login), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, config.api_host, config.api_port)
-        await site.start()
+        site = contextlib.AsyncExitStack()
+        if api is not None:
+            await site.enter_async_context(api(service))
         log.info(
             "%s: peer %s, api http://%s:%d",
             config.id,
@@ -162,7 +166,7 @@ async def run_node(
                 for task in (link_task, scan_task, watch_task, checkpoint_task, deadline_task):
                     task.cancel()
         finally:
-            await runner.cleanup()
+            await site.aclose()
             if webhook is not None:
                 await webhook.aclose()
             try:
@@ -286,8 +290,8 @@ async def _expiry_scan(service: Service, interval: float, grace: float) -> None:
         await asyncio.sleep(interval)
 
 
-def serve_until_signalled(config: NodeConfig) -> None:
-    """`cpn node run`: run the node until SIGTERM or SIGINT."""
+def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
+    """`cpn node run`: run the node (and its API) until SIGTERM or SIGINT."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -295,6 +299,6 @@ def serve_until_signalled(config: NodeConfig) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         links = LinkSettings(handshake_timeout=config.handshake_timeout)
-        await run_node(config, stop, NodeSettings(links=links))
+        await run_node(config, stop, NodeSettings(links=links), api=api)
 
     asyncio.run(main())

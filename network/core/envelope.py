@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, TypeVar
 
-from network.bodies import BODY_TYPES, Body, body_to_json, body_type, parse_body
-from network.crypto import (
+from network.core.bodies import BODY_TYPES, Body, body_to_json, body_type, parse_body
+from network.core.crypto import (
     HpkePrivateKey,
     HpkePublicKey,
     HpkeSuite,
@@ -45,7 +45,7 @@ from network.crypto import (
     StorageKey,
     sha256,
 )
-from network.errors import (
+from network.core.errors import (
     BodyError,
     ClockSkewError,
     DigestMismatchError,
@@ -54,7 +54,7 @@ from network.errors import (
     UnsupportedVersionError,
     WrongRecipientError,
 )
-from network.records import (
+from network.core.records import (
     PROTOCOL_VERSION,
     Fields,
     Json,
@@ -73,7 +73,7 @@ from network.records import (
     new_message_id,
     parse_canonical,
 )
-from network.roster import Roster
+from network.core.roster import Roster
 
 __all__ = [
     "DEFAULT_HOP_LIMIT",

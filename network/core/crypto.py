@@ -20,9 +20,7 @@ import datetime
 import hashlib
 import hmac
 import os
-import stat
 from enum import StrEnum
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -32,8 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
-from network.errors import BadSignatureError, DecryptError, KeyFileError, MalformedError
-from network.records import b64encode
+from network.core.errors import BadSignatureError, DecryptError, KeyFileError, MalformedError
+from network.core.records import b64encode
 
 __all__ = [
     "HpkePrivateKey",
@@ -42,19 +40,17 @@ __all__ = [
     "SigningKey",
     "StorageKey",
     "VerifyKey",
+    "certificate_der_from_pem",
     "certificate_pem",
     "check_certificate",
     "generate_hpke_key",
     "generate_signing_key",
     "generate_tls_identity",
+    "hpke_key_from_pem",
     "key_id",
-    "load_hpke_key",
-    "load_pem_key",
-    "load_signing_key",
-    "load_tls_certificate",
+    "private_key_from_pem",
     "sha256",
-    "write_private_file",
-    "write_public_file",
+    "signing_key_from_pem",
 ]
 
 MLKEM768_PUBLIC_SIZE = 1184
@@ -253,68 +249,41 @@ def _encryption(passphrase: bytes | None) -> serialization.KeySerializationEncry
     return serialization.NoEncryption()
 
 
-# -- files -------------------------------------------------------------------
+# -- key files' contents (the files themselves are read and written in node.keys) ----
 
 
-def write_private_file(path: Path, data: bytes, *, force: bool = False) -> None:
-    """Write a secret file mode 0600, created that way (never world-readable for an instant)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError as exc:
-        raise KeyFileError(f"{path} exists; use --force to overwrite it") from exc
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(data)
-
-
-def write_public_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _read_private_file(path: Path) -> bytes:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"{path}: key file not found") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{path}: private key readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
-        )
-    return path.read_bytes()
-
-
-def load_pem_key(path: Path, passphrase: bytes | None = None) -> object:
-    """Load a private key file, refusing unprotected files and saying what failed."""
-    data = _read_private_file(path)
+def private_key_from_pem(data: bytes, passphrase: bytes | None, source: str) -> object:
+    """A private key from PEM bytes; KeyFileError naming `source` and what failed."""
     try:
         return serialization.load_pem_private_key(data, passphrase or None)
     except TypeError as exc:
-        raise KeyFileError(f"{path}: {exc} (set CPN_KEY_PASSPHRASE)") from exc
+        raise KeyFileError(f"{source}: {exc} (set CPN_KEY_PASSPHRASE)") from exc
     except ValueError as exc:
-        raise KeyFileError(f"{path}: cannot load private key: {exc}") from exc
+        raise KeyFileError(f"{source}: cannot load private key: {exc}") from exc
 
 
-def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
-    key = load_pem_key(path, passphrase)
+def signing_key_from_pem(data: bytes, passphrase: bytes | None, source: str) -> SigningKey:
+    key = private_key_from_pem(data, passphrase, source)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise KeyFileError(f"{path}: not an Ed25519 private key")
+        raise KeyFileError(f"{source}: not an Ed25519 private key")
     return SigningKey(key)
 
 
-def load_hpke_key(key_dir: Path, passphrase: bytes | None = None) -> HpkePrivateKey:
-    x_key = load_pem_key(key_dir / "hpke-x25519.key", passphrase)
+def hpke_key_from_pem(
+    x25519_pem: tuple[bytes, str],
+    mlkem_pem: tuple[bytes, str] | None,
+    passphrase: bytes | None,
+) -> HpkePrivateKey:
+    """The HPKE private key from its X25519 part and, for the hybrid suite, its ML-KEM part
+    (each PEM bytes with the name of where they came from)."""
+    x_key = private_key_from_pem(x25519_pem[0], passphrase, x25519_pem[1])
     if not isinstance(x_key, x25519.X25519PrivateKey):
-        raise KeyFileError(f"{key_dir / 'hpke-x25519.key'}: not an X25519 private key")
-    mlkem_path = key_dir / "hpke-mlkem768.key"
-    if not mlkem_path.exists():
+        raise KeyFileError(f"{x25519_pem[1]}: not an X25519 private key")
+    if mlkem_pem is None:
         return HpkePrivateKey(HpkeSuite.X25519, x_key)
-    m_key = load_pem_key(mlkem_path, passphrase)
+    m_key = private_key_from_pem(mlkem_pem[0], passphrase, mlkem_pem[1])
     if not isinstance(m_key, mlkem.MLKEM768PrivateKey):
-        raise KeyFileError(f"{mlkem_path}: not an ML-KEM-768 private key")
+        raise KeyFileError(f"{mlkem_pem[1]}: not an ML-KEM-768 private key")
     return HpkePrivateKey(HpkeSuite.MLKEM768_X25519, x_key, m_key)
 
 
@@ -355,12 +324,12 @@ def generate_tls_identity(
     return key_pem, cert_pem, cert.public_bytes(serialization.Encoding.DER)
 
 
-def load_tls_certificate(cert_path: Path) -> bytes:
-    """The DER form of a PEM certificate file: what the roster carries."""
+def certificate_der_from_pem(pem: bytes, source: str) -> bytes:
+    """The DER form of a PEM certificate: what the roster carries."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"{cert_path}: cannot load certificate: {exc}") from exc
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise KeyFileError(f"{source}: cannot load certificate: {exc}") from exc
     return cert.public_bytes(serialization.Encoding.DER)
 
 

@@ -26,12 +26,8 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from network.bodies import RefusalGround, ResponseStatus, body_to_json, parse_body
-from network.client import Client
-from network.clock import now_ms
-from network.config import NodeConfig, load_config
-from network.crypto import HpkeSuite
-from network.drafts import (
+from network.cli.client import Client
+from network.cli.drafts import (
     Assignment,
     apply,
     check_note,
@@ -40,7 +36,9 @@ from network.drafts import (
     parse_assignment,
     read_document,
 )
-from network.errors import (
+from network.core.bodies import RefusalGround, ResponseStatus, body_to_json, parse_body
+from network.core.crypto import HpkeSuite
+from network.core.errors import (
     ApiError,
     BodyError,
     CpnError,
@@ -48,19 +46,21 @@ from network.errors import (
     RosterError,
     UnreachableError,
 )
-from network.keys import (
+from network.core.lifecycle import PRIORITY_RANK, State
+from network.core.records import ROLES, MessageType, NodeId, Priority, is_node_id
+from network.core.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
+from network.node.clock import now_ms
+from network.node.config import NodeConfig, load_config
+from network.node.keys import (
     init_keeper,
     init_node_keys,
     load_keeper,
     load_keeper_public,
     read_card,
 )
-from network.lifecycle import PRIORITY_RANK, State
-from network.records import ROLES, MessageType, NodeId, Priority, is_node_id
-from network.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
 
 if TYPE_CHECKING:
-    from network.audit import EntryFilter, VerifyReport
+    from network.node.audit import EntryFilter, VerifyReport
 
 # The audit log, the store and the use cases load in the commands that use them, so
 # that `cpn send` and the other officer commands start in a fraction of a second.
@@ -255,8 +255,8 @@ def prepare_network(nodes_dir: Path) -> tuple[list[NodeConfig], Roster]:
 
 async def _demo_users(config: NodeConfig) -> list[tuple[str, str, str]]:
     """One officer and one auditor for a node whose store has no users yet: (name, role, token)."""
-    from network.service import issue_token
-    from network.store import Store
+    from network.node.service import issue_token
+    from network.node.store import Store
 
     store = await Store.open(config.store_path)
     try:
@@ -334,15 +334,17 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from network.node import serve_until_signalled  # aiohttp and websockets load only here
+    from network.api.site import api_site  # aiohttp and websockets load only here
+    from network.node.runner import serve_until_signalled
 
-    serve_until_signalled(load_config(Path(args.config)))
+    config = load_config(Path(args.config))
+    serve_until_signalled(config, api_site(config))
     return 0
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from network.service import issue_token
-    from network.store import Store
+    from network.node.service import issue_token
+    from network.node.store import Store
 
     config = load_config(Path(args.config))
 
@@ -366,7 +368,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the whole store verifies, 1 naming the first problem."""
-    from network.audit import load_roster_file, read_witnessed, verify_store
+    from network.node.audit import load_roster_file, read_witnessed, verify_store
 
     config = load_config(Path(args.config))
     keeper = load_keeper_public(config.keeper_path)
@@ -417,7 +419,7 @@ def _print_report(report: VerifyReport) -> None:
 
 
 def _time_arg(text: str) -> int:
-    from network.audit import parse_time
+    from network.node.audit import parse_time
 
     try:
         return parse_time(text)
@@ -426,7 +428,7 @@ def _time_arg(text: str) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from network.audit import EntryFilter
+    from network.node.audit import EntryFilter
 
     config = load_config(Path(args.config))
     if args.checkpoints and args.format != "csv":
@@ -460,7 +462,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def _export(
     args: argparse.Namespace, config: NodeConfig, filters: EntryFilter, written: list[Path]
 ) -> int:
-    from network.audit import export_entries
+    from network.node.audit import export_entries
 
     with contextlib.ExitStack() as stack:
         files = {
@@ -502,7 +504,7 @@ def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def cmd_audit_proof(args: argparse.Namespace) -> int:
-    from network.audit import consistency_proof, inclusion_proof
+    from network.node.audit import consistency_proof, inclusion_proof
 
     config = load_config(Path(args.config))
     try:
@@ -593,7 +595,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    from network.views import print_messages  # rich loads only for a table
+    from network.cli.views import print_messages  # rich loads only for a table
 
     messages = sorted(
         answer["messages"],
@@ -608,7 +610,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    from network.views import print_message
+    from network.cli.views import print_message
 
     print_message({**answer, "body": _in_field_order(answer.get("type"), answer.get("body"))})
     return 0

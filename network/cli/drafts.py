@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from network.bodies import parse_body, parse_request
-from network.errors import BodyError, CpnError
-from network.records import MessageType, parse_json
+from network.core.bodies import parse_body, parse_request
+from network.core.errors import BodyError, CpnError
+from network.core.records import MessageType, parse_json
 
 __all__ = [
     "MAX_DRAFT_BYTES",

@@ -62,8 +62,15 @@ from typing import (
     get_type_hints,
 )
 
-from network.errors import BodyError
-from network.records import MAX_SAFE_INTEGER, MessageId, MessageType, NodeId, Priority, is_node_id
+from network.core.errors import BodyError
+from network.core.records import (
+    MAX_SAFE_INTEGER,
+    MessageId,
+    MessageType,
+    NodeId,
+    Priority,
+    is_node_id,
+)
 
 __all__ = [
     "BODY_TYPES",

@@ -17,13 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from network.audit import checkpoint_origin, witness_name
-from network.errors import ConsistencyProofError, CpnError, PeerError
-from network.protocol import CheckpointOffer, WitnessAnswer
-from network.records import NodeId
-from network.service import Service
-from network.store import AuditEntry
-from network.tlog import (
+from network.core.errors import ConsistencyProofError, CpnError, PeerError
+from network.core.protocol import CheckpointOffer, WitnessAnswer
+from network.core.records import NodeId
+from network.core.tlog import (
     Checkpoint,
     cosign,
     open_checkpoint,
@@ -31,6 +28,9 @@ from network.tlog import (
     verify_consistency,
     verify_cosignature,
 )
+from network.node.audit import checkpoint_origin, witness_name
+from network.node.service import Service
+from network.node.store import AuditEntry
 
 __all__ = ["CheckpointPolicy", "Witnessing"]
 
@@ -62,16 +62,11 @@ class Witnessing:
 
     async def load(self) -> None:
         """Our newest checkpoint and what each witness last cosigned, from the store."""
-        rows = await self.store.db.execute_fetchall(
-            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
-        )
-        for (note,) in rows:
+        note = await self.store.latest_checkpoint()
+        if note is not None:
             self.latest = _Signed(self._open_own(note), note)
             self.service.latest_checkpoint = note
-        for witness, size in await self.store.db.execute_fetchall(
-            "SELECT witness, MAX(size) FROM cosignatures GROUP BY witness"
-        ):
-            self._cosigned[witness] = size
+        self._cosigned.update(await self.store.cosigned_sizes())
 
     def _open_own(self, note: str) -> Checkpoint:
         key = self.service.keys.signing.verify_key()
@@ -129,12 +124,9 @@ class Witnessing:
                 return None
             return self._offer(self.latest, answer.need_from)
         assert answer.cosignature is not None
-        rows = await self.store.db.execute_fetchall(
-            "SELECT note FROM checkpoints WHERE size = ?", (answer.size,)
-        )
-        if not rows:
+        note = await self.store.checkpoint_note(answer.size)
+        if note is None:
             raise PeerError(f"cosignature for size {answer.size}, which we never signed")
-        note = str(next(iter(rows))[0])
         key = self.service.roster.active_card(peer).signing_key
         when = verify_cosignature(note + answer.cosignature, witness_name(peer), key)
         async with self.store.transaction(self.service.clock(), durable=False) as tx:
@@ -157,13 +149,10 @@ class Witnessing:
             checkpoint = open_checkpoint(offer.note, origin, {origin: key})
         except CpnError as exc:
             raise PeerError(f"{peer}'s checkpoint: {exc}", reason=exc.reason) from exc
-        rows = await self.store.db.execute_fetchall(
-            "SELECT size, root, note FROM witnessed WHERE node = ?", (peer,)
-        )
-        held = next(iter(rows), None)
+        held = await self.store.witnessed(peer)
         now = self.service.clock()
         if held is not None:
-            held_size, held_root, held_note = int(held[0]), bytes(held[1]), str(held[2])
+            held_size, held_root, held_note = held
             problem = None
             if checkpoint.size < held_size:
                 problem = f"truncated: size {checkpoint.size} after {held_size}"

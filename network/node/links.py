@@ -33,10 +33,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
 from websockets.frames import CloseCode
 
-from network.crypto import certificate_pem, sha256
-from network.errors import CpnError, MalformedError, OversizeError, PeerError
-from network.keys import NodeKeys
-from network.protocol import (
+from network.core.crypto import certificate_pem, sha256
+from network.core.errors import CpnError, MalformedError, OversizeError, PeerError
+from network.core.protocol import (
     FRAME_ANNOUNCE,
     FRAME_CHECKPOINT,
     FRAME_COSIGNATURE,
@@ -57,11 +56,12 @@ from network.protocol import (
     split_frame,
     witness_frame,
 )
-from network.records import NodeId
-from network.roster import Roster
-from network.service import ROUTE_REFRESH_MS, Service
-from network.store import AuditEntry, StoreError
-from network.witnessing import Witnessing
+from network.core.records import NodeId
+from network.core.roster import Roster
+from network.node.keys import NodeKeys
+from network.node.service import ROUTE_REFRESH_MS, Service
+from network.node.store import AuditEntry, StoreError
+from network.node.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
 

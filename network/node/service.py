@@ -20,10 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from network.alerts import alert_kind, alert_record
-from network.bodies import Acknowledgement, Body, Response, parse_request
-from network.crypto import VerifyKey
-from network.deadlines import (
+from network.core.bodies import Acknowledgement, Body, Response, parse_request
+from network.core.crypto import VerifyKey
+from network.core.deadlines import (
     DEFAULT_DEADLINES,
     Box,
     Deadlines,
@@ -38,7 +37,7 @@ from network.deadlines import (
     reschedule,
     review,
 )
-from network.envelope import (
+from network.core.envelope import (
     DEFAULT_SKEW_MS,
     MAX_ENVELOPE_BYTES,
     Envelope,
@@ -57,7 +56,7 @@ from network.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.errors import (
+from network.core.errors import (
     BodyError,
     CpnError,
     DigestMismatchError,
@@ -65,10 +64,8 @@ from network.errors import (
     RosterError,
     UnknownNodeError,
 )
-from network.events import Hub
-from network.keys import NodeKeys
-from network.lifecycle import PRIORITY_RANK, TABLES, Event, State
-from network.records import (
+from network.core.lifecycle import PRIORITY_RANK, TABLES, Event, State
+from network.core.records import (
     ROLES,
     Json,
     MessageType,
@@ -79,15 +76,18 @@ from network.records import (
     is_node_id,
     parse_canonical,
 )
-from network.roster import Roster, load_roster
-from network.routing import (
+from network.core.roster import Roster, load_roster
+from network.core.routing import (
     Announcement,
     RoutingTable,
     StaleAnnouncementError,
     make_announcement,
     verify_announcement,
 )
-from network.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow, Waiting
+from network.node.alerts import alert_kind, alert_record
+from network.node.events import Hub
+from network.node.keys import NodeKeys
+from network.node.store import AuditEntry, MessageRow, ReceiptRow, Store, Tx, UserRow, Waiting
 
 __all__ = ["ROLES", "Service", "hash_token", "issue_token", "summary"]
 
@@ -1138,21 +1138,11 @@ class Service:
 
     async def open_preservations(self) -> list[dict[str, Any]]:
         """Our preservation requests the other side preserved, soonest to lapse first."""
-        rows = await self.store.db.execute_fetchall(
-            "SELECT id FROM messages WHERE box = 'out' AND type = 'preservation'"
-            " AND preserved_until IS NOT NULL AND in_reply_to IS NULL"
-            " ORDER BY preserved_until"
-        )
-        found = [await self.store.message(str(r[0])) for r in rows]
-        return [summary(row) for row in found if row is not None]
+        return [summary(row) for row in await self.store.preserved_requests()]
 
     async def overdue(self) -> list[dict[str, Any]]:
         """Messages with a deadline passed and unmet, the most urgent first."""
-        rows = await self.store.db.execute_fetchall(
-            "SELECT id FROM messages WHERE overdue != '' ORDER BY priority_rank, created LIMIT 500"
-        )
-        found = [await self.store.message(str(r[0])) for r in rows]
-        return [summary(row) for row in found if row is not None]
+        return [summary(row) for row in await self.store.overdue_messages(limit=500)]
 
     # -- periodic ------------------------------------------------------------------
 
@@ -1162,18 +1152,14 @@ class Service:
         Deadlines live in the store, so they fire after a restart as before it.
         """
         now = self.clock()
-        found = await self.store.db.execute_fetchall(
-            "SELECT id FROM messages WHERE alert_at IS NOT NULL AND alert_at <= ?"
-            " ORDER BY alert_at LIMIT ?",
-            (now, limit),
-        )
+        found = await self.store.alerts_due(now, limit)
         if not found:
             return []
         alerts: list[dict[str, Json]] = []
         async with self.store.transaction(now) as tx:
             entries: list[AuditEntry] = []
-            for (message_id,) in found:
-                row = await tx.message(str(message_id))
+            for message_id in found:
+                row = await tx.message(message_id)
                 if row is None:
                     continue
                 tracked = _tracked(row)

@@ -49,10 +49,9 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from network.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
-from network.errors import ConfigError
-from network.records import NodeId, Priority, is_node_id
-from network.throttle import DEFAULT_LOGIN, LoginPolicy
+from network.core.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
+from network.core.errors import ConfigError
+from network.core.records import NodeId, Priority, is_node_id
 
 __all__ = ["NodeConfig", "load_config", "parse_duration", "parse_listen"]
 
@@ -75,6 +74,23 @@ _PRESERVATION_KEYS: Final = {
     "preservation_warning": "preservation_warning_ms",
     "preservation_repeat": "preservation_repeat_ms",
 }
+
+
+DEFAULT_MAX_ADDRESSES: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class LoginPolicy:
+    """Failed logins from one address, and the penalty windows they earn (api.throttle)."""
+
+    failures: int = 5  # the consecutive failure that opens the first window
+    penalty_ms: int = 1_000  # the first window; each further failure doubles it
+    max_penalty_ms: int = 300_000  # the cap: 5 minutes
+    max_addresses: int = DEFAULT_MAX_ADDRESSES
+    forget_ms: int = 3_600_000  # an address quiet for this long starts afresh
+
+
+DEFAULT_LOGIN: Final = LoginPolicy()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,16 +48,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, Final
 
-from network.crypto import VerifyKey, sha256
-from network.envelope import verify_envelope, verify_receipt
-from network.errors import (
+from network.core.crypto import VerifyKey, sha256
+from network.core.envelope import verify_envelope, verify_receipt
+from network.core.errors import (
     BadSignatureError,
     CpnError,
     PeerError,
     RosterError,
     UnknownSignerError,
 )
-from network.records import (
+from network.core.records import (
     MAX_SAFE_INTEGER,
     Json,
     NodeId,
@@ -65,8 +65,8 @@ from network.records import (
     canonical_trusted,
     parse_json,
 )
-from network.roster import MAX_ROSTER_BYTES, NodeStatus, Roster, RosterEntry, load_roster
-from network.tlog import (
+from network.core.roster import MAX_ROSTER_BYTES, NodeStatus, Roster, RosterEntry, load_roster
+from network.core.tlog import (
     EMPTY_ROOT,
     HASH_SIZE,
     Checkpoint,

@@ -22,7 +22,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from network.records import Priority
+from network.core.records import Priority
 
 __all__ = [
     "INBOUND",

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from network.bodies import json_schemas
-from network.deadlines import Overdue
-from network.lifecycle import State
-from network.records import MessageType, Priority
+from network.core.bodies import json_schemas
+from network.core.deadlines import Overdue
+from network.core.lifecycle import State
+from network.core.records import MessageType, Priority
 
 __all__ = [
     "ID_PARAM",

@@ -17,28 +17,28 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
+import stat
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from network.crypto import (
+from network.core.crypto import (
     HpkePrivateKey,
     HpkeSuite,
     SigningKey,
     VerifyKey,
+    certificate_der_from_pem,
     generate_hpke_key,
     generate_signing_key,
     generate_tls_identity,
-    load_hpke_key,
-    load_signing_key,
-    load_tls_certificate,
-    write_private_file,
-    write_public_file,
+    hpke_key_from_pem,
+    signing_key_from_pem,
 )
-from network.errors import KeyFileError, PeerError
-from network.records import Fields, NodeId, b64encode, parse_json
-from network.roster import Card, parse_card
+from network.core.errors import KeyFileError, PeerError
+from network.core.records import Fields, NodeId, b64encode, parse_json
+from network.core.roster import Card, parse_card
 
 __all__ = [
     "NodeKeys",
@@ -63,6 +63,60 @@ def _country_names() -> dict[str, str]:
 def country_name(node_id: str) -> str:
     """The UN member state's name for an alpha-3 code, or the code itself."""
     return _country_names().get(node_id, node_id)
+
+
+# -- files -------------------------------------------------------------------
+
+
+def write_private_file(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Write a secret file mode 0600, created that way (never world-readable for an instant)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as exc:
+        raise KeyFileError(f"{path} exists; use --force to overwrite it") from exc
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(data)
+
+
+def write_public_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_private_file(path: Path) -> bytes:
+    """A private key file's bytes; refused when missing or readable by others."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"{path}: key file not found") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{path}: private key readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
+        )
+    return path.read_bytes()
+
+
+def load_signing_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
+    return signing_key_from_pem(read_private_file(path), passphrase, str(path))
+
+
+def load_hpke_key(key_dir: Path, passphrase: bytes | None = None) -> HpkePrivateKey:
+    x_path, m_path = key_dir / "hpke-x25519.key", key_dir / "hpke-mlkem768.key"
+    mlkem = (read_private_file(m_path), str(m_path)) if m_path.exists() else None
+    return hpke_key_from_pem((read_private_file(x_path), str(x_path)), mlkem, passphrase)
+
+
+def load_tls_certificate(cert_path: Path) -> bytes:
+    """The DER form of a PEM certificate file: what the roster carries."""
+    try:
+        pem = cert_path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{cert_path}: cannot load certificate: {exc}") from exc
+    return certificate_der_from_pem(pem, str(cert_path))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ Rules:
 - Every answer is JSON with `Cache-Control: no-store`, errors included:
   `{"error": "...", "field": "..."}`, where `field` names the request body
   field or query parameter that is wrong. Bad input is a 4xx, never a 500.
-- The console (network/console/: HTML, ES modules, CSS; no build step) is
+- The console (network/api/console/: HTML, ES modules, CSS; no build step) is
   served at `/` and `/console/...`, public; everything it fetches is under
   /api/ with the bearer token. Every answer carries a Content-Security-Policy
   allowing nothing but this origin (no inline script or style, no framing)
@@ -49,21 +49,8 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
 from network import __version__
-from network.audit import (
-    MAX_PAGE,
-    EntryFilter,
-    export_entries,
-    list_entries,
-    parse_time,
-    rfc3339,
-    verify_store,
-)
-from network.bodies import BODY_TYPES, describe_types, json_schemas
-from network.errors import BodyError, CpnError, MalformedError, OversizeError
-from network.events import HubFullError
-from network.lifecycle import State
-from network.metrics import CONTENT_TYPE, Metrics
-from network.openapi import (
+from network.api.metrics import CONTENT_TYPE, Metrics
+from network.api.openapi import (
     ID_PARAM,
     Doc,
     Param,
@@ -75,10 +62,23 @@ from network.openapi import (
     ref,
     string,
 )
-from network.records import MessageType, Priority, parse_json
-from network.service import ROLES, Service, summary
-from network.store import AuditEntry, StoreError, UserRow
-from network.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+from network.core.bodies import BODY_TYPES, describe_types, json_schemas
+from network.core.errors import BodyError, CpnError, MalformedError, OversizeError
+from network.core.lifecycle import State
+from network.core.records import MessageType, Priority, parse_json
+from network.node.audit import (
+    MAX_PAGE,
+    EntryFilter,
+    export_entries,
+    list_entries,
+    parse_time,
+    rfc3339,
+    verify_store,
+)
+from network.node.events import HubFullError
+from network.node.service import ROLES, Service, summary
+from network.node.store import AuditEntry, StoreError, UserRow
 
 __all__ = [
     "MAX_REQUEST_BYTES",

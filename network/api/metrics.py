@@ -23,8 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from network.lifecycle import State
-from network.service import Service
+from network.core.lifecycle import State
+from network.node.service import Service
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

@@ -27,7 +27,7 @@ from typing import Any, NewType
 import orjson
 import rfc8785
 
-from network.errors import MalformedError, OversizeError
+from network.core.errors import MalformedError, OversizeError
 
 __all__ = [
     "MAX_JSON_DEPTH",

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from network.crypto import SigningKey
-from network.envelope import MAX_ENVELOPE_BYTES, MAX_HOP_LIMIT, MAX_RECEIPT_BYTES
-from network.errors import BadSignatureError, MalformedError, OversizeError, PeerError
-from network.records import (
+from network.core.crypto import SigningKey
+from network.core.envelope import MAX_ENVELOPE_BYTES, MAX_HOP_LIMIT, MAX_RECEIPT_BYTES
+from network.core.errors import BadSignatureError, MalformedError, OversizeError, PeerError
+from network.core.records import (
     PROTOCOL_VERSION,
     Fields,
     Json,
@@ -49,8 +49,8 @@ from network.records import (
     is_node_id,
     parse_canonical,
 )
-from network.roster import MAX_ROSTER_BYTES, Roster
-from network.routing import MAX_ANNOUNCEMENT_BYTES
+from network.core.roster import MAX_ROSTER_BYTES, Roster
+from network.core.routing import MAX_ANNOUNCEMENT_BYTES
 
 __all__ = [
     "FRAME_ANNOUNCE",

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Final
 
-from network.errors import ApiError, CpnError, UnreachableError
+from network.core.errors import ApiError, CpnError, UnreachableError
 
 __all__ = ["MAX_ANSWER_BYTES", "Client"]
 

@@ -41,8 +41,8 @@ from enum import IntEnum
 from itertools import islice, takewhile
 from typing import NamedTuple
 
-from network.crypto import SigningKey, VerifyKey
-from network.errors import (
+from network.core.crypto import SigningKey, VerifyKey
+from network.core.errors import (
     BadSignatureError,
     ConsistencyProofError,
     InclusionProofError,

@@ -27,8 +27,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Literal, NamedTuple
 
-from network.lifecycle import State
-from network.records import MessageType, Priority
+from network.core.lifecycle import State
+from network.core.records import MessageType, Priority
 
 __all__ = [
     "DEFAULT_DEADLINES",

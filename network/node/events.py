@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from network.errors import CpnError
+from network.core.errors import CpnError
 
 __all__ = ["MAX_QUEUED", "MAX_SUBSCRIBERS", "Hub", "HubFullError", "Subscription"]
 

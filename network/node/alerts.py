@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from network import __version__
-from network.deadlines import Overdue
-from network.protocol import backoff_delays
-from network.records import Json, NodeId, Priority, canonical
+from network.core.deadlines import Overdue
+from network.core.protocol import backoff_delays
+from network.core.records import Json, NodeId, Priority, canonical
 
 __all__ = [
     "MAX_RESPONSE_BYTES",

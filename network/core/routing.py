@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from network.crypto import SigningKey
-from network.errors import MalformedError, PeerError
-from network.records import (
+from network.core.crypto import SigningKey
+from network.core.errors import MalformedError, PeerError
+from network.core.records import (
     PROTOCOL_VERSION,
     Fields,
     NodeId,
@@ -37,7 +37,7 @@ from network.records import (
     is_node_id,
     parse_canonical,
 )
-from network.roster import Roster
+from network.core.roster import Roster
 
 __all__ = [
     "MAX_ANNOUNCEMENT_BYTES",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from network.crypto import (
+from network.core.crypto import (
     HpkePublicKey,
     HpkeSuite,
     SigningKey,
@@ -31,7 +31,7 @@ from network.crypto import (
     check_certificate,
     sha256,
 )
-from network.errors import (
+from network.core.errors import (
     BadSignatureError,
     MalformedError,
     PeerError,
@@ -42,7 +42,7 @@ from network.errors import (
     UnknownNodeError,
     UnknownSignerError,
 )
-from network.records import (
+from network.core.records import (
     PROTOCOL_VERSION,
     Fields,
     Json,

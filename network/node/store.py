@@ -27,12 +27,12 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import aiosqlite
 
-from network.audit import entry_leaf, stored_entry
-from network.deadlines import Due
-from network.errors import CpnError
-from network.lifecycle import TABLES, Event, State, next_state
-from network.records import Json, canonical
-from network.tlog import MerkleLog
+from network.core.deadlines import Due
+from network.core.errors import CpnError
+from network.core.lifecycle import TABLES, Event, State, next_state
+from network.core.records import Json, canonical
+from network.core.tlog import MerkleLog
+from network.node.audit import entry_leaf, stored_entry
 
 __all__ = [
     "AuditEntry",
@@ -1014,6 +1014,61 @@ class Store:
             (*destinations, now, max_rank, limit),
         )
         return [Waiting(*r) for r in rows]
+
+    async def preserved_requests(self) -> list[MessageRow]:
+        """Our preservation requests the other side preserved, soonest to lapse first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE box = 'out' AND type = 'preservation'"
+            " AND preserved_until IS NOT NULL AND in_reply_to IS NULL"
+            " ORDER BY preserved_until"
+        )
+        return [_message(r) for r in rows]
+
+    async def overdue_messages(self, limit: int) -> list[MessageRow]:
+        """Messages with a deadline passed and unmet, the most urgent first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE overdue != ''"
+            " ORDER BY priority_rank, created LIMIT ?",
+            (limit,),
+        )
+        return [_message(r) for r in rows]
+
+    async def alerts_due(self, now: int, limit: int) -> list[str]:
+        """Ids of the messages whose deadline scan is due at `now`, the earliest first."""
+        rows = await self.db.execute_fetchall(
+            "SELECT id FROM messages WHERE alert_at IS NOT NULL AND alert_at <= ?"
+            " ORDER BY alert_at LIMIT ?",
+            (now, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    async def latest_checkpoint(self) -> str | None:
+        """Our newest signed checkpoint note."""
+        rows = await self.db.execute_fetchall(
+            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
+        )
+        return next((str(r[0]) for r in rows), None)
+
+    async def checkpoint_note(self, size: int) -> str | None:
+        """The checkpoint note we signed at `size`, if we did."""
+        rows = await self.db.execute_fetchall(
+            "SELECT note FROM checkpoints WHERE size = ?", (size,)
+        )
+        return next((str(r[0]) for r in rows), None)
+
+    async def cosigned_sizes(self) -> dict[str, int]:
+        """The largest size each witness cosigned."""
+        rows = await self.db.execute_fetchall(
+            "SELECT witness, MAX(size) FROM cosignatures GROUP BY witness"
+        )
+        return {str(witness): int(size) for witness, size in rows}
+
+    async def witnessed(self, node: str) -> tuple[int, bytes, str] | None:
+        """The checkpoint of `node` we hold as its witness: (size, root, note)."""
+        rows = await self.db.execute_fetchall(
+            "SELECT size, root, note FROM witnessed WHERE node = ?", (node,)
+        )
+        return next(((int(r[0]), bytes(r[1]), str(r[2])) for r in rows), None)
 
     async def latest_roster(self) -> bytes | None:
         found = await self.db.execute_fetchall(

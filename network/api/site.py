@@ -1,0 +1,31 @@
+"""The HTTP API served beside a running node: what `run_node` enters and leaves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from network.api.web import build_app
+from network.node.config import NodeConfig
+from network.node.runner import ApiSite
+from network.node.service import Service
+
+__all__ = ["api_site"]
+
+
+def api_site(config: NodeConfig) -> ApiSite:
+    """Serve the node's API and console on `[api] listen` while the node runs."""
+
+    @asynccontextmanager
+    async def serve(service: Service) -> AsyncIterator[None]:
+        runner = web.AppRunner(build_app(service, login=config.login), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, config.api_host, config.api_port).start()
+            yield
+        finally:
+            await runner.cleanup()
+
+    return serve
