@@ -71,6 +71,8 @@ MAX_QUEUED_FRAMES = 4096
 # Connections accepted whose handshakes (TLS, WebSocket, signed) have not finished.
 # Far above what 193 peers redialling need; a peer that holds more pushes its oldest out.
 MAX_PENDING_HANDSHAKES = 128
+# Seconds a peer we cut off has to answer our close frame before its connection is dropped.
+REFUSED_CLOSE_TIMEOUT = 1.0
 
 log = logging.getLogger("cpn.links")
 
@@ -450,6 +452,9 @@ class Links:
                 why = _describe(link.ws.close_exc) if link.ws.close_code else "closed"
             if isinstance(result, PeerError):
                 await self._record_refusal(link.peer, "link_protocol_error", result)
+                # A peer cut off for what it sent may never read our close frame (it is
+                # still sending, and we stopped reading): wait briefly, then drop it.
+                link.ws.close_timeout = REFUSED_CLOSE_TIMEOUT
                 with contextlib.suppress(Exception):
                     await link.ws.close(1002, result.reason[:100])
             elif isinstance(result, BaseException) and not isinstance(
