@@ -147,6 +147,7 @@ class RowHasher:
         append = leaves.append
         encoded = self._encoded
         digest = hashlib.sha256
+        template = _LEAF_INPUT
         last_id, last_quoted = self._last_id
         expected = None if out.last is None else out.last + 1
         for row in batch:
@@ -164,7 +165,7 @@ class RowHasher:
                 else:
                     m = self._encode(message_id, cache=False)
                     last_id, last_quoted = message_id, m
-                leaf = digest(_LEAF_INPUT % (a, b, detail, m, time)).digest()
+                leaf = digest(template % (a, b, detail, m, time)).digest()
             except (TypeError, ValueError, CpnError):
                 leaf = b""
             if leaf != stored:
