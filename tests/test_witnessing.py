@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from network.core.auditlog import checkpoint_origin, witness_name
 from network.core.crypto import VerifyKey
 from network.core.errors import MalformedError
 from network.core.protocol import (
@@ -23,7 +24,6 @@ from network.core.protocol import (
     witness_frame,
 )
 from network.core.tlog import open_checkpoint, verify_cosignature
-from network.node.audit import checkpoint_origin, witness_name
 from network.samples import sample_body
 from tests.harness import Network, rows, wait_for
 

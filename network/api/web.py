@@ -67,18 +67,12 @@ from network.core.bodies import BODY_TYPES, describe_types, json_schemas
 from network.core.errors import BodyError, CpnError, MalformedError, OversizeError
 from network.core.lifecycle import State
 from network.core.records import MessageType, Priority, parse_json
-from network.node.audit import (
-    MAX_PAGE,
-    EntryFilter,
-    export_entries,
-    list_entries,
-    parse_time,
-    rfc3339,
-    verify_store,
-)
+from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
+from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
 from network.node.service import ROLES, Service, summary
 from network.node.store import AuditEntry, StoreError, UserRow
+from network.node.verify import verify_store
 
 __all__ = [
     "MAX_REQUEST_BYTES",

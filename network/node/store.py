@@ -27,12 +27,12 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import aiosqlite
 
+from network.core.auditlog import AuditEntry, entry_leaf, stored_entry
 from network.core.deadlines import Due
 from network.core.errors import CpnError
 from network.core.lifecycle import TABLES, Event, State, next_state
-from network.core.records import Json, canonical
+from network.core.records import canonical
 from network.core.tlog import MerkleLog
-from network.node.audit import entry_leaf, stored_entry
 
 __all__ = [
     "AuditEntry",
@@ -278,14 +278,6 @@ class StoreError(CpnError, OSError):
     """The store cannot be used (damaged, newer schema, disk full, read-only)."""
 
     reason = "store_error"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    actor: str  # a user name, or "node:FRA" for the node itself or a peer
-    action: str
-    message_id: str | None = None
-    detail: dict[str, Json] | None = None
 
 
 @dataclass(frozen=True, slots=True)
