@@ -7,11 +7,15 @@ runs the signed handshake of `protocol` before any envelope flows.
 
 One link per peer. Both ends may dial; when two links to the same peer come
 up, the one dialled by the smaller id stays (both ends decide the same).
-A link drains its outbox from the store on every (re)connect, keeps at most
-`window` envelopes in flight without a receipt, and is dropped (then
-redialled) if the oldest waits longer than `receipt_timeout`. Incoming
-frames go through a bounded queue, so a fast peer is slowed by TCP rather
-than by our memory. Envelopes that arrive together are committed together.
+A link drains its outbox from the store on every (re)connect.
+
+An established link is a thin adapter around the core's `LinkSession`, which
+decides everything about frames, the window and stalls. Four tasks per link,
+children of one TaskGroup: the reader feeds every frame to the session at
+once (it never waits), the writer writes what the session has to send, the
+worker takes the session's events to the use cases (`_handle`), and the feed
+gives the session what the outbox holds for this peer (`_Outbox`). The first
+to fail ends the link, never the node.
 """
 
 from __future__ import annotations
