@@ -263,20 +263,19 @@ async def _watch_deadlines(
 ) -> None:
     """Raise what is overdue: the console (the service keeps it), the log and the webhook.
 
-    The webhook posts run beside the scan (a slow receiver is retried, never waited on).
+    The webhook posts run beside the scan (a slow receiver is retried, never waited on),
+    as children of this watcher: when the node stops, the posts still trying stop with it.
     """
-    posting: set[asyncio.Task[bool]] = set()
-    while True:
-        alerts: list[dict[str, Json]] = []
-        with _store_may_fail("deadlines"):
-            alerts = await service.review_deadlines()
-        for alert in alerts:
-            log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
-            if webhook is not None:
-                task = asyncio.create_task(webhook.post(alert))
-                posting.add(task)
-                task.add_done_callback(posting.discard)
-        await asyncio.sleep(interval)
+    async with asyncio.TaskGroup() as posting:
+        while True:
+            alerts: list[dict[str, Json]] = []
+            with _store_may_fail("deadlines"):
+                alerts = await service.review_deadlines()
+            for alert in alerts:
+                log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
+                if webhook is not None:
+                    posting.create_task(webhook.post(alert), name="webhook")
+            await asyncio.sleep(interval)
 
 
 async def _expiry_scan(service: Service, interval: float, grace: float) -> None:
