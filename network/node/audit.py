@@ -51,6 +51,7 @@ from typing import IO, Any, Final
 from network.core.crypto import VerifyKey, sha256
 from network.core.envelope import verify_envelope, verify_receipt
 from network.core.errors import (
+    AuditReadError,
     BadSignatureError,
     CpnError,
     PeerError,
@@ -160,12 +161,6 @@ def stored_entry(
 
 
 # -- reading a store file ---------------------------------------------------------
-
-
-class AuditReadError(CpnError, OSError):
-    """A store file (or a witnessed checkpoint file) that cannot be read as one."""
-
-    reason = "store_unreadable"
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from websockets.frames import CloseCode
 
 from network.core.crypto import certificate_pem, sha256
 from network.core.errors import CpnError, MalformedError, OversizeError, PeerError
+from network.core.errors import LinkStalledError as _Stalled
 from network.core.protocol import (
     FRAME_ANNOUNCE,
     FRAME_CHECKPOINT,
@@ -670,10 +671,6 @@ class _Listener(socket.socket):
         sock = ws.transport.get_extra_info("socket")
         fileno = sock.fileno() if sock is not None else -1
         self.pending = [s for s in self.pending if s.fileno() not in (-1, fileno)]
-
-
-class _Stalled(Exception):
-    """A peer stopped answering with receipts: drop the link and dial again."""
 
 
 def _peer_fault(closed: ConnectionClosed) -> PeerError | None:

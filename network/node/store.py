@@ -28,7 +28,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import aiosqlite
 
 from network.core.deadlines import Due
-from network.core.errors import CpnError
+from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import Json, canonical
 from network.core.tlog import MerkleLog
@@ -272,12 +272,6 @@ MIGRATIONS: dict[int, str] = {
 _NO_DEADLINES: Final = Due(None, None, None)
 
 T = TypeVar("T")
-
-
-class StoreError(CpnError, OSError):
-    """The store cannot be used (damaged, newer schema, disk full, read-only)."""
-
-    reason = "store_error"
 
 
 @dataclass(frozen=True, slots=True)
