@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from network.core.errors import ConfigError
-from network.node.config import load_config
 from tests.harness import free_port
 
 CPN = str(Path(sys.executable).parent / "cpn")
@@ -161,38 +159,3 @@ def test_python_dash_m_network_is_cpn(tmp_path: Path) -> None:
 
     assert "roster" in result.stdout
     assert "keys" in result.stdout
-
-
-def test_config_paths_resolve_beside_the_file() -> None:
-    config = load_config(REPO / "nodes" / "FRA.toml")
-
-    assert config.id == "FRA"
-    assert config.keys_dir == REPO / "keys" / "FRA"
-    assert config.peer_url == "wss://127.0.0.1:7101"
-    assert config.peers == ("DEU", "USA")
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ('id = "FR"', "id: expected an ISO 3166-1 alpha-3 code"),
-        ('id = "FRA"\n[peer]\nlisten = "nohost"', "peer.listen"),
-        ("id = ", "not valid TOML"),
-        (
-            'id = "FRA"\nbogus = 1\n[peer]\nlisten="127.0.0.1:1"\n[api]\nlisten="127.0.0.1:2"\n'
-            '[store]\npath="s"\n[keys]\ndir="k"\nroster="r"\nkeeper="p"',
-            "bogus: unknown key",
-        ),
-        (
-            'id = "FRA"\n[peer]\nlisten="127.0.0.1:1"\n[api]\nlisten="127.0.0.1:2"\n'
-            '[store]\npath="s"\n[keys]\ndir="k"\nroster="r"\nkeeper="p"\n[links]\npeers=["FRA"]',
-            "cannot link to itself",
-        ),
-    ],
-)
-def test_bad_config_is_named(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "node.toml"
-    path.write_text(text)
-
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
