@@ -47,15 +47,33 @@ def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[
         return db.execute(query, params).fetchall()
 
 
-def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something true, and return that."""
+def wait_for(
+    check: Callable[[], T], timeout: float = 30.0, what: str = "condition", *, poll: float = 0.2
+) -> T:
+    """Poll `check` every `poll` seconds until it returns something true, and return that;
+    AssertionError naming `what` after `timeout` seconds. The suite's one way to wait for
+    something to happen: a node runs in another process, and tells us only through its API,
+    its store and its log."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         found = check()
         if found:
             return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def pause(seconds: float, why: str) -> None:
+    """Let `seconds` pass on purpose, because time passing is the thing under test or the
+    fault injected (an attacker's pace, a flapping link, a kill at a random moment): never
+    to wait for something to happen (that is `wait_for`). `why` says which, for the reader."""
+    time.sleep(seconds)
+
+
+async def pause_async(seconds: float, why: str) -> None:
+    """`pause` inside an event loop (a slow server, a proxy's delay, a link going down)."""
+    await asyncio.sleep(seconds)
 
 
 def free_port() -> int:
@@ -228,20 +246,23 @@ class Network:
 
     def wait_healthy(self, node_id: str, timeout: float = 20.0) -> None:
         node = self.nodes[node_id]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if node.process is not None and node.process.poll() is not None:
                 raise AssertionError(f"{node_id} exited: {node.log.read_text()[-3000:]}")
             try:
-                status, _ = self.api(node_id, "GET", "/healthz", token=None)
-                if status == 200:
-                    return
+                return self.api(node_id, "GET", "/healthz", token=None)[0] == 200
             except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(
-            f"{node_id} not healthy after {timeout}s: {node.log.read_text()[-3000:]}"
-        )
+                return False
+
+        try:
+            wait_for(healthy, timeout, what=f"{node_id} healthy", poll=0.05)
+        except AssertionError as exc:
+            if "exited" in str(exc):
+                raise
+            raise AssertionError(
+                f"{node_id} not healthy after {timeout}s: {node.log.read_text()[-3000:]}"
+            ) from None
 
     def stop(self, node_id: str, timeout: float = 20.0) -> int:
         node = self.nodes[node_id]
@@ -305,30 +326,44 @@ class Network:
         self, node_id: str, message_id: str, states: set[str], timeout: float = 20.0
     ) -> dict[str, Any]:
         """Poll the listing (reading the message itself would audit an `opened` each time)."""
-        deadline = time.monotonic() + timeout
         seen: Any = None
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, Any] | None:
+            nonlocal seen
             for box in ("out", "in"):
                 for message in self.list(node_id, box):
                     if message["id"] == message_id:
                         seen = message
                         if message["state"] in states:
                             return message
-            time.sleep(0.1)
-        raise AssertionError(f"{message_id} on {node_id} never reached {states}: {seen}")
+            return None
+
+        try:
+            return wait_for(reached, timeout, poll=0.1)
+        except AssertionError:
+            raise AssertionError(
+                f"{message_id} on {node_id} never reached {states}: {seen}"
+            ) from None
 
     def wait_all(
         self, node_id: str, box: str, count: int, states: set[str], timeout: float = 60.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
         messages: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+
+        def reached() -> list[dict[str, Any]] | None:
+            nonlocal messages
             messages = self.list(node_id, box)
             if len(messages) >= count and all(m["state"] in states for m in messages):
                 return messages
-            time.sleep(0.2)
-        states_seen = sorted({m["state"] for m in messages})
-        raise AssertionError(f"{node_id} {box}: {len(messages)} messages, states {states_seen}")
+            return None
+
+        try:
+            return wait_for(reached, timeout)
+        except AssertionError:
+            states_seen = sorted({m["state"] for m in messages})
+            raise AssertionError(
+                f"{node_id} {box}: {len(messages)} messages, states {states_seen}"
+            ) from None
 
     def list(self, node_id: str, box: str, limit: int = 500) -> list[dict[str, Any]]:
         status, answer = self.api(node_id, "GET", f"/api/messages?box={box}&limit={limit}")

@@ -9,13 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port
+from tests.harness import free_port, wait_for
 
 CPN = str(Path(sys.executable).parent / "cpn")
 REPO = Path(__file__).resolve().parent.parent
@@ -125,14 +124,17 @@ def test_up_runs_every_node_until_interrupted(demo: Path) -> None:
     up = subprocess.Popen([CPN, "up", "nodes"], cwd=demo, stdout=subprocess.PIPE, text=True)
     try:
         api_ports = [p for old, p in ports.items() if old.startswith("81")]
-        deadline = time.monotonic() + 60
         healthy: set[str] = set()
-        while time.monotonic() < deadline and len(healthy) < len(api_ports):
-            for port in api_ports:
+
+        def all_healthy() -> bool:
+            for port in set(api_ports) - healthy:
                 url = f"http://127.0.0.1:{port}/healthz"
                 with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
                     healthy.add(port)
-            time.sleep(0.2)
+            return len(healthy) == len(api_ports)
+
+        with contextlib.suppress(AssertionError):  # the assertion below says how many
+            wait_for(all_healthy, timeout=60, what="every node healthy")
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=60)
     finally:

@@ -32,6 +32,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tests.harness import pause_async
+
 __all__ = ["FlapSchedule", "Proxy"]
 
 T = TypeVar("T")
@@ -164,9 +166,9 @@ class Proxy:
     async def _flap(self, schedule: FlapSchedule) -> None:
         for up, down in schedule.periods():
             self.up = True
-            await asyncio.sleep(up)
+            await pause_async(up, "the link up, for a period drawn from the seed")
             self._down()
-            await asyncio.sleep(down)
+            await pause_async(down, "the link down, for a period drawn from the seed")
         self.up = True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -220,7 +222,7 @@ class Proxy:
             due, chunk = await held.get()
             wait = due - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await pause_async(wait, "the proxy's latency")
             if not chunk:
                 if writer.can_write_eof():
                     writer.write_eof()
