@@ -1,14 +1,21 @@
 """A real network for tests: node processes on 127.0.0.1 with real TLS, SQLite and sockets.
 
 `Network(tmp_path, links={...})` makes keys, the keeper, a signed roster,
-node configs on free ports and one officer and one auditor per node; then
-`start`, `stop` (SIGTERM), `kill` (SIGKILL) and `api` drive the nodes as a
-user would. Every process it starts is killed in `close`.
+node configs and one officer and one auditor per node; then `start`, `stop`
+(SIGTERM), `kill` (SIGKILL) and `api` drive the nodes as a user would. Every
+process it starts is killed in `close`.
+
+Ports are never guessed: the harness binds each node's peer and API sockets
+to 127.0.0.1:0 itself, reads their ports for the roster and the configs, and
+hands the sockets to the node as systemd would (socket activation,
+network/node/sockets.py). It holds them for the network's life, so a node
+restarts on the same ports with no moment in which another socket can take them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -21,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +44,48 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 _handed_out: set[int] = set()
+
+# Runs in the child between fork and the node: puts the inherited sockets at 3, 4, ...
+# and says so in the environment, with the pid the node will have (exec keeps it).
+_ACTIVATE = """
+import fcntl, os, sys
+fds, names, command = [int(f) for f in sys.argv[1].split(",")], sys.argv[2], sys.argv[3:]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]  # out of the way of 3, 4, ...
+for index, fd in enumerate(high):
+    os.dup2(fd, 3 + index)
+    os.close(fd)
+os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names, LISTEN_PID=str(os.getpid()))
+os.execv(command[0], command)
+"""
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, so that nothing else takes it
+    while the test runs, and not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield port_of(sock)
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 on a port the kernel chose."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def activated(command: list[str], sockets: dict[str, socket.socket]) -> tuple[list[str], list[int]]:
+    """`command` run with `sockets` handed down by name, as systemd's socket activation does:
+    the argv to run and the descriptors to pass (`subprocess.Popen(pass_fds=...)`)."""
+    fds = [sock.fileno() for sock in sockets.values()]
+    shim = [sys.executable, "-c", _ACTIVATE, ",".join(map(str, fds)), ":".join(sockets)]
+    return [*shim, *command], fds
+
 
 T = TypeVar("T")
 
@@ -78,7 +127,11 @@ async def pause_async(seconds: float, why: str) -> None:
 
 def free_port() -> int:
     """A free port below the ephemeral range (32768+), where outgoing connections take theirs:
-    a port picked there could be taken by a dialling socket before its node listens."""
+    a port picked there could be taken by a dialling socket before its node listens.
+
+    A guess, which something else may take before it is bound: only for a port that must
+    be named before anything can bind it (the demo configs `cpn up` reads and binds
+    itself). Everywhere else bind port 0 and read the port (`listening_socket`)."""
     while True:
         port = random.randrange(20_000, 32_000)
         if port in _handed_out:
@@ -103,6 +156,10 @@ class Node:
     listen_port: int = 0  # where it listens, if not there (a proxy sits on `peer_port`)
     tokens: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # The listening sockets handed to the node at each start ("peer", "api"), and the one
+    # a proxy serves on when the node is `proxied`; the harness holds them open throughout.
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+    proxy_socket: socket.socket | None = None
 
 
 class Network:
@@ -132,8 +189,10 @@ class Network:
         ids = sorted(set(links) | {p for peers in links.values() for p in peers} | set(extra_nodes))
         cards = []
         for node_id in ids:
-            peer_port, api_port = free_port(), free_port()
-            listen_port = free_port() if node_id in proxied else peer_port
+            sockets = {"peer": listening_socket(), "api": listening_socket()}
+            proxy_socket = listening_socket() if node_id in proxied else None
+            listen_port, api_port = port_of(sockets["peer"]), port_of(sockets["api"])
+            peer_port = port_of(proxy_socket) if proxy_socket is not None else listen_port
             cards.append(
                 init_node_keys(
                     self.keys / node_id,
@@ -166,6 +225,8 @@ class Network:
                 peer_port,
                 root / "var" / f"{node_id}.log",
                 listen_port,
+                sockets=sockets,
+                proxy_socket=proxy_socket,
             )
         self.keeper = load_keeper(self.keys / "authority")
         self.cards = cards
@@ -232,8 +293,12 @@ class Network:
         node = self.nodes[node_id]
         node.log.parent.mkdir(exist_ok=True)
         log = node.log.open("ab")
+        command, fds = activated(
+            [sys.executable, "-m", "network", "node", "run", str(node.config)], node.sockets
+        )
         node.process = subprocess.Popen(
-            [sys.executable, "-m", "network", "node", "run", str(node.config)],
+            command,
+            pass_fds=fds,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -285,6 +350,9 @@ class Network:
                 node.process.kill()
                 node.process.wait(timeout=10)
             node.process = None
+            for sock in [*node.sockets.values(), node.proxy_socket]:
+                if sock is not None:
+                    sock.close()
 
     # -- the API -----------------------------------------------------------------
 

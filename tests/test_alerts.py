@@ -23,7 +23,7 @@ from network.node.alerts import (
     alert_record,
     rfc3339,
 )
-from tests.harness import free_port, pause_async
+from tests.harness import pause_async, refusing_port
 
 NOW = 1_795_000_000_123  # 2026-11-18T11:06:40.123Z
 SECRET_PATH = "/hooks/T0KEN-s3cret"
@@ -198,11 +198,12 @@ async def test_other_statuses_are_failures(status: int) -> None:
 
 
 async def test_connection_refused_returns_false() -> None:
-    url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     sleeps = Sleeps()
 
-    async with sender(url, sleeps, retries=3) as webhook:
-        delivered = await webhook.post(record())
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}/hook"
+        async with sender(url, sleeps, retries=3) as webhook:
+            delivered = await webhook.post(record())
 
     assert delivered is False
     assert len(sleeps.asked) == 2

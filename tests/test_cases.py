@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from network.samples import sample_body
-from tests.harness import Network, free_port, rows, wait_for
+from tests.harness import Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,8 +36,8 @@ class Webhook:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

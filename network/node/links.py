@@ -61,6 +61,7 @@ from network.core.records import NodeId
 from network.core.roster import Roster
 from network.node.keys import NodeKeys
 from network.node.service import ROUTE_REFRESH_MS, Service
+from network.node.sockets import inherited
 from network.node.store import AuditEntry, StoreError
 from network.node.witnessing import Witnessing
 
@@ -184,8 +185,14 @@ class Links:
     # -- running -----------------------------------------------------------------
 
     async def listen(self) -> None:
-        """Bind the peer server (before the node says it is healthy)."""
-        self._listener = _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
+        """Bind the peer server (before the node says it is healthy), or serve on the
+        socket handed down for it (socket activation, network.node.sockets)."""
+        fd = inherited("peer")
+        self._listener = (
+            _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
+            if fd is None
+            else _Listener.adopt(fd, MAX_PENDING_HANDSHAKES)
+        )
         self._server = await serve(
             self._accept, sock=self._listener, ssl=self._server_ssl, **self._options()
         )
@@ -651,6 +658,13 @@ class _Listener(socket.socket):
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(socket.SOMAXCONN)
+        return listener
+
+    @classmethod
+    def adopt(cls, fd: int, limit: int) -> _Listener:
+        """The listening socket `fd`, bound and listening already (socket activation)."""
+        listener = cls(-1, -1, -1, fd)  # family and type read from the descriptor
+        listener.limit = limit
         return listener
 
     def __init__(self, *args: Any) -> None:

@@ -75,10 +75,13 @@ class _Pipe:
 
 
 class Proxy:
-    """Forward 127.0.0.1:`listen_port` to 127.0.0.1:`target_port`, with faults on demand."""
+    """Forward what `listening` accepts to 127.0.0.1:`target_port`, with faults on demand.
 
-    def __init__(self, listen_port: int, target_port: int) -> None:
-        self.listen_port = listen_port
+    `listening` is a socket already listening (the harness bound it to port 0 before the
+    roster named its port); the proxy serves on it and closes it with itself."""
+
+    def __init__(self, listening: socket.socket, target_port: int) -> None:
+        self.listening = listening
         self.target_port = target_port
         self.up = True
         self.latency = 0.0
@@ -126,7 +129,7 @@ class Proxy:
     # -- in the proxy's loop -----------------------------------------------------------
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.listen_port)
+        self._server = await asyncio.start_server(self._accept, sock=self.listening)
 
     async def _close(self) -> None:
         await self._stop_flapping()

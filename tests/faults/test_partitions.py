@@ -24,7 +24,8 @@ def proxied(tmp_path: Path) -> Iterator[tuple[Network, Proxy]]:
     """FRA dials DEU through the proxy (the roster points FRA at it); DEU does not dial."""
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, proxied=("DEU",), retry_seconds=5)
     deu = network.nodes["DEU"]
-    proxy = Proxy(deu.peer_port, deu.listen_port).start()
+    assert deu.proxy_socket is not None
+    proxy = Proxy(deu.proxy_socket, deu.listen_port).start()
     try:
         network.start("FRA", wait=False)
         network.start("DEU")
