@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,19 +12,27 @@ from network.api.web import build_app
 from network.node.config import NodeConfig
 from network.node.runner import ApiSite
 from network.node.service import Service
+from network.node.sockets import inherited
 
 __all__ = ["api_site"]
 
 
 def api_site(config: NodeConfig) -> ApiSite:
-    """Serve the node's API and console on `[api] listen` while the node runs."""
+    """Serve the node's API and console on `[api] listen` while the node runs, or on the
+    socket handed down as `api` (socket activation)."""
 
     @asynccontextmanager
     async def serve(service: Service) -> AsyncIterator[None]:
         runner = web.AppRunner(build_app(service, login=config.login), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.api_host, config.api_port).start()
+            fd = inherited("api")  # socket activation (network.node.sockets), or bind
+            site = (
+                web.TCPSite(runner, config.api_host, config.api_port)
+                if fd is None
+                else web.SockSite(runner, socket.socket(fileno=fd))
+            )
+            await site.start()
             yield
         finally:
             await runner.cleanup()

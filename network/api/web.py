@@ -64,7 +64,7 @@ from network.api.openapi import (
 )
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 from network.core.bodies import BODY_TYPES, describe_types, json_schemas
-from network.core.errors import BodyError, CpnError, MalformedError, OversizeError
+from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
 from network.core.lifecycle import State
 from network.core.records import MessageType, Priority, parse_json
 from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
@@ -686,6 +686,9 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         response = _error(
             503, f"the node's store is unavailable{cause}; try again", headers={"Retry-After": "5"}
         )
+    except LocalError:  # our bug, not the client's: as any other failure of ours
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = _error(500, "internal error")
     except CpnError as exc:
         response = await _refused(request, _Refusal(400, str(exc)))
     except web.HTTPException as exc:

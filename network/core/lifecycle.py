@@ -22,6 +22,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from network.core.errors import IllegalTransition
 from network.core.records import Priority
 
 __all__ = [
@@ -61,13 +62,6 @@ class Event(StrEnum):
     OPEN = "open"
     ACKNOWLEDGE = "acknowledge"
     ANSWER = "answer"
-
-
-class IllegalTransition(Exception):
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__(f"no transition from {state} on {event}")
-        self.state = state
-        self.event = event
 
 
 S, E = State, Event

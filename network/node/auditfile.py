@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from network.core.auditlog import checkpoint_origin
-from network.core.errors import CpnError
+from network.core.errors import AuditReadError
 from network.core.tlog import HASH_SIZE, MerkleLog
 from network.node.clock import rfc3339
 
@@ -59,12 +59,6 @@ _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 
 
 # -- reading a store file ---------------------------------------------------------
-
-
-class AuditReadError(CpnError, OSError):
-    """A store file (or a witnessed checkpoint file) that cannot be read as one."""
-
-    reason = "store_unreadable"
 
 
 @contextlib.contextmanager

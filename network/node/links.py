@@ -39,6 +39,8 @@ from websockets.frames import CloseCode
 
 from network.core.crypto import certificate_pem, sha256
 from network.core.errors import CpnError, MalformedError, OversizeError, PeerError
+from network.core.errors import LinkClosedError as _Closed
+from network.core.errors import LinkStalledError as _Stalled
 from network.core.lifecycle import PRIORITY_RANK
 from network.core.protocol import (
     MAX_FRAME_BYTES,
@@ -64,6 +66,7 @@ from network.core.session import (
 )
 from network.node.keys import NodeKeys
 from network.node.service import ROUTE_REFRESH_MS, Service
+from network.node.sockets import inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
 from network.node.witnessing import Witnessing
 
@@ -167,8 +170,14 @@ class Links:
     # -- running -----------------------------------------------------------------
 
     async def listen(self) -> None:
-        """Bind the peer server (before the node says it is healthy)."""
-        self._listener = _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
+        """Bind the peer server (before the node says it is healthy), or serve on the
+        socket handed down for it (socket activation, network.node.sockets)."""
+        fd = inherited("peer")
+        self._listener = (
+            _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
+            if fd is None
+            else _Listener.adopt(fd, MAX_PENDING_HANDSHAKES)
+        )
         self._server = await serve(
             self._accept, sock=self._listener, ssl=self._server_ssl, **self._options()
         )
@@ -469,7 +478,7 @@ class Links:
             fault = _peer_fault(exc)
             if fault is not None:
                 raise fault from exc
-        raise _Closed
+        raise _Closed("the connection closed while reading")
 
     async def _write(self, link: _Link) -> None:
         """Write the session's frames, in order; the one task that waits on a send."""
@@ -482,7 +491,7 @@ class Links:
                 for data in frames:
                     await link.ws.send(data)
         except ConnectionClosed:
-            raise _Closed from None
+            raise _Closed("the connection closed while writing") from None
 
     async def _work(self, link: _Link) -> None:
         """Take the session's events, in order, to the use cases."""
@@ -656,6 +665,13 @@ class _Listener(socket.socket):
         listener.listen(socket.SOMAXCONN)
         return listener
 
+    @classmethod
+    def adopt(cls, fd: int, limit: int) -> _Listener:
+        """The listening socket `fd`, bound and listening already (socket activation)."""
+        listener = cls(-1, -1, -1, fd)  # family and type read from the descriptor
+        listener.limit = limit
+        return listener
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.pending: list[socket.socket] = []
@@ -674,14 +690,6 @@ class _Listener(socket.socket):
         sock = ws.transport.get_extra_info("socket")
         fileno = sock.fileno() if sock is not None else -1
         self.pending = [s for s in self.pending if s.fileno() not in (-1, fileno)]
-
-
-class _Stalled(Exception):
-    """A peer stopped answering with receipts: drop the link and dial again."""
-
-
-class _Closed(Exception):
-    """The connection closed (the peer's close, ours, or the network's): the link ends."""
 
 
 def _peer_fault(closed: ConnectionClosed) -> PeerError | None:

@@ -60,9 +60,13 @@ from network.core.errors import (
     BodyError,
     CpnError,
     DigestMismatchError,
+    HopLimitError,
+    LoopError,
+    NoSuchRecipientError,
     PeerError,
     RosterError,
     UnknownNodeError,
+    UnknownReceiptError,
 )
 from network.core.lifecycle import PRIORITY_RANK, TABLES, Event, State
 from network.core.records import (
@@ -125,18 +129,6 @@ class _Inbound:
     requeue: MessageRow | None = None  # a forwarded copy its sender asks for again
     receipt: Receipt | None = None
     audit: list[AuditEntry] = field(default_factory=list)
-
-
-class HopLimitError(PeerError):
-    reason = "hop_limit"
-
-
-class LoopError(PeerError):
-    reason = "loop"
-
-
-class NoSuchRecipientError(PeerError):
-    reason = "unknown_recipient"
 
 
 ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most this often
@@ -1326,10 +1318,6 @@ class Service:
                 }
             )
         return result
-
-
-class UnknownReceiptError(PeerError):
-    reason = "unknown_message"
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import aiosqlite
 
 from network.core.auditlog import AuditEntry, entry_leaf, stored_entry
 from network.core.deadlines import Due
-from network.core.errors import CpnError
+from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import canonical
 from network.core.tlog import MerkleLog
@@ -272,12 +272,6 @@ MIGRATIONS: dict[int, str] = {
 _NO_DEADLINES: Final = Due(None, None, None)
 
 T = TypeVar("T")
-
-
-class StoreError(CpnError, OSError):
-    """The store cannot be used (damaged, newer schema, disk full, read-only)."""
-
-    reason = "store_error"
 
 
 @dataclass(frozen=True, slots=True)
