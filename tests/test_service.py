@@ -161,7 +161,7 @@ async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair
 
     async def interrupted() -> None:
         async with store.transaction(T0) as tx:
-            await tx.audit([AuditEntry("test", "half_done")])
+            tx.audit([AuditEntry("test", "half_done")])
             entered.set()
             await asyncio.sleep(10)
 
@@ -195,11 +195,11 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
         async with store.transaction(T0 + n) as tx:
             if n % 3 == 0:
                 await tx.audit_size()  # a read first, as a checkpoint does
-            await tx.audit([AuditEntry("test", "ours", None, {"n": n})])
+            tx.audit([AuditEntry("test", "ours", None, {"n": n})])
 
     async def theirs(n: int) -> None:
         async with other.transaction(T0 + n) as tx:
-            await tx.audit([AuditEntry("cli", "theirs", None, {"n": n})])
+            tx.audit([AuditEntry("cli", "theirs", None, {"n": n})])
 
     try:
         await asyncio.gather(*(ours(n) for n in range(90)), *(theirs(n) for n in range(30)))
@@ -229,7 +229,7 @@ async def test_an_officers_submit_goes_before_the_links_queued_transactions(pair
             if n == 0:
                 under_way.set()
                 await go_on.wait()
-            await tx.audit([AuditEntry("node:DEU", "link_work", None, {"n": n})])
+            tx.audit([AuditEntry("node:DEU", "link_work", None, {"n": n})])
 
     links = [asyncio.create_task(link_work(n)) for n in range(40)]
     await under_way.wait()
