@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,39 +214,6 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
     assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
     assert size == store.audit_log.size == len(stored) == 90 + 30 + 3 * 3
     assert store.audit_log.root() == root_hash([bytes(leaf) for _, leaf in stored])
-
-
-async def test_an_officers_submit_goes_before_the_links_queued_transactions(pair: Pair) -> None:
-    """At a busy relay, a duty officer waits for the transaction under way, not for the
-    dozens the links queued before it; and a cancelled waiter does not hold anyone up."""
-    store = pair.fra.store
-    under_way = asyncio.Event()
-    go_on = asyncio.Event()
-
-    async def link_work(n: int) -> None:
-        async with store.transaction(T0) as tx:
-            if n == 0:
-                under_way.set()
-                await go_on.wait()
-            tx.audit([AuditEntry("node:DEU", "link_work", None, {"n": n})])
-
-    links = [asyncio.create_task(link_work(n)) for n in range(40)]
-    await under_way.wait()
-    await asyncio.sleep(0.05)  # the other 39 are queued
-    gone = asyncio.create_task(link_work(99))
-    await asyncio.sleep(0)
-    gone.cancel()  # leaves the queue
-    officer = asyncio.create_task(submit(pair.fra))
-    await asyncio.sleep(0.05)
-    go_on.set()
-    message_id = await officer
-    await asyncio.gather(*links)
-
-    async with store.db.execute("SELECT message_id, detail FROM audit ORDER BY seq") as cursor:
-        order = [m or f"link {json.loads(d)['n']}" for m, d in await cursor.fetchall()]
-    assert order[0] == "link 0"
-    assert order[1] == message_id  # composed, right after the transaction under way
-    assert [o for o in order if o.startswith("link")] == [f"link {n}" for n in range(40)]
 
 
 async def test_store_from_a_newer_cpn_is_refused(tmp_path: Path) -> None:

@@ -854,6 +854,11 @@ class _WriteLock:
                     return
         self._held = False
 
+    @property
+    def waiting(self) -> int:
+        """How many transactions wait for the one under way."""
+        return len(self._queues[0]) + len(self._queues[1])
+
     @asynccontextmanager
     async def held(self, *, first: bool = False) -> AsyncIterator[None]:
         await self.acquire(first)
@@ -941,6 +946,11 @@ class Store:
         async with self.db.execute("SELECT leaf FROM audit ORDER BY seq") as cursor:
             while batch := await cursor.fetchmany(10_000):
                 self.audit_log.extend(bytes(row[0]) for row in batch)
+
+    @property
+    def queued_transactions(self) -> int:
+        """How many transactions wait for the write lock (a busy relay's links queue up)."""
+        return self._lock.waiting
 
     async def close(self) -> None:
         async with self._lock.held():
