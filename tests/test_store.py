@@ -21,9 +21,8 @@ import pytest
 
 from network.core.deadlines import Due, Overdue
 from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, State
-from network.core.records import Box, MessageType, NodeId, Priority
-from network.core.tlog import root_hash
-from network.node.audit import entry_leaf
+from network.core.records import Box, MessageType, NodeId, Priority, canonical
+from network.core.tlog import leaf_hash, root_hash
 from network.node.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -154,7 +153,8 @@ async def test_a_file_from_any_older_schema_migrates_to_the_current_one(
     assert (out.box, out.origin, out.path, out.overdue) == (Box.OUT, None, (), frozenset())
     assert (inbound.box, inbound.origin, inbound.peer) == (Box.IN, ITA, ITA)
     assert out.type is MessageType.PRESERVATION and out.priority is Priority.URGENT
-    leaf = entry_leaf(T0, "olivia", "composed", "m-out", {"to": "DEU"})
+    entry = {"action": "composed", "actor": "olivia", "detail": {"to": "DEU"}, "message": "m-out"}
+    leaf = leaf_hash(canonical({**entry, "time": T0}))  # DESIGN.md: SHA-256(0x00 ‖ entry)
     assert leaves == [(leaf, '{"to":"DEU"}')]  # filled in, the detail made canonical
     assert tree.size == 1 and tree.root() == root_hash([leaf])
 

@@ -1148,6 +1148,7 @@ class Service:
             return []
         alerts: list[dict[str, Json]] = []
         async with self.store.transaction(now) as tx:
+            await tx.prefetch(found)  # one read, not one per message
             entries: list[AuditEntry] = []
             for message_id in found:
                 row = await tx.message(message_id)
@@ -1189,6 +1190,7 @@ class Service:
         if not due:
             return []
         async with self.store.transaction(now) as tx:
+            await tx.prefetch([row.id for row in due])  # one read, not one per message
             expired = []
             for row in due:
                 current = await tx.message(row.id)
