@@ -59,7 +59,6 @@ def insert(tx: Tx, message_id: str, **changes: Any) -> MessageRow:
         "peer": DEU,
         "type": MessageType.PRESERVATION,
         "priority": Priority.URGENT,
-        "priority_rank": PRIORITY_RANK[Priority.URGENT],
         "state": State.QUEUED,
         "created": T0,
         "expires": T0 + 86_400_000,
@@ -69,6 +68,7 @@ def insert(tx: Tx, message_id: str, **changes: Any) -> MessageRow:
         "composed_by": "olivia",
         **changes,
     }
+    fields.setdefault("priority_rank", PRIORITY_RANK[Priority(fields["priority"])])
     return tx.insert_message(**fields)
 
 
@@ -229,6 +229,43 @@ async def test_insert_takes_the_values_of_closed_sets_and_keeps_members(store: S
     assert row.box is Box.OUT and row.type is MessageType.EVIDENCE
     assert row.priority is Priority.FLASH
     assert await store.message("m1") == row
+
+
+async def test_the_listings_find_what_they_name(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        request = insert(tx, "m1", case_ref="case-7", alert_at=T0 + 10)
+        insert(tx, "m2", priority=Priority.FLASH, created=T0 + 1, expires=T0 + 5)
+        answer = insert(
+            tx,
+            "m3",
+            box=Box.IN,
+            peer=DEU,
+            origin=DEU,
+            type=MessageType.RESPONSE,
+            state=State.RECEIVED,
+            in_reply_to="m1",
+            created=T0 + 2,
+        )
+        tx.alerts("m2", {Overdue.RECEIPT}, T0 + 20)
+        tx.preserved("m1", T0 + 99)
+
+    def ids(rows: list[MessageRow]) -> list[str]:
+        return [r.id for r in rows]
+
+    assert ids(await store.messages()) == ["m2", "m3", "m1"]  # by urgency, newest first
+    assert ids(await store.messages(box="out", priority="urgent")) == ["m1"]
+    assert ids(await store.messages(case="case-7")) == ["m1"]
+    assert ids(await store.messages(limit=1, before="m2")) == ["m1"]
+    assert ids(await store.thread(request)) == ["m3"]  # what answers it
+    assert ids(await store.thread(answer)) == ["m1"]  # what it answers
+    assert ids(await store.overdue_messages(10)) == ["m2"]
+    assert ids(await store.preserved_requests()) == ["m1"]
+    assert ids(await store.due_to_expire(T0 + 6)) == ["m2"]
+    assert await store.alerts_due(T0 + 10, 10) == ["m1"]
+    assert await store.queued_counts() == {"DEU": 2}
+    assert await store.message_counts() == {("out", "queued"): 2, ("in", "received"): 1}
+    assert await store.overdue_count() == 1
+    assert await store.known_ids(["m1", "m9"]) == {"m1"}
 
 
 # -- transactions -------------------------------------------------------------------------

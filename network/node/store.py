@@ -1009,6 +1009,11 @@ class Store:
 
     # -- reads -----------------------------------------------------------------
 
+    async def _select(self, clauses: str, params: Sequence[Any] = ()) -> list[MessageRow]:
+        """The rows `SELECT ... FROM messages {clauses}` finds, decoded."""
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages {clauses}"
+        return [_message(r) for r in await self.db.execute_fetchall(query, params)]
+
     async def message(self, message_id: str) -> MessageRow | None:
         found = await _on_thread(self.db, partial(_fetch_messages, ids=[message_id]))
         return found.get(message_id)
@@ -1038,21 +1043,15 @@ class Store:
             clauses.append("id < ?")
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages {where}"
-            " ORDER BY priority_rank, created DESC LIMIT ?",
-            (*params, limit),
+        return await self._select(
+            f"{where} ORDER BY priority_rank, created DESC LIMIT ?", (*params, limit)
         )
-        return [_message(r) for r in rows]
 
     async def thread(self, row: MessageRow) -> list[MessageRow]:
         """The messages that answer, extend or follow `row`, and the one it answers."""
-        found = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE in_reply_to = ? OR id = ?"
-            " ORDER BY created",
-            (row.id, row.in_reply_to or ""),
+        return await self._select(
+            "WHERE in_reply_to = ? OR id = ? ORDER BY created", (row.id, row.in_reply_to or "")
         )
-        return [_message(r) for r in found]
 
     async def waiting(
         self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2
@@ -1076,21 +1075,16 @@ class Store:
 
     async def preserved_requests(self) -> list[MessageRow]:
         """Our preservation requests the other side preserved, soonest to lapse first."""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE box = 'out' AND type = 'preservation'"
-            " AND preserved_until IS NOT NULL AND in_reply_to IS NULL"
-            " ORDER BY preserved_until"
+        return await self._select(
+            "WHERE box = 'out' AND type = 'preservation' AND preserved_until IS NOT NULL"
+            " AND in_reply_to IS NULL ORDER BY preserved_until"
         )
-        return [_message(r) for r in rows]
 
     async def overdue_messages(self, limit: int) -> list[MessageRow]:
         """Messages with a deadline passed and unmet, the most urgent first."""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE overdue != ''"
-            " ORDER BY priority_rank, created LIMIT ?",
-            (limit,),
+        return await self._select(
+            "WHERE overdue != '' ORDER BY priority_rank, created LIMIT ?", (limit,)
         )
-        return [_message(r) for r in rows]
 
     async def alerts_due(self, now: int, limit: int) -> list[str]:
         """Ids of the messages whose deadline scan is due at `now`, the earliest first."""
@@ -1168,12 +1162,10 @@ class Store:
         return int(next(iter(rows))[0] or 0)
 
     async def due_to_expire(self, now: int, limit: int = 500) -> list[MessageRow]:
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE state IN ('queued', 'sent') AND expires < ? LIMIT ?",
-            (now, limit),
+        """Messages still waiting to go whose expiry is before `now` (at most `limit`)."""
+        return await self._select(
+            "WHERE state IN ('queued', 'sent') AND expires < ? LIMIT ?", (now, limit)
         )
-        return [_message(r) for r in rows]
 
     async def receipts(self, message_id: str) -> list[ReceiptRow]:
         rows = await self.db.execute_fetchall(
