@@ -349,6 +349,38 @@ async def test_reads_in_a_transaction_see_its_own_rows(store: Store) -> None:
         assert current is not None and current.state is moved is State.SENT
 
 
+async def test_known_ids_reads_the_rows_and_issued_receipts_of_a_batch_in_one_go(
+    store: Store,
+) -> None:
+    def receipt(rid: str, message_id: str, outcome: str, time: int) -> ReceiptRow:
+        return ReceiptRow(
+            rid, message_id, "issued", "FRA", "end_to_end", outcome, None, time, rid.encode()
+        )
+
+    async with store.transaction(T0) as tx:
+        for message_id in ("m1", "m2"):
+            insert(tx, message_id, box=Box.IN, peer=DEU, origin=DEU, state=State.RECEIVED)
+        tx.insert_receipt(receipt("r2", "m1", "accepted", T0 + 2))
+        tx.insert_receipt(receipt("r1", "m1", "accepted", T0 + 1))
+        tx.insert_receipt(receipt("r3", "m2", "rejected", T0 + 3))
+    statements: list[str] = []
+    await _on_thread(store.db, lambda conn: conn.set_trace_callback(statements.append))
+
+    async with store.transaction(T0 + 5) as tx:
+        known = await tx.known_ids(["m1", "m2", "m3"])
+        read = len(statements)
+        issued = {i: await tx.issued_receipts(i) for i in ("m1", "m2")}
+        rows = [await tx.message(i) for i in ("m1", "m2", "m3")]
+        before, after = statements[:read], statements[read:]
+        assert await tx.issued_receipts("m3") == []  # not known: read on demand
+    await _on_thread(store.db, lambda conn: conn.set_trace_callback(None))
+
+    assert known == {"m1", "m2"} and issued == {"m1": [b"r1", b"r2"], "m2": []}
+    assert [r.id if r else None for r in rows] == ["m1", "m2", None]
+    assert any("FROM receipts" in statement for statement in before)  # the trace sees reads
+    assert after == []  # all of it came with the one read
+
+
 # -- the plain write methods ----------------------------------------------------------------
 
 BUFFERING = (

@@ -412,6 +412,24 @@ def _fetch_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, M
     return {row[0]: _message(row) for row in rows}
 
 
+_Receipts = dict[str, list[bytes]]  # message id -> raw receipts
+
+
+def _issued_receipts(conn: sqlite3.Connection, ids: Sequence[str]) -> _Receipts:
+    """The receipts we signed accepting each of `ids`, oldest first (one query)."""
+    found: _Receipts = {i: [] for i in ids}
+    if ids:
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            "SELECT message_id, raw FROM receipts WHERE direction = 'issued'"
+            f" AND outcome = 'accepted' AND message_id IN ({marks}) ORDER BY time",
+            tuple(ids),
+        )
+        for message_id, raw in rows:
+            found[message_id].append(bytes(raw))
+    return found
+
+
 def _known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
@@ -481,6 +499,7 @@ class Tx:
         self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._entries: list[tuple[Any, ...]] = []  # audit rows, numbered at commit
         self._rows: dict[str, MessageRow | None] = {}
+        self._issued: _Receipts = {}  # as stored before this transaction
         self._begun = False
         self._audit_size: int | None = None
         self.leaves: list[bytes] = []  # this transaction's audit entries, in order
@@ -540,18 +559,28 @@ class Tx:
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store holds, read under the transaction's lock so that dedup
-        is exact; their rows are kept for the `message` calls that follow."""
-        await self.prefetch(ids)
+        is exact. Their rows, and the receipts we issued for those found (a batch sent
+        again after a reconnect is all duplicates), are read in the same hop and kept
+        for the `message` and `issued_receipts` calls that follow."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
+        if wanted:
+
+            def work(conn: sqlite3.Connection) -> tuple[dict[str, MessageRow], _Receipts]:
+                rows = _fetch_messages(conn, wanted)
+                return rows, _issued_receipts(conn, list(rows))
+
+            found, issued = await self._read(work)
+            for i in wanted:
+                self._rows[i] = found.get(i)
+            self._issued.update(issued)
         return {i for i in ids if self._rows[i] is not None}
 
     async def issued_receipts(self, message_id: str) -> list[bytes]:
-        """The receipts we signed for `message_id` that accepted it, oldest first."""
-        query = (
-            "SELECT raw FROM receipts WHERE message_id = ? AND direction = 'issued'"
-            " AND outcome = 'accepted' ORDER BY time"
-        )
-        rows = await self._read(lambda conn: conn.execute(query, (message_id,)).fetchall())
-        return [bytes(r[0]) for r in rows]
+        """The receipts we signed for `message_id` that accepted it, oldest first, as stored
+        before this transaction (not those it inserts)."""
+        if message_id not in self._issued:
+            self._issued.update(await self._read(partial(_issued_receipts, ids=[message_id])))
+        return list(self._issued[message_id])
 
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
