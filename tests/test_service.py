@@ -18,7 +18,7 @@ from network.core.roster import build_roster, load_roster
 from network.core.tlog import root_hash
 from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.service import Service
-from network.node.store import SCHEMA_VERSION, AuditEntry, Store, StoreError
+from network.node.store import AuditEntry, Store
 from network.samples import sample_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -214,20 +214,3 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
     assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
     assert size == store.audit_log.size == len(stored) == 90 + 30 + 3 * 3
     assert store.audit_log.root() == root_hash([bytes(leaf) for _, leaf in stored])
-
-
-async def test_store_from_a_newer_cpn_is_refused(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "node.sqlite")
-    await store.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    await store.close()
-
-    with pytest.raises(StoreError, match="newer than this cpn"):
-        await Store.open(tmp_path / "node.sqlite")
-
-
-async def test_damaged_store_file_is_refused_with_its_name(tmp_path: Path) -> None:
-    path = tmp_path / "node.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-
-    with pytest.raises(StoreError, match=r"node\.sqlite"):
-        await Store.open(path)

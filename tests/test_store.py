@@ -174,6 +174,14 @@ async def test_a_file_from_a_newer_cpn_is_refused_and_left_alone(tmp_path: Path)
     conn.close()
 
 
+async def test_a_damaged_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(StoreError, match=r"node\.sqlite"):
+        await Store.open(path)
+
+
 # -- typed rows ---------------------------------------------------------------------------
 
 

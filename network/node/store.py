@@ -3,7 +3,11 @@
 - Schema versions migrate forward on open (`MIGRATIONS`); a file from a newer
   cpn is refused rather than guessed at.
 - Every change and the audit entries recording it commit in one transaction
-  (`transaction()`), so a crash can never separate them.
+  (`transaction()`), so a crash can never separate them. A transaction's writes
+  are buffered (plain methods of `Tx`) and run at commit in the order issued.
+- Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
+  go in as the same text older files hold: decoded once on read, encoded once
+  on write, here and nowhere else.
 - Envelopes are kept exactly as sent and as received; the body stays sealed
   at rest (outbound bodies are also sealed to the node's own key, so that its
   officers can read what they sent).
