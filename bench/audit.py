@@ -206,7 +206,7 @@ def append_costs(root: Path, count: int, rounds: int) -> list[tuple[str, float, 
             started = time.perf_counter()
             for i in range(transactions(batch)):
                 async with store.transaction(NOW + i, durable=durable) as tx:
-                    await tx.audit([entry] * batch)
+                    tx.audit([entry] * batch)
             return (time.perf_counter() - started) / (transactions(batch) * batch)
         finally:
             await store.close()

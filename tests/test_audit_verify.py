@@ -515,7 +515,7 @@ def test_a_rewritten_history_contradicts_the_witness(run: Run) -> None:
         try:
             while store.audit_log.size < run.witnessed_size + 2:
                 async with store.transaction(int(time.time() * 1000)) as tx:
-                    await tx.audit([AuditEntry("node:FRA", "forged", None, {"n": 1})])
+                    tx.audit([AuditEntry("node:FRA", "forged", None, {"n": 1})])
             async with store.transaction(int(time.time() * 1000)) as tx:
                 checkpoint = Checkpoint(origin, store.audit_log.size, store.audit_log.root())
                 note = sign_note(checkpoint.to_text(), origin, keys.signing)

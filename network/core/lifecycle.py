@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Final
 
 from network.core.errors import IllegalTransition
-from network.core.records import Priority
+from network.core.records import Box, Priority
 
 __all__ = [
     "INBOUND",
@@ -113,7 +113,11 @@ INBOUND: Final[dict[State, dict[Event, State]]] = {
     S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED},
 }
 
-TABLES: Final = {"out": OUTBOUND, "in": INBOUND, "relay": RELAY}
+TABLES: Final[dict[Box, dict[State, dict[Event, State]]]] = {
+    Box.OUT: OUTBOUND,
+    Box.IN: INBOUND,
+    Box.RELAY: RELAY,
+}
 
 PRIORITY_RANK: Final = {Priority.FLASH: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -616,7 +615,7 @@ class _Outbox:
 
 
 def _outgoing(row: MessageRow) -> Outgoing:
-    path = tuple(NodeId(n) for n in json.loads(row.path)) if row.box == "relay" else ()
+    path = row.path if row.box == "relay" else ()
     return Outgoing(row.id, path, row.envelope, PRIORITY_RANK[Priority(row.priority)])
 
 

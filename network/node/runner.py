@@ -95,7 +95,7 @@ async def run_node(
         roster.active_card(config.id)  # refuses to run a node the roster does not list as active
         if kept is None:  # the store keeps every roster it used, for auditors to check old keys
             async with store.transaction(now_ms()) as tx:
-                await tx.keep_roster(roster.version, roster.raw)
+                tx.keep_roster(roster.version, roster.raw)
         service = Service(
             keys=keys,
             roster=roster,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -32,7 +31,6 @@ from network.core.deadlines import (
     expects_reply,
     format_overdue,
     next_alert,
-    parse_overdue,
     preserved_until_ms,
     reschedule,
     review,
@@ -111,8 +109,8 @@ async def issue_token(store: Store, name: str, role: str, *, actor: str, now: in
         raise BodyError("name", "must be 1..100 printable characters")
     token = "cpn_" + secrets.token_urlsafe(32)
     async with store.transaction(now) as tx:
-        await tx.add_user(name, role, hash_token(token))
-        await tx.audit([AuditEntry(actor, "token_issued", detail={"user": name, "role": role})])
+        tx.add_user(name, role, hash_token(token))
+        tx.audit([AuditEntry(actor, "token_issued", detail={"user": name, "role": role})])
     return token
 
 
@@ -167,14 +165,14 @@ def _refers_to(typed: Body) -> str | None:
 
 def _tracked(row: MessageRow) -> Tracked:
     return Tracked(
-        box="out" if row.box == "out" else "in",
+        box=Box.OUT if row.box == Box.OUT else Box.IN,
         state=row.state,
         priority=Priority(row.priority),
         receipt_due=row.receipt_due,
         ack_due=row.ack_due,
         response_due=row.response_due,
         preserved_until=row.preserved_until,
-        overdue=parse_overdue(row.overdue),
+        overdue=row.overdue,
         alert_at=row.alert_at,
     )
 
@@ -408,7 +406,7 @@ class Service:
 
     async def audit(self, entries: Sequence[AuditEntry]) -> None:
         async with self.store.transaction(self.clock()) as tx:
-            await tx.audit(entries)
+            tx.audit(entries)
 
     # -- submit ------------------------------------------------------------------
 
@@ -455,12 +453,12 @@ class Service:
         self_sealed = seal_to_self(envelope.plaintext, header.id, self._storage)
         detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
         async with self.store.transaction(now, officer=True) as tx:
-            row = await tx.insert_message(
+            row = tx.insert_message(
                 id=header.id,
-                box="out",
+                box=Box.OUT,
                 peer=node,
-                type=str(kind),
-                priority=str(urgency),
+                type=kind,
+                priority=urgency,
                 priority_rank=PRIORITY_RANK[header.priority],
                 state=State.QUEUED,
                 created=header.created,
@@ -471,13 +469,13 @@ class Service:
                 composed_by=user,
                 case_ref=self._case_tag(typed),
                 in_reply_to=_refers_to(typed),
-                **self._deadlines_for("out", header, kind),
+                **self._deadlines_for(Box.OUT, header, kind),
             )
             acted = []
             if answered is not None:
                 acted = await self._act_on(tx, answered, typed, actor=user, reply=header.id)
             composed = AuditEntry(user, "composed", header.id, detail)
-            await tx.audit(
+            tx.audit(
                 [
                     *acted,
                     composed,
@@ -516,7 +514,7 @@ class Service:
     async def _track(self, tx: Tx, row: MessageRow) -> None:
         """After a state change: the overdue flags still standing, and the next look."""
         decision = reschedule(_tracked(row), self.deadlines, self.clock())
-        tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
+        tx.alerts(row.id, decision.overdue, decision.alert_at)
 
     async def _answered(self, typed: Body, to: NodeId) -> MessageRow | None:
         """The received request an acknowledgement or response answers; BodyError if none."""
@@ -540,12 +538,12 @@ class Service:
         if event not in TABLES[current.box].get(current.state, {}):
             return []  # already answered, or expired unread: the state does not go back
         if isinstance(typed, Acknowledgement):
-            await tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
+            tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
             detail["officer"] = typed.officer
             action = "acknowledged"
         else:
             assert isinstance(typed, Response)
-            await tx.acted(current, Event.ANSWER)
+            tx.acted(current, Event.ANSWER)
             detail["status"] = str(typed.status)
             action = "replied" if current.box == "in" else "answered"
             if typed.preserved_until is not None and current.box == "out":
@@ -648,8 +646,8 @@ class Service:
         (its sender and the relays on its path: no loops), nor one that refused it."""
         banned = set(self._avoid.get(row.id, ()))
         if row.box == "relay":
-            banned.update(json.loads(row.path))
-            banned.add(row.origin)
+            banned.update(row.path)
+            banned.add(row.origin or "")
         for hop in hops:
             if hop not in banned and hop in self.linked:
                 return hop
@@ -665,24 +663,25 @@ class Service:
                 row = await tx.message(message_id)
                 if row is None or row.state not in (State.QUEUED, State.SENT):
                     continue  # a receipt or the expiry scan got there first
-                await tx.sent(row, peer, now + self.retry_ms)
+                event = Event.SEND if row.state is State.QUEUED else Event.RESEND
+                tx.sent(row, event, NodeId(peer), now + self.retry_ms)
                 detail = {"to": peer, "attempt": row.attempts + 1}
                 action = "sent" if row.box == "out" else "forwarded_to"
                 entries.append(AuditEntry(self.actor, action, message_id, detail))
-            await tx.audit(entries)
+            tx.audit(entries)
 
     async def start(self) -> None:
         """Audit the start; what was in flight when the node last stopped goes again at once."""
         async with self.store.transaction(self.clock()) as tx:
             released = await tx.release_in_flight()
             detail = {"roster": self.roster.version, "released": released}
-            await tx.audit([AuditEntry(self.actor, "node_started", None, detail)])
+            tx.audit([AuditEntry(self.actor, "node_started", None, detail)])
 
     async def release(self, ids: Sequence[str]) -> None:
         """A link went down with these in flight and no receipt: they may go again at once."""
         if ids:
             async with self.store.transaction(self.clock(), durable=False) as tx:
-                await tx.retry_now(ids)
+                tx.retry_now(ids)
             self.wake()
 
     async def accept_envelopes(
@@ -718,8 +717,8 @@ class Service:
                     await self._take_inbound(tx, item, now, known, issued)
                 if item.receipt is not None:
                     issued.append(item.receipt)
-                    await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
-                await tx.audit(item.audit)
+                    tx.insert_receipt(_receipt_row(item.receipt, "issued"))
+                tx.audit(item.audit)
             self._contact(tx, peer)
         self._publish(entry for item in items for entry in item.audit)
         for item in items:
@@ -807,8 +806,8 @@ class Service:
             if item.relay and row is not None and forwarded:
                 # Its sender asks again: the end-to-end receipt was lost; pass it on again.
                 item.requeue = row
-                await tx.transition(row, Event.REQUEUE)
-                await tx.requeue_now(row)
+                tx.transition(row, Event.REQUEUE)
+                tx.requeue_now(row)
                 detail["again"] = True
             item.audit.append(AuditEntry(link_actor, "duplicate", header.id, detail))
             return
@@ -826,29 +825,29 @@ class Service:
             "digest": envelope.digest,
         }
         if item.relay:
-            await tx.insert_message(
+            tx.insert_message(
                 **common,
-                box="relay",
+                box=Box.RELAY,
                 peer=header.recipient,
-                type="",  # sealed: a relay cannot know
+                type=None,  # sealed: a relay cannot know
                 state=State.QUEUED,
-                path=json.dumps([*item.path, self.me]),
+                path=(*item.path, self.me),
             )
             detail["to"] = header.recipient
             item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
         else:
             assert item.opened is not None
             typed = item.opened.body
-            await tx.insert_message(
+            tx.insert_message(
                 **common,
-                box="in",
+                box=Box.IN,
                 peer=header.sender,
-                type=str(item.opened.message_type),
+                type=item.opened.message_type,
                 state=State.RECEIVED,
-                path=json.dumps(list(item.path)),
+                path=item.path,
                 case_ref=self._case_tag(typed),
                 in_reply_to=_refers_to(typed),
-                **self._deadlines_for("in", header, item.opened.message_type),
+                **self._deadlines_for(Box.IN, header, item.opened.message_type),
             )
             detail["type"] = str(item.opened.message_type)
             item.audit.append(AuditEntry(link_actor, "received", header.id, detail))
@@ -984,10 +983,10 @@ class Service:
                     )
                     log.warning("refused a receipt from %s: %s", peer, exc)
                     continue
-                await tx.insert_receipt(_receipt_row(receipt, "received"))
+                tx.insert_receipt(_receipt_row(receipt, "received"))
                 settled.append(row.id)
                 entries.extend(await self._settle(tx, row, receipt, link_actor))
-            await tx.audit(entries)
+            tx.audit(entries)
             self._contact(tx, peer)
         self._publish(entries)
         return settled
@@ -1005,20 +1004,20 @@ class Service:
                 avoid.add(receipt.sender)
                 if len(self._avoid) > MAX_PENDING_RECEIPTS:
                     self._avoid.popitem(last=False)
-                await tx.retry_now([row.id])
+                tx.retry_now([row.id])
                 self._dirty.update(self.linked)
                 self._detours.update(self.linked)
                 return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
-            await tx.hop_acked(row)
+            tx.hop_acked(row)
             if row.state in (State.QUEUED, State.SENT):
-                await tx.transition(row, Event.HOP_RECEIPT)
+                tx.transition(row, Event.HOP_RECEIPT)
             return [AuditEntry(link_actor, "hop_receipt", row.id, detail)]
         detail["path"] = list(receipt.path)
         entries = [AuditEntry(link_actor, "receipt_received", row.id, detail)]
         event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
-        state = await tx.transition(row, event)
+        state = tx.transition(row, event)
         if row.box == "relay":
-            relays = json.loads(row.path)  # ... the node we had it from, then us
+            relays = row.path  # ... the node we had it from, then us
             back = relays[-2] if len(relays) >= 2 else row.origin
             if self._pass_on(receipt, back):
                 detail = {"to": row.origin, "via": back}
@@ -1061,9 +1060,9 @@ class Service:
             if entry.active and (node not in roster.entries or not roster.entries[node].active)
         )
         async with self.store.transaction(self.clock()) as tx:
-            await tx.keep_roster(roster.version, raw)
+            tx.keep_roster(roster.version, raw)
             detail = {"from": held.version, "to": roster.version, "source": source}
-            await tx.audit(
+            tx.audit(
                 [AuditEntry(self.actor, "roster_changed", None, {**detail, "revoked": revoked})]
             )
         self.roster = roster
@@ -1086,7 +1085,7 @@ class Service:
 
     async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
         async with self.store.transaction(self.clock()) as tx:
-            await tx.peer_failure(peer, retry_at, error)
+            tx.peer_failure(peer, retry_at, error)
 
     # -- officers' acts -----------------------------------------------------------
 
@@ -1149,6 +1148,7 @@ class Service:
             return []
         alerts: list[dict[str, Json]] = []
         async with self.store.transaction(now) as tx:
+            await tx.prefetch(found)  # one read, not one per message
             entries: list[AuditEntry] = []
             for message_id in found:
                 row = await tx.message(message_id)
@@ -1156,7 +1156,7 @@ class Service:
                     continue
                 tracked = _tracked(row)
                 decision = review(tracked, self.deadlines, now)
-                tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
+                tx.alerts(row.id, decision.overdue, decision.alert_at)
                 for item in decision.newly:
                     entries.append(
                         AuditEntry(self.actor, "overdue", row.id, {"deadline": str(item)})
@@ -1176,7 +1176,7 @@ class Service:
                     entries.append(
                         AuditEntry(self.actor, "escalated", row.id, {"alert": record["alert"]})
                     )
-            await tx.audit(entries)
+            tx.audit(entries)
         self.recent_alerts.extend(alerts)
         self._publish(entries)
         for record in alerts:
@@ -1190,12 +1190,13 @@ class Service:
         if not due:
             return []
         async with self.store.transaction(now) as tx:
+            await tx.prefetch([row.id for row in due])  # one read, not one per message
             expired = []
             for row in due:
                 current = await tx.message(row.id)
                 if current is None or current.state not in (State.QUEUED, State.SENT):
                     continue
-                await tx.transition(current, Event.EXPIRE)
+                tx.transition(current, Event.EXPIRE)
                 expired.append(current.id)
                 log.error(
                     "message %s to %s expired undelivered after %d attempts",
@@ -1204,7 +1205,7 @@ class Service:
                     current.attempts,
                 )
             entries = [AuditEntry(self.actor, "expired", i, {"raised": "log"}) for i in expired]
-            await tx.audit(entries)
+            tx.audit(entries)
         self._publish(entries)
         return expired
 
@@ -1254,8 +1255,8 @@ class Service:
             current = await tx.message(row.id)
             assert current is not None
             if current.box == "in" and user.role == "officer":
-                await tx.transition(current, Event.OPEN)
-            await tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
+                tx.transition(current, Event.OPEN)
+            tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
         row = await self.store.message(message_id)
         assert row is not None
         header = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
@@ -1342,7 +1343,7 @@ def summary(row: MessageRow) -> dict[str, Any]:
         "peer": row.peer,
         "from": row.peer if row.box == "in" else None,
         "to": row.peer if row.box == "out" else None,
-        "type": row.type,
+        "type": row.type or "",  # '': relayed, its type unknown here
         "priority": row.priority,
         "state": str(row.state),
         "created": row.created,
@@ -1353,7 +1354,7 @@ def summary(row: MessageRow) -> dict[str, Any]:
         "composed_by": row.composed_by,
         "in_reply_to": row.in_reply_to,
         "acknowledged_by": row.acked_by,
-        "overdue": [item for item in row.overdue.split(",") if item],
+        "overdue": [item for item in format_overdue(row.overdue).split(",") if item],
         "deadlines": {
             "receipt": row.receipt_due,
             "acknowledgement": row.ack_due,

@@ -184,7 +184,7 @@ class Witnessing:
         log.error("%s's audit log is inconsistent with its checkpoints: %s", peer, problem)
         async with self.store.transaction(now) as tx:
             tx.inconsistency(peer, held, shown, problem)
-            await tx.audit(
+            tx.audit(
                 [
                     AuditEntry(
                         f"node:{self.service.me}",
