@@ -245,6 +245,19 @@ def test_any_header_change_is_refused(pki: Pki, field: str, value: Any) -> None:
         verify_envelope(canonical(doc), roster=pki.roster, now=NOW)
 
 
+@pytest.mark.parametrize(
+    "message_id",
+    ['=hyperlink("http://evil.xy")-a-b-c-d', "6b1d2f8e-3f5c-4a43-9d7e-0c8f8f5b2a11"],
+)
+def test_a_header_id_that_is_not_a_uuid7_is_refused(pki: Pki, message_id: str) -> None:
+    # Signed by its sender, so only the id's form is wrong: a formula or a UUIDv4.
+    doc = orjson.loads(send(pki).raw)
+    doc["header"]["id"] = message_id
+
+    with pytest.raises(MalformedError, match=r"header\.id: must be a message id"):
+        verify_envelope(reassemble(doc, pki["FRA"].signing), roster=pki.roster, now=NOW)
+
+
 def test_header_change_resigned_by_sender_still_fails_to_open(pki: Pki) -> None:
     # The seal binds the header: even the sender's own re-signature cannot move a body.
     doc = orjson.loads(send(pki).raw)

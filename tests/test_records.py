@@ -18,6 +18,8 @@ from network.core.records import (
     b64encode,
     canonical,
     canonical_object,
+    is_message_id,
+    message_id_problem,
     new_message_id,
     parse_canonical,
     parse_json,
@@ -186,3 +188,32 @@ def test_deeply_nested_documents_are_refused_not_a_recursion_error(depth: int) -
     for parse in (parse_json, parse_canonical):
         with pytest.raises(MalformedError):
             parse(data, limit=len(data))
+
+
+# -- message ids: UUIDv7 at every boundary (issue 14: `=hyperlink(...)` passed for an id) ------
+
+NOT_IDS = [
+    '=hyperlink("http://evil.xy")-a-b-c-d',  # 36 characters, four dashes
+    "01890a5d-ac96-4774-8a6b-123456789abc".upper(),  # capitals
+    "01890a5d-ac96-4774-0a6b-123456789abc",  # variant 0
+    "01890a5d-ac96-4774-8a6b-123456789abc"[:-1] + "g",  # not hex
+    "01890a5d-ac96-4774-8a6b-123456789abc"[:-1],  # short
+    "6b1d2f8e-3f5c-4a43-9d7e-0c8f8f5b2a11",  # a UUIDv4
+    "01890a5dac964774-8a6b-123456789abc-abcd",  # dashes moved
+    " 01890a5d-ac96-7774-8a6b-123456789ab",  # leading space
+    "",
+    None,
+    12,
+]
+
+
+@pytest.mark.parametrize("value", NOT_IDS)
+def test_only_a_canonical_uuid7_is_a_message_id(value: object) -> None:
+    assert not is_message_id(value)
+    assert message_id_problem(value) is not None
+
+
+@given(st.integers(0, 2**48 - 1), st.binary(min_size=10, max_size=10))
+def test_every_new_message_id_is_a_message_id(now: int, random: bytes) -> None:
+    assert is_message_id(new_message_id(now, random))
+    assert message_id_problem(new_message_id(now, random)) is None

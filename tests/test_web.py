@@ -334,12 +334,28 @@ async def test_unknown_message_is_404(api: Api) -> None:
     assert answer == {"error": f"no message {UNKNOWN_ID}"}
 
 
-@pytest.mark.parametrize("bad_id", ["42", "01a1f94a-eec0-75c3-9e17-b2d40f68a1eZ", "x" * 36])
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "42",
+        "01a1f94a-eec0-75c3-9e17-b2d40f68a1eZ",
+        "x" * 36,
+        "6b1d2f8e-3f5c-4a43-9d7e-0c8f8f5b2a11",  # a UUIDv4
+        "=hyperlink(%22http:%2F%2Fevil.xy%22)-a-b-c-d",  # a formula, 36 characters
+    ],
+)
 async def test_bad_message_id_is_400(api: Api, bad_id: str) -> None:
     status, answer = await api.get(f"/api/messages/{bad_id}")
 
     assert status == 400
     assert answer["field"] == "id"
+
+
+async def test_an_audit_filter_on_a_message_takes_only_a_message_id(api: Api) -> None:
+    status, answer = await api.get("/api/audit?message=%3D1%2B1", role="auditor")
+
+    assert status == 400
+    assert answer["field"] == "message"
 
 
 @pytest.mark.parametrize(

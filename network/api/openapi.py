@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 from network.core.bodies import json_schemas
 from network.core.deadlines import Overdue
 from network.core.lifecycle import State
-from network.core.records import MessageType, Priority
+from network.core.records import MESSAGE_ID_PATTERN, MessageType, Priority
 
 __all__ = [
     "ID_PARAM",
@@ -115,7 +115,7 @@ ID_PARAM: Final = Param(
     "id",
     string(
         36,
-        pattern="^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        pattern=MESSAGE_ID_PATTERN,
         minLength=36,
     ),
     "The message id (a UUIDv7).",

@@ -66,7 +66,13 @@ from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 from network.core.bodies import BODY_TYPES, describe_types, json_schemas
 from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
 from network.core.lifecycle import State
-from network.core.records import MessageType, Priority, parse_json
+from network.core.records import (
+    MESSAGE_ID_PATTERN,
+    MessageType,
+    Priority,
+    message_id_problem,
+    parse_json,
+)
 from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
@@ -151,7 +157,7 @@ LIST_QUERY: Final = (
 AUDIT_QUERY: Final = (
     Param("since", string(40), "Entries at or after this time: RFC 3339, or ms since the epoch."),
     Param("until", string(40), "Entries before this time: RFC 3339, or ms since the epoch."),
-    Param("message", string(36), "Entries about this message id."),
+    Param("message", string(36, pattern=MESSAGE_ID_PATTERN), "Entries about this message id."),
     Param("actor", string(200), "Entries by this actor (a user, or `node:ID`)."),
     Param("action", string(64), "Entries of this action (`composed`, `login_failed`, ...)."),
     Param("limit", integer(1, MAX_PAGE, default=DEFAULT_LIMIT), "At most this many."),
@@ -278,10 +284,11 @@ async def get_message(request: web.Request) -> web.StreamResponse:
 
 
 def _message_id(request: web.Request) -> str:
-    message_id = request.match_info["id"]
-    if ID_PARAM.problem(message_id) or len(message_id) != 36:
-        raise BodyError("id", "must be a message id (a UUID: 36 characters, 8-4-4-4-12 hex)")
-    return message_id.lower()
+    message_id = request.match_info["id"].lower()  # a UUID read aloud may come in capitals
+    problem = message_id_problem(message_id)
+    if problem is not None:
+        raise BodyError("id", problem)
+    return message_id
 
 
 async def acknowledge_message(request: web.Request) -> web.StreamResponse:

@@ -65,11 +65,13 @@ from typing import (
 from network.core.errors import BodyError
 from network.core.records import (
     MAX_SAFE_INTEGER,
+    MESSAGE_ID_PATTERN,
     MessageId,
     MessageType,
     NodeId,
     Priority,
     is_node_id,
+    message_id_problem,
 )
 
 __all__ = [
@@ -172,7 +174,7 @@ def _check_rules(record: Any) -> None:
         rule.check(record)
 
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = re.compile(MESSAGE_ID_PATTERN[1:-1])
 _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATE_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
@@ -182,12 +184,6 @@ _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 # C0 and C1 controls, DEL, and lone surrogates (which no UTF-8 encoding can carry).
 _BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BAD_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _message_id_problem(value: str) -> str | None:
-    if _UUID.fullmatch(value):
-        return None
-    return "must be a message id: a UUID in lower-case 8-4-4-4-12 hex form"
 
 
 def _email_problem(value: str) -> str | None:
@@ -238,7 +234,7 @@ def _pattern(regex: re.Pattern[str]) -> tuple[str, str]:
 
 Text = Annotated[str, _Str(MAX_TEXT, multiline=True)]
 Ref = Annotated[
-    MessageId, _Str(check=_message_id_problem, format="message-id", schema=(_pattern(_UUID),))
+    MessageId, _Str(check=message_id_problem, format="message-id", schema=(_pattern(_UUID),))
 ]
 Email = Annotated[str, _Str(check=_email_problem, format="email", schema=(("format", "email"),))]
 FullDate = Annotated[

@@ -70,6 +70,7 @@ from network.core.records import (
     canonical_object,
     canonical_trusted,
     is_node_id,
+    message_id_problem,
     new_message_id,
     parse_canonical,
 )
@@ -138,8 +139,9 @@ def _node_id(f: Fields, key: str, path: str) -> NodeId:
 
 def _message_id(f: Fields, key: str, path: str) -> MessageId:
     value = f.str(key, max_len=36)
-    if len(value) != 36 or value.count("-") != 4 or value != value.lower():
-        raise MalformedError(f"{path}.{key}: not a UUID in canonical form")
+    problem = message_id_problem(value)
+    if problem is not None:
+        raise MalformedError(f"{path}.{key}: {problem}")
     return MessageId(value)
 
 

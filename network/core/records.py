@@ -21,8 +21,9 @@ import base64
 import binascii
 import builtins
 import json
+import re
 from enum import StrEnum
-from typing import Any, NewType
+from typing import Any, Final, NewType
 
 import orjson
 import rfc8785
@@ -32,6 +33,7 @@ from network.core.errors import MalformedError, OversizeError
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_SAFE_INTEGER",
+    "MESSAGE_ID_PATTERN",
     "PROTOCOL_VERSION",
     "ROLES",
     "Box",
@@ -49,7 +51,9 @@ __all__ = [
     "canonical_object",
     "canonical_trusted",
     "check_json_value",
+    "is_message_id",
     "is_node_id",
+    "message_id_problem",
     "new_message_id",
     "parse_canonical",
     "parse_json",
@@ -121,6 +125,25 @@ def is_node_id(value: object) -> bool:
         and value.isalpha()
         and value.isupper()
     )
+
+
+# A UUIDv7 (RFC 9562 §5.7) in its canonical lower-case form: version 7, variant 10.
+# Every id that crosses a boundary (a header, a receipt, a body's reference, a URL, a
+# query) is held to it, so that nothing else (a spreadsheet formula, say) passes for one.
+MESSAGE_ID_PATTERN: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+_MESSAGE_ID: Final = re.compile(MESSAGE_ID_PATTERN[1:-1])
+
+
+def is_message_id(value: object) -> bool:
+    """True for a UUIDv7 in canonical lower-case 8-4-4-4-12 form."""
+    return isinstance(value, str) and _MESSAGE_ID.fullmatch(value) is not None
+
+
+def message_id_problem(value: object) -> str | None:
+    """None for a message id, else what is wrong with it (for a refusal naming the field)."""
+    if is_message_id(value):
+        return None
+    return "must be a message id: a UUIDv7 in lower-case 8-4-4-4-12 hex form"
 
 
 def new_message_id(now_ms: int, random_bytes: bytes) -> MessageId:
