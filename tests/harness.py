@@ -154,9 +154,10 @@ class Node:
     peer_port: int  # where the roster says it is
     log: Path
     listen_port: int = 0  # where it listens, if not there (a proxy sits on `peer_port`)
+    metrics: str = ""  # the URL of its metrics listener
     tokens: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
-    # The listening sockets handed to the node at each start ("peer", "api"), and the one
+    # The listening sockets handed to the node at each start (peer, api, metrics), and the one
     # a proxy serves on when the node is `proxied`; the harness holds them open throughout.
     sockets: dict[str, socket.socket] = field(default_factory=dict)
     proxy_socket: socket.socket | None = None
@@ -189,9 +190,10 @@ class Network:
         ids = sorted(set(links) | {p for peers in links.values() for p in peers} | set(extra_nodes))
         cards = []
         for node_id in ids:
-            sockets = {"peer": listening_socket(), "api": listening_socket()}
+            sockets = {n: listening_socket() for n in ("peer", "api", "metrics")}
             proxy_socket = listening_socket() if node_id in proxied else None
             listen_port, api_port = port_of(sockets["peer"]), port_of(sockets["api"])
+            metrics_port = port_of(sockets["metrics"])
             peer_port = port_of(proxy_socket) if proxy_socket is not None else listen_port
             cards.append(
                 init_node_keys(
@@ -210,6 +212,7 @@ class Network:
                 f'[peer]\nlisten = "127.0.0.1:{listen_port}"\n'
                 f'url = "wss://127.0.0.1:{peer_port}"\n'
                 f'[api]\nlisten = "127.0.0.1:{api_port}"\n{api_config}'
+                f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
                 f'[store]\npath = "../var/{node_id}.sqlite"\n'
                 f'[keys]\ndir = "../keys/{node_id}"\nroster = "{roster}"\n'
                 f'keeper = "../keys/authority/keeper.json"\n'
@@ -225,6 +228,7 @@ class Network:
                 peer_port,
                 root / "var" / f"{node_id}.log",
                 listen_port,
+                metrics=f"http://127.0.0.1:{metrics_port}",
                 sockets=sockets,
                 proxy_socket=proxy_socket,
             )

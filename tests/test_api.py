@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from network.api.web import MAX_REQUEST_BYTES, ROUTES, build_app
+from network.api.web import LOGIN_AUDIT_LIMIT, MAX_REQUEST_BYTES, ROUTES, build_app
 from network.core.records import MessageType, NodeId
 from network.core.roster import load_roster
 from network.node.keys import load_keeper_public, load_node_keys
@@ -291,7 +291,6 @@ def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
         ("FRA", "GET", "/api/peers?all=1", None, 400, "all"),
         ("FRA", "GET", "/api/openapi.json?v=2", None, 400, "v"),
         ("FRA", "GET", "/healthz?verbose=1", None, 400, "verbose"),
-        ("FRA", "GET", "/metrics?name=cpn", None, 400, "name"),
     ]  # fmt: skip
 
 
@@ -333,8 +332,20 @@ def test_a_refused_acknowledgement_left_the_message_as_it_was(api: Api) -> None:
 # -- metrics ------------------------------------------------------------------------
 
 
+def _scrape(api: Api, node: str, path: str = "/metrics") -> tuple[int, dict[str, str], bytes]:
+    """A request to the node's metrics listener (not its API's)."""
+    host, port = api.net.nodes[node].metrics.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
 def _metrics(api: Api, node: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, headers, data = api.call(node, "GET", "/metrics")
+    status, headers, data = _scrape(api, node)
     assert status == 200
     assert headers["content-type"].startswith("text/plain")
     return {
@@ -367,6 +378,17 @@ def test_metrics_need_no_token_and_show_a_sent_message(api: Api) -> None:
         + deu[("cpn_messages", (("box", "in"), ("state", "opened")))]
         >= 1
     )
+
+
+def test_metrics_are_served_on_their_own_listener_never_the_consoles(api: Api) -> None:
+    on_api, _, _ = api.call("FRA", "GET", "/metrics")
+    with_query, _, answer = _scrape(api, "FRA", "/metrics?name=cpn")
+    elsewhere, _, _ = _scrape(api, "FRA", "/api/peers")
+
+    assert on_api == 404
+    assert with_query == 400
+    assert json.loads(answer)["field"] == "name"
+    assert elsewhere == 404
 
 
 def test_metrics_label_unknown_paths_as_one_series(api: Api) -> None:
@@ -412,7 +434,8 @@ def test_repeated_failed_logins_are_slowed_down_audited_and_forgiven(api: Api) -
     afresh = attempt("cpn_wrong")
 
     assert first == [(401, None), (401, None), (401, "1")]
-    assert inside == [(429, "1")] * 3
+    # Inside the window a refused token waits; a valid one from the same address never does.
+    assert inside == [(429, "1"), (200, None), (429, "1")]
     assert elsewhere == 200
     assert audited_once == [{"remote": "127.0.0.2", "seconds": 1}]
     assert doubled == (401, "2")
@@ -423,3 +446,20 @@ def test_repeated_failed_logins_are_slowed_down_audited_and_forgiven(api: Api) -
     figures = _metrics(api, "FRA")
     assert figures[("cpn_login_throttled_total", ())] >= 3
     assert figures[("cpn_login_failures_total", ())] >= 6  # a 429 checks no token
+
+
+def test_refused_tokens_from_rotating_addresses_do_not_grow_the_log_without_bound(
+    api: Api,
+) -> None:
+    sources = [f"127.0.1.{n}" for n in range(1, 41)]  # one refused token each: no window
+
+    answers = [
+        api.call("FRA", "GET", "/api/peers", token="cpn_wrong", source=s)[0] for s in sources
+    ]
+
+    assert answers == [401] * len(sources)
+    status, found = api.json("FRA", "GET", "/api/audit?action=login_failed", token="auditor")
+    assert status == 200
+    from_these = [e for e in found["entries"] if e["detail"]["remote"] in sources]
+    assert 0 < len(from_these) <= LOGIN_AUDIT_LIMIT < len(sources)
+    assert _metrics(api, "FRA")[("cpn_login_failures_total", ())] >= len(sources)

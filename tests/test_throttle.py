@@ -108,3 +108,41 @@ def test_config_refuses_a_bad_login_policy_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=key):
         load_config(_config(tmp_path, api))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "listen"),
+    [
+        ("", None),
+        ('[metrics]\nlisten = "127.0.0.1:9101"\n', ("127.0.0.1", 9101)),
+        ("[metrics]\nlisten = 9101\n", ("127.0.0.1", 9101)),
+        ('[metrics]\nlisten = "9101"\n', ("127.0.0.1", 9101)),
+    ],
+)
+def test_config_reads_the_metrics_listener_loopback_by_default(
+    tmp_path: Path, metrics: str, listen: tuple[str, int] | None
+) -> None:
+    path = _config(tmp_path, "")
+    path.write_text(path.read_text() + metrics)
+
+    assert load_config(path).metrics_listen == listen
+
+
+@pytest.mark.parametrize(
+    ("metrics", "key"),
+    [
+        ('[metrics]\nlisten = "nowhere"\n', "metrics.listen"),
+        ("[metrics]\nlisten = true\n", "metrics.listen"),
+        ('[metrics]\nlisten = "127.0.0.1:9101"\npath = "/m"\n', "metrics.path"),
+        ('metrics = "127.0.0.1:9101"\n', "metrics: expected a table"),
+    ],
+)
+def test_config_refuses_a_bad_metrics_listener_naming_the_key(
+    tmp_path: Path, metrics: str, key: str
+) -> None:
+    path = _config(tmp_path, "")
+    text = path.read_text()
+    path.write_text(metrics + text if not metrics.startswith("[") else text + metrics)
+
+    with pytest.raises(ConfigError, match=key):
+        load_config(path)

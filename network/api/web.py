@@ -21,12 +21,15 @@ Rules:
 - Live events (`GET /api/events`) are server-sent events fed by the node's
   hub (network/events.py), with a keepalive comment every KEEPALIVE_SECONDS.
 - Audited here, through `Service.audit`: a token's first use in a run (`login`),
-  a refused token (`login_failed`), a penalty window opened for an address after
-  repeated refused tokens (`login_throttled`, once per window; see `throttle`), a
+  a refused token (`login_failed`, at most LOGIN_AUDIT_LIMIT a minute, the next one
+  counting those held back), a penalty window opened for an address after
+  repeated refused tokens (`login_throttled`, once per window; see `throttle`: a
+  window holds back refused tokens only, never a valid one), a
   role refused a route (`access_denied`) and a refused request from an
   authenticated user (`request_refused`): bad input from outside leaves a
   trace. A successful authentication is not audited on every request.
-- Counted for `/metrics` (see `metrics`): every answer by method, route template
+- Counted for `/metrics` (see `metrics`; served by `build_metrics_app` on a
+  listener of its own, never this one): every answer by method, route template
   and status; refused tokens; penalty windows.
 """
 
@@ -64,6 +67,7 @@ from network.api.openapi import (
 )
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 from network.core.bodies import BODY_TYPES, describe_types, json_schemas
+from network.core.budget import AuditBudget
 from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
 from network.core.lifecycle import State
 from network.core.records import (
@@ -130,6 +134,11 @@ METRICS: Final = web.AppKey("metrics", Metrics)
 
 THROTTLE: Final = web.AppKey("throttle", LoginThrottle)
 """Failed logins per remote address, and their penalty windows."""
+
+LOGIN_AUDIT: Final = web.AppKey("login_audit", AuditBudget)
+"""How many `login_failed` entries the log takes; the rest are counted in the next one."""
+LOGIN_AUDIT_LIMIT: Final = 30
+LOGIN_AUDIT_WINDOW_MS: Final = 60_000
 
 _OPENAPI: Final = web.AppKey("openapi", dict[str, Any])
 
@@ -587,10 +596,6 @@ ROUTES: Final = (
         Doc(obj({"status": enum(("ok",)), "node": {"type": "string"}})),
     ),
     Route(
-        "GET", "/metrics", get_metrics, None, "read the metrics",
-        Doc({"type": "string"}, media_type=CONTENT_TYPE),
-    ),
-    Route(
         "GET", "/api/audit/export", export_audit, _AUDITOR, "export the audit log",
         Doc({"type": "string"}, query=EXPORT_QUERY, media_type="application/jsonl"),
     ),
@@ -619,10 +624,13 @@ ROUTES: Final = (
 _BY_HANDLER: Final[dict[Handler, Route]] = {route.handler: route for route in ROUTES}
 
 
-def build_app(service: Service, *, login: LoginPolicy = DEFAULT_LOGIN) -> web.Application:
+def build_app(
+    service: Service, *, login: LoginPolicy = DEFAULT_LOGIN, metrics: Metrics | None = None
+) -> web.Application:
     """The node's HTTP API over `service`; the caller runs it (runner and site apart).
 
-    `login`: when repeated failed logins from an address are slowed down.
+    `login`: when repeated failed logins from an address are slowed down; `metrics`: the
+    figures this app counts into, which `build_metrics_app` serves on a listener of its own.
     """
     app = web.Application(
         client_max_size=MAX_REQUEST_BYTES,
@@ -631,8 +639,9 @@ def build_app(service: Service, *, login: LoginPolicy = DEFAULT_LOGIN) -> web.Ap
     app[SERVICE] = service
     app.on_response_prepare.append(_secure_headers)
     app.on_shutdown.append(_end_live_events)
-    app[METRICS] = Metrics(service)
+    app[METRICS] = metrics if metrics is not None else Metrics(service)
     app[THROTTLE] = LoginThrottle(login)
+    app[LOGIN_AUDIT] = AuditBudget(LOGIN_AUDIT_LIMIT, LOGIN_AUDIT_WINDOW_MS, max_keys=1)
     for route in ROUTES:
         if route.roles is None and route.path.startswith("/api/"):
             raise ValueError(f"{route.path}: routes under /api/ must declare their roles")
@@ -643,6 +652,17 @@ def build_app(service: Service, *, login: LoginPolicy = DEFAULT_LOGIN) -> web.Ap
         version=__version__,
         description="The HTTP API of a node of the 24/7 contact-point network.",
     )
+    return app
+
+
+def build_metrics_app(metrics: Metrics) -> web.Application:
+    """`GET /metrics` alone, for a listener of its own (`[metrics] listen`, loopback by
+    default): the figures name every peer and queue, so the console's listener never has them.
+    """
+    app = web.Application(client_max_size=1024, middlewares=[_answer_errors, _check_query])
+    app.on_response_prepare.append(_secure_headers)
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", get_metrics)
     return app
 
 
@@ -720,18 +740,20 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     service = request.app[SERVICE]
     token = _bearer_token(request.headers.get(hdrs.AUTHORIZATION))
     throttle, address, now = request.app[THROTTLE], request.remote or "unknown", service.clock()
+    user = await service.authenticate(token)
     wait = throttle.blocked(address, now)
-    if wait is not None:  # the token is not even looked at
+    if user is None and wait is not None:
+        # A valid token is never held back: behind a proxy one address is every officer's.
         seconds = math.ceil(wait / 1000)
         raise _Refusal(
             429,
             f"too many failed logins from {address}: try again in {seconds} s",
             headers={hdrs.RETRY_AFTER: str(seconds)},
         )
-    user = await service.authenticate(token)
     if user is None:
         await _login_failed(request, address, now)
-    throttle.succeeded(address)
+    if wait is None:  # a success inside a window forgives nothing: it may be someone else
+        throttle.succeeded(address)
     request[USER] = user
     if user.name not in service.logged_in:
         # A token's first use in this run is its login (per request would flood the log).
@@ -771,15 +793,15 @@ async def _check_query(request: web.Request, handler: Handler) -> web.StreamResp
 async def _login_failed(request: web.Request, address: str, now: int) -> NoReturn:
     """A refused token: audited, counted, and maybe the start of a penalty window. Raises
     the 401."""
-    service, metrics = request.app[SERVICE], request.app[METRICS]
+    service, metrics, budget = request.app[SERVICE], request.app[METRICS], request.app[LOGIN_AUDIT]
     metrics.failed_logins.inc()
-    entries = [
-        AuditEntry(
-            actor="anonymous",
-            action="login_failed",
-            detail={"remote": request.remote, "path": request.path[:200]},
-        )
-    ]
+    entries = []
+    held_back = budget.take("login", now)
+    if held_back is not None:  # rotating addresses must not grow the log without bound
+        detail: dict[str, Any] = {"remote": request.remote, "path": request.path[:200]}
+        if held_back:
+            detail["suppressed"] = held_back
+        entries.append(AuditEntry(actor="anonymous", action="login_failed", detail=detail))
     headers = {hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'}
     window = request.app[THROTTLE].failed(address, now)
     if window is not None:  # audited once per window, not per refused request
@@ -793,7 +815,8 @@ async def _login_failed(request: web.Request, address: str, now: int) -> NoRetur
                 detail={"remote": request.remote, "seconds": seconds},
             )
         )
-    await service.audit(entries)
+    if entries:
+        await service.audit(entries)
     raise _Refusal(401, "invalid or revoked token", headers=headers)
 
 

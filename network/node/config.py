@@ -12,7 +12,9 @@ ConfigError naming the file and the key.
     listen = "127.0.0.1:8101"
     login_failures = 5               # optional: consecutive refused tokens from one address
     login_penalty = "1s"             #   before it waits this long, doubled with each further
-    login_penalty_max = "5m"         #   refused token, at most this long (see network/throttle.py)
+    login_penalty_max = "5m"         #   refused token, at most this long (network/api/throttle.py)
+    [metrics]                        # optional: Prometheus metrics on a listener of their own,
+    listen = "127.0.0.1:9101"        #   never the console's; a bare port means loopback
     [store]
     path = "../var/FRA.sqlite"
     [keys]
@@ -114,6 +116,8 @@ class NodeConfig:
     webhook_retries: int = 5  # attempts in all, the first included
     login: LoginPolicy = DEFAULT_LOGIN  # when repeated failed logins are slowed down
     handshake_timeout: float = 10.0  # seconds for each of TLS, the WebSocket upgrade, the hello
+    # GET /metrics is served here, apart from the API and console; None: not served.
+    metrics_listen: tuple[str, int] | None = None
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -124,6 +128,23 @@ def parse_listen(value: object, where: str) -> tuple[str, int]:
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f'{where}: expected "host:port" with a port 0..65535, got {value!r}')
     return host.strip("[]"), int(port_text)
+
+
+def _metrics_listen(section: object, file: Path) -> tuple[str, int] | None:
+    """`[metrics] listen`: "host:port", or a port alone for loopback; None when absent."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: metrics: expected a table")
+    extra = sorted(set(section) - {"listen"})
+    if extra:
+        raise ConfigError(f"{file}: metrics.{extra[0]}: unknown key (expected: listen)")
+    value = section.get("listen")
+    if (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.isdigit()
+    ):
+        value = f"127.0.0.1:{value}"
+    return parse_listen(value, f"{file}: metrics.listen")
 
 
 def parse_duration(value: object, where: str) -> int:
@@ -336,7 +357,19 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"{path}: delivery.retry_seconds: expected 1..86400 seconds")
     deadlines = _deadlines(doc.get("deadlines"), path)
     webhook_url, webhook_timeout, webhook_retries = _alerts(doc.get("alerts"), path)
-    known = {"id", "peer", "api", "store", "keys", "links", "delivery", "deadlines", "alerts"}
+    metrics_listen = _metrics_listen(doc.get("metrics"), path)
+    known = {
+        "id",
+        "peer",
+        "api",
+        "metrics",
+        "store",
+        "keys",
+        "links",
+        "delivery",
+        "deadlines",
+        "alerts",
+    }
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(f"{path}: {extra[0]}: unknown key")
@@ -365,4 +398,5 @@ def load_config(path: Path) -> NodeConfig:
         webhook_retries=webhook_retries,
         login=login,
         handshake_timeout=float(handshake_timeout),
+        metrics_listen=metrics_listen,
     )

@@ -4,8 +4,9 @@ The protocol is sd_listen_fds(3)'s: `LISTEN_PID` names the process the sockets
 are for (a child that inherited the variables by mistake must not take them);
 `LISTEN_FDS` says how many, passed as file descriptors 3, 4, ...; and
 `LISTEN_FDNAMES` names them, colon-separated (a .socket unit's
-`FileDescriptorName=`). The node takes `peer` (its `[peer] listen`) and `api`
-(its `[api] listen`) and serves on them instead of binding those addresses:
+`FileDescriptorName=`). The node takes `peer` (its `[peer] listen`), `api`
+(its `[api] listen`) and `metrics` (its `[metrics] listen`) and serves on them
+instead of binding those addresses:
 the sockets exist, and their ports are known, before the node starts, and stay
 bound across its restarts. The variables are unset once read, as
 sd_listen_fds(unset_environment=1) does, and the descriptors marked
@@ -24,7 +25,7 @@ from network.core.errors import ConfigError
 __all__ = ["NAMES", "SD_LISTEN_FDS_START", "inherited", "parse_listen_fds", "take_listen_fds"]
 
 SD_LISTEN_FDS_START: Final = 3
-NAMES: Final = ("peer", "api")
+NAMES: Final = ("peer", "api", "metrics")
 _VARIABLES: Final = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 _MAX_FDS: Final = 64  # far more than the node takes: a bound on what a count may claim
 
@@ -35,7 +36,7 @@ def parse_listen_fds(environ: Mapping[str, str], pid: int) -> dict[str, int]:
 
     Pure: reads nothing else and changes nothing. Raises ConfigError, naming the
     variable, for a count or a pid that is not a number, names that do not match
-    the count, and a name other than `peer` and `api`, or one given twice.
+    the count, and a name other than `peer`, `api` and `metrics`, or one given twice.
     """
     if "LISTEN_PID" not in environ or "LISTEN_FDS" not in environ:
         return {}
