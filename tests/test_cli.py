@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port, wait_for
+from tests.harness import Network, free_port, rows, wait_for
 
 CPN = str(Path(sys.executable).parent / "cpn")
 REPO = Path(__file__).resolve().parent.parent
@@ -161,3 +161,35 @@ def test_python_dash_m_network_is_cpn(tmp_path: Path) -> None:
 
     assert "roster" in result.stdout
     assert "keys" in result.stdout
+
+
+def test_user_list_shows_names_and_revoke_cuts_a_token_off_at_once(tmp_path: Path) -> None:
+    net = Network(tmp_path, {"FRA": []})
+    try:
+        net.start("FRA")
+        config = str(net.nodes["FRA"].config)
+        added = cpn("user", "add", "bob", "--role", "officer", "--config", config, cwd=tmp_path)
+        token = added.stdout.split()[-1]
+        before = net.api("FRA", "GET", "/api/peers", token=token)[0]
+
+        listed = cpn("user", "list", "--config", config, "--json", cwd=tmp_path)
+        revoked = cpn("user", "revoke", "bob", "--config", config, cwd=tmp_path)
+        after = net.api("FRA", "GET", "/api/peers", token=token)[0]
+        again = cpn("user", "revoke", "bob", "--config", config, cwd=tmp_path, ok=False)
+        listed_after = cpn("user", "list", "--config", config, cwd=tmp_path)
+        entries = rows(
+            net.nodes["FRA"].store, "SELECT actor, detail FROM audit WHERE action = 'token_revoked'"
+        )
+    finally:
+        net.close()
+
+    assert before == 200
+    users = json.loads(listed.stdout)
+    assert {(u["name"], u["role"]) for u in users} >= {("bob", "officer")}
+    assert token not in listed.stdout and "token" not in listed.stdout
+    assert "revoked officer bob" in revoked.stdout
+    assert after == 401
+    assert again.returncode == 2 and "name: no user 'bob'" in again.stderr
+    assert "bob" not in listed_after.stdout
+    assert len(entries) == 1 and json.loads(entries[0][1]) == {"user": "bob", "role": "officer"}
+    assert entries[0][0].startswith("admin:")

@@ -61,6 +61,7 @@ from network.node.keys import (
 
 if TYPE_CHECKING:
     from network.node.auditfile import EntryFilter
+    from network.node.store import UserRow
     from network.node.verify import VerifyReport
 
 # The audit log, the store and the use cases load in the commands that use them, so
@@ -361,6 +362,50 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     token = _run(add())
     print(f"{args.role} {args.name} on {config.id}; token (shown once, stored hashed):")
     print(token)
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """Who may use the API: name, role, since when (tokens are stored hashed, never shown)."""
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+
+    async def read() -> list[UserRow]:
+        store = await Store.open(config.store_path)
+        try:
+            return await store.users()
+        finally:
+            await store.close()
+
+    users = _run(read())
+    if args.json:
+        _print_json([{"name": u.name, "role": u.role, "created": u.created} for u in users])
+        return 0
+    for user in users:
+        print(f"{user.name}\t{user.role}\tsince {_format_time(user.created)}")
+    if not users:
+        print(f"no users on {config.id} (cpn user add NAME --role ROLE)")
+    return 0
+
+
+def cmd_user_revoke(args: argparse.Namespace) -> int:
+    """Remove a user and its token: a running node answers the next request with it 401."""
+    from network.node.service import revoke_token
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+
+    async def revoke() -> UserRow:
+        store = await Store.open(config.store_path)
+        try:
+            actor = f"admin:{getpass.getuser()}"
+            return await revoke_token(store, args.name, actor=actor, now=now_ms())
+        finally:
+            await store.close()
+
+    user = _run(revoke())
+    print(f"revoked {user.role} {user.name} on {config.id}: its token no longer works")
     return 0
 
 
@@ -830,6 +875,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--config", required=True, metavar="CONFIG")
     add.set_defaults(func=cmd_user_add)
+    listing = user.add_parser("list", help="who may use the API (names and roles, no tokens)")
+    listing.add_argument("--config", required=True, metavar="CONFIG")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_user_list)
+    revoke = user.add_parser("revoke", help="remove a user: its token gets 401 at once")
+    revoke.add_argument("name")
+    revoke.add_argument("--config", required=True, metavar="CONFIG")
+    revoke.set_defaults(func=cmd_user_revoke)
 
     audit = commands.add_parser(
         "audit", help="verify, export and prove the audit log (on the store file itself)"

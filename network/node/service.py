@@ -114,6 +114,20 @@ async def issue_token(store: Store, name: str, role: str, *, actor: str, now: in
     return token
 
 
+async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> UserRow:
+    """Remove user `name` and its token (the next request with it gets 401), audited.
+    Raises BodyError naming `name` if there is no such user."""
+    async with store.transaction(now) as tx:
+        user = await tx.user(name)
+        if user is None:
+            raise BodyError("name", f"no user {name!r} (cpn user list shows who there is)")
+        tx.remove_user(name)
+        tx.audit(
+            [AuditEntry(actor, "token_revoked", detail={"user": name, "role": user.role})]
+        )
+    return user
+
+
 @dataclass
 class _Inbound:
     """One envelope from a link, as the checks leave it."""

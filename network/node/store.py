@@ -588,6 +588,12 @@ class Tx:
             self._issued.update(await self._read(partial(_issued_receipts, ids=[message_id])))
         return list(self._issued[message_id])
 
+    async def user(self, name: str) -> UserRow | None:
+        """User `name`, read under the transaction's lock."""
+        query = "SELECT name, role, created FROM users WHERE name = ?"
+        rows = await self._read(lambda conn: conn.execute(query, (name,)).fetchall())
+        return next((UserRow(str(r[0]), str(r[1]), int(r[2])) for r in rows), None)
+
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
@@ -848,6 +854,10 @@ class Tx:
             " token_hash = excluded.token_hash, created = excluded.created",
             (name, role, token_hash, self.now),
         )
+
+    def remove_user(self, name: str) -> None:
+        """Drop user `name` and so its token: the next request with it gets 401."""
+        self._write("DELETE FROM users WHERE name = ?", (name,))
 
 
 class _WriteLock:
@@ -1228,6 +1238,11 @@ class Store:
             r[0]: {"failures": r[1], "retry_at": r[2], "last_seen": r[3], "last_error": r[4]}
             for r in rows
         }
+
+    async def users(self) -> list[UserRow]:
+        """Who may use the API, by name (never their token hashes)."""
+        rows = await self.db.execute_fetchall("SELECT name, role, created FROM users ORDER BY name")
+        return [UserRow(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     async def user_count(self) -> int:
         found = await self.db.execute_fetchall("SELECT COUNT(*) FROM users")
