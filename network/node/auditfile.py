@@ -42,6 +42,7 @@ __all__ = [
     "EntryFilter",
     "Witnessed",
     "consistency_proof",
+    "csv_cell",
     "export_entries",
     "inclusion_proof",
     "list_entries",
@@ -223,6 +224,24 @@ _CSV_FIELDS: Final = (
 )
 
 
+# A spreadsheet takes a cell starting with one of these as a formula (CSV injection,
+# OWASP): such a cell is written with a leading apostrophe, and so is a cell that starts
+# with an apostrophe, so that dropping one leading apostrophe always gives the value back.
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+# The columns whose text comes from outside (user names, peers' words); the rest are
+# numbers, times and hashes we computed.
+_CSV_TEXT: Final = frozenset({"actor", "action", "message_id", "detail"})
+
+
+def csv_cell(value: object) -> object:
+    """`value` as a CSV cell no spreadsheet runs: a text starting like a formula gets `'`."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def export_entries(
     path: Path,
     out: IO[str],
@@ -239,7 +258,11 @@ def export_entries(
     `{"type": "checkpoint", size, root, time, time_rfc3339, note,
     cosignatures, cosigned_note}` per signed checkpoint (all of them, whatever
     the filters). CSV: the entry columns only, with `detail` as its canonical
-    JSON text; the checkpoints go to `checkpoints_out` as JSONL when given.
+    JSON text, and every actor, action, message id or detail cell that a spreadsheet
+    would run as a formula (starting with =, +, -, @, a tab or a carriage return; or
+    with an apostrophe) written with a leading apostrophe (drop it to recompute the
+    leaf); the checkpoints go to
+    `checkpoints_out` as JSONL when given.
     Hashes are standard base64. `progress(done, total)` is called after each
     batch. Raises ValueError for an unknown format, AuditReadError for an
     unreadable store.
@@ -249,7 +272,9 @@ def export_entries(
     where, params = filters.where()
     with snapshot(path) as db:
         total = int(db.execute(f"SELECT COUNT(*) FROM audit{where}", params).fetchone()[0])  # noqa: S608
-        writer = csv.writer(out, lineterminator="\n") if format == "csv" else None
+        # RFC 4180's CRLF: then a CR or LF inside a cell gets the cell quoted (with "\n"
+        # alone a CR went out bare and broke the row).
+        writer = csv.writer(out, lineterminator="\r\n") if format == "csv" else None
         if writer is not None:
             writer.writerow(_CSV_FIELDS)
         done = 0
@@ -262,7 +287,12 @@ def export_entries(
                 record = _entry_record(row)
                 if writer is not None:
                     record["detail"] = row[5]
-                    writer.writerow([record[name] for name in _CSV_FIELDS])
+                    writer.writerow(
+                        [
+                            csv_cell(record[name]) if name in _CSV_TEXT else record[name]
+                            for name in _CSV_FIELDS
+                        ]
+                    )
                 else:
                     out.write(_json_line({"type": "entry", **record}))
             done += len(batch)
