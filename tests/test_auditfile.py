@@ -42,7 +42,7 @@ async def test_an_exported_formula_is_inert_and_its_leaf_still_recomputes(tmp_pa
     store = await Store.open(tmp_path / "s.sqlite")
     try:
         async with store.transaction(1_700_000_000_000) as tx:
-            await tx.audit(
+            tx.audit(
                 [
                     AuditEntry(actor, "login", None, {"n": i})
                     for i, actor in enumerate(FORMULA_ACTORS)

@@ -122,9 +122,7 @@ async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> User
         if user is None:
             raise BodyError("name", f"no user {name!r} (cpn user list shows who there is)")
         tx.remove_user(name)
-        tx.audit(
-            [AuditEntry(actor, "token_revoked", detail={"user": name, "role": user.role})]
-        )
+        tx.audit([AuditEntry(actor, "token_revoked", detail={"user": name, "role": user.role})])
     return user
 
 
