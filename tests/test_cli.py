@@ -45,7 +45,7 @@ def test_keys_init_prints_the_card_and_refuses_to_overwrite(tmp_path: Path) -> N
     assert card["hpke_key"]["suite"].startswith("MLKEM768-X25519")
     again = cpn("keys", "init", "FRA", cwd=tmp_path, ok=False)
     assert again.returncode == 2
-    assert "exists; use --force" in again.stderr
+    assert "cpn keys rotate FRA" in again.stderr
 
 
 def test_keys_init_refuses_a_bad_id(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_roster_show_names_the_failed_check(tmp_path: Path) -> None:
 def test_up_creates_keys_and_roster_once_and_resigns_after_rotation(demo: Path) -> None:
     first = cpn("up", "nodes", "--prepare-only", cwd=demo)
     second = cpn("up", "nodes", "--prepare-only", cwd=demo)
-    cpn("keys", "init", "FRA", "--force", "--url", "wss://127.0.0.1:7101", cwd=demo)
+    cpn("keys", "rotate", "FRA", cwd=demo)
     third = cpn("up", "--prepare-only", cwd=demo)
 
     assert first.stdout.count("created keys") == 5

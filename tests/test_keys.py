@@ -43,16 +43,14 @@ def test_init_writes_private_files_0600_and_a_matching_card(tmp_path: Path) -> N
     assert b"PRIVATE" not in (key_dir / "card.json").read_bytes()
 
 
-def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
+def test_init_never_overwrites_and_points_to_rotate(tmp_path: Path) -> None:
     init(tmp_path / "FRA")
     before = (tmp_path / "FRA" / "signing.key").read_bytes()
 
-    with pytest.raises(KeyFileError, match="use --force"):
+    with pytest.raises(KeyFileError, match="cpn keys rotate FRA"):
         init(tmp_path / "FRA")
-    assert (tmp_path / "FRA" / "signing.key").read_bytes() == before
 
-    init(tmp_path / "FRA", force=True)
-    assert (tmp_path / "FRA" / "signing.key").read_bytes() != before
+    assert (tmp_path / "FRA" / "signing.key").read_bytes() == before
 
 
 def test_x25519_suite_is_selectable(tmp_path: Path) -> None:
