@@ -529,8 +529,11 @@ def private_key_from_pem(data: bytes, passphrase: Passphrase | None, source: str
             return serialization.load_der_private_key(der, None)
         except ValueError as exc:
             raise KeyFileError(f"{source}: cannot load private key: {exc}") from exc
+    # A clear file loads with a passphrase set: earlier versions left the TLS key clear,
+    # and an operator upgrading must not be locked out (a rotation encrypts it).
+    secret = passphrase.secret if passphrase and is_encrypted_file(data) else None
     try:
-        return serialization.load_pem_private_key(data, passphrase.secret if passphrase else None)
+        return serialization.load_pem_private_key(data, secret)
     except TypeError as exc:
         raise KeyFileError(f"{source}: {exc} (set CPN_KEY_PASSPHRASE)") from exc
     except ValueError as exc:

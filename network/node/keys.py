@@ -177,6 +177,7 @@ class NodeKeys:
     card: Card
     keyring: Keyring = field(repr=False)
     tls_secret: tuple[bytes, bytes] = field(repr=False)
+    retired_signing: tuple[VerifyKey, ...] = ()  # from the retired cards, newest first
 
 
 def load_tls_chain(context: ssl.SSLContext, keys: NodeKeys) -> None:
@@ -365,14 +366,25 @@ def load_node_keys(key_dir: Path, node_id: NodeId, passphrase: bytes | None = No
         if storage_path.exists()
         else hpke.legacy_storage_key()
     )
-    retired = []
+    retired, signing_keys = [], []
     for folder in _retired_folders(key_dir):
         key = load_hpke_key(folder, secret)
         if key.public.kid != folder.name:
             raise KeyFileError(f"{folder}: holds HPKE key {key.public.kid}, not {folder.name}")
         retired.append(key)
+        signing_keys.append(read_card(folder / "card.json").signing_key)
     keyring = Keyring(hpke, storage, retired)
-    return NodeKeys(node_id, signing, hpke, tls_cert, tls_key, card, keyring, tls_secret)
+    return NodeKeys(
+        node_id,
+        signing,
+        hpke,
+        tls_cert,
+        tls_key,
+        card,
+        keyring,
+        tls_secret,
+        tuple(signing_keys),
+    )
 
 
 def _retired_folders(key_dir: Path) -> list[Path]:
