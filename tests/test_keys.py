@@ -285,3 +285,34 @@ def test_rotating_twice_keeps_every_message_in_both_boxes_readable(tmp_path: Pat
     assert (net.keys / "FRA" / "retired" / first).is_dir()
     actions = rows(net.nodes["FRA"].store, "SELECT action FROM audit WHERE actor LIKE 'admin:%'")
     assert actions == [("keys_rotated",), ("keys_rotated",), ("key_purge_refused",)]
+
+
+@pytest.mark.timeout(180)
+def test_node_with_encrypted_keys_links_and_reads_after_rotating_to_a_passphrase(
+    tmp_path: Path,
+) -> None:
+    net = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]})
+    secret = {"CPN_KEY_PASSPHRASE": "correct horse"}
+    try:
+        net.start("FRA")
+        net.start("DEU")
+        before = net.send("DEU", "FRA", "emergency", sample_body("emergency"))
+        net.wait_state("DEU", before, {"delivered"})
+        net.stop("FRA")
+        # The demo's clear files load with a passphrase set; the rotation encrypts them all.
+        rotate_node_keys(net.keys / "FRA", NodeId("FRA"), passphrase=b"correct horse", now=NOW)
+        cards = [read_card(net.keys / n / "card.json") for n in ("DEU", "FRA")]
+        net.write_roster(cards, version=2)
+        net.stop("DEU")
+        net.start("FRA", env=secret)
+        net.start("DEU")
+
+        after = net.send("DEU", "FRA", "emergency", sample_body("emergency"))
+        net.wait_state("DEU", after, {"delivered"})
+        statuses = [net.api("FRA", "GET", f"/api/messages/{m}")[0] for m in (before, after)]
+    finally:
+        net.close()
+
+    assert statuses == [200, 200]
+    for name in ("signing.key", "hpke-x25519.key", "tls.key", "storage.key"):  # X25519 suite
+        assert (net.keys / "FRA" / name).read_bytes().startswith(b"-----BEGIN CPN ENCRYPTED")

@@ -301,14 +301,16 @@ def rotate_node_keys(
 
     The current keys are loaded first (so a wrong passphrase changes nothing),
     copied to the retired folder in the current file format, and only then
-    replaced. A node whose keys predate `storage.key` gets one holding the
-    storage key it used so far, so its sent copies and case tags stay as they
-    are. Raises KeyFileError.
+    replaced. The storage key stays (its sent copies and case tags with it); a
+    node whose keys predate `storage.key` gets one holding the key it used so
+    far. Raises KeyFileError.
     """
     keys = load_node_keys(key_dir, node_id, passphrase)
     secret = _passphrase(passphrase)
-    if not (key_dir / "storage.key").exists():
-        write_private_file(key_dir / "storage.key", storage_key_file(keys.keyring.storage, secret))
+    # The same storage key, written (or rewritten) in the current format: a node from
+    # before storage.key gets the key it used so far; a clear one is encrypted.
+    storage = storage_key_file(keys.keyring.storage, secret)
+    write_private_file(key_dir / "storage.key", storage, replace=True)
     old = keys.hpke.public.kid
     retired_dir = key_dir / "retired" / old
     retired_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
