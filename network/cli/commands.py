@@ -168,7 +168,7 @@ async def _audit(config: NodeConfig, actor: str, action: str, detail: dict[str, 
     store = await Store.open(config.store_path)
     try:
         async with store.transaction(now_ms()) as tx:
-            await tx.audit([AuditEntry(actor, action, detail=detail)])
+            tx.audit([AuditEntry(actor, action, detail=detail)])
     finally:
         await store.close()
 
@@ -185,13 +185,13 @@ async def _purge(
         if needing:
             async with store.transaction(now_ms()) as tx:
                 detail: dict[str, Any] = {"kid": kid, "needed_by": needing}
-                await tx.audit([AuditEntry(actor, "key_purge_refused", detail=detail)])
+                tx.audit([AuditEntry(actor, "key_purge_refused", detail=detail)])
             raise KeyFileError(
                 f"retired key {kid} still opens {needing} stored message(s); not deleted"
             )
         # The entry commits before the files go: a purge is never unrecorded.
         async with store.transaction(now_ms()) as tx:
-            await tx.audit([AuditEntry(actor, "key_purged", detail={"kid": kid})])
+            tx.audit([AuditEntry(actor, "key_purged", detail={"kid": kid})])
         folder = purge_retired(key_dir, kid)
     finally:
         await store.close()
