@@ -45,7 +45,7 @@ def test_keys_init_prints_the_card_and_refuses_to_overwrite(tmp_path: Path) -> N
     assert card["hpke_key"]["suite"].startswith("MLKEM768-X25519")
     again = cpn("keys", "init", "FRA", cwd=tmp_path, ok=False)
     assert again.returncode == 2
-    assert "exists; use --force" in again.stderr
+    assert "cpn keys rotate FRA" in again.stderr
 
 
 def test_keys_init_refuses_a_bad_id(tmp_path: Path) -> None:
@@ -53,6 +53,37 @@ def test_keys_init_refuses_a_bad_id(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "not an ISO 3166-1 alpha-3 code" in result.stderr
+
+
+def test_keys_rotate_then_purge_a_retired_key_no_message_needs(tmp_path: Path) -> None:
+    first = json.loads(cpn("keys", "init", "FRA", "--suite", "x25519", cwd=tmp_path).stdout)
+    config = tmp_path / "FRA.toml"
+    config.write_text(
+        'id = "FRA"\n[peer]\nlisten = "127.0.0.1:7101"\n[api]\nlisten = "127.0.0.1:8101"\n'
+        '[store]\npath = "fra.sqlite"\n[keys]\ndir = "keys/FRA"\nroster = "keys/roster.json"\n'
+        'keeper = "keys/authority/keeper.json"\n'
+    )
+    kid = first["hpke_key"]["kid"]
+
+    without_store = cpn("keys", "rotate", "FRA", "--purge", kid, cwd=tmp_path, ok=False)
+    rotated = cpn("keys", "rotate", "FRA", "--config", str(config), cwd=tmp_path)
+    unknown = cpn(
+        "keys", "rotate", "FRA", "--config", str(config), "--purge", "nope", cwd=tmp_path, ok=False
+    )
+    purged = cpn("keys", "rotate", "FRA", "--config", str(config), "--purge", kid, cwd=tmp_path)
+
+    assert without_store.returncode == 2 and "--purge needs --config" in without_store.stderr
+    assert json.loads(rotated.stdout)["hpke_key"]["kid"] != kid
+    assert "register keeper" in rotated.stderr
+    assert (
+        unknown.returncode == 2
+        and f"not a retired key of this node (retired: {kid})" in unknown.stderr
+    )
+    assert "no stored message needed it" in purged.stdout
+    assert not (tmp_path / "keys" / "FRA" / "retired" / kid).exists()
+    actions = rows(tmp_path / "fra.sqlite", "SELECT action, detail FROM audit")
+    assert [a for a, _ in actions] == ["keys_rotated", "key_purged"]
+    assert kid in actions[1][1]
 
 
 def test_roster_build_show_and_revoke(tmp_path: Path) -> None:
@@ -90,7 +121,7 @@ def test_roster_show_names_the_failed_check(tmp_path: Path) -> None:
 def test_up_creates_keys_and_roster_once_and_resigns_after_rotation(demo: Path) -> None:
     first = cpn("up", "nodes", "--prepare-only", cwd=demo)
     second = cpn("up", "nodes", "--prepare-only", cwd=demo)
-    cpn("keys", "init", "FRA", "--force", "--url", "wss://127.0.0.1:7101", cwd=demo)
+    cpn("keys", "rotate", "FRA", cwd=demo)
     third = cpn("up", "--prepare-only", cwd=demo)
 
     assert first.stdout.count("created keys") == 5

@@ -1,4 +1,5 @@
-"""The primitives behind envelopes: HPKE seal and open, signatures, key PEMs, storage keys.
+"""The primitives behind envelopes: HPKE seal and open, signatures, key PEMs, storage keys,
+and key files encrypted under a passphrase (scrypt, AES-256-GCM) with the keyring.
 
 One test per tamper case: each change to sealed or signed bytes is refused with the
 project's own error, never a library's.
@@ -6,31 +7,45 @@ project's own error, never a library's.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from network.core.crypto import (
+    ENCRYPTED_LABEL,
+    SCRYPT_N,
     HpkePrivateKey,
     HpkePublicKey,
     HpkeSuite,
+    Keyring,
+    Passphrase,
     VerifyKey,
     certificate_der_from_pem,
     check_certificate,
     generate_hpke_key,
     generate_signing_key,
+    generate_storage_key,
     generate_tls_identity,
     hpke_key_from_pem,
     key_id,
+    private_key_from_pem,
+    rewrap_private_key,
     signing_key_from_pem,
+    storage_key_file,
+    storage_key_from_file,
 )
 from network.core.errors import BadSignatureError, DecryptError, KeyFileError, MalformedError
 
 SUITES = list(HpkeSuite)
 INFO = b"cpn/v1 header bytes"
 PLAINTEXT = b'{"summary":"preserve the account"}'
-PASSPHRASE = b"correct horse battery staple"
+# A small scrypt n keeps these fast; the format records n, so files load either way.
+PASSPHRASE = Passphrase(b"correct horse battery staple", n=1 << 10, r=8, p=1)
 
 
 @pytest.fixture(scope="module", params=SUITES, ids=[s.name for s in SUITES])
@@ -155,7 +170,7 @@ def test_a_verify_key_of_the_wrong_size_is_refused(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("passphrase", [None, PASSPHRASE], ids=["clear", "passphrase"])
-def test_a_signing_key_round_trips_through_pem(passphrase: bytes | None) -> None:
+def test_a_signing_key_round_trips_through_pem(passphrase: Passphrase | None) -> None:
     key = generate_signing_key()
     pem = key.to_pem(passphrase)
 
@@ -167,7 +182,7 @@ def test_a_signing_key_round_trips_through_pem(passphrase: bytes | None) -> None
 
 @pytest.mark.parametrize("passphrase", [None, PASSPHRASE], ids=["clear", "passphrase"])
 def test_an_hpke_key_round_trips_through_its_pems(
-    hpke: HpkePrivateKey, passphrase: bytes | None
+    hpke: HpkePrivateKey, passphrase: Passphrase | None
 ) -> None:
     parts = hpke.part_pems(passphrase)
     mlkem = parts.get("hpke-mlkem768.key")
@@ -181,7 +196,7 @@ def test_an_hpke_key_round_trips_through_its_pems(
     assert again.suite is hpke.suite
     assert again.public.public_raw == hpke.public.public_raw
     assert again.open(hpke.public.seal(PLAINTEXT, INFO), INFO) == PLAINTEXT
-    assert again.storage_key().tag("case") == hpke.storage_key().tag("case")
+    assert again.legacy_storage_key().tag("case") == hpke.legacy_storage_key().tag("case")
 
 
 def test_a_protected_key_without_its_passphrase_is_refused() -> None:
@@ -195,7 +210,7 @@ def test_a_wrong_passphrase_is_refused() -> None:
     pem = generate_signing_key().to_pem(PASSPHRASE)
 
     with pytest.raises(KeyFileError, match=r"signing\.key: cannot load private key"):
-        signing_key_from_pem(pem, b"wrong", "signing.key")
+        signing_key_from_pem(pem, Passphrase(b"wrong", n=1 << 10, r=8, p=1), "signing.key")
 
 
 def test_a_damaged_pem_is_refused() -> None:
@@ -221,7 +236,7 @@ def test_a_key_of_another_kind_is_refused() -> None:
 
 
 def test_a_stored_copy_opens_only_in_its_context() -> None:
-    storage = generate_hpke_key(HpkeSuite.X25519).storage_key()
+    storage = generate_storage_key()
     sealed = storage.seal(PLAINTEXT, b"message 1")
 
     assert storage.open(sealed, b"message 1") == PLAINTEXT
@@ -230,11 +245,11 @@ def test_a_stored_copy_opens_only_in_its_context() -> None:
     with pytest.raises(DecryptError):
         storage.open(flip(sealed, 14), b"message 1")
     with pytest.raises(DecryptError):
-        generate_hpke_key(HpkeSuite.X25519).storage_key().open(sealed, b"message 1")
+        generate_storage_key().open(sealed, b"message 1")
 
 
 def test_tags_match_equal_texts_only() -> None:
-    storage = generate_hpke_key(HpkeSuite.X25519).storage_key()
+    storage = generate_storage_key()
 
     assert storage.tag("FR-2026-001") == storage.tag("FR-2026-001")
     assert storage.tag("FR-2026-001") != storage.tag("FR-2026-002")
@@ -254,3 +269,190 @@ def test_a_damaged_certificate_is_refused() -> None:
         certificate_der_from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n", "tls.crt")
     with pytest.raises(MalformedError, match=r"not an X\.509 certificate"):
         check_certificate(b"\x30\x03\x02\x01\x00")
+
+
+# -- key files encrypted under a passphrase (scrypt, AES-256-GCM), and the keyring ---------
+
+# Unit tests stretch with a small n; the format records n, so files load either way.
+FAST = {"n": 1 << 10, "r": 8, "p": 1}
+
+
+def passphrase(secret: bytes = b"correct horse") -> Passphrase:
+    return Passphrase(secret, **FAST)
+
+
+def fields(pem: bytes) -> dict[str, object]:
+    body = b"".join(pem.strip().splitlines()[1:-1])
+    value: dict[str, object] = json.loads(base64.b64decode(body))
+    return value
+
+
+def with_fields(pem: bytes, **changes: object) -> bytes:
+    doc = {**fields(pem), **changes}
+    text = base64.b64encode(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+    label = ENCRYPTED_LABEL.encode()
+    return b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, text, label)
+
+
+def test_encrypted_key_file_round_trips_and_names_its_parameters() -> None:
+    key = generate_signing_key()
+
+    pem = key.to_pem(passphrase())
+    loaded = signing_key_from_pem(pem, passphrase(), "signing.key")
+
+    assert pem.startswith(b"-----BEGIN CPN ENCRYPTED PRIVATE KEY-----\n")
+    assert loaded.kid == key.kid
+    doc = fields(pem)
+    assert doc["kdf"] == "scrypt" and doc["aead"] == "AES-256-GCM"
+    assert (doc["n"], doc["r"], doc["p"]) == (1 << 10, 8, 1)
+    assert doc["content"] == "pkcs8"
+
+
+def test_default_parameters_are_the_measured_ones() -> None:
+    pem = generate_signing_key().to_pem(Passphrase(b"pw", n=1 << 10))
+
+    assert SCRYPT_N == 1 << 17
+    assert fields(Passphrase(b"pw").seal(b"x", "pkcs8"))["n"] == 1 << 17
+    assert fields(pem)["n"] == 1 << 10
+
+
+def test_wrong_passphrase_is_named() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+
+    with pytest.raises(
+        KeyFileError, match=r"signing\.key: cannot load private key: wrong passphrase"
+    ):
+        signing_key_from_pem(pem, passphrase(b"wrong"), "signing.key")
+
+
+def test_missing_passphrase_is_named() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+
+    with pytest.raises(KeyFileError, match="set CPN_KEY_PASSPHRASE"):
+        signing_key_from_pem(pem, None, "signing.key")
+
+
+def test_changed_ciphertext_is_refused() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+    sealed = bytearray(base64.urlsafe_b64decode(str(fields(pem)["sealed"]) + "=="))
+    sealed[5] ^= 1
+    changed = base64.urlsafe_b64encode(bytes(sealed)).rstrip(b"=").decode()
+
+    with pytest.raises(KeyFileError, match="the file has been changed"):
+        private_key_from_pem(with_fields(pem, sealed=changed), passphrase(), "k")
+
+
+def test_changed_content_kind_is_refused() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+
+    # Bound in the associated data: relabelling a key as a storage key cannot go unnoticed.
+    with pytest.raises(KeyFileError, match="holds a storage-key, not a pkcs8"):
+        private_key_from_pem(with_fields(pem, content="storage-key"), passphrase(), "k")
+    relabelled = with_fields(
+        storage_key_file(generate_storage_key(), passphrase()), content="pkcs8"
+    )
+    with pytest.raises(KeyFileError, match="the file has been changed"):
+        private_key_from_pem(relabelled, passphrase(), "k")
+
+
+def test_weakened_parameters_are_refused() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+
+    # A lowered n gives another stretched key: the check refuses it as the passphrase would.
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        private_key_from_pem(with_fields(pem, n=1 << 4), passphrase(), "k")
+
+
+def test_parameters_out_of_bounds_are_refused_before_stretching() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+
+    with pytest.raises(KeyFileError, match="scrypt n=16777216 r=8 refused"):
+        private_key_from_pem(with_fields(pem, n=1 << 24), passphrase(), "k")
+    with pytest.raises(KeyFileError, match="scrypt n=1000"):
+        private_key_from_pem(with_fields(pem, n=1000), passphrase(), "k")
+    with pytest.raises(KeyFileError, match="unknown kdf or aead"):
+        private_key_from_pem(with_fields(pem, kdf="pbkdf2"), passphrase(), "k")
+
+
+def test_truncated_file_is_refused() -> None:
+    pem = generate_signing_key().to_pem(passphrase())
+
+    with pytest.raises(KeyFileError, match="truncated PEM"):
+        private_key_from_pem(pem[:-30], passphrase(), "k")
+
+
+def test_pbkdf2_files_of_earlier_versions_still_load_and_rewrap() -> None:
+    raw = ed25519.Ed25519PrivateKey.generate()
+    old = raw.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"correct horse"),
+    )
+
+    loaded = signing_key_from_pem(old, passphrase(), "signing.key")
+    upgraded = rewrap_private_key(old, passphrase(), "signing.key")
+
+    assert old.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert loaded.public_raw == raw.public_key().public_bytes_raw()
+    assert upgraded.startswith(b"-----BEGIN CPN ENCRYPTED PRIVATE KEY-----")
+    assert signing_key_from_pem(upgraded, passphrase(), "s").kid == loaded.kid
+
+
+def test_clear_files_stay_clear_pkcs8() -> None:
+    pem = generate_signing_key().to_pem(None)
+
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert signing_key_from_pem(pem, None, "s").public_raw
+
+
+def test_storage_key_file_round_trips_clear_and_encrypted() -> None:
+    key = generate_storage_key()
+
+    clear = storage_key_from_file(storage_key_file(key, None), None, "storage.key")
+    sealed = storage_key_from_file(storage_key_file(key, passphrase()), passphrase(), "s")
+
+    assert clear.kid == sealed.kid == key.kid
+    with pytest.raises(KeyFileError, match="set CPN_KEY_PASSPHRASE"):
+        storage_key_from_file(storage_key_file(key, passphrase()), None, "storage.key")
+
+
+def test_one_passphrase_stretches_once_per_salt() -> None:
+    writer = passphrase()
+    pems = [generate_signing_key().to_pem(writer) for _ in range(3)]
+    reader = passphrase()
+
+    for pem in pems:
+        signing_key_from_pem(pem, reader, "s")
+
+    assert len({fields(p)["salt"] for p in pems}) == 1
+    assert len({fields(p)["nonce"] for p in pems}) == 3
+    assert len(reader._derived) == 1
+
+
+def test_keyring_picks_the_hpke_key_by_kid() -> None:
+    old, older, current = (generate_hpke_key(HpkeSuite.X25519) for _ in range(3))
+
+    ring = Keyring(current, generate_storage_key(), [old, older])
+
+    assert ring.hpke(current.public.kid) is current
+    assert ring.hpke(old.public.kid) is old
+    assert ring.hpke(older.public.kid) is older
+    assert ring.hpke("unknown") is None
+    assert set(ring.retired) == {old.public.kid, older.public.kid}
+
+
+def test_keyring_holds_each_retired_keys_legacy_storage_key() -> None:
+    old, current = generate_hpke_key(), generate_hpke_key()
+    storage = generate_storage_key()
+
+    ring = Keyring(current, storage, [old])
+
+    legacy = old.legacy_storage_key()
+    assert ring.storage_key(legacy.kid) is not None
+    assert ring.storage_key(storage.kid) is storage
+    assert next(ring.storage_keys()) is storage  # the current one is tried first
+    assert {k.kid for k in ring.storage_keys()} == {
+        storage.kid,
+        legacy.kid,
+        current.legacy_storage_key().kid,
+    }

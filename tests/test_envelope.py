@@ -11,8 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from network.core.bodies import Preservation, body_to_json
-from network.core.crypto import SigningKey, sha256
+from network.core.bodies import Preservation, body_to_json, parse_body
+from network.core.crypto import (
+    HpkeSuite,
+    Keyring,
+    SigningKey,
+    generate_hpke_key,
+    generate_storage_key,
+    sha256,
+)
 from network.core.envelope import (
     DEFAULT_SKEW_MS,
     MAX_ENVELOPE_BYTES,
@@ -20,7 +27,11 @@ from network.core.envelope import (
     check_receipt_for,
     make_receipt,
     open_envelope,
+    open_from_self,
+    read_stored,
     seal,
+    seal_to_self,
+    self_sealed_kid,
     verify_envelope,
     verify_receipt,
 )
@@ -496,3 +507,57 @@ def test_any_single_byte_change_of_a_receipt_is_refused(pki: Pki, data: st.DataO
 
     with pytest.raises(PeerError):
         check_receipt_for(verify_receipt(changed, roster=pki.roster, now=NOW), envelope)
+
+
+# -- keys that rotated: the keyring and sent copies -------------------------------
+
+
+def test_keyring_opens_with_the_key_the_header_names(pki: Pki) -> None:
+    raw = send(pki).raw  # sealed to DEU's key of the time
+    old = pki["DEU"].hpke
+    ring = Keyring(generate_hpke_key(), generate_storage_key(), [old])
+    envelope = verify_envelope(raw, roster=pki.roster, now=NOW)
+
+    opened = open_envelope(envelope, me=NodeId("DEU"), hpke_key=ring, roster=pki.roster)
+    message_type, body, _ = read_stored(raw, ring)
+
+    assert opened.body == parse_body(MessageType.PRESERVATION, body)
+    assert message_type is MessageType.PRESERVATION
+
+
+def test_keyring_without_the_named_key_is_refused_naming_it(pki: Pki) -> None:
+    raw = send(pki).raw
+    ring = Keyring(generate_hpke_key(), generate_storage_key())
+    envelope = verify_envelope(raw, roster=pki.roster, now=NOW)
+    rkid = pki["DEU"].hpke.public.kid
+
+    with pytest.raises(WrongRecipientError, match=f"sealed to key {rkid}"):
+        open_envelope(envelope, me=NodeId("DEU"), hpke_key=ring, roster=pki.roster)
+    with pytest.raises(WrongRecipientError, match=f"sealed to key {rkid}"):
+        read_stored(raw, ring)
+
+
+def test_sent_copy_names_its_storage_key_and_opens_after_rotation() -> None:
+    storage = generate_storage_key()
+    copy = seal_to_self(b"plain", "m1", storage)
+    ring = Keyring(generate_hpke_key(HpkeSuite.X25519), storage, [generate_hpke_key()])
+
+    assert self_sealed_kid(copy) == storage.kid
+    assert open_from_self(copy, "m1", ring) == b"plain"
+    with pytest.raises(DecryptError):
+        open_from_self(copy, "m2", ring)  # bound to its message id
+    other = Keyring(generate_hpke_key(HpkeSuite.X25519), generate_storage_key())
+    with pytest.raises(DecryptError, match=f"storage key '{storage.kid}', not held"):
+        open_from_self(copy, "m1", other)
+
+
+def test_sent_copy_of_an_earlier_version_opens_with_a_retired_keys_derivation() -> None:
+    old = generate_hpke_key()
+    # What earlier versions stored: nonce ‖ ciphertext under the key derived from the HPKE key.
+    copy = old.legacy_storage_key().seal(b"plain", b"cpn/v1 self\nm1")
+    ring = Keyring(generate_hpke_key(), generate_storage_key(), [old])
+
+    assert self_sealed_kid(copy) is None
+    assert open_from_self(copy, "m1", ring) == b"plain"
+    with pytest.raises(DecryptError, match="any storage key"):
+        open_from_self(copy, "m1", Keyring(generate_hpke_key(), generate_storage_key()))

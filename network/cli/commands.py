@@ -52,11 +52,15 @@ from network.core.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, lo
 from network.node.clock import now_ms
 from network.node.config import NodeConfig, load_config
 from network.node.keys import (
+    count_needing,
     init_keeper,
     init_node_keys,
     load_keeper,
     load_keeper_public,
+    load_node_keys,
+    purge_retired,
     read_card,
+    rotate_node_keys,
 )
 
 if TYPE_CHECKING:
@@ -95,22 +99,103 @@ def _passphrase(ask: bool) -> bytes | None:
 # -- keys --------------------------------------------------------------------
 
 
-def cmd_keys_init(args: argparse.Namespace) -> int:
-    node_id = args.id.upper()
+def _node_id_arg(text: str) -> NodeId:
+    node_id = text.upper()
     if not is_node_id(node_id):
-        raise KeyFileError(f"ID: {args.id!r} is not an ISO 3166-1 alpha-3 code")
+        raise KeyFileError(f"ID: {text!r} is not an ISO 3166-1 alpha-3 code")
+    return NodeId(node_id)
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    """Create a node's keys; refused when it has some (`cpn keys rotate` replaces them)."""
+    node_id = _node_id_arg(args.id)
     url = args.url or f"wss://127.0.0.1:7000/{node_id}"
     card = init_node_keys(
         Path(args.dir) / node_id,
-        NodeId(node_id),
+        node_id,
         url=url,
         name=args.name,
         suite=SUITES[args.suite],
         passphrase=_passphrase(args.passphrase),
-        force=args.force,
         now=datetime.datetime.now(datetime.UTC),
     )
     print(json.dumps(card.to_json(), indent=2))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Rotate a node's keys (the old ones retired), or with --purge delete one retired key
+    that no stored message needs. Audited in the node's store when --config names it."""
+    node_id = _node_id_arg(args.id)
+    config = load_config(Path(args.config)) if args.config else None
+    if config is not None and config.id != node_id:
+        raise KeyFileError(f"--config {args.config} is {config.id}'s, not {node_id}'s")
+    if args.keys_dir is not None:
+        key_dir = Path(args.keys_dir) / node_id
+    else:
+        key_dir = config.keys_dir if config is not None else Path("keys") / node_id
+    passphrase = _passphrase(False)
+    actor = f"admin:{getpass.getuser()}"
+    if args.purge is not None:
+        if config is None:
+            raise KeyFileError("--purge needs --config: the store says which messages need a key")
+        return _run(_purge(config, key_dir, args.purge, passphrase, actor))
+    rotation = rotate_node_keys(
+        key_dir, node_id, passphrase=passphrase, now=datetime.datetime.now(datetime.UTC)
+    )
+    card = rotation.card
+    if config is not None:
+        detail: dict[str, Any] = {
+            "retired": rotation.retired,
+            "hpke": card.hpke_key.kid,
+            "signing": card.signing_key.kid,
+            "tls_sha256": card.tls_sha256.hex(),
+        }
+        _run(_audit(config, actor, "keys_rotated", detail))
+    print(json.dumps(card.to_json(), indent=2))
+    print(
+        f"{node_id}: new keys in {key_dir}; the old ones kept in {rotation.retired_dir}.\n"
+        f"Send {key_dir / 'card.json'} (printed above) to the register keeper for a new roster"
+        " version; restart the node once that roster is in place.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _audit(config: NodeConfig, actor: str, action: str, detail: dict[str, Any]) -> None:
+    from network.node.store import AuditEntry, Store
+
+    store = await Store.open(config.store_path)
+    try:
+        async with store.transaction(now_ms()) as tx:
+            tx.audit([AuditEntry(actor, action, detail=detail)])
+    finally:
+        await store.close()
+
+
+async def _purge(
+    config: NodeConfig, key_dir: Path, kid: str, passphrase: bytes | None, actor: str
+) -> int:
+    from network.node.store import AuditEntry, Store
+
+    keys = load_node_keys(key_dir, config.id, passphrase)
+    store = await Store.open(config.store_path)
+    try:
+        needing = await count_needing(store, keys.keyring, kid)
+        if needing:
+            async with store.transaction(now_ms()) as tx:
+                detail: dict[str, Any] = {"kid": kid, "needed_by": needing}
+                tx.audit([AuditEntry(actor, "key_purge_refused", detail=detail)])
+            raise KeyFileError(
+                f"retired key {kid} still opens {needing} stored message(s); not deleted"
+            )
+        # The entry commits before the files go: a purge is never unrecorded.
+        async with store.transaction(now_ms()) as tx:
+            tx.audit([AuditEntry(actor, "key_purged", detail={"kid": kid})])
+        folder = purge_retired(key_dir, kid)
+    finally:
+        await store.close()
+    print(f"{config.id}: retired key {kid} deleted ({folder}); no stored message needed it")
     return 0
 
 
@@ -218,7 +303,7 @@ def prepare_network(nodes_dir: Path) -> tuple[list[NodeConfig], Roster]:
     """Create whatever is missing for every node config: keys, keeper key, signed roster.
 
     The roster is re-signed (as a new version) when a card is missing from it
-    or differs from it, so `cpn up` after `cpn keys init --force` rotates keys.
+    or differs from it, so `cpn up` after `cpn keys rotate` puts the new keys in it.
     """
     configs = [load_config(p) for p in sorted(nodes_dir.glob("*.toml"))]
     if not configs:
@@ -835,8 +920,22 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--name", help="contact point name (default: the UN member state's name)")
     init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
     init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
-    init.add_argument("--force", action="store_true", help="replace existing keys")
     init.set_defaults(func=cmd_keys_init)
+    rotate = keys.add_parser(
+        "rotate",
+        help="new keys and card for a node; the old ones retired (kept) so every message opens",
+    )
+    rotate.add_argument("id", metavar="ID", help="ISO 3166-1 alpha-3 code, e.g. FRA")
+    rotate.add_argument(
+        "--keys-dir", help="keys folder (default: the --config's, else keys)", default=None
+    )
+    rotate.add_argument("--config", help="the node's config: its store records the rotation")
+    rotate.add_argument(
+        "--purge",
+        metavar="KID",
+        help="instead, delete retired key KID, refused while a stored message needs it",
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     roster = commands.add_parser("roster", help="the signed roster").add_subparsers(
         dest="roster_command", required=True, metavar="COMMAND"

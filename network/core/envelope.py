@@ -41,6 +41,7 @@ from network.core.crypto import (
     HpkePrivateKey,
     HpkePublicKey,
     HpkeSuite,
+    Keyring,
     SigningKey,
     StorageKey,
     sha256,
@@ -48,6 +49,7 @@ from network.core.crypto import (
 from network.core.errors import (
     BodyError,
     ClockSkewError,
+    DecryptError,
     DigestMismatchError,
     ExpiredError,
     MalformedError,
@@ -99,6 +101,8 @@ __all__ = [
     "read_stored",
     "seal",
     "seal_to_self",
+    "self_sealed_kid",
+    "stored_rkid",
     "unseal",
     "verify_envelope",
     "verify_receipt",
@@ -362,8 +366,25 @@ class Unsealed:
     inner_signature: bytes = field(repr=False)
 
 
-def unseal(envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: Roster) -> Unsealed:
+def _key_for(header: Header, keys: HpkePrivateKey | Keyring) -> HpkePrivateKey:
+    """The HPKE key an envelope names (`rkid`): ours now, or one we retired."""
+    key = keys.hpke(header.rkid) if isinstance(keys, Keyring) else keys
+    if key is None or key.public.kid != header.rkid or header.suite is not key.suite:
+        ours = keys.current.public.kid if isinstance(keys, Keyring) else keys.public.kid
+        raise WrongRecipientError(
+            f"message {header.id} is sealed to key {header.rkid}, ours is {ours}"
+        )
+    return key
+
+
+def unseal(
+    envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey | Keyring, roster: Roster
+) -> Unsealed:
     """The recipient's envelope checks: addressed to us, opens with our key, inner signature.
+
+    `hpke_key` is our key, or our keyring: the header's `rkid` then picks the
+    current key or a retired one (a peer may seal to our old key until it has
+    the roster that carries the new one).
 
     Raises WrongRecipientError, DecryptError, MalformedError, BadSignatureError
     or UnknownSignerError.
@@ -371,10 +392,7 @@ def unseal(envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: 
     header = envelope.header
     if header.recipient != me:
         raise WrongRecipientError(f"message {header.id} is for {header.recipient}, not {me}")
-    if header.rkid != hpke_key.public.kid or header.suite is not hpke_key.suite:
-        raise WrongRecipientError(
-            f"message {header.id} is sealed to key {header.rkid}, ours is {hpke_key.public.kid}"
-        )
+    hpke_key = _key_for(header, hpke_key)
     header_bytes = header.encoded()
     plaintext = hpke_key.open(envelope.sealed, _seal_info(header_bytes, header.rkid))
     inner = Fields(parse_canonical(plaintext, limit=MAX_BODY_BYTES * 2, what="plaintext"), "plain")
@@ -396,7 +414,7 @@ def unseal(envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: 
 
 
 def open_envelope(
-    envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey, roster: Roster
+    envelope: Envelope, *, me: NodeId, hpke_key: HpkePrivateKey | Keyring, roster: Roster
 ) -> OpenedMessage:
     """`unseal`, then type the body.
 
@@ -612,26 +630,71 @@ def check_receipt_matches(
         )
 
 
+# A sent copy names the storage key it is sealed under: _SELF_TAG ‖ kid (16 bytes) ‖
+# nonce ‖ ciphertext, the kid bound in with the message id. Copies from earlier versions
+# are nonce ‖ ciphertext under a key derived from the HPKE key of the time.
+_SELF_TAG: Final = b"cpn/sk1\n"
+_KID_LEN: Final = 16  # base64url of 12 bytes
+
+
 def seal_to_self(plaintext: bytes, message_id: str, key: StorageKey) -> bytes:
-    """The composer's copy of a plaintext, sealed with its own storage key for its readers."""
-    return key.seal(plaintext, _SELF + message_id.encode())
+    """The composer's copy of a plaintext, sealed with its own storage key for its readers;
+    the copy names that key."""
+    kid = key.kid.encode()
+    return _SELF_TAG + kid + key.seal(plaintext, _SELF + message_id.encode() + b"\n" + kid)
 
 
-def open_from_self(sealed: bytes, message_id: str, key: StorageKey) -> bytes:
-    return key.open(sealed, _SELF + message_id.encode())
+def open_from_self(sealed: bytes, message_id: str, keys: StorageKey | Keyring) -> bytes:
+    """Inverse of `seal_to_self`, with the key the copy names; a copy from an earlier
+    version (which names none) is tried with every storage key held, current first.
+
+    Raises DecryptError when the key is not held or the copy was changed.
+    """
+    ring = list(keys.storage_keys()) if isinstance(keys, Keyring) else [keys]
+    if sealed.startswith(_SELF_TAG) and len(sealed) > len(_SELF_TAG) + _KID_LEN + 12:
+        kid = sealed[len(_SELF_TAG) : len(_SELF_TAG) + _KID_LEN]
+        key = next((k for k in ring if k.kid.encode() == kid), None)
+        if key is None:
+            raise DecryptError(
+                f"stored copy is sealed under storage key {kid.decode()!r}, not held"
+            )
+        context = _SELF + message_id.encode() + b"\n" + kid
+        return key.open(sealed[len(_SELF_TAG) + _KID_LEN :], context)
+    for key in ring:
+        try:
+            return key.open(sealed, _SELF + message_id.encode())
+        except DecryptError:
+            continue
+    raise DecryptError("stored copy does not open with any storage key this node holds")
 
 
-def read_stored(raw: bytes, hpke_key: HpkePrivateKey) -> tuple[MessageType, Json, bytes]:
-    """Open an envelope from our own store (verified when it arrived) for a reader.
+def stored_rkid(raw: bytes) -> str:
+    """The recipient key id (`rkid`) in a stored envelope's header: which key opens it."""
+    doc = Fields(parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope"), "envelope")
+    return Header.from_json(doc.any("header")).rkid
+
+
+def self_sealed_kid(sealed: bytes) -> str | None:
+    """The storage key id a sent copy names; None for a copy from an earlier version."""
+    if sealed.startswith(_SELF_TAG) and len(sealed) > len(_SELF_TAG) + _KID_LEN + 12:
+        return sealed[len(_SELF_TAG) : len(_SELF_TAG) + _KID_LEN].decode("ascii", "replace")
+    return None
+
+
+def read_stored(raw: bytes, hpke_key: HpkePrivateKey | Keyring) -> tuple[MessageType, Json, bytes]:
+    """Open an envelope from our own store (verified when it arrived) for a reader, with the
+    key its header names (current or retired, when given a keyring).
 
     Signatures and times are not checked again here: keys rotate and messages
     age, and the store holds only what passed every check on arrival.
-    Returns (type, body JSON, plaintext).
+    Returns (type, body JSON, plaintext). Raises WrongRecipientError when the
+    key is not held, DecryptError when it does not open.
     """
     doc = Fields(parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope"), "envelope")
     header = Header.from_json(doc.any("header"))
     sealed = b64decode(doc.any("sealed"), field="envelope.sealed")
-    plaintext = hpke_key.open(sealed, _seal_info(header.encoded(), header.rkid))
+    key = _key_for(header, hpke_key)
+    plaintext = key.open(sealed, _seal_info(header.encoded(), header.rkid))
     return (*read_plaintext(plaintext), plaintext)
 
 

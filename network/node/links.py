@@ -63,7 +63,7 @@ from network.core.session import (
     Room,
     RosterReceived,
 )
-from network.node.keys import NodeKeys
+from network.node.keys import NodeKeys, load_tls_chain
 from network.node.service import ROUTE_REFRESH_MS, Service
 from network.node.sockets import inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
@@ -142,7 +142,7 @@ class Links:
         context.check_hostname = False  # peers are pinned by certificate, not by name
         context.verify_mode = ssl.CERT_REQUIRED  # the server requires a client certificate too
         context.load_verify_locations(cadata=self._anchors())
-        context.load_cert_chain(self.keys.tls_cert, self.keys.tls_key)
+        load_tls_chain(context, self.keys)  # the key stays out of any file in clear
         return context
 
     def _anchors(self) -> str:

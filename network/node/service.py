@@ -214,7 +214,7 @@ class Service:
         self.random_bytes = random_bytes
         self.skew_ms = skew_ms
         self.actor = f"node:{self.me}"
-        self._storage = keys.hpke.storage_key()
+        self._storage = keys.keyring.storage
         self.retry_ms = retry_ms
         self.keeper = keeper  # the pinned register keeper key: new rosters need its signature
         self._outbox_signals: dict[str, asyncio.Event] = {}
@@ -770,7 +770,7 @@ class Service:
             return
         try:
             item.opened = open_envelope(
-                item.envelope, me=self.me, hpke_key=self.keys.hpke, roster=self.roster
+                item.envelope, me=self.me, hpke_key=self.keys.keyring, roster=self.roster
             )
         except PeerError as exc:
             self._refuse(item, exc, now)
@@ -1258,10 +1258,10 @@ class Service:
         if row is None:
             return None
         if row.box == "in":
-            message_type, body, _ = read_stored(row.envelope, self.keys.hpke)
+            message_type, body, _ = read_stored(row.envelope, self.keys.keyring)
         else:
             assert row.self_sealed is not None
-            plaintext = open_from_self(row.self_sealed, row.id, self._storage)
+            plaintext = open_from_self(row.self_sealed, row.id, self.keys.keyring)
             message_type, body = read_plaintext(plaintext)
         async with self.store.transaction(self.clock(), officer=True) as tx:
             current = await tx.message(row.id)

@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
 from network.core.auditlog import checkpoint_origin, witness_name
-from network.core.errors import ConsistencyProofError, CpnError, PeerError
+from network.core.errors import ConsistencyProofError, CpnError, PeerError, UnknownSignerError
 from network.core.protocol import CheckpointOffer, WitnessAnswer
 from network.core.records import NodeId
 from network.core.tlog import (
@@ -69,8 +70,13 @@ class Witnessing:
         self._cosigned.update(await self.store.cosigned_sizes())
 
     def _open_own(self, note: str) -> Checkpoint:
-        key = self.service.keys.signing.verify_key()
-        return open_checkpoint(note, self.origin, {self.origin: key})
+        # After a key rotation our newest checkpoint is signed by a key we retired.
+        keys = self.service.keys
+        *first, last = (keys.signing.verify_key(), *keys.retired_signing)
+        for key in first:
+            with contextlib.suppress(UnknownSignerError):
+                return open_checkpoint(note, self.origin, {self.origin: key})
+        return open_checkpoint(note, self.origin, {self.origin: last})
 
     # -- our own checkpoints --------------------------------------------------------
 
