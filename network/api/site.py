@@ -10,7 +10,7 @@ from aiohttp import web
 from network.api.web import build_app
 from network.node.config import NodeConfig
 from network.node.runner import ApiSite
-from network.node.service import Service
+from network.node.wiring import Node
 
 __all__ = ["api_site"]
 
@@ -19,8 +19,8 @@ def api_site(config: NodeConfig) -> ApiSite:
     """Serve the node's API and console on `[api] listen` while the node runs."""
 
     @asynccontextmanager
-    async def serve(service: Service) -> AsyncIterator[None]:
-        runner = web.AppRunner(build_app(service, login=config.login), access_log=None)
+    async def serve(node: Node) -> AsyncIterator[None]:
+        runner = web.AppRunner(build_app(node, login=config.login), access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, config.api_host, config.api_port).start()

@@ -58,9 +58,11 @@ from network.core.protocol import (
 )
 from network.core.records import NodeId
 from network.core.roster import Roster
+from network.node.delivery import Room
 from network.node.keys import NodeKeys
-from network.node.service import ROUTE_REFRESH_MS, Service
+from network.node.scheduler import ROUTE_REFRESH_MS
 from network.node.store import AuditEntry, StoreError
+from network.node.wiring import Node
 from network.node.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
@@ -117,7 +119,7 @@ class Links:
 
     def __init__(
         self,
-        service: Service,
+        node: Node,
         keys: NodeKeys,
         *,
         host: str,
@@ -127,7 +129,7 @@ class Links:
         on_roster: Callable[[Roster], Awaitable[None]] | None = None,
         witnessing: Witnessing | None = None,
     ) -> None:
-        self.service = service
+        self.node = node
         self.witnessing = witnessing
         self.keys = keys
         self.on_roster = on_roster
@@ -157,7 +159,7 @@ class Links:
         return context
 
     def _anchors(self) -> str:
-        roster = self.service.roster
+        roster = self.node.context.roster
         return "".join(
             certificate_pem(e.card.tls_cert) for e in roster.entries.values() if e.active
         )
@@ -262,8 +264,8 @@ class Links:
                 delay = next(delays)
                 log.info("%s: link to %s failed (%s); retry in %.1fs", self.me, peer, exc, delay)
                 with contextlib.suppress(StoreError):  # a full disk: the dialler goes on
-                    await self.service.peer_failure(
-                        peer, self.service.clock() + int(delay * 1000), _describe(exc)
+                    await self.node.delivery.peer_failure(
+                        peer, self.node.context.clock() + int(delay * 1000), _describe(exc)
                     )
                 if isinstance(exc, CpnError):
                     await self._record_refusal(peer, "link_refused", exc)
@@ -276,7 +278,7 @@ class Links:
                 )
 
     async def _dial(self, peer: NodeId) -> None:
-        card = self.service.roster.active_card(peer)
+        card = self.node.context.roster.active_card(peer)
         async with connect(card.url, ssl=self._client_ssl, proxy=None, **self._options()) as ws:
             peer_cert = self._peer_cert(ws)
             handshake = self._handshake(Role.CLIENT, peer_cert, peer)
@@ -292,7 +294,7 @@ class Links:
             role=role,
             me=self.me,
             signing_key=self.keys.signing,
-            roster=self.service.roster,
+            roster=self.node.context.roster,
             my_cert_sha256=self._my_cert,
             peer_cert_sha256=peer_cert,
             nonce=os.urandom(32),
@@ -324,12 +326,12 @@ class Links:
         reason = exc.reason if isinstance(exc, CpnError) else type(exc).__name__
         detail = {"remote": who, "reason": reason, "error": str(exc)[:500]}
         with contextlib.suppress(CpnError):
-            await self.service.audit([AuditEntry(f"peer:{who}", action, None, detail)])
+            await self.node.context.audit([AuditEntry(f"peer:{who}", action, None, detail)])
 
     # -- an established link ---------------------------------------------------------
 
     async def _link(self, ws: Connection, peer: NodeId, dialler: NodeId, peer_roster: int) -> None:
-        link = _Link(peer, ws, dialler, self.service.clock())
+        link = _Link(peer, ws, dialler, self.node.context.clock())
         existing = self.active.get(peer)
         keep_dialler = min(self.me, peer)
         if existing is not None:
@@ -338,18 +340,18 @@ class Links:
                 return
             await existing.ws.close(1000, "duplicate link")
         self.active[peer] = link
-        self.service.linked[peer] = link.since
+        self.node.delivery.link_up(peer, link.since)
         why = "stopped"
         try:  # from here on, however it ends, the link is no longer counted as active
-            await self.service.peer_contact(peer)
-            await self.service.audit(
+            await self.node.delivery.peer_contact(peer)
+            await self.node.context.audit(
                 [AuditEntry(f"node:{self.me}", "link_up", None, {"peer": peer, "dialler": dialler})]
             )
             log.info("%s: linked with %s", self.me, peer)
             # What the new peer should know: the roster if ours is newer, every announcement.
-            if self.service.roster.version > peer_roster:
-                link.send(frame(FRAME_ROSTER, self.service.roster.raw))
-            for raw in self.service.announcements():
+            if self.node.context.roster.version > peer_roster:
+                link.send(frame(FRAME_ROSTER, self.node.context.roster.raw))
+            for raw in self.node.delivery.announcements():
                 link.send(frame(FRAME_ANNOUNCE, raw))
             self._offer_checkpoint(link)
             self._links_changed.set()
@@ -366,8 +368,7 @@ class Links:
         finally:
             if self.active.get(peer) is link:
                 del self.active[peer]
-                self.service.linked.pop(peer, None)
-                self.service.link_closed(peer)
+                self.node.delivery.link_down(peer)
                 self._links_changed.set()
             link.closed.set()
             with contextlib.suppress(Exception):
@@ -380,15 +381,15 @@ class Links:
             await self._links_changed.wait()
             await asyncio.sleep(self.settings.announce_delay)  # let a burst of changes settle
             self._links_changed.clear()
-            announcement = self.service.links_changed()
+            announcement = self.node.delivery.links_changed()
             self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
 
     async def _route_refresher(self) -> None:
         """Routes follow announcements once per burst, not once per announcement."""
         while True:
-            await self.service.routes_stale.wait()
+            await self.node.delivery.routes_stale.wait()
             await asyncio.sleep(ROUTE_REFRESH_MS / 1000)
-            self.service.refresh_routes()
+            self.node.delivery.refresh_routes()
 
     def offer_checkpoint(self) -> None:
         """Offer our newest checkpoint to every linked peer, each with its own proof."""
@@ -407,7 +408,7 @@ class Links:
 
     async def adopt_roster(self, raw: bytes, source: str) -> Roster | None:
         """A roster from a peer or the operator: adopt it if newer, pass it on, act on it."""
-        roster = await self.service.accept_roster(raw, source)
+        roster = await self.node.inbound.accept_roster(raw, source)
         if roster is None:
             return None
         anchors = self._anchors()
@@ -443,7 +444,7 @@ class Links:
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(CpnError):
-                await self.service.release(list(inflight))
+                await self.node.delivery.release(list(inflight))
         why = "stopped"
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
@@ -499,7 +500,7 @@ class Links:
         incoming: asyncio.Queue[bytes],
         inflight: dict[str, float],
     ) -> None:
-        room = self.service.outbox_signal(link.peer)  # the writer also waits for room
+        room = self.node.delivery.outbox_signal(link.peer)  # the writer also waits for room
         pending: list[tuple[tuple[NodeId, ...], bytes]] = []  # envelopes not yet handled
         while True:
             if not pending or not incoming.empty():
@@ -531,20 +532,20 @@ class Links:
                         problem = f"{kind.decode()} frame after the handshake"
                         raise PeerError(problem, reason="protocol")
                 if receipts:
-                    for message_id in await self.service.accept_receipts(link.peer, receipts):
+                    for message_id in await self.node.inbound.accept_receipts(link.peer, receipts):
                         inflight.pop(message_id, None)
                     room.set()
             if pending:
                 # Flash first (a scheduling hint read from the clear header; checks come later).
                 pending.sort(key=lambda item: _rank_hint(item[1]))
                 batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
-                for answer in await self.service.accept_envelopes(link.peer, batch):
+                for answer in await self.node.inbound.accept_envelopes(link.peer, batch):
                     link.send(frame(FRAME_RECEIPT, answer))
                 link.unanswered -= len(batch)
 
     async def _take_announcement(self, peer: NodeId, payload: bytes) -> None:
         try:
-            news = self.service.accept_announcement(payload)
+            news = self.node.delivery.accept_announcement(payload)
         except CpnError as exc:  # unknown or revoked node, bad signature: not passed on
             log.info("%s: ignored an announcement from %s: %s", self.me, peer, exc)
             return
@@ -557,45 +558,26 @@ class Links:
         Wakes when something is queued for this link, when receipts free room,
         and every `poll_interval` for retries that came due.
         """
-        signal = self.service.outbox_signal(link.peer)
-        drained = False  # the last look found less than it could take: nothing more waits
+        signal = self.node.delivery.outbox_signal(link.peer)
         last_poll = 0.0
         while True:
             signal.clear()
-            for receipt in self.service.take_receipts_for(link.peer):
-                link.send(frame(FRAME_RECEIPT, receipt))
             free = self.settings.window - len(inflight)
             reserve = free + self.settings.flash_reserve
             due = time.monotonic() - last_poll >= self.settings.poll_interval  # retries
-            self.service.refresh_routes()
-            want, flash_only = max(free, reserve), free <= 0
-            rows = []
-            if reserve > 0 and not due and self.service.has_news(link.peer):
-                rows = await self.service.take_news(  # by id: no sorting of all that waits
-                    link.peer, want, exclude=list(inflight), flash_only=flash_only
-                )
-            # A look through the whole outbox: each poll (retries come due), after routes or
-            # links changed (dirty), and while the last look left some behind.
-            if not rows and reserve > 0:
-                dirty = self.service.take_dirty(link.peer)
-                detours = self.service.take_detours(link.peer) or due
-                if dirty or detours or not drained:
-                    if due:
-                        last_poll = time.monotonic()
-                    rows = await self.service.outbox(
-                        link.peer,
-                        want,
-                        exclude=list(inflight),
-                        flash_only=flash_only,
-                        detours=detours,
-                    )
-                    drained = len(rows) < want and not flash_only
+            room = Room(max(free, reserve) if reserve > 0 else 0, free <= 0, due)
+            outgoing = await self.node.delivery.next_batch(link.peer, room, list(inflight))
+            for receipt in outgoing.receipts:
+                link.send(frame(FRAME_RECEIPT, receipt))
+            if outgoing.polled:
+                last_poll = time.monotonic()
+            rows = outgoing.rows
             if rows:
                 for row in rows:
                     path = [NodeId(n) for n in json.loads(row.path)] if row.box == "relay" else []
                     link.send(envelope_frame(path, row.envelope))
                     inflight[row.id] = time.monotonic()
-                await self.service.mark_sent(link.peer, [row.id for row in rows])
+                await self.node.delivery.mark_sent(link.peer, [row.id for row in rows])
                 continue
             limit = self.settings.receipt_timeout
             if inflight and time.monotonic() - min(inflight.values()) > limit:
