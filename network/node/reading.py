@@ -52,8 +52,8 @@ class Reading:
             if current.box == "in" and user.role == "officer":
                 await tx.transition(current, Event.OPEN)
             await tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
-        row = await self.context.store.message(message_id)
-        assert row is not None
+            # The transaction keeps the row as it leaves it: no read after the commit.
+            row = await tx.message(row.id) or current
         header = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
         return {
             **summary(row),
