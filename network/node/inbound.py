@@ -48,7 +48,7 @@ __all__ = [
     "UnknownReceiptError",
 ]
 
-log = logging.getLogger("cpn.service")
+log = logging.getLogger("cpn.service")  # the name operators filter on, kept
 
 
 @dataclass

@@ -20,7 +20,7 @@ from network.node.tracking import tracked
 
 __all__ = ["MAX_RECENT_ALERTS", "Oversight"]
 
-log = logging.getLogger("cpn.service")
+log = logging.getLogger("cpn.service")  # the name operators filter on, kept
 
 MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
 

@@ -81,7 +81,7 @@ def deadlines_for(
     }
 
 
-async def track(context: NodeContext, tx: Tx, row: MessageRow) -> None:
+def track(context: NodeContext, tx: Tx, row: MessageRow) -> None:
     """After a state change: the overdue flags still standing, and the next look."""
     decision = reschedule(tracked(row), context.deadlines, context.clock())
     tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
@@ -115,9 +115,9 @@ async def act_on(
                 until = preserved_until_ms(typed.preserved_until)
                 tx.preserved(first.id, until)
                 if first.id != current.id:
-                    await track(context, tx, replace(first, preserved_until=until))
+                    track(context, tx, replace(first, preserved_until=until))
                 else:
                     preserved = until
     row = await tx.message(current.id) or current
-    await track(context, tx, replace(row, preserved_until=preserved))
+    track(context, tx, replace(row, preserved_until=preserved))
     return [AuditEntry(actor, action, current.id, detail)]
