@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS := var/bench/results.jsonl
 BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
-.PHONY: run test lint typecheck bench bench-quick clean
+.PHONY: run test lint typecheck bench bench-quick clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# From Debian, when missing: Chromium for the console's browser tests (Playwright's own
+# download does not work here), libfaketime for the clock-skew tests (tests/faults).
+# `make test` installs them itself, so that it passes on a fresh machine.
+system-deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing="$$missing faketime"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  echo "installing from Debian:$$missing"; \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+
+test: system-deps lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(BENCH_STAMP)

@@ -5,7 +5,7 @@
 
 Builds a store of N entries the fast way (the schema from `Store.open`, then
 rows written directly with sqlite3 `executemany`, each leaf from
-`audit.entry_leaf`; a signed checkpoint every K entries), then times
+`auditlog.entry_leaf`; a signed checkpoint every K entries), then times
 `verify_store` on it (no envelopes: the log alone).
 
 The floor is measured in the same run, on the same file: one pass of sqlite
@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record
+from network.core.auditlog import checkpoint_origin, entry_bytes, entry_leaf
 from network.core.crypto import (
     HpkeSuite,
     generate_hpke_key,
@@ -54,8 +55,8 @@ from network.core.crypto import (
 from network.core.records import NodeId, b64encode, canonical
 from network.core.roster import Card, Roster, build_roster, load_roster
 from network.core.tlog import Checkpoint, TreeBuilder, sign_note
-from network.node.audit import checkpoint_origin, entry_bytes, entry_leaf, verify_store
 from network.node.store import AuditEntry, Store
+from network.node.verify import verify_store
 
 NOW = 1_795_000_000_000
 ACTIONS = (
@@ -205,7 +206,7 @@ def append_costs(root: Path, count: int, rounds: int) -> list[tuple[str, float, 
             started = time.perf_counter()
             for i in range(transactions(batch)):
                 async with store.transaction(NOW + i, durable=durable) as tx:
-                    await tx.audit([entry] * batch)
+                    tx.audit([entry] * batch)
             return (time.perf_counter() - started) / (transactions(batch) * batch)
         finally:
             await store.close()

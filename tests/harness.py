@@ -1,14 +1,21 @@
 """A real network for tests: node processes on 127.0.0.1 with real TLS, SQLite and sockets.
 
 `Network(tmp_path, links={...})` makes keys, the keeper, a signed roster,
-node configs on free ports and one officer and one auditor per node; then
-`start`, `stop` (SIGTERM), `kill` (SIGKILL) and `api` drive the nodes as a
-user would. Every process it starts is killed in `close`.
+node configs and one officer and one auditor per node; then `start`, `stop`
+(SIGTERM), `kill` (SIGKILL) and `api` drive the nodes as a user would. Every
+process it starts is killed in `close`.
+
+Ports are never guessed: the harness binds each node's peer and API sockets
+to 127.0.0.1:0 itself, reads their ports for the roster and the configs, and
+hands the sockets to the node as systemd would (socket activation,
+network/node/sockets.py). It holds them for the network's life, so a node
+restarts on the same ports with no moment in which another socket can take them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -21,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +45,48 @@ REPO = Path(__file__).resolve().parent.parent
 
 _handed_out: set[int] = set()
 
+# Runs in the child between fork and the node: puts the inherited sockets at 3, 4, ...
+# and says so in the environment, with the pid the node will have (exec keeps it).
+_ACTIVATE = """
+import fcntl, os, sys
+fds, names, command = [int(f) for f in sys.argv[1].split(",")], sys.argv[2], sys.argv[3:]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]  # out of the way of 3, 4, ...
+for index, fd in enumerate(high):
+    os.dup2(fd, 3 + index)
+    os.close(fd)
+os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names, LISTEN_PID=str(os.getpid()))
+os.execv(command[0], command)
+"""
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, so that nothing else takes it
+    while the test runs, and not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield port_of(sock)
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 on a port the kernel chose."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def activated(command: list[str], sockets: dict[str, socket.socket]) -> tuple[list[str], list[int]]:
+    """`command` run with `sockets` handed down by name, as systemd's socket activation does:
+    the argv to run and the descriptors to pass (`subprocess.Popen(pass_fds=...)`)."""
+    fds = [sock.fileno() for sock in sockets.values()]
+    shim = [sys.executable, "-c", _ACTIVATE, ",".join(map(str, fds)), ":".join(sockets)]
+    return [*shim, *command], fds
+
+
 T = TypeVar("T")
 
 
@@ -47,20 +96,42 @@ def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[
         return db.execute(query, params).fetchall()
 
 
-def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something true, and return that."""
+def wait_for(
+    check: Callable[[], T], timeout: float = 30.0, what: str = "condition", *, poll: float = 0.2
+) -> T:
+    """Poll `check` every `poll` seconds until it returns something true, and return that;
+    AssertionError naming `what` after `timeout` seconds. The suite's one way to wait for
+    something to happen: a node runs in another process, and tells us only through its API,
+    its store and its log."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         found = check()
         if found:
             return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def pause(seconds: float, why: str) -> None:
+    """Let `seconds` pass on purpose, because time passing is the thing under test or the
+    fault injected (an attacker's pace, a flapping link, a kill at a random moment): never
+    to wait for something to happen (that is `wait_for`). `why` says which, for the reader."""
+    time.sleep(seconds)
+
+
+async def pause_async(seconds: float, why: str) -> None:
+    """`pause` inside an event loop (a slow server, a proxy's delay, a link going down)."""
+    await asyncio.sleep(seconds)
 
 
 def free_port() -> int:
     """A free port below the ephemeral range (32768+), where outgoing connections take theirs:
-    a port picked there could be taken by a dialling socket before its node listens."""
+    a port picked there could be taken by a dialling socket before its node listens.
+
+    A guess, which something else may take before it is bound: only for a port that must
+    be named before anything can bind it (the demo configs `cpn up` reads and binds
+    itself). Everywhere else bind port 0 and read the port (`listening_socket`)."""
     while True:
         port = random.randrange(20_000, 32_000)
         if port in _handed_out:
@@ -85,6 +156,10 @@ class Node:
     listen_port: int = 0  # where it listens, if not there (a proxy sits on `peer_port`)
     tokens: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # The listening sockets handed to the node at each start ("peer", "api"), and the one
+    # a proxy serves on when the node is `proxied`; the harness holds them open throughout.
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+    proxy_socket: socket.socket | None = None
 
 
 class Network:
@@ -114,8 +189,10 @@ class Network:
         ids = sorted(set(links) | {p for peers in links.values() for p in peers} | set(extra_nodes))
         cards = []
         for node_id in ids:
-            peer_port, api_port = free_port(), free_port()
-            listen_port = free_port() if node_id in proxied else peer_port
+            sockets = {"peer": listening_socket(), "api": listening_socket()}
+            proxy_socket = listening_socket() if node_id in proxied else None
+            listen_port, api_port = port_of(sockets["peer"]), port_of(sockets["api"])
+            peer_port = port_of(proxy_socket) if proxy_socket is not None else listen_port
             cards.append(
                 init_node_keys(
                     self.keys / node_id,
@@ -148,6 +225,8 @@ class Network:
                 peer_port,
                 root / "var" / f"{node_id}.log",
                 listen_port,
+                sockets=sockets,
+                proxy_socket=proxy_socket,
             )
         self.keeper = load_keeper(self.keys / "authority")
         self.cards = cards
@@ -214,8 +293,12 @@ class Network:
         node = self.nodes[node_id]
         node.log.parent.mkdir(exist_ok=True)
         log = node.log.open("ab")
+        command, fds = activated(
+            [sys.executable, "-m", "network", "node", "run", str(node.config)], node.sockets
+        )
         node.process = subprocess.Popen(
-            [sys.executable, "-m", "network", "node", "run", str(node.config)],
+            command,
+            pass_fds=fds,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -228,20 +311,23 @@ class Network:
 
     def wait_healthy(self, node_id: str, timeout: float = 20.0) -> None:
         node = self.nodes[node_id]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if node.process is not None and node.process.poll() is not None:
                 raise AssertionError(f"{node_id} exited: {node.log.read_text()[-3000:]}")
             try:
-                status, _ = self.api(node_id, "GET", "/healthz", token=None)
-                if status == 200:
-                    return
+                return self.api(node_id, "GET", "/healthz", token=None)[0] == 200
             except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(
-            f"{node_id} not healthy after {timeout}s: {node.log.read_text()[-3000:]}"
-        )
+                return False
+
+        try:
+            wait_for(healthy, timeout, what=f"{node_id} healthy", poll=0.05)
+        except AssertionError as exc:
+            if "exited" in str(exc):
+                raise
+            raise AssertionError(
+                f"{node_id} not healthy after {timeout}s: {node.log.read_text()[-3000:]}"
+            ) from None
 
     def stop(self, node_id: str, timeout: float = 20.0) -> int:
         node = self.nodes[node_id]
@@ -264,6 +350,9 @@ class Network:
                 node.process.kill()
                 node.process.wait(timeout=10)
             node.process = None
+            for sock in [*node.sockets.values(), node.proxy_socket]:
+                if sock is not None:
+                    sock.close()
 
     # -- the API -----------------------------------------------------------------
 
@@ -305,30 +394,44 @@ class Network:
         self, node_id: str, message_id: str, states: set[str], timeout: float = 20.0
     ) -> dict[str, Any]:
         """Poll the listing (reading the message itself would audit an `opened` each time)."""
-        deadline = time.monotonic() + timeout
         seen: Any = None
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, Any] | None:
+            nonlocal seen
             for box in ("out", "in"):
                 for message in self.list(node_id, box):
                     if message["id"] == message_id:
                         seen = message
                         if message["state"] in states:
                             return message
-            time.sleep(0.1)
-        raise AssertionError(f"{message_id} on {node_id} never reached {states}: {seen}")
+            return None
+
+        try:
+            return wait_for(reached, timeout, poll=0.1)
+        except AssertionError:
+            raise AssertionError(
+                f"{message_id} on {node_id} never reached {states}: {seen}"
+            ) from None
 
     def wait_all(
         self, node_id: str, box: str, count: int, states: set[str], timeout: float = 60.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
         messages: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+
+        def reached() -> list[dict[str, Any]] | None:
+            nonlocal messages
             messages = self.list(node_id, box)
             if len(messages) >= count and all(m["state"] in states for m in messages):
                 return messages
-            time.sleep(0.2)
-        states_seen = sorted({m["state"] for m in messages})
-        raise AssertionError(f"{node_id} {box}: {len(messages)} messages, states {states_seen}")
+            return None
+
+        try:
+            return wait_for(reached, timeout)
+        except AssertionError:
+            states_seen = sorted({m["state"] for m in messages})
+            raise AssertionError(
+                f"{node_id} {box}: {len(messages)} messages, states {states_seen}"
+            ) from None
 
     def list(self, node_id: str, box: str, limit: int = 500) -> list[dict[str, Any]]:
         status, answer = self.api(node_id, "GET", f"/api/messages?box={box}&limit={limit}")

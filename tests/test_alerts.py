@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -24,7 +23,7 @@ from network.node.alerts import (
     alert_record,
     rfc3339,
 )
-from tests.harness import free_port
+from tests.harness import pause_async, refusing_port
 
 NOW = 1_795_000_000_123  # 2026-11-18T11:06:40.123Z
 SECRET_PATH = "/hooks/T0KEN-s3cret"
@@ -44,7 +43,7 @@ class Hook:
         self.bodies.append(await request.read())
         self.headers.append(dict(request.headers))
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await pause_async(self.delay, "a slow webhook: the sender's timeout is under test")
         status = self.statuses[min(len(self.bodies), len(self.statuses)) - 1]
         return web.Response(status=status, text="x" * 100_000 if status >= 300 else "ok")
 
@@ -71,13 +70,12 @@ async def serve(hook: Hook) -> AsyncIterator[str]:
 
 @dataclass
 class Sleeps:
-    """Records the backoff delays asked for, and sleeps a hundredth of each."""
+    """The sender's clock, driven: records the backoff delays asked for, and lets none pass."""
 
     asked: list[float] = field(default_factory=list)
 
     async def __call__(self, seconds: float) -> None:
         self.asked.append(seconds)
-        await asyncio.sleep(seconds / 100)
 
 
 def record(kind: AlertKind = AlertKind.OVERDUE_ACKNOWLEDGEMENT) -> dict[str, object]:
@@ -200,11 +198,12 @@ async def test_other_statuses_are_failures(status: int) -> None:
 
 
 async def test_connection_refused_returns_false() -> None:
-    url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     sleeps = Sleeps()
 
-    async with sender(url, sleeps, retries=3) as webhook:
-        delivered = await webhook.post(record())
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}/hook"
+        async with sender(url, sleeps, retries=3) as webhook:
+            delivered = await webhook.post(record())
 
     assert delivered is False
     assert len(sleeps.asked) == 2

@@ -30,14 +30,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from network.core.auditlog import checkpoint_origin
 from network.core.crypto import generate_signing_key
 from network.core.records import NodeId
 from network.core.roster import Card, build_roster
 from network.core.tlog import Checkpoint, sign_note, verify_consistency
-from network.node.audit import checkpoint_origin, load_roster_file, verify_store
 from network.node.config import load_config
 from network.node.keys import load_keeper_public, load_node_keys
 from network.node.store import AuditEntry, Store
+from network.node.verify import load_roster_file, verify_store
 from network.samples import sample_body
 from tests.harness import REPO, Network, rows, wait_for
 
@@ -514,7 +515,7 @@ def test_a_rewritten_history_contradicts_the_witness(run: Run) -> None:
         try:
             while store.audit_log.size < run.witnessed_size + 2:
                 async with store.transaction(int(time.time() * 1000)) as tx:
-                    await tx.audit([AuditEntry("node:FRA", "forged", None, {"n": 1})])
+                    tx.audit([AuditEntry("node:FRA", "forged", None, {"n": 1})])
             async with store.transaction(int(time.time() * 1000)) as tx:
                 checkpoint = Checkpoint(origin, store.audit_log.size, store.audit_log.root())
                 note = sign_note(checkpoint.to_text(), origin, keys.signing)
@@ -702,3 +703,34 @@ def test_worker_processes_find_what_one_process_finds(run: Run) -> None:
     assert sizes and clean_parallel["checkpoints"] == len(sizes)
     named = {(p["kind"], p["seq"]) for p in parallel["problems"]}
     assert {("deleted", deleted), ("edited", edited), ("edited", not_utf8)} <= named
+
+
+def test_worker_processes_name_a_row_they_cannot_encode_as_one_process_does(run: Run) -> None:
+    """A row the fast path cannot encode (a time beyond ±(2^53-1)) has no leaf of its own
+    in a worker's chunk: the walk hashes it again, and the tree keeps its size."""
+    beyond = seq_of(run.fra, "queued", run.sent[1])
+
+    def tamper(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE audit SET time = ? WHERE seq = ?", (2**60, beyond))
+
+    config = load_config(run.tampered("parallel-time", tamper))
+    keeper = load_keeper_public(config.keeper_path)
+    roster = load_roster_file(config.roster_path, keeper)
+    entries = audit_size(config.store_path)
+
+    def verify(workers: int) -> dict[str, Any]:
+        report = verify_store(
+            config.store_path,
+            roster=roster,
+            node_id="FRA",
+            keeper=keeper,
+            workers=workers,
+            chunk=max(8, entries // 7),
+        )
+        return report.to_json()
+
+    serial, parallel = verify(1), verify(2)
+
+    assert parallel == serial
+    assert parallel["entries"] == entries
+    assert [(p["kind"], p["seq"]) for p in parallel["problems"]] == [("edited", beyond)]

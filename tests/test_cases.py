@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from network.samples import sample_body
-from tests.harness import Network, free_port, wait_for
+from tests.harness import Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,8 +36,8 @@ class Webhook:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -130,6 +130,14 @@ def test_a_preservation_goes_through_receipt_acknowledgement_and_response(tmp_pa
     assert seen["state"] == "answered"
 
 
+def flagged_overdue(network: Network, message_id: str) -> bool:
+    """Whether FRA's alerts still list `message_id` as overdue for its acknowledgement."""
+    status, alerts = network.api("FRA", "GET", "/api/alerts")
+    assert status == 200
+    flagged = [m for m in alerts["overdue"] if m["id"] == message_id]
+    return bool(flagged) and "acknowledgement" in flagged[0]["overdue"]
+
+
 def test_an_unacknowledged_flash_message_escalates_to_the_webhook(
     tmp_path: Path, webhook: Webhook
 ) -> None:
@@ -160,9 +168,18 @@ def test_an_unacknowledged_flash_message_escalates_to_the_webhook(
         status, _ = network.api("DEU", "POST", f"/api/messages/{request}/ack")
         assert status == 202
         network.wait_state("FRA", request, {"acknowledged"})
-        time.sleep(1.5)  # one scan: the flag is lifted
+        wait_for(lambda: not flagged_overdue(network, request), what="the flag lifted")
         settled = len(webhook.about(request, "overdue_acknowledgement", "FRA"))
-        time.sleep(4.5)  # past two repeats: nothing more about the acknowledgement
+        # A witness on FRA's own clock: a second flash message nobody acknowledges. Its
+        # first alert comes 3 s after it is sent, its repeat 2 s later: past two repeats
+        # of the first message's, which must bring nothing more about the acknowledgement.
+        witness = network.send(
+            "FRA", "DEU", "emergency", sample_body("emergency"), priority="flash"
+        )
+        wait_for(
+            lambda: len(webhook.about(witness, "overdue_acknowledgement", "FRA")) >= 2,
+            what="two alerts about the witness",
+        )
         assert len(webhook.about(request, "overdue_acknowledgement", "FRA")) == settled
         status, alerts = network.api("FRA", "GET", "/api/alerts")
         flagged = [m for m in alerts["overdue"] if m["id"] == request]
@@ -186,7 +203,10 @@ def test_deadlines_fire_after_a_restart(tmp_path: Path, webhook: Webhook) -> Non
         )
         network.stop("FRA")  # before the acknowledgement deadline
         assert not webhook.about(request, "overdue_acknowledgement", "FRA")
-        time.sleep(3.5)
+        query = "SELECT ack_due FROM messages WHERE id = ?"
+        [(ack_due,)] = rows(network.nodes["FRA"].store, query, (request,))
+        # The deadline passes while FRA is down (the wall clock's, as the node reads it).
+        wait_for(lambda: time.time() * 1000 > ack_due + 500, what="the deadline passed")
         network.start("FRA")
         wait_for(
             lambda: webhook.about(request, "overdue_acknowledgement", "FRA"),

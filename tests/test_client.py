@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from network.samples import sample_body
-from tests.harness import Network, free_port, rows, wait_for
+from tests.harness import Network, refusing_port, rows, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -309,7 +309,6 @@ def test_inbox_marks_overdue_and_lists_what_was_sent(network: Network) -> None:
 def test_tokens_and_unreachable_nodes_get_clear_errors(network: Network) -> None:
     message_id = network.send("FRA", "DEU", "technical_advice", sample_body("technical_advice"))
     wrong_token = "cpn_this-is-not-a-token"
-    unused = f"http://127.0.0.1:{free_port()}"
 
     refused = cpn(network, "DEU", "inbox", env={"CPN_TOKEN": wrong_token})
     flag_wins = cpn(
@@ -321,7 +320,9 @@ def test_tokens_and_unreachable_nodes_get_clear_errors(network: Network) -> None
         env={"CPN_TOKEN": wrong_token},
     )
     auditor = cpn(network, "DEU", "ack", message_id, role="auditor")
-    unreachable = cpn(network, "DEU", "inbox", "--api", unused)
+    with refusing_port() as port:
+        unused = f"http://127.0.0.1:{port}"
+        unreachable = cpn(network, "DEU", "inbox", "--api", unused)
     no_token = cpn(network, "DEU", "inbox", env={"CPN_TOKEN": ""})
     unknown = cpn(network, "DEU", "show", "01a1f94a-eec0-75c3-9e17-b2d40f68a1e7")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +98,13 @@ def test_killing_the_relay_mid_stream_reroutes_and_loses_nothing(tmp_path: Path)
     assert isinstance(via_other, int) and via_other > 0
 
 
+def refusals(network: Network, node_id: str) -> int:
+    """How many links `node_id` has refused so far (audited `link_refused`)."""
+    query = "SELECT COUNT(*) FROM audit WHERE action = 'link_refused'"
+    count: int = rows(network.nodes[node_id].store, query)[0][0]
+    return count
+
+
 def test_revoked_node_is_cut_off_once_the_new_roster_spreads(tmp_path: Path) -> None:
     links = {"FRA": ["DEU"], "DEU": ["FRA", "KEN"], "KEN": ["DEU"]}
     network = Network(tmp_path, links, own_rosters=True)
@@ -140,7 +146,10 @@ def test_revoked_node_is_cut_off_once_the_new_roster_spreads(tmp_path: Path) -> 
             },
         )
         peers = network.api("DEU", "GET", "/api/peers")[1]["peers"]
-        time.sleep(1.5)  # KEN keeps dialling; DEU keeps refusing
+        refused_so_far = refusals(network, "DEU")
+        wait_for(  # KEN keeps dialling; DEU keeps refusing
+            lambda: refusals(network, "DEU") > refused_so_far, what="DEU refusing KEN again"
+        )
         network.stop("DEU")
     finally:
         network.close()

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from network.core.records import NodeId
 from network.core.routing import Announcement, RoutingTable
+from network.core.session import Room
 from network.node import scheduler as scheduler_module
-from network.node.scheduler import ROUTE_REFRESH_MS, Candidate, Room, Scheduler
+from network.node.scheduler import ROUTE_REFRESH_MS, Candidate, Scheduler
 
 ME = NodeId("FRA")
 BRA, DEU, KEN, USA = NodeId("BRA"), NodeId("DEU"), NodeId("KEN"), NodeId("USA")
@@ -43,8 +44,8 @@ LINKED = (BRA, DEU, USA)
 
 def drained(made: Scheduler, peer: NodeId) -> None:
     """Let `peer`'s first look (and any flag standing) pass, finding nothing more."""
-    while made.next_batch(peer, Room(10), T0).look:
-        made.looked(peer, 0, Room(10))
+    while made.next_batch(peer, Room(10, False), T0).look:
+        made.looked(peer, 0, Room(10, False))
 
 
 def test_news_is_taken_by_id_flash_first() -> None:
@@ -53,7 +54,7 @@ def test_news_is_taken_by_id_flash_first() -> None:
     for message_id, rank in (("routine", ROUTINE), ("urgent", URGENT), ("flash", FLASH)):
         made.queued(Candidate(message_id, DEU, rank))
 
-    batch = made.next_batch(DEU, Room(10), T0)
+    batch = made.next_batch(DEU, Room(10, False), T0)
 
     assert batch.news == ("flash", "urgent", "routine")
     assert not batch.look
@@ -64,8 +65,8 @@ def test_never_more_than_the_room() -> None:
     for n in range(5):
         made.queued(Candidate(f"m{n}", DEU, ROUTINE))
 
-    first = made.next_batch(DEU, Room(2), T0)
-    second = made.next_batch(DEU, Room(2), T0)
+    first = made.next_batch(DEU, Room(2, False), T0)
+    second = made.next_batch(DEU, Room(2, False), T0)
 
     assert first.news == ("m0", "m1")
     assert second.news == ("m2", "m3")
@@ -76,7 +77,7 @@ def test_a_full_window_takes_only_flash() -> None:
     made.queued(Candidate("routine", DEU, ROUTINE))
     made.queued(Candidate("flash", DEU, FLASH))
 
-    batch = made.next_batch(DEU, Room(5, flash_only=True), T0)
+    batch = made.next_batch(DEU, Room(5, True), T0)
 
     assert batch.news == ("flash",)
     assert made.has_news(DEU)  # the routine one waits for room
@@ -87,7 +88,7 @@ def test_no_room_gives_nothing_but_receipts() -> None:
     made.queued(Candidate("m", DEU, ROUTINE))
     made.pass_on("r1", DEU, b"receipt", prefer=None)
 
-    batch = made.next_batch(DEU, Room(0), T0)
+    batch = made.next_batch(DEU, Room(0, False), T0)
 
     assert batch.receipts == (b"receipt",) and batch.news == () and not batch.look
     assert made.has_news(DEU)
@@ -96,11 +97,11 @@ def test_no_room_gives_nothing_but_receipts() -> None:
 def test_a_new_link_looks_through_the_outbox_until_a_look_leaves_nothing_behind() -> None:
     made = scheduler(GRAPH, LINKED)
 
-    first = made.next_batch(DEU, Room(10), T0)
-    made.looked(DEU, 10, Room(10))  # it filled the room: more may wait
-    second = made.next_batch(DEU, Room(10), T0)
-    made.looked(DEU, 3, Room(10))
-    third = made.next_batch(DEU, Room(10), T0)
+    first = made.next_batch(DEU, Room(10, False), T0)
+    made.looked(DEU, 10, Room(10, False))  # it filled the room: more may wait
+    second = made.next_batch(DEU, Room(10, False), T0)
+    made.looked(DEU, 3, Room(10, False))
+    third = made.next_batch(DEU, Room(10, False), T0)
 
     assert first.look and second.look
     assert not third.look
@@ -111,7 +112,7 @@ def test_a_poll_looks_wide_and_skips_the_news() -> None:
     drained(made, DEU)
     made.queued(Candidate("m", DEU, ROUTINE))
 
-    batch = made.next_batch(DEU, Room(10, poll=True), T0)
+    batch = made.next_batch(DEU, Room(10, False), T0, poll=True)
 
     assert batch.look and batch.detours and batch.news == ()
 
@@ -124,7 +125,7 @@ def test_routes_that_move_make_the_new_first_hop_look() -> None:
 
     too_soon = made.refresh_routes(T0 + ROUTE_REFRESH_MS)  # the same instant as the last
     moved = made.refresh_routes(T0 + 3 * ROUTE_REFRESH_MS)
-    batch = made.next_batch(DEU, Room(10), T0 + 3 * ROUTE_REFRESH_MS)
+    batch = made.next_batch(DEU, Room(10, False), T0 + 3 * ROUTE_REFRESH_MS)
 
     assert too_soon is None
     assert moved == {DEU}
@@ -137,7 +138,7 @@ def test_a_relayed_message_never_goes_back_along_its_path() -> None:
     came_from = hops[0]
 
     made.queued(Candidate("relayed", KEN, URGENT, frozenset({came_from, ME})))
-    taken = {peer: made.next_batch(peer, Room(10), T0).news for peer in (BRA, USA)}
+    taken = {peer: made.next_batch(peer, Room(10, False), T0).news for peer in (BRA, USA)}
 
     assert set(hops) == {BRA, USA}
     assert taken[came_from] == ()
@@ -154,7 +155,7 @@ def test_a_hop_that_refused_a_message_is_not_chosen_again_and_every_link_looks_w
     before = made.next_hop(message)
     made.hop_refused("m", best)
     after = made.next_hop(message)
-    batch = made.next_batch(DEU, Room(10), T0)
+    batch = made.next_batch(DEU, Room(10, False), T0)
 
     assert (before, after) == (best, second)
     assert batch.look and batch.detours
@@ -166,8 +167,8 @@ def test_news_the_routes_moved_goes_to_the_new_link_and_wakes_it() -> None:
     made.queued(Candidate("m", KEN, ROUTINE))
     made.hop_refused("m", best)
 
-    at_best = made.next_batch(best, Room(10), T0)
-    at_second = made.next_batch(second, Room(10), T0)
+    at_best = made.next_batch(best, Room(10, False), T0)
+    at_second = made.next_batch(second, Room(10, False), T0)
 
     assert at_best.news == () and second in at_best.wake
     assert at_second.news == ("m",)
@@ -193,8 +194,8 @@ def test_a_receipt_goes_back_the_way_its_message_came_while_that_link_is_up() ->
     first, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
     again, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
 
-    at_bra = made.next_batch(BRA, Room(10), T0)
-    at_usa = made.next_batch(USA, Room(10), T0)
+    at_bra = made.next_batch(BRA, Room(10, False), T0)
+    at_usa = made.next_batch(USA, Room(10, False), T0)
 
     assert first and not again  # passed on once
     assert at_bra.receipts == ()
@@ -207,7 +208,7 @@ def test_a_receipt_whose_link_is_down_takes_the_best_route() -> None:
     best = made.routing.next_hops(KEN)[0]
 
     _, wake = made.pass_on("r1", KEN, b"receipt", prefer=DEU)
-    taken = made.next_batch(best, Room(10), T0)
+    taken = made.next_batch(best, Room(10, False), T0)
 
     assert wake == best
     assert taken.receipts == (b"receipt",)
@@ -257,6 +258,7 @@ def test_the_scheduler_is_pure() -> None:
         "network.core.lifecycle",
         "network.core.records",
         "network.core.routing",
+        "network.core.session",
     }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from network.core.records import NodeId
 from network.core.roster import build_roster, load_roster
 from network.core.tlog import root_hash
 from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.node.store import SCHEMA_VERSION, AuditEntry, Store, StoreError
+from network.node.store import AuditEntry, Store
 from network.node.wiring import Node
 from network.samples import sample_body
 
@@ -165,7 +164,7 @@ async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair
 
     async def interrupted() -> None:
         async with store.transaction(T0) as tx:
-            await tx.audit([AuditEntry("test", "half_done")])
+            tx.audit([AuditEntry("test", "half_done")])
             entered.set()
             await asyncio.sleep(10)
 
@@ -199,11 +198,11 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
         async with store.transaction(T0 + n) as tx:
             if n % 3 == 0:
                 await tx.audit_size()  # a read first, as a checkpoint does
-            await tx.audit([AuditEntry("test", "ours", None, {"n": n})])
+            tx.audit([AuditEntry("test", "ours", None, {"n": n})])
 
     async def theirs(n: int) -> None:
         async with other.transaction(T0 + n) as tx:
-            await tx.audit([AuditEntry("cli", "theirs", None, {"n": n})])
+            tx.audit([AuditEntry("cli", "theirs", None, {"n": n})])
 
     try:
         await asyncio.gather(*(ours(n) for n in range(90)), *(theirs(n) for n in range(30)))
@@ -219,53 +218,3 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
     assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
     assert size == store.audit_log.size == len(stored) == 90 + 30 + 3 * 3
     assert store.audit_log.root() == root_hash([bytes(leaf) for _, leaf in stored])
-
-
-async def test_an_officers_submit_goes_before_the_links_queued_transactions(pair: Pair) -> None:
-    """At a busy relay, a duty officer waits for the transaction under way, not for the
-    dozens the links queued before it; and a cancelled waiter does not hold anyone up."""
-    store = pair.fra.context.store
-    under_way = asyncio.Event()
-    go_on = asyncio.Event()
-
-    async def link_work(n: int) -> None:
-        async with store.transaction(T0) as tx:
-            if n == 0:
-                under_way.set()
-                await go_on.wait()
-            await tx.audit([AuditEntry("node:DEU", "link_work", None, {"n": n})])
-
-    links = [asyncio.create_task(link_work(n)) for n in range(40)]
-    await under_way.wait()
-    await asyncio.sleep(0.05)  # the other 39 are queued
-    gone = asyncio.create_task(link_work(99))
-    await asyncio.sleep(0)
-    gone.cancel()  # leaves the queue
-    officer = asyncio.create_task(submit(pair.fra))
-    await asyncio.sleep(0.05)
-    go_on.set()
-    message_id = await officer
-    await asyncio.gather(*links)
-
-    async with store.db.execute("SELECT message_id, detail FROM audit ORDER BY seq") as cursor:
-        order = [m or f"link {json.loads(d)['n']}" for m, d in await cursor.fetchall()]
-    assert order[0] == "link 0"
-    assert order[1] == message_id  # composed, right after the transaction under way
-    assert [o for o in order if o.startswith("link")] == [f"link {n}" for n in range(40)]
-
-
-async def test_store_from_a_newer_cpn_is_refused(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "node.sqlite")
-    await store.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    await store.close()
-
-    with pytest.raises(StoreError, match="newer than this cpn"):
-        await Store.open(tmp_path / "node.sqlite")
-
-
-async def test_damaged_store_file_is_refused_with_its_name(tmp_path: Path) -> None:
-    path = tmp_path / "node.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-
-    with pytest.raises(StoreError, match=r"node\.sqlite"):
-        await Store.open(path)

@@ -732,6 +732,76 @@ def test_merkle_log_extend_keeps_what_came_before_a_bad_leaf_in_a_long_iterable(
     assert log.append(LEAVES[1]) == 70_001
 
 
+def test_merkle_log_lists_its_leaves() -> None:
+    log = MerkleLog()
+    log.extend(LEAVES[:5])
+    assert log.leaves() == LEAVES[:5]
+    assert MerkleLog().leaves() == []
+
+
+# -- the tree builder fed in pieces, and from chunks' pyramids ------------------------
+
+
+@settings(PROPERTY, max_examples=60)
+@given(
+    count=st.integers(0, 600),
+    chunk_bits=st.integers(0, 7),
+    salt=st.binary(max_size=4),
+    data=st.data(),
+)
+def test_tree_builder_in_pieces_and_chunks_matches_the_sequence_functions(
+    count: int, chunk_bits: int, salt: bytes, data: st.DataObject
+) -> None:
+    # The verifier's way: the log in aligned chunks of 2^k leaves; an intact chunk comes as
+    # its own MerkleLog (a worker's) whose subtrees the builder reads, any other as leaves;
+    # either is taken in drawn pieces, stopping at drawn sizes (checkpoints) to compare the
+    # root with root_hash, and a MerkleLog of the whole log grown in the same pieces answers
+    # proofs equal to the sequence functions' at those sizes.
+    leaves = numbered_leaves(count, salt)
+    chunk = 1 << chunk_bits
+    builder, whole = TreeBuilder(), MerkleLog()
+    stops = []
+    for lo in range(0, count, chunk):
+        part = leaves[lo : lo + chunk]
+        pyramid: MerkleLog | None = None
+        if data.draw(st.booleans(), label="from a pyramid"):
+            pyramid = MerkleLog()
+            pyramid.extend(part)
+        start = 0
+        while start < len(part):
+            take = data.draw(st.integers(1, len(part) - start), label="piece")
+            if pyramid is not None:
+                builder.extend_from(pyramid, start, take)
+            elif take == 1 and data.draw(st.booleans(), label="append"):
+                builder.append(part[start])
+            else:
+                builder.extend(iter(part[start : start + take]))
+            whole.extend(part[start : start + take])
+            start += take
+            stops.append(builder.size)
+            assert builder.root() == root_hash(leaves[: builder.size]) == whole.root()
+    assert builder.size == whole.size == count
+    assert builder.root() == root_hash(leaves)
+    rng = data.draw(st.randoms(use_true_random=False), label="rng")
+    for size in stops:
+        index, old = rng.randrange(size), rng.randrange(size + 1)
+        assert whole.inclusion_proof(index, size) == inclusion_proof(leaves, index, size)
+        assert whole.consistency_proof(old, size) == consistency_proof(leaves, old, size)
+
+
+def test_tree_builder_reads_a_pyramid_only_where_its_subtrees_are_the_trees() -> None:
+    pyramid = MerkleLog()
+    pyramid.extend(LEAVES[:4])
+    builder = TreeBuilder()
+    builder.append(LEAVES[0])
+    with pytest.raises(ValueError, match="cannot follow"):
+        builder.extend_from(pyramid, 0, 4)  # it would start at position 1, not a multiple of 4
+    with pytest.raises(ValueError, match="cannot follow"):
+        builder.extend_from(pyramid, 1, 4)  # past the pyramid's leaves
+    builder.extend_from(pyramid, 1, 3)
+    assert (builder.size, builder.root()) == (4, ROOTS[4])
+
+
 # -- checkpoints -----------------------------------------------------------------
 
 # c2sp.org/tlog-checkpoint's example.

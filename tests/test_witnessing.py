@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from network.core.auditlog import checkpoint_origin, witness_name
 from network.core.crypto import VerifyKey
-from network.core.errors import MalformedError
-from network.core.protocol import (
-    CheckpointOffer,
-    WitnessAnswer,
-    checkpoint_frame,
-    parse_checkpoint_offer,
-    parse_witness_answer,
-    split_frame,
-    witness_frame,
-)
 from network.core.tlog import open_checkpoint, verify_cosignature
-from network.node.audit import checkpoint_origin, witness_name
 from network.samples import sample_body
 from tests.harness import Network, rows, wait_for
 
@@ -33,19 +23,6 @@ pytestmark = pytest.mark.timeout(180)
 def signing_key(network: Network, node_id: str) -> VerifyKey:
     card = next(c for c in network.cards if c.id == node_id)
     return card.signing_key
-
-
-def test_frames_round_trip_and_refuse_what_is_wrong() -> None:
-    offer = CheckpointOffer("cpn/audit/FRA\n3\nAAAA\n", 2, (b"\x01" * 32, b"\x02" * 32))
-    _, payload = split_frame(checkpoint_frame(offer))
-    assert parse_checkpoint_offer(payload) == offer
-    for answer in (WitnessAnswer(3, cosignature="— x y\n"), WitnessAnswer(3, need_from=2)):
-        _, payload = split_frame(witness_frame(answer))
-        assert parse_witness_answer(payload) == answer
-    with pytest.raises(MalformedError, match="exactly one"):
-        parse_witness_answer(b'{"size":3}')
-    with pytest.raises(MalformedError, match="32 bytes"):
-        parse_checkpoint_offer(b'{"from":1,"note":"n","proof":["AAAA"]}')
 
 
 def test_checkpoints_are_signed_and_cosigned_by_the_peer(tmp_path: Path) -> None:

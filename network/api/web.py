@@ -65,21 +65,15 @@ from network.api.openapi import (
 )
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 from network.core.bodies import BODY_TYPES, describe_types, json_schemas
-from network.core.errors import BodyError, CpnError, MalformedError, OversizeError
+from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
 from network.core.lifecycle import State
 from network.core.records import ROLES, MessageType, Priority, parse_json
-from network.node.audit import (
-    MAX_PAGE,
-    EntryFilter,
-    export_entries,
-    list_entries,
-    parse_time,
-    rfc3339,
-    verify_store,
-)
+from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
+from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
 from network.node.reading import summary
 from network.node.store import AuditEntry, StoreError, UserRow
+from network.node.verify import verify_store
 from network.node.wiring import Node
 
 __all__ = [
@@ -718,6 +712,9 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         response = _error(
             503, f"the node's store is unavailable{cause}; try again", headers={"Retry-After": "5"}
         )
+    except LocalError:  # our bug, not the client's: as any other failure of ours
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = _error(500, "internal error")
     except CpnError as exc:
         response = await _refused(request, _Refusal(400, str(exc)))
     except web.HTTPException as exc:

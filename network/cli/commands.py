@@ -60,7 +60,8 @@ from network.node.keys import (
 )
 
 if TYPE_CHECKING:
-    from network.node.audit import EntryFilter, VerifyReport
+    from network.node.auditfile import EntryFilter
+    from network.node.verify import VerifyReport
 
 # The audit log, the store and the use cases load in the commands that use them, so
 # that `cpn send` and the other officer commands start in a fraction of a second.
@@ -368,7 +369,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the whole store verifies, 1 naming the first problem."""
-    from network.node.audit import load_roster_file, read_witnessed, verify_store
+    from network.node.auditfile import read_witnessed
+    from network.node.verify import load_roster_file, verify_store
 
     config = load_config(Path(args.config))
     keeper = load_keeper_public(config.keeper_path)
@@ -419,7 +421,7 @@ def _print_report(report: VerifyReport) -> None:
 
 
 def _time_arg(text: str) -> int:
-    from network.node.audit import parse_time
+    from network.node.clock import parse_time
 
     try:
         return parse_time(text)
@@ -428,7 +430,7 @@ def _time_arg(text: str) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from network.node.audit import EntryFilter
+    from network.node.auditfile import EntryFilter
 
     config = load_config(Path(args.config))
     if args.checkpoints and args.format != "csv":
@@ -462,7 +464,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def _export(
     args: argparse.Namespace, config: NodeConfig, filters: EntryFilter, written: list[Path]
 ) -> int:
-    from network.node.audit import export_entries
+    from network.node.auditfile import export_entries
 
     with contextlib.ExitStack() as stack:
         files = {
@@ -504,7 +506,7 @@ def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def cmd_audit_proof(args: argparse.Namespace) -> int:
-    from network.node.audit import consistency_proof, inclusion_proof
+    from network.node.auditfile import consistency_proof, inclusion_proof
 
     config = load_config(Path(args.config))
     try:

@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 from network.core.lifecycle import State
-from network.core.records import MessageType, Priority
+from network.core.records import Box, MessageType, Priority
 
 __all__ = [
     "DEFAULT_DEADLINES",
@@ -55,8 +55,6 @@ SECOND: Final = 1000
 MINUTE: Final = 60 * SECOND
 HOUR: Final = 60 * MINUTE
 DAY: Final = 24 * HOUR
-
-Box = Literal["out", "in"]
 
 
 class Overdue(StrEnum):
@@ -154,13 +152,13 @@ class Review:
 
 # The states in which each deadline is still unmet (the `lifecycle` tables' names).
 _UNMET: Final[dict[tuple[Box, Overdue], frozenset[State]]] = {
-    ("out", Overdue.RECEIPT): frozenset({State.QUEUED, State.SENT}),
-    ("out", Overdue.ACKNOWLEDGEMENT): frozenset({State.QUEUED, State.SENT, State.DELIVERED}),
-    ("out", Overdue.RESPONSE): frozenset(
+    (Box.OUT, Overdue.RECEIPT): frozenset({State.QUEUED, State.SENT}),
+    (Box.OUT, Overdue.ACKNOWLEDGEMENT): frozenset({State.QUEUED, State.SENT, State.DELIVERED}),
+    (Box.OUT, Overdue.RESPONSE): frozenset(
         {State.QUEUED, State.SENT, State.DELIVERED, State.ACKNOWLEDGED}
     ),
-    ("in", Overdue.ACKNOWLEDGEMENT): frozenset({State.RECEIVED, State.OPENED}),
-    ("in", Overdue.RESPONSE): frozenset({State.RECEIVED, State.OPENED, State.ACKNOWLEDGED}),
+    (Box.IN, Overdue.ACKNOWLEDGEMENT): frozenset({State.RECEIVED, State.OPENED}),
+    (Box.IN, Overdue.RESPONSE): frozenset({State.RECEIVED, State.OPENED, State.ACKNOWLEDGED}),
 }
 
 _NO_REPLY: Final = frozenset({MessageType.ACKNOWLEDGEMENT, MessageType.RESPONSE})
@@ -181,7 +179,7 @@ def due_times(
     """
     d = deadlines.per_priority[priority]
     return Due(
-        receipt=created + d.receipt_ms if box == "out" else None,
+        receipt=created + d.receipt_ms if box == Box.OUT else None,
         acknowledgement=created + d.ack_ms if reply else None,
         response=created + d.response_ms if reply else None,
     )
@@ -314,11 +312,11 @@ def _clock(ms: int) -> str:
 
 
 _WHAT: Final[dict[tuple[Box, Overdue], str]] = {
-    ("out", Overdue.RECEIPT): "no receipt from the receiving node",
-    ("out", Overdue.ACKNOWLEDGEMENT): "not acknowledged by the receiving officers",
-    ("out", Overdue.RESPONSE): "no response from the receiving officers",
-    ("in", Overdue.ACKNOWLEDGEMENT): "not acknowledged by our officers",
-    ("in", Overdue.RESPONSE): "not answered by our officers",
+    (Box.OUT, Overdue.RECEIPT): "no receipt from the receiving node",
+    (Box.OUT, Overdue.ACKNOWLEDGEMENT): "not acknowledged by the receiving officers",
+    (Box.OUT, Overdue.RESPONSE): "no response from the receiving officers",
+    (Box.IN, Overdue.ACKNOWLEDGEMENT): "not acknowledged by our officers",
+    (Box.IN, Overdue.RESPONSE): "not answered by our officers",
 }
 
 

@@ -6,6 +6,13 @@
     ├── BodyError (ValueError)            a message body that fails validation (names the field)
     ├── ApiError                          a node's HTTP API refused a request (status, field)
     ├── UnreachableError                  a node's HTTP API cannot be reached, or does not answer
+    ├── StoreError (OSError)              the store cannot be used (damaged, newer, disk full)
+    ├── AuditReadError (OSError)          a store file that cannot be read as one, offline
+    ├── HubFullError                      too many live event readers at once
+    ├── LinkStalledError                  a peer stopped answering with receipts: dial again
+    ├── LinkClosedError                   a link's connection closed (by us, the peer, the network)
+    ├── LocalError                        what we did wrong: a bug in this node, never the peer's
+    │   └── IllegalTransition             a lifecycle move the state tables do not list
     ├── RosterError (ValueError)          a roster that must not be used
     │   ├── RosterSignatureError          not signed by the pinned register keeper
     │   ├── RosterStaleError              older than (or as old as) the roster held
@@ -22,19 +29,30 @@
         ├── ExpiredError                  past its expiry
         ├── DecryptError                  the sealed body does not open
         ├── DigestMismatchError           a receipt for other bytes than those we sent
+        ├── HandshakeError                a link handshake that does not prove the peer
+        ├── StaleAnnouncementError        a route announcement no newer than the one held
+        ├── HopLimitError                 a message relayed more times than its hop limit
+        ├── LoopError                     a message that came back to a node it went through
+        ├── NoSuchRecipientError          a message to relay to a node the roster lacks
+        ├── UnknownReceiptError           a receipt for a message we never sent
         └── ProofError                    a Merkle proof that does not prove what it claims
             ├── InclusionProofError       the leaf is not in the tree with that root
             └── ConsistencyProofError     the newer tree does not extend the older one
 
-`PeerError` is what someone else did wrong; the others are ours or our
-operator's. Every error carries `reason`, a short stable code that goes into
-receipts and the audit log, and a human message saying what failed.
+`PeerError` is what someone else did wrong (h11's RemoteProtocolError);
+`LocalError` is what this node did wrong (h11's LocalProtocolError): a bug, which
+no input from a peer or an officer should be able to cause. The others are the
+world's or our operator's: a file, a disk, a network, a roster.
+
+Every error carries `reason`, a short stable code (unique in the tree) that goes
+into receipts and the audit log, and a human message saying what failed.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ApiError",
+    "AuditReadError",
     "BadSignatureError",
     "BodyError",
     "ClockSkewError",
@@ -44,9 +62,18 @@ __all__ = [
     "DecryptError",
     "DigestMismatchError",
     "ExpiredError",
+    "HandshakeError",
+    "HopLimitError",
+    "HubFullError",
+    "IllegalTransition",
     "InclusionProofError",
     "KeyFileError",
+    "LinkClosedError",
+    "LinkStalledError",
+    "LocalError",
+    "LoopError",
     "MalformedError",
+    "NoSuchRecipientError",
     "OversizeError",
     "PeerError",
     "ProofError",
@@ -54,7 +81,10 @@ __all__ = [
     "RosterExpiredError",
     "RosterSignatureError",
     "RosterStaleError",
+    "StaleAnnouncementError",
+    "StoreError",
     "UnknownNodeError",
+    "UnknownReceiptError",
     "UnknownSignerError",
     "UnreachableError",
     "UnsupportedVersionError",
@@ -115,6 +145,56 @@ class UnreachableError(CpnError):
     """A node's HTTP API could not be reached (refused, unknown host, timed out)."""
 
     reason = "unreachable"
+
+
+class StoreError(CpnError, OSError):
+    """The store cannot be used (damaged, newer schema, disk full, read-only)."""
+
+    reason = "store_error"
+
+
+class AuditReadError(CpnError, OSError):
+    """A store file (or a witnessed checkpoint file) that cannot be read as one."""
+
+    reason = "store_unreadable"
+
+
+class HubFullError(CpnError):
+    """Too many subscribers at once."""
+
+    reason = "too_many_readers"
+
+
+class LinkStalledError(CpnError):
+    """A peer stopped answering with receipts: drop the link and dial again.
+
+    Not a PeerError: nothing it sent is refused, and the link is not cut off for it.
+    """
+
+    reason = "link_stalled"
+
+
+class LinkClosedError(CpnError):
+    """A link's connection closed (the peer's close, ours, or the network's): it ends."""
+
+    reason = "link_closed"
+
+
+class LocalError(CpnError):
+    """What this node did wrong: a bug, never a peer's or an officer's doing."""
+
+    reason = "local_error"
+
+
+class IllegalTransition(LocalError):
+    """A lifecycle move from `state` on `event` that the state tables do not list."""
+
+    reason = "illegal_transition"
+
+    def __init__(self, state: str, event: str) -> None:
+        super().__init__(f"no transition from {state} on {event}")
+        self.state = state
+        self.event = event
 
 
 class RosterError(CpnError, ValueError):
@@ -181,6 +261,30 @@ class DecryptError(PeerError):
 
 class DigestMismatchError(PeerError):
     reason = "digest_mismatch"
+
+
+class HandshakeError(PeerError):
+    reason = "handshake_failed"
+
+
+class StaleAnnouncementError(PeerError):
+    reason = "stale_announcement"
+
+
+class HopLimitError(PeerError):
+    reason = "hop_limit"
+
+
+class LoopError(PeerError):
+    reason = "loop"
+
+
+class NoSuchRecipientError(PeerError):
+    reason = "unknown_recipient"
+
+
+class UnknownReceiptError(PeerError):
+    reason = "unknown_message"
 
 
 class ProofError(PeerError):

@@ -22,7 +22,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from network.core.records import Priority
+from network.core.errors import IllegalTransition
+from network.core.records import Box, Priority
 
 __all__ = [
     "INBOUND",
@@ -61,13 +62,6 @@ class Event(StrEnum):
     OPEN = "open"
     ACKNOWLEDGE = "acknowledge"
     ANSWER = "answer"
-
-
-class IllegalTransition(Exception):
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__(f"no transition from {state} on {event}")
-        self.state = state
-        self.event = event
 
 
 S, E = State, Event
@@ -119,7 +113,11 @@ INBOUND: Final[dict[State, dict[Event, State]]] = {
     S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED},
 }
 
-TABLES: Final = {"out": OUTBOUND, "in": INBOUND, "relay": RELAY}
+TABLES: Final[dict[Box, dict[State, dict[Event, State]]]] = {
+    Box.OUT: OUTBOUND,
+    Box.IN: INBOUND,
+    Box.RELAY: RELAY,
+}
 
 PRIORITY_RANK: Final = {Priority.FLASH: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
 

@@ -37,7 +37,12 @@ from typing import Final
 
 from network.core.crypto import SigningKey
 from network.core.envelope import MAX_ENVELOPE_BYTES, MAX_HOP_LIMIT, MAX_RECEIPT_BYTES
-from network.core.errors import BadSignatureError, MalformedError, OversizeError, PeerError
+from network.core.errors import (
+    BadSignatureError,
+    HandshakeError,
+    MalformedError,
+    OversizeError,
+)
 from network.core.records import (
     PROTOCOL_VERSION,
     Fields,
@@ -94,10 +99,6 @@ _LIMITS: Final = {
     FRAME_COSIGNATURE: MAX_CHECKPOINT_FRAME_BYTES,
 }
 MAX_FRAME_BYTES: Final = 1 + max(_LIMITS.values())
-
-
-class HandshakeError(PeerError):
-    reason = "handshake_failed"
 
 
 class Role(StrEnum):

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_SAFE_INTEGER",
     "PROTOCOL_VERSION",
     "ROLES",
+    "Box",
     "Fields",
     "Json",
     "MessageId",
@@ -78,6 +79,14 @@ class Priority(StrEnum):
     FLASH = "flash"  # life or safety at risk
     URGENT = "urgent"  # data may be lost within hours
     ROUTINE = "routine"
+
+
+class Box(StrEnum):
+    """Where a node keeps a message: its own outbound, its inbound, or relayed for others."""
+
+    OUT = "out"
+    IN = "in"
+    RELAY = "relay"
 
 
 class MessageKind(StrEnum):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from network.core.crypto import SigningKey
-from network.core.errors import MalformedError, PeerError
+from network.core.errors import MalformedError, StaleAnnouncementError
 from network.core.records import (
     PROTOCOL_VERSION,
     Fields,
@@ -51,10 +51,6 @@ __all__ = [
 MAX_ANNOUNCEMENT_BYTES: Final = 8 * 1024
 MAX_SEEN_ANNOUNCEMENTS: Final = 4096  # copies recognised without parsing (a few per node)
 _CONTEXT: Final = b"cpn/v1 announce\n"
-
-
-class StaleAnnouncementError(PeerError):
-    reason = "stale_announcement"
 
 
 @dataclass(frozen=True, slots=True)

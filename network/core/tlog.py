@@ -6,8 +6,9 @@ Pure code: bytes and text in; hashes, text and decisions out. No I/O, no clock
 - Merkle trees as RFC 9162 §2.1 defines them (the RFC 6962 hashing): leaf hash
   SHA-256(0x00 ‖ data), node hash SHA-256(0x01 ‖ left ‖ right), the empty
   tree's root SHA-256(""). `root_hash` builds a tree level by level;
-  `TreeBuilder` keeps only the O(log n) right edge, so a verifier streaming a
-  million entries can check each stored checkpoint's root as it passes it.
+  `TreeBuilder` keeps only the O(log n) right edge, grown a block of leaves at
+  a time, so a verifier streaming a million entries can check each stored
+  checkpoint's root as it passes it.
 - Inclusion and consistency proofs: generated from the leaf hashes as
   §2.1.3.1 and §2.1.4.1 define them (O(n)), verified with the §2.1.3.2 and
   §2.1.4.2 algorithms step by step.
@@ -35,7 +36,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import islice, takewhile
@@ -142,6 +143,11 @@ def root_hash(leaf_hashes: Sequence[bytes]) -> bytes:
         return EMPTY_ROOT
     if any(len(h) != HASH_SIZE for h in leaf_hashes):
         raise ValueError(f"leaf hashes are {HASH_SIZE} bytes")
+    return _levels_root(leaf_hashes)
+
+
+def _levels_root(leaf_hashes: Sequence[bytes]) -> bytes:
+    """`root_hash` of one or more leaf hashes already known to be 32 bytes each."""
     level = leaf_hashes
     while len(level) > 1:
         pairs = iter(level)  # zip(it, it) takes neighbours two by two and drops an odd last one
@@ -158,9 +164,14 @@ class TreeBuilder:
     """An append-only Merkle tree that keeps only its right edge.
 
     A tree of n leaves is a row of perfect subtrees, one per set bit of n,
-    largest first; `_edge` holds their roots. Appending merges equal-sized
-    neighbours like a binary carry, and `root()` folds the row from the right,
-    so the root at any size costs O(log n) and the memory is O(log n).
+    largest first; `_edge` holds their roots. Leaves are added in aligned
+    blocks of 2^k (the largest that the size so far and the leaves at hand
+    allow), each block's root hashed level by level in bulk (or read from a
+    `MerkleLog` that already holds it: `extend_from`), then merged into the
+    row like a binary carry. `root()` folds the row from the right, so the
+    root at any size costs O(log n) and the memory is O(log n): a verifier
+    streaming a million entries checks each stored checkpoint's root as it
+    passes it.
     """
 
     __slots__ = ("_edge", "_size")
@@ -178,31 +189,62 @@ class TreeBuilder:
         """Add one leaf hash (32 bytes; raises ValueError otherwise)."""
         if len(leaf_hash) != HASH_SIZE:
             raise ValueError(f"leaf hashes are {HASH_SIZE} bytes")
+        self._add(leaf_hash, 0)
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
+        """`append` each leaf hash in turn, a block of them at a time.
+
+        A leaf hash that is not 32 bytes raises ValueError; the leaves before
+        it stay appended, as they would one `append` at a time.
+        """
+        leaves = leaf_hashes if isinstance(leaf_hashes, Sequence) else list(leaf_hashes)
+        bad = set(map(len, leaves)) - {HASH_SIZE}
+        if bad:
+            leaves = list(takewhile(lambda leaf: len(leaf) == HASH_SIZE, leaves))
+        self._blocks(
+            len(leaves), lambda start, height: _levels_root(leaves[start : start + (1 << height)])
+        )
+        if bad:
+            raise ValueError(f"leaf hashes are {HASH_SIZE} bytes")
+
+    def extend_from(self, log: MerkleLog, start: int, count: int) -> None:
+        """Append leaves `start` to `start + count` of `log`, reading the roots of its
+        complete subtrees instead of hashing them again.
+
+        `log`'s leaf 0 must sit at position `self.size - start` of this tree, a
+        multiple of the smallest power of two not below `log.size` (so that
+        `log`'s aligned subtrees are this tree's). Raises ValueError otherwise,
+        or if the leaves are not all in `log`.
+        """
+        base = self._size - start
+        span = 1 << (log.size - 1).bit_length() if log.size else 1
+        if start < 0 or count < 0 or start + count > log.size or base < 0 or base % span:
+            raise ValueError(
+                f"leaves {start}..{start + count} of a log of {log.size} cannot follow"
+                f" a tree of {self._size}"
+            )
+        self._blocks(count, lambda offset, height: log._read(height, (start + offset) >> height))
+
+    def _blocks(self, count: int, block_root: Callable[[int, int], bytes]) -> None:
+        """Add `count` leaves as aligned perfect blocks, `block_root(offset, height)` of each."""
+        position = 0
+        while position < count:
+            size = self._size
+            aligned = (size & -size).bit_length() - 1 if size else 62
+            height = min(aligned, (count - position).bit_length() - 1)
+            self._add(block_root(position, height), height)
+            position += 1 << height
+
+    def _add(self, node: bytes, height: int) -> None:
+        """Put the root of a perfect subtree of 2^height leaves after the tree, whose size is
+        a multiple of 2^height: merge it with each equal neighbour, like a binary carry."""
         edge = self._edge
-        node = leaf_hash
-        carry = self._size
+        carry = self._size >> height
         while carry & 1:  # each trailing 1 bit is a perfect subtree of node's size
             node = _sha256(_NODE_PREFIX + edge.pop() + node).digest()
             carry >>= 1
         edge.append(node)
-        self._size += 1
-
-    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
-        """`append` each leaf hash in turn (the same loop, without a call per leaf)."""
-        edge = self._edge
-        size = self._size
-        try:
-            for node in leaf_hashes:
-                if len(node) != HASH_SIZE:
-                    raise ValueError(f"leaf hashes are {HASH_SIZE} bytes")
-                carry = size
-                while carry & 1:
-                    node = _sha256(_NODE_PREFIX + edge.pop() + node).digest()
-                    carry >>= 1
-                edge.append(node)
-                size += 1
-        finally:
-            self._size = size  # the edge always matches the leaves taken
+        self._size += 1 << height
 
     def root(self) -> bytes:
         """The root hash of the tree as it stands (SHA-256("") when empty)."""
@@ -409,6 +451,11 @@ class MerkleLog:
         if not 0 <= index < self._size:
             raise ValueError(f"index {index} is outside the log's leaves 0..{self._size - 1}")
         return self._read(0, index)
+
+    def leaves(self) -> list[bytes]:
+        """Every leaf hash, in order."""
+        level = bytes(self._levels[0])
+        return [level[i : i + HASH_SIZE] for i in range(0, len(level), HASH_SIZE)]
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """PATH(index, D[size]) (§2.1.3.1), as the module's `inclusion_proof` lists it.

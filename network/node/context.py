@@ -108,7 +108,7 @@ class NodeContext:
     async def audit(self, entries: Sequence[AuditEntry]) -> None:
         """Append `entries` to the audit log in a transaction of their own."""
         async with self.store.transaction(self.clock()) as tx:
-            await tx.audit(entries)
+            tx.audit(entries)
 
     def publish(self, entries: Iterable[AuditEntry]) -> None:
         """Tell live readers what was just committed (no body, only what a listing shows)."""

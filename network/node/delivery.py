@@ -10,12 +10,12 @@ commits what was sent.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from network.core.deadlines import Box
 from network.core.envelope import Receipt
-from network.core.lifecycle import PRIORITY_RANK, State
+from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import NodeId, Priority
 from network.core.routing import (
     Announcement,
@@ -24,11 +24,12 @@ from network.core.routing import (
     make_announcement,
     verify_announcement,
 )
+from network.core.session import Room
 from network.node.context import NodeContext
-from network.node.scheduler import Batch, Candidate, Room, Scheduler
+from network.node.scheduler import Batch, Candidate, Scheduler
 from network.node.store import AuditEntry, MessageRow, Waiting
 
-__all__ = ["Delivery", "Outgoing", "Room", "candidate"]
+__all__ = ["Delivery", "Outgoing", "candidate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,8 @@ def candidate(row: MessageRow | Waiting) -> Candidate:
     """A stored message as the scheduler sees it: a relayed one has been through its
     origin and the nodes on its path (us included)."""
     been: frozenset[NodeId] = frozenset()
-    if row.box == "relay":
-        been = frozenset([*(NodeId(n) for n in json.loads(row.path)), NodeId(row.origin)])
+    if row.box == Box.RELAY:
+        been = frozenset([*row.path, NodeId(row.origin or "")])
     priority = getattr(row, "priority", None)
     rank = PRIORITY_RANK[Priority(priority)] if priority is not None else 0
     return Candidate(row.id, NodeId(row.peer), rank, been)
@@ -172,14 +173,17 @@ class Delivery:
 
     # -- a link's turn ----------------------------------------------------------------
 
-    async def next_batch(self, peer: str, room: Room, exclude: Sequence[str] = ()) -> Outgoing:
-        """What the link to `peer` should send now (`exclude`: what it has in flight).
+    async def next_batch(
+        self, peer: str, room: Room, exclude: Sequence[str] = (), *, poll: bool = False
+    ) -> Outgoing:
+        """What the link to `peer` should send now (`exclude`: what it has in flight;
+        `poll`: its poll timer came due, for retries).
 
         News is read by id; failing that, when the scheduler asks for it, a look
         through the whole outbox. Each row returned is still waiting to go as read now.
         """
         link = NodeId(peer)
-        batch = self._turn(link, room)
+        batch = self._turn(link, room, poll)
         receipts = batch.receipts
         skip = set(exclude)
         rows: list[MessageRow] = []
@@ -200,16 +204,16 @@ class Delivery:
         if rows:
             return Outgoing(receipts, tuple(rows))
         if batch.news:  # all gone since they were queued: the scheduler says whether to look
-            batch = self._turn(link, room)
+            batch = self._turn(link, room, poll)
             receipts += batch.receipts
         if not batch.look:
             return Outgoing(receipts)
         found = await self._look(link, room, exclude, batch.detours)
         self.scheduler.looked(link, len(found), room)
-        return Outgoing(receipts, tuple(found), polled=room.poll)
+        return Outgoing(receipts, tuple(found), polled=poll)
 
-    def _turn(self, peer: NodeId, room: Room) -> Batch:
-        batch = self.scheduler.next_batch(peer, room, self.context.clock())
+    def _turn(self, peer: NodeId, room: Room, poll: bool) -> Batch:
+        batch = self.scheduler.next_batch(peer, room, self.context.clock(), poll=poll)
         self._wake(batch.wake)
         self._routes_followed()
         return batch
@@ -246,11 +250,12 @@ class Delivery:
                 row = await tx.message(message_id)
                 if row is None or row.state not in (State.QUEUED, State.SENT):
                     continue  # a receipt or the expiry scan got there first
-                await tx.sent(row, peer, now + context.retry_ms)
+                event = Event.SEND if row.state is State.QUEUED else Event.RESEND
+                tx.sent(row, event, NodeId(peer), now + context.retry_ms)
                 detail = {"to": peer, "attempt": row.attempts + 1}
                 action = "sent" if row.box == "out" else "forwarded_to"
                 entries.append(AuditEntry(context.actor, action, message_id, detail))
-            await tx.audit(entries)
+            tx.audit(entries)
 
     async def start(self) -> None:
         """Audit the start; what was in flight when the node last stopped goes again at once."""
@@ -258,13 +263,13 @@ class Delivery:
         async with context.store.transaction(context.clock()) as tx:
             released = await tx.release_in_flight()
             detail = {"roster": context.roster.version, "released": released}
-            await tx.audit([AuditEntry(context.actor, "node_started", None, detail)])
+            tx.audit([AuditEntry(context.actor, "node_started", None, detail)])
 
     async def release(self, ids: Sequence[str]) -> None:
         """A link went down with these in flight and no receipt: they may go again at once."""
         if ids:
             async with self.context.store.transaction(self.context.clock(), durable=False) as tx:
-                await tx.retry_now(ids)
+                tx.retry_now(ids)
             self.wake()
 
     async def peer_contact(self, peer: str) -> None:
@@ -273,4 +278,4 @@ class Delivery:
 
     async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
         async with self.context.store.transaction(self.context.clock()) as tx:
-            await tx.peer_failure(peer, retry_at, error)
+            tx.peer_failure(peer, retry_at, error)

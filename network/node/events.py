@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from network.core.errors import CpnError
+from network.core.errors import HubFullError
 
 __all__ = ["MAX_QUEUED", "MAX_SUBSCRIBERS", "Hub", "HubFullError", "Subscription"]
 
@@ -26,10 +26,6 @@ MAX_QUEUED: Final = 256
 MAX_SUBSCRIBERS: Final = 100
 
 Event = dict[str, Any]
-
-
-class HubFullError(CpnError):
-    """Too many subscribers at once."""
 
 
 class Subscription:

@@ -10,13 +10,13 @@ passed on. Refusals are audited, never raised to the link.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from network.core.bodies import Acknowledgement, Response
+from network.core.deadlines import Box
 from network.core.envelope import (
     MAX_ENVELOPE_BYTES,
     Envelope,
@@ -30,7 +30,16 @@ from network.core.envelope import (
     verify_envelope,
     verify_receipt,
 )
-from network.core.errors import CpnError, DigestMismatchError, PeerError, RosterError
+from network.core.errors import (
+    CpnError,
+    DigestMismatchError,
+    HopLimitError,
+    LoopError,
+    NoSuchRecipientError,
+    PeerError,
+    RosterError,
+    UnknownReceiptError,
+)
 from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import NodeId, Outcome, Priority, b64encode, is_node_id, parse_canonical
 from network.core.roster import Roster, load_roster
@@ -40,13 +49,7 @@ from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
 from network.node.tracking import act_on, case_tag, deadlines_for, refers_to
 
-__all__ = [
-    "HopLimitError",
-    "Inbound",
-    "LoopError",
-    "NoSuchRecipientError",
-    "UnknownReceiptError",
-]
+__all__ = ["Inbound"]
 
 log = logging.getLogger("cpn.service")  # the name operators filter on, kept
 
@@ -65,22 +68,6 @@ class _Inbound:
     stored: MessageRow | None = None  # its row, when we held it already
     receipt: Receipt | None = None
     audit: list[AuditEntry] = field(default_factory=list)
-
-
-class HopLimitError(PeerError):
-    reason = "hop_limit"
-
-
-class LoopError(PeerError):
-    reason = "loop"
-
-
-class NoSuchRecipientError(PeerError):
-    reason = "unknown_recipient"
-
-
-class UnknownReceiptError(PeerError):
-    reason = "unknown_message"
 
 
 class Inbound:
@@ -124,8 +111,8 @@ class Inbound:
                     await self._take_inbound(tx, item, now, known, issued)
                 if item.receipt is not None:
                     issued.append(item.receipt)
-                    await tx.insert_receipt(_receipt_row(item.receipt, "issued"))
-                await tx.audit(item.audit)
+                    tx.insert_receipt(_receipt_row(item.receipt, "issued"))
+                tx.audit(item.audit)
             self._contact(tx, peer)
         self.context.publish(entry for item in items for entry in item.audit)
         for item in items:
@@ -226,8 +213,8 @@ class Inbound:
             if item.relay and row is not None and forwarded:
                 # Its sender asks again: the end-to-end receipt was lost; pass it on again.
                 item.requeue = row
-                await tx.transition(row, Event.REQUEUE)
-                await tx.requeue_now(row)
+                tx.transition(row, Event.REQUEUE)
+                tx.requeue_now(row)
                 detail["again"] = True
             item.audit.append(AuditEntry(link_actor, "duplicate", header.id, detail))
             return
@@ -245,29 +232,29 @@ class Inbound:
             "digest": envelope.digest,
         }
         if item.relay:
-            await tx.insert_message(
+            tx.insert_message(
                 **common,
-                box="relay",
+                box=Box.RELAY,
                 peer=header.recipient,
-                type="",  # sealed: a relay cannot know
+                type=None,  # sealed: a relay cannot know
                 state=State.QUEUED,
-                path=json.dumps([*item.path, self.context.me]),
+                path=(*item.path, self.context.me),
             )
             detail["to"] = header.recipient
             item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
         else:
             assert item.opened is not None
             typed = item.opened.body
-            await tx.insert_message(
+            tx.insert_message(
                 **common,
-                box="in",
+                box=Box.IN,
                 peer=header.sender,
-                type=str(item.opened.message_type),
+                type=item.opened.message_type,
                 state=State.RECEIVED,
-                path=json.dumps(list(item.path)),
+                path=item.path,
                 case_ref=case_tag(self.context, typed),
                 in_reply_to=refers_to(typed),
-                **deadlines_for(self.context, "in", header, item.opened.message_type),
+                **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
             )
             detail["type"] = str(item.opened.message_type)
             item.audit.append(AuditEntry(link_actor, "received", header.id, detail))
@@ -409,10 +396,10 @@ class Inbound:
                     )
                     log.warning("refused a receipt from %s: %s", peer, exc)
                     continue
-                await tx.insert_receipt(_receipt_row(receipt, "received"))
+                tx.insert_receipt(_receipt_row(receipt, "received"))
                 settled.append(row.id)
                 entries.extend(await self._settle(tx, row, receipt, link_actor))
-            await tx.audit(entries)
+            tx.audit(entries)
             self._contact(tx, peer)
         self.context.publish(entries)
         return settled
@@ -427,19 +414,19 @@ class Inbound:
             if receipt.outcome is Outcome.REJECTED:
                 # That hop will not take it (a loop, the hop limit): another route, at once.
                 self.delivery.hop_refused(row.id, receipt.sender)
-                await tx.retry_now([row.id])
+                tx.retry_now([row.id])
                 return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
-            await tx.hop_acked(row)
+            tx.hop_acked(row)
             if row.state in (State.QUEUED, State.SENT):
-                await tx.transition(row, Event.HOP_RECEIPT)
+                tx.transition(row, Event.HOP_RECEIPT)
             return [AuditEntry(link_actor, "hop_receipt", row.id, detail)]
         detail["path"] = list(receipt.path)
         entries = [AuditEntry(link_actor, "receipt_received", row.id, detail)]
         event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
-        state = await tx.transition(row, event)
+        state = tx.transition(row, event)
         if row.box == "relay":
-            relays = json.loads(row.path)  # ... the node we had it from, then us
-            back = NodeId(relays[-2] if len(relays) >= 2 else row.origin)
+            relays = row.path  # ... the node we had it from, then us
+            back = relays[-2] if len(relays) >= 2 else row.origin
             if self.delivery.pass_on(receipt, back):
                 detail = {"to": row.origin, "via": back}
                 entries.append(AuditEntry(self.context.actor, "receipt_passed_on", row.id, detail))
@@ -483,9 +470,9 @@ class Inbound:
             if entry.active and (node not in roster.entries or not roster.entries[node].active)
         )
         async with self.context.store.transaction(self.context.clock()) as tx:
-            await tx.keep_roster(roster.version, raw)
+            tx.keep_roster(roster.version, raw)
             detail = {"from": held.version, "to": roster.version, "source": source}
-            await tx.audit(
+            tx.audit(
                 [
                     AuditEntry(
                         self.context.actor, "roster_changed", None, {**detail, "revoked": revoked}

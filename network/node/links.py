@@ -7,18 +7,21 @@ runs the signed handshake of `protocol` before any envelope flows.
 
 One link per peer. Both ends may dial; when two links to the same peer come
 up, the one dialled by the smaller id stays (both ends decide the same).
-A link drains its outbox from the store on every (re)connect, keeps at most
-`window` envelopes in flight without a receipt, and is dropped (then
-redialled) if the oldest waits longer than `receipt_timeout`. Incoming
-frames go through a bounded queue, so a fast peer is slowed by TCP rather
-than by our memory. Envelopes that arrive together are committed together.
+A link drains its outbox from the store on every (re)connect.
+
+An established link is a thin adapter around the core's `LinkSession`, which
+decides everything about frames, the window and stalls. Four tasks per link,
+children of one TaskGroup: the reader feeds every frame to the session at
+once (it never waits), the writer writes what the session has to send, the
+worker takes the session's events to the use cases (`_handle`), and the feed
+gives the session what the outbox holds for this peer (`_Outbox`). The first
+to fail ends the link, never the node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -35,41 +38,41 @@ from websockets.frames import CloseCode
 
 from network.core.crypto import certificate_pem, sha256
 from network.core.errors import CpnError, MalformedError, OversizeError, PeerError
+from network.core.errors import LinkClosedError as _Closed
+from network.core.errors import LinkStalledError as _Stalled
+from network.core.lifecycle import PRIORITY_RANK
 from network.core.protocol import (
-    FRAME_ANNOUNCE,
-    FRAME_CHECKPOINT,
-    FRAME_COSIGNATURE,
-    FRAME_ENVELOPE,
-    FRAME_RECEIPT,
-    FRAME_ROSTER,
     MAX_FRAME_BYTES,
     HandshakeError,
     LinkHandshake,
     Role,
     backoff_delays,
-    checkpoint_frame,
-    envelope_frame,
-    frame,
-    parse_checkpoint_offer,
-    parse_witness_answer,
-    split_envelope,
-    split_frame,
-    witness_frame,
 )
-from network.core.records import NodeId
+from network.core.records import NodeId, Priority
 from network.core.roster import Roster
-from network.node.delivery import Room
+from network.core.session import (
+    AnnouncementReceived,
+    CheckpointOffered,
+    CosignatureReceived,
+    EnvelopesReceived,
+    Event,
+    LinkSession,
+    LinkSettings,
+    Outgoing,
+    ReceiptsReceived,
+    Room,
+    RosterReceived,
+)
+from network.node.delivery import Delivery
 from network.node.keys import NodeKeys
 from network.node.scheduler import ROUTE_REFRESH_MS
-from network.node.store import AuditEntry, StoreError
+from network.node.sockets import inherited
+from network.node.store import AuditEntry, MessageRow, StoreError
 from network.node.wiring import Node
 from network.node.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
 
-# Frames waiting to be processed on one link: far above what the windows allow
-# (envelopes and receipts) plus one announcement per contact point.
-MAX_QUEUED_FRAMES = 4096
 # Connections accepted whose handshakes (TLS, WebSocket, signed) have not finished.
 # Far above what 193 peers redialling need; a peer that holds more pushes its oldest out.
 MAX_PENDING_HANDSHAKES = 128
@@ -81,37 +84,23 @@ log = logging.getLogger("cpn.links")
 Connection = ClientConnection | ServerConnection
 
 
-@dataclass(frozen=True, slots=True)
-class LinkSettings:
-    window: int = 32  # envelopes in flight without a receipt, per link
-    flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
-    batch: int = 32  # frames committed in one transaction
-    handshake_timeout: float = 10.0
-    receipt_timeout: float = 60.0
-    ping_interval: float | None = 10.0  # None: no keepalive pings (the receipt timeout stays)
-    ping_timeout: float | None = 20.0
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
-    announce_delay: float = 0.2
-
-
 @dataclass(eq=False)
 class _Link:
     peer: NodeId
     ws: Connection
     dialler: NodeId
     since: int
+    session: LinkSession
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    # Frames to send, in order, by one sender task. Whoever reads never waits on a send:
-    # two nodes each blocked sending to the other while neither reads would deadlock.
-    # Bounded in practice by the peer's window (receipts) and our own (envelopes).
-    outgoing: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    # Set when the session holds frames to write. Whoever reads or handles an event never
+    # waits on a send: two nodes each blocked sending to the other while neither reads
+    # would deadlock. The session's window bounds what waits.
+    to_write: asyncio.Event = field(default_factory=asyncio.Event)
+    to_take: asyncio.Event = field(default_factory=asyncio.Event)  # frames wait as events
 
-    unanswered: int = 0  # envelopes received and not yet answered with a receipt
-
-    def send(self, data: bytes) -> None:
-        self.outgoing.put_nowait(data)
+    def flush(self) -> None:
+        """The session may hold frames to write: wake the writer."""
+        self.to_write.set()
 
 
 class Links:
@@ -125,7 +114,7 @@ class Links:
         host: str,
         port: int,
         peers: tuple[NodeId, ...],
-        settings: LinkSettings = LinkSettings(),
+        settings: LinkSettings | None = None,
         on_roster: Callable[[Roster], Awaitable[None]] | None = None,
         witnessing: Witnessing | None = None,
     ) -> None:
@@ -136,7 +125,7 @@ class Links:
         self.host = host
         self.port = port
         self.peers = peers
-        self.settings = settings
+        self.settings = settings or LinkSettings()
         self.me = keys.node_id
         self.active: dict[NodeId, _Link] = {}
         self._wake: dict[NodeId, asyncio.Event] = {}
@@ -159,10 +148,7 @@ class Links:
         return context
 
     def _anchors(self) -> str:
-        roster = self.node.context.roster
-        return "".join(
-            certificate_pem(e.card.tls_cert) for e in roster.entries.values() if e.active
-        )
+        return _anchors(self.node.context.roster)
 
     @staticmethod
     def _peer_cert(ws: Connection) -> bytes:
@@ -185,8 +171,14 @@ class Links:
     # -- running -----------------------------------------------------------------
 
     async def listen(self) -> None:
-        """Bind the peer server (before the node says it is healthy)."""
-        self._listener = _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
+        """Bind the peer server (before the node says it is healthy), or serve on the
+        socket handed down for it (socket activation, network.node.sockets)."""
+        fd = inherited("peer")
+        self._listener = (
+            _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
+            if fd is None
+            else _Listener.adopt(fd, MAX_PENDING_HANDSHAKES)
+        )
         self._server = await serve(
             self._accept, sock=self._listener, ssl=self._server_ssl, **self._options()
         )
@@ -331,7 +323,7 @@ class Links:
     # -- an established link ---------------------------------------------------------
 
     async def _link(self, ws: Connection, peer: NodeId, dialler: NodeId, peer_roster: int) -> None:
-        link = _Link(peer, ws, dialler, self.node.context.clock())
+        link = _Link(peer, ws, dialler, self.node.context.clock(), LinkSession(peer, self.settings))
         existing = self.active.get(peer)
         keep_dialler = min(self.me, peer)
         if existing is not None:
@@ -350,10 +342,11 @@ class Links:
             log.info("%s: linked with %s", self.me, peer)
             # What the new peer should know: the roster if ours is newer, every announcement.
             if self.node.context.roster.version > peer_roster:
-                link.send(frame(FRAME_ROSTER, self.node.context.roster.raw))
+                link.session.send_roster(self.node.context.roster.raw)
             for raw in self.node.delivery.announcements():
-                link.send(frame(FRAME_ANNOUNCE, raw))
+                link.session.send_announcement(raw)
             self._offer_checkpoint(link)
+            link.flush()
             self._links_changed.set()
             why = await self._carry(link)
         except ConnectionClosed as exc:
@@ -382,7 +375,7 @@ class Links:
             await asyncio.sleep(self.settings.announce_delay)  # let a burst of changes settle
             self._links_changed.clear()
             announcement = self.node.delivery.links_changed()
-            self._broadcast(frame(FRAME_ANNOUNCE, announcement.raw))
+            self._broadcast(LinkSession.send_announcement, announcement.raw)
 
     async def _route_refresher(self) -> None:
         """Routes follow announcements once per burst, not once per announcement."""
@@ -399,12 +392,17 @@ class Links:
     def _offer_checkpoint(self, link: _Link) -> None:
         offer = self.witnessing.offer_for(link.peer) if self.witnessing is not None else None
         if offer is not None:
-            link.send(checkpoint_frame(offer))
+            link.session.send_checkpoint(offer)
+            link.flush()
 
-    def _broadcast(self, data: bytes, *, but: NodeId | None = None) -> None:
+    def _broadcast(
+        self, send: Callable[[LinkSession, bytes], None], raw: bytes, *, but: str | None = None
+    ) -> None:
+        """`send(session, raw)` on every link but the one to `but`."""
         for peer, link in list(self.active.items()):
             if peer != but:
-                link.send(data)
+                send(link.session, raw)
+                link.flush()
 
     async def adopt_roster(self, raw: bytes, source: str) -> Roster | None:
         """A roster from a peer or the operator: adopt it if newer, pass it on, act on it."""
@@ -416,7 +414,7 @@ class Links:
             context.load_verify_locations(cadata=anchors)  # new contact points' certificates
         if self.on_roster is not None:
             await self.on_roster(roster)
-        self._broadcast(frame(FRAME_ROSTER, raw), but=NodeId(source))
+        self._broadcast(LinkSession.send_roster, raw, but=source)
         for peer, link in list(self.active.items()):
             entry = roster.entries.get(peer)
             if entry is None or not entry.active:
@@ -425,176 +423,187 @@ class Links:
         return roster
 
     async def _carry(self, link: _Link) -> str:
-        """Run a link until one of its tasks ends; says why it ended."""
-        inflight: dict[str, float] = {}
-        # The reader never waits: a reader held up by slow processing would stop
-        # websockets reading the socket, pongs included, and a busy link would be
-        # dropped as dead. The queue is bounded by the peer's window instead (`_read`).
-        incoming: asyncio.Queue[bytes] = asyncio.Queue()
-        tasks = [
-            asyncio.create_task(self._send(link)),
-            asyncio.create_task(self._read(link, incoming)),
-            asyncio.create_task(self._process(link, incoming, inflight)),
-            asyncio.create_task(self._write(link, inflight)),
-        ]
+        """Run a link until one of its four tasks ends; says why it ended.
+
+        A PeerError (what the peer sent) is audited and closes the link with
+        1002; a stall or a closed connection ends it; anything else (a full
+        disk: StoreError) is raised to `_link`. Whatever was in flight may go
+        again at once, on another link or this one redialled.
+        """
+        ended: list[BaseException] = []
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(link), name=f"read {link.peer}")
+                group.create_task(self._write(link), name=f"write {link.peer}")
+                group.create_task(self._work(link), name=f"work {link.peer}")
+                group.create_task(self._feed(link), name=f"feed {link.peer}")
+                # Wait here until a task fails: the group's cancel must land in this body, or
+                # Python 3.11 leaves this task's cancel count raised (fixed in 3.12).
+                await asyncio.get_running_loop().create_future()
+        except BaseExceptionGroup as failed:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # the node stops: that comes first
+            ended = _leaves(failed)
         finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(CpnError):
-                await self.node.delivery.release(list(inflight))
+                await self.node.delivery.release(link.session.in_flight)
         why = "stopped"
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                why = _describe(result)
-            elif result is None and why == "stopped":
+        for exc in ended:
+            if not isinstance(exc, _Closed):
+                why = _describe(exc)
+            elif why == "stopped":
                 why = _describe(link.ws.close_exc) if link.ws.close_code else "closed"
-            if isinstance(result, PeerError):
-                await self._record_refusal(link.peer, "link_protocol_error", result)
+            if isinstance(exc, PeerError):
+                await self._record_refusal(link.peer, "link_protocol_error", exc)
                 # A peer cut off for what it sent may never read our close frame (it is
                 # still sending, and we stopped reading): wait briefly, then drop it.
                 link.ws.close_timeout = REFUSED_CLOSE_TIMEOUT
                 with contextlib.suppress(Exception):
-                    await link.ws.close(1002, result.reason[:100])
-            elif isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError | ConnectionClosed | _Stalled
-            ):
-                raise result
+                    await link.ws.close(1002, exc.reason[:100])
+            elif not isinstance(exc, _Closed | _Stalled):
+                raise exc
         return why
 
-    async def _send(self, link: _Link) -> None:
-        try:
-            while True:
-                await link.ws.send(await link.outgoing.get())
-        except ConnectionClosed:
-            return
-
-    async def _read(self, link: _Link, incoming: asyncio.Queue[bytes]) -> None:
-        """Take every frame at once; a peer past its window, or flooding, is cut off."""
-        envelope_cap = self.settings.window + self.settings.flash_reserve + self.settings.batch
+    async def _read(self, link: _Link) -> None:
+        """Give the session every frame at once: it refuses a peer past its window, or
+        flooding. The reader never waits on processing: a reader held up would stop
+        websockets reading the socket, pongs included, and a busy link would be dropped
+        as dead."""
         try:
             async for message in link.ws:
-                kind, _ = split_frame(message)  # refuse text, unknown kinds, oversize frames
-                assert isinstance(message, bytes)
-                if kind == FRAME_ENVELOPE:
-                    link.unanswered += 1
-                    if link.unanswered > envelope_cap:
-                        raise PeerError(
-                            f"{link.peer} sent {link.unanswered} envelopes without waiting for"
-                            f" receipts (window {self.settings.window})",
-                            reason="window_exceeded",
-                        )
-                if incoming.qsize() >= MAX_QUEUED_FRAMES:
-                    raise PeerError(f"{link.peer} floods the link", reason="flood")
-                incoming.put_nowait(message)
+                link.session.receive_frame(message)
+                link.to_take.set()
         except ConnectionClosed as exc:
             fault = _peer_fault(exc)
             if fault is not None:
                 raise fault from exc
+        raise _Closed("the connection closed while reading")
 
-    async def _process(
-        self,
-        link: _Link,
-        incoming: asyncio.Queue[bytes],
-        inflight: dict[str, float],
-    ) -> None:
-        room = self.node.delivery.outbox_signal(link.peer)  # the writer also waits for room
-        pending: list[tuple[tuple[NodeId, ...], bytes]] = []  # envelopes not yet handled
-        while True:
-            if not pending or not incoming.empty():
-                frames = [] if pending else [await incoming.get()]
-                while not incoming.empty():
-                    frames.append(incoming.get_nowait())
-                receipts = []
-                for message in frames:
-                    kind, payload = split_frame(message)
-                    if kind == FRAME_ENVELOPE:
-                        pending.append(split_envelope(payload))
-                    elif kind == FRAME_RECEIPT:
-                        receipts.append(payload)
-                    elif kind == FRAME_ANNOUNCE:
-                        await self._take_announcement(link.peer, payload)
-                    elif kind == FRAME_ROSTER:
-                        await self.adopt_roster(payload, link.peer)
-                    elif kind == FRAME_CHECKPOINT and self.witnessing is not None:
-                        offer = parse_checkpoint_offer(payload)
-                        verdict = await self.witnessing.witness(link.peer, offer)
-                        if verdict is not None:
-                            link.send(witness_frame(verdict))
-                    elif kind == FRAME_COSIGNATURE and self.witnessing is not None:
-                        cosigned = parse_witness_answer(payload)
-                        again = await self.witnessing.take_answer(link.peer, cosigned)
-                        if again is not None:
-                            link.send(checkpoint_frame(again))
-                    else:
-                        problem = f"{kind.decode()} frame after the handshake"
-                        raise PeerError(problem, reason="protocol")
-                if receipts:
-                    for message_id in await self.node.inbound.accept_receipts(link.peer, receipts):
-                        inflight.pop(message_id, None)
-                    room.set()
-            if pending:
-                # Flash first (a scheduling hint read from the clear header; checks come later).
-                pending.sort(key=lambda item: _rank_hint(item[1]))
-                batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
-                for answer in await self.node.inbound.accept_envelopes(link.peer, batch):
-                    link.send(frame(FRAME_RECEIPT, answer))
-                link.unanswered -= len(batch)
-
-    async def _take_announcement(self, peer: NodeId, payload: bytes) -> None:
+    async def _write(self, link: _Link) -> None:
+        """Write the session's frames, in order; the one task that waits on a send."""
         try:
-            news = self.node.delivery.accept_announcement(payload)
-        except CpnError as exc:  # unknown or revoked node, bad signature: not passed on
-            log.info("%s: ignored an announcement from %s: %s", self.me, peer, exc)
-            return
-        if news:
-            self._broadcast(frame(FRAME_ANNOUNCE, payload), but=peer)
+            while True:
+                frames = link.session.data_to_send()
+                if not frames:
+                    link.to_write.clear()
+                    await link.to_write.wait()
+                for data in frames:
+                    await link.ws.send(data)
+        except ConnectionClosed:
+            raise _Closed("the connection closed while writing") from None
 
-    async def _write(self, link: _Link, inflight: dict[str, float]) -> None:
-        """Send what routes through this link, flash first, at most `window` without receipts.
+    async def _work(self, link: _Link) -> None:
+        """Take the session's events, in order, to the use cases."""
+        while True:
+            events = link.session.events_received()
+            if not events:
+                link.to_take.clear()
+                await link.to_take.wait()
+            for event in events:
+                await self._handle(link, event)
+                link.flush()
+
+    async def _handle(self, link: _Link, event: Event) -> None:
+        """One event to its use case: every call the receiving side makes into the node."""
+        peer, session = link.peer, link.session
+        match event:
+            case EnvelopesReceived(envelopes):
+                session.answer(event, await self.node.inbound.accept_envelopes(peer, envelopes))
+            case ReceiptsReceived(receipts):
+                session.receipts_settled(await self.node.inbound.accept_receipts(peer, receipts))
+                self.node.delivery.outbox_signal(peer).set()  # room for the feed
+            case AnnouncementReceived(raw):
+                try:
+                    news = self.node.delivery.accept_announcement(raw)
+                except CpnError as exc:  # unknown or revoked node, bad signature: not passed on
+                    log.info("%s: ignored an announcement from %s: %s", self.me, peer, exc)
+                    return
+                if news:
+                    self._broadcast(LinkSession.send_announcement, raw, but=peer)
+            case RosterReceived(raw):
+                await self.adopt_roster(raw, peer)
+            case CheckpointOffered(offer) if self.witnessing is not None:
+                verdict = await self.witnessing.witness(peer, offer)
+                if verdict is not None:
+                    session.send_witness(verdict)
+            case CosignatureReceived(answer) if self.witnessing is not None:
+                again = await self.witnessing.take_answer(peer, answer)
+                if again is not None:
+                    session.send_checkpoint(again)
+            case _:  # witnessing frames to a node that does not witness
+                raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
+
+    async def _feed(self, link: _Link) -> None:
+        """Give the session what routes through this link, flash first, as its window allows.
 
         Wakes when something is queued for this link, when receipts free room,
-        and every `poll_interval` for retries that came due.
+        and every `poll_interval` for retries that came due. Ends the link when
+        the oldest envelope in flight waits past `receipt_timeout`.
         """
-        signal = self.node.delivery.outbox_signal(link.peer)
-        last_poll = 0.0
+        outbox = _Outbox(self.node.delivery, link.peer, self.settings.poll_interval)
+        session = link.session
         while True:
-            signal.clear()
-            free = self.settings.window - len(inflight)
-            reserve = free + self.settings.flash_reserve
-            due = time.monotonic() - last_poll >= self.settings.poll_interval  # retries
-            room = Room(max(free, reserve) if reserve > 0 else 0, free <= 0, due)
-            outgoing = await self.node.delivery.next_batch(link.peer, room, list(inflight))
-            for receipt in outgoing.receipts:
-                link.send(frame(FRAME_RECEIPT, receipt))
-            if outgoing.polled:
-                last_poll = time.monotonic()
-            rows = outgoing.rows
-            if rows:
-                for row in rows:
-                    path = [NodeId(n) for n in json.loads(row.path)] if row.box == "relay" else []
-                    link.send(envelope_frame(path, row.envelope))
-                    inflight[row.id] = time.monotonic()
-                await self.node.delivery.mark_sent(link.peer, [row.id for row in rows])
+            outbox.signal.clear()
+            receipts, batch = await outbox.take(session.room(), session.in_flight, time.monotonic())
+            for receipt in receipts:
+                session.send_receipt(receipt)
+            link.flush()
+            if batch:
+                session.send_envelopes(batch, time.monotonic())
+                link.flush()
+                await outbox.sent([item.message_id for item in batch])
                 continue
-            limit = self.settings.receipt_timeout
-            if inflight and time.monotonic() - min(inflight.values()) > limit:
+            if session.stalled(time.monotonic()) is not None:
+                limit = self.settings.receipt_timeout
                 raise _Stalled(f"{link.peer} sent no receipt for {limit}s")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_interval):
-                    await signal.wait()
+                    await outbox.signal.wait()
 
 
-_FLASH_HINT = b'"priority":"flash"'
-_URGENT_HINT = b'"priority":"urgent"'
+class _Outbox:
+    """The use cases' side of one link's sending: every call the feed makes into the node.
+
+    Which look through the store each wake takes is the scheduler's decision
+    (network.node.scheduler); this keeps the link's poll timer (retries come due).
+    """
+
+    def __init__(self, delivery: Delivery, peer: NodeId, poll_interval: float) -> None:
+        self.delivery = delivery
+        self.peer = peer
+        self.poll_interval = poll_interval
+        self.signal = delivery.outbox_signal(peer)
+        self._last_poll = 0.0
+
+    async def take(
+        self, room: Room, exclude: list[str], now: float
+    ) -> tuple[tuple[bytes, ...], list[Outgoing]]:
+        """End-to-end receipts passing back through this link, and up to `room.count`
+        envelopes to send now (flash only if the room says so)."""
+        due = now - self._last_poll >= self.poll_interval  # retries
+        batch = await self.delivery.next_batch(self.peer, room, exclude, poll=due)
+        if batch.polled:
+            self._last_poll = now
+        unique = {row.id: row for row in batch.rows}  # a message queued twice goes once
+        return batch.receipts, [_outgoing(row) for row in unique.values()]
+
+    async def sent(self, message_ids: list[str]) -> None:
+        """Written to the link: without a receipt they go again after the retry time."""
+        await self.delivery.mark_sent(self.peer, message_ids)
 
 
-def _rank_hint(envelope: bytes) -> int:
-    """0 for flash, 1 for urgent, 2 otherwise, from where the canonical header puts it."""
-    head = envelope[:600]
-    return 0 if _FLASH_HINT in head else 1 if _URGENT_HINT in head else 2
+def _outgoing(row: MessageRow) -> Outgoing:
+    path = row.path if row.box == "relay" else ()
+    return Outgoing(row.id, path, row.envelope, PRIORITY_RANK[Priority(row.priority)])
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in a group and its nested groups, in order."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 _ANCHORS: dict[bytes, str] = {}
@@ -634,6 +643,13 @@ class _Listener(socket.socket):
         listener.listen(socket.SOMAXCONN)
         return listener
 
+    @classmethod
+    def adopt(cls, fd: int, limit: int) -> _Listener:
+        """The listening socket `fd`, bound and listening already (socket activation)."""
+        listener = cls(-1, -1, -1, fd)  # family and type read from the descriptor
+        listener.limit = limit
+        return listener
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.pending: list[socket.socket] = []
@@ -652,10 +668,6 @@ class _Listener(socket.socket):
         sock = ws.transport.get_extra_info("socket")
         fileno = sock.fileno() if sock is not None else -1
         self.pending = [s for s in self.pending if s.fileno() not in (-1, fileno)]
-
-
-class _Stalled(Exception):
-    """A peer stopped answering with receipts: drop the link and dial again."""
 
 
 def _peer_fault(closed: ConnectionClosed) -> PeerError | None:

@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from network.core.bodies import Acknowledgement, Body, Response, parse_request
+from network.core.deadlines import Box
 from network.core.envelope import seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
 from network.core.lifecycle import PRIORITY_RANK, State
@@ -42,8 +43,8 @@ async def issue_token(store: Store, name: str, role: str, *, actor: str, now: in
         raise BodyError("name", "must be 1..100 printable characters")
     token = "cpn_" + secrets.token_urlsafe(32)
     async with store.transaction(now) as tx:
-        await tx.add_user(name, role, hash_token(token))
-        await tx.audit([AuditEntry(actor, "token_issued", detail={"user": name, "role": role})])
+        tx.add_user(name, role, hash_token(token))
+        tx.audit([AuditEntry(actor, "token_issued", detail={"user": name, "role": role})])
     return token
 
 
@@ -108,12 +109,12 @@ class Officers:
         self_sealed = seal_to_self(envelope.plaintext, header.id, self.context.storage)
         detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
         async with self.context.store.transaction(now, officer=True) as tx:
-            row = await tx.insert_message(
+            row = tx.insert_message(
                 id=header.id,
-                box="out",
+                box=Box.OUT,
                 peer=node,
-                type=str(kind),
-                priority=str(urgency),
+                type=kind,
+                priority=urgency,
                 priority_rank=PRIORITY_RANK[header.priority],
                 state=State.QUEUED,
                 created=header.created,
@@ -124,13 +125,13 @@ class Officers:
                 composed_by=user,
                 case_ref=case_tag(self.context, typed),
                 in_reply_to=refers_to(typed),
-                **deadlines_for(self.context, "out", header, kind),
+                **deadlines_for(self.context, Box.OUT, header, kind),
             )
             acted = []
             if answered is not None:
                 acted = await act_on(self.context, tx, answered, typed, actor=user, reply=header.id)
             composed = AuditEntry(user, "composed", header.id, detail)
-            await tx.audit(
+            tx.audit(
                 [
                     *acted,
                     composed,

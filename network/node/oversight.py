@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from network.core.deadlines import describe, format_overdue, review
+from network.core.deadlines import describe, review
 from network.core.lifecycle import Event, State
 from network.core.records import Json, NodeId
 from network.node.alerts import alert_kind, alert_record
@@ -49,6 +49,7 @@ class Oversight:
             return []
         alerts: list[dict[str, Json]] = []
         async with self.context.store.transaction(now) as tx:
+            await tx.prefetch(found)  # one read, not one per message
             entries: list[AuditEntry] = []
             for message_id in found:
                 row = await tx.message(message_id)
@@ -56,7 +57,7 @@ class Oversight:
                     continue
                 tracking = tracked(row)
                 decision = review(tracking, self.context.deadlines, now)
-                tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
+                tx.alerts(row.id, decision.overdue, decision.alert_at)
                 for item in decision.newly:
                     entries.append(
                         AuditEntry(self.context.actor, "overdue", row.id, {"deadline": str(item)})
@@ -78,7 +79,7 @@ class Oversight:
                             self.context.actor, "escalated", row.id, {"alert": record["alert"]}
                         )
                     )
-            await tx.audit(entries)
+            tx.audit(entries)
         self._recent_alerts.extend(alerts)
         self.context.publish(entries)
         for record in alerts:
@@ -92,12 +93,13 @@ class Oversight:
         if not due:
             return []
         async with self.context.store.transaction(now) as tx:
+            await tx.prefetch([row.id for row in due])  # one read, not one per message
             expired = []
             for row in due:
                 current = await tx.message(row.id)
                 if current is None or current.state not in (State.QUEUED, State.SENT):
                     continue
-                await tx.transition(current, Event.EXPIRE)
+                tx.transition(current, Event.EXPIRE)
                 expired.append(current.id)
                 log.error(
                     "message %s to %s expired undelivered after %d attempts",
@@ -108,7 +110,7 @@ class Oversight:
             entries = [
                 AuditEntry(self.context.actor, "expired", i, {"raised": "log"}) for i in expired
             ]
-            await tx.audit(entries)
+            tx.audit(entries)
         self.context.publish(entries)
         return expired
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from network.core.deadlines import format_overdue
 from network.core.envelope import open_from_self, read_plaintext, read_stored
 from network.core.lifecycle import Event
 from network.core.records import parse_canonical
@@ -50,8 +51,8 @@ class Reading:
             current = await tx.message(row.id)
             assert current is not None
             if current.box == "in" and user.role == "officer":
-                await tx.transition(current, Event.OPEN)
-            await tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
+                tx.transition(current, Event.OPEN)
+            tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
             # The transaction keeps the row as it leaves it: no read after the commit.
             row = await tx.message(row.id) or current
         header = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
@@ -125,7 +126,7 @@ def summary(row: MessageRow) -> dict[str, Any]:
         "peer": row.peer,
         "from": row.peer if row.box == "in" else None,
         "to": row.peer if row.box == "out" else None,
-        "type": row.type,
+        "type": row.type or "",  # '': relayed, its type unknown here
         "priority": row.priority,
         "state": str(row.state),
         "created": row.created,
@@ -136,7 +137,7 @@ def summary(row: MessageRow) -> dict[str, Any]:
         "composed_by": row.composed_by,
         "in_reply_to": row.in_reply_to,
         "acknowledged_by": row.acked_by,
-        "overdue": [item for item in row.overdue.split(",") if item],
+        "overdue": [item for item in format_overdue(row.overdue).split(",") if item],
         "deadlines": {
             "receipt": row.receipt_due,
             "acknowledgement": row.ack_due,

@@ -95,7 +95,7 @@ async def run_node(
         roster.active_card(config.id)  # refuses to run a node the roster does not list as active
         if kept is None:  # the store keeps every roster it used, for auditors to check old keys
             async with store.transaction(now_ms()) as tx:
-                await tx.keep_roster(roster.version, roster.raw)
+                tx.keep_roster(roster.version, roster.raw)
         node = Node.build(
             keys=keys,
             roster=roster,
@@ -260,20 +260,19 @@ async def _checkpoints(node: Node, witnessing: Witnessing, links: Links) -> None
 async def _watch_deadlines(node: Node, webhook: WebhookSender | None, interval: float) -> None:
     """Raise what is overdue: the console (oversight keeps it), the log and the webhook.
 
-    The webhook posts run beside the scan (a slow receiver is retried, never waited on).
+    The webhook posts run beside the scan (a slow receiver is retried, never waited on),
+    as children of this watcher: when the node stops, the posts still trying stop with it.
     """
-    posting: set[asyncio.Task[bool]] = set()
-    while True:
-        alerts: list[dict[str, Json]] = []
-        with _store_may_fail("deadlines"):
-            alerts = await node.oversight.review_deadlines()
-        for alert in alerts:
-            log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
-            if webhook is not None:
-                task = asyncio.create_task(webhook.post(alert))
-                posting.add(task)
-                task.add_done_callback(posting.discard)
-        await asyncio.sleep(interval)
+    async with asyncio.TaskGroup() as posting:
+        while True:
+            alerts: list[dict[str, Json]] = []
+            with _store_may_fail("deadlines"):
+                alerts = await node.oversight.review_deadlines()
+            for alert in alerts:
+                log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
+                if webhook is not None:
+                    posting.create_task(webhook.post(alert), name="webhook")
+            await asyncio.sleep(interval)
 
 
 async def _expiry_scan(node: Node, interval: float, grace: float) -> None:

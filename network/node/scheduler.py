@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from network.core.lifecycle import PRIORITY_RANK
 from network.core.records import NodeId
 from network.core.routing import RoutingTable
+from network.core.session import Room
 
 __all__ = [
     "MAX_NEWS",
@@ -38,7 +39,6 @@ __all__ = [
     "ROUTE_REFRESH_MS",
     "Batch",
     "Candidate",
-    "Room",
     "Scheduler",
 ]
 
@@ -46,17 +46,6 @@ ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most t
 MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 MAX_NEWS = 100_000  # per link and priority: ids queued since it last looked, in memory
 RANKS = len(PRIORITY_RANK)  # rank 0 is flash
-
-
-@dataclass(frozen=True, slots=True)
-class Room:
-    """What a link may send now: how many, and whether only flash (its window is full and
-    only the flash reserve is left). `poll`: the link's poll timer came due (retries may
-    be due): it looks through the whole outbox, detours included."""
-
-    count: int
-    flash_only: bool = False
-    poll: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +247,11 @@ class Scheduler:
 
     # -- a link's turn -----------------------------------------------------------------
 
-    def next_batch(self, peer: NodeId, room: Room, now: int) -> Batch:
-        """What the link to `peer` should send now, with `room` to send.
+    def next_batch(self, peer: NodeId, room: Room, now: int, *, poll: bool = False) -> Batch:
+        """What the link to `peer` should send now, with `room` to send (how many, and
+        whether only flash: its window is full and only the flash reserve is left).
+        `poll`: the link's poll timer came due (retries may be due): it looks through the
+        whole outbox, detours included.
 
         Routes follow announcements first (at most every `ROUTE_REFRESH_MS`). Receipts
         passing through go whenever the link turns. Then, flash first: news taken by id
@@ -273,14 +265,14 @@ class Scheduler:
         receipts = self._receipts_for(peer)
         if room.count <= 0:
             return Batch(receipts, wake=frozenset(wake))
-        if not room.poll and self.has_news(peer):
+        if not poll and self.has_news(peer):
             news, moved = self.take_news(peer, room)
             wake |= moved
             if news:
                 return Batch(receipts, news=news, wake=frozenset(wake))
         dirty = peer in self._dirty
         self._dirty.discard(peer)
-        detours = peer in self._detours or room.poll
+        detours = peer in self._detours or poll
         self._detours.discard(peer)
         look = dirty or detours or peer not in self._drained
         return Batch(receipts, look=look, detours=detours, wake=frozenset(wake))

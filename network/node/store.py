@@ -3,7 +3,11 @@
 - Schema versions migrate forward on open (`MIGRATIONS`); a file from a newer
   cpn is refused rather than guessed at.
 - Every change and the audit entries recording it commit in one transaction
-  (`transaction()`), so a crash can never separate them.
+  (`transaction()`), so a crash can never separate them. A transaction's writes
+  are buffered (plain methods of `Tx`) and run at commit in the order issued.
+- Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
+  go in as the same text older files hold: decoded once on read, encoded once
+  on write, here and nowhere else.
 - Envelopes are kept exactly as sent and as received; the body stays sealed
   at rest (outbound bodies are also sealed to the node's own key, so that its
   officers can read what they sent).
@@ -23,16 +27,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import aiosqlite
 
-from network.core.deadlines import Due
-from network.core.errors import CpnError
+from network.core.auditlog import AuditEntry, entry_leaf, stored_entry
+from network.core.deadlines import Due, Overdue, format_overdue, parse_overdue
+from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
-from network.core.records import Json, canonical
+from network.core.records import Box, MessageType, NodeId, Priority, canonical
 from network.core.tlog import MerkleLog
-from network.node.audit import entry_leaf, stored_entry
 
 __all__ = [
     "AuditEntry",
@@ -274,27 +278,15 @@ _NO_DEADLINES: Final = Due(None, None, None)
 T = TypeVar("T")
 
 
-class StoreError(CpnError, OSError):
-    """The store cannot be used (damaged, newer schema, disk full, read-only)."""
-
-    reason = "store_error"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    actor: str  # a user name, or "node:FRA" for the node itself or a peer
-    action: str
-    message_id: str | None = None
-    detail: dict[str, Json] | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class MessageRow:
+    """One message as the store holds it, decoded: closed sets as enums, the path as a tuple."""
+
     id: str
-    box: str
-    peer: str
-    type: str
-    priority: str
+    box: Box
+    peer: NodeId  # the recipient of an outbound or relayed message, the sender of an inbound
+    type: MessageType | None  # None: relayed, whose body a relay cannot read
+    priority: Priority
     state: State
     created: int
     expires: int
@@ -305,11 +297,11 @@ class MessageRow:
     self_sealed: bytes | None
     composed_by: str | None
     attempts: int
-    origin: str  # who composed it: the sender of an inbound or relayed message, '' for ours
-    via: str | None  # the hop it was last sent to
+    origin: NodeId | None  # who composed it: the sender of an inbound or relayed one; None: ours
+    via: NodeId | None  # the hop it was last sent to
     retry_at: int  # when it may go again without an end-to-end receipt
     hop_acked: bool  # the hop it was last sent to took it on
-    path: str  # JSON list of the relays it came through (inbound)
+    path: tuple[NodeId, ...]  # the relays it came through (inbound), or has been through
     case_ref: str | None = None  # the composing side's case reference (threads a case)
     in_reply_to: str | None = None  # the request an acknowledgement or response answers
     acked_by: str | None = None  # who acknowledged it (the officer, or the other side's)
@@ -317,7 +309,7 @@ class MessageRow:
     ack_due: int | None = None
     response_due: int | None = None
     preserved_until: int | None = None  # a preservation: when the preserved data may go
-    overdue: str = ""  # the deadlines passed and unmet, comma-separated
+    overdue: frozenset[Overdue] = frozenset()  # the deadlines passed and unmet
     alert_at: int | None = None  # when the deadline scan looks at it next
 
 
@@ -325,10 +317,10 @@ class Waiting(NamedTuple):
     """A message that may go now, as far as routing it needs (`MessageRow`'s fields)."""
 
     id: str
-    peer: str
-    box: str
-    origin: str
-    path: str
+    peer: NodeId
+    box: Box
+    origin: NodeId | None
+    path: tuple[NodeId, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,20 +350,58 @@ _MESSAGE_COLUMNS = (
     " overdue, alert_at"
 )
 
+# Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
+# an enum's constructor. Members hash as their values, so either finds its member.
+_BOXES: Final[dict[str, Box]] = {b.value: b for b in Box}
+_PRIORITIES: Final[dict[str, Priority]] = {p.value: p for p in Priority}
+_STATES: Final[dict[str, State]] = {s.value: s for s in State}
+_TYPES: Final[dict[str, MessageType | None]] = {"": None, **{t.value: t for t in MessageType}}
+
+
+def _decode_path(text: str) -> tuple[NodeId, ...]:
+    """A stored path (a JSON list of node ids) as a tuple; most are empty."""
+    if text == "[]":
+        return ()
+    return cast("tuple[NodeId, ...]", tuple(json.loads(text)))  # NodeId is str at run time
+
+
+def _encode_path(path: Sequence[NodeId]) -> str:
+    """`_decode_path` reversed, in the form the store has always held (json.dumps)."""
+    return json.dumps(list(path))
+
 
 def _message(row: Sequence[Any]) -> MessageRow:
+    """A row read in `_MESSAGE_COLUMNS` order, decoded."""
     values = list(row)
-    values[5] = State(values[5])
+    values[1] = _BOXES[values[1]]
+    values[3] = _TYPES[values[3]]
+    values[4] = _PRIORITIES[values[4]]
+    values[5] = _STATES[values[5]]
+    values[15] = values[15] or None
     values[18] = bool(values[18])
+    values[19] = _decode_path(values[19])
+    values[27] = parse_overdue(values[27]) if values[27] else frozenset()
     return MessageRow(*values)
 
 
 def _stored(row: MessageRow) -> tuple[Any, ...]:
     """A row's values in `_MESSAGE_COLUMNS` order, as SQLite keeps them (`_message` reversed)."""
     values = [getattr(row, name) for name in MessageRow.__slots__]
-    values[5] = str(row.state)
+    values[1] = row.box.value
+    values[3] = "" if row.type is None else row.type.value
+    values[4] = row.priority.value
+    values[5] = row.state.value
+    values[15] = row.origin or ""
     values[18] = int(row.hop_acked)
+    values[19] = _encode_path(row.path)
+    values[27] = format_overdue(row.overdue)
     return tuple(values)
+
+
+def _waiting(row: Sequence[Any]) -> Waiting:
+    """A row of `id, peer, box, origin, path`, decoded."""
+    id_, peer, box, origin, path = row
+    return Waiting(id_, peer, _BOXES[box], origin or None, _decode_path(path))
 
 
 # The reads below are plain functions on the connection, run on its thread (`_on_thread`),
@@ -386,6 +416,24 @@ def _fetch_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, M
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(ids)
     ).fetchall()
     return {row[0]: _message(row) for row in rows}
+
+
+_Receipts = dict[str, list[bytes]]  # message id -> raw receipts
+
+
+def _issued_receipts(conn: sqlite3.Connection, ids: Sequence[str]) -> _Receipts:
+    """The receipts we signed accepting each of `ids`, oldest first (one query)."""
+    found: _Receipts = {i: [] for i in ids}
+    if ids:
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            "SELECT message_id, raw FROM receipts WHERE direction = 'issued'"
+            f" AND outcome = 'accepted' AND message_id IN ({marks}) ORDER BY time",
+            tuple(ids),
+        )
+        for message_id, raw in rows:
+            found[message_id].append(bytes(raw))
+    return found
 
 
 def _known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
@@ -409,13 +457,21 @@ def _entries_after(conn: sqlite3.Connection, size: int, path: Path) -> list[byte
 
 
 async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """Run `work` on the connection's own thread, in one hop.
+    """Run `work(conn)` on the connection's own thread, in one hop, and return its result.
 
-    aiosqlite makes each statement a hop between the event loop and that
+    Promises (each pinned by a test in tests/test_store.py): `work` runs on the
+    thread aiosqlite runs its statements on, with the very connection they use,
+    in the order queued with them; what `work` raises is raised here; on a
+    closed connection this raises ValueError.
+
+    Why: aiosqlite makes each statement a hop between the event loop and that
     thread, and with dozens of nodes in one process (the network simulation)
-    the hops, not SQLite, were the cost; a transaction's writes and COMMIT go
-    as one function instead. aiosqlite has no public call for this: `_execute`
-    and `_conn` are the ones its own statements use.
+    the hops, not SQLite, were the cost; a transaction's reads, writes and
+    COMMIT each go as one function instead. aiosqlite has no public call for
+    this: `_execute` (queue a function for the thread) and `_conn` (the
+    sqlite3 connection) are what its own statements use. This is the one
+    place that touches them; an aiosqlite upgrade that breaks them breaks
+    the tests named above.
     """
     result: T = await db._execute(lambda: work(db._conn))  # type: ignore[no-untyped-call]
     return result
@@ -431,9 +487,13 @@ class Tx:
     """The writes of one transaction. Only the store hands these out.
 
     The transaction begins (BEGIN IMMEDIATE) with its first read, in the same
-    hop to the connection's thread; writes are collected and sent at commit,
-    with the COMMIT, as one function on that thread. Reads through the
+    hop to the connection's thread; writes are buffered by plain methods and
+    sent at commit, with the COMMIT, as one function on that thread. They run
+    in the order they were issued (consecutive uses of one statement go as one
+    `executemany`), so an UPDATE never overtakes the INSERT of its row; the
+    audit entries go first (no statement reads them). Reads through the
     transaction see the rows it changed (`message`), not its other writes.
+    Only what reads is `async`.
     """
 
     def __init__(self, store: Store, now: int, durable: bool) -> None:
@@ -441,9 +501,11 @@ class Tx:
         self.now = now
         self._store = store
         self._durable = durable
-        self._writes: dict[str, list[tuple[Any, ...]]] = {}
+        # (statement, rows) in the order issued; a statement issued again at once joins its run.
+        self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._entries: list[tuple[Any, ...]] = []  # audit rows, numbered at commit
         self._rows: dict[str, MessageRow | None] = {}
+        self._issued: _Receipts = {}  # as stored before this transaction
         self._begun = False
         self._audit_size: int | None = None
         self.leaves: list[bytes] = []  # this transaction's audit entries, in order
@@ -467,7 +529,7 @@ class Tx:
             if self._entries:
                 numbered = [(base + i, *row) for i, row in enumerate(self._entries, 1)]
                 conn.executemany(_INSERT_AUDIT, numbered)
-            for statement, rows in self._writes.items():
+            for statement, rows in self._writes:
                 conn.executemany(statement, rows)
             conn.execute("COMMIT")
             return others
@@ -488,7 +550,7 @@ class Tx:
 
         return await _on_thread(self.db, work)
 
-    # -- on the event loop --------------------------------------------------------------
+    # -- reads (async: they go to the connection's thread) --------------------------------
 
     async def audit_size(self) -> int:
         """The log's size before this transaction's entries, counting entries another
@@ -501,10 +563,65 @@ class Tx:
             self._audit_size = log_tree.size
         return self._audit_size
 
-    def _write(self, statement: str, params: tuple[Any, ...]) -> None:
-        self._writes.setdefault(statement, []).append(params)
+    async def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the store holds, read under the transaction's lock so that dedup
+        is exact. Their rows, and the receipts we issued for those found (a batch sent
+        again after a reconnect is all duplicates), are read in the same hop and kept
+        for the `message` and `issued_receipts` calls that follow."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
+        if wanted:
 
-    async def audit(self, entries: Iterable[AuditEntry]) -> None:
+            def work(conn: sqlite3.Connection) -> tuple[dict[str, MessageRow], _Receipts]:
+                rows = _fetch_messages(conn, wanted)
+                return rows, _issued_receipts(conn, list(rows))
+
+            found, issued = await self._read(work)
+            for i in wanted:
+                self._rows[i] = found.get(i)
+            self._issued.update(issued)
+        return {i for i in ids if self._rows[i] is not None}
+
+    async def issued_receipts(self, message_id: str) -> list[bytes]:
+        """The receipts we signed for `message_id` that accepted it, oldest first, as stored
+        before this transaction (not those it inserts)."""
+        if message_id not in self._issued:
+            self._issued.update(await self._read(partial(_issued_receipts, ids=[message_id])))
+        return list(self._issued[message_id])
+
+    async def prefetch(self, ids: Sequence[str]) -> None:
+        """Read the rows of `ids` in one query, for the `message` calls that follow."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
+        if not wanted:
+            return
+        found = await self._read(partial(_fetch_messages, ids=wanted))
+        for i in wanted:
+            self._rows[i] = found.get(i)
+
+    async def message(self, message_id: str) -> MessageRow | None:
+        """The row of `message_id` as this transaction left it (None: no such message)."""
+        if message_id not in self._rows:
+            await self.prefetch([message_id])
+        return self._rows[message_id]
+
+    async def release_in_flight(self) -> int:
+        """At start: no link outlives its process, so every message sent without any
+        receipt may go again at once (not at its retry time); returns how many."""
+        where = "box IN ('out', 'relay') AND state = 'sent' AND hop_acked = 0 AND retry_at > 0"
+        query = f"SELECT COUNT(*) FROM messages WHERE {where}"
+        (count,) = await self._read(lambda conn: conn.execute(query).fetchone())
+        self._write(f"UPDATE messages SET retry_at = 0 WHERE {where}", ())
+        self._rows.clear()
+        return int(count)
+
+    # -- writes (plain: they are buffered until the commit) --------------------------------
+
+    def _write(self, statement: str, params: tuple[Any, ...]) -> None:
+        if self._writes and self._writes[-1][0] == statement:
+            self._writes[-1][1].append(params)
+        else:
+            self._writes.append((statement, [params]))
+
+    def audit(self, entries: Iterable[AuditEntry]) -> None:
         """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1
         (numbered at commit, after any entries other processes added)."""
         for e in entries:
@@ -540,14 +657,14 @@ class Tx:
             (node, held, shown, problem, self.now),
         )
 
-    async def insert_message(
+    def insert_message(
         self,
         *,
         id: str,
-        box: str,
-        peer: str,
-        type: str,
-        priority: str,
+        box: Box,
+        peer: NodeId,
+        type: MessageType | None,
+        priority: Priority,
         priority_rank: int,
         state: State,
         created: int,
@@ -557,21 +674,21 @@ class Tx:
         received: int | None = None,
         self_sealed: bytes | None = None,
         composed_by: str | None = None,
-        origin: str = "",
-        path: str = "[]",
+        origin: NodeId | None = None,
+        path: Sequence[NodeId] = (),
         case_ref: str | None = None,
         in_reply_to: str | None = None,
         due: Due = _NO_DEADLINES,
         alert_at: int | None = None,
     ) -> MessageRow:
         """Insert a message (the caller has checked, in this transaction, that its id is
-        new); the row as stored."""
+        new); the row as stored. KeyError for a box, type or priority not in its set."""
         row = MessageRow(
             id=id,
-            box=box,
+            box=_BOXES[box],  # members or their values alike: the row holds members
             peer=peer,
-            type=type,
-            priority=priority,
+            type=None if type is None else _TYPES[type],
+            priority=_PRIORITIES[priority],
             state=state,
             created=created,
             expires=expires,
@@ -582,11 +699,11 @@ class Tx:
             self_sealed=self_sealed,
             composed_by=composed_by,
             attempts=0,
-            origin=origin,
+            origin=origin or None,
             via=None,
             retry_at=0,
             hop_acked=False,
-            path=path,
+            path=tuple(path),
             case_ref=case_ref,
             in_reply_to=in_reply_to,
             receipt_due=due.receipt,
@@ -602,79 +719,34 @@ class Tx:
         self._rows[id] = row
         return row
 
-    async def acted(
-        self, message: MessageRow, event: Event, *, acked_by: str | None = None
-    ) -> State:
+    def transition(self, message: MessageRow, event: Event) -> State:
+        """Move a message by the lifecycle table; returns the new state.
+        IllegalTransition if the table has no such move (nothing is written)."""
+        state = next_state(TABLES[message.box], message.state, event)
+        self._write(
+            "UPDATE messages SET state = ?, updated = ? WHERE id = ?",
+            (state.value, self.now, message.id),
+        )
+        self._rows[message.id] = replace(message, state=state, updated=self.now)
+        return state
+
+    def acted(self, message: MessageRow, event: Event, *, acked_by: str | None = None) -> State:
         """An acknowledgement or an answer, on either side: the state moves; who did it is kept."""
-        state = await self.transition(message, event)
+        state = self.transition(message, event)
         if acked_by is not None:
             self._write("UPDATE messages SET acked_by = ? WHERE id = ?", (acked_by, message.id))
             self._rows[message.id] = replace(message, state=state, acked_by=acked_by)
         return state
 
-    def preserved(self, message_id: str, until: int) -> None:
-        """The other side says the data is preserved until `until`."""
-        self._write(
-            "UPDATE messages SET preserved_until = ?, updated = ? WHERE id = ?",
-            (until, self.now, message_id),
-        )
-        self._rows.pop(message_id, None)
-
-    def alerts(self, message_id: str, overdue: str, alert_at: int | None) -> None:
-        """Which deadlines are passed and unmet, and when to look again (None: never)."""
-        self._write(
-            "UPDATE messages SET overdue = ?, alert_at = ? WHERE id = ?",
-            (overdue, alert_at, message_id),
-        )
-        self._rows.pop(message_id, None)
-
-    async def known_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of `ids` the store holds, read under the transaction's lock so that dedup
-        is exact; their rows are kept for the `message` calls that follow."""
-        await self.prefetch(ids)
-        return {i for i in ids if self._rows[i] is not None}
-
-    async def issued_receipts(self, message_id: str) -> list[bytes]:
-        """The receipts we signed for `message_id` that accepted it, oldest first."""
-        query = (
-            "SELECT raw FROM receipts WHERE message_id = ? AND direction = 'issued'"
-            " AND outcome = 'accepted' ORDER BY time"
-        )
-        rows = await self._read(lambda conn: conn.execute(query, (message_id,)).fetchall())
-        return [bytes(r[0]) for r in rows]
-
-    async def prefetch(self, ids: Sequence[str]) -> None:
-        """Read the rows of `ids` in one query, for the `message` calls that follow."""
-        wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
-        if not wanted:
-            return
-        found = await self._read(partial(_fetch_messages, ids=wanted))
-        for i in wanted:
-            self._rows[i] = found.get(i)
-
-    async def message(self, message_id: str) -> MessageRow | None:
-        if message_id not in self._rows:
-            await self.prefetch([message_id])
-        return self._rows[message_id]
-
-    async def transition(self, message: MessageRow, event: Event) -> State:
-        """Move a message by the lifecycle table; returns the new state."""
-        state = next_state(TABLES[message.box], message.state, event)
-        self._write(
-            "UPDATE messages SET state = ?, updated = ? WHERE id = ?",
-            (str(state), self.now, message.id),
-        )
-        self._rows[message.id] = replace(message, state=state, updated=self.now)
-        return state
-
-    async def sent(self, message: MessageRow, via: str, retry_at: int) -> State:
-        """Written to the link to `via`; may go again at `retry_at` without a receipt."""
-        event = Event.SEND if message.state is State.QUEUED else Event.RESEND
+    def sent(self, message: MessageRow, event: Event, via: NodeId, retry_at: int) -> State:
+        """Written to the link to `via` (`event`: the caller's lifecycle event for it, a send
+        or a resend); may go again at `retry_at` without a receipt. Returns the new state;
+        IllegalTransition if the table has no such move (nothing is written)."""
         state = next_state(TABLES[message.box], message.state, event)
         self._write(
             "UPDATE messages SET state = ?, updated = ?, attempts = attempts + 1, via = ?,"
             " retry_at = ?, hop_acked = 0 WHERE id = ?",
-            (str(state), self.now, via, retry_at, message.id),
+            (state.value, self.now, via, retry_at, message.id),
         )
         self._rows[message.id] = replace(
             message,
@@ -687,12 +759,29 @@ class Tx:
         )
         return state
 
-    async def hop_acked(self, message: MessageRow) -> None:
+    def hop_acked(self, message: MessageRow) -> None:
+        """The hop it was last sent to took it on."""
         self._write("UPDATE messages SET hop_acked = 1 WHERE id = ?", (message.id,))
         current = self._rows.get(message.id) or message
         self._rows[message.id] = replace(current, hop_acked=True)
 
-    async def retry_now(self, message_ids: Sequence[str]) -> None:
+    def preserved(self, message_id: str, until: int) -> None:
+        """The other side says the data is preserved until `until`."""
+        self._write(
+            "UPDATE messages SET preserved_until = ?, updated = ? WHERE id = ?",
+            (until, self.now, message_id),
+        )
+        self._rows.pop(message_id, None)
+
+    def alerts(self, message_id: str, overdue: Iterable[Overdue], alert_at: int | None) -> None:
+        """Which deadlines are passed and unmet, and when to look again (None: never)."""
+        self._write(
+            "UPDATE messages SET overdue = ?, alert_at = ? WHERE id = ?",
+            (format_overdue(overdue), alert_at, message_id),
+        )
+        self._rows.pop(message_id, None)
+
+    def retry_now(self, message_ids: Sequence[str]) -> None:
         """Make messages sent without any receipt eligible at once (their link went down)."""
         for i in message_ids:
             self._write(
@@ -702,29 +791,21 @@ class Tx:
             )
             self._rows.pop(i, None)
 
-    async def release_in_flight(self) -> int:
-        """At start: no link outlives its process, so every message sent without any
-        receipt may go again at once (not at its retry time); returns how many."""
-        where = "box IN ('out', 'relay') AND state = 'sent' AND hop_acked = 0 AND retry_at > 0"
-        query = f"SELECT COUNT(*) FROM messages WHERE {where}"
-        (count,) = await self._read(lambda conn: conn.execute(query).fetchone())
-        self._write(f"UPDATE messages SET retry_at = 0 WHERE {where}", ())
-        self._rows.clear()
-        return int(count)
-
-    async def requeue_now(self, message: MessageRow) -> None:
+    def requeue_now(self, message: MessageRow) -> None:
         """A forwarded copy to send again at once (its sender asked again)."""
         self._write("UPDATE messages SET retry_at = 0, hop_acked = 0 WHERE id = ?", (message.id,))
         current = self._rows.get(message.id) or message
         self._rows[message.id] = replace(current, retry_at=0, hop_acked=False)
 
-    async def keep_roster(self, version: int, raw: bytes) -> None:
+    def keep_roster(self, version: int, raw: bytes) -> None:
+        """An accepted roster, kept (a version kept already stays as it was)."""
         self._write(
             "INSERT OR IGNORE INTO rosters (version, raw, accepted) VALUES (?, ?, ?)",
             (version, raw, self.now),
         )
 
-    async def insert_receipt(self, row: ReceiptRow) -> None:
+    def insert_receipt(self, row: ReceiptRow) -> None:
+        """A receipt we issued or received (one already kept under its id stays)."""
         self._write(
             "INSERT OR IGNORE INTO receipts (id, message_id, direction, signer, scope, outcome,"
             " reason, time, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -750,7 +831,8 @@ class Tx:
             (peer, self.now),
         )
 
-    async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
+    def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
+        """A failed contact: one more failure, the next try at `retry_at`, the error kept."""
         self._write(
             "INSERT INTO peers (id, failures, retry_at, last_error) VALUES (?, 1, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET failures = failures + 1, retry_at = excluded.retry_at,"
@@ -758,7 +840,8 @@ class Tx:
             (peer, retry_at, error[:500]),
         )
 
-    async def add_user(self, name: str, role: str, token_hash: bytes) -> None:
+    def add_user(self, name: str, role: str, token_hash: bytes) -> None:
+        """A user and the hash of their token (an existing user's role and token replaced)."""
         self._write(
             "INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET role = excluded.role,"
@@ -805,6 +888,11 @@ class _WriteLock:
                     waiter.set_result(None)
                     return
         self._held = False
+
+    @property
+    def waiting(self) -> int:
+        """How many transactions wait for the one under way."""
+        return len(self._queues[0]) + len(self._queues[1])
 
     @asynccontextmanager
     async def held(self, *, first: bool = False) -> AsyncIterator[None]:
@@ -873,25 +961,31 @@ class Store:
             "SELECT seq, time, actor, action, message_id, detail FROM audit WHERE leaf IS NULL"
         )
         if missing:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for seq, time, actor, action, message_id, detail in missing:
-                    parsed = json.loads(detail)
-                    await self.db.execute(
-                        "UPDATE audit SET detail = ?, leaf = ? WHERE seq = ?",
-                        (
-                            canonical(parsed).decode(),
-                            entry_leaf(time, actor, action, message_id, parsed),
-                            seq,
-                        ),
-                    )
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
+            updates = []
+            for seq, time, actor, action, message_id, detail in missing:
+                parsed = json.loads(detail)
+                leaf = entry_leaf(time, actor, action, message_id, parsed)
+                updates.append((canonical(parsed).decode(), leaf, seq))
+
+            def fill(conn: sqlite3.Connection) -> None:  # one hop, however many entries
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany("UPDATE audit SET detail = ?, leaf = ? WHERE seq = ?", updates)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+
+            await _on_thread(self.db, fill)
         async with self.db.execute("SELECT leaf FROM audit ORDER BY seq") as cursor:
             while batch := await cursor.fetchmany(10_000):
                 self.audit_log.extend(bytes(row[0]) for row in batch)
+
+    @property
+    def queued_transactions(self) -> int:
+        """How many transactions wait for the write lock (a busy relay's links queue up)."""
+        return self._lock.waiting
 
     async def close(self) -> None:
         async with self._lock.held():
@@ -950,6 +1044,11 @@ class Store:
 
     # -- reads -----------------------------------------------------------------
 
+    async def _select(self, clauses: str, params: Sequence[Any] = ()) -> list[MessageRow]:
+        """The rows `SELECT ... FROM messages {clauses}` finds, decoded."""
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages {clauses}"
+        return [_message(r) for r in await self.db.execute_fetchall(query, params)]
+
     async def message(self, message_id: str) -> MessageRow | None:
         found = await _on_thread(self.db, partial(_fetch_messages, ids=[message_id]))
         return found.get(message_id)
@@ -979,21 +1078,15 @@ class Store:
             clauses.append("id < ?")
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages {where}"
-            " ORDER BY priority_rank, created DESC LIMIT ?",
-            (*params, limit),
+        return await self._select(
+            f"{where} ORDER BY priority_rank, created DESC LIMIT ?", (*params, limit)
         )
-        return [_message(r) for r in rows]
 
     async def thread(self, row: MessageRow) -> list[MessageRow]:
         """The messages that answer, extend or follow `row`, and the one it answers."""
-        found = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE in_reply_to = ? OR id = ?"
-            " ORDER BY created",
-            (row.id, row.in_reply_to or ""),
+        return await self._select(
+            "WHERE in_reply_to = ? OR id = ? ORDER BY created", (row.id, row.in_reply_to or "")
         )
-        return [_message(r) for r in found]
 
     async def waiting(
         self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2
@@ -1013,25 +1106,20 @@ class Store:
             " ORDER BY priority_rank, created",
             (*destinations, now, max_rank, limit),
         )
-        return [Waiting(*r) for r in rows]
+        return [_waiting(r) for r in rows]
 
     async def preserved_requests(self) -> list[MessageRow]:
         """Our preservation requests the other side preserved, soonest to lapse first."""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE box = 'out' AND type = 'preservation'"
-            " AND preserved_until IS NOT NULL AND in_reply_to IS NULL"
-            " ORDER BY preserved_until"
+        return await self._select(
+            "WHERE box = 'out' AND type = 'preservation' AND preserved_until IS NOT NULL"
+            " AND in_reply_to IS NULL ORDER BY preserved_until"
         )
-        return [_message(r) for r in rows]
 
     async def overdue_messages(self, limit: int) -> list[MessageRow]:
         """Messages with a deadline passed and unmet, the most urgent first."""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE overdue != ''"
-            " ORDER BY priority_rank, created LIMIT ?",
-            (limit,),
+        return await self._select(
+            "WHERE overdue != '' ORDER BY priority_rank, created LIMIT ?", (limit,)
         )
-        return [_message(r) for r in rows]
 
     async def alerts_due(self, now: int, limit: int) -> list[str]:
         """Ids of the messages whose deadline scan is due at `now`, the earliest first."""
@@ -1109,12 +1197,10 @@ class Store:
         return int(next(iter(rows))[0] or 0)
 
     async def due_to_expire(self, now: int, limit: int = 500) -> list[MessageRow]:
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE state IN ('queued', 'sent') AND expires < ? LIMIT ?",
-            (now, limit),
+        """Messages still waiting to go whose expiry is before `now` (at most `limit`)."""
+        return await self._select(
+            "WHERE state IN ('queued', 'sent') AND expires < ? LIMIT ?", (now, limit)
         )
-        return [_message(r) for r in rows]
 
     async def receipts(self, message_id: str) -> list[ReceiptRow]:
         rows = await self.db.execute_fetchall(

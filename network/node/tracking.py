@@ -15,9 +15,7 @@ from network.core.deadlines import (
     Tracked,
     due_times,
     expects_reply,
-    format_overdue,
     next_alert,
-    parse_overdue,
     preserved_until_ms,
     reschedule,
 )
@@ -44,14 +42,14 @@ def refers_to(typed: Body) -> str | None:
 def tracked(row: MessageRow) -> Tracked:
     """A stored message as the deadline rules see it."""
     return Tracked(
-        box="out" if row.box == "out" else "in",
+        box=Box.OUT if row.box == Box.OUT else Box.IN,
         state=row.state,
         priority=Priority(row.priority),
         receipt_due=row.receipt_due,
         ack_due=row.ack_due,
         response_due=row.response_due,
         preserved_until=row.preserved_until,
-        overdue=parse_overdue(row.overdue),
+        overdue=row.overdue,
         alert_at=row.alert_at,
     )
 
@@ -84,7 +82,7 @@ def deadlines_for(
 def track(context: NodeContext, tx: Tx, row: MessageRow) -> None:
     """After a state change: the overdue flags still standing, and the next look."""
     decision = reschedule(tracked(row), context.deadlines, context.clock())
-    tx.alerts(row.id, format_overdue(decision.overdue), decision.alert_at)
+    tx.alerts(row.id, decision.overdue, decision.alert_at)
 
 
 async def act_on(
@@ -98,12 +96,12 @@ async def act_on(
     if event not in TABLES[current.box].get(current.state, {}):
         return []  # already answered, or expired unread: the state does not go back
     if isinstance(typed, Acknowledgement):
-        await tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
+        tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
         detail["officer"] = typed.officer
         action = "acknowledged"
     else:
         assert isinstance(typed, Response)
-        await tx.acted(current, Event.ANSWER)
+        tx.acted(current, Event.ANSWER)
         detail["status"] = str(typed.status)
         action = "replied" if current.box == "in" else "answered"
         if typed.preserved_until is not None and current.box == "out":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from network.core.auditlog import checkpoint_origin, witness_name
 from network.core.errors import ConsistencyProofError, CpnError, PeerError
 from network.core.protocol import CheckpointOffer, WitnessAnswer
 from network.core.records import NodeId
@@ -28,7 +29,6 @@ from network.core.tlog import (
     verify_consistency,
     verify_cosignature,
 )
-from network.node.audit import checkpoint_origin, witness_name
 from network.node.context import NodeContext
 from network.node.store import AuditEntry
 
@@ -184,7 +184,7 @@ class Witnessing:
         log.error("%s's audit log is inconsistent with its checkpoints: %s", peer, problem)
         async with self.store.transaction(now) as tx:
             tx.inconsistency(peer, held, shown, problem)
-            await tx.audit(
+            tx.audit(
                 [
                     AuditEntry(
                         f"node:{self.context.me}",

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from network.samples import sample_body
+from tests import harness
 from tests.faults.checks import undelivered
-from tests.harness import Network
+from tests.harness import Network, wait_for
 
 __all__ = ["KillRun", "kill_network", "kill_stream"]
 
@@ -66,13 +67,13 @@ class _Officer(threading.Thread):
             except OSError:  # FRA is down, or died while answering
                 with self.lock:
                     self.run_.unanswered += 1
-                time.sleep(0.05)
+                harness.pause(0.05, "an officer retrying while FRA is down")
                 continue
             if status == 202:
                 with self.lock:
                     self.run_.accepted.add(answer["id"])
                 index += 1
-            time.sleep(self.interval)
+            harness.pause(self.interval, "an officer's pace")
 
 
 def kill_stream(
@@ -99,16 +100,17 @@ def kill_stream(
     started = time.monotonic()
     try:
         for victim in victims:
-            time.sleep(rng.uniform(*pause))
+            harness.pause(rng.uniform(*pause), "a kill at a moment drawn from the seed")
             run.kills.append((victim, round(time.monotonic() - started, 2)))
             network.kill(victim)
             network.start(victim)
-        time.sleep(rng.uniform(*pause))
+        harness.pause(rng.uniform(*pause), "the stream goes on after the last kill")
     finally:
         officer.stopping.set()
         officer.join(timeout=15)
-    deadline = time.monotonic() + settle
-    while (left := undelivered(network, "FRA")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, f"{run}: {left} messages not delivered after {settle}s"
+    try:
+        wait_for(lambda: not undelivered(network, "FRA"), settle, what="every message delivered")
+    except AssertionError:
+        left = undelivered(network, "FRA")
+        raise AssertionError(f"{run}: {left} messages not delivered after {settle}s") from None
     return run

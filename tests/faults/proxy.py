@@ -32,6 +32,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tests.harness import pause_async
+
 __all__ = ["FlapSchedule", "Proxy"]
 
 T = TypeVar("T")
@@ -73,10 +75,13 @@ class _Pipe:
 
 
 class Proxy:
-    """Forward 127.0.0.1:`listen_port` to 127.0.0.1:`target_port`, with faults on demand."""
+    """Forward what `listening` accepts to 127.0.0.1:`target_port`, with faults on demand.
 
-    def __init__(self, listen_port: int, target_port: int) -> None:
-        self.listen_port = listen_port
+    `listening` is a socket already listening (the harness bound it to port 0 before the
+    roster named its port); the proxy serves on it and closes it with itself."""
+
+    def __init__(self, listening: socket.socket, target_port: int) -> None:
+        self.listening = listening
         self.target_port = target_port
         self.up = True
         self.latency = 0.0
@@ -124,7 +129,7 @@ class Proxy:
     # -- in the proxy's loop -----------------------------------------------------------
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.listen_port)
+        self._server = await asyncio.start_server(self._accept, sock=self.listening)
 
     async def _close(self) -> None:
         await self._stop_flapping()
@@ -164,9 +169,9 @@ class Proxy:
     async def _flap(self, schedule: FlapSchedule) -> None:
         for up, down in schedule.periods():
             self.up = True
-            await asyncio.sleep(up)
+            await pause_async(up, "the link up, for a period drawn from the seed")
             self._down()
-            await asyncio.sleep(down)
+            await pause_async(down, "the link down, for a period drawn from the seed")
         self.up = True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -220,7 +225,7 @@ class Proxy:
             due, chunk = await held.get()
             wait = due - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await pause_async(wait, "the proxy's latency")
             if not chunk:
                 if writer.can_write_eof():
                     writer.write_eof()

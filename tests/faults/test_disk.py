@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -66,7 +65,9 @@ def test_a_full_disk_refuses_new_work_loses_nothing_and_carries_on_with_room(
     disk_full(pair, "DEU", True)
     refused, answer = post(pair, "DEU", "FRA")  # DEU's officer: nothing can be queued
     during = {pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(10)}
-    time.sleep(1.5)  # FRA offers them; DEU cannot keep them and closes the link
+    wait_for(  # FRA offers them; DEU cannot keep them and closes the link, saying why
+        lambda: "store_error" in pair.nodes["FRA"].log.read_text(), what="DEU closing the link"
+    )
     wait_for(lambda: undelivered(pair, "FRA") == 10, what="FRA holding the ten")
     healthy = pair.api("DEU", "GET", "/healthz", token=None)[0]
     listed, inbox = pair.api("DEU", "GET", "/api/messages?box=in")  # reads still work

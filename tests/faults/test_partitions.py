@@ -12,7 +12,7 @@ import pytest
 from network.samples import sample_body
 from tests.faults.checks import check_run
 from tests.faults.proxy import FlapSchedule, Proxy
-from tests.harness import Network, rows, wait_for
+from tests.harness import Network, pause, rows, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +24,8 @@ def proxied(tmp_path: Path) -> Iterator[tuple[Network, Proxy]]:
     """FRA dials DEU through the proxy (the roster points FRA at it); DEU does not dial."""
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, proxied=("DEU",), retry_seconds=5)
     deu = network.nodes["DEU"]
-    proxy = Proxy(deu.peer_port, deu.listen_port).start()
+    assert deu.proxy_socket is not None
+    proxy = Proxy(deu.proxy_socket, deu.listen_port).start()
     try:
         network.start("FRA", wait=False)
         network.start("DEU")
@@ -57,7 +58,13 @@ def test_a_partition_holds_messages_back_and_healing_delivers_each_once(
     proxy.partition()
     wait_for(lambda: not linked(network), timeout=10, what="FRA to see the link down")
     during = send(network, 20)
-    time.sleep(1.5)  # FRA redials and is refused meanwhile
+    wait_for(  # FRA redials and is refused meanwhile
+        lambda: (
+            proxy.refused >= 1
+            and rows(network.nodes["FRA"].store, "SELECT 1 FROM peers WHERE failures > 0")
+        ),
+        what="FRA's redial refused by the partition",
+    )
     held = {m["id"]: m["state"] for m in network.list("FRA", "out") if m["id"] in during}
     inbox_during = len(network.list("DEU", "in"))
     proxy.heal()
@@ -83,7 +90,7 @@ def test_a_flapping_slow_link_delivers_a_stream_exactly_once(
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         sent |= send(network, 3)
-        time.sleep(0.05)
+        pause(0.05, "an officer's pace: a stream over the flapping link, not one burst")
     proxy.heal()
     network.wait_all("FRA", "out", len(sent), {"delivered"}, timeout=60)
     network.stop("FRA")

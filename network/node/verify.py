@@ -1,39 +1,19 @@
-"""The audit log as a transparency log: what an entry hashes to, the names it is signed under,
-and the auditor's tools that read a store file: verify, export, prove.
+"""`verify_store`: a node's store file checked against itself, the roster and its witnesses.
 
-Each entry (time, actor, action, message id, detail) is a leaf of an RFC 6962
-Merkle tree: its leaf hash is SHA-256(0x00 ‖ the canonical JSON of the
-entry), and its position in the log is its index in the tree (index = seq - 1).
-The node signs checkpoints of the tree in the C2SP `tlog-checkpoint` format
-under the origin `cpn/audit/<ID>`; its peers cosign them (C2SP
-`tlog-cosignature`) under `cpn/witness/<ID>`.
-
-`entry_bytes`, `entry_leaf`, `checkpoint_origin` and `witness_name` are pure.
-The rest reads a node's SQLite store file directly with the standard library,
-read-only (`mode=ro`) and in one read transaction, so it sees one consistent
-snapshot whether the node is running (WAL) or stopped; rows are streamed,
-never loaded all at once.
-
-- `verify_store` recomputes every leaf from its columns and the tree from those
-  leaves, and checks the whole store against itself, the roster and the
-  checkpoints other nodes hold: see its docstring for the list.
-- `export_entries` writes the entries (JSONL or CSV) with their leaf hashes,
-  and the signed checkpoints with their cosignatures, for anyone's own RFC 6962
-  implementation. Hashes in exports and proofs are standard base64 with
-  padding (RFC 4648 §4), as in C2SP checkpoints.
-- `inclusion_proof` and `consistency_proof` prove an entry or an older tree
-  against a tree size (by default the newest signed checkpoint's).
+Reads the file read-only, on one snapshot (`network.node.auditfile`), and
+recomputes every leaf from its columns (`network.core.auditlog`) and the tree
+from those leaves (`network.core.tlog`): see `verify_store` for the list of
+checks. The report (`VerifyReport`) lists the problems first-bad-entry first
+and counts them all; on a large log the leaves are hashed by worker
+processes, a chunk at a time, while this one builds the tree.
 """
 
 from __future__ import annotations
 
-import base64
 import bisect
 import collections
 import concurrent.futures
 import contextlib
-import csv
-import datetime
 import hashlib
 import heapq
 import itertools
@@ -42,12 +22,19 @@ import multiprocessing
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
+from network.core.auditlog import (
+    HashedRows,
+    RowHasher,
+    checkpoint_origin,
+    entry_leaf,
+    witness_name,
+)
 from network.core.crypto import VerifyKey, sha256
 from network.core.envelope import verify_envelope, verify_receipt
 from network.core.errors import (
@@ -62,455 +49,36 @@ from network.core.records import (
     Json,
     NodeId,
     canonical,
-    canonical_trusted,
     parse_json,
 )
 from network.core.roster import MAX_ROSTER_BYTES, NodeStatus, Roster, RosterEntry, load_roster
 from network.core.tlog import (
-    EMPTY_ROOT,
     HASH_SIZE,
     Checkpoint,
     MerkleLog,
-    leaf_hash,
+    TreeBuilder,
     open_checkpoint,
     verify_cosignature,
 )
+from network.node.auditfile import BATCH, Witnessed, snapshot
+from network.node.clock import rfc3339
 
 __all__ = [
-    "MAX_PAGE",
-    "AuditReadError",
-    "EntryFilter",
+    "MAX_PROBLEMS",
+    "PARALLEL_CHUNK",
     "Problem",
     "ProblemKind",
     "VerifyReport",
-    "Witnessed",
-    "checkpoint_origin",
-    "consistency_proof",
-    "entry_bytes",
-    "entry_leaf",
-    "export_entries",
-    "inclusion_proof",
-    "list_entries",
     "load_roster_file",
-    "parse_time",
-    "read_witnessed",
-    "rfc3339",
-    "stored_entry",
     "verify_store",
-    "witness_name",
 ]
-
-MAX_PAGE: Final = 1000
-"""The most entries `list_entries` returns at once."""
 
 MAX_PROBLEMS: Final = 1000
 """The most problems a report lists (it counts them all)."""
 
-_BATCH: Final = 4096  # rows fetched at a time
 PARALLEL_CHUNK: Final = 65_536
 """Rows a worker process hashes at a time; a log of fewer is hashed without workers."""
 _MAX_REORDER_SCAN: Final = 100_000  # mismatched leaves looked for among all stored ones
-_SQLITE_HEADER: Final = b"SQLite format 3\x00"
-
-
-def checkpoint_origin(node: str) -> str:
-    """The origin line (and signing key name) of `node`'s audit checkpoints."""
-    return f"cpn/audit/{node}"
-
-
-def witness_name(node: str) -> str:
-    """The key name under which `node` cosigns its peers' checkpoints."""
-    return f"cpn/witness/{node}"
-
-
-def entry_bytes(
-    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
-) -> bytes:
-    """The canonical JSON of one entry: what its leaf hash covers."""
-    return _entry_json(time, actor, action, message_id, canonical(dict(detail)))
-
-
-def _entry_json(
-    time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
-) -> bytes:
-    # RFC 8785 orders the members by name: action, actor, detail, message, time.
-    return b'{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%b}' % (
-        canonical(action),
-        canonical(actor),
-        detail_json,
-        canonical(message_id),
-        canonical(time),
-    )
-
-
-def entry_leaf(
-    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
-) -> bytes:
-    """The RFC 6962 leaf hash of one entry."""
-    return leaf_hash(entry_bytes(time, actor, action, message_id, detail))
-
-
-def stored_entry(
-    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
-) -> tuple[bytes, bytes]:
-    """(the detail's canonical JSON, the entry's leaf hash): what the store keeps of an
-    entry, the detail encoded once for both."""
-    detail_json = canonical(dict(detail))
-    return detail_json, leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
-
-
-# -- reading a store file ---------------------------------------------------------
-
-
-class AuditReadError(CpnError, OSError):
-    """A store file (or a witnessed checkpoint file) that cannot be read as one."""
-
-    reason = "store_unreadable"
-
-
-@contextlib.contextmanager
-def _snapshot(path: Path) -> Iterator[sqlite3.Connection]:
-    """The store opened read-only, inside one read transaction: one consistent snapshot.
-
-    Raises AuditReadError if the file is missing, not SQLite, or not a cpn
-    store with the Merkle audit log (schema version 4 or later).
-    """
-    if not path.is_file():
-        raise AuditReadError(f"{path}: no such store file")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise AuditReadError(f"{path}: cannot open the store: {exc}") from exc
-    try:
-        try:
-            db.execute("PRAGMA busy_timeout = 5000")
-            db.execute("BEGIN")
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError as exc:
-            raise AuditReadError(f"{path}: not a cpn store: {exc}") from exc
-        if version < 4 or not {"audit", "checkpoints", "cosignatures"} <= tables:
-            raise AuditReadError(
-                f"{path}: schema version {version} has no Merkle audit log"
-                " (start the node once to migrate it)"
-            )
-        yield db
-    except sqlite3.DatabaseError as exc:
-        raise AuditReadError(f"{path}: cannot read the store: {exc}") from exc
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        db.close()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def rfc3339(ms: int) -> str | None:
-    """`ms` since the epoch as RFC 3339 UTC with milliseconds; None if out of range."""
-    try:
-        moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
-            milliseconds=ms
-        )
-    except (OverflowError, TypeError):
-        return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> int:
-    """Milliseconds since the epoch from digits (ms) or an RFC 3339 / ISO 8601 time.
-
-    A time without an offset is taken as UTC; a bare date is its midnight UTC.
-    Raises ValueError saying what it expected.
-    """
-    value = text.strip()
-    if value.isascii() and value.isdigit() and len(value) <= 16:
-        return int(value)
-    try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"{text[:40]!r} is not a time: expected milliseconds since the epoch or RFC 3339"
-            " (2026-11-18T09:30:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-    return (moment - epoch) // datetime.timedelta(milliseconds=1)
-
-
-# -- entries as records -------------------------------------------------------------
-
-_ENTRY_COLUMNS: Final = "seq, time, actor, action, message_id, detail, leaf"
-
-
-def _entry_record(row: Sequence[Any]) -> dict[str, Any]:
-    """One audit row as JSON: seq, index, time (ms and RFC 3339), ..., leaf_hash (base64).
-
-    `leaf_hash` is the hash stored with the entry (what the node's tree and
-    checkpoints are built from); `verify_store` checks it is the entry's own.
-    """
-    seq, time, actor, action, message_id, detail, leaf = row
-    try:
-        parsed: Any = json.loads(detail)
-    except (TypeError, ValueError):
-        parsed = detail  # a damaged row is exported as it stands
-    return {
-        "seq": seq,
-        "index": seq - 1,
-        "time": time,
-        "time_rfc3339": rfc3339(time) if isinstance(time, int) else None,
-        "actor": actor,
-        "action": action,
-        "message_id": message_id,
-        "detail": parsed,
-        "leaf_hash": _b64(leaf) if isinstance(leaf, bytes) else None,
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class EntryFilter:
-    """Which entries to read: `since` <= time < `until` (ms), and exact message, actor, action."""
-
-    since: int | None = None
-    until: int | None = None
-    message: str | None = None
-    actor: str | None = None
-    action: str | None = None
-
-    def where(self, after: int | None = None) -> tuple[str, list[Any]]:
-        """The WHERE clause (possibly empty) and its parameters; `after`: seq > after."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        for clause, value in (
-            ("time >= ?", self.since),
-            ("time < ?", self.until),
-            ("message_id = ?", self.message),
-            ("actor = ?", self.actor),
-            ("action = ?", self.action),
-            ("seq > ?", after),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                params.append(value)
-        return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def list_entries(
-    path: Path, filters: EntryFilter = EntryFilter(), *, after: int = 0, limit: int = 100
-) -> tuple[list[dict[str, Any]], int | None]:
-    """A page of entries in seq order after seq `after`, and the cursor for the next page.
-
-    The cursor is the last seq returned when more entries match, else None.
-    Raises ValueError for a limit outside 1..MAX_PAGE, AuditReadError for an
-    unreadable store.
-    """
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be 1..{MAX_PAGE}")
-    where, params = filters.where(after)
-    with _snapshot(path) as db:
-        rows = db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM audit{where} ORDER BY seq LIMIT ?",  # noqa: S608
-            (*params, limit + 1),
-        ).fetchall()
-    entries = [_entry_record(r) for r in rows[:limit]]
-    return entries, (entries[-1]["seq"] if len(rows) > limit else None)
-
-
-def _cosignatures_by_size(db: sqlite3.Connection) -> dict[int, list[tuple[str, int, str]]]:
-    found: dict[int, list[tuple[str, int, str]]] = {}
-    for size, witness, time, line in db.execute(
-        "SELECT size, witness, time, line FROM cosignatures ORDER BY size, witness"
-    ):
-        found.setdefault(size, []).append((witness, time, line))
-    return found
-
-
-def _checkpoint_records(db: sqlite3.Connection) -> Iterator[dict[str, Any]]:
-    """Each stored checkpoint: size, root, time, its signed note and its cosignature lines.
-
-    `cosigned_note` is the note with every cosignature line appended: the C2SP
-    form a witness-aware verifier reads in one go.
-    """
-    cosignatures = _cosignatures_by_size(db)
-    cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
-    while batch := cursor.fetchmany(_BATCH):
-        for size, root, time, note in batch:
-            lines = cosignatures.get(size, [])
-            yield {
-                "type": "checkpoint",
-                "size": size,
-                "root": _b64(root) if isinstance(root, bytes) else None,
-                "time": time,
-                "time_rfc3339": rfc3339(time) if isinstance(time, int) else None,
-                "note": note,
-                "cosignatures": [{"witness": w, "time": t, "line": line} for w, t, line in lines],
-                "cosigned_note": note + "".join(line for _, _, line in lines),
-            }
-
-
-_CSV_FIELDS: Final = (
-    "seq",
-    "index",
-    "time",
-    "time_rfc3339",
-    "actor",
-    "action",
-    "message_id",
-    "detail",
-    "leaf_hash",
-)
-
-
-def export_entries(
-    path: Path,
-    out: IO[str],
-    format: str = "jsonl",
-    *,
-    filters: EntryFilter = EntryFilter(),
-    checkpoints_out: IO[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Write the matching entries to `out`; return how many.
-
-    JSONL: one object per line, `{"type": "entry", seq, index, time,
-    time_rfc3339, actor, action, message_id, detail, leaf_hash}`, then one
-    `{"type": "checkpoint", size, root, time, time_rfc3339, note,
-    cosignatures, cosigned_note}` per signed checkpoint (all of them, whatever
-    the filters). CSV: the entry columns only, with `detail` as its canonical
-    JSON text; the checkpoints go to `checkpoints_out` as JSONL when given.
-    Hashes are standard base64. `progress(done, total)` is called after each
-    batch. Raises ValueError for an unknown format, AuditReadError for an
-    unreadable store.
-    """
-    if format not in ("jsonl", "csv"):
-        raise ValueError(f"format must be jsonl or csv, not {format!r}")
-    where, params = filters.where()
-    with _snapshot(path) as db:
-        total = int(db.execute(f"SELECT COUNT(*) FROM audit{where}", params).fetchone()[0])  # noqa: S608
-        writer = csv.writer(out, lineterminator="\n") if format == "csv" else None
-        if writer is not None:
-            writer.writerow(_CSV_FIELDS)
-        done = 0
-        cursor = db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM audit{where} ORDER BY seq",  # noqa: S608
-            params,
-        )
-        while batch := cursor.fetchmany(_BATCH):
-            for row in batch:
-                record = _entry_record(row)
-                if writer is not None:
-                    record["detail"] = row[5]
-                    writer.writerow([record[name] for name in _CSV_FIELDS])
-                else:
-                    out.write(_json_line({"type": "entry", **record}))
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
-        trailer = out if writer is None else checkpoints_out
-        if trailer is not None:
-            for checkpoint in _checkpoint_records(db):
-                trailer.write(_json_line(checkpoint))
-    return done
-
-
-def _json_line(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
-# -- proofs -------------------------------------------------------------------------
-
-
-def _stored_log(db: sqlite3.Connection) -> MerkleLog:
-    """The tree of the stored leaf hashes (the one the node signs), streamed in."""
-    tree = MerkleLog()
-    cursor = db.execute("SELECT seq, leaf FROM audit ORDER BY seq")
-    while batch := cursor.fetchmany(_BATCH * 4):
-        for expected, (seq, leaf) in enumerate(batch, start=tree.size + 1):
-            if seq != expected or not isinstance(leaf, bytes) or len(leaf) != HASH_SIZE:
-                raise AuditReadError(
-                    f"entry {expected} is missing or has no leaf hash: run cpn audit verify"
-                )
-        tree.extend(row[1] for row in batch)
-    return tree
-
-
-def _checkpoint_at(db: sqlite3.Connection, size: int) -> str | None:
-    """The cosigned note of the checkpoint at `size`, if the node signed one."""
-    row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
-    if row is None:
-        return None
-    lines = db.execute(
-        "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,)
-    ).fetchall()
-    return str(row[0]) + "".join(str(line) for (line,) in lines)
-
-
-def _default_size(db: sqlite3.Connection, tree: MerkleLog, at_least: int) -> int:
-    """The newest signed checkpoint's size if it is at least `at_least`, else the whole log."""
-    row = db.execute("SELECT MAX(size) FROM checkpoints").fetchone()
-    latest = row[0] if row else None
-    if isinstance(latest, int) and at_least <= latest <= tree.size:
-        return latest
-    return tree.size
-
-
-def inclusion_proof(path: Path, index: int, size: int | None = None) -> dict[str, Any]:
-    """An RFC 9162 inclusion proof of entry `index` (seq - 1) in the tree of `size` leaves.
-
-    `size` defaults to the newest signed checkpoint's size when it covers the
-    entry, else the whole log. Returns JSON: index, seq, size, the entry,
-    leaf_hash, root, proof (hashes from the leaf's sibling up, base64) and
-    `checkpoint`: the cosigned note at that size, or None if none was signed.
-    Raises ValueError for an index or size outside the log.
-    """
-    with _snapshot(path) as db:
-        tree = _stored_log(db)
-        if not 0 <= index < tree.size:
-            raise ValueError(f"index {index} is outside the log's entries 0..{tree.size - 1}")
-        tree_size = _default_size(db, tree, index + 1) if size is None else size
-        if not index < tree_size <= tree.size:
-            raise ValueError(f"size {tree_size} must be within {index + 1}..{tree.size}")
-        query = f"SELECT {_ENTRY_COLUMNS} FROM audit WHERE seq = ?"  # noqa: S608
-        row = db.execute(query, (index + 1,)).fetchone()
-        return {
-            "index": index,
-            "seq": index + 1,
-            "size": tree_size,
-            "entry": _entry_record(row),
-            "leaf_hash": _b64(tree.leaf(index)),
-            "root": _b64(tree.root(tree_size)),
-            "proof": [_b64(h) for h in tree.inclusion_proof(index, tree_size)],
-            "checkpoint": _checkpoint_at(db, tree_size),
-        }
-
-
-def consistency_proof(path: Path, old_size: int, new_size: int | None = None) -> dict[str, Any]:
-    """An RFC 9162 consistency proof that the tree of `new_size` extends the one of `old_size`.
-
-    `new_size` defaults as `inclusion_proof`'s size does. Returns JSON:
-    old_size, new_size, old_root, new_root, proof (base64) and the cosigned
-    checkpoint notes at both sizes (None where none was signed). Raises
-    ValueError for sizes outside the log.
-    """
-    with _snapshot(path) as db:
-        tree = _stored_log(db)
-        target = _default_size(db, tree, old_size) if new_size is None else new_size
-        if not 0 <= old_size <= target <= tree.size:
-            raise ValueError(
-                f"sizes must satisfy 0 <= old size ({old_size}) <= size ({target})"
-                f" <= {tree.size} (the log)"
-            )
-        return {
-            "old_size": old_size,
-            "new_size": target,
-            "old_root": _b64(tree.root(old_size)),
-            "new_root": _b64(tree.root(target)),
-            "proof": [_b64(h) for h in tree.consistency_proof(old_size, target)],
-            "old_checkpoint": _checkpoint_at(db, old_size),
-            "new_checkpoint": _checkpoint_at(db, target),
-        }
 
 
 # -- verification: the report ---------------------------------------------------------
@@ -588,72 +156,6 @@ class VerifyReport:
             "problem_count": self.problem_count,
             "warnings": list(self.warnings),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Witnessed:
-    """A checkpoint of this node's log as a witness holds it: who (`source`) and the note."""
-
-    source: str
-    note: str
-
-
-def read_witnessed(path: Path, node_id: str) -> list[Witnessed]:
-    """The checkpoints of `node_id`'s log held in `path`: a peer's store, or a note file.
-
-    From a store: its `witnessed` row for `node_id` and the largest checkpoint
-    that receipts signed by `node_id` carried to it (none if it holds none),
-    named after the store's own node. From a text file: the signed note it
-    holds, named after the file. Raises AuditReadError if it is neither.
-    """
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(_SQLITE_HEADER))
-    except OSError as exc:
-        raise AuditReadError(f"{path}: cannot read: {exc.strerror}") from exc
-    if head == _SQLITE_HEADER:
-        with _snapshot(path) as db:
-            owner = _store_owner(db) or path.name
-            rows = db.execute("SELECT note FROM witnessed WHERE node = ?", (node_id,)).fetchall()
-            found = [Witnessed(owner, str(note)) for (note,) in rows]
-            carried = _carried_checkpoint(db, node_id)
-            if carried is not None:
-                found.append(Witnessed(f"{owner} (in a receipt from {node_id})", carried))
-        return found
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuditReadError(f"{path}: neither a store nor a signed checkpoint note") from exc
-    return [Witnessed(path.name, text)]
-
-
-def _carried_checkpoint(db: sqlite3.Connection, node_id: str) -> str | None:
-    """The largest checkpoint note that receipts signed by `node_id` carried into this store.
-
-    Read, not verified: `verify_store` checks the note's own signature.
-    """
-    best: tuple[int, str] | None = None
-    cursor = db.execute(
-        "SELECT raw FROM receipts WHERE signer = ? AND direction = 'received'", (node_id,)
-    )
-    for (raw,) in cursor:
-        try:
-            note = json.loads(raw)["receipt"]["checkpoint"]
-            size = int(note.split("\n", 2)[1])
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            continue
-        if best is None or size > best[0]:
-            best = (size, note)
-    return None if best is None else best[1]
-
-
-def _store_owner(db: sqlite3.Connection) -> str | None:
-    """Whose store this is, from the origin of its own checkpoints."""
-    row = db.execute("SELECT note FROM checkpoints LIMIT 1").fetchone()
-    prefix = checkpoint_origin("")
-    if row and isinstance(row[0], str) and row[0].startswith(prefix):
-        return row[0][len(prefix) :].split("\n", 1)[0] or None
-    return None
 
 
 # -- verification: keys over roster versions -------------------------------------------
@@ -750,172 +252,6 @@ def load_roster_file(path: Path, keeper: VerifyKey) -> Roster:
 
 # -- verification: the log walk (pure: rows in, problems and roots out) --------------------
 
-_NODE: Final = b"\x01"
-
-
-def _perfect_root(leaves: Sequence[bytes]) -> bytes:
-    """MTH of 2^k leaf hashes (RFC 9162 §2.1.1), one list comprehension per level."""
-    sha = hashlib.sha256
-    level = leaves
-    while len(level) > 1:
-        pairs = iter(level)
-        level = [sha(_NODE + a + b).digest() for a, b in zip(pairs, pairs, strict=False)]
-    return level[0]
-
-
-class _Pyramid:
-    """Every aligned perfect subtree over a chunk of leaves: level h holds the roots of its
-    2^h-leaf blocks, 32 bytes each, in order (level 0: the leaves). Built in a worker."""
-
-    __slots__ = ("levels",)
-
-    def __init__(self, leaves: Sequence[bytes]) -> None:
-        sha = hashlib.sha256
-        level = b"".join(leaves)
-        self.levels = [level]
-        while len(level) >= 2 * HASH_SIZE:
-            step = 2 * HASH_SIZE
-            level = b"".join(
-                [sha(_NODE + level[i : i + step]).digest() for i in range(0, len(level) - 63, step)]
-            )
-            self.levels.append(level)
-
-    def node(self, height: int, index: int) -> bytes:
-        return self.levels[height][index * HASH_SIZE : (index + 1) * HASH_SIZE]
-
-    def leaves(self) -> list[bytes]:
-        level = self.levels[0]
-        return [level[i : i + HASH_SIZE] for i in range(0, len(level), HASH_SIZE)]
-
-
-class _Tree:
-    """The right edge of a Merkle tree (as `tlog.TreeBuilder` keeps it), grown a block at a time.
-
-    Leaves come in aligned blocks of 2^k (the largest that the size so far and
-    the leaves at hand allow), each hashed level by level in bulk, then merged
-    into the edge like a binary carry: the same tree, without a Python loop
-    iteration per leaf and level.
-    """
-
-    __slots__ = ("heights", "nodes", "size")
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.nodes: list[bytes] = []  # roots of perfect subtrees, largest first
-        self.heights: list[int] = []
-
-    def extend(self, leaves: Sequence[bytes]) -> None:
-        self._blocks(
-            len(leaves), lambda start, height: _perfect_root(leaves[start : start + (1 << height)])
-        )
-
-    def extend_from(self, pyramid: _Pyramid, start: int, count: int) -> None:
-        """Add `count` leaves from `start` of the pyramid's chunk, which begins at this size
-        less `start` and is aligned to a power of two no smaller than itself."""
-        self._blocks(count, lambda offset, height: pyramid.node(height, (start + offset) >> height))
-
-    def _blocks(self, count: int, block_root: Callable[[int, int], bytes]) -> None:
-        """Add `count` leaves as aligned perfect blocks, `block_root(offset, height)` of each."""
-        sha = hashlib.sha256
-        position = 0
-        while position < count:
-            aligned = (self.size & -self.size).bit_length() - 1 if self.size else 62
-            height = min(aligned, (count - position).bit_length() - 1)
-            node = block_root(position, height)
-            position += 1 << height
-            self.size += 1 << height
-            while self.heights and self.heights[-1] == height:
-                node = sha(_NODE + self.nodes.pop() + node).digest()
-                self.heights.pop()
-                height += 1
-            self.nodes.append(node)
-            self.heights.append(height)
-
-    def root(self) -> bytes:
-        if not self.nodes:
-            return EMPTY_ROOT
-        node = self.nodes[-1]
-        for left in reversed(self.nodes[:-1]):
-            node = hashlib.sha256(_NODE + left + node).digest()
-        return node
-
-
-@dataclass(slots=True)
-class _Hashed:
-    """Rows hashed by the fast path: their leaves, and where they were not as expected.
-
-    `gaps` holds (index, first missing seq, seq found) where seqs jump inside the
-    rows; `mismatches` holds (index, seq, stored leaf) where the recomputed leaf
-    (b"" if it could not be) is not the stored one. `first` and `last` are the
-    first and last seq (None for no rows).
-    """
-
-    leaves: list[bytes]
-    pyramid: _Pyramid | None = None  # a worker's: it sends this instead of `leaves`
-    first: int | None = None
-    last: int | None = None
-    gaps: list[tuple[int, int, int]] = field(default_factory=list)
-    mismatches: list[tuple[int, int, object]] = field(default_factory=list)
-
-
-class _LeafHasher:
-    """The verifier's hot path: one audit row to its leaf hash, building the canonical
-    JSON from the stored columns (the detail is stored canonical) instead of parsing."""
-
-    def __init__(self) -> None:
-        self._encoded: dict[str, bytes] = {}
-        self._last_id: tuple[object, bytes] = (None, b"null")
-
-    # Rows come as _WALK_QUERY selects them: `time` is None unless it is an integer canonical
-    # JSON can hold.
-    def hash(self, batch: Sequence[Sequence[Any]], out: _Hashed | None = None) -> _Hashed:
-        """Hash `batch` into `out` (a new `_Hashed` if None), after the rows it holds."""
-        out = _Hashed([]) if out is None else out
-        leaves = out.leaves
-        append = leaves.append
-        encoded = self._encoded
-        digest = hashlib.sha256
-        last_id, last_quoted = self._last_id
-        expected = None if out.last is None else out.last + 1
-        for row in batch:
-            seq, time, actor, action, message_id, detail, stored = row
-            if seq != expected and expected is not None:
-                out.gaps.append((len(leaves), expected, seq))
-            expected = seq + 1
-            try:
-                a = encoded.get(action) or self._encode(action)
-                b = encoded.get(actor) or self._encode(actor)
-                if message_id == last_id and type(message_id) is str:
-                    m = last_quoted
-                elif message_id is None:
-                    m = b"null"
-                else:
-                    m = self._encode(message_id, cache=False)
-                    last_id, last_quoted = message_id, m
-                leaf = digest(
-                    b'\x00{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%d}'
-                    % (a, b, detail, m, time)
-                ).digest()
-            except (TypeError, ValueError, CpnError):
-                leaf = b""
-            if leaf != stored:
-                out.mismatches.append((len(leaves), seq, stored))
-            append(leaf)
-        self._last_id = (last_id, last_quoted)
-        if batch:
-            out.first = batch[0][0] if out.first is None else out.first
-            out.last = batch[-1][0]
-        return out
-
-    def _encode(self, text: object, *, cache: bool = True) -> bytes:
-        """A string column as canonical JSON (RFC 8785 §3.2.2.2); TypeError for another type."""
-        if type(text) is not str:
-            raise TypeError("not a string")
-        value = canonical_trusted(text)
-        if cache and len(self._encoded) < 4096:
-            self._encoded[text] = value
-        return value
-
 
 @dataclass(slots=True)
 class _Signed:
@@ -940,7 +276,7 @@ class _Walk:
         problems: _Problems,
         refetch: Callable[[int], Sequence[Any]],
     ) -> None:
-        self.builder = _Tree()
+        self.builder = TreeBuilder()
         self._refetch = refetch  # an audit row by seq, its columns as stored
         self.expected = 1  # the next seq
         self.problems = problems
@@ -957,31 +293,27 @@ class _Walk:
         self.latest: _Signed | None = None  # the largest checkpoint seen
         self.beyond: list[_Signed] = []  # checkpoints larger than the log
         self._changed = False  # a root failed since the last one that held
-        self._hasher = _LeafHasher()
+        self._hasher = RowHasher()
         self._slow_paths = 0
 
     def rows(self, batch: Sequence[Sequence[Any]]) -> None:
         """Take rows in seq order (as _WALK_QUERY selects them)."""
         self.take(self._hasher.hash(batch))
 
-    def take(self, hashed: _Hashed) -> None:
-        """Take rows hashed by a `_LeafHasher` (here or in a worker), in seq order."""
-        pyramid = hashed.pyramid
+    def take(self, hashed: HashedRows, chunk: MerkleLog | None = None) -> None:
+        """Take rows hashed by a `RowHasher` (here or in a worker), in seq order; `chunk`: the
+        tree of an intact worker's chunk, which then holds the leaves instead of `hashed`."""
         base = self.builder.size
-        if (
-            pyramid is not None
-            and hashed.first == base + 1 == self.expected
-            and not hashed.gaps
-            and not hashed.mismatches
-        ):  # an intact chunk at its place in the tree: its subtrees are the tree's
+        if chunk is not None and hashed.first == base + 1 == self.expected:
+            # an intact chunk at its place in the tree: its subtrees are the tree's
             assert hashed.last is not None
             self.expected = hashed.last + 1
             self._grow(
                 hashed.last - base,
-                lambda start, count: self.builder.extend_from(pyramid, start, count),
+                lambda start, count: self.builder.extend_from(chunk, start, count),
             )
             return
-        leaves = hashed.leaves if pyramid is None else pyramid.leaves()
+        leaves = hashed.leaves if chunk is None else chunk.leaves()
         if hashed.first is not None and hashed.first != self.expected:
             self._gap(self.expected, hashed.first, base + 1)
         for index, first, seq in hashed.gaps:
@@ -1247,7 +579,7 @@ def verify_store(
     warnings: list[str] = []
     origin = checkpoint_origin(node_id)
     witnessed = list(witnessed)
-    with _snapshot(path) as db:
+    with snapshot(path) as db:
         rosters = [roster, *older_rosters]
         if keeper is not None and _has_table(db, "rosters"):
             rosters.extend(_stored_rosters(db, keeper))
@@ -1333,7 +665,7 @@ def _walk_audit(db: sqlite3.Connection, walk: _Walk, path: Path, workers: int, c
     single = threading.active_count() == 1
     context = multiprocessing.get_context("fork" if single else "spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending: collections.deque[tuple[int, concurrent.futures.Future[_Hashed | None]]]
+        pending: collections.deque[tuple[int, concurrent.futures.Future[_Chunk | None]]]
         pending = collections.deque()
         queue = iter(chunks)
         for _ in range(workers * 2):  # a bounded window: results are taken in seq order
@@ -1341,26 +673,39 @@ def _walk_audit(db: sqlite3.Connection, walk: _Walk, path: Path, workers: int, c
                 pending.append((hi, pool.submit(_hash_chunk, uri, lo, hi)))
         while pending:
             hi, future = pending.popleft()
-            hashed = future.result()
+            done = future.result()
             for lo_next, hi_next in itertools.islice(queue, 1):
                 pending.append((hi_next, pool.submit(_hash_chunk, uri, lo_next, hi_next)))
-            if hashed is None:  # text that is not UTF-8: this chunk the slow way, here
+            if done is None:  # text that is not UTF-8: this chunk the slow way, here
                 _walk_rows(db, walk, hi)
             else:
-                walk.take(hashed)
+                walk.take(done.rows, done.tree)
 
 
-def _hash_chunk(uri: str, after: int, upto: int) -> _Hashed | None:
+@dataclass(slots=True)
+class _Chunk:
+    """A worker's chunk of rows: hashed, and if intact, their tree (which then holds the
+    leaves: `rows.leaves` is left empty, so that they cross between processes once)."""
+
+    rows: HashedRows
+    tree: MerkleLog | None
+
+
+def _hash_chunk(uri: str, after: int, upto: int) -> _Chunk | None:
     """In a worker: the leaves of the audit rows after..upto, or None if one is not UTF-8."""
     db = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
-        hasher = _LeafHasher()
-        hashed = _Hashed([])
+        hasher = RowHasher()
+        hashed = HashedRows([])
         cursor = db.execute(_WALK_QUERY, (after, upto))
-        while batch := cursor.fetchmany(_BATCH):
+        while batch := cursor.fetchmany(BATCH):
             hasher.hash(batch, hashed)
-        hashed.pyramid, hashed.leaves = _Pyramid(hashed.leaves), []
-        return hashed
+        if hashed.gaps or hashed.mismatches:  # the walk rehashes or renumbers some leaves
+            return _Chunk(hashed, None)
+        tree = MerkleLog()
+        tree.extend(hashed.leaves)
+        hashed.leaves = []
+        return _Chunk(hashed, tree)
     except sqlite3.OperationalError:
         return None
     finally:
@@ -1372,7 +717,7 @@ def _walk_rows(db: sqlite3.Connection, walk: _Walk, upto: int) -> None:
     while True:
         cursor = db.execute(_WALK_QUERY, (walk.expected - 1, upto))
         try:
-            while batch := cursor.fetchmany(_BATCH):
+            while batch := cursor.fetchmany(BATCH):
                 walk.rows(batch)
             return
         except sqlite3.OperationalError:  # text that is not UTF-8: read those rows as bytes
@@ -1411,7 +756,7 @@ def _has_table(db: sqlite3.Connection, name: str) -> bool:
 
 def _stored_leaves(db: sqlite3.Connection) -> Iterator[tuple[int, object]]:
     cursor = db.execute("SELECT seq, leaf FROM audit ORDER BY seq")
-    while batch := cursor.fetchmany(_BATCH * 4):
+    while batch := cursor.fetchmany(BATCH * 4):
         yield from batch
 
 

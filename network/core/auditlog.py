@@ -1,0 +1,187 @@
+"""The audit entry: its record, the one definition of its bytes, and the names it is signed under.
+
+Each entry (time, actor, action, message id, detail) is a leaf of an RFC 6962
+Merkle tree (see `tlog`): its leaf hash is SHA-256(0x00 ‖ the RFC 8785
+canonical JSON of `{"action", "actor", "detail", "message", "time"}`), and its
+position in the log is its index in the tree (index = seq - 1). The node
+signs checkpoints of the tree in the C2SP `tlog-checkpoint` format under the
+origin `cpn/audit/<ID>`; its peers cosign them (C2SP `tlog-cosignature`)
+under `cpn/witness/<ID>`.
+
+Pure code. `entry_bytes` is the definition; `stored_entry` (what the store
+writes) and `RowHasher` (the verifier's hot path, which formats the bytes from
+the stored columns instead of parsing them) fill the same template, and
+tests/test_auditlog.py proves byte equality with the definition for arbitrary
+entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from network.core.errors import CpnError
+from network.core.records import Json, canonical, canonical_trusted
+from network.core.tlog import leaf_hash
+
+__all__ = [
+    "AuditEntry",
+    "HashedRows",
+    "RowHasher",
+    "checkpoint_origin",
+    "entry_bytes",
+    "entry_leaf",
+    "stored_entry",
+    "witness_name",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry as a use case writes it; the store gives it its time and seq."""
+
+    actor: str  # a user name, or "node:FRA" for the node itself or a peer
+    action: str
+    message_id: str | None = None
+    detail: dict[str, Json] | None = None
+
+
+def checkpoint_origin(node: str) -> str:
+    """The origin line (and signing key name) of `node`'s audit checkpoints."""
+    return f"cpn/audit/{node}"
+
+
+def witness_name(node: str) -> str:
+    """The key name under which `node` cosigns its peers' checkpoints."""
+    return f"cpn/witness/{node}"
+
+
+# RFC 8785 §3.2.3 orders the members by name: action, actor, detail, message, time. Each
+# member's value is its own canonical JSON, so the object's is this template filled in.
+_ENTRY: Final = b'{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%b}'
+# The leaf input with `time` as "%d": the decimal digits canonical JSON gives an integer
+# within ±(2^53-1), which is all the verifier's query lets through.
+_LEAF_INPUT: Final = b'\x00{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%d}'
+
+
+def entry_bytes(
+    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
+) -> bytes:
+    """The canonical JSON of one entry: what its leaf hash covers.
+
+    Raises MalformedError for a value canonical JSON cannot hold (an integer
+    beyond ±(2^53-1), a float, a lone surrogate), TypeError for a detail that
+    is not a mapping.
+    """
+    return _entry_json(time, actor, action, message_id, canonical(dict(detail)))
+
+
+def _entry_json(
+    time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
+) -> bytes:
+    return _ENTRY % (
+        canonical(action),
+        canonical(actor),
+        detail_json,
+        canonical(message_id),
+        canonical(time),
+    )
+
+
+def entry_leaf(
+    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
+) -> bytes:
+    """The RFC 6962 leaf hash of one entry; raises what `entry_bytes` raises."""
+    return leaf_hash(entry_bytes(time, actor, action, message_id, detail))
+
+
+def stored_entry(
+    time: int, actor: str, action: str, message_id: str | None, detail: Mapping[str, Json]
+) -> tuple[bytes, bytes]:
+    """(the detail's canonical JSON, the entry's leaf hash): what the store keeps of an
+    entry, the detail encoded once for both. Raises what `entry_bytes` raises."""
+    detail_json = canonical(dict(detail))
+    return detail_json, leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
+
+
+# -- the verifier's hot path -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HashedRows:
+    """Rows hashed by `RowHasher`: their leaves, and where they were not as expected.
+
+    `gaps` holds (index, first missing seq, seq found) where seqs jump inside the
+    rows; `mismatches` holds (index, seq, stored leaf) where the recomputed leaf
+    (b"" if it could not be) is not the stored one. `first` and `last` are the
+    first and last seq (None for no rows).
+    """
+
+    leaves: list[bytes]
+    first: int | None = None
+    last: int | None = None
+    gaps: list[tuple[int, int, int]] = field(default_factory=list)
+    mismatches: list[tuple[int, int, object]] = field(default_factory=list)
+
+
+class RowHasher:
+    """Audit rows to leaf hashes, formatting the leaf input from the stored columns (the
+    detail is stored canonical) instead of parsing and re-encoding it.
+
+    A row is (seq, time, actor, action, message_id, detail, stored leaf): `time`
+    an integer within ±(2^53-1) or None, `detail` the stored canonical JSON as
+    bytes. A row whose columns are not of those types gets the leaf b"" and is
+    listed as a mismatch, for the caller to hash by the definition (`entry_leaf`).
+    """
+
+    def __init__(self) -> None:
+        self._encoded: dict[str, bytes] = {}  # actors and actions repeat: encoded once
+        self._last_id: tuple[object, bytes] = (None, b"null")  # as do message ids, in a row
+
+    def hash(self, batch: Sequence[Sequence[Any]], out: HashedRows | None = None) -> HashedRows:
+        """Hash `batch` into `out` (a new `HashedRows` if None), after the rows it holds."""
+        out = HashedRows([]) if out is None else out
+        leaves = out.leaves
+        append = leaves.append
+        encoded = self._encoded
+        digest = hashlib.sha256
+        template = _LEAF_INPUT
+        last_id, last_quoted = self._last_id
+        expected = None if out.last is None else out.last + 1
+        for row in batch:
+            seq, time, actor, action, message_id, detail, stored = row
+            if seq != expected and expected is not None:
+                out.gaps.append((len(leaves), expected, seq))
+            expected = seq + 1
+            try:
+                a = encoded.get(action) or self._encode(action)
+                b = encoded.get(actor) or self._encode(actor)
+                if message_id == last_id and type(message_id) is str:
+                    m = last_quoted
+                elif message_id is None:
+                    m = b"null"
+                else:
+                    m = self._encode(message_id, cache=False)
+                    last_id, last_quoted = message_id, m
+                leaf = digest(template % (a, b, detail, m, time)).digest()
+            except (TypeError, ValueError, CpnError):
+                leaf = b""
+            if leaf != stored:
+                out.mismatches.append((len(leaves), seq, stored))
+            append(leaf)
+        self._last_id = (last_id, last_quoted)
+        if batch:
+            out.first = batch[0][0] if out.first is None else out.first
+            out.last = batch[-1][0]
+        return out
+
+    def _encode(self, text: object, *, cache: bool = True) -> bytes:
+        """A string column as canonical JSON (RFC 8785 §3.2.2.2); TypeError for another type."""
+        if type(text) is not str:
+            raise TypeError("not a string")
+        value = canonical_trusted(text)
+        if cache and len(self._encoded) < 4096:
+            self._encoded[text] = value
+        return value

@@ -1,0 +1,353 @@
+"""One established link, sans I/O: frames in, events and frames out, the send window.
+
+A `LinkSession` starts where `protocol.LinkHandshake` ends: both signatures
+verified. It holds no socket, no task and no clock. The adapter feeds it the
+frames the peer sent (`receive_frame`), takes the events they make
+(`events_received`) and hands them to the use cases, tells it what to send
+(`send_envelopes`, `send_receipt`, `answer`, ...) and writes out what
+`data_to_send` returns. Times are seconds on the caller's monotonic clock,
+passed in as `now`.
+
+Rules:
+- Frames after the handshake are E, R, N, S, C and K. Any other kind, a text
+  frame, a frame over its kind's limit, or a payload that does not parse,
+  raises a `PeerError` (`malformed`, `oversize`, `protocol`) at once: the
+  link is cut for it.
+- The peer may hold at most `window + flash_reserve + batch` envelopes we
+  have not answered with a receipt: its window, its flash reserve, and one
+  batch we are still committing. One more raises `window_exceeded`.
+- Frames received and not yet taken as events are bounded by
+  `max_queued_frames` (far above what the windows allow, plus one
+  announcement per contact point); one more raises `flood`. The adapter's
+  reader never waits, so a fast peer is bounded by this, not by our memory.
+- `events_received` gives, in order: the announcements, rosters, checkpoint
+  offers and cosignatures as they came, then every receipt in one event,
+  then one batch of at most `batch` envelopes, flash first (a scheduling
+  hint read from the clear header; the checks come later, in the use case).
+  Envelopes beyond the batch wait for the next call.
+- We keep at most `window + flash_reserve` envelopes in flight without a
+  receipt. `room()` says how many may go in the next batch and whether only
+  flash may: a look that finds the window full may still send flash, up to
+  the reserve. A batch outside the room is our bug: `ValueError`.
+- `stalled(now)` names the oldest envelope in flight once it has waited
+  longer than `receipt_timeout`: the adapter drops the link and dials again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from network.core.errors import PeerError
+from network.core.protocol import (
+    FRAME_ANNOUNCE,
+    FRAME_CHECKPOINT,
+    FRAME_COSIGNATURE,
+    FRAME_ENVELOPE,
+    FRAME_RECEIPT,
+    FRAME_ROSTER,
+    CheckpointOffer,
+    WitnessAnswer,
+    checkpoint_frame,
+    envelope_frame,
+    frame,
+    parse_checkpoint_offer,
+    parse_witness_answer,
+    split_envelope,
+    split_frame,
+    witness_frame,
+)
+from network.core.records import NodeId
+
+__all__ = [
+    "AnnouncementReceived",
+    "Carried",
+    "CheckpointOffered",
+    "CosignatureReceived",
+    "EnvelopesReceived",
+    "Event",
+    "LinkSession",
+    "LinkSettings",
+    "Outgoing",
+    "ReceiptsReceived",
+    "Room",
+    "RosterReceived",
+    "Stall",
+    "rank_hint",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """How one node runs its links. Seconds throughout; None turns keepalive pings off."""
+
+    window: int = 32  # envelopes in flight without a receipt, per link
+    flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
+    batch: int = 32  # frames committed in one transaction
+    max_queued_frames: int = 4096  # received, not yet taken as events
+    handshake_timeout: float = 10.0
+    receipt_timeout: float = 60.0
+    ping_interval: float | None = 10.0  # None: no keepalive pings (the receipt timeout stays)
+    ping_timeout: float | None = 20.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
+    announce_delay: float = 0.2
+
+
+# An envelope as it travels: the relays it came through, then its exact bytes.
+Carried = tuple[tuple[NodeId, ...], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopesReceived:
+    """Envelopes to verify and commit together; `answer` them with their receipts."""
+
+    envelopes: tuple[Carried, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptsReceived:
+    """Receipts (hop or end to end), as their exact bytes."""
+
+    receipts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncementReceived:
+    """A node's signed list of its live links (not yet verified)."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RosterReceived:
+    """A roster document (not yet verified: the register keeper's signature decides)."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOffered:
+    """The peer's newest checkpoint, for us to witness."""
+
+    offer: CheckpointOffer
+
+
+@dataclass(frozen=True, slots=True)
+class CosignatureReceived:
+    """The peer's answer, as our witness, to a checkpoint we offered."""
+
+    answer: WitnessAnswer
+
+
+Event = (
+    EnvelopesReceived
+    | ReceiptsReceived
+    | AnnouncementReceived
+    | RosterReceived
+    | CheckpointOffered
+    | CosignatureReceived
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An envelope to send: its message id, the relays so far, its bytes, its priority rank
+    (0 flash, 1 urgent, 2 routine: `lifecycle.PRIORITY_RANK`)."""
+
+    message_id: str
+    path: tuple[NodeId, ...]
+    envelope: bytes
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """How many envelopes the next batch may hold, and whether they must all be flash."""
+
+    count: int
+    flash_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """The oldest envelope in flight, sent at `since`, has waited past the receipt timeout."""
+
+    message_id: str
+    since: float
+
+
+_FLASH_HINT = b'"priority":"flash"'
+_URGENT_HINT = b'"priority":"urgent"'
+
+
+def rank_hint(envelope: bytes) -> int:
+    """0 for flash, 1 for urgent, 2 otherwise, from where the canonical header puts it."""
+    head = envelope[:600]
+    return 0 if _FLASH_HINT in head else 1 if _URGENT_HINT in head else 2
+
+
+# A frame received, parsed, with its kind: an envelope waits for its batch, the rest are events.
+_Queued = tuple[bytes, Carried | bytes | CheckpointOffer | WitnessAnswer]
+
+
+class LinkSession:
+    """One established link with `peer`: what came in, what goes out, what is in flight."""
+
+    def __init__(self, peer: NodeId, settings: LinkSettings = LinkSettings()) -> None:
+        self.peer = peer
+        self.settings = settings
+        self.unanswered = 0  # envelopes received and not yet answered with a receipt
+        self._queued: deque[_Queued] = deque()  # frames received, not yet taken as events
+        self._pending: list[Carried] = []  # envelopes taken, not yet in a batch
+        self._outgoing: list[bytes] = []
+        self._in_flight: dict[str, float] = {}  # message id -> when it was sent
+
+    # -- frames in ---------------------------------------------------------------------
+
+    @property
+    def unanswered_cap(self) -> int:
+        """The most envelopes the peer may hold unanswered before it is cut off."""
+        s = self.settings
+        return s.window + s.flash_reserve + s.batch
+
+    def receive_frame(self, data: bytes | str) -> None:
+        """Take one frame from the peer. Raises PeerError (`malformed`, `oversize`,
+        `protocol`, `window_exceeded`, `flood`) when the link must be cut for it."""
+        kind, payload = split_frame(data)  # refuses text, unknown kinds, oversize frames
+        if kind == FRAME_ENVELOPE:
+            self.unanswered += 1
+            if self.unanswered > self.unanswered_cap:
+                raise PeerError(
+                    f"{self.peer} sent {self.unanswered} envelopes without waiting for"
+                    f" receipts (window {self.settings.window})",
+                    reason="window_exceeded",
+                )
+        if len(self._queued) >= self.settings.max_queued_frames:
+            raise PeerError(f"{self.peer} floods the link", reason="flood")
+        item: Carried | bytes | CheckpointOffer | WitnessAnswer
+        if kind == FRAME_ENVELOPE:
+            item = split_envelope(payload)
+        elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE, FRAME_ROSTER):
+            item = payload
+        elif kind == FRAME_CHECKPOINT:
+            item = parse_checkpoint_offer(payload)
+        elif kind == FRAME_COSIGNATURE:
+            item = parse_witness_answer(payload)
+        else:
+            raise PeerError(f"{kind.decode()} frame after the handshake", reason="protocol")
+        self._queued.append((kind, item))
+
+    def events_received(self) -> list[Event]:
+        """What the frames received so far ask of us, in the order of the module's rules.
+
+        Empty when nothing waits. Every envelope batch given must be `answer`ed.
+        """
+        events: list[Event] = []
+        receipts: list[bytes] = []
+        while self._queued:
+            kind, item = self._queued.popleft()
+            if kind == FRAME_ENVELOPE:
+                assert isinstance(item, tuple)
+                self._pending.append(item)
+            elif kind == FRAME_RECEIPT:
+                assert isinstance(item, bytes)
+                receipts.append(item)
+            elif kind == FRAME_ANNOUNCE:
+                assert isinstance(item, bytes)
+                events.append(AnnouncementReceived(item))
+            elif kind == FRAME_ROSTER:
+                assert isinstance(item, bytes)
+                events.append(RosterReceived(item))
+            elif isinstance(item, CheckpointOffer):
+                events.append(CheckpointOffered(item))
+            else:
+                assert isinstance(item, WitnessAnswer)
+                events.append(CosignatureReceived(item))
+        if receipts:
+            events.append(ReceiptsReceived(tuple(receipts)))
+        if self._pending:
+            # Flash first; a stable sort keeps arrival order within a rank.
+            self._pending.sort(key=lambda carried: rank_hint(carried[1]))
+            size = self.settings.batch
+            batch, self._pending = self._pending[:size], self._pending[size:]
+            events.append(EnvelopesReceived(tuple(batch)))
+        return events
+
+    def answer(self, batch: EnvelopesReceived, receipts: Sequence[bytes]) -> None:
+        """The batch is committed: send its receipts; the peer may send that many more."""
+        for receipt in receipts:
+            self._outgoing.append(frame(FRAME_RECEIPT, receipt))
+        self.unanswered -= len(batch.envelopes)
+
+    # -- frames out --------------------------------------------------------------------
+
+    def send_envelopes(self, batch: Sequence[Outgoing], now: float) -> None:
+        """Send a batch taken against one `room()`; each is in flight from `now`.
+
+        Raises ValueError (our bug, not the peer's) for a batch larger than the
+        room, a non-flash envelope when the room is flash only, or an id
+        already in flight.
+        """
+        room = self.room()
+        if len(batch) > room.count:
+            raise ValueError(f"{len(batch)} envelopes for a room of {room.count}")
+        if room.flash_only and any(item.rank != 0 for item in batch):
+            raise ValueError("the window is full: only flash may use the reserve")
+        ids = [item.message_id for item in batch]
+        if len(set(ids)) != len(ids) or any(i in self._in_flight for i in ids):
+            raise ValueError("an envelope already in flight")
+        for item in batch:
+            self._outgoing.append(envelope_frame(item.path, item.envelope))
+            self._in_flight[item.message_id] = now
+
+    def send_receipt(self, raw: bytes) -> None:
+        """A receipt passed on (an end-to-end receipt on its way back)."""
+        self._outgoing.append(frame(FRAME_RECEIPT, raw))
+
+    def send_announcement(self, raw: bytes) -> None:
+        self._outgoing.append(frame(FRAME_ANNOUNCE, raw))
+
+    def send_roster(self, raw: bytes) -> None:
+        self._outgoing.append(frame(FRAME_ROSTER, raw))
+
+    def send_checkpoint(self, offer: CheckpointOffer) -> None:
+        self._outgoing.append(checkpoint_frame(offer))
+
+    def send_witness(self, answer: WitnessAnswer) -> None:
+        self._outgoing.append(witness_frame(answer))
+
+    def data_to_send(self) -> list[bytes]:
+        """The frames to write, in order, each once; empty when none wait."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    # -- the window --------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> list[str]:
+        """Ids of the envelopes sent and not yet settled by a receipt, oldest first."""
+        return list(self._in_flight)
+
+    def room(self) -> Room:
+        """How many envelopes may go now: up to `window + flash_reserve` in flight, and
+        only flash once `window` are."""
+        s = self.settings
+        held = len(self._in_flight)
+        return Room(max(0, s.window + s.flash_reserve - held), held >= s.window)
+
+    def receipts_settled(self, message_ids: Sequence[str]) -> None:
+        """These are no longer in flight (ids this link did not send are ignored)."""
+        for message_id in message_ids:
+            self._in_flight.pop(message_id, None)
+
+    def stalled(self, now: float) -> Stall | None:
+        """The oldest envelope in flight, if it has waited longer than `receipt_timeout`."""
+        if not self._in_flight:
+            return None
+        message_id, since = min(self._in_flight.items(), key=lambda item: item[1])
+        if now - since > self.settings.receipt_timeout:
+            return Stall(message_id, since)
+        return None

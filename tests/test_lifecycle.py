@@ -1,0 +1,155 @@
+"""The message state tables, checked directly: every move, the ends, and the rules above them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from network.core.errors import IllegalTransition, LocalError
+from network.core.lifecycle import (
+    INBOUND,
+    OUTBOUND,
+    PRIORITY_RANK,
+    RELAY,
+    TABLES,
+    Event,
+    State,
+    next_state,
+)
+from network.core.records import Priority
+
+Table = dict[State, dict[Event, State]]
+
+S, E = State, Event
+
+# Where a message starts in each table: committed to the outbox, or received.
+ENTRY = {"out": S.QUEUED, "in": S.RECEIVED, "relay": S.QUEUED}
+
+# States no event leaves (every move from them comes back to them).
+TERMINAL = {"out": {S.ANSWERED}, "in": {S.ANSWERED}, "relay": set()}
+
+ALL_MOVES = [(box, state, event) for box in TABLES for state in State for event in Event]
+
+
+@pytest.mark.parametrize(("box", "state", "event"), ALL_MOVES)
+def test_every_move_is_in_the_table_or_illegal(box: str, state: State, event: Event) -> None:
+    table = TABLES[box]
+    if event in table.get(state, {}):
+        assert next_state(table, state, event) is table[state][event]
+        return
+    with pytest.raises(IllegalTransition) as caught:
+        next_state(table, state, event)
+    assert (caught.value.state, caught.value.event) == (state, event)
+    assert isinstance(caught.value, LocalError)
+
+
+@pytest.mark.parametrize("box", list(TABLES))
+def test_every_move_leads_to_a_state_of_the_same_table(box: str) -> None:
+    table = TABLES[box]
+    for moves in table.values():
+        assert set(moves.values()) <= set(table)
+
+
+@pytest.mark.parametrize("box", list(TABLES))
+def test_every_state_can_be_reached_from_the_entry(box: str) -> None:
+    table = TABLES[box]
+    seen, todo = {ENTRY[box]}, [ENTRY[box]]
+    while todo:
+        for after in table[todo.pop()].values():
+            if after not in seen:
+                seen.add(after)
+                todo.append(after)
+    assert seen == set(table)
+
+
+@pytest.mark.parametrize("box", list(TABLES))
+def test_terminal_states(box: str) -> None:
+    table = TABLES[box]
+    terminal = {s for s, moves in table.items() if set(moves.values()) <= {s}}
+    assert terminal == TERMINAL[box]
+
+
+def test_the_tables_are_the_three_boxes() -> None:
+    assert TABLES == {"out": OUTBOUND, "in": INBOUND, "relay": RELAY}
+
+
+def test_a_sent_message_is_delivered_only_by_an_end_to_end_receipt() -> None:
+    into_delivered = {
+        event
+        for moves in OUTBOUND.values()
+        for event, after in moves.items()
+        if after is S.DELIVERED
+    }
+    assert into_delivered == {E.RECEIPT}
+    assert next_state(OUTBOUND, S.SENT, E.HOP_RECEIPT) is S.SENT  # a relay's is not enough
+
+
+@pytest.mark.parametrize("state", [S.EXPIRED, S.REJECTED])
+def test_a_late_receipt_is_still_believed(state: State) -> None:
+    assert next_state(OUTBOUND, state, E.RECEIPT) is S.DELIVERED
+
+
+def test_a_forwarded_copy_is_queued_again_when_its_sender_asks() -> None:
+    assert next_state(RELAY, S.FORWARDED, E.REQUEUE) is S.QUEUED
+
+
+def test_an_opened_message_is_never_unopened() -> None:
+    for state, moves in INBOUND.items():
+        assert S.RECEIVED not in moves.values(), state
+
+
+def test_flash_ranks_first() -> None:
+    assert set(PRIORITY_RANK) == set(Priority)
+    assert sorted(PRIORITY_RANK, key=PRIORITY_RANK.__getitem__) == [
+        Priority.FLASH,
+        Priority.URGENT,
+        Priority.ROUTINE,
+    ]
+
+
+# -- properties: any sequence of events ------------------------------------------------
+
+OFFICER_STEPS = [S.ACKNOWLEDGED, S.ANSWERED]
+
+
+def walk(table: Table, start: State, events: list[Event]) -> list[State]:
+    """The states a message passes through; an illegal event changes nothing."""
+    states = [start]
+    for event in events:
+        try:
+            states.append(next_state(table, states[-1], event))
+        except IllegalTransition:
+            states.append(states[-1])
+    return states
+
+
+@given(box=st.sampled_from(list(TABLES)), events=st.lists(st.sampled_from(list(Event))))
+def test_any_sequence_stays_in_the_table(box: str, events: list[Event]) -> None:
+    states = walk(TABLES[box], ENTRY[box], events)
+    assert set(states) <= set(TABLES[box])
+
+
+@given(box=st.sampled_from(["out", "in"]), events=st.lists(st.sampled_from(list(Event))))
+def test_an_officers_act_is_never_undone(box: str, events: list[Event]) -> None:
+    states = walk(TABLES[box], ENTRY[box], events)
+    for before, after in itertools.pairwise(states):
+        if before in OFFICER_STEPS:
+            assert after in OFFICER_STEPS
+            assert OFFICER_STEPS.index(after) >= OFFICER_STEPS.index(before)
+
+
+@given(events=st.lists(st.sampled_from(list(Event))))
+def test_an_answered_message_stays_answered(events: list[Event]) -> None:
+    for table in (OUTBOUND, INBOUND):
+        assert set(walk(table, S.ANSWERED, events)) == {S.ANSWERED}
+
+
+@given(events=st.lists(st.sampled_from(list(Event))))
+def test_only_a_requeue_takes_a_forwarded_copy_back(events: list[Event]) -> None:
+    states = walk(RELAY, S.FORWARDED, events)
+    for (before, after), event in zip(itertools.pairwise(states), events, strict=True):
+        if before is S.FORWARDED and after is not S.FORWARDED:
+            assert event is E.REQUEUE

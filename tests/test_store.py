@@ -1,0 +1,611 @@
+"""The store (network/node/store.py): real SQLite files in tmp_path, no node around them.
+
+Migrations from every older schema, typed rows and their stored form, transactions
+(all or nothing, the audit entry with its change, statements in the order issued),
+the write lock (an officer first), and the one shim over aiosqlite's private API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from network.core.deadlines import Due, Overdue
+from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, State
+from network.core.records import Box, MessageType, NodeId, Priority, canonical
+from network.core.tlog import leaf_hash, root_hash
+from network.node.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AuditEntry,
+    MessageRow,
+    ReceiptRow,
+    Store,
+    StoreError,
+    Tx,
+    _on_thread,
+    _statements,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_795_000_000_000
+FRA, DEU, ITA = NodeId("FRA"), NodeId("DEU"), NodeId("ITA")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(tmp_path / "node.sqlite")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def insert(tx: Tx, message_id: str, **changes: Any) -> MessageRow:
+    """An outbound urgent preservation request to DEU, as `submit` stores one."""
+    fields: dict[str, Any] = {
+        "id": message_id,
+        "box": Box.OUT,
+        "peer": DEU,
+        "type": MessageType.PRESERVATION,
+        "priority": Priority.URGENT,
+        "state": State.QUEUED,
+        "created": T0,
+        "expires": T0 + 86_400_000,
+        "envelope": b"envelope " + message_id.encode(),
+        "digest": b"\x01" * 32,
+        "self_sealed": b"sealed",
+        "composed_by": "olivia",
+        **changes,
+    }
+    fields.setdefault("priority_rank", PRIORITY_RANK[Priority(fields["priority"])])
+    return tx.insert_message(**fields)
+
+
+async def stored(store: Store, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await store.db.execute_fetchall(query, params)]
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+def _file_at(path: Path, version: int) -> None:
+    """A store file as cpn left it at schema `version`, holding one message of each box
+    and one audit entry, written with the columns of version 1 (which every version has)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for target in range(1, version + 1):
+            for statement in _statements(MIGRATIONS[target]):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+        if version == 0:
+            return
+        for message_id, box, peer in (("m-out", "out", "DEU"), ("m-in", "in", "ITA")):
+            conn.execute(
+                "INSERT INTO messages (id, box, peer, type, priority, priority_rank, state,"
+                " created, expires, updated, envelope, digest) VALUES"
+                " (?, ?, ?, 'preservation', 'urgent', 1, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    box,
+                    peer,
+                    "queued" if box == "out" else "received",
+                    T0,
+                    T0 + 1000,
+                    T0,
+                    b"env",
+                    b"d",
+                ),
+            )
+        if version >= 2:  # cpn then kept an inbound message's sender as its origin
+            conn.execute("UPDATE messages SET origin = peer WHERE box = 'in'")
+        conn.execute(
+            "INSERT INTO audit (time, actor, action, message_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (T0, "olivia", "composed", "m-out", '{"to": "DEU"}'),  # not canonical before v4
+        )
+    finally:
+        conn.close()
+
+
+def _schema(path: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION + 1))
+async def test_a_file_from_any_older_schema_migrates_to_the_current_one(
+    tmp_path: Path, version: int
+) -> None:
+    old, fresh = tmp_path / "old.sqlite", tmp_path / "fresh.sqlite"
+    _file_at(old, version)
+    await (await Store.open(fresh)).close()
+
+    store = await Store.open(old)
+    try:
+        (found,) = await stored(store, "PRAGMA user_version")
+        rows = {row.id: row for row in await store.messages(limit=10)}
+        leaves = await stored(store, "SELECT leaf, detail FROM audit ORDER BY seq")
+        tree = store.audit_log
+    finally:
+        await store.close()
+
+    assert found == (SCHEMA_VERSION,)
+    assert _schema(old) == _schema(fresh)
+    if version == 0:
+        assert rows == {} and leaves == [] and tree.size == 0
+        return
+    out, inbound = rows["m-out"], rows["m-in"]
+    assert (out.box, out.origin, out.path, out.overdue) == (Box.OUT, None, (), frozenset())
+    assert (inbound.box, inbound.origin, inbound.peer) == (Box.IN, ITA, ITA)
+    assert out.type is MessageType.PRESERVATION and out.priority is Priority.URGENT
+    entry = {"action": "composed", "actor": "olivia", "detail": {"to": "DEU"}, "message": "m-out"}
+    leaf = leaf_hash(canonical({**entry, "time": T0}))  # DESIGN.md: SHA-256(0x00 ‖ entry)
+    assert leaves == [(leaf, '{"to":"DEU"}')]  # filled in, the detail made canonical
+    assert tree.size == 1 and tree.root() == root_hash([leaf])
+
+
+async def test_a_file_from_a_newer_cpn_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    _file_at(path, SCHEMA_VERSION)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    with pytest.raises(StoreError, match="newer than this cpn"):
+        await Store.open(path)
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM messages").fetchone() == (2,)
+    conn.close()
+
+
+async def test_a_damaged_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(StoreError, match=r"node\.sqlite"):
+        await Store.open(path)
+
+
+# -- typed rows ---------------------------------------------------------------------------
+
+
+async def test_rows_read_back_typed_as_they_were_written(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        ours = insert(tx, "m1", due=Due(T0 + 1, T0 + 2, T0 + 3), alert_at=T0 + 1)
+        relayed = insert(
+            tx,
+            "m2",
+            box=Box.RELAY,
+            peer=ITA,
+            type=None,
+            origin=FRA,
+            path=(FRA, DEU),
+            self_sealed=None,
+            composed_by=None,
+            received=T0,
+        )
+
+    assert await store.message("m1") == ours
+    assert await store.messages_by_id(["m2", "m1"]) == [relayed, ours]
+    for row in await store.messages(limit=10):
+        assert isinstance(row.box, Box) and isinstance(row.priority, Priority)
+        assert isinstance(row.state, State)
+    assert relayed.type is None and relayed.path == (FRA, DEU) and relayed.origin == FRA
+    assert ours.origin is None and ours.path == ()
+    waiting = {w.id: w for w in await store.waiting([DEU, ITA], 10, T0)}
+    assert waiting["m2"] == ("m2", ITA, Box.RELAY, FRA, (FRA, DEU))
+    assert waiting["m1"] == ("m1", DEU, Box.OUT, None, ())
+
+
+async def test_rows_are_stored_in_the_form_older_files_and_the_auditor_read(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        insert(tx, "m1")
+        insert(tx, "m2", box=Box.RELAY, type=None, origin=FRA, path=(FRA, DEU))
+        tx.alerts("m1", {Overdue.RESPONSE, Overdue.RECEIPT}, None)
+
+    rows = await stored(
+        store, "SELECT id, box, type, priority, state, origin, path, overdue FROM messages"
+    )
+    assert sorted(rows) == [
+        ("m1", "out", "preservation", "urgent", "queued", "", "[]", "receipt,response"),
+        ("m2", "relay", "", "urgent", "queued", "FRA", '["FRA", "DEU"]', ""),
+    ]
+    row = await store.message("m1")
+    assert row is not None and row.overdue == frozenset({Overdue.RECEIPT, Overdue.RESPONSE})
+
+
+async def test_insert_takes_the_values_of_closed_sets_and_keeps_members(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        row = insert(tx, "m1", box="out", type="evidence", priority="flash")
+
+    assert row.box is Box.OUT and row.type is MessageType.EVIDENCE
+    assert row.priority is Priority.FLASH
+    assert await store.message("m1") == row
+
+
+async def test_the_listings_find_what_they_name(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        request = insert(tx, "m1", case_ref="case-7", alert_at=T0 + 10)
+        insert(tx, "m2", priority=Priority.FLASH, created=T0 + 1, expires=T0 + 5)
+        answer = insert(
+            tx,
+            "m3",
+            box=Box.IN,
+            peer=DEU,
+            origin=DEU,
+            type=MessageType.RESPONSE,
+            state=State.RECEIVED,
+            in_reply_to="m1",
+            created=T0 + 2,
+        )
+        tx.alerts("m2", {Overdue.RECEIPT}, T0 + 20)
+        tx.preserved("m1", T0 + 99)
+
+    def ids(rows: list[MessageRow]) -> list[str]:
+        return [r.id for r in rows]
+
+    assert ids(await store.messages()) == ["m2", "m3", "m1"]  # by urgency, newest first
+    assert ids(await store.messages(box="out", priority="urgent")) == ["m1"]
+    assert ids(await store.messages(case="case-7")) == ["m1"]
+    assert ids(await store.messages(limit=1, before="m2")) == ["m1"]
+    assert ids(await store.thread(request)) == ["m3"]  # what answers it
+    assert ids(await store.thread(answer)) == ["m1"]  # what it answers
+    assert ids(await store.overdue_messages(10)) == ["m2"]
+    assert ids(await store.preserved_requests()) == ["m1"]
+    assert ids(await store.due_to_expire(T0 + 6)) == ["m2"]
+    assert await store.alerts_due(T0 + 10, 10) == ["m1"]
+    assert await store.queued_counts() == {"DEU": 2}
+    assert await store.message_counts() == {("out", "queued"): 2, ("in", "received"): 1}
+    assert await store.overdue_count() == 1
+    assert await store.known_ids(["m1", "m9"]) == {"m1"}
+
+
+# -- transactions -------------------------------------------------------------------------
+
+
+async def test_a_transaction_that_raises_stores_nothing(store: Store) -> None:
+    async def abandoned() -> None:
+        async with store.transaction(T0) as tx:
+            await tx.message("m0")  # a read: the transaction has begun
+            insert(tx, "m1")
+            tx.audit([AuditEntry("olivia", "composed", "m1")])
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await abandoned()
+
+    assert await store.message("m1") is None
+    assert await stored(store, "SELECT COUNT(*) FROM audit") == [(0,)]
+    assert store.audit_log.size == 0
+
+
+async def test_a_commit_that_fails_stores_nothing_and_the_store_goes_on(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        tx.add_user("olivia", "officer", b"token-1")
+
+    async def refused() -> None:
+        async with store.transaction(T0 + 1) as tx:
+            insert(tx, "m1")
+            tx.audit([AuditEntry("admin", "token_issued", None, {"user": "oscar"})])
+            tx.add_user("oscar", "officer", b"token-1")  # the token hash is unique
+
+    with pytest.raises(StoreError, match="nothing stored"):
+        await refused()
+
+    assert await store.message("m1") is None
+    assert await stored(store, "SELECT COUNT(*) FROM audit") == [(0,)]
+    assert store.audit_log.size == 0
+    async with store.transaction(T0 + 2) as tx:
+        insert(tx, "m2")
+        tx.audit([AuditEntry("olivia", "composed", "m2")])
+    assert await store.message("m2") is not None
+    assert [e["action"] for e in await store.audit_for("m2")] == ["composed"]
+    assert store.audit_log.size == 1
+
+
+async def test_the_audit_entry_commits_with_its_change(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        row = insert(tx, "m1")
+        tx.transition(row, Event.SEND)
+        tx.audit([AuditEntry("node:FRA", "sent", "m1", {"to": "DEU"})])
+
+    (entry,) = await store.audit_for("m1")
+    assert (entry["seq"], entry["actor"], entry["detail"]) == (1, "node:FRA", {"to": "DEU"})
+    assert [r.state for r in await store.messages_by_id(["m1"])] == [State.SENT]
+    (leaf,) = await stored(store, "SELECT leaf FROM audit")
+    assert store.audit_log.root() == root_hash([leaf[0]])
+
+
+async def test_statements_run_in_the_order_they_were_issued(store: Store) -> None:
+    """An UPDATE of a row inserted later in the same transaction, by a statement first
+    used before that INSERT, still finds its row (grouping by statement would not)."""
+    async with store.transaction(T0) as tx:
+        first = insert(tx, "m1")
+    async with store.transaction(T0 + 1) as tx:
+        tx.transition(first, Event.EXPIRE)
+        later = insert(tx, "m2")
+        tx.transition(later, Event.EXPIRE)
+        tx.hop_acked(later)
+        tx.retry_now(["m1", "m2"])
+
+    rows = await store.messages_by_id(["m1", "m2"])
+    assert [(r.state, r.hop_acked) for r in rows] == [(State.EXPIRED, False), (State.EXPIRED, True)]
+
+
+async def test_reads_in_a_transaction_see_its_own_rows(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        row = insert(tx, "m1")
+        assert await tx.known_ids(["m1", "m2"]) == {"m1"}
+        moved = tx.transition(row, Event.SEND)
+        current = await tx.message("m1")
+        assert current is not None and current.state is moved is State.SENT
+
+
+async def test_known_ids_reads_the_rows_and_issued_receipts_of_a_batch_in_one_go(
+    store: Store,
+) -> None:
+    def receipt(rid: str, message_id: str, outcome: str, time: int) -> ReceiptRow:
+        return ReceiptRow(
+            rid, message_id, "issued", "FRA", "end_to_end", outcome, None, time, rid.encode()
+        )
+
+    async with store.transaction(T0) as tx:
+        for message_id in ("m1", "m2"):
+            insert(tx, message_id, box=Box.IN, peer=DEU, origin=DEU, state=State.RECEIVED)
+        tx.insert_receipt(receipt("r2", "m1", "accepted", T0 + 2))
+        tx.insert_receipt(receipt("r1", "m1", "accepted", T0 + 1))
+        tx.insert_receipt(receipt("r3", "m2", "rejected", T0 + 3))
+    statements: list[str] = []
+    await _on_thread(store.db, lambda conn: conn.set_trace_callback(statements.append))
+
+    async with store.transaction(T0 + 5) as tx:
+        known = await tx.known_ids(["m1", "m2", "m3"])
+        read = len(statements)
+        issued = {i: await tx.issued_receipts(i) for i in ("m1", "m2")}
+        rows = [await tx.message(i) for i in ("m1", "m2", "m3")]
+        before, after = statements[:read], statements[read:]
+        assert await tx.issued_receipts("m3") == []  # not known: read on demand
+    await _on_thread(store.db, lambda conn: conn.set_trace_callback(None))
+
+    assert known == {"m1", "m2"} and issued == {"m1": [b"r1", b"r2"], "m2": []}
+    assert [r.id if r else None for r in rows] == ["m1", "m2", None]
+    assert any("FROM receipts" in statement for statement in before)  # the trace sees reads
+    assert after == []  # all of it came with the one read
+
+
+# -- the plain write methods ----------------------------------------------------------------
+
+BUFFERING = (
+    "acted",
+    "add_user",
+    "alerts",
+    "audit",
+    "checkpoint",
+    "cosignature",
+    "hop_acked",
+    "inconsistency",
+    "insert_message",
+    "insert_receipt",
+    "keep_roster",
+    "peer_contact",
+    "peer_failure",
+    "preserved",
+    "requeue_now",
+    "retry_now",
+    "sent",
+    "transition",
+    "witnessed",
+)
+
+
+def test_writes_that_only_buffer_are_plain_methods_and_reads_are_async() -> None:
+    assert not [name for name in BUFFERING if inspect.iscoroutinefunction(getattr(Tx, name))]
+    reads = ("audit_size", "issued_receipts", "known_ids", "message", "prefetch")
+    assert all(inspect.iscoroutinefunction(getattr(Tx, name)) for name in reads)
+
+
+async def test_sent_moves_by_the_callers_event_and_counts_the_attempt(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        row = insert(tx, "m1")
+    async with store.transaction(T0 + 1) as tx:
+        assert tx.sent(row, Event.SEND, DEU, T0 + 500) is State.SENT
+    async with store.transaction(T0 + 2) as tx:
+        current = await tx.message("m1")
+        assert current is not None
+        tx.hop_acked(current)
+    async with store.transaction(T0 + 3) as tx:
+        current = await tx.message("m1")
+        assert current is not None
+        assert tx.sent(current, Event.RESEND, ITA, T0 + 900) is State.SENT
+
+    row = await store.message("m1")
+    assert row is not None
+    assert (row.state, row.attempts, row.via, row.retry_at, row.hop_acked, row.updated) == (
+        State.SENT,
+        2,
+        ITA,
+        T0 + 900,
+        False,
+        T0 + 3,
+    )
+
+
+async def test_an_event_the_table_refuses_writes_nothing(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        row = insert(tx, "m1")
+
+    with pytest.raises(IllegalTransition):
+        async with store.transaction(T0 + 1) as tx:
+            tx.sent(row, Event.RESEND, DEU, T0 + 500)  # queued: a first send is SEND
+    with pytest.raises(IllegalTransition):
+        async with store.transaction(T0 + 1) as tx:
+            tx.transition(row, Event.OPEN)
+
+    assert (await store.message("m1")) == row
+
+
+async def test_the_other_writes_land(store: Store) -> None:
+    receipt = ReceiptRow("r1", "m1", "issued", "FRA", "end_to_end", "accepted", None, T0, b"r")
+    async with store.transaction(T0) as tx:
+        row = insert(tx, "m1", box=Box.IN, peer=ITA, origin=ITA, state=State.RECEIVED)
+        tx.acted(row, Event.ACKNOWLEDGE, acked_by="otto")
+        tx.preserved("m1", T0 + 99)
+        tx.insert_receipt(receipt)
+        tx.keep_roster(7, b"roster")
+        tx.peer_contact("DEU")
+        tx.peer_failure("ITA", T0 + 5, "refused")
+        tx.peer_failure("ITA", T0 + 9, "refused again")
+        tx.add_user("olivia", "officer", b"hash")
+        tx.checkpoint(1, b"root", "note")
+        tx.cosignature(1, "DEU", T0, "line")
+        tx.witnessed("DEU", 3, b"theirs", "their note")
+        tx.inconsistency("ITA", "held", "shown", "forked")
+
+    row = await store.message("m1")
+    assert row is not None
+    assert (row.state, row.acked_by, row.preserved_until) == (State.ACKNOWLEDGED, "otto", T0 + 99)
+    assert await store.receipts("m1") == [receipt]
+    assert await store.latest_roster() == b"roster"
+    peers = await store.peers()
+    assert (peers["DEU"]["failures"], peers["ITA"]["failures"]) == (0, 2)
+    assert peers["ITA"]["last_error"] == "refused again"
+    user = await store.user_by_token_hash(b"hash")
+    assert user is not None and (user.name, user.role) == ("olivia", "officer")
+    assert await store.latest_checkpoint() == "note"
+    assert await store.cosigned_sizes() == {"DEU": 1}
+    assert await store.witnessed("DEU") == (3, b"theirs", "their note")
+    assert await stored(store, "SELECT node, problem FROM inconsistencies") == [("ITA", "forked")]
+
+
+async def test_release_in_flight_frees_what_was_sent_without_a_receipt(store: Store) -> None:
+    async with store.transaction(T0) as tx:
+        for message_id in ("m1", "m2"):
+            tx.sent(insert(tx, message_id), Event.SEND, DEU, T0 + 500)
+        tx.hop_acked(insert(tx, "m3"))
+    async with store.transaction(T0 + 1) as tx:
+        assert await tx.release_in_flight() == 2
+
+    rows = await store.messages_by_id(["m1", "m2", "m3"])
+    assert [r.retry_at for r in rows] == [0, 0, 0]
+
+
+# -- the write lock -------------------------------------------------------------------------
+
+
+async def until(condition: Any) -> None:
+    """Let other tasks run until `condition()` holds."""
+    while not condition():
+        await asyncio.sleep(0)
+
+
+async def test_an_officers_transaction_goes_before_the_links_queued_ones(store: Store) -> None:
+    """At a busy relay, a duty officer waits for the transaction under way, not for the
+    dozens the links queued before it; and a cancelled waiter does not hold anyone up."""
+    under_way = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def link_work(n: int) -> None:
+        async with store.transaction(T0) as tx:
+            if n == 0:
+                under_way.set()
+                await go_on.wait()
+            tx.audit([AuditEntry("node:DEU", "link_work", None, {"n": n})])
+
+    async def officer() -> None:
+        async with store.transaction(T0, officer=True) as tx:
+            tx.audit([AuditEntry("olivia", "composed", "m1")])
+
+    links = [asyncio.create_task(link_work(n)) for n in range(40)]
+    await under_way.wait()
+    await until(lambda: store.queued_transactions == 39)
+    gone = asyncio.create_task(link_work(99))
+    await until(lambda: store.queued_transactions == 40)
+    gone.cancel()  # leaves the queue
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    waiting = asyncio.create_task(officer())
+    await until(lambda: store.queued_transactions == 40)
+    go_on.set()
+    await asyncio.gather(waiting, *links)
+
+    entries = await stored(store, "SELECT message_id, detail FROM audit ORDER BY seq")
+    order = [m or f"link {json.loads(d)['n']}" for m, d in entries]
+    assert order[0] == "link 0"
+    assert order[1] == "m1"  # right after the transaction under way
+    assert order[2:] == [f"link {n}" for n in range(1, 40)]
+    assert store.queued_transactions == 0
+
+
+# -- the shim over aiosqlite's private API ----------------------------------------------------
+
+
+async def test_on_thread_runs_on_the_connections_own_thread(store: Store) -> None:
+    def work(conn: sqlite3.Connection) -> int:
+        conn.execute("SELECT 1")  # sqlite3 refuses a connection used off its own thread
+        return threading.get_ident()
+
+    first, second = await _on_thread(store.db, work), await _on_thread(store.db, work)
+
+    assert first == second != threading.get_ident()
+
+
+async def test_on_thread_sees_the_connection_the_ordinary_statements_use(store: Store) -> None:
+    await store.db.execute("CREATE TEMP TABLE scratch (n INTEGER)")  # this connection's only
+    await store.db.execute("BEGIN")
+
+    def work(conn: sqlite3.Connection) -> tuple[bool, list[Any]]:
+        conn.execute("INSERT INTO scratch VALUES (1)")
+        return conn.in_transaction, conn.execute("SELECT n FROM scratch").fetchall()
+
+    assert await _on_thread(store.db, work) == (True, [(1,)])
+    await store.db.execute("ROLLBACK")
+
+
+async def test_on_thread_raises_what_the_work_raised(store: Store) -> None:
+    problem = LookupError("from the thread")
+
+    def work(conn: sqlite3.Connection) -> None:
+        raise problem
+
+    with pytest.raises(LookupError) as caught:
+        await _on_thread(store.db, work)
+    assert caught.value is problem
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await _on_thread(store.db, lambda conn: conn.execute("SELECT * FROM nowhere"))
+
+
+async def test_on_thread_keeps_its_place_among_ordinary_statements(store: Store) -> None:
+    await store.db.execute("CREATE TEMP TABLE scratch (n INTEGER)")
+
+    await asyncio.gather(
+        store.db.execute("INSERT INTO scratch VALUES (1)"),
+        _on_thread(store.db, lambda conn: conn.execute("INSERT INTO scratch VALUES (2)")),
+        store.db.execute("INSERT INTO scratch VALUES (3)"),
+        _on_thread(store.db, lambda conn: conn.execute("INSERT INTO scratch VALUES (4)")),
+    )
+
+    assert await stored(store, "SELECT n FROM scratch ORDER BY rowid") == [(1,), (2,), (3,), (4,)]
+
+
+async def test_on_thread_refuses_a_closed_connection(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "node.sqlite")
+    await store.close()
+
+    with pytest.raises(ValueError):
+        await _on_thread(store.db, lambda conn: conn.execute("SELECT 1"))
