@@ -9,7 +9,7 @@ other; each country linked to two hubs and its two neighbours), and runs them
 in `--workers` processes, each running its share of nodes in one event loop;
 every node keeps its own SQLite store, keys and TLS links on 127.0.0.1. Once
 every node has a route to every other, each sends one `urgent` preservation
-request to every other through its own use case (`Service.submit`), and the
+request to every other through its own use case (`Officers.submit`), and the
 run waits for every end-to-end receipt to be back.
 
 Reports: time until the last receipt, messages/s beside the floor (the
@@ -45,7 +45,7 @@ from network.node.config import load_config
 from network.node.keys import init_keeper, init_node_keys, load_keeper
 from network.node.links import LinkSettings
 from network.node.runner import NodeSettings, run_node
-from network.node.service import Service
+from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy
 from network.samples import sample_body
 from tests.harness import free_port
@@ -135,7 +135,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    services: dict[str, Service] = {}
+    services: dict[str, Node] = {}
     stop = asyncio.Event()
     dial = asyncio.Event()  # every node of every worker listens before anyone dials
     # One loop carries dozens of nodes here, and a loop that falls behind would
@@ -148,8 +148,8 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     settings = NodeSettings(links=links, dial_after=dial, checkpoints=checkpoints)
     loop = asyncio.get_running_loop()
 
-    async def ready(service: Service) -> None:
-        services[service.me] = service
+    async def ready(node: Node) -> None:
+        services[node.context.me] = node
 
     configs = [load_config(root / "nodes" / f"{i}.toml") for i in ids]
     tasks = [
@@ -171,9 +171,11 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
         degree = json.loads((root / "links.json").read_text())
         settled = 0
         while settled < 3:
-            missing = sum(len(degree[i]) - len(s.linked) for i, s in services.items())
-            unrouted = sum(len(s.routing.reachable()) < len(all_ids) - 1 for s in services.values())
-            stale = sum(s.routing.stale for s in services.values())
+            missing = sum(len(degree[i]) - len(s.delivery.linked) for i, s in services.items())
+            unrouted = sum(
+                len(s.delivery.routing.reachable()) < len(all_ids) - 1 for s in services.values()
+            )
+            stale = sum(s.delivery.routing.stale for s in services.values())
             settled = settled + 1 if not (missing or unrouted or stale) else 0
             logging.info("waiting: %d links, %d nodes' routes, %d stale", missing, unrouted, stale)
             await asyncio.sleep(1)
@@ -188,7 +190,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
             start = all_ids.index(node_id)
             for offset in range(1, len(all_ids)):
                 to = all_ids[(start + offset) % len(all_ids)]
-                await services[node_id].submit(
+                await services[node_id].officers.submit(
                     user="sim", to=to, message_type="preservation", priority="urgent", body=body
                 )
 
@@ -202,7 +204,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
 
         async def each(query: str) -> list[int]:
             """One number per local node, from its own store."""
-            found = [await s.store.db.execute_fetchall(query) for s in services.values()]
+            found = [await s.context.store.db.execute_fetchall(query) for s in services.values()]
             return [int(next(iter(rows))[0] or 0) for rows in found]
 
         while True:

@@ -37,7 +37,7 @@ from network.core.crypto import HpkeSuite
 from network.core.records import NodeId
 from network.core.roster import build_roster
 from network.node.keys import init_keeper, init_node_keys, load_keeper
-from network.node.service import issue_token
+from network.node.officer import issue_token
 from network.node.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,8 +27,9 @@ from network.api.web import LOGIN_AUDIT_LIMIT, MAX_REQUEST_BYTES, ROUTES, build_
 from network.core.records import MessageType, NodeId
 from network.core.roster import load_roster
 from network.node.keys import load_keeper_public, load_node_keys
-from network.node.service import Service, issue_token
+from network.node.officer import issue_token
 from network.node.store import Store
+from network.node.wiring import Node
 from network.samples import sample_body
 from tests.harness import Network, pause, wait_for
 
@@ -146,7 +147,7 @@ async def test_document_names_exactly_the_routes_the_app_serves(api: Api, tmp_pa
     )
     store = await Store.open(tmp_path / "fra.sqlite")
     try:
-        service = Service(
+        service = Node.build(
             keys=load_node_keys(keys / "FRA", NodeId("FRA")),
             roster=roster,
             store=store,

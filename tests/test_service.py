@@ -17,8 +17,8 @@ from network.core.records import NodeId
 from network.core.roster import build_roster, load_roster
 from network.core.tlog import root_hash
 from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.node.service import Service
 from network.node.store import AuditEntry, Store
+from network.node.wiring import Node
 from network.samples import sample_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,8 +36,8 @@ class Clock:
 
 @dataclass
 class Pair:
-    fra: Service
-    deu: Service
+    fra: Node
+    deu: Node
     clock: Clock
 
 
@@ -57,16 +57,16 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     for node_id in ("FRA", "DEU"):
         store = await Store.open(tmp_path / f"{node_id}.sqlite")
         keys = load_node_keys(tmp_path / node_id, NodeId(node_id))
-        services.append(Service(keys=keys, roster=roster, store=store, clock=clock))
+        services.append(Node.build(keys=keys, roster=roster, store=store, clock=clock))
     try:
         yield Pair(services[0], services[1], clock)
     finally:
         for service in services:
-            await service.store.close()
+            await service.context.store.close()
 
 
-async def submit(service: Service, ttl_ms: int | None = None) -> str:
-    row = await service.submit(
+async def submit(service: Node, ttl_ms: int | None = None) -> str:
+    row = await service.officers.submit(
         user="olivia",
         to="DEU",
         message_type="emergency",
@@ -79,48 +79,52 @@ async def submit(service: Service, ttl_ms: int | None = None) -> str:
 
 async def test_expired_message_is_raised_and_a_late_receipt_still_delivers(pair: Pair) -> None:
     message_id = await submit(pair.fra, ttl_ms=60_000)
-    sent = await pair.fra.store.message(message_id)
+    sent = await pair.fra.context.store.message(message_id)
     assert sent is not None
 
     pair.clock.now += 60_001
-    expired = await pair.fra.expire_due()
-    row = await pair.fra.store.message(message_id)
+    expired = await pair.fra.oversight.expire_due()
+    row = await pair.fra.context.store.message(message_id)
     assert expired == [message_id] and row is not None and row.state is State.EXPIRED
 
     pair.clock.now = T0 + 1000  # the receiver got it in time; its receipt comes late
-    receipts = await pair.deu.accept_envelopes("FRA", [((), sent.envelope)])
+    receipts = await pair.deu.inbound.accept_envelopes("FRA", [((), sent.envelope)])
     pair.clock.now = T0 + 120_000
-    settled = await pair.fra.accept_receipts("DEU", receipts)
+    settled = await pair.fra.inbound.accept_receipts("DEU", receipts)
 
-    row = await pair.fra.store.message(message_id)
+    row = await pair.fra.context.store.message(message_id)
     assert settled == [message_id] and row is not None and row.state is State.DELIVERED
-    actions = [e["action"] for e in await pair.fra.store.audit_for(message_id)]
+    actions = [e["action"] for e in await pair.fra.context.store.audit_for(message_id)]
     assert actions == ["composed", "sealed", "queued", "expired", "receipt_received", "delivered"]
 
 
 async def test_receiver_refuses_an_expired_envelope_with_a_signed_rejection(pair: Pair) -> None:
     message_id = await submit(pair.fra, ttl_ms=60_000)
-    sent = await pair.fra.store.message(message_id)
+    sent = await pair.fra.context.store.message(message_id)
     assert sent is not None
     pair.clock.now += 60_001
 
-    receipts = await pair.deu.accept_envelopes("FRA", [((), sent.envelope)])
-    await pair.fra.accept_receipts("DEU", receipts)
+    receipts = await pair.deu.inbound.accept_envelopes("FRA", [((), sent.envelope)])
+    await pair.fra.inbound.accept_receipts("DEU", receipts)
 
-    assert await pair.deu.store.message(message_id) is None
-    row = await pair.fra.store.message(message_id)
+    assert await pair.deu.context.store.message(message_id) is None
+    row = await pair.fra.context.store.message(message_id)
     assert row is not None and row.state is State.REJECTED
-    stored = await pair.fra.store.receipts(message_id)
+    stored = await pair.fra.context.store.receipts(message_id)
     assert stored[0].outcome == "rejected" and stored[0].reason == "expired"
-    rejected = [e for e in await pair.deu.store.audit_for(message_id) if e["action"] == "rejected"]
+    rejected = [
+        e for e in await pair.deu.context.store.audit_for(message_id) if e["action"] == "rejected"
+    ]
     assert rejected and rejected[0]["detail"]["reason"] == "expired"
 
 
 async def test_garbage_from_a_peer_is_audited_and_gets_no_receipt(pair: Pair) -> None:
-    receipts = await pair.deu.accept_envelopes("FRA", [((), b"{not json"), ((), b"\x00" * 10)])
+    receipts = await pair.deu.inbound.accept_envelopes(
+        "FRA", [((), b"{not json"), ((), b"\x00" * 10)]
+    )
 
     assert receipts == []
-    async with pair.deu.store.db.execute(
+    async with pair.deu.context.store.db.execute(
         "SELECT actor, detail FROM audit WHERE action = 'rejected'"
     ) as cursor:
         rows = await cursor.fetchall()
@@ -130,15 +134,15 @@ async def test_garbage_from_a_peer_is_audited_and_gets_no_receipt(pair: Pair) ->
 async def test_receipt_for_other_bytes_changes_nothing(pair: Pair) -> None:
     first = await submit(pair.fra)
     second = await submit(pair.fra)
-    sent = await pair.fra.store.message(second)
+    sent = await pair.fra.context.store.message(second)
     assert sent is not None
-    receipts = await pair.deu.accept_envelopes("FRA", [((), sent.envelope)])
+    receipts = await pair.deu.inbound.accept_envelopes("FRA", [((), sent.envelope)])
     forged = receipts[0].replace(second.encode(), first.encode())
 
-    settled = await pair.fra.accept_receipts("DEU", [forged])
+    settled = await pair.fra.inbound.accept_receipts("DEU", [forged])
 
     assert settled == []
-    row = await pair.fra.store.message(first)
+    row = await pair.fra.context.store.message(first)
     assert row is not None and row.state is State.QUEUED
 
 
@@ -146,16 +150,16 @@ async def test_submit_names_the_bad_field_and_stores_nothing(pair: Pair) -> None
     body = sample_body("preservation", period_days=30)
 
     with pytest.raises(BodyError) as refused:
-        await pair.fra.submit(
+        await pair.fra.officers.submit(
             user="olivia", to="DEU", message_type="preservation", priority="urgent", body=body
         )
 
     assert refused.value.field == "body.period_days"
-    assert await pair.fra.store.messages(box="out") == []
+    assert await pair.fra.context.store.messages(box="out") == []
 
 
 async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair) -> None:
-    store = pair.fra.store
+    store = pair.fra.context.store
     entered = asyncio.Event()
 
     async def interrupted() -> None:
@@ -177,7 +181,7 @@ async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair
         await task
 
     message_id = await submit(pair.fra)
-    assert (await pair.fra.store.message(message_id)) is not None
+    assert (await pair.fra.context.store.message(message_id)) is not None
     async with store.db.execute("SELECT COUNT(*) FROM audit WHERE action = 'half_done'") as cursor:
         assert await cursor.fetchone() == (0,)
 
@@ -187,7 +191,7 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
 ) -> None:
     """Commits are queued and awaited after the lock is free, and a transaction may catch
     up entries whose callers have not seen their commit yet: none is in the tree twice."""
-    store = pair.fra.store
+    store = pair.fra.context.store
     other = await Store.open(store.path)  # a second writer, as `cpn user add` beside a node
 
     async def ours(n: int) -> None:

@@ -17,8 +17,8 @@ from network.api.web import build_app
 from network.core.records import NodeId
 from network.core.roster import build_roster, load_roster
 from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.node.service import Service
 from network.node.store import Store
+from network.node.wiring import Node
 from network.samples import sample_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,7 +30,7 @@ UNKNOWN_ID = "01a1f94a-eec0-75c3-9e17-b2d40f68a1e7"
 @dataclass
 class Api:
     client: TestClient[Any, Any]
-    service: Service
+    service: Node
     tokens: dict[str, str]
 
     def auth(self, role: str) -> dict[str, str]:
@@ -45,7 +45,7 @@ class Api:
         return response.status, await response.json()
 
     async def audit_actions(self, action: str) -> list[tuple[str, dict[str, Any]]]:
-        async with self.service.store.db.execute(
+        async with self.service.context.store.db.execute(
             "SELECT actor, detail FROM audit WHERE action = ? ORDER BY seq", (action,)
         ) as cursor:
             rows = await cursor.fetchall()
@@ -86,16 +86,16 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     roster = load_roster(roster_bytes, keeper=keeper_public, now=now_ms)
     store = await Store.open(tmp_path / "fra.sqlite")
     try:
-        service = Service(
+        service = Node.build(
             keys=load_node_keys(tmp_path / "FRA", NodeId("FRA")),
             roster=roster,
             store=store,
             clock=lambda: time.time_ns() // 1_000_000,
         )
         tokens = {
-            "officer": await service.add_user("olivia", "officer"),
-            "auditor": await service.add_user("arthur", "auditor"),
-            "admin": await service.add_user("ada", "admin"),
+            "officer": await service.officers.add_user("olivia", "officer"),
+            "auditor": await service.officers.add_user("arthur", "auditor"),
+            "admin": await service.officers.add_user("ada", "admin"),
         }
         async with TestClient(TestServer(build_app(service), host="127.0.0.1")) as client:
             yield Api(client, service, tokens)
@@ -266,12 +266,12 @@ async def test_api_routes_refuse_a_bad_token_and_audit_it(api: Api, method: str,
 
 async def test_a_login_is_audited_once_not_on_every_request(api: Api) -> None:
     await api.get("/api/peers")
-    async with api.service.store.db.execute("SELECT COUNT(*) FROM audit") as cursor:
+    async with api.service.context.store.db.execute("SELECT COUNT(*) FROM audit") as cursor:
         before = await cursor.fetchone()
 
     await api.get("/api/peers")
 
-    async with api.service.store.db.execute("SELECT COUNT(*) FROM audit") as cursor:
+    async with api.service.context.store.db.execute("SELECT COUNT(*) FROM audit") as cursor:
         after = await cursor.fetchone()
     assert after == before
     logins = await api.audit_actions("login")
@@ -399,7 +399,7 @@ async def test_wrong_method_is_405_json(api: Api) -> None:
 async def test_an_unexpected_failure_is_a_logged_json_500(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await api.service.store.close()  # the fixture's second close is harmless
+    await api.service.context.store.close()  # the fixture's second close is harmless
 
     response = await api.client.get("/api/peers", headers=api.auth("officer"))
 

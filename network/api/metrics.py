@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from network.core.lifecycle import State
-from network.node.service import Service
+from network.node.wiring import Node
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -48,7 +48,7 @@ class Metrics:
 
     def __init__(
         self,
-        service: Service,
+        node: Node,
         *,
         min_interval: float = MIN_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -68,11 +68,11 @@ class Metrics:
             "Penalty windows opened for an address after repeated failed logins",
             registry=self.registry,
         )
-        self._store = service.store
+        self._store = node.context.store
         self._read_at: float | None = None
         self._min_interval = min_interval
         self._clock = clock
-        self._collector = _StoreCollector(service)
+        self._collector = _StoreCollector(node)
         self.registry.register(self._collector)
 
     async def render(self) -> bytes:
@@ -91,19 +91,19 @@ class Metrics:
 
 
 class _StoreCollector(Collector):
-    """The scrape-time figures, from the last reading and from the service's memory."""
+    """The scrape-time figures, from the last reading and from the node's memory."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, node: Node) -> None:
+        self.node = node
         self.figures = _Figures()
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # nothing to check against other collectors' names at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        service, figures = self.service, self.figures
+        context, linked, figures = self.node.context, self.node.delivery.linked, self.figures
         info = GaugeMetricFamily("cpn_node", "This node (value 1)", labels=["node"])
-        info.add_metric([service.me], 1)
+        info.add_metric([context.me], 1)
         yield info
         messages = GaugeMetricFamily(
             "cpn_messages", "Messages in the store, by box and state", labels=["box", "state"]
@@ -112,7 +112,7 @@ class _StoreCollector(Collector):
             for state in State:
                 messages.add_metric([box, state.value], figures.messages.get((box, state), 0))
         yield messages
-        peers = sorted(node for node in service.roster.entries if node != service.me)
+        peers = sorted(node for node in context.roster.entries if node != context.me)
         queued = GaugeMetricFamily(
             "cpn_queued_messages",
             "Messages waiting to go (ours or relayed), by destination",
@@ -123,16 +123,16 @@ class _StoreCollector(Collector):
         yield queued
         link = GaugeMetricFamily("cpn_link_up", "1 while a peer link is up", labels=["peer"])
         for peer in peers:
-            link.add_metric([peer], 1 if peer in service.linked else 0)
+            link.add_metric([peer], 1 if peer in linked else 0)
         yield link
-        yield GaugeMetricFamily("cpn_links_up", "Peer links up", value=len(service.linked))
+        yield GaugeMetricFamily("cpn_links_up", "Peer links up", value=len(linked))
         yield GaugeMetricFamily(
             "cpn_overdue_messages",
             "Messages with a deadline passed and unmet",
             value=figures.overdue,
         )
         yield GaugeMetricFamily(
-            "cpn_audit_entries", "Entries in the audit log", value=service.store.audit_log.size
+            "cpn_audit_entries", "Entries in the audit log", value=context.store.audit_log.size
         )
         yield GaugeMetricFamily(
             "cpn_checkpoint_size",

@@ -12,8 +12,8 @@ from network.api.metrics import Metrics
 from network.api.web import build_app, build_metrics_app
 from network.node.config import NodeConfig
 from network.node.runner import ApiSite
-from network.node.service import Service
 from network.node.sockets import inherited
+from network.node.wiring import Node
 
 __all__ = ["api_site"]
 
@@ -24,11 +24,9 @@ def api_site(config: NodeConfig) -> ApiSite:
     the sockets handed down as `api` and `metrics` (socket activation)."""
 
     @asynccontextmanager
-    async def serve(service: Service) -> AsyncIterator[None]:
-        metrics = Metrics(service)
-        api = web.AppRunner(
-            build_app(service, login=config.login, metrics=metrics), access_log=None
-        )
+    async def serve(node: Node) -> AsyncIterator[None]:
+        metrics = Metrics(node)
+        api = web.AppRunner(build_app(node, login=config.login, metrics=metrics), access_log=None)
         runners = [api]
         await api.setup()
         try:

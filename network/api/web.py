@@ -9,7 +9,7 @@ Rules:
   `/api/openapi.json` is built: adding a route is adding one entry to `ROUTES`.
   Query parameters are checked against the route's declared `Param`s before its
   handler runs: an unknown, repeated or ill-formed one is a 400 naming it.
-- Handlers are thin: they parse, call one use case of `Service`, and answer.
+- Handlers are thin: they parse, call one use case of the `Node`, and answer.
 - Every answer is JSON with `Cache-Control: no-store`, errors included:
   `{"error": "...", "field": "..."}`, where `field` names the request body
   field or query parameter that is wrong. Bad input is a 4xx, never a 500.
@@ -20,9 +20,9 @@ Rules:
   and `X-Content-Type-Options: nosniff`.
 - Live events (`GET /api/events`) are server-sent events fed by the node's
   hub (network/events.py), with a keepalive comment every KEEPALIVE_SECONDS.
-- Audited here, through `Service.audit`: a token's first use in a run (`login`),
-  a refused token (`login_failed`, at most LOGIN_AUDIT_LIMIT a minute, the next one
-  counting those held back), a penalty window opened for an address after
+- Audited here, through the node context's `audit`: a token's first use in a run
+  (`login`), a refused token (`login_failed`, at most LOGIN_AUDIT_LIMIT a minute, the
+  next one counting those held back), a penalty window opened for an address after
   repeated refused tokens (`login_throttled`, once per window; see `throttle`: a
   window holds back refused tokens only, never a valid one), a
   role refused a route (`access_denied`) and a refused request from an
@@ -43,7 +43,8 @@ import logging
 import math
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, NoReturn
@@ -72,6 +73,7 @@ from network.core.errors import BodyError, CpnError, LocalError, MalformedError,
 from network.core.lifecycle import State
 from network.core.records import (
     MESSAGE_ID_PATTERN,
+    ROLES,
     MessageType,
     Priority,
     message_id_problem,
@@ -80,15 +82,16 @@ from network.core.records import (
 from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
-from network.node.service import ROLES, Service, summary
+from network.node.reading import summary
 from network.node.store import AuditEntry, StoreError, UserRow
 from network.node.verify import verify_store
+from network.node.wiring import Node
 
 __all__ = [
     "MAX_REQUEST_BYTES",
     "METRICS",
+    "NODE",
     "ROUTES",
-    "SERVICE",
     "THROTTLE",
     "USER",
     "Route",
@@ -126,8 +129,11 @@ MAX_TTL_SECONDS: Final = 30 * 24 * 3600
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 500
 
-SERVICE: Final = web.AppKey("service", Service)
+NODE: Final = web.AppKey("node", Node)
 """The node's use cases, set by `build_app`."""
+
+_LOGGED_IN: Final = web.AppKey("logged_in", set[str])
+"""Users whose token was used in this run (their first use is audited as a login)."""
 
 METRICS: Final = web.AppKey("metrics", Metrics)
 """The node's Prometheus figures, counted by the middlewares and served at /metrics."""
@@ -257,7 +263,7 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     for key in SUBMISSION["required"]:
         if key not in fields:
             raise BodyError(key, "missing")
-    row = await request.app[SERVICE].submit(
+    row = await request.app[NODE].officers.submit(
         user=request[USER].name,
         to=fields["to"],
         message_type=fields["type"],
@@ -273,7 +279,7 @@ async def post_message(request: web.Request) -> web.StreamResponse:
 async def list_messages(request: web.Request) -> web.StreamResponse:
     """List messages, most urgent and newest first: `{"messages": [...]}`."""
     query = request[QUERY]
-    messages = await request.app[SERVICE].list_messages(
+    messages = await request.app[NODE].reading.list_messages(
         box=query.get("box"),
         state=query.get("state"),
         priority=query.get("priority"),
@@ -286,10 +292,24 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
 async def get_message(request: web.Request) -> web.StreamResponse:
     """One message with its decrypted body, receipts and timeline; 404 if unknown."""
     message_id = _message_id(request)
-    message = await request.app[SERVICE].read_message(message_id, request[USER])
+    message = await request.app[NODE].reading.read_message(message_id, request[USER])
     if message is None:
         raise _Refusal(404, f"no message {message_id}")
     return web.json_response(message)
+
+
+@contextmanager
+def _fields_as_given() -> Iterator[None]:
+    """An acknowledgement's or reply's fields are given as they are, not under `body`:
+    its BodyError names them so (`status`, not `body.status`), and `in_reply_to` as
+    the message `id` it was given as."""
+    try:
+        yield
+    except BodyError as exc:
+        if not exc.field.startswith("body."):
+            raise
+        field = exc.field.removeprefix("body.")
+        raise BodyError("id" if field == "in_reply_to" else field, exc.problem) from None
 
 
 def _message_id(request: web.Request) -> str:
@@ -307,7 +327,10 @@ async def acknowledge_message(request: web.Request) -> web.StreamResponse:
     unknown = sorted(set(fields) - {"note"})
     if unknown:
         raise BodyError(unknown[0], "unknown field (expected: note)")
-    row = await request.app[SERVICE].acknowledge(message_id, request[USER].name, fields.get("note"))
+    with _fields_as_given():
+        row = await request.app[NODE].officers.acknowledge(
+            message_id, request[USER].name, fields.get("note")
+        )
     if row is None:
         raise _Refusal(404, f"no received message {message_id}")
     return web.json_response(summary(row), status=202)
@@ -318,7 +341,8 @@ async def reply_message(request: web.Request) -> web.StreamResponse:
     its status needs); 202 with its summary."""
     message_id = _message_id(request)
     fields = await _json_object(request)
-    row = await request.app[SERVICE].reply(message_id, request[USER].name, fields)
+    with _fields_as_given():
+        row = await request.app[NODE].officers.reply(message_id, request[USER].name, fields)
     if row is None:
         raise _Refusal(404, f"no received message {message_id}")
     return web.json_response(summary(row), status=202)
@@ -326,21 +350,23 @@ async def reply_message(request: web.Request) -> web.StreamResponse:
 
 async def get_alerts(request: web.Request) -> web.StreamResponse:
     """What is overdue now, and the latest alerts raised."""
-    service = request.app[SERVICE]
+    node = request.app[NODE]
     return web.json_response(
-        {"overdue": await service.overdue(), "alerts": list(service.recent_alerts)[::-1]}
+        {"overdue": await node.reading.overdue(), "alerts": node.oversight.recent_alerts()}
     )
 
 
 async def get_preservations(request: web.Request) -> web.StreamResponse:
     """Our preservation requests the other side preserved, soonest to lapse first."""
-    return web.json_response({"preservations": await request.app[SERVICE].open_preservations()})
+    return web.json_response(
+        {"preservations": await request.app[NODE].reading.open_preservations()}
+    )
 
 
 async def get_peers(request: web.Request) -> web.StreamResponse:
     """Each peer in the roster: linked or not, last seen, queued count."""
-    service = request.app[SERVICE]
-    return web.json_response({"node": service.me, "peers": await service.peers()})
+    node = request.app[NODE]
+    return web.json_response({"node": node.context.me, "peers": await node.reading.peers()})
 
 
 async def list_audit(request: web.Request) -> web.StreamResponse:
@@ -354,7 +380,7 @@ async def list_audit(request: web.Request) -> web.StreamResponse:
     filters = _audit_filters(query)
     limit = int(query.get("limit", DEFAULT_LIMIT))
     after = int(query.get("after", 0))
-    path = request.app[SERVICE].store.path
+    path = request.app[NODE].context.store.path
     entries, cursor = await asyncio.to_thread(list_entries, path, filters, after=after, limit=limit)
     return web.json_response({"entries": entries, "next": cursor})
 
@@ -378,19 +404,19 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     query = request[QUERY]
     format = query.get("format", "jsonl")
     filters = _audit_filters(query)
-    service = request.app[SERVICE]
+    context = request.app[NODE].context
     with tempfile.TemporaryFile() as spool:
-        count = await asyncio.to_thread(_export_to, spool, service.store.path, format, filters)
+        count = await asyncio.to_thread(_export_to, spool, context.store.path, format, filters)
         detail: dict[str, Any] = {"format": format, "entries": count}
         detail.update((name, query[name]) for name in _FILTERS if name in query)
         user = request[USER].name
-        await service.audit([AuditEntry(actor=user, action="audit_exported", detail=detail)])
-        stamp = (rfc3339(service.clock()) or "").replace(":", "").replace("-", "")[:15]
+        await context.audit([AuditEntry(actor=user, action="audit_exported", detail=detail)])
+        stamp = (rfc3339(context.clock()) or "").replace(":", "").replace("-", "")[:15]
         response = web.StreamResponse(
             headers={
                 hdrs.CONTENT_TYPE: _EXPORT_TYPES[format],
                 hdrs.CONTENT_DISPOSITION: (
-                    f'attachment; filename="cpn-audit-{service.me}-{stamp}Z.{format}"'
+                    f'attachment; filename="cpn-audit-{context.me}-{stamp}Z.{format}"'
                 ),
                 hdrs.CACHE_CONTROL: "no-store",
             }
@@ -417,7 +443,7 @@ async def get_me(request: web.Request) -> web.StreamResponse:
     """Who the token is: `{"user", "role", "node"}`."""
     user = request[USER]
     return web.json_response(
-        {"user": user.name, "role": user.role, "node": request.app[SERVICE].me}
+        {"user": user.name, "role": user.role, "node": request.app[NODE].context.me}
     )
 
 
@@ -438,7 +464,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     node stops): the reader reconnects and reloads. 503 when too many read.
     """
     try:
-        subscription = request.app[SERVICE].events.subscribe()
+        subscription = request.app[NODE].context.events.subscribe()
     except HubFullError as exc:
         raise _Refusal(503, str(exc)) from None
     response = web.StreamResponse(
@@ -495,20 +521,20 @@ def _console_files() -> dict[str, tuple[bytes, str]]:
 
 async def verify_audit(request: web.Request) -> web.StreamResponse:
     """`cpn audit verify` on this node's store, in a thread: the report as JSON (`ok`, ...)."""
-    service = request.app[SERVICE]
+    context = request.app[NODE].context
     report = await asyncio.to_thread(
         verify_store,
-        service.store.path,
-        roster=service.roster,
-        node_id=service.me,
-        keeper=service.keeper,
+        context.store.path,
+        roster=context.roster,
+        node_id=context.me,
+        keeper=context.keeper,
     )
     return web.json_response(report.to_json())
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     """Liveness, without authentication."""
-    return web.json_response({"status": "ok", "node": request.app[SERVICE].me})
+    return web.json_response({"status": "ok", "node": request.app[NODE].context.me})
 
 
 async def get_openapi(request: web.Request) -> web.StreamResponse:
@@ -625,9 +651,9 @@ _BY_HANDLER: Final[dict[Handler, Route]] = {route.handler: route for route in RO
 
 
 def build_app(
-    service: Service, *, login: LoginPolicy = DEFAULT_LOGIN, metrics: Metrics | None = None
+    node: Node, *, login: LoginPolicy = DEFAULT_LOGIN, metrics: Metrics | None = None
 ) -> web.Application:
-    """The node's HTTP API over `service`; the caller runs it (runner and site apart).
+    """The node's HTTP API over `node`'s use cases; the caller runs it (runner and site apart).
 
     `login`: when repeated failed logins from an address are slowed down; `metrics`: the
     figures this app counts into, which `build_metrics_app` serves on a listener of its own.
@@ -636,10 +662,11 @@ def build_app(
         client_max_size=MAX_REQUEST_BYTES,
         middlewares=[_count_requests, _answer_errors, _authenticate, _check_query],
     )
-    app[SERVICE] = service
+    app[NODE] = node
+    app[_LOGGED_IN] = set()
     app.on_response_prepare.append(_secure_headers)
     app.on_shutdown.append(_end_live_events)
-    app[METRICS] = metrics if metrics is not None else Metrics(service)
+    app[METRICS] = metrics if metrics is not None else Metrics(node)
     app[THROTTLE] = LoginThrottle(login)
     app[LOGIN_AUDIT] = AuditBudget(LOGIN_AUDIT_LIMIT, LOGIN_AUDIT_WINDOW_MS, max_keys=1)
     for route in ROUTES:
@@ -648,7 +675,7 @@ def build_app(
         app.router.add_route(route.method, route.path, route.handler)
     app[_OPENAPI] = document(
         ROUTES,
-        title=f"cpn node {service.me}",
+        title=f"cpn node {node.context.me}",
         version=__version__,
         description="The HTTP API of a node of the 24/7 contact-point network.",
     )
@@ -672,7 +699,7 @@ async def _secure_headers(request: web.Request, response: web.StreamResponse) ->
 
 async def _end_live_events(app: web.Application) -> None:
     """The node stops: end the event streams, or shutting down would wait for them."""
-    app[SERVICE].events.close()
+    app[NODE].context.events.close()
 
 
 # -- middlewares -------------------------------------------------------------------
@@ -737,10 +764,11 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     public = route is not None and route.roles is None
     if public or (route is None and not request.path.startswith("/api/")):
         return await handler(request)
-    service = request.app[SERVICE]
+    node = request.app[NODE]
     token = _bearer_token(request.headers.get(hdrs.AUTHORIZATION))
-    throttle, address, now = request.app[THROTTLE], request.remote or "unknown", service.clock()
-    user = await service.authenticate(token)
+    throttle, address = request.app[THROTTLE], request.remote or "unknown"
+    now = node.context.clock()
+    user = await node.officers.authenticate(token)
     wait = throttle.blocked(address, now)
     if user is None and wait is not None:
         # A valid token is never held back: behind a proxy one address is every officer's.
@@ -755,14 +783,17 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     if wait is None:  # a success inside a window forgives nothing: it may be someone else
         throttle.succeeded(address)
     request[USER] = user
-    if user.name not in service.logged_in:
+    logged_in = request.app[_LOGGED_IN]
+    if user.name not in logged_in:
         # A token's first use in this run is its login (per request would flood the log).
-        service.logged_in.add(user.name)
+        logged_in.add(user.name)
         detail = {"role": user.role, "remote": request.remote}
-        await service.audit([AuditEntry(actor=user.name, action="login", detail=detail)])
+        await node.context.audit([AuditEntry(actor=user.name, action="login", detail=detail)])
     if route is not None and route.roles is not None and user.role not in route.roles:
         detail = {"role": user.role, "method": request.method, "path": request.path[:200]}
-        await service.audit([AuditEntry(actor=user.name, action="access_denied", detail=detail)])
+        await node.context.audit(
+            [AuditEntry(actor=user.name, action="access_denied", detail=detail)]
+        )
         raise _Refusal(403, f"role {user.role} may not {route.does}")
     return await handler(request)
 
@@ -793,7 +824,11 @@ async def _check_query(request: web.Request, handler: Handler) -> web.StreamResp
 async def _login_failed(request: web.Request, address: str, now: int) -> NoReturn:
     """A refused token: audited, counted, and maybe the start of a penalty window. Raises
     the 401."""
-    service, metrics, budget = request.app[SERVICE], request.app[METRICS], request.app[LOGIN_AUDIT]
+    context, metrics, budget = (
+        request.app[NODE].context,
+        request.app[METRICS],
+        request.app[LOGIN_AUDIT],
+    )
     metrics.failed_logins.inc()
     entries = []
     held_back = budget.take("login", now)
@@ -816,7 +851,7 @@ async def _login_failed(request: web.Request, address: str, now: int) -> NoRetur
             )
         )
     if entries:
-        await service.audit(entries)
+        await context.audit(entries)
     raise _Refusal(401, "invalid or revoked token", headers=headers)
 
 
@@ -904,7 +939,7 @@ async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
         if refusal.field:
             detail["field"] = refusal.field[:200]
         try:
-            await request.app[SERVICE].audit(
+            await request.app[NODE].context.audit(
                 [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
             )
         except Exception:  # the refusal must still be answered, as JSON

@@ -342,7 +342,7 @@ def prepare_network(nodes_dir: Path) -> tuple[list[NodeConfig], Roster]:
 
 async def _demo_users(config: NodeConfig) -> list[tuple[str, str, str]]:
     """One officer and one auditor for a node whose store has no users yet: (name, role, token)."""
-    from network.node.service import issue_token
+    from network.node.officer import issue_token
     from network.node.store import Store
 
     store = await Store.open(config.store_path)
@@ -430,7 +430,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from network.node.service import issue_token
+    from network.node.officer import issue_token
     from network.node.store import Store
 
     config = load_config(Path(args.config))
@@ -476,7 +476,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_user_revoke(args: argparse.Namespace) -> int:
     """Remove a user and its token: a running node answers the next request with it 401."""
-    from network.node.service import revoke_token
+    from network.node.officer import revoke_token
     from network.node.store import Store
 
     config = load_config(Path(args.config))

@@ -63,10 +63,12 @@ from network.core.session import (
     Room,
     RosterReceived,
 )
+from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
-from network.node.service import ROUTE_REFRESH_MS, Service
+from network.node.scheduler import ROUTE_REFRESH_MS
 from network.node.sockets import inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
+from network.node.wiring import Node
 from network.node.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
@@ -106,7 +108,7 @@ class Links:
 
     def __init__(
         self,
-        service: Service,
+        node: Node,
         keys: NodeKeys,
         *,
         host: str,
@@ -116,7 +118,7 @@ class Links:
         on_roster: Callable[[Roster], Awaitable[None]] | None = None,
         witnessing: Witnessing | None = None,
     ) -> None:
-        self.service = service
+        self.node = node
         self.witnessing = witnessing
         self.keys = keys
         self.on_roster = on_roster
@@ -146,7 +148,7 @@ class Links:
         return context
 
     def _anchors(self) -> str:
-        return _anchors(self.service.roster)
+        return _anchors(self.node.context.roster)
 
     @staticmethod
     def _peer_cert(ws: Connection) -> bytes:
@@ -254,8 +256,8 @@ class Links:
                 delay = next(delays)
                 log.info("%s: link to %s failed (%s); retry in %.1fs", self.me, peer, exc, delay)
                 with contextlib.suppress(StoreError):  # a full disk: the dialler goes on
-                    await self.service.peer_failure(
-                        peer, self.service.clock() + int(delay * 1000), _describe(exc)
+                    await self.node.delivery.peer_failure(
+                        peer, self.node.context.clock() + int(delay * 1000), _describe(exc)
                     )
                 if isinstance(exc, CpnError):
                     await self._record_refusal(peer, "link_refused", exc)
@@ -268,7 +270,7 @@ class Links:
                 )
 
     async def _dial(self, peer: NodeId) -> None:
-        card = self.service.roster.active_card(peer)
+        card = self.node.context.roster.active_card(peer)
         async with connect(card.url, ssl=self._client_ssl, proxy=None, **self._options()) as ws:
             peer_cert = self._peer_cert(ws)
             handshake = self._handshake(Role.CLIENT, peer_cert, peer)
@@ -284,7 +286,7 @@ class Links:
             role=role,
             me=self.me,
             signing_key=self.keys.signing,
-            roster=self.service.roster,
+            roster=self.node.context.roster,
             my_cert_sha256=self._my_cert,
             peer_cert_sha256=peer_cert,
             nonce=os.urandom(32),
@@ -316,12 +318,12 @@ class Links:
         reason = exc.reason if isinstance(exc, CpnError) else type(exc).__name__
         detail = {"remote": who, "reason": reason, "error": str(exc)[:500]}
         with contextlib.suppress(CpnError):
-            await self.service.audit([AuditEntry(f"peer:{who}", action, None, detail)])
+            await self.node.context.audit([AuditEntry(f"peer:{who}", action, None, detail)])
 
     # -- an established link ---------------------------------------------------------
 
     async def _link(self, ws: Connection, peer: NodeId, dialler: NodeId, peer_roster: int) -> None:
-        link = _Link(peer, ws, dialler, self.service.clock(), LinkSession(peer, self.settings))
+        link = _Link(peer, ws, dialler, self.node.context.clock(), LinkSession(peer, self.settings))
         existing = self.active.get(peer)
         keep_dialler = min(self.me, peer)
         if existing is not None:
@@ -330,18 +332,18 @@ class Links:
                 return
             await existing.ws.close(1000, "duplicate link")
         self.active[peer] = link
-        self.service.linked[peer] = link.since
+        self.node.delivery.link_up(peer, link.since)
         why = "stopped"
         try:  # from here on, however it ends, the link is no longer counted as active
-            await self.service.peer_contact(peer)
-            await self.service.audit(
+            await self.node.delivery.peer_contact(peer)
+            await self.node.context.audit(
                 [AuditEntry(f"node:{self.me}", "link_up", None, {"peer": peer, "dialler": dialler})]
             )
             log.info("%s: linked with %s", self.me, peer)
             # What the new peer should know: the roster if ours is newer, every announcement.
-            if self.service.roster.version > peer_roster:
-                link.session.send_roster(self.service.roster.raw)
-            for raw in self.service.announcements():
+            if self.node.context.roster.version > peer_roster:
+                link.session.send_roster(self.node.context.roster.raw)
+            for raw in self.node.delivery.announcements():
                 link.session.send_announcement(raw)
             self._offer_checkpoint(link)
             link.flush()
@@ -359,8 +361,7 @@ class Links:
         finally:
             if self.active.get(peer) is link:
                 del self.active[peer]
-                self.service.linked.pop(peer, None)
-                self.service.link_closed(peer)
+                self.node.delivery.link_down(peer)
                 self._links_changed.set()
             link.closed.set()
             with contextlib.suppress(Exception):
@@ -373,15 +374,15 @@ class Links:
             await self._links_changed.wait()
             await asyncio.sleep(self.settings.announce_delay)  # let a burst of changes settle
             self._links_changed.clear()
-            announcement = self.service.links_changed()
+            announcement = self.node.delivery.links_changed()
             self._broadcast(LinkSession.send_announcement, announcement.raw)
 
     async def _route_refresher(self) -> None:
         """Routes follow announcements once per burst, not once per announcement."""
         while True:
-            await self.service.routes_stale.wait()
+            await self.node.delivery.routes_stale.wait()
             await asyncio.sleep(ROUTE_REFRESH_MS / 1000)
-            self.service.refresh_routes()
+            self.node.delivery.refresh_routes()
 
     def offer_checkpoint(self) -> None:
         """Offer our newest checkpoint to every linked peer, each with its own proof."""
@@ -405,7 +406,7 @@ class Links:
 
     async def adopt_roster(self, raw: bytes, source: str) -> Roster | None:
         """A roster from a peer or the operator: adopt it if newer, pass it on, act on it."""
-        roster = await self.service.accept_roster(raw, source)
+        roster = await self.node.inbound.accept_roster(raw, source)
         if roster is None:
             return None
         anchors = self._anchors()
@@ -446,7 +447,7 @@ class Links:
             ended = _leaves(failed)
         finally:
             with contextlib.suppress(CpnError):
-                await self.service.release(link.session.in_flight)
+                await self.node.delivery.release(link.session.in_flight)
         why = "stopped"
         for exc in ended:
             if not isinstance(exc, _Closed):
@@ -504,17 +505,17 @@ class Links:
                 link.flush()
 
     async def _handle(self, link: _Link, event: Event) -> None:
-        """One event to its use case: every call the receiving side makes into Service."""
+        """One event to its use case: every call the receiving side makes into the node."""
         peer, session = link.peer, link.session
         match event:
             case EnvelopesReceived(envelopes):
-                session.answer(event, await self.service.accept_envelopes(peer, envelopes))
+                session.answer(event, await self.node.inbound.accept_envelopes(peer, envelopes))
             case ReceiptsReceived(receipts):
-                session.receipts_settled(await self.service.accept_receipts(peer, receipts))
-                self.service.outbox_signal(peer).set()  # room for the feed
+                session.receipts_settled(await self.node.inbound.accept_receipts(peer, receipts))
+                self.node.delivery.outbox_signal(peer).set()  # room for the feed
             case AnnouncementReceived(raw):
                 try:
-                    news = self.service.accept_announcement(raw)
+                    news = self.node.delivery.accept_announcement(raw)
                 except CpnError as exc:  # unknown or revoked node, bad signature: not passed on
                     log.info("%s: ignored an announcement from %s: %s", self.me, peer, exc)
                     return
@@ -540,14 +541,14 @@ class Links:
         and every `poll_interval` for retries that came due. Ends the link when
         the oldest envelope in flight waits past `receipt_timeout`.
         """
-        outbox = _Outbox(self.service, link.peer, self.settings.poll_interval)
+        outbox = _Outbox(self.node.delivery, link.peer, self.settings.poll_interval)
         session = link.session
         while True:
             outbox.signal.clear()
-            for receipt in outbox.receipts():
+            receipts, batch = await outbox.take(session.room(), session.in_flight, time.monotonic())
+            for receipt in receipts:
                 session.send_receipt(receipt)
             link.flush()
-            batch = await outbox.take(session.room(), session.in_flight, time.monotonic())
             if batch:
                 session.send_envelopes(batch, time.monotonic())
                 link.flush()
@@ -562,56 +563,34 @@ class Links:
 
 
 class _Outbox:
-    """The use cases' side of one link's sending: every call the feed makes into Service.
+    """The use cases' side of one link's sending: every call the feed makes into the node.
 
-    Which look through the store each wake takes: the news (messages queued
-    since the last look, by id, no sorting of all that waits) when there is
-    some; a look through the whole outbox on each poll (retries come due),
-    after routes or links changed (dirty), and while the last look left some
-    behind.
+    Which look through the store each wake takes is the scheduler's decision
+    (network.node.scheduler); this keeps the link's poll timer (retries come due).
     """
 
-    def __init__(self, service: Service, peer: NodeId, poll_interval: float) -> None:
-        self.service = service
+    def __init__(self, delivery: Delivery, peer: NodeId, poll_interval: float) -> None:
+        self.delivery = delivery
         self.peer = peer
         self.poll_interval = poll_interval
-        self.signal = service.outbox_signal(peer)
-        self._drained = False  # the last look found less than it could take: nothing more waits
+        self.signal = delivery.outbox_signal(peer)
         self._last_poll = 0.0
 
-    def receipts(self) -> list[bytes]:
-        """End-to-end receipts passing back through this link."""
-        return self.service.take_receipts_for(self.peer)
-
-    async def take(self, room: Room, exclude: list[str], now: float) -> list[Outgoing]:
-        """Up to `room.count` envelopes to send now (flash only if the room says so)."""
+    async def take(
+        self, room: Room, exclude: list[str], now: float
+    ) -> tuple[tuple[bytes, ...], list[Outgoing]]:
+        """End-to-end receipts passing back through this link, and up to `room.count`
+        envelopes to send now (flash only if the room says so)."""
         due = now - self._last_poll >= self.poll_interval  # retries
-        self.service.refresh_routes()
-        rows: list[MessageRow] = []
-        if room.count > 0 and not due and self.service.has_news(self.peer):
-            rows = await self.service.take_news(
-                self.peer, room.count, exclude=exclude, flash_only=room.flash_only
-            )
-        if not rows and room.count > 0:
-            dirty = self.service.take_dirty(self.peer)
-            detours = self.service.take_detours(self.peer) or due
-            if dirty or detours or not self._drained:
-                if due:
-                    self._last_poll = now
-                rows = await self.service.outbox(
-                    self.peer,
-                    room.count,
-                    exclude=exclude,
-                    flash_only=room.flash_only,
-                    detours=detours,
-                )
-                self._drained = len(rows) < room.count and not room.flash_only
-        unique = {row.id: row for row in rows}  # a message queued twice goes once
-        return [_outgoing(row) for row in unique.values()]
+        batch = await self.delivery.next_batch(self.peer, room, exclude, poll=due)
+        if batch.polled:
+            self._last_poll = now
+        unique = {row.id: row for row in batch.rows}  # a message queued twice goes once
+        return batch.receipts, [_outgoing(row) for row in unique.values()]
 
     async def sent(self, message_ids: list[str]) -> None:
         """Written to the link: without a receipt they go again after the retry time."""
-        await self.service.mark_sent(self.peer, message_ids)
+        await self.delivery.mark_sent(self.peer, message_ids)
 
 
 def _outgoing(row: MessageRow) -> Outgoing:

@@ -29,8 +29,8 @@ from network.node.clock import now_ms
 from network.node.config import NodeConfig
 from network.node.keys import load_keeper_public, load_node_keys
 from network.node.links import Links, LinkSettings
-from network.node.service import Service
 from network.node.store import AuditEntry, Store, StoreError
+from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy, Witnessing
 
 __all__ = ["ApiSite", "NodeSettings", "run_node", "serve_until_signalled"]
@@ -44,7 +44,7 @@ RACY_NS = 2_000_000_000  # a roster file younger than this is compared by conten
 
 # The HTTP API, served while the node runs (network.api.site): the runner knows it only
 # as something to enter and leave, so that the node layer never imports the web layer.
-ApiSite = Callable[[Service], AbstractAsyncContextManager[object]]
+ApiSite = Callable[[Node], AbstractAsyncContextManager[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +73,14 @@ async def run_node(
     config: NodeConfig,
     stop: asyncio.Event,
     settings: NodeSettings = NodeSettings(),
-    ready: Callable[[Service], Awaitable[None]] | None = None,
+    ready: Callable[[Node], Awaitable[None]] | None = None,
     api: ApiSite | None = None,
 ) -> None:
     """Run one node until `stop` is set. Raises CpnError if it cannot start.
 
-    `ready` is called with the node's service once it serves (for the
+    `ready` is called with the node's use cases once it serves (for the
     simulation, which sends through the node's own use cases); `api` serves
-    the HTTP API over that service while the node runs.
+    the HTTP API over them while the node runs.
     """
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
     keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
@@ -96,7 +96,7 @@ async def run_node(
         if kept is None:  # the store keeps every roster it used, for auditors to check old keys
             async with store.transaction(now_ms()) as tx:
                 tx.keep_roster(roster.version, roster.raw)
-        service = Service(
+        node = Node.build(
             keys=keys,
             roster=roster,
             store=store,
@@ -105,16 +105,16 @@ async def run_node(
             retry_ms=int(config.retry_seconds * 1000),
             deadlines=config.deadlines,
         )
-        await service.start()
+        await node.delivery.start()
         roster_file = RosterFile(config.roster_path)
-        witnessing = Witnessing(service, settings.checkpoints)
+        witnessing = Witnessing(node.context, settings.checkpoints)
         await witnessing.load()
 
         async def save_roster(adopted: Roster) -> None:
             roster_file.write(adopted.raw)
 
         links = Links(
-            service,
+            node,
             keys,
             host=config.peer_host,
             port=config.peer_port,
@@ -135,7 +135,7 @@ async def run_node(
         )
         site = contextlib.AsyncExitStack()
         if api is not None:
-            await site.enter_async_context(api(service))
+            await site.enter_async_context(api(node))
         log.info(
             "%s: peer %s, api http://%s:%d",
             config.id,
@@ -147,21 +147,21 @@ async def run_node(
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(links.run(settings.dial_after), name="links")
                 scan_task = group.create_task(
-                    _expiry_scan(service, settings.expiry_scan_interval, settings.route_grace),
+                    _expiry_scan(node, settings.expiry_scan_interval, settings.route_grace),
                     name="expiry",
                 )
                 watch_task = group.create_task(
                     _watch_roster(roster_file, links, settings.roster_poll_interval), name="roster"
                 )
                 checkpoint_task = group.create_task(
-                    _checkpoints(service, witnessing, links), name="checkpoints"
+                    _checkpoints(node, witnessing, links), name="checkpoints"
                 )
                 deadline_task = group.create_task(
-                    _watch_deadlines(service, webhook, settings.deadline_scan_interval),
+                    _watch_deadlines(node, webhook, settings.deadline_scan_interval),
                     name="deadlines",
                 )
                 if ready is not None:
-                    await ready(service)
+                    await ready(node)
                 await stop.wait()
                 for task in (link_task, scan_task, watch_task, checkpoint_task, deadline_task):
                     task.cancel()
@@ -170,7 +170,7 @@ async def run_node(
             if webhook is not None:
                 await webhook.aclose()
             try:
-                await service.audit([AuditEntry(service.actor, "node_stopped", None, {})])
+                await node.context.audit([AuditEntry(node.context.actor, "node_stopped", None, {})])
             except CpnError as exc:
                 log.error("%s: could not audit the stop: %s", config.id, exc)
             try:
@@ -246,22 +246,19 @@ async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) 
                 await links.adopt_roster(data, "file")
 
 
-async def _checkpoints(service: Service, witnessing: Witnessing, links: Links) -> None:
+async def _checkpoints(node: Node, witnessing: Witnessing, links: Links) -> None:
     """Sign a checkpoint when one is due and offer it to the witnesses (our peers)."""
     while True:
         await asyncio.sleep(CHECKPOINT_LOOK_SECONDS)
         now = now_ms()
-        if witnessing.due(now, urgent=service.urgent_pending):
+        if witnessing.due(now, urgent=node.context.checkpoints.urgent_pending):
             with _store_may_fail("checkpoint"):
-                await witnessing.sign(now)
-                service.urgent_pending = False
+                await witnessing.sign(now)  # covers what was urgent
                 links.offer_checkpoint()
 
 
-async def _watch_deadlines(
-    service: Service, webhook: WebhookSender | None, interval: float
-) -> None:
-    """Raise what is overdue: the console (the service keeps it), the log and the webhook.
+async def _watch_deadlines(node: Node, webhook: WebhookSender | None, interval: float) -> None:
+    """Raise what is overdue: the console (oversight keeps it), the log and the webhook.
 
     The webhook posts run beside the scan (a slow receiver is retried, never waited on),
     as children of this watcher: when the node stops, the posts still trying stop with it.
@@ -270,7 +267,7 @@ async def _watch_deadlines(
         while True:
             alerts: list[dict[str, Json]] = []
             with _store_may_fail("deadlines"):
-                alerts = await service.review_deadlines()
+                alerts = await node.oversight.review_deadlines()
             for alert in alerts:
                 log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
                 if webhook is not None:
@@ -278,14 +275,14 @@ async def _watch_deadlines(
             await asyncio.sleep(interval)
 
 
-async def _expiry_scan(service: Service, interval: float, grace: float) -> None:
+async def _expiry_scan(node: Node, interval: float, grace: float) -> None:
     """Deadlines are checked by a periodic scan, not only when a message is taken."""
     started = time.monotonic()
     while True:
         with _store_may_fail("expiry"):
-            await service.expire_due()
+            await node.oversight.expire_due()
             if time.monotonic() - started > grace:  # routes take a moment to be learned
-                await service.raise_unroutable()
+                await node.oversight.raise_unroutable()
         await asyncio.sleep(interval)
 
 

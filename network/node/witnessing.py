@@ -30,7 +30,7 @@ from network.core.tlog import (
     verify_consistency,
     verify_cosignature,
 )
-from network.node.service import Service
+from network.node.context import NodeContext
 from network.node.store import AuditEntry
 
 __all__ = ["CheckpointPolicy", "Witnessing"]
@@ -52,11 +52,11 @@ class _Signed:
 
 
 class Witnessing:
-    def __init__(self, service: Service, policy: CheckpointPolicy | None = None) -> None:
-        self.service = service
-        self.store = service.store
+    def __init__(self, context: NodeContext, policy: CheckpointPolicy | None = None) -> None:
+        self.context = context
+        self.store = context.store
         self.policy = policy or CheckpointPolicy()
-        self.origin = checkpoint_origin(service.me)
+        self.origin = checkpoint_origin(context.me)
         self.latest: _Signed | None = None
         self._cosigned: dict[str, int] = {}  # peer -> largest size it cosigned
         self._signed_at = 0
@@ -66,12 +66,12 @@ class Witnessing:
         note = await self.store.latest_checkpoint()
         if note is not None:
             self.latest = _Signed(self._open_own(note), note)
-            self.service.latest_checkpoint = note
+            self.context.checkpoints.loaded(note)
         self._cosigned.update(await self.store.cosigned_sizes())
 
     def _open_own(self, note: str) -> Checkpoint:
         # After a key rotation our newest checkpoint is signed by a key we retired.
-        keys = self.service.keys
+        keys = self.context.keys
         *first, last = (keys.signing.verify_key(), *keys.retired_signing)
         for key in first:
             with contextlib.suppress(UnknownSignerError):
@@ -98,10 +98,10 @@ class Witnessing:
             # In a write transaction: no entry can join between the size and the root.
             size = await tx.audit_size()
             checkpoint = Checkpoint(self.origin, size, log_tree.root(size))
-            note = sign_note(checkpoint.to_text(), self.origin, self.service.keys.signing)
+            note = sign_note(checkpoint.to_text(), self.origin, self.context.keys.signing)
             tx.checkpoint(checkpoint.size, checkpoint.root, note)
         self.latest = _Signed(checkpoint, note)
-        self.service.latest_checkpoint = note
+        self.context.checkpoints.signed(note)
         self._signed_at = now
         return checkpoint
 
@@ -133,9 +133,9 @@ class Witnessing:
         note = await self.store.checkpoint_note(answer.size)
         if note is None:
             raise PeerError(f"cosignature for size {answer.size}, which we never signed")
-        key = self.service.roster.active_card(peer).signing_key
+        key = self.context.roster.active_card(peer).signing_key
         when = verify_cosignature(note + answer.cosignature, witness_name(peer), key)
-        async with self.store.transaction(self.service.clock(), durable=False) as tx:
+        async with self.store.transaction(self.context.clock(), durable=False) as tx:
             tx.cosignature(answer.size, peer, when, answer.cosignature)
         self._cosigned[peer] = max(self._cosigned.get(peer, 0), answer.size)
         return None
@@ -150,13 +150,13 @@ class Witnessing:
         contradicts what we hold.
         """
         origin = checkpoint_origin(peer)
-        key = self.service.roster.active_card(peer).signing_key
+        key = self.context.roster.active_card(peer).signing_key
         try:
             checkpoint = open_checkpoint(offer.note, origin, {origin: key})
         except CpnError as exc:
             raise PeerError(f"{peer}'s checkpoint: {exc}", reason=exc.reason) from exc
         held = await self.store.witnessed(peer)
-        now = self.service.clock()
+        now = self.context.clock()
         if held is not None:
             held_size, held_root, held_note = held
             problem = None
@@ -182,7 +182,7 @@ class Witnessing:
         async with self.store.transaction(now, durable=False) as tx:
             tx.witnessed(peer, checkpoint.size, checkpoint.root, offer.note)
         line = cosign(
-            checkpoint, witness_name(self.service.me), self.service.keys.signing, now // 1000
+            checkpoint, witness_name(self.context.me), self.context.keys.signing, now // 1000
         )
         return WitnessAnswer(checkpoint.size, cosignature=line)
 
@@ -193,7 +193,7 @@ class Witnessing:
             tx.audit(
                 [
                     AuditEntry(
-                        f"node:{self.service.me}",
+                        f"node:{self.context.me}",
                         "log_inconsistent",
                         None,
                         {"node": peer, "problem": problem},

@@ -1,0 +1,130 @@
+"""What every use case of one node shares: who we are, keys, roster, store, clock, randomness,
+settings, the live events hub, and our checkpoint's standing.
+
+Fixed for the node's run, but for the roster (a newer one is adopted by a method)
+and the checkpoint standing (set by methods, read by receipts and the checkpoint timer).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from network.core.crypto import StorageKey, VerifyKey
+from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
+from network.core.envelope import DEFAULT_SKEW_MS
+from network.core.records import NodeId
+from network.core.roster import Roster
+from network.node.events import Hub
+from network.node.keys import NodeKeys
+from network.node.store import AuditEntry, Store
+
+__all__ = ["CheckpointStanding", "NodeContext", "RosterHolder"]
+
+# Audit actions the console hears about live (network/events.py), by the kind of event.
+_LIVE: dict[str, str] = {
+    "received": "message",
+    "receipt_received": "receipt",
+    "hop_receipt": "receipt",
+    "composed": "state",
+    "delivered": "state",
+    "rejected": "state",
+    "acknowledged": "state",
+    "answered": "state",
+    "replied": "state",
+    "expired": "state",
+    "overdue": "state",
+}
+_LIVE_DETAIL = ("from", "to", "type", "priority", "outcome", "deadline", "status")
+
+
+class RosterHolder:
+    """The roster this node holds now; a newer one replaces it through `adopt`."""
+
+    def __init__(self, roster: Roster) -> None:
+        self._roster = roster
+
+    @property
+    def roster(self) -> Roster:
+        return self._roster
+
+    def adopt(self, roster: Roster) -> None:
+        self._roster = roster
+
+
+class CheckpointStanding:
+    """Our newest signed checkpoint (end-to-end receipts carry it), and whether a flash
+    or urgent message came or went since (the next checkpoint comes sooner)."""
+
+    def __init__(self) -> None:
+        self.latest: str | None = None
+        self.urgent_pending = False
+
+    def urgent_message(self) -> None:
+        self.urgent_pending = True
+
+    def loaded(self, note: str) -> None:
+        """Our newest checkpoint, as the store kept it from an earlier run."""
+        self.latest = note
+
+    def signed(self, note: str) -> None:
+        """A new checkpoint is signed and committed: it covers what was urgent."""
+        self.latest = note
+        self.urgent_pending = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """One node's fixed parts, shared by its use cases."""
+
+    keys: NodeKeys
+    store: Store
+    clock: Callable[[], int]
+    rosters: RosterHolder
+    storage: StorageKey  # seals our own copies and tags case references
+    random_bytes: Callable[[int], bytes] = os.urandom
+    skew_ms: int = DEFAULT_SKEW_MS
+    retry_ms: int = 60_000
+    keeper: VerifyKey | None = None  # the pinned register keeper key: rosters need it
+    deadlines: Deadlines = DEFAULT_DEADLINES
+    events: Hub = field(default_factory=Hub)  # live news for the console; fed after commits
+    checkpoints: CheckpointStanding = field(default_factory=CheckpointStanding)
+
+    @property
+    def me(self) -> NodeId:
+        return self.keys.node_id
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this node acting on its own."""
+        return f"node:{self.me}"
+
+    @property
+    def roster(self) -> Roster:
+        return self.rosters.roster
+
+    async def audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Append `entries` to the audit log in a transaction of their own."""
+        async with self.store.transaction(self.clock()) as tx:
+            tx.audit(entries)
+
+    def publish(self, entries: Iterable[AuditEntry]) -> None:
+        """Tell live readers what was just committed (no body, only what a listing shows)."""
+        if not len(self.events):
+            return
+        now = self.clock()
+        for entry in entries:
+            kind = _LIVE.get(entry.action)
+            if kind is None or entry.message_id is None:
+                continue
+            event: dict[str, Any] = {
+                "kind": kind,
+                "action": entry.action,
+                "id": entry.message_id,
+                "time": now,
+            }
+            detail = entry.detail or {}
+            event.update((k, detail[k]) for k in _LIVE_DETAIL if k in detail)
+            self.events.publish(event)

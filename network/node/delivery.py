@@ -1,0 +1,281 @@
+"""The links' side of sending: which peers are linked, the routes our peers announce, the
+outbox scheduler, the signals that wake each link's writer, and the store reads and
+writes of sending (the next batch, marked sent, released).
+
+The decisions are the scheduler's (`network.node.scheduler`, pure); this module
+reads the rows it names from the store, sets the asyncio signals it asks for, and
+commits what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from network.core.deadlines import Box
+from network.core.envelope import Receipt
+from network.core.lifecycle import PRIORITY_RANK, Event, State
+from network.core.records import NodeId, Priority
+from network.core.routing import (
+    Announcement,
+    RoutingTable,
+    StaleAnnouncementError,
+    make_announcement,
+    verify_announcement,
+)
+from network.core.session import Room
+from network.node.context import NodeContext
+from network.node.scheduler import Batch, Candidate, Scheduler
+from network.node.store import AuditEntry, MessageRow, Waiting
+
+__all__ = ["Delivery", "Outgoing", "candidate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What a link should send now: receipts passing through, then these rows (flash
+    first). `polled`: a look through the whole outbox was made for the link's poll."""
+
+    receipts: tuple[bytes, ...] = ()
+    rows: tuple[MessageRow, ...] = ()
+    polled: bool = False
+
+
+def candidate(row: MessageRow | Waiting) -> Candidate:
+    """A stored message as the scheduler sees it: a relayed one has been through its
+    origin and the nodes on its path (us included)."""
+    been: frozenset[NodeId] = frozenset()
+    if row.box == Box.RELAY:
+        been = frozenset([*row.path, NodeId(row.origin or "")])
+    priority = getattr(row, "priority", None)
+    rank = PRIORITY_RANK[Priority(priority)] if priority is not None else 0
+    return Candidate(row.id, NodeId(row.peer), rank, been)
+
+
+def _may_go(row: MessageRow, now: int) -> bool:
+    """Still waiting to go (queued, or sent and due again), as read just now: a row chosen
+    a moment earlier may have been sent by another look, or settled, since."""
+    return row.state in (State.QUEUED, State.SENT) and row.retry_at <= now
+
+
+class Delivery:
+    """One node's links, routes and outbox, as the link layer and the use cases see them."""
+
+    def __init__(self, context: NodeContext) -> None:
+        self.context = context
+        self.routing = RoutingTable(context.me)
+        self.scheduler = Scheduler(self.routing)
+        self._announce_seq = 0
+        self._signals: dict[NodeId, asyncio.Event] = {}
+        # Set when announcements changed the routes; the link layer refreshes them soon.
+        self.routes_stale = asyncio.Event()
+
+    # -- signals -----------------------------------------------------------------------
+
+    def outbox_signal(self, peer: str) -> asyncio.Event:
+        """Set whenever something may have become sendable over the link to `peer`."""
+        return self._signals.setdefault(NodeId(peer), asyncio.Event())
+
+    def _wake(self, peers: Iterable[NodeId]) -> None:
+        for peer in peers:
+            self.outbox_signal(peer).set()
+
+    def _routes_followed(self) -> None:
+        if not self.routing.stale:
+            self.routes_stale.clear()
+
+    def refresh_routes(self) -> None:
+        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`;
+        wake only the links that destinations moved to."""
+        self._wake(self.scheduler.refresh_routes(self.context.clock()) or ())
+        self._routes_followed()
+
+    def wake(self, destination: str | None = None) -> None:
+        """Wake the link that now carries traffic for `destination` (all links if None)."""
+        self.refresh_routes()
+        self._wake(self.scheduler.wake(NodeId(destination) if destination else None))
+
+    # -- links and routes -------------------------------------------------------------
+
+    @property
+    def linked(self) -> Mapping[NodeId, int]:
+        """The peers linked now, and since when (ms)."""
+        return self.scheduler.linked
+
+    def link_up(self, peer: str, since: int) -> None:
+        self.scheduler.link_up(NodeId(peer), since)
+
+    def link_down(self, peer: str) -> None:
+        self.scheduler.link_down(NodeId(peer))
+
+    def links_changed(self) -> Announcement:
+        """Our live links changed: recompute routes and sign a new announcement."""
+        self.routing.set_linked(self.linked)
+        self.wake()
+        self._announce_seq = max(self._announce_seq + 1, self.context.clock())
+        return make_announcement(
+            self.context.me, self._announce_seq, self.routing.linked, self.context.keys.signing
+        )
+
+    def accept_announcement(self, raw: bytes) -> bool:
+        """Take a peer's flooded announcement; True when it is news to pass on.
+
+        Raises CpnError when it is not signed by an active contact point.
+        """
+        if self.routing.seen(raw):
+            return False  # floods bring each announcement once per link: copies cost nothing
+        try:
+            announcement = verify_announcement(raw, self.context.roster, self.routing.announcements)
+        except StaleAnnouncementError:
+            self.routing.remember(raw)
+            return False  # older than the one we have
+        self.routing.remember(raw)
+        if announcement.node == self.context.me:
+            return False
+        if not self.routing.accept(announcement):
+            return False
+        self.routes_stale.set()
+        return True
+
+    def announcements(self) -> list[bytes]:
+        return [a.raw for a in self.routing.announcements.values()]
+
+    def forget(self, nodes: Iterable[str]) -> None:
+        """These nodes were revoked: their announcements no longer route anything."""
+        for node in nodes:
+            self.routing.forget(NodeId(node))
+
+    def has_route(self, destination: str) -> bool:
+        return bool(self.routing.next_hops(NodeId(destination)))
+
+    # -- what the use cases queue -------------------------------------------------------
+
+    def queued(self, message: Candidate) -> None:
+        """A message may go now: news for the link of its best route."""
+        hop = self.scheduler.queued(message)
+        if hop is not None:
+            self.outbox_signal(hop).set()
+
+    def pass_on(self, receipt: Receipt, prefer: NodeId | None) -> bool:
+        """Queue an end-to-end receipt for another node, once; False if seen before.
+
+        The link's writer passes receipts on each time it wakes: no look through the outbox.
+        """
+        fresh, hop = self.scheduler.pass_on(receipt.id, receipt.recipient, receipt.raw, prefer)
+        if hop is not None:
+            self.outbox_signal(hop).set()
+        return fresh
+
+    def hop_refused(self, message_id: str, hop: NodeId) -> None:
+        """That hop will not take it (a loop, the hop limit): another route, at once."""
+        self.scheduler.hop_refused(message_id, hop)
+
+    # -- a link's turn ----------------------------------------------------------------
+
+    async def next_batch(
+        self, peer: str, room: Room, exclude: Sequence[str] = (), *, poll: bool = False
+    ) -> Outgoing:
+        """What the link to `peer` should send now (`exclude`: what it has in flight;
+        `poll`: its poll timer came due, for retries).
+
+        News is read by id; failing that, when the scheduler asks for it, a look
+        through the whole outbox. Each row returned is still waiting to go as read now.
+        """
+        link = NodeId(peer)
+        batch = self._turn(link, room, poll)
+        receipts = batch.receipts
+        skip = set(exclude)
+        rows: list[MessageRow] = []
+        news = batch.news
+        while news:
+            now = self.context.clock()
+            for row in await self.context.store.messages_by_id(news):
+                if row.id in skip or row.box not in ("out", "relay") or not _may_go(row, now):
+                    continue  # sent already (by a look through the outbox), or settled
+                rows.append(row)
+            if len(rows) >= room.count or not self.scheduler.has_news(link):
+                break
+            self.refresh_routes()
+            news, moved = self.scheduler.take_news(
+                link, replace(room, count=room.count - len(rows))
+            )
+            self._wake(moved)
+        if rows:
+            return Outgoing(receipts, tuple(rows))
+        if batch.news:  # all gone since they were queued: the scheduler says whether to look
+            batch = self._turn(link, room, poll)
+            receipts += batch.receipts
+        if not batch.look:
+            return Outgoing(receipts)
+        found = await self._look(link, room, exclude, batch.detours)
+        self.scheduler.looked(link, len(found), room)
+        return Outgoing(receipts, tuple(found), polled=poll)
+
+    def _turn(self, peer: NodeId, room: Room, poll: bool) -> Batch:
+        batch = self.scheduler.next_batch(peer, room, self.context.clock(), poll=poll)
+        self._wake(batch.wake)
+        self._routes_followed()
+        return batch
+
+    async def _look(
+        self, peer: NodeId, room: Room, exclude: Sequence[str], detours: bool
+    ) -> list[MessageRow]:
+        """Ours and relayed messages whose best route now starts with the link to `peer`.
+
+        With `detours`, also those for which `peer` is a later choice (their
+        better hops are on their path or refused them): a wider and dearer look,
+        which the link takes when it polls, not on every wake.
+        """
+        destinations = self.scheduler.destinations(peer, detours)
+        max_rank = PRIORITY_RANK[Priority.FLASH] if room.flash_only else max(PRIORITY_RANK.values())
+        # In-flight messages wait for their retry time, so `exclude` rarely takes a row.
+        fetch = (3 if detours else 1) * (room.count + len(exclude))
+        now = self.context.clock()
+        waiting = await self.context.store.waiting(destinations, fetch, now, max_rank)
+        skip = set(exclude)
+        chosen = self.scheduler.choose(
+            peer, (candidate(row) for row in waiting if row.id not in skip), room.count
+        )
+        return [row for row in await self.context.store.messages_by_id(chosen) if _may_go(row, now)]
+
+    async def mark_sent(self, peer: str, ids: Sequence[str]) -> None:
+        """Written to the link to `peer`; without a receipt they go again after `retry_ms`."""
+        context = self.context
+        now = context.clock()
+        async with context.store.transaction(now, durable=False) as tx:
+            await tx.prefetch(ids)
+            entries = []
+            for message_id in ids:
+                row = await tx.message(message_id)
+                if row is None or row.state not in (State.QUEUED, State.SENT):
+                    continue  # a receipt or the expiry scan got there first
+                event = Event.SEND if row.state is State.QUEUED else Event.RESEND
+                tx.sent(row, event, NodeId(peer), now + context.retry_ms)
+                detail = {"to": peer, "attempt": row.attempts + 1}
+                action = "sent" if row.box == "out" else "forwarded_to"
+                entries.append(AuditEntry(context.actor, action, message_id, detail))
+            tx.audit(entries)
+
+    async def start(self) -> None:
+        """Audit the start; what was in flight when the node last stopped goes again at once."""
+        context = self.context
+        async with context.store.transaction(context.clock()) as tx:
+            released = await tx.release_in_flight()
+            detail = {"roster": context.roster.version, "released": released}
+            tx.audit([AuditEntry(context.actor, "node_started", None, detail)])
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """A link went down with these in flight and no receipt: they may go again at once."""
+        if ids:
+            async with self.context.store.transaction(self.context.clock(), durable=False) as tx:
+                tx.retry_now(ids)
+            self.wake()
+
+    async def peer_contact(self, peer: str) -> None:
+        async with self.context.store.transaction(self.context.clock()) as tx:
+            tx.peer_contact(peer)
+
+    async def peer_failure(self, peer: str, retry_at: int, error: str) -> None:
+        async with self.context.store.transaction(self.context.clock()) as tx:
+            tx.peer_failure(peer, retry_at, error)

@@ -1,0 +1,516 @@
+"""What comes in over the links: envelopes, receipts, rosters; and the receipts we issue.
+
+Each envelope is checked (form, signer, outer signature, times, hop limit),
+opened when it is for us, and committed once (dedup under the store's lock)
+before its receipt is made: a receipt leaves only after the commit of what it
+acknowledges. A receipt moves the message it answers; one for another node is
+passed on. Refusals are audited, never raised to the link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from network.core.bodies import Acknowledgement, Response
+from network.core.deadlines import Box
+from network.core.envelope import (
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    Header,
+    OpenedMessage,
+    Receipt,
+    ReceiptScope,
+    check_receipt_matches,
+    make_receipt,
+    open_envelope,
+    verify_envelope,
+    verify_receipt,
+)
+from network.core.errors import (
+    CpnError,
+    DigestMismatchError,
+    HopLimitError,
+    LoopError,
+    NoSuchRecipientError,
+    PeerError,
+    RosterError,
+    UnknownReceiptError,
+)
+from network.core.lifecycle import PRIORITY_RANK, Event, State
+from network.core.records import NodeId, Outcome, Priority, b64encode, is_node_id, parse_canonical
+from network.core.roster import Roster, load_roster
+from network.node.context import NodeContext
+from network.node.delivery import Delivery, candidate
+from network.node.scheduler import Candidate
+from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
+from network.node.tracking import act_on, case_tag, deadlines_for, refers_to
+
+__all__ = ["Inbound"]
+
+log = logging.getLogger("cpn.service")  # the name operators filter on, kept
+
+
+@dataclass
+class _Inbound:
+    """One envelope from a link, as the checks leave it."""
+
+    raw: bytes
+    path: tuple[NodeId, ...]
+    link: NodeId  # the peer it came from: the previous hop
+    envelope: Envelope | None = None
+    opened: OpenedMessage | None = None  # for us, checked and opened
+    relay: bool = False  # for another node: to store and forward
+    requeue: MessageRow | None = None  # a forwarded copy its sender asks for again
+    stored: MessageRow | None = None  # its row, when we held it already
+    receipt: Receipt | None = None
+    audit: list[AuditEntry] = field(default_factory=list)
+
+
+class Inbound:
+    """One node's use cases for what its links bring."""
+
+    def __init__(self, context: NodeContext, delivery: Delivery) -> None:
+        self.context = context
+        self.delivery = delivery
+        self._last_contact: dict[str, int] = {}
+
+    async def accept_envelopes(
+        self, peer: str, frames: Sequence[tuple[tuple[NodeId, ...], bytes]]
+    ) -> list[bytes]:
+        """Verify and commit envelopes from a linked peer; return the receipts to send back.
+
+        For us: opened, checked, committed, then a signed end-to-end receipt
+        (`accepted`, `duplicate`, or `rejected` with the reason). For another
+        node: the outer signature and times checked (the body stays sealed: we
+        hold no key for it), committed to our outbox, then a signed hop receipt.
+        Duplicates are decided under the store's lock, so a message is stored
+        once however many links bring it. Refusals are audited.
+        """
+        now = self.context.clock()
+        link = NodeId(peer)
+        items = [_Inbound(raw, path, link) for path, raw in frames]
+        for item in items:
+            self._verify_outer(item, now)
+        # Ids stored already are duplicates for sure: no need to open them again.
+        stored = await self.context.store.known_ids(
+            [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
+        )
+        for item in items:
+            if item.envelope is not None and item.receipt is None:
+                self._open_inbound(item, now, stored)
+        async with self.context.store.transaction(now) as tx:
+            fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
+            known = await tx.known_ids(fresh)  # their rows are read too
+            issued: list[Receipt] = []  # in this batch, not yet readable from the store
+            for item in items:
+                if item.receipt is None and item.envelope is not None:
+                    await self._take_inbound(tx, item, now, known, issued)
+                if item.receipt is not None:
+                    issued.append(item.receipt)
+                    tx.insert_receipt(_receipt_row(item.receipt, "issued"))
+                tx.audit(item.audit)
+            self._contact(tx, peer)
+        self.context.publish(entry for item in items for entry in item.audit)
+        for item in items:
+            if item.envelope is None or not (item.relay or item.requeue is not None):
+                continue
+            if item.stored is not None:  # relayed before: its stored path is the one to keep
+                self.delivery.queued(candidate(item.stored))
+            else:
+                header = item.envelope.header
+                been = frozenset([*item.path, self.context.me, header.sender])
+                rank = PRIORITY_RANK[header.priority]
+                self.delivery.queued(Candidate(header.id, header.recipient, rank, been))
+        return [item.receipt.raw for item in items if item.receipt is not None]
+
+    def _verify_outer(self, item: _Inbound, now: int) -> None:
+        """The checks anyone can make: form, signer, outer signature, times, hop limit."""
+        try:
+            envelope = verify_envelope(
+                item.raw, roster=self.context.roster, now=now, skew_ms=self.context.skew_ms
+            )
+            item.envelope = envelope
+            header = envelope.header
+            if header.sender == self.context.me or self.context.me in item.path:
+                raise LoopError(
+                    f"message {header.id} came back to {self.context.me}, where it has been"
+                )
+            if header.recipient != self.context.me:
+                if len(item.path) + 1 >= header.hop_limit:
+                    raise HopLimitError(
+                        f"message {header.id} has come through {len(item.path)} relays;"
+                        f" its hop limit is {header.hop_limit}"
+                    )
+                try:
+                    self.context.roster.active_card(header.recipient)
+                except CpnError as exc:
+                    raise NoSuchRecipientError(
+                        f"cannot relay to {header.recipient}: {exc}"
+                    ) from None
+                item.relay = True
+        except PeerError as exc:
+            self._refuse(item, exc, now)
+
+    def _open_inbound(self, item: _Inbound, now: int, stored: set[str]) -> None:
+        """Open what is for us and not stored yet (stored ones are answered `duplicate`)."""
+        assert item.envelope is not None
+        if item.relay or item.envelope.header.id in stored:
+            return
+        try:
+            item.opened = open_envelope(
+                item.envelope,
+                me=self.context.me,
+                hpke_key=self.context.keys.keyring,
+                roster=self.context.roster,
+            )
+        except PeerError as exc:
+            self._refuse(item, exc, now)
+
+    def _refuse(self, item: _Inbound, exc: PeerError, now: int) -> None:
+        """Audit a refused envelope and answer `rejected` when its header can be read."""
+        item.opened = None
+        item.relay = False
+        readable = item.envelope.header if item.envelope else _readable_header(item.raw)
+        item.audit.append(
+            AuditEntry(
+                f"node:{item.link}",
+                "rejected",
+                readable.id if readable else None,
+                {
+                    "reason": exc.reason,
+                    "error": str(exc)[:500],
+                    "size": len(item.raw),
+                    "digest": b64encode(hashlib.sha256(item.raw).digest()),
+                },
+            )
+        )
+        log.warning("refused an envelope from %s: %s", item.link, exc)
+        if readable is not None:
+            item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
+
+    async def _take_inbound(
+        self, tx: Tx, item: _Inbound, now: int, known: set[str], issued: Sequence[Receipt]
+    ) -> None:
+        """Store a verified envelope once, or answer `duplicate`; under the store's lock."""
+        assert item.envelope is not None
+        envelope = item.envelope
+        header = envelope.header
+        link_actor = f"node:{item.link}"
+        detail: dict[str, Any] = {"from": header.sender, "path": list(item.path)}
+        if header.id in known:
+            # The same bytes again from the same peer get the receipt they got the first time
+            # (AS4: never a new one); other bytes under a known id, or another link, `duplicate`.
+            item.receipt = await self._original_receipt(tx, header, item, now, issued)
+            detail["original_receipt"] = item.receipt is not None
+            if item.receipt is None:
+                item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
+            row = item.stored = await tx.message(header.id)
+            forwarded = row is not None and row.box == "relay" and row.state is State.FORWARDED
+            if item.relay and row is not None and forwarded:
+                # Its sender asks again: the end-to-end receipt was lost; pass it on again.
+                item.requeue = row
+                tx.transition(row, Event.REQUEUE)
+                tx.requeue_now(row)
+                detail["again"] = True
+            item.audit.append(AuditEntry(link_actor, "duplicate", header.id, detail))
+            return
+        known.add(header.id)
+        detail.update(priority=str(header.priority), digest=b64encode(envelope.digest))
+        common: dict[str, Any] = {
+            "id": header.id,
+            "origin": header.sender,
+            "priority": str(header.priority),
+            "priority_rank": PRIORITY_RANK[header.priority],
+            "created": header.created,
+            "expires": header.expires,
+            "received": now,
+            "envelope": item.raw,
+            "digest": envelope.digest,
+        }
+        if item.relay:
+            tx.insert_message(
+                **common,
+                box=Box.RELAY,
+                peer=header.recipient,
+                type=None,  # sealed: a relay cannot know
+                state=State.QUEUED,
+                path=(*item.path, self.context.me),
+            )
+            detail["to"] = header.recipient
+            item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
+        else:
+            assert item.opened is not None
+            typed = item.opened.body
+            tx.insert_message(
+                **common,
+                box=Box.IN,
+                peer=header.sender,
+                type=item.opened.message_type,
+                state=State.RECEIVED,
+                path=item.path,
+                case_ref=case_tag(self.context, typed),
+                in_reply_to=refers_to(typed),
+                **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
+            )
+            detail["type"] = str(item.opened.message_type)
+            item.audit.append(AuditEntry(link_actor, "received", header.id, detail))
+            if isinstance(typed, Acknowledgement | Response):
+                original = await tx.message(typed.in_reply_to)
+                if (
+                    original is not None
+                    and original.box == "out"
+                    and original.peer == header.sender
+                ):
+                    item.audit += await act_on(
+                        self.context, tx, original, typed, actor=link_actor, reply=header.id
+                    )
+            if header.priority is not Priority.ROUTINE:
+                self.context.checkpoints.urgent_message()
+        item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
+
+    async def _original_receipt(
+        self, tx: Tx, header: Header, item: _Inbound, now: int, issued: Sequence[Receipt]
+    ) -> Receipt | None:
+        """The receipt we issued when these exact bytes first came over this link, if any
+        (`issued`: those of the batch at hand, which the store does not show yet)."""
+        assert item.envelope is not None
+        addressee = header.sender if header.recipient == self.context.me else item.link
+        candidates = [r for r in issued if r.message_id == header.id]
+        for raw in await tx.issued_receipts(header.id):
+            try:
+                candidates.append(
+                    verify_receipt(
+                        raw, roster=self.context.roster, now=now, skew_ms=self.context.skew_ms
+                    )
+                )
+            except CpnError:
+                continue  # signed with a key rotated out since: answer afresh
+        for receipt in candidates:
+            accepted = receipt.outcome is Outcome.ACCEPTED
+            if (
+                accepted
+                and receipt.recipient == addressee
+                and receipt.digest == item.envelope.digest
+            ):
+                return receipt
+        return None
+
+    def _receipt(
+        self, header: Header, item: _Inbound, outcome: Outcome, reason: str | None, now: int
+    ) -> Receipt:
+        """End-to-end to the message's sender when it is for us; else a hop receipt."""
+        for_us = header.recipient == self.context.me
+        return make_receipt(
+            message_id=header.id,
+            message_sender=header.sender if for_us else item.link,
+            envelope_raw=item.raw,
+            me=self.context.me,
+            signing_key=self.context.keys.signing,
+            now=now,
+            random_bytes=self.context.random_bytes(10),
+            outcome=outcome,
+            reason=reason,
+            scope=ReceiptScope.END_TO_END if for_us else ReceiptScope.HOP,
+            path=item.path if for_us else (),
+            checkpoint=self.context.checkpoints.latest if for_us else None,
+        )
+
+    async def accept_receipts(self, peer: str, raws: Sequence[bytes]) -> list[str]:
+        """Verify receipts and move their messages; returns the ids no longer in flight.
+
+        A hop receipt from the hop we sent to: it took the message on. An
+        end-to-end receipt for us: the message is delivered. An end-to-end
+        receipt for another node, for a message we relayed: our copy is
+        forwarded, and the receipt goes on towards its recipient.
+        """
+        now = self.context.clock()
+        settled: list[str] = []
+        link_actor = f"node:{peer}"
+        checked: list[Receipt | PeerError] = []
+        for raw in raws:
+            try:
+                checked.append(
+                    verify_receipt(
+                        raw, roster=self.context.roster, now=now, skew_ms=self.context.skew_ms
+                    )
+                )
+            except PeerError as exc:
+                checked.append(exc)
+        async with self.context.store.transaction(now) as tx:
+            await tx.prefetch([r.message_id for r in checked if isinstance(r, Receipt)])
+            entries: list[AuditEntry] = []
+            for result in checked:
+                try:
+                    if isinstance(result, PeerError):
+                        raise result
+                    receipt = result
+                    row = await tx.message(receipt.message_id)
+                    passing = (
+                        receipt.scope is ReceiptScope.END_TO_END
+                        and receipt.recipient != self.context.me
+                    )
+                    if passing and (row is None or row.box != "relay"):
+                        # Coming back by another way than the message went: pass it on.
+                        if self.delivery.pass_on(receipt, None):
+                            entries.append(
+                                AuditEntry(
+                                    link_actor,
+                                    "receipt_passed_on",
+                                    receipt.message_id,
+                                    {"to": receipt.recipient, "from": receipt.sender},
+                                )
+                            )
+                        continue
+                    if row is None or row.box == "in":
+                        raise UnknownReceiptError(f"no sent message {receipt.message_id}")
+                    if row.digest != receipt.digest:
+                        raise DigestMismatchError(
+                            f"receipt for {row.id} is for other bytes than those we sent"
+                        )
+                    if receipt.scope is ReceiptScope.HOP:
+                        if receipt.recipient != self.context.me or receipt.sender != row.via:
+                            raise DigestMismatchError(
+                                f"hop receipt from {receipt.sender} to {receipt.recipient};"
+                                f" we sent {row.id} to {row.via}"
+                            )
+                    else:  # end to end: ours (origin ''), or one we relayed
+                        check_receipt_matches(
+                            receipt,
+                            message_id=row.id,
+                            sender=row.origin or self.context.me,
+                            recipient=row.peer,
+                            digest=row.digest,
+                        )
+                except PeerError as exc:
+                    entries.append(
+                        AuditEntry(
+                            link_actor,
+                            "receipt_rejected",
+                            None,
+                            {"reason": exc.reason, "error": str(exc)[:500]},
+                        )
+                    )
+                    log.warning("refused a receipt from %s: %s", peer, exc)
+                    continue
+                tx.insert_receipt(_receipt_row(receipt, "received"))
+                settled.append(row.id)
+                entries.extend(await self._settle(tx, row, receipt, link_actor))
+            tx.audit(entries)
+            self._contact(tx, peer)
+        self.context.publish(entries)
+        return settled
+
+    async def _settle(
+        self, tx: Tx, row: MessageRow, receipt: Receipt, link_actor: str
+    ) -> list[AuditEntry]:
+        detail: dict[str, Any] = {"outcome": str(receipt.outcome), "from": receipt.sender}
+        if receipt.reason:
+            detail["reason"] = receipt.reason
+        if receipt.scope is ReceiptScope.HOP:
+            if receipt.outcome is Outcome.REJECTED:
+                # That hop will not take it (a loop, the hop limit): another route, at once.
+                self.delivery.hop_refused(row.id, receipt.sender)
+                tx.retry_now([row.id])
+                return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
+            tx.hop_acked(row)
+            if row.state in (State.QUEUED, State.SENT):
+                tx.transition(row, Event.HOP_RECEIPT)
+            return [AuditEntry(link_actor, "hop_receipt", row.id, detail)]
+        detail["path"] = list(receipt.path)
+        entries = [AuditEntry(link_actor, "receipt_received", row.id, detail)]
+        event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
+        state = tx.transition(row, event)
+        if row.box == "relay":
+            relays = row.path  # ... the node we had it from, then us
+            back = relays[-2] if len(relays) >= 2 else row.origin
+            if self.delivery.pass_on(receipt, back):
+                detail = {"to": row.origin, "via": back}
+                entries.append(AuditEntry(self.context.actor, "receipt_passed_on", row.id, detail))
+        elif state is not row.state or event is Event.REFUSED:
+            entries.append(AuditEntry(self.context.actor, str(state), row.id, {}))
+        return entries
+
+    # -- the roster ------------------------------------------------------------------
+
+    async def accept_roster(self, raw: bytes, source: str) -> Roster | None:
+        """Adopt a roster newer than ours, signed by the pinned keeper; None if not adopted.
+
+        An older roster, or a version we hold with other content, or one the
+        keeper did not sign, is refused and audited; the one we hold is kept.
+        """
+        held = self.context.roster
+        try:
+            if self.context.keeper is None:
+                raise RosterError("this node has no pinned register keeper key")
+            roster = load_roster(
+                raw, keeper=self.context.keeper, now=self.context.clock(), held=held
+            )
+        except RosterError as exc:
+            log.warning("refused a roster from %s: %s", source, exc)
+            await self.context.audit(
+                [
+                    AuditEntry(
+                        f"node:{source}" if is_node_id(source) else source,
+                        "roster_refused",
+                        None,
+                        {"reason": exc.reason, "error": str(exc)[:500], "held": held.version},
+                    )
+                ]
+            )
+            return None
+        if roster.version == held.version:
+            return None  # the one we hold
+        revoked = sorted(
+            node
+            for node, entry in held.entries.items()
+            if entry.active and (node not in roster.entries or not roster.entries[node].active)
+        )
+        async with self.context.store.transaction(self.context.clock()) as tx:
+            tx.keep_roster(roster.version, raw)
+            detail = {"from": held.version, "to": roster.version, "source": source}
+            tx.audit(
+                [
+                    AuditEntry(
+                        self.context.actor, "roster_changed", None, {**detail, "revoked": revoked}
+                    )
+                ]
+            )
+        self.context.rosters.adopt(roster)
+        self.delivery.forget(revoked)
+        self.delivery.wake()
+        log.info("%s: roster version %d adopted (from %s)", self.context.me, roster.version, source)
+        return roster
+
+    def _contact(self, tx: Tx, peer: str) -> None:
+        """Record contact from a peer, at most every few seconds (it is a write per batch)."""
+        now = self.context.clock()
+        if now - self._last_contact.get(peer, 0) >= 5_000:
+            self._last_contact[peer] = now
+            tx.peer_contact(peer)
+
+
+def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:
+    return ReceiptRow(
+        id=receipt.id,
+        message_id=receipt.message_id,
+        direction=direction,
+        signer=receipt.sender,
+        scope=str(receipt.scope),
+        outcome=str(receipt.outcome),
+        reason=receipt.reason,
+        time=receipt.received,
+        raw=receipt.raw,
+    )
+
+
+def _readable_header(raw: bytes) -> Header | None:
+    """The header of a refused envelope, if it can be read at all (for a rejected receipt)."""
+    try:
+        value = parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope")
+        return Header.from_json(value["header"]) if isinstance(value, dict) else None
+    except (CpnError, KeyError):
+        return None

@@ -1,0 +1,215 @@
+"""What duty officers and administrators do: compose and send, acknowledge, reply; users
+and their tokens.
+
+Each act is validated where it is composed (a BodyError names the field), sealed,
+and committed with its audit entries before it returns; only then is the link
+that should carry it woken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from network.core.bodies import Acknowledgement, Body, Response, parse_request
+from network.core.deadlines import Box
+from network.core.envelope import seal, seal_to_self
+from network.core.errors import BodyError, UnknownNodeError
+from network.core.lifecycle import PRIORITY_RANK, State
+from network.core.records import ROLES, NodeId, Priority, b64encode
+from network.node.context import NodeContext
+from network.node.delivery import Delivery
+from network.node.scheduler import Candidate
+from network.node.store import AuditEntry, MessageRow, Store, UserRow
+from network.node.tracking import ACTED, act_on, case_tag, deadlines_for, refers_to
+
+__all__ = ["Officers", "hash_token", "issue_token", "revoke_token"]
+
+
+def hash_token(token: str) -> bytes:
+    """Tokens are 256-bit random strings, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def issue_token(store: Store, name: str, role: str, *, actor: str, now: int) -> str:
+    """Create or replace user `name` with a new token; only the token's hash is stored.
+
+    Raises BodyError naming `role` or `name` if either is not acceptable.
+    """
+    if role not in ROLES:
+        raise BodyError("role", f"must be one of: {', '.join(ROLES)}")
+    if not name or len(name) > 100 or not name.isprintable():
+        raise BodyError("name", "must be 1..100 printable characters")
+    token = "cpn_" + secrets.token_urlsafe(32)
+    async with store.transaction(now) as tx:
+        tx.add_user(name, role, hash_token(token))
+        tx.audit([AuditEntry(actor, "token_issued", detail={"user": name, "role": role})])
+    return token
+
+
+async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> UserRow:
+    """Remove user `name` and its token (the next request with it gets 401), audited.
+    Raises BodyError naming `name` if there is no such user."""
+    async with store.transaction(now) as tx:
+        user = await tx.user(name)
+        if user is None:
+            raise BodyError("name", f"no user {name!r} (cpn user list shows who there is)")
+        tx.remove_user(name)
+        tx.audit([AuditEntry(actor, "token_revoked", detail={"user": name, "role": user.role})])
+    return user
+
+
+class Officers:
+    """One node's use cases for its officers and administrators."""
+
+    def __init__(self, context: NodeContext, delivery: Delivery) -> None:
+        self.context = context
+        self.delivery = delivery
+
+    async def add_user(self, name: str, role: str) -> str:
+        """Create or replace a user; returns the token, shown once and stored hashed."""
+        context = self.context
+        return await issue_token(
+            context.store, name, role, actor=context.actor, now=context.clock()
+        )
+
+    async def authenticate(self, token: str) -> UserRow | None:
+        """The user holding `token`, or None."""
+        return await self.context.store.user_by_token_hash(hash_token(token))
+
+    async def submit(
+        self,
+        *,
+        user: str,
+        to: object,
+        message_type: object,
+        priority: object,
+        body: object,
+        ttl_ms: int | None = None,
+    ) -> MessageRow:
+        """Validate, seal and queue a message; committed before this returns.
+
+        Raises BodyError naming the field (`to`, `type`, `priority`, `body.<field>`).
+        """
+        node, kind, urgency, typed = parse_request(to, message_type, priority, body)
+        if node == self.context.me:
+            raise BodyError("to", f"cannot send to this node ({self.context.me}) itself")
+        try:
+            card = self.context.roster.active_card(node)
+        except UnknownNodeError as exc:
+            raise BodyError("to", str(exc)) from None
+        answered = await self._answered(typed, node)
+        now = self.context.clock()
+        try:
+            envelope = seal(
+                sender=self.context.me,
+                recipient=node,
+                message_type=kind,
+                body=typed,
+                priority=urgency,
+                now=now,
+                random_bytes=self.context.random_bytes(10),
+                signing_key=self.context.keys.signing,
+                recipient_key=card.hpke_key,
+                ttl_ms=ttl_ms,
+            )
+        except BodyError as exc:
+            raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
+        header = envelope.header
+        assert envelope.plaintext is not None
+        self_sealed = seal_to_self(envelope.plaintext, header.id, self.context.storage)
+        detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
+        async with self.context.store.transaction(now, officer=True) as tx:
+            row = tx.insert_message(
+                id=header.id,
+                box=Box.OUT,
+                peer=node,
+                type=kind,
+                priority=urgency,
+                priority_rank=PRIORITY_RANK[header.priority],
+                state=State.QUEUED,
+                created=header.created,
+                expires=header.expires,
+                envelope=envelope.raw,
+                digest=envelope.digest,
+                self_sealed=self_sealed,
+                composed_by=user,
+                case_ref=case_tag(self.context, typed),
+                in_reply_to=refers_to(typed),
+                **deadlines_for(self.context, Box.OUT, header, kind),
+            )
+            acted = []
+            if answered is not None:
+                acted = await act_on(self.context, tx, answered, typed, actor=user, reply=header.id)
+            composed = AuditEntry(user, "composed", header.id, detail)
+            tx.audit(
+                [
+                    *acted,
+                    composed,
+                    AuditEntry(
+                        self.context.actor,
+                        "sealed",
+                        header.id,
+                        {"digest": b64encode(envelope.digest), "suite": str(header.suite)},
+                    ),
+                    AuditEntry(self.context.actor, "queued", header.id, {"to": node}),
+                ]
+            )
+        self.context.publish([*acted, composed])
+        self.delivery.queued(Candidate(header.id, node, PRIORITY_RANK[header.priority]))
+        if header.priority is not Priority.ROUTINE:
+            self.context.checkpoints.urgent_message()
+        return row
+
+    async def _answered(self, typed: Body, to: NodeId) -> MessageRow | None:
+        """The received request an acknowledgement or response answers; BodyError if none."""
+        if not isinstance(typed, Acknowledgement | Response):
+            return None
+        original = await self.context.store.message(typed.in_reply_to)
+        if original is None or original.box != "in" or original.peer != to:
+            raise BodyError("body.in_reply_to", f"is not a message received from {to}")
+        if isinstance(typed, Acknowledgement) and original.state in ACTED:
+            raise BodyError("body.in_reply_to", f"that message is already {original.state}")
+        return original
+
+    async def acknowledge(
+        self, message_id: str, user: str, note: object = None
+    ) -> MessageRow | None:
+        """An officer takes a received request on: an `acknowledgement` goes to its sender.
+
+        None if there is no such received message; BodyError if it cannot be acknowledged
+        (naming the field as `submit` does: `body.in_reply_to`, `body.note`).
+        """
+        row = await self.context.store.message(message_id)
+        if row is None or row.box != "in":
+            return None
+        body: dict[str, Any] = {"in_reply_to": message_id, "officer": user}
+        if note is not None:
+            body["note"] = note
+        return await self.submit(
+            user=user,
+            to=row.peer,
+            message_type="acknowledgement",
+            priority=row.priority,
+            body=body,
+        )
+
+    async def reply(self, message_id: str, user: str, fields: dict[str, Any]) -> MessageRow | None:
+        """An officer answers a received request: a `response` goes to its sender.
+
+        None if there is no such received message; BodyError naming the field as `submit`
+        does (`body.status`) if the fields do not make a response.
+        """
+        row = await self.context.store.message(message_id)
+        if row is None or row.box != "in":
+            return None
+        if "in_reply_to" in fields:
+            raise BodyError("in_reply_to", "is the message replied to; leave it out")
+        return await self.submit(
+            user=user,
+            to=row.peer,
+            message_type="response",
+            priority=row.priority,
+            body={"in_reply_to": message_id, **fields},
+        )

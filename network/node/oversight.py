@@ -1,0 +1,142 @@
+"""The node's periodic duties: deadlines reviewed and escalated, messages past their expiry
+raised, destinations without a route raised; and the recent alerts the console shows.
+
+Deadlines live in the store, so they fire after a restart as before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from network.core.deadlines import describe, review
+from network.core.lifecycle import Event, State
+from network.core.records import Json, NodeId
+from network.node.alerts import alert_kind, alert_record
+from network.node.context import NodeContext
+from network.node.delivery import Delivery
+from network.node.store import AuditEntry
+from network.node.tracking import tracked
+
+__all__ = ["MAX_RECENT_ALERTS", "Oversight"]
+
+log = logging.getLogger("cpn.service")  # the name operators filter on, kept
+
+MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
+
+
+class Oversight:
+    """One node's periodic use cases."""
+
+    def __init__(self, context: NodeContext, delivery: Delivery) -> None:
+        self.context = context
+        self.delivery = delivery
+        self._recent_alerts: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
+        self._unroutable: set[str] = set()
+
+    def recent_alerts(self) -> list[dict[str, Json]]:
+        """The alerts raised in this run, newest first (at most `MAX_RECENT_ALERTS`)."""
+        return list(self._recent_alerts)[::-1]
+
+    async def review_deadlines(self, limit: int = 200) -> list[dict[str, Json]]:
+        """Flag, audit and return the alerts due now; the next look is kept with each message.
+
+        Deadlines live in the store, so they fire after a restart as before it.
+        """
+        now = self.context.clock()
+        found = await self.context.store.alerts_due(now, limit)
+        if not found:
+            return []
+        alerts: list[dict[str, Json]] = []
+        async with self.context.store.transaction(now) as tx:
+            await tx.prefetch(found)  # one read, not one per message
+            entries: list[AuditEntry] = []
+            for message_id in found:
+                row = await tx.message(message_id)
+                if row is None:
+                    continue
+                tracking = tracked(row)
+                decision = review(tracking, self.context.deadlines, now)
+                tx.alerts(row.id, decision.overdue, decision.alert_at)
+                for item in decision.newly:
+                    entries.append(
+                        AuditEntry(self.context.actor, "overdue", row.id, {"deadline": str(item)})
+                    )
+                for item in decision.alert:
+                    record = alert_record(
+                        alert_kind(item),
+                        node=self.context.me,
+                        message_id=row.id,
+                        box=tracking.box,
+                        priority=tracking.priority,
+                        peer=NodeId(row.peer),
+                        detail=describe(item, tracking, now),
+                        now=now,
+                    )
+                    alerts.append(record)
+                    entries.append(
+                        AuditEntry(
+                            self.context.actor, "escalated", row.id, {"alert": record["alert"]}
+                        )
+                    )
+            tx.audit(entries)
+        self._recent_alerts.extend(alerts)
+        self.context.publish(entries)
+        for record in alerts:
+            self.context.events.publish({"kind": "alert", "id": record["message_id"], **record})
+        return alerts
+
+    async def expire_due(self) -> list[str]:
+        """Mark queued or sent messages past their expiry as expired, and raise them."""
+        now = self.context.clock()
+        due = await self.context.store.due_to_expire(now)
+        if not due:
+            return []
+        async with self.context.store.transaction(now) as tx:
+            await tx.prefetch([row.id for row in due])  # one read, not one per message
+            expired = []
+            for row in due:
+                current = await tx.message(row.id)
+                if current is None or current.state not in (State.QUEUED, State.SENT):
+                    continue
+                tx.transition(current, Event.EXPIRE)
+                expired.append(current.id)
+                log.error(
+                    "message %s to %s expired undelivered after %d attempts",
+                    current.id,
+                    current.peer,
+                    current.attempts,
+                )
+            entries = [
+                AuditEntry(self.context.actor, "expired", i, {"raised": "log"}) for i in expired
+            ]
+            tx.audit(entries)
+        self.context.publish(entries)
+        return expired
+
+    async def raise_unroutable(self) -> list[str]:
+        """Queued messages with no route at all: raised once each (log and audit), kept queued.
+
+        They go as soon as a route appears; nothing is dropped.
+        """
+        destinations = await self.context.store.queued_counts(not_taken_on=True)
+        stranded = sorted(d for d in destinations if not self.delivery.has_route(d))
+        fresh = [d for d in stranded if d not in self._unroutable]
+        self._unroutable = set(stranded)
+        if fresh:
+            for destination in fresh:
+                log.error(
+                    "%s: no route to %s; %d message(s) stay queued until one appears",
+                    self.context.me,
+                    destination,
+                    destinations[destination],
+                )
+            await self.context.audit(
+                [
+                    AuditEntry(
+                        self.context.actor, "no_route", None, {"to": d, "queued": destinations[d]}
+                    )
+                    for d in fresh
+                ]
+            )
+        return fresh

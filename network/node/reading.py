@@ -1,0 +1,147 @@
+"""What officers and auditors read: one message opened (and audited), listings, a case,
+the contact points and their links, open preservations, what is overdue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from network.core.deadlines import format_overdue
+from network.core.envelope import open_from_self, read_plaintext, read_stored
+from network.core.lifecycle import Event
+from network.core.records import parse_canonical
+from network.node.context import NodeContext
+from network.node.delivery import Delivery
+from network.node.store import AuditEntry, MessageRow, UserRow
+
+__all__ = ["Reading", "summary"]
+
+
+class Reading:
+    """One node's use cases for readers."""
+
+    def __init__(self, context: NodeContext, delivery: Delivery) -> None:
+        self.context = context
+        self.delivery = delivery
+
+    async def open_preservations(self) -> list[dict[str, Any]]:
+        """Our preservation requests the other side preserved, soonest to lapse first."""
+        return [summary(row) for row in await self.context.store.preserved_requests()]
+
+    async def overdue(self) -> list[dict[str, Any]]:
+        """Messages with a deadline passed and unmet, the most urgent first."""
+        return [summary(row) for row in await self.context.store.overdue_messages(limit=500)]
+
+    async def read_message(self, message_id: str, user: UserRow) -> dict[str, Any] | None:
+        """One message for a reader: header, decrypted body, state, receipts, timeline.
+
+        Opening is audited (who read which message when); an officer's first
+        reading moves an inbound message to `opened`.
+        """
+        row = await self.context.store.message(message_id)
+        if row is None:
+            return None
+        if row.box == "in":
+            message_type, body, _ = read_stored(row.envelope, self.context.keys.keyring)
+        else:
+            assert row.self_sealed is not None
+            plaintext = open_from_self(row.self_sealed, row.id, self.context.keys.keyring)
+            message_type, body = read_plaintext(plaintext)
+        async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
+            current = await tx.message(row.id)
+            assert current is not None
+            if current.box == "in" and user.role == "officer":
+                tx.transition(current, Event.OPEN)
+            tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
+            # The transaction keeps the row as it leaves it: no read after the commit.
+            row = await tx.message(row.id) or current
+        header = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
+        return {
+            **summary(row),
+            "type": str(message_type),
+            "header": header["header"],
+            "body": body,
+            "receipts": [
+                {
+                    "direction": r.direction,
+                    "signer": r.signer,
+                    "outcome": r.outcome,
+                    "reason": r.reason,
+                    "time": r.time,
+                    "receipt": parse_canonical(r.raw, limit=len(r.raw), what="receipt"),
+                }
+                for r in await self.context.store.receipts(row.id)
+            ],
+            "timeline": await self.context.store.audit_for(row.id),
+            "thread": [summary(r) for r in await self.context.store.thread(row)],
+        }
+
+    async def list_messages(
+        self,
+        *,
+        box: str | None,
+        state: str | None,
+        priority: str | None,
+        limit: int,
+        case_ref: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """A listing; with `case_ref`, the messages of that case (either side's reference)."""
+        case = self.context.storage.tag(case_ref) if case_ref is not None else None
+        rows = await self.context.store.messages(
+            box=box, state=state, priority=priority, limit=limit, case=case
+        )
+        return [summary(r) for r in rows]
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Each contact point in the roster but us: linked or not, last seen, queued count."""
+        stored = await self.context.store.peers()
+        queued = await self.context.store.queued_counts()
+        linked = self.delivery.linked
+        result = []
+        for node_id, entry in sorted(self.context.roster.entries.items()):
+            if node_id == self.context.me:
+                continue
+            info = stored.get(node_id, {})
+            result.append(
+                {
+                    "id": node_id,
+                    "name": entry.card.name,
+                    "status": str(entry.status),
+                    "linked": node_id in linked,
+                    "linked_since": linked.get(node_id),
+                    "last_seen": info.get("last_seen"),
+                    "failures": info.get("failures", 0),
+                    "last_error": info.get("last_error"),
+                    "queued": queued.get(node_id, 0),
+                }
+            )
+        return result
+
+
+def summary(row: MessageRow) -> dict[str, Any]:
+    """What a listing shows of a message (no body)."""
+    return {
+        "id": row.id,
+        "box": row.box,
+        "peer": row.peer,
+        "from": row.peer if row.box == "in" else None,
+        "to": row.peer if row.box == "out" else None,
+        "type": row.type or "",  # '': relayed, its type unknown here
+        "priority": row.priority,
+        "state": str(row.state),
+        "created": row.created,
+        "expires": row.expires,
+        "received": row.received,
+        "updated": row.updated,
+        "attempts": row.attempts,
+        "composed_by": row.composed_by,
+        "in_reply_to": row.in_reply_to,
+        "acknowledged_by": row.acked_by,
+        "overdue": [item for item in format_overdue(row.overdue).split(",") if item],
+        "deadlines": {
+            "receipt": row.receipt_due,
+            "acknowledgement": row.ack_due,
+            "response": row.response_due,
+        },
+        "preserved_until": row.preserved_until,
+    }

@@ -1,0 +1,306 @@
+"""The outbox scheduler: what each link should send next. Pure: no asyncio, no store, no clock.
+
+The store is the queue (every link can always look through the whole outbox);
+this is the memory that spares a busy link that look on every turn:
+
+- news: per link and priority rank, the messages that became sendable over it
+  since it last looked, taken by id (a hub has thousands waiting);
+- dirty: links that should look through the whole outbox (routes or links
+  changed, news overflowed);
+- detours: links that should also look for messages whose better hops are on
+  their path or refused them;
+- avoid: per message, the hops that refused it (a loop, the hop limit);
+- passing receipts: end-to-end receipts going through us, and the link each
+  should take (back the way its message came while that link is up, else the
+  best route);
+- linked: the peers linked now, and since when.
+
+A relayed message never goes back to a node on its path or to its origin, nor
+to a hop that refused it; among the rest, equal routes spread as
+`network.core.routing` orders them. Every method that may give a link
+something to send answers with the peers whose writers to wake; the caller
+owns the wake-ups (asyncio) and the store.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from network.core.lifecycle import PRIORITY_RANK
+from network.core.records import NodeId
+from network.core.routing import RoutingTable
+from network.core.session import Room
+
+__all__ = [
+    "MAX_NEWS",
+    "MAX_PENDING_RECEIPTS",
+    "ROUTE_REFRESH_MS",
+    "Batch",
+    "Candidate",
+    "Scheduler",
+]
+
+ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most this often
+MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
+MAX_NEWS = 100_000  # per link and priority: ids queued since it last looked, in memory
+RANKS = len(PRIORITY_RANK)  # rank 0 is flash
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A message that may go, as far as routing it needs: its id, its destination, its
+    priority rank, and the nodes it has been through (a relayed message's origin and path;
+    nothing for ours)."""
+
+    id: str
+    destination: NodeId
+    rank: int = 0
+    been: frozenset[NodeId] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The answer to `next_batch`: receipts to pass on now; ids of news to read from the
+    store (best first, each best sent over this link as routes stand); or a look through
+    the whole outbox (`look`), wider with `detours`. `wake`: other links that were given
+    something to send meanwhile (routes moved, news moved to them)."""
+
+    receipts: tuple[bytes, ...] = ()
+    news: tuple[str, ...] = ()
+    look: bool = False
+    detours: bool = False
+    wake: frozenset[NodeId] = frozenset()
+
+
+class Scheduler:
+    """One node's link scheduling, over its routing table."""
+
+    def __init__(self, routing: RoutingTable) -> None:
+        self.routing = routing
+        self._linked: dict[NodeId, int] = {}  # peer -> linked since (ms)
+        self._news: dict[NodeId, tuple[deque[Candidate], ...]] = {}
+        self._dirty: set[NodeId] = set()
+        self._detours: set[NodeId] = set()
+        self._drained: set[NodeId] = set()  # the last look found less than it could take
+        self._avoid: OrderedDict[str, set[NodeId]] = OrderedDict()  # message -> hops refusing
+        # End-to-end receipts passing through: recipient -> (preferred next hop, bytes).
+        self._receipts: dict[NodeId, deque[tuple[NodeId | None, bytes]]] = {}
+        self._passed: OrderedDict[str, None] = OrderedDict()  # receipt ids passed on
+        self._first_hops: dict[NodeId, NodeId] = {}
+        self._routes_at = 0
+        self._destinations: dict[
+            tuple[NodeId, bool], tuple[Mapping[NodeId, tuple[NodeId, ...]], list[NodeId]]
+        ] = {}
+
+    # -- links ---------------------------------------------------------------------
+
+    @property
+    def linked(self) -> Mapping[NodeId, int]:
+        """The peers linked now, and since when (ms); read only."""
+        return self._linked
+
+    def link_up(self, peer: NodeId, since: int) -> None:
+        """A link to `peer` is up: its first turn looks through the whole outbox."""
+        self._linked[peer] = since
+        self._drained.discard(peer)
+
+    def link_down(self, peer: NodeId) -> None:
+        """Its news is moot: the routes move to other links, which look through the outbox."""
+        self._linked.pop(peer, None)
+        self._news.pop(peer, None)
+
+    # -- routes --------------------------------------------------------------------
+
+    def refresh_routes(self, now: int) -> set[NodeId] | None:
+        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`.
+
+        None if they were not recomputed (not stale, or too soon); else the links that
+        destinations moved to, now dirty (the others have nothing new).
+        """
+        if not self.routing.stale or now - self._routes_at < ROUTE_REFRESH_MS:
+            return None
+        self._routes_at = now
+        self.routing.refresh()
+        first = {d: hops[0] for d, hops in self.routing.reachable().items() if hops}
+        moved = {hop for d, hop in first.items() if self._first_hops.get(d) != hop}
+        self._first_hops = first
+        self._dirty |= moved
+        return moved
+
+    def wake(self, destination: NodeId | None = None) -> set[NodeId]:
+        """The link that now carries traffic for `destination` (every link if None) looks
+        through the whole outbox; returns the links to wake."""
+        hops = self.routing.next_hops(destination) if destination else ()
+        peers = set(hops[:1] or self._linked)
+        self._dirty |= peers
+        return peers
+
+    def first_hop(self, destination: NodeId) -> NodeId | None:
+        hops = self.routing.next_hops(destination)
+        return hops[0] if hops else None
+
+    def next_hop(self, message: Candidate) -> NodeId | None:
+        """The best live hop for a message: never back to a node it has been through (its
+        sender and the relays on its path: no loops), nor one that refused it."""
+        hops = self.routing.reachable().get(message.destination, ())
+        avoid = self._avoid.get(message.id)
+        for hop in hops:
+            if hop in self._linked and hop not in message.been and not (avoid and hop in avoid):
+                return hop
+        return None
+
+    def destinations(self, peer: NodeId, detours: bool) -> list[NodeId]:
+        """Destinations routed through `peer` first (or at all, with `detours`); kept
+        until the routes change, since a hub asks for them on every wake."""
+        routes = self.routing.reachable()
+        cached = self._destinations.get((peer, detours))
+        if cached is not None and cached[0] is routes:
+            return cached[1]
+        if detours:
+            found = [d for d, hops in routes.items() if peer in hops]
+        else:
+            found = [d for d, hops in routes.items() if hops and hops[0] == peer]
+        self._destinations[(peer, detours)] = (routes, found)
+        return found
+
+    def choose(self, peer: NodeId, candidates: Iterable[Candidate], limit: int) -> list[str]:
+        """Of `candidates` (in the order given), the ids of up to `limit` best sent over
+        the link to `peer` now."""
+        chosen: list[str] = []
+        if limit <= 0:
+            return chosen
+        for candidate in candidates:
+            if self.next_hop(candidate) == peer:
+                chosen.append(candidate.id)
+                if len(chosen) == limit:
+                    break
+        return chosen
+
+    # -- messages --------------------------------------------------------------------
+
+    def queued(self, message: Candidate) -> NodeId | None:
+        """A message may go now: news for the link of its best route; returns that link
+        (to wake), or None if no route starts with a link."""
+        hop = self.first_hop(message.destination)
+        if hop is not None:
+            self._news_for(hop, message)
+        return hop
+
+    def _news_for(self, peer: NodeId, message: Candidate) -> None:
+        news = self._news.get(peer)
+        if news is None:
+            news = self._news[peer] = tuple(deque(maxlen=MAX_NEWS) for _ in range(RANKS))
+        queue = news[message.rank]
+        if len(queue) == MAX_NEWS:
+            self._dirty.add(peer)  # the oldest falls out: a look through the outbox finds it
+        queue.append(message)
+
+    def has_news(self, peer: NodeId) -> bool:
+        return any(self._news.get(peer, ()))
+
+    def hop_refused(self, message_id: str, hop: NodeId) -> None:
+        """`hop` will not take the message: every link looks for another route, detours
+        included, on its next turn."""
+        self._avoid.setdefault(message_id, set()).add(hop)
+        if len(self._avoid) > MAX_PENDING_RECEIPTS:
+            self._avoid.popitem(last=False)
+        self._dirty.update(self._linked)
+        self._detours.update(self._linked)
+
+    # -- receipts passing through ------------------------------------------------------
+
+    def pass_on(
+        self, receipt_id: str, recipient: NodeId, raw: bytes, prefer: NodeId | None
+    ) -> tuple[bool, NodeId | None]:
+        """Queue an end-to-end receipt for another node, once: (False, None) if seen
+        before; else True and the link that should take it now (to wake), if any."""
+        if receipt_id in self._passed:
+            return False, None
+        self._passed[receipt_id] = None
+        if len(self._passed) > MAX_PENDING_RECEIPTS * 10:
+            self._passed.popitem(last=False)
+        queue = self._receipts.setdefault(recipient, deque(maxlen=MAX_PENDING_RECEIPTS))
+        queue.append((prefer, raw))
+        hop = prefer if prefer is not None and prefer in self._linked else None
+        return True, hop or self.first_hop(recipient)
+
+    def _receipts_for(self, peer: NodeId) -> tuple[bytes, ...]:
+        """A receipt goes back the way its message came (to the node we had it from)
+        while that link is up; otherwise by the best route to its recipient."""
+        taken: list[bytes] = []
+        for destination, queue in self._receipts.items():
+            if not queue:
+                continue
+            first_hop = self.first_hop(destination)
+            keep: deque[tuple[NodeId | None, bytes]] = deque(maxlen=MAX_PENDING_RECEIPTS)
+            for prefer, raw in queue:
+                by_path = prefer == peer and peer in self._linked
+                by_route = (prefer is None or prefer not in self._linked) and first_hop == peer
+                if by_path or by_route:
+                    taken.append(raw)
+                else:
+                    keep.append((prefer, raw))
+            self._receipts[destination] = keep
+        return tuple(taken)
+
+    # -- a link's turn -----------------------------------------------------------------
+
+    def next_batch(self, peer: NodeId, room: Room, now: int, *, poll: bool = False) -> Batch:
+        """What the link to `peer` should send now, with `room` to send (how many, and
+        whether only flash: its window is full and only the flash reserve is left).
+        `poll`: the link's poll timer came due (retries may be due): it looks through the
+        whole outbox, detours included.
+
+        Routes follow announcements first (at most every `ROUTE_REFRESH_MS`). Receipts
+        passing through go whenever the link turns. Then, flash first: news taken by id
+        (not on a poll), each still best sent over this link (one the routes moved goes
+        to its new link's news; one with no live hop waits for a look); else a look
+        through the whole outbox, on a poll, after routes or links changed, or while the
+        last look left rows behind. Never more than `room.count` ids; only flash with
+        `room.flash_only`.
+        """
+        wake = self.refresh_routes(now) or set()
+        receipts = self._receipts_for(peer)
+        if room.count <= 0:
+            return Batch(receipts, wake=frozenset(wake))
+        if not poll and self.has_news(peer):
+            news, moved = self.take_news(peer, room)
+            wake |= moved
+            if news:
+                return Batch(receipts, news=news, wake=frozenset(wake))
+        dirty = peer in self._dirty
+        self._dirty.discard(peer)
+        detours = peer in self._detours or poll
+        self._detours.discard(peer)
+        look = dirty or detours or peer not in self._drained
+        return Batch(receipts, look=look, detours=detours, wake=frozenset(wake))
+
+    def take_news(self, peer: NodeId, room: Room) -> tuple[tuple[str, ...], set[NodeId]]:
+        """Up to `room.count` ids of news for `peer`, flash first (only flash with
+        `room.flash_only`), each best sent over this link as the routes stand; and the
+        links that news the routes moved went to (to wake). News with no live hop is
+        dropped: a look through the outbox finds it when a route appears."""
+        news = self._news.get(peer)
+        chosen: list[str] = []
+        moved: set[NodeId] = set()
+        ranks = () if news is None else news[:1] if room.flash_only else news
+        for queue in ranks:
+            while queue and len(chosen) < room.count:
+                message = queue.popleft()
+                hop = self.next_hop(message)
+                if hop == peer:
+                    chosen.append(message.id)
+                elif hop is not None:
+                    self._news_for(hop, message)
+                    moved.add(hop)
+        return tuple(chosen), moved
+
+    def looked(self, peer: NodeId, found: int, room: Room) -> None:
+        """The look through the outbox for `peer` found `found` rows: while it fills the
+        room, more may wait behind them, and the next turn looks again."""
+        if found < room.count and not room.flash_only:
+            self._drained.add(peer)
+        else:
+            self._drained.discard(peer)

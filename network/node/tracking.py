@@ -1,0 +1,121 @@
+"""What a message does to deadlines and to the request it answers, in the transaction that
+stores it: shared by the officer's use cases and the inbound ones.
+
+Each function takes the node's context and an open transaction; none commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from network.core.bodies import Acknowledgement, Body, Response
+from network.core.deadlines import (
+    Box,
+    Tracked,
+    due_times,
+    expects_reply,
+    next_alert,
+    preserved_until_ms,
+    reschedule,
+)
+from network.core.envelope import Header
+from network.core.lifecycle import TABLES, Event, State
+from network.core.records import MessageType, Priority
+from network.node.context import NodeContext
+from network.node.store import AuditEntry, MessageRow, Tx
+
+__all__ = ["ACTED", "act_on", "case_tag", "deadlines_for", "refers_to", "track", "tracked"]
+
+ACTED = (State.ACKNOWLEDGED, State.ANSWERED)
+
+
+def refers_to(typed: Body) -> str | None:
+    """The message this one answers, extends or follows (threads a case)."""
+    for name in ("in_reply_to", "extends", "follows"):
+        value = getattr(typed, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def tracked(row: MessageRow) -> Tracked:
+    """A stored message as the deadline rules see it."""
+    return Tracked(
+        box=Box.OUT if row.box == Box.OUT else Box.IN,
+        state=row.state,
+        priority=Priority(row.priority),
+        receipt_due=row.receipt_due,
+        ack_due=row.ack_due,
+        response_due=row.response_due,
+        preserved_until=row.preserved_until,
+        overdue=row.overdue,
+        alert_at=row.alert_at,
+    )
+
+
+def case_tag(context: NodeContext, typed: Body) -> str | None:
+    """The case a message belongs to, as a keyed digest of its `case_ref`."""
+    case_ref = getattr(typed, "case_ref", None)
+    return context.storage.tag(case_ref) if isinstance(case_ref, str) else None
+
+
+def deadlines_for(
+    context: NodeContext, box: Box, header: Header, message_type: MessageType
+) -> dict[str, Any]:
+    """A new message's deadlines, and when the deadline watch first looks at it."""
+    due = due_times(
+        context.deadlines,
+        header.priority,
+        header.created,
+        box,
+        reply=expects_reply(message_type),
+    )
+    state = State.QUEUED if box == "out" else State.RECEIVED
+    tracking = Tracked(box, state, header.priority, *due)
+    return {
+        "due": due,
+        "alert_at": next_alert(tracking, context.deadlines, context.clock(), False),
+    }
+
+
+def track(context: NodeContext, tx: Tx, row: MessageRow) -> None:
+    """After a state change: the overdue flags still standing, and the next look."""
+    decision = reschedule(tracked(row), context.deadlines, context.clock())
+    tx.alerts(row.id, decision.overdue, decision.alert_at)
+
+
+async def act_on(
+    context: NodeContext, tx: Tx, original: MessageRow, typed: Body, *, actor: str, reply: str
+) -> list[AuditEntry]:
+    """An acknowledgement or a response moves the request it answers, on either side."""
+    current = await tx.message(original.id) or original
+    detail: dict[str, Any] = {"reply": reply}
+    preserved = current.preserved_until
+    event = Event.ACKNOWLEDGE if isinstance(typed, Acknowledgement) else Event.ANSWER
+    if event not in TABLES[current.box].get(current.state, {}):
+        return []  # already answered, or expired unread: the state does not go back
+    if isinstance(typed, Acknowledgement):
+        tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
+        detail["officer"] = typed.officer
+        action = "acknowledged"
+    else:
+        assert isinstance(typed, Response)
+        tx.acted(current, Event.ANSWER)
+        detail["status"] = str(typed.status)
+        action = "replied" if current.box == "in" else "answered"
+        if typed.preserved_until is not None and current.box == "out":
+            detail["preserved_until"] = typed.preserved_until
+            # The date belongs to the first request: an extension or an MLA notice
+            # answered moves it there (and only there, so that one warning goes out).
+            first = await tx.message(current.in_reply_to or current.id)
+            if first is not None and first.box == "out":
+                until = preserved_until_ms(typed.preserved_until)
+                tx.preserved(first.id, until)
+                if first.id != current.id:
+                    track(context, tx, replace(first, preserved_until=until))
+                else:
+                    preserved = until
+    row = await tx.message(current.id) or current
+    track(context, tx, replace(row, preserved_until=preserved))
+    return [AuditEntry(actor, action, current.id, detail)]

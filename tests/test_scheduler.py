@@ -1,0 +1,324 @@
+"""The outbox scheduler, in memory: a routing table, links up and down, and `now` passed in."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from network.core.records import NodeId
+from network.core.routing import Announcement, RoutingTable
+from network.core.session import Room
+from network.node import scheduler as scheduler_module
+from network.node.scheduler import ROUTE_REFRESH_MS, Candidate, Scheduler
+
+ME = NodeId("FRA")
+BRA, DEU, KEN, USA = NodeId("BRA"), NodeId("DEU"), NodeId("KEN"), NodeId("USA")
+T0 = 1_795_000_000_000
+FLASH, URGENT, ROUTINE = 0, 1, 2
+
+
+def scheduler(
+    graph: Mapping[NodeId, Iterable[NodeId]], linked: Iterable[NodeId], now: int = T0
+) -> Scheduler:
+    """A scheduler at FRA, its links up, every other node announcing its own links."""
+    routing = RoutingTable(ME)
+    for seq, (node, links) in enumerate(graph.items(), 1):
+        routing.accept(Announcement(node, seq, frozenset(links), b""))
+    linked = list(linked)
+    routing.set_linked(linked)
+    made = Scheduler(routing)
+    for peer in linked:
+        made.link_up(peer, now)
+    made.refresh_routes(now + ROUTE_REFRESH_MS)
+    return made
+
+
+# FRA - BRA - KEN and FRA - USA - KEN: two equal routes to KEN; DEU a leaf of FRA.
+GRAPH = {BRA: {ME, KEN}, USA: {ME, KEN}, KEN: {BRA, USA}, DEU: {ME}}
+LINKED = (BRA, DEU, USA)
+
+
+def drained(made: Scheduler, peer: NodeId) -> None:
+    """Let `peer`'s first look (and any flag standing) pass, finding nothing more."""
+    while made.next_batch(peer, Room(10, False), T0).look:
+        made.looked(peer, 0, Room(10, False))
+
+
+def test_news_is_taken_by_id_flash_first() -> None:
+    made = scheduler(GRAPH, LINKED)
+    drained(made, DEU)
+    for message_id, rank in (("routine", ROUTINE), ("urgent", URGENT), ("flash", FLASH)):
+        made.queued(Candidate(message_id, DEU, rank))
+
+    batch = made.next_batch(DEU, Room(10, False), T0)
+
+    assert batch.news == ("flash", "urgent", "routine")
+    assert not batch.look
+
+
+def test_never_more_than_the_room() -> None:
+    made = scheduler(GRAPH, LINKED)
+    for n in range(5):
+        made.queued(Candidate(f"m{n}", DEU, ROUTINE))
+
+    first = made.next_batch(DEU, Room(2, False), T0)
+    second = made.next_batch(DEU, Room(2, False), T0)
+
+    assert first.news == ("m0", "m1")
+    assert second.news == ("m2", "m3")
+
+
+def test_a_full_window_takes_only_flash() -> None:
+    made = scheduler(GRAPH, LINKED)
+    made.queued(Candidate("routine", DEU, ROUTINE))
+    made.queued(Candidate("flash", DEU, FLASH))
+
+    batch = made.next_batch(DEU, Room(5, True), T0)
+
+    assert batch.news == ("flash",)
+    assert made.has_news(DEU)  # the routine one waits for room
+
+
+def test_no_room_gives_nothing_but_receipts() -> None:
+    made = scheduler(GRAPH, LINKED)
+    made.queued(Candidate("m", DEU, ROUTINE))
+    made.pass_on("r1", DEU, b"receipt", prefer=None)
+
+    batch = made.next_batch(DEU, Room(0, False), T0)
+
+    assert batch.receipts == (b"receipt",) and batch.news == () and not batch.look
+    assert made.has_news(DEU)
+
+
+def test_a_new_link_looks_through_the_outbox_until_a_look_leaves_nothing_behind() -> None:
+    made = scheduler(GRAPH, LINKED)
+
+    first = made.next_batch(DEU, Room(10, False), T0)
+    made.looked(DEU, 10, Room(10, False))  # it filled the room: more may wait
+    second = made.next_batch(DEU, Room(10, False), T0)
+    made.looked(DEU, 3, Room(10, False))
+    third = made.next_batch(DEU, Room(10, False), T0)
+
+    assert first.look and second.look
+    assert not third.look
+
+
+def test_a_poll_looks_wide_and_skips_the_news() -> None:
+    made = scheduler(GRAPH, LINKED)
+    drained(made, DEU)
+    made.queued(Candidate("m", DEU, ROUTINE))
+
+    batch = made.next_batch(DEU, Room(10, False), T0, poll=True)
+
+    assert batch.look and batch.detours and batch.news == ()
+
+
+def test_routes_that_move_make_the_new_first_hop_look() -> None:
+    made = scheduler({DEU: {ME}}, [DEU])
+    drained(made, DEU)
+    made.routing.accept(Announcement(KEN, 1, frozenset({DEU}), b""))
+    made.routing.accept(Announcement(DEU, 2, frozenset({ME, KEN}), b""))
+
+    too_soon = made.refresh_routes(T0 + ROUTE_REFRESH_MS)  # the same instant as the last
+    moved = made.refresh_routes(T0 + 3 * ROUTE_REFRESH_MS)
+    batch = made.next_batch(DEU, Room(10, False), T0 + 3 * ROUTE_REFRESH_MS)
+
+    assert too_soon is None
+    assert moved == {DEU}
+    assert batch.look and not batch.detours
+
+
+def test_a_relayed_message_never_goes_back_along_its_path() -> None:
+    made = scheduler(GRAPH, LINKED)
+    hops = made.routing.next_hops(KEN)
+    came_from = hops[0]
+
+    made.queued(Candidate("relayed", KEN, URGENT, frozenset({came_from, ME})))
+    taken = {peer: made.next_batch(peer, Room(10, False), T0).news for peer in (BRA, USA)}
+
+    assert set(hops) == {BRA, USA}
+    assert taken[came_from] == ()
+    assert taken[hops[1]] == ("relayed",)
+
+
+def test_a_hop_that_refused_a_message_is_not_chosen_again_and_every_link_looks_wide() -> None:
+    made = scheduler(GRAPH, LINKED)
+    for peer in LINKED:
+        drained(made, peer)
+    best, second = made.routing.next_hops(KEN)
+    message = Candidate("m", KEN, ROUTINE)
+
+    before = made.next_hop(message)
+    made.hop_refused("m", best)
+    after = made.next_hop(message)
+    batch = made.next_batch(DEU, Room(10, False), T0)
+
+    assert (before, after) == (best, second)
+    assert batch.look and batch.detours
+
+
+def test_news_the_routes_moved_goes_to_the_new_link_and_wakes_it() -> None:
+    made = scheduler(GRAPH, LINKED)
+    best, second = made.routing.next_hops(KEN)
+    made.queued(Candidate("m", KEN, ROUTINE))
+    made.hop_refused("m", best)
+
+    at_best = made.next_batch(best, Room(10, False), T0)
+    at_second = made.next_batch(second, Room(10, False), T0)
+
+    assert at_best.news == () and second in at_best.wake
+    assert at_second.news == ("m",)
+
+
+def test_equal_routes_spread_as_the_routing_table_orders_them() -> None:
+    made = scheduler(GRAPH, LINKED)
+    destinations = [NodeId(f"K{n:02d}") for n in range(20)]
+    for node in destinations:
+        made.routing.accept(Announcement(node, 1, frozenset({BRA, USA}), b""))
+    made.routing.accept(Announcement(BRA, 9, frozenset({ME, KEN, *destinations}), b""))
+    made.routing.accept(Announcement(USA, 9, frozenset({ME, KEN, *destinations}), b""))
+    made.refresh_routes(T0 + 5 * ROUTE_REFRESH_MS)
+
+    chosen = {d: made.next_hop(Candidate(f"to {d}", d)) for d in destinations}
+
+    assert chosen == {d: made.routing.next_hops(d)[0] for d in destinations}
+    assert set(chosen.values()) == {BRA, USA}
+
+
+def test_a_receipt_goes_back_the_way_its_message_came_while_that_link_is_up() -> None:
+    made = scheduler(GRAPH, LINKED)
+    first, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
+    again, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
+
+    at_bra = made.next_batch(BRA, Room(10, False), T0)
+    at_usa = made.next_batch(USA, Room(10, False), T0)
+
+    assert first and not again  # passed on once
+    assert at_bra.receipts == ()
+    assert at_usa.receipts == (b"back via USA",)
+
+
+def test_a_receipt_whose_link_is_down_takes_the_best_route() -> None:
+    made = scheduler(GRAPH, LINKED)
+    made.link_down(DEU)
+    best = made.routing.next_hops(KEN)[0]
+
+    _, wake = made.pass_on("r1", KEN, b"receipt", prefer=DEU)
+    taken = made.next_batch(best, Room(10, False), T0)
+
+    assert wake == best
+    assert taken.receipts == (b"receipt",)
+
+
+def test_a_link_that_goes_down_loses_its_news() -> None:
+    made = scheduler(GRAPH, LINKED)
+    made.queued(Candidate("m", DEU, ROUTINE))
+
+    made.link_down(DEU)
+
+    assert not made.has_news(DEU)
+    assert DEU not in made.linked
+
+
+def test_destinations_through_a_peer_first_or_at_all() -> None:
+    made = scheduler(GRAPH, LINKED)
+    best, second = made.routing.next_hops(KEN)
+
+    assert KEN in made.destinations(best, detours=False)
+    assert KEN not in made.destinations(second, detours=False)
+    assert KEN in made.destinations(second, detours=True)
+
+
+def test_choose_keeps_the_order_given_and_the_limit() -> None:
+    made = scheduler(GRAPH, LINKED)
+    candidates = [Candidate(f"m{n}", DEU) for n in range(5)] + [Candidate("k", KEN)]
+
+    chosen = made.choose(DEU, candidates, 3)
+
+    assert chosen == ["m0", "m1", "m2"]
+
+
+def test_the_scheduler_is_pure() -> None:
+    """No asyncio, no store, no clock: it takes `now` and answers with decisions."""
+    tree = ast.parse(Path(scheduler_module.__file__).read_text())
+    imported = {
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+    }
+
+    assert imported <= {"__future__", "collections", "collections.abc", "dataclasses"} | {
+        "network.core.lifecycle",
+        "network.core.records",
+        "network.core.routing",
+        "network.core.session",
+    }
+
+
+# -- properties ------------------------------------------------------------------------
+
+NODES = [NodeId(n) for n in ("BRA", "DEU", "KEN", "USA", "IND", "JPN")]
+edges = st.sets(st.tuples(st.sampled_from([ME, *NODES]), st.sampled_from(NODES)), max_size=15)
+messages = st.lists(
+    st.tuples(
+        st.sampled_from(NODES),  # destination
+        st.sampled_from((FLASH, URGENT, ROUTINE)),
+        st.sets(st.sampled_from(NODES), max_size=3),  # been through
+        st.sets(st.sampled_from(NODES), max_size=2),  # hops that refused it
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    edges=edges,
+    messages=messages,
+    room=st.integers(min_value=0, max_value=12),
+    flash_only=st.booleans(),
+    turns=st.lists(st.sampled_from(NODES), min_size=1, max_size=8),
+)
+def test_a_batch_never_breaks_the_rules(
+    edges: set[tuple[NodeId, NodeId]],
+    messages: list[tuple[NodeId, int, set[NodeId], set[NodeId]]],
+    room: int,
+    flash_only: bool,
+    turns: list[NodeId],
+) -> None:
+    graph: dict[NodeId, set[NodeId]] = {node: set() for node in NODES}
+    for a, b in edges:
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+            graph[b].add(a)
+    linked = sorted(graph.pop(ME, set()))
+    made = scheduler(graph, linked)
+    sent: dict[str, tuple[int, frozenset[NodeId], set[NodeId]]] = {}
+    made_candidates: dict[str, Candidate] = {}
+    for n, (destination, rank, been, refused) in enumerate(messages):
+        message_id = f"m{n:02d}"
+        for hop in refused:
+            made.hop_refused(message_id, hop)
+        made_candidates[message_id] = Candidate(message_id, destination, rank, frozenset(been))
+        made.queued(made_candidates[message_id])
+        sent[message_id] = (rank, frozenset(been), refused)
+
+    for peer in turns:
+        batch = made.next_batch(peer, Room(room, flash_only), T0)
+
+        ranks = [sent[i][0] for i in batch.news]
+        assert len(batch.news) <= room
+        assert ranks == sorted(ranks)  # flash before urgent before routine
+        assert not flash_only or all(rank == FLASH for rank in ranks)
+        looked = made.choose(peer, (made_candidates[i] for i in sorted(sent)), max(room, 0))
+        assert len(looked) <= room
+        for message_id in (*batch.news, *looked):
+            _, been, refused = sent[message_id]
+            assert peer not in been and peer not in refused
+            assert peer in made.linked
