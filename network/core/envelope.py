@@ -94,6 +94,7 @@ __all__ = [
     "Unsealed",
     "check_receipt_for",
     "check_receipt_matches",
+    "check_times",
     "make_receipt",
     "open_envelope",
     "open_from_self",
@@ -104,10 +105,9 @@ __all__ = [
     "self_sealed_kid",
     "stored_rkid",
     "unseal",
-    "check_times",
     "verify_envelope",
-    "verify_signed",
     "verify_receipt",
+    "verify_signed",
 ]
 
 MAX_BODY_BYTES: Final = 64 * 1024
