@@ -30,17 +30,28 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from network.core.crypto import SigningKey, generate_signing_key, sha256
-from network.core.envelope import MAX_RECEIPT_BYTES, seal
+from network.core.envelope import MAX_RECEIPT_BYTES, make_receipt, seal
 from network.core.protocol import (
     FRAME_CHECKPOINT,
+    FRAME_ENVELOPE,
     FRAME_RECEIPT,
     MAX_FRAME_BYTES,
     LinkHandshake,
     Role,
     envelope_frame,
+    frame,
+    split_envelope,
     split_frame,
 )
-from network.core.records import MessageType, NodeId, Priority, b64encode, canonical
+from network.core.records import (
+    MessageId,
+    MessageType,
+    NodeId,
+    Outcome,
+    Priority,
+    b64encode,
+    canonical,
+)
 from network.node.config import load_config
 from network.node.keys import load_node_keys
 from network.node.runner import load_current_roster
@@ -434,3 +445,50 @@ def test_connections_that_never_finish_the_handshake_are_bounded_and_timed_out(
         d for actor, d in audited(net, "link_refused") if d["reason"] == "handshake_timeout"
     ]
     assert len(timeouts) >= len(hellos)
+
+
+# -- receipts a peer we sent to can sign (issue 14, finding 1) -----------------------------
+
+
+def test_a_signed_rejection_after_delivery_is_an_audited_no_op_and_the_node_runs_on(
+    net: Network,
+) -> None:
+    usa = load_node_keys(net.keys / "USA", NodeId("USA"))
+    message_id = net.send("DEU", "USA", "emergency", sample_body("emergency"))
+
+    async def receive_then_refuse() -> None:
+        async with hostile(net) as ws:  # DEU sends what it holds for USA over this link
+            while True:
+                kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
+                if kind == FRAME_ENVELOPE:
+                    break
+            _path, raw = split_envelope(payload)
+            for outcome, reason in ((Outcome.ACCEPTED, None), (Outcome.REJECTED, "expired")):
+                receipt = make_receipt(
+                    message_id=MessageId(message_id),
+                    message_sender=NodeId("DEU"),
+                    envelope_raw=raw,
+                    me=NodeId("USA"),
+                    signing_key=usa.signing,
+                    now=int(time.time() * 1000),
+                    random_bytes=os.urandom(10),
+                    outcome=outcome,
+                    reason=reason,
+                )
+                await ws.send(frame(FRAME_RECEIPT, receipt.raw))
+            wait_until = time.monotonic() + 10
+            while time.monotonic() < wait_until and "refusal_ignored" not in [
+                a for (a,) in rows(net.nodes["DEU"].store, "SELECT action FROM audit")
+            ]:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 0.2)
+
+    asyncio.run(receive_then_refuse())
+
+    assert net.api("DEU", "GET", "/healthz", token=None)[0] == 200
+    process = net.nodes["DEU"].process
+    assert process is not None and process.poll() is None  # the node runs on
+    status, message = net.api("DEU", "GET", f"/api/messages/{message_id}")
+    assert status == 200 and message["state"] == "delivered"
+    assert [a for a, _ in audited(net, "refusal_ignored")] == ["node:DEU"]
+    assert linked(net, "FRA")
