@@ -3,8 +3,8 @@
 DEU is the node under attack, FRA its genuine peer; each test measures the
 FRA -> DEU stream without an attack, then again while a hostile peer written
 here (real TLS, real WebSockets) attacks DEU, and asserts that every message
-is delivered at no less than a fraction of the baseline rate (loose: the
-attacker shares the machine's two cores). USA is a contact point turned
+is delivered and DEU stays up and linked (the two rates are printed: speed is
+a benchmark's business, not a test's). USA is a contact point turned
 hostile (its own keys, so it gets past the handshake); the thief holds FRA's
 TLS certificate and key but not FRA's signing key.
 """
