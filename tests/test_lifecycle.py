@@ -12,6 +12,7 @@ from network.core.errors import IllegalTransition, LocalError
 from network.core.lifecycle import (
     INBOUND,
     OUTBOUND,
+    PEER_EVENTS,
     PRIORITY_RANK,
     RELAY,
     TABLES,
@@ -19,7 +20,7 @@ from network.core.lifecycle import (
     State,
     next_state,
 )
-from network.core.records import Priority
+from network.core.records import Box, Priority
 
 Table = dict[State, dict[Event, State]]
 
@@ -79,9 +80,9 @@ def test_the_tables_are_the_three_boxes() -> None:
 def test_a_sent_message_is_delivered_only_by_an_end_to_end_receipt() -> None:
     into_delivered = {
         event
-        for moves in OUTBOUND.values()
+        for before, moves in OUTBOUND.items()
         for event, after in moves.items()
-        if after is S.DELIVERED
+        if after is S.DELIVERED and before is not S.DELIVERED
     }
     assert into_delivered == {E.RECEIPT}
     assert next_state(OUTBOUND, S.SENT, E.HOP_RECEIPT) is S.SENT  # a relay's is not enough
@@ -153,3 +154,28 @@ def test_only_a_requeue_takes_a_forwarded_copy_back(events: list[Event]) -> None
     for (before, after), event in zip(itertools.pairwise(states), events, strict=True):
         if before is S.FORWARDED and after is not S.FORWARDED:
             assert event is E.REQUEUE
+
+
+# -- no input from a peer can raise IllegalTransition (issue 14, finding 1) ------------
+
+
+@pytest.mark.parametrize(
+    ("box", "state", "event"),
+    [(box, state, event) for box in TABLES for state in TABLES[box] for event in PEER_EVENTS[box]],
+)
+def test_every_event_a_peer_can_cause_is_a_move_in_every_state(
+    box: Box, state: State, event: Event
+) -> None:
+    after = next_state(TABLES[box], state, event)
+
+    assert after in TABLES[box]
+
+
+@pytest.mark.parametrize("state", [S.DELIVERED, S.ACKNOWLEDGED, S.ANSWERED])
+def test_a_refusal_after_delivery_changes_nothing(state: State) -> None:
+    assert next_state(OUTBOUND, state, E.REFUSED) is state
+
+
+def test_a_refusal_of_an_expired_message_says_more_than_the_expiry() -> None:
+    assert next_state(OUTBOUND, S.EXPIRED, E.REFUSED) is S.REJECTED
+    assert next_state(RELAY, S.EXPIRED, E.REFUSED) is S.REJECTED

@@ -222,7 +222,7 @@ async def speak_as(
         return receipts
 
 
-def test_a_replay_gets_the_original_receipt_and_other_bytes_under_its_id_a_duplicate(
+def test_a_replay_gets_the_original_receipt_and_other_bytes_under_its_id_an_id_conflict(
     pair: Network,
 ) -> None:
     pair.start("DEU")
@@ -255,12 +255,18 @@ def test_a_replay_gets_the_original_receipt_and_other_bytes_under_its_id_a_dupli
     assert original.outcome is Outcome.ACCEPTED and original.digest == envelope.digest
     assert first[1] == first[0] and again == [first[0]]  # byte for byte: the stored original
     answer = verify_receipt(twin[0], roster=roster, now=now)
-    assert answer.outcome is Outcome.DUPLICATE and answer.digest == forged_twin.digest
+    # Other bytes under an id DEU holds are never a delivery (issue 14): refused, and audited.
+    assert answer.outcome is Outcome.REJECTED and answer.reason == "id_conflict"
+    assert answer.digest == forged_twin.digest
     assert len(pair.list("DEU", "in")) == 1
     duplicates = rows(
         pair.nodes["DEU"].store, "SELECT detail FROM audit WHERE action = 'duplicate' ORDER BY seq"
     )
-    assert [json.loads(d)["original_receipt"] for (d,) in duplicates] == [True, True, False]
+    assert [json.loads(d)["original_receipt"] for (d,) in duplicates] == [True, True]
+    conflicts = rows(
+        pair.nodes["DEU"].store, "SELECT detail FROM audit WHERE action = 'id_conflict'"
+    )
+    assert [json.loads(d)["held_from"] for (d,) in conflicts] == ["FRA"]
 
 
 def test_peer_signing_with_a_key_the_roster_does_not_hold_is_refused(tmp_path: Path) -> None:

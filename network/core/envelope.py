@@ -94,6 +94,7 @@ __all__ = [
     "Unsealed",
     "check_receipt_for",
     "check_receipt_matches",
+    "check_times",
     "make_receipt",
     "open_envelope",
     "open_from_self",
@@ -106,6 +107,7 @@ __all__ = [
     "unseal",
     "verify_envelope",
     "verify_receipt",
+    "verify_signed",
 ]
 
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -335,6 +337,19 @@ def verify_envelope(
     Raises OversizeError, MalformedError, UnsupportedVersionError,
     UnknownSignerError, BadSignatureError, ClockSkewError or ExpiredError.
     """
+    envelope = verify_signed(raw, roster=roster)
+    check_times(envelope.header, now=now, skew_ms=skew_ms)
+    return envelope
+
+
+def verify_signed(raw: bytes, *, roster: Roster) -> Envelope:
+    """Form, signer and outer signature: who sent these bytes, without asking when.
+
+    A receiver looks an id up after this and before `check_times`, so that a
+    late resend of a message it holds gets its original receipt, not `expired`.
+    Raises OversizeError, MalformedError, UnsupportedVersionError,
+    UnknownSignerError or BadSignatureError.
+    """
     doc = Fields(parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope"), "envelope")
     header_value = doc.any("header")
     header = Header.from_json(header_value)
@@ -346,13 +361,18 @@ def verify_envelope(
         {"header": canonical_trusted(header_value), "sealed": canonical_trusted(sealed_text)}
     )
     key.verify(signature, _OUTER + signed, what="outer signature")
+    return Envelope(header, sealed_text, signature, raw, sha256(raw))
+
+
+def check_times(header: Header, *, now: int, skew_ms: int = DEFAULT_SKEW_MS) -> None:
+    """Refuse a message created too far ahead of `now` (ClockSkewError) or past its
+    expiry (ExpiredError)."""
     if header.created > now + skew_ms:
         raise ClockSkewError(
             f"created {header.created - now} ms ahead of our clock (allowed skew {skew_ms} ms)"
         )
     if now > header.expires:
         raise ExpiredError(f"message {header.id} expired {now - header.expires} ms ago")
-    return Envelope(header, sealed_text, signature, raw, sha256(raw))
 
 
 @dataclass(frozen=True, slots=True)

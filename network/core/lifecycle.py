@@ -2,7 +2,9 @@
 
 Rules:
 - A state changes only through a listed (state, event) pair; anything else
-  raises IllegalTransition, which is our bug, never the peer's.
+  raises IllegalTransition, which is our bug, never the peer's: every event a
+  peer can cause (`PEER_EVENTS`) is listed in every outbound and relay state,
+  most of them as no-ops that the use cases audit.
 - The sender's message is `queued` once committed to the outbox, `sent` once
   written to a link, `delivered` only on a valid end-to-end receipt for the
   exact bytes sent. A receipt that arrives late still moves an `expired`
@@ -28,6 +30,7 @@ from network.core.records import Box, Priority
 __all__ = [
     "INBOUND",
     "OUTBOUND",
+    "PEER_EVENTS",
     "PRIORITY_RANK",
     "RELAY",
     "TABLES",
@@ -67,22 +70,65 @@ class Event(StrEnum):
 S, E = State, Event
 
 OUTBOUND: Final[dict[State, dict[Event, State]]] = {
-    S.QUEUED: {E.SEND: S.SENT, E.EXPIRE: S.EXPIRED, E.RECEIPT: S.DELIVERED, E.REFUSED: S.REJECTED},
+    S.QUEUED: {
+        E.SEND: S.SENT,
+        E.EXPIRE: S.EXPIRED,
+        E.RECEIPT: S.DELIVERED,
+        E.REFUSED: S.REJECTED,
+        # Sent before a crash that lost the record of it: a hop took it.
+        E.HOP_RECEIPT: S.SENT,
+        # The answer can overtake the receipt (and our record that it went): it arrived.
+        E.ACKNOWLEDGE: S.ACKNOWLEDGED,
+        E.ANSWER: S.ANSWERED,
+    },
     S.SENT: {
         E.RESEND: S.SENT,
         E.HOP_RECEIPT: S.SENT,
         E.RECEIPT: S.DELIVERED,
         E.REFUSED: S.REJECTED,
         E.EXPIRE: S.EXPIRED,
-        # The answer can overtake the receipt on another route: it did arrive.
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
     },
-    S.DELIVERED: {E.RECEIPT: S.DELIVERED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
-    S.ACKNOWLEDGED: {E.RECEIPT: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
-    S.ANSWERED: {E.RECEIPT: S.ANSWERED, E.ANSWER: S.ANSWERED},
-    S.EXPIRED: {E.RECEIPT: S.DELIVERED, E.EXPIRE: S.EXPIRED},
-    S.REJECTED: {E.RECEIPT: S.DELIVERED, E.REFUSED: S.REJECTED},
+    # A refusal after a valid accepting receipt changes nothing: that receipt proves
+    # the exact bytes arrived (the refusal is audited, and may be a late or forged one).
+    S.DELIVERED: {
+        E.RECEIPT: S.DELIVERED,
+        E.REFUSED: S.DELIVERED,
+        E.HOP_RECEIPT: S.DELIVERED,
+        E.ACKNOWLEDGE: S.ACKNOWLEDGED,
+        E.ANSWER: S.ANSWERED,
+    },
+    S.ACKNOWLEDGED: {
+        E.RECEIPT: S.ACKNOWLEDGED,
+        E.REFUSED: S.ACKNOWLEDGED,
+        E.HOP_RECEIPT: S.ACKNOWLEDGED,
+        E.ACKNOWLEDGE: S.ACKNOWLEDGED,
+        E.ANSWER: S.ANSWERED,
+    },
+    S.ANSWERED: {
+        E.RECEIPT: S.ANSWERED,
+        E.REFUSED: S.ANSWERED,
+        E.HOP_RECEIPT: S.ANSWERED,
+        E.ACKNOWLEDGE: S.ANSWERED,
+        E.ANSWER: S.ANSWERED,
+    },
+    # Expired here, refused there (the recipient found it expired too): refused says more.
+    S.EXPIRED: {
+        E.RECEIPT: S.DELIVERED,
+        E.EXPIRE: S.EXPIRED,
+        E.REFUSED: S.REJECTED,
+        E.HOP_RECEIPT: S.EXPIRED,
+        E.ACKNOWLEDGE: S.ACKNOWLEDGED,
+        E.ANSWER: S.ANSWERED,
+    },
+    S.REJECTED: {
+        E.RECEIPT: S.DELIVERED,
+        E.REFUSED: S.REJECTED,
+        E.HOP_RECEIPT: S.REJECTED,
+        E.ACKNOWLEDGE: S.ACKNOWLEDGED,
+        E.ANSWER: S.ANSWERED,
+    },
 }
 
 RELAY: Final[dict[State, dict[Event, State]]] = {
@@ -91,6 +137,7 @@ RELAY: Final[dict[State, dict[Event, State]]] = {
         E.EXPIRE: S.EXPIRED,
         E.HOP_RECEIPT: S.FORWARDED,
         E.RECEIPT: S.FORWARDED,
+        E.REFUSED: S.REJECTED,
         E.REQUEUE: S.QUEUED,
     },
     S.SENT: {
@@ -101,9 +148,26 @@ RELAY: Final[dict[State, dict[Event, State]]] = {
         E.EXPIRE: S.EXPIRED,
         E.REQUEUE: S.SENT,
     },
-    S.FORWARDED: {E.HOP_RECEIPT: S.FORWARDED, E.RECEIPT: S.FORWARDED, E.REQUEUE: S.QUEUED},
-    S.EXPIRED: {E.RECEIPT: S.FORWARDED, E.EXPIRE: S.EXPIRED, E.HOP_RECEIPT: S.FORWARDED},
-    S.REJECTED: {E.RECEIPT: S.FORWARDED, E.REFUSED: S.REJECTED, E.REQUEUE: S.REJECTED},
+    # Taken on by the next hop: the recipient's refusal, passing back, is passed on.
+    S.FORWARDED: {
+        E.HOP_RECEIPT: S.FORWARDED,
+        E.RECEIPT: S.FORWARDED,
+        E.REFUSED: S.FORWARDED,
+        E.REQUEUE: S.QUEUED,
+    },
+    S.EXPIRED: {
+        E.RECEIPT: S.FORWARDED,
+        E.EXPIRE: S.EXPIRED,
+        E.HOP_RECEIPT: S.FORWARDED,
+        E.REFUSED: S.REJECTED,
+        E.REQUEUE: S.EXPIRED,  # past its expiry: not sent again, whoever asks
+    },
+    S.REJECTED: {
+        E.RECEIPT: S.FORWARDED,
+        E.REFUSED: S.REJECTED,
+        E.HOP_RECEIPT: S.REJECTED,
+        E.REQUEUE: S.REJECTED,
+    },
 }
 
 INBOUND: Final[dict[State, dict[Event, State]]] = {
@@ -111,6 +175,16 @@ INBOUND: Final[dict[State, dict[Event, State]]] = {
     S.OPENED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
     S.ACKNOWLEDGED: {E.OPEN: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
     S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED},
+}
+
+# What a peer's frames can cause: a receipt (hop or end to end, any outcome), a sender
+# asking again for a relayed copy, the other side's acknowledgement or response. Each is
+# a move in EVERY state of the outbound and relay tables (an unchanged state is an
+# audited no-op), so that no input from outside can raise IllegalTransition.
+PEER_EVENTS: Final[dict[Box, frozenset[Event]]] = {
+    Box.OUT: frozenset({E.RECEIPT, E.REFUSED, E.HOP_RECEIPT, E.ACKNOWLEDGE, E.ANSWER}),
+    Box.RELAY: frozenset({E.RECEIPT, E.REFUSED, E.HOP_RECEIPT, E.REQUEUE}),
+    Box.IN: frozenset(),
 }
 
 TABLES: Final[dict[Box, dict[State, dict[Event, State]]]] = {

@@ -53,6 +53,9 @@ class AlertKind(StrEnum):
     OVERDUE_ACKNOWLEDGEMENT = "overdue_acknowledgement"
     OVERDUE_RESPONSE = "overdue_response"
     PRESERVATION_EXPIRING = "preservation_expiring"
+    # Two envelopes under one message id: the second refused, never delivered (a relay
+    # that forged its own envelope under a real message's id is named by its signature).
+    ID_CONFLICT = "id_conflict"
 
 
 _KINDS: Final = {

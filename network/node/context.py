@@ -8,6 +8,7 @@ and the checkpoint standing (set by methods, read by receipts and the checkpoint
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,13 +16,15 @@ from typing import Any
 from network.core.crypto import StorageKey, VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
 from network.core.envelope import DEFAULT_SKEW_MS
-from network.core.records import NodeId
+from network.core.records import Json, NodeId
 from network.core.roster import Roster
 from network.node.events import Hub
 from network.node.keys import NodeKeys
 from network.node.store import AuditEntry, Store
 
-__all__ = ["CheckpointStanding", "NodeContext", "RosterHolder"]
+__all__ = ["MAX_RECENT_ALERTS", "AlertBoard", "CheckpointStanding", "NodeContext", "RosterHolder"]
+
+MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
 
 # Audit actions the console hears about live (network/events.py), by the kind of event.
 _LIVE: dict[str, str] = {
@@ -38,6 +41,34 @@ _LIVE: dict[str, str] = {
     "overdue": "state",
 }
 _LIVE_DETAIL = ("from", "to", "type", "priority", "outcome", "deadline", "status")
+
+
+class AlertBoard:
+    """The alerts raised in this run: the console's recent ones, and those the webhook has
+    yet to be given. Any use case raises (a deadline passed, an id conflict, a roster
+    about to expire); the runner takes the new ones to post."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._recent: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
+        self._unposted: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
+
+    def raise_(self, records: Iterable[dict[str, Json]]) -> None:
+        """Keep `records` for the console and the webhook, and tell live readers."""
+        for record in records:
+            self._recent.append(record)
+            self._unposted.append(record)
+            self._hub.publish({"kind": "alert", "id": record.get("message_id"), **record})
+
+    def recent(self) -> list[dict[str, Json]]:
+        """The alerts raised in this run, newest first (at most `MAX_RECENT_ALERTS`)."""
+        return list(self._recent)[::-1]
+
+    def take_unposted(self) -> list[dict[str, Json]]:
+        """The alerts raised since the last call, oldest first, for the webhook."""
+        taken = list(self._unposted)
+        self._unposted.clear()
+        return taken
 
 
 class RosterHolder:
@@ -90,7 +121,11 @@ class NodeContext:
     keeper: VerifyKey | None = None  # the pinned register keeper key: rosters need it
     deadlines: Deadlines = DEFAULT_DEADLINES
     events: Hub = field(default_factory=Hub)  # live news for the console; fed after commits
+    alerts: AlertBoard = field(init=False)  # what is raised: the console's and the webhook's
     checkpoints: CheckpointStanding = field(default_factory=CheckpointStanding)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alerts", AlertBoard(self.events))
 
     @property
     def me(self) -> NodeId:

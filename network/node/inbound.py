@@ -1,10 +1,20 @@
 """What comes in over the links: envelopes, receipts, rosters; and the receipts we issue.
 
-Each envelope is checked (form, signer, outer signature, times, hop limit),
-opened when it is for us, and committed once (dedup under the store's lock)
-before its receipt is made: a receipt leaves only after the commit of what it
-acknowledges. A receipt moves the message it answers; one for another node is
-passed on. Refusals are audited, never raised to the link.
+Each envelope is checked (form, signer, outer signature, hop limit), looked up
+by id, then (if new) checked for its times, opened when it is for us, and
+committed once (dedup under the store's lock) before its receipt is made: a
+receipt leaves only after the commit of what it acknowledges.
+
+Deduplication is on (origin, id) and the stored digest: the same bytes again get
+the receipt they got the first time (a late resend included: dedup comes before
+the time checks); other bytes, or another sender, under an id we hold are an
+`id_conflict`, refused, audited and raised, never counted as delivery (a relay
+that sent its own envelope under a real message's id first is named by the
+signature on what it sent).
+
+A receipt moves the message it answers; an end-to-end receipt for another node
+is passed on only for a message we relayed. Refusals are audited, never raised
+to the link.
 """
 
 from __future__ import annotations
@@ -25,10 +35,11 @@ from network.core.envelope import (
     Receipt,
     ReceiptScope,
     check_receipt_matches,
+    check_times,
     make_receipt,
     open_envelope,
-    verify_envelope,
     verify_receipt,
+    verify_signed,
 )
 from network.core.errors import (
     CpnError,
@@ -41,8 +52,17 @@ from network.core.errors import (
     UnknownReceiptError,
 )
 from network.core.lifecycle import PRIORITY_RANK, Event, State
-from network.core.records import NodeId, Outcome, Priority, b64encode, is_node_id, parse_canonical
+from network.core.records import (
+    Json,
+    NodeId,
+    Outcome,
+    Priority,
+    b64encode,
+    is_node_id,
+    parse_canonical,
+)
 from network.core.roster import Roster, load_roster
+from network.node.alerts import AlertKind, alert_record
 from network.node.context import NodeContext
 from network.node.delivery import Delivery, candidate
 from network.node.scheduler import Candidate
@@ -52,6 +72,9 @@ from network.node.tracking import act_on, case_tag, deadlines_for, refers_to
 __all__ = ["Inbound"]
 
 log = logging.getLogger("cpn.service")  # the name operators filter on, kept
+
+# The reason a receiver gives when it holds another envelope under the id it was sent.
+ID_CONFLICT = "id_conflict"
 
 
 @dataclass
@@ -65,6 +88,7 @@ class _Inbound:
     opened: OpenedMessage | None = None  # for us, checked and opened
     relay: bool = False  # for another node: to store and forward
     requeue: MessageRow | None = None  # a forwarded copy its sender asks for again
+    alert: dict[str, Json] | None = None  # raised once the batch is committed
     stored: MessageRow | None = None  # its row, when we held it already
     receipt: Receipt | None = None
     audit: list[AuditEntry] = field(default_factory=list)
@@ -106,15 +130,17 @@ class Inbound:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)  # their rows are read too
             issued: list[Receipt] = []  # in this batch, not yet readable from the store
+            held: dict[str, tuple[NodeId | None, bytes]] = {}  # stored in this batch
             for item in items:
                 if item.receipt is None and item.envelope is not None:
-                    await self._take_inbound(tx, item, now, known, issued)
+                    await self._take_inbound(tx, item, now, known, issued, held)
                 if item.receipt is not None:
                     issued.append(item.receipt)
                     tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 tx.audit(item.audit)
             self._contact(tx, peer)
         self.context.publish(entry for item in items for entry in item.audit)
+        self.context.alerts.raise_(item.alert for item in items if item.alert is not None)
         for item in items:
             if item.envelope is None or not (item.relay or item.requeue is not None):
                 continue
@@ -128,11 +154,10 @@ class Inbound:
         return [item.receipt.raw for item in items if item.receipt is not None]
 
     def _verify_outer(self, item: _Inbound, now: int) -> None:
-        """The checks anyone can make: form, signer, outer signature, times, hop limit."""
+        """The checks anyone can make but the times: form, signer, outer signature, hop limit.
+        (The times are checked only for ids we do not hold: `_open_inbound`.)"""
         try:
-            envelope = verify_envelope(
-                item.raw, roster=self.context.roster, now=now, skew_ms=self.context.skew_ms
-            )
+            envelope = verify_signed(item.raw, roster=self.context.roster)
             item.envelope = envelope
             header = envelope.header
             if header.sender == self.context.me or self.context.me in item.path:
@@ -156,11 +181,15 @@ class Inbound:
             self._refuse(item, exc, now)
 
     def _open_inbound(self, item: _Inbound, now: int, stored: set[str]) -> None:
-        """Open what is for us and not stored yet (stored ones are answered `duplicate`)."""
+        """Check the times of what we do not hold yet, and open what of it is for us (held
+        ones get their original receipt, or are an id conflict: `_take_inbound`)."""
         assert item.envelope is not None
-        if item.relay or item.envelope.header.id in stored:
+        if item.envelope.header.id in stored:
             return
         try:
+            check_times(item.envelope.header, now=now, skew_ms=self.context.skew_ms)
+            if item.relay:
+                return
             item.opened = open_envelope(
                 item.envelope,
                 me=self.context.me,
@@ -193,22 +222,35 @@ class Inbound:
             item.receipt = self._receipt(readable, item, Outcome.REJECTED, exc.reason, now)
 
     async def _take_inbound(
-        self, tx: Tx, item: _Inbound, now: int, known: set[str], issued: Sequence[Receipt]
+        self,
+        tx: Tx,
+        item: _Inbound,
+        now: int,
+        known: set[str],
+        issued: Sequence[Receipt],
+        held: dict[str, tuple[NodeId | None, bytes]],
     ) -> None:
-        """Store a verified envelope once, or answer `duplicate`; under the store's lock."""
+        """Store a verified envelope once; the same bytes again get their original receipt
+        (or `duplicate`), other bytes under an id we hold are an id conflict. Under the
+        store's lock (`held`: what this batch stored, not yet readable)."""
         assert item.envelope is not None
         envelope = item.envelope
         header = envelope.header
         link_actor = f"node:{item.link}"
         detail: dict[str, Any] = {"from": header.sender, "path": list(item.path)}
         if header.id in known:
+            row = await tx.message(header.id)
+            ours = (row.origin, row.digest) if row is not None else held.get(header.id)
+            if ours is not None and ours != (header.sender, envelope.digest):
+                self._conflict(item, ours, now)
+                return
             # The same bytes again from the same peer get the receipt they got the first time
             # (AS4: never a new one); other bytes under a known id, or another link, `duplicate`.
             item.receipt = await self._original_receipt(tx, header, item, now, issued)
             detail["original_receipt"] = item.receipt is not None
             if item.receipt is None:
                 item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
-            row = item.stored = await tx.message(header.id)
+            item.stored = row
             forwarded = row is not None and row.box == "relay" and row.state is State.FORWARDED
             if item.relay and row is not None and forwarded:
                 # Its sender asks again: the end-to-end receipt was lost; pass it on again.
@@ -219,6 +261,7 @@ class Inbound:
             item.audit.append(AuditEntry(link_actor, "duplicate", header.id, detail))
             return
         known.add(header.id)
+        held[header.id] = (header.sender, envelope.digest)
         detail.update(priority=str(header.priority), digest=b64encode(envelope.digest))
         common: dict[str, Any] = {
             "id": header.id,
@@ -271,6 +314,50 @@ class Inbound:
             if header.priority is not Priority.ROUTINE:
                 self.context.checkpoints.urgent_message()
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
+
+    def _conflict(self, item: _Inbound, ours: tuple[NodeId | None, bytes], now: int) -> None:
+        """Other bytes, or another sender, under an id we hold: refused (`id_conflict`),
+        audited and raised; the message we hold stays as it is, and nothing is delivered."""
+        assert item.envelope is not None
+        header, digest = item.envelope.header, item.envelope.digest
+        held_from = ours[0] or self.context.me  # no origin: a message of our own
+        item.opened, item.relay = None, False
+        item.audit.append(
+            AuditEntry(
+                f"node:{item.link}",
+                "id_conflict",
+                header.id,
+                {
+                    "from": header.sender,
+                    "digest": b64encode(digest),
+                    "held_from": held_from,
+                    "held_digest": b64encode(ours[1]),
+                    "path": list(item.path),
+                },
+            )
+        )
+        log.error(
+            "%s: id conflict on %s: an envelope from %s (via %s) under the id of one from %s",
+            self.context.me,
+            header.id,
+            header.sender,
+            item.link,
+            held_from,
+        )
+        item.receipt = self._receipt(header, item, Outcome.REJECTED, ID_CONFLICT, now)
+        item.alert = alert_record(
+            AlertKind.ID_CONFLICT,
+            node=self.context.me,
+            message_id=header.id,
+            box="in",
+            priority=header.priority,
+            peer=header.sender,
+            detail=(
+                f"an envelope from {header.sender} (via {item.link}) under the id of one"
+                f" from {held_from} we hold: refused, the one held kept"
+            ),
+            now=now,
+        )
 
     async def _original_receipt(
         self, tx: Tx, header: Header, item: _Inbound, now: int, issued: Sequence[Receipt]
@@ -354,17 +441,13 @@ class Inbound:
                         and receipt.recipient != self.context.me
                     )
                     if passing and (row is None or row.box != "relay"):
-                        # Coming back by another way than the message went: pass it on.
-                        if self.delivery.pass_on(receipt, None):
-                            entries.append(
-                                AuditEntry(
-                                    link_actor,
-                                    "receipt_passed_on",
-                                    receipt.message_id,
-                                    {"to": receipt.recipient, "from": receipt.sender},
-                                )
-                            )
-                        continue
+                        # Only for a message we relayed (and so checked on its way, its
+                        # sender in the roster): anyone can sign receipts for ids that
+                        # exist nowhere, and we would hold and pass on each of them.
+                        raise UnknownReceiptError(
+                            f"receipt for {receipt.message_id} to {receipt.recipient}:"
+                            " not a message we relayed"
+                        )
                     if row is None or row.box == "in":
                         raise UnknownReceiptError(f"no sent message {receipt.message_id}")
                     if row.digest != receipt.digest:
@@ -417,22 +500,50 @@ class Inbound:
                 tx.retry_now([row.id])
                 return [AuditEntry(link_actor, "hop_refused", row.id, detail)]
             tx.hop_acked(row)
-            if row.state in (State.QUEUED, State.SENT):
-                tx.transition(row, Event.HOP_RECEIPT)
+            tx.transition(row, Event.HOP_RECEIPT)  # a move in every state (PEER_EVENTS)
             return [AuditEntry(link_actor, "hop_receipt", row.id, detail)]
         detail["path"] = list(receipt.path)
         entries = [AuditEntry(link_actor, "receipt_received", row.id, detail)]
         event = Event.REFUSED if receipt.outcome is Outcome.REJECTED else Event.RECEIPT
-        state = tx.transition(row, event)
+        state = tx.transition(row, event)  # a move in every state: no-ops are audited below
+        if receipt.reason == ID_CONFLICT and row.box == "out":
+            entries.append(self._conflict_reported(row, receipt))
         if row.box == "relay":
             relays = row.path  # ... the node we had it from, then us
             back = relays[-2] if len(relays) >= 2 else row.origin
             if self.delivery.pass_on(receipt, back):
                 detail = {"to": row.origin, "via": back}
                 entries.append(AuditEntry(self.context.actor, "receipt_passed_on", row.id, detail))
-        elif state is not row.state or event is Event.REFUSED:
+        elif state is not row.state or state is State.REJECTED:
             entries.append(AuditEntry(self.context.actor, str(state), row.id, {}))
+        elif event is Event.REFUSED:  # a valid accepting receipt, or an officer's act, stands
+            detail = {"state": str(state), "reason": receipt.reason, "from": receipt.sender}
+            entries.append(AuditEntry(self.context.actor, "refusal_ignored", row.id, detail))
         return entries
+
+    def _conflict_reported(self, row: MessageRow, receipt: Receipt) -> AuditEntry:
+        """The recipient holds another envelope under our message's id: raised, since a relay
+        on the way may have sent its own first (the recipient's audit log names it)."""
+        now = self.context.clock()
+        log.error("%s: %s refused %s as an id conflict", self.context.me, receipt.sender, row.id)
+        self.context.alerts.raise_(
+            [
+                alert_record(
+                    AlertKind.ID_CONFLICT,
+                    node=self.context.me,
+                    message_id=row.id,
+                    box="out",
+                    priority=row.priority,
+                    peer=row.peer,
+                    detail=(
+                        f"{receipt.sender} holds another envelope under this message's id and"
+                        f" refused ours: not delivered (path {', '.join(receipt.path) or 'direct'})"
+                    ),
+                    now=now,
+                )
+            ]
+        )
+        return AuditEntry(self.context.actor, "id_conflict", row.id, {"from": receipt.sender})
 
     # -- the roster ------------------------------------------------------------------
 

@@ -426,9 +426,11 @@ class Links:
         """Run a link until one of its four tasks ends; says why it ended.
 
         A PeerError (what the peer sent) is audited and closes the link with
-        1002; a stall or a closed connection ends it; anything else (a full
-        disk: StoreError) is raised to `_link`. Whatever was in flight may go
-        again at once, on another link or this one redialled.
+        1002; a stall or a closed connection ends it; a full disk (StoreError)
+        is raised to `_link`; anything else is our bug, which is audited
+        (`link_failed`) and closes this link with 1011, never the node.
+        Whatever was in flight may go again at once, on another link or this
+        one redialled.
         """
         ended: list[BaseException] = []
         try:
@@ -461,8 +463,19 @@ class Links:
                 link.ws.close_timeout = REFUSED_CLOSE_TIMEOUT
                 with contextlib.suppress(Exception):
                     await link.ws.close(1002, exc.reason[:100])
+            elif isinstance(exc, StoreError):
+                raise exc  # our disk: `_link` closes with 1011 and names the store's cause
             elif not isinstance(exc, _Closed | _Stalled):
-                raise exc
+                # Our bug, met while handling this peer's frames: it ends this link only
+                # (the peer redials, with backoff), never the node. Audited as ours.
+                log.error("%s: link with %s failed", self.me, link.peer, exc_info=exc)
+                detail = {"peer": link.peer, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                with contextlib.suppress(CpnError):
+                    await self.node.context.audit(
+                        [AuditEntry(self.node.context.actor, "link_failed", None, detail)]
+                    )
+                with contextlib.suppress(Exception):
+                    await link.ws.close(1011, "internal error")
         return why
 
     async def _read(self, link: _Link) -> None:

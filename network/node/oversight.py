@@ -7,7 +7,6 @@ Deadlines live in the store, so they fire after a restart as before it.
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 from network.core.deadlines import describe, review
 from network.core.lifecycle import Event, State
@@ -18,11 +17,9 @@ from network.node.delivery import Delivery
 from network.node.store import AuditEntry
 from network.node.tracking import tracked
 
-__all__ = ["MAX_RECENT_ALERTS", "Oversight"]
+__all__ = ["Oversight"]
 
 log = logging.getLogger("cpn.service")  # the name operators filter on, kept
-
-MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
 
 
 class Oversight:
@@ -31,12 +28,11 @@ class Oversight:
     def __init__(self, context: NodeContext, delivery: Delivery) -> None:
         self.context = context
         self.delivery = delivery
-        self._recent_alerts: deque[dict[str, Json]] = deque(maxlen=MAX_RECENT_ALERTS)
         self._unroutable: set[str] = set()
 
     def recent_alerts(self) -> list[dict[str, Json]]:
-        """The alerts raised in this run, newest first (at most `MAX_RECENT_ALERTS`)."""
-        return list(self._recent_alerts)[::-1]
+        """The alerts raised in this run, newest first (the context's board keeps them)."""
+        return self.context.alerts.recent()
 
     async def review_deadlines(self, limit: int = 200) -> list[dict[str, Json]]:
         """Flag, audit and return the alerts due now; the next look is kept with each message.
@@ -80,10 +76,8 @@ class Oversight:
                         )
                     )
             tx.audit(entries)
-        self._recent_alerts.extend(alerts)
         self.context.publish(entries)
-        for record in alerts:
-            self.context.events.publish({"kind": "alert", "id": record["message_id"], **record})
+        self.context.alerts.raise_(alerts)
         return alerts
 
     async def expire_due(self) -> list[str]:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from network.core.crypto import sha256
 from network.core.errors import CpnError, RosterError
-from network.core.records import Json
 from network.core.roster import MAX_ROSTER_BYTES, Roster, load_roster
 from network.node.alerts import WebhookSender
 from network.node.clock import now_ms
@@ -265,10 +264,10 @@ async def _watch_deadlines(node: Node, webhook: WebhookSender | None, interval: 
     """
     async with asyncio.TaskGroup() as posting:
         while True:
-            alerts: list[dict[str, Json]] = []
             with _store_may_fail("deadlines"):
-                alerts = await node.oversight.review_deadlines()
-            for alert in alerts:
+                await node.oversight.review_deadlines()
+            # What any use case raised meanwhile: deadlines, id conflicts, the roster.
+            for alert in node.context.alerts.take_unposted():
                 log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
                 if webhook is not None:
                     posting.create_task(webhook.post(alert), name="webhook")

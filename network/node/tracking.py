@@ -93,8 +93,9 @@ async def act_on(
     detail: dict[str, Any] = {"reply": reply}
     preserved = current.preserved_until
     event = Event.ACKNOWLEDGE if isinstance(typed, Acknowledgement) else Event.ANSWER
-    if event not in TABLES[current.box].get(current.state, {}):
-        return []  # already answered, or expired unread: the state does not go back
+    moves = TABLES[current.box].get(current.state, {})
+    if event not in moves or (event is Event.ACKNOWLEDGE and moves[event] is current.state):
+        return []  # acknowledged or answered already, or expired unread: no step back
     if isinstance(typed, Acknowledgement):
         tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
         detail["officer"] = typed.officer

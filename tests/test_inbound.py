@@ -1,0 +1,270 @@
+"""network.node.inbound: what peers send, refused or taken, over real stores with a passed clock.
+
+Three nodes in one process (FRA, DEU, and USA, which relays between them or lies):
+each test is one of the ways a peer can try to stop a node, fake a delivery, or get a
+late resend refused, as issue 14 found them on the landed code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from network.core.envelope import (
+    Envelope,
+    ReceiptScope,
+    make_receipt,
+    seal,
+    verify_receipt,
+    verify_signed,
+)
+from network.core.lifecycle import State
+from network.core.records import MessageType, NodeId, Outcome, Priority
+from network.core.roster import Roster, build_roster, load_roster
+from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
+from network.node.store import Store
+from network.node.wiring import Node
+from network.samples import sample_body
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_795_000_000_000
+IDS = ("FRA", "DEU", "USA")
+
+
+@dataclass
+class Clock:
+    now: int = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@dataclass
+class Trio:
+    nodes: dict[str, Node]
+    keys: dict[str, NodeKeys]
+    roster: Roster
+    clock: Clock
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+
+@pytest.fixture
+async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
+    now = datetime.datetime.now(datetime.UTC)
+    init_keeper(tmp_path / "authority")
+    cards = [
+        init_node_keys(tmp_path / i, NodeId(i), url=f"wss://127.0.0.1:{n + 1}", now=now)
+        for n, i in enumerate(IDS)
+    ]
+    keeper = load_keeper(tmp_path / "authority")
+    data = build_roster(cards, keeper=keeper, version=1, issued=T0 - 1, valid_until=T0 + 10**10)
+    roster = load_roster(data, keeper=keeper.verify_key(), now=T0)
+    clock = Clock()
+    nodes, keys = {}, {}
+    for node_id in IDS:
+        store = await Store.open(tmp_path / f"{node_id}.sqlite")
+        keys[node_id] = load_node_keys(tmp_path / node_id, NodeId(node_id))
+        nodes[node_id] = Node.build(keys=keys[node_id], roster=roster, store=store, clock=clock)
+    try:
+        yield Trio(nodes, keys, roster, clock)
+    finally:
+        for node in nodes.values():
+            await node.context.store.close()
+
+
+async def submit(node: Node, to: str = "DEU", ttl_ms: int | None = None) -> Envelope:
+    """What an officer of `node` sends to `to`, as the envelope that leaves."""
+    row = await node.officers.submit(
+        user="olivia",
+        to=to,
+        message_type="emergency",
+        priority="urgent",
+        body=sample_body("emergency"),
+        ttl_ms=ttl_ms,
+    )
+    stored = await node.context.store.message(row.id)
+    assert stored is not None
+    return verify_signed(stored.envelope, roster=node.context.roster)
+
+
+async def state_of(node: Node, message_id: str) -> State:
+    row = await node.context.store.message(message_id)
+    assert row is not None
+    return row.state
+
+
+async def actions(node: Node, message_id: str) -> list[str]:
+    return [e["action"] for e in await node.context.store.audit_for(message_id)]
+
+
+def forge_receipt(
+    trio: Trio, signer: str, *, for_: Envelope, to: str, outcome: Outcome, reason: str | None
+) -> bytes:
+    """An end-to-end receipt `signer` signs as it likes: it is in the roster, so it verifies."""
+    return make_receipt(
+        message_id=for_.header.id,
+        message_sender=NodeId(to),
+        envelope_raw=for_.raw,
+        me=NodeId(signer),
+        signing_key=trio.keys[signer].signing,
+        now=trio.clock.now,
+        random_bytes=os.urandom(10),
+        outcome=outcome,
+        reason=reason,
+        scope=ReceiptScope.END_TO_END,
+    ).raw
+
+
+# -- finding 1: one signed receipt stopped a node ------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["expired", "id_conflict", "anything"])
+async def test_a_rejection_after_delivery_is_an_audited_no_op(trio: Trio, reason: str) -> None:
+    sent = await submit(trio["FRA"])
+    receipts = await trio["DEU"].inbound.accept_envelopes("FRA", [((), sent.raw)])
+    await trio["FRA"].inbound.accept_receipts("DEU", receipts)
+    assert await state_of(trio["FRA"], sent.header.id) is State.DELIVERED
+    late = forge_receipt(trio, "DEU", for_=sent, to="FRA", outcome=Outcome.REJECTED, reason=reason)
+
+    settled = await trio["FRA"].inbound.accept_receipts("DEU", [late])
+
+    assert settled == [sent.header.id]
+    assert await state_of(trio["FRA"], sent.header.id) is State.DELIVERED
+    assert (await actions(trio["FRA"], sent.header.id))[-1] in ("refusal_ignored", "id_conflict")
+
+
+async def test_a_rejection_of_an_expired_message_rejects_it(trio: Trio) -> None:
+    sent = await submit(trio["FRA"], ttl_ms=60_000)
+    trio.clock.now += 60_001
+    await trio["FRA"].oversight.expire_due()
+    late = forge_receipt(
+        trio, "DEU", for_=sent, to="FRA", outcome=Outcome.REJECTED, reason="expired"
+    )
+
+    await trio["FRA"].inbound.accept_receipts("DEU", [late])
+
+    assert await state_of(trio["FRA"], sent.header.id) is State.REJECTED
+
+
+# -- finding 2: a relay suppressed a message and the sender saw `delivered` ----------------
+
+
+def same_id_from(trio: Trio, sender: str, real: Envelope) -> Envelope:
+    """`sender`'s own envelope to the same recipient under `real`'s id (the id is in the
+    clear header: its time and random bits are all it takes to mint it again)."""
+    value = int(real.header.id.replace("-", ""), 16)
+    rand_a, rand_b = value >> 64 & 0xFFF, value & (2**62 - 1)
+    envelope = seal(
+        sender=NodeId(sender),
+        recipient=real.header.recipient,
+        message_type=MessageType.EMERGENCY,
+        body=sample_body("emergency"),
+        priority=Priority.URGENT,
+        now=value >> 80,
+        random_bytes=(rand_a << 68 | rand_b).to_bytes(10, "big"),
+        signing_key=trio.keys[sender].signing,
+        recipient_key=trio.roster.active_card(real.header.recipient).hpke_key,
+    )
+    assert envelope.header.id == real.header.id
+    return envelope
+
+
+async def test_a_relay_that_sends_its_own_envelope_under_a_real_id_is_caught_and_named(
+    trio: Trio,
+) -> None:
+    real = await submit(trio["FRA"])  # FRA -> DEU, relayed by USA
+    forged = same_id_from(trio, "USA", real)
+
+    first = await trio["DEU"].inbound.accept_envelopes("USA", [((), forged.raw)])
+    answer = await trio["DEU"].inbound.accept_envelopes("USA", [((NodeId("USA"),), real.raw)])
+    await trio["FRA"].inbound.accept_receipts("USA", answer)
+
+    assert verify_receipt(first[0], roster=trio.roster, now=trio.clock.now).outcome is (
+        Outcome.ACCEPTED
+    )
+    receipt = verify_receipt(answer[0], roster=trio.roster, now=trio.clock.now)
+    assert (receipt.outcome, receipt.reason) == (Outcome.REJECTED, "id_conflict")
+    assert receipt.digest == real.digest  # it answers the real bytes, and refuses them
+    assert await state_of(trio["FRA"], real.header.id) is State.REJECTED  # never "delivered"
+    held = [
+        e
+        for e in await trio["DEU"].context.store.audit_for(real.header.id)
+        if e["action"] == "id_conflict"
+    ]
+    assert held and held[0]["detail"]["from"] == "FRA" and held[0]["detail"]["held_from"] == "USA"
+    for side in ("FRA", "DEU"):
+        raised = [a for a in trio[side].context.alerts.recent() if a["alert"] == "id_conflict"]
+        assert raised and raised[0]["message_id"] == real.header.id
+    assert "id_conflict" in await actions(trio["FRA"], real.header.id)
+    inbox = await trio["DEU"].context.store.messages(box="in", limit=10)
+    assert [row.origin for row in inbox] == ["USA"]  # the real request was never taken
+
+
+async def test_other_bytes_under_a_held_id_from_the_same_sender_are_a_conflict(
+    trio: Trio,
+) -> None:
+    real = await submit(trio["FRA"])
+    twin = same_id_from(trio, "FRA", real)  # FRA's own key, other bytes (HPKE is fresh)
+    await trio["DEU"].inbound.accept_envelopes("FRA", [((), real.raw)])
+
+    answer = await trio["DEU"].inbound.accept_envelopes("FRA", [((), twin.raw)])
+
+    receipt = verify_receipt(answer[0], roster=trio.roster, now=trio.clock.now)
+    assert (receipt.outcome, receipt.reason) == (Outcome.REJECTED, "id_conflict")
+
+
+async def test_two_envelopes_under_one_id_in_one_batch_store_the_first_only(trio: Trio) -> None:
+    real = await submit(trio["FRA"])
+    forged = same_id_from(trio, "USA", real)
+
+    answers = await trio["DEU"].inbound.accept_envelopes(
+        "USA", [((), forged.raw), ((NodeId("USA"),), real.raw)]
+    )
+
+    outcomes = [verify_receipt(a, roster=trio.roster, now=trio.clock.now).outcome for a in answers]
+    assert outcomes == [Outcome.ACCEPTED, Outcome.REJECTED]
+
+
+# -- finding 4: anyone could mint end-to-end receipts to be held and passed on -------------
+
+
+async def test_an_end_to_end_receipt_for_a_message_we_never_relayed_is_refused(
+    trio: Trio,
+) -> None:
+    elsewhere = await submit(trio["DEU"], to="USA")  # a real message FRA never saw
+    minted = forge_receipt(
+        trio, "USA", for_=elsewhere, to="DEU", outcome=Outcome.ACCEPTED, reason=None
+    )
+
+    settled = await trio["FRA"].inbound.accept_receipts("USA", [minted])
+
+    assert settled == []
+    refused = await trio["FRA"].context.store.db.execute_fetchall(
+        "SELECT detail FROM audit WHERE action = 'receipt_rejected'"
+    )
+    assert refused and "not a message we relayed" in str(refused[0][0])
+    passed = await trio["FRA"].context.store.db.execute_fetchall(
+        "SELECT COUNT(*) FROM audit WHERE action = 'receipt_passed_on'"
+    )
+    assert passed[0][0] == 0
+
+
+# -- finding 8: the expiry check ran before deduplication ---------------------------------
+
+
+async def test_a_late_resend_of_a_held_message_gets_its_original_receipt(trio: Trio) -> None:
+    sent = await submit(trio["FRA"], ttl_ms=60_000)
+    original = await trio["DEU"].inbound.accept_envelopes("FRA", [((), sent.raw)])
+    trio.clock.now += 10 * 60_000  # long past its expiry: the receipt was lost, FRA resends
+
+    again = await trio["DEU"].inbound.accept_envelopes("FRA", [((), sent.raw)])
+
+    assert again == original  # byte for byte, not `rejected: expired`
