@@ -382,6 +382,43 @@ def test_a_truncated_tail_is_named(run: Run) -> None:
     assert f"covers {last}" in run.verify(between)[1]["first_problem"]["message"]
 
 
+def test_an_entry_dated_before_the_one_ahead_of_it_is_named(run: Run) -> None:
+    """An intruder moves an entry back in time and rehashes it, past the checkpoints it
+    kept: only the time order gives it away (the store times entries at commit)."""
+    entries = audit_size(run.fra)
+    seq = (entries - 1) // 8 * 8 + 1  # the first of an aligned chunk: a worker's boundary
+    assert seq > 1
+
+    def backdate(db: sqlite3.Connection) -> None:
+        (earlier,) = db.execute("SELECT time FROM audit WHERE seq = ?", (seq - 1,)).fetchone()
+        columns = "time, actor, action, message_id, detail"
+        row = db.execute(f"SELECT {columns} FROM audit WHERE seq = ?", (seq,)).fetchone()
+        entry = dict(zip(("time", "actor", "action", "message_id", "detail"), row, strict=True))
+        entry.update(time=earlier - 60_000, detail=json.loads(entry["detail"]))
+        db.execute(
+            "UPDATE audit SET time = ?, leaf = ? WHERE seq = ?",
+            (entry["time"], entry_leaf(entry), seq),
+        )
+        db.execute("DELETE FROM checkpoints WHERE size >= ?", (seq,))
+        db.execute("DELETE FROM cosignatures WHERE size >= ?", (seq,))
+
+    config = run.tampered("backdated", backdate)
+    done = cpn("audit", "verify", "--config", str(config))
+    code, report = run.verify(config)
+    store = load_config(config)
+    keeper = load_keeper_public(store.keeper_path)
+    roster = load_roster_file(store.roster_path, keeper)
+    parallel = verify_store(
+        store.store_path, roster=roster, node_id="FRA", keeper=keeper, workers=2, chunk=8
+    )
+
+    assert done.returncode == 1
+    assert f"entry {seq} goes back in time" in done.stdout
+    assert code == 1
+    assert [(p["kind"], p["seq"]) for p in report["problems"]] == [("backwards", seq)]
+    assert parallel.to_json()["problems"] == report["problems"]
+
+
 def test_a_tampered_checkpoint_or_cosignature_is_a_bad_signature(run: Run) -> None:
     size = checkpoint_sizes(run.fra)[0]
 

@@ -19,7 +19,9 @@ from network.core.auditlog import (
     checkpoint_origin,
     entry_bytes,
     entry_leaf,
+    stored_detail,
     stored_entry,
+    stored_leaf,
     witness_name,
 )
 from network.core.errors import MalformedError
@@ -93,9 +95,11 @@ def test_what_the_store_keeps_is_the_canonical_detail_and_the_entrys_leaf(
     entry: tuple[int, str, str, str | None, dict[str, Any]],
 ) -> None:
     detail_json, leaf = stored_entry(*entry)
+    time, actor, action, message_id, detail = entry
 
-    assert detail_json == rfc8785.dumps(entry[4])
+    assert detail_json == rfc8785.dumps(detail) == stored_detail(detail)
     assert leaf == leaf_hash(definition(*entry))
+    assert stored_leaf(time, actor, action, message_id, detail_json) == leaf  # as at commit
 
 
 @pytest.mark.parametrize("time", [MAX_SAFE_INTEGER + 1, -MAX_SAFE_INTEGER - 1])

@@ -33,7 +33,9 @@ __all__ = [
     "checkpoint_origin",
     "entry_bytes",
     "entry_leaf",
+    "stored_detail",
     "stored_entry",
+    "stored_leaf",
     "witness_name",
 ]
 
@@ -102,11 +104,28 @@ def stored_entry(
 ) -> tuple[bytes, bytes]:
     """(the detail's canonical JSON, the entry's leaf hash): what the store keeps of an
     entry, the detail encoded once for both. Raises what `entry_bytes` raises."""
-    detail_json = canonical(dict(detail))
-    return detail_json, leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
+    detail_json = stored_detail(detail)
+    return detail_json, stored_leaf(time, actor, action, message_id, detail_json)
+
+
+def stored_detail(detail: Mapping[str, Json]) -> bytes:
+    """The detail's canonical JSON, as the store keeps it. Raises MalformedError for a value
+    canonical JSON cannot hold, TypeError for a detail that is not a mapping."""
+    return canonical(dict(detail))
+
+
+def stored_leaf(
+    time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
+) -> bytes:
+    """The leaf hash of an entry whose detail is already `stored_detail`'s bytes: the store
+    encodes the detail when the entry is written and hashes it when its time is known (at
+    commit). Raises MalformedError for a time canonical JSON cannot hold."""
+    return leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
 
 
 # -- the verifier's hot path -----------------------------------------------------------
+
+_NO_TIME: Final = -(1 << 63)  # before every time a row can hold (the walk passes ±(2^53-1))
 
 
 @dataclass(slots=True)
@@ -115,8 +134,11 @@ class HashedRows:
 
     `gaps` holds (index, first missing seq, seq found) where seqs jump inside the
     rows; `mismatches` holds (index, seq, stored leaf) where the recomputed leaf
-    (b"" if it could not be) is not the stored one. `first` and `last` are the
-    first and last seq (None for no rows).
+    (b"" if it could not be) is not the stored one; `backwards` holds (seq, time,
+    the time before it) where an entry's time is earlier than the one before it
+    among these rows. `first` and `last` are the first and last seq (None for no
+    rows); `first_time` is (seq, time) of the first row with a time, `last_time`
+    the last time (rows whose time is None are passed over).
     """
 
     leaves: list[bytes]
@@ -124,6 +146,9 @@ class HashedRows:
     last: int | None = None
     gaps: list[tuple[int, int, int]] = field(default_factory=list)
     mismatches: list[tuple[int, int, object]] = field(default_factory=list)
+    backwards: list[tuple[int, int, int]] = field(default_factory=list)
+    first_time: tuple[int, int] | None = None
+    last_time: int | None = None
 
 
 class RowHasher:
@@ -134,6 +159,7 @@ class RowHasher:
     an integer within ±(2^53-1) or None, `detail` the stored canonical JSON as
     bytes. A row whose columns are not of those types gets the leaf b"" and is
     listed as a mismatch, for the caller to hash by the definition (`entry_leaf`).
+    Times are compared as they pass: the store never lets them go backwards.
     """
 
     def __init__(self) -> None:
@@ -150,11 +176,18 @@ class RowHasher:
         template = _LEAF_INPUT
         last_id, last_quoted = self._last_id
         expected = None if out.last is None else out.last + 1
+        if out.first_time is None:
+            out.first_time = next(((r[0], r[1]) for r in batch if r[1] is not None), None)
+        previous = _NO_TIME if out.last_time is None else out.last_time
         for row in batch:
             seq, time, actor, action, message_id, detail, stored = row
             if seq != expected and expected is not None:
                 out.gaps.append((len(leaves), expected, seq))
             expected = seq + 1
+            if time is not None:
+                if time < previous:
+                    out.backwards.append((seq, time, previous))
+                previous = time
             try:
                 a = encoded.get(action) or self._encode(action)
                 b = encoded.get(actor) or self._encode(actor)
@@ -172,6 +205,8 @@ class RowHasher:
                 out.mismatches.append((len(leaves), seq, stored))
             append(leaf)
         self._last_id = (last_id, last_quoted)
+        if previous != _NO_TIME:
+            out.last_time = previous
         if batch:
             out.first = batch[0][0] if out.first is None else out.first
             out.last = batch[-1][0]

@@ -96,6 +96,7 @@ class ProblemKind(StrEnum):
     MALFORMED = "malformed"  # a stored envelope or receipt that does not parse
     MISMATCH = "mismatch"  # a stored column disagrees with the signed bytes it came from
     INCONSISTENT = "inconsistent"  # a witness holds a checkpoint this log contradicts
+    BACKWARDS = "backwards"  # an entry (or checkpoint) dated before the entry it follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +296,7 @@ class _Walk:
         self._changed = False  # a root failed since the last one that held
         self._hasher = RowHasher()
         self._slow_paths = 0
+        self._last_time: int | None = None  # the time of the last entry taken that had one
 
     def rows(self, batch: Sequence[Sequence[Any]]) -> None:
         """Take rows in seq order (as _WALK_QUERY selects them)."""
@@ -303,6 +305,7 @@ class _Walk:
     def take(self, hashed: HashedRows, chunk: MerkleLog | None = None) -> None:
         """Take rows hashed by a `RowHasher` (here or in a worker), in seq order; `chunk`: the
         tree of an intact worker's chunk, which then holds the leaves instead of `hashed`."""
+        self._times(hashed)
         base = self.builder.size
         if chunk is not None and hashed.first == base + 1 == self.expected:
             # an intact chunk at its place in the tree: its subtrees are the tree's
@@ -325,6 +328,24 @@ class _Walk:
         self._grow(
             len(leaves), lambda start, count: self.builder.extend(leaves[start : start + count])
         )
+
+    def _times(self, hashed: HashedRows) -> None:
+        """Entry times never go backwards in seq order (the store times entries at commit)."""
+        backwards = hashed.backwards
+        if hashed.first_time is not None and self._last_time is not None:
+            seq, time = hashed.first_time
+            if time < self._last_time:
+                backwards = [(seq, time, self._last_time), *backwards]
+        for seq, time, before in backwards:
+            self.problems.add(
+                ProblemKind.BACKWARDS,
+                f"entry {seq} goes back in time: dated {_when(time)}, before the entry ahead"
+                f" of it ({_when(before)})",
+                seq=seq,
+                order=(seq, 0),
+            )
+        if hashed.last_time is not None:
+            self._last_time = hashed.last_time
 
     def _gap(self, first: int, seq: int, position: int) -> None:
         last = seq - 1
