@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from network.core.auditlog import checkpoint_origin
+from network.core.auditlog import checkpoint_origin, dated_checkpoint
 from network.core.crypto import generate_signing_key
 from network.core.records import NodeId
 from network.core.roster import Card, build_roster
@@ -419,6 +419,44 @@ def test_an_entry_dated_before_the_one_ahead_of_it_is_named(run: Run) -> None:
     assert parallel.to_json()["problems"] == report["problems"]
 
 
+def test_a_checkpoint_time_is_signed_and_checked(run: Run) -> None:
+    """The time a checkpoint was signed is in its note: the stored column cannot be moved,
+    and a note dated before the entries it covers (signed with the node key) is named."""
+    sizes = checkpoint_sizes(run.fra)
+    size = sizes[-1]
+    keys = load_node_keys(run.network.keys / "FRA", NodeId("FRA"))
+    origin = checkpoint_origin("FRA")
+
+    def move_stored_time(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE checkpoints SET time = time - 3600000 WHERE size = ?", (size,))
+
+    def predate(db: sqlite3.Connection) -> None:
+        (root,) = db.execute("SELECT root FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        (first,) = db.execute("SELECT time FROM audit WHERE seq = 1").fetchone()
+        early = dated_checkpoint(origin, size, root, first - 1)
+        forged = sign_note(early.to_text(), origin, keys.signing)
+        db.execute(
+            "UPDATE checkpoints SET note = ?, time = ? WHERE size = ?", (forged, first - 1, size)
+        )
+        db.execute("DELETE FROM cosignatures WHERE size = ?", (size,))
+
+    moved_code, moved = run.verify(run.tampered("checkpoint-time", move_stored_time))
+    early_code, early = run.verify(run.tampered("checkpoint-predated", predate))
+
+    notes = [r[0] for r in rows(run.fra, "SELECT note FROM checkpoints")]
+    assert all(note.split("\n")[3].startswith("time ") for note in notes)
+    assert moved_code == 1
+    assert moved["first_problem"]["kind"] == "mismatch"
+    assert "is not its signed time" in moved["first_problem"]["message"]
+    assert early_code == 1
+    kinds = {(p["kind"], p["seq"]) for p in early["problems"]}
+    assert ("backwards", size) in kinds, early["problems"]
+    assert any(
+        f"dated before the checkpoint at size {sizes[-2]}" in p["message"]
+        for p in early["problems"]
+    )
+
+
 def test_a_tampered_checkpoint_or_cosignature_is_a_bad_signature(run: Run) -> None:
     size = checkpoint_sizes(run.fra)[0]
 
@@ -601,6 +639,8 @@ def test_the_jsonl_export_lets_an_outsider_recompute_the_signed_root(run: Run) -
     for checkpoint in checkpoints:
         size, root = open_note(checkpoint["note"], fra_public_key(run))
         assert size == checkpoint["size"]
+        assert checkpoint["time_signed"] is True
+        assert checkpoint["note"].split("\n")[3] == f"time {checkpoint['time']}"
         assert mth(leaves[:size]) == root == base64.b64decode(checkpoint["root"])
     assert checkpoints[-1]["size"] == len(entries)
     assert any(c["cosignatures"] for c in checkpoints)

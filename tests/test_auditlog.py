@@ -17,6 +17,8 @@ from network.core.auditlog import (
     HashedRows,
     RowHasher,
     checkpoint_origin,
+    checkpoint_time,
+    dated_checkpoint,
     entry_bytes,
     entry_leaf,
     stored_detail,
@@ -26,7 +28,7 @@ from network.core.auditlog import (
 )
 from network.core.errors import MalformedError
 from network.core.records import MAX_SAFE_INTEGER, canonical
-from network.core.tlog import leaf_hash
+from network.core.tlog import Checkpoint, leaf_hash, parse_checkpoint
 from network.node import store
 
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -189,3 +191,25 @@ def test_the_row_hasher_counts_a_gap_across_batches() -> None:
 
 def test_the_module_exports_what_it_defines() -> None:
     assert set(auditlog.__all__) <= set(dir(auditlog))
+
+
+def test_a_checkpoint_carries_its_time_in_its_one_extension_line() -> None:
+    checkpoint = dated_checkpoint("cpn/audit/FRA", 3, bytes(32), 1_795_000_000_123)
+
+    assert checkpoint.to_text().split("\n")[3] == "time 1795000000123"
+    assert checkpoint_time(parse_checkpoint(checkpoint.to_text())) == 1_795_000_000_123
+    assert checkpoint_time(Checkpoint("cpn/audit/FRA", 3, bytes(32))) is None  # from before
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [("time",), ("time x",), ("time 01",), ("time -1",), ("time 1", "time 2"), ("when 1",)],
+)
+def test_a_checkpoint_time_line_not_as_written_is_refused(lines: tuple[str, ...]) -> None:
+    with pytest.raises(MalformedError):
+        checkpoint_time(Checkpoint("cpn/audit/FRA", 3, bytes(32), lines))
+
+
+def test_a_checkpoint_time_outside_what_json_holds_is_our_bug() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        dated_checkpoint("cpn/audit/FRA", 3, bytes(32), MAX_SAFE_INTEGER + 1)

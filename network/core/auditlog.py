@@ -6,7 +6,11 @@ canonical JSON of `{"action", "actor", "detail", "message", "time"}`), and its
 position in the log is its index in the tree (index = seq - 1). The node
 signs checkpoints of the tree in the C2SP `tlog-checkpoint` format under the
 origin `cpn/audit/<ID>`; its peers cosign them (C2SP `tlog-cosignature`)
-under `cpn/witness/<ID>`.
+under `cpn/witness/<ID>`. A checkpoint carries the time it was signed as its one
+extension line, `time <ms since the epoch>` (`dated_checkpoint`,
+`checkpoint_time`), so that its date is signed with its root: never earlier than
+the last entry it covers. (Cosignatures cover the whole note, extension line
+included; a witness vouches for the tree, its own cosignature time for when.)
 
 Pure code. `entry_bytes` is the definition; `stored_entry` (what the store
 writes) and `RowHasher` (the verifier's hot path, which formats the bytes from
@@ -22,15 +26,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from network.core.errors import CpnError
-from network.core.records import Json, canonical, canonical_trusted
-from network.core.tlog import leaf_hash
+from network.core.errors import CpnError, MalformedError
+from network.core.records import MAX_SAFE_INTEGER, Json, canonical, canonical_trusted
+from network.core.tlog import Checkpoint, leaf_hash
 
 __all__ = [
     "AuditEntry",
     "HashedRows",
     "RowHasher",
     "checkpoint_origin",
+    "checkpoint_time",
+    "dated_checkpoint",
     "entry_bytes",
     "entry_leaf",
     "stored_detail",
@@ -58,6 +64,38 @@ def checkpoint_origin(node: str) -> str:
 def witness_name(node: str) -> str:
     """The key name under which `node` cosigns its peers' checkpoints."""
     return f"cpn/witness/{node}"
+
+
+_TIME_LINE: Final = "time "
+
+
+def dated_checkpoint(origin: str, size: int, root: bytes, time: int) -> Checkpoint:
+    """A checkpoint of `size` entries with `root`, dated `time` (ms) by its extension line.
+
+    Raises ValueError for a time outside 0..2^53-1 (our bug: the store's clock gives it).
+    """
+    if not 0 <= time <= MAX_SAFE_INTEGER:
+        raise ValueError(f"checkpoint time {time} outside 0..2^53-1")
+    return Checkpoint(origin, size, root, (f"{_TIME_LINE}{time}",))
+
+
+def checkpoint_time(checkpoint: Checkpoint) -> int | None:
+    """The signed time (ms) of a checkpoint, None for one signed before checkpoints were
+    dated (no extension line). Raises MalformedError for extension lines that are not
+    one `time <decimal ms>` line."""
+    lines = checkpoint.extensions
+    if not lines:
+        return None
+    digits = lines[0].removeprefix(_TIME_LINE)
+    if (
+        len(lines) != 1
+        or digits == lines[0]
+        or not (digits.isascii() and digits.isdigit())
+        or (len(digits) > 1 and digits[0] == "0")
+        or int(digits) > MAX_SAFE_INTEGER
+    ):
+        raise MalformedError(f"checkpoint extension lines {list(lines)[:2]!r}: expected time <ms>")
+    return int(digits)
 
 
 # RFC 8785 §3.2.3 orders the members by name: action, actor, detail, message, time. Each

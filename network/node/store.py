@@ -670,10 +670,12 @@ class Tx:
             detail = stored_detail(e.detail or {})
             self._entries.append((e.actor, e.action, e.message_id, detail))
 
-    def checkpoint(self, size: int, root: bytes, note: str) -> None:
+    def checkpoint(self, size: int, root: bytes, note: str, *, time: int | None = None) -> None:
+        """Our signed checkpoint `note` of `size` entries; `time`: the one it is dated in
+        the note (the transaction's `now` for a note without one)."""
         self._write(
             "INSERT OR IGNORE INTO checkpoints (size, root, time, note) VALUES (?, ?, ?, ?)",
-            (size, root, self.now, note),
+            (size, root, self.now if time is None else time, note),
         )
 
     def cosignature(self, size: int, witness: str, time: int, line: str) -> None:

@@ -32,6 +32,7 @@ from network.core.auditlog import (
     HashedRows,
     RowHasher,
     checkpoint_origin,
+    checkpoint_time,
     entry_leaf,
     witness_name,
 )
@@ -259,7 +260,7 @@ class _Signed:
     """A stored checkpoint as read: its row, and its checkpoint if the signature holds."""
 
     size: int
-    time: int
+    time: int  # the time signed in its note (the stored one for a note that has none)
     checkpoint: Checkpoint | None
 
 
@@ -806,27 +807,44 @@ def _signed_checkpoints(
     problems: _Problems,
     warnings: list[str],
 ) -> Iterator[_Signed]:
-    """The stored checkpoints in size order, each with its note's signature checked."""
+    """The stored checkpoints in size order, each with its note's signature checked, and its
+    signed time: the stored one, never before the entry at its size nor the checkpoint
+    before it."""
     old_keys: Counter[int] = Counter()
     unknown = 0
-    cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
+    undated = 0
+    last: tuple[int, int] | None = None  # (size, signed time) of the last dated checkpoint
+    cursor = db.execute(
+        "SELECT c.size, c.root, c.time, c.note, a.time FROM checkpoints c"
+        " LEFT JOIN audit a ON a.seq = c.size ORDER BY c.size"
+    )
     while batch := cursor.fetchmany(256):
-        for size, root, time, note in batch:
-            where = f"the checkpoint at size {size} (signed {_when(time)})"
+        for size, root, time, note, entry_time in batch:
             checkpoint: Checkpoint | None = None
             try:
                 checkpoint, found = _open_own(str(note), origin, own_keys)
+                signed = checkpoint_time(checkpoint)
             except UnknownSignerError:
                 unknown += 1
             except CpnError as exc:
                 problems.add(
                     ProblemKind.BAD_SIGNATURE,
-                    f"{where} does not verify: {exc}",
+                    f"the checkpoint at size {size} (stored as of {_when(time)}) does not"
+                    f" verify: {exc}",
                     order=(size, 2),
                 )
+                checkpoint = None
             else:
                 if not found.current:
                     old_keys[found.version] += 1
+                where = f"the checkpoint at size {size}"
+                if signed is None:
+                    undated += 1
+                else:
+                    where = f"{where} (signed {_when(signed)})"
+                    _check_dated(problems, where, size, signed, time, entry_time, last)
+                    last = (size, signed)
+                    time = signed
                 if checkpoint.size != size or checkpoint.root != root:
                     problems.add(
                         ProblemKind.MISMATCH,
@@ -836,6 +854,11 @@ def _signed_checkpoints(
                     )
                     checkpoint = None if checkpoint.size != size else checkpoint
             yield _Signed(size, time, checkpoint)
+    if undated:
+        warnings.append(
+            f"{undated} checkpoint(s) signed before checkpoints carried their time: their"
+            " stored time is not signed, and says nothing"
+        )
     for version, count in sorted(old_keys.items()):
         warnings.append(
             f"{count} checkpoint(s) signed with the key of {origin} that roster version"
@@ -845,6 +868,38 @@ def _signed_checkpoints(
         warnings.append(
             f"{unknown} checkpoint(s) signed with a key of {origin} that no roster known holds:"
             f" not checked, so they protect nothing here {_ROSTER_HINT}"
+        )
+
+
+def _check_dated(
+    problems: _Problems,
+    where: str,
+    size: int,
+    signed: int,
+    stored: object,
+    entry_time: object,
+    last: tuple[int, int] | None,
+) -> None:
+    """A checkpoint's signed time: the stored one, after the entry it ends at and the
+    checkpoint before it (the store dates both under the write lock)."""
+    if stored != signed:
+        problems.add(
+            ProblemKind.MISMATCH,
+            f"{where}: its stored time {stored!r} is not its signed time {signed}",
+            order=(size, 2),
+        )
+    if type(entry_time) is int and entry_time > signed:
+        problems.add(
+            ProblemKind.BACKWARDS,
+            f"{where} is dated before entry {size}, the last it covers ({_when(entry_time)})",
+            seq=size,
+            order=(size, 2),
+        )
+    if last is not None and last[1] > signed:
+        problems.add(
+            ProblemKind.BACKWARDS,
+            f"{where} is dated before the checkpoint at size {last[0]} ({_when(last[1])})",
+            order=(size, 2),
         )
 
 

@@ -18,7 +18,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from network.core.auditlog import checkpoint_origin, witness_name
+from network.core.auditlog import checkpoint_origin, dated_checkpoint, witness_name
 from network.core.errors import ConsistencyProofError, CpnError, PeerError, UnknownSignerError
 from network.core.protocol import CheckpointOffer, WitnessAnswer
 from network.core.records import NodeId
@@ -92,14 +92,16 @@ class Witnessing:
         return waited >= self.policy.every_ms or (urgent and waited >= self.policy.urgent_delay_ms)
 
     async def sign(self, now: int) -> Checkpoint:
-        """Sign a checkpoint of the whole log and commit it durably before anyone sees it."""
+        """Sign a checkpoint of the whole log, dated in the note (never before its last
+        entry), and commit it durably before anyone sees it."""
         log_tree = self.store.audit_log
         async with self.store.transaction(now) as tx:
-            # In a write transaction: no entry can join between the size and the root.
+            # In a write transaction: no entry can join between the size, the root and the time.
             size = await tx.audit_size()
-            checkpoint = Checkpoint(self.origin, size, log_tree.root(size))
+            time = await tx.entry_time()
+            checkpoint = dated_checkpoint(self.origin, size, log_tree.root(size), time)
             note = sign_note(checkpoint.to_text(), self.origin, self.context.keys.signing)
-            tx.checkpoint(checkpoint.size, checkpoint.root, note)
+            tx.checkpoint(checkpoint.size, checkpoint.root, note, time=time)
         self.latest = _Signed(checkpoint, note)
         self.context.checkpoints.signed(note)
         self._signed_at = now
