@@ -579,6 +579,38 @@ def test_the_checkpoint_deu_holds_checks_out_and_exposes_a_rollback(run: Run) ->
     assert human.returncode == 1 and "witness DEU" in human.stdout
 
 
+def test_verify_says_plainly_what_it_could_not_check_without_witnesses(run: Run) -> None:
+    """`ok` means nothing was found wrong; `assurance` and `unproven` say what stands
+    behind it: without a witness's own copy, a log cut at its end with its checkpoints
+    (and SQLite's counter) by whoever holds the database and the node key verifies."""
+    fra = run.config(run.fra, "assurance")
+    cut = max(s for s in checkpoint_sizes(run.fra) if s < run.witnessed_size)
+
+    def cut_everything(db: sqlite3.Connection) -> None:  # the most careful intruder
+        db.execute("DELETE FROM audit WHERE seq > ?", (cut,))
+        db.execute("DELETE FROM checkpoints WHERE size > ?", (cut,))
+        db.execute("DELETE FROM cosignatures WHERE size > ?", (cut,))
+        db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'audit'", (cut,))
+
+    careful = run.tampered("cut-everything", cut_everything)
+    human = cpn("audit", "verify", "--config", str(fra))
+    code, alone = run.verify(fra)
+    witnessed_code, witnessed = run.verify(fra, "--witnessed", str(run.deu))
+    cut_code, cut_alone = run.verify(careful)
+    caught_code, caught = run.verify(careful, "--witnessed", str(run.deu))
+
+    assert human.returncode == 0
+    assert "assurance: self-signed only" in human.stdout
+    assert "unproven: " in human.stdout and "--witnessed" in human.stdout
+    assert code == 0 and alone["ok"] and alone["assurance"] == "self-signed only"
+    assert "node key" in alone["unproven"] and "/api/audit/verify" in alone["unproven"]
+    assert witnessed_code == 0 and witnessed["assurance"] == "witnessed"
+    assert witnessed["witnessed_size"] >= run.witnessed_size
+    assert cut_code == 0 and cut_alone["assurance"] == "self-signed only"  # as it must: said
+    assert caught_code == 1 and caught["first_problem"]["kind"] == "inconsistent"
+    assert f"witness DEU holds size {run.witnessed_size}" in caught["first_problem"]["message"]
+
+
 def test_a_rewritten_history_contradicts_the_witness(run: Run) -> None:
     """The early copy grown with other entries past the witnessed size, signed with FRA's key."""
     forked = copy_store(run.early, run.tmp / "forked.sqlite")

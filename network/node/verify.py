@@ -67,6 +67,7 @@ from network.node.clock import rfc3339
 __all__ = [
     "MAX_PROBLEMS",
     "PARALLEL_CHUNK",
+    "Assurance",
     "Problem",
     "ProblemKind",
     "VerifyReport",
@@ -98,6 +99,17 @@ class ProblemKind(StrEnum):
     MISMATCH = "mismatch"  # a stored column disagrees with the signed bytes it came from
     INCONSISTENT = "inconsistent"  # a witness holds a checkpoint this log contradicts
     BACKWARDS = "backwards"  # an entry (or checkpoint) dated before the entry it follows
+
+
+class Assurance(StrEnum):
+    """What stands behind a report that found nothing wrong (`assurance` in its JSON)."""
+
+    # A witness's own copy of this log (its store, a note, or its answer over the link)
+    # was checked: a rewrite up to its size, or a truncation before it, would have shown.
+    WITNESSED = "witnessed"
+    # Only what the store holds was checked: whoever holds the database and the node key
+    # can rewrite what no witness cosigned and delete the end of the log undetected.
+    SELF_SIGNED = "self-signed only"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +144,13 @@ class VerifyReport:
     problem_count: int  # all problems found (`problems` lists at most MAX_PROBLEMS)
     warnings: tuple[str, ...]
     latest_checkpoint: int  # the largest signed tree size (0: none)
+    assurance: Assurance = Assurance.SELF_SIGNED
+    witnessed_size: int = 0  # the largest size a witness vouches for (held or cosigned)
+    unproven: str | None = None  # what could not be checked, said plainly (None: nothing)
 
     @property
     def ok(self) -> bool:
+        """Nothing was found wrong (what stands behind it: `assurance`, `unproven`)."""
         return self.problem_count == 0
 
     @property
@@ -157,6 +173,9 @@ class VerifyReport:
             "problems": [p.to_json() for p in self.problems],
             "problem_count": self.problem_count,
             "warnings": list(self.warnings),
+            "assurance": str(self.assurance),
+            "witnessed_size": self.witnessed_size,
+            "unproven": self.unproven,
         }
 
 
@@ -627,13 +646,17 @@ def verify_store(
                 " checkpoint (a running node signs one within a minute, and one on stopping):"
                 " they can be checked only against themselves"
             )
-        witnessed_count = _check_witnessed(witnessed, origin, own_keys, walk, problems, warnings)
-        cosignatures = _check_cosignatures(db, keys, walk, problems, warnings)
+        witnessed_count, held = _check_witnessed(
+            witnessed, origin, own_keys, walk, problems, warnings
+        )
+        cosignatures, cosigned = _check_cosignatures(db, keys, walk, problems, warnings)
         signers: Counter[tuple[str, str, int, bool]] = Counter()
         envelopes = _check_envelopes(db, keys, problems, signers)
         receipts = _check_receipts(db, keys, problems, signers)
         _check_held(db, keys, problems, warnings)
     warnings.extend(_signer_warnings(signers, keys))
+    assurance = Assurance.WITNESSED if held is not None else Assurance.SELF_SIGNED
+    vouched = max(held or 0, cosigned)
     return VerifyReport(
         node=node_id,
         entries=entries,
@@ -646,7 +669,29 @@ def verify_store(
         problem_count=problems.count,
         warnings=tuple(warnings),
         latest_checkpoint=signed_size,
+        assurance=assurance,
+        witnessed_size=vouched,
+        unproven=_unproven(assurance, vouched, entries),
     )
+
+
+def _unproven(assurance: Assurance, vouched: int, entries: int) -> str | None:
+    """What a report could not check, in words an auditor acts on."""
+    after = f"entries after size {vouched}" if vouched else "every entry"
+    if assurance is Assurance.SELF_SIGNED:
+        return (
+            f"{after} (the newest checkpoint a witness cosigned) could have been rewritten,"
+            " and the end of the log deleted with its checkpoints, by whoever holds the"
+            " database and the node key, and nothing here would show it: no witness's own"
+            " copy was checked (cpn audit verify --witnessed PEER_STORE, or GET"
+            " /api/audit/verify, which asks the linked peers)"
+        )
+    if vouched < entries:
+        return (
+            f"{after} (the newest checkpoint a witness holds or cosigned) are proven by the"
+            " node's own signature only, until a witness cosigns a checkpoint covering them"
+        )
+    return None
 
 
 # What the walk reads: the columns as stored, but `time` only when canonical JSON can hold it
@@ -946,8 +991,10 @@ def _check_witnessed(
     walk: _Walk,
     problems: _Problems,
     warnings: list[str],
-) -> int:
+) -> tuple[int, int | None]:
+    """(how many were given, the largest size among those that hold: None if none held)."""
     entries = walk.builder.size
+    held: int | None = None
     for item in witnessed:
         try:
             checkpoint, _ = _open_own(item.note, origin, own_keys)
@@ -981,13 +1028,17 @@ def _check_witnessed(
                 seq=None,
                 order=(size, 1),
             )
-    return len(witnessed)
+        else:
+            held = max(held or 0, size)
+    return len(witnessed), held
 
 
 def _check_cosignatures(
     db: sqlite3.Connection, keys: _Keys, walk: _Walk, problems: _Problems, warnings: list[str]
-) -> int:
+) -> tuple[int, int]:
+    """(how many cosignatures, the largest size one that verifies covers within the log)."""
     count = 0
+    cosigned = 0
     old: Counter[tuple[str, int]] = Counter()
     unknown: Counter[str] = Counter()
     entries = walk.builder.size
@@ -1029,6 +1080,8 @@ def _check_cosignatures(
                 )
                 continue
             when, found = verified
+            if size <= walk.matched_size:  # its root held: the witness vouches for it
+                cosigned = max(cosigned, size)
             if when != time:
                 problems.add(
                     ProblemKind.MISMATCH,
@@ -1047,7 +1100,7 @@ def _check_cosignatures(
             f"{n} cosignature(s) by {witness} with a key that no roster known holds:"
             f" not checked {_ROSTER_HINT}"
         )
-    return count
+    return count, cosigned
 
 
 def _cosigned_by(note: str, witness: str, keys: _Keys) -> tuple[int, _Key] | CpnError:
