@@ -8,9 +8,9 @@ and the checkpoint standing (set by methods, read by receipts and the checkpoint
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from network.core.crypto import StorageKey, VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
@@ -20,6 +20,9 @@ from network.core.roster import Roster
 from network.node.events import Hub
 from network.node.keys import NodeKeys
 from network.node.store import AuditEntry, Store
+
+if TYPE_CHECKING:
+    from network.node.witnessing import WitnessReply
 
 __all__ = ["CheckpointStanding", "NodeContext", "RosterHolder"]
 
@@ -61,6 +64,12 @@ class CheckpointStanding:
     def __init__(self) -> None:
         self.latest: str | None = None
         self.urgent_pending = False
+        # Asks the linked peers which checkpoint of our log each holds (set by witnessing).
+        self.ask_witnesses: Callable[[], Awaitable[list[WitnessReply]]] | None = None
+
+    def asked_by(self, ask: Callable[[], Awaitable[list[WitnessReply]]]) -> None:
+        """How to ask our witnesses what they hold of our log (`GET /api/audit/verify`)."""
+        self.ask_witnesses = ask
 
     def urgent_message(self) -> None:
         self.urgent_pending = True
