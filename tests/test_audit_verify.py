@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from network.core.auditlog import checkpoint_origin
+from network.core.auditlog import checkpoint_origin, dated_checkpoint
 from network.core.crypto import generate_signing_key
 from network.core.records import NodeId
 from network.core.roster import Card, build_roster
@@ -382,6 +382,81 @@ def test_a_truncated_tail_is_named(run: Run) -> None:
     assert f"covers {last}" in run.verify(between)[1]["first_problem"]["message"]
 
 
+def test_an_entry_dated_before_the_one_ahead_of_it_is_named(run: Run) -> None:
+    """An intruder moves an entry back in time and rehashes it, past the checkpoints it
+    kept: only the time order gives it away (the store times entries at commit)."""
+    entries = audit_size(run.fra)
+    seq = (entries - 1) // 8 * 8 + 1  # the first of an aligned chunk: a worker's boundary
+    assert seq > 1
+
+    def backdate(db: sqlite3.Connection) -> None:
+        (earlier,) = db.execute("SELECT time FROM audit WHERE seq = ?", (seq - 1,)).fetchone()
+        columns = "time, actor, action, message_id, detail"
+        row = db.execute(f"SELECT {columns} FROM audit WHERE seq = ?", (seq,)).fetchone()
+        entry = dict(zip(("time", "actor", "action", "message_id", "detail"), row, strict=True))
+        entry.update(time=earlier - 60_000, detail=json.loads(entry["detail"]))
+        db.execute(
+            "UPDATE audit SET time = ?, leaf = ? WHERE seq = ?",
+            (entry["time"], entry_leaf(entry), seq),
+        )
+        db.execute("DELETE FROM checkpoints WHERE size >= ?", (seq,))
+        db.execute("DELETE FROM cosignatures WHERE size >= ?", (seq,))
+
+    config = run.tampered("backdated", backdate)
+    done = cpn("audit", "verify", "--config", str(config))
+    code, report = run.verify(config)
+    store = load_config(config)
+    keeper = load_keeper_public(store.keeper_path)
+    roster = load_roster_file(store.roster_path, keeper)
+    parallel = verify_store(
+        store.store_path, roster=roster, node_id="FRA", keeper=keeper, workers=2, chunk=8
+    )
+
+    assert done.returncode == 1
+    assert f"entry {seq} goes back in time" in done.stdout
+    assert code == 1
+    assert [(p["kind"], p["seq"]) for p in report["problems"]] == [("backwards", seq)]
+    assert parallel.to_json()["problems"] == report["problems"]
+
+
+def test_a_checkpoint_time_is_signed_and_checked(run: Run) -> None:
+    """The time a checkpoint was signed is in its note: the stored column cannot be moved,
+    and a note dated before the entries it covers (signed with the node key) is named."""
+    sizes = checkpoint_sizes(run.fra)
+    size = sizes[-1]
+    keys = load_node_keys(run.network.keys / "FRA", NodeId("FRA"))
+    origin = checkpoint_origin("FRA")
+
+    def move_stored_time(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE checkpoints SET time = time - 3600000 WHERE size = ?", (size,))
+
+    def predate(db: sqlite3.Connection) -> None:
+        (root,) = db.execute("SELECT root FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        (first,) = db.execute("SELECT time FROM audit WHERE seq = 1").fetchone()
+        early = dated_checkpoint(origin, size, root, first - 1)
+        forged = sign_note(early.to_text(), origin, keys.signing)
+        db.execute(
+            "UPDATE checkpoints SET note = ?, time = ? WHERE size = ?", (forged, first - 1, size)
+        )
+        db.execute("DELETE FROM cosignatures WHERE size = ?", (size,))
+
+    moved_code, moved = run.verify(run.tampered("checkpoint-time", move_stored_time))
+    early_code, early = run.verify(run.tampered("checkpoint-predated", predate))
+
+    notes = [r[0] for r in rows(run.fra, "SELECT note FROM checkpoints")]
+    assert all(note.split("\n")[3].startswith("time ") for note in notes)
+    assert moved_code == 1
+    assert moved["first_problem"]["kind"] == "mismatch"
+    assert "is not its signed time" in moved["first_problem"]["message"]
+    assert early_code == 1
+    kinds = {(p["kind"], p["seq"]) for p in early["problems"]}
+    assert ("backwards", size) in kinds, early["problems"]
+    assert any(
+        f"dated before the checkpoint at size {sizes[-2]}" in p["message"]
+        for p in early["problems"]
+    )
+
+
 def test_a_tampered_checkpoint_or_cosignature_is_a_bad_signature(run: Run) -> None:
     size = checkpoint_sizes(run.fra)[0]
 
@@ -504,6 +579,38 @@ def test_the_checkpoint_deu_holds_checks_out_and_exposes_a_rollback(run: Run) ->
     assert human.returncode == 1 and "witness DEU" in human.stdout
 
 
+def test_verify_says_plainly_what_it_could_not_check_without_witnesses(run: Run) -> None:
+    """`ok` means nothing was found wrong; `assurance` and `unproven` say what stands
+    behind it: without a witness's own copy, a log cut at its end with its checkpoints
+    (and SQLite's counter) by whoever holds the database and the node key verifies."""
+    fra = run.config(run.fra, "assurance")
+    cut = max(s for s in checkpoint_sizes(run.fra) if s < run.witnessed_size)
+
+    def cut_everything(db: sqlite3.Connection) -> None:  # the most careful intruder
+        db.execute("DELETE FROM audit WHERE seq > ?", (cut,))
+        db.execute("DELETE FROM checkpoints WHERE size > ?", (cut,))
+        db.execute("DELETE FROM cosignatures WHERE size > ?", (cut,))
+        db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'audit'", (cut,))
+
+    careful = run.tampered("cut-everything", cut_everything)
+    human = cpn("audit", "verify", "--config", str(fra))
+    code, alone = run.verify(fra)
+    witnessed_code, witnessed = run.verify(fra, "--witnessed", str(run.deu))
+    cut_code, cut_alone = run.verify(careful)
+    caught_code, caught = run.verify(careful, "--witnessed", str(run.deu))
+
+    assert human.returncode == 0
+    assert "assurance: self-signed only" in human.stdout
+    assert "unproven: " in human.stdout and "--witnessed" in human.stdout
+    assert code == 0 and alone["ok"] and alone["assurance"] == "self-signed only"
+    assert "node key" in alone["unproven"] and "/api/audit/verify" in alone["unproven"]
+    assert witnessed_code == 0 and witnessed["assurance"] == "witnessed"
+    assert witnessed["witnessed_size"] >= run.witnessed_size
+    assert cut_code == 0 and cut_alone["assurance"] == "self-signed only"  # as it must: said
+    assert caught_code == 1 and caught["first_problem"]["kind"] == "inconsistent"
+    assert f"witness DEU holds size {run.witnessed_size}" in caught["first_problem"]["message"]
+
+
 def test_a_rewritten_history_contradicts_the_witness(run: Run) -> None:
     """The early copy grown with other entries past the witnessed size, signed with FRA's key."""
     forked = copy_store(run.early, run.tmp / "forked.sqlite")
@@ -564,6 +671,8 @@ def test_the_jsonl_export_lets_an_outsider_recompute_the_signed_root(run: Run) -
     for checkpoint in checkpoints:
         size, root = open_note(checkpoint["note"], fra_public_key(run))
         assert size == checkpoint["size"]
+        assert checkpoint["time_signed"] is True
+        assert checkpoint["note"].split("\n")[3] == f"time {checkpoint['time']}"
         assert mth(leaves[:size]) == root == base64.b64decode(checkpoint["root"])
     assert checkpoints[-1]["size"] == len(entries)
     assert any(c["cosignatures"] for c in checkpoints)

@@ -17,14 +17,18 @@ from network.core.auditlog import (
     HashedRows,
     RowHasher,
     checkpoint_origin,
+    checkpoint_time,
+    dated_checkpoint,
     entry_bytes,
     entry_leaf,
+    stored_detail,
     stored_entry,
+    stored_leaf,
     witness_name,
 )
 from network.core.errors import MalformedError
 from network.core.records import MAX_SAFE_INTEGER, canonical
-from network.core.tlog import leaf_hash
+from network.core.tlog import Checkpoint, leaf_hash, parse_checkpoint
 from network.node import store
 
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,9 +97,11 @@ def test_what_the_store_keeps_is_the_canonical_detail_and_the_entrys_leaf(
     entry: tuple[int, str, str, str | None, dict[str, Any]],
 ) -> None:
     detail_json, leaf = stored_entry(*entry)
+    time, actor, action, message_id, detail = entry
 
-    assert detail_json == rfc8785.dumps(entry[4])
+    assert detail_json == rfc8785.dumps(detail) == stored_detail(detail)
     assert leaf == leaf_hash(definition(*entry))
+    assert stored_leaf(time, actor, action, message_id, detail_json) == leaf  # as at commit
 
 
 @pytest.mark.parametrize("time", [MAX_SAFE_INTEGER + 1, -MAX_SAFE_INTEGER - 1])
@@ -185,3 +191,25 @@ def test_the_row_hasher_counts_a_gap_across_batches() -> None:
 
 def test_the_module_exports_what_it_defines() -> None:
     assert set(auditlog.__all__) <= set(dir(auditlog))
+
+
+def test_a_checkpoint_carries_its_time_in_its_one_extension_line() -> None:
+    checkpoint = dated_checkpoint("cpn/audit/FRA", 3, bytes(32), 1_795_000_000_123)
+
+    assert checkpoint.to_text().split("\n")[3] == "time 1795000000123"
+    assert checkpoint_time(parse_checkpoint(checkpoint.to_text())) == 1_795_000_000_123
+    assert checkpoint_time(Checkpoint("cpn/audit/FRA", 3, bytes(32))) is None  # from before
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [("time",), ("time x",), ("time 01",), ("time -1",), ("time 1", "time 2"), ("when 1",)],
+)
+def test_a_checkpoint_time_line_not_as_written_is_refused(lines: tuple[str, ...]) -> None:
+    with pytest.raises(MalformedError):
+        checkpoint_time(Checkpoint("cpn/audit/FRA", 3, bytes(32), lines))
+
+
+def test_a_checkpoint_time_outside_what_json_holds_is_our_bug() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        dated_checkpoint("cpn/audit/FRA", 3, bytes(32), MAX_SAFE_INTEGER + 1)

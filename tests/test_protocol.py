@@ -22,6 +22,8 @@ from network.core.protocol import (
     FRAME_RECEIPT,
     MAX_FRAME_BYTES,
     CheckpointOffer,
+    HeldCheckpoint,
+    HeldQuery,
     LinkHandshake,
     Role,
     WitnessAnswer,
@@ -29,7 +31,11 @@ from network.core.protocol import (
     checkpoint_frame,
     envelope_frame,
     frame,
+    held_frame,
+    held_query_frame,
     parse_checkpoint_offer,
+    parse_held,
+    parse_held_query,
     parse_witness_answer,
     split_envelope,
     split_frame,
@@ -97,6 +103,25 @@ def test_witnessing_frames_round_trip_and_refuse_what_is_wrong() -> None:
         parse_witness_answer(b'{"size":3}')
     with pytest.raises(MalformedError, match="32 bytes"):
         parse_checkpoint_offer(b'{"from":1,"note":"n","proof":["AAAA"]}')
+
+
+def test_held_checkpoint_frames_round_trip_and_refuse_what_is_wrong() -> None:
+    nonce = bytes(range(16))
+    _, payload = split_frame(held_query_frame(HeldQuery(nonce)))
+    assert parse_held_query(payload) == HeldQuery(nonce)
+    for answer in (
+        HeldCheckpoint(nonce, "cpn/audit/FRA\n3\nAAAA\n", "— x y\n"),
+        HeldCheckpoint(nonce),
+    ):
+        _, payload = split_frame(held_frame(answer))
+        assert parse_held(payload) == answer
+    short = b64encode(nonce[:8]).encode()
+    with pytest.raises(MalformedError, match="16 bytes"):
+        parse_held_query(b'{"nonce":"' + short + b'"}')
+    with pytest.raises(MalformedError, match="or neither"):
+        parse_held(canonical({"cosignature": None, "nonce": b64encode(nonce), "note": "n"}))
+    with pytest.raises(MalformedError, match="unknown field"):
+        parse_held_query(canonical({"nonce": b64encode(nonce), "size": 3}))
 
 
 # -- the handshake ---------------------------------------------------------------------

@@ -22,6 +22,8 @@ from network.core.protocol import (
     FRAME_RECEIPT,
     FRAME_ROSTER,
     CheckpointOffer,
+    HeldCheckpoint,
+    HeldQuery,
     WitnessAnswer,
     envelope_frame,
     frame,
@@ -33,6 +35,8 @@ from network.core.session import (
     CosignatureReceived,
     EnvelopesReceived,
     Event,
+    HeldAnswered,
+    HeldAsked,
     LinkSession,
     LinkSettings,
     Outgoing,
@@ -223,6 +227,8 @@ def test_events_come_in_order_then_the_receipts_together_then_one_batch() -> Non
     fra = LinkSession(NodeId("FRA"), SMALL)
     fra.send_checkpoint(offer)
     fra.send_witness(answer)
+    fra.send_held_query(HeldQuery(b"q" * 16))
+    fra.send_held(HeldCheckpoint(b"q" * 16))
     frames += fra.data_to_send()
     for data in frames:
         deu.receive_frame(data)
@@ -234,6 +240,8 @@ def test_events_come_in_order_then_the_receipts_together_then_one_batch() -> Non
         RosterReceived(b"roster"),
         CheckpointOffered(offer),
         CosignatureReceived(answer),
+        HeldAsked(HeldQuery(b"q" * 16)),
+        HeldAnswered(HeldCheckpoint(b"q" * 16)),
         ReceiptsReceived((b"r1", b"r2")),
         EnvelopesReceived(((relayed, envelope("m1")),)),
     ]
@@ -342,6 +350,10 @@ MALFORMED: dict[str, bytes | str] = {
     "checkpoint cut short": FRAME_CHECKPOINT + b'{"note":',
     "cosignature with both answers": FRAME_COSIGNATURE
     + b'{"cosignature":"line","need_from":1,"size":2}',
+    "held? with a short nonce": b'Q{"nonce":"AAAA"}',
+    "held with a note and no cosignature": b'W{"cosignature":null,"nonce":"'
+    + b"A" * 22
+    + b'==","note":"n"}',
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from network.core.auditlog import entry_leaf
 from network.core.deadlines import Due, Overdue
 from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, State
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
@@ -550,6 +551,46 @@ async def test_an_officers_transaction_goes_before_the_links_queued_ones(store: 
     assert order[1] == "m1"  # right after the transaction under way
     assert order[2:] == [f"link {n}" for n in range(1, 40)]
     assert store.queued_transactions == 0
+
+
+async def test_entry_times_are_taken_at_commit_so_they_never_go_backwards(tmp_path: Path) -> None:
+    """A transaction whose caller read the clock before waiting for the lock commits after
+    one that read it later: its entries are timed at commit, not when the caller asked."""
+    clock = [T0 + 5]
+    store = await Store.open(tmp_path / "node.sqlite", clock=lambda: clock[0])
+    try:
+        async with store.transaction(T0 + 5) as tx:
+            tx.audit([AuditEntry("node:FRA", "first")])
+        clock[0] = T0 + 9
+        async with store.transaction(T0) as tx:  # `now` read long ago, before the lock
+            tx.audit([AuditEntry("node:FRA", "second")])
+        times = await stored(store, "SELECT time FROM audit ORDER BY seq")
+    finally:
+        await store.close()
+
+    assert [t for (t,) in times] == [T0 + 5, T0 + 9]
+
+
+async def test_a_clock_stepped_back_repeats_the_last_entry_time(tmp_path: Path) -> None:
+    clock = [T0 + 100]
+    store = await Store.open(tmp_path / "node.sqlite", clock=lambda: clock[0])
+    try:
+        async with store.transaction(T0) as tx:
+            tx.audit([AuditEntry("node:FRA", "before the step")])
+        clock[0] = T0 + 40  # NTP stepped the clock back
+        async with store.transaction(T0) as tx:
+            tx.audit([AuditEntry("node:FRA", "after the step")])
+            dated = await tx.entry_time()
+        rows = await stored(
+            store, "SELECT time, actor, action, message_id, detail, leaf FROM audit"
+        )
+    finally:
+        await store.close()
+
+    assert [r[0] for r in rows] == [T0 + 100, T0 + 100]
+    assert dated == T0 + 100
+    for time, actor, action, message_id, detail, leaf in rows:  # each leaf has its stored time
+        assert leaf == entry_leaf(time, actor, action, message_id, json.loads(detail))
 
 
 # -- the shim over aiosqlite's private API ----------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -158,3 +159,76 @@ def test_an_entry_written_by_another_process_joins_the_running_nodes_log(
     actions = [r[0] for r in rows(fra.store, "SELECT action FROM audit ORDER BY seq")]
     assert "token_issued" in actions and actions.index("token_issued") < actions.index("composed")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_api_asks_the_witness_and_catches_a_log_cut_after_its_last_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """FRA's log is cut, while FRA is stopped, back to a checkpoint DEU cosigned, with the
+    newer checkpoints, their cosignatures and SQLite's counter: the store is consistent with
+    itself. Restarted, FRA asks DEU over the link what it holds, and DEU's newer cosigned
+    checkpoint names the truncation; the same answer, saved to a file, does it offline."""
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    fra, deu = network.nodes["FRA"], network.nodes["DEU"].store
+
+    def witnessed_size() -> int:
+        found = rows(deu, "SELECT size FROM witnessed WHERE node = 'FRA'")
+        return int(found[0][0]) if found else 0  # type: ignore[call-overload]
+
+    def deu_answered() -> dict[str, object] | None:
+        status, report = network.api("FRA", "GET", "/api/audit/verify", token="auditor")
+        assert status == 200, report
+        replies = report["witnesses"]
+        return report if [r["status"] for r in replies] == ["holds"] else None
+
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        wait_for(lambda: witnessed_size() > 0, what="DEU witnessing FRA's first checkpoint")
+        cut = witnessed_size()
+        for _ in range(2):
+            network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_all("FRA", "out", 3, {"delivered"})
+        wait_for(lambda: witnessed_size() > cut + 2, what="DEU witnessing a newer checkpoint")
+        held = witnessed_size()
+        before = wait_for(deu_answered, what="DEU's answer about FRA's log")
+        network.stop("FRA")
+
+        with sqlite3.connect(fra.store) as db:  # the intruder, with the database and the key
+            db.execute("DELETE FROM audit WHERE seq > ?", (cut,))
+            db.execute("DELETE FROM checkpoints WHERE size > ?", (cut,))
+            db.execute("DELETE FROM cosignatures WHERE size > ?", (cut,))
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'audit'", (cut,))
+        db.close()
+        network.start("FRA")
+        after = wait_for(deu_answered, what="DEU's answer about FRA's cut log")
+        (reply,) = after["witnesses"]  # type: ignore[index]
+        note_file = tmp_path / "deu-answer.txt"
+        note_file.write_text(reply["note"])
+        network.stop("FRA")
+        alone = cpn_verify(fra.config)
+        offline = cpn_verify(fra.config, "--witnessed", str(note_file))
+    finally:
+        network.close()
+
+    assert before["ok"] is True and before["assurance"] == "witnessed", before
+    assert after["ok"] is False
+    problem = after["first_problem"]
+    assert problem["kind"] == "inconsistent", after  # type: ignore[index]
+    assert f"witness DEU holds size {held}" in problem["message"]  # type: ignore[index]
+    assert reply["peer"] == "DEU" and reply["size"] == held and reply["cosigned_at"]
+    assert alone.returncode == 0, alone.stdout  # the cut store is consistent with itself ...
+    assert "assurance: self-signed only" in alone.stdout  # ... and says what that is worth
+    assert offline.returncode == 1, offline.stdout
+    assert f"witness deu-answer.txt holds size {held}" in offline.stdout
+
+
+def cpn_verify(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "network", "audit", "verify", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -520,16 +520,22 @@ def _console_files() -> dict[str, tuple[bytes, str]]:
 
 
 async def verify_audit(request: web.Request) -> web.StreamResponse:
-    """`cpn audit verify` on this node's store, in a thread: the report as JSON (`ok`, ...)."""
+    """`cpn audit verify` on this node's store, in a thread, checked against what each linked
+    peer says it holds of our log: the report as JSON (`ok`, `assurance`, ...), with
+    `witnesses`, each peer's answer (or that it gave none in time)."""
     context = request.app[NODE].context
+    ask = context.checkpoints.ask_witnesses
+    replies = await ask() if ask is not None else []
+    held = [reply.witnessed for reply in replies if reply.witnessed is not None]
     report = await asyncio.to_thread(
         verify_store,
         context.store.path,
         roster=context.roster,
         node_id=context.me,
         keeper=context.keeper,
+        witnessed=held,
     )
-    return web.json_response(report.to_json())
+    return web.json_response({**report.to_json(), "witnesses": [r.to_json() for r in replies]})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -611,7 +617,17 @@ ROUTES: Final = (
     ),
     Route(
         "GET", "/api/audit/verify", verify_audit, _AUDITOR, "verify the audit log",
-        Doc(obj({"ok": {"type": "boolean"}, "first_problem": {"type": ["object", "null"]}})),
+        Doc(
+            obj(
+                {
+                    "ok": {"type": "boolean"},
+                    "first_problem": {"type": ["object", "null"]},
+                    "assurance": enum(("witnessed", "self-signed only")),
+                    "unproven": {"type": ["string", "null"]},
+                    "witnesses": {"type": "array", "items": {"type": "object"}},
+                }
+            )
+        ),
     ),
     Route(
         "GET", "/api/openapi.json", get_openapi, _ANY_ROLE, "read the API description",

@@ -548,6 +548,9 @@ def _print_report(report: VerifyReport) -> None:
             print(f"  ... and {hidden} more")
     for warning in report.warnings:
         print(f"warning: {warning}")
+    print(f"assurance: {report.assurance}")
+    if report.unproven:
+        print(f"unproven: {report.unproven}")
 
 
 def _time_arg(text: str) -> int:

@@ -6,7 +6,11 @@ canonical JSON of `{"action", "actor", "detail", "message", "time"}`), and its
 position in the log is its index in the tree (index = seq - 1). The node
 signs checkpoints of the tree in the C2SP `tlog-checkpoint` format under the
 origin `cpn/audit/<ID>`; its peers cosign them (C2SP `tlog-cosignature`)
-under `cpn/witness/<ID>`.
+under `cpn/witness/<ID>`. A checkpoint carries the time it was signed as its one
+extension line, `time <ms since the epoch>` (`dated_checkpoint`,
+`checkpoint_time`), so that its date is signed with its root: never earlier than
+the last entry it covers. (Cosignatures cover the whole note, extension line
+included; a witness vouches for the tree, its own cosignature time for when.)
 
 Pure code. `entry_bytes` is the definition; `stored_entry` (what the store
 writes) and `RowHasher` (the verifier's hot path, which formats the bytes from
@@ -22,18 +26,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from network.core.errors import CpnError
-from network.core.records import Json, canonical, canonical_trusted
-from network.core.tlog import leaf_hash
+from network.core.errors import CpnError, MalformedError
+from network.core.records import MAX_SAFE_INTEGER, Json, canonical, canonical_trusted
+from network.core.tlog import Checkpoint, leaf_hash
 
 __all__ = [
     "AuditEntry",
     "HashedRows",
     "RowHasher",
     "checkpoint_origin",
+    "checkpoint_time",
+    "dated_checkpoint",
     "entry_bytes",
     "entry_leaf",
+    "stored_detail",
     "stored_entry",
+    "stored_leaf",
     "witness_name",
 ]
 
@@ -56,6 +64,38 @@ def checkpoint_origin(node: str) -> str:
 def witness_name(node: str) -> str:
     """The key name under which `node` cosigns its peers' checkpoints."""
     return f"cpn/witness/{node}"
+
+
+_TIME_LINE: Final = "time "
+
+
+def dated_checkpoint(origin: str, size: int, root: bytes, time: int) -> Checkpoint:
+    """A checkpoint of `size` entries with `root`, dated `time` (ms) by its extension line.
+
+    Raises ValueError for a time outside 0..2^53-1 (our bug: the store's clock gives it).
+    """
+    if not 0 <= time <= MAX_SAFE_INTEGER:
+        raise ValueError(f"checkpoint time {time} outside 0..2^53-1")
+    return Checkpoint(origin, size, root, (f"{_TIME_LINE}{time}",))
+
+
+def checkpoint_time(checkpoint: Checkpoint) -> int | None:
+    """The signed time (ms) of a checkpoint, None for one signed before checkpoints were
+    dated (no extension line). Raises MalformedError for extension lines that are not
+    one `time <decimal ms>` line."""
+    lines = checkpoint.extensions
+    if not lines:
+        return None
+    digits = lines[0].removeprefix(_TIME_LINE)
+    if (
+        len(lines) != 1
+        or digits == lines[0]
+        or not (digits.isascii() and digits.isdigit())
+        or (len(digits) > 1 and digits[0] == "0")
+        or int(digits) > MAX_SAFE_INTEGER
+    ):
+        raise MalformedError(f"checkpoint extension lines {list(lines)[:2]!r}: expected time <ms>")
+    return int(digits)
 
 
 # RFC 8785 §3.2.3 orders the members by name: action, actor, detail, message, time. Each
@@ -102,11 +142,28 @@ def stored_entry(
 ) -> tuple[bytes, bytes]:
     """(the detail's canonical JSON, the entry's leaf hash): what the store keeps of an
     entry, the detail encoded once for both. Raises what `entry_bytes` raises."""
-    detail_json = canonical(dict(detail))
-    return detail_json, leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
+    detail_json = stored_detail(detail)
+    return detail_json, stored_leaf(time, actor, action, message_id, detail_json)
+
+
+def stored_detail(detail: Mapping[str, Json]) -> bytes:
+    """The detail's canonical JSON, as the store keeps it. Raises MalformedError for a value
+    canonical JSON cannot hold, TypeError for a detail that is not a mapping."""
+    return canonical(dict(detail))
+
+
+def stored_leaf(
+    time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
+) -> bytes:
+    """The leaf hash of an entry whose detail is already `stored_detail`'s bytes: the store
+    encodes the detail when the entry is written and hashes it when its time is known (at
+    commit). Raises MalformedError for a time canonical JSON cannot hold."""
+    return leaf_hash(_entry_json(time, actor, action, message_id, detail_json))
 
 
 # -- the verifier's hot path -----------------------------------------------------------
+
+_NO_TIME: Final = -(1 << 63)  # before every time a row can hold (the walk passes ±(2^53-1))
 
 
 @dataclass(slots=True)
@@ -115,8 +172,11 @@ class HashedRows:
 
     `gaps` holds (index, first missing seq, seq found) where seqs jump inside the
     rows; `mismatches` holds (index, seq, stored leaf) where the recomputed leaf
-    (b"" if it could not be) is not the stored one. `first` and `last` are the
-    first and last seq (None for no rows).
+    (b"" if it could not be) is not the stored one; `backwards` holds (seq, time,
+    the time before it) where an entry's time is earlier than the one before it
+    among these rows. `first` and `last` are the first and last seq (None for no
+    rows); `first_time` is (seq, time) of the first row with a time, `last_time`
+    the last time (rows whose time is None are passed over).
     """
 
     leaves: list[bytes]
@@ -124,6 +184,9 @@ class HashedRows:
     last: int | None = None
     gaps: list[tuple[int, int, int]] = field(default_factory=list)
     mismatches: list[tuple[int, int, object]] = field(default_factory=list)
+    backwards: list[tuple[int, int, int]] = field(default_factory=list)
+    first_time: tuple[int, int] | None = None
+    last_time: int | None = None
 
 
 class RowHasher:
@@ -134,6 +197,7 @@ class RowHasher:
     an integer within ±(2^53-1) or None, `detail` the stored canonical JSON as
     bytes. A row whose columns are not of those types gets the leaf b"" and is
     listed as a mismatch, for the caller to hash by the definition (`entry_leaf`).
+    Times are compared as they pass: the store never lets them go backwards.
     """
 
     def __init__(self) -> None:
@@ -150,11 +214,18 @@ class RowHasher:
         template = _LEAF_INPUT
         last_id, last_quoted = self._last_id
         expected = None if out.last is None else out.last + 1
+        if out.first_time is None:
+            out.first_time = next(((r[0], r[1]) for r in batch if r[1] is not None), None)
+        previous = _NO_TIME if out.last_time is None else out.last_time
         for row in batch:
             seq, time, actor, action, message_id, detail, stored = row
             if seq != expected and expected is not None:
                 out.gaps.append((len(leaves), expected, seq))
             expected = seq + 1
+            if time is not None:
+                if time < previous:
+                    out.backwards.append((seq, time, previous))
+                previous = time
             try:
                 a = encoded.get(action) or self._encode(action)
                 b = encoded.get(actor) or self._encode(actor)
@@ -172,6 +243,8 @@ class RowHasher:
                 out.mismatches.append((len(leaves), seq, stored))
             append(leaf)
         self._last_id = (last_id, last_quoted)
+        if previous != _NO_TIME:
+            out.last_time = previous
         if batch:
             out.first = batch[0][0] if out.first is None else out.first
             out.last = batch[-1][0]

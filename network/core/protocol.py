@@ -10,6 +10,11 @@ digests computed on either side agree.
     R  receipt        the receipt bytes (hop or end to end)
     N  announcement   a node's signed list of its live links (`routing`)
     S  roster         a roster document (the register keeper's signature decides)
+    C  checkpoint     canonical JSON {"note", "from", "proof"}: our checkpoint, to witness
+    K  cosignature    canonical JSON {"size", "cosignature" | "need_from"}: the answer
+    Q  held?          canonical JSON {"nonce"}: "the newest checkpoint of my log you hold?"
+    W  held           canonical JSON {"nonce", "note", "cosignature"}: that checkpoint as
+                      the witness holds it, cosigned again now (both null: none held)
 
 The handshake (after TLS, where each end already presented the certificate
 the roster lists for it):
@@ -63,16 +68,24 @@ __all__ = [
     "FRAME_CHECKPOINT",
     "FRAME_COSIGNATURE",
     "FRAME_ENVELOPE",
+    "FRAME_HELD",
+    "FRAME_HELD_QUERY",
     "FRAME_HELLO",
     "FRAME_RECEIPT",
     "FRAME_ROSTER",
     "MAX_FRAME_BYTES",
     "HandshakeError",
+    "HeldCheckpoint",
+    "HeldQuery",
     "LinkHandshake",
     "Role",
     "backoff_delays",
     "envelope_frame",
     "frame",
+    "held_frame",
+    "held_query_frame",
+    "parse_held",
+    "parse_held_query",
     "split_envelope",
     "split_frame",
 ]
@@ -85,6 +98,9 @@ FRAME_ANNOUNCE: Final = b"N"
 FRAME_ROSTER: Final = b"S"
 FRAME_CHECKPOINT: Final = b"C"  # our audit log's newest signed checkpoint, for witnessing
 FRAME_COSIGNATURE: Final = b"K"  # a witness's answer: its cosignature, or the proof it needs
+FRAME_HELD_QUERY: Final = b"Q"  # asked of a witness: the newest checkpoint of our log it holds?
+FRAME_HELD: Final = b"W"  # the witness's answer: that checkpoint, cosigned
+HELD_NONCE_BYTES: Final = 16
 MAX_CHECKPOINT_FRAME_BYTES: Final = 16 * 1024
 MAX_PROOF_HASHES: Final = 128  # a consistency proof is at most about 2 log2(size) hashes
 _MAX_HANDSHAKE_BYTES: Final = 1024
@@ -97,6 +113,8 @@ _LIMITS: Final = {
     FRAME_ROSTER: MAX_ROSTER_BYTES,
     FRAME_CHECKPOINT: MAX_CHECKPOINT_FRAME_BYTES,
     FRAME_COSIGNATURE: MAX_CHECKPOINT_FRAME_BYTES,
+    FRAME_HELD_QUERY: _MAX_HANDSHAKE_BYTES,
+    FRAME_HELD: MAX_CHECKPOINT_FRAME_BYTES,
 }
 MAX_FRAME_BYTES: Final = 1 + max(_LIMITS.values())
 
@@ -356,3 +374,65 @@ def parse_witness_answer(payload: bytes) -> WitnessAnswer:
     if (line is None) == (need is None):
         raise MalformedError("cosignature: expected exactly one of cosignature and need_from")
     return WitnessAnswer(size, line, need)
+
+
+# -- asking a witness what it holds of our log ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeldQuery:
+    """Asked of a witness: the newest checkpoint of the asker's log it holds. `nonce` pairs
+    the answer with the question."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCheckpoint:
+    """A witness's answer to a `HeldQuery`: the checkpoint note of the asker's log it holds
+    and its cosignature line over it, made when asked (both None: it holds none)."""
+
+    nonce: bytes
+    note: str | None = None
+    cosignature: str | None = None
+
+
+def held_query_frame(query: HeldQuery) -> bytes:
+    return frame(FRAME_HELD_QUERY, canonical({"nonce": b64encode(query.nonce)}))
+
+
+def _nonce(f: Fields, what: str) -> bytes:
+    nonce = f.bytes("nonce")
+    if len(nonce) != HELD_NONCE_BYTES:
+        raise MalformedError(f"{what}.nonce: expected {HELD_NONCE_BYTES} bytes")
+    return nonce
+
+
+def parse_held_query(payload: bytes) -> HeldQuery:
+    """A Q frame's payload; raises MalformedError or OversizeError."""
+    f = Fields(parse_canonical(payload, limit=_MAX_HANDSHAKE_BYTES, what="held?"), "held?")
+    nonce = _nonce(f, "held?")
+    f.done()
+    return HeldQuery(nonce)
+
+
+def held_frame(answer: HeldCheckpoint) -> bytes:
+    body: dict[str, Json] = {
+        "nonce": b64encode(answer.nonce),
+        "note": answer.note,
+        "cosignature": answer.cosignature,
+    }
+    return frame(FRAME_HELD, canonical(body))
+
+
+def parse_held(payload: bytes) -> HeldCheckpoint:
+    """A W frame's payload; raises MalformedError or OversizeError (the note and the
+    cosignature are checked by whoever asked, against the keys it trusts)."""
+    f = Fields(parse_canonical(payload, limit=MAX_CHECKPOINT_FRAME_BYTES, what="held"), "held")
+    nonce = _nonce(f, "held")
+    note = None if f.any("note") is None else f.str("note", max_len=MAX_CHECKPOINT_FRAME_BYTES)
+    line = None if f.any("cosignature") is None else f.str("cosignature", max_len=1024)
+    f.done()
+    if (note is None) != (line is None):
+        raise MalformedError("held: expected a note with its cosignature, or neither")
+    return HeldCheckpoint(nonce, note, line)

@@ -9,7 +9,7 @@ frames the peer sent (`receive_frame`), takes the events they make
 passed in as `now`.
 
 Rules:
-- Frames after the handshake are E, R, N, S, C and K. Any other kind, a text
+- Frames after the handshake are E, R, N, S, C, K, Q and W. Any other kind, a text
   frame, a frame over its kind's limit, or a payload that does not parse,
   raises a `PeerError` (`malformed`, `oversize`, `protocol`) at once: the
   link is cut for it.
@@ -21,9 +21,10 @@ Rules:
   announcement per contact point); one more raises `flood`. The adapter's
   reader never waits, so a fast peer is bounded by this, not by our memory.
 - `events_received` gives, in order: the announcements, rosters, checkpoint
-  offers and cosignatures as they came, then every receipt in one event,
-  then one batch of at most `batch` envelopes, flash first (a scheduling
-  hint read from the clear header; the checks come later, in the use case).
+  offers, cosignatures and held-checkpoint questions and answers as they
+  came, then every receipt in one event, then one batch of at most `batch`
+  envelopes, flash first (a scheduling hint read from the clear header; the
+  checks come later, in the use case).
   Envelopes beyond the batch wait for the next call.
 - We keep at most `window + flash_reserve` envelopes in flight without a
   receipt. `room()` says how many may go in the next batch and whether only
@@ -45,14 +46,22 @@ from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_COSIGNATURE,
     FRAME_ENVELOPE,
+    FRAME_HELD,
+    FRAME_HELD_QUERY,
     FRAME_RECEIPT,
     FRAME_ROSTER,
     CheckpointOffer,
+    HeldCheckpoint,
+    HeldQuery,
     WitnessAnswer,
     checkpoint_frame,
     envelope_frame,
     frame,
+    held_frame,
+    held_query_frame,
     parse_checkpoint_offer,
+    parse_held,
+    parse_held_query,
     parse_witness_answer,
     split_envelope,
     split_frame,
@@ -67,6 +76,8 @@ __all__ = [
     "CosignatureReceived",
     "EnvelopesReceived",
     "Event",
+    "HeldAnswered",
+    "HeldAsked",
     "LinkSession",
     "LinkSettings",
     "Outgoing",
@@ -142,6 +153,20 @@ class CosignatureReceived:
     answer: WitnessAnswer
 
 
+@dataclass(frozen=True, slots=True)
+class HeldAsked:
+    """The peer asks us, its witness, for the newest checkpoint of its log we hold."""
+
+    query: HeldQuery
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAnswered:
+    """The peer, our witness, answers what it holds of our log (not yet verified)."""
+
+    answer: HeldCheckpoint
+
+
 Event = (
     EnvelopesReceived
     | ReceiptsReceived
@@ -149,6 +174,8 @@ Event = (
     | RosterReceived
     | CheckpointOffered
     | CosignatureReceived
+    | HeldAsked
+    | HeldAnswered
 )
 
 
@@ -190,7 +217,9 @@ def rank_hint(envelope: bytes) -> int:
 
 
 # A frame received, parsed, with its kind: an envelope waits for its batch, the rest are events.
-_Queued = tuple[bytes, Carried | bytes | CheckpointOffer | WitnessAnswer]
+_Queued = tuple[
+    bytes, Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint
+]
 
 
 class LinkSession:
@@ -227,7 +256,7 @@ class LinkSession:
                 )
         if len(self._queued) >= self.settings.max_queued_frames:
             raise PeerError(f"{self.peer} floods the link", reason="flood")
-        item: Carried | bytes | CheckpointOffer | WitnessAnswer
+        item: Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint
         if kind == FRAME_ENVELOPE:
             item = split_envelope(payload)
         elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE, FRAME_ROSTER):
@@ -236,6 +265,10 @@ class LinkSession:
             item = parse_checkpoint_offer(payload)
         elif kind == FRAME_COSIGNATURE:
             item = parse_witness_answer(payload)
+        elif kind == FRAME_HELD_QUERY:
+            item = parse_held_query(payload)
+        elif kind == FRAME_HELD:
+            item = parse_held(payload)
         else:
             raise PeerError(f"{kind.decode()} frame after the handshake", reason="protocol")
         self._queued.append((kind, item))
@@ -263,6 +296,10 @@ class LinkSession:
                 events.append(RosterReceived(item))
             elif isinstance(item, CheckpointOffer):
                 events.append(CheckpointOffered(item))
+            elif isinstance(item, HeldQuery):
+                events.append(HeldAsked(item))
+            elif isinstance(item, HeldCheckpoint):
+                events.append(HeldAnswered(item))
             else:
                 assert isinstance(item, WitnessAnswer)
                 events.append(CosignatureReceived(item))
@@ -318,6 +355,12 @@ class LinkSession:
 
     def send_witness(self, answer: WitnessAnswer) -> None:
         self._outgoing.append(witness_frame(answer))
+
+    def send_held_query(self, query: HeldQuery) -> None:
+        self._outgoing.append(held_query_frame(query))
+
+    def send_held(self, answer: HeldCheckpoint) -> None:
+        self._outgoing.append(held_frame(answer))
 
     def data_to_send(self) -> list[bytes]:
         """The frames to write, in order, each once; empty when none wait."""

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
-from network.core.auditlog import checkpoint_origin
-from network.core.errors import AuditReadError
-from network.core.tlog import HASH_SIZE, MerkleLog
+from network.core.auditlog import checkpoint_origin, checkpoint_time
+from network.core.errors import AuditReadError, CpnError
+from network.core.tlog import HASH_SIZE, MerkleLog, parse_checkpoint
 from network.node.clock import rfc3339
 
 __all__ = [
@@ -191,24 +191,41 @@ def _cosignatures_by_size(db: sqlite3.Connection) -> dict[int, list[tuple[str, i
 def _checkpoint_records(db: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     """Each stored checkpoint: size, root, time, its signed note and its cosignature lines.
 
-    `cosigned_note` is the note with every cosignature line appended: the C2SP
-    form a witness-aware verifier reads in one go.
+    `time` is the one the note's `time` line carries (`time_signed`: true), which
+    the note's signature covers; for a note from before checkpoints were dated,
+    the stored column (`time_signed`: false: nothing vouches for it). The note is
+    read here, not verified: `verify_store` checks it. `cosigned_note` is the
+    note with every cosignature line appended: the C2SP form a witness-aware
+    verifier reads in one go.
     """
     cosignatures = _cosignatures_by_size(db)
     cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
     while batch := cursor.fetchmany(BATCH):
-        for size, root, time, note in batch:
+        for size, root, stored_time, note in batch:
             lines = cosignatures.get(size, [])
+            signed = _signed_time(note)
+            time = stored_time if signed is None else signed
             yield {
                 "type": "checkpoint",
                 "size": size,
                 "root": _b64(root) if isinstance(root, bytes) else None,
                 "time": time,
                 "time_rfc3339": rfc3339(time) if isinstance(time, int) else None,
+                "time_signed": signed is not None,
                 "note": note,
                 "cosignatures": [{"witness": w, "time": t, "line": line} for w, t, line in lines],
                 "cosigned_note": note + "".join(line for _, _, line in lines),
             }
+
+
+def _signed_time(note: object) -> int | None:
+    """The time line of a checkpoint note, unverified (None: none, or not a checkpoint)."""
+    if not isinstance(note, str):
+        return None
+    try:
+        return checkpoint_time(parse_checkpoint(note.split("\n\n", 1)[0] + "\n"))
+    except CpnError:
+        return None
 
 
 _CSV_FIELDS: Final = (
@@ -255,7 +272,7 @@ def export_entries(
 
     JSONL: one object per line, `{"type": "entry", seq, index, time,
     time_rfc3339, actor, action, message_id, detail, leaf_hash}`, then one
-    `{"type": "checkpoint", size, root, time, time_rfc3339, note,
+    `{"type": "checkpoint", size, root, time, time_rfc3339, time_signed, note,
     cosignatures, cosigned_note}` per signed checkpoint (all of them, whatever
     the filters). CSV: the entry columns only, with `detail` as its canonical
     JSON text, and every actor, action, message id or detail cell that a spreadsheet

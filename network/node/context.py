@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from network.core.crypto import StorageKey, VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
@@ -21,6 +21,9 @@ from network.core.roster import Roster
 from network.node.events import Hub
 from network.node.keys import NodeKeys
 from network.node.store import AuditEntry, Store
+
+if TYPE_CHECKING:
+    from network.node.witnessing import WitnessReply
 
 __all__ = ["MAX_RECENT_ALERTS", "AlertBoard", "CheckpointStanding", "NodeContext", "RosterHolder"]
 
@@ -92,6 +95,12 @@ class CheckpointStanding:
     def __init__(self) -> None:
         self.latest: str | None = None
         self.urgent_pending = False
+        # Asks the linked peers which checkpoint of our log each holds (set by witnessing).
+        self.ask_witnesses: Callable[[], Awaitable[list[WitnessReply]]] | None = None
+
+    def asked_by(self, ask: Callable[[], Awaitable[list[WitnessReply]]]) -> None:
+        """How to ask our witnesses what they hold of our log (`GET /api/audit/verify`)."""
+        self.ask_witnesses = ask
 
     def urgent_message(self) -> None:
         self.urgent_pending = True

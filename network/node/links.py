@@ -44,6 +44,7 @@ from network.core.lifecycle import PRIORITY_RANK
 from network.core.protocol import (
     MAX_FRAME_BYTES,
     HandshakeError,
+    HeldQuery,
     LinkHandshake,
     Role,
     backoff_delays,
@@ -56,6 +57,8 @@ from network.core.session import (
     CosignatureReceived,
     EnvelopesReceived,
     Event,
+    HeldAnswered,
+    HeldAsked,
     LinkSession,
     LinkSettings,
     Outgoing,
@@ -135,6 +138,8 @@ class Links:
         self._listener: _Listener | None = None
         self._server_ssl = self._ssl_context(server=True)
         self._client_ssl = self._ssl_context(server=False)
+        if witnessing is not None:
+            witnessing.attach(self._ask_held)
 
     # -- TLS ---------------------------------------------------------------------
 
@@ -395,6 +400,13 @@ class Links:
             link.session.send_checkpoint(offer)
             link.flush()
 
+    def _ask_held(self, query: HeldQuery) -> list[NodeId]:
+        """Ask every linked peer which checkpoint of our log it holds; the peers asked."""
+        for link in list(self.active.values()):
+            link.session.send_held_query(query)
+            link.flush()
+        return list(self.active)
+
     def _broadcast(
         self, send: Callable[[LinkSession, bytes], None], raw: bytes, *, but: str | None = None
     ) -> None:
@@ -544,6 +556,10 @@ class Links:
                 again = await self.witnessing.take_answer(peer, answer)
                 if again is not None:
                     session.send_checkpoint(again)
+            case HeldAsked(query) if self.witnessing is not None:
+                session.send_held(await self.witnessing.answer_held(peer, query))
+            case HeldAnswered(answer) if self.witnessing is not None:
+                self.witnessing.take_held(peer, answer)
             case _:  # witnessing frames to a node that does not witness
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
 

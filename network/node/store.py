@@ -12,6 +12,11 @@
   at rest (outbound bodies are also sealed to the node's own key, so that its
   officers can read what they sent).
 - `synchronous=FULL`: a commit is on disk before a receipt says so.
+- Audit entries get their seq and their time at commit, under the write lock
+  (both the store's and SQLite's, which other processes take too): the time
+  is the store's clock then, never earlier than the last entry's, so times
+  never go backwards in seq order (a clock stepped back repeats the last time
+  until it catches up). `cpn audit verify` checks that they do not.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import aiosqlite
 
-from network.core.auditlog import AuditEntry, entry_leaf, stored_entry
+from network.core.auditlog import AuditEntry, entry_leaf, stored_detail, stored_leaf
 from network.core.deadlines import Due, Overdue, format_overdue, parse_overdue
 from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
 from network.core.tlog import MerkleLog
+from network.node.clock import now_ms
 
 __all__ = [
     "AuditEntry",
@@ -456,6 +462,13 @@ def _entries_after(conn: sqlite3.Connection, size: int, path: Path) -> list[byte
     return leaves
 
 
+def _last_time(conn: sqlite3.Connection) -> int:
+    """The time of the log's last entry (0 for none, or for a time that is not an integer:
+    a damaged row is the verifier's to name, not a reason to stop writing)."""
+    row = conn.execute("SELECT time FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return row[0] if row is not None and type(row[0]) is int else 0
+
+
 async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
     """Run `work(conn)` on the connection's own thread, in one hop, and return its result.
 
@@ -503,12 +516,13 @@ class Tx:
         self._durable = durable
         # (statement, rows) in the order issued; a statement issued again at once joins its run.
         self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
-        self._entries: list[tuple[Any, ...]] = []  # audit rows, numbered at commit
+        # audit entries (actor, action, message id, detail JSON), numbered and timed at commit
+        self._entries: list[tuple[str, str, str | None, bytes]] = []
         self._rows: dict[str, MessageRow | None] = {}
         self._issued: _Receipts = {}  # as stored before this transaction
         self._begun = False
         self._audit_size: int | None = None
-        self.leaves: list[bytes] = []  # this transaction's audit entries, in order
+        self.leaves: list[bytes] = []  # this transaction's audit entries, in order (at commit)
 
     # -- on the connection's thread ---------------------------------------------------
 
@@ -527,7 +541,15 @@ class Tx:
             others = _entries_after(conn, log_size, self._store.path)
             base = log_size + len(others)
             if self._entries:
-                numbered = [(base + i, *row) for i, row in enumerate(self._entries, 1)]
+                time = self._entry_time(conn)
+                numbered = []
+                self.leaves = []
+                for i, (actor, action, message_id, detail) in enumerate(self._entries, 1):
+                    leaf = stored_leaf(time, actor, action, message_id, detail)
+                    self.leaves.append(leaf)
+                    numbered.append(
+                        (base + i, time, actor, action, message_id, detail.decode(), leaf)
+                    )
                 conn.executemany(_INSERT_AUDIT, numbered)
             for statement, rows in self._writes:
                 conn.executemany(statement, rows)
@@ -540,6 +562,11 @@ class Tx:
         finally:
             if not self._durable:
                 conn.execute("PRAGMA synchronous = FULL")
+
+    def _entry_time(self, conn: sqlite3.Connection) -> int:
+        """The time for entries committed now (under the write lock): the clock, never
+        earlier than the last entry's."""
+        return max(self._store.clock(), _last_time(conn))
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """A read under the transaction's lock (beginning it, in the same hop)."""
@@ -562,6 +589,12 @@ class Tx:
             log_tree.extend(others)
             self._audit_size = log_tree.size
         return self._audit_size
+
+    async def entry_time(self) -> int:
+        """The time an entry committed now would carry, read under the transaction's lock:
+        the store's clock, never earlier than the last entry's (what a checkpoint signed in
+        this transaction is dated)."""
+        return await self._read(self._entry_time)
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store holds, read under the transaction's lock so that dedup
@@ -629,16 +662,20 @@ class Tx:
 
     def audit(self, entries: Iterable[AuditEntry]) -> None:
         """Append entries to the log; each is a leaf of the Merkle tree at position seq - 1
-        (numbered at commit, after any entries other processes added)."""
-        for e in entries:
-            detail, leaf = stored_entry(self.now, e.actor, e.action, e.message_id, e.detail or {})
-            self.leaves.append(leaf)
-            self._entries.append((self.now, e.actor, e.action, e.message_id, detail.decode(), leaf))
+        (numbered and timed at commit, after any entries other processes added).
 
-    def checkpoint(self, size: int, root: bytes, note: str) -> None:
+        Raises MalformedError for a detail canonical JSON cannot hold, here rather than
+        at commit."""
+        for e in entries:
+            detail = stored_detail(e.detail or {})
+            self._entries.append((e.actor, e.action, e.message_id, detail))
+
+    def checkpoint(self, size: int, root: bytes, note: str, *, time: int | None = None) -> None:
+        """Our signed checkpoint `note` of `size` entries; `time`: the one it is dated in
+        the note (the transaction's `now` for a note without one)."""
         self._write(
             "INSERT OR IGNORE INTO checkpoints (size, root, time, note) VALUES (?, ?, ?, ?)",
-            (size, root, self.now, note),
+            (size, root, self.now if time is None else time, note),
         )
 
     def cosignature(self, size: int, witness: str, time: int, line: str) -> None:
@@ -916,21 +953,26 @@ class _WriteLock:
 class Store:
     """One node's SQLite file. Reads go straight through; writes through `transaction()`."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path, clock: Callable[[], int] = now_ms
+    ) -> None:
         self.db = db
         self.path = path
+        self.clock = clock  # audit entry times, read at commit (ms since the epoch)
         self._lock = _WriteLock()
         self.audit_log = MerkleLog()  # the audit entries' leaf hashes, as a Merkle tree
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        """Open (creating if needed) and migrate; StoreError says what is wrong."""
+    async def open(cls, path: Path, *, clock: Callable[[], int] = now_ms) -> Store:
+        """Open (creating if needed) and migrate; StoreError says what is wrong.
+
+        `clock` (ms since the epoch) gives audit entries their time at commit."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except Exception as exc:  # aiosqlite re-raises sqlite3 errors from its thread
             raise StoreError(f"{path}: cannot open store: {exc}") from exc
-        store = cls(db, path)
+        store = cls(db, path, clock)
         try:
             await store._migrate()
             await store._load_audit_log()
@@ -1011,6 +1053,7 @@ class Store:
         harmlessly (a `sent` mark: the message goes again and is deduplicated);
         the next durable commit makes them durable too (WAL). `officer`: an
         officer waits on it, so it goes before the links' queued transactions.
+        `now` dates the rows it writes; its audit entries are timed at commit.
         """
         async with self._lock.held(first=officer):
             tx = Tx(self, now, durable)

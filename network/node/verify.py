@@ -32,6 +32,7 @@ from network.core.auditlog import (
     HashedRows,
     RowHasher,
     checkpoint_origin,
+    checkpoint_time,
     entry_leaf,
     witness_name,
 )
@@ -66,6 +67,7 @@ from network.node.clock import rfc3339
 __all__ = [
     "MAX_PROBLEMS",
     "PARALLEL_CHUNK",
+    "Assurance",
     "Problem",
     "ProblemKind",
     "VerifyReport",
@@ -96,6 +98,18 @@ class ProblemKind(StrEnum):
     MALFORMED = "malformed"  # a stored envelope or receipt that does not parse
     MISMATCH = "mismatch"  # a stored column disagrees with the signed bytes it came from
     INCONSISTENT = "inconsistent"  # a witness holds a checkpoint this log contradicts
+    BACKWARDS = "backwards"  # an entry (or checkpoint) dated before the entry it follows
+
+
+class Assurance(StrEnum):
+    """What stands behind a report that found nothing wrong (`assurance` in its JSON)."""
+
+    # A witness's own copy of this log (its store, a note, or its answer over the link)
+    # was checked: a rewrite up to its size, or a truncation before it, would have shown.
+    WITNESSED = "witnessed"
+    # Only what the store holds was checked: whoever holds the database and the node key
+    # can rewrite what no witness cosigned and delete the end of the log undetected.
+    SELF_SIGNED = "self-signed only"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +144,13 @@ class VerifyReport:
     problem_count: int  # all problems found (`problems` lists at most MAX_PROBLEMS)
     warnings: tuple[str, ...]
     latest_checkpoint: int  # the largest signed tree size (0: none)
+    assurance: Assurance = Assurance.SELF_SIGNED
+    witnessed_size: int = 0  # the largest size a witness vouches for (held or cosigned)
+    unproven: str | None = None  # what could not be checked, said plainly (None: nothing)
 
     @property
     def ok(self) -> bool:
+        """Nothing was found wrong (what stands behind it: `assurance`, `unproven`)."""
         return self.problem_count == 0
 
     @property
@@ -155,6 +173,9 @@ class VerifyReport:
             "problems": [p.to_json() for p in self.problems],
             "problem_count": self.problem_count,
             "warnings": list(self.warnings),
+            "assurance": str(self.assurance),
+            "witnessed_size": self.witnessed_size,
+            "unproven": self.unproven,
         }
 
 
@@ -258,7 +279,7 @@ class _Signed:
     """A stored checkpoint as read: its row, and its checkpoint if the signature holds."""
 
     size: int
-    time: int
+    time: int  # the time signed in its note (the stored one for a note that has none)
     checkpoint: Checkpoint | None
 
 
@@ -295,6 +316,7 @@ class _Walk:
         self._changed = False  # a root failed since the last one that held
         self._hasher = RowHasher()
         self._slow_paths = 0
+        self._last_time: int | None = None  # the time of the last entry taken that had one
 
     def rows(self, batch: Sequence[Sequence[Any]]) -> None:
         """Take rows in seq order (as _WALK_QUERY selects them)."""
@@ -303,6 +325,7 @@ class _Walk:
     def take(self, hashed: HashedRows, chunk: MerkleLog | None = None) -> None:
         """Take rows hashed by a `RowHasher` (here or in a worker), in seq order; `chunk`: the
         tree of an intact worker's chunk, which then holds the leaves instead of `hashed`."""
+        self._times(hashed)
         base = self.builder.size
         if chunk is not None and hashed.first == base + 1 == self.expected:
             # an intact chunk at its place in the tree: its subtrees are the tree's
@@ -325,6 +348,24 @@ class _Walk:
         self._grow(
             len(leaves), lambda start, count: self.builder.extend(leaves[start : start + count])
         )
+
+    def _times(self, hashed: HashedRows) -> None:
+        """Entry times never go backwards in seq order (the store times entries at commit)."""
+        backwards = hashed.backwards
+        if hashed.first_time is not None and self._last_time is not None:
+            seq, time = hashed.first_time
+            if time < self._last_time:
+                backwards = [(seq, time, self._last_time), *backwards]
+        for seq, time, before in backwards:
+            self.problems.add(
+                ProblemKind.BACKWARDS,
+                f"entry {seq} goes back in time: dated {_when(time)}, before the entry ahead"
+                f" of it ({_when(before)})",
+                seq=seq,
+                order=(seq, 0),
+            )
+        if hashed.last_time is not None:
+            self._last_time = hashed.last_time
 
     def _gap(self, first: int, seq: int, position: int) -> None:
         last = seq - 1
@@ -605,13 +646,17 @@ def verify_store(
                 " checkpoint (a running node signs one within a minute, and one on stopping):"
                 " they can be checked only against themselves"
             )
-        witnessed_count = _check_witnessed(witnessed, origin, own_keys, walk, problems, warnings)
-        cosignatures = _check_cosignatures(db, keys, walk, problems, warnings)
+        witnessed_count, held = _check_witnessed(
+            witnessed, origin, own_keys, walk, problems, warnings
+        )
+        cosignatures, cosigned = _check_cosignatures(db, keys, walk, problems, warnings)
         signers: Counter[tuple[str, str, int, bool]] = Counter()
         envelopes = _check_envelopes(db, keys, problems, signers)
         receipts = _check_receipts(db, keys, problems, signers)
         _check_held(db, keys, problems, warnings)
     warnings.extend(_signer_warnings(signers, keys))
+    assurance = Assurance.WITNESSED if held is not None else Assurance.SELF_SIGNED
+    vouched = max(held or 0, cosigned)
     return VerifyReport(
         node=node_id,
         entries=entries,
@@ -624,7 +669,29 @@ def verify_store(
         problem_count=problems.count,
         warnings=tuple(warnings),
         latest_checkpoint=signed_size,
+        assurance=assurance,
+        witnessed_size=vouched,
+        unproven=_unproven(assurance, vouched, entries),
     )
+
+
+def _unproven(assurance: Assurance, vouched: int, entries: int) -> str | None:
+    """What a report could not check, in words an auditor acts on."""
+    after = f"entries after size {vouched}" if vouched else "every entry"
+    if assurance is Assurance.SELF_SIGNED:
+        return (
+            f"{after} (the newest checkpoint a witness cosigned) could have been rewritten,"
+            " and the end of the log deleted with its checkpoints, by whoever holds the"
+            " database and the node key, and nothing here would show it: no witness's own"
+            " copy was checked (cpn audit verify --witnessed PEER_STORE, or GET"
+            " /api/audit/verify, which asks the linked peers)"
+        )
+    if vouched < entries:
+        return (
+            f"{after} (the newest checkpoint a witness holds or cosigned) are proven by the"
+            " node's own signature only, until a witness cosigns a checkpoint covering them"
+        )
+    return None
 
 
 # What the walk reads: the columns as stored, but `time` only when canonical JSON can hold it
@@ -785,27 +852,44 @@ def _signed_checkpoints(
     problems: _Problems,
     warnings: list[str],
 ) -> Iterator[_Signed]:
-    """The stored checkpoints in size order, each with its note's signature checked."""
+    """The stored checkpoints in size order, each with its note's signature checked, and its
+    signed time: the stored one, never before the entry at its size nor the checkpoint
+    before it."""
     old_keys: Counter[int] = Counter()
     unknown = 0
-    cursor = db.execute("SELECT size, root, time, note FROM checkpoints ORDER BY size")
+    undated = 0
+    last: tuple[int, int] | None = None  # (size, signed time) of the last dated checkpoint
+    cursor = db.execute(
+        "SELECT c.size, c.root, c.time, c.note, a.time FROM checkpoints c"
+        " LEFT JOIN audit a ON a.seq = c.size ORDER BY c.size"
+    )
     while batch := cursor.fetchmany(256):
-        for size, root, time, note in batch:
-            where = f"the checkpoint at size {size} (signed {_when(time)})"
+        for size, root, time, note, entry_time in batch:
             checkpoint: Checkpoint | None = None
             try:
                 checkpoint, found = _open_own(str(note), origin, own_keys)
+                signed = checkpoint_time(checkpoint)
             except UnknownSignerError:
                 unknown += 1
             except CpnError as exc:
                 problems.add(
                     ProblemKind.BAD_SIGNATURE,
-                    f"{where} does not verify: {exc}",
+                    f"the checkpoint at size {size} (stored as of {_when(time)}) does not"
+                    f" verify: {exc}",
                     order=(size, 2),
                 )
+                checkpoint = None
             else:
                 if not found.current:
                     old_keys[found.version] += 1
+                where = f"the checkpoint at size {size}"
+                if signed is None:
+                    undated += 1
+                else:
+                    where = f"{where} (signed {_when(signed)})"
+                    _check_dated(problems, where, size, signed, time, entry_time, last)
+                    last = (size, signed)
+                    time = signed
                 if checkpoint.size != size or checkpoint.root != root:
                     problems.add(
                         ProblemKind.MISMATCH,
@@ -815,6 +899,11 @@ def _signed_checkpoints(
                     )
                     checkpoint = None if checkpoint.size != size else checkpoint
             yield _Signed(size, time, checkpoint)
+    if undated:
+        warnings.append(
+            f"{undated} checkpoint(s) signed before checkpoints carried their time: their"
+            " stored time is not signed, and says nothing"
+        )
     for version, count in sorted(old_keys.items()):
         warnings.append(
             f"{count} checkpoint(s) signed with the key of {origin} that roster version"
@@ -824,6 +913,38 @@ def _signed_checkpoints(
         warnings.append(
             f"{unknown} checkpoint(s) signed with a key of {origin} that no roster known holds:"
             f" not checked, so they protect nothing here {_ROSTER_HINT}"
+        )
+
+
+def _check_dated(
+    problems: _Problems,
+    where: str,
+    size: int,
+    signed: int,
+    stored: object,
+    entry_time: object,
+    last: tuple[int, int] | None,
+) -> None:
+    """A checkpoint's signed time: the stored one, after the entry it ends at and the
+    checkpoint before it (the store dates both under the write lock)."""
+    if stored != signed:
+        problems.add(
+            ProblemKind.MISMATCH,
+            f"{where}: its stored time {stored!r} is not its signed time {signed}",
+            order=(size, 2),
+        )
+    if type(entry_time) is int and entry_time > signed:
+        problems.add(
+            ProblemKind.BACKWARDS,
+            f"{where} is dated before entry {size}, the last it covers ({_when(entry_time)})",
+            seq=size,
+            order=(size, 2),
+        )
+    if last is not None and last[1] > signed:
+        problems.add(
+            ProblemKind.BACKWARDS,
+            f"{where} is dated before the checkpoint at size {last[0]} ({_when(last[1])})",
+            order=(size, 2),
         )
 
 
@@ -870,8 +991,10 @@ def _check_witnessed(
     walk: _Walk,
     problems: _Problems,
     warnings: list[str],
-) -> int:
+) -> tuple[int, int | None]:
+    """(how many were given, the largest size among those that hold: None if none held)."""
     entries = walk.builder.size
+    held: int | None = None
     for item in witnessed:
         try:
             checkpoint, _ = _open_own(item.note, origin, own_keys)
@@ -905,13 +1028,17 @@ def _check_witnessed(
                 seq=None,
                 order=(size, 1),
             )
-    return len(witnessed)
+        else:
+            held = max(held or 0, size)
+    return len(witnessed), held
 
 
 def _check_cosignatures(
     db: sqlite3.Connection, keys: _Keys, walk: _Walk, problems: _Problems, warnings: list[str]
-) -> int:
+) -> tuple[int, int]:
+    """(how many cosignatures, the largest size one that verifies covers within the log)."""
     count = 0
+    cosigned = 0
     old: Counter[tuple[str, int]] = Counter()
     unknown: Counter[str] = Counter()
     entries = walk.builder.size
@@ -953,6 +1080,8 @@ def _check_cosignatures(
                 )
                 continue
             when, found = verified
+            if size <= walk.matched_size:  # its root held: the witness vouches for it
+                cosigned = max(cosigned, size)
             if when != time:
                 problems.add(
                     ProblemKind.MISMATCH,
@@ -971,7 +1100,7 @@ def _check_cosignatures(
             f"{n} cosignature(s) by {witness} with a key that no roster known holds:"
             f" not checked {_ROSTER_HINT}"
         )
-    return count
+    return count, cosigned
 
 
 def _cosigned_by(note: str, witness: str, keys: _Keys) -> tuple[int, _Key] | CpnError:

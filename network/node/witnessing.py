@@ -10,30 +10,49 @@
   by the proof. Then we keep it and cosign it. A checkpoint that contradicts
   the one held is kept beside it, signed by the same key: portable proof that
   the peer rewrote or truncated its log. It is audited and logged as an error.
+- Asked (`ask_witnesses`, for `GET /api/audit/verify`), each linked peer says
+  which checkpoint of our log it holds, cosigned again as it answers; the
+  answers are checked (our signature, its cosignature) and handed to the
+  verifier, which checks our store against them: a log rewritten, or cut
+  after its last checkpoint, shows against a witness's newer checkpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from network.core.auditlog import checkpoint_origin, witness_name
+from network.core.auditlog import checkpoint_origin, dated_checkpoint, witness_name
 from network.core.errors import ConsistencyProofError, CpnError, PeerError, UnknownSignerError
-from network.core.protocol import CheckpointOffer, WitnessAnswer
-from network.core.records import NodeId
+from network.core.protocol import (
+    HELD_NONCE_BYTES,
+    CheckpointOffer,
+    HeldCheckpoint,
+    HeldQuery,
+    WitnessAnswer,
+)
+from network.core.records import Json, NodeId
 from network.core.tlog import (
     Checkpoint,
     cosign,
     open_checkpoint,
+    parse_checkpoint,
     sign_note,
     verify_consistency,
     verify_cosignature,
 )
+from network.node.auditfile import Witnessed
+from network.node.clock import rfc3339
 from network.node.context import NodeContext
 from network.node.store import AuditEntry
 
-__all__ = ["CheckpointPolicy", "Witnessing"]
+__all__ = ["CheckpointPolicy", "HeldStatus", "WitnessReply", "Witnessing"]
+
+WITNESS_ANSWER_SECONDS = 5.0  # how long `ask_witnesses` waits for the linked peers
 
 log = logging.getLogger("cpn.witnessing")
 
@@ -43,6 +62,49 @@ class CheckpointPolicy:
     every_entries: int = 1000
     every_ms: int = 60_000
     urgent_delay_ms: int = 1000  # after a flash or urgent message: soon, and once per burst
+
+
+class HeldStatus(StrEnum):
+    """What a linked peer said when asked which checkpoint of our log it holds."""
+
+    HOLDS = "holds"  # a checkpoint we signed, which it cosigned as it answered
+    HOLDS_NONE = "holds none"  # it never witnessed our log
+    NO_ANSWER = "no answer"  # not in time (or the link closed meanwhile)
+    REFUSED = "refused"  # what it sent is not our checkpoint, or not its cosignature
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessReply:
+    """One linked peer's answer: its status, and for HOLDS the checkpoint's size, note (with
+    the peer's cosignature line) and the time it cosigned (s); `problem` for REFUSED."""
+
+    peer: str
+    status: HeldStatus
+    size: int | None = None
+    note: str | None = None
+    cosigned_at: int | None = None
+    problem: str | None = None
+
+    @property
+    def witnessed(self) -> Witnessed | None:
+        """The checkpoint for `verify_store` to check the log against (None: nothing held)."""
+        if self.status is not HeldStatus.HOLDS or self.note is None:
+            return None
+        return Witnessed(self.peer, self.note)
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "peer": self.peer,
+            "status": str(self.status),
+            "size": self.size,
+            "cosigned_at": None if self.cosigned_at is None else rfc3339(self.cosigned_at * 1000),
+            "problem": self.problem,
+            "note": self.note,
+        }
+
+
+# Sends a question to every linked peer; returns the peers asked (`Links` provides it).
+AskPeers = Callable[[HeldQuery], Sequence[NodeId]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +122,13 @@ class Witnessing:
         self.latest: _Signed | None = None
         self._cosigned: dict[str, int] = {}  # peer -> largest size it cosigned
         self._signed_at = 0
+        self._ask: AskPeers | None = None
+        self._asked: dict[bytes, dict[str, asyncio.Future[WitnessReply]]] = {}  # nonce -> peer
+        context.checkpoints.asked_by(self.ask_witnesses)  # what `GET /api/audit/verify` calls
+
+    def attach(self, ask: AskPeers) -> None:
+        """How to reach the linked peers (the links, once they exist)."""
+        self._ask = ask
 
     async def load(self) -> None:
         """Our newest checkpoint and what each witness last cosigned, from the store."""
@@ -92,14 +161,16 @@ class Witnessing:
         return waited >= self.policy.every_ms or (urgent and waited >= self.policy.urgent_delay_ms)
 
     async def sign(self, now: int) -> Checkpoint:
-        """Sign a checkpoint of the whole log and commit it durably before anyone sees it."""
+        """Sign a checkpoint of the whole log, dated in the note (never before its last
+        entry), and commit it durably before anyone sees it."""
         log_tree = self.store.audit_log
         async with self.store.transaction(now) as tx:
-            # In a write transaction: no entry can join between the size and the root.
+            # In a write transaction: no entry can join between the size, the root and the time.
             size = await tx.audit_size()
-            checkpoint = Checkpoint(self.origin, size, log_tree.root(size))
+            time = await tx.entry_time()
+            checkpoint = dated_checkpoint(self.origin, size, log_tree.root(size), time)
             note = sign_note(checkpoint.to_text(), self.origin, self.context.keys.signing)
-            tx.checkpoint(checkpoint.size, checkpoint.root, note)
+            tx.checkpoint(checkpoint.size, checkpoint.root, note, time=time)
         self.latest = _Signed(checkpoint, note)
         self.context.checkpoints.signed(note)
         self._signed_at = now
@@ -139,6 +210,67 @@ class Witnessing:
             tx.cosignature(answer.size, peer, when, answer.cosignature)
         self._cosigned[peer] = max(self._cosigned.get(peer, 0), answer.size)
         return None
+
+    # -- asking our witnesses what they hold ---------------------------------------------
+
+    async def ask_witnesses(self, timeout: float = WITNESS_ANSWER_SECONDS) -> list[WitnessReply]:
+        """Ask every linked peer which checkpoint of our log it holds; what each said, in
+        peer order, within `timeout` seconds (a peer that did not answer: NO_ANSWER)."""
+        if self._ask is None:
+            return []
+        nonce = self.context.random_bytes(HELD_NONCE_BYTES)
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future[WitnessReply]] = {}
+        self._asked[nonce] = waiting
+        try:
+            for peer in self._ask(HeldQuery(nonce)):  # only queued: no answer can come yet
+                waiting[peer] = loop.create_future()
+            if waiting:
+                await asyncio.wait(waiting.values(), timeout=timeout)
+        finally:
+            del self._asked[nonce]
+        return [
+            future.result() if future.done() else WitnessReply(peer, HeldStatus.NO_ANSWER)
+            for peer, future in sorted(waiting.items())
+        ]
+
+    def take_held(self, peer: str, answer: HeldCheckpoint) -> None:
+        """A peer's answer to our question: checked, and given to whoever asked. An answer
+        to no question still open (late, or never asked) is dropped."""
+        future = self._asked.get(answer.nonce, {}).get(peer)
+        if future is None or future.done():
+            return
+        future.set_result(self._check_held(peer, answer))
+
+    def _check_held(self, peer: str, answer: HeldCheckpoint) -> WitnessReply:
+        if answer.note is None or answer.cosignature is None:
+            return WitnessReply(peer, HeldStatus.HOLDS_NONE)
+        try:
+            checkpoint = self._open_own(answer.note)
+            key = self.context.roster.active_card(peer).signing_key
+            when = verify_cosignature(answer.note + answer.cosignature, witness_name(peer), key)
+        except CpnError as exc:
+            log.error("%s's answer about our log does not hold: %s", peer, exc)
+            return WitnessReply(peer, HeldStatus.REFUSED, problem=str(exc))
+        note = answer.note + answer.cosignature
+        return WitnessReply(peer, HeldStatus.HOLDS, checkpoint.size, note, when)
+
+    async def answer_held(self, peer: NodeId, query: HeldQuery) -> HeldCheckpoint:
+        """As `peer`'s witness: the newest checkpoint of its log we hold, cosigned now."""
+        held = await self.store.witnessed(peer)
+        if held is None:
+            return HeldCheckpoint(query.nonce)
+        note = held[2]
+        try:  # we checked its signature when we took it; its text is what we cosign
+            checkpoint = parse_checkpoint(note.split("\n\n", 1)[0] + "\n")
+        except CpnError as exc:  # our own store damaged: say nothing rather than end the link
+            log.error("the checkpoint of %s we hold does not parse: %s", peer, exc)
+            return HeldCheckpoint(query.nonce)
+        now = self.context.clock()
+        line = cosign(
+            checkpoint, witness_name(self.context.me), self.context.keys.signing, now // 1000
+        )
+        return HeldCheckpoint(query.nonce, note, line)
 
     # -- witnessing our peers ---------------------------------------------------------
 
