@@ -161,24 +161,30 @@ async def test_submit_names_the_bad_field_and_stores_nothing(pair: Pair) -> None
 async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair) -> None:
     store = pair.fra.context.store
     entered = asyncio.Event()
+    never = asyncio.Event()  # holds the transaction open until it is cancelled
 
     async def interrupted() -> None:
         async with store.transaction(T0) as tx:
             tx.audit([AuditEntry("test", "half_done")])
             entered.set()
-            await asyncio.sleep(10)
+            await never.wait()
 
-    for _ in range(3):  # cancel at BEGIN, inside the body, and again
+    # Cancelled while it waits for the write lock (held here), then twice inside the body.
+    async with store.transaction(T0):
         task = asyncio.create_task(interrupted())
-        await asyncio.sleep(0)
+        while store.queued_transactions == 0:
+            await asyncio.sleep(0)  # a yield: the task runs up to the lock
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    task = asyncio.create_task(interrupted())
-    await entered.wait()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    assert store.queued_transactions == 0
+    for _ in range(2):
+        entered.clear()
+        task = asyncio.create_task(interrupted())
+        await entered.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     message_id = await submit(pair.fra)
     assert (await pair.fra.context.store.message(message_id)) is not None

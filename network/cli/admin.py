@@ -1,0 +1,407 @@
+"""`cpn keys`, `roster`, `user` and `node`: the administrator's commands, run on the
+node's host with its key files, config and store."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from network.cli._common import (
+    Subcommands,
+    format_time,
+    key_passphrase,
+    print_json,
+    run_async,
+)
+from network.core.crypto import HpkeSuite
+from network.core.errors import KeyFileError, RosterError
+from network.core.records import ROLES, NodeId, is_node_id
+from network.core.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
+from network.node.clock import now_ms
+from network.node.config import NodeConfig, load_config
+from network.node.keys import (
+    count_needing,
+    init_keeper,
+    init_node_keys,
+    load_keeper,
+    load_keeper_public,
+    load_node_keys,
+    purge_retired,
+    read_card,
+    rotate_node_keys,
+)
+
+if TYPE_CHECKING:
+    from network.node.store import UserRow
+
+# The store and the use cases load in the commands that use them (see commands.py).
+
+__all__ = [
+    "add_key_commands",
+    "add_node_commands",
+    "build_roster_file",
+    "cards_in",
+    "held_roster",
+]
+
+DAY_MS = 24 * 3600 * 1000
+SUITES = {"hybrid": HpkeSuite.MLKEM768_X25519, "x25519": HpkeSuite.X25519}
+
+
+# -- keys --------------------------------------------------------------------
+
+
+def _node_id_arg(text: str) -> NodeId:
+    node_id = text.upper()
+    if not is_node_id(node_id):
+        raise KeyFileError(f"ID: {text!r} is not an ISO 3166-1 alpha-3 code")
+    return NodeId(node_id)
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    """Create a node's keys; refused when it has some (`cpn keys rotate` replaces them)."""
+    node_id = _node_id_arg(args.id)
+    url = args.url or f"wss://127.0.0.1:7000/{node_id}"
+    card = init_node_keys(
+        Path(args.dir) / node_id,
+        node_id,
+        url=url,
+        name=args.name,
+        suite=SUITES[args.suite],
+        passphrase=key_passphrase(args.passphrase),
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    print(json.dumps(card.to_json(), indent=2))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Rotate a node's keys (the old ones retired), or with --purge delete one retired key
+    that no stored message needs. Audited in the node's store when --config names it."""
+    node_id = _node_id_arg(args.id)
+    config = load_config(Path(args.config)) if args.config else None
+    if config is not None and config.id != node_id:
+        raise KeyFileError(f"--config {args.config} is {config.id}'s, not {node_id}'s")
+    if args.keys_dir is not None:
+        key_dir = Path(args.keys_dir) / node_id
+    else:
+        key_dir = config.keys_dir if config is not None else Path("keys") / node_id
+    passphrase = key_passphrase(False)
+    actor = f"admin:{getpass.getuser()}"
+    if args.purge is not None:
+        if config is None:
+            raise KeyFileError("--purge needs --config: the store says which messages need a key")
+        return run_async(_purge(config, key_dir, args.purge, passphrase, actor))
+    rotation = rotate_node_keys(
+        key_dir, node_id, passphrase=passphrase, now=datetime.datetime.now(datetime.UTC)
+    )
+    card = rotation.card
+    if config is not None:
+        detail: dict[str, Any] = {
+            "retired": rotation.retired,
+            "hpke": card.hpke_key.kid,
+            "signing": card.signing_key.kid,
+            "tls_sha256": card.tls_sha256.hex(),
+        }
+        run_async(_audit(config, actor, "keys_rotated", detail))
+    print(json.dumps(card.to_json(), indent=2))
+    print(
+        f"{node_id}: new keys in {key_dir}; the old ones kept in {rotation.retired_dir}.\n"
+        f"Send {key_dir / 'card.json'} (printed above) to the register keeper for a new roster"
+        " version; restart the node once that roster is in place.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _audit(config: NodeConfig, actor: str, action: str, detail: dict[str, Any]) -> None:
+    from network.node.store import AuditEntry, Store
+
+    store = await Store.open(config.store_path)
+    try:
+        async with store.transaction(now_ms()) as tx:
+            tx.audit([AuditEntry(actor, action, detail=detail)])
+    finally:
+        await store.close()
+
+
+async def _purge(
+    config: NodeConfig, key_dir: Path, kid: str, passphrase: bytes | None, actor: str
+) -> int:
+    from network.node.store import AuditEntry, Store
+
+    keys = load_node_keys(key_dir, config.id, passphrase)
+    store = await Store.open(config.store_path)
+    try:
+        needing = await count_needing(store, keys.keyring, kid)
+        if needing:
+            async with store.transaction(now_ms()) as tx:
+                detail: dict[str, Any] = {"kid": kid, "needed_by": needing}
+                tx.audit([AuditEntry(actor, "key_purge_refused", detail=detail)])
+            raise KeyFileError(
+                f"retired key {kid} still opens {needing} stored message(s); not deleted"
+            )
+        # The entry commits before the files go: a purge is never unrecorded.
+        async with store.transaction(now_ms()) as tx:
+            tx.audit([AuditEntry(actor, "key_purged", detail={"kid": kid})])
+        folder = purge_retired(key_dir, kid)
+    finally:
+        await store.close()
+    print(f"{config.id}: retired key {kid} deleted ({folder}); no stored message needed it")
+    return 0
+
+
+# -- roster ------------------------------------------------------------------
+
+
+def cards_in(keys_dir: Path) -> list[Card]:
+    """The cards under `keys_dir`/ID/card.json, by ID; raises KeyFileError for a bad one."""
+    cards = []
+    for card_path in sorted(keys_dir.glob("*/card.json")):
+        if is_node_id(card_path.parent.name):
+            cards.append(read_card(card_path))
+    return cards
+
+
+def held_roster(path: Path, keeper_public: Path) -> Roster | None:
+    """The roster at `path` checked against the keeper's key, or None when there is none;
+    raises RosterError or KeyFileError when it does not verify."""
+    if not path.exists():
+        return None
+    keeper = load_keeper_public(keeper_public)
+    return load_roster(path.read_bytes(), keeper=keeper, now=now_ms())
+
+
+def build_roster_file(
+    keys_dir: Path,
+    out: Path,
+    *,
+    valid_days: int,
+    revoke: Sequence[str] = (),
+    passphrase: bytes | None = None,
+) -> Roster:
+    """Sign a new roster version from the cards under `keys_dir` and write it to `out`."""
+    authority = keys_dir / "authority"
+    if not (authority / "keeper.key").exists():
+        init_keeper(authority, passphrase=passphrase)
+        print(f"created the register keeper key in {authority}", file=sys.stderr)
+    keeper = load_keeper(authority, passphrase)
+    cards = cards_in(keys_dir)
+    if not cards:
+        raise RosterError(f"no cards found under {keys_dir}/*/card.json (run cpn keys init ID)")
+    held = held_roster(out, authority / "keeper.json") if out.exists() else None
+    revoked = set(revoke)
+    if held is not None:
+        revoked |= {i for i, e in held.entries.items() if not e.active}
+    now = now_ms()
+    data = build_roster(
+        cards,
+        keeper=keeper,
+        version=(held.version + 1) if held else 1,
+        issued=now,
+        valid_until=now + valid_days * DAY_MS,
+        revoked=sorted(revoked),
+    )
+    roster = load_roster(data, keeper=keeper.verify_key(), now=now, held=held)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return roster
+
+
+def cmd_roster_build(args: argparse.Namespace) -> int:
+    roster = build_roster_file(
+        Path(args.keys),
+        Path(args.out) if args.out else Path(args.keys) / "roster.json",
+        valid_days=args.valid_days,
+        revoke=[r.upper() for r in args.revoke],
+        passphrase=key_passphrase(False),
+    )
+    print(f"roster version {roster.version}: {len(roster.entries)} contact points, signed")
+    return 0
+
+
+def cmd_roster_show(args: argparse.Namespace) -> int:
+    path = Path(args.roster)
+    keeper = load_keeper_public(Path(args.keeper))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RosterError(f"{path}: cannot read roster: {exc.strerror}") from exc
+    if len(data) > MAX_ROSTER_BYTES:
+        raise RosterError(f"{path}: over {MAX_ROSTER_BYTES} bytes")
+    roster = load_roster(data, keeper=keeper, now=now_ms())
+    if args.json:
+        print(json.dumps(roster.to_json(), indent=2))
+        return 0
+    print(f"roster version {roster.version}, signed by register keeper {roster.keeper_kid}: valid")
+    print(f"issued {format_time(roster.issued)}, valid until {format_time(roster.valid_until)}")
+    print(f"{'id':<4} {'status':<8} {'name':<28} {'peer url':<28} {'signing kid':<17} hpke suite")
+    for node_id, entry in sorted(roster.entries.items()):
+        card = entry.card
+        suite = card.hpke_key.suite.value.split("/")[0]
+        print(
+            f"{node_id:<4} {entry.status.value:<8} {card.name[:28]:<28} {card.url[:28]:<28} "
+            f"{card.signing_key.kid:<17} {suite}"
+        )
+    return 0
+
+
+def cmd_node_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from network.api.site import api_site  # aiohttp and websockets load only here
+    from network.node.runner import serve_until_signalled
+
+    config = load_config(Path(args.config))
+    serve_until_signalled(config, api_site(config))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from network.node.officer import issue_token
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+
+    async def add() -> str:
+        store = await Store.open(config.store_path)
+        try:
+            return await issue_token(
+                store, args.name, args.role, actor=f"admin:{getpass.getuser()}", now=now_ms()
+            )
+        finally:
+            await store.close()
+
+    token = run_async(add())
+    print(f"{args.role} {args.name} on {config.id}; token (shown once, stored hashed):")
+    print(token)
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """Who may use the API: name, role, since when (tokens are stored hashed, never shown)."""
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+
+    async def read() -> list[UserRow]:
+        store = await Store.open(config.store_path)
+        try:
+            return await store.users()
+        finally:
+            await store.close()
+
+    users = run_async(read())
+    if args.json:
+        print_json([{"name": u.name, "role": u.role, "created": u.created} for u in users])
+        return 0
+    for user in users:
+        print(f"{user.name}\t{user.role}\tsince {format_time(user.created)}")
+    if not users:
+        print(f"no users on {config.id} (cpn user add NAME --role ROLE)")
+    return 0
+
+
+def cmd_user_revoke(args: argparse.Namespace) -> int:
+    """Remove a user and its token: a running node answers the next request with it 401."""
+    from network.node.officer import revoke_token
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+
+    async def revoke() -> UserRow:
+        store = await Store.open(config.store_path)
+        try:
+            actor = f"admin:{getpass.getuser()}"
+            return await revoke_token(store, args.name, actor=actor, now=now_ms())
+        finally:
+            await store.close()
+
+    user = run_async(revoke())
+    print(f"revoked {user.role} {user.name} on {config.id}: its token no longer works")
+    return 0
+
+
+# -- parsers -----------------------------------------------------------------
+
+
+def add_key_commands(commands: Subcommands) -> None:
+    """`cpn keys init|rotate` and `cpn roster build|show`."""
+    keys = commands.add_parser("keys", help="node keys").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    init = keys.add_parser("init", help="create a node's keys and print its contact-point card")
+    init.add_argument("id", metavar="ID", help="ISO 3166-1 alpha-3 code, e.g. FRA")
+    init.add_argument("--dir", default="keys", help="keys folder (default: keys)")
+    init.add_argument("--url", help="peer URL other nodes reach this node at (wss://host:port)")
+    init.add_argument("--name", help="contact point name (default: the UN member state's name)")
+    init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
+    init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    init.set_defaults(func=cmd_keys_init)
+    rotate = keys.add_parser(
+        "rotate",
+        help="new keys and card for a node; the old ones retired (kept) so every message opens",
+    )
+    rotate.add_argument("id", metavar="ID", help="ISO 3166-1 alpha-3 code, e.g. FRA")
+    rotate.add_argument(
+        "--keys-dir", help="keys folder (default: the --config's, else keys)", default=None
+    )
+    rotate.add_argument("--config", help="the node's config: its store records the rotation")
+    rotate.add_argument(
+        "--purge",
+        metavar="KID",
+        help="instead, delete retired key KID, refused while a stored message needs it",
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    roster = commands.add_parser("roster", help="the signed roster").add_subparsers(
+        dest="roster_command", required=True, metavar="COMMAND"
+    )
+    build = roster.add_parser("build", help="sign a new roster version from keys/*/card.json")
+    build.add_argument("--keys", default="keys", help="keys folder (default: keys)")
+    build.add_argument("--out", help="roster file (default: KEYS/roster.json)")
+    build.add_argument("--valid-days", type=int, default=365)
+    build.add_argument("--revoke", action="append", default=[], metavar="ID")
+    build.set_defaults(func=cmd_roster_build)
+    show = roster.add_parser("show", help="verify a roster and print it")
+    show.add_argument("roster", nargs="?", default="keys/roster.json")
+    show.add_argument("--keeper", default="keys/authority/keeper.json", help="pinned keeper key")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_roster_show)
+
+
+def add_node_commands(commands: Subcommands) -> None:
+    """`cpn node run` and `cpn user add|list|revoke`."""
+    node = commands.add_parser("node", help="run a node").add_subparsers(
+        dest="node_command", required=True, metavar="COMMAND"
+    )
+    run = node.add_parser("run", help="run one node until SIGTERM or SIGINT")
+    run.add_argument("config", metavar="CONFIG", help="node config, e.g. nodes/FRA.toml")
+    run.set_defaults(func=cmd_node_run)
+
+    user = commands.add_parser("user", help="API users").add_subparsers(
+        dest="user_command", required=True, metavar="COMMAND"
+    )
+    add = user.add_parser("add", help="create a user and print its token once")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--config", required=True, metavar="CONFIG")
+    add.set_defaults(func=cmd_user_add)
+    listing = user.add_parser("list", help="who may use the API (names and roles, no tokens)")
+    listing.add_argument("--config", required=True, metavar="CONFIG")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_user_list)
+    revoke = user.add_parser("revoke", help="remove a user: its token gets 401 at once")
+    revoke.add_argument("name")
+    revoke.add_argument("--config", required=True, metavar="CONFIG")
+    revoke.set_defaults(func=cmd_user_revoke)
