@@ -26,7 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from network.core.auditlog import checkpoint_origin, dated_checkpoint, witness_name
+from network.core.auditlog import (
+    checkpoint_origin,
+    checkpoint_time,
+    dated_checkpoint,
+    witness_name,
+)
 from network.core.errors import ConsistencyProofError, CpnError, PeerError, UnknownSignerError
 from network.core.protocol import (
     HELD_NONCE_BYTES,
@@ -168,6 +173,10 @@ class Witnessing:
             # In a write transaction: no entry can join between the size, the root and the time.
             size = await tx.audit_size()
             time = await tx.entry_time()
+            if self.latest is not None:
+                # Never dated before the checkpoint before it, as verify checks: a clock
+                # stepped back (or that ran ahead before a restart) waits for it.
+                time = max(time, checkpoint_time(self.latest.checkpoint) or 0)
             checkpoint = dated_checkpoint(self.origin, size, log_tree.root(size), time)
             note = sign_note(checkpoint.to_text(), self.origin, self.context.keys.signing)
             tx.checkpoint(checkpoint.size, checkpoint.root, note, time=time)
