@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from network.core.auditlog import AuditEntry
 from network.core.budget import AuditBudget
 
 
@@ -71,3 +72,29 @@ def test_never_more_than_limit_per_window_and_nothing_uncounted(
 
     assert all(n <= limit for n in windows.values())
     assert let_through + reported + budget.held_back("k") == len(times)
+
+
+def test_admit_adds_the_count_held_back_to_the_entry_let_through() -> None:
+    budget = AuditBudget(limit=1, window_ms=1000)
+    entry = AuditEntry("node:USA", "rejected", None, {"reason": "bad_signature"})
+
+    assert budget.admit("USA", entry, 0) == entry
+    assert budget.admit("USA", entry, 1) is None
+    assert budget.admit("USA", entry, 2) is None
+    admitted = budget.admit("USA", entry, 1000)
+
+    assert admitted is not None and admitted.detail == {"reason": "bad_signature", "suppressed": 2}
+
+
+def test_counts_held_back_are_reported_once_their_window_ends_or_at_the_end() -> None:
+    budget = AuditBudget(limit=1, window_ms=1000)
+    for now in (0, 1, 2):
+        budget.take("USA", now)
+    budget.take("CHE", 500)
+    budget.take("CHE", 501)
+
+    assert budget.unreported(999) == []  # both windows still open: a later entry may carry it
+    assert budget.unreported(1000) == [("USA", 2)]
+    assert budget.unreported(1000) == []  # reported once
+    assert budget.unreported() == [("CHE", 1)]  # the node stops: every count
+    assert budget.take("USA", 1000) == 0  # not counted twice

@@ -53,6 +53,7 @@ from network.core.records import (
     canonical,
 )
 from network.node.config import load_config
+from network.node.context import REFUSALS_PER_MINUTE
 from network.node.keys import load_node_keys
 from network.node.runner import load_current_roster
 from network.samples import sample_body
@@ -321,6 +322,35 @@ GARBAGE: list[Callable[[ClientConnection], Coroutine[Any, Any, None]]] = [
     lambda ws: ws.send(FRAME_CHECKPOINT + b'{"note":'),  # JSON cut short
     lambda ws: write_raw(ws, b"\x8f\xff" + os.urandom(64)),  # not frames
 ]
+
+
+def test_refusals_of_one_peer_are_audited_at_a_bounded_rate_and_the_rest_counted(
+    net: Network,
+) -> None:
+    # Finding 5 of issue 14: each refused envelope was an audit entry, without bound.
+    forged = orjson.loads(usa_to_deu(net))
+    forgery = canonical({**forged, "sig": b64encode(b"\x00" * 64)})
+    sent = 0
+
+    async def attack() -> None:
+        nonlocal sent
+        async with hostile(net) as ws:
+            while sent < 2 * REFUSALS_PER_MINUTE:
+                for _ in range(20):  # within the window: each batch is answered
+                    await ws.send(envelope_frame([], forgery))
+                for raw in await receipts(ws, 20):
+                    assert orjson.loads(raw)["receipt"]["reason"] == "bad_signature"
+                sent += 20
+
+    asyncio.run(attack())
+    net.stop("DEU")
+
+    rejected = [d for actor, d in audited(net, "rejected") if actor == "node:USA"]
+    counted = [d for _, d in audited(net, "refusals_suppressed") if d["source"] == "USA"]
+    assert len(rejected) == REFUSALS_PER_MINUTE  # every envelope got its signed rejection
+    assert sum(d.get("suppressed", 0) for d in rejected) + sum(d["count"] for d in counted) == (
+        sent - REFUSALS_PER_MINUTE
+    )
 
 
 def test_malformed_and_garbage_frames_cut_the_link(net: Network) -> None:

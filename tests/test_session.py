@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from network.core.envelope import MAX_RECEIPT_BYTES
+from network.core.envelope import MAX_ENVELOPE_BYTES, MAX_HOP_LIMIT, MAX_RECEIPT_BYTES
 from network.core.errors import MalformedError, OversizeError, PeerError
 from network.core.protocol import (
     FRAME_ANNOUNCE,
@@ -29,6 +29,8 @@ from network.core.protocol import (
     frame,
 )
 from network.core.records import NodeId
+from network.core.roster import MAX_ROSTER_BYTES
+from network.core.routing import MAX_ANNOUNCEMENT_BYTES
 from network.core.session import (
     AnnouncementReceived,
     CheckpointOffered,
@@ -319,6 +321,73 @@ def test_frames_taken_as_events_no_longer_count_towards_the_flood() -> None:
     deu.receive_frame(frame(FRAME_ANNOUNCE, b"later"))
 
     assert deu.events_received() == [AnnouncementReceived(b"later")]
+
+
+def test_the_bytes_queued_are_bounded_not_only_the_frames() -> None:
+    # Finding 5 of issue 14: 3,500 announcements of 8 KiB (28 MiB) were all held, under
+    # the bound of 4,096 frames. The byte budget (24 MiB) cuts the link first.
+    deu = LinkSession(NodeId("USA"))
+    announcement = frame(FRAME_ANNOUNCE, b"a" * MAX_ANNOUNCEMENT_BYTES)
+
+    def flood() -> None:
+        for _ in range(3500):
+            deu.receive_frame(announcement)
+
+    with pytest.raises(PeerError) as refused:
+        flood()
+
+    assert refused.value.reason == "flood"
+    assert "bytes waiting" in str(refused.value)
+    assert deu.queued_bytes <= LinkSettings().max_queued_bytes + MAX_ANNOUNCEMENT_BYTES
+
+
+def test_the_default_byte_budget_holds_what_a_genuine_peer_may_send_at_once() -> None:
+    # A full window of the largest envelopes, an announcement from every member state, a
+    # receipt for each envelope and the largest roster: never a flood.
+    settings = LinkSettings()
+    deu = LinkSession(NodeId("FRA"), settings)
+    largest = b"x" * (MAX_ENVELOPE_BYTES - 1 - 3 * MAX_HOP_LIMIT)
+    for _ in range(deu.unanswered_cap):
+        deu.receive_frame(envelope_frame(["USA"] * MAX_HOP_LIMIT, largest))
+    for _ in range(193):
+        deu.receive_frame(frame(FRAME_ANNOUNCE, b"a" * MAX_ANNOUNCEMENT_BYTES))
+        deu.receive_frame(frame(FRAME_RECEIPT, b"r" * MAX_RECEIPT_BYTES))
+    deu.receive_frame(frame(FRAME_ROSTER, b"{" * MAX_ROSTER_BYTES))
+
+    assert deu.queued_bytes < settings.max_queued_bytes
+
+
+def test_envelopes_count_until_they_are_in_a_batch_and_taken_frames_free_their_bytes() -> None:
+    _, deu = pair()
+    raws = [envelope(f"m{i}") for i in range(SMALL.batch + 2)]
+    for raw in raws:
+        deu.receive_frame(envelope_frame([], raw))
+    deu.receive_frame(frame(FRAME_ANNOUNCE, b"announcement"))
+
+    deu.events_received()  # one batch of SMALL.batch; two envelopes wait for the next
+
+    assert deu.queued_bytes == sum(1 + len(raw) for raw in raws[SMALL.batch :])
+    deu.events_received()
+    assert deu.queued_bytes == 0
+
+
+def test_one_roster_waits_at_most_a_newer_one_takes_its_place() -> None:
+    # Finding 5 of issue 14: every roster frame (up to 4 MiB each) waited for its turn.
+    _, deu = pair()
+    deu.receive_frame(frame(FRAME_ANNOUNCE, b"before"))
+    for version in range(1, 11):
+        deu.receive_frame(frame(FRAME_ROSTER, b"roster %d" % version + b" " * 1_000_000))
+    deu.receive_frame(frame(FRAME_ANNOUNCE, b"after"))
+
+    assert deu.queued_bytes == len(b"before") + len(b"roster 10") + 1_000_000 + len(b"after")
+    events = deu.events_received()
+
+    assert [type(e) for e in events] == [AnnouncementReceived, RosterReceived, AnnouncementReceived]
+    assert isinstance(events[1], RosterReceived)
+    assert events[1].raw.startswith(b"roster 10 ")
+    assert deu.queued_bytes == 0
+    deu.receive_frame(frame(FRAME_ROSTER, b"roster 11"))  # the one taken is being handled
+    assert deu.events_received() == [RosterReceived(b"roster 11")]
 
 
 @pytest.mark.parametrize("kind", [FRAME_HELLO, FRAME_AUTH])

@@ -847,12 +847,10 @@ async def _login_failed(request: web.Request, address: str, now: int) -> NoRetur
     )
     metrics.failed_logins.inc()
     entries = []
-    held_back = budget.take("login", now)
-    if held_back is not None:  # rotating addresses must not grow the log without bound
-        detail: dict[str, Any] = {"remote": request.remote, "path": request.path[:200]}
-        if held_back:
-            detail["suppressed"] = held_back
-        entries.append(AuditEntry(actor="anonymous", action="login_failed", detail=detail))
+    detail = {"remote": request.remote, "path": request.path[:200]}
+    failed = budget.admit("login", AuditEntry("anonymous", "login_failed", None, detail), now)
+    if failed is not None:  # rotating addresses must not grow the log without bound
+        entries.append(failed)
     headers = {hdrs.WWW_AUTHENTICATE: 'Bearer error="invalid_token"'}
     window = request.app[THROTTLE].failed(address, now)
     if window is not None:  # audited once per window, not per refused request

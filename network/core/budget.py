@@ -10,7 +10,9 @@ it lets through carries that count, so the log says how much was suppressed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from network.core.auditlog import AuditEntry
 
 __all__ = ["AuditBudget"]
 
@@ -51,6 +53,26 @@ class AuditBudget:
         window.used += 1
         held_back, window.held_back = window.held_back, 0
         return held_back
+
+    def admit(self, key: str, entry: AuditEntry, now: int) -> AuditEntry | None:
+        """`entry` to record, with `suppressed` (how many were held back for `key` since the
+        last one let through) when there were any; None to hold it back."""
+        held_back = self.take(key, now)
+        if not held_back:
+            return None if held_back is None else entry
+        return replace(entry, detail={**(entry.detail or {}), "suppressed": held_back})
+
+    def unreported(self, now: int | None = None) -> list[tuple[str, int]]:
+        """(key, count) for the entries held back and not yet reported, of keys whose window
+        has ended by `now` (of every key when `now` is None, as when the node stops); those
+        counts start again from 0. A source that stops sending is still accounted for."""
+        found = []
+        for key, window in self._windows.items():
+            ended = now is None or now - window.start >= self.window_ms or now < window.start
+            if window.held_back and ended:
+                found.append((key, window.held_back))
+                window.held_back = 0
+        return found
 
     def held_back(self, key: str) -> int:
         """Entries held back for `key` and not yet reported."""

@@ -18,8 +18,12 @@ Rules:
   batch we are still committing. One more raises `window_exceeded`.
 - Frames received and not yet taken as events are bounded by
   `max_queued_frames` (far above what the windows allow, plus one
-  announcement per contact point); one more raises `flood`. The adapter's
-  reader never waits, so a fast peer is bounded by this, not by our memory.
+  announcement per contact point) and by `max_queued_bytes` (a full window of
+  the largest envelopes, every announcement and a roster, twice over); one
+  more raises `flood`. At most one roster waits: a newer frame replaces the
+  one not yet taken (rosters supersede each other; the keeper's signature and
+  version decide later). The adapter's reader never waits, so a fast peer is
+  bounded by this, not by our memory.
 - `events_received` gives, in order: the announcements, rosters, checkpoint
   offers, cosignatures and held-checkpoint questions and answers as they
   came, then every receipt in one event, then one batch of at most `batch`
@@ -97,6 +101,7 @@ class LinkSettings:
     flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
     batch: int = 32  # frames committed in one transaction
     max_queued_frames: int = 4096  # received, not yet taken as events
+    max_queued_bytes: int = 24 * 1024 * 1024  # their payloads, envelopes not yet batched too
     handshake_timeout: float = 10.0
     receipt_timeout: float = 60.0
     ping_interval: float | None = 10.0  # None: no keepalive pings (the receipt timeout stays)
@@ -216,10 +221,17 @@ def rank_hint(envelope: bytes) -> int:
     return 0 if _FLASH_HINT in head else 1 if _URGENT_HINT in head else 2
 
 
-# A frame received, parsed, with its kind: an envelope waits for its batch, the rest are events.
+# A frame received, parsed, with its kind and payload size: an envelope waits for its batch,
+# the rest are events.
 _Queued = tuple[
-    bytes, Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint
+    bytes, Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint, int
 ]
+
+
+def _frame_size(carried: Carried) -> int:
+    """The payload size of the E frame that brought `carried` (`protocol.split_envelope`)."""
+    path, envelope = carried
+    return 1 + 3 * len(path) + len(envelope)
 
 
 class LinkSession:
@@ -231,6 +243,8 @@ class LinkSession:
         self.unanswered = 0  # envelopes received and not yet answered with a receipt
         self._queued: deque[_Queued] = deque()  # frames received, not yet taken as events
         self._pending: list[Carried] = []  # envelopes taken, not yet in a batch
+        self.queued_bytes = 0  # payload bytes in `_queued` and `_pending`
+        self._roster: bytes | None = None  # the newest roster frame not yet taken
         self._outgoing: list[bytes] = []
         self._in_flight: dict[str, float] = {}  # message id -> when it was sent
 
@@ -254,12 +268,23 @@ class LinkSession:
                     f" receipts (window {self.settings.window})",
                     reason="window_exceeded",
                 )
+        if kind == FRAME_ROSTER and self._roster is not None:
+            self.queued_bytes += len(payload) - len(self._roster)
+            self._roster = payload  # in the place of the one still waiting
+            self._check_flood()
+            return
         if len(self._queued) >= self.settings.max_queued_frames:
-            raise PeerError(f"{self.peer} floods the link", reason="flood")
+            raise PeerError(
+                f"{self.peer} floods the link: {len(self._queued)} frames waiting", reason="flood"
+            )
+        self.queued_bytes += len(payload)
+        self._check_flood()
         item: Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint
         if kind == FRAME_ENVELOPE:
             item = split_envelope(payload)
-        elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE, FRAME_ROSTER):
+        elif kind == FRAME_ROSTER:
+            self._roster = item = payload
+        elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE):
             item = payload
         elif kind == FRAME_CHECKPOINT:
             item = parse_checkpoint_offer(payload)
@@ -271,7 +296,15 @@ class LinkSession:
             item = parse_held(payload)
         else:
             raise PeerError(f"{kind.decode()} frame after the handshake", reason="protocol")
-        self._queued.append((kind, item))
+        self._queued.append((kind, item, len(payload)))
+
+    def _check_flood(self) -> None:
+        if self.queued_bytes > self.settings.max_queued_bytes:
+            raise PeerError(
+                f"{self.peer} floods the link: {self.queued_bytes} bytes waiting,"
+                f" over {self.settings.max_queued_bytes}",
+                reason="flood",
+            )
 
     def events_received(self) -> list[Event]:
         """What the frames received so far ask of us, in the order of the module's rules.
@@ -281,11 +314,17 @@ class LinkSession:
         events: list[Event] = []
         receipts: list[bytes] = []
         while self._queued:
-            kind, item = self._queued.popleft()
+            kind, item, size = self._queued.popleft()
             if kind == FRAME_ENVELOPE:
                 assert isinstance(item, tuple)
                 self._pending.append(item)
-            elif kind == FRAME_RECEIPT:
+                continue  # its bytes count until it is in a batch
+            if kind == FRAME_ROSTER:
+                assert self._roster is not None
+                item, self._roster = self._roster, None  # the newest that came meanwhile
+                size = len(item)
+            self.queued_bytes -= size
+            if kind == FRAME_RECEIPT:
                 assert isinstance(item, bytes)
                 receipts.append(item)
             elif kind == FRAME_ANNOUNCE:
@@ -310,6 +349,7 @@ class LinkSession:
             self._pending.sort(key=lambda carried: rank_hint(carried[1]))
             size = self.settings.batch
             batch, self._pending = self._pending[:size], self._pending[size:]
+            self.queued_bytes -= sum(_frame_size(carried) for carried in batch)
             events.append(EnvelopesReceived(tuple(batch)))
         return events
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from network.core.budget import AuditBudget
 from network.core.crypto import StorageKey, VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
 from network.core.envelope import DEFAULT_SKEW_MS
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["MAX_RECENT_ALERTS", "AlertBoard", "CheckpointStanding", "NodeContext", "RosterHolder"]
 
 MAX_RECENT_ALERTS = 200  # for the console; the audit log keeps them all
+# Audit entries for refusals of what one source (a peer, an address) sent: this many a
+# minute; the next one let through counts those held back. A peer sending garbage in a
+# loop must not grow the log without bound; the first ones say what it did.
+REFUSALS_PER_MINUTE = 60
+MAX_REFUSAL_SOURCES = 4096
 
 # Audit actions the console hears about live (network/events.py), by the kind of event.
 _LIVE: dict[str, str] = {
@@ -132,6 +138,11 @@ class NodeContext:
     events: Hub = field(default_factory=Hub)  # live news for the console; fed after commits
     alerts: AlertBoard = field(init=False)  # what is raised: the console's and the webhook's
     checkpoints: CheckpointStanding = field(default_factory=CheckpointStanding)
+    refusals: AuditBudget = field(
+        default_factory=lambda: AuditBudget(
+            REFUSALS_PER_MINUTE, 60_000, max_keys=MAX_REFUSAL_SOURCES
+        )
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alerts", AlertBoard(self.events))
@@ -150,9 +161,27 @@ class NodeContext:
         return self.rosters.roster
 
     async def audit(self, entries: Sequence[AuditEntry]) -> None:
-        """Append `entries` to the audit log in a transaction of their own."""
+        """Append `entries` to the audit log in a transaction of their own (none: no-op)."""
+        if not entries:
+            return
         async with self.store.transaction(self.clock()) as tx:
             tx.audit(entries)
+
+    def refusal(self, source: str, entry: AuditEntry) -> list[AuditEntry]:
+        """`entry`, a refusal of what `source` sent, as the entries to record: none when
+        `source` is past its budget (`REFUSALS_PER_MINUTE`), else it with the count held
+        back since its last one."""
+        admitted = self.refusals.admit(source, entry, self.clock())
+        return [] if admitted is None else [admitted]
+
+    def refusals_unreported(self, *, stopping: bool = False) -> list[AuditEntry]:
+        """What the refusal budget held back and no later entry reported, per source: for
+        sources whose minute has ended (every source when `stopping`)."""
+        now = None if stopping else self.clock()
+        return [
+            AuditEntry(self.actor, "refusals_suppressed", None, {"source": key, "count": count})
+            for key, count in self.refusals.unreported(now)
+        ]
 
     def publish(self, entries: Iterable[AuditEntry]) -> None:
         """Tell live readers what was just committed (no body, only what a listing shows)."""

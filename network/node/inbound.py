@@ -204,7 +204,8 @@ class Inbound:
         item.opened = None
         item.relay = False
         readable = item.envelope.header if item.envelope else _readable_header(item.raw)
-        item.audit.append(
+        item.audit += self.context.refusal(
+            item.link,
             AuditEntry(
                 f"node:{item.link}",
                 "rejected",
@@ -215,7 +216,7 @@ class Inbound:
                     "size": len(item.raw),
                     "digest": b64encode(hashlib.sha256(item.raw).digest()),
                 },
-            )
+            ),
         )
         log.warning("refused an envelope from %s: %s", item.link, exc)
         if readable is not None:
@@ -469,13 +470,9 @@ class Inbound:
                             digest=row.digest,
                         )
                 except PeerError as exc:
-                    entries.append(
-                        AuditEntry(
-                            link_actor,
-                            "receipt_rejected",
-                            None,
-                            {"reason": exc.reason, "error": str(exc)[:500]},
-                        )
+                    detail = {"reason": exc.reason, "error": str(exc)[:500]}
+                    entries += self.context.refusal(
+                        peer, AuditEntry(link_actor, "receipt_rejected", None, detail)
                     )
                     log.warning("refused a receipt from %s: %s", peer, exc)
                     continue
@@ -562,15 +559,10 @@ class Inbound:
             )
         except RosterError as exc:
             log.warning("refused a roster from %s: %s", source, exc)
+            detail = {"reason": exc.reason, "error": str(exc)[:500], "held": held.version}
+            actor = f"node:{source}" if is_node_id(source) else source
             await self.context.audit(
-                [
-                    AuditEntry(
-                        f"node:{source}" if is_node_id(source) else source,
-                        "roster_refused",
-                        None,
-                        {"reason": exc.reason, "error": str(exc)[:500], "held": held.version},
-                    )
-                ]
+                self.context.refusal(source, AuditEntry(actor, "roster_refused", None, detail))
             )
             return None
         if roster.version == held.version:

@@ -322,8 +322,9 @@ class Links:
     async def _record_refusal(self, who: str, action: str, exc: Exception) -> None:
         reason = exc.reason if isinstance(exc, CpnError) else type(exc).__name__
         detail = {"remote": who, "reason": reason, "error": str(exc)[:500]}
-        with contextlib.suppress(CpnError):
-            await self.node.context.audit([AuditEntry(f"peer:{who}", action, None, detail)])
+        entry = AuditEntry(f"peer:{who}", action, None, detail)
+        with contextlib.suppress(CpnError):  # a peer refused in a loop is counted, not logged
+            await self.node.context.audit(self.node.context.refusal(who, entry))
 
     # -- an established link ---------------------------------------------------------
 

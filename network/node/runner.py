@@ -169,7 +169,10 @@ async def run_node(
             if webhook is not None:
                 await webhook.aclose()
             try:
-                await node.context.audit([AuditEntry(node.context.actor, "node_stopped", None, {})])
+                stopped = AuditEntry(node.context.actor, "node_stopped", None, {})
+                await node.context.audit(
+                    [*node.context.refusals_unreported(stopping=True), stopped]
+                )
             except CpnError as exc:
                 log.error("%s: could not audit the stop: %s", config.id, exc)
             try:
@@ -266,6 +269,8 @@ async def _watch_deadlines(node: Node, webhook: WebhookSender | None, interval: 
         while True:
             with _store_may_fail("deadlines"):
                 await node.oversight.review_deadlines()
+                # Refusals held back by the budget, once their minute is over.
+                await node.context.audit(node.context.refusals_unreported())
             # What any use case raised meanwhile: deadlines, id conflicts, the roster.
             for alert in node.context.alerts.take_unposted():
                 log.warning("ALERT %s: %s", alert["alert"], json.dumps(alert, sort_keys=True))
