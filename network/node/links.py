@@ -136,7 +136,9 @@ class Links:
         self._my_cert = keys.card.tls_sha256
         self._server: Server | None = None
         self._listener: _Listener | None = None
-        self._server_ssl = self._ssl_context(server=True)
+        # The server's context is handed to the listener once; each connection it accepts
+        # takes the trust of the roster held at that moment (`_RosterTrust`).
+        self._server_ssl = _RosterTrust(self._ssl_context(server=True))
         self._client_ssl = self._ssl_context(server=False)
         if witnessing is not None:
             witnessing.attach(self._ask_held)
@@ -422,9 +424,10 @@ class Links:
         roster = await self.node.inbound.accept_roster(raw, source)
         if roster is None:
             return None
-        anchors = self._anchors()
-        for context in (self._server_ssl, self._client_ssl):
-            context.load_verify_locations(cadata=anchors)  # new contact points' certificates
+        # New contexts trusting exactly this roster's active contact points: a certificate
+        # revoked or replaced no longer opens even a TLS connection.
+        self._server_ssl.renew(self._ssl_context(server=True))
+        self._client_ssl = self._ssl_context(server=False)
         if self.on_roster is not None:
             await self.on_roster(roster)
         self._broadcast(LinkSession.send_roster, raw, but=source)
@@ -649,6 +652,30 @@ def _anchors(roster: Roster) -> str:
             _ANCHORS.clear()
         _ANCHORS[roster.digest] = pem
     return pem
+
+
+class _RosterTrust(ssl.SSLContext):
+    """The peer server's TLS context, whose connections each use the newest context given.
+
+    asyncio keeps the context a server was started with and calls its `wrap_bio` for
+    every connection; an OpenSSL trust store can only grow. So the server holds this
+    one, and each connection is wrapped by `current`, renewed with every roster: a
+    revoked certificate stops opening connections without restarting the listener
+    (whose socket may have come from systemd).
+    """
+
+    current: ssl.SSLContext
+
+    def __new__(cls, current: ssl.SSLContext) -> _RosterTrust:
+        trust = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
+        trust.current = current
+        return trust
+
+    def renew(self, current: ssl.SSLContext) -> None:
+        self.current = current
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        return self.current.wrap_bio(*args, **kwargs)
 
 
 class _Listener(socket.socket):
