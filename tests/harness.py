@@ -247,15 +247,17 @@ class Network:
         version: int,
         revoked: tuple[str, ...] = (),
         only: str | None = None,
+        valid_for_ms: int = 90 * 86_400_000,
     ) -> bytes:
-        """Sign a roster; write it where every node (or only node `only`) reads it."""
+        """Sign a roster valid from a minute ago for `valid_for_ms` (negative: expired);
+        write it where every node (or only node `only`) reads it."""
         now = int(time.time() * 1000)
         data = build_roster(
             cards,
             keeper=self.keeper,
             version=version,
-            issued=now - 60_000,
-            valid_until=now + 86_400_000,
+            issued=now - 60_000 + min(0, valid_for_ms),
+            valid_until=now + valid_for_ms,
             revoked=revoked,
         )
         if not self.own_rosters:

@@ -130,8 +130,10 @@ def test_alert_record_has_the_agreed_fields() -> None:
 def test_every_overdue_item_has_an_alert_kind() -> None:
     kinds = {alert_kind(item) for item in Overdue}
 
-    # Every deadline has its kind; the others are raised by what peers send (id conflicts).
-    assert kinds == set(AlertKind) - {AlertKind.ID_CONFLICT}
+    # Every deadline has its kind; the others are raised by what peers send (id conflicts)
+    # or about the node itself (its roster).
+    others = {AlertKind.ID_CONFLICT, AlertKind.ROSTER_EXPIRING, AlertKind.ROSTER_EXPIRED}
+    assert kinds == set(AlertKind) - others
     assert alert_kind(Overdue.RESPONSE) == "overdue_response"
     assert alert_kind(Overdue.PRESERVATION_EXPIRING) == "preservation_expiring"
 

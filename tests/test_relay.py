@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -242,3 +243,67 @@ def test_twelve_nodes_every_one_to_every_other(tmp_path: Path) -> None:
 
     assert len(sent) == 132
     assert inboxes == {node_id: 11 for node_id in ids}
+
+
+def healthz(network: Network, node_id: str) -> dict[str, Any]:
+    status, answer = network.api(node_id, "GET", "/healthz", token=None)
+    assert status == 200  # degraded is still alive: a restart would not help
+    return answer
+
+
+def audited_actions(network: Network, node_id: str, action: str) -> list[dict[str, Any]]:
+    query = "SELECT detail FROM audit WHERE action = ?"
+    return [json.loads(str(d)) for (d,) in rows(network.nodes[node_id].store, query, (action,))]
+
+
+def test_a_node_with_an_expired_roster_runs_degraded_until_a_newer_one_arrives(
+    tmp_path: Path,
+) -> None:
+    # Issue 14, finding 11: an expired roster stopped every node from starting.
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]}, own_rosters=True)
+    try:
+        network.write_roster(network.cards, version=2, valid_for_ms=-3_600_000)
+        network.start("DEU")
+        network.start("FRA")
+        degraded = healthz(network, "DEU")
+        alerts = network.api("DEU", "GET", "/api/alerts")[1]["alerts"]
+        sent = network.send("FRA", "DEU", "emergency", sample_body("emergency"))
+        network.wait_state("FRA", sent, {"delivered"})  # degraded, not stopped
+
+        network.write_roster(network.cards, version=3, only="FRA")  # the keeper's next one
+        wait_for(lambda: healthz(network, "DEU")["status"] == "ok", what="DEU given version 3")
+        restored = healthz(network, "DEU")
+    finally:
+        network.close()
+
+    assert degraded["status"] == "degraded" and degraded["roster"]["validity"] == "expired"
+    assert degraded["problems"] == [
+        f"roster version 2 expired at {degraded['roster']['valid_until']}"
+    ]
+    assert [a["alert"] for a in alerts] == ["roster_expired"] and alerts[0]["message_id"] is None
+    assert [d["version"] for d in audited_actions(network, "DEU", "roster_expired")] == [2]
+    assert restored["roster"]["version"] == 3 and restored["problems"] == []
+
+
+def test_the_roster_s_end_is_raised_days_before_and_when_it_passes_while_running(
+    tmp_path: Path,
+) -> None:
+    network = Network(tmp_path, {"FRA": []}, own_rosters=True)
+    try:
+        network.write_roster(network.cards, version=2, valid_for_ms=8_000)
+        network.start("FRA")
+        wait_for(lambda: audited_actions(network, "FRA", "roster_expiring"), what="roster_expiring")
+        assert healthz(network, "FRA")["status"] == "ok"
+        wait_for(
+            lambda: audited_actions(network, "FRA", "roster_expired"),
+            timeout=30,
+            what="roster_expired while running",
+        )
+        after = healthz(network, "FRA")
+        alerts = network.api("FRA", "GET", "/api/alerts")[1]["alerts"]
+    finally:
+        network.close()
+
+    assert after["status"] == "degraded"
+    assert [a["alert"] for a in alerts] == ["roster_expired", "roster_expiring"]  # newest first
+    assert len(audited_actions(network, "FRA", "roster_expiring")) == 1  # raised once

@@ -308,7 +308,9 @@ async def test_healthz_needs_no_token(api: Api) -> None:
     response = await api.client.get("/healthz")
 
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "node": "FRA"}
+    answer = await response.json()
+    assert answer["status"] == "ok" and answer["node"] == "FRA" and answer["problems"] == []
+    assert answer["roster"]["validity"] == "valid"
 
 
 async def test_peers_lists_deu_unlinked_with_its_queue(api: Api) -> None:

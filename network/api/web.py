@@ -79,6 +79,7 @@ from network.core.records import (
     message_id_problem,
     parse_json,
 )
+from network.core.roster import RosterValidity, roster_validity
 from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
@@ -539,8 +540,26 @@ async def verify_audit(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    """Liveness, without authentication."""
-    return web.json_response({"status": "ok", "node": request.app[NODE].context.me})
+    """Liveness, without authentication: 200 while the node runs, `degraded` (still 200: a
+    restart would not help) with the problems an operator must act on."""
+    context = request.app[NODE].context
+    roster = context.roster
+    validity = roster_validity(roster, context.clock())
+    problems = []
+    if validity is RosterValidity.EXPIRED:
+        problems.append(f"roster version {roster.version} expired at {rfc3339(roster.valid_until)}")
+    return web.json_response(
+        {
+            "status": "degraded" if problems else "ok",
+            "node": context.me,
+            "roster": {
+                "version": roster.version,
+                "valid_until": rfc3339(roster.valid_until),
+                "validity": str(validity),
+            },
+            "problems": problems,
+        }
+    )
 
 
 async def get_openapi(request: web.Request) -> web.StreamResponse:
@@ -635,7 +654,22 @@ ROUTES: Final = (
     ),
     Route(
         "GET", "/healthz", healthz, None, "check liveness",
-        Doc(obj({"status": enum(("ok",)), "node": {"type": "string"}})),
+        Doc(
+            obj(
+                {
+                    "status": enum(("ok", "degraded")),
+                    "node": {"type": "string"},
+                    "roster": obj(
+                        {
+                            "version": {"type": "integer"},
+                            "valid_until": {"type": "string", "format": "date-time"},
+                            "validity": enum(RosterValidity),
+                        }
+                    ),
+                    "problems": array_of({"type": "string"}),
+                }
+            )
+        ),
     ),
     Route(
         "GET", "/api/audit/export", export_audit, _AUDITOR, "export the audit log",

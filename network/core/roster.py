@@ -55,17 +55,29 @@ from network.core.records import (
 
 __all__ = [
     "MAX_ROSTER_BYTES",
+    "ROSTER_WARNING_MS",
     "Card",
     "NodeStatus",
     "Roster",
     "RosterEntry",
+    "RosterValidity",
     "build_roster",
     "load_roster",
     "parse_card",
+    "roster_validity",
 ]
 
 MAX_ROSTER_BYTES = 4 * 1024 * 1024  # 193 cards with hybrid keys take ~400 KiB
 ROSTER_CONTEXT = b"cpn/v1 roster\n"
+# How long before its roster expires a node starts raising it: a week for the register
+# keeper to sign and spread the next version.
+ROSTER_WARNING_MS = 7 * 86_400_000
+
+
+class RosterValidity(StrEnum):
+    VALID = "valid"
+    EXPIRING = "expiring"  # within ROSTER_WARNING_MS of its end
+    EXPIRED = "expired"
 
 
 class NodeStatus(StrEnum):
@@ -251,20 +263,39 @@ def build_roster(
     return canonical({"roster": body, "sig": b64encode(signature)})
 
 
+def roster_validity(
+    roster: Roster, now: int, warning_ms: int = ROSTER_WARNING_MS
+) -> RosterValidity:
+    """Whether `roster` is still valid at `now`, or about to expire, or expired."""
+    if now > roster.valid_until:
+        return RosterValidity.EXPIRED
+    if now > roster.valid_until - warning_ms:
+        return RosterValidity.EXPIRING
+    return RosterValidity.VALID
+
+
 def load_roster(
-    data: bytes, *, keeper: VerifyKey, now: int, held: Roster | None = None, skew_ms: int = 300_000
+    data: bytes,
+    *,
+    keeper: VerifyKey,
+    now: int,
+    held: Roster | None = None,
+    skew_ms: int = 300_000,
+    expired_ok: bool = False,
 ) -> Roster:
     """Verify a roster document and return it, or raise saying which check failed.
 
     RosterSignatureError: not the pinned keeper's signature (or anything changed);
-    RosterExpiredError: outside [issued - skew, valid_until];
+    RosterExpiredError: outside [issued - skew, valid_until] (past valid_until is
+    accepted with `expired_ok`: a node starting with the newest roster it has, run
+    degraded, rather than not at all);
     RosterStaleError: not newer than `held`;
     RosterError: malformed.
     """
     cache_key = sha256(data) + keeper.public_raw
     cached = _VERIFIED.get(cache_key)
     if cached is not None:  # the same bytes under the same keeper verified before
-        return _check_roster_use(cached, now=now, held=held, skew_ms=skew_ms)
+        return _check_roster_use(cached, now=now, held=held, skew_ms=skew_ms, expired_ok=expired_ok)
     try:
         doc = Fields(parse_json(data, limit=MAX_ROSTER_BYTES, what="roster"), "roster")
         body_value = doc.any("roster")
@@ -319,19 +350,21 @@ def load_roster(
     if len(_VERIFIED) >= 8:
         _VERIFIED.clear()
     _VERIFIED[cache_key] = roster  # a simulation's nodes in one process share one roster
-    return _check_roster_use(roster, now=now, held=held, skew_ms=skew_ms)
+    return _check_roster_use(roster, now=now, held=held, skew_ms=skew_ms, expired_ok=expired_ok)
 
 
 # Rosters whose signature and form were verified: sha256(bytes) + keeper key -> Roster.
 _VERIFIED: dict[bytes, Roster] = {}
 
 
-def _check_roster_use(roster: Roster, *, now: int, held: Roster | None, skew_ms: int) -> Roster:
+def _check_roster_use(
+    roster: Roster, *, now: int, held: Roster | None, skew_ms: int, expired_ok: bool
+) -> Roster:
     """The checks that depend on the moment and on the roster held, not on the bytes."""
     version = roster.version
     if now < roster.issued - skew_ms:
         raise RosterExpiredError(f"roster version {version} is not valid yet (issued in future)")
-    if now > roster.valid_until:
+    if now > roster.valid_until and not expired_ok:
         raise RosterExpiredError(f"roster version {version} expired")
     if held is not None:
         if version < held.version:

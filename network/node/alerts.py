@@ -38,6 +38,7 @@ __all__ = [
     "WebhookSender",
     "alert_kind",
     "alert_record",
+    "node_alert",
     "rfc3339",
 ]
 
@@ -56,6 +57,9 @@ class AlertKind(StrEnum):
     # Two envelopes under one message id: the second refused, never delivered (a relay
     # that forged its own envelope under a real message's id is named by its signature).
     ID_CONFLICT = "id_conflict"
+    # About the node itself, not a message (`node_alert`).
+    ROSTER_EXPIRING = "roster_expiring"
+    ROSTER_EXPIRED = "roster_expired"
 
 
 _KINDS: Final = {
@@ -99,6 +103,21 @@ def alert_record(
         "box": box,
         "priority": priority.value,
         "peer": peer,
+        "node": node,
+        "time": rfc3339(now),
+        "detail": detail,
+    }
+
+
+def node_alert(kind: AlertKind, *, node: NodeId, detail: str, now: int) -> dict[str, Json]:
+    """An alert about the node itself (its roster): the record of `alert_record`, without
+    a message, a box, a priority or a peer."""
+    return {
+        "alert": kind.value,
+        "message_id": None,
+        "box": None,
+        "priority": None,
+        "peer": None,
         "node": node,
         "time": rfc3339(now),
         "detail": detail,

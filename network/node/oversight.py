@@ -1,5 +1,6 @@
 """The node's periodic duties: deadlines reviewed and escalated, messages past their expiry
-raised, destinations without a route raised; and the recent alerts the console shows.
+raised, destinations without a route raised, the roster's end raised before and when it
+comes; and the recent alerts the console shows.
 
 Deadlines live in the store, so they fire after a restart as before it.
 """
@@ -11,7 +12,8 @@ import logging
 from network.core.deadlines import describe, review
 from network.core.lifecycle import Event, State
 from network.core.records import Json, NodeId
-from network.node.alerts import alert_kind, alert_record
+from network.core.roster import ROSTER_WARNING_MS, RosterValidity, roster_validity
+from network.node.alerts import AlertKind, alert_kind, alert_record, node_alert, rfc3339
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.store import AuditEntry
@@ -29,6 +31,7 @@ class Oversight:
         self.context = context
         self.delivery = delivery
         self._unroutable: set[str] = set()
+        self._roster_told: tuple[int, RosterValidity] | None = None
 
     def recent_alerts(self) -> list[dict[str, Json]]:
         """The alerts raised in this run, newest first (the context's board keeps them)."""
@@ -134,3 +137,30 @@ class Oversight:
                 ]
             )
         return fresh
+
+    async def review_roster(self) -> RosterValidity:
+        """Raise the roster's end once per version and standing (in each run): an alert and
+        an audit entry a week before (`roster_expiring`) and when it passes
+        (`roster_expired`: the node runs on, degraded, with the newest roster it has,
+        until the register keeper's next version reaches it)."""
+        roster, now = self.context.roster, self.context.clock()
+        validity = roster_validity(roster, now, ROSTER_WARNING_MS)
+        told, self._roster_told = self._roster_told, (roster.version, validity)
+        if validity is RosterValidity.VALID or told == self._roster_told:
+            return validity
+        until = rfc3339(roster.valid_until)
+        if validity is RosterValidity.EXPIRED:
+            kind = AlertKind.ROSTER_EXPIRED
+            detail = (
+                f"roster version {roster.version} expired at {until}: this node runs degraded"
+                " with it until the register keeper's next version arrives"
+            )
+            log.error("%s: %s", self.context.me, detail)
+        else:
+            kind = AlertKind.ROSTER_EXPIRING
+            detail = f"roster version {roster.version} expires at {until}: ask the register keeper"
+            log.warning("%s: %s", self.context.me, detail)
+        facts = {"version": roster.version, "valid_until": roster.valid_until}
+        await self.context.audit([AuditEntry(self.context.actor, str(kind), None, facts)])
+        self.context.alerts.raise_([node_alert(kind, node=self.context.me, detail=detail, now=now)])
+        return validity

@@ -57,7 +57,8 @@ class NodeSettings:
     deadline_scan_interval: float = 1.0
 
 
-def load_current_roster(config: NodeConfig) -> Roster:
+def load_current_roster(config: NodeConfig, *, expired_ok: bool = False) -> Roster:
+    """The roster in the node's roster file, verified (`expired_ok`: even past its end)."""
     keeper = load_keeper_public(config.keeper_path)
     try:
         data = config.roster_path.read_bytes()
@@ -65,7 +66,7 @@ def load_current_roster(config: NodeConfig) -> Roster:
         raise RosterError(f"{config.roster_path}: cannot read roster: {exc.strerror}") from exc
     if len(data) > MAX_ROSTER_BYTES:
         raise RosterError(f"{config.roster_path}: over {MAX_ROSTER_BYTES} bytes")
-    return load_roster(data, keeper=keeper, now=now_ms())
+    return load_roster(data, keeper=keeper, now=now_ms(), expired_ok=expired_ok)
 
 
 async def run_node(
@@ -84,13 +85,17 @@ async def run_node(
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
     keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
     keeper = load_keeper_public(config.keeper_path)
-    roster = load_current_roster(config)
+    # An expired roster still starts the node, degraded and alerting (`review_roster`): it
+    # can link to its peers, who bring the next version, and it loses nothing meanwhile.
+    roster = load_current_roster(config, expired_ok=True)
     store = await Store.open(config.store_path)
     try:
         kept = await store.latest_roster()
         if kept is not None:  # a newer roster than the file may have reached us by a peer
             with contextlib.suppress(RosterError):
-                roster = load_roster(kept, keeper=keeper, now=now_ms(), held=roster)
+                roster = load_roster(
+                    kept, keeper=keeper, now=now_ms(), held=roster, expired_ok=True
+                )
         roster.active_card(config.id)  # refuses to run a node the roster does not list as active
         if kept is None:  # the store keeps every roster it used, for auditors to check old keys
             async with store.transaction(now_ms()) as tx:
@@ -222,6 +227,11 @@ class RosterFile:
         return data if len(data) <= MAX_ROSTER_BYTES else None
 
     def write(self, data: bytes) -> None:
+        """Keep an adopted roster in the file, unless it holds it already or the operator
+        wrote another since we last read it (theirs is read on the next look)."""
+        current = self._read_digest()
+        if current != self._digest or current == sha256(data):
+            return
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, self.path)
@@ -268,6 +278,7 @@ async def _watch_deadlines(node: Node, webhook: WebhookSender | None, interval: 
     async with asyncio.TaskGroup() as posting:
         while True:
             with _store_may_fail("deadlines"):
+                await node.oversight.review_roster()
                 await node.oversight.review_deadlines()
                 # Refusals held back by the budget, once their minute is over.
                 await node.context.audit(node.context.refusals_unreported())

@@ -393,9 +393,10 @@ async function alertsPage() {
       h('td', {}, m.box === 'in' ? `from ${m.peer}` : `to ${m.peer}`), h('td', {}, badge(m.state, 'state')),
       h('td', {}, m.overdue.join(', '))));
     const alertRows = alerts.map((a) => h('tr', {},
-      h('td', {}, a.time), h('td', {}, a.alert.replace(/_/g, ' ')), h('td', {}, badge(a.priority)),
-      h('td', {}, h('a', { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(-12))),
-      h('td', {}, a.peer), h('td', {}, typeof a.detail === 'string' ? a.detail : brief(a.detail))));
+      h('td', {}, a.time), h('td', {}, a.alert.replace(/_/g, ' ')), h('td', {}, a.priority ? badge(a.priority) : ''),
+      // An alert about the node itself (its roster) names no message and no peer.
+      h('td', {}, a.message_id ? h('a', { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(-12)) : 'this node'),
+      h('td', {}, a.peer || ''), h('td', {}, typeof a.detail === 'string' ? a.detail : brief(a.detail))));
     clear(holder,
       h('h2', {}, 'Overdue now'),
       overdueRows.length ? table(['Priority', 'Type', 'Peer', 'State', 'Overdue'], overdueRows) : h('p', { class: 'muted' }, 'Nothing is overdue.'),
