@@ -55,6 +55,7 @@ from network.core.records import (
 from network.node.config import load_config
 from network.node.context import REFUSALS_PER_MINUTE
 from network.node.keys import load_node_keys
+from network.node.links import MAX_PENDING_HANDSHAKES, PENDING_PER_ROSTER_HOST
 from network.node.runner import load_current_roster
 from network.samples import sample_body
 from tests.harness import Network, pause_async, rows, wait_for
@@ -157,13 +158,18 @@ async def hostile(
     me: str = "USA",
     *,
     signing: SigningKey | None = None,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[ClientConnection]:
-    """A link to DEU as `me` (its certificate), the hello signed by `signing` (default: its key)."""
+    """A link to DEU as `me` (its certificate), the hello signed by `signing` (default: its
+    key), over `sock` if given (connected to DEU's peer port)."""
     keys = load_node_keys(network.keys / me, NodeId(me))
     roster = load_current_roster(load_config(network.nodes[me].config))
     url = f"wss://127.0.0.1:{network.nodes['DEU'].peer_port}"
     context = client_context(network, me)
-    async with connect(url, ssl=context, proxy=None, compression=None, max_size=None) as ws:
+    options: dict[str, Any] = {"sock": sock, "server_hostname": "DEU"} if sock else {}
+    async with connect(
+        url, ssl=context, proxy=None, compression=None, max_size=None, **options
+    ) as ws:
         der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
         handshake = LinkHandshake(
             role=Role.CLIENT,
@@ -443,7 +449,7 @@ def test_connections_that_never_finish_the_handshake_are_bounded_and_timed_out(
 
         def shed() -> list[int] | None:
             held = held_now()
-            return [held] if held <= 128 + 5 else None
+            return [held] if held <= MAX_PENDING_HANDSHAKES + 5 else None
 
         # The node sheds what it will not hold at once, before any handshake times out.
         try:
@@ -469,8 +475,9 @@ def test_connections_that_never_finish_the_handshake_are_bounded_and_timed_out(
         for s in silent + tls:
             s.close()
 
-    assert held <= 128 + 5, f"the node held {held} unfinished handshakes"
-    assert fds_held <= before + 128 + 20
+    # All from 127.0.0.1, the harness's one roster host: it holds at most its own bound.
+    assert held <= PENDING_PER_ROSTER_HOST + 5, f"the node held {held} unfinished handshakes"
+    assert fds_held <= before + PENDING_PER_ROSTER_HOST + 20
     assert not still_open, f"{len(still_open)} stalled connections never timed out"
     print(f"{attacked:.1f} msg/s under attack, {baseline:.1f} without")  # a figure, not a test
     assert net.api("DEU", "GET", "/healthz", token=None)[0] == 200
@@ -525,3 +532,36 @@ def test_a_signed_rejection_after_delivery_is_an_audited_no_op_and_the_node_runs
     assert status == 200 and message["state"] == "delivered"
     assert [a for a, _ in audited(net, "refusal_ignored")] == ["node:DEU"]
     assert linked(net, "FRA")
+
+
+def test_strangers_connecting_from_many_addresses_never_push_out_a_contact_point(
+    tmp_path: Path,
+) -> None:
+    # Issue 14, finding 6: each connection accepted past the bound shut the oldest
+    # unfinished handshake, whoever's it was: plain TCP connects pushed genuine peers out.
+    network = Network(tmp_path, {"DEU": []}, extra_nodes=("USA",))
+    try:
+        network.start("DEU")
+        port = network.nodes["DEU"].peer_port
+        # USA's connection, from its roster address, accepted and not yet through TLS.
+        genuine = socket.create_connection(("127.0.0.1", port))
+        strangers = []
+        for i in range(2 * MAX_PENDING_HANDSHAKES):  # from 127.0.0.2 to .40: no roster host
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{2 + i % 39}", 0))
+            sock.connect(("127.0.0.1", port))
+            strangers.append(sock)
+        wait_for(
+            lambda: sum(closed(s) for s in strangers) >= MAX_PENDING_HANDSHAKES,
+            what="the node shedding strangers",
+        )
+
+        async def link_as_usa() -> None:
+            async with hostile(network, sock=genuine):
+                pass  # through TLS, the upgrade and the signed handshake
+
+        asyncio.run(link_as_usa())  # raises if the node shut it
+    finally:
+        network.close()
+        for sock in strangers:
+            sock.close()

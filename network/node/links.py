@@ -30,12 +30,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
 from websockets.frames import CloseCode
 
+from network.core.admission import PendingHandshakes
 from network.core.crypto import certificate_pem, sha256
 from network.core.errors import CpnError, MalformedError, OversizeError, PeerError
 from network.core.errors import LinkClosedError as _Closed
@@ -76,9 +78,14 @@ from network.node.witnessing import Witnessing
 
 __all__ = ["LinkSettings", "Links"]
 
-# Connections accepted whose handshakes (TLS, WebSocket, signed) have not finished.
-# Far above what 193 peers redialling need; a peer that holds more pushes its oldest out.
-MAX_PENDING_HANDSHAKES = 128
+# Connections accepted whose handshakes (TLS, WebSocket, signed) have not finished
+# (network.core.admission): far above what 193 peers redialling need. An address that is
+# no roster host holds at most 8, and such addresses together at most half; the other
+# half is kept for the contact points' own addresses, each of which holds at most 64.
+MAX_PENDING_HANDSHAKES = 256
+PENDING_PER_SOURCE = 8
+PENDING_PER_ROSTER_HOST = 64
+PENDING_RESERVED_FOR_ROSTER_HOSTS = 128
 # Seconds a peer we cut off has to answer our close frame before its connection is dropped.
 REFUSED_CLOSE_TIMEOUT = 1.0
 
@@ -181,11 +188,8 @@ class Links:
         """Bind the peer server (before the node says it is healthy), or serve on the
         socket handed down for it (socket activation, network.node.sockets)."""
         fd = inherited("peer")
-        self._listener = (
-            _Listener.open(self.host, self.port, MAX_PENDING_HANDSHAKES)
-            if fd is None
-            else _Listener.adopt(fd, MAX_PENDING_HANDSHAKES)
-        )
+        self._listener = _Listener.open(self.host, self.port) if fd is None else _Listener.adopt(fd)
+        await self._know_roster_hosts()
         self._server = await serve(
             self._accept, sock=self._listener, ssl=self._server_ssl, **self._options()
         )
@@ -428,6 +432,7 @@ class Links:
         # revoked or replaced no longer opens even a TLS connection.
         self._server_ssl.renew(self._ssl_context(server=True))
         self._client_ssl = self._ssl_context(server=False)
+        await self._know_roster_hosts()
         if self.on_roster is not None:
             await self.on_roster(roster)
         self._broadcast(LinkSession.send_roster, raw, but=source)
@@ -437,6 +442,29 @@ class Links:
                 log.warning("%s: closing the link with %s: no longer in the roster", self.me, peer)
                 await link.ws.close(1008, "revoked")
         return roster
+
+    async def _know_roster_hosts(self) -> None:
+        """Tell the listener the addresses of the roster's contact points (their card URLs'
+        hosts, resolved): room among unfinished handshakes is kept for them."""
+        if self._listener is None:
+            return
+        loop = asyncio.get_running_loop()
+        hosts: set[str] = set()
+        for entry in self.node.context.roster.entries.values():
+            name = urlsplit(entry.card.url).hostname if entry.active else None
+            if not name:
+                continue
+            try:
+                found = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            except OSError as exc:  # that peer's unfinished handshakes count as a stranger's
+                log.warning(
+                    "%s: cannot resolve %s's host %s: %s", self.me, entry.card.id, name, exc
+                )
+                continue
+            for *_, address in found:
+                hosts.add(str(address[0]))
+                hosts.add(f"::ffff:{address[0]}")  # as a dual-stack listener sees IPv4
+        self._listener.pending.set_roster_hosts(hosts)
 
     async def _carry(self, link: _Link) -> str:
         """Run a link until one of its four tasks ends; says why it ended.
@@ -679,52 +707,55 @@ class _RosterTrust(ssl.SSLContext):
 
 
 class _Listener(socket.socket):
-    """The peer server's listening socket: it holds at most `limit` accepted connections
-    whose handshakes have not finished, and shuts the oldest when one more arrives.
+    """The peer server's listening socket: it holds the accepted connections whose
+    handshakes have not finished within the bounds of `PendingHandshakes`, and shuts the
+    ones it names to make room (their transports see EOF and close).
 
-    Each handshake has its own timeout (TLS, WebSocket upgrade, signed hello);
-    this bounds how many a peer opening connections and never finishing them
-    makes us hold in the meantime. Dropping the oldest, not refusing the
-    newest, lets a genuine peer in while they wait.
+    Each handshake has its own timeout (TLS, WebSocket upgrade, signed hello); this
+    bounds how many a stranger opening connections and never finishing them makes us
+    hold meanwhile, and keeps it from pushing out the contact points' own.
     """
 
-    limit = MAX_PENDING_HANDSHAKES
-
     @classmethod
-    def open(cls, host: str, port: int, limit: int) -> _Listener:
+    def open(cls, host: str, port: int) -> _Listener:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         listener = cls(family, kind, proto)
-        listener.limit = limit
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(socket.SOMAXCONN)
         return listener
 
     @classmethod
-    def adopt(cls, fd: int, limit: int) -> _Listener:
+    def adopt(cls, fd: int) -> _Listener:
         """The listening socket `fd`, bound and listening already (socket activation)."""
-        listener = cls(-1, -1, -1, fd)  # family and type read from the descriptor
-        listener.limit = limit
-        return listener
+        return cls(-1, -1, -1, fd)  # family and type read from the descriptor
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.pending: list[socket.socket] = []
+        self.pending: PendingHandshakes[socket.socket] = PendingHandshakes(
+            limit=MAX_PENDING_HANDSHAKES,
+            per_source=PENDING_PER_SOURCE,
+            per_roster_host=PENDING_PER_ROSTER_HOST,
+            reserved=PENDING_RESERVED_FOR_ROSTER_HOSTS,
+        )
 
     def accept(self) -> tuple[socket.socket, Any]:
         conn, address = super().accept()
-        live = [s for s in self.pending if s.fileno() != -1]  # closed ones read -1
-        while len(live) >= self.limit:
+        for closed in [s for s in self.pending if s.fileno() == -1]:  # closed ones read -1
+            self.pending.settle(closed)
+        for shut in self.pending.arrive(conn, str(address[0])):
+            self.pending.settle(shut)  # `conn` itself, when only roster hosts hold slots
             with contextlib.suppress(OSError):
-                live.pop(0).shutdown(socket.SHUT_RDWR)  # its transport sees EOF and closes
-        self.pending = [*live, conn]
+                shut.shutdown(socket.SHUT_RDWR)
         return conn, address
 
     def settled(self, ws: Connection) -> None:
         """`ws` finished its handshake (or failed it): no longer pending."""
         sock = ws.transport.get_extra_info("socket")
         fileno = sock.fileno() if sock is not None else -1
-        self.pending = [s for s in self.pending if s.fileno() not in (-1, fileno)]
+        for held in self.pending:
+            if held.fileno() in (-1, fileno):
+                self.pending.settle(held)
 
 
 def _peer_fault(closed: ConnectionClosed) -> PeerError | None:
