@@ -287,6 +287,48 @@ class Nodes(RuleBasedStateMachine):
         target = to if data.draw(st.booleans()) else data.draw(st.sampled_from(IDS))
         self.wire.append((target, signer, "rcpt", receipt.raw))
 
+    def settled_rows(self) -> list[tuple[str, Any]]:
+        """(node, row) of the messages sent or relayed that a receipt could still move."""
+        return [
+            (node, row)
+            for node in self.nodes
+            for row in self.rows(node)
+            if row.box in ("out", "relay") and row.state is not State.QUEUED
+        ]
+
+    @precondition(lambda self: self.seen_envelopes)
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from([Outcome.REJECTED, Outcome.ACCEPTED, Outcome.DUPLICATE]),
+        reason=st.sampled_from(REASONS),
+    )
+    def recipient_changes_its_word(
+        self, data: st.DataObject, outcome: Outcome, reason: str
+    ) -> None:
+        """The genuine recipient signs a new end-to-end receipt for exactly the bytes we
+        sent or relayed, in whatever state the message is now (delivered, acknowledged,
+        answered, expired, forwarded...): honestly late (a rejection over two hops, an
+        `expired` racing our own expiry) or on purpose. It arrives by the link the message
+        went on."""
+        settled = self.settled_rows()
+        if not settled:
+            return
+        node, row = data.draw(st.sampled_from(settled))
+        header = verify_signed(row.envelope, roster=self.keys.roster).header  # type: ignore[arg-type]
+        recipient = str(header.recipient)
+        receipt = make_receipt(
+            message_id=header.id,
+            message_sender=header.sender,
+            envelope_raw=row.envelope,
+            me=NodeId(recipient),
+            signing_key=self.keys.keys[recipient].signing,
+            now=self.now,
+            random_bytes=os.urandom(10),
+            outcome=outcome,
+            reason=reason if outcome is Outcome.REJECTED else None,
+        )
+        self.run(self.nodes[node].inbound.accept_receipts(row.via or row.peer, [receipt.raw]))
+
     @precondition(lambda self: self.seen_envelopes)
     @rule(data=st.data())
     def usa_preempts(self, data: st.DataObject) -> None:
