@@ -70,12 +70,14 @@ __all__ = [
     "generate_storage_key",
     "generate_tls_identity",
     "hpke_key_from_pem",
+    "hpke_key_from_seeds",
     "is_encrypted_file",
     "key_id",
     "private_key_from_pem",
     "rewrap_private_key",
     "sha256",
     "signing_key_from_pem",
+    "signing_key_from_seed",
     "storage_key_file",
     "storage_key_from_file",
     "tls_key_for_ssl",
@@ -138,6 +140,11 @@ class VerifyKey:
 
 def generate_signing_key() -> SigningKey:
     return SigningKey(ed25519.Ed25519PrivateKey.generate())
+
+
+def signing_key_from_seed(seed: bytes) -> SigningKey:
+    """The Ed25519 key of a 32-byte seed (RFC 8032): for test vectors, never for a node."""
+    return SigningKey(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
 
 
 class HpkeSuite(StrEnum):
@@ -317,6 +324,16 @@ class Keyring:
         for key in self._storage.values():
             if key is not self.storage:
                 yield key
+
+
+def hpke_key_from_seeds(
+    suite: HpkeSuite, x25519_raw: bytes, mlkem_seed: bytes | None = None
+) -> HpkePrivateKey:
+    """The HPKE key of a raw X25519 private key and, for the hybrid suite, a 64-byte
+    ML-KEM-768 seed (FIPS 203 d ‖ z): for test vectors, never for a node."""
+    x = x25519.X25519PrivateKey.from_private_bytes(x25519_raw)
+    m = mlkem.MLKEM768PrivateKey.from_seed_bytes(mlkem_seed) if mlkem_seed is not None else None
+    return HpkePrivateKey(suite, x, m)
 
 
 def generate_hpke_key(suite: HpkeSuite = HpkeSuite.MLKEM768_X25519) -> HpkePrivateKey:
