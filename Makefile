@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS := var/bench/results.jsonl
 BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
-.PHONY: run test lint typecheck bench bench-quick clean system-deps
+.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(BENCH_STAMP): $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/cpn up nodes
+
+# The protocol's test vectors (docs/PROTOCOL.md), from fixed keys; tests/test_vectors.py
+# checks the implementation against the files: a change there is a change of the wire.
+vectors: $(STAMP)
+	PYTHONPATH=. $(BIN)/python tests/vectors/generate.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check network tests bench

@@ -71,6 +71,7 @@ __all__ = [
     "FRAME_HELD",
     "FRAME_HELD_QUERY",
     "FRAME_HELLO",
+    "FRAME_LIMITS",
     "FRAME_RECEIPT",
     "FRAME_ROSTER",
     "MAX_FRAME_BYTES",
@@ -104,7 +105,7 @@ HELD_NONCE_BYTES: Final = 16
 MAX_CHECKPOINT_FRAME_BYTES: Final = 16 * 1024
 MAX_PROOF_HASHES: Final = 128  # a consistency proof is at most about 2 log2(size) hashes
 _MAX_HANDSHAKE_BYTES: Final = 1024
-_LIMITS: Final = {
+FRAME_LIMITS: Final = {
     FRAME_HELLO: _MAX_HANDSHAKE_BYTES,
     FRAME_AUTH: _MAX_HANDSHAKE_BYTES,
     FRAME_ENVELOPE: 1 + 3 * MAX_HOP_LIMIT + MAX_ENVELOPE_BYTES,
@@ -116,7 +117,7 @@ _LIMITS: Final = {
     FRAME_HELD_QUERY: _MAX_HANDSHAKE_BYTES,
     FRAME_HELD: MAX_CHECKPOINT_FRAME_BYTES,
 }
-MAX_FRAME_BYTES: Final = 1 + max(_LIMITS.values())
+MAX_FRAME_BYTES: Final = 1 + max(FRAME_LIMITS.values())
 
 
 class Role(StrEnum):
@@ -133,7 +134,7 @@ def split_frame(data: bytes | str) -> tuple[bytes, bytes]:
     if isinstance(data, str):
         raise MalformedError("text frame: links carry binary frames only")
     kind = data[:1]
-    limit = _LIMITS.get(kind)
+    limit = FRAME_LIMITS.get(kind)
     if limit is None:
         raise MalformedError(f"unknown frame kind {kind!r}")
     if len(data) - 1 > limit:

@@ -39,7 +39,7 @@ from network.core.envelope import (
     verify_receipt,
 )
 from network.core.errors import CpnError
-from network.core.protocol import FRAME_ENVELOPE, _LIMITS, LinkHandshake, Role, envelope_frame
+from network.core.protocol import FRAME_ENVELOPE, FRAME_LIMITS, LinkHandshake, Role, envelope_frame
 from network.core.records import (
     MessageType,
     NodeId,
@@ -53,8 +53,8 @@ from network.core.records import (
 )
 from network.core.roster import Card, build_roster, load_roster
 from network.core.routing import make_announcement
-from network.samples import sample_body
 from network.core.tlog import cosign, cosignature_message, leaf_hash, root_hash, sign_note
+from network.samples import sample_body
 
 HERE = Path(__file__).parent
 NOW = 1_796_000_000_000  # 2026-11-30T01:33:20Z: every vector's "now"
@@ -203,9 +203,7 @@ def envelope_vectors(old: dict[str, Any]) -> tuple[dict[str, Any], dict[str, byt
         )
         header = made.header.encoded()
         assert made.plaintext is not None
-        info = (
-            b"cpn/v1 seal\n" + b"1\n" + made.header.rkid.encode() + b"\n" + sha256(header)
-        )
+        info = b"cpn/v1 seal\n" + b"1\n" + made.header.rkid.encode() + b"\n" + sha256(header)
         before = old.get("cases", {}).get(str(suite), {})
         sealed = made.sealed
         if "sealed" in before:  # the recorded HPKE output, while it still opens the same
@@ -227,7 +225,7 @@ def envelope_vectors(old: dict[str, Any]) -> tuple[dict[str, Any], dict[str, byt
         inner_input = b"cpn/v1 inner\n" + canonical(
             {"body": plain["body"], "header": json.loads(header), "type": plain["type"]}
         )
-        enc_length = 1120 + 32 if suite is HpkeSuite.MLKEM768_X25519 else 32
+        enc_length = 1088 + 32 if suite is HpkeSuite.MLKEM768_X25519 else 32  # FIPS 203 ct ‖ X25519
         cases[str(suite)] = {
             "inputs": {
                 "sender": "FRA",
@@ -309,7 +307,9 @@ def negative_envelopes(raw: bytes) -> list[dict[str, Any]]:
 
         def recipient(b: bytes = bad) -> None:
             open_envelope(
-                verify_envelope(b, roster=roster, now=NOW), me=NodeId("DEU"), hpke_key=key,
+                verify_envelope(b, roster=roster, now=NOW),
+                me=NodeId("DEU"),
+                hpke_key=key,
                 roster=roster,
             )
 
@@ -378,12 +378,18 @@ def receipt_vectors(raw: bytes) -> dict[str, Any]:
     other_digest = b64encode(sha256(b"other bytes"))
     bad = [
         ("signed by another key", resigned(doc["receipt"], signing("USA")), "verify"),
-        ("rejected without a reason", resigned({**doc["receipt"], "outcome": "rejected"}), "verify"),
+        (
+            "rejected without a reason",
+            resigned({**doc["receipt"], "outcome": "rejected"}),
+            "verify",
+        ),
         ("time far ahead", resigned({**doc["receipt"], "received": NOW + 3_600_000}), "verify"),
         ("for other bytes", resigned({**doc["receipt"], "digest": other_digest}), "match"),
-        ("signed by a node that is not the recipient", resigned(
-            {**doc["receipt"], "from": "USA", "kid": signing("USA").kid}, signing("USA")
-        ), "match"),
+        (
+            "signed by a node that is not the recipient",
+            resigned({**doc["receipt"], "from": "USA", "kid": signing("USA").kid}, signing("USA")),
+            "match",
+        ),
     ]
     negative = []
     for description, raw_receipt, check in bad:
@@ -393,7 +399,10 @@ def receipt_vectors(raw: bytes) -> dict[str, Any]:
 
         def match(b: bytes = raw_receipt) -> None:
             check_receipt_matches(
-                verify(b), message_id=header["id"], sender="FRA", recipient="DEU",
+                verify(b),
+                message_id=header["id"],
+                sender="FRA",
+                recipient="DEU",
                 digest=sha256(raw),
             )
 
@@ -454,6 +463,7 @@ def handshake_vectors() -> dict[str, Any]:
         "client_cert": b64encode(certs["FRA"]),
         "server_cert": b64encode(certs["DEU"]),
     }
+
     def refused_hello(**changes: Any) -> dict[str, Any]:
         hello = {
             "v": 1,
@@ -487,12 +497,8 @@ def handshake_vectors() -> dict[str, Any]:
         "client_cert_sha256": b64encode(certs["FRA"]),
         "server_cert_sha256": b64encode(certs["DEU"]),
         "roster_version": ROSTER.version,
-        "client_signature_input": (
-            b"cpn/v1 link client\n" + canonical(transcript)
-        ).decode(),
-        "server_signature_input": (
-            b"cpn/v1 link server\n" + canonical(transcript)
-        ).decode(),
+        "client_signature_input": (b"cpn/v1 link client\n" + canonical(transcript)).decode(),
+        "server_signature_input": (b"cpn/v1 link server\n" + canonical(transcript)).decode(),
         "frames": [{"from": who, "frame": data.decode()} for who, data in frames],
     }
 
@@ -504,7 +510,7 @@ def frame_vectors() -> dict[str, Any]:
         "description": "Link frames: one binary WebSocket message each, a kind letter then"
         " the payload; a payload over its kind's limit, a text message or an unknown kind"
         " cuts the link.",
-        "limits": {kind.decode(): limit for kind, limit in sorted(_LIMITS.items())},
+        "limits": {kind.decode(): limit for kind, limit in sorted(FRAME_LIMITS.items())},
         "envelope_frame": {
             "path": list(path),
             "envelope": envelope.decode(),
@@ -600,8 +606,9 @@ def cards(old: dict[str, Any]) -> dict[str, Card]:
             name=f"{name} 24/7 point of contact",
             url=f"wss://{name.lower()}.cpn.invalid:{8100 + i}",
             signing_key=signing(name).verify_key(),
-            hpke_key=hpke(name, HpkeSuite.X25519 if name == "FRA" else HpkeSuite.MLKEM768_X25519)
-            .public,
+            hpke_key=hpke(
+                name, HpkeSuite.X25519 if name == "FRA" else HpkeSuite.MLKEM768_X25519
+            ).public,
             tls_cert=der,
         )
     # DEU takes both suites in the envelope vectors: its card lists the hybrid key.
