@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from network.core.auditlog import dated_checkpoint, entry_bytes, witness_name
+from network.core.bodies import BODY_TYPES, json_schemas
 from network.core.crypto import (
     HpkeSuite,
     VerifyKey,
@@ -398,3 +399,10 @@ def test_audit_leaves_root_checkpoint_and_cosignature() -> None:
     note = case["signed_note"] + line
     deu = signing("DEU").verify_key()
     assert verify_cosignature(note, witness_name("DEU"), deu) == time_seconds
+
+
+def test_the_body_schemas() -> None:
+    case = vectors("bodies.json")
+
+    assert case["schemas"] == json_schemas("#/schemas/")
+    assert case["types"] == {str(t): cls.__name__ for t, cls in BODY_TYPES.items()}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from network.core.auditlog import dated_checkpoint, entry_bytes, witness_name
+from network.core.bodies import BODY_TYPES, json_schemas
 from network.core.crypto import (
     HpkeSuite,
     generate_tls_identity,
@@ -657,6 +658,13 @@ def main() -> int:
         "frames.json": frame_vectors(),
         "announcement.json": announcement_vectors(),
         "audit.json": audit_vectors(),
+        "bodies.json": {
+            "description": "The JSON Schema (2020-12) of every message body and the records"
+            " in them; `types` maps each message type to its body's schema. Cross-field rules"
+            " are in each description.",
+            "types": {str(t): cls.__name__ for t, cls in BODY_TYPES.items()},
+            "schemas": json_schemas("#/schemas/"),
+        },
     }
     changed = [name for name, value in files.items() if write(name, value)]
     print(f"{len(files)} vector files, {len(changed)} changed: {', '.join(changed) or 'none'}")
