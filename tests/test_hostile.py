@@ -34,6 +34,7 @@ from network.core.envelope import MAX_RECEIPT_BYTES, make_receipt, seal
 from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_ENVELOPE,
+    FRAME_HELLO,
     FRAME_RECEIPT,
     MAX_FRAME_BYTES,
     LinkHandshake,
@@ -159,9 +160,11 @@ async def hostile(
     *,
     signing: SigningKey | None = None,
     sock: socket.socket | None = None,
+    offer: dict[str, Any] | None = None,
 ) -> AsyncIterator[ClientConnection]:
     """A link to DEU as `me` (its certificate), the hello signed by `signing` (default: its
-    key), over `sock` if given (connected to DEU's peer port)."""
+    key), over `sock` if given (connected to DEU's peer port), its hello changed by
+    `offer` (a later version's fields, say)."""
     keys = load_node_keys(network.keys / me, NodeId(me))
     roster = load_current_roster(load_config(network.nodes[me].config))
     url = f"wss://127.0.0.1:{network.nodes['DEU'].peer_port}"
@@ -182,6 +185,8 @@ async def hostile(
             expected_peer=NodeId("DEU"),
         )
         for out in handshake.start():
+            if offer is not None:
+                out = frame(FRAME_HELLO, canonical({**json.loads(out[1:]), **offer}))
             await ws.send(out)
         while not handshake.done:
             for out in handshake.receive(await asyncio.wait_for(ws.recv(), 10)):
@@ -357,6 +362,28 @@ def test_refusals_of_one_peer_are_audited_at_a_bounded_rate_and_the_rest_counted
     assert sum(d.get("suppressed", 0) for d in rejected) + sum(d["count"] for d in counted) == (
         sent - REFUSALS_PER_MINUTE
     )
+
+
+def test_a_peer_offering_a_later_version_links_at_version_1_and_is_answered(
+    net: Network,
+) -> None:
+    # Issue 15: a node speaking a hypothetical version 2 (a field version 1 does not know,
+    # a frame kind it does not know) keeps working with a version-1 node, at version 1.
+    later = {"v": 2, "features": ["attachments"]}
+
+    async def exchange() -> tuple[list[bytes], bool]:
+        async with hostile(net, offer=later) as ws:
+            await ws.send(envelope_frame([], usa_to_deu(net)))
+            answered = await receipts(ws, 1)
+            await ws.send(b"X" + b"a version-2 frame kind, never sent at version 1")
+            await closed_by_node(ws)
+            return answered, ws.close_code == 1002
+
+    [receipt], cut = asyncio.run(exchange())
+
+    assert orjson.loads(receipt)["receipt"]["outcome"] == "accepted"
+    assert cut  # a frame of a later version on a version-1 link is a protocol error
+    assert [m for m in net.list("DEU", "in") if m["from"] == "USA"]
 
 
 def test_malformed_and_garbage_frames_cut_the_link(net: Network) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Callable
@@ -196,7 +197,7 @@ def test_a_frame_after_the_handshake_is_refused(pki: Pki) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"v": PROTOCOL_VERSION + 1}, "protocol version"),
+        ({"v": 0}, "speaks up to version 0"),
         ({"to": "USA"}, "meant to reach USA"),
         ({"node": "fr"}, "not a node id"),
         ({"nonce": b64encode(b"short")}, "32 bytes"),
@@ -209,6 +210,44 @@ def test_a_hello_that_is_wrong_is_refused(
 
     with pytest.raises(HandshakeError, match=message):
         server.receive(hello("FRA", "DEU", **changes))
+
+
+def test_a_client_offering_a_later_version_gets_ours_and_the_link_speaks_it(pki: Pki) -> None:
+    client = side(pki, Role.CLIENT, "FRA", "DEU")
+    server = side(pki, Role.SERVER, "DEU", "FRA")
+    offered = json.loads(client.start()[0][1:])
+    # Version 2, with a field version 1 does not know: ignored, not refused.
+    later = frame(FRAME_HELLO, canonical({**offered, "v": 2, "features": ["attachments"]}))
+
+    [server_hello] = server.receive(later)
+    [client_auth] = client.receive(server_hello)
+    [server_auth] = server.receive(client_auth)
+    client.receive(server_auth)
+
+    assert json.loads(server_hello[1:])["v"] == PROTOCOL_VERSION
+    assert client.done and server.done and client.version == server.version == PROTOCOL_VERSION
+
+
+def test_a_server_choosing_a_version_the_client_did_not_offer_is_refused(pki: Pki) -> None:
+    client = side(pki, Role.CLIENT, "FRA", "DEU")
+    client.start()
+    chosen = hello("DEU", "FRA", v=PROTOCOL_VERSION + 1)
+
+    with pytest.raises(HandshakeError, match="chose version") as refused:
+        client.receive(chosen)
+    assert refused.value.reason == "unsupported_version"
+
+
+def test_the_version_agreed_is_signed_so_a_downgrade_breaks_the_signatures(pki: Pki) -> None:
+    client = side(pki, Role.CLIENT, "FRA", "DEU")
+    server = side(pki, Role.SERVER, "DEU", "FRA")
+    [server_hello] = server.receive(client.start()[0])
+    [client_auth] = client.receive(server_hello)
+    server.version = PROTOCOL_VERSION + 1  # as if someone had changed the hellos in flight
+
+    with pytest.raises(HandshakeError) as refused:
+        server.receive(client_auth)
+    assert refused.value.reason == "bad_signature"
 
 
 def test_a_hello_with_an_unknown_field_is_refused(pki: Pki) -> None:

@@ -332,6 +332,14 @@ def test_the_handshake_frame_by_frame() -> None:
         )
 
 
+def test_a_later_version_offered_is_answered_with_version_1() -> None:
+    case = HANDSHAKE["later_version"]
+
+    answer = handshake_side(Role.SERVER).receive(case["client_hello"].encode())
+
+    assert answer == [case["server_hello"].encode()]
+
+
 @pytest.mark.parametrize("name", list(HANDSHAKE["negative_hellos_to_server"]))
 def test_each_refused_hello_with_its_reason(name: str) -> None:
     case = HANDSHAKE["negative_hellos_to_server"][name]

@@ -74,6 +74,7 @@ __all__ = [
     "FRAME_LIMITS",
     "FRAME_RECEIPT",
     "FRAME_ROSTER",
+    "LINK_VERSIONS",
     "MAX_FRAME_BYTES",
     "HandshakeError",
     "HeldCheckpoint",
@@ -90,6 +91,10 @@ __all__ = [
     "split_envelope",
     "split_frame",
 ]
+
+# The link versions this node speaks. A hello offers the highest; the link speaks the
+# lower of the two ends' highest (docs/PROTOCOL.md, "Versioning").
+LINK_VERSIONS: Final = frozenset({PROTOCOL_VERSION})
 
 FRAME_HELLO: Final = b"H"
 FRAME_AUTH: Final = b"A"
@@ -199,6 +204,8 @@ class LinkHandshake:
         self.done = False
         self._sent_auth = False
         self.peer_roster_version = 0
+        # The version this link speaks: the lower of the two ends' highest (`LINK_VERSIONS`).
+        self.version: int | None = None
 
     def start(self) -> list[bytes]:
         """The frames to send first: the client speaks first."""
@@ -230,8 +237,11 @@ class LinkHandshake:
 
     def _hello(self) -> bytes:
         assert self.role is Role.CLIENT or self.peer is not None
+        # The client offers the highest version it speaks; the server answers with the
+        # version the link will speak (the lower of the two).
+        v = max(LINK_VERSIONS) if self.role is Role.CLIENT else self.version
         hello = {
-            "v": PROTOCOL_VERSION,
+            "v": v,
             "node": self.me,
             "to": self.peer,
             "nonce": b64encode(self._nonce),
@@ -242,13 +252,27 @@ class LinkHandshake:
     def _take_hello(self, payload: bytes) -> None:
         f = Fields(parse_canonical(payload, limit=_MAX_HANDSHAKE_BYTES, what="hello"), "hello")
         v = f.int("v")
-        if v != PROTOCOL_VERSION:
-            raise HandshakeError(f"hello.v: protocol version {v} is not supported")
+        if self.role is Role.SERVER:
+            if v < min(LINK_VERSIONS):
+                raise HandshakeError(
+                    f"hello.v: the peer speaks up to version {v}; we speak"
+                    f" {min(LINK_VERSIONS)} to {max(LINK_VERSIONS)}",
+                    reason="unsupported_version",
+                )
+            self.version = min(v, max(LINK_VERSIONS))
+        else:  # the server's choice: one we offered, and speak
+            if v not in LINK_VERSIONS:
+                raise HandshakeError(
+                    f"hello.v: the server chose version {v}; we offered up to {max(LINK_VERSIONS)}",
+                    reason="unsupported_version",
+                )
+            self.version = v
         node = f.str("node", max_len=3)
         to = f.str("to", max_len=3)
         nonce = f.bytes("nonce")
         self.peer_roster_version = f.int("roster")
-        f.done()
+        if v <= max(LINK_VERSIONS):
+            f.done()  # a later version's hello may carry fields we do not know: ignored
         if not is_node_id(node):
             raise HandshakeError(f"hello.node: {node!r} is not a node id")
         if len(nonce) != 32:
@@ -273,6 +297,7 @@ class LinkHandshake:
         client, server = (mine, theirs) if self.role is Role.CLIENT else (theirs, mine)
         transcript = {
             "purpose": "cpn/v1 link",
+            "v": self.version,  # the version agreed: a downgrade breaks both signatures
             "client": client[0],
             "server": server[0],
             "client_nonce": b64encode(client[1]),

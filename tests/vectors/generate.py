@@ -457,6 +457,7 @@ def handshake_vectors() -> dict[str, Any]:
     assert client.done and server.done
     transcript = {
         "purpose": "cpn/v1 link",
+        "v": 1,
         "client": "FRA",
         "server": "DEU",
         "client_nonce": b64encode(client_nonce),
@@ -480,16 +481,35 @@ def handshake_vectors() -> dict[str, Any]:
 
     negative = {
         "hello for another node": refused_hello(to="USA"),
-        "hello of version 2": refused_hello(v=2),
+        "hello of version 0": refused_hello(v=0),
         "our own nonce reflected": refused_hello(nonce=b64encode(server_nonce)),
         "a nonce of 16 bytes": refused_hello(nonce=b64encode(client_nonce[:16])),
         "a node the roster does not hold": refused_hello(node="CHE"),
         "a node whose certificate is not the one seen in TLS": refused_hello(node="USA"),
     }
+    later = b"H" + canonical(
+        {
+            "v": 2,
+            "node": "FRA",
+            "to": "DEU",
+            "nonce": b64encode(client_nonce),
+            "roster": ROSTER.version,
+            "features": ["a version-2 field a version-1 node does not know"],
+        }
+    )
+    answer = side(Role.SERVER, "DEU", "FRA", server_nonce).receive(later)[0]
     return {
+        "later_version": {
+            "description": "A client offering version 2 (with a field version 1 does not"
+            " know) is answered with version 1: the link speaks the lower of the two.",
+            "client_hello": later.decode(),
+            "server_hello": answer.decode(),
+        },
         "negative_hellos_to_server": negative,
         "description": "The signed link handshake after TLS 1.3: FRA dials DEU. Each frame is"
-        " one binary WebSocket message: a kind letter, then canonical JSON. Each side signs"
+        " one binary WebSocket message: a kind letter, then canonical JSON. The client's hello"
+        " offers the highest version it speaks, the server's hello names the version the link"
+        " speaks (the lower of the two), and the transcript carries it. Each side signs"
         ' "cpn/v1 link <its role>\\n" ‖ canonical(transcript) with its roster Ed25519 key.',
         "client": "FRA",
         "server": "DEU",
