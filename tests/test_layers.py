@@ -51,10 +51,10 @@ THIRD_PARTY = {
     "rfc8785": {"core/records.py"},
     "orjson": {"core/records.py"},
     "aiosqlite": {"node/store.py"},
-    "websockets": {"node/links.py"},
+    "websockets": {"node/links.py", "node/conformance.py"},
     "aiohttp": {"node/alerts.py", "api/web.py", "api/site.py", "cli/client.py"},
     "prometheus_client": {"api/metrics.py"},
-    "rich": {"cli/views.py", "cli/audit.py"},
+    "rich": {"cli/views.py", "cli/audit.py", "cli/conformance.py"},
 }
 
 

@@ -54,10 +54,12 @@ from network.core.errors import (
 from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import (
     Json,
+    MessageId,
     NodeId,
     Outcome,
     Priority,
     b64encode,
+    is_message_id,
     is_node_id,
     parse_canonical,
 )
@@ -388,7 +390,12 @@ class Inbound:
         return None
 
     def _receipt(
-        self, header: Header, item: _Inbound, outcome: Outcome, reason: str | None, now: int
+        self,
+        header: Header | _Addressed,
+        item: _Inbound,
+        outcome: Outcome,
+        reason: str | None,
+        now: int,
     ) -> Receipt:
         """End-to-end to the message's sender when it is for us; else a hop receipt."""
         for_us = header.recipient == self.context.me
@@ -610,10 +617,33 @@ def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:
     )
 
 
-def _readable_header(raw: bytes) -> Header | None:
-    """The header of a refused envelope, if it can be read at all (for a rejected receipt)."""
+@dataclass(frozen=True, slots=True)
+class _Addressed:
+    """What a rejected receipt needs of a header we cannot take: its id and its two ends."""
+
+    id: MessageId
+    sender: NodeId
+    recipient: NodeId
+
+
+def _readable_header(raw: bytes) -> Header | _Addressed | None:
+    """The header of a refused envelope, if it can be read at all (for a rejected receipt).
+
+    A header we cannot take (another protocol version, a field out of range) is still
+    answered when its id and its two ends have their form: the sender learns why
+    (`unsupported_version`, ...) instead of resending until its message expires."""
     try:
         value = parse_canonical(raw, limit=MAX_ENVELOPE_BYTES, what="envelope")
-        return Header.from_json(value["header"]) if isinstance(value, dict) else None
-    except (CpnError, KeyError):
+    except CpnError:
         return None
+    header = value.get("header") if isinstance(value, dict) else None
+    try:
+        return Header.from_json(header)
+    except CpnError:
+        pass
+    if not isinstance(header, dict):
+        return None
+    message_id, sender, recipient = header.get("id"), header.get("from"), header.get("to")
+    if is_message_id(message_id) and is_node_id(sender) and is_node_id(recipient):
+        return _Addressed(MessageId(str(message_id)), NodeId(str(sender)), NodeId(str(recipient)))
+    return None
