@@ -196,6 +196,8 @@ def test_an_envelope_byte_for_byte(suite: str) -> None:
     sealed = b64decode(case["sealed"])
     assert recipient.open(sealed, info) == case["plaintext"].encode()
     assert len(sealed) == case["hpke_enc_length"] + len(case["plaintext"].encode()) + 16
+    assert sealed == b64decode(case["hpke_enc"]) + b64decode(case["hpke_ciphertext"])
+    assert len(b64decode(case["hpke_enc"])) == case["hpke_enc_length"]
     # The outer signature over the recorded sealed text; the envelope; its digest.
     outer_input = b"cpn/v1 outer\n" + canonical(
         {"header": json.loads(header), "sealed": case["sealed"]}

@@ -215,6 +215,7 @@ def envelope_vectors(old: dict[str, Any]) -> tuple[dict[str, Any], dict[str, byt
             except CpnError:
                 pass
         sealed_text = b64encode(sealed)
+        enc_length = 1088 + 32 if suite is HpkeSuite.MLKEM768_X25519 else 32  # FIPS 203 ct ‖ X25519
         outer_input = b"cpn/v1 outer\n" + canonical(
             {"header": json.loads(header), "sealed": sealed_text}
         )
@@ -226,7 +227,6 @@ def envelope_vectors(old: dict[str, Any]) -> tuple[dict[str, Any], dict[str, byt
         inner_input = b"cpn/v1 inner\n" + canonical(
             {"body": plain["body"], "header": json.loads(header), "type": plain["type"]}
         )
-        enc_length = 1088 + 32 if suite is HpkeSuite.MLKEM768_X25519 else 32  # FIPS 203 ct ‖ X25519
         cases[str(suite)] = {
             "inputs": {
                 "sender": "FRA",
@@ -249,6 +249,8 @@ def envelope_vectors(old: dict[str, Any]) -> tuple[dict[str, Any], dict[str, byt
             "hpke_info": b64encode(info),
             "hpke_aad": "",
             "hpke_enc_length": enc_length,
+            "hpke_enc": b64encode(sealed[:enc_length]),
+            "hpke_ciphertext": b64encode(sealed[enc_length:]),
             "sealed": sealed_text,
             "outer_signature_input": outer_input.decode(),
             "outer_signature": b64encode(outer_sig),
