@@ -9,6 +9,7 @@ import getpass
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -255,6 +256,87 @@ def cmd_roster_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# A production node's config, written by `cpn node init` (paths relative to this file).
+NODE_TEMPLATE = """\
+# cpn node {id}: written by `cpn node init` on {date}. Paths are relative to this file.
+id = "{id}"
+
+[peer]
+# Where the other contact points reach this node (the URL on its card): open it to them.
+listen = "{peer_listen}"
+url = "{url}"
+
+[api]
+# Officers' console and API: on loopback, behind the agency's reverse proxy (TLS there).
+listen = "{api_listen}"
+
+[metrics]
+# Prometheus scrapes here; never exposed beyond the host.
+listen = "{metrics_listen}"
+
+[store]
+path = "cpn.sqlite"
+
+[keys]
+dir = "keys/{id}"
+# Put the register keeper's public key and the roster it signs here (both from the keeper).
+keeper = "keeper.json"
+roster = "roster.json"
+
+[links]
+# The contact points this node dials (the others may dial it).
+peers = []
+"""
+
+
+def cmd_node_init(args: argparse.Namespace) -> int:
+    """A node's data folder: keys, and a config with production defaults; prints the card."""
+    from network.node.config import parse_listen
+
+    node_id = _node_id_arg(args.id)
+    data = Path(args.data)
+    config_path = data / "node.toml"
+    if config_path.exists():
+        raise KeyFileError(f"{config_path} exists: this folder holds a node already")
+    peer_host, peer_port = parse_listen(args.listen, "--listen")
+    url = args.url or f"wss://{socket.getfqdn()}:{peer_port}"
+    if not url.startswith("wss://"):
+        raise KeyFileError(f"--url: must start with wss://, got {url!r}")
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)  # keys, store and config: the node's user only
+    card = init_node_keys(
+        data / "keys" / node_id,
+        node_id,
+        url=url,
+        name=args.name,
+        suite=SUITES[args.suite],
+        passphrase=key_passphrase(args.passphrase),
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    text = NODE_TEMPLATE.format(
+        id=node_id,
+        date=datetime.datetime.now(datetime.UTC).date().isoformat(),
+        peer_listen=f"{peer_host}:{peer_port}",
+        url=url,
+        api_listen=args.api_listen,
+        metrics_listen=args.metrics_listen,
+    )
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    load_config(config_path)  # what we wrote must load
+    print(json.dumps(card.to_json(), indent=2))
+    print(
+        f"{node_id}: keys in {data / 'keys' / node_id}, config {config_path}.\n"
+        f"Send {data / 'keys' / node_id / 'card.json'} (printed above) to the register keeper;"
+        f" put the keeper's public key in {data / 'keeper.json'} and the roster it signs in"
+        f" {data / 'roster.json'}, name the peers to dial in [links], then:"
+        f" cpn node run {config_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_node_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -381,10 +463,27 @@ def add_key_commands(commands: Subcommands) -> None:
 
 
 def add_node_commands(commands: Subcommands) -> None:
-    """`cpn node run` and `cpn user add|list|revoke`."""
+    """`cpn node init|run` and `cpn user add|list|revoke`."""
     node = commands.add_parser("node", help="run a node").add_subparsers(
         dest="node_command", required=True, metavar="COMMAND"
     )
+    init = node.add_parser(
+        "init",
+        help="create a node's data folder: keys, a production config, the card to send",
+        description="Creates DATA/keys/ID (the keys, mode 0600) and DATA/node.toml (the peer"
+        " port on every interface, the API and metrics on loopback, the store in DATA), and"
+        " prints the card for the register keeper. Refused when DATA/node.toml exists.",
+    )
+    init.add_argument("id", metavar="ID", help="ISO 3166-1 alpha-3 code, e.g. FRA")
+    init.add_argument("--data", required=True, metavar="DIR", help="the node's data folder")
+    init.add_argument("--url", help="the peer URL others reach it at (default: wss://FQDN:PORT)")
+    init.add_argument("--listen", default="0.0.0.0:7000", help="peer port (default: %(default)s)")
+    init.add_argument("--api-listen", default="127.0.0.1:8100", help="(default: %(default)s)")
+    init.add_argument("--metrics-listen", default="127.0.0.1:9100", help="(default: %(default)s)")
+    init.add_argument("--name", help="contact point name (default: the UN member state's name)")
+    init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
+    init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    init.set_defaults(func=cmd_node_init)
     run = node.add_parser("run", help="run one node until SIGTERM or SIGINT")
     run.add_argument("config", metavar="CONFIG", help="node config, e.g. nodes/FRA.toml")
     run.set_defaults(func=cmd_node_run)
