@@ -337,6 +337,29 @@ def cmd_node_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_backup(args: argparse.Namespace) -> int:
+    """An online, verified copy of the node's store, with its manifest."""
+    from network.node.backup import Backup, backup_store
+    from network.node.runner import load_current_roster
+
+    config = load_config(Path(args.config))
+    roster = load_current_roster(config, expired_ok=True)
+    result = backup_store(
+        config.store_path, Path(args.out), roster=roster, node_id=config.id, now=now_ms()
+    )
+    if not isinstance(result, Backup):
+        problem = result.first.to_json() if result.first else ""
+        print(f"cpn: error: the copy does not verify, nothing kept: {problem}", file=sys.stderr)
+        return 1
+    m = result.manifest
+    print(
+        f"{result.path}: {m['bytes']} bytes, {m['messages']} messages, audit log of"
+        f" {m['audit_size']} entries (root {m['audit_root']}), newest checkpoint at"
+        f" {m['checkpoint_size']}; verified. Manifest: {result.path}.manifest.json"
+    )
+    return 0
+
+
 def cmd_node_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -463,7 +486,7 @@ def add_key_commands(commands: Subcommands) -> None:
 
 
 def add_node_commands(commands: Subcommands) -> None:
-    """`cpn node init|run` and `cpn user add|list|revoke`."""
+    """`cpn node init|run`, `cpn store backup` and `cpn user add|list|revoke`."""
     node = commands.add_parser("node", help="run a node").add_subparsers(
         dest="node_command", required=True, metavar="COMMAND"
     )
@@ -487,6 +510,21 @@ def add_node_commands(commands: Subcommands) -> None:
     run = node.add_parser("run", help="run one node until SIGTERM or SIGINT")
     run.add_argument("config", metavar="CONFIG", help="node config, e.g. nodes/FRA.toml")
     run.set_defaults(func=cmd_node_run)
+
+    store = commands.add_parser("store", help="the node's store").add_subparsers(
+        dest="store_command", required=True, metavar="COMMAND"
+    )
+    backup = store.add_parser(
+        "backup",
+        help="an online copy of the store, verified, with a manifest",
+        description="Copies the store while the node runs (one consistent snapshot), verifies"
+        " the copy as `cpn audit verify` would, and keeps it only if it verifies, beside"
+        " OUT.manifest.json (size, SHA-256, audit tree size and root, newest checkpoint)."
+        " Exit 0 when kept, 1 when the copy did not verify, 2 when it could not be made.",
+    )
+    backup.add_argument("out", metavar="OUT", help="the backup file (never overwritten)")
+    backup.add_argument("--config", required=True, metavar="CONFIG")
+    backup.set_defaults(func=cmd_store_backup)
 
     user = commands.add_parser("user", help="API users").add_subparsers(
         dest="user_command", required=True, metavar="COMMAND"

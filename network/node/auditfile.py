@@ -48,6 +48,7 @@ __all__ = [
     "list_entries",
     "read_witnessed",
     "snapshot",
+    "stored_tree",
 ]
 
 MAX_PAGE: Final = 1000
@@ -329,7 +330,7 @@ def _json_line(value: Any) -> str:
 # -- proofs -------------------------------------------------------------------------
 
 
-def _stored_log(db: sqlite3.Connection) -> MerkleLog:
+def stored_tree(db: sqlite3.Connection) -> MerkleLog:
     """The tree of the stored leaf hashes (the one the node signs), streamed in."""
     tree = MerkleLog()
     cursor = db.execute("SELECT seq, leaf FROM audit ORDER BY seq")
@@ -373,7 +374,7 @@ def inclusion_proof(path: Path, index: int, size: int | None = None) -> dict[str
     Raises ValueError for an index or size outside the log.
     """
     with snapshot(path) as db:
-        tree = _stored_log(db)
+        tree = stored_tree(db)
         if not 0 <= index < tree.size:
             raise ValueError(f"index {index} is outside the log's entries 0..{tree.size - 1}")
         tree_size = _default_size(db, tree, index + 1) if size is None else size
@@ -402,7 +403,7 @@ def consistency_proof(path: Path, old_size: int, new_size: int | None = None) ->
     ValueError for sizes outside the log.
     """
     with snapshot(path) as db:
-        tree = _stored_log(db)
+        tree = stored_tree(db)
         target = _default_size(db, tree, old_size) if new_size is None else new_size
         if not 0 <= old_size <= target <= tree.size:
             raise ValueError(
