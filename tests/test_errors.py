@@ -27,6 +27,9 @@ ELSEWHERE = {
     # The HTTP layer's answer (a status and headers, aiohttp's types), raised and caught
     # inside network/api/web.py: a way out of a handler, not an error anyone else sees.
     ("network/api/web.py", "_Refusal"),
+    # A conformance case's verdict (what the node under test answered instead), raised and
+    # caught inside network/node/conformance.py: it ends one case, never leaves the runner.
+    ("network/node/conformance.py", "_Failed"),
 }
 
 # Each name stays importable from where callers imported it before the tree held it.
