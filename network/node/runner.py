@@ -28,6 +28,7 @@ from network.node.clock import now_ms
 from network.node.config import NodeConfig
 from network.node.keys import load_keeper_public, load_node_keys
 from network.node.links import Links, LinkSettings
+from network.node.notify import Notifier
 from network.node.store import AuditEntry, Store, StoreError
 from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy, Witnessing
@@ -140,6 +141,7 @@ async def run_node(
         site = contextlib.AsyncExitStack()
         if api is not None:
             await site.enter_async_context(api(node))
+        notifier = Notifier.from_environ()
         log.info(
             "%s: peer %s, api http://%s:%d",
             config.id,
@@ -164,12 +166,21 @@ async def run_node(
                     _watch_deadlines(node, webhook, settings.deadline_scan_interval),
                     name="deadlines",
                 )
+                tasks = [link_task, scan_task, watch_task, checkpoint_task, deadline_task]
+                if notifier is not None:
+                    notifier.send("READY=1", f"STATUS={config.id} serving")
+                    if notifier.watchdog_seconds is not None:
+                        tasks.append(group.create_task(_watchdog(node, notifier), name="watchdog"))
                 if ready is not None:
                     await ready(node)
                 await stop.wait()
-                for task in (link_task, scan_task, watch_task, checkpoint_task, deadline_task):
+                if notifier is not None:
+                    notifier.send("STOPPING=1")
+                for task in tasks:
                     task.cancel()
         finally:
+            if notifier is not None:
+                notifier.close()
             await site.aclose()
             if webhook is not None:
                 await webhook.aclose()
@@ -256,6 +267,22 @@ async def _watch_roster(roster_file: RosterFile, links: Links, interval: float) 
         if data is not None:
             with _store_may_fail("roster"):
                 await links.adopt_roster(data, "file")
+
+
+async def _watchdog(node: Node, notifier: Notifier) -> None:
+    """Feed the service manager's watchdog at half its period while the store answers a
+    read within that half: a node whose disk hangs is restarted, not left silent."""
+    assert notifier.watchdog_seconds is not None
+    half = notifier.watchdog_seconds / 2
+    while True:
+        try:
+            async with asyncio.timeout(half):
+                await node.context.store.latest_checkpoint()
+        except (TimeoutError, CpnError) as exc:
+            log.error("%s: store not answering (%s): the watchdog is not fed", node.context.me, exc)
+        else:
+            notifier.send("WATCHDOG=1")
+        await asyncio.sleep(half)
 
 
 async def _checkpoints(node: Node, witnessing: Witnessing, links: Links) -> None:
