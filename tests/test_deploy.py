@@ -9,10 +9,12 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from network.core.errors import ConfigError
 from network.node.notify import Notifier
@@ -115,3 +117,30 @@ def test_the_notification_variables_are_read_once_and_checked() -> None:
         Notifier.from_environ({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "soon"}, pid=42)
     with pytest.raises(ConfigError, match="NOTIFY_SOCKET"):
         Notifier.from_environ({"NOTIFY_SOCKET": "relative"}, pid=42)
+
+
+def test_every_metric_the_alert_rules_use_is_exported(tmp_path: Path) -> None:
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "cpn-rules.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    used = {name for rule in alerts for name in re.findall(r"\bcpn_[a-z_]+", rule["expr"])}
+    network = Network(tmp_path / "net", {"FRA": []})
+    try:
+        network.start("FRA")
+        assert network.api("FRA", "GET", "/api/audit/verify", token="auditor")[0] == 200
+        with urllib.request.urlopen(network.nodes["FRA"].metrics + "/metrics", timeout=10) as page:
+            exported = set(re.findall(r"^# TYPE (cpn_[a-z_]+)", page.read().decode(), re.MULTILINE))
+    finally:
+        network.close()
+
+    assert {rule["alert"] for rule in alerts} >= {
+        "CpnNodeDown",
+        "CpnLinkDown",
+        "CpnQueueGrowing",
+        "CpnOverdue",
+        "CpnCheckpointNotWitnessed",
+        "CpnAuditVerifyFailed",
+        "CpnDiskNearlyFull",
+        "CpnRosterExpiring",
+        "CpnCertificateExpiring",
+    }
+    assert used and used <= exported, used - exported

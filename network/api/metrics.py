@@ -7,13 +7,17 @@ prometheus-client is imported here only. Two kinds of figure:
   penalty windows opened;
 - read at scrape time: messages by box and state, queued messages per
   destination, overdue messages (each one aggregate over a small index), links
-  up (memory), audit log size (memory) and the latest checkpoint's size. They are
+  up (memory), audit log size (memory), the latest checkpoint's size and the largest a
+  witness cosigned, when the roster and our TLS certificate expire, the free space
+  where the store lives, and the outcome of the last audit verification. They are
   read at most once per `min_interval` seconds; scrapes in between get the same
   figures, so a flood of scrapes on this public endpoint costs the store nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from network.core.crypto import certificate_not_after
 from network.core.lifecycle import State
 from network.node.wiring import Node
 
@@ -41,6 +46,9 @@ class _Figures:
     queued: dict[str, int] = field(default_factory=dict)
     overdue: int = 0
     checkpoint_size: int = 0
+    cosigned_size: int = 0
+    store_free_bytes: int = 0
+    store_bytes: int = 0
 
 
 class Metrics:
@@ -75,6 +83,10 @@ class Metrics:
         self._collector = _StoreCollector(node)
         self.registry.register(self._collector)
 
+    def verified(self, ok: bool, when_ms: int) -> None:
+        """An audit verification ran (`GET /api/audit/verify`): alert on a failed or stale one."""
+        self._collector.verified = (ok, when_ms)
+
     async def render(self) -> bytes:
         """The text exposition of every figure, reading the store if its figures are stale."""
         now = self._clock()
@@ -85,6 +97,8 @@ class Metrics:
                 queued=await store.queued_counts(),
                 overdue=await store.overdue_count(),
                 checkpoint_size=await store.checkpoint_size(),
+                cosigned_size=await store.cosigned_size(),
+                **_disk(store.path),
             )
             self._read_at = now
         return generate_latest(self.registry)
@@ -96,6 +110,8 @@ class _StoreCollector(Collector):
     def __init__(self, node: Node) -> None:
         self.node = node
         self.figures = _Figures()
+        self.verified: tuple[bool, int] | None = None  # the last audit verification
+        self.certificate_expiry = certificate_not_after(node.context.keys.card.tls_cert) / 1000
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # nothing to check against other collectors' names at registration
@@ -139,3 +155,55 @@ class _StoreCollector(Collector):
             "Tree size of the latest signed audit checkpoint (0 before the first)",
             value=figures.checkpoint_size,
         )
+        yield GaugeMetricFamily(
+            "cpn_checkpoint_cosigned_size",
+            "The largest tree size of our log a witness cosigned (0 before the first)",
+            value=figures.cosigned_size,
+        )
+        yield GaugeMetricFamily(
+            "cpn_roster_version", "Version of the roster held", value=context.roster.version
+        )
+        yield GaugeMetricFamily(
+            "cpn_roster_valid_until_seconds",
+            "When the roster held expires (Unix seconds)",
+            value=context.roster.valid_until / 1000,
+        )
+        yield GaugeMetricFamily(
+            "cpn_tls_certificate_expiry_seconds",
+            "When this node's TLS certificate expires (Unix seconds)",
+            value=self.certificate_expiry,
+        )
+        yield GaugeMetricFamily(
+            "cpn_store_free_bytes",
+            "Free space on the file system of the store (for the node's user)",
+            value=figures.store_free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "cpn_store_bytes", "Size of the store file and its WAL", value=figures.store_bytes
+        )
+        if self.verified is not None:  # absent until a verification ran: `absent()` alerts
+            ok, when = self.verified
+            yield GaugeMetricFamily(
+                "cpn_audit_verify_ok",
+                "1 if the last audit verification found nothing wrong",
+                value=1 if ok else 0,
+            )
+            yield GaugeMetricFamily(
+                "cpn_audit_verify_time_seconds",
+                "When the last audit verification ran (Unix seconds)",
+                value=when / 1000,
+            )
+
+
+def _disk(path: os.PathLike[str]) -> dict[str, int]:
+    """Free space where the store lives, and the store's own size (file and WAL)."""
+    try:
+        stats = os.statvfs(os.path.dirname(os.fspath(path)) or ".")
+        free = stats.f_bavail * stats.f_frsize
+    except OSError:
+        free = 0
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += os.stat(os.fspath(path) + suffix).st_size
+    return {"store_free_bytes": free, "store_bytes": size}

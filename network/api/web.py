@@ -536,6 +536,7 @@ async def verify_audit(request: web.Request) -> web.StreamResponse:
         keeper=context.keeper,
         witnessed=held,
     )
+    request.app[METRICS].verified(report.ok, context.clock())
     return web.json_response({**report.to_json(), "witnesses": [r.to_json() for r in replies]})
 
 

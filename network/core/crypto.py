@@ -63,6 +63,7 @@ __all__ = [
     "StorageKey",
     "VerifyKey",
     "certificate_der_from_pem",
+    "certificate_not_after",
     "certificate_pem",
     "check_certificate",
     "generate_hpke_key",
@@ -632,6 +633,15 @@ def check_certificate(der: bytes) -> None:
         x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise MalformedError(f"not an X.509 certificate: {exc}") from exc
+
+
+def certificate_not_after(der: bytes) -> int:
+    """When the certificate `der` stops being valid (ms since the epoch)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise MalformedError(f"not an X.509 certificate: {exc}") from exc
+    return int(cert.not_valid_after_utc.timestamp() * 1000)
 
 
 def certificate_pem(der: bytes) -> str:

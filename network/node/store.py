@@ -1249,6 +1249,11 @@ class Store:
         rows = await self.db.execute_fetchall("SELECT MAX(size) FROM checkpoints")
         return int(next(iter(rows))[0] or 0)
 
+    async def cosigned_size(self) -> int:
+        """The largest tree size of ours a witness cosigned; 0 before the first."""
+        rows = await self.db.execute_fetchall("SELECT MAX(size) FROM cosignatures")
+        return int(next(iter(rows))[0] or 0)
+
     async def due_to_expire(self, now: int, limit: int = 500) -> list[MessageRow]:
         """Messages still waiting to go whose expiry is before `now` (at most `limit`)."""
         return await self._select(
