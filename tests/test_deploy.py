@@ -5,6 +5,7 @@ exposure low, and a node under a service manager says it is ready and feeds its 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 import yaml
 
 from network.core.errors import ConfigError
+from network.node.config import load_config
 from network.node.notify import Notifier
+from network.samples import sample_body
 from tests.harness import Network, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,3 +147,38 @@ def test_every_metric_the_alert_rules_use_is_exported(tmp_path: Path) -> None:
         "CpnCertificateExpiring",
     }
     assert used and used <= exported, used - exported
+
+
+def test_json_logs_are_one_object_per_line_without_bodies_or_tokens(tmp_path: Path) -> None:
+    network = Network(tmp_path / "net", {"FRA": ["DEU"], "DEU": ["FRA"]})
+    for node in ("FRA", "DEU"):
+        config = network.nodes[node].config
+        config.write_text(config.read_text() + '\n[log]\nformat = "json"\n')
+    body = sample_body("emergency")
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        sent = network.send("FRA", "DEU", "emergency", body)
+        network.wait_state("FRA", sent, {"delivered"})
+        network.stop("FRA")
+    finally:
+        network.close()
+    text = network.nodes["FRA"].log.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    assert lines and all(
+        set(line) >= {"time", "level", "logger", "node", "message"} for line in lines
+    )
+    assert {line["node"] for line in lines} == {"FRA"}
+    assert any("linked with DEU" in line["message"] for line in lines)
+    assert body["summary"] not in text and body["risk"] not in text
+    assert not any(token in text for token in network.nodes["FRA"].tokens.values())
+
+
+def test_an_unknown_log_format_is_refused_naming_the_key(tmp_path: Path) -> None:
+    network = Network(tmp_path / "net", {"FRA": []})
+    config = network.nodes["FRA"].config
+    config.write_text(config.read_text() + '\n[log]\nformat = "xml"\n')
+
+    with pytest.raises(ConfigError, match=r"log\.format"):
+        load_config(config)

@@ -7,7 +7,6 @@ import argparse
 import datetime
 import getpass
 import json
-import logging
 import os
 import socket
 import sys
@@ -274,6 +273,10 @@ listen = "{api_listen}"
 # Prometheus scrapes here; never exposed beyond the host.
 listen = "{metrics_listen}"
 
+[log]
+# One JSON object per line (journald, a log pipeline); "text" for people.
+format = "json"
+
 [store]
 path = "cpn.sqlite"
 
@@ -361,13 +364,12 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_node_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from network.api.site import api_site  # aiohttp and websockets load only here
+    from network.node.logs import configure_logging
     from network.node.runner import serve_until_signalled
 
     config = load_config(Path(args.config))
+    configure_logging(config.log_format, config.id)
     serve_until_signalled(config, api_site(config))
     return 0
 

@@ -118,6 +118,7 @@ class NodeConfig:
     handshake_timeout: float = 10.0  # seconds for each of TLS, the WebSocket upgrade, the hello
     # GET /metrics is served here, apart from the API and console; None: not served.
     metrics_listen: tuple[str, int] | None = None
+    log_format: str = "text"  # [log] format: "text" for people, "json" for a log pipeline
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -128,6 +129,24 @@ def parse_listen(value: object, where: str) -> tuple[str, int]:
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f'{where}: expected "host:port" with a port 0..65535, got {value!r}')
     return host.strip("[]"), int(port_text)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(section: object, file: Path) -> str:
+    """`[log] format`: "text" (the default) or "json"."""
+    if section is None:
+        return "text"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: log: expected a table")
+    extra = sorted(set(section) - {"format"})
+    if extra:
+        raise ConfigError(f"{file}: log.{extra[0]}: unknown key (expected: format)")
+    value = section.get("format", "text")
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"{file}: log.format: expected one of {', '.join(LOG_FORMATS)}")
+    return str(value)
 
 
 def _metrics_listen(section: object, file: Path) -> tuple[str, int] | None:
@@ -358,6 +377,7 @@ def load_config(path: Path) -> NodeConfig:
     deadlines = _deadlines(doc.get("deadlines"), path)
     webhook_url, webhook_timeout, webhook_retries = _alerts(doc.get("alerts"), path)
     metrics_listen = _metrics_listen(doc.get("metrics"), path)
+    log_format = _log_format(doc.get("log"), path)
     known = {
         "id",
         "peer",
@@ -369,6 +389,7 @@ def load_config(path: Path) -> NodeConfig:
         "delivery",
         "deadlines",
         "alerts",
+        "log",
     }
     extra = sorted(set(doc) - known)
     if extra:
@@ -399,4 +420,5 @@ def load_config(path: Path) -> NodeConfig:
         login=login,
         handshake_timeout=float(handshake_timeout),
         metrics_listen=metrics_listen,
+        log_format=log_format,
     )
