@@ -38,15 +38,22 @@ def instance(tmp_path: Path) -> Path:
     return unit
 
 
-def test_the_unit_verifies_without_a_warning(tmp_path: Path) -> None:
+def test_every_unit_verifies_without_a_warning(tmp_path: Path) -> None:
+    cpn = Path(sys.executable).parent / "cpn"
+    units = []
+    for unit in sorted((REPO / "deploy").glob("*@.*")):  # the node, the backup and its timer
+        instance = tmp_path / unit.name.replace("@.", "@FRA.")
+        instance.write_text(unit.read_text().replace("/opt/cpn/bin/cpn", str(cpn)))
+        units.append(str(instance))
     verified = subprocess.run(
-        ["systemd-analyze", "verify", str(instance(tmp_path))],
+        ["systemd-analyze", "verify", *units],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
 
+    assert len(units) == 3
     assert verified.returncode == 0 and verified.stdout + verified.stderr == "", verified.stderr
 
 
