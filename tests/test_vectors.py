@@ -50,12 +50,18 @@ from network.core.records import (
 from network.core.roster import load_roster
 from network.core.routing import make_announcement, verify_announcement
 from network.core.tlog import (
+    consistency_proof,
     cosign,
     cosignature_message,
+    inclusion_proof,
     leaf_hash,
     open_checkpoint,
+    parse_checkpoint,
     root_hash,
+    sign_note,
+    verify_consistency,
     verify_cosignature,
+    verify_inclusion,
 )
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -416,3 +422,78 @@ def test_the_body_schemas() -> None:
 
     assert case["schemas"] == json_schemas("#/schemas/")
     assert case["types"] == {str(t): cls.__name__ for t, cls in BODY_TYPES.items()}
+
+
+@pytest.mark.parametrize("case", ROSTER_VECTORS["negative"], ids=lambda c: c["description"])
+def test_each_refused_roster_with_its_reason(case: dict[str, Any]) -> None:
+    keeper = signing_key_from_seed(b64decode(ROSTER_VECTORS["keeper_seed"]))
+    held = roster() if case["held_version"] is not None else None
+
+    refused = reason(
+        lambda: load_roster(
+            case["document"].encode(), keeper=keeper.verify_key(), now=NOW, held=held
+        )
+    )
+
+    assert refused == case["reason"]
+
+
+@pytest.mark.parametrize(
+    "case", vectors("announcement.json")["negative"], ids=lambda c: c["description"]
+)
+def test_each_refused_announcement_with_its_reason(case: dict[str, Any]) -> None:
+    held = {}
+    if case["held_seq"] is not None:
+        raw = vectors("announcement.json")["announcement"].encode()
+        announced = verify_announcement(raw, roster())
+        assert announced.seq == case["held_seq"]
+        held = {announced.node: announced}
+
+    refused = reason(lambda: verify_announcement(case["announcement"].encode(), roster(), held))
+
+    assert refused == case["reason"]
+
+
+def test_audit_proofs_and_their_refusals() -> None:
+    case = vectors("audit.json")
+    leaves = [b64decode(item["leaf_hash"]) for item in case["entries"]]
+    root = b64decode(case["root"])
+    inclusion = case["proofs"]["inclusion"]
+    proof = [b64decode(h) for h in inclusion["proof"]]
+    assert proof == inclusion_proof(leaves, inclusion["index"], inclusion["tree_size"])
+    verify_inclusion(
+        leaves[inclusion["index"]], inclusion["index"], inclusion["tree_size"], proof, root
+    )
+    consistency = case["proofs"]["consistency"]
+    hashes = [b64decode(h) for h in consistency["proof"]]
+    assert hashes == consistency_proof(leaves, consistency["old_size"], consistency["new_size"])
+    old_root = b64decode(consistency["old_root"])
+    verify_consistency(consistency["old_size"], consistency["new_size"], old_root, root, hashes)
+    negative = case["negative"]
+    assert (
+        reason(lambda: verify_inclusion(leaves[1], 0, inclusion["tree_size"], proof, root))
+        == negative["inclusion proof for another index"]
+    )
+    changed = [b"\x00" * 32]
+    assert (
+        reason(lambda: verify_consistency(2, 3, old_root, root, changed))
+        == negative["consistency proof with a hash changed"]
+    )
+    fra, usa, deu = signing("FRA"), signing("USA"), signing("DEU")
+    checkpoint = parse_checkpoint(case["checkpoint"])
+    forged = sign_note(checkpoint.to_text(), "cpn/audit/FRA", usa)
+    assert (
+        reason(
+            lambda: open_checkpoint(forged, "cpn/audit/FRA", {"cpn/audit/FRA": fra.verify_key()})
+        )
+        == negative["checkpoint signed by another key"]
+    )
+    cosigned = case["signed_note"] + case["cosignature_line"]
+    assert (
+        reason(lambda: verify_cosignature(cosigned, witness_name("DEU"), usa.verify_key()))
+        == negative["cosignature by another witness key"]
+    )
+    assert (
+        verify_cosignature(cosigned, witness_name("DEU"), deu.verify_key())
+        == case["cosignature_time"]
+    )

@@ -53,8 +53,20 @@ from network.core.records import (
     parse_canonical,
 )
 from network.core.roster import Card, build_roster, load_roster
-from network.core.routing import make_announcement
-from network.core.tlog import cosign, cosignature_message, leaf_hash, root_hash, sign_note
+from network.core.routing import make_announcement, verify_announcement
+from network.core.tlog import (
+    consistency_proof,
+    cosign,
+    cosignature_message,
+    inclusion_proof,
+    leaf_hash,
+    open_checkpoint,
+    root_hash,
+    sign_note,
+    verify_consistency,
+    verify_cosignature,
+    verify_inclusion,
+)
 from network.samples import sample_body
 
 HERE = Path(__file__).parent
@@ -558,13 +570,89 @@ def roster_vectors(old: dict[str, Any]) -> dict[str, Any]:
         ).decode(),
         "document": ROSTER_RAW.decode(),
         "now": NOW,
+        "negative": roster_negatives(),
     }
+
+
+def roster_negatives() -> list[dict[str, Any]]:
+    keeper = signing("keeper")
+    body = json.loads(ROSTER_RAW)["roster"]
+
+    def signed(changed: dict[str, Any], key: Any = keeper) -> bytes:
+        signature = key.sign(b"cpn/v1 roster\n" + canonical(changed))
+        return canonical({"roster": changed, "sig": b64encode(signature)})
+
+    older = signed({**body, "version": 2})
+    cases = [
+        ("signed by another key", signed(body, signing("FRA")), None),
+        (
+            "changed after signing",
+            canonical(
+                {
+                    **json.loads(ROSTER_RAW),
+                    "roster": {**body, "valid_until": body["valid_until"] + 1},
+                }
+            ),
+            None,
+        ),
+        ("expired", signed({**body, "valid_until": NOW - 1, "issued": NOW - 10}), None),
+        ("older than the one held", older, "held"),
+        ("protocol version 2", signed({**body, "v": 2}), None),
+    ]
+    out = []
+    for description, document, held in cases:
+        out.append(
+            {
+                "description": description,
+                "document": document.decode(),
+                "held_version": ROSTER.version if held else None,
+                "reason": refusal(
+                    lambda d=document, h=held: load_roster(
+                        d, keeper=keeper.verify_key(), now=NOW, held=ROSTER if h else None
+                    )
+                ),
+            }
+        )
+    return out
 
 
 def announcement_vectors() -> dict[str, Any]:
     made = make_announcement(NodeId("USA"), 7, [NodeId("FRA"), NodeId("DEU")], signing("USA"))
     body = canonical(json.loads(made.raw)["announce"])
+    doc = json.loads(made.raw)
+    forged = canonical({**doc, "sig": b64encode(signing("FRA").sign(b"cpn/v1 announce\n" + body))})
+    unknown = {**doc["announce"], "node": "CHE"}
+    stranger = canonical(
+        {
+            "announce": unknown,
+            "sig": b64encode(signing("USA").sign(b"cpn/v1 announce\n" + canonical(unknown))),
+        }
+    )
+    older = make_announcement(NodeId("USA"), 6, [NodeId("FRA")], signing("USA"))
+    negative = [
+        {
+            "description": "signed by another node",
+            "announcement": forged.decode(),
+            "held_seq": None,
+            "reason": refusal(lambda: verify_announcement(forged, ROSTER)),
+        },
+        {
+            "description": "a node the roster does not hold",
+            "announcement": stranger.decode(),
+            "held_seq": None,
+            "reason": refusal(lambda: verify_announcement(stranger, ROSTER)),
+        },
+        {
+            "description": "no newer than the one held (seq 7)",
+            "announcement": older.raw.decode(),
+            "held_seq": 7,
+            "reason": refusal(
+                lambda: verify_announcement(older.raw, ROSTER, {NodeId("USA"): made})
+            ),
+        },
+    ]
     return {
+        "negative": negative,
         "description": "USA announces its live links (seq 7): signed over"
         ' "cpn/v1 announce\\n" ‖ canonical(body); `links` sorted.',
         "signature_input": (b"cpn/v1 announce\n" + body).decode(),
@@ -599,7 +687,43 @@ def audit_vectors() -> dict[str, Any]:
     note = sign_note(checkpoint.to_text(), "cpn/audit/FRA", signing("FRA"))
     time_seconds = (NOW + 5_000) // 1000
     line = cosign(checkpoint, witness_name("DEU"), signing("DEU"), time_seconds)
+    proofs = {
+        "inclusion": {
+            "index": 1,
+            "tree_size": len(leaves),
+            "proof": [b64encode(h) for h in inclusion_proof(leaves, 1, len(leaves))],
+        },
+        "consistency": {
+            "old_size": 2,
+            "old_root": b64encode(root_hash(leaves[:2])),
+            "new_size": len(leaves),
+            "proof": [b64encode(h) for h in consistency_proof(leaves, 2, len(leaves))],
+        },
+    }
+    wrong = [b64encode(b"\x00" * 32)]
+    negative = {
+        "inclusion proof for another index": refusal(
+            lambda: verify_inclusion(leaves[1], 0, len(leaves), inclusion_proof(leaves, 1, 3), root)
+        ),
+        "consistency proof with a hash changed": refusal(
+            lambda: verify_consistency(2, 3, root_hash(leaves[:2]), root, [b64decode(wrong[0])])
+        ),
+        "checkpoint signed by another key": refusal(
+            lambda: open_checkpoint(
+                sign_note(checkpoint.to_text(), "cpn/audit/FRA", signing("USA")),
+                "cpn/audit/FRA",
+                {"cpn/audit/FRA": signing("FRA").verify_key()},
+            )
+        ),
+        "cosignature by another witness key": refusal(
+            lambda: verify_cosignature(
+                note + line, witness_name("DEU"), signing("USA").verify_key()
+            )
+        ),
+    }
     return {
+        "proofs": proofs,
+        "negative": negative,
         "description": "Audit entries as RFC 9162 leaves (SHA-256(0x00 ‖ canonical entry)),"
         " the tree's root, FRA's checkpoint (C2SP tlog-checkpoint, with a `time <ms>`"
         " extension line) as a signed note, and DEU's cosignature (C2SP tlog-cosignature).",
