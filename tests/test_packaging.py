@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -22,18 +21,11 @@ from pathlib import Path
 import pytest
 
 from network.samples import sample_body
-from tests.harness import wait_for
+from tests.harness import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str]) -> str:

@@ -43,9 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a key id: base64url, so it may begin with "-", which argparse
+# would take for an option ("--purge -laKa4..."). Their next argument is always the value.
+KEY_ID_OPTIONS = ("--purge",)
+
+
+def joined_key_ids(argv: Sequence[str]) -> list[str]:
+    """`argv` with each key-id option and its value written as one `--option=value`."""
+    out: list[str] = []
+    pending: str | None = None
+    for arg in argv:
+        if pending is not None:
+            out.append(f"{pending}={arg}")
+            pending = None
+        elif arg in KEY_ID_OPTIONS:
+            pending = arg
+        else:
+            out.append(arg)
+    if pending is not None:
+        out.append(pending)  # no value: argparse says so
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `cpn` command; returns its exit status (argparse exits 2 on a usage error)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(joined_key_ids(sys.argv[1:] if argv is None else argv))
     try:
         result: int = args.func(args)
     except ApiError as exc:
