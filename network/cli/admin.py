@@ -78,6 +78,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
         suite=SUITES[args.suite],
         passphrase=key_passphrase(args.passphrase),
         now=datetime.datetime.now(datetime.UTC),
+        signing_uri=args.signing,
     )
     print(json.dumps(card.to_json(), indent=2))
     return 0
@@ -96,6 +97,11 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         key_dir = config.keys_dir if config is not None else Path("keys") / node_id
     passphrase = key_passphrase(False)
     actor = f"admin:{getpass.getuser()}"
+    if config is not None and config.signing_uri is not None and args.purge is None:
+        raise KeyFileError(
+            f"{config.path}: the signing key is in a hardware module ([keys] signing): rotate"
+            " it there, then the other keys with a new card (not supported by this command yet)"
+        )
     if args.purge is not None:
         if config is None:
             raise KeyFileError("--purge needs --config: the store says which messages need a key")
@@ -454,6 +460,14 @@ def add_key_commands(commands: Subcommands) -> None:
     init.add_argument("--name", help="contact point name (default: the UN member state's name)")
     init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
     init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    init.add_argument(
+        "--signing",
+        metavar="PKCS11_URI",
+        help="the signing key in a hardware module: made there (or found) and never written"
+        " to a file, e.g. 'pkcs11:token=cpn;object=FRA-signing?module-path=/usr/lib/softhsm/"
+        "libsofthsm2.so' (PIN: CPN_PKCS11_PIN or pin-source=file:PATH); the config then"
+        " names it: [keys] signing = ...",
+    )
     init.set_defaults(func=cmd_keys_init)
     rotate = keys.add_parser(
         "rotate",

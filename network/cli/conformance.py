@@ -28,7 +28,12 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         return 2
     config = load_config(Path(args.config))
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
-    keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
+    keys = load_node_keys(
+        config.keys_dir,
+        config.id,
+        passphrase.encode() if passphrase else None,
+        signing_uri=config.signing_uri,
+    )
     roster = load_current_roster(config)
     console = Console(highlight=False)
 

@@ -119,6 +119,7 @@ class NodeConfig:
     # GET /metrics is served here, apart from the API and console; None: not served.
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"  # [log] format: "text" for people, "json" for a log pipeline
+    signing_uri: str | None = None  # [keys] signing: a pkcs11: URI, the key in a module
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -378,6 +379,11 @@ def load_config(path: Path) -> NodeConfig:
     webhook_url, webhook_timeout, webhook_retries = _alerts(doc.get("alerts"), path)
     metrics_listen = _metrics_listen(doc.get("metrics"), path)
     log_format = _log_format(doc.get("log"), path)
+    signing_uri = keys.get("signing")
+    if signing_uri is not None and (
+        not isinstance(signing_uri, str) or not signing_uri.startswith("pkcs11:")
+    ):
+        raise ConfigError(f"{path}: keys.signing: expected a pkcs11: URI (RFC 7512)")
     known = {
         "id",
         "peer",
@@ -421,4 +427,5 @@ def load_config(path: Path) -> NodeConfig:
         handshake_timeout=float(handshake_timeout),
         metrics_listen=metrics_listen,
         log_format=log_format,
+        signing_uri=signing_uri,
     )

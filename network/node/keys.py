@@ -216,12 +216,17 @@ def _write_key_set(
     passphrase: Passphrase | None,
     now: datetime.datetime,
     replace: bool,
+    signing: SigningKey | None = None,
 ) -> Card:
-    """New signing, HPKE and TLS keys and their card, written to `key_dir`."""
-    signing = generate_signing_key()
+    """New signing, HPKE and TLS keys and their card, written to `key_dir`; `signing`
+    given: that key (in a hardware module), no signing.key."""
+    in_token = signing is not None
+    signing = signing or generate_signing_key()
     hpke = generate_hpke_key(suite)
     tls_key, tls_cert, tls_der = generate_tls_identity(node_id, now=now, passphrase=passphrase)
-    files = {"signing.key": signing.to_pem(passphrase), **hpke.part_pems(passphrase)}
+    files = dict(hpke.part_pems(passphrase))
+    if not in_token:
+        files["signing.key"] = signing.to_pem(passphrase)
     files["tls.key"] = tls_key
     for file_name, data in files.items():
         write_private_file(key_dir / file_name, data, replace=replace)
@@ -241,6 +246,12 @@ def _write_key_set(
     return card
 
 
+def _token_key(uri: str, *, generate: bool) -> SigningKey:
+    from network.node.hsm import generate_in_token, open_signing_key  # python-pkcs11 only here
+
+    return generate_in_token(uri) if generate else open_signing_key(uri)
+
+
 def init_node_keys(
     key_dir: Path,
     node_id: NodeId,
@@ -250,14 +261,16 @@ def init_node_keys(
     suite: HpkeSuite = HpkeSuite.MLKEM768_X25519,
     passphrase: bytes | None = None,
     now: datetime.datetime,
+    signing_uri: str | None = None,
 ) -> Card:
     """Create a node's keys, storage key and card.
 
     Refuses (KeyFileError) when the node has keys: `rotate_node_keys` replaces
-    them and keeps the old ones.
+    them and keeps the old ones. With `signing_uri` the signing key is made (or found)
+    in the hardware module it names, and no signing.key is written.
     """
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (key_dir / "signing.key").exists():
+    if (key_dir / "signing.key").exists() or (key_dir / "card.json").exists():
         raise KeyFileError(
             f"{key_dir}/signing.key exists; `cpn keys rotate {node_id}` replaces the keys"
             " and keeps the old ones"
@@ -276,6 +289,7 @@ def init_node_keys(
         passphrase=secret,
         now=now,
         replace=False,
+        signing=None if signing_uri is None else _token_key(signing_uri, generate=True),
     )
 
 
@@ -346,11 +360,24 @@ def read_card(path: Path) -> Card:
         raise KeyFileError(f"{path}: {exc}") from exc
 
 
-def load_node_keys(key_dir: Path, node_id: NodeId, passphrase: bytes | None = None) -> NodeKeys:
+def load_node_keys(
+    key_dir: Path,
+    node_id: NodeId,
+    passphrase: bytes | None = None,
+    *,
+    signing_uri: str | None = None,
+) -> NodeKeys:
     """Load a node's keys, the retired ones and the storage key, and check them against
-    its card (and each retired key against its folder's name). Raises KeyFileError."""
+    its card (and each retired key against its folder's name). Raises KeyFileError.
+
+    `signing_uri` (`[keys] signing`, a pkcs11: URI) names a signing key held in a
+    hardware module instead of `signing.key` (network/node/hsm.py)."""
     secret = _passphrase(passphrase)
-    signing = load_signing_key(key_dir / "signing.key", secret)
+    signing = (
+        load_signing_key(key_dir / "signing.key", secret)
+        if signing_uri is None
+        else _token_key(signing_uri, generate=False)
+    )
     hpke = load_hpke_key(key_dir, secret)
     card = read_card(key_dir / "card.json")
     if card.id != node_id:

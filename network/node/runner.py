@@ -84,7 +84,12 @@ async def run_node(
     the HTTP API over them while the node runs.
     """
     passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
-    keys = load_node_keys(config.keys_dir, config.id, passphrase.encode() if passphrase else None)
+    keys = load_node_keys(
+        config.keys_dir,
+        config.id,
+        passphrase.encode() if passphrase else None,
+        signing_uri=config.signing_uri,
+    )
     keeper = load_keeper_public(config.keeper_path)
     # An expired roster still starts the node, degraded and alerting (`review_roster`): it
     # can link to its peers, who bring the next version, and it loses nothing meanwhile.
