@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS := var/bench/results.jsonl
 BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
-.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors
+.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors fixtures
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ run: $(STAMP)
 # checks the implementation against the files: a change there is a change of the wire.
 vectors: $(STAMP)
 	PYTHONPATH=. $(BIN)/python tests/vectors/generate.py
+
+# Store files made by the code of each earlier schema version (git worktrees of the
+# commits named in the script); tests/test_store.py migrates each and verifies it.
+fixtures: $(STAMP)
+	$(BIN)/python tests/fixtures/make_stores.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check network tests bench

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -23,7 +24,9 @@ from network.core.auditlog import entry_leaf
 from network.core.deadlines import Due, Overdue
 from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, State
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
+from network.core.roster import load_roster
 from network.core.tlog import leaf_hash, root_hash
+from network.node.keys import load_keeper_public
 from network.node.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -36,6 +39,7 @@ from network.node.store import (
     _on_thread,
     _statements,
 )
+from network.node.verify import verify_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -650,3 +654,51 @@ async def test_on_thread_refuses_a_closed_connection(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError):
         await _on_thread(store.db, lambda conn: conn.execute("SELECT 1"))
+
+
+# -- stores made by the code of each earlier schema version (tests/fixtures/make_stores.py) --
+
+FIXTURES = Path(__file__).parent / "fixtures" / "stores"
+
+
+def _counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("messages", "receipts", "audit")
+        }
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", sorted(p.name for p in FIXTURES.iterdir()))
+@pytest.mark.parametrize("node", ["FRA", "DEU"])
+async def test_a_store_made_by_an_earlier_version_migrates_whole_and_verifies(
+    tmp_path: Path, version: str, node: str
+) -> None:
+    fixture = FIXTURES / version
+    path = tmp_path / f"{node}.sqlite"
+    shutil.copy(fixture / f"{node}.sqlite", path)
+    before = _counts(path)
+    keeper = load_keeper_public(fixture / "keeper.json")
+    raw = (fixture / "roster.json").read_bytes()
+    roster = load_roster(raw, keeper=keeper, now=json.loads(raw)["roster"]["issued"] + 1)
+    sent = json.loads((fixture / "messages.json").read_text())
+
+    store = await Store.open(path)
+    try:
+        (found,) = await stored(store, "PRAGMA user_version")
+        rows = {row.id: row for row in await store.messages(limit=100)}
+    finally:
+        await store.close()
+    report = verify_store(path, roster=roster, node_id=node)
+
+    assert found == (SCHEMA_VERSION,)
+    assert _counts(path) == before  # every message, receipt and entry is still there
+    ours = sent["sent"] if node == "FRA" else [sent["back"]]
+    assert all(rows[m].box == "out" and rows[m].state is not State.QUEUED for m in ours)
+    theirs = [sent["back"]] if node == "FRA" else sent["sent"]
+    assert all(rows[m].box == "in" for m in theirs)
+    assert report.ok, report.first
+    assert report.entries == before["audit"] and report.receipts >= before["receipts"]

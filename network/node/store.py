@@ -55,7 +55,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -275,6 +275,13 @@ MIGRATIONS: dict[int, str] = {
     6: """
     CREATE INDEX messages_states ON messages (box, state);
     CREATE INDEX messages_overdue ON messages (priority_rank, created) WHERE overdue != '';
+    """,
+    7: """
+    -- Entries from this seq on are timed at commit, under the write lock: their times never
+    -- go back, and verify holds them to it. Earlier versions timed an entry before taking
+    -- the lock, so two of their entries may be a millisecond out of order.
+    CREATE TABLE audit_times (monotonic_from INTEGER NOT NULL);
+    INSERT INTO audit_times (monotonic_from) SELECT COALESCE(MAX(seq), 0) + 1 FROM audit;
     """,
 }
 

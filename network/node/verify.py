@@ -317,6 +317,10 @@ class _Walk:
         self._hasher = RowHasher()
         self._slow_paths = 0
         self._last_time: int | None = None  # the time of the last entry taken that had one
+        # Entries before this seq were timed by a version that took the time before the
+        # write lock (the store's `audit_times`): their order in time is not checked.
+        self.monotonic_from = 1
+        self.unordered = 0  # such entries found out of order, reported as a warning
 
     def rows(self, batch: Sequence[Sequence[Any]]) -> None:
         """Take rows in seq order (as _WALK_QUERY selects them)."""
@@ -357,6 +361,9 @@ class _Walk:
             if time < self._last_time:
                 backwards = [(seq, time, self._last_time), *backwards]
         for seq, time, before in backwards:
+            if seq < self.monotonic_from:
+                self.unordered += 1
+                continue
             self.problems.add(
                 ProblemKind.BACKWARDS,
                 f"entry {seq} goes back in time: dated {_when(time)}, before the entry ahead"
@@ -574,6 +581,15 @@ class _Problems:
 _AFTER_LOG: Final = 1 << 62  # orders problems outside the log after every entry's
 
 
+def _monotonic_from(db: sqlite3.Connection) -> int:
+    """The seq from which entry times must never go back (1: all of them; a store from
+    before schema 7, not yet migrated: none of them)."""
+    if not _has_table(db, "audit_times"):
+        return MAX_SAFE_INTEGER
+    row = db.execute("SELECT monotonic_from FROM audit_times").fetchone()
+    return int(row[0]) if row else 1
+
+
 def verify_store(
     path: Path,
     *,
@@ -634,8 +650,15 @@ def verify_store(
             problems,
             lambda seq: _refetch(db, seq),
         )
+        walk.monotonic_from = _monotonic_from(db)
         _walk_audit(db, walk, path, workers, chunk)
         walk.finish()
+        if walk.unordered:
+            warnings.append(
+                f"{walk.unordered} of the entries before {walk.monotonic_from}, written by an"
+                " earlier version that timed entries before taking the write lock, are dated a"
+                " moment before the entry ahead of them: their order in time is not checked"
+            )
         entries = walk.builder.size
         walk.classify(lambda: _stored_leaves(db))
         _check_length(db, walk, problems)
