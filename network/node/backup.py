@@ -75,6 +75,7 @@ def backup_store(
     (then nothing is left at `out`). Raises StoreError when the copy cannot be made."""
     if out.exists():
         raise StoreError(f"{out} exists: a backup never overwrites a file")
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a node's first backup
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)
     try:
