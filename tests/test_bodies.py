@@ -376,8 +376,23 @@ def test_line_break_in_a_line() -> None:
 
     assert (error.field, error.problem) == (
         "case_ref",
-        "must not contain line breaks or control characters",
+        "must not contain line breaks, control characters or bidirectional formatting characters",
     )
+
+
+@pytest.mark.parametrize("mark", ["\u202e", "\u202a", "\u2066", "\u2069"])
+def test_bidirectional_formatting_in_a_line_is_refused(mark: str) -> None:
+    # Issue 19: "FR-2026-\u202e4200" shows as another reference than the one sent.
+    error = refusal("preservation", sample_body("preservation", case_ref=f"FR-2026-{mark}4200"))
+
+    assert error.field == "case_ref" and "bidirectional" in error.problem
+
+
+def test_a_preservation_request_states_that_mla_will_follow() -> None:
+    # Issue 19: Budapest 29(2)(f); `mla_intended: false` was accepted.
+    error = refusal("preservation", sample_body("preservation", mla_intended=False))
+
+    assert error.field == "mla_intended" and "29(2)(f)" in error.problem
 
 
 def test_newline_allowed_in_text() -> None:

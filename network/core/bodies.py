@@ -181,8 +181,10 @@ _DATE_TIME = re.compile(
 )
 _TIME_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
-# C0 and C1 controls, DEL, and lone surrogates (which no UTF-8 encoding can carry).
-_BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 and C1 controls, DEL, and lone surrogates (which no UTF-8 encoding can carry); in a
+# one-line field (a name, a reference) also the bidirectional embeddings, overrides and
+# isolates, which can make what an officer sees differ from what was sent.
+_BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _BAD_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -421,6 +423,12 @@ class Preservation(Request):
 
     def __post_init__(self) -> None:
         _check_rules(self)
+        if not self.mla_intended:
+            raise BodyError(
+                "mla_intended",
+                "must be true: a preservation request states that a request for mutual"
+                " assistance will follow (Budapest Art. 29(2)(f))",
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -883,7 +891,7 @@ def _string_converter(rule: _Str) -> _Converter:
     what = (
         "control characters other than newline and tab"
         if rule.multiline
-        else "line breaks or control characters"
+        else "line breaks, control characters or bidirectional formatting characters"
     )
 
     def convert(value: object, path: str) -> str:
