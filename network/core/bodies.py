@@ -4,7 +4,8 @@ The body is what travels sealed end to end (DESIGN.md, "Message types"). Its
 fields follow these sources:
 
 - Budapest Convention (ETS No. 185): Art. 29 (expedited preservation of stored
-  computer data; 29(3) what a request specifies, 29(5) the grounds of refusal,
+  computer data; 29(2) what a request specifies, 29(3) preservation without
+  requiring dual criminality, 29(4) and 29(5) the grounds of refusal,
   29(6) the notice that preservation would not secure the data, 29(7) at least
   60 days, and on until the mutual legal assistance request is decided),
   Art. 30 (expedited disclosure of preserved traffic data: the service providers
@@ -270,7 +271,9 @@ class ReplyChannel(StrEnum):
 
 class PreservationStatus(StrEnum):
     NEW = "new"
-    EXTENSION = "extension"  # Budapest 29(7): a further period, citing the earlier request
+    # A further period, citing the earlier request: from the T-CY template and practice
+    # (Budapest 29(7) sets the 60-day minimum and the continuation until MLA is decided).
+    EXTENSION = "extension"
 
 
 class IdentifierKind(StrEnum):
@@ -301,7 +304,8 @@ class ResponseStatus(StrEnum):
 
 
 class RefusalGround(StrEnum):
-    """Budapest 29(5): the grounds on which preservation may be refused."""
+    """The grounds of Budapest 29(5) on which preservation may be refused (29(4), dual
+    criminality where a Party reserved it, is not yet among them)."""
 
     POLITICAL_OFFENCE = "political_offence"
     SOVEREIGNTY = "sovereignty"
@@ -322,7 +326,7 @@ class Contact:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Authority:
-    """The requesting authority (Budapest 29(3)(a); T-CY template, section 1)."""
+    """The requesting authority (Budapest 29(2)(a); T-CY template, section 1)."""
 
     organisation: str
     unit: str | None = None
@@ -377,7 +381,7 @@ class Identifier:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataToPreserve:
-    """The stored data to preserve and its relation to the offence (Budapest 29(3)(c))."""
+    """The stored data to preserve and its relation to the offence (Budapest 29(2)(c))."""
 
     description: Text
     identifiers: Annotated[tuple[Identifier, ...], _Items(low=1)]
