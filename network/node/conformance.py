@@ -136,15 +136,18 @@ class _Runner:
                 statement["raw"] = payload
                 return statement
 
-    async def _closed(self, ws: ClientConnection) -> int | None:
-        """Read until the node closes the link; the close code it sent."""
+    async def _closed_with(self, ws: ClientConnection, expected: int) -> str:
+        """Read until the node closes the link; _Failed unless it closed with `expected`."""
         try:
             while True:
                 await asyncio.wait_for(ws.recv(), TIMEOUT)
         except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd is not None else None
+            code = exc.rcvd.code if exc.rcvd is not None else None
         except TimeoutError:
             raise _Failed(f"the link stayed open for {TIMEOUT:.0f} s") from None
+        if code != expected:
+            raise _Failed(f"closed with {code}")
+        return f"closed with {expected}"
 
     # -- envelopes --------------------------------------------------------------------
 
@@ -164,11 +167,13 @@ class _Runner:
         }
         return seal(**options)
 
-    def _resigned(self, envelope: Envelope, **header: Any) -> bytes:
-        """The envelope with header fields changed, its outer signature made again (so only
-        the check of those fields can refuse it)."""
+    def _resigned(self, envelope: Envelope, sealed: str | None = None, **header: Any) -> bytes:
+        """The envelope with header fields (or the sealed text) changed, its outer signature
+        made again (so only the check of what changed can refuse it)."""
         doc = json.loads(envelope.raw)
         doc["header"].update(header)
+        if sealed is not None:
+            doc["sealed"] = sealed
         signed = canonical({"header": doc["header"], "sealed": doc["sealed"]})
         doc["sig"] = b64encode(self.keys.signing.sign(b"cpn/v1 outer\n" + signed))
         return canonical(doc)
@@ -205,10 +210,7 @@ class _Runner:
             handshake = self._handshake(ws)
             first = handshake.start()[0]
             await ws.send(frame(FRAME_HELLO, canonical({**json.loads(first[1:]), **hello})))
-            code = await self._closed(ws)
-            if code != 1008:
-                raise _Failed(f"closed with {code}")
-            return "closed with 1008"
+            return await self._closed_with(ws, 1008)
 
     async def hello_to_another(self) -> str:
         return await self._hello_refused({"to": "ZZZ" if self.target != "ZZZ" else "YYY"})
@@ -223,19 +225,13 @@ class _Runner:
                 await ws.send(out)
             for out in handshake.receive(await asyncio.wait_for(ws.recv(), TIMEOUT)):
                 await ws.send(out)  # our auth, signed by a key the roster does not hold
-            code = await self._closed(ws)
-            if code != 1008:
-                raise _Failed(f"closed with {code}")
-            return "closed with 1008"
+            return await self._closed_with(ws, 1008)
 
     async def _cut(self, data: bytes | str) -> str:
         async with self._connect() as ws:
             await self._linked(ws)
             await ws.send(data)
-            code = await self._closed(ws)
-            if code != 1002:
-                raise _Failed(f"closed with {code}")
-            return "closed with 1002"
+            return await self._closed_with(ws, 1002)
 
     async def text_frame(self) -> str:
         return await self._cut("R{}")
@@ -296,12 +292,9 @@ class _Runner:
 
     async def tampered(self) -> str:
         envelope = self._envelope()
-        doc = json.loads(envelope.raw)
-        sealed = doc["sealed"]
-        doc["sealed"] = sealed[:80] + ("A" if sealed[80] != "A" else "B") + sealed[81:]
-        signed = canonical({"header": doc["header"], "sealed": doc["sealed"]})
-        doc["sig"] = b64encode(self.keys.signing.sign(b"cpn/v1 outer\n" + signed))
-        return await self._refused(canonical(doc), "decrypt_failed")
+        text = envelope.sealed_text
+        changed = text[:80] + ("A" if text[80] != "A" else "B") + text[81:]
+        return await self._refused(self._resigned(envelope, sealed=changed), "decrypt_failed")
 
     async def wrong_key(self) -> str:
         return await self._refused(
