@@ -457,9 +457,7 @@ def add_key_commands(commands: Subcommands) -> None:
     init.add_argument("id", metavar="ID", help="ISO 3166-1 alpha-3 code, e.g. FRA")
     init.add_argument("--dir", default="keys", help="keys folder (default: keys)")
     init.add_argument("--url", help="peer URL other nodes reach this node at (wss://host:port)")
-    init.add_argument("--name", help="contact point name (default: the UN member state's name)")
-    init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
-    init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    _key_set_arguments(init)
     init.add_argument(
         "--signing",
         metavar="PKCS11_URI",
@@ -501,6 +499,13 @@ def add_key_commands(commands: Subcommands) -> None:
     show.set_defaults(func=cmd_roster_show)
 
 
+def _key_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a new key set may be given: `cpn keys init` and `cpn node init`."""
+    parser.add_argument("--name", help="contact point name (default: the UN member state's name)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
+    parser.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+
+
 def add_node_commands(commands: Subcommands) -> None:
     """`cpn node init|run`, `cpn store backup` and `cpn user add|list|revoke`."""
     node = commands.add_parser("node", help="run a node").add_subparsers(
@@ -519,9 +524,7 @@ def add_node_commands(commands: Subcommands) -> None:
     init.add_argument("--listen", default="0.0.0.0:7000", help="peer port (default: %(default)s)")
     init.add_argument("--api-listen", default="127.0.0.1:8100", help="(default: %(default)s)")
     init.add_argument("--metrics-listen", default="127.0.0.1:9100", help="(default: %(default)s)")
-    init.add_argument("--name", help="contact point name (default: the UN member state's name)")
-    init.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
-    init.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    _key_set_arguments(init)
     init.set_defaults(func=cmd_node_init)
     run = node.add_parser("run", help="run one node until SIGTERM or SIGINT")
     run.add_argument("config", metavar="CONFIG", help="node config, e.g. nodes/FRA.toml")
