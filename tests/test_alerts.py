@@ -131,8 +131,13 @@ def test_every_overdue_item_has_an_alert_kind() -> None:
     kinds = {alert_kind(item) for item in Overdue}
 
     # Every deadline has its kind; the others are raised by what peers send (id conflicts)
-    # or about the node itself (its roster).
-    others = {AlertKind.ID_CONFLICT, AlertKind.ROSTER_EXPIRING, AlertKind.ROSTER_EXPIRED}
+    # or about the node itself (its roster, its restore).
+    others = {
+        AlertKind.ID_CONFLICT,
+        AlertKind.ROSTER_EXPIRING,
+        AlertKind.ROSTER_EXPIRED,
+        AlertKind.RESTORE_INCOMPLETE,
+    }
     assert kinds == set(AlertKind) - others
     assert alert_kind(Overdue.RESPONSE) == "overdue_response"
     assert alert_kind(Overdue.PRESERVATION_EXPIRING) == "preservation_expiring"

@@ -36,6 +36,7 @@ from network.core.protocol import (
     FRAME_ENVELOPE,
     FRAME_HELLO,
     FRAME_RECEIPT,
+    LINK_VERSIONS,
     MAX_FRAME_BYTES,
     LinkHandshake,
     Role,
@@ -364,25 +365,25 @@ def test_refusals_of_one_peer_are_audited_at_a_bounded_rate_and_the_rest_counted
     )
 
 
-def test_a_peer_offering_a_later_version_links_at_version_1_and_is_answered(
+def test_a_peer_offering_a_later_version_links_at_ours_and_is_answered(
     net: Network,
 ) -> None:
-    # Issue 15: a node speaking a hypothetical version 2 (a field version 1 does not know,
-    # a frame kind it does not know) keeps working with a version-1 node, at version 1.
-    later = {"v": 2, "features": ["attachments"]}
+    # Issue 15: a node speaking a hypothetical later version (a field we do not know, a
+    # frame kind we do not know) keeps working with this one, at this one's version.
+    later = {"v": max(LINK_VERSIONS) + 1, "features": ["attachments"]}
 
     async def exchange() -> tuple[list[bytes], bool]:
         async with hostile(net, offer=later) as ws:
             await ws.send(envelope_frame([], usa_to_deu(net)))
             answered = await receipts(ws, 1)
-            await ws.send(b"X" + b"a version-2 frame kind, never sent at version 1")
+            await ws.send(b"X" + b"a later version's frame kind, never sent at ours")
             await closed_by_node(ws)
             return answered, ws.close_code == 1002
 
     [receipt], cut = asyncio.run(exchange())
 
     assert orjson.loads(receipt)["receipt"]["outcome"] == "accepted"
-    assert cut  # a frame of a later version on a version-1 link is a protocol error
+    assert cut  # a frame of a later version on an earlier version's link is a protocol error
     assert [m for m in net.list("DEU", "in") if m["from"] == "USA"]
 
 

@@ -4,10 +4,10 @@ The runbook cannot rot: each line is run as written, with the machine's folders 
 under a temporary one (/var/lib/cpn, /var/backups/cpn, /srv/keeper, /etc, /opt/cpn: the
 last a venv holding the freshly built wheel), ports moved to free loopback ports, and
 the few commands that need a service manager or root done the way they would be done:
-`systemctl enable --now|restart cpn-node@ID` runs the unit's ExecStart (`cpn node run`)
-as a child, `systemctl enable --now cpn-backup@ID.timer` runs the backup unit's command
-once, `curl` is an HTTP request, `useradd` writes the temporary /etc (`--prefix`), and
-`install -o cpn -g cpn` makes the folders for the test's own user.
+`systemctl enable --now|start|restart cpn-node@ID` runs the unit's ExecStart (`cpn node
+run`) as a child (`stop` ends it), `systemctl enable --now cpn-backup@ID.timer` runs the
+backup unit's command once, `curl` is an HTTP request, `useradd` writes the temporary
+/etc (`--prefix`), and `install -o cpn -g cpn` makes the folders for the test's own user.
 """
 
 from __future__ import annotations
@@ -113,9 +113,10 @@ class Machine:
             out = self.path(f"/var/backups/cpn/{node[1]}/{node[1]}-nightly.sqlite")
             self.run(f"cpn store backup {out} --config /var/lib/cpn/{node[1]}/node.toml")
             return
-        if words[1] == "restart":
+        if words[1] in ("restart", "stop"):
             self.stop(node[1])
-        self.start(node[1])
+        if words[1] != "stop":
+            self.start(node[1])
 
     def start(self, node: str) -> None:
         config = self.path(f"/var/lib/cpn/{node}/node.toml")
@@ -173,4 +174,5 @@ def test_every_command_of_the_runbook_runs(
         for line in lines
     )
     assert list((tmp_path / "var" / "backups" / "cpn" / "FRA").glob("*.manifest.json"))
+    assert list((tmp_path / "var" / "lib" / "cpn" / "FRA").glob("*.replaced-*"))  # restored
     assert "cpn:x:" in (tmp_path / "etc" / "passwd").read_text()

@@ -21,6 +21,7 @@ from network.core.protocol import (
     FRAME_ENVELOPE,
     FRAME_HELLO,
     FRAME_RECEIPT,
+    LINK_VERSIONS,
     MAX_FRAME_BYTES,
     CheckpointOffer,
     HeldCheckpoint,
@@ -216,22 +217,23 @@ def test_a_client_offering_a_later_version_gets_ours_and_the_link_speaks_it(pki:
     client = side(pki, Role.CLIENT, "FRA", "DEU")
     server = side(pki, Role.SERVER, "DEU", "FRA")
     offered = json.loads(client.start()[0][1:])
-    # Version 2, with a field version 1 does not know: ignored, not refused.
-    later = frame(FRAME_HELLO, canonical({**offered, "v": 2, "features": ["attachments"]}))
+    # A version after ours, with a field we do not know: ignored, not refused.
+    newest = max(LINK_VERSIONS)
+    later = frame(FRAME_HELLO, canonical({**offered, "v": newest + 1, "features": ["attach"]}))
 
     [server_hello] = server.receive(later)
     [client_auth] = client.receive(server_hello)
     [server_auth] = server.receive(client_auth)
     client.receive(server_auth)
 
-    assert json.loads(server_hello[1:])["v"] == PROTOCOL_VERSION
-    assert client.done and server.done and client.version == server.version == PROTOCOL_VERSION
+    assert json.loads(server_hello[1:])["v"] == newest
+    assert client.done and server.done and client.version == server.version == newest
 
 
 def test_a_server_choosing_a_version_the_client_did_not_offer_is_refused(pki: Pki) -> None:
     client = side(pki, Role.CLIENT, "FRA", "DEU")
     client.start()
-    chosen = hello("DEU", "FRA", v=PROTOCOL_VERSION + 1)
+    chosen = hello("DEU", "FRA", v=max(LINK_VERSIONS) + 1)
 
     with pytest.raises(HandshakeError, match="chose version") as refused:
         client.receive(chosen)
@@ -243,7 +245,8 @@ def test_the_version_agreed_is_signed_so_a_downgrade_breaks_the_signatures(pki: 
     server = side(pki, Role.SERVER, "DEU", "FRA")
     [server_hello] = server.receive(client.start()[0])
     [client_auth] = client.receive(server_hello)
-    server.version = PROTOCOL_VERSION + 1  # as if someone had changed the hellos in flight
+    assert server.version == max(LINK_VERSIONS)
+    server.version = PROTOCOL_VERSION  # a downgrade, as if someone had changed the hellos
 
     with pytest.raises(HandshakeError) as refused:
         server.receive(client_auth)

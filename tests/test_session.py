@@ -18,15 +18,25 @@ from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_COSIGNATURE,
     FRAME_ENVELOPE,
+    FRAME_GIVE_BACK,
     FRAME_HELLO,
+    FRAME_PAGE_END,
     FRAME_RECEIPT,
     FRAME_ROSTER,
+    RETURN_PAGE,
     CheckpointOffer,
+    GiveBack,
     HeldCheckpoint,
     HeldQuery,
+    PageEnd,
+    RestoreNote,
+    Returned,
     WitnessAnswer,
+    checkpoint_frame,
     envelope_frame,
     frame,
+    parse_checkpoint_offer,
+    returned_frame,
 )
 from network.core.records import NodeId
 from network.core.roster import MAX_ROSTER_BYTES
@@ -37,11 +47,13 @@ from network.core.session import (
     CosignatureReceived,
     EnvelopesReceived,
     Event,
+    GiveBackAsked,
     HeldAnswered,
     HeldAsked,
     LinkSession,
     LinkSettings,
     Outgoing,
+    PageReturned,
     ReceiptsReceived,
     Room,
     RosterReceived,
@@ -546,3 +558,57 @@ TwoSessions.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, suppress_health_check=[HealthCheck.too_slow]
 )
 test_two_sessions = TwoSessions.TestCase
+
+
+# -- giving back to a restored node (link version 2) ---------------------------------------
+
+
+def test_a_restored_node_asks_back_page_by_page_and_takes_each_page_as_one_event() -> None:
+    restored, peer = LinkSession(NodeId("DEU"), SMALL, 2), LinkSession(NodeId("FRA"), SMALL, 2)
+    restored.ask_back(GiveBack(since=1_000))
+    for data in restored.data_to_send():
+        peer.receive_frame(data)
+    [asked] = peer.events_received()
+    assert asked == GiveBackAsked(GiveBack(1_000, None))
+
+    items = [Returned(b"receipt %d" % i, envelope(f"m{i}")) for i in range(3)]
+    peer.give_back(items, PageEnd("m2"))
+    for data in peer.data_to_send():
+        restored.receive_frame(data)
+
+    assert restored.events_received() == [PageReturned(tuple(items), PageEnd("m2"))]
+    assert restored.queued_bytes == 0 and not restored.asking_back
+
+
+@pytest.mark.parametrize(
+    ("version", "asked", "frames", "problem"),
+    [
+        (1, False, [frame(FRAME_GIVE_BACK, b'{"after":null,"since":0}')], "version-1 link"),
+        (2, False, [frame(FRAME_PAGE_END, b'{"next":null}')], "never asked for"),
+        (2, False, [returned_frame(Returned(b"r", b"e"))], "never asked for"),
+        (2, True, [returned_frame(Returned(b"r", b"e"))] * (RETURN_PAGE + 1), "more than"),
+    ],
+)
+def test_give_back_frames_out_of_turn_or_version_cut_the_link(
+    version: int, asked: bool, frames: list[bytes], problem: str
+) -> None:
+    session = LinkSession(NodeId("DEU"), SMALL, version)
+    if asked:
+        session.ask_back(GiveBack(0))
+
+    *first, last = frames
+    for data in first:
+        session.receive_frame(data)
+    with pytest.raises(PeerError, match=problem) as cut:
+        session.receive_frame(last)
+    assert cut.value.reason == "protocol"
+
+
+def test_a_checkpoint_carries_its_restore_explanation_only_from_version_2() -> None:
+    note = RestoreNote(b'{"action":"restored"}', 5, (b"\x01" * 32,))
+    offer = CheckpointOffer("a note\n", 0, (), note)
+    payload = checkpoint_frame(offer)[1:]
+
+    assert parse_checkpoint_offer(payload, 2) == offer
+    with pytest.raises(MalformedError, match="restored: unknown field"):
+        parse_checkpoint_offer(payload, 1)

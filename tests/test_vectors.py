@@ -340,7 +340,7 @@ def test_the_handshake_frame_by_frame() -> None:
         )
 
 
-def test_a_later_version_offered_is_answered_with_version_1() -> None:
+def test_a_later_version_offered_is_answered_with_ours() -> None:
     case = HANDSHAKE["later_version"]
 
     answer = handshake_side(Role.SERVER).receive(case["client_hello"].encode())

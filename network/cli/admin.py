@@ -369,6 +369,38 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_restore(args: argparse.Namespace) -> int:
+    """A verified backup put in place; the node explains the rollback and asks back."""
+    from network.node.backup import Restored, restore_store
+    from network.node.runner import load_current_roster
+
+    config = load_config(Path(args.config))
+    roster = load_current_roster(config, expired_ok=True)
+    result = restore_store(
+        Path(args.backup),
+        config.store_path,
+        roster=roster,
+        node_id=config.id,
+        now=now_ms(),
+        replace=args.replace,
+    )
+    if not isinstance(result, Restored):
+        problem = result.first.to_json() if result.first else ""
+        print(
+            f"cpn: error: the backup does not verify, nothing changed: {problem}", file=sys.stderr
+        )
+        return 1
+    m = result.marker
+    if result.replaced is not None:
+        print(f"the store that was in place is kept as {result.replaced}")
+    print(
+        f"{result.path}: restored from {args.backup}, audit log of {m['backup_size']} entries;"
+        " verified. At its next start the node records the restore in its log and asks its"
+        " peers for every message it receipted since the backup."
+    )
+    return 0
+
+
 def cmd_node_run(args: argparse.Namespace) -> int:
     from network.api.site import api_site  # aiohttp and websockets load only here
     from network.node.logs import configure_logging
@@ -544,6 +576,24 @@ def add_node_commands(commands: Subcommands) -> None:
     backup.add_argument("out", metavar="OUT", help="the backup file (never overwritten)")
     backup.add_argument("--config", required=True, metavar="CONFIG")
     backup.set_defaults(func=cmd_store_backup)
+    restore = store.add_parser(
+        "restore",
+        help="put a backup in place; the node then gets back from its peers what came after",
+        description="Verifies BACKUP, puts it in place as the node's store (with the node"
+        " stopped) and leaves word for the node: at its next start it appends a signed"
+        " `restored` entry (so its witnesses see an explained rollback), asks each peer for"
+        " every message it receipted since the backup, and alerts on what it cannot get"
+        " back. Exit 0 when restored, 1 when the backup does not verify, 2 on any other"
+        " error (a store in place without --replace, say).",
+    )
+    restore.add_argument("backup", metavar="BACKUP", help="a file made by `cpn store backup`")
+    restore.add_argument("--config", required=True, metavar="CONFIG")
+    restore.add_argument(
+        "--replace",
+        action="store_true",
+        help="keep the store in place aside (as STORE.replaced-TIME) instead of refusing",
+    )
+    restore.set_defaults(func=cmd_store_restore)
 
     user = commands.add_parser("user", help="API users").add_subparsers(
         dest="user_command", required=True, metavar="COMMAND"

@@ -27,20 +27,30 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from network.core.errors import CpnError, MalformedError
-from network.core.records import MAX_SAFE_INTEGER, Json, canonical, canonical_trusted
+from network.core.records import (
+    MAX_SAFE_INTEGER,
+    Fields,
+    Json,
+    canonical,
+    canonical_trusted,
+    parse_canonical,
+)
 from network.core.tlog import Checkpoint, leaf_hash
 
 __all__ = [
     "AuditEntry",
     "HashedRows",
+    "RestoredEntry",
     "RowHasher",
     "checkpoint_origin",
     "checkpoint_time",
     "dated_checkpoint",
     "entry_bytes",
     "entry_leaf",
+    "parse_restored_entry",
     "stored_detail",
     "stored_entry",
+    "stored_entry_bytes",
     "stored_leaf",
     "witness_name",
 ]
@@ -152,6 +162,13 @@ def stored_detail(detail: Mapping[str, Json]) -> bytes:
     return canonical(dict(detail))
 
 
+def stored_entry_bytes(
+    time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
+) -> bytes:
+    """The canonical bytes of an entry whose detail is already `stored_detail`'s bytes."""
+    return _entry_json(time, actor, action, message_id, detail_json)
+
+
 def stored_leaf(
     time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
 ) -> bytes:
@@ -258,3 +275,30 @@ class RowHasher:
         if cache and len(self._encoded) < 4096:
             self._encoded[text] = value
         return value
+
+
+# -- the entry in which a node explains that its log was restored from a backup -----------
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredEntry:
+    """What a `restored` entry says: the log was put back to its first `backup_size`
+    entries; what came after, up to the newest checkpoint a witness held, was lost."""
+
+    backup_size: int
+    time: int
+
+
+def parse_restored_entry(raw: bytes, node: str) -> RestoredEntry:
+    """The `restored` entry of `node`'s log, from its canonical bytes; MalformedError when
+    it is not one (another action, another actor, no backup size)."""
+    f = Fields(parse_canonical(raw, limit=16 * 1024, what="restored entry"), "entry")
+    action = f.str("action", max_len=64)
+    actor = f.str("actor", max_len=64)
+    detail = Fields(f.any("detail"), "entry.detail")
+    f.any("message")
+    time = f.int("time")
+    f.done()
+    if action != "restored" or actor != f"node:{node}":
+        raise MalformedError(f"entry: {actor} {action}, not node:{node} restored")
+    return RestoredEntry(detail.int("backup_size", low=0), time)

@@ -16,6 +16,17 @@ digests computed on either side agree.
     W  held           canonical JSON {"nonce", "note", "cosignature"}: that checkpoint as
                       the witness holds it, cosigned again now (both null: none held)
 
+Version 2 adds, for a node restored from a backup (docs/PROTOCOL.md, "Restore"):
+
+    G  give back      canonical JSON {"since", "after"}: "every envelope to me you hold my
+                      accepted receipt for, the receipt dated at or after `since`, in id
+                      order after `after`": at most RETURN_PAGE of them per ask
+    B  returned       2-byte receipt length, our receipt, the envelope: one of them
+    F  page end       canonical JSON {"next"}: the id to ask after, or null when done
+    C  checkpoint     may carry "restored": {"entry", "index", "proof"}: the signed entry
+                      in which the node explains that its log was restored to an earlier
+                      size, with its inclusion proof into the checkpoint offered
+
 The handshake (after TLS, where each end already presented the certificate
 the roster lists for it):
 
@@ -68,18 +79,25 @@ __all__ = [
     "FRAME_CHECKPOINT",
     "FRAME_COSIGNATURE",
     "FRAME_ENVELOPE",
+    "FRAME_GIVE_BACK",
     "FRAME_HELD",
     "FRAME_HELD_QUERY",
     "FRAME_HELLO",
     "FRAME_LIMITS",
+    "FRAME_PAGE_END",
     "FRAME_RECEIPT",
+    "FRAME_RETURNED",
     "FRAME_ROSTER",
     "LINK_VERSIONS",
     "MAX_FRAME_BYTES",
+    "GiveBack",
     "HandshakeError",
     "HeldCheckpoint",
     "HeldQuery",
     "LinkHandshake",
+    "PageEnd",
+    "RestoreNote",
+    "Returned",
     "Role",
     "backoff_delays",
     "envelope_frame",
@@ -94,7 +112,8 @@ __all__ = [
 
 # The link versions this node speaks. A hello offers the highest; the link speaks the
 # lower of the two ends' highest (docs/PROTOCOL.md, "Versioning").
-LINK_VERSIONS: Final = frozenset({PROTOCOL_VERSION})
+LINK_VERSIONS: Final = frozenset({PROTOCOL_VERSION, 2})
+RESTORE_VERSION: Final = 2  # the link version that carries G, B, F and restored checkpoints
 
 FRAME_HELLO: Final = b"H"
 FRAME_AUTH: Final = b"A"
@@ -106,6 +125,10 @@ FRAME_CHECKPOINT: Final = b"C"  # our audit log's newest signed checkpoint, for 
 FRAME_COSIGNATURE: Final = b"K"  # a witness's answer: its cosignature, or the proof it needs
 FRAME_HELD_QUERY: Final = b"Q"  # asked of a witness: the newest checkpoint of our log it holds?
 FRAME_HELD: Final = b"W"  # the witness's answer: that checkpoint, cosigned
+FRAME_GIVE_BACK: Final = b"G"  # v2: a restored node asks for what it receipted, again
+FRAME_RETURNED: Final = b"B"  # v2: one envelope given back, with the receipt we had signed
+FRAME_PAGE_END: Final = b"F"  # v2: the end of one page given back
+RETURN_PAGE: Final = 32  # envelopes given back per ask
 HELD_NONCE_BYTES: Final = 16
 MAX_CHECKPOINT_FRAME_BYTES: Final = 16 * 1024
 MAX_PROOF_HASHES: Final = 128  # a consistency proof is at most about 2 log2(size) hashes
@@ -121,7 +144,12 @@ FRAME_LIMITS: Final = {
     FRAME_COSIGNATURE: MAX_CHECKPOINT_FRAME_BYTES,
     FRAME_HELD_QUERY: _MAX_HANDSHAKE_BYTES,
     FRAME_HELD: MAX_CHECKPOINT_FRAME_BYTES,
+    FRAME_GIVE_BACK: _MAX_HANDSHAKE_BYTES,
+    FRAME_RETURNED: 2 + MAX_RECEIPT_BYTES + MAX_ENVELOPE_BYTES,
+    FRAME_PAGE_END: _MAX_HANDSHAKE_BYTES,
 }
+# The frame kinds each link version adds: a link never carries a later version's kinds.
+FRAME_SINCE: Final = {FRAME_GIVE_BACK: 2, FRAME_RETURNED: 2, FRAME_PAGE_END: 2}
 MAX_FRAME_BYTES: Final = 1 + max(FRAME_LIMITS.values())
 
 
@@ -337,12 +365,24 @@ def backoff_delays(*, base: float, cap: float, rng: random.Random | None = None)
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreNote:
+    """Why a checkpoint does not extend what a witness holds: the node's `restored` audit
+    entry (its canonical bytes), at `index` of the checkpoint's tree, with the proof."""
+
+    entry: bytes
+    index: int
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointOffer:
-    """A node's signed checkpoint, with a consistency proof from the size the witness holds."""
+    """A node's signed checkpoint, with a consistency proof from the size the witness holds
+    (or, after a restore, the entry that explains why there is none: version 2)."""
 
     note: str
     proof_from: int
     proof: tuple[bytes, ...]
+    restored: RestoreNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,23 +400,44 @@ def checkpoint_frame(offer: CheckpointOffer) -> bytes:
         "from": offer.proof_from,
         "proof": [b64encode(h) for h in offer.proof],
     }
+    if offer.restored is not None:
+        body["restored"] = {
+            "entry": b64encode(offer.restored.entry),
+            "index": offer.restored.index,
+            "proof": [b64encode(h) for h in offer.restored.proof],
+        }
     return frame(FRAME_CHECKPOINT, canonical(body))
 
 
-def parse_checkpoint_offer(payload: bytes) -> CheckpointOffer:
+def _hashes(value: Json, what: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
+        raise MalformedError(f"{what}: expected a list of at most {MAX_PROOF_HASHES}")
+    hashes = tuple(b64decode(h, field=what) for h in value)
+    if any(len(h) != 32 for h in hashes):
+        raise MalformedError(f"{what}: every hash must be 32 bytes")
+    return hashes
+
+
+def parse_checkpoint_offer(payload: bytes, version: int = PROTOCOL_VERSION) -> CheckpointOffer:
+    """A C frame's payload on a link of `version` (`restored` only from version 2)."""
     f = Fields(
         parse_canonical(payload, limit=MAX_CHECKPOINT_FRAME_BYTES, what="checkpoint"), "checkpoint"
     )
     note = f.str("note", max_len=MAX_CHECKPOINT_FRAME_BYTES)
     proof_from = f.int("from", low=0)
-    proof = f.any("proof")
+    hashes = _hashes(f.any("proof"), "checkpoint.proof")
+    restored = None
+    if version >= RESTORE_VERSION and f.has("restored"):
+        r = Fields(f.any("restored"), "checkpoint.restored")
+        entry = r.bytes("entry")
+        if len(entry) > MAX_CHECKPOINT_FRAME_BYTES // 2:
+            raise MalformedError("checkpoint.restored.entry: too long")
+        index = r.int("index", low=0)
+        proof = _hashes(r.any("proof"), "checkpoint.restored.proof")
+        r.done()
+        restored = RestoreNote(entry, index, proof)
     f.done()
-    if not isinstance(proof, list) or len(proof) > MAX_PROOF_HASHES:
-        raise MalformedError(f"checkpoint.proof: expected a list of at most {MAX_PROOF_HASHES}")
-    hashes = tuple(b64decode(h, field="checkpoint.proof") for h in proof)
-    if any(len(h) != 32 for h in hashes):
-        raise MalformedError("checkpoint.proof: every hash must be 32 bytes")
-    return CheckpointOffer(note, proof_from, hashes)
+    return CheckpointOffer(note, proof_from, hashes, restored)
 
 
 def witness_frame(answer: WitnessAnswer) -> bytes:
@@ -462,3 +523,70 @@ def parse_held(payload: bytes) -> HeldCheckpoint:
     if (note is None) != (line is None):
         raise MalformedError("held: expected a note with its cosignature, or neither")
     return HeldCheckpoint(nonce, note, line)
+
+
+# -- giving back to a restored node what it had receipted (version 2) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """A restored node asks: the envelopes to it that the peer holds its accepted receipt
+    for, dated at or after `since` (ms), in id order after `after`."""
+
+    since: int
+    after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """One envelope given back, exactly as sent, with the receipt its recipient signed."""
+
+    receipt: bytes
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PageEnd:
+    """The end of one page given back: the id to ask after next, None when all is given."""
+
+    next: str | None
+
+
+def give_back_frame(ask: GiveBack) -> bytes:
+    return frame(FRAME_GIVE_BACK, canonical({"since": ask.since, "after": ask.after}))
+
+
+def parse_give_back(payload: bytes) -> GiveBack:
+    f = Fields(parse_canonical(payload, limit=_MAX_HANDSHAKE_BYTES, what="give back"), "give back")
+    since = f.int("since", low=0)
+    after = None if f.any("after") is None else f.str("after", max_len=64)
+    f.done()
+    return GiveBack(since, after)
+
+
+def returned_frame(item: Returned) -> bytes:
+    return frame(
+        FRAME_RETURNED, len(item.receipt).to_bytes(2, "big") + item.receipt + item.envelope
+    )
+
+
+def parse_returned(payload: bytes) -> Returned:
+    if len(payload) < 2:
+        raise MalformedError("returned: too short")
+    length = int.from_bytes(payload[:2], "big")
+    if length > MAX_RECEIPT_BYTES or len(payload) - 2 - length > MAX_ENVELOPE_BYTES:
+        raise OversizeError("returned: a receipt or an envelope over its limit")
+    if len(payload) <= 2 + length:
+        raise MalformedError("returned: no envelope after the receipt")
+    return Returned(payload[2 : 2 + length], payload[2 + length :])
+
+
+def page_end_frame(end: PageEnd) -> bytes:
+    return frame(FRAME_PAGE_END, canonical({"next": end.next}))
+
+
+def parse_page_end(payload: bytes) -> PageEnd:
+    f = Fields(parse_canonical(payload, limit=_MAX_HANDSHAKE_BYTES, what="page end"), "page end")
+    after = None if f.any("next") is None else f.str("next", max_len=64)
+    f.done()
+    return PageEnd(after)

@@ -50,23 +50,37 @@ from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_COSIGNATURE,
     FRAME_ENVELOPE,
+    FRAME_GIVE_BACK,
     FRAME_HELD,
     FRAME_HELD_QUERY,
+    FRAME_PAGE_END,
     FRAME_RECEIPT,
+    FRAME_RETURNED,
     FRAME_ROSTER,
+    FRAME_SINCE,
+    RETURN_PAGE,
     CheckpointOffer,
+    GiveBack,
     HeldCheckpoint,
     HeldQuery,
+    PageEnd,
+    Returned,
     WitnessAnswer,
     checkpoint_frame,
     envelope_frame,
     frame,
+    give_back_frame,
     held_frame,
     held_query_frame,
+    page_end_frame,
     parse_checkpoint_offer,
+    parse_give_back,
     parse_held,
     parse_held_query,
+    parse_page_end,
+    parse_returned,
     parse_witness_answer,
+    returned_frame,
     split_envelope,
     split_frame,
     witness_frame,
@@ -80,11 +94,13 @@ __all__ = [
     "CosignatureReceived",
     "EnvelopesReceived",
     "Event",
+    "GiveBackAsked",
     "HeldAnswered",
     "HeldAsked",
     "LinkSession",
     "LinkSettings",
     "Outgoing",
+    "PageReturned",
     "ReceiptsReceived",
     "Room",
     "RosterReceived",
@@ -172,6 +188,21 @@ class HeldAnswered:
     answer: HeldCheckpoint
 
 
+@dataclass(frozen=True, slots=True)
+class GiveBackAsked:
+    """The peer, restored from a backup, asks for what it had receipted (version 2)."""
+
+    ask: GiveBack
+
+
+@dataclass(frozen=True, slots=True)
+class PageReturned:
+    """One page of what we asked back: the envelopes with our receipts, and where to go on."""
+
+    items: tuple[Returned, ...]
+    end: PageEnd
+
+
 Event = (
     EnvelopesReceived
     | ReceiptsReceived
@@ -181,6 +212,8 @@ Event = (
     | CosignatureReceived
     | HeldAsked
     | HeldAnswered
+    | GiveBackAsked
+    | PageReturned
 )
 
 
@@ -223,9 +256,17 @@ def rank_hint(envelope: bytes) -> int:
 
 # A frame received, parsed, with its kind and payload size: an envelope waits for its batch,
 # the rest are events.
-_Queued = tuple[
-    bytes, Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint, int
-]
+_Item = (
+    Carried
+    | bytes
+    | CheckpointOffer
+    | WitnessAnswer
+    | HeldQuery
+    | HeldCheckpoint
+    | GiveBack
+    | PageReturned
+)
+_Queued = tuple[bytes, _Item, int]
 
 
 def _frame_size(carried: Carried) -> int:
@@ -237,9 +278,14 @@ def _frame_size(carried: Carried) -> int:
 class LinkSession:
     """One established link with `peer`: what came in, what goes out, what is in flight."""
 
-    def __init__(self, peer: NodeId, settings: LinkSettings = LinkSettings()) -> None:
+    def __init__(
+        self, peer: NodeId, settings: LinkSettings = LinkSettings(), version: int = 1
+    ) -> None:
         self.peer = peer
         self.settings = settings
+        self.version = version  # the link version agreed in the handshake
+        self._asking_back = False  # a G frame sent, its page not yet ended
+        self._returned: list[Returned] = []  # the page coming back
         self.unanswered = 0  # envelopes received and not yet answered with a receipt
         self._queued: deque[_Queued] = deque()  # frames received, not yet taken as events
         self._pending: list[Carried] = []  # envelopes taken, not yet in a batch
@@ -260,6 +306,17 @@ class LinkSession:
         """Take one frame from the peer. Raises PeerError (`malformed`, `oversize`,
         `protocol`, `window_exceeded`, `flood`) when the link must be cut for it."""
         kind, payload = split_frame(data)  # refuses text, unknown kinds, oversize frames
+        if FRAME_SINCE.get(kind, 1) > self.version:
+            raise PeerError(
+                f"{kind.decode()} frame on a version-{self.version} link", reason="protocol"
+            )
+        if kind in (FRAME_RETURNED, FRAME_PAGE_END):
+            if not self._asking_back:
+                raise PeerError(f"{kind.decode()} frame never asked for", reason="protocol")
+            if kind == FRAME_RETURNED and len(self._returned) >= RETURN_PAGE:
+                raise PeerError(
+                    f"{self.peer} gave back more than {RETURN_PAGE} in one page", reason="protocol"
+                )
         if kind == FRAME_ENVELOPE:
             self.unanswered += 1
             if self.unanswered > self.unanswered_cap:
@@ -279,15 +336,27 @@ class LinkSession:
             )
         self.queued_bytes += len(payload)
         self._check_flood()
-        item: Carried | bytes | CheckpointOffer | WitnessAnswer | HeldQuery | HeldCheckpoint
-        if kind == FRAME_ENVELOPE:
+        item: _Item
+        if kind == FRAME_RETURNED:
+            self._returned.append(parse_returned(payload))
+            return  # counted in `queued_bytes` until its page ends
+        if kind == FRAME_PAGE_END:
+            page, self._returned = tuple(self._returned), []
+            self._asking_back = False
+            item = PageReturned(page, parse_page_end(payload))
+            size = len(payload) + sum(len(r.receipt) + len(r.envelope) + 2 for r in page)
+            self._queued.append((kind, item, size))
+            return
+        if kind == FRAME_GIVE_BACK:
+            item = parse_give_back(payload)
+        elif kind == FRAME_ENVELOPE:
             item = split_envelope(payload)
         elif kind == FRAME_ROSTER:
             self._roster = item = payload
         elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE):
             item = payload
         elif kind == FRAME_CHECKPOINT:
-            item = parse_checkpoint_offer(payload)
+            item = parse_checkpoint_offer(payload, self.version)
         elif kind == FRAME_COSIGNATURE:
             item = parse_witness_answer(payload)
         elif kind == FRAME_HELD_QUERY:
@@ -339,6 +408,10 @@ class LinkSession:
                 events.append(HeldAsked(item))
             elif isinstance(item, HeldCheckpoint):
                 events.append(HeldAnswered(item))
+            elif isinstance(item, GiveBack):
+                events.append(GiveBackAsked(item))
+            elif isinstance(item, PageReturned):
+                events.append(item)
             else:
                 assert isinstance(item, WitnessAnswer)
                 events.append(CosignatureReceived(item))
@@ -401,6 +474,23 @@ class LinkSession:
 
     def send_held(self, answer: HeldCheckpoint) -> None:
         self._outgoing.append(held_frame(answer))
+
+    def ask_back(self, ask: GiveBack) -> None:
+        """Ask a page of what the peer holds our receipts for (version 2 links only)."""
+        assert self.version >= 2
+        assert not self._asking_back
+        self._asking_back = True
+        self._outgoing.append(give_back_frame(ask))
+
+    @property
+    def asking_back(self) -> bool:
+        return self._asking_back
+
+    def give_back(self, items: Sequence[Returned], end: PageEnd) -> None:
+        """One page of what the peer asked back, then its end."""
+        assert len(items) <= RETURN_PAGE
+        self._outgoing.extend(returned_frame(item) for item in items)
+        self._outgoing.append(page_end_frame(end))
 
     def data_to_send(self) -> list[bytes]:
         """The frames to write, in order, each once; empty when none wait."""

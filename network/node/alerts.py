@@ -60,6 +60,8 @@ class AlertKind(StrEnum):
     # About the node itself, not a message (`node_alert`).
     ROSTER_EXPIRING = "roster_expiring"
     ROSTER_EXPIRED = "roster_expired"
+    # Restored from a backup, and some peer has not given back what came after it.
+    RESTORE_INCOMPLETE = "restore_incomplete"
 
 
 _KINDS: Final = {

@@ -28,7 +28,19 @@ from network.core.roster import Roster
 from network.node.auditfile import snapshot, stored_tree
 from network.node.verify import VerifyReport, verify_store
 
-__all__ = ["Backup", "backup_store"]
+__all__ = [
+    "RESTORE_MARGIN_MS",
+    "Backup",
+    "Restored",
+    "backup_store",
+    "restore_marker",
+    "restore_store",
+]
+
+# Peers are asked back what they hold our receipts for from this long before the backup's
+# newest entry: a message committed while the copy was taken is asked again, never missed
+# (what the backup holds comes back as a duplicate and is dropped).
+RESTORE_MARGIN_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +119,72 @@ def backup_store(
         manifest_path = out.with_name(out.name + ".manifest.json")
         manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         return Backup(out, manifest, report)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """A backup put in place: what it holds, and where the store it replaced went."""
+
+    path: Path
+    marker: dict[str, Json]
+    report: VerifyReport
+    replaced: Path | None
+
+
+def restore_marker(store: Path) -> Path:
+    """Where `cpn store restore` leaves word for the node that its store is a backup: the
+    node opens a restore from it at its next start (then removes it)."""
+    return store.with_name(store.name + ".restored.json")
+
+
+def restore_store(
+    backup: Path, target: Path, *, roster: Roster, node_id: str, now: int, replace: bool
+) -> Restored | VerifyReport:
+    """Put a verified copy of `backup` in place as the store at `target`, with the marker
+    that makes the node explain the rollback and ask its peers back; the report of a
+    backup that does not verify (then nothing changes). Run with the node stopped. A store
+    already at `target` is kept beside it (`replace`), never overwritten."""
+    if not backup.is_file():
+        raise StoreError(f"{backup}: no such backup")
+    if target.exists() and not replace:
+        raise StoreError(
+            f"{target} exists: stop the node and pass --replace to keep it aside and restore"
+        )
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        _copy(backup, partial)
+        os.chmod(partial, 0o600)
+        report = verify_store(partial, roster=roster, node_id=node_id)
+        if not report.ok:
+            return report
+        with snapshot(partial) as db:
+            tree = stored_tree(db)
+            newest = db.execute("SELECT MAX(time) FROM audit").fetchone()[0]
+        replaced = None
+        if target.exists():
+            replaced = target.with_name(f"{target.name}.replaced-{now}")
+            os.replace(target, replaced)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    side = target.with_name(target.name + suffix)
+                    os.replace(side, replaced.with_name(replaced.name + suffix))
+        marker: dict[str, Json] = {
+            "backup": str(backup),
+            "restored_at": now,
+            "backup_size": tree.size,
+            "backup_root": b64encode(tree.root()),
+            "since": max(0, int(newest or 0) - RESTORE_MARGIN_MS),
+        }
+        marker_path = restore_marker(target)
+        marker_path.write_text(json.dumps(marker, indent=2) + "\n")
+        os.chmod(marker_path, 0o600)
+        os.replace(partial, target)
+        return Restored(target, marker, report, replaced)
     finally:
         with contextlib.suppress(OSError):
             partial.unlink()

@@ -37,6 +37,9 @@ ConfigError naming the file and the key.
     webhook = "https://alerts.example/cpn"   # http only to a loopback address
     webhook_timeout = 10             # seconds per attempt
     webhook_retries = 5              # attempts in all
+    [restore]                        # optional: after `cpn store restore`
+    wait = "30s"                     # for the dialled peers, before explaining the restore
+    give_up = "10m"                  # then alert on peers that have not given back
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ class NodeConfig:
     metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"  # [log] format: "text" for people, "json" for a log pipeline
     signing_uri: str | None = None  # [keys] signing: a pkcs11: URI, the key in a module
+    restore_wait_ms: int = 30_000  # [restore] wait: for the dialled peers, after a restore
+    restore_give_up_ms: int = 600_000  # [restore] give_up: then alert on what is missing
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -133,6 +138,22 @@ def parse_listen(value: object, where: str) -> tuple[str, int]:
 
 
 LOG_FORMATS = ("text", "json")
+
+
+def _restore(section: object, file: Path) -> tuple[int, int]:
+    """`[restore] wait, give_up` (ms): how long a restored node waits for its dialled peers
+    before it explains the restore, and after how long it alerts on peers that have not
+    given back."""
+    if section is None:
+        return 30_000, 600_000
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: restore: expected a table")
+    extra = sorted(set(section) - {"wait", "give_up"})
+    if extra:
+        raise ConfigError(f"{file}: restore.{extra[0]}: unknown key (expected: wait, give_up)")
+    wait = parse_duration(section.get("wait", "30s"), f"{file}: restore.wait")
+    give_up = parse_duration(section.get("give_up", "10m"), f"{file}: restore.give_up")
+    return wait, give_up
 
 
 def _log_format(section: object, file: Path) -> str:
@@ -379,6 +400,7 @@ def load_config(path: Path) -> NodeConfig:
     webhook_url, webhook_timeout, webhook_retries = _alerts(doc.get("alerts"), path)
     metrics_listen = _metrics_listen(doc.get("metrics"), path)
     log_format = _log_format(doc.get("log"), path)
+    restore_wait, restore_give_up = _restore(doc.get("restore"), path)
     signing_uri = keys.get("signing")
     if signing_uri is not None and (
         not isinstance(signing_uri, str) or not signing_uri.startswith("pkcs11:")
@@ -396,6 +418,7 @@ def load_config(path: Path) -> NodeConfig:
         "deadlines",
         "alerts",
         "log",
+        "restore",
     }
     extra = sorted(set(doc) - known)
     if extra:
@@ -428,4 +451,6 @@ def load_config(path: Path) -> NodeConfig:
         metrics_listen=metrics_listen,
         log_format=log_format,
         signing_uri=signing_uri,
+        restore_wait_ms=restore_wait,
+        restore_give_up_ms=restore_give_up,
     )

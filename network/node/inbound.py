@@ -52,6 +52,7 @@ from network.core.errors import (
     UnknownReceiptError,
 )
 from network.core.lifecycle import PRIORITY_RANK, Event, State
+from network.core.protocol import Returned
 from network.core.records import (
     Json,
     MessageId,
@@ -289,34 +290,137 @@ class Inbound:
             detail["to"] = header.recipient
             item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
         else:
-            assert item.opened is not None
-            typed = item.opened.body
-            tx.insert_message(
-                **common,
-                box=Box.IN,
-                peer=header.sender,
-                type=item.opened.message_type,
-                state=State.RECEIVED,
-                path=item.path,
-                case_ref=case_tag(self.context, typed),
-                in_reply_to=refers_to(typed),
-                **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
-            )
-            detail["type"] = str(item.opened.message_type)
-            item.audit.append(AuditEntry(link_actor, "received", header.id, detail))
-            if isinstance(typed, Acknowledgement | Response):
-                original = await tx.message(typed.in_reply_to)
-                if (
-                    original is not None
-                    and original.box == "out"
-                    and original.peer == header.sender
-                ):
-                    item.audit += await act_on(
-                        self.context, tx, original, typed, actor=link_actor, reply=header.id
-                    )
-            if header.priority is not Priority.ROUTINE:
-                self.context.checkpoints.urgent_message()
+            await self._store_for_us(tx, item, common, "received", detail)
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
+
+    async def _store_for_us(
+        self, tx: Tx, item: _Inbound, common: dict[str, Any], action: str, detail: dict[str, Any]
+    ) -> None:
+        """Keep an opened envelope for us in the inbox, with its deadlines, and move what it
+        answers (`action`: `received`, or `recovered` after a restore)."""
+        assert item.envelope is not None
+        assert item.opened is not None
+        header = item.envelope.header
+        link_actor = f"node:{item.link}"
+        typed = item.opened.body
+        tx.insert_message(
+            **common,
+            box=Box.IN,
+            peer=header.sender,
+            type=item.opened.message_type,
+            state=State.RECEIVED,
+            path=item.path,
+            case_ref=case_tag(self.context, typed),
+            in_reply_to=refers_to(typed),
+            **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
+        )
+        detail["type"] = str(item.opened.message_type)
+        item.audit.append(AuditEntry(link_actor, action, header.id, detail))
+        if isinstance(typed, Acknowledgement | Response):
+            original = await tx.message(typed.in_reply_to)
+            if original is not None and original.box == "out" and original.peer == header.sender:
+                item.audit += await act_on(
+                    self.context, tx, original, typed, actor=link_actor, reply=header.id
+                )
+        if header.priority is not Priority.ROUTINE:
+            self.context.checkpoints.urgent_message()
+
+    async def accept_returned(self, peer: str, items: Sequence[Returned]) -> int:
+        """What a peer gave back after our restore: envelopes to us, each with the receipt
+        we had signed for it (our proof we took it). Each is checked (its signatures, that it
+        is for us, that the receipt is ours, accepting exactly these bytes), opened and kept
+        as it was first received (its receipt's time, that receipt as the one issued);
+        one we hold is passed over. No new receipt: the sender holds the original. Returns
+        how many were new; refusals are audited."""
+        now = self.context.clock()
+        link = NodeId(peer)
+        taken: list[tuple[_Inbound, Receipt]] = []
+        refused: list[AuditEntry] = []
+        for returned in items:
+            item = _Inbound(returned.envelope, (), link)
+            try:
+                item.envelope = envelope = verify_signed(item.raw, roster=self.context.roster)
+                header = envelope.header
+                receipt = verify_receipt(
+                    returned.receipt,
+                    roster=self.context.roster,
+                    now=now,
+                    skew_ms=self.context.skew_ms,
+                )
+                if header.recipient != self.context.me or receipt.sender != self.context.me:
+                    raise UnknownReceiptError(
+                        f"given back {header.id} to {header.recipient} with a receipt by"
+                        f" {receipt.sender}: not ours"
+                    )
+                check_receipt_matches(
+                    receipt,
+                    message_id=header.id,
+                    sender=header.sender,
+                    recipient=self.context.me,
+                    digest=envelope.digest,
+                )
+                if (
+                    receipt.outcome is not Outcome.ACCEPTED
+                    or receipt.scope is not ReceiptScope.END_TO_END
+                ):
+                    raise UnknownReceiptError(
+                        f"given back {header.id} with a receipt that did not accept it"
+                    )
+                item.opened = open_envelope(
+                    envelope,
+                    me=self.context.me,
+                    hpke_key=self.context.keys.keyring,
+                    roster=self.context.roster,
+                )
+            except PeerError as exc:
+                refused += self.context.refusal(
+                    peer,
+                    AuditEntry(
+                        f"node:{peer}",
+                        "returned_refused",
+                        item.envelope.header.id if item.envelope else None,
+                        {"reason": exc.reason, "error": str(exc)[:500]},
+                    ),
+                )
+                log.warning("refused an envelope %s gave back: %s", peer, exc)
+                continue
+            taken.append((item, receipt))
+        fresh = 0
+        async with self.context.store.transaction(now) as tx:
+            known = await tx.known_ids(
+                [item.envelope.header.id for item, _ in taken if item.envelope]
+            )
+            for item, receipt in taken:
+                assert item.envelope is not None
+                header = item.envelope.header
+                if header.id in known:
+                    continue  # the backup held it, or another peer gave it back first
+                known.add(header.id)
+                fresh += 1
+                common: dict[str, Any] = {
+                    "id": header.id,
+                    "origin": header.sender,
+                    "priority": str(header.priority),
+                    "priority_rank": PRIORITY_RANK[header.priority],
+                    "created": header.created,
+                    "expires": header.expires,
+                    "received": receipt.received,
+                    "envelope": item.raw,
+                    "digest": item.envelope.digest,
+                }
+                detail: dict[str, Any] = {
+                    "from": header.sender,
+                    "given_back_by": peer,
+                    "receipted": receipt.received,
+                    "priority": str(header.priority),
+                    "digest": b64encode(item.envelope.digest),
+                }
+                await self._store_for_us(tx, item, common, "recovered", detail)
+                tx.insert_receipt(_receipt_row(receipt, "issued"))
+                tx.audit(item.audit)
+            tx.audit(refused)
+        self.context.publish(entry for item, _ in taken for entry in item.audit)
+        return fresh
 
     def _conflict(self, item: _Inbound, ours: tuple[NodeId | None, bytes], now: int) -> None:
         """Other bytes, or another sender, under an id we hold: refused (`id_conflict`),

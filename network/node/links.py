@@ -45,6 +45,8 @@ from network.core.errors import LinkStalledError as _Stalled
 from network.core.lifecycle import PRIORITY_RANK
 from network.core.protocol import (
     MAX_FRAME_BYTES,
+    RESTORE_VERSION,
+    CheckpointOffer,
     HandshakeError,
     HeldQuery,
     LinkHandshake,
@@ -59,17 +61,20 @@ from network.core.session import (
     CosignatureReceived,
     EnvelopesReceived,
     Event,
+    GiveBackAsked,
     HeldAnswered,
     HeldAsked,
     LinkSession,
     LinkSettings,
     Outgoing,
+    PageReturned,
     ReceiptsReceived,
     Room,
     RosterReceived,
 )
 from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
+from network.node.restoring import Restoring, give_back
 from network.node.scheduler import ROUTE_REFRESH_MS
 from network.node.sockets import inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
@@ -127,9 +132,11 @@ class Links:
         settings: LinkSettings | None = None,
         on_roster: Callable[[Roster], Awaitable[None]] | None = None,
         witnessing: Witnessing | None = None,
+        restoring: Restoring | None = None,
     ) -> None:
         self.node = node
         self.witnessing = witnessing
+        self.restoring = restoring
         self.keys = keys
         self.on_roster = on_roster
         self.host = host
@@ -244,7 +251,7 @@ class Links:
         wake = self._wake.get(handshake.peer)
         if wake is not None:
             wake.set()  # any contact resets the dialler's backoff
-        await self._link(ws, handshake.peer, handshake.peer, handshake.peer_roster_version)
+        await self._link(ws, handshake.peer, handshake.peer, handshake)
 
     async def _dial_forever(self, peer: NodeId) -> None:
         delays = backoff_delays(base=self.settings.backoff_base, cap=self.settings.backoff_cap)
@@ -290,7 +297,7 @@ class Links:
             except PeerError as exc:
                 await ws.close(1008, exc.reason)
                 raise
-            await self._link(ws, peer, self.me, handshake.peer_roster_version)
+            await self._link(ws, peer, self.me, handshake)
 
     def _handshake(self, role: Role, peer_cert: bytes, peer: NodeId | None) -> LinkHandshake:
         return LinkHandshake(
@@ -334,8 +341,13 @@ class Links:
 
     # -- an established link ---------------------------------------------------------
 
-    async def _link(self, ws: Connection, peer: NodeId, dialler: NodeId, peer_roster: int) -> None:
-        link = _Link(peer, ws, dialler, self.node.context.clock(), LinkSession(peer, self.settings))
+    async def _link(
+        self, ws: Connection, peer: NodeId, dialler: NodeId, handshake: LinkHandshake
+    ) -> None:
+        peer_roster = handshake.peer_roster_version
+        assert handshake.version is not None
+        session = LinkSession(peer, self.settings, handshake.version)
+        link = _Link(peer, ws, dialler, self.node.context.clock(), session)
         existing = self.active.get(peer)
         keep_dialler = min(self.me, peer)
         if existing is not None:
@@ -358,6 +370,7 @@ class Links:
             for raw in self.node.delivery.announcements():
                 link.session.send_announcement(raw)
             self._offer_checkpoint(link)
+            self._ask_back(link)
             link.flush()
             self._links_changed.set()
             why = await self._carry(link)
@@ -404,8 +417,34 @@ class Links:
     def _offer_checkpoint(self, link: _Link) -> None:
         offer = self.witnessing.offer_for(link.peer) if self.witnessing is not None else None
         if offer is not None:
-            link.session.send_checkpoint(offer)
+            self._send_checkpoint(link, offer)
             link.flush()
+
+    @staticmethod
+    def _send_checkpoint(link: _Link, offer: CheckpointOffer) -> None:
+        # Explaining a restore takes version 2: a version-1 witness is offered nothing
+        # until it speaks it (offered without the reason, it would take us for a fork).
+        if offer.restored is None or link.session.version >= RESTORE_VERSION:
+            link.session.send_checkpoint(offer)
+
+    def ask_back(self) -> None:
+        """After our restore is explained: ask every linked peer for what it holds of ours."""
+        for link in list(self.active.values()):
+            self._ask_back(link)
+
+    def _ask_back(self, link: _Link) -> None:
+        if self.restoring is None or link.session.version < RESTORE_VERSION:
+            return
+        if link.session.asking_back:
+            return
+        ask = self.restoring.first_ask(link.peer)
+        if ask is not None:
+            link.session.ask_back(ask)
+            link.flush()
+
+    def version_one(self) -> list[NodeId]:
+        """The linked peers whose links speak version 1 (they cannot give back)."""
+        return [p for p, link in self.active.items() if link.session.version < RESTORE_VERSION]
 
     def _ask_held(self, query: HeldQuery) -> list[NodeId]:
         """Ask every linked peer which checkpoint of our log it holds; the peers asked."""
@@ -587,11 +626,17 @@ class Links:
             case CosignatureReceived(answer) if self.witnessing is not None:
                 again = await self.witnessing.take_answer(peer, answer)
                 if again is not None:
-                    session.send_checkpoint(again)
+                    self._send_checkpoint(link, again)
             case HeldAsked(query) if self.witnessing is not None:
                 session.send_held(await self.witnessing.answer_held(peer, query))
             case HeldAnswered(answer) if self.witnessing is not None:
                 self.witnessing.take_held(peer, answer)
+            case GiveBackAsked(ask):
+                session.give_back(*await give_back(self.node.context, peer, ask))
+            case PageReturned(items, end) if self.restoring is not None:
+                following = await self.restoring.take_page(peer, items, end)
+                if following is not None:
+                    session.ask_back(following)
             case _:  # witnessing frames to a node that does not witness
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
 

@@ -15,20 +15,23 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from network.core.crypto import sha256
 from network.core.errors import CpnError, RosterError
+from network.core.records import NodeId
 from network.core.roster import MAX_ROSTER_BYTES, Roster, load_roster
 from network.node.alerts import WebhookSender
+from network.node.backup import restore_marker
 from network.node.clock import now_ms
 from network.node.config import NodeConfig
 from network.node.keys import load_keeper_public, load_node_keys
 from network.node.links import Links, LinkSettings
 from network.node.notify import Notifier
+from network.node.restoring import Restoring
 from network.node.store import AuditEntry, Store, StoreError
 from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy, Witnessing
@@ -119,6 +122,14 @@ async def run_node(
         roster_file = RosterFile(config.roster_path)
         witnessing = Witnessing(node.context, settings.checkpoints)
         await witnessing.load()
+        restoring = Restoring(
+            node.context,
+            node.inbound,
+            witnessing,
+            wait=config.restore_wait_ms / 1000,
+            give_up_ms=config.restore_give_up_ms,
+        )
+        await restoring.load(restore_marker(config.store_path))
 
         async def save_roster(adopted: Roster) -> None:
             roster_file.write(adopted.raw)
@@ -132,6 +143,7 @@ async def run_node(
             settings=settings.links,
             on_roster=save_roster,
             witnessing=witnessing,
+            restoring=restoring,
         )
         await links.listen()
         webhook = (
@@ -172,6 +184,10 @@ async def run_node(
                     name="deadlines",
                 )
                 tasks = [link_task, scan_task, watch_task, checkpoint_task, deadline_task]
+                if restoring.open is not None:
+                    tasks.append(
+                        group.create_task(_restore(restoring, links, config.peers), name="restore")
+                    )
                 if notifier is not None:
                     notifier.send("READY=1", f"STATUS={config.id} serving")
                     if notifier.watchdog_seconds is not None:
@@ -197,7 +213,8 @@ async def run_node(
             except CpnError as exc:
                 log.error("%s: could not audit the stop: %s", config.id, exc)
             try:
-                await witnessing.sign(now_ms())  # the log's end, signed
+                if not witnessing.unexplained_restore:
+                    await witnessing.sign(now_ms())  # the log's end, signed
             except CpnError as exc:
                 log.error("%s: could not sign the final checkpoint: %s", config.id, exc)
     finally:
@@ -288,6 +305,20 @@ async def _watchdog(node: Node, notifier: Notifier) -> None:
         else:
             notifier.send("WATCHDOG=1")
         await asyncio.sleep(half)
+
+
+RESTORE_REVIEW_SECONDS = 1.0
+
+
+async def _restore(restoring: Restoring, links: Links, dialled: Sequence[NodeId]) -> None:
+    """Explain the restore, ask every linked peer back, and review until it is finished."""
+    await restoring.explain(lambda: list(links.active), dialled)
+    links.offer_checkpoint()
+    links.ask_back()
+    while restoring.open is not None:
+        await asyncio.sleep(RESTORE_REVIEW_SECONDS)
+        await restoring.review(dialled, links.version_one())
+        links.ask_back()  # peers that linked meanwhile
 
 
 async def _checkpoints(node: Node, witnessing: Witnessing, links: Links) -> None:

@@ -36,7 +36,13 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import aiosqlite
 
-from network.core.auditlog import AuditEntry, entry_leaf, stored_detail, stored_leaf
+from network.core.auditlog import (
+    AuditEntry,
+    entry_leaf,
+    stored_detail,
+    stored_entry_bytes,
+    stored_leaf,
+)
 from network.core.deadlines import Due, Overdue, format_overdue, parse_overdue
 from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
@@ -48,6 +54,8 @@ __all__ = [
     "AuditEntry",
     "MessageRow",
     "ReceiptRow",
+    "RestorePeer",
+    "RestoreRow",
     "Store",
     "StoreError",
     "Tx",
@@ -55,7 +63,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -283,12 +291,63 @@ MIGRATIONS: dict[int, str] = {
     CREATE TABLE audit_times (monotonic_from INTEGER NOT NULL);
     INSERT INTO audit_times (monotonic_from) SELECT COALESCE(MAX(seq), 0) + 1 FROM audit;
     """,
+    # 8: restore without loss. `cpn store restore` opens a restore (the backup's tree size and
+    # root, and from when to ask peers again); the node explains it in its log (`explained`:
+    # the index of its `restored` entry) and asks each peer back (`restore_peers`: how far).
+    # As a witness, the checkpoints of a peer's log superseded by its explained restore.
+    8: """
+    CREATE TABLE restores (
+        id INTEGER PRIMARY KEY,
+        restored_at INTEGER NOT NULL,
+        backup_size INTEGER NOT NULL,
+        backup_root BLOB NOT NULL,
+        since INTEGER NOT NULL,
+        explained INTEGER,
+        finished INTEGER
+    );
+    CREATE TABLE restore_peers (
+        restore INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        after TEXT,
+        returned INTEGER NOT NULL DEFAULT 0,
+        done INTEGER,
+        PRIMARY KEY (restore, peer)
+    );
+    CREATE TABLE rollbacks (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        held TEXT NOT NULL,             -- the checkpoint we held, which the restore undid
+        shown TEXT NOT NULL,            -- the checkpoint that carried the explanation
+        entry BLOB NOT NULL,            -- the node's signed `restored` entry
+        detected INTEGER NOT NULL
+    );
+    """,
 }
 
 
 _NO_DEADLINES: Final = Due(None, None, None)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePeer:
+    after: str | None  # the last id it gave back (None: none yet)
+    returned: int  # envelopes it gave back so far
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRow:
+    """A restore from a backup, open until every peer has given back what it holds."""
+
+    id: int
+    restored_at: int
+    backup_size: int
+    backup_root: bytes
+    since: int  # ask back what was receipted from then on
+    explained: int | None  # the index of our `restored` entry, once appended
+    peers: dict[str, RestorePeer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,6 +765,44 @@ class Tx:
             " VALUES (?, ?, ?, ?, ?)",
             (node, held, shown, problem, self.now),
         )
+
+    def rollback(self, node: str, held: str, shown: str, entry: bytes) -> None:
+        """`node` explained, in a signed entry, why its log no longer extends the one held."""
+        self._write(
+            "INSERT INTO rollbacks (node, held, shown, entry, detected) VALUES (?, ?, ?, ?, ?)",
+            (node, held, shown, entry, self.now),
+        )
+
+    def open_restore(
+        self, *, restored_at: int, backup_size: int, backup_root: bytes, since: int
+    ) -> None:
+        """A backup was put in place (`cpn store restore`): a restore to explain and finish."""
+        self._write(
+            "INSERT INTO restores (restored_at, backup_size, backup_root, since)"
+            " VALUES (?, ?, ?, ?)",
+            (restored_at, backup_size, backup_root, since),
+        )
+
+    def restore_explained(self, restore: int, index: int) -> None:
+        self._write("UPDATE restores SET explained = ? WHERE id = ?", (index, restore))
+
+    def restore_page(self, restore: int, peer: str, after: str | None, returned: int) -> None:
+        """How far `peer` has given back (None: from the start), and how many so far."""
+        self._write(
+            "INSERT INTO restore_peers (restore, peer, after, returned) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (restore, peer) DO UPDATE SET after = excluded.after,"
+            " returned = restore_peers.returned + excluded.returned",
+            (restore, peer, after, returned),
+        )
+
+    def restore_peer_done(self, restore: int, peer: str) -> None:
+        self._write(
+            "UPDATE restore_peers SET done = ? WHERE restore = ? AND peer = ?",
+            (self.now, restore, peer),
+        )
+
+    def restore_finished(self, restore: int) -> None:
+        self._write("UPDATE restores SET finished = ? WHERE id = ?", (self.now, restore))
 
     def insert_message(
         self,
@@ -1217,6 +1314,77 @@ class Store:
             "SELECT size, root, note FROM witnessed WHERE node = ?", (node,)
         )
         return next(((int(r[0]), bytes(r[1]), str(r[2])) for r in rows), None)
+
+    async def open_restore(self) -> RestoreRow | None:
+        """The restore not yet finished, if any, with how far each peer has given back."""
+        rows = await self.db.execute_fetchall(
+            "SELECT id, restored_at, backup_size, backup_root, since, explained FROM restores"
+            " WHERE finished IS NULL ORDER BY id DESC LIMIT 1"
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            return None
+        peers = await self.db.execute_fetchall(
+            "SELECT peer, after, returned, done FROM restore_peers WHERE restore = ?", (row[0],)
+        )
+        return RestoreRow(
+            id=int(row[0]),
+            restored_at=int(row[1]),
+            backup_size=int(row[2]),
+            backup_root=bytes(row[3]),
+            since=int(row[4]),
+            explained=None if row[5] is None else int(row[5]),
+            peers={
+                str(p): RestorePeer(None if a is None else str(a), int(n), d is not None)
+                for p, a, n, d in peers
+            },
+        )
+
+    async def restore_explained(self) -> tuple[int, int] | None:
+        """(backup size, index of the `restored` entry) of the newest restore we explained."""
+        rows = await self.db.execute_fetchall(
+            "SELECT backup_size, explained FROM restores WHERE explained IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1"
+        )
+        return next(((int(r[0]), int(r[1])) for r in rows), None)
+
+    async def entry_bytes_at(self, index: int) -> bytes | None:
+        """The canonical bytes of audit entry `index` (its leaf's input), if it exists."""
+        rows = await self.db.execute_fetchall(
+            "SELECT time, actor, action, message_id, detail FROM audit WHERE seq = ?",
+            (index + 1,),
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            return None
+        time, actor, action, message_id, detail = row
+        detail_json = detail.encode() if isinstance(detail, str) else bytes(detail)
+        return stored_entry_bytes(int(time), str(actor), str(action), message_id, detail_json)
+
+    async def newest_entry(self, action: str) -> int | None:
+        """The index of the newest audit entry of `action`."""
+        rows = await self.db.execute_fetchall(
+            "SELECT MAX(seq) FROM audit WHERE action = ?", (action,)
+        )
+        found = next(iter(rows))[0]
+        return None if found is None else int(found) - 1
+
+    async def receipted_by(
+        self, recipient: str, since: int, after: str | None, limit: int
+    ) -> list[tuple[str, bytes, bytes]]:
+        """(id, envelope, receipt) of what we sent or relayed to `recipient` and hold its
+        accepted end-to-end receipt for, dated at or after `since`, in id order after
+        `after`: what a restored `recipient` asks back."""
+        rows = await self.db.execute_fetchall(
+            "SELECT m.id, m.envelope, r.raw FROM messages m JOIN receipts r"
+            " ON r.id = (SELECT id FROM receipts WHERE message_id = m.id"
+            " AND direction = 'received' AND signer = ? AND scope = 'end_to_end'"
+            " AND outcome = 'accepted' ORDER BY time LIMIT 1)"
+            " WHERE m.box IN ('out', 'relay') AND m.peer = ? AND m.id > ? AND r.time >= ?"
+            " ORDER BY m.id LIMIT ?",
+            (recipient, recipient, after or "", since, limit),
+        )
+        return [(str(i), bytes(e), bytes(r)) for i, e, r in rows]
 
     async def latest_roster(self) -> bytes | None:
         found = await self.db.execute_fetchall(

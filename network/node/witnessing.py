@@ -30,6 +30,7 @@ from network.core.auditlog import (
     checkpoint_origin,
     checkpoint_time,
     dated_checkpoint,
+    parse_restored_entry,
     witness_name,
 )
 from network.core.errors import ConsistencyProofError, CpnError, PeerError, UnknownSignerError
@@ -38,17 +39,20 @@ from network.core.protocol import (
     CheckpointOffer,
     HeldCheckpoint,
     HeldQuery,
+    RestoreNote,
     WitnessAnswer,
 )
 from network.core.records import Json, NodeId
 from network.core.tlog import (
     Checkpoint,
     cosign,
+    leaf_hash,
     open_checkpoint,
     parse_checkpoint,
     sign_note,
     verify_consistency,
     verify_cosignature,
+    verify_inclusion,
 )
 from network.node.auditfile import Witnessed
 from network.node.clock import rfc3339
@@ -118,6 +122,16 @@ class _Signed:
     note: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Explained:
+    """Our newest restore, explained: the backup's tree size, our `restored` entry's index
+    and its canonical bytes."""
+
+    backup_size: int
+    index: int
+    entry: bytes
+
+
 class Witnessing:
     def __init__(self, context: NodeContext, policy: CheckpointPolicy | None = None) -> None:
         self.context = context
@@ -129,6 +143,10 @@ class Witnessing:
         self._signed_at = 0
         self._ask: AskPeers | None = None
         self._asked: dict[bytes, dict[str, asyncio.Future[WitnessReply]]] = {}  # nonce -> peer
+        # After a restore: (the backup's tree size, the index of our `restored` entry), and
+        # whether a restore waits to be explained (no checkpoint is offered until it is).
+        self.explained: _Explained | None = None
+        self.unexplained_restore = False
         context.checkpoints.asked_by(self.ask_witnesses)  # what `GET /api/audit/verify` calls
 
     def attach(self, ask: AskPeers) -> None:
@@ -142,6 +160,11 @@ class Witnessing:
             self.latest = _Signed(self._open_own(note), note)
             self.context.checkpoints.loaded(note)
         self._cosigned.update(await self.store.cosigned_sizes())
+        explained = await self.store.restore_explained()
+        if explained is not None:
+            entry = await self.store.entry_bytes_at(explained[1])
+            if entry is not None:
+                self.explained = _Explained(*explained, entry)
 
     def _open_own(self, note: str) -> Checkpoint:
         # After a key rotation our newest checkpoint is signed by a key we retired.
@@ -156,6 +179,8 @@ class Witnessing:
 
     def due(self, now: int, urgent: bool) -> bool:
         """Whether the log has grown enough, or long enough ago, to sign a checkpoint now."""
+        if self.unexplained_restore:
+            return False  # a witness would take it for a silent rollback
         size = self.store.audit_log.size
         signed = self.latest.checkpoint.size if self.latest else 0
         if size <= signed:
@@ -187,9 +212,14 @@ class Witnessing:
 
     def offer_for(self, peer: str) -> CheckpointOffer | None:
         """Our newest checkpoint for `peer`, proven consistent with what it last cosigned."""
-        if self.latest is None:
+        if self.latest is None or self.unexplained_restore:
             return None
-        return self._offer(self.latest, self._cosigned.get(peer, 0))
+        cosigned = self._cosigned.get(peer, 0)
+        if self.explained is not None and cosigned <= self.explained.index:
+            # It may hold what our restore undid: every offer says why, until it has
+            # cosigned past our `restored` entry (none before a checkpoint covers it).
+            return self._restored_offer(self.latest)
+        return self._offer(self.latest, cosigned)
 
     def _offer(self, signed: _Signed, proof_from: int) -> CheckpointOffer | None:
         size = signed.checkpoint.size
@@ -201,6 +231,15 @@ class Witnessing:
     async def take_answer(self, peer: str, answer: WitnessAnswer) -> CheckpointOffer | None:
         """A witness's answer: keep its cosignature, or offer the proof it asked for."""
         if answer.need_from is not None:
+            if self.latest is not None and self.explained is not None:
+                explained = self.explained
+                ours = answer.need_from > explained.index and await self.store.checkpoint_note(
+                    answer.need_from
+                )
+                if answer.need_from > explained.backup_size and not ours:
+                    # It holds what our restore undid (no checkpoint we signed since): show
+                    # it the entry that says so.
+                    return self._restored_offer(self.latest)
             if self.latest is None or answer.need_from > self.latest.checkpoint.size:
                 log.error(
                     "%s holds our log at size %d, larger than ours: our log was rolled back",
@@ -219,6 +258,25 @@ class Witnessing:
             tx.cosignature(answer.size, peer, when, answer.cosignature)
         self._cosigned[peer] = max(self._cosigned.get(peer, 0), answer.size)
         return None
+
+    def _restored_offer(self, signed: _Signed) -> CheckpointOffer | None:
+        """`signed` with the entry that explains our restore (None: it does not cover it)."""
+        explained = self.explained
+        assert explained is not None
+        if signed.checkpoint.size <= explained.index:
+            return None
+        proof = self.store.audit_log.inclusion_proof(explained.index, signed.checkpoint.size)
+        note = RestoreNote(explained.entry, explained.index, tuple(proof))
+        return CheckpointOffer(signed.note, 0, (), note)
+
+    async def explain_restore(self, backup_size: int, index: int, now: int) -> None:
+        """Our `restored` entry is committed: sign a checkpoint that covers it, and offer
+        again, with the explanation to whoever may hold what the restore undid."""
+        entry = await self.store.entry_bytes_at(index)
+        assert entry is not None
+        self.explained = _Explained(backup_size, index, entry)
+        self.unexplained_restore = False
+        await self.sign(now)
 
     # -- asking our witnesses what they hold ---------------------------------------------
 
@@ -298,6 +356,14 @@ class Witnessing:
             raise PeerError(f"{peer}'s checkpoint: {exc}", reason=exc.reason) from exc
         held = await self.store.witnessed(peer)
         now = self.context.clock()
+        if held is not None and offer.restored is not None and offer.proof_from != held[0]:
+            rollback = self._explained_rollback(peer, checkpoint, offer.restored, held[0])
+            if isinstance(rollback, str):
+                await self._inconsistent(peer, held[2], offer.note, rollback, now)
+                return None
+            if rollback:
+                await self._rolled_back(peer, held[2], offer, held[0], now)
+                held = None  # what it held is superseded, with the explanation kept
         if held is not None:
             held_size, held_root, held_note = held
             problem = None
@@ -326,6 +392,64 @@ class Witnessing:
             checkpoint, witness_name(self.context.me), self.context.keys.signing, now // 1000
         )
         return WitnessAnswer(checkpoint.size, cosignature=line)
+
+    def _explained_rollback(
+        self, peer: str, checkpoint: Checkpoint, restored: RestoreNote, held_size: int
+    ) -> bool | str:
+        """Whether `restored` explains why `checkpoint` does not extend the size we hold:
+        True when it does; False when it need not (we hold no more than the backup: the
+        usual proof applies); the problem when the explanation does not hold."""
+        try:
+            entry = parse_restored_entry(restored.entry, peer)
+        except CpnError as exc:
+            return f"restored: {exc}"
+        if held_size <= entry.backup_size:
+            return False
+        if not entry.backup_size <= restored.index < checkpoint.size:
+            return (
+                f"restored: entry {restored.index} is not after the backup"
+                f" ({entry.backup_size} entries) within {checkpoint.size}"
+            )
+        try:
+            verify_inclusion(
+                leaf_hash(restored.entry),
+                restored.index,
+                checkpoint.size,
+                list(restored.proof),
+                checkpoint.root,
+            )
+        except CpnError as exc:
+            return f"restored: the entry is not in the checkpoint ({exc})"
+        return True
+
+    async def _rolled_back(
+        self, peer: str, held: str, offer: CheckpointOffer, held_size: int, now: int
+    ) -> None:
+        assert offer.restored is not None
+        entry = parse_restored_entry(offer.restored.entry, peer)
+        log.warning(
+            "%s restored its audit log from a backup of %d entries (we held %d): explained",
+            peer,
+            entry.backup_size,
+            held_size,
+        )
+        async with self.store.transaction(now) as tx:
+            tx.rollback(peer, held, offer.note, offer.restored.entry)
+            tx.audit(
+                [
+                    AuditEntry(
+                        f"node:{self.context.me}",
+                        "log_restored",
+                        None,
+                        {
+                            "node": peer,
+                            "held_size": held_size,
+                            "backup_size": entry.backup_size,
+                            "entry": offer.restored.index,
+                        },
+                    )
+                ]
+            )
 
     async def _inconsistent(self, peer: str, held: str, shown: str, problem: str, now: int) -> None:
         log.error("%s's audit log is inconsistent with its checkpoints: %s", peer, problem)

@@ -40,7 +40,14 @@ from network.core.envelope import (
     verify_receipt,
 )
 from network.core.errors import CpnError
-from network.core.protocol import FRAME_ENVELOPE, FRAME_LIMITS, LinkHandshake, Role, envelope_frame
+from network.core.protocol import (
+    FRAME_ENVELOPE,
+    FRAME_LIMITS,
+    LINK_VERSIONS,
+    LinkHandshake,
+    Role,
+    envelope_frame,
+)
 from network.core.records import (
     MessageType,
     NodeId,
@@ -471,7 +478,7 @@ def handshake_vectors() -> dict[str, Any]:
     assert client.done and server.done
     transcript = {
         "purpose": "cpn/v1 link",
-        "v": 1,
+        "v": max(LINK_VERSIONS),
         "client": "FRA",
         "server": "DEU",
         "client_nonce": b64encode(client_nonce),
@@ -503,19 +510,20 @@ def handshake_vectors() -> dict[str, Any]:
     }
     later = b"H" + canonical(
         {
-            "v": 2,
+            "v": max(LINK_VERSIONS) + 1,
             "node": "FRA",
             "to": "DEU",
             "nonce": b64encode(client_nonce),
             "roster": ROSTER.version,
-            "features": ["a version-2 field a version-1 node does not know"],
+            "features": ["a later version's field this one does not know"],
         }
     )
     answer = side(Role.SERVER, "DEU", "FRA", server_nonce).receive(later)[0]
     return {
         "later_version": {
-            "description": "A client offering version 2 (with a field version 1 does not"
-            " know) is answered with version 1: the link speaks the lower of the two.",
+            "description": f"A client offering version {max(LINK_VERSIONS) + 1} (with a field"
+            f" version {max(LINK_VERSIONS)} does not know) is answered with version"
+            f" {max(LINK_VERSIONS)}: the link speaks the lower of the two.",
             "client_hello": later.decode(),
             "server_hello": answer.decode(),
         },
