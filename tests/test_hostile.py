@@ -34,6 +34,7 @@ from network.core.envelope import MAX_RECEIPT_BYTES, make_receipt, seal
 from network.core.protocol import (
     FRAME_CHECKPOINT,
     FRAME_ENVELOPE,
+    FRAME_GIVE_BACK,
     FRAME_HELLO,
     FRAME_RECEIPT,
     LINK_VERSIONS,
@@ -593,3 +594,23 @@ def test_strangers_connecting_from_many_addresses_never_push_out_a_contact_point
         network.close()
         for sock in strangers:
             sock.close()
+
+
+def test_a_peer_of_the_previous_release_links_at_version_1_and_is_answered(
+    net: Network,
+) -> None:
+    # Issue 17, rolling upgrade: a node speaking only version 1 exchanges with this one at
+    # version 1, and version 2's frames (here a restored node's ask) are not for its link.
+    async def exchange() -> tuple[list[bytes], bool]:
+        async with hostile(net, offer={"v": 1}) as ws:
+            await ws.send(envelope_frame([], usa_to_deu(net)))
+            answered = await receipts(ws, 1)
+            await ws.send(frame(FRAME_GIVE_BACK, canonical({"after": None, "since": 0})))
+            await closed_by_node(ws)
+            return answered, ws.close_code == 1002
+
+    [receipt], cut = asyncio.run(exchange())
+
+    assert orjson.loads(receipt)["receipt"]["outcome"] == "accepted"
+    assert cut
+    assert [m for m in net.list("DEU", "in") if m["from"] == "USA"]
