@@ -280,6 +280,7 @@ def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
         ("DEU", "POST", reply, {"status": "maybe"}, 400, "status"),
         ("DEU", "POST", reply, {"status": "preserved"}, 400, "preserved_until"),
         ("DEU", "POST", reply, {"status": "completed", "note": ["x"]}, 400, "note"),
+        ("DEU", "POST", reply, {"status": "completed"}, 400, "status"),  # not for a preservation
         ("DEU", "POST", reply, {"status": "needs_info", "in_reply_to": ""}, 400, "in_reply_to"),
         ("DEU", "POST", reply, {"status": "completed", "colour": "blue"}, 400, "colour"),
         ("DEU", "POST", reply, oversize, 413, "body"),

@@ -23,6 +23,7 @@ from network.core.bodies import (
     ResponseStatus,
     body_to_json,
     body_type,
+    check_answer,
     parse_body,
 )
 from network.core.errors import BodyError
@@ -525,3 +526,26 @@ def test_removing_any_field_anywhere_parses_or_names_it(data: st.DataObject) -> 
         assert parse_body(message_type, body_to_json(parsed)) == parsed
 
     assert named in (None, dotted)
+
+
+@pytest.mark.parametrize("request_type", list(MessageType))
+@pytest.mark.parametrize("status", list(ResponseStatus))
+def test_each_request_has_its_own_lawful_answers(
+    request_type: MessageType, status: ResponseStatus
+) -> None:
+    lawful = {
+        MessageType.PRESERVATION: {
+            "preserved", "partially_preserved", "not_possible", "refused", "risk_notice",
+            "needs_info",
+        },
+        MessageType.MLA_NOTICE: {"preserved", "not_possible", "needs_info", "completed"},
+        MessageType.ACKNOWLEDGEMENT: set(),
+        MessageType.RESPONSE: set(),
+    }.get(request_type, {"completed", "not_possible", "refused", "needs_info"})  # fmt: skip
+
+    if status in lawful:
+        check_answer(request_type, status)
+    else:
+        with pytest.raises(BodyError, match=f"status: {status} does not answer") as refused:
+            check_answer(request_type, status)
+        assert refused.value.field == "status"

@@ -614,3 +614,51 @@ def test_a_peer_of_the_previous_release_links_at_version_1_and_is_answered(
     assert orjson.loads(receipt)["receipt"]["outcome"] == "accepted"
     assert cut
     assert [m for m in net.list("DEU", "in") if m["from"] == "USA"]
+
+
+# -- answers that do not answer the request (issue 19) --------------------------------------
+
+
+def test_an_answer_no_request_of_its_kind_may_have_is_refused_and_starts_no_clock(
+    net: Network,
+) -> None:
+    # A `preserved` to a `locate` was accepted: the request counted as answered and a
+    # preservation clock started for data nobody was asked to preserve.
+    usa = load_node_keys(net.keys / "USA", NodeId("USA"))
+    roster = load_current_roster(load_config(net.nodes["USA"].config))
+    locate = net.send("DEU", "USA", "locate", sample_body("locate"))
+    answer = {"in_reply_to": locate, "status": "preserved", "preserved_until": "2027-06-30"}
+
+    async def answer_wrongly() -> bytes:
+        async with hostile(net) as ws:  # DEU sends the locate over this link
+            while True:
+                kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
+                if kind == FRAME_ENVELOPE:
+                    break
+            response = seal(
+                sender=NodeId("USA"),
+                recipient=NodeId("DEU"),
+                message_type=MessageType.RESPONSE,
+                body=answer,
+                priority=Priority.URGENT,
+                now=int(time.time() * 1000),
+                random_bytes=os.urandom(10),
+                signing_key=usa.signing,
+                recipient_key=roster.active_card("DEU").hpke_key,
+            )
+            await ws.send(envelope_frame([], response.raw))
+            while True:
+                kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
+                if kind == FRAME_RECEIPT and orjson.loads(payload)["receipt"]["for"] == (
+                    response.header.id
+                ):
+                    return payload
+
+    receipt = orjson.loads(asyncio.run(answer_wrongly()))["receipt"]
+
+    assert receipt["outcome"] == "rejected" and receipt["reason"] == "malformed"
+    status, message = net.api("DEU", "GET", f"/api/messages/{locate}")
+    assert status == 200 and message["state"] != "answered"
+    assert not net.api("DEU", "GET", "/api/preservations")[1]["preservations"]
+    refusals = [str(d) for _, d in audited(net, "rejected")]
+    assert any("preserved does not answer a locate request" in d for d in refusals), refusals

@@ -56,6 +56,7 @@ from typing import (
     Annotated,
     Any,
     ClassVar,
+    Final,
     TypeAlias,
     TypeVar,
     get_args,
@@ -77,6 +78,7 @@ from network.core.records import (
 
 __all__ = [
     "BODY_TYPES",
+    "LAWFUL_ANSWERS",
     "MAX_ITEMS",
     "MAX_LINE",
     "MAX_TEXT",
@@ -105,6 +107,7 @@ __all__ = [
     "When",
     "body_to_json",
     "body_type",
+    "check_answer",
     "describe_types",
     "json_schemas",
     "parse_body",
@@ -509,6 +512,59 @@ class Acknowledgement:
 
 
 _PRESERVED = (ResponseStatus.PRESERVED, ResponseStatus.PARTIALLY_PRESERVED)
+
+
+# What each kind of request may lawfully be answered (a `response`'s status). Preservation
+# (Budapest 29(1)): held, in part, not possible, refused on 29(5) grounds, the 29(6) risk
+# notice, or more information needed. A request for mutual assistance announced (29(7)):
+# the preservation continues (`preserved`, with its new date), or not. Disclosure (30) and
+# the assistance of Art. 35: done, not possible, refused, or more information needed.
+# Acknowledgements and responses are not requests: nothing answers them.
+_DONE = frozenset(
+    {
+        ResponseStatus.COMPLETED,
+        ResponseStatus.NOT_POSSIBLE,
+        ResponseStatus.REFUSED,
+        ResponseStatus.NEEDS_INFO,
+    }
+)
+LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
+    MessageType.PRESERVATION: frozenset(
+        {
+            ResponseStatus.PRESERVED,
+            ResponseStatus.PARTIALLY_PRESERVED,
+            ResponseStatus.NOT_POSSIBLE,
+            ResponseStatus.REFUSED,
+            ResponseStatus.RISK_NOTICE,
+            ResponseStatus.NEEDS_INFO,
+        }
+    ),
+    MessageType.MLA_NOTICE: frozenset(
+        {
+            ResponseStatus.PRESERVED,
+            ResponseStatus.NOT_POSSIBLE,
+            ResponseStatus.NEEDS_INFO,
+            ResponseStatus.COMPLETED,
+        }
+    ),
+    MessageType.TRAFFIC_DISCLOSURE: _DONE,
+    MessageType.TECHNICAL_ADVICE: _DONE,
+    MessageType.EVIDENCE: _DONE,
+    MessageType.LOCATE: _DONE,
+    MessageType.EMERGENCY: _DONE,
+}
+
+
+def check_answer(request: MessageType, status: ResponseStatus) -> None:
+    """Return None if a `request` may be answered `status`; BodyError on `status` naming
+    the answers it may have (a `preserved` to a `locate` would start a preservation clock
+    for data nobody was asked to preserve)."""
+    lawful = LAWFUL_ANSWERS.get(request, frozenset())
+    if status not in lawful:
+        allowed = ", ".join(sorted(lawful)) or "none: it is not a request"
+        raise BodyError(
+            "status", f"{status} does not answer a {request} request (its answers: {allowed})"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

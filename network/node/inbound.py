@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from network.core.bodies import Acknowledgement, Response
+from network.core.bodies import Acknowledgement, Response, check_answer
 from network.core.deadlines import Box
 from network.core.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -42,10 +42,12 @@ from network.core.envelope import (
     verify_signed,
 )
 from network.core.errors import (
+    BodyError,
     CpnError,
     DigestMismatchError,
     HopLimitError,
     LoopError,
+    MalformedError,
     NoSuchRecipientError,
     PeerError,
     RosterError,
@@ -290,8 +292,30 @@ class Inbound:
             detail["to"] = header.recipient
             item.audit.append(AuditEntry(link_actor, "relay_accepted", header.id, detail))
         else:
+            problem = await self._unlawful_answer(tx, item)
+            if problem is not None:
+                known.discard(header.id)
+                del held[header.id]
+                self._refuse(item, problem, now)
+                return
             await self._store_for_us(tx, item, common, "received", detail)
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
+
+    async def _unlawful_answer(self, tx: Tx, item: _Inbound) -> PeerError | None:
+        """A response to one of our requests that is not one of its lawful answers (a
+        `preserved` to a `locate`): refused, so that no clock starts on it."""
+        assert item.opened is not None
+        typed = item.opened.body
+        if not isinstance(typed, Response):
+            return None
+        original = await tx.message(typed.in_reply_to)
+        if original is None or original.box != "out" or original.type is None:
+            return None
+        try:
+            check_answer(original.type, typed.status)
+        except BodyError as exc:
+            return MalformedError(f"plain.body.{exc.field}: {exc.problem}")
+        return None
 
     async def _store_for_us(
         self, tx: Tx, item: _Inbound, common: dict[str, Any], action: str, detail: dict[str, Any]

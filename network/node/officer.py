@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from network.core.bodies import Acknowledgement, Body, Response, parse_request
+from network.core.bodies import Acknowledgement, Body, Response, check_answer, parse_request
 from network.core.deadlines import Box
 from network.core.envelope import seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
@@ -171,6 +171,11 @@ class Officers:
             raise BodyError("body.in_reply_to", f"is not a message received from {to}")
         if isinstance(typed, Acknowledgement) and original.state in ACTED:
             raise BodyError("body.in_reply_to", f"that message is already {original.state}")
+        if isinstance(typed, Response) and original.type is not None:
+            try:
+                check_answer(original.type, typed.status)
+            except BodyError as exc:
+                raise BodyError(f"body.{exc.field}", exc.problem) from None
         return original
 
     async def acknowledge(
