@@ -268,6 +268,8 @@ def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
         ("FRA", "POST", "/api/messages", b"", 400, "body"),
         ("FRA", "POST", "/api/messages", {**send, "to": 276}, 400, "to"),
         ("FRA", "POST", "/api/messages", {**send, "priority": ["urgent"]}, 400, "priority"),
+        ("FRA", "POST", "/api/messages", {**send, "type": "emergency", "priority": "routine"},
+         400, "priority"),
         ("FRA", "POST", "/api/messages", {**send, "body": "preserve it"}, 400, "body"),
         ("FRA", "POST", "/api/messages", {**send, "ttl_seconds": "3600"}, 400, "ttl_seconds"),
         ("FRA", "POST", "/api/messages", {**send, "colour": "blue"}, 400, "colour"),

@@ -212,14 +212,18 @@ async def closed_by_node(ws: ClientConnection) -> None:
             await asyncio.wait_for(ws.recv(), 10)
 
 
-def usa_to_deu(network: Network, created: int | None = None) -> bytes:
+def usa_to_deu(
+    network: Network,
+    created: int | None = None,
+    message_type: MessageType = MessageType.TECHNICAL_ADVICE,
+) -> bytes:
     usa = load_node_keys(network.keys / "USA", NodeId("USA"))
     roster = load_current_roster(load_config(network.nodes["USA"].config))
     return seal(
         sender=NodeId("USA"),
         recipient=NodeId("DEU"),
-        message_type=MessageType.EMERGENCY,
-        body=sample_body("emergency"),
+        message_type=message_type,
+        body=sample_body(message_type),
         priority=Priority.ROUTINE,
         now=created or int(time.time() * 1000),
         random_bytes=os.urandom(10),
@@ -662,3 +666,19 @@ def test_an_answer_no_request_of_its_kind_may_have_is_refused_and_starts_no_cloc
     assert not net.api("DEU", "GET", "/api/preservations")[1]["preservations"]
     refusals = [str(d) for _, d in audited(net, "rejected")]
     assert any("preserved does not answer a locate request" in d for d in refusals), refusals
+
+
+def test_an_emergency_sent_routine_is_refused_at_receipt(net: Network) -> None:
+    # Issue 19: an emergency is never routine; the API refused it, the receiver did not.
+    async def send() -> bytes:
+        async with hostile(net) as ws:
+            await ws.send(envelope_frame([], usa_to_deu(net, message_type=MessageType.EMERGENCY)))
+            [receipt] = await receipts(ws, 1)
+            return receipt
+
+    receipt = orjson.loads(asyncio.run(send()))["receipt"]
+
+    assert receipt["outcome"] == "rejected" and receipt["reason"] == "malformed"
+    assert not [m for m in net.list("DEU", "in") if m["from"] == "USA"]
+    refusals = [str(d) for _, d in audited(net, "rejected")]
+    assert any("never routine" in d for d in refusals), refusals

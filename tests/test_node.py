@@ -70,6 +70,11 @@ def test_preservation_request_is_delivered_end_to_end(pair: Network) -> None:
                 assert body["case_ref"].encode() not in data, path
 
 
+def send_routine(pair: Network) -> str:
+    """A routine message FRA -> DEU (an emergency never goes routine)."""
+    return pair.send("FRA", "DEU", "technical_advice", sample_body("technical_advice"), "routine")
+
+
 def test_receiver_killed_mid_stream_loses_nothing_and_stores_nothing_twice(pair: Network) -> None:
     pair.start("FRA")
     pair.start("DEU")
@@ -77,7 +82,7 @@ def test_receiver_killed_mid_stream_loses_nothing_and_stores_nothing_twice(pair:
     ids = []
 
     for index in range(count):
-        ids.append(pair.send("FRA", "DEU", "emergency", sample_body("emergency"), "routine"))
+        ids.append(send_routine(pair))
         if index == 20:
             pair.kill("DEU")
     pair.start("DEU")
@@ -132,9 +137,7 @@ def test_messages_in_flight_when_the_sender_died_go_again_at_once_when_it_restar
 
 def test_flash_goes_before_routine(pair: Network) -> None:
     pair.start("FRA")
-    routine = [
-        pair.send("FRA", "DEU", "emergency", sample_body("emergency"), "routine") for _ in range(5)
-    ]
+    routine = [send_routine(pair) for _ in range(5)]
     flash = pair.send("FRA", "DEU", "emergency", sample_body("emergency"), "flash")
 
     pair.start("DEU")

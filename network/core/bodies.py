@@ -108,6 +108,7 @@ __all__ = [
     "body_to_json",
     "body_type",
     "check_answer",
+    "check_priority",
     "describe_types",
     "json_schemas",
     "parse_body",
@@ -643,6 +644,14 @@ def parse_body(message_type: MessageType | str, value: object) -> Body:
     return _record_from(cls, value, "")
 
 
+def check_priority(message_type: MessageType, priority: Priority) -> None:
+    """Return None if a `message_type` may go at `priority`; BodyError on `priority` for an
+    emergency sent `routine` (a risk to life or safety is never left for the day's
+    routine: it would wait hours behind everything else, and its deadlines with it)."""
+    if message_type is MessageType.EMERGENCY and priority is Priority.ROUTINE:
+        raise BodyError("priority", "an emergency request is flash or urgent, never routine")
+
+
 def parse_request(
     to: object, message_type: object, priority: object, body: object
 ) -> tuple[NodeId, MessageType, Priority, Body]:
@@ -659,6 +668,7 @@ def parse_request(
         raise BodyError("type", f"must be one of: {_choices(MessageType)}")
     if not isinstance(priority, str) or priority not in set(Priority):
         raise BodyError("priority", f"must be one of: {_choices(Priority)}")
+    check_priority(MessageType(message_type), Priority(priority))
     if not isinstance(body, dict):
         raise BodyError("body", "must be an object")
     try:

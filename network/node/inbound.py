@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from network.core.bodies import Acknowledgement, Response, check_answer
+from network.core.bodies import Acknowledgement, Response, check_answer, check_priority
 from network.core.deadlines import Box
 from network.core.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -302,9 +302,14 @@ class Inbound:
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
 
     async def _unlawful_answer(self, tx: Tx, item: _Inbound) -> PeerError | None:
-        """A response to one of our requests that is not one of its lawful answers (a
-        `preserved` to a `locate`): refused, so that no clock starts on it."""
+        """What a well-formed message may not say: an emergency sent `routine`, or a response
+        to one of our requests that is not one of its lawful answers (a `preserved` to a
+        `locate`): refused, so that no clock starts on it."""
         assert item.opened is not None
+        try:
+            check_priority(item.opened.message_type, item.opened.envelope.header.priority)
+        except BodyError as exc:
+            return MalformedError(f"header.{exc.field}: {exc.problem}")
         typed = item.opened.body
         if not isinstance(typed, Response):
             return None
