@@ -32,6 +32,7 @@ from network.node.store import Store
 from network.node.wiring import Node
 from network.samples import sample_body
 from tests.harness import Network, pause, wait_for
+from tests.test_cases import in_days
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -283,6 +284,10 @@ def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
         ("DEU", "POST", reply, {"status": "preserved"}, 400, "preserved_until"),
         ("DEU", "POST", reply, {"status": "completed", "note": ["x"]}, 400, "note"),
         ("DEU", "POST", reply, {"status": "completed"}, 400, "status"),  # not for a preservation
+        ("DEU", "POST", reply, {"status": "preserved", "preserved_until": in_days(-1)}, 400,
+         "preserved_until"),  # in the past
+        ("DEU", "POST", reply, {"status": "preserved", "preserved_until": in_days(59)}, 400,
+         "preserved_until"),  # under Budapest 29(7)'s 60 days
         ("DEU", "POST", reply, {"status": "needs_info", "in_reply_to": ""}, 400, "in_reply_to"),
         ("DEU", "POST", reply, {"status": "completed", "colour": "blue"}, 400, "colour"),
         ("DEU", "POST", reply, oversize, 413, "body"),

@@ -219,14 +219,16 @@ def test_deadlines_fire_after_a_restart(tmp_path: Path, webhook: Webhook) -> Non
 def test_a_preservation_near_its_end_warns_and_an_answered_extension_moves_the_date(
     tmp_path: Path, webhook: Webhook
 ) -> None:
-    config = f'[alerts]\nwebhook = "{webhook.url}"\n'
+    # Warned 70 days ahead, so that the shortest lawful preservation (60 days, Budapest
+    # 29(7)) is near its end at once.
+    config = f'[alerts]\nwebhook = "{webhook.url}"\n[deadlines]\npreservation_warning = "70d"\n'
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
     try:
         network.start("DEU")
         network.start("FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
-        soon = {"status": "preserved", "preserved_until": in_days(5), "note": "Preserved."}
+        soon = {"status": "preserved", "preserved_until": in_days(61), "note": "Preserved."}
         status, _ = network.api("DEU", "POST", f"/api/messages/{request}/reply", soon)
         assert status == 202
         wait_for(
@@ -240,7 +242,7 @@ def test_a_preservation_near_its_end_warns_and_an_answered_extension_moves_the_d
         extension = sample_body("preservation", status="extension", extends=request)
         extension_id = network.send("FRA", "DEU", "preservation", extension)
         network.wait_state("DEU", extension_id, {"received"})
-        later = {"status": "preserved", "preserved_until": in_days(120), "note": "Extended."}
+        later = {"status": "preserved", "preserved_until": in_days(180), "note": "Extended."}
         status, _ = network.api("DEU", "POST", f"/api/messages/{extension_id}/reply", later)
         assert status == 202
         network.wait_state("FRA", extension_id, {"answered"})

@@ -22,6 +22,7 @@ from network.api.web import SECURITY_HEADERS
 from network.core.bodies import describe_types
 from network.samples import sample_body
 from tests.harness import Network, wait_for
+from tests.test_cases import in_days
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -202,7 +203,7 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     expect(deu.field("body.refusal_ground")).to_be_hidden()
     deu.page.click("text=Send the reply")
     expect(deu.error_for("body.preserved_until")).to_have_text("required field is missing")
-    deu.field("body.preserved_until").fill("2027-02-18")
+    deu.field("body.preserved_until").fill(in_days(90))  # Budapest 29(7): 60 days at least
     deu.field("body.provider_reference").fill("EMS-LE-2026-55810")
     deu.field("body.note").fill("All three categories preserved.")
     deu.page.click("text=Send the reply")
@@ -216,10 +217,10 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     thread = fra.page.locator("ul.thread")
     expect(thread).to_contain_text("Acknowledgement")
     expect(thread).to_contain_text("Response")
-    expect(fra.page.locator('[data-fact="Preserved until"]')).to_have_text("2027-02-18")
+    expect(fra.page.locator('[data-fact="Preserved until"]')).to_have_text(in_days(90))
     snap(fra.page, "message")
     fra.page.click("#nav >> text=Preservations")
-    expect(fra.page.locator("main table")).to_contain_text("2027-02-18")
+    expect(fra.page.locator("main table")).to_contain_text(in_days(90))
     expect(fra.page.locator("#banner")).to_be_hidden()  # answers to a flash request: no alarm
     fra.check_clean()
     deu.check_clean()

@@ -29,6 +29,7 @@ from network.core.deadlines import (
     next_alert,
     parse_overdue,
     pending,
+    preservation_period_problem,
     preserved_until_ms,
     reschedule,
     review,
@@ -699,3 +700,24 @@ def test_config_refusals_name_file_and_key(
 )
 def test_durations(value: object, ms: int) -> None:
     assert parse_duration(value, "x") == ms
+
+
+@pytest.mark.parametrize(
+    ("request_type", "date", "problem"),
+    [
+        (MessageType.PRESERVATION, "2026-12-02", "not after today"),
+        (MessageType.PRESERVATION, "2026-12-03", "not after today"),
+        (MessageType.PRESERVATION, "2027-01-31", "29(7): on or after 2027-02-01"),
+        (MessageType.PRESERVATION, "2027-02-01", None),
+        (MessageType.MLA_NOTICE, "2026-12-04", None),  # continued until the decision
+        (MessageType.MLA_NOTICE, "2026-12-01", "not after today"),
+    ],
+)  # fmt: skip
+def test_a_preservation_runs_60_days_at_least_and_never_ends_in_the_past(
+    request_type: MessageType, date: str, problem: str | None
+) -> None:
+    now = preserved_until_ms("2026-12-03") + 15 * HOUR  # 15:00 UTC
+
+    found = preservation_period_problem(request_type, date, now)
+
+    assert found == problem if problem is None else problem in str(found)

@@ -32,6 +32,7 @@ from network.core.records import Box, MessageType, Priority
 
 __all__ = [
     "DEFAULT_DEADLINES",
+    "MIN_PRESERVATION_DAYS",
     "Box",
     "Deadlines",
     "Due",
@@ -46,6 +47,7 @@ __all__ = [
     "next_alert",
     "parse_overdue",
     "pending",
+    "preservation_period_problem",
     "preserved_until_ms",
     "reschedule",
     "review",
@@ -183,6 +185,29 @@ def due_times(
         acknowledgement=created + d.ack_ms if reply else None,
         response=created + d.response_ms if reply else None,
     )
+
+
+MIN_PRESERVATION_DAYS: Final = 60  # Budapest 29(7): "a period not less than sixty days"
+
+
+def preservation_period_problem(request: MessageType, date: str, now: int) -> str | None:
+    """Why `date`, given as `preserved_until` in answer to `request` at `now` (ms), is not
+    one a requested Party may give (None: it may): never in the past, and for a first
+    preservation not under the 60 days of Budapest 29(7) (a continuation after an MLA
+    notice runs until the decision, so any later date stands)."""
+    until = preserved_until_ms(date)
+    today = now - now % DAY
+    if until <= today:
+        return f"{date} is not after today: a preservation cannot end in the past"
+    if request is MessageType.PRESERVATION and until < today + MIN_PRESERVATION_DAYS * DAY:
+        earliest = datetime.datetime.fromtimestamp(
+            (today + MIN_PRESERVATION_DAYS * DAY) / SECOND, datetime.UTC
+        ).date()
+        return (
+            f"{date} is under the {MIN_PRESERVATION_DAYS} days of Budapest 29(7): on or"
+            f" after {earliest.isoformat()}"
+        )
+    return None
 
 
 def preserved_until_ms(date: str) -> int:

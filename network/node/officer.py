@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from network.core.bodies import Acknowledgement, Body, Response, check_answer, parse_request
-from network.core.deadlines import Box
+from network.core.deadlines import Box, preservation_period_problem
 from network.core.envelope import seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
 from network.core.lifecycle import PRIORITY_RANK, State
@@ -176,6 +176,12 @@ class Officers:
                 check_answer(original.type, typed.status)
             except BodyError as exc:
                 raise BodyError(f"body.{exc.field}", exc.problem) from None
+            if typed.preserved_until is not None:
+                problem = preservation_period_problem(
+                    original.type, typed.preserved_until, self.context.clock()
+                )
+                if problem is not None:
+                    raise BodyError("body.preserved_until", problem)
         return original
 
     async def acknowledge(
