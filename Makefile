@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS := var/bench/results.jsonl
 BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
-.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors fixtures
+.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors fixtures timezones
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ vectors: $(STAMP)
 # commits named in the script); tests/test_store.py migrates each and verifies it.
 fixtures: $(STAMP)
 	$(BIN)/python tests/fixtures/make_stores.py
+
+# The IANA time zone names bodies are checked against, from this machine's tz database.
+timezones: $(STAMP)
+	$(BIN)/python tests/fixtures/make_timezones.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check network tests bench

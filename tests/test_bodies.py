@@ -283,13 +283,30 @@ def test_bad_email_in_second_contact() -> None:
     assert error.field == "authority.second_contact.email"
 
 
-@pytest.mark.parametrize("time_zone", ["Europe Paris", "+01:00", ""])
-def test_bad_time_zone(time_zone: str) -> None:
+@pytest.mark.parametrize(
+    ("time_zone", "problem"),
+    [
+        ("Europe Paris", "must be an IANA time zone name"),
+        ("+01:00", "must be an IANA time zone name"),
+        ("", "must not be empty"),
+        # Shaped like a zone, and accepted until the tz database was asked (issue 19).
+        ("Mars/Olympus", "Mars/Olympus is not in the IANA time zone database"),
+        ("Europe/Pariss", "not in the IANA time zone database"),
+    ],
+)
+def test_bad_time_zone(time_zone: str, problem: str) -> None:
     authority = sample_body("preservation")["authority"] | {"time_zone": time_zone}
 
     error = refusal("preservation", sample_body("preservation", authority=authority))
 
-    assert error.field == "authority.time_zone"
+    assert error.field == "authority.time_zone" and problem in error.problem
+
+
+@pytest.mark.parametrize("time_zone", ["UTC", "Europe/Paris", "America/Argentina/Buenos_Aires"])
+def test_iana_time_zones_are_taken(time_zone: str) -> None:
+    authority = sample_body("preservation")["authority"] | {"time_zone": time_zone}
+
+    parse_body("preservation", sample_body("preservation", authority=authority))
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,7 @@ from network.core.records import (
     is_node_id,
     message_id_problem,
 )
+from network.core.timezones import IANA_TIME_ZONES
 
 __all__ = [
     "BODY_TYPES",
@@ -224,8 +225,10 @@ def _date_time_problem(value: str) -> str | None:
 
 
 def _time_zone_problem(value: str) -> str | None:
-    if _TIME_ZONE.fullmatch(value):
+    if value in IANA_TIME_ZONES:
         return None
+    if _TIME_ZONE.fullmatch(value):
+        return f"{value} is not in the IANA time zone database (such as Europe/Paris or UTC)"
     return "must be an IANA time zone name, such as Europe/Paris or UTC"
 
 
