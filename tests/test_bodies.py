@@ -19,6 +19,7 @@ from network.core.bodies import (
     Identifier,
     IdentifierKind,
     Preservation,
+    RefusalGround,
     Response,
     ResponseStatus,
     body_to_json,
@@ -566,3 +567,21 @@ def test_each_request_has_its_own_lawful_answers(
         with pytest.raises(BodyError, match=f"status: {status} does not answer") as refused:
             check_answer(request_type, status)
         assert refused.value.field == "status"
+
+
+def test_a_risk_notice_says_what_the_risk_is() -> None:
+    # Budapest 29(6): a bare "risk_notice" left the requester nothing to decide on.
+    bare = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "risk_notice"}
+
+    error = refusal("response", bare)
+    parse_body("response", {**bare, "note": "The provider notifies its users of requests."})
+
+    assert error.field == "note" and "Budapest 29(6)" in error.problem
+
+
+def test_dual_criminality_is_a_ground_of_refusal() -> None:
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "refused"}
+
+    typed = parse_body("response", {**body, "refusal_ground": "dual_criminality"})
+
+    assert typed.refusal_ground is RefusalGround.DUAL_CRIMINALITY  # type: ignore[attr-defined]

@@ -311,9 +311,11 @@ class ResponseStatus(StrEnum):
 
 
 class RefusalGround(StrEnum):
-    """The grounds of Budapest 29(5) on which preservation may be refused (29(4), dual
-    criminality where a Party reserved it, is not yet among them)."""
+    """The grounds on which preservation may be refused: Budapest 29(4), dual criminality,
+    by a Party that reserved it (and only for offences other than those of Arts. 2-11),
+    and the grounds of 29(5)."""
 
+    DUAL_CRIMINALITY = "dual_criminality"  # 29(4)
     POLITICAL_OFFENCE = "political_offence"
     SOVEREIGNTY = "sovereignty"
     SECURITY = "security"
@@ -594,6 +596,16 @@ class Response:
         When("provider_reference", "status", _PRESERVED, required=False),  # optional even then
         When("refusal_ground", "status", (ResponseStatus.REFUSED,)),
         When("missing", "status", (ResponseStatus.NEEDS_INFO,)),
+        # Budapest 29(6): the requested Party says why preservation would not ensure the
+        # data's availability or would prejudice the investigation; the requester decides.
+        When(
+            "note",
+            "status",
+            (ResponseStatus.RISK_NOTICE,),
+            only=False,
+            problem="required when status is risk_notice: the risk, so that the requester"
+            " can decide (Budapest 29(6))",
+        ),
     )
 
     def __post_init__(self) -> None:
