@@ -12,7 +12,8 @@ Rules:
 - A preservation answered `preserved` (or `partially_preserved`) is watched
   from `preserved_until - preservation_warning` until `preserved_until`, so
   that an extension or MLA notice goes out before the data is lost (Budapest
-  Art. 29(7), UN Art. 42). Whoever sends the follow-up clears `preserved_until`.
+  Art. 29(7)). An answered follow-up moves `preserved_until` to the date it gives;
+  nothing clears it.
 - The watcher looks at a message at its `alert_at`: a deadline newly passed is
   flagged, audited and alerted at once; while any stays unmet the alert is
   repeated every `repeat` (the shortest among what is pending).
