@@ -554,12 +554,16 @@ def test_each_request_has_its_own_lawful_answers(
     lawful = {
         MessageType.PRESERVATION: {
             "preserved", "partially_preserved", "not_possible", "refused", "risk_notice",
-            "needs_info",
+            "needs_info", "held_elsewhere", "conditions_not_met",
         },
         MessageType.MLA_NOTICE: {"preserved", "not_possible", "needs_info", "completed"},
         MessageType.ACKNOWLEDGEMENT: set(),
         MessageType.RESPONSE: set(),
-    }.get(request_type, {"completed", "not_possible", "refused", "needs_info"})  # fmt: skip
+    }.get(
+        request_type,
+        {"completed", "not_possible", "refused", "needs_info", "held_elsewhere",
+         "conditions_not_met"},
+    )  # fmt: skip
 
     if status in lawful:
         check_answer(request_type, status)
@@ -585,3 +589,25 @@ def test_dual_criminality_is_a_ground_of_refusal() -> None:
     typed = parse_body("response", {**body, "refusal_ground": "dual_criminality"})
 
     assert typed.refusal_ground is RefusalGround.DUAL_CRIMINALITY  # type: ignore[attr-defined]
+
+
+def test_data_held_in_another_state_names_it() -> None:
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "held_elsewhere"}
+
+    missing = refusal("response", body)
+    bad = refusal("response", {**body, "held_in": "irl"})
+    stray = refusal("response", {**body, "status": "completed", "held_in": "IRL"})
+    typed = parse_body("response", {**body, "held_in": "IRL"})
+
+    assert (missing.field, bad.field, stray.field) == ("held_in",) * 3
+    assert "ISO 3166-1 alpha-3" in bad.problem and "not allowed" in stray.problem
+    assert typed.held_in == "IRL"  # type: ignore[attr-defined]
+
+
+def test_conditions_that_cannot_be_met_say_which() -> None:
+    bare = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "conditions_not_met"}
+
+    error = refusal("response", bare)
+    parse_body("response", {**bare, "note": "We cannot keep the subject from being told."})
+
+    assert error.field == "note" and "28(3)" in error.problem

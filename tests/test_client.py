@@ -342,3 +342,33 @@ def test_tokens_and_unreachable_nodes_get_clear_errors(network: Network) -> None
     )
     assert no_token.returncode == 2 and "no token" in no_token.stderr
     assert unknown.returncode == 1 and "no message 01a1f94a" in unknown.stderr
+
+
+def test_a_reply_says_where_the_data_is_held_or_what_cannot_be_done(network: Network) -> None:
+    # Issue 19: `not_possible` covered everything; the data held in another State, and
+    # conditions the requested Party cannot meet, are answers of their own.
+    elsewhere = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    locate = network.send("FRA", "DEU", "locate", sample_body("locate"))
+    for message_id in (elsewhere, locate):
+        network.wait_state("DEU", message_id, {"received"})
+
+    no_state = cpn(network, "DEU", "reply", elsewhere, "--status", "held_elsewhere")
+    held = ok(
+        cpn(network, "DEU", "reply", elsewhere, "--status", "held_elsewhere", "--held-in", "IRL")
+    )
+    unmet = cpn(network, "DEU", "reply", locate, "--status", "conditions_not_met")
+    said = ok(
+        cpn(network, "DEU", "reply", locate, "--status", "conditions_not_met",
+            "--note", "We cannot keep the subject from being told.")
+    )  # fmt: skip
+
+    assert no_state.returncode == 2 and "held_in: required when status is held_elsewhere" in (
+        no_state.stderr
+    )
+    assert unmet.returncode == 2 and "note: required when status is risk_notice or" in (
+        unmet.stderr
+    )
+    assert held.startswith(f"answered {elsewhere} (held_elsewhere)")
+    assert said.startswith(f"answered {locate} (conditions_not_met)")
+    for message_id in (elsewhere, locate):
+        network.wait_state("FRA", message_id, {"answered"})

@@ -148,6 +148,7 @@ _REPLY_FIELDS: Final = (
     "provider_reference",
     "refusal_ground",
     "missing",
+    "held_in",
 )
 
 
@@ -256,7 +257,8 @@ def add_commands(commands: Subcommands) -> None:
         description="Answer a received request: a response goes to its sender. Its fields"
         " come from flags, --set, or a JSON or TOML --file. preserved and"
         " partially_preserved need --preserved-until; refused needs --refusal-ground;"
-        " needs_info needs --missing. " + exits,
+        " needs_info needs --missing; held_elsewhere needs --held-in; risk_notice and"
+        " conditions_not_met need a --note saying the risk or the condition. " + exits,
     )
     reply.add_argument("id", metavar="ID")
     reply.add_argument("--file", metavar="PATH", help="the fields as JSON or TOML; - for stdin")
@@ -267,5 +269,8 @@ def add_commands(commands: Subcommands) -> None:
     reply.add_argument("--provider-reference", metavar="TEXT")
     reply.add_argument("--refusal-ground", choices=tuple(RefusalGround))
     reply.add_argument("--missing", metavar="TEXT", help="what is missing (needs_info)")
+    reply.add_argument(
+        "--held-in", metavar="ISO3", help="the State where the data is held (held_elsewhere)"
+    )
     reply.add_argument("--set", **assign, help="set any field of the response (repeatable)")
     reply.set_defaults(func=cmd_reply)

@@ -185,6 +185,7 @@ _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATE_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
 )
+_COUNTRY = re.compile(r"[A-Z]{3}")
 _TIME_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 # C0 and C1 controls, DEL, and lone surrogates (which no UTF-8 encoding can carry); in a
@@ -199,6 +200,12 @@ def _email_problem(value: str) -> str | None:
     if at and local and domain and "@" not in domain and " " not in value:
         return None
     return "must be an e-mail address: one @ with text either side, no spaces"
+
+
+def _country_problem(value: str) -> str | None:
+    if is_node_id(value):
+        return None
+    return "must be an ISO 3166-1 alpha-3 country code, such as IRL"
 
 
 def _full_date_problem(value: str) -> str | None:
@@ -245,6 +252,9 @@ def _pattern(regex: re.Pattern[str]) -> tuple[str, str]:
 Text = Annotated[str, _Str(MAX_TEXT, multiline=True)]
 Ref = Annotated[
     MessageId, _Str(check=message_id_problem, format="message-id", schema=(_pattern(_UUID),))
+]
+Country = Annotated[
+    str, _Str(3, check=_country_problem, format="country", schema=(_pattern(_COUNTRY),))
 ]
 Email = Annotated[str, _Str(check=_email_problem, format="email", schema=(("format", "email"),))]
 FullDate = Annotated[
@@ -306,6 +316,8 @@ class ResponseStatus(StrEnum):
     NOT_POSSIBLE = "not_possible"  # data not held, provider unknown
     REFUSED = "refused"  # Budapest 29(5)
     RISK_NOTICE = "risk_notice"  # Budapest 29(6): the sender decides whether to go on
+    HELD_ELSEWHERE = "held_elsewhere"  # the data is in another State (`held_in`; cf. 30(1))
+    CONDITIONS_NOT_MET = "conditions_not_met"  # the request's conditions cannot be met (28(3))
     NEEDS_INFO = "needs_info"
     COMPLETED = "completed"
 
@@ -532,6 +544,8 @@ _DONE = frozenset(
         ResponseStatus.NOT_POSSIBLE,
         ResponseStatus.REFUSED,
         ResponseStatus.NEEDS_INFO,
+        ResponseStatus.HELD_ELSEWHERE,
+        ResponseStatus.CONDITIONS_NOT_MET,
     }
 )
 LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
@@ -543,6 +557,8 @@ LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
             ResponseStatus.REFUSED,
             ResponseStatus.RISK_NOTICE,
             ResponseStatus.NEEDS_INFO,
+            ResponseStatus.HELD_ELSEWHERE,
+            ResponseStatus.CONDITIONS_NOT_MET,
         }
     ),
     MessageType.MLA_NOTICE: frozenset(
@@ -577,8 +593,9 @@ def check_answer(request: MessageType, status: ResponseStatus) -> None:
 class Response:
     """The answer to a request; what it must carry depends on `status`: `preserved_until`
     when preserved or partially_preserved (`provider_reference` then optional),
-    `refusal_ground` when refused, `missing` when needs_info; each is refused with any
-    other status."""
+    `refusal_ground` when refused, `missing` when needs_info, `held_in` when held_elsewhere
+    (each refused with any other status), and a `note` saying the risk for risk_notice
+    or which condition cannot be met for conditions_not_met."""
 
     message_type: ClassVar[MessageType] = MessageType.RESPONSE
 
@@ -590,21 +607,25 @@ class Response:
     provider_reference: str | None = None
     refusal_ground: RefusalGround | None = None
     missing: Text | None = None
+    held_in: Country | None = None  # held_elsewhere: the State where the data is held
 
     rules: ClassVar[tuple[When, ...]] = (
         When("preserved_until", "status", _PRESERVED),
         When("provider_reference", "status", _PRESERVED, required=False),  # optional even then
         When("refusal_ground", "status", (ResponseStatus.REFUSED,)),
         When("missing", "status", (ResponseStatus.NEEDS_INFO,)),
+        When("held_in", "status", (ResponseStatus.HELD_ELSEWHERE,)),
         # Budapest 29(6): the requested Party says why preservation would not ensure the
-        # data's availability or would prejudice the investigation; the requester decides.
+        # data's availability or would prejudice the investigation; 28(3): which condition
+        # it cannot meet. Either way the requester decides on it.
         When(
             "note",
             "status",
-            (ResponseStatus.RISK_NOTICE,),
+            (ResponseStatus.RISK_NOTICE, ResponseStatus.CONDITIONS_NOT_MET),
             only=False,
-            problem="required when status is risk_notice: the risk, so that the requester"
-            " can decide (Budapest 29(6))",
+            problem="required when status is risk_notice or conditions_not_met: the risk"
+            " (Budapest 29(6)) or the condition that cannot be met (28(3)), so that the"
+            " requester can decide",
         ),
     )
 
