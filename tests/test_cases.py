@@ -238,6 +238,9 @@ def test_a_preservation_near_its_end_warns_and_an_answered_extension_moves_the_d
         status, listed = network.api("FRA", "GET", "/api/preservations")
         assert [p["id"] for p in listed["preservations"]] == [request]
         before = listed["preservations"][0]["preserved_until"]
+        # The requested side, which holds the data, keeps the same clock (issue 19).
+        held = network.api("DEU", "GET", "/api/preservations")[1]["preservations"]
+        assert [(p["id"], p["preserved_until"]) for p in held] == [(request, before)]
 
         extension = sample_body("preservation", status="extension", extends=request)
         extension_id = network.send("FRA", "DEU", "preservation", extension)

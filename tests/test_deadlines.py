@@ -241,7 +241,9 @@ def test_preserved_until_refuses_anything_but_a_full_date(text: str) -> None:
         (UNTIL - 10 * DAY - 1, []),
         (UNTIL - 10 * DAY, [PX]),
         (UNTIL - 1, [PX]),
-        (UNTIL, []),  # the window closes when the preservation does
+        # The window closes when the preservation does, and the lapse is raised (issue 19:
+        # the warning stopped silently).
+        (UNTIL, [Overdue.PRESERVATION_LAPSED]),
     ],
 )
 def test_preservation_warning_window(now: int, expected: list[Overdue]) -> None:
@@ -261,14 +263,17 @@ def test_preservation_is_looked_at_when_its_warning_starts() -> None:
 
 def test_preservation_repeats_daily_and_stops_when_it_lapses() -> None:
     now = UNTIL - 10 * DAY
+    lapsed = preserved(overdue=frozenset({Overdue.PRESERVATION_LAPSED}))
 
     assert next_alert(preserved(), D, now, alerted=True) == now + DAY
     assert next_alert(preserved(), D, UNTIL - HOUR, alerted=True) == UNTIL  # to lift the flag
-    assert next_alert(preserved(), D, UNTIL, alerted=False) is None
+    assert next_alert(preserved(), D, UNTIL, alerted=False) == UNTIL  # to raise the lapse
+    assert next_alert(preserved(), D, UNTIL, alerted=True) is None  # raised: no repeat
+    assert next_alert(lapsed, D, UNTIL + DAY, alerted=False) is None
 
 
 def test_a_follow_up_ends_the_warnings() -> None:
-    # Whoever sends the extension or MLA notice clears `preserved_until`.
+    # With no date held (no preservation answered), nothing is watched.
     now = UNTIL - 5 * DAY
     followed = preserved(overdue=frozenset({PX}), alert_at=now, preserved_until=None)
 
@@ -489,7 +494,8 @@ def test_next_alert_is_never_in_the_past(
     at = next_alert(t, deadlines, now, alerted)
 
     assert at is None or at >= now
-    if alerted and pending(t, deadlines, now):
+    repeating = [i for i in pending(t, deadlines, now) if i is not Overdue.PRESERVATION_LAPSED]
+    if alerted and repeating:  # a lapse is raised once, never repeated
         assert at is not None
         assert now < at <= now + deadlines.per_priority[t.priority].repeat_ms or (
             PX in pending(t, deadlines, now) and at <= now + deadlines.preservation_repeat_ms
@@ -522,7 +528,7 @@ def test_acting_never_makes_more_overdue(case: tuple[Tracked, Deadlines], offset
     sets = [set(pending(dataclasses.replace(t, state=s), deadlines, now)) for s in path]
 
     assert all(later <= earlier for earlier, later in itertools.pairwise(sets))
-    assert sets[-1] <= {PX}
+    assert sets[-1] <= {PX, Overdue.PRESERVATION_LAPSED}
 
 
 @settings(max_examples=60)
@@ -721,3 +727,16 @@ def test_a_preservation_runs_60_days_at_least_and_never_ends_in_the_past(
     found = preservation_period_problem(request_type, date, now)
 
     assert found == problem if problem is None else problem in str(found)
+
+
+def test_a_lapsed_preservation_is_alerted_once_on_either_side() -> None:
+    for box in ("out", "in"):
+        at_end = review(preserved(box=box), D, UNTIL)
+        flagged = preserved(box=box, overdue=at_end.overdue, alert_at=at_end.alert_at)
+        later = review(flagged, D, UNTIL + 3 * DAY)
+
+        assert at_end.newly == at_end.alert == (Overdue.PRESERVATION_LAPSED,)
+        assert later.alert == () and later.alert_at is None
+        assert later.overdue == {Overdue.PRESERVATION_LAPSED}  # still shown as lapsed
+        said = describe(Overdue.PRESERVATION_LAPSED, flagged, UNTIL + 3 * DAY)
+        assert ("granted ended" in said) == (box == "in")

@@ -12,8 +12,9 @@ Rules:
 - A preservation answered `preserved` (or `partially_preserved`) is watched
   from `preserved_until - preservation_warning` until `preserved_until`, so
   that an extension or MLA notice goes out before the data is lost (Budapest
-  Art. 29(7)). An answered follow-up moves `preserved_until` to the date it gives;
-  nothing clears it.
+  Art. 29(7)), on both sides: the requester's, and the requested Party's, which
+  holds the data. When the date passes, `preservation_lapsed` is raised once. An
+  answered follow-up moves `preserved_until` to the date it gives; nothing clears it.
 - The watcher looks at a message at its `alert_at`: a deadline newly passed is
   flagged, audited and alerted at once; while any stays unmet the alert is
   repeated every `repeat` (the shortest among what is pending).
@@ -67,6 +68,7 @@ class Overdue(StrEnum):
     ACKNOWLEDGEMENT = "acknowledgement"
     RESPONSE = "response"
     PRESERVATION_EXPIRING = "preservation_expiring"
+    PRESERVATION_LAPSED = "preservation_lapsed"  # raised once, when the date has passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,8 @@ def _watched(tracked: Tracked, deadlines: Deadlines, now: int) -> dict[Overdue, 
     until = tracked.preserved_until
     if until is not None and now < until:
         watched[Overdue.PRESERVATION_EXPIRING] = until - deadlines.preservation_warning_ms
+    elif until is not None:
+        watched[Overdue.PRESERVATION_LAPSED] = until
     return watched
 
 
@@ -265,13 +269,20 @@ def next_alert(tracked: Tracked, deadlines: Deadlines, now: int, alerted: bool) 
       flagged yet or no repeat is scheduled, else the repeat already scheduled.
     """
     watched = _watched(tracked, deadlines, now)
-    passed = [item for item, due in watched.items() if due <= now]
+    # A lapse is alerted once: flagged, it asks for no further look.
+    passed = [
+        item
+        for item, due in watched.items()
+        if due <= now and not (item is Overdue.PRESERVATION_LAPSED and item in tracked.overdue)
+    ]
     times = [due for due in watched.values() if due > now]
     if Overdue.PRESERVATION_EXPIRING in passed and tracked.preserved_until is not None:
         times.append(tracked.preserved_until)  # to lift the flag when the window closes
+    repeating = [item for item in passed if item is not Overdue.PRESERVATION_LAPSED]
     if passed:
         if alerted:
-            times.append(now + _repeat(tracked, deadlines, passed))
+            if repeating:
+                times.append(now + _repeat(tracked, deadlines, repeating))
         elif not set(passed) <= tracked.overdue or tracked.alert_at is None:
             times.append(now)
         else:
@@ -288,7 +299,8 @@ def review(tracked: Tracked, deadlines: Deadlines, now: int) -> Review:
     passed = pending(tracked, deadlines, now)
     newly = tuple(item for item in passed if item not in tracked.overdue)
     repeat_due = tracked.alert_at is None or tracked.alert_at <= now
-    alert = tuple(passed) if passed and (newly or repeat_due) else ()
+    alerting = [i for i in passed if i is not Overdue.PRESERVATION_LAPSED or i in newly]
+    alert = tuple(alerting) if alerting and (newly or repeat_due) else ()
     return Review(
         overdue=frozenset(passed),
         newly=newly,
@@ -350,9 +362,22 @@ def describe(item: Overdue, tracked: Tracked, now: int) -> str:
     """One line for officers saying what is overdue, since when or until when."""
     if item is Overdue.PRESERVATION_EXPIRING:
         until = tracked.preserved_until or now
+        if tracked.box == Box.IN:
+            return (
+                f"the preservation we granted ends {_clock(until)} ({_span(until - now)}"
+                " left): the data may be released then unless the requester extends it"
+            )
         return (
             f"data preserved until {_clock(until)} ({_span(until - now)} left):"
             " send an extension or the MLA notice before then"
+        )
+    if item is Overdue.PRESERVATION_LAPSED:
+        until = tracked.preserved_until or now
+        if tracked.box == Box.IN:
+            return f"the preservation we granted ended {_clock(until)}: the data may be released"
+        return (
+            f"the preservation ended {_clock(until)}, {_span(now - until)} ago: the data may"
+            " be gone; send a new preservation request if it is still needed"
         )
     due = {
         Overdue.RECEIPT: tracked.receipt_due,

@@ -54,6 +54,7 @@ class AlertKind(StrEnum):
     OVERDUE_ACKNOWLEDGEMENT = "overdue_acknowledgement"
     OVERDUE_RESPONSE = "overdue_response"
     PRESERVATION_EXPIRING = "preservation_expiring"
+    PRESERVATION_LAPSED = "preservation_lapsed"
     # Two envelopes under one message id: the second refused, never delivered (a relay
     # that forged its own envelope under a real message's id is named by its signature).
     ID_CONFLICT = "id_conflict"
@@ -69,6 +70,7 @@ _KINDS: Final = {
     Overdue.ACKNOWLEDGEMENT: AlertKind.OVERDUE_ACKNOWLEDGEMENT,
     Overdue.RESPONSE: AlertKind.OVERDUE_RESPONSE,
     Overdue.PRESERVATION_EXPIRING: AlertKind.PRESERVATION_EXPIRING,
+    Overdue.PRESERVATION_LAPSED: AlertKind.PRESERVATION_LAPSED,
 }
 
 

@@ -25,7 +25,8 @@ class Reading:
         self.delivery = delivery
 
     async def open_preservations(self) -> list[dict[str, Any]]:
-        """Our preservation requests the other side preserved, soonest to lapse first."""
+        """Preservations with a date, asked for (`box` out) or granted (`box` in), soonest
+        to lapse first."""
         return [summary(row) for row in await self.context.store.preserved_requests()]
 
     async def overdue(self) -> list[dict[str, Any]]:

@@ -1266,9 +1266,10 @@ class Store:
         return [_waiting(r) for r in rows]
 
     async def preserved_requests(self) -> list[MessageRow]:
-        """Our preservation requests the other side preserved, soonest to lapse first."""
+        """Preservations with a date: those we asked for (box out) and those we granted
+        (box in, the data held here), soonest to lapse first."""
         return await self._select(
-            "WHERE box = 'out' AND type = 'preservation' AND preserved_until IS NOT NULL"
+            "WHERE box IN ('out', 'in') AND type = 'preservation' AND preserved_until IS NOT NULL"
             " AND in_reply_to IS NULL ORDER BY preserved_until"
         )
 

@@ -105,12 +105,13 @@ async def act_on(
         tx.acted(current, Event.ANSWER)
         detail["status"] = str(typed.status)
         action = "replied" if current.box == "in" else "answered"
-        if typed.preserved_until is not None and current.box == "out":
+        if typed.preserved_until is not None:
             detail["preserved_until"] = typed.preserved_until
             # The date belongs to the first request: an extension or an MLA notice
             # answered moves it there (and only there, so that one warning goes out).
+            # Both sides keep it: the requester's clock, and ours when we hold the data.
             first = await tx.message(current.in_reply_to or current.id)
-            if first is not None and first.box == "out":
+            if first is not None and first.box == current.box:
                 until = preserved_until_ms(typed.preserved_until)
                 tx.preserved(first.id, until)
                 if first.id != current.id:
