@@ -261,6 +261,8 @@ def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
     """(node, method, path, body (bytes as is, else JSON), status, field)."""
     send = {"to": "DEU", "type": "preservation", "priority": "urgent"}
     send["body"] = sample_body("preservation")
+    notice = {"to": "DEU", "type": "mla_notice", "priority": "urgent"}
+    notice["body"] = sample_body("mla_notice", follows=received)
     ack, reply = f"/api/messages/{received}/ack", f"/api/messages/{received}/reply"
     oversize = b'{"note": "' + b"x" * MAX_REQUEST_BYTES + b'"}'
     return [
@@ -275,6 +277,14 @@ def _bad_inputs(received: str) -> list[tuple[str, str, str, Any, int, str]]:
         ("FRA", "POST", "/api/messages", {**send, "ttl_seconds": "3600"}, 400, "ttl_seconds"),
         ("FRA", "POST", "/api/messages", {**send, "colour": "blue"}, 400, "colour"),
         ("FRA", "POST", "/api/messages", oversize, 413, "body"),
+        # What a request names must exist here, of the right kind, with the same Party
+        # (issue 19: `follows` was never checked).
+        ("FRA", "POST", "/api/messages", {**notice, "body": sample_body("mla_notice")}, 400,
+         "body.follows"),  # a message nobody holds
+        ("DEU", "POST", "/api/messages", {**notice, "to": "FRA"}, 400, "body.follows"),  # received
+        ("FRA", "POST", "/api/messages", {**send, "body": sample_body(
+            "preservation", status="extension", extends=received, follows=received)}, 400,
+         "body.follows"),  # a preservation, not a disclosure received
         ("DEU", "POST", ack, b"{note", 400, "body"),
         ("DEU", "POST", ack, {"note": 5}, 400, "note"),
         ("DEU", "POST", ack, {"note": "ok", "officer": "mallory"}, 400, "officer"),
@@ -475,3 +485,11 @@ def test_refused_tokens_from_rotating_addresses_do_not_grow_the_log_without_boun
     from_these = [e for e in found["entries"] if e["detail"]["remote"] in sources]
     assert 0 < len(from_these) <= LOGIN_AUDIT_LIMIT < len(sources)
     assert _metrics(api, "FRA")[("cpn_login_failures_total", ())] >= len(sources)
+
+
+def test_an_mla_notice_and_an_extension_name_the_preservation_they_continue(api: Api) -> None:
+    notice = sample_body("mla_notice", follows=api.received)
+    extension = sample_body("preservation", status="extension", extends=api.received)
+
+    for message_type, body in (("mla_notice", notice), ("preservation", extension)):
+        api.net.send("FRA", "DEU", message_type, body)  # 202: a preservation sent to DEU

@@ -16,6 +16,7 @@ from network.core.bodies import (
     MAX_ITEMS,
     MAX_LINE,
     MAX_TEXT,
+    REFERENCES,
     Identifier,
     IdentifierKind,
     Preservation,
@@ -26,6 +27,7 @@ from network.core.bodies import (
     body_type,
     check_answer,
     parse_body,
+    reference_problem,
 )
 from network.core.errors import BodyError
 from network.core.records import MessageId, MessageType, canonical
@@ -611,3 +613,18 @@ def test_conditions_that_cannot_be_met_say_which() -> None:
     parse_body("response", {**bare, "note": "We cannot keep the subject from being told."})
 
     assert error.field == "note" and "28(3)" in error.problem
+
+
+def test_what_a_reference_may_name() -> None:
+    extends, follows = REFERENCES[MessageType.PRESERVATION]
+    [notice] = REFERENCES[MessageType.MLA_NOTICE]
+    asked = (MessageType.PRESERVATION, "out", "DEU")
+
+    assert reference_problem(extends, asked, "DEU") is None
+    assert reference_problem(notice, asked, "DEU") is None
+    assert "not a message this node holds" in str(reference_problem(notice, None, "DEU"))
+    assert "sent to IRL; it was sent to DEU" in str(reference_problem(notice, asked, "IRL"))
+    assert "received here" in str(reference_problem(follows, asked, "IRL"))
+    # A disclosure received from DEU may be followed by a preservation sent to another State.
+    disclosed = (MessageType.TRAFFIC_DISCLOSURE, "in", "DEU")
+    assert reference_problem(follows, disclosed, "IRL") is None

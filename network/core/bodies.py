@@ -83,6 +83,7 @@ __all__ = [
     "MAX_ITEMS",
     "MAX_LINE",
     "MAX_TEXT",
+    "REFERENCES",
     "Acknowledgement",
     "Authority",
     "Body",
@@ -98,6 +99,7 @@ __all__ = [
     "MlaNotice",
     "Preservation",
     "PreservationStatus",
+    "Reference",
     "RefusalGround",
     "ReplyChannel",
     "Request",
@@ -114,6 +116,7 @@ __all__ = [
     "json_schemas",
     "parse_body",
     "parse_request",
+    "reference_problem",
 ]
 
 MAX_LINE = 200
@@ -434,6 +437,9 @@ class Preservation(Request):
 
     status: PreservationStatus
     extends: Ref | None = None
+    # Budapest 30: a preservation sent to the State a traffic disclosure pointed to names
+    # that disclosure (received from the State that found the path).
+    follows: Ref | None = None
     offence: Text
     facts: Text
     data: DataToPreserve
@@ -575,6 +581,52 @@ LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
     MessageType.LOCATE: _DONE,
     MessageType.EMERGENCY: _DONE,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a request's reference field may name: a message of one of `types`, held in
+    `box` (out: one we sent, in: one we received), exchanged with the same peer or not."""
+
+    field: str
+    types: frozenset[MessageType]
+    box: str
+    same_peer: bool
+
+
+# An extension and an MLA notice continue a preservation we asked of that same Party
+# (Budapest 29(7)); a disclosure follows a preservation asked of the Party disclosing (30);
+# a preservation may follow a disclosure received, sent on to the State it pointed to.
+REFERENCES: Final[Mapping[MessageType, tuple[Reference, ...]]] = {
+    MessageType.PRESERVATION: (
+        Reference("extends", frozenset({MessageType.PRESERVATION}), "out", True),
+        Reference("follows", frozenset({MessageType.TRAFFIC_DISCLOSURE}), "in", False),
+    ),
+    MessageType.MLA_NOTICE: (
+        Reference("follows", frozenset({MessageType.PRESERVATION}), "out", True),
+    ),
+    MessageType.TRAFFIC_DISCLOSURE: (
+        Reference("follows", frozenset({MessageType.PRESERVATION}), "in", True),
+    ),
+}
+
+
+def reference_problem(
+    reference: Reference, found: tuple[MessageType | None, str, str] | None, to: str
+) -> str | None:
+    """Why the message a reference names (`found`: its type, box and peer, None when not
+    held) cannot be named there, sending to `to`; None when it can."""
+    if found is None:
+        return "is not a message this node holds"
+    kind, box, peer = found
+    wanted = " or ".join(sorted(reference.types))
+    sent = "sent" if reference.box == "out" else "received"
+    if kind not in reference.types or box != reference.box:
+        return f"must name a {wanted} {sent} here; it names a {kind or 'relayed message'} ({box})"
+    if reference.same_peer and peer != to:
+        with_whom = "to" if reference.box == "out" else "from"
+        return f"must name a {wanted} {sent} {with_whom} {to}; it was {sent} {with_whom} {peer}"
+    return None
 
 
 def check_answer(request: MessageType, status: ResponseStatus) -> None:

@@ -12,12 +12,20 @@ import hashlib
 import secrets
 from typing import Any
 
-from network.core.bodies import Acknowledgement, Body, Response, check_answer, parse_request
+from network.core.bodies import (
+    REFERENCES,
+    Acknowledgement,
+    Body,
+    Response,
+    check_answer,
+    parse_request,
+    reference_problem,
+)
 from network.core.deadlines import Box, preservation_period_problem
 from network.core.envelope import seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
 from network.core.lifecycle import PRIORITY_RANK, State
-from network.core.records import ROLES, NodeId, Priority, b64encode
+from network.core.records import ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.scheduler import Candidate
@@ -100,6 +108,7 @@ class Officers:
         except UnknownNodeError as exc:
             raise BodyError("to", str(exc)) from None
         answered = await self._answered(typed, node)
+        await self._check_references(kind, typed, node)
         now = self.context.clock()
         try:
             envelope = seal(
@@ -161,6 +170,19 @@ class Officers:
         if header.priority is not Priority.ROUTINE:
             self.context.checkpoints.urgent_message()
         return row
+
+    async def _check_references(self, kind: MessageType, typed: Body, to: NodeId) -> None:
+        """The messages a request names (`extends`, `follows`) exist here and are of the
+        kind, box and peer its type allows (`bodies.REFERENCES`); BodyError naming it."""
+        for reference in REFERENCES.get(kind, ()):
+            target = getattr(typed, reference.field, None)
+            if target is None:
+                continue
+            row = await self.context.store.message(target)
+            found = None if row is None else (row.type, str(row.box), str(row.peer))
+            problem = reference_problem(reference, found, to)
+            if problem is not None:
+                raise BodyError(f"body.{reference.field}", problem)
 
     async def _answered(self, typed: Body, to: NodeId) -> MessageRow | None:
         """The received request an acknowledgement or response answers; BodyError if none."""
