@@ -35,6 +35,7 @@ from network.core.protocol import (
     checkpoint_frame,
     envelope_frame,
     frame,
+    give_back_frame,
     parse_checkpoint_offer,
     returned_frame,
 )
@@ -577,7 +578,13 @@ def test_a_restored_node_asks_back_page_by_page_and_takes_each_page_as_one_event
         restored.receive_frame(data)
 
     assert restored.events_received() == [PageReturned(tuple(items), PageEnd("m2"))]
-    assert restored.queued_bytes == 0 and not restored.asking_back
+    assert restored.queued_bytes == 0
+    # Until the node has kept the page, no other ask goes (the next comes from its cursor).
+    assert restored.asking_back
+    restored.ask_back(GiveBack(since=1_000, after="m2"))
+    assert restored.asking_back and restored.data_to_send() == [
+        give_back_frame(GiveBack(1_000, "m2"))
+    ]
 
 
 @pytest.mark.parametrize(

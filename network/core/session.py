@@ -285,6 +285,7 @@ class LinkSession:
         self.settings = settings
         self.version = version  # the link version agreed in the handshake
         self._asking_back = False  # a G frame sent, its page not yet ended
+        self._page_in_hand = False  # a page ended, not yet taken by the node (`page_taken`)
         self._returned: list[Returned] = []  # the page coming back
         self.unanswered = 0  # envelopes received and not yet answered with a receipt
         self._queued: deque[_Queued] = deque()  # frames received, not yet taken as events
@@ -343,6 +344,7 @@ class LinkSession:
         if kind == FRAME_PAGE_END:
             page, self._returned = tuple(self._returned), []
             self._asking_back = False
+            self._page_in_hand = True
             item = PageReturned(page, parse_page_end(payload))
             size = len(payload) + sum(len(r.receipt) + len(r.envelope) + 2 for r in page)
             self._queued.append((kind, item, size))
@@ -476,15 +478,22 @@ class LinkSession:
         self._outgoing.append(held_frame(answer))
 
     def ask_back(self, ask: GiveBack) -> None:
-        """Ask a page of what the peer holds our receipts for (version 2 links only)."""
+        """Ask a page of what the peer holds our receipts for (version 2 links only); the
+        next page is asked once the one in hand is taken."""
         assert self.version >= 2
         assert not self._asking_back
         self._asking_back = True
+        self._page_in_hand = False
         self._outgoing.append(give_back_frame(ask))
+
+    def page_taken(self) -> None:
+        """The page in hand is kept, and no next page is to be asked."""
+        self._page_in_hand = False
 
     @property
     def asking_back(self) -> bool:
-        return self._asking_back
+        """A page asked and not yet in, or in and not yet taken: no other ask now."""
+        return self._asking_back or self._page_in_hand
 
     def give_back(self, items: Sequence[Returned], end: PageEnd) -> None:
         """One page of what the peer asked back, then its end."""

@@ -634,9 +634,14 @@ class Links:
             case GiveBackAsked(ask):
                 session.give_back(*await give_back(self.node.context, peer, ask))
             case PageReturned(items, end) if self.restoring is not None:
-                following = await self.restoring.take_page(peer, items, end)
-                if following is not None:
-                    session.ask_back(following)
+                following = None
+                try:
+                    following = await self.restoring.take_page(peer, items, end)
+                finally:
+                    if following is not None:
+                        session.ask_back(following)
+                    else:
+                        session.page_taken()
             case _:  # witnessing frames to a node that does not witness
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
 
