@@ -628,3 +628,24 @@ def test_what_a_reference_may_name() -> None:
     # A disclosure received from DEU may be followed by a preservation sent to another State.
     disclosed = (MessageType.TRAFFIC_DISCLOSURE, "in", "DEU")
     assert reference_problem(follows, disclosed, "IRL") is None
+
+
+def test_a_preserved_answer_may_say_what_the_provider_did() -> None:
+    # Issue 19: when the provider was served and until when it keeps the data.
+    body = {
+        "in_reply_to": SAMPLE_REQUEST_ID,
+        "status": "preserved",
+        "preserved_until": "2027-03-01",
+        "provider_reference": "EMS-LE-2026-55810",
+        "provider_served_at": "2026-12-03T04:10:00Z",
+        "provider_keeps_until": "2027-03-15",
+    }
+
+    typed = parse_body("response", body)
+    stray = refusal("response", {**body, "status": "not_possible", "preserved_until": None})
+    bad = refusal("response", {**body, "provider_served_at": "this morning"})
+
+    assert typed.provider_keeps_until == "2027-03-15"  # type: ignore[attr-defined]
+    assert stray.field in ("provider_reference", "provider_served_at", "provider_keeps_until")
+    assert "not allowed" in stray.problem
+    assert bad.field == "provider_served_at"

@@ -657,6 +657,10 @@ class Response:
     note: Text | None = None
     preserved_until: FullDate | None = None
     provider_reference: str | None = None
+    # What the provider did, as the requested Party knows it: when the order reached it,
+    # and until when it keeps the data (its own date may differ from preserved_until).
+    provider_served_at: DateTime | None = None
+    provider_keeps_until: FullDate | None = None
     refusal_ground: RefusalGround | None = None
     missing: Text | None = None
     held_in: Country | None = None  # held_elsewhere: the State where the data is held
@@ -664,6 +668,8 @@ class Response:
     rules: ClassVar[tuple[When, ...]] = (
         When("preserved_until", "status", _PRESERVED),
         When("provider_reference", "status", _PRESERVED, required=False),  # optional even then
+        When("provider_served_at", "status", _PRESERVED, required=False),
+        When("provider_keeps_until", "status", _PRESERVED, required=False),
         When("refusal_ground", "status", (ResponseStatus.REFUSED,)),
         When("missing", "status", (ResponseStatus.NEEDS_INFO,)),
         When("held_in", "status", (ResponseStatus.HELD_ELSEWHERE,)),
