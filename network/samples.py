@@ -126,7 +126,14 @@ _BODIES: dict[MessageType, dict[str, Any]] = {
         "mla_reference": "DACG/BEPI 2026-1187",
         "mla_date": "2027-01-12",
     },
-    MessageType.TECHNICAL_ADVICE: dict(_ASSISTANCE),
+    MessageType.TECHNICAL_ADVICE: {
+        **_ASSISTANCE,
+        "request": (
+            "Advice on reading the provider's login-record export: which time zone its "
+            "timestamps are in, and whether its IPv6 addresses are shortened."
+        ),
+    },
+    MessageType.LEGAL_INFORMATION: dict(_ASSISTANCE),  # what Irish law allows, and how long
     MessageType.EVIDENCE: {
         **_ASSISTANCE,
         "request": "Copies of the account's stored messages exchanged with victims in France.",

@@ -95,6 +95,7 @@ __all__ = [
     "Handling",
     "Identifier",
     "IdentifierKind",
+    "LegalInformation",
     "Locate",
     "MlaNotice",
     "Preservation",
@@ -500,8 +501,17 @@ class TechnicalAdvice(_Assistance):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LegalInformation(_Assistance):
+    """Provision of legal information (what the law of the requested Party allows, how and
+    how long it takes): Budapest 35(1)(c)."""
+
+    message_type: ClassVar[MessageType] = MessageType.LEGAL_INFORMATION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Evidence(_Assistance):
-    """Collection of evidence, provision of legal information: Budapest 35(1)(c), UN 41."""
+    """Collection of evidence: Budapest 35(1)(c). Stored data, real-time traffic data and
+    interception (Arts. 31-34) go through mutual assistance, not this network."""
 
     message_type: ClassVar[MessageType] = MessageType.EVIDENCE
 
@@ -515,7 +525,8 @@ class Locate(_Assistance):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Emergency(Request):
-    """A significant and imminent risk to life or safety: UN 41."""
+    """A significant and imminent risk to the life or safety of a person: the definition of
+    the Budapest Convention's Second Additional Protocol (Art. 3(2)(c))."""
 
     message_type: ClassVar[MessageType] = MessageType.EMERGENCY
 
@@ -577,6 +588,7 @@ LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
     ),
     MessageType.TRAFFIC_DISCLOSURE: _DONE,
     MessageType.TECHNICAL_ADVICE: _DONE,
+    MessageType.LEGAL_INFORMATION: _DONE,
     MessageType.EVIDENCE: _DONE,
     MessageType.LOCATE: _DONE,
     MessageType.EMERGENCY: _DONE,
@@ -696,6 +708,7 @@ Body: TypeAlias = (
     | TrafficDisclosure
     | MlaNotice
     | TechnicalAdvice
+    | LegalInformation
     | Evidence
     | Locate
     | Emergency
@@ -711,6 +724,7 @@ BODY_TYPES: Mapping[MessageType, type[Body]] = MappingProxyType(
             TrafficDisclosure,
             MlaNotice,
             TechnicalAdvice,
+            LegalInformation,
             Evidence,
             Locate,
             Emergency,

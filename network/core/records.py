@@ -103,6 +103,7 @@ class MessageType(StrEnum):
     TRAFFIC_DISCLOSURE = "traffic_disclosure"
     MLA_NOTICE = "mla_notice"
     TECHNICAL_ADVICE = "technical_advice"
+    LEGAL_INFORMATION = "legal_information"
     EVIDENCE = "evidence"
     LOCATE = "locate"
     EMERGENCY = "emergency"

@@ -215,7 +215,7 @@ async function describedTypes() {
   return types;
 }
 
-const REQUESTS = ['preservation', 'traffic_disclosure', 'mla_notice', 'emergency', 'technical_advice', 'evidence', 'locate'];
+const REQUESTS = ['preservation', 'traffic_disclosure', 'mla_notice', 'emergency', 'technical_advice', 'legal_information', 'evidence', 'locate'];
 
 async function composePage() {
   const [described, { peers }] = await Promise.all([describedTypes(), api('/api/peers')]);
