@@ -269,17 +269,7 @@ class Inbound:
         known.add(header.id)
         held[header.id] = (header.sender, envelope.digest)
         detail.update(priority=str(header.priority), digest=b64encode(envelope.digest))
-        common: dict[str, Any] = {
-            "id": header.id,
-            "origin": header.sender,
-            "priority": str(header.priority),
-            "priority_rank": PRIORITY_RANK[header.priority],
-            "created": header.created,
-            "expires": header.expires,
-            "received": now,
-            "envelope": item.raw,
-            "digest": envelope.digest,
-        }
+        common = _columns(item, received=now)
         if item.relay:
             tx.insert_message(
                 **common,
@@ -426,17 +416,7 @@ class Inbound:
                     continue  # the backup held it, or another peer gave it back first
                 known.add(header.id)
                 fresh += 1
-                common: dict[str, Any] = {
-                    "id": header.id,
-                    "origin": header.sender,
-                    "priority": str(header.priority),
-                    "priority_rank": PRIORITY_RANK[header.priority],
-                    "created": header.created,
-                    "expires": header.expires,
-                    "received": receipt.received,
-                    "envelope": item.raw,
-                    "digest": item.envelope.digest,
-                }
+                common = _columns(item, received=receipt.received)
                 detail: dict[str, Any] = {
                     "from": header.sender,
                     "given_back_by": peer,
@@ -734,6 +714,24 @@ class Inbound:
         if now - self._last_contact.get(peer, 0) >= 5_000:
             self._last_contact[peer] = now
             tx.peer_contact(peer)
+
+
+def _columns(item: _Inbound, *, received: int) -> dict[str, Any]:
+    """The columns of a stored message that come from its envelope, received at `received`
+    (now, or the time of the receipt we had signed for one given back after a restore)."""
+    assert item.envelope is not None
+    header = item.envelope.header
+    return {
+        "id": header.id,
+        "origin": header.sender,
+        "priority": str(header.priority),
+        "priority_rank": PRIORITY_RANK[header.priority],
+        "created": header.created,
+        "expires": header.expires,
+        "received": received,
+        "envelope": item.raw,
+        "digest": item.envelope.digest,
+    }
 
 
 def _receipt_row(receipt: Receipt, direction: str) -> ReceiptRow:

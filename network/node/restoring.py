@@ -90,10 +90,6 @@ class Restoring:
                 self.open.backup_size,
             )
 
-    @property
-    def explained(self) -> bool:
-        return self.open is not None and self.open.explained is not None
-
     # -- explaining the rollback --------------------------------------------------------
 
     async def explain(self, linked: Callable[[], Iterable[str]], dialled: Iterable[str]) -> None:

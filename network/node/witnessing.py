@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from network.core.auditlog import (
+    RestoredEntry,
     checkpoint_origin,
     checkpoint_time,
     dated_checkpoint,
@@ -143,8 +144,9 @@ class Witnessing:
         self._signed_at = 0
         self._ask: AskPeers | None = None
         self._asked: dict[bytes, dict[str, asyncio.Future[WitnessReply]]] = {}  # nonce -> peer
-        # After a restore: (the backup's tree size, the index of our `restored` entry), and
-        # whether a restore waits to be explained (no checkpoint is offered until it is).
+        # After a restore: the backup's tree size with our `restored` entry (its index and
+        # bytes), and whether a restore waits to be explained (no checkpoint is offered
+        # until it is).
         self.explained: _Explained | None = None
         self.unexplained_restore = False
         context.checkpoints.asked_by(self.ask_witnesses)  # what `GET /api/audit/verify` calls
@@ -162,9 +164,7 @@ class Witnessing:
         self._cosigned.update(await self.store.cosigned_sizes())
         explained = await self.store.restore_explained()
         if explained is not None:
-            entry = await self.store.entry_bytes_at(explained[1])
-            if entry is not None:
-                self.explained = _Explained(*explained, entry)
+            self.explained = await self._explained(*explained)
 
     def _open_own(self, note: str) -> Checkpoint:
         # After a key rotation our newest checkpoint is signed by a key we retired.
@@ -272,11 +272,14 @@ class Witnessing:
     async def explain_restore(self, backup_size: int, index: int, now: int) -> None:
         """Our `restored` entry is committed: sign a checkpoint that covers it, and offer
         again, with the explanation to whoever may hold what the restore undid."""
-        entry = await self.store.entry_bytes_at(index)
-        assert entry is not None
-        self.explained = _Explained(backup_size, index, entry)
+        self.explained = await self._explained(backup_size, index)
         self.unexplained_restore = False
         await self.sign(now)
+
+    async def _explained(self, backup_size: int, index: int) -> _Explained | None:
+        """Our restore as explained by entry `index` (None: the store lacks that entry)."""
+        entry = await self.store.entry_bytes_at(index)
+        return None if entry is None else _Explained(backup_size, index, entry)
 
     # -- asking our witnesses what they hold ---------------------------------------------
 
@@ -361,8 +364,8 @@ class Witnessing:
             if isinstance(rollback, str):
                 await self._inconsistent(peer, held[2], offer.note, rollback, now)
                 return None
-            if rollback:
-                await self._rolled_back(peer, held[2], offer, held[0], now)
+            if rollback is not None:
+                await self._rolled_back(peer, held[2], offer, held[0], rollback, now)
                 held = None  # what it held is superseded, with the explanation kept
         if held is not None:
             held_size, held_root, held_note = held
@@ -395,16 +398,16 @@ class Witnessing:
 
     def _explained_rollback(
         self, peer: str, checkpoint: Checkpoint, restored: RestoreNote, held_size: int
-    ) -> bool | str:
+    ) -> RestoredEntry | str | None:
         """Whether `restored` explains why `checkpoint` does not extend the size we hold:
-        True when it does; False when it need not (we hold no more than the backup: the
-        usual proof applies); the problem when the explanation does not hold."""
+        the entry when it does; None when it need not (we hold no more than the backup:
+        the usual proof applies); the problem when the explanation does not hold."""
         try:
             entry = parse_restored_entry(restored.entry, peer)
         except CpnError as exc:
             return f"restored: {exc}"
         if held_size <= entry.backup_size:
-            return False
+            return None
         if not entry.backup_size <= restored.index < checkpoint.size:
             return (
                 f"restored: entry {restored.index} is not after the backup"
@@ -420,13 +423,18 @@ class Witnessing:
             )
         except CpnError as exc:
             return f"restored: the entry is not in the checkpoint ({exc})"
-        return True
+        return entry
 
     async def _rolled_back(
-        self, peer: str, held: str, offer: CheckpointOffer, held_size: int, now: int
+        self,
+        peer: str,
+        held: str,
+        offer: CheckpointOffer,
+        held_size: int,
+        entry: RestoredEntry,
+        now: int,
     ) -> None:
         assert offer.restored is not None
-        entry = parse_restored_entry(offer.restored.entry, peer)
         log.warning(
             "%s restored its audit log from a backup of %d entries (we held %d): explained",
             peer,
