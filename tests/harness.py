@@ -120,6 +120,17 @@ def pause(seconds: float, why: str) -> None:
     time.sleep(seconds)
 
 
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Let the other tasks of this event loop run until `condition()` holds: a yield per
+    look, not a delay (`wait_for` is for other processes). AssertionError past `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            raise AssertionError("timed out waiting for the other tasks")
+        await asyncio.sleep(0)
+
+
 async def pause_async(seconds: float, why: str) -> None:
     """`pause` inside an event loop (a slow server, a proxy's delay, a link going down)."""
     await asyncio.sleep(seconds)

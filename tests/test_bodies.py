@@ -575,14 +575,23 @@ def test_each_request_has_its_own_lawful_answers(
         assert refused.value.field == "status"
 
 
-def test_a_risk_notice_says_what_the_risk_is() -> None:
-    # Budapest 29(6): a bare "risk_notice" left the requester nothing to decide on.
-    bare = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "risk_notice"}
+@pytest.mark.parametrize(
+    ("status", "note", "cited"),
+    [
+        # Budapest 29(6): a bare "risk_notice" left the requester nothing to decide on.
+        ("risk_notice", "The provider notifies its users of requests.", "Budapest 29(6)"),
+        ("conditions_not_met", "We cannot keep the subject from being told.", "28(3)"),
+    ],
+)
+def test_an_answer_the_requester_must_decide_on_says_why(
+    status: str, note: str, cited: str
+) -> None:
+    bare = {"in_reply_to": SAMPLE_REQUEST_ID, "status": status}
 
     error = refusal("response", bare)
-    parse_body("response", {**bare, "note": "The provider notifies its users of requests."})
+    parse_body("response", {**bare, "note": note})
 
-    assert error.field == "note" and "Budapest 29(6)" in error.problem
+    assert error.field == "note" and cited in error.problem
 
 
 def test_dual_criminality_is_a_ground_of_refusal() -> None:
@@ -604,15 +613,6 @@ def test_data_held_in_another_state_names_it() -> None:
     assert (missing.field, bad.field, stray.field) == ("held_in",) * 3
     assert "ISO 3166-1 alpha-3" in bad.problem and "not allowed" in stray.problem
     assert typed.held_in == "IRL"  # type: ignore[attr-defined]
-
-
-def test_conditions_that_cannot_be_met_say_which() -> None:
-    bare = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "conditions_not_met"}
-
-    error = refusal("response", bare)
-    parse_body("response", {**bare, "note": "We cannot keep the subject from being told."})
-
-    assert error.field == "note" and "28(3)" in error.problem
 
 
 def test_what_a_reference_may_name() -> None:

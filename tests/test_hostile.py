@@ -196,13 +196,16 @@ async def hostile(
         yield ws
 
 
-async def receipts(ws: ClientConnection, count: int) -> list[bytes]:
-    found = []
-    while len(found) < count:
+async def next_frame(ws: ClientConnection, wanted: bytes) -> bytes:
+    """The payload of the next frame of kind `wanted` DEU sends (those before it read)."""
+    while True:
         kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
-        if kind == FRAME_RECEIPT:
-            found.append(payload)
-    return found
+        if kind == wanted:
+            return payload
+
+
+async def receipts(ws: ClientConnection, count: int) -> list[bytes]:
+    return [await next_frame(ws, FRAME_RECEIPT) for _ in range(count)]
 
 
 async def closed_by_node(ws: ClientConnection) -> None:
@@ -216,15 +219,18 @@ def usa_to_deu(
     network: Network,
     created: int | None = None,
     message_type: MessageType = MessageType.TECHNICAL_ADVICE,
+    body: dict[str, Any] | None = None,
+    priority: Priority = Priority.ROUTINE,
 ) -> bytes:
+    """An envelope USA seals to DEU (the sample body of `message_type` unless `body`)."""
     usa = load_node_keys(network.keys / "USA", NodeId("USA"))
     roster = load_current_roster(load_config(network.nodes["USA"].config))
     return seal(
         sender=NodeId("USA"),
         recipient=NodeId("DEU"),
         message_type=message_type,
-        body=sample_body(message_type),
-        priority=Priority.ROUTINE,
+        body=sample_body(message_type) if body is None else body,
+        priority=priority,
         now=created or int(time.time() * 1000),
         random_bytes=os.urandom(10),
         signing_key=usa.signing,
@@ -531,11 +537,7 @@ def test_a_signed_rejection_after_delivery_is_an_audited_no_op_and_the_node_runs
 
     async def receive_then_refuse() -> None:
         async with hostile(net) as ws:  # DEU sends what it holds for USA over this link
-            while True:
-                kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
-                if kind == FRAME_ENVELOPE:
-                    break
-            _path, raw = split_envelope(payload)
+            _path, raw = split_envelope(await next_frame(ws, FRAME_ENVELOPE))
             for outcome, reason in ((Outcome.ACCEPTED, None), (Outcome.REJECTED, "expired")):
                 receipt = make_receipt(
                     message_id=MessageId(message_id),
@@ -628,38 +630,22 @@ def test_an_answer_no_request_of_its_kind_may_have_is_refused_and_starts_no_cloc
 ) -> None:
     # A `preserved` to a `locate` was accepted: the request counted as answered and a
     # preservation clock started for data nobody was asked to preserve.
-    usa = load_node_keys(net.keys / "USA", NodeId("USA"))
-    roster = load_current_roster(load_config(net.nodes["USA"].config))
     locate = net.send("DEU", "USA", "locate", sample_body("locate"))
     answer = {"in_reply_to": locate, "status": "preserved", "preserved_until": "2027-06-30"}
+    response = usa_to_deu(
+        net, message_type=MessageType.RESPONSE, body=answer, priority=Priority.URGENT
+    )
 
     async def answer_wrongly() -> bytes:
         async with hostile(net) as ws:  # DEU sends the locate over this link
-            while True:
-                kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
-                if kind == FRAME_ENVELOPE:
-                    break
-            response = seal(
-                sender=NodeId("USA"),
-                recipient=NodeId("DEU"),
-                message_type=MessageType.RESPONSE,
-                body=answer,
-                priority=Priority.URGENT,
-                now=int(time.time() * 1000),
-                random_bytes=os.urandom(10),
-                signing_key=usa.signing,
-                recipient_key=roster.active_card("DEU").hpke_key,
-            )
-            await ws.send(envelope_frame([], response.raw))
-            while True:
-                kind, payload = split_frame(await asyncio.wait_for(ws.recv(), 10))
-                if kind == FRAME_RECEIPT and orjson.loads(payload)["receipt"]["for"] == (
-                    response.header.id
-                ):
-                    return payload
+            await next_frame(ws, FRAME_ENVELOPE)
+            await ws.send(envelope_frame([], response))
+            [receipt] = await receipts(ws, 1)  # DEU's only receipt on this link
+            return receipt
 
     receipt = orjson.loads(asyncio.run(answer_wrongly()))["receipt"]
 
+    assert receipt["for"] == orjson.loads(response)["header"]["id"]
     assert receipt["outcome"] == "rejected" and receipt["reason"] == "malformed"
     status, message = net.api("DEU", "GET", f"/api/messages/{locate}")
     assert status == 200 and message["state"] != "answered"

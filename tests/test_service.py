@@ -20,6 +20,7 @@ from network.node.keys import init_keeper, init_node_keys, load_keeper, load_nod
 from network.node.store import AuditEntry, Store
 from network.node.wiring import Node
 from network.samples import sample_body
+from tests.harness import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,8 +173,7 @@ async def test_a_transaction_cancelled_midway_leaves_the_store_usable(pair: Pair
     # Cancelled while it waits for the write lock (held here), then twice inside the body.
     async with store.transaction(T0):
         task = asyncio.create_task(interrupted())
-        while store.queued_transactions == 0:
-            await asyncio.sleep(0)  # a yield: the task runs up to the lock
+        await until(lambda: store.queued_transactions > 0)  # the task runs up to the lock
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -40,6 +40,7 @@ from network.node.store import (
     _statements,
 )
 from network.node.verify import verify_store
+from tests.harness import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -511,12 +512,6 @@ async def test_release_in_flight_frees_what_was_sent_without_a_receipt(store: St
 
 
 # -- the write lock -------------------------------------------------------------------------
-
-
-async def until(condition: Any) -> None:
-    """Let other tasks run until `condition()` holds."""
-    while not condition():
-        await asyncio.sleep(0)  # a yield, not a delay: the other tasks run one step
 
 
 async def test_an_officers_transaction_goes_before_the_links_queued_ones(store: Store) -> None:
