@@ -165,6 +165,15 @@ _BODIES: dict[MessageType, dict[str, Any]] = {
         "preserved_until": "2027-02-18",
         "provider_reference": "EMS-LE-2026-55810",
     },
+    MessageType.FOLLOW_UP: {
+        "follows": SAMPLE_REQUEST_ID,
+        "action": "information",
+        "case_ref": "PN-CYBER-2026-0412",
+        "information": (
+            "The account was created on 2026-09-02 from the IP address 203.0.113.45;"
+            " the victim's report is dated 2026-11-19."
+        ),
+    },
 }
 
 

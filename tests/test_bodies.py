@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from network.core.bodies import (
     BODY_TYPES,
+    INTERIM_ANSWERS,
     MAX_ITEMS,
     MAX_LINE,
     MAX_TEXT,
     REFERENCES,
+    FollowUpAction,
     Identifier,
     IdentifierKind,
     Preservation,
@@ -26,6 +28,7 @@ from network.core.bodies import (
     body_to_json,
     body_type,
     check_answer,
+    follow_up_problem,
     parse_body,
     reference_problem,
 )
@@ -374,7 +377,10 @@ def test_needs_info_without_missing() -> None:
 def test_too_long_line() -> None:
     error = refusal("preservation", sample_body("preservation", case_ref="x" * (MAX_LINE + 1)))
 
-    assert (error.field, error.problem) == ("case_ref", "must be at most 200 characters, got 201")
+    assert (error.field, error.problem) == (
+        "case_ref",
+        "must be at most 200 bytes in UTF-8, got 201",
+    )
 
 
 def test_too_long_text() -> None:
@@ -382,7 +388,27 @@ def test_too_long_text() -> None:
 
     assert (error.field, error.problem) == (
         "summary",
-        "must be at most 20000 characters, got 20001",
+        "must be at most 20000 bytes in UTF-8, got 20001",
+    )
+
+
+def test_text_limits_count_bytes_as_the_body_cap_does() -> None:
+    # Issue 19: limits counted characters, so Cyrillic text met the body's 64 KiB cap (in
+    # bytes) long before its field's limit, and the refusal named no field.
+    fits = "д" * (MAX_TEXT // 2)  # two bytes each
+    parse_body("preservation", sample_body("preservation", facts=fits))
+
+    error = refusal("preservation", sample_body("preservation", facts=fits + "д"))
+
+    assert (error.field, error.problem) == (
+        "facts",
+        f"must be at most {MAX_TEXT} bytes in UTF-8, got {MAX_TEXT + 2} ({MAX_TEXT // 2 + 1}"
+        " characters)",
+    )
+    line = refusal("preservation", sample_body("preservation", case_ref="案" * 67))
+    assert (line.field, line.problem) == (
+        "case_ref",
+        "must be at most 200 bytes in UTF-8, got 201 (67 characters)",
     )
 
 
@@ -556,15 +582,17 @@ def test_each_request_has_its_own_lawful_answers(
     lawful = {
         MessageType.PRESERVATION: {
             "preserved", "partially_preserved", "not_possible", "refused", "risk_notice",
-            "needs_info", "held_elsewhere", "conditions_not_met",
+            "needs_info", "held_elsewhere", "conditions_not_met", "transferred",
+            "awaiting_order",
         },
         MessageType.MLA_NOTICE: {"preserved", "not_possible", "needs_info", "completed"},
         MessageType.ACKNOWLEDGEMENT: set(),
         MessageType.RESPONSE: set(),
+        MessageType.FOLLOW_UP: set(),
     }.get(
         request_type,
         {"completed", "not_possible", "refused", "needs_info", "held_elsewhere",
-         "conditions_not_met"},
+         "conditions_not_met", "transferred", "awaiting_order"},
     )  # fmt: skip
 
     if status in lawful:
@@ -628,6 +656,89 @@ def test_what_a_reference_may_name() -> None:
     # A disclosure received from DEU may be followed by a preservation sent to another State.
     disclosed = (MessageType.TRAFFIC_DISCLOSURE, "in", "DEU")
     assert reference_problem(follows, disclosed, "IRL") is None
+
+
+def test_what_a_peers_reference_may_name() -> None:
+    # Issue 19: references were checked on what our officers send, never on what peers
+    # send. Seen from here, the preservation FRA's MLA notice follows is one FRA sent us.
+    [notice] = REFERENCES[MessageType.MLA_NOTICE]
+    [follow_up] = REFERENCES[MessageType.FOLLOW_UP]
+    _, follows = REFERENCES[MessageType.PRESERVATION]
+    from_fra = (MessageType.PRESERVATION, "in", "FRA")
+
+    assert reference_problem(notice, from_fra, "FRA", received=True) is None
+    assert reference_problem(follow_up, from_fra, "FRA", received=True) is None
+    # Not held here (it may come later): not ours to judge, and nothing is lost.
+    assert reference_problem(follow_up, None, "FRA", received=True) is None
+    # Between the peer and a third State: not ours to judge either.
+    assert reference_problem(follows, None, "FRA", received=True) is None
+    wrong_party = reference_problem(follow_up, from_fra, "USA", received=True)
+    assert "sent by USA; it was exchanged with FRA" in str(wrong_party)
+    ours = reference_problem(notice, (MessageType.PRESERVATION, "out", "FRA"), "FRA", received=True)
+    assert "must name a preservation sent by FRA here" in str(ours)
+
+
+def test_a_follow_up_says_what_it_brings() -> None:
+    body = {"follows": SAMPLE_REQUEST_ID, "action": "withdraw"}
+
+    reasonless = refusal("follow_up", body)
+    empty = refusal("follow_up", {**body, "action": "information"})
+    stray = refusal("follow_up", {**body, "note": "Closed.", "information": "The IP is v6."})
+
+    assert (reasonless.field, empty.field, stray.field) == ("note", "information", "information")
+    assert "the reason" in reasonless.problem and "not allowed" in stray.problem
+    assert follow_up_problem(FollowUpAction.RELEASE, MessageType.PRESERVATION) is None
+    assert follow_up_problem(FollowUpAction.RELEASE, MessageType.MLA_NOTICE) is None
+    assert "withdrawn" in str(follow_up_problem(FollowUpAction.RELEASE, MessageType.LOCATE))
+    assert follow_up_problem(FollowUpAction.WITHDRAW, MessageType.LOCATE) is None
+
+
+def test_a_request_handed_on_names_the_authority() -> None:
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "transferred"}
+
+    missing = refusal("response", body)
+    typed = parse_body(
+        "response", {**body, "transferred_to": "Parquet de Paris", "expected_by": "2027-01-10"}
+    )
+    stray = refusal("response", {**body, "status": "completed", "expected_by": "2027-01-10"})
+    waiting = parse_body("response", {**body, "status": "awaiting_order"})
+
+    assert missing.field == "transferred_to" and stray.field == "expected_by"
+    assert typed.expected_by == "2027-01-10"  # type: ignore[attr-defined]
+    assert waiting.status in INTERIM_ANSWERS and typed.status in INTERIM_ANSWERS  # type: ignore[attr-defined]
+
+
+def test_the_t_cy_templates_other_fields() -> None:
+    # Issue 19: investigative and requested authorities, the offence's legal provision, the
+    # provider as a record, the data's period, and the original beside its translation.
+    body = sample_body(
+        "preservation",
+        investigative_authority="Parquet de Paris, section J3 (cybercriminalité)",
+        requested_authority="Garda National Cyber Crime Bureau",
+        legal_provision="Code pénal, art. 323-1 (accès frauduleux)",
+        provider={"name": "Example Mail Services Ltd", "service": "e-mail", "country": "IRL"},
+        original={"language": "fr", "text": "Demande de conservation rapide des données."},
+        confirms={"called_at": "2026-12-03T02:55:00Z", "spoke_to": "Sgt. Byrne, GNCCB desk"},
+    )
+    body["data"]["period"] = {"start": "2026-10-01T00:00:00Z", "end": "2026-11-20T00:00:00+01:00"}
+
+    typed = parse_body("preservation", body)
+    assert parse_body("preservation", body_to_json(typed)) == typed
+
+    backwards = {**body, "data": {**body["data"], "period": {**body["data"]["period"]}}}
+    backwards["data"]["period"]["end"] = "2026-09-30T23:00:00-02:00"  # 2026-10-01T01:00Z
+    backwards["data"]["period"]["start"] = "2026-10-01T01:00:00Z"
+    error = refusal("preservation", backwards)
+    assert (error.field, error.problem) == (
+        "data.period.end",
+        "must be after start (2026-10-01T01:00:00Z)",
+    )
+    country = refusal("preservation", {**body, "provider": {"name": "X", "country": "Ireland"}})
+    assert country.field == "provider.country"
+    call = refusal("preservation", {**body, "confirms": {"called_at": "last night"}})
+    assert call.field == "confirms.called_at"
+    same = refusal("preservation", {**body, "original": {"language": "en", "text": "Same."}})
+    assert same.field == "original.language" and "the body's language" in same.problem
 
 
 def test_a_preserved_answer_may_say_what_the_provider_did() -> None:

@@ -256,3 +256,119 @@ def test_a_preservation_near_its_end_warns_and_an_answered_extension_moves_the_d
     (moved,) = listed["preservations"]
     assert moved["id"] == request and moved["preserved_until"] > before
     assert moved["preserved_until"] - before >= 100 * 86_400_000
+
+
+# -- the request's legal life: no dead ends (issue 19) -------------------------------------
+
+
+def steps(message: dict[str, Any]) -> list[str]:
+    return [entry["action"] for entry in message["timeline"]]
+
+
+def test_more_information_keeps_the_deadlines_running_until_a_final_answer(
+    tmp_path: Path,
+) -> None:
+    # A needs_info answer counted as the answer: the request was `answered` and every
+    # deadline stopped, with nothing the requester could send to supply what was missing.
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", request, {"received"})
+        asked = {"status": "needs_info", "missing": "The IP address's time zone."}
+        assert network.api("DEU", "POST", f"/api/messages/{request}/reply", asked)[0] == 202
+        network.wait_state("FRA", request, {"acknowledged"})
+        # A release is only for preserved data; a follow-up of another's request is refused.
+        status, wrong = network.api(
+            "FRA", "POST", f"/api/messages/{request}/follow-up", {"action": "withdraw"}
+        )
+        assert status == 400 and wrong["field"] == "note", wrong
+        given = {"action": "information", "information": "UTC: the log is in UTC."}
+        status, sent = network.api("FRA", "POST", f"/api/messages/{request}/follow-up", given)
+        assert status == 202 and sent["type"] == "follow_up", sent
+        network.wait_state("FRA", sent["id"], {"delivered"})
+        _, waiting_in = network.api("DEU", "GET", f"/api/messages/{request}")
+        _, waiting_out = network.api("FRA", "GET", f"/api/messages/{request}")
+        done = {"status": "preserved", "preserved_until": in_days(90)}
+        assert network.api("DEU", "POST", f"/api/messages/{request}/reply", done)[0] == 202
+        network.wait_state("FRA", request, {"answered"})
+        _, answered = network.api("FRA", "GET", f"/api/messages/{request}")
+    finally:
+        network.close()
+
+    # Between the two answers the request is open on both sides, its response still due.
+    for side in (waiting_in, waiting_out):
+        assert side["state"] == "acknowledged", side["state"]
+        assert side["deadlines"]["response"] is not None
+        assert "information_given" in steps(side), steps(side)
+    assert [m["type"] for m in waiting_in["thread"]].count("follow_up") == 1
+    assert answered["state"] == "answered" and answered["preserved_until"] is not None
+
+
+def test_a_request_handed_on_is_due_when_the_answer_is_expected(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "evidence", sample_body("evidence"))
+        network.wait_state("DEU", request, {"received"})
+        status, missing = network.api(
+            "DEU", "POST", f"/api/messages/{request}/reply", {"status": "transferred"}
+        )
+        assert status == 400 and missing["field"] == "transferred_to", missing
+        handed = {
+            "status": "transferred",
+            "transferred_to": "Staatsanwaltschaft Köln, ZAC NRW",
+            "expected_by": in_days(14),
+        }
+        assert network.api("DEU", "POST", f"/api/messages/{request}/reply", handed)[0] == 202
+        network.wait_state("FRA", request, {"acknowledged"})
+        _, held = network.api("DEU", "GET", f"/api/messages/{request}")
+        _, asked = network.api("FRA", "GET", f"/api/messages/{request}")
+    finally:
+        network.close()
+
+    end_of_day = (
+        int(datetime.datetime.fromisoformat(in_days(15)).replace(tzinfo=datetime.UTC).timestamp())
+        * 1000
+    )
+    for side in (held, asked):
+        assert side["state"] == "acknowledged"  # not answered: a final answer is owed
+        assert side["deadlines"]["response"] == end_of_day
+        replies = [e for e in side["timeline"] if e["action"] in ("replied", "answered")]
+        assert replies[-1]["detail"]["expected_by"] == in_days(14), replies
+
+
+def test_a_released_preservation_stops_both_clocks(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        locate = network.send("FRA", "DEU", "locate", sample_body("locate"))
+        network.wait_state("DEU", request, {"received"})
+        done = {"status": "preserved", "preserved_until": in_days(90)}
+        assert network.api("DEU", "POST", f"/api/messages/{request}/reply", done)[0] == 202
+        network.wait_state("FRA", request, {"answered"})
+        status, wrong = network.api(
+            "FRA", "POST", f"/api/messages/{locate}/follow-up", {"action": "release"}
+        )
+        assert status == 400 and wrong["field"] == "action", wrong
+        release = {"action": "release", "note": "The suspect was identified otherwise."}
+        status, sent = network.api("FRA", "POST", f"/api/messages/{request}/follow-up", release)
+        assert status == 202, sent
+        network.wait_state("DEU", request, {"withdrawn"})
+        status, again = network.api("FRA", "POST", f"/api/messages/{request}/follow-up", release)
+        assert status == 400 and again["field"] == "action", again
+        out = network.api("FRA", "GET", f"/api/messages/{request}")[1]
+        held = network.api("DEU", "GET", f"/api/messages/{request}")[1]
+        lists = [network.api(n, "GET", "/api/preservations")[1] for n in ("FRA", "DEU")]
+    finally:
+        network.close()
+
+    for side in (out, held):
+        assert side["state"] == "withdrawn" and side["preserved_until"] is None
+        (released,) = [e for e in side["timeline"] if e["action"] == "released"]
+        assert released["detail"]["was"] == "answered"
+    assert [listed["preservations"] for listed in lists] == [[], []]

@@ -372,3 +372,32 @@ def test_a_reply_says_where_the_data_is_held_or_what_cannot_be_done(network: Net
     assert said.startswith(f"answered {locate} (conditions_not_met)")
     for message_id in (elsewhere, locate):
         network.wait_state("FRA", message_id, {"answered"})
+
+
+def test_a_request_handed_on_then_withdrawn_from_the_command_line(network: Network) -> None:
+    # Issue 19: hand-on (35(2)(b)) is an interim answer; the requester can withdraw.
+    request = network.send("FRA", "DEU", "evidence", sample_body("evidence"))
+    network.wait_state("DEU", request, {"received"})
+
+    nameless = cpn(network, "DEU", "reply", request, "--status", "transferred")
+    handed = ok(
+        cpn(network, "DEU", "reply", request, "--status", "transferred",
+            "--transferred-to", "Staatsanwaltschaft Köln", "--expected-by", "2099-01-10")
+    )  # fmt: skip
+    network.wait_state("FRA", request, {"acknowledged"})
+    reasonless = cpn(network, "FRA", "follow-up", request, "--action", "withdraw")
+    withdrawn = ok(
+        cpn(network, "FRA", "follow-up", request, "--action", "withdraw",
+            "--note", "The suspect was arrested; the evidence is no longer needed.")
+    )  # fmt: skip
+    network.wait_state("DEU", request, {"withdrawn"})
+
+    assert nameless.returncode == 2 and "transferred_to: required when status is transferred" in (
+        nameless.stderr
+    )
+    assert handed.startswith(f"answered {request} (transferred)")
+    assert reasonless.returncode == 2 and "note: required when action is withdraw" in (
+        reasonless.stderr
+    )
+    assert withdrawn.startswith(f"followed up {request} (withdraw): follow_up ")
+    assert network.api("FRA", "GET", f"/api/messages/{request}")[1]["state"] == "withdrawn"

@@ -222,6 +222,19 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     fra.page.click("#nav >> text=Preservations")
     expect(fra.page.locator("main table")).to_contain_text(in_days(90))
     expect(fra.page.locator("#banner")).to_be_hidden()  # answers to a flash request: no alarm
+
+    # The case is closed otherwise: FRA releases the data (issue 19), DEU's page follows.
+    fra.page.click("main table a")
+    fra.field("body.action").select_option("withdraw")
+    fra.page.click("text=Send the follow-up")
+    expect(fra.error_for("body.note")).to_contain_text("required")
+    fra.field("body.action").select_option("release")
+    fra.field("body.note").fill("The suspect was identified otherwise.")
+    fra.page.click("text=Send the follow-up")
+    expect(fra.state()).to_have_text("withdrawn")
+    expect(fra.page.locator("form.follow-up")).to_have_count(0)
+    expect(deu.state()).to_have_text("withdrawn", timeout=10_000)
+    expect(deu.page.locator("form.reply")).to_have_count(0)
     fra.check_clean()
     deu.check_clean()
 

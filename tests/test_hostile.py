@@ -668,3 +668,37 @@ def test_an_emergency_sent_routine_is_refused_at_receipt(net: Network) -> None:
     assert not [m for m in net.list("DEU", "in") if m["from"] == "USA"]
     refusals = [str(d) for _, d in audited(net, "rejected")]
     assert any("never routine" in d for d in refusals), refusals
+
+
+# -- follow-ups: only the requester speaks of its own request (issue 19) --------------------
+
+
+def test_a_withdrawal_of_another_partys_request_is_refused_and_moves_nothing(
+    net: Network,
+) -> None:
+    # USA names a request DEU received from FRA: were it believed, any Party could withdraw
+    # (and so stop the deadlines of, and release the data for) another Party's request.
+    request = net.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    net.wait_state("DEU", request, {"received"})
+    withdrawal = {"follows": request, "action": "withdraw", "note": "No longer needed."}
+    forged = usa_to_deu(net, message_type=MessageType.FOLLOW_UP, body=withdrawal)
+    # A follow-up of a request not held here (it may arrive later) is kept, and moves nothing.
+    later = {"follows": "0192f3a4-1111-7abc-8def-0123456789ab", "action": "proceed"}
+    unknown = usa_to_deu(net, message_type=MessageType.FOLLOW_UP, body=later)
+
+    async def send() -> list[bytes]:
+        async with hostile(net) as ws:
+            await ws.send(envelope_frame([], forged))
+            await ws.send(envelope_frame([], unknown))
+            return await receipts(ws, 2)
+
+    first, second = (orjson.loads(r)["receipt"] for r in asyncio.run(send()))
+
+    assert first["for"] == orjson.loads(forged)["header"]["id"]
+    assert first["outcome"] == "rejected" and first["reason"] == "malformed"
+    assert second["outcome"] == "accepted"
+    status, message = net.api("DEU", "GET", f"/api/messages/{request}")
+    assert status == 200 and message["state"] == "opened"  # by this read; not withdrawn
+    refusals = [str(d) for _, d in audited(net, "rejected")]
+    assert any("plain.body.follows" in d and "exchanged with FRA" in d for d in refusals), refusals
+    assert not audited(net, "withdrawn")

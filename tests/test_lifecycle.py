@@ -30,7 +30,7 @@ S, E = State, Event
 ENTRY = {"out": S.QUEUED, "in": S.RECEIVED, "relay": S.QUEUED}
 
 # States no event leaves (every move from them comes back to them).
-TERMINAL = {"out": {S.ANSWERED}, "in": {S.ANSWERED}, "relay": set()}
+TERMINAL = {"out": {S.WITHDRAWN}, "in": {S.WITHDRAWN}, "relay": set()}
 
 ALL_MOVES = [(box, state, event) for box in TABLES for state in State for event in Event]
 
@@ -113,7 +113,7 @@ def test_flash_ranks_first() -> None:
 
 # -- properties: any sequence of events ------------------------------------------------
 
-OFFICER_STEPS = [S.ACKNOWLEDGED, S.ANSWERED]
+OFFICER_STEPS = [S.ACKNOWLEDGED, S.ANSWERED, S.WITHDRAWN]
 
 
 def walk(table: Table, start: State, events: list[Event]) -> list[State]:
@@ -143,9 +143,24 @@ def test_an_officers_act_is_never_undone(box: str, events: list[Event]) -> None:
 
 
 @given(events=st.lists(st.sampled_from(list(Event))))
-def test_an_answered_message_stays_answered(events: list[Event]) -> None:
+def test_an_answered_message_stays_answered_until_withdrawn(events: list[Event]) -> None:
     for table in (OUTBOUND, INBOUND):
-        assert set(walk(table, S.ANSWERED, events)) == {S.ANSWERED}
+        states = walk(table, S.ANSWERED, events)
+        ended = states.index(S.WITHDRAWN) if S.WITHDRAWN in states else len(states)
+        assert set(states[:ended]) == {S.ANSWERED}
+        assert set(states[ended:]) <= {S.WITHDRAWN}
+
+
+@pytest.mark.parametrize(
+    ("box", "state"), [(box, state) for box in ("out", "in") for state in TABLES[box]]
+)
+def test_a_request_can_be_withdrawn_in_any_state_and_stays_withdrawn(
+    box: str, state: State
+) -> None:
+    table = TABLES[box]
+
+    assert next_state(table, state, E.WITHDRAW) is S.WITHDRAWN
+    assert set(table[S.WITHDRAWN].values()) == {S.WITHDRAWN}
 
 
 @given(events=st.lists(st.sampled_from(list(Event))))

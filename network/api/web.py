@@ -232,6 +232,13 @@ REPLY: Final[dict[str, Any]] = {
 }
 """A `response` body without `in_reply_to`, which the route's `{id}` gives."""
 
+FOLLOW_UP: Final[dict[str, Any]] = {
+    **_BODIES["FollowUp"],
+    "properties": {k: v for k, v in _BODIES["FollowUp"]["properties"].items() if k != "follows"},
+    "required": [k for k in _BODIES["FollowUp"]["required"] if k != "follows"],
+}
+"""A `follow_up` body without `follows`, which the route's `{id}` gives."""
+
 
 class _Refusal(Exception):
     """An error answer, raised below the error middleware that turns it into JSON."""
@@ -301,16 +308,17 @@ async def get_message(request: web.Request) -> web.StreamResponse:
 
 @contextmanager
 def _fields_as_given() -> Iterator[None]:
-    """An acknowledgement's or reply's fields are given as they are, not under `body`:
-    its BodyError names them so (`status`, not `body.status`), and `in_reply_to` as
-    the message `id` it was given as."""
+    """An acknowledgement's, reply's or follow-up's fields are given as they are, not under
+    `body`: its BodyError names them so (`status`, not `body.status`), and `in_reply_to`
+    or `follows` as the message `id` it was given as."""
     try:
         yield
     except BodyError as exc:
         if not exc.field.startswith("body."):
             raise
         field = exc.field.removeprefix("body.")
-        raise BodyError("id" if field == "in_reply_to" else field, exc.problem) from None
+        named = "id" if field in ("in_reply_to", "follows") else field
+        raise BodyError(named, exc.problem) from None
 
 
 def _message_id(request: web.Request) -> str:
@@ -346,6 +354,18 @@ async def reply_message(request: web.Request) -> web.StreamResponse:
         row = await request.app[NODE].officers.reply(message_id, request[USER].name, fields)
     if row is None:
         raise _Refusal(404, f"no received message {message_id}")
+    return web.json_response(summary(row), status=202)
+
+
+async def follow_up_message(request: web.Request) -> web.StreamResponse:
+    """Follow up a request we sent (`action`: information, proceed, withdraw, release; with
+    `information` or the `note` it needs): sends a `follow_up`; 202 with its summary."""
+    message_id = _message_id(request)
+    fields = await _json_object(request)
+    with _fields_as_given():
+        row = await request.app[NODE].officers.follow_up(message_id, request[USER].name, fields)
+    if row is None:
+        raise _Refusal(404, f"no sent message {message_id}")
     return web.json_response(summary(row), status=202)
 
 
@@ -615,6 +635,10 @@ ROUTES: Final = (
     Route(
         "POST", "/api/messages/{id}/reply", reply_message, _OFFICER, "reply to messages",
         Doc(_SUMMARY, status=202, path=(ID_PARAM,), body=REPLY),
+    ),
+    Route(
+        "POST", "/api/messages/{id}/follow-up", follow_up_message, _OFFICER,
+        "follow up requests", Doc(_SUMMARY, status=202, path=(ID_PARAM,), body=FOLLOW_UP),
     ),
     Route(
         "GET", "/api/alerts", get_alerts, _READERS, "see alerts",

@@ -185,6 +185,13 @@ def check_reply(message_id: str, fields: Mapping[str, Any]) -> None:
     _check_answer(MessageType.RESPONSE, {"in_reply_to": message_id, **fields})
 
 
+def check_follow_up(message_id: str, fields: Mapping[str, Any]) -> None:
+    """Check a follow-up's fields as the node will (a `follow_up` of `message_id`)."""
+    if "follows" in fields:
+        raise BodyError("follows", "is the request followed up; leave it out")
+    _check_answer(MessageType.FOLLOW_UP, {"follows": message_id, **fields})
+
+
 def check_note(message_id: str, note: str | None) -> None:
     """Check an acknowledgement's note as the node will; the node adds the officer's name."""
     body = {"in_reply_to": message_id, "officer": "(the node fills this in)"}
@@ -195,6 +202,6 @@ def _check_answer(message_type: MessageType, body: dict[str, Any]) -> None:
     try:
         parse_body(message_type, body)
     except BodyError as exc:
-        if exc.field == "in_reply_to":  # the ID argument, not a field of the draft
+        if exc.field in ("in_reply_to", "follows"):  # the ID argument, not a draft's field
             raise BodyError("ID", exc.problem) from None
         raise

@@ -1,6 +1,6 @@
-"""`cpn send`, `inbox`, `show`, `ack`, `reply`: the officer's commands, through a node's
-HTTP API. They load no store, audit log or use case, so that they start in a fraction of
-a second; rich loads only to print a table."""
+"""`cpn send`, `inbox`, `show`, `ack`, `reply`, `follow-up`: the officer's commands,
+through a node's HTTP API. They load no store, audit log or use case, so that they start
+in a fraction of a second; rich loads only to print a table."""
 
 from __future__ import annotations
 
@@ -15,13 +15,20 @@ from network.cli.client import Client
 from network.cli.drafts import (
     Assignment,
     apply,
+    check_follow_up,
     check_note,
     check_reply,
     check_request,
     parse_assignment,
     read_document,
 )
-from network.core.bodies import RefusalGround, ResponseStatus, body_to_json, parse_body
+from network.core.bodies import (
+    FollowUpAction,
+    RefusalGround,
+    ResponseStatus,
+    body_to_json,
+    parse_body,
+)
 from network.core.errors import BodyError, CpnError
 from network.core.lifecycle import PRIORITY_RANK, State
 from network.core.records import MessageType, Priority
@@ -149,6 +156,8 @@ _REPLY_FIELDS: Final = (
     "refusal_ground",
     "missing",
     "held_in",
+    "transferred_to",
+    "expected_by",
 )
 
 
@@ -171,8 +180,31 @@ def cmd_reply(args: argparse.Namespace) -> int:
     return 0
 
 
+_FOLLOW_UP_FIELDS: Final = ("action", "information", "note", "case_ref")
+
+
+def cmd_follow_up(args: argparse.Namespace) -> int:
+    message_id = args.id.lower()
+    flags = [
+        Assignment(name, (name,), getattr(args, name))
+        for name in _FOLLOW_UP_FIELDS
+        if getattr(args, name) is not None
+    ]
+    fields = _draft(args.file, [*args.set, *flags], into=None)
+    check_follow_up(message_id, fields)
+    answer = _client(args).follow_up(message_id, fields)
+    if args.json:
+        print_json(answer)
+    else:
+        print(
+            f"followed up {message_id} ({fields['action']}): follow_up {answer['id']}"
+            f" {answer['state']}"
+        )
+    return 0
+
+
 def add_commands(commands: Subcommands) -> None:
-    """`cpn send`, `inbox`, `show`, `ack`, `reply`: officer work through a node's API."""
+    """`cpn send`, `inbox`, `show`, `ack`, `reply`, `follow-up`: officer work, by the API."""
     node = argparse.ArgumentParser(add_help=False)
     where = node.add_argument_group("the node")
     where.add_argument(
@@ -257,8 +289,11 @@ def add_commands(commands: Subcommands) -> None:
         description="Answer a received request: a response goes to its sender. Its fields"
         " come from flags, --set, or a JSON or TOML --file. preserved and"
         " partially_preserved need --preserved-until; refused needs --refusal-ground;"
-        " needs_info needs --missing; held_elsewhere needs --held-in; risk_notice and"
-        " conditions_not_met need a --note saying the risk or the condition. " + exits,
+        " needs_info needs --missing; held_elsewhere needs --held-in; transferred needs"
+        " --transferred-to; risk_notice and conditions_not_met need a --note saying the"
+        " risk or the condition. needs_info, risk_notice, transferred and awaiting_order"
+        " are interim: the request stays open, its response deadline running (moved to"
+        " --expected-by when given). " + exits,
     )
     reply.add_argument("id", metavar="ID")
     reply.add_argument("--file", metavar="PATH", help="the fields as JSON or TOML; - for stdin")
@@ -272,5 +307,31 @@ def add_commands(commands: Subcommands) -> None:
     reply.add_argument(
         "--held-in", metavar="ISO3", help="the State where the data is held (held_elsewhere)"
     )
+    reply.add_argument(
+        "--transferred-to", metavar="TEXT", help="the competent authority (transferred)"
+    )
+    reply.add_argument(
+        "--expected-by",
+        metavar="YYYY-MM-DD",
+        help="when a final answer can be expected (transferred, awaiting_order)",
+    )
     reply.add_argument("--set", **assign, help="set any field of the response (repeatable)")
     reply.set_defaults(func=cmd_reply)
+
+    follow = commands.add_parser(
+        "follow-up",
+        parents=[node],
+        help="follow up a request you sent (information, proceed, withdraw, release)",
+        description="Follow up a request this node sent: give the information a needs_info"
+        " answer asked for (--action information --information TEXT), ask for execution"
+        " despite a risk notice (proceed), withdraw the request (withdraw, with a --note"
+        " saying why), or release a preservation no longer needed (release). " + exits,
+    )
+    follow.add_argument("id", metavar="ID")
+    follow.add_argument("--file", metavar="PATH", help="the fields as JSON or TOML; - for stdin")
+    follow.add_argument("--action", choices=tuple(FollowUpAction))
+    follow.add_argument("--information", metavar="TEXT", help="what was asked for (information)")
+    follow.add_argument("--note", metavar="TEXT", help="why (required to withdraw)")
+    follow.add_argument("--case-ref", metavar="TEXT", help="your case reference")
+    follow.add_argument("--set", **assign, help="set any field of the follow-up (repeatable)")
+    follow.set_defaults(func=cmd_follow_up)

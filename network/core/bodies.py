@@ -24,8 +24,9 @@ Rules `parse_body` applies to untrusted JSON (as `records.parse_json` yields it)
   required fields must be present; optional ones may be absent or null, and
   `body_to_json` omits them;
 - strings must not be empty or blank; a line (names, phones, references) holds
-  at most MAX_LINE characters and no control character; free text (summary,
-  facts, notes) at most MAX_TEXT characters, newlines and tabs allowed; message
+  at most MAX_LINE bytes of UTF-8 and no control character or bidirectional
+  formatting character; free text (summary, facts, notes) at most MAX_TEXT bytes,
+  newlines and tabs allowed (bytes, as the body's cap counts them); message
   ids, dates, date-times, e-mail addresses, time zones and language tags are
   checked for shape;
 - integers are integers (not booleans, within their range), booleans are
@@ -79,6 +80,7 @@ from network.core.timezones import IANA_TIME_ZONES
 
 __all__ = [
     "BODY_TYPES",
+    "INTERIM_ANSWERS",
     "LAWFUL_ANSWERS",
     "MAX_ITEMS",
     "MAX_LINE",
@@ -92,14 +94,20 @@ __all__ = [
     "DataToPreserve",
     "Emergency",
     "Evidence",
+    "FollowUp",
+    "FollowUpAction",
     "Handling",
     "Identifier",
     "IdentifierKind",
     "LegalInformation",
     "Locate",
     "MlaNotice",
+    "Original",
+    "Period",
+    "PhoneRequest",
     "Preservation",
     "PreservationStatus",
+    "Provider",
     "Reference",
     "RefusalGround",
     "ReplyChannel",
@@ -114,6 +122,7 @@ __all__ = [
     "check_answer",
     "check_priority",
     "describe_types",
+    "follow_up_problem",
     "json_schemas",
     "parse_body",
     "parse_request",
@@ -243,6 +252,11 @@ def _time_zone_problem(value: str) -> str | None:
     return "must be an IANA time zone name, such as Europe/Paris or UTC"
 
 
+def _instant(value: str) -> datetime:
+    """An RFC 3339 date-time that `_date_time_problem` accepted, as an aware datetime."""
+    return datetime.fromisoformat(value.removesuffix("Z") + ("+00:00" if value[-1] == "Z" else ""))
+
+
 def _language_problem(value: str) -> str | None:
     if _LANGUAGE.fullmatch(value):
         return None
@@ -323,7 +337,35 @@ class ResponseStatus(StrEnum):
     HELD_ELSEWHERE = "held_elsewhere"  # the data is in another State (`held_in`; cf. 30(1))
     CONDITIONS_NOT_MET = "conditions_not_met"  # the request's conditions cannot be met (28(3))
     NEEDS_INFO = "needs_info"
+    # Budapest 35(2)(b): the point of contact is not the authority that executes; it hands
+    # the request on (`transferred_to`) or waits for the judicial order its law requires.
+    TRANSFERRED = "transferred"
+    AWAITING_ORDER = "awaiting_order"
     COMPLETED = "completed"
+
+
+# Answers that say where the request stands, not how it ends: the request is taken on
+# (acknowledged) and its response deadline keeps running, on both sides, until a final
+# answer, a withdrawal, or (transferred, awaiting_order) the `expected_by` date it gives.
+INTERIM_ANSWERS: Final = frozenset(
+    {
+        ResponseStatus.NEEDS_INFO,
+        ResponseStatus.RISK_NOTICE,
+        ResponseStatus.TRANSFERRED,
+        ResponseStatus.AWAITING_ORDER,
+    }
+)
+
+
+class FollowUpAction(StrEnum):
+    """What a requester says after its request: the information a `needs_info` asked for,
+    `proceed` despite a 29(6) risk notice, `withdraw` the request, or `release` a
+    preservation no longer needed (the requested Party may let the data go)."""
+
+    INFORMATION = "information"
+    PROCEED = "proceed"
+    WITHDRAW = "withdraw"
+    RELEASE = "release"
 
 
 class RefusalGround(StrEnum):
@@ -411,6 +453,48 @@ class DataToPreserve:
     description: Text
     identifiers: Annotated[tuple[Identifier, ...], _Items(low=1)]
     categories: Annotated[tuple[DataCategory, ...], _Items(low=1, unique=True)]
+    period: Period | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Period:
+    """The period the data covers (T-CY template: from, to)."""
+
+    start: DateTime
+    end: DateTime
+
+    def __post_init__(self) -> None:
+        if _instant(self.end) <= _instant(self.start):
+            raise BodyError("end", f"must be after start ({self.start})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provider:
+    """The service provider holding the data, as far as known (T-CY template)."""
+
+    name: str
+    service: str | None = None  # the service concerned: e-mail, hosting, a social network
+    country: Country | None = None  # where the provider is established
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Original:
+    """The request as written, in its own language, beside the translation the body is in
+    (its `language`): the translation is what the requested Party acts on, the original
+    what a court may later read."""
+
+    language: Language
+    text: Text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhoneRequest:
+    """A request made first by telephone, which this one confirms in writing: when, and
+    with whom the caller spoke (so the requested Party can tie the two together, and
+    count its clock from the call)."""
+
+    called_at: DateTime
+    spoke_to: str
 
 
 # --- Bodies ---
@@ -424,9 +508,23 @@ class Request:
 
     case_ref: str
     authority: Authority
+    # The T-CY template's other parties: the authority investigating, where the 24/7 unit
+    # (`authority`) sends for it, and the authority the request is for, where known.
+    investigative_authority: str | None = None
+    requested_authority: str | None = None
     language: Language
+    original: Original | None = None
+    confirms: PhoneRequest | None = None  # the written confirmation of a telephone request
     summary: Text
     handling: Handling
+
+    def __post_init__(self) -> None:
+        if self.original is not None and self.original.language == self.language:
+            raise BodyError(
+                "original.language",
+                f"is the body's language ({self.language}): the original is the text in"
+                " another language, of which the body is the translation",
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -442,9 +540,11 @@ class Preservation(Request):
     # that disclosure (received from the State that found the path).
     follows: Ref | None = None
     offence: Text
+    legal_provision: str | None = None  # the law that makes it an offence (T-CY template)
     facts: Text
     data: DataToPreserve
     custodian: Text | None = None
+    provider: Provider | None = None
     necessity: Text
     mla_intended: bool
     period_days: Annotated[int, _Int(low=60, high=365)]  # Budapest 29(7): not less than 60 days
@@ -454,6 +554,7 @@ class Preservation(Request):
     )
 
     def __post_init__(self) -> None:
+        Request.__post_init__(self)
         _check_rules(self)
         if not self.mla_intended:
             raise BodyError(
@@ -547,6 +648,7 @@ class Acknowledgement:
 
 
 _PRESERVED = (ResponseStatus.PRESERVED, ResponseStatus.PARTIALLY_PRESERVED)
+_HANDED_ON = (ResponseStatus.TRANSFERRED, ResponseStatus.AWAITING_ORDER)
 
 
 # What each kind of request may lawfully be answered (a `response`'s status). Preservation
@@ -563,6 +665,7 @@ _DONE = frozenset(
         ResponseStatus.NEEDS_INFO,
         ResponseStatus.HELD_ELSEWHERE,
         ResponseStatus.CONDITIONS_NOT_MET,
+        *_HANDED_ON,
     }
 )
 LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
@@ -576,6 +679,7 @@ LAWFUL_ANSWERS: Final[Mapping[MessageType, frozenset[ResponseStatus]]] = {
             ResponseStatus.NEEDS_INFO,
             ResponseStatus.HELD_ELSEWHERE,
             ResponseStatus.CONDITIONS_NOT_MET,
+            *_HANDED_ON,
         }
     ),
     MessageType.MLA_NOTICE: frozenset(
@@ -620,24 +724,46 @@ REFERENCES: Final[Mapping[MessageType, tuple[Reference, ...]]] = {
     MessageType.TRAFFIC_DISCLOSURE: (
         Reference("follows", frozenset({MessageType.PRESERVATION}), "in", True),
     ),
+    # A follow-up speaks of one of our own requests to the Party it was sent to; only a
+    # preservation can be released (`follow_up_problem`).
+    MessageType.FOLLOW_UP: (Reference("follows", frozenset(LAWFUL_ANSWERS), "out", True),),
 }
 
 
 def reference_problem(
-    reference: Reference, found: tuple[MessageType | None, str, str] | None, to: str
+    reference: Reference,
+    found: tuple[MessageType | None, str, str] | None,
+    peer: str,
+    *,
+    received: bool = False,
 ) -> str | None:
     """Why the message a reference names (`found`: its type, box and peer, None when not
-    held) cannot be named there, sending to `to`; None when it can."""
+    held) cannot be named there (None: it can), in a message we send to `peer` or, with
+    `received`, one `peer` sent us. What a peer names is seen from the other side (the
+    preservation it extends is one it sent us) and is checked only where we hold it:
+    a reference to a message not held here (it may arrive later, or after a restore) or
+    exchanged between the peer and a third State (`same_peer` False) is not ours to judge."""
+    box = reference.box
+    if received:
+        if found is None or not reference.same_peer:
+            return None
+        box = "in" if box == "out" else "out"
     if found is None:
         return "is not a message this node holds"
-    kind, box, peer = found
+    kind, held_in, with_peer = found
     wanted = " or ".join(sorted(reference.types))
-    sent = "sent" if reference.box == "out" else "received"
-    if kind not in reference.types or box != reference.box:
-        return f"must name a {wanted} {sent} here; it names a {kind or 'relayed message'} ({box})"
-    if reference.same_peer and peer != to:
-        with_whom = "to" if reference.box == "out" else "from"
-        return f"must name a {wanted} {sent} {with_whom} {to}; it was {sent} {with_whom} {peer}"
+    if received:
+        sent = f"sent by {peer}" if box == "in" else f"sent to {peer}"
+    else:
+        sent = "sent" if box == "out" else "received"
+    if kind not in reference.types or held_in != box:
+        named = kind or "relayed message"
+        return f"must name a {wanted} {sent} here; it names a {named} ({held_in})"
+    if reference.same_peer and with_peer != peer:
+        if received:
+            return f"must name a {wanted} {sent}; it was exchanged with {with_peer}"
+        to = "to" if box == "out" else "from"
+        return f"must name a {wanted} {sent} {to} {peer}; it was {sent} {to} {with_peer}"
     return None
 
 
@@ -653,12 +779,27 @@ def check_answer(request: MessageType, status: ResponseStatus) -> None:
         )
 
 
+def follow_up_problem(action: FollowUpAction, request: MessageType | None) -> str | None:
+    """Why a follow-up's `action` cannot be said of a `request` of that type (None: it can):
+    only preserved data can be released."""
+    if action is FollowUpAction.RELEASE and request not in _PRESERVATIONS:
+        return (
+            f"release is for a preservation or an MLA notice (the data preserved); {request}"
+            " requests are withdrawn (action withdraw)"
+        )
+    return None
+
+
+_PRESERVATIONS: Final = frozenset({MessageType.PRESERVATION, MessageType.MLA_NOTICE})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
     """The answer to a request; what it must carry depends on `status`: `preserved_until`
     when preserved or partially_preserved (`provider_reference` then optional),
-    `refusal_ground` when refused, `missing` when needs_info, `held_in` when held_elsewhere
-    (each refused with any other status), and a `note` saying the risk for risk_notice
+    `refusal_ground` when refused, `missing` when needs_info, `held_in` when held_elsewhere,
+    `transferred_to` when transferred (each refused with any other status; `expected_by`
+    optional with transferred and awaiting_order), and a `note` saying the risk for risk_notice
     or which condition cannot be met for conditions_not_met."""
 
     message_type: ClassVar[MessageType] = MessageType.RESPONSE
@@ -676,6 +817,10 @@ class Response:
     refusal_ground: RefusalGround | None = None
     missing: Text | None = None
     held_in: Country | None = None  # held_elsewhere: the State where the data is held
+    transferred_to: str | None = None  # transferred: the competent authority (35(2)(b))
+    # transferred, awaiting_order: when a final answer can be expected; the response
+    # deadline moves to the end of that day (UTC), on both sides.
+    expected_by: FullDate | None = None
 
     rules: ClassVar[tuple[When, ...]] = (
         When("preserved_until", "status", _PRESERVED),
@@ -685,6 +830,8 @@ class Response:
         When("refusal_ground", "status", (ResponseStatus.REFUSED,)),
         When("missing", "status", (ResponseStatus.NEEDS_INFO,)),
         When("held_in", "status", (ResponseStatus.HELD_ELSEWHERE,)),
+        When("transferred_to", "status", (ResponseStatus.TRANSFERRED,)),
+        When("expected_by", "status", _HANDED_ON, required=False),
         # Budapest 29(6): the requested Party says why preservation would not ensure the
         # data's availability or would prejudice the investigation; 28(3): which condition
         # it cannot meet. Either way the requester decides on it.
@@ -703,6 +850,36 @@ class Response:
         _check_rules(self)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FollowUp:
+    """The requester's word on its own request (`follows`): `information` supplies what a
+    needs_info answer asked for (the deadlines keep running); `proceed` asks for execution
+    despite a risk notice (Budapest 29(6)); `withdraw` ends the request, with its reason in
+    `note`; `release` tells the requested Party a preservation is no longer needed."""
+
+    message_type: ClassVar[MessageType] = MessageType.FOLLOW_UP
+
+    follows: Ref
+    action: FollowUpAction
+    case_ref: str | None = None
+    information: Text | None = None
+    note: Text | None = None
+
+    rules: ClassVar[tuple[When, ...]] = (
+        When("information", "action", (FollowUpAction.INFORMATION,)),
+        When(
+            "note",
+            "action",
+            (FollowUpAction.WITHDRAW,),
+            only=False,
+            problem="required when action is withdraw: the reason the request is withdrawn",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check_rules(self)
+
+
 Body: TypeAlias = (
     Preservation
     | TrafficDisclosure
@@ -714,6 +891,7 @@ Body: TypeAlias = (
     | Emergency
     | Acknowledgement
     | Response
+    | FollowUp
 )
 
 BODY_TYPES: Mapping[MessageType, type[Body]] = MappingProxyType(
@@ -730,6 +908,7 @@ BODY_TYPES: Mapping[MessageType, type[Body]] = MappingProxyType(
             Emergency,
             Acknowledgement,
             Response,
+            FollowUp,
         )
     }
 )
@@ -805,7 +984,7 @@ def describe_types() -> dict[str, Any]:
     `{"name", "kind", "required", ...}` with `kind` one of line, text, integer,
     boolean, choice (with `choices`), record (with `title`, `fields`, `rules`)
     and list (with `items`, `min_items`, `max_items`, `unique`); lines and text
-    carry `max_length` and a `format` (email, date, date-time, message-id,
+    carry `max_length` (in bytes of UTF-8) and a `format` (email, date, date-time, message-id,
     time-zone, language) when their shape is checked; integers `min` and `max`.
     A rule is `{"name", "on", "values", "required", "only"}` (see `When`).
     """
@@ -1075,8 +1254,15 @@ def _string_converter(rule: _Str) -> _Converter:
     def convert(value: object, path: str) -> str:
         if not isinstance(value, str):
             raise BodyError(path, f"must be a string, got {_kind(value)}")
-        if len(value) > max_len:
-            raise BodyError(path, f"must be at most {max_len} characters, got {len(value)}")
+        # Bytes, as the body's cap counts them: Cyrillic, Arabic or Chinese text takes two
+        # or three bytes a character, and must meet its field's limit before the body's.
+        if 4 * len(value) > max_len:  # else even four bytes a character would fit
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > max_len:
+                chars = f" ({len(value)} characters)" if size != len(value) else ""
+                raise BodyError(
+                    path, f"must be at most {max_len} bytes in UTF-8, got {size}{chars}"
+                )
         if not value or value.isspace():
             raise BodyError(path, "must not be empty")
         if bad.search(value):

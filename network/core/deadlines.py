@@ -14,7 +14,10 @@ Rules:
   that an extension or MLA notice goes out before the data is lost (Budapest
   Art. 29(7)), on both sides: the requester's, and the requested Party's, which
   holds the data. When the date passes, `preservation_lapsed` is raised once. An
-  answered follow-up moves `preserved_until` to the date it gives; nothing clears it.
+  answered follow-up moves `preserved_until` to the date it gives; a withdrawal or
+  release clears it. An interim answer (more information needed, a risk notice,
+  handed on) leaves the response deadline running; a hand-on's `expected_by`
+  moves it to the end of that day.
 - The watcher looks at a message at its `alert_at`: a deadline newly passed is
   flagged, audited and alerted at once; while any stays unmet the alert is
   repeated every `repeat` (the shortest among what is pending).
@@ -33,6 +36,7 @@ from network.core.lifecycle import State
 from network.core.records import Box, MessageType, Priority
 
 __all__ = [
+    "DAY",
     "DEFAULT_DEADLINES",
     "MIN_PRESERVATION_DAYS",
     "Box",
@@ -166,11 +170,14 @@ _UNMET: Final[dict[tuple[Box, Overdue], frozenset[State]]] = {
     (Box.IN, Overdue.RESPONSE): frozenset({State.RECEIVED, State.OPENED, State.ACKNOWLEDGED}),
 }
 
-_NO_REPLY: Final = frozenset({MessageType.ACKNOWLEDGEMENT, MessageType.RESPONSE})
+_NO_REPLY: Final = frozenset(
+    {MessageType.ACKNOWLEDGEMENT, MessageType.RESPONSE, MessageType.FOLLOW_UP}
+)
 
 
 def expects_reply(message_type: MessageType) -> bool:
-    """False for acknowledgements and responses: nobody acknowledges or answers those."""
+    """False for acknowledgements, responses and follow-ups: nobody acknowledges or answers
+    those (what a follow-up asks is answered on the request it follows)."""
     return message_type not in _NO_REPLY
 
 

@@ -16,7 +16,12 @@ Rules:
   once written to the next hop, `forwarded` once the next hop took it on (its
   hop receipt, or the recipient's end-to-end receipt). A forwarded copy goes
   `queued` again when its sender sends it again (the end-to-end receipt was lost).
-- `acknowledged` and `answered` follow the officers' acts on either side.
+- `acknowledged` and `answered` follow the officers' acts on either side; an
+  interim answer (`bodies.INTERIM_ANSWERS`: more information needed, a risk
+  notice, handed on) is an acknowledgement, so the response is still awaited.
+- `withdrawn` follows the requester's withdrawal or release (a `follow_up`), on
+  either side and from any state of a request: it is final, and what arrives
+  after it (a late receipt, an answer crossing the withdrawal) changes nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class State(StrEnum):
     RECEIVED = "received"
     OPENED = "opened"
     FORWARDED = "forwarded"
+    WITHDRAWN = "withdrawn"
 
 
 class Event(StrEnum):
@@ -65,6 +71,7 @@ class Event(StrEnum):
     OPEN = "open"
     ACKNOWLEDGE = "acknowledge"
     ANSWER = "answer"
+    WITHDRAW = "withdraw"  # the requester withdrew the request, or released the preservation
 
 
 S, E = State, Event
@@ -80,6 +87,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         # The answer can overtake the receipt (and our record that it went): it arrived.
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
     },
     S.SENT: {
         E.RESEND: S.SENT,
@@ -89,6 +97,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.EXPIRE: S.EXPIRED,
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
     },
     # A refusal after a valid accepting receipt changes nothing: that receipt proves
     # the exact bytes arrived (the refusal is audited, and may be a late or forged one).
@@ -98,6 +107,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.HOP_RECEIPT: S.DELIVERED,
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
     },
     S.ACKNOWLEDGED: {
         E.RECEIPT: S.ACKNOWLEDGED,
@@ -105,6 +115,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.HOP_RECEIPT: S.ACKNOWLEDGED,
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
     },
     S.ANSWERED: {
         E.RECEIPT: S.ANSWERED,
@@ -112,6 +123,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.HOP_RECEIPT: S.ANSWERED,
         E.ACKNOWLEDGE: S.ANSWERED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
     },
     # Expired here, refused there (the recipient found it expired too): refused says more.
     S.EXPIRED: {
@@ -121,6 +133,7 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.HOP_RECEIPT: S.EXPIRED,
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
     },
     S.REJECTED: {
         E.RECEIPT: S.DELIVERED,
@@ -128,6 +141,20 @@ OUTBOUND: Final[dict[State, dict[Event, State]]] = {
         E.HOP_RECEIPT: S.REJECTED,
         E.ACKNOWLEDGE: S.ACKNOWLEDGED,
         E.ANSWER: S.ANSWERED,
+        E.WITHDRAW: S.WITHDRAWN,
+    },
+    # Withdrawn by our officers: final. A receipt, an acknowledgement or an answer that
+    # crossed the withdrawal is audited; the request stays withdrawn.
+    S.WITHDRAWN: {
+        E.SEND: S.WITHDRAWN,
+        E.RESEND: S.WITHDRAWN,
+        E.RECEIPT: S.WITHDRAWN,
+        E.REFUSED: S.WITHDRAWN,
+        E.HOP_RECEIPT: S.WITHDRAWN,
+        E.EXPIRE: S.WITHDRAWN,
+        E.ACKNOWLEDGE: S.WITHDRAWN,
+        E.ANSWER: S.WITHDRAWN,
+        E.WITHDRAW: S.WITHDRAWN,
     },
 }
 
@@ -170,21 +197,26 @@ RELAY: Final[dict[State, dict[Event, State]]] = {
     },
 }
 
+_W = {E.WITHDRAW: S.WITHDRAWN}
 INBOUND: Final[dict[State, dict[Event, State]]] = {
-    S.RECEIVED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
-    S.OPENED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
-    S.ACKNOWLEDGED: {E.OPEN: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED},
-    S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED},
+    S.RECEIVED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED, **_W},
+    S.OPENED: {E.OPEN: S.OPENED, E.ACKNOWLEDGE: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED, **_W},
+    S.ACKNOWLEDGED: {E.OPEN: S.ACKNOWLEDGED, E.ANSWER: S.ANSWERED, **_W},
+    S.ANSWERED: {E.OPEN: S.ANSWERED, E.ANSWER: S.ANSWERED, **_W},
+    # Withdrawn by its sender: still readable; our officers may still answer it (to say
+    # the data was let go), and it stays withdrawn.
+    S.WITHDRAWN: {E.OPEN: S.WITHDRAWN, E.ANSWER: S.WITHDRAWN, **_W},
 }
 
 # What a peer's frames can cause: a receipt (hop or end to end, any outcome), a sender
-# asking again for a relayed copy, the other side's acknowledgement or response. Each is
+# asking again for a relayed copy, the other side's acknowledgement or response, its
+# withdrawal of a request it sent us. Each is
 # a move in EVERY state of the outbound and relay tables (an unchanged state is an
 # audited no-op), so that no input from outside can raise IllegalTransition.
 PEER_EVENTS: Final[dict[Box, frozenset[Event]]] = {
     Box.OUT: frozenset({E.RECEIPT, E.REFUSED, E.HOP_RECEIPT, E.ACKNOWLEDGE, E.ANSWER}),
     Box.RELAY: frozenset({E.RECEIPT, E.REFUSED, E.HOP_RECEIPT, E.REQUEUE}),
-    Box.IN: frozenset(),
+    Box.IN: frozenset({E.WITHDRAW}),
 }
 
 TABLES: Final[dict[Box, dict[State, dict[Event, State]]]] = {

@@ -109,6 +109,7 @@ class MessageType(StrEnum):
     EMERGENCY = "emergency"
     ACKNOWLEDGEMENT = "acknowledgement"
     RESPONSE = "response"
+    FOLLOW_UP = "follow_up"
 
 
 class Outcome(StrEnum):

@@ -46,6 +46,10 @@ _LIVE: dict[str, str] = {
     "acknowledged": "state",
     "answered": "state",
     "replied": "state",
+    "withdrawn": "state",
+    "released": "state",
+    "information_given": "state",
+    "proceed_asked": "state",
     "expired": "state",
     "overdue": "state",
 }

@@ -25,7 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from network.core.bodies import Acknowledgement, Response, check_answer, check_priority
+from network.core.bodies import (
+    REFERENCES,
+    Acknowledgement,
+    FollowUp,
+    Response,
+    check_answer,
+    check_priority,
+    follow_up_problem,
+    reference_problem,
+)
 from network.core.deadlines import Box
 from network.core.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -292,15 +301,31 @@ class Inbound:
         item.receipt = self._receipt(header, item, Outcome.ACCEPTED, None, now)
 
     async def _unlawful_answer(self, tx: Tx, item: _Inbound) -> PeerError | None:
-        """What a well-formed message may not say: an emergency sent `routine`, or a response
+        """What a well-formed message may not say: an emergency sent `routine`; a response
         to one of our requests that is not one of its lawful answers (a `preserved` to a
-        `locate`): refused, so that no clock starts on it."""
+        `locate`); a reference to a message held here of the wrong kind, or exchanged with
+        another Party (a withdrawal of what a third State asked of us); the release of a
+        request that preserved nothing. Refused, so that no clock starts or stops on it."""
         assert item.opened is not None
+        header = item.opened.envelope.header
         try:
-            check_priority(item.opened.message_type, item.opened.envelope.header.priority)
+            check_priority(item.opened.message_type, header.priority)
         except BodyError as exc:
             return MalformedError(f"header.{exc.field}: {exc.problem}")
         typed = item.opened.body
+        for reference in REFERENCES.get(item.opened.message_type, ()):
+            target = getattr(typed, reference.field, None)
+            if target is None:
+                continue
+            row = await tx.message(target)
+            found = None if row is None else (row.type, str(row.box), str(row.peer))
+            problem = reference_problem(reference, found, header.sender, received=True)
+            if problem is not None:
+                return MalformedError(f"plain.body.{reference.field}: {problem}")
+            if isinstance(typed, FollowUp) and row is not None:
+                problem = follow_up_problem(typed.action, row.type)
+                if problem is not None:
+                    return MalformedError(f"plain.body.action: {problem}")
         if not isinstance(typed, Response):
             return None
         original = await tx.message(typed.in_reply_to)
@@ -335,9 +360,13 @@ class Inbound:
         )
         detail["type"] = str(item.opened.message_type)
         item.audit.append(AuditEntry(link_actor, action, header.id, detail))
-        if isinstance(typed, Acknowledgement | Response):
-            original = await tx.message(typed.in_reply_to)
-            if original is not None and original.box == "out" and original.peer == header.sender:
+        if isinstance(typed, Acknowledgement | Response | FollowUp):
+            # What it answers is one of our requests; what it follows, one sent to us.
+            target, box = (
+                (typed.follows, "in") if isinstance(typed, FollowUp) else (typed.in_reply_to, "out")
+            )
+            original = await tx.message(target)
+            if original is not None and original.box == box and original.peer == header.sender:
                 item.audit += await act_on(
                     self.context, tx, original, typed, actor=link_actor, reply=header.id
                 )

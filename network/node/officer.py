@@ -16,8 +16,10 @@ from network.core.bodies import (
     REFERENCES,
     Acknowledgement,
     Body,
+    FollowUp,
     Response,
     check_answer,
+    follow_up_problem,
     parse_request,
     reference_problem,
 )
@@ -107,8 +109,8 @@ class Officers:
             card = self.context.roster.active_card(node)
         except UnknownNodeError as exc:
             raise BodyError("to", str(exc)) from None
-        answered = await self._answered(typed, node)
         await self._check_references(kind, typed, node)
+        answered = await self._answered(typed, node)
         now = self.context.clock()
         try:
             envelope = seal(
@@ -185,13 +187,24 @@ class Officers:
                 raise BodyError(f"body.{reference.field}", problem)
 
     async def _answered(self, typed: Body, to: NodeId) -> MessageRow | None:
-        """The received request an acknowledgement or response answers; BodyError if none."""
+        """The request an acknowledgement or response answers (received), or a follow-up
+        speaks of (sent: `_check_references` checks it is); BodyError if none."""
+        if isinstance(typed, FollowUp):
+            request = await self.context.store.message(typed.follows)
+            if request is None or request.box != "out":
+                return None  # _check_references names the field
+            problem = follow_up_problem(typed.action, request.type)
+            if problem is None and request.state is State.WITHDRAWN:
+                problem = "that request is withdrawn already"
+            if problem is not None:
+                raise BodyError("body.action", problem)
+            return request
         if not isinstance(typed, Acknowledgement | Response):
             return None
         original = await self.context.store.message(typed.in_reply_to)
         if original is None or original.box != "in" or original.peer != to:
             raise BodyError("body.in_reply_to", f"is not a message received from {to}")
-        if isinstance(typed, Acknowledgement) and original.state in ACTED:
+        if isinstance(typed, Acknowledgement) and original.state in (*ACTED, State.WITHDRAWN):
             raise BodyError("body.in_reply_to", f"that message is already {original.state}")
         if isinstance(typed, Response) and original.type is not None:
             try:
@@ -245,4 +258,25 @@ class Officers:
             message_type="response",
             priority=row.priority,
             body={"in_reply_to": message_id, **fields},
+        )
+
+    async def follow_up(
+        self, message_id: str, user: str, fields: dict[str, Any]
+    ) -> MessageRow | None:
+        """An officer follows up a request we sent: information asked for, proceed despite a
+        risk notice, withdraw, release (a `follow_up` goes to its recipient, at its priority).
+
+        None if there is no such sent message; BodyError naming the field as `submit` does.
+        """
+        row = await self.context.store.message(message_id)
+        if row is None or row.box != "out":
+            return None
+        if "follows" in fields:
+            raise BodyError("follows", "is the request followed up; leave it out")
+        return await self.submit(
+            user=user,
+            to=row.peer,
+            message_type="follow_up",
+            priority=row.priority,
+            body={"follows": message_id, **fields},
         )

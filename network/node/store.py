@@ -912,11 +912,20 @@ class Tx:
         current = self._rows.get(message.id) or message
         self._rows[message.id] = replace(current, hop_acked=True)
 
-    def preserved(self, message_id: str, until: int) -> None:
-        """The other side says the data is preserved until `until`."""
+    def preserved(self, message_id: str, until: int | None) -> None:
+        """The data is preserved until `until` (the requested Party says so), or no longer
+        (None: the requester withdrew or released it)."""
         self._write(
             "UPDATE messages SET preserved_until = ?, updated = ? WHERE id = ?",
             (until, self.now, message_id),
+        )
+        self._rows.pop(message_id, None)
+
+    def response_due(self, message_id: str, due: int) -> None:
+        """The final answer is now due at `due` (the request was handed on)."""
+        self._write(
+            "UPDATE messages SET response_due = ?, updated = ? WHERE id = ?",
+            (due, self.now, message_id),
         )
         self._rows.pop(message_id, None)
 

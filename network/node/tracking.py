@@ -9,8 +9,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from network.core.bodies import Acknowledgement, Body, Response
+from network.core.bodies import (
+    INTERIM_ANSWERS,
+    Acknowledgement,
+    Body,
+    FollowUp,
+    FollowUpAction,
+    Response,
+)
 from network.core.deadlines import (
+    DAY,
     Box,
     Tracked,
     due_times,
@@ -88,23 +96,32 @@ def track(context: NodeContext, tx: Tx, row: MessageRow) -> None:
 async def act_on(
     context: NodeContext, tx: Tx, original: MessageRow, typed: Body, *, actor: str, reply: str
 ) -> list[AuditEntry]:
-    """An acknowledgement or a response moves the request it answers, on either side."""
+    """An acknowledgement, a response or a follow-up moves the request it speaks of, on
+    either side (`reply`: its id)."""
     current = await tx.message(original.id) or original
+    if isinstance(typed, FollowUp):
+        return await _followed_up(context, tx, current, typed, actor=actor, reply=reply)
     detail: dict[str, Any] = {"reply": reply}
     preserved = current.preserved_until
-    event = Event.ACKNOWLEDGE if isinstance(typed, Acknowledgement) else Event.ANSWER
     moves = TABLES[current.box].get(current.state, {})
-    if event not in moves or (event is Event.ACKNOWLEDGE and moves[event] is current.state):
-        return []  # acknowledged or answered already, or expired unread: no step back
     if isinstance(typed, Acknowledgement):
+        if moves.get(Event.ACKNOWLEDGE, current.state) is current.state:
+            return []  # acknowledged or answered already, or expired unread: no step back
         tx.acted(current, Event.ACKNOWLEDGE, acked_by=typed.officer)
         detail["officer"] = typed.officer
         action = "acknowledged"
     else:
         assert isinstance(typed, Response)
-        tx.acted(current, Event.ANSWER)
+        # An interim answer takes the request on; only a final one answers it.
+        event = Event.ACKNOWLEDGE if typed.status in INTERIM_ANSWERS else Event.ANSWER
+        if moves.get(event, current.state) is not current.state:
+            tx.acted(current, event)
         detail["status"] = str(typed.status)
         action = "replied" if current.box == "in" else "answered"
+        if typed.expected_by is not None:
+            # Handed on (35(2)(b)): the final answer is due by the end of the day given.
+            detail["expected_by"] = typed.expected_by
+            tx.response_due(current.id, preserved_until_ms(typed.expected_by) + DAY)
         if typed.preserved_until is not None:
             detail["preserved_until"] = typed.preserved_until
             # The date belongs to the first request: an extension or an MLA notice
@@ -121,3 +138,35 @@ async def act_on(
     row = await tx.message(current.id) or current
     track(context, tx, replace(row, preserved_until=preserved))
     return [AuditEntry(actor, action, current.id, detail)]
+
+
+_FOLLOW_UP_ACTIONS: dict[FollowUpAction, str] = {
+    FollowUpAction.INFORMATION: "information_given",
+    FollowUpAction.PROCEED: "proceed_asked",
+    FollowUpAction.WITHDRAW: "withdrawn",
+    FollowUpAction.RELEASE: "released",
+}
+
+
+async def _followed_up(
+    context: NodeContext, tx: Tx, current: MessageRow, typed: FollowUp, *, actor: str, reply: str
+) -> list[AuditEntry]:
+    """The requester's follow-up, on either side. Information and `proceed` leave the request
+    where it is, its deadlines running; a withdrawal or a release ends it (`withdrawn`: no
+    deadline, no preservation clock, here and on the first request of its chain)."""
+    detail: dict[str, Any] = {"follow_up": reply, "action": str(typed.action)}
+    if typed.action in (FollowUpAction.WITHDRAW, FollowUpAction.RELEASE):
+        detail["was"] = str(current.state)
+        if current.state is not State.WITHDRAWN:
+            tx.transition(current, Event.WITHDRAW)
+        first = await tx.message(current.in_reply_to or current.id)
+        chain = {current.id: current}
+        if first is not None and first.box == current.box:
+            chain[first.id] = first
+        for row in chain.values():
+            fresh = await tx.message(row.id) or row
+            if fresh.preserved_until is not None:
+                detail["preserved_until_was"] = fresh.preserved_until
+                tx.preserved(fresh.id, None)
+            track(context, tx, replace(fresh, preserved_until=None))
+    return [AuditEntry(actor, _FOLLOW_UP_ACTIONS[typed.action], current.id, detail)]

@@ -197,8 +197,8 @@ function leaf(field, path, form) {
         if (!Number.isInteger(value)) errors.push([path, 'must be a whole number']);
         else if (value < field.min) errors.push([path, `must be at least ${field.min}`]);
         else if (value > field.max) errors.push([path, `must be at most ${field.max}`]);
-      } else if (typeof value === 'string' && value.length > field.max_length) {
-        errors.push([path, `must be at most ${field.max_length} characters`]);
+      } else if (typeof value === 'string' && new TextEncoder().encode(value).length > field.max_length) {
+        errors.push([path, `must be at most ${field.max_length} bytes in UTF-8`]);
       }
     },
     setActive(on) {

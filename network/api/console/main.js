@@ -340,8 +340,10 @@ function renderMessage(holder, m) {
 
 async function renderActions(holder, m, reload) {
   clear(holder);
-  const takesAction = session.me.role === 'officer' && m.box === 'in' && REQUESTS.includes(m.type);
-  if (!takesAction || ['answered', 'expired', 'rejected'].includes(m.state)) return;
+  const officer = session.me.role === 'officer' && REQUESTS.includes(m.type);
+  if (officer && m.box === 'out' && m.state !== 'withdrawn') return renderFollowUp(holder, m, reload);
+  const takesAction = officer && m.box === 'in';
+  if (!takesAction || ['answered', 'expired', 'rejected', 'withdrawn'].includes(m.state)) return;
   const described = await describedTypes();
   const status = h('p', { class: 'muted', role: 'status' });
   if (m.state !== 'acknowledged') {
@@ -373,6 +375,31 @@ async function renderActions(holder, m, reload) {
     try {
       await api(`/api/messages/${encodeURIComponent(m.id)}/reply`, { method: 'POST', body: reply.read() ?? {} });
       status.textContent = 'Reply sent.';
+      await reload();
+    } catch (error) {
+      form.showServerError(error);
+    }
+  });
+  append(holder, element, status);
+}
+
+// The requester's word on its own request: the information asked for, proceed despite a
+// risk notice, withdraw it, or release the data preserved.
+async function renderFollowUp(holder, m, reload) {
+  const described = await describedTypes();
+  const status = h('p', { class: 'muted', role: 'status' });
+  const form = new Form();
+  const fields = record(described.follow_up, 'body', form, { omit: ['follows'] });
+  const element = h('form', { class: 'card follow-up', novalidate: true }, h('h2', {}, 'Follow up'), form.summary, fields.el,
+    h('button', { type: 'submit', class: 'primary' }, 'Send the follow-up'));
+  element.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const errors = [];
+    fields.check(errors);
+    if (errors.length) return form.showErrors(errors);
+    try {
+      await api(`/api/messages/${encodeURIComponent(m.id)}/follow-up`, { method: 'POST', body: fields.read() ?? {} });
+      status.textContent = 'Follow-up sent.';
       await reload();
     } catch (error) {
       form.showServerError(error);
