@@ -28,6 +28,7 @@ from network.core.bodies import (
     body_to_json,
     body_type,
     check_answer,
+    check_response,
     follow_up_problem,
     parse_body,
     reference_problem,
@@ -333,7 +334,8 @@ def test_preserved_without_preserved_until() -> None:
 
     assert (error.field, error.problem) == (
         "preserved_until",
-        "required when status is preserved or partially_preserved",
+        "required when status is preserved (or, answering an MLA notice, until_mla_decision"
+        " with mla_received_on)",
     )
 
 
@@ -592,7 +594,7 @@ def test_each_request_has_its_own_lawful_answers(
     }.get(
         request_type,
         {"completed", "not_possible", "refused", "needs_info", "held_elsewhere",
-         "conditions_not_met", "transferred", "awaiting_order"},
+         "conditions_not_met", "transferred", "awaiting_order", "partially_completed"},
     )  # fmt: skip
 
     if status in lawful:
@@ -691,6 +693,47 @@ def test_a_follow_up_says_what_it_brings() -> None:
     assert follow_up_problem(FollowUpAction.RELEASE, MessageType.MLA_NOTICE) is None
     assert "withdrawn" in str(follow_up_problem(FollowUpAction.RELEASE, MessageType.LOCATE))
     assert follow_up_problem(FollowUpAction.WITHDRAW, MessageType.LOCATE) is None
+
+
+def test_a_preservation_until_the_mla_decision_has_no_date_but_the_day_of_receipt() -> None:
+    # Issue 19: 29(7) keeps the data "pending a decision on that request", from its receipt
+    # by the requested Party; only a date could be given.
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "preserved", "until_mla_decision": True}
+
+    undated = refusal("response", body)
+    typed = parse_body("response", {**body, "mla_received_on": "2027-01-05"})
+    both = refusal(
+        "response", {**body, "mla_received_on": "2027-01-05", "preserved_until": "2027-09-01"}
+    )
+    false = refusal("response", {**body, "until_mla_decision": False})
+    stray = refusal("response", {**body, "status": "partially_preserved"})
+
+    assert undated.field == "mla_received_on" and "29(7)" in undated.problem
+    assert both.field == "preserved_until" and false.field == "until_mla_decision"
+    assert stray.field == "until_mla_decision"
+    check_response(MessageType.MLA_NOTICE, typed)  # type: ignore[arg-type]
+    with pytest.raises(BodyError, match="answers an mla_notice only") as refused:
+        check_response(MessageType.PRESERVATION, typed)  # type: ignore[arg-type]
+    assert refused.value.field == "until_mla_decision"
+
+
+def test_a_partial_answer_says_what_was_done() -> None:
+    # Issue 19: a partial preservation named nothing of what was kept, and the other
+    # requests had no partial answer at all.
+    body = {"in_reply_to": SAMPLE_REQUEST_ID, "status": "partially_preserved"}
+    dated = {**body, "preserved_until": "2027-03-01"}
+    kept = {"identifiers": ["203.0.113.45"], "categories": ["subscriber", "traffic"]}
+
+    unnamed = refusal("response", dated)
+    typed = parse_body("response", {**dated, "preserved": kept})
+    stray = refusal("response", {**body, "status": "completed", "preserved": kept})
+    empty = refusal("response", {**dated, "preserved": {**kept, "categories": []}})
+    untold = refusal("response", {**body, "status": "partially_completed"})
+
+    assert unnamed.field == "preserved" and "identifiers and categories" in unnamed.problem
+    assert typed.preserved.categories == ("subscriber", "traffic")  # type: ignore[attr-defined]
+    assert stray.field == "preserved" and empty.field == "preserved.categories"
+    assert untold.field == "note" and "what was done" in untold.problem
 
 
 def test_a_request_handed_on_names_the_authority() -> None:

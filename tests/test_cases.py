@@ -372,3 +372,51 @@ def test_a_released_preservation_stops_both_clocks(tmp_path: Path) -> None:
         (released,) = [e for e in side["timeline"] if e["action"] == "released"]
         assert released["detail"]["was"] == "answered"
     assert [listed["preservations"] for listed in lists] == [[], []]
+
+
+def test_once_the_mla_request_is_received_the_data_is_kept_until_the_decision(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    # Issue 19: a preservation could only run to a date, so the requester was warned every
+    # day to extend what Budapest 29(7) keeps "pending a decision on that request".
+    config = f'[alerts]\nwebhook = "{webhook.url}"\n[deadlines]\npreservation_warning = "70d"\n'
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", request, {"received"})
+        undecided = {
+            "status": "preserved",
+            "until_mla_decision": True,
+            "mla_received_on": in_days(0),
+        }
+        status, early = network.api("DEU", "POST", f"/api/messages/{request}/reply", undecided)
+        assert status == 400 and early["field"] == "until_mla_decision", early
+        soon = {"status": "preserved", "preserved_until": in_days(61)}
+        assert network.api("DEU", "POST", f"/api/messages/{request}/reply", soon)[0] == 202
+        wait_for(
+            lambda: webhook.about(request, "preservation_expiring", "FRA"),
+            what="the warning before the preservation lapses",
+        )
+        notice = network.send(
+            "FRA", "DEU", "mla_notice", sample_body("mla_notice", follows=request)
+        )
+        network.wait_state("DEU", notice, {"received"})
+        assert network.api("DEU", "POST", f"/api/messages/{notice}/reply", undecided)[0] == 202
+        network.wait_state("FRA", notice, {"answered"})
+        asked = network.api("FRA", "GET", f"/api/messages/{request}")[1]
+        held = network.api("DEU", "GET", f"/api/messages/{request}")[1]
+        lists = [network.api(n, "GET", "/api/preservations")[1] for n in ("FRA", "DEU")]
+    finally:
+        network.close()
+
+    received_on = int(
+        datetime.datetime.fromisoformat(in_days(0)).replace(tzinfo=datetime.UTC).timestamp()
+    )
+    for side in (asked, held):
+        assert side["preserved_until"] is None
+        assert side["until_decision"] == received_on * 1000
+        assert "preservation_expiring" not in side["overdue"]  # nothing left to warn of
+    for listed in lists:
+        assert [p["id"] for p in listed["preservations"]] == [request]

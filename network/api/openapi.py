@@ -187,6 +187,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                 {"receipt": _NULL_MS, "acknowledgement": _NULL_MS, "response": _NULL_MS}
             ),
             "preserved_until": _NULL_MS,
+            "until_decision": _NULL_MS,
         }
     ),
     "Message": {

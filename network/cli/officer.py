@@ -288,7 +288,9 @@ def add_commands(commands: Subcommands) -> None:
         help="answer a received request (sends a response)",
         description="Answer a received request: a response goes to its sender. Its fields"
         " come from flags, --set, or a JSON or TOML --file. preserved and"
-        " partially_preserved need --preserved-until; refused needs --refusal-ground;"
+        " partially_preserved need --preserved-until, and partially_preserved what was kept"
+        " (--set preserved.identifiers:='[...]' --set preserved.categories:='[...]');"
+        " refused needs --refusal-ground; partially_completed a --note saying what was done;"
         " needs_info needs --missing; held_elsewhere needs --held-in; transferred needs"
         " --transferred-to; risk_notice and conditions_not_met need a --note saying the"
         " risk or the condition. needs_info, risk_notice, transferred and awaiting_order"

@@ -107,6 +107,7 @@ __all__ = [
     "PhoneRequest",
     "Preservation",
     "PreservationStatus",
+    "PreservedPart",
     "Provider",
     "Reference",
     "RefusalGround",
@@ -121,6 +122,7 @@ __all__ = [
     "body_type",
     "check_answer",
     "check_priority",
+    "check_response",
     "describe_types",
     "follow_up_problem",
     "json_schemas",
@@ -342,6 +344,7 @@ class ResponseStatus(StrEnum):
     TRANSFERRED = "transferred"
     AWAITING_ORDER = "awaiting_order"
     COMPLETED = "completed"
+    PARTIALLY_COMPLETED = "partially_completed"  # the `note` says what was done, what not
 
 
 # Answers that say where the request stands, not how it ends: the request is taken on
@@ -495,6 +498,15 @@ class PhoneRequest:
 
     called_at: DateTime
     spoke_to: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreservedPart:
+    """What a partial preservation kept: the identifiers (as the request gave their values)
+    and the categories of data."""
+
+    identifiers: Annotated[tuple[IdentifierValue, ...], _Items(low=1, unique=True)]
+    categories: Annotated[tuple[DataCategory, ...], _Items(low=1, unique=True)]
 
 
 # --- Bodies ---
@@ -665,6 +677,7 @@ _DONE = frozenset(
         ResponseStatus.NEEDS_INFO,
         ResponseStatus.HELD_ELSEWHERE,
         ResponseStatus.CONDITIONS_NOT_MET,
+        ResponseStatus.PARTIALLY_COMPLETED,
         *_HANDED_ON,
     }
 )
@@ -767,6 +780,19 @@ def reference_problem(
     return None
 
 
+def check_response(request: MessageType, response: Response) -> None:
+    """`check_answer` for a whole response: its status, and a preservation until the MLA
+    decision only in answer to the MLA notice (before the MLA request, 29(7) asks for a
+    date at least 60 days on). BodyError naming the field."""
+    check_answer(request, response.status)
+    if response.until_mla_decision and request is not MessageType.MLA_NOTICE:
+        raise BodyError(
+            "until_mla_decision",
+            f"answers an mla_notice only (the MLA request received); a {request} is"
+            " preserved until a date (preserved_until)",
+        )
+
+
 def check_answer(request: MessageType, status: ResponseStatus) -> None:
     """Return None if a `request` may be answered `status`; BodyError on `status` naming
     the answers it may have (a `preserved` to a `locate` would start a preservation clock
@@ -796,11 +822,13 @@ _PRESERVATIONS: Final = frozenset({MessageType.PRESERVATION, MessageType.MLA_NOT
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
     """The answer to a request; what it must carry depends on `status`: `preserved_until`
-    when preserved or partially_preserved (`provider_reference` then optional),
+    when preserved or partially_preserved (`provider_reference` then optional), or, for
+    preserved in answer to an MLA notice, `until_mla_decision` with `mla_received_on`;
     `refusal_ground` when refused, `missing` when needs_info, `held_in` when held_elsewhere,
-    `transferred_to` when transferred (each refused with any other status; `expected_by`
-    optional with transferred and awaiting_order), and a `note` saying the risk for risk_notice
-    or which condition cannot be met for conditions_not_met."""
+    `transferred_to` when transferred, `preserved` (what was kept) when partially_preserved
+    (each refused with any other status; `expected_by` optional with transferred and
+    awaiting_order); a `note` saying the risk for risk_notice, which condition cannot be
+    met for conditions_not_met, what was done for partially_completed."""
 
     message_type: ClassVar[MessageType] = MessageType.RESPONSE
 
@@ -809,6 +837,12 @@ class Response:
     case_ref: str | None = None
     note: Text | None = None
     preserved_until: FullDate | None = None
+    # Budapest 29(7): once the MLA request is received, the data stays preserved until it
+    # is decided, with no date: the answer to an MLA notice says so, and on which day the
+    # requested Party received the MLA request (its clock runs from there, not from the
+    # requester's notice that it was sent).
+    until_mla_decision: bool | None = None
+    mla_received_on: FullDate | None = None
     provider_reference: str | None = None
     # What the provider did, as the requested Party knows it: when the order reached it,
     # and until when it keeps the data (its own date may differ from preserved_until).
@@ -817,19 +851,28 @@ class Response:
     refusal_ground: RefusalGround | None = None
     missing: Text | None = None
     held_in: Country | None = None  # held_elsewhere: the State where the data is held
+    preserved: PreservedPart | None = None  # partially_preserved: what was kept
     transferred_to: str | None = None  # transferred: the competent authority (35(2)(b))
     # transferred, awaiting_order: when a final answer can be expected; the response
     # deadline moves to the end of that day (UTC), on both sides.
     expected_by: FullDate | None = None
 
     rules: ClassVar[tuple[When, ...]] = (
-        When("preserved_until", "status", _PRESERVED),
+        When("preserved_until", "status", _PRESERVED, required=False),  # see __post_init__
+        When("until_mla_decision", "status", (ResponseStatus.PRESERVED,), required=False),
         When("provider_reference", "status", _PRESERVED, required=False),  # optional even then
         When("provider_served_at", "status", _PRESERVED, required=False),
         When("provider_keeps_until", "status", _PRESERVED, required=False),
         When("refusal_ground", "status", (ResponseStatus.REFUSED,)),
         When("missing", "status", (ResponseStatus.NEEDS_INFO,)),
         When("held_in", "status", (ResponseStatus.HELD_ELSEWHERE,)),
+        When(
+            "preserved",
+            "status",
+            (ResponseStatus.PARTIALLY_PRESERVED,),
+            problem="required when status is partially_preserved: the identifiers and"
+            " categories that were preserved",
+        ),
         When("transferred_to", "status", (ResponseStatus.TRANSFERRED,)),
         When("expected_by", "status", _HANDED_ON, required=False),
         # Budapest 29(6): the requested Party says why preservation would not ensure the
@@ -844,10 +887,40 @@ class Response:
             " (Budapest 29(6)) or the condition that cannot be met (28(3)), so that the"
             " requester can decide",
         ),
+        When(
+            "note",
+            "status",
+            (ResponseStatus.PARTIALLY_COMPLETED,),
+            only=False,
+            problem="required when status is partially_completed: what was done, and what"
+            " could not be",
+        ),
     )
 
     def __post_init__(self) -> None:
         _check_rules(self)
+        if self.until_mla_decision is False:
+            raise BodyError("until_mla_decision", "must be true, or left out")
+        if self.until_mla_decision:
+            if self.preserved_until is not None:
+                raise BodyError(
+                    "preserved_until",
+                    "not allowed with until_mla_decision: the data is kept until the decision",
+                )
+            if self.mla_received_on is None:
+                raise BodyError(
+                    "mla_received_on",
+                    "required with until_mla_decision: the day the MLA request was received"
+                    " (Budapest 29(7))",
+                )
+        elif self.mla_received_on is not None:
+            raise BodyError("mla_received_on", "only with until_mla_decision")
+        elif self.status in _PRESERVED and self.preserved_until is None:
+            raise BodyError(
+                "preserved_until",
+                f"required when status is {self.status} (or, answering an MLA notice,"
+                " until_mla_decision with mla_received_on)",
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,8 +30,8 @@ from network.core.bodies import (
     Acknowledgement,
     FollowUp,
     Response,
-    check_answer,
     check_priority,
+    check_response,
     follow_up_problem,
     reference_problem,
 )
@@ -332,7 +332,7 @@ class Inbound:
         if original is None or original.box != "out" or original.type is None:
             return None
         try:
-            check_answer(original.type, typed.status)
+            check_response(original.type, typed)
         except BodyError as exc:
             return MalformedError(f"plain.body.{exc.field}: {exc.problem}")
         return None

@@ -18,7 +18,7 @@ from network.core.bodies import (
     Body,
     FollowUp,
     Response,
-    check_answer,
+    check_response,
     follow_up_problem,
     parse_request,
     reference_problem,
@@ -208,7 +208,7 @@ class Officers:
             raise BodyError("body.in_reply_to", f"that message is already {original.state}")
         if isinstance(typed, Response) and original.type is not None:
             try:
-                check_answer(original.type, typed.status)
+                check_response(original.type, typed)
             except BodyError as exc:
                 raise BodyError(f"body.{exc.field}", exc.problem) from None
             if typed.preserved_until is not None:

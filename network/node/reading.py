@@ -145,4 +145,6 @@ def summary(row: MessageRow) -> dict[str, Any]:
             "response": row.response_due,
         },
         "preserved_until": row.preserved_until,
+        # Kept until the decision on the MLA request, received by the requested Party then.
+        "until_decision": row.until_decision,
     }

@@ -63,7 +63,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -322,6 +322,11 @@ MIGRATIONS: dict[int, str] = {
         detected INTEGER NOT NULL
     );
     """,
+    # 9: a preservation kept until the decision on the MLA request (Budapest 29(7)), with no
+    # date: from when the requested Party received that request (ms, 00:00 UTC of the day).
+    9: """
+    ALTER TABLE messages ADD COLUMN until_decision INTEGER;
+    """,
 }
 
 
@@ -383,6 +388,8 @@ class MessageRow:
     preserved_until: int | None = None  # a preservation: when the preserved data may go
     overdue: frozenset[Overdue] = frozenset()  # the deadlines passed and unmet
     alert_at: int | None = None  # when the deadline scan looks at it next
+    # Preserved until the decision on the MLA request, received by the requested Party then.
+    until_decision: int | None = None
 
 
 class Waiting(NamedTuple):
@@ -419,7 +426,7 @@ _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
     " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
     " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at"
+    " overdue, alert_at, until_decision"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -912,12 +919,13 @@ class Tx:
         current = self._rows.get(message.id) or message
         self._rows[message.id] = replace(current, hop_acked=True)
 
-    def preserved(self, message_id: str, until: int | None) -> None:
-        """The data is preserved until `until` (the requested Party says so), or no longer
-        (None: the requester withdrew or released it)."""
+    def preserved(self, message_id: str, until: int | None, *, decision: int | None = None) -> None:
+        """The data is preserved until `until` (the requested Party says so), or until the
+        decision on the MLA request it received at `decision` (`until` None), or no longer
+        (both None: the requester withdrew or released it)."""
         self._write(
-            "UPDATE messages SET preserved_until = ?, updated = ? WHERE id = ?",
-            (until, self.now, message_id),
+            "UPDATE messages SET preserved_until = ?, until_decision = ?, updated = ? WHERE id = ?",
+            (until, decision, self.now, message_id),
         )
         self._rows.pop(message_id, None)
 
@@ -1275,11 +1283,12 @@ class Store:
         return [_waiting(r) for r in rows]
 
     async def preserved_requests(self) -> list[MessageRow]:
-        """Preservations with a date: those we asked for (box out) and those we granted
-        (box in, the data held here), soonest to lapse first."""
+        """Preservations open: those we asked for (box out) and those we granted (box in, the
+        data held here), soonest to lapse first, then those kept until an MLA decision."""
         return await self._select(
-            "WHERE box IN ('out', 'in') AND type = 'preservation' AND preserved_until IS NOT NULL"
-            " AND in_reply_to IS NULL ORDER BY preserved_until"
+            "WHERE box IN ('out', 'in') AND type = 'preservation' AND in_reply_to IS NULL"
+            " AND (preserved_until IS NOT NULL OR until_decision IS NOT NULL)"
+            " ORDER BY preserved_until IS NULL, preserved_until, until_decision"
         )
 
     async def overdue_messages(self, limit: int) -> list[MessageRow]:

@@ -122,15 +122,22 @@ async def act_on(
             # Handed on (35(2)(b)): the final answer is due by the end of the day given.
             detail["expected_by"] = typed.expected_by
             tx.response_due(current.id, preserved_until_ms(typed.expected_by) + DAY)
-        if typed.preserved_until is not None:
-            detail["preserved_until"] = typed.preserved_until
+        if typed.preserved_until is not None or typed.mla_received_on is not None:
             # The date belongs to the first request: an extension or an MLA notice
             # answered moves it there (and only there, so that one warning goes out).
             # Both sides keep it: the requester's clock, and ours when we hold the data.
+            # Until the MLA decision (29(7)) there is no date, and nothing to warn of.
+            until, decision = None, None
+            if typed.preserved_until is not None:
+                detail["preserved_until"] = typed.preserved_until
+                until = preserved_until_ms(typed.preserved_until)
+            if typed.mla_received_on is not None:
+                detail["until_mla_decision"] = True
+                detail["mla_received_on"] = typed.mla_received_on
+                decision = preserved_until_ms(typed.mla_received_on)
             first = await tx.message(current.in_reply_to or current.id)
             if first is not None and first.box == current.box:
-                until = preserved_until_ms(typed.preserved_until)
-                tx.preserved(first.id, until)
+                tx.preserved(first.id, until, decision=decision)
                 if first.id != current.id:
                     track(context, tx, replace(first, preserved_until=until))
                 else:
@@ -165,8 +172,10 @@ async def _followed_up(
             chain[first.id] = first
         for row in chain.values():
             fresh = await tx.message(row.id) or row
-            if fresh.preserved_until is not None:
+            if fresh.preserved_until is not None or fresh.until_decision is not None:
                 detail["preserved_until_was"] = fresh.preserved_until
+                if fresh.until_decision is not None:
+                    detail["until_decision_was"] = fresh.until_decision
                 tx.preserved(fresh.id, None)
             track(context, tx, replace(fresh, preserved_until=None))
     return [AuditEntry(actor, _FOLLOW_UP_ACTIONS[typed.action], current.id, detail)]

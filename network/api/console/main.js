@@ -310,7 +310,7 @@ function renderMessage(holder, m) {
     ['Overdue', m.overdue.length ? badge(m.overdue.join(', '), 'overdue') : 'no'],
     ['Created', when(m.created)], ['Expires', when(m.expires)],
     ['Composed by', m.composed_by], ['Acknowledged by', m.acknowledged_by],
-    ['Preserved until', m.preserved_until ? when(m.preserved_until).slice(0, 10) : null],
+    ['Preserved until', preservedUntil(m)],
     ['Hop limit', header.hop_limit], ['Suite', header.suite],
   ].filter(([, value]) => value !== null && value !== undefined);
   const receipts = m.receipts.map((r) => h('tr', {},
@@ -377,10 +377,18 @@ async function renderActions(holder, m, reload) {
       status.textContent = 'Reply sent.';
       await reload();
     } catch (error) {
-      form.showServerError(error);
+      form.showServerError(underBody(error));
     }
   });
   append(holder, element, status);
+}
+
+// A reply's or follow-up's fields go as they are, and the node names them so (`note`); the
+// form holds them under `body`, as it does a composed message's.
+function underBody(error) {
+  if (!error.field || error.field === 'id') return error;
+  const problem = error.message.startsWith(`${error.field}: `) ? error.message.slice(error.field.length + 2) : error.message;
+  return { field: `body.${error.field}`, message: `body.${error.field}: ${problem}` };
 }
 
 // The requester's word on its own request: the information asked for, proceed despite a
@@ -402,7 +410,7 @@ async function renderFollowUp(holder, m, reload) {
       status.textContent = 'Follow-up sent.';
       await reload();
     } catch (error) {
-      form.showServerError(error);
+      form.showServerError(underBody(error));
     }
   });
   append(holder, element, status);
@@ -434,10 +442,17 @@ async function alertsPage() {
   await load();
 }
 
+// A date, or until the decision on the MLA request (Budapest 29(7)), which has none.
+function preservedUntil(m) {
+  if (m.preserved_until) return when(m.preserved_until).slice(0, 10);
+  if (m.until_decision) return `the MLA decision (request received ${when(m.until_decision).slice(0, 10)})`;
+  return null;
+}
+
 async function preservationsPage() {
   const { preservations } = await api('/api/preservations');
   const rows = preservations.map((p) => h('tr', {},
-    h('td', {}, when(p.preserved_until).slice(0, 10)), h('td', {}, p.peer),
+    h('td', {}, preservedUntil(p)), h('td', {}, p.peer),
     h('td', {}, h('a', { href: `#/message/${encodeURIComponent(p.id)}` }, p.id.slice(-12))),
     h('td', {}, badge(p.state, 'state')), h('td', {}, p.overdue.length ? badge(p.overdue.join(', '), 'overdue') : '')));
   page('Preservations',
