@@ -187,12 +187,14 @@ class Network:
         extra_config: dict[str, str] | None = None,
         api_config: str = "",
         proxied: tuple[str, ...] = (),
+        desks: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         """`own_rosters`: each node reads its own copy of the roster (to watch one spread);
         `extra_config`: TOML appended to a node's config (deadlines, alerts);
         `api_config`: TOML lines added to every node's [api] table;
         `proxied`: nodes that listen on a port of their own while the roster points
-        their peers at `peer_port`, where a test puts a proxy (tests/faults/proxy.py)."""
+        their peers at `peer_port`, where a test puts a proxy (tests/faults/proxy.py);
+        `desks`: a node's duty telephone numbers, on its card (with the language en)."""
         self.root = root
         self.keys = root / "keys"
         self.nodes: dict[str, Node] = {}
@@ -213,6 +215,8 @@ class Network:
                     url=f"wss://127.0.0.1:{peer_port}",
                     suite=suite,
                     now=now,
+                    phones=(desks or {}).get(node_id, ()),
+                    languages=("en",) if node_id in (desks or {}) else (),
                 )
             )
             config = root / "nodes" / f"{node_id}.toml"

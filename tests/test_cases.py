@@ -420,3 +420,33 @@ def test_once_the_mla_request_is_received_the_data_is_kept_until_the_decision(
         assert "preservation_expiring" not in side["overdue"]  # nothing left to warn of
     for listed in lists:
         assert [p["id"] for p in listed["preservations"]] == [request]
+
+
+def test_an_unreachable_peers_duty_desk_is_named_with_its_telephone(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    # Issue 19: when the network cannot reach a contact point, the officer calls; the
+    # number was nowhere in cpn (not on the card, the alert or the console).
+    config = fast_deadlines(webhook.url)
+    network = Network(
+        tmp_path,
+        {"FRA": ["DEU"], "DEU": []},
+        extra_config={"FRA": config},
+        desks={"DEU": ("+49 611 55-15037", "+49 611 55-0")},
+    )
+    try:
+        network.start("FRA")  # DEU never comes up
+        request = network.send("FRA", "DEU", "emergency", sample_body("emergency"), "flash")
+        wait_for(
+            lambda: webhook.about(request, "overdue_receipt", "FRA"),
+            what="the alert that DEU has not received it",
+        )
+        status, peers = network.api("FRA", "GET", "/api/peers")
+    finally:
+        network.close()
+
+    (alert,) = webhook.about(request, "overdue_receipt", "FRA")[:1]
+    assert alert["peer_phones"] == ["+49 611 55-15037", "+49 611 55-0"]
+    (deu,) = [p for p in peers["peers"] if p["id"] == "DEU"]
+    assert status == 200 and not deu["linked"]
+    assert (deu["phones"], deu["languages"]) == (["+49 611 55-15037", "+49 611 55-0"], ["en"])

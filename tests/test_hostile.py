@@ -702,3 +702,33 @@ def test_a_withdrawal_of_another_partys_request_is_refused_and_moves_nothing(
     refusals = [str(d) for _, d in audited(net, "rejected")]
     assert any("plain.body.follows" in d and "exchanged with FRA" in d for d in refusals), refusals
     assert not audited(net, "withdrawn")
+
+
+def test_a_preservation_kept_until_a_decision_nobody_asked_for_is_refused(net: Network) -> None:
+    # 29(7) keeps data until the MLA decision once the MLA request is received: answering
+    # a preservation so (no MLA notice yet) would leave the requester with no date at all.
+    request = net.send("DEU", "USA", "preservation", sample_body("preservation"))
+    answer = {
+        "in_reply_to": request,
+        "status": "preserved",
+        "until_mla_decision": True,
+        "mla_received_on": "2026-12-01",
+    }
+    response = usa_to_deu(
+        net, message_type=MessageType.RESPONSE, body=answer, priority=Priority.URGENT
+    )
+
+    async def answer_wrongly() -> bytes:
+        async with hostile(net) as ws:
+            await next_frame(ws, FRAME_ENVELOPE)
+            await ws.send(envelope_frame([], response))
+            [receipt] = await receipts(ws, 1)
+            return receipt
+
+    receipt = orjson.loads(asyncio.run(answer_wrongly()))["receipt"]
+
+    assert receipt["outcome"] == "rejected" and receipt["reason"] == "malformed"
+    status, message = net.api("DEU", "GET", f"/api/messages/{request}")
+    assert status == 200 and message["until_decision"] is None
+    refusals = [str(d) for _, d in audited(net, "rejected")]
+    assert any("until_mla_decision: answers an mla_notice only" in d for d in refusals), refusals

@@ -52,6 +52,14 @@ IDS = ("FRA", "DEU", "USA")
 HONEST = ("FRA", "DEU")
 T0 = 1_795_000_000_000
 REASONS = ("expired", "id_conflict", "bad_signature", "hop_limit", "whatever")
+# Final and interim answers an officer gives an emergency (issue 19: an interim one keeps
+# the request open), and the requester's follow-ups.
+ANSWERS: dict[str, dict[str, str]] = {
+    "completed": {"status": "completed", "note": "done"},
+    "needs_info": {"status": "needs_info", "missing": "the time zone"},
+    "transferred": {"status": "transferred", "transferred_to": "the prosecutor"},
+}
+FOLLOW_UPS = ("information", "proceed", "withdraw", "release")
 
 
 @dataclass
@@ -112,6 +120,7 @@ class Nodes(RuleBasedStateMachine):
         self.seen_envelopes: list[tuple[str, tuple[NodeId, ...], bytes]] = []  # (to, path, raw)
         self.seen_receipts: list[tuple[str, str, bytes]] = []  # (to, from, raw)
         self.states: dict[tuple[str, str], tuple[str, State]] = {}
+        self.withdrawn: set[str] = set()  # requests our officers withdrew or released
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -353,17 +362,57 @@ class Nodes(RuleBasedStateMachine):
         )
         self.wire.append((header.recipient, "USA", "env", ((), forged.raw)))
 
-    @rule(node=st.sampled_from(HONEST), data=st.data(), answer=st.booleans())
-    def officer_answers(self, node: str, data: st.DataObject, answer: bool) -> None:
+    @rule(
+        node=st.sampled_from(HONEST),
+        data=st.data(),
+        answer=st.sampled_from([None, *ANSWERS]),
+    )
+    def officer_answers(self, node: str, data: st.DataObject, answer: str | None) -> None:
         inbox = [r for r in self.rows(node) if r.box == "in" and r.type == "emergency"]
         if not inbox:
             return
         row = data.draw(st.sampled_from(inbox))
-        if answer:
-            fields = {"status": "completed", "note": "done"}
-            self.run(self.nodes[node].officers.reply(row.id, "oscar", fields))
+        if answer is not None:
+            self.run(self.nodes[node].officers.reply(row.id, "oscar", ANSWERS[answer]))
         else:
             self.run(self.nodes[node].officers.acknowledge(row.id, "oscar"))
+
+    @rule(node=st.sampled_from(HONEST), data=st.data(), action=st.sampled_from(FOLLOW_UPS))
+    def officer_follows_up(self, node: str, data: st.DataObject, action: str) -> None:
+        """The requester gives information, asks to proceed, withdraws or (refused for an
+        emergency) releases, in whatever state its request is."""
+        sent = [r for r in self.rows(node) if r.box == "out" and r.type == "emergency"]
+        if not sent:
+            return
+        row = data.draw(st.sampled_from(sent))
+        fields = {
+            "action": action,
+            "note": "n",
+            **({"information": "i"} if action == "information" else {}),
+        }
+        self.run(self.nodes[node].officers.follow_up(row.id, "olivia", fields))
+
+    @precondition(lambda self: self.seen_envelopes)
+    @rule(data=st.data())
+    def usa_withdraws_what_it_did_not_send(self, data: st.DataObject) -> None:
+        """USA sends the recipient of an envelope it saw a withdrawal of that message."""
+        _, _, raw = data.draw(st.sampled_from(self.seen_envelopes))
+        header = verify_signed(raw, roster=self.keys.roster).header  # type: ignore[arg-type]
+        if header.recipient == "USA":
+            return
+        assert self.keys.roster is not None
+        forged = seal(
+            sender=NodeId("USA"),
+            recipient=header.recipient,
+            message_type=MessageType.FOLLOW_UP,
+            body={"follows": header.id, "action": "withdraw", "note": "not ours to say"},
+            priority=Priority.URGENT,
+            now=self.now,
+            random_bytes=os.urandom(10),
+            signing_key=self.keys.keys["USA"].signing,
+            recipient_key=self.keys.roster.active_card(header.recipient).hpke_key,
+        )
+        self.wire.append((header.recipient, "USA", "env", ((), forged.raw)))
 
     @rule(ms=st.sampled_from([1_000, 61_000, 700_000]))
     def time_passes(self, ms: int) -> None:
@@ -392,6 +441,26 @@ class Nodes(RuleBasedStateMachine):
                     assert box == row.box, (node, row.id, box, row.box)
                     assert reachable(box, old, row.state), (node, row.id, old, row.state)
                 self.states[key] = (row.box, row.state)
+
+    @invariant()
+    def a_withdrawn_request_has_no_clock_left(self) -> None:
+        for node in self.nodes:
+            for row in self.rows(node):
+                if row.state is State.WITHDRAWN:
+                    assert (row.alert_at, row.preserved_until, row.overdue) == (
+                        None,
+                        None,
+                        frozenset(),
+                    ), (node, row)
+
+    @invariant()
+    def only_the_requester_withdraws(self) -> None:
+        """USA's withdrawals of messages FRA and DEU exchanged never take; of its own (an
+        envelope it sealed under an id it saw), they may."""
+        for node in HONEST:
+            for row in self.rows(node):
+                if row.box == "in" and row.state is State.WITHDRAWN and row.peer != "USA":
+                    assert row.id in self.withdrawn, (node, row)
 
     @invariant()
     def nothing_reaches_an_officer_twice(self) -> None:

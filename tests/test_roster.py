@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
 from network.core.crypto import generate_signing_key
 from network.core.errors import (
+    MalformedError,
     RosterError,
     RosterExpiredError,
     RosterSignatureError,
@@ -15,7 +18,7 @@ from network.core.errors import (
     UnknownSignerError,
 )
 from network.core.records import b64encode, canonical
-from network.core.roster import NodeStatus, Roster, build_roster, load_roster
+from network.core.roster import NodeStatus, Roster, build_roster, load_roster, parse_card
 from tests.conftest import DAY, NOW, Pki, make_node, sign_roster
 
 
@@ -155,3 +158,38 @@ def test_build_refuses_duplicates_and_unknown_revocations(pki: Pki) -> None:
         build_roster(
             cards, keeper=pki.keeper, version=1, issued=NOW, valid_until=NOW + DAY, revoked=["CHE"]
         )
+
+
+def test_a_card_carries_its_duty_desks_telephones_and_languages(pki: Pki) -> None:
+    # Issue 19: the phone fallback. A card without them reads, and is written, as before.
+    plain = pki["FRA"].card
+    desk = dataclasses.replace(plain, phones=("+33 1 40 97 00 00",), languages=("fr", "en"))
+
+    assert "phones" not in plain.to_json() and "languages" not in plain.to_json()
+    assert parse_card(orjson.loads(orjson.dumps(desk.to_json()))) == desk
+    assert parse_card(desk.to_json()).phones == ("+33 1 40 97 00 00",)
+    signed = build_roster(
+        [desk, pki["DEU"].card], keeper=pki.keeper, version=2, issued=NOW, valid_until=NOW + DAY
+    )
+    assert load(pki, signed).active_card("FRA").languages == ("fr", "en")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("phones", ["call the desk"], "card.phones[0]: must be a telephone number"),
+        ("phones", [], "card.phones: must be an array of 1..5 strings"),
+        ("phones", ["+33 1"] * 6, "card.phones: must be an array of 1..5 strings"),
+        ("languages", ["français"], "card.languages[0]: must be a language tag"),
+        ("languages", [7], "card.languages[0]: must be a string"),
+    ],
+)
+def test_a_cards_telephones_and_languages_are_checked(
+    pki: Pki, field: str, value: object, named: str
+) -> None:
+    card = {**pki["FRA"].card.to_json(), field: value}
+
+    with pytest.raises(MalformedError) as refused:
+        parse_card(card)
+
+    assert str(refused.value).startswith(named)

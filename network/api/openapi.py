@@ -215,6 +215,8 @@ SCHEMAS: Final[dict[str, Any]] = {
             "failures": {"type": "integer"},
             "last_error": _NULL_STR,
             "queued": {"type": "integer"},
+            "phones": array_of({"type": "string"}),
+            "languages": array_of({"type": "string"}),
         }
     ),
     "AuditEntry": obj(

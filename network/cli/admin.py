@@ -21,10 +21,18 @@ from network.cli._common import (
     print_json,
     run_async,
 )
+from network.core.bodies import language_problem
 from network.core.crypto import HpkeSuite
 from network.core.errors import KeyFileError, RosterError
 from network.core.records import ROLES, NodeId, is_node_id
-from network.core.roster import MAX_ROSTER_BYTES, Card, Roster, build_roster, load_roster
+from network.core.roster import (
+    MAX_ROSTER_BYTES,
+    Card,
+    Roster,
+    build_roster,
+    load_roster,
+    phone_problem,
+)
 from network.node.clock import now_ms
 from network.node.config import NodeConfig, load_config
 from network.node.keys import (
@@ -70,6 +78,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     """Create a node's keys; refused when it has some (`cpn keys rotate` replaces them)."""
     node_id = _node_id_arg(args.id)
     url = args.url or f"wss://127.0.0.1:7000/{node_id}"
+    phones, languages = _desk(args)
     card = init_node_keys(
         Path(args.dir) / node_id,
         node_id,
@@ -79,9 +88,25 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
         passphrase=key_passphrase(args.passphrase),
         now=datetime.datetime.now(datetime.UTC),
         signing_uri=args.signing,
+        phones=phones,
+        languages=languages,
     )
     print(json.dumps(card.to_json(), indent=2))
     return 0
+
+
+def _desk(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The duty desk's telephone numbers and languages for the card, checked as the roster
+    checks them (KeyFileError naming the flag)."""
+    for flag, values, problem in (
+        ("--phone", args.phone, phone_problem),
+        ("--language", args.language, language_problem),
+    ):
+        for value in values:
+            wrong = problem(value)
+            if wrong is not None:
+                raise KeyFileError(f"{flag} {value!r}: {wrong}")
+    return tuple(args.phone), tuple(args.language)
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
@@ -311,6 +336,7 @@ def cmd_node_init(args: argparse.Namespace) -> int:
     url = args.url or f"wss://{socket.getfqdn()}:{peer_port}"
     if not url.startswith("wss://"):
         raise KeyFileError(f"--url: must start with wss://, got {url!r}")
+    phones, languages = _desk(args)
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)  # keys, store and config: the node's user only
     card = init_node_keys(
@@ -321,6 +347,8 @@ def cmd_node_init(args: argparse.Namespace) -> int:
         suite=SUITES[args.suite],
         passphrase=key_passphrase(args.passphrase),
         now=datetime.datetime.now(datetime.UTC),
+        phones=phones,
+        languages=languages,
     )
     text = NODE_TEMPLATE.format(
         id=node_id,
@@ -536,6 +564,20 @@ def _key_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="contact point name (default: the UN member state's name)")
     parser.add_argument("--suite", choices=sorted(SUITES), default="hybrid", help="HPKE suite")
     parser.add_argument("--passphrase", action="store_true", help="encrypt the private keys")
+    parser.add_argument(
+        "--phone",
+        action="append",
+        default=[],
+        metavar="NUMBER",
+        help="the duty desk's telephone, for when the network cannot reach it (repeatable)",
+    )
+    parser.add_argument(
+        "--language",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="a language the duty desk works in, such as en or fr (repeatable)",
+    )
 
 
 def add_node_commands(commands: Subcommands) -> None:

@@ -126,6 +126,7 @@ __all__ = [
     "describe_types",
     "follow_up_problem",
     "json_schemas",
+    "language_problem",
     "parse_body",
     "parse_request",
     "reference_problem",
@@ -259,7 +260,8 @@ def _instant(value: str) -> datetime:
     return datetime.fromisoformat(value.removesuffix("Z") + ("+00:00" if value[-1] == "Z" else ""))
 
 
-def _language_problem(value: str) -> str | None:
+def language_problem(value: str) -> str | None:
+    """Why `value` is not a language tag (BCP 47 in shape), or None."""
     if _LANGUAGE.fullmatch(value):
         return None
     return "must be a language tag, such as en, fr or pt-BR"
@@ -292,7 +294,7 @@ TimeZone = Annotated[
     str, _Str(check=_time_zone_problem, format="time-zone", schema=(_pattern(_TIME_ZONE),))
 ]
 Language = Annotated[
-    str, _Str(check=_language_problem, format="language", schema=(_pattern(_LANGUAGE),))
+    str, _Str(check=language_problem, format="language", schema=(_pattern(_LANGUAGE),))
 ]
 IdentifierValue = Annotated[str, _Str(2048)]  # URLs run longer than a line
 

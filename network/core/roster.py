@@ -18,11 +18,13 @@ holds for an active entry.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from network.core.bodies import language_problem
 from network.core.crypto import (
     HpkePublicKey,
     HpkeSuite,
@@ -64,6 +66,7 @@ __all__ = [
     "build_roster",
     "load_roster",
     "parse_card",
+    "phone_problem",
     "roster_validity",
 ]
 
@@ -95,6 +98,10 @@ class Card:
     signing_key: VerifyKey = field(compare=False)
     hpke_key: HpkePublicKey = field(compare=False)
     tls_cert: bytes  # DER; peers trust it and pin its SHA-256
+    # The duty desk by telephone, when the network cannot reach it, and the languages it
+    # works in: shown beside a peer that is unreachable (empty: not given).
+    phones: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
 
     @property
     def tls_sha256(self) -> bytes:
@@ -117,6 +124,9 @@ class Card:
             },
             "tls_cert": b64encode(self.tls_cert),
             "tls_sha256": b64encode(self.tls_sha256),
+            # Left out when not given, so that a card without them reads as it always has.
+            **({"phones": list(self.phones)} if self.phones else {}),
+            **({"languages": list(self.languages)} if self.languages else {}),
         }
 
 
@@ -152,7 +162,40 @@ def _parse_card(f: Fields, path: str) -> Card:
         raise MalformedError(f"{path}.tls_cert: {exc}") from exc
     if f.bytes("tls_sha256") != sha256(tls_cert):
         raise MalformedError(f"{path}.tls_sha256: does not match tls_cert")
-    return Card(NodeId(node_id), name, url, signing_key, hpke_key, tls_cert)
+    phones = _strings(f, "phones", path, MAX_PHONES, phone_problem)
+    languages = _strings(f, "languages", path, MAX_LANGUAGES, language_problem)
+    return Card(NodeId(node_id), name, url, signing_key, hpke_key, tls_cert, phones, languages)
+
+
+MAX_PHONES = 5
+MAX_LANGUAGES = 10
+_PHONE = re.compile(r"\+?[0-9][0-9 ().-]{3,38}[0-9]")
+
+
+def phone_problem(value: str) -> str | None:
+    """Why `value` is not a telephone number a duty officer can dial (None: it is)."""
+    if _PHONE.fullmatch(value):
+        return None
+    return (
+        "must be a telephone number: digits, spaces, ( ) . - and a leading +,"
+        " such as +33 1 40 97 00 00"
+    )
+
+
+def _strings(
+    f: Fields, key: str, path: str, most: int, problem: Callable[[str], str | None]
+) -> tuple[str, ...]:
+    """An optional array of at most `most` checked strings (absent: empty)."""
+    if not f.has(key):
+        return ()
+    items = f.any(key)
+    if not isinstance(items, list) or not items or len(items) > most:
+        raise MalformedError(f"{path}.{key}: must be an array of 1..{most} strings")
+    for i, item in enumerate(items):
+        wrong = problem(item) if isinstance(item, str) else "must be a string"
+        if wrong is not None:
+            raise MalformedError(f"{path}.{key}[{i}]: {wrong}")
+    return tuple(str(item) for item in items)
 
 
 def parse_card(value: Json, path: str = "card") -> Card:

@@ -18,7 +18,7 @@ import asyncio
 import datetime
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import StrEnum
 from types import TracebackType
 from typing import Final
@@ -96,12 +96,15 @@ def alert_record(
     peer: NodeId,
     detail: str,
     now: int,
+    peer_phones: Sequence[str] = (),
 ) -> dict[str, Json]:
     """The alert as JSON: what is overdue, on which message, with which country.
 
-    `box` is "out" (we wait on `peer`) or "in" (`peer` waits on us).
+    `box` is "out" (we wait on `peer`) or "in" (`peer` waits on us). `peer_phones`, the
+    peer's duty desk by telephone (its roster card), is there when its card gives them:
+    an officer whose message is not getting through calls.
     """
-    return {
+    record: dict[str, Json] = {
         "alert": kind.value,
         "message_id": message_id,
         "box": box,
@@ -111,6 +114,9 @@ def alert_record(
         "time": rfc3339(now),
         "detail": detail,
     }
+    if peer_phones:
+        record["peer_phones"] = list(peer_phones)
+    return record
 
 
 def node_alert(kind: AlertKind, *, node: NodeId, detail: str, now: int) -> dict[str, Json]:

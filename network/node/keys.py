@@ -217,6 +217,8 @@ def _write_key_set(
     now: datetime.datetime,
     replace: bool,
     signing: SigningKey | None = None,
+    phones: tuple[str, ...] = (),
+    languages: tuple[str, ...] = (),
 ) -> Card:
     """New signing, HPKE and TLS keys and their card, written to `key_dir`; `signing`
     given: that key (in a hardware module), no signing.key."""
@@ -240,6 +242,8 @@ def _write_key_set(
         signing_key=signing.verify_key(),
         hpke_key=hpke.public,
         tls_cert=tls_der,
+        phones=phones,
+        languages=languages,
     )
     # The card goes last: until it is written the keys do not match it, and loading says so.
     write_public_file(key_dir / "card.json", json.dumps(card.to_json(), indent=2).encode() + b"\n")
@@ -262,8 +266,11 @@ def init_node_keys(
     passphrase: bytes | None = None,
     now: datetime.datetime,
     signing_uri: str | None = None,
+    phones: tuple[str, ...] = (),
+    languages: tuple[str, ...] = (),
 ) -> Card:
-    """Create a node's keys, storage key and card.
+    """Create a node's keys, storage key and card (with the duty desk's `phones` and
+    `languages`, when given).
 
     Refuses (KeyFileError) when the node has keys: `rotate_node_keys` replaces
     them and keeps the old ones. With `signing_uri` the signing key is made (or found)
@@ -290,6 +297,8 @@ def init_node_keys(
         now=now,
         replace=False,
         signing=None if signing_uri is None else _token_key(signing_uri, generate=True),
+        phones=phones,
+        languages=languages,
     )
 
 
@@ -341,6 +350,8 @@ def rotate_node_keys(
         node_id,
         url=url or keys.card.url,
         name=keys.card.name,
+        phones=keys.card.phones,
+        languages=keys.card.languages,
         suite=suite or keys.hpke.suite,
         passphrase=secret,
         now=now,

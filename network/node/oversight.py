@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from network.core.deadlines import describe, review
+from network.core.deadlines import Box, describe, review
 from network.core.lifecycle import Event, State
 from network.core.records import Json, NodeId
 from network.core.roster import ROSTER_WARNING_MS, RosterValidity, roster_validity
@@ -71,6 +71,7 @@ class Oversight:
                         peer=NodeId(row.peer),
                         detail=describe(item, tracking, now),
                         now=now,
+                        peer_phones=self._phones(row.peer) if tracking.box == Box.OUT else (),
                     )
                     alerts.append(record)
                     entries.append(
@@ -82,6 +83,11 @@ class Oversight:
         self.context.publish(entries)
         self.context.alerts.raise_(alerts)
         return alerts
+
+    def _phones(self, peer: str) -> tuple[str, ...]:
+        """The peer's duty desk by telephone, from its roster card (empty: none given)."""
+        entry = self.context.roster.entries.get(NodeId(peer))
+        return entry.card.phones if entry is not None else ()
 
     async def expire_due(self) -> list[str]:
         """Mark queued or sent messages past their expiry as expired, and raise them."""

@@ -108,6 +108,9 @@ class Reading:
                     "id": node_id,
                     "name": entry.card.name,
                     "status": str(entry.status),
+                    # Whom to call when the link is down (from the card).
+                    "phones": list(entry.card.phones),
+                    "languages": list(entry.card.languages),
                     "linked": node_id in linked,
                     "linked_since": linked.get(node_id),
                     "last_seen": info.get("last_seen"),

@@ -431,12 +431,13 @@ async function alertsPage() {
       h('td', {}, a.time), h('td', {}, a.alert.replace(/_/g, ' ')), h('td', {}, a.priority ? badge(a.priority) : ''),
       // An alert about the node itself (its roster) names no message and no peer.
       h('td', {}, a.message_id ? h('a', { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(-12)) : 'this node'),
-      h('td', {}, a.peer || ''), h('td', {}, typeof a.detail === 'string' ? a.detail : brief(a.detail))));
+      h('td', {}, a.peer || ''), h('td', {}, typeof a.detail === 'string' ? a.detail : brief(a.detail)),
+      h('td', { 'data-phones': a.peer || '' }, desk(a.peer_phones || [], []))));
     clear(holder,
       h('h2', {}, 'Overdue now'),
       overdueRows.length ? table(['Priority', 'Type', 'Peer', 'State', 'Overdue'], overdueRows) : h('p', { class: 'muted' }, 'Nothing is overdue.'),
       h('h2', {}, 'Latest alerts'),
-      alertRows.length ? table(['Time', 'Alert', 'Priority', 'Message', 'Peer', 'Detail'], alertRows) : h('p', { class: 'muted' }, 'No alert raised.'));
+      alertRows.length ? table(['Time', 'Alert', 'Priority', 'Message', 'Peer', 'Detail', 'Call'], alertRows) : h('p', { class: 'muted' }, 'No alert raised.'));
   };
   current.refresh = load;
   await load();
@@ -460,6 +461,13 @@ async function preservationsPage() {
     rows.length ? table(['Preserved until', 'Country', 'Request', 'State', 'Warning'], rows) : h('p', { class: 'muted' }, 'No preservation open.'));
 }
 
+// A duty desk's telephone numbers as links a phone can dial, and the languages it speaks.
+function desk(phones, languages) {
+  const numbers = (phones || []).map((n) => h('a', { href: `tel:${n.replace(/[^0-9+]/g, '')}` }, n));
+  const spoken = languages && languages.length ? ` (${languages.join(', ')})` : '';
+  return numbers.length ? [numbers.flatMap((a, i) => (i ? [', ', a] : [a])), spoken] : '';
+}
+
 async function peersPage() {
   const holder = h('div');
   page('Peers', holder);
@@ -468,9 +476,11 @@ async function peersPage() {
     const rows = peers.map((p) => h('tr', { 'data-peer': p.id },
       h('td', {}, p.id), h('td', {}, p.name), h('td', {}, badge(p.linked ? 'linked' : 'not linked', p.linked ? 'ok' : 'bad')),
       h('td', {}, p.status), h('td', {}, when(p.last_seen)), h('td', {}, String(p.queued)),
-      h('td', {}, String(p.failures)), h('td', {}, p.last_error || '')));
+      h('td', {}, String(p.failures)), h('td', {}, p.last_error || ''),
+      // Whom to call when the link is down: the duty desk's numbers and languages, from its card.
+      h('td', { class: p.linked ? '' : 'call', 'data-phones': p.id }, desk(p.phones, p.languages))));
     clear(holder, h('p', { class: 'muted' }, `The contact points ${node} knows from the signed roster.`),
-      table(['Id', 'Name', 'Link', 'Roster', 'Last seen', 'Queued', 'Failures', 'Last error'], rows));
+      table(['Id', 'Name', 'Link', 'Roster', 'Last seen', 'Queued', 'Failures', 'Last error', 'Duty desk by phone'], rows));
   };
   current.refresh = (event) => (event ? null : load());
   await load();
