@@ -403,6 +403,9 @@ def test_once_the_mla_request_is_received_the_data_is_kept_until_the_decision(
             "FRA", "DEU", "mla_notice", sample_body("mla_notice", follows=request)
         )
         network.wait_state("DEU", notice, {"received"})
+        # The notice moves both clocks to "until the decision", counted from the day the
+        # MLA request was sent until the requested Party says when it received it.
+        announced = [network.api(n, "GET", f"/api/messages/{request}")[1] for n in ("FRA", "DEU")]
         assert network.api("DEU", "POST", f"/api/messages/{notice}/reply", undecided)[0] == 202
         network.wait_state("FRA", notice, {"answered"})
         asked = network.api("FRA", "GET", f"/api/messages/{request}")[1]
@@ -420,6 +423,13 @@ def test_once_the_mla_request_is_received_the_data_is_kept_until_the_decision(
         assert "preservation_expiring" not in side["overdue"]  # nothing left to warn of
     for listed in lists:
         assert [p["id"] for p in listed["preservations"]] == [request]
+    sent_on = datetime.datetime.fromisoformat(sample_body("mla_notice")["mla_date"])
+    for side in announced:
+        assert side["preserved_until"] is None and "preservation_expiring" not in side["overdue"]
+        assert (
+            side["until_decision"] == int(sent_on.replace(tzinfo=datetime.UTC).timestamp()) * 1000
+        )
+        assert "until_mla_decision" in steps(side), steps(side)
 
 
 def test_an_unreachable_peers_duty_desk_is_named_with_its_telephone(

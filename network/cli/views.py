@@ -133,8 +133,8 @@ def print_message(message: Mapping[str, Any]) -> None:
     if message.get("preserved_until") is not None:
         facts.add_row("preserved until", _when(message["preserved_until"])[:10])
     if message.get("until_decision") is not None:
-        received_on = _when(message["until_decision"])[:10]
-        facts.add_row("preserved until", f"the MLA decision (request received {received_on})")
+        since = _when(message["until_decision"])[:10]
+        facts.add_row("preserved until", f"the MLA decision (counted from {since})")
     if not received and message.get("attempts"):
         facts.add_row("attempts", _text(message["attempts"]))
     console.print(facts)

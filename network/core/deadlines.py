@@ -14,11 +14,11 @@ Rules:
   that an extension or MLA notice goes out before the data is lost (Budapest
   Art. 29(7)), on both sides: the requester's, and the requested Party's, which
   holds the data. When the date passes, `preservation_lapsed` is raised once. An
-  answered follow-up moves `preserved_until` to the date it gives; an answer that
-  keeps the data until the MLA decision (Budapest 29(7)) leaves no date to watch;
-  a withdrawal or release clears it. An interim answer (more information needed, a risk notice,
-  handed on) leaves the response deadline running; a hand-on's `expected_by`
-  moves it to the end of that day.
+  answered follow-up moves `preserved_until` to the date it gives; an MLA notice,
+  and an answer that keeps the data until the MLA decision (Budapest 29(7)),
+  leave no date to watch; a withdrawal or release clears it. An interim answer
+  (more information needed, a risk notice, handed on) leaves the response
+  deadline running; a hand-on's `expected_by` moves it to the end of that day.
 - The watcher looks at a message at its `alert_at`: a deadline newly passed is
   flagged, audited and alerted at once; while any stays unmet the alert is
   repeated every `repeat` (the shortest among what is pending).

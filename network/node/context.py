@@ -50,6 +50,7 @@ _LIVE: dict[str, str] = {
     "released": "state",
     "information_given": "state",
     "proceed_asked": "state",
+    "until_mla_decision": "state",
     "expired": "state",
     "overdue": "state",
 }

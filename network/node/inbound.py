@@ -29,6 +29,7 @@ from network.core.bodies import (
     REFERENCES,
     Acknowledgement,
     FollowUp,
+    MlaNotice,
     Response,
     check_priority,
     check_response,
@@ -81,7 +82,7 @@ from network.node.context import NodeContext
 from network.node.delivery import Delivery, candidate
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
-from network.node.tracking import act_on, case_tag, deadlines_for, refers_to
+from network.node.tracking import act_on, case_tag, deadlines_for, mla_announced, refers_to
 
 __all__ = ["Inbound"]
 
@@ -370,6 +371,16 @@ class Inbound:
                 item.audit += await act_on(
                     self.context, tx, original, typed, actor=link_actor, reply=header.id
                 )
+        if isinstance(typed, MlaNotice):
+            item.audit += await mla_announced(
+                self.context,
+                tx,
+                typed,
+                box="in",
+                peer=header.sender,
+                actor=link_actor,
+                notice=header.id,
+            )
         if header.priority is not Priority.ROUTINE:
             self.context.checkpoints.urgent_message()
 

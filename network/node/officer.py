@@ -17,6 +17,7 @@ from network.core.bodies import (
     Acknowledgement,
     Body,
     FollowUp,
+    MlaNotice,
     Response,
     check_response,
     follow_up_problem,
@@ -32,7 +33,14 @@ from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, Store, UserRow
-from network.node.tracking import ACTED, act_on, case_tag, deadlines_for, refers_to
+from network.node.tracking import (
+    ACTED,
+    act_on,
+    case_tag,
+    deadlines_for,
+    mla_announced,
+    refers_to,
+)
 
 __all__ = ["Officers", "hash_token", "issue_token", "revoke_token"]
 
@@ -153,6 +161,10 @@ class Officers:
             acted = []
             if answered is not None:
                 acted = await act_on(self.context, tx, answered, typed, actor=user, reply=header.id)
+            if isinstance(typed, MlaNotice):
+                acted += await mla_announced(
+                    self.context, tx, typed, box="out", peer=node, actor=user, notice=header.id
+                )
             composed = AuditEntry(user, "composed", header.id, detail)
             tx.audit(
                 [

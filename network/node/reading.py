@@ -148,6 +148,6 @@ def summary(row: MessageRow) -> dict[str, Any]:
             "response": row.response_due,
         },
         "preserved_until": row.preserved_until,
-        # Kept until the decision on the MLA request, received by the requested Party then.
+        # Kept until the decision on the MLA request, counted from then (sent, then received).
         "until_decision": row.until_decision,
     }

@@ -323,7 +323,8 @@ MIGRATIONS: dict[int, str] = {
     );
     """,
     # 9: a preservation kept until the decision on the MLA request (Budapest 29(7)), with no
-    # date: from when the requested Party received that request (ms, 00:00 UTC of the day).
+    # date: counted from the day that request was sent, then from the day the requested
+    # Party received it (ms, 00:00 UTC of the day).
     9: """
     ALTER TABLE messages ADD COLUMN until_decision INTEGER;
     """,
@@ -388,7 +389,8 @@ class MessageRow:
     preserved_until: int | None = None  # a preservation: when the preserved data may go
     overdue: frozenset[Overdue] = frozenset()  # the deadlines passed and unmet
     alert_at: int | None = None  # when the deadline scan looks at it next
-    # Preserved until the decision on the MLA request, received by the requested Party then.
+    # Preserved until the decision on the MLA request, counted from then: the day it was sent
+    # (the MLA notice), then the day the requested Party says it received it.
     until_decision: int | None = None
 
 

@@ -15,6 +15,7 @@ from network.core.bodies import (
     Body,
     FollowUp,
     FollowUpAction,
+    MlaNotice,
     Response,
 )
 from network.core.deadlines import (
@@ -33,7 +34,16 @@ from network.core.records import MessageType, Priority
 from network.node.context import NodeContext
 from network.node.store import AuditEntry, MessageRow, Tx
 
-__all__ = ["ACTED", "act_on", "case_tag", "deadlines_for", "refers_to", "track", "tracked"]
+__all__ = [
+    "ACTED",
+    "act_on",
+    "case_tag",
+    "deadlines_for",
+    "mla_announced",
+    "refers_to",
+    "track",
+    "tracked",
+]
 
 ACTED = (State.ACKNOWLEDGED, State.ANSWERED)
 
@@ -145,6 +155,28 @@ async def act_on(
     row = await tx.message(current.id) or current
     track(context, tx, replace(row, preserved_until=preserved))
     return [AuditEntry(actor, action, current.id, detail)]
+
+
+async def mla_announced(
+    context: NodeContext, tx: Tx, typed: MlaNotice, *, box: str, peer: str, actor: str, notice: str
+) -> list[AuditEntry]:
+    """An MLA notice, sent or received: the preservation it follows is kept until the
+    decision on the MLA request (Budapest 29(7)), on both sides, with no date to warn of,
+    counted provisionally from the day the request was sent; the requested Party's answer
+    to the notice says from when it received it, or gives a date again. The notice's own
+    response deadline stands guard meanwhile."""
+    first = await tx.message(typed.follows)
+    if first is None or first.box != box or first.peer != peer:
+        return []
+    if first.type is not MessageType.PRESERVATION or first.state is State.WITHDRAWN:
+        return []
+    since = preserved_until_ms(typed.mla_date)
+    tx.preserved(first.id, None, decision=since)
+    track(context, tx, replace(first, preserved_until=None, until_decision=since))
+    detail: dict[str, Any] = {"notice": notice, "mla_date": typed.mla_date}
+    if first.preserved_until is not None:
+        detail["preserved_until_was"] = first.preserved_until
+    return [AuditEntry(actor, "until_mla_decision", first.id, detail)]
 
 
 _FOLLOW_UP_ACTIONS: dict[FollowUpAction, str] = {

@@ -446,7 +446,7 @@ async function alertsPage() {
 // A date, or until the decision on the MLA request (Budapest 29(7)), which has none.
 function preservedUntil(m) {
   if (m.preserved_until) return when(m.preserved_until).slice(0, 10);
-  if (m.until_decision) return `the MLA decision (request received ${when(m.until_decision).slice(0, 10)})`;
+  if (m.until_decision) return `the MLA decision (counted from ${when(m.until_decision).slice(0, 10)})`;
   return null;
 }
 
