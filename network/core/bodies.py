@@ -14,9 +14,10 @@ fields follow these sources:
 - the T-CY data preservation request template (requesting authority, offence
   and summary of facts, data and its relation to the offence, custodian or
   location, necessity, intended MLA request, conditions attached);
-- the UN Convention against Cybercrime, Art. 41 (24/7 network, emergencies),
-  Art. 42 (expedited preservation) and Art. 43 (expedited disclosure of
-  preserved traffic data), which mirror Budapest.
+- the UN Convention against Cybercrime, which follows Budapest here; the article
+  numbers cited for it (41 the 24/7 network, 42 preservation, 43 disclosure of
+  traffic data, "UN 4x" below) are pointers, not yet checked against the adopted
+  text (docs/LEGAL.md): Budapest is the reference.
 
 Rules `parse_body` applies to untrusted JSON (as `records.parse_json` yields it):
 
