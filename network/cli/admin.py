@@ -58,6 +58,7 @@ __all__ = [
     "build_roster_file",
     "cards_in",
     "held_roster",
+    "record_in_store",
 ]
 
 DAY_MS = 24 * 3600 * 1000
@@ -142,7 +143,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             "signing": card.signing_key.kid,
             "tls_sha256": card.tls_sha256.hex(),
         }
-        run_async(_audit(config, actor, "keys_rotated", detail))
+        run_async(record_in_store(config, actor, "keys_rotated", detail))
     print(json.dumps(card.to_json(), indent=2))
     print(
         f"{node_id}: new keys in {key_dir}; the old ones kept in {rotation.retired_dir}.\n"
@@ -153,7 +154,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _audit(config: NodeConfig, actor: str, action: str, detail: dict[str, Any]) -> None:
+async def record_in_store(
+    config: NodeConfig, actor: str, action: str, detail: dict[str, Any]
+) -> None:
+    """One audit entry in the node's store, by an administrator's command."""
     from network.node.store import AuditEntry, Store
 
     store = await Store.open(config.store_path)

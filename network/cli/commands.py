@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from network.cli import admin, audit, conformance, demo, officer
+from network.cli import admin, audit, conformance, demo, evidence, officer
 from network.core.errors import ApiError, CpnError, UnreachableError
 
 # The audit log, the store and the use cases load in the commands that use them, so
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_commands(commands)  # up
     admin.add_node_commands(commands)  # node, user
     audit.add_commands(commands)  # audit
+    evidence.add_commands(commands)  # evidence
     officer.add_commands(commands)  # send, inbox, show, ack, reply
     conformance.add_commands(commands)  # conformance
     return parser

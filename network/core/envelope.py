@@ -44,6 +44,7 @@ from network.core.crypto import (
     Keyring,
     SigningKey,
     StorageKey,
+    VerifyKey,
     sha256,
 )
 from network.core.errors import (
@@ -106,6 +107,7 @@ __all__ = [
     "stored_rkid",
     "unseal",
     "verify_envelope",
+    "verify_plaintext",
     "verify_receipt",
     "verify_signed",
 ]
@@ -413,8 +415,19 @@ def unseal(
     if header.recipient != me:
         raise WrongRecipientError(f"message {header.id} is for {header.recipient}, not {me}")
     hpke_key = _key_for(header, hpke_key)
-    header_bytes = header.encoded()
-    plaintext = hpke_key.open(envelope.sealed, _seal_info(header_bytes, header.rkid))
+    plaintext = hpke_key.open(envelope.sealed, _seal_info(header.encoded(), header.rkid))
+    key = roster.verify_key(header.sender, header.kid)
+    message_type, body_value, inner_sig = verify_plaintext(plaintext, header, key)
+    return Unsealed(envelope, message_type, body_value, plaintext, inner_sig)
+
+
+def verify_plaintext(
+    plaintext: bytes, header: Header, key: VerifyKey
+) -> tuple[MessageType, Json, bytes]:
+    """The inner signature: `key` (the sender's) signed this type and body under `header`.
+    What a recipient checks on opening, and anyone shown the plaintext later (an evidence
+    package). Returns (type, body JSON, signature); raises MalformedError or
+    BadSignatureError."""
     inner = Fields(parse_canonical(plaintext, limit=MAX_BODY_BYTES * 2, what="plaintext"), "plain")
     type_name = inner.str("type")
     body_value = inner.any("body")
@@ -426,11 +439,10 @@ def unseal(
         raise MalformedError(f"plain.type: unknown message type {type_name!r}") from None
     body_bytes = canonical_trusted(body_value)  # checked by parse_canonical above
     signed = canonical_object(
-        {"body": body_bytes, "header": header_bytes, "type": canonical_trusted(type_name)}
+        {"body": body_bytes, "header": header.encoded(), "type": canonical_trusted(type_name)}
     )
-    key = roster.verify_key(header.sender, header.kid)
     key.verify(inner_sig, _INNER + signed, what="inner signature")
-    return Unsealed(envelope, message_type, body_value, plaintext, inner_sig)
+    return message_type, body_value, inner_sig
 
 
 def open_envelope(

@@ -8,6 +8,7 @@
     ├── UnreachableError                  a node's HTTP API cannot be reached, or does not answer
     ├── StoreError (OSError)              the store cannot be used (damaged, newer, disk full)
     ├── AuditReadError (OSError)          a store file that cannot be read as one, offline
+    ├── EvidenceError (ValueError)        an evidence package that does not prove what it says
     ├── HubFullError                      too many live event readers at once
     ├── LinkStalledError                  a peer stopped answering with receipts: dial again
     ├── LinkClosedError                   a link's connection closed (by us, the peer, the network)
@@ -61,6 +62,7 @@ __all__ = [
     "CpnError",
     "DecryptError",
     "DigestMismatchError",
+    "EvidenceError",
     "ExpiredError",
     "HandshakeError",
     "HopLimitError",
@@ -157,6 +159,13 @@ class AuditReadError(CpnError, OSError):
     """A store file (or a witnessed checkpoint file) that cannot be read as one."""
 
     reason = "store_unreadable"
+
+
+class EvidenceError(CpnError, ValueError):
+    """An evidence package that does not verify; the message names the first item that fails
+    and why (`cpn evidence verify` prints it)."""
+
+    reason = "evidence_unverified"
 
 
 class HubFullError(CpnError):

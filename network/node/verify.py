@@ -238,13 +238,13 @@ def _stored_rosters(db: sqlite3.Connection, keeper: VerifyKey) -> list[Roster]:
     found = []
     for (raw,) in db.execute("SELECT raw FROM rosters ORDER BY version"):
         try:
-            found.append(_roster_as_issued(bytes(raw), keeper))
+            found.append(roster_as_issued(bytes(raw), keeper))
         except (CpnError, TypeError):
             continue  # not one the keeper signed: it vouches for nothing
     return found
 
 
-def _roster_as_issued(data: bytes, keeper: VerifyKey) -> Roster:
+def roster_as_issued(data: bytes, keeper: VerifyKey) -> Roster:
     """A roster checked as of its own issue time (the keeper's signature decides)."""
     value = parse_json(data, limit=MAX_ROSTER_BYTES, what="roster")
     try:
@@ -264,7 +264,7 @@ def load_roster_file(path: Path, keeper: VerifyKey) -> Roster:
     except OSError as exc:
         raise RosterError(f"{path}: cannot read roster: {exc.strerror}") from exc
     try:
-        return _roster_as_issued(data, keeper)
+        return roster_as_issued(data, keeper)
     except RosterError as exc:
         raise RosterError(f"{path}: {exc}") from exc
     except PeerError as exc:
