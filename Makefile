@@ -42,8 +42,8 @@ timezones: $(STAMP)
 	$(BIN)/python tests/fixtures/make_timezones.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check network tests bench
-	$(BIN)/ruff format --check network tests bench
+	$(BIN)/ruff check network tests bench tools
+	$(BIN)/ruff format --check network tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

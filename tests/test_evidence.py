@@ -10,6 +10,7 @@ the request's package (with and without the bodies).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
@@ -96,6 +97,35 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     )
 
 
+TOOL = REPO / "tools" / "verify_evidence.py"
+_spec = importlib.util.spec_from_file_location("verify_evidence", TOOL)
+assert _spec is not None and _spec.loader is not None
+standalone = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(standalone)
+
+
+def tool(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The standalone verifier as a defence expert runs it: isolated (-I), from elsewhere,
+    so that nothing of this repository is importable."""
+    return subprocess.run(
+        [sys.executable, "-I", str(TOOL), str(path), *args],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+        timeout=60,
+    )
+
+
+def standalone_verdict(package: dict[str, Any], run: Run) -> bool:
+    keeper = json.loads(run.keeper.read_text())
+    pinned = standalone.b64url(keeper["public"], "keeper")
+    try:
+        standalone.verify(json.dumps(package).encode(), pinned)
+    except (standalone.Failed, KeyError, TypeError, AttributeError, IndexError):
+        return False
+    return True
+
+
 def verify(package: dict[str, Any], run: Run) -> list[str]:
     keeper = load_keeper_public(run.keeper)
     return [f.statement for f in verify_package(json.dumps(package).encode(), keeper=keeper)]
@@ -104,6 +134,7 @@ def verify(package: dict[str, Any], run: Run) -> list[str]:
 def refusal(package: dict[str, Any], run: Run) -> str:
     with pytest.raises(EvidenceError) as refused:
         verify(package, run)
+    assert not standalone_verdict(package, run), "the standalone verifier verified it"
     return str(refused.value)
 
 
@@ -142,6 +173,24 @@ def test_the_command_says_what_it_proves_and_names_the_first_failure(run: Run) -
     audited = rows(run.fra_store, "SELECT detail FROM audit WHERE action = 'evidence_exported'")
     assert [json.loads(d)["disclosed"] for (d,) in audited] == [True, False]
     assert (run.files / "with.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_standalone_verifier_reaches_the_same_verdicts_without_cpn(run: Run) -> None:
+    source = TOOL.read_text()
+    good = tool(run.files / "with.json", "--keeper", str(run.keeper))
+    sealed = tool(run.files / "without.json")
+    bad_doc = copy.deepcopy(run.package)
+    bad_doc["audit"]["entries"][0]["proof"].pop()
+    (run.files / "bad-proof.json").write_text(json.dumps(bad_doc))
+    bad = tool(run.files / "bad-proof.json", "--keeper", str(run.keeper))
+
+    assert "import network" not in source and "from network" not in source
+    assert good.returncode == 0 and good.stdout.rstrip().endswith("VERIFIED"), good.stderr
+    facts = good.stdout.count("\n- ") + 1
+    assert facts == len(verify(run.package, run))  # a fact for each of cpn's
+    assert sealed.returncode == 0 and "(not pinned)" in sealed.stdout
+    assert bad.returncode == 1 and "NOT VERIFIED: audit.entries[0]" in bad.stderr
+    assert standalone_verdict(run.package, run) and standalone_verdict(run.sealed, run)
 
 
 # -- every kind of change is caught, with its own reason -------------------------------
@@ -278,3 +327,4 @@ def test_no_random_change_to_a_package_verifies(run: Run, data: st.DataObject) -
 
     with pytest.raises(EvidenceError):
         verify(package, run)
+    assert not standalone_verdict(package, run)
