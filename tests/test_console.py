@@ -20,8 +20,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from network.api.web import SECURITY_HEADERS
 from network.core.bodies import describe_types
+from network.node.evidence import verify_package
+from network.node.keys import load_keeper_public
 from network.samples import sample_body
-from tests.harness import Network, wait_for
+from tests.harness import Network, rows, wait_for
 from tests.test_cases import in_days
 
 pytestmark = pytest.mark.timeout(90)
@@ -281,6 +283,35 @@ def test_an_auditor_filters_the_log_verifies_it_and_downloads_an_export(
     csv_text = Path(download_info.value.path()).read_text()
     assert csv_text.splitlines()[0].startswith("seq,index,time,time_rfc3339,actor,action")
     assert len(csv_text.splitlines()) == composed + 1
+    auditor.check_clean()
+
+
+def test_an_auditor_downloads_a_messages_evidence_package(
+    network: Network, context: BrowserContext, tmp_path: Path
+) -> None:
+    # Issue 16: the message page offers auditors the package, which verifies offline.
+    request = network.send("FRA", "DEU", "locate", sample_body("locate"), priority="urgent")
+    network.wait_state("FRA", request, {"delivered"})
+    auditor = Console(context, network, "FRA", "auditor")
+    auditor.page.evaluate(f"location.hash = '#/message/{request}'")
+    auditor.page.check("#evidence-bodies")
+    with auditor.page.expect_download() as download_info:
+        auditor.page.click("text=Download evidence package")
+    saved = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(saved)
+    keeper = load_keeper_public(network.keys / "authority" / "keeper.json")
+
+    facts = [f.statement for f in verify_package(saved.read_bytes(), keeper=keeper)]
+
+    assert saved.name == f"cpn-evidence-{request}.json"
+    assert any(f"signed message {request} to DEU" in f for f in facts)
+    assert any("disclosed body" in f for f in facts)
+    audited = rows(
+        network.nodes["FRA"].store,
+        "SELECT actor, detail FROM audit WHERE action = 'evidence_exported' AND message_id = ?",
+        (request,),
+    )
+    assert [(actor, json.loads(d)["disclosed"]) for actor, d in audited] == [("auditor-FRA", True)]
     auditor.check_clean()
 
 

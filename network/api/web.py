@@ -180,6 +180,10 @@ AUDIT_QUERY: Final = (
     Param("after", integer(0, 2**53 - 1, default=0), "The cursor: `next` of the page before."),
 )
 
+EVIDENCE_QUERY: Final = (
+    Param("body", enum(("true", "false")), "`true`: disclose the opened bodies in the package."),
+)
+
 _FILTERS: Final = ("since", "until", "message", "actor", "action")
 
 _EXPORT_TYPES: Final = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
@@ -367,6 +371,24 @@ async def follow_up_message(request: web.Request) -> web.StreamResponse:
     if row is None:
         raise _Refusal(404, f"no sent message {message_id}")
     return web.json_response(summary(row), status=202)
+
+
+async def message_evidence(request: web.Request) -> web.StreamResponse:
+    """The message's evidence package (docs/PROTOCOL.md section 14), as a download; with
+    `body=true` the opened bodies are disclosed in it. Audited as a disclosure."""
+    message_id = _message_id(request)
+    body = request[QUERY].get("body", "false") == "true"
+    node = request.app[NODE]
+    package = await node.reading.evidence(message_id, request[USER], body=body)
+    if package is None:
+        raise _Refusal(404, f"no message {message_id} sent or received here")
+    return web.json_response(
+        package,
+        headers={
+            hdrs.CONTENT_DISPOSITION: f'attachment; filename="cpn-evidence-{message_id}.json"',
+            hdrs.CACHE_CONTROL: "no-store",
+        },
+    )
 
 
 async def get_alerts(request: web.Request) -> web.StreamResponse:
@@ -639,6 +661,14 @@ ROUTES: Final = (
     Route(
         "POST", "/api/messages/{id}/follow-up", follow_up_message, _OFFICER,
         "follow up requests", Doc(_SUMMARY, status=202, path=(ID_PARAM,), body=FOLLOW_UP),
+    ),
+    Route(
+        "GET", "/api/messages/{id}/evidence", message_evidence, _AUDITOR,
+        "export evidence packages",
+        Doc(
+            {"type": "object", "description": "an evidence package (PROTOCOL section 14)"},
+            path=(ID_PARAM,), query=EVIDENCE_QUERY,
+        ),
     ),
     Route(
         "GET", "/api/alerts", get_alerts, _READERS, "see alerts",

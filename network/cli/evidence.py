@@ -18,10 +18,9 @@ __all__ = ["add_commands"]
 
 def cmd_evidence_export(args: argparse.Namespace) -> int:
     from network.cli.admin import record_in_store
-    from network.core.envelope import open_from_self, read_stored
     from network.node.clock import now_ms
     from network.node.config import load_config
-    from network.node.evidence import export_package
+    from network.node.evidence import export_package, opener_for
     from network.node.keys import load_keeper_public, load_node_keys, write_private_file
 
     config = load_config(Path(args.config))
@@ -33,11 +32,6 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
         signing_uri=config.signing_uri,
     )
 
-    def opener(box: str, envelope: bytes, self_sealed: bytes | None, message_id: str) -> bytes:
-        if box == "out" and self_sealed is not None:
-            return open_from_self(self_sealed, message_id, keys.keyring)
-        return read_stored(envelope, keys.keyring)[2]
-
     message_id = args.id.lower()
     package = export_package(
         config.store_path,
@@ -46,7 +40,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
         signing=keys.signing,
         keeper=load_keeper_public(config.keeper_path),
         now=now_ms(),
-        opener=opener if args.body else None,
+        opener=opener_for(keys.keyring) if args.body else None,
     )
     data = json.dumps(package, indent=1, ensure_ascii=False).encode() + b"\n"
     # Bodies disclosed are case data: the file is kept as private as a key.

@@ -39,13 +39,15 @@ from network.core.auditlog import (
     stored_entry_bytes,
     witness_name,
 )
-from network.core.crypto import SigningKey, VerifyKey, sha256
+from network.core.crypto import Keyring, SigningKey, VerifyKey, sha256
 from network.core.envelope import (
     Envelope,
     Header,
     Receipt,
     ReceiptScope,
     check_receipt_for,
+    open_from_self,
+    read_stored,
     verify_plaintext,
     verify_receipt,
     verify_signed,
@@ -72,7 +74,16 @@ from network.node.alerts import rfc3339
 from network.node.auditfile import snapshot, stored_tree
 from network.node.verify import roster_as_issued
 
-__all__ = ["FORMAT", "MAX_PACKAGE_BYTES", "Fact", "export_package", "verify_package"]
+__all__ = [
+    "FORMAT",
+    "MAX_PACKAGE_BYTES",
+    "Fact",
+    "collect_package",
+    "export_package",
+    "opener_for",
+    "sign_package",
+    "verify_package",
+]
 
 FORMAT: Final = "cpn-evidence/1"
 MANIFEST_CONTEXT: Final = b"cpn/v1 evidence\n"
@@ -109,6 +120,24 @@ def export_package(
 
     Raises EvidenceError when the store does not hold the message.
     """
+    package = collect_package(
+        path, message_id, node_id=node_id, kid=signing.kid, keeper=keeper, now=now, opener=opener
+    )
+    return sign_package(package, signing)
+
+
+def collect_package(
+    path: Path,
+    message_id: str,
+    *,
+    node_id: str,
+    kid: str,
+    keeper: VerifyKey,
+    now: int,
+    opener: Opener | None = None,
+) -> dict[str, Json]:
+    """`export_package` but the signature: what a thread may do while the signing key (in
+    a hardware module, perhaps) stays with its caller."""
     with snapshot(path) as db:
         first = db.execute(
             "SELECT id FROM messages WHERE id = ? AND box IN ('in', 'out')", (message_id,)
@@ -135,8 +164,7 @@ def export_package(
                 sealed = bytes(self_sealed) if self_sealed is not None else None
                 item["plaintext"] = b64encode(opener(box, bytes(envelope), sealed, mid))
             messages.append(item)
-        ids = [m[0] for m in rows]
-        audit = _audit_item(db, ids)
+        audit = _audit_item(db, [m[0] for m in rows])
         rosters = [
             b64encode(bytes(raw))
             for (raw,) in db.execute("SELECT raw FROM rosters ORDER BY version")
@@ -153,11 +181,28 @@ def export_package(
         "message": message_id,
         "exported": now,
         "disclosed": opener is not None,
-        "kid": signing.kid,
+        "kid": kid,
         "items": {name: b64encode(sha256(canonical(items[name]))) for name in _ITEMS},
     }
-    signature = signing.sign(MANIFEST_CONTEXT + canonical(manifest))
-    return {"format": FORMAT, "manifest": manifest, "sig": b64encode(signature), **items}
+    return {"format": FORMAT, "manifest": manifest, **items}
+
+
+def sign_package(package: dict[str, Json], signing: SigningKey) -> dict[str, Json]:
+    """The package with the node's signature over its manifest."""
+    signature = signing.sign(MANIFEST_CONTEXT + canonical(package["manifest"]))
+    return {**package, "sig": b64encode(signature)}
+
+
+def opener_for(keyring: Keyring) -> Opener:
+    """Opens what a node stored: a received envelope with its HPKE keys, a sent message's
+    own sealed copy with its storage keys."""
+
+    def open_stored(box: str, envelope: bytes, self_sealed: bytes | None, message_id: str) -> bytes:
+        if box == "out" and self_sealed is not None:
+            return open_from_self(self_sealed, message_id, keyring)
+        return read_stored(envelope, keyring)[2]
+
+    return open_stored
 
 
 def _audit_item(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Json]:

@@ -4,6 +4,7 @@ the contact points and their links, open preservations, what is overdue.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from network.core.deadlines import format_overdue
@@ -12,6 +13,7 @@ from network.core.lifecycle import Event
 from network.core.records import parse_canonical
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
+from network.node.evidence import collect_package, opener_for, sign_package
 from network.node.store import AuditEntry, MessageRow, UserRow
 
 __all__ = ["Reading", "summary"]
@@ -76,6 +78,31 @@ class Reading:
             "timeline": await self.context.store.audit_for(row.id),
             "thread": [summary(r) for r in await self.context.store.thread(row)],
         }
+
+    async def evidence(
+        self, message_id: str, user: UserRow, *, body: bool
+    ) -> dict[str, Any] | None:
+        """The evidence package of a message sent or received here (with the opened bodies
+        when `body`), signed by this node; its disclosure audited. None if no such message.
+        """
+        row = await self.context.store.message(message_id)
+        if row is None or row.box not in ("in", "out") or self.context.keeper is None:
+            return None
+        keys = self.context.keys
+        package = await asyncio.to_thread(
+            collect_package,
+            self.context.store.path,
+            message_id,
+            node_id=self.context.me,
+            kid=keys.signing.kid,
+            keeper=self.context.keeper,
+            now=self.context.clock(),
+            opener=opener_for(keys.keyring) if body else None,
+        )
+        signed = sign_package(package, keys.signing)  # here: the key may be in a token
+        detail = {"role": user.role, "disclosed": body}
+        await self.context.audit([AuditEntry(user.name, "evidence_exported", message_id, detail)])
+        return signed
 
     async def list_messages(
         self,

@@ -340,6 +340,7 @@ function renderMessage(holder, m) {
 
 async function renderActions(holder, m, reload) {
   clear(holder);
+  if (session.me.role === 'auditor' && m.box !== 'relay') return renderEvidence(holder, m);
   const officer = session.me.role === 'officer' && REQUESTS.includes(m.type);
   if (officer && m.box === 'out' && m.state !== 'withdrawn') return renderFollowUp(holder, m, reload);
   const takesAction = officer && m.box === 'in';
@@ -389,6 +390,31 @@ function underBody(error) {
   if (!error.field || error.field === 'id') return error;
   const problem = error.message.startsWith(`${error.field}: `) ? error.message.slice(error.field.length + 2) : error.message;
   return { field: `body.${error.field}`, message: `body.${error.field}: ${problem}` };
+}
+
+// The auditor's: the message's evidence package, verifiable offline by anyone
+// (cpn evidence verify, tools/verify_evidence.py); its bodies only when asked.
+function renderEvidence(holder, m) {
+  const bodies = h('input', { id: 'evidence-bodies', type: 'checkbox' });
+  const status = h('p', { class: 'muted', role: 'status' });
+  const button = h('button', { type: 'button', class: 'primary', onclick: async () => {
+    status.textContent = 'Exporting…';
+    try {
+      const query = bodies.checked ? '?body=true' : '';
+      const { blob, name } = await download(`/api/messages/${encodeURIComponent(m.id)}/evidence${query}`);
+      const link = h('a', { href: URL.createObjectURL(blob), download: name });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      status.textContent = `Downloaded ${name}.`;
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  } }, 'Download evidence package');
+  append(holder, h('section', { class: 'card evidence' }, h('h2', {}, 'Evidence'),
+    h('div', { class: 'field' }, bodies, h('label', { for: 'evidence-bodies' }, ' disclose the bodies in it')),
+    button, status));
 }
 
 // The requester's word on its own request: the information asked for, proceed despite a
