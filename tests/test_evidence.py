@@ -16,12 +16,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from playwright.sync_api import sync_playwright
 
 from network.core.errors import EvidenceError
 from network.core.records import b64decode, b64encode, canonical
@@ -30,6 +32,7 @@ from network.node.keys import init_keeper, load_keeper_public
 from network.samples import sample_body
 from tests.harness import REPO, Network, rows, wait_for
 from tests.test_cases import in_days
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,7 +65,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     try:
         network.start("DEU")
         network.start("FRA")
-        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        # Markup in a body, which the report must show as text.
+        summary = "Account <b>taken</b> & used: <script>alert(1)</script>"
+        body = sample_body("preservation", summary=summary)
+        request = network.send("FRA", "DEU", "preservation", body)
         network.wait_state("DEU", request, {"received"})
         assert network.api("DEU", "POST", f"/api/messages/{request}/ack", {})[0] == 202
         answer = {"status": "preserved", "preserved_until": in_days(90)}
@@ -191,6 +197,39 @@ def test_the_standalone_verifier_reaches_the_same_verdicts_without_cpn(run: Run)
     assert sealed.returncode == 0 and "(not pinned)" in sealed.stdout
     assert bad.returncode == 1 and "NOT VERIFIED: audit.entries[0]" in bad.stderr
     assert standalone_verdict(run.package, run) and standalone_verdict(run.sealed, run)
+
+
+def test_a_verified_package_becomes_a_report_a_judge_can_read_and_print(run: Run) -> None:
+    out = run.files / "report.html"
+    made = cpn("evidence", "report", str(run.files / "with.json"), "-o", str(out), "--keeper",
+               str(run.keeper))  # fmt: skip
+    (run.files / "cut.json").write_text(json.dumps({**run.package, "rosters": []}))
+    refused = cpn("evidence", "report", str(run.files / "cut.json"), "-o", str(run.files / "x"))
+
+    assert made.returncode == 0, made.stderr
+    html = out.read_text()
+    assert "@page { size: A4" in html and "VERIFIED" in html
+    # Self-contained: no script, nothing fetched (a URL in a body is text, not a link).
+    assert "<script" not in html and not any(
+        ref in html for ref in ("src=", "href=", "url(", "@import", "<link")
+    )
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the body's markup, as text
+    for fact in verify(run.package, run):
+        assert escape(fact) in html
+    timeline = html[html.index("<h2>Timeline") : html.index("<h2>Verified facts")]
+    assert timeline.count("<tr>") > 10 and "receipt (end to end, accepted)" in timeline
+    assert refused.returncode == 1 and "no report written" in refused.stderr
+    assert not (run.files / "x").exists()
+    # Chromium prints it to A4 PDF pages.
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(out.as_uri())
+            pdf = page.pdf(format="A4")
+        finally:
+            browser.close()
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") >= 2
 
 
 # -- every kind of change is caught, with its own reason -------------------------------

@@ -1,4 +1,4 @@
-"""`cpn evidence export|verify`: the evidence package of one message, made from a node's
+"""`cpn evidence export|verify|report`: the evidence package of one message, made from a node's
 store and keys, and checked offline by anyone (network/node/evidence.py)."""
 
 from __future__ import annotations
@@ -77,8 +77,25 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evidence_report(args: argparse.Namespace) -> int:
+    from network.node.evidence import verify_package
+    from network.node.evidence_report import render_report
+    from network.node.keys import load_keeper_public
+
+    keeper = load_keeper_public(Path(args.keeper)) if args.keeper else None
+    raw = Path(args.file).read_bytes()
+    try:
+        facts = verify_package(raw, keeper=keeper)
+    except EvidenceError as exc:
+        print(f"NOT VERIFIED: {exc}; no report written", file=sys.stderr)
+        return 1
+    Path(args.output).write_text(render_report(raw, facts, pinned=keeper is not None))
+    print(f"{args.output}: the report of {len(facts)} verified facts")
+    return 0
+
+
 def add_commands(commands: Subcommands) -> None:
-    """`cpn evidence export|verify`."""
+    """`cpn evidence export|verify|report`."""
     evidence = commands.add_parser(
         "evidence", help="a message's evidence package: export it, verify one offline"
     ).add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
@@ -106,3 +123,14 @@ def add_commands(commands: Subcommands) -> None:
     verify.add_argument("--keeper", metavar="KEEPER_JSON", help="the keeper's public key file")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_evidence_verify)
+    report = evidence.add_parser(
+        "report",
+        help="write a verified package as a printable HTML report (timeline, parties, facts)",
+        description="Verifies the package first, as verify does, and writes nothing if it"
+        " does not verify. The report is one HTML file with no script and no external"
+        " resource, for A4 paper or PDF from a browser.",
+    )
+    report.add_argument("file", metavar="FILE")
+    report.add_argument("-o", "--output", required=True, metavar="REPORT_HTML")
+    report.add_argument("--keeper", metavar="KEEPER_JSON", help="the keeper's public key file")
+    report.set_defaults(func=cmd_evidence_report)
