@@ -89,6 +89,15 @@ FORMAT: Final = "cpn-evidence/1"
 MANIFEST_CONTEXT: Final = b"cpn/v1 evidence\n"
 MAX_PACKAGE_BYTES: Final = 64 * 1024 * 1024
 _ITEMS: Final = ("messages", "audit", "rosters", "keeper")
+# What each item proves, said in the manifest for whoever opens the package.
+_PROVES: Final = {
+    "messages": "who signed each message of the thread, its bytes, and which node signed"
+    " receipt of exactly those bytes, when (and, when disclosed, what it said)",
+    "audit": "what the exporting node recorded about them, in its log, unchanged since the"
+    " signed and cosigned checkpoint that holds each entry",
+    "rosters": "which keys belonged to which contact point, as the register keeper signed",
+    "keeper": "the register keeper's key the exporting node pins (pin your own to be sure)",
+}
 # Opens a stored message's plaintext for disclosure: (box, envelope, self_sealed, id).
 Opener = Callable[[str, bytes, bytes | None, str], bytes]
 
@@ -183,6 +192,7 @@ def collect_package(
         "disclosed": opener is not None,
         "kid": kid,
         "items": {name: b64encode(sha256(canonical(items[name]))) for name in _ITEMS},
+        "proves": dict(_PROVES),
     }
     return {"format": FORMAT, "manifest": manifest, **items}
 
