@@ -62,6 +62,7 @@ from network.node.links import MAX_PENDING_HANDSHAKES, PENDING_PER_ROSTER_HOST
 from network.node.runner import load_current_roster
 from network.samples import sample_body
 from tests.harness import Network, pause_async, rows, wait_for
+from tests.test_cases import in_days
 from tests.test_node import client_context
 
 pytestmark = pytest.mark.timeout(120)
@@ -732,3 +733,30 @@ def test_a_preservation_kept_until_a_decision_nobody_asked_for_is_refused(net: N
     assert status == 200 and message["until_decision"] is None
     refusals = [str(d) for _, d in audited(net, "rejected")]
     assert any("until_mla_decision: answers an mla_notice only" in d for d in refusals), refusals
+
+
+def test_a_preservation_shorter_than_the_law_asks_is_kept_and_flagged(net: Network) -> None:
+    # Issue 19: a peer's preserved_until under the 60 days of 29(7) was taken silently.
+    # It is what the data's holder says, so it is kept (and its clock runs), and the
+    # requesting officers see why it falls short.
+    request = net.send("DEU", "USA", "preservation", sample_body("preservation"))
+    answer = {"in_reply_to": request, "status": "preserved", "preserved_until": in_days(10)}
+    response = usa_to_deu(
+        net, message_type=MessageType.RESPONSE, body=answer, priority=Priority.URGENT
+    )
+
+    async def answer_short() -> bytes:
+        async with hostile(net) as ws:
+            await next_frame(ws, FRAME_ENVELOPE)
+            await ws.send(envelope_frame([], response))
+            [receipt] = await receipts(ws, 1)
+            return receipt
+
+    receipt = orjson.loads(asyncio.run(answer_short()))["receipt"]
+
+    assert receipt["outcome"] == "accepted"
+    status, message = net.api("DEU", "GET", f"/api/messages/{request}")
+    assert status == 200 and message["state"] == "answered"
+    assert message["preserved_until"] is not None
+    (answered,) = [d for _, d in audited(net, "answered")]
+    assert "under the 60 days of Budapest 29(7)" in answered["period_problem"]

@@ -25,6 +25,7 @@ from network.core.deadlines import (
     due_times,
     expects_reply,
     next_alert,
+    preservation_period_problem,
     preserved_until_ms,
     reschedule,
 )
@@ -141,6 +142,15 @@ async def act_on(
             if typed.preserved_until is not None:
                 detail["preserved_until"] = typed.preserved_until
                 until = preserved_until_ms(typed.preserved_until)
+                # A peer's date under the 60 days of 29(7), or past, is kept (it is what the
+                # data's holder says) and recorded for the requesting officers to take up.
+                request_type = current.type
+                if current.box == "out" and request_type is not None:
+                    short = preservation_period_problem(
+                        request_type, typed.preserved_until, context.clock()
+                    )
+                    if short is not None:
+                        detail["period_problem"] = short
             if typed.mla_received_on is not None:
                 detail["until_mla_decision"] = True
                 detail["mla_received_on"] = typed.mla_received_on
