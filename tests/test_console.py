@@ -315,6 +315,32 @@ def test_an_auditor_downloads_a_messages_evidence_package(
     auditor.check_clean()
 
 
+def test_the_years_statistics_show_as_charts_and_download_as_csv(
+    network: Network, context: BrowserContext, tmp_path: Path
+) -> None:
+    # Issue 20, item 7: the figures a Party reports, in the console.
+    network.send("FRA", "DEU", "evidence", sample_body("evidence"), priority="routine")
+    auditor = Console(context, network, "FRA", "auditor")
+    auditor.page.click("#nav >> text=Statistics")
+    sent = len(network.list("FRA", "out"))  # every one a request: nothing was answered here
+
+    totals = auditor.page.locator("[data-totals]")
+    expect(totals).to_contain_text(f"FRA, {in_days(0)[:4]}:")
+    figure = auditor.page.locator('[data-figure="Requests by type"] svg.chart')
+    expect(figure.locator("rect.sent").first).to_be_visible()
+    expect(auditor.page.locator('[data-time="sent-receipt"]')).to_be_visible()
+    with auditor.page.expect_download() as download_info:
+        auditor.page.click("text=Download CSV")
+    saved = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(saved)
+    csv_text = saved.read_text()
+
+    assert saved.name.startswith("cpn-statistics-FRA-")
+    assert f"sent,requests,,{sent}" in csv_text.splitlines()
+    snap(auditor.page, "statistics")
+    auditor.check_clean()
+
+
 def test_markup_in_a_body_shows_as_text(network: Network, context: BrowserContext) -> None:
     image = '<img src=x onerror="window.pwned=1">'
     script = "<script>window.pwned=2</script>"

@@ -36,6 +36,8 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import csv
+import datetime
 import functools
 import io
 import json
@@ -84,6 +86,7 @@ from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_e
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
 from network.node.reading import summary
+from network.node.statistics import compute, read_year, to_csv_rows
 from network.node.store import AuditEntry, StoreError, UserRow
 from network.node.verify import verify_store
 from network.node.wiring import Node
@@ -178,6 +181,11 @@ AUDIT_QUERY: Final = (
     Param("action", string(64), "Entries of this action (`composed`, `login_failed`, ...)."),
     Param("limit", integer(1, MAX_PAGE, default=DEFAULT_LIMIT), "At most this many."),
     Param("after", integer(0, 2**53 - 1, default=0), "The cursor: `next` of the page before."),
+)
+
+STATISTICS_QUERY: Final = (
+    Param("year", integer(2000, 9999), "The year (UTC); this year by default."),
+    Param("format", enum(("json", "csv")), "`csv`: a download of (direction, figure, key, value)."),
 )
 
 EVIDENCE_QUERY: Final = (
@@ -389,6 +397,33 @@ async def message_evidence(request: web.Request) -> web.StreamResponse:
             hdrs.CACHE_CONTROL: "no-store",
         },
     )
+
+
+async def get_statistics(request: web.Request) -> web.StreamResponse:
+    """The year's statistics (network/node/statistics.py), as JSON or a CSV download."""
+    context = request.app[NODE].context
+    year = int(request[QUERY].get("year", _this_year(context.clock())))
+    requests = await asyncio.to_thread(read_year, context.store.path, year)
+    stats = compute(requests, year=year, node=context.me)
+    if request[QUERY].get("format") != "csv":
+        return web.json_response(stats)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(("direction", "figure", "key", "value"))
+    writer.writerows(to_csv_rows(stats))
+    name = f"cpn-statistics-{context.me}-{year}.csv"
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={
+            hdrs.CONTENT_DISPOSITION: f'attachment; filename="{name}"',
+            hdrs.CACHE_CONTROL: "no-store",
+        },
+    )
+
+
+def _this_year(now_ms: int) -> int:
+    return datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).year
 
 
 async def get_alerts(request: web.Request) -> web.StreamResponse:
@@ -669,6 +704,10 @@ ROUTES: Final = (
             {"type": "object", "description": "an evidence package (PROTOCOL section 14)"},
             path=(ID_PARAM,), query=EVIDENCE_QUERY,
         ),
+    ),
+    Route(
+        "GET", "/api/statistics", get_statistics, _READERS, "read the statistics",
+        Doc({"type": "object", "description": "the year's statistics"}, query=STATISTICS_QUERY),
     ),
     Route(
         "GET", "/api/alerts", get_alerts, _READERS, "see alerts",

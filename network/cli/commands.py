@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from network.cli import admin, audit, conformance, demo, evidence, officer
+from network.cli import admin, audit, conformance, demo, evidence, officer, stats
 from network.core.errors import ApiError, CpnError, UnreachableError
 
 # The audit log, the store and the use cases load in the commands that use them, so
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_node_commands(commands)  # node, user
     audit.add_commands(commands)  # audit
     evidence.add_commands(commands)  # evidence
+    stats.add_commands(commands)  # stats
     officer.add_commands(commands)  # send, inbox, show, ack, reply
     conformance.add_commands(commands)  # conformance
     return parser

@@ -128,6 +128,8 @@ async def act_on(
         if moves.get(event, current.state) is not current.state:
             tx.acted(current, event)
         detail["status"] = str(typed.status)
+        if typed.refusal_ground is not None:  # counted in the yearly statistics
+            detail["refusal_ground"] = str(typed.refusal_ground)
         action = "replied" if current.box == "in" else "answered"
         if typed.expected_by is not None:
             # Handed on (35(2)(b)): the final answer is due by the end of the day given.

@@ -11,8 +11,8 @@ const liveMark = document.getElementById('live');
 
 const PAGES = {
   officer: [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
-    ['preservations', 'Preservations'], ['peers', 'Peers']],
-  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['peers', 'Peers']],
+    ['preservations', 'Preservations'], ['statistics', 'Statistics'], ['peers', 'Peers']],
+  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['statistics', 'Statistics'], ['peers', 'Peers']],
   admin: [['peers', 'Peers']],
 };
 
@@ -105,6 +105,7 @@ const VIEWS = {
   preservations: preservationsPage,
   peers: peersPage,
   audit: auditPage,
+  statistics: statisticsPage,
 };
 
 function route() {
@@ -509,6 +510,99 @@ async function peersPage() {
       table(['Id', 'Name', 'Link', 'Roster', 'Last seen', 'Queued', 'Failures', 'Last error', 'Duty desk by phone'], rows));
   };
   current.refresh = (event) => (event ? null : load());
+  await load();
+}
+
+// -- the year's statistics (officers and auditors) ----------------------------------------
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) el.setAttribute(key, String(value));
+  for (const child of children.flat(Infinity)) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return el;
+}
+
+/** Horizontal bars, sent and received side by side, for each key of a figure. */
+function bars(title, sent, received) {
+  const keys = [...new Set([...Object.keys(sent), ...Object.keys(received)])].sort();
+  const most = Math.max(1, ...keys.map((k) => Math.max(sent[k] || 0, received[k] || 0)));
+  const row = 26;
+  const width = 560;
+  const left = 150;
+  const scale = (n) => ((width - left - 60) * n) / most;
+  const chart = svg('svg', { class: 'chart', role: 'img', 'aria-label': title, width, height: keys.length * row + 24, viewBox: `0 0 ${width} ${keys.length * row + 24}` },
+    keys.map((key, i) => {
+      const y = i * row;
+      return [
+        svg('text', { x: 0, y: y + 16, class: 'label' }, label(key)),
+        svg('rect', { x: left, y: y + 3, width: scale(sent[key] || 0), height: 9, class: 'sent' }),
+        svg('rect', { x: left, y: y + 13, width: scale(received[key] || 0), height: 9, class: 'received' }),
+        svg('text', { x: left + scale(Math.max(sent[key] || 0, received[key] || 0)) + 6, y: y + 16, class: 'value' },
+          `${sent[key] || 0} / ${received[key] || 0}`),
+      ];
+    }),
+    svg('text', { x: left, y: keys.length * row + 18, class: 'legend' }, 'upper bar: sent, lower bar: received'));
+  return h('section', { class: 'card', 'data-figure': title }, h('h2', {}, title), keys.length ? chart : h('p', { class: 'muted' }, 'None.'));
+}
+
+function duration(ms) {
+  if (ms === null || ms === undefined) return '—';
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 3_600_000) return `${Math.round(ms / 60_000)} min`;
+  if (ms < 172_800_000) return `${(ms / 3_600_000).toFixed(1)} h`;
+  return `${(ms / 86_400_000).toFixed(1)} d`;
+}
+
+async function statisticsPage() {
+  const holder = h('div');
+  const year = h('input', { id: 'stats-year', type: 'number', min: 2000, max: 9999, value: new Date().getUTCFullYear() });
+  const status = h('p', { class: 'muted', role: 'status' });
+  const load = async () => {
+    const stats = await api(`/api/statistics?year=${encodeURIComponent(year.value)}`);
+    const { sent, received } = stats;
+    const timeRows = ['receipt', 'acknowledgement', 'response'].flatMap((step) => [['sent', sent], ['received', received]]
+      .filter(([, side]) => side.times[step])
+      .map(([name, side]) => h('tr', { 'data-time': `${name}-${step}` }, h('td', {}, `${name}: to ${step}`),
+        h('td', {}, String(side.times[step].count)), h('td', {}, duration(side.times[step].median_ms)),
+        h('td', {}, duration(side.times[step].p90_ms)))));
+    clear(holder,
+      h('p', { 'data-totals': '' }, `${stats.node}, ${stats.year}: ${sent.requests} requests sent, ${received.requests} received;`
+        + ` ${sent.extensions + received.extensions} extensions, ${sent.mla_notices + received.mla_notices} MLA notices.`),
+      bars('Requests by type', sent.by_type, received.by_type),
+      bars('Requests by country', sent.by_country, received.by_country),
+      bars('Requests by priority', sent.by_priority, received.by_priority),
+      h('section', { class: 'card' }, h('h2', {}, 'Times (from the request’s creation)'),
+        table(['Step', 'Count', 'Median', '90th percentile'], timeRows)),
+      bars('Preservation outcomes', sent.preservation_outcomes, received.preservation_outcomes),
+      bars('Refusals by ground', sent.refusals_by_ground, received.refusals_by_ground));
+  };
+  const csvButton = h('button', { type: 'button', onclick: async () => {
+    try {
+      const { blob, name } = await download(`/api/statistics?year=${encodeURIComponent(year.value)}&format=csv`);
+      const link = h('a', { href: URL.createObjectURL(blob), download: name });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      status.textContent = `Downloaded ${name}.`;
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  } }, 'Download CSV');
+  const form = h('form', { class: 'filters', novalidate: true }, h('label', { for: 'stats-year' }, 'Year '), year,
+    h('button', { type: 'submit', class: 'primary' }, 'Show'), csvButton, status);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      await load();
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  });
+  page('Statistics', form, holder);
   await load();
 }
 
