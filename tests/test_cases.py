@@ -460,3 +460,46 @@ def test_an_unreachable_peers_duty_desk_is_named_with_its_telephone(
     (deu,) = [p for p in peers["peers"] if p["id"] == "DEU"]
     assert status == 200 and not deu["linked"]
     assert (deu["phones"], deu["languages"]) == (["+49 611 55-15037", "+49 611 55-0"], ["en"])
+
+
+# -- one request to several countries (issue 20, item 2) -----------------------------------
+
+
+def test_one_request_goes_to_several_countries_each_tracked_on_its_own(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU", "USA"], "DEU": [], "USA": []})
+    try:
+        for node in ("DEU", "USA", "FRA"):
+            network.start(node)
+        body = sample_body("preservation")
+        submit = {"type": "preservation", "priority": "urgent", "body": body}
+        refusals = {
+            field: network.api("FRA", "POST", "/api/messages", {**submit, "to": to})[1]
+            for field, to in (
+                ("to[1]", ["DEU", "DEU"]),
+                ("to[1]", ["DEU", "CHE"]),
+                ("to[0]", ["FRA", "DEU"]),
+                ("to", ["DEU"]),
+            )
+        }
+        nothing_yet = network.list("FRA", "out")
+        status, sent = network.api("FRA", "POST", "/api/messages", {**submit, "to": ["DEU", "USA"]})
+        assert status == 202, sent
+        ids = {m["to"]: m["id"] for m in sent["messages"]}
+        for node, message_id in ids.items():
+            network.wait_state(node, message_id, {"received"})
+        answer = {"status": "preserved", "preserved_until": in_days(90)}
+        assert network.api("DEU", "POST", f"/api/messages/{ids['DEU']}/reply", answer)[0] == 202
+        network.wait_state("FRA", ids["DEU"], {"answered"})
+        _, case = network.api("FRA", "GET", f"/api/messages?case={body['case_ref']}")
+        _, composed = network.api("FRA", "GET", f"/api/messages/{ids['USA']}")
+    finally:
+        network.close()
+
+    for field, refused in refusals.items():
+        assert refused["field"] == field, refused
+    assert nothing_yet == []  # a refused one sends to none
+    assert sorted(ids) == ["DEU", "USA"] and len(set(ids.values())) == 2
+    states = {m["to"]: m["state"] for m in case["messages"]}
+    assert states["DEU"] == "answered" and states["USA"] in ("delivered", "sent")
+    (entry,) = [e for e in composed["timeline"] if e["action"] == "composed"]
+    assert entry["detail"]["with"] == [ids["DEU"]]

@@ -401,3 +401,19 @@ def test_a_request_handed_on_then_withdrawn_from_the_command_line(network: Netwo
     )
     assert withdrawn.startswith(f"followed up {request} (withdraw): follow_up ")
     assert network.api("FRA", "GET", f"/api/messages/{request}")[1]["state"] == "withdrawn"
+
+
+def test_a_request_to_several_countries_names_the_recipient_that_is_wrong(
+    network: Network,
+) -> None:
+    # Issue 20: `--to` repeated sends one message to each; a bad one is named, and nothing goes.
+    before = outbox_size(network, "FRA")
+    args = ["send", "--type", "preservation", "--priority", "urgent"]
+    body = as_assignments(sample_body("preservation"))
+
+    local = cpn(network, "FRA", *args, "--to", "DEU", "--to", "X1", *body)
+    twice = cpn(network, "FRA", *args, "--to", "DEU", "--to", "deu", *body)
+
+    assert local.returncode == 2 and "to[1]: must be a contact point id" in local.stderr
+    assert twice.returncode == 1 and "to[1]: DEU is named twice" in twice.stderr
+    assert outbox_size(network, "FRA") == before

@@ -169,3 +169,13 @@ def test_a_reply_and_a_note_are_checked_as_the_node_checks_them() -> None:
         check_reply("42", {"status": "completed"})
     with pytest.raises(BodyError, match=r"^note: must not be empty$"):
         check_note(SAMPLE_REQUEST_ID, "  ")
+
+
+def test_a_request_to_several_countries_is_checked_for_each() -> None:
+    request = {"type": "preservation", "priority": "urgent", "body": sample_body("preservation")}
+
+    check_request({**request, "to": ["DEU", "IRL"]})
+    with pytest.raises(BodyError) as refused:
+        check_request({**request, "to": ["DEU", "irl"]})
+
+    assert refused.value.field == "to[1]"

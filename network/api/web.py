@@ -85,6 +85,7 @@ from network.core.roster import RosterValidity, roster_validity
 from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
+from network.node.officer import MAX_RECIPIENTS
 from network.node.reading import summary
 from network.node.statistics import compute, read_year, to_csv_rows
 from network.node.store import AuditEntry, StoreError, UserRow
@@ -208,7 +209,20 @@ _BODIES: Final = json_schemas()
 SUBMISSION: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {
-        "to": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "The recipient node."},
+        "to": {
+            "anyOf": [
+                {"type": "string", "pattern": "^[A-Z]{3}$"},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "minItems": 2,
+                    "maxItems": MAX_RECIPIENTS,
+                    "uniqueItems": True,
+                },
+            ],
+            "description": "The recipient node; or several, for one request to each (a message"
+            " of its own to each, sharing the body and its case reference).",
+        },
         "type": enum(MessageType),
         "priority": enum(Priority),
         "body": {"type": "object", "description": "The body of its `type`."},
@@ -274,7 +288,8 @@ class _Refusal(Exception):
 
 
 async def post_message(request: web.Request) -> web.StreamResponse:
-    """Compose and queue a message: 202 with its summary (`id`, `state`, ...)."""
+    """Compose and queue a message: 202 with its summary (`id`, `state`, ...); to several
+    recipients (`to` an array), one message to each: 202 with `{"messages": [...]}`."""
     fields = await _json_object(request)
     known = SUBMISSION["properties"]
     unknown = sorted(set(fields) - set(known))
@@ -283,14 +298,18 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     for key in SUBMISSION["required"]:
         if key not in fields:
             raise BodyError(key, "missing")
-    row = await request.app[NODE].officers.submit(
-        user=request[USER].name,
-        to=fields["to"],
-        message_type=fields["type"],
-        priority=fields["priority"],
-        body=fields["body"],
-        ttl_ms=_ttl_ms(fields.get("ttl_seconds")),
-    )
+    officers = request.app[NODE].officers
+    common: dict[str, Any] = {
+        "user": request[USER].name,
+        "message_type": fields["type"],
+        "priority": fields["priority"],
+        "body": fields["body"],
+        "ttl_ms": _ttl_ms(fields.get("ttl_seconds")),
+    }
+    if isinstance(fields["to"], list):
+        rows = await officers.submit_to_many(to=fields["to"], **common)
+        return web.json_response({"messages": [summary(row) for row in rows]}, status=202)
+    row = await officers.submit(to=fields["to"], **common)
     return web.json_response(
         summary(row), status=202, headers={hdrs.LOCATION: f"/api/messages/{row.id}"}
     )
@@ -675,7 +694,7 @@ _SUMMARIES: Final = array_of(_SUMMARY)
 ROUTES: Final = (
     Route(
         "POST", "/api/messages", post_message, _OFFICER, "send messages",
-        Doc(_SUMMARY, status=202, body=SUBMISSION),
+        Doc({"anyOf": [_SUMMARY, obj({"messages": _SUMMARIES})]}, status=202, body=SUBMISSION),
     ),
     Route(
         "GET", "/api/messages", list_messages, _READERS, "list messages",

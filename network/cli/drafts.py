@@ -175,7 +175,14 @@ def check_request(request: Mapping[str, Any]) -> None:
     for key in REQUEST_KEYS:
         if key not in request:
             raise BodyError(key, "missing")
-    parse_request(request["to"], request["type"], request["priority"], request["body"])
+    recipients = request["to"] if isinstance(request["to"], list) else [request["to"]]
+    for i, recipient in enumerate(recipients):
+        try:
+            parse_request(recipient, request["type"], request["priority"], request["body"])
+        except BodyError as exc:
+            if exc.field != "to" or len(recipients) == 1:
+                raise
+            raise BodyError(f"to[{i}]", exc.problem) from None
 
 
 def check_reply(message_id: str, fields: Mapping[str, Any]) -> None:

@@ -77,8 +77,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         if value is not None
     ]
     request = _draft(args.file, [*args.set, *shortcuts], into="body")
+    to = args.to[0] if args.to and len(args.to) == 1 else args.to
     for key, value in (
-        ("to", args.to),
+        ("to", to),
         ("type", args.type),
         ("priority", args.priority),
         ("ttl_seconds", args.ttl),
@@ -90,10 +91,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
     else:
-        print(
-            f"{answer['state']} {answer['id']}: {answer['type']} ({answer['priority']})"
-            f" to {answer['to']}"
-        )
+        for sent in answer.get("messages", [answer]):
+            print(
+                f"{sent['state']} {sent['id']}: {sent['type']} ({sent['priority']}) to {sent['to']}"
+            )
     return 0
 
 
@@ -238,7 +239,14 @@ def add_commands(commands: Subcommands) -> None:
         " (data.identifiers[0].kind). " + exits,
     )
     send.add_argument("--file", metavar="PATH", help="the request as JSON or TOML; - for stdin")
-    send.add_argument("--to", type=str.upper, metavar="ID", help="the contact point, e.g. DEU")
+    send.add_argument(
+        "--to",
+        type=str.upper,
+        action="append",
+        metavar="ID",
+        help="the contact point, e.g. DEU; repeat it to send the request to several, one"
+        " message each sharing the case reference",
+    )
     send.add_argument("--type", choices=tuple(MessageType), help="the message type")
     send.add_argument("--priority", choices=tuple(Priority))
     send.add_argument("--ttl", type=int, metavar="SECONDS", help="expiry (default: by priority)")

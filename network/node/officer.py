@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from network.core.bodies import (
@@ -25,7 +27,7 @@ from network.core.bodies import (
     reference_problem,
 )
 from network.core.deadlines import Box, preservation_period_problem
-from network.core.envelope import seal, seal_to_self
+from network.core.envelope import Envelope, seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
 from network.core.lifecycle import PRIORITY_RANK, State
 from network.core.records import ROLES, MessageType, NodeId, Priority, b64encode
@@ -78,6 +80,24 @@ async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> User
     return user
 
 
+MAX_RECIPIENTS = 50  # one request to several countries (a botnet case: ten, twenty)
+# What answers or follows one Party's message goes to that Party alone.
+_ONE_PARTY = frozenset({MessageType.ACKNOWLEDGEMENT, MessageType.RESPONSE, MessageType.FOLLOW_UP})
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A message checked and sealed, not yet committed."""
+
+    user: str
+    node: NodeId
+    kind: MessageType
+    typed: Body
+    envelope: Envelope
+    self_sealed: bytes
+    answered: MessageRow | None
+
+
 class Officers:
     """One node's use cases for its officers and administrators."""
 
@@ -111,6 +131,53 @@ class Officers:
         Raises BodyError naming the field (`to`, `type`, `priority`, `body.<field>`).
         """
         node, kind, urgency, typed = parse_request(to, message_type, priority, body)
+        draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms)
+        return (await self._queue([draft]))[0]
+
+    async def submit_to_many(
+        self,
+        *,
+        user: str,
+        to: Sequence[object],
+        message_type: object,
+        priority: object,
+        body: object,
+        ttl_ms: int | None = None,
+    ) -> list[MessageRow]:
+        """One request composed once, sent to each of `to` as a message of its own (its own
+        id, receipts, state and deadlines), all sharing the body and so its case reference:
+        every recipient checked before any is sealed, all committed in one transaction.
+
+        Raises BodyError naming the field (`to[i]` for a recipient).
+        """
+        if not 2 <= len(to) <= MAX_RECIPIENTS:
+            raise BodyError("to", f"must name 2 to {MAX_RECIPIENTS} contact points")
+        drafts = []
+        for i, recipient in enumerate(to):
+            if recipient in to[:i]:
+                raise BodyError(f"to[{i}]", f"{recipient} is named twice")
+            try:
+                node, kind, urgency, typed = parse_request(recipient, message_type, priority, body)
+                if kind in _ONE_PARTY:
+                    raise BodyError("type", f"a {kind} goes to the one Party it answers or follows")
+                if any(getattr(typed, ref.field, None) for ref in REFERENCES.get(kind, ())):
+                    raise BodyError("to", "a request that names another message goes to its Party")
+                drafts.append(await self._sealed(user, node, kind, urgency, typed, ttl_ms))
+            except BodyError as exc:
+                field = f"to[{i}]" if exc.field == "to" else exc.field
+                raise BodyError(field, exc.problem) from None
+        return await self._queue(drafts)
+
+    async def _sealed(
+        self,
+        user: str,
+        node: NodeId,
+        kind: MessageType,
+        urgency: Priority,
+        typed: Body,
+        ttl_ms: int | None,
+    ) -> _Draft:
+        """A message checked (recipient, references, what it answers) and sealed to `node`."""
         if node == self.context.me:
             raise BodyError("to", f"cannot send to this node ({self.context.me}) itself")
         try:
@@ -119,7 +186,6 @@ class Officers:
             raise BodyError("to", str(exc)) from None
         await self._check_references(kind, typed, node)
         answered = await self._answered(typed, node)
-        now = self.context.clock()
         try:
             envelope = seal(
                 sender=self.context.me,
@@ -127,7 +193,7 @@ class Officers:
                 message_type=kind,
                 body=typed,
                 priority=urgency,
-                now=now,
+                now=self.context.clock(),
                 random_bytes=self.context.random_bytes(10),
                 signing_key=self.context.keys.signing,
                 recipient_key=card.hpke_key,
@@ -135,55 +201,80 @@ class Officers:
             )
         except BodyError as exc:
             raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
-        header = envelope.header
         assert envelope.plaintext is not None
-        self_sealed = seal_to_self(envelope.plaintext, header.id, self.context.storage)
-        detail: dict[str, Any] = {"to": node, "type": str(kind), "priority": str(urgency)}
-        async with self.context.store.transaction(now, officer=True) as tx:
-            row = tx.insert_message(
-                id=header.id,
-                box=Box.OUT,
-                peer=node,
-                type=kind,
-                priority=urgency,
-                priority_rank=PRIORITY_RANK[header.priority],
-                state=State.QUEUED,
-                created=header.created,
-                expires=header.expires,
-                envelope=envelope.raw,
-                digest=envelope.digest,
-                self_sealed=self_sealed,
-                composed_by=user,
-                case_ref=case_tag(self.context, typed),
-                in_reply_to=refers_to(typed),
-                **deadlines_for(self.context, Box.OUT, header, kind),
-            )
-            acted = []
-            if answered is not None:
-                acted = await act_on(self.context, tx, answered, typed, actor=user, reply=header.id)
-            if isinstance(typed, MlaNotice):
-                acted += await mla_announced(
-                    self.context, tx, typed, box="out", peer=node, actor=user, notice=header.id
+        self_sealed = seal_to_self(envelope.plaintext, envelope.header.id, self.context.storage)
+        return _Draft(user, node, kind, typed, envelope, self_sealed, answered)
+
+    async def _queue(self, drafts: Sequence[_Draft]) -> list[MessageRow]:
+        """Commit sealed messages to the outbox with their audit entries, in one transaction,
+        then wake the links that carry them."""
+        rows: list[MessageRow] = []
+        published: list[AuditEntry] = []
+        async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
+            for draft in drafts:
+                header, node, typed, user = (
+                    draft.envelope.header,
+                    draft.node,
+                    draft.typed,
+                    draft.user,
                 )
-            composed = AuditEntry(user, "composed", header.id, detail)
-            tx.audit(
-                [
-                    *acted,
-                    composed,
-                    AuditEntry(
-                        self.context.actor,
-                        "sealed",
-                        header.id,
-                        {"digest": b64encode(envelope.digest), "suite": str(header.suite)},
-                    ),
-                    AuditEntry(self.context.actor, "queued", header.id, {"to": node}),
-                ]
-            )
-        self.context.publish([*acted, composed])
-        self.delivery.queued(Candidate(header.id, node, PRIORITY_RANK[header.priority]))
-        if header.priority is not Priority.ROUTINE:
+                rows.append(
+                    tx.insert_message(
+                        id=header.id,
+                        box=Box.OUT,
+                        peer=node,
+                        type=draft.kind,
+                        priority=header.priority,
+                        priority_rank=PRIORITY_RANK[header.priority],
+                        state=State.QUEUED,
+                        created=header.created,
+                        expires=header.expires,
+                        envelope=draft.envelope.raw,
+                        digest=draft.envelope.digest,
+                        self_sealed=draft.self_sealed,
+                        composed_by=user,
+                        case_ref=case_tag(self.context, typed),
+                        in_reply_to=refers_to(typed),
+                        **deadlines_for(self.context, Box.OUT, header, draft.kind),
+                    )
+                )
+                acted = []
+                if draft.answered is not None:
+                    acted = await act_on(
+                        self.context, tx, draft.answered, typed, actor=user, reply=header.id
+                    )
+                if isinstance(typed, MlaNotice):
+                    acted += await mla_announced(
+                        self.context, tx, typed, box="out", peer=node, actor=user, notice=header.id
+                    )
+                detail: dict[str, Any] = {
+                    "to": node,
+                    "type": str(draft.kind),
+                    "priority": str(header.priority),
+                }
+                if len(drafts) > 1:
+                    detail["with"] = [d.envelope.header.id for d in drafts if d is not draft]
+                composed = AuditEntry(user, "composed", header.id, detail)
+                digest = {
+                    "digest": b64encode(draft.envelope.digest),
+                    "suite": str(header.suite),
+                }
+                tx.audit(
+                    [
+                        *acted,
+                        composed,
+                        AuditEntry(self.context.actor, "sealed", header.id, digest),
+                        AuditEntry(self.context.actor, "queued", header.id, {"to": node}),
+                    ]
+                )
+                published += [*acted, composed]
+        self.context.publish(published)
+        for draft in drafts:
+            header = draft.envelope.header
+            self.delivery.queued(Candidate(header.id, draft.node, PRIORITY_RANK[header.priority]))
+        if any(d.envelope.header.priority is not Priority.ROUTINE for d in drafts):
             self.context.checkpoints.urgent_message()
-        return row
+        return rows
 
     async def _check_references(self, kind: MessageType, typed: Body, to: NodeId) -> None:
         """The messages a request names (`extends`, `follows`) exist here and are of the

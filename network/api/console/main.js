@@ -101,6 +101,7 @@ const VIEWS = {
   outbox: () => messagesPage('out'),
   compose: composePage,
   message: messagePage,
+  case: casePage,
   alerts: alertsPage,
   preservations: preservationsPage,
   peers: peersPage,
@@ -186,26 +187,46 @@ function nextDeadline(m) {
   return due ? `${kind} by ${when(due)}` : '';
 }
 
+function messageRows(messages) {
+  return messages.map((m) => {
+    const link = `#/message/${encodeURIComponent(m.id)}`;
+    return h('tr', { class: m.overdue.length ? 'overdue' : '', 'data-id': m.id, onclick: () => { location.hash = link; } },
+      h('td', {}, badge(m.priority)),
+      h('td', {}, h('a', { href: link }, label(m.type))),
+      h('td', {}, m.peer),
+      h('td', {}, badge(m.state, 'state')),
+      h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : nextDeadline(m)),
+      h('td', {}, when(m.created)),
+      h('td', { class: 'mono' }, m.id.slice(-12)));
+  });
+}
+
 async function messagesPage(box) {
   const holder = h('div');
   page(box === 'in' ? 'Inbox' : 'Outbox', holder);
   const load = async () => {
     const { messages } = await api(`/api/messages?box=${box}&limit=500`);
     messages.sort(byUrgency);
-    const rows = messages.map((m) => {
-      const link = `#/message/${encodeURIComponent(m.id)}`;
-      return h('tr', { class: m.overdue.length ? 'overdue' : '', 'data-id': m.id, onclick: () => { location.hash = link; } },
-        h('td', {}, badge(m.priority)),
-        h('td', {}, h('a', { href: link }, label(m.type))),
-        h('td', {}, m.peer),
-        h('td', {}, badge(m.state, 'state')),
-        h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : nextDeadline(m)),
-        h('td', {}, when(m.created)),
-        h('td', { class: 'mono' }, m.id.slice(-12)));
-    });
     clear(holder, messages.length
-      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Id'], rows, { class: 'messages' })
+      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Id'], messageRows(messages), { class: 'messages' })
       : h('p', { class: 'muted' }, box === 'in' ? 'Nothing received yet.' : 'Nothing sent yet.'));
+  };
+  current.refresh = load;
+  await load();
+}
+
+// One case: every message either side filed under its reference, each tracked on its own
+// (one request to several countries is one message to each).
+async function casePage(ref) {
+  const reference = decodeURIComponent(ref || '');
+  const holder = h('div');
+  page(`Case ${reference}`, holder);
+  const load = async () => {
+    const { messages } = await api(`/api/messages?case=${encodeURIComponent(reference)}&limit=500`);
+    messages.sort(byUrgency);
+    clear(holder, messages.length
+      ? table(['Priority', 'Type', 'Country', 'State', 'Deadlines', 'Created', 'Id'], messageRows(messages), { class: 'messages case' })
+      : h('p', { class: 'muted' }, 'No message of this case.'));
   };
   current.refresh = load;
   await load();
@@ -232,6 +253,10 @@ async function composePage() {
   const [type, typeField] = select('type', REQUESTS.map((t) => [t, label(t)]), 'Type');
   const [priority, priorityField] = select('priority',
     [['flash', 'Flash: life or safety at risk'], ['urgent', 'Urgent: data may be lost within hours'], ['routine', 'Routine']], 'Priority');
+  // One request to several countries: a message of its own to each, one case reference.
+  const also = peers.map((p) => h('label', { class: 'also' },
+    h('input', { type: 'checkbox', value: p.id, 'data-also': p.id }), ` ${p.id}`));
+  const alsoField = h('fieldset', { class: 'field also-to' }, h('legend', {}, 'Also send to'), also);
   const title = h('p', { class: 'muted' });
   const holder = h('div');
   let body = null;
@@ -244,7 +269,7 @@ async function composePage() {
   });
   const status = h('p', { class: 'muted', role: 'status' });
   const element = h('form', { class: 'compose card', novalidate: true },
-    form.summary, h('div', { class: 'row' }, toField, typeField, priorityField), title, holder,
+    form.summary, h('div', { class: 'row' }, toField, typeField, priorityField), alsoField, title, holder,
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Check and send'), status));
   element.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -256,12 +281,14 @@ async function composePage() {
     if (errors.length) return form.showErrors(errors);
     form.clearErrors();
     status.textContent = 'Sending…';
+    const recipients = [to.value, ...also.map((l) => l.firstChild).filter((c) => c.checked && c.value !== to.value).map((c) => c.value)];
     try {
+      const content = body.read() ?? {};
       const sent = await api('/api/messages', {
         method: 'POST',
-        body: { to: to.value, type: type.value, priority: priority.value, body: body.read() ?? {} },
+        body: { to: recipients.length > 1 ? recipients : to.value, type: type.value, priority: priority.value, body: content },
       });
-      location.hash = `#/message/${encodeURIComponent(sent.id)}`;
+      location.hash = sent.messages ? `#/case/${encodeURIComponent(content.case_ref)}` : `#/message/${encodeURIComponent(sent.id)}`;
     } catch (error) {
       status.textContent = '';
       form.showServerError(error);
@@ -312,6 +339,7 @@ function renderMessage(holder, m) {
     ['Created', when(m.created)], ['Expires', when(m.expires)],
     ['Composed by', m.composed_by], ['Acknowledged by', m.acknowledged_by],
     ['Preserved until', preservedUntil(m)],
+    ['Case', m.body?.case_ref ? h('a', { href: `#/case/${encodeURIComponent(m.body.case_ref)}` }, m.body.case_ref) : null],
     ['Hop limit', header.hop_limit], ['Suite', header.suite],
   ].filter(([, value]) => value !== null && value !== undefined);
   const receipts = m.receipts.map((r) => h('tr', {},
