@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from network.samples import sample_body
-from tests.harness import Network, rows, wait_for
+from tests.harness import REPO, Network, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -503,3 +505,46 @@ def test_one_request_goes_to_several_countries_each_tracked_on_its_own(tmp_path:
     assert states["DEU"] == "answered" and states["USA"] in ("delivered", "sent")
     (entry,) = [e for e in composed["timeline"] if e["action"] == "composed"]
     assert entry["detail"]["with"] == [ids["DEU"]]
+
+
+# -- work shared within the desk (issue 20, item 3) -------------------------------------------
+
+
+def test_a_received_request_is_taken_handed_over_and_the_inbox_shows_who_holds_it(
+    tmp_path: Path,
+) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    night = subprocess.run(
+        [sys.executable, "-m", "network", "user", "add", "night-officer", "--role", "officer",
+         "--config", str(network.nodes["DEU"].config)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert night.returncode == 0, night.stderr
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", request, {"received"})
+        path = f"/api/messages/{request}/assign"
+        status, taken = network.api("DEU", "POST", path, {})
+        again = network.api("DEU", "POST", path, {})[1]
+        nobody = network.api("DEU", "POST", path, {"to": "night-shift"})[1]
+        auditor = network.api("DEU", "POST", path, {"to": "auditor-DEU"})[1]
+        sent_side = network.api("FRA", "POST", path, {})[0]
+        handover = {"to": "night-officer", "note": "Provider called at 02:10; awaiting its fax."}
+        handed = network.api("DEU", "POST", path, handover)[1]
+        listed = network.api("DEU", "GET", "/api/messages?box=in")[1]["messages"]
+        _, seen = network.api("DEU", "GET", f"/api/messages/{request}")
+    finally:
+        network.close()
+
+    assert status == 200 and taken["assigned_to"] == "officer-DEU"
+    assert again["field"] == "to" and "holds it already" in again["error"]
+    assert nobody["field"] == "to" and "not an officer of this node" in nobody["error"]
+    assert auditor["field"] == "to"
+    assert sent_side == 404  # only what this node received is worked at its desk
+    assert handed["assigned_to"] == "night-officer"
+    assert [m["assigned_to"] for m in listed if m["id"] == request] == ["night-officer"]
+    first, second = [e for e in seen["timeline"] if e["action"] == "assigned"]
+    assert first["actor"] == "officer-DEU" and first["detail"] == {"to": "officer-DEU", "was": None}
+    assert second["detail"] == {"to": "night-officer", "was": "officer-DEU", **handover}

@@ -417,3 +417,14 @@ def test_a_request_to_several_countries_names_the_recipient_that_is_wrong(
     assert local.returncode == 2 and "to[1]: must be a contact point id" in local.stderr
     assert twice.returncode == 1 and "to[1]: DEU is named twice" in twice.stderr
     assert outbox_size(network, "FRA") == before
+
+
+def test_a_request_is_taken_from_the_command_line(network: Network) -> None:
+    request = network.send("FRA", "DEU", "locate", sample_body("locate"))
+    network.wait_state("DEU", request, {"received"})
+
+    taken = ok(cpn(network, "DEU", "assign", request))
+    nobody = cpn(network, "DEU", "assign", request, "--to", "nobody", "--note", "over to you")
+
+    assert taken.strip() == f"{request} is held by officer-DEU"
+    assert nobody.returncode == 1 and "to: 'nobody' is not an officer of this node" in nobody.stderr

@@ -198,6 +198,11 @@ def test_a_preservation_request_goes_live_from_fra_to_deu_and_back(
     # DEU reads it, acknowledges and answers `preserved`.
     row.click()
     expect(deu.page.locator("section.body")).to_contain_text(body["case_ref"])
+    # The duty officer takes it: the desk sees who holds it (issue 20).
+    deu.page.click("section.desk >> text=Take it")
+    expect(deu.page.locator('section.desk [data-fact="Held by"]')).to_have_text(
+        "Held by officer-DEU."
+    )
     deu.page.click("form button:has-text('Acknowledge')")
     expect(deu.state()).to_have_text("acknowledged")
     expect(deu.page.locator("#ack-note")).to_have_count(0)  # the actions follow the state

@@ -188,6 +188,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             ),
             "preserved_until": _NULL_MS,
             "until_decision": _NULL_MS,
+            "assigned_to": _NULL_STR,
         }
     ),
     "Message": {

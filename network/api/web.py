@@ -388,6 +388,32 @@ async def reply_message(request: web.Request) -> web.StreamResponse:
     return web.json_response(summary(row), status=202)
 
 
+async def assign_message(request: web.Request) -> web.StreamResponse:
+    """Take a received request (no `to`), or assign it to another officer (`to`), with a
+    handover `note`: 200 with its summary, `assigned_to` the officer who holds it."""
+    message_id = _message_id(request)
+    fields = await _json_object(request, empty_ok=True)
+    unknown = sorted(set(fields) - {"to", "note"})
+    if unknown:
+        raise BodyError(unknown[0], "unknown field (expected: to, note)")
+    row = await request.app[NODE].officers.assign(
+        message_id, request[USER].name, to=fields.get("to"), note=fields.get("note")
+    )
+    if row is None:
+        raise _Refusal(404, f"no received message {message_id}")
+    return web.json_response(summary(row))
+
+
+ASSIGNMENT: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "to": {"type": "string", "description": "The officer who takes it over; you if absent."},
+        "note": {"type": "string", "maxLength": 2000, "description": "The handover note."},
+    },
+    "additionalProperties": False,
+}
+
+
 async def follow_up_message(request: web.Request) -> web.StreamResponse:
     """Follow up a request we sent (`action`: information, proceed, withdraw, release; with
     `information` or the `note` it needs): sends a `follow_up`; 202 with its summary."""
@@ -723,6 +749,10 @@ ROUTES: Final = (
             {"type": "object", "description": "an evidence package (PROTOCOL section 14)"},
             path=(ID_PARAM,), query=EVIDENCE_QUERY,
         ),
+    ),
+    Route(
+        "POST", "/api/messages/{id}/assign", assign_message, _OFFICER, "assign messages",
+        Doc(_SUMMARY, path=(ID_PARAM,), body=ASSIGNMENT, body_required=False),
     ),
     Route(
         "GET", "/api/statistics", get_statistics, _READERS, "read the statistics",

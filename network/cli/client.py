@@ -93,6 +93,10 @@ class Client:
         """POST /api/messages/{id}/reply: the summary of the `response` sent."""
         return self._call("POST", f"/api/messages/{_segment(message_id)}/reply", fields)
 
+    def assign(self, message_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /api/messages/{id}/assign: the message's summary, `assigned_to` its holder."""
+        return self._call("POST", f"/api/messages/{_segment(message_id)}/assign", fields)
+
     def follow_up(self, message_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         """POST /api/messages/{id}/follow-up: the summary of the `follow_up` sent."""
         return self._call("POST", f"/api/messages/{_segment(message_id)}/follow-up", fields)

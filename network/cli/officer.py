@@ -204,6 +204,17 @@ def cmd_follow_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assign(args: argparse.Namespace) -> int:
+    message_id = args.id.lower()
+    fields = {k: v for k, v in (("to", args.to), ("note", args.note)) if v is not None}
+    answer = _client(args).assign(message_id, fields)
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{message_id} is held by {answer['assigned_to']}")
+    return 0
+
+
 def add_commands(commands: Subcommands) -> None:
     """`cpn send`, `inbox`, `show`, `ack`, `reply`, `follow-up`: officer work, by the API."""
     node = argparse.ArgumentParser(add_help=False)
@@ -345,3 +356,15 @@ def add_commands(commands: Subcommands) -> None:
     follow.add_argument("--case-ref", metavar="TEXT", help="your case reference")
     follow.add_argument("--set", **assign, help="set any field of the follow-up (repeatable)")
     follow.set_defaults(func=cmd_follow_up)
+
+    take = commands.add_parser(
+        "assign",
+        parents=[node],
+        help="take a received request, or hand it to another officer (audited)",
+        description="Without --to, you take the request; with --to, the officer named holds"
+        " it from now on (a shift change: say what is under way in --note). " + exits,
+    )
+    take.add_argument("id", metavar="ID")
+    take.add_argument("--to", metavar="USER", help="the officer who takes it over")
+    take.add_argument("--note", metavar="TEXT", help="the handover note")
+    take.set_defaults(func=cmd_assign)

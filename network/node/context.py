@@ -51,6 +51,7 @@ _LIVE: dict[str, str] = {
     "information_given": "state",
     "proceed_asked": "state",
     "until_mla_decision": "state",
+    "assigned": "state",
     "expired": "state",
     "overdue": "state",
 }

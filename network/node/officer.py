@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from network.core.bodies import (
@@ -80,6 +80,7 @@ async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> User
     return user
 
 
+MAX_NOTE = 2000  # a handover note
 MAX_RECIPIENTS = 50  # one request to several countries (a botnet case: ten, twenty)
 # What answers or follows one Party's message goes to that Party alone.
 _ONE_PARTY = frozenset({MessageType.ACKNOWLEDGEMENT, MessageType.RESPONSE, MessageType.FOLLOW_UP})
@@ -383,3 +384,33 @@ class Officers:
             priority=row.priority,
             body={"follows": message_id, **fields},
         )
+
+    async def assign(
+        self, message_id: str, user: str, *, to: object = None, note: object = None
+    ) -> MessageRow | None:
+        """A received request taken by `user` (`to` None), or assigned to officer `to`, with
+        a handover `note` at a shift change; audited with who held it before. None if there
+        is no such received message; BodyError naming `to` or `note`."""
+        if to is not None and not isinstance(to, str):
+            raise BodyError("to", "must be an officer's user name")
+        if note is not None and (not isinstance(note, str) or not 0 < len(note) <= MAX_NOTE):
+            raise BodyError("note", f"must be text of 1 to {MAX_NOTE} characters")
+        officer = to if to is not None else user
+        async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
+            row = await tx.message(message_id)
+            if row is None or row.box != "in":
+                return None
+            holder = await tx.user(officer)
+            if holder is None or holder.role != "officer":
+                raise BodyError("to", f"{officer!r} is not an officer of this node")
+            if row.assigned_to == officer:
+                raise BodyError("to", f"{officer} holds it already")
+            detail: dict[str, Any] = {"to": officer, "was": row.assigned_to}
+            if note is not None:
+                detail["note"] = note
+            tx.assign(row.id, officer)
+            entry = AuditEntry(user, "assigned", row.id, detail)
+            tx.audit([entry])
+        row = replace(row, assigned_to=officer, updated=self.context.clock())
+        self.context.publish([entry])
+        return row

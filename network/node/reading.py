@@ -177,4 +177,5 @@ def summary(row: MessageRow) -> dict[str, Any]:
         "preserved_until": row.preserved_until,
         # Kept until the decision on the MLA request, counted from then (sent, then received).
         "until_decision": row.until_decision,
+        "assigned_to": row.assigned_to,  # who holds it at the desk
     }

@@ -63,7 +63,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -328,6 +328,11 @@ MIGRATIONS: dict[int, str] = {
     9: """
     ALTER TABLE messages ADD COLUMN until_decision INTEGER;
     """,
+    # 10: work shared within the desk: the officer who holds a received request (taken, or
+    # assigned and handed over at a shift change; each step audited).
+    10: """
+    ALTER TABLE messages ADD COLUMN assigned_to TEXT;
+    """,
 }
 
 
@@ -392,6 +397,7 @@ class MessageRow:
     # Preserved until the decision on the MLA request, counted from then: the day it was sent
     # (the MLA notice), then the day the requested Party says it received it.
     until_decision: int | None = None
+    assigned_to: str | None = None  # the officer who holds it (received requests)
 
 
 class Waiting(NamedTuple):
@@ -428,7 +434,7 @@ _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
     " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
     " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at, until_decision"
+    " overdue, alert_at, until_decision, assigned_to"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -928,6 +934,14 @@ class Tx:
         self._write(
             "UPDATE messages SET preserved_until = ?, until_decision = ?, updated = ? WHERE id = ?",
             (until, decision, self.now, message_id),
+        )
+        self._rows.pop(message_id, None)
+
+    def assign(self, message_id: str, officer: str) -> None:
+        """`officer` holds the message from now on."""
+        self._write(
+            "UPDATE messages SET assigned_to = ?, updated = ? WHERE id = ?",
+            (officer, self.now, message_id),
         )
         self._rows.pop(message_id, None)
 

@@ -197,6 +197,7 @@ function messageRows(messages) {
       h('td', {}, badge(m.state, 'state')),
       h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : nextDeadline(m)),
       h('td', {}, when(m.created)),
+      h('td', { 'data-held': m.id }, m.assigned_to || ''),
       h('td', { class: 'mono' }, m.id.slice(-12)));
   });
 }
@@ -208,7 +209,7 @@ async function messagesPage(box) {
     const { messages } = await api(`/api/messages?box=${box}&limit=500`);
     messages.sort(byUrgency);
     clear(holder, messages.length
-      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Id'], messageRows(messages), { class: 'messages' })
+      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages' })
       : h('p', { class: 'muted' }, box === 'in' ? 'Nothing received yet.' : 'Nothing sent yet.'));
   };
   current.refresh = load;
@@ -225,7 +226,7 @@ async function casePage(ref) {
     const { messages } = await api(`/api/messages?case=${encodeURIComponent(reference)}&limit=500`);
     messages.sort(byUrgency);
     clear(holder, messages.length
-      ? table(['Priority', 'Type', 'Country', 'State', 'Deadlines', 'Created', 'Id'], messageRows(messages), { class: 'messages case' })
+      ? table(['Priority', 'Type', 'Country', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages case' })
       : h('p', { class: 'muted' }, 'No message of this case.'));
   };
   current.refresh = load;
@@ -306,8 +307,10 @@ async function messagePage(id) {
   const load = async () => {
     const message = await api(`/api/messages/${encodeURIComponent(id)}`);
     renderMessage(details, message);
-    if (message.state !== state) {
-      state = message.state;
+    // The actions follow the state and who holds it (not every refresh: typed text stays).
+    const now = `${message.state} ${message.assigned_to}`;
+    if (now !== state) {
+      state = now;
       await renderActions(actions, message, load);
     }
   };
@@ -373,6 +376,7 @@ async function renderActions(holder, m, reload) {
   const officer = session.me.role === 'officer' && REQUESTS.includes(m.type);
   if (officer && m.box === 'out' && m.state !== 'withdrawn') return renderFollowUp(holder, m, reload);
   const takesAction = officer && m.box === 'in';
+  if (takesAction) holder.append(deskCard(m, reload));
   if (!takesAction || ['answered', 'expired', 'rejected', 'withdrawn'].includes(m.state)) return;
   const described = await describedTypes();
   const status = h('p', { class: 'muted', role: 'status' });
@@ -411,6 +415,30 @@ async function renderActions(holder, m, reload) {
     }
   });
   append(holder, element, status);
+}
+
+// Work shared within the desk: who holds a received request; take it, or hand it over at a
+// shift change with a note (each step audited).
+function deskCard(m, reload) {
+  const status = h('p', { class: 'muted', role: 'status' });
+  const to = h('input', { id: 'assign-to', type: 'text', maxlength: 100, placeholder: 'the officer taking over' });
+  const note = h('input', { id: 'assign-note', type: 'text', maxlength: 2000, placeholder: 'what is under way' });
+  const assign = async (body) => {
+    try {
+      await api(`/api/messages/${encodeURIComponent(m.id)}/assign`, { method: 'POST', body });
+      await reload();
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  };
+  const mine = m.assigned_to === session.me.user;
+  return h('section', { class: 'card desk' }, h('h2', {}, 'Desk'),
+    h('p', { 'data-fact': 'Held by' }, m.assigned_to ? `Held by ${m.assigned_to}.` : 'Nobody holds it yet.'),
+    mine ? null : h('button', { type: 'button', class: 'primary', onclick: () => assign({}) }, 'Take it'),
+    h('div', { class: 'field' }, h('label', { for: 'assign-to' }, 'Hand over to'), to),
+    h('div', { class: 'field' }, h('label', { for: 'assign-note' }, 'Handover note'), note),
+    h('button', { type: 'button', onclick: () => assign(note.value.trim() ? { to: to.value.trim(), note: note.value.trim() } : { to: to.value.trim() }) }, 'Hand over'),
+    status);
 }
 
 // A reply's or follow-up's fields go as they are, and the node names them so (`note`); the
