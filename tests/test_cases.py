@@ -548,3 +548,35 @@ def test_a_received_request_is_taken_handed_over_and_the_inbox_shows_who_holds_i
     first, second = [e for e in seen["timeline"] if e["action"] == "assigned"]
     assert first["actor"] == "officer-DEU" and first["detail"] == {"to": "officer-DEU", "was": None}
     assert second["detail"] == {"to": "night-officer", "was": "officer-DEU", **handover}
+
+
+def test_the_inbox_lists_each_requests_case_and_summary_line_and_the_store_keeps_them_sealed(
+    tmp_path: Path,
+) -> None:
+    # Issue 20, item 5: triage without opening every request (an audited consultation).
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    case_ref = "PN-CYBER-2026-77123"
+    summary = "Ransomware on a hospital; the leak site is hosted in Germany.\nMore below."
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        body = sample_body("preservation", case_ref=case_ref, summary=summary)
+        request = network.send("FRA", "DEU", "preservation", body)
+        network.wait_state("DEU", request, {"received"})
+        inbox = network.api("DEU", "GET", "/api/messages?box=in")[1]["messages"]
+        outbox = network.api("FRA", "GET", "/api/messages?box=out")[1]["messages"]
+        network.stop("DEU")
+        network.stop("FRA")
+    finally:
+        network.close()
+
+    for listed in (inbox, outbox):
+        (line,) = [m for m in listed if m["id"] == request]
+        assert line["case_ref"] == case_ref
+        assert line["summary"] == "Ransomware on a hospital; the leak site is hosted in Germany."
+    opened = rows(network.nodes["DEU"].store, "SELECT 1 FROM audit WHERE action = 'opened'")
+    assert opened == []  # listing is not a consultation of the body
+    for node in ("DEU", "FRA"):
+        store = network.nodes[node].store
+        stored = b"".join(p.read_bytes() for p in store.parent.glob(store.name + "*"))
+        assert case_ref.encode() not in stored and b"leak site" not in stored

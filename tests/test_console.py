@@ -365,6 +365,11 @@ def test_markup_in_a_body_shows_as_text(network: Network, context: BrowserContex
         expect(shown).to_contain_text(script)
         assert console.page.locator("main img, main script").count() == 0
         assert console.page.evaluate("window.pwned") is None
+        # The inbox's listing line too (issue 20): the case reference and summary as text.
+        console.page.goto(f"{network.nodes[node].api}/#/{'outbox' if node == 'FRA' else 'inbox'}")
+        expect(console.page.locator(f'[data-case="{message_id}"]')).to_have_text(image)
+        assert console.page.locator("main img, main script").count() == 0
+        assert console.page.evaluate("window.pwned") is None
         console.check_clean()
 
 

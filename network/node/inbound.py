@@ -80,6 +80,7 @@ from network.core.roster import Roster, load_roster
 from network.node.alerts import AlertKind, alert_record
 from network.node.context import NodeContext
 from network.node.delivery import Delivery, candidate
+from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
 from network.node.tracking import act_on, case_tag, deadlines_for, mla_announced, refers_to
@@ -358,6 +359,7 @@ class Inbound:
             case_ref=case_tag(self.context, typed),
             in_reply_to=refers_to(typed),
             **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
+            listing=seal_line(typed, header.id, self.context.storage),
         )
         detail["type"] = str(item.opened.message_type)
         item.audit.append(AuditEntry(link_actor, action, header.id, detail))

@@ -33,6 +33,7 @@ from network.core.lifecycle import PRIORITY_RANK, State
 from network.core.records import ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
+from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, Store, UserRow
 from network.node.tracking import (
@@ -237,6 +238,7 @@ class Officers:
                         case_ref=case_tag(self.context, typed),
                         in_reply_to=refers_to(typed),
                         **deadlines_for(self.context, Box.OUT, header, draft.kind),
+                        listing=seal_line(typed, header.id, self.context.storage),
                     )
                 )
                 acted = []

@@ -14,6 +14,7 @@ from network.core.records import parse_canonical
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.evidence import collect_package, opener_for, sign_package
+from network.node.listing import open_line
 from network.node.store import AuditEntry, MessageRow, UserRow
 
 __all__ = ["Reading", "summary"]
@@ -113,12 +114,15 @@ class Reading:
         limit: int,
         case_ref: str | None = None,
     ) -> list[dict[str, Any]]:
-        """A listing; with `case_ref`, the messages of that case (either side's reference)."""
+        """A listing; with `case_ref`, the messages of that case (either side's reference).
+        Requests carry their `case_ref` and `summary` line (network/node/listing.py)."""
         case = self.context.storage.tag(case_ref) if case_ref is not None else None
         rows = await self.context.store.messages(
             box=box, state=state, priority=priority, limit=limit, case=case
         )
-        return [summary(r) for r in rows]
+        keyring = self.context.keys.keyring
+        # Each request's listing line (network/node/listing.py): what the list reveals.
+        return [{**summary(r), **open_line(r.listing, r.id, keyring)} for r in rows]
 
     async def peers(self) -> list[dict[str, Any]]:
         """Each contact point in the roster but us: linked or not, last seen, queued count."""

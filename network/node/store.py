@@ -29,7 +29,7 @@ from asyncio import Future
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar, cast
@@ -63,7 +63,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -333,6 +333,11 @@ MIGRATIONS: dict[int, str] = {
     10: """
     ALTER TABLE messages ADD COLUMN assigned_to TEXT;
     """,
+    # 11: the line an inbox shows of a request (its case reference and its summary's first
+    # line), sealed under the storage key like a sent copy: no body text in clear.
+    11: """
+    ALTER TABLE messages ADD COLUMN listing BLOB;
+    """,
 }
 
 
@@ -398,6 +403,7 @@ class MessageRow:
     # (the MLA notice), then the day the requested Party says it received it.
     until_decision: int | None = None
     assigned_to: str | None = None  # the officer who holds it (received requests)
+    listing: bytes | None = field(default=None, repr=False)  # `listing.seal_line`'s output
 
 
 class Waiting(NamedTuple):
@@ -434,7 +440,7 @@ _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
     " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
     " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at, until_decision, assigned_to"
+    " overdue, alert_at, until_decision, assigned_to, listing"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -842,6 +848,7 @@ class Tx:
         in_reply_to: str | None = None,
         due: Due = _NO_DEADLINES,
         alert_at: int | None = None,
+        listing: bytes | None = None,
     ) -> MessageRow:
         """Insert a message (the caller has checked, in this transaction, that its id is
         new); the row as stored. KeyError for a box, type or priority not in its set."""
@@ -872,6 +879,7 @@ class Tx:
             ack_due=due.acknowledgement,
             response_due=due.response,
             alert_at=alert_at,
+            listing=listing,
         )
         marks = ", ".join("?" * (len(MessageRow.__slots__) + 1))
         self._write(

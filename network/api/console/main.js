@@ -194,6 +194,9 @@ function messageRows(messages) {
       h('td', {}, badge(m.priority)),
       h('td', {}, h('a', { href: link }, label(m.type))),
       h('td', {}, m.peer),
+      // The request's listing line: its case reference and its summary's first line.
+      h('td', { 'data-case': m.id }, m.case_ref || ''),
+      h('td', { class: 'summary-line' }, m.summary || ''),
       h('td', {}, badge(m.state, 'state')),
       h('td', {}, m.overdue.length ? badge(`overdue: ${m.overdue.join(', ')}`, 'overdue') : nextDeadline(m)),
       h('td', {}, when(m.created)),
@@ -209,7 +212,7 @@ async function messagesPage(box) {
     const { messages } = await api(`/api/messages?box=${box}&limit=500`);
     messages.sort(byUrgency);
     clear(holder, messages.length
-      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages' })
+      ? table(['Priority', 'Type', box === 'in' ? 'From' : 'To', 'Case', 'Summary', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages' })
       : h('p', { class: 'muted' }, box === 'in' ? 'Nothing received yet.' : 'Nothing sent yet.'));
   };
   current.refresh = load;
@@ -226,7 +229,7 @@ async function casePage(ref) {
     const { messages } = await api(`/api/messages?case=${encodeURIComponent(reference)}&limit=500`);
     messages.sort(byUrgency);
     clear(holder, messages.length
-      ? table(['Priority', 'Type', 'Country', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages case' })
+      ? table(['Priority', 'Type', 'Country', 'Case', 'Summary', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages case' })
       : h('p', { class: 'muted' }, 'No message of this case.'));
   };
   current.refresh = load;
