@@ -580,3 +580,46 @@ def test_the_inbox_lists_each_requests_case_and_summary_line_and_the_store_keeps
         store = network.nodes[node].store
         stored = b"".join(p.read_bytes() for p in store.parent.glob(store.name + "*"))
         assert case_ref.encode() not in stored and b"leak site" not in stored
+
+
+# -- finding earlier requests (issue 20, item 4) ------------------------------------------------
+
+
+def test_have_we_seen_this_identifier_before(tmp_path: Path) -> None:
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        other = network.send("FRA", "DEU", "locate", sample_body("locate"))
+        for message_id in (request, other):
+            network.wait_state("DEU", message_id, {"received"})
+        # Written otherwise than in the request: the exploded IPv6 address, in capitals.
+        found = network.api("DEU", "GET", "/api/search?identifier=2001:DB8:4F2A:0:0:0:0:17")[1]
+        typed = network.api("DEU", "GET", "/api/search?identifier=203.0.113.45&kind=email")[1]
+        sent = network.api(
+            "FRA", "GET", "/api/search?identifier=Contact@Bonnes-Affaires-Hightech.example&box=out"
+        )[1]
+        by_type = network.api("DEU", "GET", "/api/search?type=locate&country=FRA")[1]
+        never = network.api("DEU", "GET", "/api/search?identifier=198.51.100.7")[1]
+        status, empty = network.api("DEU", "GET", "/api/search")
+        network.stop("DEU")
+    finally:
+        network.close()
+
+    assert [m["id"] for m in found["messages"]] == [request], (found, typed, sent, by_type)
+    assert found["messages"][0]["case_ref"] == sample_body("preservation")["case_ref"]
+    assert typed["messages"] == []  # not an e-mail address
+    assert [m["id"] for m in sent["messages"]] == [request]
+    assert [m["id"] for m in by_type["messages"]] == [other]
+    assert never["messages"] == []
+    assert status == 400 and empty["field"] == "identifier"
+    searches = rows(
+        network.nodes["DEU"].store, "SELECT actor, detail FROM audit WHERE action = 'searched'"
+    )
+    assert [actor for actor, _ in searches] == ["officer-DEU"] * 4
+    first = json.loads(searches[0][1])
+    assert first["found"] == 1 and len(first["identifier"]) >= 1
+    store = network.nodes["DEU"].store
+    stored = b"".join(p.read_bytes() for p in store.parent.glob(store.name + "*"))
+    assert b"2001:db8:4f2a" not in stored and b"203.0.113.45" not in stored  # digests only

@@ -428,3 +428,15 @@ def test_a_request_is_taken_from_the_command_line(network: Network) -> None:
 
     assert taken.strip() == f"{request} is held by officer-DEU"
     assert nobody.returncode == 1 and "to: 'nobody' is not an officer of this node" in nobody.stderr
+
+
+def test_have_we_seen_it_before_from_the_command_line(network: Network) -> None:
+    body = sample_body("preservation", case_ref="SEARCH-CLI-1")
+    request = network.send("FRA", "DEU", "preservation", body)
+    network.wait_state("DEU", request, {"received"})
+
+    found = ok(cpn(network, "DEU", "search", "--identifier", "2001:0DB8:4F2A::0017"))
+    typed = ok(cpn(network, "DEU", "search", "--case", "SEARCH-CLI-1", "--json"))
+
+    assert request in found and "SEARCH-CLI-1" in found
+    assert [m["id"] for m in json.loads(typed)["messages"]] == [request]

@@ -350,6 +350,22 @@ def test_the_years_statistics_show_as_charts_and_download_as_csv(
     auditor.check_clean()
 
 
+def test_an_identifier_seen_before_is_found_written_otherwise(
+    network: Network, context: BrowserContext
+) -> None:
+    # Issue 20, item 4: the first question of every shift.
+    request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    network.wait_state("DEU", request, {"received"})
+    officer = Console(context, network, "DEU", "officer")
+    officer.page.click("#nav >> text=Search")
+    officer.page.fill("#search-identifier", "2001:DB8:4F2A:0:0:0:0:17")
+    officer.page.click("form button:has-text('Search')")
+
+    expect(officer.page.locator(f'table.found tr[data-id="{request}"]')).to_have_count(1)
+    expect(officer.page.locator("[role=status]")).to_contain_text("recorded in the audit log")
+    officer.check_clean()
+
+
 def test_markup_in_a_body_shows_as_text(network: Network, context: BrowserContext) -> None:
     image = '<img src=x onerror="window.pwned=1">'
     script = "<script>window.pwned=2</script>"

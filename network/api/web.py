@@ -69,7 +69,7 @@ from network.api.openapi import (
     string,
 )
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
-from network.core.bodies import BODY_TYPES, describe_types, json_schemas
+from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json_schemas
 from network.core.budget import AuditBudget
 from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
 from network.core.lifecycle import State
@@ -187,6 +187,19 @@ AUDIT_QUERY: Final = (
 STATISTICS_QUERY: Final = (
     Param("year", integer(2000, 9999), "The year (UTC); this year by default."),
     Param("format", enum(("json", "csv")), "`csv`: a download of (direction, figure, key, value)."),
+)
+
+SEARCH_QUERY: Final = (
+    Param("identifier", string(2048), "An identifier (IP address, account, e-mail, URL, phone)."),
+    Param("kind", enum(IdentifierKind), "What the identifier is; any kind it can be if absent."),
+    Param("case", string(200), "A case reference (either side's)."),
+    Param("country", string(3, pattern="^[A-Z]{3}$"), "The other contact point."),
+    Param("type", enum(MessageType), "The message type."),
+    Param("box", enum(("in", "out")), "`in`: received; `out`: sent."),
+    Param("state", enum(State), "The state."),
+    Param("since", string(40), "Created at or after: RFC 3339, or ms since the epoch."),
+    Param("until", string(40), "Created before: RFC 3339, or ms since the epoch."),
+    Param("limit", integer(1, MAX_LIMIT, default=DEFAULT_LIMIT), "At most this many."),
 )
 
 EVIDENCE_QUERY: Final = (
@@ -424,6 +437,30 @@ async def follow_up_message(request: web.Request) -> web.StreamResponse:
     if row is None:
         raise _Refusal(404, f"no sent message {message_id}")
     return web.json_response(summary(row), status=202)
+
+
+async def search_messages(request: web.Request) -> web.StreamResponse:
+    """Find earlier requests, in both boxes, by identifier, case, country, type, state and
+    time; at least one criterion. Audited. `{"messages": [...]}`, newest first."""
+    query = request[QUERY]
+    criteria = ("identifier", "case", "country", "type", "box", "state", "since", "until")
+    if not any(name in query for name in criteria):
+        raise BodyError("identifier", f"give at least one of: {', '.join(criteria)}")
+    kind = query.get("kind")
+    messages = await request.app[NODE].reading.search(
+        request[USER],
+        identifier=query.get("identifier"),
+        kind=IdentifierKind(kind) if kind else None,
+        case_ref=query.get("case"),
+        peer=query.get("country"),
+        message_type=query.get("type"),
+        box=query.get("box"),
+        state=query.get("state"),
+        since=_time_param(query, "since"),
+        until=_time_param(query, "until"),
+        limit=int(query.get("limit", DEFAULT_LIMIT)),
+    )
+    return web.json_response({"messages": messages})
 
 
 async def message_evidence(request: web.Request) -> web.StreamResponse:
@@ -753,6 +790,10 @@ ROUTES: Final = (
     Route(
         "POST", "/api/messages/{id}/assign", assign_message, _OFFICER, "assign messages",
         Doc(_SUMMARY, path=(ID_PARAM,), body=ASSIGNMENT, body_required=False),
+    ),
+    Route(
+        "GET", "/api/search", search_messages, _READERS, "search messages",
+        Doc(obj({"messages": _SUMMARIES}), query=SEARCH_QUERY),
     ),
     Route(
         "GET", "/api/statistics", get_statistics, _READERS, "read the statistics",

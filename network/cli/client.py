@@ -80,6 +80,10 @@ class Client:
         given = {name: str(value) for name, value in query.items() if value is not None}
         return self._call("GET", f"/api/messages?{urllib.parse.urlencode(given)}")
 
+    def search(self, criteria: dict[str, str]) -> dict[str, Any]:
+        """GET /api/search: `{"messages": [...]}`, newest first (the search is audited)."""
+        return self._call("GET", f"/api/search?{urllib.parse.urlencode(criteria)}")
+
     def message(self, message_id: str) -> dict[str, Any]:
         """GET /api/messages/{id}: header, decrypted body, state, receipts, timeline, thread."""
         return self._call("GET", f"/api/messages/{_segment(message_id)}")

@@ -24,6 +24,7 @@ from network.cli.drafts import (
 )
 from network.core.bodies import (
     FollowUpAction,
+    IdentifierKind,
     RefusalGround,
     ResponseStatus,
     body_to_json,
@@ -113,6 +114,27 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         key=lambda m: (PRIORITY_RANK.get(m["priority"], len(PRIORITY_RANK)), not m["overdue"]),
     )
     print_messages(messages, box)
+    return 0
+
+
+_SEARCH_FLAGS: Final = ("identifier", "kind", "case", "country", "type", "box", "state", "since",
+                        "until", "limit")  # fmt: skip
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    criteria = {k: str(getattr(args, k)) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
+    answer = _client(args).search(criteria)
+    if args.json:
+        print_json(answer)
+        return 0
+    for m in answer["messages"]:
+        side = "from" if m["box"] == "in" else "to"
+        print(
+            f"{m['id']}  {m['type']:<18} {side} {m['peer']}  {m['state']:<12}"
+            f" {m.get('case_ref', '')}  {m.get('summary', '')}"
+        )
+    if not answer["messages"]:
+        print("nothing found")
     return 0
 
 
@@ -356,6 +378,26 @@ def add_commands(commands: Subcommands) -> None:
     follow.add_argument("--case-ref", metavar="TEXT", help="your case reference")
     follow.add_argument("--set", **assign, help="set any field of the follow-up (repeatable)")
     follow.set_defaults(func=cmd_follow_up)
+
+    search = commands.add_parser(
+        "search",
+        parents=[node],
+        help="find earlier requests: by identifier, case, country, type, state, time",
+        description="Have we seen this identifier before? Searches both boxes; an identifier"
+        " is matched however it is written (2001:DB8::1, 2001:db8:0:0:0:0:0:1). The search"
+        " is audited. " + exits,
+    )
+    search.add_argument("--identifier", metavar="VALUE")
+    search.add_argument("--kind", choices=tuple(IdentifierKind))
+    search.add_argument("--case", metavar="REF")
+    search.add_argument("--country", type=str.upper, metavar="ID")
+    search.add_argument("--type", choices=tuple(MessageType))
+    search.add_argument("--box", choices=("in", "out"))
+    search.add_argument("--state", choices=tuple(State))
+    search.add_argument("--since", metavar="TIME")
+    search.add_argument("--until", metavar="TIME")
+    search.add_argument("--limit", type=int)
+    search.set_defaults(func=cmd_search)
 
     take = commands.add_parser(
         "assign",

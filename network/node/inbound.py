@@ -83,7 +83,14 @@ from network.node.delivery import Delivery, candidate
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
-from network.node.tracking import act_on, case_tag, deadlines_for, mla_announced, refers_to
+from network.node.tracking import (
+    act_on,
+    case_tag,
+    deadlines_for,
+    identifier_tags,
+    mla_announced,
+    refers_to,
+)
 
 __all__ = ["Inbound"]
 
@@ -361,6 +368,7 @@ class Inbound:
             **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
             listing=seal_line(typed, header.id, self.context.storage),
         )
+        tx.index_identifiers(header.id, identifier_tags(self.context, typed))
         detail["type"] = str(item.opened.message_type)
         item.audit.append(AuditEntry(link_actor, action, header.id, detail))
         if isinstance(typed, Acknowledgement | Response | FollowUp):

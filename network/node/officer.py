@@ -41,6 +41,7 @@ from network.node.tracking import (
     act_on,
     case_tag,
     deadlines_for,
+    identifier_tags,
     mla_announced,
     refers_to,
 )
@@ -241,6 +242,7 @@ class Officers:
                         listing=seal_line(typed, header.id, self.context.storage),
                     )
                 )
+                tx.index_identifiers(header.id, identifier_tags(self.context, typed))
                 acted = []
                 if draft.answered is not None:
                     acted = await act_on(

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from network.core.bodies import IdentifierKind
 from network.core.deadlines import format_overdue
 from network.core.envelope import open_from_self, read_plaintext, read_stored
+from network.core.identifiers import match_keys
 from network.core.lifecycle import Event
 from network.core.records import parse_canonical
 from network.node.context import NodeContext
@@ -104,6 +106,58 @@ class Reading:
         detail = {"role": user.role, "disclosed": body}
         await self.context.audit([AuditEntry(user.name, "evidence_exported", message_id, detail)])
         return signed
+
+    async def search(
+        self,
+        user: UserRow,
+        *,
+        identifier: str | None = None,
+        kind: IdentifierKind | None = None,
+        case_ref: str | None = None,
+        peer: str | None = None,
+        message_type: str | None = None,
+        box: str | None = None,
+        state: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Messages sent or received here that match every criterion given: an identifier
+        (by its keyed digest, normalised: network/core/identifiers.py), a case, a country,
+        a type, a box, a state, a time span. Audited (`searched`): who searched for what,
+        the identifier and the case by their keyed digests, not in clear."""
+        storage = self.context.storage
+        tags = [storage.tag(k) for k in match_keys(identifier, kind)] if identifier else []
+        case = storage.tag(case_ref) if case_ref is not None else None
+        rows: list[MessageRow] = []
+        if not identifier or tags:  # else it cannot be one of that kind: nothing names it
+            rows = await self.context.store.search(
+                tags=tags,
+                case=case,
+                peer=peer,
+                type=message_type,
+                box=box,
+                state=state,
+                since=since,
+                until=until,
+                limit=limit,
+            )
+        criteria: dict[str, Any] = {
+            "identifier": tags or (["(not an identifier of that kind)"] if identifier else None),
+            "kind": kind,
+            "case": case,
+            "peer": peer,
+            "type": message_type,
+            "box": box,
+            "state": state,
+            "since": since,
+            "until": until,
+        }
+        detail = {k: v for k, v in criteria.items() if v is not None}
+        detail |= {"role": user.role, "found": len(rows)}
+        await self.context.audit([AuditEntry(user.name, "searched", None, detail)])
+        keyring = self.context.keys.keyring
+        return [{**summary(r), **open_line(r.listing, r.id, keyring)} for r in rows]
 
     async def list_messages(
         self,

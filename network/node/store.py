@@ -63,7 +63,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -337,6 +337,15 @@ MIGRATIONS: dict[int, str] = {
     # line), sealed under the storage key like a sent copy: no body text in clear.
     11: """
     ALTER TABLE messages ADD COLUMN listing BLOB;
+    """,
+    # 12: "have we seen this identifier before?": a keyed digest of each identifier a
+    # request names (network/core/identifiers.py), never the identifier itself.
+    12: """
+    CREATE TABLE identifiers (
+        tag TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (tag, message_id)
+    ) WITHOUT ROWID;
     """,
 }
 
@@ -945,6 +954,14 @@ class Tx:
         )
         self._rows.pop(message_id, None)
 
+    def index_identifiers(self, message_id: str, tags: Iterable[str]) -> None:
+        """The keyed digests of the identifiers a message names, for searches."""
+        for tag in dict.fromkeys(tags):
+            self._write(
+                "INSERT OR IGNORE INTO identifiers (tag, message_id) VALUES (?, ?)",
+                (tag, message_id),
+            )
+
     def assign(self, message_id: str, officer: str) -> None:
         """`officer` holds the message from now on."""
         self._write(
@@ -1234,6 +1251,53 @@ class Store:
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""
         return await _on_thread(self.db, partial(_known_ids, ids=ids))
+
+    async def search(
+        self,
+        *,
+        tags: Sequence[str] = (),
+        case: str | None = None,
+        peer: str | None = None,
+        type: str | None = None,
+        box: str | None = None,
+        state: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+    ) -> list[MessageRow]:
+        """Messages sent or received here that name one of the identifier `tags` (when
+        given) and match every other criterion, newest first."""
+        clauses: list[str] = ["box IN ('in', 'out')"]
+        params: list[Any] = []
+        source = "FROM messages"
+        if tags:
+            # The identifier's few rows first (CROSS JOIN keeps that order), each message
+            # found by its key: never a walk through the whole box by date.
+            marks = ",".join("?" * len(tags))
+            source = "FROM identifiers CROSS JOIN messages ON id = message_id"
+            clauses.append(f"tag IN ({marks})")
+            params.extend(tags)
+        for column, value in (
+            ("case_ref", case),
+            ("peer", peer),
+            ("type", type),
+            ("box", box),
+            ("state", state),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("created >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("created < ?")
+            params.append(until)
+        query = (
+            f"SELECT DISTINCT {_MESSAGE_COLUMNS} {source} WHERE {' AND '.join(clauses)}"
+            " ORDER BY created DESC LIMIT ?"
+        )
+        return [_message(r) for r in await self.db.execute_fetchall(query, (*params, limit))]
 
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""

@@ -16,6 +16,7 @@ from network.core.bodies import (
     FollowUp,
     FollowUpAction,
     MlaNotice,
+    Preservation,
     Response,
 )
 from network.core.deadlines import (
@@ -30,6 +31,7 @@ from network.core.deadlines import (
     reschedule,
 )
 from network.core.envelope import Header
+from network.core.identifiers import match_keys
 from network.core.lifecycle import TABLES, Event, State
 from network.core.records import MessageType, Priority
 from network.node.context import NodeContext
@@ -40,6 +42,7 @@ __all__ = [
     "act_on",
     "case_tag",
     "deadlines_for",
+    "identifier_tags",
     "mla_announced",
     "refers_to",
     "track",
@@ -77,6 +80,18 @@ def case_tag(context: NodeContext, typed: Body) -> str | None:
     """The case a message belongs to, as a keyed digest of its `case_ref`."""
     case_ref = getattr(typed, "case_ref", None)
     return context.storage.tag(case_ref) if isinstance(case_ref, str) else None
+
+
+def identifier_tags(context: NodeContext, typed: Body) -> list[str]:
+    """Keyed digests of the identifiers a preservation names, normalised as they are matched
+    (network/core/identifiers.py): what a search for one finds it by."""
+    if not isinstance(typed, Preservation):
+        return []
+    return [
+        context.storage.tag(key)
+        for identifier in typed.data.identifiers
+        for key in match_keys(identifier.value, identifier.kind)
+    ]
 
 
 def deadlines_for(

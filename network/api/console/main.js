@@ -11,8 +11,8 @@ const liveMark = document.getElementById('live');
 
 const PAGES = {
   officer: [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
-    ['preservations', 'Preservations'], ['statistics', 'Statistics'], ['peers', 'Peers']],
-  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['statistics', 'Statistics'], ['peers', 'Peers']],
+    ['preservations', 'Preservations'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
+  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
   admin: [['peers', 'Peers']],
 };
 
@@ -107,6 +107,7 @@ const VIEWS = {
   peers: peersPage,
   audit: auditPage,
   statistics: statisticsPage,
+  search: searchPage,
 };
 
 function route() {
@@ -570,6 +571,38 @@ async function peersPage() {
   };
   current.refresh = (event) => (event ? null : load());
   await load();
+}
+
+// -- finding earlier requests: "have we seen this identifier before?" (audited) ----------
+
+async function searchPage() {
+  const identifier = h('input', { id: 'search-identifier', type: 'text', maxlength: 2048, placeholder: 'an IP address, account, e-mail, URL, phone' });
+  const caseRef = h('input', { id: 'search-case', type: 'text', maxlength: 200 });
+  const country = h('input', { id: 'search-country', type: 'text', maxlength: 3, placeholder: 'DEU' });
+  const results = h('div');
+  const status = h('p', { class: 'muted', role: 'status' });
+  const form = h('form', { class: 'filters card', novalidate: true },
+    h('div', { class: 'field' }, h('label', { for: 'search-identifier' }, 'Identifier'), identifier),
+    h('div', { class: 'field' }, h('label', { for: 'search-case' }, 'Case reference'), caseRef),
+    h('div', { class: 'field' }, h('label', { for: 'search-country' }, 'Country'), country),
+    h('button', { type: 'submit', class: 'primary' }, 'Search'), status);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    if (identifier.value.trim()) params.set('identifier', identifier.value.trim());
+    if (caseRef.value.trim()) params.set('case', caseRef.value.trim());
+    if (country.value.trim()) params.set('country', country.value.trim().toUpperCase());
+    try {
+      const { messages } = await api(`/api/search?${params}`);
+      status.textContent = messages.length ? `${messages.length} found (this search is recorded in the audit log).` : 'Nothing found.';
+      clear(results, messages.length
+        ? table(['Priority', 'Type', 'Country', 'Case', 'Summary', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages found' })
+        : null);
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  });
+  page('Search', h('p', { class: 'muted' }, 'Both boxes; an identifier is matched however it is written. Every search is audited.'), form, results);
 }
 
 // -- the year's statistics (officers and auditors) ----------------------------------------
