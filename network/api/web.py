@@ -82,10 +82,16 @@ from network.core.records import (
     parse_json,
 )
 from network.core.roster import RosterValidity, roster_validity
-from network.node.auditfile import MAX_PAGE, EntryFilter, export_entries, list_entries
+from network.node.auditfile import (
+    MAX_PAGE,
+    EntryFilter,
+    account_entries,
+    export_entries,
+    list_entries,
+)
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
-from network.node.officer import MAX_RECIPIENTS
+from network.node.officer import MAX_RECIPIENTS, set_account
 from network.node.reading import summary
 from network.node.statistics import compute, read_year, to_csv_rows
 from network.node.store import AuditEntry, StoreError, UserRow
@@ -188,6 +194,14 @@ STATISTICS_QUERY: Final = (
     Param("year", integer(2000, 9999), "The year (UTC); this year by default."),
     Param("format", enum(("json", "csv")), "`csv`: a download of (direction, figure, key, value)."),
 )
+
+USER_PARAM: Final = Param("name", string(100), "An account's user name.")
+
+ACCOUNT_CHANGE: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"role": enum(ROLES), "disabled": {"type": "boolean"}},
+    "additionalProperties": False,
+}
 
 SEARCH_QUERY: Final = (
     Param("identifier", string(2048), "An identifier (IP address, account, e-mail, URL, phone)."),
@@ -508,6 +522,51 @@ def _this_year(now_ms: int) -> int:
     return datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).year
 
 
+async def list_users(request: web.Request) -> web.StreamResponse:
+    """The node's accounts: name, role, since when, disabled (never their tokens)."""
+    users = await request.app[NODE].context.store.users()
+    return web.json_response({"users": [_account(u) for u in users]})
+
+
+async def change_user(request: web.Request) -> web.StreamResponse:
+    """Change an account: `{"role"?, "disabled"?}`; audited. 200 with the account."""
+    fields = await _json_object(request)
+    unknown = sorted(set(fields) - {"role", "disabled"})
+    if unknown:
+        raise BodyError(unknown[0], "unknown field (expected: role, disabled)")
+    disabled = fields.get("disabled")
+    if disabled is not None and not isinstance(disabled, bool):
+        raise BodyError("disabled", "must be true or false")
+    role = fields.get("role")
+    if role is not None and not isinstance(role, str):
+        raise BodyError("role", f"must be one of: {', '.join(ROLES)}")
+    name = request.match_info["name"]
+    if name == request[USER].name and (disabled or (role is not None and role != "admin")):
+        raise BodyError("name", "an administrator cannot disable or demote themselves")
+    context = request.app[NODE].context
+    user = await set_account(
+        context.store, name, role=role, disabled=disabled, actor=request[USER].name,
+        now=context.clock(),
+    )  # fmt: skip
+    return web.json_response(_account(user))
+
+
+async def user_audit(request: web.Request) -> web.StreamResponse:
+    """An account's audit trail: what it did, and what was done to it."""
+    path = request.app[NODE].context.store.path
+    entries = await asyncio.to_thread(account_entries, path, request.match_info["name"])
+    return web.json_response({"entries": entries})
+
+
+def _account(user: UserRow) -> dict[str, Any]:
+    return {
+        "name": user.name,
+        "role": user.role,
+        "created": user.created,
+        "disabled": user.disabled,
+    }
+
+
 async def get_alerts(request: web.Request) -> web.StreamResponse:
     """What is overdue now, and the latest alerts raised."""
     node = request.app[NODE]
@@ -749,6 +808,7 @@ class Route:
 _OFFICER: Final = frozenset({"officer"})
 _AUDITOR: Final = frozenset({"auditor"})
 _READERS: Final = frozenset({"officer", "auditor"})
+_ADMIN_ONLY: Final = frozenset({"admin"})
 _ANY_ROLE: Final = frozenset(ROLES)
 
 _SUMMARY: Final = ref("MessageSummary")
@@ -794,6 +854,18 @@ ROUTES: Final = (
     Route(
         "GET", "/api/search", search_messages, _READERS, "search messages",
         Doc(obj({"messages": _SUMMARIES}), query=SEARCH_QUERY),
+    ),
+    Route(
+        "GET", "/api/users", list_users, _ADMIN_ONLY, "list accounts",
+        Doc(obj({"users": array_of({"type": "object"})})),
+    ),
+    Route(
+        "POST", "/api/users/{name}", change_user, _ADMIN_ONLY, "change accounts",
+        Doc({"type": "object"}, path=(USER_PARAM,), body=ACCOUNT_CHANGE),
+    ),
+    Route(
+        "GET", "/api/users/{name}/audit", user_audit, _ADMIN_ONLY, "read accounts' trails",
+        Doc(obj({"entries": array_of({"type": "object"})}), path=(USER_PARAM,)),
     ),
     Route(
         "GET", "/api/statistics", get_statistics, _READERS, "read the statistics",

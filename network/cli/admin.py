@@ -480,10 +480,16 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
     users = run_async(read())
     if args.json:
-        print_json([{"name": u.name, "role": u.role, "created": u.created} for u in users])
+        print_json(
+            [
+                {"name": u.name, "role": u.role, "created": u.created, "disabled": u.disabled}
+                for u in users
+            ]
+        )
         return 0
     for user in users:
-        print(f"{user.name}\t{user.role}\tsince {format_time(user.created)}")
+        off = "\tdisabled" if user.disabled else ""
+        print(f"{user.name}\t{user.role}\tsince {format_time(user.created)}{off}")
     if not users:
         print(f"no users on {config.id} (cpn user add NAME --role ROLE)")
     return 0
@@ -506,6 +512,51 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
 
     user = run_async(revoke())
     print(f"revoked {user.role} {user.name} on {config.id}: its token no longer works")
+    return 0
+
+
+def cmd_user_set(args: argparse.Namespace) -> int:
+    """`cpn user disable|enable NAME` and `cpn user role NAME ROLE`, audited."""
+    from network.node.officer import set_account
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+    changes: dict[str, dict[str, Any]] = {
+        "disable": {"disabled": True},
+        "enable": {"disabled": False},
+        "role": {"role": getattr(args, "role", None)},
+    }
+    change = changes[args.user_command]
+
+    async def apply_change() -> UserRow:
+        store = await Store.open(config.store_path)
+        try:
+            actor = f"admin:{getpass.getuser()}"
+            return await set_account(store, args.name, actor=actor, now=now_ms(), **change)
+        finally:
+            await store.close()
+
+    user = run_async(apply_change())
+    state = "disabled: its token is refused" if user.disabled else "enabled"
+    print(f"{user.name} on {config.id}: {user.role}, {state}")
+    return 0
+
+
+def cmd_user_audit(args: argparse.Namespace) -> int:
+    """The audit trail of one account: what it did, and what was done to it."""
+    from network.node.auditfile import account_entries
+
+    config = load_config(Path(args.config))
+    entries = account_entries(config.store_path, args.name)
+    if args.json:
+        print_json(entries)
+        return 0
+    for entry in entries:
+        print(
+            f"{entry['time_rfc3339']}  {entry['actor']:<24} {entry['action']:<18} {entry['detail']}"
+        )
+    if not entries:
+        print(f"nothing in {config.id}'s audit log by or about {args.name}")
     return 0
 
 
@@ -657,3 +708,21 @@ def add_node_commands(commands: Subcommands) -> None:
     revoke.add_argument("name")
     revoke.add_argument("--config", required=True, metavar="CONFIG")
     revoke.set_defaults(func=cmd_user_revoke)
+    for name, text in (
+        ("disable", "refuse a user's token until enabled again (audited)"),
+        ("enable", "accept a disabled user's token again (audited)"),
+    ):
+        change = user.add_parser(name, help=text)
+        change.add_argument("name")
+        change.add_argument("--config", required=True, metavar="CONFIG")
+        change.set_defaults(func=cmd_user_set)
+    role = user.add_parser("role", help="change a user's role (audited)")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    role.add_argument("--config", required=True, metavar="CONFIG")
+    role.set_defaults(func=cmd_user_set)
+    trail = user.add_parser("audit", help="an account's audit trail: what it did, what was done")
+    trail.add_argument("name")
+    trail.add_argument("--config", required=True, metavar="CONFIG")
+    trail.add_argument("--json", action="store_true")
+    trail.set_defaults(func=cmd_user_audit)

@@ -180,6 +180,19 @@ def list_entries(
     return entries, (entries[-1]["seq"] if len(rows) > limit else None)
 
 
+def account_entries(path: Path, name: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """The audit trail of account `name`: the entries it made (as actor) and those made
+    about it (`detail.user`: issued, revoked, disabled, its role changed), oldest first."""
+    with snapshot(path) as db:
+        query = (
+            f"SELECT {_ENTRY_COLUMNS} FROM audit WHERE actor = ?"  # noqa: S608
+            " OR (action IN ('token_issued', 'token_revoked', 'account_disabled',"
+            " 'account_enabled', 'role_changed') AND json_extract(detail, '$.user') = ?)"
+            " ORDER BY seq LIMIT ?"
+        )
+        return [_entry_record(row) for row in db.execute(query, (name, name, limit))]
+
+
 def _cosignatures_by_size(db: sqlite3.Connection) -> dict[int, list[tuple[str, int, str]]]:
     found: dict[int, list[tuple[str, int, str]]] = {}
     for size, witness, time, line in db.execute(

@@ -46,7 +46,7 @@ from network.node.tracking import (
     refers_to,
 )
 
-__all__ = ["Officers", "hash_token", "issue_token", "revoke_token"]
+__all__ = ["Officers", "hash_token", "issue_token", "revoke_token", "set_account"]
 
 
 def hash_token(token: str) -> bytes:
@@ -99,6 +99,46 @@ class _Draft:
     envelope: Envelope
     self_sealed: bytes
     answered: MessageRow | None
+
+
+async def set_account(
+    store: Store,
+    name: str,
+    *,
+    role: str | None = None,
+    disabled: bool | None = None,
+    actor: str,
+    now: int,
+) -> UserRow:
+    """Change account `name`: its role, or disable (enable) its token; audited as
+    role_changed, account_disabled or account_enabled, with what it was. Returns the
+    account as it now is. Raises BodyError naming `name` or `role`."""
+    if role is not None and role not in ROLES:
+        raise BodyError("role", f"must be one of: {', '.join(ROLES)}")
+    async with store.transaction(now) as tx:
+        user = await tx.user(name)
+        if user is None:
+            raise BodyError("name", f"no user {name!r} (cpn user list shows who there is)")
+        entries = []
+        if role is not None and role != user.role:
+            entries.append(
+                AuditEntry(
+                    actor, "role_changed", detail={"user": name, "role": role, "was": user.role}
+                )
+            )
+        if disabled is not None and disabled != user.disabled:
+            action = "account_disabled" if disabled else "account_enabled"
+            entries.append(AuditEntry(actor, action, detail={"user": name, "role": user.role}))
+        if not entries:
+            raise BodyError("name", f"{name} is that already")
+        tx.set_user(name, role=role, disabled=disabled)
+        tx.audit(entries)
+    return UserRow(
+        name,
+        role if role is not None else user.role,
+        user.created,
+        disabled if disabled is not None else user.disabled,
+    )
 
 
 class Officers:

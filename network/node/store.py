@@ -63,7 +63,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -347,6 +347,10 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (tag, message_id)
     ) WITHOUT ROWID;
     """,
+    # 13: accounts an administrator runs: a disabled user's token is refused until enabled.
+    13: """
+    ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 
@@ -443,6 +447,7 @@ class UserRow:
     name: str
     role: str
     created: int
+    disabled: bool = False
 
 
 _MESSAGE_COLUMNS = (
@@ -719,9 +724,9 @@ class Tx:
 
     async def user(self, name: str) -> UserRow | None:
         """User `name`, read under the transaction's lock."""
-        query = "SELECT name, role, created FROM users WHERE name = ?"
+        query = "SELECT name, role, created, disabled FROM users WHERE name = ?"
         rows = await self._read(lambda conn: conn.execute(query, (name,)).fetchall())
-        return next((UserRow(str(r[0]), str(r[1]), int(r[2])) for r in rows), None)
+        return next((UserRow(str(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows), None)
 
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
@@ -1053,6 +1058,13 @@ class Tx:
             " token_hash = excluded.token_hash, created = excluded.created",
             (name, role, token_hash, self.now),
         )
+
+    def set_user(self, name: str, *, role: str | None = None, disabled: bool | None = None) -> None:
+        """Change a user's role, or disable (enable) their token."""
+        if role is not None:
+            self._write("UPDATE users SET role = ? WHERE name = ?", (role, name))
+        if disabled is not None:
+            self._write("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
 
     def remove_user(self, name: str) -> None:
         """Drop user `name` and so its token: the next request with it gets 401."""
@@ -1571,8 +1583,10 @@ class Store:
 
     async def users(self) -> list[UserRow]:
         """Who may use the API, by name (never their token hashes)."""
-        rows = await self.db.execute_fetchall("SELECT name, role, created FROM users ORDER BY name")
-        return [UserRow(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+        rows = await self.db.execute_fetchall(
+            "SELECT name, role, created, disabled FROM users ORDER BY name"
+        )
+        return [UserRow(str(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows]
 
     async def user_count(self) -> int:
         found = await self.db.execute_fetchall("SELECT COUNT(*) FROM users")
@@ -1581,7 +1595,8 @@ class Store:
 
     async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
         found = await self.db.execute_fetchall(
-            "SELECT name, role, created FROM users WHERE token_hash = ?", (token_hash,)
+            "SELECT name, role, created FROM users WHERE token_hash = ? AND disabled = 0",
+            (token_hash,),
         )
         row = next(iter(found), None)
         return None if row is None else UserRow(*row)

@@ -13,7 +13,7 @@ const PAGES = {
   officer: [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
     ['preservations', 'Preservations'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
   auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
-  admin: [['peers', 'Peers']],
+  admin: [['accounts', 'Accounts'], ['peers', 'Peers']],
 };
 
 let stopFollowing = null;
@@ -108,6 +108,7 @@ const VIEWS = {
   audit: auditPage,
   statistics: statisticsPage,
   search: searchPage,
+  accounts: accountsPage,
 };
 
 function route() {
@@ -603,6 +604,48 @@ async function searchPage() {
     }
   });
   page('Search', h('p', { class: 'muted' }, 'Both boxes; an identifier is matched however it is written. Every search is audited.'), form, results);
+}
+
+// -- the administrator: accounts (tokens are issued by `cpn user add`, on the node) -------
+
+async function accountsPage() {
+  const holder = h('div');
+  const trail = h('div');
+  const status = h('p', { class: 'muted', role: 'status' });
+  page('Accounts', holder, status, trail);
+  const change = async (name, body) => {
+    try {
+      await api(`/api/users/${encodeURIComponent(name)}`, { method: 'POST', body });
+      status.textContent = `${name} changed.`;
+      await load();
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  };
+  const showTrail = async (name) => {
+    const { entries } = await api(`/api/users/${encodeURIComponent(name)}/audit`);
+    clear(trail, h('h2', {}, `Audit trail of ${name}`), entries.length
+      ? table(['Time', 'Actor', 'Action', 'Message', 'Detail'], entries.map((e) => h('tr', {},
+        h('td', {}, e.time_rfc3339 || ''), h('td', {}, e.actor), h('td', {}, e.action),
+        h('td', { class: 'mono' }, e.message_id ? e.message_id.slice(-12) : ''), h('td', {}, brief(e.detail)))), { class: 'trail' })
+      : h('p', { class: 'muted' }, 'Nothing recorded.'));
+  };
+  const load = async () => {
+    const { users } = await api('/api/users');
+    const rows = users.map((u) => {
+      const role = h('select', { 'aria-label': `role of ${u.name}` },
+        ['officer', 'auditor', 'admin'].map((r) => h('option', { value: r, selected: r === u.role }, r)));
+      role.addEventListener('change', () => change(u.name, { role: role.value }));
+      return h('tr', { 'data-user': u.name },
+        h('td', {}, u.name), h('td', {}, role), h('td', {}, when(u.created)),
+        h('td', {}, badge(u.disabled ? 'disabled' : 'enabled', u.disabled ? 'bad' : 'ok')),
+        h('td', {}, h('button', { type: 'button', onclick: () => change(u.name, { disabled: !u.disabled }) }, u.disabled ? 'Enable' : 'Disable'),
+          ' ', h('button', { type: 'button', onclick: () => showTrail(u.name) }, 'Audit trail')));
+    });
+    clear(holder, h('p', { class: 'muted' }, 'New accounts and their tokens: cpn user add NAME --role ROLE on the node.'),
+      table(['Name', 'Role', 'Since', 'Status', ''], rows, { class: 'accounts' }));
+  };
+  await load();
 }
 
 // -- the year's statistics (officers and auditors) ----------------------------------------
