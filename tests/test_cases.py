@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -623,3 +624,41 @@ def test_have_we_seen_this_identifier_before(tmp_path: Path) -> None:
     store = network.nodes["DEU"].store
     stored = b"".join(p.read_bytes() for p in store.parent.glob(store.name + "*"))
     assert b"2001:db8:4f2a" not in stored and b"203.0.113.45" not in stored  # digests only
+
+
+def test_requests_stored_before_the_upgrade_are_reindexed(tmp_path: Path) -> None:
+    # Stored by a version before listing lines and identifier digests (schemas 11, 12): a
+    # migration holds no key, so `cpn store reindex` gives them what this version keeps.
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    deu = network.nodes["DEU"]
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", request, {"received"})
+        network.stop("DEU")
+        with sqlite3.connect(deu.store) as db:  # as the older version left it
+            db.execute("DELETE FROM identifiers")
+            db.execute("UPDATE messages SET listing = NULL")
+        db.close()
+        network.start("DEU")
+        before = network.api("DEU", "GET", "/api/search?identifier=203.0.113.45")[1]
+        made = subprocess.run(
+            [sys.executable, "-m", "network", "store", "reindex", "--config", str(deu.config)],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+        after = network.api("DEU", "GET", "/api/search?identifier=203.0.113.45")[1]
+        again = subprocess.run(
+            [sys.executable, "-m", "network", "store", "reindex", "--config", str(deu.config)],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+    finally:
+        network.close()
+
+    assert before["messages"] == []
+    assert made.returncode == 0 and "1 listing lines made" in made.stdout, made.stderr
+    (found,) = after["messages"]
+    assert found["id"] == request and found["case_ref"] == sample_body("preservation")["case_ref"]
+    assert again.returncode == 0 and "0 listing lines made" in again.stdout  # idempotent
+    audited = rows(deu.store, "SELECT actor FROM audit WHERE action = 'reindexed'")
+    assert len(audited) == 2

@@ -401,6 +401,36 @@ def cmd_store_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_reindex(args: argparse.Namespace) -> int:
+    """Listing lines and identifier digests for requests stored before they were kept."""
+    from network.node.listing import reindex
+    from network.node.store import Store
+
+    config = load_config(Path(args.config))
+    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
+    keys = load_node_keys(
+        config.keys_dir,
+        config.id,
+        passphrase.encode() if passphrase else None,
+        signing_uri=config.signing_uri,
+    )
+
+    async def run() -> dict[str, int]:
+        store = await Store.open(config.store_path)
+        try:
+            return await reindex(store, keys, actor=f"admin:{getpass.getuser()}", now=now_ms())
+        finally:
+            await store.close()
+
+    counts = run_async(run())
+    print(
+        f"{config.id}: {counts['requests']} requests read, {counts['lines']} listing lines"
+        f" made, {counts['identifiers']} identifier digests indexed"
+        + (f", {counts['unreadable']} not readable (key purged)" if counts["unreadable"] else "")
+    )
+    return 0
+
+
 def cmd_store_restore(args: argparse.Namespace) -> int:
     """A verified backup put in place; the node explains the rollback and asks back."""
     from network.node.backup import Restored, restore_store
@@ -662,6 +692,15 @@ def add_node_commands(commands: Subcommands) -> None:
     store = commands.add_parser("store", help="the node's store").add_subparsers(
         dest="store_command", required=True, metavar="COMMAND"
     )
+    reindex = store.add_parser(
+        "reindex",
+        help="list lines and search digests for requests stored before an upgrade kept them",
+        description="Opens each request the store holds with the node's keys and gives it the"
+        " listing line and identifier digests this version keeps (a migration holds no key)."
+        " Safe to run again, and while the node runs. Audited.",
+    )
+    reindex.add_argument("--config", required=True, metavar="CONFIG")
+    reindex.set_defaults(func=cmd_store_reindex)
     backup = store.add_parser(
         "backup",
         help="an online copy of the store, verified, with a manifest",

@@ -368,7 +368,7 @@ class Inbound:
             **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
             listing=seal_line(typed, header.id, self.context.storage),
         )
-        tx.index_identifiers(header.id, identifier_tags(self.context, typed))
+        tx.index_identifiers(header.id, identifier_tags(self.context.storage, typed))
         detail["type"] = str(item.opened.message_type)
         item.audit.append(AuditEntry(link_actor, action, header.id, detail))
         if isinstance(typed, Acknowledgement | Response | FollowUp):

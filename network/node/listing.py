@@ -10,13 +10,17 @@ another), so the store holds no body text in clear; listings open it with the ke
 
 from __future__ import annotations
 
-from network.core.bodies import Body, Request
+from network.core.bodies import Body, Request, parse_body
 from network.core.crypto import Keyring, StorageKey
-from network.core.envelope import open_from_self, seal_to_self
+from network.core.envelope import open_from_self, read_plaintext, seal_to_self
 from network.core.errors import CpnError
 from network.core.records import canonical, parse_json
+from network.node.evidence import opener_for
+from network.node.keys import NodeKeys
+from network.node.store import AuditEntry, Store
+from network.node.tracking import identifier_tags
 
-__all__ = ["MAX_SUMMARY_LINE", "open_line", "seal_line"]
+__all__ = ["MAX_SUMMARY_LINE", "open_line", "reindex", "seal_line"]
 
 MAX_SUMMARY_LINE = 160  # characters of the summary's first line
 
@@ -49,3 +53,37 @@ def open_line(sealed: bytes | None, message_id: str, keyring: Keyring) -> dict[s
 
 def _context(message_id: str) -> str:
     return f"{message_id}/listing"
+
+
+async def reindex(store: Store, keys: NodeKeys, *, actor: str, now: int) -> dict[str, int]:
+    """Give every request stored before listing lines and the identifier index were kept
+    (store schemas 11 and 12) its line and its identifiers' digests: a migration cannot,
+    since it holds no key. Opens each with the node's keys; audited (`reindexed`).
+    Returns the counts: requests read, lines made, identifier digests indexed."""
+    opener = opener_for(keys.keyring)
+    counts = {"requests": 0, "lines": 0, "identifiers": 0, "unreadable": 0}
+    rows = await store.messages(limit=-1)
+    async with store.transaction(now) as tx:
+        for row in rows:
+            if row.box not in ("in", "out") or row.type is None:
+                continue
+            try:
+                plaintext = opener(str(row.box), row.envelope, row.self_sealed, row.id)
+                kind, body = read_plaintext(plaintext)
+                typed = parse_body(kind, body)
+            except CpnError:
+                counts["unreadable"] += 1  # its key purged: nothing to index it by
+                continue
+            if not isinstance(typed, Request):
+                continue
+            counts["requests"] += 1
+            if row.listing is None:
+                line = seal_line(typed, row.id, keys.keyring.storage)
+                if line is not None:
+                    tx.set_listing(row.id, line)
+                    counts["lines"] += 1
+            tags = identifier_tags(keys.keyring.storage, typed)
+            tx.index_identifiers(row.id, tags)
+            counts["identifiers"] += len(tags)
+        tx.audit([AuditEntry(actor, "reindexed", detail=dict(counts))])
+    return counts

@@ -282,7 +282,7 @@ class Officers:
                         listing=seal_line(typed, header.id, self.context.storage),
                     )
                 )
-                tx.index_identifiers(header.id, identifier_tags(self.context, typed))
+                tx.index_identifiers(header.id, identifier_tags(self.context.storage, typed))
                 acted = []
                 if draft.answered is not None:
                     acted = await act_on(

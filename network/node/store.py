@@ -959,6 +959,11 @@ class Tx:
         )
         self._rows.pop(message_id, None)
 
+    def set_listing(self, message_id: str, listing: bytes) -> None:
+        """A message's sealed listing line (one stored before lines were kept)."""
+        self._write("UPDATE messages SET listing = ? WHERE id = ?", (listing, message_id))
+        self._rows.pop(message_id, None)
+
     def index_identifiers(self, message_id: str, tags: Iterable[str]) -> None:
         """The keyed digests of the identifiers a message names, for searches."""
         for tag in dict.fromkeys(tags):

@@ -19,6 +19,7 @@ from network.core.bodies import (
     Preservation,
     Response,
 )
+from network.core.crypto import StorageKey
 from network.core.deadlines import (
     DAY,
     Box,
@@ -82,13 +83,13 @@ def case_tag(context: NodeContext, typed: Body) -> str | None:
     return context.storage.tag(case_ref) if isinstance(case_ref, str) else None
 
 
-def identifier_tags(context: NodeContext, typed: Body) -> list[str]:
+def identifier_tags(storage: StorageKey, typed: Body) -> list[str]:
     """Keyed digests of the identifiers a preservation names, normalised as they are matched
     (network/core/identifiers.py): what a search for one finds it by."""
     if not isinstance(typed, Preservation):
         return []
     return [
-        context.storage.tag(key)
+        storage.tag(key)
         for identifier in typed.data.identifiers
         for key in match_keys(identifier.value, identifier.kind)
     ]
