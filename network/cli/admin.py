@@ -39,6 +39,7 @@ from network.node.keys import (
     count_needing,
     init_keeper,
     init_node_keys,
+    load_configured_keys,
     load_keeper,
     load_keeper_public,
     load_node_keys,
@@ -407,13 +408,7 @@ def cmd_store_reindex(args: argparse.Namespace) -> int:
     from network.node.store import Store
 
     config = load_config(Path(args.config))
-    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
-    keys = load_node_keys(
-        config.keys_dir,
-        config.id,
-        passphrase.encode() if passphrase else None,
-        signing_uri=config.signing_uri,
-    )
+    keys = load_configured_keys(config)
 
     async def run() -> dict[str, int]:
         store = await Store.open(config.store_path)

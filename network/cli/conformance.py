@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,20 +19,14 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     from network.node.clock import now_ms
     from network.node.config import load_config
     from network.node.conformance import CaseResult, run_conformance
-    from network.node.keys import load_node_keys
+    from network.node.keys import load_configured_keys
     from network.node.runner import load_current_roster
 
     if not is_node_id(args.peer):
         print(f"cpn: error: --peer: {args.peer!r} is not a node id", file=sys.stderr)
         return 2
     config = load_config(Path(args.config))
-    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
-    keys = load_node_keys(
-        config.keys_dir,
-        config.id,
-        passphrase.encode() if passphrase else None,
-        signing_uri=config.signing_uri,
-    )
+    keys = load_configured_keys(config)
     roster = load_current_roster(config)
     console = Console(highlight=False)
 

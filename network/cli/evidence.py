@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,16 +20,10 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     from network.node.clock import now_ms
     from network.node.config import load_config
     from network.node.evidence import export_package, opener_for
-    from network.node.keys import load_keeper_public, load_node_keys, write_private_file
+    from network.node.keys import load_configured_keys, load_keeper_public, write_private_file
 
     config = load_config(Path(args.config))
-    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
-    keys = load_node_keys(
-        config.keys_dir,
-        config.id,
-        passphrase.encode() if passphrase else None,
-        signing_uri=config.signing_uri,
-    )
+    keys = load_configured_keys(config)
 
     message_id = args.id.lower()
     package = export_package(

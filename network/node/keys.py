@@ -61,6 +61,7 @@ from network.core.records import Fields, NodeId, b64encode, parse_json
 from network.core.roster import Card, parse_card
 
 if TYPE_CHECKING:
+    from network.node.config import NodeConfig
     from network.node.store import Store
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "country_name",
     "init_keeper",
     "init_node_keys",
+    "load_configured_keys",
     "load_keeper",
     "load_keeper_public",
     "load_node_keys",
@@ -369,6 +371,19 @@ def read_card(path: Path) -> Card:
         return parse_card(parse_json(data, limit=MAX_CARD_BYTES, what=str(path)), str(path))
     except PeerError as exc:
         raise KeyFileError(f"{path}: {exc}") from exc
+
+
+def load_configured_keys(config: NodeConfig) -> NodeKeys:
+    """The keys of the node `config` describes, as the node itself loads them: its key
+    folder, the passphrase from CPN_KEY_PASSPHRASE, the signing key in a hardware module
+    when `[keys] signing` names one. Raises KeyFileError."""
+    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
+    return load_node_keys(
+        config.keys_dir,
+        config.id,
+        passphrase.encode() if passphrase else None,
+        signing_uri=config.signing_uri,
+    )
 
 
 def load_node_keys(

@@ -28,7 +28,7 @@ from network.node.alerts import WebhookSender
 from network.node.backup import restore_marker
 from network.node.clock import now_ms
 from network.node.config import NodeConfig
-from network.node.keys import load_keeper_public, load_node_keys
+from network.node.keys import load_configured_keys, load_keeper_public
 from network.node.links import Links, LinkSettings
 from network.node.notify import Notifier
 from network.node.restoring import Restoring
@@ -86,13 +86,7 @@ async def run_node(
     simulation, which sends through the node's own use cases); `api` serves
     the HTTP API over them while the node runs.
     """
-    passphrase = os.environ.get("CPN_KEY_PASSPHRASE")
-    keys = load_node_keys(
-        config.keys_dir,
-        config.id,
-        passphrase.encode() if passphrase else None,
-        signing_uri=config.signing_uri,
-    )
+    keys = load_configured_keys(config)
     keeper = load_keeper_public(config.keeper_path)
     # An expired roster still starts the node, degraded and alerting (`review_roster`): it
     # can link to its peers, who bring the next version, and it loses nothing meanwhile.
