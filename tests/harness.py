@@ -113,6 +113,17 @@ def wait_for(
         time.sleep(poll)
 
 
+def cpn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m network ARGS` as a user runs it, from the repository: its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "network", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
 def pause(seconds: float, why: str) -> None:
     """Let `seconds` pass on purpose, because time passing is the thing under test or the
     fault injected (an attacker's pace, a flapping link, a kill at a random moment): never

@@ -4,26 +4,14 @@ and read each account's audit trail, by command and by the API; on a real node."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from network.samples import sample_body
-from tests.harness import REPO, Network
+from tests.harness import Network, cpn
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def cpn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "network", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
 
 
 def test_an_administrator_disables_enables_and_changes_accounts(tmp_path: Path) -> None:

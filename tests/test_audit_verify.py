@@ -19,7 +19,6 @@ import itertools
 import json
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from network.node.keys import load_keeper_public, load_node_keys
 from network.node.store import AuditEntry, Store
 from network.node.verify import load_roster_file, verify_store
 from network.samples import sample_body
-from tests.harness import REPO, Network, rows, wait_for
+from tests.harness import Network, cpn, rows, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,16 +51,6 @@ def copy_store(source: Path, target: Path) -> Path:
     src.close()
     dst.close()
     return target
-
-
-def cpn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "network", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 # -- an independent, minimal RFC 6962 ----------------------------------------------

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 
 from network.samples import sample_body
-from tests.harness import REPO, Network, rows, wait_for
+from tests.harness import Network, cpn, rows, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -515,11 +513,8 @@ def test_a_received_request_is_taken_handed_over_and_the_inbox_shows_who_holds_i
     tmp_path: Path,
 ) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
-    night = subprocess.run(
-        [sys.executable, "-m", "network", "user", "add", "night-officer", "--role", "officer",
-         "--config", str(network.nodes["DEU"].config)],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
+    night = cpn("user", "add", "night-officer", "--role", "officer", "--config",
+                str(network.nodes["DEU"].config))  # fmt: skip
     assert night.returncode == 0, night.stderr
     try:
         network.start("DEU")
@@ -643,15 +638,9 @@ def test_requests_stored_before_the_upgrade_are_reindexed(tmp_path: Path) -> Non
         db.close()
         network.start("DEU")
         before = network.api("DEU", "GET", "/api/search?identifier=203.0.113.45")[1]
-        made = subprocess.run(
-            [sys.executable, "-m", "network", "store", "reindex", "--config", str(deu.config)],
-            capture_output=True, text=True, cwd=REPO, timeout=60,
-        )  # fmt: skip
+        made = cpn("store", "reindex", "--config", str(deu.config))
         after = network.api("DEU", "GET", "/api/search?identifier=203.0.113.45")[1]
-        again = subprocess.run(
-            [sys.executable, "-m", "network", "store", "reindex", "--config", str(deu.config)],
-            capture_output=True, text=True, cwd=REPO, timeout=60,
-        )  # fmt: skip
+        again = cpn("store", "reindex", "--config", str(deu.config))
     finally:
         network.close()
 

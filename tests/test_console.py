@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from network.core.bodies import describe_types
 from network.node.evidence import verify_package
 from network.node.keys import load_keeper_public
 from network.samples import sample_body
-from tests.harness import REPO, Network, rows, wait_for
+from tests.harness import Network, cpn, rows, wait_for
 from tests.test_cases import in_days
 
 pytestmark = pytest.mark.timeout(90)
@@ -371,11 +369,9 @@ def test_an_identifier_seen_before_is_found_written_otherwise(
 
 def test_an_administrator_runs_the_accounts(network: Network, context: BrowserContext) -> None:
     # Issue 21, item 5: disable, enable, and each account's audit trail, in the console.
-    made = subprocess.run(
-        [sys.executable, "-m", "network", "user", "add", "admin-FRA", "--role", "admin",
-         "--config", str(network.nodes["FRA"].config)],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
-    )  # fmt: skip
+    made = cpn("user", "add", "admin-FRA", "--role", "admin", "--config",
+               str(network.nodes["FRA"].config))  # fmt: skip
+    assert made.returncode == 0, made.stderr
     network.nodes["FRA"].tokens["admin"] = made.stdout.strip().splitlines()[-1]
     admin = Console(context, network, "FRA", "admin")
     admin.page.click("#nav >> text=Accounts")

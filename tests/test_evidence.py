@@ -30,21 +30,11 @@ from network.core.records import b64decode, b64encode, canonical
 from network.node.evidence import verify_package
 from network.node.keys import init_keeper, load_keeper_public
 from network.samples import sample_body
-from tests.harness import REPO, Network, rows, wait_for
+from tests.harness import REPO, Network, cpn, rows, wait_for
 from tests.test_cases import in_days
 from tests.test_console import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def cpn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "network", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 @dataclass

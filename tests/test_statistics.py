@@ -7,15 +7,13 @@ import csv
 import datetime
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from network.node.statistics import Answer, Request, compute
 from network.samples import sample_body
-from tests.harness import REPO, Network
+from tests.harness import Network, cpn
 from tests.test_cases import in_days
 
 pytestmark = pytest.mark.timeout(180)
@@ -77,16 +75,6 @@ def test_outcomes_grounds_extensions_and_what_is_not_a_request() -> None:
     assert (sent["extensions"], sent["mla_notices"]) == (1, 1)
     assert "receipt" not in received["times"]  # the receiver returns the receipt at once
     assert received["times"]["response"] == {"count": 0, "median_ms": None, "p90_ms": None}
-
-
-def cpn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "network", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 def test_a_nodes_year_from_its_store_by_command_and_api(tmp_path: Path) -> None:
