@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from network.core.bodies import parse_body, parse_request
+from network.core.bodies import parse_body, parse_recipient, parse_request
 from network.core.errors import BodyError, CpnError
 from network.core.records import MessageType, parse_json
 
@@ -178,7 +178,10 @@ def check_request(request: Mapping[str, Any]) -> None:
     recipients = request["to"] if isinstance(request["to"], list) else [request["to"]]
     for i, recipient in enumerate(recipients):
         try:
-            parse_request(recipient, request["type"], request["priority"], request["body"])
+            if i == 0:  # the body, checked once for every recipient
+                parse_request(recipient, request["type"], request["priority"], request["body"])
+            else:
+                parse_recipient(recipient)
         except BodyError as exc:
             if exc.field != "to" or len(recipients) == 1:
                 raise

@@ -129,6 +129,7 @@ __all__ = [
     "json_schemas",
     "language_problem",
     "parse_body",
+    "parse_recipient",
     "parse_request",
     "reference_problem",
 ]
@@ -1015,6 +1016,13 @@ def check_priority(message_type: MessageType, priority: Priority) -> None:
         raise BodyError("priority", "an emergency request is flash or urgent, never routine")
 
 
+def parse_recipient(to: object) -> NodeId:
+    """A recipient's id as an officer gives it; BodyError on `to` if it is not one."""
+    if not is_node_id(to):
+        raise BodyError("to", "must be a contact point id (ISO 3166-1 alpha-3, e.g. DEU)")
+    return NodeId(str(to))
+
+
 def parse_request(
     to: object, message_type: object, priority: object, body: object
 ) -> tuple[NodeId, MessageType, Priority, Body]:
@@ -1025,8 +1033,7 @@ def parse_request(
     BodyError naming `to`, `type`, `priority` or `body.<field>`. Whether `to` is
     in the roster is for the node to say.
     """
-    if not is_node_id(to):
-        raise BodyError("to", "must be a contact point id (ISO 3166-1 alpha-3, e.g. DEU)")
+    parse_recipient(to)
     if not isinstance(message_type, str) or message_type not in set(MessageType):
         raise BodyError("type", f"must be one of: {_choices(MessageType)}")
     if not isinstance(priority, str) or priority not in set(Priority):

@@ -23,6 +23,7 @@ from network.core.bodies import (
     Response,
     check_response,
     follow_up_problem,
+    parse_recipient,
     parse_request,
     reference_problem,
 )
@@ -195,20 +196,27 @@ class Officers:
         """
         if not 2 <= len(to) <= MAX_RECIPIENTS:
             raise BodyError("to", f"must name 2 to {MAX_RECIPIENTS} contact points")
+
+        def named(i: int, exc: BodyError) -> BodyError:
+            return BodyError(f"to[{i}]" if exc.field == "to" else exc.field, exc.problem)
+
+        try:  # the body, checked and typed once for every recipient
+            _, kind, urgency, typed = parse_request(to[0], message_type, priority, body)
+            if kind in _ONE_PARTY:
+                raise BodyError("type", f"a {kind} goes to the one Party it answers or follows")
+            if any(getattr(typed, ref.field, None) for ref in REFERENCES.get(kind, ())):
+                raise BodyError("to", "a request that names another message goes to its Party")
+        except BodyError as exc:
+            raise named(0, exc) from None
         drafts = []
         for i, recipient in enumerate(to):
             if recipient in to[:i]:
                 raise BodyError(f"to[{i}]", f"{recipient} is named twice")
             try:
-                node, kind, urgency, typed = parse_request(recipient, message_type, priority, body)
-                if kind in _ONE_PARTY:
-                    raise BodyError("type", f"a {kind} goes to the one Party it answers or follows")
-                if any(getattr(typed, ref.field, None) for ref in REFERENCES.get(kind, ())):
-                    raise BodyError("to", "a request that names another message goes to its Party")
+                node = parse_recipient(recipient)
                 drafts.append(await self._sealed(user, node, kind, urgency, typed, ttl_ms))
             except BodyError as exc:
-                field = f"to[{i}]" if exc.field == "to" else exc.field
-                raise BodyError(field, exc.problem) from None
+                raise named(i, exc) from None
         return await self._queue(drafts)
 
     async def _sealed(
