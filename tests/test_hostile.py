@@ -247,6 +247,21 @@ def resigned(network: Network, doc: dict[str, Any]) -> bytes:
     return canonical(doc)
 
 
+def answered_by_usa(network: Network, response: bytes) -> dict[str, Any]:
+    """USA's link takes the request DEU sends it, answers with `response`, and gives back
+    DEU's receipt for that answer (its only one on this link)."""
+
+    async def answer() -> bytes:
+        async with hostile(network) as ws:  # DEU sends its request over this link
+            await next_frame(ws, FRAME_ENVELOPE)
+            await ws.send(envelope_frame([], response))
+            [receipt] = await receipts(ws, 1)
+            return receipt
+
+    receipt: dict[str, Any] = orjson.loads(asyncio.run(answer()))["receipt"]
+    return receipt
+
+
 # -- the attacks ---------------------------------------------------------------------
 
 
@@ -637,14 +652,7 @@ def test_an_answer_no_request_of_its_kind_may_have_is_refused_and_starts_no_cloc
         net, message_type=MessageType.RESPONSE, body=answer, priority=Priority.URGENT
     )
 
-    async def answer_wrongly() -> bytes:
-        async with hostile(net) as ws:  # DEU sends the locate over this link
-            await next_frame(ws, FRAME_ENVELOPE)
-            await ws.send(envelope_frame([], response))
-            [receipt] = await receipts(ws, 1)  # DEU's only receipt on this link
-            return receipt
-
-    receipt = orjson.loads(asyncio.run(answer_wrongly()))["receipt"]
+    receipt = answered_by_usa(net, response)
 
     assert receipt["for"] == orjson.loads(response)["header"]["id"]
     assert receipt["outcome"] == "rejected" and receipt["reason"] == "malformed"
@@ -719,14 +727,7 @@ def test_a_preservation_kept_until_a_decision_nobody_asked_for_is_refused(net: N
         net, message_type=MessageType.RESPONSE, body=answer, priority=Priority.URGENT
     )
 
-    async def answer_wrongly() -> bytes:
-        async with hostile(net) as ws:
-            await next_frame(ws, FRAME_ENVELOPE)
-            await ws.send(envelope_frame([], response))
-            [receipt] = await receipts(ws, 1)
-            return receipt
-
-    receipt = orjson.loads(asyncio.run(answer_wrongly()))["receipt"]
+    receipt = answered_by_usa(net, response)
 
     assert receipt["outcome"] == "rejected" and receipt["reason"] == "malformed"
     status, message = net.api("DEU", "GET", f"/api/messages/{request}")
@@ -745,14 +746,7 @@ def test_a_preservation_shorter_than_the_law_asks_is_kept_and_flagged(net: Netwo
         net, message_type=MessageType.RESPONSE, body=answer, priority=Priority.URGENT
     )
 
-    async def answer_short() -> bytes:
-        async with hostile(net) as ws:
-            await next_frame(ws, FRAME_ENVELOPE)
-            await ws.send(envelope_frame([], response))
-            [receipt] = await receipts(ws, 1)
-            return receipt
-
-    receipt = orjson.loads(asyncio.run(answer_short()))["receipt"]
+    receipt = answered_by_usa(net, response)
 
     assert receipt["outcome"] == "accepted"
     status, message = net.api("DEU", "GET", f"/api/messages/{request}")

@@ -184,14 +184,19 @@ _REPLY_FIELDS: Final = (
 )
 
 
-def cmd_reply(args: argparse.Namespace) -> int:
-    message_id = args.id.lower()
+def _fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """An answer's fields from --file, then --set, then the flags named `names`."""
     flags = [
         Assignment(name, (name,), getattr(args, name))
-        for name in _REPLY_FIELDS
+        for name in names
         if getattr(args, name) is not None
     ]
-    fields = _draft(args.file, [*args.set, *flags], into=None)
+    return _draft(args.file, [*args.set, *flags], into=None)
+
+
+def cmd_reply(args: argparse.Namespace) -> int:
+    message_id = args.id.lower()
+    fields = _fields(args, _REPLY_FIELDS)
     check_reply(message_id, fields)
     answer = _client(args).reply(message_id, fields)
     if args.json:
@@ -208,12 +213,7 @@ _FOLLOW_UP_FIELDS: Final = ("action", "information", "note", "case_ref")
 
 def cmd_follow_up(args: argparse.Namespace) -> int:
     message_id = args.id.lower()
-    flags = [
-        Assignment(name, (name,), getattr(args, name))
-        for name in _FOLLOW_UP_FIELDS
-        if getattr(args, name) is not None
-    ]
-    fields = _draft(args.file, [*args.set, *flags], into=None)
+    fields = _fields(args, _FOLLOW_UP_FIELDS)
     check_follow_up(message_id, fields)
     answer = _client(args).follow_up(message_id, fields)
     if args.json:

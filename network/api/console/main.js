@@ -94,6 +94,17 @@ function leave(message) {
   signInPage(message);
 }
 
+/** Fetch `path` (with the token) and save what it answers as the file the node names. */
+async function save(path) {
+  const { blob, name } = await download(path);
+  const link = h('a', { href: URL.createObjectURL(blob), download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  return name;
+}
+
 // -- routing -------------------------------------------------------------------------
 
 const VIEWS = {
@@ -463,12 +474,7 @@ function renderEvidence(holder, m) {
     status.textContent = 'Exporting…';
     try {
       const query = bodies.checked ? '?body=true' : '';
-      const { blob, name } = await download(`/api/messages/${encodeURIComponent(m.id)}/evidence${query}`);
-      const link = h('a', { href: URL.createObjectURL(blob), download: name });
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      const name = await save(`/api/messages/${encodeURIComponent(m.id)}/evidence${query}`);
       status.textContent = `Downloaded ${name}.`;
     } catch (error) {
       status.textContent = error.message;
@@ -716,12 +722,7 @@ async function statisticsPage() {
   };
   const csvButton = h('button', { type: 'button', onclick: async () => {
     try {
-      const { blob, name } = await download(`/api/statistics?year=${encodeURIComponent(year.value)}&format=csv`);
-      const link = h('a', { href: URL.createObjectURL(blob), download: name });
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      const name = await save(`/api/statistics?year=${encodeURIComponent(year.value)}&format=csv`);
       status.textContent = `Downloaded ${name}.`;
     } catch (error) {
       status.textContent = error.message;
@@ -823,12 +824,7 @@ async function auditPage() {
     params.set('format', format.value);
     exported.textContent = 'Exporting…';
     try {
-      const { blob, name } = await download(`/api/audit/export?${params}`);
-      const link = h('a', { href: URL.createObjectURL(blob), download: name });
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      const name = await save(`/api/audit/export?${params}`);
       exported.textContent = `Downloaded ${name}.`;
     } catch (error) {
       exported.textContent = '';
