@@ -146,10 +146,17 @@ def rosters(doc: dict[str, Any], pinned: bytes | None, facts: list[str]) -> Keys
 # -- messages and receipts (section 5) --------------------------------------------------
 
 
-def messages(doc: dict[str, Any], keys: Keys, facts: list[str]) -> set[str]:
+def messages(
+    doc: dict[str, Any], keys: Keys, facts: list[str], deleted: dict[str, bytes]
+) -> set[str]:
+    """The ids of the messages, each envelope and receipt checked; the digests of those
+    whose contents were deleted under a retention rule go into `deleted`."""
     ids = set()
     for i, item in enumerate(member(doc, "messages", list, "package")):
         where = f"messages[{i}]"
+        if isinstance(item, dict) and "deleted" in item:
+            ids.add(deleted_message(item, keys, facts, deleted, where))
+            continue
         raw = b64url(member(item, "envelope", str, where), f"{where}.envelope")
         envelope = parse(raw, f"{where}.envelope")
         header = member(envelope, "header", dict, f"{where}.envelope")
@@ -180,6 +187,28 @@ def messages(doc: dict[str, Any], keys: Keys, facts: list[str]) -> set[str]:
         for j, value in enumerate(member(item, "receipts", list, where)):
             facts.append(receipt(value, header, digest, keys, f"{where}.receipts[{j}]"))
     return ids
+
+
+def deleted_message(
+    item: dict[str, Any], keys: Keys, facts: list[str], deleted: dict[str, bytes], where: str
+) -> str:
+    """Contents deleted under a retention rule (section 14): no envelope; the digest and
+    parties remain, which the receipts must name, and the log must record the deletion."""
+    if "envelope" in item or "plaintext" in item:
+        raise Failed(f"{where}: a deleted message carries no envelope or plaintext")
+    info = member(item, "deleted", dict, where)
+    message_id = member(item, "id", str, where)
+    digest = b64url(info.get("digest"), f"{where}.deleted.digest")
+    header = {"id": message_id, "from": info.get("from"), "to": info.get("to")}
+    deleted[message_id] = digest
+    facts.append(
+        f"the contents of message {message_id} from {header['from']} to {header['to']} were"
+        f" deleted under retention rule {info.get('rule')}; its envelope's SHA-256"
+        f" {b64url_text(digest)} remains"
+    )
+    for j, value in enumerate(member(item, "receipts", list, where)):
+        facts.append(receipt(value, header, digest, keys, f"{where}.receipts[{j}]"))
+    return message_id
 
 
 def receipt(value: Any, header: dict[str, Any], digest: bytes, keys: Keys, where: str) -> str:
@@ -318,7 +347,14 @@ def consistent(m: int, n: int, old: bytes, new: bytes, proof: list[bytes]) -> bo
     return sn == 0 and fr == old and sr == new
 
 
-def audit(doc: dict[str, Any], node: str, ids: set[str], keys: Keys, facts: list[str]) -> None:
+def audit(
+    doc: dict[str, Any],
+    node: str,
+    ids: set[str],
+    deleted: dict[str, bytes],
+    keys: Keys,
+    facts: list[str],
+) -> None:
     log = member(doc, "audit", dict, "package")
     entries = member(log, "entries", list, "audit")
     if not entries:
@@ -330,6 +366,7 @@ def audit(doc: dict[str, Any], node: str, ids: set[str], keys: Keys, facts: list
         member(log, "checkpoint", str, "audit"), node, keys, "audit.checkpoint"
     )
     witnessed = f" and cosigned by {', '.join(cosigners)}" if cosigners else ""
+    unproven = dict(deleted)
     for i, item in enumerate(entries):
         where = f"audit.entries[{i}]"
         entry = b64url(member(item, "entry", str, where), f"{where}.entry")
@@ -340,12 +377,18 @@ def audit(doc: dict[str, Any], node: str, ids: set[str], keys: Keys, facts: list
         content = parse(entry, where)
         if content.get("message") not in ids:
             raise Failed(f"{where}: about {content.get('message')}, not this package's messages")
+        if content.get("action") == "deleted" and content.get("message") in unproven:
+            detail = content.get("detail") or {}
+            if detail.get("digest") != b64url_text(unproven.pop(content["message"])):
+                raise Failed(f"{where}: a deletion of other bytes than the message's")
         facts.append(
             f"{node}'s log holds, at position {index}, '{content.get('action')}' by"
             f" {content.get('actor')} about {content.get('message')} at"
             f" {when(content.get('time'))},"
             f" in a tree of {size} entries signed by {node}{witnessed}"
         )
+    if unproven:
+        raise Failed(f"audit: no deletion of {min(unproven)} in the log, yet its contents are gone")
     newest = member(log, "newest", dict, "audit")
     new_size, new_root, _ = checkpoint(
         member(newest, "checkpoint", str, "audit.newest"), node, keys, "audit.newest"
@@ -370,10 +413,11 @@ def verify(raw: bytes, pinned: bytes | None) -> list[str]:
     node = member(manifest, "node", str, "manifest")
     facts: list[str] = []
     keys = rosters(doc, pinned, facts)
-    ids = messages(doc, keys, facts)
+    deleted: dict[str, bytes] = {}
+    ids = messages(doc, keys, facts, deleted)
     if manifest.get("message") not in ids:
         raise Failed(f"messages: no envelope of message {manifest.get('message')}")
-    audit(doc, node, ids, keys, facts)
+    audit(doc, node, ids, deleted, keys, facts)
     public = keys.get(node, str(manifest.get("kid")), "manifest")
     sig = b64url(doc.get("sig"), "sig")
     check(public, sig, b"cpn/v1 evidence\n" + canonical(manifest), "manifest")

@@ -189,6 +189,10 @@ SCHEMAS: Final[dict[str, Any]] = {
             "preserved_until": _NULL_MS,
             "until_decision": _NULL_MS,
             "assigned_to": _NULL_STR,
+            "deleted": {
+                "anyOf": [obj({"rule": {"type": "string"}, "at": _MS}), {"type": "null"}],
+                "description": "the retention rule that deleted its contents, and when",
+            },
         }
     ),
     "Message": {
@@ -196,8 +200,14 @@ SCHEMAS: Final[dict[str, Any]] = {
             ref("MessageSummary"),
             obj(
                 {
-                    "header": {"type": "object", "description": "the signed envelope header"},
-                    "body": {"type": "object", "description": "the decrypted body of its type"},
+                    "header": {
+                        "type": ["object", "null"],
+                        "description": "the signed envelope header (null: contents deleted)",
+                    },
+                    "body": {
+                        "type": ["object", "null"],
+                        "description": "the decrypted body of its type (null: contents deleted)",
+                    },
                     "receipts": array_of({"type": "object"}),
                     "timeline": array_of({"type": "object", "description": "its audit entries"}),
                     "thread": array_of(ref("MessageSummary")),

@@ -431,6 +431,52 @@ async def assign_message(request: web.Request) -> web.StreamResponse:
     return web.json_response(summary(row))
 
 
+async def list_holds(request: web.Request) -> web.StreamResponse:
+    """The legal holds: each case (by its keyed digest), why, by whom, since when."""
+    return web.json_response({"holds": await request.app[NODE].retention.holds()})
+
+
+async def place_hold(request: web.Request) -> web.StreamResponse:
+    """Stop retention deleting a case's messages: `{"case_ref", "reason"}`; audited."""
+    fields = await _json_object(request)
+    _only(fields, ("case_ref", "reason"))
+    hold = await request.app[NODE].retention.place_hold(
+        fields.get("case_ref"), fields.get("reason"), request[USER].name
+    )
+    return web.json_response(hold, status=201)
+
+
+async def release_hold(request: web.Request) -> web.StreamResponse:
+    """End a case's legal hold: `{"case_ref", "reason"}`; 404 if it has none; audited."""
+    fields = await _json_object(request)
+    _only(fields, ("case_ref", "reason"))
+    if not await request.app[NODE].retention.release_hold(
+        fields.get("case_ref"), fields.get("reason"), request[USER].name
+    ):
+        raise _Refusal(404, "no legal hold on that case")
+    return web.json_response({"released": True})
+
+
+def _only(fields: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise BodyError(unknown[0], f"unknown field (expected: {', '.join(known)})")
+
+
+HOLD: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "case_ref": {
+            "type": "string",
+            "description": "The case reference, as the requests give it.",
+        },
+        "reason": {"type": "string", "maxLength": 1000, "description": "Why (audited)."},
+    },
+    "required": ["case_ref", "reason"],
+    "additionalProperties": False,
+}
+
+
 ASSIGNMENT: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {
@@ -809,6 +855,7 @@ _OFFICER: Final = frozenset({"officer"})
 _AUDITOR: Final = frozenset({"auditor"})
 _READERS: Final = frozenset({"officer", "auditor"})
 _ADMIN_ONLY: Final = frozenset({"admin"})
+_HOLDERS: Final = frozenset({"officer", "admin"})  # a case's officer, or the node's admin
 _ANY_ROLE: Final = frozenset(ROLES)
 
 _SUMMARY: Final = ref("MessageSummary")
@@ -850,6 +897,18 @@ ROUTES: Final = (
     Route(
         "POST", "/api/messages/{id}/assign", assign_message, _OFFICER, "assign messages",
         Doc(_SUMMARY, path=(ID_PARAM,), body=ASSIGNMENT, body_required=False),
+    ),
+    Route(
+        "GET", "/api/holds", list_holds, _ANY_ROLE, "list legal holds",
+        Doc(obj({"holds": array_of({"type": "object"})})),
+    ),
+    Route(
+        "POST", "/api/holds", place_hold, _HOLDERS, "place legal holds",
+        Doc({"type": "object"}, status=201, body=HOLD),
+    ),
+    Route(
+        "POST", "/api/holds/release", release_hold, _HOLDERS, "release legal holds",
+        Doc(obj({"released": {"type": "boolean"}}), body=HOLD),
     ),
     Route(
         "GET", "/api/search", search_messages, _READERS, "search messages",

@@ -426,6 +426,35 @@ def cmd_store_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    """Delete now what the node's retention rules say must go (as the node does itself)."""
+    from network.node.runner import load_current_roster
+    from network.node.store import Store
+    from network.node.wiring import Node
+
+    config = load_config(Path(args.config))
+    if not config.retention:
+        print(f"{config.id}: no [retention] rule in {config.path}: nothing is ever deleted")
+        return 0
+    keys = load_configured_keys(config)
+    roster = load_current_roster(config, expired_ok=True)
+
+    async def run() -> dict[str, int]:
+        store = await Store.open(config.store_path)
+        try:
+            node = Node.build(
+                keys=keys, roster=roster, store=store, clock=now_ms, retention=config.retention
+            )
+            return await node.retention.sweep()
+        finally:
+            await store.close()
+
+    deleted = run_async(run())
+    done = ", ".join(f"{n} under rule {rule}" for rule, n in deleted.items()) or "none lapsed"
+    print(f"{config.id}: contents deleted: {done}")
+    return 0
+
+
 def cmd_store_restore(args: argparse.Namespace) -> int:
     """A verified backup put in place; the node explains the rollback and asks back."""
     from network.node.backup import Restored, restore_store
@@ -683,6 +712,20 @@ def add_node_commands(commands: Subcommands) -> None:
     run = node.add_parser("run", help="run one node until SIGTERM or SIGINT")
     run.add_argument("config", metavar="CONFIG", help="node config, e.g. nodes/FRA.toml")
     run.set_defaults(func=cmd_node_run)
+
+    retention = commands.add_parser("retention", help="the node's retention rules").add_subparsers(
+        dest="retention_command", required=True, metavar="COMMAND"
+    )
+    sweep = retention.add_parser(
+        "run",
+        help="delete now the contents whose retention rule has lapsed",
+        description="What a running node does by itself: each message a [retention.NAME] rule"
+        " has lapsed for (and no legal hold keeps) loses its envelope, sent copy, inbox line"
+        " and identifier digests; its row, digest, receipts and log entries stay, and each"
+        " deletion is audited. Safe while the node runs.",
+    )
+    sweep.add_argument("--config", required=True, metavar="CONFIG")
+    sweep.set_defaults(func=cmd_retention_run)
 
     store = commands.add_parser("store", help="the node's store").add_subparsers(
         dest="store_command", required=True, metavar="COMMAND"

@@ -72,6 +72,12 @@ def _print_report(report: VerifyReport) -> None:
         hidden = report.problem_count - len(report.problems)
         if hidden > 0:
             print(f"  ... and {hidden} more")
+    if report.deleted:
+        rules = ", ".join(f"{count} under rule {rule}" for rule, count in report.deleted)
+        print(
+            f"contents deleted under retention rules: {rules} (each with its `deleted` entry;"
+            " their digests, receipts and log entries verified as above)"
+        )
     for warning in report.warnings:
         print(f"warning: {warning}")
     print(f"assurance: {report.assurance}")

@@ -105,6 +105,16 @@ class Client:
         """POST /api/messages/{id}/follow-up: the summary of the `follow_up` sent."""
         return self._call("POST", f"/api/messages/{_segment(message_id)}/follow-up", fields)
 
+    def holds(self) -> dict[str, Any]:
+        """GET /api/holds: the legal holds."""
+        return self._call("GET", "/api/holds")
+
+    def hold(self, action: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /api/holds (`place`) or /api/holds/release (`release`)."""
+        return self._call(
+            "POST", "/api/holds" if action == "place" else "/api/holds/release", fields
+        )
+
     # -- the wire --------------------------------------------------------------------
 
     def _call(

@@ -237,6 +237,34 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hold(args: argparse.Namespace) -> int:
+    from network.cli.views import when
+
+    client = _client(args)
+    if args.action == "list":
+        answer = client.holds()
+        if args.json:
+            print_json(answer)
+        for hold in [] if args.json else answer["holds"]:
+            print(
+                f"{hold['case_tag']}  since {when(hold['placed'])} UTC by {hold['placed_by']}:"
+                f" {hold['reason']}"
+            )
+        if not args.json and not answer["holds"]:
+            print("no legal hold")
+        return 0
+    if args.case is None or args.reason is None:
+        raise SystemExit(f"cpn hold {args.action}: CASE and --reason are required")
+    answer = client.hold(args.action, {"case_ref": args.case, "reason": args.reason})
+    if args.json:
+        print_json(answer)
+    elif args.action == "place":
+        print(f"case {args.case} is under a legal hold: retention deletes none of it")
+    else:
+        print(f"case {args.case}: legal hold released; its retention rules apply again")
+    return 0
+
+
 def add_commands(commands: Subcommands) -> None:
     """`cpn send`, `inbox`, `show`, `ack`, `reply`, `follow-up`: officer work, by the API."""
     node = argparse.ArgumentParser(add_help=False)
@@ -410,3 +438,16 @@ def add_commands(commands: Subcommands) -> None:
     take.add_argument("--to", metavar="USER", help="the officer who takes it over")
     take.add_argument("--note", metavar="TEXT", help="the handover note")
     take.set_defaults(func=cmd_assign)
+
+    hold = commands.add_parser(
+        "hold",
+        parents=[node],
+        help="legal holds: stop retention deleting a case's messages (audited)",
+        description="place: no message of the case (nor what answers it) has its contents"
+        " deleted by a retention rule until the hold is released; list: the holds, each case"
+        " by its keyed digest. " + exits,
+    )
+    hold.add_argument("action", choices=("list", "place", "release"))
+    hold.add_argument("case", metavar="CASE", nargs="?", help="the case reference")
+    hold.add_argument("--reason", metavar="TEXT", help="why (required to place or release)")
+    hold.set_defaults(func=cmd_hold)

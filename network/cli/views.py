@@ -44,7 +44,8 @@ def _text(value: object, style: str = "") -> Text:
     return Text(_CONTROL.sub("\N{REPLACEMENT CHARACTER}", value), style=style)
 
 
-def _when(ms: object) -> str:
+def when(ms: object) -> str:
+    """ms since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC); '' for what is not a time."""
     if not isinstance(ms, int) or isinstance(ms, bool):
         return ""
     moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
@@ -86,7 +87,7 @@ def print_messages(messages: Sequence[Mapping[str, Any]], box_name: str) -> None
             _text(message.get("type")),
             _priority(message),
             _text(message.get("state")),
-            _when(message.get("received") if received else message.get("created")),
+            when(message.get("received") if received else message.get("created")),
             _overdue(message),
         )
     console.print(table)
@@ -118,9 +119,9 @@ def print_message(message: Mapping[str, Any]) -> None:
         ("updated", "updated"),
     ):
         if message.get(key) is not None:
-            facts.add_row(label, f"{_when(message[key])} UTC")
+            facts.add_row(label, f"{when(message[key])} UTC")
     deadlines = message.get("deadlines") or {}
-    due = [f"{name} {_when(ms)}" for name, ms in deadlines.items() if ms is not None]
+    due = [f"{name} {when(ms)}" for name, ms in deadlines.items() if ms is not None]
     if due:
         facts.add_row("deadlines", _text(", ".join(due) + " (UTC)"))
     for label, key in (
@@ -131,12 +132,18 @@ def print_message(message: Mapping[str, Any]) -> None:
         if message.get(key) is not None:
             facts.add_row(label, _text(message[key]))
     if message.get("preserved_until") is not None:
-        facts.add_row("preserved until", _when(message["preserved_until"])[:10])
+        facts.add_row("preserved until", when(message["preserved_until"])[:10])
     if message.get("until_decision") is not None:
-        since = _when(message["until_decision"])[:10]
+        since = when(message["until_decision"])[:10]
         facts.add_row("preserved until", f"the MLA decision (counted from {since})")
     if not received and message.get("attempts"):
         facts.add_row("attempts", _text(message["attempts"]))
+    deleted = message.get("deleted")
+    if isinstance(deleted, dict):
+        facts.add_row(
+            "contents deleted",
+            _text(f"{when(deleted.get('at'))} UTC under retention rule {deleted.get('rule')}"),
+        )
     console.print(facts)
 
     console.print()
@@ -158,7 +165,7 @@ def print_message(message: Mapping[str, Any]) -> None:
                 r.get("signer"),
                 r.get("outcome"),
                 r.get("reason"),
-                _when(r.get("time")),
+                when(r.get("time")),
             )
             for r in message.get("receipts") or []
         ],
@@ -168,7 +175,7 @@ def print_message(message: Mapping[str, Any]) -> None:
         "timeline",
         ("time (UTC)", "actor", "action", "detail"),
         [
-            (_when(e.get("time")), e.get("actor"), e.get("action"), _detail(e.get("detail")))
+            (when(e.get("time")), e.get("actor"), e.get("action"), _detail(e.get("detail")))
             for e in message.get("timeline") or []
         ],
     )
@@ -182,7 +189,7 @@ def print_message(message: Mapping[str, Any]) -> None:
                 m.get("type"),
                 f"{'from' if m.get('box') == 'in' else 'to'} {m.get('peer')}",
                 m.get("state"),
-                _when(m.get("created")),
+                when(m.get("created")),
             )
             for m in message.get("thread") or []
         ],

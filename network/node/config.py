@@ -40,6 +40,11 @@ ConfigError naming the file and the key.
     [restore]                        # optional: after `cpn store restore`
     wait = "30s"                     # for the dialled peers, before explaining the restore
     give_up = "10m"                  # then alert on peers that have not given back
+    [retention.closed_requests]      # optional, any number, first match governs a message
+    states = ["answered", "withdrawn", "expired", "rejected"]   # not queued or sent
+    types = ["preservation"]         # optional: every type
+    boxes = ["in", "out"]            # optional: in and out ("relay" too, if named)
+    after = "730d"                   # after its last change, its contents are deleted
 """
 
 from __future__ import annotations
@@ -57,15 +62,17 @@ from urllib.parse import urlsplit
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
 from network.core.errors import ConfigError
 from network.core.records import NodeId, Priority, is_node_id
+from network.core.retention import RetentionRule
 
 __all__ = ["NodeConfig", "load_config", "parse_duration", "parse_listen"]
 
 MAX_CONFIG_BYTES = 64 * 1024
-MAX_DURATION_MS: Final = 365 * 24 * 3600 * 1000
 MAX_WEBHOOK_TIMEOUT: Final = 300
 MAX_WEBHOOK_RETRIES: Final = 20
 MAX_HANDSHAKE_TIMEOUT: Final = 120
 
+MAX_RETENTION_DAYS: Final = 100 * 366  # a retention period: up to a century
+_RULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURATION = re.compile(r"([0-9]{1,9})([smhd])")
 _UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # TOML key -> PriorityDeadlines field.
@@ -125,6 +132,7 @@ class NodeConfig:
     signing_uri: str | None = None  # [keys] signing: a pkcs11: URI, the key in a module
     restore_wait_ms: int = 30_000  # [restore] wait: for the dialled peers, after a restore
     restore_give_up_ms: int = 600_000  # [restore] give_up: then alert on what is missing
+    retention: tuple[RetentionRule, ...] = ()  # [retention.NAME]: when contents are deleted
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -188,9 +196,9 @@ def _metrics_listen(section: object, file: Path) -> tuple[str, int] | None:
     return parse_listen(value, f"{file}: metrics.listen")
 
 
-def parse_duration(value: object, where: str) -> int:
+def parse_duration(value: object, where: str, *, max_days: int = 365) -> int:
     """A duration in ms from "30s", "15m", "4h", "10d" or whole seconds; more than
-    zero and at most 365 days. `where` names the file and key in the ConfigError."""
+    zero and at most `max_days`. `where` names the file and key in the ConfigError."""
     if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         ms = int(match[1]) * _UNIT_MS[match[2]]
     elif isinstance(value, int) and not isinstance(value, bool):
@@ -202,9 +210,28 @@ def parse_duration(value: object, where: str) -> int:
         )
     if ms <= 0:
         raise ConfigError(f"{where}: must be more than zero, got {value!r}")
-    if ms > MAX_DURATION_MS:
-        raise ConfigError(f"{where}: must be at most 365 days, got {value!r}")
+    if ms > max_days * _UNIT_MS["d"]:
+        raise ConfigError(f"{where}: must be at most {max_days} days, got {value!r}")
     return ms
+
+
+def _retention(section: object, file: Path) -> tuple[RetentionRule, ...]:
+    """`[retention.NAME]` rules, in the file's order (the first that matches a message
+    governs it)."""
+    if section is None:
+        return ()
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: retention: expected a table of rules")
+    rules = []
+    for name, table in section.items():
+        where = f"{file}: retention.{name}"
+        if not _RULE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a rule's name is 1 to 64 letters, digits, _ or -")
+        if not isinstance(table, dict) or "after" not in table:
+            raise ConfigError(f"{where}.after: required (how long after its last change)")
+        after = parse_duration(table["after"], f"{where}.after", max_days=MAX_RETENTION_DAYS)
+        rules.append(RetentionRule.parse(name, table, where, after))
+    return tuple(rules)
 
 
 def _deadlines(section: object, file: Path) -> Deadlines:
@@ -401,6 +428,7 @@ def load_config(path: Path) -> NodeConfig:
     metrics_listen = _metrics_listen(doc.get("metrics"), path)
     log_format = _log_format(doc.get("log"), path)
     restore_wait, restore_give_up = _restore(doc.get("restore"), path)
+    retention = _retention(doc.get("retention"), path)
     signing_uri = keys.get("signing")
     if signing_uri is not None and (
         not isinstance(signing_uri, str) or not signing_uri.startswith("pkcs11:")
@@ -419,6 +447,7 @@ def load_config(path: Path) -> NodeConfig:
         "alerts",
         "log",
         "restore",
+        "retention",
     }
     extra = sorted(set(doc) - known)
     if extra:
@@ -453,4 +482,5 @@ def load_config(path: Path) -> NodeConfig:
         signing_uri=signing_uri,
         restore_wait_ms=restore_wait,
         restore_give_up_ms=restore_give_up,
+        retention=retention,
     )

@@ -46,6 +46,7 @@ from network.core.envelope import (
     Receipt,
     ReceiptScope,
     check_receipt_for,
+    check_receipt_matches,
     open_from_self,
     read_stored,
     verify_plaintext,
@@ -154,24 +155,34 @@ def collect_package(
         if first is None:
             raise EvidenceError(f"message {message_id}: not a message sent or received here")
         rows = db.execute(
-            "SELECT id, box, envelope, self_sealed FROM messages"
-            " WHERE (id = ? OR in_reply_to = ?) AND box IN ('in', 'out') ORDER BY created, id",
+            "SELECT id, box, peer, envelope, self_sealed, digest, deleted, deleted_at"
+            " FROM messages WHERE (id = ? OR in_reply_to = ?) AND box IN ('in', 'out')"
+            " ORDER BY created, id",
             (message_id, message_id),
         ).fetchall()
         messages: list[Json] = []
-        for mid, box, envelope, self_sealed in rows:
+        for mid, box, peer, envelope, self_sealed, digest, rule, deleted_at in rows:
             receipts = db.execute(
                 "SELECT raw FROM receipts WHERE message_id = ? ORDER BY time, id", (mid,)
             ).fetchall()
-            item: dict[str, Json] = {
-                "id": mid,
-                "box": box,
-                "envelope": b64encode(bytes(envelope)),
-                "receipts": [b64encode(bytes(raw)) for (raw,) in receipts],
-            }
-            if opener is not None:
-                sealed = bytes(self_sealed) if self_sealed is not None else None
-                item["plaintext"] = b64encode(opener(box, bytes(envelope), sealed, mid))
+            item: dict[str, Json] = {"id": mid, "box": box}
+            if rule is not None:
+                # Deleted under a retention rule: the digest its receipts name stays, and
+                # the log's `deleted` entry (in `audit`) says when and under which rule.
+                sender, recipient = (peer, node_id) if box == "in" else (node_id, peer)
+                item["deleted"] = {
+                    "rule": rule,
+                    "at": deleted_at,
+                    "digest": b64encode(bytes(digest)),
+                    "from": sender,
+                    "to": recipient,
+                }
+            else:
+                item["envelope"] = b64encode(bytes(envelope))
+                if opener is not None:
+                    sealed = bytes(self_sealed) if self_sealed is not None else None
+                    item["plaintext"] = b64encode(opener(box, bytes(envelope), sealed, mid))
+            item["receipts"] = [b64encode(bytes(raw)) for (raw,) in receipts]
             messages.append(item)
         audit = _audit_item(db, [m[0] for m in rows])
         rosters = [
@@ -305,10 +316,10 @@ def verify_package(raw: bytes, *, keeper: VerifyKey | None = None) -> list[Fact]
     keys = _Keys(_rosters(doc, keeper, facts))
     node = _text(manifest, "node", "manifest")
     message_id = _text(manifest, "message", "manifest")
-    envelopes = _messages(doc, keys, facts)
-    if message_id not in envelopes:
+    envelopes, deleted = _messages(doc, keys, facts)
+    if message_id not in envelopes and message_id not in deleted:
         raise EvidenceError(f"messages: the package holds no envelope of message {message_id}")
-    _audit(doc, node, set(envelopes), keys, facts)
+    _audit(doc, node, set(envelopes) | set(deleted), deleted, keys, facts)
     _manifest(doc, manifest, node, keys, facts)
     return facts
 
@@ -373,10 +384,18 @@ def _claimed_keeper(doc: dict[str, Any]) -> VerifyKey:
     return key
 
 
-def _messages(doc: dict[str, Any], keys: _Keys, facts: list[Fact]) -> dict[str, Envelope]:
+def _messages(
+    doc: dict[str, Any], keys: _Keys, facts: list[Fact]
+) -> tuple[dict[str, Envelope], dict[str, bytes]]:
+    """The envelopes by id, and the digests of the messages whose contents were deleted."""
     envelopes: dict[str, Envelope] = {}
+    deleted: dict[str, bytes] = {}
     for i, item in enumerate(_list(doc, "messages")):
         where = f"messages[{i}]"
+        if isinstance(item, dict) and "deleted" in item:
+            message_id, digest = _deleted(item, keys, facts, where)
+            deleted[message_id] = digest
+            continue
         raw = _bytes(item.get("envelope") if isinstance(item, dict) else None, f"{where}.envelope")
         envelope = _envelope(raw, keys, where)
         header = envelope.header
@@ -395,7 +414,40 @@ def _messages(doc: dict[str, Any], keys: _Keys, facts: list[Fact]) -> dict[str, 
             facts.append(_plaintext(item["plaintext"], header, keys, where))
         for j, value in enumerate(_list(item, "receipts", where)):
             facts.append(_receipt(value, envelope, keys, f"{where}.receipts[{j}]"))
-    return envelopes
+    return envelopes, deleted
+
+
+def _deleted(item: dict[str, Any], keys: _Keys, facts: list[Fact], where: str) -> tuple[str, bytes]:
+    """A message whose contents were deleted under a retention rule: its receipts still
+    name its envelope's digest (the log's `deleted` entry is checked with the audit)."""
+    if "envelope" in item or "plaintext" in item:
+        raise EvidenceError(f"{where}: a deleted message carries no envelope or plaintext")
+    deleted = _object(item, "deleted", where)
+    message_id = _text(item, "id", where)
+    rule = _text(deleted, "rule", f"{where}.deleted")
+    sender = _text(deleted, "from", f"{where}.deleted")
+    recipient = _text(deleted, "to", f"{where}.deleted")
+    digest = _bytes(deleted.get("digest"), f"{where}.deleted.digest")
+    at = deleted.get("at")
+    facts.append(
+        Fact(
+            f"the contents of message {message_id} from {sender} to {recipient} were deleted"
+            f" under retention rule {rule}"
+            + (f" at {rfc3339(at)}" if isinstance(at, int) else "")
+            + f"; its envelope's SHA-256 {b64encode(digest)} remains",
+            f"{where}.deleted",
+        )
+    )
+    for j, value in enumerate(_list(item, "receipts", where)):
+        facts.append(
+            _receipt(
+                value,
+                (message_id, sender, recipient, digest),
+                keys,
+                f"{where}.receipts[{j}]",
+            )
+        )
+    return message_id, digest
 
 
 def _envelope(raw: bytes, keys: _Keys, where: str) -> Envelope:
@@ -427,7 +479,11 @@ def _plaintext(value: Any, header: Header, keys: _Keys, where: str) -> Fact:
     )
 
 
-def _receipt(value: Any, envelope: Envelope, keys: _Keys, where: str) -> Fact:
+def _receipt(
+    value: Any, envelope: Envelope | tuple[str, str, str, bytes], keys: _Keys, where: str
+) -> Fact:
+    """A receipt's signature, and that it answers exactly `envelope` (or, for deleted
+    contents, the message id, parties and digest that remain)."""
     raw = _bytes(value, where)
     receipt: Receipt | None = None
     problem: CpnError | None = None
@@ -442,7 +498,13 @@ def _receipt(value: Any, envelope: Envelope, keys: _Keys, where: str) -> Fact:
     if receipt is None:
         raise EvidenceError(f"{where}: {problem}")
     try:
-        check_receipt_for(receipt, envelope)
+        if isinstance(envelope, Envelope):
+            check_receipt_for(receipt, envelope)
+        else:
+            message_id, sender, recipient, digest = envelope
+            check_receipt_matches(
+                receipt, message_id=message_id, sender=sender, recipient=recipient, digest=digest
+            )
     except CpnError as exc:
         raise EvidenceError(f"{where}: {exc}") from None
     what = "received" if receipt.scope is ReceiptScope.END_TO_END else "took on (as a relay)"
@@ -454,7 +516,14 @@ def _receipt(value: Any, envelope: Envelope, keys: _Keys, where: str) -> Fact:
     )
 
 
-def _audit(doc: dict[str, Any], node: str, ids: set[str], keys: _Keys, facts: list[Fact]) -> None:
+def _audit(
+    doc: dict[str, Any],
+    node: str,
+    ids: set[str],
+    deleted: dict[str, bytes],
+    keys: _Keys,
+    facts: list[Fact],
+) -> None:
     audit = _object(doc, "audit")
     entries = _list(audit, "entries", "audit")
     if not entries:
@@ -462,11 +531,13 @@ def _audit(doc: dict[str, Any], node: str, ids: set[str], keys: _Keys, facts: li
         facts.append(
             Fact(
                 f"{uncovered} entries of {node}'s log about this message are not yet covered"
-                " by a signed checkpoint: export again later to prove them",
+                " by a signed checkpoint: export again later to prove them"
+                + (" (and the deletions above)" if deleted else ""),
                 "audit",
             )
         )
         return
+    unproven = dict(deleted)  # each deletion needs its entry in the log
     origin = checkpoint_origin(node)
     checkpoint = _checkpoint(_text(audit, "checkpoint", "audit"), origin, keys.of(node), "audit")
     witnesses = _cosigners(audit["checkpoint"], node, keys)
@@ -484,6 +555,14 @@ def _audit(doc: dict[str, Any], node: str, ids: set[str], keys: _Keys, facts: li
         content = json.loads(entry)
         if content.get("message") not in ids:
             raise EvidenceError(f"{where}: is about {content.get('message')}, not this thread")
+        if content.get("action") == "deleted" and content.get("message") in unproven:
+            detail = content.get("detail")
+            named = detail.get("digest") if isinstance(detail, dict) else None
+            if named != b64encode(unproven[content["message"]]):
+                raise EvidenceError(
+                    f"{where}: the deletion names another digest than the message's"
+                )
+            del unproven[content["message"]]
         facts.append(
             Fact(
                 f"{node}'s log holds, at position {index}, '{content.get('action')}' by"
@@ -493,6 +572,11 @@ def _audit(doc: dict[str, Any], node: str, ids: set[str], keys: _Keys, facts: li
                 + (f" and cosigned by {', '.join(witnesses)}" if witnesses else ""),
                 where,
             )
+        )
+    if unproven:
+        raise EvidenceError(
+            f"audit: the log holds no deletion of message {min(unproven)}, whose contents the"
+            " package says were deleted"
         )
     newest = _object(audit, "newest", "audit")
     latest = _checkpoint(

@@ -101,6 +101,18 @@ def _party(node: str, names: dict[str, str]) -> str:
 
 
 def _header(item: dict[str, Any]) -> dict[str, Any]:
+    """The envelope's header; for contents deleted under retention, what remains of it (the
+    time the message was made is then the first receipt's, or unknown)."""
+    if "deleted" in item:
+        deleted = item["deleted"]
+        receipts = [json.loads(b64decode(r, field="receipt"))["receipt"] for r in item["receipts"]]
+        return {
+            "id": item["id"],
+            "from": deleted["from"],
+            "to": deleted["to"],
+            "created": min((r["received"] for r in receipts), default=deleted.get("at") or 0),
+            "priority": "contents deleted under retention rule " + deleted["rule"],
+        }
     header: dict[str, Any] = json.loads(b64decode(item["envelope"], field="envelope"))["header"]
     return header
 
@@ -155,12 +167,16 @@ def _hashes(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (
             f"<code>{escape(item['id'])}</code>",
-            '<span class="hash">'
-            + escape(b64encode(hashlib.sha256(b64decode(item["envelope"], field="e")).digest()))
-            + "</span>",
+            '<span class="hash">' + escape(_digest(item)) + "</span>",
         )
         for item in doc["messages"]
     ]
+
+
+def _digest(item: dict[str, Any]) -> str:
+    if "deleted" in item:
+        return str(item["deleted"]["digest"]) + " (contents deleted)"
+    return b64encode(hashlib.sha256(b64decode(item["envelope"], field="e")).digest())
 
 
 def _checkpoint(doc: dict[str, Any]) -> str:

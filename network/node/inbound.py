@@ -275,7 +275,12 @@ class Inbound:
             if item.receipt is None:
                 item.receipt = self._receipt(header, item, Outcome.DUPLICATE, None, now)
             item.stored = row
-            forwarded = row is not None and row.box == "relay" and row.state is State.FORWARDED
+            forwarded = (
+                row is not None
+                and row.box == "relay"
+                and row.state is State.FORWARDED
+                and row.deleted is None  # a copy deleted under retention is not sent again
+            )
             if item.relay and row is not None and forwarded:
                 # Its sender asks again: the end-to-end receipt was lost; pass it on again.
                 item.requeue = row

@@ -65,8 +65,8 @@ async def reindex(store: Store, keys: NodeKeys, *, actor: str, now: int) -> dict
     rows = await store.messages(limit=-1)
     async with store.transaction(now) as tx:
         for row in rows:
-            if row.box not in ("in", "out") or row.type is None:
-                continue
+            if row.box not in ("in", "out") or row.type is None or row.deleted is not None:
+                continue  # relayed (unreadable here), or its contents deleted (retention)
             try:
                 plaintext = opener(str(row.box), row.envelope, row.self_sealed, row.id)
                 kind, body = read_plaintext(plaintext)

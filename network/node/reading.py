@@ -11,7 +11,7 @@ from network.core.bodies import IdentifierKind
 from network.core.deadlines import format_overdue
 from network.core.envelope import open_from_self, read_plaintext, read_stored
 from network.core.identifiers import match_keys
-from network.core.lifecycle import Event
+from network.core.lifecycle import Event, State
 from network.core.records import parse_canonical
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
@@ -47,7 +47,11 @@ class Reading:
         row = await self.context.store.message(message_id)
         if row is None:
             return None
-        if row.box == "in":
+        message_type: str | None = row.type
+        body: dict[str, Any] | None = None
+        if row.deleted is not None:
+            pass  # its contents deleted under a retention rule: what stays is shown
+        elif row.box == "in":
             message_type, body, _ = read_stored(row.envelope, self.context.keys.keyring)
         else:
             assert row.self_sealed is not None
@@ -56,15 +60,21 @@ class Reading:
         async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
             current = await tx.message(row.id)
             assert current is not None
-            if current.box == "in" and user.role == "officer":
+            # The first reading moves it; reading again is no change (and does not restart
+            # the retention period, counted from its last change).
+            if current.box == "in" and user.role == "officer" and current.state is State.RECEIVED:
                 tx.transition(current, Event.OPEN)
             tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
             # The transaction keeps the row as it leaves it: no read after the commit.
             row = await tx.message(row.id) or current
-        header = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
+        header = (
+            parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
+            if row.deleted is None
+            else {"header": None}
+        )
         return {
             **summary(row),
-            "type": str(message_type),
+            "type": str(message_type or ""),
             "header": header["header"],
             "body": body,
             "receipts": [
@@ -236,4 +246,8 @@ def summary(row: MessageRow) -> dict[str, Any]:
         # Kept until the decision on the MLA request, counted from then (sent, then received).
         "until_decision": row.until_decision,
         "assigned_to": row.assigned_to,  # who holds it at the desk
+        # The retention rule that deleted its contents, and when (None: kept).
+        "deleted": (
+            {"rule": row.deleted, "at": row.deleted_at} if row.deleted is not None else None
+        ),
     }

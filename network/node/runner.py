@@ -111,6 +111,7 @@ async def run_node(
             keeper=keeper,
             retry_ms=int(config.retry_seconds * 1000),
             deadlines=config.deadlines,
+            retention=config.retention,
         )
         await node.delivery.start()
         roster_file = RosterFile(config.roster_path)
@@ -178,6 +179,8 @@ async def run_node(
                     name="deadlines",
                 )
                 tasks = [link_task, scan_task, watch_task, checkpoint_task, deadline_task]
+                if config.retention:
+                    tasks.append(group.create_task(_retention(node), name="retention"))
                 if restoring.open is not None:
                     tasks.append(
                         group.create_task(_restore(restoring, links, config.peers), name="restore")
@@ -345,6 +348,17 @@ async def _watch_deadlines(node: Node, webhook: WebhookSender | None, interval: 
                 if webhook is not None:
                     posting.create_task(webhook.post(alert), name="webhook")
             await asyncio.sleep(interval)
+
+
+async def _retention(node: Node) -> None:
+    """Delete what the retention rules say must go: at start (a restored backup may bring
+    back what was deleted since), then every `sweep_interval` seconds."""
+    while True:
+        with _store_may_fail("retention"):
+            deleted = await node.retention.sweep()
+            if deleted:
+                log.info("retention: contents deleted %s", deleted)
+        await asyncio.sleep(node.retention.sweep_interval)
 
 
 async def _expiry_scan(node: Node, interval: float, grace: float) -> None:

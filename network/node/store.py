@@ -47,6 +47,7 @@ from network.core.deadlines import Due, Overdue, format_overdue, parse_overdue
 from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
+from network.core.retention import RetentionRule
 from network.core.tlog import MerkleLog
 from network.node.clock import now_ms
 
@@ -63,7 +64,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -351,6 +352,21 @@ MIGRATIONS: dict[int, str] = {
     13: """
     ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     """,
+    # 14: retention (network/core/retention.py). A message whose contents a rule deleted keeps
+    # its row, digest and receipts, with the rule and when (`deleted`, `deleted_at`); its
+    # envelope is empty. Cases under a legal hold (by the case reference's keyed digest,
+    # as `messages.case_ref` holds it) keep theirs.
+    14: """
+    ALTER TABLE messages ADD COLUMN deleted TEXT;
+    ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
+    CREATE INDEX messages_retention ON messages (state, updated) WHERE deleted IS NULL;
+    CREATE TABLE holds (
+        case_ref TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        placed_by TEXT NOT NULL,
+        placed INTEGER NOT NULL
+    );
+    """,
 }
 
 
@@ -417,6 +433,8 @@ class MessageRow:
     until_decision: int | None = None
     assigned_to: str | None = None  # the officer who holds it (received requests)
     listing: bytes | None = field(default=None, repr=False)  # `listing.seal_line`'s output
+    deleted: str | None = None  # the retention rule that deleted its contents (envelope empty)
+    deleted_at: int | None = None
 
 
 class Waiting(NamedTuple):
@@ -454,7 +472,7 @@ _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
     " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
     " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at, until_decision, assigned_to, listing"
+    " overdue, alert_at, until_decision, assigned_to, listing, deleted, deleted_at"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -509,6 +527,19 @@ def _waiting(row: Sequence[Any]) -> Waiting:
     """A row of `id, peer, box, origin, path`, decoded."""
     id_, peer, box, origin, path = row
     return Waiting(id_, peer, _BOXES[box], origin or None, _decode_path(path))
+
+
+def _rule_clause(rule: RetentionRule) -> tuple[str, list[str]]:
+    """The SQL condition (and its parameters) for the messages `rule` matches, time aside."""
+    params = [b.value for b in rule.boxes] + [s.value for s in rule.states]
+    clause = (
+        f"(box IN ({','.join('?' * len(rule.boxes))})"
+        f" AND state IN ({','.join('?' * len(rule.states))})"
+    )
+    if rule.types is not None:
+        clause += f" AND type IN ({','.join('?' * len(rule.types))})"
+        params.extend(t.value for t in rule.types)
+    return clause + ")", params
 
 
 # The reads below are plain functions on the connection, run on its thread (`_on_thread`),
@@ -623,6 +654,7 @@ class Tx:
         self._issued: _Receipts = {}  # as stored before this transaction
         self._begun = False
         self._audit_size: int | None = None
+        self._secure_delete = False  # overwrite the pages this transaction frees
         self.leaves: list[bytes] = []  # this transaction's audit entries, in order (at commit)
 
     # -- on the connection's thread ---------------------------------------------------
@@ -652,6 +684,8 @@ class Tx:
                         (base + i, time, actor, action, message_id, detail.decode(), leaf)
                     )
                 conn.executemany(_INSERT_AUDIT, numbered)
+            if self._secure_delete:
+                conn.execute("PRAGMA secure_delete = ON")
             for statement, rows in self._writes:
                 conn.executemany(statement, rows)
             conn.execute("COMMIT")
@@ -663,6 +697,8 @@ class Tx:
         finally:
             if not self._durable:
                 conn.execute("PRAGMA synchronous = FULL")
+            if self._secure_delete:
+                conn.execute("PRAGMA secure_delete = OFF")
 
     def _entry_time(self, conn: sqlite3.Connection) -> int:
         """The time for entries committed now (under the write lock): the clock, never
@@ -971,6 +1007,29 @@ class Tx:
                 "INSERT OR IGNORE INTO identifiers (tag, message_id) VALUES (?, ?)",
                 (tag, message_id),
             )
+
+    def delete_contents(self, message_id: str, rule: str) -> None:
+        """Destroy what can be read of a message (retention): its envelope's bytes, our
+        sealed copy, its inbox line and its identifiers' digests; the row, its digest and
+        receipts stay. Freed pages are overwritten at commit (secure_delete)."""
+        self._secure_delete = True
+        self._write(
+            "UPDATE messages SET envelope = x'', self_sealed = NULL, listing = NULL,"
+            " deleted = ?, deleted_at = ? WHERE id = ?",
+            (rule, self.now, message_id),
+        )
+        self._write("DELETE FROM identifiers WHERE message_id = ?", (message_id,))
+        self._rows.pop(message_id, None)
+
+    def place_hold(self, case_tag: str, reason: str, by: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO holds (case_ref, reason, placed_by, placed)"
+            " VALUES (?, ?, ?, ?)",
+            (case_tag, reason, by, self.now),
+        )
+
+    def release_hold(self, case_tag: str) -> None:
+        self._write("DELETE FROM holds WHERE case_ref = ?", (case_tag,))
 
     def assign(self, message_id: str, officer: str) -> None:
         """`officer` holds the message from now on."""
@@ -1316,6 +1375,50 @@ class Store:
         )
         return [_message(r) for r in await self.db.execute_fetchall(query, (*params, limit))]
 
+    async def lapsed(
+        self, rules: Sequence[RetentionRule], now: int, limit: int = 200
+    ) -> list[tuple[MessageRow, RetentionRule]]:
+        """Messages whose contents a retention rule says must go by `now`, each with the rule
+        that governs it (the first of `rules` that matches it), oldest change first; none
+        of a case under a legal hold, nor what answers or follows a request of one."""
+        held = (
+            "(case_ref IS NULL OR case_ref NOT IN (SELECT case_ref FROM holds))"
+            " AND (in_reply_to IS NULL OR in_reply_to NOT IN"
+            " (SELECT m.id FROM messages m JOIN holds h ON h.case_ref = m.case_ref))"
+        )
+        found: list[tuple[MessageRow, RetentionRule]] = []
+        for i, rule in enumerate(rules):
+            match, params = _rule_clause(rule)
+            clauses, values = [match], list(params)
+            for earlier in rules[:i]:  # those govern what they match, lapsed or not
+                other, more = _rule_clause(earlier)
+                clauses.append(f"NOT {other}")
+                values.extend(more)
+            query = (
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE deleted IS NULL"
+                f" AND updated <= ? AND {' AND '.join(clauses)} AND {held}"
+                " ORDER BY updated LIMIT ?"
+            )
+            rows = await self.db.execute_fetchall(
+                query, (now - rule.after_ms, *values, limit - len(found))
+            )
+            found.extend((_message(r), rule) for r in rows)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def holds(self) -> list[dict[str, Any]]:
+        rows = await self.db.execute_fetchall(
+            "SELECT case_ref, reason, placed_by, placed FROM holds ORDER BY placed"
+        )
+        return [{"case_tag": c, "reason": r, "placed_by": b, "placed": t} for c, r, b, t in rows]
+
+    async def truncate_wal(self) -> None:
+        """Copy the WAL into the database and empty it: after a deletion, the old pages'
+        copies in the WAL go too (best effort: a reader holding them defers it)."""
+        async with self._lock.held():
+            await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""
         found = await _on_thread(self.db, partial(_fetch_messages, ids=ids))
@@ -1505,6 +1608,7 @@ class Store:
             " AND direction = 'received' AND signer = ? AND scope = 'end_to_end'"
             " AND outcome = 'accepted' ORDER BY time LIMIT 1)"
             " WHERE m.box IN ('out', 'relay') AND m.peer = ? AND m.id > ? AND r.time >= ?"
+            " AND m.deleted IS NULL"
             " ORDER BY m.id LIMIT ?",
             (recipient, recipient, after or "", since, limit),
         )

@@ -49,6 +49,7 @@ from network.core.records import (
     MAX_SAFE_INTEGER,
     Json,
     NodeId,
+    b64decode,
     canonical,
     parse_json,
 )
@@ -147,6 +148,9 @@ class VerifyReport:
     assurance: Assurance = Assurance.SELF_SIGNED
     witnessed_size: int = 0  # the largest size a witness vouches for (held or cosigned)
     unproven: str | None = None  # what could not be checked, said plainly (None: nothing)
+    # Messages whose contents a retention rule deleted, by rule: each with its `deleted`
+    # entry in the log naming the digest its receipts name.
+    deleted: tuple[tuple[str, int], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -176,6 +180,7 @@ class VerifyReport:
             "assurance": str(self.assurance),
             "witnessed_size": self.witnessed_size,
             "unproven": self.unproven,
+            "deleted": {rule: count for rule, count in self.deleted},
         }
 
 
@@ -674,7 +679,8 @@ def verify_store(
         )
         cosignatures, cosigned = _check_cosignatures(db, keys, walk, problems, warnings)
         signers: Counter[tuple[str, str, int, bool]] = Counter()
-        envelopes = _check_envelopes(db, keys, problems, signers)
+        deleted: Counter[str] = Counter()
+        envelopes = _check_envelopes(db, keys, problems, signers, deleted)
         receipts = _check_receipts(db, keys, problems, signers)
         _check_held(db, keys, problems, warnings)
     warnings.extend(_signer_warnings(signers, keys))
@@ -695,6 +701,7 @@ def verify_store(
         assurance=assurance,
         witnessed_size=vouched,
         unproven=_unproven(assurance, vouched, entries),
+        deleted=tuple(sorted(deleted.items())),
     )
 
 
@@ -1160,14 +1167,40 @@ def _check_envelopes(
     keys: _Keys,
     problems: _Problems,
     signers: Counter[tuple[str, str, int, bool]],
+    deleted: Counter[str],
 ) -> int:
+    """Each stored envelope's signature and digest; an empty one (its contents deleted under
+    a retention rule) must have its `deleted` entry in the log, naming the stored digest."""
     count = 0
+    deletions = _deletions(db)
     cursor = db.execute("SELECT rowid, id, envelope, digest FROM messages ORDER BY rowid")
     while batch := cursor.fetchmany(64):
         for rowid, message_id, envelope, digest in batch:
             count += 1
             order = (_AFTER_LOG, rowid)
             raw = envelope if isinstance(envelope, bytes) else str(envelope).encode()
+            if not raw:
+                count -= 1
+                recorded = deletions.get(message_id)
+                if recorded is None:
+                    problems.add(
+                        ProblemKind.MISMATCH,
+                        f"message {message_id}: its envelope is gone, and the log records no"
+                        " deletion of it",
+                        message_id=message_id,
+                        order=order,
+                    )
+                elif recorded[1] != digest:
+                    problems.add(
+                        ProblemKind.MISMATCH,
+                        f"message {message_id}: the log's deletion of it names another digest"
+                        " than the one stored",
+                        message_id=message_id,
+                        order=order,
+                    )
+                else:
+                    deleted[recorded[0]] += 1
+                continue
             hint = _header_hint(raw, "header")
             roster = _roster_for(keys, hint, signers)
             checked = None
@@ -1191,6 +1224,20 @@ def _check_envelopes(
                     order=order,
                 )
     return count
+
+
+def _deletions(db: sqlite3.Connection) -> dict[str, tuple[str, bytes | None]]:
+    """The log's `deleted` entries: message id -> (rule, the digest it names)."""
+    found: dict[str, tuple[str, bytes | None]] = {}
+    for message_id, detail in db.execute(
+        "SELECT message_id, detail FROM audit WHERE action = 'deleted' ORDER BY seq"
+    ):
+        try:
+            value = json.loads(detail)
+            found[str(message_id)] = (str(value["rule"]), b64decode(value["digest"]))
+        except (ValueError, KeyError, TypeError, CpnError):
+            found[str(message_id)] = ("(unreadable entry)", None)
+    return found
 
 
 def _refused(

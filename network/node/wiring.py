@@ -8,12 +8,13 @@ caller takes the part it uses (the links `delivery` and `inbound`, the HTTP API
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from network.core.crypto import VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
 from network.core.envelope import DEFAULT_SKEW_MS
+from network.core.retention import RetentionRule
 from network.core.roster import Roster
 from network.node.context import NodeContext, RosterHolder
 from network.node.delivery import Delivery
@@ -22,6 +23,7 @@ from network.node.keys import NodeKeys
 from network.node.officer import Officers
 from network.node.oversight import Oversight
 from network.node.reading import Reading
+from network.node.retention import Retention
 from network.node.store import Store
 
 __all__ = ["Node"]
@@ -37,6 +39,7 @@ class Node:
     officers: Officers  # composing, acknowledging, replying; users
     reading: Reading  # messages, cases, peers for readers
     oversight: Oversight  # deadlines, expiry, unroutable destinations
+    retention: Retention  # deleting lapsed contents; legal holds
 
     @classmethod
     def build(
@@ -51,6 +54,7 @@ class Node:
         retry_ms: int = 60_000,
         keeper: VerifyKey | None = None,
         deadlines: Deadlines = DEFAULT_DEADLINES,
+        retention: Sequence[RetentionRule] = (),
     ) -> Node:
         """Wire a node's use cases over `store`, holding `roster` until a newer one comes."""
         context = NodeContext(
@@ -73,4 +77,5 @@ class Node:
             officers=Officers(context, delivery),
             reading=Reading(context, delivery),
             oversight=Oversight(context, delivery),
+            retention=Retention(context, retention),
         )

@@ -243,10 +243,32 @@ async function casePage(ref) {
     messages.sort(byUrgency);
     clear(holder, messages.length
       ? table(['Priority', 'Type', 'Country', 'Case', 'Summary', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages case' })
-      : h('p', { class: 'muted' }, 'No message of this case.'));
+      : h('p', { class: 'muted' }, 'No message of this case.'),
+    session.me.role === 'auditor' ? null : holdCard(reference, load));
   };
   current.refresh = load;
   await load();
+}
+
+// A legal hold stops retention deleting the case's messages until it is released (audited).
+function holdCard(reference, reload) {
+  const status = h('p', { class: 'muted', role: 'status' });
+  const reason = h('input', { id: 'hold-reason', type: 'text', maxlength: 1000, placeholder: 'the proceedings, the order' });
+  const act = async (path) => {
+    try {
+      await api(path, { method: 'POST', body: { case_ref: reference, reason: reason.value.trim() } });
+      status.textContent = path.endsWith('release') ? 'Hold released.' : 'Hold placed: retention deletes nothing of this case.';
+      reason.value = '';
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  };
+  return h('section', { class: 'card hold' }, h('h2', {}, 'Legal hold'),
+    h('p', { class: 'muted' }, 'While a hold stands, no retention rule deletes the contents of this case\'s messages.'),
+    h('div', { class: 'field' }, h('label', { for: 'hold-reason' }, 'Reason'), reason),
+    h('button', { type: 'button', class: 'primary', onclick: () => act('/api/holds') }, 'Place hold'),
+    h('button', { type: 'button', onclick: () => act('/api/holds/release') }, 'Release hold'),
+    status);
 }
 
 async function describedTypes() {
@@ -378,7 +400,9 @@ function renderMessage(holder, m) {
   clear(holder,
     h('section', { class: 'card' }, h('h2', {}, 'Header'),
       h('dl', { class: 'facts' }, facts.map(([key, value]) => [h('dt', {}, key), h('dd', { 'data-fact': key }, value)]))),
-    h('section', { class: 'card body' }, h('h2', {}, 'Body'), show(ordered(m.body, types?.[m.type]))),
+    h('section', { class: 'card body' }, h('h2', {}, 'Body'), m.deleted
+      ? h('p', { 'data-fact': 'Deleted' }, `Contents deleted ${when(m.deleted.at)} under retention rule ${m.deleted.rule}: the receipts and the log still prove what was exchanged, not what it said.`)
+      : show(ordered(m.body, types?.[m.type]))),
     h('section', { class: 'card' }, h('h2', {}, 'Thread'),
       thread.length ? h('ul', { class: 'thread' }, thread) : h('p', { class: 'muted' }, 'No other message in this thread.')),
     h('section', { class: 'card' }, h('h2', {}, 'Receipts'),
