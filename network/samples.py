@@ -174,6 +174,12 @@ _BODIES: dict[MessageType, dict[str, Any]] = {
             " the victim's report is dated 2026-11-19."
         ),
     },
+    MessageType.ATTACHMENT_PART: {
+        "of": SAMPLE_REQUEST_ID,
+        "attachment": 0,
+        "part": 0,
+        "data": "JVBERi0xLjQKJcfsj6IKMSAwIG9iago8PC9UeXBlL0NhdGFsb2c-PgplbmRvYmoK",
+    },
 }
 
 

@@ -124,7 +124,7 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 
 def concrete(path: str) -> str:
-    return path.replace("{id}", UNKNOWN_ID).replace("{name}", "main.js")
+    return path.replace("{id}", UNKNOWN_ID).replace("{name}", "main.js").replace("{index}", "0")
 
 
 # -- the document ---------------------------------------------------------------------

@@ -591,6 +591,7 @@ def test_each_request_has_its_own_lawful_answers(
         MessageType.ACKNOWLEDGEMENT: set(),
         MessageType.RESPONSE: set(),
         MessageType.FOLLOW_UP: set(),
+        MessageType.ATTACHMENT_PART: set(),
     }.get(
         request_type,
         {"completed", "not_possible", "refused", "needs_info", "held_elsewhere",

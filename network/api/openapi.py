@@ -122,6 +122,13 @@ ID_PARAM: Final = Param(
 )
 
 
+INDEX_PARAM: Final = Param(
+    "index",
+    integer(0, 19),
+    "The file's place in the message's `attachments`, from 0.",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Doc:
     """What the document says of one route beyond its method, path, roles and purpose."""

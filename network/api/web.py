@@ -50,14 +50,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, NoReturn
+from urllib.parse import quote
 
-from aiohttp import hdrs, web
+from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
 from network import __version__
 from network.api.metrics import CONTENT_TYPE, Metrics
 from network.api.openapi import (
     ID_PARAM,
+    INDEX_PARAM,
     Doc,
     Param,
     array_of,
@@ -69,6 +71,7 @@ from network.api.openapi import (
     string,
 )
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+from network.core.attachments import MAX_ATTACHMENTS, AttachmentFile
 from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json_schemas
 from network.core.budget import AuditBudget
 from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
@@ -316,8 +319,14 @@ class _Refusal(Exception):
 
 async def post_message(request: web.Request) -> web.StreamResponse:
     """Compose and queue a message: 202 with its summary (`id`, `state`, ...); to several
-    recipients (`to` an array), one message to each: 202 with `{"messages": [...]}`."""
-    fields = await _json_object(request)
+    recipients (`to` an array), one message to each: 202 with `{"messages": [...]}`. With
+    files: multipart/form-data, the message's JSON in part `message`, each file in a part
+    `attachment` (its filename and Content-Type name it)."""
+    files: list[AttachmentFile] = []
+    if request.content_type == "multipart/form-data":
+        fields, files = await _multipart_submission(request)
+    else:
+        fields = await _json_object(request)
     known = SUBMISSION["properties"]
     unknown = sorted(set(fields) - set(known))
     if unknown:
@@ -332,6 +341,7 @@ async def post_message(request: web.Request) -> web.StreamResponse:
         "priority": fields["priority"],
         "body": fields["body"],
         "ttl_ms": _ttl_ms(fields.get("ttl_seconds")),
+        "files": files,
     }
     if isinstance(fields["to"], list):
         rows = await officers.submit_to_many(to=fields["to"], **common)
@@ -340,6 +350,92 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         summary(row), status=202, headers={hdrs.LOCATION: f"/api/messages/{row.id}"}
     )
+
+
+async def _multipart_submission(
+    request: web.Request,
+) -> tuple[dict[str, Any], list[AttachmentFile]]:
+    """A message with files: its JSON (part `message`, at most `MAX_REQUEST_BYTES`) and the
+    files (parts `attachment`), each read no further than this node takes; 413 naming the
+    file past a limit, 400 naming a part that is not one of these."""
+    limits = request.app[NODE].context.attachments
+    reader = await request.multipart()
+    fields: dict[str, Any] | None = None
+    files: list[AttachmentFile] = []
+    total = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise _Refusal(400, "nested multipart is not taken", field="body")
+        if part.name == "message" and fields is None:
+            data = await _read_part(part, MAX_REQUEST_BYTES, "message")
+            try:
+                value = parse_json(data, limit=MAX_REQUEST_BYTES, what="message part")
+            except CpnError as exc:
+                raise _Refusal(400, str(exc), field="message") from exc
+            if not isinstance(value, dict):
+                raise _Refusal(400, "the message part must be a JSON object", field="message")
+            fields = value
+        elif part.name == "attachment":
+            where = f"attachments[{len(files)}]"
+            if len(files) >= MAX_ATTACHMENTS:
+                raise BodyError("attachments", f"at most {MAX_ATTACHMENTS} files per message")
+            room = min(limits.max_file, limits.max_message - total)
+            data = await _read_part(part, room, where)
+            total += len(data)
+            media_type = part.headers.get(hdrs.CONTENT_TYPE, "application/octet-stream")
+            name = part.filename or ""
+            files.append(AttachmentFile(name, media_type.split(";")[0].strip().lower(), data))
+        else:
+            raise _Refusal(400, f"unexpected part {part.name!r} (expected: message, attachment)")
+    if fields is None:
+        raise _Refusal(400, "the message part (its JSON) is missing", field="message")
+    return fields, files
+
+
+async def _read_part(part: BodyPartReader, limit: int, where: str) -> bytes:
+    """A part's bytes, read in chunks and stopped one past `limit` (413 naming `where`)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _Refusal(413, f"{where}: over the {limit} bytes this node takes", field=where)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    """One file of a message, joined from its parts and checked against its signed size and
+    SHA-256 (audited): always a download (`application/octet-stream`, `attachment`), never
+    shown in the console's origin. 409 while parts are still missing."""
+    message_id = _message_id(request)
+    try:
+        index = int(request.match_info["index"])
+    except ValueError:
+        raise _Refusal(404, "no such attachment") from None
+    try:
+        found = await request.app[NODE].reading.attachment(message_id, index, request[USER])
+    except BodyError as exc:
+        raise _Refusal(409, f"attachment {index}: {exc.problem}", field="attachment") from None
+    if found is None:
+        raise _Refusal(404, f"message {message_id} has no attachment {index} here")
+    file, data = found
+    return web.Response(
+        body=data,
+        headers={
+            hdrs.CONTENT_TYPE: "application/octet-stream",
+            hdrs.CONTENT_DISPOSITION: _download_as(file["name"]),
+            "X-Media-Type": file["media_type"],
+            "X-Content-SHA256": file["sha256"],
+        },
+    )
+
+
+def _download_as(name: str) -> str:
+    """Content-Disposition for a download named `name` (RFC 6266): an ASCII fallback, and
+    the name itself in UTF-8 (names are plain: bodies refuse quotes, slashes, controls)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 async def list_messages(request: web.Request) -> web.StreamResponse:
@@ -897,6 +993,14 @@ ROUTES: Final = (
     Route(
         "POST", "/api/messages/{id}/assign", assign_message, _OFFICER, "assign messages",
         Doc(_SUMMARY, path=(ID_PARAM,), body=ASSIGNMENT, body_required=False),
+    ),
+    Route(
+        "GET", "/api/messages/{id}/attachments/{index}", get_attachment, _READERS,
+        "download attachments",
+        Doc(
+            {"type": "string", "format": "binary", "description": "the file"},
+            path=(ID_PARAM, INDEX_PARAM), media_type="application/octet-stream",
+        ),
     ),
     Route(
         "GET", "/api/holds", list_holds, _ANY_ROLE, "list legal holds",

@@ -13,16 +13,21 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import re
+import secrets
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from network.core.attachments import MAX_FILE_BYTES, AttachmentFile
 from network.core.errors import ApiError, CpnError, UnreachableError
+from network.core.records import b64encode
 
 __all__ = ["MAX_ANSWER_BYTES", "Client"]
 
@@ -62,9 +67,42 @@ class Client:
 
     # -- the routes ------------------------------------------------------------------
 
-    def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /api/messages: the new message's summary (`id`, `state`, ...)."""
-        return self._call("POST", "/api/messages", request)
+    def send(
+        self, request: Mapping[str, Any], files: Sequence[AttachmentFile] = ()
+    ) -> dict[str, Any]:
+        """POST /api/messages: the new message's summary (`id`, `state`, ...); with `files`,
+        as multipart/form-data (the message's JSON, then each file)."""
+        if not files:
+            return self._call("POST", "/api/messages", request)
+        boundary = secrets.token_hex(16)
+        return self._call(
+            "POST",
+            "/api/messages",
+            raw=_multipart(boundary, request, files),
+            content_type=f"multipart/form-data; boundary={boundary}",
+        )
+
+    def attachment(self, message_id: str, index: int) -> tuple[str, bytes]:
+        """GET /api/messages/{id}/attachments/{index}: the file's name and bytes, checked
+        by the node against the size and SHA-256 its sender signed (and again here)."""
+        path = f"/api/messages/{_segment(message_id)}/attachments/{index}"
+        request = urllib.request.Request(self.api + path, method="GET")  # noqa: S310
+        request.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                data = response.read(MAX_FILE_BYTES + 1)
+                name = _filename(response.headers.get("Content-Disposition", ""))
+                digest = response.headers.get("X-Content-SHA256", "")
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise _refusal(exc.code, _read(exc), exc.headers.get("Location")) from None
+        except urllib.error.URLError as exc:
+            raise self._unreachable(exc.reason) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        if b64encode(hashlib.sha256(data).digest()) != digest:
+            raise ApiError(200, "the file received is not the one its sender signed for")
+        return name, data
 
     def messages(
         self,
@@ -118,14 +156,20 @@ class Client:
     # -- the wire --------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
     ) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        data = raw if body is None else json.dumps(body, ensure_ascii=False).encode()
         # The scheme was checked to be http or https in __init__.
         request = urllib.request.Request(self.api + path, data=data, method=method)  # noqa: S310
         request.add_header("Accept", "application/json")
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         request.add_unredirected_header("Authorization", f"Bearer {self._token}")
         try:
             with self._opener.open(request, timeout=self._timeout) as response:
@@ -154,6 +198,40 @@ class Client:
         else:
             why = str(reason) or type(reason).__name__
         return UnreachableError(f"cannot reach the node at {self.api}: {why}")
+
+
+def _multipart(boundary: str, request: Mapping[str, Any], files: Sequence[AttachmentFile]) -> bytes:
+    """multipart/form-data (RFC 7578): part `message` (the JSON), then a part `attachment`
+    per file, its name as RFC 5987 `filename*` (UTF-8) beside an ASCII `filename`."""
+    out = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n'
+        "Content-Type: application/json\r\n\r\n".encode(),
+        json.dumps(request, ensure_ascii=False).encode(),
+        b"\r\n",
+    ]
+    for file in files:
+        fallback = "".join(
+            c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in file.name
+        )
+        encoded = urllib.parse.quote(file.name, safe="")
+        out += [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="attachment";'
+            f" filename=\"{fallback}\"; filename*=UTF-8''{encoded}\r\n"
+            f"Content-Type: {file.media_type}\r\n\r\n".encode(),
+            file.data,
+            b"\r\n",
+        ]
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)
+
+
+def _filename(disposition: str) -> str:
+    """The name a Content-Disposition gives (its UTF-8 `filename*` first)."""
+    found = re.search(r"filename\*=UTF-8''([^;]+)", disposition)
+    if found:
+        return urllib.parse.unquote(found[1])
+    found = re.search(r'filename="([^"]*)"', disposition)
+    return found[1] if found else "attachment"
 
 
 def _segment(message_id: str) -> str:

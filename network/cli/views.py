@@ -152,8 +152,25 @@ def print_message(message: Mapping[str, Any]) -> None:
     body.add_column(style="bold", no_wrap=True)
     body.add_column()
     for path, value in _flatten(message.get("body")):
-        body.add_row(_text(path), _text(value))
+        if not path.startswith("attachments"):
+            body.add_row(_text(path), _text(value))
     console.print(body)
+    files = message.get("attachments") or []
+    if files:
+        console.print()
+        console.print(Text("attachments", style="bold underline"))
+        for file in files:
+            got = (
+                "here"
+                if file.get("complete")
+                else f"{file.get('arrived')}/{file.get('parts')} parts"
+            )
+            console.print(
+                _text(
+                    f"[{file.get('index')}] {file.get('name')}  {file.get('media_type')}"
+                    f"  {file.get('size')} bytes  sha256 {file.get('sha256')}  ({got})"
+                )
+            )
 
     _section(
         console,

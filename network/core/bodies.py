@@ -66,7 +66,17 @@ from typing import (
     get_type_hints,
 )
 
-from network.core.errors import BodyError
+from network.core.attachments import (
+    MAX_ATTACHMENTS,
+    MAX_FILE_BYTES,
+    MAX_PART_TEXT,
+    MAX_PARTS,
+    PART_BYTES,
+    MediaType,
+    file_name_problem,
+    parts_for,
+)
+from network.core.errors import BodyError, CpnError
 from network.core.records import (
     MAX_SAFE_INTEGER,
     MESSAGE_ID_PATTERN,
@@ -74,6 +84,7 @@ from network.core.records import (
     MessageType,
     NodeId,
     Priority,
+    b64decode,
     is_node_id,
     message_id_problem,
 )
@@ -299,6 +310,28 @@ Language = Annotated[
     str, _Str(check=language_problem, format="language", schema=(_pattern(_LANGUAGE),))
 ]
 IdentifierValue = Annotated[str, _Str(2048)]  # URLs run longer than a line
+_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _sha256_problem(value: str) -> str | None:
+    return None if _SHA256.fullmatch(value) else "must be a SHA-256 in base64url (43 characters)"
+
+
+def _part_data_problem(value: str) -> str | None:
+    try:
+        data = b64decode(value, field="data")
+    except CpnError:
+        return "must be base64url, unpadded"
+    if not data or len(data) > PART_BYTES:
+        return f"must hold 1 to {PART_BYTES} bytes"
+    return None
+
+
+Sha256 = Annotated[
+    str, _Str(43, check=_sha256_problem, format="sha256", schema=(_pattern(_SHA256),))
+]
+FileName = Annotated[str, _Str(255, check=file_name_problem)]
+PartData = Annotated[str, _Str(MAX_PART_TEXT, check=_part_data_problem)]
 
 
 # --- Closed sets ---
@@ -513,6 +546,28 @@ class PreservedPart:
     categories: Annotated[tuple[DataCategory, ...], _Items(low=1, unique=True)]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    """A file the message carries, under the inner signature: its name and kind as the
+    sender gave them, its size and SHA-256, and how many `attachment_part` messages bring
+    its bytes (network/core/attachments.py)."""
+
+    name: FileName
+    media_type: MediaType
+    size: Annotated[int, _Int(low=1, high=MAX_FILE_BYTES)]
+    sha256: Sha256
+    parts: Annotated[int, _Int(low=1, high=MAX_PARTS)]
+
+    def __post_init__(self) -> None:
+        if self.parts != parts_for(self.size):
+            raise BodyError(
+                "parts", f"a file of {self.size} bytes travels in {parts_for(self.size)} parts"
+            )
+
+
+Attachments = Annotated[tuple[Attachment, ...], _Items(low=1, high=MAX_ATTACHMENTS)]
+
+
 # --- Bodies ---
 
 
@@ -533,6 +588,7 @@ class Request:
     confirms: PhoneRequest | None = None  # the written confirmation of a telephone request
     summary: Text
     handling: Handling
+    attachments: Attachments | None = None  # files: screenshots, orders, logs
 
     def __post_init__(self) -> None:
         if self.original is not None and self.original.language == self.language:
@@ -727,6 +783,10 @@ class Reference:
     same_peer: bool
 
 
+# What may carry files: requests, the answers to them, and follow-ups.
+CARRY_ATTACHMENTS: Final = frozenset(LAWFUL_ANSWERS) | {MessageType.RESPONSE, MessageType.FOLLOW_UP}
+
+
 # An extension and an MLA notice continue a preservation we asked of that same Party
 # (Budapest 29(7)); a disclosure follows a preservation asked of the Party disclosing (30);
 # a preservation may follow a disclosure received, sent on to the State it pointed to.
@@ -744,6 +804,8 @@ REFERENCES: Final[Mapping[MessageType, tuple[Reference, ...]]] = {
     # A follow-up speaks of one of our own requests to the Party it was sent to; only a
     # preservation can be released (`follow_up_problem`).
     MessageType.FOLLOW_UP: (Reference("follows", frozenset(LAWFUL_ANSWERS), "out", True),),
+    # A part belongs to a message its sender sent to the same Party.
+    MessageType.ATTACHMENT_PART: (Reference("of", CARRY_ATTACHMENTS, "out", True),),
 }
 
 
@@ -860,6 +922,7 @@ class Response:
     # transferred, awaiting_order: when a final answer can be expected; the response
     # deadline moves to the end of that day (UTC), on both sides.
     expected_by: FullDate | None = None
+    attachments: Attachments | None = None  # files: what was disclosed, an order
 
     rules: ClassVar[tuple[When, ...]] = (
         When("preserved_until", "status", _PRESERVED, required=False),  # see __post_init__
@@ -941,6 +1004,7 @@ class FollowUp:
     case_ref: str | None = None
     information: Text | None = None
     note: Text | None = None
+    attachments: Attachments | None = None  # files: the order asked for, more logs
 
     rules: ClassVar[tuple[When, ...]] = (
         When("information", "action", (FollowUpAction.INFORMATION,)),
@@ -957,6 +1021,19 @@ class FollowUp:
         _check_rules(self)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachmentPart:
+    """Part `part` of file `attachment` of message `of`: the bytes (base64url) that the
+    message's `attachments` names by size and SHA-256 (network/core/attachments.py)."""
+
+    message_type: ClassVar[MessageType] = MessageType.ATTACHMENT_PART
+
+    of: Ref
+    attachment: Annotated[int, _Int(low=0, high=MAX_ATTACHMENTS - 1)]
+    part: Annotated[int, _Int(low=0, high=MAX_PARTS - 1)]
+    data: PartData
+
+
 Body: TypeAlias = (
     Preservation
     | TrafficDisclosure
@@ -969,6 +1046,7 @@ Body: TypeAlias = (
     | Acknowledgement
     | Response
     | FollowUp
+    | AttachmentPart
 )
 
 BODY_TYPES: Mapping[MessageType, type[Body]] = MappingProxyType(
@@ -986,6 +1064,7 @@ BODY_TYPES: Mapping[MessageType, type[Body]] = MappingProxyType(
             Acknowledgement,
             Response,
             FollowUp,
+            AttachmentPart,
         )
     }
 )
@@ -1036,6 +1115,8 @@ def parse_request(
     parse_recipient(to)
     if not isinstance(message_type, str) or message_type not in set(MessageType):
         raise BodyError("type", f"must be one of: {_choices(MessageType)}")
+    if message_type == MessageType.ATTACHMENT_PART:
+        raise BodyError("type", "attachment parts are sent by the node, with their message")
     if not isinstance(priority, str) or priority not in set(Priority):
         raise BodyError("priority", f"must be one of: {_choices(Priority)}")
     check_priority(MessageType(message_type), Priority(priority))

@@ -110,6 +110,9 @@ class MessageType(StrEnum):
     ACKNOWLEDGEMENT = "acknowledgement"
     RESPONSE = "response"
     FOLLOW_UP = "follow_up"
+    # One part of a file a message carries (network/core/attachments.py): sent by the node
+    # with that message, never composed by an officer.
+    ATTACHMENT_PART = "attachment_part"
 
 
 class Outcome(StrEnum):

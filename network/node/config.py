@@ -40,6 +40,9 @@ ConfigError naming the file and the key.
     [restore]                        # optional: after `cpn store restore`
     wait = "30s"                     # for the dialled peers, before explaining the restore
     give_up = "10m"                  # then alert on peers that have not given back
+    [attachments]                    # optional: files sent and taken, in MiB
+    max_file_mib = 25                #   each file
+    max_message_mib = 100            #   all the files of one message
     [retention.closed_requests]      # optional, any number, first match governs a message
     states = ["answered", "withdrawn", "expired", "rejected"]   # not queued or sent
     types = ["preservation"]         # optional: every type
@@ -59,6 +62,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
 from network.core.errors import ConfigError
 from network.core.records import NodeId, Priority, is_node_id
@@ -133,6 +137,7 @@ class NodeConfig:
     restore_wait_ms: int = 30_000  # [restore] wait: for the dialled peers, after a restore
     restore_give_up_ms: int = 600_000  # [restore] give_up: then alert on what is missing
     retention: tuple[RetentionRule, ...] = ()  # [retention.NAME]: when contents are deleted
+    attachments: AttachmentLimits = DEFAULT_LIMITS  # [attachments]: file sizes taken
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -213,6 +218,30 @@ def parse_duration(value: object, where: str, *, max_days: int = 365) -> int:
     if ms > max_days * _UNIT_MS["d"]:
         raise ConfigError(f"{where}: must be at most {max_days} days, got {value!r}")
     return ms
+
+
+def _attachments(section: object, file: Path) -> AttachmentLimits:
+    """`[attachments] max_file_mib, max_message_mib`: what this node sends and takes."""
+    if section is None:
+        return AttachmentLimits()
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: attachments: expected a table")
+    extra = sorted(set(section) - {"max_file_mib", "max_message_mib"})
+    if extra:
+        raise ConfigError(f"{file}: attachments.{extra[0]}: unknown key")
+    mib = 1024 * 1024
+    values = {}
+    for key, default in (
+        ("max_file_mib", AttachmentLimits().max_file // mib),
+        ("max_message_mib", AttachmentLimits().max_message // mib),
+    ):
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise ConfigError(f"{file}: attachments.{key}: expected 1 to 1024 (MiB), got {value!r}")
+        values[key] = value * mib
+    if values["max_file_mib"] > values["max_message_mib"]:
+        raise ConfigError(f"{file}: attachments.max_file_mib: more than max_message_mib")
+    return AttachmentLimits(values["max_file_mib"], values["max_message_mib"])
 
 
 def _retention(section: object, file: Path) -> tuple[RetentionRule, ...]:
@@ -429,6 +458,7 @@ def load_config(path: Path) -> NodeConfig:
     log_format = _log_format(doc.get("log"), path)
     restore_wait, restore_give_up = _restore(doc.get("restore"), path)
     retention = _retention(doc.get("retention"), path)
+    attachments = _attachments(doc.get("attachments"), path)
     signing_uri = keys.get("signing")
     if signing_uri is not None and (
         not isinstance(signing_uri, str) or not signing_uri.startswith("pkcs11:")
@@ -448,6 +478,7 @@ def load_config(path: Path) -> NodeConfig:
         "log",
         "restore",
         "retention",
+        "attachments",
     }
     extra = sorted(set(doc) - known)
     if extra:
@@ -483,4 +514,5 @@ def load_config(path: Path) -> NodeConfig:
         restore_wait_ms=restore_wait,
         restore_give_up_ms=restore_give_up,
         retention=retention,
+        attachments=attachments,
     )

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
 from network.core.budget import AuditBudget
 from network.core.crypto import StorageKey, VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
@@ -141,6 +142,7 @@ class NodeContext:
     retry_ms: int = 60_000
     keeper: VerifyKey | None = None  # the pinned register keeper key: rosters need it
     deadlines: Deadlines = DEFAULT_DEADLINES
+    attachments: AttachmentLimits = DEFAULT_LIMITS  # the files this node sends and takes
     events: Hub = field(default_factory=Hub)  # live news for the console; fed after commits
     alerts: AlertBoard = field(init=False)  # what is raised: the console's and the webhook's
     checkpoints: CheckpointStanding = field(default_factory=CheckpointStanding)
@@ -205,5 +207,7 @@ class NodeContext:
                 "time": now,
             }
             detail = entry.detail or {}
+            if "part_of" in detail:
+                continue  # an attachment's part: its message says what readers need
             event.update((k, detail[k]) for k in _LIVE_DETAIL if k in detail)
             self.events.publish(event)

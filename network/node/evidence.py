@@ -157,7 +157,7 @@ def collect_package(
         rows = db.execute(
             "SELECT id, box, peer, envelope, self_sealed, digest, deleted, deleted_at"
             " FROM messages WHERE (id = ? OR in_reply_to = ?) AND box IN ('in', 'out')"
-            " ORDER BY created, id",
+            " AND attachment IS NULL ORDER BY created, id",
             (message_id, message_id),
         ).fetchall()
         messages: list[Json] = []

@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from network.core.attachments import MAX_ATTACHMENTS, PART_BYTES, limits_problem
 from network.core.bodies import (
     REFERENCES,
     Acknowledgement,
+    AttachmentPart,
     FollowUp,
     MlaNotice,
     Response,
@@ -59,6 +61,7 @@ from network.core.errors import (
     LoopError,
     MalformedError,
     NoSuchRecipientError,
+    OversizeError,
     PeerError,
     RosterError,
     UnknownReceiptError,
@@ -340,6 +343,16 @@ class Inbound:
                 problem = follow_up_problem(typed.action, row.type)
                 if problem is not None:
                     return MalformedError(f"plain.body.action: {problem}")
+        sizes = [a.size for a in getattr(typed, "attachments", None) or ()]
+        problem = limits_problem(sizes, self.context.attachments) if sizes else None
+        if problem is not None:
+            return OversizeError(f"plain.body.{problem} this node takes")
+        if isinstance(typed, AttachmentPart):
+            # A peer cannot fill our disk with parts: no more than the largest message takes.
+            held = await tx.part_count(typed.of)
+            most = MAX_ATTACHMENTS + self.context.attachments.max_message // PART_BYTES
+            if held >= most:
+                return OversizeError(f"plain.body.of: {held} parts of {typed.of} held already")
         if not isinstance(typed, Response):
             return None
         original = await tx.message(typed.in_reply_to)
@@ -372,9 +385,12 @@ class Inbound:
             in_reply_to=refers_to(typed),
             **deadlines_for(self.context, Box.IN, header, item.opened.message_type),
             listing=seal_line(typed, header.id, self.context.storage),
+            attachment=typed.attachment if isinstance(typed, AttachmentPart) else None,
         )
         tx.index_identifiers(header.id, identifier_tags(self.context.storage, typed))
         detail["type"] = str(item.opened.message_type)
+        if isinstance(typed, AttachmentPart):
+            detail["part_of"] = typed.of
         item.audit.append(AuditEntry(link_actor, action, header.id, detail))
         if isinstance(typed, Acknowledgement | Response | FollowUp):
             # What it answers is one of our requests; what it follows, one sent to us.
@@ -653,7 +669,13 @@ class Inbound:
                     continue
                 tx.insert_receipt(_receipt_row(receipt, "received"))
                 settled.append(row.id)
-                entries.extend(await self._settle(tx, row, receipt, link_actor))
+                made = await self._settle(tx, row, receipt, link_actor)
+                if row.attachment is not None:  # a part: not news for the console
+                    made = [
+                        replace(e, detail={**(e.detail or {}), "part_of": row.in_reply_to})
+                        for e in made
+                    ]
+                entries.extend(made)
             tx.audit(entries)
             self._contact(tx, peer)
         self.context.publish(entries)

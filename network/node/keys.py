@@ -464,12 +464,12 @@ async def count_needing(store: Store, keyring: Keyring, kid: str) -> int:
     legacy = key.legacy_storage_key()
     needing = 0
     # LIMIT -1 is SQLite's "no limit": every message, whatever its state.
-    for row in await store.messages(box="in", limit=-1):
+    for row in await store.messages(box="in", limit=-1, parts=True):
         if row.deleted is None:  # deleted contents (retention) need no key
             needing += stored_rkid(row.envelope) == kid
     if legacy.kid == keyring.storage.kid:
         return needing  # storage.key holds that very key: the sent copies do not need it
-    for row in await store.messages(box="out", limit=-1):
+    for row in await store.messages(box="out", limit=-1, parts=True):
         if row.self_sealed is None:
             continue
         named = self_sealed_kid(row.self_sealed)

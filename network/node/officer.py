@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from network.core.attachments import AttachmentFile, describe, split
 from network.core.bodies import (
     REFERENCES,
     Acknowledgement,
+    AttachmentPart,
     Body,
     FollowUp,
     MlaNotice,
@@ -27,8 +29,9 @@ from network.core.bodies import (
     parse_request,
     reference_problem,
 )
+from network.core.crypto import HpkePublicKey
 from network.core.deadlines import Box, preservation_period_problem
-from network.core.envelope import Envelope, seal, seal_to_self
+from network.core.envelope import Envelope, Header, seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
 from network.core.lifecycle import PRIORITY_RANK, State
 from network.core.records import ROLES, MessageType, NodeId, Priority, b64encode
@@ -36,7 +39,7 @@ from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
-from network.node.store import AuditEntry, MessageRow, Store, UserRow
+from network.node.store import AuditEntry, MessageRow, Store, Tx, UserRow
 from network.node.tracking import (
     ACTED,
     act_on,
@@ -100,6 +103,8 @@ class _Draft:
     envelope: Envelope
     self_sealed: bytes
     answered: MessageRow | None
+    parts: tuple[_Draft, ...] = ()  # its attachments' parts, sealed to the same recipient
+    attachment: int | None = None  # a part: which file of its message it carries
 
 
 async def set_account(
@@ -169,14 +174,36 @@ class Officers:
         priority: object,
         body: object,
         ttl_ms: int | None = None,
+        files: Sequence[AttachmentFile] = (),
     ) -> MessageRow:
-        """Validate, seal and queue a message; committed before this returns.
+        """Validate, seal and queue a message, with `files` attached; committed before this
+        returns.
 
         Raises BodyError naming the field (`to`, `type`, `priority`, `body.<field>`).
         """
+        body = self._with_files(body, files)
         node, kind, urgency, typed = parse_request(to, message_type, priority, body)
-        draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms)
+        draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
         return (await self._queue([draft]))[0]
+
+    def _with_files(self, body: object, files: Sequence[AttachmentFile]) -> object:
+        """`body` with its `attachments` named from `files` (size, SHA-256, parts): what the
+        inner signature covers. BodyError naming `body.attachments[i].<field>`."""
+        if not isinstance(body, dict):
+            return body
+        if "attachments" in body:
+            raise BodyError(
+                "body.attachments",
+                "named by the node from the files attached (cpn send --attach, the console's"
+                " Attach), not written in the body",
+            )
+        if not files:
+            return body
+        try:
+            described = describe(files, self.context.attachments)
+        except BodyError as exc:
+            raise BodyError(f"body.{exc.field}", exc.problem) from None
+        return {**body, "attachments": described}
 
     async def submit_to_many(
         self,
@@ -187,15 +214,18 @@ class Officers:
         priority: object,
         body: object,
         ttl_ms: int | None = None,
+        files: Sequence[AttachmentFile] = (),
     ) -> list[MessageRow]:
         """One request composed once, sent to each of `to` as a message of its own (its own
-        id, receipts, state and deadlines), all sharing the body and so its case reference:
-        every recipient checked before any is sealed, all committed in one transaction.
+        id, receipts, state and deadlines), all sharing the body and so its case reference
+        and files: every recipient checked before any is sealed, all committed in one
+        transaction.
 
         Raises BodyError naming the field (`to[i]` for a recipient).
         """
         if not 2 <= len(to) <= MAX_RECIPIENTS:
             raise BodyError("to", f"must name 2 to {MAX_RECIPIENTS} contact points")
+        body = self._with_files(body, files)
 
         def named(i: int, exc: BodyError) -> BodyError:
             return BodyError(f"to[{i}]" if exc.field == "to" else exc.field, exc.problem)
@@ -214,7 +244,7 @@ class Officers:
                 raise BodyError(f"to[{i}]", f"{recipient} is named twice")
             try:
                 node = parse_recipient(recipient)
-                drafts.append(await self._sealed(user, node, kind, urgency, typed, ttl_ms))
+                drafts.append(await self._sealed(user, node, kind, urgency, typed, ttl_ms, files))
             except BodyError as exc:
                 raise named(i, exc) from None
         return await self._queue(drafts)
@@ -227,8 +257,10 @@ class Officers:
         urgency: Priority,
         typed: Body,
         ttl_ms: int | None,
+        files: Sequence[AttachmentFile] = (),
     ) -> _Draft:
-        """A message checked (recipient, references, what it answers) and sealed to `node`."""
+        """A message checked (recipient, references, what it answers) and sealed to `node`,
+        with the parts of `files` (its body names them) sealed to it too."""
         if node == self.context.me:
             raise BodyError("to", f"cannot send to this node ({self.context.me}) itself")
         try:
@@ -254,7 +286,53 @@ class Officers:
             raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
         assert envelope.plaintext is not None
         self_sealed = seal_to_self(envelope.plaintext, envelope.header.id, self.context.storage)
-        return _Draft(user, node, kind, typed, envelope, self_sealed, answered)
+        parts = self._parts(user, node, card.hpke_key, envelope.header, files)
+        return _Draft(user, node, kind, typed, envelope, self_sealed, answered, parts)
+
+    def _parts(
+        self,
+        user: str,
+        node: NodeId,
+        key: HpkePublicKey,
+        header: Header,
+        files: Sequence[AttachmentFile],
+    ) -> tuple[_Draft, ...]:
+        """Each file's parts as messages of their own, sealed to `node`: routine (flash and
+        urgent traffic goes first), expiring with their message."""
+        drafts = []
+        now = self.context.clock()
+        for index, file in enumerate(files):
+            for number, data in enumerate(split(file.data)):
+                typed = AttachmentPart(
+                    of=header.id, attachment=index, part=number, data=b64encode(data)
+                )
+                envelope = seal(
+                    sender=self.context.me,
+                    recipient=node,
+                    message_type=MessageType.ATTACHMENT_PART,
+                    body=typed,
+                    priority=Priority.ROUTINE,
+                    now=now,
+                    random_bytes=self.context.random_bytes(10),
+                    signing_key=self.context.keys.signing,
+                    recipient_key=key,
+                    ttl_ms=max(1, header.expires - now),
+                )
+                assert envelope.plaintext is not None
+                copy = seal_to_self(envelope.plaintext, envelope.header.id, self.context.storage)
+                drafts.append(
+                    _Draft(
+                        user,
+                        node,
+                        MessageType.ATTACHMENT_PART,
+                        typed,
+                        envelope,
+                        copy,
+                        None,
+                        attachment=index,
+                    )
+                )
+        return tuple(drafts)
 
     async def _queue(self, drafts: Sequence[_Draft]) -> list[MessageRow]:
         """Commit sealed messages to the outbox with their audit entries, in one transaction,
@@ -307,6 +385,8 @@ class Officers:
                 }
                 if len(drafts) > 1:
                     detail["with"] = [d.envelope.header.id for d in drafts if d is not draft]
+                if draft.parts:
+                    detail["parts"] = len(draft.parts)
                 composed = AuditEntry(user, "composed", header.id, detail)
                 digest = {
                     "digest": b64encode(draft.envelope.digest),
@@ -321,13 +401,46 @@ class Officers:
                     ]
                 )
                 published += [*acted, composed]
+                for part in draft.parts:
+                    self._queue_part(tx, part, header.id)
         self.context.publish(published)
         for draft in drafts:
-            header = draft.envelope.header
-            self.delivery.queued(Candidate(header.id, draft.node, PRIORITY_RANK[header.priority]))
+            for sent in (draft, *draft.parts):
+                header = sent.envelope.header
+                self.delivery.queued(
+                    Candidate(header.id, sent.node, PRIORITY_RANK[header.priority])
+                )
         if any(d.envelope.header.priority is not Priority.ROUTINE for d in drafts):
             self.context.checkpoints.urgent_message()
         return rows
+
+    def _queue_part(self, tx: Tx, part: _Draft, of: str) -> None:
+        """An attachment's part in the outbox, behind its message: no deadline of its own (its
+        message has them), one `sealed` entry naming its digest."""
+        header = part.envelope.header
+        tx.insert_message(
+            id=header.id,
+            box=Box.OUT,
+            peer=part.node,
+            type=MessageType.ATTACHMENT_PART,
+            priority=header.priority,
+            priority_rank=PRIORITY_RANK[header.priority],
+            state=State.QUEUED,
+            created=header.created,
+            expires=header.expires,
+            envelope=part.envelope.raw,
+            digest=part.envelope.digest,
+            self_sealed=part.self_sealed,
+            composed_by=part.user,
+            in_reply_to=of,
+            attachment=part.attachment,
+        )
+        detail = {
+            "part_of": of,
+            "attachment": part.attachment,
+            "digest": b64encode(part.envelope.digest),
+        }
+        tx.audit([AuditEntry(self.context.actor, "sealed", header.id, detail)])
 
     async def _check_references(self, kind: MessageType, typed: Body, to: NodeId) -> None:
         """The messages a request names (`extends`, `follows`) exist here and are of the

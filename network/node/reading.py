@@ -1,18 +1,20 @@
-"""What officers and auditors read: one message opened (and audited), listings, a case,
-the contact points and their links, open preservations, what is overdue.
+"""What officers and auditors read: one message opened (and audited), its files, listings,
+a case, the contact points and their links, open preservations, what is overdue.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from network.core.bodies import IdentifierKind
+from network.core.attachments import join_parts
+from network.core.bodies import AttachmentPart, IdentifierKind, parse_body
 from network.core.deadlines import format_overdue
 from network.core.envelope import open_from_self, read_plaintext, read_stored
 from network.core.identifiers import match_keys
 from network.core.lifecycle import Event, State
-from network.core.records import parse_canonical
+from network.core.records import Json, MessageType, b64decode, parse_canonical
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.evidence import collect_package, opener_for, sign_package
@@ -48,15 +50,9 @@ class Reading:
         if row is None:
             return None
         message_type: str | None = row.type
-        body: dict[str, Any] | None = None
-        if row.deleted is not None:
-            pass  # its contents deleted under a retention rule: what stays is shown
-        elif row.box == "in":
-            message_type, body, _ = read_stored(row.envelope, self.context.keys.keyring)
-        else:
-            assert row.self_sealed is not None
-            plaintext = open_from_self(row.self_sealed, row.id, self.context.keys.keyring)
-            message_type, body = read_plaintext(plaintext)
+        body: Json = None
+        if row.deleted is None:  # else deleted under a retention rule: what stays is shown
+            message_type, body = self._open(row)
         async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
             current = await tx.message(row.id)
             assert current is not None
@@ -90,7 +86,74 @@ class Reading:
             ],
             "timeline": await self.context.store.audit_for(row.id),
             "thread": [summary(r) for r in await self.context.store.thread(row)],
+            "attachments": await self._progress(row, body),
         }
+
+    def _open(self, row: MessageRow) -> tuple[MessageType, Json]:
+        """A stored message's type and body: a received envelope opened with our HPKE keys,
+        a sent message's own copy with our storage keys."""
+        keyring = self.context.keys.keyring
+        if row.box == "in":
+            message_type, body, _ = read_stored(row.envelope, keyring)
+            return message_type, body
+        assert row.self_sealed is not None
+        return read_plaintext(open_from_self(row.self_sealed, row.id, keyring))
+
+    async def _progress(self, row: MessageRow, body: Json) -> list[dict[str, Any]]:
+        """The files a message names, each with how many of its parts are here (received) or
+        signed for by the recipient (sent): counted from the index, no part opened."""
+        named = body.get("attachments") if isinstance(body, dict) else None
+        if not isinstance(named, list) or not named:
+            return []
+        counts = await self.context.store.part_counts(row.id)
+        files = []
+        for index, file in enumerate(named):
+            held, signed = counts.get(index, (0, 0))
+            arrived = held if row.box == "in" else signed
+            files.append(
+                {**file, "index": index, "arrived": arrived, "complete": arrived >= file["parts"]}
+            )
+        return files
+
+    async def attachment(
+        self, message_id: str, index: int, user: UserRow
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """File `index` of a message sent or received here, joined from its parts and checked
+        against the size and SHA-256 its signed body names; audited as a consultation
+        (`attachment_opened`). None: no such message, or no such file. BodyError (`parts`,
+        `size`, `sha256`) while parts are missing, or if they do not make the file."""
+        row = await self.context.store.message(message_id)
+        if row is None or row.box not in ("in", "out") or row.deleted is not None:
+            return None
+        _, body = self._open(row)
+        named = body.get("attachments") if isinstance(body, dict) else None
+        if not isinstance(named, list) or not 0 <= index < len(named):
+            return None
+        file: dict[str, Any] = named[index]
+        parts = await self.context.store.parts(row.id, index)
+        data = await asyncio.to_thread(self._join, row, index, file, parts)
+        detail = {"role": user.role, "attachment": index, "name": file["name"]}
+        detail["sha256"] = file["sha256"]
+        await self.context.audit([AuditEntry(user.name, "attachment_opened", row.id, detail)])
+        return file, data
+
+    def _join(
+        self, row: MessageRow, index: int, file: dict[str, Any], parts: Sequence[MessageRow]
+    ) -> bytes:
+        """The file from its parts (opened here, off the event loop): only parts of this file
+        of this message, from its peer, count."""
+        found: dict[int, bytes] = {}
+        for part in parts:
+            if part.peer != row.peer or part.box != row.box or part.deleted is not None:
+                continue
+            kind, body = self._open(part)
+            typed = parse_body(kind, body)
+            if isinstance(typed, AttachmentPart) and (typed.of, typed.attachment) == (
+                row.id,
+                index,
+            ):
+                found.setdefault(typed.part, b64decode(typed.data, field="data"))
+        return join_parts(found, size=file["size"], sha256=file["sha256"], count=file["parts"])
 
     async def evidence(
         self, message_id: str, user: UserRow, *, body: bool

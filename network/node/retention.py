@@ -70,7 +70,13 @@ class Retention:
                         "digest": b64encode(row.digest),
                         "contents": list(CONTENTS),
                     }
-                    tx.audit([AuditEntry(self.context.actor, "deleted", row.id, detail)])
+                    entries = [AuditEntry(self.context.actor, "deleted", row.id, detail)]
+                    # Its attachments' parts go with it, each named by the digest it had.
+                    for part, digest in await tx.parts_kept(row.id):
+                        tx.delete_contents(part, rule.name)
+                        detail = {"rule": rule.name, "of": row.id, "digest": b64encode(digest)}
+                        entries.append(AuditEntry(self.context.actor, "deleted", part, detail))
+                    tx.audit(entries)
                     deleted[rule.name] = deleted.get(rule.name, 0) + 1
                     done += 1
             if done == 0:

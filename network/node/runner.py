@@ -112,6 +112,7 @@ async def run_node(
             retry_ms=int(config.retry_seconds * 1000),
             deadlines=config.deadlines,
             retention=config.retention,
+            attachments=config.attachments,
         )
         await node.delivery.start()
         roster_file = RosterFile(config.roster_path)

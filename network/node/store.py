@@ -352,11 +352,16 @@ MIGRATIONS: dict[int, str] = {
     13: """
     ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     """,
-    # 14: retention (network/core/retention.py). A message whose contents a rule deleted keeps
-    # its row, digest and receipts, with the rule and when (`deleted`, `deleted_at`); its
-    # envelope is empty. Cases under a legal hold (by the case reference's keyed digest,
-    # as `messages.case_ref` holds it) keep theirs.
+    # 14: attachments (network/core/attachments.py): a part's file (by its index in the
+    # message's `attachments`; the message is `in_reply_to`), so that progress is counted
+    # without opening parts. Retention (network/core/retention.py): a message whose contents
+    # a rule deleted keeps its row, digest and receipts, with the rule and when (`deleted`,
+    # `deleted_at`); its envelope is empty. Cases under a legal hold (by the case reference's
+    # keyed digest, as `messages.case_ref` holds it) keep theirs.
     14: """
+    ALTER TABLE messages ADD COLUMN attachment INTEGER;
+    CREATE INDEX messages_parts ON messages (in_reply_to, attachment)
+        WHERE attachment IS NOT NULL;
     ALTER TABLE messages ADD COLUMN deleted TEXT;
     ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
     CREATE INDEX messages_retention ON messages (state, updated) WHERE deleted IS NULL;
@@ -435,6 +440,7 @@ class MessageRow:
     listing: bytes | None = field(default=None, repr=False)  # `listing.seal_line`'s output
     deleted: str | None = None  # the retention rule that deleted its contents (envelope empty)
     deleted_at: int | None = None
+    attachment: int | None = None  # an attachment part: which file of `in_reply_to` it carries
 
 
 class Waiting(NamedTuple):
@@ -472,7 +478,7 @@ _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
     " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
     " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at, until_decision, assigned_to, listing, deleted, deleted_at"
+    " overdue, alert_at, until_decision, assigned_to, listing, deleted, deleted_at, attachment"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -532,8 +538,8 @@ def _waiting(row: Sequence[Any]) -> Waiting:
 def _rule_clause(rule: RetentionRule) -> tuple[str, list[str]]:
     """The SQL condition (and its parameters) for the messages `rule` matches, time aside."""
     params = [b.value for b in rule.boxes] + [s.value for s in rule.states]
-    clause = (
-        f"(box IN ({','.join('?' * len(rule.boxes))})"
+    clause = (  # an attachment's parts go with their message, under its rule
+        f"(attachment IS NULL AND box IN ({','.join('?' * len(rule.boxes))})"
         f" AND state IN ({','.join('?' * len(rule.states))})"
     )
     if rule.types is not None:
@@ -899,6 +905,7 @@ class Tx:
         due: Due = _NO_DEADLINES,
         alert_at: int | None = None,
         listing: bytes | None = None,
+        attachment: int | None = None,
     ) -> MessageRow:
         """Insert a message (the caller has checked, in this transaction, that its id is
         new); the row as stored. KeyError for a box, type or priority not in its set."""
@@ -930,6 +937,7 @@ class Tx:
             response_due=due.response,
             alert_at=alert_at,
             listing=listing,
+            attachment=attachment,
         )
         marks = ", ".join("?" * (len(MessageRow.__slots__) + 1))
         self._write(
@@ -1020,6 +1028,21 @@ class Tx:
         )
         self._write("DELETE FROM identifiers WHERE message_id = ?", (message_id,))
         self._rows.pop(message_id, None)
+
+    async def part_count(self, message_id: str) -> int:
+        """How many attachment parts of `message_id` the store holds."""
+        query = "SELECT COUNT(*) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
+        found = await self._read(lambda conn: conn.execute(query, (message_id,)).fetchone())
+        return int(found[0])
+
+    async def parts_kept(self, message_id: str) -> list[tuple[str, bytes]]:
+        """(id, digest) of the attachment parts of `message_id` whose contents are kept."""
+        query = (
+            "SELECT id, digest FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
+            " AND deleted IS NULL"
+        )
+        found = await self._read(lambda conn: conn.execute(query, (message_id,)).fetchall())
+        return [(str(i), bytes(d)) for i, d in found]
 
     def place_hold(self, case_tag: str, reason: str, by: str) -> None:
         self._write(
@@ -1343,7 +1366,7 @@ class Store:
     ) -> list[MessageRow]:
         """Messages sent or received here that name one of the identifier `tags` (when
         given) and match every other criterion, newest first."""
-        clauses: list[str] = ["box IN ('in', 'out')"]
+        clauses: list[str] = ["box IN ('in', 'out')", "attachment IS NULL"]
         params: list[Any] = []
         source = "FROM messages"
         if tags:
@@ -1444,9 +1467,11 @@ class Store:
         limit: int = 100,
         before: str | None = None,
         case: str | None = None,
+        parts: bool = False,
     ) -> list[MessageRow]:
-        """Newest first, by urgency within the inbox listing order of the caller."""
-        clauses, params = [], []
+        """Newest first, by urgency within the inbox listing order of the caller; the parts
+        of attachments only with `parts`."""
+        clauses, params = ([], []) if parts else (["attachment IS NULL"], [])
         for column, value in (
             ("box", box),
             ("state", state),
@@ -1467,8 +1492,26 @@ class Store:
     async def thread(self, row: MessageRow) -> list[MessageRow]:
         """The messages that answer, extend or follow `row`, and the one it answers."""
         return await self._select(
-            "WHERE in_reply_to = ? OR id = ? ORDER BY created", (row.id, row.in_reply_to or "")
+            "WHERE (in_reply_to = ? AND attachment IS NULL) OR id = ? ORDER BY created",
+            (row.id, row.in_reply_to or ""),
         )
+
+    async def parts(self, message_id: str, attachment: int) -> list[MessageRow]:
+        """The parts of file `attachment` of `message_id` held here (any order)."""
+        return await self._select(
+            "WHERE in_reply_to = ? AND attachment = ?", (message_id, attachment)
+        )
+
+    async def part_counts(self, message_id: str) -> dict[int, tuple[int, int]]:
+        """Per file of `message_id`: the parts held here, and those the recipient has
+        signed for (what we sent) -- read from the index, no part opened."""
+        rows = await self.db.execute_fetchall(
+            "SELECT attachment, COUNT(*), SUM(state IN ('delivered', 'acknowledged',"
+            " 'answered')) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
+            " GROUP BY attachment",
+            (message_id,),
+        )
+        return {int(a): (int(n), int(d or 0)) for a, n, d in rows}
 
     async def waiting(
         self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2

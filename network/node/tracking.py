@@ -23,6 +23,7 @@ from network.core.crypto import StorageKey
 from network.core.deadlines import (
     DAY,
     Box,
+    Due,
     Tracked,
     due_times,
     expects_reply,
@@ -55,7 +56,7 @@ ACTED = (State.ACKNOWLEDGED, State.ANSWERED)
 
 def refers_to(typed: Body) -> str | None:
     """The message this one answers, extends or follows (threads a case)."""
-    for name in ("in_reply_to", "extends", "follows"):
+    for name in ("in_reply_to", "extends", "follows", "of"):
         value = getattr(typed, name, None)
         if isinstance(value, str):
             return value
@@ -98,7 +99,10 @@ def identifier_tags(storage: StorageKey, typed: Body) -> list[str]:
 def deadlines_for(
     context: NodeContext, box: Box, header: Header, message_type: MessageType
 ) -> dict[str, Any]:
-    """A new message's deadlines, and when the deadline watch first looks at it."""
+    """A new message's deadlines, and when the deadline watch first looks at it (an
+    attachment's part has none: its message has them)."""
+    if message_type is MessageType.ATTACHMENT_PART:
+        return {"due": Due(None, None, None), "alert_at": None}
     due = due_times(
         context.deadlines,
         header.priority,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
 from network.core.crypto import VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
 from network.core.envelope import DEFAULT_SKEW_MS
@@ -55,6 +56,7 @@ class Node:
         keeper: VerifyKey | None = None,
         deadlines: Deadlines = DEFAULT_DEADLINES,
         retention: Sequence[RetentionRule] = (),
+        attachments: AttachmentLimits = DEFAULT_LIMITS,
     ) -> Node:
         """Wire a node's use cases over `store`, holding `roster` until a newer one comes."""
         context = NodeContext(
@@ -68,6 +70,7 @@ class Node:
             retry_ms=retry_ms,
             keeper=keeper,
             deadlines=deadlines,
+            attachments=attachments,
         )
         delivery = Delivery(context)
         return cls(

@@ -1,0 +1,262 @@
+"""Attachments (issue 20, item 1), on real nodes: files sent with a request, named and hashed
+in the signed body, carried in parts end to end (relayed by a node that cannot read them),
+joined and checked by the recipient, downloaded by its officers (audited); a flash message
+overtakes a file in flight; a broken link resumes where it stopped; bad files are refused
+by name.
+
+FRA sends to USA through DEU (FRA links only DEU, DEU links USA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from network.cli.client import Client
+from network.core.attachments import PART_BYTES, AttachmentFile
+from network.core.errors import ApiError
+from network.samples import sample_body
+from tests.harness import Network, cpn, rows, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+MARKER = b"CPN-ATTACHMENT-PLAINTEXT-MARKER-7f3a"
+
+
+def _pdf(size: int) -> bytes:
+    """A PDF-looking file of `size` bytes: the header, a marker, random filler."""
+    head = b"%PDF-1.7\n" + MARKER + b"\n"
+    return head + os.urandom(size - len(head))
+
+
+def _client(network: Network, node: str, role: str = "officer") -> Client:
+    return Client(network.nodes[node].api, network.nodes[node].tokens[role], timeout=60)
+
+
+def _complete(network: Network, node: str, message_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status, message = network.api(node, "GET", f"/api/messages/{message_id}")
+        if status == 404:
+            return None  # not here yet: routes are learned, the relay passes it on
+        assert status == 200, message
+        files = message["attachments"]
+        return message if files and all(f["complete"] for f in files) else None
+
+    return wait_for(done, timeout=120, what=f"{node}'s copy of every part of {message_id}")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("attachments")
+    network = Network(
+        tmp,
+        {"FRA": ["DEU"], "DEU": ["USA"], "USA": []},
+        extra_config={"FRA": "[attachments]\nmax_file_mib = 9\nmax_message_mib = 12\n"},
+    )
+    try:
+        for node in ("USA", "DEU", "FRA"):
+            network.start(node)
+        yield network
+    finally:
+        network.close()
+
+
+def test_files_travel_end_to_end_through_a_relay_that_cannot_read_them(
+    network: Network, tmp_path: Path
+) -> None:
+    report = _pdf(3 * PART_BYTES + 1234)  # four parts, the last one short
+    notes = "Procès-verbal d'audition — Kontoauszug für März\n".encode() * 20
+    (tmp_path / "report.pdf").write_bytes(report)
+    (tmp_path / "Procès-verbal.txt").write_bytes(notes)
+    body = sample_body("preservation", case_ref="ATT-1")
+    (tmp_path / "request.json").write_text(json.dumps({"body": body}))
+    node = network.nodes["FRA"]
+    env = {**os.environ, "CPN_API": node.api, "CPN_TOKEN": node.tokens["officer"]}
+    os.environ.update(env)  # cpn() runs with this process's environment
+    try:
+        sent = cpn(
+            "send",
+            "--to",
+            "USA",
+            "--type",
+            "preservation",
+            "--priority",
+            "urgent",
+            "--file",
+            str(tmp_path / "request.json"),
+            "--attach",
+            str(tmp_path / "report.pdf"),
+            "--attach",
+            str(tmp_path / "Procès-verbal.txt"),
+        )
+    finally:
+        for key in ("CPN_API", "CPN_TOKEN"):
+            os.environ.pop(key, None)
+    assert sent.returncode == 0, sent.stderr
+    message_id = sent.stdout.split()[1].rstrip(":")
+
+    received = _complete(network, "USA", message_id)
+    files = received["attachments"]
+    assert [(f["name"], f["media_type"], f["size"], f["parts"]) for f in files] == [
+        ("report.pdf", "application/pdf", len(report), 4),
+        ("Procès-verbal.txt", "text/plain", len(notes), 1),
+    ]
+    # Named and hashed in the body the sender signed.
+    signed = received["body"]["attachments"]
+    assert signed[0]["sha256"] == files[0]["sha256"]
+    # The officer's download: the very bytes, checked against the signed SHA-256.
+    usa = _client(network, "USA")
+    assert usa.attachment(message_id, 0) == ("report.pdf", report)
+    assert usa.attachment(message_id, 1) == ("Procès-verbal.txt", notes)
+    opened = rows(
+        network.nodes["USA"].store,
+        "SELECT actor, detail FROM audit WHERE action = 'attachment_opened' AND message_id = ?",
+        (message_id,),
+    )
+    assert [json.loads(d)["name"] for _, d in opened] == ["report.pdf", "Procès-verbal.txt"]
+    # The inbox shows the request, not its parts.
+    status, inbox = network.api("USA", "GET", "/api/messages?box=in")
+    assert [m["id"] for m in inbox["messages"]] == [message_id]
+    # The sender sees its parts signed for; it can read back what it sent.
+    sender = _complete(network, "FRA", message_id)
+    assert all(f["arrived"] == f["parts"] for f in sender["attachments"])
+    assert _client(network, "FRA").attachment(message_id, 0)[1] == report
+    # The relay held every part, sealed: nothing of the file in clear in its store.
+    relayed = rows(
+        network.nodes["DEU"].store, "SELECT COUNT(*), MIN(type) FROM messages WHERE box = 'relay'"
+    )
+    assert relayed[0] == (6, "")  # the request and its five parts, of a type it cannot know
+    deu = network.nodes["DEU"].store
+    disk = deu.read_bytes() + deu.with_name(deu.name + "-wal").read_bytes()
+    assert MARKER not in disk and notes[:40] not in disk
+
+
+def test_a_flash_message_overtakes_a_file_in_flight(network: Network) -> None:
+    big = _pdf(8 * 1024 * 1024)  # 182 parts
+    fra = _client(network, "FRA")
+    request = {
+        "to": "USA",
+        "type": "preservation",
+        "priority": "routine",
+        "body": sample_body("preservation", case_ref="ATT-BIG"),
+    }
+    with_file = fra.send(request, [AttachmentFile("disk-image.pdf", "application/pdf", big)])
+    flash = network.send("FRA", "USA", "emergency", sample_body("emergency"), priority="flash")
+    network.wait_state("FRA", flash, {"delivered"})
+    store = network.nodes["FRA"].store
+    parts_left = rows(
+        store,
+        "SELECT COUNT(*) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
+        " AND state NOT IN ('delivered')",
+        (with_file["id"],),
+    )[0][0]
+    assert parts_left > 0, "the flash message waited for the whole file"
+    _complete(network, "USA", with_file["id"])
+    name, data = _client(network, "USA").attachment(with_file["id"], 0)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(big).digest()
+
+
+def test_a_broken_link_resumes_where_it_stopped(network: Network) -> None:
+    big = _pdf(6 * 1024 * 1024)  # 137 parts
+    fra = _client(network, "FRA")
+    request = {
+        "to": "USA",
+        "type": "preservation",
+        "priority": "urgent",
+        "body": sample_body("preservation", case_ref="ATT-BROKEN"),
+    }
+    sent = fra.send(request, [AttachmentFile("evidence.pdf", "application/pdf", big)])
+    usa = network.nodes["USA"].store
+    count = "SELECT COUNT(*) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
+    wait_for(lambda: rows(usa, count, (sent["id"],))[0][0] >= 20, what="some parts at USA")
+    network.stop("USA")
+    held = rows(usa, count, (sent["id"],))[0][0]
+    assert 20 <= held < 137
+    network.start("USA")
+    _complete(network, "USA", sent["id"])
+    assert _client(network, "USA").attachment(sent["id"], 0)[1] == big
+    # What USA held before the break was not sent again: only what was in flight was.
+    again = rows(
+        usa,
+        "SELECT COUNT(*) FROM audit WHERE action = 'duplicate' AND message_id IN"
+        " (SELECT id FROM messages WHERE in_reply_to = ?)",
+        (sent["id"],),
+    )[0][0]
+    assert again <= 64, f"{again} parts came twice: the transfer started over"
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "field"),
+    [
+        (
+            [AttachmentFile("x.pdf", "application/pdf", b"not a pdf")],
+            400,
+            "body.attachments[0].media_type",
+        ),
+        (
+            [AttachmentFile("x.exe", "application/x-msdownload", b"MZ")],
+            400,
+            "body.attachments[0].media_type",
+        ),
+        ([AttachmentFile("../x.txt", "text/plain", b"hello")], 400, "body.attachments[0].name"),
+        (
+            [AttachmentFile("x.txt", "text/plain", b"\xff\xfe")],
+            400,
+            "body.attachments[0].media_type",
+        ),
+        ([AttachmentFile("x.txt", "text/plain", b"")], 400, "body.attachments[0].size"),
+        (
+            [AttachmentFile("big.pdf", "application/pdf", b"%PDF-" + bytes(10 * 1024 * 1024))],
+            413,
+            "attachments[0]",
+        ),
+    ],
+)
+def test_a_bad_file_is_refused_by_name_and_nothing_is_sent(
+    network: Network, files: list[AttachmentFile], status: int, field: str
+) -> None:
+    fra = _client(network, "FRA")
+    before = rows(network.nodes["FRA"].store, "SELECT COUNT(*) FROM messages")[0][0]
+    request = {
+        "to": "USA",
+        "type": "preservation",
+        "priority": "urgent",
+        "body": sample_body("preservation"),
+    }
+    with pytest.raises(ApiError) as refused:
+        fra.send(request, files)
+    assert (refused.value.status, refused.value.field) == (status, field)
+    assert rows(network.nodes["FRA"].store, "SELECT COUNT(*) FROM messages")[0][0] == before
+
+
+def test_parts_are_the_nodes_to_send_and_attachments_the_nodes_to_name(network: Network) -> None:
+    part = sample_body("attachment_part")
+    status, answer = network.api(
+        "FRA",
+        "POST",
+        "/api/messages",
+        {"to": "USA", "type": "attachment_part", "priority": "routine", "body": part},
+    )
+    assert (status, answer["field"]) == (400, "type")
+    forged = sample_body("preservation")
+    forged["attachments"] = [
+        {
+            "name": "a.pdf",
+            "media_type": "application/pdf",
+            "size": 10,
+            "sha256": "A" * 43,
+            "parts": 1,
+        }
+    ]
+    status, answer = network.api(
+        "FRA",
+        "POST",
+        "/api/messages",
+        {"to": "USA", "type": "preservation", "priority": "urgent", "body": forged},
+    )
+    assert (status, answer["field"]) == (400, "body.attachments")
