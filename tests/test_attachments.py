@@ -9,6 +9,7 @@ FRA sends to USA through DEU (FRA links only DEU, DEU links USA).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -119,9 +120,13 @@ def test_files_travel_end_to_end_through_a_relay_that_cannot_read_them(
         (message_id,),
     )
     assert [json.loads(d)["name"] for _, d in opened] == ["report.pdf", "Procès-verbal.txt"]
-    # The inbox shows the request, not its parts.
+    # The inbox shows the request, not its parts; the year's statistics count no part.
     status, inbox = network.api("USA", "GET", "/api/messages?box=in")
+    assert status == 200
     assert [m["id"] for m in inbox["messages"]] == [message_id]
+    year = datetime.datetime.fromtimestamp(received["created"] / 1000, datetime.UTC).year
+    status, statistics = network.api("USA", "GET", f"/api/statistics?year={year}")
+    assert status == 200 and "attachment_part" not in json.dumps(statistics)
     # The sender sees its parts signed for; it can read back what it sent.
     sender = _complete(network, "FRA", message_id)
     assert all(f["arrived"] == f["parts"] for f in sender["attachments"])
@@ -158,6 +163,7 @@ def test_a_flash_message_overtakes_a_file_in_flight(network: Network) -> None:
     assert parts_left > 0, "the flash message waited for the whole file"
     _complete(network, "USA", with_file["id"])
     name, data = _client(network, "USA").attachment(with_file["id"], 0)
+    assert name == "disk-image.pdf"
     assert hashlib.sha256(data).digest() == hashlib.sha256(big).digest()
 
 
@@ -260,3 +266,42 @@ def test_parts_are_the_nodes_to_send_and_attachments_the_nodes_to_name(network: 
         {"to": "USA", "type": "preservation", "priority": "urgent", "body": forged},
     )
     assert (status, answer["field"]) == (400, "body.attachments")
+
+
+def test_an_answer_carries_the_data_disclosed(network: Network, tmp_path: Path) -> None:
+    """The requested Party answers with a file (the traffic data, as CSV): `cpn reply
+    --attach`, through the relay, downloaded by the requester with `cpn attachment`."""
+    request = network.send("FRA", "USA", "locate", sample_body("locate"))
+    network.wait_state("USA", request, {"received"})
+    table = "time,source,destination\n2026-11-19T14:03:00Z,203.0.113.45,198.51.100.7\n"
+    (tmp_path / "traffic.csv").write_text(table)
+    usa = network.nodes["USA"]
+    env = {"CPN_API": usa.api, "CPN_TOKEN": usa.tokens["officer"]}
+    os.environ.update(env)
+    try:
+        replied = cpn(
+            "reply",
+            request,
+            "--status",
+            "completed",
+            "--note",
+            "The path, as logged.",
+            "--attach",
+            str(tmp_path / "traffic.csv"),
+            "--json",
+        )
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert replied.returncode == 0, replied.stderr
+    answer = json.loads(replied.stdout)["id"]
+    _complete(network, "FRA", answer)
+    fra = network.nodes["FRA"]
+    os.environ.update({"CPN_API": fra.api, "CPN_TOKEN": fra.tokens["officer"]})
+    try:
+        saved = cpn("attachment", answer, "0", "-o", str(tmp_path / "got.csv"))
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert saved.returncode == 0, saved.stderr
+    assert (tmp_path / "got.csv").read_text() == table

@@ -433,3 +433,49 @@ def test_the_console_is_served_with_a_strict_policy(network: Network) -> None:
     assert status == 200 and types["types"] == describe_types()
     assert network.api("FRA", "GET", "/api/types", token="auditor")[0] == 403
     assert network.api("FRA", "GET", "/api/events", token=None)[0] == 401
+
+
+def test_an_officer_attaches_files_and_the_other_side_downloads_them(
+    network: Network, context: BrowserContext, tmp_path: Path
+) -> None:
+    # Issue 20: files go with the request, sealed end to end; the other side downloads them.
+    order = b"%PDF-1.7\n" + os.urandom(120_000)  # three parts
+    (tmp_path / "Ordonnance de gel.pdf").write_bytes(order)
+    (tmp_path / "notes.txt").write_text("Seen at 14:03 UTC.\n")
+    fra = Console(context, network, "FRA", "officer")
+    fra.page.click("#nav >> text=Compose")
+    fra.field("to").select_option("DEU")
+    fra.field("type").select_option("preservation")
+    fra.field("priority").select_option("urgent")
+    fill_preservation(fra, sample_body("preservation", case_ref="ATT-CONSOLE"))
+    fra.page.set_input_files(
+        "#compose-files", [str(tmp_path / "Ordonnance de gel.pdf"), str(tmp_path / "notes.txt")]
+    )
+    fra.page.click("text=Check and send")
+    expect(fra.page.locator(".card.files tr[data-file]")).to_have_count(2)
+    message_id = fra.page.url.rsplit("/", 1)[1]
+
+    def complete() -> bool:  # its parts come after it
+        status, message = network.api("DEU", "GET", f"/api/messages/{message_id}")
+        return status == 200 and all(f["complete"] for f in message["attachments"])
+
+    wait_for(complete, what="the files' parts at DEU")
+    deu = Console(context, network, "DEU", "officer")
+    deu.page.evaluate(f"location.hash = '#/message/{message_id}'")
+    first = deu.page.locator('.card.files tr[data-file="0"]')
+    expect(first).to_contain_text("Ordonnance de gel.pdf")
+    expect(first).to_contain_text("here")
+    with deu.page.expect_download() as download_info:
+        first.locator("button").click()
+    saved = tmp_path / "downloaded.pdf"
+    download_info.value.save_as(saved)
+    assert download_info.value.suggested_filename == "Ordonnance de gel.pdf"
+    assert saved.read_bytes() == order
+    audited = rows(
+        network.nodes["DEU"].store,
+        "SELECT actor FROM audit WHERE action = 'attachment_opened' AND message_id = ?",
+        (message_id,),
+    )
+    assert audited == [("officer-DEU",)]
+    fra.check_clean()
+    deu.check_clean()

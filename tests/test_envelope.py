@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from network.core.attachments import MAX_PARTS, PART_BYTES
 from network.core.bodies import Preservation, body_to_json, parse_body
 from network.core.crypto import (
     HpkeSuite,
@@ -54,6 +55,7 @@ from network.core.records import (
     NodeId,
     Outcome,
     Priority,
+    b64decode,
     b64encode,
     canonical,
     canonical_object,
@@ -561,3 +563,22 @@ def test_sent_copy_of_an_earlier_version_opens_with_a_retired_keys_derivation() 
     assert open_from_self(copy, "m1", ring) == b"plain"
     with pytest.raises(DecryptError, match="any storage key"):
         open_from_self(copy, "m1", Keyring(generate_hpke_key(), generate_storage_key()))
+
+
+def test_a_full_attachment_part_fits_an_envelope_under_both_suites(pki: Pki) -> None:
+    """A part of `PART_BYTES` (the largest) seals under the envelope's limit, ML-KEM
+    (DEU) and X25519 (KEN) alike: files never need a frame larger than any message's."""
+    data = os.urandom(PART_BYTES)
+    body = {
+        "of": "0192f3a4-3333-7abc-8def-0123456789ab",
+        "attachment": 19,
+        "part": MAX_PARTS - 1,
+        "data": b64encode(data),
+    }
+    for recipient in ("DEU", "KEN"):
+        envelope = send(
+            pki, recipient=recipient, message_type=MessageType.ATTACHMENT_PART, body=body
+        )
+        assert len(envelope.raw) <= MAX_ENVELOPE_BYTES
+        opened = receive(pki, envelope.raw, me=recipient)
+        assert b64decode(opened.body.data, field="data") == data

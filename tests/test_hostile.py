@@ -713,6 +713,36 @@ def test_a_withdrawal_of_another_partys_request_is_refused_and_moves_nothing(
     assert not audited(net, "withdrawn")
 
 
+def test_a_part_of_another_partys_message_is_refused(net: Network) -> None:
+    """A file's part names its message: USA cannot slip bytes into a file FRA sent DEU (or
+    into a message of a kind that carries none); a part of a message not here is kept."""
+    request = net.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    net.wait_state("DEU", request, {"received", "opened"})
+    part = {"of": request, "attachment": 0, "part": 0, "data": "JVBERi0xLjQK"}
+    forged = usa_to_deu(net, message_type=MessageType.ATTACHMENT_PART, body=part)
+    later = {**part, "of": "0192f3a4-2222-7abc-8def-0123456789ab"}
+    unknown = usa_to_deu(net, message_type=MessageType.ATTACHMENT_PART, body=later)
+
+    async def send() -> list[bytes]:
+        async with hostile(net) as ws:
+            await ws.send(envelope_frame([], forged))
+            await ws.send(envelope_frame([], unknown))
+            return await receipts(ws, 2)
+
+    first, second = (orjson.loads(r)["receipt"] for r in asyncio.run(send()))
+
+    assert (first["outcome"], first["reason"]) == ("rejected", "malformed")
+    assert second["outcome"] == "accepted"
+    refusals = [str(d) for _, d in audited(net, "rejected")]
+    assert any("plain.body.of" in d and "exchanged with FRA" in d for d in refusals), refusals
+    held = rows(
+        net.nodes["DEU"].store,
+        "SELECT COUNT(*) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL",
+        (request,),
+    )
+    assert held == [(0,)]
+
+
 def test_a_preservation_kept_until_a_decision_nobody_asked_for_is_refused(net: Network) -> None:
     # 29(7) keeps data until the MLA decision once the MLA request is received: answering
     # a preservation so (no MLA notice yet) would leave the requester with no date at all.

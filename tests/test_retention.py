@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from network.cli.client import Client
+from network.core.attachments import AttachmentFile
 from network.core.errors import ConfigError
 from network.node.config import load_config
 from network.samples import sample_body
@@ -27,6 +29,7 @@ from tests.test_evidence import TOOL, standalone
 
 pytestmark = pytest.mark.timeout(240)
 
+NOTES = b"Witness statement: the seller used the address seller77@example.net.\n" * 8
 RULE = """
 [retention.closed]
 states = ["delivered", "received", "opened", "acknowledged", "answered"]
@@ -137,18 +140,28 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         assert status == 201, placed
         body = sample_body("preservation", case_ref="GONE-1")
         body["data"]["identifiers"] = [{"kind": "email", "value": "seller77@example.net"}]
-        gone = network.send("FRA", "DEU", "preservation", body)
+        # It carries a file: its part goes with it.
+        fra_api = Client(network.nodes["FRA"].api, network.nodes["FRA"].tokens["officer"])
+        request = {"to": "DEU", "type": "preservation", "priority": "urgent", "body": body}
+        gone = fra_api.send(request, [AttachmentFile("notes.txt", "text/plain", NOTES)])["id"]
         kept = network.send(
             "FRA", "DEU", "preservation", sample_body("preservation", case_ref="HOLD-7")
         )
         network.wait_state("DEU", gone, {"received"})
         network.wait_state("DEU", kept, {"received"})
         network.wait_state("FRA", gone, {"delivered"})
+        part = wait_for(
+            lambda: rows(deu, "SELECT id FROM messages WHERE in_reply_to = ?", (gone,)),
+            what="the file's part at DEU",
+        )[0][0]
         # Before it lapses: the body reads, the identifier is found.
         assert _message(network, "DEU", gone)["body"]["case_ref"] == "GONE-1"
         status, found = network.api("DEU", "GET", "/api/search?identifier=seller77@example.net")
         assert [m["id"] for m in found["messages"]] == [gone]
-        result["parts"] = {"FRA": _sealed_parts(fra, gone), "DEU": _sealed_parts(deu, gone)}
+        result["parts"] = {
+            node: _sealed_parts(store, gone) + _sealed_parts(store, part)
+            for node, store in (("FRA", fra), ("DEU", deu))
+        }
         result["deu_deleted"] = _deleted(network, "DEU", gone)
         result["fra_deleted"] = _deleted(network, "FRA", gone)
         status, found = network.api("DEU", "GET", "/api/search?identifier=seller77@example.net")
@@ -165,7 +178,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         network.stop("DEU")
     finally:
         network.close()
-    result.update(gone=gone, kept=kept, fra=fra, deu=deu)
+    result.update(gone=gone, kept=kept, fra=fra, deu=deu, part=part)
     return result
 
 
@@ -195,6 +208,17 @@ def test_lapsed_contents_go_and_what_proves_the_exchange_stays(run: dict[str, An
         entry = json.loads(detail)
         assert entry["rule"] == "closed" and entry["after"] == 3000
         assert "envelope" in entry["contents"] and "identifiers" in entry["contents"]
+        # Its file's part went with it, under its rule, in the same transaction.
+        ((envelope, deleted),) = rows(
+            store, "SELECT envelope, deleted FROM messages WHERE id = ?", (run["part"],)
+        )
+        assert (bytes(envelope), deleted) == (b"", "closed")
+        (detail,) = rows(
+            store,
+            "SELECT detail FROM audit WHERE action = 'deleted' AND message_id = ?",
+            (run["part"],),
+        )[0]
+        assert json.loads(detail)["of"] == run["gone"]
 
 
 def test_the_deleted_bytes_are_gone_from_the_files(run: dict[str, Any]) -> None:
@@ -227,7 +251,7 @@ def test_audit_verify_accounts_for_every_deletion(run: dict[str, Any]) -> None:
     for node in ("FRA", "DEU"):
         done = cpn("audit", "verify", "--config", str(network.nodes[node].config))
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "contents deleted under retention rules: 2 under rule closed" in done.stdout
+        assert "contents deleted under retention rules: 3 under rule closed" in done.stdout
 
 
 def test_an_evidence_package_verifies_across_deleted_contents(

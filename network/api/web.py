@@ -322,11 +322,7 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     recipients (`to` an array), one message to each: 202 with `{"messages": [...]}`. With
     files: multipart/form-data, the message's JSON in part `message`, each file in a part
     `attachment` (its filename and Content-Type name it)."""
-    files: list[AttachmentFile] = []
-    if request.content_type == "multipart/form-data":
-        fields, files = await _multipart_submission(request)
-    else:
-        fields = await _json_object(request)
+    fields, files = await _fields_and_files(request)
     known = SUBMISSION["properties"]
     unknown = sorted(set(fields) - set(known))
     if unknown:
@@ -350,6 +346,13 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         summary(row), status=202, headers={hdrs.LOCATION: f"/api/messages/{row.id}"}
     )
+
+
+async def _fields_and_files(request: web.Request) -> tuple[dict[str, Any], list[AttachmentFile]]:
+    """A request's JSON object, and its files when it comes as multipart/form-data."""
+    if request.content_type == "multipart/form-data":
+        return await _multipart_submission(request)
+    return await _json_object(request), []
 
 
 async def _multipart_submission(
@@ -503,9 +506,9 @@ async def reply_message(request: web.Request) -> web.StreamResponse:
     """Answer a received request: sends a `response` (`status`, `note`, and the fields
     its status needs); 202 with its summary."""
     message_id = _message_id(request)
-    fields = await _json_object(request)
+    fields, files = await _fields_and_files(request)
     with _fields_as_given():
-        row = await request.app[NODE].officers.reply(message_id, request[USER].name, fields)
+        row = await request.app[NODE].officers.reply(message_id, request[USER].name, fields, files)
     if row is None:
         raise _Refusal(404, f"no received message {message_id}")
     return web.json_response(summary(row), status=202)
@@ -587,9 +590,11 @@ async def follow_up_message(request: web.Request) -> web.StreamResponse:
     """Follow up a request we sent (`action`: information, proceed, withdraw, release; with
     `information` or the `note` it needs): sends a `follow_up`; 202 with its summary."""
     message_id = _message_id(request)
-    fields = await _json_object(request)
+    fields, files = await _fields_and_files(request)
     with _fields_as_given():
-        row = await request.app[NODE].officers.follow_up(message_id, request[USER].name, fields)
+        row = await request.app[NODE].officers.follow_up(
+            message_id, request[USER].name, fields, files
+        )
     if row is None:
         raise _Refusal(404, f"no sent message {message_id}")
     return web.json_response(summary(row), status=202)

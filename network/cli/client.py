@@ -72,13 +72,19 @@ class Client:
     ) -> dict[str, Any]:
         """POST /api/messages: the new message's summary (`id`, `state`, ...); with `files`,
         as multipart/form-data (the message's JSON, then each file)."""
+        return self._post("/api/messages", request, files)
+
+    def _post(
+        self, path: str, fields: Mapping[str, Any], files: Sequence[AttachmentFile]
+    ) -> dict[str, Any]:
+        """POST `fields` as JSON, or with `files` as multipart/form-data (part `message`)."""
         if not files:
-            return self._call("POST", "/api/messages", request)
+            return self._call("POST", path, fields)
         boundary = secrets.token_hex(16)
         return self._call(
             "POST",
-            "/api/messages",
-            raw=_multipart(boundary, request, files),
+            path,
+            raw=_multipart(boundary, fields, files),
             content_type=f"multipart/form-data; boundary={boundary}",
         )
 
@@ -131,17 +137,21 @@ class Client:
         body = {} if note is None else {"note": note}
         return self._call("POST", f"/api/messages/{_segment(message_id)}/ack", body)
 
-    def reply(self, message_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def reply(
+        self, message_id: str, fields: Mapping[str, Any], files: Sequence[AttachmentFile] = ()
+    ) -> dict[str, Any]:
         """POST /api/messages/{id}/reply: the summary of the `response` sent."""
-        return self._call("POST", f"/api/messages/{_segment(message_id)}/reply", fields)
+        return self._post(f"/api/messages/{_segment(message_id)}/reply", fields, files)
 
     def assign(self, message_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         """POST /api/messages/{id}/assign: the message's summary, `assigned_to` its holder."""
         return self._call("POST", f"/api/messages/{_segment(message_id)}/assign", fields)
 
-    def follow_up(self, message_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def follow_up(
+        self, message_id: str, fields: Mapping[str, Any], files: Sequence[AttachmentFile] = ()
+    ) -> dict[str, Any]:
         """POST /api/messages/{id}/follow-up: the summary of the `follow_up` sent."""
-        return self._call("POST", f"/api/messages/{_segment(message_id)}/follow-up", fields)
+        return self._post(f"/api/messages/{_segment(message_id)}/follow-up", fields, files)
 
     def holds(self) -> dict[str, Any]:
         """GET /api/holds: the legal holds."""

@@ -225,7 +225,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
     message_id = args.id.lower()
     fields = _fields(args, _REPLY_FIELDS)
     check_reply(message_id, fields)
-    answer = _client(args).reply(message_id, fields)
+    answer = _client(args).reply(message_id, fields, [_attached(f) for f in args.attach])
     if args.json:
         print_json(answer)
     else:
@@ -242,7 +242,7 @@ def cmd_follow_up(args: argparse.Namespace) -> int:
     message_id = args.id.lower()
     fields = _fields(args, _FOLLOW_UP_FIELDS)
     check_follow_up(message_id, fields)
-    answer = _client(args).follow_up(message_id, fields)
+    answer = _client(args).follow_up(message_id, fields, [_attached(f) for f in args.attach])
     if args.json:
         print_json(answer)
     else:
@@ -435,6 +435,13 @@ def add_commands(commands: Subcommands) -> None:
         help="when a final answer can be expected (transferred, awaiting_order)",
     )
     reply.add_argument("--set", **assign, help="set any field of the response (repeatable)")
+    reply.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="attach a file (repeatable), as cpn send --attach does",
+    )
     reply.set_defaults(func=cmd_reply)
 
     follow = commands.add_parser(
@@ -453,6 +460,13 @@ def add_commands(commands: Subcommands) -> None:
     follow.add_argument("--note", metavar="TEXT", help="why (required to withdraw)")
     follow.add_argument("--case-ref", metavar="TEXT", help="your case reference")
     follow.add_argument("--set", **assign, help="set any field of the follow-up (repeatable)")
+    follow.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="attach a file (repeatable), as cpn send --attach does",
+    )
     follow.set_defaults(func=cmd_follow_up)
 
     search = commands.add_parser(

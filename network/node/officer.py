@@ -510,7 +510,13 @@ class Officers:
             body=body,
         )
 
-    async def reply(self, message_id: str, user: str, fields: dict[str, Any]) -> MessageRow | None:
+    async def reply(
+        self,
+        message_id: str,
+        user: str,
+        fields: dict[str, Any],
+        files: Sequence[AttachmentFile] = (),
+    ) -> MessageRow | None:
         """An officer answers a received request: a `response` goes to its sender.
 
         None if there is no such received message; BodyError naming the field as `submit`
@@ -527,10 +533,15 @@ class Officers:
             message_type="response",
             priority=row.priority,
             body={"in_reply_to": message_id, **fields},
+            files=files,
         )
 
     async def follow_up(
-        self, message_id: str, user: str, fields: dict[str, Any]
+        self,
+        message_id: str,
+        user: str,
+        fields: dict[str, Any],
+        files: Sequence[AttachmentFile] = (),
     ) -> MessageRow | None:
         """An officer follows up a request we sent: information asked for, proceed despite a
         risk notice, withdraw, release (a `follow_up` goes to its recipient, at its priority).
@@ -548,6 +559,7 @@ class Officers:
             message_type="follow_up",
             priority=row.priority,
             body={"follows": message_id, **fields},
+            files=files,
         )
 
     async def assign(

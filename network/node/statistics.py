@@ -34,7 +34,7 @@ from network.node.auditfile import snapshot
 
 __all__ = ["Answer", "Request", "compute", "read_year", "to_csv_rows"]
 
-_NOT_REQUESTS: Final = frozenset({"acknowledgement", "response", "follow_up"})
+_NOT_REQUESTS: Final = frozenset({"acknowledgement", "response", "follow_up", "attachment_part"})
 _INTERIM: Final = frozenset(str(s) for s in INTERIM_ANSWERS)
 
 

@@ -1408,6 +1408,9 @@ class Store:
             "(case_ref IS NULL OR case_ref NOT IN (SELECT case_ref FROM holds))"
             " AND (in_reply_to IS NULL OR in_reply_to NOT IN"
             " (SELECT m.id FROM messages m JOIN holds h ON h.case_ref = m.case_ref))"
+            # Not while a part of its files has yet to go: the part needs its envelope.
+            " AND NOT EXISTS (SELECT 1 FROM messages p WHERE p.in_reply_to = messages.id"
+            " AND p.attachment IS NOT NULL AND p.state IN ('queued', 'sent'))"
         )
         found: list[tuple[MessageRow, RetentionRule]] = []
         for i, rule in enumerate(rules):

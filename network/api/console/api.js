@@ -53,11 +53,19 @@ export async function api(path, { method = 'GET', body } = {}) {
   return response.json();
 }
 
-/** A file the node offers (an export): its bytes and the name the node gives it. */
+/** A request with files: `form` (FormData) goes as multipart/form-data, as it is. */
+export async function upload(path, form) {
+  const response = await fetch(path, { method: 'POST', headers: headers(false), body: form, cache: 'no-store' });
+  await check(response);
+  return response.json();
+}
+
+/** A file the node offers (an export, an attachment): its bytes and the name it gives it. */
 export async function download(path) {
   const response = await check(await fetch(path, { headers: headers(false), cache: 'no-store' }));
   const disposition = response.headers.get('Content-Disposition') || '';
-  const name = /filename="([^"]+)"/.exec(disposition)?.[1] || 'download';
+  const utf8 = /filename\*=UTF-8''([^;]+)/.exec(disposition)?.[1];
+  const name = (utf8 && decodeURIComponent(utf8)) || /filename="([^"]+)"/.exec(disposition)?.[1] || 'download';
   return { blob: await response.blob(), name };
 }
 

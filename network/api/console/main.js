@@ -1,7 +1,7 @@
 // The console: sign in, then the officer's or the auditor's pages, chosen by the hash
 // (#/inbox, #/compose, #/message/ID, #/audit, ...). Live events refresh what is shown.
 
-import { api, ApiError, download, follow, session, signIn, signOut } from './api.js';
+import { api, ApiError, download, follow, session, signIn, signOut, upload } from './api.js';
 import { append, badge, brief, byUrgency, clear, h, label, show, table, when } from './dom.js';
 import { Form, control, record } from './forms.js';
 
@@ -306,9 +306,15 @@ async function composePage() {
     body = desc ? record(desc, 'body', form) : null;
     clear(holder, body?.el);
   });
+  // Files go with the request, sealed end to end; the node names and hashes them in its body.
+  const files = h('input', { id: 'compose-files', type: 'file', multiple: true, 'data-path': 'attachments',
+    accept: '.pdf,.png,.jpg,.jpeg,.gif,.webp,.txt,.csv,application/pdf,image/png,image/jpeg,image/gif,image/webp,text/plain,text/csv' });
+  const filesError = h('span', { class: 'error', 'data-error-for': 'body.attachments' });
+  form.slot('body.attachments', filesError);
+  const filesField = h('div', { class: 'field' }, h('label', { for: 'compose-files' }, 'Attach files (PDF, images, text)'), files, filesError);
   const status = h('p', { class: 'muted', role: 'status' });
   const element = h('form', { class: 'compose card', novalidate: true },
-    form.summary, h('div', { class: 'row' }, toField, typeField, priorityField), alsoField, title, holder,
+    form.summary, h('div', { class: 'row' }, toField, typeField, priorityField), alsoField, title, holder, filesField,
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Check and send'), status));
   element.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -323,10 +329,16 @@ async function composePage() {
     const recipients = [to.value, ...also.map((l) => l.firstChild).filter((c) => c.checked && c.value !== to.value).map((c) => c.value)];
     try {
       const content = body.read() ?? {};
-      const sent = await api('/api/messages', {
-        method: 'POST',
-        body: { to: recipients.length > 1 ? recipients : to.value, type: type.value, priority: priority.value, body: content },
-      });
+      const message = { to: recipients.length > 1 ? recipients : to.value, type: type.value, priority: priority.value, body: content };
+      let sent;
+      if (files.files.length) {
+        const data = new FormData();
+        data.append('message', new Blob([JSON.stringify(message)], { type: 'application/json' }));
+        for (const file of files.files) data.append('attachment', file, file.name);
+        sent = await upload('/api/messages', data);
+      } else {
+        sent = await api('/api/messages', { method: 'POST', body: message });
+      }
       location.hash = sent.messages ? `#/case/${encodeURIComponent(content.case_ref)}` : `#/message/${encodeURIComponent(sent.id)}`;
     } catch (error) {
       status.textContent = '';
@@ -403,11 +415,32 @@ function renderMessage(holder, m) {
     h('section', { class: 'card body' }, h('h2', {}, 'Body'), m.deleted
       ? h('p', { 'data-fact': 'Deleted' }, `Contents deleted ${when(m.deleted.at)} under retention rule ${m.deleted.rule}: the receipts and the log still prove what was exchanged, not what it said.`)
       : show(ordered(m.body, types?.[m.type]))),
+    filesCard(m),
     h('section', { class: 'card' }, h('h2', {}, 'Thread'),
       thread.length ? h('ul', { class: 'thread' }, thread) : h('p', { class: 'muted' }, 'No other message in this thread.')),
     h('section', { class: 'card' }, h('h2', {}, 'Receipts'),
       receipts.length ? table(['Direction', 'Signer', 'Outcome', 'Reason', 'Time'], receipts) : h('p', { class: 'muted' }, 'No receipt yet.')),
     h('section', { class: 'card' }, h('h2', {}, 'Timeline'), h('ol', { class: 'timeline' }, timeline)));
+}
+
+// The files a message carries: each as its sender named and hashed it, how far its parts
+// have come, and a download once all are here (checked against that hash; audited).
+function filesCard(m) {
+  if (!m.attachments?.length) return null;
+  const status = h('p', { class: 'muted', role: 'status' });
+  const rows = m.attachments.map((f) => h('tr', { 'data-file': f.index },
+    h('td', {}, f.name), h('td', {}, f.media_type), h('td', {}, `${f.size} bytes`),
+    h('td', {}, f.complete ? (m.box === 'out' ? 'delivered' : 'here') : `${f.arrived} of ${f.parts} parts`),
+    h('td', { class: 'mono' }, f.sha256.slice(0, 16) + '…'),
+    h('td', {}, f.complete || m.box === 'out' ? h('button', { type: 'button', onclick: async () => {
+      try {
+        status.textContent = `Downloaded ${await save(`/api/messages/${encodeURIComponent(m.id)}/attachments/${f.index}`)}.`;
+      } catch (error) {
+        status.textContent = error.message;
+      }
+    } }, 'Download') : '')));
+  return h('section', { class: 'card files' }, h('h2', {}, 'Attachments'),
+    table(['Name', 'Kind', 'Size', 'Arrived', 'SHA-256', ''], rows), status);
 }
 
 async function renderActions(holder, m, reload) {
