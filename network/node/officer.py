@@ -8,6 +8,7 @@ that should carry it woken.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -87,6 +88,8 @@ async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> User
 
 
 MAX_NOTE = 2000  # a handover note
+PARTS_PER_STEP = 16  # attachment parts sealed between two turns of the event loop
+PARTS_PER_COMMIT = 64  # attachment parts (about 9 MiB) committed in one transaction
 MAX_RECIPIENTS = 50  # one request to several countries (a botnet case: ten, twenty)
 # What answers or follows one Party's message goes to that Party alone.
 _ONE_PARTY = frozenset({MessageType.ACKNOWLEDGEMENT, MessageType.RESPONSE, MessageType.FOLLOW_UP})
@@ -286,10 +289,10 @@ class Officers:
             raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
         assert envelope.plaintext is not None
         self_sealed = seal_to_self(envelope.plaintext, envelope.header.id, self.context.storage)
-        parts = self._parts(user, node, card.hpke_key, envelope.header, files)
+        parts = await self._parts(user, node, card.hpke_key, envelope.header, files)
         return _Draft(user, node, kind, typed, envelope, self_sealed, answered, parts)
 
-    def _parts(
+    async def _parts(
         self,
         user: str,
         node: NodeId,
@@ -298,11 +301,15 @@ class Officers:
         files: Sequence[AttachmentFile],
     ) -> tuple[_Draft, ...]:
         """Each file's parts as messages of their own, sealed to `node`: routine (flash and
-        urgent traffic goes first), expiring with their message."""
+        urgent traffic goes first), expiring with their message. The loop serves links and
+        readers between every few parts (the signing key may be in a hardware module, so the
+        sealing stays on the loop, in steps)."""
         drafts = []
         now = self.context.clock()
         for index, file in enumerate(files):
             for number, data in enumerate(split(file.data)):
+                if number % PARTS_PER_STEP == PARTS_PER_STEP - 1:
+                    await asyncio.sleep(0)
                 typed = AttachmentPart(
                     of=header.id, attachment=index, part=number, data=b64encode(data)
                 )
@@ -336,7 +343,18 @@ class Officers:
 
     async def _queue(self, drafts: Sequence[_Draft]) -> list[MessageRow]:
         """Commit sealed messages to the outbox with their audit entries, in one transaction,
-        then wake the links that carry them."""
+        then wake the links that carry them.
+
+        Their files' parts go first, `PARTS_PER_COMMIT` to a transaction, so that no
+        commit holds the store for long (a flash message arriving meanwhile is stored
+        between two); the messages then go together, last: once one is queued, all its
+        parts are. A crash between leaves parts of no message, which its recipient keeps
+        and never joins."""
+        parts = [(draft.envelope.header.id, part) for draft in drafts for part in draft.parts]
+        for start in range(0, len(parts), PARTS_PER_COMMIT):
+            async with self.context.store.transaction(self.context.clock()) as tx:
+                for of, part in parts[start : start + PARTS_PER_COMMIT]:
+                    self._queue_part(tx, part, of)
         rows: list[MessageRow] = []
         published: list[AuditEntry] = []
         async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
@@ -401,8 +419,6 @@ class Officers:
                     ]
                 )
                 published += [*acted, composed]
-                for part in draft.parts:
-                    self._queue_part(tx, part, header.id)
         self.context.publish(published)
         for draft in drafts:
             for sent in (draft, *draft.parts):

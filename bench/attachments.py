@@ -1,0 +1,205 @@
+"""A file sent between two nodes, end to end, beside the floor of the raw primitives.
+
+    .venv/bin/python bench/attachments.py [--mib 25] [--runs 3] [--results FILE] [--quick]
+
+Starts FRA and DEU as separate processes on 127.0.0.1 (real TLS, SQLite, WebSockets,
+ML-KEM-768+X25519) and, `--runs` times, has FRA's officer post a request with one PDF
+of `--mib` MiB (multipart, as `cpn send --attach` does) and DEU's officer download it
+once every part is there. It times: the upload (until the 202: every part sealed and
+durable), the delivery (until FRA holds DEU's signed receipt for every part), and the
+download (the parts opened, joined and checked against the signed SHA-256).
+
+The floor is the raw primitives for the same parts, in this run, no project code: per
+part, HPKE seal and open of a part's plaintext, 4 Ed25519 operations over its envelope
+(sign and verify it, sign and verify its receipt), a WebSocket frame each way, and the 3
+durable SQLite writes a message needs, in commits of 64 parts (as the node commits
+them). Medians of the runs; the ratio is the share of the floor reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.results import Figure, add_arguments, machine, record, table
+from network.cli.client import Client
+from network.core.attachments import PART_BYTES, AttachmentFile, parts_for
+from network.core.crypto import HpkeSuite
+from network.samples import sample_body
+from tests.harness import Network, rows, wait_for
+
+COMMIT = 64  # parts a node commits in one transaction
+
+
+def raw_floor(parts: int) -> dict[str, float]:
+    """Seconds for `parts` parts of the raw work alone (see the module's docstring)."""
+    from cryptography.hazmat.primitives import hpke
+    from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    suite = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    private = hpke.MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    )
+    public = private.public_key()
+    signer = ed25519.Ed25519PrivateKey.generate()
+    verifier = signer.public_key()
+    plaintext = os.urandom(PART_BYTES * 4 // 3 + 600)  # the part in base64url, its JSON
+    envelope = os.urandom(len(plaintext) * 4 // 3 + 1_500)  # sealed, in base64url
+    with tempfile.TemporaryDirectory(prefix="cpn-bench-floor-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "floor.sqlite", isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, state TEXT, envelope BLOB)")
+        took = {"hpke": 0.0, "ed25519": 0.0, "frames": 0.0, "commits": 0.0}
+        for index in range(parts):
+            t0 = time.perf_counter()
+            sealed = suite.encrypt(plaintext, public, info=b"cpn")
+            suite.decrypt(sealed, private, info=b"cpn")
+            t1 = time.perf_counter()
+            for data in (envelope, b"receipt"):
+                verifier.verify(signer.sign(data), data)
+            t2 = time.perf_counter()
+            for payload in (envelope, b"r" * 600):
+                wire = Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[])
+                reader = StreamReader()
+                reader.feed_data(wire)
+                parser = Frame.parse(reader.read_exact, mask=True, extensions=[])
+                with contextlib.suppress(StopIteration):
+                    while True:
+                        next(parser)
+            t3 = time.perf_counter()
+            if index % COMMIT == 0:
+                for state in ("queued", "received"):
+                    db.execute("BEGIN IMMEDIATE")
+                    for row in range(min(COMMIT, parts - index)):
+                        db.execute(
+                            "INSERT INTO m VALUES (?, ?, ?)",
+                            (f"{state}{index}-{row}", state, envelope),
+                        )
+                    db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("UPDATE m SET state = 'delivered' WHERE state = 'queued'")
+                db.execute("COMMIT")
+            took["hpke"] += t1 - t0
+            took["ed25519"] += t2 - t1
+            took["frames"] += t3 - t2
+            took["commits"] += time.perf_counter() - t3
+        db.close()
+    return took
+
+
+def _all_signed_for(store: Path, message_id: str, parts: int) -> bool:
+    """Whether the recipient has signed for every part of `message_id`, as the sender holds."""
+    query = (
+        "SELECT COUNT(*) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
+        " AND state = 'delivered'"
+    )
+    return int(rows(store, query, (message_id,))[0][0]) == parts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mib", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=3)
+    add_arguments(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.mib, args.runs = 2, 1
+    size = args.mib * 1024 * 1024
+    parts = parts_for(size)
+    timings: dict[str, list[float]] = {"upload": [], "delivery": [], "download": []}
+    with tempfile.TemporaryDirectory(prefix="cpn-bench-attachments-") as tmp:
+        network = Network(Path(tmp), {"FRA": ["DEU"], "DEU": []}, suite=HpkeSuite.MLKEM768_X25519)
+        try:
+            network.start("DEU")
+            network.start("FRA")
+            fra = Client(
+                network.nodes["FRA"].api, network.nodes["FRA"].tokens["officer"], timeout=600
+            )
+            deu = Client(
+                network.nodes["DEU"].api, network.nodes["DEU"].tokens["officer"], timeout=600
+            )
+            for run in range(args.runs):
+                data = b"%PDF-1.7\n" + os.urandom(size - 9)
+                request = {
+                    "to": "DEU",
+                    "type": "preservation",
+                    "priority": "urgent",
+                    "body": sample_body("preservation", case_ref=f"BENCH-{run}"),
+                }
+                started = time.perf_counter()
+                sent = fra.send(request, [AttachmentFile("image.pdf", "application/pdf", data)])
+                uploaded = time.perf_counter()
+                wait_for(
+                    functools.partial(
+                        _all_signed_for, network.nodes["FRA"].store, sent["id"], parts
+                    ),
+                    timeout=900,
+                    what="every part signed for",
+                    poll=0.05,
+                )
+                delivered = time.perf_counter()
+                name, got = deu.attachment(sent["id"], 0)
+                downloaded = time.perf_counter()
+                assert got == data
+                assert name == "image.pdf"
+                timings["upload"].append(uploaded - started)
+                timings["delivery"].append(delivered - started)
+                timings["download"].append(downloaded - delivered)
+        finally:
+            network.close()
+    floor = raw_floor(parts)
+    whole = sum(floor.values())
+    median = {k: statistics.median(v) for k, v in timings.items()}
+    figures = [
+        Figure(
+            "attachments",
+            f"{args.mib} MiB file, posted to delivered with every part's receipt ({parts} parts)",
+            "s",
+            median["delivery"],
+            whole,
+            higher_is_better=False,
+        ),
+        Figure(
+            "attachments",
+            f"{args.mib} MiB file, upload until 202 (sealed, durable)",
+            "s",
+            median["upload"],
+        ),
+        Figure(
+            "attachments",
+            f"{args.mib} MiB file, download (parts opened, joined, SHA-256 checked)",
+            "s",
+            median["download"],
+            floor["hpke"] / 2,  # the HPKE opens alone
+            higher_is_better=False,
+        ),
+        Figure(
+            "attachments",
+            "delivered throughput",
+            "MiB/s",
+            args.mib / median["delivery"],
+            args.mib / whole,
+        ),
+    ]
+    print(machine())
+    print("floor per part: " + ", ".join(f"{k} {v / parts * 1e6:.0f} µs" for k, v in floor.items()))
+    print(table(figures))
+    record(args.results, figures, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
