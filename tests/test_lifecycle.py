@@ -28,6 +28,8 @@ S, E = State, Event
 
 # Where a message starts in each table: committed to the outbox, or received.
 ENTRY = {"out": S.QUEUED, "in": S.RECEIVED, "relay": S.QUEUED}
+# ... and where else: a request held for a second officer's approval (four eyes).
+ENTRIES = {**{box: {state} for box, state in ENTRY.items()}, "out": {S.QUEUED, S.AWAITING_APPROVAL}}
 
 # States no event leaves (every move from them comes back to them).
 TERMINAL = {"out": {S.WITHDRAWN}, "in": {S.WITHDRAWN}, "relay": set()}
@@ -57,7 +59,7 @@ def test_every_move_leads_to_a_state_of_the_same_table(box: str) -> None:
 @pytest.mark.parametrize("box", list(TABLES))
 def test_every_state_can_be_reached_from_the_entry(box: str) -> None:
     table = TABLES[box]
-    seen, todo = {ENTRY[box]}, [ENTRY[box]]
+    seen, todo = set(ENTRIES[box]), list(ENTRIES[box])
     while todo:
         for after in table[todo.pop()].values():
             if after not in seen:
@@ -75,6 +77,23 @@ def test_terminal_states(box: str) -> None:
 
 def test_the_tables_are_the_three_boxes() -> None:
     assert TABLES == {"out": OUTBOUND, "in": INBOUND, "relay": RELAY}
+
+
+@given(events=st.lists(st.sampled_from(list(Event))))
+def test_a_request_held_for_approval_leaves_only_by_an_approval(events: list[Event]) -> None:
+    """Four eyes: nothing a peer says (a forged receipt, an answer to an id it cannot have
+    seen) moves a held request; only an approval queues it, and once sent back it never
+    goes."""
+    states = walk(OUTBOUND, S.AWAITING_APPROVAL, events)
+    for event, (before, after) in zip(events, itertools.pairwise(states), strict=True):
+        if before is S.AWAITING_APPROVAL and after is not before:
+            assert (event, after) in {
+                (E.APPROVE, S.QUEUED),
+                (E.SEND_BACK, S.SENT_BACK),
+                (E.WITHDRAW, S.WITHDRAWN),
+            }
+        if before is S.SENT_BACK:
+            assert after in (S.SENT_BACK, S.WITHDRAWN)  # never sent, whatever comes
 
 
 def test_a_sent_message_is_delivered_only_by_an_end_to_end_receipt() -> None:

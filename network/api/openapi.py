@@ -196,6 +196,11 @@ SCHEMAS: Final[dict[str, Any]] = {
             "preserved_until": _NULL_MS,
             "until_decision": _NULL_MS,
             "assigned_to": _NULL_STR,
+            "approval": {
+                "anyOf": [enum(("pending", "approved", "sent_back")), {"type": "null"}],
+                "description": "four eyes: a second officer's approval (null: not needed)",
+            },
+            "approved_by": _NULL_STR,
             "deleted": {
                 "anyOf": [obj({"rule": {"type": "string"}, "at": _MS}), {"type": "null"}],
                 "description": "the retention rule that deleted its contents, and when",

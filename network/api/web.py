@@ -77,6 +77,7 @@ from network.core.budget import AuditBudget
 from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
 from network.core.lifecycle import State
 from network.core.records import (
+    DESK_ROLES,
     MESSAGE_ID_PATTERN,
     ROLES,
     MessageType,
@@ -530,6 +531,51 @@ async def assign_message(request: web.Request) -> web.StreamResponse:
     return web.json_response(summary(row))
 
 
+async def list_approvals(request: web.Request) -> web.StreamResponse:
+    """Requests waiting for a second officer's approval: `{"messages": [...]}`."""
+    return web.json_response({"messages": await request.app[NODE].reading.approvals()})
+
+
+async def approve_message(request: web.Request) -> web.StreamResponse:
+    """Approve a request held for four eyes (`{"note"?}`): it goes now; 200 with its summary."""
+    message_id = _message_id(request)
+    fields = await _json_object(request, empty_ok=True)
+    _only(fields, ("note",))
+    row = await request.app[NODE].officers.approve(
+        message_id, request[USER], note=fields.get("note")
+    )
+    if row is None:
+        raise _Refusal(404, f"no sent message {message_id}")
+    return web.json_response(summary(row))
+
+
+async def send_back_message(request: web.Request) -> web.StreamResponse:
+    """Send a request held for four eyes back to its composer (`{"reason"}`): it never
+    leaves; 200 with its summary."""
+    message_id = _message_id(request)
+    fields = await _json_object(request, empty_ok=True)
+    _only(fields, ("reason",))
+    row = await request.app[NODE].officers.send_back(
+        message_id, request[USER], fields.get("reason")
+    )
+    if row is None:
+        raise _Refusal(404, f"no sent message {message_id}")
+    return web.json_response(summary(row))
+
+
+APPROVAL_NOTE: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"note": {"type": "string", "maxLength": 2000}},
+    "additionalProperties": False,
+}
+SENDING_BACK: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"reason": {"type": "string", "maxLength": 2000}},
+    "required": ["reason"],
+    "additionalProperties": False,
+}
+
+
 async def list_holds(request: web.Request) -> web.StreamResponse:
     """The legal holds: each case (by its keyed digest), why, by whom, since when."""
     return web.json_response({"holds": await request.app[NODE].retention.holds()})
@@ -952,11 +998,12 @@ class Route:
     doc: Doc  # its parameters, body and answer, for the check and the document
 
 
-_OFFICER: Final = frozenset({"officer"})
+_OFFICER: Final = DESK_ROLES  # an approver works the desk too
+_APPROVER: Final = frozenset({"approver"})
 _AUDITOR: Final = frozenset({"auditor"})
-_READERS: Final = frozenset({"officer", "auditor"})
+_READERS: Final = DESK_ROLES | {"auditor"}
 _ADMIN_ONLY: Final = frozenset({"admin"})
-_HOLDERS: Final = frozenset({"officer", "admin"})  # a case's officer, or the node's admin
+_HOLDERS: Final = DESK_ROLES | {"admin"}  # a case's officer, or the node's admin
 _ANY_ROLE: Final = frozenset(ROLES)
 
 _SUMMARY: Final = ref("MessageSummary")
@@ -1006,6 +1053,19 @@ ROUTES: Final = (
             {"type": "string", "format": "binary", "description": "the file"},
             path=(ID_PARAM, INDEX_PARAM), media_type="application/octet-stream",
         ),
+    ),
+    Route(
+        "GET", "/api/approvals", list_approvals, _OFFICER, "list approvals",
+        Doc(obj({"messages": _SUMMARIES})),
+    ),
+    Route(
+        "POST", "/api/messages/{id}/approve", approve_message, _APPROVER, "approve requests",
+        Doc(_SUMMARY, path=(ID_PARAM,), body=APPROVAL_NOTE, body_required=False),
+    ),
+    Route(
+        "POST", "/api/messages/{id}/send-back", send_back_message, _APPROVER,
+        "send requests back",
+        Doc(_SUMMARY, path=(ID_PARAM,), body=SENDING_BACK),
     ),
     Route(
         "GET", "/api/holds", list_holds, _ANY_ROLE, "list legal holds",

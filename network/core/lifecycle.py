@@ -22,6 +22,9 @@ Rules:
 - `withdrawn` follows the requester's withdrawal or release (a `follow_up`), on
   either side and from any state of a request: it is final, and what arrives
   after it (a late receipt, an answer crossing the withdrawal) changes nothing.
+- Four eyes: a request the node's policy holds is `awaiting_approval` until a
+  second officer approves it (`queued`: it goes, its deadlines start) or sends
+  it back (`sent_back`, final: it never leaves).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class State(StrEnum):
     OPENED = "opened"
     FORWARDED = "forwarded"
     WITHDRAWN = "withdrawn"
+    # Four eyes: composed, held until a second officer approves it (then `queued`) or sends
+    # it back (final: it never leaves; the officer composes it again).
+    AWAITING_APPROVAL = "awaiting_approval"
+    SENT_BACK = "sent_back"
 
 
 class Event(StrEnum):
@@ -72,11 +79,24 @@ class Event(StrEnum):
     ACKNOWLEDGE = "acknowledge"
     ANSWER = "answer"
     WITHDRAW = "withdraw"  # the requester withdrew the request, or released the preservation
+    APPROVE = "approve"  # a second officer approved a request held for it
+    SEND_BACK = "send_back"  # ... or sent it back, with a reason
 
 
 S, E = State, Event
 
+# Held for approval, or sent back: never sent, so what a peer says of it (a forged receipt
+# or answer, since no peer has seen its id) changes nothing, and is audited.
+_NEVER_SENT: Final = (E.RECEIPT, E.REFUSED, E.HOP_RECEIPT, E.ACKNOWLEDGE, E.ANSWER)
+
 OUTBOUND: Final[dict[State, dict[Event, State]]] = {
+    S.AWAITING_APPROVAL: {
+        **dict.fromkeys(_NEVER_SENT, S.AWAITING_APPROVAL),
+        E.APPROVE: S.QUEUED,
+        E.SEND_BACK: S.SENT_BACK,
+        E.WITHDRAW: S.WITHDRAWN,
+    },
+    S.SENT_BACK: {**dict.fromkeys(_NEVER_SENT, S.SENT_BACK), E.WITHDRAW: S.WITHDRAWN},
     S.QUEUED: {
         E.SEND: S.SENT,
         E.EXPIRE: S.EXPIRED,

@@ -31,6 +31,7 @@ import rfc8785
 from network.core.errors import MalformedError, OversizeError
 
 __all__ = [
+    "DESK_ROLES",
     "MAX_JSON_DEPTH",
     "MAX_SAFE_INTEGER",
     "MESSAGE_ID_PATTERN",
@@ -75,7 +76,9 @@ MessageId = NewType("MessageId", str)
 """A UUIDv7 in its canonical text form: time-ordered, unique."""
 
 
-ROLES = ("officer", "auditor", "admin")
+ROLES = ("officer", "auditor", "admin", "approver")
+# Who works the desk: an approver is an officer who may also approve another's request.
+DESK_ROLES = frozenset({"officer", "approver"})
 """The roles of a node's users (DESIGN.md, "Who uses it")."""
 
 

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # A message in one of these still needs its envelope: it may be sent, or sent again.
-KEPT_STATES: Final = frozenset({State.QUEUED, State.SENT})
+KEPT_STATES: Final = frozenset({State.QUEUED, State.SENT, State.AWAITING_APPROVAL})
 
 # What a deletion destroys, as its audit entry names it.
 CONTENTS: Final = ("envelope", "sent_copy", "inbox_line", "identifiers", "attachments")

@@ -40,6 +40,9 @@ ConfigError naming the file and the key.
     [restore]                        # optional: after `cpn store restore`
     wait = "30s"                     # for the dialled peers, before explaining the restore
     give_up = "10m"                  # then alert on peers that have not given back
+    [approval]                       # optional: four eyes on outgoing requests
+    types = ["preservation"]         #   held until an approver (not their composer) approves
+    flash = "after"                  #   a flash one goes at once, approved afterwards ("before")
     [attachments]                    # optional: files sent and taken, in MiB
     max_file_mib = 25                #   each file
     max_message_mib = 100            #   all the files of one message
@@ -62,10 +65,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from network.core.approval import NO_APPROVAL, ApprovalPolicy
 from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
+from network.core.bodies import LAWFUL_ANSWERS
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
 from network.core.errors import ConfigError
-from network.core.records import NodeId, Priority, is_node_id
+from network.core.records import MessageType, NodeId, Priority, is_node_id
 from network.core.retention import RetentionRule
 
 __all__ = ["NodeConfig", "load_config", "parse_duration", "parse_listen"]
@@ -138,6 +143,7 @@ class NodeConfig:
     restore_give_up_ms: int = 600_000  # [restore] give_up: then alert on what is missing
     retention: tuple[RetentionRule, ...] = ()  # [retention.NAME]: when contents are deleted
     attachments: AttachmentLimits = DEFAULT_LIMITS  # [attachments]: file sizes taken
+    approval: ApprovalPolicy = NO_APPROVAL  # [approval]: four eyes on outgoing requests
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -218,6 +224,36 @@ def parse_duration(value: object, where: str, *, max_days: int = 365) -> int:
     if ms > max_days * _UNIT_MS["d"]:
         raise ConfigError(f"{where}: must be at most {max_days} days, got {value!r}")
     return ms
+
+
+def _approval(section: object, file: Path) -> ApprovalPolicy:
+    """`[approval] types = [...], flash = "after" | "before"`."""
+    if section is None:
+        return NO_APPROVAL
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: approval: expected a table")
+    extra = sorted(set(section) - {"types", "flash"})
+    if extra:
+        raise ConfigError(f"{file}: approval.{extra[0]}: unknown key")
+    names = section.get("types")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{file}: approval.types: expected a list of request types")
+    if not names:
+        raise ConfigError(f"{file}: approval.types: name at least one request type")
+    requests = {t.value for t in LAWFUL_ANSWERS}
+    for name in names:
+        if name not in requests:
+            raise ConfigError(
+                f"{file}: approval.types: {name!r} is not a request type"
+                f" ({', '.join(sorted(requests))})"
+            )
+    flash = section.get("flash", "after")
+    if flash not in ("after", "before"):
+        raise ConfigError(
+            f'{file}: approval.flash: "after" (a flash request goes at once, approved'
+            f' afterwards) or "before", got {flash!r}'
+        )
+    return ApprovalPolicy(frozenset(MessageType(n) for n in names), flash == "after")
 
 
 def _attachments(section: object, file: Path) -> AttachmentLimits:
@@ -459,6 +495,7 @@ def load_config(path: Path) -> NodeConfig:
     restore_wait, restore_give_up = _restore(doc.get("restore"), path)
     retention = _retention(doc.get("retention"), path)
     attachments = _attachments(doc.get("attachments"), path)
+    approval = _approval(doc.get("approval"), path)
     signing_uri = keys.get("signing")
     if signing_uri is not None and (
         not isinstance(signing_uri, str) or not signing_uri.startswith("pkcs11:")
@@ -479,6 +516,7 @@ def load_config(path: Path) -> NodeConfig:
         "restore",
         "retention",
         "attachments",
+        "approval",
     }
     extra = sorted(set(doc) - known)
     if extra:
@@ -515,4 +553,5 @@ def load_config(path: Path) -> NodeConfig:
         restore_give_up_ms=restore_give_up,
         retention=retention,
         attachments=attachments,
+        approval=approval,
     )

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from network.core.approval import NO_APPROVAL, ApprovalPolicy
 from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
 from network.core.budget import AuditBudget
 from network.core.crypto import StorageKey, VerifyKey
@@ -143,6 +144,7 @@ class NodeContext:
     keeper: VerifyKey | None = None  # the pinned register keeper key: rosters need it
     deadlines: Deadlines = DEFAULT_DEADLINES
     attachments: AttachmentLimits = DEFAULT_LIMITS  # the files this node sends and takes
+    approval: ApprovalPolicy = NO_APPROVAL  # four eyes: the requests a second officer approves
     events: Hub = field(default_factory=Hub)  # live news for the console; fed after commits
     alerts: AlertBoard = field(init=False)  # what is raised: the console's and the webhook's
     checkpoints: CheckpointStanding = field(default_factory=CheckpointStanding)

@@ -31,11 +31,11 @@ from network.core.bodies import (
     reference_problem,
 )
 from network.core.crypto import HpkePublicKey
-from network.core.deadlines import Box, preservation_period_problem
+from network.core.deadlines import Box, Due, preservation_period_problem
 from network.core.envelope import Envelope, Header, seal, seal_to_self
 from network.core.errors import BodyError, UnknownNodeError
-from network.core.lifecycle import PRIORITY_RANK, State
-from network.core.records import ROLES, MessageType, NodeId, Priority, b64encode
+from network.core.lifecycle import PRIORITY_RANK, Event, State
+from network.core.records import DESK_ROLES, ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.listing import seal_line
@@ -44,6 +44,7 @@ from network.node.store import AuditEntry, MessageRow, Store, Tx, UserRow
 from network.node.tracking import (
     ACTED,
     act_on,
+    approved_deadlines,
     case_tag,
     deadlines_for,
     identifier_tags,
@@ -350,11 +351,17 @@ class Officers:
         between two); the messages then go together, last: once one is queued, all its
         parts are. A crash between leaves parts of no message, which its recipient keeps
         and never joins."""
+        approval = self.context.approval
+        held = {
+            d.envelope.header.id
+            for d in drafts
+            if approval.holds(d.kind, d.envelope.header.priority)
+        }
         parts = [(draft.envelope.header.id, part) for draft in drafts for part in draft.parts]
         for start in range(0, len(parts), PARTS_PER_COMMIT):
             async with self.context.store.transaction(self.context.clock()) as tx:
                 for of, part in parts[start : start + PARTS_PER_COMMIT]:
-                    self._queue_part(tx, part, of)
+                    self._queue_part(tx, part, of, held=of in held)
         rows: list[MessageRow] = []
         published: list[AuditEntry] = []
         async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
@@ -365,6 +372,12 @@ class Officers:
                     draft.typed,
                     draft.user,
                 )
+                waits = header.id in held  # four eyes: no deadline runs until it goes
+                due = (
+                    {"due": Due(None, None, None), "alert_at": None}
+                    if waits
+                    else deadlines_for(self.context, Box.OUT, header, draft.kind)
+                )
                 rows.append(
                     tx.insert_message(
                         id=header.id,
@@ -373,7 +386,7 @@ class Officers:
                         type=draft.kind,
                         priority=header.priority,
                         priority_rank=PRIORITY_RANK[header.priority],
-                        state=State.QUEUED,
+                        state=State.AWAITING_APPROVAL if waits else State.QUEUED,
                         created=header.created,
                         expires=header.expires,
                         envelope=draft.envelope.raw,
@@ -382,8 +395,9 @@ class Officers:
                         composed_by=user,
                         case_ref=case_tag(self.context, typed),
                         in_reply_to=refers_to(typed),
-                        **deadlines_for(self.context, Box.OUT, header, draft.kind),
+                        **due,
                         listing=seal_line(typed, header.id, self.context.storage),
+                        approval="pending" if approval.wants(draft.kind) else None,
                     )
                 )
                 tx.index_identifiers(header.id, identifier_tags(self.context.storage, typed))
@@ -410,16 +424,27 @@ class Officers:
                     "digest": b64encode(draft.envelope.digest),
                     "suite": str(header.suite),
                 }
+                if waits:
+                    step = AuditEntry(user, "awaiting_approval", header.id, {"to": node})
+                else:
+                    step = AuditEntry(self.context.actor, "queued", header.id, {"to": node})
+                    if approval.wants(draft.kind):  # a flash request: approved after it went
+                        detail["approval"] = "after_sending"
                 tx.audit(
                     [
                         *acted,
                         composed,
                         AuditEntry(self.context.actor, "sealed", header.id, digest),
-                        AuditEntry(self.context.actor, "queued", header.id, {"to": node}),
+                        step,
                     ]
                 )
                 published += [*acted, composed]
         self.context.publish(published)
+        self._wake([d for d in drafts if d.envelope.header.id not in held])
+        return rows
+
+    def _wake(self, drafts: Sequence[_Draft]) -> None:
+        """Tell the links that carry them that these messages and their parts are queued."""
         for draft in drafts:
             for sent in (draft, *draft.parts):
                 header = sent.envelope.header
@@ -428,9 +453,8 @@ class Officers:
                 )
         if any(d.envelope.header.priority is not Priority.ROUTINE for d in drafts):
             self.context.checkpoints.urgent_message()
-        return rows
 
-    def _queue_part(self, tx: Tx, part: _Draft, of: str) -> None:
+    def _queue_part(self, tx: Tx, part: _Draft, of: str, *, held: bool = False) -> None:
         """An attachment's part in the outbox, behind its message: no deadline of its own (its
         message has them), one `sealed` entry naming its digest."""
         header = part.envelope.header
@@ -441,7 +465,7 @@ class Officers:
             type=MessageType.ATTACHMENT_PART,
             priority=header.priority,
             priority_rank=PRIORITY_RANK[header.priority],
-            state=State.QUEUED,
+            state=State.AWAITING_APPROVAL if held else State.QUEUED,
             created=header.created,
             expires=header.expires,
             envelope=part.envelope.raw,
@@ -569,6 +593,8 @@ class Officers:
             return None
         if "follows" in fields:
             raise BodyError("follows", "is the request followed up; leave it out")
+        if row.state in (State.AWAITING_APPROVAL, State.SENT_BACK):
+            raise BodyError("follows", f"it was never sent ({row.state}): nothing to follow up")
         return await self.submit(
             user=user,
             to=row.peer,
@@ -577,6 +603,91 @@ class Officers:
             body={"follows": message_id, **fields},
             files=files,
         )
+
+    async def approve(
+        self, message_id: str, user: UserRow, note: object = None
+    ) -> MessageRow | None:
+        """Four eyes: a second officer (role `approver`, not its composer) approves a request
+        held for it: it goes now, and its deadlines count from now (one sent at once, a
+        flash, is approved after). Audited as `approved`. None if there is no such sent
+        message; BodyError naming `approval` (nothing to approve), `approver` or `note`."""
+        if note is not None and (not isinstance(note, str) or not 0 < len(note) <= MAX_NOTE):
+            raise BodyError("note", f"must be text of 1 to {MAX_NOTE} characters")
+        parts: list[tuple[str, bytes]] = []
+        async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
+            row = await tx.message(message_id)
+            if row is None or row.box != "out":
+                return None
+            self._check_approver(row, user)
+            detail: dict[str, Any] = {"composed_by": row.composed_by}
+            if note is not None:
+                detail["note"] = note
+            entries = [AuditEntry(user.name, "approved", row.id, detail)]
+            if row.state is State.AWAITING_APPROVAL:
+                if row.expires <= tx.now:
+                    raise BodyError(
+                        "approval",
+                        "it expired while it waited: compose it again (its expiry is signed)",
+                    )
+                tx.transition(row, Event.APPROVE)
+                tx.parts_follow(row.id, State.QUEUED)
+                parts = await tx.parts_kept(row.id)
+                current = await tx.message(row.id) or row
+                tx.schedule(current, *approved_deadlines(self.context, current, tx.now))
+                entries.append(AuditEntry(self.context.actor, "queued", row.id, {"to": row.peer}))
+            else:
+                detail["after_sending"] = True
+            tx.approval(await tx.message(row.id) or row, "approved", user.name)
+            tx.audit(entries)
+            row = await tx.message(row.id) or row
+        self.context.publish(entries)
+        if row.state is State.QUEUED:
+            self.delivery.queued(Candidate(row.id, row.peer, PRIORITY_RANK[row.priority]))
+            for part, _ in parts:
+                self.delivery.queued(Candidate(part, row.peer, PRIORITY_RANK[Priority.ROUTINE]))
+            if row.priority is not Priority.ROUTINE:
+                self.context.checkpoints.urgent_message()
+        return row
+
+    async def send_back(self, message_id: str, user: UserRow, reason: object) -> MessageRow | None:
+        """Four eyes: a second officer sends a held request back to its composer, with the
+        reason: it never leaves (the officer composes it again). Audited as `sent_back`.
+        None if there is no such sent message; BodyError naming `reason`, `approval` or
+        `approver`."""
+        if not isinstance(reason, str) or not 0 < len(reason.strip()) <= MAX_NOTE:
+            raise BodyError("reason", f"required: why it goes back, 1 to {MAX_NOTE} characters")
+        async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
+            row = await tx.message(message_id)
+            if row is None or row.box != "out":
+                return None
+            self._check_approver(row, user)
+            if row.state is not State.AWAITING_APPROVAL:
+                raise BodyError(
+                    "approval",
+                    "it went at once (a flash request): approve it, or follow it up to withdraw it",
+                )
+            tx.transition(row, Event.SEND_BACK)
+            tx.parts_follow(row.id, State.SENT_BACK)
+            tx.approval(await tx.message(row.id) or row, "sent_back", user.name)
+            detail = {"composed_by": row.composed_by, "reason": reason.strip()}
+            entry = AuditEntry(user.name, "sent_back", row.id, detail)
+            tx.audit([entry])
+            row = await tx.message(row.id) or row
+        self.context.publish([entry])
+        return row
+
+    @staticmethod
+    def _check_approver(row: MessageRow, user: UserRow) -> None:
+        """Four eyes need two: an approver, who did not compose it; something to approve."""
+        if row.approval != "pending":
+            done = {"approved": "approved already", "sent_back": "sent back already"}
+            raise BodyError("approval", done.get(row.approval or "", "needs no approval"))
+        if user.role != "approver":
+            raise BodyError("approver", "only an officer with the approver role approves")
+        if row.composed_by == user.name:
+            raise BodyError(
+                "approver", "the officer who composed it cannot approve it: four eyes need two"
+            )
 
     async def assign(
         self, message_id: str, user: str, *, to: object = None, note: object = None
@@ -594,7 +705,7 @@ class Officers:
             if row is None or row.box != "in":
                 return None
             holder = await tx.user(officer)
-            if holder is None or holder.role != "officer":
+            if holder is None or holder.role not in DESK_ROLES:
                 raise BodyError("to", f"{officer!r} is not an officer of this node")
             if row.assigned_to == officer:
                 raise BodyError("to", f"{officer} holds it already")

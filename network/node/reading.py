@@ -14,7 +14,7 @@ from network.core.deadlines import format_overdue
 from network.core.envelope import open_from_self, read_plaintext, read_stored
 from network.core.identifiers import match_keys
 from network.core.lifecycle import Event, State
-from network.core.records import Json, MessageType, b64decode, parse_canonical
+from network.core.records import DESK_ROLES, Json, MessageType, b64decode, parse_canonical
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.evidence import collect_package, opener_for, sign_package
@@ -35,6 +35,13 @@ class Reading:
         """Preservations with a date, asked for (`box` out) or granted (`box` in), soonest
         to lapse first."""
         return [summary(row) for row in await self.context.store.preserved_requests()]
+
+    async def approvals(self) -> list[dict[str, Any]]:
+        """Requests waiting for a second officer's approval (or sent at once, to approve
+        after), oldest first, each with its listing line."""
+        keyring = self.context.keys.keyring
+        rows = await self.context.store.approvals()
+        return [{**summary(r), **open_line(r.listing, r.id, keyring)} for r in rows]
 
     async def overdue(self) -> list[dict[str, Any]]:
         """Messages with a deadline passed and unmet, the most urgent first."""
@@ -58,7 +65,7 @@ class Reading:
             assert current is not None
             # The first reading moves it; reading again is no change (and does not restart
             # the retention period, counted from its last change).
-            if current.box == "in" and user.role == "officer" and current.state is State.RECEIVED:
+            if current.box == "in" and user.role in DESK_ROLES and current.state is State.RECEIVED:
                 tx.transition(current, Event.OPEN)
             tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
             # The transaction keeps the row as it leaves it: no read after the commit.
@@ -309,6 +316,9 @@ def summary(row: MessageRow) -> dict[str, Any]:
         # Kept until the decision on the MLA request, counted from then (sent, then received).
         "until_decision": row.until_decision,
         "assigned_to": row.assigned_to,  # who holds it at the desk
+        # Four eyes: pending, approved, sent_back (None: not needed), and by whom.
+        "approval": row.approval,
+        "approved_by": row.approved_by,
         # The retention rule that deleted its contents, and when (None: kept).
         "deleted": (
             {"rule": row.deleted, "at": row.deleted_at} if row.deleted is not None else None

@@ -113,6 +113,7 @@ async def run_node(
             deadlines=config.deadlines,
             retention=config.retention,
             attachments=config.attachments,
+            approval=config.approval,
         )
         await node.delivery.start()
         roster_file = RosterFile(config.roster_path)

@@ -352,13 +352,17 @@ MIGRATIONS: dict[int, str] = {
     13: """
     ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     """,
-    # 14: attachments (network/core/attachments.py): a part's file (by its index in the
-    # message's `attachments`; the message is `in_reply_to`), so that progress is counted
-    # without opening parts. Retention (network/core/retention.py): a message whose contents
-    # a rule deleted keeps its row, digest and receipts, with the rule and when (`deleted`,
-    # `deleted_at`); its envelope is empty. Cases under a legal hold (by the case reference's
-    # keyed digest, as `messages.case_ref` holds it) keep theirs.
+    # 14: four eyes (network/core/approval.py): a request's approval (pending, approved,
+    # sent_back; NULL: none needed) and who gave it. Attachments (network/core/attachments.py):
+    # a part's file (its index in the message's `attachments`; the message is `in_reply_to`),
+    # so that progress is counted without opening parts. Retention (network/core/retention.py):
+    # a message whose contents a rule deleted keeps its row, digest and receipts, with the rule
+    # and when (`deleted`, `deleted_at`); its envelope is empty. Cases under a legal hold (by
+    # the case reference's keyed digest, as `messages.case_ref` holds it) keep theirs.
     14: """
+    ALTER TABLE messages ADD COLUMN approval TEXT;
+    ALTER TABLE messages ADD COLUMN approved_by TEXT;
+    CREATE INDEX messages_approval ON messages (approval) WHERE approval = 'pending';
     ALTER TABLE messages ADD COLUMN attachment INTEGER;
     CREATE INDEX messages_parts ON messages (in_reply_to, attachment)
         WHERE attachment IS NOT NULL;
@@ -441,6 +445,8 @@ class MessageRow:
     deleted: str | None = None  # the retention rule that deleted its contents (envelope empty)
     deleted_at: int | None = None
     attachment: int | None = None  # an attachment part: which file of `in_reply_to` it carries
+    approval: str | None = None  # four eyes: pending, approved, sent_back (None: not needed)
+    approved_by: str | None = None  # the approver (or who sent it back)
 
 
 class Waiting(NamedTuple):
@@ -478,7 +484,8 @@ _MESSAGE_COLUMNS = (
     "id, box, peer, type, priority, state, created, expires, received, updated,"
     " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
     " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at, until_decision, assigned_to, listing, deleted, deleted_at, attachment"
+    " overdue, alert_at, until_decision, assigned_to, listing, deleted, deleted_at, attachment,"
+    " approval, approved_by"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -906,6 +913,7 @@ class Tx:
         alert_at: int | None = None,
         listing: bytes | None = None,
         attachment: int | None = None,
+        approval: str | None = None,
     ) -> MessageRow:
         """Insert a message (the caller has checked, in this transaction, that its id is
         new); the row as stored. KeyError for a box, type or priority not in its set."""
@@ -938,6 +946,7 @@ class Tx:
             alert_at=alert_at,
             listing=listing,
             attachment=attachment,
+            approval=approval,
         )
         marks = ", ".join("?" * (len(MessageRow.__slots__) + 1))
         self._write(
@@ -1053,6 +1062,37 @@ class Tx:
 
     def release_hold(self, case_tag: str) -> None:
         self._write("DELETE FROM holds WHERE case_ref = ?", (case_tag,))
+
+    def approval(self, message: MessageRow, approval: str, by: str) -> None:
+        """A request's four-eyes decision (`approved`, `sent_back`) and who made it."""
+        self._write(
+            "UPDATE messages SET approval = ?, approved_by = ? WHERE id = ?",
+            (approval, by, message.id),
+        )
+        self._rows[message.id] = replace(message, approval=approval, approved_by=by)
+
+    def parts_follow(self, message_id: str, state: State) -> None:
+        """The parts of a message's files held with it (four eyes) move as it moves."""
+        self._write(
+            "UPDATE messages SET state = ?, updated = ? WHERE in_reply_to = ?"
+            " AND attachment IS NOT NULL AND state = 'awaiting_approval'",
+            (state.value, self.now, message_id),
+        )
+
+    def schedule(self, message: MessageRow, due: Due, alert_at: int | None) -> None:
+        """A message's deadlines, from now on (an approved request's start at approval)."""
+        self._write(
+            "UPDATE messages SET receipt_due = ?, ack_due = ?, response_due = ?, alert_at = ?"
+            " WHERE id = ?",
+            (due.receipt, due.acknowledgement, due.response, alert_at, message.id),
+        )
+        self._rows[message.id] = replace(
+            message,
+            receipt_due=due.receipt,
+            ack_due=due.acknowledgement,
+            response_due=due.response,
+            alert_at=alert_at,
+        )
 
     def assign(self, message_id: str, officer: str) -> None:
         """`officer` holds the message from now on."""
@@ -1432,6 +1472,11 @@ class Store:
             if len(found) >= limit:
                 break
         return found
+
+    async def approvals(self) -> list[MessageRow]:
+        """Requests waiting for a second officer (or sent at once, to approve after), oldest
+        first."""
+        return await self._select("WHERE approval = 'pending' ORDER BY created LIMIT 500")
 
     async def holds(self) -> list[dict[str, Any]]:
         rows = await self.db.execute_fetchall(

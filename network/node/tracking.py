@@ -118,6 +118,21 @@ def deadlines_for(
     }
 
 
+def approved_deadlines(context: NodeContext, row: MessageRow, since: int) -> tuple[Due, int | None]:
+    """A request approved (four eyes) at `since`: its deadlines count from then, and when
+    the deadline watch first looks at it."""
+    priority = Priority(row.priority)
+    due = due_times(
+        context.deadlines,
+        priority,
+        since,
+        Box.OUT,
+        reply=row.type is not None and expects_reply(row.type),
+    )
+    tracking = Tracked(Box.OUT, State.QUEUED, priority, *due)
+    return due, next_alert(tracking, context.deadlines, context.clock(), False)
+
+
 def track(context: NodeContext, tx: Tx, row: MessageRow) -> None:
     """After a state change: the overdue flags still standing, and the next look."""
     decision = reschedule(tracked(row), context.deadlines, context.clock())

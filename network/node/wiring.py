@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from network.core.approval import NO_APPROVAL, ApprovalPolicy
 from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
 from network.core.crypto import VerifyKey
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines
@@ -57,6 +58,7 @@ class Node:
         deadlines: Deadlines = DEFAULT_DEADLINES,
         retention: Sequence[RetentionRule] = (),
         attachments: AttachmentLimits = DEFAULT_LIMITS,
+        approval: ApprovalPolicy = NO_APPROVAL,
     ) -> Node:
         """Wire a node's use cases over `store`, holding `roster` until a newer one comes."""
         context = NodeContext(
@@ -71,6 +73,7 @@ class Node:
             keeper=keeper,
             deadlines=deadlines,
             attachments=attachments,
+            approval=approval,
         )
         delivery = Delivery(context)
         return cls(

@@ -1,0 +1,220 @@
+"""Four eyes (issue 21, item 4), on real nodes: where the node's config says so, a request
+composed by one officer waits in `awaiting_approval` (not sent, no deadline running) until
+a second officer with the `approver` role approves it, or sends it back with a reason; a
+flash request goes at once and is approved afterwards; the composer cannot approve their
+own; every step is audited, in the timeline and in the evidence package.
+
+FRA requires approval of preservations (and of flash ones, after sending); DEU does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from network.core.errors import ConfigError
+from network.node.config import load_config
+from network.samples import sample_body
+from tests.harness import Network, cpn, rows, wait_for
+from tests.test_config import config_text, write
+
+pytestmark = pytest.mark.timeout(240)
+
+APPROVAL = '[approval]\ntypes = ["preservation", "emergency"]\nflash = "after"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[approval]\ntypes = ["response"]', "approval.types: 'response' is not a request"),
+        ('[approval]\ntypes = ["preservation"]\nflash = "never"', "approval.flash"),
+        ("[approval]\ntypes = []", "approval.types: name at least one"),
+        ('[approval]\nkinds = ["preservation"]', "approval.kinds: unknown key"),
+    ],
+)
+def test_a_bad_approval_policy_is_refused_by_name(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(write(tmp_path, config_text() + text))
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("approval")
+    network = Network(tmp, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": APPROVAL})
+    for name in ("approver-FRA", "second-FRA"):
+        added = cpn(
+            "user", "add", name, "--role", "approver", "--config", str(network.nodes["FRA"].config)
+        )
+        assert added.returncode == 0, added.stderr
+        network.nodes["FRA"].tokens[name] = added.stdout.split()[-1]
+    try:
+        network.start("DEU")
+        network.start("FRA")
+        yield network
+    finally:
+        network.close()
+
+
+def _message(network: Network, node: str, message_id: str, token: str = "officer") -> Any:
+    status, message = network.api(node, "GET", f"/api/messages/{message_id}", token=token)
+    assert status == 200, message
+    return message
+
+
+def test_a_request_waits_for_a_second_officer_then_goes(network: Network) -> None:
+    request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    held = _message(network, "FRA", request)
+    assert (held["state"], held["approval"]) == ("awaiting_approval", "pending")
+    assert held["deadlines"] == {"receipt": None, "acknowledgement": None, "response": None}
+    status, listed = network.api("FRA", "GET", "/api/approvals", token="approver-FRA")
+    assert status == 200 and request in [m["id"] for m in listed["messages"]]
+    # Nothing left: DEU has not heard of it.
+    assert network.api("DEU", "GET", f"/api/messages/{request}")[0] == 404
+
+    # The officer who composed it, or an officer without the role, cannot approve it.
+    status, refused = network.api("FRA", "POST", f"/api/messages/{request}/approve", {})
+    assert status == 403, refused
+    status, approved = network.api(
+        "FRA",
+        "POST",
+        f"/api/messages/{request}/approve",
+        {"note": "Checked: Art. 29 met."},
+        token="approver-FRA",
+    )
+    assert status == 200, approved
+    assert approved["approval"] == "approved" and approved["approved_by"] == "approver-FRA"
+    network.wait_state("FRA", request, {"delivered"})
+    delivered = _message(network, "FRA", request)
+    assert delivered["deadlines"]["acknowledgement"] is not None  # running from approval
+    steps = [s["action"] for s in delivered["timeline"]]
+    assert steps.index("awaiting_approval") < steps.index("approved") < steps.index("queued")
+    approved_entry = next(s for s in delivered["timeline"] if s["action"] == "approved")
+    assert approved_entry["actor"] == "approver-FRA"
+    assert approved_entry["detail"]["composed_by"] == "officer-FRA"
+    # Approving twice is refused by name.
+    status, again = network.api(
+        "FRA", "POST", f"/api/messages/{request}/approve", {}, token="approver-FRA"
+    )
+    assert (status, again.get("field")) == (400, "approval")
+
+
+def test_the_composer_cannot_approve_their_own(network: Network) -> None:
+    token = network.nodes["FRA"].tokens["second-FRA"]  # an approver composing
+    status, sent = network.api(
+        "FRA",
+        "POST",
+        "/api/messages",
+        {
+            "to": "DEU",
+            "type": "preservation",
+            "priority": "urgent",
+            "body": sample_body("preservation"),
+        },
+        token=token,
+    )
+    assert status == 202, sent
+    status, refused = network.api(
+        "FRA", "POST", f"/api/messages/{sent['id']}/approve", {}, token="second-FRA"
+    )
+    assert (status, refused["field"]) == (400, "approver")
+    assert "composed it" in refused["error"]
+    status, approved = network.api(
+        "FRA", "POST", f"/api/messages/{sent['id']}/approve", {}, token="approver-FRA"
+    )
+    assert status == 200, approved
+
+
+def test_a_request_sent_back_never_leaves(network: Network) -> None:
+    request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    status, refused = network.api(
+        "FRA", "POST", f"/api/messages/{request}/send-back", {}, token="approver-FRA"
+    )
+    assert (status, refused["field"]) == (400, "reason")
+    status, back = network.api(
+        "FRA",
+        "POST",
+        f"/api/messages/{request}/send-back",
+        {"reason": "The period is not justified: say why 90 days."},
+        token="approver-FRA",
+    )
+    assert status == 200, back
+    assert (back["state"], back["approval"]) == ("sent_back", "sent_back")
+    entry = rows(
+        network.nodes["FRA"].store,
+        "SELECT actor, detail FROM audit WHERE action = 'sent_back' AND message_id = ?",
+        (request,),
+    )
+    assert entry[0][0] == "approver-FRA"
+    assert json.loads(entry[0][1])["reason"].startswith("The period")
+    status, late = network.api(
+        "FRA", "POST", f"/api/messages/{request}/approve", {}, token="approver-FRA"
+    )
+    assert (status, late["field"]) == (400, "approval")
+    assert network.api("DEU", "GET", f"/api/messages/{request}")[0] == 404
+
+
+def test_a_flash_request_goes_at_once_and_is_approved_after(network: Network) -> None:
+    emergency = network.send("FRA", "DEU", "emergency", sample_body("emergency"), priority="flash")
+    network.wait_state("FRA", emergency, {"delivered"})
+    sent = _message(network, "FRA", emergency)
+    assert sent["approval"] == "pending"
+    # Sending back what already went is refused: a follow-up withdraws it.
+    status, refused = network.api(
+        "FRA",
+        "POST",
+        f"/api/messages/{emergency}/send-back",
+        {"reason": "x"},
+        token="approver-FRA",
+    )
+    assert (status, refused["field"]) == (400, "approval")
+    assert "follow it up" in refused["error"]
+    status, approved = network.api(
+        "FRA", "POST", f"/api/messages/{emergency}/approve", {}, token="approver-FRA"
+    )
+    assert status == 200 and approved["approval"] == "approved"
+    assert approved["state"] == "delivered"  # approving moved nothing
+    detail = rows(
+        network.nodes["FRA"].store,
+        "SELECT detail FROM audit WHERE action = 'approved' AND message_id = ?",
+        (emergency,),
+    )
+    assert json.loads(detail[0][0])["after_sending"] is True
+
+
+def test_what_needs_no_approval_goes_as_before(network: Network) -> None:
+    advice = network.send("FRA", "DEU", "technical_advice", sample_body("technical_advice"))
+    network.wait_state("FRA", advice, {"delivered"})
+    assert _message(network, "FRA", advice)["approval"] is None
+    mirror = network.send("DEU", "FRA", "preservation", sample_body("preservation"))
+    network.wait_state("DEU", mirror, {"delivered"})  # DEU requires none
+
+
+def test_the_approval_is_in_the_evidence_package(network: Network, tmp_path: Path) -> None:
+    request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    status, _ = network.api(
+        "FRA", "POST", f"/api/messages/{request}/approve", {}, token="approver-FRA"
+    )
+    assert status == 200
+    network.wait_state("FRA", request, {"delivered"})
+
+    def proven() -> dict[str, Any] | None:  # once a signed checkpoint covers the entries
+        status, package = network.api(
+            "FRA", "GET", f"/api/messages/{request}/evidence", token="auditor"
+        )
+        assert status == 200, package
+        actions = [json.loads(_b64(e["entry"]))["action"] for e in package["audit"]["entries"]]
+        return package if "approved" in actions else None
+
+    package = wait_for(proven, timeout=90, what="a checkpoint covering the approval", poll=1)
+    (tmp_path / "p.json").write_text(json.dumps(package))
+    checked = cpn("evidence", "verify", str(tmp_path / "p.json"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "'approved' by approver-FRA" in checked.stdout
+
+
+def _b64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
