@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import BrowserContext, expect
 
 from network.core.errors import ConfigError
 from network.node.config import load_config
 from network.samples import sample_body
 from tests.harness import Network, cpn, rows, wait_for
 from tests.test_config import config_text, write
+from tests.test_console import Console, browser  # noqa: F401 (the browser fixture)
+from tests.test_console import context as context  # the page fixture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -51,6 +55,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         )
         assert added.returncode == 0, added.stderr
         network.nodes["FRA"].tokens[name] = added.stdout.split()[-1]
+    network.nodes["FRA"].tokens["approver"] = network.nodes["FRA"].tokens["approver-FRA"]
     try:
         network.start("DEU")
         network.start("FRA")
@@ -218,3 +223,49 @@ def test_the_approval_is_in_the_evidence_package(network: Network, tmp_path: Pat
 
 def _b64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_an_approver_works_from_the_command_line(network: Network) -> None:
+    first = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    second = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    node = network.nodes["FRA"]
+    env = {"CPN_API": node.api, "CPN_TOKEN": node.tokens["approver-FRA"]}
+    os.environ.update(env)
+    try:
+        listed = cpn("approvals")
+        approved = cpn("approve", first, "--note", "Checked.")
+        back = cpn("send-back", second, "--reason", "Name the provider.")
+        again = cpn("approve", second)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "officer-FRA" in listed.stdout
+    assert approved.returncode == 0 and "approved by approver-FRA" in approved.stdout
+    assert back.returncode == 0 and "sent back to officer-FRA" in back.stdout
+    assert again.returncode != 0 and "sent back already" in again.stderr
+    network.wait_state("FRA", first, {"delivered"})
+
+
+def test_an_approver_approves_in_the_console(network: Network, context: BrowserContext) -> None:
+    request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    approver = Console(context, network, "FRA", "approver")
+    approver.page.click("#nav >> text=Approvals")
+    row = approver.page.locator(f'table.approvals tr[data-id="{request}"]')
+    expect(row).to_contain_text("awaiting_approval")
+    row.click()
+    expect(approver.page.locator(".card.approval")).to_contain_text("Composed by officer-FRA")
+    approver.page.fill("#approval-text", "Checked against Art. 29.")
+    approver.page.click(".card.approval button.primary")
+    expect(approver.state()).not_to_have_text("awaiting_approval")
+    network.wait_state("FRA", request, {"delivered"})
+    timeline = approver.page.locator('[data-action="approved"]')
+    expect(timeline).to_contain_text("approver-FRA")
+    # The officer who composed one sees it held, and no Approve button.
+    held = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    officer = Console(context, network, "FRA", "officer")
+    officer.page.evaluate(f"location.hash = '#/message/{held}'")
+    expect(officer.state()).to_contain_text("awaiting_approval")
+    expect(officer.page.locator(".card.approval")).to_have_count(0)
+    approver.check_clean()
+    officer.check_clean()

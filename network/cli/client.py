@@ -153,6 +153,14 @@ class Client:
         """POST /api/messages/{id}/follow-up: the summary of the `follow_up` sent."""
         return self._post(f"/api/messages/{_segment(message_id)}/follow-up", fields, files)
 
+    def approvals(self) -> dict[str, Any]:
+        """GET /api/approvals: `{"messages": [...]}`, the requests waiting for approval."""
+        return self._call("GET", "/api/approvals")
+
+    def decide(self, message_id: str, action: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /api/messages/{id}/approve or /send-back: the request's summary."""
+        return self._call("POST", f"/api/messages/{_segment(message_id)}/{action}", fields)
+
     def holds(self) -> dict[str, Any]:
         """GET /api/holds: the legal holds."""
         return self._call("GET", "/api/holds")

@@ -264,6 +264,41 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    answer = _client(args).approvals()
+    if args.json:
+        print_json(answer)
+        return 0
+    for m in answer["messages"]:
+        held = "waits" if m["state"] == "awaiting_approval" else f"went ({m['state']})"
+        print(
+            f"{m['id']}  {m['type']:<18} to {m['peer']}  {m['priority']:<7} {held},"
+            f" composed by {m['composed_by']}  {m.get('case_ref', '')}"
+        )
+    if not answer["messages"]:
+        print("nothing waits for approval")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    fields = {} if args.note is None else {"note": args.note}
+    answer = _client(args).decide(args.id.lower(), "approve", fields)
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{answer['id']} approved by {answer['approved_by']}: {answer['state']}")
+    return 0
+
+
+def cmd_send_back(args: argparse.Namespace) -> int:
+    answer = _client(args).decide(args.id.lower(), "send-back", {"reason": args.reason})
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{answer['id']} sent back to {answer['composed_by']}: it will not leave")
+    return 0
+
+
 def cmd_hold(args: argparse.Namespace) -> int:
     from network.cli.views import when
 
@@ -500,6 +535,35 @@ def add_commands(commands: Subcommands) -> None:
     take.add_argument("--to", metavar="USER", help="the officer who takes it over")
     take.add_argument("--note", metavar="TEXT", help="the handover note")
     take.set_defaults(func=cmd_assign)
+
+    approvals = commands.add_parser(
+        "approvals",
+        parents=[node],
+        help="requests waiting for a second officer's approval (four eyes)",
+        description="The requests this node holds until an approver approves them (and flash"
+        " ones that went at once, to approve after), oldest first. " + exits,
+    )
+    approvals.set_defaults(func=cmd_approvals)
+    approve = commands.add_parser(
+        "approve",
+        parents=[node],
+        help="approve a request another officer composed: it goes now (audited)",
+        description="Four eyes: with the approver role, approve a request another officer"
+        " composed; it is sent now and its deadlines start. " + exits,
+    )
+    approve.add_argument("id", metavar="ID")
+    approve.add_argument("--note", metavar="TEXT", help="what was checked")
+    approve.set_defaults(func=cmd_approve)
+    back = commands.add_parser(
+        "send-back",
+        parents=[node],
+        help="send a held request back to its composer: it never leaves (audited)",
+        description="Four eyes: with the approver role, refuse a held request, saying why;"
+        " it is never sent, and its officer composes it again. " + exits,
+    )
+    back.add_argument("id", metavar="ID")
+    back.add_argument("--reason", required=True, metavar="TEXT", help="why it goes back")
+    back.set_defaults(func=cmd_send_back)
 
     hold = commands.add_parser(
         "hold",

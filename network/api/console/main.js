@@ -9,9 +9,12 @@ const main = document.getElementById('main');
 const banner = document.getElementById('banner');
 const liveMark = document.getElementById('live');
 
+const OFFICER_PAGES = [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
+  ['preservations', 'Preservations'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']];
 const PAGES = {
-  officer: [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
-    ['preservations', 'Preservations'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
+  officer: OFFICER_PAGES,
+  // An approver works the desk, and approves what another officer composed (four eyes).
+  approver: [['approvals', 'Approvals'], ...OFFICER_PAGES],
   auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
   admin: [['accounts', 'Accounts'], ['peers', 'Peers']],
 };
@@ -71,7 +74,7 @@ function enter() {
   document.getElementById('who').textContent = `${user} (${role})`;
   const nav = document.getElementById('nav');
   clear(nav, (PAGES[role] || []).map(([page, text]) => h('a', { href: `#/${page}`, 'data-page': page }, text)));
-  if (role === 'officer' || role === 'auditor') {
+  if (role !== 'admin') {
     stopFollowing?.();
     stopFollowing = follow(onEvent, (live) => {
       liveMark.textContent = live ? 'live' : 'reconnecting…';
@@ -120,6 +123,7 @@ const VIEWS = {
   statistics: statisticsPage,
   search: searchPage,
   accounts: accountsPage,
+  approvals: approvalsPage,
 };
 
 function route() {
@@ -349,7 +353,7 @@ async function composePage() {
 }
 
 async function messagePage(id) {
-  if (session.me.role === 'officer') await describedTypes();
+  if (atDesk()) await describedTypes();
   const details = h('div');
   const actions = h('div');
   page('Message', details, actions);
@@ -443,10 +447,53 @@ function filesCard(m) {
     table(['Name', 'Kind', 'Size', 'Arrived', 'SHA-256', ''], rows), status);
 }
 
+/** The officer roles: an approver works the desk too. */
+function atDesk() {
+  return ['officer', 'approver'].includes(session.me.role);
+}
+
+// Four eyes: approve a request another officer composed (it goes now), or send it back.
+function approvalCard(m, reload) {
+  const status = h('p', { class: 'muted', role: 'status' });
+  const text = h('input', { id: 'approval-text', type: 'text', maxlength: 2000, placeholder: 'what you checked, or why it goes back' });
+  const decide = async (action, body) => {
+    try {
+      await api(`/api/messages/${encodeURIComponent(m.id)}/${action}`, { method: 'POST', body });
+      await reload();
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  };
+  const held = m.state === 'awaiting_approval';
+  return h('section', { class: 'card approval' }, h('h2', {}, 'Approval'),
+    h('p', {}, held ? `Composed by ${m.composed_by}: it leaves only once you approve it.` : `Composed by ${m.composed_by}; it went at once (flash): approve it now.`),
+    h('div', { class: 'field' }, h('label', { for: 'approval-text' }, held ? 'Note or reason' : 'Note'), text),
+    h('button', { type: 'button', class: 'primary', onclick: () => decide('approve', text.value.trim() ? { note: text.value.trim() } : {}) }, 'Approve'),
+    held ? h('button', { type: 'button', onclick: () => decide('send-back', { reason: text.value.trim() }) }, 'Send back') : null,
+    status);
+}
+
+async function approvalsPage() {
+  const holder = h('div');
+  page('Approvals', holder);
+  const load = async () => {
+    const { messages } = await api('/api/approvals');
+    clear(holder, messages.length
+      ? table(['Priority', 'Type', 'To', 'Case', 'Summary', 'State', 'Deadlines', 'Created', 'Held by', 'Id'], messageRows(messages), { class: 'messages approvals' })
+      : h('p', { class: 'muted' }, 'Nothing waits for approval.'));
+  };
+  current.refresh = load;
+  await load();
+}
+
 async function renderActions(holder, m, reload) {
   clear(holder);
   if (session.me.role === 'auditor' && m.box !== 'relay') return renderEvidence(holder, m);
-  const officer = session.me.role === 'officer' && REQUESTS.includes(m.type);
+  const officer = atDesk() && REQUESTS.includes(m.type);
+  if (m.approval === 'pending' && session.me.role === 'approver' && m.composed_by !== session.me.user) {
+    holder.append(approvalCard(m, reload));
+  }
+  if (['awaiting_approval', 'sent_back'].includes(m.state)) return;
   if (officer && m.box === 'out' && m.state !== 'withdrawn') return renderFollowUp(holder, m, reload);
   const takesAction = officer && m.box === 'in';
   if (takesAction) holder.append(deskCard(m, reload));
@@ -697,7 +744,7 @@ async function accountsPage() {
     const { users } = await api('/api/users');
     const rows = users.map((u) => {
       const role = h('select', { 'aria-label': `role of ${u.name}` },
-        ['officer', 'auditor', 'admin'].map((r) => h('option', { value: r, selected: r === u.role }, r)));
+        ['officer', 'approver', 'auditor', 'admin'].map((r) => h('option', { value: r, selected: r === u.role }, r)));
       role.addEventListener('change', () => change(u.name, { role: role.value }));
       return h('tr', { 'data-user': u.name },
         h('td', {}, u.name), h('td', {}, role), h('td', {}, when(u.created)),
