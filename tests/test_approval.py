@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
-from network.core.errors import ConfigError
+from network.cli.client import Client
+from network.core.attachments import AttachmentFile
+from network.core.errors import ApiError, ConfigError
 from network.node.config import load_config
 from network.samples import sample_body
 from tests.harness import Network, cpn, rows, wait_for
@@ -269,3 +271,34 @@ def test_an_approver_approves_in_the_console(network: Network, context: BrowserC
     expect(officer.page.locator(".card.approval")).to_have_count(0)
     approver.check_clean()
     officer.check_clean()
+
+
+def test_a_held_requests_files_wait_with_it_and_go_with_it(network: Network) -> None:
+    fra = Client(network.nodes["FRA"].api, network.nodes["FRA"].tokens["officer"])
+    order = b"%PDF-1.7\n" + bytes(100_000)  # three parts
+    request = {
+        "to": "DEU",
+        "type": "preservation",
+        "priority": "urgent",
+        "body": sample_body("preservation"),
+    }
+    sent = fra.send(request, [AttachmentFile("order.pdf", "application/pdf", order)])
+    states = rows(
+        network.nodes["FRA"].store,
+        "SELECT DISTINCT state FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL",
+        (sent["id"],),
+    )
+    assert states == [("awaiting_approval",)]
+    status, _ = network.api(
+        "FRA", "POST", f"/api/messages/{sent['id']}/approve", {}, token="approver-FRA"
+    )
+    assert status == 200
+    deu = Client(network.nodes["DEU"].api, network.nodes["DEU"].tokens["officer"])
+
+    def joined() -> bytes | None:
+        try:
+            return deu.attachment(sent["id"], 0)[1]
+        except ApiError:
+            return None  # not here yet (404), or its parts on their way (409)
+
+    assert wait_for(joined, what="the file at DEU") == order
