@@ -70,6 +70,7 @@ from network.api.openapi import (
     ref,
     string,
 )
+from network.api.sessions import CSRF_HEADER, Sessions, cookie_name
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 from network.core.attachments import MAX_ATTACHMENTS, AttachmentFile
 from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json_schemas
@@ -80,6 +81,7 @@ from network.core.records import (
     DESK_ROLES,
     MESSAGE_ID_PATTERN,
     ROLES,
+    Json,
     MessageType,
     Priority,
     message_id_problem,
@@ -148,6 +150,9 @@ NODE: Final = web.AppKey("node", Node)
 """The node's use cases, set by `build_app`."""
 
 _LOGGED_IN: Final = web.AppKey("logged_in", set[str])
+SESSIONS: Final = web.AppKey("sessions", Sessions)
+# The session a request came with (None: a bearer token's, a machine's).
+SESSION_ID: Final = web.RequestKey("session_id", str)
 """Users whose token was used in this run (their first use is audited as a login)."""
 
 METRICS: Final = web.AppKey("metrics", Metrics)
@@ -859,6 +864,68 @@ async def get_me(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def open_session(request: web.Request) -> web.StreamResponse:
+    """A person signs in to the console: the credential of this call (today a token) opens a
+    session, held in an HttpOnly, SameSite=Strict cookie (Secure over TLS); 201 with who
+    they are and the CSRF token the page sends with every change. Audited."""
+    user = request[USER]
+    context = request.app[NODE].context
+    session_id, ended = request.app[SESSIONS].open(user.name, "token", context.clock())
+    entries = [
+        AuditEntry(
+            user.name, "session_started", detail={"method": "token", "remote": request.remote}
+        )
+    ]
+    entries += [AuditEntry(s.user, "session_ended", detail={"why": "too many"}) for s in ended]
+    await context.audit(entries)
+    answer = web.json_response(_session_answer(request, user, session_id), status=201)
+    answer.set_cookie(
+        cookie_name(context.me),
+        session_id,
+        max_age=request.app[SESSIONS].max_ms // 1000,
+        path="/",
+        secure=request.secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return answer
+
+
+async def get_session(request: web.Request) -> web.StreamResponse:
+    """The console's session: who, and its CSRF token (a reloaded page asks again); 404 for
+    a call made with a token (a machine's: it has none)."""
+    session_id = request.get(SESSION_ID)
+    if session_id is None:
+        raise _Refusal(404, "no session: this call came with a token")
+    return web.json_response(_session_answer(request, request[USER], session_id))
+
+
+async def end_session(request: web.Request) -> web.StreamResponse:
+    """Sign out: the session ends on the node (its cookie opens nothing after), audited."""
+    session_id = request.get(SESSION_ID)
+    if session_id is None:
+        raise _Refusal(404, "no session: this call came with a token")
+    request.app[SESSIONS].end(session_id)
+    user = request[USER]
+    await request.app[NODE].context.audit(
+        [AuditEntry(user.name, "session_ended", detail={"why": "signed out"})]
+    )
+    answer = web.json_response({"ended": True})
+    answer.del_cookie(cookie_name(request.app[NODE].context.me), path="/")
+    return answer
+
+
+def _session_answer(request: web.Request, user: UserRow, session_id: str) -> dict[str, Any]:
+    sessions = request.app[SESSIONS]
+    return {
+        "user": user.name,
+        "role": user.role,
+        "node": request.app[NODE].context.me,
+        "csrf": sessions.csrf_token(session_id),
+        "idle_seconds": sessions.idle_ms // 1000,
+    }
+
+
 async def get_types(request: web.Request) -> web.StreamResponse:
     """Every message type's body as `parse_body` checks it: the console builds its forms from it."""
     return web.json_response({"types": _described_types()})
@@ -1055,6 +1122,18 @@ ROUTES: Final = (
         ),
     ),
     Route(
+        "POST", "/api/session", open_session, _ANY_ROLE, "sign in to the console",
+        Doc(obj({"user": {"type": "string"}, "csrf": {"type": "string"}}), status=201),
+    ),
+    Route(
+        "GET", "/api/session", get_session, _ANY_ROLE, "see their session",
+        Doc(obj({"user": {"type": "string"}, "csrf": {"type": "string"}})),
+    ),
+    Route(
+        "DELETE", "/api/session", end_session, _ANY_ROLE, "sign out",
+        Doc(obj({"ended": {"type": "boolean"}})),
+    ),
+    Route(
         "GET", "/api/approvals", list_approvals, _OFFICER, "list approvals",
         Doc(obj({"messages": _SUMMARIES})),
     ),
@@ -1202,6 +1281,7 @@ def build_app(
     app.on_shutdown.append(_end_live_events)
     app[METRICS] = metrics if metrics is not None else Metrics(node)
     app[THROTTLE] = LoginThrottle(login)
+    app[SESSIONS] = Sessions(idle_ms=login.session_idle_ms, max_ms=login.session_max_ms)
     app[LOGIN_AUDIT] = AuditBudget(LOGIN_AUDIT_LIMIT, LOGIN_AUDIT_WINDOW_MS, max_keys=1)
     for route in ROUTES:
         if route.roles is None and route.path.startswith("/api/"):
@@ -1299,10 +1379,15 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     if public or (route is None and not request.path.startswith("/api/")):
         return await handler(request)
     node = request.app[NODE]
-    token = _bearer_token(request.headers.get(hdrs.AUTHORIZATION))
     throttle, address = request.app[THROTTLE], request.remote or "unknown"
     now = node.context.clock()
-    user = await node.officers.authenticate(token)
+    cookie = request.cookies.get(cookie_name(node.context.me))
+    if request.headers.get(hdrs.AUTHORIZATION) is None and cookie is not None:
+        user = await _session_user(request, cookie, now)
+        request[SESSION_ID] = cookie
+    else:
+        token = _bearer_token(request.headers.get(hdrs.AUTHORIZATION))
+        user = await node.officers.authenticate(token)
     wait = throttle.blocked(address, now)
     if user is None and wait is not None:
         # A valid token is never held back: behind a proxy one address is every officer's.
@@ -1318,7 +1403,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         throttle.succeeded(address)
     request[USER] = user
     logged_in = request.app[_LOGGED_IN]
-    if user.name not in logged_in:
+    if user.name not in logged_in and SESSION_ID not in request:
         # A token's first use in this run is its login (per request would flood the log).
         logged_in.add(user.name)
         detail = {"role": user.role, "remote": request.remote}
@@ -1353,6 +1438,37 @@ async def _check_query(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+async def _session_user(request: web.Request, session_id: str, now: int) -> UserRow | None:
+    """The person a session cookie is for, if it is open and they may still sign in: the
+    user is read again (disabled or removed: the session ends). A request that changes
+    something must carry the session's CSRF token. None: no such session."""
+    sessions, context = request.app[SESSIONS], request.app[NODE].context
+    session, over = sessions.find(session_id, now)
+    if session is None:
+        return None
+    if over is not None:
+        detail = {"why": "idle" if now - session.seen > sessions.idle_ms else "limit"}
+        await context.audit([AuditEntry(session.user, "session_expired", detail=detail)])
+        raise _Refusal(401, "your session has expired: sign in again")
+    user = await context.store.user(session.user)
+    if user is None or user.disabled:
+        sessions.end_user(session.user)
+        detail = {"why": "account disabled or removed"}
+        await context.audit([AuditEntry(session.user, "session_ended", detail=detail)])
+        raise _Refusal(401, "this account may no longer sign in")
+    if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD) and not sessions.csrf_ok(
+        session_id, request.headers.get(CSRF_HEADER)
+    ):
+        refused: dict[str, Json] = {
+            "method": request.method,
+            "path": request.path[:200],
+            "remote": request.remote,
+        }
+        await context.audit([AuditEntry(user.name, "csrf_refused", detail=refused)])
+        raise _Refusal(403, f"missing or wrong {CSRF_HEADER}: reload the console")
+    return user
 
 
 async def _login_failed(request: web.Request, address: str, now: int) -> NoReturn:

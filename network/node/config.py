@@ -13,6 +13,8 @@ ConfigError naming the file and the key.
     login_failures = 5               # optional: consecutive refused tokens from one address
     login_penalty = "1s"             #   before it waits this long, doubled with each further
     login_penalty_max = "5m"         #   refused token, at most this long (network/api/throttle.py)
+    session_idle = "15m"             # a console session ends after this long without a request,
+    session_max = "12h"              #   or this long after sign-in (network/api/sessions.py)
     [metrics]                        # optional: Prometheus metrics on a listener of their own,
     listen = "127.0.0.1:9101"        #   never the console's; a bare port means loopback
     [store]
@@ -109,6 +111,9 @@ class LoginPolicy:
     max_penalty_ms: int = 300_000  # the cap: 5 minutes
     max_addresses: int = DEFAULT_MAX_ADDRESSES
     forget_ms: int = 3_600_000  # an address quiet for this long starts afresh
+    # A console session ends after this long without a request, or this long after sign-in.
+    session_idle_ms: int = 15 * 60_000
+    session_max_ms: int = 12 * 3_600_000
 
 
 DEFAULT_LOGIN: Final = LoginPolicy()
@@ -408,7 +413,15 @@ def _alerts(section: object, file: Path) -> tuple[str | None, float, int]:
 
 
 def _login(api: dict[str, Any], file: Path) -> LoginPolicy:
-    extra = sorted(set(api) - {"listen", "login_failures", "login_penalty", "login_penalty_max"})
+    known = {
+        "listen",
+        "login_failures",
+        "login_penalty",
+        "login_penalty_max",
+        "session_idle",
+        "session_max",
+    }
+    extra = sorted(set(api) - known)
     if extra:
         raise ConfigError(f"{file}: api.{extra[0]}: unknown key")
     failures = api.get("login_failures", DEFAULT_LOGIN.failures)
@@ -423,7 +436,22 @@ def _login(api: dict[str, Any], file: Path) -> LoginPolicy:
     )
     if most < penalty:
         raise ConfigError(f"{file}: api.login_penalty_max: must not be shorter than login_penalty")
-    return LoginPolicy(failures=failures, penalty_ms=penalty, max_penalty_ms=most)
+    idle, limit = (
+        parse_duration(api[key], f"{file}: api.{key}") if key in api else default
+        for key, default in (
+            ("session_idle", DEFAULT_LOGIN.session_idle_ms),
+            ("session_max", DEFAULT_LOGIN.session_max_ms),
+        )
+    )
+    if limit < idle:
+        raise ConfigError(f"{file}: api.session_max: must not be shorter than session_idle")
+    return LoginPolicy(
+        failures=failures,
+        penalty_ms=penalty,
+        max_penalty_ms=most,
+        session_idle_ms=idle,
+        session_max_ms=limit,
+    )
 
 
 def _table(doc: dict[str, Any], key: str, file: Path) -> dict[str, Any]:

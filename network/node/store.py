@@ -1793,6 +1793,14 @@ class Store:
         row = next(iter(found), None)
         return int(row[0]) if row else 0
 
+    async def user(self, name: str) -> UserRow | None:
+        """User `name` (disabled or not), or None."""
+        found = await self.db.execute_fetchall(
+            "SELECT name, role, created, disabled FROM users WHERE name = ?", (name,)
+        )
+        row = next(iter(found), None)
+        return None if row is None else UserRow(str(row[0]), str(row[1]), int(row[2]), bool(row[3]))
+
     async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
         found = await self.db.execute_fetchall(
             "SELECT name, role, created FROM users WHERE token_hash = ? AND disabled = 0",

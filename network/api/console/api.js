@@ -1,9 +1,11 @@
-// The node's API: the bearer token (kept for this tab only), JSON calls, downloads,
-// and the live event stream (fetch + ReadableStream: EventSource cannot send the token).
+// The node's API: the session (a cookie the page cannot read, and the CSRF token it sends
+// with every change), JSON calls, downloads, and the live event stream.
 
-const KEY = 'cpn.token';
+export const session = { me: null, csrf: null, onExpired: () => {} };
 
-export const session = { token: sessionStorage.getItem(KEY), me: null, onExpired: () => {} };
+// That this tab signed in (not the session itself, which only the cookie holds): a first
+// visit does not ask the node for a session it cannot have.
+const MARK = 'cpn.signed-in';
 
 export class ApiError extends Error {
   constructor(status, answer) {
@@ -13,19 +15,45 @@ export class ApiError extends Error {
   }
 }
 
-export function signIn(token) {
-  session.token = token;
-  sessionStorage.setItem(KEY, token);
+/** Sign in: the token proves who you are, once; the node answers with a session cookie. */
+export async function signIn(token) {
+  const response = await fetch('/api/session', {
+    method: 'POST', headers: { Authorization: `Bearer ${token}` }, cache: 'no-store',
+  });
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  adopt(await response.json());
+  sessionStorage.setItem(MARK, '1');
 }
 
-export function signOut() {
-  session.token = null;
+/** A page (re)loaded: the session the cookie holds, if it is still open. */
+export async function resume() {
+  if (!sessionStorage.getItem(MARK)) return false;
+  const response = await fetch('/api/session', { cache: 'no-store' });
+  if (!response.ok) {
+    sessionStorage.removeItem(MARK);
+    return false;
+  }
+  adopt(await response.json());
+  return true;
+}
+
+function adopt(answer) {
+  session.me = { user: answer.user, role: answer.role, node: answer.node };
+  session.csrf = answer.csrf;
+}
+
+/** Sign out: the node ends the session (its cookie opens nothing after). */
+export async function signOut() {
+  const csrf = session.csrf;
   session.me = null;
-  sessionStorage.removeItem(KEY);
+  session.csrf = null;
+  sessionStorage.removeItem(MARK);
+  if (csrf) await fetch('/api/session', { method: 'DELETE', headers: { 'X-CSRF-Token': csrf } }).catch(() => null);
 }
 
 function headers(json) {
-  const found = { Authorization: `Bearer ${session.token}` };
+  const found = {};
+  if (session.csrf) found['X-CSRF-Token'] = session.csrf;
   if (json) found['Content-Type'] = 'application/json';
   return found;
 }

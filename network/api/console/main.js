@@ -1,7 +1,7 @@
 // The console: sign in, then the officer's or the auditor's pages, chosen by the hash
 // (#/inbox, #/compose, #/message/ID, #/audit, ...). Live events refresh what is shown.
 
-import { api, ApiError, download, follow, session, signIn, signOut, upload } from './api.js';
+import { api, ApiError, download, follow, resume, session, signIn, signOut, upload } from './api.js';
 import { append, badge, brief, byUrgency, clear, h, label, show, table, when } from './dom.js';
 import { Form, control, record } from './forms.js';
 
@@ -31,12 +31,7 @@ window.addEventListener('hashchange', route);
 start();
 
 async function start() {
-  if (!session.token) return signInPage();
-  try {
-    session.me = await api('/api/me');
-  } catch (error) {
-    return signInPage(error.message);
-  }
+  if (!(await resume())) return signInPage();
   enter();
 }
 
@@ -52,15 +47,14 @@ function signInPage(message = '') {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     unlockSound(); // a click: the browser lets the page make sound from now on
-    signIn(token.value.trim());
     try {
-      session.me = await api('/api/me');
+      await signIn(token.value.trim());
     } catch (failure) {
-      signOut();
       error.textContent = failure instanceof ApiError && failure.status === 401
         ? 'This token is not valid (or was revoked).' : failure.message;
       return;
     }
+    token.value = '';
     enter();
   });
   clear(main, form);
