@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(180)
 def test_an_administrator_disables_enables_and_changes_accounts(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     config = str(network.nodes["FRA"].config)
-    made = cpn("user", "add", "chief", "--role", "admin", "--config", config)
+    made = cpn("user", "add", "chief", "--token", "--role", "admin", "--config", config)
     assert made.returncode == 0, made.stderr
     boss = made.stdout.strip().splitlines()[-1]
     try:

@@ -124,7 +124,9 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 
 def concrete(path: str) -> str:
-    return path.replace("{id}", UNKNOWN_ID).replace("{name}", "main.js").replace("{index}", "0")
+    for name, value in (("{id}", UNKNOWN_ID), ("{name}", "main.js"), ("{index}", "0")):
+        path = path.replace(name, value)
+    return path.replace("{passkey}", "AAAA")
 
 
 # -- the document ---------------------------------------------------------------------
@@ -218,7 +220,9 @@ def test_every_documented_route_without_a_token_is_401_or_public(api: Api) -> No
         body = b"{}" if method == "POST" else None
         status, headers, data = api.call("FRA", method, concrete(path), body)
         if operation["security"] == []:
-            if status != 200:
+            # A sign-in step (/auth/...) is public, and refuses an empty request by name.
+            signing_in = path.startswith("/auth/") and status in (400, 401)
+            if status != 200 and not (signing_in and json.loads(data).get("field")):
                 wrong.append((method, path, status))
         elif (
             status != 401
@@ -249,7 +253,11 @@ def test_role_matrix_holds_on_every_documented_route(api: Api) -> None:
             answer = data.decode()
             allowed = operation["security"] == [] or role in operation["x-roles"]
             served = status != 405 and "no such endpoint" not in answer
-            if not served or (status == 403) == allowed or status in (401, 500):
+            # A sign-in step answers a bad ceremony 401 whoever calls it: it takes no token.
+            refused_sign_in = path.startswith("/auth/") and status == 401
+            if not served or (status == 403) == allowed or status == 500:
+                wrong.append((method, path, role, status, answer[:100]))
+            elif status == 401 and not refused_sign_in:
                 wrong.append((method, path, role, status, answer[:100]))
     assert wrong == []
 

@@ -53,7 +53,14 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
     network = Network(tmp, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": APPROVAL})
     for name in ("approver-FRA", "second-FRA"):
         added = cpn(
-            "user", "add", name, "--role", "approver", "--config", str(network.nodes["FRA"].config)
+            "user",
+            "add",
+            name,
+            "--token",
+            "--role",
+            "approver",
+            "--config",
+            str(network.nodes["FRA"].config),
         )
         assert added.returncode == 0, added.stderr
         network.nodes["FRA"].tokens[name] = added.stdout.split()[-1]

@@ -513,7 +513,7 @@ def test_a_received_request_is_taken_handed_over_and_the_inbox_shows_who_holds_i
     tmp_path: Path,
 ) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
-    night = cpn("user", "add", "night-officer", "--role", "officer", "--config",
+    night = cpn("user", "add", "night-officer", "--token", "--role", "officer", "--config",
                 str(network.nodes["DEU"].config))  # fmt: skip
     assert night.returncode == 0, night.stderr
     try:

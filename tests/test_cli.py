@@ -200,7 +200,9 @@ def test_user_list_shows_names_and_revoke_cuts_a_token_off_at_once(tmp_path: Pat
     try:
         net.start("FRA")
         config = str(net.nodes["FRA"].config)
-        added = cpn("user", "add", "bob", "--role", "officer", "--config", config, cwd=tmp_path)
+        added = cpn(
+            "user", "add", "bob", "--token", "--role", "officer", "--config", config, cwd=tmp_path
+        )
         token = added.stdout.split()[-1]
         before = net.api("FRA", "GET", "/api/peers", token=token)[0]
 

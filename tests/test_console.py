@@ -369,7 +369,7 @@ def test_an_identifier_seen_before_is_found_written_otherwise(
 
 def test_an_administrator_runs_the_accounts(network: Network, context: BrowserContext) -> None:
     # Issue 21, item 5: disable, enable, and each account's audit trail, in the console.
-    made = cpn("user", "add", "admin-FRA", "--role", "admin", "--config",
+    made = cpn("user", "add", "admin-FRA", "--token", "--role", "admin", "--config",
                str(network.nodes["FRA"].config))  # fmt: skip
     assert made.returncode == 0, made.stderr
     network.nodes["FRA"].tokens["admin"] = made.stdout.strip().splitlines()[-1]

@@ -32,7 +32,14 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         api_config='session_idle = "3s"\nsession_max = "8s"\n',
     )
     added = cpn(
-        "user", "add", "admin-FRA", "--role", "admin", "--config", str(network.nodes["FRA"].config)
+        "user",
+        "add",
+        "admin-FRA",
+        "--token",
+        "--role",
+        "admin",
+        "--config",
+        str(network.nodes["FRA"].config),
     )
     assert added.returncode == 0, added.stderr
     network.nodes["FRA"].tokens["admin"] = added.stdout.split()[-1]

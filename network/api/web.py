@@ -205,6 +205,9 @@ STATISTICS_QUERY: Final = (
 )
 
 USER_PARAM: Final = Param("name", string(100), "An account's user name.")
+PASSKEY_PARAM: Final = Param(
+    "passkey", string(400, pattern="^[A-Za-z0-9_-]+$"), "A passkey's credential id (b64url)."
+)
 
 ACCOUNT_CHANGE: Final[dict[str, Any]] = {
     "type": "object",
@@ -865,17 +868,19 @@ async def get_me(request: web.Request) -> web.StreamResponse:
 
 
 async def open_session(request: web.Request) -> web.StreamResponse:
-    """A person signs in to the console: the credential of this call (today a token) opens a
-    session, held in an HttpOnly, SameSite=Strict cookie (Secure over TLS); 201 with who
-    they are and the CSRF token the page sends with every change. Audited."""
-    user = request[USER]
+    """A person signs in to the console with their token: a session, held in an HttpOnly,
+    SameSite=Strict cookie (Secure over TLS); 201 with who they are and the CSRF token the
+    page sends with every change. Audited."""
+    return await _session_started(request, request[USER], "token")
+
+
+async def _session_started(request: web.Request, user: UserRow, method: str) -> web.Response:
+    """A session for `user`, who proved who they are by `method` (token, passkey): the
+    cookie, and the answer the console keeps (who, and the CSRF token). Audited."""
     context = request.app[NODE].context
-    session_id, ended = request.app[SESSIONS].open(user.name, "token", context.clock())
-    entries = [
-        AuditEntry(
-            user.name, "session_started", detail={"method": "token", "remote": request.remote}
-        )
-    ]
+    session_id, ended = request.app[SESSIONS].open(user.name, method, context.clock())
+    detail: dict[str, Json] = {"method": method, "remote": request.remote}
+    entries = [AuditEntry(user.name, "session_started", detail=detail)]
     entries += [AuditEntry(s.user, "session_ended", detail={"why": "too many"}) for s in ended]
     await context.audit(entries)
     answer = web.json_response(_session_answer(request, user, session_id), status=201)
@@ -889,6 +894,106 @@ async def open_session(request: web.Request) -> web.StreamResponse:
         samesite="Strict",
     )
     return answer
+
+
+async def enrol_begin(request: web.Request) -> web.StreamResponse:
+    """An enrolment link opened: the options for the browser to create the person's first
+    passkey (`{"code"}`, the link's one-time code)."""
+    fields = await _json_object(request)
+    _only(fields, ("code",))
+    passkeys = request.app[NODE].passkeys
+    user = await passkeys.enrolment_user(fields.get("code"))
+    ceremony, options = await passkeys.register_begin(user)
+    return web.json_response({"ceremony": ceremony, "options": options, "user": user.name})
+
+
+async def enrol_finish(request: web.Request) -> web.StreamResponse:
+    """The passkey created (`{"code", "ceremony", "credential", "label"?}`): kept, the code
+    used up, and the person signed in (201, the session's cookie)."""
+    fields = await _json_object(request)
+    _only(fields, ("code", "ceremony", "credential", "label"))
+    passkeys = request.app[NODE].passkeys
+    await passkeys.enrolment_user(fields.get("code"))  # still good
+    user = await passkeys.register_finish(
+        fields.get("ceremony"), fields.get("credential"), fields.get("label"), code=fields["code"]
+    )
+    return await _session_started(request, user, "passkey")
+
+
+async def passkey_begin(request: web.Request) -> web.StreamResponse:
+    """Sign-in with a passkey, first step: the options (a challenge) for the browser."""
+    ceremony, options = request.app[NODE].passkeys.sign_in_begin()
+    return web.json_response({"ceremony": ceremony, "options": options})
+
+
+async def passkey_finish(request: web.Request) -> web.StreamResponse:
+    """Sign-in with a passkey (`{"ceremony", "credential"}`): 201 and the session's cookie.
+    A refused one is audited and counted against the address, as a refused token is."""
+    fields = await _json_object(request)
+    _only(fields, ("ceremony", "credential"))
+    throttle, address = request.app[THROTTLE], request.remote or "unknown"
+    now = request.app[NODE].context.clock()
+    wait = throttle.blocked(address, now)
+    if wait is not None:
+        seconds = math.ceil(wait / 1000)
+        raise _Refusal(429, f"too many failed sign-ins from {address}: try again in {seconds} s")
+    try:
+        user = await request.app[NODE].passkeys.sign_in_finish(
+            fields.get("ceremony"), fields.get("credential")
+        )
+    except BodyError as exc:
+        throttle.failed(address, now)
+        detail = {"remote": request.remote, "method": "passkey", "why": exc.problem[:200]}
+        await request.app[NODE].context.audit(
+            [AuditEntry("anonymous", "login_failed", detail=detail)]
+        )
+        raise _Refusal(401, f"sign-in refused: {exc.problem}", field=exc.field) from None
+    throttle.succeeded(address)
+    return await _session_started(request, user, "passkey")
+
+
+async def add_passkey_begin(request: web.Request) -> web.StreamResponse:
+    """A signed-in person registers another passkey (a second device, a security key)."""
+    ceremony, options = await request.app[NODE].passkeys.register_begin(request[USER])
+    return web.json_response({"ceremony": ceremony, "options": options})
+
+
+async def add_passkey_finish(request: web.Request) -> web.StreamResponse:
+    """The other passkey created (`{"ceremony", "credential", "label"?}`): kept; audited."""
+    fields = await _json_object(request)
+    _only(fields, ("ceremony", "credential", "label"))
+    passkeys = request.app[NODE].passkeys
+    user = await passkeys.register_finish(
+        fields.get("ceremony"),
+        fields.get("credential"),
+        fields.get("label"),
+        user=request[USER].name,
+    )
+    return web.json_response({"passkeys": _public(await passkeys.of(user.name))}, status=201)
+
+
+async def my_passkeys(request: web.Request) -> web.StreamResponse:
+    """The signed-in person's passkeys."""
+    passkeys = await request.app[NODE].passkeys.of(request[USER].name)
+    return web.json_response({"passkeys": _public(passkeys)})
+
+
+async def user_passkeys(request: web.Request) -> web.StreamResponse:
+    """An account's passkeys (administrators)."""
+    passkeys = await request.app[NODE].passkeys.of(request.match_info["name"])
+    return web.json_response({"passkeys": _public(passkeys)})
+
+
+async def revoke_passkey(request: web.Request) -> web.StreamResponse:
+    """Revoke one passkey of an account (a lost device): it signs in no more; audited."""
+    name, passkey = request.match_info["name"], request.match_info["passkey"]
+    if not await request.app[NODE].passkeys.revoke(name, passkey, actor=request[USER].name):
+        raise _Refusal(404, f"{name} has no passkey {passkey}")
+    return web.json_response({"revoked": passkey})
+
+
+def _public(passkeys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in p.items() if k != "raw_id"} for p in passkeys]
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:
@@ -1120,6 +1225,43 @@ ROUTES: Final = (
             {"type": "string", "format": "binary", "description": "the file"},
             path=(ID_PARAM, INDEX_PARAM), media_type="application/octet-stream",
         ),
+    ),
+    Route(
+        "POST", "/auth/enrol/begin", enrol_begin, None, "begin an enrolment",
+        Doc(obj({"ceremony": {"type": "string"}, "options": {"type": "object"}})),
+    ),
+    Route(
+        "POST", "/auth/enrol/finish", enrol_finish, None, "register a first passkey",
+        Doc(obj({"user": {"type": "string"}, "csrf": {"type": "string"}}), status=201),
+    ),
+    Route(
+        "POST", "/auth/passkey/begin", passkey_begin, None, "begin a passkey sign-in",
+        Doc(obj({"ceremony": {"type": "string"}, "options": {"type": "object"}})),
+    ),
+    Route(
+        "POST", "/auth/passkey/finish", passkey_finish, None, "sign in with a passkey",
+        Doc(obj({"user": {"type": "string"}, "csrf": {"type": "string"}}), status=201),
+    ),
+    Route(
+        "GET", "/api/passkeys", my_passkeys, _ANY_ROLE, "list their passkeys",
+        Doc(obj({"passkeys": array_of({"type": "object"})})),
+    ),
+    Route(
+        "POST", "/api/passkeys/begin", add_passkey_begin, _ANY_ROLE, "add a passkey",
+        Doc(obj({"ceremony": {"type": "string"}, "options": {"type": "object"}})),
+    ),
+    Route(
+        "POST", "/api/passkeys/finish", add_passkey_finish, _ANY_ROLE, "add a passkey",
+        Doc(obj({"passkeys": array_of({"type": "object"})}), status=201),
+    ),
+    Route(
+        "GET", "/api/users/{name}/passkeys", user_passkeys, _ADMIN_ONLY, "list accounts' passkeys",
+        Doc(obj({"passkeys": array_of({"type": "object"})}), path=(USER_PARAM,)),
+    ),
+    Route(
+        "POST", "/api/users/{name}/passkeys/{passkey}/revoke", revoke_passkey, _ADMIN_ONLY,
+        "revoke passkeys",
+        Doc(obj({"revoked": {"type": "string"}}), path=(USER_PARAM, PASSKEY_PARAM)),
     ),
     Route(
         "POST", "/api/session", open_session, _ANY_ROLE, "sign in to the console",

@@ -500,22 +500,32 @@ def cmd_node_run(args: argparse.Namespace) -> int:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     from network.node.officer import issue_token
+    from network.node.passkeys import ENROLMENT_MS, enrol
     from network.node.store import Store
 
     config = load_config(Path(args.config))
+    actor = f"admin:{getpass.getuser()}"
 
     async def add() -> str:
         store = await Store.open(config.store_path)
         try:
-            return await issue_token(
-                store, args.name, args.role, actor=f"admin:{getpass.getuser()}", now=now_ms()
-            )
+            if args.token:
+                return await issue_token(store, args.name, args.role, actor=actor, now=now_ms())
+            return await enrol(store, args.name, args.role, actor=actor, now=now_ms())
         finally:
             await store.close()
 
-    token = run_async(add())
-    print(f"{args.role} {args.name} on {config.id}; token (shown once, stored hashed):")
-    print(token)
+    secret = run_async(add())
+    if args.token:
+        print(f"{args.role} {args.name} on {config.id}; token (shown once, stored hashed):")
+        print(secret)
+        return 0
+    hours = ENROLMENT_MS // 3_600_000
+    print(
+        f"{args.role} {args.name} on {config.id}: send this link to them; it registers their"
+        f" passkey, once, within {hours} hours:"
+    )
+    print(f"{config.api_origin}/#/enrol/{secret}")
     return 0
 
 
@@ -772,9 +782,17 @@ def add_node_commands(commands: Subcommands) -> None:
     user = commands.add_parser("user", help="API users").add_subparsers(
         dest="user_command", required=True, metavar="COMMAND"
     )
-    add = user.add_parser("add", help="create a user and print its token once")
+    add = user.add_parser(
+        "add",
+        help="create a person's account and print its passkey enrolment link (--token: a"
+        " machine's, and its token)",
+        description="A person signs in with a passkey: this prints a one-time link (a day) to"
+        " the console, where they register it. With --token, the account is a machine's"
+        " (a script, monitoring): its bearer token is printed once, stored hashed.",
+    )
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--token", action="store_true", help="a machine user: print a token")
     add.add_argument("--config", required=True, metavar="CONFIG")
     add.set_defaults(func=cmd_user_add)
     listing = user.add_parser("list", help="who may use the API (names and roles, no tokens)")

@@ -15,6 +15,8 @@ ConfigError naming the file and the key.
     login_penalty_max = "5m"         #   refused token, at most this long (network/api/throttle.py)
     session_idle = "15m"             # a console session ends after this long without a request,
     session_max = "12h"              #   or this long after sign-in (network/api/sessions.py)
+    origin = "https://cpn.fra.example"  # where officers open the console (passkeys are bound
+                                     #   to its host; default http://localhost:PORT)
     [metrics]                        # optional: Prometheus metrics on a listener of their own,
     listen = "127.0.0.1:9101"        #   never the console's; a bare port means loopback
     [store]
@@ -149,6 +151,8 @@ class NodeConfig:
     retention: tuple[RetentionRule, ...] = ()  # [retention.NAME]: when contents are deleted
     attachments: AttachmentLimits = DEFAULT_LIMITS  # [attachments]: file sizes taken
     approval: ApprovalPolicy = NO_APPROVAL  # [approval]: four eyes on outgoing requests
+    # [api] origin: where officers open the console; passkeys are bound to its host name.
+    api_origin: str = "http://localhost:8101"
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -259,6 +263,20 @@ def _approval(section: object, file: Path) -> ApprovalPolicy:
             f' afterwards) or "before", got {flash!r}'
         )
     return ApprovalPolicy(frozenset(MessageType(n) for n in names), flash == "after")
+
+
+def _origin(value: object, where: str) -> str:
+    """The console's origin (`https://host[:port]`; `http://` only for localhost, which
+    browsers treat as secure): WebAuthn binds passkeys to its host name."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected an origin such as https://cpn.example.org")
+    parts = urlsplit(value)
+    local = parts.scheme == "http" and parts.hostname in ("localhost",)
+    if (parts.scheme != "https" and not local) or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(
+            f"{where}: expected https://HOST[:PORT] (or http://localhost:PORT), got {value!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _attachments(section: object, file: Path) -> AttachmentLimits:
@@ -420,6 +438,7 @@ def _login(api: dict[str, Any], file: Path) -> LoginPolicy:
         "login_penalty_max",
         "session_idle",
         "session_max",
+        "origin",
     }
     extra = sorted(set(api) - known)
     if extra:
@@ -502,6 +521,7 @@ def load_config(path: Path) -> NodeConfig:
     api = _table(doc, "api", path)
     api_host, api_port = parse_listen(api.get("listen"), f"{path}: api.listen")
     login = _login(api, path)
+    api_origin = _origin(api.get("origin", f"http://localhost:{api_port}"), f"{path}: api.origin")
     store = _table(doc, "store", path)
     keys = _table(doc, "keys", path)
     links = doc.get("links", {})
@@ -582,4 +602,5 @@ def load_config(path: Path) -> NodeConfig:
         retention=retention,
         attachments=attachments,
         approval=approval,
+        api_origin=api_origin,
     )

@@ -114,6 +114,7 @@ async def run_node(
             retention=config.retention,
             attachments=config.attachments,
             approval=config.approval,
+            origin=config.api_origin,
         )
         await node.delivery.start()
         roster_file = RosterFile(config.roster_path)

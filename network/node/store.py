@@ -46,7 +46,7 @@ from network.core.auditlog import (
 from network.core.deadlines import Due, Overdue, format_overdue, parse_overdue
 from network.core.errors import StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
-from network.core.records import Box, MessageType, NodeId, Priority, canonical
+from network.core.records import Box, MessageType, NodeId, Priority, b64encode, canonical
 from network.core.retention import RetentionRule
 from network.core.tlog import MerkleLog
 from network.node.clock import now_ms
@@ -359,6 +359,7 @@ MIGRATIONS: dict[int, str] = {
     # a message whose contents a rule deleted keeps its row, digest and receipts, with the rule
     # and when (`deleted`, `deleted_at`); its envelope is empty. Cases under a legal hold (by
     # the case reference's keyed digest, as `messages.case_ref` holds it) keep theirs.
+    # People's passkeys (network/node/passkeys.py), and their one-time enrolment codes.
     14: """
     ALTER TABLE messages ADD COLUMN approval TEXT;
     ALTER TABLE messages ADD COLUMN approved_by TEXT;
@@ -369,6 +370,21 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE messages ADD COLUMN deleted TEXT;
     ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
     CREATE INDEX messages_retention ON messages (state, updated) WHERE deleted IS NULL;
+    CREATE TABLE passkeys (
+        credential_id BLOB PRIMARY KEY,
+        user TEXT NOT NULL,
+        credential BLOB NOT NULL,       -- its public key and id (WebAuthn attested data)
+        sign_count INTEGER NOT NULL DEFAULT 0,
+        label TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        last_used INTEGER
+    );
+    CREATE INDEX passkeys_user ON passkeys (user);
+    CREATE TABLE enrolments (
+        code_hash BLOB PRIMARY KEY,     -- SHA-256 of the one-time code in the link
+        user TEXT NOT NULL,
+        expires INTEGER NOT NULL
+    );
     CREATE TABLE holds (
         case_ref TEXT PRIMARY KEY,
         reason TEXT NOT NULL,
@@ -1053,6 +1069,37 @@ class Tx:
         found = await self._read(lambda conn: conn.execute(query, (message_id,)).fetchall())
         return [(str(i), bytes(d)) for i, d in found]
 
+    def add_enrolment(self, code_hash: bytes, user: str, expires: int) -> None:
+        self._write(
+            "INSERT INTO enrolments (code_hash, user, expires) VALUES (?, ?, ?)",
+            (code_hash, user, expires),
+        )
+
+    async def take_enrolment(self, code_hash: bytes, user: str, now: int) -> bool:
+        """Use up enrolment `code_hash` of `user`, if it is still good (once)."""
+        query = "SELECT 1 FROM enrolments WHERE code_hash = ? AND user = ? AND expires > ?"
+        found = await self._read(
+            lambda conn: conn.execute(query, (code_hash, user, now)).fetchone()
+        )
+        self._write("DELETE FROM enrolments WHERE code_hash = ?", (code_hash,))
+        return found is not None
+
+    def add_passkey(self, credential_id: bytes, user: str, credential: bytes, label: str) -> None:
+        self._write(
+            "INSERT INTO passkeys (credential_id, user, credential, label, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (credential_id, user, credential, label, self.now),
+        )
+
+    def passkey_used(self, credential_id: bytes, sign_count: int) -> None:
+        self._write(
+            "UPDATE passkeys SET sign_count = ?, last_used = ? WHERE credential_id = ?",
+            (sign_count, self.now, credential_id),
+        )
+
+    def remove_passkey(self, credential_id: bytes) -> None:
+        self._write("DELETE FROM passkeys WHERE credential_id = ?", (credential_id,))
+
     def place_hold(self, case_tag: str, reason: str, by: str) -> None:
         self._write(
             "INSERT OR REPLACE INTO holds (case_ref, reason, placed_by, placed)"
@@ -1477,6 +1524,44 @@ class Store:
         """Requests waiting for a second officer (or sent at once, to approve after), oldest
         first."""
         return await self._select("WHERE approval = 'pending' ORDER BY created LIMIT 500")
+
+    async def enrolment(self, code_hash: bytes, now: int) -> str | None:
+        """The user a still-good enrolment code is for, or None."""
+        found = await self.db.execute_fetchall(
+            "SELECT user FROM enrolments WHERE code_hash = ? AND expires > ?", (code_hash, now)
+        )
+        return next((str(row[0]) for row in found), None)
+
+    async def passkey_credentials(self, user: str) -> list[bytes]:
+        found = await self.db.execute_fetchall(
+            "SELECT credential FROM passkeys WHERE user = ?", (user,)
+        )
+        return [bytes(row[0]) for row in found]
+
+    async def passkey(self, credential_id: bytes) -> tuple[str, bytes, int] | None:
+        """(user, credential, signature counter) of passkey `credential_id`, or None."""
+        found = await self.db.execute_fetchall(
+            "SELECT user, credential, sign_count FROM passkeys WHERE credential_id = ?",
+            (credential_id,),
+        )
+        return next(((str(u), bytes(c), int(n)) for u, c, n in found), None)
+
+    async def passkey_list(self, user: str) -> list[dict[str, Any]]:
+        found = await self.db.execute_fetchall(
+            "SELECT credential_id, label, created, last_used FROM passkeys WHERE user = ?"
+            " ORDER BY created",
+            (user,),
+        )
+        return [
+            {
+                "id": b64encode(bytes(i)),
+                "raw_id": bytes(i),
+                "label": str(label),
+                "created": created,
+                "last_used": used,
+            }
+            for i, label, created, used in found
+        ]
 
     async def holds(self) -> list[dict[str, Any]]:
         rows = await self.db.execute_fetchall(

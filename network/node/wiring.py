@@ -24,6 +24,7 @@ from network.node.inbound import Inbound
 from network.node.keys import NodeKeys
 from network.node.officer import Officers
 from network.node.oversight import Oversight
+from network.node.passkeys import Passkeys
 from network.node.reading import Reading
 from network.node.retention import Retention
 from network.node.store import Store
@@ -42,6 +43,7 @@ class Node:
     reading: Reading  # messages, cases, peers for readers
     oversight: Oversight  # deadlines, expiry, unroutable destinations
     retention: Retention  # deleting lapsed contents; legal holds
+    passkeys: Passkeys  # people's sign-in to the console (WebAuthn)
 
     @classmethod
     def build(
@@ -59,6 +61,7 @@ class Node:
         retention: Sequence[RetentionRule] = (),
         attachments: AttachmentLimits = DEFAULT_LIMITS,
         approval: ApprovalPolicy = NO_APPROVAL,
+        origin: str = "http://localhost:8101",
     ) -> Node:
         """Wire a node's use cases over `store`, holding `roster` until a newer one comes."""
         context = NodeContext(
@@ -84,4 +87,5 @@ class Node:
             reading=Reading(context, delivery),
             oversight=Oversight(context, delivery),
             retention=Retention(context, retention),
+            passkeys=Passkeys(context, origin),
         )

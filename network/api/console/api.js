@@ -25,6 +25,45 @@ export async function signIn(token) {
   sessionStorage.setItem(MARK, '1');
 }
 
+/** A public sign-in step (`/auth/...`): JSON in, JSON out, the session's cookie set. */
+async function auth(path, body) {
+  const response = await fetch(path, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body), cache: 'no-store',
+  });
+  const answer = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, answer);
+  return answer;
+}
+
+/** Sign in with a passkey (WebAuthn, discoverable: no name typed). */
+export async function signInWithPasskey() {
+  const { ceremony, options } = await auth('/auth/passkey/begin', {});
+  const credential = await navigator.credentials.get({
+    publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(options.publicKey),
+  });
+  adopt(await auth('/auth/passkey/finish', { ceremony, credential: credential.toJSON() }));
+  sessionStorage.setItem(MARK, '1');
+}
+
+/** An enrolment link: register the person's first passkey, and sign them in. */
+export async function enrol(code, label) {
+  const { ceremony, options } = await auth('/auth/enrol/begin', { code });
+  const credential = await navigator.credentials.create({
+    publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey),
+  });
+  adopt(await auth('/auth/enrol/finish', { code, ceremony, credential: credential.toJSON(), label }));
+  sessionStorage.setItem(MARK, '1');
+}
+
+/** Another passkey for the person signed in (a second device, a security key). */
+export async function addPasskey(label) {
+  const { ceremony, options } = await api('/api/passkeys/begin', { method: 'POST', body: {} });
+  const credential = await navigator.credentials.create({
+    publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey),
+  });
+  return api('/api/passkeys/finish', { method: 'POST', body: { ceremony, credential: credential.toJSON(), label } });
+}
+
 /** A page (re)loaded: the session the cookie holds, if it is still open. */
 export async function resume() {
   if (!sessionStorage.getItem(MARK)) return false;

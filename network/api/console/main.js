@@ -1,7 +1,7 @@
 // The console: sign in, then the officer's or the auditor's pages, chosen by the hash
 // (#/inbox, #/compose, #/message/ID, #/audit, ...). Live events refresh what is shown.
 
-import { api, ApiError, download, follow, resume, session, signIn, signOut, upload } from './api.js';
+import { addPasskey, api, ApiError, download, enrol, follow, resume, session, signIn, signInWithPasskey, signOut, upload } from './api.js';
 import { append, badge, brief, byUrgency, clear, h, label, show, table, when } from './dom.js';
 import { Form, control, record } from './forms.js';
 
@@ -10,13 +10,14 @@ const banner = document.getElementById('banner');
 const liveMark = document.getElementById('live');
 
 const OFFICER_PAGES = [['inbox', 'Inbox'], ['outbox', 'Outbox'], ['compose', 'Compose'], ['alerts', 'Alerts'],
-  ['preservations', 'Preservations'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']];
+  ['preservations', 'Preservations'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers'],
+  ['passkeys', 'Passkeys']];
 const PAGES = {
   officer: OFFICER_PAGES,
   // An approver works the desk, and approves what another officer composed (four eyes).
   approver: [['approvals', 'Approvals'], ...OFFICER_PAGES],
-  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers']],
-  admin: [['accounts', 'Accounts'], ['peers', 'Peers']],
+  auditor: [['audit', 'Audit log'], ['alerts', 'Alerts'], ['search', 'Search'], ['statistics', 'Statistics'], ['peers', 'Peers'], ['passkeys', 'Passkeys']],
+  admin: [['accounts', 'Accounts'], ['peers', 'Peers'], ['passkeys', 'Passkeys']],
 };
 
 let stopFollowing = null;
@@ -31,8 +32,34 @@ window.addEventListener('hashchange', route);
 start();
 
 async function start() {
+  const enrolling = /^#\/enrol\/([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (enrolling) return enrolPage(enrolling[1]);
   if (!(await resume())) return signInPage();
   enter();
+}
+
+// An enrolment link (cpn user add): the person registers their passkey, and is signed in.
+function enrolPage(code) {
+  document.getElementById('top').hidden = true;
+  const label = h('input', { id: 'passkey-label', type: 'text', maxlength: 100, value: 'my passkey' });
+  const error = h('p', { class: 'error', role: 'alert' });
+  const form = h('form', { class: 'signin card', novalidate: true },
+    h('h1', {}, 'cpn console'),
+    h('p', {}, 'Register your passkey: your device (fingerprint, face, PIN) or a security key signs you in from now on. This link works once.'),
+    h('label', { for: 'passkey-label' }, 'Name it (to tell your passkeys apart)'), label, error,
+    h('button', { type: 'submit', class: 'primary' }, 'Register a passkey'));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      await enrol(code, label.value.trim() || 'passkey');
+    } catch (failure) {
+      error.textContent = failure.message;
+      return;
+    }
+    history.replaceState(null, '', '#/');
+    enter();
+  });
+  clear(main, form);
 }
 
 function signInPage(message = '') {
@@ -41,9 +68,20 @@ function signInPage(message = '') {
   const error = h('p', { class: 'error', role: 'alert' }, message);
   const form = h('form', { class: 'signin card', novalidate: true },
     h('h1', {}, 'cpn console'),
-    h('p', { class: 'muted' }, 'The 24/7 contact-point network. Sign in with your API token.'),
+    h('p', { class: 'muted' }, 'The 24/7 contact-point network.'),
+    h('button', { type: 'button', class: 'primary', id: 'passkey-signin', onclick: async () => {
+      unlockSound();
+      try {
+        await signInWithPasskey();
+      } catch (failure) {
+        error.textContent = failure.message;
+        return;
+      }
+      enter();
+    } }, 'Sign in with a passkey'),
+    h('p', { class: 'muted' }, 'Or with an API token:'),
     h('label', { for: 'token' }, 'Token'), token, error,
-    h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
+    h('button', { type: 'submit' }, 'Sign in'));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     unlockSound(); // a click: the browser lets the page make sound from now on
@@ -118,6 +156,7 @@ const VIEWS = {
   search: searchPage,
   accounts: accountsPage,
   approvals: approvalsPage,
+  passkeys: passkeysPage,
 };
 
 function route() {
@@ -467,6 +506,32 @@ function approvalCard(m, reload) {
     status);
 }
 
+// One's own passkeys, and another one added (a second device, a security key).
+async function passkeysPage() {
+  const holder = h('div');
+  const label = h('input', { id: 'new-passkey-label', type: 'text', maxlength: 100, value: 'another passkey' });
+  const status = h('p', { class: 'muted', role: 'status' });
+  const load = async () => {
+    const { passkeys } = await api('/api/passkeys');
+    clear(holder, passkeys.length
+      ? table(['Label', 'Registered', 'Last used'], passkeys.map((k) => h('tr', { 'data-passkey': k.id },
+        h('td', {}, k.label), h('td', {}, when(k.created)), h('td', {}, when(k.last_used)))), { class: 'passkeys' })
+      : h('p', { class: 'muted' }, 'No passkey yet: you signed in with a token.'));
+  };
+  page('Passkeys', holder, h('section', { class: 'card' }, h('h2', {}, 'Add a passkey'),
+    h('div', { class: 'field' }, h('label', { for: 'new-passkey-label' }, 'Name it'), label),
+    h('button', { type: 'button', class: 'primary', onclick: async () => {
+      try {
+        await addPasskey(label.value.trim() || 'passkey');
+        status.textContent = 'Added.';
+        await load();
+      } catch (error) {
+        status.textContent = error.message;
+      }
+    } }, 'Add a passkey'), status));
+  await load();
+}
+
 async function approvalsPage() {
   const holder = h('div');
   page('Approvals', holder);
@@ -734,6 +799,22 @@ async function accountsPage() {
         h('td', { class: 'mono' }, e.message_id ? e.message_id.slice(-12) : ''), h('td', {}, brief(e.detail)))), { class: 'trail' })
       : h('p', { class: 'muted' }, 'Nothing recorded.'));
   };
+  const showPasskeys = async (name) => {
+    const { passkeys } = await api(`/api/users/${encodeURIComponent(name)}/passkeys`);
+    clear(trail, h('h2', {}, `Passkeys of ${name}`), passkeys.length
+      ? table(['Label', 'Registered', 'Last used', ''], passkeys.map((k) => h('tr', { 'data-passkey': k.id },
+        h('td', {}, k.label), h('td', {}, when(k.created)), h('td', {}, when(k.last_used)),
+        h('td', {}, h('button', { type: 'button', onclick: async () => {
+          try {
+            await api(`/api/users/${encodeURIComponent(name)}/passkeys/${encodeURIComponent(k.id)}/revoke`, { method: 'POST', body: {} });
+            status.textContent = `${name}'s passkey ${k.label} revoked.`;
+            await showPasskeys(name);
+          } catch (error) {
+            status.textContent = error.message;
+          }
+        } }, 'Revoke')))), { class: 'passkeys' })
+      : h('p', { class: 'muted' }, 'No passkey.'));
+  };
   const load = async () => {
     const { users } = await api('/api/users');
     const rows = users.map((u) => {
@@ -744,9 +825,10 @@ async function accountsPage() {
         h('td', {}, u.name), h('td', {}, role), h('td', {}, when(u.created)),
         h('td', {}, badge(u.disabled ? 'disabled' : 'enabled', u.disabled ? 'bad' : 'ok')),
         h('td', {}, h('button', { type: 'button', onclick: () => change(u.name, { disabled: !u.disabled }) }, u.disabled ? 'Enable' : 'Disable'),
-          ' ', h('button', { type: 'button', onclick: () => showTrail(u.name) }, 'Audit trail')));
+          ' ', h('button', { type: 'button', onclick: () => showTrail(u.name) }, 'Audit trail'),
+          ' ', h('button', { type: 'button', onclick: () => showPasskeys(u.name) }, 'Passkeys')));
     });
-    clear(holder, h('p', { class: 'muted' }, 'New accounts and their tokens: cpn user add NAME --role ROLE on the node.'),
+    clear(holder, h('p', { class: 'muted' }, 'New accounts: cpn user add NAME --role ROLE on the node prints the person\'s enrolment link (--token: a machine\'s token).'),
       table(['Name', 'Role', 'Since', 'Status', ''], rows, { class: 'accounts' }));
   };
   await load();
