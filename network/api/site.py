@@ -26,7 +26,9 @@ def api_site(config: NodeConfig) -> ApiSite:
     @asynccontextmanager
     async def serve(node: Node) -> AsyncIterator[None]:
         metrics = Metrics(node)
-        api = web.AppRunner(build_app(node, login=config.login, metrics=metrics), access_log=None)
+        api = web.AppRunner(
+            build_app(node, login=config.login, metrics=metrics, oidc=config.oidc), access_log=None
+        )
         runners = [api]
         await api.setup()
         try:

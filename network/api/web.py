@@ -57,6 +57,7 @@ from aiohttp.typedefs import Handler, LooseHeaders
 
 from network import __version__
 from network.api.metrics import CONTENT_TYPE, Metrics
+from network.api.oidc import SingleSignOn
 from network.api.openapi import (
     ID_PARAM,
     INDEX_PARAM,
@@ -75,8 +76,16 @@ from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
 from network.core.attachments import MAX_ATTACHMENTS, AttachmentFile
 from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json_schemas
 from network.core.budget import AuditBudget
-from network.core.errors import BodyError, CpnError, LocalError, MalformedError, OversizeError
+from network.core.errors import (
+    BodyError,
+    CpnError,
+    LocalError,
+    MalformedError,
+    OversizeError,
+    SignInRefused,
+)
 from network.core.lifecycle import State
+from network.core.oidc import OidcConfig
 from network.core.records import (
     DESK_ROLES,
     MESSAGE_ID_PATTERN,
@@ -97,7 +106,7 @@ from network.node.auditfile import (
 )
 from network.node.clock import parse_time, rfc3339
 from network.node.events import HubFullError
-from network.node.officer import MAX_RECIPIENTS, set_account
+from network.node.officer import MAX_RECIPIENTS, issue_token, set_account
 from network.node.reading import summary
 from network.node.statistics import compute, read_year, to_csv_rows
 from network.node.store import AuditEntry, StoreError, UserRow
@@ -151,6 +160,7 @@ NODE: Final = web.AppKey("node", Node)
 
 _LOGGED_IN: Final = web.AppKey("logged_in", set[str])
 SESSIONS: Final = web.AppKey("sessions", Sessions)
+SSO: Final[web.AppKey[SingleSignOn | None]] = web.AppKey("sso")
 # The session a request came with (None: a bearer token's, a machine's).
 SESSION_ID: Final = web.RequestKey("session_id", str)
 """Users whose token was used in this run (their first use is audited as a login)."""
@@ -205,6 +215,14 @@ STATISTICS_QUERY: Final = (
 )
 
 USER_PARAM: Final = Param("name", string(100), "An account's user name.")
+OIDC_QUERY: Final = (
+    Param("code", string(2000), "The provider's authorization code."),
+    Param("state", string(200), "The sign-in this answers."),
+    Param("error", string(200), "The provider's refusal."),
+    Param("error_description", string(2000), "Why."),
+    Param("iss", string(500), "The provider (RFC 9207)."),
+    Param("session_state", string(500), "The provider's session (ignored)."),
+)
 PASSKEY_PARAM: Final = Param(
     "passkey", string(400, pattern="^[A-Za-z0-9_-]+$"), "A passkey's credential id (b64url)."
 )
@@ -874,16 +892,22 @@ async def open_session(request: web.Request) -> web.StreamResponse:
     return await _session_started(request, request[USER], "token")
 
 
-async def _session_started(request: web.Request, user: UserRow, method: str) -> web.Response:
-    """A session for `user`, who proved who they are by `method` (token, passkey): the
-    cookie, and the answer the console keeps (who, and the CSRF token). Audited."""
+async def _session_started(
+    request: web.Request, user: UserRow, method: str, *, then: str | None = None
+) -> web.Response:
+    """A session for `user`, who proved who they are by `method` (token, passkey, oidc):
+    the cookie, and the answer the console keeps (who, and the CSRF token), or a redirect
+    to `then` (back from the provider). Audited."""
     context = request.app[NODE].context
     session_id, ended = request.app[SESSIONS].open(user.name, method, context.clock())
     detail: dict[str, Json] = {"method": method, "remote": request.remote}
     entries = [AuditEntry(user.name, "session_started", detail=detail)]
     entries += [AuditEntry(s.user, "session_ended", detail={"why": "too many"}) for s in ended]
     await context.audit(entries)
-    answer = web.json_response(_session_answer(request, user, session_id), status=201)
+    if then is None:
+        answer = web.json_response(_session_answer(request, user, session_id), status=201)
+    else:
+        answer = web.Response(status=302, headers={hdrs.LOCATION: then})
     answer.set_cookie(
         cookie_name(context.me),
         session_id,
@@ -894,6 +918,98 @@ async def _session_started(request: web.Request, user: UserRow, method: str) -> 
         samesite="Strict",
     )
     return answer
+
+
+async def sign_in_methods(request: web.Request) -> web.StreamResponse:
+    """How people sign in here: passkeys always; the agency's single sign-on if set up."""
+    sso = request.app[SSO]
+    return web.json_response({"passkey": True, "oidc": sso.config.name if sso else None})
+
+
+async def oidc_start(request: web.Request) -> web.StreamResponse:
+    """Single sign-on, first step: to the agency's provider (authorization code, PKCE), this
+    browser bound to the sign-in by a cookie (SameSite=Lax: it must come back from there)."""
+    sso = request.app[SSO]
+    if sso is None:
+        raise _Refusal(404, "this node has no single sign-on ([auth.oidc])")
+    try:
+        url, state = await sso.start(_callback(request))
+    except SignInRefused as exc:
+        raise _Refusal(502, str(exc)) from None
+    answer = web.Response(status=302, headers={hdrs.LOCATION: url})
+    answer.set_cookie(
+        _sso_cookie(request), state, max_age=600, path="/auth/oidc/",
+        secure=request.secure, httponly=True, samesite="Lax",
+    )  # fmt: skip
+    return answer
+
+
+async def oidc_callback(request: web.Request) -> web.StreamResponse:
+    """Back from the provider: the code exchanged, the ID token checked, the person's account
+    made or brought up to the role the provider gives, and a session; or the console's
+    sign-in page saying why not (audited, and counted against the address)."""
+    sso = request.app[SSO]
+    if sso is None:
+        raise _Refusal(404, "this node has no single sign-on ([auth.oidc])")
+    context = request.app[NODE].context
+    throttle, address = request.app[THROTTLE], request.remote or "unknown"
+    now = context.clock()
+    state, code = request.query.get("state", ""), request.query.get("code", "")
+    try:
+        if throttle.blocked(address, now) is not None:
+            raise SignInRefused(f"too many failed sign-ins from {address}: wait, then again")
+        if not state or request.cookies.get(_sso_cookie(request)) != state:
+            raise SignInRefused("this sign-in was not begun in this browser")
+        if not code:
+            refused = request.query.get("error_description") or request.query.get("error")
+            raise SignInRefused(f"the provider refused: {refused or 'no code'}")
+        name, role, claims = await sso.finish(state, code, _callback(request), now // 1000)
+        user = await _provisioned(request, name, role, claims)
+    except SignInRefused as exc:
+        throttle.failed(address, now)
+        detail = {"remote": request.remote, "method": "oidc", "why": str(exc)[:300]}
+        await context.audit([AuditEntry("anonymous", "login_failed", detail=detail)])
+        answer = web.Response(
+            status=302, headers={hdrs.LOCATION: f"/#/signin-refused/{quote(str(exc)[:300])}"}
+        )
+        answer.del_cookie(_sso_cookie(request), path="/auth/oidc/")
+        return answer
+    throttle.succeeded(address)
+    answer = await _session_started(request, user, "oidc", then="/#/signed-in")
+    answer.del_cookie(_sso_cookie(request), path="/auth/oidc/")
+    return answer
+
+
+async def _provisioned(
+    request: web.Request, name: str, role: str, claims: dict[str, Any]
+) -> UserRow:
+    """The local account of a person the provider signed in: made at first sign-in, given
+    the role the provider's claim maps to; refused if disabled here. Audited."""
+    context = request.app[NODE].context
+    store, now = context.store, context.clock()
+    user = await store.user(name)
+    sso = request.app[SSO]
+    actor = f"oidc:{sso.config.issuer if sso else ''}"
+    if user is None:
+        await issue_token(store, name, role, actor=actor, now=now)  # a token no one holds
+        detail = {"user": name, "role": role, "sub": str(claims.get("sub"))[:200]}
+        await context.audit([AuditEntry(actor, "account_created", detail=detail)])
+        user = await store.user(name)
+        assert user is not None
+    elif user.disabled:
+        raise SignInRefused(f"{name}: this account is disabled on this node")
+    elif user.role != role:
+        user = await set_account(store, name, role=role, actor=actor, now=now)
+    return user
+
+
+def _callback(request: web.Request) -> str:
+    """Where the provider sends people back: this node's console origin."""
+    return f"{request.app[NODE].passkeys.origin}/auth/oidc/callback"
+
+
+def _sso_cookie(request: web.Request) -> str:
+    return f"cpn_oidc_{request.app[NODE].context.me}"
 
 
 async def enrol_begin(request: web.Request) -> web.StreamResponse:
@@ -1227,6 +1343,18 @@ ROUTES: Final = (
         ),
     ),
     Route(
+        "GET", "/auth/methods", sign_in_methods, None, "say how to sign in",
+        Doc(obj({"passkey": {"type": "boolean"}, "oidc": {"type": ["string", "null"]}})),
+    ),
+    Route(
+        "GET", "/auth/oidc/start", oidc_start, None, "sign in with the agency",
+        Doc({"type": "string"}, status=302),
+    ),
+    Route(
+        "GET", "/auth/oidc/callback", oidc_callback, None, "come back from the agency",
+        Doc({"type": "string"}, status=302, query=OIDC_QUERY),
+    ),
+    Route(
         "POST", "/auth/enrol/begin", enrol_begin, None, "begin an enrolment",
         Doc(obj({"ceremony": {"type": "string"}, "options": {"type": "object"}})),
     ),
@@ -1406,7 +1534,11 @@ _BY_HANDLER: Final[dict[Handler, Route]] = {route.handler: route for route in RO
 
 
 def build_app(
-    node: Node, *, login: LoginPolicy = DEFAULT_LOGIN, metrics: Metrics | None = None
+    node: Node,
+    *,
+    login: LoginPolicy = DEFAULT_LOGIN,
+    metrics: Metrics | None = None,
+    oidc: OidcConfig | None = None,
 ) -> web.Application:
     """The node's HTTP API over `node`'s use cases; the caller runs it (runner and site apart).
 
@@ -1424,6 +1556,8 @@ def build_app(
     app[METRICS] = metrics if metrics is not None else Metrics(node)
     app[THROTTLE] = LoginThrottle(login)
     app[SESSIONS] = Sessions(idle_ms=login.session_idle_ms, max_ms=login.session_max_ms)
+    app[SSO] = SingleSignOn(oidc) if oidc is not None else None
+    app.on_cleanup.append(_close_sso)
     app[LOGIN_AUDIT] = AuditBudget(LOGIN_AUDIT_LIMIT, LOGIN_AUDIT_WINDOW_MS, max_keys=1)
     for route in ROUTES:
         if route.roles is None and route.path.startswith("/api/"):
@@ -1436,6 +1570,12 @@ def build_app(
         description="The HTTP API of a node of the 24/7 contact-point network.",
     )
     return app
+
+
+async def _close_sso(app: web.Application) -> None:
+    sso = app[SSO]
+    if sso is not None:
+        await sso.close()
 
 
 def build_metrics_app(metrics: Metrics) -> web.Application:

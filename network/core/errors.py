@@ -30,6 +30,7 @@
         ├── ExpiredError                  past its expiry
         ├── DecryptError                  the sealed body does not open
         ├── DigestMismatchError           a receipt for other bytes than those we sent
+        ├── SignInRefused                 a single sign-on answer that signs no one in here
         ├── HandshakeError                a link handshake that does not prove the peer
         ├── StaleAnnouncementError        a route announcement no newer than the one held
         ├── HopLimitError                 a message relayed more times than its hop limit
@@ -83,6 +84,7 @@ __all__ = [
     "RosterExpiredError",
     "RosterSignatureError",
     "RosterStaleError",
+    "SignInRefused",
     "StaleAnnouncementError",
     "StoreError",
     "UnknownNodeError",
@@ -270,6 +272,12 @@ class DecryptError(PeerError):
 
 class DigestMismatchError(PeerError):
     reason = "digest_mismatch"
+
+
+class SignInRefused(PeerError):
+    """A single sign-on provider's answer that does not sign its person in here."""
+
+    reason = "sign_in_refused"
 
 
 class HandshakeError(PeerError):

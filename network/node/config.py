@@ -44,6 +44,14 @@ ConfigError naming the file and the key.
     [restore]                        # optional: after `cpn store restore`
     wait = "30s"                     # for the dialled peers, before explaining the restore
     give_up = "10m"                  # then alert on peers that have not given back
+    [auth.oidc]                      # optional: the agency's single sign-on (OpenID Connect)
+    issuer = "https://idp.police.example"
+    client_id = "cpn-fra"
+    client_secret = "..."            #   keep this file mode 0600
+    role_claim = "groups"            #   a claim whose values map to roles:
+    roles = { "cpn-officers" = "officer", "cpn-auditors" = "auditor" }
+    name_claim = "preferred_username"
+    name = "Police SSO"              #   what the console's button says
     [approval]                       # optional: four eyes on outgoing requests
     types = ["preservation"]         #   held until an approver (not their composer) approves
     flash = "after"                  #   a flash one goes at once, approved afterwards ("before")
@@ -74,6 +82,7 @@ from network.core.attachments import DEFAULT_LIMITS, AttachmentLimits
 from network.core.bodies import LAWFUL_ANSWERS
 from network.core.deadlines import DEFAULT_DEADLINES, Deadlines, PriorityDeadlines
 from network.core.errors import ConfigError
+from network.core.oidc import OidcConfig
 from network.core.records import MessageType, NodeId, Priority, is_node_id
 from network.core.retention import RetentionRule
 
@@ -153,6 +162,7 @@ class NodeConfig:
     approval: ApprovalPolicy = NO_APPROVAL  # [approval]: four eyes on outgoing requests
     # [api] origin: where officers open the console; passkeys are bound to its host name.
     api_origin: str = "http://localhost:8101"
+    oidc: OidcConfig | None = None  # [auth.oidc]: the agency's single sign-on, if any
 
 
 def parse_listen(value: object, where: str) -> tuple[str, int]:
@@ -263,6 +273,20 @@ def _approval(section: object, file: Path) -> ApprovalPolicy:
             f' afterwards) or "before", got {flash!r}'
         )
     return ApprovalPolicy(frozenset(MessageType(n) for n in names), flash == "after")
+
+
+def _auth(section: object, file: Path) -> OidcConfig | None:
+    """`[auth.oidc]`: single sign-on through the agency's OpenID Connect provider."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: auth: expected a table")
+    extra = sorted(set(section) - {"oidc"})
+    if extra:
+        raise ConfigError(f"{file}: auth.{extra[0]}: unknown key")
+    if "oidc" not in section:
+        return None
+    return OidcConfig.parse(section["oidc"], f"{file}: auth.oidc")
 
 
 def _origin(value: object, where: str) -> str:
@@ -544,6 +568,7 @@ def load_config(path: Path) -> NodeConfig:
     retention = _retention(doc.get("retention"), path)
     attachments = _attachments(doc.get("attachments"), path)
     approval = _approval(doc.get("approval"), path)
+    oidc = _auth(doc.get("auth"), path)
     signing_uri = keys.get("signing")
     if signing_uri is not None and (
         not isinstance(signing_uri, str) or not signing_uri.startswith("pkcs11:")
@@ -565,6 +590,7 @@ def load_config(path: Path) -> NodeConfig:
         "retention",
         "attachments",
         "approval",
+        "auth",
     }
     extra = sorted(set(doc) - known)
     if extra:
@@ -603,4 +629,5 @@ def load_config(path: Path) -> NodeConfig:
         attachments=attachments,
         approval=approval,
         api_origin=api_origin,
+        oidc=oidc,
     )

@@ -65,14 +65,15 @@ export async function addPasskey(label) {
 }
 
 /** A page (re)loaded: the session the cookie holds, if it is still open. */
-export async function resume() {
-  if (!sessionStorage.getItem(MARK)) return false;
+export async function resume(anyway = false) {
+  if (!anyway && !sessionStorage.getItem(MARK)) return false;
   const response = await fetch('/api/session', { cache: 'no-store' });
   if (!response.ok) {
     sessionStorage.removeItem(MARK);
     return false;
   }
   adopt(await response.json());
+  sessionStorage.setItem(MARK, '1');
   return true;
 }
 

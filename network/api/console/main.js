@@ -34,7 +34,15 @@ start();
 async function start() {
   const enrolling = /^#\/enrol\/([A-Za-z0-9_-]+)$/.exec(location.hash);
   if (enrolling) return enrolPage(enrolling[1]);
-  if (!(await resume())) return signInPage();
+  const refused = /^#\/signin-refused\/(.*)$/.exec(location.hash);
+  if (refused) {
+    history.replaceState(null, '', '#/');
+    return signInPage(`Single sign-on refused: ${decodeURIComponent(refused[1])}`);
+  }
+  // Back from the agency's single sign-on: the node has just set the session's cookie.
+  const fromSso = location.hash === '#/signed-in';
+  if (fromSso) history.replaceState(null, '', '#/');
+  if (!(await resume(fromSso))) return signInPage();
   enter();
 }
 
@@ -64,6 +72,13 @@ function enrolPage(code) {
 
 function signInPage(message = '') {
   document.getElementById('top').hidden = true;
+  // The agency's single sign-on, where the node has one: a button to its provider.
+  const sso = h('p', {});
+  fetch('/auth/methods', { cache: 'no-store' }).then((r) => r.json()).then((methods) => {
+    if (methods.oidc) {
+      sso.append(h('a', { class: 'button primary', id: 'oidc-signin', href: '/auth/oidc/start' }, `Sign in with ${methods.oidc}`));
+    }
+  }).catch(() => null);
   const token = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true, placeholder: 'cpn_…' });
   const error = h('p', { class: 'error', role: 'alert' }, message);
   const form = h('form', { class: 'signin card', novalidate: true },
@@ -79,6 +94,7 @@ function signInPage(message = '') {
       }
       enter();
     } }, 'Sign in with a passkey'),
+    sso,
     h('p', { class: 'muted' }, 'Or with an API token:'),
     h('label', { for: 'token' }, 'Token'), token, error,
     h('button', { type: 'submit' }, 'Sign in'));
