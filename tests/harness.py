@@ -409,6 +409,18 @@ class Network:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def add_user(self, node_id: str, name: str, role: str, *, key: str | None = None) -> str:
+        """A machine user `name` added with `cpn user add --token`, as an administrator does;
+        its token, kept as `tokens[key or name]` for `api(..., token=...)`."""
+        added = cpn(
+            "user", "add", name, "--token", "--role", role,
+            "--config", str(self.nodes[node_id].config),
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        token = added.stdout.split()[-1]
+        self.nodes[node_id].tokens[key or name] = token
+        return token
+
     def send(
         self, sender: str, to: str, message_type: str, body: Any, priority: str = "urgent"
     ) -> str:

@@ -52,18 +52,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("approval")
     network = Network(tmp, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": APPROVAL})
     for name in ("approver-FRA", "second-FRA"):
-        added = cpn(
-            "user",
-            "add",
-            name,
-            "--token",
-            "--role",
-            "approver",
-            "--config",
-            str(network.nodes["FRA"].config),
-        )
-        assert added.returncode == 0, added.stderr
-        network.nodes["FRA"].tokens[name] = added.stdout.split()[-1]
+        network.add_user("FRA", name, "approver")
     network.nodes["FRA"].tokens["approver"] = network.nodes["FRA"].tokens["approver-FRA"]
     try:
         network.start("DEU")

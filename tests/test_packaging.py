@@ -138,6 +138,7 @@ def test_an_installed_wheel_runs_two_nodes_from_their_data_folders(
         "user",
         "add",
         "olivia",
+        "--token",  # a machine user: the script below calls the API with it
         "--role",
         "officer",
         "--config",

@@ -39,18 +39,7 @@ AUTHENTICATOR = {
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     network = Network(tmp_path_factory.mktemp("passkeys"), {"FRA": [], "DEU": ["FRA"]})
-    added = cpn(
-        "user",
-        "add",
-        "admin-FRA",
-        "--token",
-        "--role",
-        "admin",
-        "--config",
-        str(network.nodes["FRA"].config),
-    )
-    assert added.returncode == 0, added.stderr
-    network.nodes["FRA"].tokens["admin"] = added.stdout.split()[-1]
+    network.add_user("FRA", "admin-FRA", "admin", key="admin")
     try:
         network.start("FRA")
         yield network

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import BrowserContext, expect
 
 from network.samples import sample_body
-from tests.harness import Network, cpn, pause, rows
+from tests.harness import Network, pause, rows
 from tests.test_console import Console, browser  # noqa: F401 (the browser fixture)
 from tests.test_console import context as context  # the page fixture
 
@@ -31,18 +31,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         {"FRA": ["DEU"], "DEU": []},
         api_config='session_idle = "3s"\nsession_max = "8s"\n',
     )
-    added = cpn(
-        "user",
-        "add",
-        "admin-FRA",
-        "--token",
-        "--role",
-        "admin",
-        "--config",
-        str(network.nodes["FRA"].config),
-    )
-    assert added.returncode == 0, added.stderr
-    network.nodes["FRA"].tokens["admin"] = added.stdout.split()[-1]
+    network.add_user("FRA", "admin-FRA", "admin", key="admin")
     try:
         network.start("DEU")
         network.start("FRA")

@@ -93,19 +93,9 @@ class Client:
         by the node against the size and SHA-256 its sender signed (and again here)."""
         path = f"/api/messages/{_segment(message_id)}/attachments/{index}"
         request = urllib.request.Request(self.api + path, method="GET")  # noqa: S310
-        request.add_unredirected_header("Authorization", f"Bearer {self._token}")
-        try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                data = response.read(MAX_FILE_BYTES + 1)
-                name = _filename(response.headers.get("Content-Disposition", ""))
-                digest = response.headers.get("X-Content-SHA256", "")
-        except urllib.error.HTTPError as exc:
-            with exc:
-                raise _refusal(exc.code, _read(exc), exc.headers.get("Location")) from None
-        except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
+        _, headers, data = self._send(request, MAX_FILE_BYTES)
+        name = _filename(headers.get("Content-Disposition", ""))
+        digest = headers.get("X-Content-SHA256", "")
         if b64encode(hashlib.sha256(data).digest()) != digest:
             raise ApiError(200, "the file received is not the one its sender signed for")
         return name, data
@@ -188,10 +178,21 @@ class Client:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", content_type)
+        status, _, raw = self._send(request, MAX_ANSWER_BYTES)
+        answer = _json(status, raw)
+        if answer is None:
+            raise ApiError(status, f"the answer is not JSON: is {self.api} a cpn node's API?")
+        return answer
+
+    def _send(
+        self, request: urllib.request.Request, limit: int
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """`request`, with the token: the status, headers and body (at most `limit` bytes)
+        of a success; ApiError for a refusal, UnreachableError when there is no answer."""
         request.add_unredirected_header("Authorization", f"Bearer {self._token}")
         try:
             with self._opener.open(request, timeout=self._timeout) as response:
-                status, raw = response.status, _read(response)
+                return response.status, response.headers, _read(response, limit)
         except urllib.error.HTTPError as exc:
             with exc:
                 raise _refusal(exc.code, _read(exc), exc.headers.get("Location")) from None
@@ -199,10 +200,6 @@ class Client:
             raise self._unreachable(exc.reason) from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from None
-        answer = _json(status, raw)
-        if answer is None:
-            raise ApiError(status, f"the answer is not JSON: is {self.api} a cpn node's API?")
-        return answer
 
     def _unreachable(self, reason: object) -> UnreachableError:
         if isinstance(reason, ConnectionRefusedError):
@@ -257,10 +254,10 @@ def _segment(message_id: str) -> str:
     return urllib.parse.quote(message_id, safe="")
 
 
-def _read(response: Any) -> bytes:
-    data: bytes = response.read(MAX_ANSWER_BYTES + 1)
-    if len(data) > MAX_ANSWER_BYTES:
-        raise ApiError(response.status, f"the answer is over {MAX_ANSWER_BYTES} bytes")
+def _read(response: Any, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    data: bytes = response.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(response.status, f"the answer is over {limit} bytes")
     return data
 
 

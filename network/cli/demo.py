@@ -105,7 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     ]
     for config in configs:
         print(
-            f"{config.id}: console http://{config.api_host}:{config.api_port}/"
+            f"{config.id}: console {config.api_origin}/"
             f"  API http://{config.api_host}:{config.api_port}/api/  peer {config.peer_url}"
         )
     print("the demo network is running; Ctrl-C stops it", flush=True)

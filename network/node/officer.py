@@ -151,6 +151,27 @@ async def set_account(
     )
 
 
+def _outbound(tx: Tx, draft: _Draft, state: State, **more: Any) -> MessageRow:
+    """A sealed message in the outbox, in `state`, with the columns `more` names."""
+    header = draft.envelope.header
+    return tx.insert_message(
+        id=header.id,
+        box=Box.OUT,
+        peer=draft.node,
+        type=draft.kind,
+        priority=header.priority,
+        priority_rank=PRIORITY_RANK[header.priority],
+        state=state,
+        created=header.created,
+        expires=header.expires,
+        envelope=draft.envelope.raw,
+        digest=draft.envelope.digest,
+        self_sealed=draft.self_sealed,
+        composed_by=draft.user,
+        **more,
+    )
+
+
 class Officers:
     """One node's use cases for its officers and administrators."""
 
@@ -379,20 +400,10 @@ class Officers:
                     else deadlines_for(self.context, Box.OUT, header, draft.kind)
                 )
                 rows.append(
-                    tx.insert_message(
-                        id=header.id,
-                        box=Box.OUT,
-                        peer=node,
-                        type=draft.kind,
-                        priority=header.priority,
-                        priority_rank=PRIORITY_RANK[header.priority],
-                        state=State.AWAITING_APPROVAL if waits else State.QUEUED,
-                        created=header.created,
-                        expires=header.expires,
-                        envelope=draft.envelope.raw,
-                        digest=draft.envelope.digest,
-                        self_sealed=draft.self_sealed,
-                        composed_by=user,
+                    _outbound(
+                        tx,
+                        draft,
+                        State.AWAITING_APPROVAL if waits else State.QUEUED,
                         case_ref=case_tag(self.context, typed),
                         in_reply_to=refers_to(typed),
                         **due,
@@ -458,20 +469,10 @@ class Officers:
         """An attachment's part in the outbox, behind its message: no deadline of its own (its
         message has them), one `sealed` entry naming its digest."""
         header = part.envelope.header
-        tx.insert_message(
-            id=header.id,
-            box=Box.OUT,
-            peer=part.node,
-            type=MessageType.ATTACHMENT_PART,
-            priority=header.priority,
-            priority_rank=PRIORITY_RANK[header.priority],
-            state=State.AWAITING_APPROVAL if held else State.QUEUED,
-            created=header.created,
-            expires=header.expires,
-            envelope=part.envelope.raw,
-            digest=part.envelope.digest,
-            self_sealed=part.self_sealed,
-            composed_by=part.user,
+        _outbound(
+            tx,
+            part,
+            State.AWAITING_APPROVAL if held else State.QUEUED,
             in_reply_to=of,
             attachment=part.attachment,
         )
