@@ -8,6 +8,7 @@ machines, work as before.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from http.cookies import SimpleCookie
@@ -152,8 +153,27 @@ def test_a_disabled_accounts_session_ends_at_once(network: Network) -> None:
     )
     assert status == 200
     status, _, answer = call(network, "GET", "/api/session", cookie=cookie)
-    assert status == 401 and "no longer" in answer["error"]
+    assert status == 401, answer
+    ended = [d for a, d in audited(network, "session_ended") if a == "auditor-FRA"]
+    assert ended[-1] == {"why": "account disabled", "by": "admin-FRA"}
     call(network, "POST", "/api/users/auditor-FRA", token="admin", body={"disabled": False})
+    status, _, _ = call(network, "GET", "/api/session", cookie=cookie)
+    assert status == 401  # enabled again, but that session is over: sign in again
+
+
+def test_a_live_stream_ends_with_its_session(network: Network) -> None:
+    """The console's live events stop when its session ends (idle here): a stream is no
+    request, and keeps no idle session open."""
+    cookie, _, _ = sign_in(network)
+    request = urllib.request.Request(network.nodes["FRA"].api + "/api/events")
+    request.add_header("Cookie", f"cpn_session_FRA={cookie}")
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=20) as stream:
+        received = stream.read()  # until the node ends it
+    assert b"event: ended" in received
+    assert 3 <= time.monotonic() - started < 10  # past the idle time (3 s), not much later
+    status, _, _ = call(network, "GET", "/api/session", cookie=cookie)
+    assert status == 401
 
 
 def test_machines_keep_their_bearer_tokens(network: Network) -> None:

@@ -76,6 +76,16 @@ class Sessions:
         self._open[key] = session = replace(session, seen=now)
         return session, None
 
+    def alive(self, session_id: str, now: int) -> bool:
+        """Whether the session of `session_id` is still open at `now`, without counting this
+        look as a request (a live event stream must not keep an idle session open)."""
+        session = self._open.get(_digest(session_id))
+        return (
+            session is not None
+            and now - session.seen <= self.idle_ms
+            and now - session.created <= self.max_ms
+        )
+
     def csrf_token(self, session_id: str) -> str:
         """The CSRF token of the session of `session_id`."""
         mac = hmac.new(self._csrf_key, session_id.encode(), hashlib.sha256).digest()

@@ -767,6 +767,10 @@ async def change_user(request: web.Request) -> web.StreamResponse:
         context.store, name, role=role, disabled=disabled, actor=request[USER].name,
         now=context.clock(),
     )  # fmt: skip
+    if user.disabled and request.app[SESSIONS].end_user(name):
+        # Its console sessions, and their live streams, end now.
+        detail = {"why": "account disabled", "by": request[USER].name}
+        await context.audit([AuditEntry(name, "session_ended", detail=detail)])
     return web.json_response(_account(user))
 
 
@@ -1170,11 +1174,21 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-store"}
     )
+    # A console's stream lasts as long as its session: it ends when the session does (signed
+    # out, idle, past its limit, the account disabled), and the page's next call says so.
+    session_id, sessions = request.get(SESSION_ID), request.app[SESSIONS]
+    wait = (
+        KEEPALIVE_SECONDS if session_id is None else min(KEEPALIVE_SECONDS, sessions.idle_ms / 2000)
+    )
+    clock = request.app[NODE].context.clock
     try:
         await response.prepare(request)
         await response.write(b": live\n\n")
         while True:
-            event = await subscription.next(KEEPALIVE_SECONDS)
+            event = await subscription.next(wait)
+            if session_id is not None and not sessions.alive(session_id, clock()):
+                await response.write(b"event: ended\ndata: {}\n\n")
+                break
             if event is None:
                 await response.write(b"event: dropped\ndata: {}\n\n")
                 break
