@@ -10,12 +10,14 @@ WebAuthn takes no IP address as a relying party, and browsers treat localhost as
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
@@ -179,3 +181,40 @@ def test_machines_keep_tokens_and_a_person_has_none(network: Network) -> None:
     assert any(u["name"] == "bob" for u in json.loads(listed.stdout))
     status, _ = post(network, "/api/session", {}, "admin")  # a token still signs in
     assert status == 201
+
+
+def test_one_address_starting_sign_ins_in_a_loop_pushes_out_only_its_own(
+    network: Network,
+) -> None:
+    """Sign-ins begun and not finished are kept per address (the newest 20 of each): a
+    flood from one address cannot push out another's before it finishes."""
+    api = urlsplit(network.nodes["FRA"].api)
+
+    def begin(source: str) -> str:
+        connection = http.client.HTTPConnection(
+            api.hostname, api.port, timeout=10, source_address=(source, 0)
+        )
+        connection.request("POST", "/auth/passkey/begin", body=b"{}",
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+        answer = json.loads(connection.getresponse().read())
+        connection.close()
+        return str(answer["ceremony"])
+
+    theirs = begin("127.0.0.2")  # another officer, at another desk (still loopback)
+    flood = [begin("127.0.0.1") for _ in range(30)]
+    forged = {"id": "AAAA", "rawId": "AAAA", "type": "public-key",
+              "response": {"clientDataJSON": "e30", "authenticatorData": "AAAA",
+                           "signature": "AAAA"}}  # fmt: skip
+    # The flood's first are gone; the other address's sign-in is still there to finish.
+    status, refused = post(
+        network, "/auth/passkey/finish", {"ceremony": flood[0], "credential": forged}
+    )
+    assert (status, refused["field"]) == (401, "ceremony")
+    status, refused = post(
+        network, "/auth/passkey/finish", {"ceremony": flood[-1], "credential": forged}
+    )
+    assert (status, refused["field"]) == (401, "credential")
+    status, refused = post(
+        network, "/auth/passkey/finish", {"ceremony": theirs, "credential": forged}
+    )
+    assert (status, refused["field"]) == (401, "credential")

@@ -24,7 +24,8 @@ from network.core.oidc import OidcConfig, Pending, new_pending, person, pkce_cha
 __all__ = ["SingleSignOn", "authorization_url"]
 
 PENDING_S: Final = 600.0  # a sign-in at the provider: ten minutes
-MAX_PENDING: Final = 1_000
+MAX_PENDING: Final = 10_000
+MAX_PER_ADDRESS: Final = 20  # one address's oldest go first: it cannot push others' out
 DISCOVERY_S: Final = 3_600.0  # metadata and keys kept an hour
 MAX_ANSWER: Final = 1024 * 1024
 TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
@@ -35,7 +36,7 @@ class SingleSignOn:
 
     def __init__(self, config: OidcConfig) -> None:
         self.config = config
-        self._pending: OrderedDict[str, tuple[Pending, float]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[Pending, float, str]] = OrderedDict()
         self._metadata: tuple[dict[str, Any], float] | None = None
         self._keys: dict[str, Any] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -44,14 +45,17 @@ class SingleSignOn:
         if self._http is not None:
             await self._http.close()
 
-    async def start(self, redirect_uri: str) -> tuple[str, str]:
-        """The provider's URL for a new sign-in, and its `state`."""
+    async def start(self, redirect_uri: str, address: str = "") -> tuple[str, str]:
+        """The provider's URL for a new sign-in (asked from `address`), and its `state`."""
         metadata = await self._discover()
         pending = new_pending()
         url = authorization_url(
             self.config, str(metadata["authorization_endpoint"]), redirect_uri, pending
         )
-        self._pending[pending.state] = (pending, time.monotonic())
+        mine = [k for k, (_, _, a) in self._pending.items() if a == address]
+        for key in mine[: max(0, len(mine) - MAX_PER_ADDRESS + 1)]:
+            del self._pending[key]
+        self._pending[pending.state] = (pending, time.monotonic(), address)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
         return url, pending.state

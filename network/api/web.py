@@ -937,7 +937,7 @@ async def oidc_start(request: web.Request) -> web.StreamResponse:
     if sso is None:
         raise _Refusal(404, "this node has no single sign-on ([auth.oidc])")
     try:
-        url, state = await sso.start(_callback(request))
+        url, state = await sso.start(_callback(request), request.remote or "")
     except SignInRefused as exc:
         raise _Refusal(502, str(exc)) from None
     answer = web.Response(status=302, headers={hdrs.LOCATION: url})
@@ -1023,7 +1023,7 @@ async def enrol_begin(request: web.Request) -> web.StreamResponse:
     _only(fields, ("code",))
     passkeys = request.app[NODE].passkeys
     user = await passkeys.enrolment_user(fields.get("code"))
-    ceremony, options = await passkeys.register_begin(user)
+    ceremony, options = await passkeys.register_begin(user, request.remote or "")
     return web.json_response({"ceremony": ceremony, "options": options, "user": user.name})
 
 
@@ -1042,7 +1042,7 @@ async def enrol_finish(request: web.Request) -> web.StreamResponse:
 
 async def passkey_begin(request: web.Request) -> web.StreamResponse:
     """Sign-in with a passkey, first step: the options (a challenge) for the browser."""
-    ceremony, options = request.app[NODE].passkeys.sign_in_begin()
+    ceremony, options = request.app[NODE].passkeys.sign_in_begin(request.remote or "")
     return web.json_response({"ceremony": ceremony, "options": options})
 
 
@@ -1074,7 +1074,9 @@ async def passkey_finish(request: web.Request) -> web.StreamResponse:
 
 async def add_passkey_begin(request: web.Request) -> web.StreamResponse:
     """A signed-in person registers another passkey (a second device, a security key)."""
-    ceremony, options = await request.app[NODE].passkeys.register_begin(request[USER])
+    ceremony, options = await request.app[NODE].passkeys.register_begin(
+        request[USER], request.remote or ""
+    )
     return web.json_response({"ceremony": ceremony, "options": options})
 
 

@@ -45,7 +45,10 @@ __all__ = ["ENROLMENT_MS", "Passkeys", "enrol"]
 
 ENROLMENT_MS: Final = 24 * 3_600_000  # an enrolment link is good for a day
 CEREMONY_MS: Final = 5 * 60_000  # a registration or sign-in has five minutes
-MAX_CEREMONIES: Final = 1_000  # started and not finished; the oldest go first
+MAX_CEREMONIES: Final = 10_000  # started and not finished; the oldest go first
+# Started and not finished from one address: its oldest go first, so that one address
+# starting sign-ins in a loop cannot push others' out before they finish.
+MAX_PER_ADDRESS: Final = 20
 MAX_LABEL = 100
 
 
@@ -54,6 +57,7 @@ class _Ceremony:
     state: Any  # fido2's state: the challenge and what was required
     user: str | None  # registration: for whom
     started: float  # time.monotonic()
+    address: str  # where it was asked from
 
 
 async def enrol(store: Store, name: str, role: str, *, actor: str, now: int) -> str:
@@ -96,7 +100,7 @@ class Passkeys:
             raise BodyError("code", "this account may not sign in")
         return user
 
-    async def register_begin(self, user: UserRow) -> tuple[str, dict[str, Any]]:
+    async def register_begin(self, user: UserRow, address: str = "") -> tuple[str, dict[str, Any]]:
         """Options for the browser to create a passkey for `user` (not one it has), and the
         ceremony's id."""
         held = [
@@ -113,7 +117,7 @@ class Passkeys:
             resident_key_requirement=ResidentKeyRequirement.REQUIRED,
             user_verification=UserVerificationRequirement.REQUIRED,
         )
-        return self._start(state, user.name), dict(options)
+        return self._start(state, user.name, address), dict(options)
 
     async def register_finish(
         self,
@@ -160,13 +164,13 @@ class Passkeys:
 
     # -- sign-in -----------------------------------------------------------------------
 
-    def sign_in_begin(self) -> tuple[str, dict[str, Any]]:
+    def sign_in_begin(self, address: str = "") -> tuple[str, dict[str, Any]]:
         """Options for the browser to sign in with any passkey of this node (discoverable:
         no name typed), and the ceremony's id."""
         options, state = self.server.authenticate_begin(
             user_verification=UserVerificationRequirement.REQUIRED
         )
-        return self._start(state, None), dict(options)
+        return self._start(state, None, address), dict(options)
 
     async def sign_in_finish(self, ceremony: object, response: object) -> UserRow:
         """The person whose passkey signed this ceremony's challenge; BodyError naming what
@@ -220,9 +224,12 @@ class Passkeys:
 
     # -- ceremonies --------------------------------------------------------------------
 
-    def _start(self, state: Any, user: str | None) -> str:
+    def _start(self, state: Any, user: str | None, address: str) -> str:
         ceremony = secrets.token_urlsafe(18)
-        self._ceremonies[ceremony] = _Ceremony(state, user, time.monotonic())
+        mine = [k for k, c in self._ceremonies.items() if c.address == address]
+        for key in mine[: max(0, len(mine) - MAX_PER_ADDRESS + 1)]:
+            del self._ceremonies[key]
+        self._ceremonies[ceremony] = _Ceremony(state, user, time.monotonic(), address)
         while len(self._ceremonies) > MAX_CEREMONIES:
             self._ceremonies.popitem(last=False)
         return ceremony
