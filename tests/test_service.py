@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from network.core.attachments import PART_BYTES, AttachmentFile
 from network.core.errors import BodyError
 from network.core.lifecycle import State
 from network.core.records import NodeId
@@ -224,3 +225,45 @@ async def test_the_tree_is_the_stored_log_under_concurrent_transactions_and_anot
     assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
     assert size == store.audit_log.size == len(stored) == 90 + 30 + 3 * 3
     assert store.audit_log.root() == root_hash([bytes(leaf) for _, leaf in stored])
+
+
+async def test_a_files_parts_expire_with_their_message_and_are_not_raised_again(
+    pair: Pair,
+) -> None:
+    """A request whose link stays down expires, and its file's parts with it: the request is
+    raised once; its parts are recorded (`part_of`), not raised nor shown to the console."""
+    data = b"%PDF-1.7\n" + bytes(3 * PART_BYTES)  # four parts
+    row = await pair.fra.officers.submit(
+        user="olivia",
+        to="DEU",
+        message_type="preservation",
+        priority="urgent",
+        body=sample_body("preservation"),
+        ttl_ms=60_000,
+        files=[AttachmentFile("order.pdf", "application/pdf", data)],
+    )
+    heard = pair.fra.context.events.subscribe()
+    pair.clock.now += 60_001
+    expired = await pair.fra.oversight.expire_due()
+
+    assert len(expired) == 5  # the request and its four parts
+    entries = [
+        e["detail"]
+        for e in await pair.fra.context.store.audit_for(row.id)
+        if e["action"] == "expired"
+    ]
+    assert entries == [{"raised": "log"}]
+    parts = await pair.fra.context.store.parts(row.id, 0)
+    assert {p.state for p in parts} == {State.EXPIRED}
+    for part in parts:
+        (detail,) = [
+            e["detail"]
+            for e in await pair.fra.context.store.audit_for(part.id)
+            if e["action"] == "expired"
+        ]
+        assert detail == {"part_of": row.id}
+    events = []
+    while (event := await heard.next(0.01)) not in (None, False):
+        events.append(event)
+    assert [e["id"] for e in events if e.get("action") == "expired"] == [row.id]
+    heard.close()

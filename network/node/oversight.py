@@ -98,21 +98,25 @@ class Oversight:
         async with self.context.store.transaction(now) as tx:
             await tx.prefetch([row.id for row in due])  # one read, not one per message
             expired = []
+            entries = []
             for row in due:
                 current = await tx.message(row.id)
                 if current is None or current.state not in (State.QUEUED, State.SENT):
                     continue
                 tx.transition(current, Event.EXPIRE)
                 expired.append(current.id)
-                log.error(
-                    "message %s to %s expired undelivered after %d attempts",
-                    current.id,
-                    current.peer,
-                    current.attempts,
-                )
-            entries = [
-                AuditEntry(self.context.actor, "expired", i, {"raised": "log"}) for i in expired
-            ]
+                detail: dict[str, Json] = {"raised": "log"}
+                if current.attachment is not None:
+                    # A file's part expires with its message, which says so: not raised again.
+                    detail = {"part_of": current.in_reply_to}
+                else:
+                    log.error(
+                        "message %s to %s expired undelivered after %d attempts",
+                        current.id,
+                        current.peer,
+                        current.attempts,
+                    )
+                entries.append(AuditEntry(self.context.actor, "expired", current.id, detail))
             tx.audit(entries)
         self.context.publish(entries)
         return expired
