@@ -183,6 +183,20 @@ def test_machines_keep_their_bearer_tokens(network: Network) -> None:
     assert status == 404 and "token" in answer["error"]
 
 
+def test_behind_a_tls_proxy_the_cookie_is_secure(tmp_path: Any) -> None:
+    """TLS ended by a proxy in front of the node: the node sees plain HTTP, but its console's
+    origin is https, so the session's cookie is Secure (never sent in clear). (It comes
+    before the browser's test: that holds an event loop, which a new network cannot share.)"""
+    network = Network(tmp_path, {"FRA": []}, api_config='origin = "https://cpn.fra.example"\n')
+    try:
+        network.start("FRA")
+        status, headers, _ = call(network, "POST", "/api/session", token="officer")
+    finally:
+        network.close()
+    assert status == 201
+    assert "secure" in headers["Set-Cookie"].lower()
+
+
 def test_the_console_signs_in_with_a_session_and_out(
     network: Network, context: BrowserContext
 ) -> None:

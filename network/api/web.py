@@ -917,7 +917,7 @@ async def _session_started(
         session_id,
         max_age=request.app[SESSIONS].max_ms // 1000,
         path="/",
-        secure=request.secure,
+        secure=_over_tls(request),
         httponly=True,
         samesite="Strict",
     )
@@ -943,7 +943,7 @@ async def oidc_start(request: web.Request) -> web.StreamResponse:
     answer = web.Response(status=302, headers={hdrs.LOCATION: url})
     answer.set_cookie(
         _sso_cookie(request), state, max_age=600, path="/auth/oidc/",
-        secure=request.secure, httponly=True, samesite="Lax",
+        secure=_over_tls(request), httponly=True, samesite="Lax",
     )  # fmt: skip
     return answer
 
@@ -1005,6 +1005,12 @@ async def _provisioned(
     elif user.role != role:
         user = await set_account(store, name, role=role, actor=actor, now=now)
     return user
+
+
+def _over_tls(request: web.Request) -> bool:
+    """Whether the console is reached over TLS: this request came so, or the console's
+    origin is https (TLS ended by a proxy in front of the node): then cookies are Secure."""
+    return request.secure or request.app[NODE].passkeys.origin.startswith("https://")
 
 
 def _callback(request: web.Request) -> str:
