@@ -113,15 +113,55 @@ def wait_for(
         time.sleep(poll)
 
 
-def cpn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m network ARGS` as a user runs it, from the repository: its output as text."""
+def cpn(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m network ARGS` as a user runs it, from the repository: its output as text.
+    `env` adds to the environment (CPN_API and CPN_TOKEN, a clock moved by `skewed`)."""
     return subprocess.run(
         [sys.executable, "-m", "network", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
+
+
+# Debian's multiarch path (x86_64-linux-gnu, aarch64-linux-gnu, ...): .ci/run installs it.
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+
+
+def skewed(offset: str) -> dict[str, str]:
+    """The environment that runs a process with its wall clock moved by `offset` ("+10m")."""
+    assert LIBFAKETIME is not None, "libfaketime is missing: apt-get install -y faketime"
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
+
+
+class DrivenClock:
+    """A node's wall clock that the test moves forward (libfaketime reading its offset from
+    a file at every call): time passing is then a step the test takes, not a wait."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        path.write_text("+0\n")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment to start the node with (`Network.start(..., env=...)`)."""
+        env = skewed("+0")
+        del env["FAKETIME"]
+        return {**env, "FAKETIME_TIMESTAMP_FILE": str(self.path)}
+
+    def advance(self, seconds: int) -> None:
+        self.offset += seconds
+        self.path.write_text(f"+{self.offset}\n")
 
 
 def pause(seconds: float, why: str) -> None:
@@ -420,6 +460,11 @@ class Network:
         token = added.stdout.split()[-1]
         self.nodes[node_id].tokens[key or name] = token
         return token
+
+    def cli_env(self, node_id: str, token: str = "officer") -> dict[str, str]:
+        """The environment an officer's commands read the node from (`cpn(..., env=...)`)."""
+        node = self.nodes[node_id]
+        return {"CPN_API": node.api, "CPN_TOKEN": node.tokens.get(token, token)}
 
     def send(
         self, sender: str, to: str, message_type: str, body: Any, priority: str = "urgent"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -226,17 +225,11 @@ def _b64(text: str) -> bytes:
 def test_an_approver_works_from_the_command_line(network: Network) -> None:
     first = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
     second = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
-    node = network.nodes["FRA"]
-    env = {"CPN_API": node.api, "CPN_TOKEN": node.tokens["approver-FRA"]}
-    os.environ.update(env)
-    try:
-        listed = cpn("approvals")
-        approved = cpn("approve", first, "--note", "Checked.")
-        back = cpn("send-back", second, "--reason", "Name the provider.")
-        again = cpn("approve", second)
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    env = network.cli_env("FRA", "approver-FRA")
+    listed = cpn("approvals", env=env)
+    approved = cpn("approve", first, "--note", "Checked.", env=env)
+    back = cpn("send-back", second, "--reason", "Name the provider.", env=env)
+    again = cpn("approve", second, env=env)
     assert listed.returncode == 0, listed.stderr
     assert first in listed.stdout and second in listed.stdout and "officer-FRA" in listed.stdout
     assert approved.returncode == 0 and "approved by approver-FRA" in approved.stdout

@@ -76,28 +76,22 @@ def test_files_travel_end_to_end_through_a_relay_that_cannot_read_them(
     (tmp_path / "Procès-verbal.txt").write_bytes(notes)
     body = sample_body("preservation", case_ref="ATT-1")
     (tmp_path / "request.json").write_text(json.dumps({"body": body}))
-    node = network.nodes["FRA"]
-    env = {**os.environ, "CPN_API": node.api, "CPN_TOKEN": node.tokens["officer"]}
-    os.environ.update(env)  # cpn() runs with this process's environment
-    try:
-        sent = cpn(
-            "send",
-            "--to",
-            "USA",
-            "--type",
-            "preservation",
-            "--priority",
-            "urgent",
-            "--file",
-            str(tmp_path / "request.json"),
-            "--attach",
-            str(tmp_path / "report.pdf"),
-            "--attach",
-            str(tmp_path / "Procès-verbal.txt"),
-        )
-    finally:
-        for key in ("CPN_API", "CPN_TOKEN"):
-            os.environ.pop(key, None)
+    sent = cpn(
+        "send",
+        "--to",
+        "USA",
+        "--type",
+        "preservation",
+        "--priority",
+        "urgent",
+        "--file",
+        str(tmp_path / "request.json"),
+        "--attach",
+        str(tmp_path / "report.pdf"),
+        "--attach",
+        str(tmp_path / "Procès-verbal.txt"),
+        env=network.cli_env("FRA"),
+    )
     assert sent.returncode == 0, sent.stderr
     message_id = sent.stdout.split()[1].rstrip(":")
 
@@ -275,33 +269,23 @@ def test_an_answer_carries_the_data_disclosed(network: Network, tmp_path: Path) 
     network.wait_state("USA", request, {"received"})
     table = "time,source,destination\n2026-11-19T14:03:00Z,203.0.113.45,198.51.100.7\n"
     (tmp_path / "traffic.csv").write_text(table)
-    usa = network.nodes["USA"]
-    env = {"CPN_API": usa.api, "CPN_TOKEN": usa.tokens["officer"]}
-    os.environ.update(env)
-    try:
-        replied = cpn(
-            "reply",
-            request,
-            "--status",
-            "completed",
-            "--note",
-            "The path, as logged.",
-            "--attach",
-            str(tmp_path / "traffic.csv"),
-            "--json",
-        )
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    replied = cpn(
+        "reply",
+        request,
+        "--status",
+        "completed",
+        "--note",
+        "The path, as logged.",
+        "--attach",
+        str(tmp_path / "traffic.csv"),
+        "--json",
+        env=network.cli_env("USA"),
+    )
     assert replied.returncode == 0, replied.stderr
     answer = json.loads(replied.stdout)["id"]
     _complete(network, "FRA", answer)
-    fra = network.nodes["FRA"]
-    os.environ.update({"CPN_API": fra.api, "CPN_TOKEN": fra.tokens["officer"]})
-    try:
-        saved = cpn("attachment", answer, "0", "-o", str(tmp_path / "got.csv"))
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    saved = cpn(
+        "attachment", answer, "0", "-o", str(tmp_path / "got.csv"), env=network.cli_env("FRA")
+    )
     assert saved.returncode == 0, saved.stderr
     assert (tmp_path / "got.csv").read_text() == table

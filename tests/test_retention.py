@@ -22,7 +22,7 @@ from network.core.attachments import AttachmentFile
 from network.core.errors import ConfigError
 from network.node.config import load_config
 from network.samples import sample_body
-from tests.harness import Network, cpn, pause, rows, wait_for
+from tests.harness import Network, cpn, rows, skewed, wait_for
 from tests.test_audit_verify import copy_store
 from tests.test_config import config_text, write
 from tests.test_evidence import TOOL, standalone
@@ -166,7 +166,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         result["fra_deleted"] = _deleted(network, "FRA", gone)
         status, found = network.api("DEU", "GET", "/api/search?identifier=seller77@example.net")
         result["found_after"] = found["messages"]
-        pause(3, "longer than the rule and a sweep: the held case must stay whole")
+        # A request that arrives after the held one, under no hold: once DEU has deleted it,
+        # a sweep has passed the held one's lapse too, and left it whole.
+        after = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.wait_state("DEU", after, {"received"})
+        _deleted(network, "DEU", after)
+        _deleted(network, "FRA", after)
         result["held"] = _message(network, "DEU", kept)
         result["fra_kept"] = _deleted(network, "FRA", kept)  # FRA holds no hold on it
         status, released = network.api(
@@ -251,7 +256,7 @@ def test_audit_verify_accounts_for_every_deletion(run: dict[str, Any]) -> None:
     for node in ("FRA", "DEU"):
         done = cpn("audit", "verify", "--config", str(network.nodes[node].config))
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "contents deleted under retention rules: 3 under rule closed" in done.stdout
+        assert "contents deleted under retention rules: 4 under rule closed" in done.stdout
 
 
 def test_an_evidence_package_verifies_across_deleted_contents(
@@ -316,7 +321,7 @@ def test_retention_run_deletes_on_a_stopped_nodes_store(tmp_path: Path) -> None:
         {"FRA": ["DEU"], "DEU": []},
         extra_config={
             "DEU": '[retention.long]\nstates = ["received"]\ntypes = ["emergency"]\n'
-            'after = "1d"\n[retention.later]\nstates = ["received"]\nafter = "2s"\n'
+            'after = "1d"\n[retention.later]\nstates = ["received"]\nafter = "1h"\n'
         },
     )
     try:
@@ -330,17 +335,17 @@ def test_retention_run_deletes_on_a_stopped_nodes_store(tmp_path: Path) -> None:
     finally:
         network.close()
     config = str(network.nodes["DEU"].config)
-    pause(2.5, "the second rule lapses while the node is down")
-    done = cpn("retention", "run", "--config", config)
+    later = skewed("+2h")  # the second rule lapses while the node is down; the first does not
+    done = cpn("retention", "run", "--config", config, env=later)
     assert done.returncode == 0, done.stderr
     assert "1 under rule later" in done.stdout
     store = network.nodes["DEU"].store
     state = dict(rows(store, "SELECT id, deleted FROM messages"))
-    # The emergency is the first rule's (a day), though the second's two seconds are over.
+    # The emergency is the first rule's (a day), though the second's hour is over.
     assert state == {sent: "later", urgent: None}
-    again = cpn("retention", "run", "--config", config)
+    again = cpn("retention", "run", "--config", config, env=later)
     assert "none lapsed" in again.stdout
-    verified = cpn("audit", "verify", "--config", config)
+    verified = cpn("audit", "verify", "--config", config, env=later)
     assert verified.returncode == 0, verified.stdout
     assert "1 under rule later" in verified.stdout
 

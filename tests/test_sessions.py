@@ -8,7 +8,6 @@ machines, work as before.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from http.cookies import SimpleCookie
@@ -18,7 +17,7 @@ import pytest
 from playwright.sync_api import BrowserContext, expect
 
 from network.samples import sample_body
-from tests.harness import Network, pause, rows
+from tests.harness import DrivenClock, Network, rows
 from tests.test_console import Console, browser  # noqa: F401 (the browser fixture)
 from tests.test_console import context as context  # the page fixture
 
@@ -26,7 +25,14 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def clock(tmp_path_factory: pytest.TempPathFactory) -> DrivenClock:
+    """FRA's wall clock, which the tests move on: a session's idle time and limit pass as
+    steps, not waits."""
+    return DrivenClock(tmp_path_factory.mktemp("clock") / "FRA.faketime")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory, clock: DrivenClock) -> Any:
     network = Network(
         tmp_path_factory.mktemp("sessions"),
         {"FRA": ["DEU"], "DEU": []},
@@ -35,7 +41,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
     network.add_user("FRA", "admin-FRA", "admin", key="admin")
     try:
         network.start("DEU")
-        network.start("FRA")
+        network.start("FRA", env=clock.env)
         yield network
     finally:
         network.close()
@@ -130,18 +136,18 @@ def test_sign_out_ends_the_session_on_the_node(network: Network) -> None:
     assert any(d["why"] == "signed out" for _, d in audited(network, "session_ended"))
 
 
-def test_a_session_ends_when_idle_and_at_its_limit(network: Network) -> None:
+def test_a_session_ends_when_idle_and_at_its_limit(network: Network, clock: DrivenClock) -> None:
     cookie, _, _ = sign_in(network)
-    pause(3.5, "longer than the idle time (3 s)")
+    clock.advance(4)  # longer than the idle time (3 s)
     status, _, answer = call(network, "GET", "/api/session", cookie=cookie)
     assert status == 401 and "expired" in answer["error"]
     cookie, _, _ = sign_in(network)
-    for _ in range(10):  # busy, never idle: its limit (8 s) still ends it
-        pause(1, "a request a second, under the idle time")
-        status, _, _ = call(network, "GET", "/api/messages?box=in", cookie=cookie)
-        if status == 401:
-            break
-    assert status == 401
+    statuses = []
+    for _ in range(8):  # busy, never idle: its limit (8 s) still ends it
+        clock.advance(1)  # a request a second, under the idle time
+        statuses.append(call(network, "GET", "/api/messages?box=in", cookie=cookie)[0])
+    # The eighth comes 8 s and the requests' own milliseconds after sign-in: past the limit.
+    assert statuses == [200] * 7 + [401]
     reasons = {d["why"] for _, d in audited(network, "session_expired")}
     assert reasons == {"idle", "limit"}
 
@@ -161,17 +167,17 @@ def test_a_disabled_accounts_session_ends_at_once(network: Network) -> None:
     assert status == 401  # enabled again, but that session is over: sign in again
 
 
-def test_a_live_stream_ends_with_its_session(network: Network) -> None:
+def test_a_live_stream_ends_with_its_session(network: Network, clock: DrivenClock) -> None:
     """The console's live events stop when its session ends (idle here): a stream is no
     request, and keeps no idle session open."""
     cookie, _, _ = sign_in(network)
     request = urllib.request.Request(network.nodes["FRA"].api + "/api/events")
     request.add_header("Cookie", f"cpn_session_FRA={cookie}")
-    started = time.monotonic()
     with urllib.request.urlopen(request, timeout=20) as stream:
+        assert stream.readline() == b": live\n"
+        clock.advance(4)  # the session idles past its 3 s while only the stream is open
         received = stream.read()  # until the node ends it
     assert b"event: ended" in received
-    assert 3 <= time.monotonic() - started < 10  # past the idle time (3 s), not much later
     status, _, _ = call(network, "GET", "/api/session", cookie=cookie)
     assert status == 401
 

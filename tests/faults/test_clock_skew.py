@@ -18,23 +18,9 @@ import pytest
 
 from network.samples import sample_body
 from tests.faults.checks import check_run
-from tests.harness import Network, rows, wait_for
+from tests.harness import Network, rows, skewed, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-# Debian's multiarch path (x86_64-linux-gnu, aarch64-linux-gnu, ...).
-LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
-
-
-def skewed(offset: str) -> dict[str, str]:
-    """The environment that runs a node with its wall clock moved by `offset` ("+10m")."""
-    assert LIBFAKETIME is not None, "libfaketime is missing: apt-get install -y faketime"
-    return {
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME": offset,
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "FAKETIME_NO_CACHE": "1",
-    }
 
 
 @pytest.fixture
