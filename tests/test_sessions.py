@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -203,9 +204,23 @@ def test_behind_a_tls_proxy_the_cookie_is_secure(tmp_path: Any) -> None:
     assert "secure" in headers["Set-Cookie"].lower()
 
 
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """A node with the default idle time (15 min) for the browser: a page's steps under a
+    loaded machine may be seconds apart, which the module's 3 s would count as idle. Made
+    before the browser (asked for first), whose event loop a new network cannot share."""
+    network = Network(tmp_path_factory.mktemp("desk"), {"FRA": []})
+    try:
+        network.start("FRA")
+        yield network
+    finally:
+        network.close()
+
+
 def test_the_console_signs_in_with_a_session_and_out(
-    network: Network, context: BrowserContext
+    desk: Network, context: BrowserContext
 ) -> None:
+    network = desk
     console = Console(context, network, "FRA", "officer")
     assert console.page.evaluate("document.cookie") == ""  # HttpOnly: no script sees it
     assert console.page.evaluate("JSON.stringify(sessionStorage)").find("cpn_") == -1
