@@ -19,10 +19,8 @@ them). Medians of the runs; the ratio is the share of the floor reached.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record, table
+from bench.throughput import floor_db, frame_round_trip, raw_primitives
 from network.cli.client import Client
 from network.core.attachments import PART_BYTES, AttachmentFile, parts_for
 from network.core.crypto import HpkeSuite
@@ -43,60 +42,39 @@ COMMIT = 64  # parts a node commits in one transaction
 
 def raw_floor(parts: int) -> dict[str, float]:
     """Seconds for `parts` parts of the raw work alone (see the module's docstring)."""
-    from cryptography.hazmat.primitives import hpke
-    from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
-    from websockets.frames import Frame, Opcode
-    from websockets.streams import StreamReader
-
-    suite = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-    private = hpke.MLKEM768X25519PrivateKey(
-        mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
-    )
-    public = private.public_key()
-    signer = ed25519.Ed25519PrivateKey.generate()
-    verifier = signer.public_key()
+    suite, private, public, signer, verifier = raw_primitives()
     plaintext = os.urandom(PART_BYTES * 4 // 3 + 600)  # the part in base64url, its JSON
     envelope = os.urandom(len(plaintext) * 4 // 3 + 1_500)  # sealed, in base64url
-    with tempfile.TemporaryDirectory(prefix="cpn-bench-floor-") as tmp:
-        db = sqlite3.connect(Path(tmp) / "floor.sqlite", isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, state TEXT, envelope BLOB)")
-        took = {"hpke": 0.0, "ed25519": 0.0, "frames": 0.0, "commits": 0.0}
-        for index in range(parts):
-            t0 = time.perf_counter()
-            sealed = suite.encrypt(plaintext, public, info=b"cpn")
-            suite.decrypt(sealed, private, info=b"cpn")
-            t1 = time.perf_counter()
-            for data in (envelope, b"receipt"):
-                verifier.verify(signer.sign(data), data)
-            t2 = time.perf_counter()
-            for payload in (envelope, b"r" * 600):
-                wire = Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[])
-                reader = StreamReader()
-                reader.feed_data(wire)
-                parser = Frame.parse(reader.read_exact, mask=True, extensions=[])
-                with contextlib.suppress(StopIteration):
-                    while True:
-                        next(parser)
-            t3 = time.perf_counter()
-            if index % COMMIT == 0:
-                for state in ("queued", "received"):
-                    db.execute("BEGIN IMMEDIATE")
-                    for row in range(min(COMMIT, parts - index)):
-                        db.execute(
-                            "INSERT INTO m VALUES (?, ?, ?)",
-                            (f"{state}{index}-{row}", state, envelope),
-                        )
-                    db.execute("COMMIT")
+    db = floor_db()
+    took = {"hpke": 0.0, "ed25519": 0.0, "frames": 0.0, "commits": 0.0}
+    for index in range(parts):
+        t0 = time.perf_counter()
+        sealed = suite.encrypt(plaintext, public, info=b"cpn")
+        suite.decrypt(sealed, private, info=b"cpn")
+        t1 = time.perf_counter()
+        for data in (envelope, b"receipt"):
+            verifier.verify(signer.sign(data), data)
+        t2 = time.perf_counter()
+        for payload in (envelope, b"r" * 600):
+            frame_round_trip(payload)
+        t3 = time.perf_counter()
+        if index % COMMIT == 0:
+            for state in ("queued", "received"):
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("UPDATE m SET state = 'delivered' WHERE state = 'queued'")
+                for row in range(min(COMMIT, parts - index)):
+                    db.execute(
+                        "INSERT INTO m VALUES (?, ?, ?)",
+                        (f"{state}{index}-{row}", state, envelope),
+                    )
                 db.execute("COMMIT")
-            took["hpke"] += t1 - t0
-            took["ed25519"] += t2 - t1
-            took["frames"] += t3 - t2
-            took["commits"] += time.perf_counter() - t3
-        db.close()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE m SET state = 'delivered' WHERE state = 'queued'")
+            db.execute("COMMIT")
+        took["hpke"] += t1 - t0
+        took["ed25519"] += t2 - t1
+        took["frames"] += t3 - t2
+        took["commits"] += time.perf_counter() - t3
+    db.close()
     return took
 
 

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -141,24 +142,42 @@ def floor_per_message(network: Network, rounds: int = 300) -> dict[str, float]:
 GROUP = 100  # rows per durable transaction in the raw floor's group commit
 
 
+def raw_primitives() -> tuple[Any, Any, Any, Any, Any]:
+    """The raw floor's keys, no project code: an HPKE ML-KEM-768+X25519 suite and key pair,
+    an Ed25519 key pair (suite, private, public, signer, verifier)."""
+    from cryptography.hazmat.primitives import hpke
+    from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+
+    suite = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    private = hpke.MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    )
+    signer = ed25519.Ed25519PrivateKey.generate()
+    return suite, private, private.public_key(), signer, signer.public_key()
+
+
+def frame_round_trip(payload: bytes) -> None:
+    """`payload` framed as a masked WebSocket binary frame and parsed back (websockets' own
+    framing, in memory): one frame's share of the floor."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    wire = Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[])
+    reader = StreamReader()
+    reader.feed_data(wire)
+    parser = Frame.parse(reader.read_exact, mask=True, extensions=[])
+    with contextlib.suppress(StopIteration):
+        while True:
+            next(parser)
+
+
 def raw_floor_per_message(rounds: int = 300) -> dict[str, float]:
     """Median seconds per message of the raw primitives alone, no project code: HPKE
     ML-KEM-768+X25519 seal and open of a plaintext the size of ours, 4 Ed25519 operations
     (sign and verify the envelope, sign and verify the receipt), a WebSocket frame each way
     (websockets' own framing, in memory), and a 1/GROUP share of a durable SQLite commit of
     GROUP rows (WAL, synchronous=FULL) for each of the 3 writes a message needs."""
-    from cryptography.hazmat.primitives import hpke
-    from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
-    from websockets.frames import Frame, Opcode
-    from websockets.streams import StreamReader
-
-    suite = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-    private = hpke.MLKEM768X25519PrivateKey(
-        mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
-    )
-    public = private.public_key()
-    signer = ed25519.Ed25519PrivateKey.generate()
-    verifier = signer.public_key()
+    suite, private, public, signer, verifier = raw_primitives()
     plaintext = os.urandom(2_400)  # a ~2 KiB body with its signature and type, as sealed
     envelope = os.urandom(3_700)  # what the envelope frame carries
     db = floor_db()
@@ -173,13 +192,7 @@ def raw_floor_per_message(rounds: int = 300) -> dict[str, float]:
             verifier.verify(signature, data)
         t2 = time.perf_counter()
         for payload in (envelope, b"r" * 600):  # the envelope out, the receipt back
-            wire = Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[])
-            reader = StreamReader()
-            reader.feed_data(wire)
-            parser = Frame.parse(reader.read_exact, mask=True, extensions=[])
-            with contextlib.suppress(StopIteration):
-                while True:
-                    next(parser)
+            frame_round_trip(payload)
         t3 = time.perf_counter()
         if index % GROUP == 0:  # one durable commit of GROUP messages' 3 writes each
             db.execute("BEGIN IMMEDIATE")

@@ -24,7 +24,7 @@ from playwright.sync_api import BrowserContext, expect
 
 from network.api.oidc import authorization_url
 from network.core.errors import ConfigError, SignInRefused
-from network.core.oidc import OidcConfig, new_pending, person
+from network.core.oidc import OidcConfig, names_a_key_not_held, new_pending, person
 from tests.harness import Network, free_port, rows, wait_for
 from tests.test_console import browser  # noqa: F401 (the browser fixture)
 from tests.test_console import context as context  # the page fixture
@@ -261,3 +261,11 @@ def test_the_authorization_request_carries_pkce_and_a_nonce() -> None:
 def test_a_bad_sso_config_is_refused_by_name(table: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         OidcConfig.parse(table, "auth.oidc")
+
+
+def test_a_token_naming_a_key_not_held_asks_for_the_keys_again() -> None:
+    """The provider rotated its keys: a token names one the node has not fetched yet."""
+    assert not names_a_key_not_held(token(), JWKS)
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "k2"})
+    fresh = jwt.encode({"alg": "RS256", "kid": "k2"}, {"iss": "https://idp.example"}, rotated)
+    assert names_a_key_not_held(fresh, JWKS)

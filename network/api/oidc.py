@@ -19,7 +19,14 @@ from urllib.parse import urlencode
 import aiohttp
 
 from network.core.errors import SignInRefused
-from network.core.oidc import OidcConfig, Pending, new_pending, person, pkce_challenge
+from network.core.oidc import (
+    OidcConfig,
+    Pending,
+    names_a_key_not_held,
+    new_pending,
+    person,
+    pkce_challenge,
+)
 
 __all__ = ["SingleSignOn", "authorization_url"]
 
@@ -84,15 +91,10 @@ class SingleSignOn:
         if not isinstance(id_token, str):
             raise SignInRefused("the provider's answer holds no ID token")
         keys = await self._jwks(metadata)
-        try:
-            return person(self.config, id_token, keys, pending.nonce, now_s)
-        except SignInRefused as exc:
-            if "does not verify" not in str(exc):
-                raise
-            # Perhaps a key rotated since the keys were fetched: fetch them once more.
+        if names_a_key_not_held(id_token, keys):  # the provider rotated: fetch them once more
             self._keys = None
             keys = await self._jwks(metadata)
-            return person(self.config, id_token, keys, pending.nonce, now_s)
+        return person(self.config, id_token, keys, pending.nonce, now_s)
 
     # -- the provider --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,14 @@ from joserfc.jwk import KeySet
 from network.core.errors import ConfigError, SignInRefused
 from network.core.records import ROLES
 
-__all__ = ["OidcConfig", "Pending", "new_pending", "person", "pkce_challenge"]
+__all__ = [
+    "OidcConfig",
+    "Pending",
+    "names_a_key_not_held",
+    "new_pending",
+    "person",
+    "pkce_challenge",
+]
 
 SIGNING_ALGORITHMS: Final = ["RS256", "PS256", "ES256", "EdDSA"]  # never "none", never HMAC
 LEEWAY_S: Final = 60  # clock difference taken on exp and iat
@@ -113,6 +121,18 @@ def pkce_challenge(verifier: str) -> str:
 def new_pending() -> Pending:
     """A new sign-in's state, nonce and PKCE verifier (random, 192 to 384 bits)."""
     return Pending(secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48))
+
+
+def names_a_key_not_held(id_token: str, jwks: Mapping[str, Any]) -> bool:
+    """Whether the token's header names a key (`kid`) that `jwks` does not hold: the
+    provider rotated its keys since they were fetched."""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(id_token.split(".")[0] + "=="))
+    except ValueError:
+        return False
+    kid = header.get("kid") if isinstance(header, dict) else None
+    held = {k.get("kid") for k in jwks.get("keys", []) if isinstance(k, dict)}
+    return isinstance(kid, str) and kid not in held
 
 
 def person(

@@ -603,6 +603,19 @@ def _issued_receipts(conn: sqlite3.Connection, ids: Sequence[str]) -> _Receipts:
     return found
 
 
+def _fetch_user(conn: sqlite3.Connection, name: str) -> UserRow | None:
+    """User `name` (disabled or not), or None."""
+    query = "SELECT name, role, created, disabled FROM users WHERE name = ?"
+    row = conn.execute(query, (name,)).fetchone()
+    return None if row is None else UserRow(str(row[0]), str(row[1]), int(row[2]), bool(row[3]))
+
+
+def _equal(pairs: Iterable[tuple[str, object]]) -> tuple[list[str], list[Any]]:
+    """`column = ?` for each pair whose value is given, and those values."""
+    given = [(column, value) for column, value in pairs if value is not None]
+    return [f"{column} = ?" for column, _ in given], [value for _, value in given]
+
+
 def _known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
@@ -789,9 +802,7 @@ class Tx:
 
     async def user(self, name: str) -> UserRow | None:
         """User `name`, read under the transaction's lock."""
-        query = "SELECT name, role, created, disabled FROM users WHERE name = ?"
-        rows = await self._read(lambda conn: conn.execute(query, (name,)).fetchall())
-        return next((UserRow(str(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows), None)
+        return await self._read(partial(_fetch_user, name=name))
 
     async def prefetch(self, ids: Sequence[str]) -> None:
         """Read the rows of `ids` in one query, for the `message` calls that follow."""
@@ -1463,16 +1474,11 @@ class Store:
             source = "FROM identifiers CROSS JOIN messages ON id = message_id"
             clauses.append(f"tag IN ({marks})")
             params.extend(tags)
-        for column, value in (
-            ("case_ref", case),
-            ("peer", peer),
-            ("type", type),
-            ("box", box),
-            ("state", state),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+        equal, values = _equal(
+            (("case_ref", case), ("peer", peer), ("type", type), ("box", box), ("state", state))
+        )
+        clauses.extend(equal)
+        params.extend(values)
         if since is not None:
             clauses.append("created >= ?")
             params.append(since)
@@ -1604,16 +1610,11 @@ class Store:
     ) -> list[MessageRow]:
         """Newest first, by urgency within the inbox listing order of the caller; the parts
         of attachments only with `parts`."""
-        clauses, params = ([], []) if parts else (["attachment IS NULL"], [])
-        for column, value in (
-            ("box", box),
-            ("state", state),
-            ("priority", priority),
-            ("case_ref", case),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+        clauses, params = _equal(
+            (("box", box), ("state", state), ("priority", priority), ("case_ref", case))
+        )
+        if not parts:
+            clauses.append("attachment IS NULL")
         if before is not None:
             clauses.append("id < ?")
             params.append(before)
@@ -1880,11 +1881,7 @@ class Store:
 
     async def user(self, name: str) -> UserRow | None:
         """User `name` (disabled or not), or None."""
-        found = await self.db.execute_fetchall(
-            "SELECT name, role, created, disabled FROM users WHERE name = ?", (name,)
-        )
-        row = next(iter(found), None)
-        return None if row is None else UserRow(str(row[0]), str(row[1]), int(row[2]), bool(row[3]))
+        return await _on_thread(self.db, partial(_fetch_user, name=name))
 
     async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
         found = await self.db.execute_fetchall(
