@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import BrowserContext, expect
 
-from network.core.errors import ConfigError
+from network.cli.client import Client
+from network.core.attachments import AttachmentFile
+from network.core.errors import ApiError, ConfigError
 from network.core.records import b64decode
 from network.node.config import load_config
 from network.samples import sample_body
@@ -214,3 +217,74 @@ def test_the_approval_is_in_the_evidence_package(network: Network, tmp_path: Pat
     checked = cpn("evidence", "verify", str(tmp_path / "p.json"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "'approved' by approver-FRA" in checked.stdout
+
+
+def test_an_approver_works_from_the_command_line(network: Network) -> None:
+    first = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    second = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    env = network.cli_env("FRA", "approver-FRA")
+    listed = cpn("approvals", env=env)
+    approved = cpn("approve", first, "--note", "Checked.", env=env)
+    back = cpn("send-back", second, "--reason", "Name the provider.", env=env)
+    again = cpn("approve", second, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "officer-FRA" in listed.stdout
+    assert approved.returncode == 0 and "approved by approver-FRA" in approved.stdout
+    assert back.returncode == 0 and "sent back to officer-FRA" in back.stdout
+    assert again.returncode != 0 and "sent back already" in again.stderr
+    network.wait_state("FRA", first, {"delivered"})
+
+
+def test_an_approver_approves_in_the_console(network: Network, context: BrowserContext) -> None:
+    request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    approver = Console(context, network, "FRA", "approver")
+    approver.page.click("#nav >> text=Approvals")
+    row = approver.page.locator(f'table.approvals tr[data-id="{request}"]')
+    expect(row).to_contain_text("awaiting_approval")
+    row.click()
+    expect(approver.page.locator(".card.approval")).to_contain_text("Composed by officer-FRA")
+    approver.page.fill("#approval-text", "Checked against Art. 29.")
+    approver.page.click(".card.approval button.primary")
+    expect(approver.state()).not_to_have_text("awaiting_approval")
+    network.wait_state("FRA", request, {"delivered"})
+    timeline = approver.page.locator('[data-action="approved"]')
+    expect(timeline).to_contain_text("approver-FRA")
+    # The officer who composed one sees it held, and no Approve button.
+    held = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+    officer = Console(context, network, "FRA", "officer")
+    officer.page.evaluate(f"location.hash = '#/message/{held}'")
+    expect(officer.state()).to_contain_text("awaiting_approval")
+    expect(officer.page.locator(".card.approval")).to_have_count(0)
+    approver.check_clean()
+    officer.check_clean()
+
+
+def test_a_held_requests_files_wait_with_it_and_go_with_it(network: Network) -> None:
+    fra = Client(network.nodes["FRA"].api, network.nodes["FRA"].tokens["officer"])
+    order = b"%PDF-1.7\n" + bytes(100_000)  # three parts
+    request = {
+        "to": "DEU",
+        "type": "preservation",
+        "priority": "urgent",
+        "body": sample_body("preservation"),
+    }
+    sent = fra.send(request, [AttachmentFile("order.pdf", "application/pdf", order)])
+    states = rows(
+        network.nodes["FRA"].store,
+        "SELECT DISTINCT state FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL",
+        (sent["id"],),
+    )
+    assert states == [("awaiting_approval",)]
+    status, _ = network.api(
+        "FRA", "POST", f"/api/messages/{sent['id']}/approve", {}, token="approver-FRA"
+    )
+    assert status == 200
+    deu = Client(network.nodes["DEU"].api, network.nodes["DEU"].tokens["officer"])
+
+    def joined() -> bytes | None:
+        try:
+            return deu.attachment(sent["id"], 0)[1]
+        except ApiError:
+            return None  # not here yet (404), or its parts on their way (409)
+
+    assert wait_for(joined, what="the file at DEU") == order
