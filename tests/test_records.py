@@ -10,14 +10,17 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
+from network.core import records
 from network.core.errors import MalformedError, OversizeError
 from network.core.records import (
+    MAX_JSON_DEPTH,
     MAX_SAFE_INTEGER,
     Fields,
     b64decode,
     b64encode,
     canonical,
     canonical_object,
+    check_json_value,
     is_message_id,
     message_id_problem,
     new_message_id,
@@ -217,3 +220,33 @@ def test_only_a_canonical_uuid7_is_a_message_id(value: object) -> None:
 def test_every_new_message_id_is_a_message_id(now: int, random: bytes) -> None:
     assert is_message_id(new_message_id(now, random))
     assert message_id_problem(new_message_id(now, random)) is None
+
+
+# Values in and out of the model: floats, integers past ±(2^53-1), non-ASCII keys, and
+# nesting past the depth limit, so that both walks meet every kind of refusal.
+_ANY_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@given(_ANY_VALUE, st.integers(min_value=0, max_value=MAX_JSON_DEPTH + 1))
+def test_the_fast_walk_decides_as_the_named_walk(value: object, depth: int) -> None:
+    """check_json_value walks without naming paths and names one only to refuse: the
+    verdict (ASCII keys or not, refused or not, and the path named) is the named walk's."""
+    try:
+        expected: object = records._check_named(value, "", depth)
+    except MalformedError as exc:
+        expected = str(exc)
+    try:
+        found: object = check_json_value(value, "", depth)
+    except MalformedError as exc:
+        found = str(exc)
+    assert found == expected

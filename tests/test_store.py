@@ -378,7 +378,7 @@ async def test_known_ids_reads_the_rows_and_issued_receipts_of_a_batch_in_one_go
         tx.insert_receipt(receipt("r1", "m1", "accepted", T0 + 1))
         tx.insert_receipt(receipt("r3", "m2", "rejected", T0 + 3))
     statements: list[str] = []
-    await _on_thread(store.db, lambda conn: conn.set_trace_callback(statements.append))
+    await _on_thread(store.writer, lambda conn: conn.set_trace_callback(statements.append))
 
     async with store.transaction(T0 + 5) as tx:
         known = await tx.known_ids(["m1", "m2", "m3"])
@@ -387,7 +387,7 @@ async def test_known_ids_reads_the_rows_and_issued_receipts_of_a_batch_in_one_go
         rows = [await tx.message(i) for i in ("m1", "m2", "m3")]
         before, after = statements[:read], statements[read:]
         assert await tx.issued_receipts("m3") == []  # not known: read on demand
-    await _on_thread(store.db, lambda conn: conn.set_trace_callback(None))
+    await _on_thread(store.writer, lambda conn: conn.set_trace_callback(None))
 
     assert known == {"m1", "m2"} and issued == {"m1": [b"r1", b"r2"], "m2": []}
     assert [r.id if r else None for r in rows] == ["m1", "m2", None]
@@ -600,21 +600,21 @@ async def test_on_thread_runs_on_the_connections_own_thread(store: Store) -> Non
         conn.execute("SELECT 1")  # sqlite3 refuses a connection used off its own thread
         return threading.get_ident()
 
-    first, second = await _on_thread(store.db, work), await _on_thread(store.db, work)
+    first, second = await _on_thread(store.writer, work), await _on_thread(store.writer, work)
 
     assert first == second != threading.get_ident()
 
 
 async def test_on_thread_sees_the_connection_the_ordinary_statements_use(store: Store) -> None:
-    await store.db.execute("CREATE TEMP TABLE scratch (n INTEGER)")  # this connection's only
-    await store.db.execute("BEGIN")
+    await store.writer.execute("CREATE TEMP TABLE scratch (n INTEGER)")  # this connection's only
+    await store.writer.execute("BEGIN")
 
     def work(conn: sqlite3.Connection) -> tuple[bool, list[Any]]:
         conn.execute("INSERT INTO scratch VALUES (1)")
         return conn.in_transaction, conn.execute("SELECT n FROM scratch").fetchall()
 
-    assert await _on_thread(store.db, work) == (True, [(1,)])
-    await store.db.execute("ROLLBACK")
+    assert await _on_thread(store.writer, work) == (True, [(1,)])
+    await store.writer.execute("ROLLBACK")
 
 
 async def test_on_thread_raises_what_the_work_raised(store: Store) -> None:
@@ -624,23 +624,24 @@ async def test_on_thread_raises_what_the_work_raised(store: Store) -> None:
         raise problem
 
     with pytest.raises(LookupError) as caught:
-        await _on_thread(store.db, work)
+        await _on_thread(store.writer, work)
     assert caught.value is problem
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
-        await _on_thread(store.db, lambda conn: conn.execute("SELECT * FROM nowhere"))
+        await _on_thread(store.writer, lambda conn: conn.execute("SELECT * FROM nowhere"))
 
 
 async def test_on_thread_keeps_its_place_among_ordinary_statements(store: Store) -> None:
-    await store.db.execute("CREATE TEMP TABLE scratch (n INTEGER)")
+    await store.writer.execute("CREATE TEMP TABLE scratch (n INTEGER)")
 
     await asyncio.gather(
-        store.db.execute("INSERT INTO scratch VALUES (1)"),
-        _on_thread(store.db, lambda conn: conn.execute("INSERT INTO scratch VALUES (2)")),
-        store.db.execute("INSERT INTO scratch VALUES (3)"),
-        _on_thread(store.db, lambda conn: conn.execute("INSERT INTO scratch VALUES (4)")),
+        store.writer.execute("INSERT INTO scratch VALUES (1)"),
+        _on_thread(store.writer, lambda conn: conn.execute("INSERT INTO scratch VALUES (2)")),
+        store.writer.execute("INSERT INTO scratch VALUES (3)"),
+        _on_thread(store.writer, lambda conn: conn.execute("INSERT INTO scratch VALUES (4)")),
     )
 
-    assert await stored(store, "SELECT n FROM scratch ORDER BY rowid") == [(1,), (2,), (3,), (4,)]
+    found = await store.writer.execute_fetchall("SELECT n FROM scratch ORDER BY rowid")
+    assert [tuple(row) for row in found] == [(1,), (2,), (3,), (4,)]
 
 
 async def test_on_thread_refuses_a_closed_connection(tmp_path: Path) -> None:
@@ -648,7 +649,7 @@ async def test_on_thread_refuses_a_closed_connection(tmp_path: Path) -> None:
     await store.close()
 
     with pytest.raises(ValueError):
-        await _on_thread(store.db, lambda conn: conn.execute("SELECT 1"))
+        await _on_thread(store.writer, lambda conn: conn.execute("SELECT 1"))
 
 
 # -- stores made by the code of each earlier schema version (tests/fixtures/make_stores.py) --

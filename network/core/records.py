@@ -198,12 +198,48 @@ def b64decode(text: object, *, field: str = "value") -> bytes:
     return data
 
 
+class _Unfit(Exception):
+    """A value outside the model, met by the fast walk: the named walk says where."""
+
+
+def _fits(value: Json, depth: int) -> bool:
+    """`check_json_value` without naming paths (each message's every value is walked; only
+    a refusal needs its path): True if all keys are ASCII; _Unfit if anything is wrong."""
+    if depth > MAX_JSON_DEPTH:
+        raise _Unfit
+    if value is None or value is True or value is False or type(value) is str:
+        return True
+    kind = type(value)
+    if kind is dict:
+        ascii_keys = True
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unfit
+            ascii_keys = _fits(item, depth + 1) and ascii_keys and key.isascii()
+        return ascii_keys
+    if kind is list:
+        ascii_keys = True
+        for item in value:
+            ascii_keys = _fits(item, depth + 1) and ascii_keys
+        return ascii_keys
+    if kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return True
+    raise _Unfit  # a float, an int out of range, a subclass, anything else: named below
+
+
 def check_json_value(value: Json, path: str = "", depth: int = 0) -> bool:
     """Check that `value` fits the restricted JSON model; return True if all keys are ASCII.
 
     Raises MalformedError naming the path of the first value that does not fit
     (nesting deeper than MAX_JSON_DEPTH included).
     """
+    try:
+        return _fits(value, depth)
+    except _Unfit:
+        return _check_named(value, path, depth)  # raises, naming the path
+
+
+def _check_named(value: Json, path: str, depth: int) -> bool:
     if depth > MAX_JSON_DEPTH:
         raise MalformedError(f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or value is True or value is False or isinstance(value, str):
@@ -218,12 +254,12 @@ def check_json_value(value: Json, path: str = "", depth: int = 0) -> bool:
             if not isinstance(key, str):
                 raise MalformedError(f"{path or 'value'}: object key {key!r} is not a string")
             ascii_keys &= key.isascii()
-            ascii_keys &= check_json_value(item, f"{path}.{key}" if path else key, depth + 1)
+            ascii_keys &= _check_named(item, f"{path}.{key}" if path else key, depth + 1)
         return ascii_keys
     if isinstance(value, list):
         ascii_keys = True
         for index, item in enumerate(value):
-            ascii_keys &= check_json_value(item, f"{path}[{index}]", depth + 1)
+            ascii_keys &= _check_named(item, f"{path}[{index}]", depth + 1)
         return ascii_keys
     if isinstance(value, float):
         raise MalformedError(f"{path or 'value'}: floats are not allowed")

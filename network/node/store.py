@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 from asyncio import Future
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -671,50 +672,51 @@ _INSERT_AUDIT: Final = (
 
 
 class Tx:
-    """The writes of one transaction. Only the store hands these out.
+    """The writes of one use case's transaction. Only the store hands these out.
 
-    The transaction begins (BEGIN IMMEDIATE) with its first read, in the same
-    hop to the connection's thread; writes are buffered by plain methods and
-    sent at commit, with the COMMIT, as one function on that thread. They run
-    in the order they were issued (consecutive uses of one statement go as one
+    Writes are buffered by plain methods; when the use case ends they join its
+    batch, and are applied on the writer's thread, inside a savepoint, with the
+    next hop there: the next use case's first read, or the batch's COMMIT. A
+    write that fails undoes this use case's writes and no one else's. They run
+    in the order issued (consecutive uses of one statement go as one
     `executemany`), so an UPDATE never overtakes the INSERT of its row; the
-    audit entries go first (no statement reads them). Reads through the
-    transaction see the rows it changed (`message`), not its other writes.
-    Only what reads is `async`.
+    audit entries go first (no statement reads them).
+
+    A read joins the writer's open SQLite transaction (BEGIN IMMEDIATE when
+    there is none) after the writes of the use cases before it, in one hop. It
+    sees the rows this use case changed (`message`), not its other writes. Only
+    what reads is `async`. The COMMIT is the store's, for a whole batch
+    (`Store.transaction`).
     """
 
-    def __init__(self, store: Store, now: int, durable: bool) -> None:
-        self.db = store.db
+    def __init__(self, store: Store, now: int, batch: _Batch) -> None:
+        self.db = store.writer
         self.now = now
         self._store = store
-        self._durable = durable
+        self._batch = batch
         # (statement, rows) in the order issued; a statement issued again at once joins its run.
         self._writes: list[tuple[str, list[tuple[Any, ...]]]] = []
-        # audit entries (actor, action, message id, detail JSON), numbered and timed at commit
+        # audit entries (actor, action, message id, detail JSON), numbered and timed when applied
         self._entries: list[tuple[str, str, str | None, bytes]] = []
         self._rows: dict[str, MessageRow | None] = {}
         self._issued: _Receipts = {}  # as stored before this transaction
-        self._begun = False
         self._audit_size: int | None = None
         self._secure_delete = False  # overwrite the pages this transaction frees
-        self.leaves: list[bytes] = []  # this transaction's audit entries, in order (at commit)
+        self.leaves: list[bytes] = []  # this transaction's audit entries, in order (when applied)
 
-    # -- on the connection's thread ---------------------------------------------------
+    # -- on the writer's thread -------------------------------------------------------
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        if not self._begun:
-            if not self._durable:
-                conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            self._begun = True
-
-    def _commit(self, conn: sqlite3.Connection, log_size: int) -> list[bytes]:
-        """Write everything and COMMIT; the leaves of others' entries found on the way."""
+    def _apply(self, conn: sqlite3.Connection) -> None:
+        """Write everything, in a savepoint of the batch's transaction (no COMMIT)."""
+        batch = self._batch
+        # Under the write lock: no entry can join between these and ours. The batch's
+        # own entries so far are in the table (this connection sees them), not the tree.
+        size = self._store.audit_log.size + len(batch.leaves)
+        others = _entries_after(conn, size, self._store.path)
+        batch.leaves.extend(others)
+        base = size + len(others)
+        conn.execute("SAVEPOINT use_case")
         try:
-            self._begin(conn)
-            # Under the write lock now: no entry can join between these and ours.
-            others = _entries_after(conn, log_size, self._store.path)
-            base = log_size + len(others)
             if self._entries:
                 time = self._entry_time(conn)
                 numbered = []
@@ -730,38 +732,44 @@ class Tx:
                 conn.execute("PRAGMA secure_delete = ON")
             for statement, rows in self._writes:
                 conn.executemany(statement, rows)
-            conn.execute("COMMIT")
-            return others
+            conn.execute("RELEASE use_case")
         except BaseException:
+            self.leaves = []
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK TO use_case")
+                conn.execute("RELEASE use_case")
             raise
         finally:
-            if not self._durable:
-                conn.execute("PRAGMA synchronous = FULL")
             if self._secure_delete:
                 conn.execute("PRAGMA secure_delete = OFF")
+        batch.leaves.extend(self.leaves)
 
     def _entry_time(self, conn: sqlite3.Connection) -> int:
-        """The time for entries committed now (under the write lock): the clock, never
+        """The time for entries written now (under the write lock): the clock, never
         earlier than the last entry's."""
         return max(self._store.clock(), _last_time(conn))
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """A read under the transaction's lock (beginning it, in the same hop)."""
 
+        batch = self._batch
+
         def work(conn: sqlite3.Connection) -> T:
-            self._begin(conn)
+            batch.apply(conn)  # what the use cases before it wrote, then this one's read
             return query(conn)
 
-        return await _on_thread(self.db, work)
+        return await _settled(_on_thread(self.db, work))
 
     # -- reads (async: they go to the connection's thread) --------------------------------
 
     async def audit_size(self) -> int:
         """The log's size before this transaction's entries, counting entries another
-        process (`cpn user add` beside a running node) committed meanwhile."""
+        process (`cpn user add` beside a running node) committed meanwhile. The batch
+        so far commits first: what is counted is in the tree, and what a checkpoint of
+        that size signs is on disk."""
         if self._audit_size is None:
+            await self._store._flush()
+            self._batch = self._store._begin_batch(self._batch.durable)
             log_tree = self._store.audit_log
             size = log_tree.size
             others = await self._read(lambda conn: _entries_after(conn, size, self._store.path))
@@ -1261,12 +1269,19 @@ class _WriteLock:
 
     At a busy relay dozens of links queue transactions; a duty officer's
     submit waits for the one under way, not for all of those queued before
-    it. Among equals, first come, first served.
+    it. Among equals, first come, first served. Officers' turns never starve
+    the links for long: after `OFFICERS_IN_A_ROW` of them, a waiting link's
+    turn comes (under a flood of submits, the links still send and take
+    receipts, or nothing submitted would ever be delivered).
     """
 
-    def __init__(self) -> None:
+    OFFICERS_IN_A_ROW: Final = 4
+
+    def __init__(self, on_free: Callable[[], None] = lambda: None) -> None:
         self._held = False
         self._queues: tuple[deque[Future[None]], deque[Future[None]]] = (deque(), deque())
+        self._on_free = on_free  # called whenever the lock is freed with no one to take it
+        self._officers_in_a_row = 0
 
     async def acquire(self, first: bool) -> None:
         if not self._held and not any(self._queues):
@@ -1287,13 +1302,22 @@ class _WriteLock:
 
     def release(self) -> None:
         """Hand the lock to the next waiter (it stays held), or free it."""
-        for queue in self._queues:
+        officers, others = self._queues
+        if self._officers_in_a_row >= self.OFFICERS_IN_A_ROW and others:
+            order = (others, officers)
+        else:
+            order = (officers, others)
+        for queue in order:
             while queue:
                 waiter = queue.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
+                    in_a_row = self._officers_in_a_row
+                    self._officers_in_a_row = in_a_row + 1 if queue is officers else 0
                     return
+        self._officers_in_a_row = 0
         self._held = False
+        self._on_free()
 
     @property
     def waiting(self) -> int:
@@ -1309,17 +1333,129 @@ class _WriteLock:
             self.release()
 
 
+# A batch commits once no use case waits for the lock, or once it is this old or this big:
+# under load, waiters gather while a COMMIT is on disk, and the next batch takes them all.
+BATCH_MS: Final = 5
+BATCH_USE_CASES: Final = 256
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    try:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA busy_timeout = 5000")
+        found = await db.execute_fetchall("PRAGMA user_version")
+        row = next(iter(found), None)
+        version = int(row[0]) if row else 0
+    except aiosqlite.DatabaseError as exc:
+        raise StoreError(f"{path}: not a cpn store: {exc}") from exc
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {version} is newer than this cpn ({SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target]):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {target}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+
+class _Batch:
+    """The use cases since the writer's last COMMIT: they commit together (group commit),
+    each caller awaiting the COMMIT that holds its work. A use case's writes are applied
+    with the next hop to the writer's thread (another's read, or the COMMIT), so that a
+    batch of use cases that only write costs one hop. A batch is all durable or all not
+    (SQLite sets `synchronous` between transactions)."""
+
+    def __init__(self, durable: bool) -> None:
+        self.durable = durable
+        self.started = time.monotonic()
+        self.urgent = False  # a flash message's use case is in it: commit at its end
+        # On the loop: use cases ended (their writes to apply), each with its waiter.
+        self.pending: list[tuple[Tx, Future[None]]] = []
+        # On the writer's thread, under the lock:
+        self.applied: list[tuple[Tx, Future[None], BaseException | None]] = []
+        self.leaves: list[bytes] = []  # entries past the tree's size, in order
+        self.begun = False  # the writer's transaction is open
+
+    def joined(self, tx: Tx) -> Future[None]:
+        waiter: Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((tx, waiter))
+        return waiter
+
+    def due(self) -> bool:
+        return (
+            self.urgent
+            or len(self.pending) + len(self.applied) >= BATCH_USE_CASES
+            or time.monotonic() - self.started >= BATCH_MS / 1000
+        )
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """On the writer's thread: begin, and apply the use cases ended since the last hop,
+        each in its savepoint (one that fails is kept with its error, for its caller)."""
+        if not conn.in_transaction:
+            if not self.durable:
+                conn.execute("PRAGMA synchronous = NORMAL")  # back to FULL at its COMMIT
+            conn.execute("BEGIN IMMEDIATE")
+        self.begun = True
+        pending, self.pending = self.pending, []
+        for tx, waiter in pending:
+            try:
+                tx._apply(conn)
+            except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+                self.applied.append((tx, waiter, exc))
+            else:
+                self.applied.append((tx, waiter, None))
+
+
+def _settle(waiter: Future[None], error: BaseException | None) -> None:
+    """Tell a use case's caller how its COMMIT went (unless it stopped waiting)."""
+    if waiter.done():
+        return
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)
+
+
+async def _settled(work: Awaitable[T]) -> T:
+    """`work`, awaited to its end even if the caller is cancelled meanwhile (then cancelled
+    after): the lock is never passed on while a hop of its holder is still on the thread."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
 class Store:
-    """One node's SQLite file. Reads go straight through; writes through `transaction()`."""
+    """One node's SQLite file, through two connections, each on a thread of its own:
+    `writer` for the transactions (`transaction()`), `db` for reads, which see only
+    what is committed (WAL lets them run beside a COMMIT that waits for the disk)."""
 
     def __init__(
-        self, db: aiosqlite.Connection, path: Path, clock: Callable[[], int] = now_ms
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
-        self.db = db
+        self.writer = writer
+        self.db = reader
         self.path = path
-        self.clock = clock  # audit entry times, read at commit (ms since the epoch)
-        self._lock = _WriteLock()
-        self.audit_log = MerkleLog()  # the audit entries' leaf hashes, as a Merkle tree
+        self.clock = clock  # audit entry times, read when written (ms since the epoch)
+        self._lock = _WriteLock(on_free=self._commit_left_over)
+        self._batch: _Batch | None = None  # applied, not yet committed
+        self._committer: asyncio.Task[None] | None = None
+        self.audit_log = MerkleLog()  # the committed audit entries' leaf hashes, as a Merkle tree
 
     @classmethod
     async def open(cls, path: Path, *, clock: Callable[[], int] = now_ms) -> Store:
@@ -1328,47 +1464,27 @@ class Store:
         `clock` (ms since the epoch) gives audit entries their time at commit."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
+            writer = await aiosqlite.connect(path, isolation_level=None)
         except Exception as exc:  # aiosqlite re-raises sqlite3 errors from its thread
             raise StoreError(f"{path}: cannot open store: {exc}") from exc
-        store = cls(db, path, clock)
+        reader: aiosqlite.Connection | None = None
         try:
-            await store._migrate()
+            await _migrate(writer, path)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.execute("PRAGMA query_only = ON")
+            store = cls(writer, reader, path, clock)
             await store._load_audit_log()
         except BaseException:
-            await db.close()
+            await writer.close()
+            if reader is not None:
+                await reader.close()
             raise
         return store
 
-    async def _migrate(self) -> None:
-        try:
-            await self.db.execute("PRAGMA journal_mode = WAL")
-            await self.db.execute("PRAGMA synchronous = FULL")
-            await self.db.execute("PRAGMA foreign_keys = ON")
-            await self.db.execute("PRAGMA busy_timeout = 5000")
-            found = await self.db.execute_fetchall("PRAGMA user_version")
-            row = next(iter(found), None)
-            version = int(row[0]) if row else 0
-        except aiosqlite.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a cpn store: {exc}") from exc
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: schema version {version} is newer than this cpn ({SCHEMA_VERSION})"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(MIGRATIONS[target]):
-                    await self.db.execute(statement)
-                await self.db.execute(f"PRAGMA user_version = {target}")
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-
     async def _load_audit_log(self) -> None:
         """The tree of the stored entries (leaf hashes filled in for entries from before v4)."""
-        missing = await self.db.execute_fetchall(
+        missing = await self.writer.execute_fetchall(
             "SELECT seq, time, actor, action, message_id, detail FROM audit WHERE leaf IS NULL"
         )
         if missing:
@@ -1388,7 +1504,7 @@ class Store:
                         conn.execute("ROLLBACK")
                     raise
 
-            await _on_thread(self.db, fill)
+            await _on_thread(self.writer, fill)
         async with self.db.execute("SELECT leaf FROM audit ORDER BY seq") as cursor:
             while batch := await cursor.fetchmany(10_000):
                 self.audit_log.extend(bytes(row[0]) for row in batch)
@@ -1400,50 +1516,100 @@ class Store:
 
     async def close(self) -> None:
         async with self._lock.held():
+            await self._flush()
+            await self.writer.close()
             await self.db.close()
 
     @asynccontextmanager
     async def transaction(
-        self, now: int, *, durable: bool = True, officer: bool = False
+        self, now: int, *, durable: bool = True, officer: bool = False, urgent: bool = False
     ) -> AsyncIterator[Tx]:
-        """One write transaction: everything in it commits together, or nothing does.
+        """One use case's write transaction: everything in it commits together, or nothing
+        does; it returns once committed (raising StoreError if the COMMIT failed).
 
-        `durable=False` skips the fsync for changes that a crash may lose
-        harmlessly (a `sent` mark: the message goes again and is deduplicated);
-        the next durable commit makes them durable too (WAL). `officer`: an
-        officer waits on it, so it goes before the links' queued transactions.
-        `now` dates the rows it writes; its audit entries are timed at commit.
+        Group commit: use cases take the write lock in turn, each applies its writes to
+        the writer's open transaction, and the batch commits once no one waits for the
+        lock (or once it is `BATCH_MS` old or `BATCH_USE_CASES` big); every caller in it
+        waits for that COMMIT. `durable=False` allows a batch without the fsync for
+        changes a crash may lose harmlessly (a `sent` mark: the message goes again and is
+        deduplicated); the next durable commit makes them durable too (WAL). `officer`:
+        an officer waits on it, so it goes before the links' queued transactions.
+        `urgent`: a flash message waits on it, so its batch commits at its end. `now`
+        dates the rows it writes; its audit entries are timed when applied.
         """
-        async with self._lock.held(first=officer):
-            tx = Tx(self, now, durable)
+        await self._lock.acquire(officer)
+        committed: Future[None] | None = None
+        try:
+            if self._batch is not None and durable and not self._batch.durable:
+                await self._flush()  # a durable use case never waits on a lazy COMMIT
+            tx = Tx(self, now, self._batch or self._begin_batch(durable))
             try:
                 yield tx
-                if tx._begun or tx._writes or tx._entries:
-                    size = self.audit_log.size
-                    others = await _on_thread(self.db, partial(tx._commit, log_size=size))
-                    # Only what is committed joins the tree. (A commit whose caller was
-                    # cancelled meanwhile is caught up by the next one, from the store.)
-                    self.audit_log.extend(others)
-                    self.audit_log.extend(tx.leaves)
+                if tx._writes or tx._entries or tx._secure_delete:
+                    tx._batch.urgent |= urgent
+                    committed = tx._batch.joined(tx)
             except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
-                await self._rollback(durable)
-                raise StoreError(f"{self.path}: write failed, nothing stored: {exc}") from exc
-            except BaseException:
-                await self._rollback(durable)
-                raise
+                raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
+        finally:
+            try:
+                if self._batch is not None and (self._lock.waiting == 0 or self._batch.due()):
+                    await self._flush()
+            finally:
+                self._lock.release()
+        if committed is not None:
+            await committed
 
-    async def _rollback(self, durable: bool = True) -> None:
-        """End whatever transaction is open (none, if the commit itself failed)."""
+    def _begin_batch(self, durable: bool) -> _Batch:
+        self._batch = _Batch(durable)
+        return self._batch
 
-        def rollback(conn: sqlite3.Connection) -> None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if not durable:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA synchronous = FULL")
+    async def _flush(self) -> None:
+        """COMMIT the batch (under the lock): its entries join the tree, its callers go on."""
+        batch, self._batch = self._batch, None
+        if batch is not None and (batch.begun or batch.pending):
 
-        with contextlib.suppress(ValueError):  # the store is closed
-            await _on_thread(self.db, rollback)
+            def commit(conn: sqlite3.Connection) -> None:
+                try:
+                    batch.apply(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    if not batch.durable:
+                        conn.execute("PRAGMA synchronous = FULL")
+
+            try:
+                await _settled(_on_thread(self.writer, commit))
+            except BaseException as exc:
+                failed = StoreError(f"{self.path}: write failed, nothing stored: {exc}")
+                for _, waiter in batch.pending:
+                    _settle(waiter, failed)
+                for _, waiter, _ in batch.applied:
+                    _settle(waiter, failed)
+                if not isinstance(exc, sqlite3.Error):
+                    raise
+            else:
+                # Only what is committed joins the tree.
+                self.audit_log.extend(batch.leaves)
+                for _, waiter, error in batch.applied:
+                    _settle(
+                        waiter,
+                        error and StoreError(f"{self.path}: write failed, nothing stored: {error}"),
+                    )
+
+    def _commit_left_over(self) -> None:
+        """The lock was freed with a batch applied and not committed (its next holder was
+        cancelled as it was handed the lock): commit it now."""
+        if self._batch is not None and (self._committer is None or self._committer.done()):
+
+            async def commit() -> None:
+                async with self._lock.held():
+                    if self._batch is not None:
+                        await self._flush()
+
+            self._committer = asyncio.get_running_loop().create_task(commit())
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""
@@ -1579,7 +1745,8 @@ class Store:
         """Copy the WAL into the database and empty it: after a deletion, the old pages'
         copies in the WAL go too (best effort: a reader holding them defers it)."""
         async with self._lock.held():
-            await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._flush()
+            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""
