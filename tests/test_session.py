@@ -207,17 +207,21 @@ def test_nothing_in_flight_never_stalls() -> None:
 
 
 def test_flash_first_among_the_envelopes_waiting_one_batch_at_a_time() -> None:
+    """Flash waiting goes first and alone (its commit and receipt wait for no other
+    envelope's checks); then the others, by rank, a batch (here 3) at a time."""
     _, deu = pair()
     order = [("r1", "routine"), ("u1", "urgent"), ("f1", "flash"), ("r2", "routine")]
-    order += [("f2", "flash")]
+    order += [("f2", "flash"), ("u2", "urgent"), ("r3", "routine")]
     for message_id, priority in order:
         deu.receive_frame(envelope_frame([], envelope(message_id, priority)))
 
-    first = deu.events_received()
-    second = deu.events_received()
+    batches = [_batch(deu.events_received()) for _ in range(3)]
 
-    assert [message_id_of(raw) for _, raw in _batch(first).envelopes] == ["f1", "f2", "u1"]
-    assert [message_id_of(raw) for _, raw in _batch(second).envelopes] == ["r1", "r2"]
+    assert [[message_id_of(raw) for _, raw in b.envelopes] for b in batches] == [
+        ["f1", "f2"],
+        ["u1", "u2", "r1"],
+        ["r2", "r3"],
+    ]
     assert deu.events_received() == []
 
 

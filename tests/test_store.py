@@ -592,6 +592,149 @@ async def test_a_clock_stepped_back_repeats_the_last_entry_time(tmp_path: Path) 
         assert leaf == entry_leaf(time, actor, action, message_id, json.loads(detail))
 
 
+async def test_a_flash_transaction_goes_before_officers_and_links(store: Store) -> None:
+    """A flash message's transaction waits for the one under way only; and the officers'
+    turns do not starve the links: after four officers in a row, a link goes."""
+    under_way, go_on = asyncio.Event(), asyncio.Event()
+
+    async def work(name: str, **kind: bool) -> None:
+        async with store.transaction(T0, **kind) as tx:
+            if name == "first":
+                under_way.set()
+                await go_on.wait()
+            tx.audit([AuditEntry("test", "turn", None, {"name": name})])
+
+    tasks = [asyncio.create_task(work("first"))]
+    await under_way.wait()
+    for n in range(3):
+        tasks.append(asyncio.create_task(work(f"link {n}")))
+    for n in range(6):
+        tasks.append(asyncio.create_task(work(f"officer {n}", officer=True)))
+    tasks.append(asyncio.create_task(work("flash", officer=True, urgent=True)))
+    await until(lambda: store.queued_transactions == 10)
+    go_on.set()
+    await asyncio.gather(*tasks)
+
+    entries = await stored(store, "SELECT detail FROM audit ORDER BY seq")
+    order = [json.loads(d)["name"] for (d,) in entries]
+    assert order == [
+        "first",
+        "flash",
+        *(f"officer {n}" for n in range(3)),  # the flash's turn counted as an officer's
+        "link 0",
+        *(f"officer {n}" for n in range(3, 6)),
+        "link 1",
+        "link 2",
+    ]
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+
+async def _traced(store: Store) -> list[str]:
+    """The statements the writer's connection runs from now on."""
+    statements: list[str] = []
+    await _on_thread(store.writer, lambda conn: conn.set_trace_callback(statements.append))
+    return statements
+
+
+async def test_use_cases_waiting_together_commit_together(store: Store) -> None:
+    """Fifty use cases queued behind one commit in a few COMMITs, not fifty; and each
+    caller goes on only once its own work is committed (a reader already sees it)."""
+    under_way, go_on = asyncio.Event(), asyncio.Event()
+    seen_on_return: dict[str, bool] = {}
+
+    async def use_case(n: int) -> None:
+        async with store.transaction(T0) as tx:
+            if n == 0:
+                under_way.set()
+                await go_on.wait()
+            insert(tx, f"m{n}")
+            tx.audit([AuditEntry("olivia", "composed", f"m{n}")])
+        seen_on_return[f"m{n}"] = await store.message(f"m{n}") is not None
+
+    first = asyncio.create_task(use_case(0))
+    await under_way.wait()
+    statements = await _traced(store)
+    others = [asyncio.create_task(use_case(n)) for n in range(1, 50)]
+    await until(lambda: store.queued_transactions == 49)
+    go_on.set()
+    await asyncio.gather(first, *others)
+
+    commits = [s for s in statements if s == "COMMIT"]
+    assert 1 <= len(commits) <= 5, statements
+    assert seen_on_return == {f"m{n}": True for n in range(50)}
+    assert [m for (m,) in await stored(store, "SELECT message_id FROM audit ORDER BY seq")] == [
+        f"m{n}" for n in range(50)
+    ]
+    log = await stored(store, "SELECT leaf FROM audit ORDER BY seq")
+    assert store.audit_log.root() == root_hash([bytes(leaf) for (leaf,) in log])
+
+
+async def test_a_use_case_whose_write_fails_in_a_batch_undoes_only_its_own(store: Store) -> None:
+    """One use case among many fails at its write: its caller gets StoreError naming
+    SQLite's cause, nothing of it is stored (its entry neither), and the use cases
+    before and after it in the same COMMIT are stored whole."""
+    under_way, go_on = asyncio.Event(), asyncio.Event()
+
+    async def use_case(n: int) -> None:
+        async with store.transaction(T0) as tx:
+            if n == 0:
+                under_way.set()
+                await go_on.wait()
+            insert(tx, f"m{n}")
+            tx.audit([AuditEntry("olivia", "composed", f"m{n}")])
+            if n == 5:
+                tx._write("INSERT INTO no_such_table VALUES (?)", (n,))
+
+    first = asyncio.create_task(use_case(0))
+    await under_way.wait()
+    statements = await _traced(store)
+    others = [asyncio.create_task(use_case(n)) for n in range(1, 10)]
+    await until(lambda: store.queued_transactions == 9)
+    go_on.set()
+    results = await asyncio.gather(first, *others, return_exceptions=True)
+
+    failed = results.pop(5)
+    assert isinstance(failed, StoreError) and "no such table" in str(failed.__cause__)
+    assert results == [None] * 9
+    assert statements.count("COMMIT") == 1  # the failure did not split the batch
+    expected = [f"m{n}" for n in range(10) if n != 5]
+    assert [i for (i,) in await stored(store, "SELECT id FROM messages ORDER BY rowid")] == expected
+    entries = await stored(store, "SELECT seq, message_id, leaf FROM audit ORDER BY seq")
+    assert [(seq, m) for seq, m, _ in entries] == list(enumerate(expected, 1))
+    assert store.audit_log.root() == root_hash([bytes(leaf) for *_, leaf in entries])
+
+
+async def test_reads_outside_transactions_see_only_what_is_committed(store: Store) -> None:
+    """A use case reading in a batch sees what the use cases before it applied (one
+    SQLite transaction); a read through the store, outside it, does not until the COMMIT."""
+    under_way, go_on = asyncio.Event(), asyncio.Event()
+    seen: dict[str, object] = {}
+
+    async def writer() -> None:
+        async with store.transaction(T0) as tx:
+            under_way.set()
+            await go_on.wait()
+            insert(tx, "m1")
+
+    async def reader_in_the_batch() -> None:
+        async with store.transaction(T0) as tx:
+            seen["in the batch"] = await tx.message("m1")
+            seen["outside"] = await store.message("m1")
+            insert(tx, "m2")
+
+    first = asyncio.create_task(writer())
+    await under_way.wait()
+    second = asyncio.create_task(reader_in_the_batch())
+    await until(lambda: store.queued_transactions == 1)
+    go_on.set()
+    await asyncio.gather(first, second)
+
+    assert isinstance(seen["in the batch"], MessageRow) and seen["outside"] is None
+    assert [r.id for r in await store.messages_by_id(["m1", "m2"])] == ["m1", "m2"]
+
+
 # -- the shim over aiosqlite's private API ----------------------------------------------------
 
 

@@ -198,33 +198,33 @@ def b64decode(text: object, *, field: str = "value") -> bytes:
     return data
 
 
-class _Unfit(Exception):
-    """A value outside the model, met by the fast walk: the named walk says where."""
-
-
-def _fits(value: Json, depth: int) -> bool:
+def _fits(value: Json, depth: int) -> bool | None:
     """`check_json_value` without naming paths (each message's every value is walked; only
-    a refusal needs its path): True if all keys are ASCII; _Unfit if anything is wrong."""
+    a refusal needs its path): whether all keys are ASCII, or None if anything is wrong."""
     if depth > MAX_JSON_DEPTH:
-        raise _Unfit
+        return None
     if value is None or value is True or value is False or type(value) is str:
         return True
     kind = type(value)
     if kind is dict:
         ascii_keys = True
         for key, item in value.items():
-            if type(key) is not str:
-                raise _Unfit
-            ascii_keys = _fits(item, depth + 1) and ascii_keys and key.isascii()
+            fits = _fits(item, depth + 1) if type(key) is str else None
+            if fits is None:
+                return None
+            ascii_keys = fits and ascii_keys and key.isascii()
         return ascii_keys
     if kind is list:
         ascii_keys = True
         for item in value:
-            ascii_keys = _fits(item, depth + 1) and ascii_keys
+            fits = _fits(item, depth + 1)
+            if fits is None:
+                return None
+            ascii_keys = fits and ascii_keys
         return ascii_keys
     if kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
         return True
-    raise _Unfit  # a float, an int out of range, a subclass, anything else: named below
+    return None  # a float, an int out of range, a subclass, anything else: named below
 
 
 def check_json_value(value: Json, path: str = "", depth: int = 0) -> bool:
@@ -233,10 +233,8 @@ def check_json_value(value: Json, path: str = "", depth: int = 0) -> bool:
     Raises MalformedError naming the path of the first value that does not fit
     (nesting deeper than MAX_JSON_DEPTH included).
     """
-    try:
-        return _fits(value, depth)
-    except _Unfit:
-        return _check_named(value, path, depth)  # raises, naming the path
+    fits = _fits(value, depth)
+    return _check_named(value, path, depth) if fits is None else fits  # that one raises
 
 
 def _check_named(value: Json, path: str, depth: int) -> bool:

@@ -115,7 +115,9 @@ class LinkSettings:
 
     window: int = 32  # envelopes in flight without a receipt, per link
     flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
-    batch: int = 32  # frames committed in one transaction
+    # Envelopes taken in one use case: small, so that a flash envelope arriving meanwhile
+    # waits for few others' checks (the store's group commit makes transactions cheap).
+    batch: int = 8
     max_queued_frames: int = 4096  # received, not yet taken as events
     max_queued_bytes: int = 24 * 1024 * 1024  # their payloads, envelopes not yet batched too
     handshake_timeout: float = 10.0
@@ -420,9 +422,13 @@ class LinkSession:
         if receipts:
             events.append(ReceiptsReceived(tuple(receipts)))
         if self._pending:
-            # Flash first; a stable sort keeps arrival order within a rank.
+            # Flash first; a stable sort keeps arrival order within a rank. Flash waiting
+            # goes alone, so that its commit and receipt wait for no other envelope's work.
             self._pending.sort(key=lambda carried: rank_hint(carried[1]))
             size = self.settings.batch
+            flash = next((i for i, c in enumerate(self._pending) if rank_hint(c[1])), None)
+            if flash != 0:  # None: all flash
+                size = min(size, len(self._pending) if flash is None else flash)
             batch, self._pending = self._pending[:size], self._pending[size:]
             self.queued_bytes -= sum(_frame_size(carried) for carried in batch)
             events.append(EnvelopesReceived(tuple(batch)))

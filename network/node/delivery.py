@@ -239,11 +239,12 @@ class Delivery:
         )
         return [row for row in await self.context.store.messages_by_id(chosen) if _may_go(row, now)]
 
-    async def mark_sent(self, peer: str, ids: Sequence[str]) -> None:
-        """Written to the link to `peer`; without a receipt they go again after `retry_ms`."""
+    async def mark_sent(self, peer: str, ids: Sequence[str], *, flash: bool = False) -> None:
+        """Written to the link to `peer`; without a receipt they go again after `retry_ms`.
+        `flash`: one of them is (the link sends nothing more until this commits)."""
         context = self.context
         now = context.clock()
-        async with context.store.transaction(now, durable=False) as tx:
+        async with context.store.transaction(now, durable=False, urgent=flash) as tx:
             await tx.prefetch(ids)
             entries = []
             for message_id in ids:

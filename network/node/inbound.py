@@ -152,7 +152,8 @@ class Inbound:
         for item in items:
             if item.envelope is not None and item.receipt is None:
                 self._open_inbound(item, now, stored)
-        async with self.context.store.transaction(now) as tx:
+        flash = any(it.envelope and it.envelope.header.priority is Priority.FLASH for it in items)
+        async with self.context.store.transaction(now, urgent=flash) as tx:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)  # their rows are read too
             issued: list[Receipt] = []  # in this batch, not yet readable from the store
@@ -668,6 +669,7 @@ class Inbound:
                     log.warning("refused a receipt from %s: %s", peer, exc)
                     continue
                 tx.insert_receipt(_receipt_row(receipt, "received"))
+                tx.urgent |= row.priority is Priority.FLASH  # its sender waits: commit at once
                 settled.append(row.id)
                 made = await self._settle(tx, row, receipt, link_actor)
                 if row.attachment is not None:  # a part: not news for the console

@@ -663,7 +663,8 @@ class Links:
             if batch:
                 session.send_envelopes(batch, time.monotonic())
                 link.flush()
-                await outbox.sent([item.message_id for item in batch])
+                flash = any(item.rank == 0 for item in batch)
+                await outbox.sent([item.message_id for item in batch], flash)
                 continue
             if session.stalled(time.monotonic()) is not None:
                 limit = self.settings.receipt_timeout
@@ -699,9 +700,9 @@ class _Outbox:
         unique = {row.id: row for row in batch.rows}  # a message queued twice goes once
         return batch.receipts, [_outgoing(row) for row in unique.values()]
 
-    async def sent(self, message_ids: list[str]) -> None:
+    async def sent(self, message_ids: list[str], flash: bool) -> None:
         """Written to the link: without a receipt they go again after the retry time."""
-        await self.delivery.mark_sent(self.peer, message_ids)
+        await self.delivery.mark_sent(self.peer, message_ids, flash=flash)
 
 
 def _outgoing(row: MessageRow) -> Outgoing:

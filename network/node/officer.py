@@ -385,7 +385,10 @@ class Officers:
                     self._queue_part(tx, part, of, held=of in held)
         rows: list[MessageRow] = []
         published: list[AuditEntry] = []
-        async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
+        flash = any(d.envelope.header.priority is Priority.FLASH for d in drafts)
+        async with self.context.store.transaction(
+            self.context.clock(), officer=True, urgent=flash
+        ) as tx:
             for draft in drafts:
                 header, node, typed, user = (
                     draft.envelope.header,

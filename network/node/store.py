@@ -702,6 +702,7 @@ class Tx:
         self._issued: _Receipts = {}  # as stored before this transaction
         self._audit_size: int | None = None
         self._secure_delete = False  # overwrite the pages this transaction frees
+        self.urgent = False  # set by a use case that finds a flash message in its work
         self.leaves: list[bytes] = []  # this transaction's audit entries, in order (when applied)
 
     # -- on the writer's thread -------------------------------------------------------
@@ -1265,30 +1266,32 @@ class Tx:
 
 
 class _WriteLock:
-    """One write transaction at a time, those an officer waits on first.
+    """One write transaction at a time: a flash message's first, then an officer's.
 
     At a busy relay dozens of links queue transactions; a duty officer's
     submit waits for the one under way, not for all of those queued before
-    it. Among equals, first come, first served. Officers' turns never starve
-    the links for long: after `OFFICERS_IN_A_ROW` of them, a waiting link's
-    turn comes (under a flood of submits, the links still send and take
-    receipts, or nothing submitted would ever be delivered).
+    it, and a flash message (`urgent`) waits for nothing else queued. Among
+    equals, first come, first served. Officers' turns never starve the
+    links for long: after `OFFICERS_IN_A_ROW` of them, a waiting link's turn
+    comes (under a flood of submits, the links still send and take receipts,
+    or nothing submitted would ever be delivered).
     """
 
     OFFICERS_IN_A_ROW: Final = 4
 
     def __init__(self, on_free: Callable[[], None] = lambda: None) -> None:
         self._held = False
-        self._queues: tuple[deque[Future[None]], deque[Future[None]]] = (deque(), deque())
+        # flash, officers, the others
+        self._queues: tuple[deque[Future[None]], ...] = (deque(), deque(), deque())
         self._on_free = on_free  # called whenever the lock is freed with no one to take it
         self._officers_in_a_row = 0
 
-    async def acquire(self, first: bool) -> None:
+    async def acquire(self, first: bool, urgent: bool = False) -> None:
         if not self._held and not any(self._queues):
             self._held = True
             return
         waiter: Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._queues[0 if first else 1]
+        queue = self._queues[0 if urgent else 1 if first else 2]
         queue.append(waiter)
         try:
             await waiter
@@ -1302,18 +1305,18 @@ class _WriteLock:
 
     def release(self) -> None:
         """Hand the lock to the next waiter (it stays held), or free it."""
-        officers, others = self._queues
+        flash, officers, others = self._queues
         if self._officers_in_a_row >= self.OFFICERS_IN_A_ROW and others:
-            order = (others, officers)
+            order = (flash, others, officers)
         else:
-            order = (officers, others)
+            order = (flash, officers, others)
         for queue in order:
             while queue:
                 waiter = queue.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
                     in_a_row = self._officers_in_a_row
-                    self._officers_in_a_row = in_a_row + 1 if queue is officers else 0
+                    self._officers_in_a_row = 0 if queue is others else in_a_row + 1
                     return
         self._officers_in_a_row = 0
         self._held = False
@@ -1322,7 +1325,7 @@ class _WriteLock:
     @property
     def waiting(self) -> int:
         """How many transactions wait for the one under way."""
-        return len(self._queues[0]) + len(self._queues[1])
+        return sum(len(queue) for queue in self._queues)
 
     @asynccontextmanager
     async def held(self, *, first: bool = False) -> AsyncIterator[None]:
@@ -1534,10 +1537,11 @@ class Store:
         changes a crash may lose harmlessly (a `sent` mark: the message goes again and is
         deduplicated); the next durable commit makes them durable too (WAL). `officer`:
         an officer waits on it, so it goes before the links' queued transactions.
-        `urgent`: a flash message waits on it, so its batch commits at its end. `now`
+        `urgent`: a flash message waits on it, so it goes before every other queued
+        transaction and its batch commits at its end. `now`
         dates the rows it writes; its audit entries are timed when applied.
         """
-        await self._lock.acquire(officer)
+        await self._lock.acquire(officer, urgent)
         committed: Future[None] | None = None
         try:
             if self._batch is not None and durable and not self._batch.durable:
@@ -1546,7 +1550,7 @@ class Store:
             try:
                 yield tx
                 if tx._writes or tx._entries or tx._secure_delete:
-                    tx._batch.urgent |= urgent
+                    tx._batch.urgent |= urgent or tx.urgent
                     committed = tx._batch.joined(tx)
             except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
                 raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
@@ -1583,7 +1587,7 @@ class Store:
             try:
                 await _settled(_on_thread(self.writer, commit))
             except BaseException as exc:
-                failed = StoreError(f"{self.path}: write failed, nothing stored: {exc}")
+                failed = self._write_failed(exc)
                 for _, waiter in batch.pending:
                     _settle(waiter, failed)
                 for _, waiter, _ in batch.applied:
@@ -1594,10 +1598,13 @@ class Store:
                 # Only what is committed joins the tree.
                 self.audit_log.extend(batch.leaves)
                 for _, waiter, error in batch.applied:
-                    _settle(
-                        waiter,
-                        error and StoreError(f"{self.path}: write failed, nothing stored: {error}"),
-                    )
+                    _settle(waiter, error and self._write_failed(error))
+
+    def _write_failed(self, cause: BaseException) -> StoreError:
+        """What a use case's caller gets for SQLite's `cause` (which the API names)."""
+        failed = StoreError(f"{self.path}: write failed, nothing stored: {cause}")
+        failed.__cause__ = cause
+        return failed
 
     def _commit_left_over(self) -> None:
         """The lock was freed with a batch applied and not committed (its next holder was
