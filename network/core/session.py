@@ -296,6 +296,7 @@ class LinkSession:
         self._roster: bytes | None = None  # the newest roster frame not yet taken
         self._outgoing: list[bytes] = []
         self._in_flight: dict[str, float] = {}  # message id -> when it was sent
+        self._flash_in_flight: set[str] = set()  # their receipts go first at our end too
 
     # -- frames in ---------------------------------------------------------------------
 
@@ -460,6 +461,8 @@ class LinkSession:
         for item in batch:
             self._outgoing.append(envelope_frame(item.path, item.envelope))
             self._in_flight[item.message_id] = now
+            if item.rank == 0:
+                self._flash_in_flight.add(item.message_id)
 
     def send_receipt(self, raw: bytes) -> None:
         """A receipt passed on (an end-to-end receipt on its way back)."""
@@ -530,6 +533,11 @@ class LinkSession:
         """These are no longer in flight (ids this link did not send are ignored)."""
         for message_id in message_ids:
             self._in_flight.pop(message_id, None)
+            self._flash_in_flight.discard(message_id)
+
+    def flash_in_flight(self, message_id: str) -> bool:
+        """Whether `message_id` is a flash envelope this link sent and awaits a receipt for."""
+        return message_id in self._flash_in_flight
 
     def stalled(self, now: float) -> Stall | None:
         """The oldest envelope in flight, if it has waited longer than `receipt_timeout`."""

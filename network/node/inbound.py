@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -599,13 +599,22 @@ class Inbound:
             checkpoint=self.context.checkpoints.latest if for_us else None,
         )
 
-    async def accept_receipts(self, peer: str, raws: Sequence[bytes]) -> list[str]:
+    async def accept_receipts(
+        self,
+        peer: str,
+        raws: Sequence[bytes],
+        flash: Callable[[str], bool] = lambda _: False,
+        sent_marked: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+    ) -> list[str]:
         """Verify receipts and move their messages; returns the ids no longer in flight.
 
         A hop receipt from the hop we sent to: it took the message on. An
         end-to-end receipt for us: the message is delivered. An end-to-end
         receipt for another node, for a message we relayed: our copy is
-        forwarded, and the receipt goes on towards its recipient.
+        forwarded, and the receipt goes on towards its recipient. `flash`: whether
+        an id is a flash message (its receipt's transaction goes first); `sent_marked`:
+        waits until the link's marks of these ids are committed (`sent` before the
+        receipt in the log).
         """
         now = self.context.clock()
         settled: list[str] = []
@@ -620,8 +629,11 @@ class Inbound:
                 )
             except PeerError as exc:
                 checked.append(exc)
-        async with self.context.store.transaction(now) as tx:
-            await tx.prefetch([r.message_id for r in checked if isinstance(r, Receipt)])
+        ids = [r.message_id for r in checked if isinstance(r, Receipt)]
+        if sent_marked is not None:
+            await sent_marked(ids)
+        async with self.context.store.transaction(now, urgent=any(map(flash, ids))) as tx:
+            await tx.prefetch(ids)
             entries: list[AuditEntry] = []
             for result in checked:
                 try:

@@ -27,7 +27,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,6 +112,8 @@ class _Link:
     # would deadlock. The session's window bounds what waits.
     to_write: asyncio.Event = field(default_factory=asyncio.Event)
     to_take: asyncio.Event = field(default_factory=asyncio.Event)  # frames wait as events
+    marks: _Marks | None = None  # set by the feed
+    receipts: _Receipts = field(default_factory=lambda: _Receipts())
 
     def flush(self) -> None:
         """The session may hold frames to write: wake the writer."""
@@ -531,6 +533,11 @@ class Links:
                 raise asyncio.CancelledError from None  # the node stops: that comes first
             ended = _leaves(failed)
         finally:
+            with contextlib.suppress(Exception):
+                await link.receipts.drain()
+            if link.marks is not None:  # before the release, or a late mark would undo it
+                with contextlib.suppress(Exception):
+                    await link.marks.settled()
             with contextlib.suppress(CpnError):
                 await self.node.delivery.release(link.session.in_flight)
         why = "stopped"
@@ -592,6 +599,7 @@ class Links:
     async def _work(self, link: _Link) -> None:
         """Take the session's events, in order, to the use cases."""
         while True:
+            link.receipts.check()
             events = link.session.events_received()
             if not events:
                 link.to_take.clear()
@@ -607,8 +615,9 @@ class Links:
             case EnvelopesReceived(envelopes):
                 session.answer(event, await self.node.inbound.accept_envelopes(peer, envelopes))
             case ReceiptsReceived(receipts):
-                session.receipts_settled(await self.node.inbound.accept_receipts(peer, receipts))
-                self.node.delivery.outbox_signal(peer).set()  # room for the feed
+                # Taken beside the events after them: a batch of receipts waits for its
+                # commit, and a flash receipt coming next need not wait behind it.
+                link.receipts.spawn(self._take_receipts(link, receipts), link)
             case AnnouncementReceived(raw):
                 try:
                     news = self.node.delivery.accept_announcement(raw)
@@ -645,6 +654,15 @@ class Links:
             case _:  # witnessing frames to a node that does not witness
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
 
+    async def _take_receipts(self, link: _Link, receipts: tuple[bytes, ...]) -> None:
+        marks = link.marks
+        settled = await self.node.inbound.accept_receipts(
+            link.peer, receipts, link.session.flash_in_flight, marks.settled if marks else None
+        )
+        link.session.receipts_settled(settled)
+        self.node.delivery.outbox_signal(link.peer).set()  # room for the feed
+        link.flush()
+
     async def _feed(self, link: _Link) -> None:
         """Give the session what routes through this link, flash first, as its window allows.
 
@@ -654,7 +672,9 @@ class Links:
         """
         outbox = _Outbox(self.node.delivery, link.peer, self.settings.poll_interval)
         session = link.session
+        marks = link.marks = _Marks(outbox)
         while True:
+            marks.check()  # a mark that failed (a full disk) ends the link
             outbox.signal.clear()
             receipts, batch = await outbox.take(session.room(), session.in_flight, time.monotonic())
             for receipt in receipts:
@@ -664,7 +684,8 @@ class Links:
                 session.send_envelopes(batch, time.monotonic())
                 link.flush()
                 flash = any(item.rank == 0 for item in batch)
-                await outbox.sent([item.message_id for item in batch], flash)
+                ids = [item.message_id for item in batch]
+                marks.add(ids, flash)
                 continue
             if session.stalled(time.monotonic()) is not None:
                 limit = self.settings.receipt_timeout
@@ -703,6 +724,80 @@ class _Outbox:
     async def sent(self, message_ids: list[str], flash: bool) -> None:
         """Written to the link: without a receipt they go again after the retry time."""
         await self.delivery.mark_sent(self.peer, message_ids, flash=flash)
+
+
+class _Receipts:
+    """One link's receipt batches being taken: each in a task of its own, so that the
+    link's worker goes on to the next event (a flash receipt among them) while a batch
+    waits for its commit. The first failure (a full disk) ends the link."""
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[None]] = set()
+        self.failed: BaseException | None = None
+
+    def spawn(self, work: Awaitable[None], link: _Link) -> None:
+        task = asyncio.ensure_future(work)
+        self.running.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.running.discard(task)
+            if not task.cancelled() and task.exception() is not None and self.failed is None:
+                self.failed = task.exception()
+                link.to_take.set()  # the worker raises it
+
+        task.add_done_callback(done)
+
+    def check(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+    async def drain(self) -> None:
+        """Until every batch is taken (at the link's end: before what is in flight goes
+        again)."""
+        while self.running:
+            await asyncio.wait(set(self.running))
+
+
+class _Marks:
+    """One link's sent marks, written behind the feed: it sends on without waiting for
+    them (a flash envelope queued meanwhile would wait), and what it sent while one mark
+    commits goes in the next, together. A receipt for a message whose mark is still to
+    commit waits for it (`settled`), so that `sent` is in the log before
+    `receipt_received`."""
+
+    def __init__(self, outbox: _Outbox) -> None:
+        self.outbox = outbox
+        self.pending: list[str] = []
+        self.flash = False
+        self.unmarked: set[str] = set()  # sent, the mark not yet committed
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, message_ids: list[str], flash: bool) -> None:
+        self.pending += message_ids
+        self.unmarked.update(message_ids)
+        self.flash |= flash
+        if self.task is None or self.task.done():
+            self.check()
+            self.task = asyncio.create_task(self._mark())
+
+    async def _mark(self) -> None:
+        while self.pending:
+            ids, flash = self.pending, self.flash
+            self.pending, self.flash = [], False
+            await self.outbox.sent(ids, flash)
+            self.unmarked.difference_update(ids)
+
+    def check(self) -> None:
+        """Raise what the last mark raised."""
+        if self.task is not None and self.task.done():
+            self.task.result()
+
+    async def settled(self, message_ids: Sequence[str] | None = None) -> None:
+        """Once these (None: all sent so far) are marked; raises what a mark raised."""
+        wanted = set(self.unmarked if message_ids is None else message_ids)
+        while self.task is not None and not self.task.done() and wanted & self.unmarked:
+            await asyncio.shield(self.task)
+        self.check()
 
 
 def _outgoing(row: MessageRow) -> Outgoing:
