@@ -277,6 +277,56 @@ def wait_delivered(
     raise SystemExit(f"only {len(rows)} of {count} delivered in {timeout}s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# A message's way, in the audit entries both stores hold (times are when each entry was
+# written, on this machine's clock): (stage, from, to), each (node, action); "created" is
+# the envelope's own time.
+STAGES = (
+    ("sender: API, seal and store", ("FRA", "created"), ("FRA", "queued")),
+    ("outbox, link and receiver's checks", ("FRA", "queued"), ("DEU", "received")),
+    (
+        "receiver's commit, receipt back, sender's checks",
+        ("DEU", "received"),
+        ("FRA", "receipt_received"),
+    ),
+)
+
+
+def stage_times(stores: dict[str, Path], since: int) -> dict[str, dict[str, list[float]]]:
+    """Per priority, per stage of `STAGES`, the milliseconds each message spent there."""
+    marks: dict[tuple[str, str], dict[str, int]] = {}
+    priorities: dict[str, str] = {}
+    for node, store in stores.items():
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            for action in {a for _, *ends in STAGES for n, a in ends if n == node}:
+                if action == "created":
+                    query = "SELECT id, created FROM messages WHERE box = 'out' AND created >= ?"
+                    marks[(node, action)] = dict(db.execute(query, (since,)))
+                    continue
+                query = "SELECT message_id, MIN(time) FROM audit WHERE action = ? AND time >= ? GROUP BY message_id"
+                marks[(node, action)] = dict(db.execute(query, (action, since)))
+            if node == "FRA":
+                query = "SELECT id, priority FROM messages WHERE box = 'out' AND created >= ?"
+                priorities = dict(db.execute(query, (since,)))
+    found: dict[str, dict[str, list[float]]] = {}
+    for message_id, priority in priorities.items():
+        spans = []
+        for name, start, end in STAGES:
+            begun, ended = marks[start].get(message_id), marks[end].get(message_id)
+            if begun is None or ended is None:
+                break
+            spans.append((name, float(ended - begun)))
+        else:
+            for name, spent in spans:
+                found.setdefault(priority, {}).setdefault(name, []).append(spent)
+    return found
+
+
 def latencies(rows: list[tuple[str, int, int]], priority: str) -> list[float]:
     return [float(updated - created) for p, created, updated in rows if p == priority]
 
@@ -306,10 +356,15 @@ def main() -> None:
     try:
         network.start("FRA")
         network.start("DEU")
+        pids = {node: network.nodes[node].process.pid for node in ("FRA", "DEU")}  # type: ignore[union-attr]
+        cpu_before = {node: cpu_seconds(pid) for node, pid in pids.items()}
+        client_before = time.process_time()
         started = time.monotonic()
         asyncio.run(post_flat_out(network, args.messages, args.concurrency))
         posted = time.monotonic() - started
+        client_cpu = time.process_time() - client_before
         rows = wait_delivered(store, args.messages, 0, args.timeout)
+        cpu = {node: cpu_seconds(pid) - cpu_before[node] for node, pid in pids.items()}
         first = min(created for _, created, _ in rows)
         last = max(updated for _, _, updated in rows)
         rate = len(rows) / ((last - first) / 1000)
@@ -321,6 +376,7 @@ def main() -> None:
                 post_paced(network, rate * share, args.paced_seconds, args.flash_every)
             )
             paced.append((share, rate * share, wait_delivered(store, count, since, args.timeout)))
+        stages = stage_times({n: network.nodes[n].store for n in ("FRA", "DEU")}, since)
         network.stop("DEU")
         network.stop("FRA")
     finally:
@@ -383,6 +439,18 @@ def main() -> None:
     )
     print(f"latency floor: one message's work back to back, {floor_ms:.1f} ms\n")
     print(table(figures))
+    print(f"\nCPU per message in phase 1 (user and system, all threads), {len(cpu)} processes:")
+    for node, seconds in cpu.items():
+        print(f"  {node:<16} {seconds / args.messages * 1e6:>8.0f} us")
+    print(f"  {'client':<16} {client_cpu / args.messages * 1e6:>8.0f} us  (this script posting)")
+    print(
+        f"\nwhere the time goes at {loads[-1]:.0%} load (ms, p50 / p99; from the audit entries' times):"
+    )
+    for priority in ("flash", "urgent"):
+        for name, values in stages.get(priority, {}).items():
+            print(
+                f"  {priority:<7} {name:<52} {statistics.median(values):>6.0f} / {percentile(values, 0.99):>5.0f}"
+            )
     print("\nfloor per message (median, one process, back to back):")
     for key, value in floor.items():
         print(f"  {key:<16} {value * 1e6:>8.0f} us")

@@ -396,10 +396,22 @@ class Links:
             log.info("%s: link with %s closed: %s", self.me, peer, why)
 
     async def _announcer(self) -> None:
-        """Tell every peer which links we have, once per burst of changes."""
+        """Tell every peer which links we have, once per burst of changes: once no link
+        has come or gone for `announce_delay`, or at the latest after ten times that.
+
+        Each version of our announcement crosses every link of the network and is
+        verified by every node: at start, as a node's links come up one by one, a
+        version per link was most of the work of a large network's first seconds."""
+        delay = self.settings.announce_delay
         while True:
             await self._links_changed.wait()
-            await asyncio.sleep(self.settings.announce_delay)  # let a burst of changes settle
+            waited = 0.0
+            while waited < 10 * delay:
+                self._links_changed.clear()
+                await asyncio.sleep(delay)
+                waited += delay
+                if not self._links_changed.is_set():
+                    break
             self._links_changed.clear()
             announcement = self.node.delivery.links_changed()
             self._broadcast(LinkSession.send_announcement, announcement.raw)
