@@ -90,11 +90,6 @@ async def run_node(
     simulation, which sends through the node's own use cases); `api` serves
     the HTTP API over them while the node runs.
     """
-    # The store's statements run on threads of their own (aiosqlite), and each hop back
-    # to the loop needs the GIL. Python hands the GIL to a waiting thread only every
-    # switch interval (5 ms by default): with the loop busy, every store hop waited up to
-    # that long, three or four times on a message's way. 0.5 ms: the hop waits at most so.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     keys = load_configured_keys(config)
     keeper = load_keeper_public(config.keeper_path)
     # An expired roster still starts the node, degraded and alerting (`review_roster`): it
@@ -395,4 +390,11 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
         links = LinkSettings(handshake_timeout=config.handshake_timeout)
         await run_node(config, stop, NodeSettings(links=links), api=api)
 
+    # The store's statements run on threads of their own (aiosqlite), and each hop back
+    # to the loop needs the GIL. Python hands the GIL to a waiting thread only every
+    # switch interval (5 ms by default): with the loop busy, every store hop waited up to
+    # that long, three or four times on a message's way. 0.5 ms: the hop waits at most so.
+    # (Here, for a process that runs one node: with dozens of nodes and their threads in
+    # one process, as the network simulation runs them, the switching costs more.)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     asyncio.run(main())

@@ -28,7 +28,7 @@ import sqlite3
 import time
 from asyncio import Future
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -661,8 +661,33 @@ async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connectio
     place that touches them; an aiosqlite upgrade that breaks them breaks
     the tests named above.
     """
-    result: T = await db._execute(lambda: work(db._conn))  # type: ignore[no-untyped-call]
-    return result
+    return await _queued_on_thread(db, work)
+
+
+def _queued_on_thread(
+    db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
+) -> Future[T]:
+    """`work` queued for the connection's thread now (as aiosqlite's own `_execute` does,
+    without a coroutine around it: its private queue `_tx` of (future, function), which
+    its thread settles); the future of its result."""
+    if not db._running or not db._connection:
+        raise ValueError("Connection closed")
+    future: Future[T] = asyncio.get_running_loop().create_future()
+    db._tx.put_nowait((future, lambda: work(db._conn)))
+    return future
+
+
+async def _settled(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`_on_thread`, awaited to its end even if the caller is cancelled meanwhile (then
+    cancelled after): the write lock is never passed on while a hop of its holder is
+    still on the thread, changing the batch."""
+    future = _queued_on_thread(db, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise
 
 
 _INSERT_AUDIT: Final = (
@@ -759,7 +784,7 @@ class Tx:
             batch.apply(conn)  # what the use cases before it wrote, then this one's read
             return query(conn)
 
-        return await _settled(_on_thread(self.db, work))
+        return await _settled(self.db, work)
 
     # -- reads (async: they go to the connection's thread) --------------------------------
 
@@ -1427,18 +1452,6 @@ def _settle(waiter: Future[None], error: BaseException | None) -> None:
         waiter.set_exception(error)
 
 
-async def _settled(work: Awaitable[T]) -> T:
-    """`work`, awaited to its end even if the caller is cancelled meanwhile (then cancelled
-    after): the lock is never passed on while a hop of its holder is still on the thread."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await task
-        raise
-
-
 class Store:
     """One node's SQLite file, through two connections, each on a thread of its own:
     `writer` for the transactions (`transaction()`), `db` for reads, which see only
@@ -1585,7 +1598,7 @@ class Store:
                         conn.execute("PRAGMA synchronous = FULL")
 
             try:
-                await _settled(_on_thread(self.writer, commit))
+                await _settled(self.writer, commit)
             except BaseException as exc:
                 failed = self._write_failed(exc)
                 for _, waiter in batch.pending:
