@@ -45,6 +45,7 @@ def plot(series: dict[str, Any], path: Path) -> None:
                 label=f"{priority} {percentile}",
             )
     ax.axvline(series["saturated"], color="grey", linestyle=":", label="saturated (phase 1)")
+    ax.axhline(20, color="tab:red", linestyle=":", alpha=0.6, label="flash aim: p99 under 20 ms")
     ax.set_yscale("log")
     ax.set_xlabel("offered load (messages/s, FRA -> DEU)")
     ax.set_ylabel("composed to delivered with receipt (ms)")

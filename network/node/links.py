@@ -783,6 +783,9 @@ class _Marks:
         self.flash = False
         self.unmarked: set[str] = set()  # sent, the mark not yet committed
         self.task: asyncio.Task[None] | None = None
+        # Done at the end of each mark: what waits for some ids looks again then (under a
+        # steady stream the marking task itself never ends).
+        self.round: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def add(self, message_ids: list[str], flash: bool) -> None:
         self.pending += message_ids
@@ -798,6 +801,8 @@ class _Marks:
             self.pending, self.flash = [], False
             await self.outbox.sent(ids, flash)
             self.unmarked.difference_update(ids)
+            done, self.round = self.round, asyncio.get_running_loop().create_future()
+            done.set_result(None)
 
     def check(self) -> None:
         """Raise what the last mark raised."""
@@ -808,7 +813,7 @@ class _Marks:
         """Once these (None: all sent so far) are marked; raises what a mark raised."""
         wanted = set(self.unmarked if message_ids is None else message_ids)
         while self.task is not None and not self.task.done() and wanted & self.unmarked:
-            await asyncio.shield(self.task)
+            await asyncio.wait((self.round, self.task), return_when=asyncio.FIRST_COMPLETED)
         self.check()
 
 
