@@ -241,11 +241,12 @@ class Delivery:
 
     async def mark_sent(self, peer: str, ids: Sequence[str], *, flash: bool = False) -> None:
         """Written to the link to `peer`; without a receipt they go again after `retry_ms`.
-        `flash`: one of them is. Receipts wait for the marks before them (so that `sent`
-        is in the log first), so marks go with the officers' transactions, not the links'."""
+        `flash`: one of them is (its receipt will wait for this mark: it goes first). Other
+        marks queue with the links' work: at a relay they are many, and as officers'
+        transactions they held back the envelopes the relay had to take."""
         context = self.context
         now = context.clock()
-        async with context.store.transaction(now, durable=False, officer=True, urgent=flash) as tx:
+        async with context.store.transaction(now, durable=False, urgent=flash) as tx:
             await tx.prefetch(ids)
             entries = []
             for message_id in ids:
