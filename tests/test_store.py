@@ -14,7 +14,7 @@ import json
 import shutil
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -638,31 +638,52 @@ async def _traced(store: Store) -> list[str]:
     return statements
 
 
-async def test_use_cases_waiting_together_commit_together(store: Store) -> None:
-    """Fifty use cases queued behind one commit in a few COMMITs, not fifty; and each
-    caller goes on only once its own work is committed (a reader already sees it)."""
+async def _behind_one(
+    store: Store,
+    count: int,
+    write: Callable[[Tx, int], None],
+    after: Callable[[int], Awaitable[None]] | None = None,
+) -> tuple[list[object], list[str]]:
+    """`count` use cases, each `write(tx, n)` then, once it returns, `after(n)`: the first
+    holds the lock until all the others wait for it, so that they go in one batch. Their
+    results (None, or what each raised), and the statements the writer ran meanwhile."""
     under_way, go_on = asyncio.Event(), asyncio.Event()
-    seen_on_return: dict[str, bool] = {}
 
     async def use_case(n: int) -> None:
         async with store.transaction(T0) as tx:
             if n == 0:
                 under_way.set()
                 await go_on.wait()
-            insert(tx, f"m{n}")
-            tx.audit([AuditEntry("olivia", "composed", f"m{n}")])
-        seen_on_return[f"m{n}"] = await store.message(f"m{n}") is not None
+            write(tx, n)
+        if after is not None:
+            await after(n)
 
     first = asyncio.create_task(use_case(0))
     await under_way.wait()
     statements = await _traced(store)
-    others = [asyncio.create_task(use_case(n)) for n in range(1, 50)]
-    await until(lambda: store.queued_transactions == 49)
+    others = [asyncio.create_task(use_case(n)) for n in range(1, count)]
+    await until(lambda: store.queued_transactions == count - 1)
     go_on.set()
-    await asyncio.gather(first, *others)
+    return list(await asyncio.gather(first, *others, return_exceptions=True)), statements
 
-    commits = [s for s in statements if s == "COMMIT"]
-    assert 1 <= len(commits) <= 5, statements
+
+def _composed(tx: Tx, n: int) -> None:
+    insert(tx, f"m{n}")
+    tx.audit([AuditEntry("olivia", "composed", f"m{n}")])
+
+
+async def test_use_cases_waiting_together_commit_together(store: Store) -> None:
+    """Fifty use cases queued behind one commit in a few COMMITs, not fifty; and each
+    caller goes on only once its own work is committed (a reader already sees it)."""
+    seen_on_return: dict[str, bool] = {}
+
+    async def look(n: int) -> None:
+        seen_on_return[f"m{n}"] = await store.message(f"m{n}") is not None
+
+    results, statements = await _behind_one(store, 50, _composed, look)
+
+    assert results == [None] * 50
+    assert 1 <= statements.count("COMMIT") <= 5, statements
     assert seen_on_return == {f"m{n}": True for n in range(50)}
     assert [m for (m,) in await stored(store, "SELECT message_id FROM audit ORDER BY seq")] == [
         f"m{n}" for n in range(50)
@@ -675,25 +696,13 @@ async def test_a_use_case_whose_write_fails_in_a_batch_undoes_only_its_own(store
     """One use case among many fails at its write: its caller gets StoreError naming
     SQLite's cause, nothing of it is stored (its entry neither), and the use cases
     before and after it in the same COMMIT are stored whole."""
-    under_way, go_on = asyncio.Event(), asyncio.Event()
 
-    async def use_case(n: int) -> None:
-        async with store.transaction(T0) as tx:
-            if n == 0:
-                under_way.set()
-                await go_on.wait()
-            insert(tx, f"m{n}")
-            tx.audit([AuditEntry("olivia", "composed", f"m{n}")])
-            if n == 5:
-                tx._write("INSERT INTO no_such_table VALUES (?)", (n,))
+    def write(tx: Tx, n: int) -> None:
+        _composed(tx, n)
+        if n == 5:
+            tx._write("INSERT INTO no_such_table VALUES (?)", (n,))
 
-    first = asyncio.create_task(use_case(0))
-    await under_way.wait()
-    statements = await _traced(store)
-    others = [asyncio.create_task(use_case(n)) for n in range(1, 10)]
-    await until(lambda: store.queued_transactions == 9)
-    go_on.set()
-    results = await asyncio.gather(first, *others, return_exceptions=True)
+    results, statements = await _behind_one(store, 10, write)
 
     failed = results.pop(5)
     assert isinstance(failed, StoreError) and "no such table" in str(failed.__cause__)

@@ -4,7 +4,12 @@
   cpn is refused rather than guessed at.
 - Every change and the audit entries recording it commit in one transaction
   (`transaction()`), so a crash can never separate them. A transaction's writes
-  are buffered (plain methods of `Tx`) and run at commit in the order issued.
+  are buffered (plain methods of `Tx`) and run in the order issued.
+- Group commit: the use cases waiting for the write lock go in turn, each in a
+  savepoint of the writer's one open SQLite transaction, and commit together;
+  each caller returns once the COMMIT holding its work is on disk.
+- Two connections, each on a thread of its own: the writer, and a query-only
+  reader for everything outside transactions, which sees only what is committed.
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
@@ -12,7 +17,7 @@
   at rest (outbound bodies are also sealed to the node's own key, so that its
   officers can read what they sent).
 - `synchronous=FULL`: a commit is on disk before a receipt says so.
-- Audit entries get their seq and their time at commit, under the write lock
+- Audit entries get their seq and their time when written, under the write lock
   (both the store's and SQLite's, which other processes take too): the time
   is the store's clock then, never earlier than the last entry's, so times
   never go backwards in seq order (a clock stepped back repeats the last time
@@ -1551,8 +1556,8 @@ class Store:
         deduplicated); the next durable commit makes them durable too (WAL). `officer`:
         an officer waits on it, so it goes before the links' queued transactions.
         `urgent`: a flash message waits on it, so it goes before every other queued
-        transaction and its batch commits at its end. `now`
-        dates the rows it writes; its audit entries are timed when applied.
+        transaction and its batch commits at its end. `now` dates the rows it writes;
+        its audit entries are timed when applied.
         """
         await self._lock.acquire(officer, urgent)
         committed: Future[None] | None = None
