@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record, table
-from bench.throughput import floor_db, frame_round_trip, raw_primitives
+from bench.throughput import floor_db, raw_message, raw_primitives
 from network.cli.client import Client
 from network.core.attachments import PART_BYTES, AttachmentFile, parts_for
 from network.core.crypto import HpkeSuite
@@ -42,21 +42,13 @@ COMMIT = 64  # parts a node commits in one transaction
 
 def raw_floor(parts: int) -> dict[str, float]:
     """Seconds for `parts` parts of the raw work alone (see the module's docstring)."""
-    suite, private, public, signer, verifier = raw_primitives()
+    primitives = raw_primitives()
     plaintext = os.urandom(PART_BYTES * 4 // 3 + 600)  # the part in base64url, its JSON
     envelope = os.urandom(len(plaintext) * 4 // 3 + 1_500)  # sealed, in base64url
     db = floor_db()
     took = {"hpke": 0.0, "ed25519": 0.0, "frames": 0.0, "commits": 0.0}
     for index in range(parts):
-        t0 = time.perf_counter()
-        sealed = suite.encrypt(plaintext, public, info=b"cpn")
-        suite.decrypt(sealed, private, info=b"cpn")
-        t1 = time.perf_counter()
-        for data in (envelope, b"receipt"):
-            verifier.verify(signer.sign(data), data)
-        t2 = time.perf_counter()
-        for payload in (envelope, b"r" * 600):
-            frame_round_trip(payload)
+        hpke, ed25519, frames = raw_message(primitives, plaintext, envelope)
         t3 = time.perf_counter()
         if index % COMMIT == 0:
             for state in ("queued", "received"):
@@ -70,9 +62,9 @@ def raw_floor(parts: int) -> dict[str, float]:
             db.execute("BEGIN IMMEDIATE")
             db.execute("UPDATE m SET state = 'delivered' WHERE state = 'queued'")
             db.execute("COMMIT")
-        took["hpke"] += t1 - t0
-        took["ed25519"] += t2 - t1
-        took["frames"] += t3 - t2
+        took["hpke"] += hpke
+        took["ed25519"] += ed25519
+        took["frames"] += frames
         took["commits"] += time.perf_counter() - t3
     db.close()
     return took
