@@ -683,7 +683,11 @@ async def test_use_cases_waiting_together_commit_together(store: Store) -> None:
     results, statements = await _behind_one(store, 50, _composed, look)
 
     assert results == [None] * 50
-    assert 1 <= statements.count("COMMIT") <= 5, statements
+    # Use case 0 may commit alone (its batch is past BATCH_MS by the time the others
+    # queue); the 49 behind it commit together, bar one more BATCH_MS cut on a slow machine.
+    commits = statements.count("COMMIT")
+    assert commits >= 1, statements  # the trace saw the work committed
+    assert commits <= 5, f"{commits} COMMITs for 50 use cases: {statements}"
     assert seen_on_return == {f"m{n}": True for n in range(50)}
     assert [m for (m,) in await stored(store, "SELECT message_id FROM audit ORDER BY seq")] == [
         f"m{n}" for n in range(50)

@@ -428,9 +428,12 @@ class LinkSession:
             # goes alone, so that its commit and receipt wait for no other envelope's work.
             self._pending.sort(key=lambda carried: rank_hint(carried[1]))
             size = self.settings.batch
-            flash = next((i for i, c in enumerate(self._pending) if rank_hint(c[1])), None)
-            if flash != 0:  # None: all flash
-                size = min(size, len(self._pending) if flash is None else flash)
+            flash = next(
+                (i for i, carried in enumerate(self._pending) if rank_hint(carried[1])),
+                len(self._pending),  # all flash
+            )  # how many lead the sorted list
+            if flash:
+                size = min(size, flash)
             batch, self._pending = self._pending[:size], self._pending[size:]
             self.queued_bytes -= sum(_frame_size(carried) for carried in batch)
             events.append(EnvelopesReceived(tuple(batch)))

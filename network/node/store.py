@@ -661,10 +661,7 @@ async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connectio
     thread, and with dozens of nodes in one process (the network simulation)
     the hops, not SQLite, were the cost; a transaction's reads, writes and
     COMMIT each go as one function instead. aiosqlite has no public call for
-    this: `_execute` (queue a function for the thread) and `_conn` (the
-    sqlite3 connection) are what its own statements use. This is the one
-    place that touches them; an aiosqlite upgrade that breaks them breaks
-    the tests named above.
+    this: `_queued_on_thread` does what its own `_execute` does.
     """
     return await _queued_on_thread(db, work)
 
@@ -672,9 +669,13 @@ async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connectio
 def _queued_on_thread(
     db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
 ) -> Future[T]:
-    """`work` queued for the connection's thread now (as aiosqlite's own `_execute` does,
-    without a coroutine around it: its private queue `_tx` of (future, function), which
-    its thread settles); the future of its result."""
+    """`work` queued for the connection's thread now; the future of its result.
+
+    As aiosqlite's own `_execute` does, without a coroutine around it: `_running` and
+    `_connection` (whether it is open), `_tx` (its queue of (future, function), which its
+    thread settles) and `_conn` (the sqlite3 connection) are aiosqlite's private parts,
+    and this is the one place that touches them; an aiosqlite upgrade that breaks them
+    breaks the tests `_on_thread` names."""
     if not db._running or not db._connection:
         raise ValueError("Connection closed")
     future: Future[T] = asyncio.get_running_loop().create_future()
@@ -733,7 +734,6 @@ class Tx:
         self._audit_size: int | None = None
         self._secure_delete = False  # overwrite the pages this transaction frees
         self.urgent = False  # set by a use case that finds a flash message in its work
-        self.leaves: list[bytes] = []  # this transaction's audit entries, in order (when applied)
 
     # -- on the writer's thread -------------------------------------------------------
 
@@ -746,15 +746,15 @@ class Tx:
         others = _entries_after(conn, size, self._store.path)
         batch.leaves.extend(others)
         base = size + len(others)
+        leaves: list[bytes] = []  # this use case's entries, in order
         conn.execute("SAVEPOINT use_case")
         try:
             if self._entries:
                 time = self._entry_time(conn)
                 numbered = []
-                self.leaves = []
                 for i, (actor, action, message_id, detail) in enumerate(self._entries, 1):
                     leaf = stored_leaf(time, actor, action, message_id, detail)
-                    self.leaves.append(leaf)
+                    leaves.append(leaf)
                     numbered.append(
                         (base + i, time, actor, action, message_id, detail.decode(), leaf)
                     )
@@ -765,7 +765,6 @@ class Tx:
                 conn.executemany(statement, rows)
             conn.execute("RELEASE use_case")
         except BaseException:
-            self.leaves = []
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK TO use_case")
                 conn.execute("RELEASE use_case")
@@ -773,7 +772,7 @@ class Tx:
         finally:
             if self._secure_delete:
                 conn.execute("PRAGMA secure_delete = OFF")
-        batch.leaves.extend(self.leaves)
+        batch.leaves.extend(leaves)
 
     def _entry_time(self, conn: sqlite3.Connection) -> int:
         """The time for entries written now (under the write lock): the clock, never
@@ -1366,12 +1365,6 @@ class _WriteLock:
             self.release()
 
 
-# A batch commits once no use case waits for the lock, or once it is this old or this big:
-# under load, waiters gather while a COMMIT is on disk, and the next batch takes them all.
-BATCH_MS: Final = 5
-BATCH_USE_CASES: Final = 256
-
-
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
     try:
         await db.execute("PRAGMA journal_mode = WAL")
@@ -1399,6 +1392,12 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
             raise
 
 
+# A batch commits once no use case waits for the lock, or once it is this old or this big:
+# under load, waiters gather while a COMMIT is on disk, and the next batch takes them all.
+BATCH_MS: Final = 5
+BATCH_USE_CASES: Final = 256
+
+
 class _Batch:
     """The use cases since the writer's last COMMIT: they commit together (group commit),
     each caller awaiting the COMMIT that holds its work. A use case's writes are applied
@@ -1413,7 +1412,7 @@ class _Batch:
         # On the loop: use cases ended (their writes to apply), each with its waiter.
         self.pending: list[tuple[Tx, Future[None]]] = []
         # On the writer's thread, under the lock:
-        self.applied: list[tuple[Tx, Future[None], BaseException | None]] = []
+        self.applied: list[tuple[Future[None], BaseException | None]] = []  # waiter, error
         self.leaves: list[bytes] = []  # entries past the tree's size, in order
         self.begun = False  # the writer's transaction is open
 
@@ -1442,9 +1441,9 @@ class _Batch:
             try:
                 tx._apply(conn)
             except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
-                self.applied.append((tx, waiter, exc))
+                self.applied.append((waiter, exc))
             else:
-                self.applied.append((tx, waiter, None))
+                self.applied.append((waiter, None))
 
 
 def _settle(waiter: Future[None], error: BaseException | None) -> None:
@@ -1608,14 +1607,14 @@ class Store:
                 failed = self._write_failed(exc)
                 for _, waiter in batch.pending:
                     _settle(waiter, failed)
-                for _, waiter, _ in batch.applied:
+                for waiter, _ in batch.applied:
                     _settle(waiter, failed)
                 if not isinstance(exc, sqlite3.Error):
                     raise
             else:
                 # Only what is committed joins the tree.
                 self.audit_log.extend(batch.leaves)
-                for _, waiter, error in batch.applied:
+                for waiter, error in batch.applied:
                     _settle(waiter, error and self._write_failed(error))
 
     def _write_failed(self, cause: BaseException) -> StoreError:
