@@ -143,17 +143,19 @@ GROUP = 100  # rows per durable transaction in the raw floor's group commit
 
 
 def raw_primitives() -> tuple[Any, Any, Any, Any, Any]:
-    """The raw floor's keys, no project code: an HPKE ML-KEM-768+X25519 suite and key pair,
-    an Ed25519 key pair (suite, private, public, signer, verifier)."""
+    """The raw floor's keys, no project code: an HPKE ML-KEM-768+X25519 suite and key pair
+    (cryptography), an Ed25519 key pair (libsodium, the fastest Ed25519 on this machine and
+    the one the nodes use): (suite, private, public, Ed25519 public, Ed25519 secret)."""
     from cryptography.hazmat.primitives import hpke
-    from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+    from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+    from nacl.bindings import crypto_sign_keypair
 
     suite = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
     private = hpke.MLKEM768X25519PrivateKey(
         mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
     )
-    signer = ed25519.Ed25519PrivateKey.generate()
-    return suite, private, private.public_key(), signer, signer.public_key()
+    signing_public, signing_secret = crypto_sign_keypair()
+    return suite, private, private.public_key(), signing_public, signing_secret
 
 
 def frame_round_trip(payload: bytes) -> None:
@@ -177,13 +179,16 @@ def raw_message(
     """Seconds one message's raw work takes, step by step, no project code: HPKE seal and
     open of `plaintext`; sign and verify `envelope`, then a receipt; a WebSocket frame of
     `envelope` out and one of a receipt back."""
-    suite, private, public, signer, verifier = primitives
+    from nacl.bindings import crypto_sign, crypto_sign_open
+
+    suite, private, public, signing_public, signing_secret = primitives
     t0 = time.perf_counter()
     sealed = suite.encrypt(plaintext, public, info=b"cpn")
     suite.decrypt(sealed, private, info=b"cpn")
     t1 = time.perf_counter()
     for data in (envelope, b"receipt"):
-        verifier.verify(signer.sign(data), data)
+        signature = crypto_sign(data, signing_secret)[:64]
+        crypto_sign_open(signature + data, signing_public)
     t2 = time.perf_counter()
     for payload in (envelope, b"r" * 600):  # the envelope out, the receipt back
         frame_round_trip(payload)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from network.core.crypto import (
     ENCRYPTED_LABEL,
@@ -24,6 +26,7 @@ from network.core.crypto import (
     HpkeSuite,
     Keyring,
     Passphrase,
+    SigningKey,
     VerifyKey,
     certificate_der_from_pem,
     check_certificate,
@@ -158,6 +161,58 @@ def test_another_signers_signature_is_refused() -> None:
 
     with pytest.raises(BadSignatureError, match="the receipt's signature"):
         key.verify_key().verify(other.sign(PLAINTEXT), PLAINTEXT, what="the receipt's signature")
+
+
+# RFC 8032, section 7.1, tests 1 and 2: (private seed, public key, message, signature).
+RFC_8032 = [
+    (
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        "",
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+    ),
+    (
+        "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+        "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        "72",
+        "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+    ),
+]
+
+
+@pytest.mark.parametrize(("seed", "public", "message", "signature"), RFC_8032)
+def test_signatures_are_those_of_rfc_8032(
+    seed: str, public: str, message: str, signature: str
+) -> None:
+    """Signing and verifying go through libsodium, the keys through cryptography: both
+    are plain Ed25519, byte for byte."""
+    key = SigningKey(ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed)))
+
+    data = bytes.fromhex(message)
+
+    assert key.public_raw.hex() == public
+    assert key.sign(data).hex() == signature
+    assert VerifyKey(bytes.fromhex(public)).verify(bytes.fromhex(signature), data) is None
+
+
+@given(message=st.binary(max_size=300), seed=st.binary(min_size=32, max_size=32))
+@settings(max_examples=50)
+def test_our_signatures_are_those_of_the_cryptography_library(message: bytes, seed: bytes) -> None:
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+    signature = SigningKey(private).sign(message)
+
+    assert signature == private.sign(message)
+    private.public_key().verify(signature, message)  # raises if not
+
+
+@pytest.mark.parametrize("size", [0, 63, 65])
+def test_a_signature_of_the_wrong_size_is_refused(size: int) -> None:
+    """Not read as a signature and the start of the data: its size is named."""
+    key = generate_signing_key()
+    signed = key.sign(PLAINTEXT) + PLAINTEXT
+
+    with pytest.raises(BadSignatureError, match=f"is {size} bytes, not 64"):
+        key.verify_key().verify(signed[:size], signed[size:])
 
 
 @pytest.mark.parametrize("raw", [b"", b"\x00" * 31, b"\x00" * 33])

@@ -49,6 +49,7 @@ CORE_FORBIDDEN_STDLIB = {
 # Each third-party library behind one module (or a few, named), per layer.
 THIRD_PARTY = {
     "cryptography": {"core/crypto.py"},
+    "nacl": {"core/crypto.py"},
     "rfc8785": {"core/records.py"},
     "orjson": {"core/records.py"},
     "aiosqlite": {"node/store.py"},
@@ -111,7 +112,9 @@ def test_the_core_does_no_io(path: Path) -> None:
             bad = {f for f in CORE_FORBIDDEN_STDLIB if name == f or name.startswith(f + ".")}
             assert not bad, f"{path} imports {name}: the core takes bytes and `now`, not I/O"
         else:
-            assert top in {"cryptography", "rfc8785", "orjson", "joserfc"}, f"{path} imports {name}"
+            assert top in {"cryptography", "nacl", "rfc8785", "orjson", "joserfc"}, (
+                f"{path} imports {name}"
+            )
 
 
 @pytest.mark.parametrize("library", sorted(THIRD_PARTY))

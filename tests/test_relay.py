@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
+from network.node.links import after_burst
 from network.samples import sample_body
 from tests.harness import Network, rows, wait_for
 from tests.test_node import client_context
@@ -307,3 +308,40 @@ def test_the_roster_s_end_is_raised_days_before_and_when_it_passes_while_running
     assert after["status"] == "degraded"
     assert [a["alert"] for a in alerts] == ["roster_expired", "roster_expiring"]  # newest first
     assert len(audited_actions(network, "FRA", "roster_expiring")) == 1  # raised once
+
+
+# -- bursts: announcements and route refreshes wait for a burst of changes to pause ----
+
+
+async def _burst(changes: int, every: float, quiet: float, at_most: float) -> tuple[float, int]:
+    """Time `after_burst` takes while a counter changes `changes` times, every `every`
+    seconds; and the count it saw when it returned."""
+    count = 0
+
+    async def change() -> None:
+        nonlocal count
+        for _ in range(changes):
+            await asyncio.sleep(every)
+            count += 1
+
+    loop = asyncio.get_running_loop()
+    changing = asyncio.create_task(change())
+    started = loop.time()
+    await after_burst(lambda: count, quiet, at_most)
+    took, seen = loop.time() - started, count
+    changing.cancel()
+    return took, seen
+
+
+def test_a_burst_is_followed_once_it_pauses() -> None:
+    took, seen = asyncio.run(_burst(changes=5, every=0.02, quiet=0.1, at_most=5))
+
+    assert seen == 5  # every change of the burst, none left for later
+    assert 0.1 + 5 * 0.02 <= took < 5  # the quiet after the last, not the cap
+
+
+def test_a_burst_that_lasts_is_followed_at_the_cap() -> None:
+    took, seen = asyncio.run(_burst(changes=1000, every=0.01, quiet=0.1, at_most=0.5))
+
+    assert 0.5 <= took < 1.5
+    assert 0 < seen < 1000

@@ -132,6 +132,23 @@ def test_routes_that_move_make_the_new_first_hop_look() -> None:
     assert batch.look and not batch.detours
 
 
+def test_routes_follow_at_once_when_the_burst_of_announcements_has_paused() -> None:
+    """The link layer says when the burst is over: no waiting out `ROUTE_REFRESH_MS`."""
+    made = scheduler({DEU: {ME}}, [DEU])
+    made.refresh_routes(T0 + ROUTE_REFRESH_MS)
+    made.routing.accept(Announcement(KEN, 1, frozenset({DEU}), b""))
+    made.routing.accept(Announcement(DEU, 2, frozenset({ME, KEN}), b""))
+
+    too_soon = made.refresh_routes(T0 + ROUTE_REFRESH_MS + 1)
+    paused = made.refresh_routes(T0 + ROUTE_REFRESH_MS + 1, paused=True)
+    again = made.refresh_routes(T0 + ROUTE_REFRESH_MS + 2, paused=True)
+
+    assert too_soon is None
+    assert paused == {DEU}
+    assert made.routing.next_hops(KEN) == (DEU,)
+    assert again is None  # nothing new since: not stale
+
+
 def test_a_relayed_message_never_goes_back_along_its_path() -> None:
     made = scheduler(GRAPH, LINKED)
     hops = made.routing.next_hops(KEN)

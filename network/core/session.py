@@ -128,7 +128,7 @@ class LinkSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
-    announce_delay: float = 0.2
+    announce_delay: float = 1.0
 
 
 # An envelope as it travels: the relays it came through, then its exact bytes.

@@ -70,6 +70,7 @@ class Delivery:
         self._signals: dict[NodeId, asyncio.Event] = {}
         # Set when announcements changed the routes; the link layer refreshes them soon.
         self.routes_stale = asyncio.Event()
+        self.route_news = 0  # announcements that changed something, ever: bursts end when it stops
 
     # -- signals -----------------------------------------------------------------------
 
@@ -85,10 +86,10 @@ class Delivery:
         if not self.routing.stale:
             self.routes_stale.clear()
 
-    def refresh_routes(self) -> None:
-        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`;
-        wake only the links that destinations moved to."""
-        self._wake(self.scheduler.refresh_routes(self.context.clock()) or ())
+    def refresh_routes(self, *, paused: bool = False) -> None:
+        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`
+        or once their burst has `paused`; wake only the links that destinations moved to."""
+        self._wake(self.scheduler.refresh_routes(self.context.clock(), paused=paused) or ())
         self._routes_followed()
 
     def wake(self, destination: str | None = None) -> None:
@@ -135,6 +136,7 @@ class Delivery:
             return False
         if not self.routing.accept(announcement):
             return False
+        self.route_news += 1
         self.routes_stale.set()
         return True
 

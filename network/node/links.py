@@ -75,7 +75,7 @@ from network.core.session import (
 from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
 from network.node.restoring import Restoring, give_back
-from network.node.scheduler import ROUTE_REFRESH_MS
+from network.node.scheduler import ROUTE_QUIET_MS, ROUTE_REFRESH_MS
 from network.node.sockets import inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
 from network.node.wiring import Node
@@ -149,6 +149,7 @@ class Links:
         self.active: dict[NodeId, _Link] = {}
         self._wake: dict[NodeId, asyncio.Event] = {}
         self._links_changed = asyncio.Event()
+        self._link_changes = 0  # links come and gone, ever: a burst ends when it stops
         self._my_cert = keys.card.tls_sha256
         self._server: Server | None = None
         self._listener: _Listener | None = None
@@ -374,7 +375,7 @@ class Links:
             self._offer_checkpoint(link)
             self._ask_back(link)
             link.flush()
-            self._links_changed.set()
+            self._link_changed()
             why = await self._carry(link)
         except ConnectionClosed as exc:
             why = _describe(exc)
@@ -389,11 +390,15 @@ class Links:
             if self.active.get(peer) is link:
                 del self.active[peer]
                 self.node.delivery.link_down(peer)
-                self._links_changed.set()
+                self._link_changed()
             link.closed.set()
             with contextlib.suppress(Exception):
                 await ws.close()
             log.info("%s: link with %s closed: %s", self.me, peer, why)
+
+    def _link_changed(self) -> None:
+        self._link_changes += 1
+        self._links_changed.set()
 
     async def _announcer(self) -> None:
         """Tell every peer which links we have, once per burst of changes: once no link
@@ -405,23 +410,21 @@ class Links:
         delay = self.settings.announce_delay
         while True:
             await self._links_changed.wait()
-            waited = 0.0
-            while waited < 10 * delay:
-                self._links_changed.clear()
-                await asyncio.sleep(delay)
-                waited += delay
-                if not self._links_changed.is_set():
-                    break
+            await after_burst(lambda: self._link_changes, delay, 10 * delay)
             self._links_changed.clear()
             announcement = self.node.delivery.links_changed()
             self._broadcast(LinkSession.send_announcement, announcement.raw)
 
     async def _route_refresher(self) -> None:
-        """Routes follow announcements once per burst, not once per announcement."""
+        """Routes follow announcements once per burst: once none has brought news for
+        `ROUTE_QUIET_MS`, and every `ROUTE_REFRESH_MS` while the burst lasts."""
+        delivery = self.node.delivery
         while True:
-            await self.node.delivery.routes_stale.wait()
-            await asyncio.sleep(ROUTE_REFRESH_MS / 1000)
-            self.node.delivery.refresh_routes()
+            await delivery.routes_stale.wait()
+            await after_burst(
+                lambda: delivery.route_news, ROUTE_QUIET_MS / 1000, ROUTE_REFRESH_MS / 1000
+            )
+            delivery.refresh_routes(paused=True)
 
     def offer_checkpoint(self) -> None:
         """Offer our newest checkpoint to every linked peer, each with its own proof."""
@@ -815,6 +818,18 @@ class _Marks:
         while self.task is not None and not self.task.done() and wanted & self.unmarked:
             await asyncio.wait((self.round, self.task), return_when=asyncio.FIRST_COMPLETED)
         self.check()
+
+
+async def after_burst(changes: Callable[[], int], quiet: float, at_most: float) -> None:
+    """Return once `changes()` has stood still for `quiet` seconds, or after `at_most`:
+    a burst of changes is followed once when it pauses, and regularly while it lasts."""
+    waited = 0.0
+    while waited < at_most:
+        seen = changes()
+        await asyncio.sleep(min(quiet, at_most - waited))
+        waited += quiet
+        if changes() == seen:
+            return
 
 
 def _outgoing(row: MessageRow) -> Outgoing:

@@ -36,6 +36,7 @@ from network.core.session import Room
 __all__ = [
     "MAX_NEWS",
     "MAX_PENDING_RECEIPTS",
+    "ROUTE_QUIET_MS",
     "ROUTE_REFRESH_MS",
     "Batch",
     "Candidate",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most this often
+ROUTE_QUIET_MS = 100  # ... or sooner, once a burst has paused this long
 MAX_PENDING_RECEIPTS = 10_000  # per destination: receipts to pass on, in memory
 MAX_NEWS = 100_000  # per link and priority: ids queued since it last looked, in memory
 RANKS = len(PRIORITY_RANK)  # rank 0 is flash
@@ -113,13 +115,14 @@ class Scheduler:
 
     # -- routes --------------------------------------------------------------------
 
-    def refresh_routes(self, now: int) -> set[NodeId] | None:
-        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`.
+    def refresh_routes(self, now: int, *, paused: bool = False) -> set[NodeId] | None:
+        """Recompute routes after announcements changed, at most every `ROUTE_REFRESH_MS`,
+        or at once when `paused`: the burst of announcements is over (`ROUTE_QUIET_MS`).
 
         None if they were not recomputed (not stale, or too soon); else the links that
         destinations moved to, now dirty (the others have nothing new).
         """
-        if not self.routing.stale or now - self._routes_at < ROUTE_REFRESH_MS:
+        if not self.routing.stale or (not paused and now - self._routes_at < ROUTE_REFRESH_MS):
             return None
         self._routes_at = now
         self.routing.refresh()

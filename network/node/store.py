@@ -1365,6 +1365,9 @@ class _WriteLock:
             self.release()
 
 
+READER_CACHE_KIB = 256
+
+
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
     try:
         await db.execute("PRAGMA journal_mode = WAL")
@@ -1493,6 +1496,9 @@ class Store:
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
             await reader.execute("PRAGMA query_only = ON")
+            # Its reads come from the OS's cache of the file as cheaply: SQLite's own
+            # cache of 2 MiB per connection was a fifth of a 193-node machine's memory.
+            await reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             store = cls(writer, reader, path, clock)
             await store._load_audit_log()
         except BaseException:
