@@ -31,8 +31,11 @@ def test_checkpoints_are_signed_and_cosigned_by_the_peer(tmp_path: Path) -> None
     try:
         network.start("DEU")
         network.start("FRA")
-        network.send("FRA", "DEU", "preservation", sample_body("preservation"), priority="flash")
+        message_id = network.send(
+            "FRA", "DEU", "preservation", sample_body("preservation"), priority="flash"
+        )
         fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
+        network.wait_state("FRA", message_id, {"delivered"})  # DEU's receipt is kept
         wait_for(
             lambda: rows(fra, "SELECT 1 FROM cosignatures WHERE witness = 'DEU'"),
             what="DEU's cosignature of FRA's checkpoint",

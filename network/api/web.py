@@ -1585,13 +1585,24 @@ def build_app(
         if route.roles is None and route.path.startswith("/api/"):
             raise ValueError(f"{route.path}: routes under /api/ must declare their roles")
         app.router.add_route(route.method, route.path, route.handler)
-    app[_OPENAPI] = document(
+    described = _api_document()
+    app[_OPENAPI] = {
+        **described,
+        "info": {**described["info"], "title": f"cpn node {node.context.me}"},
+    }
+    return app
+
+
+@functools.cache
+def _api_document() -> dict[str, Any]:
+    """The API's description, made once per process: ~180 KiB that every node of a
+    simulation shares, each with its own title."""
+    return document(
         ROUTES,
-        title=f"cpn node {node.context.me}",
+        title="cpn node",
         version=__version__,
         description="The HTTP API of a node of the 24/7 contact-point network.",
     )
-    return app
 
 
 async def _close_sso(app: web.Application) -> None:

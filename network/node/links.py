@@ -54,7 +54,7 @@ from network.core.protocol import (
     backoff_delays,
 )
 from network.core.records import NodeId, Priority
-from network.core.roster import Roster
+from network.core.roster import Card, Roster
 from network.core.session import (
     AnnouncementReceived,
     CheckpointOffered,
@@ -156,23 +156,32 @@ class Links:
         # The server's context is handed to the listener once; each connection it accepts
         # takes the trust of the roster held at that moment (`_RosterTrust`).
         self._server_ssl = _RosterTrust(self._ssl_context(server=True))
-        self._client_ssl = self._ssl_context(server=False)
+        self._client_ssl: dict[bytes, ssl.SSLContext] = {}  # by the certificate dialled
         if witnessing is not None:
             witnessing.attach(self._ask_held)
 
     # -- TLS ---------------------------------------------------------------------
 
-    def _ssl_context(self, *, server: bool) -> ssl.SSLContext:
+    def _ssl_context(self, *, server: bool, anchors: str | None = None) -> ssl.SSLContext:
+        """The server trusts every active contact point's certificate (anyone may dial
+        us); a dialler, only `anchors`, the certificate of the peer it dials."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.check_hostname = False  # peers are pinned by certificate, not by name
         context.verify_mode = ssl.CERT_REQUIRED  # the server requires a client certificate too
-        context.load_verify_locations(cadata=self._anchors())
+        context.load_verify_locations(cadata=anchors or _anchors(self.node.context.roster))
         load_tls_chain(context, self.keys)  # the key stays out of any file in clear
         return context
 
-    def _anchors(self) -> str:
-        return _anchors(self.node.context.roster)
+    def _client_context(self, card: Card) -> ssl.SSLContext:
+        """A context trusting the one certificate of the peer we dial, kept until the
+        roster changes. OpenSSL keeps ~4.6 KiB per trusted certificate: a context
+        trusting the whole roster took 0.9 MiB, and a node may dial a handful."""
+        context = self._client_ssl.get(card.tls_cert)
+        if context is None:
+            context = self._ssl_context(server=False, anchors=certificate_pem(card.tls_cert))
+            self._client_ssl[card.tls_cert] = context
+        return context
 
     @staticmethod
     def _peer_cert(ws: Connection) -> bytes:
@@ -292,7 +301,8 @@ class Links:
 
     async def _dial(self, peer: NodeId) -> None:
         card = self.node.context.roster.active_card(peer)
-        async with connect(card.url, ssl=self._client_ssl, proxy=None, **self._options()) as ws:
+        context = self._client_context(card)
+        async with connect(card.url, ssl=context, proxy=None, **self._options()) as ws:
             peer_cert = self._peer_cert(ws)
             handshake = self._handshake(Role.CLIENT, peer_cert, peer)
             try:
@@ -487,7 +497,7 @@ class Links:
         # New contexts trusting exactly this roster's active contact points: a certificate
         # revoked or replaced no longer opens even a TLS connection.
         self._server_ssl.renew(self._ssl_context(server=True))
-        self._client_ssl = self._ssl_context(server=False)
+        self._client_ssl.clear()
         await self._know_roster_hosts()
         if self.on_roster is not None:
             await self.on_roster(roster)
