@@ -61,6 +61,7 @@ from network.node.keys import load_node_keys
 from network.node.links import MAX_PENDING_HANDSHAKES, PENDING_PER_ROSTER_HOST
 from network.node.runner import load_current_roster
 from network.samples import sample_body
+from tests.faults.proxy import Proxy
 from tests.harness import Network, pause_async, rows, wait_for
 from tests.test_cases import in_days
 from tests.test_node import client_context
@@ -280,6 +281,33 @@ def test_a_stolen_certificate_without_the_signing_key_is_refused(net: Network) -
     refusals = audited(net, "link_refused")
     assert refusals and all(d["reason"] == "bad_signature" for _, d in refusals)
     assert all(actor == "peer:127.0.0.1" for actor, _ in refusals)
+
+
+def test_a_dialler_reaching_another_contact_point_at_its_peers_address_stops_at_tls(
+    tmp_path: Path,
+) -> None:
+    """FRA dials DEU, and the address DEU's card names leads to KEN (a contact point, its
+    certificate in the roster): the dialler trusts only DEU's certificate, so the TLS
+    handshake itself fails; no hello is signed or read. Before, a dialler trusted every
+    contact point's certificate, and only the certificate pin after TLS refused."""
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": [], "KEN": []}, proxied=("DEU",))
+    deu, ken = network.nodes["DEU"], network.nodes["KEN"]
+    assert deu.proxy_socket is not None
+    proxy = Proxy(deu.proxy_socket, ken.listen_port).start()
+    try:
+        network.start("KEN")
+        network.start("FRA")
+        failed = wait_for(
+            lambda: rows(
+                network.nodes["FRA"].store, "SELECT last_error FROM peers WHERE id = 'DEU'"
+            ),
+            what="FRA's failed dial of DEU",
+        )
+    finally:
+        proxy.close()
+        network.close()
+
+    assert "CERTIFICATE_VERIFY_FAILED" in str(failed[0][0]), failed
 
 
 def test_forged_envelopes_are_refused_with_a_signed_rejection(net: Network) -> None:
