@@ -128,6 +128,8 @@ class LinkSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
+    # Our links' announcement goes once none has come or gone for this long (at most ten
+    # times it): at a 193-node start, 0.2 s made 1.55 versions a node, each flooded to all.
     announce_delay: float = 1.0
 
 
