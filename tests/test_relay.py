@@ -310,6 +310,30 @@ def test_the_roster_s_end_is_raised_days_before_and_when_it_passes_while_running
     assert len(audited_actions(network, "FRA", "roster_expiring")) == 1  # raised once
 
 
+def test_a_direct_link_carries_what_waits_as_soon_as_it_is_up(tmp_path: Path) -> None:
+    """Routes follow our own links at once; only the announcement of them waits for the
+    links to stop changing (`announce_delay`, 1 s). Before, the route to a peer just
+    linked waited for that announcement: the message queued for DEU went a second or
+    more after the link came up, and a backup taken under load found nothing yet."""
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
+    try:
+        network.start("FRA")
+        message_id = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
+        network.start("DEU")
+        network.wait_state("FRA", message_id, {"delivered"})
+        fra = network.nodes["FRA"].store
+        (linked,) = rows(fra, "SELECT MIN(time) FROM audit WHERE action = 'link_up'")[0]
+        (sent,) = rows(
+            fra,
+            "SELECT MIN(time) FROM audit WHERE action = 'sent' AND message_id = ?",
+            (message_id,),
+        )[0]
+    finally:
+        network.close()
+
+    assert 0 <= int(sent) - int(linked) < 1000, (linked, sent)  # not after the announcement
+
+
 # -- bursts: announcements and route refreshes wait for a burst of changes to pause ----
 
 

@@ -110,10 +110,14 @@ class Delivery:
     def link_down(self, peer: str) -> None:
         self.scheduler.link_down(NodeId(peer))
 
-    def links_changed(self) -> Announcement:
-        """Our live links changed: recompute routes and sign a new announcement."""
+    def links_changed(self) -> None:
+        """Our live links changed: routes follow at once (a link that is up is used at
+        once, one that is down never), whenever the announcement of them goes."""
         self.routing.set_linked(self.linked)
         self.wake()
+
+    def announcement(self) -> Announcement:
+        """A new signed announcement of our live links, to flood."""
         self._announce_seq = max(self._announce_seq + 1, self.context.clock())
         return make_announcement(
             self.context.me, self._announce_seq, self.routing.linked, self.context.keys.signing

@@ -407,6 +407,7 @@ class Links:
             log.info("%s: link with %s closed: %s", self.me, peer, why)
 
     def _link_changed(self) -> None:
+        self.node.delivery.links_changed()
         self._link_changes += 1
         self._links_changed.set()
 
@@ -422,7 +423,7 @@ class Links:
             await self._links_changed.wait()
             await after_burst(lambda: self._link_changes, delay, 10 * delay)
             self._links_changed.clear()
-            announcement = self.node.delivery.links_changed()
+            announcement = self.node.delivery.announcement()
             self._broadcast(LinkSession.send_announcement, announcement.raw)
 
     async def _route_refresher(self) -> None:
