@@ -110,11 +110,16 @@ class Delivery:
     def link_down(self, peer: str) -> None:
         self.scheduler.link_down(NodeId(peer))
 
-    def links_changed(self) -> None:
+    def links_changed(self, *, lost: bool) -> None:
         """Our live links changed: routes follow at once (a link that is up is used at
-        once, one that is down never), whenever the announcement of them goes."""
+        once, one that is down never), whenever the announcement of them goes. A link
+        `lost` sends every other link to look through the outbox for what it carried; a
+        new one looks through it on its first turn (`Scheduler.link_up`) for what is now
+        best sent its way, and the others need not look: at a network's start, every
+        link looking at every link come up was seconds of work."""
         self.routing.set_linked(self.linked)
-        self.wake()
+        if lost:
+            self.wake()
 
     def announcement(self) -> Announcement:
         """A new signed announcement of our live links, to flood."""

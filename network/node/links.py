@@ -385,7 +385,7 @@ class Links:
             self._offer_checkpoint(link)
             self._ask_back(link)
             link.flush()
-            self._link_changed()
+            self._link_changed(lost=False)
             why = await self._carry(link)
         except ConnectionClosed as exc:
             why = _describe(exc)
@@ -400,14 +400,14 @@ class Links:
             if self.active.get(peer) is link:
                 del self.active[peer]
                 self.node.delivery.link_down(peer)
-                self._link_changed()
+                self._link_changed(lost=True)
             link.closed.set()
             with contextlib.suppress(Exception):
                 await ws.close()
             log.info("%s: link with %s closed: %s", self.me, peer, why)
 
-    def _link_changed(self) -> None:
-        self.node.delivery.links_changed()
+    def _link_changed(self, *, lost: bool) -> None:
+        self.node.delivery.links_changed(lost=lost)
         self._link_changes += 1
         self._links_changed.set()
 
