@@ -14,7 +14,7 @@ from websockets.exceptions import WebSocketException
 
 from network.node.links import after_burst
 from network.samples import sample_body
-from tests.harness import Network, rows, wait_for
+from tests.harness import Network, pause_async, rows, wait_for
 from tests.test_node import client_context
 
 pytestmark = pytest.mark.timeout(180)
@@ -345,7 +345,7 @@ async def _burst(changes: int, every: float, quiet: float, at_most: float) -> tu
     async def change() -> None:
         nonlocal count
         for _ in range(changes):
-            await asyncio.sleep(every)
+            await pause_async(every, "the burst's pace is what is tested")
             count += 1
 
     loop = asyncio.get_running_loop()
