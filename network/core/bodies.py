@@ -47,6 +47,7 @@ signed envelope header.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -222,6 +223,29 @@ _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 # isolates, which can make what an officer sees differ from what was sent.
 _BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _BAD_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+@functools.lru_cache(maxsize=1024)
+def ip_text(text: str) -> str | None:
+    """`text` as an IP address in the one form `ipaddress` writes it, or None if it is
+    not one. Cached: a message's addresses are parsed where its body is checked and again
+    where they are matched (`network.core.identifiers`), at the sender and the receiver."""
+    if _plain_ipv4(text):  # already in its one form: no parse (most addresses)
+        return text
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        return None
+
+
+def _plain_ipv4(text: str) -> bool:
+    """Four decimal octets with no leading zero: an IPv4 address exactly as `ipaddress`
+    writes it (which refuses leading zeros)."""
+    octets = text.split(".")
+    return len(octets) == 4 and all(
+        o.isascii() and o.isdigit() and len(o) <= 3 and (o == "0" or o[0] != "0") and int(o) < 256
+        for o in octets
+    )
 
 
 def _email_problem(value: str) -> str | None:
@@ -478,10 +502,8 @@ class Identifier:
     def __post_init__(self) -> None:
         _check_rules(self)
         if self.kind == IdentifierKind.IP_ADDRESS:
-            try:
-                ipaddress.ip_address(self.value)
-            except ValueError:
-                raise BodyError("value", "must be an IP address when kind is ip_address") from None
+            if ip_text(self.value) is None:
+                raise BodyError("value", "must be an IP address when kind is ip_address")
         elif self.kind == IdentifierKind.EMAIL and (problem := _email_problem(self.value)):
             raise BodyError("value", problem)
 
@@ -1112,21 +1134,28 @@ def parse_request(
     BodyError naming `to`, `type`, `priority` or `body.<field>`. Whether `to` is
     in the roster is for the node to say.
     """
-    parse_recipient(to)
-    if not isinstance(message_type, str) or message_type not in set(MessageType):
+    recipient = parse_recipient(to)
+    kind = _MESSAGE_TYPES.get(message_type) if isinstance(message_type, str) else None
+    if kind is None:
         raise BodyError("type", f"must be one of: {_choices(MessageType)}")
-    if message_type == MessageType.ATTACHMENT_PART:
+    if kind is MessageType.ATTACHMENT_PART:
         raise BodyError("type", "attachment parts are sent by the node, with their message")
-    if not isinstance(priority, str) or priority not in set(Priority):
+    urgency = _PRIORITIES.get(priority) if isinstance(priority, str) else None
+    if urgency is None:
         raise BodyError("priority", f"must be one of: {_choices(Priority)}")
-    check_priority(MessageType(message_type), Priority(priority))
+    check_priority(kind, urgency)
     if not isinstance(body, dict):
         raise BodyError("body", "must be an object")
     try:
-        typed = parse_body(message_type, body)
+        typed = _record_from(BODY_TYPES[kind], body, "")
     except BodyError as exc:
         raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
-    return NodeId(str(to)), MessageType(message_type), Priority(priority), typed
+    return recipient, kind, urgency, typed
+
+
+# By value, for a dict lookup per request (building the enum's set each time was not free).
+_MESSAGE_TYPES: Final[Mapping[str, MessageType]] = {t.value: t for t in MessageType}
+_PRIORITIES: Final[Mapping[str, Priority]] = {p.value: p for p in Priority}
 
 
 def body_to_json(body: Body) -> dict[str, Any]:
@@ -1338,24 +1367,30 @@ def _compile(hint: Any) -> _Converter:
 
 def _record_converter(cls: type) -> _Converter:
     hints = get_type_hints(cls, include_extras=True)
-    # (name, converter, required), in declaration order.
-    spec: list[tuple[str, _Converter, bool]] = []
+    # (name, type hint, required), in declaration order.
+    spec: list[tuple[str, Any, bool]] = []
     for field in dataclasses.fields(cls):
         hint = hints[field.name]
         required = field.default is dataclasses.MISSING
         if not required:  # `X | None = None`
             (hint,) = (arg for arg in get_args(hint) if arg is not NoneType)
-        spec.append((field.name, _LazyConverter(hint), required))
+        spec.append((field.name, hint, required))
     names = frozenset(name for name, _, _ in spec)
+    # The fields' converters, compiled at the first use (records may refer to records
+    # defined later) and called directly from then on.
+    fields: list[tuple[str, _Converter, bool]] | None = None
 
     def convert(value: object, path: str) -> Any:
+        nonlocal fields
+        if fields is None:
+            fields = [(name, _converter(hint), required) for name, hint, required in spec]
         if not isinstance(value, dict):
             raise BodyError(path, f"must be an object, got {_kind(value)}")
-        for key in value:
-            if key not in names:
-                raise BodyError(_join(path, str(key)), "unknown field")
+        if not names.issuperset(value):
+            unknown = next(key for key in value if key not in names)
+            raise BodyError(_join(path, str(unknown)), "unknown field")
         kwargs: dict[str, Any] = {}
-        for name, conv, required in spec:
+        for name, conv, required in fields:
             item = value.get(name)
             if item is not None:
                 kwargs[name] = conv(item, f"{path}.{name}" if path else name)
@@ -1369,21 +1404,6 @@ def _record_converter(cls: type) -> _Converter:
             raise BodyError(_join(path, exc.field), exc.problem) from None
 
     return convert
-
-
-class _LazyConverter:
-    """Compiles its hint on first use, so records may refer to records defined later."""
-
-    __slots__ = ("_conv", "_hint")
-
-    def __init__(self, hint: Any) -> None:
-        self._hint = hint
-        self._conv: _Converter | None = None
-
-    def __call__(self, value: object, path: str) -> Any:
-        if self._conv is None:
-            self._conv = _converter(self._hint)
-        return self._conv(value, path)
 
 
 def _enum_converter(enum: type[StrEnum]) -> _Converter:

@@ -288,7 +288,7 @@ class StorageKey:
     def tag(self, text: str) -> str:
         """A keyed digest of `text`: equal texts match, yet the store holds no clear text
         (a case reference threads a case without being readable at rest)."""
-        return hmac.new(self._tag_key, text.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._tag_key, text.encode(), "sha256").hex()[:32]
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         nonce = os.urandom(12)

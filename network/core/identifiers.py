@@ -6,33 +6,16 @@ Pure: no I/O. The store keeps only a keyed digest of `kind:normalised`, never th
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Final
 
-from network.core.bodies import IdentifierKind
+from network.core.bodies import IdentifierKind, ip_text
 
 __all__ = ["match_keys", "normalise"]
 
 
 def _ip(value: str) -> str | None:
-    text = value.strip().strip("[]")
-    if _plain_ipv4(text):  # already in its one form: no parse (most addresses, each message)
-        return text
-    try:
-        return ipaddress.ip_address(text).compressed
-    except ValueError:
-        return None
-
-
-def _plain_ipv4(text: str) -> bool:
-    """Four decimal octets with no leading zero: an IPv4 address exactly as `ipaddress`
-    writes it (which refuses leading zeros)."""
-    octets = text.split(".")
-    return len(octets) == 4 and all(
-        o.isascii() and o.isdigit() and len(o) <= 3 and (o == "0" or o[0] != "0") and int(o) < 256
-        for o in octets
-    )
+    return ip_text(value.strip().strip("[]"))
 
 
 def _email(value: str) -> str | None:

@@ -200,31 +200,38 @@ def b64decode(text: object, *, field: str = "value") -> bytes:
 
 def _fits(value: Json, depth: int) -> bool | None:
     """`check_json_value` without naming paths (each message's every value is walked; only
-    a refusal needs its path): whether all keys are ASCII, or None if anything is wrong."""
+    a refusal needs its path): whether all keys are ASCII, or None if anything is wrong.
+    A loop over a stack of containers, not a call per value: strings, most of a body's
+    values, are taken where they stand."""
     if depth > MAX_JSON_DEPTH:
         return None
-    if value is None or value is True or value is False or type(value) is str:
-        return True
-    kind = type(value)
-    if kind is dict:
-        ascii_keys = True
-        for key, item in value.items():
-            fits = _fits(item, depth + 1) if type(key) is str else None
-            if fits is None:
-                return None
-            ascii_keys = fits and ascii_keys and key.isascii()
-        return ascii_keys
-    if kind is list:
-        ascii_keys = True
-        for item in value:
-            fits = _fits(item, depth + 1)
-            if fits is None:
-                return None
-            ascii_keys = fits and ascii_keys
-        return ascii_keys
-    if kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-        return True
-    return None  # a float, an int out of range, a subclass, anything else: named below
+    ascii_keys = True
+    stack: list[tuple[Json, int]] = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        kind = type(item)
+        if kind is str or item is None or item is True or item is False:
+            continue
+        if kind is dict or kind is list:
+            if level >= MAX_JSON_DEPTH and item:
+                return None  # its members would be nested too deep
+            if kind is dict:
+                for key in item:
+                    if type(key) is not str:
+                        return None
+                    if ascii_keys and not key.isascii():
+                        ascii_keys = False
+                members = item.values()
+            else:
+                members = item
+            for member in members:
+                if type(member) is not str:
+                    stack.append((member, level + 1))
+            continue
+        if kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+            continue
+        return None  # a float, an int out of range, a subclass, anything else: named below
+    return ascii_keys
 
 
 def check_json_value(value: Json, path: str = "", depth: int = 0) -> bool:

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
@@ -518,8 +518,11 @@ _STATES: Final[dict[str, State]] = {s.value: s for s in State}
 _TYPES: Final[dict[str, MessageType | None]] = {"": None, **{t.value: t for t in MessageType}}
 
 
+@lru_cache(maxsize=4096)
 def _decode_path(text: str) -> tuple[NodeId, ...]:
-    """A stored path (a JSON list of node ids) as a tuple; most are empty."""
+    """A stored path (a JSON list of node ids) as a tuple; most are empty. Cached: a hub
+    reads the same few paths (an origin and the hubs before it) on row after row of
+    every look through its outbox."""
     if text == "[]":
         return ()
     return cast("tuple[NodeId, ...]", tuple(json.loads(text)))  # NodeId is str at run time
