@@ -23,6 +23,11 @@ same three durable SQLite commits a message needs at least (queued at the
 sender, received at the receiver, delivered at the sender), with
 synchronous=FULL as the node uses. The latency floor is that work for one
 message, back to back (no queue, no network).
+
+Beside each load a probe process (`PROBE`) measures the machine's own delays: how late a
+thread wakes from a 1 ms sleep, and how long a 4 KiB write and fsync take where the stores
+are. A flash message passes three durable commits and a dozen wake-ups in two busy
+processes: at 90% load these, not the project's queues, can set its tail.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -224,6 +231,47 @@ def raw_floor_per_message(rounds: int = 300) -> dict[str, float]:
     return {key: statistics.median(values) for key, values in steps.items()}
 
 
+# The machine's own delays at each load, measured beside the nodes by a process that does
+# no project work: how late a thread wakes from a 1 ms sleep (the scheduler, with every
+# core busy), and how long a 4 KiB write and fsync take in the stores' file system (the
+# disk, with both stores committing). A flash message passes three durable commits and
+# a dozen wake-ups on its way: these bound what its latency can be at that load.
+PROBE = """
+import json, os, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+wakes, syncs = [], []
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+block = os.urandom(4096)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    t = time.perf_counter()
+    time.sleep(0.001)
+    wakes.append((time.perf_counter() - t - 0.001) * 1000)
+    if len(wakes) % 10 == 0:
+        t = time.perf_counter()
+        os.write(fd, block)
+        os.fsync(fd)
+        syncs.append((time.perf_counter() - t) * 1000)
+os.close(fd)
+print(json.dumps({"wake": wakes, "fsync": syncs}))
+"""
+
+
+def start_probe(root: Path, seconds: float) -> subprocess.Popen[str]:
+    """The probe process (`PROBE`) for `seconds`, its file beside the stores."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE, str(root / "probe.bin"), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def probe_results(probe: subprocess.Popen[str]) -> dict[str, list[float]]:
+    out, _ = probe.communicate(timeout=60)
+    result: dict[str, list[float]] = json.loads(out)
+    return result
+
+
 async def post(session: aiohttp.ClientSession, api: str, priority: str, to: str = "DEU") -> None:
     request = {"to": to, "type": "preservation", "priority": priority, "body": BODY}
     async with session.post(f"{api}/api/messages", json=request) as response:
@@ -368,6 +416,7 @@ def main() -> None:
     network = Network(root, {"FRA": ["DEU"], "DEU": ["FRA"]})
     store = network.nodes["FRA"].store
     paced: list[tuple[float, float, list[tuple[str, int, int]]]] = []  # share, rate, rows
+    probes: dict[float, dict[str, list[float]]] = {}  # share: the machine's delays meanwhile
     try:
         network.start("FRA")
         network.start("DEU")
@@ -387,9 +436,11 @@ def main() -> None:
 
         for share in loads:  # each load once the one before has drained
             since = int(time.time() * 1000)
+            probe = start_probe(root, args.paced_seconds)
             count = asyncio.run(
                 post_paced(network, rate * share, args.paced_seconds, args.flash_every)
             )
+            probes[share] = probe_results(probe)
             paced.append((share, rate * share, wait_delivered(store, count, since, args.timeout)))
         stages = stage_times({n: network.nodes[n].store for n in ("FRA", "DEU")}, since)
         network.stop("DEU")
@@ -441,6 +492,19 @@ def main() -> None:
                     )
                 )
         points.append(point)
+    for share, offered, _ in paced:
+        for what, label in (("wake", "a wake-up's delay"), ("fsync", "a 4 KiB write and fsync")):
+            values = probes[share][what]
+            for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+                figures.append(
+                    Figure(
+                        "throughput",
+                        f"machine: {label}, {name}, at {share:.0%} load ({offered:.0f} msg/s)",
+                        "ms",
+                        percentile(values, fraction),
+                        higher_is_better=False,
+                    )
+                )
 
     print(f"machine: {machine()}")
     print(
