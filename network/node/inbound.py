@@ -617,8 +617,6 @@ class Inbound:
         receipt in the log).
         """
         now = self.context.clock()
-        settled: list[str] = []
-        link_actor = f"node:{peer}"
         checked: list[Receipt | PeerError] = []
         for raw in raws:
             try:
@@ -629,10 +627,34 @@ class Inbound:
                 )
             except PeerError as exc:
                 checked.append(exc)
+        # A flash message's receipt goes first, in a transaction of its own: it waits for
+        # its own sent mark only, not for those of the urgent messages beside it.
+        first: list[Receipt | PeerError] = [
+            r for r in checked if isinstance(r, Receipt) and flash(r.message_id)
+        ]
+        rest = [r for r in checked if not (isinstance(r, Receipt) and flash(r.message_id))]
+        settled: list[str] = []
+        for group, urgent in ((first, True), (rest, False)):
+            if group:
+                settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
+        return settled
+
+    async def _take_receipts(
+        self,
+        peer: str,
+        checked: list[Receipt | PeerError],
+        now: int,
+        urgent: bool,
+        sent_marked: Callable[[Sequence[str]], Awaitable[None]] | None,
+    ) -> list[str]:
+        """`accept_receipts` for receipts checked, in one transaction (`urgent`: it goes
+        first, and commits at once)."""
+        settled: list[str] = []
+        link_actor = f"node:{peer}"
         ids = [r.message_id for r in checked if isinstance(r, Receipt)]
         if sent_marked is not None:
             await sent_marked(ids)
-        async with self.context.store.transaction(now, urgent=any(map(flash, ids))) as tx:
+        async with self.context.store.transaction(now, urgent=urgent) as tx:
             await tx.prefetch(ids)
             entries: list[AuditEntry] = []
             for result in checked:
