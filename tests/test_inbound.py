@@ -83,13 +83,15 @@ async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
             await node.context.store.close()
 
 
-async def submit(node: Node, to: str = "DEU", ttl_ms: int | None = None) -> Envelope:
+async def submit(
+    node: Node, to: str = "DEU", ttl_ms: int | None = None, priority: str = "urgent"
+) -> Envelope:
     """What an officer of `node` sends to `to`, as the envelope that leaves."""
     row = await node.officers.submit(
         user="olivia",
         to=to,
         message_type="emergency",
-        priority="urgent",
+        priority=priority,
         body=sample_body("emergency"),
         ttl_ms=ttl_ms,
     )
@@ -293,25 +295,19 @@ async def test_a_flash_envelopes_sent_mark_goes_before_the_streams_marks_queued_
     ahead was a flash message's p99 (117 ms of it)."""
     fra = trio["FRA"]
     urgent = [(await submit(fra)).header.id for _ in range(3)]
-    flash_row = await fra.officers.submit(
-        user="olivia",
-        to="DEU",
-        message_type="emergency",
-        priority="flash",
-        body=sample_body("emergency"),
-    )
+    flash = (await submit(fra, priority="flash")).header
     marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), poll_interval=60))
     store = fra.context.store
     async with store.transaction(trio.clock.now):  # the store busy, as under load
         marks.add(urgent, flash=False)
         await until(lambda: store.queued_transactions == 1)  # the stream's mark waits
-        marks.add([flash_row.id], flash=True)
+        marks.add([flash.id], flash=True)
         await until(lambda: store.queued_transactions == 2)
-    await marks.settled([flash_row.id])
-    assert await state_of(fra, flash_row.id) is State.SENT
+    await marks.settled([flash.id])
+    assert await state_of(fra, flash.id) is State.SENT
     await marks.settled()
     urgent_at = [await sent_seq(fra, message_id) for message_id in urgent]
-    assert await sent_seq(fra, flash_row.id) < min(urgent_at)
+    assert await sent_seq(fra, flash.id) < min(urgent_at)
 
 
 async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_ones_beside_it(
@@ -322,17 +318,9 @@ async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_
     for its own mark only (the urgent marks may be behind a busy store)."""
     fra, deu = trio["FRA"], trio["DEU"]
     sent = await submit(fra)
-    flash_row = await fra.officers.submit(
-        user="olivia",
-        to="DEU",
-        message_type="emergency",
-        priority="flash",
-        body=sample_body("emergency"),
-    )
-    stored = await fra.context.store.message(flash_row.id)
-    assert stored is not None
-    receipts = await deu.inbound.accept_envelopes("FRA", [((), sent.raw), ((), stored.envelope)])
-    for message_id in (sent.header.id, flash_row.id):
+    flash = await submit(fra, priority="flash")
+    receipts = await deu.inbound.accept_envelopes("FRA", [((), sent.raw), ((), flash.raw)])
+    for message_id in (sent.header.id, flash.header.id):
         await fra.delivery.mark_sent("DEU", [message_id])
     urgent_marked = asyncio.Event()  # the urgent message's mark, still to commit
 
@@ -342,15 +330,15 @@ async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_
 
     taking = asyncio.create_task(
         fra.inbound.accept_receipts(
-            "DEU", receipts, flash=lambda i: i == flash_row.id, sent_marked=sent_marked
+            "DEU", receipts, flash=lambda i: i == flash.header.id, sent_marked=sent_marked
         )
     )
     try:
         query = "SELECT state FROM messages WHERE id = ?"
         path = fra.context.store.path
-        await until(lambda: rows(path, query, (flash_row.id,)) == [("delivered",)])
+        await until(lambda: rows(path, query, (flash.header.id,)) == [("delivered",)])
         assert await state_of(fra, sent.header.id) is State.SENT
     finally:
         urgent_marked.set()
-    assert sorted(await taking) == sorted([flash_row.id, sent.header.id])
+    assert sorted(await taking) == sorted([flash.header.id, sent.header.id])
     assert await state_of(fra, sent.header.id) is State.DELIVERED
