@@ -27,7 +27,7 @@ message, back to back (no queue, no network).
 Beside each load a probe process (`PROBE`) measures the machine's own delays: how late a
 thread wakes from a 1 ms sleep, and how long a 4 KiB write and fsync take where the stores
 are. A flash message passes three durable commits and a dozen wake-ups in two busy
-processes: at 90% load these, not the project's queues, can set its tail.
+processes: these are the part of its latency that is the machine's, not the project's.
 """
 
 from __future__ import annotations

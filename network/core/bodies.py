@@ -1096,17 +1096,21 @@ assert set(BODY_TYPES) == set(MessageType), "every message type needs a body"
 # --- Public functions ---
 
 
+# By value, for a dict lookup per request (building the enum's set each time was not free).
+_MESSAGE_TYPES: Final[Mapping[str, MessageType]] = {t.value: t for t in MessageType}
+_PRIORITIES: Final[Mapping[str, Priority]] = {p.value: p for p in Priority}
+
+
 def parse_body(message_type: MessageType | str, value: object) -> Body:
     """Validate an untrusted JSON body of the given type and build its typed record.
 
     Raises BodyError naming the first bad field (field `type` for an unknown
     message type, an empty field when the body itself is not an object).
     """
-    try:
-        cls = BODY_TYPES[MessageType(message_type)]
-    except ValueError:
-        raise BodyError("type", f"must be one of: {_choices(MessageType)}") from None
-    return _record_from(cls, value, "")
+    kind = _MESSAGE_TYPES.get(message_type) if isinstance(message_type, str) else None
+    if kind is None:
+        raise BodyError("type", f"must be one of: {_choices(MessageType)}")
+    return _record_from(BODY_TYPES[kind], value, "")
 
 
 def check_priority(message_type: MessageType, priority: Priority) -> None:
@@ -1147,15 +1151,10 @@ def parse_request(
     if not isinstance(body, dict):
         raise BodyError("body", "must be an object")
     try:
-        typed = _record_from(BODY_TYPES[kind], body, "")
+        typed = parse_body(kind, body)
     except BodyError as exc:
         raise BodyError(f"body.{exc.field}" if exc.field else "body", exc.problem) from None
     return recipient, kind, urgency, typed
-
-
-# By value, for a dict lookup per request (building the enum's set each time was not free).
-_MESSAGE_TYPES: Final[Mapping[str, MessageType]] = {t.value: t for t in MessageType}
-_PRIORITIES: Final[Mapping[str, Priority]] = {p.value: p for p in Priority}
 
 
 def body_to_json(body: Body) -> dict[str, Any]:

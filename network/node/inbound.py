@@ -629,10 +629,11 @@ class Inbound:
                 checked.append(exc)
         # A flash message's receipt goes first, in a transaction of its own: it waits for
         # its own sent mark only, not for those of the urgent messages beside it.
-        first: list[Receipt | PeerError] = [
-            r for r in checked if isinstance(r, Receipt) and flash(r.message_id)
-        ]
-        rest = [r for r in checked if not (isinstance(r, Receipt) and flash(r.message_id))]
+        first: list[Receipt | PeerError] = []
+        rest: list[Receipt | PeerError] = []
+        for result in checked:
+            is_flash = isinstance(result, Receipt) and flash(result.message_id)
+            (first if is_flash else rest).append(result)
         settled: list[str] = []
         for group, urgent in ((first, True), (rest, False)):
             if group:
