@@ -29,6 +29,7 @@ from network.core.records import MessageType, NodeId, Outcome, Priority
 from network.core.roster import Roster, build_roster, load_roster
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.links import _Marks, _Outbox
+from network.node.officer import SUBMITTING_AT_ONCE
 from network.node.store import Store
 from network.node.wiring import Node
 from network.samples import sample_body
@@ -273,6 +274,32 @@ async def test_a_late_resend_of_a_held_message_gets_its_original_receipt(trio: T
     again = await trio["DEU"].inbound.accept_envelopes("FRA", [((), sent.raw)])
 
     assert again == original  # byte for byte, not `rejected: expired`
+
+
+# -- issue 18: at most a few submissions at once, and flash never waits its turn -----------
+
+
+async def test_submissions_past_the_bound_wait_their_turn_and_a_flash_one_goes_at_once(
+    trio: Trio,
+) -> None:
+    """At 90% load every request in flight was sealed and stored at once: a group commit
+    settled hundreds together, one turn of the loop took tens of ms, and a flash message
+    waited for every turn it needed. Past `SUBMITTING_AT_ONCE`, routine and urgent
+    submissions wait before any work; a flash one goes at once, and first."""
+    fra = trio["FRA"]
+    store = fra.context.store
+    waiting = SUBMITTING_AT_ONCE + 2
+    async with store.transaction(trio.clock.now):  # the store busy, as under load
+        urgent = [asyncio.create_task(submit(fra)) for _ in range(waiting)]
+        await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE)
+        flash = asyncio.create_task(submit(fra, priority="flash"))
+        await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE + 1)
+        assert not any(task.done() for task in [*urgent, flash])
+    flash_id = (await flash).header.id
+    urgent_ids = [(await task).header.id for task in urgent]
+    queued = "SELECT seq FROM audit WHERE message_id = ? AND action = 'queued'"
+    urgent_at = [rows(store.path, queued, (i,))[0][0] for i in urgent_ids]
+    assert rows(store.path, queued, (flash_id,))[0][0] < min(urgent_at)
 
 
 # -- issue 18: a flash message's sent mark does not wait behind the stream's marks ----------
