@@ -25,13 +25,16 @@ from network.core.envelope import (
     verify_signed,
 )
 from network.core.lifecycle import State
+from network.core.protocol import FRAME_COSIGNATURE
 from network.core.records import MessageType, NodeId, Outcome, Priority
 from network.core.roster import Roster, build_roster, load_roster
+from network.core.session import CheckpointOffered, LinkSession
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.node.links import _Marks, _Outbox
+from network.node.links import Links, _Link, _Marks, _Outbox
 from network.node.officer import SUBMITTING_AT_ONCE
 from network.node.store import Store
 from network.node.wiring import Node
+from network.node.witnessing import Witnessing
 from network.samples import sample_body
 from tests.harness import rows, until
 
@@ -274,6 +277,41 @@ async def test_a_late_resend_of_a_held_message_gets_its_original_receipt(trio: T
     again = await trio["DEU"].inbound.accept_envelopes("FRA", [((), sent.raw)])
 
     assert again == original  # byte for byte, not `rejected: expired`
+
+
+# -- issue 18: a link's worker never waits on witnessing ------------------------------------
+
+
+async def test_a_links_worker_goes_on_while_a_checkpoint_it_was_offered_waits_for_the_store(
+    trio: Trio,
+) -> None:
+    """Witnessing a peer's checkpoint commits what it holds; at 90% load that waited up to
+    120 ms for the store, and the receipts queued behind it on the link's worker waited as
+    long (a flash message's p99). The worker hands it to the link's witnessing task and
+    goes on; the cosignature is sent once the store takes it."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    offering = Witnessing(deu.context)
+    await offering.sign(trio.clock.now)
+    offer = offering.offer_for("FRA")
+    assert offer is not None
+    witnessing = Witnessing(fra.context)
+    await witnessing.load()
+    links = Links(fra, trio.keys["FRA"], host="127.0.0.1", port=0, peers=(), witnessing=witnessing)
+    session = LinkSession(NodeId("DEU"))
+    # The worker's side of a link touches no socket: the writer task (not run here) does.
+    link = _Link(NodeId("DEU"), None, NodeId("DEU"), T0, session)  # type: ignore[arg-type]
+    store = fra.context.store
+    witness = asyncio.create_task(links._witness(link))
+    try:
+        async with store.transaction(trio.clock.now):  # the store busy, as under load
+            await asyncio.wait_for(links._handle(link, CheckpointOffered(offer)), 5)
+            await until(lambda: store.queued_transactions == 1)  # the witnessing waits
+            assert session.data_to_send() == []
+        await until(lambda: link.to_write.is_set())
+        (answer,) = session.data_to_send()
+        assert answer.startswith(FRAME_COSIGNATURE)
+    finally:
+        witness.cancel()
 
 
 # -- issue 18: at most a few submissions at once, and flash never waits its turn -----------

@@ -93,6 +93,9 @@ PENDING_PER_ROSTER_HOST = 64
 PENDING_RESERVED_FOR_ROSTER_HOSTS = 128
 # Seconds a peer we cut off has to answer our close frame before its connection is dropped.
 REFUSED_CLOSE_TIMEOUT = 1.0
+# Witnessing events taken from a link's session and waiting their turn (a genuine peer has
+# at most one checkpoint offer and one answer in hand at a time).
+WITNESSING_QUEUED = 4
 
 log = logging.getLogger("cpn.links")
 
@@ -114,6 +117,12 @@ class _Link:
     to_take: asyncio.Event = field(default_factory=asyncio.Event)  # frames wait as events
     marks: _Marks | None = None  # set by the feed
     receipts: _Receipts = field(default_factory=lambda: _Receipts())
+    # Witnessing events, taken in order by a task of their own (`Links._witness`); bounded,
+    # so that a peer offering checkpoints faster than we cosign waits, as before, in the
+    # session's queue (which refuses a flood).
+    witnessing: asyncio.Queue[Event] = field(
+        default_factory=lambda: asyncio.Queue(WITNESSING_QUEUED)
+    )
 
     def flush(self) -> None:
         """The session may hold frames to write: wake the writer."""
@@ -550,6 +559,8 @@ class Links:
                 group.create_task(self._write(link), name=f"write {link.peer}")
                 group.create_task(self._work(link), name=f"work {link.peer}")
                 group.create_task(self._feed(link), name=f"feed {link.peer}")
+                if self.witnessing is not None:
+                    group.create_task(self._witness(link), name=f"witness {link.peer}")
                 # Wait here until a task fails: the group's cancel must land in this body, or
                 # Python 3.11 leaves this task's cancel count raised (fixed in 3.12).
                 await asyncio.get_running_loop().create_future()
@@ -654,16 +665,10 @@ class Links:
                     self._broadcast(LinkSession.send_announcement, raw, but=peer)
             case RosterReceived(raw):
                 await self.adopt_roster(raw, peer)
-            case CheckpointOffered(offer) if self.witnessing is not None:
-                verdict = await self.witnessing.witness(peer, offer)
-                if verdict is not None:
-                    session.send_witness(verdict)
-            case CosignatureReceived(answer) if self.witnessing is not None:
-                again = await self.witnessing.take_answer(peer, answer)
-                if again is not None:
-                    self._send_checkpoint(link, again)
-            case HeldAsked(query) if self.witnessing is not None:
-                session.send_held(await self.witnessing.answer_held(peer, query))
+            case CheckpointOffered() | CosignatureReceived() | HeldAsked() if (
+                self.witnessing is not None
+            ):
+                await link.witnessing.put(event)  # beside the events after it: `_witness`
             case HeldAnswered(answer) if self.witnessing is not None:
                 self.witnessing.take_held(peer, answer)
             case GiveBackAsked(ask):
@@ -679,6 +684,26 @@ class Links:
                         session.page_taken()
             case _:  # witnessing frames to a node that does not witness
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
+
+    async def _witness(self, link: _Link) -> None:
+        """Take the link's witnessing events, in order, beside its other events: each waits
+        for a store transaction, and at 90% load receipts queued behind one on the link's
+        worker waited up to 120 ms (a flash message's p99)."""
+        witnessing, peer, session = self.witnessing, link.peer, link.session
+        assert witnessing is not None
+        while True:
+            match await link.witnessing.get():
+                case CheckpointOffered(offer):
+                    verdict = await witnessing.witness(peer, offer)
+                    if verdict is not None:
+                        session.send_witness(verdict)
+                case CosignatureReceived(answer):
+                    again = await witnessing.take_answer(peer, answer)
+                    if again is not None:
+                        self._send_checkpoint(link, again)
+                case HeldAsked(query):
+                    session.send_held(await witnessing.answer_held(peer, query))
+            link.flush()
 
     async def _take_receipts(self, link: _Link, receipts: tuple[bytes, ...]) -> None:
         marks = link.marks
