@@ -25,7 +25,7 @@ from network.core.envelope import (
     verify_signed,
 )
 from network.core.lifecycle import State
-from network.core.protocol import FRAME_COSIGNATURE
+from network.core.protocol import FRAME_COSIGNATURE, FRAME_RECEIPT, envelope_frame
 from network.core.records import MessageType, NodeId, Outcome, Priority
 from network.core.roster import Roster, build_roster, load_roster
 from network.core.session import CheckpointOffered, LinkSession
@@ -312,6 +312,35 @@ async def test_a_links_worker_goes_on_while_a_checkpoint_it_was_offered_waits_fo
         assert answer.startswith(FRAME_COSIGNATURE)
     finally:
         witness.cancel()
+
+
+async def test_a_flash_envelope_arriving_while_a_batch_is_checked_is_taken_beside_it(
+    trio: Trio,
+) -> None:
+    """A link's worker takes one batch of envelopes at a time; at 90% load a flash
+    envelope arriving meanwhile waited up to 16 ms for the urgent batch under way. It is
+    taken beside that batch, its transaction goes first, and its receipt is sent first."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    urgent, flash = await submit(fra), await submit(fra, priority="flash")
+    links = Links(deu, trio.keys["DEU"], host="127.0.0.1", port=0, peers=())
+    session = LinkSession(NodeId("FRA"))
+    link = _Link(NodeId("FRA"), None, NodeId("FRA"), T0, session)  # type: ignore[arg-type]
+    store = deu.context.store
+    async with store.transaction(trio.clock.now):  # the store busy, as under load
+        links._received(link, envelope_frame((), urgent.raw))
+        (batch,) = session.events_received()
+        checking = asyncio.create_task(links._handle(link, batch))
+        await until(lambda: store.queued_transactions == 1)  # the urgent batch waits
+        links._received(link, envelope_frame((), flash.raw))
+        await until(lambda: store.queued_transactions == 2)  # taken beside it
+    await checking
+    await link.beside.drain()
+    receipts = [data for data in session.data_to_send() if data.startswith(FRAME_RECEIPT)]
+    ids = [
+        verify_receipt(r[1:], roster=trio.roster, now=trio.clock.now).message_id for r in receipts
+    ]
+    assert ids == [flash.header.id, urgent.header.id]
+    assert session.unanswered == 0
 
 
 # -- issue 18: at most a few submissions at once, and flash never waits its turn -----------

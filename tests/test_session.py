@@ -225,6 +225,49 @@ def test_flash_first_among_the_envelopes_waiting_one_batch_at_a_time() -> None:
     assert deu.events_received() == []
 
 
+def test_flash_that_arrives_while_a_batch_is_checked_is_taken_beside_it_ahead_of_frames() -> None:
+    """Issue 18: at 90% load a flash envelope waited up to 16 ms for the urgent batch the
+    node was checking. The node takes it beside that batch, ahead of the frames queued
+    before it, which keep their order; its bytes no longer count."""
+    _, deu = pair()
+    deu.receive_frame(envelope_frame([], envelope("u1", "urgent")))
+    under_way = _batch(deu.events_received())  # the node checks it
+    assert deu.take_flash() is None and deu.flash_waiting == 0
+    later = [("u2", "urgent"), ("f1", "flash"), ("r1", "routine"), ("f2", "flash")]
+    deu.receive_frame(envelope_frame([], envelope("u2", "urgent")))
+    deu.receive_frame(frame(FRAME_ANNOUNCE, b"announcement"))
+    for message_id, priority in later[1:]:
+        deu.receive_frame(envelope_frame([], envelope(message_id, priority)))
+    assert deu.flash_waiting == 2
+
+    beside = deu.take_flash()
+
+    assert beside is not None
+    assert [message_id_of(raw) for _, raw in beside.envelopes] == ["f1", "f2"]
+    assert deu.flash_waiting == 0 and deu.take_flash() is None
+    kept = sum(1 + len(envelope(i, p)) for i, p in later if p != "flash")
+    assert deu.queued_bytes == kept + len(b"announcement")
+    deu.answer(beside, [receipt_for(raw) for _, raw in beside.envelopes])
+    deu.answer(under_way, [receipt_for(raw) for _, raw in under_way.envelopes])
+    events = deu.events_received()
+    assert events[0] == AnnouncementReceived(b"announcement")
+    assert [message_id_of(raw) for _, raw in _batch(events).envelopes] == ["u2", "r1"]
+    assert deu.queued_bytes == 0 and deu.unanswered == 2
+
+
+def test_flash_beside_takes_at_most_a_batch_and_leaves_the_rest_for_the_next() -> None:
+    _, deu = pair()
+    for i in range(SMALL.batch + 1):
+        deu.receive_frame(envelope_frame([], envelope(f"f{i}", "flash")))
+
+    first, second = deu.take_flash(), deu.take_flash()
+
+    assert first is not None and second is not None
+    assert [message_id_of(raw) for _, raw in first.envelopes] == ["f0", "f1", "f2"]
+    assert [message_id_of(raw) for _, raw in second.envelopes] == ["f3"]
+    assert deu.take_flash() is None and deu.events_received() == []
+
+
 def _batch(events: list[Event]) -> EnvelopesReceived:
     batches = [e for e in events if isinstance(e, EnvelopesReceived)]
     assert len(batches) == 1
@@ -479,6 +522,7 @@ class TwoSessions(RuleBasedStateMachine):
         self.now = 0.0
         self.count = 0
         self.sent: list[str] = []
+        self.flash: dict[str, bool] = {}  # each id sent: whether it is flash
         self.sent_at: dict[str, float] = {}
         self.taken: list[str] = []
         self.to_deu: list[bytes] = []
@@ -493,6 +537,7 @@ class TwoSessions(RuleBasedStateMachine):
             batch.append(outgoing(f"m{self.count}", "flash" if room.flash_only else priority))
         self.fra.send_envelopes(batch, self.now)
         self.sent += [item.message_id for item in batch]
+        self.flash.update((item.message_id, item.rank == 0) for item in batch)
         self.sent_at.update((item.message_id, self.now) for item in batch)
         self.to_deu += self.fra.data_to_send()
 
@@ -511,6 +556,17 @@ class TwoSessions(RuleBasedStateMachine):
             raws = [raw for _, raw in event.envelopes]
             self.taken += [message_id_of(raw) for raw in raws]
             self.deu.answer(event, [receipt_for(raw) for raw in raws])
+        self.to_fra += self.deu.data_to_send()
+
+    @rule()
+    def deu_takes_flash_beside(self) -> None:
+        batch = self.deu.take_flash()
+        if batch is None:
+            return
+        raws = [raw for _, raw in batch.envelopes]
+        assert {rank_hint(raw) for raw in raws} == {0} and len(raws) <= 3
+        self.taken += [message_id_of(raw) for raw in raws]
+        self.deu.answer(batch, [receipt_for(raw) for raw in raws])
         self.to_fra += self.deu.data_to_send()
 
     @rule(count=st.integers(1, 10))
@@ -533,6 +589,12 @@ class TwoSessions(RuleBasedStateMachine):
         assert 0 <= self.deu.unanswered <= self.deu.unanswered_cap
 
     @invariant()
+    def flash_waiting_is_the_flash_received_and_not_taken(self) -> None:
+        on_wire = {message_id_of(data[2 + 3 * data[1] :]) for data in self.to_deu}
+        waiting = set(self.sent) - on_wire - set(self.taken)
+        assert self.deu.flash_waiting == sum(self.flash[i] for i in waiting)
+
+    @invariant()
     def nothing_taken_twice_nor_unsent(self) -> None:
         assert len(set(self.taken)) == len(self.taken)
         assert set(self.taken) <= set(self.sent)
@@ -552,6 +614,7 @@ class TwoSessions(RuleBasedStateMachine):
         # exactly once and every receipt came back.
         for _ in range(100):
             self.wire_to_deu(len(self.to_deu))
+            self.deu_takes_flash_beside()
             self.deu_answers_one_turn()
             self.wire_to_fra(len(self.to_fra))
             self.fra_takes_receipts()

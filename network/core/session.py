@@ -295,6 +295,7 @@ class LinkSession:
         self.unanswered = 0  # envelopes received and not yet answered with a receipt
         self._queued: deque[_Queued] = deque()  # frames received, not yet taken as events
         self._pending: list[Carried] = []  # envelopes taken, not yet in a batch
+        self.flash_waiting = 0  # flash envelopes in `_queued` and `_pending`: `take_flash`
         self.queued_bytes = 0  # payload bytes in `_queued` and `_pending`
         self._roster: bytes | None = None  # the newest roster frame not yet taken
         self._outgoing: list[bytes] = []
@@ -359,6 +360,8 @@ class LinkSession:
             item = parse_give_back(payload)
         elif kind == FRAME_ENVELOPE:
             item = split_envelope(payload)
+            if rank_hint(item[1]) == 0:
+                self.flash_waiting += 1
         elif kind == FRAME_ROSTER:
             self._roster = item = payload
         elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE):
@@ -436,10 +439,38 @@ class LinkSession:
             )  # how many lead the sorted list
             if flash:
                 size = min(size, flash)
+                self.flash_waiting -= size
             batch, self._pending = self._pending[:size], self._pending[size:]
             self.queued_bytes -= sum(_frame_size(carried) for carried in batch)
             events.append(EnvelopesReceived(tuple(batch)))
         return events
+
+    def take_flash(self) -> EnvelopesReceived | None:
+        """The flash envelopes received and not yet in a batch, as a batch of their own (at
+        most `batch`), ahead of the frames that came before them: the node takes them
+        beside a batch it is still checking. None when no flash envelope waits. Like every
+        batch, it must be `answer`ed."""
+        if not self.flash_waiting:
+            return None
+        size = self.settings.batch
+        batch: list[Carried] = []
+        pending: list[Carried] = []
+        for carried in self._pending:
+            taken = len(batch) < size and rank_hint(carried[1]) == 0
+            (batch if taken else pending).append(carried)
+        queued: deque[_Queued] = deque()
+        for entry in self._queued:
+            kind, item, _ = entry
+            if kind == FRAME_ENVELOPE and len(batch) < size:
+                assert isinstance(item, tuple)
+                if rank_hint(item[1]) == 0:
+                    batch.append(item)
+                    continue
+            queued.append(entry)
+        self._pending, self._queued = pending, queued
+        self.flash_waiting -= len(batch)
+        self.queued_bytes -= sum(_frame_size(carried) for carried in batch)
+        return EnvelopesReceived(tuple(batch))
 
     def answer(self, batch: EnvelopesReceived, receipts: Sequence[bytes]) -> None:
         """The batch is committed: send its receipts; the peer may send that many more."""

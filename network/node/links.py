@@ -116,7 +116,9 @@ class _Link:
     to_write: asyncio.Event = field(default_factory=asyncio.Event)
     to_take: asyncio.Event = field(default_factory=asyncio.Event)  # frames wait as events
     marks: _Marks | None = None  # set by the feed
-    receipts: _Receipts = field(default_factory=lambda: _Receipts())
+    beside: _Beside = field(default_factory=lambda: _Beside())  # receipts, flash envelopes
+    taking: bool = False  # the worker checks a batch of envelopes: flash is taken beside it
+    flashing: bool = False  # a flash batch is taken beside it (one at a time)
     # Witnessing events, taken in order by a task of their own (`Links._witness`); bounded,
     # so that a peer offering checkpoints faster than we cosign waits, as before, in the
     # session's queue (which refuses a flood).
@@ -571,7 +573,7 @@ class Links:
             ended = _leaves(failed)
         finally:
             with contextlib.suppress(Exception):
-                await link.receipts.drain()
+                await link.beside.drain()
             if link.marks is not None:  # before the release, or a late mark would undo it
                 with contextlib.suppress(Exception):
                     await link.marks.settled()
@@ -612,13 +614,20 @@ class Links:
         as dead."""
         try:
             async for message in link.ws:
-                link.session.receive_frame(message)
-                link.to_take.set()
+                self._received(link, message)
         except ConnectionClosed as exc:
             fault = _peer_fault(exc)
             if fault is not None:
                 raise fault from exc
         raise _Closed("the connection closed while reading")
+
+    def _received(self, link: _Link, data: bytes | str) -> None:
+        """A frame to the session, for the worker; a flash envelope that arrives while the
+        worker checks a batch is taken beside it."""
+        link.session.receive_frame(data)
+        link.to_take.set()
+        if link.taking and link.session.flash_waiting:
+            self._take_flash(link)
 
     async def _write(self, link: _Link) -> None:
         """Write the session's frames, in order; the one task that waits on a send."""
@@ -636,7 +645,7 @@ class Links:
     async def _work(self, link: _Link) -> None:
         """Take the session's events, in order, to the use cases."""
         while True:
-            link.receipts.check()
+            link.beside.check()
             events = link.session.events_received()
             if not events:
                 link.to_take.clear()
@@ -650,11 +659,16 @@ class Links:
         peer, session = link.peer, link.session
         match event:
             case EnvelopesReceived(envelopes):
-                session.answer(event, await self.node.inbound.accept_envelopes(peer, envelopes))
+                link.taking = True  # a flash envelope arriving meanwhile goes beside it
+                try:
+                    receipts = await self.node.inbound.accept_envelopes(peer, envelopes)
+                finally:
+                    link.taking = False
+                session.answer(event, receipts)
             case ReceiptsReceived(receipts):
                 # Taken beside the events after them: a batch of receipts waits for its
                 # commit, and a flash receipt coming next need not wait behind it.
-                link.receipts.spawn(self._take_receipts(link, receipts), link)
+                link.beside.spawn(self._take_receipts(link, receipts), link)
             case AnnouncementReceived(raw):
                 try:
                     news = self.node.delivery.accept_announcement(raw)
@@ -684,6 +698,26 @@ class Links:
                         session.page_taken()
             case _:  # witnessing frames to a node that does not witness
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
+
+    def _take_flash(self, link: _Link) -> None:
+        """Flash envelopes that arrived while the worker checks a batch, taken beside it:
+        at 90% load a flash envelope waited up to 16 ms for the urgent batch under way."""
+        if link.flashing:
+            return  # one batch at a time (a peer's window bounds what waits): it looks again
+        batch = link.session.take_flash()
+        if batch is not None:
+            link.flashing = True
+            link.beside.spawn(self._take_flash_batch(link, batch), link)
+
+    async def _take_flash_batch(self, link: _Link, batch: EnvelopesReceived) -> None:
+        try:
+            receipts = await self.node.inbound.accept_envelopes(link.peer, batch.envelopes)
+            link.session.answer(batch, receipts)
+            link.flush()
+        finally:
+            link.flashing = False
+        if link.taking:  # what came meanwhile
+            self._take_flash(link)
 
     async def _witness(self, link: _Link) -> None:
         """Take the link's witnessing events, in order, beside its other events: each waits
@@ -777,10 +811,11 @@ class _Outbox:
         await self.delivery.mark_sent(self.peer, message_ids, flash=flash)
 
 
-class _Receipts:
-    """One link's receipt batches being taken: each in a task of its own, so that the
-    link's worker goes on to the next event (a flash receipt among them) while a batch
-    waits for its commit. The first failure (a full disk) ends the link."""
+class _Beside:
+    """One link's work taken beside its worker, each in a task of its own: receipt
+    batches, so that the worker goes on to the next event (a flash receipt among them)
+    while a batch waits for its commit; and flash envelopes that arrived while the worker
+    checks a batch. The first failure (a full disk) ends the link."""
 
     def __init__(self) -> None:
         self.running: set[asyncio.Task[None]] = set()
