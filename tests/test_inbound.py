@@ -369,6 +369,33 @@ async def test_submissions_past_the_bound_wait_their_turn_and_a_flash_one_goes_a
     assert rows(store.path, queued, (flash_id,))[0][0] < min(urgent_at)
 
 
+async def test_an_urgent_submission_never_waits_for_routine_ones_holding_every_turn(
+    trio: Trio,
+) -> None:
+    """A routine message with large files holds its turn long (its parts sealed and
+    committed in steps): urgent ones have turns of their own."""
+    fra = trio["FRA"]
+    store = fra.context.store
+    async with store.transaction(trio.clock.now):
+        body = sample_body("preservation")
+        routine = [
+            asyncio.create_task(
+                fra.officers.submit(
+                    user="olivia",
+                    to="DEU",
+                    message_type="preservation",
+                    priority="routine",
+                    body=body,
+                )
+            )
+            for _ in range(SUBMITTING_AT_ONCE + 1)
+        ]
+        await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE)
+        urgent = asyncio.create_task(submit(fra))
+        await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE + 1)
+    await asyncio.gather(urgent, *routine)
+
+
 # -- issue 18: a flash message's sent mark does not wait behind the stream's marks ----------
 
 

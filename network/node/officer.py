@@ -92,8 +92,9 @@ async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> User
 MAX_NOTE = 2000  # a handover note
 PARTS_PER_STEP = 16  # attachment parts sealed between two turns of the event loop
 PARTS_PER_COMMIT = 64  # attachment parts (about 9 MiB) committed in one transaction
-# Routine and urgent submissions sealed and stored at once; past that they wait their
-# turn before any work, and flash goes at once. Unbounded, every request in flight was on
+# Routine submissions sealed and stored at once, and as many urgent ones (a routine one
+# with large files holds its turn long: urgent never waits for it); past that they wait
+# their turn before any work, and flash goes at once. Unbounded, every request in flight was on
 # the loop together and a group commit settled hundreds at once: at 90% load one turn of
 # the loop took tens of ms, and a flash message waited for each turn it needed.
 SUBMITTING_AT_ONCE = 8
@@ -184,7 +185,10 @@ class Officers:
     def __init__(self, context: NodeContext, delivery: Delivery) -> None:
         self.context = context
         self.delivery = delivery
-        self._submitting = asyncio.Semaphore(SUBMITTING_AT_ONCE)
+        self._submitting = {
+            Priority.URGENT: asyncio.Semaphore(SUBMITTING_AT_ONCE),
+            Priority.ROUTINE: asyncio.Semaphore(SUBMITTING_AT_ONCE),
+        }
 
     async def add_user(self, name: str, role: str) -> str:
         """Create or replace a user; returns the token, shown once and stored hashed."""
@@ -220,9 +224,10 @@ class Officers:
             return (await self._queue([draft]))[0]
 
     def _turn(self, urgency: Priority) -> contextlib.AbstractAsyncContextManager[object]:
-        """A turn to seal and store: at most `SUBMITTING_AT_ONCE` routine and urgent
-        submissions at once; a flash one goes at once."""
-        return contextlib.nullcontext() if urgency is Priority.FLASH else self._submitting
+        """A turn to seal and store: at most `SUBMITTING_AT_ONCE` of each priority at
+        once, but a flash one goes at once."""
+        turns = self._submitting.get(urgency)
+        return contextlib.nullcontext() if turns is None else turns
 
     def _with_files(self, body: object, files: Sequence[AttachmentFile]) -> object:
         """`body` with its `attachments` named from `files` (size, SHA-256, parts): what the
