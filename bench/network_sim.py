@@ -216,10 +216,21 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
                 )
             )
             submitted = sum(await each("SELECT COUNT(*) FROM messages WHERE box = 'out'"))
+            received = sum(await each("SELECT COUNT(*) FROM messages WHERE box = 'in'"))
+            relaying = sum(
+                await each("SELECT COUNT(*) FROM messages WHERE box = 'relay' AND state = 'queued'")
+            )
             for sender in senders:
                 if sender.done():
                     sender.result()  # a refused submit fails the run
-            say("progress", delivered=delivered, submitted=submitted, expected=expected)
+            say(
+                "progress",
+                delivered=delivered,
+                submitted=submitted,
+                received=received,
+                relaying=relaying,
+                expected=expected,
+            )
             if delivered >= expected:
                 break
             await asyncio.sleep(1)
@@ -327,6 +338,8 @@ def main() -> None:
         pending = set(range(len(workers)))
         progress = [0] * len(workers)
         submitted = [0] * len(workers)
+        received = [0] * len(workers)  # at their recipients
+        relaying = [0] * len(workers)  # waiting at relays to be passed on
         expected = len(ids) * (len(ids) - 1)
         last_print = 0.0
         while pending:
@@ -337,6 +350,8 @@ def main() -> None:
                 if event["event"] == "progress":
                     progress[index] = event["delivered"]
                     submitted[index] = event["submitted"]
+                    received[index] = event["received"]
+                    relaying[index] = event["relaying"]
                 elif event["event"] == "done":
                     longest = max(longest, event["longest_relays"])
                     pending.discard(index)
@@ -344,7 +359,8 @@ def main() -> None:
                 last_print = time.monotonic()
                 print(
                     f"  {time.monotonic() - go:6.0f}s  {sum(progress):>6} of {expected} delivered"
-                    f" ({sum(submitted)} submitted)",
+                    f" ({sum(submitted)} submitted, {sum(relaying)} waiting at relays,"
+                    f" {sum(received)} received)",
                     flush=True,
                 )
         elapsed = time.monotonic() - go
