@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -75,6 +76,12 @@ def load_current_roster(config: NodeConfig, *, expired_ok: bool = False) -> Rost
 
 
 SWITCH_INTERVAL = 0.0005  # seconds (sys.setswitchinterval)
+# Python's cycle collector scans the young objects every 700 allocations, several times
+# for each message. In a process that runs one node: every 20,000, the older generations
+# far more rarely, and what the node built at start (roster, keys, routes, modules) out
+# of every scan once it serves (gc.freeze). Two alternating pairs at 90% load: 4 and 7%
+# less CPU a message at the two ends.
+GC_THRESHOLDS = (20_000, 50, 100)
 
 
 async def run_node(
@@ -388,7 +395,11 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         links = LinkSettings(handshake_timeout=config.handshake_timeout)
-        await run_node(config, stop, NodeSettings(links=links), api=api)
+
+        async def serving(node: Node) -> None:
+            gc.freeze()
+
+        await run_node(config, stop, NodeSettings(links=links), ready=serving, api=api)
 
     # The store's statements run on threads of their own (aiosqlite), and each hop back
     # to the loop needs the GIL. Python hands the GIL to a waiting thread only every
@@ -397,4 +408,5 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
     # (Here, for a process that runs one node: with dozens of nodes and their threads in
     # one process, as the network simulation runs them, the switching costs more.)
     sys.setswitchinterval(SWITCH_INTERVAL)
+    gc.set_threshold(*GC_THRESHOLDS)
     asyncio.run(main())
