@@ -30,6 +30,9 @@ Rules:
   envelopes, flash first (a scheduling hint read from the clear header; the
   checks come later, in the use case).
   Envelopes beyond the batch wait for the next call.
+- `take_flash` gives the flash envelopes waiting (at most `batch`) as a batch of
+  their own, ahead of the frames that came before them, which keep their order: the
+  adapter takes them beside a batch it is still checking.
 - We keep at most `window + flash_reserve` envelopes in flight without a
   receipt. `room()` says how many may go in the next batch and whether only
   flash may: a look that finds the window full may still send flash, up to
