@@ -204,21 +204,20 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
             senders.append(asyncio.create_task(_profile(Path(profile), 60)))
         expected = len(ids) * (len(all_ids) - 1)
 
-        async def each(query: str) -> list[int]:
-            """One number per local node, from its own store."""
+        async def each(query: str) -> list[tuple[int, ...]]:
+            """One row of numbers per local node, from its own store (one read each)."""
             found = [await s.context.store.db.execute_fetchall(query) for s in services.values()]
-            return [int(next(iter(rows))[0] or 0) for rows in found]
+            return [tuple(int(n or 0) for n in next(iter(rows))) for rows in found]
 
+        counts = (
+            "SELECT (SELECT COUNT(*) FROM messages WHERE box = 'out' AND state = 'delivered'),"
+            " (SELECT COUNT(*) FROM messages WHERE box = 'out'),"
+            " (SELECT COUNT(*) FROM messages WHERE box = 'in'),"
+            " (SELECT COUNT(*) FROM messages WHERE box = 'relay' AND state = 'queued')"
+        )
         while True:
-            delivered = sum(
-                await each(
-                    "SELECT COUNT(*) FROM messages WHERE box = 'out' AND state = 'delivered'"
-                )
-            )
-            submitted = sum(await each("SELECT COUNT(*) FROM messages WHERE box = 'out'"))
-            received = sum(await each("SELECT COUNT(*) FROM messages WHERE box = 'in'"))
-            relaying = sum(
-                await each("SELECT COUNT(*) FROM messages WHERE box = 'relay' AND state = 'queued'")
+            delivered, submitted, received, relaying = map(
+                sum, zip(*await each(counts), strict=True)
             )
             for sender in senders:
                 if sender.done():
@@ -234,9 +233,8 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
             if delivered >= expected:
                 break
             await asyncio.sleep(1)
-        longest = max(
-            await each("SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'")
-        )
+        query = "SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'"
+        longest = max(row[0] for row in await each(query))
         say("done", longest_relays=longest)
         await loop.run_in_executor(None, sys.stdin.readline)
     finally:
