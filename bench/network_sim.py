@@ -29,14 +29,13 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results import Figure, add_arguments, machine, record
+from bench.results import Figure, add_arguments, machine, record, scratch
 from network.api.site import api_site
 from network.core.crypto import HpkeSuite
 from network.core.records import NodeId
@@ -290,7 +289,7 @@ def main() -> None:
         return
 
     suite = HpkeSuite.MLKEM768_X25519 if args.suite == "hybrid" else HpkeSuite.X25519
-    root = Path(tempfile.mkdtemp(prefix="cpn-sim-"))
+    root = scratch("cpn-sim-")
     links = topology(ids, min(args.hubs, len(ids)), args.neighbours)
     started = time.monotonic()
     prepare(root, ids, links, suite)
@@ -391,7 +390,7 @@ def main() -> None:
         from bench.throughput import floor_per_message
         from tests.harness import Network
 
-        floor = floor_per_message(Network(Path(tempfile.mkdtemp()), {"FRA": ["DEU"], "DEU": []}))
+        floor = floor_per_message(Network(scratch(), {"FRA": ["DEU"], "DEU": []}))
         floor_rate = (os.cpu_count() or 1) / sum(floor.values())
         print(
             f"{'delivered with end-to-end receipts (msg/s)':<48} {rate:>10.0f} {floor_rate:>10.0f} {rate / floor_rate:>7.0%}"

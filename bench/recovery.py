@@ -31,13 +31,12 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results import Figure, add_arguments, machine, record, table
+from bench.results import Figure, add_arguments, machine, record, scratch, table
 from bench.throughput import floor_per_message, post_flat_out, wait_delivered
 from tests.harness import REPO, Network, rows, wait_for
 
@@ -145,7 +144,7 @@ def main() -> None:
         args.messages, args.floor_rounds, args.retry_seconds = 200, 30, 5
 
     start = start_floor()  # first, while no node runs
-    root = Path(tempfile.mkdtemp(prefix="cpn-bench-recovery-"))
+    root = scratch("cpn-bench-recovery-")
     scenarios = {
         "receiver restarts": receiver_restarts(
             root / "receiver", args.messages, args.concurrency, args.retry_seconds, args.timeout

@@ -28,13 +28,12 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results import Figure, add_arguments, machine, record, table
+from bench.results import Figure, add_arguments, machine, record, scratch, table
 from bench.throughput import commit, floor_db, floor_per_message, post_flat_out, wait_delivered
 from network.core.envelope import (
     ReceiptScope,
@@ -122,7 +121,7 @@ def main() -> None:
         args.messages, args.floor_rounds = 200, 30
 
     network = Network(
-        Path(tempfile.mkdtemp(prefix="cpn-bench-relay-")),
+        scratch("cpn-bench-relay-"),
         {"FRA": ["DEU"], "DEU": ["KEN"], "KEN": []},
     )
     fra, deu = network.nodes["FRA"], network.nodes["DEU"]

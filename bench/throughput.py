@@ -41,7 +41,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results import Figure, add_arguments, machine, record, table
+from bench.results import Figure, add_arguments, machine, record, scratch, table
 from network.core.envelope import (
     check_receipt_for,
     make_receipt,
@@ -74,7 +73,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def floor_db() -> sqlite3.Connection:
     """A bare SQLite file set up as the node's store is (WAL, an fsync per commit)."""
-    db = sqlite3.connect(Path(tempfile.mkdtemp()) / "floor.sqlite", isolation_level=None)
+    db = sqlite3.connect(scratch() / "floor.sqlite", isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
     db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, state TEXT, envelope BLOB)")
@@ -412,7 +411,7 @@ def main() -> None:
         args.loads = "0.5,0.9"
     loads = [float(share) for share in args.loads.split(",")]
 
-    root = Path(tempfile.mkdtemp(prefix="cpn-bench-"))
+    root = scratch()
     network = Network(root, {"FRA": ["DEU"], "DEU": ["FRA"]})
     store = network.nodes["FRA"].store
     paced: list[tuple[float, float, list[tuple[str, int, int]]]] = []  # share, rate, rows

@@ -13,9 +13,11 @@ a much larger budget (`python bench/fuzz.py --examples 20000`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -427,7 +429,12 @@ def to_toml(doc: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-_config_dir = functools.cache(lambda: Path(tempfile.mkdtemp(prefix="cpn-fuzz-")))
+@functools.cache
+def _config_dir() -> Path:
+    """One folder for the generated configs of the run, removed at its end."""
+    path = Path(tempfile.mkdtemp(prefix="cpn-fuzz-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def config(data: st.DataObject) -> None:

@@ -15,6 +15,7 @@ each store's audit log verifies, and no message reached an officer twice.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime
 import os
 import shutil
@@ -78,6 +79,7 @@ def shared_keys() -> Keys:
     global _KEYS
     if _KEYS is None:
         root = Path(tempfile.mkdtemp(prefix="cpn-machine-keys-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # private keys, if test ones
         now = datetime.datetime.now(datetime.UTC)
         init_keeper(root / "authority")
         cards = [
