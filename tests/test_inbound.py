@@ -150,6 +150,38 @@ async def test_a_rejection_after_delivery_is_an_audited_no_op(trio: Trio, reason
     assert (await actions(trio["FRA"], sent.header.id))[-1] in ("refusal_ignored", "id_conflict")
 
 
+async def test_receipts_for_one_message_are_taken_in_the_order_they_came(trio: Trio) -> None:
+    """Receipt batches are taken beside each other. The later one, finding its sent marks
+    committed, went ahead of the earlier one still waiting for them: a peer's acceptance
+    then its rejection were taken the other way round, and the log said `rejected` then
+    `delivered` instead of `refusal_ignored` (tests/test_hostile failed so in CI)."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    sent = await submit(fra)
+    (accepted,) = await deu.inbound.accept_envelopes("FRA", [((), sent.raw)])
+    rejected = forge_receipt(
+        trio, "DEU", for_=sent, to="FRA", outcome=Outcome.REJECTED, reason="expired"
+    )
+    parked, second_started = asyncio.Event(), asyncio.Event()
+
+    async def marks_of_the_first(ids: Sequence[str]) -> None:
+        parked.set()
+        await second_started.wait()  # committed just as the second batch comes
+
+    async def second_batch() -> list[str]:
+        second_started.set()
+        return await fra.inbound.accept_receipts("DEU", [rejected])  # its marks committed
+
+    first = asyncio.create_task(
+        fra.inbound.accept_receipts("DEU", [accepted], sent_marked=marks_of_the_first)
+    )
+    await until(parked.is_set)
+    await asyncio.gather(first, asyncio.create_task(second_batch()))
+
+    assert await state_of(fra, sent.header.id) is State.DELIVERED
+    taken = [a for a in await actions(fra, sent.header.id) if a != "receipt_received"]
+    assert taken[-2:] == ["delivered", "refusal_ignored"]
+
+
 async def test_a_rejection_of_an_expired_message_rejects_it(trio: Trio) -> None:
     sent = await submit(trio["FRA"], ttl_ms=60_000)
     trio.clock.now += 60_001

@@ -19,6 +19,7 @@ to the link.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -127,6 +128,11 @@ class Inbound:
         self.context = context
         self.delivery = delivery
         self._last_contact: dict[str, int] = {}
+        # Per message, the batch of receipts for it still being taken: a later receipt for
+        # the same message waits for it. Batches go beside each other (a flash one first),
+        # and one that found its sent marks committed could overtake one still waking:
+        # a peer's acceptance then its rejection were taken the other way round.
+        self._receipt_turns: dict[str, asyncio.Future[None]] = {}
 
     async def accept_envelopes(
         self, peer: str, frames: Sequence[tuple[tuple[NodeId, ...], bytes]]
@@ -627,18 +633,31 @@ class Inbound:
                 )
             except PeerError as exc:
                 checked.append(exc)
-        # A flash message's receipt goes first, in a transaction of its own: it waits for
-        # its own sent mark only, not for those of the urgent messages beside it.
-        first: list[Receipt | PeerError] = []
-        rest: list[Receipt | PeerError] = []
-        for result in checked:
-            is_flash = isinstance(result, Receipt) and flash(result.message_id)
-            (first if is_flash else rest).append(result)
-        settled: list[str] = []
-        for group, urgent in ((first, True), (rest, False)):
-            if group:
-                settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
-        return settled
+        # Before any wait: batches take their turns in the order they came.
+        ids = {r.message_id for r in checked if isinstance(r, Receipt)}
+        before = {self._receipt_turns[i] for i in ids if i in self._receipt_turns}
+        turn = asyncio.get_running_loop().create_future()
+        self._receipt_turns.update(dict.fromkeys(ids, turn))
+        try:
+            if before:
+                await asyncio.wait(before)
+            # A flash message's receipt goes first, in a transaction of its own: it waits
+            # for its own sent mark only, not for those of the urgent messages beside it.
+            first: list[Receipt | PeerError] = []
+            rest: list[Receipt | PeerError] = []
+            for result in checked:
+                is_flash = isinstance(result, Receipt) and flash(result.message_id)
+                (first if is_flash else rest).append(result)
+            settled: list[str] = []
+            for group, urgent in ((first, True), (rest, False)):
+                if group:
+                    settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
+            return settled
+        finally:
+            turn.set_result(None)
+            for message_id in ids:
+                if self._receipt_turns.get(message_id) is turn:
+                    del self._receipt_turns[message_id]
 
     async def _take_receipts(
         self,
