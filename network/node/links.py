@@ -116,7 +116,7 @@ class _Link:
     to_write: asyncio.Event = field(default_factory=asyncio.Event)
     to_take: asyncio.Event = field(default_factory=asyncio.Event)  # frames wait as events
     marks: _Marks | None = None  # set by the feed
-    beside: _Beside = field(default_factory=lambda: _Beside())  # receipts, flash envelopes
+    beside: _Beside = field(init=False)  # receipts, flash envelopes: `__post_init__`
     taking: bool = False  # the worker checks a batch of envelopes: flash is taken beside it
     flashing: bool = False  # a flash batch is taken beside it (one at a time)
     # Witnessing events, taken in order by a task of their own (`Links._witness`); bounded,
@@ -125,6 +125,13 @@ class _Link:
     witnessing: asyncio.Queue[Event] = field(
         default_factory=lambda: asyncio.Queue(WITNESSING_QUEUED)
     )
+
+    def __post_init__(self) -> None:
+        self.beside = _Beside(self._beside_ended)
+
+    def _beside_ended(self, failed: bool) -> None:
+        if failed:
+            self.to_take.set()  # the worker raises it
 
     def flush(self) -> None:
         """The session may hold frames to write: wake the writer."""
@@ -668,7 +675,7 @@ class Links:
             case ReceiptsReceived(receipts):
                 # Taken beside the events after them: a batch of receipts waits for its
                 # commit, and a flash receipt coming next need not wait behind it.
-                link.beside.spawn(self._take_receipts(link, receipts), link)
+                link.beside.spawn(self._take_receipts(link, receipts))
             case AnnouncementReceived(raw):
                 try:
                     news = self.node.delivery.accept_announcement(raw)
@@ -707,7 +714,7 @@ class Links:
         batch = link.session.take_flash()
         if batch is not None:
             link.flashing = True
-            link.beside.spawn(self._take_flash_batch(link, batch), link)
+            link.beside.spawn(self._take_flash_batch(link, batch))
 
     async def _take_flash_batch(self, link: _Link, batch: EnvelopesReceived) -> None:
         try:
@@ -812,26 +819,29 @@ class _Outbox:
 
 
 class _Beside:
-    """One link's work taken beside its worker, each in a task of its own: receipt
-    batches, so that the worker goes on to the next event (a flash receipt among them)
-    while a batch waits for its commit; and flash envelopes that arrived while the worker
-    checks a batch. The first failure (a full disk) ends the link."""
+    """Work taken beside a link's own tasks, each in a task of its own; the first failure
+    (a full disk) is kept, `check` raises it, and it ends the link. Beside the worker:
+    receipt batches, so that it goes on to the next event (a flash receipt among them)
+    while a batch waits for its commit, and flash envelopes that arrived while it checks
+    a batch. Beside the feed: its sent marks (`_Marks`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ended: Callable[[bool], None]) -> None:
         self.running: set[asyncio.Task[None]] = set()
         self.failed: BaseException | None = None
+        self._ended = ended  # told, as each task ends, whether it failed
 
-    def spawn(self, work: Awaitable[None], link: _Link) -> None:
-        task = asyncio.ensure_future(work)
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
         self.running.add(task)
+        task.add_done_callback(self._done)
+        return task
 
-        def done(task: asyncio.Task[None]) -> None:
-            self.running.discard(task)
-            if not task.cancelled() and task.exception() is not None and self.failed is None:
-                self.failed = task.exception()
-                link.to_take.set()  # the worker raises it
-
-        task.add_done_callback(done)
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        failed = not task.cancelled() and task.exception() is not None
+        if failed and self.failed is None:
+            self.failed = task.exception()
+        self._ended(failed)
 
     def check(self) -> None:
         if self.failed is not None:
@@ -858,8 +868,7 @@ class _Marks:
         self.pending: list[str] = []
         self.unmarked: set[str] = set()  # sent, the mark not yet committed
         self.stream: asyncio.Task[None] | None = None  # marking `pending`, batch after batch
-        self.running: set[asyncio.Task[None]] = set()  # the stream, and flash marks
-        self.failed: BaseException | None = None  # what the first mark that failed raised
+        self.tasks = _Beside(lambda failed: self._next_round())  # the stream, flash marks
         # Done at the end of each mark: what waits for some ids looks again then (under a
         # steady stream the marking task itself never ends).
         self.round: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -867,24 +876,12 @@ class _Marks:
     def add(self, message_ids: list[str], flash: bool) -> None:
         self.unmarked.update(message_ids)
         if flash:
-            self._start(self._mark(message_ids, flash=True))
+            self.tasks.spawn(self._mark(message_ids, flash=True))
             return
         self.pending += message_ids
         if self.stream is None or self.stream.done():
             self.check()
-            self.stream = self._start(self._mark_pending())
-
-    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(work)
-        self.running.add(task)
-        task.add_done_callback(self._ended)
-        return task
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
-        if not task.cancelled() and task.exception() is not None and self.failed is None:
-            self.failed = task.exception()
-        self._next_round()
+            self.stream = self.tasks.spawn(self._mark_pending())
 
     def _next_round(self) -> None:
         done, self.round = self.round, asyncio.get_running_loop().create_future()
@@ -902,13 +899,12 @@ class _Marks:
 
     def check(self) -> None:
         """Raise what a mark raised."""
-        if self.failed is not None:
-            raise self.failed
+        self.tasks.check()
 
     async def settled(self, message_ids: Sequence[str] | None = None) -> None:
         """Once these (None: all sent so far) are marked; raises what a mark raised."""
         wanted = set(self.unmarked if message_ids is None else message_ids)
-        while self.failed is None and self.running and wanted & self.unmarked:
+        while self.tasks.failed is None and self.tasks.running and wanted & self.unmarked:
             await asyncio.wait((self.round,))
         self.check()
 
