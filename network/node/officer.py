@@ -94,9 +94,9 @@ PARTS_PER_STEP = 16  # attachment parts sealed between two turns of the event lo
 PARTS_PER_COMMIT = 64  # attachment parts (about 9 MiB) committed in one transaction
 # Routine submissions sealed and stored at once, and as many urgent ones (a routine one
 # with large files holds its turn long: urgent never waits for it); past that they wait
-# their turn before any work, and flash goes at once. Unbounded, every request in flight was on
-# the loop together and a group commit settled hundreds at once: at 90% load one turn of
-# the loop took tens of ms, and a flash message waited for each turn it needed.
+# their turn before any work, and flash goes at once. Unbounded, every request in flight
+# was on the loop together and a group commit settled hundreds at once: at 90% load one
+# turn of the loop took tens of ms, and a flash message waited for each turn it needed.
 SUBMITTING_AT_ONCE = 8
 MAX_RECIPIENTS = 50  # one request to several countries (a botnet case: ten, twenty)
 # What answers or follows one Party's message goes to that Party alone.
