@@ -333,31 +333,29 @@ def main() -> None:
         _tell(workers, "go")
         longest = 0
         pending = set(range(len(workers)))
-        progress = [0] * len(workers)
-        submitted = [0] * len(workers)
-        received = [0] * len(workers)  # at their recipients
-        relaying = [0] * len(workers)  # waiting at relays to be passed on
+        progress: list[dict[str, Any]] = [{} for _ in workers]  # each worker's last report
+
+        def total(count: str) -> int:  # delivered, submitted, relaying (waiting), received
+            return sum(report.get(count, 0) for report in progress)
+
         expected = len(ids) * (len(ids) - 1)
         last_print = 0.0
         while pending:
             if time.monotonic() - go > args.timeout:
-                raise SystemExit(f"timed out: {sum(progress)} of {expected} delivered")
+                raise SystemExit(f"timed out: {total('delivered')} of {expected} delivered")
             for index in list(pending):
                 event = _read_event(workers[index])
                 if event["event"] == "progress":
-                    progress[index] = event["delivered"]
-                    submitted[index] = event["submitted"]
-                    received[index] = event["received"]
-                    relaying[index] = event["relaying"]
+                    progress[index] = event
                 elif event["event"] == "done":
                     longest = max(longest, event["longest_relays"])
                     pending.discard(index)
             if time.monotonic() - last_print > 10:
                 last_print = time.monotonic()
                 print(
-                    f"  {time.monotonic() - go:6.0f}s  {sum(progress):>6} of {expected} delivered"
-                    f" ({sum(submitted)} submitted, {sum(relaying)} waiting at relays,"
-                    f" {sum(received)} received)",
+                    f"  {time.monotonic() - go:6.0f}s  {total('delivered'):>6} of {expected}"
+                    f" delivered ({total('submitted')} submitted, {total('relaying')} waiting at"
+                    f" relays, {total('received')} received)",
                     flush=True,
                 )
         elapsed = time.monotonic() - go
