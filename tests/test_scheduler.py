@@ -44,20 +44,34 @@ LINKED = (BRA, DEU, USA)
 
 def drained(made: Scheduler, peer: NodeId) -> None:
     """Let `peer`'s first look (and any flag standing) pass, finding nothing more."""
-    while made.next_batch(peer, Room(10, False), T0).look:
-        made.looked(peer, 0, Room(10, False))
+    while made.next_batch(peer, Room(10, 10), T0).look:
+        made.looked(peer, 0, Room(10, 10))
 
 
-def test_news_is_taken_by_id_flash_first() -> None:
+def test_news_is_taken_by_id_flash_first_and_alone() -> None:
     made = scheduler(GRAPH, LINKED)
     drained(made, DEU)
     for message_id, rank in (("routine", ROUTINE), ("urgent", URGENT), ("flash", FLASH)):
         made.queued(Candidate(message_id, DEU, rank))
 
-    batch = made.next_batch(DEU, Room(10, False), T0)
+    first = made.next_batch(DEU, Room(10, 10), T0)
+    then = made.next_batch(DEU, Room(10, 10), T0)
 
-    assert batch.news == ("flash", "urgent", "routine")
-    assert not batch.look
+    # Flash alone: its rows are at hand (`Delivery`), and none read beside it holds it up.
+    assert first.news == ("flash",)
+    assert then.news == ("urgent", "routine")
+    assert not first.look and not then.look
+
+
+def test_flash_news_goes_even_when_the_poll_comes_due() -> None:
+    made = scheduler(GRAPH, LINKED)
+    drained(made, DEU)
+    made.queued(Candidate("urgent", DEU, URGENT))
+    made.queued(Candidate("flash", DEU, FLASH))
+
+    polled = made.next_batch(DEU, Room(10, 10), T0, poll=True)
+
+    assert polled.news == ("flash",) and not polled.look
 
 
 def test_never_more_than_the_room() -> None:
@@ -65,8 +79,8 @@ def test_never_more_than_the_room() -> None:
     for n in range(5):
         made.queued(Candidate(f"m{n}", DEU, ROUTINE))
 
-    first = made.next_batch(DEU, Room(2, False), T0)
-    second = made.next_batch(DEU, Room(2, False), T0)
+    first = made.next_batch(DEU, Room(2, 2), T0)
+    second = made.next_batch(DEU, Room(2, 2), T0)
 
     assert first.news == ("m0", "m1")
     assert second.news == ("m2", "m3")
@@ -77,7 +91,7 @@ def test_a_full_window_takes_only_flash() -> None:
     made.queued(Candidate("routine", DEU, ROUTINE))
     made.queued(Candidate("flash", DEU, FLASH))
 
-    batch = made.next_batch(DEU, Room(5, True), T0)
+    batch = made.next_batch(DEU, Room(5, 0), T0)
 
     assert batch.news == ("flash",)
     assert made.has_news(DEU)  # the routine one waits for room
@@ -88,7 +102,7 @@ def test_no_room_gives_nothing_but_receipts() -> None:
     made.queued(Candidate("m", DEU, ROUTINE))
     made.pass_on("r1", DEU, b"receipt", prefer=None)
 
-    batch = made.next_batch(DEU, Room(0, False), T0)
+    batch = made.next_batch(DEU, Room(0, 0), T0)
 
     assert batch.receipts == (b"receipt",) and batch.news == () and not batch.look
     assert made.has_news(DEU)
@@ -97,11 +111,11 @@ def test_no_room_gives_nothing_but_receipts() -> None:
 def test_a_new_link_looks_through_the_outbox_until_a_look_leaves_nothing_behind() -> None:
     made = scheduler(GRAPH, LINKED)
 
-    first = made.next_batch(DEU, Room(10, False), T0)
-    made.looked(DEU, 10, Room(10, False))  # it filled the room: more may wait
-    second = made.next_batch(DEU, Room(10, False), T0)
-    made.looked(DEU, 3, Room(10, False))
-    third = made.next_batch(DEU, Room(10, False), T0)
+    first = made.next_batch(DEU, Room(10, 10), T0)
+    made.looked(DEU, 10, Room(10, 10))  # it filled the room: more may wait
+    second = made.next_batch(DEU, Room(10, 10), T0)
+    made.looked(DEU, 3, Room(10, 10))
+    third = made.next_batch(DEU, Room(10, 10), T0)
 
     assert first.look and second.look
     assert not third.look
@@ -112,7 +126,7 @@ def test_a_poll_looks_wide_and_skips_the_news() -> None:
     drained(made, DEU)
     made.queued(Candidate("m", DEU, ROUTINE))
 
-    batch = made.next_batch(DEU, Room(10, False), T0, poll=True)
+    batch = made.next_batch(DEU, Room(10, 10), T0, poll=True)
 
     assert batch.look and batch.detours and batch.news == ()
 
@@ -125,7 +139,7 @@ def test_routes_that_move_make_the_new_first_hop_look() -> None:
 
     too_soon = made.refresh_routes(T0 + ROUTE_REFRESH_MS)  # the same instant as the last
     moved = made.refresh_routes(T0 + 3 * ROUTE_REFRESH_MS)
-    batch = made.next_batch(DEU, Room(10, False), T0 + 3 * ROUTE_REFRESH_MS)
+    batch = made.next_batch(DEU, Room(10, 10), T0 + 3 * ROUTE_REFRESH_MS)
 
     assert too_soon is None
     assert moved == {DEU}
@@ -155,7 +169,7 @@ def test_a_relayed_message_never_goes_back_along_its_path() -> None:
     came_from = hops[0]
 
     made.queued(Candidate("relayed", KEN, URGENT, frozenset({came_from, ME})))
-    taken = {peer: made.next_batch(peer, Room(10, False), T0).news for peer in (BRA, USA)}
+    taken = {peer: made.next_batch(peer, Room(10, 10), T0).news for peer in (BRA, USA)}
 
     assert set(hops) == {BRA, USA}
     assert taken[came_from] == ()
@@ -172,7 +186,7 @@ def test_a_hop_that_refused_a_message_is_not_chosen_again_and_every_link_looks_w
     before = made.next_hop(message)
     made.hop_refused("m", best)
     after = made.next_hop(message)
-    batch = made.next_batch(DEU, Room(10, False), T0)
+    batch = made.next_batch(DEU, Room(10, 10), T0)
 
     assert (before, after) == (best, second)
     assert batch.look and batch.detours
@@ -184,8 +198,8 @@ def test_news_the_routes_moved_goes_to_the_new_link_and_wakes_it() -> None:
     made.queued(Candidate("m", KEN, ROUTINE))
     made.hop_refused("m", best)
 
-    at_best = made.next_batch(best, Room(10, False), T0)
-    at_second = made.next_batch(second, Room(10, False), T0)
+    at_best = made.next_batch(best, Room(10, 10), T0)
+    at_second = made.next_batch(second, Room(10, 10), T0)
 
     assert at_best.news == () and second in at_best.wake
     assert at_second.news == ("m",)
@@ -211,8 +225,8 @@ def test_a_receipt_goes_back_the_way_its_message_came_while_that_link_is_up() ->
     first, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
     again, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
 
-    at_bra = made.next_batch(BRA, Room(10, False), T0)
-    at_usa = made.next_batch(USA, Room(10, False), T0)
+    at_bra = made.next_batch(BRA, Room(10, 10), T0)
+    at_usa = made.next_batch(USA, Room(10, 10), T0)
 
     assert first and not again  # passed on once
     assert at_bra.receipts == ()
@@ -225,7 +239,7 @@ def test_a_receipt_whose_link_is_down_takes_the_best_route() -> None:
     best = made.routing.next_hops(KEN)[0]
 
     _, wake = made.pass_on("r1", KEN, b"receipt", prefer=DEU)
-    taken = made.next_batch(best, Room(10, False), T0)
+    taken = made.next_batch(best, Room(10, 10), T0)
 
     assert wake == best
     assert taken.receipts == (b"receipt",)
@@ -254,9 +268,18 @@ def test_choose_keeps_the_order_given_and_the_limit() -> None:
     made = scheduler(GRAPH, LINKED)
     candidates = [Candidate(f"m{n}", DEU) for n in range(5)] + [Candidate("k", KEN)]
 
-    chosen = made.choose(DEU, candidates, 3)
+    chosen = made.choose(DEU, candidates, Room(3, 3))
 
     assert chosen == ["m0", "m1", "m2"]
+
+
+def test_choose_leaves_the_flash_reserve_to_flash() -> None:
+    made = scheduler(GRAPH, LINKED)
+    candidates = [Candidate(f"u{n}", DEU, URGENT) for n in range(4)] + [Candidate("f", DEU, FLASH)]
+
+    chosen = made.choose(DEU, candidates, Room(4, 2))
+
+    assert chosen == ["u0", "u1", "f"]
 
 
 def test_the_scheduler_is_pure() -> None:
@@ -299,14 +322,14 @@ messages = st.lists(
     edges=edges,
     messages=messages,
     room=st.integers(min_value=0, max_value=12),
-    flash_only=st.booleans(),
+    others=st.integers(min_value=0, max_value=12),
     turns=st.lists(st.sampled_from(NODES), min_size=1, max_size=8),
 )
 def test_a_batch_never_breaks_the_rules(
     edges: set[tuple[NodeId, NodeId]],
     messages: list[tuple[NodeId, int, set[NodeId], set[NodeId]]],
     room: int,
-    flash_only: bool,
+    others: int,
     turns: list[NodeId],
 ) -> None:
     graph: dict[NodeId, set[NodeId]] = {node: set() for node in NODES}
@@ -327,14 +350,16 @@ def test_a_batch_never_breaks_the_rules(
         sent[message_id] = (rank, frozenset(been), refused)
 
     for peer in turns:
-        batch = made.next_batch(peer, Room(room, flash_only), T0)
+        batch = made.next_batch(peer, Room(room, min(others, room)), T0)
 
         ranks = [sent[i][0] for i in batch.news]
         assert len(batch.news) <= room
         assert ranks == sorted(ranks)  # flash before urgent before routine
-        assert not flash_only or all(rank == FLASH for rank in ranks)
-        looked = made.choose(peer, (made_candidates[i] for i in sorted(sent)), max(room, 0))
+        assert sum(rank != FLASH for rank in ranks) <= others  # the reserve is flash's alone
+        assert FLASH not in ranks or set(ranks) == {FLASH}  # flash goes alone
+        looked = made.choose(peer, (made_candidates[i] for i in sorted(sent)), Room(room, others))
         assert len(looked) <= room
+        assert sum(made_candidates[i].rank != FLASH for i in looked) <= others
         for message_id in (*batch.news, *looked):
             _, been, refused = sent[message_id]
             assert peer not in been and peer not in refused

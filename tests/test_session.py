@@ -120,7 +120,7 @@ def pair(config: LinkSettings = SMALL) -> tuple[LinkSession, LinkSession]:
 def test_the_window_and_then_the_flash_reserve() -> None:
     fra, _ = pair()
 
-    first = Room(6, False)
+    first = Room(6, 4)
     opening = fra.room()
     fra.send_envelopes([outgoing(f"m{i}") for i in range(4)], now=0.0)
     full = fra.room()
@@ -130,34 +130,41 @@ def test_the_window_and_then_the_flash_reserve() -> None:
     reserve_used = fra.room()
 
     assert opening == first
-    assert full == Room(2, True)
-    assert reserve_used == Room(0, True)
+    assert full == Room(2, 0)
+    assert reserve_used == Room(0, 0)
     with pytest.raises(ValueError, match="room of 0"):
         fra.send_envelopes([outgoing("f3", "flash")], now=0.0)
     assert len(fra.in_flight) == SMALL.window + SMALL.flash_reserve
 
 
-def test_a_look_while_the_window_has_room_may_fill_the_reserve_too() -> None:
-    # Today's rule, kept: the room is counted once per look, flash first among what it takes.
+def test_the_reserve_is_for_flash_alone_even_while_the_window_has_room() -> None:
+    # Before, a batch taken with the window nearly full could fill the reserve with urgent
+    # envelopes (at 90% load it did), and a flash message then waited for a receipt.
     fra, _ = pair()
     fra.send_envelopes([outgoing("m0")], now=0.0)
+    room = fra.room()
 
-    fra.send_envelopes([outgoing(f"m{i}", "urgent") for i in range(1, 6)], now=0.0)
+    with pytest.raises(ValueError, match="only flash may use the reserve"):
+        fra.send_envelopes([outgoing(f"m{i}", "urgent") for i in range(1, 6)], now=0.0)
+    fra.send_envelopes(
+        [*(outgoing(f"m{i}", "urgent") for i in range(1, 4)), outgoing("f", "flash")], now=0.0
+    )
 
-    assert fra.room() == Room(0, True)
+    assert room == Room(5, 3)
+    assert fra.room() == Room(1, 0)
 
 
 def test_receipts_free_room_and_every_envelope_is_taken_once() -> None:
     fra, deu = pair()
-    fra.send_envelopes([outgoing(f"m{i}") for i in range(6)], now=0.0)
+    fra.send_envelopes([outgoing(f"m{i}") for i in range(4)], now=0.0)
 
     pump(fra, deu)
     taken = answer_all(deu)
     pump(deu, fra)
     answer_all(fra)
 
-    assert taken == [f"m{i}" for i in range(6)]
-    assert fra.in_flight == [] and fra.room() == Room(6, False)
+    assert taken == [f"m{i}" for i in range(4)]
+    assert fra.in_flight == [] and fra.room() == Room(6, 4)
     assert deu.unanswered == 0
 
 
@@ -532,9 +539,13 @@ class TwoSessions(RuleBasedStateMachine):
     def fra_sends(self, size: int, priorities: list[str]) -> None:
         room = self.fra.room()
         batch = []
+        others = 0
         for priority in priorities[: min(size, room.count)]:
             self.count += 1
-            batch.append(outgoing(f"m{self.count}", "flash" if room.flash_only else priority))
+            if priority != "flash" and others == room.others:
+                priority = "flash"  # the reserve is flash's alone
+            others += priority != "flash"
+            batch.append(outgoing(f"m{self.count}", priority))
         self.fra.send_envelopes(batch, self.now)
         self.sent += [item.message_id for item in batch]
         self.flash.update((item.message_id, item.rank == 0) for item in batch)

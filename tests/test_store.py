@@ -215,8 +215,9 @@ async def test_rows_read_back_typed_as_they_were_written(store: Store) -> None:
     assert relayed.type is None and relayed.path == (FRA, DEU) and relayed.origin == FRA
     assert ours.origin is None and ours.path == ()
     waiting = {w.id: w for w in await store.waiting([DEU, ITA], 10, T0)}
-    assert waiting["m2"] == ("m2", ITA, Box.RELAY, FRA, (FRA, DEU))
-    assert waiting["m1"] == ("m1", DEU, Box.OUT, None, ())
+    urgent = PRIORITY_RANK[Priority.URGENT]
+    assert waiting["m2"] == ("m2", ITA, Box.RELAY, FRA, (FRA, DEU), urgent)
+    assert waiting["m1"] == ("m1", DEU, Box.OUT, None, (), urgent)
 
 
 async def test_rows_are_stored_in_the_form_older_files_and_the_auditor_read(store: Store) -> None:

@@ -116,7 +116,7 @@ __all__ = [
 class LinkSettings:
     """How one node runs its links. Seconds throughout; None turns keepalive pings off."""
 
-    window: int = 32  # envelopes in flight without a receipt, per link
+    window: int = 40  # envelopes in flight without a receipt, per link (flash: the reserve too)
     flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
     # Envelopes taken in one use case (flash waiting goes in a batch of its own). Smaller
     # batches let a flash envelope arriving meanwhile wait for fewer checks, but cost a
@@ -238,10 +238,15 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """How many envelopes the next batch may hold, and whether they must all be flash."""
+    """How many envelopes the next batch may hold (`count`), and how many of them may be
+    other than flash (`others`: the window's room; the flash reserve is flash's alone)."""
 
     count: int
-    flash_only: bool
+    others: int
+
+    @property
+    def flash_only(self) -> bool:
+        return self.others <= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,8 +498,12 @@ class LinkSession:
         room = self.room()
         if len(batch) > room.count:
             raise ValueError(f"{len(batch)} envelopes for a room of {room.count}")
-        if room.flash_only and any(item.rank != 0 for item in batch):
-            raise ValueError("the window is full: only flash may use the reserve")
+        others = sum(1 for item in batch if item.rank != 0)
+        if others > room.others:
+            raise ValueError(
+                f"{others} envelopes other than flash for a window with room for"
+                f" {room.others}: only flash may use the reserve"
+            )
         ids = [item.message_id for item in batch]
         if len(set(ids)) != len(ids) or any(i in self._in_flight for i in ids):
             raise ValueError("an envelope already in flight")
@@ -563,11 +572,12 @@ class LinkSession:
         return list(self._in_flight)
 
     def room(self) -> Room:
-        """How many envelopes may go now: up to `window + flash_reserve` in flight, and
-        only flash once `window` are."""
+        """How many envelopes may go now: up to `window + flash_reserve` in flight, of which
+        at most `window` other than flash (the reserve is flash's alone: at 90% load,
+        urgent envelopes taken in one batch with the window nearly full used to fill it)."""
         s = self.settings
         held = len(self._in_flight)
-        return Room(max(0, s.window + s.flash_reserve - held), held >= s.window)
+        return Room(max(0, s.window + s.flash_reserve - held), max(0, s.window - held))
 
     def receipts_settled(self, message_ids: Sequence[str]) -> None:
         """These are no longer in flight (ids this link did not send are ignored)."""

@@ -10,8 +10,9 @@ commits what was sent.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from network.core.deadlines import Box
 from network.core.envelope import Receipt
@@ -26,10 +27,13 @@ from network.core.routing import (
 )
 from network.core.session import Room
 from network.node.context import NodeContext
+from network.node.lanes import FLASH, Lane, working_in
 from network.node.scheduler import Batch, Candidate, Scheduler
 from network.node.store import AuditEntry, MessageRow, Waiting
 
 __all__ = ["Delivery", "Outgoing", "candidate"]
+
+KEPT_COMMITTED = 64  # flash rows kept from their commit for their feed; older ones are read
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +52,7 @@ def candidate(row: MessageRow | Waiting) -> Candidate:
     been: frozenset[NodeId] = frozenset()
     if row.box == Box.RELAY:
         been = frozenset([*row.path, NodeId(row.origin or "")])
-    priority = getattr(row, "priority", None)
-    rank = PRIORITY_RANK[Priority(priority)] if priority is not None else 0
+    rank = row.rank if isinstance(row, Waiting) else PRIORITY_RANK[row.priority]
     return Candidate(row.id, NodeId(row.peer), rank, been)
 
 
@@ -68,6 +71,10 @@ class Delivery:
         self.scheduler = Scheduler(self.routing)
         self._announce_seq = 0
         self._signals: dict[NodeId, asyncio.Event] = {}
+        self._feed_lanes: dict[NodeId, Lane] = {}
+        # Flash messages just committed, as committed: their link's feed sends them without
+        # reading them back (at 90% load that read waited up to 15 ms behind the others).
+        self._committed: OrderedDict[str, MessageRow] = OrderedDict()
         # Set when announcements changed the routes; the link layer refreshes them soon.
         self.routes_stale = asyncio.Event()
         self.route_news = 0  # announcements that changed something, ever: bursts end when it stops
@@ -77,6 +84,15 @@ class Delivery:
     def outbox_signal(self, peer: str) -> asyncio.Event:
         """Set whenever something may have become sendable over the link to `peer`."""
         return self._signals.setdefault(NodeId(peer), asyncio.Event())
+
+    def feed_lane(self, peer: str) -> Lane:
+        """The lane of the link to `peer`'s feed: ahead while a flash message waits for it
+        (queued, not yet taken)."""
+        return self._feed_lanes.setdefault(NodeId(peer), Lane())
+
+    def feed_took(self, peer: str) -> None:
+        """The feed of the link to `peer` took a batch: ahead only if flash still waits."""
+        self.feed_lane(peer).ahead = self.scheduler.has_flash_news(NodeId(peer))
 
     def _wake(self, peers: Iterable[NodeId]) -> None:
         for peer in peers:
@@ -162,10 +178,17 @@ class Delivery:
 
     # -- what the use cases queue -------------------------------------------------------
 
-    def queued(self, message: Candidate) -> None:
-        """A message may go now: news for the link of its best route."""
+    def queued(self, message: Candidate, committed: MessageRow | None = None) -> None:
+        """A message may go now: news for the link of its best route. `committed`: its row
+        as just committed (kept for a flash message, which its feed need not read back)."""
         hop = self.scheduler.queued(message)
         if hop is not None:
+            if message.rank == PRIORITY_RANK[Priority.FLASH]:
+                self.feed_lane(hop).ahead = True
+                if committed is not None:
+                    self._committed[committed.id] = committed
+                    if len(self._committed) > KEPT_COMMITTED:
+                        self._committed.popitem(last=False)  # read back, if it is news yet
             self.outbox_signal(hop).set()
 
     def pass_on(self, receipt: Receipt, prefer: NodeId | None) -> bool:
@@ -194,6 +217,7 @@ class Delivery:
         through the whole outbox. Each row returned is still waiting to go as read now.
         """
         link = NodeId(peer)
+        flash = self.scheduler.has_flash_news(link)  # then the news are flash alone
         batch = self._turn(link, room, poll)
         receipts = batch.receipts
         skip = set(exclude)
@@ -201,16 +225,16 @@ class Delivery:
         news = batch.news
         while news:
             now = self.context.clock()
-            for row in await self.context.store.messages_by_id(news):
+            for row in await self._rows(news):
                 if row.id in skip or row.box not in ("out", "relay") or not _may_go(row, now):
                     continue  # sent already (by a look through the outbox), or settled
                 rows.append(row)
             if len(rows) >= room.count or not self.scheduler.has_news(link):
                 break
             self.refresh_routes()
-            news, moved = self.scheduler.take_news(
-                link, replace(room, count=room.count - len(rows))
-            )
+            taken = sum(row.priority is not Priority.FLASH for row in rows)
+            more = Room(room.count - len(rows), 0 if flash else room.others - taken)
+            news, moved = self.scheduler.take_news(link, more)
             self._wake(moved)
         if rows:
             return Outgoing(receipts, tuple(rows))
@@ -222,6 +246,18 @@ class Delivery:
         found = await self._look(link, room, exclude, batch.detours)
         self.scheduler.looked(link, len(found), room)
         return Outgoing(receipts, tuple(found), polled=poll)
+
+    async def _rows(self, ids: Sequence[str]) -> list[MessageRow]:
+        """The rows of `ids`: a flash message's as just committed, the others read now.
+
+        A row kept from its commit is as good as one read back: no lock is held between
+        the read and the send either, and what happens to it meanwhile (a receipt, the
+        expiry scan) is checked when it is marked sent."""
+        kept = [row for i in ids if (row := self._committed.pop(i, None)) is not None]
+        if len(kept) == len(ids):
+            return kept
+        taken = {row.id for row in kept}
+        return kept + await self.context.store.messages_by_id([i for i in ids if i not in taken])
 
     def _turn(self, peer: NodeId, room: Room, poll: bool) -> Batch:
         batch = self.scheduler.next_batch(peer, room, self.context.clock(), poll=poll)
@@ -246,8 +282,10 @@ class Delivery:
         waiting = await self.context.store.waiting(destinations, fetch, now, max_rank)
         skip = set(exclude)
         chosen = self.scheduler.choose(
-            peer, (candidate(row) for row in waiting if row.id not in skip), room.count
+            peer, (candidate(row) for row in waiting if row.id not in skip), room
         )
+        for message_id in chosen:
+            self._committed.pop(message_id, None)  # read now: the kept row is behind it
         return [row for row in await self.context.store.messages_by_id(chosen) if _may_go(row, now)]
 
     async def mark_sent(self, peer: str, ids: Sequence[str], *, flash: bool = False) -> None:
@@ -255,6 +293,10 @@ class Delivery:
         `flash`: one of them is (its receipt will wait for this mark: it goes first). Other
         marks queue with the links' work: at a relay they are many, and as officers'
         transactions they held back the envelopes the relay had to take."""
+        with working_in(FLASH if flash else None):
+            await self._mark_sent(peer, ids, flash)
+
+    async def _mark_sent(self, peer: str, ids: Sequence[str], flash: bool) -> None:
         context = self.context
         now = context.clock()
         async with context.store.transaction(now, durable=False, urgent=flash) as tx:

@@ -84,6 +84,7 @@ from network.core.roster import Roster, load_roster
 from network.node.alerts import AlertKind, alert_record
 from network.node.context import NodeContext
 from network.node.delivery import Delivery, candidate
+from network.node.lanes import FLASH, Slices, working_in
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
@@ -149,8 +150,17 @@ class Inbound:
         now = self.context.clock()
         link = NodeId(peer)
         items = [_Inbound(raw, path, link) for path, raw in frames]
+        slices = Slices()
         for item in items:
             self._verify_outer(item, now)
+            await slices.next()
+        flash = any(it.envelope and it.envelope.header.priority is Priority.FLASH for it in items)
+        with working_in(FLASH if flash else None):
+            return await self._accept_envelopes(peer, items, now, flash, slices)
+
+    async def _accept_envelopes(
+        self, peer: str, items: list[_Inbound], now: int, flash: bool, slices: Slices
+    ) -> list[bytes]:
         # Ids stored already are duplicates for sure: no need to open them again.
         stored = await self.context.store.known_ids(
             [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
@@ -158,7 +168,7 @@ class Inbound:
         for item in items:
             if item.envelope is not None and item.receipt is None:
                 self._open_inbound(item, now, stored)
-        flash = any(it.envelope and it.envelope.header.priority is Priority.FLASH for it in items)
+                await slices.next()
         async with self.context.store.transaction(now, urgent=flash) as tx:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)  # their rows are read too
@@ -171,6 +181,7 @@ class Inbound:
                     issued.append(item.receipt)
                     tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 tx.audit(item.audit)
+                await slices.next()
             self._contact(tx, peer)
         self.context.publish(entry for item in items for entry in item.audit)
         self.context.alerts.raise_(item.alert for item in items if item.alert is not None)
@@ -624,6 +635,7 @@ class Inbound:
         """
         now = self.context.clock()
         checked: list[Receipt | PeerError] = []
+        slices = Slices()
         for raw in raws:
             try:
                 checked.append(
@@ -633,6 +645,7 @@ class Inbound:
                 )
             except PeerError as exc:
                 checked.append(exc)
+            await slices.next()
         # Before any wait: batches take their turns in the order they came.
         ids = {r.message_id for r in checked if isinstance(r, Receipt)}
         before = {self._receipt_turns[i] for i in ids if i in self._receipt_turns}
@@ -651,7 +664,8 @@ class Inbound:
             settled: list[str] = []
             for group, urgent in ((first, True), (rest, False)):
                 if group:
-                    settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
+                    with working_in(FLASH if urgent else None):
+                        settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
             return settled
         finally:
             turn.set_result(None)

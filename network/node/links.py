@@ -74,6 +74,7 @@ from network.core.session import (
 )
 from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
+from network.node.lanes import enter
 from network.node.restoring import Restoring, give_back
 from network.node.scheduler import ROUTE_QUIET_MS, ROUTE_REFRESH_MS
 from network.node.sockets import inherited
@@ -765,10 +766,13 @@ class Links:
         outbox = _Outbox(self.node.delivery, link.peer, self.settings.poll_interval)
         session = link.session
         marks = link.marks = _Marks(outbox)
+        lane = self.node.delivery.feed_lane(link.peer)
+        enter(lane)
         while True:
             marks.check()  # a mark that failed (a full disk) ends the link
             outbox.signal.clear()
             receipts, batch = await outbox.take(session.room(), session.in_flight, time.monotonic())
+            self.node.delivery.feed_took(link.peer)
             for receipt in receipts:
                 session.send_receipt(receipt)
             link.flush()

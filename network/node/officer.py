@@ -39,6 +39,7 @@ from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import DESK_ROLES, ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
+from network.node.lanes import FLASH, working_in
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, Store, Tx, UserRow
@@ -219,9 +220,10 @@ class Officers:
         """
         body = self._with_files(body, files)
         node, kind, urgency, typed = parse_request(to, message_type, priority, body)
-        async with self._turn(urgency):
-            draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
-            return (await self._queue([draft]))[0]
+        with working_in(FLASH if urgency is Priority.FLASH else None):
+            async with self._turn(urgency):
+                draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
+                return (await self._queue([draft]))[0]
 
     def _turn(self, urgency: Priority) -> contextlib.AbstractAsyncContextManager[object]:
         """A turn to seal and store: at most `SUBMITTING_AT_ONCE` of each priority at
@@ -282,18 +284,19 @@ class Officers:
         except BodyError as exc:
             raise named(0, exc) from None
         drafts = []
-        async with self._turn(urgency):
-            for i, recipient in enumerate(to):
-                if recipient in to[:i]:
-                    raise BodyError(f"to[{i}]", f"{recipient} is named twice")
-                try:
-                    node = parse_recipient(recipient)
-                    drafts.append(
-                        await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
-                    )
-                except BodyError as exc:
-                    raise named(i, exc) from None
-            return await self._queue(drafts)
+        with working_in(FLASH if urgency is Priority.FLASH else None):
+            async with self._turn(urgency):
+                for i, recipient in enumerate(to):
+                    if recipient in to[:i]:
+                        raise BodyError(f"to[{i}]", f"{recipient} is named twice")
+                    try:
+                        node = parse_recipient(recipient)
+                        drafts.append(
+                            await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
+                        )
+                    except BodyError as exc:
+                        raise named(i, exc) from None
+                return await self._queue(drafts)
 
     async def _sealed(
         self,
@@ -475,16 +478,19 @@ class Officers:
                 )
                 published += [*acted, composed]
         self.context.publish(published)
-        self._wake([d for d in drafts if d.envelope.header.id not in held])
+        self._wake([d for d in drafts if d.envelope.header.id not in held], rows)
         return rows
 
-    def _wake(self, drafts: Sequence[_Draft]) -> None:
-        """Tell the links that carry them that these messages and their parts are queued."""
+    def _wake(self, drafts: Sequence[_Draft], rows: Sequence[MessageRow]) -> None:
+        """Tell the links that carry them that these messages (`rows`, as committed) and
+        their parts are queued."""
+        committed = {row.id: row for row in rows}
         for draft in drafts:
             for sent in (draft, *draft.parts):
                 header = sent.envelope.header
                 self.delivery.queued(
-                    Candidate(header.id, sent.node, PRIORITY_RANK[header.priority])
+                    Candidate(header.id, sent.node, PRIORITY_RANK[header.priority]),
+                    committed.get(header.id),
                 )
         if any(d.envelope.header.priority is not Priority.ROUTINE for d in drafts):
             self.context.checkpoints.urgent_message()

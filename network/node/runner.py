@@ -31,6 +31,7 @@ from network.node.backup import restore_marker
 from network.node.clock import now_ms
 from network.node.config import NodeConfig
 from network.node.keys import load_configured_keys, load_keeper_public
+from network.node.lanes import LaneLoop
 from network.node.links import Links, LinkSettings
 from network.node.notify import Notifier
 from network.node.restoring import Restoring
@@ -409,4 +410,5 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
     # one process, as the network simulation runs them, the switching costs more.)
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(*GC_THRESHOLDS)
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=LaneLoop) as runner:  # flash work first: lanes.py
+        runner.run(main())

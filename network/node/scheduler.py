@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from network.core.lifecycle import PRIORITY_RANK
-from network.core.records import NodeId
+from network.core.records import NodeId, Priority
 from network.core.routing import RoutingTable
 from network.core.session import Room
 
@@ -168,17 +168,19 @@ class Scheduler:
         self._destinations[(peer, detours)] = (routes, found)
         return found
 
-    def choose(self, peer: NodeId, candidates: Iterable[Candidate], limit: int) -> list[str]:
-        """Of `candidates` (in the order given), the ids of up to `limit` best sent over
-        the link to `peer` now."""
+    def choose(self, peer: NodeId, candidates: Iterable[Candidate], room: Room) -> list[str]:
+        """Of `candidates` (in the order given), the ids of those best sent over the link to
+        `peer` now, as many as `room` takes (`room.others` at most other than flash)."""
         chosen: list[str] = []
-        if limit <= 0:
-            return chosen
+        others = 0
         for candidate in candidates:
+            if len(chosen) >= room.count:
+                break
+            if candidate.rank != 0 and others >= room.others:
+                continue  # a flash one after it may still go
             if self.next_hop(candidate) == peer:
                 chosen.append(candidate.id)
-                if len(chosen) == limit:
-                    break
+                others += candidate.rank != 0
         return chosen
 
     # -- messages --------------------------------------------------------------------
@@ -202,6 +204,10 @@ class Scheduler:
 
     def has_news(self, peer: NodeId) -> bool:
         return any(self._news.get(peer, ()))
+
+    def has_flash_news(self, peer: NodeId) -> bool:
+        news = self._news.get(peer)
+        return bool(news and news[PRIORITY_RANK[Priority.FLASH]])
 
     def hop_refused(self, message_id: str, hop: NodeId) -> None:
         """`hop` will not take the message: every link looks for another route, detours
@@ -257,9 +263,10 @@ class Scheduler:
         whole outbox, detours included.
 
         Routes follow announcements first (at most every `ROUTE_REFRESH_MS`). Receipts
-        passing through go whenever the link turns. Then, flash first: news taken by id
-        (not on a poll), each still best sent over this link (one the routes moved goes
-        to its new link's news; one with no live hop waits for a look); else a look
+        passing through go whenever the link turns. Then flash news alone, even on a poll
+        (its rows are at hand, and nothing read beside them holds them up); then news
+        taken by id (not on a poll), each still best sent over this link (one the routes
+        moved goes to its new link's news; one with no live hop waits for a look); else a look
         through the whole outbox, on a poll, after routes or links changed, or while the
         last look left rows behind. Never more than `room.count` ids; only flash with
         `room.flash_only`.
@@ -268,6 +275,11 @@ class Scheduler:
         receipts = self._receipts_for(peer)
         if room.count <= 0:
             return Batch(receipts, wake=frozenset(wake))
+        if self.has_flash_news(peer):
+            news, moved = self.take_news(peer, Room(room.count, 0))
+            wake |= moved
+            if news:
+                return Batch(receipts, news=news, wake=frozenset(wake))
         if not poll and self.has_news(peer):
             news, moved = self.take_news(peer, room)
             wake |= moved
@@ -289,12 +301,16 @@ class Scheduler:
         chosen: list[str] = []
         moved: set[NodeId] = set()
         ranks = () if news is None else news[:1] if room.flash_only else news
+        others = 0
         for queue in ranks:
             while queue and len(chosen) < room.count:
+                if queue is not ranks[0] and others == room.others:
+                    return tuple(chosen), moved  # the reserve is flash's alone
                 message = queue.popleft()
                 hop = self.next_hop(message)
                 if hop == peer:
                     chosen.append(message.id)
+                    others += message.rank != 0
                 elif hop is not None:
                     self._news_for(hop, message)
                     moved.add(hop)
@@ -303,7 +319,7 @@ class Scheduler:
     def looked(self, peer: NodeId, found: int, room: Room) -> None:
         """The look through the outbox for `peer` found `found` rows: while it fills the
         room, more may wait behind them, and the next turn looks again."""
-        if found < room.count and not room.flash_only:
+        if found < room.others:  # it took all it found, and none was left for lack of room
             self._drained.add(peer)
         else:
             self._drained.discard(peer)

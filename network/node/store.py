@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import sqlite3
 import time
@@ -55,7 +56,9 @@ from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import Box, MessageType, NodeId, Priority, b64encode, canonical
 from network.core.retention import RetentionRule
 from network.core.tlog import MerkleLog
+from network.node import lanes
 from network.node.clock import now_ms
+from network.node.lanes import Lane, working_in
 
 __all__ = [
     "AuditEntry",
@@ -479,6 +482,7 @@ class Waiting(NamedTuple):
     box: Box
     origin: NodeId | None
     path: tuple[NodeId, ...]
+    rank: int  # its priority's (`lifecycle.PRIORITY_RANK`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,9 +566,9 @@ def _stored(row: MessageRow) -> tuple[Any, ...]:
 
 
 def _waiting(row: Sequence[Any]) -> Waiting:
-    """A row of `id, peer, box, origin, path`, decoded."""
-    id_, peer, box, origin, path = row
-    return Waiting(id_, peer, _BOXES[box], origin or None, _decode_path(path))
+    """A row of `id, peer, box, origin, path, priority_rank`, decoded."""
+    id_, peer, box, origin, path, rank = row
+    return Waiting(id_, peer, _BOXES[box], origin or None, _decode_path(path), rank)
 
 
 def _rule_clause(rule: RetentionRule) -> tuple[str, list[str]]:
@@ -681,8 +685,24 @@ def _queued_on_thread(
     breaks the tests `_on_thread` names."""
     if not db._running or not db._connection:
         raise ValueError("Connection closed")
-    future: Future[T] = asyncio.get_running_loop().create_future()
-    db._tx.put_nowait((future, lambda: work(db._conn)))
+    loop = asyncio.get_running_loop()
+    future: Future[T] = loop.create_future()
+    if lanes.current() is None:
+        db._tx.put_nowait((future, lambda: work(db._conn)))
+        return future
+    # Handed back in the asking task's context: in its lane, so that a flash task's hop
+    # comes back ahead (`network.node.lanes`). aiosqlite's own hand-back takes none.
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            result = work(db._conn)
+        except BaseException as exc:  # as aiosqlite's thread does: the caller raises it
+            loop.call_soon_threadsafe(aiosqlite.core.set_exception, future, exc, context=context)
+        else:
+            loop.call_soon_threadsafe(aiosqlite.core.set_result, future, result, context=context)
+
+    db._tx.put_nowait((None, run))
     return future
 
 
@@ -1317,20 +1337,29 @@ class _WriteLock:
         self._queues: tuple[deque[Future[None]], ...] = (deque(), deque(), deque())
         self._on_free = on_free  # called whenever the lock is freed with no one to take it
         self._officers_in_a_row = 0
+        self._holder: Lane | None = None  # the lane of the transaction that holds it
+        self._lanes: dict[Future[None], Lane | None] = {}  # each waiter's
 
-    async def acquire(self, first: bool, urgent: bool = False) -> None:
+    async def acquire(self, first: bool, urgent: bool = False, lane: Lane | None = None) -> None:
+        """Wait for the lock. `lane`: the waiter's, which goes ahead (`network.node.lanes`)
+        while it holds the lock and a flash transaction (`urgent`) waits for it."""
         if not self._held and not any(self._queues):
             self._held = True
+            self._holder = lane
             return
+        if urgent and self._holder is not None:
+            self._holder.ahead = True  # a flash transaction waits for it: it goes first
         waiter: Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues[0 if urgent else 1 if first else 2]
         queue.append(waiter)
+        self._lanes[waiter] = lane
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed over just as it was cancelled: pass it on
             else:
+                self._lanes.pop(waiter, None)
                 with contextlib.suppress(ValueError):
                     queue.remove(waiter)
             raise
@@ -1345,13 +1374,18 @@ class _WriteLock:
         for queue in order:
             while queue:
                 waiter = queue.popleft()
+                lane = self._lanes.pop(waiter, None)
                 if not waiter.done():
+                    self._holder = lane
+                    if lane is not None and flash:
+                        lane.ahead = True  # a flash transaction waits for this one too
                     waiter.set_result(None)
                     in_a_row = self._officers_in_a_row
                     self._officers_in_a_row = 0 if queue is others else in_a_row + 1
                     return
         self._officers_in_a_row = 0
         self._held = False
+        self._holder = None
         self._on_free()
 
     @property
@@ -1578,27 +1612,31 @@ class Store:
         transaction and its batch commits at its end. `now` dates the rows it writes;
         its audit entries are timed when applied.
         """
-        await self._lock.acquire(officer, urgent)
-        committed: Future[None] | None = None
-        try:
-            if self._batch is not None and durable and not self._batch.durable:
-                await self._flush()  # a durable use case never waits on a lazy COMMIT
-            tx = Tx(self, now, self._batch or self._begin_batch(durable))
+        outer = lanes.current()
+        # Its own lane, which a flash transaction waiting for the lock puts ahead.
+        lane = Lane(ahead=urgent or (outer is not None and outer.ahead))
+        with working_in(lane):
+            await self._lock.acquire(officer, urgent, lane)
+            committed: Future[None] | None = None
             try:
-                yield tx
-                if tx._writes or tx._entries or tx._secure_delete:
-                    tx._batch.urgent |= urgent or tx.urgent
-                    committed = tx._batch.joined(tx)
-            except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
-                raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
-        finally:
-            try:
-                if self._batch is not None and (self._lock.waiting == 0 or self._batch.due()):
-                    await self._flush()
+                if self._batch is not None and durable and not self._batch.durable:
+                    await self._flush()  # a durable use case never waits on a lazy COMMIT
+                tx = Tx(self, now, self._batch or self._begin_batch(durable))
+                try:
+                    yield tx
+                    if tx._writes or tx._entries or tx._secure_delete:
+                        tx._batch.urgent |= urgent or tx.urgent
+                        committed = tx._batch.joined(tx)
+                except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+                    raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
             finally:
-                self._lock.release()
-        if committed is not None:
-            await committed
+                try:
+                    if self._batch is not None and (self._lock.waiting == 0 or self._batch.due()):
+                        await self._flush()
+                finally:
+                    self._lock.release()
+            if committed is not None:
+                await committed
 
     def _begin_batch(self, durable: bool) -> _Batch:
         self._batch = _Batch(durable)
@@ -1869,7 +1907,7 @@ class Store:
         marks = ",".join("?" * len(destinations))
         # Chosen on the index alone; the columns read come before the envelope in a row.
         rows = await self.db.execute_fetchall(
-            "SELECT id, peer, box, origin, path FROM messages WHERE rowid IN ("
+            "SELECT id, peer, box, origin, path, priority_rank FROM messages WHERE rowid IN ("
             " SELECT rowid FROM messages INDEXED BY messages_outbox"
             f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             " AND retry_at <= ? AND priority_rank <= ? ORDER BY priority_rank, created LIMIT ?)"
