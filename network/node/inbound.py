@@ -181,7 +181,6 @@ class Inbound:
                     issued.append(item.receipt)
                     tx.insert_receipt(_receipt_row(item.receipt, "issued"))
                 tx.audit(item.audit)
-                await slices.next()
             self._contact(tx, peer)
         self.context.publish(entry for item in items for entry in item.audit)
         self.context.alerts.raise_(item.alert for item in items if item.alert is not None)
