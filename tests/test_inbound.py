@@ -33,7 +33,7 @@ from network.core.session import CheckpointOffered, LinkSession, Room
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.links import Links, _Link, _Marks, _Outbox
 from network.node.officer import SUBMITTING_AT_ONCE
-from network.node.store import Store, _on_thread
+from network.node.store import MessageRow, Store, _on_thread
 from network.node.wiring import Node
 from network.node.witnessing import Witnessing
 from network.samples import sample_body
@@ -88,11 +88,11 @@ async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
             await node.context.store.close()
 
 
-async def submit(
+async def queue(
     node: Node, to: str = "DEU", ttl_ms: int | None = None, priority: str = "urgent"
-) -> Envelope:
-    """What an officer of `node` sends to `to`, as the envelope that leaves."""
-    row = await node.officers.submit(
+) -> MessageRow:
+    """What an officer of `node` sends to `to`, as the row committed."""
+    return await node.officers.submit(
         user="olivia",
         to=to,
         message_type="emergency",
@@ -100,6 +100,13 @@ async def submit(
         body=sample_body("emergency"),
         ttl_ms=ttl_ms,
     )
+
+
+async def submit(
+    node: Node, to: str = "DEU", ttl_ms: int | None = None, priority: str = "urgent"
+) -> Envelope:
+    """What an officer of `node` sends to `to`, as the envelope that leaves."""
+    row = await queue(node, to, ttl_ms, priority)
     stored = await node.context.store.message(row.id)
     assert stored is not None
     return verify_signed(stored.envelope, roster=node.context.roster)
@@ -509,13 +516,7 @@ async def test_a_flash_message_goes_to_its_link_as_committed_not_read_back(trio:
         _on_thread(fra.context.store.db, lambda _: release.wait(30))
     )
     try:
-        flash = await fra.officers.submit(
-            user="olivia",
-            to="DEU",
-            message_type="emergency",
-            priority="flash",
-            body=sample_body("emergency"),
-        )
+        flash = await queue(fra, priority="flash")
         taken = await asyncio.wait_for(fra.delivery.next_batch("DEU", Room(10, 10)), 5)
     finally:
         release.set()
