@@ -116,7 +116,7 @@ __all__ = [
 class LinkSettings:
     """How one node runs its links. Seconds throughout; None turns keepalive pings off."""
 
-    window: int = 40  # envelopes in flight without a receipt, per link (flash: the reserve too)
+    window: int = 32  # envelopes in flight without a receipt, per link
     flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
     # Envelopes taken in one use case (flash waiting goes in a batch of its own). Smaller
     # batches let a flash envelope arriving meanwhile wait for fewer checks, but cost a
@@ -239,7 +239,7 @@ class Outgoing:
 @dataclass(frozen=True, slots=True)
 class Room:
     """How many envelopes the next batch may hold (`count`), and how many of them may be
-    other than flash (`others`: the window's room; the flash reserve is flash's alone)."""
+    other than flash (`others`: none once the window is full)."""
 
     count: int
     others: int
@@ -572,12 +572,15 @@ class LinkSession:
         return list(self._in_flight)
 
     def room(self) -> Room:
-        """How many envelopes may go now: up to `window + flash_reserve` in flight, of which
-        at most `window` other than flash (the reserve is flash's alone: at 90% load,
-        urgent envelopes taken in one batch with the window nearly full used to fill it)."""
+        """How many envelopes may go now: up to `window + flash_reserve` in flight, and
+        only flash once `window` are. A batch taken while the window has room may fill
+        the reserve too: held to the window alone, the sender took one or two urgent
+        envelopes each time a receipt freed a place, and the receiver ran a transaction
+        for each (at saturation, latency went from 40 ms to seconds)."""
         s = self.settings
         held = len(self._in_flight)
-        return Room(max(0, s.window + s.flash_reserve - held), max(0, s.window - held))
+        count = max(0, s.window + s.flash_reserve - held)
+        return Room(count, count if held < s.window else 0)
 
     def receipts_settled(self, message_ids: Sequence[str]) -> None:
         """These are no longer in flight (ids this link did not send are ignored)."""

@@ -634,7 +634,6 @@ class Inbound:
         """
         now = self.context.clock()
         checked: list[Receipt | PeerError] = []
-        slices = Slices()
         for raw in raws:
             try:
                 checked.append(
@@ -644,7 +643,6 @@ class Inbound:
                 )
             except PeerError as exc:
                 checked.append(exc)
-            await slices.next()
         # Before any wait: batches take their turns in the order they came.
         ids = {r.message_id for r in checked if isinstance(r, Receipt)}
         before = {self._receipt_turns[i] for i in ids if i in self._receipt_turns}
