@@ -463,7 +463,7 @@ def test_a_flood_of_envelopes_past_the_window_cuts_the_link(net: Network) -> Non
     async def attack() -> None:
         async with hostile(net) as ws:
             with contextlib.suppress(ConnectionClosed):
-                for _ in range(2000):  # far past the window of 32 (+8 flash +32 batch)
+                for _ in range(2000):  # far past the window of 40 (+8 flash +32 batch)
                     await ws.send(envelope_frame([], envelope))
             await closed_by_node(ws)
 

@@ -62,7 +62,9 @@ from network.core.session import (
     rank_hint,
 )
 
-SMALL = LinkSettings(window=4, flash_reserve=2, batch=3, max_queued_frames=50, receipt_timeout=10)
+SMALL = LinkSettings(
+    window=4, flash_reserve=2, batch=3, least_batch=1, max_queued_frames=50, receipt_timeout=10
+)
 PRIORITIES = ("flash", "urgent", "routine")
 
 
@@ -120,7 +122,7 @@ def pair(config: LinkSettings = SMALL) -> tuple[LinkSession, LinkSession]:
 def test_the_window_and_then_the_flash_reserve() -> None:
     fra, _ = pair()
 
-    first = Room(6, 6)
+    first = Room(6, 4)
     opening = fra.room()
     fra.send_envelopes([outgoing(f"m{i}") for i in range(4)], now=0.0)
     full = fra.room()
@@ -137,30 +139,56 @@ def test_the_window_and_then_the_flash_reserve() -> None:
     assert len(fra.in_flight) == SMALL.window + SMALL.flash_reserve
 
 
-def test_a_batch_taken_while_the_window_has_room_may_fill_the_reserve_too() -> None:
-    # Held to the window alone, urgent went one or two at a time as receipts freed places,
-    # and the receiver ran a transaction for each: at saturation, seconds of latency.
+def test_the_reserve_is_for_flash_alone_even_while_the_window_has_room() -> None:
+    # Before, a batch taken with the window nearly full could fill the reserve with urgent
+    # envelopes (at 90% load it did), and a flash message then waited for a receipt.
     fra, _ = pair()
     fra.send_envelopes([outgoing("m0")], now=0.0)
     room = fra.room()
 
-    fra.send_envelopes([outgoing(f"m{i}", "urgent") for i in range(1, 6)], now=0.0)
+    with pytest.raises(ValueError, match="only flash may use the reserve"):
+        fra.send_envelopes([outgoing(f"m{i}", "urgent") for i in range(1, 6)], now=0.0)
+    fra.send_envelopes(
+        [*(outgoing(f"m{i}", "urgent") for i in range(1, 4)), outgoing("f", "flash")], now=0.0
+    )
 
-    assert room == Room(5, 5)
-    assert fra.room() == Room(0, 0)
+    assert room == Room(5, 3)
+    assert fra.room() == Room(1, 0)
+
+
+def test_a_busy_window_takes_the_others_only_in_batches_worth_sending() -> None:
+    # One or two at a time as receipts freed places, the receiver ran a transaction for
+    # each: at saturation, seconds of latency (the silly window).
+    settings = LinkSettings(window=8, flash_reserve=2, batch=8, least_batch=3)
+    fra, deu = pair(settings)
+    at_rest = fra.room()
+    fra.send_envelopes([outgoing(f"m{i}") for i in range(5)], now=0.0)
+    room_for_three = fra.room()
+    fra.send_envelopes([outgoing("m5")], now=0.0)
+    room_for_two = fra.room()
+    pump(fra, deu)
+    answer_all(deu)
+    pump(deu, fra)
+    answer_all(fra)
+
+    assert at_rest == Room(10, 8)
+    assert room_for_three == Room(5, 3)
+    assert room_for_two == Room(4, 0)  # flash only, until room for three comes back
+    assert fra.room() == Room(10, 8)
+    assert pair(LinkSettings(window=2, least_batch=3))[0].room() == Room(10, 2)  # nothing held
 
 
 def test_receipts_free_room_and_every_envelope_is_taken_once() -> None:
     fra, deu = pair()
-    fra.send_envelopes([outgoing(f"m{i}") for i in range(6)], now=0.0)
+    fra.send_envelopes([outgoing(f"m{i}") for i in range(4)], now=0.0)
 
     pump(fra, deu)
     taken = answer_all(deu)
     pump(deu, fra)
     answer_all(fra)
 
-    assert taken == [f"m{i}" for i in range(6)]
-    assert fra.in_flight == [] and fra.room() == Room(6, 6)
+    assert taken == [f"m{i}" for i in range(4)]
+    assert fra.in_flight == [] and fra.room() == Room(6, 4)
     assert deu.unanswered == 0
 
 
@@ -520,7 +548,7 @@ class TwoSessions(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.fra, self.deu = pair(
-            LinkSettings(window=5, flash_reserve=2, batch=3, receipt_timeout=10)
+            LinkSettings(window=5, flash_reserve=2, batch=3, least_batch=2, receipt_timeout=10)
         )
         self.now = 0.0
         self.count = 0

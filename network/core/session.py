@@ -116,8 +116,12 @@ __all__ = [
 class LinkSettings:
     """How one node runs its links. Seconds throughout; None turns keepalive pings off."""
 
-    window: int = 32  # envelopes in flight without a receipt, per link
+    window: int = 40  # envelopes in flight without a receipt, per link (flash aside)
     flash_reserve: int = 8  # more in flight for flash only, so a full window never holds it back
+    # Once the window is busy, the others go when there is room for this many: one at a
+    # time as receipts freed places, the receiver ran a transaction for each (at
+    # saturation, seconds of latency: the silly window).
+    least_batch: int = 8
     # Envelopes taken in one use case (flash waiting goes in a batch of its own). Smaller
     # batches let a flash envelope arriving meanwhile wait for fewer checks, but cost a
     # busy relay more transactions: 8 made the 193-node simulation slower.
@@ -239,7 +243,8 @@ class Outgoing:
 @dataclass(frozen=True, slots=True)
 class Room:
     """How many envelopes the next batch may hold (`count`), and how many of them may be
-    other than flash (`others`: none once the window is full)."""
+    other than flash (`others`: the window's room, if worth a batch; the reserve is
+    flash's alone)."""
 
     count: int
     others: int
@@ -572,15 +577,15 @@ class LinkSession:
         return list(self._in_flight)
 
     def room(self) -> Room:
-        """How many envelopes may go now: up to `window + flash_reserve` in flight, and
-        only flash once `window` are. A batch taken while the window has room may fill
-        the reserve too: held to the window alone, the sender took one or two urgent
-        envelopes each time a receipt freed a place, and the receiver ran a transaction
-        for each (at saturation, latency went from 40 ms to seconds)."""
+        """How many envelopes may go now: up to `window + flash_reserve` in flight, of which
+        at most `window` other than flash (the reserve is flash's alone), and those only
+        once there is room for `least_batch` of them (or nothing is in flight)."""
         s = self.settings
         held = len(self._in_flight)
-        count = max(0, s.window + s.flash_reserve - held)
-        return Room(count, count if held < s.window else 0)
+        others = s.window - held
+        if others < s.least_batch and held:
+            others = 0
+        return Room(max(0, s.window + s.flash_reserve - held), max(0, others))
 
     def receipts_settled(self, message_ids: Sequence[str]) -> None:
         """These are no longer in flight (ids this link did not send are ignored)."""
