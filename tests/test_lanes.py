@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from network.node import lanes
 from network.node.lanes import FLASH, Lane, LaneLoop, Slices, working_in
-from network.node.store import Store, _on_thread
+from network.node.store import Store, _on_thread, _queued_on_thread
 from tests.harness import until
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ def test_a_task_in_the_flash_lane_takes_every_step_before_the_others_waiting() -
 
     async def plain(n: int) -> None:
         for _ in range(3):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a step: its place in the loop's queue is what is tested
         order.append(f"plain {n}")
 
     async def flash() -> None:
@@ -112,15 +112,16 @@ def test_a_batch_worked_through_in_slices_lets_a_flash_task_in() -> None:
             await slices.next()
         finished["batch"] = time.perf_counter()
 
-    async def flash(woken: asyncio.Event) -> None:
+    async def flash(started: asyncio.Event, woken: asyncio.Event) -> None:
         with working_in(FLASH):
+            started.set()
             await woken.wait()
             finished["flash"] = time.perf_counter()
 
     async def scenario() -> None:
-        woken = asyncio.Event()
-        waiting = asyncio.create_task(flash(woken))
-        await asyncio.sleep(0)
+        started, woken = asyncio.Event(), asyncio.Event()
+        waiting = asyncio.create_task(flash(started, woken))
+        await started.wait()
         asyncio.get_running_loop().call_later(0.003, woken.set)  # 3 ms into a 20 ms batch
         await asyncio.gather(batch(), waiting)
 
@@ -138,12 +139,12 @@ def test_a_store_hop_of_a_task_in_a_lane_ahead_comes_back_ahead(tmp_path: Path) 
         store = await Store.open(tmp_path / "node.sqlite")
         loop = asyncio.get_running_loop()
         try:
-            ended = threading.Event()
+            begun, go, handed_back = threading.Event(), threading.Event(), threading.Event()
 
             def read(conn: Any) -> object:
-                found = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
-                ended.set()
-                return found
+                begun.set()
+                assert go.wait(10)  # ends once the 50 callbacks wait on the loop
+                return conn.execute("SELECT COUNT(*) FROM messages").fetchone()
 
             async def flash() -> None:
                 with working_in(FLASH):
@@ -151,17 +152,16 @@ def test_a_store_hop_of_a_task_in_a_lane_ahead_comes_back_ahead(tmp_path: Path) 
                 order.append("flash")
 
             task = asyncio.create_task(flash())
-            await asyncio.sleep(0)  # its read is on the reader's thread
+            await until(begun.is_set)  # its read is on the reader's thread
             for n in range(50):
                 loop.call_soon(order.append, n)
-            waiting = len(loop._ready)  # type: ignore[attr-defined]
-            # The loop stays busy until the read has been handed back to it.
-            assert ended.wait(10)
-            deadline = time.monotonic() + 10
-            while len(loop._ready) == waiting:  # type: ignore[attr-defined]
-                assert time.monotonic() < deadline, "the read was never handed back"
-                time.sleep(0)  # lets the reader's thread take the GIL
+            go.set()
+            # The reader's thread takes its work in order: once this runs, the read has
+            # been handed back to the loop, which stayed busy here meanwhile.
+            after = _queued_on_thread(store.db, lambda _: handed_back.set())
+            assert handed_back.wait(10)
             await task
+            await after
         finally:
             await store.close()
 
