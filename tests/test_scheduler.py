@@ -58,8 +58,8 @@ def test_news_is_taken_by_id_flash_first_and_alone() -> None:
     then = made.next_batch(DEU, Room(10, 10), T0)
 
     # Flash alone: its rows are at hand (`Delivery`), and none read beside it holds it up.
-    assert first.news == ("flash",)
-    assert then.news == ("urgent", "routine")
+    assert first.news == ("flash",) and first.flash_alone
+    assert then.news == ("urgent", "routine") and not then.flash_alone
     assert not first.look and not then.look
 
 

@@ -217,7 +217,6 @@ class Delivery:
         through the whole outbox. Each row returned is still waiting to go as read now.
         """
         link = NodeId(peer)
-        flash = self.scheduler.has_flash_news(link)  # then the news are flash alone
         batch = self._turn(link, room, poll)
         receipts = batch.receipts
         skip = set(exclude)
@@ -233,7 +232,7 @@ class Delivery:
                 break
             self.refresh_routes()
             taken = sum(row.priority is not Priority.FLASH for row in rows)
-            more = Room(room.count - len(rows), 0 if flash else room.others - taken)
+            more = Room(room.count - len(rows), 0 if batch.flash_alone else room.others - taken)
             news, moved = self.scheduler.take_news(link, more)
             self._wake(moved)
         if rows:

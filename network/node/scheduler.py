@@ -67,10 +67,12 @@ class Batch:
     """The answer to `next_batch`: receipts to pass on now; ids of news to read from the
     store (best first, each best sent over this link as routes stand); or a look through
     the whole outbox (`look`), wider with `detours`. `wake`: other links that were given
-    something to send meanwhile (routes moved, news moved to them)."""
+    something to send meanwhile (routes moved, news moved to them). `flash_alone`: the
+    news are flash, and what fills the room after them must be flash too."""
 
     receipts: tuple[bytes, ...] = ()
     news: tuple[str, ...] = ()
+    flash_alone: bool = False
     look: bool = False
     detours: bool = False
     wake: frozenset[NodeId] = frozenset()
@@ -279,7 +281,7 @@ class Scheduler:
             news, moved = self.take_news(peer, Room(room.count, 0))
             wake |= moved
             if news:
-                return Batch(receipts, news=news, wake=frozenset(wake))
+                return Batch(receipts, news=news, flash_alone=True, wake=frozenset(wake))
         if not poll and self.has_news(peer):
             news, moved = self.take_news(peer, room)
             wake |= moved
