@@ -1333,12 +1333,15 @@ class _WriteLock:
 
     def __init__(self, on_free: Callable[[], None] = lambda: None) -> None:
         self._held = False
-        # flash, officers, the others
-        self._queues: tuple[deque[Future[None]], ...] = (deque(), deque(), deque())
+        # flash, officers, the others: each waiter with its lane
+        self._queues: tuple[deque[tuple[Future[None], Lane | None]], ...] = (
+            deque(),
+            deque(),
+            deque(),
+        )
         self._on_free = on_free  # called whenever the lock is freed with no one to take it
         self._officers_in_a_row = 0
         self._holder: Lane | None = None  # the lane of the transaction that holds it
-        self._lanes: dict[Future[None], Lane | None] = {}  # each waiter's
 
     async def acquire(self, first: bool, urgent: bool = False, lane: Lane | None = None) -> None:
         """Wait for the lock. `lane`: the waiter's, which goes ahead (`network.node.lanes`)
@@ -1351,17 +1354,15 @@ class _WriteLock:
             self._holder.ahead = True  # a flash transaction waits for it: it goes first
         waiter: Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues[0 if urgent else 1 if first else 2]
-        queue.append(waiter)
-        self._lanes[waiter] = lane
+        queue.append((waiter, lane))
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed over just as it was cancelled: pass it on
             else:
-                self._lanes.pop(waiter, None)
                 with contextlib.suppress(ValueError):
-                    queue.remove(waiter)
+                    queue.remove((waiter, lane))
             raise
 
     def release(self) -> None:
@@ -1373,8 +1374,7 @@ class _WriteLock:
             order = (flash, officers, others)
         for queue in order:
             while queue:
-                waiter = queue.popleft()
-                lane = self._lanes.pop(waiter, None)
+                waiter, lane = queue.popleft()
                 if not waiter.done():
                     self._holder = lane
                     if lane is not None and flash:
