@@ -679,20 +679,19 @@ def _queued_on_thread(
     """`work` queued for the connection's thread now; the future of its result.
 
     As aiosqlite's own `_execute` does, without a coroutine around it: `_running` and
-    `_connection` (whether it is open), `_tx` (its queue of (future, function), which its
-    thread settles) and `_conn` (the sqlite3 connection) are aiosqlite's private parts,
+    `_connection` (whether it is open), `_tx` (its queue of (future, function): given no
+    future, its thread runs the function, which settles ours) and `_conn` (the sqlite3
+    connection) are aiosqlite's private parts,
     and this is the one place that touches them; an aiosqlite upgrade that breaks them
     breaks the tests `_on_thread` names."""
     if not db._running or not db._connection:
         raise ValueError("Connection closed")
     loop = asyncio.get_running_loop()
     future: Future[T] = loop.create_future()
-    if lanes.current() is None:
-        db._tx.put_nowait((future, lambda: work(db._conn)))
-        return future
-    # Handed back in the asking task's context: in its lane, so that a flash task's hop
-    # comes back ahead (`network.node.lanes`). aiosqlite's own hand-back takes none.
-    context = contextvars.copy_context()
+    # Handed back in the asking task's context when it works in a lane, so that a flash
+    # task's hop comes back ahead (`network.node.lanes`); aiosqlite's own hand-back takes
+    # no context, as this does for a task in no lane.
+    context = None if lanes.current() is None else contextvars.copy_context()
 
     def run() -> None:
         try:
