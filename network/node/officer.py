@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -220,16 +220,21 @@ class Officers:
         """
         body = self._with_files(body, files)
         node, kind, urgency, typed = parse_request(to, message_type, priority, body)
-        with working_in(FLASH if urgency is Priority.FLASH else None):
-            async with self._turn(urgency):
-                draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
-                return (await self._queue([draft]))[0]
+        async with self._turn(urgency):
+            draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
+            return (await self._queue([draft]))[0]
 
-    def _turn(self, urgency: Priority) -> contextlib.AbstractAsyncContextManager[object]:
+    @contextlib.asynccontextmanager
+    async def _turn(self, urgency: Priority) -> AsyncIterator[None]:
         """A turn to seal and store: at most `SUBMITTING_AT_ONCE` of each priority at
-        once, but a flash one goes at once."""
+        once, but a flash one goes at once, in the flash lane (`network.node.lanes`)."""
         turns = self._submitting.get(urgency)
-        return contextlib.nullcontext() if turns is None else turns
+        if turns is None:
+            with working_in(FLASH):
+                yield
+            return
+        async with turns:
+            yield
 
     def _with_files(self, body: object, files: Sequence[AttachmentFile]) -> object:
         """`body` with its `attachments` named from `files` (size, SHA-256, parts): what the
@@ -284,19 +289,18 @@ class Officers:
         except BodyError as exc:
             raise named(0, exc) from None
         drafts = []
-        with working_in(FLASH if urgency is Priority.FLASH else None):
-            async with self._turn(urgency):
-                for i, recipient in enumerate(to):
-                    if recipient in to[:i]:
-                        raise BodyError(f"to[{i}]", f"{recipient} is named twice")
-                    try:
-                        node = parse_recipient(recipient)
-                        drafts.append(
-                            await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
-                        )
-                    except BodyError as exc:
-                        raise named(i, exc) from None
-                return await self._queue(drafts)
+        async with self._turn(urgency):
+            for i, recipient in enumerate(to):
+                if recipient in to[:i]:
+                    raise BodyError(f"to[{i}]", f"{recipient} is named twice")
+                try:
+                    node = parse_recipient(recipient)
+                    drafts.append(
+                        await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
+                    )
+                except BodyError as exc:
+                    raise named(i, exc) from None
+            return await self._queue(drafts)
 
     async def _sealed(
         self,
