@@ -749,12 +749,68 @@ async def test_reads_outside_transactions_see_only_what_is_committed(store: Stor
     assert [r.id for r in await store.messages_by_id(["m1", "m2"])] == ["m1", "m2"]
 
 
+async def _traced_with_threads(store: Store) -> list[tuple[bool, str]]:
+    """The writer's statements from now on, each with whether it ran on the loop's thread."""
+    loop_thread = threading.get_ident()
+    statements: list[tuple[bool, str]] = []
+
+    def trace(statement: str) -> None:
+        statements.append((threading.get_ident() == loop_thread, statement))
+
+    await _on_thread(store.writer, lambda conn: conn.set_trace_callback(trace))
+    return statements
+
+
+async def test_a_transactions_statements_run_on_the_loop_and_only_its_commit_on_the_thread(
+    store: Store,
+) -> None:
+    """What a use case reads and writes runs on the loop's thread (a statement on the
+    writer's thread waited for the GIL each time); the COMMIT, which waits for the disk,
+    runs on the writer's thread."""
+    statements = await _traced_with_threads(store)
+
+    async with store.transaction(T0) as tx:
+        assert await tx.message("m1") is None
+        insert(tx, "m1")
+
+    on_loop = [s.split()[0] for loop, s in statements if loop]
+    on_thread = [s.split()[0] for loop, s in statements if not loop]
+    assert {"BEGIN", "SELECT", "INSERT"} <= set(on_loop), statements
+    assert on_thread == ["COMMIT"], statements
+    assert [r.id for r in await store.messages_by_id(["m1"])] == ["m1"]
+
+
+async def test_a_begin_held_up_by_another_process_waits_on_the_thread_not_the_loop(
+    store: Store,
+) -> None:
+    """While another process (`cpn user add` beside the node) holds the write lock, the
+    BEGIN waits on the writer's thread: the loop goes on serving (here: it lets the other
+    writer finish), and the use case commits once the lock is free."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    statements = await _traced_with_threads(store)
+
+    async def write() -> None:
+        async with store.transaction(T0) as tx:
+            insert(tx, "m1")
+
+    task = asyncio.create_task(write())
+    await until(lambda: (False, "BEGIN IMMEDIATE") in statements)  # waiting on the thread
+    assert not task.done()
+    other.execute("ROLLBACK")
+    other.close()
+    await task
+
+    assert [r.id for r in await store.messages_by_id(["m1"])] == ["m1"]
+    assert (False, "COMMIT") in statements
+
+
 # -- the shim over aiosqlite's private API ----------------------------------------------------
 
 
 async def test_on_thread_runs_on_the_connections_own_thread(store: Store) -> None:
     def work(conn: sqlite3.Connection) -> int:
-        conn.execute("SELECT 1")  # sqlite3 refuses a connection used off its own thread
+        conn.execute("SELECT 1")
         return threading.get_ident()
 
     first, second = await _on_thread(store.writer, work), await _on_thread(store.writer, work)

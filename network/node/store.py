@@ -8,8 +8,11 @@
 - Group commit: the use cases waiting for the write lock go in turn, each in a
   savepoint of the writer's one open SQLite transaction, and commit together;
   each caller returns once the COMMIT holding its work is on disk.
-- Two connections, each on a thread of its own: the writer, and a query-only
+- Two connections, each with a thread of its own: the writer, and a query-only
   reader for everything outside transactions, which sees only what is committed.
+  A transaction's statements run on the event loop's thread, under the write
+  lock; only what waits (the COMMIT's fsync, another process's lock) goes to
+  the writer's thread.
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
@@ -728,22 +731,21 @@ class Tx:
     """The writes of one use case's transaction. Only the store hands these out.
 
     Writes are buffered by plain methods; when the use case ends they join its
-    batch, and are applied on the writer's thread, inside a savepoint, with the
-    next hop there: the next use case's first read, or the batch's COMMIT. A
-    write that fails undoes this use case's writes and no one else's. They run
+    batch, and are applied inside a savepoint before the next statement: the
+    next use case's first read, or the batch's COMMIT. A write that fails undoes
+    this use case's writes and no one else's. They run
     in the order issued (consecutive uses of one statement go as one
     `executemany`), so an UPDATE never overtakes the INSERT of its row; the
     audit entries go first (no statement reads them).
 
     A read joins the writer's open SQLite transaction (BEGIN IMMEDIATE when
-    there is none) after the writes of the use cases before it, in one hop. It
-    sees the rows this use case changed (`message`), not its other writes. Only
-    what reads is `async`. The COMMIT is the store's, for a whole batch
-    (`Store.transaction`).
+    there is none) after the writes of the use cases before it, on the loop's
+    thread (`Store._begun`). It sees the rows this use case changed (`message`),
+    not its other writes. Only what reads is `async`. The COMMIT is the store's,
+    for a whole batch (`Store.transaction`).
     """
 
     def __init__(self, store: Store, now: int, batch: _Batch) -> None:
-        self.db = store.writer
         self.now = now
         self._store = store
         self._batch = batch
@@ -757,7 +759,7 @@ class Tx:
         self._secure_delete = False  # overwrite the pages this transaction frees
         self.urgent = False  # set by a use case that finds a flash message in its work
 
-    # -- on the writer's thread -------------------------------------------------------
+    # -- applied under the write lock, before the batch's next statement -----------------
 
     def _apply(self, conn: sqlite3.Connection) -> None:
         """Write everything, in a savepoint of the batch's transaction (no COMMIT)."""
@@ -802,17 +804,13 @@ class Tx:
         return max(self._store.clock(), _last_time(conn))
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        """A read under the transaction's lock (beginning it, in the same hop)."""
+        """A read under the transaction's lock, on the loop's thread once the batch's
+        transaction is begun: what the use cases before it wrote is applied first."""
+        conn = await self._store._begun(self._batch)
+        self._batch.apply(conn)
+        return query(conn)
 
-        batch = self._batch
-
-        def work(conn: sqlite3.Connection) -> T:
-            batch.apply(conn)  # what the use cases before it wrote, then this one's read
-            return query(conn)
-
-        return await _settled(self.db, work)
-
-    # -- reads (async: they go to the connection's thread) --------------------------------
+    # -- reads (async: the batch's transaction may have to be begun on the thread) --------
 
     async def audit_size(self) -> int:
         """The log's size before this transaction's entries, counting entries another
@@ -1412,6 +1410,8 @@ READER_CACHE_KIB = 256
 # simulation those calls were 5% of the machine's CPU (perf, strace). What they hold is
 # what a use case touches, which the writer's cache holds too.
 TEMP_IN_MEMORY = "PRAGMA temp_store = MEMORY"
+# How long a statement waits for another process's lock (`cpn user add` beside the node).
+BUSY_TIMEOUT_MS: Final = 5000
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
@@ -1419,7 +1419,7 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         found = await db.execute_fetchall("PRAGMA user_version")
         row = next(iter(found), None)
         version = int(row[0]) if row else 0
@@ -1450,9 +1450,8 @@ BATCH_USE_CASES: Final = 256
 class _Batch:
     """The use cases since the writer's last COMMIT: they commit together (group commit),
     each caller awaiting the COMMIT that holds its work. A use case's writes are applied
-    with the next hop to the writer's thread (another's read, or the COMMIT), so that a
-    batch of use cases that only write costs one hop. A batch is all durable or all not
-    (SQLite sets `synchronous` between transactions)."""
+    before the batch's next statement (another's read, or the COMMIT). A batch is all
+    durable or all not (SQLite sets `synchronous` between transactions)."""
 
     def __init__(self, durable: bool) -> None:
         self.durable = durable
@@ -1460,7 +1459,7 @@ class _Batch:
         self.urgent = False  # a flash message's use case is in it: commit at its end
         # On the loop: use cases ended (their writes to apply), each with its waiter.
         self.pending: list[tuple[Tx, Future[None]]] = []
-        # On the writer's thread, under the lock:
+        # Under the lock, as applied:
         self.applied: list[tuple[Future[None], BaseException | None]] = []  # waiter, error
         self.leaves: list[bytes] = []  # entries past the tree's size, in order
         self.begun = False  # the writer's transaction is open
@@ -1477,14 +1476,43 @@ class _Batch:
             or time.monotonic() - self.started >= BATCH_MS / 1000
         )
 
-    def apply(self, conn: sqlite3.Connection) -> None:
-        """On the writer's thread: begin, and apply the use cases ended since the last hop,
-        each in its savepoint (one that fails is kept with its error, for its caller)."""
-        if not conn.in_transaction:
-            if not self.durable:
-                conn.execute("PRAGMA synchronous = NORMAL")  # back to FULL at its COMMIT
-            conn.execute("BEGIN IMMEDIATE")
+    def begin(self, conn: sqlite3.Connection, *, wait: bool) -> None:
+        """BEGIN IMMEDIATE. `wait`: on the writer's thread, for as long as another process
+        (`cpn user add` beside the node) holds the write lock; else it fails at once
+        (sqlite3.OperationalError) rather than stop the loop it runs on."""
+        if not self.durable:
+            conn.execute("PRAGMA synchronous = NORMAL")  # back to FULL at its COMMIT
+        try:
+            if wait:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except BaseException:
+            self.end(conn, "ROLLBACK")
+            raise
         self.begun = True
+
+    def end(self, conn: sqlite3.Connection, statement: str) -> None:
+        """COMMIT (on the writer's thread: it waits for the disk) or ROLLBACK; on a COMMIT
+        that fails, ROLLBACK. `synchronous` back to FULL either way."""
+        try:
+            if conn.in_transaction:
+                conn.execute(statement)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            if not self.durable:
+                conn.execute("PRAGMA synchronous = FULL")
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Once begun, on the loop's thread: apply the use cases ended since, each in its
+        savepoint (one that fails is kept with its error, for its caller)."""
         pending, self.pending = self.pending, []
         for tx, waiter in pending:
             try:
@@ -1506,18 +1534,20 @@ def _settle(waiter: Future[None], error: BaseException | None) -> None:
 
 
 class Store:
-    """One node's SQLite file, through two connections, each on a thread of its own:
+    """One node's SQLite file, through two connections, each with a thread of its own:
     `writer` for the transactions (`transaction()`), `db` for reads, which see only
     what is committed (WAL lets them run beside a COMMIT that waits for the disk)."""
 
     def __init__(
         self,
         writer: aiosqlite.Connection,
+        writing: sqlite3.Connection,
         reader: aiosqlite.Connection,
         path: Path,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.writer = writer
+        self._writing = writing  # the writer's own connection, for the loop's thread (`_begun`)
         self.db = reader
         self.path = path
         self.clock = clock  # audit entry times, read when written (ms since the epoch)
@@ -1533,7 +1563,8 @@ class Store:
         `clock` (ms since the epoch) gives audit entries their time at commit."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            writer = await aiosqlite.connect(path, isolation_level=None)
+            # Used from the loop's thread too, never at once with its own (`Store._begun`).
+            writer = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         except Exception as exc:  # aiosqlite re-raises sqlite3 errors from its thread
             raise StoreError(f"{path}: cannot open store: {exc}") from exc
         reader: aiosqlite.Connection | None = None
@@ -1542,11 +1573,12 @@ class Store:
             await writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             await writer.execute(TEMP_IN_MEMORY)
             reader = await aiosqlite.connect(path, isolation_level=None)
-            await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await reader.execute("PRAGMA query_only = ON")
             await reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             await reader.execute(TEMP_IN_MEMORY)
-            store = cls(writer, reader, path, clock)
+            writing = await _on_thread(writer, lambda conn: conn)
+            store = cls(writer, writing, reader, path, clock)
             await store._load_audit_log()
         except BaseException:
             await writer.close()
@@ -1641,25 +1673,35 @@ class Store:
         self._batch = _Batch(durable)
         return self._batch
 
+    async def _begun(self, batch: _Batch) -> sqlite3.Connection:
+        """The writer's connection, for the lock's holder on the loop's thread, with
+        `batch`'s transaction begun.
+
+        Why on the loop's thread: each statement on the writer's thread gave up the GIL
+        and waited up to the switch interval to take it back from a busy loop, and a hop
+        there cost two wake-ups; a flash message's transactions waited for all of it
+        (docs/PERFORMANCE.md, sixth session). Only what waits goes to the thread: the
+        COMMIT (the disk), and a BEGIN that another process's write lock holds up. Never
+        at once: the thread runs only hops the lock's holder awaits."""
+        if not batch.begun:
+            try:
+                batch.begin(self._writing, wait=False)
+            except sqlite3.OperationalError:  # another process writes: wait on the thread
+                await _settled(self.writer, partial(batch.begin, wait=True))
+        return self._writing
+
     async def _flush(self) -> None:
         """COMMIT the batch (under the lock): its entries join the tree, its callers go on."""
         batch, self._batch = self._batch, None
         if batch is not None and (batch.begun or batch.pending):
-
-            def commit(conn: sqlite3.Connection) -> None:
+            try:
+                conn = await self._begun(batch)
                 try:
                     batch.apply(conn)
-                    conn.execute("COMMIT")
                 except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                    batch.end(conn, "ROLLBACK")
                     raise
-                finally:
-                    if not batch.durable:
-                        conn.execute("PRAGMA synchronous = FULL")
-
-            try:
-                await _settled(self.writer, commit)
+                await _settled(self.writer, partial(batch.end, statement="COMMIT"))
             except BaseException as exc:
                 failed = self._write_failed(exc)
                 for _, waiter in batch.pending:
