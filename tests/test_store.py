@@ -805,6 +805,22 @@ async def test_a_begin_held_up_by_another_process_waits_on_the_thread_not_the_lo
     assert (False, "COMMIT") in statements
 
 
+async def test_the_first_commit_after_a_wal_truncation_goes_through(store: Store) -> None:
+    """Retention deletes, then truncates the WAL; the next use case's COMMIT, the first
+    statement on the writer's thread since, found the checkpoint's statement still
+    running ("SQL statements in progress") and failed. Found by tests/test_retention."""
+    async with store.transaction(T0) as tx:
+        insert(tx, "m1")
+    async with store.transaction(T0) as tx:
+        tx.delete_contents("m1", "closed")
+    await store.truncate_wal()
+
+    async with store.transaction(T0) as tx:
+        insert(tx, "m2")
+
+    assert [r.id for r in await store.messages_by_id(["m1", "m2"])] == ["m1", "m2"]
+
+
 # -- the shim over aiosqlite's private API ----------------------------------------------------
 
 

@@ -1869,7 +1869,10 @@ class Store:
         copies in the WAL go too (best effort: a reader holding them defers it)."""
         async with self._lock.held():
             await self._flush()
-            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Its row read to the end: a statement left running would hold up the next
+            # COMMIT (aiosqlite's thread keeps the last result it handed back).
+            checkpoint = "PRAGMA wal_checkpoint(TRUNCATE)"
+            await _on_thread(self.writer, lambda conn: conn.execute(checkpoint).fetchall())
 
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""
