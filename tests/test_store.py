@@ -736,6 +736,9 @@ async def test_reads_outside_transactions_see_only_what_is_committed(store: Stor
         async with store.transaction(T0) as tx:
             seen["in the batch"] = await tx.message("m1")
             seen["outside"] = await store.message("m1")
+            # ... and the short reads made on the loop's thread (`Store._glance`)
+            seen["by id"] = await store.messages_by_id(["m1"])
+            seen["known"] = await store.known_ids(["m1"])
             insert(tx, "m2")
 
     first = asyncio.create_task(writer())
@@ -746,7 +749,54 @@ async def test_reads_outside_transactions_see_only_what_is_committed(store: Stor
     await asyncio.gather(first, second)
 
     assert isinstance(seen["in the batch"], MessageRow) and seen["outside"] is None
+    assert seen["by id"] == [] and seen["known"] == set()
     assert [r.id for r in await store.messages_by_id(["m1", "m2"])] == ["m1", "m2"]
+
+
+async def test_short_reads_outside_transactions_run_on_the_loops_thread(store: Store) -> None:
+    """A lookup by key (a token's officer, rows to send, ids held) runs on the loop's
+    thread: on the reader's thread each cost two wake-ups and the GIL handed back and
+    forth per statement, and every API request made one."""
+    async with store.transaction(T0) as tx:
+        insert(tx, "m1")
+        tx.add_user("olivia", "officer", b"hash")
+    loop_thread = threading.get_ident()
+    threads: list[bool] = []
+
+    def trace(statement: str) -> None:
+        threads.append(threading.get_ident() == loop_thread)
+
+    store._glancer.set_trace_callback(trace)
+
+    user = await store.user_by_token_hash(b"hash")
+    rows = await store.messages_by_id(["m1"])
+    known = await store.known_ids(["m1", "m2"])
+
+    assert user is not None and user.name == "olivia"
+    assert [r.id for r in rows] == ["m1"] and known == {"m1"}
+    assert threads == [True, True, True]
+
+
+async def test_a_short_read_that_would_wait_for_a_lock_goes_to_the_readers_thread(
+    store: Store,
+) -> None:
+    """SQLite says busy (a WAL being reset): the read is not waited for on the loop, which
+    it would stop, but made again on the reader's thread. Any other error is raised."""
+    loop_thread = threading.get_ident()
+    tried: list[bool] = []  # on the loop's thread?
+
+    def read(conn: sqlite3.Connection) -> int:
+        tried.append(threading.get_ident() == loop_thread)
+        if conn is store._glancer:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise busy
+        return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    assert await store._glance(read) == 0
+    assert tried == [True, False]
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await store._glance(lambda conn: conn.execute("SELECT * FROM nowhere"))
 
 
 async def _traced_with_threads(store: Store) -> list[tuple[bool, str]]:

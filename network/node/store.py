@@ -1405,6 +1405,7 @@ class _WriteLock:
 # two connections were a fifth of the simulation's memory.
 WRITER_CACHE_KIB = 1024
 READER_CACHE_KIB = 256
+GLANCER_CACHE_KIB = 128
 # SQLite's temporary files (a use case's savepoint journal past 64 KiB, transient indices)
 # in memory: on disk each was created, unlinked and closed in /var/tmp, and in the
 # simulation those calls were 5% of the machine's CPU (perf, strace). What they hold is
@@ -1543,12 +1544,14 @@ class Store:
         writer: aiosqlite.Connection,
         writing: sqlite3.Connection,
         reader: aiosqlite.Connection,
+        glancer: sqlite3.Connection,
         path: Path,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.writer = writer
         self._writing = writing  # the writer's own connection, for the loop's thread (`_begun`)
         self.db = reader
+        self._glancer = glancer  # short reads of what is committed, on the loop (`_glance`)
         self.path = path
         self.clock = clock  # audit entry times, read when written (ms since the epoch)
         self._lock = _WriteLock(on_free=self._commit_left_over)
@@ -1568,6 +1571,7 @@ class Store:
         except Exception as exc:  # aiosqlite re-raises sqlite3 errors from its thread
             raise StoreError(f"{path}: cannot open store: {exc}") from exc
         reader: aiosqlite.Connection | None = None
+        glancer: sqlite3.Connection | None = None
         try:
             await _migrate(writer, path)
             await writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
@@ -1578,12 +1582,19 @@ class Store:
             await reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             await reader.execute(TEMP_IN_MEMORY)
             writing = await _on_thread(writer, lambda conn: conn)
-            store = cls(writer, writing, reader, path, clock)
+            # timeout=0: a read that would wait for a lock goes to the reader's thread.
+            glancer = sqlite3.connect(path, isolation_level=None, timeout=0)
+            glancer.execute("PRAGMA query_only = ON")
+            glancer.execute(f"PRAGMA cache_size = -{GLANCER_CACHE_KIB}")
+            glancer.execute(TEMP_IN_MEMORY)
+            store = cls(writer, writing, reader, glancer, path, clock)
             await store._load_audit_log()
         except BaseException:
             await writer.close()
             if reader is not None:
                 await reader.close()
+            if glancer is not None:
+                glancer.close()
             raise
         return store
 
@@ -1624,6 +1635,19 @@ class Store:
             await self._flush()
             await self.writer.close()
             await self.db.close()
+            self._glancer.close()
+
+    async def _glance(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """A short read of what is committed, on the loop's thread: a read on the reader's
+        thread cost two wake-ups and the GIL handed back and forth for each of its
+        statements, for a lookup by key that takes SQLite microseconds. A read that would
+        wait for a lock (a WAL being reset) goes to the reader's thread instead."""
+        try:
+            return read(self._glancer)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+        return await _on_thread(self.db, read)
 
     @asynccontextmanager
     async def transaction(
@@ -1736,7 +1760,7 @@ class Store:
 
     async def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the store already holds (one query for a batch)."""
-        return await _on_thread(self.db, partial(_known_ids, ids=ids))
+        return await self._glance(partial(_known_ids, ids=ids))
 
     async def search(
         self,
@@ -1876,7 +1900,7 @@ class Store:
 
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""
-        found = await _on_thread(self.db, partial(_fetch_messages, ids=ids))
+        found = await self._glance(partial(_fetch_messages, ids=ids))
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     # -- reads -----------------------------------------------------------------
@@ -2177,11 +2201,8 @@ class Store:
         return await _on_thread(self.db, partial(_fetch_user, name=name))
 
     async def user_by_token_hash(self, token_hash: bytes) -> UserRow | None:
-        found = await self.db.execute_fetchall(
-            "SELECT name, role, created FROM users WHERE token_hash = ? AND disabled = 0",
-            (token_hash,),
-        )
-        row = next(iter(found), None)
+        query = "SELECT name, role, created FROM users WHERE token_hash = ? AND disabled = 0"
+        row = await self._glance(lambda conn: conn.execute(query, (token_hash,)).fetchone())
         return None if row is None else UserRow(*row)
 
 
