@@ -12,7 +12,8 @@
   reader for everything outside transactions, which sees only what is committed.
   A transaction's statements run on the event loop's thread, under the write
   lock; only what waits (the COMMIT's fsync, another process's lock) goes to
-  the writer's thread.
+  the writer's thread. Short reads by key go through a third, query-only
+  connection on the loop's thread (`Store._glance`).
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
@@ -1537,7 +1538,8 @@ def _settle(waiter: Future[None], error: BaseException | None) -> None:
 class Store:
     """One node's SQLite file, through two connections, each with a thread of its own:
     `writer` for the transactions (`transaction()`), `db` for reads, which see only
-    what is committed (WAL lets them run beside a COMMIT that waits for the disk)."""
+    what is committed (WAL lets them run beside a COMMIT that waits for the disk);
+    and a third on the loop's thread for short reads by key (`_glance`)."""
 
     def __init__(
         self,
@@ -1710,7 +1712,10 @@ class Store:
         if not batch.begun:
             try:
                 batch.begin(self._writing, wait=False)
-            except sqlite3.OperationalError:  # another process writes: wait on the thread
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                # another process writes: wait for it on the thread
                 await _settled(self.writer, partial(batch.begin, wait=True))
         return self._writing
 
