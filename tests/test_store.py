@@ -720,6 +720,25 @@ async def test_a_use_case_whose_write_fails_in_a_batch_undoes_only_its_own(store
     assert store.audit_log.root() == root_hash([bytes(leaf) for *_, leaf in entries])
 
 
+async def test_a_batch_that_cannot_be_applied_fails_every_caller_in_it(store: Store) -> None:
+    """Another process left the audit log with a gap: no use case of the batch can number
+    its entries. Each caller gets StoreError naming the gap; none is left waiting for a
+    COMMIT that will never come (the use cases after the first were dropped unsettled)."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute(
+        "INSERT INTO audit (seq, time, actor, action, message_id, detail, leaf)"
+        " VALUES (2, ?, 'intruder', 'gap', NULL, '{}', x'00')",
+        (T0,),
+    )
+    other.close()
+
+    results, _ = await asyncio.wait_for(_behind_one(store, 5, _composed), timeout=10)
+
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert all("not where the log ends" in str(r) for r in results), results
+    assert await store.messages_by_id([f"m{n}" for n in range(5)]) == []
+
+
 async def test_reads_outside_transactions_see_only_what_is_committed(store: Store) -> None:
     """A use case reading in a batch sees what the use cases before it applied (one
     SQLite transaction); a read through the store, outside it, does not until the COMMIT."""

@@ -1514,12 +1514,14 @@ class _Batch:
 
     def apply(self, conn: sqlite3.Connection) -> None:
         """Once begun, on the loop's thread: apply the use cases ended since, each in its
-        savepoint (one that fails is kept with its error, for its caller)."""
+        savepoint. One that fails, whatever the cause (SQLite's, or an audit log another
+        process left with a gap), is kept with its error for its caller: an error let out
+        of here would drop the use cases after it, their callers waiting forever."""
         pending, self.pending = self.pending, []
         for tx, waiter in pending:
             try:
                 tx._apply(conn)
-            except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+            except Exception as exc:
                 self.applied.append((waiter, exc))
             else:
                 self.applied.append((waiter, None))
