@@ -772,6 +772,18 @@ async def test_reads_outside_transactions_see_only_what_is_committed(store: Stor
     assert [r.id for r in await store.messages_by_id(["m1", "m2"])] == ["m1", "m2"]
 
 
+def _thread_trace() -> tuple[list[tuple[bool, str]], Callable[[str], None]]:
+    """A trace callback for a connection, and the statements it records, each with whether
+    it ran on the calling (the loop's) thread."""
+    loop_thread = threading.get_ident()
+    statements: list[tuple[bool, str]] = []
+
+    def trace(statement: str) -> None:
+        statements.append((threading.get_ident() == loop_thread, statement))
+
+    return statements, trace
+
+
 async def test_short_reads_outside_transactions_run_on_the_loops_thread(store: Store) -> None:
     """A lookup by key (a token's officer, rows to send, ids held) runs on the loop's
     thread: on the reader's thread each cost two wake-ups and the GIL handed back and
@@ -779,12 +791,7 @@ async def test_short_reads_outside_transactions_run_on_the_loops_thread(store: S
     async with store.transaction(T0) as tx:
         insert(tx, "m1")
         tx.add_user("olivia", "officer", b"hash")
-    loop_thread = threading.get_ident()
-    threads: list[bool] = []
-
-    def trace(statement: str) -> None:
-        threads.append(threading.get_ident() == loop_thread)
-
+    statements, trace = _thread_trace()
     store._glancer.set_trace_callback(trace)
 
     user = await store.user_by_token_hash(b"hash")
@@ -793,7 +800,7 @@ async def test_short_reads_outside_transactions_run_on_the_loops_thread(store: S
 
     assert user is not None and user.name == "olivia"
     assert [r.id for r in rows] == ["m1"] and known == {"m1"}
-    assert threads == [True, True, True]
+    assert [on_loop for on_loop, _ in statements] == [True, True, True]
 
 
 async def test_a_short_read_that_would_wait_for_a_lock_goes_to_the_readers_thread(
@@ -820,12 +827,7 @@ async def test_a_short_read_that_would_wait_for_a_lock_goes_to_the_readers_threa
 
 async def _traced_with_threads(store: Store) -> list[tuple[bool, str]]:
     """The writer's statements from now on, each with whether it ran on the loop's thread."""
-    loop_thread = threading.get_ident()
-    statements: list[tuple[bool, str]] = []
-
-    def trace(statement: str) -> None:
-        statements.append((threading.get_ident() == loop_thread, statement))
-
+    statements, trace = _thread_trace()
     await _on_thread(store.writer, lambda conn: conn.set_trace_callback(trace))
     return statements
 
