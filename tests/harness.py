@@ -96,6 +96,24 @@ def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[
         return db.execute(query, params).fetchall()
 
 
+def sends_beyond_links(path: Path, peer: str) -> dict[str, tuple[int, int]]:
+    """Messages a node sent to `peer` more times than links to `peer` came up before their
+    last send: {id: (sends, links)}. Both ends dial at start, and of two links that come up
+    at once the one the smaller id dialled stays; what went on the other goes again on the
+    one kept (the receiver stores it once). So a message may go once per link, never twice
+    on one."""
+    links = 0
+    sends: dict[str, tuple[int, int]] = {}
+    for action, message_id, detail in rows(
+        path, "SELECT action, message_id, detail FROM audit ORDER BY seq"
+    ):
+        if action == "link_up" and json.loads(detail).get("peer") == peer:
+            links += 1
+        elif action == "sent" and json.loads(detail).get("to") == peer:
+            sends[message_id] = (sends.get(message_id, (0, 0))[0] + 1, links)
+    return {m: (sent, up) for m, (sent, up) in sends.items() if sent > up}
+
+
 def wait_for(
     check: Callable[[], T], timeout: float = 30.0, what: str = "condition", *, poll: float = 0.2
 ) -> T:
