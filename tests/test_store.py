@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -823,6 +824,16 @@ async def test_a_short_read_that_would_wait_for_a_lock_goes_to_the_readers_threa
     assert tried == [True, False]
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await store._glance(lambda conn: conn.execute("SELECT * FROM nowhere"))
+
+
+async def test_the_store_threads_wake_without_preempting_the_loop(store: Store) -> None:
+    """The writer's and the reader's threads are batch threads (woken, they wait for their
+    turn rather than preempt the loop that holds the GIL they need); the loop's is not."""
+    threads = [connection._thread.native_id for connection in (store.writer, store.db)]
+
+    assert all(tid is not None for tid in threads)
+    assert [os.sched_getscheduler(tid) for tid in threads if tid] == [os.SCHED_BATCH] * 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 async def _traced_with_threads(store: Store) -> list[tuple[bool, str]]:
