@@ -786,9 +786,10 @@ def _thread_trace() -> tuple[list[tuple[bool, str]], Callable[[str], None]]:
 
 
 async def test_short_reads_outside_transactions_run_on_the_loops_thread(store: Store) -> None:
-    """A lookup by key (a token's officer, rows to send, ids held) runs on the loop's
-    thread: on the reader's thread each cost two wake-ups and the GIL handed back and
-    forth per statement, and every API request made one."""
+    """A lookup by key (a token's officer, rows to send, ids held) or on the outbox's
+    index (what may go to a link) runs on the loop's thread: on the reader's thread each
+    cost two wake-ups and the GIL handed back and forth per statement, and every API
+    request made one, as does every look of a link's feed."""
     async with store.transaction(T0) as tx:
         insert(tx, "m1")
         tx.add_user("olivia", "officer", b"hash")
@@ -798,10 +799,12 @@ async def test_short_reads_outside_transactions_run_on_the_loops_thread(store: S
     user = await store.user_by_token_hash(b"hash")
     rows = await store.messages_by_id(["m1"])
     known = await store.known_ids(["m1", "m2"])
+    waiting = await store.waiting([DEU], limit=8, now=T0)
 
     assert user is not None and user.name == "olivia"
     assert [r.id for r in rows] == ["m1"] and known == {"m1"}
-    assert [on_loop for on_loop, _ in statements] == [True, True, True]
+    assert [w.id for w in waiting] == ["m1"]
+    assert [on_loop for on_loop, _ in statements] == [True] * 4
 
 
 async def test_a_short_read_that_would_wait_for_a_lock_goes_to_the_readers_thread(

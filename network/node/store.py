@@ -1990,19 +1990,22 @@ class Store:
     ) -> list[Waiting]:
         """What may go now to any of `destinations`, ours and relayed: by priority, oldest
         first. Only what routing needs is read: a hub looks through thousands of rows
-        to send a few, whose whole rows it then reads by id."""
+        to send a few, whose whole rows it then reads by id. On the loop's thread
+        (`_glance`): on the reader's, every look of every link's feed cost a hop, and a
+        hub's links look all the time."""
         if not destinations:
             return []
         marks = ",".join("?" * len(destinations))
         # Chosen on the index alone; the columns read come before the envelope in a row.
-        rows = await self.db.execute_fetchall(
+        query = (
             "SELECT id, peer, box, origin, path, priority_rank FROM messages WHERE rowid IN ("
             " SELECT rowid FROM messages INDEXED BY messages_outbox"
             f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
             " AND retry_at <= ? AND priority_rank <= ? ORDER BY priority_rank, created LIMIT ?)"
-            " ORDER BY priority_rank, created",
-            (*destinations, now, max_rank, limit),
+            " ORDER BY priority_rank, created"
         )
+        params = (*destinations, now, max_rank, limit)
+        rows = await self._glance(lambda conn: conn.execute(query, params).fetchall())
         return [_waiting(r) for r in rows]
 
     async def preserved_requests(self) -> list[MessageRow]:
