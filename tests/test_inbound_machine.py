@@ -392,6 +392,8 @@ class Nodes(RuleBasedStateMachine):
             "note": "n",
             **({"information": "i"} if action == "information" else {}),
         }
+        if action in ("withdraw", "release"):
+            self.withdrawn.add(row.id)  # asked for: if refused, nothing leaves to withdraw it
         self.run(self.nodes[node].officers.follow_up(row.id, "olivia", fields))
 
     @precondition(lambda self: self.seen_envelopes)
