@@ -1553,7 +1553,8 @@ class Store:
     """One node's SQLite file, through two connections, each with a thread of its own:
     `writer` for the transactions (`transaction()`), `db` for reads, which see only
     what is committed (WAL lets them run beside a COMMIT that waits for the disk);
-    and a third on the loop's thread for short reads by key (`_glance`)."""
+    and a third on the loop's thread for short reads: by key, or on an index with a
+    LIMIT (`_glance`)."""
 
     def __init__(
         self,
@@ -1658,7 +1659,7 @@ class Store:
     async def _glance(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """A short read of what is committed, on the loop's thread: a read on the reader's
         thread cost two wake-ups and the GIL handed back and forth for each of its
-        statements, for a lookup by key that takes SQLite microseconds. A read that would
+        statements, for a lookup that takes SQLite microseconds. A read that would
         wait for a lock (a WAL being reset) goes to the reader's thread instead."""
         try:
             return read(self._glancer)
