@@ -12,8 +12,8 @@
   reader for everything outside transactions, which sees only what is committed.
   A transaction's statements run on the event loop's thread, under the write
   lock; only what waits (the COMMIT's fsync, another process's lock) goes to
-  the writer's thread. Short reads by key go through a third, query-only
-  connection on the loop's thread (`Store._glance`).
+  the writer's thread. Short reads (by key, or on an index with a LIMIT) go
+  through a third, query-only connection on the loop's thread (`Store._glance`).
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
