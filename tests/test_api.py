@@ -31,7 +31,7 @@ from network.node.officer import issue_token
 from network.node.store import Store
 from network.node.wiring import Node
 from network.samples import sample_body
-from tests.harness import Network, pause, wait_for
+from tests.harness import DrivenClock, Network, wait_for
 from tests.test_cases import in_days
 
 pytestmark = pytest.mark.timeout(90)
@@ -92,14 +92,21 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def clock(tmp_path_factory: pytest.TempPathFactory) -> DrivenClock:
+    """FRA's wall clock, which a test moves on: a penalty window's end is a step, not a
+    wait."""
+    return DrivenClock(tmp_path_factory.mktemp("clock") / "FRA.faketime")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, clock: DrivenClock) -> Iterator[Api]:
     net = Network(
         tmp_path_factory.mktemp("api"), {"FRA": ["DEU"], "DEU": ["FRA"]}, api_config=LOGIN_POLICY
     )
     try:
         for node in net.nodes.values():
             node.tokens["admin"] = asyncio.run(_admin_token(node.store, node.id))
-        net.start("FRA")
+        net.start("FRA", env=clock.env)
         net.start("DEU")
         message_id = net.send("FRA", "DEU", "preservation", sample_body("preservation"))
         net.wait_state("DEU", message_id, {"received"})
@@ -447,7 +454,9 @@ def _throttled_entries(api: Api) -> list[dict[str, Any]]:
     return [e["detail"] for e in answer["entries"] if e["detail"]["remote"] == "127.0.0.2"]
 
 
-def test_repeated_failed_logins_are_slowed_down_audited_and_forgiven(api: Api) -> None:
+def test_repeated_failed_logins_are_slowed_down_audited_and_forgiven(
+    api: Api, clock: DrivenClock
+) -> None:
     def attempt(token: str) -> tuple[int, str | None]:
         status, headers, _ = api.call("FRA", "GET", "/api/peers", token=token, source="127.0.0.2")
         return status, headers.get("retry-after")
@@ -465,7 +474,7 @@ def test_repeated_failed_logins_are_slowed_down_audited_and_forgiven(api: Api) -
     doubled = wait_for(lambda: once_let_in("cpn_wrong"), what="the first window to end")
     capped = wait_for(lambda: once_let_in("cpn_wrong"), what="the doubled window to end")
     inside_capped = attempt("officer")  # a valid token is let in, but forgives nothing
-    pause(2.1, "the capped window (2 s) runs out: the penalty's length is what is tested")
+    clock.advance(2)  # the capped window (2 s) runs out on FRA's clock
     forgiven = attempt("officer")
     afresh = attempt("cpn_wrong")
 
