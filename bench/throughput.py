@@ -8,7 +8,9 @@ Starts FRA and DEU as separate processes on 127.0.0.1 (real TLS, SQLite,
 WebSockets). Phase 1 posts the messages to FRA's HTTP API as fast as
 `--concurrency` officers can (urgent preservation requests of ~2 KiB) and
 waits until FRA holds a verified end-to-end receipt for every one: the
-saturated rate. Phase 2 offers an open-loop load at each share of that rate
+saturated rate. The posting (bench/poster.py: requests built once, on kept-alive
+connections) runs on the same cores as the nodes, and takes as little of them as it
+can. Phase 2 offers an open-loop load at each share of that rate
 in `--loads` (one `flash` every N, the others urgent) and takes the latency
 percentiles at each: the points of docs/latency-vs-load.png. Latency is
 composed (the header's `created`) to delivered (the sender's state change on
@@ -45,10 +47,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.poster import Poster
 from bench.results import Figure, add_arguments, machine, record, scratch, table
 from network.core.envelope import (
     check_receipt_for,
@@ -271,16 +272,22 @@ def probe_results(probe: subprocess.Popen[str]) -> dict[str, list[float]]:
     return result
 
 
-async def post(session: aiohttp.ClientSession, api: str, priority: str, to: str = "DEU") -> None:
-    request = {"to": to, "type": "preservation", "priority": priority, "body": BODY}
-    async with session.post(f"{api}/api/messages", json=request) as response:
-        if response.status != 202:
-            raise RuntimeError(f"POST answered {response.status}: {await response.text()}")
+def request_body(priority: str, to: str = "DEU") -> bytes:
+    """A posted request's JSON, built once for each priority and addressee."""
+    return json.dumps(
+        {"to": to, "type": "preservation", "priority": priority, "body": BODY}
+    ).encode()
 
 
-def session_for(network: Network) -> aiohttp.ClientSession:
-    token = network.nodes["FRA"].tokens["officer"]
-    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+async def post(poster: Poster, body: bytes) -> None:
+    status, answer = await poster.post("/api/messages", body)
+    if status != 202:
+        raise RuntimeError(f"POST answered {status}: {answer.decode(errors='replace')}")
+
+
+def poster_for(network: Network) -> Poster:
+    """FRA's officer, posting as the nodes' load (`bench/poster.py`: cheap on the CPU)."""
+    return Poster(network.nodes["FRA"].api, network.nodes["FRA"].tokens["officer"])
 
 
 async def post_flat_out(network: Network, count: int, concurrency: int, to: str = "DEU") -> None:
@@ -288,28 +295,28 @@ async def post_flat_out(network: Network, count: int, concurrency: int, to: str 
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(count):
         queue.put_nowait(index)
-    api = network.nodes["FRA"].api
+    body = request_body("urgent", to)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(poster: Poster) -> None:
         while not queue.empty():
             queue.get_nowait()
-            await post(session, api, "urgent", to)
+            await post(poster, body)
 
-    async with session_for(network) as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    async with poster_for(network) as poster:
+        await asyncio.gather(*(worker(poster) for _ in range(concurrency)))
 
 
 async def post_paced(network: Network, rate: float, seconds: float, flash_every: int) -> int:
     """Open loop: urgent requests at a steady `rate`, one flash every `flash_every`."""
-    api = network.nodes["FRA"].api
     count = int(rate * seconds)
-    async with session_for(network) as session:
+    bodies = {priority: request_body(priority) for priority in ("flash", "urgent")}
+    async with poster_for(network) as poster:
         tasks = []
         start = time.monotonic()
         for index in range(count):
             await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
             priority = "flash" if index % flash_every == 0 else "urgent"
-            tasks.append(asyncio.create_task(post(session, api, priority)))
+            tasks.append(asyncio.create_task(post(poster, bodies[priority])))
         await asyncio.gather(*tasks)
     return count
 

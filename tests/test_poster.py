@@ -1,0 +1,77 @@
+"""The benchmarks' lean poster (bench/poster.py) against a real node's API: what it
+posts is what the node stores, and it reads the node's answers, refusals included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from bench.poster import Poster
+from network.samples import sample_body
+from tests.harness import Network
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def fra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    network = Network(tmp_path_factory.mktemp("poster"), {"FRA": ["DEU"], "DEU": ["FRA"]})
+    try:
+        network.start("FRA")
+        yield network
+    finally:
+        network.close()
+
+
+def request(summary: str) -> bytes:
+    body = sample_body("preservation", summary=summary)
+    return json.dumps(
+        {"to": "DEU", "type": "preservation", "priority": "urgent", "body": body}
+    ).encode()
+
+
+def test_posts_reach_the_node_on_kept_alive_connections(fra: Network) -> None:
+    node = fra.nodes["FRA"]
+
+    async def post_all() -> tuple[list[tuple[int, bytes]], int]:
+        async with Poster(node.api, node.tokens["officer"]) as poster:
+            first = [
+                await poster.post("/api/messages", request(f"one by one {i}")) for i in range(3)
+            ]
+            together = await asyncio.gather(
+                *(poster.post("/api/messages", request(f"at once {i}")) for i in range(4))
+            )
+            return [*first, *together], len(poster._all)
+
+    answers, connections = asyncio.run(post_all())
+
+    assert [status for status, _ in answers] == [202] * 7
+    ids = [json.loads(body)["id"] for _, body in answers]
+    assert len(set(ids)) == 7
+    for message_id in ids:  # each stored, with what was posted
+        status, message = fra.api("FRA", "GET", f"/api/messages/{message_id}")
+        assert status == 200 and message["to"] == "DEU" and message["priority"] == "urgent"
+    # Three in turn on one connection; four at once need three more at most.
+    assert 1 <= connections <= 4
+
+
+def test_a_refusal_comes_back_with_its_status_and_reason(fra: Network) -> None:
+    node = fra.nodes["FRA"]
+
+    async def post(token: str, body: bytes) -> tuple[int, bytes]:
+        async with Poster(node.api, token) as poster:
+            return await poster.post("/api/messages", body)
+
+    status, answer = asyncio.run(post("not-a-token", request("refused")))
+    assert status == 401 and answer
+
+    status, answer = asyncio.run(post(node.tokens["officer"], b'{"to": "DEU"}'))
+    assert status == 400 and b"type" in answer
+
+
+def test_the_poster_speaks_plain_http_to_a_host_and_port() -> None:
+    with pytest.raises(ValueError, match="plain HTTP"):
+        Poster("https://127.0.0.1:1", "token")
