@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import csv
 import datetime
+import gc
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from network.core.roster import build_roster
 from network.node.config import load_config
 from network.node.keys import init_keeper, init_node_keys, load_keeper
 from network.node.links import LinkSettings
-from network.node.runner import NodeSettings, run_node
+from network.node.runner import GC_THRESHOLDS, NodeSettings, run_node
 from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy
 from network.samples import sample_body
@@ -180,6 +181,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
                 known_at = time.time()  # the first look that found every route
             logging.info("waiting: %d links, %d nodes' routes, %d stale", missing, unrouted, stale)
             await asyncio.sleep(0.25 if settled == 0 else 1)
+        gc.freeze()  # as `cpn node run` once it serves: what start built, out of every scan
         say("ready", nodes=len(ids), known_at=known_at)
         line = await loop.run_in_executor(None, sys.stdin.readline)
         if line.strip() != "go":
@@ -285,6 +287,7 @@ def main() -> None:
         args.nodes, args.workers, args.hubs, args.suite, args.timeout = 12, 2, 2, "x25519", 300
     ids = member_states()[: args.nodes]
     if args.worker:
+        gc.set_threshold(*GC_THRESHOLDS)  # the collector as in `cpn node run`
         asyncio.run(worker(Path(args.root), args.ids.split(","), ids))
         return
 
