@@ -72,6 +72,18 @@ def test_a_refusal_comes_back_with_its_status_and_reason(fra: Network) -> None:
     assert status == 400 and b"type" in answer
 
 
+def test_a_post_after_a_refusal_goes_through(fra: Network) -> None:
+    node = fra.nodes["FRA"]
+
+    async def refused_then_accepted() -> list[int]:
+        async with Poster(node.api, node.tokens["officer"]) as poster:
+            refused, _ = await poster.post("/api/messages", b"{not json")
+            accepted, _ = await poster.post("/api/messages", request("after a refusal"))
+            return [refused, accepted]
+
+    assert asyncio.run(refused_then_accepted()) == [400, 202]
+
+
 def test_the_poster_speaks_plain_http_to_a_host_and_port() -> None:
     with pytest.raises(ValueError, match="plain HTTP"):
         Poster("https://127.0.0.1:1", "token")
