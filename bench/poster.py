@@ -27,14 +27,17 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
         self._status = 0
         self._length = -1  # the body's length once the head is read
-        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
+    @property
+    def usable(self) -> bool:
+        """Open, and not closing (the node may close one after a refusal)."""
+        return self.transport is not None and not self.transport.is_closing()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(ConnectionError(f"the node closed the connection: {exc}"))
 
@@ -115,17 +118,15 @@ class Poster:
             if connection.transport is not None:
                 connection.transport.close()
             raise
-        if not connection.closed:
+        if connection.usable:
             self._idle.append(connection)
         return answer
 
     def _reusable(self) -> _Connection | None:
-        """An idle connection the node has not closed (it may close one after a refusal)."""
+        """An idle connection still usable, if any."""
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and not (
-                connection.transport and connection.transport.is_closing()
-            ):
+            if connection.usable:
                 return connection
         return None
 
@@ -134,6 +135,11 @@ class Poster:
         _, connection = await loop.create_connection(_Connection, self._host, self._port)
         self._all.append(connection)
         return connection
+
+    @property
+    def opened(self) -> int:
+        """How many connections this poster has opened."""
+        return len(self._all)
 
     async def close(self) -> None:
         for connection in self._all:
