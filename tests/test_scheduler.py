@@ -121,6 +121,51 @@ def test_a_new_link_looks_through_the_outbox_until_a_look_leaves_nothing_behind(
     assert not third.look
 
 
+def test_a_busy_window_looks_for_flash_once_until_something_changes() -> None:
+    # A relay's window stays busy for long stretches: each receipt frees a place and
+    # wakes the feed, and every one of those turns looked through the outbox for flash
+    # that was not there (a tenth of the 193-node simulation's looks).
+    made = scheduler(GRAPH, LINKED)
+    busy = Room(8, 0)  # the flash reserve alone
+
+    first = made.next_batch(DEU, busy, T0)
+    made.looked(DEU, 0, busy)
+    again = made.next_batch(DEU, busy, T0)
+    with_room = made.next_batch(DEU, Room(10, 10), T0)  # the others were never looked for
+
+    assert first.look and not again.look
+    assert with_room.look
+
+
+def test_a_flash_look_that_filled_its_room_looks_again() -> None:
+    made = scheduler(GRAPH, LINKED)
+    busy = Room(8, 0)
+
+    made.next_batch(DEU, busy, T0)
+    made.looked(DEU, 8, busy)  # more flash may wait behind those
+
+    assert made.next_batch(DEU, busy, T0).look
+
+
+def test_a_drained_link_with_a_busy_window_looks_when_something_changes() -> None:
+    made = scheduler(GRAPH, LINKED)
+    busy = Room(8, 0)
+    drained(made, DEU)
+    made.next_batch(DEU, busy, T0)
+    assert not made.next_batch(DEU, busy, T0).look  # a full look found all the flash too
+
+    polled = made.next_batch(DEU, busy, T0, poll=True)  # retries may have come due
+    made.looked(DEU, 0, busy)
+    made.wake()  # a link went down, the roster changed: every link looks
+    woken = made.next_batch(DEU, busy, T0)
+    made.looked(DEU, 0, busy)
+    made.link_down(DEU)
+    made.link_up(DEU, T0)
+    relinked = made.next_batch(DEU, busy, T0)
+
+    assert polled.look and woken.look and relinked.look
+
+
 def test_a_poll_looks_wide_and_skips_the_news() -> None:
     made = scheduler(GRAPH, LINKED)
     drained(made, DEU)

@@ -88,6 +88,8 @@ class Scheduler:
         self._dirty: set[NodeId] = set()
         self._detours: set[NodeId] = set()
         self._drained: set[NodeId] = set()  # the last look found less than it could take
+        # ... of flash, while a busy window takes only flash: whether others wait is unknown
+        self._flash_drained: set[NodeId] = set()
         self._avoid: OrderedDict[str, set[NodeId]] = OrderedDict()  # message -> hops refusing
         # End-to-end receipts passing through: recipient -> (preferred next hop, bytes).
         self._receipts: dict[NodeId, deque[tuple[NodeId | None, bytes]]] = {}
@@ -109,6 +111,7 @@ class Scheduler:
         """A link to `peer` is up: its first turn looks through the whole outbox."""
         self._linked[peer] = since
         self._drained.discard(peer)
+        self._flash_drained.discard(peer)
 
     def link_down(self, peer: NodeId) -> None:
         """Its news is moot: the routes move to other links, which look through the outbox."""
@@ -291,7 +294,10 @@ class Scheduler:
         self._dirty.discard(peer)
         detours = peer in self._detours or poll
         self._detours.discard(peer)
-        look = dirty or detours or peer not in self._drained
+        # A busy window takes only flash: once a look found all the flash waiting, it looks
+        # again only when something changes, not at every receipt that frees a place.
+        drained = self._flash_drained if room.flash_only else self._drained
+        look = dirty or detours or peer not in drained
         return Batch(receipts, look=look, detours=detours, wake=frozenset(wake))
 
     def take_news(self, peer: NodeId, room: Room) -> tuple[tuple[str, ...], set[NodeId]]:
@@ -320,8 +326,18 @@ class Scheduler:
 
     def looked(self, peer: NodeId, found: int, room: Room) -> None:
         """The look through the outbox for `peer` found `found` rows: while it fills the
-        room, more may wait behind them, and the next turn looks again."""
-        if found < room.others:  # it took all it found, and none was left for lack of room
+        room, more may wait behind them, and the next turn looks again. A look for flash
+        only (a busy window) says nothing of the others: the first turn with room for them
+        looks."""
+        if room.flash_only:
+            self._drained.discard(peer)
+            if found < room.count:
+                self._flash_drained.add(peer)
+            else:
+                self._flash_drained.discard(peer)
+        elif found < room.others:  # it took all it found, and none was left for lack of room
             self._drained.add(peer)
+            self._flash_drained.add(peer)  # flash first: all of it was found too
         else:
             self._drained.discard(peer)
+            self._flash_drained.discard(peer)
