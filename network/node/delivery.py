@@ -28,7 +28,7 @@ from network.core.routing import (
 from network.core.session import Room
 from network.node.context import NodeContext
 from network.node.lanes import FLASH, Lane, working_in
-from network.node.scheduler import Batch, Candidate, Scheduler
+from network.node.scheduler import Batch, Candidate, Scheduler, max_rank_for
 from network.node.store import AuditEntry, MessageRow, Waiting
 
 __all__ = ["Delivery", "Outgoing", "candidate"]
@@ -274,7 +274,7 @@ class Delivery:
         which the link takes when it polls, not on every wake.
         """
         destinations = self.scheduler.destinations(peer, detours)
-        max_rank = PRIORITY_RANK[Priority.FLASH] if room.flash_only else max(PRIORITY_RANK.values())
+        max_rank = max_rank_for(room)
         # In-flight messages wait for their retry time, so `exclude` rarely takes a row.
         fetch = (3 if detours else 1) * (room.count + len(exclude))
         now = self.context.clock()

@@ -41,6 +41,7 @@ __all__ = [
     "Batch",
     "Candidate",
     "Scheduler",
+    "max_rank_for",
 ]
 
 ROUTE_REFRESH_MS = 1000  # announcements come in bursts: routes follow at most this often
@@ -87,9 +88,9 @@ class Scheduler:
         self._news: dict[NodeId, tuple[deque[Candidate], ...]] = {}
         self._dirty: set[NodeId] = set()
         self._detours: set[NodeId] = set()
-        self._drained: set[NodeId] = set()  # the last look found less than it could take
-        # ... of flash, while a busy window takes only flash: whether others wait is unknown
-        self._flash_drained: set[NodeId] = set()
+        # The last look found less than it could take, of the ranks up to this one
+        # (`max_rank_for`: a busy window's look says nothing of the others).
+        self._drained: dict[NodeId, int] = {}
         self._avoid: OrderedDict[str, set[NodeId]] = OrderedDict()  # message -> hops refusing
         # End-to-end receipts passing through: recipient -> (preferred next hop, bytes).
         self._receipts: dict[NodeId, deque[tuple[NodeId | None, bytes]]] = {}
@@ -110,8 +111,7 @@ class Scheduler:
     def link_up(self, peer: NodeId, since: int) -> None:
         """A link to `peer` is up: its first turn looks through the whole outbox."""
         self._linked[peer] = since
-        self._drained.discard(peer)
-        self._flash_drained.discard(peer)
+        self._drained.pop(peer, None)
 
     def link_down(self, peer: NodeId) -> None:
         """Its news is moot: the routes move to other links, which look through the outbox."""
@@ -296,8 +296,7 @@ class Scheduler:
         self._detours.discard(peer)
         # A busy window takes only flash: once a look found all the flash waiting, it looks
         # again only when something changes, not at every receipt that frees a place.
-        drained = self._flash_drained if room.flash_only else self._drained
-        look = dirty or detours or peer not in drained
+        look = dirty or detours or self._drained.get(peer, -1) < max_rank_for(room)
         return Batch(receipts, look=look, detours=detours, wake=frozenset(wake))
 
     def take_news(self, peer: NodeId, room: Room) -> tuple[tuple[str, ...], set[NodeId]]:
@@ -329,15 +328,14 @@ class Scheduler:
         room, more may wait behind them, and the next turn looks again. A look for flash
         only (a busy window) says nothing of the others: the first turn with room for them
         looks."""
-        if room.flash_only:
-            self._drained.discard(peer)
-            if found < room.count:
-                self._flash_drained.add(peer)
-            else:
-                self._flash_drained.discard(peer)
-        elif found < room.others:  # it took all it found, and none was left for lack of room
-            self._drained.add(peer)
-            self._flash_drained.add(peer)  # flash first: all of it was found too
+        takes = room.count if room.flash_only else room.others
+        if found < takes:  # it took all it found, and none was left for lack of room
+            self._drained[peer] = max_rank_for(room)
         else:
-            self._drained.discard(peer)
-            self._flash_drained.discard(peer)
+            self._drained.pop(peer, None)
+
+
+def max_rank_for(room: Room) -> int:
+    """The largest priority rank (0 flash, 2 routine) a look with `room` takes: flash's
+    alone in a busy window."""
+    return PRIORITY_RANK[Priority.FLASH] if room.flash_only else RANKS - 1
