@@ -29,7 +29,7 @@ from network.core.lifecycle import State
 from network.core.protocol import FRAME_COSIGNATURE, FRAME_RECEIPT, envelope_frame
 from network.core.records import MessageType, NodeId, Outcome, Priority
 from network.core.roster import Roster, build_roster, load_roster
-from network.core.session import CheckpointOffered, LinkSession, Room
+from network.core.session import CheckpointOffered, LinkSession, LinkSettings, Room
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.links import Links, _Link, _Marks, _Outbox
 from network.node.officer import SUBMITTING_AT_ONCE
@@ -457,7 +457,7 @@ async def test_a_flash_envelopes_sent_mark_goes_before_the_streams_marks_queued_
     fra = trio["FRA"]
     urgent = [(await submit(fra)).header.id for _ in range(3)]
     flash = (await submit(fra, priority="flash")).header
-    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), poll_interval=60))
+    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
     store = fra.context.store
     async with store.transaction(trio.clock.now):  # the store busy, as under load
         marks.add(urgent, flash=False)
@@ -503,6 +503,31 @@ async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_
         urgent_marked.set()
     assert sorted(await taking) == sorted([flash.header.id, sent.header.id])
     assert await state_of(fra, sent.header.id) is State.DELIVERED
+
+
+async def test_a_poll_takes_the_news_and_looks_only_for_retries_that_came_due(
+    trio: Trio,
+) -> None:
+    """A poll looked through the whole outbox, detours included, every 5 s on every link:
+    in the 193-node run, a tenth of the CPU, for rows the news carried already. It looks
+    now only for messages sent whose retry time has passed."""
+    fra = trio.nodes["FRA"]
+    fra.delivery.link_up("DEU", T0)
+    fra.delivery.links_changed(lost=False)
+    await fra.delivery.next_batch("DEU", Room(10, 10))  # the link's first look: nothing yet
+    queued = [(await queue(fra)).id for _ in range(3)]
+
+    polled = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+    news_left = fra.delivery.scheduler.has_news(NodeId("DEU"))
+    await fra.delivery.mark_sent("DEU", [row.id for row in polled.rows])
+    not_yet = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+    trio.clock.now += fra.context.retry_ms
+    due = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+
+    assert [row.id for row in polled.rows] == queued
+    assert not news_left  # taken as news, not found by a look that left the news behind
+    assert not_yet.rows == ()
+    assert sorted(row.id for row in due.rows) == sorted(queued)
 
 
 async def test_a_flash_message_goes_to_its_link_as_committed_not_read_back(trio: Trio) -> None:

@@ -8,12 +8,19 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from network.core.records import NodeId
 from network.core.routing import Announcement, RoutingTable
 from network.core.session import Room
 from network.node import scheduler as scheduler_module
-from network.node.scheduler import ROUTE_REFRESH_MS, Candidate, Scheduler
+from network.node.scheduler import (
+    ROUTE_REFRESH_MS,
+    Candidate,
+    Scheduler,
+    look_limit,
+    max_rank_for,
+)
 
 ME = NodeId("FRA")
 BRA, DEU, KEN, USA = NodeId("BRA"), NodeId("DEU"), NodeId("KEN"), NodeId("USA")
@@ -63,15 +70,15 @@ def test_news_is_taken_by_id_flash_first_and_alone() -> None:
     assert not first.look and not then.look
 
 
-def test_flash_news_goes_even_when_the_poll_comes_due() -> None:
+def test_flash_news_goes_even_when_the_sweep_comes_due() -> None:
     made = scheduler(GRAPH, LINKED)
     drained(made, DEU)
     made.queued(Candidate("urgent", DEU, URGENT))
     made.queued(Candidate("flash", DEU, FLASH))
 
-    polled = made.next_batch(DEU, Room(10, 10), T0, poll=True)
+    swept = made.next_batch(DEU, Room(10, 10), T0, sweep=True)
 
-    assert polled.news == ("flash",) and not polled.look
+    assert swept.news == ("flash",) and not swept.look
 
 
 def test_never_more_than_the_room() -> None:
@@ -154,7 +161,7 @@ def test_a_drained_link_with_a_busy_window_looks_when_something_changes() -> Non
     made.next_batch(DEU, busy, T0)
     assert not made.next_batch(DEU, busy, T0).look  # a full look found all the flash too
 
-    polled = made.next_batch(DEU, busy, T0, poll=True)  # retries may have come due
+    swept = made.next_batch(DEU, busy, T0, sweep=True)  # the net for what no event announced
     made.looked(DEU, 0, busy)
     made.wake()  # a link went down, the roster changed: every link looks
     woken = made.next_batch(DEU, busy, T0)
@@ -163,15 +170,15 @@ def test_a_drained_link_with_a_busy_window_looks_when_something_changes() -> Non
     made.link_up(DEU, T0)
     relinked = made.next_batch(DEU, busy, T0)
 
-    assert polled.look and woken.look and relinked.look
+    assert swept.look and woken.look and relinked.look
 
 
-def test_a_poll_looks_wide_and_skips_the_news() -> None:
+def test_a_sweep_looks_wide_and_skips_the_news() -> None:
     made = scheduler(GRAPH, LINKED)
     drained(made, DEU)
     made.queued(Candidate("m", DEU, ROUTINE))
 
-    batch = made.next_batch(DEU, Room(10, 10), T0, poll=True)
+    batch = made.next_batch(DEU, Room(10, 10), T0, sweep=True)
 
     assert batch.look and batch.detours and batch.news == ()
 
@@ -206,6 +213,40 @@ def test_routes_follow_at_once_when_the_burst_of_announcements_has_paused() -> N
     assert paused == {DEU}
     assert made.routing.next_hops(KEN) == (DEU,)
     assert again is None  # nothing new since: not stale
+
+
+def test_a_link_that_becomes_a_later_choice_looks_wide_for_what_its_better_hops_cannot_take() -> (
+    None
+):
+    """A relayed message whose only live hop is on its path waits, its news dropped. When
+    a link comes up that is a later choice for it, that link's look must be wide: a look
+    for what it is the first choice for would never find it (only the poll's wide look
+    did, every 5 s, at a tenth of a hub's CPU)."""
+    made = scheduler(GRAPH, [BRA])
+    drained(made, BRA)
+    came_from = BRA
+    made.queued(Candidate("relayed", KEN, URGENT, frozenset({came_from})))
+    waits = made.next_batch(BRA, Room(10, 10), T0)
+
+    made.link_up(USA, T0)
+    made.routing.set_linked([BRA, USA])  # as `Delivery.links_changed`: no announcement
+    batch = made.next_batch(USA, Room(10, 10), T0)
+
+    assert waits.news == () and not waits.look  # nowhere to go: BRA is where it came from
+    assert made.routing.next_hops(KEN)[0] == BRA  # USA is a later choice
+    assert batch.look and batch.detours and KEN in made.destinations(USA, batch.detours)
+
+
+def test_a_wide_look_that_filled_its_room_looks_wide_again() -> None:
+    made = scheduler(GRAPH, LINKED)
+    made.hop_refused("m", DEU)  # every link looks wide
+    wide = made.next_batch(USA, Room(2, 2), T0)
+    made.looked(USA, 2, Room(2, 2), detours=True)  # more may wait behind those
+
+    again = made.next_batch(USA, Room(2, 2), T0)
+
+    assert wide.look and wide.detours
+    assert again.look and again.detours
 
 
 def test_a_relayed_message_never_goes_back_along_its_path() -> None:
@@ -409,3 +450,112 @@ def test_a_batch_never_breaks_the_rules(
             _, been, refused = sent[message_id]
             assert peer not in been and peer not in refused
             assert peer in made.linked
+
+
+# -- liveness: nothing sendable is left behind without a poll --------------------------
+
+
+PEERS = [BRA, DEU, KEN, USA]
+
+
+class FeedsWithoutPolls(RuleBasedStateMachine):
+    """The scheduler beside a model of the store's outbox and of each link's feed
+    (`Delivery.next_batch`: news by id, else a look through the outbox as far as its
+    limit), with links coming and going, routes moving, hops refusing. No link ever
+    polls: once every link has had its turns, every message with a live hop it may take
+    has gone. A poll is for retries that come due, not for news that was lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routing = RoutingTable(ME)
+        for seq, (node, links) in enumerate(GRAPH.items(), 1):  # two routes to KEN
+            self.routing.accept(Announcement(node, seq, frozenset(links), b""))
+        self.made = Scheduler(self.routing)
+        self.outbox: dict[str, Candidate] = {}
+        self.seq = len(GRAPH)
+        self.now = T0
+
+    @rule(node=st.sampled_from(PEERS), links=st.sets(st.sampled_from([ME, *PEERS]), max_size=3))
+    def announce(self, node: NodeId, links: set[NodeId]) -> None:
+        self.seq += 1
+        self.routing.accept(Announcement(node, self.seq, frozenset(links - {node}), b""))
+
+    @rule(peer=st.sampled_from(PEERS), up=st.booleans())
+    def link(self, peer: NodeId, up: bool) -> None:
+        if up == (peer in self.made.linked):
+            return
+        if up:  # as `Links`: the session is up, then our links change (`links_changed`)
+            self.made.link_up(peer, self.now)
+            self.routing.set_linked(self.made.linked)
+        else:
+            self.made.link_down(peer)
+            self.routing.set_linked(self.made.linked)
+            self.made.wake()  # a link lost: every other looks for what it carried
+
+    @rule(
+        destination=st.sampled_from(PEERS),
+        rank=st.sampled_from((FLASH, URGENT, ROUTINE)),
+        been=st.sets(st.sampled_from(PEERS), max_size=2),
+    )
+    def queue(self, destination: NodeId, rank: int, been: set[NodeId]) -> None:
+        self.seq += 1  # ids as unique as announcement numbers
+        message = Candidate(f"m{self.seq:03d}", destination, rank, frozenset(been))
+        self.outbox[message.id] = message
+        self.made.queued(message)
+
+    @rule(data=st.data(), hop=st.sampled_from(PEERS))
+    def refuse(self, data: st.DataObject, hop: NodeId) -> None:
+        if self.outbox:
+            message_id = data.draw(st.sampled_from(sorted(self.outbox)))
+            self.made.hop_refused(message_id, hop)
+
+    @rule(paused=st.booleans())
+    def routes_follow(self, paused: bool) -> None:
+        self.now += ROUTE_REFRESH_MS // 2
+        self.made.refresh_routes(self.now, paused=paused)
+
+    @rule(peer=st.sampled_from(PEERS), room=st.integers(min_value=1, max_value=4))
+    def turn(self, peer: NodeId, room: int) -> None:
+        if peer in self.made.linked:
+            self._turn(peer, Room(room, room))
+
+    def _turn(self, peer: NodeId, room: Room) -> bool:
+        """One turn of `peer`'s feed; whether it sent, looked or woke another link."""
+        batch = self.made.next_batch(peer, room, self.now)
+        if batch.news:
+            taken = [i for i in batch.news if i in self.outbox]
+        elif batch.look:  # as `Delivery._look`: on past rows for other links, if any
+            wanted = set(self.made.destinations(peer, batch.detours))
+            rank = max_rank_for(room)
+            waiting = sorted(
+                (m for m in self.outbox.values() if m.destination in wanted and m.rank <= rank),
+                key=lambda m: (m.rank, m.id),
+            )
+            fetch = look_limit(room, batch.detours)
+            while True:
+                taken = self.made.choose(peer, waiting[:fetch], room)
+                if len(waiting) <= fetch or len(taken) >= room.count:
+                    break
+                fetch *= 4
+            self.made.looked(peer, len(taken), room, detours=batch.detours)
+        else:
+            return bool(batch.wake)  # the links woken take their turns
+        for message_id in taken:
+            message = self.outbox.pop(message_id)
+            assert peer not in message.been
+        return True
+
+    @rule()
+    def every_link_turns_until_nothing_is_left_to_send(self) -> None:
+        for _ in range(200):
+            self.now += ROUTE_REFRESH_MS
+            if not any([self._turn(peer, Room(2, 2)) for peer in sorted(self.made.linked)]):
+                break
+        stranded = {i: self.made.next_hop(m) for i, m in self.outbox.items()}
+        assert {i: hop for i, hop in stranded.items() if hop is not None} == {}
+
+
+test_feeds_without_polls_leave_nothing_sendable_behind = FeedsWithoutPolls.TestCase
+test_feeds_without_polls_leave_nothing_sendable_behind.settings = settings(
+    max_examples=2000, stateful_step_count=25, deadline=None
+)

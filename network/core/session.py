@@ -135,6 +135,9 @@ class LinkSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     poll_interval: float = 5.0  # for retries that come due; news wakes a link at once
+    # A look through the whole outbox, the net for anything no event announced: news, a
+    # route's change, a hop's refusal and a link coming up each make the look they need.
+    sweep_interval: float = 60.0
     # Our links' announcement goes once none has come or gone for this long (at most ten
     # times it): at a 193-node start, 0.2 s made 1.55 versions a node, each flooded to all.
     announce_delay: float = 1.0

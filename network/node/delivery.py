@@ -28,22 +28,25 @@ from network.core.routing import (
 from network.core.session import Room
 from network.node.context import NodeContext
 from network.node.lanes import FLASH, Lane, working_in
-from network.node.scheduler import Batch, Candidate, Scheduler, max_rank_for
+from network.node.scheduler import Batch, Candidate, Scheduler, look_limit, max_rank_for
 from network.node.store import AuditEntry, MessageRow, Waiting
 
 __all__ = ["Delivery", "Outgoing", "candidate"]
 
 KEPT_COMMITTED = 64  # flash rows kept from their commit for their feed; older ones are read
+NO_RETRY = 2**63 - 1  # no message sent waits for a retry
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """What a link should send now: receipts passing through, then these rows (flash
-    first). `polled`: a look through the whole outbox was made for the link's poll."""
+    first). `polled`: the link's poll was answered (retries due were looked for);
+    `swept`: a look through the whole outbox was made for its sweep."""
 
     receipts: tuple[bytes, ...] = ()
     rows: tuple[MessageRow, ...] = ()
     polled: bool = False
+    swept: bool = False
 
 
 def candidate(row: MessageRow | Waiting) -> Candidate:
@@ -78,6 +81,8 @@ class Delivery:
         # Set when announcements changed the routes; the link layer refreshes them soon.
         self.routes_stale = asyncio.Event()
         self.route_news = 0  # announcements that changed something, ever: bursts end when it stops
+        # No message sent is due to go again before this (ms; None: ask the store).
+        self._next_retry: int | None = None
 
     # -- signals -----------------------------------------------------------------------
 
@@ -208,16 +213,28 @@ class Delivery:
     # -- a link's turn ----------------------------------------------------------------
 
     async def next_batch(
-        self, peer: str, room: Room, exclude: Sequence[str] = (), *, poll: bool = False
+        self,
+        peer: str,
+        room: Room,
+        exclude: Sequence[str] = (),
+        *,
+        poll: bool = False,
+        sweep: bool = False,
     ) -> Outgoing:
         """What the link to `peer` should send now (`exclude`: what it has in flight;
-        `poll`: its poll timer came due, for retries).
+        `poll`: its poll timer came due, for retries; `sweep`: its sweep came due, a look
+        through the whole outbox for anything no event announced).
 
-        News is read by id; failing that, when the scheduler asks for it, a look
-        through the whole outbox. Each row returned is still waiting to go as read now.
+        Retries come due first, on a poll; then news, read by id; failing that, when the
+        scheduler asks for it, a look through the whole outbox. Each row returned is still
+        waiting to go as read now.
         """
         link = NodeId(peer)
-        batch = self._turn(link, room, poll)
+        if poll and room.count > 0 and await self._retries_due():
+            retried = await self._look(link, room, exclude, detours=True, retries=True)
+            if retried:  # the feed comes back at once for the news and the receipts
+                return Outgoing(rows=tuple(retried), polled=True)
+        batch = self._turn(link, room, sweep)
         receipts = batch.receipts
         skip = set(exclude)
         rows: list[MessageRow] = []
@@ -235,16 +252,27 @@ class Delivery:
             more = Room(room.count - len(rows), 0 if batch.flash_alone else room.others - taken)
             news, moved = self.scheduler.take_news(link, more)
             self._wake(moved)
+        polled = poll and room.count > 0
         if rows:
-            return Outgoing(receipts, tuple(rows))
+            return Outgoing(receipts, tuple(rows), polled=polled)
         if batch.news:  # all gone since they were queued: the scheduler says whether to look
-            batch = self._turn(link, room, poll)
+            batch = self._turn(link, room, sweep)
             receipts += batch.receipts
         if not batch.look:
-            return Outgoing(receipts)
+            return Outgoing(receipts, polled=polled)
         found = await self._look(link, room, exclude, batch.detours)
-        self.scheduler.looked(link, len(found), room)
-        return Outgoing(receipts, tuple(found), polled=poll)
+        self.scheduler.looked(link, len(found), room, detours=batch.detours)
+        return Outgoing(receipts, tuple(found), polled=polled, swept=sweep)
+
+    async def _retries_due(self) -> bool:
+        """Whether a message sent without its end-to-end receipt may be due to go again:
+        known from the last time the store was asked and the marks since, so that a poll
+        costs a query only once a retry time has passed."""
+        now = self.context.clock()
+        if self._next_retry is None or self._next_retry <= now:
+            earliest = await self.context.store.earliest_retry()
+            self._next_retry = NO_RETRY if earliest is None else earliest
+        return self._next_retry <= now
 
     async def _rows(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids`: a flash message's as just committed, the others read now.
@@ -258,31 +286,46 @@ class Delivery:
         taken = {row.id for row in kept}
         return kept + await self.context.store.messages_by_id([i for i in ids if i not in taken])
 
-    def _turn(self, peer: NodeId, room: Room, poll: bool) -> Batch:
-        batch = self.scheduler.next_batch(peer, room, self.context.clock(), poll=poll)
+    def _turn(self, peer: NodeId, room: Room, sweep: bool) -> Batch:
+        batch = self.scheduler.next_batch(peer, room, self.context.clock(), sweep=sweep)
         self._wake(batch.wake)
         self._routes_followed()
         return batch
 
     async def _look(
-        self, peer: NodeId, room: Room, exclude: Sequence[str], detours: bool
+        self,
+        peer: NodeId,
+        room: Room,
+        exclude: Sequence[str],
+        detours: bool,
+        *,
+        retries: bool = False,
     ) -> list[MessageRow]:
         """Ours and relayed messages whose best route now starts with the link to `peer`.
 
-        With `detours`, also those for which `peer` is a later choice (their
-        better hops are on their path or refused them): a wider and dearer look,
-        which the link takes when it polls, not on every wake.
+        With `detours`, also those for which `peer` is a later choice (their better hops
+        are on their path or refused them): a wider and dearer look, which the link takes
+        when a hop refused or routes gave it new destinations, and on a sweep. With
+        `retries`, only messages sent whose retry time has passed.
+
+        It reads on past rows best sent over other links until the room is full or the
+        outbox has no more: what is left behind is never there for this link.
         """
         destinations = self.scheduler.destinations(peer, detours)
         max_rank = max_rank_for(room)
-        # In-flight messages wait for their retry time, so `exclude` rarely takes a row.
-        fetch = (3 if detours else 1) * (room.count + len(exclude))
-        now = self.context.clock()
-        waiting = await self.context.store.waiting(destinations, fetch, now, max_rank)
+        fetch = look_limit(room, detours, len(exclude))
         skip = set(exclude)
-        chosen = self.scheduler.choose(
-            peer, (candidate(row) for row in waiting if row.id not in skip), room
-        )
+        while True:
+            now = self.context.clock()
+            waiting = await self.context.store.waiting(
+                destinations, fetch, now, max_rank, retries=retries
+            )
+            chosen = self.scheduler.choose(
+                peer, (candidate(row) for row in waiting if row.id not in skip), room
+            )
+            if len(waiting) < fetch or len(chosen) >= room.count:
+                break
+            fetch *= 4  # rows for other links filled the read: read further
         for message_id in chosen:
             self._committed.pop(message_id, None)  # read now: the kept row is behind it
         return [row for row in await self.context.store.messages_by_id(chosen) if _may_go(row, now)]
@@ -307,6 +350,8 @@ class Delivery:
                     continue  # a receipt or the expiry scan got there first
                 event = Event.SEND if row.state is State.QUEUED else Event.RESEND
                 tx.sent(row, event, NodeId(peer), now + context.retry_ms)
+                if self._next_retry is not None:
+                    self._next_retry = min(self._next_retry, now + context.retry_ms)
                 detail = {"to": peer, "attempt": row.attempts + 1}
                 action = "sent" if row.box == "out" else "forwarded_to"
                 entries.append(AuditEntry(context.actor, action, message_id, detail))

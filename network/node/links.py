@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import ssl
@@ -763,7 +764,7 @@ class Links:
         and every `poll_interval` for retries that came due. Ends the link when
         the oldest envelope in flight waits past `receipt_timeout`.
         """
-        outbox = _Outbox(self.node.delivery, link.peer, self.settings.poll_interval)
+        outbox = _Outbox(self.node.delivery, link.peer, self.settings)
         session = link.session
         marks = link.marks = _Marks(outbox)
         lane = self.node.delivery.feed_lane(link.peer)
@@ -798,22 +799,25 @@ class _Outbox:
     (network.node.scheduler); this keeps the link's poll timer (retries come due).
     """
 
-    def __init__(self, delivery: Delivery, peer: NodeId, poll_interval: float) -> None:
+    def __init__(self, delivery: Delivery, peer: NodeId, settings: LinkSettings) -> None:
         self.delivery = delivery
         self.peer = peer
-        self.poll_interval = poll_interval
+        self.settings = settings
         self.signal = delivery.outbox_signal(peer)
-        self._last_poll = 0.0
+        self._last_poll = self._last_sweep = -math.inf
 
     async def take(
         self, room: Room, exclude: list[str], now: float
     ) -> tuple[tuple[bytes, ...], list[Outgoing]]:
         """End-to-end receipts passing back through this link, and up to `room.count`
         envelopes to send now (flash only if the room says so)."""
-        due = now - self._last_poll >= self.poll_interval  # retries
-        batch = await self.delivery.next_batch(self.peer, room, exclude, poll=due)
+        poll = now - self._last_poll >= self.settings.poll_interval  # retries
+        sweep = now - self._last_sweep >= self.settings.sweep_interval
+        batch = await self.delivery.next_batch(self.peer, room, exclude, poll=poll, sweep=sweep)
         if batch.polled:
             self._last_poll = now
+        if batch.swept:
+            self._last_sweep = now
         unique = {row.id: row for row in batch.rows}  # a message queued twice goes once
         return batch.receipts, [_outgoing(row) for row in unique.values()]
 

@@ -41,6 +41,7 @@ __all__ = [
     "Batch",
     "Candidate",
     "Scheduler",
+    "look_limit",
     "max_rank_for",
 ]
 
@@ -95,7 +96,7 @@ class Scheduler:
         # End-to-end receipts passing through: recipient -> (preferred next hop, bytes).
         self._receipts: dict[NodeId, deque[tuple[NodeId | None, bytes]]] = {}
         self._passed: OrderedDict[str, None] = OrderedDict()  # receipt ids passed on
-        self._first_hops: dict[NodeId, NodeId] = {}
+        self._routes_followed: Mapping[NodeId, tuple[NodeId, ...]] = {}
         self._routes_at = 0
         self._destinations: dict[
             tuple[NodeId, bool], tuple[Mapping[NodeId, tuple[NodeId, ...]], list[NodeId]]
@@ -131,11 +132,29 @@ class Scheduler:
             return None
         self._routes_at = now
         self.routing.refresh()
-        first = {d: hops[0] for d, hops in self.routing.reachable().items() if hops}
-        moved = {hop for d, hop in first.items() if self._first_hops.get(d) != hop}
-        self._first_hops = first
-        self._dirty |= moved
-        return moved
+        return self._follow_routes()
+
+    def _follow_routes(self) -> set[NodeId]:
+        """The routes changed (announcements, our links, a revocation): the links that a
+        destination's first hop moved to look through the outbox; those that became a
+        choice at all for a destination look wide, for what their better hops cannot take
+        (on its path, or refusing it). Returns those links, to wake."""
+        routes = self.routing.reachable()
+        before = self._routes_followed
+        if routes is before:
+            return set()
+        self._routes_followed = routes
+        moved: set[NodeId] = set()
+        gained: set[NodeId] = set()
+        for destination, hops in routes.items():
+            had = before.get(destination, ())
+            if hops[:1] != had[:1]:
+                moved.update(hops[:1])
+            if hops != had:
+                gained.update(hop for hop in hops[1:] if hop not in had)
+        self._dirty |= moved | gained
+        self._detours |= gained
+        return moved | gained
 
     def wake(self, destination: NodeId | None = None) -> set[NodeId]:
         """The link that now carries traffic for `destination` (every link if None) looks
@@ -261,22 +280,23 @@ class Scheduler:
 
     # -- a link's turn -----------------------------------------------------------------
 
-    def next_batch(self, peer: NodeId, room: Room, now: int, *, poll: bool = False) -> Batch:
+    def next_batch(self, peer: NodeId, room: Room, now: int, *, sweep: bool = False) -> Batch:
         """What the link to `peer` should send now, with `room` to send (how many, and
         whether only flash: its window is full and only the flash reserve is left).
-        `poll`: the link's poll timer came due (retries may be due): it looks through the
-        whole outbox, detours included.
+        `sweep`: the link's sweep came due: it looks through the whole outbox, detours
+        included, the net for anything no event announced.
 
         Routes follow announcements first (at most every `ROUTE_REFRESH_MS`). Receipts
-        passing through go whenever the link turns. Then flash news alone, even on a poll
+        passing through go whenever the link turns. Then flash news alone, even on a sweep
         (its rows are at hand, and nothing read beside them holds them up); then news
-        taken by id (not on a poll), each still best sent over this link (one the routes
+        taken by id (not on a sweep), each still best sent over this link (one the routes
         moved goes to its new link's news; one with no live hop waits for a look); else a look
-        through the whole outbox, on a poll, after routes or links changed, or while the
+        through the whole outbox, on a sweep, after routes or links changed, or while the
         last look left rows behind. Never more than `room.count` ids; only flash with
         `room.flash_only`.
         """
         wake = self.refresh_routes(now) or set()
+        wake |= self._follow_routes()  # our links or the roster moved them (no announcement)
         receipts = self._receipts_for(peer)
         if room.count <= 0:
             return Batch(receipts, wake=frozenset(wake))
@@ -285,14 +305,14 @@ class Scheduler:
             wake |= moved
             if news:
                 return Batch(receipts, news=news, flash_alone=True, wake=frozenset(wake))
-        if not poll and self.has_news(peer):
+        if not sweep and self.has_news(peer):
             news, moved = self.take_news(peer, room)
             wake |= moved
             if news:
                 return Batch(receipts, news=news, wake=frozenset(wake))
         dirty = peer in self._dirty
         self._dirty.discard(peer)
-        detours = peer in self._detours or poll
+        detours = peer in self._detours or sweep
         self._detours.discard(peer)
         # A busy window takes only flash: once a look found all the flash waiting, it looks
         # again only when something changes, not at every receipt that frees a place.
@@ -323,19 +343,28 @@ class Scheduler:
                     moved.add(hop)
         return tuple(chosen), moved
 
-    def looked(self, peer: NodeId, found: int, room: Room) -> None:
-        """The look through the outbox for `peer` found `found` rows: while it fills the
-        room, more may wait behind them, and the next turn looks again. A look for flash
-        only (a busy window) says nothing of the others: the first turn with room for them
-        looks."""
+    def looked(self, peer: NodeId, found: int, room: Room, *, detours: bool = False) -> None:
+        """The look through the outbox for `peer` (wide, with `detours`) found `found`
+        rows: while it fills the room, more may wait behind them, and the next turn looks
+        again, as wide. A look for flash only (a busy window) says nothing of the others:
+        the first turn with room for them looks."""
         takes = room.count if room.flash_only else room.others
         if found < takes:  # it took all it found, and none was left for lack of room
             self._drained[peer] = max_rank_for(room)
         else:
             self._drained.pop(peer, None)
+            if detours:
+                self._detours.add(peer)
 
 
 def max_rank_for(room: Room) -> int:
     """The largest priority rank (0 flash, 2 routine) a look with `room` takes: flash's
     alone in a busy window."""
     return PRIORITY_RANK[Priority.FLASH] if room.flash_only else RANKS - 1
+
+
+def look_limit(room: Room, detours: bool, in_flight: int = 0) -> int:
+    """How many rows a look through the outbox reads: what the room takes, and what is
+    in flight (it rarely takes a row: in-flight messages wait for their retry time);
+    three times that for a wide look, where many rows are best sent over other links."""
+    return (3 if detours else 1) * (room.count + in_flight)

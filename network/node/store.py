@@ -1987,13 +1987,20 @@ class Store:
         return {int(a): (int(n), int(d or 0)) for a, n, d in rows}
 
     async def waiting(
-        self, destinations: Sequence[str], limit: int, now: int, max_rank: int = 2
+        self,
+        destinations: Sequence[str],
+        limit: int,
+        now: int,
+        max_rank: int = 2,
+        *,
+        retries: bool = False,
     ) -> list[Waiting]:
         """What may go now to any of `destinations`, ours and relayed: by priority, oldest
-        first. Only what routing needs is read: a hub looks through thousands of rows
-        to send a few, whose whole rows it then reads by id. On the loop's thread
-        (`_glance`): on the reader's, every look of every link's feed cost a hop, and a
-        hub's links look all the time."""
+        first; with `retries`, only messages sent whose retry time has passed (not those
+        queued, whose retry time is 0). Only what routing needs is read: a hub looks
+        through thousands of rows to send a few, whose whole rows it then reads by id. On
+        the loop's thread (`_glance`): on the reader's, every look of every link's feed
+        cost a hop, and a hub's links look all the time."""
         if not destinations:
             return []
         marks = ",".join("?" * len(destinations))
@@ -2002,12 +2009,23 @@ class Store:
             "SELECT id, peer, box, origin, path, priority_rank FROM messages WHERE rowid IN ("
             " SELECT rowid FROM messages INDEXED BY messages_outbox"
             f" WHERE peer IN ({marks}) AND box IN ('out', 'relay') AND state IN ('queued', 'sent')"
-            " AND retry_at <= ? AND priority_rank <= ? ORDER BY priority_rank, created LIMIT ?)"
+            " AND retry_at BETWEEN ? AND ? AND priority_rank <= ?"
+            " ORDER BY priority_rank, created LIMIT ?)"
             " ORDER BY priority_rank, created"
         )
-        params = (*destinations, now, max_rank, limit)
+        params = (*destinations, 1 if retries else 0, now, max_rank, limit)
         rows = await self._glance(lambda conn: conn.execute(query, params).fetchall())
         return [_waiting(r) for r in rows]
+
+    async def earliest_retry(self) -> int | None:
+        """When the first message sent without its end-to-end receipt may go again (None:
+        none waits). Only `Tx.sent` sets a retry time; a queued message's is 0."""
+        query = (
+            "SELECT MIN(retry_at) FROM messages INDEXED BY messages_outbox"
+            " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent') AND retry_at > 0"
+        )
+        ((earliest,),) = await self._glance(lambda conn: conn.execute(query).fetchall())
+        return None if earliest is None else int(earliest)
 
     async def preserved_requests(self) -> list[MessageRow]:
         """Preservations open: those we asked for (box out) and those we granted (box in, the
