@@ -219,21 +219,24 @@ def test_a_link_that_becomes_a_later_choice_looks_wide_for_what_its_better_hops_
     None
 ):
     """A relayed message whose only live hop is on its path waits, its news dropped. When
-    a link comes up that is a later choice for it, that link's look must be wide: a look
+    the routes make another link a later choice for it (here an announcement; a link
+    coming up looks wide on its first turn anyway), that link's look must be wide: a look
     for what it is the first choice for would never find it (only the poll's wide look
     did, every 5 s, at a tenth of a hub's CPU)."""
-    made = scheduler(GRAPH, [BRA])
+    made = scheduler({BRA: {ME, KEN}, USA: {ME}, KEN: {BRA}}, [BRA, USA])
     drained(made, BRA)
-    came_from = BRA
-    made.queued(Candidate("relayed", KEN, URGENT, frozenset({came_from})))
+    drained(made, USA)
+    made.queued(Candidate("relayed", KEN, URGENT, frozenset({BRA})))  # it came from BRA
     waits = made.next_batch(BRA, Room(10, 10), T0)
 
-    made.link_up(USA, T0)
-    made.routing.set_linked([BRA, USA])  # as `Delivery.links_changed`: no announcement
-    batch = made.next_batch(USA, Room(10, 10), T0)
+    made.routing.accept(Announcement(USA, 10, frozenset({ME, KEN}), b""))
+    made.routing.accept(Announcement(KEN, 10, frozenset({BRA, USA}), b""))
+    moved = made.refresh_routes(T0 + 5 * ROUTE_REFRESH_MS)
+    batch = made.next_batch(USA, Room(10, 10), T0 + 5 * ROUTE_REFRESH_MS)
 
     assert waits.news == () and not waits.look  # nowhere to go: BRA is where it came from
-    assert made.routing.next_hops(KEN)[0] == BRA  # USA is a later choice
+    assert made.routing.next_hops(KEN) == (BRA, USA)  # USA is a later choice
+    assert moved is not None and USA in moved  # woken
     assert batch.look and batch.detours and KEN in made.destinations(USA, batch.detours)
 
 

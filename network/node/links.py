@@ -804,7 +804,10 @@ class _Outbox:
         self.peer = peer
         self.settings = settings
         self.signal = delivery.outbox_signal(peer)
-        self._last_poll = self._last_sweep = -math.inf
+        self._last_poll = -math.inf
+        # A link's first turn looks through the whole outbox already, wide
+        # (`Scheduler.link_up`): its first sweep is one interval on.
+        self._last_sweep = time.monotonic()
 
     async def take(
         self, room: Room, exclude: list[str], now: float

@@ -110,9 +110,11 @@ class Scheduler:
         return self._linked
 
     def link_up(self, peer: NodeId, since: int) -> None:
-        """A link to `peer` is up: its first turn looks through the whole outbox."""
+        """A link to `peer` is up: its first turn looks through the whole outbox, wide (for
+        what it is a later choice for, whatever the routes did meanwhile)."""
         self._linked[peer] = since
         self._drained.pop(peer, None)
+        self._detours.add(peer)
 
     def link_down(self, peer: NodeId) -> None:
         """Its news is moot: the routes move to other links, which look through the outbox."""
