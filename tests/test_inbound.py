@@ -530,6 +530,24 @@ async def test_a_poll_takes_the_news_and_looks_only_for_retries_that_came_due(
     assert sorted(row.id for row in due.rows) == sorted(queued)
 
 
+async def test_flash_news_goes_before_the_retries_a_poll_finds(trio: Trio) -> None:
+    fra = trio.nodes["FRA"]
+    fra.delivery.link_up("DEU", T0)
+    fra.delivery.links_changed(lost=False)
+    await fra.delivery.next_batch("DEU", Room(10, 10))  # the link's first look: nothing yet
+    urgent = [(await queue(fra)).id for _ in range(2)]
+    sent = await fra.delivery.next_batch("DEU", Room(10, 10))
+    await fra.delivery.mark_sent("DEU", [row.id for row in sent.rows])
+    trio.clock.now += fra.context.retry_ms  # both due again
+    flash = await queue(fra, priority="flash")
+
+    first = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+    then = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+
+    assert [row.id for row in first.rows] == [flash.id] and not first.polled
+    assert sorted(row.id for row in then.rows) == sorted(urgent) and then.polled
+
+
 async def test_a_flash_message_goes_to_its_link_as_committed_not_read_back(trio: Trio) -> None:
     """At 90% load the feed's read of a flash row waited up to 15 ms behind the other reads
     on the store's reader thread; the row kept from its commit goes without one."""

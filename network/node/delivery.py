@@ -230,7 +230,8 @@ class Delivery:
         waiting to go as read now.
         """
         link = NodeId(peer)
-        if poll and room.count > 0 and await self._retries_due():
+        flash_waits = self.scheduler.has_flash_news(link)  # it goes first: the poll waits a turn
+        if poll and room.count > 0 and not flash_waits and await self._retries_due():
             retried = await self._look(link, room, exclude, detours=True, retries=True)
             if retried:  # the feed comes back at once for the news and the receipts
                 return Outgoing(rows=tuple(retried), polled=True)
@@ -252,7 +253,7 @@ class Delivery:
             more = Room(room.count - len(rows), 0 if batch.flash_alone else room.others - taken)
             news, moved = self.scheduler.take_news(link, more)
             self._wake(moved)
-        polled = poll and room.count > 0
+        polled = poll and room.count > 0 and not flash_waits
         if rows:
             return Outgoing(receipts, tuple(rows), polled=polled)
         if batch.news:  # all gone since they were queued: the scheduler says whether to look
@@ -262,7 +263,8 @@ class Delivery:
             return Outgoing(receipts, polled=polled)
         found = await self._look(link, room, exclude, batch.detours)
         self.scheduler.looked(link, len(found), room, detours=batch.detours)
-        return Outgoing(receipts, tuple(found), polled=polled, swept=sweep)
+        # A busy window's look took flash alone: the sweep waits for room for the others.
+        return Outgoing(receipts, tuple(found), polled=polled, swept=sweep and not room.flash_only)
 
     async def _retries_due(self) -> bool:
         """Whether a message sent without its end-to-end receipt may be due to go again:

@@ -8,12 +8,17 @@ this is the memory that spares a busy link that look on every turn:
 - dirty: links that should look through the whole outbox (routes or links
   changed, news overflowed);
 - detours: links that should also look for messages whose better hops are on
-  their path or refused them;
+  their path or refused them (a hop refused, the link came up or became a choice
+  for a destination at all, a wide look filled its room);
 - avoid: per message, the hops that refused it (a loop, the hop limit);
 - passing receipts: end-to-end receipts going through us, and the link each
   should take (back the way its message came while that link is up, else the
   best route);
 - linked: the peers linked now, and since when.
+
+Each of these is set by the event that calls for the look, so a link's poll need only
+look for retries that came due (`Delivery`); its rare sweep is a net, not a need
+(tests/test_scheduler.py's state machine runs the feeds with no poll at all).
 
 A relayed message never goes back to a node on its path or to its origin, nor
 to a hop that refused it; among the rest, equal routes spread as
