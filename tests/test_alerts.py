@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -23,7 +24,7 @@ from network.node.alerts import (
     alert_record,
     rfc3339,
 )
-from tests.harness import pause_async, refusing_port
+from tests.harness import refusing_port
 
 NOW = 1_795_000_000_123  # 2026-11-18T11:06:40.123Z
 SECRET_PATH = "/hooks/T0KEN-s3cret"
@@ -32,18 +33,19 @@ SECRET_PATH = "/hooks/T0KEN-s3cret"
 @dataclass
 class Hook:
     """A webhook that answers each POST with the next status in `statuses`
-    (the last one repeats), after `delay` seconds."""
+    (the last one repeats); one that `hangs` never answers (its server's cleanup
+    cancels the request)."""
 
     statuses: list[int]
-    delay: float = 0.0
+    hangs: bool = False
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.read())
         self.headers.append(dict(request.headers))
-        if self.delay:
-            await pause_async(self.delay, "a slow webhook: the sender's timeout is under test")
+        if self.hangs:  # the sender's timeout is all that ends its wait
+            await asyncio.Event().wait()
         status = self.statuses[min(len(self.bodies), len(self.statuses)) - 1]
         return web.Response(status=status, text="x" * 100_000 if status >= 300 else "ok")
 
@@ -218,7 +220,7 @@ async def test_connection_refused_returns_false() -> None:
 
 
 async def test_timeout_is_honoured() -> None:
-    hook, sleeps = Hook([204], delay=5.0), Sleeps()
+    hook, sleeps = Hook([204], hangs=True), Sleeps()
 
     async with serve(hook) as url, sender(url, sleeps, retries=2, timeout=0.2) as webhook:
         started = time.monotonic()

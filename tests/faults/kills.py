@@ -67,13 +67,13 @@ class _Officer(threading.Thread):
             except OSError:  # FRA is down, or died while answering
                 with self.lock:
                     self.run_.unanswered += 1
-                harness.pause(0.05, "an officer retrying while FRA is down")
+                self.stopping.wait(0.05)  # an officer retrying while FRA is down
                 continue
             if status == 202:
                 with self.lock:
                     self.run_.accepted.add(answer["id"])
                 index += 1
-            harness.pause(self.interval, "an officer's pace")
+            self.stopping.wait(self.interval)  # an officer's pace, cut short by the stop
 
 
 def kill_stream(
