@@ -159,8 +159,8 @@ class Scheduler:
                 moved.update(hops[:1])
             if hops != had:
                 gained.update(hop for hop in hops[1:] if hop not in had)
-        self._dirty |= moved | gained
-        self._detours |= gained
+        self._dirty |= moved
+        self._detours |= gained  # a wide look: `next_batch` looks for either
         return moved | gained
 
     def wake(self, destination: NodeId | None = None) -> set[NodeId]:
