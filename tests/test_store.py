@@ -1021,3 +1021,38 @@ async def test_sqlites_temporary_files_are_kept_in_memory_by_both_connections(
     created, unlinked and closed in /var/tmp: 5% of the simulation's CPU (issue 18)."""
     for conn in (store.writer, store.db):
         assert list(await conn.execute_fetchall("PRAGMA temp_store")) == [(2,)]
+
+
+async def test_a_holder_cancelled_during_the_commit_leaves_the_batch_committed(
+    store: Store,
+) -> None:
+    """Group commit: the use case that commits a batch may be cancelled while the COMMIT
+    is on the writer's thread (a link going down under its witness). The COMMIT goes on,
+    and its outcome is that of every use case in the batch: an officer's message in it was
+    answered 503 "nothing stored", though it was stored and would go (CI, a flapping link)."""
+    first_gate, second_gate, second_shut = threading.Event(), threading.Event(), threading.Event()
+
+    def second(_: sqlite3.Connection) -> None:
+        second_shut.set()
+        second_gate.wait(30)
+
+    async def use_case(peer: str, **kind: bool) -> None:
+        async with store.transaction(T0, **kind) as tx:
+            tx.peer_contact(peer)
+
+    gates = [asyncio.ensure_future(_on_thread(store.writer, lambda _: first_gate.wait(30)))]
+    flash = asyncio.create_task(use_case("FRA", urgent=True))  # commits at its end
+    await until(lambda: store.writer._tx.qsize() == 1)  # its COMMIT, behind the first gate
+    lazy = asyncio.create_task(use_case("USA", durable=False))  # joins no one: a batch
+    durable = asyncio.create_task(use_case("DEU"))  # ... that it commits first, at its turn
+    await until(lambda: store.queued_transactions == 2)
+    gates.append(asyncio.ensure_future(_on_thread(store.writer, second)))
+    first_gate.set()
+    await until(lambda: second_shut.is_set() and store.writer._tx.qsize() == 1)
+    durable.cancel()  # while the lazy batch's COMMIT waits behind the second gate
+    second_gate.set()
+    results = await asyncio.gather(flash, lazy, durable, *gates, return_exceptions=True)
+
+    assert results[:2] == [None, None]  # the lazy use case: committed, and told so
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert await stored(store, "SELECT id FROM peers ORDER BY id") == [("FRA",), ("USA",)]

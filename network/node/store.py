@@ -715,12 +715,22 @@ async def _settled(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection]
     cancelled after): the write lock is never passed on while a hop of its holder is
     still on the thread, changing the batch."""
     future = _queued_on_thread(db, work)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await future
-        raise
+    if await _to_its_end(future):
+        future.exception()  # read: the caller's cancellation is what goes on
+        raise asyncio.CancelledError
+    return future.result()
+
+
+async def _to_its_end(future: Future[T]) -> bool:
+    """Wait for `future` to be done, whatever cancels the caller meanwhile; whether
+    something did (the caller then raises CancelledError once it has used the outcome)."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 def _wakes_without_preempting(conn: sqlite3.Connection) -> None:
@@ -1737,8 +1747,13 @@ class Store:
         return self._writing
 
     async def _flush(self) -> None:
-        """COMMIT the batch (under the lock): its entries join the tree, its callers go on."""
+        """COMMIT the batch (under the lock): its entries join the tree, its callers go on.
+
+        The COMMIT's outcome is every caller's: a holder cancelled while it is on the
+        thread (a link going down) waits for it all the same, tells the others what it
+        was, and only then is cancelled."""
         batch, self._batch = self._batch, None
+        cancelled = False
         if batch is not None and (batch.begun or batch.pending):
             try:
                 conn = await self._begun(batch)
@@ -1747,7 +1762,9 @@ class Store:
                 except BaseException:
                     batch.end(conn, "ROLLBACK")
                     raise
-                await _settled(self.writer, partial(batch.end, statement="COMMIT"))
+                commit = _queued_on_thread(self.writer, partial(batch.end, statement="COMMIT"))
+                cancelled = await _to_its_end(commit)
+                commit.result()
             except BaseException as exc:
                 failed = self._write_failed(exc)
                 for _, waiter in batch.pending:
@@ -1761,6 +1778,8 @@ class Store:
                 self.audit_log.extend(batch.leaves)
                 for waiter, error in batch.applied:
                     _settle(waiter, error and self._write_failed(error))
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _write_failed(self, cause: BaseException) -> StoreError:
         """What a use case's caller gets for SQLite's `cause` (which the API names)."""
