@@ -27,6 +27,7 @@ from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, Stat
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
 from network.core.roster import load_roster
 from network.core.tlog import leaf_hash, root_hash
+from network.node import store as store_module
 from network.node.keys import load_keeper_public
 from network.node.store import (
     MIGRATIONS,
@@ -1056,3 +1057,47 @@ async def test_a_holder_cancelled_during_the_commit_leaves_the_batch_committed(
     assert results[:2] == [None, None]  # the lazy use case: committed, and told so
     assert isinstance(results[2], asyncio.CancelledError)
     assert await stored(store, "SELECT id FROM peers ORDER BY id") == [("FRA",), ("USA",)]
+
+
+async def test_a_holder_cancelled_during_a_begin_that_waited_leaves_the_batch_committed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The BEGIN of a batch goes to the writer's thread while another process (`cpn user
+    add` beside the node) holds SQLite's write lock. A holder cancelled meanwhile let the
+    BEGIN succeed there, then failed the batch's use cases ("nothing stored") and left the
+    transaction open, so every later BEGIN failed. The batch goes on, as at its COMMIT."""
+    monkeypatch.setattr(store_module, "BATCH_MS", 60_000)  # FRA's batch waits for DEU
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other process's write lock
+    gate, gate_shut, proceed = threading.Event(), threading.Event(), asyncio.Event()
+
+    def shut(_: sqlite3.Connection) -> None:
+        gate_shut.set()
+        gate.wait(30)
+
+    async def use_case(peer: str, first: bool = False) -> None:
+        async with store.transaction(T0) as tx:
+            tx.peer_contact(peer)
+            if first:
+                await proceed.wait()
+
+    gated = asyncio.ensure_future(_on_thread(store.writer, shut))
+    joined = asyncio.create_task(use_case("FRA", first=True))
+    holder = asyncio.create_task(use_case("DEU"))
+    await until(lambda: gate_shut.is_set() and store.queued_transactions == 1)
+    proceed.set()  # FRA leaves its writes to the next holder, whose BEGIN finds the lock held
+    await until(lambda: store.writer._tx.qsize() == 1)  # that BEGIN, behind the gate
+    holder.cancel()
+    other.execute("COMMIT")
+    other.close()
+    gate.set()
+    results = await asyncio.gather(joined, holder, gated, return_exceptions=True)
+
+    assert results[0] is None  # committed, and told so
+    assert isinstance(results[1], asyncio.CancelledError)
+    await use_case("USA")  # the writer has no transaction left open
+    assert await stored(store, "SELECT id FROM peers ORDER BY id") == [
+        ("DEU",),
+        ("FRA",),
+        ("USA",),
+    ]

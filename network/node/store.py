@@ -710,17 +710,6 @@ def _queued_on_thread(
     return future
 
 
-async def _settled(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """`_on_thread`, awaited to its end even if the caller is cancelled meanwhile (then
-    cancelled after): the write lock is never passed on while a hop of its holder is
-    still on the thread, changing the batch."""
-    future = _queued_on_thread(db, work)
-    if await _to_its_end(future):
-        future.exception()  # read: the caller's cancellation is what goes on
-        raise asyncio.CancelledError
-    return future.result()
-
-
 async def _to_its_end(future: Future[T]) -> bool:
     """Wait for `future` to be done, whatever cancels the caller meanwhile; whether
     something did (the caller then raises CancelledError once it has used the outcome)."""
@@ -1736,36 +1725,50 @@ class Store:
         (docs/PERFORMANCE.md, sixth session). Only what waits goes to the thread: the
         COMMIT (the disk), and a BEGIN that another process's write lock holds up. Never
         at once: the thread runs only hops the lock's holder awaits."""
-        if not batch.begun:
-            try:
-                batch.begin(self._writing, wait=False)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                    raise
-                # another process writes: wait for it on the thread
-                await _settled(self.writer, partial(batch.begin, wait=True))
+        if await self._begin(batch):
+            raise asyncio.CancelledError  # once begun: the batch is left to the lock's next holder
         return self._writing
+
+    async def _begin(self, batch: _Batch) -> bool:
+        """Begin `batch`'s transaction if it is not yet; whether the caller was cancelled
+        while the BEGIN waited on the thread (it is then begun, or failed, all the same)."""
+        if batch.begun:
+            return False
+        try:
+            batch.begin(self._writing, wait=False)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+        else:
+            return False
+        # another process writes: wait for it on the thread
+        begin = _queued_on_thread(self.writer, partial(batch.begin, wait=True))
+        cancelled = await _to_its_end(begin)
+        if begin.exception() is not None and cancelled:
+            raise asyncio.CancelledError  # nothing begun: the cancellation is what goes on
+        begin.result()
+        return cancelled
 
     async def _flush(self) -> None:
         """COMMIT the batch (under the lock): its entries join the tree, its callers go on.
 
-        The COMMIT's outcome is every caller's: a holder cancelled while it is on the
-        thread (a link going down) waits for it all the same, tells the others what it
-        was, and only then is cancelled."""
+        The COMMIT's outcome is every caller's: a holder cancelled while its BEGIN or
+        COMMIT is on the thread (a link going down) goes on all the same, tells the others
+        what it was, and only then is cancelled. Whatever fails, no transaction is left
+        open for the next BEGIN to fail on."""
         batch, self._batch = self._batch, None
         cancelled = False
         if batch is not None and (batch.begun or batch.pending):
             try:
-                conn = await self._begun(batch)
-                try:
-                    batch.apply(conn)
-                except BaseException:
-                    batch.end(conn, "ROLLBACK")
-                    raise
+                cancelled = await self._begin(batch)
+                batch.apply(self._writing)
                 commit = _queued_on_thread(self.writer, partial(batch.end, statement="COMMIT"))
-                cancelled = await _to_its_end(commit)
+                cancelled |= await _to_its_end(commit)
                 commit.result()
             except BaseException as exc:
+                if self._writing.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        batch.end(self._writing, "ROLLBACK")
                 failed = self._write_failed(exc)
                 for _, waiter in batch.pending:
                     _settle(waiter, failed)
