@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
+import hmac
 import json
 from collections.abc import Callable
 
@@ -27,6 +29,7 @@ from network.core.crypto import (
     Keyring,
     Passphrase,
     SigningKey,
+    StorageKey,
     VerifyKey,
     certificate_der_from_pem,
     check_certificate,
@@ -309,6 +312,19 @@ def test_tags_match_equal_texts_only() -> None:
     assert storage.tag("FR-2026-001") == storage.tag("FR-2026-001")
     assert storage.tag("FR-2026-001") != storage.tag("FR-2026-002")
     assert "FR-2026" not in storage.tag("FR-2026-001")
+
+
+@given(text=st.text(max_size=300))
+def test_a_tag_is_the_hmac_the_stores_hold(text: str) -> None:
+    """Tags are stored (identifiers, case references): the same key must give the same
+    tag in every version. HMAC-SHA256 under a key derived from the storage key."""
+    raw = bytes(range(32))
+    tag_key = hashlib.sha256(b"cpn/v1 tag key\n" + raw).digest()
+
+    assert StorageKey(raw).tag(text) == hmac.new(tag_key, text.encode(), "sha256").hexdigest()[:32]
+    assert (
+        StorageKey(raw).tag("FR-2026-001") == "081035ddf8f331c74afa257f16c07f08"
+    )  # as stored before
 
 
 def test_a_certificate_round_trips_from_pem_to_der() -> None:

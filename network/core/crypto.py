@@ -277,7 +277,7 @@ class StorageKey:
     key it needs.
     """
 
-    __slots__ = ("_aead", "_tag_key", "kid", "raw")
+    __slots__ = ("_aead", "_tag_inner", "_tag_outer", "kid", "raw")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
@@ -285,12 +285,21 @@ class StorageKey:
         self.raw = key
         self.kid = key_id(b"cpn/v1 storage key id\n" + key)
         self._aead = AESGCM(key)
-        self._tag_key = hashlib.sha256(b"cpn/v1 tag key\n" + key).digest()
+        tag_key = hashlib.sha256(b"cpn/v1 tag key\n" + key).digest()
+        # HMAC-SHA256 (RFC 2104) under `tag_key`, its padded keys hashed once. Not
+        # `hmac.digest`: it lets go of the GIL for every call, and a loop thread that
+        # does so waits to take it back from the store threads (4x slower with 48 beside it).
+        self._tag_inner = hashlib.sha256(bytes(b ^ 0x36 for b in tag_key.ljust(64, b"\0")))
+        self._tag_outer = hashlib.sha256(bytes(b ^ 0x5C for b in tag_key.ljust(64, b"\0")))
 
     def tag(self, text: str) -> str:
         """A keyed digest of `text`: equal texts match, yet the store holds no clear text
         (a case reference threads a case without being readable at rest)."""
-        return hmac.digest(self._tag_key, text.encode(), "sha256").hex()[:32]
+        inner = self._tag_inner.copy()
+        inner.update(text.encode())
+        outer = self._tag_outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:32]
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         nonce = os.urandom(12)
