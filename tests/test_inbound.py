@@ -530,6 +530,47 @@ async def test_a_poll_takes_the_news_and_looks_only_for_retries_that_came_due(
     assert sorted(row.id for row in due.rows) == sorted(queued)
 
 
+async def test_a_retry_with_no_live_hop_costs_a_link_one_look_not_one_a_poll(
+    trio: Trio,
+) -> None:
+    """A message sent whose retry time passed while no hop can take it: every poll of every
+    link asked the store for the earliest retry and looked again, for as long as it lasted.
+    Each link now looks once for each retry that comes due, and then at its next one."""
+    fra = trio.nodes["FRA"]
+    for peer in ("DEU", "USA"):
+        fra.delivery.link_up(peer, T0)
+    fra.delivery.links_changed(lost=False)
+    for peer in ("DEU", "USA"):
+        await fra.delivery.next_batch(peer, Room(10, 10))  # each link's first look
+    stuck = await queue(fra, to="USA")
+    sent = await fra.delivery.next_batch("USA", Room(10, 10))
+    await fra.delivery.mark_sent("USA", [row.id for row in sent.rows])
+    fra.delivery.link_down("USA")
+    fra.delivery.links_changed(lost=True)
+    trio.clock.now += fra.context.retry_ms  # due again, and no hop for it
+    first = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)  # looks: in vain
+    statements: list[str] = []
+    fra.context.store._glancer.set_trace_callback(statements.append)
+    for _ in range(5):
+        trio.clock.now += 5_000
+        polled = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+        assert polled.rows == ()
+    fra.context.store._glancer.set_trace_callback(None)
+    later = await queue(fra)  # to DEU: sent, then due in its turn
+    sent = await fra.delivery.next_batch("DEU", Room(10, 10))
+    await fra.delivery.mark_sent("DEU", [row.id for row in sent.rows])
+    trio.clock.now += fra.context.retry_ms
+    due = await fra.delivery.next_batch("DEU", Room(10, 10), poll=True)
+    fra.delivery.link_up("USA", trio.clock.now)
+    fra.delivery.links_changed(lost=False)
+    back = await fra.delivery.next_batch("USA", Room(10, 10))
+
+    assert first.rows == ()
+    assert len(statements) <= 1, statements  # when the next retry comes: asked once
+    assert [row.id for row in due.rows] == [later.id]
+    assert [row.id for row in back.rows] == [stuck.id]
+
+
 async def test_flash_news_goes_before_the_retries_a_poll_finds(trio: Trio) -> None:
     fra = trio.nodes["FRA"]
     fra.delivery.link_up("DEU", T0)

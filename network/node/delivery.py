@@ -81,8 +81,12 @@ class Delivery:
         # Set when announcements changed the routes; the link layer refreshes them soon.
         self.routes_stale = asyncio.Event()
         self.route_news = 0  # announcements that changed something, ever: bursts end when it stops
-        # No message sent is due to go again before this (ms; None: ask the store).
-        self._next_retry: int | None = None
+        # Per link: the retries due up to this time were looked for (ms; a row left then was
+        # no hop's, or another link's), and none comes due after that before the next (ms;
+        # absent: ask the store). A retry that cannot go costs each link one look, not one
+        # a poll for as long as it waits.
+        self._retries_looked: dict[NodeId, int] = {}
+        self._next_retry: dict[NodeId, int] = {}
 
     # -- signals -----------------------------------------------------------------------
 
@@ -130,6 +134,8 @@ class Delivery:
 
     def link_down(self, peer: str) -> None:
         self.scheduler.link_down(NodeId(peer))
+        self._retries_looked.pop(NodeId(peer), None)
+        self._next_retry.pop(NodeId(peer), None)
 
     def links_changed(self, *, lost: bool) -> None:
         """Our live links changed: routes follow at once (a link that is up is used at
@@ -231,10 +237,15 @@ class Delivery:
         """
         link = NodeId(peer)
         flash_waits = self.scheduler.has_flash_news(link)  # it goes first: the poll waits a turn
-        if poll and room.count > 0 and not flash_waits and await self._retries_due():
-            retried = await self._look(link, room, exclude, detours=True, retries=True)
+        if poll and room.count > 0 and not flash_waits and await self._retries_due(link):
+            now = self.context.clock()
+            since = self._retries_looked.get(link, 0)
+            retried = await self._look(link, room, exclude, detours=True, retries=since + 1)
             if retried:  # the feed comes back at once for the news and the receipts
                 return Outgoing(rows=tuple(retried), polled=True)
+            if not room.flash_only:  # room for each priority, and none due now is this link's
+                self._retries_looked[link] = now
+                self._next_retry.pop(link, None)
         batch = self._turn(link, room, sweep)
         receipts = batch.receipts
         skip = set(exclude)
@@ -266,15 +277,18 @@ class Delivery:
         # A busy window's look took flash alone: the sweep waits for room for the others.
         return Outgoing(receipts, tuple(found), polled=polled, swept=sweep and not room.flash_only)
 
-    async def _retries_due(self) -> bool:
-        """Whether a message sent without its end-to-end receipt may be due to go again:
-        known from the last time the store was asked and the marks since, so that a poll
-        costs a query only once a retry time has passed."""
+    async def _retries_due(self, link: NodeId) -> bool:
+        """Whether a message sent without its end-to-end receipt may be due to go again
+        over `link`, since it last looked: known from the last time the store was asked and
+        the marks since, so that a poll costs a query only once a retry time has passed."""
         now = self.context.clock()
-        if self._next_retry is None or self._next_retry <= now:
-            earliest = await self.context.store.earliest_retry()
-            self._next_retry = NO_RETRY if earliest is None else earliest
-        return self._next_retry <= now
+        due = self._next_retry.get(link)
+        if due is None or due <= now:
+            earliest = await self.context.store.earliest_retry(
+                after=self._retries_looked.get(link, 0)
+            )
+            due = self._next_retry[link] = NO_RETRY if earliest is None else earliest
+        return due <= now
 
     async def _rows(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids`: a flash message's as just committed, the others read now.
@@ -301,14 +315,14 @@ class Delivery:
         exclude: Sequence[str],
         detours: bool,
         *,
-        retries: bool = False,
+        retries: int = 0,
     ) -> list[MessageRow]:
         """Ours and relayed messages whose best route now starts with the link to `peer`.
 
         With `detours`, also those for which `peer` is a later choice (their better hops
         are on their path or refused them): a wider and dearer look, which the link takes
         when a hop refused or routes gave it new destinations, and on a sweep. With
-        `retries`, only messages sent whose retry time has passed.
+        `retries` (ms), only messages sent whose retry time is from then to now.
 
         It reads on past rows best sent over other links until the room is full or the
         outbox has no more: what is left behind is never there for this link.
@@ -352,12 +366,14 @@ class Delivery:
                     continue  # a receipt or the expiry scan got there first
                 event = Event.SEND if row.state is State.QUEUED else Event.RESEND
                 tx.sent(row, event, NodeId(peer), now + context.retry_ms)
-                if self._next_retry is not None:
-                    self._next_retry = min(self._next_retry, now + context.retry_ms)
                 detail = {"to": peer, "attempt": row.attempts + 1}
                 action = "sent" if row.box == "out" else "forwarded_to"
                 entries.append(AuditEntry(context.actor, action, message_id, detail))
             tx.audit(entries)
+        if entries:  # each link's next retry comes no later than theirs
+            retry_at = now + context.retry_ms
+            for link, due in self._next_retry.items():
+                self._next_retry[link] = min(due, retry_at)
 
     async def start(self) -> None:
         """Audit the start; what was in flight when the node last stopped goes again at once."""

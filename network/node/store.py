@@ -2015,11 +2015,11 @@ class Store:
         now: int,
         max_rank: int = 2,
         *,
-        retries: bool = False,
+        retries: int = 0,
     ) -> list[Waiting]:
         """What may go now to any of `destinations`, ours and relayed: by priority, oldest
-        first; with `retries`, only messages sent whose retry time has passed (not those
-        queued, whose retry time is 0). Only what routing needs is read: a hub looks
+        first; with `retries` (ms), only messages sent whose retry time is from then to now
+        (not those queued, whose retry time is 0). Only what routing needs is read: a hub looks
         through thousands of rows to send a few, whose whole rows it then reads by id. On
         the loop's thread (`_glance`): on the reader's, every look of every link's feed
         cost a hop, and a hub's links look all the time."""
@@ -2035,18 +2035,19 @@ class Store:
             " ORDER BY priority_rank, created LIMIT ?)"
             " ORDER BY priority_rank, created"
         )
-        params = (*destinations, 1 if retries else 0, now, max_rank, limit)
+        params = (*destinations, retries, now, max_rank, limit)
         rows = await self._glance(lambda conn: conn.execute(query, params).fetchall())
         return [_waiting(r) for r in rows]
 
-    async def earliest_retry(self) -> int | None:
-        """When the first message sent without its end-to-end receipt may go again (None:
-        none waits). Only `Tx.sent` sets a retry time; a queued message's is 0."""
+    async def earliest_retry(self, after: int = 0) -> int | None:
+        """When the first message sent without its end-to-end receipt may go again, of
+        those whose retry time is past `after` (ms; None: none waits). Only `Tx.sent` sets a
+        retry time; a queued message's is 0."""
         query = (
             "SELECT MIN(retry_at) FROM messages INDEXED BY messages_outbox"
-            " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent') AND retry_at > 0"
+            " WHERE box IN ('out', 'relay') AND state IN ('queued', 'sent') AND retry_at > ?"
         )
-        ((earliest,),) = await self._glance(lambda conn: conn.execute(query).fetchall())
+        ((earliest,),) = await self._glance(lambda conn: conn.execute(query, (after,)).fetchall())
         return None if earliest is None else int(earliest)
 
     async def preserved_requests(self) -> list[MessageRow]:
