@@ -1101,3 +1101,24 @@ async def test_a_holder_cancelled_during_a_begin_that_waited_leaves_the_batch_co
         ("FRA",),
         ("USA",),
     ]
+
+
+async def test_use_cases_ready_at_once_commit_together(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of several use cases ready on the loop at once found no one waiting for
+    the lock and committed alone; the others then waited for its COMMIT, and made one of
+    their own. In the 193-node run a COMMIT held 1.3 use cases. It lets them join first."""
+    monkeypatch.setattr(store_module, "BATCH_MS", 60_000)  # a batch cut by the lock alone
+    statements: list[str] = []
+    store._writing.set_trace_callback(statements.append)
+
+    async def use_case(peer: str) -> None:
+        async with store.transaction(T0) as tx:
+            tx.peer_contact(peer)
+
+    await asyncio.gather(*(use_case(peer) for peer in ("FRA", "DEU", "USA", "KEN", "BRA")))
+    store._writing.set_trace_callback(None)
+
+    assert statements.count("COMMIT") == 1
+    assert len(await stored(store, "SELECT id FROM peers")) == 5

@@ -1676,7 +1676,8 @@ class Store:
 
         Group commit: use cases take the write lock in turn, each applies its writes to
         the writer's open transaction, and the batch commits once no one waits for the
-        lock (or once it is `BATCH_MS` old or `BATCH_USE_CASES` big); every caller in it
+        lock, the use cases ready on the loop having had their turn (or once it is
+        `BATCH_MS` old or `BATCH_USE_CASES` big, or holds a flash one); every caller in it
         waits for that COMMIT. `durable=False` allows a batch without the fsync for
         changes a crash may lose harmlessly (a `sent` mark: the message goes again and is
         deduplicated); the next durable commit makes them durable too (WAL). `officer`:
@@ -1704,6 +1705,15 @@ class Store:
                     raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
             finally:
                 try:
+                    batch = self._batch
+                    if (
+                        batch is not None
+                        and batch.pending
+                        and self._lock.waiting == 0
+                        and not batch.due()
+                    ):
+                        # The use cases ready on the loop now take their turns first and join.
+                        await asyncio.sleep(0)
                     if self._batch is not None and (self._lock.waiting == 0 or self._batch.due()):
                         await self._flush()
                 finally:
