@@ -1122,3 +1122,26 @@ async def test_use_cases_ready_at_once_commit_together(
 
     assert statements.count("COMMIT") == 1
     assert len(await stored(store, "SELECT id FROM peers")) == 5
+
+
+async def test_a_holder_cancelled_as_it_lets_the_ready_join_leaves_its_batch_committed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone batch's holder yields once before its COMMIT. Cancelled there (a link going
+    down), it frees the lock with the batch applied: the batch is committed all the same,
+    and the next use case finds no transaction left open."""
+    monkeypatch.setattr(store_module, "BATCH_MS", 60_000)
+
+    async def use_case(peer: str) -> None:
+        async with store.transaction(T0) as tx:
+            tx.peer_contact(peer)
+
+    holder = asyncio.create_task(use_case("FRA"))
+    await until(lambda: store._batch is not None and bool(store._batch.pending))  # its yield
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    await until(lambda: store._batch is None and not store.queued_transactions)
+    await use_case("DEU")
+
+    assert await stored(store, "SELECT id FROM peers ORDER BY id") == [("DEU",), ("FRA",)]
