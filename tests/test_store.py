@@ -84,6 +84,12 @@ async def stored(store: Store, query: str, *params: Any) -> list[tuple[Any, ...]
     return [tuple(r) for r in await store.db.execute_fetchall(query, params)]
 
 
+async def contact(store: Store, peer: str, **kind: bool) -> None:
+    """A use case with one write: `peer`'s contact."""
+    async with store.transaction(T0, **kind) as tx:
+        tx.peer_contact(peer)
+
+
 # -- migrations ---------------------------------------------------------------------------
 
 
@@ -1037,15 +1043,11 @@ async def test_a_holder_cancelled_during_the_commit_leaves_the_batch_committed(
         second_shut.set()
         second_gate.wait(30)
 
-    async def use_case(peer: str, **kind: bool) -> None:
-        async with store.transaction(T0, **kind) as tx:
-            tx.peer_contact(peer)
-
     gates = [asyncio.ensure_future(_on_thread(store.writer, lambda _: first_gate.wait(30)))]
-    flash = asyncio.create_task(use_case("FRA", urgent=True))  # commits at its end
+    flash = asyncio.create_task(contact(store, "FRA", urgent=True))  # commits at its end
     await until(lambda: store.writer._tx.qsize() == 1)  # its COMMIT, behind the first gate
-    lazy = asyncio.create_task(use_case("USA", durable=False))  # joins no one: a batch
-    durable = asyncio.create_task(use_case("DEU"))  # ... that it commits first, at its turn
+    lazy = asyncio.create_task(contact(store, "USA", durable=False))  # joins no one: a batch
+    durable = asyncio.create_task(contact(store, "DEU"))  # ... that it commits first, at its turn
     await until(lambda: store.queued_transactions == 2)
     gates.append(asyncio.ensure_future(_on_thread(store.writer, second)))
     first_gate.set()
@@ -1075,15 +1077,14 @@ async def test_a_holder_cancelled_during_a_begin_that_waited_leaves_the_batch_co
         gate_shut.set()
         gate.wait(30)
 
-    async def use_case(peer: str, first: bool = False) -> None:
+    async def first(peer: str) -> None:
         async with store.transaction(T0) as tx:
             tx.peer_contact(peer)
-            if first:
-                await proceed.wait()
+            await proceed.wait()
 
     gated = asyncio.ensure_future(_on_thread(store.writer, shut))
-    joined = asyncio.create_task(use_case("FRA", first=True))
-    holder = asyncio.create_task(use_case("DEU"))
+    joined = asyncio.create_task(first("FRA"))
+    holder = asyncio.create_task(contact(store, "DEU"))
     await until(lambda: gate_shut.is_set() and store.queued_transactions == 1)
     proceed.set()  # FRA leaves its writes to the next holder, whose BEGIN finds the lock held
     await until(lambda: store.writer._tx.qsize() == 1)  # that BEGIN, behind the gate
@@ -1095,7 +1096,7 @@ async def test_a_holder_cancelled_during_a_begin_that_waited_leaves_the_batch_co
 
     assert results[0] is None  # committed, and told so
     assert isinstance(results[1], asyncio.CancelledError)
-    await use_case("USA")  # the writer has no transaction left open
+    await contact(store, "USA")  # the writer has no transaction left open
     assert await stored(store, "SELECT id FROM peers ORDER BY id") == [
         ("DEU",),
         ("FRA",),
@@ -1113,11 +1114,7 @@ async def test_use_cases_ready_at_once_commit_together(
     statements: list[str] = []
     store._writing.set_trace_callback(statements.append)
 
-    async def use_case(peer: str) -> None:
-        async with store.transaction(T0) as tx:
-            tx.peer_contact(peer)
-
-    await asyncio.gather(*(use_case(peer) for peer in ("FRA", "DEU", "USA", "KEN", "BRA")))
+    await asyncio.gather(*(contact(store, peer) for peer in ("FRA", "DEU", "USA", "KEN", "BRA")))
     store._writing.set_trace_callback(None)
 
     assert statements.count("COMMIT") == 1
@@ -1132,16 +1129,12 @@ async def test_a_holder_cancelled_as_it_lets_the_ready_join_leaves_its_batch_com
     and the next use case finds no transaction left open."""
     monkeypatch.setattr(store_module, "BATCH_MS", 60_000)
 
-    async def use_case(peer: str) -> None:
-        async with store.transaction(T0) as tx:
-            tx.peer_contact(peer)
-
-    holder = asyncio.create_task(use_case("FRA"))
+    holder = asyncio.create_task(contact(store, "FRA"))
     await until(lambda: store._batch is not None and bool(store._batch.pending))  # its yield
     holder.cancel()
     with pytest.raises(asyncio.CancelledError):
         await holder
     await until(lambda: store._batch is None and not store.queued_transactions)
-    await use_case("DEU")
+    await contact(store, "DEU")
 
     assert await stored(store, "SELECT id FROM peers ORDER BY id") == [("DEU",), ("FRA",)]
