@@ -14,7 +14,11 @@ can. Phase 2 offers an open-loop load at each share of that rate
 in `--loads` (one `flash` every N, the others urgent) and takes the latency
 percentiles at each: the points of docs/latency-vs-load.png. Latency is
 composed (the header's `created`) to delivered (the sender's state change on
-the verified receipt), both on this machine's clock.
+the verified receipt), both on this machine's clock. Beside it, at each load: the
+rate the sender composed at while the load was offered (below the offered rate it
+fell behind, and requests waited for a turn to seal, which the latency from
+composition does not count), each priority's POST-to-202 p99 (which does), and the
+CPU a message took in each process.
 
 Two floors are measured in this same run. The raw floor is the primitives alone
 (`raw_floor_per_message`: HPKE, four Ed25519 operations, a WebSocket frame each way, a
@@ -306,19 +310,30 @@ async def post_flat_out(network: Network, count: int, concurrency: int, to: str 
         await asyncio.gather(*(worker(poster) for _ in range(concurrency)))
 
 
-async def post_paced(network: Network, rate: float, seconds: float, flash_every: int) -> int:
-    """Open loop: urgent requests at a steady `rate`, one flash every `flash_every`."""
+async def post_paced(
+    network: Network, rate: float, seconds: float, flash_every: int
+) -> dict[str, list[float]]:
+    """Open loop: urgent requests at a steady `rate`, one flash every `flash_every`; per
+    priority, the milliseconds from each POST to its 202 (the officer's wait, which
+    includes a wait for a turn to seal that the latency from composition does not)."""
     count = int(rate * seconds)
     bodies = {priority: request_body(priority) for priority in ("flash", "urgent")}
+    answered: dict[str, list[float]] = {"flash": [], "urgent": []}
+
+    async def timed(priority: str) -> None:
+        started = time.perf_counter()
+        await post(poster, bodies[priority])
+        answered[priority].append((time.perf_counter() - started) * 1000)
+
     async with poster_for(network) as poster:
         tasks = []
         start = time.monotonic()
         for index in range(count):
             await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
             priority = "flash" if index % flash_every == 0 else "urgent"
-            tasks.append(asyncio.create_task(post(poster, bodies[priority])))
+            tasks.append(asyncio.create_task(timed(priority)))
         await asyncio.gather(*tasks)
-    return count
+    return answered
 
 
 BODY = sample_body("preservation")
@@ -422,6 +437,8 @@ def main() -> None:
     network = Network(root, {"FRA": ["DEU"], "DEU": ["FRA"]})
     store = network.nodes["FRA"].store
     paced: list[tuple[float, float, list[tuple[str, int, int]]]] = []  # share, rate, rows
+    answered: dict[float, dict[str, list[float]]] = {}  # share: POST to 202, per priority
+    paced_cpu: dict[float, dict[str, float]] = {}  # share: CPU seconds a message, per process
     probes: dict[float, dict[str, list[float]]] = {}  # share: the machine's delays meanwhile
     try:
         network.start("FRA")
@@ -442,12 +459,19 @@ def main() -> None:
 
         for share in loads:  # each load once the one before has drained
             since = int(time.time() * 1000)
+            cpu_at = {node: cpu_seconds(pid) for node, pid in pids.items()}
+            client_at = time.process_time()
             probe = start_probe(root, args.paced_seconds)
-            count = asyncio.run(
+            answered[share] = asyncio.run(
                 post_paced(network, rate * share, args.paced_seconds, args.flash_every)
             )
+            count = sum(map(len, answered[share].values()))
             probes[share] = probe_results(probe)
             paced.append((share, rate * share, wait_delivered(store, count, since, args.timeout)))
+            paced_cpu[share] = {
+                **{node: (cpu_seconds(pid) - cpu_at[node]) / count for node, pid in pids.items()},
+                "client": (time.process_time() - client_at) / count,
+            }
         stages = stage_times({n: network.nodes[n].store for n in ("FRA", "DEU")}, since)
         network.stop("DEU")
         network.stop("FRA")
@@ -498,6 +522,32 @@ def main() -> None:
                     )
                 )
         points.append(point)
+    for share, offered, paced_rows in paced:
+        # Composed while the load was offered: below the offered rate, the sender fell
+        # behind, and requests waited for a turn to seal (in the POST's wait, not in the
+        # latency from composition).
+        posting_ends = min(created for _, created, _ in paced_rows) + args.paced_seconds * 1000
+        composed = sum(1 for _, created, _ in paced_rows if created <= posting_ends)
+        figures.append(
+            Figure(
+                "throughput",
+                f"sender composed while posting at {share:.0%} load (offered {offered:.0f} msg/s)",
+                "msg/s",
+                composed / args.paced_seconds,
+                offered,
+            )
+        )
+        for priority, waits in answered[share].items():
+            if waits:
+                figures.append(
+                    Figure(
+                        "throughput",
+                        f"{priority} POST to 202, p99, at {share:.0%} load ({offered:.0f} msg/s)",
+                        "ms",
+                        percentile(waits, 0.99),
+                        higher_is_better=False,
+                    )
+                )
     for share, offered, _ in paced:
         for what, label in (("wake", "a wake-up's delay"), ("fsync", "a 4 KiB write and fsync")):
             values = probes[share][what]
@@ -528,6 +578,10 @@ def main() -> None:
     for node, seconds in cpu.items():
         print(f"  {node:<16} {seconds / args.messages * 1e6:>8.0f} us")
     print(f"  {'client':<16} {client_cpu / args.messages * 1e6:>8.0f} us  (this script posting)")
+    print("CPU per message at each load in phase 2 (the same, from posting to the last delivered):")
+    for share, spent in paced_cpu.items():
+        each = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in spent.items())
+        print(f"  {share:>4.0%}  {each}")
     print(
         f"\nwhere the time goes at {loads[-1]:.0%} load (ms, p50 / p99; from the audit entries' times):"
     )
