@@ -39,7 +39,7 @@ import sqlite3
 import time
 from asyncio import Future
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
@@ -1424,7 +1424,21 @@ GLANCER_CACHE_KIB = 128
 # what a use case touches, which the writer's cache holds too.
 TEMP_IN_MEMORY = "PRAGMA temp_store = MEMORY"
 # How long a statement waits for another process's lock (`cpn user add` beside the node).
+# The writer's connection waits so only on its thread (`_waiting_for_locks`): its
+# statements on the loop's thread fail at once instead, and a BEGIN that does goes to
+# the thread. (Set around each BEGIN on the loop, it cost two statements more a batch.)
 BUSY_TIMEOUT_MS: Final = 5000
+
+
+@contextlib.contextmanager
+def _waiting_for_locks(conn: sqlite3.Connection) -> Iterator[None]:
+    """On the writer's thread: its statements in the block wait `BUSY_TIMEOUT_MS` for
+    another process's lock."""
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
@@ -1497,13 +1511,10 @@ class _Batch:
             conn.execute("PRAGMA synchronous = NORMAL")  # back to FULL at its COMMIT
         try:
             if wait:
-                conn.execute("BEGIN IMMEDIATE")
-            else:
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
+                with _waiting_for_locks(conn):
                     conn.execute("BEGIN IMMEDIATE")
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            else:
+                conn.execute("BEGIN IMMEDIATE")
         except BaseException:
             self.end(conn, "ROLLBACK")
             raise
@@ -1607,6 +1618,7 @@ class Store:
             glancer.execute(TEMP_IN_MEMORY)
             store = cls(writer, writing, reader, glancer, path, clock)
             await store._load_audit_log()
+            await writer.execute("PRAGMA busy_timeout = 0")  # `_waiting_for_locks`
         except BaseException:
             await writer.close()
             if reader is not None:
@@ -1947,10 +1959,14 @@ class Store:
         copies in the WAL go too (best effort: a reader holding them defers it)."""
         async with self._lock.held():
             await self._flush()
-            # Its row read to the end: a statement left running would hold up the next
-            # COMMIT (aiosqlite's thread keeps the last result it handed back).
-            checkpoint = "PRAGMA wal_checkpoint(TRUNCATE)"
-            await _on_thread(self.writer, lambda conn: conn.execute(checkpoint).fetchall())
+
+            def checkpoint(conn: sqlite3.Connection) -> None:
+                with _waiting_for_locks(conn):  # for readers to leave the old pages
+                    # Its row read to the end: a statement left running would hold up the
+                    # next COMMIT (aiosqlite's thread keeps the last result it handed back).
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+            await _on_thread(self.writer, checkpoint)
 
     async def messages_by_id(self, ids: Sequence[str]) -> list[MessageRow]:
         """The rows of `ids` the store holds, in the order of `ids` (one query)."""
