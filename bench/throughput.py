@@ -320,7 +320,7 @@ async def post_paced(
     bodies = {priority: request_body(priority) for priority in ("flash", "urgent")}
     answered: dict[str, list[float]] = {"flash": [], "urgent": []}
 
-    async def timed(priority: str) -> None:
+    async def timed(poster: Poster, priority: str) -> None:
         started = time.perf_counter()
         await post(poster, bodies[priority])
         answered[priority].append((time.perf_counter() - started) * 1000)
@@ -331,7 +331,7 @@ async def post_paced(
         for index in range(count):
             await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
             priority = "flash" if index % flash_every == 0 else "urgent"
-            tasks.append(asyncio.create_task(timed(priority)))
+            tasks.append(asyncio.create_task(timed(poster, priority)))
         await asyncio.gather(*tasks)
     return answered
 
