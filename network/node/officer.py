@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from network.core.attachments import AttachmentFile, describe, split
@@ -39,7 +42,7 @@ from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import DESK_ROLES, ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
-from network.node.lanes import FLASH, working_in
+from network.node.lanes import FLASH, Slices, working_in
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, Store, Tx, UserRow
@@ -93,11 +96,20 @@ async def revoke_token(store: Store, name: str, *, actor: str, now: int) -> User
 MAX_NOTE = 2000  # a handover note
 PARTS_PER_STEP = 16  # attachment parts sealed between two turns of the event loop
 PARTS_PER_COMMIT = 64  # attachment parts (about 9 MiB) committed in one transaction
-# Routine submissions sealed and stored at once, and as many urgent ones (a routine one
-# with large files holds its turn long: urgent never waits for it); past that they wait
-# their turn before any work, and flash goes at once. Unbounded, every request in flight
-# was on the loop together and a group commit settled hundreds at once: at 90% load one
-# turn of the loop took tens of ms, and a flash message waited for each turn it needed.
+# Routine and urgent submissions are sealed and stored in rounds (`Officers._in_round`):
+# a round takes what waits, up to `ROUND_SIZE`, seals it back to back and stores each
+# as its own use case, together, so that the whole way (one group commit, one frame, one
+# batch at the receiver, its receipts) carries them as one batch. At most
+# `ROUNDS_AT_ONCE` of each priority are under way: one sealed while the last commits.
+# What comes meanwhile waits, so a backlog makes rounds larger, not more: the node
+# catches up faster the further it falls behind. A flash submission goes at once.
+# Bounded: at 90% load every request in flight was on the loop together and a group
+# commit settled hundreds at once; one turn of the loop took tens of ms.
+ROUND_SIZE = 16
+ROUNDS_AT_ONCE = 4
+# A submission with files, or to several countries, is sealed in a turn of its own
+# instead: at most this many of each priority at once (a routine one with large files
+# holds its turn long: urgent never waits for it).
 SUBMITTING_AT_ONCE = 8
 MAX_RECIPIENTS = 50  # one request to several countries (a botnet case: ten, twenty)
 # What answers or follows one Party's message goes to that Party alone.
@@ -117,6 +129,10 @@ class _Draft:
     answered: MessageRow | None
     parts: tuple[_Draft, ...] = ()  # its attachments' parts, sealed to the same recipient
     attachment: int | None = None  # a part: which file of its message it carries
+
+
+# A submission waiting for its round: how to seal it, and where its stored row goes.
+_Submission = tuple[Callable[[], Awaitable[_Draft]], "asyncio.Future[MessageRow]"]
 
 
 async def set_account(
@@ -190,6 +206,11 @@ class Officers:
             Priority.URGENT: asyncio.Semaphore(SUBMITTING_AT_ONCE),
             Priority.ROUTINE: asyncio.Semaphore(SUBMITTING_AT_ONCE),
         }
+        # Per priority, the submissions waiting for a round, and how many rounds are
+        # under way (`_in_round`).
+        self._waiting: dict[Priority, deque[_Submission]] = {}
+        self._rounds: dict[Priority, int] = {}
+        self._round_tasks: set[asyncio.Task[None]] = set()  # asyncio holds tasks weakly
 
     async def add_user(self, name: str, role: str) -> str:
         """Create or replace a user; returns the token, shown once and stored hashed."""
@@ -220,9 +241,74 @@ class Officers:
         """
         body = self._with_files(body, files)
         node, kind, urgency, typed = parse_request(to, message_type, priority, body)
+        sealing = partial(self._sealed, user, node, kind, urgency, typed, ttl_ms, files)
+        if urgency is not Priority.FLASH and not files:
+            return await self._in_round(urgency, sealing)
         async with self._turn(urgency):
-            draft = await self._sealed(user, node, kind, urgency, typed, ttl_ms, files)
-            return (await self._queue([draft]))[0]
+            return (await self._queue([await sealing()]))[0]
+
+    async def _in_round(
+        self, urgency: Priority, sealing: Callable[[], Awaitable[_Draft]]
+    ) -> MessageRow:
+        """`sealing`'s message, sealed and stored in a round (`ROUND_SIZE`): its own use
+        case, with its own audit entries and errors, committed before this returns."""
+        stored: asyncio.Future[MessageRow] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(urgency, deque()).append((sealing, stored))
+        self._start_rounds(urgency)
+        return await stored
+
+    def _start_rounds(self, urgency: Priority) -> None:
+        """Start a round for what waits, if fewer than `ROUNDS_AT_ONCE` are under way. It
+        takes its members when it first runs: all that came in the same pass of the loop."""
+        waiting = self._waiting.get(urgency)
+        if not waiting or self._rounds.get(urgency, 0) >= ROUNDS_AT_ONCE:
+            return
+        self._rounds[urgency] = self._rounds.get(urgency, 0) + 1
+        # A context of its own: not the lane of whichever request happened to start it.
+        task = asyncio.get_running_loop().create_task(
+            self._round(urgency), context=contextvars.Context()
+        )
+        self._round_tasks.add(task)
+        task.add_done_callback(partial(self._round_done, urgency))
+
+    def _round_done(self, urgency: Priority, task: asyncio.Task[None]) -> None:
+        self._round_tasks.discard(task)
+        self._rounds[urgency] -= 1
+        if not task.cancelled():  # cancelled: the node stops
+            self._start_rounds(urgency)
+
+    async def _round(self, urgency: Priority) -> None:
+        """Seal up to `ROUND_SIZE` waiting submissions back to back, letting a flash
+        message's work go between them (`Slices`), then store each in its own use case,
+        all at once (the store commits them together). A submission whose officer
+        stopped waiting before it was sealed is not sealed."""
+        waiting = self._waiting[urgency]
+        members = [waiting.popleft() for _ in range(min(ROUND_SIZE, len(waiting)))]
+        try:
+            sealed = []
+            slices = Slices()
+            for sealing, stored in members:
+                if stored.done():
+                    continue
+                try:
+                    sealed.append((await sealing(), stored))
+                except Exception as exc:
+                    if not stored.done():
+                        stored.set_exception(exc)
+                await slices.next()
+            queued = await asyncio.gather(
+                *(self._queue([draft]) for draft, _ in sealed), return_exceptions=True
+            )
+            for (_, stored), rows in zip(sealed, queued, strict=True):
+                if stored.done():
+                    continue
+                if isinstance(rows, BaseException):
+                    stored.set_exception(rows)
+                else:
+                    stored.set_result(rows[0])
+        finally:
+            for _, stored in members:  # the round itself was cancelled: the node stops
+                stored.cancel()
 
     @contextlib.asynccontextmanager
     async def _turn(self, urgency: Priority) -> AsyncIterator[None]:
