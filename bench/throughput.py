@@ -424,6 +424,12 @@ def main() -> None:
     )
     parser.add_argument("--paced-seconds", type=float, default=30, help="at each load")
     parser.add_argument("--flash-every", type=int, default=10)
+    parser.add_argument(
+        "--paced-base",
+        type=float,
+        help="msg/s the loads are shares of (default: phase 1's rate), to compare code at"
+        " the same offered rates",
+    )
     parser.add_argument("--floor-rounds", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=900)
     add_arguments(parser)
@@ -457,18 +463,21 @@ def main() -> None:
         rate = len(rows) / ((last - first) / 1000)
         latency = [float(updated - created) for _, created, updated in rows]
 
+        # Loads are shares of phase 1's rate, or of --paced-base: code compared at the same
+        # offered rates, whatever each one saturates at.
+        base = args.paced_base or rate
         for share in loads:  # each load once the one before has drained
             since = int(time.time() * 1000)
             cpu_at = {node: cpu_seconds(pid) for node, pid in pids.items()}
             client_at = time.process_time()
             probe = start_probe(root, args.paced_seconds)
             answered[share] = asyncio.run(
-                post_paced(network, rate * share, args.paced_seconds, args.flash_every)
+                post_paced(network, base * share, args.paced_seconds, args.flash_every)
             )
             posting_cpu = time.process_time() - client_at  # as in phase 1: the posting alone
             count = sum(map(len, answered[share].values()))
             probes[share] = probe_results(probe)
-            paced.append((share, rate * share, wait_delivered(store, count, since, args.timeout)))
+            paced.append((share, base * share, wait_delivered(store, count, since, args.timeout)))
             paced_cpu[share] = {
                 **{node: (cpu_seconds(pid) - cpu_at[node]) / count for node, pid in pids.items()},
                 "client": posting_cpu / count,
@@ -571,7 +580,9 @@ def main() -> None:
         f"  posting took {posted:.1f}s; first composed to last delivered {(last - first) / 1e3:.1f}s"
     )
     print(
-        f"phase 2: at {', '.join(f'{s:.0%}' for s in loads)} of phase 1's rate, {args.paced_seconds:.0f}s each, one flash in {args.flash_every}"
+        f"phase 2: at {', '.join(f'{s:.0%}' for s in loads)} of"
+        f" {f'{base:.0f} msg/s (--paced-base)' if args.paced_base else 'phase 1 rate'},"
+        f" {args.paced_seconds:.0f}s each, one flash in {args.flash_every}"
     )
     print(f"latency floor: one message's work back to back, {floor_ms:.1f} ms\n")
     print(table(figures))
