@@ -251,7 +251,18 @@ class Officers:
         self, urgency: Priority, sealing: Callable[[], Awaitable[_Draft]]
     ) -> MessageRow:
         """`sealing`'s message, sealed and stored in a round (`ROUND_SIZE`): its own use
-        case, with its own audit entries and errors, committed before this returns."""
+        case, with its own audit entries and errors, committed before this returns.
+
+        With no round under way there is nothing to gather it with: it goes at once, in
+        this task, as a round of its own (a round's task cost a sequential sender, the
+        simulation's countries, several passes of the loop a message)."""
+        if not self._rounds.get(urgency):
+            self._rounds[urgency] = 1
+            try:
+                return (await self._queue([await sealing()]))[0]
+            finally:
+                self._rounds[urgency] -= 1
+                self._start_rounds(urgency)
         stored: asyncio.Future[MessageRow] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(urgency, deque()).append((sealing, stored))
         self._start_rounds(urgency)
