@@ -100,11 +100,11 @@ PARTS_PER_COMMIT = 64  # attachment parts (about 9 MiB) committed in one transac
 # a round takes what waits, up to `ROUND_SIZE`, seals it back to back and stores each
 # as its own use case, together, so that the whole way (one group commit, one frame, one
 # batch at the receiver, its receipts) carries them as one batch. At most
-# `ROUNDS_AT_ONCE` of each priority are under way: one sealed while the last commits.
-# What comes meanwhile waits, so a backlog makes rounds larger, not more: the node
-# catches up faster the further it falls behind. A flash submission goes at once.
-# Bounded: at 90% load every request in flight was on the loop together and a group
-# commit settled hundreds at once; one turn of the loop took tens of ms.
+# `ROUNDS_AT_ONCE` of each priority are under way, some sealed while others commit.
+# What comes meanwhile waits, so a backlog makes rounds larger, not more. A flash
+# submission goes at once. Bounded: at 90% load every request in flight was on the loop
+# together and a group commit settled hundreds at once; one turn of the loop took tens
+# of ms. 16 x 4 against 32 x 2, 8 x 8, 32 x 1 and 32 x 8: docs/PERFORMANCE.md.
 ROUND_SIZE = 16
 ROUNDS_AT_ONCE = 4
 # A submission with files, or to several countries, is sealed in a turn of its own
