@@ -462,10 +462,9 @@ async def test_routine_submissions_never_wait_for_ones_with_files_holding_every_
 
 async def test_a_backlog_of_submissions_is_stored_in_one_commit(trio: Trio) -> None:
     """Submissions that waited took a turn each, `SUBMITTING_AT_ONCE` at once, and went
-    to the store wave after wave: a backlog made a message no cheaper, so a node behind
-    at 75% load stayed behind. A round takes what waits: a backlog the rounds hold is
-    stored in one group commit, and its messages go on together (one frame, one batch
-    at the receiver, their receipts together)."""
+    to the store wave after wave: a backlog made a message no cheaper. A round takes
+    what waits: a backlog the rounds hold is stored in one group commit, and its
+    messages go on together (one frame, one batch at the receiver, their receipts)."""
     fra = trio["FRA"]
     store = fra.context.store
     commits: list[str] = []
