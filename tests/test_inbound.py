@@ -90,16 +90,23 @@ async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
 
 
 async def queue(
-    node: Node, to: str = "DEU", ttl_ms: int | None = None, priority: str = "urgent"
+    node: Node,
+    to: str = "DEU",
+    ttl_ms: int | None = None,
+    priority: str = "urgent",
+    *,
+    message_type: str = "emergency",
+    files: Sequence[AttachmentFile] = (),
 ) -> MessageRow:
-    """What an officer of `node` sends to `to`, as the row committed."""
+    """What an officer of `node` sends to `to`, with `files`, as the row committed."""
     return await node.officers.submit(
         user="olivia",
         to=to,
-        message_type="emergency",
+        message_type=message_type,
         priority=priority,
-        body=sample_body("emergency"),
+        body=sample_body(message_type),
         ttl_ms=ttl_ms,
+        files=files,
     )
 
 
@@ -414,18 +421,6 @@ async def test_submissions_past_the_rounds_wait_and_a_flash_one_goes_at_once(
     assert rows(store.path, queued, (flash_id,))[0][0] < min(urgent_at)
 
 
-async def routine_request(node: Node, files: Sequence[AttachmentFile] = ()) -> MessageRow:
-    """A routine preservation request from an officer of `node` to DEU, with `files`."""
-    return await node.officers.submit(
-        user="olivia",
-        to="DEU",
-        message_type="preservation",
-        priority="routine",
-        body=sample_body("preservation"),
-        files=files,
-    )
-
-
 async def test_an_urgent_submission_never_waits_for_routine_ones_filling_every_round(
     trio: Trio,
 ) -> None:
@@ -434,7 +429,10 @@ async def test_an_urgent_submission_never_waits_for_routine_ones_filling_every_r
     fra = trio["FRA"]
     store = fra.context.store
     async with store.transaction(trio.clock.now):
-        routine = [asyncio.create_task(routine_request(fra)) for _ in range(UNDER_WAY + 1)]
+        routine = [
+            asyncio.create_task(queue(fra, priority="routine", message_type="preservation"))
+            for _ in range(UNDER_WAY + 1)
+        ]
         await until(lambda: store.queued_transactions == UNDER_WAY)
         urgent = asyncio.create_task(submit(fra))
         await until(lambda: store.queued_transactions == UNDER_WAY + 1)
@@ -452,10 +450,13 @@ async def test_routine_submissions_never_wait_for_ones_with_files_holding_every_
     files = [AttachmentFile("log.txt", "text/plain", b"x" * 1000)]
     async with store.transaction(trio.clock.now):
         with_files = [
-            asyncio.create_task(routine_request(fra, files)) for _ in range(SUBMITTING_AT_ONCE + 1)
+            asyncio.create_task(
+                queue(fra, priority="routine", message_type="preservation", files=files)
+            )
+            for _ in range(SUBMITTING_AT_ONCE + 1)
         ]
         await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE)
-        routine = asyncio.create_task(routine_request(fra))
+        routine = asyncio.create_task(queue(fra, priority="routine", message_type="preservation"))
         await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE + 1)
     await asyncio.gather(routine, *with_files)
 
