@@ -99,8 +99,10 @@ def test_a_nodes_year_from_its_store_by_command_and_api(tmp_path: Path) -> None:
         network.wait_state("FRA", refused, {"answered"})
         network.wait_state("FRA", locate, {"acknowledged"})
         extension = sample_body("preservation", status="extension", extends=kept)
+        # Delivered: FRA has taken its receipt, which the statistics count (DEU's
+        # `received` came before it, and the API's figures could miss the receipt).
         network.wait_state(
-            "DEU", network.send("FRA", "DEU", "preservation", extension), {"received"}
+            "FRA", network.send("FRA", "DEU", "preservation", extension), {"delivered"}
         )
         year = str(datetime.datetime.now(datetime.UTC).year)
         status, api = network.api("FRA", "GET", f"/api/statistics?year={year}", token="auditor")
