@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import os
@@ -1139,6 +1140,47 @@ async def test_a_holder_cancelled_during_a_begin_that_waited_leaves_the_batch_co
         ("FRA",),
         ("USA",),
     ]
+
+
+async def test_a_holder_cancelled_before_a_commit_that_fails_leaves_no_error_unread(
+    store: Store,
+) -> None:
+    """A holder cancelled while its BEGIN waits for another process goes on to the COMMIT
+    and tells the use cases of its batch how it went; its own outcome, which no one would
+    await, was left with its error unread, for the loop to report as "Future exception
+    was never retrieved" whenever it was collected: in a test run, in the middle of
+    pytest's parsing a module, which then failed (found by tests/test_store_machine.py)."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other process's write lock
+
+    def refuse_commits(action: int, operation: Any, *_: Any) -> int:
+        refused = action == sqlite3.SQLITE_TRANSACTION and operation == "COMMIT"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    await _on_thread(store.writer, lambda conn: conn.set_authorizer(refuse_commits))
+    gate, gate_shut = threading.Event(), threading.Event()
+
+    def shut(_: sqlite3.Connection) -> None:
+        gate_shut.set()
+        gate.wait(30)
+
+    gated = asyncio.ensure_future(_on_thread(store.writer, shut))
+    await until(gate_shut.is_set)
+    holder = asyncio.create_task(contact(store, "DEU"))
+    await until(lambda: store.writer._tx.qsize() == 1)  # its BEGIN, behind the gate
+    holder.cancel()
+    other.execute("COMMIT")
+    other.close()
+    gate.set()
+    await asyncio.wait((holder, gated))
+    await _on_thread(store.writer, lambda conn: conn.set_authorizer(None))
+
+    assert holder.cancelled()
+    unread = [f for f in gc.get_objects() if isinstance(f, asyncio.Future) and f._log_traceback]
+    assert [f for f in unread if isinstance(f.exception(), StoreError)] == []
+    assert await stored(store, "SELECT id FROM peers") == []
+    await contact(store, "USA")  # the store goes on
+    assert await stored(store, "SELECT id FROM peers") == [("USA",)]
 
 
 async def test_use_cases_ready_at_once_commit_together(

@@ -1549,6 +1549,16 @@ class _Batch:
                 self.applied.append((waiter, None))
 
 
+def _given_up(waiter: Future[None]) -> None:
+    """A use case's outcome that its caller will not await: cancelled if still to come, its
+    error retrieved if set, so that the loop does not report it as lost (a link went down
+    while its BEGIN waited for another process, then the batch's COMMIT failed)."""
+    if not waiter.done():
+        waiter.cancel()
+    elif not waiter.cancelled():
+        waiter.exception()
+
+
 def _settle(waiter: Future[None], error: BaseException | None) -> None:
     """Tell a use case's caller how its COMMIT went (unless it stopped waiting)."""
     if waiter.done():
@@ -1728,6 +1738,10 @@ class Store:
                         await asyncio.sleep(0)
                     if self._batch is not None and (self._lock.waiting == 0 or self._batch.due()):
                         await self._flush()
+                except BaseException:
+                    if committed is not None:
+                        _given_up(committed)  # its caller stops here, cancelled or failing
+                    raise
                 finally:
                     self._lock.release()
             if committed is not None:
