@@ -638,6 +638,88 @@ async def test_a_flash_transaction_goes_before_officers_and_links(store: Store) 
     ]
 
 
+async def test_an_early_use_case_leaves_its_batch_to_the_next_holder(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flash message's sent mark goes first, and its caller goes on once its writes are
+    in the batch: the use case after it commits them with its own. Marked `urgent`, it
+    committed its batch at its end, a COMMIT more for each flash message, which kept a
+    loaded sender's batches small (docs/PERFORMANCE.md, thirteenth session)."""
+    monkeypatch.setattr(store_module, "BATCH_MS", 60_000)  # a batch cut by the lock alone
+    under_way, go_on = asyncio.Event(), asyncio.Event()
+    statements: list[str] = []
+    seen_on_return: list[object] = []
+
+    async def work(name: str, **kind: bool) -> None:
+        async with store.transaction(T0, **kind) as tx:
+            if name == "first":
+                under_way.set()
+                await go_on.wait()
+            tx.peer_contact(name)
+            tx.audit([AuditEntry("test", "turn", None, {"name": name})])
+        if name == "mark":  # returned: not committed yet, not seen by a reader
+            seen_on_return.append(statements.count("COMMIT"))
+            read = store._glancer.execute("SELECT id FROM peers WHERE id = 'mark'")
+            seen_on_return.append(read.fetchall() != [])
+
+    tasks = [asyncio.create_task(work("first"))]
+    await under_way.wait()
+    store._writing.set_trace_callback(statements.append)
+    tasks.append(asyncio.create_task(work("link")))
+    tasks.append(asyncio.create_task(work("mark", durable=False, early=True)))
+    await until(lambda: store.queued_transactions == 2)
+    go_on.set()
+    await asyncio.gather(*tasks)
+    store._writing.set_trace_callback(None)
+
+    assert seen_on_return == [0, False]
+    assert statements.count("COMMIT") == 1, statements
+    entries = await stored(store, "SELECT detail FROM audit ORDER BY seq")
+    assert [json.loads(d)["name"] for (d,) in entries] == ["first", "mark", "link"]
+
+
+async def test_an_early_use_case_alone_is_committed_once_the_lock_is_free(store: Store) -> None:
+    """With no one after it, an early use case's batch is committed by a commit of its own,
+    which its caller does not wait for."""
+    async with store.transaction(T0, durable=False, early=True) as tx:
+        tx.peer_contact("FRA")
+        tx.audit([AuditEntry("node:FRA", "sent", "m1")])
+
+    await until(lambda: store._batch is None and not store._lock._held)
+    assert await stored(store, "SELECT id FROM peers") == [("FRA",)]
+    assert [e["action"] for e in await store.audit_for("m1")] == ["sent"]
+
+
+async def test_an_early_use_case_lost_with_its_batch_is_logged(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A COMMIT that fails loses an early use case, as a crash would (a sent mark: the
+    message goes again): its caller has gone on, so the loss is logged."""
+
+    def refuse_commits(action: int, operation: Any, *_: Any) -> int:
+        refused = action == sqlite3.SQLITE_TRANSACTION and operation == "COMMIT"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    await _on_thread(store.writer, lambda conn: conn.set_authorizer(refuse_commits))
+    with caplog.at_level("WARNING", logger="cpn.store"):
+        async with store.transaction(T0, durable=False, early=True) as tx:
+            tx.peer_contact("FRA")
+        await until(lambda: "an early write was lost" in caplog.text)
+    await _on_thread(store.writer, lambda conn: conn.set_authorizer(None))
+
+    assert "not authorized" in caplog.text
+    assert await stored(store, "SELECT id FROM peers") == []
+    await contact(store, "DEU")  # the store goes on
+    assert await stored(store, "SELECT id FROM peers") == [("DEU",)]
+
+
+async def test_an_early_use_case_is_not_durable(store: Store) -> None:
+    """Its caller does not wait for its COMMIT, so it cannot ask for the disk's."""
+    with pytest.raises(ValueError, match="durable=False"):
+        async with store.transaction(T0, early=True):
+            pass
+
+
 # -- group commit ---------------------------------------------------------------------------
 
 

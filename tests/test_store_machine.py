@@ -44,6 +44,7 @@ KINDS: dict[str, dict[str, bool]] = {
     "lazy": {"durable": False},
     "officer": {"officer": True},
     "flash": {"officer": True, "urgent": True},
+    "early": {"durable": False, "early": True},  # a flash message's sent mark
 }
 
 
@@ -52,6 +53,7 @@ class Case:
     kind: str
     fails: bool  # its own write fails
     after: frozenset[str]  # the use cases that had returned when it started
+    refusals_before: int  # COMMITs refused when it started
     outcome: str | None = None  # "returned", "refused" or "cancelled"
 
 
@@ -64,6 +66,7 @@ class GroupCommit(RuleBasedStateMachine):
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.gate = asyncio.Event()  # what a holding use case waits for, the lock held
         self.to_refuse = 0  # COMMITs still to refuse
+        self.refused = 0  # COMMITs refused so far
         self.other: sqlite3.Connection | None = None  # another process's, holding the lock
         self.store = self.loop.run_until_complete(self._open())
 
@@ -76,6 +79,7 @@ class GroupCommit(RuleBasedStateMachine):
         """On the writer's connection: refuse the next COMMIT when told to."""
         if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" and self.to_refuse:
             self.to_refuse -= 1
+            self.refused += 1
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
@@ -112,7 +116,8 @@ class GroupCommit(RuleBasedStateMachine):
 
         async def idle() -> None:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            while self.store._batch is not None or self.store.queued_transactions:
+            store = self.store  # until no batch is open, and none is committing
+            while store._batch is not None or store.queued_transactions or store._lock._held:
                 await asyncio.sleep(0)
 
         self.loop.run_until_complete(asyncio.wait_for(idle(), timeout=30))
@@ -128,7 +133,7 @@ class GroupCommit(RuleBasedStateMachine):
     def start(self, kind: str, fails: bool, holds: bool) -> None:
         name = f"c{len(self.cases)}"
         returned = frozenset(n for n, c in self.cases.items() if c.outcome == "returned")
-        self.cases[name] = Case(kind, fails, returned)
+        self.cases[name] = Case(kind, fails, returned, self.refused)
         self.tasks[name] = self.loop.create_task(self._use_case(name, holds))
 
     @rule(passes=st.integers(1, 6))
@@ -146,9 +151,8 @@ class GroupCommit(RuleBasedStateMachine):
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         """A use case is cancelled wherever it is: queued, holding the lock, committing."""
-        running = [task for task in self.tasks.values() if not task.done()]
-        if running:
-            data.draw(st.sampled_from(running)).cancel()
+        if self.tasks:  # drawn by name: which are still running depends on the threads
+            self.tasks[data.draw(st.sampled_from(sorted(self.tasks)))].cancel()
 
     @rule()
     def other_process_holds_the_lock(self) -> None:
@@ -220,13 +224,24 @@ class GroupCommit(RuleBasedStateMachine):
         assert set(seq) == peers, "a use case stored in part"
         for name, case in self.cases.items():
             assert case.outcome is not None, name
-            if case.outcome != "cancelled":
+            if case.kind == "early":
+                # Its caller went on once it was applied: its own write failing, or a
+                # COMMIT refused since it started, loses it, as a crash would.
+                if case.outcome == "returned":
+                    assert name in seq or self._lost(case), (name, case)
+            elif case.outcome != "cancelled":
                 assert (name in seq) == (case.outcome == "returned"), (name, case)
             if case.fails:
                 assert name not in seq, (name, case)
             for earlier in case.after:
                 if name in seq:
-                    assert seq[earlier] < seq[name], (earlier, "returned before", name)
+                    assert earlier in seq or self._lost(self.cases[earlier]), (earlier, name)
+                    if earlier in seq:
+                        assert seq[earlier] < seq[name], (earlier, "returned before", name)
+
+    def _lost(self, case: Case) -> bool:
+        """Whether an early use case may be lost (another kind returns once stored)."""
+        return case.kind == "early" and (case.fails or self.refused > case.refusals_before)
 
 
 GroupCommit.TestCase.settings = settings(

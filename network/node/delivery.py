@@ -348,16 +348,18 @@ class Delivery:
 
     async def mark_sent(self, peer: str, ids: Sequence[str], *, flash: bool = False) -> None:
         """Written to the link to `peer`; without a receipt they go again after `retry_ms`.
-        `flash`: one of them is (its receipt will wait for this mark: it goes first). Other
-        marks queue with the links' work: at a relay they are many, and as officers'
-        transactions they held back the envelopes the relay had to take."""
+        `flash`: one of them is (its receipt will wait for this mark: it goes first, and
+        returns once in the store's batch, which its receipt's commit, or the next, then
+        commits: `early`). Other marks queue with the links' work: at a relay they are
+        many, and as officers' transactions they held back the envelopes the relay had
+        to take."""
         with working_in(FLASH if flash else None):
             await self._mark_sent(peer, ids, flash)
 
     async def _mark_sent(self, peer: str, ids: Sequence[str], flash: bool) -> None:
         context = self.context
         now = context.clock()
-        async with context.store.transaction(now, durable=False, urgent=flash) as tx:
+        async with context.store.transaction(now, durable=False, early=flash) as tx:
             await tx.prefetch(ids)
             entries = []
             for message_id in ids:

@@ -629,8 +629,8 @@ class Inbound:
         receipt for another node, for a message we relayed: our copy is
         forwarded, and the receipt goes on towards its recipient. `flash`: whether
         an id is a flash message (its receipt's transaction goes first); `sent_marked`:
-        waits until the link's marks of these ids are committed (`sent` before the
-        receipt in the log).
+        waits until the link's marks of these ids are committed, or in the store's batch
+        for a flash one (`sent` before the receipt in the log, committed with it).
         """
         now = self.context.clock()
         checked: list[Receipt | PeerError] = []

@@ -872,7 +872,9 @@ class _Marks:
     commit waits for it (`settled`), so that `sent` is in the log before
     `receipt_received`. A batch with a flash envelope is marked at once, in a transaction
     of its own that goes first: its receipt, which waits for the mark, must not wait
-    behind the stream's marks too (at 90% load that wait was a flash message's p99)."""
+    behind the stream's marks too (at 90% load that wait was a flash message's p99).
+    That mark is done once in the store's batch (`Store.transaction`'s `early`): the
+    receipt's transaction, after it, commits it."""
 
     def __init__(self, outbox: _Outbox) -> None:
         self.outbox = outbox

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -412,6 +413,7 @@ MIGRATIONS: dict[int, str] = {
 _NO_DEADLINES: Final = Due(None, None, None)
 
 T = TypeVar("T")
+log = logging.getLogger("cpn.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1549,6 +1551,13 @@ class _Batch:
                 self.applied.append((waiter, None))
 
 
+def _looked_at(waiter: Future[None]) -> None:
+    """An early use case's outcome, which its caller does not wait for: a failure loses
+    its change, as a crash would (it is not durable), and is logged."""
+    if not waiter.cancelled() and (error := waiter.exception()) is not None:
+        log.warning("an early write was lost: %s", error)
+
+
 def _given_up(waiter: Future[None]) -> None:
     """A use case's outcome that its caller will not await: cancelled if still to come, its
     error retrieved if set, so that the loop does not report it as lost (a link went down
@@ -1691,7 +1700,13 @@ class Store:
 
     @asynccontextmanager
     async def transaction(
-        self, now: int, *, durable: bool = True, officer: bool = False, urgent: bool = False
+        self,
+        now: int,
+        *,
+        durable: bool = True,
+        officer: bool = False,
+        urgent: bool = False,
+        early: bool = False,
     ) -> AsyncIterator[Tx]:
         """One use case's write transaction: everything in it commits together, or nothing
         does; it returns once committed (raising StoreError if the COMMIT failed).
@@ -1705,14 +1720,23 @@ class Store:
         deduplicated); the next durable commit makes them durable too (WAL). `officer`:
         an officer waits on it, so it goes before the links' queued transactions.
         `urgent`: a flash message waits on it, so it goes before every other queued
-        transaction and its batch commits at its end. `now` dates the rows it writes;
-        its audit entries are timed when applied.
+        transaction and its batch commits at its end. `early` (with `durable=False`): it
+        goes first too, but its caller goes on once its writes are in the batch, ahead
+        of every use case after it, and the batch is left to the next holder to commit
+        (or, if none waits, to a commit of its own once the lock is free): a flash
+        message's sent mark, which its receipt's transaction, waiting for it, commits
+        (as `urgent`, each flash message cost the sender a COMMIT more, which kept a
+        loaded sender's batches small: docs/PERFORMANCE.md). A COMMIT that fails loses
+        it, as a crash would, and logs it. `now` dates the rows it writes; its audit
+        entries are timed when applied.
         """
+        if early and durable:
+            raise ValueError("an early transaction is not awaited to its COMMIT: durable=False")
         outer = lanes.current()
         # Its own lane, which a flash transaction waiting for the lock puts ahead.
         lane = Lane(ahead=urgent or (outer is not None and outer.ahead))
         with working_in(lane):
-            await self._lock.acquire(officer, urgent, lane)
+            await self._lock.acquire(officer, urgent or early, lane)
             committed: Future[None] | None = None
             try:
                 if self._batch is not None and durable and not self._batch.durable:
@@ -1728,7 +1752,10 @@ class Store:
             finally:
                 try:
                     batch = self._batch
-                    if (
+                    # An early use case leaves its batch to the next holder (or, if none
+                    # waits, to a commit of its own once the lock is free).
+                    left = early and batch is not None and not batch.due()
+                    if not left and (
                         batch is not None
                         and batch.pending
                         and self._lock.waiting == 0
@@ -1736,7 +1763,11 @@ class Store:
                     ):
                         # The use cases ready on the loop now take their turns first and join.
                         await asyncio.sleep(0)
-                    if self._batch is not None and (self._lock.waiting == 0 or self._batch.due()):
+                    if (
+                        not left
+                        and self._batch is not None
+                        and (self._lock.waiting == 0 or self._batch.due())
+                    ):
                         await self._flush()
                 except BaseException:
                     if committed is not None:
@@ -1745,7 +1776,10 @@ class Store:
                 finally:
                     self._lock.release()
             if committed is not None:
-                await committed
+                if early:
+                    committed.add_done_callback(_looked_at)
+                else:
+                    await committed
 
     def _begin_batch(self, durable: bool) -> _Batch:
         self._batch = _Batch(durable)
