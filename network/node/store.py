@@ -1861,8 +1861,9 @@ class Store:
         return failed
 
     def _commit_left_over(self) -> None:
-        """The lock was freed with a batch applied and not committed (its next holder was
-        cancelled as it was handed the lock): commit it now."""
+        """The lock was freed with a batch applied and not committed (an early use case
+        left it, or its next holder was cancelled as it was handed the lock): commit it
+        now."""
         if self._batch is not None and (self._committer is None or self._committer.done()):
 
             async def commit() -> None:
