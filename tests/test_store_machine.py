@@ -35,6 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 from network.core.errors import StoreError
 from network.core.tlog import root_hash
 from network.node.store import AuditEntry, Store, _on_thread
+from tests.harness import until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -116,11 +117,15 @@ class GroupCommit(RuleBasedStateMachine):
 
         async def idle() -> None:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            store = self.store  # until no batch is open, and none is committing
-            while store._batch is not None or store.queued_transactions or store._lock._held:
-                await asyncio.sleep(0)
+            store = self.store  # no batch open, and none committing
+            await until(
+                lambda: (
+                    store._batch is None and not store.queued_transactions and not store._lock._held
+                ),
+                timeout=30,
+            )
 
-        self.loop.run_until_complete(asyncio.wait_for(idle(), timeout=30))
+        self.loop.run_until_complete(asyncio.wait_for(idle(), timeout=60))
         for name, task in self.tasks.items():
             if task.cancelled():  # perhaps before it began
                 self.cases[name].outcome = "cancelled"
@@ -138,7 +143,8 @@ class GroupCommit(RuleBasedStateMachine):
 
     @rule(passes=st.integers(1, 6))
     def step(self, passes: int) -> None:
-        """The loop runs a few passes: use cases take the lock, apply, commit."""
+        """The loop runs a few passes (a yield each, not a delay): use cases take the
+        lock, apply, commit."""
         for _ in range(passes):
             self.loop.run_until_complete(asyncio.sleep(0))
 
