@@ -85,6 +85,12 @@ async def stored(store: Store, query: str, *params: Any) -> list[tuple[Any, ...]
     return [tuple(r) for r in await store.db.execute_fetchall(query, params)]
 
 
+def _refuse_commits(action: int, operation: Any, *_: Any) -> int:
+    """An authorizer for the writer's connection under which every COMMIT fails."""
+    refused = action == sqlite3.SQLITE_TRANSACTION and operation == "COMMIT"
+    return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+
 async def contact(store: Store, peer: str, **kind: bool) -> None:
     """A use case with one write: `peer`'s contact."""
     async with store.transaction(T0, **kind) as tx:
@@ -696,11 +702,7 @@ async def test_an_early_use_case_lost_with_its_batch_is_logged(
     """A COMMIT that fails loses an early use case, as a crash would (a sent mark: the
     message goes again): its caller has gone on, so the loss is logged."""
 
-    def refuse_commits(action: int, operation: Any, *_: Any) -> int:
-        refused = action == sqlite3.SQLITE_TRANSACTION and operation == "COMMIT"
-        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
-
-    await _on_thread(store.writer, lambda conn: conn.set_authorizer(refuse_commits))
+    await _on_thread(store.writer, lambda conn: conn.set_authorizer(_refuse_commits))
     with caplog.at_level("WARNING", logger="cpn.store"):
         async with store.transaction(T0, durable=False, early=True) as tx:
             tx.peer_contact("FRA")
@@ -1235,11 +1237,7 @@ async def test_a_holder_cancelled_before_a_commit_that_fails_leaves_no_error_unr
     other = sqlite3.connect(store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # the other process's write lock
 
-    def refuse_commits(action: int, operation: Any, *_: Any) -> int:
-        refused = action == sqlite3.SQLITE_TRANSACTION and operation == "COMMIT"
-        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
-
-    await _on_thread(store.writer, lambda conn: conn.set_authorizer(refuse_commits))
+    await _on_thread(store.writer, lambda conn: conn.set_authorizer(_refuse_commits))
     gate, gate_shut = threading.Event(), threading.Event()
 
     def shut(_: sqlite3.Connection) -> None:
