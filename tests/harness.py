@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import json
 import os
 import random
@@ -187,6 +188,16 @@ def pause(seconds: float, why: str) -> None:
     fault injected (an attacker's pace, a flapping link, a kill at a random moment): never
     to wait for something to happen (that is `wait_for`). `why` says which, for the reader."""
     time.sleep(seconds)
+
+
+def unread_errors(loop: asyncio.AbstractEventLoop) -> list[asyncio.Future[Any]]:
+    """`loop`'s futures holding an error no one has read: asyncio reports each as "Future
+    exception was never retrieved" whenever it is collected, at no set time."""
+    return [
+        f
+        for f in gc.get_objects()
+        if isinstance(f, asyncio.Future) and f.get_loop() is loop and f._log_traceback
+    ]
 
 
 async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import inspect
 import json
 import os
@@ -43,7 +42,7 @@ from network.node.store import (
     _statements,
 )
 from network.node.verify import verify_store
-from tests.harness import until
+from tests.harness import unread_errors, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1256,7 +1255,7 @@ async def test_a_holder_cancelled_before_a_commit_that_fails_leaves_no_error_unr
     await _on_thread(store.writer, lambda conn: conn.set_authorizer(None))
 
     assert holder.cancelled()
-    unread = [f for f in gc.get_objects() if isinstance(f, asyncio.Future) and f._log_traceback]
+    unread = unread_errors(asyncio.get_running_loop())
     assert [f for f in unread if isinstance(f.exception(), StoreError)] == []
     assert await stored(store, "SELECT id FROM peers") == []
     await contact(store, "USA")  # the store goes on

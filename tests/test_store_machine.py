@@ -17,7 +17,6 @@ returned before another started comes before it in the log.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 from network.core.errors import StoreError
 from network.core.tlog import root_hash
 from network.node.store import AuditEntry, Store, _on_thread
-from tests.harness import until
+from tests.harness import unread_errors, until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -216,12 +215,7 @@ class GroupCommit(RuleBasedStateMachine):
 
     def _check(self) -> None:
         # No outcome left with its error unread, for the loop to report when collected.
-        unread = [
-            f
-            for f in gc.get_objects()
-            if isinstance(f, asyncio.Future) and f.get_loop() is self.loop and f._log_traceback
-        ]
-        assert unread == []
+        assert unread_errors(self.loop) == []
         assert self.store._batch is None, "a batch left applied and not committed"
         peers, entries = self._stored()
         assert [seq for seq, _, _ in entries] == list(range(1, len(entries) + 1))
