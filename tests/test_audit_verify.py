@@ -479,14 +479,15 @@ def test_a_flipped_byte_in_a_stored_envelope_names_the_message(run: Run) -> None
     message_id = run.sent[1]
 
     def flip(db: sqlite3.Connection) -> None:
-        (raw,) = db.execute("SELECT envelope FROM messages WHERE id = ?", (message_id,)).fetchone()
+        query = "SELECT envelope FROM envelopes WHERE message_id = ?"
+        (raw,) = db.execute(query, (message_id,)).fetchone()
         doc = json.loads(raw)
         middle = len(doc["sealed"]) // 2
         swapped = "B" if doc["sealed"][middle] == "A" else "A"
         sealed = doc["sealed"][:middle] + swapped + doc["sealed"][middle + 1 :]
         forged = bytes(raw).replace(doc["sealed"].encode(), sealed.encode())
         assert len(forged) == len(raw) and forged != raw
-        db.execute("UPDATE messages SET envelope = ? WHERE id = ?", (forged, message_id))
+        db.execute("UPDATE envelopes SET envelope = ? WHERE message_id = ?", (forged, message_id))
 
     code, report = run.verify(run.tampered("envelope", flip))
 
@@ -494,6 +495,20 @@ def test_a_flipped_byte_in_a_stored_envelope_names_the_message(run: Run) -> None
     assert report["first_problem"]["kind"] == "bad_signature"
     assert report["first_problem"]["message_id"] == message_id
     assert message_id in report["first_problem"]["message"]
+
+
+def test_a_message_whose_envelope_row_is_gone_is_named(run: Run) -> None:
+    message_id = run.sent[1]
+
+    def drop(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM envelopes WHERE message_id = ?", (message_id,))
+
+    code, report = run.verify(run.tampered("no-envelope", drop))
+
+    assert code == 1
+    assert report["first_problem"]["kind"] == "mismatch"
+    assert report["first_problem"]["message_id"] == message_id
+    assert "holds no envelope" in report["first_problem"]["message"]
 
 
 def test_a_missing_store_is_an_error_not_a_verdict(run: Run) -> None:

@@ -92,7 +92,10 @@ def _sealed_parts(store: Path, message_id: str) -> list[bytes]:
     """Slices of what a deletion must destroy: the envelope's sealed body, our sealed
     copy, the sealed inbox line (64 bytes of each, from the middle)."""
     found = rows(
-        store, "SELECT envelope, self_sealed, listing FROM messages WHERE id = ?", (message_id,)
+        store,
+        "SELECT envelope, self_sealed, listing"
+        " FROM messages JOIN envelopes ON message_id = id WHERE id = ?",
+        (message_id,),
     )
     envelope, copy, line = found[0]
     sealed = json.loads(bytes(envelope))["sealed"]
@@ -199,7 +202,8 @@ def test_lapsed_contents_go_and_what_proves_the_exchange_stays(run: dict[str, An
         store = run[node.lower()]
         envelope, copy, line, digest = rows(
             store,
-            "SELECT envelope, self_sealed, listing, digest FROM messages WHERE id = ?",
+            "SELECT envelope, self_sealed, listing, digest"
+            " FROM messages JOIN envelopes ON message_id = id WHERE id = ?",
             (run["gone"],),
         )[0]
         assert (bytes(envelope), copy, line) == (b"", None, None)
@@ -215,7 +219,9 @@ def test_lapsed_contents_go_and_what_proves_the_exchange_stays(run: dict[str, An
         assert "envelope" in entry["contents"] and "identifiers" in entry["contents"]
         # Its file's part went with it, under its rule, in the same transaction.
         ((envelope, deleted),) = rows(
-            store, "SELECT envelope, deleted FROM messages WHERE id = ?", (run["part"],)
+            store,
+            "SELECT envelope, deleted FROM messages JOIN envelopes ON message_id = id WHERE id = ?",
+            (run["part"],),
         )
         assert (bytes(envelope), deleted) == (b"", "closed")
         (detail,) = rows(
@@ -353,7 +359,7 @@ def test_retention_run_deletes_on_a_stopped_nodes_store(tmp_path: Path) -> None:
     copy = tmp_path / "tampered.sqlite"
     copy_store(store, copy)
     with sqlite3.connect(copy) as db:
-        db.execute("UPDATE messages SET envelope = x'' WHERE id = ?", (urgent,))
+        db.execute("UPDATE envelopes SET envelope = x'' WHERE message_id = ?", (urgent,))
     db.close()
     original = network.nodes["DEU"].config
     tampered = original.with_name("DEU-tampered.toml")

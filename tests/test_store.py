@@ -111,22 +111,24 @@ def _file_at(path: Path, version: int) -> None:
         if version == 0:
             return
         for message_id, box, peer in (("m-out", "out", "DEU"), ("m-in", "in", "ITA")):
-            conn.execute(
-                "INSERT INTO messages (id, box, peer, type, priority, priority_rank, state,"
-                " created, expires, updated, envelope, digest) VALUES"
-                " (?, ?, ?, 'preservation', 'urgent', 1, ?, ?, ?, ?, ?, ?)",
-                (
-                    message_id,
-                    box,
-                    peer,
-                    "queued" if box == "out" else "received",
-                    T0,
-                    T0 + 1000,
-                    T0,
-                    b"env",
-                    b"d",
-                ),
-            )
+            state = "queued" if box == "out" else "received"
+            row = (message_id, box, peer, state, T0, T0 + 1000, T0, b"d")
+            columns = "id, box, peer, type, priority, priority_rank, state, created, expires,"
+            values = "?, ?, ?, 'preservation', 'urgent', 1, ?, ?, ?, ?, ?"
+            if version < 15:  # the envelope in the row
+                conn.execute(
+                    f"INSERT INTO messages ({columns} updated, digest, envelope)"
+                    f" VALUES ({values}, ?)",
+                    (*row, b"env " + message_id.encode()),
+                )
+            else:  # in a table of its own
+                conn.execute(
+                    f"INSERT INTO messages ({columns} updated, digest) VALUES ({values})", row
+                )
+                conn.execute(
+                    "INSERT INTO envelopes (message_id, envelope) VALUES (?, ?)",
+                    (message_id, b"env " + message_id.encode()),
+                )
         if version >= 2:  # cpn then kept an inbound message's sender as its origin
             conn.execute("UPDATE messages SET origin = peer WHERE box = 'in'")
         conn.execute(
@@ -173,6 +175,7 @@ async def test_a_file_from_any_older_schema_migrates_to_the_current_one(
     assert (out.box, out.origin, out.path, out.overdue) == (Box.OUT, None, (), frozenset())
     assert (inbound.box, inbound.origin, inbound.peer) == (Box.IN, ITA, ITA)
     assert out.type is MessageType.PRESERVATION and out.priority is Priority.URGENT
+    assert (out.envelope, inbound.envelope) == (b"env m-out", b"env m-in")
     entry = {"action": "composed", "actor": "olivia", "detail": {"to": "DEU"}, "message": "m-out"}
     leaf = leaf_hash(canonical({**entry, "time": T0}))  # DESIGN.md: SHA-256(0x00 ‖ entry)
     assert leaves == [(leaf, '{"to":"DEU"}')]  # filled in, the detail made canonical

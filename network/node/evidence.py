@@ -72,7 +72,7 @@ from network.core.tlog import (
     verify_inclusion,
 )
 from network.node.alerts import rfc3339
-from network.node.auditfile import snapshot, stored_tree
+from network.node.auditfile import messages_with_envelopes, snapshot, stored_tree
 from network.node.verify import roster_as_issued
 
 __all__ = [
@@ -154,12 +154,13 @@ def collect_package(
         ).fetchone()
         if first is None:
             raise EvidenceError(f"message {message_id}: not a message sent or received here")
-        rows = db.execute(
-            "SELECT id, box, peer, envelope, self_sealed, digest, deleted, deleted_at"
-            " FROM messages WHERE (id = ? OR in_reply_to = ?) AND box IN ('in', 'out')"
-            " AND attachment IS NULL ORDER BY created, id",
-            (message_id, message_id),
-        ).fetchall()
+        source = messages_with_envelopes(db)
+        query = (
+            "SELECT id, box, peer, envelope, self_sealed, digest, deleted, deleted_at"  # noqa: S608
+            f" FROM {source} WHERE (id = ? OR in_reply_to = ?) AND box IN ('in', 'out')"
+            " AND attachment IS NULL ORDER BY created, id"
+        )
+        rows = db.execute(query, (message_id, message_id)).fetchall()
         messages: list[Json] = []
         for mid, box, peer, envelope, self_sealed, digest, rule, deleted_at in rows:
             receipts = db.execute(
@@ -177,6 +178,8 @@ def collect_package(
                     "from": sender,
                     "to": recipient,
                 }
+            elif envelope is None:
+                raise EvidenceError(f"message {mid}: the store holds no envelope for it")
             else:
                 item["envelope"] = b64encode(bytes(envelope))
                 if opener is not None:

@@ -79,7 +79,7 @@ __all__ = [
     "Waiting",
 ]
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -407,6 +407,22 @@ MIGRATIONS: dict[int, str] = {
         placed INTEGER NOT NULL
     );
     """,
+    # 15: a message's envelope and its sealed copy in a table of their own, written once.
+    # SQLite rewrites a row whole on every UPDATE, overflow pages and all: each state change
+    # rewrote some 5 KiB of envelope with the few bytes that changed (bench/store_writes.py),
+    # and the columns added since 5 sat after it. The rows of both tables stay in step: one
+    # transaction inserts both, and `cpn audit verify` reports a message without its envelope.
+    15: """
+    CREATE TABLE envelopes (
+        message_id TEXT PRIMARY KEY,
+        envelope BLOB NOT NULL,         -- exactly as sent / as received
+        self_sealed BLOB                -- outbound: the plaintext sealed to our own key
+    );
+    INSERT INTO envelopes (message_id, envelope, self_sealed)
+        SELECT id, envelope, self_sealed FROM messages ORDER BY rowid;
+    ALTER TABLE messages DROP COLUMN envelope;
+    ALTER TABLE messages DROP COLUMN self_sealed;
+    """,
 }
 
 
@@ -513,12 +529,18 @@ class UserRow:
     disabled: bool = False
 
 
-_MESSAGE_COLUMNS = (
-    "id, box, peer, type, priority, state, created, expires, received, updated,"
-    " envelope, digest, self_sealed, composed_by, attempts, origin, via, retry_at, hop_acked, path,"
-    " case_ref, in_reply_to, acked_by, receipt_due, ack_due, response_due, preserved_until,"
-    " overdue, alert_at, until_decision, assigned_to, listing, deleted, deleted_at, attachment,"
-    " approval, approved_by"
+# A message is read whole, `_MESSAGE_COLUMNS` (`MessageRow`'s fields) from `_MESSAGES`; it
+# is written to its two tables apart: the envelope's once, the row's as it changes.
+_MESSAGE_COLUMNS = ", ".join(MessageRow.__slots__)
+_MESSAGES = "messages CROSS JOIN envelopes ON envelopes.message_id = messages.id"
+_ENVELOPE_COLUMNS: Final = frozenset({"envelope", "self_sealed"})
+_ROW_COLUMNS = [name for name in MessageRow.__slots__ if name not in _ENVELOPE_COLUMNS]
+_INSERT_ROW = (
+    f"INSERT OR IGNORE INTO messages ({', '.join(_ROW_COLUMNS)}, priority_rank)"
+    f" VALUES ({', '.join('?' * (len(_ROW_COLUMNS) + 1))})"
+)
+_INSERT_ENVELOPE = (
+    "INSERT OR IGNORE INTO envelopes (message_id, envelope, self_sealed) VALUES (?, ?, ?)"
 )
 
 # Text to member by lookup: rows are decoded on every send, and a dict is cheaper than
@@ -558,18 +580,18 @@ def _message(row: Sequence[Any]) -> MessageRow:
     return MessageRow(*values)
 
 
-def _stored(row: MessageRow) -> tuple[Any, ...]:
-    """A row's values in `_MESSAGE_COLUMNS` order, as SQLite keeps them (`_message` reversed)."""
-    values = [getattr(row, name) for name in MessageRow.__slots__]
-    values[1] = row.box.value
-    values[3] = "" if row.type is None else row.type.value
-    values[4] = row.priority.value
-    values[5] = row.state.value
-    values[15] = row.origin or ""
-    values[18] = int(row.hop_acked)
-    values[19] = _encode_path(row.path)
-    values[27] = format_overdue(row.overdue)
-    return tuple(values)
+def _stored(row: MessageRow) -> dict[str, Any]:
+    """A row's values by column, as SQLite keeps them (`_message` reversed)."""
+    values = {name: getattr(row, name) for name in MessageRow.__slots__}
+    values["box"] = row.box.value
+    values["type"] = "" if row.type is None else row.type.value
+    values["priority"] = row.priority.value
+    values["state"] = row.state.value
+    values["origin"] = row.origin or ""
+    values["hop_acked"] = int(row.hop_acked)
+    values["path"] = _encode_path(row.path)
+    values["overdue"] = format_overdue(row.overdue)
+    return values
 
 
 def _waiting(row: Sequence[Any]) -> Waiting:
@@ -600,7 +622,7 @@ def _fetch_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, M
         return {}
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", tuple(ids)
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} WHERE id IN ({marks})", tuple(ids)
     ).fetchall()
     return {row[0]: _message(row) for row in rows}
 
@@ -1047,11 +1069,9 @@ class Tx:
             attachment=attachment,
             approval=approval,
         )
-        marks = ", ".join("?" * (len(MessageRow.__slots__) + 1))
-        self._write(
-            f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}, priority_rank) VALUES ({marks})",
-            (*_stored(row), priority_rank),
-        )
+        values = _stored(row)
+        self._write(_INSERT_ROW, (*(values[name] for name in _ROW_COLUMNS), priority_rank))
+        self._write(_INSERT_ENVELOPE, (id, envelope, self_sealed))
         self._rows[id] = row
         return row
 
@@ -1130,9 +1150,12 @@ class Tx:
         receipts stay. Freed pages are overwritten at commit (secure_delete)."""
         self._secure_delete = True
         self._write(
-            "UPDATE messages SET envelope = x'', self_sealed = NULL, listing = NULL,"
-            " deleted = ?, deleted_at = ? WHERE id = ?",
+            "UPDATE messages SET listing = NULL, deleted = ?, deleted_at = ? WHERE id = ?",
             (rule, self.now, message_id),
+        )
+        self._write(
+            "UPDATE envelopes SET envelope = x'', self_sealed = NULL WHERE message_id = ?",
+            (message_id,),
         )
         self._write("DELETE FROM identifiers WHERE message_id = ?", (message_id,))
         self._rows.pop(message_id, None)
@@ -1894,12 +1917,15 @@ class Store:
         given) and match every other criterion, newest first."""
         clauses: list[str] = ["box IN ('in', 'out')", "attachment IS NULL"]
         params: list[Any] = []
-        source = "FROM messages"
+        source = f"FROM {_MESSAGES}"
         if tags:
             # The identifier's few rows first (CROSS JOIN keeps that order), each message
             # found by its key: never a walk through the whole box by date.
             marks = ",".join("?" * len(tags))
-            source = "FROM identifiers CROSS JOIN messages ON id = message_id"
+            source = (
+                "FROM identifiers CROSS JOIN messages ON id = identifiers.message_id"
+                " CROSS JOIN envelopes ON envelopes.message_id = messages.id"
+            )
             clauses.append(f"tag IN ({marks})")
             params.extend(tags)
         equal, values = _equal(
@@ -1942,7 +1968,7 @@ class Store:
                 clauses.append(f"NOT {other}")
                 values.extend(more)
             query = (
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE deleted IS NULL"
+                f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} WHERE deleted IS NULL"
                 f" AND updated <= ? AND {' AND '.join(clauses)} AND {held}"
                 " ORDER BY updated LIMIT ?"
             )
@@ -2025,8 +2051,8 @@ class Store:
     # -- reads -----------------------------------------------------------------
 
     async def _select(self, clauses: str, params: Sequence[Any] = ()) -> list[MessageRow]:
-        """The rows `SELECT ... FROM messages {clauses}` finds, decoded."""
-        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages {clauses}"
+        """The rows `SELECT ... FROM _MESSAGES {clauses}` finds, decoded."""
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} {clauses}"
         return [_message(r) for r in await self.db.execute_fetchall(query, params)]
 
     async def message(self, message_id: str) -> MessageRow | None:
@@ -2238,7 +2264,8 @@ class Store:
         accepted end-to-end receipt for, dated at or after `since`, in id order after
         `after`: what a restored `recipient` asks back."""
         rows = await self.db.execute_fetchall(
-            "SELECT m.id, m.envelope, r.raw FROM messages m JOIN receipts r"
+            "SELECT m.id, e.envelope, r.raw FROM messages m"
+            " JOIN envelopes e ON e.message_id = m.id JOIN receipts r"
             " ON r.id = (SELECT id FROM receipts WHERE message_id = m.id"
             " AND direction = 'received' AND signer = ? AND scope = 'end_to_end'"
             " AND outcome = 'accepted' ORDER BY time LIMIT 1)"

@@ -62,7 +62,7 @@ from network.core.tlog import (
     open_checkpoint,
     verify_cosignature,
 )
-from network.node.auditfile import BATCH, Witnessed, snapshot
+from network.node.auditfile import BATCH, Witnessed, messages_with_envelopes, snapshot
 from network.node.clock import rfc3339
 
 __all__ = [
@@ -1173,11 +1173,23 @@ def _check_envelopes(
     a retention rule) must have its `deleted` entry in the log, naming the stored digest."""
     count = 0
     deletions = _deletions(db)
-    cursor = db.execute("SELECT rowid, id, envelope, digest FROM messages ORDER BY rowid")
+    source = messages_with_envelopes(db)
+    cursor = db.execute(
+        f"SELECT messages.rowid, id, envelope, digest FROM {source} ORDER BY messages.rowid"  # noqa: S608
+    )
     while batch := cursor.fetchmany(64):
         for rowid, message_id, envelope, digest in batch:
             count += 1
             order = (_AFTER_LOG, rowid)
+            if envelope is None:
+                count -= 1
+                problems.add(
+                    ProblemKind.MISMATCH,
+                    f"message {message_id}: the store holds no envelope for it",
+                    message_id=message_id,
+                    order=order,
+                )
+                continue
             raw = envelope if isinstance(envelope, bytes) else str(envelope).encode()
             if not raw:
                 count -= 1
