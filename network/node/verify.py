@@ -1179,10 +1179,8 @@ def _check_envelopes(
     )
     while batch := cursor.fetchmany(64):
         for rowid, message_id, envelope, digest in batch:
-            count += 1
             order = (_AFTER_LOG, rowid)
             if envelope is None:
-                count -= 1
                 problems.add(
                     ProblemKind.MISMATCH,
                     f"message {message_id}: the store holds no envelope for it",
@@ -1192,7 +1190,6 @@ def _check_envelopes(
                 continue
             raw = envelope if isinstance(envelope, bytes) else str(envelope).encode()
             if not raw:
-                count -= 1
                 recorded = deletions.get(message_id)
                 if recorded is None:
                     problems.add(
@@ -1213,6 +1210,7 @@ def _check_envelopes(
                 else:
                     deleted[recorded[0]] += 1
                 continue
+            count += 1
             hint = _header_hint(raw, "header")
             roster = _roster_for(keys, hint, signers)
             checked = None
