@@ -1922,11 +1922,8 @@ class Store:
             # The identifier's few rows first (CROSS JOIN keeps that order), each message
             # found by its key: never a walk through the whole box by date.
             marks = ",".join("?" * len(tags))
-            source = (
-                "FROM identifiers CROSS JOIN messages ON id = identifiers.message_id"
-                " CROSS JOIN envelopes ON envelopes.message_id = messages.id"
-            )
-            clauses.append(f"tag IN ({marks})")
+            source = f"FROM identifiers CROSS JOIN {_MESSAGES}"
+            clauses.append(f"tag IN ({marks}) AND id = identifiers.message_id")
             params.extend(tags)
         equal, values = _equal(
             (("case_ref", case), ("peer", peer), ("type", type), ("box", box), ("state", state))
