@@ -44,7 +44,7 @@ from network.core.roster import build_roster
 from network.node.config import load_config
 from network.node.keys import init_keeper, init_node_keys, load_keeper
 from network.node.links import LinkSettings
-from network.node.runner import GC_THRESHOLDS, NodeSettings, run_node
+from network.node.runner import GC_THRESHOLDS, NodeSettings, new_event_loop, run_node
 from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy
 from network.samples import sample_body
@@ -288,7 +288,8 @@ def main() -> None:
     ids = member_states()[: args.nodes]
     if args.worker:
         gc.set_threshold(*GC_THRESHOLDS)  # the collector as in `cpn node run`
-        asyncio.run(worker(Path(args.root), args.ids.split(","), ids))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:  # as `cpn node run`'s
+            runner.run(worker(Path(args.root), args.ids.split(","), ids))
         return
 
     suite = HpkeSuite.MLKEM768_X25519 if args.suite == "hybrid" else HpkeSuite.X25519

@@ -3,7 +3,8 @@
     network/core   pure: records, bodies, crypto, envelope, roster, routing, lifecycle,
                    deadlines, protocol, tlog, oidc (standard library, cryptography, rfc8785,
                    orjson, joserfc: JOSE is bytes in, claims out)
-    network/node   one node at run time (core; aiosqlite, websockets, aiohttp's client)
+    network/node   one node at run time (core; aiosqlite, websockets, aiohttp's client,
+                   uvloop)
     network/api    the HTTP API (core, node; aiohttp, prometheus-client)
     network/cli    the commands (everything; rich)
 
@@ -54,6 +55,7 @@ THIRD_PARTY = {
     "orjson": {"core/records.py"},
     "aiosqlite": {"node/store.py"},
     "websockets": {"node/links.py", "node/conformance.py"},
+    "uvloop": {"node/runner.py"},
     "aiohttp": {"node/alerts.py", "api/web.py", "api/site.py", "api/oidc.py", "cli/client.py"},
     "fido2": {"node/passkeys.py"},
     "joserfc": {"core/oidc.py"},

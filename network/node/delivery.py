@@ -27,7 +27,6 @@ from network.core.routing import (
 )
 from network.core.session import Room
 from network.node.context import NodeContext
-from network.node.lanes import FLASH, Lane, working_in
 from network.node.scheduler import Batch, Candidate, Scheduler, look_limit, max_rank_for
 from network.node.store import AuditEntry, MessageRow, Waiting
 
@@ -74,7 +73,6 @@ class Delivery:
         self.scheduler = Scheduler(self.routing)
         self._announce_seq = 0
         self._signals: dict[NodeId, asyncio.Event] = {}
-        self._feed_lanes: dict[NodeId, Lane] = {}
         # Flash messages just committed, as committed: their link's feed sends them without
         # reading them back (at 90% load that read waited up to 15 ms behind the others).
         self._committed: OrderedDict[str, MessageRow] = OrderedDict()
@@ -93,15 +91,6 @@ class Delivery:
     def outbox_signal(self, peer: str) -> asyncio.Event:
         """Set whenever something may have become sendable over the link to `peer`."""
         return self._signals.setdefault(NodeId(peer), asyncio.Event())
-
-    def feed_lane(self, peer: str) -> Lane:
-        """The lane of the link to `peer`'s feed: ahead while a flash message waits for it
-        (queued, not yet taken)."""
-        return self._feed_lanes.setdefault(NodeId(peer), Lane())
-
-    def feed_took(self, peer: str) -> None:
-        """The feed of the link to `peer` took a batch: ahead only if flash still waits."""
-        self.feed_lane(peer).ahead = self.scheduler.has_flash_news(NodeId(peer))
 
     def _wake(self, peers: Iterable[NodeId]) -> None:
         for peer in peers:
@@ -194,12 +183,10 @@ class Delivery:
         as just committed (kept for a flash message, which its feed need not read back)."""
         hop = self.scheduler.queued(message)
         if hop is not None:
-            if message.rank == PRIORITY_RANK[Priority.FLASH]:
-                self.feed_lane(hop).ahead = True
-                if committed is not None:
-                    self._committed[committed.id] = committed
-                    if len(self._committed) > KEPT_COMMITTED:
-                        self._committed.popitem(last=False)  # read back, if it is news yet
+            if message.rank == PRIORITY_RANK[Priority.FLASH] and committed is not None:
+                self._committed[committed.id] = committed
+                if len(self._committed) > KEPT_COMMITTED:
+                    self._committed.popitem(last=False)  # read back, if it is news yet
             self.outbox_signal(hop).set()
 
     def pass_on(self, receipt: Receipt, prefer: NodeId | None) -> bool:
@@ -353,10 +340,6 @@ class Delivery:
         commits: `early`). Other marks queue with the links' work: at a relay they are
         many, and as officers' transactions they held back the envelopes the relay had
         to take."""
-        with working_in(FLASH if flash else None):
-            await self._mark_sent(peer, ids, flash)
-
-    async def _mark_sent(self, peer: str, ids: Sequence[str], flash: bool) -> None:
         context = self.context
         now = context.clock()
         async with context.store.transaction(now, durable=False, early=flash) as tx:

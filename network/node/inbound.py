@@ -84,7 +84,6 @@ from network.core.roster import Roster, load_roster
 from network.node.alerts import AlertKind, alert_record
 from network.node.context import NodeContext
 from network.node.delivery import Delivery, candidate
-from network.node.lanes import FLASH, Slices, working_in
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
@@ -150,17 +149,9 @@ class Inbound:
         now = self.context.clock()
         link = NodeId(peer)
         items = [_Inbound(raw, path, link) for path, raw in frames]
-        slices = Slices()
         for item in items:
             self._verify_outer(item, now)
-            await slices.next()
         flash = any(it.envelope and it.envelope.header.priority is Priority.FLASH for it in items)
-        with working_in(FLASH if flash else None):
-            return await self._accept_envelopes(peer, items, now, flash, slices)
-
-    async def _accept_envelopes(
-        self, peer: str, items: list[_Inbound], now: int, flash: bool, slices: Slices
-    ) -> list[bytes]:
         # Ids stored already are duplicates for sure: no need to open them again.
         stored = await self.context.store.known_ids(
             [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
@@ -168,7 +159,6 @@ class Inbound:
         for item in items:
             if item.envelope is not None and item.receipt is None:
                 self._open_inbound(item, now, stored)
-                await slices.next()
         async with self.context.store.transaction(now, urgent=flash) as tx:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)  # their rows are read too
@@ -661,8 +651,7 @@ class Inbound:
             settled: list[str] = []
             for group, urgent in ((first, True), (rest, False)):
                 if group:
-                    with working_in(FLASH if urgent else None):
-                        settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
+                    settled += await self._take_receipts(peer, group, now, urgent, sent_marked)
             return settled
         finally:
             turn.set_result(None)

@@ -34,9 +34,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
 from websockets.frames import CloseCode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from network.core.admission import PendingHandshakes
 from network.core.crypto import certificate_pem, sha256
@@ -75,7 +77,6 @@ from network.core.session import (
 )
 from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
-from network.node.lanes import enter
 from network.node.restoring import Restoring, give_back
 from network.node.scheduler import ROUTE_QUIET_MS, ROUTE_REFRESH_MS
 from network.node.sockets import inherited
@@ -229,9 +230,7 @@ class Links:
         fd = inherited("peer")
         self._listener = _Listener.open(self.host, self.port) if fd is None else _Listener.adopt(fd)
         await self._know_roster_hosts()
-        self._server = await serve(
-            self._accept, sock=self._listener, ssl=self._server_ssl, **self._options()
-        )
+        self._server = await _serve(self._accept, self._listener, self._server_ssl, self._options())
 
     async def run(self, dial_after: asyncio.Event | None = None) -> None:
         """Serve and dial until cancelled; closes every link with a close frame on the way out.
@@ -767,13 +766,10 @@ class Links:
         outbox = _Outbox(self.node.delivery, link.peer, self.settings)
         session = link.session
         marks = link.marks = _Marks(outbox)
-        lane = self.node.delivery.feed_lane(link.peer)
-        enter(lane)
         while True:
             marks.check()  # a mark that failed (a full disk) ends the link
             outbox.signal.clear()
             receipts, batch = await outbox.take(session.room(), session.in_flight, time.monotonic())
-            self.node.delivery.feed_took(link.peer)
             for receipt in receipts:
                 session.send_receipt(receipt)
             link.flush()
@@ -984,6 +980,127 @@ class _RosterTrust(ssl.SSLContext):
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         return self.current.wrap_bio(*args, **kwargs)
+
+
+def _serve(
+    handler: Callable[[ServerConnection], Awaitable[None]],
+    listener: _Listener,
+    context: ssl.SSLContext,
+    options: dict[str, Any],
+) -> Server:
+    """websockets' server over TLS on `listener`, each connection accepted through its
+    bounds (`_Listener.accept`).
+
+    `websockets.asyncio.server.serve` hands its socket to the loop's `create_server`, and
+    libuv's loop (uvloop, which `cpn node run` serves on) accepts in C without calling the
+    socket's `accept`: the bounds would be bypassed. So connections are accepted here with
+    `loop.sock_accept` (which calls it), wrapped in TLS by `loop.connect_accepted_socket`,
+    and each given to a websockets `ServerConnection` whose life is `serve`'s own: the
+    opening handshake within `open_timeout`, then `handler`.
+    """
+    open_timeout = options["open_timeout"]
+
+    def connection() -> ServerConnection:
+        protocol = ServerProtocol(max_size=options["max_size"])  # no extensions: no compression
+        return ServerConnection(
+            protocol,
+            server,
+            ping_interval=options["ping_interval"],
+            ping_timeout=options["ping_timeout"],
+            max_queue=options["max_queue"],
+        )
+
+    async def life(ws: ServerConnection) -> None:
+        try:
+            async with asyncio.timeout(open_timeout):
+                await ws.handshake()
+            if ws.protocol.state is not State.OPEN:
+                ws.transport.abort()
+                return
+            server.all_connections.add(ws)
+            ws.start_keepalive()
+            try:
+                async with ws:
+                    await handler(ws)
+            except Exception:
+                ws.logger.error("connection handler failed", exc_info=True)
+            finally:
+                server.all_connections.discard(ws)
+        except Exception:
+            ws.transport.abort()  # the opening handshake timed out or failed
+        finally:
+            server.handler_tasks.discard(asyncio.current_task())
+
+    async def accepting() -> _Accepting:
+        return _Accepting(listener, connection, context, open_timeout)
+
+    server = Server(accepting, life)  # type: ignore[arg-type]
+    return server
+
+
+class _Accepting:
+    """What websockets' `Server` needs of an asyncio server: accepts on `listener` until
+    closed, each connection handed to the loop for TLS, then to `connection()`."""
+
+    def __init__(
+        self,
+        listener: _Listener,
+        connection: Callable[[], ServerConnection],
+        context: ssl.SSLContext,
+        handshake_timeout: float,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._listener = listener
+        self._connection = connection
+        self._context = context
+        self._handshake_timeout = handshake_timeout
+        self._opening: set[asyncio.Task[None]] = set()
+        self.sockets = (listener,)
+        listener.setblocking(False)
+        self._accepts = self._loop.create_task(self._accept_forever(), name="peer accepts")
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return not self._accepts.done()
+
+    async def start_serving(self) -> None:
+        pass  # serving from the start
+
+    def close(self) -> None:
+        self._accepts.cancel()
+        for opening in self._opening:
+            opening.cancel()
+        self._listener.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.wait([self._accepts, *self._opening])
+
+    async def _accept_forever(self) -> None:
+        while True:
+            try:
+                conn, _ = await self._loop.sock_accept(self._listener)
+            except OSError as exc:  # out of descriptors, say: as asyncio's server, a pause
+                log.warning("peer server: accept failed (%s); again in a second", exc)
+                await asyncio.sleep(1)
+                continue
+            if conn not in self._listener.pending:  # shut at once: no room for its source
+                conn.close()
+                continue
+            opening = self._loop.create_task(self._open(conn))
+            self._opening.add(opening)
+            opening.add_done_callback(self._opening.discard)
+
+    async def _open(self, conn: socket.socket) -> None:
+        # A failed or timed-out TLS handshake closes the connection (the loop owns it now).
+        with contextlib.suppress(OSError, TimeoutError):
+            await self._loop.connect_accepted_socket(
+                self._connection,
+                conn,
+                ssl=self._context,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
 
 
 class _Listener(socket.socket):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import secrets
 from collections import deque
@@ -42,7 +41,6 @@ from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import DESK_ROLES, ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
 from network.node.delivery import Delivery
-from network.node.lanes import FLASH, Slices, working_in
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
 from network.node.store import AuditEntry, MessageRow, Store, Tx, UserRow
@@ -275,10 +273,7 @@ class Officers:
         if not waiting or self._rounds.get(urgency, 0) >= ROUNDS_AT_ONCE:
             return
         self._rounds[urgency] = self._rounds.get(urgency, 0) + 1
-        # A context of its own: not the lane of whichever request happened to start it.
-        task = asyncio.get_running_loop().create_task(
-            self._round(urgency), context=contextvars.Context()
-        )
+        task = asyncio.get_running_loop().create_task(self._round(urgency))
         self._round_tasks.add(task)
         task.add_done_callback(partial(self._round_done, urgency))
 
@@ -289,15 +284,13 @@ class Officers:
             self._start_rounds(urgency)
 
     async def _round(self, urgency: Priority) -> None:
-        """Seal up to `ROUND_SIZE` waiting submissions back to back, letting a flash
-        message's work go between them (`Slices`), then store each in its own use case,
-        all at once (the store commits them together). A submission whose officer
-        stopped waiting before it was sealed is not sealed."""
+        """Seal up to `ROUND_SIZE` waiting submissions back to back, then store each in
+        its own use case, all at once (the store commits them together). A submission
+        whose officer stopped waiting before it was sealed is not sealed."""
         waiting = self._waiting[urgency]
         members = [waiting.popleft() for _ in range(min(ROUND_SIZE, len(waiting)))]
         try:
             sealed = []
-            slices = Slices()
             for sealing, stored in members:
                 if stored.done():
                     continue
@@ -306,7 +299,6 @@ class Officers:
                 except Exception as exc:
                     if not stored.done():
                         stored.set_exception(exc)
-                await slices.next()
             queued = await asyncio.gather(
                 *(self._queue([draft]) for draft, _ in sealed), return_exceptions=True
             )
@@ -324,11 +316,10 @@ class Officers:
     @contextlib.asynccontextmanager
     async def _turn(self, urgency: Priority) -> AsyncIterator[None]:
         """A turn to seal and store: at most `SUBMITTING_AT_ONCE` of each priority at
-        once, but a flash one goes at once, in the flash lane (`network.node.lanes`)."""
+        once, but a flash one goes at once."""
         turns = self._submitting.get(urgency)
         if turns is None:
-            with working_in(FLASH):
-                yield
+            yield
             return
         async with turns:
             yield

@@ -22,6 +22,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import uvloop
+
 from network.core.crypto import sha256
 from network.core.errors import CpnError, RosterError
 from network.core.records import NodeId
@@ -31,7 +33,6 @@ from network.node.backup import restore_marker
 from network.node.clock import now_ms
 from network.node.config import NodeConfig
 from network.node.keys import load_configured_keys, load_keeper_public
-from network.node.lanes import LaneLoop
 from network.node.links import Links, LinkSettings
 from network.node.notify import Notifier
 from network.node.restoring import Restoring
@@ -75,6 +76,12 @@ def load_current_roster(config: NodeConfig, *, expired_ok: bool = False) -> Rost
         raise RosterError(f"{config.roster_path}: over {MAX_ROSTER_BYTES} bytes")
     return load_roster(data, keeper=keeper, now=now_ms(), expired_ok=expired_ok)
 
+
+# The event loop a node serves on: libuv's (uvloop), not asyncio's own. A node's loop
+# runs hundreds of callbacks, socket reads and writes for every message; in alternating
+# runs libuv's took 9% off the sender's CPU a message and 11% off the receiver's, and
+# flash p99 at 90% load was the same (docs/PERFORMANCE.md, sixteenth session).
+new_event_loop = uvloop.new_event_loop
 
 SWITCH_INTERVAL = 0.0005  # seconds (sys.setswitchinterval)
 # Python's cycle collector scans the young objects every 700 allocations, several times
@@ -410,5 +417,5 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
     # one process, as the network simulation runs them, the switching costs more.)
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(*GC_THRESHOLDS)
-    with asyncio.Runner(loop_factory=LaneLoop) as runner:  # flash work first: lanes.py
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())

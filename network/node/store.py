@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import os
@@ -62,9 +61,7 @@ from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import Box, MessageType, NodeId, Priority, b64encode, canonical
 from network.core.retention import RetentionRule
 from network.core.tlog import MerkleLog
-from network.node import lanes
 from network.node.clock import now_ms
-from network.node.lanes import Lane, working_in
 
 __all__ = [
     "AuditEntry",
@@ -717,18 +714,14 @@ def _queued_on_thread(
         raise ValueError("Connection closed")
     loop = asyncio.get_running_loop()
     future: Future[T] = loop.create_future()
-    # Handed back in the asking task's context when it works in a lane, so that a flash
-    # task's hop comes back ahead (`network.node.lanes`); aiosqlite's own hand-back takes
-    # no context, as this does for a task in no lane.
-    context = None if lanes.current() is None else contextvars.copy_context()
 
     def run() -> None:
         try:
             result = work(db._conn)
         except BaseException as exc:  # as aiosqlite's thread does: the caller raises it
-            loop.call_soon_threadsafe(aiosqlite.core.set_exception, future, exc, context=context)
+            loop.call_soon_threadsafe(aiosqlite.core.set_exception, future, exc)
         else:
-            loop.call_soon_threadsafe(aiosqlite.core.set_result, future, result, context=context)
+            loop.call_soon_threadsafe(aiosqlite.core.set_result, future, result)
 
     db._tx.put_nowait((None, run))
     return future
@@ -1367,28 +1360,20 @@ class _WriteLock:
 
     def __init__(self, on_free: Callable[[], None] = lambda: None) -> None:
         self._held = False
-        # flash, officers, the others: each waiter with its lane
-        self._queues: tuple[deque[tuple[Future[None], Lane | None]], ...] = (
-            deque(),
-            deque(),
-            deque(),
-        )
+        # flash, officers, the others
+        self._queues: tuple[deque[Future[None]], ...] = (deque(), deque(), deque())
         self._on_free = on_free  # called whenever the lock is freed with no one to take it
         self._officers_in_a_row = 0
-        self._holder: Lane | None = None  # the lane of the transaction that holds it
 
-    async def acquire(self, first: bool, urgent: bool = False, lane: Lane | None = None) -> None:
-        """Wait for the lock. `lane`: the waiter's, which goes ahead (`network.node.lanes`)
-        while it holds the lock and a flash transaction (`urgent`) waits for it."""
+    async def acquire(self, first: bool, urgent: bool = False) -> None:
+        """Wait for the lock: `urgent` (a flash message's) before every other waiter,
+        `first` (an officer's) before the links'."""
         if not self._held and not any(self._queues):
             self._held = True
-            self._holder = lane
             return
-        if urgent and self._holder is not None:
-            self._holder.ahead = True  # a flash transaction waits for it: it goes first
         waiter: Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues[0 if urgent else 1 if first else 2]
-        queue.append((waiter, lane))
+        queue.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -1396,7 +1381,7 @@ class _WriteLock:
                 self.release()  # handed over just as it was cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
-                    queue.remove((waiter, lane))
+                    queue.remove(waiter)
             raise
 
     def release(self) -> None:
@@ -1408,18 +1393,14 @@ class _WriteLock:
             order = (flash, officers, others)
         for queue in order:
             while queue:
-                waiter, lane = queue.popleft()
+                waiter = queue.popleft()
                 if not waiter.done():
-                    self._holder = lane
-                    if lane is not None and flash:
-                        lane.ahead = True  # a flash transaction waits for this one too
                     waiter.set_result(None)
                     in_a_row = self._officers_in_a_row
                     self._officers_in_a_row = 0 if queue is others else in_a_row + 1
                     return
         self._officers_in_a_row = 0
         self._held = False
-        self._holder = None
         self._on_free()
 
     @property
@@ -1755,54 +1736,50 @@ class Store:
         """
         if early and durable:
             raise ValueError("an early transaction is not awaited to its COMMIT: durable=False")
-        outer = lanes.current()
-        # Its own lane, which a flash transaction waiting for the lock puts ahead.
-        lane = Lane(ahead=urgent or (outer is not None and outer.ahead))
-        with working_in(lane):
-            await self._lock.acquire(officer, urgent or early, lane)
-            committed: Future[None] | None = None
+        await self._lock.acquire(officer, urgent or early)
+        committed: Future[None] | None = None
+        try:
+            if self._batch is not None and durable and not self._batch.durable:
+                await self._flush()  # a durable use case never waits on a lazy COMMIT
+            tx = Tx(self, now, self._batch or self._begin_batch(durable))
             try:
-                if self._batch is not None and durable and not self._batch.durable:
-                    await self._flush()  # a durable use case never waits on a lazy COMMIT
-                tx = Tx(self, now, self._batch or self._begin_batch(durable))
-                try:
-                    yield tx
-                    if tx._writes or tx._entries or tx._secure_delete:
-                        tx._batch.urgent |= urgent or tx.urgent
-                        committed = tx._batch.joined(tx)
-                except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
-                    raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
+                yield tx
+                if tx._writes or tx._entries or tx._secure_delete:
+                    tx._batch.urgent |= urgent or tx.urgent
+                    committed = tx._batch.joined(tx)
+            except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+                raise StoreError(f"{self.path}: read failed, nothing stored: {exc}") from exc
+        finally:
+            try:
+                batch = self._batch
+                # An early use case leaves its batch to the next holder (or, if none
+                # waits, to a commit of its own once the lock is free).
+                left = early and batch is not None and not batch.due()
+                if not left and (
+                    batch is not None
+                    and batch.pending
+                    and self._lock.waiting == 0
+                    and not batch.due()
+                ):
+                    # The use cases ready on the loop now take their turns first and join.
+                    await asyncio.sleep(0)
+                if (
+                    not left
+                    and self._batch is not None
+                    and (self._lock.waiting == 0 or self._batch.due())
+                ):
+                    await self._flush()
+            except BaseException:
+                if committed is not None:
+                    _given_up(committed)  # its caller stops here, cancelled or failing
+                raise
             finally:
-                try:
-                    batch = self._batch
-                    # An early use case leaves its batch to the next holder (or, if none
-                    # waits, to a commit of its own once the lock is free).
-                    left = early and batch is not None and not batch.due()
-                    if not left and (
-                        batch is not None
-                        and batch.pending
-                        and self._lock.waiting == 0
-                        and not batch.due()
-                    ):
-                        # The use cases ready on the loop now take their turns first and join.
-                        await asyncio.sleep(0)
-                    if (
-                        not left
-                        and self._batch is not None
-                        and (self._lock.waiting == 0 or self._batch.due())
-                    ):
-                        await self._flush()
-                except BaseException:
-                    if committed is not None:
-                        _given_up(committed)  # its caller stops here, cancelled or failing
-                    raise
-                finally:
-                    self._lock.release()
-            if committed is not None:
-                if early:
-                    committed.add_done_callback(_looked_at)
-                else:
-                    await committed
+                self._lock.release()
+        if committed is not None:
+            if early:
+                committed.add_done_callback(_looked_at)
+            else:
+                await committed
 
     def _begin_batch(self, durable: bool) -> _Batch:
         self._batch = _Batch(durable)
