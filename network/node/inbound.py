@@ -86,6 +86,7 @@ from network.node.context import NodeContext
 from network.node.delivery import Delivery, candidate
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
+from network.node.slices import Slices
 from network.node.store import AuditEntry, MessageRow, ReceiptRow, Tx
 from network.node.tracking import (
     act_on,
@@ -149,8 +150,10 @@ class Inbound:
         now = self.context.clock()
         link = NodeId(peer)
         items = [_Inbound(raw, path, link) for path, raw in frames]
+        slices = Slices()
         for item in items:
             self._verify_outer(item, now)
+            await slices.next()
         flash = any(it.envelope and it.envelope.header.priority is Priority.FLASH for it in items)
         # Ids stored already are duplicates for sure: no need to open them again.
         stored = await self.context.store.known_ids(
@@ -159,6 +162,7 @@ class Inbound:
         for item in items:
             if item.envelope is not None and item.receipt is None:
                 self._open_inbound(item, now, stored)
+                await slices.next()
         async with self.context.store.transaction(now, urgent=flash) as tx:
             fresh = [it.envelope.header.id for it in items if it.envelope and it.receipt is None]
             known = await tx.known_ids(fresh)  # their rows are read too

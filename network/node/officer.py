@@ -43,6 +43,7 @@ from network.node.context import NodeContext
 from network.node.delivery import Delivery
 from network.node.listing import seal_line
 from network.node.scheduler import Candidate
+from network.node.slices import Slices
 from network.node.store import AuditEntry, MessageRow, Store, Tx, UserRow
 from network.node.tracking import (
     ACTED,
@@ -284,13 +285,15 @@ class Officers:
             self._start_rounds(urgency)
 
     async def _round(self, urgency: Priority) -> None:
-        """Seal up to `ROUND_SIZE` waiting submissions back to back, then store each in
-        its own use case, all at once (the store commits them together). A submission
-        whose officer stopped waiting before it was sealed is not sealed."""
+        """Seal up to `ROUND_SIZE` waiting submissions back to back, letting what arrives
+        meanwhile in between them (`Slices`), then store each in its own use case, all at
+        once (the store commits them together). A submission whose officer stopped
+        waiting before it was sealed is not sealed."""
         waiting = self._waiting[urgency]
         members = [waiting.popleft() for _ in range(min(ROUND_SIZE, len(waiting)))]
         try:
             sealed = []
+            slices = Slices()
             for sealing, stored in members:
                 if stored.done():
                     continue
@@ -299,6 +302,7 @@ class Officers:
                 except Exception as exc:
                     if not stored.done():
                         stored.set_exception(exc)
+                await slices.next()
             queued = await asyncio.gather(
                 *(self._queue([draft]) for draft, _ in sealed), return_exceptions=True
             )

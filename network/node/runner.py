@@ -36,6 +36,7 @@ from network.node.keys import load_configured_keys, load_keeper_public
 from network.node.links import Links, LinkSettings
 from network.node.notify import Notifier
 from network.node.restoring import Restoring
+from network.node.slices import Slices
 from network.node.store import AuditEntry, Store, StoreError
 from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy, Witnessing
@@ -417,5 +418,6 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
     # one process, as the network simulation runs them, the switching costs more.)
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(*GC_THRESHOLDS)
+    Slices.on = True  # its loop runs this node alone
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())
