@@ -982,6 +982,11 @@ class _RosterTrust(ssl.SSLContext):
         return self.current.wrap_bio(*args, **kwargs)
 
 
+# How long a closing handshake may take, WebSocket's and then TLS's (websockets' `serve`
+# gives both its `close_timeout`, 10 s by default; the loop's own TLS default is 30 s).
+_CLOSE_TIMEOUT = 10.0
+
+
 def _serve(
     handler: Callable[[ServerConnection], Awaitable[None]],
     listener: _Listener,
@@ -1007,6 +1012,7 @@ def _serve(
             server,
             ping_interval=options["ping_interval"],
             ping_timeout=options["ping_timeout"],
+            close_timeout=_CLOSE_TIMEOUT,
             max_queue=options["max_queue"],
         )
 
@@ -1100,6 +1106,7 @@ class _Accepting:
                 conn,
                 ssl=self._context,
                 ssl_handshake_timeout=self._handshake_timeout,
+                ssl_shutdown_timeout=_CLOSE_TIMEOUT,
             )
 
 
