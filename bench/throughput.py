@@ -17,8 +17,10 @@ composed (the header's `created`) to delivered (the sender's state change on
 the verified receipt), both on this machine's clock. Beside it, at each load: the
 rate the sender composed at while the load was offered (below the offered rate it
 fell behind, and requests waited for a turn to seal, which the latency from
-composition does not count), each priority's POST-to-202 p99 (which does), and the
-CPU a message took in each process.
+composition does not count), each priority's POST-to-202 p99 (which does), how many
+urgent requests the sender refused with 503 (past the submissions it holds waiting:
+offered more than it takes, it says so at once; flash is never refused), and the CPU
+a message took in each process.
 
 Two floors are measured in this same run. The raw floor is the primitives alone
 (`raw_floor_per_message`: HPKE, four Ed25519 operations, a WebSocket frame each way, a
@@ -312,17 +314,25 @@ async def post_flat_out(network: Network, count: int, concurrency: int, to: str 
 
 async def post_paced(
     network: Network, rate: float, seconds: float, flash_every: int
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], int]:
     """Open loop: urgent requests at a steady `rate`, one flash every `flash_every`; per
     priority, the milliseconds from each POST to its 202 (the officer's wait, which
-    includes a wait for a turn to seal that the latency from composition does not)."""
+    includes a wait for a turn to seal that the latency from composition does not), and
+    how many urgent ones were refused with 503 (the sender past what it holds waiting)."""
     count = int(rate * seconds)
     bodies = {priority: request_body(priority) for priority in ("flash", "urgent")}
     answered: dict[str, list[float]] = {"flash": [], "urgent": []}
+    refused = 0
 
     async def timed(poster: Poster, priority: str) -> None:
+        nonlocal refused
         started = time.perf_counter()
-        await post(poster, bodies[priority])
+        status, answer = await poster.post("/api/messages", bodies[priority])
+        if status == 503 and priority == "urgent":
+            refused += 1
+            return
+        if status != 202:
+            raise RuntimeError(f"POST answered {status}: {answer.decode(errors='replace')}")
         answered[priority].append((time.perf_counter() - started) * 1000)
 
     async with poster_for(network) as poster:
@@ -333,7 +343,7 @@ async def post_paced(
             priority = "flash" if index % flash_every == 0 else "urgent"
             tasks.append(asyncio.create_task(timed(poster, priority)))
         await asyncio.gather(*tasks)
-    return answered
+    return answered, refused
 
 
 BODY = sample_body("preservation")
@@ -444,6 +454,7 @@ def main() -> None:
     store = network.nodes["FRA"].store
     paced: list[tuple[float, float, list[tuple[str, int, int]]]] = []  # share, rate, rows
     answered: dict[float, dict[str, list[float]]] = {}  # share: POST to 202, per priority
+    refused: dict[float, int] = {}  # share: urgent requests refused (503)
     paced_cpu: dict[float, dict[str, float]] = {}  # share: CPU seconds a message, per process
     probes: dict[float, dict[str, list[float]]] = {}  # share: the machine's delays meanwhile
     try:
@@ -471,7 +482,7 @@ def main() -> None:
             cpu_at = {node: cpu_seconds(pid) for node, pid in pids.items()}
             client_at = time.process_time()
             probe = start_probe(root, args.paced_seconds)
-            answered[share] = asyncio.run(
+            answered[share], refused[share] = asyncio.run(
                 post_paced(network, base * share, args.paced_seconds, args.flash_every)
             )
             posting_cpu = time.process_time() - client_at  # as in phase 1: the posting alone
@@ -545,6 +556,15 @@ def main() -> None:
                 "msg/s",
                 composed / args.paced_seconds,
                 offered,
+            )
+        )
+        figures.append(
+            Figure(
+                "throughput",
+                f"urgent refused (503) at {share:.0%} load ({offered:.0f} msg/s)",
+                "msg/s",
+                refused[share] / args.paced_seconds,
+                higher_is_better=False,
             )
         )
         for priority, waits in answered[share].items():

@@ -27,6 +27,7 @@ from network.core.envelope import (
     verify_receipt,
     verify_signed,
 )
+from network.core.errors import BusyError
 from network.core.lifecycle import State
 from network.core.protocol import FRAME_COSIGNATURE, FRAME_RECEIPT, envelope_frame
 from network.core.records import MessageType, NodeId, Outcome, Priority
@@ -34,7 +35,7 @@ from network.core.roster import Roster, build_roster, load_roster
 from network.core.session import CheckpointOffered, LinkSession, LinkSettings, Room
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.links import Links, _Link, _Marks, _Outbox
-from network.node.officer import ROUND_SIZE, ROUNDS_AT_ONCE, SUBMITTING_AT_ONCE
+from network.node.officer import ROUND_SIZE, ROUNDS_AT_ONCE, SUBMITTING_AT_ONCE, WAITING_AT_MOST
 from network.node.store import BATCH_MS, MessageRow, Store, _on_thread
 from network.node.wiring import Node
 from network.node.witnessing import Witnessing
@@ -460,6 +461,66 @@ async def test_routine_submissions_never_wait_for_ones_with_files_holding_every_
         routine = asyncio.create_task(queue(fra, priority="routine", message_type="preservation"))
         await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE + 1)
     await asyncio.gather(routine, *with_files)
+
+
+async def outbox(node: Node) -> int:
+    (count,) = rows(node.context.store.path, "SELECT COUNT(*) FROM messages WHERE box = 'out'")[0]
+    return int(count)
+
+
+async def test_past_the_submissions_a_sender_holds_waiting_the_next_is_refused_and_nothing_lost(
+    trio: Trio,
+) -> None:
+    """Offered more than it seals, a sender held every request until its turn: thousands,
+    each answered seconds later, its loop turning among them. Past `WAITING_AT_MOST`
+    urgent ones waiting for a round, the next is refused at once (BusyError: the API's
+    503), before anything is sealed or stored; flash, and the other priority, still go;
+    what was taken is stored."""
+    fra = trio["FRA"]
+    store = fra.context.store
+    async with store.transaction(trio.clock.now):  # the store busy: the rounds wait
+        under_way = [asyncio.create_task(submit(fra)) for _ in range(UNDER_WAY)]
+        await until(lambda: store.queued_transactions == UNDER_WAY)
+        waiting = [asyncio.create_task(submit(fra)) for _ in range(WAITING_AT_MOST)]
+        refused = asyncio.create_task(submit(fra))  # runs after them, in the same pass
+        await until(refused.done)  # at once, not held
+        with pytest.raises(BusyError, match=f"{WAITING_AT_MOST} urgent submissions waiting"):
+            refused.result()
+        flash = asyncio.create_task(submit(fra, priority="flash"))
+        routine = asyncio.create_task(queue(fra, priority="routine", message_type="preservation"))
+        await until(lambda: store.queued_transactions == UNDER_WAY + 2)
+        assert not any(task.done() for task in [*under_way, *waiting, flash, routine])
+    taken = await asyncio.gather(*under_way, *waiting, flash, routine)
+    assert await outbox(fra) == len(taken) == UNDER_WAY + WAITING_AT_MOST + 2
+    await submit(fra)  # room again
+
+
+async def test_past_the_submissions_with_files_a_sender_holds_waiting_the_next_is_refused(
+    trio: Trio,
+) -> None:
+    """The same bound for those that wait for one of `SUBMITTING_AT_ONCE` turns (with
+    files, each holding its files while it waits)."""
+    fra = trio["FRA"]
+    store = fra.context.store
+    files = [AttachmentFile("log.txt", "text/plain", b"x" * 1000)]
+
+    def with_files() -> asyncio.Task[MessageRow]:
+        return asyncio.create_task(queue(fra, message_type="preservation", files=files))
+
+    async with store.transaction(trio.clock.now):
+        turns = [with_files() for _ in range(SUBMITTING_AT_ONCE)]
+        await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE)
+        waiting = [with_files() for _ in range(WAITING_AT_MOST)]
+        refused = with_files()
+        await until(refused.done)
+        with pytest.raises(BusyError, match=f"{WAITING_AT_MOST} urgent submissions waiting"):
+            refused.result()
+        without = asyncio.create_task(submit(fra))  # in a round: not behind the turns
+        await until(lambda: store.queued_transactions == SUBMITTING_AT_ONCE + 1)
+    taken = await asyncio.gather(*turns, *waiting)
+    assert len({row.id for row in taken}) == SUBMITTING_AT_ONCE + WAITING_AT_MOST
+    await without
+    await queue(fra, message_type="preservation", files=files)  # room again
 
 
 async def test_a_backlog_of_submissions_is_stored_in_one_commit(trio: Trio) -> None:

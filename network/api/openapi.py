@@ -10,7 +10,7 @@ Rules:
   type hints that validate them.
 - What every route may answer besides success is added here, not per route:
   400 (an unknown or bad query parameter, a bad path parameter or body), 401 and
-  403 and 429 (authenticated routes), 404 (routes with path parameters), 413
+  403 and 429 and 503 (authenticated routes), 404 (routes with path parameters), 413
   (routes taking a body); each as `Error`, `{"error", "field"?}`.
 """
 
@@ -264,6 +264,10 @@ _STATUS_TEXT: Final = {
     404: "No such message",
     413: "The request body is over the size limit",
     429: "Too many failed logins from this address: retry after `Retry-After` seconds",
+    503: (
+        "The node cannot take this now (its store is unavailable, or too many submissions"
+        " wait to be sealed); nothing was changed: retry after `Retry-After` seconds"
+    ),
 }
 
 
@@ -338,7 +342,7 @@ def _responses(route: DocumentedRoute) -> dict[str, Any]:
     doc = route.doc
     statuses = {400}
     if route.roles is not None:
-        statuses |= {401, 403, 429}
+        statuses |= {401, 403, 429, 503}
     if doc.path:
         statuses.add(404)
     if doc.body is not None:

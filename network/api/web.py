@@ -26,7 +26,8 @@ Rules:
   repeated refused tokens (`login_throttled`, once per window; see `throttle`: a
   window holds back refused tokens only, never a valid one), a
   role refused a route (`access_denied`) and a refused request from an
-  authenticated user (`request_refused`): bad input from outside leaves a
+  authenticated user (`request_refused`; one refused for want of room, a 503, within
+  the node's refusal budget, the rest counted): bad input from outside leaves a
   trace. A successful authentication is not audited on every request.
 - Counted for `/metrics` (see `metrics`; served by `build_metrics_app` on a
   listener of its own, never this one): every answer by method, route template
@@ -78,6 +79,7 @@ from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json
 from network.core.budget import AuditBudget
 from network.core.errors import (
     BodyError,
+    BusyError,
     CpnError,
     LocalError,
     MalformedError,
@@ -1662,6 +1664,9 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         response = await _refused(request, exc)
     except BodyError as exc:
         response = await _refused(request, _Refusal(400, str(exc), field=exc.field or None))
+    except BusyError as exc:
+        headers = {hdrs.RETRY_AFTER: str(exc.retry_after_s)}
+        response = await _refused(request, _Refusal(503, str(exc), headers=headers))
     except StoreError as exc:
         log.exception("store failure in %s %s", request.method, request.path)
         # The cause (SQLite's words: disk I/O error, disk full, read-only), not the path.
@@ -1890,9 +1895,11 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> _Refus
 
 
 async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
-    """The JSON answer to a refusal; a refused request from a known user is audited."""
+    """The JSON answer to a refusal; a refused request from a known user is audited (one
+    refused for want of room, at most `REFUSALS_PER_MINUTE` a minute per user, the rest
+    counted: under a flood, an entry each would add to the load it was refused for)."""
     user = request.get(USER)
-    if user is not None and refusal.status in (400, 413):
+    if user is not None and refusal.status in (400, 413, 503):
         detail: dict[str, Any] = {
             "method": request.method,
             "path": request.path[:200],
@@ -1901,10 +1908,12 @@ async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
         }
         if refusal.field:
             detail["field"] = refusal.field[:200]
+        context = request.app[NODE].context
+        entries = [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
+        if refusal.status == 503:
+            entries = context.refusal(f"user:{user.name}", entries[0])
         try:
-            await request.app[NODE].context.audit(
-                [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
-            )
+            await context.audit(entries)
         except Exception:  # the refusal must still be answered, as JSON
             log.exception("could not audit a refused request from %s", user.name)
     return _error(refusal.status, refusal.error, field=refusal.field, headers=refusal.headers)

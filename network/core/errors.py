@@ -9,6 +9,7 @@
     ├── StoreError (OSError)              the store cannot be used (damaged, newer, disk full)
     ├── AuditReadError (OSError)          a store file that cannot be read as one, offline
     ├── EvidenceError (ValueError)        an evidence package that does not prove what it says
+    ├── BusyError                         too many submissions wait already: try again later
     ├── HubFullError                      too many live event readers at once
     ├── LinkStalledError                  a peer stopped answering with receipts: dial again
     ├── LinkClosedError                   a link's connection closed (by us, the peer, the network)
@@ -57,6 +58,7 @@ __all__ = [
     "AuditReadError",
     "BadSignatureError",
     "BodyError",
+    "BusyError",
     "ClockSkewError",
     "ConfigError",
     "ConsistencyProofError",
@@ -168,6 +170,16 @@ class EvidenceError(CpnError, ValueError):
     and why (`cpn evidence verify` prints it)."""
 
     reason = "evidence_unverified"
+
+
+class BusyError(CpnError):
+    """Too much of this kind of work is waiting already: try again after `retry_after_s`."""
+
+    reason = "busy"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class HubFullError(CpnError):

@@ -36,7 +36,7 @@ from network.core.bodies import (
 from network.core.crypto import HpkePublicKey
 from network.core.deadlines import Box, Due, preservation_period_problem
 from network.core.envelope import Envelope, Header, seal, seal_to_self
-from network.core.errors import BodyError, UnknownNodeError
+from network.core.errors import BodyError, BusyError, UnknownNodeError
 from network.core.lifecycle import PRIORITY_RANK, Event, State
 from network.core.records import DESK_ROLES, ROLES, MessageType, NodeId, Priority, b64encode
 from network.node.context import NodeContext
@@ -106,6 +106,14 @@ PARTS_PER_COMMIT = 64  # attachment parts (about 9 MiB) committed in one transac
 # of ms. 16 x 4 against 32 x 2, 8 x 8, 32 x 1 and 32 x 8: docs/PERFORMANCE.md.
 ROUND_SIZE = 16
 ROUNDS_AT_ONCE = 4
+# Past this many routine or urgent submissions of a priority waiting for a round or a
+# turn, the next is refused (BusyError: the API's 503 with Retry-After), before anything
+# is sealed or stored: what waits is bounded, as everywhere input arrives. Unbounded, a
+# sender offered more than it takes held thousands of requests, each answered seconds
+# later, and every turn of its loop, a flash request's too, ran among them
+# (docs/PERFORMANCE.md). A closed loop of 32 officers posting at once never reaches it.
+WAITING_AT_MOST = 64
+RETRY_AFTER_S = 1  # what a refused officer is told to wait
 # A submission with files, or to several countries, is sealed in a turn of its own
 # instead: at most this many of each priority at once (a routine one with large files
 # holds its turn long: urgent never waits for it).
@@ -174,6 +182,16 @@ async def set_account(
     )
 
 
+def _refuse_past_bound(urgency: Priority, waiting: int) -> None:
+    """BusyError when `waiting` submissions of `urgency` already wait (`WAITING_AT_MOST`)."""
+    if waiting >= WAITING_AT_MOST:
+        raise BusyError(
+            f"this node has {waiting} {urgency} submissions waiting to be sealed, the most it"
+            f" holds: nothing was stored; try again in {RETRY_AFTER_S} s",
+            retry_after_s=RETRY_AFTER_S,
+        )
+
+
 def _outbound(tx: Tx, draft: _Draft, state: State, **more: Any) -> MessageRow:
     """A sealed message in the outbox, in `state`, with the columns `more` names."""
     header = draft.envelope.header
@@ -205,6 +223,7 @@ class Officers:
             Priority.URGENT: asyncio.Semaphore(SUBMITTING_AT_ONCE),
             Priority.ROUTINE: asyncio.Semaphore(SUBMITTING_AT_ONCE),
         }
+        self._turns_waiting = dict.fromkeys(self._submitting, 0)
         # Per priority, the submissions waiting for a round, and how many rounds are
         # under way (`_in_round`).
         self._waiting: dict[Priority, deque[_Submission]] = {}
@@ -262,8 +281,10 @@ class Officers:
             finally:
                 self._rounds[urgency] -= 1
                 self._start_rounds(urgency)
+        waiting = self._waiting.setdefault(urgency, deque())
+        _refuse_past_bound(urgency, len(waiting))
         stored: asyncio.Future[MessageRow] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(urgency, deque()).append((sealing, stored))
+        waiting.append((sealing, stored))
         self._start_rounds(urgency)
         return await stored
 
@@ -320,13 +341,22 @@ class Officers:
     @contextlib.asynccontextmanager
     async def _turn(self, urgency: Priority) -> AsyncIterator[None]:
         """A turn to seal and store: at most `SUBMITTING_AT_ONCE` of each priority at
-        once, but a flash one goes at once."""
+        once, but a flash one goes at once. BusyError past `WAITING_AT_MOST` waiting."""
         turns = self._submitting.get(urgency)
         if turns is None:
             yield
             return
-        async with turns:
+        if turns.locked():
+            _refuse_past_bound(urgency, self._turns_waiting[urgency])
+        self._turns_waiting[urgency] += 1
+        try:
+            await turns.acquire()
+        finally:
+            self._turns_waiting[urgency] -= 1
+        try:
             yield
+        finally:
+            turns.release()
 
     def _with_files(self, body: object, files: Sequence[AttachmentFile]) -> object:
         """`body` with its `attachments` named from `files` (size, SHA-256, parts): what the
