@@ -495,6 +495,25 @@ async def test_past_the_submissions_a_sender_holds_waiting_the_next_is_refused_a
     await submit(fra)  # room again
 
 
+async def test_a_submission_whose_officer_left_no_longer_counts_as_waiting(trio: Trio) -> None:
+    """An officer who stops waiting (the request dropped) frees its place at once: a flood
+    of abandoned requests does not refuse the officers still there."""
+    fra = trio["FRA"]
+    store = fra.context.store
+    async with store.transaction(trio.clock.now):
+        under_way = [asyncio.create_task(submit(fra)) for _ in range(UNDER_WAY)]
+        await until(lambda: store.queued_transactions == UNDER_WAY)
+        waiting = [asyncio.create_task(submit(fra)) for _ in range(WAITING_AT_MOST)]
+        full = asyncio.create_task(submit(fra))
+        await until(full.done)
+        assert isinstance(full.exception(), BusyError)
+        waiting[0].cancel()
+        await until(waiting[0].done)
+        again = asyncio.create_task(submit(fra))
+    taken = await asyncio.gather(*under_way, *waiting[1:], again)
+    assert await outbox(fra) == len(taken) == UNDER_WAY + WAITING_AT_MOST
+
+
 async def test_past_the_submissions_with_files_a_sender_holds_waiting_the_next_is_refused(
     trio: Trio,
 ) -> None:

@@ -286,7 +286,12 @@ class Officers:
         stored: asyncio.Future[MessageRow] = asyncio.get_running_loop().create_future()
         waiting.append((sealing, stored))
         self._start_rounds(urgency)
-        return await stored
+        try:
+            return await stored
+        except asyncio.CancelledError:  # its officer left: no longer counted as waiting
+            with contextlib.suppress(ValueError):  # a round took it already
+                waiting.remove((sealing, stored))
+            raise
 
     def _start_rounds(self, urgency: Priority) -> None:
         """Start a round for what waits, if fewer than `ROUNDS_AT_ONCE` are under way. It
