@@ -511,6 +511,22 @@ def test_a_message_whose_envelope_row_is_gone_is_named(run: Run) -> None:
     assert "holds no envelope" in report["first_problem"]["message"]
 
 
+def test_an_envelope_kept_for_a_message_the_store_no_longer_lists_is_named(run: Run) -> None:
+    """A message's row deleted (by hand, or by a bug) leaves its envelope in a table of its
+    own: what the store holds of it is named, not passed over."""
+    message_id = run.sent[1]
+
+    def drop(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+
+    code, report = run.verify(run.tampered("no-message-row", drop))
+
+    assert code == 1
+    problems = [p for p in report["problems"] if p["message_id"] == message_id]
+    assert problems and problems[0]["kind"] == "mismatch"
+    assert "holds its envelope but no such message" in problems[0]["message"]
+
+
 def test_a_missing_store_is_an_error_not_a_verdict(run: Run) -> None:
     config = run.config(run.tmp / "nowhere.sqlite", "missing")
     not_a_store = run.tmp / "not-a-store.sqlite"

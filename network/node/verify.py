@@ -1233,6 +1233,18 @@ def _check_envelopes(
                     message_id=message_id,
                     order=order,
                 )
+    if source != "messages":  # an envelope kept for a message the store no longer lists
+        orphans = db.execute(
+            "SELECT rowid, message_id FROM envelopes"
+            " WHERE message_id NOT IN (SELECT id FROM messages) ORDER BY rowid"
+        )
+        for rowid, message_id in orphans:
+            problems.add(
+                ProblemKind.MISMATCH,
+                f"message {message_id}: the store holds its envelope but no such message",
+                message_id=message_id,
+                order=(_AFTER_LOG, _AFTER_LOG + rowid),  # after the messages' own problems
+            )
     return count
 
 
