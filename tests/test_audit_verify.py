@@ -527,6 +527,23 @@ def test_an_envelope_kept_for_a_message_the_store_no_longer_lists_is_named(run: 
     assert "holds its envelope but no such message" in problems[0]["message"]
 
 
+def test_a_message_taken_out_of_the_store_whole_is_named(run: Run) -> None:
+    """Its row and its envelope both deleted: the log, which cannot be changed unseen,
+    still records it stored."""
+    message_id = run.sent[1]
+
+    def drop(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        db.execute("DELETE FROM envelopes WHERE message_id = ?", (message_id,))
+
+    code, report = run.verify(run.tampered("no-message", drop))
+
+    assert code == 1
+    problems = [p for p in report["problems"] if p["message_id"] == message_id]
+    assert problems and problems[0]["kind"] == "mismatch"
+    assert "the store does not list it" in problems[0]["message"]
+
+
 def test_a_missing_store_is_an_error_not_a_verdict(run: Run) -> None:
     config = run.config(run.tmp / "nowhere.sqlite", "missing")
     not_a_store = run.tmp / "not-a-store.sqlite"

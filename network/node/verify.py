@@ -1245,6 +1245,22 @@ def _check_envelopes(
                 message_id=message_id,
                 order=(_AFTER_LOG, _AFTER_LOG + rowid),  # after the messages' own problems
             )
+    # No message's row is ever deleted (retention empties its envelope): one the log says
+    # was stored (an entry written with its row) and the store does not list was taken out.
+    lost = db.execute(
+        "SELECT message_id, MIN(seq) FROM audit"
+        " WHERE action IN ('queued', 'received', 'relay_accepted', 'recovered')"
+        " AND message_id NOT IN (SELECT id FROM messages) GROUP BY message_id ORDER BY 2"
+    )
+    for message_id, seq in lost:
+        problems.add(
+            ProblemKind.MISMATCH,
+            f"message {message_id}: the log records it stored (entry {seq}), and the store"
+            " does not list it",
+            seq=seq,
+            message_id=message_id,
+            order=(_AFTER_LOG + 3, seq),
+        )
     return count
 
 
