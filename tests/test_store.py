@@ -42,7 +42,7 @@ from network.node.store import (
     _statements,
 )
 from network.node.verify import verify_store
-from tests.harness import unread_errors, until
+from tests.harness import rows, unread_errors, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,6 +180,28 @@ async def test_a_file_from_any_older_schema_migrates_to_the_current_one(
     leaf = leaf_hash(canonical({**entry, "time": T0}))  # DESIGN.md: SHA-256(0x00 ‖ entry)
     assert leaves == [(leaf, '{"to":"DEU"}')]  # filled in, the detail made canonical
     assert tree.size == 1 and tree.root() == root_hash([leaf])
+
+
+async def test_a_migration_that_fails_is_a_store_error_and_leaves_the_file_whole(
+    tmp_path: Path,
+) -> None:
+    """Whatever stops a step (here a table in its way; elsewhere a full disk, or an SQLite
+    older than its statements), the node says which step, in SQLite's words, and the file
+    stays at the version before it, its rows all there."""
+    path = tmp_path / "node.sqlite"
+    _file_at(path, 14)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE envelopes (left_by TEXT)")  # what migration 15 creates
+    conn.commit()
+    conn.close()
+    before = rows(path, "SELECT id, envelope FROM messages ORDER BY id")
+
+    with pytest.raises(StoreError, match="from schema version 14 to 15") as refused:
+        await Store.open(path)
+
+    assert "table envelopes already exists" in str(refused.value)
+    assert rows(path, "PRAGMA user_version") == [(14,)]
+    assert rows(path, "SELECT id, envelope FROM messages ORDER BY id") == before
 
 
 async def test_a_file_from_a_newer_cpn_is_refused_and_left_alone(tmp_path: Path) -> None:

@@ -1469,9 +1469,20 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
                 await db.execute(statement)
             await db.execute(f"PRAGMA user_version = {target}")
             await db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             await db.execute("ROLLBACK")
-            raise
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            # SQLite's words (a full disk, a file another program changed, an SQLite too old
+            # for the statement), and where the file was left: whole, at the step before.
+            raise StoreError(
+                f"{path}: could not migrate from schema version {target - 1} to {target}"
+                f" (SQLite {sqlite3.sqlite_version}; this cpn needs {_SQLITE_NEEDED}): {exc};"
+                f" the file is left whole at version {target - 1}"
+            ) from exc
+
+
+_SQLITE_NEEDED: Final = "3.35 or later"  # ALTER TABLE ... DROP COLUMN (schema 15)
 
 
 # A batch commits once no use case waits for the lock, or once it is this old or this big:
