@@ -1020,8 +1020,8 @@ def _serve(
         try:
             async with asyncio.timeout(open_timeout):
                 await ws.handshake()
-            if ws.protocol.state is not State.OPEN:
-                ws.transport.abort()
+            if ws.protocol.state is not State.OPEN or not server.is_serving():
+                ws.transport.abort()  # failed, or opened as the server's close began
                 return
             server.all_connections.add(ws)
             ws.start_keepalive()
@@ -1061,6 +1061,7 @@ class _Accepting:
         self._context = context
         self._handshake_timeout = handshake_timeout
         self._opening: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.sockets = (listener,)
         listener.setblocking(False)
         self._accepts = self._loop.create_task(self._accept_forever(), name="peer accepts")
@@ -1069,12 +1070,17 @@ class _Accepting:
         return self._loop
 
     def is_serving(self) -> bool:
-        return not self._accepts.done()
+        # False from `close()` on, as asyncio's server: websockets answers an opening
+        # handshake 503 once it is, and closes only the connections open when its close
+        # began. (Read from the accepting task, it stayed true until the task had run
+        # its cancellation: a peer's link that opened then outlived the node's stop.)
+        return not self._closed
 
     async def start_serving(self) -> None:
         pass  # serving from the start
 
     def close(self) -> None:
+        self._closed = True
         self._accepts.cancel()
         for opening in self._opening:
             opening.cancel()
