@@ -681,6 +681,7 @@ def verify_store(
         signers: Counter[tuple[str, str, int, bool]] = Counter()
         deleted: Counter[str] = Counter()
         envelopes = _check_envelopes(db, keys, problems, signers, deleted)
+        _check_messages_kept(db, problems)
         receipts = _check_receipts(db, keys, problems, signers)
         _check_held(db, keys, problems, warnings)
     warnings.extend(_signer_warnings(signers, keys))
@@ -1233,7 +1234,14 @@ def _check_envelopes(
                     message_id=message_id,
                     order=order,
                 )
-    if source != "messages":  # an envelope kept for a message the store no longer lists
+    return count
+
+
+def _check_messages_kept(db: sqlite3.Connection, problems: _Problems) -> None:
+    """No message's row is ever deleted (retention empties its envelope): an envelope kept
+    for a message the store does not list, or a message the log records stored (an entry
+    written with its row) that the store does not list, was taken out of it."""
+    if _has_table(db, "envelopes"):
         orphans = db.execute(
             "SELECT rowid, message_id FROM envelopes"
             " WHERE message_id NOT IN (SELECT id FROM messages) ORDER BY rowid"
@@ -1245,8 +1253,6 @@ def _check_envelopes(
                 message_id=message_id,
                 order=(_AFTER_LOG, _AFTER_LOG + rowid),  # after the messages' own problems
             )
-    # No message's row is ever deleted (retention empties its envelope): one the log says
-    # was stored (an entry written with its row) and the store does not list was taken out.
     lost = db.execute(
         "SELECT message_id, MIN(seq) FROM audit"
         " WHERE action IN ('queued', 'received', 'relay_accepted', 'recovered')"
@@ -1261,7 +1267,6 @@ def _check_envelopes(
             message_id=message_id,
             order=(_AFTER_LOG + 3, seq),
         )
-    return count
 
 
 def _deletions(db: sqlite3.Connection) -> dict[str, tuple[str, bytes | None]]:
