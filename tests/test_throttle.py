@@ -93,6 +93,13 @@ def test_config_reads_the_login_policy(tmp_path: Path) -> None:
     assert default.login == DEFAULT_LOGIN
 
 
+def test_config_reads_how_long_an_api_connection_may_stay_idle(tmp_path: Path) -> None:
+    assert load_config(_config(tmp_path, 'connection_idle = "2m"\n')).login.connection_idle_ms == (
+        120_000
+    )
+    assert load_config(_config(tmp_path, "")).login.connection_idle_ms == 30_000
+
+
 @pytest.mark.parametrize(
     ("api", "key"),
     [
@@ -101,6 +108,9 @@ def test_config_reads_the_login_policy(tmp_path: Path) -> None:
         ('login_penalty = "soon"\n', "api.login_penalty"),
         ('login_penalty = "10m"\n', "api.login_penalty_max"),
         ("login_lockout = 5\n", "api.login_lockout"),
+        ("connection_idle = 0\n", "api.connection_idle"),
+        ('connection_idle = "2h"\n', "api.connection_idle"),
+        ('connection_idle = "500ms"\n', "api.connection_idle"),
     ],
 )
 def test_config_refuses_a_bad_login_policy_naming_the_key(

@@ -10,8 +10,9 @@ Rules:
   type hints that validate them.
 - What every route may answer besides success is added here, not per route:
   400 (an unknown or bad query parameter, a bad path parameter or body), 401 and
-  403 and 429 and 503 (authenticated routes), 404 (routes with path parameters), 413
-  (routes taking a body); each as `Error`, `{"error", "field"?}`.
+  403 and 429 and 503 (authenticated routes), 408 (public routes: not answered within
+  `[api] connection_idle`), 404 (routes with path parameters), 413 (routes taking a
+  body); each as `Error`, `{"error", "field"?}`.
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ _STATUS_TEXT: Final = {
     401: "No token, or an invalid or revoked one",
     403: "The caller's role may not do this",
     404: "No such message",
+    408: "Not answered within `[api] connection_idle` (a request from someone not signed in)",
     413: "The request body is over the size limit",
     429: "Too many failed logins from this address: retry after `Retry-After` seconds",
     503: (
@@ -343,6 +345,8 @@ def _responses(route: DocumentedRoute) -> dict[str, Any]:
     statuses = {400}
     if route.roles is not None:
         statuses |= {401, 403, 429, 503}
+    else:
+        statuses.add(408)
     if doc.path:
         statuses.add(404)
     if doc.body is not None:

@@ -2,42 +2,59 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from network.api.metrics import Metrics
-from network.api.web import build_app, build_metrics_app
+from network.api.web import CONNECTIONS, build_app, build_metrics_app
 from network.node.config import NodeConfig
 from network.node.runner import ApiSite
-from network.node.sockets import inherited
+from network.node.sockets import accepted, inherited
 from network.node.wiring import Node
 
 __all__ = ["api_site"]
+
+log = logging.getLogger("cpn.web")
 
 
 def api_site(config: NodeConfig) -> ApiSite:
     """Serve the node's API and console on `[api] listen` while the node runs, and its
     metrics on `[metrics] listen` (a listener of their own: they name every peer); or on
-    the sockets handed down as `api` and `metrics` (socket activation)."""
+    the sockets handed down as `api` and `metrics` (socket activation).
+
+    A connection with no request under way (a new one, one between requests, one whose
+    request is still arriving) is closed after `[api] connection_idle` (aiohttp's
+    keep-alive timeout, which runs from the connection's start); each listener holds at
+    most what its app's `OpenConnections` allows (`_BoundedSite`)."""
+    idle_s = config.login.connection_idle_ms / 1000
 
     @asynccontextmanager
     async def serve(node: Node) -> AsyncIterator[None]:
         metrics = Metrics(node)
         api = web.AppRunner(
-            build_app(node, login=config.login, metrics=metrics, oidc=config.oidc), access_log=None
+            build_app(node, login=config.login, metrics=metrics, oidc=config.oidc),
+            access_log=None,
+            keepalive_timeout=idle_s,
         )
         runners = [api]
         await api.setup()
         try:
-            await _site(api, "api", (config.api_host, config.api_port)).start()
+            await _BoundedSite(api, _listener("api", (config.api_host, config.api_port))).start()
             if config.metrics_listen is not None or inherited("metrics") is not None:
-                scrape = web.AppRunner(build_metrics_app(metrics), access_log=None)
+                scrape = web.AppRunner(
+                    build_metrics_app(metrics), access_log=None, keepalive_timeout=idle_s
+                )
                 runners.append(scrape)
                 await scrape.setup()
-                await _site(scrape, "metrics", config.metrics_listen).start()
+                await _BoundedSite(scrape, _listener("metrics", config.metrics_listen)).start()
             yield
         finally:
             for runner in reversed(runners):
@@ -46,10 +63,103 @@ def api_site(config: NodeConfig) -> ApiSite:
     return serve
 
 
-def _site(runner: web.AppRunner, name: str, listen: tuple[str, int] | None) -> web.BaseSite:
+def _listener(name: str, listen: tuple[str, int] | None) -> socket.socket:
     """The socket handed down as `name` (network.node.sockets), or `listen` bound."""
     fd = inherited(name)
     if fd is not None:
-        return web.SockSite(runner, socket.socket(fileno=fd))
+        return socket.socket(fileno=fd)
     assert listen is not None, f"no [{name}] listen and no socket handed down"
-    return web.TCPSite(runner, *listen)
+    host, port = listen
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(socket.SOMAXCONN)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+class _BoundedSite(web.BaseSite):
+    """aiohttp's server on `listener`, each connection accepted here and held within its
+    app's `OpenConnections`: one arriving when the listener holds its most closes an idle
+    one (of the address holding the most), or is closed itself when every one is busy.
+
+    Without it, anyone who could reach the port held a descriptor per connection that sent
+    nothing, for aiohttp's hour of keep-alive: a thousand of them, and the node answered
+    no request and could open no file or peer link. uvloop accepts in C for a server of
+    its own, so the connections are accepted here (`accepted`) and handed to the loop."""
+
+    def __init__(self, runner: web.AppRunner, listener: socket.socket) -> None:
+        super().__init__(runner)
+        self._listener = listener
+        self._app_runner = runner
+        self._accepts: asyncio.Task[None] | None = None
+        self._shed = 0  # connections closed to make room, or turned away, since last said
+        self._said_at = -math.inf
+
+    @property
+    def name(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._accepts = asyncio.get_running_loop().create_task(
+            self._accept_forever(), name=f"{self.name} accepts"
+        )
+
+    async def stop(self) -> None:
+        if self._accepts is not None:
+            self._accepts.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepts
+        self._listener.close()
+        await super().stop()
+
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = self._app_runner.server
+        assert server is not None
+        held = self._app_runner.app[CONNECTIONS]
+        async for conn, source in accepted(self._listener, self.name):
+            for gone in [h for h in held if h.transport is None]:  # closed since
+                held.left(gone)
+            handler = server()  # aiohttp's protocol for this connection
+            closed = held.arrive(handler, source)
+            shed_from = source
+            for other in closed:
+                if other is not handler:
+                    if other.transport is not None:
+                        shed_from = str(other.transport.get_extra_info("peername")[0])
+                    other.force_close()  # idle: no request under way is cut
+            if closed:
+                self._said(len(closed), shed_from, len(held))
+            if handler in closed:
+                conn.close()
+                continue
+            try:
+                # The factory is called before this returns: `handler` is this connection's.
+                await loop.connect_accepted_socket(lambda: handler, conn)  # noqa: B023
+            except OSError:
+                held.left(handler)
+                conn.close()
+
+    def _said(self, shed: int, source: str, holding: int) -> None:
+        """Log the connections shed at most once a minute (a flood is what sheds them),
+        with the address of the last: the one holding the most idle ones, or every one
+        busy, the one turned away."""
+        self._shed += shed
+        now = time.monotonic()
+        if now - self._said_at >= 60:
+            log.warning(
+                "%s: holding %d connections, the most it holds; %d closed to make room or"
+                " turned away (the last from %s)",
+                self.name,
+                holding,
+                self._shed,
+                source,
+            )
+            self._shed, self._said_at = 0, now

@@ -74,6 +74,7 @@ from network.api.openapi import (
 )
 from network.api.sessions import CSRF_HEADER, Sessions, cookie_name
 from network.api.throttle import DEFAULT_LOGIN, LoginPolicy, LoginThrottle
+from network.core.admission import OpenConnections
 from network.core.attachments import MAX_ATTACHMENTS, AttachmentFile
 from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json_schemas
 from network.core.budget import AuditBudget
@@ -131,6 +132,14 @@ log = logging.getLogger("cpn.web")
 MAX_REQUEST_BYTES: Final = 256 * 1024
 """The largest request body accepted; larger ones get 413."""
 
+CONNECTIONS_AT_MOST: Final = 256
+"""Connections the API's listener holds (`OpenConnections`): more than a country's
+officers, their consoles and scripts open at once. With the metrics listener's 16, the
+peer server's (a link per contact point, 192 at most, and 256 unfinished handshakes) and
+the store's, within the 1,024 descriptors a process is given by default."""
+METRICS_CONNECTIONS_AT_MOST: Final = 16
+"""Connections the metrics listener holds: a scraper or two."""
+
 KEEPALIVE_SECONDS: Final = 15.0
 """How often a live event stream carries a comment when nothing happens (proxies, dead peers)."""
 
@@ -179,6 +188,9 @@ LOGIN_AUDIT_LIMIT: Final = 30
 LOGIN_AUDIT_WINDOW_MS: Final = 60_000
 
 _OPENAPI: Final = web.AppKey("openapi", dict[str, Any])
+
+CONNECTIONS: Final = web.AppKey("connections", OpenConnections[web.RequestHandler])
+"""The connections the app's listener holds, each idle or busy (`api.site` accepts them)."""
 
 USER: Final = web.RequestKey("user", UserRow)
 """The authenticated caller, set by the authentication middleware."""
@@ -1571,8 +1583,9 @@ def build_app(
     """
     app = web.Application(
         client_max_size=MAX_REQUEST_BYTES,
-        middlewares=[_count_requests, _answer_errors, _authenticate, _check_query],
+        middlewares=[_held_busy, _count_requests, _answer_errors, _authenticate, _check_query],
     )
+    app[CONNECTIONS] = OpenConnections(CONNECTIONS_AT_MOST)
     app[NODE] = node
     app[_LOGGED_IN] = set()
     app.on_response_prepare.append(_secure_headers)
@@ -1617,7 +1630,10 @@ def build_metrics_app(metrics: Metrics) -> web.Application:
     """`GET /metrics` alone, for a listener of its own (`[metrics] listen`, loopback by
     default): the figures name every peer and queue, so the console's listener never has them.
     """
-    app = web.Application(client_max_size=1024, middlewares=[_answer_errors, _check_query])
+    app = web.Application(
+        client_max_size=1024, middlewares=[_held_busy, _answer_errors, _check_query]
+    )
+    app[CONNECTIONS] = OpenConnections(METRICS_CONNECTIONS_AT_MOST)
     app.on_response_prepare.append(_secure_headers)
     app[METRICS] = metrics
     app.router.add_get("/metrics", get_metrics)
@@ -1634,6 +1650,19 @@ async def _end_live_events(app: web.Application) -> None:
 
 
 # -- middlewares -------------------------------------------------------------------
+
+
+@web.middleware
+async def _held_busy(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A connection whose request is being handled is not closed to make room for another
+    (`OpenConnections`); it is idle again once its answer is written (aiohttp's task for
+    the request, this one, ends then)."""
+    held, conn = request.app[CONNECTIONS], request.protocol
+    held.busy(conn)
+    task = asyncio.current_task()
+    assert task is not None
+    task.add_done_callback(lambda _: held.done(conn))
+    return await handler(request)
 
 
 @web.middleware
@@ -1691,13 +1720,28 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
+async def _in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request from someone not signed in, answered within `[api] connection_idle`: its
+    connection is busy while it is handled, and never closed to make room for another, so
+    a body trickled in byte by byte would hold it for as long as the sender liked."""
+    limit_s = request.app[THROTTLE].policy.connection_idle_ms / 1000
+    deadline = asyncio.timeout(limit_s)
+    try:
+        async with deadline:
+            return await handler(request)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the handler's own (a sign-in provider's, say)
+        raise _Refusal(408, f"the request was not answered within {limit_s:g} s") from None
+
+
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the bearer token and the caller's role against the route's declaration."""
     route = _BY_HANDLER.get(request.match_info.route.handler)
     public = route is not None and route.roles is None
     if public or (route is None and not request.path.startswith("/api/")):
-        return await handler(request)
+        return await _in_time(request, handler)
     node = request.app[NODE]
     throttle, address = request.app[THROTTLE], request.remote or "unknown"
     now = node.context.clock()

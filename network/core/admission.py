@@ -1,8 +1,12 @@
-"""Which unfinished handshakes a peer server holds, when more arrive than it will hold.
+"""Which connections a server holds when more arrive than it will hold.
 
-A connection accepted and not yet through its handshakes (TLS, WebSocket upgrade,
-signed hello) costs memory and a file descriptor until its timeout. Anyone who can reach
-the peer port can open such connections; a genuine peer must still get in. So:
+Anyone who can reach a listening port can open connections and send nothing, each
+costing the node a file descriptor and memory; past the process's limit on
+descriptors, nothing more opens: no peer links, no API, no file. A genuine peer or
+officer must still get in. Two servers, two policies.
+
+`PendingHandshakes`, the peer server's: a connection accepted and not yet through its
+handshakes (TLS, WebSocket upgrade, signed hello) is held until its timeout. So:
 
 - at most `limit` are held in all; one more shuts one already held, never refuses the
   newest outright while it can take a stranger's place;
@@ -14,7 +18,14 @@ the peer port can open such connections; a genuine peer must still get in. So:
   first; only when no stranger holds any does a roster host lose its oldest, and a
   roster host holds at most `per_roster_host`.
 
-Sans I/O: connections are opaque keys; the listener shuts what `arrive` names.
+`OpenConnections`, the HTTP API's: every connection is held, idle (new, between
+requests, or with a request still arriving) or busy (a request being handled). At most
+`limit` in all; one more arriving at the limit closes the oldest idle connection of the
+address holding the most idle ones, and is turned away only when every one is busy. A
+request being handled is never cut to make room; an idle connection closed is one its
+client opens again.
+
+Sans I/O: connections are opaque keys; the server shuts what `arrive` names.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["PendingHandshakes"]
+__all__ = ["OpenConnections", "PendingHandshakes"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -115,3 +126,65 @@ class PendingHandshakes(Generic[K]):
 
     def _first(self, source: str) -> K:
         return next(iter(self._by_source[source]))
+
+
+class OpenConnections(Generic[K]):
+    """The connections an HTTP server holds, by source address, each idle or busy."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("need a positive limit")
+        self.limit = limit
+        self._source: dict[K, str] = {}  # every connection held -> its source
+        self._idle: dict[str, OrderedDict[K, None]] = {}  # by source, oldest idle first
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._source))
+
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._source
+
+    @property
+    def idle(self) -> int:
+        return sum(len(own) for own in self._idle.values())
+
+    def arrive(self, conn: K, source: str) -> list[K]:
+        """Hold `conn` from `source`, idle; returns the connections to close to make room:
+        an idle one held, or `conn` itself when every one held is busy."""
+        evict: list[K] = []
+        if len(self._source) >= self.limit:
+            if not self._idle:
+                return [conn]
+            # The address holding the most idle connections loses its oldest.
+            own = max(self._idle.values(), key=lambda idle: len(idle))
+            victim = next(iter(own))
+            self.left(victim)
+            evict.append(victim)
+        self._source[conn] = source
+        self._idle.setdefault(source, OrderedDict())[conn] = None
+        return evict
+
+    def busy(self, conn: K) -> None:
+        """A request on `conn` is being handled: it is not closed to make room."""
+        source = self._source.get(conn)
+        if source is None:
+            return
+        own = self._idle.get(source)
+        if own is not None and conn in own:
+            del own[conn]
+            if not own:
+                del self._idle[source]
+
+    def done(self, conn: K) -> None:
+        """`conn`'s request is answered: idle again, the newest of its address."""
+        source = self._source.get(conn)
+        if source is not None:
+            self._idle.setdefault(source, OrderedDict())[conn] = None
+
+    def left(self, conn: K) -> None:
+        """`conn` is closed: no longer held."""
+        self.busy(conn)
+        self._source.pop(conn, None)

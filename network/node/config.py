@@ -15,6 +15,7 @@ ConfigError naming the file and the key.
     login_penalty_max = "5m"         #   refused token, at most this long (network/api/throttle.py)
     session_idle = "15m"             # a console session ends after this long without a request,
     session_max = "12h"              #   or this long after sign-in (network/api/sessions.py)
+    connection_idle = "30s"          # a connection with no request under way is closed then
     origin = "https://cpn.fra.example"  # where officers open the console (passkeys are bound
                                      #   to its host; default http://localhost:PORT)
     [metrics]                        # optional: Prometheus metrics on a listener of their own,
@@ -115,7 +116,8 @@ DEFAULT_MAX_ADDRESSES: Final = 10_000
 
 @dataclass(frozen=True, slots=True)
 class LoginPolicy:
-    """Failed logins from one address, and the penalty windows they earn (api.throttle)."""
+    """Failed logins from one address, and the penalty windows they earn (api.throttle);
+    how long a console session and an idle connection last (the `[api]` table)."""
 
     failures: int = 5  # the consecutive failure that opens the first window
     penalty_ms: int = 1_000  # the first window; each further failure doubles it
@@ -125,9 +127,14 @@ class LoginPolicy:
     # A console session ends after this long without a request, or this long after sign-in.
     session_idle_ms: int = 15 * 60_000
     session_max_ms: int = 12 * 3_600_000
+    # A connection with no request under way (a new one, one between requests, one whose
+    # request is still arriving) is closed after this long; a request from someone not
+    # signed in is answered within it (a body trickled in to hold the connection is cut).
+    connection_idle_ms: int = 30_000
 
 
 DEFAULT_LOGIN: Final = LoginPolicy()
+MAX_CONNECTION_IDLE_MS: Final = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +470,7 @@ def _login(api: dict[str, Any], file: Path) -> LoginPolicy:
         "session_idle",
         "session_max",
         "origin",
+        "connection_idle",
     }
     extra = sorted(set(api) - known)
     if extra:
@@ -494,7 +502,19 @@ def _login(api: dict[str, Any], file: Path) -> LoginPolicy:
         max_penalty_ms=most,
         session_idle_ms=idle,
         session_max_ms=limit,
+        connection_idle_ms=_connection_idle(api, file),
     )
+
+
+def _connection_idle(api: dict[str, Any], file: Path) -> int:
+    if "connection_idle" not in api:
+        return DEFAULT_LOGIN.connection_idle_ms
+    idle = parse_duration(api["connection_idle"], f"{file}: api.connection_idle")
+    if not 1_000 <= idle <= MAX_CONNECTION_IDLE_MS:
+        raise ConfigError(
+            f"{file}: api.connection_idle: expected 1s to 1h, got {api['connection_idle']!r}"
+        )
+    return idle
 
 
 def _table(doc: dict[str, Any], key: str, file: Path) -> dict[str, Any]:

@@ -79,7 +79,7 @@ from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
 from network.node.restoring import Restoring, give_back
 from network.node.scheduler import ROUTE_QUIET_MS, ROUTE_REFRESH_MS
-from network.node.sockets import inherited
+from network.node.sockets import accepted, inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
 from network.node.wiring import Node
 from network.node.witnessing import Witnessing
@@ -1063,7 +1063,6 @@ class _Accepting:
         self._opening: set[asyncio.Task[None]] = set()
         self._closed = False
         self.sockets = (listener,)
-        listener.setblocking(False)
         self._accepts = self._loop.create_task(self._accept_forever(), name="peer accepts")
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -1090,13 +1089,7 @@ class _Accepting:
         await asyncio.wait([self._accepts, *self._opening])
 
     async def _accept_forever(self) -> None:
-        while True:
-            try:
-                conn, _ = await self._loop.sock_accept(self._listener)
-            except OSError as exc:  # out of descriptors, say: as asyncio's server, a pause
-                log.warning("peer server: accept failed (%s); again in a second", exc)
-                await asyncio.sleep(1)
-                continue
+        async for conn, _ in accepted(self._listener, "peer server"):
             if conn not in self._listener.pending:  # shut at once: no room for its source
                 conn.close()
                 continue

@@ -1,4 +1,5 @@
-"""Listening sockets handed down by whoever started the node: systemd's socket activation.
+"""Listening sockets: handed down by whoever started the node (systemd's socket
+activation), and the connections the node's servers accept from them.
 
 The protocol is sd_listen_fds(3)'s: `LISTEN_PID` names the process the sockets
 are for (a child that inherited the variables by mistake must not take them);
@@ -11,18 +12,33 @@ the sockets exist, and their ports are known, before the node starts, and stay
 bound across its restarts. The variables are unset once read, as
 sd_listen_fds(unset_environment=1) does, and the descriptors marked
 close-on-exec, so that nothing the node starts inherits them.
+
+The node's servers (the peer server, the API) accept their connections themselves
+(`accepted`), to apply their bounds on what they hold to each: libuv's loop (uvloop)
+accepts in C for a server of its own, giving them no place to.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
-from collections.abc import Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from typing import Final
 
 from network.core.errors import ConfigError
 
-__all__ = ["NAMES", "SD_LISTEN_FDS_START", "inherited", "parse_listen_fds", "take_listen_fds"]
+__all__ = [
+    "NAMES",
+    "SD_LISTEN_FDS_START",
+    "accepted",
+    "inherited",
+    "parse_listen_fds",
+    "take_listen_fds",
+]
+
+log = logging.getLogger("cpn.sockets")
 
 SD_LISTEN_FDS_START: Final = 3
 NAMES: Final = ("peer", "api", "metrics")
@@ -109,3 +125,21 @@ def inherited(name: str) -> int | None:
     if _taken is None:
         _taken = take_listen_fds()
     return _taken.pop(name, None)
+
+
+async def accepted(
+    listener: socket.socket, server: str
+) -> AsyncIterator[tuple[socket.socket, str]]:
+    """The connections `listener` accepts, each with its source address, until the caller
+    stops. An accept that fails (out of descriptors, say) is logged and tried again a
+    second later, as asyncio's own server does."""
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    while True:
+        try:
+            conn, address = await loop.sock_accept(listener)
+        except OSError as exc:
+            log.warning("%s: accept failed (%s); again in a second", server, exc)
+            await asyncio.sleep(1)
+            continue
+        yield conn, str(address[0])

@@ -1,0 +1,213 @@
+"""The API's listener holds what its officers need, whatever a stranger opens.
+
+Real node processes. Anyone who can reach the API's port can open connections and send
+nothing, or half a request; before, each was held for aiohttp's hour of keep-alive, and
+a thousand of them left the node out of file descriptors: it answered no request, not
+even /healthz. Now a listener holds at most `CONNECTIONS_AT_MOST`, making room from the
+idle ones of the address holding the most, and closes a connection with no request
+under way after `[api] connection_idle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import pathlib
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import aiohttp
+import pytest
+
+from network.api.web import CONNECTIONS_AT_MOST
+from network.samples import sample_body
+from tests.harness import Network, rows, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+DESCRIPTORS = 1024  # FRA's limit, as systemd gives a service by default
+FLOOD = DESCRIPTORS + 100
+IDLE_S = 2
+
+
+def _descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTORS, DESCRIPTORS))
+
+
+@contextmanager
+def _network(tmp: pathlib.Path, api_config: str = "") -> Iterator[Network]:
+    # This process holds the flood's sockets: room for them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FLOOD + 1024
+    if soft < wanted and (hard == resource.RLIM_INFINITY or hard >= wanted):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    network = Network(tmp, {"FRA": ["DEU"], "DEU": ["FRA"]}, api_config=api_config)
+    try:
+        network.start("DEU")
+        network.start("FRA", preexec_fn=_descriptors)
+        yield network
+    finally:
+        network.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def network(tmp_path: pathlib.Path) -> Iterator[Network]:
+    """FRA and DEU, FRA with the default `connection_idle` (30 s): longer than a flood
+    takes to open, so that what bounds it is the most a listener holds."""
+    with _network(tmp_path) as network:
+        yield network
+
+
+@pytest.fixture
+def quick_to_close(tmp_path: pathlib.Path) -> Iterator[Network]:
+    with _network(tmp_path, f'connection_idle = "{IDLE_S}s"\n') as network:
+        yield network
+
+
+def _address(network: Network, node_id: str) -> tuple[str, int]:
+    host, port = network.nodes[node_id].api.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _flood(network: Network, stack: ExitStack) -> list[socket.socket]:
+    """`FLOOD` connections to FRA's API: a third send nothing, a third half a request
+    line, a third a request whose headers never end."""
+    starts = [b"", b"GET /healthz HT", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"]
+    opened = []
+    for index in range(FLOOD):
+        sock = stack.enter_context(socket.create_connection(_address(network, "FRA"), timeout=5))
+        if starts[index % 3]:
+            sock.sendall(starts[index % 3])
+        opened.append(sock)
+    return opened
+
+
+def _descriptors_of(network: Network, node_id: str) -> int:
+    process = network.nodes[node_id].process
+    assert process is not None
+    return len(os.listdir(f"/proc/{process.pid}/fd"))
+
+
+def _message(priority: str = "urgent") -> dict[str, object]:
+    return {
+        "to": "DEU",
+        "type": "preservation",
+        "priority": priority,
+        "body": sample_body("preservation"),
+    }
+
+
+def test_a_flood_of_connections_that_send_nothing_leaves_the_api_and_the_links_working(
+    network: Network,
+) -> None:
+    with ExitStack() as stack:
+        flood = _flood(network, stack)
+
+        assert network.api("FRA", "GET", "/healthz", token=None)[0] == 200
+        status, answer = network.api("FRA", "POST", "/api/messages", _message())
+        assert status == 202, answer
+        # Its link to DEU still works: the message is delivered, its receipt back.
+        wait_for(
+            lambda: (
+                rows(
+                    network.nodes["FRA"].store,
+                    "SELECT state FROM messages WHERE id = ?",
+                    (answer["id"],),
+                )
+                == [("delivered",)]
+            ),
+            30,
+            what="delivered while the flood's connections are open",
+        )
+        # What FRA holds is bounded, far within its descriptors; the flood's oldest were
+        # closed to make room (the server's end: a read sees the end of the stream).
+        assert _descriptors_of(network, "FRA") < CONNECTIONS_AT_MOST + 100
+        flood[0].settimeout(10)
+        assert flood[0].recv(1) == b""
+
+
+def test_a_request_under_way_is_never_cut_to_make_room(network: Network) -> None:
+    node = network.nodes["FRA"]
+    headers = {"Authorization": f"Bearer {node.tokens['officer']}"}
+
+    async def follow_through_a_flood() -> list[str]:
+        seen: list[str] = []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{node.api}/api/events", headers=headers) as stream,
+        ):
+            assert stream.status == 200
+            with ExitStack() as stack:
+                await asyncio.to_thread(_flood, network, stack)
+                async with session.post(
+                    f"{node.api}/api/messages", json=_message("flash"), headers=headers
+                ) as posted:
+                    assert posted.status == 202
+                    message_id = (await posted.json())["id"]
+                # The stream, opened before the flood, still carries the news.
+                async with asyncio.timeout(30):
+                    async for line in stream.content:
+                        if line.startswith(b"data:"):
+                            event = json.loads(line[5:])
+                            seen.append(event.get("id"))
+                            if event.get("id") == message_id:
+                                return seen
+        raise AssertionError(f"the stream ended; it carried {seen}")
+
+    assert asyncio.run(follow_through_a_flood())
+
+
+def test_a_connection_with_no_request_under_way_is_closed_after_connection_idle(
+    quick_to_close: Network,
+) -> None:
+    network = quick_to_close
+    with ExitStack() as stack:
+        silent, half = (
+            stack.enter_context(socket.create_connection(_address(network, "FRA"), timeout=30))
+            for _ in range(2)
+        )
+        half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers that never end
+        opened = time.monotonic()
+
+        assert silent.recv(1) == b"" and half.recv(1) == b""  # closed by the server
+        assert time.monotonic() - opened >= IDLE_S * 0.9
+
+    # A kept-alive connection that asks in time is answered, and kept.
+    kept = http.client.HTTPConnection(*_address(network, "FRA"), timeout=30)
+    try:
+        statuses, held = [], None
+        for _ in range(3):
+            kept.request("GET", "/healthz")
+            response = kept.getresponse()
+            statuses.append(response.status)
+            response.read()
+            held = held or kept.sock
+        assert statuses == [200, 200, 200]
+        assert held is not None and kept.sock is held  # one connection for the three
+    finally:
+        kept.close()
+
+
+def test_a_request_trickled_in_by_someone_not_signed_in_is_cut_after_connection_idle(
+    quick_to_close: Network,
+) -> None:
+    # Busy, a connection is never closed to make room: a passkey sign-in whose body never ends
+    # would hold one for as long as its sender liked, and enough of them, the listener.
+    with socket.create_connection(_address(quick_to_close, "FRA"), timeout=30) as trickle:
+        trickle.sendall(
+            b"POST /auth/passkey/finish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"ceremony": "'
+        )
+        opened = time.monotonic()
+
+        answer = trickle.recv(65536)
+
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"not answered within 2 s" in answer
+        assert time.monotonic() - opened >= IDLE_S * 0.9
