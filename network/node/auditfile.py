@@ -44,6 +44,7 @@ __all__ = [
     "consistency_proof",
     "csv_cell",
     "export_entries",
+    "has_table",
     "inclusion_proof",
     "list_entries",
     "read_witnessed",
@@ -98,11 +99,16 @@ def snapshot(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    """Whether the file has table `name` (an older schema may not)."""
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
 def messages_with_envelopes(db: sqlite3.Connection) -> str:
     """`messages` with each one's `envelope` and `self_sealed`, for a FROM clause: kept in
     `envelopes` since schema 15 (NULL for a row without its envelope), in the row before."""
-    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'envelopes'")
-    if found.fetchone() is None:
+    if not has_table(db, "envelopes"):
         return "messages"
     return "messages LEFT JOIN envelopes ON envelopes.message_id = messages.id"
 

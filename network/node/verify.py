@@ -62,7 +62,13 @@ from network.core.tlog import (
     open_checkpoint,
     verify_cosignature,
 )
-from network.node.auditfile import BATCH, Witnessed, messages_with_envelopes, snapshot
+from network.node.auditfile import (
+    BATCH,
+    Witnessed,
+    has_table,
+    messages_with_envelopes,
+    snapshot,
+)
 from network.node.clock import rfc3339
 
 __all__ = [
@@ -589,7 +595,7 @@ _AFTER_LOG: Final = 1 << 62  # orders problems outside the log after every entry
 def _monotonic_from(db: sqlite3.Connection) -> int:
     """The seq from which entry times must never go back (1: all of them; a store from
     before schema 7, not yet migrated: none of them)."""
-    if not _has_table(db, "audit_times"):
+    if not has_table(db, "audit_times"):
         return MAX_SAFE_INTEGER
     row = db.execute("SELECT monotonic_from FROM audit_times").fetchone()
     return int(row[0]) if row else 1
@@ -643,7 +649,7 @@ def verify_store(
     witnessed = list(witnessed)
     with snapshot(path) as db:
         rosters = [roster, *older_rosters]
-        if keeper is not None and _has_table(db, "rosters"):
+        if keeper is not None and has_table(db, "rosters"):
             rosters.extend(_stored_rosters(db, keeper))
         keys = _Keys(rosters)
         own_keys = keys.of(node_id)
@@ -844,12 +850,6 @@ def _typed(row: Sequence[Any]) -> list[Any]:
         elif kind in ("integer", "real"):
             values[column] = (int if kind == "integer" else float)(values[column].decode())
     return values
-
-
-def _has_table(db: sqlite3.Connection, name: str) -> bool:
-    return bool(
-        db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
-    )
 
 
 def _stored_leaves(db: sqlite3.Connection) -> Iterator[tuple[int, object]]:
@@ -1241,7 +1241,7 @@ def _check_messages_kept(db: sqlite3.Connection, problems: _Problems) -> None:
     """No message's row is ever deleted (retention empties its envelope): an envelope kept
     for a message the store does not list, or a message the log records stored (an entry
     written with its row) that the store does not list, was taken out of it."""
-    if _has_table(db, "envelopes"):
+    if has_table(db, "envelopes"):
         orphans = db.execute(
             "SELECT rowid, message_id FROM envelopes"
             " WHERE message_id NOT IN (SELECT id FROM messages) ORDER BY rowid"
@@ -1367,7 +1367,7 @@ def _check_held(
     db: sqlite3.Connection, keys: _Keys, problems: _Problems, warnings: list[str]
 ) -> None:
     """The checkpoints of other nodes this node keeps as their witness, and their proofs."""
-    if _has_table(db, "witnessed"):
+    if has_table(db, "witnessed"):
         for node, size, root, note in db.execute(
             "SELECT node, size, root, note FROM witnessed ORDER BY node"
         ):
@@ -1394,7 +1394,7 @@ def _check_held(
                     " are not those of its note",
                     order=(_AFTER_LOG + 2, 0),
                 )
-    if _has_table(db, "inconsistencies"):
+    if has_table(db, "inconsistencies"):
         for node, problem, detected in db.execute(
             "SELECT node, problem, detected FROM inconsistencies ORDER BY id"
         ):
