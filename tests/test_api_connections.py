@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from network.api.web import CONNECTIONS_AT_MOST
+from network.node.context import REFUSALS_PER_MINUTE
 from network.samples import sample_body
 from tests.harness import Network, rows, wait_for
 
@@ -130,6 +131,17 @@ def test_a_flood_of_connections_that_send_nothing_leaves_the_api_and_the_links_w
         assert _descriptors_of(network, "FRA") < CONNECTIONS_AT_MOST + 100
         flood[0].settimeout(10)
         assert flood[0].recv(1) == b""
+        # Audited within the refusal budget: a flood does not grow the log without bound.
+        shed = "SELECT detail FROM audit WHERE action = 'connection_shed'"
+        wait_for(
+            lambda: len(rows(network.nodes["FRA"].store, shed)) == REFUSALS_PER_MINUTE,
+            30,
+            what="the budget's entries for the connections shed",
+        )
+        details = [json.loads(detail) for (detail,) in rows(network.nodes["FRA"].store, shed)]
+        assert {(d["remote"], d["why"]) for d in details} == {
+            ("127.0.0.1", "idle, closed to make room")
+        }
 
 
 def test_a_request_under_way_is_never_cut_to_make_room(network: Network) -> None:
@@ -211,3 +223,39 @@ def test_a_request_trickled_in_by_someone_not_signed_in_is_cut_after_connection_
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"not answered within 2 s" in answer
         assert time.monotonic() - opened >= IDLE_S * 0.9
+
+
+def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(
+    network: Network,
+) -> None:
+    node = network.nodes["FRA"]
+    head = (
+        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {node.tokens['officer']}\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    with ExitStack() as stack:
+        # An officer's submissions whose bodies are still arriving: each connection busy.
+        busy = []
+        for _ in range(CONNECTIONS_AT_MOST):
+            sock = stack.enter_context(socket.create_connection(_address(network, "FRA")))
+            sock.sendall(head + b'{"to": "DEU", ')
+            busy.append(sock)
+        shed = "SELECT detail FROM audit WHERE action = 'connection_shed'"
+        newcomer = stack.enter_context(
+            socket.create_connection(_address(network, "FRA"), timeout=10)
+        )
+        assert newcomer.recv(1) == b""  # closed at once, not after connection_idle
+        wait_for(lambda: rows(node.store, shed), 10, what="the newcomer's entry")
+        (detail,) = [json.loads(d) for (d,) in rows(node.store, shed)]
+        assert detail["why"] == "turned away: every connection busy"
+
+        # None of the busy ones was cut: each still takes the rest of its body.
+        busy[0].sendall(b" " * (1000 - len(b'{"to": "DEU", ')))
+        busy[0].settimeout(10)
+        assert busy[0].recv(65536).startswith(b"HTTP/1.1 400")  # its body was not JSON
+    # Once they go, there is room again.
+    wait_for(
+        lambda: network.api("FRA", "GET", "/healthz", token=None)[0] == 200,
+        20,
+        what="room once the busy connections closed",
+    )

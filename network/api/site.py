@@ -15,9 +15,12 @@ from aiohttp import web
 
 from network.api.metrics import Metrics
 from network.api.web import CONNECTIONS, build_app, build_metrics_app
+from network.core.errors import CpnError
 from network.node.config import NodeConfig
+from network.node.context import NodeContext
 from network.node.runner import ApiSite
 from network.node.sockets import accepted, inherited
+from network.node.store import AuditEntry
 from network.node.wiring import Node
 
 __all__ = ["api_site"]
@@ -47,14 +50,16 @@ def api_site(config: NodeConfig) -> ApiSite:
         runners = [api]
         await api.setup()
         try:
-            await _BoundedSite(api, _listener("api", (config.api_host, config.api_port))).start()
+            api_listener = _listener("api", (config.api_host, config.api_port))
+            await _BoundedSite(api, api_listener, node.context).start()
             if config.metrics_listen is not None or inherited("metrics") is not None:
                 scrape = web.AppRunner(
                     build_metrics_app(metrics), access_log=None, keepalive_timeout=idle_s
                 )
                 runners.append(scrape)
                 await scrape.setup()
-                await _BoundedSite(scrape, _listener("metrics", config.metrics_listen)).start()
+                metrics_listener = _listener("metrics", config.metrics_listen)
+                await _BoundedSite(scrape, metrics_listener, node.context).start()
             yield
         finally:
             for runner in reversed(runners):
@@ -92,12 +97,15 @@ class _BoundedSite(web.BaseSite):
     no request and could open no file or peer link. uvloop accepts in C for a server of
     its own, so the connections are accepted here (`accepted`) and handed to the loop."""
 
-    def __init__(self, runner: web.AppRunner, listener: socket.socket) -> None:
+    def __init__(
+        self, runner: web.AppRunner, listener: socket.socket, context: NodeContext
+    ) -> None:
         super().__init__(runner)
         self._listener = listener
         self._app_runner = runner
+        self._context = context
         self._accepts: asyncio.Task[None] | None = None
-        self._shed = 0  # connections closed to make room, or turned away, since last said
+        self._shed_since_said = 0  # connections closed to make room, or turned away
         self._said_at = -math.inf
 
     @property
@@ -129,16 +137,16 @@ class _BoundedSite(web.BaseSite):
                 held.left(gone)
             handler = server()  # aiohttp's protocol for this connection
             closed = held.arrive(handler, source)
-            shed_from = source
             for other in closed:
                 if other is not handler:
+                    shed_from = source
                     if other.transport is not None:
                         shed_from = str(other.transport.get_extra_info("peername")[0])
                     other.force_close()  # idle: no request under way is cut
-            if closed:
-                self._said(len(closed), shed_from, len(held))
+                    await self._shed(shed_from, "idle, closed to make room", len(held))
             if handler in closed:
                 conn.close()
+                await self._shed(source, "turned away: every connection busy", len(held))
                 continue
             try:
                 # The factory is called before this returns: `handler` is this connection's.
@@ -147,11 +155,11 @@ class _BoundedSite(web.BaseSite):
                 held.left(handler)
                 conn.close()
 
-    def _said(self, shed: int, source: str, holding: int) -> None:
-        """Log the connections shed at most once a minute (a flood is what sheds them),
-        with the address of the last: the one holding the most idle ones, or every one
-        busy, the one turned away."""
-        self._shed += shed
+    async def _shed(self, source: str, why: str, holding: int) -> None:
+        """A connection from `source` shed: audited within the node's refusal budget for
+        this listener (a flood is what sheds them: 60 entries a minute, the rest counted),
+        and logged at most once a minute."""
+        self._shed_since_said += 1
         now = time.monotonic()
         if now - self._said_at >= 60:
             log.warning(
@@ -159,7 +167,12 @@ class _BoundedSite(web.BaseSite):
                 " turned away (the last from %s)",
                 self.name,
                 holding,
-                self._shed,
+                self._shed_since_said,
                 source,
             )
-            self._shed, self._said_at = 0, now
+            self._shed_since_said, self._said_at = 0, now
+        context = self._context
+        detail = {"listener": self.name, "remote": source, "why": why}
+        entry = AuditEntry(context.actor, "connection_shed", None, detail)
+        with contextlib.suppress(CpnError):  # the store's failure is its own to report
+            await context.audit(context.refusal(f"listener:{self.name}", entry))
