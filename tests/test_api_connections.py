@@ -259,3 +259,30 @@ def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(
         20,
         what="room once the busy connections closed",
     )
+
+
+def test_the_api_is_served_on_a_unix_socket_handed_down(tmp_path: pathlib.Path) -> None:
+    # A reverse proxy beside the node may reach it through a Unix socket that systemd
+    # hands down; its connections have no address ("local").
+    network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]})
+    path = tmp_path / "api.sock"
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    unix.listen()
+    node = network.nodes["FRA"]
+    node.sockets["api"].close()
+    node.sockets["api"] = unix
+    try:
+        network.start("FRA", wait=False)
+
+        def healthz() -> bytes:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(5)
+                client.connect(str(path))
+                client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return client.recv(65536)
+
+        wait_for(lambda: healthz().startswith(b"HTTP/1.1 200"), 20, what="FRA healthy")
+        assert b'"node": "FRA"' in healthz()
+    finally:
+        network.close()

@@ -118,6 +118,12 @@ class _BoundedSite(web.BaseSite):
         self._accepts = asyncio.get_running_loop().create_task(
             self._accept_forever(), name=f"{self.name} accepts"
         )
+        self._accepts.add_done_callback(self._stopped_accepting)
+
+    def _stopped_accepting(self, accepts: asyncio.Task[None]) -> None:
+        """Accepting ends only with the site; if it ends otherwise, say so loudly."""
+        if not accepts.cancelled() and (error := accepts.exception()) is not None:
+            log.error("%s: no longer accepting connections", self.name, exc_info=error)
 
     async def stop(self) -> None:
         if self._accepts is not None:
@@ -139,9 +145,8 @@ class _BoundedSite(web.BaseSite):
             closed = held.arrive(handler, source)
             for other in closed:
                 if other is not handler:
-                    shed_from = source
-                    if other.transport is not None:
-                        shed_from = str(other.transport.get_extra_info("peername")[0])
+                    peer = other.transport and other.transport.get_extra_info("peername")
+                    shed_from = str(peer[0]) if isinstance(peer, tuple) else source
                     other.force_close()  # idle: no request under way is cut
                     await self._shed(shed_from, "idle, closed to make room", len(held))
             if handler in closed:

@@ -130,9 +130,9 @@ def inherited(name: str) -> int | None:
 async def accepted(
     listener: socket.socket, server: str
 ) -> AsyncIterator[tuple[socket.socket, str]]:
-    """The connections `listener` accepts, each with its source address, until the caller
-    stops. An accept that fails (out of descriptors, say) is logged and tried again a
-    second later, as asyncio's own server does."""
+    """The connections `listener` accepts, each with its source address ("local" on a
+    Unix socket), until the caller stops. An accept that fails (out of descriptors, say)
+    is logged and tried again a second later, as asyncio's own server does."""
     loop = asyncio.get_running_loop()
     listener.setblocking(False)
     while True:
@@ -142,4 +142,5 @@ async def accepted(
             log.warning("%s: accept failed (%s); again in a second", server, exc)
             await asyncio.sleep(1)
             continue
-        yield conn, str(address[0])
+        # A TCP peer's address is (host, port, ...); a Unix socket's is a path, often ''.
+        yield conn, str(address[0]) if isinstance(address, tuple) else "local"
