@@ -231,14 +231,22 @@ def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(
     node = network.nodes["FRA"]
     head = (
         "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {node.tokens['officer']}\r\nContent-Length: 1000\r\n\r\n"
+        f"Authorization: Bearer {node.tokens['officer']}\r\nContent-Length: 1000\r\n"
+        "Expect: 100-continue\r\n\r\n"
     ).encode()
+    started = b'{"to": "DEU", '
     with ExitStack() as stack:
         # An officer's submissions whose bodies are still arriving: each connection busy.
+        # The node asks for each body ("100 Continue") as its handling begins, in the
+        # same step as it marks the connection busy, and before it accepts another.
         busy = []
         for _ in range(CONNECTIONS_AT_MOST):
-            sock = stack.enter_context(socket.create_connection(_address(network, "FRA")))
-            sock.sendall(head + b'{"to": "DEU", ')
+            sock = stack.enter_context(
+                socket.create_connection(_address(network, "FRA"), timeout=10)
+            )
+            sock.sendall(head)
+            assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(started)
             busy.append(sock)
         shed = "SELECT detail FROM audit WHERE action = 'connection_shed'"
         newcomer = stack.enter_context(
@@ -250,9 +258,9 @@ def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(
         assert detail["why"] == "turned away: every connection busy"
 
         # None of the busy ones was cut: each still takes the rest of its body.
-        busy[0].sendall(b" " * (1000 - len(b'{"to": "DEU", ')))
-        busy[0].settimeout(10)
-        assert busy[0].recv(65536).startswith(b"HTTP/1.1 400")  # its body was not JSON
+        for sock in (busy[0], busy[-1]):
+            sock.sendall(b" " * (1000 - len(started)))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")  # its body was not JSON
     # Once they go, there is room again.
     wait_for(
         lambda: network.api("FRA", "GET", "/healthz", token=None)[0] == 200,
