@@ -19,7 +19,7 @@ from network.core.errors import CpnError
 from network.node.config import NodeConfig
 from network.node.context import NodeContext
 from network.node.runner import ApiSite
-from network.node.sockets import accepted, inherited
+from network.node.sockets import accepted, bound, inherited
 from network.node.store import AuditEntry
 from network.node.wiring import Node
 
@@ -74,17 +74,7 @@ def _listener(name: str, listen: tuple[str, int] | None) -> socket.socket:
     if fd is not None:
         return socket.socket(fileno=fd)
     assert listen is not None, f"no [{name}] listen and no socket handed down"
-    host, port = listen
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    listener = socket.socket(family, kind, proto)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-        listener.listen(socket.SOMAXCONN)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
+    return bound(*listen, socket.socket)
 
 
 class _BoundedSite(web.BaseSite):

@@ -79,7 +79,7 @@ from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
 from network.node.restoring import Restoring, give_back
 from network.node.scheduler import ROUTE_QUIET_MS, ROUTE_REFRESH_MS
-from network.node.sockets import accepted, inherited
+from network.node.sockets import accepted, bound, inherited
 from network.node.store import AuditEntry, MessageRow, StoreError
 from network.node.wiring import Node
 from network.node.witnessing import Witnessing
@@ -1121,12 +1121,7 @@ class _Listener(socket.socket):
 
     @classmethod
     def open(cls, host: str, port: int) -> _Listener:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        listener = cls(family, kind, proto)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-        listener.listen(socket.SOMAXCONN)
-        return listener
+        return bound(host, port, cls)
 
     @classmethod
     def adopt(cls, fd: int) -> _Listener:

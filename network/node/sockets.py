@@ -24,8 +24,8 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping, MutableMapping
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+from typing import Final, TypeVar
 
 from network.core.errors import ConfigError
 
@@ -33,6 +33,7 @@ __all__ = [
     "NAMES",
     "SD_LISTEN_FDS_START",
     "accepted",
+    "bound",
     "inherited",
     "parse_listen_fds",
     "take_listen_fds",
@@ -125,6 +126,24 @@ def inherited(name: str) -> int | None:
     if _taken is None:
         _taken = take_listen_fds()
     return _taken.pop(name, None)
+
+
+S = TypeVar("S", bound=socket.socket)
+
+
+def bound(host: str, port: int, make: Callable[[int, int, int], S]) -> S:
+    """A listening socket on `host:port`, made by `make(family, type, proto)` (a socket
+    class); closed again if it cannot bind or listen."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = make(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(socket.SOMAXCONN)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 async def accepted(
