@@ -14,7 +14,7 @@ import hashlib
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -877,6 +877,6 @@ class Officers:
             tx.assign(row.id, officer)
             entry = AuditEntry(user, "assigned", row.id, detail)
             tx.audit([entry])
-        row = replace(row, assigned_to=officer, updated=self.context.clock())
+        row = row._replace(assigned_to=officer, updated=self.context.clock())
         self.context.publish([entry])
         return row

@@ -6,7 +6,6 @@ Each function takes the node's context and an open transaction; none commits.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from network.core.bodies import (
@@ -196,11 +195,11 @@ async def act_on(
             if first is not None and first.box == current.box:
                 tx.preserved(first.id, until, decision=decision)
                 if first.id != current.id:
-                    track(context, tx, replace(first, preserved_until=until))
+                    track(context, tx, first._replace(preserved_until=until))
                 else:
                     preserved = until
     row = await tx.message(current.id) or current
-    track(context, tx, replace(row, preserved_until=preserved))
+    track(context, tx, row._replace(preserved_until=preserved))
     return [AuditEntry(actor, action, current.id, detail)]
 
 
@@ -219,7 +218,7 @@ async def mla_announced(
         return []
     since = preserved_until_ms(typed.mla_date)
     tx.preserved(first.id, None, decision=since)
-    track(context, tx, replace(first, preserved_until=None, until_decision=since))
+    track(context, tx, first._replace(preserved_until=None, until_decision=since))
     detail: dict[str, Any] = {"notice": notice, "mla_date": typed.mla_date}
     if first.preserved_until is not None:
         detail["preserved_until_was"] = first.preserved_until
@@ -256,5 +255,5 @@ async def _followed_up(
                 if fresh.until_decision is not None:
                     detail["until_decision_was"] = fresh.until_decision
                 tx.preserved(fresh.id, None)
-            track(context, tx, replace(fresh, preserved_until=None))
+            track(context, tx, fresh._replace(preserved_until=None))
     return [AuditEntry(actor, _FOLLOW_UP_ACTIONS[typed.action], current.id, detail)]
