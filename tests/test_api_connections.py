@@ -27,7 +27,7 @@ import pytest
 from network.api.web import CONNECTIONS_AT_MOST
 from network.node.context import REFUSALS_PER_MINUTE
 from network.samples import sample_body
-from tests.harness import Network, rows, wait_for
+from tests.harness import Network, pause, rows, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -223,6 +223,80 @@ def test_a_request_trickled_in_by_someone_not_signed_in_is_cut_after_connection_
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"not answered within 2 s" in answer
         assert time.monotonic() - opened >= IDLE_S * 0.9
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """All a connection answers, until the server closes it (socket.timeout if it never)."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+_STALLED_BODIES = {
+    "json": ("application/json", b'{"to": "DEU", "type": "preservation", "body": {"'),
+    "multipart": (
+        "multipart/form-data; boundary=b0",
+        b'--b0\r\nContent-Disposition: form-data; name="attachment"; filename="a.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 300,
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_STALLED_BODIES))
+def test_an_officers_upload_that_stops_arriving_is_cut_after_connection_idle(
+    quick_to_close: Network, form: str
+) -> None:
+    # A laptop put to sleep mid-upload: busy, its connection is never closed to make room,
+    # and TCP would give up on it only hours later. Nothing of it is stored.
+    network = quick_to_close
+    node = network.nodes["FRA"]
+    content_type, started = _STALLED_BODIES[form]
+    with socket.create_connection(_address(network, "FRA"), timeout=30) as upload:
+        upload.sendall(
+            f"POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"Authorization: Bearer {node.tokens['officer']}\r\nContent-Length: 100000\r\n"
+            "\r\n".encode()
+            + started
+        )
+        opened = time.monotonic()
+
+        answer = _read_to_close(upload)  # and the connection closed after it
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert error == {
+        "error": f"the request's body stopped arriving: nothing of it for {IDLE_S} s",
+        "field": "body",
+    }
+    assert time.monotonic() - opened >= IDLE_S * 0.9
+    assert rows(node.store, "SELECT count(*) FROM messages") == [(0,)]
+    refused = rows(node.store, "SELECT actor, detail FROM audit WHERE action = 'request_refused'")
+    assert [(actor, json.loads(detail)["status"]) for actor, detail in refused] == [
+        ("officer-FRA", 408)
+    ]
+
+
+def test_an_upload_that_keeps_arriving_however_slowly_is_taken(quick_to_close: Network) -> None:
+    network = quick_to_close
+    node = network.nodes["FRA"]
+    body = json.dumps(_message()).encode()
+    pieces = [body[i : i + len(body) // 4 + 1] for i in range(0, len(body), len(body) // 4 + 1)]
+    with socket.create_connection(_address(network, "FRA"), timeout=30) as upload:
+        upload.sendall(
+            "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {node.tokens['officer']}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
+        opened = time.monotonic()
+        for piece in pieces:
+            pause(IDLE_S * 0.6, "an upload over a poor link: a piece every 1.2 s, never 2 s apart")
+            upload.sendall(piece)
+        answer = _read_to_close(upload)
+
+    assert time.monotonic() - opened > IDLE_S * 2  # longer than a body may stop arriving
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+    assert rows(node.store, "SELECT count(*) FROM messages") == [(1,)]
 
 
 def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(

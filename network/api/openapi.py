@@ -11,8 +11,9 @@ Rules:
 - What every route may answer besides success is added here, not per route:
   400 (an unknown or bad query parameter, a bad path parameter or body), 401 and
   403 and 429 and 503 (authenticated routes), 408 (public routes: not answered within
-  `[api] connection_idle`), 404 (routes with path parameters), 413 (routes taking a
-  body); each as `Error`, `{"error", "field"?}`.
+  `[api] connection_idle`; routes taking a body: nothing of it arrived for that long),
+  404 (routes with path parameters), 413 (routes taking a body); each as `Error`,
+  `{"error", "field"?}`.
 """
 
 from __future__ import annotations
@@ -263,7 +264,10 @@ _STATUS_TEXT: Final = {
     401: "No token, or an invalid or revoked one",
     403: "The caller's role may not do this",
     404: "No such message",
-    408: "Not answered within `[api] connection_idle` (a request from someone not signed in)",
+    408: (
+        "Not answered within `[api] connection_idle` (a request from someone not signed in),"
+        " or nothing of its body arrived for that long"
+    ),
     413: "The request body is over the size limit",
     429: "Too many failed logins from this address: retry after `Retry-After` seconds",
     503: (
@@ -350,7 +354,7 @@ def _responses(route: DocumentedRoute) -> dict[str, Any]:
     if doc.path:
         statuses.add(404)
     if doc.body is not None:
-        statuses.add(413)
+        statuses |= {408, 413}
     error = {"application/json": {"schema": ref("Error")}}
     responses: dict[str, Any] = {
         str(doc.status): {

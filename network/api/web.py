@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import IO, Any, Final, NoReturn
 from urllib.parse import quote
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import BodyPartReader, StreamReader, hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
 from network import __version__
@@ -80,6 +80,7 @@ from network.core.bodies import BODY_TYPES, IdentifierKind, describe_types, json
 from network.core.budget import AuditBudget
 from network.core.errors import (
     BodyError,
+    BodyStalledError,
     BusyError,
     CpnError,
     LocalError,
@@ -1583,7 +1584,14 @@ def build_app(
     """
     app = web.Application(
         client_max_size=MAX_REQUEST_BYTES,
-        middlewares=[_held_busy, _count_requests, _answer_errors, _authenticate, _check_query],
+        middlewares=[
+            _held_busy,
+            _body_keeps_arriving,
+            _count_requests,
+            _answer_errors,
+            _authenticate,
+            _check_query,
+        ],
     )
     app[CONNECTIONS] = OpenConnections(CONNECTIONS_AT_MOST)
     app[NODE] = node
@@ -1666,6 +1674,49 @@ async def _held_busy(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 @web.middleware
+async def _body_keeps_arriving(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body from which nothing arrives for `[api] connection_idle` is cut: the read
+    waiting for it raises `BodyStalledError` (408), and the connection is closed once that
+    is answered. Busy, its connection is never closed to make room for another, and an
+    officer's laptop put to sleep mid-upload would hold it until TCP gave up, hours later."""
+    content = request.content
+    if content.is_eof():  # no body, or all of it here
+        return await handler(request)
+    watch = _BodyWatch(content, request.app[THROTTLE].policy.connection_idle_ms / 1000)
+    try:
+        return await handler(request)
+    finally:
+        watch.stop()
+
+
+class _BodyWatch:
+    """Looks at a body every `idle_s`: when nothing of it came since the last look (so
+    for at least `idle_s`, at most twice that), its reader is given `BodyStalledError`."""
+
+    def __init__(self, content: StreamReader, idle_s: float) -> None:
+        self._content, self._idle_s = content, idle_s
+        self._seen = content.total_bytes
+        self._timer = asyncio.get_running_loop().call_later(idle_s, self._look)
+
+    def _look(self) -> None:
+        content = self._content
+        if content.is_eof() or content.exception() is not None:
+            return
+        if content.total_bytes == self._seen:
+            content.set_exception(
+                BodyStalledError(
+                    f"the request's body stopped arriving: nothing of it for {self._idle_s:g} s"
+                )
+            )
+            return
+        self._seen = content.total_bytes
+        self._timer = asyncio.get_running_loop().call_later(self._idle_s, self._look)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+@web.middleware
 async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every answer by method, route template and status (see `metrics`)."""
     try:
@@ -1693,6 +1744,8 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         response = await _refused(request, exc)
     except BodyError as exc:
         response = await _refused(request, _Refusal(400, str(exc), field=exc.field or None))
+    except BodyStalledError as exc:
+        response = await _refused(request, _Refusal(408, str(exc), field="body"))
     except BusyError as exc:
         headers = {hdrs.RETRY_AFTER: str(exc.retry_after_s)}
         response = await _refused(request, _Refusal(503, str(exc), headers=headers))
@@ -1940,10 +1993,11 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> _Refus
 
 async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
     """The JSON answer to a refusal; a refused request from a known user is audited (one
-    refused for want of room, at most `REFUSALS_PER_MINUTE` a minute per user, the rest
-    counted: under a flood, an entry each would add to the load it was refused for)."""
+    refused for want of room or for a stalled body, at most `REFUSALS_PER_MINUTE` a minute
+    per user, the rest counted: under a flood, an entry each would add to the load it was
+    refused for)."""
     user = request.get(USER)
-    if user is not None and refusal.status in (400, 413, 503):
+    if user is not None and refusal.status in (400, 408, 413, 503):
         detail: dict[str, Any] = {
             "method": request.method,
             "path": request.path[:200],
@@ -1954,7 +2008,7 @@ async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
             detail["field"] = refusal.field[:200]
         context = request.app[NODE].context
         entries = [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
-        if refusal.status == 503:
+        if refusal.status in (408, 503):  # what a flood, or a failing network, repeats
             entries = context.refusal(f"user:{user.name}", entries[0])
         try:
             await context.audit(entries)

@@ -10,6 +10,7 @@
     ├── AuditReadError (OSError)          a store file that cannot be read as one, offline
     ├── EvidenceError (ValueError)        an evidence package that does not prove what it says
     ├── BusyError                         too many submissions wait already: try again later
+    ├── BodyStalledError (TimeoutError)   a request's body stopped arriving
     ├── HubFullError                      too many live event readers at once
     ├── LinkStalledError                  a peer stopped answering with receipts: dial again
     ├── LinkClosedError                   a link's connection closed (by us, the peer, the network)
@@ -58,6 +59,7 @@ __all__ = [
     "AuditReadError",
     "BadSignatureError",
     "BodyError",
+    "BodyStalledError",
     "BusyError",
     "ClockSkewError",
     "ConfigError",
@@ -180,6 +182,16 @@ class BusyError(CpnError):
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class BodyStalledError(CpnError, TimeoutError):
+    """Nothing of a request's body arrived for `[api] connection_idle`.
+
+    A TimeoutError too: aiohttp, reading what is left of a body once the answer is
+    written, takes it as one and closes the connection.
+    """
+
+    reason = "body_stalled"
 
 
 class HubFullError(CpnError):
