@@ -798,21 +798,26 @@ class Tx:
         batch = self._batch
         # Under the write lock: no entry can join between these and ours. The batch's
         # own entries so far are in the table (this connection sees them), not the tree.
-        size = self._store.audit_log.size + len(batch.leaves)
-        others = _entries_after(conn, size, self._store.path)
-        batch.leaves.extend(others)
-        base = size + len(others)
+        # Another process's entries are looked for once a batch: its transaction holds the
+        # write lock from its BEGIN IMMEDIATE to its COMMIT, so none can come after that.
+        base = self._store.audit_log.size + len(batch.leaves)
+        if not batch.others_read:
+            others = _entries_after(conn, base, self._store.path)
+            batch.leaves.extend(others)
+            batch.others_read = True
+            base += len(others)
         leaves: list[bytes] = []  # this use case's entries, in order
+        entry_time = None
         conn.execute("SAVEPOINT use_case")
         try:
             if self._entries:
-                time = self._entry_time(conn)
+                entry_time = self._entry_time(conn)
                 numbered = []
                 for i, (actor, action, message_id, detail) in enumerate(self._entries, 1):
-                    leaf = stored_leaf(time, actor, action, message_id, detail)
+                    leaf = stored_leaf(entry_time, actor, action, message_id, detail)
                     leaves.append(leaf)
                     numbered.append(
-                        (base + i, time, actor, action, message_id, detail.decode(), leaf)
+                        (base + i, entry_time, actor, action, message_id, detail.decode(), leaf)
                     )
                 conn.executemany(_INSERT_AUDIT, numbered)
             if self._secure_delete:
@@ -829,11 +834,15 @@ class Tx:
             if self._secure_delete:
                 conn.execute("PRAGMA secure_delete = OFF")
         batch.leaves.extend(leaves)
+        if entry_time is not None:
+            batch.last_time = entry_time
 
     def _entry_time(self, conn: sqlite3.Connection) -> int:
         """The time for entries written now (under the write lock): the clock, never
-        earlier than the last entry's."""
-        return max(self._store.clock(), _last_time(conn))
+        earlier than the last entry's (read once a batch, then the batch's own)."""
+        if self._batch.last_time is None:
+            self._batch.last_time = _last_time(conn)
+        return max(self._store.clock(), self._batch.last_time)
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """A read under the transaction's lock, on the loop's thread once the batch's
@@ -1508,6 +1517,10 @@ class _Batch:
         self.applied: list[tuple[Future[None], BaseException | None]] = []  # waiter, error
         self.leaves: list[bytes] = []  # entries past the tree's size, in order
         self.begun = False  # the writer's transaction is open
+        # Read once under the lock (`Tx._apply`): other processes' entries, and the time
+        # of the log's last entry (then that of the batch's own last).
+        self.others_read = False
+        self.last_time: int | None = None
 
     def joined(self, tx: Tx) -> Future[None]:
         waiter: Future[None] = asyncio.get_running_loop().create_future()
