@@ -379,6 +379,19 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """How many times a process's threads have given up their core so far, waiting
+    (voluntary: a sleep, a lock, the disk) or pre-empted (/proc/PID/task/*/status)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+    return total
+
+
 # A message's way, in the audit entries both stores hold (times are when each entry was
 # written, on this machine's clock): (stage, from, to), each (node, action); "created" is
 # the envelope's own time.
@@ -458,6 +471,7 @@ def main() -> None:
     answered: dict[float, dict[str, list[float]]] = {}  # share: POST to 202, per priority
     refused: dict[float, int] = {}  # share: urgent requests refused (503)
     paced_cpu: dict[float, dict[str, float]] = {}  # share: CPU seconds a message, per process
+    paced_switches: dict[float, dict[str, float]] = {}  # share: context switches a message
     probes: dict[float, dict[str, list[float]]] = {}  # share: the machine's delays meanwhile
     try:
         network.start("FRA")
@@ -465,6 +479,7 @@ def main() -> None:
         pids = {node: network.nodes[node].process.pid for node in ("FRA", "DEU")}  # type: ignore[union-attr]
         cpu_before = {node: cpu_seconds(pid) for node, pid in pids.items()}
         loop_before = {node: cpu_seconds(pid, pid) for node, pid in pids.items()}
+        switches_before = {node: context_switches(pid) for node, pid in pids.items()}
         client_before = time.process_time()
         started = time.monotonic()
         asyncio.run(post_flat_out(network, args.messages, args.concurrency))
@@ -473,6 +488,9 @@ def main() -> None:
         rows = wait_delivered(store, args.messages, 0, args.timeout)
         cpu = {node: cpu_seconds(pid) - cpu_before[node] for node, pid in pids.items()}
         loop_cpu = {node: cpu_seconds(pid, pid) - loop_before[node] for node, pid in pids.items()}
+        switches = {
+            node: context_switches(pid) - switches_before[node] for node, pid in pids.items()
+        }
         first = min(created for _, created, _ in rows)
         last = max(updated for _, _, updated in rows)
         rate = len(rows) / ((last - first) / 1000)
@@ -484,6 +502,7 @@ def main() -> None:
         for share in loads:  # each load once the one before has drained
             since = int(time.time() * 1000)
             cpu_at = {node: cpu_seconds(pid) for node, pid in pids.items()}
+            switches_at = {node: context_switches(pid) for node, pid in pids.items()}
             client_at = time.process_time()
             probe = start_probe(root, args.paced_seconds)
             answered[share], refused[share] = asyncio.run(
@@ -496,6 +515,10 @@ def main() -> None:
             paced_cpu[share] = {
                 **{node: (cpu_seconds(pid) - cpu_at[node]) / count for node, pid in pids.items()},
                 "client": posting_cpu / count,
+            }
+            paced_switches[share] = {
+                node: (context_switches(pid) - switches_at[node]) / count
+                for node, pid in pids.items()
             }
         stages = stage_times({n: network.nodes[n].store for n in ("FRA", "DEU")}, since)
         network.stop("DEU")
@@ -617,7 +640,7 @@ def main() -> None:
             f"  {node:<16} {seconds / args.messages * 1e6:>8.0f} us  (its loop's thread"
             f" {loop_cpu[node] / args.messages * 1e6:.0f} us: busy"
             f" {loop_cpu[node] / ((last - first) / 1000):.0%} of first composed to last"
-            " delivered)"
+            f" delivered; {switches[node] / args.messages:.1f} context switches a message)"
         )
     print(f"  {'client':<16} {client_cpu / args.messages * 1e6:>8.0f} us  (this script posting)")
     print(
@@ -626,7 +649,8 @@ def main() -> None:
     )
     for share, spent in paced_cpu.items():
         each = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in spent.items())
-        print(f"  {share:>4.0%}  {each}")
+        switched = ", ".join(f"{n} {c:.1f}" for n, c in paced_switches[share].items())
+        print(f"  {share:>4.0%}  {each}; context switches a message: {switched}")
     print(
         f"\nwhere the time goes at {loads[-1]:.0%} load (ms, p50 / p99; from the audit entries' times):"
     )
