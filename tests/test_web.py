@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from network.api.web import build_app
 from network.core.records import NodeId
 from network.core.roster import build_roster, load_roster
+from network.node.context import REFUSALS_PER_MINUTE
 from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.store import Store
 from network.node.wiring import Node
@@ -182,6 +183,27 @@ async def test_refused_input_is_audited_for_its_user(api: Api) -> None:
     refused = await api.audit_actions("request_refused")
 
     assert [(actor, detail["field"]) for actor, detail in refused] == [("olivia", "to")]
+
+
+async def test_refused_input_from_someone_not_signed_in_is_audited_within_a_budget(
+    api: Api,
+) -> None:
+    # Anyone who reaches the API can send a sign-in ceremony garbage, from any address:
+    # the refusals are audited, all strangers' together within the node's refusal budget,
+    # and those held back counted.
+    for _ in range(REFUSALS_PER_MINUTE + 10):
+        response = await api.client.post("/auth/enrol/begin", json={"code": "x" * 32})
+        assert response.status == 400
+        assert (await response.json())["field"] == "code"
+
+    refused = await api.audit_actions("request_refused")
+
+    assert len(refused) == REFUSALS_PER_MINUTE
+    actor, detail = refused[0]
+    assert actor == "anonymous"
+    assert detail["remote"] == "127.0.0.1" and detail["field"] == "code"
+    assert detail["path"] == "/auth/enrol/begin" and detail["status"] == 400
+    assert api.service.context.refusals.held_back("anonymous") == 10
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,11 @@ Rules:
   next one counting those held back), a penalty window opened for an address after
   repeated refused tokens (`login_throttled`, once per window; see `throttle`: a
   window holds back refused tokens only, never a valid one), a
-  role refused a route (`access_denied`) and a refused request from an
-  authenticated user (`request_refused`; one refused for want of room, a 503, within
-  the node's refusal budget, the rest counted): bad input from outside leaves a
-  trace. A successful authentication is not audited on every request.
+  role refused a route (`access_denied`) and a refused request (`request_refused`;
+  from an authenticated user, one refused for want of room or for a stalled body
+  within the node's refusal budget for that user, the rest counted; from someone not
+  signed in, all within one such budget, actor `anonymous`): bad input from outside
+  leaves a trace. A successful authentication is not audited on every request.
 - Counted for `/metrics` (see `metrics`; served by `build_metrics_app` on a
   listener of its own, never this one): every answer by method, route template
   and status; refused tokens; penalty windows.
@@ -1992,12 +1993,15 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> _Refus
 
 
 async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
-    """The JSON answer to a refusal; a refused request from a known user is audited (one
+    """The JSON answer to a refusal. A refused request is audited: from a known user (one
     refused for want of room or for a stalled body, at most `REFUSALS_PER_MINUTE` a minute
     per user, the rest counted: under a flood, an entry each would add to the load it was
-    refused for)."""
-    user = request.get(USER)
-    if user is not None and refusal.status in (400, 408, 413, 503):
+    refused for), and from someone not signed in (a sign-in ceremony's body, a query, a
+    body too large or too slow: all of them in one such budget, since anyone can send
+    them from any address)."""
+    node = request.app.get(NODE)  # None: the metrics listener, on the loopback
+    if node is not None and refusal.status in (400, 408, 413, 503):
+        user = request.get(USER)
         detail: dict[str, Any] = {
             "method": request.method,
             "path": request.path[:200],
@@ -2006,14 +2010,20 @@ async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
         }
         if refusal.field:
             detail["field"] = refusal.field[:200]
-        context = request.app[NODE].context
-        entries = [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
-        if refusal.status in (408, 503):  # what a flood, or a failing network, repeats
-            entries = context.refusal(f"user:{user.name}", entries[0])
+        context = node.context
+        if user is None:
+            detail["remote"] = request.remote
+            refused = AuditEntry(actor="anonymous", action="request_refused", detail=detail)
+            entries = context.refusal("anonymous", refused)
+        else:
+            entries = [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
+            if refusal.status in (408, 503):  # what a flood, or a failing network, repeats
+                entries = context.refusal(f"user:{user.name}", entries[0])
         try:
-            await context.audit(entries)
+            if entries:
+                await context.audit(entries)
         except Exception:  # the refusal must still be answered, as JSON
-            log.exception("could not audit a refused request from %s", user.name)
+            log.exception("could not audit a refused request from %s", entries[0].actor)
     return _error(refusal.status, refusal.error, field=refusal.field, headers=refusal.headers)
 
 
