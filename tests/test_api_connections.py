@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 import aiohttp
 import pytest
 
-from network.api.web import CONNECTIONS_AT_MOST
+from network.api.web import ACCOUNT_REQUESTS_AT_MOST, CONNECTIONS_AT_MOST
 from network.node.context import REFUSALS_PER_MINUTE
 from network.samples import sample_body
 from tests.harness import Network, pause, rows, wait_for
@@ -299,26 +299,35 @@ def test_an_upload_that_keeps_arriving_however_slowly_is_taken(quick_to_close: N
     assert rows(node.store, "SELECT count(*) FROM messages") == [(1,)]
 
 
+def _held_submission(token: str) -> bytes:
+    """A submission's head, its body of 1,000 bytes to follow once asked for."""
+    return (
+        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    ).encode()
+
+
 def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(
     network: Network,
 ) -> None:
     node = network.nodes["FRA"]
-    head = (
-        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {node.tokens['officer']}\r\nContent-Length: 1000\r\n"
-        "Expect: 100-continue\r\n\r\n"
-    ).encode()
+    # Two officers: one account may have at most `ACCOUNT_REQUESTS_AT_MOST` under way.
+    heads = [
+        _held_submission(node.tokens["officer"]),
+        _held_submission(network.add_user("FRA", "second-officer", "officer")),
+    ]
     started = b'{"to": "DEU", '
     with ExitStack() as stack:
-        # An officer's submissions whose bodies are still arriving: each connection busy.
+        # Officers' submissions whose bodies are still arriving: each connection busy.
         # The node asks for each body ("100 Continue") as its handling begins, in the
         # same step as it marks the connection busy, and before it accepts another.
         busy = []
-        for _ in range(CONNECTIONS_AT_MOST):
+        for index in range(CONNECTIONS_AT_MOST):
             sock = stack.enter_context(
                 socket.create_connection(_address(network, "FRA"), timeout=10)
             )
-            sock.sendall(head)
+            sock.sendall(heads[index % 2])
             assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
             sock.sendall(started)
             busy.append(sock)
@@ -341,6 +350,44 @@ def test_when_every_connection_is_busy_the_newcomer_is_turned_away_and_none_cut(
         20,
         what="room once the busy connections closed",
     )
+
+
+def test_one_account_holds_at_most_its_share_of_the_connections(network: Network) -> None:
+    # Busy, a connection is never closed to make room: one account (a runaway script, a
+    # stolen token trickling its bodies) could hold them all. It is refused at once past
+    # its share, and everyone else keeps the rest.
+    node = network.nodes["FRA"]
+    head = _held_submission(node.tokens["officer"])
+    with ExitStack() as stack:
+        held = []
+        for _ in range(ACCOUNT_REQUESTS_AT_MOST):
+            sock = stack.enter_context(
+                socket.create_connection(_address(network, "FRA"), timeout=10)
+            )
+            sock.sendall(head)
+            assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(b'{"to": "DEU", ')
+            held.append(sock)
+
+        def refused() -> dict[str, str] | None:
+            status, answer = network.api("FRA", "GET", "/api/peers")
+            return answer if status == 429 else None
+
+        answer = wait_for(refused, timeout=20, what="the account's next request refused")
+        assert f"{ACCOUNT_REQUESTS_AT_MOST} requests of account officer-FRA" in answer["error"]
+        assert network.api("FRA", "GET", "/api/peers", token="auditor")[0] == 200
+
+        # One of them ends (a body that is not JSON: 400), and the account is answered again.
+        rest = b"x" * (1000 - len(b'{"to": "DEU", '))
+        held[0].sendall(rest)
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 400")
+        wait_for(
+            lambda: network.api("FRA", "GET", "/api/peers")[0] == 200,
+            timeout=20,
+            what="the account answered again",
+        )
+    refused = rows(node.store, "SELECT actor, detail FROM audit WHERE action = 'request_refused'")
+    assert ("officer-FRA", 429) in [(actor, json.loads(d)["status"]) for actor, d in refused]
 
 
 def test_the_api_is_served_on_a_unix_socket_handed_down(tmp_path: pathlib.Path) -> None:

@@ -269,7 +269,10 @@ _STATUS_TEXT: Final = {
         " or nothing of its body arrived for that long"
     ),
     413: "The request body is over the size limit",
-    429: "Too many failed logins from this address: retry after `Retry-After` seconds",
+    429: (
+        "Too many failed logins from this address, or too many requests of this account"
+        " under way: retry after `Retry-After` seconds"
+    ),
     503: (
         "The node cannot take this now (its store is unavailable, or too many submissions"
         " wait to be sealed); nothing was changed: retry after `Retry-After` seconds"

@@ -38,6 +38,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import datetime
 import functools
@@ -141,6 +142,12 @@ peer server's (a link per contact point, 192 at most, and 256 unfinished handsha
 the store's, within the 1,024 descriptors a process is given by default."""
 METRICS_CONNECTIONS_AT_MOST: Final = 16
 """Connections the metrics listener holds: a scraper or two."""
+ACCOUNT_REQUESTS_AT_MOST: Final = CONNECTIONS_AT_MOST - 32
+"""Requests of one account under way at once; past it, 429 at once. A busy connection is
+never closed to make room, so one account (a runaway script, a stolen token trickling its
+bodies) could otherwise hold every connection: this keeps 32 for everyone else. Above
+what the submissions' own bound holds (128 waiting or in rounds, the rest refused at
+once)."""
 
 KEEPALIVE_SECONDS: Final = 15.0
 """How often a live event stream carries a comment when nothing happens (proxies, dead peers)."""
@@ -190,6 +197,9 @@ LOGIN_AUDIT_LIMIT: Final = 30
 LOGIN_AUDIT_WINDOW_MS: Final = 60_000
 
 _OPENAPI: Final = web.AppKey("openapi", dict[str, Any])
+
+_UNDER_WAY: Final = web.AppKey("under_way", collections.Counter[str])
+"""Requests under way per account (`ACCOUNT_REQUESTS_AT_MOST`)."""
 
 CONNECTIONS: Final = web.AppKey("connections", OpenConnections[web.RequestHandler])
 """The connections the app's listener holds, each idle or busy (`api.site` accepts them)."""
@@ -1597,6 +1607,7 @@ def build_app(
     app[CONNECTIONS] = OpenConnections(CONNECTIONS_AT_MOST)
     app[NODE] = node
     app[_LOGGED_IN] = set()
+    app[_UNDER_WAY] = collections.Counter()
     app.on_response_prepare.append(_secure_headers)
     app.on_shutdown.append(_end_live_events)
     app[METRICS] = metrics if metrics is not None else Metrics(node)
@@ -1832,7 +1843,21 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
             [AuditEntry(actor=user.name, action="access_denied", detail=detail)]
         )
         raise _Refusal(403, f"role {user.role} may not {route.does}")
-    return await handler(request)
+    under_way = request.app[_UNDER_WAY]
+    if under_way[user.name] >= ACCOUNT_REQUESTS_AT_MOST:
+        raise _Refusal(
+            429,
+            f"{ACCOUNT_REQUESTS_AT_MOST} requests of account {user.name} are under way"
+            " already, the most one account may have; try again when one has ended",
+            headers={hdrs.RETRY_AFTER: "1"},
+        )
+    under_way[user.name] += 1
+    try:
+        return await handler(request)
+    finally:
+        under_way[user.name] -= 1
+        if not under_way[user.name]:
+            del under_way[user.name]
 
 
 @web.middleware
@@ -2000,24 +2025,26 @@ async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
     body too large or too slow: all of them in one such budget, since anyone can send
     them from any address)."""
     node = request.app.get(NODE)  # None: the metrics listener, on the loopback
-    if node is not None and refusal.status in (400, 408, 413, 503):
-        user = request.get(USER)
+    user = request.get(USER)
+    # A stranger's 429 is a penalty window's, audited once a window (`login_throttled`).
+    audited = (400, 408, 413, 503) if user is None else (400, 408, 413, 429, 503)
+    if node is not None and refusal.status in audited:
         detail: dict[str, Any] = {
             "method": request.method,
             "path": request.path[:200],
             "status": refusal.status,
             "error": refusal.error[:500],
+            "remote": request.remote,  # which client: an account may have several
         }
         if refusal.field:
             detail["field"] = refusal.field[:200]
         context = node.context
         if user is None:
-            detail["remote"] = request.remote
             refused = AuditEntry(actor="anonymous", action="request_refused", detail=detail)
             entries = context.refusal("anonymous", refused)
         else:
             entries = [AuditEntry(actor=user.name, action="request_refused", detail=detail)]
-            if refusal.status in (408, 503):  # what a flood, or a failing network, repeats
+            if refusal.status in (408, 429, 503):  # what a flood, or a failing network, repeats
                 entries = context.refusal(f"user:{user.name}", entries[0])
         try:
             if entries:
