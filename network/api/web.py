@@ -26,10 +26,11 @@ Rules:
   repeated refused tokens (`login_throttled`, once per window; see `throttle`: a
   window holds back refused tokens only, never a valid one), a
   role refused a route (`access_denied`) and a refused request (`request_refused`;
-  from an authenticated user, one refused for want of room or for a stalled body
-  within the node's refusal budget for that user, the rest counted; from someone not
-  signed in, all within one such budget, actor `anonymous`): bad input from outside
-  leaves a trace. A successful authentication is not audited on every request.
+  from an authenticated user, one refused for want of room, for a stalled body or
+  for too many of the account's requests under way within the node's refusal budget
+  for that user, the rest counted; from someone not signed in, all within one such
+  budget, actor `anonymous`): bad input from outside leaves a trace. A successful
+  authentication is not audited on every request.
 - Counted for `/metrics` (see `metrics`; served by `build_metrics_app` on a
   listener of its own, never this one): every answer by method, route template
   and status; refused tokens; penalty windows.
@@ -2019,9 +2020,9 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> _Refus
 
 async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
     """The JSON answer to a refusal. A refused request is audited: from a known user (one
-    refused for want of room or for a stalled body, at most `REFUSALS_PER_MINUTE` a minute
-    per user, the rest counted: under a flood, an entry each would add to the load it was
-    refused for), and from someone not signed in (a sign-in ceremony's body, a query, a
+    refused for want of room, for a stalled body or past `ACCOUNT_REQUESTS_AT_MOST`, at
+    most `REFUSALS_PER_MINUTE` a minute per user, the rest counted: under a flood, an entry
+    each would add to the load it was refused for), and from someone not signed in (a sign-in ceremony's body, a query, a
     body too large or too slow: all of them in one such budget, since anyone can send
     them from any address)."""
     node = request.app.get(NODE)  # None: the metrics listener, on the loopback
