@@ -2022,9 +2022,9 @@ async def _refused(request: web.Request, refusal: _Refusal) -> web.Response:
     """The JSON answer to a refusal. A refused request is audited: from a known user (one
     refused for want of room, for a stalled body or past `ACCOUNT_REQUESTS_AT_MOST`, at
     most `REFUSALS_PER_MINUTE` a minute per user, the rest counted: under a flood, an entry
-    each would add to the load it was refused for), and from someone not signed in (a sign-in ceremony's body, a query, a
-    body too large or too slow: all of them in one such budget, since anyone can send
-    them from any address)."""
+    each would add to the load it was refused for), and from someone not signed in (a
+    sign-in ceremony's body, a query, a body too large or too slow: all of them in one
+    such budget, since anyone can send them from any address)."""
     node = request.app.get(NODE)  # None: the metrics listener, on the loopback
     user = request.get(USER)
     # A stranger's 429 is a penalty window's, audited once a window (`login_throttled`).
