@@ -129,7 +129,8 @@ class LoginPolicy:
     session_max_ms: int = 12 * 3_600_000
     # A connection with no request under way (a new one, one between requests, one whose
     # request is still arriving) is closed after this long; a request from someone not
-    # signed in is answered within it (a body trickled in to hold the connection is cut).
+    # signed in is answered within it (a body trickled in to hold the connection is cut);
+    # a body from which nothing arrives for this long is cut, whoever sends it.
     connection_idle_ms: int = 30_000
 
 
