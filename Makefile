@@ -51,7 +51,8 @@ typecheck: $(STAMP)
 # From Debian, when missing: Chromium for the console's browser tests (Playwright's own
 # download does not work here), libfaketime for the clock-skew tests (tests/faults),
 # systemd for `systemd-analyze verify` of deploy/cpn-node@.service (tests/test_deploy.py),
-# SoftHSM2 for a node whose signing key is in a PKCS#11 token (tests/test_hsm.py).
+# SoftHSM2 for a node whose signing key is in a PKCS#11 token (tests/test_hsm.py),
+# strace to make a node's disk slow (its fsyncs delayed: tests/faults/test_disk.py).
 # `make test` installs them itself, so that it passes on a fresh machine.
 system-deps:
 	@missing=""; \
@@ -59,6 +60,7 @@ system-deps:
 	ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing="$$missing faketime"; \
 	[ -x /usr/bin/systemd-analyze ] || missing="$$missing systemd"; \
 	[ -e /usr/lib/softhsm/libsofthsm2.so ] || missing="$$missing softhsm2"; \
+	[ -x /usr/bin/strace ] || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
 	  echo "installing from Debian:$$missing"; \

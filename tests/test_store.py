@@ -30,9 +30,11 @@ from network.core.tlog import leaf_hash, root_hash
 from network.node import store as store_module
 from network.node.keys import load_keeper_public
 from network.node.store import (
+    INLINE_COMMIT_MS,
     MIGRATIONS,
     SCHEMA_VERSION,
     AuditEntry,
+    CommitPlace,
     MessageRow,
     ReceiptRow,
     Store,
@@ -979,6 +981,72 @@ async def test_a_transactions_statements_run_on_the_loop_and_only_its_commit_on_
     assert {"BEGIN", "SELECT", "INSERT"} <= set(on_loop), statements
     assert on_thread == ["COMMIT"], statements
     assert [r.id for r in await store.messages_by_id(["m1"])] == ["m1"]
+
+
+async def test_a_store_with_inline_commits_commits_on_the_loop_while_the_disk_is_fast(
+    tmp_path: Path,
+) -> None:
+    """`cpn node run`'s store: the COMMIT too runs on the loop's thread (a hop to the
+    writer's thread and back cost the sender's COMMIT three times the disk's own time),
+    and what it stores is committed for every connection to see."""
+    store = await Store.open(tmp_path / "node.sqlite", inline_commits=True)
+    try:
+        statements = await _traced_with_threads(store)
+
+        async with store.transaction(T0) as tx:
+            insert(tx, "m1")
+            tx.audit([AuditEntry("officer-FRA", "composed", "m1", {})])
+
+        assert [s.split()[0] for loop, s in statements if not loop] == [], statements
+        assert "COMMIT" in [s.split()[0] for loop, s in statements if loop], statements
+        assert store.commits.counts == {"loop": 1, "thread": 0}
+        assert 0 < store.commits.average_ms <= INLINE_COMMIT_MS
+    finally:
+        await store.close()
+    other = sqlite3.connect(tmp_path / "node.sqlite")
+    try:
+        assert other.execute("SELECT id FROM messages").fetchall() == [("m1",)]
+        assert other.execute("SELECT action FROM audit").fetchall() == [("composed",)]
+    finally:
+        other.close()
+
+
+async def test_a_store_commits_on_the_writers_thread_unless_opened_with_inline_commits(
+    store: Store,
+) -> None:
+    """Several nodes on one loop (the network simulation): one node's COMMIT on the loop
+    would hold up all the others."""
+    async with store.transaction(T0) as tx:
+        insert(tx, "m1")
+
+    assert store.commits.counts == {"loop": 0, "thread": 1}
+
+
+def test_the_commits_move_to_the_thread_while_the_disk_is_slow_and_back_once_it_is_fast() -> None:
+    place = CommitPlace(allowed=True)
+    assert place.on_loop  # nothing measured yet: the loop
+
+    place.took("loop", 0.4)
+    place.took("loop", 12.0)  # one slow COMMIT (a checkpoint) alone moves it little
+    assert place.on_loop
+    slow = 0
+    while place.on_loop:  # a disk that stays slow: 20 ms a COMMIT
+        place.took("loop", 20.0)
+        slow += 1
+    assert slow <= 2
+    fast = 0
+    while not place.on_loop:  # measured on the thread now, the disk's own time
+        place.took("thread", 0.4)
+        fast += 1
+    assert 5 <= fast <= 30
+    assert place.counts == {"loop": 2 + slow, "thread": fast}
+
+
+def test_commits_never_run_on_the_loop_where_not_allowed() -> None:
+    place = CommitPlace(allowed=False)
+    assert not place.on_loop
+    place.took("thread", 0.1)
+    assert not place.on_loop
 
 
 async def test_a_batch_begins_with_one_statement(store: Store) -> None:

@@ -70,8 +70,10 @@ class GroupCommit(RuleBasedStateMachine):
         self.other: sqlite3.Connection | None = None  # another process's, holding the lock
         self.store = self.loop.run_until_complete(self._open())
 
+    inline_commits = False  # the COMMITs on the writer's thread, as the simulation's stores
+
     async def _open(self) -> Store:
-        store = await Store.open(self.dir / "node.sqlite")
+        store = await Store.open(self.dir / "node.sqlite", inline_commits=self.inline_commits)
         await _on_thread(store.writer, lambda conn: conn.set_authorizer(self._authorize))
         return store
 
@@ -217,6 +219,11 @@ class GroupCommit(RuleBasedStateMachine):
         # No outcome left with its error unread, for the loop to report when collected.
         assert unread_errors(self.loop) == []
         assert self.store._batch is None, "a batch left applied and not committed"
+        commits = self.store.commits.counts
+        if self.inline_commits and any(commits.values()):
+            assert commits["loop"], commits  # the first COMMIT at least, the disk unmeasured
+        else:
+            assert not commits["loop"], commits
         peers, entries = self._stored()
         assert [seq for seq, _, _ in entries] == list(range(1, len(entries) + 1))
         assert self.store.audit_log.root() == root_hash([leaf for *_, leaf in entries])
@@ -251,3 +258,14 @@ GroupCommit.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_group_commit_holds_whatever_the_order = GroupCommit.TestCase
+
+
+class GroupCommitOnTheLoop(GroupCommit):
+    """The same, each COMMIT on the loop's thread while the disk answers fast, as a store
+    of `cpn node run` commits: nothing can cancel a holder during its COMMIT there."""
+
+    inline_commits = True
+
+
+GroupCommitOnTheLoop.TestCase.settings = GroupCommit.TestCase.settings
+test_group_commit_on_the_loop_holds_whatever_the_order = GroupCommitOnTheLoop.TestCase

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from network.core.crypto import certificate_not_after
@@ -113,10 +113,10 @@ class _StoreCollector(Collector):
         self.verified: tuple[bool, int] | None = None  # the last audit verification
         self.certificate_expiry = certificate_not_after(node.context.keys.card.tls_cert) / 1000
 
-    def describe(self) -> list[GaugeMetricFamily]:
+    def describe(self) -> list[Metric]:
         return []  # nothing to check against other collectors' names at registration
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         context, linked, figures = self.node.context, self.node.delivery.linked, self.figures
         info = GaugeMetricFamily("cpn_node", "This node (value 1)", labels=["node"])
         info.add_metric([context.me], 1)
@@ -180,6 +180,21 @@ class _StoreCollector(Collector):
         )
         yield GaugeMetricFamily(
             "cpn_store_bytes", "Size of the store file and its WAL", value=figures.store_bytes
+        )
+        commits = context.store.commits
+        places = CounterMetricFamily(
+            "cpn_store_commits",
+            "Store COMMITs, by where they ran: on the event loop while the disk answers"
+            " fast, on the writer's thread while it is slow",
+            labels=["place"],
+        )
+        for place, count in commits.counts.items():
+            places.add_metric([place], count)
+        yield places
+        yield GaugeMetricFamily(
+            "cpn_store_commit_seconds",
+            "How long the store's recent COMMITs took, on average (each new one weighs 1/8)",
+            value=commits.average_ms / 1000,
         )
         if self.verified is not None:  # absent until a verification ran: `absent()` alerts
             ok, when = self.verified

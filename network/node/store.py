@@ -65,6 +65,7 @@ from network.node.clock import now_ms
 
 __all__ = [
     "AuditEntry",
+    "CommitPlace",
     "MessageRow",
     "ReceiptRow",
     "RestorePeer",
@@ -1500,6 +1501,39 @@ _SQLITE_NEEDED: Final = "3.35 or later"  # ALTER TABLE ... DROP COLUMN (schema 1
 BATCH_MS: Final = 5
 BATCH_USE_CASES: Final = 256
 
+# Where a batch's COMMIT runs. On the writer's thread it costs two hops: the thread, which
+# never preempts the loop (`_wakes_without_preempting`), waits for a core, and its outcome
+# waits for the loop's next turn. At 90% load that made the sender's COMMIT 1.2 ms at the
+# median and 8 to 11 ms at p99, against 0.35 and 3 ms on the loop's own thread, and a flash
+# message waits for the COMMIT under way (docs/PERFORMANCE.md, twentieth session). On the
+# loop, the loop waits for the disk instead: worth it while the disk answers fast. So a
+# store opened with `inline_commits` (`cpn node run`: one node, its loop its own) commits
+# on the loop while its recent COMMITs took at most this long on average, and on the
+# thread while they take longer (a slow or failing disk: the loop serves meanwhile).
+INLINE_COMMIT_MS: Final = 2.0
+
+
+class CommitPlace:
+    """Where the next COMMIT runs (`on_loop`), from how long the recent ones took: an
+    average that weighs each new COMMIT an eighth, so one slow COMMIT (a checkpoint) moves
+    it little and a disk that stays slow moves it past `INLINE_COMMIT_MS` within a few."""
+
+    __slots__ = ("allowed", "average_ms", "counts")
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+        self.average_ms = 0.0
+        self.counts = {"loop": 0, "thread": 0}  # COMMITs run in each place (metrics)
+
+    @property
+    def on_loop(self) -> bool:
+        return self.allowed and self.average_ms <= INLINE_COMMIT_MS
+
+    def took(self, place: str, ms: float) -> None:
+        """A COMMIT ran in `place` and took `ms` on its own (the hops not counted)."""
+        self.counts[place] += 1
+        self.average_ms += (ms - self.average_ms) / 8
+
 
 class _Batch:
     """The use cases since the writer's last COMMIT: they commit together (group commit),
@@ -1597,6 +1631,13 @@ def _given_up(waiter: Future[None]) -> None:
         waiter.exception()
 
 
+def _timed_commit(batch: _Batch, conn: sqlite3.Connection) -> float:
+    """On the writer's thread: `batch`'s COMMIT, and how long it took (ms)."""
+    started = time.perf_counter()
+    batch.end(conn, "COMMIT")
+    return (time.perf_counter() - started) * 1000
+
+
 def _settle(waiter: Future[None], error: BaseException | None) -> None:
     """Tell a use case's caller how its COMMIT went (unless it stopped waiting)."""
     if waiter.done():
@@ -1622,6 +1663,7 @@ class Store:
         glancer: sqlite3.Connection,
         path: Path,
         clock: Callable[[], int] = now_ms,
+        inline_commits: bool = False,
     ) -> None:
         self.writer = writer
         self._writing = writing  # the writer's own connection, for the loop's thread (`_begun`)
@@ -1633,12 +1675,17 @@ class Store:
         self._batch: _Batch | None = None  # applied, not yet committed
         self._committer: asyncio.Task[None] | None = None
         self.audit_log = MerkleLog()  # the committed audit entries' leaf hashes, as a Merkle tree
+        self.commits = CommitPlace(inline_commits)
 
     @classmethod
-    async def open(cls, path: Path, *, clock: Callable[[], int] = now_ms) -> Store:
+    async def open(
+        cls, path: Path, *, clock: Callable[[], int] = now_ms, inline_commits: bool = False
+    ) -> Store:
         """Open (creating if needed) and migrate; StoreError says what is wrong.
 
-        `clock` (ms since the epoch) gives audit entries their time at commit."""
+        `clock` (ms since the epoch) gives audit entries their time at commit.
+        `inline_commits`: a batch's COMMIT may run on the loop's thread (`CommitPlace`), for
+        a process whose loop runs this node alone."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # Used from the loop's thread too, never at once with its own (`Store._begun`).
@@ -1664,7 +1711,7 @@ class Store:
             glancer.execute("PRAGMA query_only = ON")
             glancer.execute(f"PRAGMA cache_size = -{GLANCER_CACHE_KIB}")
             glancer.execute(TEMP_IN_MEMORY)
-            store = cls(writer, writing, reader, glancer, path, clock)
+            store = cls(writer, writing, reader, glancer, path, clock, inline_commits)
             await store._load_audit_log()
             await writer.execute("PRAGMA busy_timeout = 0")  # `_waiting_for_locks`
         except BaseException:
@@ -1857,9 +1904,14 @@ class Store:
             try:
                 cancelled = await self._begin(batch)
                 batch.apply(self._writing)
-                commit = _queued_on_thread(self.writer, partial(batch.end, statement="COMMIT"))
-                cancelled |= await _to_its_end(commit)
-                commit.result()
+                if self.commits.on_loop:
+                    started = time.perf_counter()
+                    batch.end(self._writing, "COMMIT")
+                    self.commits.took("loop", (time.perf_counter() - started) * 1000)
+                else:
+                    commit = _queued_on_thread(self.writer, partial(_timed_commit, batch))
+                    cancelled |= await _to_its_end(commit)
+                    self.commits.took("thread", commit.result())
             except BaseException as exc:
                 if self._writing.in_transaction:
                     with contextlib.suppress(sqlite3.Error):

@@ -1,5 +1,6 @@
 """The store's disk full or read-only: the node refuses new work with a clear error and
-loses nothing; with room (or write permission) again it carries on.
+loses nothing; with room (or write permission) again it carries on. A slow disk: the
+node commits off its loop while it is slow.
 
 The disk fills for real at the process edge: RLIMIT_FSIZE, lowered to 0 on
 the running node (prlimit, no privileges needed for our own processes), makes
@@ -12,13 +13,17 @@ with EROFS, as on a filesystem the kernel remounted read-only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
+import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from network.samples import sample_body
 from tests.faults.checks import check_run, undelivered
@@ -148,3 +153,81 @@ def test_a_read_only_store_refuses_to_serve_loses_nothing_and_starts_once_writab
     kept = rows(deu.store, "SELECT id, state FROM messages WHERE box = 'in' ORDER BY id")
     assert kept[: len(stored)] == stored  # nothing lost (ids are time-ordered: the later ones last)
     assert check_run(pair, ["FRA"], sent | later) == 6
+
+
+# -- slow ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def slow_disk(network: Network, node_id: str, delay_ms: int) -> Iterator[None]:
+    """Every fsync and fdatasync of the node takes `delay_ms` longer in the block, as on a
+    disk that is failing or shared with a busy neighbour: strace, attached to all its
+    threads, delays each on its way out of the kernel (`-e inject`). Detached after."""
+    process = network.nodes[node_id].process
+    assert process is not None
+    syncs = "fsync,fdatasync"
+    delayed = ["-e", f"trace={syncs}", "-e", f"inject={syncs}:delay_exit={delay_ms}ms"]
+    tracer = subprocess.Popen(
+        ["strace", "-qq", "-f", "-p", str(process.pid), "-o", "/dev/null", *delayed]
+    )
+    try:
+        wait_for(lambda: _traced(process.pid), what=f"strace attached to {node_id}")
+        yield
+    finally:
+        tracer.terminate()  # strace detaches from every thread, and the node goes on
+        tracer.wait(timeout=10)
+        wait_for(lambda: not _traced(process.pid), what=f"strace detached from {node_id}")
+
+
+def _traced(pid: int) -> bool:
+    """Whether every thread of `pid` has a tracer."""
+    tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    return all(
+        any(
+            line.startswith("TracerPid:") and line.split()[1] != "0"
+            for line in (task / "status").read_text().splitlines()
+        )
+        for task in tasks
+    )
+
+
+def commits(network: Network, node_id: str) -> tuple[dict[str, float], float]:
+    """The node's COMMITs by where they ran, and their recent average (s), from /metrics."""
+    with urllib.request.urlopen(network.nodes[node_id].metrics + "/metrics", timeout=10) as page:
+        families = {f.name: f for f in text_string_to_metric_families(page.read().decode())}
+    places = {s.labels["place"]: s.value for s in families["cpn_store_commits"].samples}
+    (average,) = families["cpn_store_commit_seconds"].samples
+    return places, average.value
+
+
+def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
+    pair: Network,
+) -> None:
+    """A COMMIT on the loop's thread makes the loop wait for the disk: worth it while the
+    disk answers in a millisecond, not while it takes tens. The node measures its COMMITs
+    and moves them to the writer's thread while they are slow, so its loop serves
+    meanwhile, and back once the disk is fast again; nothing is lost either way."""
+    sent = [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(3)]
+    pair.wait_all("FRA", "out", 3, {"delivered"})
+    fast, _ = commits(pair, "FRA")
+
+    with slow_disk(pair, "FRA", 30):
+        sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(4)]
+        pair.wait_all("FRA", "out", 7, {"delivered"}, timeout=60)
+        slow, slow_average = commits(pair, "FRA")
+        listed = pair.api("FRA", "GET", "/api/messages?box=out")[0]  # reads go on meanwhile
+
+    sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(12)]
+    pair.wait_all("FRA", "out", 19, {"delivered"})
+    back, back_average = commits(pair, "FRA")
+    pair.stop("FRA")
+    pair.stop("DEU")
+
+    assert fast["loop"] >= 3 and fast["thread"] == 0, fast  # a fast disk: on the loop
+    assert slow["thread"] - fast["thread"] >= 4, (fast, slow)  # slow: on the thread
+    assert slow["loop"] - fast["loop"] <= 2, (fast, slow)  # within a COMMIT or two
+    assert slow_average >= 0.002
+    assert listed == 200
+    assert back["loop"] > slow["loop"], (slow, back)  # fast again: back on the loop
+    assert back_average < slow_average
+    assert check_run(pair, ["FRA", "DEU"], set(sent)) == 19
