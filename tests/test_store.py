@@ -30,7 +30,6 @@ from network.core.tlog import leaf_hash, root_hash
 from network.node import store as store_module
 from network.node.keys import load_keeper_public
 from network.node.store import (
-    INLINE_COMMIT_MS,
     MIGRATIONS,
     SCHEMA_VERSION,
     AuditEntry,
@@ -999,8 +998,8 @@ async def test_a_store_with_inline_commits_commits_on_the_loop_while_the_disk_is
 
         assert [s.split()[0] for loop, s in statements if not loop] == [], statements
         assert "COMMIT" in [s.split()[0] for loop, s in statements if loop], statements
-        assert store.commits.counts == {"loop": 1, "thread": 0}
-        assert 0 < store.commits.average_ms <= INLINE_COMMIT_MS
+        assert store.commits.counts == {"loop": 1, "thread": 0}  # the first: nothing measured
+        assert store.commits.average_ms > 0
     finally:
         await store.close()
     other = sqlite3.connect(tmp_path / "node.sqlite")

@@ -217,17 +217,17 @@ def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
         slow, slow_average = commits(pair, "FRA")
         listed = pair.api("FRA", "GET", "/api/messages?box=out")[0]  # reads go on meanwhile
 
-    sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(12)]
-    pair.wait_all("FRA", "out", 19, {"delivered"})
+    sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(20)]
+    pair.wait_all("FRA", "out", 27, {"delivered"})
     back, back_average = commits(pair, "FRA")
     pair.stop("FRA")
     pair.stop("DEU")
 
-    assert fast["loop"] >= 3 and fast["thread"] == 0, fast  # a fast disk: on the loop
+    assert fast["loop"] >= 3 and fast["loop"] > fast["thread"], fast  # fast: on the loop
     assert slow["thread"] - fast["thread"] >= 4, (fast, slow)  # slow: on the thread
     assert slow["loop"] - fast["loop"] <= 2, (fast, slow)  # within a COMMIT or two
     assert slow_average >= 0.002
     assert listed == 200
     assert back["loop"] > slow["loop"], (slow, back)  # fast again: back on the loop
     assert back_average < slow_average
-    assert check_run(pair, ["FRA", "DEU"], set(sent)) == 19
+    assert check_run(pair, ["FRA", "DEU"], set(sent)) == 27
