@@ -1864,9 +1864,10 @@ class Store:
         Why on the loop's thread: each statement on the writer's thread gave up the GIL
         and waited up to the switch interval to take it back from a busy loop, and a hop
         there cost two wake-ups; a flash message's transactions waited for all of it
-        (docs/PERFORMANCE.md, sixth session). Only what waits goes to the thread: the
-        COMMIT (the disk), and a BEGIN that another process's write lock holds up. Never
-        at once: the thread runs only hops the lock's holder awaits."""
+        (docs/PERFORMANCE.md, sixth session). Only what waits goes to the thread: a BEGIN
+        that another process's write lock holds up, and the COMMIT (the disk) unless it
+        runs on the loop (`CommitPlace`). Never at once: the thread runs only hops the
+        lock's holder awaits."""
         if await self._begin(batch):
             raise asyncio.CancelledError  # once begun: the batch is left to the lock's next holder
         return self._writing
