@@ -1041,6 +1041,18 @@ def test_the_commits_move_to_the_thread_while_the_disk_is_slow_and_back_once_it_
     assert place.counts == {"loop": 2 + slow, "thread": fast}
 
 
+def test_a_lazy_commit_does_not_count_for_where_the_next_runs() -> None:
+    """A COMMIT that does not wait for the disk (`durable=False`: a sent mark) says nothing
+    of it: between slow durable COMMITs, quick lazy ones must not bring them to the loop."""
+    place = CommitPlace(allowed=True)
+    place.took("loop", 30.0)
+    assert not place.on_loop
+    for _ in range(50):
+        place.took("thread", None)
+    assert not place.on_loop
+    assert place.counts == {"loop": 1, "thread": 50}
+
+
 def test_commits_never_run_on_the_loop_where_not_allowed() -> None:
     place = CommitPlace(allowed=False)
     assert not place.on_loop

@@ -1514,9 +1514,11 @@ INLINE_COMMIT_MS: Final = 2.0
 
 
 class CommitPlace:
-    """Where the next COMMIT runs (`on_loop`), from how long the recent ones took: an
-    average that weighs each new COMMIT an eighth, so one slow COMMIT (a checkpoint) moves
-    it little and a disk that stays slow moves it past `INLINE_COMMIT_MS` within a few."""
+    """Where the next COMMIT runs (`on_loop`), from how long the recent durable ones took:
+    an average that weighs each new one an eighth, so one slow COMMIT (a checkpoint) moves
+    it little and a disk that stays slow moves it past `INLINE_COMMIT_MS` within a few. A
+    lazy COMMIT (`durable=False`) does not wait for the disk, and does not count: between
+    two slow durable ones, a few quick lazy ones would bring the COMMITs back to the loop."""
 
     __slots__ = ("allowed", "average_ms", "counts")
 
@@ -1529,10 +1531,12 @@ class CommitPlace:
     def on_loop(self) -> bool:
         return self.allowed and self.average_ms <= INLINE_COMMIT_MS
 
-    def took(self, place: str, ms: float) -> None:
-        """A COMMIT ran in `place` and took `ms` on its own (the hops not counted)."""
+    def took(self, place: str, ms: float | None) -> None:
+        """A COMMIT ran in `place`; a durable one took `ms` on its own (the hops not
+        counted), a lazy one gives None."""
         self.counts[place] += 1
-        self.average_ms += (ms - self.average_ms) / 8
+        if ms is not None:
+            self.average_ms += (ms - self.average_ms) / 8
 
 
 class _Batch:
@@ -1908,11 +1912,13 @@ class Store:
                 if self.commits.on_loop:
                     started = time.perf_counter()
                     batch.end(self._writing, "COMMIT")
-                    self.commits.took("loop", (time.perf_counter() - started) * 1000)
+                    took = (time.perf_counter() - started) * 1000
+                    self.commits.took("loop", took if batch.durable else None)
                 else:
                     commit = _queued_on_thread(self.writer, partial(_timed_commit, batch))
                     cancelled |= await _to_its_end(commit)
-                    self.commits.took("thread", commit.result())
+                    took = commit.result()
+                    self.commits.took("thread", took if batch.durable else None)
             except BaseException as exc:
                 if self._writing.in_transaction:
                     with contextlib.suppress(sqlite3.Error):

@@ -217,8 +217,8 @@ def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
         slow, slow_average = commits(pair, "FRA")
         listed = pair.api("FRA", "GET", "/api/messages?box=out")[0]  # reads go on meanwhile
 
-    sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(20)]
-    pair.wait_all("FRA", "out", 27, {"delivered"})
+    sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(30)]
+    pair.wait_all("FRA", "out", 37, {"delivered"})
     back, back_average = commits(pair, "FRA")
     pair.stop("FRA")
     pair.stop("DEU")
@@ -230,4 +230,4 @@ def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
     assert listed == 200
     assert back["loop"] > slow["loop"], (slow, back)  # fast again: back on the loop
     assert back_average < slow_average
-    assert check_run(pair, ["FRA", "DEU"], set(sent)) == 27
+    assert check_run(pair, ["FRA", "DEU"], set(sent)) == 37
