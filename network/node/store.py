@@ -1636,7 +1636,8 @@ def _given_up(waiter: Future[None]) -> None:
 
 
 def _timed_commit(batch: _Batch, conn: sqlite3.Connection) -> float:
-    """On the writer's thread: `batch`'s COMMIT, and how long it took (ms)."""
+    """`batch`'s COMMIT on `conn` (on the loop's thread or the writer's: `CommitPlace`),
+    and how long it took (ms)."""
     started = time.perf_counter()
     batch.end(conn, "COMMIT")
     return (time.perf_counter() - started) * 1000
@@ -1910,15 +1911,12 @@ class Store:
                 cancelled = await self._begin(batch)
                 batch.apply(self._writing)
                 if self.commits.on_loop:
-                    started = time.perf_counter()
-                    batch.end(self._writing, "COMMIT")
-                    took = (time.perf_counter() - started) * 1000
-                    self.commits.took("loop", took if batch.durable else None)
+                    place, took = "loop", _timed_commit(batch, self._writing)
                 else:
                     commit = _queued_on_thread(self.writer, partial(_timed_commit, batch))
                     cancelled |= await _to_its_end(commit)
-                    took = commit.result()
-                    self.commits.took("thread", took if batch.durable else None)
+                    place, took = "thread", commit.result()
+                self.commits.took(place, took if batch.durable else None)
             except BaseException as exc:
                 if self._writing.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
