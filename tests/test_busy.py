@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import aiohttp
 import pytest
@@ -53,19 +53,22 @@ def request(priority: str) -> bytes:
 Answer = tuple[int, dict[str, str], dict[str, str]]  # status, headers, JSON
 
 
-async def post_while_the_store_is_held(network: Network) -> list[Answer]:
+async def post_while_the_store_is_held(
+    network: Network, answered_held: Sequence[bytes] = (), posted_held: Sequence[bytes] = ()
+) -> list[Answer]:
     """`POSTED` urgent submissions and one flash, all at once, while this process holds
-    FRA's write lock; the lock is let go once `BEYOND` refusals are answered."""
+    FRA's write lock; the lock is let go once `BEYOND` refusals are answered. With
+    `answered_held` or `posted_held` (requests), what waits is filled up again and each is
+    posted then: the first must be answered before the lock is let go. Their answers come
+    last, in that order."""
     node = network.nodes["FRA"]
     headers = {"Authorization": f"Bearer {node.tokens['officer']}"}
     refused = asyncio.Event()
     refusals = 0
 
-    async def post(session: aiohttp.ClientSession, priority: str) -> Answer:
+    async def post(session: aiohttp.ClientSession, data: bytes) -> Answer:
         nonlocal refusals
-        async with session.post(
-            f"{node.api}/api/messages", data=request(priority), headers=headers
-        ) as response:
+        async with session.post(f"{node.api}/api/messages", data=data, headers=headers) as response:
             answer = (response.status, dict(response.headers), await response.json())
         if response.status == 503:
             refusals += 1
@@ -78,11 +81,21 @@ async def post_while_the_store_is_held(network: Network) -> list[Answer]:
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            posts = [asyncio.create_task(post(session, "urgent")) for _ in range(POSTED)]
-            posts.append(asyncio.create_task(post(session, "flash")))
+            posts = [asyncio.create_task(post(session, request("urgent"))) for _ in range(POSTED)]
+            posts.append(asyncio.create_task(post(session, request("flash"))))
             await asyncio.wait_for(refused.wait(), 30)
+            answered: list[Answer] = []
+            if answered_held or posted_held:  # rounds that began late took members: refill
+                more = [
+                    asyncio.create_task(post(session, request("urgent")))
+                    for _ in range(WAITING_AT_MOST)
+                ]
+                await asyncio.wait(more, return_when=asyncio.FIRST_COMPLETED)  # one refused
+                late = [asyncio.create_task(post(session, data)) for data in posted_held]
+                answered = [await asyncio.wait_for(post(session, d), 30) for d in answered_held]
+                posts += more + late
             holder.execute("ROLLBACK")
-            return await asyncio.gather(*posts)
+            return [*(await asyncio.gather(*posts)), *answered]
     finally:
         holder.close()
 
@@ -124,3 +137,24 @@ def test_submissions_past_what_a_node_holds_waiting_are_refused_with_503_and_not
         "source": f"user:{OFFICER}",
         "count": len(refused) - REFUSALS_PER_MINUTE,
     }
+
+
+def test_a_sender_with_no_room_refuses_before_it_checks_the_body_but_never_a_flash_one(
+    fra: Network,
+) -> None:
+    """With no room for another urgent submission, one is refused (503) at once, before its
+    body is checked: a sender offered more than it takes spent its thread checking requests
+    it then refused. A flash request is checked as ever, and its field named (400)."""
+    invalid = {"to": "DEU", "type": "preservation", "priority": "urgent", "body": {}}
+    flash = json.dumps({**invalid, "priority": "flash"}).encode()
+    answers = asyncio.run(
+        post_while_the_store_is_held(fra, [json.dumps(invalid).encode()], [flash])
+    )
+
+    status, headers, body = answers[-1]  # the invalid urgent one, answered with the lock held
+    assert status == 503, body
+    assert headers["Retry-After"] == "1"
+    assert f"{WAITING_AT_MOST} urgent submissions waiting" in body["error"]
+    status, _, body = answers[-2]  # the invalid flash one
+    assert status == 400, body
+    assert body["field"] == "body.case_ref", body
