@@ -478,6 +478,11 @@ class Network:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def metrics(self, node_id: str) -> str:
+        """What the node's metrics listener (loopback, no token) answers: Prometheus text."""
+        with urllib.request.urlopen(self.nodes[node_id].metrics + "/metrics", timeout=10) as page:
+            return str(page.read().decode())
+
     def add_user(self, node_id: str, name: str, role: str, *, key: str | None = None) -> str:
         """A machine user `name` added with `cpn user add --token`, as an administrator does;
         its token, kept as `tokens[key or name]` for `api(..., token=...)`."""

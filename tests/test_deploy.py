@@ -10,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,8 +140,7 @@ def test_every_metric_the_alert_rules_and_the_dashboard_use_is_exported(tmp_path
     try:
         network.start("FRA")
         assert network.api("FRA", "GET", "/api/audit/verify", token="auditor")[0] == 200
-        with urllib.request.urlopen(network.nodes["FRA"].metrics + "/metrics", timeout=10) as page:
-            exported = set(re.findall(r"^# TYPE (cpn_[a-z_]+)", page.read().decode(), re.MULTILINE))
+        exported = set(re.findall(r"^# TYPE (cpn_[a-z_]+)", network.metrics("FRA"), re.MULTILINE))
     finally:
         network.close()
 

@@ -18,7 +18,6 @@ import ctypes
 import os
 import resource
 import subprocess
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -193,8 +192,7 @@ def _traced(pid: int) -> bool:
 
 def commits(network: Network, node_id: str) -> tuple[dict[str, float], float]:
     """The node's COMMITs by where they ran, and their recent average (s), from /metrics."""
-    with urllib.request.urlopen(network.nodes[node_id].metrics + "/metrics", timeout=10) as page:
-        families = {f.name: f for f in text_string_to_metric_families(page.read().decode())}
+    families = {f.name: f for f in text_string_to_metric_families(network.metrics(node_id))}
     places = {s.labels["place"]: s.value for s in families["cpn_store_commits"].samples}
     (average,) = families["cpn_store_commit_seconds"].samples
     return places, average.value
