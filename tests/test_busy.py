@@ -144,17 +144,21 @@ def test_a_sender_with_no_room_refuses_before_it_checks_the_body_but_never_a_fla
 ) -> None:
     """With no room for another urgent submission, one is refused (503) at once, before its
     body is checked: a sender offered more than it takes spent its thread checking requests
-    it then refused. A flash request is checked as ever, and its field named (400)."""
+    it then refused. A flash request is checked as ever, and its field named (400), as is
+    a priority that is none."""
     invalid = {"to": "DEU", "type": "preservation", "priority": "urgent", "body": {}}
-    flash = json.dumps({**invalid, "priority": "flash"}).encode()
+    checked = [{**invalid, "priority": p} for p in ("flash", "bogus", ["urgent"], None)]
     answers = asyncio.run(
-        post_while_the_store_is_held(fra, [json.dumps(invalid).encode()], [flash])
+        post_while_the_store_is_held(
+            fra, [json.dumps(invalid).encode()], [json.dumps(c).encode() for c in checked]
+        )
     )
 
     status, headers, body = answers[-1]  # the invalid urgent one, answered with the lock held
     assert status == 503, body
     assert headers["Retry-After"] == "1"
     assert f"{WAITING_AT_MOST} urgent submissions waiting" in body["error"]
-    status, _, body = answers[-2]  # the invalid flash one
-    assert status == 400, body
-    assert body["field"] == "body.case_ref", body
+    flash, *no_priority = answers[-1 - len(checked) : -1]
+    assert flash[0] == 400 and flash[2]["field"] == "body.case_ref", flash
+    for status, _, body in no_priority:  # not a priority: named, whatever waits
+        assert status == 400 and body["field"] == "priority", body
