@@ -287,7 +287,8 @@ class Officers:
 
         With no round under way there is nothing to gather it with: it goes at once, in
         this task, as a round of its own (a round's task cost a sequential sender, the
-        simulation's countries, several passes of the loop a message)."""
+        simulation's countries, several passes of the loop a message). Past the bound of
+        what waits, `submit` refused it already (`_refuse_when_full`)."""
         if not self._rounds.get(urgency):
             self._rounds[urgency] = 1
             try:
@@ -296,7 +297,6 @@ class Officers:
                 self._rounds[urgency] -= 1
                 self._start_rounds(urgency)
         waiting = self._waiting.setdefault(urgency, deque())
-        _refuse_past_bound(urgency, len(waiting))
         stored: asyncio.Future[MessageRow] = asyncio.get_running_loop().create_future()
         waiting.append((sealing, stored))
         self._start_rounds(urgency)
