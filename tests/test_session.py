@@ -299,6 +299,37 @@ def test_flash_beside_takes_at_most_a_batch_and_leaves_the_rest_for_the_next() -
     assert deu.take_flash() is None and deu.events_received() == []
 
 
+def test_receipts_are_taken_ahead_of_the_frames_around_them_which_keep_their_order() -> None:
+    """Issue 18: a loaded sender's flash receipt waited a turn of its loop for the worker,
+    then another for the task the worker started. The node takes receipts straight away;
+    the other frames stay, in order, for the worker; the bytes taken no longer count."""
+    _, deu = pair()
+    deu.receive_frame(frame(FRAME_RECEIPT, b"r1"))
+    deu.receive_frame(envelope_frame([], envelope("m1")))
+    deu.receive_frame(frame(FRAME_ANNOUNCE, b"announcement"))
+    deu.receive_frame(frame(FRAME_RECEIPT, b"r2"))
+    assert deu.receipts_waiting == 2
+
+    taken = deu.take_receipts()
+
+    assert taken == ReceiptsReceived((b"r1", b"r2"))
+    assert deu.receipts_waiting == 0 and deu.take_receipts() is None
+    assert deu.queued_bytes == 1 + len(envelope("m1")) + len(b"announcement")
+    events = deu.events_received()
+    assert events[0] == AnnouncementReceived(b"announcement")
+    assert [message_id_of(raw) for _, raw in _batch(events).envelopes] == ["m1"]
+    assert not any(isinstance(e, ReceiptsReceived) for e in events)
+    assert deu.queued_bytes == 0
+
+
+def test_receipts_the_worker_took_are_not_waiting_any_more() -> None:
+    _, deu = pair()
+    deu.receive_frame(frame(FRAME_RECEIPT, b"r1"))
+
+    assert deu.events_received() == [ReceiptsReceived((b"r1",))]
+    assert deu.receipts_waiting == 0 and deu.take_receipts() is None
+
+
 def _batch(events: list[Event]) -> EnvelopesReceived:
     batches = [e for e in events if isinstance(e, EnvelopesReceived)]
     assert len(batches) == 1
@@ -614,6 +645,14 @@ class TwoSessions(RuleBasedStateMachine):
     def fra_takes_receipts(self) -> None:
         answer_all(self.fra)
 
+    @rule()
+    def fra_takes_receipts_beside(self) -> None:
+        taken = self.fra.take_receipts()
+        if taken is not None:
+            self.fra.receipts_settled(
+                [r.removeprefix(b"receipt:").decode() for r in taken.receipts]
+            )
+
     @rule(seconds=st.floats(0, 5))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
@@ -628,6 +667,12 @@ class TwoSessions(RuleBasedStateMachine):
         on_wire = {message_id_of(data[2 + 3 * data[1] :]) for data in self.to_deu}
         waiting = set(self.sent) - on_wire - set(self.taken)
         assert self.deu.flash_waiting == sum(self.flash[i] for i in waiting)
+
+    @invariant()
+    def receipts_waiting_are_the_receipts_received_and_not_taken(self) -> None:
+        on_wire = {data.removeprefix(FRAME_RECEIPT + b"receipt:").decode() for data in self.to_fra}
+        received = set(self.taken) - on_wire  # each envelope taken was answered at once
+        assert self.fra.receipts_waiting == len(received & set(self.fra.in_flight))
 
     @invariant()
     def nothing_taken_twice_nor_unsent(self) -> None:

@@ -314,6 +314,7 @@ class LinkSession:
         self._queued: deque[_Queued] = deque()  # frames received, not yet taken as events
         self._pending: list[Carried] = []  # envelopes taken, not yet in a batch
         self.flash_waiting = 0  # flash envelopes in `_queued` and `_pending`: `take_flash`
+        self.receipts_waiting = 0  # receipt frames in `_queued`: `take_receipts`
         self.queued_bytes = 0  # payload bytes in `_queued` and `_pending`
         self._roster: bytes | None = None  # the newest roster frame not yet taken
         self._outgoing: list[bytes] = []
@@ -384,6 +385,7 @@ class LinkSession:
             self._roster = item = payload
         elif kind in (FRAME_RECEIPT, FRAME_ANNOUNCE):
             item = payload
+            self.receipts_waiting += kind == FRAME_RECEIPT
         elif kind == FRAME_CHECKPOINT:
             item = parse_checkpoint_offer(payload, self.version)
         elif kind == FRAME_COSIGNATURE:
@@ -425,6 +427,7 @@ class LinkSession:
             if kind == FRAME_RECEIPT:
                 assert isinstance(item, bytes)
                 receipts.append(item)
+                self.receipts_waiting -= 1
             elif kind == FRAME_ANNOUNCE:
                 assert isinstance(item, bytes)
                 events.append(AnnouncementReceived(item))
@@ -462,6 +465,26 @@ class LinkSession:
             self.queued_bytes -= sum(_frame_size(carried) for carried in batch)
             events.append(EnvelopesReceived(tuple(batch)))
         return events
+
+    def take_receipts(self) -> ReceiptsReceived | None:
+        """The receipts received and not yet taken, ahead of the frames around them (the
+        node takes receipts beside its other events, as `events_received` gives them);
+        None when none waits."""
+        if not self.receipts_waiting:
+            return None
+        receipts: list[bytes] = []
+        queued: deque[_Queued] = deque()
+        for entry in self._queued:
+            kind, item, size = entry
+            if kind == FRAME_RECEIPT:
+                assert isinstance(item, bytes)
+                receipts.append(item)
+                self.queued_bytes -= size
+            else:
+                queued.append(entry)
+        self._queued = queued
+        self.receipts_waiting = 0
+        return ReceiptsReceived(tuple(receipts))
 
     def take_flash(self) -> EnvelopesReceived | None:
         """The flash envelopes received and not yet in a batch, as a batch of their own (at

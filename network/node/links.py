@@ -122,6 +122,7 @@ class _Link:
     beside: _Beside = field(init=False)  # receipts, flash envelopes: `__post_init__`
     taking: bool = False  # the worker checks a batch of envelopes: flash is taken beside it
     flashing: bool = False  # a flash batch is taken beside it (one at a time)
+    receipts_due: bool = False  # a task to take the receipts waiting is on its way
     # Witnessing events, taken in order by a task of their own (`Links._witness`); bounded,
     # so that a peer offering checkpoints faster than we cosign waits, as before, in the
     # session's queue (which refuses a flood).
@@ -631,11 +632,31 @@ class Links:
 
     def _received(self, link: _Link, data: bytes | str) -> None:
         """A frame to the session, for the worker; a flash envelope that arrives while the
-        worker checks a batch is taken beside it."""
-        link.session.receive_frame(data)
-        link.to_take.set()
-        if link.taking and link.session.flash_waiting:
+        worker checks a batch is taken beside it, and receipts by a task of their own."""
+        session = link.session
+        receipts = session.receipts_waiting
+        session.receive_frame(data)
+        if session.receipts_waiting > receipts:
+            self._take_waiting_receipts(link)
+        else:
+            link.to_take.set()
+        if link.taking and session.flash_waiting:
             self._take_flash(link)
+
+    def _take_waiting_receipts(self, link: _Link) -> None:
+        """Receipts straight to a task that takes them, not through the worker: each task
+        hop cost a loaded sender a turn of its loop, and at 90% load a flash receipt took
+        1.6 ms at p50 (6.9 at p99) from its frame to its check. The frames that come in the
+        same turn join the batch the task takes when it starts."""
+        if not link.receipts_due:
+            link.receipts_due = True
+            link.beside.spawn(self._take_receipts_waiting(link))
+
+    async def _take_receipts_waiting(self, link: _Link) -> None:
+        link.receipts_due = False
+        batch = link.session.take_receipts()
+        if batch is not None:
+            await self._take_receipts(link, batch.receipts)
 
     async def _write(self, link: _Link) -> None:
         """Write the session's frames, in order; the one task that waits on a send."""
