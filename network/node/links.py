@@ -14,8 +14,10 @@ decides everything about frames, the window and stalls. Four tasks per link,
 children of one TaskGroup: the reader feeds every frame to the session at
 once (it never waits), the writer writes what the session has to send, the
 worker takes the session's events to the use cases (`_handle`), and the feed
-gives the session what the outbox holds for this peer (`_Outbox`). The first
-to fail ends the link, never the node.
+gives the session what the outbox holds for this peer (`_Outbox`), writing a
+flash batch itself while the writer is idle. Receipts and flash envelopes are
+taken by tasks of their own beside the worker. The first to fail ends the
+link, never the node.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class _Link:
     # would deadlock. The session's window bounds what waits.
     to_write: asyncio.Event = field(default_factory=asyncio.Event)
     to_take: asyncio.Event = field(default_factory=asyncio.Event)  # frames wait as events
+    # Held while frames are written: by the writer, or by the feed for a flash batch.
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     marks: _Marks | None = None  # set by the feed
     beside: _Beside = field(init=False)  # receipts, flash envelopes: `__post_init__`
     taking: bool = False  # the worker checks a batch of envelopes: flash is taken beside it
@@ -659,14 +663,31 @@ class Links:
             await self._take_receipts(link, batch.receipts)
 
     async def _write(self, link: _Link) -> None:
-        """Write the session's frames, in order; the one task that waits on a send."""
+        """Write the session's frames, in order: the one task that waits on a send, with
+        the feed when it writes a flash batch itself (`_write_flash`)."""
         try:
             while True:
-                frames = link.session.data_to_send()
+                async with link.writing:
+                    frames = link.session.data_to_send()
+                    for data in frames:
+                        await link.ws.send(data)
                 if not frames:
                     link.to_write.clear()
                     await link.to_write.wait()
-                for data in frames:
+        except ConnectionClosed:
+            raise _Closed("the connection closed while writing") from None
+
+    async def _write_flash(self, link: _Link) -> None:
+        """The feed writes a flash batch (and the frames before it) itself while the
+        writer is idle: handed to the writer, it waited for a turn of a loaded sender's
+        loop, 0.6 ms at p50 and 3.7 at p99 at 90% load. The feed, not a reader or a
+        handler, may wait on a send."""
+        if link.writing.locked():
+            link.flush()  # the writer is under way: it takes them next, in order
+            return
+        try:
+            async with link.writing:
+                for data in link.session.data_to_send():
                     await link.ws.send(data)
         except ConnectionClosed:
             raise _Closed("the connection closed while writing") from None
@@ -796,8 +817,11 @@ class Links:
             link.flush()
             if batch:
                 session.send_envelopes(batch, time.monotonic())
-                link.flush()
                 flash = any(item.rank == 0 for item in batch)
+                if flash:
+                    await self._write_flash(link)
+                else:
+                    link.flush()
                 ids = [item.message_id for item in batch]
                 marks.add(ids, flash)
                 continue
