@@ -120,9 +120,7 @@ class GroupCommit(RuleBasedStateMachine):
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             store = self.store  # no batch open, and none committing
             await until(
-                lambda: (
-                    store._batch is None and not store.queued_transactions and not store._lock._held
-                ),
+                lambda: store._batch is None and not store.queued_transactions and store._lock.free,
                 timeout=30,
             )
 

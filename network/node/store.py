@@ -1365,12 +1365,19 @@ class _WriteLock:
     links for long: after `OFFICERS_IN_A_ROW` of them, a waiting link's turn
     comes (under a flood of submits, the links still send and take receipts,
     or nothing submitted would ever be delivered).
+
+    The lock is handed to the next waiter when freed, and that waiter runs at the loop's
+    next turn. A flash message's transaction that comes meanwhile takes it at once; the
+    waiter keeps its turn and takes the lock when that one ends. At 90% load the lock was
+    being handed on nearly every time a flash transaction came, and the hand-over was a
+    turn of a loaded sender's loop: 1 ms at p50, 6 at p99.
     """
 
     OFFICERS_IN_A_ROW: Final = 4
 
     def __init__(self, on_free: Callable[[], None] = lambda: None) -> None:
         self._held = False
+        self._handed: Future[None] | None = None  # the waiter whose turn it is
         # flash, officers, the others
         self._queues: tuple[deque[Future[None]], ...] = (deque(), deque(), deque())
         self._on_free = on_free  # called whenever the lock is freed with no one to take it
@@ -1379,24 +1386,40 @@ class _WriteLock:
     async def acquire(self, first: bool, urgent: bool = False) -> None:
         """Wait for the lock: `urgent` (a flash message's) before every other waiter,
         `first` (an officer's) before the links'."""
-        if not self._held and not any(self._queues):
+        if not self._held and (urgent or (self._handed is None and not self.waiting)):
             self._held = True
             return
-        waiter: Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues[0 if urgent else 1 if first else 2]
+        waiter: Future[None] = asyncio.get_running_loop().create_future()
         queue.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed over just as it was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    queue.remove(waiter)
-            raise
+        while True:
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if self._handed is waiter:  # its turn came just as it was cancelled
+                    self._handed = None
+                    if not self._held:
+                        self._hand_on()
+                else:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(waiter)
+                raise
+            if not self._held:
+                self._handed = None
+                self._held = True
+                return
+            # A flash message's transaction took the lock meanwhile: the turn stays ours.
+            waiter = self._handed = asyncio.get_running_loop().create_future()
 
     def release(self) -> None:
-        """Hand the lock to the next waiter (it stays held), or free it."""
+        """Free the lock for the waiter whose turn it is, or the next one, if any."""
+        self._held = False
+        if self._handed is None:
+            self._hand_on()
+        elif not self._handed.done():
+            self._handed.set_result(None)  # it waited again behind a flash transaction
+
+    def _hand_on(self) -> None:
         flash, officers, others = self._queues
         if self._officers_in_a_row >= self.OFFICERS_IN_A_ROW and others:
             order = (flash, others, officers)
@@ -1407,17 +1430,23 @@ class _WriteLock:
                 waiter = queue.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
+                    self._handed = waiter
                     in_a_row = self._officers_in_a_row
                     self._officers_in_a_row = 0 if queue is others else in_a_row + 1
                     return
         self._officers_in_a_row = 0
-        self._held = False
         self._on_free()
 
     @property
+    def free(self) -> bool:
+        """Neither held nor handed to a waiter."""
+        return not self._held and self._handed is None
+
+    @property
     def waiting(self) -> int:
-        """How many transactions wait for the one under way."""
-        return sum(len(queue) for queue in self._queues)
+        """How many transactions wait for the one under way (the one whose turn it is
+        included)."""
+        return sum(len(queue) for queue in self._queues) + (self._handed is not None)
 
     @asynccontextmanager
     async def held(self, *, first: bool = False) -> AsyncIterator[None]:
