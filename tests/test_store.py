@@ -703,6 +703,33 @@ async def test_a_flash_transaction_takes_the_lock_while_it_is_handed_to_a_waiter
     assert lock.free and lock.waiting == 0
 
 
+async def test_a_flash_transaction_ahead_of_a_waiter_counts_as_an_officers_turn() -> None:
+    """Not counted, the flash transactions taken ahead (a hundred a second at 90% load) left
+    the links fewer turns: receipts waited, the window stayed full, and urgent messages
+    waited in the outbox, 1 s at p50 instead of 15 ms."""
+    lock = store_module._WriteLock()
+    order: list[str] = []
+
+    async def turn(name: str, first: bool) -> None:
+        await lock.acquire(first)
+        order.append(name)
+        lock.release()
+
+    await lock.acquire(False)
+    tasks = [asyncio.create_task(turn("link", False))]
+    tasks += [asyncio.create_task(turn(f"officer {n}", True)) for n in range(4)]
+    await until(lambda: lock.waiting == 5)
+    lock.release()  # officer 0's turn: officers go before links
+    flash = lock.acquire(False, urgent=True)
+    with pytest.raises(StopIteration):
+        flash.send(None)
+    order.append("flash")
+    lock.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    assert order == ["flash", "officer 0", "officer 1", "officer 2", "link", "officer 3"]
+
+
 async def test_a_waiter_cancelled_as_the_lock_is_handed_to_it_hands_it_on() -> None:
     lock = store_module._WriteLock()
     await lock.acquire(False)
