@@ -689,7 +689,8 @@ async def test_a_flash_transaction_takes_the_lock_while_it_is_handed_to_a_waiter
     flash = lock.acquire(False, urgent=True)
     with pytest.raises(StopIteration):
         flash.send(None)  # a flash message's takes it at once, with no turn of the loop
-    await asyncio.sleep(0)  # the link's transaction runs, finds the lock taken, waits
+    # The link's transaction runs, finds the lock taken, and waits again for its turn.
+    await until(lambda: lock._handed is not None and not lock._handed.done())
     assert not link.done() and lock.waiting == 1
     officer_task = asyncio.create_task(lock.acquire(True))
     await until(lambda: lock.waiting == 2)
