@@ -740,7 +740,7 @@ async def test_a_waiter_cancelled_as_the_lock_is_handed_to_it_hands_it_on() -> N
     lock.release()  # handed to the first, which is cancelled before it runs
     first.cancel()
 
-    await second
+    await asyncio.wait_for(second, 5)
     assert first.cancelled() and lock.waiting == 0
     lock.release()
     assert lock.free
