@@ -654,9 +654,9 @@ class Links:
         same turn join the batch the task takes when it starts."""
         if not link.receipts_due:
             link.receipts_due = True
-            link.beside.spawn(self._take_receipts_waiting(link))
+            link.beside.spawn(self._receipts_taker(link))
 
-    async def _take_receipts_waiting(self, link: _Link) -> None:
+    async def _receipts_taker(self, link: _Link) -> None:
         link.receipts_due = False
         batch = link.session.take_receipts()
         if batch is not None:
@@ -665,17 +665,10 @@ class Links:
     async def _write(self, link: _Link) -> None:
         """Write the session's frames, in order: the one task that waits on a send, with
         the feed when it writes a flash batch itself (`_write_flash`)."""
-        try:
-            while True:
-                async with link.writing:
-                    frames = link.session.data_to_send()
-                    for data in frames:
-                        await link.ws.send(data)
-                if not frames:
-                    link.to_write.clear()
-                    await link.to_write.wait()
-        except ConnectionClosed:
-            raise _Closed("the connection closed while writing") from None
+        while True:
+            if not await self._write_waiting(link):
+                link.to_write.clear()
+                await link.to_write.wait()
 
     async def _write_flash(self, link: _Link) -> None:
         """The feed writes a flash batch (and the frames before it) itself while the
@@ -684,13 +677,21 @@ class Links:
         handler, may wait on a send."""
         if link.writing.locked():
             link.flush()  # the writer is under way: it takes them next, in order
-            return
+        else:
+            await self._write_waiting(link)
+
+    @staticmethod
+    async def _write_waiting(link: _Link) -> bool:
+        """Write the frames the session has to send, in order, under the link's lock;
+        whether there were any."""
         try:
             async with link.writing:
-                for data in link.session.data_to_send():
+                frames = link.session.data_to_send()
+                for data in frames:
                     await link.ws.send(data)
         except ConnectionClosed:
             raise _Closed("the connection closed while writing") from None
+        return bool(frames)
 
     async def _work(self, link: _Link) -> None:
         """Take the session's events, in order, to the use cases."""
