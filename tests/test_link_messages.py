@@ -1,0 +1,124 @@
+"""A peer connection's messages, taken as websockets parses them (`links._Messages`).
+
+Real websockets connections on loopback, each end one of the link's own connection
+classes; the peer's side sends as any websockets client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosedOK
+
+from network.node.links import Data, _ClientLink, _ServerLink
+from tests.harness import until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@asynccontextmanager
+async def linked(max_queue: int = 16) -> AsyncIterator[tuple[_ClientLink, _ServerLink]]:
+    """A dialled connection and the server's end of it."""
+    accepted: asyncio.Future[_ServerLink] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: _ServerLink) -> None:
+        accepted.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(
+        handler, "127.0.0.1", 0, create_connection=_ServerLink, max_queue=max_queue
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", create_connection=_ClientLink) as client:
+            assert isinstance(client, _ClientLink)
+            yield client, await asyncio.wait_for(accepted, 5)
+
+
+async def parsed(client: _ClientLink) -> None:
+    """Everything `client` sent before has been parsed at the other end: its pong came back
+    (frames are parsed in order)."""
+    await asyncio.wait_for(await client.ping(), 5)
+
+
+async def test_messages_wait_until_taken_then_go_in_order_each_as_it_is_parsed() -> None:
+    async with linked() as (client, server):
+        for message in (b"one", b"two", b"three"):
+            await client.send(message)
+        await parsed(client)
+        assert await server.messages.next() == b"one"  # the signed handshake reads so
+
+        taken: list[tuple[Data, asyncio.Task[object] | None]] = []
+        reader = asyncio.create_task(
+            server.messages.take_all(lambda data: taken.append((data, asyncio.current_task())))
+        )
+        await until(lambda: len(taken) == 2)
+        assert [data for data, _ in taken] == [b"two", b"three"]  # those waiting, first
+
+        await client.send(b"four")
+        await until(lambda: len(taken) == 3)
+        # In websockets' parsing callback, not in a task woken at the loop's next turn.
+        assert taken[2] == (b"four", None)
+
+        await client.close()
+        with pytest.raises(ConnectionClosedOK):
+            await asyncio.wait_for(reader, 5)
+
+
+async def test_what_the_take_raises_ends_the_taking_and_nothing_after_it_is_taken() -> None:
+    class Refused(Exception):
+        pass
+
+    taken: list[Data] = []
+
+    def take(data: Data) -> None:
+        if data == b"bad":
+            raise Refused("the session refuses it")
+        taken.append(data)
+
+    async with linked() as (client, server):
+        reader = asyncio.create_task(server.messages.take_all(take))
+        for message in (b"good", b"bad", b"after"):
+            await client.send(message)
+        with pytest.raises(Refused):
+            await asyncio.wait_for(reader, 5)
+        await client.send(b"later")
+        await parsed(client)  # websockets reads on (the link's close frame is answered)
+        assert taken == [b"good"]
+
+
+async def test_a_fragmented_message_is_taken_whole_and_text_as_text() -> None:
+    async with linked() as (client, server):
+        await client.send([b"frag", b"men", b"ted"])  # three frames, one message
+        await client.send("text")
+        await parsed(client)
+        assert await server.messages.next() == b"fragmented"
+        assert await server.messages.next() == "text"  # the session refuses it as text
+
+
+async def test_past_max_queue_waiting_the_socket_is_not_read_until_they_are_taken() -> None:
+    async with linked(max_queue=4) as (client, server):
+        for n in range(6):
+            await client.send(bytes([n]))
+        await until(lambda: not server.transport.is_reading())
+        got = []
+        while len(got) < 5:  # the socket stays unread while more than a quarter of 4 waits
+            assert not server.transport.is_reading()
+            got.append(await server.messages.next())
+        assert server.transport.is_reading()
+        got.append(await server.messages.next())
+        assert got == [bytes([n]) for n in range(6)]
+
+
+async def test_messages_waiting_at_the_close_are_given_before_the_close_is_raised() -> None:
+    async with linked() as (client, server):
+        await client.send(b"last words")
+        await client.close()
+        await server.wait_closed()
+        assert await server.messages.next() == b"last words"
+        with pytest.raises(ConnectionClosedOK):
+            await server.messages.next()
