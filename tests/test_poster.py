@@ -11,7 +11,7 @@ import pytest
 
 from bench.poster import Poster
 from network.samples import sample_body
-from tests.harness import Network
+from tests.harness import Network, pause_async
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,6 +57,21 @@ def test_posts_reach_the_node_on_kept_alive_connections(fra: Network) -> None:
         assert status == 200 and message["to"] == "DEU" and message["priority"] == "urgent"
     # Three in turn on one connection, kept alive; four at once take it and three more.
     assert opened == [1, 4]
+
+
+def test_a_connection_idle_too_long_is_not_used_again(fra: Network) -> None:
+    """The node closes a connection idle for `[api] connection_idle`: a request written on
+    it as it does so meets the close. The poster opens another instead."""
+    node = fra.nodes["FRA"]
+
+    async def twice_with_a_pause() -> tuple[list[int], int]:
+        async with Poster(node.api, node.tokens["officer"], reuse_idle_s=0.2) as poster:
+            first, _ = await poster.post("/api/messages", request("before the pause"))
+            await pause_async(0.3, "the connection idle past the poster's bound")
+            second, _ = await poster.post("/api/messages", request("after the pause"))
+            return [first, second], poster.opened
+
+    assert asyncio.run(twice_with_a_pause()) == ([202, 202], 2)
 
 
 def test_a_refusal_comes_back_with_its_status_and_reason(fra: Network) -> None:
