@@ -91,6 +91,22 @@ async def test_what_the_take_raises_ends_the_taking_and_nothing_after_it_is_take
         assert taken == [b"good"]
 
 
+async def test_nothing_is_taken_once_the_taking_is_cancelled() -> None:
+    """The link's other task failed: its reader is cancelled with it, and what the peer
+    sends meanwhile (until the close) must not reach a session whose link has ended."""
+    taken: list[Data] = []
+    async with linked() as (client, server):
+        reader = asyncio.create_task(server.messages.take_all(taken.append))
+        await client.send(b"before")
+        await until(lambda: taken == [b"before"])
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await client.send(b"after")
+        await parsed(client)
+        assert taken == [b"before"]
+
+
 async def test_a_fragmented_message_is_taken_whole_and_text_as_text() -> None:
     async with linked() as (client, server):
         await client.send([b"frag", b"men", b"ted"])  # three frames, one message

@@ -122,7 +122,17 @@ class _Messages:
     websockets' own queue bounds them.
     """
 
-    __slots__ = ("_conn", "_failed", "_high", "_parts", "_paused", "_take", "_waiting", "_wake")
+    __slots__ = (
+        "_conn",
+        "_failed",
+        "_high",
+        "_parts",
+        "_paused",
+        "_stopped",
+        "_take",
+        "_waiting",
+        "_wake",
+    )
 
     def __init__(self, conn: Connection, max_queue: int) -> None:
         self._conn = conn
@@ -131,6 +141,7 @@ class _Messages:
         self._parts: list[Frame] = []  # a fragmented message's frames so far
         self._take: Callable[[Data], None] | None = None
         self._failed: Exception | None = None  # what `_take` raised: the link ends
+        self._stopped = False  # the link ends, or ended: nothing more is taken
         self._wake: asyncio.Future[None] | None = None
         self._paused = False
 
@@ -144,8 +155,8 @@ class _Messages:
         data = b"".join(part.data for part in frames)  # one frame: its bytes, not a copy
         # Links carry binary frames only: the session refuses text, whatever it holds.
         message = data.decode(errors="replace") if frames[0].opcode is Opcode.TEXT else data
-        if self._failed is not None:
-            return  # the link ends: nothing after the message refused is taken
+        if self._stopped:
+            return  # nothing after a message refused, nor once the link's reader is gone
         if self._take is None:
             self._waiting.append(message)
             if len(self._waiting) >= self._high:
@@ -156,6 +167,7 @@ class _Messages:
             self._take(message)
         except Exception as exc:  # raised to the link's reader: `take_all`
             self._failed = exc  # websockets reads on, for the close frame the link sends
+            self._stopped = True
             self._wakeup()
 
     def lost(self) -> None:
@@ -174,16 +186,21 @@ class _Messages:
     async def take_all(self, take: Callable[[Data], None]) -> NoReturn:
         """Give `take` every message, those waiting first, each as it is parsed: `take` runs
         in websockets' callback, so it never waits. Raises what `take` raised, or the
-        connection's ConnectionClosed once it closes."""
-        while self._waiting:
-            take(self._waiting.popleft())
-        self._take = take
-        if self._paused:
-            self._resume()
-        while True:
-            if self._failed is not None:
-                raise self._failed
-            await self._wait()
+        connection's ConnectionClosed once it closes. Ended any way (cancelled with the
+        link's other tasks too), nothing more is taken."""
+        try:
+            while self._waiting:
+                take(self._waiting.popleft())
+            self._take = take
+            if self._paused:
+                self._resume()
+            while True:
+                if self._failed is not None:
+                    raise self._failed
+                await self._wait()
+        finally:
+            self._stopped = True
+            self._take = None
 
     async def _wait(self) -> None:
         if self._conn.protocol.state is State.CLOSED:
