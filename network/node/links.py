@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection as WsConnection
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
@@ -134,7 +135,7 @@ class _Messages:
         "_wake",
     )
 
-    def __init__(self, conn: Connection, max_queue: int) -> None:
+    def __init__(self, conn: WsConnection, max_queue: int) -> None:
         self._conn = conn
         self._high = max_queue
         self._waiting: deque[Data] = deque()
@@ -225,26 +226,9 @@ class _Messages:
         self._conn.transport.resume_reading()
 
 
-class _ClientLink(ClientConnection):
-    """A dialled connection whose messages go to the link as parsed (`_Messages`)."""
-
-    def __init__(self, *args: Any, max_queue: int, **kwargs: Any) -> None:
-        super().__init__(*args, max_queue=max_queue, **kwargs)
-        self.messages = _Messages(self, max_queue)
-
-    def process_event(self, event: WsEvent) -> None:
-        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
-            self.messages.frame(event)
-        else:
-            super().process_event(event)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.messages.lost()
-
-
-class _ServerLink(ServerConnection):
-    """An accepted connection whose messages go to the link as parsed (`_Messages`)."""
+class _LinkConnection(WsConnection):
+    """A connection whose data frames go to `messages` as parsed: websockets' client and
+    server connections, each with this before it (`_ClientLink`, `_ServerLink`)."""
 
     def __init__(self, *args: Any, max_queue: int, **kwargs: Any) -> None:
         super().__init__(*args, max_queue=max_queue, **kwargs)
@@ -259,6 +243,14 @@ class _ServerLink(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.messages.lost()
+
+
+class _ClientLink(_LinkConnection, ClientConnection):
+    """A dialled connection (`connect(create_connection=...)`)."""
+
+
+class _ServerLink(_LinkConnection, ServerConnection):
+    """An accepted connection (`_serve`)."""
 
 
 Connection = _ClientLink | _ServerLink
