@@ -18,8 +18,8 @@ __all__ = ["Poster"]
 
 _HEAD_LIMIT = 64 * 1024  # an answer's headers, at most
 # A connection idle this long is not used again. The node closes one with no request
-# under way after `[api] connection_idle` (30 s by default); a request written as it
-# does met the close, and a 30 s paced phase failed with "the node closed the connection".
+# under way after `[api] connection_idle` (30 s by default); a request written as it does
+# meets the close (a 30 s paced phase failed once with "the node closed the connection").
 REUSE_IDLE_S = 10.0
 
 
