@@ -9,6 +9,7 @@ seconds after its last change (a rule in days is the same rule, measured the sam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -22,10 +23,11 @@ from network.core.attachments import AttachmentFile
 from network.core.errors import ConfigError
 from network.node.config import load_config
 from network.samples import sample_body
-from tests.harness import Network, cpn, rows, skewed, wait_for
+from tests.harness import Network, cpn, rows, skewed, until, wait_for
 from tests.test_audit_verify import copy_store
 from tests.test_config import config_text, write
 from tests.test_evidence import TOOL, standalone
+from tests.test_inbound import Trio, queue, trio  # noqa: F401 - `trio` is a fixture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -372,3 +374,24 @@ def test_retention_run_deletes_on_a_stopped_nodes_store(tmp_path: Path) -> None:
     assert f"message {urgent}: its envelope is gone, and the log records no deletion" in (
         refused.stdout
     )
+
+
+async def test_a_message_deleted_as_it_is_read_shows_no_contents(
+    trio: Trio,  # noqa: F811
+) -> None:
+    """A sweep that deletes a message's contents between the read of its row and the
+    reading's transaction: the message shown is the one that transaction leaves, deleted,
+    and so without its body (it showed the body it had opened, marked deleted)."""
+    node = trio["FRA"]
+    store = node.context.store
+    row = await queue(node)
+    officer = await node.officers.authenticate(await node.officers.add_user("olivia", "officer"))
+    assert officer is not None
+    async with store.transaction(trio.clock()) as sweep:  # the write lock, held
+        reading = asyncio.create_task(node.reading.read_message(row.id, officer))
+        await until(lambda: store._lock.waiting)  # it read the row, and waits to write
+        sweep.delete_contents(row.id, "closed")
+    shown = await asyncio.wait_for(reading, 5)
+    assert shown is not None
+    assert shown["deleted"] == {"rule": "closed", "at": trio.clock()}
+    assert shown["body"] is None and shown["header"] is None

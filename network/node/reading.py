@@ -70,6 +70,8 @@ class Reading:
             tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
             # The transaction keeps the row as it leaves it: no read after the commit.
             row = await tx.message(row.id) or current
+        if row.deleted is not None:  # a sweep deleted it since the first read: not shown
+            message_type, body = row.type, None
         header = (
             parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
             if row.deleted is None
