@@ -149,6 +149,8 @@ class _Messages:
     def frame(self, frame: Frame) -> None:
         """A data frame as parsed (websockets bounds a message's size, fragments included):
         a whole message is taken, or waits."""
+        if self._stopped:
+            return  # nothing after a message refused, nor once the link's reader is gone
         if not frame.fin:
             self._parts.append(frame)
             return
@@ -156,8 +158,6 @@ class _Messages:
         data = b"".join(part.data for part in frames)  # one frame: its bytes, not a copy
         # Links carry binary frames only: the session refuses text, whatever it holds.
         message = data.decode(errors="replace") if frames[0].opcode is Opcode.TEXT else data
-        if self._stopped:
-            return  # nothing after a message refused, nor once the link's reader is gone
         if self._take is None:
             self._waiting.append(message)
             if len(self._waiting) >= self._high:
