@@ -184,9 +184,8 @@ class _StoreCollector(Collector):
         commits = context.store.commits
         places = CounterMetricFamily(
             "cpn_store_commits",
-            "Store COMMITs, by where their outcome was taken: 'loop' where the event loop"
-            " waited for it (at most 2 ms, while the disk answers fast), 'thread' where the"
-            " loop served meanwhile",
+            "Store COMMITs, by where they ran: on the event loop while the disk answers"
+            " fast, on the writer's thread while it is slow",
             labels=["place"],
         )
         for place, count in commits.counts.items():

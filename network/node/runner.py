@@ -64,9 +64,9 @@ class NodeSettings:
     roster_poll_interval: float = 1.0
     checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
     deadline_scan_interval: float = 1.0
-    # The loop waits a moment for a batch's COMMIT while the disk answers fast
-    # (store.CommitPlace): for a process whose loop runs this node alone. With many nodes on
-    # one loop (the network simulation), one node's wait would hold up all the others.
+    # A batch's COMMIT on the loop's thread while the disk answers fast (store.CommitPlace):
+    # for a process whose loop runs this node alone. With many nodes on one loop (the
+    # network simulation), one node's COMMIT would hold up all the others.
     inline_commits: bool = False
 
 

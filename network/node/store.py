@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from asyncio import Future
 from collections import deque
@@ -705,13 +704,9 @@ async def _on_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connectio
 
 
 def _queued_on_thread(
-    db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T], *, wait_s: float = 0.0
+    db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
 ) -> Future[T]:
     """`work` queued for the connection's thread now; the future of its result.
-
-    `wait_s`: the calling thread (the loop's) waits up to that long for `work` to end. If it
-    does, the future is done on return: its outcome is taken with no turn of the loop.
-    Else the thread settles it, as any other.
 
     As aiosqlite's own `_execute` does, without a coroutine around it: `_running` and
     `_connection` (whether it is open), `_tx` (its queue of (future, function): given no
@@ -723,32 +718,16 @@ def _queued_on_thread(
         raise ValueError("Connection closed")
     loop = asyncio.get_running_loop()
     future: Future[T] = loop.create_future()
-    ended = threading.Event()
-    handing = threading.Lock()  # who settles the future: the waiting thread, or the loop
-    outcome: list[Callable[[], None]] = []  # how to settle it, once `work` ended
-    awaited = wait_s <= 0  # the caller awaits the future: the loop settles it
 
     def run() -> None:
-        settle: Callable[[], None]
         try:
-            settle = partial(aiosqlite.core.set_result, future, work(db._conn))
+            result = work(db._conn)
         except BaseException as exc:  # as aiosqlite's thread does: the caller raises it
-            settle = partial(aiosqlite.core.set_exception, future, exc)
-        with handing:
-            outcome.append(settle)
-            late = awaited
-        ended.set()
-        if late:
-            loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(aiosqlite.core.set_exception, future, exc)
+        else:
+            loop.call_soon_threadsafe(aiosqlite.core.set_result, future, result)
 
     db._tx.put_nowait((None, run))
-    if not awaited:
-        ended.wait(wait_s)
-        with handing:
-            if outcome:
-                outcome[0]()
-            else:
-                awaited = True
     return future
 
 
@@ -1554,45 +1533,39 @@ _SQLITE_NEEDED: Final = "3.35 or later"  # ALTER TABLE ... DROP COLUMN (schema 1
 BATCH_MS: Final = 5
 BATCH_USE_CASES: Final = 256
 
-# Whether the loop waits for a batch's COMMIT, which runs on the writer's thread. Awaited,
-# it costs two hops: the thread, which never preempts the loop (`_wakes_without_preempting`),
-# waits for a core, and its outcome waits for the loop's next turn. At 90% load that made
-# the sender's COMMIT 1.2 ms at the median and 8 to 11 ms at p99, against 0.35 and 3 ms on
-# the loop's own thread, and a flash message waits for the COMMIT under way
-# (docs/PERFORMANCE.md, twentieth session). While the loop's thread waits for it instead,
-# its core is free for the writer's thread, and the outcome needs no turn. But a COMMIT
-# run on the loop's thread held the loop as long as the disk took, 20 to 140 ms when a
-# fast disk had a slow moment (twenty-fourth session). So a store opened with
-# `inline_commits` (`cpn node run`: one node, its loop its own) waits for each COMMIT up to
-# this long, then serves meanwhile; and while its recent COMMITs took longer than this on
-# average (a slow or failing disk), it does not wait at all.
-COMMIT_WAIT_MS: Final = 2.0
+# Where a batch's COMMIT runs. On the writer's thread it costs two hops: the thread, which
+# never preempts the loop (`_wakes_without_preempting`), waits for a core, and its outcome
+# waits for the loop's next turn. At 90% load that made the sender's COMMIT 1.2 ms at the
+# median and 8 to 11 ms at p99, against 0.35 and 3 ms on the loop's own thread, and a flash
+# message waits for the COMMIT under way (docs/PERFORMANCE.md, twentieth session). On the
+# loop, the loop waits for the disk instead: worth it while the disk answers fast. So a
+# store opened with `inline_commits` (`cpn node run`: one node, its loop its own) commits
+# on the loop while its recent COMMITs took at most this long on average, and on the
+# thread while they take longer (a slow or failing disk: the loop serves meanwhile).
+INLINE_COMMIT_MS: Final = 2.0
 
 
 class CommitPlace:
-    """Whether the loop waits for the next COMMIT (`on_loop`), from how long the recent
-    durable ones took: an average that weighs each new one an eighth, so one slow COMMIT (a
-    checkpoint) moves it little and a disk that stays slow moves it past `COMMIT_WAIT_MS`
-    within a few. A lazy COMMIT (`durable=False`) does not wait for the disk, and does not
-    count: between two slow durable ones, a few quick lazy ones would bring the waits back.
-
-    Each COMMIT is counted by where its outcome was taken: `loop` where the loop waited for
-    it to end, `thread` where the loop served meanwhile."""
+    """Where the next COMMIT runs (`on_loop`), from how long the recent durable ones took:
+    an average that weighs each new one an eighth, so one slow COMMIT (a checkpoint) moves
+    it little and a disk that stays slow moves it past `INLINE_COMMIT_MS` within a few. A
+    lazy COMMIT (`durable=False`) does not wait for the disk, and does not count: between
+    two slow durable ones, a few quick lazy ones would bring the COMMITs back to the loop."""
 
     __slots__ = ("allowed", "average_ms", "counts")
 
     def __init__(self, allowed: bool) -> None:
         self.allowed = allowed
         self.average_ms = 0.0
-        self.counts = {"loop": 0, "thread": 0}  # COMMITs taken in each place (metrics)
+        self.counts = {"loop": 0, "thread": 0}  # COMMITs run in each place (metrics)
 
     @property
     def on_loop(self) -> bool:
-        return self.allowed and self.average_ms <= COMMIT_WAIT_MS
+        return self.allowed and self.average_ms <= INLINE_COMMIT_MS
 
     def took(self, place: str, ms: float | None) -> None:
-        """A COMMIT's outcome was taken in `place`; a durable one took `ms` on its own (the
-        hops not counted), a lazy one gives None."""
+        """A COMMIT ran in `place`; a durable one took `ms` on its own (the hops not
+        counted), a lazy one gives None."""
         self.counts[place] += 1
         if ms is not None:
             self.average_ms += (ms - self.average_ms) / 8
@@ -1695,7 +1668,8 @@ def _given_up(waiter: Future[None]) -> None:
 
 
 def _timed_commit(batch: _Batch, conn: sqlite3.Connection) -> float:
-    """`batch`'s COMMIT on `conn` (on the writer's thread), and how long it took (ms)."""
+    """`batch`'s COMMIT on `conn` (on the loop's thread or the writer's: `CommitPlace`),
+    and how long it took (ms)."""
     started = time.perf_counter()
     batch.end(conn, "COMMIT")
     return (time.perf_counter() - started) * 1000
@@ -1747,8 +1721,8 @@ class Store:
         """Open (creating if needed) and migrate; StoreError says what is wrong.
 
         `clock` (ms since the epoch) gives audit entries their time at commit.
-        `inline_commits`: the loop may wait a moment for a batch's COMMIT (`CommitPlace`),
-        for a process whose loop runs this node alone."""
+        `inline_commits`: a batch's COMMIT may run on the loop's thread (`CommitPlace`), for
+        a process whose loop runs this node alone."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # Used from the loop's thread too, never at once with its own (`Store._begun`).
@@ -1928,9 +1902,9 @@ class Store:
         and waited up to the switch interval to take it back from a busy loop, and a hop
         there cost two wake-ups; a flash message's transactions waited for all of it
         (docs/PERFORMANCE.md, sixth session). Only what waits goes to the thread: a BEGIN
-        that another process's write lock holds up, and the COMMIT (the disk), which the
-        loop may wait a moment for (`CommitPlace`). Never at once: the thread runs only
-        hops the lock's holder awaits or waits for."""
+        that another process's write lock holds up, and the COMMIT (the disk) unless it
+        runs on the loop (`CommitPlace`). Never at once: the thread runs only hops the
+        lock's holder awaits."""
         if await self._begin(batch):
             raise asyncio.CancelledError  # once begun: the batch is left to the lock's next holder
         return self._writing
@@ -1968,13 +1942,12 @@ class Store:
             try:
                 cancelled = await self._begin(batch)
                 batch.apply(self._writing)
-                wait_s = COMMIT_WAIT_MS / 1000 if self.commits.on_loop else 0.0
-                commit = _queued_on_thread(
-                    self.writer, partial(_timed_commit, batch), wait_s=wait_s
-                )
-                place = "loop" if commit.done() else "thread"
-                cancelled |= await _to_its_end(commit)
-                took = commit.result()
+                if self.commits.on_loop:
+                    place, took = "loop", _timed_commit(batch, self._writing)
+                else:
+                    commit = _queued_on_thread(self.writer, partial(_timed_commit, batch))
+                    cancelled |= await _to_its_end(commit)
+                    place, took = "thread", commit.result()
                 self.commits.took(place, took if batch.durable else None)
             except BaseException as exc:
                 if self._writing.in_transaction:
