@@ -14,6 +14,8 @@
   lock; only what waits (the COMMIT's fsync, another process's lock) goes to
   the writer's thread. Short reads (by key, or on an index with a LIMIT) go
   through a third, query-only connection on the loop's thread (`Store._glance`).
+  The WAL is copied into the database on the reader's thread, beside the
+  writer, not in a COMMIT (`CHECKPOINT_EVERY_S`).
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
