@@ -1276,6 +1276,26 @@ async def test_the_wal_is_checkpointed_on_the_readers_thread_never_in_a_commit(
         alone.close()
 
 
+async def test_a_commit_goes_through_with_the_reader_closed(tmp_path: Path) -> None:
+    """The checkpoint after a COMMIT is the reader's to run; with the reader closed (a store
+    closing) the COMMIT's callers still hear that it went through, and the writer's own
+    checkpoints go on."""
+    store = await Store.open(tmp_path / "node.sqlite", inline_commits=True)
+    await store.db.close()
+    try:
+        async with store.transaction(T0) as tx:
+            insert(tx, "m1")
+    finally:
+        await store.writer.close()
+        store._glancer.close()
+
+    other = sqlite3.connect(tmp_path / "node.sqlite")
+    try:
+        assert other.execute("SELECT id FROM messages").fetchall() == [("m1",)]
+    finally:
+        other.close()
+
+
 # -- the shim over aiosqlite's private API ----------------------------------------------------
 
 

@@ -1993,9 +1993,9 @@ class Store:
             else:
                 # Only what is committed joins the tree.
                 self.audit_log.extend(batch.leaves)
-                self._checkpoint_soon()
                 for waiter, error in batch.applied:
                     _settle(waiter, error and self._write_failed(error))
+                self._checkpoint_soon()
         if cancelled:
             raise asyncio.CancelledError
 
@@ -2007,7 +2007,10 @@ class Store:
             self._checkpointing is None or self._checkpointing.done()
         ) and now - self._checkpoint_began >= CHECKPOINT_EVERY_S:
             self._checkpoint_began = now
-            self._checkpointing = _queued_on_thread(self.db, _checkpoint)
+            try:
+                self._checkpointing = _queued_on_thread(self.db, _checkpoint)
+            except ValueError:  # the reader closed: the writer's own checkpoints go on
+                return
             self._checkpointing.add_done_callback(_checkpoint_ended)
 
     def _write_failed(self, cause: BaseException) -> StoreError:
