@@ -30,10 +30,12 @@ from network.core.tlog import leaf_hash, root_hash
 from network.node import store as store_module
 from network.node.keys import load_keeper_public
 from network.node.store import (
+    CHECKPOINT_EVERY_S,
     MIGRATIONS,
     SCHEMA_VERSION,
     WAL_BACKSTOP_PAGES,
     AuditEntry,
+    CheckpointPace,
     CommitPlace,
     MessageRow,
     ReceiptRow,
@@ -1274,6 +1276,25 @@ async def test_the_wal_is_checkpointed_on_the_readers_thread_never_in_a_commit(
         assert alone.execute("SELECT count(*) FROM messages").fetchone() == (written,)
     finally:
         alone.close()
+
+
+def test_checkpoints_come_about_every_thousand_pages_at_the_pace_the_wal_took_them() -> None:
+    pace = CheckpointPace(now=0.0)
+    assert not pace.due(0.0) and pace.due(CHECKPOINT_EVERY_S[0])
+
+    since = pace.begin(0.5)
+    pace.measured(since, 4000)  # 8,000 pages a second (two nodes, saturated)
+    assert since == 0.5 and pace.every_s == 0.125
+    assert not pace.due(0.6) and pace.due(0.625)
+
+    pace.measured(pace.begin(1.0), 50)  # a quiet spell: 100 pages a second
+    assert pace.every_s == CHECKPOINT_EVERY_S[1]  # not 10 s: at most this
+    pace.measured(pace.begin(6.0), 0)  # nothing came
+    assert pace.every_s == CHECKPOINT_EVERY_S[1]
+    pace.measured(pace.begin(11.0), 200_000)  # a burst: past the backstop
+    assert pace.every_s == CHECKPOINT_EVERY_S[0]
+    pace.measured(pace.begin(11.5), -1)  # another checkpoint under way: nothing learned
+    assert pace.every_s == CHECKPOINT_EVERY_S[0]
 
 
 async def test_a_commit_goes_through_with_the_reader_closed(tmp_path: Path) -> None:

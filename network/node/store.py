@@ -15,7 +15,7 @@
   the writer's thread. Short reads (by key, or on an index with a LIMIT) go
   through a third, query-only connection on the loop's thread (`Store._glance`).
   The WAL is copied into the database on the reader's thread, beside the
-  writer, not in a COMMIT (`CHECKPOINT_EVERY_S`).
+  writer, not in a COMMIT (`CheckpointPace`).
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
@@ -1681,23 +1681,50 @@ def _timed_commit(batch: _Batch, conn: sqlite3.Connection) -> float:
 # writer, never in a COMMIT on the loop: SQLite's automatic checkpoint runs in the COMMIT
 # that takes the WAL past 1,000 pages, about one in 25 under load, and took 2.9 ms at the
 # median against 0.4 for the others (docs/PERFORMANCE.md, twenty-fourth session). One
-# starts after a COMMIT unless one is under way or one began this recently; the writer's
-# own, past `WAL_BACKSTOP_PAGES`, only if they fall behind (a reader's thread held up).
-CHECKPOINT_EVERY_S: Final = 0.1
+# starts after a COMMIT once about as many pages have come as SQLite's would wait for
+# (`CheckpointPace`), unless one is under way; the writer's own, past
+# `WAL_BACKSTOP_PAGES`, only if they fall behind (a reader's thread held up).
+CHECKPOINT_PAGES: Final = 1000  # SQLite's own default
+CHECKPOINT_EVERY_S: Final = (0.05, 5.0)  # the bounds of the time between two
 WAL_BACKSTOP_PAGES: Final = 4000
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy what it can of the WAL into the database, waiting for no one (PASSIVE)."""
+class CheckpointPace:
+    """When the next checkpoint is due: about `CHECKPOINT_PAGES` after the last one began,
+    at the pace the WAL took pages until then. Only a checkpoint tells how many pages the
+    WAL holds (SQLite gives Python no hook on its growth), so each one sets the time to the
+    next: a busy node's come every tenth of a second or so, a quiet one's every few
+    seconds, neither more often than SQLite's own would have."""
+
+    __slots__ = ("began", "every_s")
+
+    def __init__(self, now: float) -> None:
+        self.began = now
+        self.every_s = CHECKPOINT_EVERY_S[0]
+
+    def due(self, now: float) -> bool:
+        return now - self.began >= self.every_s
+
+    def begin(self, now: float) -> float:
+        """A checkpoint begins `now`: the time since the last one began."""
+        since, self.began = now - self.began, now
+        return since
+
+    def measured(self, since: float, pages: int) -> None:
+        """A checkpoint found `pages` in the WAL, `since` seconds after the last one began
+        (-1: it could not look, another checkpoint under way)."""
+        if pages >= 0:
+            lowest, highest = CHECKPOINT_EVERY_S
+            every = since * CHECKPOINT_PAGES / pages if pages else highest
+            self.every_s = min(max(every, lowest), highest)
+
+
+def _checkpoint(conn: sqlite3.Connection) -> int:
+    """Copy what it can of the WAL into the database, waiting for no one (PASSIVE); how
+    many pages the WAL held (-1 if another checkpoint was under way)."""
     # Its row read to the end: a statement left running would hold its snapshot.
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def _checkpoint_ended(checkpoint: Future[None]) -> None:
-    """A checkpoint's outcome, which no one awaits: a failure leaves the pages in the WAL,
-    for the next one (or the writer's own) to copy, and is logged."""
-    if not checkpoint.cancelled() and (error := checkpoint.exception()) is not None:
-        log.warning("a checkpoint of the WAL failed: %s", error)
+    ((busy, pages, _),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    return -1 if busy else int(pages)
 
 
 def _settle(waiter: Future[None], error: BaseException | None) -> None:
@@ -1738,8 +1765,8 @@ class Store:
         self._committer: asyncio.Task[None] | None = None
         self.audit_log = MerkleLog()  # the committed audit entries' leaf hashes, as a Merkle tree
         self.commits = CommitPlace(inline_commits)
-        self._checkpointing: Future[None] | None = None  # on the reader's thread
-        self._checkpoint_began = -CHECKPOINT_EVERY_S  # time.monotonic()
+        self._checkpointing: Future[int] | None = None  # on the reader's thread
+        self._checkpoint_pace = CheckpointPace(time.monotonic())
 
     @classmethod
     async def open(
@@ -2000,18 +2027,30 @@ class Store:
             raise asyncio.CancelledError
 
     def _checkpoint_soon(self) -> None:
-        """A checkpoint queued on the reader's thread, unless one is under way or one began
-        less than `CHECKPOINT_EVERY_S` ago."""
+        """A checkpoint queued on the reader's thread if one is due (`CheckpointPace`) and
+        none is under way."""
         now = time.monotonic()
         if (
             self._checkpointing is None or self._checkpointing.done()
-        ) and now - self._checkpoint_began >= CHECKPOINT_EVERY_S:
-            self._checkpoint_began = now
+        ) and self._checkpoint_pace.due(now):
             try:
-                self._checkpointing = _queued_on_thread(self.db, _checkpoint)
+                checkpoint = _queued_on_thread(self.db, _checkpoint)
             except ValueError:  # the reader closed: the writer's own checkpoints go on
                 return
-            self._checkpointing.add_done_callback(_checkpoint_ended)
+            since = self._checkpoint_pace.begin(now)
+            checkpoint.add_done_callback(partial(self._checkpoint_ended, since))
+            self._checkpointing = checkpoint
+
+    def _checkpoint_ended(self, since: float, checkpoint: Future[int]) -> None:
+        """A checkpoint's outcome, which no one awaits: the pace of the next, or a failure,
+        which leaves the pages in the WAL for the next (or the writer's own) to copy, and
+        is logged."""
+        if checkpoint.cancelled():
+            return
+        if (error := checkpoint.exception()) is not None:
+            log.warning("a checkpoint of the WAL failed: %s", error)
+        else:
+            self._checkpoint_pace.measured(since, checkpoint.result())
 
     def _write_failed(self, cause: BaseException) -> StoreError:
         """What a use case's caller gets for SQLite's `cause` (which the API names)."""
