@@ -1296,6 +1296,13 @@ def test_checkpoints_come_about_every_thousand_pages_at_the_pace_the_wal_took_th
     pace.measured(pace.begin(11.5), -1)  # another checkpoint under way: nothing learned
     assert pace.every_s == CHECKPOINT_EVERY_S[0]
 
+    # Writes came as the last copied: the WAL did not start again, and holds 200,000
+    # pages copied before. Only the 1,000 beyond them are new.
+    pace.measured(pace.begin(12.0), 201_000)
+    assert pace.every_s == 0.5
+    pace.measured(pace.begin(12.5), 2000)  # started again: all it holds is new
+    assert pace.every_s == 0.25
+
 
 async def test_a_commit_goes_through_with_the_reader_closed(tmp_path: Path) -> None:
     """The checkpoint after a COMMIT is the reader's to run; with the reader closed (a store

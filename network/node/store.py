@@ -1696,11 +1696,12 @@ class CheckpointPace:
     next: a busy node's come every tenth of a second or so, a quiet one's every few
     seconds, neither more often than SQLite's own would have."""
 
-    __slots__ = ("began", "every_s")
+    __slots__ = ("began", "every_s", "pages")
 
     def __init__(self, now: float) -> None:
         self.began = now
         self.every_s = CHECKPOINT_EVERY_S[0]
+        self.pages = 0  # what the WAL held at the last checkpoint
 
     def due(self, now: float) -> bool:
         return now - self.began >= self.every_s
@@ -1712,11 +1713,17 @@ class CheckpointPace:
 
     def measured(self, since: float, pages: int) -> None:
         """A checkpoint found `pages` in the WAL, `since` seconds after the last one began
-        (-1: it could not look, another checkpoint under way)."""
-        if pages >= 0:
-            lowest, highest = CHECKPOINT_EVERY_S
-            every = since * CHECKPOINT_PAGES / pages if pages else highest
-            self.every_s = min(max(every, lowest), highest)
+        (-1: it could not look, another checkpoint under way). The WAL starts again from
+        its first page only once all of it is copied: while writes come as a checkpoint
+        copies, it holds the pages copied before too, and only what it gained since the
+        last look is new."""
+        if pages < 0:
+            return
+        added = pages - self.pages if pages >= self.pages else pages
+        self.pages = pages
+        lowest, highest = CHECKPOINT_EVERY_S
+        every = since * CHECKPOINT_PAGES / added if added else highest
+        self.every_s = min(max(every, lowest), highest)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> int:
