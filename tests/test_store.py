@@ -1225,13 +1225,13 @@ def _wal_pages(store: Store) -> int:
     return max(0, size - 32) // (4096 + 24)
 
 
-async def test_the_wal_is_checkpointed_on_the_readers_thread_never_in_a_commit(
+async def test_the_wal_is_checkpointed_on_the_readers_thread_and_in_a_commit_past_a_backstop(
     tmp_path: Path,
 ) -> None:
     """SQLite checkpoints in the COMMIT that takes the WAL past 1,000 pages, and a COMMIT
     runs on the loop: about one in 25 under load, 2.9 ms each at the median against 0.4.
     The store's checkpoints run on the reader's thread instead, and the writer's own only
-    past `WAL_BACKSTOP_PAGES`, should those fall behind (here: the reader's thread held)."""
+    past `WAL_BACKSTOP_PAGES` (here: the reader's thread held)."""
     store = await Store.open(tmp_path / "node.sqlite", inline_commits=True)
     statements, trace = _thread_trace()
     await _on_thread(store.db, lambda conn: conn.set_trace_callback(trace))

@@ -15,7 +15,7 @@
   the writer's thread. Short reads (by key, or on an index with a LIMIT) go
   through a third, query-only connection on the loop's thread (`Store._glance`).
   The WAL is copied into the database on the reader's thread, beside the
-  writer, not in a COMMIT (`CheckpointPace`).
+  writer, and in a COMMIT only past a backstop (`CheckpointPace`).
 - Rows come out typed (`MessageRow`: enums, node ids, the path as a tuple) and
   go in as the same text older files hold: decoded once on read, encoded once
   on write, here and nowhere else.
@@ -1678,12 +1678,15 @@ def _timed_commit(batch: _Batch, conn: sqlite3.Connection) -> float:
 
 
 # The WAL is copied into the database (a checkpoint) on the reader's thread, beside the
-# writer, never in a COMMIT on the loop: SQLite's automatic checkpoint runs in the COMMIT
-# that takes the WAL past 1,000 pages, about one in 25 under load, and took 2.9 ms at the
-# median against 0.4 for the others (docs/PERFORMANCE.md, twenty-fourth session). One
-# starts after a COMMIT once about as many pages have come as SQLite's would wait for
-# (`CheckpointPace`), unless one is under way; the writer's own, past
-# `WAL_BACKSTOP_PAGES`, only if they fall behind (a reader's thread held up).
+# writer: SQLite's automatic checkpoint runs in the COMMIT that takes the WAL past 1,000
+# pages, on the loop, about one in 25 under load, and took 2.9 ms at the median against
+# 0.4 for the others (docs/PERFORMANCE.md, twenty-fourth session). One starts after a
+# COMMIT once about as many pages have come as SQLite's would wait for (`CheckpointPace`),
+# unless one is under way. The writer's own runs past `WAL_BACKSTOP_PAGES`: should those
+# fall behind (a reader's thread held up), and because the WAL starts again from its
+# first page only once all of it is copied, which under steady writes only a checkpoint
+# in a COMMIT sees (nothing is appended during it); it copies only what came since the
+# reader's last.
 CHECKPOINT_PAGES: Final = 1000  # SQLite's own default
 CHECKPOINT_EVERY_S: Final = (0.05, 5.0)  # the bounds of the time between two
 WAL_BACKSTOP_PAGES: Final = 4000
