@@ -1233,6 +1233,7 @@ async def test_the_wal_is_checkpointed_on_the_readers_thread_and_in_a_commit_pas
     The store's checkpoints run on the reader's thread instead, and the writer's own only
     past `WAL_BACKSTOP_PAGES` (here: the reader's thread held)."""
     store = await Store.open(tmp_path / "node.sqlite", inline_commits=True)
+    store._checkpoint_pace.every_s = 0  # one due at the first COMMIT, however fast the disk
     statements, trace = _thread_trace()
     await _on_thread(store.db, lambda conn: conn.set_trace_callback(trace))
     gate = threading.Event()
