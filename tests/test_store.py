@@ -1305,6 +1305,38 @@ def test_checkpoints_come_about_every_thousand_pages_at_the_pace_the_wal_took_th
     assert pace.every_s == 0.25
 
 
+async def test_a_wal_truncation_waits_for_the_readers_checkpoint_under_way(
+    tmp_path: Path,
+) -> None:
+    """Only one checkpoint runs at a time, and SQLite answers a second one busy without
+    waiting: a truncation run beside the reader's checkpoint would leave a deletion's old
+    pages in the WAL. So it waits for that checkpoint to end."""
+    store = await Store.open(tmp_path / "node.sqlite", inline_commits=True)
+    store._checkpoint_pace.every_s = 0  # one due at the first COMMIT
+    statements = await _traced_with_threads(store)
+    gate = threading.Event()
+    held = asyncio.ensure_future(_on_thread(store.db, lambda conn: gate.wait(30)))
+    try:
+        async with store.transaction(T0) as tx:
+            insert(tx, "m1")  # its checkpoint queued behind the gate
+        truncating = asyncio.ensure_future(store.truncate_wal())
+        await until(lambda: not store._lock.free)  # the truncation under way
+        # What it queued on the writer's thread when it took the lock has run after this:
+        await _on_thread(store.writer, lambda conn: None)
+        early = [s for _, s in statements if "TRUNCATE" in s]
+        gate.set()
+        await held
+        await truncating
+        wal = store.path.with_name(store.path.name + "-wal").stat().st_size
+    finally:
+        gate.set()
+        await store.close()
+
+    assert early == []  # not while the reader's checkpoint was under way
+    assert (False, "PRAGMA wal_checkpoint(TRUNCATE)") in statements
+    assert wal == 0
+
+
 async def test_a_commit_goes_through_with_the_reader_closed(tmp_path: Path) -> None:
     """The checkpoint after a COMMIT is the reader's to run; with the reader closed (a store
     closing) the COMMIT's callers still hear that it went through, and the writer's own

@@ -2216,6 +2216,8 @@ class Store:
         copies in the WAL go too (best effort: a reader holding them defers it)."""
         async with self._lock.held():
             await self._flush()
+            if self._checkpointing is not None:  # it would hold the checkpointer's lock
+                await asyncio.wait([self._checkpointing])
 
             def checkpoint(conn: sqlite3.Connection) -> None:
                 with _waiting_for_locks(conn):  # for readers to leave the old pages
