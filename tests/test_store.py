@@ -1304,6 +1304,9 @@ def test_checkpoints_come_about_every_thousand_pages_at_the_pace_the_wal_took_th
     pace.measured(pace.begin(12.5), 2000)  # started again: all it holds is new
     assert pace.every_s == 0.25
 
+    pace.failed()  # a full disk: not twenty failures (and warnings) a second
+    assert pace.every_s == CHECKPOINT_EVERY_S[1]
+
 
 async def test_a_wal_truncation_waits_for_the_readers_checkpoint_under_way(
     tmp_path: Path,

@@ -1728,6 +1728,11 @@ class CheckpointPace:
         every = since * CHECKPOINT_PAGES / added if added else highest
         self.every_s = min(max(every, lowest), highest)
 
+    def failed(self) -> None:
+        """A checkpoint failed (a full disk: the WAL reuses its pages for COMMITs while the
+        database cannot grow): the next one comes as late as any, and so does its log."""
+        self.every_s = CHECKPOINT_EVERY_S[1]
+
 
 def _checkpoint(conn: sqlite3.Connection) -> int:
     """Copy what it can of the WAL into the database, waiting for no one (PASSIVE); how
@@ -2059,6 +2064,7 @@ class Store:
             return
         if (error := checkpoint.exception()) is not None:
             log.warning("a checkpoint of the WAL failed: %s", error)
+            self._checkpoint_pace.failed()
         else:
             self._checkpoint_pace.measured(since, checkpoint.result())
 
