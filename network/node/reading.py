@@ -56,10 +56,9 @@ class Reading:
         row = await self.context.store.message(message_id)
         if row is None:
             return None
-        message_type: str | None = row.type
-        body: Json = None
-        if row.deleted is None:  # else deleted under a retention rule: what stays is shown
-            message_type, body = self._open(row)
+        # Opened before the write lock is taken; shown only if the row the transaction
+        # leaves still has its contents.
+        opened = self._open(row) if row.deleted is None else None
         async with self.context.store.transaction(self.context.clock(), officer=True) as tx:
             current = await tx.message(row.id)
             assert current is not None
@@ -70,17 +69,19 @@ class Reading:
             tx.audit([AuditEntry(user.name, "opened", row.id, {"role": user.role})])
             # The transaction keeps the row as it leaves it: no read after the commit.
             row = await tx.message(row.id) or current
-        if row.deleted is not None:  # a sweep deleted it since the first read: not shown
-            message_type, body = row.type, None
-        header = (
-            parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
-            if row.deleted is None
-            else {"header": None}
-        )
+        message_type: str | None = row.type
+        body: Json = None
+        header: Json = None
+        # Else deleted under a retention rule, perhaps by a sweep since the first read: what
+        # stays is shown.
+        if row.deleted is None and opened is not None:
+            message_type, body = opened
+            stored = parse_canonical(row.envelope, limit=len(row.envelope), what="stored envelope")
+            header = stored["header"]
         return {
             **summary(row),
             "type": str(message_type or ""),
-            "header": header["header"],
+            "header": header,
             "body": body,
             "receipts": [
                 {
