@@ -1865,8 +1865,7 @@ class Store:
     async def close(self) -> None:
         async with self._lock.held():
             await self._flush()
-            if self._checkpointing is not None:
-                await asyncio.wait([self._checkpointing])  # its outcome is logged
+            await self._checkpoint_over()
             await self.writer.close()
             await self.db.close()
             self._glancer.close()
@@ -2056,6 +2055,12 @@ class Store:
             checkpoint.add_done_callback(partial(self._checkpoint_ended, since))
             self._checkpointing = checkpoint
 
+    async def _checkpoint_over(self) -> None:
+        """Once the reader's checkpoint under way, if any, has ended (its outcome is
+        `_checkpoint_ended`'s). Under the write lock, none is queued meanwhile."""
+        if self._checkpointing is not None:
+            await asyncio.wait([self._checkpointing])
+
     def _checkpoint_ended(self, since: float, checkpoint: Future[int]) -> None:
         """A checkpoint's outcome, which no one awaits: the pace of the next, or a failure,
         which leaves the pages in the WAL for the next (or the writer's own) to copy, and
@@ -2222,8 +2227,7 @@ class Store:
         copies in the WAL go too (best effort: a reader holding them defers it)."""
         async with self._lock.held():
             await self._flush()
-            if self._checkpointing is not None:  # it would hold the checkpointer's lock
-                await asyncio.wait([self._checkpointing])
+            await self._checkpoint_over()  # it would hold the checkpointer's lock
 
             def checkpoint(conn: sqlite3.Connection) -> None:
                 with _waiting_for_locks(conn):  # for readers to leave the old pages
