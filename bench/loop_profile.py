@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        sys.exit("no py-spy: pip install -e '.[bench]'")
     root = scratch()
     raw_dir = args.raw or root
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,9 @@ def main() -> None:
         network.start("DEU")
         timer = threading.Timer(1.0, attach)
         timer.start()
+        started = time.monotonic()
         asyncio.run(post_flat_out(network, args.messages, 32))
+        posted = time.monotonic() - started
         timer.join()
         for process in spies:
             if process.wait(timeout=args.seconds + 60) != 0:
@@ -141,6 +146,8 @@ def main() -> None:
         f"{args.messages} urgent requests FRA->DEU, 32 posting at once; each node's loop"
         f" thread sampled {args.seconds:.0f}s at {RATE}/s once the posting had run 1s"
     )
+    if posted < 1 + args.seconds:
+        print(f"the posting took {posted:.1f}s, less than the sampling: use more --messages")
     for node in ("FRA", "DEU"):
         total, kinds, ran = split(raw_dir / f"{node}.raw")
         busy = total / (RATE * args.seconds)
