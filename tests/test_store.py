@@ -1154,6 +1154,10 @@ async def test_a_batch_begins_with_one_statement(store: Store) -> None:
     assert not [s for _, s in statements if s.startswith("PRAGMA")], statements
 
 
+def _wal(store: Store) -> Path:
+    return store.path.with_name(store.path.name + "-wal")
+
+
 async def test_a_wal_truncation_waits_for_a_reader_to_leave_the_old_pages(store: Store) -> None:
     """The writer's statements on its thread still wait for other connections: the WAL's
     truncation (after a deletion, so that the old pages' copies go) waits for a reader
@@ -1174,7 +1178,7 @@ async def test_a_wal_truncation_waits_for_a_reader_to_leave_the_old_pages(store:
     reader.close()
     await truncating
 
-    assert store.path.with_name(store.path.name + "-wal").stat().st_size == 0
+    assert _wal(store).stat().st_size == 0
 
 
 async def test_a_begin_held_up_by_another_process_waits_on_the_thread_not_the_loop(
@@ -1221,7 +1225,7 @@ async def test_the_first_commit_after_a_wal_truncation_goes_through(store: Store
 def _wal_pages(store: Store) -> int:
     """How many pages the WAL holds (frames of a 4 KiB page and a 24-byte header, after the
     file's 32-byte header), while it is not reset."""
-    size = store.path.with_name(store.path.name + "-wal").stat().st_size
+    size = _wal(store).stat().st_size
     return max(0, size - 32) // (4096 + 24)
 
 
@@ -1330,7 +1334,7 @@ async def test_a_wal_truncation_waits_for_the_readers_checkpoint_under_way(
         gate.set()
         await held
         await truncating
-        wal = store.path.with_name(store.path.name + "-wal").stat().st_size
+        wal = _wal(store).stat().st_size
     finally:
         gate.set()
         await store.close()
