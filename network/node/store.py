@@ -1624,7 +1624,7 @@ class _Batch:
         self.begun = True
 
     def end(self, conn: sqlite3.Connection, statement: str) -> None:
-        """COMMIT (on the writer's thread: it waits for the disk) or ROLLBACK; on a COMMIT
+        """COMMIT (where `CommitPlace` says: it waits for the disk) or ROLLBACK; on a COMMIT
         that fails, ROLLBACK. `synchronous` back to FULL either way."""
         try:
             if conn.in_transaction:
