@@ -1,9 +1,16 @@
 # `make run` and `make test` each work alone on a fresh clone: they create
 # .venv and (re)install into it when pyproject.toml is newer than the install.
-PYTHON ?= python3.11
+# Debian's python3.11 where it has venv, else the first python3.11 on PATH. A source
+# build with a shared libpython and no profile-guided optimisation (pyenv's default) runs
+# a node's Python about a quarter slower (docs/PERFORMANCE.md, twenty-sixth session), and
+# a country's node on Debian runs on Debian's.
+PYTHON ?= $(or $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null \
+	&& echo /usr/bin/python3.11),python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The interpreter .venv was made from: when $(PYTHON) is another, .venv is made again.
+MADE_FROM := $(VENV)/.made-from
 BENCH_STAMP := $(VENV)/.installed-bench
 # `make bench` writes every figure here, then prints them in one table;
 # `make bench QUICK=1` is a smoke run of the whole suite (small counts, minutes);
@@ -11,9 +18,12 @@ BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS := var/bench/results.jsonl
 BENCH_ARGS := --results $(RESULTS) $(if $(QUICK),--quick)
 
-.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors fixtures timezones
+.PHONY: run test lint typecheck bench bench-quick clean system-deps vectors fixtures timezones FORCE
 
-$(STAMP): pyproject.toml
+$(MADE_FROM): FORCE
+	@echo '$(PYTHON)' | cmp -s - $@ || { rm -rf $(VENV) && mkdir -p $(VENV) && echo '$(PYTHON)' > $@; }
+
+$(STAMP): pyproject.toml $(MADE_FROM)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
