@@ -2,8 +2,8 @@
 # .venv and (re)install into it when pyproject.toml is newer than the install.
 # Debian's python3.11 where it has venv, else the first python3.11 on PATH. A source
 # build with a shared libpython and no profile-guided optimisation (pyenv's default) runs
-# a node's Python about a quarter slower (docs/PERFORMANCE.md, twenty-sixth session), and
-# a country's node on Debian runs on Debian's.
+# pure Python about a quarter slower, and a node takes about 10% more CPU a message on it
+# (docs/PERFORMANCE.md, twenty-sixth session); a country's node on Debian runs on Debian's.
 PYTHON ?= $(or $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null \
 	&& echo /usr/bin/python3.11),python3.11)
 VENV := .venv
