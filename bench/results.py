@@ -56,12 +56,15 @@ def scratch(prefix: str = "cpn-bench-") -> Path:
 
 
 def machine() -> str:
-    """One line describing this machine, for a results file and docs/PERFORMANCE.md."""
+    """One line describing this machine, for a results file and docs/PERFORMANCE.md. The
+    interpreter is named by its executable, links resolved (a venv's python is the one
+    it was made from): two builds of one version differ by a tenth in a node's CPU."""
     import cryptography
 
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {_processor()}, {_memory()},"
-        f" Python {platform.python_version()}, cryptography {cryptography.__version__},"
+        f" Python {platform.python_version()} ({Path(sys.executable).resolve()}),"
+        f" cryptography {cryptography.__version__},"
         f" SQLite {sqlite3.sqlite_version}"
     )
 
