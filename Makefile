@@ -62,10 +62,13 @@ typecheck: $(STAMP)
 # download does not work here), libfaketime for the clock-skew tests (tests/faults),
 # systemd for `systemd-analyze verify` of deploy/cpn-node@.service (tests/test_deploy.py),
 # SoftHSM2 for a node whose signing key is in a PKCS#11 token (tests/test_hsm.py),
-# strace to make a node's disk slow (its fsyncs delayed: tests/faults/test_disk.py).
+# strace to make a node's disk slow (its fsyncs delayed: tests/faults/test_disk.py),
+# python3.11-venv for a .venv made from Debian's python3.11 (`PYTHON`, read after this).
 # `make test` installs them itself, so that it passes on a fresh machine.
 system-deps:
 	@missing=""; \
+	[ ! -x /usr/bin/python3.11 ] || /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null \
+	  || missing="$$missing python3.11-venv"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing="$$missing faketime"; \
 	[ -x /usr/bin/systemd-analyze ] || missing="$$missing systemd"; \
