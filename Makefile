@@ -3,7 +3,7 @@
 # Debian's python3.11 where it has venv, else the first python3.11 on PATH. On the
 # machines here that is pyenv's 3.11.7, built with a shared libpython and without
 # profile-guided optimisation: it runs pure Python about a quarter slower than Debian's,
-# and a node takes about 10% more CPU a message on it (docs/PERFORMANCE.md, twenty-sixth
+# and a node takes about 9% more CPU a message on it (docs/PERFORMANCE.md, twenty-sixth
 # session). A country's node on Debian runs on Debian's.
 PYTHON ?= $(or $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null \
 	&& echo /usr/bin/python3.11),python3.11)

@@ -58,7 +58,7 @@ def scratch(prefix: str = "cpn-bench-") -> Path:
 def machine() -> str:
     """One line describing this machine, for a results file and docs/PERFORMANCE.md. The
     interpreter is named by its executable, links resolved (a venv's python is the one
-    it was made from): two builds of one version differ by a tenth in a node's CPU."""
+    it was made from): two builds of one version differed by 8 to 9% in a node's CPU."""
     import cryptography
 
     return (
