@@ -121,6 +121,7 @@ def test_canonical_refuses_values_outside_the_model(value: object, message: str)
         (b'{"a":9007199254740992}', "outside"),
         (b'{"a":', "not valid JSON"),
         (b'\xff{"a":1}', "not valid UTF-8"),
+        (b'\xef\xbb\xbf{"a":1}', "not valid JSON: Unexpected UTF-8 BOM"),  # as json.loads says
         (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
     ],
 )
