@@ -413,6 +413,7 @@ def test_metrics_need_no_token_and_show_a_sent_message(api: Api) -> None:
     sent = (("method", "POST"), ("route", "/api/messages"), ("status", "202"))
     assert figures[("cpn_http_requests_total", sent)] >= 1
     assert ("cpn_login_failures_total", ()) in figures
+    assert figures[("cpn_loop_lag_seconds_count", ())] >= 1  # `cpn node run` times its loop
     deu = _metrics(api, "DEU")
     assert (
         deu[("cpn_messages", (("box", "in"), ("state", "received")))]

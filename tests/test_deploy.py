@@ -134,8 +134,12 @@ def test_every_metric_the_alert_rules_and_the_dashboard_use_is_exported(tmp_path
     dashboard = json.loads((REPO / "deploy" / "grafana" / "cpn-dashboard.json").read_text())
     exprs = [rule["expr"] for rule in alerts]
     exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    # Counters are exported as NAME and scraped as NAME_total.
-    used = {name.removesuffix("_total") for e in exprs for name in re.findall(r"\bcpn_[a-z_]+", e)}
+    # Counters are exported as NAME and scraped as NAME_total; histograms as NAME_bucket.
+    used = {
+        re.sub(r"_(total|bucket)$", "", name)
+        for e in exprs
+        for name in re.findall(r"\bcpn_[a-z_]+", e)
+    }
     network = Network(tmp_path / "net", {"FRA": []})
     try:
         network.start("FRA")
@@ -154,6 +158,7 @@ def test_every_metric_the_alert_rules_and_the_dashboard_use_is_exported(tmp_path
         "CpnDiskNearlyFull",
         "CpnRosterExpiring",
         "CpnCertificateExpiring",
+        "CpnLoopLate",
     }
     exported = {name.removesuffix("_total") for name in exported}
     assert used and used <= exported, used - exported

@@ -9,7 +9,8 @@ prometheus-client is imported here only. Two kinds of figure:
   destination, overdue messages (each one aggregate over a small index), links
   up (memory), audit log size (memory), the latest checkpoint's size and the largest a
   witness cosigned, when the roster and our TLS certificate expire, the free space
-  where the store lives, and the outcome of the last audit verification. They are
+  where the store lives, the outcome of the last audit verification, and (`cpn node
+  run`) how late the event loop ran its timers (memory: network/node/looplag.py). They are
   read at most once per `min_interval` seconds; scrapes in between get the same
   figures, so a flood of scrapes on this public endpoint costs the store nothing.
 """
@@ -17,6 +18,7 @@ prometheus-client is imported here only. Two kinds of figure:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -24,11 +26,17 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from network.core.crypto import certificate_not_after
 from network.core.lifecycle import State
+from network.node import looplag
 from network.node.wiring import Node
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -196,6 +204,17 @@ class _StoreCollector(Collector):
             "How long the store's recent COMMITs took, on average (each new one weighs 1/8)",
             value=commits.average_ms / 1000,
         )
+        lag = looplag.PROCESS
+        if lag.watching:  # `cpn node run`: its loop runs this node alone
+            bounds = [repr(bound) for bound in looplag.BOUNDS_S] + ["+Inf"]
+            buckets = list(zip(bounds, itertools.accumulate(lag.counts), strict=True))
+            yield HistogramMetricFamily(
+                "cpn_loop_lag_seconds",
+                f"How late the event loop ran a timer due every {looplag.EVERY_S:g} s: the"
+                " wait of each step of a message, flash too, for the turn under way",
+                buckets=buckets,
+                sum_value=lag.total_s,
+            )
         if self.verified is not None:  # absent until a verification ran: `absent()` alerts
             ok, when = self.verified
             yield GaugeMetricFamily(

@@ -28,6 +28,7 @@ from network.core.crypto import sha256
 from network.core.errors import CpnError, RosterError
 from network.core.records import NodeId
 from network.core.roster import MAX_ROSTER_BYTES, Roster, load_roster
+from network.node import looplag
 from network.node.alerts import WebhookSender
 from network.node.backup import restore_marker
 from network.node.clock import now_ms
@@ -413,7 +414,11 @@ def serve_until_signalled(config: NodeConfig, api: ApiSite | None) -> None:
             gc.freeze()
 
         settings = NodeSettings(links=links, inline_commits=True)
-        await run_node(config, stop, settings, ready=serving, api=api)
+        lag = asyncio.create_task(looplag.PROCESS.watch(), name="loop lag")  # its loop alone
+        try:
+            await run_node(config, stop, settings, ready=serving, api=api)
+        finally:
+            lag.cancel()
 
     # The store's statements run on threads of their own (aiosqlite), and each hop back
     # to the loop needs the GIL. Python hands the GIL to a waiting thread only every
