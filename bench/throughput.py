@@ -19,8 +19,10 @@ rate the sender composed at while the load was offered (below the offered rate i
 fell behind, and requests waited for a turn to seal, which the latency from
 composition does not count), each priority's POST-to-202 p99 (which does), how many
 urgent requests the sender refused with 503 (past the submissions it holds waiting:
-offered more than it takes, it says so at once; flash is never refused), and the CPU
-a message took in each process.
+offered more than it takes, it says so at once; flash is never refused), the CPU
+a message took in each process, and how late each node's loop ran its timers at p99
+(`cpn_loop_lag_seconds`, a bucket's bound): the wait each step of a message, flash
+too, has for the turn under way.
 
 Two floors are measured in this same run. The raw floor is the primitives alone
 (`raw_floor_per_message`: HPKE, four Ed25519 operations, a WebSocket frame each way, a
@@ -44,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import statistics
@@ -54,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.poster import Poster
 from bench.results import Figure, add_arguments, machine, record, scratch, table
@@ -371,6 +376,25 @@ def wait_delivered(
     raise SystemExit(f"only {len(rows)} of {count} delivered in {timeout}s")
 
 
+def loop_late(network: Network, node: str) -> dict[float, float]:
+    """The node's `cpn_loop_lag_seconds` so far: timers counted by bucket bound (s)."""
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(network.metrics(node))
+        if family.name == "cpn_loop_lag_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    }
+
+
+def late_p99(before: dict[float, float], after: dict[float, float]) -> str:
+    """The bound under which 99% of the timers between two readings ran (a bucket's)."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(math.inf, 0.0)
+    bound = next((b for b, n in counts.items() if total and n >= 0.99 * total), None)
+    return "-" if bound is None else "over 1 s" if bound == math.inf else f"{bound * 1e3:g} ms"
+
+
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
     """User and system CPU time a process has used so far (/proc/PID/stat), or one of its
     threads (/proc/PID/task/TID/stat; a process's first thread, its loop's, is TID PID)."""
@@ -473,6 +497,7 @@ def main() -> None:
     paced_cpu: dict[float, dict[str, float]] = {}  # share: CPU seconds a message, per process
     paced_switches: dict[float, dict[str, float]] = {}  # share: context switches a message
     probes: dict[float, dict[str, list[float]]] = {}  # share: the machine's delays meanwhile
+    paced_late: dict[float, dict[str, str]] = {}  # share: each loop's timers late, p99 at most
     try:
         network.start("FRA")
         network.start("DEU")
@@ -480,6 +505,7 @@ def main() -> None:
         cpu_before = {node: cpu_seconds(pid) for node, pid in pids.items()}
         loop_before = {node: cpu_seconds(pid, pid) for node, pid in pids.items()}
         switches_before = {node: context_switches(pid) for node, pid in pids.items()}
+        late_before = {node: loop_late(network, node) for node in pids}
         client_before = time.process_time()
         started = time.monotonic()
         asyncio.run(post_flat_out(network, args.messages, args.concurrency))
@@ -491,6 +517,7 @@ def main() -> None:
         switches = {
             node: context_switches(pid) - switches_before[node] for node, pid in pids.items()
         }
+        late = {node: late_p99(late_before[node], loop_late(network, node)) for node in pids}
         first = min(created for _, created, _ in rows)
         last = max(updated for _, _, updated in rows)
         rate = len(rows) / ((last - first) / 1000)
@@ -503,6 +530,7 @@ def main() -> None:
             since = int(time.time() * 1000)
             cpu_at = {node: cpu_seconds(pid) for node, pid in pids.items()}
             switches_at = {node: context_switches(pid) for node, pid in pids.items()}
+            late_at = {node: loop_late(network, node) for node in pids}
             client_at = time.process_time()
             probe = start_probe(root, args.paced_seconds)
             answered[share], refused[share] = asyncio.run(
@@ -519,6 +547,9 @@ def main() -> None:
             paced_switches[share] = {
                 node: (context_switches(pid) - switches_at[node]) / count
                 for node, pid in pids.items()
+            }
+            paced_late[share] = {
+                node: late_p99(late_at[node], loop_late(network, node)) for node in pids
             }
         stages = stage_times({n: network.nodes[n].store for n in ("FRA", "DEU")}, since)
         network.stop("DEU")
@@ -640,7 +671,8 @@ def main() -> None:
             f"  {node:<16} {seconds / args.messages * 1e6:>8.0f} us  (its loop's thread"
             f" {loop_cpu[node] / args.messages * 1e6:.0f} us: busy"
             f" {loop_cpu[node] / ((last - first) / 1000):.0%} of first composed to last"
-            f" delivered; {switches[node] / args.messages:.1f} context switches a message)"
+            f" delivered; {switches[node] / args.messages:.1f} context switches a message;"
+            f" its timers late {late[node]} at p99)"
         )
     print(f"  {'client':<16} {client_cpu / args.messages * 1e6:>8.0f} us  (this script posting)")
     print(
@@ -650,7 +682,11 @@ def main() -> None:
     for share, spent in paced_cpu.items():
         each = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in spent.items())
         switched = ", ".join(f"{n} {c:.1f}" for n, c in paced_switches[share].items())
-        print(f"  {share:>4.0%}  {each}; context switches a message: {switched}")
+        lated = ", ".join(f"{n} {p99}" for n, p99 in paced_late[share].items())
+        print(
+            f"  {share:>4.0%}  {each}; context switches a message: {switched};"
+            f" the loops' timers late at p99: {lated}"
+        )
     print(
         f"\nwhere the time goes at {loads[-1]:.0%} load (ms, p50 / p99; from the audit entries' times):"
     )
