@@ -6,7 +6,9 @@
 Builds a store of N entries the fast way (the schema from `Store.open`, then
 rows written directly with sqlite3 `executemany`, each leaf from
 `auditlog.entry_leaf`; a signed checkpoint every K entries), then times
-`verify_store` on it (no envelopes: the log alone).
+`verify_store` on it. Its messages' contents are deleted under a retention rule, as a
+store's old messages' are (the row and an empty envelope kept, a `deleted` entry in the
+log): the verifier checks the log and each deletion, no envelope signatures.
 
 The floor is measured in the same run, on the same file: one pass of sqlite
 row iteration over the same columns (fetchmany, as the verifier reads), plus
@@ -66,21 +68,29 @@ ACTIONS = (
     ("node:FRA", "sent", {"to": "DEU", "attempt": 1}),
     ("node:DEU", "receipt_received", {"from": "DEU", "outcome": "accepted", "path": []}),
     ("node:FRA", "delivered", {"by": "DEU"}),
+    # Its contents deleted under a retention rule: the store keeps the row and an empty
+    # envelope, so the verifier checks the log, not envelope signatures.
+    ("node:FRA", "deleted", {"rule": "closed", "state": "delivered", "digest": ""}),
 )
+RULE = "closed"  # the retention rule those entries name
 
 
 def entries(count: int) -> list[tuple[int, str, str, str | None, str]]:
-    """`count` entries shaped like a node's: six steps per message, ~100-byte details."""
+    """`count` entries shaped like a node's: seven steps per message, ~100-byte details."""
     rows = []
     message_id = ""
     for i in range(count):
         actor, action, detail = ACTIONS[i % len(ACTIONS)]
         if i % len(ACTIONS) == 0:
             message_id = f"01a2{i:08x}-0000-7000-8000-{i:012x}"
-        if action == "sealed":
-            detail = {**detail, "digest": b64encode(hashlib.sha256(message_id.encode()).digest())}
+        if action in ("sealed", "deleted"):
+            detail = {**detail, "digest": b64encode(_digest(message_id))}
         rows.append((NOW + i // 10, actor, action, message_id, canonical(detail).decode()))
     return rows
+
+
+def _digest(message_id: str) -> bytes:
+    return hashlib.sha256(message_id.encode()).digest()
 
 
 def create_schema(path: Path) -> None:
@@ -128,6 +138,16 @@ def build_store(path: Path, count: int, every: int) -> Roster:
             rows.clear()
     db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     db.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)", checkpoints)
+    # Each message the log records queued keeps its row (the verifier names one that is
+    # gone), with the digest its entries give, and an envelope emptied by retention.
+    queued = [(t, m) for t, _, action, m, _ in entries(count) if action == "queued" and m]
+    db.executemany(
+        "INSERT INTO messages (id, box, peer, type, priority, priority_rank, state, created,"
+        " expires, updated, digest, deleted, deleted_at) VALUES (?, 'out', 'DEU',"
+        " 'preservation', 'urgent', 1, 'delivered', ?, ?, ?, ?, ?, ?)",
+        [(m, t, t + 86_400_000, t, _digest(m), RULE, t) for t, m in queued],
+    )
+    db.executemany("INSERT INTO envelopes VALUES (?, x'', NULL)", [(m,) for _, m in queued])
     db.execute("COMMIT")
     db.close()
     return roster
