@@ -14,7 +14,11 @@ def test_each_lateness_goes_to_the_first_bucket_whose_bound_holds_it() -> None:
     for late_s in (0.0, 0.001, 0.0011, 0.05, 2.0):
         lag.observe(late_s)
 
-    assert lag.counts == [2, 1, 0, 0, 0, 1, 0, 0, 0, 1]  # le 0.001 twice, 0.002, 0.05, +Inf
+    expected = [0] * (len(BOUNDS_S) + 1)
+    for bucket in (0, BOUNDS_S.index(0.001), BOUNDS_S.index(0.002), BOUNDS_S.index(0.05)):
+        expected[bucket] += 1  # a bound holds what equals it (Prometheus's `le`)
+    expected[-1] += 1  # past the last bound
+    assert lag.counts == expected
     assert abs(lag.total_s - 2.0521) < 1e-9
 
 
