@@ -125,7 +125,8 @@ def build_store(path: Path, count: int, every: int) -> Roster:
     tree = TreeBuilder()
     rows = []
     checkpoints = []
-    for seq, (t, actor, action, message_id, detail) in enumerate(entries(count), start=1):
+    log = entries(count)
+    for seq, (t, actor, action, message_id, detail) in enumerate(log, start=1):
         leaf = entry_leaf(t, actor, action, message_id, json.loads(detail))
         rows.append((seq, t, actor, action, message_id, detail, leaf))
         tree.append(leaf)
@@ -140,7 +141,7 @@ def build_store(path: Path, count: int, every: int) -> Roster:
     db.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)", checkpoints)
     # Each message the log records queued keeps its row (the verifier names one that is
     # gone), with the digest its entries give, and an envelope emptied by retention.
-    queued = [(t, m) for t, _, action, m, _ in entries(count) if action == "queued" and m]
+    queued = [(t, m) for t, _, action, m, _ in log if action == "queued" and m]
     db.executemany(
         "INSERT INTO messages (id, box, peer, type, priority, priority_rank, state, created,"
         " expires, updated, digest, deleted, deleted_at) VALUES (?, 'out', 'DEU',"
