@@ -61,6 +61,7 @@ from network.node.store import AuditEntry, Store
 from network.node.verify import verify_store
 
 NOW = 1_795_000_000_000
+RULE = "closed"  # the retention rule the `deleted` entries name
 ACTIONS = (
     ("officer-fra", "composed", {"to": "DEU", "type": "preservation", "priority": "urgent"}),
     ("node:FRA", "sealed", {"digest": "", "suite": "X25519/HKDF-SHA256/AES-256-GCM"}),
@@ -70,9 +71,12 @@ ACTIONS = (
     ("node:FRA", "delivered", {"by": "DEU"}),
     # Its contents deleted under a retention rule: the store keeps the row and an empty
     # envelope, so the verifier checks the log, not envelope signatures.
-    ("node:FRA", "deleted", {"rule": "closed", "state": "delivered", "digest": ""}),
+    ("node:FRA", "deleted", {"rule": RULE, "state": "delivered", "digest": ""}),
 )
-RULE = "closed"  # the retention rule those entries name
+
+
+def _digest(message_id: str) -> bytes:
+    return hashlib.sha256(message_id.encode()).digest()
 
 
 def entries(count: int) -> list[tuple[int, str, str, str | None, str]]:
@@ -87,10 +91,6 @@ def entries(count: int) -> list[tuple[int, str, str, str | None, str]]:
             detail = {**detail, "digest": b64encode(_digest(message_id))}
         rows.append((NOW + i // 10, actor, action, message_id, canonical(detail).decode()))
     return rows
-
-
-def _digest(message_id: str) -> bytes:
-    return hashlib.sha256(message_id.encode()).digest()
 
 
 def create_schema(path: Path) -> None:
