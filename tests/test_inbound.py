@@ -723,6 +723,33 @@ async def test_flash_news_goes_before_the_retries_a_poll_finds(trio: Trio) -> No
     assert sorted(row.id for row in then.rows) == sorted(urgent) and then.polled
 
 
+@pytest.mark.parametrize(
+    ("priority", "message_type"),
+    [("flash", "emergency"), ("urgent", "emergency"), ("routine", "preservation")],
+)
+async def test_a_message_goes_to_its_link_as_committed_without_a_read(
+    trio: Trio, priority: str, message_type: str
+) -> None:
+    """Every priority: reading each row back for its feed took about 1.4% of a loaded
+    sender's loop (docs/PERFORMANCE.md, twenty-seventh session)."""
+    fra = trio.nodes["FRA"]
+    fra.delivery.link_up("DEU", T0)
+    fra.delivery.links_changed(lost=False)
+    await fra.delivery.next_batch("DEU", Room(10, 10))  # the link's first look: nothing yet
+    queued = await queue(fra, priority=priority, message_type=message_type)
+    statements: list[str] = []
+    fra.context.store._glancer.set_trace_callback(statements.append)
+    try:
+        taken = await fra.delivery.next_batch("DEU", Room(10, 10))
+    finally:
+        fra.context.store._glancer.set_trace_callback(None)
+
+    stored = await fra.context.store.message(queued.id)
+    assert [row.id for row in taken.rows] == [queued.id]
+    assert stored is not None and taken.rows[0].envelope == stored.envelope
+    assert not [s for s in statements if "FROM messages" in s], statements
+
+
 async def test_a_flash_message_goes_to_its_link_as_committed_not_read_back(trio: Trio) -> None:
     """At 90% load the feed's read of a flash row waited up to 15 ms behind the other reads
     on the store's reader thread; the row kept from its commit goes without one."""
