@@ -23,6 +23,7 @@ import pytest
 
 from network.core.auditlog import entry_leaf
 from network.core.deadlines import Due, Overdue
+from network.core.errors import LocalError
 from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, State
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
 from network.core.roster import load_roster
@@ -494,6 +495,30 @@ async def test_sent_moves_by_the_callers_event_and_counts_the_attempt(store: Sto
         False,
         T0 + 3,
     )
+
+
+async def test_rows_read_without_envelopes_are_whole_rows_but_those_and_move_alike(
+    store: Store,
+) -> None:
+    """A sent mark and a receipt move rows without reading their 5 KiB of blobs; such a
+    row is never taken for a whole one, and one read again after it is whole."""
+    async with store.transaction(T0) as tx:
+        whole = insert(tx, "m1", case_ref="C-1", path=(ITA,), alert_at=T0 + 5)
+    async with store.transaction(T0 + 1) as tx:
+        await tx.prefetch(["m1", "m2"], whole=False)
+        bare = await tx.message("m1", whole=False)
+        assert bare == whole._replace(envelope=b"", self_sealed=None)
+        assert await tx.message("m2", whole=False) is None
+        with pytest.raises(LocalError, match="m1: its row was read without its envelope"):
+            await tx.message("m1")
+        assert bare is not None and tx.sent(bare, Event.SEND, DEU, T0 + 500) is State.SENT
+        tx.retry_now(["m1"])  # forgets its row: the next read is whole
+        again = await tx.message("m1")
+        assert again is not None and again.envelope == whole.envelope
+
+    row = await store.message("m1")
+    assert row is not None
+    assert (row.state, row.envelope, row.self_sealed) == (State.SENT, whole.envelope, b"sealed")
 
 
 async def test_an_event_the_table_refuses_writes_nothing(store: Store) -> None:

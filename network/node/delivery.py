@@ -346,10 +346,10 @@ class Delivery:
         context = self.context
         now = context.clock()
         async with context.store.transaction(now, durable=False, early=flash) as tx:
-            await tx.prefetch(ids)
+            await tx.prefetch(ids, whole=False)
             entries = []
             for message_id in ids:
-                row = await tx.message(message_id)
+                row = await tx.message(message_id, whole=False)
                 if row is None or row.state not in (State.QUEUED, State.SENT):
                     continue  # a receipt or the expiry scan got there first
                 event = Event.SEND if row.state is State.QUEUED else Event.RESEND

@@ -679,14 +679,14 @@ class Inbound:
         if sent_marked is not None:
             await sent_marked(ids)
         async with self.context.store.transaction(now, urgent=urgent) as tx:
-            await tx.prefetch(ids)
+            await tx.prefetch(ids, whole=False)
             entries: list[AuditEntry] = []
             for result in checked:
                 try:
                     if isinstance(result, PeerError):
                         raise result
                     receipt = result
-                    row = await tx.message(receipt.message_id)
+                    row = await tx.message(receipt.message_id, whole=False)
                     passing = (
                         receipt.scope is ReceiptScope.END_TO_END
                         and receipt.recipient != self.context.me

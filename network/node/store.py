@@ -58,7 +58,7 @@ from network.core.auditlog import (
     stored_leaf,
 )
 from network.core.deadlines import Due, Overdue, format_overdue, parse_overdue
-from network.core.errors import StoreError
+from network.core.errors import LocalError, StoreError
 from network.core.lifecycle import TABLES, Event, State, next_state
 from network.core.records import Box, MessageType, NodeId, Priority, b64encode, canonical
 from network.core.retention import RetentionRule
@@ -535,6 +535,11 @@ class UserRow:
 # A message is read whole, `_MESSAGE_COLUMNS` (`MessageRow`'s fields) from `_MESSAGES`; it
 # is written to its two tables apart: the envelope's once, the row's as it changes.
 _MESSAGE_COLUMNS = ", ".join(MessageRow._fields)
+# The same, from `messages` alone: a row without its envelope and stored copy (`Tx.prefetch`).
+_BARE_COLUMNS = ", ".join(
+    {"envelope": "x'' AS envelope", "self_sealed": "NULL AS self_sealed"}.get(name, name)
+    for name in MessageRow._fields
+)
 _MESSAGES = "messages CROSS JOIN envelopes ON envelopes.message_id = messages.id"
 _ENVELOPE_COLUMNS: Final = frozenset({"envelope", "self_sealed"})
 _ROW_COLUMNS = [name for name in MessageRow._fields if name not in _ENVELOPE_COLUMNS]
@@ -620,13 +625,15 @@ def _rule_clause(rule: RetentionRule) -> tuple[str, list[str]]:
 # so that a transaction can make them with its BEGIN in the same hop.
 
 
-def _fetch_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, MessageRow]:
+def _fetch_messages(
+    conn: sqlite3.Connection, ids: Sequence[str], *, whole: bool = True
+) -> dict[str, MessageRow]:
+    """The rows of `ids` found; not `whole`: without their envelopes (`Tx.prefetch`)."""
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES} WHERE id IN ({marks})", tuple(ids)
-    ).fetchall()
+    source = f"{_MESSAGE_COLUMNS} FROM {_MESSAGES}" if whole else f"{_BARE_COLUMNS} FROM messages"
+    rows = conn.execute(f"SELECT {source} WHERE id IN ({marks})", tuple(ids)).fetchall()
     return {row[0]: _message(row) for row in rows}
 
 
@@ -789,6 +796,7 @@ class Tx:
         # audit entries (actor, action, message id, detail JSON), numbered and timed when applied
         self._entries: list[tuple[str, str, str | None, bytes]] = []
         self._rows: dict[str, MessageRow | None] = {}
+        self._bare: set[str] = set()  # rows in `_rows` read without their envelopes
         self._issued: _Receipts = {}  # as stored before this transaction
         self._audit_size: int | None = None
         self._secure_delete = False  # overwrite the pages this transaction frees
@@ -906,19 +914,29 @@ class Tx:
         """User `name`, read under the transaction's lock."""
         return await self._read(partial(_fetch_user, name=name))
 
-    async def prefetch(self, ids: Sequence[str]) -> None:
-        """Read the rows of `ids` in one query, for the `message` calls that follow."""
+    async def prefetch(self, ids: Sequence[str], *, whole: bool = True) -> None:
+        """Read the rows of `ids` in one query, for the `message` calls that follow.
+
+        Not `whole`: without the envelope and its stored copy (`envelope` empty,
+        `self_sealed` None), for a use case that only moves its messages (a sent mark, a
+        receipt) and hands no row on: reading those 5 KiB a message twice took 2 to 4% of
+        a loaded sender's loop (docs/PERFORMANCE.md, twenty-seventh session). Its
+        `message` calls then say `whole=False` too."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
         if not wanted:
             return
-        found = await self._read(partial(_fetch_messages, ids=wanted))
+        found = await self._read(partial(_fetch_messages, ids=wanted, whole=whole))
         for i in wanted:
             self._rows[i] = found.get(i)
+        (self._bare.difference_update if whole else self._bare.update)(wanted)
 
-    async def message(self, message_id: str) -> MessageRow | None:
-        """The row of `message_id` as this transaction left it (None: no such message)."""
+    async def message(self, message_id: str, *, whole: bool = True) -> MessageRow | None:
+        """The row of `message_id` as this transaction left it (None: no such message).
+        Raises LocalError for a row read without its envelope when `whole` asks for it."""
         if message_id not in self._rows:
-            await self.prefetch([message_id])
+            await self.prefetch([message_id], whole=whole)
+        elif whole and message_id in self._bare:
+            raise LocalError(f"{message_id}: its row was read without its envelope")
         return self._rows[message_id]
 
     async def release_in_flight(self) -> int:
