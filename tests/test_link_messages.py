@@ -69,6 +69,26 @@ async def test_messages_wait_until_taken_then_go_in_order_each_as_it_is_parsed()
             await asyncio.wait_for(reader, 5)
 
 
+async def test_frames_sent_together_go_in_one_write_and_each_arrives_a_message() -> None:
+    """A receiver's receipts for a batch of envelopes went in a write each (a TLS record,
+    a system call, the sender woken), 32 for a full batch."""
+    async with linked() as (client, server):
+        writes: list[bytes] = []
+        write = server.transport.write
+
+        def counted(data: bytes) -> None:  # asyncio's transport, its writes counted
+            writes.append(bytes(data))
+            write(data)
+
+        server.transport.write = counted  # type: ignore[method-assign]
+        await server.send_frames([b"one", b"two", b"three"])
+        server.transport.write = write  # type: ignore[method-assign]
+        await asyncio.wait_for(await server.ping(), 5)  # parsed: its pong came back
+
+        assert [await client.messages.next() for _ in range(3)] == [b"one", b"two", b"three"]
+        assert len(writes) == 1
+
+
 async def test_what_the_take_raises_ends_the_taking_and_nothing_after_it_is_taken() -> None:
     class Refused(Exception):
         pass
