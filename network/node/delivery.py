@@ -35,7 +35,7 @@ __all__ = ["Delivery", "Outgoing", "candidate"]
 # Rows kept from their commit for their link's feed, which then sends them without reading
 # them back; past this many (a link down, its news waiting) the oldest are read when taken.
 # 256 took the 193-node simulation's peak 20 MiB higher than 64 (each row holds its 5 KiB
-# envelope and stored copy), and two nodes saturated rarely have more news waiting.
+# envelope and stored copy).
 KEPT_COMMITTED = 64
 NO_RETRY = 2**63 - 1  # no message sent waits for a retry
 
