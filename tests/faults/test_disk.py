@@ -205,27 +205,42 @@ def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
     disk answers in a millisecond, not while it takes tens. The node measures its COMMITs
     and moves them to the writer's thread while they are slow, so its loop serves
     meanwhile, and back once the disk is fast again; nothing is lost either way."""
-    sent = [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(3)]
-    pair.wait_all("FRA", "out", 3, {"delivered"})
+    sent: list[str] = []
+
+    def send(count: int, timeout: float = 60.0) -> None:
+        sent.extend(
+            pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(count)
+        )
+        pair.wait_all("FRA", "out", len(sent), {"delivered"}, timeout=timeout)
+
+    def three_on_the_loop() -> dict[str, float] | None:
+        send(1)
+        places, _ = commits(pair, "FRA")
+        return places if places["loop"] >= 3 else None
+
+    # The machine's own disk: COMMITs on the loop. A store's first COMMITs (its files made
+    # and grown), or a neighbour's burst of writes, can take it past a fast disk's for a
+    # while (CI once saw 11 on the thread before the first 3 messages were delivered): the
+    # three messages this part counts go once it is fast.
+    warm = wait_for(three_on_the_loop, timeout=60, what="3 COMMITs on FRA's loop (a fast disk)")
+    send(3)
     fast, _ = commits(pair, "FRA")
 
     with slow_disk(pair, "FRA", 30):
-        sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(4)]
-        pair.wait_all("FRA", "out", 7, {"delivered"}, timeout=60)
+        send(4)
         slow, slow_average = commits(pair, "FRA")
         # The disk known slow: every COMMIT from now on goes to the thread, lazy ones too.
-        sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(3)]
-        pair.wait_all("FRA", "out", 10, {"delivered"}, timeout=60)
+        send(3)
         still, still_average = commits(pair, "FRA")
         listed = pair.api("FRA", "GET", "/api/messages?box=out")[0]  # reads go on meanwhile
 
-    sent += [pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(30)]
-    pair.wait_all("FRA", "out", 40, {"delivered"})
+    send(30)
     back, back_average = commits(pair, "FRA")
     pair.stop("FRA")
     pair.stop("DEU")
 
-    assert fast["loop"] >= 3 and fast["loop"] > fast["thread"], fast  # fast: on the loop
+    on_loop, on_thread = (fast[place] - warm[place] for place in ("loop", "thread"))
+    assert on_loop >= 3 and on_loop > on_thread, (warm, fast)  # fast: on the loop
     assert slow["thread"] - fast["thread"] >= 4, (fast, slow)  # slow: on the thread
     assert slow_average >= 0.002 and still_average >= 0.002
     assert still["loop"] == slow["loop"], (slow, still)  # none on the loop any more
@@ -233,4 +248,4 @@ def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
     assert listed == 200
     assert back["loop"] > still["loop"], (still, back)  # fast again: back on the loop
     assert back_average < still_average
-    assert check_run(pair, ["FRA", "DEU"], set(sent)) == 40
+    assert check_run(pair, ["FRA", "DEU"], set(sent)) == len(sent)
