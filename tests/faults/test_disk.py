@@ -207,11 +207,11 @@ def test_a_node_commits_off_its_loop_while_its_disk_is_slow_and_on_it_once_fast(
     meanwhile, and back once the disk is fast again; nothing is lost either way."""
     sent: list[str] = []
 
-    def send(count: int, timeout: float = 60.0) -> None:
+    def send(count: int) -> None:
         sent.extend(
             pair.send("FRA", "DEU", "emergency", sample_body("emergency")) for _ in range(count)
         )
-        pair.wait_all("FRA", "out", len(sent), {"delivered"}, timeout=timeout)
+        pair.wait_all("FRA", "out", len(sent), {"delivered"})
 
     def three_on_the_loop() -> dict[str, float] | None:
         send(1)
