@@ -124,31 +124,42 @@ class _BoundedSite(web.BaseSite):
         await super().stop()
 
     async def _accept_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         server = self._app_runner.server
         assert server is not None
         held = self._app_runner.app[CONNECTIONS]
-        async for conn, source in accepted(self._listener, self.name):
+        async for batch in accepted(self._listener, self.name):
             for gone in [h for h in held if h.transport is None]:  # closed since
                 held.left(gone)
-            handler = server()  # aiohttp's protocol for this connection
-            closed = held.arrive(handler, source)
-            for other in closed:
-                if other is not handler:
-                    peer = other.transport and other.transport.get_extra_info("peername")
-                    shed_from = str(peer[0]) if isinstance(peer, tuple) else source
-                    other.force_close()  # idle: no request under way is cut
-                    await self._shed(shed_from, "idle, closed to make room", len(held))
-            if handler in closed:
-                conn.close()
-                await self._shed(source, "turned away: every connection busy", len(held))
-                continue
-            try:
-                # The factory is called before this returns: `handler` is this connection's.
-                await loop.connect_accepted_socket(lambda: handler, conn)  # noqa: B023
-            except OSError:
-                held.left(handler)
-                conn.close()
+            # This batch's connections, not served yet: a later one may make room by
+            # closing an earlier one, which has no transport to close yet.
+            serving: dict[web.RequestHandler, tuple[socket.socket, str]] = {}
+            for conn, source in batch:
+                handler = server()  # aiohttp's protocol for this connection
+                serving[handler] = (conn, source)
+                for shut in held.arrive(handler, source):
+                    if shut in serving:
+                        shut_conn, shut_from = serving.pop(shut)
+                        shut_conn.close()
+                    else:
+                        peer = shut.transport and shut.transport.get_extra_info("peername")
+                        shut_from = str(peer[0]) if isinstance(peer, tuple) else source
+                        shut.force_close()  # idle: no request under way is cut
+                    why = (
+                        "turned away: every connection busy"
+                        if shut is handler
+                        else ("idle, closed to make room")
+                    )
+                    await self._shed(shut_from, why, len(held))
+            # Each made at once: made one after the other, each waited a pass of the loop.
+            await asyncio.gather(*(self._serve(h, conn) for h, (conn, _) in serving.items()))
+
+    async def _serve(self, handler: web.RequestHandler, conn: socket.socket) -> None:
+        """aiohttp's `handler` on the accepted `conn`."""
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: handler, conn)
+        except OSError:
+            self._app_runner.app[CONNECTIONS].left(handler)
+            conn.close()
 
     async def _shed(self, source: str, why: str, holding: int) -> None:
         """A connection from `source` shed: audited within the node's refusal budget for

@@ -1329,13 +1329,14 @@ class _Accepting:
         await asyncio.wait([self._accepts, *self._opening])
 
     async def _accept_forever(self) -> None:
-        async for conn, _ in accepted(self._listener, "peer server"):
-            if conn not in self._listener.pending:  # shut at once: no room for its source
-                conn.close()
-                continue
-            opening = self._loop.create_task(self._open(conn))
-            self._opening.add(opening)
-            opening.add_done_callback(self._opening.discard)
+        async for batch in accepted(self._listener, "peer server"):
+            for conn, _ in batch:
+                if conn not in self._listener.pending:  # shut at once: no room for its source
+                    conn.close()
+                    continue
+                opening = self._loop.create_task(self._open(conn))
+                self._opening.add(opening)
+                opening.add_done_callback(self._opening.discard)
 
     async def _open(self, conn: socket.socket) -> None:
         # A failed or timed-out TLS handshake closes the connection (the loop owns it now).

@@ -130,6 +130,10 @@ def inherited(name: str) -> int | None:
 
 S = TypeVar("S", bound=socket.socket)
 
+ACCEPT_AT_ONCE: Final = 64
+"""Connections `accepted` takes in one pass of the loop, at most: a flood's are not all
+taken before anything else runs."""
+
 
 def bound(host: str, port: int, make: Callable[[int, int, int], S]) -> S:
     """A listening socket on `host:port`, made by `make(family, type, proto)` (a socket
@@ -148,10 +152,13 @@ def bound(host: str, port: int, make: Callable[[int, int, int], S]) -> S:
 
 async def accepted(
     listener: socket.socket, server: str
-) -> AsyncIterator[tuple[socket.socket, str]]:
+) -> AsyncIterator[list[tuple[socket.socket, str]]]:
     """The connections `listener` accepts, each with its source address ("local" on a
-    Unix socket), until the caller stops. An accept that fails (out of descriptors, say)
-    is logged and tried again a second later, as asyncio's own server does."""
+    Unix socket), until the caller stops: every one waiting when it is ready, at most
+    `ACCEPT_AT_ONCE` at a time (as asyncio's own server takes up to its backlog). Taken
+    one a pass of the loop, a connection waited behind each opened before it, a pass
+    each. An accept that fails (out of descriptors, say) is logged and tried again a
+    second later, as asyncio's own server does."""
     loop = asyncio.get_running_loop()
     listener.setblocking(False)
     while True:
@@ -161,5 +168,19 @@ async def accepted(
             log.warning("%s: accept failed (%s); again in a second", server, exc)
             await asyncio.sleep(1)
             continue
-        # A TCP peer's address is (host, port, ...); a Unix socket's is a path, often ''.
-        yield conn, str(address[0]) if isinstance(address, tuple) else "local"
+        batch = [(conn, _source(address))]
+        while len(batch) < ACCEPT_AT_ONCE:
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):  # none waiting
+                break
+            except OSError:  # the next `sock_accept` meets it again, and says so
+                break
+            conn.setblocking(False)
+            batch.append((conn, _source(address)))
+        yield batch
+
+
+def _source(address: object) -> str:
+    # A TCP peer's address is (host, port, ...); a Unix socket's is a path, often ''.
+    return str(address[0]) if isinstance(address, tuple) else "local"
