@@ -10,6 +10,7 @@ against 3 ms on a kept-alive one (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -106,7 +107,8 @@ async def test_every_connection_waiting_is_taken_in_one_pass_of_the_loop(
 async def test_room_made_within_one_take_closes_a_connection_not_yet_served(node: Node) -> None:
     """A listener holding at most 8 takes 20 waiting connections (all idle, from one
     address) at once: each past the eighth closes the oldest idle one, which may be one
-    taken in the same batch with no transport yet. Exactly 12 are closed, 8 held."""
+    taken in the same batch with no transport yet. Exactly 12 are closed, each audited, 8
+    held."""
     app = build_app(node)
     app[CONNECTIONS] = held = OpenConnections(8)
     runner = web.AppRunner(app, access_log=None)
@@ -140,9 +142,13 @@ async def test_room_made_within_one_take_closes_a_connection_not_yet_served(node
             ]
         finally:
             await runner.cleanup()
+    query = "SELECT detail FROM audit WHERE action = 'connection_shed'"
+    async with node.context.store.db.execute(query) as cursor:
+        audited = [json.loads(detail)["why"] for (detail,) in await cursor.fetchall()]
 
     assert shut.count(True) == 12, shut
     assert len(held) == len(open_held) == 8
+    assert audited == ["idle, closed to make room"] * 12  # within the budget: each one
 
 
 def _closed(client: socket.socket) -> bool:

@@ -133,6 +133,7 @@ class _BoundedSite(web.BaseSite):
             # This batch's connections, not served yet: a later one may make room by
             # closing an earlier one, which has no transport to close yet.
             serving: dict[web.RequestHandler, tuple[socket.socket, str]] = {}
+            shed: list[AuditEntry] = []
             for conn, source in batch:
                 handler = server()  # aiohttp's protocol for this connection
                 serving[handler] = (conn, source)
@@ -147,9 +148,11 @@ class _BoundedSite(web.BaseSite):
                     why = (
                         "turned away: every connection busy"
                         if shut is handler
-                        else ("idle, closed to make room")
+                        else "idle, closed to make room"
                     )
-                    await self._shed(shut_from, why, len(held))
+                    shed += self._shed(shut_from, why, len(held))
+            with contextlib.suppress(CpnError):  # the store's failure is its own to report
+                await self._context.audit(shed)  # one transaction for the batch's
             # Each made at once: made one after the other, each waited a pass of the loop.
             await asyncio.gather(*(self._serve(h, conn) for h, (conn, _) in serving.items()))
 
@@ -161,10 +164,10 @@ class _BoundedSite(web.BaseSite):
             self._app_runner.app[CONNECTIONS].left(handler)
             conn.close()
 
-    async def _shed(self, source: str, why: str, holding: int) -> None:
-        """A connection from `source` shed: audited within the node's refusal budget for
-        this listener (a flood is what sheds them: 60 entries a minute, the rest counted),
-        and logged at most once a minute."""
+    def _shed(self, source: str, why: str, holding: int) -> list[AuditEntry]:
+        """A connection from `source` shed: the entries to audit, within the node's refusal
+        budget for this listener (a flood is what sheds them: 60 entries a minute, the rest
+        counted); logged at most once a minute."""
         self._shed_since_said += 1
         now = time.monotonic()
         if now - self._said_at >= 60:
@@ -180,5 +183,4 @@ class _BoundedSite(web.BaseSite):
         context = self._context
         detail = {"listener": self.name, "remote": source, "why": why}
         entry = AuditEntry(context.actor, "connection_shed", None, detail)
-        with contextlib.suppress(CpnError):  # the store's failure is its own to report
-            await context.audit(context.refusal(f"listener:{self.name}", entry))
+        return context.refusal(f"listener:{self.name}", entry)
