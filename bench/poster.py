@@ -117,10 +117,17 @@ class Poster:
         return self._built[key]
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        status, answer, _ = await self.post_noting_new(path, body)
+        return status, answer
+
+    async def post_noting_new(self, path: str, body: bytes) -> tuple[int, bytes, bool]:
+        """`post`, and whether it opened a connection for it (none was idle): the node
+        has that connection to accept before it reads the request."""
         request = self._request(path, body)
-        connection = self._reusable() or await self._connect()
+        reused = self._reusable()
+        connection = reused or await self._connect()
         try:
-            answer = await connection.exchange(request)
+            status, answer = await connection.exchange(request)
         except BaseException:
             if connection.transport is not None:
                 connection.transport.close()
@@ -128,7 +135,7 @@ class Poster:
         if connection.usable:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
-        return answer
+        return status, answer, reused is None
 
     def _reusable(self) -> _Connection | None:
         """An idle connection still usable, if any: open, and not idle long enough for the

@@ -59,6 +59,26 @@ def test_posts_reach_the_node_on_kept_alive_connections(fra: Network) -> None:
     assert opened == [1, 4]
 
 
+def test_a_post_says_whether_it_opened_a_connection(fra: Network) -> None:
+    """What `bench/throughput.py` counts a flash request's wait on a new connection by."""
+    node = fra.nodes["FRA"]
+
+    async def post_all() -> list[bool]:
+        async with Poster(node.api, node.tokens["officer"]) as poster:
+            news = [(await poster.post_noting_new("/api/messages", request("first")))[2]]
+            news.append((await poster.post_noting_new("/api/messages", request("second")))[2])
+            together = await asyncio.gather(
+                *(
+                    poster.post_noting_new("/api/messages", request(f"at once {i}"))
+                    for i in range(3)
+                )
+            )
+            return [*news, *sorted(new for _, _, new in together)]
+
+    # The second reuses the first's; of three at once, one takes it and two open their own.
+    assert asyncio.run(post_all()) == [True, False, False, True, True]
+
+
 def test_a_connection_idle_too_long_is_not_used_again(fra: Network) -> None:
     """The node closes a connection idle for `[api] connection_idle`: a request written on
     it as it does so meets the close. The poster opens another instead."""
