@@ -155,10 +155,10 @@ async def accepted(
 ) -> AsyncIterator[list[tuple[socket.socket, str]]]:
     """The connections `listener` accepts, each with its source address ("local" on a
     Unix socket), until the caller stops: every one waiting when it is ready, at most
-    `ACCEPT_AT_ONCE` at a time (as asyncio's own server takes up to its backlog). Taken
-    one a pass of the loop, a connection waited behind each opened before it, a pass
-    each. An accept that fails (out of descriptors, say) is logged and tried again a
-    second later, as asyncio's own server does."""
+    `ACCEPT_AT_ONCE` at a time, as asyncio's own server takes up to its backlog (taken one
+    at a time, a connection waited a pass of the loop for each one before it). An accept
+    that fails (out of descriptors, say) is logged and tried again a second later, as
+    asyncio's own server does."""
     loop = asyncio.get_running_loop()
     listener.setblocking(False)
     while True:
@@ -172,9 +172,7 @@ async def accepted(
         while len(batch) < ACCEPT_AT_ONCE:
             try:
                 conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):  # none waiting
-                break
-            except OSError:  # the next `sock_accept` meets it again, and says so
+            except OSError:  # none waiting; or a failure the next `sock_accept` meets and logs
                 break
             conn.setblocking(False)
             batch.append((conn, _source(address)))
