@@ -13,7 +13,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +61,22 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await store.close()
 
 
+async def _each_pass_until(ready: Callable[[], bool]) -> None:
+    """Ask `ready` once a pass of the loop (a callback scheduling itself again as it
+    runs) until it says yes; at most 30 s."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def look() -> None:
+        if ready():
+            done.set_result(None)
+        else:
+            loop.call_soon(look)
+
+    loop.call_soon(look)
+    await asyncio.wait_for(done, 30)
+
+
 @pytest.mark.parametrize("waiting", [40, ACCEPT_AT_ONCE + 10])
 async def test_every_connection_waiting_is_taken_in_one_pass_of_the_loop(
     node: Node, waiting: int
@@ -81,19 +97,14 @@ async def test_every_connection_waiting_is_taken_in_one_pass_of_the_loop(
             client.setblocking(False)
             clients.append(client)
         sizes: list[int] = []  # connections held, after each pass of the loop
-        all_held = loop.create_future()
 
-        def count() -> None:  # scheduled again as it runs: once a pass
+        def all_held() -> bool:
             sizes.append(len(held))
-            if sizes[-1] == waiting:
-                all_held.set_result(None)
-            else:
-                loop.call_soon(count)
+            return sizes[-1] == waiting
 
         try:
             await site.start()
-            loop.call_soon(count)
-            await asyncio.wait_for(all_held, 30)
+            await _each_pass_until(all_held)
             answers = [await asyncio.wait_for(loop.sock_recv(c, 4096), 30) for c in clients]
         finally:
             await runner.cleanup()
@@ -113,7 +124,6 @@ async def test_room_made_within_one_take_closes_a_connection_not_yet_served(node
     app[CONNECTIONS] = held = OpenConnections(8)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    loop = asyncio.get_running_loop()
     with ExitStack() as stack:
         listener = stack.enter_context(bound("127.0.0.1", 0, socket.socket))
         site = _BoundedSite(runner, listener, node.context)
@@ -123,18 +133,11 @@ async def test_room_made_within_one_take_closes_a_connection_not_yet_served(node
             client.setblocking(False)
             clients.append(client)
 
-        all_served = loop.create_future()
-
-        def check() -> None:  # scheduled again as it runs: once a pass
-            if len(held) == 8 and all(h.transport is not None for h in held):
-                all_served.set_result(None)
-            else:
-                loop.call_soon(check)
-
         try:
             await site.start()
-            loop.call_soon(check)
-            await asyncio.wait_for(all_served, 30)
+            await _each_pass_until(
+                lambda: len(held) == 8 and all(h.transport is not None for h in held)
+            )
             # Closed before the rest were served: each one's end of the stream is here.
             shut = [_closed(client) for client in clients]
             open_held = [
