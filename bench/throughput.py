@@ -17,7 +17,8 @@ composed (the header's `created`) to delivered (the sender's state change on
 the verified receipt), both on this machine's clock. Beside it, at each load: the
 rate the sender composed at while the load was offered (below the offered rate it
 fell behind, and requests waited for a turn to seal, which the latency from
-composition does not count), each priority's POST-to-202 p99 (which does), how many
+composition does not count), each priority's POST-to-202 p99 (which does), the
+flash requests' on a connection opened for them (the node accepts it first), how many
 urgent requests the sender refused with 503 (past the submissions it holds waiting:
 offered more than it takes, it says so at once; flash is never refused), the CPU
 a message took in each process, and how late each node's loop ran its timers at p99
