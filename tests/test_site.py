@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -24,41 +21,16 @@ from aiohttp import web
 from network.api.site import _BoundedSite
 from network.api.web import CONNECTIONS, build_app
 from network.core.admission import OpenConnections
-from network.core.records import NodeId
-from network.core.roster import build_roster, load_roster
-from network.node.keys import init_keeper, init_node_keys, load_keeper, load_node_keys
 from network.node.sockets import ACCEPT_AT_ONCE, bound
-from network.node.store import Store
 from network.node.wiring import Node
+from tests.test_web import Api, api  # noqa: F401 (the fixture: a real node in this process)
 
 pytestmark = pytest.mark.timeout(60)
 
-DAY_MS = 24 * 3600 * 1000
-
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    keeper_public = init_keeper(tmp_path / "keeper")
-    now = datetime.now(UTC)
-    card = init_node_keys(tmp_path / "FRA", NodeId("FRA"), url="wss://127.0.0.1:1", now=now)
-    now_ms = time.time_ns() // 1_000_000
-    roster_bytes = build_roster(
-        [card],
-        keeper=load_keeper(tmp_path / "keeper"),
-        version=1,
-        issued=now_ms - DAY_MS,
-        valid_until=now_ms + DAY_MS,
-    )
-    store = await Store.open(tmp_path / "fra.sqlite")
-    try:
-        yield Node.build(
-            keys=load_node_keys(tmp_path / "FRA", NodeId("FRA")),
-            roster=load_roster(roster_bytes, keeper=keeper_public, now=now_ms),
-            store=store,
-            clock=lambda: time.time_ns() // 1_000_000,
-        )
-    finally:
-        await store.close()
+def node(api: Api) -> Node:  # noqa: F811 (the fixture imported above)
+    return api.service
 
 
 async def _each_pass_until(ready: Callable[[], bool]) -> None:
