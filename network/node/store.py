@@ -928,7 +928,10 @@ class Tx:
         found = await self._read(partial(_fetch_messages, ids=wanted, whole=whole))
         for i in wanted:
             self._rows[i] = found.get(i)
-        (self._bare.difference_update if whole else self._bare.update)(wanted)
+        if whole:
+            self._bare.difference_update(wanted)
+        else:
+            self._bare.update(wanted)
 
     async def message(self, message_id: str, *, whole: bool = True) -> MessageRow | None:
         """The row of `message_id` as this transaction left it (None: no such message).
