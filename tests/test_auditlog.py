@@ -110,6 +110,19 @@ def test_a_time_canonical_json_cannot_hold_is_refused(time: int) -> None:
         entry_bytes(time, "a", "b", None, {})
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        (1, "\ud800", "sent", None),  # a lone surrogate in each string
+        (1, "node:FRA", "se\udfffnt", None),
+        (1, "node:FRA", "sent", "01a2-\ud800"),
+    ],
+)
+def test_an_entry_with_a_lone_surrogate_is_refused(entry: tuple[int, str, str, str]) -> None:
+    with pytest.raises(MalformedError, match="cannot encode as canonical JSON"):
+        entry_bytes(*entry, {})
+
+
 def test_the_names_entries_are_signed_under() -> None:
     assert checkpoint_origin("FRA") == "cpn/audit/FRA"
     assert witness_name("DEU") == "cpn/witness/DEU"
