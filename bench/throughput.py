@@ -569,6 +569,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900)
     add_arguments(parser)
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     if args.quick:
         args.messages, args.paced_seconds, args.floor_rounds = 300, 4, 30
         args.loads = "0.5,0.9"

@@ -111,10 +111,10 @@ def checkpoint_time(checkpoint: Checkpoint) -> int | None:
 # RFC 8785 §3.2.3 orders the members by name: action, actor, detail, message, time. Each
 # member's value is its own canonical JSON, so the object's is this template filled in.
 _ENTRY: Final = b'{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%b}'
+# The same with `time` as "%d": the decimal digits canonical JSON gives an integer within
+# ±(2^53-1), which is all the verifier's query lets through; and as a leaf's input.
 _ENTRY_WITH_DIGITS: Final = _ENTRY.replace(b'"time":%b', b'"time":%d')
-# The leaf input with `time` as "%d": the decimal digits canonical JSON gives an integer
-# within ±(2^53-1), which is all the verifier's query lets through.
-_LEAF_INPUT: Final = b'\x00{"action":%b,"actor":%b,"detail":%b,"message":%b,"time":%d}'
+_LEAF_INPUT: Final = b"\x00" + _ENTRY_WITH_DIGITS
 
 
 def entry_bytes(
@@ -133,7 +133,7 @@ def _entry_json(
     time: int, actor: str, action: str, message_id: str | None, detail_json: bytes
 ) -> bytes:
     # Strings and an integer in range need none of the walk `canonical` makes for a
-    # container: six entries a message at a sender, 0.9 against 0.3 µs each. Anything
+    # container: six entries a message at a sender, 0.37 against 0.93 µs each. Anything
     # else, or a lone surrogate (orjson's TypeError), takes `canonical`, which names it.
     if (
         type(action) is str
