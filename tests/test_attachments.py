@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from network.cli.client import Client
 from network.core.attachments import PART_BYTES, AttachmentFile
 from network.core.errors import ApiError
 from network.samples import sample_body
+from tests.faults.proxy import Proxy
 from tests.harness import Network, cpn, rows, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -52,19 +54,38 @@ def _complete(network: Network, node: str, message_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, Proxy]]:
+    """FRA, DEU and USA; DEU reaches USA through a proxy (`usa_link`)."""
     tmp = tmp_path_factory.mktemp("attachments")
     network = Network(
         tmp,
         {"FRA": ["DEU"], "DEU": ["USA"], "USA": []},
         extra_config={"FRA": "[attachments]\nmax_file_mib = 9\nmax_message_mib = 12\n"},
+        proxied=("USA",),
     )
+    usa = network.nodes["USA"]
+    assert usa.proxy_socket is not None
+    proxy = Proxy(usa.proxy_socket, usa.listen_port).start()
     try:
         for node in ("USA", "DEU", "FRA"):
             network.start(node)
-        yield network
+        yield network, proxy
     finally:
+        proxy.close()
         network.close()
+
+
+@pytest.fixture(scope="module")
+def network(relayed: tuple[Network, Proxy]) -> Network:
+    return relayed[0]
+
+
+@pytest.fixture
+def usa_link(relayed: tuple[Network, Proxy]) -> Iterator[Proxy]:
+    """The link from DEU to USA, to slow down; as fast as loopback again after the test."""
+    proxy = relayed[1]
+    yield proxy
+    proxy.delay(0)
 
 
 def test_files_travel_end_to_end_through_a_relay_that_cannot_read_them(
@@ -135,8 +156,12 @@ def test_files_travel_end_to_end_through_a_relay_that_cannot_read_them(
     assert MARKER not in disk and notes[:40] not in disk
 
 
-def test_a_flash_message_overtakes_a_file_in_flight(network: Network) -> None:
+def test_a_flash_message_overtakes_a_file_in_flight(network: Network, usa_link: Proxy) -> None:
     big = _pdf(8 * 1024 * 1024)  # 182 parts
+    # A round trip of 0.6 s between DEU and USA for each window of parts: the file takes
+    # seconds, so a flash message delivered after it would be the flash message waiting,
+    # not loopback outrunning the test's look at it.
+    usa_link.delay(0.3)
     fra = _client(network, "FRA")
     request = {
         "to": "USA",
@@ -155,14 +180,19 @@ def test_a_flash_message_overtakes_a_file_in_flight(network: Network) -> None:
         (with_file["id"],),
     )[0][0]
     assert parts_left > 0, "the flash message waited for the whole file"
+    usa_link.delay(0)
     _complete(network, "USA", with_file["id"])
     name, data = _client(network, "USA").attachment(with_file["id"], 0)
     assert name == "disk-image.pdf"
     assert hashlib.sha256(data).digest() == hashlib.sha256(big).digest()
 
 
-def test_a_broken_link_resumes_where_it_stopped(network: Network) -> None:
+def test_a_broken_link_resumes_where_it_stopped(network: Network, usa_link: Proxy) -> None:
     big = _pdf(6 * 1024 * 1024)  # 137 parts
+    # 0.3 s each way between DEU and USA: a window of parts lands at USA, the next one a
+    # round trip later, so USA stops with some of them held, never all. At loopback's
+    # pace all 137 could land between two looks of the wait (CI, 2026-12-07).
+    usa_link.delay(0.3)
     fra = _client(network, "FRA")
     request = {
         "to": "USA",
@@ -175,6 +205,7 @@ def test_a_broken_link_resumes_where_it_stopped(network: Network) -> None:
     count = "SELECT COUNT(*) FROM messages WHERE in_reply_to = ? AND attachment IS NOT NULL"
     wait_for(lambda: rows(usa, count, (sent["id"],))[0][0] >= 20, what="some parts at USA")
     network.stop("USA")
+    usa_link.delay(0)
     held = rows(usa, count, (sent["id"],))[0][0]
     assert 20 <= held < 137
     network.start("USA")
