@@ -26,7 +26,8 @@ a message took in each process, and how late each node's loop ran its timers at 
 too, has for the turn under way.
 
 `--runs N` runs phase 1 N times, each on a pair of its own with the raw floor measured
-right after it, and prints each run's ratio and the medians (phase 2 follows the last):
+right after it, and prints each run's ratio and the medians (phase 2 follows the last,
+its loads shares of the runs' median rate):
 on a shared machine the same code's rate moves by a tenth from one minute to the next, and
 one run is one moment of it.
 
@@ -564,7 +565,8 @@ def main() -> None:
         type=int,
         default=1,
         help="phase 1 this many times, each on a pair of its own beside its own raw floor;"
-        " the median rate and floor printed too (phase 2 after the last)",
+        " the median rate and floor printed too (phase 2 after the last, at shares of the"
+        " median rate)",
     )
     parser.add_argument("--timeout", type=float, default=900)
     add_arguments(parser)
@@ -595,9 +597,11 @@ def main() -> None:
         phase1 = saturate(network, args.messages, args.concurrency, args.timeout)
         rate = phase1.rate
 
-        # Loads are shares of phase 1's rate, or of --paced-base: code compared at the same
-        # offered rates, whatever each one saturates at.
-        base = args.paced_base or rate
+        # Loads are shares of phase 1's rate (the median of `--runs`: one fast minute's rate
+        # would make "90%" a load past what the sender takes in the next), or of
+        # --paced-base: code compared at the same offered rates, whatever each saturates at.
+        saturated = statistics.median([*(r for r, _ in earlier), rate])
+        base = args.paced_base or saturated
         for share in loads:  # each load once the one before has drained
             since = int(time.time() * 1000)
             cpu_at = {node: cpu_seconds(pid) for node, pid in pids.items()}
@@ -756,9 +760,10 @@ def main() -> None:
             print(
                 f"    run {index}: {run_rate:,.0f} msg/s, {run_rate / floor_of:.0%} of {floor_of:,.0f}"
             )
+    phase1_named = "phase 1 rate" if len(runs) == 1 else f"the runs' median, {saturated:,.0f} msg/s"
     print(
         f"phase 2: at {', '.join(f'{s:.0%}' for s in loads)} of"
-        f" {f'{base:.0f} msg/s (--paced-base)' if args.paced_base else 'phase 1 rate'},"
+        f" {f'{base:.0f} msg/s (--paced-base)' if args.paced_base else phase1_named},"
         f" {args.paced_seconds:.0f}s each, one flash in {args.flash_every}"
     )
     print(f"latency floor: one message's work back to back, {floor_ms:.1f} ms\n")
@@ -813,7 +818,7 @@ def main() -> None:
         quick=args.quick,
         series={
             "name": "latency_vs_load",
-            "saturated": rate,
+            "saturated": saturated,
             "messages": args.messages,
             "paced_seconds": args.paced_seconds,
             "points": points,
