@@ -668,7 +668,7 @@ def main() -> None:
                 "throughput",
                 f"two nodes, median of {len(runs)} runs (each beside its own raw floor)",
                 "msg/s",
-                statistics.median(r for r, _ in runs),
+                saturated,
                 statistics.median(f for _, f in runs),
             ),
         )
