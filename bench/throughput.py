@@ -485,8 +485,7 @@ class Saturated:
     """Phase 1 on a running FRA and DEU: the delivered rate, each message's latency, and
     what each process spent (CPU seconds, context switches, how late its timers ran)."""
 
-    rate: float  # msg/s, first composed to last delivered
-    latency: list[float]  # ms, composed to delivered
+    latency: list[float]  # ms, composed to delivered, one a message
     posted: float  # s, the posting alone
     spanned: float  # s, first composed to last delivered
     cpu: dict[str, float]  # node: all its threads
@@ -494,6 +493,11 @@ class Saturated:
     switches: dict[str, float]
     late: dict[str, str]
     client_cpu: float  # this process, posting
+
+    @property
+    def rate(self) -> float:
+        """msg/s delivered, first composed to last delivered."""
+        return len(self.latency) / self.spanned
 
 
 def saturate(network: Network, messages: int, concurrency: int, timeout: float) -> Saturated:
@@ -514,7 +518,6 @@ def saturate(network: Network, messages: int, concurrency: int, timeout: float) 
     first = min(created for _, created, _ in rows)
     last = max(updated for _, _, updated in rows)
     return Saturated(
-        rate=len(rows) / ((last - first) / 1000),
         latency=[float(updated - created) for _, created, updated in rows],
         posted=posted,
         spanned=(last - first) / 1000,
