@@ -116,7 +116,11 @@ def sends_beyond_links(path: Path, peer: str) -> dict[str, tuple[int, int]]:
 
 
 def wait_for(
-    check: Callable[[], T], timeout: float = 30.0, what: str = "condition", *, poll: float = 0.2
+    check: Callable[[], T | None],
+    timeout: float = 30.0,
+    what: str = "condition",
+    *,
+    poll: float = 0.2,
 ) -> T:
     """Poll `check` every `poll` seconds until it returns something true, and return that;
     AssertionError naming `what` after `timeout` seconds. The suite's one way to wait for
