@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import Figure, add_arguments, machine, record, scratch, table
 from bench.throughput import (
     PAIR,
+    first_audited,
     floor_per_message,
     latencies,
     percentile,
@@ -95,10 +96,13 @@ if os.environ.get("FLOW_PROBE") and {"node", "run"} <= set(sys.argv):
     Delivery.queued, Delivery.next_batch = noting_queued, noting_next_batch
 """
 
+# What the probe notes (`PROBE`): a frame "in" and "out" with the ids in it, a message
+# "handed" to the scheduler once committed, the ids a link's feed "looked" at.
+NOTED = ("in", "out", "handed", "looked")
+
 # A flash message's way: (hop, from, to), each (node, point). A point is an audit entry's
-# action ("created": the envelope's own time), or what the probe noted: "out" and "in" a
-# frame holding its id (the envelope from FRA, its receipt from DEU), "handed" to the
-# scheduler once committed, "looked" at by the link's feed.
+# action ("created": the envelope's own time) or one of `NOTED`: its envelope's frame goes
+# "out" of FRA and "in" at DEU, its receipt's the other way.
 HOPS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
     ("composed to queued (FRA: API, seal, statements)", ("FRA", "created"), ("FRA", "queued")),
     (
@@ -161,23 +165,12 @@ def hop_times(
     return found
 
 
-def audit_points(store: Path, node: str, since: int) -> dict[tuple[str, str], dict[str, float]]:
-    """The audit entries' times `HOPS` names at `node` (the first of each message's), and
-    for FRA its outbox's `created`."""
-    actions = {point for _, *ends in HOPS for n, point in ends if n == node}
-    points: dict[tuple[str, str], dict[str, float]] = {}
+def audit_points(store: Path, node: str, since: int) -> dict[tuple[str, str], dict[str, int]]:
+    """The audit entries' times `HOPS` names at `node` (each message's first), and for FRA
+    its envelopes' own."""
+    actions = {point for _, *ends in HOPS for n, point in ends if n == node} - set(NOTED)
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        for action in actions:
-            if action == "created":
-                query = "SELECT id, created FROM messages WHERE box = 'out' AND created >= ?"
-                points[(node, action)] = dict(db.execute(query, (since,)))
-            elif action not in ("in", "out", "handed", "looked"):
-                query = (
-                    "SELECT message_id, MIN(time) FROM audit WHERE action = ? AND time >= ?"
-                    " GROUP BY message_id"
-                )
-                points[(node, action)] = dict(db.execute(query, (action, since)))
-    return points
+        return {(node, action): first_audited(db, action, since) for action in actions}
 
 
 def main() -> None:

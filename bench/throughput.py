@@ -448,6 +448,18 @@ STAGES = (
 )
 
 
+def first_audited(db: sqlite3.Connection, action: str, since: int) -> dict[str, int]:
+    """When each message since `since` (ms) was first audited with `action`; "created":
+    when its envelope was made (its outbox row's own time)."""
+    if action == "created":
+        query = "SELECT id, created FROM messages WHERE box = 'out' AND created >= ?"
+        return dict(db.execute(query, (since,)))
+    query = (
+        "SELECT message_id, MIN(time) FROM audit WHERE action = ? AND time >= ? GROUP BY message_id"
+    )
+    return dict(db.execute(query, (action, since)))
+
+
 def stage_times(stores: dict[str, Path], since: int) -> dict[str, dict[str, list[float]]]:
     """Per priority, per stage of `STAGES`, the milliseconds each message spent there."""
     marks: dict[tuple[str, str], dict[str, int]] = {}
@@ -455,12 +467,7 @@ def stage_times(stores: dict[str, Path], since: int) -> dict[str, dict[str, list
     for node, store in stores.items():
         with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
             for action in {a for _, *ends in STAGES for n, a in ends if n == node}:
-                if action == "created":
-                    query = "SELECT id, created FROM messages WHERE box = 'out' AND created >= ?"
-                    marks[(node, action)] = dict(db.execute(query, (since,)))
-                    continue
-                query = "SELECT message_id, MIN(time) FROM audit WHERE action = ? AND time >= ? GROUP BY message_id"
-                marks[(node, action)] = dict(db.execute(query, (action, since)))
+                marks[(node, action)] = first_audited(db, action, since)
             if node == "FRA":
                 query = "SELECT id, priority FROM messages WHERE box = 'out' AND created >= ?"
                 priorities = dict(db.execute(query, (since,)))
