@@ -226,6 +226,9 @@ def main() -> None:
     floor_ms = sum(floor_per_message(network, args.floor_rounds).values()) * 1000
     spent = hop_times(points, flash_ids)
     whole = latencies(rows, "flash")
+    matched = len(next(iter(spent.values())))
+    if not matched:  # the probe saw none whole: frames or functions not as it knows them
+        sys.exit(f"none of {len(whole)} flash messages delivered was seen at every point")
     figures = [
         Figure(
             "flash_path",
@@ -243,22 +246,12 @@ def main() -> None:
         f" ({offered:,.0f} msg/s), one flash in {args.flash_every};"
         f" {refused / args.seconds:,.0f} urgent refused a second"
     )
-    matched = len(next(iter(spent.values()), []))
-    if not matched:  # the probe saw none whole: frames or functions not as it knows them
-        sys.exit(f"none of {len(whole)} flash messages delivered was seen at every point")
     print(f"flash messages: {len(whole)} delivered, {matched} with every point of their way\n")
     print(f"{'hop (ms)':<66} {'p50':>6} {'p90':>6} {'p99':>6}")
-    for name, values in spent.items():
-        if values:
-            print(
-                f"{name:<66} {statistics.median(values):>6.1f}"
-                f" {percentile(values, 0.9):>6.1f} {percentile(values, 0.99):>6.1f}"
-            )
-    if whole:
-        print(
-            f"{'composed to delivered':<66} {statistics.median(whole):>6.1f}"
-            f" {percentile(whole, 0.9):>6.1f} {percentile(whole, 0.99):>6.1f}\n"
-        )
+    for name, values in [*spent.items(), ("composed to delivered", whole)]:
+        quantiles = (statistics.median(values), percentile(values, 0.9), percentile(values, 0.99))
+        print(f"{name:<66}" + "".join(f" {q:>6.1f}" for q in quantiles))
+    print()
     print(table(figures))
     record(args.results, figures, quick=args.quick)
 
