@@ -24,12 +24,10 @@ node's log and goes on), and the run fails (tests/test_bench_quick.py runs it sm
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sqlite3
 import statistics
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -41,10 +39,9 @@ from bench.throughput import (
     first_audited,
     floor_per_message,
     latencies,
+    offered_once,
     percentile,
-    post_paced,
     saturate,
-    wait_delivered,
 )
 from tests.harness import Network
 
@@ -200,12 +197,9 @@ def main() -> None:
         network.start("DEU", env=env)
         rate = saturate(network, args.messages, args.concurrency, args.timeout).rate
         offered = rate * args.share
-        since = int(time.time() * 1000)
-        answered, refused, _ = asyncio.run(
-            post_paced(network, offered, args.seconds, args.flash_every)
+        since, rows, refused = offered_once(
+            network, offered, args.seconds, args.flash_every, args.timeout
         )
-        count = sum(map(len, answered.values()))
-        rows = wait_delivered(network.nodes["FRA"].store, count, since, args.timeout)
         network.stop("DEU")
         network.stop("FRA")  # each node's probe writes what it noted as it exits
         points: dict[tuple[str, str], Mapping[str, float]] = {}

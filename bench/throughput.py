@@ -28,10 +28,10 @@ too, has for the turn under way.
 `--runs N` runs phase 1 N times, each on a pair of its own with the raw floor measured
 right after it, and prints each run's ratio and the medians (phase 2 follows the last,
 its loads shares of the runs' median rate); and it offers phase 2's last load (the
-aim's 90%) N times on that pair, one after another, and prints each run's flash p99 and their median: on a
-shared machine the same code's rate moves by a tenth from one minute to the next, a
-30 s run's flash p99 by a quarter (a COMMIT that meets the disk's slow moment holds a
-loop), and one run is one moment of it.
+aim's 90%) N times on that pair, one after another, and prints each run's flash p99 and
+their median: on a shared machine the same code's rate moves by a tenth from one minute
+to the next, a 30 s run's flash p99 by a quarter (a COMMIT that meets the disk's slow
+moment holds a loop), and one run is one moment of it.
 
 Two floors are measured in this same run. The raw floor is the primitives alone
 (`raw_floor_per_message`: HPKE, four Ed25519 operations, a WebSocket frame each way, a
@@ -489,13 +489,22 @@ def latencies(rows: list[tuple[str, int, int]], priority: str) -> list[float]:
     return [float(updated - created) for p, created, updated in rows if p == priority]
 
 
+def offered_once(
+    network: Network, rate: float, seconds: float, flash_every: int, timeout: float
+) -> tuple[int, list[tuple[str, int, int]], int]:
+    """The paced load (`post_paced`) at `rate` for `seconds`, on a pair whose load before
+    has drained, until FRA holds a receipt for every message it accepted: when it began
+    (ms), the rows FRA delivered, and how many urgent requests it refused."""
+    since = int(time.time() * 1000)
+    answered, refused, _ = asyncio.run(post_paced(network, rate, seconds, flash_every))
+    count = sum(map(len, answered.values()))
+    return since, wait_delivered(network.nodes["FRA"].store, count, since, timeout), refused
+
+
 def flash_p99_again(network: Network, rate: float, args: argparse.Namespace) -> float:
     """The paced load at `rate` once more (as in phase 2, without its probe and counters),
     once the one before has drained: its flash messages' latency at p99 (ms)."""
-    since = int(time.time() * 1000)
-    answered, _, _ = asyncio.run(post_paced(network, rate, args.paced_seconds, args.flash_every))
-    count = sum(map(len, answered.values()))
-    rows = wait_delivered(network.nodes["FRA"].store, count, since, args.timeout)
+    _, rows, _ = offered_once(network, rate, args.paced_seconds, args.flash_every, args.timeout)
     values = latencies(rows, "flash")
     return percentile(values, 0.99) if values else math.nan  # a short run may offer none
 
