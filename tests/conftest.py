@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +23,7 @@ from network.core.crypto import (
 from network.core.records import NodeId
 from network.core.roster import Card, Roster, build_roster, load_roster
 from network.node.keys import country_name
+from tests.harness import REPO, run
 
 NOW = 1_795_000_000_000  # 2026-11-18, ms since the epoch
 DAY = 24 * 3600 * 1000
@@ -93,3 +99,37 @@ def pki() -> Pki:
     data = sign_roster(keeper, nodes)
     roster = load_roster(data, keeper=keeper.verify_key(), now=NOW)
     return Pki(keeper, nodes, roster)
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel built from the tracked sources, installed in a fresh venv; the build log.
+    Once a run: tests/test_packaging.py and tests/test_operations.py share it (built for
+    each, it took 16 s a time)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (t.decode() for t in tracked)):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    log = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-w",
+        root / "dist",
+        source,
+        cwd=root,
+        env=env,
+    )
+    [wheel] = (root / "dist").glob("cpn-*.whl")
+    venv = root / "venv"
+    run("python3.11", "-m", "venv", venv, cwd=root, env=env)
+    run(venv / "bin" / "pip", "install", "--quiet", wheel, cwd=root, env=env)
+    return venv, log

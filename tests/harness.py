@@ -151,6 +151,21 @@ def cpn(
     )
 
 
+def run(*args: str | Path, cwd: Path, env: dict[str, str]) -> str:
+    """A command that must succeed (the test fails with its output otherwise): its output."""
+    done = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
 # Debian's multiarch path (x86_64-linux-gnu, aarch64-linux-gnu, ...): .ci/run installs it.
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
 

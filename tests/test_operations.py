@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port, wait_for
-from tests.test_packaging import installed  # noqa: F401 - the module's venv with the wheel
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -147,7 +146,7 @@ class Machine:
 
 
 def test_every_command_of_the_runbook_runs(
-    installed: tuple[Path, str],  # noqa: F811
+    installed: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
     venv, _ = installed

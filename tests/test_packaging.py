@@ -9,11 +9,9 @@ from one to the other through the API. No source tree on any path.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,57 +19,11 @@ from pathlib import Path
 import pytest
 
 from network.samples import sample_body
-from tests.harness import free_port, wait_for
+from tests.harness import free_port, run, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(*args: str | Path, cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [str(a) for a in args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The wheel built from the tracked sources, installed in a fresh venv; the build log."""
-    root = tmp_path_factory.mktemp("wheel")
-    source = root / "source"
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, (t.decode() for t in tracked)):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    log = run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "-w",
-        root / "dist",
-        source,
-        cwd=root,
-        env=env,
-    )
-    [wheel] = (root / "dist").glob("cpn-*.whl")
-    venv = root / "venv"
-    run("python3.11", "-m", "venv", venv, cwd=root, env=env)
-    run(venv / "bin" / "pip", "install", "--quiet", wheel, cwd=root, env=env)
-    return venv, log
 
 
 def test_the_wheel_builds_without_packaging_warnings(installed: tuple[Path, str]) -> None:
