@@ -8,6 +8,7 @@ late resend refused, as issue 14 found them on the landed code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import threading
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from network.core.attachments import AttachmentFile
 from network.core.envelope import (
@@ -34,7 +37,7 @@ from network.core.records import MessageType, NodeId, Outcome, Priority
 from network.core.roster import Roster, build_roster, load_roster
 from network.core.session import CheckpointOffered, LinkSession, LinkSettings, Room
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.node.links import Links, _Link, _Marks, _Outbox
+from network.node.links import Links, _ClientLink, _Link, _Marks, _Outbox
 from network.node.officer import ROUND_SIZE, ROUNDS_AT_ONCE, SUBMITTING_AT_ONCE, WAITING_AT_MOST
 from network.node.store import BATCH_MS, MessageRow, Store, _on_thread
 from network.node.wiring import Node
@@ -391,6 +394,77 @@ async def test_a_flash_envelope_arriving_while_a_batch_is_checked_is_taken_besid
     ]
     assert ids == [flash.header.id, urgent.header.id]
     assert session.unanswered == 0
+
+
+@contextlib.asynccontextmanager
+async def peer_socket() -> AsyncIterator[tuple[_ClientLink, asyncio.Queue[bytes]]]:
+    """A real WebSocket connection on the loopback, as a link's: its end here, and what
+    reaches the other end (plain ws: what is written, not how it is encrypted, is tested)."""
+    reached: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def other_end(ws: ServerConnection) -> None:
+        async for data in ws:
+            assert isinstance(data, bytes)
+            await reached.put(data)
+
+    async with serve(other_end, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        url = f"ws://127.0.0.1:{port}"
+        async with connect(url, create_connection=_ClientLink, max_queue=16) as ws:
+            assert isinstance(ws, _ClientLink)
+            yield ws, reached
+
+
+def receipt_for(data: bytes, trio: Trio) -> str:
+    assert data.startswith(FRAME_RECEIPT), data[:1]
+    return verify_receipt(data[1:], roster=trio.roster, now=trio.clock.now).message_id
+
+
+async def test_a_flash_batchs_receipt_is_written_by_whoever_answered_it_not_the_writer(
+    trio: Trio,
+) -> None:
+    """Handed to the link's writer, a flash receipt waited for the writer's turn of the
+    loop. Whoever answers a flash batch writes its receipt at once: the worker, or the task
+    beside it. Here the writer never runs: only a flash batch's receipts get out, and only
+    while no one else is writing (frames go in order)."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    urgent, flash, later, last = (
+        await submit(fra),
+        await submit(fra, priority="flash"),
+        await submit(fra, priority="flash"),
+        await submit(fra, priority="flash"),
+    )
+    links = Links(deu, trio.keys["DEU"], host="127.0.0.1", port=0, peers=())
+    session = LinkSession(NodeId("FRA"))
+    store = deu.context.store
+    async with peer_socket() as (ws, reached):
+        link = _Link(NodeId("FRA"), ws, NodeId("FRA"), T0, session)
+        work = asyncio.create_task(links._work(link))
+        try:
+            # Beside the worker: a flash envelope comes while an urgent batch is checked.
+            async with store.transaction(trio.clock.now):  # the store busy, as under load
+                links._received(link, envelope_frame((), urgent.raw))
+                await until(lambda: store.queued_transactions == 1)  # the urgent batch waits
+                links._received(link, envelope_frame((), flash.raw))
+                await until(lambda: store.queued_transactions == 2)  # taken beside it
+            assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == flash.header.id
+            await until(lambda: not link.taking)
+            assert link.to_write.is_set()  # the urgent batch's receipt: the writer's
+            # The worker's own: a flash envelope while the writer writes waits for it.
+            async with link.writing:  # as the writer: what it writes goes first
+                links._received(link, envelope_frame((), later.raw))
+                await until(lambda: session.unanswered == 0)
+                assert link.to_write.is_set()
+                await ws.send_frames([b"the writer's"])
+            # With the writer idle, the worker writes a flash receipt itself, after what
+            # waited for the writer.
+            links._received(link, envelope_frame((), last.raw))
+            out = [await asyncio.wait_for(reached.get(), 5) for _ in range(4)]
+            assert out[0] == b"the writer's"
+            ids = [receipt_for(data, trio) for data in out[1:]]
+            assert ids == [urgent.header.id, later.header.id, last.header.id]
+        finally:
+            work.cancel()
 
 
 # -- issue 18: submissions in bounded rounds, and flash never waits its turn -------------

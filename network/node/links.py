@@ -79,6 +79,7 @@ from network.core.session import (
     ReceiptsReceived,
     Room,
     RosterReceived,
+    rank_hint,
 )
 from network.node.delivery import Delivery
 from network.node.keys import NodeKeys, load_tls_chain
@@ -245,6 +246,32 @@ def _runs(frames: Sequence[bytes], at_most: int) -> Iterator[list[bytes]]:
         size += len(frame)
     if run:
         yield run
+
+
+def _flash_batch(event: Event) -> bool:
+    """A batch of flash envelopes (the session gives them in batches of their own)."""
+    return (
+        isinstance(event, EnvelopesReceived)
+        and bool(event.envelopes)
+        and rank_hint(event.envelopes[0][1]) == 0
+    )
+
+
+def _write_now(link: _Link) -> None:
+    """The session's frames written at once, without waiting: a flash batch's receipts,
+    by whoever answered it. Handed to the writer, they waited for its turn of the loop.
+    Only while the writer is idle (frames go in order) and the socket takes them without
+    waiting (a handler never waits on a send); else the writer takes them (`flush`)."""
+    ws = link.ws
+    if link.writing.locked() or ws.paused or ws.protocol.state is not State.OPEN:
+        link.flush()
+        return
+    try:
+        for data in link.session.data_to_send():
+            ws.protocol.send_binary(data)
+        ws.send_data()
+    except Exception:  # the connection is going: the writer's next send says so
+        link.flush()
 
 
 class _LinkConnection(WsConnection):
@@ -897,7 +924,10 @@ class Links:
                 await link.to_take.wait()
             for event in events:
                 await self._handle(link, event)
-                link.flush()
+                if _flash_batch(event):
+                    _write_now(link)
+                else:
+                    link.flush()
 
     async def _handle(self, link: _Link, event: Event) -> None:
         """One event to its use case: every call the receiving side makes into the node."""
@@ -958,7 +988,7 @@ class Links:
         try:
             receipts = await self.node.inbound.accept_envelopes(link.peer, batch.envelopes)
             link.session.answer(batch, receipts)
-            link.flush()
+            _write_now(link)
         finally:
             link.flashing = False
         if link.taking:  # what came meanwhile
