@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from network.core.deadlines import Box
@@ -90,6 +90,10 @@ class Delivery:
         # a poll for as long as it waits.
         self._retries_looked: dict[NodeId, int] = {}
         self._next_retry: dict[NodeId, int] = {}
+        # Per link up: its feed's look, which a flash message's committer takes at once
+        # (`flash_out`), set by the link layer. At 90% load the feed's own turn of the
+        # loop was 1.1 ms at p50 and 4.6 at p99 of a flash message's way.
+        self.looks: dict[NodeId, Callable[[], Awaitable[None]]] = {}
 
     # -- signals -----------------------------------------------------------------------
 
@@ -183,9 +187,10 @@ class Delivery:
 
     # -- what the use cases queue -------------------------------------------------------
 
-    def queued(self, message: Candidate, committed: MessageRow | None = None) -> None:
-        """A message may go now: news for the link of its best route. `committed`: its row
-        as just committed (kept: its feed need not read it back)."""
+    def queued(self, message: Candidate, committed: MessageRow | None = None) -> NodeId | None:
+        """A message may go now: news for the link of its best route, which is returned
+        (None: no route yet). `committed`: its row as just committed (kept: its feed need
+        not read it back)."""
         hop = self.scheduler.queued(message)
         if hop is not None:
             if committed is not None:
@@ -193,6 +198,15 @@ class Delivery:
                 if len(self._committed) > KEPT_COMMITTED:
                     self._committed.popitem(last=False)  # read back, if it is news yet
             self.outbox_signal(hop).set()
+        return hop
+
+    async def flash_out(self, hops: Iterable[NodeId]) -> None:
+        """Flash messages just queued for these links: each link's look, taken now by
+        their committer rather than at its feed's next turn."""
+        for hop in hops:
+            look = self.looks.get(hop)
+            if look is not None:
+                await look()
 
     def pass_on(self, receipt: Receipt, prefer: NodeId | None) -> bool:
         """Queue an end-to-end receipt for another node, once; False if seen before.

@@ -623,22 +623,27 @@ class Officers:
                 )
                 published += [*acted, composed]
         self.context.publish(published)
-        self._wake([d for d in drafts if d.envelope.header.id not in held], rows)
+        flash_hops = self._wake([d for d in drafts if d.envelope.header.id not in held], rows)
+        await self.delivery.flash_out(flash_hops)
         return rows
 
-    def _wake(self, drafts: Sequence[_Draft], rows: Sequence[MessageRow]) -> None:
+    def _wake(self, drafts: Sequence[_Draft], rows: Sequence[MessageRow]) -> set[NodeId]:
         """Tell the links that carry them that these messages (`rows`, as committed) and
-        their parts are queued."""
+        their parts are queued; the links of the flash ones."""
         committed = {row.id: row for row in rows}
+        flash_hops: set[NodeId] = set()
         for draft in drafts:
             for sent in (draft, *draft.parts):
                 header = sent.envelope.header
-                self.delivery.queued(
+                hop = self.delivery.queued(
                     Candidate(header.id, sent.node, PRIORITY_RANK[header.priority]),
                     committed.get(header.id),
                 )
+                if hop is not None and header.priority is Priority.FLASH:
+                    flash_hops.add(hop)
         if any(d.envelope.header.priority is not Priority.ROUTINE for d in drafts):
             self.context.checkpoints.urgent_message()
+        return flash_hops
 
     def _queue_part(self, tx: Tx, part: _Draft, of: str, *, held: bool = False) -> None:
         """An attachment's part in the outbox, behind its message: no deadline of its own (its
