@@ -1052,7 +1052,7 @@ class Links:
     async def _look(self, link: _Link, outbox: _Outbox, marks: _Marks) -> bool:
         """The feed's look: what goes now, given to the session and written (a flash batch
         at once, `_write_now`); whether a batch went. One look at a time: False at once
-        while another is under way (it looks again after sending)."""
+        while another is under way (the committer's wakes the feed as it ends)."""
         if link.looking:
             return False
         link.looking = True
@@ -1078,14 +1078,18 @@ class Links:
     async def _look_now(self, link: _Link, outbox: _Outbox, marks: _Marks) -> None:
         """The feed's look, taken by a flash message's committer (`Delivery.flash_out`)
         rather than at the feed's next turn of the loop: at 90% load that turn was 1.1 ms
-        at p50 and 4.6 at p99 of a flash message's way. What it sent, the feed looks past
-        again; a failure is the feed's, which ends the link."""
+        at p50 and 4.6 at p99 of a flash message's way. A failure is the feed's, which
+        ends the link. Its committer's task is not cancelled when the officer's client
+        goes (aiohttp's default, which the API keeps); at the node's stop, what a look
+        took from the scheduler is found by the next start's look through the outbox."""
         try:
-            if await self._look(link, outbox, marks):
-                outbox.signal.set()
+            await self._look(link, outbox, marks)
         except Exception as exc:
             if link.look_failed is None:
                 link.look_failed = exc
+        finally:
+            # The feed looks after it: its own look may have been refused meanwhile, with
+            # room a receipt freed.
             outbox.signal.set()
 
 
