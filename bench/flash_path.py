@@ -107,8 +107,12 @@ HOPS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
         ("FRA", "queued"),
         ("FRA", "handed"),
     ),
-    ("handed over to the feed's look (the feed task's turn)", ("FRA", "handed"), ("FRA", "looked")),
-    ("the feed's look to its frame written", ("FRA", "looked"), ("FRA", "out")),
+    (
+        "handed over to the link's look (its committer's, else the feed's turn)",
+        ("FRA", "handed"),
+        ("FRA", "looked"),
+    ),
+    ("the link's look to its frame written", ("FRA", "looked"), ("FRA", "out")),
     ("frame written to DEU's read of it (DEU's loop)", ("FRA", "out"), ("DEU", "in")),
     (
         "read to received (DEU: flash task's turn, checks, opening)",
