@@ -534,7 +534,8 @@ class Officers:
 
     async def _queue(self, drafts: Sequence[_Draft]) -> list[MessageRow]:
         """Commit sealed messages to the outbox with their audit entries, in one transaction,
-        then wake the links that carry them.
+        then wake the links that carry them (a flash message's link takes its look at once,
+        in this task: `Delivery.flash_out`).
 
         Their files' parts go first, `PARTS_PER_COMMIT` to a transaction, so that no
         commit holds the store for long (a flash message arriving meanwhile is stored
