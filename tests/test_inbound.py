@@ -465,6 +465,7 @@ async def test_a_flash_batchs_receipt_is_written_by_whoever_answered_it_not_the_
             assert ids == [urgent.header.id, later.header.id, last.header.id]
         finally:
             work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
 
 
 async def test_a_flash_message_is_written_to_its_link_by_its_committer_not_the_feed(
