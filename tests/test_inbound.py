@@ -37,7 +37,7 @@ from network.core.records import MessageType, NodeId, Outcome, Priority
 from network.core.roster import Roster, build_roster, load_roster
 from network.core.session import CheckpointOffered, LinkSession, LinkSettings, Room
 from network.node.keys import NodeKeys, init_keeper, init_node_keys, load_keeper, load_node_keys
-from network.node.links import Links, _ClientLink, _Link, _Marks, _Outbox
+from network.node.links import Links, _ClientLink, _Link, _Marks, _Outbox, _outgoing
 from network.node.officer import ROUND_SIZE, ROUNDS_AT_ONCE, SUBMITTING_AT_ONCE, WAITING_AT_MOST
 from network.node.store import BATCH_MS, MessageRow, Store, _on_thread
 from network.node.wiring import Node
@@ -385,7 +385,7 @@ async def test_a_flash_envelope_arriving_while_a_batch_is_checked_is_taken_besid
         checking = asyncio.create_task(links._handle(link, batch))
         await until(lambda: store.queued_transactions == 1)  # the urgent batch waits
         links._received(link, envelope_frame((), flash.raw))
-        await until(lambda: store.queued_transactions == 2)  # taken beside it
+        assert store.queued_transactions == 2  # taken beside it, as its frame was read
     await checking
     await link.beside.drain()
     receipts = [data for data in session.data_to_send() if data.startswith(FRAME_RECEIPT)]
@@ -746,6 +746,39 @@ async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_
     finally:
         urgent_marked.set()
     assert sorted(await taking) == sorted([flash.header.id, sent.header.id])
+    assert await state_of(fra, sent.header.id) is State.DELIVERED
+
+
+async def test_a_flash_receipt_is_taken_as_its_frame_is_read_not_a_turn_later(
+    trio: Trio,
+) -> None:
+    """A receipt's frame is read in a callback, and the task that takes the receipts
+    waiting ran a turn of the loop later: at 90% load 1.4 ms at p50 and 6 at p99 for a
+    flash receipt. A flash receipt's task starts at once, before the callback returns,
+    with what waits then; an urgent one's waits for its turn, so that the receipts read
+    meanwhile go in its batch."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    sent, flash = await submit(fra), await submit(fra, priority="flash")
+    urgent_receipt, flash_receipt = await deu.inbound.accept_envelopes(
+        "FRA", [((), sent.raw), ((), flash.raw)]
+    )
+    for message_id in (sent.header.id, flash.header.id):
+        await fra.delivery.mark_sent("DEU", [message_id])
+    links = Links(fra, trio.keys["FRA"], host="127.0.0.1", port=0, peers=())
+    session = LinkSession(NodeId("DEU"))
+    in_flight = [await fra.context.store.message(i) for i in (sent.header.id, flash.header.id)]
+    session.send_envelopes([_outgoing(row) for row in in_flight if row], time.monotonic())
+    # The receipts' side of a link touches no socket.
+    link = _Link(NodeId("DEU"), None, NodeId("DEU"), T0, session)  # type: ignore[arg-type]
+
+    links._received(link, FRAME_RECEIPT + urgent_receipt)
+    assert session.receipts_waiting == 1  # its task comes at its turn
+    links._received(link, FRAME_RECEIPT + flash_receipt)
+    assert session.receipts_waiting == 0  # taken now, with the one before it
+
+    await link.beside.drain()
+    link.beside.check()
+    assert await state_of(fra, flash.header.id) is State.DELIVERED
     assert await state_of(fra, sent.header.id) is State.DELIVERED
 
 
