@@ -1,9 +1,8 @@
 """network.node.eager: a coroutine started at once behaves as the task it becomes.
 
-Each program is run twice on a real event loop, once by `start_now` and once by
-`asyncio.create_task`; what it did, in what order against the loop's other work, and how
-it ended must be the same, except that `start_now` runs its first steps before it
-returns.
+Each program is run twice on a real event loop, once by `start_now` and once as a task
+(`asyncio.ensure_future`); what it did, in order, and how it ended must be the same, and
+`start_now` must have run its steps up to its first wait before it returned.
 """
 
 from __future__ import annotations
