@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from network.node.eager import start_now
+from tests.harness import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,28 +61,25 @@ async def drive(
     end: str,
     cancel_at: int | None,
 ) -> tuple[list[str], str]:
-    """Run `steps` started by `start`, settling each future the program waits for from
-    outside, a turn at a time; cancel it at its `cancel_at`th wait, if given."""
+    """Run `steps` started by `start`, settling from outside each future the program waits
+    for, once it waits for it; cancel it at its `cancel_at`th wait instead, if given."""
     trace: list[str] = []
     futures: list[asyncio.Future[int]] = []
     outcome = start(program(steps, end, trace, futures))
     trace.append("started")
-    settled = 0
-    for _ in range(50):
+    kinds = [step for step in steps if step in ("future", "failing")]
+    for index, kind in enumerate(kinds):
+        await until(lambda n=index: outcome.done() or len(futures) > n)
         if outcome.done():
             break
-        if cancel_at is not None and len(futures) > cancel_at:
+        if index == cancel_at:
             outcome.cancel()
-            cancel_at = None
-        elif settled < len(futures) and not futures[settled].done():
-            kind = [s for s in steps if s in ("future", "failing")][settled]
-            if kind == "future":
-                futures[settled].set_result(settled)
-            else:
-                futures[settled].set_exception(Boom("failing"))
-            settled += 1
-        await asyncio.sleep(0)
-        trace.append("turn")
+            break
+        if kind == "future":
+            futures[index].set_result(index)
+        else:
+            futures[index].set_exception(Boom("failing"))
+    await until(outcome.done)
     if outcome.cancelled():
         return trace, "cancelled"
     if (error := outcome.exception()) is not None:
@@ -90,9 +88,8 @@ async def drive(
 
 
 def steps_taken(trace: list[str]) -> list[str]:
-    """What the program did, in order, without the loop's turns or where it was started
-    (an eager start takes a turn less at first, its task one more at its first wait)."""
-    return [entry for entry in trace if entry not in ("started", "turn")]
+    """What the program did, in order, without where it was started."""
+    return [entry for entry in trace if entry != "started"]
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
