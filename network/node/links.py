@@ -282,14 +282,11 @@ def _write_now(link: _Link) -> None:
     while the writer is idle (frames go in order) and the socket takes them without
     waiting (neither a handler nor a flash message's committer waits on a send); else the
     writer takes them (`flush`)."""
-    ws = link.ws
-    if link.writing.locked() or ws.paused or ws.protocol.state is not State.OPEN:
+    if link.writing.locked() or not link.ws.takes_now():
         link.flush()
         return
     try:
-        for data in link.session.data_to_send():
-            ws.protocol.send_binary(data)
-        ws.send_data()
+        link.ws.send_frames_now(link.session.data_to_send())
     except Exception:  # the connection is going: the writer's next send says so
         link.flush()
 
@@ -313,6 +310,17 @@ class _LinkConnection(WsConnection):
         async with self.send_context():
             for data in frames:
                 self.protocol.send_binary(data)
+
+    def takes_now(self) -> bool:
+        """Whether frames written now go without waiting: the connection open and the
+        socket's buffer below its high-water mark (websockets' flow control)."""
+        return self.protocol.state is State.OPEN and not self.paused
+
+    def send_frames_now(self, frames: Sequence[bytes]) -> None:
+        """`send_frames` without waiting, while `takes_now`."""
+        for data in frames:
+            self.protocol.send_binary(data)
+        self.send_data()
 
     def send_data(self) -> None:
         """websockets' own, but what is ready goes in one call (`writelines`: one system
