@@ -375,7 +375,6 @@ class _Link:
     flashing: bool = False  # a flash batch is taken beside it (one at a time)
     receipts_due: bool = False  # a task to take the receipts waiting is on its way
     looking: bool = False  # the feed's look is under way (`Links._look`)
-    look_failed: Exception | None = None  # in a look its feed did not take: the feed raises it
     # Witnessing events, taken in order by a task of their own (`Links._witness`); bounded,
     # so that a peer offering checkpoints faster than we cosign waits, as before, in the
     # session's queue (which refuses a flood).
@@ -1066,8 +1065,6 @@ class Links:
         try:
             while True:
                 marks.check()  # a mark that failed (a full disk) ends the link
-                if link.look_failed is not None:
-                    raise link.look_failed
                 outbox.signal.clear()
                 if await self._look(link, outbox, marks):
                     continue
@@ -1110,15 +1107,15 @@ class Links:
     async def _look_now(self, link: _Link, outbox: _Outbox, marks: _Marks) -> None:
         """The feed's look, taken by a flash message's committer (`Delivery.flash_out`)
         rather than at the feed's next turn of the loop: at 90% load that turn was 1.1 ms
-        at p50 and 4.6 at p99 of a flash message's way. A failure is the feed's, which
-        ends the link. Its committer's task is not cancelled when the officer's client
-        goes (aiohttp's default, which the API keeps); at the node's stop, what a look
-        took from the scheduler is found by the next start's look through the outbox."""
+        at p50 and 4.6 at p99 of a flash message's way. A failure (a full disk) is work
+        beside the link's tasks failing (`_Beside.fail`): it ends the link. Its
+        committer's task is not cancelled when the officer's client goes (aiohttp's
+        default, which the API keeps); at the node's stop, what a look took from the
+        scheduler is found by the next start's look through the outbox."""
         try:
             await self._look(link, outbox, marks)
         except Exception as exc:
-            if link.look_failed is None:
-                link.look_failed = exc
+            link.beside.fail(exc)
         finally:
             # The feed looks after it: its own look may have been refused meanwhile, with
             # room a receipt freed.
@@ -1167,7 +1164,9 @@ class _Beside:
     (a full disk) is kept, `check` raises it, and it ends the link. Beside the worker:
     receipt batches, so that it goes on to the next event (a flash receipt among them)
     while a batch waits for its commit, and flash envelopes that arrived while it checks
-    a batch. Beside the feed: its sent marks (`_Marks`)."""
+    a batch. Beside the feed: its sent marks (`_Marks`). A failure in work beside them
+    that ran in another's task (a flash message's committer taking the feed's look) is
+    kept the same way (`fail`)."""
 
     def __init__(self, ended: Callable[[bool], None]) -> None:
         self.running: set[asyncio.Future[None]] = set()
@@ -1184,10 +1183,16 @@ class _Beside:
 
     def _done(self, task: asyncio.Future[None]) -> None:
         self.running.discard(task)
-        failed = not task.cancelled() and task.exception() is not None
-        if failed and self.failed is None:
-            self.failed = task.exception()
-        self._ended(failed)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.fail(error)
+        else:
+            self._ended(False)
+
+    def fail(self, error: BaseException) -> None:
+        """Work beside the link's tasks failed: the first failure is kept for `check`."""
+        if self.failed is None:
+            self.failed = error
+        self._ended(True)
 
     def check(self) -> None:
         if self.failed is not None:
