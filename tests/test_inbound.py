@@ -396,6 +396,38 @@ async def test_a_flash_envelope_arriving_while_a_batch_is_checked_is_taken_besid
     assert session.unanswered == 0
 
 
+async def test_a_flash_envelope_that_finds_the_worker_waiting_is_taken_as_its_frame_is_read(
+    trio: Trio,
+) -> None:
+    """A frame is read in a callback, and the link's worker, waiting for events, took a
+    flash batch at its next turn of the loop. A flash envelope is taken beside the worker
+    whatever it is doing: its transaction is queued before the callback returns, and its
+    receipt gets out (after the frames that waited for the writer: frames go in order);
+    the worker finds nothing left to take."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    urgent, flash = await submit(fra), await submit(fra, priority="flash")
+    links = Links(deu, trio.keys["DEU"], host="127.0.0.1", port=0, peers=())
+    session = LinkSession(NodeId("FRA"))
+    store = deu.context.store
+    async with peer_socket() as (ws, reached):
+        link = _Link(NodeId("FRA"), ws, NodeId("FRA"), T0, session)
+        work = asyncio.create_task(links._work(link))
+        try:
+            links._received(link, envelope_frame((), urgent.raw))
+            # Answered, the worker waits for its next event (nothing between the two).
+            await until(lambda: session.unanswered == 0)
+            async with store.transaction(trio.clock.now):  # the store busy, as under load
+                links._received(link, envelope_frame((), flash.raw))
+                assert store.queued_transactions == 1  # taken now, not at the worker's turn
+            out = [await asyncio.wait_for(reached.get(), 5) for _ in range(2)]
+            assert [receipt_for(data, trio) for data in out] == [urgent.header.id, flash.header.id]
+            assert session.unanswered == 0
+            assert not session.events_received()
+        finally:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def peer_socket() -> AsyncIterator[tuple[_ClientLink, asyncio.Queue[bytes]]]:
     """A real WebSocket connection on the loopback, as a link's: its end here, and what
@@ -448,7 +480,7 @@ async def test_a_flash_batchs_receipt_is_written_by_whoever_answered_it_not_the_
                 links._received(link, envelope_frame((), flash.raw))
                 await until(lambda: store.queued_transactions == 2)  # taken beside it
             assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == flash.header.id
-            await until(lambda: not link.taking)
+            await until(lambda: session.unanswered == 0)
             assert link.to_write.is_set()  # the urgent batch's receipt: the writer's
             # The worker's own: a flash envelope while the writer writes waits for it.
             async with link.writing:  # as the writer: what it writes goes first

@@ -371,7 +371,6 @@ class _Link:
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     marks: _Marks | None = None  # set by the feed
     beside: _Beside = field(init=False)  # receipts, flash envelopes: `__post_init__`
-    taking: bool = False  # the worker checks a batch of envelopes: flash is taken beside it
     flashing: bool = False  # a flash batch is taken beside it (one at a time)
     receipts_due: bool = False  # a task to take the receipts waiting is on its way
     looking: bool = False  # the feed's look is under way (`Links._look`)
@@ -885,8 +884,8 @@ class Links:
         raise _Closed("the connection closed while reading")
 
     def _received(self, link: _Link, data: Data) -> None:
-        """A frame to the session, for the worker; a flash envelope that arrives while the
-        worker checks a batch is taken beside it, and receipts by a task of their own."""
+        """A frame to the session, for the worker; a flash envelope is taken beside it, at
+        once, and receipts by a task of their own."""
         session = link.session
         receipts = session.receipts_waiting
         session.receive_frame(data)
@@ -894,7 +893,7 @@ class Links:
             self._take_waiting_receipts(link, flash=_for_flash(data, session))
         else:
             link.to_take.set()
-        if link.taking and session.flash_waiting:
+        if session.flash_waiting:
             self._take_flash(link)
 
     def _take_waiting_receipts(self, link: _Link, *, flash: bool = False) -> None:
@@ -959,11 +958,7 @@ class Links:
         peer, session = link.peer, link.session
         match event:
             case EnvelopesReceived(envelopes):
-                link.taking = True  # a flash envelope arriving meanwhile goes beside it
-                try:
-                    receipts = await self.node.inbound.accept_envelopes(peer, envelopes)
-                finally:
-                    link.taking = False
+                receipts = await self.node.inbound.accept_envelopes(peer, envelopes)
                 session.answer(event, receipts)
             case ReceiptsReceived(receipts):
                 # Taken beside the events after them: a batch of receipts waits for its
@@ -1000,9 +995,10 @@ class Links:
                 raise PeerError(f"{type(event).__name__} after the handshake", reason="protocol")
 
     def _take_flash(self, link: _Link) -> None:
-        """Flash envelopes that arrived while the worker checks a batch, taken beside it:
-        at 90% load a flash envelope waited up to 16 ms for the urgent batch under way.
-        Its task starts at once (`start_now`), not at the loop's next turn."""
+        """Flash envelopes taken beside the worker, as their frame is read: at 90% load a
+        flash envelope waited up to 16 ms for the urgent batch under way; and one that found
+        the worker waiting waited for its turn of the loop. Its task starts at once
+        (`start_now`), not at the loop's next turn."""
         if link.flashing:
             return  # one batch at a time (a peer's window bounds what waits): it looks again
         batch = link.session.take_flash()
@@ -1017,8 +1013,7 @@ class Links:
             _write_now(link)
         finally:
             link.flashing = False
-        if link.taking:  # what came meanwhile
-            self._take_flash(link)
+        self._take_flash(link)  # what came meanwhile
 
     async def _witness(self, link: _Link) -> None:
         """Take the link's witnessing events, in order, beside its other events: each waits
