@@ -404,28 +404,21 @@ async def test_a_flash_envelope_that_finds_the_worker_waiting_is_taken_as_its_fr
     whatever it is doing: its transaction is queued before the callback returns, and its
     receipt gets out (after the frames that waited for the writer: frames go in order);
     the worker finds nothing left to take."""
-    fra, deu = trio["FRA"], trio["DEU"]
+    fra = trio["FRA"]
     urgent, flash = await submit(fra), await submit(fra, priority="flash")
-    links = Links(deu, trio.keys["DEU"], host="127.0.0.1", port=0, peers=())
-    session = LinkSession(NodeId("FRA"))
-    store = deu.context.store
-    async with peer_socket() as (ws, reached):
-        link = _Link(NodeId("FRA"), ws, NodeId("FRA"), T0, session)
-        work = asyncio.create_task(links._work(link))
-        try:
-            links._received(link, envelope_frame((), urgent.raw))
-            # Answered, the worker waits for its next event (nothing between the two).
-            await until(lambda: session.unanswered == 0)
-            async with store.transaction(trio.clock.now):  # the store busy, as under load
-                links._received(link, envelope_frame((), flash.raw))
-                assert store.queued_transactions == 1  # taken now, not at the worker's turn
-            out = [await asyncio.wait_for(reached.get(), 5) for _ in range(2)]
-            assert [receipt_for(data, trio) for data in out] == [urgent.header.id, flash.header.id]
-            assert session.unanswered == 0
-            assert not session.events_received()
-        finally:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+    store = trio["DEU"].context.store
+    async with worker_at_deu(trio) as (links, link, reached):
+        session = link.session
+        links._received(link, envelope_frame((), urgent.raw))
+        # Answered, the worker waits for its next event (nothing between the two).
+        await until(lambda: session.unanswered == 0)
+        async with store.transaction(trio.clock.now):  # the store busy, as under load
+            links._received(link, envelope_frame((), flash.raw))
+            assert store.queued_transactions == 1  # taken now, not at the worker's turn
+        out = [await asyncio.wait_for(reached.get(), 5) for _ in range(2)]
+        assert [receipt_for(data, trio) for data in out] == [urgent.header.id, flash.header.id]
+        assert session.unanswered == 0
+        assert not session.events_received()
 
 
 @contextlib.asynccontextmanager
@@ -447,6 +440,21 @@ async def peer_socket() -> AsyncIterator[tuple[_ClientLink, asyncio.Queue[bytes]
             yield ws, reached
 
 
+@contextlib.asynccontextmanager
+async def worker_at_deu(trio: Trio) -> AsyncIterator[tuple[Links, _Link, asyncio.Queue[bytes]]]:
+    """DEU's end of a link from FRA over `peer_socket`, its worker running and no writer:
+    its links, the link, and what reaches FRA's end."""
+    links = Links(trio["DEU"], trio.keys["DEU"], host="127.0.0.1", port=0, peers=())
+    async with peer_socket() as (ws, reached):
+        link = _Link(NodeId("FRA"), ws, NodeId("FRA"), T0, LinkSession(NodeId("FRA")))
+        work = asyncio.create_task(links._work(link))
+        try:
+            yield links, link, reached
+        finally:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+
 def receipt_for(data: bytes, trio: Trio) -> str:
     assert data.startswith(FRAME_RECEIPT), data[:1]
     return verify_receipt(data[1:], roster=trio.roster, now=trio.clock.now).message_id
@@ -466,38 +474,31 @@ async def test_a_flash_batchs_receipt_is_written_by_whoever_answered_it_not_the_
         await submit(fra, priority="flash"),
         await submit(fra, priority="flash"),
     )
-    links = Links(deu, trio.keys["DEU"], host="127.0.0.1", port=0, peers=())
-    session = LinkSession(NodeId("FRA"))
     store = deu.context.store
-    async with peer_socket() as (ws, reached):
-        link = _Link(NodeId("FRA"), ws, NodeId("FRA"), T0, session)
-        work = asyncio.create_task(links._work(link))
-        try:
-            # Beside the worker: a flash envelope comes while an urgent batch is checked.
-            async with store.transaction(trio.clock.now):  # the store busy, as under load
-                links._received(link, envelope_frame((), urgent.raw))
-                await until(lambda: store.queued_transactions == 1)  # the urgent batch waits
-                links._received(link, envelope_frame((), flash.raw))
-                await until(lambda: store.queued_transactions == 2)  # taken beside it
-            assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == flash.header.id
+    async with worker_at_deu(trio) as (links, link, reached):
+        session = link.session
+        # Beside the worker: a flash envelope comes while an urgent batch is checked.
+        async with store.transaction(trio.clock.now):  # the store busy, as under load
+            links._received(link, envelope_frame((), urgent.raw))
+            await until(lambda: store.queued_transactions == 1)  # the urgent batch waits
+            links._received(link, envelope_frame((), flash.raw))
+            await until(lambda: store.queued_transactions == 2)  # taken beside it
+        assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == flash.header.id
+        await until(lambda: session.unanswered == 0)
+        assert link.to_write.is_set()  # the urgent batch's receipt: the writer's
+        # A flash envelope answered while the writer writes: its receipt waits for it.
+        async with link.writing:  # as the writer: what it writes goes first
+            links._received(link, envelope_frame((), later.raw))
             await until(lambda: session.unanswered == 0)
-            assert link.to_write.is_set()  # the urgent batch's receipt: the writer's
-            # The worker's own: a flash envelope while the writer writes waits for it.
-            async with link.writing:  # as the writer: what it writes goes first
-                links._received(link, envelope_frame((), later.raw))
-                await until(lambda: session.unanswered == 0)
-                assert link.to_write.is_set()
-                await ws.send_frames([b"the writer's"])
-            # With the writer idle, the worker writes a flash receipt itself, after what
-            # waited for the writer.
-            links._received(link, envelope_frame((), last.raw))
-            out = [await asyncio.wait_for(reached.get(), 5) for _ in range(4)]
-            assert out[0] == b"the writer's"
-            ids = [receipt_for(data, trio) for data in out[1:]]
-            assert ids == [urgent.header.id, later.header.id, last.header.id]
-        finally:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            assert link.to_write.is_set()
+            await link.ws.send_frames([b"the writer's"])
+        # With the writer idle, a flash receipt is written at once by whoever answered it,
+        # after what waited for the writer.
+        links._received(link, envelope_frame((), last.raw))
+        out = [await asyncio.wait_for(reached.get(), 5) for _ in range(4)]
+        assert out[0] == b"the writer's"
+        ids = [receipt_for(data, trio) for data in out[1:]]
+        assert ids == [urgent.header.id, later.header.id, last.header.id]
 
 
 async def test_a_flash_message_is_written_to_its_link_by_its_committer_not_the_feed(
