@@ -1158,10 +1158,10 @@ class _Beside:
     """Work taken beside a link's own tasks, each in a task of its own; the first failure
     (a full disk) is kept, `check` raises it, and it ends the link. Beside the worker:
     receipt batches, so that it goes on to the next event (a flash receipt among them)
-    while a batch waits for its commit, and flash envelopes that arrived while it checks
-    a batch. Beside the feed: its sent marks (`_Marks`). A failure in work beside them
-    that ran in another's task (a flash message's committer taking the feed's look) is
-    kept the same way (`fail`)."""
+    while a batch waits for its commit, and flash envelopes, whatever it is doing. Beside
+    the feed: its sent marks (`_Marks`). A failure in work beside them that ran in
+    another's task (a flash message's committer taking the feed's look) is kept the same
+    way (`fail`)."""
 
     def __init__(self, ended: Callable[[bool], None]) -> None:
         self.running: set[asyncio.Future[None]] = set()
