@@ -15,8 +15,9 @@ run waits for every end-to-end receipt to be back.
 Reports: time until the last receipt, messages/s beside the floor (the
 per-message crypto and durable commits of `bench/throughput.py`, spread over
 the machine's cores), the CPU the workers took a message beside that floor's
-(steadier than the time on a shared machine: the run is bound by CPU), the peak
-memory (sum of the workers' peak RSS), and the longest path used.
+(the run is bound by CPU: what a change to the work saves shows there, where the
+time also counts whatever else the shared machine ran), the peak memory (sum of
+the workers' peak RSS), and the longest path used.
 """
 
 from __future__ import annotations
@@ -406,7 +407,7 @@ def main() -> None:
     print(f"{'time until every end-to-end receipt is back (s)':<48} {elapsed:>10.0f}")
     name = f"{len(ids)} nodes, every one to every other"
     # The CPU the workers took a message, from "go" to their last receipt: the run is bound
-    # by CPU, and this is steadier than its time on a shared machine.
+    # by CPU, and its time also counts what else the shared machine ran meanwhile.
     cpu_ms = cpu / expected * 1000
     floor_rate = floor_ms = None
     if args.floor:
