@@ -62,4 +62,5 @@ def test_twelve_node_simulation_delivers_every_message(tmp_path: Path) -> None:
     )
     assert report.returncode == 0, report.stderr
     table = [line.split() for line in report.stdout.splitlines() if line.startswith("12 nodes")]
-    assert [row[-2] for row in table] == ["s", "msg/s", "ms", "MiB", "s"]  # each with its value, no floor
+    # each with its value, no floor
+    assert [row[-2] for row in table] == ["s", "msg/s", "ms", "MiB", "s"]
