@@ -478,6 +478,53 @@ async def test_a_flash_batchs_receipt_is_written_by_whoever_answered_it_not_the_
         link.beside.check()  # nothing taken beside the worker failed
 
 
+async def test_a_flash_envelope_that_comes_while_a_flash_batch_is_taken_is_taken_after_it(
+    trio: Trio,
+) -> None:
+    """Flash envelopes are taken beside the worker one batch at a time: one that comes
+    while a flash batch is taken waits in the session, and that batch's task looks again
+    as it ends. Without that look it waited for the worker, which here is held up by an
+    urgent batch queued behind the store's holder (a flash use case), and went after it.
+    The worker runs without a writer: only flash receipts get out."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    urgent, first, second = (
+        await submit(fra),
+        await submit(fra, priority="flash"),
+        await submit(fra, priority="flash"),
+    )
+    store = deu.context.store
+    released = asyncio.Event()
+
+    async def holder() -> None:  # a flash use case of the node's own, holding the store
+        async with store.transaction(trio.clock.now, urgent=True):
+            await released.wait()
+
+    async with worker_at_deu(trio) as (links, link, reached):
+        session = link.session
+        async with store.transaction(trio.clock.now):  # the store busy, as under load
+            links._received(link, envelope_frame((), urgent.raw))
+            await until(lambda: store.queued_transactions == 1)  # the worker waits on it
+            links._received(link, envelope_frame((), first.raw))
+            assert store.queued_transactions == 2  # the first flash batch, beside it
+            holding = asyncio.create_task(holder())
+            await until(lambda: store.queued_transactions == 3)  # goes before the urgent one
+            links._received(link, envelope_frame((), second.raw))
+            assert store.queued_transactions == 3  # one flash batch at a time
+            assert session.flash_waiting
+        try:
+            assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == first.header.id
+            # The first batch's task took the second as it ended; the worker still waits.
+            await until(lambda: not session.flash_waiting and store.queued_transactions == 2)
+        finally:
+            released.set()
+            await holding
+        # The second goes before the urgent batch; that one's receipt is the writer's.
+        assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == second.header.id
+        await until(lambda: session.unanswered == 0)
+        assert [receipt_for(data, trio) for data in session.data_to_send()] == [urgent.header.id]
+        link.beside.check()
+
+
 async def test_a_flash_message_is_written_to_its_link_by_its_committer_not_the_feed(
     trio: Trio,
 ) -> None:
