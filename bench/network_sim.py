@@ -244,9 +244,9 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
         # When this worker's last receipt was seen back, on the machine's clock (CLOCK_MONOTONIC
         # is system-wide): the run's time ends there, not after the look at the paths below.
         all_back = time.monotonic()
+        cpu = _cpu_seconds() - cpu_at_go
         query = "SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'"
         longest = max(row[0] for row in await each(query))
-        cpu = _cpu_seconds() - cpu_at_go  # to here: the look at the paths is a few stores' reads
         say("done", longest_relays=longest, all_back=all_back, cpu=cpu)
         await loop.run_in_executor(None, sys.stdin.readline)
     finally:

@@ -501,23 +501,25 @@ async def test_a_flash_envelope_that_comes_while_a_flash_batch_is_taken_is_taken
 
     async with worker_at_deu(trio) as (links, link, reached):
         session = link.session
-        async with store.transaction(trio.clock.now):  # the store busy, as under load
-            links._received(link, envelope_frame((), urgent.raw))
-            await until(lambda: store.queued_transactions == 1)  # the worker waits on it
-            links._received(link, envelope_frame((), first.raw))
-            assert store.queued_transactions == 2  # the first flash batch, beside it
-            holding = asyncio.create_task(holder())
-            await until(lambda: store.queued_transactions == 3)  # goes before the urgent one
-            links._received(link, envelope_frame((), second.raw))
-            assert store.queued_transactions == 3  # one flash batch at a time
-            assert session.flash_waiting
+        holding: asyncio.Task[None] | None = None
         try:
+            async with store.transaction(trio.clock.now):  # the store busy, as under load
+                links._received(link, envelope_frame((), urgent.raw))
+                await until(lambda: store.queued_transactions == 1)  # the worker waits on it
+                links._received(link, envelope_frame((), first.raw))
+                assert store.queued_transactions == 2  # the first flash batch, beside it
+                holding = asyncio.create_task(holder())
+                await until(lambda: store.queued_transactions == 3)  # before the urgent one
+                links._received(link, envelope_frame((), second.raw))
+                assert store.queued_transactions == 3  # one flash batch at a time
+                assert session.flash_waiting
             assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == first.header.id
             # The first batch's task took the second as it ended; the worker still waits.
             await until(lambda: not session.flash_waiting and store.queued_transactions == 2)
         finally:
-            released.set()
-            await holding
+            released.set()  # else the store, held, would not close
+            if holding is not None:
+                await holding
         # The second goes before the urgent batch; that one's receipt is the writer's.
         assert receipt_for(await asyncio.wait_for(reached.get(), 5), trio) == second.header.id
         await until(lambda: session.unanswered == 0)
