@@ -30,7 +30,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import Figure, add_arguments, machine, record, scratch
+from bench.throughput import cpu_seconds, floor_per_message
 from network.api.site import api_site
 from network.core.crypto import HpkeSuite
 from network.core.records import NodeId
@@ -51,7 +51,7 @@ from network.node.runner import GC_THRESHOLDS, NodeSettings, new_event_loop, run
 from network.node.wiring import Node
 from network.node.witnessing import CheckpointPolicy
 from network.samples import sample_body
-from tests.harness import free_port
+from tests.harness import Network, free_port
 
 MEMBER_STATES = Path(__file__).resolve().parent.parent / "network" / "data" / "un-member-states.csv"
 
@@ -190,7 +190,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
         if line.strip() != "go":
             return
         body = sample_body("preservation")
-        cpu_at_go = _cpu_seconds()
+        cpu_at_go = cpu_seconds(os.getpid())  # all its threads, in and out of the kernel
 
         async def send_all(node_id: str) -> None:
             """One country's officers send to every other, one after another."""
@@ -244,7 +244,7 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
         # When this worker's last receipt was seen back, on the machine's clock (CLOCK_MONOTONIC
         # is system-wide): the run's time ends there, not after the look at the paths below.
         all_back = time.monotonic()
-        cpu = _cpu_seconds() - cpu_at_go
+        cpu = cpu_seconds(os.getpid()) - cpu_at_go
         query = "SELECT MAX(json_array_length(path)) FROM messages WHERE box = 'in'"
         longest = max(row[0] for row in await each(query))
         say("done", longest_relays=longest, all_back=all_back, cpu=cpu)
@@ -252,12 +252,6 @@ async def worker(root: Path, ids: list[str], all_ids: list[str]) -> None:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _cpu_seconds() -> float:
-    """The CPU this process took so far, all its threads, in and out of the kernel."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def _profile(path: Path, seconds: float) -> None:
@@ -411,12 +405,9 @@ def main() -> None:
     cpu_ms = cpu / expected * 1000
     floor_rate = floor_ms = None
     if args.floor:
-        from bench.throughput import floor_per_message
-        from tests.harness import Network
-
-        floor = floor_per_message(Network(scratch(), {"FRA": ["DEU"], "DEU": []}))
-        floor_rate = (os.cpu_count() or 1) / sum(floor.values())
-        floor_ms = sum(floor.values()) * 1000
+        floor = sum(floor_per_message(Network(scratch(), {"FRA": ["DEU"], "DEU": []})).values())
+        floor_rate = (os.cpu_count() or 1) / floor
+        floor_ms = floor * 1000
         print(
             f"{'delivered with end-to-end receipts (msg/s)':<48} {rate:>10.0f} {floor_rate:>10.0f} {rate / floor_rate:>7.0%}"
         )
