@@ -184,9 +184,10 @@ async def test_receipts_for_one_message_are_taken_in_the_order_they_came(trio: T
     )
     parked, second_started = asyncio.Event(), asyncio.Event()
 
-    async def marks_of_the_first(ids: Sequence[str]) -> None:
+    async def marks_of_the_first(ids: Sequence[str]) -> list[str]:
         parked.set()
         await second_started.wait()  # committed just as the second batch comes
+        return []
 
     async def second_batch() -> list[str]:
         second_started.set()
@@ -774,6 +775,51 @@ async def test_a_flash_envelopes_sent_mark_goes_before_the_streams_marks_queued_
     assert await sent_seq(fra, flash.id) < min(urgent_at)
 
 
+async def test_a_receipt_that_finds_its_sent_mark_waiting_writes_it_in_its_own_transaction(
+    trio: Trio,
+) -> None:
+    """A link's sent marks wait a moment (`MARKS_HOLD_S`) before they are written; a
+    receipt that comes meanwhile takes its messages' marks and writes them itself: `sent`
+    and the receipt in one COMMIT (there were two), `sent` first, and the mark not
+    written a second time by the link."""
+    fra, deu = trio["FRA"], trio["DEU"]
+    sent = await submit(fra)
+    message_id = sent.header.id
+    (receipt,) = await deu.inbound.accept_envelopes("FRA", [((), sent.raw)])
+    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
+    counts = fra.context.store.commits.counts
+    before = sum(counts.values())
+
+    marks.add([message_id], flash=False)  # written to the link: its mark waits
+    assert await marks.take([]) == []
+    settled = await fra.inbound.accept_receipts("DEU", [receipt], sent_marked=marks.take)
+    assert settled == [message_id]
+    assert sum(counts.values()) == before + 1
+    await marks.settled()  # the link has nothing left to mark
+    assert sum(counts.values()) == before + 1
+    marks.check()
+
+    assert await state_of(fra, message_id) is State.DELIVERED
+    taken = await actions(fra, message_id)
+    assert taken[-3:] == ["sent", "receipt_received", "delivered"]
+    assert taken.count("sent") == 1
+
+
+async def test_receipts_that_name_one_message_twice_take_its_waiting_mark_once(trio: Trio) -> None:
+    """A relayed message's hop receipt and end-to-end receipt may come back in one batch:
+    the id twice. Its mark is taken once (a second removal failed, and ended the link)."""
+    fra = trio["FRA"]
+    message_id = (await submit(fra)).header.id
+    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
+    marks.add([message_id], flash=False)
+
+    assert await marks.take([message_id, message_id]) == [message_id]
+    assert await marks.take([message_id]) == []
+    await marks.settled()
+    marks.check()
+    assert "sent" not in await actions(fra, message_id)  # the taker writes it, not the link
+
+
 async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_ones_beside_it(
     trio: Trio,
 ) -> None:
@@ -788,9 +834,10 @@ async def test_a_flash_receipt_is_taken_without_waiting_for_the_marks_of_urgent_
         await fra.delivery.mark_sent("DEU", [message_id])
     urgent_marked = asyncio.Event()  # the urgent message's mark, still to commit
 
-    async def sent_marked(ids: Sequence[str]) -> None:
+    async def sent_marked(ids: Sequence[str]) -> list[str]:
         if sent.header.id in ids:
             await urgent_marked.wait()
+        return []
 
     taking = asyncio.create_task(
         fra.inbound.accept_receipts(

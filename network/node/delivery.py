@@ -28,7 +28,7 @@ from network.core.routing import (
 from network.core.session import Room
 from network.node.context import NodeContext
 from network.node.scheduler import Batch, Candidate, Scheduler, look_limit, max_rank_for
-from network.node.store import AuditEntry, MessageRow, Waiting
+from network.node.store import AuditEntry, MessageRow, Tx, Waiting
 
 __all__ = ["Delivery", "Outgoing", "candidate"]
 
@@ -359,25 +359,32 @@ class Delivery:
         commits: `early`). Other marks queue with the links' work: at a relay they are
         many, and as officers' transactions they held back the envelopes the relay had
         to take."""
-        context = self.context
-        now = context.clock()
-        async with context.store.transaction(now, durable=False, early=flash) as tx:
+        async with self.context.store.transaction(
+            self.context.clock(), durable=False, early=flash
+        ) as tx:
             await tx.prefetch(ids, whole=False)
-            entries = []
-            for message_id in ids:
-                row = await tx.message(message_id, whole=False)
-                if row is None or row.state not in (State.QUEUED, State.SENT):
-                    continue  # a receipt or the expiry scan got there first
-                event = Event.SEND if row.state is State.QUEUED else Event.RESEND
-                tx.sent(row, event, NodeId(peer), now + context.retry_ms)
-                detail = {"to": peer, "attempt": row.attempts + 1}
-                action = "sent" if row.box == "out" else "forwarded_to"
-                entries.append(AuditEntry(context.actor, action, message_id, detail))
-            tx.audit(entries)
+            tx.audit(await self.write_marks(tx, peer, ids))
+
+    async def write_marks(self, tx: Tx, peer: str, ids: Sequence[str]) -> list[AuditEntry]:
+        """In `tx`: these were written to the link to `peer` (`mark_sent`'s writes, or a
+        receipt's transaction writing the marks it found still waiting); their entries,
+        for the caller to audit before what follows in its transaction."""
+        context = self.context
+        retry_at = tx.now + context.retry_ms
+        entries = []
+        for message_id in ids:
+            row = await tx.message(message_id, whole=False)
+            if row is None or row.state not in (State.QUEUED, State.SENT):
+                continue  # a receipt or the expiry scan got there first
+            event = Event.SEND if row.state is State.QUEUED else Event.RESEND
+            tx.sent(row, event, NodeId(peer), retry_at)
+            detail = {"to": peer, "attempt": row.attempts + 1}
+            action = "sent" if row.box == "out" else "forwarded_to"
+            entries.append(AuditEntry(context.actor, action, message_id, detail))
         if entries:  # each link's next retry comes no later than theirs
-            retry_at = now + context.retry_ms
             for link, due in self._next_retry.items():
                 self._next_retry[link] = min(due, retry_at)
+        return entries
 
     async def start(self) -> None:
         """Audit the start; what was in flight when the node last stopped goes again at once."""

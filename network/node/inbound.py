@@ -614,7 +614,7 @@ class Inbound:
         peer: str,
         raws: Sequence[bytes],
         flash: Callable[[str], bool] = lambda _: False,
-        sent_marked: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        sent_marked: Callable[[Sequence[str]], Awaitable[Sequence[str]]] | None = None,
     ) -> list[str]:
         """Verify receipts and move their messages; returns the ids no longer in flight.
 
@@ -623,8 +623,10 @@ class Inbound:
         receipt for another node, for a message we relayed: our copy is
         forwarded, and the receipt goes on towards its recipient. `flash`: whether
         an id is a flash message (its receipt's transaction goes first); `sent_marked`:
-        waits until the link's marks of these ids are committed, or in the store's batch
-        for a flash one (`sent` before the receipt in the log, committed with it).
+        the link's sent marks of these ids, so that `sent` is in the log before the
+        receipt: it waits for those being written (committed, or in the store's batch for
+        a flash one), and returns those still waiting to be, which the receipts'
+        transaction writes itself (one transaction for both, not two).
         """
         now = self.context.clock()
         checked: list[Receipt | PeerError] = []
@@ -669,18 +671,17 @@ class Inbound:
         checked: list[Receipt | PeerError],
         now: int,
         urgent: bool,
-        sent_marked: Callable[[Sequence[str]], Awaitable[None]] | None,
+        sent_marked: Callable[[Sequence[str]], Awaitable[Sequence[str]]] | None,
     ) -> list[str]:
         """`accept_receipts` for receipts checked, in one transaction (`urgent`: it goes
         first, and commits at once)."""
         settled: list[str] = []
         link_actor = f"node:{peer}"
         ids = [r.message_id for r in checked if isinstance(r, Receipt)]
-        if sent_marked is not None:
-            await sent_marked(ids)
+        to_mark = [] if sent_marked is None else await sent_marked(ids)
         async with self.context.store.transaction(now, urgent=urgent) as tx:
             await tx.prefetch(ids, whole=False)
-            entries: list[AuditEntry] = []
+            entries = await self.delivery.write_marks(tx, peer, to_mark)
             for result in checked:
                 try:
                     if isinstance(result, PeerError):

@@ -1038,7 +1038,7 @@ class Links:
     async def _take_receipts(self, link: _Link, receipts: tuple[bytes, ...]) -> None:
         marks = link.marks
         settled = await self.node.inbound.accept_receipts(
-            link.peer, receipts, link.session.flash_in_flight, marks.settled if marks else None
+            link.peer, receipts, link.session.flash_in_flight, marks.take if marks else None
         )
         link.session.receipts_settled(settled)
         self.node.delivery.outbox_signal(link.peer).set()  # room for the feed
@@ -1200,33 +1200,42 @@ class _Beside:
             await asyncio.wait(set(self.running))
 
 
+# How long a link's sent marks (but a flash batch's) wait to be written: a receipt that
+# comes meanwhile writes them in its own transaction (`_Marks.take`). Under load most
+# receipts are back within it; a mark is a transaction that needs no fsync.
+MARKS_HOLD_S: Final = 0.1
+
+
 class _Marks:
     """One link's sent marks, written behind the feed: it sends on without waiting for
-    them (a flash envelope queued meanwhile would wait), and what it sent while one mark
-    commits goes in the next, together. A receipt for a message whose mark is still to
-    commit waits for it (`settled`), so that `sent` is in the log before
-    `receipt_received`. A batch with a flash envelope is marked at once, in a transaction
-    of its own that goes first: its receipt, which waits for the mark, must not wait
-    behind the stream's marks too (at 90% load that wait was a flash message's p99).
-    That mark is done once in the store's batch (`Store.transaction`'s `early`): the
-    receipt's transaction, after it, commits it."""
+    them (a flash envelope queued meanwhile would wait), and what it sent within
+    `MARKS_HOLD_S`, or while one mark commits, goes in the next, together. A receipt
+    that comes meanwhile writes the marks of its messages still waiting in its own
+    transaction (`take`): one transaction where there were two, and one change of each
+    row. One whose mark is being written waits for it, so that `sent` is in the log
+    before `receipt_received`. A batch with a flash envelope is marked at once, in a
+    transaction of its own that goes first: its receipt, which waits for the mark, must
+    not wait behind the stream's marks too (at 90% load that wait was a flash message's
+    p99). That mark is done once in the store's batch (`Store.transaction`'s `early`):
+    the receipt's transaction, after it, commits it."""
 
     def __init__(self, outbox: _Outbox) -> None:
         self.outbox = outbox
-        self.pending: list[str] = []
+        self.pending: dict[str, None] = {}  # sent, the mark not yet begun (in order)
         self.unmarked: set[str] = set()  # sent, the mark not yet committed
         self.stream: asyncio.Future[None] | None = None  # marking `pending`, batch after batch
         self.tasks = _Beside(lambda failed: self._next_round())  # the stream, flash marks
         # Done at the end of each mark: what waits for some ids looks again then (under a
         # steady stream the marking task itself never ends).
         self.round: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.hurry = asyncio.Event()  # the link ends: mark what waits now
 
     def add(self, message_ids: list[str], flash: bool) -> None:
         self.unmarked.update(message_ids)
         if flash:
             self.tasks.spawn(self._mark(message_ids, flash=True))
             return
-        self.pending += message_ids
+        self.pending.update(dict.fromkeys(message_ids))
         if self.stream is None or self.stream.done():
             self.check()
             self.stream = self.tasks.spawn(self._mark_pending())
@@ -1237,8 +1246,12 @@ class _Marks:
 
     async def _mark_pending(self) -> None:
         while self.pending:
-            ids, self.pending = self.pending, []
-            await self._mark(ids, flash=False)
+            if not self.hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.hurry.wait(), MARKS_HOLD_S)
+            ids, self.pending = list(self.pending), {}
+            if ids:  # else receipts took them all
+                await self._mark(ids, flash=False)
 
     async def _mark(self, ids: list[str], *, flash: bool) -> None:
         await self.outbox.sent(ids, flash)
@@ -1249,8 +1262,23 @@ class _Marks:
         """Raise what a mark raised."""
         self.tasks.check()
 
+    async def take(self, message_ids: Sequence[str]) -> list[str]:
+        """For a receipts' transaction: those of `message_ids` whose marks wait to be
+        begun, which it writes itself (they are no longer this link's to write), once
+        the marks of the others being written are committed."""
+        taken = [i for i in dict.fromkeys(message_ids) if i in self.pending]  # a hop's and
+        # an end-to-end receipt for one message may come in one batch
+        for message_id in taken:
+            del self.pending[message_id]
+        self.unmarked.difference_update(taken)
+        await self.settled(message_ids)
+        return taken
+
     async def settled(self, message_ids: Sequence[str] | None = None) -> None:
-        """Once these (None: all sent so far) are marked; raises what a mark raised."""
+        """Once these (None: all sent so far, at once) are marked; raises what a mark
+        raised."""
+        if message_ids is None:
+            self.hurry.set()
         wanted = set(self.unmarked if message_ids is None else message_ids)
         while self.tasks.failed is None and self.tasks.running and wanted & self.unmarked:
             await asyncio.wait((self.round,))
