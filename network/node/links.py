@@ -1266,8 +1266,8 @@ class _Marks:
         """For a receipts' transaction: those of `message_ids` whose marks wait to be
         begun, which it writes itself (they are no longer this link's to write), once
         the marks of the others being written are committed."""
-        taken = [i for i in dict.fromkeys(message_ids) if i in self.pending]  # a hop's and
-        # an end-to-end receipt for one message may come in one batch
+        # Each id once: a hop's and an end-to-end receipt for one message may come together.
+        taken = [i for i in dict.fromkeys(message_ids) if i in self.pending]
         for message_id in taken:
             del self.pending[message_id]
         self.unmarked.difference_update(taken)
