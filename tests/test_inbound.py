@@ -743,6 +743,11 @@ async def test_a_backlog_of_submissions_is_stored_in_one_commit(trio: Trio) -> N
 # -- issue 18: a flash message's sent mark does not wait behind the stream's marks ----------
 
 
+def marks_to_deu(node: Node) -> _Marks:
+    """The sent marks of `node`'s link to DEU, without the link (no feed, no poll)."""
+    return _Marks(_Outbox(node.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
+
+
 async def sent_seq(node: Node, message_id: str) -> int:
     """Where the `sent` entry of `message_id` is in `node`'s log."""
     (seq,) = [
@@ -761,7 +766,7 @@ async def test_a_flash_envelopes_sent_mark_goes_before_the_streams_marks_queued_
     fra = trio["FRA"]
     urgent = [(await submit(fra)).header.id for _ in range(3)]
     flash = (await submit(fra, priority="flash")).header
-    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
+    marks = marks_to_deu(fra)
     store = fra.context.store
     async with store.transaction(trio.clock.now):  # the store busy, as under load
         marks.add(urgent, flash=False)
@@ -786,7 +791,7 @@ async def test_a_receipt_that_finds_its_sent_mark_waiting_writes_it_in_its_own_t
     sent = await submit(fra)
     message_id = sent.header.id
     (receipt,) = await deu.inbound.accept_envelopes("FRA", [((), sent.raw)])
-    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
+    marks = marks_to_deu(fra)
     counts = fra.context.store.commits.counts
     before = sum(counts.values())
 
@@ -810,7 +815,7 @@ async def test_receipts_that_name_one_message_twice_take_its_waiting_mark_once(t
     the id twice. Its mark is taken once (a second removal failed, and ended the link)."""
     fra = trio["FRA"]
     message_id = (await submit(fra)).header.id
-    marks = _Marks(_Outbox(fra.delivery, NodeId("DEU"), LinkSettings(poll_interval=60)))
+    marks = marks_to_deu(fra)
     marks.add([message_id], flash=False)
 
     assert await marks.take([message_id, message_id]) == [message_id]
