@@ -107,7 +107,7 @@ def test_a_full_window_takes_only_flash() -> None:
 def test_no_room_gives_nothing_but_receipts() -> None:
     made = scheduler(GRAPH, LINKED)
     made.queued(Candidate("m", DEU, ROUTINE))
-    made.pass_on("r1", DEU, b"receipt", prefer=None)
+    made.pass_on("r1", DEU, b"receipt", back=(DEU,))
 
     batch = made.next_batch(DEU, Room(0, 0), T0)
 
@@ -311,8 +311,8 @@ def test_equal_routes_spread_as_the_routing_table_orders_them() -> None:
 
 def test_a_receipt_goes_back_the_way_its_message_came_while_that_link_is_up() -> None:
     made = scheduler(GRAPH, LINKED)
-    first, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
-    again, _ = made.pass_on("r1", KEN, b"back via USA", prefer=USA)
+    first, _ = made.pass_on("r1", KEN, b"back via USA", back=(USA, KEN))
+    again, _ = made.pass_on("r1", KEN, b"back via USA", back=(USA, KEN))
 
     at_bra = made.next_batch(BRA, Room(10, 10), T0)
     at_usa = made.next_batch(USA, Room(10, 10), T0)
@@ -322,16 +322,30 @@ def test_a_receipt_goes_back_the_way_its_message_came_while_that_link_is_up() ->
     assert at_usa.receipts == (b"back via USA",)
 
 
-def test_a_receipt_whose_link_is_down_takes_the_best_route() -> None:
+def test_a_receipt_whose_link_back_is_down_goes_to_the_next_node_on_its_path() -> None:
     made = scheduler(GRAPH, LINKED)
-    made.link_down(DEU)
-    best = made.routing.next_hops(KEN)[0]
+    made.link_down(USA)  # KEN -> DEU -> USA -> us: DEU holds the message too
 
-    _, wake = made.pass_on("r1", KEN, b"receipt", prefer=DEU)
-    taken = made.next_batch(best, Room(10, 10), T0)
+    _, wake = made.pass_on("r1", KEN, b"receipt", back=(USA, DEU, KEN))
+    at_bra = made.next_batch(BRA, Room(10, 10), T0)  # the best route to KEN, off the path
+    at_deu = made.next_batch(DEU, Room(10, 10), T0)
 
-    assert wake == best
-    assert taken.receipts == (b"receipt",)
+    assert wake == DEU
+    assert at_bra.receipts == ()
+    assert at_deu.receipts == (b"receipt",)
+
+
+def test_a_receipt_with_no_node_of_its_path_linked_waits_for_one() -> None:
+    made = scheduler(GRAPH, LINKED)
+    made.link_down(USA)
+
+    _, wake = made.pass_on("r1", KEN, b"receipt", back=(USA, KEN))
+    waiting = [made.next_batch(peer, Room(10, 10), T0).receipts for peer in (BRA, DEU)]
+    made.link_up(USA, T0)
+    at_usa = made.next_batch(USA, Room(10, 10), T0)
+
+    assert wake is None and waiting == [(), ()]  # BRA, the best route to KEN, would refuse it
+    assert at_usa.receipts == (b"receipt",)
 
 
 def test_a_link_that_goes_down_loses_its_news() -> None:
@@ -562,3 +576,4 @@ test_feeds_without_polls_leave_nothing_sendable_behind = FeedsWithoutPolls.TestC
 test_feeds_without_polls_leave_nothing_sendable_behind.settings = settings(
     max_examples=2000, stateful_step_count=25, deadline=None
 )
+

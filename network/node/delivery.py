@@ -208,12 +208,13 @@ class Delivery:
             if look is not None:
                 await look()
 
-    def pass_on(self, receipt: Receipt, prefer: NodeId | None) -> bool:
-        """Queue an end-to-end receipt for another node, once; False if seen before.
+    def pass_on(self, receipt: Receipt, back: tuple[NodeId, ...]) -> bool:
+        """Queue an end-to-end receipt for another node, once, to go `back` along its
+        message's path (nearest first); False if seen before.
 
         The link's writer passes receipts on each time it wakes: no look through the outbox.
         """
-        fresh, hop = self.scheduler.pass_on(receipt.id, receipt.recipient, receipt.raw, prefer)
+        fresh, hop = self.scheduler.pass_on(receipt.id, receipt.recipient, receipt.raw, back)
         if hop is not None:
             self.outbox_signal(hop).set()
         return fresh

@@ -764,10 +764,11 @@ class Inbound:
         if receipt.reason == ID_CONFLICT and row.box == "out":
             entries.append(self._conflict_reported(row, receipt))
         if row.box == "relay":
-            relays = row.path  # ... the node we had it from, then us
-            back = relays[-2] if len(relays) >= 2 else row.origin
+            # Back along its path (... the node we had it from, then us), its origin (the
+            # receipt's recipient, checked above) last.
+            back = (*reversed(row.path[:-1]), receipt.recipient)
             if self.delivery.pass_on(receipt, back):
-                detail = {"to": row.origin, "via": back}
+                detail = {"to": row.origin, "via": back[0]}
                 entries.append(AuditEntry(self.context.actor, "receipt_passed_on", row.id, detail))
         elif state is not row.state or state is State.REJECTED:
             entries.append(AuditEntry(self.context.actor, str(state), row.id, {}))

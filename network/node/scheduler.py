@@ -11,9 +11,9 @@ this is the memory that spares a busy link that look on every turn:
   their path or refused them (a hop refused, the link came up or became a choice
   for a destination at all, a wide look filled its room);
 - avoid: per message, the hops that refused it (a loop, the hop limit);
-- passing receipts: end-to-end receipts going through us, and the link each
-  should take (back the way its message came while that link is up, else the
-  best route);
+- passing receipts: end-to-end receipts going through us, each to go back along
+  its message's path (to the nearest node on it that is linked: only those nodes
+  hold the message, and any other refuses its receipt);
 - linked: the peers linked now, and since when.
 
 Each of these is set by the event that calls for the look, so a link's poll need only
@@ -98,8 +98,8 @@ class Scheduler:
         # (`max_rank_for`: a busy window's look says nothing of the others).
         self._drained: dict[NodeId, int] = {}
         self._avoid: OrderedDict[str, set[NodeId]] = OrderedDict()  # message -> hops refusing
-        # End-to-end receipts passing through: recipient -> (preferred next hop, bytes).
-        self._receipts: dict[NodeId, deque[tuple[NodeId | None, bytes]]] = {}
+        # End-to-end receipts passing through: recipient -> (the way back, bytes).
+        self._receipts: dict[NodeId, deque[tuple[tuple[NodeId, ...], bytes]]] = {}
         self._passed: OrderedDict[str, None] = OrderedDict()  # receipt ids passed on
         self._routes_followed: Mapping[NodeId, tuple[NodeId, ...]] = {}
         self._routes_at = 0
@@ -252,37 +252,40 @@ class Scheduler:
     # -- receipts passing through ------------------------------------------------------
 
     def pass_on(
-        self, receipt_id: str, recipient: NodeId, raw: bytes, prefer: NodeId | None
+        self, receipt_id: str, recipient: NodeId, raw: bytes, back: tuple[NodeId, ...]
     ) -> tuple[bool, NodeId | None]:
-        """Queue an end-to-end receipt for another node, once: (False, None) if seen
-        before; else True and the link that should take it now (to wake), if any."""
+        """Queue an end-to-end receipt for another node, once, to go `back` along its
+        message's path: the nodes it came through, nearest first, its origin last. (False,
+        None) if seen before; else True and the link that should take it now (to wake), if
+        one of them is linked."""
         if receipt_id in self._passed:
             return False, None
         self._passed[receipt_id] = None
         if len(self._passed) > MAX_PENDING_RECEIPTS * 10:
             self._passed.popitem(last=False)
         queue = self._receipts.setdefault(recipient, deque(maxlen=MAX_PENDING_RECEIPTS))
-        queue.append((prefer, raw))
-        hop = prefer if prefer is not None and prefer in self._linked else None
-        return True, hop or self.first_hop(recipient)
+        queue.append((back, raw))
+        return True, self._way_back(back)
+
+    def _way_back(self, back: tuple[NodeId, ...]) -> NodeId | None:
+        """The nearest node on a message's path that is linked now. Only those hold the
+        message: any other refuses its receipt (anyone can sign receipts for ids that exist
+        nowhere), so with none linked the receipt waits for one to be."""
+        return next((hop for hop in back if hop in self._linked), None)
 
     def _receipts_for(self, peer: NodeId) -> tuple[bytes, ...]:
-        """A receipt goes back the way its message came (to the node we had it from)
-        while that link is up; otherwise by the best route to its recipient."""
+        """The receipts whose way back is the link to `peer` now."""
         taken: list[bytes] = []
-        for destination, queue in self._receipts.items():
+        for recipient, queue in self._receipts.items():
             if not queue:
                 continue
-            first_hop = self.first_hop(destination)
-            keep: deque[tuple[NodeId | None, bytes]] = deque(maxlen=MAX_PENDING_RECEIPTS)
-            for prefer, raw in queue:
-                by_path = prefer == peer and peer in self._linked
-                by_route = (prefer is None or prefer not in self._linked) and first_hop == peer
-                if by_path or by_route:
+            keep: deque[tuple[tuple[NodeId, ...], bytes]] = deque(maxlen=MAX_PENDING_RECEIPTS)
+            for back, raw in queue:
+                if self._way_back(back) == peer:
                     taken.append(raw)
                 else:
-                    keep.append((prefer, raw))
-            self._receipts[destination] = keep
+                    keep.append((back, raw))
+            self._receipts[recipient] = keep
         return tuple(taken)
 
     # -- a link's turn -----------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +39,12 @@ def proxied(tmp_path: Path) -> Iterator[tuple[Network, Proxy]]:
 
 
 def linked(network: Network) -> bool:
-    status, answer = network.api("FRA", "GET", "/api/peers")
-    return status == 200 and any(p["id"] == "DEU" and p["linked"] for p in answer["peers"])
+    return peer_linked(network, "FRA", "DEU")
+
+
+def peer_linked(network: Network, node_id: str, peer: str) -> bool:
+    status, answer = network.api(node_id, "GET", "/api/peers")
+    return status == 200 and any(p["id"] == peer and p["linked"] for p in answer["peers"])
 
 
 def send(network: Network, count: int) -> set[str]:
@@ -98,3 +104,61 @@ def test_a_flapping_slow_link_delivers_a_stream_exactly_once(
 
     assert proxy.partitions >= 3, f"seed {SEED}: the link went down {proxy.partitions} times"
     assert check_run(network, ["FRA"], sent) == len(sent)
+
+
+def audited(network: Network, node_id: str, action: str, message_id: str) -> list[tuple[str]]:
+    return rows(
+        network.nodes[node_id].store,
+        "SELECT detail FROM audit WHERE action = ? AND message_id = ?",
+        (action, message_id),
+    )
+
+
+def test_an_end_to_end_receipt_whose_way_back_is_cut_waits_for_it(tmp_path: Path) -> None:
+    """FRA -> DEU -> KEN, with USA linked to FRA and DEU but off the message's path. The
+    link FRA - DEU is cut before KEN's receipt comes back to DEU: DEU keeps it for FRA,
+    where once it sent it by its best route to FRA, to USA, which never held the message
+    and refused it (FRA then had it only when it sent again, minutes on)."""
+    links = {"FRA": ["DEU", "USA"], "DEU": ["KEN", "USA"], "USA": [], "KEN": []}
+    network = Network(tmp_path, links, proxied=("DEU",), retry_seconds=600)
+    deu = network.nodes["DEU"]
+    assert deu.proxy_socket is not None
+    to_deu = Proxy(deu.proxy_socket, deu.listen_port).start()  # FRA's link to DEU alone
+    try:
+        for node_id in ("KEN", "USA", "DEU", "FRA"):
+            network.start(node_id)
+        for node_id, peer in (("FRA", "DEU"), ("FRA", "USA"), ("DEU", "KEN"), ("DEU", "USA")):
+            wait_for(
+                lambda n=node_id, p=peer: peer_linked(network, n, p), what=f"{node_id} - {peer}"
+            )
+        first = network.send("FRA", "KEN", "preservation", sample_body("preservation"))
+        network.wait_state("FRA", first, {"delivered"})  # FRA's route to KEN is known
+        ken = network.nodes["KEN"].process
+        assert ken is not None
+        ken.send_signal(signal.SIGSTOP)  # its link stays up; what DEU sends it waits
+
+        message_id = network.send("FRA", "KEN", "preservation", sample_body("preservation"))
+        wait_for(lambda: audited(network, "FRA", "hop_receipt", message_id), what="DEU took it")
+        to_deu.partition()
+        wait_for(lambda: not peer_linked(network, "DEU", "FRA"), what="DEU to see FRA gone")
+        ken.send_signal(signal.SIGCONT)
+        wait_for(
+            lambda: audited(network, "DEU", "receipt_passed_on", message_id),
+            what="KEN's receipt at DEU",
+        )
+        pause(3, "the cut lasts: DEU's routes to FRA move to USA meanwhile")
+        to_deu.heal()
+        network.wait_state("FRA", message_id, {"delivered"}, timeout=30)
+        network.stop("FRA")
+
+        refused_at_usa = rows(
+            network.nodes["USA"].store, "SELECT detail FROM audit WHERE action = 'receipt_rejected'"
+        )
+        assert refused_at_usa == []
+        sends = audited(network, "FRA", "sent", message_id)
+        assert len(sends) == 1, sends  # delivered by KEN's first receipt, not a resend's
+        passed = json.loads(audited(network, "DEU", "receipt_passed_on", message_id)[0][0])
+        assert passed == {"to": "FRA", "via": "FRA"}
+    finally:
+        to_deu.close()
+        network.close()
