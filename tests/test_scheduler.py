@@ -577,3 +577,21 @@ test_feeds_without_polls_leave_nothing_sendable_behind.settings = settings(
     max_examples=2000, stateful_step_count=25, deadline=None
 )
 
+
+def test_a_message_left_only_a_link_already_a_choice_goes_when_its_better_link_is_lost() -> None:
+    """The state machine's find, kept: a flash message for USA that has been through KEN
+    is news for USA; USA's link is lost, and of the routes left (KEN first, then BRA) only
+    BRA may take it. BRA was already a choice for USA, so nothing but the lost link tells
+    it to look past the first hops."""
+    machine = FeedsWithoutPolls()
+    machine.link(peer=BRA, up=True)
+    machine.every_link_turns_until_nothing_is_left_to_send()
+    machine.link(peer=KEN, up=True)
+    machine.link(peer=USA, up=True)
+    machine.queue(been={KEN}, destination=USA, rank=FLASH)
+    machine.link(peer=USA, up=False)
+
+    machine.every_link_turns_until_nothing_is_left_to_send()
+
+    assert machine.outbox == {}
+    machine.teardown()

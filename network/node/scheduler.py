@@ -122,9 +122,12 @@ class Scheduler:
         self._detours.add(peer)
 
     def link_down(self, peer: NodeId) -> None:
-        """Its news is moot: the routes move to other links, which look through the outbox."""
+        """Its news is moot: the routes move to other links, which look through the outbox,
+        wide: what it would have carried may now go only by a link that was already a choice
+        for its destination, past a better hop on the message's path or refusing it."""
         self._linked.pop(peer, None)
         self._news.pop(peer, None)
+        self._detours.update(self._linked)
 
     # -- routes --------------------------------------------------------------------
 
