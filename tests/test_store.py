@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ from network.core.deadlines import Due, Overdue
 from network.core.errors import LocalError
 from network.core.lifecycle import PRIORITY_RANK, Event, IllegalTransition, State
 from network.core.records import Box, MessageType, NodeId, Priority, canonical
+from network.core.retention import KEPT_STATES, RetentionRule
 from network.core.roster import load_roster
 from network.core.tlog import leaf_hash, root_hash
 from network.node import store as store_module
@@ -207,6 +209,30 @@ async def test_a_migration_that_fails_is_a_store_error_and_leaves_the_file_whole
     assert "table envelopes already exists" in str(refused.value)
     assert rows(path, "PRAGMA user_version") == [(14,)]
     assert rows(path, "SELECT id, envelope FROM messages ORDER BY id") == before
+
+
+async def test_the_retention_read_uses_its_index_which_leaves_out_what_no_rule_may_delete(
+    tmp_path: Path,
+) -> None:
+    """Migration 16 keeps the messages no rule may delete (`KEPT_STATES`) out of the
+    retention index: SQLite uses a partial index only for a query that names each of its
+    terms, which `Store.lapsed`'s read does (`RETAINED`)."""
+    store = await Store.open(tmp_path / "node.sqlite")
+    try:
+        closed = RetentionRule("closed", frozenset({State.DELIVERED, State.RECEIVED}), 1000)
+        sent = RetentionRule("sent", frozenset({State.OPENED}), 1000, boxes=frozenset({Box.IN}))
+        query, values = store_module._lapsed_query(closed, [sent])
+        plan = await stored(store, f"EXPLAIN QUERY PLAN {query}", T0, *values, 10)
+        (index,) = await stored(
+            store, "SELECT sql FROM sqlite_master WHERE name = 'messages_retention'"
+        )
+    finally:
+        await store.close()
+
+    assert any("USING INDEX messages_retention" in str(step[-1]) for step in plan), plan
+    assert index[0].endswith(f"WHERE {store_module.RETAINED}")
+    kept = set(re.findall(r"'(\w+)'", store_module.RETAINED))
+    assert kept == {state.value for state in KEPT_STATES}
 
 
 async def test_a_file_from_a_newer_cpn_is_refused_and_left_alone(tmp_path: Path) -> None:
