@@ -220,8 +220,8 @@ async def test_the_retention_read_uses_its_index_which_leaves_out_what_no_rule_m
     store = await Store.open(tmp_path / "node.sqlite")
     try:
         closed = RetentionRule("closed", frozenset({State.DELIVERED, State.RECEIVED}), 1000)
-        sent = RetentionRule("sent", frozenset({State.OPENED}), 1000, boxes=frozenset({Box.IN}))
-        query, values = store_module._lapsed_query(closed, [sent])
+        opened = RetentionRule("opened", frozenset({State.OPENED}), 1000, boxes=frozenset({Box.IN}))
+        query, values = store_module._lapsed_query(closed, [opened])
         plan = await stored(store, f"EXPLAIN QUERY PLAN {query}", T0, *values, 10)
         (index,) = await stored(
             store, "SELECT sql FROM sqlite_master WHERE name = 'messages_retention'"
