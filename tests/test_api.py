@@ -405,6 +405,8 @@ def test_metrics_need_no_token_and_show_a_sent_message(api: Api) -> None:
 
     assert figures[("cpn_node", (("node", "FRA"),))] == 1
     assert figures[("cpn_links_up", ())] == 1
+    assert figures[("cpn_receipts_passing", ())] == 0  # none passes through an end
+    assert figures[("cpn_receipts_passing_dropped_total", ())] == 0
     assert figures[("cpn_link_up", (("peer", "DEU"),))] == 1
     assert figures[("cpn_queued_messages", (("peer", "DEU"),))] == 0
     assert figures[("cpn_audit_entries", ())] > 5

@@ -6,6 +6,7 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
@@ -346,6 +347,24 @@ def test_a_receipt_with_no_node_of_its_path_linked_waits_for_one() -> None:
 
     assert wake is None and waiting == [(), ()]  # BRA, the best route to KEN, would refuse it
     assert at_usa.receipts == (b"receipt",)
+
+
+def test_receipts_past_the_most_kept_for_one_recipient_drop_the_oldest_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler_module, "MAX_PENDING_RECEIPTS", 2)
+    made = scheduler(GRAPH, LINKED)
+    made.link_down(USA)
+
+    for n in range(3):
+        made.pass_on(f"r{n}", KEN, b"receipt %d" % n, back=(USA, KEN))
+    waiting = made.receipts_waiting
+    made.link_up(USA, T0)
+    at_usa = made.next_batch(USA, Room(10, 10), T0)
+
+    assert (waiting, made.receipts_dropped) == (2, 1)
+    assert at_usa.receipts == (b"receipt 1", b"receipt 2")
+    assert made.receipts_waiting == 0
 
 
 def test_a_link_that_goes_down_loses_its_news() -> None:

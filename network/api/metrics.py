@@ -150,6 +150,19 @@ class _StoreCollector(Collector):
             link.add_metric([peer], 1 if peer in linked else 0)
         yield link
         yield GaugeMetricFamily("cpn_links_up", "Peer links up", value=len(linked))
+        scheduler = self.node.delivery.scheduler
+        yield GaugeMetricFamily(
+            "cpn_receipts_passing",
+            "End-to-end receipts for other nodes waiting here for a node on their message's"
+            " path to be linked (in memory)",
+            value=scheduler.receipts_waiting,
+        )
+        yield CounterMetricFamily(
+            "cpn_receipts_passing_dropped",
+            "Receipts for other nodes dropped, the oldest first, past the most kept for one"
+            " recipient: each sender has its receipt when it sends again",
+            value=scheduler.receipts_dropped,
+        )
         yield GaugeMetricFamily(
             "cpn_overdue_messages",
             "Messages with a deadline passed and unmet",

@@ -101,6 +101,7 @@ class Scheduler:
         # End-to-end receipts passing through: recipient -> (the way back, bytes).
         self._receipts: dict[NodeId, deque[tuple[tuple[NodeId, ...], bytes]]] = {}
         self._passed: OrderedDict[str, None] = OrderedDict()  # receipt ids passed on
+        self.receipts_dropped = 0  # waiting receipts that fell out, the oldest first
         self._routes_followed: Mapping[NodeId, tuple[NodeId, ...]] = {}
         self._routes_at = 0
         self._destinations: dict[
@@ -267,8 +268,16 @@ class Scheduler:
         if len(self._passed) > MAX_PENDING_RECEIPTS * 10:
             self._passed.popitem(last=False)
         queue = self._receipts.setdefault(recipient, deque(maxlen=MAX_PENDING_RECEIPTS))
+        if len(queue) == queue.maxlen:
+            # Its sender has it when it sends again (the receiver answers with it).
+            self.receipts_dropped += 1
         queue.append((back, raw))
         return True, self._way_back(back)
+
+    @property
+    def receipts_waiting(self) -> int:
+        """End-to-end receipts waiting for a node on their way back to be linked."""
+        return sum(map(len, self._receipts.values()))
 
     def _way_back(self, back: tuple[NodeId, ...]) -> NodeId | None:
         """The nearest node on a message's path that is linked now. Only those hold the

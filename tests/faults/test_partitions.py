@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from network.samples import sample_body
 from tests.faults.checks import check_run
@@ -114,6 +115,13 @@ def audited(network: Network, node_id: str, action: str, message_id: str) -> lis
     )
 
 
+def receipts_passing(network: Network, node_id: str) -> float:
+    """The node's end-to-end receipts for others waiting for their way back (/metrics)."""
+    families = text_string_to_metric_families(network.metrics(node_id))
+    (sample,) = next(f for f in families if f.name == "cpn_receipts_passing").samples
+    return sample.value
+
+
 def test_an_end_to_end_receipt_whose_way_back_is_cut_waits_for_it(tmp_path: Path) -> None:
     """FRA -> DEU -> KEN, with USA linked to FRA and DEU but off the message's path. The
     link FRA - DEU is cut before KEN's receipt comes back to DEU: DEU keeps it for FRA,
@@ -147,6 +155,7 @@ def test_an_end_to_end_receipt_whose_way_back_is_cut_waits_for_it(tmp_path: Path
             what="KEN's receipt at DEU",
         )
         pause(3, "the cut lasts: DEU's routes to FRA move to USA meanwhile")
+        waiting = receipts_passing(network, "DEU")
         to_deu.heal()
         network.wait_state("FRA", message_id, {"delivered"}, timeout=30)
         network.stop("FRA")
@@ -159,6 +168,8 @@ def test_an_end_to_end_receipt_whose_way_back_is_cut_waits_for_it(tmp_path: Path
         assert len(sends) == 1, sends  # delivered by KEN's first receipt, not a resend's
         passed = json.loads(audited(network, "DEU", "receipt_passed_on", message_id)[0][0])
         assert passed == {"to": "FRA", "via": "FRA"}
+        assert waiting == 1  # what an operator sees meanwhile
+        assert receipts_passing(network, "DEU") == 0
     finally:
         to_deu.close()
         network.close()
