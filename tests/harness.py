@@ -97,6 +97,19 @@ def rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[
         return db.execute(query, params).fetchall()
 
 
+def audited(
+    network: Network, node_id: str, action: str, message_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The details of `node_id`'s audit entries of `action` (of `message_id` only, if
+    given), in the log's order."""
+    query = "SELECT detail FROM audit WHERE action = ?"
+    params: tuple[object, ...] = (action,)
+    if message_id is not None:
+        query, params = query + " AND message_id = ?", (action, message_id)
+    found = rows(network.nodes[node_id].store, query + " ORDER BY seq", params)
+    return [json.loads(detail) for (detail,) in found]
+
+
 def sends_beyond_links(path: Path, peer: str) -> dict[str, tuple[int, int]]:
     """Messages a node sent to `peer` more times than links to `peer` came up before their
     last send: {id: (sends, links)}. Both ends dial at start, and of two links that come up

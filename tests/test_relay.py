@@ -14,7 +14,7 @@ from websockets.exceptions import WebSocketException
 
 from network.node.links import after_burst
 from network.samples import sample_body
-from tests.harness import Network, pause_async, rows, wait_for
+from tests.harness import Network, audited, pause_async, rows, wait_for
 from tests.test_node import client_context
 
 pytestmark = pytest.mark.timeout(180)
@@ -252,11 +252,6 @@ def healthz(network: Network, node_id: str) -> dict[str, Any]:
     return answer
 
 
-def audited_actions(network: Network, node_id: str, action: str) -> list[dict[str, Any]]:
-    query = "SELECT detail FROM audit WHERE action = ?"
-    return [json.loads(str(d)) for (d,) in rows(network.nodes[node_id].store, query, (action,))]
-
-
 def test_a_node_with_an_expired_roster_runs_degraded_until_a_newer_one_arrives(
     tmp_path: Path,
 ) -> None:
@@ -282,7 +277,7 @@ def test_a_node_with_an_expired_roster_runs_degraded_until_a_newer_one_arrives(
         f"roster version 2 expired at {degraded['roster']['valid_until']}"
     ]
     assert [a["alert"] for a in alerts] == ["roster_expired"] and alerts[0]["message_id"] is None
-    assert [d["version"] for d in audited_actions(network, "DEU", "roster_expired")] == [2]
+    assert [d["version"] for d in audited(network, "DEU", "roster_expired")] == [2]
     assert restored["roster"]["version"] == 3 and restored["problems"] == []
 
 
@@ -293,10 +288,10 @@ def test_the_roster_s_end_is_raised_days_before_and_when_it_passes_while_running
     try:
         network.write_roster(network.cards, version=2, valid_for_ms=8_000)
         network.start("FRA")
-        wait_for(lambda: audited_actions(network, "FRA", "roster_expiring"), what="roster_expiring")
+        wait_for(lambda: audited(network, "FRA", "roster_expiring"), what="roster_expiring")
         assert healthz(network, "FRA")["status"] == "ok"
         wait_for(
-            lambda: audited_actions(network, "FRA", "roster_expired"),
+            lambda: audited(network, "FRA", "roster_expired"),
             timeout=30,
             what="roster_expired while running",
         )
@@ -307,7 +302,7 @@ def test_the_roster_s_end_is_raised_days_before_and_when_it_passes_while_running
 
     assert after["status"] == "degraded"
     assert [a["alert"] for a in alerts] == ["roster_expired", "roster_expiring"]  # newest first
-    assert len(audited_actions(network, "FRA", "roster_expiring")) == 1  # raised once
+    assert len(audited(network, "FRA", "roster_expiring")) == 1  # raised once
 
 
 def test_a_direct_link_carries_what_waits_as_soon_as_it_is_up(tmp_path: Path) -> None:

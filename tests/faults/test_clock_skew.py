@@ -10,7 +10,6 @@ reason `clock_skew`, audited, and flow again once the clock is right.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from network.samples import sample_body
 from tests.faults.checks import check_run
-from tests.harness import Network, rows, sends_beyond_links, skewed, wait_for
+from tests.harness import Network, audited, rows, sends_beyond_links, skewed, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,13 +29,6 @@ def pair(tmp_path: Path) -> Iterator[Network]:
         yield network
     finally:
         network.close()
-
-
-def audited(network: Network, node_id: str, action: str) -> list[dict[str, object]]:
-    found = rows(
-        network.nodes[node_id].store, "SELECT detail FROM audit WHERE action = ?", (action,)
-    )
-    return [json.loads(detail) for (detail,) in found]
 
 
 def test_a_sender_clock_ahead_is_refused_beyond_the_allowed_skew_and_flows_once_right(
