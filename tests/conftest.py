@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import datetime
 import os
 import shutil
@@ -27,6 +28,14 @@ from tests.harness import REPO, run
 
 NOW = 1_795_000_000_000  # 2026-11-18, ms since the epoch
 DAY = 24 * 3600 * 1000
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The project's bytecode written before any node starts. The suite starts some 500
+    processes (nodes, `cpn` commands); where PYTHONDONTWRITEBYTECODE is set (as on the
+    machines here) none writes it, and each compiled the project again from source, about
+    a third of its start (130 of 480 ms). compileall writes it whatever that says."""
+    compileall.compile_dir(REPO / "network", quiet=1)
 
 
 @dataclass
