@@ -22,10 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
-
 from network.core.errors import ConfigError, SignInRefused
 from network.core.records import ROLES
 
@@ -140,6 +136,12 @@ def person(
 ) -> tuple[str, str, dict[str, Any]]:
     """The name and role of the person an ID token signs in, and its claims; SignInRefused
     saying which check failed (signature, issuer, audience, time, nonce, name, role)."""
+    # Imported here: joserfc takes some 25 ms to import, and every node and `cpn` command
+    # reads this module's config, while only a sign-in through the agency checks a token.
+    from joserfc import jwt
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet
+
     try:
         keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
         token = jwt.decode(id_token, keys, algorithms=SIGNING_ALGORITHMS)
