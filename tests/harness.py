@@ -415,32 +415,36 @@ class Network:
 
     def start(
         self,
-        node_id: str,
-        *,
+        *node_ids: str,
         wait: bool = True,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], object] | None = None,
     ) -> None:
-        """`env` adds to the node's environment (LD_PRELOAD, FAKETIME); `preexec_fn` runs in
-        the child before it executes (setrlimit)."""
-        node = self.nodes[node_id]
-        node.log.parent.mkdir(exist_ok=True)
-        log = node.log.open("ab")
-        command, fds = activated(
-            [sys.executable, "-m", "network", "node", "run", str(node.config)], node.sockets
-        )
-        node.process = subprocess.Popen(
-            command,
-            pass_fds=fds,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            preexec_fn=preexec_fn,
-        )
-        log.close()
+        """Start the nodes all at once, then (`wait`) wait for each to be healthy: each
+        listens from the start (its sockets are made here and passed on), so the order in
+        which they come up does not matter, and a start is mostly its imports, which run
+        side by side. `env` adds to the nodes' environment (LD_PRELOAD, FAKETIME);
+        `preexec_fn` runs in each child before it executes (setrlimit)."""
+        for node_id in node_ids:
+            node = self.nodes[node_id]
+            node.log.parent.mkdir(exist_ok=True)
+            log = node.log.open("ab")
+            command, fds = activated(
+                [sys.executable, "-m", "network", "node", "run", str(node.config)], node.sockets
+            )
+            node.process = subprocess.Popen(
+                command,
+                pass_fds=fds,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                preexec_fn=preexec_fn,
+            )
+            log.close()
         if wait:
-            self.wait_healthy(node_id)
+            for node_id in node_ids:
+                self.wait_healthy(node_id)
 
     def wait_healthy(self, node_id: str, timeout: float = 20.0) -> None:
         node = self.nodes[node_id]

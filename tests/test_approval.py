@@ -54,8 +54,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Any:
         network.add_user("FRA", name, "approver")
     network.nodes["FRA"].tokens["approver"] = network.nodes["FRA"].tokens["approver-FRA"]
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         yield network
     finally:
         network.close()

@@ -67,8 +67,7 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network,
     assert usa.proxy_socket is not None
     proxy = Proxy(usa.proxy_socket, usa.listen_port).start()
     try:
-        for node in ("USA", "DEU", "FRA"):
-            network.start(node)
+        network.start("USA", "DEU", "FRA")
         yield network, proxy
     finally:
         proxy.close()

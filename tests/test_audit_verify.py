@@ -166,8 +166,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     network = Network(tmp, {"FRA": ["DEU"], "DEU": []})
     fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
     try:
-        network.start("FRA")
-        network.start("DEU")
+        network.start("FRA", "DEU")
         sent = [network.send("FRA", "DEU", "preservation", sample_body("preservation"))]
         network.wait_state("FRA", sent[0], {"delivered"})
         wait_for(lambda: largest_witnessed(deu) > 0, what="DEU witnessing FRA's checkpoint")

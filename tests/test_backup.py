@@ -24,8 +24,7 @@ pytestmark = pytest.mark.timeout(180)
 def net(tmp_path: Path) -> Iterator[Network]:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         yield network
     finally:
         network.close()

@@ -83,8 +83,7 @@ def in_days(days: int) -> str:
 def test_a_preservation_goes_through_receipt_acknowledgement_and_response(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
         status, taken = network.api(
@@ -147,8 +146,7 @@ def test_an_unacknowledged_flash_message_escalates_to_the_webhook(
         tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config, "DEU": config}
     )
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send(
             "FRA", "DEU", "emergency", sample_body("emergency"), priority="flash"
         )
@@ -197,8 +195,7 @@ def test_deadlines_fire_after_a_restart(tmp_path: Path, webhook: Webhook) -> Non
     config = fast_deadlines(webhook.url)
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send(
             "FRA", "DEU", "emergency", sample_body("emergency"), priority="flash"
         )
@@ -225,8 +222,7 @@ def test_a_preservation_near_its_end_warns_and_an_answered_extension_moves_the_d
     config = f'[alerts]\nwebhook = "{webhook.url}"\n[deadlines]\npreservation_warning = "70d"\n'
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
         soon = {"status": "preserved", "preserved_until": in_days(61), "note": "Preserved."}
@@ -273,8 +269,7 @@ def test_more_information_keeps_the_deadlines_running_until_a_final_answer(
     # deadline stopped, with nothing the requester could send to supply what was missing.
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
         asked = {"status": "needs_info", "missing": "The IP address's time zone."}
@@ -310,8 +305,7 @@ def test_more_information_keeps_the_deadlines_running_until_a_final_answer(
 def test_a_request_handed_on_is_due_when_the_answer_is_expected(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "evidence", sample_body("evidence"))
         network.wait_state("DEU", request, {"received"})
         status, missing = network.api(
@@ -344,8 +338,7 @@ def test_a_request_handed_on_is_due_when_the_answer_is_expected(tmp_path: Path) 
 def test_a_released_preservation_stops_both_clocks(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         locate = network.send("FRA", "DEU", "locate", sample_body("locate"))
         network.wait_state("DEU", request, {"received"})
@@ -383,8 +376,7 @@ def test_once_the_mla_request_is_received_the_data_is_kept_until_the_decision(
     config = f'[alerts]\nwebhook = "{webhook.url}"\n[deadlines]\npreservation_warning = "70d"\n'
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []}, extra_config={"FRA": config})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
         undecided = {
@@ -469,8 +461,7 @@ def test_an_unreachable_peers_duty_desk_is_named_with_its_telephone(
 def test_one_request_goes_to_several_countries_each_tracked_on_its_own(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU", "USA"], "DEU": [], "USA": []})
     try:
-        for node in ("DEU", "USA", "FRA"):
-            network.start(node)
+        network.start("DEU", "USA", "FRA")
         body = sample_body("preservation")
         submit = {"type": "preservation", "priority": "urgent", "body": body}
         refusals = {
@@ -517,8 +508,7 @@ def test_a_received_request_is_taken_handed_over_and_the_inbox_shows_who_holds_i
                 str(network.nodes["DEU"].config))  # fmt: skip
     assert night.returncode == 0, night.stderr
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
         path = f"/api/messages/{request}/assign"
@@ -554,8 +544,7 @@ def test_the_inbox_lists_each_requests_case_and_summary_line_and_the_store_keeps
     case_ref = "PN-CYBER-2026-77123"
     summary = "Ransomware on a hospital; the leak site is hosted in Germany.\nMore below."
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         body = sample_body("preservation", case_ref=case_ref, summary=summary)
         request = network.send("FRA", "DEU", "preservation", body)
         network.wait_state("DEU", request, {"received"})
@@ -584,8 +573,7 @@ def test_the_inbox_lists_each_requests_case_and_summary_line_and_the_store_keeps
 def test_have_we_seen_this_identifier_before(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         other = network.send("FRA", "DEU", "locate", sample_body("locate"))
         for message_id in (request, other):
@@ -627,8 +615,7 @@ def test_requests_stored_before_the_upgrade_are_reindexed(tmp_path: Path) -> Non
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     deu = network.nodes["DEU"]
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         request = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         network.wait_state("DEU", request, {"received"})
         network.stop("DEU")

@@ -75,8 +75,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         tmp_path_factory.mktemp("cli"), {"FRA": ["DEU"], "DEU": []}, extra_config={"DEU": fast}
     )
     try:
-        net.start("DEU")
-        net.start("FRA")
+        net.start("DEU", "FRA")
         yield net
     finally:
         net.close()

@@ -45,8 +45,7 @@ SHOTS = os.environ.get("CPN_SCREENSHOTS")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     net = Network(tmp_path_factory.mktemp("console"), {"FRA": ["DEU"], "DEU": []})
     try:
-        net.start("DEU")
-        net.start("FRA")
+        net.start("DEU", "FRA")
         wait_for(
             lambda: all(p["linked"] for p in net.api("FRA", "GET", "/api/peers")[1]["peers"]),
             what="FRA linked to DEU",

@@ -171,8 +171,7 @@ def test_json_logs_are_one_object_per_line_without_bodies_or_tokens(tmp_path: Pa
         config.write_text(config.read_text() + '\n[log]\nformat = "json"\n')
     body = sample_body("emergency")
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         sent = network.send("FRA", "DEU", "emergency", body)
         network.wait_state("FRA", sent, {"delivered"})
         network.stop("FRA")

@@ -53,8 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     network = Network(tmp, {"FRA": ["DEU"], "DEU": []})
     fra = network.nodes["FRA"].store
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         # Markup in a body, which the report must show as text.
         summary = "Account <b>taken</b> & used: <script>alert(1)</script>"
         body = sample_body("preservation", summary=summary)

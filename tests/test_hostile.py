@@ -80,8 +80,7 @@ def net(tmp_path: Path) -> Iterator[Network]:
         deu.read_text().replace("[peer]\n", f"[peer]\nhandshake_timeout = {HANDSHAKE_TIMEOUT}\n")
     )
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         wait_for(lambda: linked(network, "FRA"), what="FRA linked to DEU")
         yield network
     finally:
@@ -295,8 +294,7 @@ def test_a_dialler_reaching_another_contact_point_at_its_peers_address_stops_at_
     assert deu.proxy_socket is not None
     proxy = Proxy(deu.proxy_socket, ken.listen_port).start()
     try:
-        network.start("KEN")
-        network.start("FRA")
+        network.start("KEN", "FRA")
         failed = wait_for(
             lambda: rows(
                 network.nodes["FRA"].store, "SELECT last_error FROM peers WHERE id = 'DEU'"

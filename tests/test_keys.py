@@ -252,8 +252,7 @@ def test_rotating_twice_keeps_every_message_in_both_boxes_readable(tmp_path: Pat
             net.wait_state(sender, message_id, {"delivered"})
 
     try:
-        net.start("FRA")
-        net.start("DEU")
+        net.start("FRA", "DEU")
         exchange(0)
         for round_ in (1, 2):
             net.stop("FRA")
@@ -262,8 +261,7 @@ def test_rotating_twice_keeps_every_message_in_both_boxes_readable(tmp_path: Pat
             cpn("keys", "rotate", "FRA", "--config", config, cwd=tmp_path)
             cards = [read_card(net.keys / n / "card.json") for n in ("DEU", "FRA")]
             net.write_roster(cards, version=1 + round_)
-            net.start("FRA")
-            net.start("DEU")
+            net.start("FRA", "DEU")
             exchange(round_)
 
         for message_id, (sender, recipient, body) in sent.items():
@@ -294,8 +292,7 @@ def test_node_with_encrypted_keys_links_and_reads_after_rotating_to_a_passphrase
     net = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]})
     secret = {"CPN_KEY_PASSPHRASE": "correct horse"}
     try:
-        net.start("FRA")
-        net.start("DEU")
+        net.start("FRA", "DEU")
         before = net.send("DEU", "FRA", "emergency", sample_body("emergency"))
         net.wait_state("DEU", before, {"delivered"})
         net.stop("FRA")

@@ -38,8 +38,7 @@ def pair(tmp_path: Path) -> Iterator[Network]:
 
 
 def test_preservation_request_is_delivered_end_to_end(pair: Network) -> None:
-    pair.start("FRA")
-    pair.start("DEU")
+    pair.start("FRA", "DEU")
     body = sample_body("preservation", summary="Operator of the Lyon ransomware panel")
 
     message_id = pair.send("FRA", "DEU", "preservation", body)
@@ -81,8 +80,7 @@ def send_routine(pair: Network) -> str:
 
 
 def test_receiver_killed_mid_stream_loses_nothing_and_stores_nothing_twice(pair: Network) -> None:
-    pair.start("FRA")
-    pair.start("DEU")
+    pair.start("FRA", "DEU")
     count = 80
     ids = []
 
@@ -106,8 +104,7 @@ def test_sender_killed_with_queued_messages_resumes_after_restart(pair: Network)
     assert {m["state"] for m in pair.list("FRA", "out")} == {"queued"}
 
     pair.kill("FRA")
-    pair.start("DEU")
-    pair.start("FRA")
+    pair.start("DEU", "FRA")
     delivered = pair.wait_all("FRA", "out", len(ids), {"delivered"}, timeout=60)
 
     assert sorted(m["id"] for m in delivered) == sorted(ids)
@@ -129,8 +126,7 @@ def test_messages_in_flight_when_the_sender_died_go_again_at_once_when_it_restar
         )
     db.close()
 
-    pair.start("DEU")
-    pair.start("FRA")
+    pair.start("DEU", "FRA")
     delivered = pair.wait_all("FRA", "out", len(ids), {"delivered"}, timeout=30)
 
     assert sorted(m["id"] for m in delivered) == sorted(ids)

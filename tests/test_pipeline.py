@@ -24,8 +24,7 @@ BURST = 300
 def pair(tmp_path: Path) -> Iterator[Network]:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]})
     try:
-        network.start("FRA")
-        network.start("DEU")
+        network.start("FRA", "DEU")
         yield network
     finally:
         network.close()

@@ -31,8 +31,7 @@ def line(tmp_path: Path) -> Iterator[Network]:
 
 
 def test_message_crosses_a_relay_that_cannot_read_it(line: Network) -> None:
-    for node_id in ("FRA", "DEU", "KEN"):
-        line.start(node_id)
+    line.start("FRA", "DEU", "KEN")
     body = sample_body("preservation", summary="Operator of the Nairobi phishing kit")
 
     message_id = line.send("FRA", "KEN", "preservation", body)
@@ -59,8 +58,7 @@ def test_message_crosses_a_relay_that_cannot_read_it(line: Network) -> None:
 
 
 def test_message_to_an_unreachable_node_waits_and_goes_when_it_comes_back(line: Network) -> None:
-    line.start("FRA")
-    line.start("DEU")
+    line.start("FRA", "DEU")
 
     message_id = line.send("FRA", "KEN", "emergency", sample_body("emergency"), "flash")
     wait_for(
@@ -79,8 +77,7 @@ def test_killing_the_relay_mid_stream_reroutes_and_loses_nothing(tmp_path: Path)
     links = {"FRA": ["DEU", "USA"], "DEU": ["FRA", "KEN"], "USA": ["FRA", "KEN"], "KEN": []}
     network = Network(tmp_path, links, retry_seconds=3)
     try:
-        for node_id in ("FRA", "DEU", "USA", "KEN"):
-            network.start(node_id)
+        network.start("FRA", "DEU", "USA", "KEN")
         first = network.send("FRA", "KEN", "emergency", sample_body("emergency"))
         network.wait_state("FRA", first, {"delivered"}, timeout=30)  # routes are known
         ids = [first]
@@ -124,8 +121,7 @@ def test_revoked_node_is_cut_off_once_the_new_roster_spreads(tmp_path: Path) -> 
     links = {"FRA": ["DEU"], "DEU": ["FRA", "KEN"], "KEN": ["DEU"]}
     network = Network(tmp_path, links, own_rosters=True)
     try:
-        for node_id in ("FRA", "DEU", "KEN"):
-            network.start(node_id)
+        network.start("FRA", "DEU", "KEN")
         wait_for(
             lambda: any(
                 p["id"] == "KEN" and p["linked"]
@@ -226,10 +222,7 @@ def test_twelve_nodes_every_one_to_every_other(tmp_path: Path) -> None:
     network = Network(tmp_path, links)
     ids = sorted(links)
     try:
-        for node_id in ids:
-            network.start(node_id, wait=False)
-        for node_id in ids:
-            network.wait_healthy(node_id)
+        network.start(*ids)
         sent = [
             network.send(a, b, "emergency", sample_body("emergency"))
             for a in ids
@@ -259,8 +252,7 @@ def test_a_node_with_an_expired_roster_runs_degraded_until_a_newer_one_arrives(
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]}, own_rosters=True)
     try:
         network.write_roster(network.cards, version=2, valid_for_ms=-3_600_000)
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         degraded = healthz(network, "DEU")
         alerts = network.api("DEU", "GET", "/api/alerts")[1]["alerts"]
         sent = network.send("FRA", "DEU", "emergency", sample_body("emergency"))

@@ -53,8 +53,7 @@ def test_a_restored_node_gets_back_all_it_receipted_and_its_witness_takes_the_ro
     fra_store = net.nodes["FRA"].store
     config = str(deu.config)
     try:
-        for node in ("FRA", "DEU", "USA"):
-            net.start(node)
+        net.start("FRA", "DEU", "USA")
         before = send_many(net, 200)
         wait_for(lambda: set(before) <= set(inbox(deu.store)), 60, what="the first 200 in")
         backup = tmp_path / "DEU-backup.sqlite"
@@ -160,8 +159,7 @@ def test_a_peer_that_has_not_given_back_is_named_in_an_alert_until_it_does(
     config = str(deu.config)
     body = sample_body("emergency")
     try:
-        for node in ("FRA", "USA", "DEU"):
-            net.start(node)
+        net.start("FRA", "USA", "DEU")
         backup = tmp_path / "DEU-backup.sqlite"
         assert cpn("store", "backup", str(backup), "--config", config).returncode == 0
         from_fra = [net.send("FRA", "DEU", "emergency", body) for _ in range(5)]

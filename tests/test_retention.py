@@ -137,8 +137,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
     result: dict[str, Any] = {"network": network, "tmp": tmp}
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         # DEU holds case HOLD-7 before anything of it arrives.
         hold = {"case_ref": "HOLD-7", "reason": "proceedings in the Landgericht Berlin"}
         status, placed = network.api("DEU", "POST", "/api/holds", hold)
@@ -333,8 +332,7 @@ def test_retention_run_deletes_on_a_stopped_nodes_store(tmp_path: Path) -> None:
         },
     )
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         sent = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         urgent = network.send("FRA", "DEU", "emergency", sample_body("emergency"))
         network.wait_state("DEU", sent, {"received"})

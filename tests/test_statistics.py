@@ -80,8 +80,7 @@ def test_outcomes_grounds_extensions_and_what_is_not_a_request() -> None:
 def test_a_nodes_year_from_its_store_by_command_and_api(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         refused = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         kept = network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         locate = network.send("FRA", "DEU", "locate", sample_body("locate"), "flash")

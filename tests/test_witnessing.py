@@ -29,12 +29,13 @@ def signing_key(network: Network, node_id: str) -> VerifyKey:
 def test_checkpoints_are_signed_and_cosigned_by_the_peer(tmp_path: Path) -> None:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
+        fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
+        # A receipt carries the latest checkpoint its signer holds: DEU's first, once signed.
+        wait_for(lambda: rows(deu, "SELECT 1 FROM checkpoints"), what="DEU's first checkpoint")
         message_id = network.send(
             "FRA", "DEU", "preservation", sample_body("preservation"), priority="flash"
         )
-        fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
         network.wait_state("FRA", message_id, {"delivered"})  # DEU's receipt is kept
         wait_for(
             lambda: rows(fra, "SELECT 1 FROM cosignatures WHERE witness = 'DEU'"),
@@ -73,8 +74,7 @@ def test_a_node_whose_log_was_rolled_back_is_caught_by_its_witness(tmp_path: Pat
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     fra, deu = network.nodes["FRA"].store, network.nodes["DEU"].store
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         network.stop("FRA")
         earlier = tmp_path / "FRA-earlier.sqlite"
         shutil.copy(fra, earlier)  # the intruder's copy, taken before what they will hide
@@ -123,8 +123,7 @@ def test_an_entry_written_by_another_process_joins_the_running_nodes_log(
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": []})
     fra = network.nodes["FRA"]
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         added = subprocess.run(
             [
                 sys.executable,
@@ -185,8 +184,7 @@ def test_the_api_asks_the_witness_and_catches_a_log_cut_after_its_last_checkpoin
         return report if [r["status"] for r in replies] == ["holds"] else None
 
     try:
-        network.start("DEU")
-        network.start("FRA")
+        network.start("DEU", "FRA")
         network.send("FRA", "DEU", "preservation", sample_body("preservation"))
         wait_for(lambda: witnessed_size() > 0, what="DEU witnessing FRA's first checkpoint")
         cut = witnessed_size()

@@ -88,10 +88,7 @@ def kill_stream(
     """Kill and restart `kills` times during the stream; return when all is delivered."""
     rng = random.Random(seed)
     run = KillRun(seed)
-    for node_id in VICTIMS:
-        network.start(node_id, wait=False)
-    for node_id in VICTIMS:
-        network.wait_healthy(node_id)
+    network.start(*VICTIMS)
     # Each node its share of the kills, in an order drawn from the seed.
     victims = [VICTIMS[index % len(VICTIMS)] for index in range(kills)]
     rng.shuffle(victims)

@@ -42,9 +42,7 @@ def disk_full(network: Network, node_id: str, full: bool) -> None:
 def pair(tmp_path: Path) -> Iterator[Network]:
     network = Network(tmp_path, {"FRA": ["DEU"], "DEU": ["FRA"]}, retry_seconds=2)
     try:
-        network.start("FRA", wait=False)
-        network.start("DEU")
-        network.wait_healthy("FRA")
+        network.start("FRA", "DEU")
         yield network
     finally:
         network.close()

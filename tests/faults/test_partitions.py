@@ -29,9 +29,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[Network, Proxy]]:
     assert deu.proxy_socket is not None
     proxy = Proxy(deu.proxy_socket, deu.listen_port).start()
     try:
-        network.start("FRA", wait=False)
-        network.start("DEU")
-        network.wait_healthy("FRA")
+        network.start("FRA", "DEU")
         yield network, proxy
     finally:
         proxy.close()
@@ -124,8 +122,7 @@ def test_an_end_to_end_receipt_whose_way_back_is_cut_waits_for_it(tmp_path: Path
     assert deu.proxy_socket is not None
     to_deu = Proxy(deu.proxy_socket, deu.listen_port).start()  # FRA's link to DEU alone
     try:
-        for node_id in ("KEN", "USA", "DEU", "FRA"):
-            network.start(node_id)
+        network.start("KEN", "USA", "DEU", "FRA")
         for node_id, peer in (("FRA", "DEU"), ("FRA", "USA"), ("DEU", "KEN"), ("DEU", "USA")):
             wait_for(
                 lambda n=node_id, p=peer: peer_linked(network, n, p), what=f"{node_id} - {peer}"
