@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from network.core.records import NodeId
 from network.core.routing import Announcement, RoutingTable
@@ -614,3 +614,86 @@ def test_a_message_left_only_a_link_already_a_choice_goes_when_its_better_link_i
 
     assert machine.outbox == {}
     machine.teardown()
+
+
+class ReceiptsGoBack(RuleBasedStateMachine):
+    """End-to-end receipts passing through, with links coming and going and at most
+    `KEPT` kept for one recipient, beside a model of what is held: each goes, once, to a
+    link that is up and on its message's way back; once every link has had its turn,
+    none is left that a link up could take; past the bound, a recipient's oldest is
+    dropped, counted, and never sent."""
+
+    KEPT = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound = scheduler_module.MAX_PENDING_RECEIPTS
+        scheduler_module.MAX_PENDING_RECEIPTS = self.KEPT
+        self.made = scheduler({}, ())
+        self.held: dict[str, tuple[NodeId, tuple[NodeId, ...]]] = {}  # id -> recipient, back
+        self.gone: set[str] = set()  # sent or dropped
+        self.dropped = 0
+        self.seq = 0
+
+    def teardown(self) -> None:
+        scheduler_module.MAX_PENDING_RECEIPTS = self.bound
+
+    @rule(peer=st.sampled_from(PEERS), up=st.booleans())
+    def link(self, peer: NodeId, up: bool) -> None:
+        if up == (peer in self.made.linked):
+            return
+        if up:
+            self.made.link_up(peer, T0)
+        else:
+            self.made.link_down(peer)
+
+    @rule(
+        recipient=st.sampled_from([KEN, USA]),
+        relays=st.lists(st.sampled_from([BRA, DEU]), max_size=2, unique=True),
+    )
+    def pass_on(self, recipient: NodeId, relays: list[NodeId]) -> None:
+        self.seq += 1
+        receipt_id = f"r{self.seq:03d}"
+        back = (*relays, recipient)
+        new, link = self.made.pass_on(receipt_id, recipient, receipt_id.encode(), back)
+        assert new
+        assert link == next((hop for hop in back if hop in self.made.linked), None)
+        self.held[receipt_id] = (recipient, back)
+        mine = [i for i, (r, _) in self.held.items() if r == recipient]
+        if len(mine) > self.KEPT:  # the oldest of its recipient goes
+            del self.held[mine[0]]
+            self.gone.add(mine[0])
+            self.dropped += 1
+
+    @rule(peer=st.sampled_from(PEERS))
+    def turn(self, peer: NodeId) -> None:
+        if peer in self.made.linked:
+            self._take(peer)
+
+    def _take(self, peer: NodeId) -> None:
+        for raw in self.made.next_batch(peer, Room(10, 10), T0).receipts:
+            receipt_id = raw.decode()
+            assert receipt_id not in self.gone, f"{receipt_id} sent twice, or after its drop"
+            assert peer in self.held[receipt_id][1], f"{peer} is not on {receipt_id}'s way back"
+            del self.held[receipt_id]
+            self.gone.add(receipt_id)
+
+    @rule()
+    def every_link_turns(self) -> None:
+        for peer in sorted(self.made.linked):
+            self._take(peer)
+        stuck = {i: back for i, (_, back) in self.held.items() if set(back) & set(self.made.linked)}
+        assert stuck == {}
+
+    @invariant()
+    def counts(self) -> None:
+        assert (self.made.receipts_waiting, self.made.receipts_dropped) == (
+            len(self.held),
+            self.dropped,
+        )
+
+
+test_receipts_go_back_once_by_a_link_on_their_way = ReceiptsGoBack.TestCase
+test_receipts_go_back_once_by_a_link_on_their_way.settings = settings(
+    max_examples=1000, stateful_step_count=40, deadline=None
+)
