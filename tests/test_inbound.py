@@ -918,6 +918,28 @@ async def test_a_poll_takes_the_news_and_looks_only_for_retries_that_came_due(
     assert sorted(row.id for row in due.rows) == sorted(queued)
 
 
+async def test_a_look_stops_reading_once_its_room_for_other_than_flash_is_full(
+    trio: Trio,
+) -> None:
+    """Urgent messages queued while a link was down: its first look takes what its room
+    for other than flash holds. Rows come flash first, so past them nothing more can fill
+    the flash reserve: the look read on (each read four times the last) to the end of the
+    backlog, on every turn, for room it could never fill (42 to 73 ms a turn with 10,000
+    queued, and draining them the square of that)."""
+    fra = trio.nodes["FRA"]
+    queued = [(await queue(fra)).id for _ in range(60)]
+    fra.delivery.link_up("DEU", T0)
+    fra.delivery.links_changed(lost=False)
+    statements: list[str] = []
+    fra.context.store._glancer.set_trace_callback(statements.append)
+    first = await fra.delivery.next_batch("DEU", Room(18, 10))  # a window of 10, 8 for flash
+    fra.context.store._glancer.set_trace_callback(None)
+
+    assert [row.id for row in first.rows] == queued[:10]
+    reads = [s for s in statements if "INDEXED BY messages_outbox" in s and "LIMIT" in s]
+    assert len(reads) == 1, reads
+
+
 async def test_a_retry_with_no_live_hop_costs_a_link_one_look_not_one_a_poll(
     trio: Trio,
 ) -> None:

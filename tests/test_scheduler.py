@@ -21,6 +21,7 @@ from network.node.scheduler import (
     Scheduler,
     look_limit,
     max_rank_for,
+    read_on,
 )
 
 ME = NodeId("FRA")
@@ -550,10 +551,15 @@ class FeedsWithoutPolls(RuleBasedStateMachine):
         self.now += ROUTE_REFRESH_MS // 2
         self.made.refresh_routes(self.now, paused=paused)
 
-    @rule(peer=st.sampled_from(PEERS), room=st.integers(min_value=1, max_value=4))
-    def turn(self, peer: NodeId, room: int) -> None:
+    @rule(
+        peer=st.sampled_from(PEERS),
+        room=st.integers(min_value=1, max_value=4),
+        reserve=st.integers(min_value=0, max_value=2),
+    )
+    def turn(self, peer: NodeId, room: int, reserve: int) -> None:
+        """A turn with `room` for any, and `reserve` more for flash alone (as a window)."""
         if peer in self.made.linked:
-            self._turn(peer, Room(room, room))
+            self._turn(peer, Room(room + reserve, room))
 
     def _turn(self, peer: NodeId, room: Room) -> bool:
         """One turn of `peer`'s feed; whether it sent, looked or woke another link."""
@@ -569,8 +575,11 @@ class FeedsWithoutPolls(RuleBasedStateMachine):
             )
             fetch = look_limit(room, batch.detours)
             while True:
-                taken = self.made.choose(peer, waiting[:fetch], room)
-                if len(waiting) <= fetch or len(taken) >= room.count:
+                read = waiting[:fetch]
+                taken = self.made.choose(peer, read, room)
+                others = sum(self.outbox[i].rank != 0 for i in taken)
+                last_rank = read[-1].rank if read else 0
+                if len(waiting) <= fetch or not read_on(room, len(taken), others, last_rank):
                     break
                 fetch *= 4
             self.made.looked(peer, len(taken), room, detours=batch.detours)

@@ -27,7 +27,14 @@ from network.core.routing import (
 )
 from network.core.session import Room
 from network.node.context import NodeContext
-from network.node.scheduler import Batch, Candidate, Scheduler, look_limit, max_rank_for
+from network.node.scheduler import (
+    Batch,
+    Candidate,
+    Scheduler,
+    look_limit,
+    max_rank_for,
+    read_on,
+)
 from network.node.store import AuditEntry, MessageRow, Tx, Waiting
 
 __all__ = ["Delivery", "Outgoing", "candidate"]
@@ -346,7 +353,10 @@ class Delivery:
             chosen = self.scheduler.choose(
                 peer, (candidate(row) for row in waiting if row.id not in skip), room
             )
-            if len(waiting) < fetch or len(chosen) >= room.count:
+            picked = set(chosen)
+            others = sum(row.rank != 0 for row in waiting if row.id in picked)
+            last_rank = waiting[-1].rank if waiting else 0
+            if len(waiting) < fetch or not read_on(room, len(chosen), others, last_rank):
                 break
             fetch *= 4  # rows for other links filled the read: read further
         for message_id in chosen:
