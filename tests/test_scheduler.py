@@ -625,6 +625,28 @@ def test_a_message_left_only_a_link_already_a_choice_goes_when_its_better_link_i
     machine.teardown()
 
 
+def test_a_receipt_back_again_while_still_held_is_held_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ids passed on are kept ten times the bound: a receipt that waits long enough
+    falls out of them, and comes again when its sender sends again. Held twice, it broke
+    its recipient's count: the next receipt for it was dropped in its place."""
+    monkeypatch.setattr(scheduler_module, "MAX_PENDING_RECEIPTS", 1)
+    made = scheduler(GRAPH, LINKED)
+    made.link_down(USA)
+    made.pass_on("r0", KEN, b"receipt 0", back=(USA, KEN))
+    for n in range(1, 12):  # others, each for a recipient of its own: r0's id falls out
+        made.pass_on(f"r{n}", NodeId(f"K{n:02d}"), b"other", back=(USA,))
+    again, _ = made.pass_on("r0", KEN, b"receipt 0", back=(USA, KEN))
+    made.pass_on("r12", KEN, b"receipt 12", back=(USA, KEN))  # KEN's newest: r0 drops
+    made.link_up(USA, T0)
+    at_usa = made.next_batch(USA, Room(20, 20), T0).receipts
+
+    assert again  # not known any more, so taken as new ...
+    assert at_usa.count(b"receipt 0") == 0 and b"receipt 12" in at_usa  # ... and held once
+    assert (made.receipts_waiting, made.receipts_dropped) == (0, 1)
+
+
 class ReceiptsGoBack(RuleBasedStateMachine):
     """End-to-end receipts passing through, with links coming and going and at most
     `KEPT` kept for one recipient, beside a model of what is held: each goes, once, to a

@@ -382,7 +382,7 @@ def read_on(room: Room, chosen: int, others: int, last_rank: int) -> bool:
     chosen `chosen` of them (`others` not flash), may find more for its room further on.
     Rows come flash first: past the flash ones, a room full for others takes no more. (A
     backlog of urgent rows read whole on every look, for the flash reserve it never
-    fills, cost a link's turn 42 to 73 ms with 10,000 queued, and its draining the square.)"""
+    fills, cost a link's turn 39 ms with 10,000 queued, and draining them the square.)"""
     return chosen < room.count and (others < room.others or last_rank == 0)
 
 
@@ -425,6 +425,8 @@ class _ReceiptsBack:
         raw: bytes,
         link: NodeId | None,
     ) -> None:
+        if receipt_id in self._link_of:
+            return  # held already: back again after its id fell out of those passed on
         self._by_link.setdefault(link, {})[receipt_id] = (recipient, back, raw)
         self._link_of[receipt_id] = link
         order = self._order.setdefault(recipient, deque())
