@@ -353,10 +353,12 @@ class Delivery:
             chosen = self.scheduler.choose(
                 peer, (candidate(row) for row in waiting if row.id not in skip), room
             )
+            if len(waiting) < fetch:
+                break  # the outbox has no more (most looks end here)
             picked = set(chosen)
             others = sum(row.rank != 0 for row in waiting if row.id in picked)
             last_rank = waiting[-1].rank if waiting else 0
-            if len(waiting) < fetch or not read_on(room, len(chosen), others, last_rank):
+            if not read_on(room, len(chosen), others, last_rank):
                 break
             fetch *= 4  # rows for other links filled the read: read further
         for message_id in chosen:
