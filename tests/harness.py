@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
 from network.core.crypto import HpkeSuite
 from network.core.records import NodeId
 from network.core.roster import build_roster
@@ -518,6 +521,10 @@ class Network:
         """What the node's metrics listener (loopback, no token) answers: Prometheus text."""
         with urllib.request.urlopen(self.nodes[node_id].metrics + "/metrics", timeout=10) as page:
             return str(page.read().decode())
+
+    def metric_families(self, node_id: str) -> dict[str, Metric]:
+        """The node's metrics, parsed: each family by name."""
+        return {f.name: f for f in text_string_to_metric_families(self.metrics(node_id))}
 
     def add_user(self, node_id: str, name: str, role: str, *, key: str | None = None) -> str:
         """A machine user `name` added with `cpn user add --token`, as an administrator does;

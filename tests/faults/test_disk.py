@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from network.samples import sample_body
 from tests.faults.checks import check_run, undelivered
@@ -190,7 +189,7 @@ def _traced(pid: int) -> bool:
 
 def commits(network: Network, node_id: str) -> tuple[dict[str, float], float]:
     """The node's COMMITs by where they ran, and their recent average (s), from /metrics."""
-    families = {f.name: f for f in text_string_to_metric_families(network.metrics(node_id))}
+    families = network.metric_families(node_id)
     places = {s.labels["place"]: s.value for s in families["cpn_store_commits"].samples}
     (average,) = families["cpn_store_commit_seconds"].samples
     return places, average.value

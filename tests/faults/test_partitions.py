@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from network.samples import sample_body
 from tests.faults.checks import check_run
@@ -106,8 +105,7 @@ def test_a_flapping_slow_link_delivers_a_stream_exactly_once(
 
 def receipts_passing(network: Network, node_id: str) -> float:
     """The node's end-to-end receipts for others waiting for their way back (/metrics)."""
-    families = text_string_to_metric_families(network.metrics(node_id))
-    (sample,) = next(f for f in families if f.name == "cpn_receipts_passing").samples
+    (sample,) = network.metric_families(node_id)["cpn_receipts_passing"].samples
     return sample.value
 
 
